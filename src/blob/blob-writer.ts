@@ -1,0 +1,131 @@
+/**
+ * Writes one Nydus data blob: chunk data, then the chunk-info array and its 4096-byte header.
+ * The blob is streamed to a temporary file in the output directory and renamed to its sha256 at the
+ * end, so memory stays bounded whatever the image size.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { createHash, type Hash } from 'node:crypto';
+import {
+  BLOB_CCT_MAGIC, BLOB_CHUNK_INFO_V1_SIZE, BLOB_FEATURE_ALIGNED, blobCompressionContextHeader, encodeChunkInfoV1,
+} from '../../erofs/blobmeta.ts';
+import { RAFS_COMPRESS_NONE } from '../../erofs/rafs.ts';
+import { EROFS_BLKSIZ } from '../../erofs/super.ts';
+import { NydusError } from '../../erofs/errors.ts';
+import type { ChunkRef } from '../builder/tree.ts';
+import { type CompressorName, compressChunk } from './compress.ts';
+
+export interface FinishedBlob {
+  blobId: string;
+  path: string;
+  /** Bytes of chunk data (what the blob table calls compressed_size). */
+  compressedSize: number;
+  /** Size of the uncompressed address space, 4096-aligned. */
+  uncompressedSize: number;
+  chunkCount: number;
+  features: number;
+  ciOffset: number;
+  ciSize: number;
+  /** Size of the whole blob file. */
+  fileSize: number;
+}
+
+const ZERO_BLOCK = Buffer.alloc(EROFS_BLKSIZ);
+
+export class BlobWriter {
+  private fd: number;
+  private readonly tmpPath: string;
+  private readonly hash: Hash = createHash('sha256');
+  private fileOffset = 0;
+  private uncompressedOffset = 0;
+  private readonly chunks: ChunkRef[] = [];
+
+  constructor(private readonly dir: string, private readonly blobIndex: number, private readonly compressor: CompressorName) {
+    this.tmpPath = path.join(dir, `.blob-${process.pid}-${Date.now()}.tmp`);
+    try {
+      this.fd = fs.openSync(this.tmpPath, 'wx');
+    } catch (e) {
+      throw new NydusError(`cannot create a blob in ${dir}: ${(e as Error).message}`);
+    }
+  }
+
+  private write(buf: Uint8Array): void {
+    let done = 0;
+    while (done < buf.length) done += fs.writeSync(this.fd, buf, done, buf.length - done);
+    this.hash.update(buf);
+    this.fileOffset += buf.length;
+  }
+
+  private padTo(align: number): void {
+    const pad = (align - (this.fileOffset % align)) % align;
+    if (pad) this.write(ZERO_BLOCK.subarray(0, pad));
+  }
+
+  /** Stores a new chunk; `data` may be reused by the caller afterwards. */
+  addChunk(data: Buffer, digest: Buffer): ChunkRef {
+    const compressed = compressChunk(this.compressor, data);
+    // Uncompressed chunks are stored at their uncompressed offset, so a blob without compression is
+    // itself a valid EROFS device for the bootstrap.
+    if (this.compressor === 'none') {
+      this.padTo(EROFS_BLKSIZ);
+      if (this.fileOffset < this.uncompressedOffset) this.write(Buffer.alloc(this.uncompressedOffset - this.fileOffset));
+    }
+    const ref: ChunkRef = {
+      blobIndex: this.blobIndex,
+      indexInBlob: this.chunks.length,
+      digest,
+      uncompressedOffset: this.uncompressedOffset,
+      uncompressedSize: data.length,
+      compressedOffset: this.fileOffset,
+      compressedSize: compressed ? compressed.length : data.length,
+      compressed: compressed !== null,
+    };
+    this.write(compressed ?? data);
+    this.uncompressedOffset += Math.ceil(data.length / EROFS_BLKSIZ) * EROFS_BLKSIZ;
+    this.chunks.push(ref);
+    return ref;
+  }
+
+  get chunkCount(): number {
+    return this.chunks.length;
+  }
+
+  /** Appends the blob meta, renames the blob to its digest; returns null (and removes it) if empty. */
+  finish(): FinishedBlob | null {
+    if (this.chunks.length === 0) {
+      this.abort();
+      return null;
+    }
+    if (this.compressor === 'none') this.padTo(EROFS_BLKSIZ);
+    const compressedSize = this.fileOffset;
+    const ci = Buffer.alloc(this.chunks.length * BLOB_CHUNK_INFO_V1_SIZE);
+    this.chunks.forEach((c, i) => encodeChunkInfoV1(c, ci, i * BLOB_CHUNK_INFO_V1_SIZE));
+    const ciOffset = this.fileOffset;
+    this.write(ci);
+    const features = BLOB_FEATURE_ALIGNED;
+    this.write(blobCompressionContextHeader.encode({
+      s_magic: BLOB_CCT_MAGIC,
+      s_features: features,
+      s_ci_compressor: RAFS_COMPRESS_NONE,
+      s_ci_entries: this.chunks.length,
+      s_ci_offset: ciOffset,
+      s_ci_compressed_size: ci.length,
+      s_ci_uncompressed_size: ci.length,
+      s_magic2: BLOB_CCT_MAGIC,
+    }));
+    fs.fsyncSync(this.fd);
+    fs.closeSync(this.fd);
+    const blobId = this.hash.digest('hex');
+    const finalPath = path.join(this.dir, blobId);
+    fs.renameSync(this.tmpPath, finalPath);
+    return {
+      blobId, path: finalPath, compressedSize, uncompressedSize: this.uncompressedOffset,
+      chunkCount: this.chunks.length, features, ciOffset, ciSize: ci.length, fileSize: this.fileOffset,
+    };
+  }
+
+  abort(): void {
+    try { fs.closeSync(this.fd); } catch { /* already closed */ }
+    fs.rmSync(this.tmpPath, { force: true });
+  }
+}

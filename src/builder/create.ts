@@ -1,0 +1,83 @@
+/** `nydus-image create`: source -> tree -> chunker -> layout -> writer, top to bottom. */
+import fs from 'node:fs';
+import path from 'node:path';
+import { NydusError } from '../../erofs/errors.ts';
+import { BLOB_CHUNK_MAX_SIZE } from '../../erofs/blobmeta.ts';
+import { RAFS_COMPRESS_NONE } from '../../erofs/rafs.ts';
+import { BlobWriter, type FinishedBlob } from '../blob/blob-writer.ts';
+import type { CompressorName } from '../blob/compress.ts';
+import type { Digester } from '../blob/digest.ts';
+import { treeFromDirectory } from './source-dir.ts';
+import { ChunkIndex, chunkTree, type ChunkStats } from './chunker.ts';
+import { layoutTree } from './layout.ts';
+import { type BlobDescriptor, writeImage } from './writer.ts';
+
+export interface CreateOptions {
+  source: string;
+  bootstrap: string;
+  /** Directory for the blob, named by its sha256. */
+  blobDir?: string;
+  /** Exact path for the blob instead. */
+  blobPath?: string;
+  chunkSize: number;
+  compressor: CompressorName;
+  digester: Digester;
+}
+
+export interface CreateResult {
+  bootstrap: string;
+  blob: FinishedBlob | null;
+  stats: ChunkStats;
+  inodes: number;
+}
+
+export function validateChunkSize(chunkSize: number): void {
+  if (!Number.isInteger(chunkSize) || chunkSize < 4096 || chunkSize > BLOB_CHUNK_MAX_SIZE || (chunkSize & (chunkSize - 1)) !== 0) {
+    throw new NydusError(`invalid chunk size ${chunkSize}: must be a power of two between 0x1000 and 0x1000000`);
+  }
+}
+
+export function blobDescriptor(b: FinishedBlob): BlobDescriptor {
+  return {
+    blobId: b.blobId, compressedSize: b.compressedSize, uncompressedSize: b.uncompressedSize, chunkCount: b.chunkCount,
+    features: b.features, ciCompressor: RAFS_COMPRESS_NONE, ciOffset: b.ciOffset, ciCompressedSize: b.ciSize,
+    ciUncompressedSize: b.ciSize,
+  };
+}
+
+function refuseExisting(file: string, what: string): void {
+  if (fs.existsSync(file)) throw new NydusError(`${what} ${file} already exists; remove it first`);
+}
+
+export function createImage(opts: CreateOptions): CreateResult {
+  validateChunkSize(opts.chunkSize);
+  refuseExisting(opts.bootstrap, 'bootstrap');
+  if (opts.blobPath) refuseExisting(opts.blobPath, 'blob');
+  const blobDir = opts.blobDir ?? (opts.blobPath ? path.dirname(path.resolve(opts.blobPath)) : undefined);
+  if (!blobDir) throw new NydusError('either a blob directory (--blob-dir/-D) or a blob path (--blob) is needed');
+  fs.mkdirSync(blobDir, { recursive: true });
+
+  const tree = treeFromDirectory(opts.source);
+  const writer = new BlobWriter(blobDir, 0, opts.compressor);
+  let blob: FinishedBlob | null;
+  let stats: ChunkStats;
+  try {
+    stats = chunkTree(tree, { chunkSize: opts.chunkSize, digester: opts.digester, blob: writer, index: new ChunkIndex() });
+    blob = writer.finish();
+  } catch (e) {
+    writer.abort();
+    throw e;
+  }
+  if (blob && opts.blobPath) {
+    fs.renameSync(blob.path, opts.blobPath);
+    blob.path = opts.blobPath;
+  }
+  const blobs = blob ? [blobDescriptor(blob)] : [];
+  const layout = layoutTree(tree, blobs.length);
+  const { meta } = writeImage(layout, {
+    chunkSize: opts.chunkSize, compressor: opts.compressor, digester: opts.digester, blobs,
+    buildTime: Math.floor(Date.now() / 1000),
+  });
+  fs.writeFileSync(opts.bootstrap, meta, { flag: 'wx' });
+  return { bootstrap: opts.bootstrap, blob, stats, inodes: layout.inodes.length };
+}

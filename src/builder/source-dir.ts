@@ -1,0 +1,112 @@
+/** Source stage: a directory on disk becomes a TreeNode tree (names and paths as raw bytes). */
+import fs from 'node:fs';
+import path from 'node:path';
+import { readXattrs } from '../../native/xattr/index.ts';
+import { NydusError } from '../../erofs/errors.ts';
+import { type DataSource, type TreeNode, kindFromMode, joinPath, sortChildren } from './tree.ts';
+
+class FileData implements DataSource {
+  private fd: number | null = null;
+  constructor(private readonly file: Buffer, private readonly shown: string) {}
+  describe(): string {
+    return this.shown;
+  }
+  read(buf: Buffer, length: number, offset: number): number {
+    if (this.fd === null) {
+      try {
+        this.fd = fs.openSync(this.file, 'r');
+      } catch (e) {
+        throw new NydusError(`cannot read ${this.shown}: ${(e as Error).message}`);
+      }
+    }
+    let done = 0;
+    while (done < length) {
+      const n = fs.readSync(this.fd, buf, done, length - done, offset + done);
+      if (n === 0) break;
+      done += n;
+    }
+    return done;
+  }
+  close(): void {
+    if (this.fd !== null) fs.closeSync(this.fd);
+    this.fd = null;
+  }
+}
+
+function concatPath(dir: Buffer, name: Buffer): Buffer {
+  return Buffer.concat([dir, Buffer.from('/'), name]);
+}
+
+function statNode(file: Buffer, name: Buffer, treePath: string, shown: string): TreeNode {
+  let st: fs.BigIntStats;
+  try {
+    st = fs.lstatSync(file, { bigint: true });
+  } catch (e) {
+    throw new NydusError(`cannot stat ${shown}: ${(e as Error).message}`);
+  }
+  const mode = Number(st.mode);
+  const kind = kindFromMode(mode);
+  let xattrs: Map<string, Buffer>;
+  try {
+    xattrs = readXattrs(file);
+  } catch (e) {
+    throw new NydusError(`cannot read xattrs of ${shown}: ${(e as Error).message}`);
+  }
+  const node: TreeNode = {
+    name,
+    kind,
+    mode,
+    uid: Number(st.uid),
+    gid: Number(st.gid),
+    mtimeSec: Number(st.mtimeNs / 1_000_000_000n),
+    mtimeNsec: Number(st.mtimeNs % 1_000_000_000n),
+    size: 0,
+    rdev: kind === 'chrdev' || kind === 'blkdev' ? Number(st.rdev) : 0,
+    xattrs,
+    path: treePath,
+  };
+  if (kind === 'file') {
+    node.size = Number(st.size);
+    node.data = new FileData(file, shown);
+    if (st.nlink > 1n) node.hardlinkKey = `${st.dev}:${st.ino}`;
+  } else if (kind === 'symlink') {
+    node.target = fs.readlinkSync(file, { encoding: 'buffer' });
+    node.size = node.target.length;
+  } else if (kind !== 'dir' && st.nlink > 1n) {
+    node.hardlinkKey = `${st.dev}:${st.ino}`;
+  }
+  return node;
+}
+
+/** Reads a whole directory tree's metadata. Errors name the offending path. */
+export function treeFromDirectory(root: string): TreeNode {
+  let st: fs.Stats;
+  try {
+    st = fs.statSync(root);
+  } catch (e) {
+    throw new NydusError(`source directory ${root}: ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'does not exist' : (e as Error).message}`);
+  }
+  if (!st.isDirectory()) throw new NydusError(`source ${root} is not a directory`);
+  const rootBuf = Buffer.from(path.resolve(root));
+  const top = statNode(rootBuf, Buffer.alloc(0), '/', root);
+  const stack: Array<[TreeNode, Buffer]> = [[top, rootBuf]];
+  while (stack.length) {
+    const [dir, dirPath] = stack.pop()!;
+    let names: Buffer[];
+    try {
+      names = fs.readdirSync(dirPath, { encoding: 'buffer' });
+    } catch (e) {
+      throw new NydusError(`cannot list ${path.join(root, dir.path)}: ${(e as Error).message}`);
+    }
+    dir.children = [];
+    for (const name of names) {
+      const full = concatPath(dirPath, name);
+      const treePath = joinPath(dir.path, name);
+      const child = statNode(full, name, treePath, path.join(root, treePath));
+      dir.children.push(child);
+      if (child.kind === 'dir') stack.push([child, full]);
+    }
+    sortChildren(dir);
+  }
+  return top;
+}
