@@ -1,0 +1,283 @@
+/**
+ * Decoding side of the format: an EROFS / RAFS v6 metadata image held in memory, decoded once into
+ * plain objects. Every read is bounds-checked; corrupt or foreign input yields a FormatError naming
+ * the structure and offset.
+ */
+import { constants as C } from 'node:fs';
+import { FormatError } from './errors.ts';
+import {
+  EROFS_BLKSIZ, EROFS_BLKSIZ_BITS, EROFS_FEATURE_COMPAT_RAFS_V6, EROFS_FEATURE_INCOMPAT_CHUNKED_FILE,
+  EROFS_FEATURE_INCOMPAT_DEVICE_TABLE, EROFS_ISLOT, EROFS_SUPER_MAGIC_V1, EROFS_SUPER_OFFSET, type ErofsSuperBlock,
+  erofsSuperBlock,
+} from './super.ts';
+import {
+  EROFS_CHUNK_FORMAT_BLKBITS_MASK, EROFS_CHUNK_FORMAT_INDEXES, EROFS_INODE_CHUNK_BASED, EROFS_INODE_FLAT_INLINE,
+  EROFS_INODE_FLAT_PLAIN, EROFS_INODE_LAYOUT_COMPACT, erofsInodeCompact, erofsInodeExtended, inodeDataLayoutOf,
+  inodeLayoutOf, xattrIbodySize,
+} from './inode.ts';
+import { EROFS_NULL_ADDR, erofsInodeChunkIndex } from './chunk.ts';
+import { decodeTag, erofsDeviceSlot } from './devtable.ts';
+import { type DirEntry, decodeDirBlock } from './dirent.ts';
+import { type Xattrs, decodeInlineXattrs } from './xattr.ts';
+import {
+  RAFS_PREFETCH_ENTRY_SIZE, RAFS_V6_SUPER_EXT_OFFSET, type RafsV6Blob, type RafsV6SuperBlockExt, rafsV6Blob,
+  rafsV6SuperBlockExt,
+} from './rafs.ts';
+import { rafsChunkInfo } from './blobmeta.ts';
+
+export interface DeviceSlot {
+  tag: string;
+  blocks: number;
+  mappedBlkaddr: number;
+}
+
+export interface Inode {
+  nid: number;
+  compact: boolean;
+  datalayout: number;
+  mode: number;
+  nlink: number;
+  size: number;
+  uid: number;
+  gid: number;
+  mtimeSec: number;
+  mtimeNsec: number;
+  ino: number;
+  /** The i_u union: raw_blkaddr, rdev or chunk format. */
+  iu: number;
+  xattrIcount: number;
+  /** Byte offset of the inode in the image. */
+  offset: number;
+  /** Bytes of inode plus inline xattrs. */
+  headSize: number;
+}
+
+/** A chunk-based inode's chunk as the kernel maps it. */
+export interface ChunkMapping {
+  deviceId: number;
+  /** Block address on the device, or null for a hole. */
+  blkaddr: number | null;
+}
+
+/** A decoded entry of the bootstrap's chunk table. */
+export interface ChunkTableEntry {
+  digest: Buffer;
+  blobIndex: number;
+  flags: number;
+  compressedSize: number;
+  uncompressedSize: number;
+  compressedOffset: number;
+  uncompressedOffset: number;
+  index: number;
+}
+
+export class ErofsImage {
+  readonly sb: ErofsSuperBlock;
+  /** Present on RAFS v6 bootstraps. */
+  readonly ext: RafsV6SuperBlockExt | null;
+  readonly devices: DeviceSlot[];
+  readonly blobs: RafsV6Blob[];
+  readonly chunkSize: number;
+
+  constructor(readonly buf: Buffer, readonly name: string) {
+    if (buf.length < EROFS_SUPER_OFFSET + erofsSuperBlock.size) {
+      throw new FormatError(`${name}: too small (${buf.length} bytes) to hold an EROFS superblock`);
+    }
+    const magic = buf.readUInt32LE(EROFS_SUPER_OFFSET + erofsSuperBlock.offsetOf('magic'));
+    if (magic !== EROFS_SUPER_MAGIC_V1) {
+      throw new FormatError(`${name}: not an EROFS/RAFS v6 image (superblock magic 0x${magic.toString(16)} at offset ${EROFS_SUPER_OFFSET})`);
+    }
+    this.sb = erofsSuperBlock.decode(buf, EROFS_SUPER_OFFSET, name);
+    if (this.sb.blkszbits !== EROFS_BLKSIZ_BITS) {
+      throw new FormatError(`${name}: unsupported block size bits ${this.sb.blkszbits} in the superblock`);
+    }
+    const known = EROFS_FEATURE_INCOMPAT_CHUNKED_FILE | EROFS_FEATURE_INCOMPAT_DEVICE_TABLE | 0x1;
+    if (this.sb.feature_incompat & ~known) {
+      throw new FormatError(`${name}: unsupported incompatible features 0x${this.sb.feature_incompat.toString(16)}`);
+    }
+    this.devices = [];
+    const devtOff = this.sb.devt_slotoff * erofsDeviceSlot.size;
+    for (let i = 0; i < this.sb.extra_devices; i++) {
+      const d = erofsDeviceSlot.decode(buf, devtOff + i * erofsDeviceSlot.size, `${name}: device slot ${i}`);
+      this.devices.push({ tag: decodeTag(d.tag), blocks: d.blocks, mappedBlkaddr: d.mapped_blkaddr });
+    }
+    this.ext = null;
+    this.blobs = [];
+    this.chunkSize = 0;
+    if (this.sb.feature_compat & EROFS_FEATURE_COMPAT_RAFS_V6) {
+      const ext = rafsV6SuperBlockExt.decode(buf, RAFS_V6_SUPER_EXT_OFFSET, `${name}: RAFS v6 extended superblock`);
+      this.ext = ext;
+      const cs = ext.s_chunk_size;
+      if (cs < EROFS_BLKSIZ || (cs & (cs - 1)) !== 0 || cs > 1 << 30) {
+        throw new FormatError(`${name}: invalid chunk size 0x${cs.toString(16)} in the RAFS v6 extended superblock`);
+      }
+      this.chunkSize = cs;
+      if (ext.s_blob_table_size % rafsV6Blob.size !== 0) {
+        throw new FormatError(`${name}: blob table size ${ext.s_blob_table_size} is not a multiple of ${rafsV6Blob.size}`);
+      }
+      this.checkRange('blob table', ext.s_blob_table_offset, ext.s_blob_table_size);
+      for (let i = 0; i < ext.s_blob_table_size / rafsV6Blob.size; i++) {
+        const b = rafsV6Blob.decode(buf, ext.s_blob_table_offset + i * rafsV6Blob.size, `${name}: blob table entry ${i}`);
+        if (b.blob_index !== i) throw new FormatError(`${name}: blob table entry ${i} says it is blob ${b.blob_index}`);
+        this.blobs.push(b);
+      }
+      if (ext.s_chunk_table_size % rafsChunkInfo.size !== 0) {
+        throw new FormatError(`${name}: chunk table size ${ext.s_chunk_table_size} is not a multiple of ${rafsChunkInfo.size}`);
+      }
+      this.checkRange('chunk table', ext.s_chunk_table_offset, ext.s_chunk_table_size);
+      if (ext.s_prefetch_table_size % RAFS_PREFETCH_ENTRY_SIZE !== 0) {
+        throw new FormatError(`${name}: prefetch table size ${ext.s_prefetch_table_size} is not a multiple of 4`);
+      }
+      if (ext.s_prefetch_table_size) this.checkRange('prefetch table', ext.s_prefetch_table_offset, ext.s_prefetch_table_size);
+      if (this.blobs.length !== this.devices.length) {
+        throw new FormatError(`${name}: ${this.blobs.length} blobs in the blob table but ${this.devices.length} device slots`);
+      }
+    }
+  }
+
+  get isRafs(): boolean {
+    return this.ext !== null;
+  }
+
+  blobId(i: number): string {
+    const id = this.blobs[i]?.blob_id;
+    return id ? decodeTag(id) : this.devices[i]?.tag ?? '';
+  }
+
+  private checkRange(what: string, offset: number, size: number): void {
+    if (offset + size > this.buf.length) {
+      throw new FormatError(`${this.name}: ${what} [${offset}, ${offset + size}) lies beyond the end of the image (${this.buf.length} bytes)`);
+    }
+  }
+
+  private slice(what: string, offset: number, size: number): Buffer {
+    if (!Number.isSafeInteger(offset) || offset < 0 || size < 0) throw new FormatError(`${this.name}: ${what} at invalid offset ${offset}`);
+    this.checkRange(what, offset, size);
+    return this.buf.subarray(offset, offset + size);
+  }
+
+  get rootNid(): number {
+    return this.sb.root_nid;
+  }
+
+  inode(nid: number): Inode {
+    const offset = this.sb.meta_blkaddr * EROFS_BLKSIZ + nid * EROFS_ISLOT;
+    const where = `${this.name}: inode ${nid}`;
+    if (offset + erofsInodeCompact.size > this.buf.length) throw new FormatError(`${where} at offset ${offset} lies beyond the end of the image`);
+    const format = this.buf.readUInt16LE(offset);
+    const layout = inodeLayoutOf(format);
+    const datalayout = inodeDataLayoutOf(format);
+    let ino: Inode;
+    if (layout === EROFS_INODE_LAYOUT_COMPACT) {
+      const d = erofsInodeCompact.decode(this.buf, offset, where);
+      ino = {
+        nid, compact: true, datalayout, mode: d.i_mode, nlink: d.i_nlink, size: d.i_size, uid: d.i_uid, gid: d.i_gid,
+        mtimeSec: this.sb.build_time, mtimeNsec: this.sb.build_time_nsec, ino: d.i_ino, iu: d.i_u,
+        xattrIcount: d.i_xattr_icount, offset, headSize: erofsInodeCompact.size + xattrIbodySize(d.i_xattr_icount),
+      };
+    } else {
+      const d = erofsInodeExtended.decode(this.buf, offset, where);
+      ino = {
+        nid, compact: false, datalayout, mode: d.i_mode, nlink: d.i_nlink, size: d.i_size, uid: d.i_uid, gid: d.i_gid,
+        mtimeSec: d.i_mtime, mtimeNsec: d.i_mtime_nsec, ino: d.i_ino, iu: d.i_u,
+        xattrIcount: d.i_xattr_icount, offset, headSize: erofsInodeExtended.size + xattrIbodySize(d.i_xattr_icount),
+      };
+    }
+    if (![EROFS_INODE_FLAT_PLAIN, EROFS_INODE_FLAT_INLINE, EROFS_INODE_CHUNK_BASED].includes(datalayout)) {
+      throw new FormatError(`${where}: unsupported data layout ${datalayout}`);
+    }
+    const type = ino.mode & C.S_IFMT;
+    if (![C.S_IFREG, C.S_IFDIR, C.S_IFLNK, C.S_IFCHR, C.S_IFBLK, C.S_IFIFO, C.S_IFSOCK].includes(type)) {
+      throw new FormatError(`${where}: invalid file type in mode 0${ino.mode.toString(8)}`);
+    }
+    if (ino.mtimeNsec >= 1e9) throw new FormatError(`${where}: invalid mtime nanoseconds ${ino.mtimeNsec}`);
+    return ino;
+  }
+
+  xattrs(ino: Inode): Xattrs {
+    const size = xattrIbodySize(ino.xattrIcount);
+    const head = ino.compact ? erofsInodeCompact.size : erofsInodeExtended.size;
+    return decodeInlineXattrs(this.slice(`inode ${ino.nid} xattrs`, ino.offset + head, size), `${this.name}: inode ${ino.nid} xattrs`);
+  }
+
+  /** The bytes of a flat (plain or inline) inode: directory blocks, symlink target. */
+  flatData(ino: Inode): Buffer {
+    const where = `inode ${ino.nid} data`;
+    if (ino.datalayout === EROFS_INODE_FLAT_PLAIN) {
+      return this.slice(where, ino.iu * EROFS_BLKSIZ, ino.size);
+    }
+    if (ino.datalayout === EROFS_INODE_FLAT_INLINE) {
+      const full = Math.floor(ino.size / EROFS_BLKSIZ) * EROFS_BLKSIZ;
+      const tail = ino.size - full;
+      const tailOff = ino.offset + ino.headSize;
+      if ((tailOff % EROFS_BLKSIZ) + tail > EROFS_BLKSIZ) throw new FormatError(`${this.name}: ${where}: inline data crosses a block boundary`);
+      const head = full ? this.slice(where, ino.iu * EROFS_BLKSIZ, full) : Buffer.alloc(0);
+      return Buffer.concat([head, this.slice(where, tailOff, tail)]);
+    }
+    throw new FormatError(`${this.name}: ${where}: inode is not flat`);
+  }
+
+  dirEntries(ino: Inode): DirEntry[] {
+    if ((ino.mode & C.S_IFMT) !== C.S_IFDIR) throw new FormatError(`${this.name}: inode ${ino.nid} is not a directory`);
+    const data = this.flatData(ino);
+    const out: DirEntry[] = [];
+    for (let off = 0; off < data.length; off += EROFS_BLKSIZ) {
+      const block = data.subarray(off, Math.min(off + EROFS_BLKSIZ, data.length));
+      out.push(...decodeDirBlock(block, `${this.name}: directory inode ${ino.nid} block ${off / EROFS_BLKSIZ}`));
+    }
+    return out;
+  }
+
+  /** Chunk size of a chunk-based inode. */
+  inodeChunkSize(ino: Inode): number {
+    return EROFS_BLKSIZ << (ino.iu & EROFS_CHUNK_FORMAT_BLKBITS_MASK);
+  }
+
+  /** Where every chunk of a chunk-based inode lives: the one mapping step shared by all readers. */
+  chunkMappings(ino: Inode): ChunkMapping[] {
+    const where = `${this.name}: inode ${ino.nid}`;
+    if (ino.datalayout !== EROFS_INODE_CHUNK_BASED) throw new FormatError(`${where}: not a chunk-based inode`);
+    if (!(ino.iu & EROFS_CHUNK_FORMAT_INDEXES)) throw new FormatError(`${where}: block-map chunk format is not supported`);
+    const bits = ino.iu & EROFS_CHUNK_FORMAT_BLKBITS_MASK;
+    if (bits > 18) throw new FormatError(`${where}: chunk size bits ${bits} out of range`);
+    const chunkSize = this.inodeChunkSize(ino);
+    const count = Math.ceil(ino.size / chunkSize);
+    const start = Math.ceil((ino.offset + ino.headSize) / erofsInodeChunkIndex.size) * erofsInodeChunkIndex.size;
+    const table = this.slice(`inode ${ino.nid} chunk indexes (${count})`, start, count * erofsInodeChunkIndex.size);
+    const out: ChunkMapping[] = [];
+    for (let i = 0; i < count; i++) {
+      const c = erofsInodeChunkIndex.decode(table, i * erofsInodeChunkIndex.size, where);
+      if (c.blkaddr === EROFS_NULL_ADDR) {
+        out.push({ deviceId: c.device_id, blkaddr: null });
+        continue;
+      }
+      if (c.device_id > this.devices.length) throw new FormatError(`${where}: chunk ${i} names device ${c.device_id}, the image has ${this.devices.length}`);
+      out.push({ deviceId: c.device_id, blkaddr: c.blkaddr });
+    }
+    return out;
+  }
+
+  chunkTable(): ChunkTableEntry[] {
+    if (!this.ext || !this.ext.s_chunk_table_size) return [];
+    const out: ChunkTableEntry[] = [];
+    const n = this.ext.s_chunk_table_size / rafsChunkInfo.size;
+    for (let i = 0; i < n; i++) {
+      const c = rafsChunkInfo.decode(this.buf, this.ext.s_chunk_table_offset + i * rafsChunkInfo.size, `${this.name}: chunk table entry ${i}`);
+      if (c.blob_index >= this.blobs.length) throw new FormatError(`${this.name}: chunk table entry ${i} names blob ${c.blob_index}, the image has ${this.blobs.length}`);
+      out.push({
+        digest: c.block_id, blobIndex: c.blob_index, flags: c.flags, compressedSize: c.compressed_size,
+        uncompressedSize: c.uncompressed_size, compressedOffset: c.compressed_offset,
+        uncompressedOffset: c.uncompressed_offset, index: c.index,
+      });
+    }
+    return out;
+  }
+
+  prefetchTable(): number[] {
+    if (!this.ext || !this.ext.s_prefetch_table_size) return [];
+    const t = this.slice('prefetch table', this.ext.s_prefetch_table_offset, this.ext.s_prefetch_table_size);
+    const out: number[] = [];
+    for (let i = 0; i < t.length; i += RAFS_PREFETCH_ENTRY_SIZE) out.push(t.readUInt32LE(i));
+    return out;
+  }
+}

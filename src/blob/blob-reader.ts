@@ -1,0 +1,64 @@
+/**
+ * Reads chunks back from a local blob file: stored bytes -> decompress -> digest check. A chunk whose
+ * digest does not match is an I/O error, never data.
+ */
+import fs from 'node:fs';
+import { NydusError, EIO } from '../../erofs/errors.ts';
+import { BLOB_CCT_HEADER_SIZE, BLOB_CCT_MAGIC, BLOB_CHUNK_INFO_V1_SIZE, type BlobChunkInfo, blobCompressionContextHeader, decodeChunkInfoV1 } from '../../erofs/blobmeta.ts';
+import { type CompressorName, decompressChunk } from './compress.ts';
+import { type Digester, chunkDigest } from './digest.ts';
+import type { ChunkRef } from '../builder/tree.ts';
+
+export class LocalBlobReader {
+  private fd: number;
+  readonly size: number;
+
+  constructor(readonly path: string, private readonly compressor: CompressorName, private readonly digester: Digester) {
+    try {
+      this.fd = fs.openSync(path, 'r');
+      this.size = fs.fstatSync(this.fd).size;
+    } catch (e) {
+      throw new NydusError(`cannot open blob ${path}: ${(e as Error).message}`);
+    }
+  }
+
+  readRaw(offset: number, size: number): Buffer {
+    if (offset + size > this.size) throw new NydusError(`blob ${this.path}: range [${offset}, ${offset + size}) is beyond its end (${this.size} bytes)`, EIO);
+    const buf = Buffer.allocUnsafe(size);
+    let done = 0;
+    while (done < size) {
+      const n = fs.readSync(this.fd, buf, done, size - done, offset + done);
+      if (n === 0) throw new NydusError(`blob ${this.path}: short read at ${offset + done}`, EIO);
+      done += n;
+    }
+    return buf;
+  }
+
+  /** The uncompressed, verified bytes of a chunk. */
+  readChunk(ref: ChunkRef): Buffer {
+    const where = `blob ${this.path} chunk ${ref.indexInBlob}`;
+    const stored = this.readRaw(ref.compressedOffset, ref.compressedSize);
+    const data = ref.compressed ? decompressChunk(this.compressor, stored, ref.uncompressedSize, where) : stored;
+    if (data.length !== ref.uncompressedSize) throw new NydusError(`${where}: size ${data.length}, expected ${ref.uncompressedSize}`, EIO);
+    if (ref.digest.length && !chunkDigest(this.digester, data).equals(ref.digest)) {
+      throw new NydusError(`${where}: digest mismatch (corrupt chunk)`, EIO);
+    }
+    return data;
+  }
+
+  /** The chunk-info array stored at the blob's end. */
+  readChunkInfos(): BlobChunkInfo[] {
+    if (this.size < BLOB_CCT_HEADER_SIZE) throw new NydusError(`blob ${this.path}: too small for a blob meta header`);
+    const h = blobCompressionContextHeader.decode(this.readRaw(this.size - BLOB_CCT_HEADER_SIZE, BLOB_CCT_HEADER_SIZE), 0, `blob ${this.path}`);
+    if (h.s_magic !== BLOB_CCT_MAGIC || h.s_magic2 !== BLOB_CCT_MAGIC) throw new NydusError(`blob ${this.path}: no blob meta header at its end`);
+    if (h.s_ci_compressor !== 0) throw new NydusError(`blob ${this.path}: compressed chunk-info arrays are not supported`);
+    const ci = this.readRaw(h.s_ci_offset, h.s_ci_entries * BLOB_CHUNK_INFO_V1_SIZE);
+    const out: BlobChunkInfo[] = [];
+    for (let i = 0; i < h.s_ci_entries; i++) out.push(decodeChunkInfoV1(ci, i * BLOB_CHUNK_INFO_V1_SIZE));
+    return out;
+  }
+
+  close(): void {
+    try { fs.closeSync(this.fd); } catch { /* closed */ }
+  }
+}

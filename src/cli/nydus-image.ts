@@ -1,0 +1,95 @@
+/** nydus-image: argument parsing only; the work is in src/builder and src/image. */
+import yargs from 'yargs';
+import { hideBin } from 'yargs/helpers';
+import fs from 'node:fs';
+import { NydusError } from '../../erofs/errors.ts';
+import { createImage } from '../builder/create.ts';
+import { checkImage } from '../image/check.ts';
+import { inspectImage } from '../image/inspect.ts';
+import { exportBlock } from '../image/export-block.ts';
+import { unpackToTar } from '../image/unpack.ts';
+import { parseSize, runMain } from './main.ts';
+
+function writeJson(file: string | undefined, value: unknown): void {
+  if (file) fs.writeFileSync(file, JSON.stringify(value, null, 2) + '\n');
+}
+
+function oneOf<T extends string>(v: string, allowed: readonly T[], what: string): T {
+  if (!allowed.includes(v as T)) throw new NydusError(`unsupported ${what} ${JSON.stringify(v)}; supported: ${allowed.join(', ')}`);
+  return v as T;
+}
+
+await runMain('nydus-image', async () => {
+  await yargs(hideBin(process.argv))
+    .scriptName('nydus-image')
+    .strict()
+    .demandCommand(1, 'a subcommand is needed')
+    .fail((msg, err) => {
+      throw err ?? new NydusError(msg);
+    })
+    .command('create <source>', 'build a RAFS v6 image (bootstrap + blob) from a directory', (y) => y
+      .positional('source', { type: 'string', demandOption: true, describe: 'source directory' })
+      .option('type', { alias: 't', type: 'string', default: 'dir-rafs', describe: 'conversion type (dir-rafs)' })
+      .option('bootstrap', { alias: 'B', type: 'string', demandOption: true, describe: 'output bootstrap file' })
+      .option('blob-dir', { alias: 'D', type: 'string', describe: 'directory for the blob, named by its sha256' })
+      .option('blob', { alias: 'b', type: 'string', describe: 'output blob file' })
+      .option('chunk-size', { type: 'string', default: '0x100000', describe: 'chunk size, power of two in [0x1000, 0x1000000]' })
+      .option('compressor', { alias: 'c', type: 'string', default: 'zstd', describe: 'chunk compressor: none, zstd' })
+      .option('digester', { alias: 'd', type: 'string', default: 'blake3', describe: 'chunk digester: blake3, sha256' })
+      .option('fs-version', { alias: 'v', type: 'string', default: '6', describe: 'RAFS version (6)' })
+      .option('output-json', { alias: 'J', type: 'string', describe: 'write a JSON report here' })
+      .option('log-level', { alias: 'l', type: 'string', default: 'info' }), (a) => {
+      oneOf(a.type, ['dir-rafs', 'directory'] as const, 'conversion type');
+      oneOf(a['fs-version'], ['6'] as const, 'fs version');
+      const r = createImage({
+        source: a.source, bootstrap: a.bootstrap, blobDir: a['blob-dir'], blobPath: a.blob,
+        chunkSize: parseSize(a['chunk-size'], 'chunk size'),
+        compressor: oneOf(a.compressor, ['none', 'zstd'] as const, 'compressor'),
+        digester: oneOf(a.digester, ['blake3', 'sha256'] as const, 'digester'),
+      });
+      const report = { version: '6', bootstrap: r.bootstrap, blobs: r.blob ? [r.blob.blobId] : [], blob_path: r.blob?.path ?? null, inodes: r.inodes, ...r.stats };
+      writeJson(a['output-json'], report);
+      process.stderr.write(`nydus-image: built ${r.bootstrap} (${r.inodes} inodes, ${r.stats.uniqueChunks}/${r.stats.chunks} unique chunks)${r.blob ? `, blob ${r.blob.blobId}` : ''}\n`);
+    })
+    .command('check', 'validate a bootstrap (and its blobs with -D/--blob)', (y) => y
+      .option('bootstrap', { alias: 'B', type: 'string', demandOption: true })
+      .option('blob-dir', { alias: 'D', type: 'string' })
+      .option('blob', { alias: 'b', type: 'string' })
+      .option('output-json', { alias: 'J', type: 'string' })
+      .option('verbose', { alias: 'v', type: 'boolean', default: false }), (a) => {
+      const r = checkImage({ bootstrap: a.bootstrap, blobDir: a['blob-dir'], blobPaths: a.blob ? [a.blob] : undefined });
+      writeJson(a['output-json'], r);
+      if (a.verbose) process.stdout.write(JSON.stringify(r, null, 2) + '\n');
+      process.stderr.write(`nydus-image: ${a.bootstrap} is a valid RAFS v6 image (${r.inodes} inodes, ${r.chunks} chunks${r.verifiedChunks ? `, ${r.verifiedChunks} verified` : ''})\n`);
+    })
+    .command('inspect [bootstrap]', 'print superblock, blobs and chunk information as JSON', (y) => y
+      .positional('bootstrap', { type: 'string' })
+      .option('bootstrap', { alias: 'B', type: 'string' })
+      .option('request', { alias: 'R', type: 'string', default: 'stats', describe: 'stats | blobs | prefetch | chunks | "stat <path>"' }), (a) => {
+      if (!a.bootstrap) throw new NydusError('a bootstrap is needed (-B)');
+      process.stdout.write(JSON.stringify(inspectImage(a.bootstrap, a.request), null, 2) + '\n');
+    })
+    .command('export', 'export an image as a single EROFS block image', (y) => y
+      .option('block', { type: 'boolean', default: false, describe: 'export to a raw block image' })
+      .option('bootstrap', { alias: 'B', type: 'string', demandOption: true })
+      .option('blob-dir', { alias: ['D', 'localfs-dir'], type: 'string' })
+      .option('blob', { alias: 'b', type: 'string' })
+      .option('output', { alias: 'O', type: 'string', demandOption: true }), (a) => {
+      if (!a.block) throw new NydusError('only --block export is supported');
+      const r = exportBlock({ bootstrap: a.bootstrap, blobDir: a['blob-dir'], blobPaths: a.blob ? [a.blob] : undefined, output: a.output });
+      process.stderr.write(`nydus-image: exported ${a.output} (${r.blocks} blocks)\n`);
+    })
+    .command('unpack [bootstrap]', 'write the tree of an image as a tar file', (y) => y
+      .positional('bootstrap', { type: 'string' })
+      .option('bootstrap', { alias: 'B', type: 'string' })
+      .option('blob', { alias: 'b', type: 'string' })
+      .option('blob-dir', { alias: 'D', type: 'string' })
+      .option('output', { alias: 'o', type: 'string', demandOption: true }), (a) => {
+      if (!a.bootstrap) throw new NydusError('a bootstrap is needed (-B)');
+      const r = unpackToTar({ bootstrap: a.bootstrap, blobDir: a['blob-dir'], blobPaths: a.blob ? [a.blob] : undefined, output: a.output });
+      process.stderr.write(`nydus-image: wrote ${r.entries} entries to ${a.output}${r.skipped.length ? ` (skipped ${r.skipped.length} sockets)` : ''}\n`);
+    })
+    .help()
+    .version('0.1.0')
+    .parseAsync();
+});

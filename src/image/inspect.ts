@@ -1,0 +1,88 @@
+/** `nydus-image inspect`: superblock, blobs, prefetch table and per-file chunk information as JSON. */
+import { NydusError } from '../../erofs/errors.ts';
+import { EROFS_BLKSIZ } from '../../erofs/super.ts';
+import { walkTree, type TreeNode } from '../builder/tree.ts';
+import { openBootstrap } from './open.ts';
+import { treeFromImage } from './tree-from-image.ts';
+import type { ErofsImage } from '../../erofs/image.ts';
+
+function superblockInfo(image: ErofsImage) {
+  return {
+    magic: `0x${image.sb.magic.toString(16)}`,
+    block_size: EROFS_BLKSIZ,
+    root_nid: image.sb.root_nid,
+    inodes: image.sb.inos,
+    blocks: image.sb.blocks,
+    build_time: image.sb.build_time,
+    feature_compat: image.sb.feature_compat,
+    feature_incompat: image.sb.feature_incompat,
+    extra_devices: image.sb.extra_devices,
+    flags: image.ext?.s_flags ?? 0,
+    chunk_size: image.chunkSize,
+    blob_table: image.ext ? { offset: image.ext.s_blob_table_offset, size: image.ext.s_blob_table_size } : null,
+    chunk_table: image.ext ? { offset: image.ext.s_chunk_table_offset, size: image.ext.s_chunk_table_size } : null,
+    prefetch_table: image.ext ? { offset: image.ext.s_prefetch_table_offset, size: image.ext.s_prefetch_table_size } : null,
+  };
+}
+
+function blobsInfo(image: ErofsImage) {
+  return image.blobs.map((b, i) => ({
+    blob_id: image.blobId(i),
+    blob_index: b.blob_index,
+    chunk_count: b.chunk_count,
+    chunk_size: b.chunk_size,
+    compressor: b.compression_algo,
+    digester: b.digest_algo,
+    features: b.features,
+    compressed_size: b.compressed_size,
+    uncompressed_size: b.uncompressed_size,
+    meta_ci_offset: b.ci_offset,
+    meta_ci_compressed_size: b.ci_compressed_size,
+    meta_ci_uncompressed_size: b.ci_uncompressed_size,
+  }));
+}
+
+function fileInfo(image: ErofsImage, n: TreeNode, nid: number) {
+  return {
+    path: n.path,
+    nid,
+    mode: `0${n.mode.toString(8)}`,
+    size: n.size,
+    chunks: (n.chunks ?? []).map((c, i) => ({
+      index: i,
+      blob_id: image.blobId(c.blobIndex),
+      chunk_index: c.indexInBlob,
+      digest: c.digest.toString('hex'),
+      compressed: c.compressed,
+      compressed_offset: c.compressedOffset,
+      compressed_size: c.compressedSize,
+      uncompressed_offset: c.uncompressedOffset,
+      uncompressed_size: c.uncompressedSize,
+    })),
+  };
+}
+
+/** Answers one request: `stats`, `blobs`, `prefetch`, `chunks` (all files) or `stat <path>`. */
+export function inspectImage(bootstrap: string, request = 'stats'): unknown {
+  const image = openBootstrap(bootstrap);
+  const [cmd, ...args] = request.trim().split(/\s+/);
+  if (cmd === 'blobs') return blobsInfo(image);
+  if (cmd === 'prefetch') return { inodes: image.prefetchTable() };
+  const { root, inodeOf } = treeFromImage(image);
+  if (cmd === 'stats') {
+    let files = 0, dirs = 0, symlinks = 0, others = 0, bytes = 0;
+    for (const n of walkTree(root)) {
+      if (n.kind === 'file') { files++; bytes += n.size; } else if (n.kind === 'dir') dirs++; else if (n.kind === 'symlink') symlinks++; else others++;
+    }
+    return { superblock: superblockInfo(image), blobs: blobsInfo(image), files, directories: dirs, symlinks, others, file_bytes: bytes };
+  }
+  if (cmd === 'chunks') {
+    return [...walkTree(root)].filter((n) => n.kind === 'file').map((n) => fileInfo(image, n, inodeOf.get(n)!.nid));
+  }
+  if (cmd === 'stat') {
+    const want = args.join(' ');
+    for (const n of walkTree(root)) if (n.path === want) return fileInfo(image, n, inodeOf.get(n)!.nid);
+    throw new NydusError(`${bootstrap}: no such path ${want}`);
+  }
+  throw new NydusError(`unknown inspect request ${JSON.stringify(request)}; try stats, blobs, prefetch, chunks or "stat <path>"`);
+}

@@ -1,0 +1,110 @@
+/**
+ * A streaming POSIX (pax) tar writer: ustar headers, pax records for long names, big ids,
+ * nanosecond mtimes and xattrs (SCHILY.xattr.*, values kept as raw bytes).
+ */
+import fs from 'node:fs';
+
+const BLOCK = 512;
+
+function octal(buf: Buffer, off: number, len: number, v: number): boolean {
+  const s = v.toString(8);
+  if (s.length > len - 1) return false;
+  buf.write(s.padStart(len - 1, '0') + '\0', off, len, 'latin1');
+  return true;
+}
+
+function paxRecord(key: string, value: Buffer): Buffer {
+  const body = Buffer.concat([Buffer.from(` ${key}=`, 'latin1'), value, Buffer.from('\n')]);
+  let len = body.length + 1;
+  while (String(len).length + body.length !== len) len = String(len).length + body.length;
+  return Buffer.concat([Buffer.from(String(len), 'latin1'), body]);
+}
+
+export interface TarEntry {
+  path: Buffer;
+  /** '0' file, '1' hardlink, '2' symlink, '3' char, '4' block, '5' dir, '6' fifo. */
+  type: string;
+  mode: number;
+  uid: number;
+  gid: number;
+  size: number;
+  mtimeSec: number;
+  mtimeNsec: number;
+  linkname?: Buffer;
+  devmajor?: number;
+  devminor?: number;
+  xattrs?: Map<string, Buffer>;
+}
+
+export class TarWriter {
+  private fd: number;
+  constructor(file: string) {
+    this.fd = fs.openSync(file, 'wx');
+  }
+
+  private write(buf: Buffer): void {
+    let done = 0;
+    while (done < buf.length) done += fs.writeSync(this.fd, buf, done, buf.length - done);
+  }
+
+  private header(e: TarEntry, type: string, name: Buffer, size: number, link?: Buffer): Buffer {
+    const h = Buffer.alloc(BLOCK);
+    name.copy(h, 0, 0, Math.min(100, name.length));
+    octal(h, 100, 8, e.mode & 0o7777);
+    octal(h, 108, 8, Math.min(e.uid, 0o7777777));
+    octal(h, 116, 8, Math.min(e.gid, 0o7777777));
+    octal(h, 124, 12, size);
+    octal(h, 136, 12, Math.max(0, Math.min(e.mtimeSec, 0o77777777777)));
+    h.write(type, 156, 1, 'latin1');
+    if (link) link.copy(h, 157, 0, Math.min(100, link.length));
+    h.write('ustar\x0000', 257, 8, 'latin1');
+    octal(h, 329, 8, e.devmajor ?? 0);
+    octal(h, 337, 8, e.devminor ?? 0);
+    h.fill(0x20, 148, 156);
+    let sum = 0;
+    for (const b of h) sum += b;
+    octal(h, 148, 7, sum);
+    h[155] = 0x20;
+    return h;
+  }
+
+  private pad(size: number): void {
+    const rest = size % BLOCK;
+    if (rest) this.write(Buffer.alloc(BLOCK - rest));
+  }
+
+  /** Writes an entry's headers; for regular files the caller then streams `size` bytes with data(). */
+  add(e: TarEntry): void {
+    const records: Buffer[] = [];
+    if (e.path.length > 100) records.push(paxRecord('path', e.path));
+    if (e.linkname && e.linkname.length > 100) records.push(paxRecord('linkpath', e.linkname));
+    if (e.uid > 0o7777777) records.push(paxRecord('uid', Buffer.from(String(e.uid))));
+    if (e.gid > 0o7777777) records.push(paxRecord('gid', Buffer.from(String(e.gid))));
+    if (e.size > 0o77777777777) records.push(paxRecord('size', Buffer.from(String(e.size))));
+    records.push(paxRecord('mtime', Buffer.from(`${e.mtimeSec}.${String(e.mtimeNsec).padStart(9, '0')}`)));
+    for (const [k, v] of e.xattrs ?? []) records.push(paxRecord(`SCHILY.xattr.${k}`, v));
+    const pax = Buffer.concat(records);
+    this.write(this.header({ ...e, mode: 0o644 }, 'x', Buffer.from('././@PaxHeader'), pax.length));
+    this.write(pax);
+    this.pad(pax.length);
+    this.write(this.header(e, e.type, e.path, e.type === '0' ? e.size : 0, e.linkname));
+  }
+
+  data(buf: Buffer): void {
+    this.write(buf);
+  }
+
+  endFile(size: number): void {
+    this.pad(size);
+  }
+
+  close(): void {
+    this.write(Buffer.alloc(BLOCK * 2));
+    fs.fsyncSync(this.fd);
+    fs.closeSync(this.fd);
+  }
+
+  abort(): void {
+    try { fs.closeSync(this.fd); } catch { /* closed */ }
+  }
+}

@@ -1,0 +1,64 @@
+/** `nydus-image unpack`: the tree of a bootstrap and its blobs as a tar file. */
+import fs from 'node:fs';
+import { NydusError } from '../../erofs/errors.ts';
+import { decodeDev } from '../../erofs/inode.ts';
+import { walkTree } from '../builder/tree.ts';
+import { openBlobs, openBootstrap } from './open.ts';
+import { treeFromImage } from './tree-from-image.ts';
+import { TarWriter } from './tar-writer.ts';
+
+const TAR_TYPE: Record<string, string> = { file: '0', symlink: '2', chrdev: '3', blkdev: '4', dir: '5', fifo: '6' };
+
+export function unpackToTar(opts: { bootstrap: string; blobDir?: string; blobPaths?: string[]; output: string }): { entries: number; skipped: string[] } {
+  if (fs.existsSync(opts.output)) throw new NydusError(`output ${opts.output} already exists; remove it first`);
+  const image = openBootstrap(opts.bootstrap);
+  const blobs = openBlobs(image, opts);
+  const { root } = treeFromImage(image, blobs);
+  const tar = new TarWriter(opts.output);
+  const linkFirst = new Map<string, Buffer>();
+  const skipped: string[] = [];
+  let entries = 0;
+  const buf = Buffer.allocUnsafe(1 << 20);
+  try {
+    // Walk with raw-byte paths so names that are not UTF-8 survive.
+    const paths = new Map([[root, Buffer.from('.')]]);
+    for (const n of walkTree(root)) {
+      const p = paths.get(n)!;
+      for (const c of n.children ?? []) paths.set(c, Buffer.concat([p, Buffer.from('/'), c.name]));
+      if (n.kind === 'socket') {
+        skipped.push(n.path);
+        continue;
+      }
+      const dev = decodeDev(n.rdev);
+      const base = {
+        path: n.kind === 'dir' ? Buffer.concat([p, Buffer.from('/')]) : p, mode: n.mode & 0o7777, uid: n.uid, gid: n.gid,
+        mtimeSec: n.mtimeSec, mtimeNsec: n.mtimeNsec, xattrs: n.xattrs, devmajor: dev.major, devminor: dev.minor,
+      };
+      if (n.hardlinkKey && linkFirst.has(n.hardlinkKey)) {
+        tar.add({ ...base, type: '1', size: 0, linkname: linkFirst.get(n.hardlinkKey) });
+        entries++;
+        continue;
+      }
+      if (n.hardlinkKey) linkFirst.set(n.hardlinkKey, p);
+      tar.add({ ...base, type: TAR_TYPE[n.kind], size: n.kind === 'file' ? n.size : 0, linkname: n.target });
+      if (n.kind === 'file') {
+        for (let off = 0; off < n.size; off += buf.length) {
+          const want = Math.min(buf.length, n.size - off);
+          const got = n.data!.read(buf, want, off);
+          if (got !== want) throw new NydusError(`${n.path}: short read from the image`);
+          tar.data(buf.subarray(0, want));
+        }
+        tar.endFile(n.size);
+      }
+      entries++;
+    }
+    tar.close();
+  } catch (e) {
+    tar.abort();
+    fs.rmSync(opts.output, { force: true });
+    throw e;
+  } finally {
+    for (const b of blobs) b.close();
+  }
+  return { entries, skipped };
+}
