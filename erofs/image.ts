@@ -105,6 +105,9 @@ export class ErofsImage {
     this.blobs = [];
     this.chunkSize = 0;
     if (this.sb.feature_compat & EROFS_FEATURE_COMPAT_RAFS_V6) {
+      if (buf.length % EROFS_BLKSIZ !== 0) {
+        throw new FormatError(`${name}: truncated RAFS v6 bootstrap (${buf.length} bytes is not a whole number of ${EROFS_BLKSIZ}-byte blocks)`);
+      }
       const ext = rafsV6SuperBlockExt.decode(buf, RAFS_V6_SUPER_EXT_OFFSET, `${name}: RAFS v6 extended superblock`);
       this.ext = ext;
       const cs = ext.s_chunk_size;

@@ -1,0 +1,68 @@
+/**
+ * A manifest of a tree: every entry's type, mode, owner, mtime (ns), size, content digest, link target,
+ * device number, xattrs and hardlink identity, keyed by raw path bytes. Two trees are equal when their
+ * manifests are.
+ */
+import fs from 'node:fs';
+import crypto from 'node:crypto';
+import { readXattrs } from '../../native/xattr/index.ts';
+
+function fileSha256(p: Buffer): string {
+  const h = crypto.createHash('sha256');
+  const fd = fs.openSync(p, 'r');
+  const buf = Buffer.allocUnsafe(1 << 20);
+  try {
+    for (;;) {
+      const n = fs.readSync(fd, buf, 0, buf.length, null);
+      if (n === 0) break;
+      h.update(buf.subarray(0, n));
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
+  return h.digest('hex');
+}
+
+export function manifest(root: string, opts: { skipRootTimes?: boolean } = {}): Map<string, string> {
+  const out = new Map<string, string>();
+  const firstPathOfInode = new Map<string, string>();
+  const walk = (abs: Buffer, rel: string) => {
+    const st = fs.lstatSync(abs, { bigint: true });
+    const xattrs = [...readXattrs(abs)].sort(([a], [b]) => (a < b ? -1 : 1)).map(([k, v]) => `${k}=${v.toString('hex')}`);
+    const e: Record<string, unknown> = {
+      mode: st.mode.toString(8), uid: String(st.uid), gid: String(st.gid), xattrs,
+    };
+    if (!(opts.skipRootTimes && rel === '')) e.mtime = st.mtimeNs.toString();
+    if (!st.isDirectory()) e.nlink = String(st.nlink);
+    if (st.isFile()) {
+      e.size = String(st.size);
+      e.sha256 = fileSha256(abs);
+      const key = `${st.dev}:${st.ino}`;
+      if (st.nlink > 1n) {
+        if (!firstPathOfInode.has(key)) firstPathOfInode.set(key, rel);
+        e.hardlinkOf = firstPathOfInode.get(key);
+      }
+    }
+    if (st.isSymbolicLink()) e.target = fs.readlinkSync(abs, { encoding: 'buffer' }).toString('hex');
+    if (st.isCharacterDevice() || st.isBlockDevice()) e.rdev = String(st.rdev);
+    out.set(rel, JSON.stringify(e));
+    if (st.isDirectory()) {
+      const names = fs.readdirSync(abs, { encoding: 'buffer' }).sort(Buffer.compare);
+      for (const n of names) walk(Buffer.concat([abs, Buffer.from('/'), n]), `${rel}/${n.toString('hex')}`);
+    }
+  };
+  walk(Buffer.from(root), '');
+  return out;
+}
+
+/** Differences between two manifests, as readable lines (empty when equal). */
+export function diffManifests(a: Map<string, string>, b: Map<string, string>): string[] {
+  const lines: string[] = [];
+  const show = (k: string) => k.split('/').map((h) => Buffer.from(h, 'hex').toString('latin1')).join('/') || '/';
+  for (const [k, v] of a) {
+    if (!b.has(k)) lines.push(`missing ${show(k)}`);
+    else if (b.get(k) !== v) lines.push(`differs ${show(k)}: ${v} != ${b.get(k)}`);
+  }
+  for (const k of b.keys()) if (!a.has(k)) lines.push(`extra ${show(k)}`);
+  return lines;
+}
