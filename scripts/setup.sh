@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what nydus-ts needs on a Debian machine, as root; quick when everything is there.
+#   apt packages: erofs-utils (reference tools), python3 (mount(2) helper in tests), tar, attr tools
+#   npm ci: dependencies and the native addons (build/Release/*.node), built offline from /usr/include/node
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+export npm_config_nodedir=${npm_config_nodedir:-/usr}
+
+need=()
+command -v mkfs.erofs >/dev/null || need+=(erofs-utils)
+command -v python3 >/dev/null || need+=(python3)
+command -v mkfifo >/dev/null || need+=(coreutils)
+command -v g++ >/dev/null || need+=(g++ make)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "setup: installing ${need[*]}" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+stamp=node_modules/.nydus-ts-lock
+if [ ! -f "$stamp" ] || ! cmp -s package-lock.json "$stamp"; then
+  echo "setup: npm ci (dependencies and native addons, about two minutes)" >&2
+  JOBS=max npm ci --no-audit --no-fund --loglevel=error
+  cp package-lock.json "$stamp"
+fi
+if [ ! -f build/Release/xattr.node ] || [ ! -f build/Release/fscache.node ] || [ binding.gyp -nt build/Release/xattr.node ] \
+   || [ -n "$(find native -newer build/Release/xattr.node -name '*.cc' -o -newer build/Release/xattr.node -name '*.h' | head -1)" ]; then
+  echo "setup: building the native addons" >&2
+  npx --no-install node-gyp rebuild --loglevel=error >/dev/null
+fi
