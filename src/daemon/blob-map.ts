@@ -1,0 +1,66 @@
+/**
+ * Blob map: for one blob, its chunks in uncompressed order, so that a kernel READ of the blob's
+ * uncompressed address space maps to the chunks (and their stored ranges) that cover it.
+ */
+import { NydusError, EIO } from '../../erofs/errors.ts';
+import type { ErofsImage } from '../../erofs/image.ts';
+import { BLOB_CHUNK_FLAG_COMPRESSED } from '../../erofs/blobmeta.ts';
+import { blobCompressor, blobDigester } from '../image/open.ts';
+import type { CompressorName } from '../blob/compress.ts';
+import type { Digester } from '../blob/digest.ts';
+import type { ChunkRef } from '../builder/tree.ts';
+
+export class BlobMap {
+  private readonly chunks: ChunkRef[];
+
+  constructor(
+    readonly blobId: string, readonly uncompressedSize: number, readonly compressor: CompressorName,
+    readonly digester: Digester, chunks: ChunkRef[],
+  ) {
+    this.chunks = [...chunks].sort((a, b) => a.uncompressedOffset - b.uncompressedOffset);
+  }
+
+  /** Every blob of a bootstrap, keyed by blob id, from its blob table and chunk table. */
+  static fromImage(image: ErofsImage): Map<string, BlobMap> {
+    const perBlob = image.blobs.map(() => [] as ChunkRef[]);
+    for (const c of image.chunkTable()) {
+      perBlob[c.blobIndex].push({
+        blobIndex: c.blobIndex, indexInBlob: c.index, digest: c.digest, uncompressedOffset: c.uncompressedOffset,
+        uncompressedSize: c.uncompressedSize, compressedOffset: c.compressedOffset, compressedSize: c.compressedSize,
+        compressed: (c.flags & BLOB_CHUNK_FLAG_COMPRESSED) !== 0,
+      });
+    }
+    const out = new Map<string, BlobMap>();
+    image.blobs.forEach((b, i) => {
+      const id = image.blobId(i);
+      out.set(id, new BlobMap(id, b.uncompressed_size, blobCompressor(image, i), blobDigester(image, i), perBlob[i]));
+    });
+    return out;
+  }
+
+  get chunkCount(): number {
+    return this.chunks.length;
+  }
+
+  all(): readonly ChunkRef[] {
+    return this.chunks;
+  }
+
+  /** Chunks overlapping [offset, offset + len); gaps between chunks are alignment padding. */
+  chunksIn(offset: number, len: number): ChunkRef[] {
+    if (offset < 0 || offset >= this.uncompressedSize + 4096) {
+      throw new NydusError(`blob ${this.blobId}: read at ${offset} is beyond its ${this.uncompressedSize} bytes`, EIO);
+    }
+    let lo = 0;
+    let hi = this.chunks.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      const c = this.chunks[mid];
+      if (c.uncompressedOffset + c.uncompressedSize <= offset) lo = mid + 1;
+      else hi = mid;
+    }
+    const out: ChunkRef[] = [];
+    for (let i = lo; i < this.chunks.length && this.chunks[i].uncompressedOffset < offset + len; i++) out.push(this.chunks[i]);
+    return out;
+  }
+}

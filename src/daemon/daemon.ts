@@ -1,0 +1,90 @@
+/**
+ * The daemon: registered images (from the API, persisted), their blob maps and backends, and the
+ * resolution of the kernel's (volume, cookie) keys to bootstraps and blobs.
+ */
+import fs from 'node:fs';
+import type { Logger } from 'pino';
+import { NydusError } from '../../erofs/errors.ts';
+import { openBootstrap } from '../image/open.ts';
+import { BlobMap } from './blob-map.ts';
+import { ChunkFetcher } from './chunk-fetcher.ts';
+import { type BlobBackend, LocalFsBackend } from './backend/localfs.ts';
+import { type ImageEntry, ConfigError, parseBlobCacheEntry } from './config.ts';
+import type { ObjectResolver, ResolvedObject } from './ondemand.ts';
+import type { DaemonState } from './state.ts';
+
+interface RegisteredImage {
+  entry: ImageEntry;
+  bootstrapSize: number;
+  blobs: Map<string, BlobMap>;
+  backend: BlobBackend;
+  fetcher: ChunkFetcher;
+}
+
+export class ImageRegistry implements ObjectResolver {
+  private readonly images = new Map<string, RegisteredImage>();
+
+  constructor(private readonly state: DaemonState, private readonly log: Logger) {}
+
+  /** Re-registers what an earlier run of the daemon had (after a restart). */
+  restore(): void {
+    for (const { id, entry } of this.state.images()) {
+      try {
+        this.add(entry, false);
+      } catch (e) {
+        this.log.error({ id, err: (e as Error).message }, 'cannot restore a registered image');
+      }
+    }
+  }
+
+  /** PUT /api/v2/blobs: validates the entry and the bootstrap before accepting it. */
+  add(body: unknown, persist = true): ImageEntry {
+    const entry = parseBlobCacheEntry(body);
+    if (this.images.has(entry.id)) throw new ConfigError(`image ${entry.id} is already registered`);
+    const image = openBootstrap(entry.metadataPath);
+    if (!image.isRafs) throw new NydusError(`${entry.metadataPath} is not a RAFS v6 bootstrap`);
+    const blobs = BlobMap.fromImage(image);
+    for (const id of blobs.keys()) {
+      if (!/^[0-9a-f]{64}$/.test(id)) throw new NydusError(`${entry.metadataPath}: blob id ${JSON.stringify(id)} is not a sha256`);
+    }
+    const backend = new LocalFsBackend(entry.backend.dir);
+    this.images.set(entry.id, {
+      entry, bootstrapSize: fs.statSync(entry.metadataPath).size, blobs, backend, fetcher: new ChunkFetcher(backend),
+    });
+    if (persist) this.state.saveImage(entry.id, body);
+    this.log.info({ id: entry.id, domain: entry.domainId, bootstrap: entry.metadataPath, blobs: [...blobs.keys()] }, 'image registered');
+    return entry;
+  }
+
+  /** DELETE /api/v2/blobs: by fsid (blob_id) and/or domain. Returns how many were removed. */
+  remove(query: { id?: string; domainId?: string }): number {
+    let n = 0;
+    for (const [id, img] of this.images) {
+      if (query.id && id !== query.id) continue;
+      if (query.domainId && img.entry.domainId !== query.domainId) continue;
+      if (!query.id && !query.domainId) continue;
+      this.images.delete(id);
+      this.state.deleteImage(id);
+      n++;
+    }
+    return n;
+  }
+
+  list(): ImageEntry[] {
+    return [...this.images.values()].map((i) => i.entry);
+  }
+
+  backends(): BlobBackend[] {
+    return [...this.images.values()].map((i) => i.backend);
+  }
+
+  resolve(volume: string, cookie: string): ResolvedObject | null {
+    for (const img of this.images.values()) {
+      if ((img.entry.domainId || img.entry.id) !== volume) continue;
+      if (cookie === img.entry.id) return { kind: 'bootstrap', path: img.entry.metadataPath, size: img.bootstrapSize };
+      const map = img.blobs.get(cookie);
+      if (map) return { kind: 'blob', map, fetcher: img.fetcher, prefetch: img.entry.prefetch };
+    }
+    return null;
+  }
+}

@@ -1,0 +1,104 @@
+/**
+ * nydusd's two processes. The supervisor opens /dev/cachefiles, binds the cache and keeps that fd for
+ * its whole life; the worker it spawns (with the fd inherited) serves the kernel and the API. When the
+ * worker dies (crash, kill -9) the supervisor starts a new one, which sends `restore` so the kernel
+ * resends the requests that were in flight and reopens objects: mounts survive a daemon crash.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import path from 'node:path';
+import pino, { type Logger } from 'pino';
+import { CachefilesDevice } from '../../native/fscache/index.ts';
+import { NydusError } from '../../erofs/errors.ts';
+import { startApi } from './api.ts';
+import { ImageRegistry } from './daemon.ts';
+import { OnDemandSession } from './ondemand.ts';
+import { DaemonState } from './state.ts';
+
+export interface DaemonOptions {
+  fscacheDir: string;
+  tag: string;
+  threads: number;
+  apiSock: string;
+  logLevel: string;
+  id: string;
+  supervisor: string;
+}
+
+const WORKER_FD_ENV = 'NYDUSD_WORKER_FD';
+const RESTART_ENV = 'NYDUSD_WORKER_RESTART';
+
+export function makeLogger(level: string): Logger {
+  return pino({ level, base: { pid: process.pid } }, pino.destination(2));
+}
+
+export function isWorker(): boolean {
+  return process.env[WORKER_FD_ENV] !== undefined;
+}
+
+export async function runSupervisor(opts: DaemonOptions, argv: string[]): Promise<void> {
+  const log = makeLogger(opts.logLevel);
+  let dev: CachefilesDevice;
+  try {
+    dev = CachefilesDevice.open(path.resolve(opts.fscacheDir), opts.tag);
+  } catch (e) {
+    throw new NydusError(`cannot bind the fscache cache at ${opts.fscacheDir}: ${(e as Error).message}`);
+  }
+  log.info({ dir: opts.fscacheDir, tag: opts.tag }, 'cachefiles bound in on-demand mode');
+  let child: ChildProcess | null = null;
+  let stopping = false;
+  let restarts = 0;
+  const start = () => {
+    child = spawn(process.execPath, [...process.execArgv, ...argv], {
+      stdio: ['ignore', 'inherit', 'inherit', dev.fd],
+      env: { ...process.env, [WORKER_FD_ENV]: '3', [RESTART_ENV]: String(restarts) },
+    });
+    child.on('exit', (code, signal) => {
+      child = null;
+      if (stopping) {
+        dev.close();
+        process.exit(0);
+      }
+      restarts++;
+      log.error({ code, signal, restarts }, 'worker died; starting a new one');
+      setTimeout(start, 200);
+    });
+  };
+  const stop = () => {
+    if (stopping) return;
+    stopping = true;
+    if (child) child.kill('SIGTERM');
+    else {
+      dev.close();
+      process.exit(0);
+    }
+  };
+  process.on('SIGTERM', stop);
+  process.on('SIGINT', stop);
+  start();
+}
+
+export async function runWorker(opts: DaemonOptions): Promise<void> {
+  const log = makeLogger(opts.logLevel);
+  const dev = CachefilesDevice.fromFd(Number(process.env[WORKER_FD_ENV]));
+  const state = new DaemonState(path.join(opts.fscacheDir, 'nydus-ts'));
+  const registry = new ImageRegistry(state, log);
+  registry.restore();
+  const session = new OnDemandSession(dev, registry, state, log, opts.threads);
+  dev.onMessage((msg) => session.handle(msg), (err) => log.warn({ err: err.message }, 'bad message from the kernel'));
+  if (Number(process.env[RESTART_ENV] ?? 0) > 0) {
+    dev.restore();
+    log.info('restarted: asked the kernel to resend pending requests');
+  }
+  const server = await startApi(opts.apiSock, { id: opts.id, supervisor: opts.supervisor, registry, state, session: () => session, log });
+  log.info({ apisock: opts.apiSock }, 'nydusd ready');
+  const shutdown = () => {
+    log.info('shutting down');
+    server.close();
+    dev.stopMessages();
+    session.closeAll();
+    state.close();
+    process.exit(0);
+  };
+  process.on('SIGTERM', shutdown);
+  process.on('SIGINT', shutdown);
+}
