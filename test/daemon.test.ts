@@ -1,0 +1,183 @@
+/**
+ * The daemon's pipeline without a kernel: the API registers an image, then OPEN/READ messages go
+ * through a fake cachefiles port that records what would be written into the cache files.
+ */
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import http from 'node:http';
+import pino from 'pino';
+import { createImage } from '../src/builder/create.ts';
+import { exportBlock } from '../src/image/export-block.ts';
+import { ImageRegistry } from '../src/daemon/daemon.ts';
+import { DaemonState } from '../src/daemon/state.ts';
+import { OnDemandSession, type CachefilesPort } from '../src/daemon/ondemand.ts';
+import { startApi } from '../src/daemon/api.ts';
+import { openBootstrap } from '../src/image/open.ts';
+import { prand, tmpDir } from './helpers/fixtures.ts';
+
+const work = tmpDir('daemon');
+const log = pino({ level: 'silent' });
+let boot: string;
+let blobDir: string;
+let blobId: string;
+
+/** Records writes per fd as a sparse file image, and completions. */
+class FakePort implements CachefilesPort {
+  files = new Map<number, Buffer>();
+  copens: Array<[number, number]> = [];
+  completed: number[] = [];
+  closed: number[] = [];
+  copen(msgId: number, size: number): void {
+    this.copens.push([msgId, size]);
+  }
+  async writeData(fd: number, offset: number, data: Uint8Array): Promise<void> {
+    assert.equal(offset % 4096, 0, 'writes start 4096-aligned');
+    const cur = this.files.get(fd) ?? Buffer.alloc(0);
+    // Like the addon: the tail is zero-padded to 4096.
+    const end = offset + Math.ceil(data.length / 4096) * 4096;
+    const next = cur.length >= end ? cur : Buffer.concat([cur, Buffer.alloc(end - cur.length)]);
+    Buffer.from(data).copy(next, offset);
+    this.files.set(fd, next);
+  }
+  readComplete(_fd: number, msgId: number): void {
+    this.completed.push(msgId);
+  }
+  closeFd(fd: number): void {
+    this.closed.push(fd);
+  }
+}
+
+function api(sock: string, method: string, url: string, body?: unknown): Promise<{ status: number; body: any }> {
+  return new Promise((resolve, reject) => {
+    const req = http.request({ socketPath: sock, method, path: url, headers: { 'content-type': 'application/json' } }, (res) => {
+      let text = '';
+      res.on('data', (d) => (text += d));
+      res.on('end', () => resolve({ status: res.statusCode!, body: text ? JSON.parse(text) : null }));
+    });
+    req.on('error', reject);
+    if (body !== undefined) req.write(typeof body === 'string' ? body : JSON.stringify(body));
+    req.end();
+  });
+}
+
+const settle = () => new Promise((r) => setTimeout(r, 200));
+
+before(() => {
+  const src = path.join(work, 'src');
+  fs.mkdirSync(src);
+  fs.writeFileSync(path.join(src, 'a'), prand(700000, 1));
+  fs.writeFileSync(path.join(src, 'b'), Buffer.alloc(300000, 'b'));
+  blobDir = path.join(work, 'blobs');
+  boot = path.join(work, 'img.boot');
+  const r = createImage({ source: src, bootstrap: boot, blobDir, chunkSize: 0x40000, compressor: 'zstd', digester: 'blake3' });
+  blobId = r.blob!.blobId;
+});
+
+after(() => fs.rmSync(work, { recursive: true, force: true }));
+
+const entry = (id: string, extra: object = {}) => ({
+  type: 'bootstrap', id, domain_id: '',
+  config_v2: {
+    version: 2, id, backend: { type: 'localfs', localfs: { dir: blobDir } },
+    cache: { type: 'fscache', fscache: { work_dir: work } }, metadata_path: boot, ...extra,
+  },
+});
+
+test('API: register through PUT /api/v2/blobs, refuse bad bodies with 400, socket is 0600', async () => {
+  const state = new DaemonState(path.join(work, 'state1'));
+  const registry = new ImageRegistry(state, log);
+  const sock = path.join(work, 'api1.sock');
+  const server = await startApi(sock, { id: 'd1', supervisor: '', registry, state, session: () => null, log });
+  try {
+    assert.equal(fs.statSync(sock).mode & 0o777, 0o600);
+    assert.equal((await api(sock, 'PUT', '/api/v2/blobs', entry('img1'))).status, 204);
+    const bad = await api(sock, 'PUT', '/api/v2/blobs', '{not json');
+    assert.equal(bad.status, 400);
+    assert.match(bad.body.message, /not valid JSON/);
+    const noPath = await api(sock, 'PUT', '/api/v2/blobs', { type: 'bootstrap', id: 'x', config_v2: { backend: { type: 'localfs', localfs: { dir: '/' } } } });
+    assert.equal(noPath.status, 400);
+    assert.match(noPath.body.message, /metadata_path is required/);
+    const legacy = await api(sock, 'PUT', '/api/v2/blobs', {
+      type: 'bootstrap', id: 'img2', domain_id: 'dom',
+      config: { backend_type: 'localfs', backend_config: { dir: blobDir }, cache_type: 'fscache', cache_config: { work_dir: work }, metadata_path: boot },
+    });
+    assert.equal(legacy.status, 204);
+    const daemon = await api(sock, 'GET', '/api/v1/daemon');
+    assert.equal(daemon.body.state, 'RUNNING');
+    assert.deepEqual(Object.keys(daemon.body.backend_collection).sort(), ['img1', 'img2']);
+    assert.equal((await api(sock, 'DELETE', '/api/v2/blobs?domain_id=dom')).status, 204);
+    assert.equal((await api(sock, 'GET', '/api/v2/blobs')).body.length, 1);
+    assert.equal((await api(sock, 'DELETE', '/api/v2/blobs?blob_id=nope')).status, 404);
+  } finally {
+    server.close();
+    state.close();
+  }
+});
+
+test('session: OPEN and READ fill the cache files with exactly the image bytes', async () => {
+  const state = new DaemonState(path.join(work, 'state2'));
+  const registry = new ImageRegistry(state, log);
+  registry.add(entry('img'));
+  const port = new FakePort();
+  const session = new OnDemandSession(port, registry, state, log, 2);
+  session.handle({ type: 'open', msgId: 1, objectId: 10, volumeKey: 'erofs,img', cookieKey: 'img', fd: 100, flags: 0 });
+  session.handle({ type: 'open', msgId: 2, objectId: 11, volumeKey: 'erofs,img', cookieKey: blobId, fd: 101, flags: 0 });
+  session.handle({ type: 'open', msgId: 3, objectId: 12, volumeKey: 'erofs,img', cookieKey: 'f'.repeat(64), fd: 102, flags: 0 });
+  const image = openBootstrap(boot);
+  assert.deepEqual(port.copens, [[1, fs.statSync(boot).size], [2, image.blobs[0].uncompressed_size], [3, -2]]);
+  assert.deepEqual(port.closed, [102], 'the fd of a refused open is closed');
+  session.handle({ type: 'read', msgId: 4, objectId: 10, offset: 0, len: fs.statSync(boot).size });
+  session.handle({ type: 'read', msgId: 5, objectId: 11, offset: 0, len: image.blobs[0].uncompressed_size });
+  await settle();
+  assert.deepEqual(port.completed.sort(), [4, 5]);
+  assert.ok(port.files.get(100)!.subarray(0, fs.statSync(boot).size).equals(fs.readFileSync(boot)));
+  // The blob's cache file equals the uncompressed blob: export it and compare its data region.
+  const exported = path.join(work, 'ref.erofs');
+  exportBlock({ bootstrap: boot, blobDir, output: exported });
+  const ref = fs.readFileSync(exported);
+  const cache = port.files.get(101)!;
+  const dataStart = ref.length - image.blobs[0].uncompressed_size;
+  assert.ok(cache.subarray(0, image.blobs[0].uncompressed_size).equals(ref.subarray(dataStart)), 'cache file holds the uncompressed blob');
+  assert.equal(state.count(blobId), image.blobs[0].chunk_count, 'every chunk is marked after its write');
+  state.close();
+});
+
+test('session: a corrupt chunk is never written; the read completes without data', async () => {
+  const badDir = path.join(work, 'bad-blobs');
+  fs.mkdirSync(badDir);
+  const data = fs.readFileSync(path.join(blobDir, blobId));
+  data[10] ^= 0x55;
+  fs.writeFileSync(path.join(badDir, blobId), data);
+  const state = new DaemonState(path.join(work, 'state3'));
+  const registry = new ImageRegistry(state, log);
+  const e = entry('bad');
+  e.config_v2.backend.localfs.dir = badDir;
+  registry.add(e);
+  const port = new FakePort();
+  const session = new OnDemandSession(port, registry, state, log, 2);
+  session.handle({ type: 'open', msgId: 1, objectId: 1, volumeKey: 'erofs,bad', cookieKey: blobId, fd: 7, flags: 0 });
+  session.handle({ type: 'read', msgId: 2, objectId: 1, offset: 0, len: 4096 });
+  await settle();
+  assert.deepEqual(port.completed, [2]);
+  assert.equal(port.files.get(7), undefined, 'nothing was written');
+  assert.equal(session.stats.readErrors, 1);
+  assert.equal(state.count(blobId), 0);
+  state.close();
+});
+
+test('state: registered images and cached chunks survive a restart', () => {
+  const dir = path.join(work, 'state4');
+  let state = new DaemonState(dir);
+  new ImageRegistry(state, log).add(entry('persist'));
+  state.mark(blobId, [0, 2]);
+  state.close();
+  state = new DaemonState(dir);
+  const registry = new ImageRegistry(state, log);
+  registry.restore();
+  assert.deepEqual(registry.list().map((e) => e.id), ['persist']);
+  assert.deepEqual([...state.cached(blobId)].sort(), [0, 2]);
+  assert.ok(registry.resolve('persist', blobId));
+  state.close();
+});
