@@ -91,7 +91,10 @@ export function startApi(sock: string, ctx: ApiContext): Promise<http.Server> {
         case 'GET /api/v1/metrics/blobcache': {
           const blob = url.searchParams.get('blob_id');
           if (!blob) throw new ConfigError('GET /api/v1/metrics/blobcache needs blob_id');
-          return send(res, 200, { blob_id: blob, cached_chunks: ctx.state.count(blob) });
+          return send(res, 200, {
+            blob_id: blob, cached_chunks: ctx.state.count(blob), cached: [...ctx.state.cached(blob)].sort((a, b) => a - b),
+            fetches: ctx.state.fetches(blob),
+          });
         }
         default:
           return send(res, 404, { code: 'NotFound', message: `no API at ${route}` });

@@ -12,7 +12,7 @@ import type { BlobMap } from './blob-map.ts';
 export class ChunkFetcher {
   private readonly inflight = new Map<string, Promise<Buffer>>();
 
-  constructor(private readonly backend: BlobBackend) {}
+  constructor(private readonly backend: BlobBackend, private readonly onFetch?: (blobId: string, chunkIndex: number) => void) {}
 
   fetch(blob: BlobMap, chunk: ChunkRef): Promise<Buffer> {
     const key = `${blob.blobId}:${chunk.indexInBlob}`;
@@ -26,6 +26,7 @@ export class ChunkFetcher {
 
   private async load(blob: BlobMap, chunk: ChunkRef): Promise<Buffer> {
     const where = `blob ${blob.blobId} chunk ${chunk.indexInBlob}`;
+    this.onFetch?.(blob.blobId, chunk.indexInBlob);
     const stored = await this.backend.read(blob.blobId, chunk.compressedOffset, chunk.compressedSize);
     const data = chunk.compressed ? decompressChunk(blob.compressor, stored, chunk.uncompressedSize, where) : stored;
     if (data.length !== chunk.uncompressedSize) throw new NydusError(`${where}: ${data.length} bytes, expected ${chunk.uncompressedSize}`, EIO);

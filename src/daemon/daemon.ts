@@ -49,7 +49,7 @@ export class ImageRegistry implements ObjectResolver {
     }
     const backend = new LocalFsBackend(entry.backend.dir);
     this.images.set(entry.id, {
-      entry, bootstrapSize: fs.statSync(entry.metadataPath).size, blobs, backend, fetcher: new ChunkFetcher(backend),
+      entry, bootstrapSize: fs.statSync(entry.metadataPath).size, blobs, backend, fetcher: new ChunkFetcher(backend, (blob, chunk) => this.state.countFetch(blob, chunk)),
     });
     if (persist) this.state.saveImage(entry.id, body);
     this.log.info({ id: entry.id, domain: entry.domainId, bootstrap: entry.metadataPath, blobs: [...blobs.keys()] }, 'image registered');

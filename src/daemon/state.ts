@@ -26,6 +26,11 @@ export class DaemonState {
       chunk_index INTEGER NOT NULL,
       PRIMARY KEY (blob_id, chunk_index)
     ) WITHOUT ROWID`);
+    // How often each chunk was fetched from the backend: the evidence that a restart refetches nothing.
+    this.db.exec(`CREATE TABLE IF NOT EXISTS chunk_fetches (
+      blob_id TEXT NOT NULL, chunk_index INTEGER NOT NULL, fetches INTEGER NOT NULL,
+      PRIMARY KEY (blob_id, chunk_index)
+    ) WITHOUT ROWID`);
     this.db.exec(`CREATE TABLE IF NOT EXISTS images (id TEXT PRIMARY KEY, entry TEXT NOT NULL)`);
     this.insert = this.db.prepare('INSERT OR IGNORE INTO cached_chunks (blob_id, chunk_index) VALUES (?, ?)');
     this.remove = this.db.prepare('DELETE FROM cached_chunks WHERE blob_id = ? AND chunk_index = ?');
@@ -51,6 +56,16 @@ export class DaemonState {
 
   count(blobId: string): number {
     return (this.countBlob.get(blobId) as { n: number }).n;
+  }
+
+  countFetch(blobId: string, chunkIndex: number): void {
+    this.db.prepare(`INSERT INTO chunk_fetches (blob_id, chunk_index, fetches) VALUES (?, ?, 1)
+      ON CONFLICT (blob_id, chunk_index) DO UPDATE SET fetches = fetches + 1`).run(blobId, chunkIndex);
+  }
+
+  fetches(blobId: string): Record<number, number> {
+    const rows = this.db.prepare('SELECT chunk_index, fetches FROM chunk_fetches WHERE blob_id = ?').all(blobId) as Array<{ chunk_index: number; fetches: number }>;
+    return Object.fromEntries(rows.map((r) => [r.chunk_index, r.fetches]));
   }
 
   saveImage(id: string, entry: unknown): void {
