@@ -9,7 +9,7 @@ import type { CompressorName } from '../blob/compress.ts';
 import type { Digester } from '../blob/digest.ts';
 import { treeFromDirectory } from './source-dir.ts';
 import { ChunkIndex, chunkTree, type ChunkStats } from './chunker.ts';
-import { layoutTree } from './layout.ts';
+import { type Layout, layoutTree } from './layout.ts';
 import { type BlobDescriptor, writeImage } from './writer.ts';
 
 export interface CreateOptions {
@@ -22,6 +22,10 @@ export interface CreateOptions {
   chunkSize: number;
   compressor: CompressorName;
   digester: Digester;
+  /** Paths (from the image root) whose inodes go into the prefetch table, in order. */
+  prefetchPaths?: string[];
+  /** Reproducible output: build time 0. */
+  repeatable?: boolean;
 }
 
 export interface CreateResult {
@@ -43,6 +47,16 @@ export function blobDescriptor(b: FinishedBlob): BlobDescriptor {
     features: b.features, ciCompressor: RAFS_COMPRESS_NONE, ciOffset: b.ciOffset, ciCompressedSize: b.ciSize,
     ciUncompressedSize: b.ciSize,
   };
+}
+
+function prefetchNids(layout: Layout, paths: string[]): number[] {
+  const byPath = new Map([...layout.inodeOf].map(([node, ino]) => [node.path, ino.nid]));
+  return paths.map((p) => {
+    const norm = '/' + p.split('/').filter(Boolean).join('/');
+    const nid = byPath.get(norm);
+    if (nid === undefined) throw new NydusError(`prefetch path ${p} is not in the source tree`);
+    return nid;
+  });
 }
 
 function refuseExisting(file: string, what: string): void {
@@ -76,7 +90,8 @@ export function createImage(opts: CreateOptions): CreateResult {
   const layout = layoutTree(tree, blobs.length);
   const { meta } = writeImage(layout, {
     chunkSize: opts.chunkSize, compressor: opts.compressor, digester: opts.digester, blobs,
-    buildTime: Math.floor(Date.now() / 1000),
+    buildTime: opts.repeatable ? 0 : Math.floor(Date.now() / 1000),
+    prefetch: opts.prefetchPaths ? prefetchNids(layout, opts.prefetchPaths) : undefined,
   });
   fs.writeFileSync(opts.bootstrap, meta, { flag: 'wx' });
   return { bootstrap: opts.bootstrap, blob, stats, inodes: layout.inodes.length };

@@ -14,6 +14,13 @@ function writeJson(file: string | undefined, value: unknown): void {
   if (file) fs.writeFileSync(file, JSON.stringify(value, null, 2) + '\n');
 }
 
+/** check, inspect and unpack take the bootstrap as an argument or, deprecated in nydus, as -B. */
+function needBootstrap(a: { BOOTSTRAP?: string; bootstrap?: string }): string {
+  const b = a.BOOTSTRAP ?? a.bootstrap;
+  if (!b) throw new NydusError('a bootstrap is needed (BOOTSTRAP argument or -B)');
+  return b;
+}
+
 function oneOf<T extends string>(v: string, allowed: readonly T[], what: string): T {
   if (!allowed.includes(v as T)) throw new NydusError(`unsupported ${what} ${JSON.stringify(v)}; supported: ${allowed.join(', ')}`);
   return v as T;
@@ -27,9 +34,11 @@ await runMain('nydus-image', async () => {
     .fail((msg, err) => {
       throw err ?? new NydusError(msg);
     })
+    .option('log-level', { alias: 'l', type: 'string', default: 'info', choices: ['trace', 'debug', 'info', 'warn', 'error'], global: true })
+    .option('log-file', { alias: 'L', type: 'string', global: true, describe: 'accepted for compatibility; messages go to stderr' })
     .command('create <source>', 'build a RAFS v6 image (bootstrap + blob) from a directory', (y) => y
       .positional('source', { type: 'string', demandOption: true, describe: 'source directory' })
-      .option('type', { alias: 't', type: 'string', default: 'dir-rafs', describe: 'conversion type (dir-rafs)' })
+      .option('type', { alias: ['t', 'source-type'], type: 'string', default: 'dir-rafs', describe: 'conversion type (dir-rafs)' })
       .option('bootstrap', { alias: 'B', type: 'string', demandOption: true, describe: 'output bootstrap file' })
       .option('blob-dir', { alias: 'D', type: 'string', describe: 'directory for the blob, named by its sha256' })
       .option('blob', { alias: 'b', type: 'string', describe: 'output blob file' })
@@ -38,10 +47,24 @@ await runMain('nydus-image', async () => {
       .option('digester', { alias: 'd', type: 'string', default: 'blake3', describe: 'chunk digester: blake3, sha256' })
       .option('fs-version', { alias: 'v', type: 'string', default: '6', describe: 'RAFS version (6)' })
       .option('output-json', { alias: 'J', type: 'string', describe: 'write a JSON report here' })
-      .option('log-level', { alias: 'l', type: 'string', default: 'info' }), (a) => {
+      .option('prefetch-policy', { alias: 'P', type: 'string', default: 'none', describe: 'fs: read the paths to prefetch from stdin, one per line' })
+      .option('whiteout-spec', { alias: 'W', type: 'string', default: 'oci', describe: 'whiteout specification (oci, overlayfs, none)' })
+      .option('repeatable', { type: 'boolean', default: false, describe: 'reproducible output: build time 0' })
+      .option('aligned-chunk', { type: 'boolean', default: false, describe: 'always on for RAFS v6' })
+      .option('blob-inline-meta', { type: 'boolean', default: false, describe: 'not supported yet' })
+      .option('parent-bootstrap', { type: 'string', describe: 'not supported yet' })
+      .option('chunk-dict', { type: 'string', describe: 'not supported yet' }), (a) => {
       oneOf(a.type, ['dir-rafs', 'directory'] as const, 'conversion type');
       oneOf(a['fs-version'], ['6'] as const, 'fs version');
+      oneOf(a['whiteout-spec'], ['oci', 'overlayfs', 'none'] as const, 'whiteout spec');
+      for (const unsupported of ['blob-inline-meta', 'parent-bootstrap', 'chunk-dict'] as const) {
+        if (a[unsupported]) throw new NydusError(`--${unsupported} is not supported by nydus-ts yet`);
+      }
+      const policy = oneOf(a['prefetch-policy'], ['none', 'fs', 'blob'] as const, 'prefetch policy');
+      if (policy === 'blob') throw new NydusError('--prefetch-policy blob is not supported by nydus-ts yet; use fs');
+      const prefetchPaths = policy === 'fs' ? fs.readFileSync(0, 'utf8').split('\n').map((l) => l.trim()).filter(Boolean) : undefined;
       const r = createImage({
+        prefetchPaths, repeatable: a.repeatable,
         source: a.source, bootstrap: a.bootstrap, blobDir: a['blob-dir'], blobPath: a.blob,
         chunkSize: parseSize(a['chunk-size'], 'chunk size'),
         compressor: oneOf(a.compressor, ['none', 'zstd'] as const, 'compressor'),
@@ -51,42 +74,44 @@ await runMain('nydus-image', async () => {
       writeJson(a['output-json'], report);
       process.stderr.write(`nydus-image: built ${r.bootstrap} (${r.inodes} inodes, ${r.stats.uniqueChunks}/${r.stats.chunks} unique chunks)${r.blob ? `, blob ${r.blob.blobId}` : ''}\n`);
     })
-    .command('check', 'validate a bootstrap (and its blobs with -D/--blob)', (y) => y
-      .option('bootstrap', { alias: 'B', type: 'string', demandOption: true })
+    .command('check [BOOTSTRAP]', 'validate a bootstrap (and its blobs with -D/--blob)', (y) => y
+      .positional('BOOTSTRAP', { type: 'string' })
+      .option('bootstrap', { alias: 'B', type: 'string' })
       .option('blob-dir', { alias: 'D', type: 'string' })
       .option('blob', { alias: 'b', type: 'string' })
       .option('output-json', { alias: 'J', type: 'string' })
       .option('verbose', { alias: 'v', type: 'boolean', default: false }), (a) => {
-      const r = checkImage({ bootstrap: a.bootstrap, blobDir: a['blob-dir'], blobPaths: a.blob ? [a.blob] : undefined });
+      const bootstrap = needBootstrap(a);
+      const r = checkImage({ bootstrap, blobDir: a['blob-dir'], blobPaths: a.blob ? [a.blob] : undefined });
       writeJson(a['output-json'], r);
       if (a.verbose) process.stdout.write(JSON.stringify(r, null, 2) + '\n');
-      process.stderr.write(`nydus-image: ${a.bootstrap} is a valid RAFS v6 image (${r.inodes} inodes, ${r.chunks} chunks${r.verifiedChunks ? `, ${r.verifiedChunks} verified` : ''})\n`);
+      process.stderr.write(`nydus-image: ${bootstrap} is a valid RAFS v6 image (${r.inodes} inodes, ${r.chunks} chunks${r.verifiedChunks ? `, ${r.verifiedChunks} verified` : ''})\n`);
     })
-    .command('inspect [bootstrap]', 'print superblock, blobs and chunk information as JSON', (y) => y
-      .positional('bootstrap', { type: 'string' })
+    .command('inspect [BOOTSTRAP]', 'print superblock, blobs and chunk information as JSON', (y) => y
+      .positional('BOOTSTRAP', { type: 'string' })
       .option('bootstrap', { alias: 'B', type: 'string' })
+      .option('blob-dir', { alias: 'D', type: 'string', describe: 'accepted for compatibility' })
       .option('request', { alias: 'R', type: 'string', default: 'stats', describe: 'stats | blobs | prefetch | chunks | "stat <path>"' }), (a) => {
-      if (!a.bootstrap) throw new NydusError('a bootstrap is needed (-B)');
-      process.stdout.write(JSON.stringify(inspectImage(a.bootstrap, a.request), null, 2) + '\n');
+      process.stdout.write(JSON.stringify(inspectImage(needBootstrap(a), a.request), null, 2) + '\n');
     })
     .command('export', 'export an image as a single EROFS block image', (y) => y
       .option('block', { type: 'boolean', default: false, describe: 'export to a raw block image' })
       .option('bootstrap', { alias: 'B', type: 'string', demandOption: true })
       .option('blob-dir', { alias: ['D', 'localfs-dir'], type: 'string' })
       .option('blob', { alias: 'b', type: 'string' })
+      .option('threads', { type: 'number', default: 4, describe: 'accepted for compatibility' })
       .option('output', { alias: 'O', type: 'string', demandOption: true }), (a) => {
       if (!a.block) throw new NydusError('only --block export is supported');
       const r = exportBlock({ bootstrap: a.bootstrap, blobDir: a['blob-dir'], blobPaths: a.blob ? [a.blob] : undefined, output: a.output });
       process.stderr.write(`nydus-image: exported ${a.output} (${r.blocks} blocks)\n`);
     })
-    .command('unpack [bootstrap]', 'write the tree of an image as a tar file', (y) => y
-      .positional('bootstrap', { type: 'string' })
+    .command('unpack [BOOTSTRAP]', 'write the tree of an image as a tar file', (y) => y
+      .positional('BOOTSTRAP', { type: 'string' })
       .option('bootstrap', { alias: 'B', type: 'string' })
       .option('blob', { alias: 'b', type: 'string' })
       .option('blob-dir', { alias: 'D', type: 'string' })
       .option('output', { alias: 'o', type: 'string', demandOption: true }), (a) => {
-      if (!a.bootstrap) throw new NydusError('a bootstrap is needed (-B)');
-      const r = unpackToTar({ bootstrap: a.bootstrap, blobDir: a['blob-dir'], blobPaths: a.blob ? [a.blob] : undefined, output: a.output });
+      const r = unpackToTar({ bootstrap: needBootstrap(a), blobDir: a['blob-dir'], blobPaths: a.blob ? [a.blob] : undefined, output: a.output });
       process.stderr.write(`nydus-image: wrote ${r.entries} entries to ${a.output}${r.skipped.length ? ` (skipped ${r.skipped.length} sockets)` : ''}\n`);
     })
     .help()
