@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Runs every kernel-test scenario in its own guest boot; prints one line per scenario and a summary.
+set -uo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+bash "$here/setup.sh" || exit 1
+pass=0 fail=0
+for s in "$here"/scenarios/*.sh; do
+  if bash "$here/vm.sh" "$s" > "$here/.cache/$(basename "$s" .sh).log" 2>&1; then
+    pass=$((pass + 1)); echo "ok   $(basename "$s")"
+  else
+    fail=$((fail + 1)); echo "FAIL $(basename "$s") (log: kernel-test/.cache/$(basename "$s" .sh).log)"; tail -20 "$here/.cache/$(basename "$s" .sh).log"
+  fi
+done
+echo "kernel-test: $pass passed, $fail failed"
+[ "$fail" -eq 0 ]
