@@ -51,7 +51,7 @@ class FakePort implements CachefilesPort {
 
 function api(sock: string, method: string, url: string, body?: unknown): Promise<{ status: number; body: any }> {
   return new Promise((resolve, reject) => {
-    const req = http.request({ socketPath: sock, method, path: url, headers: { 'content-type': 'application/json' } }, (res) => {
+    const req = http.request({ socketPath: sock, method, path: url, agent: false, headers: { 'content-type': 'application/json' } }, (res) => {
       let text = '';
       res.on('data', (d) => (text += d));
       res.on('end', () => resolve({ status: res.statusCode!, body: text ? JSON.parse(text) : null }));

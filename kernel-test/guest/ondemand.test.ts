@@ -31,7 +31,7 @@ const mounted: string[] = [];
 
 function api(method: string, url: string, body?: unknown): Promise<{ status: number; body: any }> {
   return new Promise((resolve, reject) => {
-    const req = http.request({ socketPath: sock, method, path: url }, (res) => {
+    const req = http.request({ socketPath: sock, method, path: url, agent: false }, (res) => {
       let text = '';
       res.on('data', (d) => (text += d));
       res.on('end', () => resolve({ status: res.statusCode!, body: text ? JSON.parse(text) : null }));
@@ -123,7 +123,7 @@ test('3: a corrupted chunk gives EIO for its file only', async () => {
   const want = expected(plan.images.corrupt);
   for (const [k, v] of want) {
     const rel = k.split('/').map((h) => Buffer.from(h, 'hex').toString('latin1')).join('/');
-    if (rel === plan.corruptFile || !JSON.parse(v).sha256) continue;
+    if (rel === `/${plan.corruptFile}` || !JSON.parse(v).sha256) continue;
     const data = fs.readFileSync(path.join(dir, rel));
     assert.equal(crypto.createHash('sha256').update(data).digest('hex'), JSON.parse(v).sha256, rel);
   }

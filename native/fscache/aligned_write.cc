@@ -1,0 +1,154 @@
+#include "aligned_write.h"
+
+#include <unistd.h>
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "errno_error.h"
+
+namespace fscache {
+namespace {
+
+constexpr size_t kAlign = 4096;               // the cache file's DIO granularity (a page)
+constexpr size_t kPoolGranule = 64 * 1024;    // buffers are sized in steps of this, for reuse
+constexpr size_t kPoolKeepMax = 16;           // free buffers kept
+constexpr size_t kPoolKeepLargest = 8 << 20;  // larger ones are freed after use
+
+size_t RoundUp(size_t n, size_t to) { return (n + to - 1) / to * to; }
+
+// Process-wide free list of aligned buffers (worker threads of several environments may share it).
+class AlignedPool {
+ public:
+  // Returns a buffer of at least `size` bytes and its capacity, or nullptr (ENOMEM).
+  void* Acquire(size_t size, size_t* capacity) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (size_t i = 0; i < free_.size(); i++) {
+        if (free_[i].second >= size) {
+          auto found = free_[i];
+          free_[i] = free_.back();
+          free_.pop_back();
+          *capacity = found.second;
+          return found.first;
+        }
+      }
+    }
+    size_t cap = RoundUp(size, kPoolGranule);
+    void* p = nullptr;
+    if (posix_memalign(&p, kAlign, cap) != 0) return nullptr;
+    *capacity = cap;
+    return p;
+  }
+
+  void Release(void* p, size_t capacity) {
+    if (capacity <= kPoolKeepLargest) {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (free_.size() < kPoolKeepMax) {
+        free_.emplace_back(p, capacity);
+        return;
+      }
+    }
+    free(p);
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<std::pair<void*, size_t>> free_;
+};
+
+AlignedPool pool;
+
+class WriteWorker : public Napi::AsyncWorker {
+ public:
+  WriteWorker(Napi::Env env, int fd, Napi::Object holder, const uint8_t* data, size_t len, off_t offset)
+      : Napi::AsyncWorker(env, "CachefilesWriteAligned"),
+        deferred_(Napi::Promise::Deferred::New(env)),
+        holder_(Napi::Persistent(holder)),
+        fd_(fd),
+        data_(data),
+        len_(len),
+        offset_(offset) {}
+
+  Napi::Promise Promise() const { return deferred_.Promise(); }
+
+ protected:
+  void Execute() override {  // on a pool thread: no JS here
+    size_t padded = RoundUp(len_, kAlign);
+    size_t capacity = 0;
+    auto* buf = static_cast<uint8_t*>(pool.Acquire(padded, &capacity));
+    if (!buf) return Fail(ENOMEM, "posix_memalign");
+    memcpy(buf, data_, len_);
+    memset(buf + len_, 0, padded - len_);
+    size_t done = 0;
+    while (done < padded) {
+      ssize_t n = pwrite(fd_, buf + done, padded - done, offset_ + static_cast<off_t>(done));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        pool.Release(buf, capacity);
+        return Fail(n < 0 ? errno : EIO, "pwrite");
+      }
+      done += static_cast<size_t>(n);
+    }
+    pool.Release(buf, capacity);
+  }
+
+  void OnOK() override { deferred_.Resolve(Env().Undefined()); }
+
+  void OnError(const Napi::Error&) override {
+    deferred_.Reject(ErrnoError(Env(), errno_, syscall_, "",
+                                "fd " + std::to_string(fd_) + ", " + std::to_string(len_) + " bytes at " +
+                                    std::to_string(offset_))
+                         .Value());
+  }
+
+ private:
+  void Fail(int err, const char* syscall) {
+    errno_ = err;
+    syscall_ = syscall;
+    SetError(syscall);  // routes completion to OnError
+  }
+
+  Napi::Promise::Deferred deferred_;
+  Napi::ObjectReference holder_;  // keeps the caller's bytes alive until completion
+  int fd_;
+  const uint8_t* data_;
+  size_t len_;
+  off_t offset_;
+  int errno_ = 0;
+  const char* syscall_ = "";
+};
+
+}  // namespace
+
+Napi::Value WriteAligned(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsNumber() || !info[1].IsTypedArray() || !info[2].IsNumber()) {
+    throw Napi::TypeError::New(env, "writeAligned(fd: number, data: Uint8Array, offset: number)");
+  }
+  int fd = info[0].As<Napi::Number>().Int32Value();
+  Napi::TypedArray array = info[1].As<Napi::TypedArray>();
+  double offset = info[2].As<Napi::Number>().DoubleValue();
+  if (!(offset >= 0) || offset > 9007199254740991.0 || std::fmod(offset, static_cast<double>(kAlign)) != 0) {
+    throw Napi::RangeError::New(env, "writeAligned: offset " + Napi::Value(info[2]).ToString().Utf8Value() +
+                                         " is not a non-negative multiple of 4096");
+  }
+  const uint8_t* data = static_cast<const uint8_t*>(array.ArrayBuffer().Data()) + array.ByteOffset();
+  size_t len = array.ByteLength();
+  if (len == 0) {
+    Napi::Promise::Deferred done = Napi::Promise::Deferred::New(env);
+    done.Resolve(env.Undefined());
+    return done.Promise();
+  }
+  auto* worker = new WriteWorker(env, fd, array, data, len, static_cast<off_t>(offset));
+  Napi::Promise promise = worker->Promise();
+  worker->Queue();  // deletes itself after OnOK / OnError, on this thread
+  return promise;
+}
+
+}  // namespace fscache

@@ -1,0 +1,77 @@
+/**
+ * The raw shape of build/Release/fscache.node (native/fscache/*.cc). Import from ./index.ts instead;
+ * this file only types the addon for its loader.
+ */
+
+/** OPEN: the kernel wants a cache file (an erofs bootstrap or blob) backed by the daemon. */
+export interface OpenMessage {
+  type: 'open';
+  msgId: number;
+  objectId: number;
+  /** `erofs,<fsid or domain_id>`, without the trailing NUL the kernel counts in its size. */
+  volumeKey: string;
+  /** The fsid for the bootstrap, a device slot's tag for a blob; bytes as latin1 chars. */
+  cookieKey: string;
+  /** Anonymous fd on the cache file (O_DIRECT behind it), already FD_CLOEXEC; close it on CLOSE. */
+  fd: number;
+  flags: number;
+}
+
+/** CLOSE: the object is released; no reply. */
+export interface CloseMessage {
+  type: 'close';
+  msgId: number;
+  objectId: number;
+}
+
+/** READ: fill [offset, offset + len) of the object's cache file, then READ_COMPLETE with msgId. */
+export interface ReadMessage {
+  type: 'read';
+  msgId: number;
+  objectId: number;
+  /** Bytes. */
+  offset: number;
+  /** Bytes. */
+  len: number;
+}
+
+export type CachefilesMessage = OpenMessage | CloseMessage | ReadMessage;
+
+/** Every failed system call: like Node's system errors, but errno is positive (as NydusError's). */
+export interface SystemError extends Error {
+  errno: number;
+  /** 'EINVAL', 'ENOENT', ... (the names util.getSystemErrorName gives). */
+  code: string;
+  syscall: string;
+  path?: string;
+  /** On an undecodable message (EPROTO) whose header was readable. */
+  msgId?: number;
+  objectId?: number;
+  opcode?: number;
+}
+
+export interface Watcher {
+  /** Stops waiting; call before closing the device fd. Idempotent. */
+  stop(): void;
+}
+
+export interface FscacheBinding {
+  /** open(2) O_RDWR | O_CLOEXEC. */
+  open(path: string): number;
+  /** One text command per write(2): `dir <path>`, `tag <tag>`, `bind ondemand`, `copen <id>,<size>`, `restore`. */
+  command(fd: number, text: string): void;
+  /** One pending request, decoded, or null when none is pending (never blocks). */
+  readMessage(fd: number): CachefilesMessage | null;
+  /** Waits in the event loop (uv_poll) and hands over each request; keeps the loop alive until stop(). */
+  Watcher: new (fd: number, callback: (err: SystemError | null, msg?: CachefilesMessage) => void) => Watcher;
+  /**
+   * Copies `data` into a 4096-aligned buffer, pads it with zeros to a multiple of 4096 and pwrite(2)s
+   * it at `offset` (a multiple of 4096) on a worker thread. Do not modify `data` until it settles.
+   */
+  writeAligned(fd: number, data: Uint8Array, offset: number): Promise<void>;
+  /** ioctl(fd, CACHEFILES_IOC_READ_COMPLETE, msgId). */
+  readComplete(fd: number, msgId: number): void;
+  close(fd: number): void;
+  /** CACHEFILES_MSG_MAX_SIZE: the largest message the kernel sends, bytes. */
+  readonly MSG_MAX_SIZE: number;
+}

@@ -1,0 +1,98 @@
+// The fscache on-demand addon: the system calls Node cannot make for a cachefiles daemon.
+// Everything else (object table, data sources, replies' policy) lives in TypeScript.
+//
+//   open(path)                      open(2) O_RDWR|O_CLOEXEC, e.g. /dev/cachefiles -> fd
+//   command(fd, text)               write(2) one text command ("dir ...", "bind ondemand", "copen ...")
+//   readMessage(fd)                 read(2) one request, decoded (message.h), or null
+//   new Watcher(fd, cb)             wait for requests in the event loop (watcher.h)
+//   writeAligned(fd, data, offset)  O_DIRECT-safe pwrite(2) on a worker (aligned_write.h) -> Promise
+//   readComplete(fd, msgId)         ioctl(2) CACHEFILES_IOC_READ_COMPLETE
+//   close(fd)                       close(2)
+// Failures throw Errors with errno (positive), code ('EINVAL'), syscall and path or detail.
+#include <napi.h>
+#include <fcntl.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+#include <cerrno>
+#include <string>
+
+#include "aligned_write.h"
+#include "errno_error.h"
+#include "message.h"
+#include "uapi.h"
+#include "watcher.h"
+
+namespace fscache {
+namespace {
+
+int FdArg(const Napi::CallbackInfo& info, size_t i, const char* usage) {
+  if (!info[i].IsNumber()) throw Napi::TypeError::New(info.Env(), usage);
+  return info[i].As<Napi::Number>().Int32Value();
+}
+
+Napi::Value Open(const Napi::CallbackInfo& info) {
+  if (!info[0].IsString()) throw Napi::TypeError::New(info.Env(), "open(path: string)");
+  std::string path = info[0].As<Napi::String>().Utf8Value();
+  int fd;
+  do {
+    fd = open(path.c_str(), O_RDWR | O_CLOEXEC);
+  } while (fd < 0 && errno == EINTR);
+  if (fd < 0) throw ErrnoError(info.Env(), errno, "open", path);
+  return Napi::Number::New(info.Env(), fd);
+}
+
+// The kernel takes one whole command per write(2) and answers each with 0 or -errno.
+Napi::Value Command(const Napi::CallbackInfo& info) {
+  const char* usage = "command(fd: number, text: string)";
+  int fd = FdArg(info, 0, usage);
+  if (!info[1].IsString()) throw Napi::TypeError::New(info.Env(), usage);
+  std::string text = info[1].As<Napi::String>().Utf8Value();
+  ssize_t n;
+  do {
+    n = write(fd, text.data(), text.size());
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) throw ErrnoError(info.Env(), errno, "write", "", "cachefiles command '" + text + "'");
+  return info.Env().Undefined();
+}
+
+Napi::Value ReadMessageJs(const Napi::CallbackInfo& info) {
+  return ReadMessage(info.Env(), FdArg(info, 0, "readMessage(fd: number)"));
+}
+
+Napi::Value ReadComplete(const Napi::CallbackInfo& info) {
+  const char* usage = "readComplete(fd: number, msgId: number)";
+  int fd = FdArg(info, 0, usage);
+  if (!info[1].IsNumber()) throw Napi::TypeError::New(info.Env(), usage);
+  uint32_t msgId = info[1].As<Napi::Number>().Uint32Value();
+  if (ioctl(fd, kIocReadComplete, static_cast<unsigned long>(msgId)) < 0) {
+    throw ErrnoError(info.Env(), errno, "ioctl", "",
+                     "CACHEFILES_IOC_READ_COMPLETE msg " + std::to_string(msgId) + " on fd " + std::to_string(fd));
+  }
+  return info.Env().Undefined();
+}
+
+Napi::Value Close(const Napi::CallbackInfo& info) {
+  int fd = FdArg(info, 0, "close(fd: number)");
+  // On Linux the fd is gone even when close(2) reports EINTR: never retry.
+  if (close(fd) < 0 && errno != EINTR) throw ErrnoError(info.Env(), errno, "close", "", "fd " + std::to_string(fd));
+  return info.Env().Undefined();
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("open", Napi::Function::New(env, Open, "open"));
+  exports.Set("command", Napi::Function::New(env, Command, "command"));
+  exports.Set("readMessage", Napi::Function::New(env, ReadMessageJs, "readMessage"));
+  exports.Set("Watcher", Watcher::Define(env));
+  exports.Set("writeAligned", Napi::Function::New(env, WriteAligned, "writeAligned"));
+  exports.Set("readComplete", Napi::Function::New(env, ReadComplete, "readComplete"));
+  exports.Set("close", Napi::Function::New(env, Close, "close"));
+  exports.Set("MSG_MAX_SIZE", Napi::Number::New(env, static_cast<double>(kMsgMaxSize)));
+  return exports;
+}
+
+}  // namespace
+}  // namespace fscache
+
+static Napi::Object InitAddon(Napi::Env env, Napi::Object exports) { return fscache::Init(env, exports); }
+
+NODE_API_MODULE(fscache, InitAddon)
