@@ -78,6 +78,8 @@ if [ ! -f "$cache/initramfs.stamp" ] || [ "$here/init" -nt "$cache/initramfs.cpi
     f=$(ls "$mdir/$m.ko"* 2>/dev/null | head -1 || true)
     [ -n "$f" ] && cp "$f" "$ir/mods/"
   done
+  # busybox insmod cannot decompress: store the modules plain.
+  for f in "$ir"/mods/*.xz; do [ -e "$f" ] && xz -d "$f"; done
   cp "$src/fs/erofs/erofs.ko" "$src/fs/cachefiles/cachefiles.ko" "$ir/mods/"
   cp "$here/init" "$ir/init"
   chmod +x "$ir/init"

@@ -19,6 +19,10 @@ await runMain('nydusd', async () => {
     .option('fscache-threads', { type: 'number', default: 4, describe: 'concurrent requests served' })
     .option('apisock', { alias: 'A', type: 'string', describe: 'HTTP API unix socket' })
     .option('log-level', { alias: 'l', type: 'string', default: 'info', choices: ['trace', 'debug', 'info', 'warn', 'error'] })
+    .option('log-file', { alias: 'L', type: 'string', describe: 'write logs to this file instead of stderr' })
+    .option('log-rotation-size', { type: 'number', describe: 'accepted for compatibility (no rotation)' })
+    .option('upgrade', { type: 'boolean', default: false, describe: 'accepted for compatibility (the supervisor restarts workers itself)' })
+    .option('thread-num', { type: 'number', describe: 'accepted for compatibility (FUSE mode option)' })
     .option('id', { type: 'string', default: 'nydusd', describe: 'daemon id' })
     .option('supervisor', { type: 'string', default: '', describe: 'supervisor socket (accepted for compatibility)' })
     .option('config', { alias: 'C', type: 'string', describe: 'accepted for compatibility; images come through the API' })
@@ -29,7 +33,7 @@ await runMain('nydusd', async () => {
   if (!args.apisock) throw new NydusError('--apisock <path> is required');
   const opts: DaemonOptions = {
     fscacheDir: args.fscache, tag: args['fscache-tag'], threads: args['fscache-threads'], apiSock: args.apisock,
-    logLevel: args['log-level'], id: args.id, supervisor: args.supervisor,
+    logLevel: args['log-level'], logFile: args['log-file'], id: args.id, supervisor: args.supervisor,
   };
   if (isWorker()) await runWorker(opts);
   else await runSupervisor(opts, [process.argv[1], ...argv]);

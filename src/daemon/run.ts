@@ -20,6 +20,7 @@ export interface DaemonOptions {
   threads: number;
   apiSock: string;
   logLevel: string;
+  logFile?: string;
   id: string;
   supervisor: string;
 }
@@ -27,8 +28,8 @@ export interface DaemonOptions {
 const WORKER_FD_ENV = 'NYDUSD_WORKER_FD';
 const RESTART_ENV = 'NYDUSD_WORKER_RESTART';
 
-export function makeLogger(level: string): Logger {
-  return pino({ level, base: { pid: process.pid } }, pino.destination(2));
+export function makeLogger(level: string, file?: string): Logger {
+  return pino({ level, base: { pid: process.pid } }, pino.destination(file ? { dest: file, append: true, mkdir: true } : 2));
 }
 
 export function isWorker(): boolean {
@@ -36,7 +37,7 @@ export function isWorker(): boolean {
 }
 
 export async function runSupervisor(opts: DaemonOptions, argv: string[]): Promise<void> {
-  const log = makeLogger(opts.logLevel);
+  const log = makeLogger(opts.logLevel, opts.logFile);
   let dev: CachefilesDevice;
   try {
     dev = CachefilesDevice.open(path.resolve(opts.fscacheDir), opts.tag);
@@ -78,7 +79,7 @@ export async function runSupervisor(opts: DaemonOptions, argv: string[]): Promis
 }
 
 export async function runWorker(opts: DaemonOptions): Promise<void> {
-  const log = makeLogger(opts.logLevel);
+  const log = makeLogger(opts.logLevel, opts.logFile);
   const dev = CachefilesDevice.fromFd(Number(process.env[WORKER_FD_ENV]));
   const state = new DaemonState(path.join(opts.fscacheDir, 'nydus-ts'));
   const registry = new ImageRegistry(state, log);

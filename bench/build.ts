@@ -1,0 +1,87 @@
+/**
+ * Build benchmark: the same Debian minbase rootfs built by `nydus-image create` (none and zstd) and by
+ * `mkfs.erofs --chunksize=1048576 --blobdev=...` (erofs-utils) in one run; prints median wall time
+ * and peak RSS, and the ratios against mkfs.erofs.
+ *   node --import tsx bench/build.ts [--runs 3]
+ * The rootfs is made once with debootstrap (from the mirror apt uses) and cached in bench/.cache/.
+ * Not a test: it asserts nothing.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+
+const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const cache = path.join(repo, 'bench/.cache');
+const rootfs = path.join(cache, 'rootfs');
+const runsArg = process.argv.indexOf('--runs');
+const runs = runsArg > 0 ? Number(process.argv[runsArg + 1]) : 3;
+
+function ensureTool(cmd: string, pkg: string): void {
+  if (spawnSync('sh', ['-c', `command -v ${cmd}`]).status !== 0) {
+    execFileSync('apt-get', ['install', '-y', '-qq', pkg], { stdio: 'inherit', env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } });
+  }
+}
+
+function aptMirror(): string {
+  for (const f of ['/etc/apt/sources.list.d/debian.sources', '/etc/apt/sources.list']) {
+    if (!fs.existsSync(f)) continue;
+    const m = fs.readFileSync(f, 'utf8').match(/^(?:URIs:\s*|deb\s+)(\S+\/debian)\/?\s*$/m) ?? fs.readFileSync(f, 'utf8').match(/(?:URIs:\s*|deb\s+)(\S+\/debian)\b/);
+    if (m) return m[1];
+  }
+  throw new Error('no Debian mirror found in the apt sources');
+}
+
+function makeRootfs(): void {
+  if (fs.existsSync(path.join(rootfs, '.complete'))) return;
+  ensureTool('debootstrap', 'debootstrap');
+  fs.rmSync(rootfs, { recursive: true, force: true });
+  fs.mkdirSync(cache, { recursive: true });
+  console.log(`making a Debian bookworm minbase rootfs in ${rootfs} (once)`);
+  execFileSync('debootstrap', ['--variant=minbase', 'bookworm', rootfs, aptMirror()], { stdio: ['ignore', 'ignore', 'inherit'] });
+  fs.writeFileSync(path.join(rootfs, '.complete'), '');
+}
+
+interface Sample { wall: number; rssMiB: number }
+
+function timed(cmd: string[]): Sample {
+  const r = spawnSync('/usr/bin/time', ['-f', 'BENCHTIME %e %M', ...cmd], { encoding: 'utf8', maxBuffer: 1 << 26 });
+  if (r.status !== 0) throw new Error(`${cmd.join(' ')} failed: ${r.stderr.slice(-2000)}`);
+  const m = r.stderr.match(/BENCHTIME ([\d.]+) (\d+)/)!;
+  return { wall: Number(m[1]), rssMiB: Number(m[2]) / 1024 };
+}
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+
+ensureTool('mkfs.erofs', 'erofs-utils');
+if (!fs.existsSync('/usr/bin/time')) ensureTool('/usr/bin/time', 'time');
+makeRootfs();
+const du = execFileSync('du', ['-sb', '--exclude=.complete', rootfs], { encoding: 'utf8' }).split('\t')[0];
+const files = execFileSync('sh', ['-c', `find '${rootfs}' | wc -l`], { encoding: 'utf8' }).trim();
+console.log(`tree: ${files} entries, ${(Number(du) / 1048576).toFixed(0)} MiB; ${runs} runs each after one warm-up`);
+
+const out = path.join(cache, 'out');
+const tools: Record<string, (o: string) => string[]> = {
+  'mkfs.erofs (reference)': (o) => ['mkfs.erofs', '--chunksize=1048576', `--blobdev=${o}/blob`, `${o}/img`, rootfs],
+  'nydus-image --compressor none': (o) => [path.join(repo, 'bin/nydus-image'), 'create', '--compressor', 'none', '-B', `${o}/boot`, '-D', `${o}/blobs`, rootfs],
+  'nydus-image --compressor zstd': (o) => [path.join(repo, 'bin/nydus-image'), 'create', '--compressor', 'zstd', '-B', `${o}/boot`, '-D', `${o}/blobs`, rootfs],
+};
+const results: Record<string, { wall: number; rss: number }> = {};
+for (const [name, cmd] of Object.entries(tools)) {
+  const samples: Sample[] = [];
+  for (let i = 0; i <= runs; i++) {
+    fs.rmSync(out, { recursive: true, force: true });
+    fs.mkdirSync(out, { recursive: true });
+    const s = timed(cmd(out));
+    if (i > 0) samples.push(s);
+  }
+  results[name] = { wall: median(samples.map((s) => s.wall)), rss: Math.max(...samples.map((s) => s.rssMiB)) };
+  console.log(`${name.padEnd(32)} ${results[name].wall.toFixed(2).padStart(7)} s  ${results[name].rss.toFixed(0).padStart(5)} MiB peak RSS`);
+}
+fs.rmSync(out, { recursive: true, force: true });
+const ref = results['mkfs.erofs (reference)'].wall;
+const none = results['nydus-image --compressor none'];
+const zstd = results['nydus-image --compressor zstd'];
+console.log(`wall ratio none/mkfs.erofs: ${(none.wall / ref).toFixed(2)}x (target <= 1.0x)`);
+console.log(`wall ratio zstd/mkfs.erofs: ${(zstd.wall / ref).toFixed(2)}x (target <= 1.5x)`);
+console.log(`peak RSS: none ${none.rss.toFixed(0)} MiB, zstd ${zstd.rss.toFixed(0)} MiB (target <= 128 MiB)`);
