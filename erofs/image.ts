@@ -15,7 +15,7 @@ import {
   EROFS_INODE_FLAT_PLAIN, EROFS_INODE_LAYOUT_COMPACT, erofsInodeCompact, erofsInodeExtended, inodeDataLayoutOf,
   inodeLayoutOf, xattrIbodySize,
 } from './inode.ts';
-import { EROFS_NULL_ADDR, erofsInodeChunkIndex } from './chunk.ts';
+import { EROFS_NULL_ADDR, deviceIdMask, erofsInodeChunkIndex } from './chunk.ts';
 import { decodeTag, erofsDeviceSlot } from './devtable.ts';
 import { type DirEntry, decodeDirBlock } from './dirent.ts';
 import { type Xattrs, decodeInlineXattrs } from './xattr.ts';
@@ -248,14 +248,16 @@ export class ErofsImage {
     const start = Math.ceil((ino.offset + ino.headSize) / erofsInodeChunkIndex.size) * erofsInodeChunkIndex.size;
     const table = this.slice(`inode ${ino.nid} chunk indexes (${count})`, start, count * erofsInodeChunkIndex.size);
     const out: ChunkMapping[] = [];
+    const mask = deviceIdMask(this.devices.length);
     for (let i = 0; i < count; i++) {
       const c = erofsInodeChunkIndex.decode(table, i * erofsInodeChunkIndex.size, where);
       if (c.blkaddr === EROFS_NULL_ADDR) {
         out.push({ deviceId: c.device_id, blkaddr: null });
         continue;
       }
-      if (c.device_id > this.devices.length) throw new FormatError(`${where}: chunk ${i} names device ${c.device_id}, the image has ${this.devices.length}`);
-      out.push({ deviceId: c.device_id, blkaddr: c.blkaddr });
+      const deviceId = c.device_id & mask;
+      if (deviceId > this.devices.length) throw new FormatError(`${where}: chunk ${i} names device ${deviceId}, the image has ${this.devices.length}`);
+      out.push({ deviceId, blkaddr: c.blkaddr });
     }
     return out;
   }

@@ -132,8 +132,10 @@ test('identical chunks are stored once', () => {
 
 test('check validates both images and verifies every chunk against its digest', () => {
   for (const img of [none, zstd]) {
-    const r = mustRun('nydus-image', ['check', '-B', img.boot, '-D', img.blobDir, '-v']);
-    const report = JSON.parse(r.stdout);
+    const json = path.join(work, 'check.json');
+    const r = mustRun('nydus-image', ['check', img.boot, '-D', img.blobDir, '-J', json]);
+    assert.match(r.stdout, new RegExp(`^RAFS filesystem metadata is valid, referenced data blobs: \\n\\t 0: ${path.basename(img.blob)}, .*features: aligned\\n$`));
+    const report = JSON.parse(fs.readFileSync(json, 'utf8'));
     assert.ok(report.verifiedChunks > 0);
     assert.equal(report.inodes, JSON.parse(mustRun('nydus-image', ['inspect', '-B', img.boot]).stdout).superblock.inodes);
   }

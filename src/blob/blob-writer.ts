@@ -18,7 +18,7 @@ import { type CompressorName, compressChunk } from './compress.ts';
 export interface FinishedBlob {
   blobId: string;
   path: string;
-  /** Bytes of chunk data (what the blob table calls compressed_size). */
+  /** Bytes of chunk data, without the blob meta. */
   compressedSize: number;
   /** Size of the uncompressed address space, 4096-aligned. */
   uncompressedSize: number;

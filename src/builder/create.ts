@@ -43,7 +43,7 @@ export function validateChunkSize(chunkSize: number): void {
 
 export function blobDescriptor(b: FinishedBlob): BlobDescriptor {
   return {
-    blobId: b.blobId, compressedSize: b.compressedSize, uncompressedSize: b.uncompressedSize, chunkCount: b.chunkCount,
+    blobId: b.blobId, compressedSize: b.fileSize, uncompressedSize: b.uncompressedSize, chunkCount: b.chunkCount,
     features: b.features, ciCompressor: RAFS_COMPRESS_NONE, ciOffset: b.ciOffset, ciCompressedSize: b.ciSize,
     ciUncompressedSize: b.ciSize,
   };

@@ -10,7 +10,7 @@ import {
 import {
   EROFS_CHUNK_FORMAT_INDEXES, EROFS_INODE_CHUNK_BASED, EROFS_INODE_LAYOUT_EXTENDED, erofsInodeExtended, inodeFormat,
 } from '../../erofs/inode.ts';
-import { erofsInodeChunkIndex } from '../../erofs/chunk.ts';
+import { erofsInodeChunkIndex, nydusChunkAddr } from '../../erofs/chunk.ts';
 import { erofsDeviceSlot } from '../../erofs/devtable.ts';
 import {
   EROFS_FT_BLKDEV, EROFS_FT_CHRDEV, EROFS_FT_DIR, EROFS_FT_FIFO, EROFS_FT_REG_FILE, EROFS_FT_SOCK, EROFS_FT_SYMLINK,
@@ -31,6 +31,7 @@ import type { Layout, LaidOutInode } from './layout.ts';
 /** What the bootstrap says about one blob. */
 export interface BlobDescriptor {
   blobId: string;
+  /** The whole blob file, chunk data and blob meta (nydus's compressed_size). */
   compressedSize: number;
   uncompressedSize: number;
   chunkCount: number;
@@ -70,6 +71,7 @@ const FILE_TYPE: Record<NodeKind, number> = {
 };
 
 const alignUp = (n: number, a: number) => Math.ceil(n / a) * a;
+const MAPPED_BLKADDR_ALIGN = 0x80000;
 
 function inodeData(ino: LaidOutInode, layout: Layout): Buffer {
   if (ino.node.kind === 'symlink') return ino.node.target!;
@@ -105,9 +107,9 @@ export function writeImage(layout: Layout, opts: WriteOptions): WrittenImage {
   const metaBlocks = end / EROFS_BLKSIZ;
   const blobBaseBlk = block ? opts.blockMode!.blobBaseBlk(metaBlocks) : [];
 
-  const chunkAddress = (c: ChunkRef): { deviceId: number; blkaddr: number } => (block
-    ? { deviceId: 0, blkaddr: blobBaseBlk[c.blobIndex] + c.uncompressedOffset / EROFS_BLKSIZ }
-    : { deviceId: c.blobIndex + 1, blkaddr: c.uncompressedOffset / EROFS_BLKSIZ });
+  const chunkAddress = (c: ChunkRef): { advise: number; device_id: number; blkaddr: number } => (block
+    ? { advise: 0, device_id: 0, blkaddr: blobBaseBlk[c.blobIndex] + c.uncompressedOffset / EROFS_BLKSIZ }
+    : { ...nydusChunkAddr(c.blobIndex, c.indexInBlob), blkaddr: c.uncompressedOffset / EROFS_BLKSIZ });
 
   let hasXattr = false;
   const chunkBits = Math.log2(opts.chunkSize) - EROFS_BLKSIZ_BITS;
@@ -139,8 +141,7 @@ export function writeImage(layout: Layout, opts: WriteOptions): WrittenImage {
     if (ino.datalayout === EROFS_INODE_CHUNK_BASED) {
       at = alignUp(at, erofsInodeChunkIndex.size);
       for (const c of n.chunks ?? []) {
-        const a = chunkAddress(c);
-        erofsInodeChunkIndex.encodeInto(meta, at, { advise: 0, device_id: a.deviceId, blkaddr: a.blkaddr });
+        erofsInodeChunkIndex.encodeInto(meta, at, chunkAddress(c));
         at += erofsInodeChunkIndex.size;
       }
     } else if (n.kind === 'dir' || n.kind === 'symlink') {
@@ -152,11 +153,16 @@ export function writeImage(layout: Layout, opts: WriteOptions): WrittenImage {
   }
 
   if (!block) {
+    // Where each blob would sit if bootstrap and blobs were laid end to end in one flat device, in
+    // 512 KiB segments, as nydus computes it (the kernel uses it when mounted without device=).
+    let flatPos = meta.length;
     opts.blobs.forEach((b, i) => {
+      const mapped = alignUp(flatPos, MAPPED_BLKADDR_ALIGN) / EROFS_BLKSIZ;
+      flatPos = (mapped + b.uncompressedSize / EROFS_BLKSIZ) * EROFS_BLKSIZ;
       erofsDeviceSlot.encodeInto(meta, RAFS_V6_DEVTABLE_OFFSET + i * erofsDeviceSlot.size, {
         tag: Buffer.from(b.blobId, 'latin1'),
         blocks: b.uncompressedSize / EROFS_BLKSIZ,
-        mapped_blkaddr: 0,
+        mapped_blkaddr: mapped,
       });
       rafsV6Blob.encodeInto(meta, blobTableOffset + i * rafsV6Blob.size, {
         blob_id: Buffer.from(b.blobId, 'latin1'),

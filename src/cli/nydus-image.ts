@@ -84,6 +84,8 @@ await runMain('nydus-image', async () => {
       const bootstrap = needBootstrap(a);
       const r = checkImage({ bootstrap, blobDir: a['blob-dir'], blobPaths: a.blob ? [a.blob] : undefined });
       writeJson(a['output-json'], r);
+      // nydus-image's own report, then ours.
+      process.stdout.write(`RAFS filesystem metadata is valid, referenced data blobs: \n${r.blobLines.map((l) => `\t ${l}\n`).join('')}`);
       if (a.verbose) process.stdout.write(JSON.stringify(r, null, 2) + '\n');
       process.stderr.write(`nydus-image: ${bootstrap} is a valid RAFS v6 image (${r.inodes} inodes, ${r.chunks} chunks${r.verifiedChunks ? `, ${r.verifiedChunks} verified` : ''})\n`);
     })

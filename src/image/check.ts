@@ -1,5 +1,9 @@
 /** `nydus-image check`: decodes the whole bootstrap, cross-checks its tables, optionally verifies every chunk. */
 import { FormatError } from '../../erofs/errors.ts';
+import {
+  BLOB_FEATURE_ALIGNED, BLOB_FEATURE_BATCH, BLOB_FEATURE_CHUNK_INFO_V2, BLOB_FEATURE_ENCRYPTED, BLOB_FEATURE_HAS_TAR_HEADER,
+  BLOB_FEATURE_HAS_TOC, BLOB_FEATURE_INLINED_CHUNK_DIGEST, BLOB_FEATURE_INLINED_FS_META, BLOB_FEATURE_SEPARATE, BLOB_FEATURE_ZRAN,
+} from '../../erofs/blobmeta.ts';
 import { EROFS_BLKSIZ } from '../../erofs/super.ts';
 import { walkTree, type ChunkRef } from '../builder/tree.ts';
 import { openBlobs, openBootstrap, blobCompressor, blobDigester } from './open.ts';
@@ -14,7 +18,16 @@ export interface CheckReport {
   chunks: number;
   /** Chunks whose data were read and verified (only with blobs). */
   verifiedChunks: number;
+  /** One line per blob, in nydus-image check's words. */
+  blobLines: string[];
 }
+
+const FEATURE_NAMES: Array<[number, string]> = [
+  [BLOB_FEATURE_ALIGNED, 'aligned'], [BLOB_FEATURE_BATCH, 'batch'], [0x4000_0000, 'cap_toc'],
+  [BLOB_FEATURE_INLINED_CHUNK_DIGEST, 'chunk-digest'], [BLOB_FEATURE_CHUNK_INFO_V2, 'chunk-v2'],
+  [BLOB_FEATURE_INLINED_FS_META, 'fs-meta'], [BLOB_FEATURE_SEPARATE, 'separate'], [BLOB_FEATURE_HAS_TAR_HEADER, 'tar-header'],
+  [BLOB_FEATURE_HAS_TOC, 'toc'], [BLOB_FEATURE_ZRAN, 'zran'], [BLOB_FEATURE_ENCRYPTED, 'encrypted'],
+];
 
 export function checkImage(opts: { bootstrap: string; blobDir?: string; blobPaths?: string[] }): CheckReport {
   const image = openBootstrap(opts.bootstrap);
@@ -42,6 +55,8 @@ export function checkImage(opts: { bootstrap: string; blobDir?: string; blobPath
     const { root } = treeFromImage(image, blobs);
     const report: CheckReport = {
       bootstrap: name, inodes: 0, files: 0, directories: 0, blobs: image.blobs.map((_, i) => image.blobId(i)), chunks: 0, verifiedChunks: 0,
+      blobLines: image.blobs.map((b, i) => `${i}: ${image.blobId(i)}, compressed size ${b.compressed_size}, uncompressed size ${b.uncompressed_size}, `
+        + `chunk size: ${b.chunk_size}, chunk count: ${b.chunk_count}, features: ${FEATURE_NAMES.filter(([bit]) => b.features & bit).map(([, n]) => n).join(' ')}`),
     };
     const seen = new Set<ChunkRef>();
     const links = new Set<string>();

@@ -25,9 +25,13 @@ function superblockInfo(image: ErofsImage) {
   };
 }
 
+/** nydus-image's keys (blob_id, compressed_size, decompressed_size, readahead_*) first, then ours. */
 function blobsInfo(image: ErofsImage) {
   return image.blobs.map((b, i) => ({
     blob_id: image.blobId(i),
+    decompressed_size: b.uncompressed_size,
+    readahead_offset: 0,
+    readahead_size: 0,
     blob_index: b.blob_index,
     chunk_count: b.chunk_count,
     chunk_size: b.chunk_size,
@@ -67,14 +71,22 @@ export function inspectImage(bootstrap: string, request = 'stats'): unknown {
   const image = openBootstrap(bootstrap);
   const [cmd, ...args] = request.trim().split(/\s+/);
   if (cmd === 'blobs') return blobsInfo(image);
-  if (cmd === 'prefetch') return { inodes: image.prefetchTable() };
   const { root, inodeOf } = treeFromImage(image);
+  if (cmd === 'prefetch') {
+    // As nydus-image prints it: each prefetched nid with every path (hardlink name) it has.
+    const paths = new Map<number, string[]>();
+    for (const n of walkTree(root)) {
+      const nid = inodeOf.get(n)!.nid;
+      paths.set(nid, [...(paths.get(nid) ?? []), n.path]);
+    }
+    return image.prefetchTable().map((nid) => ({ inode: nid, path: paths.get(nid) ?? [] }));
+  }
   if (cmd === 'stats') {
     let files = 0, dirs = 0, symlinks = 0, others = 0, bytes = 0;
     for (const n of walkTree(root)) {
       if (n.kind === 'file') { files++; bytes += n.size; } else if (n.kind === 'dir') dirs++; else if (n.kind === 'symlink') symlinks++; else others++;
     }
-    return { superblock: superblockInfo(image), blobs: blobsInfo(image), files, directories: dirs, symlinks, others, file_bytes: bytes };
+    return { inodes_count: image.sb.inos, superblock: superblockInfo(image), blobs: blobsInfo(image), files, directories: dirs, symlinks, others, file_bytes: bytes };
   }
   if (cmd === 'chunks') {
     return [...walkTree(root)].filter((n) => n.kind === 'file').map((n) => fileInfo(image, n, inodeOf.get(n)!.nid));
