@@ -1,26 +1,14 @@
 /** Guest side of bench/ondemand.ts: times reading every file of the bench image three ways. */
 import fs from 'node:fs';
 import path from 'node:path';
-import http from 'node:http';
 import { spawn, execFileSync } from 'node:child_process';
+import { apiRequest } from '../test/helpers/api-client.ts';
 
 const repo = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..');
 const plan = JSON.parse(fs.readFileSync(path.join(repo, 'kernel-test/.cache/bench/plan.json'), 'utf8'));
 const scratch = process.env.KT_SCRATCH!;
 const sock = path.join(scratch, 'bench.sock');
 const cacheDir = path.join(process.env.KT_CACHE!, 'fscache');
-
-function api(method: string, url: string, body?: unknown): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const req = http.request({ socketPath: sock, method, path: url, agent: false }, (res) => {
-      res.resume();
-      res.on('end', () => resolve(res.statusCode!));
-    });
-    req.on('error', reject);
-    if (body) req.write(JSON.stringify(body));
-    req.end();
-  });
-}
 
 function readAll(dir: string): number {
   execFileSync('sh', ['-c', 'sync; echo 3 > /proc/sys/vm/drop_caches']);
@@ -40,7 +28,7 @@ fs.mkdirSync(cacheDir, { recursive: true });
 const daemon = spawn(path.join(repo, 'bin/nydusd'), ['singleton', '--fscache', cacheDir, '--apisock', sock, '--log-level', 'warn'], { stdio: 'inherit' });
 for (let i = 0; i < 1200 && !fs.existsSync(sock); i++) await new Promise((r) => setTimeout(r, 100));
 await new Promise((r) => setTimeout(r, 500));
-const status = await api('PUT', '/api/v2/blobs', {
+const { status } = await apiRequest(sock, 'PUT', '/api/v2/blobs', {
   type: 'bootstrap', id: 'bench', config_v2: {
     version: 2, id: 'bench', backend: { type: 'localfs', localfs: { dir: plan.blobDir } },
     cache: { type: 'fscache', fscache: { work_dir: cacheDir } }, metadata_path: plan.boot,

@@ -6,7 +6,6 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import http from 'node:http';
 import pino from 'pino';
 import { createImage } from '../src/builder/create.ts';
 import { exportBlock } from '../src/image/export-block.ts';
@@ -16,6 +15,7 @@ import { OnDemandSession, type CachefilesPort } from '../src/daemon/ondemand.ts'
 import { startApi } from '../src/daemon/api.ts';
 import { openBootstrap } from '../src/image/open.ts';
 import { prand, tmpDir } from './helpers/fixtures.ts';
+import { apiRequest as api } from './helpers/api-client.ts';
 
 const work = tmpDir('daemon');
 const log = pino({ level: 'silent' });
@@ -47,19 +47,6 @@ class FakePort implements CachefilesPort {
   closeFd(fd: number): void {
     this.closed.push(fd);
   }
-}
-
-function api(sock: string, method: string, url: string, body?: unknown): Promise<{ status: number; body: any }> {
-  return new Promise((resolve, reject) => {
-    const req = http.request({ socketPath: sock, method, path: url, agent: false, headers: { 'content-type': 'application/json' } }, (res) => {
-      let text = '';
-      res.on('data', (d) => (text += d));
-      res.on('end', () => resolve({ status: res.statusCode!, body: text ? JSON.parse(text) : null }));
-    });
-    req.on('error', reject);
-    if (body !== undefined) req.write(typeof body === 'string' ? body : JSON.stringify(body));
-    req.end();
-  });
 }
 
 const settle = () => new Promise((r) => setTimeout(r, 200));
@@ -179,5 +166,18 @@ test('state: registered images and cached chunks survive a restart', () => {
   assert.deepEqual(registry.list().map((e) => e.id), ['persist']);
   assert.deepEqual([...state.cached(blobId)].sort(), [0, 2]);
   assert.ok(registry.resolve('persist', blobId));
+  state.close();
+});
+
+test('session: marks of a blob whose cache file holds no data are dropped on open', () => {
+  const state = new DaemonState(path.join(work, 'state5'));
+  const registry = new ImageRegistry(state, log);
+  registry.add(entry('reconcile'));
+  state.mark(blobId, [0, 1]);
+  const emptyCacheFile = fs.openSync(path.join(work, 'empty-cache-file'), 'w+');
+  const session = new OnDemandSession(new FakePort(), registry, state, log, 1);
+  session.handle({ type: 'open', msgId: 1, objectId: 1, volumeKey: 'erofs,reconcile', cookieKey: blobId, fd: emptyCacheFile, flags: 0 });
+  assert.equal(state.count(blobId), 0);
+  fs.closeSync(emptyCacheFile);
   state.close();
 });

@@ -7,10 +7,10 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import http from 'node:http';
 import crypto from 'node:crypto';
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
 import { manifest, diffManifests } from '../../test/helpers/manifest.ts';
+import { apiRequest } from '../../test/helpers/api-client.ts';
 
 interface PlanImage { id: string; boot: string; blobDir: string; blobId: string; manifest: string }
 interface Plan {
@@ -29,18 +29,7 @@ const sock = path.join(scratch, 'nydusd.sock');
 let daemon: ChildProcess;
 const mounted: string[] = [];
 
-function api(method: string, url: string, body?: unknown): Promise<{ status: number; body: any }> {
-  return new Promise((resolve, reject) => {
-    const req = http.request({ socketPath: sock, method, path: url, agent: false }, (res) => {
-      let text = '';
-      res.on('data', (d) => (text += d));
-      res.on('end', () => resolve({ status: res.statusCode!, body: text ? JSON.parse(text) : null }));
-    });
-    req.on('error', reject);
-    if (body !== undefined) req.write(JSON.stringify(body));
-    req.end();
-  });
-}
+const api = (method: string, url: string, body?: unknown) => apiRequest(sock, method, url, body);
 
 async function waitForApi(notPid?: number): Promise<number> {
   for (let i = 0; i < 300; i++) {

@@ -93,7 +93,28 @@ export class OnDemandSession {
     this.stats.opens++;
     this.dev.copen(msg.msgId, size);
     this.log.info({ objectId: msg.objectId, volume, cookie: msg.cookieKey, kind: target.kind, size }, 'open');
-    if (target.kind === 'blob' && target.prefetch) void this.prefetch(msg.objectId);
+    if (target.kind === 'blob') {
+      this.reconcile(target.map.blobId, msg.fd);
+      if (target.prefetch) void this.prefetch(msg.objectId);
+    }
+  }
+
+  /**
+   * The state says which chunks are in the cache file; the cache file has the last word. A cache file
+   * with no data at all (a new cache directory, a culled object) means none of the marks hold.
+   */
+  private reconcile(blobId: string, fd: number): void {
+    let allocated: number;
+    try {
+      allocated = fs.fstatSync(fd).blocks;
+    } catch {
+      return;
+    }
+    const marked = this.state.count(blobId);
+    if (allocated === 0 && marked > 0) {
+      this.state.clear(blobId);
+      this.log.warn({ blob: blobId, marked }, 'the cache file is empty: dropped the chunk marks of its blob');
+    }
   }
 
   private async read(msg: ReadMessage): Promise<void> {

@@ -50,6 +50,10 @@ export class DaemonState {
     })();
   }
 
+  clear(blobId: string): void {
+    this.db.prepare('DELETE FROM cached_chunks WHERE blob_id = ?').run(blobId);
+  }
+
   cached(blobId: string): Set<number> {
     return new Set((this.listBlob.all(blobId) as Array<{ chunk_index: number }>).map((r) => r.chunk_index));
   }

@@ -1,0 +1,20 @@
+/** A minimal client of nydusd's HTTP API on its unix socket (no keep-alive: each call is one connection). */
+import http from 'node:http';
+
+export interface ApiResponse {
+  status: number;
+  body: any;
+}
+
+export function apiRequest(sock: string, method: string, url: string, body?: unknown): Promise<ApiResponse> {
+  return new Promise((resolve, reject) => {
+    const req = http.request({ socketPath: sock, method, path: url, agent: false, headers: { 'content-type': 'application/json' } }, (res) => {
+      let text = '';
+      res.on('data', (d) => (text += d));
+      res.on('end', () => resolve({ status: res.statusCode!, body: text ? JSON.parse(text) : null }));
+    });
+    req.on('error', reject);
+    if (body !== undefined) req.write(typeof body === 'string' ? body : JSON.stringify(body));
+    req.end();
+  });
+}
