@@ -14,6 +14,7 @@ import { DaemonState } from '../src/daemon/state.ts';
 import { OnDemandSession, type CachefilesPort } from '../src/daemon/ondemand.ts';
 import { startApi } from '../src/daemon/api.ts';
 import { openBootstrap } from '../src/image/open.ts';
+import { inspectImage } from '../src/image/inspect.ts';
 import { prand, tmpDir } from './helpers/fixtures.ts';
 import { apiRequest as api } from './helpers/api-client.ts';
 
@@ -179,5 +180,24 @@ test('session: marks of a blob whose cache file holds no data are dropped on ope
   session.handle({ type: 'open', msgId: 1, objectId: 1, volumeKey: 'erofs,reconcile', cookieKey: blobId, fd: emptyCacheFile, flags: 0 });
   assert.equal(state.count(blobId), 0);
   fs.closeSync(emptyCacheFile);
+  state.close();
+});
+
+test('session: prefetch fetches exactly the files of the prefetch table, ahead of any read', async () => {
+  const boot2 = path.join(work, 'prefetch.boot');
+  createImage({ source: path.join(work, 'src'), bootstrap: boot2, blobDir, chunkSize: 0x40000, compressor: 'zstd', digester: 'blake3', prefetchPaths: ['/b'] });
+  const state = new DaemonState(path.join(work, 'state6'));
+  const registry = new ImageRegistry(state, log);
+  const e = entry('pf', { rafs: { prefetch: { enable: true } } });
+  e.config_v2.metadata_path = boot2;
+  registry.add(e);
+  const port = new FakePort();
+  const session = new OnDemandSession(port, registry, state, log, 2);
+  session.handle({ type: 'open', msgId: 1, objectId: 1, volumeKey: 'erofs,pf', cookieKey: blobId, fd: 9, flags: 0 });
+  await settle();
+  const chunksOfB = (inspectImage(boot2, 'stat /b') as { chunks: Array<{ chunk_index: number }> }).chunks.map((c) => c.chunk_index);
+  assert.deepEqual([...state.cached(blobId)].sort(), [...new Set(chunksOfB)].sort());
+  assert.equal(session.stats.prefetchedChunks, new Set(chunksOfB).size);
+  assert.deepEqual(port.completed, [], 'no read was asked for');
   state.close();
 });

@@ -5,7 +5,10 @@
 import fs from 'node:fs';
 import type { Logger } from 'pino';
 import { NydusError } from '../../erofs/errors.ts';
+import type { ErofsImage } from '../../erofs/image.ts';
 import { openBootstrap } from '../image/open.ts';
+import { treeFromImage } from '../image/tree-from-image.ts';
+import { type ChunkRef, walkTree } from '../builder/tree.ts';
 import { BlobMap } from './blob-map.ts';
 import { ChunkFetcher } from './chunk-fetcher.ts';
 import { type BlobBackend, LocalFsBackend } from './backend/localfs.ts';
@@ -19,6 +22,39 @@ interface RegisteredImage {
   blobs: Map<string, BlobMap>;
   backend: BlobBackend;
   fetcher: ChunkFetcher;
+  /** Per blob, the chunks to fetch ahead of reads (when prefetch is enabled). */
+  prefetch: Map<string, ChunkRef[]>;
+}
+
+/**
+ * What to prefetch: the chunks of the files the bootstrap's prefetch table lists (directories with
+ * everything below them), in that order; without a prefetch table, the whole blob.
+ */
+function prefetchChunks(image: ErofsImage, blobs: Map<string, BlobMap>): Map<string, ChunkRef[]> {
+  const out = new Map<string, ChunkRef[]>();
+  const table = image.prefetchTable();
+  if (table.length === 0) {
+    for (const [id, map] of blobs) out.set(id, [...map.all()]);
+    return out;
+  }
+  const { root, inodeOf } = treeFromImage(image);
+  const byNid = new Map([...walkTree(root)].map((n) => [inodeOf.get(n)!.nid, n]));
+  const seen = new Set<string>();
+  for (const nid of table) {
+    const start = byNid.get(nid);
+    if (!start) continue;
+    for (const n of walkTree(start)) {
+      for (const c of n.chunks ?? []) {
+        const id = image.blobId(c.blobIndex);
+        const key = `${id}:${c.indexInBlob}`;
+        if (seen.has(key)) continue;
+        seen.add(key);
+        if (!out.has(id)) out.set(id, []);
+        out.get(id)!.push(c);
+      }
+    }
+  }
+  return out;
 }
 
 export class ImageRegistry implements ObjectResolver {
@@ -49,7 +85,8 @@ export class ImageRegistry implements ObjectResolver {
     }
     const backend = new LocalFsBackend(entry.backend.dir);
     this.images.set(entry.id, {
-      entry, bootstrapSize: fs.statSync(entry.metadataPath).size, blobs, backend, fetcher: new ChunkFetcher(backend, (blob, chunk) => this.state.countFetch(blob, chunk)),
+      entry, bootstrapSize: fs.statSync(entry.metadataPath).size, blobs, backend,
+      prefetch: entry.prefetch ? prefetchChunks(image, blobs) : new Map(), fetcher: new ChunkFetcher(backend, (blob, chunk) => this.state.countFetch(blob, chunk)),
     });
     if (persist) this.state.saveImage(entry.id, body);
     this.log.info({ id: entry.id, domain: entry.domainId, bootstrap: entry.metadataPath, blobs: [...blobs.keys()] }, 'image registered');
@@ -83,7 +120,7 @@ export class ImageRegistry implements ObjectResolver {
       if ((img.entry.domainId || img.entry.id) !== volume) continue;
       if (cookie === img.entry.id) return { kind: 'bootstrap', path: img.entry.metadataPath, size: img.bootstrapSize };
       const map = img.blobs.get(cookie);
-      if (map) return { kind: 'blob', map, fetcher: img.fetcher, prefetch: img.entry.prefetch };
+      if (map) return { kind: 'blob', map, fetcher: img.fetcher, prefetch: img.prefetch.get(cookie) ?? null };
     }
     return null;
   }

@@ -9,6 +9,7 @@ import fs from 'node:fs';
 import type { Logger } from 'pino';
 import type { CachefilesMessage, OpenMessage, ReadMessage } from '../../native/fscache/index.ts';
 import type { BlobMap } from './blob-map.ts';
+import type { ChunkRef } from '../builder/tree.ts';
 import type { ChunkFetcher } from './chunk-fetcher.ts';
 import type { DaemonState } from './state.ts';
 
@@ -22,7 +23,7 @@ export interface CachefilesPort {
 
 export type ResolvedObject =
   | { kind: 'bootstrap'; path: string; size: number }
-  | { kind: 'blob'; map: BlobMap; fetcher: ChunkFetcher; prefetch: boolean };
+  | { kind: 'blob'; map: BlobMap; fetcher: ChunkFetcher; prefetch: readonly ChunkRef[] | null };
 
 export interface ObjectResolver {
   /** `volume` is the fsid or domain id (the part after "erofs,"); `cookie` the fsid or device tag. */
@@ -165,10 +166,10 @@ export class OnDemandSession {
   /** Fills a blob's cache file ahead of reads, skipping chunks the state says are there. */
   private async prefetch(objectId: number): Promise<void> {
     const obj = this.objects.get(objectId);
-    if (!obj || obj.target.kind !== 'blob') return;
-    const { map, fetcher } = obj.target;
+    if (!obj || obj.target.kind !== 'blob' || !obj.target.prefetch) return;
+    const { map, fetcher, prefetch } = obj.target;
     const have = this.state.cached(map.blobId);
-    for (const c of map.all()) {
+    for (const c of prefetch) {
       if (have.has(c.indexInBlob)) continue;
       if (!this.objects.has(objectId)) return;
       try {
