@@ -1,9 +1,15 @@
 #!/bin/sh
-# Runs a CLI of nydus-ts from the checkout: bin/<name> links here; no build step, no global install.
+# Runs a CLI of nydus-ts from the checkout: bin/<name> links here; no global install.
+# It runs the bundle dist/<name>.mjs (made by scripts/build.mjs in setup) when that is newer than every
+# source file, and the TypeScript sources through tsx otherwise (while developing).
 name=$(basename "$0")
 root=$(cd "$(dirname "$(readlink -f "$0")")/.." && pwd)
+if [ -f "$root/dist/$name.mjs" ] && [ -f "$root/dist/.built" ] \
+   && [ -z "$(find "$root/src" "$root/erofs" "$root/native" -name '*.ts' -newer "$root/dist/.built" 2>/dev/null | head -1)" ]; then
+  exec node --enable-source-maps "$root/dist/$name.mjs" "$@"
+fi
 if [ ! -f "$root/node_modules/tsx/dist/loader.mjs" ]; then
-  echo "$name: dependencies are not installed; run 'npm ci' in $root" >&2
+  echo "$name: dependencies are not installed; run scripts/setup.sh in $root" >&2
   exit 2
 fi
 exec node --import "file://$root/node_modules/tsx/dist/loader.mjs" "$root/src/cli/$name.ts" "$@"

@@ -5,4 +5,4 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 bash "$root/scripts/setup.sh"
 cd "$root"
 npx --no-install tsc --noEmit -p .
-exec node --import tsx --test test/*.test.ts
+exec node --import tsx --test test/*.test.ts native/*/test/*.test.ts

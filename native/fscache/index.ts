@@ -5,7 +5,7 @@
  * requests, O_DIRECT-safe writes, the READ_COMPLETE ioctl); policy stays in the daemon. Failures are
  * SystemErrors carrying a positive errno, code and syscall.
  */
-import { createRequire } from 'node:module';
+import { loadAddon } from '../load.ts';
 import type { CachefilesMessage, FscacheBinding, SystemError, Watcher } from './binding.d.ts';
 
 export type { CachefilesMessage, CloseMessage, OpenMessage, ReadMessage, SystemError } from './binding.d.ts';
@@ -19,9 +19,8 @@ let loaded: FscacheBinding | undefined;
 /** The addon, loaded on first use so that importing this module never fails by itself. */
 export function fscacheBinding(): FscacheBinding {
   if (!loaded) {
-    const require = createRequire(import.meta.url);
     try {
-      loaded = require('../../build/Release/fscache.node') as FscacheBinding;
+      loaded = loadAddon<FscacheBinding>('fscache');
     } catch (err) {
       throw new Error(`cannot load the fscache addon (build it with \`npm run build:native\`): ${(err as Error).message}`, { cause: err });
     }

@@ -1,5 +1,5 @@
 /** Typed face of the xattr addon: extended attributes without following symlinks, names as bytes. */
-import { createRequire } from 'node:module';
+import { loadAddon } from '../load.ts';
 
 interface XattrBinding {
   llist(path: Buffer): Buffer[];
@@ -7,8 +7,7 @@ interface XattrBinding {
   lset(path: Buffer, name: Buffer, value: Buffer): void;
 }
 
-const require = createRequire(import.meta.url);
-const binding = require('../../build/Release/xattr.node') as XattrBinding;
+const binding = loadAddon<XattrBinding>('xattr');
 
 /** All xattrs of `path` (a Buffer path), keyed by the name as a latin1 string (bytes preserved). */
 export function readXattrs(path: Buffer): Map<string, Buffer> {

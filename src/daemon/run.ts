@@ -51,7 +51,11 @@ export async function runSupervisor(opts: DaemonOptions, argv: string[]): Promis
   const start = () => {
     child = spawn(process.execPath, [...process.execArgv, ...argv], {
       stdio: ['ignore', 'inherit', 'inherit', dev.fd],
-      env: { ...process.env, [WORKER_FD_ENV]: '3', [RESTART_ENV]: String(restarts) },
+      // Cache-file writes run on libuv's pool (O_DIRECT waits for the disk): size it for the threads.
+      env: {
+        ...process.env, [WORKER_FD_ENV]: '3', [RESTART_ENV]: String(restarts),
+        UV_THREADPOOL_SIZE: process.env.UV_THREADPOOL_SIZE ?? String(Math.max(4, opts.threads * 2)),
+      },
     });
     child.on('exit', (code, signal) => {
       child = null;

@@ -60,8 +60,12 @@ stats() {
 step "cold mount"
 mount -t erofs -o fsid=$fsid none "$work/mnt" || fail "mount -t erofs -o fsid=$fsid"
 # Readers in parallel, so that several READs are in flight at once.
-for f in sub/deeper/big.bin zeros sub/page-plus-1 sub/page hello.txt; do cat "$work/mnt/$f" >/dev/null & done
-wait
+readers=""
+for f in sub/deeper/big.bin zeros sub/page-plus-1 sub/page hello.txt; do
+  cat "$work/mnt/$f" >/dev/null &
+  readers="$readers $!"
+done
+for r in $readers; do wait $r || fail "a parallel reader failed"; done  # (a bare wait would wait for the daemon)
 diff -r --no-dereference "$work/src" "$work/mnt" || fail "contents differ (cold)"
 [ "$(readlink "$work/mnt/link")" = hello.txt ] || fail "symlink target"
 reads_cold=$(stats 's.reads')

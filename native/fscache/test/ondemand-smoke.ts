@@ -4,7 +4,7 @@
  *   tag <bootstrap> <tag>
  *       Names the first device slot of an erofs-utils image `<tag>` (erofs-utils 1.5 leaves it empty,
  *       which fscache mode refuses) and recomputes the superblock checksum.
- *   daemon --cache <dir> --fsid <fsid> --bootstrap <file> --blob <tag>=<file> --ready <file> --stats <file>
+ *   daemon --cache <dir> --fsid <fsid>... --bootstrap <file> --blob <tag>=<file> --ready <file> --stats <file>
  *       A tiny on-demand daemon on the addon: OPEN answers with the backing file's size, READ copies
  *       the range from the file, CLOSE closes the anonymous fd. Writes <ready> once bound, its
  *       counters to <stats> on SIGUSR1 and on SIGTERM (then exits).
@@ -66,14 +66,15 @@ function runDaemon(argv: string[]): void {
   const { values } = parseArgs({
     args: argv,
     options: {
-      cache: { type: 'string' }, fsid: { type: 'string' }, bootstrap: { type: 'string' },
+      cache: { type: 'string' }, fsid: { type: 'string', multiple: true }, bootstrap: { type: 'string' },
       blob: { type: 'string', multiple: true }, ready: { type: 'string' }, stats: { type: 'string' },
     },
   });
-  const { cache, fsid, bootstrap, ready, stats: statsFile } = values;
-  if (!cache || !fsid || !bootstrap || !ready || !statsFile) throw new Error('daemon: --cache --fsid --bootstrap --ready --stats are required');
+  const { cache, fsid: fsids, bootstrap, ready, stats: statsFile } = values;
+  if (!cache || !fsids?.length || !bootstrap || !ready || !statsFile) throw new Error('daemon: --cache --fsid --bootstrap --ready --stats are required');
   // The cookie key names the object: the fsid for the bootstrap, a device slot's tag for a blob.
-  const files = new Map<string, string>([[fsid, bootstrap]]);
+  // Several fsids may name the same image (each mount of another fsid starts from a cold cache).
+  const files = new Map<string, string>(fsids.map((f) => [f, bootstrap]));
   for (const b of values.blob ?? []) {
     const eq = b.indexOf('=');
     files.set(b.slice(0, eq), b.slice(eq + 1));
@@ -87,7 +88,8 @@ function runDaemon(argv: string[]): void {
   const dev = CachefilesDevice.open(cache, 'smoke');
 
   const onOpen = (msg: Extract<CachefilesMessage, { type: 'open' }>) => {
-    const file = msg.volumeKey === `erofs,${fsid}` ? files.get(msg.cookieKey) : undefined;
+    const volume = /^erofs,(.*)$/.exec(msg.volumeKey)?.[1];
+    const file = volume !== undefined && fsids.includes(volume) ? files.get(msg.cookieKey) : undefined;
     if (file === undefined) {
       stats.refused.push(`${msg.volumeKey}/${msg.cookieKey}`);
       dev.closeFd(msg.fd);

@@ -1,0 +1,22 @@
+// Bundles each CLI (src/cli/<name>.ts) into dist/<name>.mjs with esbuild, so the commands start as
+// plain Node programs (no TypeScript loader at run time). npm packages stay external.
+import { build } from 'esbuild';
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const names = ['nydus-image', 'nydusd', 'nydusify', 'nydusctl'];
+await build({
+  entryPoints: names.map((n) => path.join(root, 'src/cli', `${n}.ts`)),
+  outdir: path.join(root, 'dist'),
+  outExtension: { '.js': '.mjs' },
+  bundle: true,
+  platform: 'node',
+  format: 'esm',
+  target: 'node20',
+  packages: 'external',
+  sourcemap: true,
+  logLevel: 'warning',
+});
+fs.writeFileSync(path.join(root, 'dist/.built'), '');
