@@ -1,34 +1,54 @@
-/** Chunk compression. One function pair per algorithm; zstd through zstd-napi. */
-import { Compressor, Decompressor } from 'zstd-napi';
+/**
+ * Chunk compression with zstd (the zstd-napi binding's contexts, used directly so that compressing
+ * a chunk allocates nothing: one reusable output buffer per size).
+ */
+import { createRequire } from 'node:module';
 import { NydusError, EIO } from '../../erofs/errors.ts';
 
 export type CompressorName = 'none' | 'zstd';
 
-let zc: Compressor | null = null;
-let zd: Decompressor | null = null;
+interface ZstdBinding {
+  CCtx: new () => { setParameter(p: number, v: number): void; compress2(dst: Uint8Array, src: Uint8Array): number };
+  DCtx: new () => { decompress(dst: Uint8Array, src: Uint8Array): number };
+  CParameter: { compressionLevel: number };
+  compressBound(size: number): number;
+}
 
-/** Compresses a chunk; returns null when compression would not make it smaller (stored raw then). */
+const zstd = createRequire(import.meta.url)('zstd-napi/binding') as ZstdBinding;
+
+/** Level 1: chunk data is compressed once and read many times; speed of the build matters more. */
+const ZSTD_LEVEL = 1;
+
+let cctx: InstanceType<ZstdBinding['CCtx']> | null = null;
+let dctx: InstanceType<ZstdBinding['DCtx']> | null = null;
+let scratch = Buffer.alloc(0);
+
+/**
+ * Compresses a chunk; returns null when compression would not make it smaller (stored raw then).
+ * The returned bytes live in a scratch buffer that the next call overwrites.
+ */
 export function compressChunk(alg: CompressorName, data: Buffer): Buffer | null {
   if (alg === 'none') return null;
-  if (!zc) {
-    zc = new Compressor();
-    zc.setParameters({ compressionLevel: 1 });
+  if (!cctx) {
+    cctx = new zstd.CCtx();
+    cctx.setParameter(zstd.CParameter.compressionLevel, ZSTD_LEVEL);
   }
-  const out = zc.compress(data);
-  return out.length < data.length ? out : null;
+  const bound = zstd.compressBound(data.length);
+  if (scratch.length < bound) scratch = Buffer.allocUnsafe(bound);
+  const n = cctx.compress2(scratch, data);
+  return n < data.length ? scratch.subarray(0, n) : null;
 }
 
 export function decompressChunk(alg: CompressorName, data: Buffer, uncompressedSize: number, where: string): Buffer {
   if (alg === 'none') throw new NydusError(`${where}: chunk is marked compressed but the compressor is none`, EIO);
-  if (!zd) zd = new Decompressor();
-  let out: Buffer;
+  if (!dctx) dctx = new zstd.DCtx();
+  const out = Buffer.allocUnsafe(uncompressedSize);
+  let n: number;
   try {
-    out = zd.decompress(data);
+    n = dctx.decompress(out, data);
   } catch (e) {
     throw new NydusError(`${where}: zstd decompression failed: ${(e as Error).message}`, EIO);
   }
-  if (out.length !== uncompressedSize) {
-    throw new NydusError(`${where}: decompressed to ${out.length} bytes, expected ${uncompressedSize}`, EIO);
-  }
+  if (n !== uncompressedSize) throw new NydusError(`${where}: decompressed to ${n} bytes, expected ${uncompressedSize}`, EIO);
   return out;
 }
