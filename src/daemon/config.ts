@@ -48,7 +48,7 @@ function str(o: Json, key: string, where: string, required = true): string {
 
 function backendFrom(type: string, cfg: Json, where: string): BackendConfig {
   if (type === 'localfs') {
-    const dir = str(cfg, 'dir', where, false) || (typeof cfg.blob_file === 'string' ? '' : '');
+    const dir = str(cfg, 'dir', where, false);
     if (!dir) throw new ConfigError(`${where}.dir is required for the localfs backend`);
     return { type: 'localfs', dir };
   }

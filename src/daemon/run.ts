@@ -27,6 +27,8 @@ export interface DaemonOptions {
 
 const WORKER_FD_ENV = 'NYDUSD_WORKER_FD';
 const RESTART_ENV = 'NYDUSD_WORKER_RESTART';
+const WORKER_MIN_LIFE_MS = 3000;
+const WORKER_MAX_QUICK_DEATHS = 5;
 
 export function makeLogger(level: string, file?: string): Logger {
   return pino({ level, base: { pid: process.pid } }, pino.destination(file ? { dest: file, append: true, mkdir: true } : 2));
@@ -48,7 +50,10 @@ export async function runSupervisor(opts: DaemonOptions, argv: string[]): Promis
   let child: ChildProcess | null = null;
   let stopping = false;
   let restarts = 0;
+  let quickDeaths = 0;
+  let startedAt = 0;
   const start = () => {
+    startedAt = Date.now();
     child = spawn(process.execPath, [...process.execArgv, ...argv], {
       stdio: ['ignore', 'inherit', 'inherit', dev.fd],
       // Cache-file writes run on libuv's pool (O_DIRECT waits for the disk): size it for the threads.
@@ -64,8 +69,15 @@ export async function runSupervisor(opts: DaemonOptions, argv: string[]): Promis
         process.exit(0);
       }
       restarts++;
+      // A worker that cannot even start (bad work dir, broken install) must not be restarted forever.
+      quickDeaths = Date.now() - startedAt < WORKER_MIN_LIFE_MS ? quickDeaths + 1 : 0;
+      if (quickDeaths >= WORKER_MAX_QUICK_DEATHS) {
+        log.fatal({ code, signal, restarts }, 'worker keeps dying right after start; giving up');
+        dev.close();
+        process.exit(1);
+      }
       log.error({ code, signal, restarts }, 'worker died; starting a new one');
-      setTimeout(start, 200);
+      setTimeout(start, 200 * 2 ** quickDeaths);
     });
   };
   const stop = () => {

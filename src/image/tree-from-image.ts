@@ -17,7 +17,7 @@ export class ChunkResolver {
   private readonly table = new Map<string, ChunkRef>();
   private readonly fromBlobMeta = new Map<number, Map<number, ChunkRef>>();
 
-  constructor(private readonly image: ErofsImage, private readonly blobs?: LocalBlobReader[]) {
+  constructor(image: ErofsImage, private readonly blobs?: LocalBlobReader[]) {
     for (const c of image.chunkTable()) {
       this.table.set(`${c.blobIndex}:${c.uncompressedOffset}`, {
         blobIndex: c.blobIndex, indexInBlob: c.index, digest: c.digest, uncompressedOffset: c.uncompressedOffset,
