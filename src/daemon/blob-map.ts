@@ -46,6 +46,18 @@ export class BlobMap {
     return this.chunks;
   }
 
+  /** Up to `n` chunks that start at or after `offset`. */
+  chunksAfter(offset: number, n: number): ChunkRef[] {
+    let lo = 0;
+    let hi = this.chunks.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (this.chunks[mid].uncompressedOffset < offset) lo = mid + 1;
+      else hi = mid;
+    }
+    return this.chunks.slice(lo, lo + n);
+  }
+
   /** Chunks overlapping [offset, offset + len); gaps between chunks are alignment padding. */
   chunksIn(offset: number, len: number): ChunkRef[] {
     if (offset < 0 || offset >= this.uncompressedSize + 4096) {

@@ -38,6 +38,8 @@ interface OpenObject {
 }
 
 const ENOENT = 2;
+/** Chunks fetched ahead of the kernel after each READ of a blob. */
+const READ_AHEAD_CHUNKS = 2;
 
 /** Bounds concurrent work to the configured thread count. */
 class Limiter {
@@ -58,6 +60,8 @@ class Limiter {
 
 export class OnDemandSession {
   private readonly objects = new Map<number, OpenObject>();
+  /** Chunks on their way into a cache file, by `${fd}:${chunk index}`. */
+  private readonly materializing = new Map<string, Promise<void>>();
   private readonly limiter: Limiter;
   readonly stats = { opens: 0, reads: 0, readBytes: 0, readErrors: 0, prefetchedChunks: 0 };
 
@@ -127,7 +131,10 @@ export class OnDemandSession {
     this.stats.reads++;
     try {
       if (obj.target.kind === 'bootstrap') await this.readBootstrap(obj, obj.target.path, msg);
-      else await this.readBlob(obj, obj.target.map, obj.target.fetcher, msg.offset, msg.len);
+      else {
+        this.readAhead(obj, obj.target.map, obj.target.fetcher, msg.offset + msg.len);
+        await this.readBlob(obj, obj.target.map, obj.target.fetcher, msg.offset, msg.len);
+      }
       this.stats.readBytes += msg.len;
     } catch (e) {
       this.stats.readErrors++;
@@ -156,11 +163,42 @@ export class OnDemandSession {
   /** Writes every chunk covering the range into the cache file, then marks them. */
   private async readBlob(obj: OpenObject, map: BlobMap, fetcher: ChunkFetcher, offset: number, len: number): Promise<void> {
     const chunks = map.chunksIn(offset, len);
-    await Promise.all(chunks.map(async (c) => {
-      const data = await fetcher.fetch(map, c);
-      await this.dev.writeData(obj.fd, c.uncompressedOffset, data);
-    }));
-    if (chunks.length) this.state.mark(map.blobId, chunks.map((c) => c.indexInBlob));
+    await Promise.all(chunks.map((c) => this.materialize(obj, map, fetcher, c)));
+  }
+
+  /**
+   * Puts one chunk into the object's cache file and marks it. Concurrent callers for the same chunk
+   * (a READ and the read-ahead, or two READs) share one fetch and one write; a chunk already marked
+   * is in the cache file (marks follow writes, and open() drops marks of an emptied cache file), so a
+   * READ that raced with its write needs nothing more.
+   */
+  private materialize(obj: OpenObject, map: BlobMap, fetcher: ChunkFetcher, c: ChunkRef): Promise<void> {
+    const key = `${obj.fd}:${c.indexInBlob}`;
+    let p = this.materializing.get(key);
+    if (!p && this.state.isCached(map.blobId, c.indexInBlob)) return Promise.resolve();
+    if (!p) {
+      p = (async () => {
+        const data = await fetcher.fetch(map, c);
+        await this.dev.writeData(obj.fd, c.uncompressedOffset, data);
+        this.state.mark(map.blobId, [c.indexInBlob]);
+      })().finally(() => this.materializing.delete(key));
+      this.materializing.set(key, p);
+    }
+    return p;
+  }
+
+  /**
+   * Reads ahead in the blob's order: the chunks after a READ are usually the next ones the kernel asks
+   * for (files are laid out sequentially), so fetching them now overlaps the backend and the digest
+   * work with the reader. Best effort: a failure here only means the kernel will ask itself.
+   */
+  private readAhead(obj: OpenObject, map: BlobMap, fetcher: ChunkFetcher, end: number): void {
+    for (const c of map.chunksAfter(end, READ_AHEAD_CHUNKS)) {
+      if (this.materializing.has(`${obj.fd}:${c.indexInBlob}`) || this.state.isCached(map.blobId, c.indexInBlob)) continue;
+      this.materialize(obj, map, fetcher, c).catch((e) => {
+        this.log.debug({ blob: map.blobId, chunk: c.indexInBlob, err: (e as Error).message }, 'read-ahead failed');
+      });
+    }
   }
 
   /** Fills a blob's cache file ahead of reads, skipping chunks the state says are there. */
@@ -173,11 +211,7 @@ export class OnDemandSession {
       if (have.has(c.indexInBlob)) continue;
       if (!this.objects.has(objectId)) return;
       try {
-        await this.limiter.run(async () => {
-          const data = await fetcher.fetch(map, c);
-          await this.dev.writeData(obj.fd, c.uncompressedOffset, data);
-        });
-        this.state.mark(map.blobId, [c.indexInBlob]);
+        await this.limiter.run(() => this.materialize(obj, map, fetcher, c));
         this.stats.prefetchedChunks++;
       } catch (e) {
         this.log.warn({ blob: map.blobId, chunk: c.indexInBlob, err: (e as Error).message }, 'prefetch of a chunk failed');

@@ -14,6 +14,7 @@ export class DaemonState {
   private readonly remove: Database.Statement;
   private readonly listBlob: Database.Statement;
   private readonly countBlob: Database.Statement;
+  private readonly hasChunk: Database.Statement;
 
   constructor(workDir: string) {
     fs.mkdirSync(workDir, { recursive: true });
@@ -36,6 +37,7 @@ export class DaemonState {
     this.remove = this.db.prepare('DELETE FROM cached_chunks WHERE blob_id = ? AND chunk_index = ?');
     this.listBlob = this.db.prepare('SELECT chunk_index FROM cached_chunks WHERE blob_id = ?');
     this.countBlob = this.db.prepare('SELECT COUNT(*) AS n FROM cached_chunks WHERE blob_id = ?');
+    this.hasChunk = this.db.prepare('SELECT 1 FROM cached_chunks WHERE blob_id = ? AND chunk_index = ?');
   }
 
   mark(blobId: string, chunkIndexes: number[]): void {
@@ -52,6 +54,10 @@ export class DaemonState {
 
   clear(blobId: string): void {
     this.db.prepare('DELETE FROM cached_chunks WHERE blob_id = ?').run(blobId);
+  }
+
+  isCached(blobId: string, chunkIndex: number): boolean {
+    return this.hasChunk.get(blobId, chunkIndex) !== undefined;
   }
 
   cached(blobId: string): Set<number> {
