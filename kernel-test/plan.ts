@@ -73,7 +73,7 @@ export function makePlan(): void {
   const exported = path.join(planDir, 'many.erofs');
   exportBlock({ bootstrap: images.many.boot, blobDir: images.many.blobDir, output: exported });
   fs.writeFileSync(path.join(planDir, 'plan.json'), JSON.stringify({
-    images, corruptFile: 'victim', bigFile: 'big.bin', bigSha256: crypto.createHash('sha256').update(bigData).digest('hex'), exported,
+    images, corruptFile: 'victim', bigFile: 'big.bin', bigChunks: (inspectImage(images.big.boot, 'blobs') as Array<{ chunk_count: number }>)[0].chunk_count, bigSha256: crypto.createHash('sha256').update(bigData).digest('hex'), exported,
   }, null, 2));
 }
 

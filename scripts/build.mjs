@@ -7,8 +7,13 @@ import { fileURLToPath } from 'node:url';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const names = ['nydus-image', 'nydusd', 'nydusify', 'nydusctl'];
+fs.rmSync(path.join(root, 'dist'), { recursive: true, force: true });
 await build({
-  entryPoints: names.map((n) => path.join(root, 'src/cli', `${n}.ts`)),
+  // The verify pool's worker is loaded by URL next to the nydusd bundle.
+  entryPoints: {
+    ...Object.fromEntries(names.map((n) => [n, path.join(root, 'src/cli', `${n}.ts`)])),
+    'verify-worker': path.join(root, 'src/daemon/verify-worker.ts'),
+  },
   outdir: path.join(root, 'dist'),
   outExtension: { '.js': '.mjs' },
   bundle: true,

@@ -15,6 +15,9 @@ import { OnDemandSession, type CachefilesPort } from '../src/daemon/ondemand.ts'
 import { startApi } from '../src/daemon/api.ts';
 import { openBootstrap } from '../src/image/open.ts';
 import { inspectImage } from '../src/image/inspect.ts';
+import { VerifyPool } from '../src/daemon/verify-pool.ts';
+import { chunkDigest } from '../src/blob/digest.ts';
+import { NydusError } from '../erofs/errors.ts';
 import { prand, tmpDir } from './helpers/fixtures.ts';
 import { apiRequest as api } from './helpers/api-client.ts';
 
@@ -203,4 +206,19 @@ test('session: prefetch fetches exactly the files of the prefetch table, ahead o
   assert.equal(session.stats.prefetchedChunks, new Set(chunksOfB).size);
   assert.deepEqual(port.completed, [], 'no read was asked for');
   state.close();
+});
+
+test('verify pool: worker threads return verified bytes and refuse a corrupt chunk', async () => {
+  const pool = new VerifyPool(2);
+  try {
+    const data = prand(100000, 42);
+    const job = { stored: data, compressed: false, compressor: 'zstd' as const, uncompressedSize: data.length, digester: 'blake3' as const, digest: chunkDigest('blake3', data), where: 'test chunk' };
+    const out = await Promise.all([pool.verify(job), pool.verify(job), pool.verify(job)]);
+    for (const o of out) assert.ok(o.equals(data));
+    const bad = Buffer.from(data);
+    bad[5] ^= 1;
+    await assert.rejects(pool.verify({ ...job, stored: bad }), (e: Error) => e instanceof NydusError && e.errno === 5 && /digest mismatch/.test(e.message));
+  } finally {
+    await pool.close();
+  }
 });

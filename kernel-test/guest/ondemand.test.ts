@@ -18,6 +18,7 @@ interface Plan {
   corruptFile: string;
   bigFile: string;
   bigSha256: string;
+  bigChunks: number;
   exported: string;
 }
 
@@ -133,12 +134,13 @@ test('4: kill -9 of the daemon during reads; the restarted daemon serves the mou
   let out = '';
   reader.stdout!.on('data', (d) => (out += d));
   const pid = (await api('GET', '/api/v1/daemon')).body.pid as number;
-  for (let i = 0; i < 600; i++) {
-    const f = await fetches(plan.images.big);
-    if (Object.keys(f).length >= 3) break;
-    await new Promise((r) => setTimeout(r, 50));
+  // Kill it once a few chunks are in the cache file and the read is still going.
+  let cachedBefore: number[] = [];
+  for (let i = 0; i < 1200 && cachedBefore.length < 3; i++) {
+    cachedBefore = (await api('GET', `/api/v1/metrics/blobcache?blob_id=${plan.images.big.blobId}`)).body.cached as number[];
+    if (cachedBefore.length < 3) await new Promise((r) => setTimeout(r, 50));
   }
-  const cachedBefore = (await api('GET', `/api/v1/metrics/blobcache?blob_id=${plan.images.big.blobId}`)).body.cached as number[];
+  assert.ok(cachedBefore.length < plan.bigChunks, 'the kill comes while the file is still being read');
   process.kill(pid, 'SIGKILL');
   const newPid = await waitForApi(pid);
   assert.notEqual(newPid, pid);

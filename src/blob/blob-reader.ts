@@ -5,8 +5,9 @@
 import fs from 'node:fs';
 import { NydusError, EIO } from '../../erofs/errors.ts';
 import { BLOB_CCT_HEADER_SIZE, BLOB_CCT_MAGIC, BLOB_CHUNK_INFO_V1_SIZE, type BlobChunkInfo, blobCompressionContextHeader, decodeChunkInfoV1 } from '../../erofs/blobmeta.ts';
-import { type CompressorName, decompressChunk } from './compress.ts';
-import { type Digester, chunkDigest } from './digest.ts';
+import type { CompressorName } from './compress.ts';
+import type { Digester } from './digest.ts';
+import { verifyChunk } from './verify.ts';
 import type { ChunkRef } from '../builder/tree.ts';
 
 export class LocalBlobReader {
@@ -37,13 +38,10 @@ export class LocalBlobReader {
   /** The uncompressed, verified bytes of a chunk. */
   readChunk(ref: ChunkRef): Buffer {
     const where = `blob ${this.path} chunk ${ref.indexInBlob}`;
-    const stored = this.readRaw(ref.compressedOffset, ref.compressedSize);
-    const data = ref.compressed ? decompressChunk(this.compressor, stored, ref.uncompressedSize, where) : stored;
-    if (data.length !== ref.uncompressedSize) throw new NydusError(`${where}: size ${data.length}, expected ${ref.uncompressedSize}`, EIO);
-    if (ref.digest.length && !chunkDigest(this.digester, data).equals(ref.digest)) {
-      throw new NydusError(`${where}: digest mismatch (corrupt chunk)`, EIO);
-    }
-    return data;
+    return verifyChunk({
+      stored: this.readRaw(ref.compressedOffset, ref.compressedSize), compressed: ref.compressed, compressor: this.compressor,
+      uncompressedSize: ref.uncompressedSize, digester: this.digester, digest: ref.digest, where,
+    });
   }
 
   /** The chunk-info array stored at the blob's end. */

@@ -15,6 +15,7 @@ import { type BlobBackend, LocalFsBackend } from './backend/localfs.ts';
 import { type ImageEntry, ConfigError, parseBlobCacheEntry } from './config.ts';
 import type { ObjectResolver, ResolvedObject } from './ondemand.ts';
 import type { DaemonState } from './state.ts';
+import type { VerifyPool } from './verify-pool.ts';
 
 interface RegisteredImage {
   entry: ImageEntry;
@@ -60,7 +61,7 @@ function prefetchChunks(image: ErofsImage, blobs: Map<string, BlobMap>): Map<str
 export class ImageRegistry implements ObjectResolver {
   private readonly images = new Map<string, RegisteredImage>();
 
-  constructor(private readonly state: DaemonState, private readonly log: Logger) {}
+  constructor(private readonly state: DaemonState, private readonly log: Logger, private readonly pool?: VerifyPool) {}
 
   /** Re-registers what an earlier run of the daemon had (after a restart). */
   restore(): void {
@@ -86,7 +87,7 @@ export class ImageRegistry implements ObjectResolver {
     const backend = new LocalFsBackend(entry.backend.dir);
     this.images.set(entry.id, {
       entry, bootstrapSize: fs.statSync(entry.metadataPath).size, blobs, backend,
-      prefetch: entry.prefetch ? prefetchChunks(image, blobs) : new Map(), fetcher: new ChunkFetcher(backend, (blob, chunk) => this.state.countFetch(blob, chunk)),
+      prefetch: entry.prefetch ? prefetchChunks(image, blobs) : new Map(), fetcher: new ChunkFetcher(backend, (blob, chunk) => this.state.countFetch(blob, chunk), this.pool),
     });
     if (persist) this.state.saveImage(entry.id, body);
     this.log.info({ id: entry.id, domain: entry.domainId, bootstrap: entry.metadataPath, blobs: [...blobs.keys()] }, 'image registered');

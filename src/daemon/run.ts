@@ -13,6 +13,8 @@ import { startApi } from './api.ts';
 import { ImageRegistry } from './daemon.ts';
 import { OnDemandSession } from './ondemand.ts';
 import { DaemonState } from './state.ts';
+import { VerifyPool } from './verify-pool.ts';
+import os from 'node:os';
 
 export interface DaemonOptions {
   fscacheDir: string;
@@ -98,7 +100,9 @@ export async function runWorker(opts: DaemonOptions): Promise<void> {
   const log = makeLogger(opts.logLevel, opts.logFile);
   const dev = CachefilesDevice.fromFd(Number(process.env[WORKER_FD_ENV]));
   const state = new DaemonState(path.join(opts.fscacheDir, 'nydus-ts'));
-  const registry = new ImageRegistry(state, log);
+  // Verification threads: the event loop stays free for the kernel's requests.
+  const pool = new VerifyPool(Math.max(1, Math.min(os.availableParallelism(), opts.threads)));
+  const registry = new ImageRegistry(state, log, pool);
   registry.restore();
   const session = new OnDemandSession(dev, registry, state, log, opts.threads);
   dev.onMessage((msg) => session.handle(msg), (err) => log.warn({ err: err.message }, 'bad message from the kernel'));

@@ -1,0 +1,81 @@
+/**
+ * Decompression and digest checks of fetched chunks on worker threads, so that a daemon uses every
+ * core and its event loop keeps answering the kernel while chunks are verified. The buffers move to
+ * the worker and back without copies.
+ */
+import { Worker } from 'node:worker_threads';
+import { NydusError, EIO } from '../../erofs/errors.ts';
+import { type StoredChunk, verifyChunk } from '../blob/verify.ts';
+
+interface Job {
+  chunk: StoredChunk;
+  resolve: (b: Buffer) => void;
+  reject: (e: Error) => void;
+}
+
+/**
+ * The worker: next to this module, verify-worker.mjs in the bundles; from the TypeScript sources the
+ * worker registers tsx itself (loader hooks of the main thread do not reach workers in Node 20).
+ */
+function startWorker(): Worker {
+  const self = import.meta.url;
+  if (!self.endsWith('.ts')) return new Worker(new URL('./verify-worker.mjs', self));
+  const tsx = import.meta.resolve('tsx/esm/api');
+  const entry = new URL('./verify-worker.ts', self).href;
+  return new Worker(`import(${JSON.stringify(tsx)}).then((t) => { t.register(); return import(${JSON.stringify(entry)}); })`, { eval: true });
+}
+
+export class VerifyPool {
+  private readonly idle: Worker[] = [];
+  private readonly busy = new Map<Worker, Job>();
+  private readonly queue: Job[] = [];
+
+  constructor(size: number) {
+    for (let i = 0; i < size; i++) this.idle.push(this.spawn());
+  }
+
+  private spawn(): Worker {
+    const w = startWorker();
+    w.unref();
+    w.on('message', (m: { data?: Uint8Array; error?: string; errno?: number }) => {
+      const job = this.busy.get(w)!;
+      this.busy.delete(w);
+      if (m.error !== undefined) job.reject(new NydusError(m.error, m.errno ?? EIO));
+      else job.resolve(Buffer.from(m.data!.buffer, m.data!.byteOffset, m.data!.byteLength));
+      this.idle.push(w);
+      this.next();
+    });
+    w.on('error', (e) => {
+      const job = this.busy.get(w);
+      this.busy.delete(w);
+      job?.reject(new NydusError(`chunk verification worker failed: ${e.message}`, EIO));
+      this.idle.push(this.spawn());
+      this.next();
+    });
+    return w;
+  }
+
+  private next(): void {
+    while (this.idle.length && this.queue.length) {
+      const w = this.idle.pop()!;
+      const job = this.queue.shift()!;
+      this.busy.set(w, job);
+      const { stored, digest, ...rest } = job.chunk;
+      // Copy out of Node's shared pool so the buffer can move to the worker.
+      const own = new Uint8Array(stored);
+      w.postMessage({ ...rest, stored: own, digest: new Uint8Array(digest) }, [own.buffer]);
+    }
+  }
+
+  verify(chunk: StoredChunk): Promise<Buffer> {
+    if (this.idle.length + this.busy.size === 0) return Promise.resolve().then(() => verifyChunk(chunk));
+    return new Promise((resolve, reject) => {
+      this.queue.push({ chunk, resolve, reject });
+      this.next();
+    });
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([...this.idle, ...this.busy.keys()].map((w) => w.terminate()));
+  }
+}
