@@ -213,7 +213,8 @@ test('verify pool: worker threads return verified bytes and refuse a corrupt chu
   try {
     const data = prand(100000, 42);
     const job = { stored: data, compressed: false, compressor: 'zstd' as const, uncompressedSize: data.length, digester: 'blake3' as const, digest: chunkDigest('blake3', data), where: 'test chunk' };
-    const out = await Promise.all([pool.verify(job), pool.verify(job), pool.verify(job)]);
+    // verify() takes ownership of the stored bytes: each call gets its own copy.
+    const out = await Promise.all([1, 2, 3].map(() => pool.verify({ ...job, stored: Buffer.from(data) })));
     for (const o of out) assert.ok(o.equals(data));
     const bad = Buffer.from(data);
     bad[5] ^= 1;

@@ -84,7 +84,8 @@ before(async () => {
 after(async () => {
   for (const d of [...mounted].reverse()) try { umount(d); } catch { /* busy */ }
   daemon.kill('SIGTERM');
-  await new Promise((r) => daemon.once('exit', r));
+  const code = await new Promise((r) => daemon.once('exit', r));
+  assert.equal(code, 0, 'nydusd exits cleanly on SIGTERM');
 });
 
 test('1: a zstd image mounts with -o fsid and reads back identical to the source', async () => {

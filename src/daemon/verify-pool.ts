@@ -61,12 +61,15 @@ export class VerifyPool {
       const job = this.queue.shift()!;
       this.busy.set(w, job);
       const { stored, digest, ...rest } = job.chunk;
-      // Copy out of Node's shared pool so the buffer can move to the worker.
-      const own = new Uint8Array(stored);
-      w.postMessage({ ...rest, stored: own, digest: new Uint8Array(digest) }, [own.buffer]);
+      // A buffer that owns its memory moves to the worker as it is; one inside Node's shared pool
+      // (small reads) is copied out first.
+      const own = stored.byteOffset === 0 && stored.byteLength === stored.buffer.byteLength
+        ? new Uint8Array(stored.buffer, 0, stored.byteLength) : new Uint8Array(stored);
+      w.postMessage({ ...rest, stored: own, digest: new Uint8Array(digest) }, [own.buffer as ArrayBuffer]);
     }
   }
 
+  /** Takes ownership of `chunk.stored`: its memory may move to a worker (the caller must not reuse it). */
   verify(chunk: StoredChunk): Promise<Buffer> {
     if (this.idle.length + this.busy.size === 0) return Promise.resolve().then(() => verifyChunk(chunk));
     return new Promise((resolve, reject) => {
