@@ -20,6 +20,8 @@ import { chunkDigest } from '../src/blob/digest.ts';
 import { NydusError } from '../erofs/errors.ts';
 import { prand, tmpDir } from './helpers/fixtures.ts';
 import { apiRequest as api } from './helpers/api-client.ts';
+import { repoRoot } from './helpers/cli.ts';
+import { spawn } from 'node:child_process';
 
 const work = tmpDir('daemon');
 const log = pino({ level: 'silent' });
@@ -103,6 +105,23 @@ test('API: register through PUT /api/v2/blobs, refuse bad bodies with 400, socke
     assert.equal((await api(sock, 'DELETE', '/api/v2/blobs?domain_id=dom')).status, 204);
     assert.equal((await api(sock, 'GET', '/api/v2/blobs')).body.length, 1);
     assert.equal((await api(sock, 'DELETE', '/api/v2/blobs?blob_id=nope')).status, 404);
+    // nydusctl is a client of the same socket (run asynchronously: this process serves the API).
+    const ctl = (args: string[]) => new Promise<{ code: number | null; out: string; err: string }>((resolve) => {
+      const p = spawn(path.join(repoRoot, 'bin/nydusctl'), args);
+      let out = '';
+      let err = '';
+      p.stdout.on('data', (d) => (out += d));
+      p.stderr.on('data', (d) => (err += d));
+      p.on('exit', (code) => resolve({ code, out, err }));
+    });
+    const info = await ctl(['--sock', sock, 'info', '--raw']);
+    assert.equal(info.code, 0, info.err);
+    assert.equal(JSON.parse(info.out).state, 'RUNNING');
+    const blobcache = await ctl(['--sock', sock, 'metrics', 'blobcache', '--blob-id', blobId]);
+    assert.equal(JSON.parse(blobcache.out).blob_id, blobId);
+    const down = await ctl(['--sock', path.join(work, 'no.sock'), 'info']);
+    assert.equal(down.code, 1);
+    assert.match(down.err, /^nydusctl: error: cannot reach nydusd/);
   } finally {
     server.close();
     state.close();
