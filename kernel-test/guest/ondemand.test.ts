@@ -131,7 +131,11 @@ test('5: unmount and mount again warm: zero backend reads', async () => {
 test('4: kill -9 of the daemon during reads; the restarted daemon serves the mount, cached chunks are not fetched again', async () => {
   await register(plan.images.big);
   const dir = mountImage(plan.images.big);
-  const reader = spawn('sha256sum', [path.join(dir, plan.bigFile)], { stdio: ['ignore', 'pipe', 'inherit'] });
+  // A reader that takes its time (1 MiB every 100 ms), so the kill surely lands in the middle of it.
+  const slowSha256 = `const fs = require('fs'), h = require('crypto').createHash('sha256'), fd = fs.openSync(process.argv[1], 'r');
+    const buf = Buffer.alloc(1 << 20); let n;
+    (function step() { n = fs.readSync(fd, buf); if (!n) { console.log(h.digest('hex') + ' ' + process.argv[1]); return; } h.update(buf.subarray(0, n)); setTimeout(step, 100); })();`;
+  const reader = spawn(process.execPath, ['-e', slowSha256, path.join(dir, plan.bigFile)], { stdio: ['ignore', 'pipe', 'inherit'] });
   let out = '';
   reader.stdout!.on('data', (d) => (out += d));
   const pid = (await api('GET', '/api/v1/daemon')).body.pid as number;
