@@ -21,7 +21,7 @@ import { NydusError } from '../erofs/errors.ts';
 import { prand, tmpDir } from './helpers/fixtures.ts';
 import { apiRequest as api } from './helpers/api-client.ts';
 import { repoRoot } from './helpers/cli.ts';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 
 const work = tmpDir('daemon');
 const log = pino({ level: 'silent' });
@@ -240,5 +240,19 @@ test('verify pool: worker threads return verified bytes and refuse a corrupt chu
     await assert.rejects(pool.verify({ ...job, stored: bad }), (e: Error) => e instanceof NydusError && e.errno === 5 && /digest mismatch/.test(e.message));
   } finally {
     await pool.close();
+  }
+});
+
+test('nydusd: missing flags and a kernel without on-demand cachefiles are one clear line, exit 1', () => {
+  const run = (args: string[]) => spawnSync(path.join(repoRoot, 'bin/nydusd'), args, { encoding: 'utf8', timeout: 60_000 });
+  const noCache = run(['singleton', '--apisock', path.join(work, 'x.sock')]);
+  assert.equal(noCache.status, 1);
+  assert.match(noCache.stderr, /^nydusd: error: --fscache <dir> is required/);
+  // This host's kernel has no /dev/cachefiles on-demand support; the guest kernel test covers the rest.
+  const r = run(['singleton', '--fscache', path.join(work, 'cache'), '--apisock', path.join(work, 'x.sock')]);
+  if (!fs.existsSync('/dev/cachefiles')) {
+    assert.equal(r.status, 1);
+    assert.match(r.stderr, /^nydusd: error: cannot bind the fscache cache at .*cachefiles/);
+    assert.equal(r.stderr.trim().split('\n').length, 1);
   }
 });
