@@ -18,11 +18,10 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
-stamp=node_modules/.nydus-ts-lock
-if [ ! -f "$stamp" ] || ! cmp -s package-lock.json "$stamp"; then
+# npm ci writes node_modules/.package-lock.json: older than package-lock.json means out of date.
+if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   echo "setup: npm ci (dependencies and native addons, about two minutes)" >&2
   JOBS=max npm ci --no-audit --no-fund --loglevel=error
-  cp package-lock.json "$stamp"
 fi
 if [ ! -f build/Release/xattr.node ] || [ ! -f build/Release/fscache.node ] || [ binding.gyp -nt build/Release/xattr.node ] \
    || [ -n "$(find native -newer build/Release/xattr.node -name '*.cc' -o -newer build/Release/xattr.node -name '*.h' | head -1)" ]; then
