@@ -1,5 +1,17 @@
 /** Shared entry for the CLIs: known errors become one clear line and exit status 1, never a stack trace. */
+import yargs from 'yargs';
+import { hideBin } from 'yargs/helpers';
 import { NydusError } from '../../erofs/errors.ts';
+
+/** The argument parser every command starts from: strict, and usage errors thrown as NydusErrors. */
+export function cliParser(name: string, argv: string[] = hideBin(process.argv)) {
+  return yargs(argv)
+    .scriptName(name)
+    .strict()
+    .fail((msg, err) => {
+      throw err ?? new NydusError(msg);
+    });
+}
 
 export async function runMain(name: string, body: () => Promise<void> | void): Promise<void> {
   try {

@@ -1,6 +1,4 @@
 /** nydus-image: argument parsing only; the work is in src/builder and src/image. */
-import yargs from 'yargs';
-import { hideBin } from 'yargs/helpers';
 import fs from 'node:fs';
 import { NydusError } from '../../erofs/errors.ts';
 import { createImage } from '../builder/create.ts';
@@ -8,7 +6,7 @@ import { checkImage } from '../image/check.ts';
 import { inspectImage } from '../image/inspect.ts';
 import { exportBlock } from '../image/export-block.ts';
 import { unpackToTar } from '../image/unpack.ts';
-import { parseSize, runMain } from './main.ts';
+import { cliParser, parseSize, runMain } from './main.ts';
 
 function writeJson(file: string | undefined, value: unknown): void {
   if (file) fs.writeFileSync(file, JSON.stringify(value, null, 2) + '\n');
@@ -27,13 +25,8 @@ function oneOf<T extends string>(v: string, allowed: readonly T[], what: string)
 }
 
 await runMain('nydus-image', async () => {
-  await yargs(hideBin(process.argv))
-    .scriptName('nydus-image')
-    .strict()
+  await cliParser('nydus-image')
     .demandCommand(1, 'a subcommand is needed')
-    .fail((msg, err) => {
-      throw err ?? new NydusError(msg);
-    })
     .option('log-level', { alias: 'l', type: 'string', default: 'info', choices: ['trace', 'debug', 'info', 'warn', 'error'], global: true })
     .option('log-file', { alias: 'L', type: 'string', global: true, describe: 'accepted for compatibility; messages go to stderr' })
     .command('create <source>', 'build a RAFS v6 image (bootstrap + blob) from a directory', (y) => y

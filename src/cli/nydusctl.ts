@@ -1,9 +1,7 @@
 /** nydusctl: a client of nydusd's API socket, with nydus's command names (info, metrics). */
-import yargs from 'yargs';
-import { hideBin } from 'yargs/helpers';
 import http from 'node:http';
 import { NydusError } from '../../erofs/errors.ts';
-import { runMain } from './main.ts';
+import { cliParser, runMain } from './main.ts';
 
 function get(sock: string, url: string): Promise<unknown> {
   return new Promise((resolve, reject) => {
@@ -26,13 +24,8 @@ function print(value: unknown, raw: boolean): void {
 }
 
 await runMain('nydusctl', async () => {
-  await yargs(hideBin(process.argv))
-    .scriptName('nydusctl')
-    .strict()
+  await cliParser('nydusctl')
     .demandCommand(1, 'a command is needed')
-    .fail((msg, err) => {
-      throw err ?? new NydusError(msg);
-    })
     .option('sock', { alias: 'S', type: 'string', demandOption: true, describe: "nydusd's API socket" })
     .option('raw', { alias: 'r', type: 'boolean', default: false, describe: 'one line of JSON' })
     .command('info', 'the daemon: id, state, version, backends', (y) => y, async (a) => print(await get(a.sock, '/api/v1/daemon'), a.raw))

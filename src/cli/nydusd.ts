@@ -1,18 +1,12 @@
 /** nydusd: argument parsing only; see src/daemon/run.ts for the supervisor and the worker. */
-import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { NydusError } from '../../erofs/errors.ts';
 import { type DaemonOptions, isWorker, runSupervisor, runWorker } from '../daemon/run.ts';
-import { runMain } from './main.ts';
+import { cliParser, runMain } from './main.ts';
 
 await runMain('nydusd', async () => {
   const argv = hideBin(process.argv);
-  const args = await yargs(argv)
-    .scriptName('nydusd')
-    .strict()
-    .fail((msg, err) => {
-      throw err ?? new NydusError(msg);
-    })
+  const args = await cliParser('nydusd', argv)
     .command(['singleton', '$0'], 'serve images over fscache on-demand mode (the in-kernel EROFS path)')
     .option('fscache', { alias: 'F', type: 'string', describe: 'cachefiles work directory (not tmpfs)' })
     .option('fscache-tag', { type: 'string', default: 'nydus', describe: 'cachefiles tag' })
