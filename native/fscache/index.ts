@@ -172,6 +172,14 @@ export class CachefilesDevice {
     this.binding.close(fd);
   }
 
+  /** The ranges of [from, to) that an object's cache file really holds (SEEK_DATA/SEEK_HOLE). */
+  dataRanges(fd: number, from: number, to: number): Array<[number, number]> {
+    const flat = this.binding.dataRanges(fd, from, to);
+    const out: Array<[number, number]> = [];
+    for (let i = 0; i < flat.length; i += 2) out.push([flat[i], flat[i + 1]]);
+    return out;
+  }
+
   /** After a daemon restart with a handed-over fd: have the kernel resend requests in flight. */
   restore(): void {
     try {

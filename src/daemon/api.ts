@@ -5,6 +5,7 @@
  */
 import http from 'node:http';
 import fs from 'node:fs';
+import net from 'node:net';
 import type { Logger } from 'pino';
 import { NydusError } from '../../erofs/errors.ts';
 import { ConfigError } from './config.ts';
@@ -14,7 +15,6 @@ import type { OnDemandSession } from './ondemand.ts';
 
 export interface ApiContext {
   id: string;
-  supervisor: string;
   registry: ImageRegistry;
   state: DaemonState;
   session: () => OnDemandSession | null;
@@ -58,7 +58,7 @@ export function startApi(sock: string, ctx: ApiContext): Promise<http.Server> {
           return send(res, 200, {
             id: ctx.id,
             version: { package_ver: '0.1.0', git_commit: '', build_time: '', profile: 'release', rustc: 'nydus-ts' },
-            supervisor: ctx.supervisor,
+            supervisor: null,
             state: 'RUNNING',
             pid: process.pid,
             backend_collection: Object.fromEntries(ctx.registry.list().map((e) => [e.id, { backend_type: e.backend.type }])),
@@ -75,26 +75,29 @@ export function startApi(sock: string, ctx: ApiContext): Promise<http.Server> {
           const id = url.searchParams.get('blob_id') ?? url.searchParams.get('id') ?? undefined;
           const domainId = url.searchParams.get('domain_id') ?? undefined;
           if (!id && !domainId) throw new ConfigError('DELETE /api/v2/blobs needs blob_id or domain_id');
-          const n = ctx.registry.remove({ id, domainId });
+          const n = await ctx.registry.remove({ id, domainId });
           if (n === 0) return send(res, 404, { code: 'NotFound', message: `no image matches ${url.search}` });
           return send(res, 204);
         }
         case 'GET /api/v1/metrics/backend': {
           const total = { read_count: 0, read_amount_total: 0, read_errors: 0 };
-          for (const b of ctx.registry.backends()) {
-            total.read_count += b.metrics.read_count;
-            total.read_amount_total += b.metrics.read_amount_total;
-            total.read_errors += b.metrics.read_errors;
+          for (const m of Object.values(ctx.registry.metrics())) {
+            total.read_count += m.read_count;
+            total.read_amount_total += m.read_amount_total;
+            total.read_errors += m.read_errors;
           }
           return send(res, 200, total);
         }
         case 'GET /api/v1/metrics/blobcache': {
-          const blob = url.searchParams.get('blob_id');
+          const blob = url.searchParams.get('blob_id') ?? url.searchParams.get('id');
           if (!blob) throw new ConfigError('GET /api/v1/metrics/blobcache needs blob_id');
-          return send(res, 200, {
-            blob_id: blob, cached_chunks: ctx.state.count(blob), cached: [...ctx.state.cached(blob)].sort((a, b) => a - b),
-            fetches: ctx.state.fetches(blob),
+          // The blob's cache files (one per volume that opened it): what each holds, and their union.
+          const files = ctx.state.cacheFilesOf(blob).map(({ volume }) => {
+            const cached = [...ctx.state.cached({ volume, cookie: blob })].sort((a, b) => a - b);
+            return { volume, cached_chunks: cached.length, cached };
           });
+          const union = [...new Set(files.flatMap((f) => f.cached))].sort((a, b) => a - b);
+          return send(res, 200, { blob_id: blob, cached_chunks: union.length, cached: union, cache_files: files, fetches: ctx.state.fetches(blob) });
         }
         default:
           return send(res, 404, { code: 'NotFound', message: `no API at ${route}` });
@@ -106,8 +109,7 @@ export function startApi(sock: string, ctx: ApiContext): Promise<http.Server> {
       return send(res, status, { code: err.name, message: err.message });
     }
   });
-  fs.rmSync(sock, { force: true });
-  return new Promise((resolve, reject) => {
+  return removeStaleSocket(sock).then(() => new Promise((resolve, reject) => {
     server.once('error', reject);
     const old = process.umask(0o177);
     server.listen(sock, () => {
@@ -115,5 +117,29 @@ export function startApi(sock: string, ctx: ApiContext): Promise<http.Server> {
       fs.chmodSync(sock, 0o600);
       resolve(server);
     });
+  }));
+}
+
+/**
+ * A socket left behind by a daemon that died is removed; anything else at that path (a file, a
+ * directory, a socket another daemon still answers on) is refused, never deleted.
+ */
+async function removeStaleSocket(sock: string): Promise<void> {
+  let st: fs.Stats;
+  try {
+    st = fs.lstatSync(sock);
+  } catch {
+    return;
+  }
+  if (!st.isSocket()) throw new NydusError(`--apisock ${sock} exists and is not a socket; refusing to replace it`);
+  const live = await new Promise<boolean>((resolve) => {
+    const c = net.connect(sock);
+    c.once('connect', () => {
+      c.destroy();
+      resolve(true);
+    });
+    c.once('error', () => resolve(false));
   });
+  if (live) throw new NydusError(`--apisock ${sock} is in use by another running daemon`);
+  fs.rmSync(sock);
 }

@@ -3,6 +3,7 @@
  * resolution of the kernel's (volume, cookie) keys to bootstraps and blobs.
  */
 import fs from 'node:fs';
+import path from 'node:path';
 import type { Logger } from 'pino';
 import { NydusError } from '../../erofs/errors.ts';
 import type { ErofsImage } from '../../erofs/image.ts';
@@ -11,7 +12,7 @@ import { treeFromImage } from '../image/tree-from-image.ts';
 import { type ChunkRef, walkTree } from '../builder/tree.ts';
 import { BlobMap } from './blob-map.ts';
 import { ChunkFetcher } from './chunk-fetcher.ts';
-import { type BlobBackend, LocalFsBackend } from './backend/localfs.ts';
+import { type BackendMetrics, type BlobBackend, LocalFsBackend, newBackendMetrics } from './backend/localfs.ts';
 import { type ImageEntry, ConfigError, parseBlobCacheEntry } from './config.ts';
 import type { ObjectResolver, ResolvedObject } from './ondemand.ts';
 import type { DaemonState } from './state.ts';
@@ -61,7 +62,20 @@ function prefetchChunks(image: ErofsImage, blobs: Map<string, BlobMap>): Map<str
 export class ImageRegistry implements ObjectResolver {
   private readonly images = new Map<string, RegisteredImage>();
 
-  constructor(private readonly state: DaemonState, private readonly log: Logger, private readonly pool?: VerifyPool) {}
+  /** Per backend type, counters that only grow: removing an image does not take its reads back. */
+  private readonly backendMetrics = new Map<string, BackendMetrics>();
+
+  constructor(
+    private readonly state: DaemonState, private readonly log: Logger, private readonly pool?: VerifyPool,
+    /** The daemon's cache dir (`--fscache`): an entry's `work_dir` must name it. */
+    private readonly opts: { cacheDir?: string } = {},
+  ) {}
+
+  private metricsOf(type: string): BackendMetrics {
+    let m = this.backendMetrics.get(type);
+    if (!m) this.backendMetrics.set(type, (m = newBackendMetrics()));
+    return m;
+  }
 
   /** Re-registers what an earlier run of the daemon had (after a restart). */
   restore(): void {
@@ -84,7 +98,10 @@ export class ImageRegistry implements ObjectResolver {
     for (const id of blobs.keys()) {
       if (!/^[0-9a-f]{64}$/.test(id)) throw new NydusError(`${entry.metadataPath}: blob id ${JSON.stringify(id)} is not a sha256`);
     }
-    const backend = new LocalFsBackend(entry.backend.dir);
+    if (entry.workDir && this.opts.cacheDir && path.resolve(entry.workDir) !== path.resolve(this.opts.cacheDir)) {
+      throw new ConfigError(`cache work_dir ${entry.workDir} is not this daemon's fscache directory ${this.opts.cacheDir}`);
+    }
+    const backend = new LocalFsBackend(entry.backend.dir, this.metricsOf('localfs'));
     this.images.set(entry.id, {
       entry, bootstrapSize: fs.statSync(entry.metadataPath).size, blobs, backend,
       prefetch: entry.prefetch ? prefetchChunks(image, blobs) : new Map(), fetcher: new ChunkFetcher(backend, (blob, chunk) => this.state.countFetch(blob, chunk), this.pool),
@@ -94,26 +111,33 @@ export class ImageRegistry implements ObjectResolver {
     return entry;
   }
 
-  /** DELETE /api/v2/blobs: by fsid (blob_id) and/or domain. Returns how many were removed. */
-  remove(query: { id?: string; domainId?: string }): number {
-    let n = 0;
+  /** DELETE /api/v2/blobs: by fsid (blob_id) and/or domain; the backends' handles are closed. Returns how many were removed. */
+  async remove(query: { id?: string; domainId?: string }): Promise<number> {
+    const gone: RegisteredImage[] = [];
     for (const [id, img] of this.images) {
       if (query.id && id !== query.id) continue;
       if (query.domainId && img.entry.domainId !== query.domainId) continue;
       if (!query.id && !query.domainId) continue;
       this.images.delete(id);
       this.state.deleteImage(id);
-      n++;
+      gone.push(img);
     }
-    return n;
+    await Promise.all(gone.map((img) => img.backend.close()));
+    return gone.length;
+  }
+
+  /** Releases every backend's handles (the daemon is stopping). */
+  async close(): Promise<void> {
+    await Promise.all([...this.images.values()].map((img) => img.backend.close()));
   }
 
   list(): ImageEntry[] {
     return [...this.images.values()].map((i) => i.entry);
   }
 
-  backends(): BlobBackend[] {
-    return [...this.images.values()].map((i) => i.backend);
+  /** Backend counters by backend type, since the daemon started. */
+  metrics(): Record<string, BackendMetrics> {
+    return Object.fromEntries(this.backendMetrics);
   }
 
   resolve(volume: string, cookie: string): ResolvedObject | null {

@@ -6,7 +6,6 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
-import pino, { type Logger } from 'pino';
 import { CachefilesDevice } from '../../native/fscache/index.ts';
 import { NydusError } from '../../erofs/errors.ts';
 import { startApi } from './api.ts';
@@ -14,6 +13,7 @@ import { ImageRegistry } from './daemon.ts';
 import { OnDemandSession } from './ondemand.ts';
 import { DaemonState } from './state.ts';
 import { VerifyPool } from './verify-pool.ts';
+import { makeLogger } from './log.ts';
 import os from 'node:os';
 
 export interface DaemonOptions {
@@ -23,8 +23,9 @@ export interface DaemonOptions {
   apiSock: string;
   logLevel: string;
   logFile?: string;
+  /** MiB; 0 never rotates. */
+  logRotationSize: number;
   id: string;
-  supervisor: string;
 }
 
 const WORKER_FD_ENV = 'NYDUSD_WORKER_FD';
@@ -32,16 +33,12 @@ const RESTART_ENV = 'NYDUSD_WORKER_RESTART';
 const WORKER_MIN_LIFE_MS = 3000;
 const WORKER_MAX_QUICK_DEATHS = 5;
 
-export function makeLogger(level: string, file?: string): Logger {
-  return pino({ level, base: { pid: process.pid } }, pino.destination(file ? { dest: file, append: true, mkdir: true } : 2));
-}
-
 export function isWorker(): boolean {
   return process.env[WORKER_FD_ENV] !== undefined;
 }
 
 export async function runSupervisor(opts: DaemonOptions, argv: string[]): Promise<void> {
-  const log = makeLogger(opts.logLevel, opts.logFile);
+  const log = makeLogger(opts.logLevel, opts.logFile, opts.logRotationSize);
   let dev: CachefilesDevice;
   try {
     dev = CachefilesDevice.open(path.resolve(opts.fscacheDir), opts.tag);
@@ -97,12 +94,17 @@ export async function runSupervisor(opts: DaemonOptions, argv: string[]): Promis
 }
 
 export async function runWorker(opts: DaemonOptions): Promise<void> {
-  const log = makeLogger(opts.logLevel, opts.logFile);
+  const log = makeLogger(opts.logLevel, opts.logFile, opts.logRotationSize);
   const dev = CachefilesDevice.fromFd(Number(process.env[WORKER_FD_ENV]));
   const state = new DaemonState(path.join(opts.fscacheDir, 'nydus-ts'));
   // Verification threads: the event loop stays free for the kernel's requests.
-  const pool = new VerifyPool(Math.max(1, Math.min(os.availableParallelism(), opts.threads)));
-  const registry = new ImageRegistry(state, log, pool);
+  const pool = new VerifyPool(Math.max(1, Math.min(os.availableParallelism(), opts.threads)), {
+    onFatal: (err) => {
+      log.fatal({ err: err.message }, 'cannot verify chunks any more; exiting');
+      process.exit(1);
+    },
+  });
+  const registry = new ImageRegistry(state, log, pool, { cacheDir: opts.fscacheDir });
   registry.restore();
   const session = new OnDemandSession(dev, registry, state, log, opts.threads);
   dev.onMessage((msg) => session.handle(msg), (err) => log.warn({ err: err.message }, 'bad message from the kernel'));
@@ -110,15 +112,17 @@ export async function runWorker(opts: DaemonOptions): Promise<void> {
     dev.restore();
     log.info('restarted: asked the kernel to resend pending requests');
   }
-  const server = await startApi(opts.apiSock, { id: opts.id, supervisor: opts.supervisor, registry, state, session: () => session, log });
+  const server = await startApi(opts.apiSock, { id: opts.id, registry, state, session: () => session, log });
   log.info({ apisock: opts.apiSock }, 'nydusd ready');
   const shutdown = () => {
     log.info('shutting down');
     server.close();
     dev.stopMessages();
     session.closeAll();
-    state.close();
-    process.exit(0);
+    void registry.close().finally(() => {
+      state.close();
+      process.exit(0);
+    });
   };
   process.on('SIGTERM', shutdown);
   process.on('SIGINT', shutdown);

@@ -198,3 +198,25 @@ test('writeAligned writes any buffer at a 4096 multiple into an O_DIRECT file, z
     fs.rmSync(f.dir, { recursive: true });
   }
 });
+
+test('dataRanges finds exactly the written ranges of a sparse file (SEEK_DATA/SEEK_HOLE)', () => {
+  const dir = fs.mkdtempSync(path.join(process.env.NYDUS_TEST_TMP ?? '/var/tmp', 'fscache-ranges-'));
+  const file = path.join(dir, 'sparse');
+  const fd = fs.openSync(file, 'w+');
+  try {
+    fs.ftruncateSync(fd, 64 << 20);
+    assert.deepEqual(binding.dataRanges(fd, 0, 64 << 20), [], 'a new sparse file holds nothing');
+    // Written ranges far apart, so that every file system with holes keeps them apart.
+    fs.writeSync(fd, Buffer.alloc(1 << 20, 1), 0, 1 << 20, 8 << 20);
+    fs.writeSync(fd, Buffer.alloc(1 << 20, 2), 0, 1 << 20, 32 << 20);
+    const all = binding.dataRanges(fd, 0, 64 << 20);
+    assert.deepEqual(all, [8 << 20, 9 << 20, 32 << 20, 33 << 20]);
+    // Clipped to the window asked for.
+    assert.deepEqual(binding.dataRanges(fd, (8 << 20) + 4096, 32 << 20), [(8 << 20) + 4096, 9 << 20]);
+    assert.deepEqual(binding.dataRanges(fd, 10 << 20, 20 << 20), []);
+    assert.throws(() => binding.dataRanges(-1, 0, 4096), { code: 'EBADF', syscall: 'lseek' });
+  } finally {
+    fs.closeSync(fd);
+    fs.rmSync(dir, { recursive: true });
+  }
+});
