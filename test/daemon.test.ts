@@ -227,6 +227,22 @@ test('session: a corrupt chunk is never written; the read completes without data
   state.close();
 });
 
+test('registry: an entry whose cache work_dir is not the daemon\'s fscache directory is refused', () => {
+  const state = new DaemonState(path.join(work, 'state12'));
+  const registry = track(new ImageRegistry(state, log, undefined, { cacheDir: work }));
+  registry.add(entry('wd-same'));
+  const other = entry('wd-other');
+  other.config_v2.cache.fscache.work_dir = path.join(work, 'elsewhere');
+  assert.throws(() => registry.add(other), /work_dir .*elsewhere is not this daemon's fscache directory/);
+  const legacy = {
+    type: 'bootstrap', id: 'wd-legacy',
+    config: { backend_type: 'localfs', backend_config: { dir: blobDir }, cache_type: 'fscache', cache_config: { work_dir: '/nope' }, metadata_path: boot },
+  };
+  assert.throws(() => registry.add(legacy), /work_dir \/nope is not/);
+  assert.deepEqual(registry.list().map((e) => e.id), ['wd-same']);
+  state.close();
+});
+
 test('state: registered images and cached chunks survive a restart', () => {
   const dir = path.join(work, 'state4');
   let state = new DaemonState(dir);
