@@ -8,6 +8,8 @@
 //   writeAligned(fd, data, offset)  O_DIRECT-safe pwrite(2) on a worker (aligned_write.h) -> Promise
 //   readComplete(fd, msgId)         ioctl(2) CACHEFILES_IOC_READ_COMPLETE
 //   close(fd)                       close(2)
+//   sendState(path, data, fd, ms)   hand state bytes + an fd to a supervisor socket (fd_passing.h)
+//   receiveState(path, max, ms)     take them back from it
 //   dataRanges(fd, from, to)        lseek(2) SEEK_DATA/SEEK_HOLE: the ranges of [from, to) that hold data
 // Failures throw Errors with errno (positive), code ('EINVAL'), syscall and path or detail.
 #include <napi.h>
@@ -19,6 +21,7 @@
 
 #include "aligned_write.h"
 #include "errno_error.h"
+#include "fd_passing.h"
 #include "message.h"
 #include "uapi.h"
 #include "watcher.h"
@@ -117,6 +120,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("readComplete", Napi::Function::New(env, ReadComplete, "readComplete"));
   exports.Set("close", Napi::Function::New(env, Close, "close"));
   exports.Set("dataRanges", Napi::Function::New(env, DataRanges, "dataRanges"));
+  exports.Set("sendState", Napi::Function::New(env, SendState, "sendState"));
+  exports.Set("receiveState", Napi::Function::New(env, ReceiveState, "receiveState"));
   exports.Set("MSG_MAX_SIZE", Napi::Number::New(env, static_cast<double>(kMsgMaxSize)));
   return exports;
 }
