@@ -17,6 +17,7 @@ import { openBootstrap } from '../src/image/open.ts';
 import { inspectImage } from '../src/image/inspect.ts';
 import { VerifyPool } from '../src/daemon/verify-pool.ts';
 import { RotatingLogFile } from '../src/daemon/log.ts';
+import { BUILD_INFO } from '../src/version.ts';
 import { Worker } from 'node:worker_threads';
 import { chunkDigest } from '../src/blob/digest.ts';
 import { NydusError } from '../erofs/errors.ts';
@@ -94,6 +95,15 @@ class FakePort implements CachefilesPort {
 }
 
 const settle = () => new Promise((r) => setTimeout(r, 200));
+/** Waits until `cond` holds (the daemon's work is asynchronous); fails naming what never happened. */
+async function waitFor(cond: () => boolean, what: string, ms = 15_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) assert.fail(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  await settle();
+}
 
 before(() => {
   const src = path.join(work, 'src');
@@ -130,7 +140,7 @@ test('API: register through PUT /api/v2/blobs, refuse bad bodies with 400, socke
   const state = new DaemonState(path.join(work, 'state1'));
   const registry = track(new ImageRegistry(state, log));
   const sock = path.join(work, 'api1.sock');
-  const server = await startApi(sock, { id: 'd1', registry, state, session: () => null, log });
+  const server = await startApi(sock, { id: 'd1', registry, state, lifecycle: null, log });
   try {
     assert.equal(fs.statSync(sock).mode & 0o777, 0o600);
     assert.equal((await api(sock, 'PUT', '/api/v2/blobs', entry('img1'))).status, 204);
@@ -150,7 +160,17 @@ test('API: register through PUT /api/v2/blobs, refuse bad bodies with 400, socke
     assert.deepEqual(Object.keys(daemon.body.backend_collection).sort(), ['img1', 'img2']);
     assert.equal((await api(sock, 'DELETE', '/api/v2/blobs?domain_id=dom')).status, 204);
     assert.equal((await api(sock, 'GET', '/api/v2/blobs')).body.length, 1);
-    assert.equal((await api(sock, 'DELETE', '/api/v2/blobs?blob_id=nope')).status, 404);
+    // As nydus: a domain alone never fails; one image of a domain that is not there is "cache entry not found".
+    assert.equal((await api(sock, 'DELETE', '/api/v2/blobs?domain_id=nope')).status, 204);
+    const missing = await api(sock, 'DELETE', '/api/v2/blobs?domain_id=nope&blob_id=nope');
+    assert.equal(missing.status, 500);
+    assert.deepEqual([missing.body.code, /blob_cache: cache entry not found/.test(missing.body.message)], ['UNDEFINED', true]);
+    assert.equal((await api(sock, 'GET', '/api/v2/blobs')).body.length, 1);
+    assert.equal((await api(sock, 'DELETE', '/api/v2/blobs?domain_id=&blob_id=img1')).status, 204, 'an image without a domain is removed by its fsid');
+    assert.equal((await api(sock, 'GET', '/api/v2/blobs')).body.length, 0);
+    const noRoute = await api(sock, 'GET', '/api/v1/nothing');
+    assert.deepEqual([noRoute.status, noRoute.body.code, /^NoRoute/.test(noRoute.body.message)], [404, 'UNDEFINED', true]);
+    assert.equal((await api(sock, 'POST', '/api/v2/blobs')).status, 400, 'a known path with another method is a bad request');
     // nydusctl is a client of the same socket (run asynchronously: this process serves the API).
     const ctl = (args: string[]) => new Promise<{ code: number | null; out: string; err: string }>((resolve) => {
       const p = spawn(path.join(repoRoot, 'bin/nydusctl'), args);
@@ -188,7 +208,7 @@ test('session: OPEN and READ fill the cache files with exactly the image bytes',
   assert.deepEqual(port.closed, [102], 'the fd of a refused open is closed');
   session.handle({ type: 'read', msgId: 4, objectId: 10, offset: 0, len: fs.statSync(boot).size });
   session.handle({ type: 'read', msgId: 5, objectId: 11, offset: 0, len: image.blobs[0].uncompressed_size });
-  await settle();
+  await waitFor(() => session.inflight().length === 0, 'the READs to finish');
   assert.deepEqual(port.completed.sort(), [4, 5]);
   assert.ok(port.files.get(100)!.subarray(0, fs.statSync(boot).size).equals(fs.readFileSync(boot)));
   // The blob's cache file equals the uncompressed blob: export it and compare its data region.
@@ -218,7 +238,7 @@ test('session: a corrupt chunk is never written; the read completes without data
   const session = new OnDemandSession(port, registry, state, log, 2);
   session.handle({ type: 'open', msgId: 1, objectId: 1, volumeKey: 'erofs,bad', cookieKey: blobId, fd: port.give(7), flags: 0 });
   session.handle({ type: 'read', msgId: 2, objectId: 1, offset: 0, len: 4096 });
-  await settle();
+  await waitFor(() => session.inflight().length === 0, 'the READs to finish');
   assert.deepEqual(port.completed, [2]);
   // Byte 10 of the blob is in chunk 0 (at uncompressed offset 0): that chunk is never written or marked.
   assert.deepEqual(port.writes.filter(([fd, off]) => fd === 7 && off === 0), [], 'the corrupt chunk was not written');
@@ -290,7 +310,7 @@ test('session: a demand READ of a marked chunk the cache file lacks writes it ag
   // Marked after the open's check (the state and the cache file disagree from now on).
   state.mark(file, [0]);
   session.handle({ type: 'read', msgId: 2, objectId: 1, offset: 0, len: 4096 });
-  await settle();
+  await waitFor(() => session.inflight().length === 0, 'the READs to finish');
   assert.deepEqual(port.completed, [2]);
   assert.ok(port.writes.some(([fd, off]) => fd === 34 && off === 0), 'the chunk was written although it was marked');
   assert.ok(state.isCached(file, 0));
@@ -308,10 +328,10 @@ test('session: two images on one blob without a domain fill two cache files; wit
   // Each fsid is its own volume: the kernel opens the blob once per volume, each with its cache file.
   session.handle({ type: 'open', msgId: 1, objectId: 1, volumeKey: 'erofs,own1', cookieKey: blobId, fd: port.give(41), flags: 0 });
   session.handle({ type: 'read', msgId: 2, objectId: 1, offset: 0, len: size });
-  await settle();
+  await waitFor(() => session.inflight().length === 0, 'the READs to finish');
   session.handle({ type: 'open', msgId: 3, objectId: 2, volumeKey: 'erofs,own2', cookieKey: blobId, fd: port.give(42), flags: 0 });
   session.handle({ type: 'read', msgId: 4, objectId: 2, offset: 0, len: size });
-  await settle();
+  await waitFor(() => session.inflight().length === 0, 'the READs to finish');
   assert.deepEqual(port.completed.sort(), [2, 4]);
   assert.ok(port.files.get(42)!.subarray(0, size).equals(port.files.get(41)!.subarray(0, size)), 'the second cache file holds the blob too');
   const chunks = openBootstrap(boot).blobs[0].chunk_count;
@@ -330,9 +350,10 @@ test('session: work in flight belongs to its object; CLOSE stops writes and free
   const session = new OnDemandSession(port, registry, state, log, 2);
   let release!: () => void;
   port.gate = new Promise((r) => (release = r));
+  const fetchedOnce = () => Object.keys(state.fetches(blobId)).length > 0;
   session.handle({ type: 'open', msgId: 1, objectId: 1, volumeKey: 'erofs,fd1', cookieKey: blobId, fd: port.give(50), flags: 0 });
   session.handle({ type: 'read', msgId: 2, objectId: 1, offset: 0, len: 4096 });
-  await settle();
+  await waitFor(() => port.writes.length === 0 && session.inflight().length === 1 && fetchedOnce(), 'the chunk to reach the held write');
   // A write of object 1 is held in flight; the kernel closes the object.
   session.handle({ type: 'close', msgId: 3, objectId: 1 });
   assert.deepEqual(port.closed, [], 'the fd is not given back while a write still uses it');
@@ -346,7 +367,7 @@ test('session: work in flight belongs to its object; CLOSE stops writes and free
   session.handle({ type: 'read', msgId: 5, objectId: 1, offset: 0, len: 4096 });
   session.handle({ type: 'read', msgId: 6, objectId: 2, offset: 4096 * 100, len: 4096 });
   session.handle({ type: 'close', msgId: 7, objectId: 2 });
-  await settle();
+  await waitFor(() => session.inflight().length === 0, 'the READs to finish');
   assert.deepEqual(port.violations, [], 'no write or completion reached an fd after it was closed');
   assert.deepEqual(port.closed, [50, 50]);
   assert.ok(port.writes.length - writesBefore <= 1, 'object 2 was closed before its fetch finished: at most the write in flight');
@@ -367,7 +388,7 @@ test('session: a bootstrap truncated after registration is an error for the READ
   const session = new OnDemandSession(port, registry, state, log, 1);
   session.handle({ type: 'open', msgId: 1, objectId: 1, volumeKey: 'erofs,trunc', cookieKey: 'trunc', fd: port.give(60), flags: 0 });
   session.handle({ type: 'read', msgId: 2, objectId: 1, offset: 0, len: size });
-  await settle();
+  await waitFor(() => session.inflight().length === 0, 'the READs to finish');
   assert.deepEqual(port.completed, [2]);
   assert.equal(session.stats.readErrors, 1);
   assert.deepEqual(port.writes, [], 'nothing was written for the short read');
@@ -447,7 +468,7 @@ test('API: DELETE closes the backend\'s blob handles; backend counters never go 
   const state = new DaemonState(path.join(work, 'state10'));
   const registry = track(new ImageRegistry(state, log));
   const sock = path.join(work, 'api10.sock');
-  const server = await startApi(sock, { id: 'd10', registry, state, session: () => null, log });
+  const server = await startApi(sock, { id: 'd10', registry, state, lifecycle: null, log });
   // A blob directory of its own, so that only this test's backend can hold the file open.
   const ownDir = path.join(work, 'blobs-del');
   fs.mkdirSync(ownDir);
@@ -464,12 +485,12 @@ test('API: DELETE closes the backend\'s blob handles; backend counters never go 
     const session = new OnDemandSession(port, registry, state, log, 1);
     session.handle({ type: 'open', msgId: 1, objectId: 1, volumeKey: 'erofs,del1', cookieKey: blobId, fd: port.give(70), flags: 0 });
     session.handle({ type: 'read', msgId: 2, objectId: 1, offset: 0, len: 4096 });
-    await settle();
+    await waitFor(() => session.inflight().length === 0, 'the READs to finish');
     const before = (await api(sock, 'GET', '/api/v1/metrics/backend')).body;
     assert.ok(before.read_count > 0 && before.read_amount_total > 0);
     assert.equal(handlesOnBlob(), 1, 'the backend holds the blob open while the image is registered');
     session.handle({ type: 'close', msgId: 3, objectId: 1 });
-    assert.equal((await api(sock, 'DELETE', '/api/v2/blobs?blob_id=del1')).status, 204);
+    assert.equal((await api(sock, 'DELETE', '/api/v2/blobs?domain_id=&blob_id=del1')).status, 204);
     assert.equal(handlesOnBlob(), 0, 'DELETE closed the blob file');
     assert.deepEqual((await api(sock, 'GET', '/api/v1/metrics/backend')).body, before, 'counters stay after DELETE');
   } finally {
@@ -481,7 +502,7 @@ test('API: DELETE closes the backend\'s blob handles; backend counters never go 
 test('API socket: a stale socket is replaced; a file, or a socket a daemon answers on, is refused and kept', async () => {
   const state = new DaemonState(path.join(work, 'state11'));
   const registry = track(new ImageRegistry(state, log));
-  const ctx = { id: 'd11', registry, state, session: () => null, log };
+  const ctx = { id: 'd11', registry, state, lifecycle: null, log };
   const file = path.join(work, 'not-a-socket');
   fs.writeFileSync(file, 'precious');
   await assert.rejects(startApi(file, ctx), /exists and is not a socket/);
@@ -517,11 +538,26 @@ test('nydusd: missing flags, unsupported flags and a kernel without on-demand ca
   const noCache = run(['singleton', '--apisock', path.join(work, 'x.sock')]);
   assert.equal(noCache.status, 1);
   assert.match(noCache.stderr, /^nydusd: error: --fscache <dir> is required/);
-  for (const [flag, why] of [[['--upgrade'], /takeover/], [['--supervisor', '/run/sup.sock'], /supervisor/], [['--thread-num', '4'], /--fscache-threads/], [['--config', '/etc/nydus.json'], /PUT \/api\/v2\/blobs/]] as const) {
+  const refused: Array<[string[], RegExp]> = [
+    [['--upgrade'], /--upgrade needs --supervisor/],
+    [['--supervisor', '/run/sup.sock'], /--id and --supervisor go together/],
+    [['--id', 'd1'], /--id and --supervisor go together/],
+    [['--failover-policy', 'flush'], /--failover-policy flush is not supported: .*resend/],
+    [['--thread-num', '4'], /--thread-num is not supported: .*--fscache-threads/],
+    [['--config', '/etc/nydus.json'], /--config is not supported: .*PUT \/api\/v2\/blobs/],
+  ];
+  for (const [flag, why] of refused) {
     const r = run(['singleton', '--fscache', path.join(work, 'cache'), '--apisock', path.join(work, 'x.sock'), ...flag]);
     assert.equal(r.status, 1, flag.join(' '));
-    assert.match(r.stderr, new RegExp(`^nydusd: error: ${flag[0]} is not supported: .*${why.source}`));
+    assert.match(r.stderr, new RegExp(`^nydusd: error: ${why.source}`));
+    assert.equal(r.stderr.trim().split('\n').length, 1);
   }
+  // nydus-snapshotter reads the "Git Commit" line of --version and compares it with the API's version.git_commit.
+  const version = run(['--version']);
+  assert.equal(version.status, 0);
+  assert.match(version.stdout, /^Version: \t0\.1\.0$/m);
+  assert.equal(/Git Commit:\s*(.+)/.exec(version.stdout)?.[1].trim(), BUILD_INFO.git_commit);
+  assert.match(BUILD_INFO.git_commit, /^[0-9a-f]{12}$/);
   const sock = path.join(work, 'x.sock');
   const d = spawn(path.join(repoRoot, 'bin/nydusd'), ['singleton', '--fscache', path.join(work, 'cache'), '--apisock', sock]);
   let stderr = '';

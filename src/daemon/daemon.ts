@@ -20,6 +20,8 @@ import type { VerifyPool } from './verify-pool.ts';
 
 interface RegisteredImage {
   entry: ImageEntry;
+  /** The PUT body as it came (what a successor daemon registers again after a takeover). */
+  body: unknown;
   bootstrapSize: number;
   blobs: Map<string, BlobMap>;
   backend: BlobBackend;
@@ -91,7 +93,12 @@ export class ImageRegistry implements ObjectResolver {
   /** PUT /api/v2/blobs: validates the entry and the bootstrap before accepting it. */
   add(body: unknown, persist = true): ImageEntry {
     const entry = parseBlobCacheEntry(body);
-    if (this.images.has(entry.id)) throw new ConfigError(`image ${entry.id} is already registered`);
+    const known = this.images.get(entry.id);
+    if (known) {
+      // The snapshotter registers its images again after a restart: the same body is no error.
+      if (JSON.stringify(known.body) === JSON.stringify(body)) return known.entry;
+      throw new ConfigError(`image ${entry.id} is already registered with another configuration`);
+    }
     const image = openBootstrap(entry.metadataPath);
     if (!image.isRafs) throw new NydusError(`${entry.metadataPath} is not a RAFS v6 bootstrap`);
     const blobs = BlobMap.fromImage(image);
@@ -103,7 +110,7 @@ export class ImageRegistry implements ObjectResolver {
     }
     const backend = new LocalFsBackend(entry.backend.dir, this.metricsOf('localfs'));
     this.images.set(entry.id, {
-      entry, bootstrapSize: fs.statSync(entry.metadataPath).size, blobs, backend,
+      entry, body, bootstrapSize: fs.statSync(entry.metadataPath).size, blobs, backend,
       prefetch: entry.prefetch ? prefetchChunks(image, blobs) : new Map(), fetcher: new ChunkFetcher(backend, (blob, chunk) => this.state.countFetch(blob, chunk), this.pool),
     });
     if (persist) this.state.saveImage(entry.id, body);
@@ -111,13 +118,15 @@ export class ImageRegistry implements ObjectResolver {
     return entry;
   }
 
-  /** DELETE /api/v2/blobs: by fsid (blob_id) and/or domain; the backends' handles are closed. Returns how many were removed. */
-  async remove(query: { id?: string; domainId?: string }): Promise<number> {
+  /**
+   * DELETE /api/v2/blobs as nydus does it: every image of a domain, or one image (by fsid) of a domain
+   * ('' for images registered without one). The backends' handles are closed. Returns how many went.
+   */
+  async remove(query: { domainId: string; id?: string }): Promise<number> {
     const gone: RegisteredImage[] = [];
     for (const [id, img] of this.images) {
-      if (query.id && id !== query.id) continue;
-      if (query.domainId && img.entry.domainId !== query.domainId) continue;
-      if (!query.id && !query.domainId) continue;
+      if (img.entry.domainId !== query.domainId || (query.id !== undefined && id !== query.id)) continue;
+      if (query.id === undefined && query.domainId === '') continue;
       this.images.delete(id);
       this.state.deleteImage(id);
       gone.push(img);
@@ -129,6 +138,11 @@ export class ImageRegistry implements ObjectResolver {
   /** Releases every backend's handles (the daemon is stopping). */
   async close(): Promise<void> {
     await Promise.all([...this.images.values()].map((img) => img.backend.close()));
+  }
+
+  /** The PUT bodies of the registered images, in registration order. */
+  bodies(): unknown[] {
+    return [...this.images.values()].map((i) => i.body);
   }
 
   list(): ImageEntry[] {

@@ -96,6 +96,8 @@ class Limiter {
 export class OnDemandSession {
   private readonly objects = new Map<number, OpenObject>();
   private readonly limiter: Limiter;
+  /** READs received and not yet completed, by message id: what GET /api/v1/metrics/inflight lists. */
+  private readonly pending = new Map<number, { objectId: number; since: number }>();
   readonly stats = { opens: 0, reads: 0, readBytes: 0, readErrors: 0, prefetchedChunks: 0, staleMarks: 0 };
 
   constructor(
@@ -108,7 +110,10 @@ export class OnDemandSession {
 
   handle(msg: CachefilesMessage): void {
     if (msg.type === 'open') this.open(msg);
-    else if (msg.type === 'read') void this.limiter.run(() => this.read(msg));
+    else if (msg.type === 'read') {
+      this.pending.set(msg.msgId, { objectId: msg.objectId, since: Date.now() });
+      void this.limiter.run(() => this.read(msg)).finally(() => this.pending.delete(msg.msgId));
+    }
     else {
       const obj = this.objects.get(msg.objectId);
       this.objects.delete(msg.objectId);
@@ -290,6 +295,11 @@ export class OnDemandSession {
         this.log.warn({ blob: map.blobId, chunk: c.indexInBlob, err: (e as Error).message }, 'prefetch of a chunk failed');
       }
     }
+  }
+
+  /** The READs in flight, oldest first. */
+  inflight(): Array<{ msgId: number; objectId: number; since: number }> {
+    return [...this.pending].map(([msgId, p]) => ({ msgId, ...p }));
   }
 
   closeAll(): void {

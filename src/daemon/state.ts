@@ -80,6 +80,11 @@ export class DaemonState {
     })();
   }
 
+  /** Forgets every mark of a cache file (it was culled). */
+  clear(file: CacheFileKey): void {
+    this.db.prepare('DELETE FROM cache_file_chunks WHERE volume = ? AND cookie = ?').run(file.volume, file.cookie);
+  }
+
   isCached(file: CacheFileKey, chunkIndex: number): boolean {
     return this.hasChunk.get(file.volume, file.cookie, chunkIndex) !== undefined;
   }

@@ -6,13 +6,13 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { CachefilesDevice, fscacheBinding, isSystemError, type CachefilesMessage } from '../index.ts';
 
-const repo = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../../..');
+import { TestSupervisor } from '../../../test/helpers/supervisor.ts';
 
 const binding = fscacheBinding();
 
@@ -227,37 +227,18 @@ test('sendState/receiveState hand bytes and an fd to a supervisor and take them 
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fscache-sup-'));
   const sock = path.join(dir, 'supervisor.sock');
   // The supervisor is an independent implementation of nydus-snapshotter's side (Python).
-  const sup = spawn('python3', [path.join(repo, 'kernel-test/guest/supervisor.py'), sock], { stdio: ['pipe', 'pipe', 'inherit'] });
-  const lines: string[] = [];
-  let waiting: ((l: string) => void) | null = null;
-  sup.stdout!.setEncoding('utf8');
-  let buf = '';
-  sup.stdout!.on('data', (d: string) => {
-    buf += d;
-    for (let i = buf.indexOf('\n'); i >= 0; i = buf.indexOf('\n')) {
-      const l = buf.slice(0, i);
-      buf = buf.slice(i + 1);
-      if (waiting) { const w = waiting; waiting = null; w(l); } else lines.push(l);
-    }
-  });
-  const answer = () => new Promise<string>((r) => (lines.length ? r(lines.shift()!) : (waiting = r)));
-  const listening = async () => {
-    for (let i = 0; i < 100 && !fs.existsSync(sock); i++) await new Promise((r) => setTimeout(r, 20));
-  };
+  const sup = new TestSupervisor(sock);
   const file = path.join(dir, 'device-stand-in');
   fs.writeFileSync(file, 'x');
   const fd = fs.openSync(file, 'r');
   try {
     const state = Buffer.from(JSON.stringify({ images: Array.from({ length: 3000 }, (_, i) => `image-${i}`) }));
-    sup.stdin!.write('recv\n');
-    await listening();
+    await sup.listen('recv');
     await binding.sendState(sock, state, fd, 5000);
-    assert.equal(await answer(), `received ${state.length} ${fs.fstatSync(fd).ino}`);
-    fs.rmSync(sock);
-    sup.stdin!.write('send\n');
-    await listening();
+    assert.equal(await sup.answer(), `received ${state.length} ${fs.fstatSync(fd).ino}`);
+    await sup.listen('send');
     const back = await binding.receiveState(sock, 1 << 20, 5000);
-    assert.equal(await answer(), `sent ${state.length}`);
+    assert.equal(await sup.answer(), `sent ${state.length}`);
     assert.ok(back.data.equals(state), 'the state comes back byte for byte');
     assert.ok(back.fd >= 0 && back.fd !== fd);
     assert.equal(fs.fstatSync(back.fd).ino, fs.fstatSync(fd).ino, 'the fd that comes back is the one sent');
@@ -267,7 +248,7 @@ test('sendState/receiveState hand bytes and an fd to a supervisor and take them 
     await assert.rejects(binding.sendState(sock, state, fd, 1000), { code: 'ENOENT', syscall: 'connect' });
   } finally {
     fs.closeSync(fd);
-    sup.stdin!.end('quit\n');
+    sup.stop();
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });
