@@ -247,19 +247,23 @@ test('session: a corrupt chunk is never written; the read completes without data
   state.close();
 });
 
-test('registry: an entry whose cache work_dir is not the daemon\'s fscache directory is refused', () => {
+test('registry: the cache work_dir is made when missing; a relative one or a file there is refused', () => {
   const state = new DaemonState(path.join(work, 'state12'));
-  const registry = track(new ImageRegistry(state, log, undefined, { cacheDir: work }));
-  registry.add(entry('wd-same'));
-  const other = entry('wd-other');
-  other.config_v2.cache.fscache.work_dir = path.join(work, 'elsewhere');
-  assert.throws(() => registry.add(other), /work_dir .*elsewhere is not this daemon's fscache directory/);
+  const registry = track(new ImageRegistry(state, log));
+  const made = entry('wd-made');
+  made.config_v2.cache.fscache.work_dir = path.join(work, 'snapshots/1/fs');
+  registry.add(made);
+  assert.ok(fs.statSync(path.join(work, 'snapshots/1/fs')).isDirectory());
+  const relative = entry('wd-relative');
+  relative.config_v2.cache.fscache.work_dir = 'snapshots/2/fs';
+  assert.throws(() => registry.add(relative), /work_dir "snapshots\/2\/fs" must be an absolute path/);
+  fs.writeFileSync(path.join(work, 'a-file'), '');
   const legacy = {
     type: 'bootstrap', id: 'wd-legacy',
-    config: { backend_type: 'localfs', backend_config: { dir: blobDir }, cache_type: 'fscache', cache_config: { work_dir: '/nope' }, metadata_path: boot },
+    config: { backend_type: 'localfs', backend_config: { dir: blobDir }, cache_type: 'fscache', cache_config: { work_dir: path.join(work, 'a-file') }, metadata_path: boot },
   };
-  assert.throws(() => registry.add(legacy), /work_dir \/nope is not/);
-  assert.deepEqual(registry.list().map((e) => e.id), ['wd-same']);
+  assert.throws(() => registry.add(legacy), /work_dir .*a-file (is not a directory|cannot be made)/);
+  assert.deepEqual(registry.list().map((e) => e.id), ['wd-made']);
   state.close();
 });
 

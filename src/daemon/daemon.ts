@@ -61,17 +61,30 @@ function prefetchChunks(image: ErofsImage, blobs: Map<string, BlobMap>): Map<str
   return out;
 }
 
+/**
+ * The cache's `work_dir`: nydusd keeps an image's blob meta files there (the snapshotter gives each
+ * image its own, `<root>/snapshots/<id>/fs`, apart from the cachefiles directory). nydus-ts reads chunk
+ * maps from the bootstrap and keeps nothing there, but holds the entry to nydusd's rules: an absolute
+ * path, made when missing, that is a directory.
+ */
+function prepareWorkDir(dir: string): void {
+  if (!dir) return;
+  if (!path.isAbsolute(dir)) throw new ConfigError(`cache work_dir ${JSON.stringify(dir)} must be an absolute path`);
+  try {
+    fs.mkdirSync(dir, { recursive: true });
+  } catch (e) {
+    throw new ConfigError(`cache work_dir ${dir} cannot be made: ${(e as Error).message}`);
+  }
+  if (!fs.statSync(dir).isDirectory()) throw new ConfigError(`cache work_dir ${dir} is not a directory`);
+}
+
 export class ImageRegistry implements ObjectResolver {
   private readonly images = new Map<string, RegisteredImage>();
 
   /** Per backend type, counters that only grow: removing an image does not take its reads back. */
   private readonly backendMetrics = new Map<string, BackendMetrics>();
 
-  constructor(
-    private readonly state: DaemonState, private readonly log: Logger, private readonly pool?: VerifyPool,
-    /** The daemon's cache dir (`--fscache`): an entry's `work_dir` must name it. */
-    private readonly opts: { cacheDir?: string } = {},
-  ) {}
+  constructor(private readonly state: DaemonState, private readonly log: Logger, private readonly pool?: VerifyPool) {}
 
   private metricsOf(type: string): BackendMetrics {
     let m = this.backendMetrics.get(type);
@@ -105,9 +118,7 @@ export class ImageRegistry implements ObjectResolver {
     for (const id of blobs.keys()) {
       if (!/^[0-9a-f]{64}$/.test(id)) throw new NydusError(`${entry.metadataPath}: blob id ${JSON.stringify(id)} is not a sha256`);
     }
-    if (entry.workDir && this.opts.cacheDir && path.resolve(entry.workDir) !== path.resolve(this.opts.cacheDir)) {
-      throw new ConfigError(`cache work_dir ${entry.workDir} is not this daemon's fscache directory ${this.opts.cacheDir}`);
-    }
+    prepareWorkDir(entry.workDir);
     const backend = new LocalFsBackend(entry.backend.dir, this.metricsOf('localfs'));
     this.images.set(entry.id, {
       entry, body, bootstrapSize: fs.statSync(entry.metadataPath).size, blobs, backend,

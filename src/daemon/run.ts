@@ -122,7 +122,7 @@ export async function runDaemon(opts: DaemonOptions, source: DeviceSource): Prom
       process.exit(1);
     },
   });
-  const registry = new ImageRegistry(state, log, pool, { cacheDir: opts.fscacheDir });
+  const registry = new ImageRegistry(state, log, pool);
   registry.restore();
   const lifecycle = new DaemonLifecycle({ id: opts.id, cacheDir: opts.fscacheDir, threads: opts.threads, supervisor: opts.supervisor }, registry, state, log);
   if (source.kind === 'inherited') {
