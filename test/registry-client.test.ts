@@ -1,0 +1,230 @@
+/**
+ * The registry client against a real registry (Debian's docker-registry on 127.0.0.1): round trips,
+ * uploads, mounts, Range reads, an image pushed by skopeo from a umoci layout, platform selection,
+ * Basic and Bearer auth, and faults injected by a proxy (5xx, resets, stalls, a corrupted body, a
+ * redirect to another host).
+ */
+import { test, before, after, describe } from 'node:test';
+import assert from 'node:assert/strict';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { Readable } from 'node:stream';
+import { execFileSync } from 'node:child_process';
+import {
+  RegistryClient, RegistryError, DigestMismatchError, InvalidReferenceError, MediaType,
+  parseReference, formatReference, parsePlatform, selectPlatforms, dockerConfigCredentials,
+  type Descriptor, type ImageIndex, type ImageManifest, type RegistryClientOptions,
+} from '../src/registry/index.ts';
+import { prand, tmpDir } from './helpers/fixtures.ts';
+import { requireTool, startRegistry, type RegistryServer } from './helpers/registry.ts';
+import { FaultProxy, TokenAuthProxy } from './helpers/registry-proxy.ts';
+
+const sha = (b: Buffer) => `sha256:${crypto.createHash('sha256').update(b).digest('hex')}`;
+const work = tmpDir('registry-client');
+const quick: RegistryClientOptions = { plainHttp: true, dockerConfig: false, retryBaseDelayMs: 10, retryMaxDelayMs: 50 };
+const clients: RegistryClient[] = [];
+function client(opts: RegistryClientOptions = {}): RegistryClient {
+  const c = new RegistryClient({ ...quick, ...opts });
+  clients.push(c);
+  return c;
+}
+
+async function collect(stream: AsyncIterable<unknown>): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  for await (const p of stream) parts.push(p as Buffer);
+  return Buffer.concat(parts);
+}
+
+/** Pushes a config and layers, then an OCI manifest at `ref`; returns the manifest and its digest. */
+async function pushImage(c: RegistryClient, ref: string, layers: Buffer[], platform = { os: 'linux', architecture: 'amd64' }) {
+  const config = Buffer.from(JSON.stringify({ ...platform, rootfs: { type: 'layers', diff_ids: layers.map(sha) } }));
+  await c.pushBlob(ref, config);
+  for (const l of layers) await c.pushBlob(ref, l);
+  const manifest: ImageManifest = {
+    schemaVersion: 2,
+    mediaType: MediaType.ociManifest,
+    config: { mediaType: MediaType.ociConfig, digest: sha(config), size: config.length },
+    layers: layers.map((l) => ({ mediaType: MediaType.ociLayer, digest: sha(l), size: l.length })),
+  };
+  const digest = await c.putManifest(ref, manifest);
+  return { manifest, digest, config };
+}
+
+let reg: RegistryServer;
+
+before(async () => {
+  reg = await startRegistry();
+});
+
+after(async () => {
+  for (const c of clients) await c.close();
+  await reg?.stop();
+  fs.rmSync(work, { recursive: true, force: true });
+});
+
+describe('references, platforms, credentials', () => {
+  test('references parse with docker.io defaults and keep ports, tags and digests', () => {
+    const d = `sha256:${'a'.repeat(64)}`;
+    assert.deepEqual(parseReference('busybox'), { registry: 'docker.io', endpoint: 'registry-1.docker.io', repository: 'library/busybox', tag: 'latest', digest: undefined });
+    assert.equal(parseReference('user/app:1.0').repository, 'user/app');
+    const r = parseReference(`127.0.0.1:5000/a/b/c:v1@${d}`);
+    assert.deepEqual([r.registry, r.endpoint, r.repository, r.tag, r.digest], ['127.0.0.1:5000', '127.0.0.1:5000', 'a/b/c', 'v1', d]);
+    assert.equal(parseReference(`localhost/x@${d}`).tag, undefined);
+    assert.equal(formatReference(parseReference('quay.io/x/y')), 'quay.io/x/y:latest');
+    for (const bad of ['', 'UPPER/case', 'a/b:bad tag', `a@sha256:${'z'.repeat(64)}`, 'a/b@md5:00', 'host:99999999/x']) {
+      assert.throws(() => parseReference(bad), InvalidReferenceError, bad);
+    }
+  });
+
+  test('platforms: os/arch[/variant], aliases, best match and all', () => {
+    assert.deepEqual(parsePlatform('linux/aarch64'), { os: 'linux', architecture: 'arm64' });
+    assert.throws(() => parsePlatform('linux'), InvalidReferenceError);
+    const d = (architecture: string, variant?: string, os = 'linux'): Descriptor => ({ mediaType: MediaType.ociManifest, digest: `${architecture}${variant ?? ''}`, size: 1, platform: { os, architecture, variant } });
+    const list = [d('amd64'), d('arm', 'v6'), d('arm', 'v7'), d('arm64', 'v8'), d('unknown', undefined, 'unknown')];
+    assert.deepEqual(selectPlatforms(list, parsePlatform('linux/arm64')).map((x) => x.digest), ['arm64v8']);
+    assert.deepEqual(selectPlatforms(list, parsePlatform('linux/arm')).map((x) => x.digest), ['armv7']);
+    assert.deepEqual(selectPlatforms(list, parsePlatform('linux/arm/v6')).map((x) => x.digest), ['armv6']);
+    assert.deepEqual(selectPlatforms(list, parsePlatform('linux/s390x')), []);
+    assert.equal(selectPlatforms(list, 'all').length, 4, 'the unknown/unknown attestation entry is not a platform');
+  });
+
+  test('credentials come from $DOCKER_CONFIG/config.json', () => {
+    const dir = path.join(work, 'docker-config');
+    fs.mkdirSync(dir, { recursive: true });
+    const auth = Buffer.from('alice:s3:cret').toString('base64');
+    fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify({ auths: { '127.0.0.1:5000': { auth }, 'https://index.docker.io/v1/': { auth } } }));
+    const env = { DOCKER_CONFIG: dir };
+    assert.deepEqual(dockerConfigCredentials('127.0.0.1:5000', env), { username: 'alice', password: 's3:cret' });
+    assert.deepEqual(dockerConfigCredentials('docker.io', env), { username: 'alice', password: 's3:cret' });
+    assert.equal(dockerConfigCredentials('127.0.0.1:5001', env), undefined);
+    assert.equal(dockerConfigCredentials('x', { DOCKER_CONFIG: path.join(work, 'none') }), undefined);
+    fs.writeFileSync(path.join(dir, 'config.json'), '{');
+    assert.throws(() => dockerConfigCredentials('x', env), /config\.json: not valid JSON/);
+  });
+
+  test('a missing prerequisite names the Debian package to install', () => {
+    assert.throws(() => requireTool('no-such-registry-binary', 'docker-registry'), /apt-get install -y docker-registry/);
+  });
+});
+
+describe('round trips on an anonymous registry', () => {
+  test('a blob and a manifest pushed, pulled back by tag and by digest', async () => {
+    const c = client();
+    const ref = `${reg.host}/round/trip:v1`;
+    const layer = prand(700_000, 11);
+    const { manifest, digest, config } = await pushImage(c, ref, [layer]);
+    const got = await c.getManifest(ref);
+    assert.equal(got.digest, digest);
+    assert.equal(got.mediaType, MediaType.ociManifest);
+    assert.deepEqual(got.json, manifest);
+    const head = await c.headManifest(ref);
+    assert.deepEqual(head, { digest, size: got.size, mediaType: MediaType.ociManifest });
+    assert.equal(await c.headManifest(`${reg.host}/round/trip:absent`), undefined);
+    const byDigest = await c.getManifest(`${reg.host}/round/trip@${digest}`);
+    assert.ok(byDigest.bytes.equals(got.bytes));
+    assert.deepEqual(await c.headBlob(ref, sha(layer)), { size: layer.length });
+    assert.equal(await c.headBlob(ref, sha(Buffer.from('absent'))), undefined);
+    assert.ok((await collect(c.blobStream(ref, sha(layer), { size: layer.length }))).equals(layer));
+    assert.ok((await c.getBlob(ref, sha(config))).equals(config));
+    // Pushing again finds everything in place.
+    assert.equal((await c.pushBlob(ref, layer)).how, 'exists');
+    const missing = await c.getManifest(`${reg.host}/round/trip:absent`).catch((e) => e);
+    assert.ok(missing instanceof RegistryError);
+    assert.equal(missing.status, 404);
+    assert.match(missing.message, /127\.0\.0\.1:\d+\/round\/trip:absent: GET \/v2\/round\/trip\/manifests\/absent: HTTP 404 MANIFEST_UNKNOWN/);
+  });
+
+  test('Docker schema 2 manifests keep their media type and bytes', async () => {
+    const c = client();
+    const ref = `${reg.host}/docker/v2:1`;
+    const config = Buffer.from('{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}');
+    await c.pushBlob(ref, config);
+    const layer = prand(1000, 12);
+    await c.pushBlob(ref, layer);
+    const bytes = Buffer.from(JSON.stringify({
+      schemaVersion: 2, mediaType: MediaType.dockerManifest,
+      config: { mediaType: MediaType.dockerConfig, size: config.length, digest: sha(config) },
+      layers: [{ mediaType: MediaType.dockerLayerGzip, size: layer.length, digest: sha(layer) }],
+    }, null, 3));
+    const digest = await c.putManifest(ref, bytes);
+    assert.equal(digest, sha(bytes));
+    const got = await c.getManifest(ref);
+    assert.equal(got.mediaType, MediaType.dockerManifest);
+    assert.ok(got.bytes.equals(bytes), 'the exact bytes come back');
+  });
+
+  test('monolithic upload from a file stream, chunked upload of a stream of unknown length', async () => {
+    const c = client({ uploadChunkSize: 64 * 1024 });
+    const ref = `${reg.host}/upload/kinds:v1`;
+    const data = prand(300_001, 13);
+    const file = path.join(work, 'blob.bin');
+    fs.writeFileSync(file, data);
+    const mono = await c.pushBlob(ref, { open: () => fs.createReadStream(file), size: data.length, digest: sha(data) });
+    assert.deepEqual(mono, { digest: sha(data), size: data.length, how: 'uploaded' });
+    const other = prand(1_000_000, 14);
+    const chunked = await c.pushBlobStream(`${reg.host}/upload/chunked`, Readable.from([other.subarray(0, 5), other.subarray(5, 200_000), other.subarray(200_000)]));
+    assert.deepEqual(chunked, { digest: sha(other), size: other.length, how: 'uploaded' });
+    assert.ok((await c.getBlob(`${reg.host}/upload/chunked`, sha(other))).equals(other));
+    const empty = await c.pushBlobStream(`${reg.host}/upload/chunked`, Readable.from([]));
+    assert.equal(empty.digest, sha(Buffer.alloc(0)));
+    assert.deepEqual(await c.headBlob(`${reg.host}/upload/chunked`, empty.digest), { size: 0 });
+    const wrong = await c.pushBlobStream(`${reg.host}/upload/chunked`, Readable.from([Buffer.from('x')]), { expectedDigest: sha(Buffer.from('y')) }).catch((e) => e);
+    assert.ok(wrong instanceof DigestMismatchError, String(wrong));
+    assert.equal(await c.headBlob(`${reg.host}/upload/chunked`, sha(Buffer.from('x'))), undefined, 'a wrong blob is never committed');
+  });
+
+  test('chunked upload through relative Locations', async () => {
+    const proxy = await FaultProxy.start(reg.url, { relativeLocations: true });
+    try {
+      const c = client({ uploadChunkSize: 100_000 });
+      const data = prand(450_000, 15);
+      const pushed = await c.pushBlobStream(`${proxy.host}/upload/relative`, Readable.from([data]));
+      assert.equal(pushed.digest, sha(data));
+      const patches = proxy.seen.filter((r) => r.method === 'PATCH');
+      assert.equal(patches.length, 5);
+      assert.deepEqual(patches.map((p) => p.headers['content-range']), ['0-99999', '100000-199999', '200000-299999', '300000-399999', '400000-449999']);
+      assert.ok((await c.getBlob(`${reg.host}/upload/relative`, pushed.digest)).equals(data));
+    } finally {
+      await proxy.close();
+    }
+  });
+
+  test('cross-repository mount, and upload when the source repository lacks the blob', async () => {
+    const c = client();
+    const data = prand(200_000, 16);
+    await c.pushBlob(`${reg.host}/mount/source`, data);
+    const mounted = await c.pushBlob(`${reg.host}/mount/target`, data, { mountFrom: 'mount/source' });
+    assert.equal(mounted.how, 'mounted');
+    assert.deepEqual(await c.headBlob(`${reg.host}/mount/target`, sha(data)), { size: data.length });
+    const fresh = prand(1000, 17);
+    const uploaded = await c.pushBlob(`${reg.host}/mount/target2`, fresh, { mountFrom: 'mount/elsewhere' });
+    assert.equal(uploaded.how, 'uploaded', 'a 202 answer to the mount falls back to the upload it opened');
+    assert.ok((await c.getBlob(`${reg.host}/mount/target2`, sha(fresh))).equals(fresh));
+  });
+
+  test('Range reads return exactly the bytes asked for', async () => {
+    const c = client();
+    const ref = `${reg.host}/range/blob`;
+    const data = prand(3 * 1024 * 1024 + 17, 18);
+    const d = (await c.pushBlob(ref, data)).digest;
+    for (const [off, len] of [[0, 1], [0, 4096], [12345, 100_000], [data.length - 10, 10], [1 << 20, 2 << 20], [5, 0]]) {
+      assert.ok((await c.readBlobRange(ref, d, off, len)).equals(data.subarray(off, off + len)), `${off}+${len}`);
+    }
+    const past = await c.readBlobRange(ref, d, data.length + 5, 10).catch((e) => e);
+    assert.ok(past instanceof RegistryError && past.status === 416, String(past));
+    const short = await c.readBlobRange(ref, d, data.length - 5, 10).catch((e) => e);
+    assert.ok(short instanceof RegistryError, String(short));
+    // A server that ignores Range (200 with the whole blob): sliced while streaming, or refused.
+    const proxy = await FaultProxy.start(reg.url);
+    try {
+      proxy.inject({ match: (r) => !!r.headers.range, fault: { kind: 'ignore-range' }, times: Infinity });
+      const via = `${proxy.host}/range/blob`;
+      assert.ok((await c.readBlobRange(via, d, 2_000_000, 5000)).equals(data.subarray(2_000_000, 2_005_000)));
+      const refused = await c.readBlobRange(via, d, 10, 10, { whenRangeIgnored: 'refuse' }).catch((e) => e);
+      assert.match(String(refused), /sent the whole blob \(200\)/);
+    } finally {
+      await proxy.close();
+    }
+  });
+});
