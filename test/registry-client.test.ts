@@ -14,7 +14,7 @@ import { execFileSync } from 'node:child_process';
 import {
   RegistryClient, RegistryError, DigestMismatchError, InvalidReferenceError, MediaType,
   parseReference, formatReference, parsePlatform, selectPlatforms, dockerConfigCredentials,
-  type Descriptor, type ImageIndex, type ImageManifest, type RegistryClientOptions,
+  type Descriptor, type ImageIndex, type ImageManifest, type RegistryClientOptions, type PushedBlob,
 } from '../src/registry/index.ts';
 import { prand, tmpDir } from './helpers/fixtures.ts';
 import { requireTool, startRegistry, type RegistryServer } from './helpers/registry.ts';
@@ -225,6 +225,164 @@ describe('round trips on an anonymous registry', () => {
       assert.match(String(refused), /sent the whole blob \(200\)/);
     } finally {
       await proxy.close();
+    }
+  });
+});
+
+describe('images made by other tools', () => {
+  /** A two-layer OCI layout made by umoci (the second layer deletes a file: a whiteout). */
+  function umociLayout(): { layout: string; tag: string } {
+    requireTool('umoci', 'umoci');
+    const layout = path.join(work, 'oci');
+    const bundle = path.join(work, 'bundle');
+    const run = (...args: string[]) => execFileSync('umoci', args, { stdio: ['ignore', 'ignore', 'inherit'] });
+    run('init', '--layout', layout);
+    run('new', '--image', `${layout}:base`);
+    run('unpack', '--image', `${layout}:base`, bundle);
+    const rootfs = path.join(bundle, 'rootfs');
+    fs.mkdirSync(path.join(rootfs, 'etc'));
+    fs.writeFileSync(path.join(rootfs, 'etc', 'hello'), 'hello\n');
+    fs.writeFileSync(path.join(rootfs, 'big'), prand(2_500_000, 21));
+    fs.writeFileSync(path.join(rootfs, 'gone'), 'to be deleted');
+    run('repack', '--image', `${layout}:one`, bundle);
+    fs.rmSync(bundle, { recursive: true });
+    run('unpack', '--image', `${layout}:one`, bundle);
+    fs.rmSync(path.join(rootfs, 'gone'));
+    fs.writeFileSync(path.join(rootfs, 'etc', 'second'), prand(300_000, 22));
+    run('repack', '--image', `${layout}:two`, bundle);
+    return { layout, tag: 'two' };
+  }
+
+  test('an image pushed by skopeo from a umoci layout (OCI and Docker v2s2) is pulled with every digest verified', async () => {
+    requireTool('skopeo', 'skopeo');
+    const { layout, tag } = umociLayout();
+    const c = client();
+    const blobFile = (digest: string) => fs.readFileSync(path.join(layout, 'blobs', 'sha256', digest.slice(7)));
+    const index = JSON.parse(fs.readFileSync(path.join(layout, 'index.json'), 'utf8')) as ImageIndex;
+    const entry = index.manifests.find((m) => m.annotations?.['org.opencontainers.image.ref.name'] === tag)!;
+    const layoutManifest = JSON.parse(blobFile(entry.digest).toString()) as ImageManifest;
+    assert.equal(layoutManifest.layers.length, 2);
+    for (const [format, repo, mediaType] of [['oci', 'skopeo/oci', MediaType.ociManifest], ['v2s2', 'skopeo/docker', MediaType.dockerManifest]]) {
+      execFileSync('skopeo', ['copy', '--quiet', '--dest-tls-verify=false', '--format', format, `oci:${layout}:${tag}`, `docker://${reg.host}/${repo}:${tag}`], { stdio: ['ignore', 'ignore', 'inherit'] });
+      const ref = `${reg.host}/${repo}:${tag}`;
+      const { root, images } = await c.resolveImage(ref);
+      assert.equal(root.mediaType, mediaType);
+      if (format === 'oci') assert.equal(root.digest, entry.digest, 'skopeo keeps the OCI manifest bytes');
+      const m = images[0].manifest.json;
+      assert.deepEqual(m.layers.map((l) => [l.digest, l.size]), layoutManifest.layers.map((l) => [l.digest, l.size]));
+      for (const l of [m.config, ...m.layers]) {
+        const pulled = await collect(c.blobStream(ref, l.digest, { size: l.size }));
+        assert.ok(pulled.equals(blobFile(l.digest)), `${format} ${l.digest} equals umoci's blob`);
+      }
+    }
+  });
+
+  test('an index with two platforms: one chosen by os/arch, or all', async () => {
+    const c = client();
+    const repo = `${reg.host}/multi/arch`;
+    const amd = await pushImage(c, `${repo}:amd64`, [prand(1000, 31)], { os: 'linux', architecture: 'amd64' });
+    const arm = await pushImage(c, `${repo}:arm64`, [prand(1000, 32)], { os: 'linux', architecture: 'arm64' });
+    const size = async (tagged: string) => (await c.headManifest(tagged))!.size!;
+    for (const [kind, mediaType, childType] of [['oci', MediaType.ociIndex, MediaType.ociManifest], ['docker', MediaType.dockerManifestList, MediaType.ociManifest]]) {
+      const index: ImageIndex = {
+        schemaVersion: 2,
+        mediaType,
+        manifests: [
+          { mediaType: childType, digest: amd.digest, size: await size(`${repo}:amd64`), platform: { os: 'linux', architecture: 'amd64' } },
+          { mediaType: childType, digest: arm.digest, size: await size(`${repo}:arm64`), platform: { os: 'linux', architecture: 'arm64', variant: 'v8' } },
+        ],
+      };
+      await c.putManifest(`${repo}:${kind}`, index);
+      const one = await c.resolveImage(`${repo}:${kind}`, parsePlatform('linux/arm64'));
+      assert.equal(one.root.mediaType, mediaType);
+      assert.deepEqual(one.images.map((i) => i.manifest.digest), [arm.digest]);
+      assert.deepEqual(one.images[0].manifest.json, arm.manifest);
+      const all = await c.resolveImage(`${repo}:${kind}`, 'all');
+      assert.deepEqual(all.images.map((i) => i.manifest.digest), [amd.digest, arm.digest]);
+      const none = await c.resolveImage(`${repo}:${kind}`, parsePlatform('linux/s390x')).catch((e) => e);
+      assert.match(String(none), /no image for linux\/s390x \(offers: linux\/amd64, linux\/arm64\/v8\)/);
+    }
+  });
+});
+
+describe('authorization', () => {
+  const users = { alice: 'wonder land', bob: 'builder' };
+  let basicReg: RegistryServer;
+  before(async () => {
+    basicReg = await startRegistry({ users });
+  });
+  after(async () => {
+    await basicReg?.stop();
+  });
+
+  test('Basic: refused without credentials, works with explicit ones or docker config.json, explicit ones win', async () => {
+    const ref = `${basicReg.host}/basic/repo:v1`;
+    const data = prand(50_000, 41);
+    const anonymous = await client().pushBlob(ref, data).catch((e) => e);
+    assert.equal(anonymous.errno, 13);
+    assert.match(String(anonymous), /basic\/repo:latest: HEAD \/v2\/basic\/repo\/blobs\/sha256:[0-9a-f]{64}: HTTP 401: needs credentials \(Basic auth\)/);
+    const alice = client({ credentials: { username: 'alice', password: 'wonder land' } });
+    await pushImage(alice, ref, [data]);
+    assert.ok((await alice.getBlob(ref, sha(data))).equals(data));
+
+    const dir = path.join(work, 'docker-config-basic');
+    fs.mkdirSync(dir, { recursive: true });
+    const writeConfig = (user: string, pass: string) => fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify({ auths: { [basicReg.host]: { auth: Buffer.from(`${user}:${pass}`).toString('base64') } } }));
+    writeConfig('bob', 'builder');
+    const env = { DOCKER_CONFIG: dir };
+    assert.equal((await client({ dockerConfig: true, env }).getManifest(ref)).mediaType, MediaType.ociManifest);
+    writeConfig('bob', 'wrong');
+    const refused = await client({ dockerConfig: true, env }).getManifest(ref).catch((e) => e);
+    assert.ok(refused instanceof RegistryError && refused.status === 401, String(refused));
+    assert.equal(refused.errno, 13);
+    assert.equal((await client({ dockerConfig: true, env, credentials: { username: 'bob', password: 'builder' } }).getManifest(ref)).mediaType, MediaType.ociManifest);
+  });
+
+  test('Bearer: tokens from the realm, cached per scope, fetched again once when refused', async () => {
+    const auth = await TokenAuthProxy.start(reg.url, { users });
+    try {
+      const ref = `${auth.host}/bearer/repo:v1`;
+      const alice = client({ credentials: { username: 'alice', password: 'wonder land' } });
+      const layer = prand(120_000, 42);
+      const { digest } = await pushImage(alice, ref, [layer]);
+      assert.equal(auth.tokenRequests, 1, 'one token serves every push request of one repository');
+      assert.deepEqual(auth.tokenRequestScopes[0], ['repository:bearer/repo:pull,push']);
+      assert.equal((await alice.getManifest(ref)).digest, digest);
+      assert.equal(auth.tokenRequests, 2, 'pull scope is another token');
+      await alice.getBlob(ref, sha(layer));
+      assert.equal(auth.tokenRequests, 2);
+
+      auth.revokeAll();
+      assert.ok((await alice.getBlob(ref, sha(layer))).equals(layer));
+      assert.equal(auth.tokenRequests, 3, 'a refused token is replaced once');
+
+      // Cross-repository mount asks for pull on the source too.
+      const mounted = await alice.pushBlob(`${auth.host}/bearer/other`, layer, { mountFrom: 'bearer/repo' });
+      assert.equal(mounted.how, 'mounted');
+      assert.ok(auth.tokenRequestScopes.some((s) => s.includes('repository:bearer/repo:pull') && s.includes('repository:bearer/other:pull,push')));
+
+      // Anonymous pulls work, anonymous pushes are refused with the status.
+      const anon = client();
+      assert.equal((await anon.getManifest(ref)).digest, digest);
+      const push = await anon.pushBlob(`${auth.host}/bearer/anon`, Buffer.from('x')).catch((e) => e);
+      assert.ok(push instanceof RegistryError && push.status === 401, String(push));
+      const bad = await client({ credentials: { username: 'alice', password: 'nope' } }).getManifest(ref).catch((e) => e);
+      assert.match(String(bad), /token from http:\/\/127\.0\.0\.1:\d+\/token: HTTP 401, credentials refused/);
+    } finally {
+      await auth.close();
+    }
+  });
+
+  test('Bearer: token servers answering access_token', async () => {
+    const auth = await TokenAuthProxy.start(reg.url, { users, tokenField: 'access_token', expiresIn: 1 });
+    try {
+      const c = client({ credentials: { username: 'bob', password: 'builder' } });
+      const data = prand(1000, 43);
+      await c.pushBlob(`${auth.host}/bearer/access`, data);
+      assert.ok((await c.getBlob(`${auth.host}/bearer/access`, sha(data))).equals(data));
+      assert.equal(auth.tokenRequests, 2);
+    } finally {
+      await auth.close();
     }
   });
 });

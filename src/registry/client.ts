@@ -7,7 +7,8 @@ import { createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { Authorizer, repositoryScope, type Action } from './auth.ts';
 import { dockerConfigCredentials, type Credentials } from './credentials.ts';
-import { DigestMismatchError, RegistryError, describeErrorBody } from './errors.ts';
+import { NydusError } from '../../erofs/errors.ts';
+import { DigestMismatchError, EACCES, RegistryError, describeErrorBody } from './errors.ts';
 import {
   MANIFEST_ACCEPT, isImageManifestType, isIndexType,
   type Descriptor, type ImageIndex, type ImageManifest, type Platform,
@@ -199,7 +200,13 @@ export class RegistryClient {
       const res = await this.transport.send(ref.endpoint, { ...req, headers, reference: formatReference(ref) });
       if (res.status !== 401 || refreshed) return res;
       await res.body.dump();
-      authorization = await auth.challenge(header(res.headers, 'www-authenticate'), scopes);
+      try {
+        authorization = await auth.challenge(header(res.headers, 'www-authenticate'), scopes);
+      } catch (e) {
+        if (e instanceof RegistryError) throw e;
+        const detail = (e as Error).message.replace(`registry ${ref.registry}: `, '');
+        throw new RegistryError({ reference: formatReference(ref), method: req.method, path: res.url.pathname, status: 401, detail, cause: e }, (e as NydusError).errno ?? EACCES);
+      }
     }
   }
 
