@@ -14,7 +14,7 @@ import { execFileSync } from 'node:child_process';
 import {
   RegistryClient, RegistryError, DigestMismatchError, InvalidReferenceError, MediaType,
   parseReference, formatReference, parsePlatform, selectPlatforms, dockerConfigCredentials,
-  type Descriptor, type ImageIndex, type ImageManifest, type RegistryClientOptions, type PushedBlob,
+  type Descriptor, type ImageIndex, type ImageManifest, type RegistryClientOptions,
 } from '../src/registry/index.ts';
 import { prand, tmpDir } from './helpers/fixtures.ts';
 import { requireTool, startRegistry, type RegistryServer } from './helpers/registry.ts';
@@ -320,7 +320,7 @@ describe('authorization', () => {
     const data = prand(50_000, 41);
     const anonymous = await client().pushBlob(ref, data).catch((e) => e);
     assert.equal(anonymous.errno, 13);
-    assert.match(String(anonymous), /basic\/repo:latest: HEAD \/v2\/basic\/repo\/blobs\/sha256:[0-9a-f]{64}: HTTP 401: needs credentials \(Basic auth\)/);
+    assert.match(String(anonymous), /basic\/repo:v1: HEAD \/v2\/basic\/repo\/blobs\/sha256:[0-9a-f]{64}: HTTP 401: needs credentials \(Basic auth\)/);
     const alice = client({ credentials: { username: 'alice', password: 'wonder land' } });
     await pushImage(alice, ref, [data]);
     assert.ok((await alice.getBlob(ref, sha(data))).equals(data));
@@ -383,6 +383,145 @@ describe('authorization', () => {
       assert.equal(auth.tokenRequests, 2);
     } finally {
       await auth.close();
+    }
+  });
+});
+
+describe('faults between client and registry', () => {
+  let proxy: FaultProxy;
+  before(async () => {
+    proxy = await FaultProxy.start(reg.url);
+  });
+  after(async () => {
+    await proxy?.close();
+  });
+  const isGet = (what: string) => (r: { method?: string; url?: string }) => r.method === 'GET' && r.url!.includes(what);
+  const count = (what: string) => proxy.seen.filter((r) => r.url.includes(what)).length;
+
+  test('5xx and 429 are retried with backoff, up to the limit; 4xx are not', async () => {
+    const c = client({ retries: 2 });
+    const ref = `${proxy.host}/faults/retry:v1`;
+    const { digest } = await pushImage(c, ref, [prand(1000, 51)]);
+    proxy.inject({ match: isGet('/faults/retry/manifests/v1'), fault: { kind: 'status', status: 500 }, times: 1 });
+    proxy.inject({ match: isGet('/faults/retry/manifests/v1'), fault: { kind: 'status', status: 429, headers: { 'retry-after': '0' } }, times: 1 });
+    const before = c.retryCount;
+    assert.equal((await c.getManifest(ref)).digest, digest);
+    assert.equal(c.retryCount - before, 2);
+    proxy.inject({ match: isGet('/faults/retry/manifests/v1'), fault: { kind: 'status', status: 503 }, times: Infinity });
+    const seen = count('/faults/retry/manifests/v1');
+    const failed = await c.getManifest(ref).catch((e) => e);
+    proxy.clearFaults();
+    assert.ok(failed instanceof RegistryError, String(failed));
+    assert.equal(failed.status, 503);
+    assert.match(failed.message, /faults\/retry:v1: GET \/v2\/faults\/retry\/manifests\/v1: HTTP 503/);
+    assert.equal(count('/faults/retry/manifests/v1') - seen, 3, 'first attempt and 2 retries');
+    const before404 = count('/faults/retry/manifests/nope');
+    assert.equal((await c.getManifest(`${proxy.host}/faults/retry:nope`).catch((e) => e)).status, 404);
+    assert.equal(count('/faults/retry/manifests/nope') - before404, 1, '404 is not retried');
+  });
+
+  test('connection resets: retried before a response, resumed with Range mid-body', async () => {
+    const c = client();
+    const ref = `${proxy.host}/faults/reset`;
+    const data = prand(4 * 1024 * 1024, 52);
+    const d = (await c.pushBlob(ref, data)).digest;
+    proxy.inject({ match: isGet(`/blobs/${d}`), fault: { kind: 'reset' } });
+    assert.ok((await c.getBlob(ref, d)).equals(data));
+    proxy.inject({ match: isGet(`/blobs/${d}`), fault: { kind: 'reset-mid-body', after: 1_000_000 } });
+    const start = proxy.seen.length;
+    assert.ok((await c.getBlob(ref, d, { size: data.length })).equals(data));
+    const resumed = proxy.seen.slice(start).filter((r) => r.url.includes(d));
+    assert.equal(resumed.length, 2);
+    assert.match(String(resumed[1].headers.range), /^bytes=\d+-$/);
+    proxy.inject({ match: isGet(`/blobs/${d}`), fault: { kind: 'reset-mid-body', after: 300_000 } });
+    assert.ok((await c.readBlobRange(ref, d, 100_000, 1_000_000)).equals(data.subarray(100_000, 1_100_000)));
+  });
+
+  test('stalls time out and are retried; a registry that never answers is an error naming the timeout', async () => {
+    const c = client({ headersTimeoutMs: 300, bodyTimeoutMs: 300, retries: 1 });
+    const ref = `${proxy.host}/faults/stall:v1`;
+    const { digest } = await pushImage(c, ref, [prand(1000, 53)]);
+    proxy.inject({ match: isGet('/faults/stall/manifests/v1'), fault: { kind: 'stall' } });
+    assert.equal((await c.getManifest(ref)).digest, digest);
+    proxy.inject({ match: isGet('/faults/stall/manifests/v1'), fault: { kind: 'stall' }, times: Infinity });
+    const t0 = Date.now();
+    const failed = await c.getManifest(ref).catch((e) => e);
+    proxy.clearFaults();
+    assert.ok(failed instanceof RegistryError && failed.status === undefined, String(failed));
+    assert.match(failed.message, /GET \/v2\/faults\/stall\/manifests\/v1: .*timeout.*\(after 2 attempts\)/i);
+    assert.ok(Date.now() - t0 < 5000);
+  });
+
+  test('a corrupted blob body fails the stream at its end, never ends it; a corrupted manifest is refused', async () => {
+    const c = client();
+    const ref = `${proxy.host}/faults/corrupt:v1`;
+    const layer = prand(500_000, 54);
+    const { digest } = await pushImage(c, ref, [layer]);
+    proxy.inject({ match: isGet(`/blobs/${sha(layer)}`), fault: { kind: 'corrupt-body' } });
+    const stream = c.blobStream(ref, sha(layer), { size: layer.length });
+    let ended = false;
+    let bytes = 0;
+    stream.on('end', () => (ended = true));
+    const failed = await (async () => {
+      for await (const b of stream) bytes += (b as Buffer).length;
+    })().catch((e) => e);
+    assert.ok(failed instanceof DigestMismatchError, String(failed));
+    assert.match(failed.message, new RegExp(`expected ${sha(layer)}, got sha256:`));
+    assert.equal(bytes, layer.length, 'the mismatch is known only after the last byte');
+    assert.equal(ended, false, "the consumer never sees 'end'");
+    proxy.inject({ match: isGet(`/manifests/${digest}`), fault: { kind: 'corrupt-body' } });
+    const m = await c.getManifest(`${proxy.host}/faults/corrupt@${digest}`).catch((e) => e);
+    assert.ok(m instanceof DigestMismatchError, String(m));
+  });
+
+  test('a failed PATCH resumes from what the upload session holds', async () => {
+    const c = client({ uploadChunkSize: 100_000 });
+    const data = prand(350_000, 55);
+    let patches = 0;
+    proxy.inject({ match: (r) => r.method === 'PATCH' && ++patches === 2, fault: { kind: 'status', status: 502 } });
+    proxy.inject({ match: (r) => r.method === 'PATCH' && patches === 3, fault: { kind: 'reset' } });
+    const pushed = await c.pushBlobStream(`${proxy.host}/faults/patch`, Readable.from([data]));
+    assert.equal(pushed.digest, sha(data));
+    assert.ok((await c.getBlob(`${reg.host}/faults/patch`, sha(data))).equals(data));
+    assert.ok(proxy.seen.some((r) => r.method === 'GET' && r.url.includes('/blobs/uploads/')), 'upload status was asked');
+  });
+
+  test('insecure falls back to http for a registry without TLS; without it the TLS failure is an error', async () => {
+    const data = prand(1000, 56);
+    await client().pushBlob(`${reg.host}/faults/insecure`, data);
+    const insecure = client({ plainHttp: false, insecure: true });
+    assert.ok((await insecure.getBlob(`${reg.host}/faults/insecure`, sha(data))).equals(data));
+    const strict = await client({ plainHttp: false, retries: 0 }).getBlob(`${reg.host}/faults/insecure`, sha(data)).catch((e) => e);
+    assert.ok(strict instanceof RegistryError && strict.status === undefined, String(strict));
+  });
+});
+
+describe('redirects to blob storage', () => {
+  test('a 307 to another host is followed without the registry Authorization header', async () => {
+    const users = { carol: 'pw' };
+    const basic = await startRegistry({ users });
+    const credentials = { username: 'carol', password: 'pw' };
+    const registryAuth = `Basic ${Buffer.from('carol:pw').toString('base64')}`;
+    const front = await FaultProxy.start(basic.url);
+    // The "storage host" on another address serves blobs with its own access to the registry.
+    const storage = await FaultProxy.start(basic.url, { listenHost: '127.0.0.2', upstreamAuthorization: registryAuth });
+    try {
+      const c = client({ credentials });
+      const ref = `${front.host}/redirect/blob`;
+      const data = prand(800_000, 61);
+      await c.pushBlob(ref, data);
+      const toStorage = (r: { method?: string; url?: string }) => r.method === 'GET' && r.url!.includes('/blobs/sha256:');
+      front.inject({ match: toStorage, fault: { kind: 'redirect', to: storage.url }, times: Infinity });
+      assert.ok((await c.getBlob(ref, sha(data))).equals(data));
+      assert.ok((await c.readBlobRange(ref, sha(data), 1000, 5000)).equals(data.subarray(1000, 6000)));
+      assert.equal(storage.seen.length, 2);
+      for (const r of storage.seen) assert.equal(r.headers.authorization, undefined, `no credentials leak to ${storage.host}`);
+      assert.equal(storage.seen[1].headers.range, 'bytes=1000-5999', 'the Range survives the redirect');
+      assert.ok(front.seen.filter(toStorage).every((r) => r.headers.authorization === registryAuth), 'the registry itself got them');
+    } finally {
+      await storage.close();
+      await front.close();
+      await basic.stop();
     }
   });
 });
