@@ -450,6 +450,11 @@ describe('faults between client and registry', () => {
     assert.ok(failed instanceof RegistryError && failed.status === undefined, String(failed));
     assert.match(failed.message, /GET \/v2\/faults\/stall\/manifests\/v1: .*timeout.*\(after 2 attempts\)/i);
     assert.ok(Date.now() - t0 < 5000);
+    // A body that goes silent halfway is resumed from where it stopped.
+    const layer = prand(2_000_000, 57);
+    await c.pushBlob(ref, layer);
+    proxy.inject({ match: isGet(`/blobs/${sha(layer)}`), fault: { kind: 'stall-mid-body', after: 700_000 } });
+    assert.ok((await c.getBlob(ref, sha(layer), { size: layer.length })).equals(layer));
   });
 
   test('a corrupted blob body fails the stream at its end, never ends it; a corrupted manifest is refused', async () => {
@@ -522,6 +527,26 @@ describe('redirects to blob storage', () => {
       await storage.close();
       await front.close();
       await basic.stop();
+    }
+  });
+});
+
+describe('TLS', () => {
+  test('insecure skips verification of a self-signed registry; otherwise the certificate is refused', async () => {
+    const tlsReg = await startRegistry({ tls: true });
+    try {
+      const ref = `${tlsReg.host}/tls/repo`;
+      const insecure = client({ plainHttp: false, insecure: true });
+      const data = prand(10_000, 71);
+      assert.equal((await insecure.pushBlob(ref, data)).how, 'uploaded');
+      assert.ok((await insecure.getBlob(ref, sha(data))).equals(data));
+      const strict = await client({ plainHttp: false }).getBlob(ref, sha(data)).catch((e) => e);
+      assert.ok(strict instanceof RegistryError && strict.status === undefined, String(strict));
+      assert.match(strict.message, /self[- ]signed certificate/);
+      const plain = await client({ plainHttp: true }).getBlob(ref, sha(data)).catch((e) => e);
+      assert.ok(plain instanceof RegistryError && plain.status === 400, String(plain));
+    } finally {
+      await tlsReg.stop();
     }
   });
 });

@@ -274,9 +274,16 @@ export class RegistryClient {
   async putManifest(refLike: RefLike, manifest: Buffer | ImageManifest | ImageIndex, mediaType?: string): Promise<string> {
     const ref = toRef(refLike);
     const bytes = Buffer.isBuffer(manifest) ? manifest : Buffer.from(JSON.stringify(manifest));
-    const type = mediaType ?? (Buffer.isBuffer(manifest) ? (JSON.parse(bytes.toString('utf8')) as { mediaType?: string }).mediaType : manifest.mediaType);
     const path = `/v2/${ref.repository}/manifests/${manifestTarget(ref)}`;
     const where = { reference: formatReference(ref), method: 'PUT', path };
+    let type = mediaType ?? (Buffer.isBuffer(manifest) ? undefined : manifest.mediaType);
+    if (!type && Buffer.isBuffer(manifest)) {
+      try {
+        type = (JSON.parse(bytes.toString('utf8')) as { mediaType?: string }).mediaType;
+      } catch (e) {
+        throw new RegistryError({ ...where, detail: `manifest is not JSON: ${(e as Error).message}` });
+      }
+    }
     if (!type) throw new RegistryError({ ...where, detail: 'manifest has no mediaType and none was given' });
     const digest = sha256(bytes);
     if (ref.digest && ref.digest !== digest) throw new DigestMismatchError(where, ref.digest, digest);
@@ -348,6 +355,13 @@ export class RegistryClient {
         const headers: Record<string, string> = got ? { range: `bytes=${got}-` } : {};
         const res = await self.call(ref, 'pull', { method: 'GET', target: path, headers, followRedirects: true });
         await self.expect(ref, 'GET', res, got ? 206 : 200, 200);
+        if (res.status === 206) {
+          const start = /^bytes (\d+)-/.exec(header(res.headers, 'content-range') ?? '')?.[1];
+          if (Number(start) !== got) {
+            discard(res.body);
+            throw new RegistryError({ ...where, status: 206, detail: `resuming at byte ${got}, got Content-Range "${header(res.headers, 'content-range')}"` });
+          }
+        }
         // A resumed request answered with the whole blob: skip what was already delivered.
         let skip = got && res.status === 200 ? got : 0;
         try {

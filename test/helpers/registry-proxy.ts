@@ -15,6 +15,7 @@ export type Fault =
   | { kind: 'reset' }
   | { kind: 'reset-mid-body'; after: number }
   | { kind: 'stall' }
+  | { kind: 'stall-mid-body'; after: number }
   | { kind: 'corrupt-body' }
   | { kind: 'redirect'; to: string }
   | { kind: 'ignore-range' };
@@ -162,14 +163,15 @@ export class FaultProxy {
         return;
       }
       res.writeHead(up.statusCode!, outHeaders);
-      if (fault?.kind === 'reset-mid-body') {
+      if (fault?.kind === 'reset-mid-body' || fault?.kind === 'stall-mid-body') {
+        // Sends the first `after` bytes, then breaks the connection or goes silent on it.
         let sent = 0;
         up.on('data', (d: Buffer) => {
           if (sent >= fault.after) return;
           const part = d.subarray(0, fault.after - sent);
           sent += part.length;
           res.write(part, () => {
-            if (sent >= fault.after) req.socket.destroy();
+            if (sent >= fault.after && fault.kind === 'reset-mid-body') req.socket.destroy();
           });
         });
         return;

@@ -6,7 +6,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { request } from 'undici';
+import { Agent, request } from 'undici';
 import { tmpDir } from './fixtures.ts';
 
 /** Fails (never skips) with the Debian package to install when `bin` is not on PATH. */
@@ -42,13 +42,15 @@ export function writeHtpasswd(file: string, users: Record<string, string>): void
 export interface RegistryOptions {
   /** user -> password: serve with htpasswd Basic auth. */
   users?: Record<string, string>;
+  /** Serve https with a self-signed certificate for 127.0.0.1 (made by openssl). */
+  tls?: boolean;
 }
 
 export interface RegistryServer {
   /** `127.0.0.1:<port>`, the host part of references. */
   host: string;
   port: number;
-  /** `http://127.0.0.1:<port>` */
+  /** `http://127.0.0.1:<port>` (https with `tls`) */
   url: string;
   /** Temp dir holding config, storage and htpasswd. */
   dir: string;
@@ -56,12 +58,27 @@ export interface RegistryServer {
   stop(): Promise<void>;
 }
 
+/** A self-signed certificate for 127.0.0.1: returns the `http.tls` lines of the registry config. */
+function selfSignedTls(dir: string): string {
+  requireTool('openssl', 'openssl');
+  const cert = path.join(dir, 'cert.pem');
+  const key = path.join(dir, 'key.pem');
+  const r = spawnSync('openssl', [
+    'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-days', '2',
+    '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1', '-keyout', key, '-out', cert,
+  ], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`openssl req: ${r.stderr}`);
+  return `  tls: {certificate: ${cert}, key: ${key}}`;
+}
+
+const trustAnything = new Agent({ connect: { rejectUnauthorized: false } });
+
 async function waitReady(url: string, child: ChildProcess, stderr: () => string): Promise<void> {
   const deadline = Date.now() + 15_000;
   while (Date.now() < deadline) {
     if (child.exitCode !== null) throw new Error(`docker-registry exited with ${child.exitCode}: ${stderr()}`);
     try {
-      const res = await request(`${url}/v2/`);
+      const res = await request(`${url}/v2/`, { dispatcher: trustAnything });
       await res.body.dump();
       if (res.statusCode === 200 || res.statusCode === 401) return;
     } catch {
@@ -95,6 +112,7 @@ export async function startRegistry(opts: RegistryOptions = {}): Promise<Registr
     writeHtpasswd(file, opts.users);
     auth = `auth:\n  htpasswd:\n    realm: nydus-ts-test\n    path: ${file}\n`;
   }
+  const tls = opts.tls ? selfSignedTls(dir) : '';
   // A port picked free can be taken before the registry binds it: try a few.
   for (let attempt = 0; ; attempt++) {
     const port = await freePort();
@@ -103,13 +121,15 @@ export async function startRegistry(opts: RegistryOptions = {}): Promise<Registr
       'version: 0.1',
       'log: {level: error}',
       `storage: {filesystem: {rootdirectory: ${storage}}, delete: {enabled: true}}`,
-      `http: {addr: 127.0.0.1:${port}}`,
+      'http:',
+      `  addr: 127.0.0.1:${port}`,
+      tls,
       auth,
     ].join('\n'));
     let err = '';
     const child = spawn(bin, ['serve', config], { stdio: ['ignore', 'ignore', 'pipe'] });
     child.stderr!.on('data', (d) => (err = (err + d).slice(-4000)));
-    const url = `http://127.0.0.1:${port}`;
+    const url = `${opts.tls ? 'https' : 'http'}://127.0.0.1:${port}`;
     try {
       await waitReady(url, child, () => err);
     } catch (e) {
