@@ -22,7 +22,7 @@ import { FaultProxy, TokenAuthProxy } from './helpers/registry-proxy.ts';
 
 const sha = (b: Buffer) => `sha256:${crypto.createHash('sha256').update(b).digest('hex')}`;
 const work = tmpDir('registry-client');
-const quick: RegistryClientOptions = { plainHttp: true, dockerConfig: false, retryBaseDelayMs: 10, retryMaxDelayMs: 50 };
+const quick: RegistryClientOptions = { plainHttp: true, dockerConfig: false, proxyFromEnvironment: false, retryBaseDelayMs: 10, retryMaxDelayMs: 50 };
 const clients: RegistryClient[] = [];
 function client(opts: RegistryClientOptions = {}): RegistryClient {
   const c = new RegistryClient({ ...quick, ...opts });
@@ -489,6 +489,34 @@ describe('faults between client and registry', () => {
     assert.equal(pushed.digest, sha(data));
     assert.ok((await c.getBlob(`${reg.host}/faults/patch`, sha(data))).equals(data));
     assert.ok(proxy.seen.some((r) => r.method === 'GET' && r.url.includes('/blobs/uploads/')), 'upload status was asked');
+  });
+
+  test('HTTP_PROXY from the environment is used, NO_PROXY hosts bypass it', async () => {
+    const data = prand(2000, 58);
+    await client().pushBlob(`${reg.host}/faults/proxied`, data);
+    const via = client({ proxyFromEnvironment: true, env: { HTTP_PROXY: proxy.url } });
+    const start = proxy.seen.length;
+    assert.ok((await via.getBlob(`${reg.host}/faults/proxied`, sha(data))).equals(data));
+    assert.ok(proxy.seen.slice(start).some((r) => r.url === `http://${reg.host}/v2/faults/proxied/blobs/${sha(data)}`), 'absolute-form request through the proxy');
+    const bypass = client({ proxyFromEnvironment: true, env: { HTTP_PROXY: proxy.url, NO_PROXY: '127.0.0.1' } });
+    const before = proxy.seen.length;
+    assert.ok((await bypass.getBlob(`${reg.host}/faults/proxied`, sha(data))).equals(data));
+    assert.equal(proxy.seen.length, before);
+  });
+
+  test('destroy aborts a request in flight', async () => {
+    const c = client();
+    const ref = `${proxy.host}/faults/abort:v1`;
+    await pushImage(c, ref, [prand(100, 59)]);
+    proxy.inject({ match: isGet('/faults/abort/manifests/v1'), fault: { kind: 'stall' } });
+    const pending = c.getManifest(ref).catch((e) => e);
+    await new Promise((r) => setTimeout(r, 100));
+    const t0 = Date.now();
+    await c.destroy();
+    const failed = await pending;
+    assert.ok(failed instanceof RegistryError, String(failed));
+    assert.match(failed.message, /aborted: the client was destroyed/);
+    assert.ok(Date.now() - t0 < 2000, 'at once, not after a timeout');
   });
 
   test('insecure falls back to http for a registry without TLS; without it the TLS failure is an error', async () => {

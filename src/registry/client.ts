@@ -22,8 +22,6 @@ export interface RegistryClientOptions extends TransportOptions {
   credentials?: Credentials | ((registry: string) => Credentials | undefined);
   /** Read docker's config.json when no explicit credentials apply (default true). */
   dockerConfig?: boolean;
-  /** Environment for `DOCKER_CONFIG` / `HOME` (default process.env). */
-  env?: NodeJS.ProcessEnv;
   /** PATCH size of chunked uploads (default 8 MiB). */
   uploadChunkSize?: number;
   /** Largest manifest accepted, bytes (default 4 MiB, as distribution's limit). */
@@ -164,8 +162,14 @@ export class RegistryClient {
     return this.authorizers.get(registry)?.tokenRequests ?? 0;
   }
 
+  /** Closes the connections once requests in flight are done. */
   async close(): Promise<void> {
     await this.transport.close();
+  }
+
+  /** Aborts every request in flight (a failed conversion stops its other layers) and closes. */
+  async destroy(): Promise<void> {
+    await this.transport.destroy();
   }
 
   // ---- requests with authorization ----

@@ -5,7 +5,7 @@
  * nydusify: `plainHttp` always speaks http; `insecure` skips TLS verification and falls back to http
  * for a host that answers a TLS handshake like a plain HTTP server (or refuses the connection).
  */
-import { Agent, request, type Dispatcher } from 'undici';
+import { Agent, EnvHttpProxyAgent, request, type Dispatcher } from 'undici';
 import type { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { RegistryError } from './errors.ts';
@@ -29,6 +29,13 @@ export interface TransportOptions {
   /** Connections per origin (default 16). */
   connections?: number;
   userAgent?: string;
+  /**
+   * Go through the proxy named by HTTP_PROXY / HTTPS_PROXY (and not for NO_PROXY hosts), as nydusify
+   * does (default true; only when such a variable is set).
+   */
+  proxyFromEnvironment?: boolean;
+  /** Environment read for proxies, `DOCKER_CONFIG` and `HOME` (default process.env). */
+  env?: NodeJS.ProcessEnv;
   /** Use this dispatcher instead of the client's own Agent (the caller then owns and closes it). */
   dispatcher?: Dispatcher;
 }
@@ -106,6 +113,8 @@ export class Transport {
   private readonly ownsDispatcher: boolean;
   /** Hosts found to speak plain http under `insecure`. */
   private readonly httpHosts = new Set<string>();
+  /** Aborted by destroy(): requests in flight and backoff waits end at once. */
+  private readonly aborter = new AbortController();
   readonly retries: number;
   /** Retries made so far (metrics, tests). */
   retryCount = 0;
@@ -116,13 +125,27 @@ export class Transport {
       this.dispatcher = opts.dispatcher;
       this.ownsDispatcher = false;
     } else {
-      this.dispatcher = new Agent({
+      const agentOptions = {
         connect: { timeout: opts.connectTimeoutMs ?? 30_000, rejectUnauthorized: !opts.insecure },
         headersTimeout: opts.headersTimeoutMs ?? 60_000,
         bodyTimeout: opts.bodyTimeoutMs ?? 60_000,
         keepAliveTimeout: 30_000,
         connections: opts.connections ?? 16,
-      });
+      };
+      const env = opts.env ?? process.env;
+      const httpProxy = env.HTTP_PROXY ?? env.http_proxy;
+      const httpsProxy = env.HTTPS_PROXY ?? env.https_proxy;
+      this.dispatcher = opts.proxyFromEnvironment !== false && (httpProxy || httpsProxy)
+        ? new EnvHttpProxyAgent({
+          ...agentOptions,
+          httpProxy,
+          httpsProxy,
+          noProxy: env.NO_PROXY ?? env.no_proxy ?? '',
+          // As Go's transport: http URLs in absolute form through the proxy, https through CONNECT.
+          proxyTunnel: false,
+          requestTls: { rejectUnauthorized: !opts.insecure },
+        })
+        : new Agent(agentOptions);
       this.ownsDispatcher = true;
     }
   }
@@ -149,7 +172,7 @@ export class Transport {
   /** Waits the backoff for retry number `attempt` (0-based); exposed for callers that resume streams. */
   async pause(attempt: number): Promise<void> {
     this.retryCount++;
-    await sleep(this.backoff(attempt));
+    await sleep(this.backoff(attempt), undefined, { signal: this.aborter.signal });
   }
 
   /**
@@ -168,8 +191,11 @@ export class Transport {
       let res: Dispatcher.ResponseData;
       try {
         const body = typeof req.body === 'function' ? req.body() : req.body;
-        res = await request(url, { dispatcher: this.dispatcher, method, headers, body: method === 'GET' || method === 'HEAD' ? undefined : body });
+        res = await request(url, { dispatcher: this.dispatcher, method, headers, body: method === 'GET' || method === 'HEAD' ? undefined : body, signal: this.aborter.signal });
       } catch (e) {
+        if (this.aborter.signal.aborted) {
+          throw new RegistryError({ reference: req.reference, method, path: url.pathname + url.search, detail: 'aborted: the client was destroyed', cause: e });
+        }
         if (this.opts.insecure && !this.opts.plainHttp && url.protocol === 'https:' && url.host === host && isPlainHttpAnswer(e)) {
           // As nydusify: an insecure registry that does not speak TLS is asked again over http.
           this.httpHosts.add(host);
@@ -187,7 +213,7 @@ export class Transport {
       if (RETRY_STATUS(res.statusCode) && attempt < retries) {
         await res.body.dump();
         this.retryCount++;
-        await sleep(this.backoff(attempt++, res.statusCode === 429 ? header(res.headers, 'retry-after') : undefined));
+        await sleep(this.backoff(attempt++, res.statusCode === 429 ? header(res.headers, 'retry-after') : undefined), undefined, { signal: this.aborter.signal });
         continue;
       }
       if (req.followRedirects && REDIRECT_STATUS.has(res.statusCode)) {
@@ -210,8 +236,20 @@ export class Transport {
     }
   }
 
+  private closed = false;
+
   async close(): Promise<void> {
-    if (this.ownsDispatcher) await this.dispatcher.close();
+    if (!this.ownsDispatcher || this.closed) return;
+    this.closed = true;
+    await this.dispatcher.close();
+  }
+
+  /** Aborts requests in flight (their callers get errors) and closes the connections. */
+  async destroy(): Promise<void> {
+    this.aborter.abort();
+    if (!this.ownsDispatcher || this.closed) return;
+    this.closed = true;
+    await this.dispatcher.destroy();
   }
 }
 
