@@ -13,7 +13,7 @@ import { Readable } from 'node:stream';
 import { execFileSync } from 'node:child_process';
 import {
   RegistryClient, RegistryError, DigestMismatchError, InvalidReferenceError, MediaType,
-  parseReference, formatReference, parsePlatform, selectPlatforms, dockerConfigCredentials,
+  parseReference, formatReference, parsePlatform, selectPlatforms, dockerConfigCredentials, credentialsFromAuth,
   type Descriptor, type ImageIndex, type ImageManifest, type RegistryClientOptions,
 } from '../src/registry/index.ts';
 import { prand, tmpDir } from './helpers/fixtures.ts';
@@ -47,8 +47,9 @@ async function pushImage(c: RegistryClient, ref: string, layers: Buffer[], platf
     config: { mediaType: MediaType.ociConfig, digest: sha(config), size: config.length },
     layers: layers.map((l) => ({ mediaType: MediaType.ociLayer, digest: sha(l), size: l.length })),
   };
-  const digest = await c.putManifest(ref, manifest);
-  return { manifest, digest, config };
+  const { digest, size, mediaType } = await c.putManifest(ref, manifest);
+  assert.equal(mediaType, MediaType.ociManifest);
+  return { manifest, digest, size, config };
 }
 
 let reg: RegistryServer;
@@ -99,6 +100,8 @@ describe('references, platforms, credentials', () => {
     assert.deepEqual(dockerConfigCredentials('docker.io', env), { username: 'alice', password: 's3:cret' });
     assert.equal(dockerConfigCredentials('127.0.0.1:5001', env), undefined);
     assert.equal(dockerConfigCredentials('x', { DOCKER_CONFIG: path.join(work, 'none') }), undefined);
+    assert.deepEqual(credentialsFromAuth(auth), { username: 'alice', password: 's3:cret' });
+    assert.throws(() => credentialsFromAuth(Buffer.from('nocolon').toString('base64'), 'backend.registry.auth'), /backend\.registry\.auth is not base64 of user:password/);
     fs.writeFileSync(path.join(dir, 'config.json'), '{');
     assert.throws(() => dockerConfigCredentials('x', env), /config\.json: not valid JSON/);
   });
@@ -147,10 +150,11 @@ describe('round trips on an anonymous registry', () => {
       config: { mediaType: MediaType.dockerConfig, size: config.length, digest: sha(config) },
       layers: [{ mediaType: MediaType.dockerLayerGzip, size: layer.length, digest: sha(layer) }],
     }, null, 3));
-    const digest = await c.putManifest(ref, bytes);
-    assert.equal(digest, sha(bytes));
+    const put = await c.putManifest(ref, bytes);
+    assert.deepEqual(put, { mediaType: MediaType.dockerManifest, digest: sha(bytes), size: bytes.length });
     const got = await c.getManifest(ref);
     assert.equal(got.mediaType, MediaType.dockerManifest);
+    assert.equal(got.digest, put.digest);
     assert.ok(got.bytes.equals(bytes), 'the exact bytes come back');
   });
 
@@ -282,14 +286,13 @@ describe('images made by other tools', () => {
     const repo = `${reg.host}/multi/arch`;
     const amd = await pushImage(c, `${repo}:amd64`, [prand(1000, 31)], { os: 'linux', architecture: 'amd64' });
     const arm = await pushImage(c, `${repo}:arm64`, [prand(1000, 32)], { os: 'linux', architecture: 'arm64' });
-    const size = async (tagged: string) => (await c.headManifest(tagged))!.size!;
     for (const [kind, mediaType, childType] of [['oci', MediaType.ociIndex, MediaType.ociManifest], ['docker', MediaType.dockerManifestList, MediaType.ociManifest]]) {
       const index: ImageIndex = {
         schemaVersion: 2,
         mediaType,
         manifests: [
-          { mediaType: childType, digest: amd.digest, size: await size(`${repo}:amd64`), platform: { os: 'linux', architecture: 'amd64' } },
-          { mediaType: childType, digest: arm.digest, size: await size(`${repo}:arm64`), platform: { os: 'linux', architecture: 'arm64', variant: 'v8' } },
+          { mediaType: childType, digest: amd.digest, size: amd.size, platform: { os: 'linux', architecture: 'amd64' } },
+          { mediaType: childType, digest: arm.digest, size: arm.size, platform: { os: 'linux', architecture: 'arm64', variant: 'v8' } },
         ],
       };
       await c.putManifest(`${repo}:${kind}`, index);

@@ -273,9 +273,10 @@ export class RegistryClient {
 
   /**
    * PUTs a manifest at the reference's tag (or digest). `manifest` is the exact bytes, or an object
-   * serialized here. Returns the digest; a registry that reports another one is an error.
+   * serialized here. Returns its descriptor (for an index entry); a registry that reports another
+   * digest is an error.
    */
-  async putManifest(refLike: RefLike, manifest: Buffer | ImageManifest | ImageIndex, mediaType?: string): Promise<string> {
+  async putManifest(refLike: RefLike, manifest: Buffer | ImageManifest | ImageIndex, mediaType?: string): Promise<Descriptor> {
     const ref = toRef(refLike);
     const bytes = Buffer.isBuffer(manifest) ? manifest : Buffer.from(JSON.stringify(manifest));
     const path = `/v2/${ref.repository}/manifests/${manifestTarget(ref)}`;
@@ -296,7 +297,7 @@ export class RegistryClient {
     await res.body.dump();
     const served = header(res.headers, 'docker-content-digest');
     if (served && served !== digest) throw new DigestMismatchError(where, digest, served);
-    return digest;
+    return { mediaType: type, digest, size: bytes.length };
   }
 
   /**

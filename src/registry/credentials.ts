@@ -33,13 +33,19 @@ function keysFor(registry: string): string[] {
   return keys;
 }
 
+/**
+ * Decodes a docker `auth` string (base64 of `user:password`), the form nydusd's registry backend
+ * config and nydusify's `DefaultRemoteWithAuth` take too. `where` names its origin in errors.
+ */
+export function credentialsFromAuth(auth: string, where = 'auth'): Credentials {
+  const decoded = Buffer.from(auth.trim(), 'base64').toString('utf8');
+  const colon = decoded.indexOf(':');
+  if (colon < 0) throw new NydusError(`${where} is not base64 of user:password`, EINVAL);
+  return { username: decoded.slice(0, colon), password: decoded.slice(colon + 1) };
+}
+
 function decodeEntry(file: string, key: string, entry: DockerAuthEntry): Credentials | undefined {
-  if (entry.auth) {
-    const decoded = Buffer.from(entry.auth, 'base64').toString('utf8');
-    const colon = decoded.indexOf(':');
-    if (colon < 0) throw new NydusError(`${file}: auths["${key}"].auth is not base64 of user:password`, EINVAL);
-    return { username: decoded.slice(0, colon), password: decoded.slice(colon + 1) };
-  }
+  if (entry.auth) return credentialsFromAuth(entry.auth, `${file}: auths["${key}"].auth`);
   if (entry.username !== undefined && entry.password !== undefined) return { username: entry.username, password: entry.password };
   return undefined;
 }

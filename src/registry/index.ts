@@ -9,5 +9,5 @@ export { parseReference, formatReference, withDigest, withTag, isDigest, type Im
 export { parsePlatform, formatPlatform, defaultPlatform, platformMatches, selectPlatforms } from './platform.ts';
 export { MediaType, MANIFEST_ACCEPT, isIndexType, isImageManifestType } from './media-types.ts';
 export type { Descriptor, ImageManifest, ImageIndex, Platform } from './media-types.ts';
-export { dockerConfigCredentials, dockerConfigPath, type Credentials } from './credentials.ts';
+export { dockerConfigCredentials, dockerConfigPath, credentialsFromAuth, type Credentials } from './credentials.ts';
 export { RegistryError, DigestMismatchError, InvalidReferenceError } from './errors.ts';
