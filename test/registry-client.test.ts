@@ -100,6 +100,10 @@ describe('references, platforms, credentials', () => {
     assert.deepEqual(dockerConfigCredentials('docker.io', env), { username: 'alice', password: 's3:cret' });
     assert.equal(dockerConfigCredentials('127.0.0.1:5001', env), undefined);
     assert.equal(dockerConfigCredentials('x', { DOCKER_CONFIG: path.join(work, 'none') }), undefined);
+    const home = path.join(work, 'home');
+    fs.mkdirSync(path.join(home, '.docker'), { recursive: true });
+    fs.copyFileSync(path.join(dir, 'config.json'), path.join(home, '.docker', 'config.json'));
+    assert.deepEqual(dockerConfigCredentials('127.0.0.1:5000', { HOME: home }), { username: 'alice', password: 's3:cret' }, '~/.docker/config.json without DOCKER_CONFIG');
     assert.deepEqual(credentialsFromAuth(auth), { username: 'alice', password: 's3:cret' });
     assert.throws(() => credentialsFromAuth(Buffer.from('nocolon').toString('base64'), 'backend.registry.auth'), /backend\.registry\.auth is not base64 of user:password/);
     fs.writeFileSync(path.join(dir, 'config.json'), '{');

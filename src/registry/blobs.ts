@@ -28,7 +28,11 @@ export async function headBlob(s: RegistrySession, refLike: RefLike, digest: str
   await res.body.dump();
   if (res.status === 404) return undefined;
   await s.expect(ref, 'HEAD', res, 200);
-  return { size: Number(header(res.headers, 'content-length') ?? NaN) };
+  const size = Number(header(res.headers, 'content-length') ?? NaN);
+  if (!Number.isSafeInteger(size) || size < 0) {
+    throw new RegistryError({ reference: formatReference(ref), method: 'HEAD', path: res.url.pathname, status: 200, detail: 'no valid Content-Length' });
+  }
+  return { size };
 }
 
 /**
