@@ -371,8 +371,11 @@ describe('authorization', () => {
       // Anonymous pulls work, anonymous pushes are refused with the status.
       const anon = client();
       assert.equal((await anon.getManifest(ref)).digest, digest);
+      const tokensBefore = auth.tokenRequests;
       const push = await anon.pushBlob(`${auth.host}/bearer/anon`, Buffer.from('x')).catch((e) => e);
       assert.ok(push instanceof RegistryError && push.status === 401, String(push));
+      // HEAD (pull is enough) fetched the push-scope token; POST was refused with it, fetched once more, and gave up.
+      assert.equal(auth.tokenRequests - tokensBefore, 2, 'a token that is refused again is not fetched in a loop');
       const bad = await client({ credentials: { username: 'alice', password: 'nope' } }).getManifest(ref).catch((e) => e);
       assert.match(String(bad), /token from http:\/\/127\.0\.0\.1:\d+\/token: HTTP 401, credentials refused/);
     } finally {
