@@ -5,8 +5,9 @@ implementation of its side of the protocol, for tests.
 It listens on a unix socket; the daemon connects. On `recv` (the snapshotter's FetchDaemonStates,
 around PUT /api/v1/daemon/fuse/sendfd) it reads state bytes until EOF and keeps the fd that came with
 them (SCM_RIGHTS). On `send` (SendStatesTimeout, around PUT /api/v1/daemon/fuse/takeover) it sends the
-kept bytes with the fd attached and closes. Commands come one per line on stdin; each answer is one
-line on stdout: `received <bytes> <fd inode>`, `sent <bytes>`, or `error <what>`.
+kept bytes with the fd attached and closes. Commands come one per line on stdin; each is answered on
+stdout by `listening` once the socket accepts connections, then one line: `received <bytes> <fd
+inode>`, `sent <bytes>`, or `error <what>`.
 
     supervisor.py <socket path>
 """
@@ -25,6 +26,7 @@ def listen(path):
     s.bind(path)
     s.listen(1)
     s.settimeout(60)
+    print("listening", flush=True)
     return s
 
 

@@ -3,7 +3,6 @@
  * supervisor (it keeps a daemon's state bytes and fd): `recv` waits for a daemon's sendfd, `send`
  * hands them to a daemon's takeover. Each command answers one line.
  */
-import fs from 'node:fs';
 import path from 'node:path';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
@@ -32,12 +31,11 @@ export class TestSupervisor {
     });
   }
 
-  /** Starts listening for `cmd` ('recv' or 'send'); resolves once the socket is there. */
+  /** Starts listening for `cmd` ('recv' or 'send'); resolves once the socket accepts connections. */
   async listen(cmd: 'recv' | 'send'): Promise<void> {
-    fs.rmSync(this.socketPath, { force: true });
     this.proc.stdin!.write(`${cmd}\n`);
-    for (let i = 0; i < 250 && !fs.existsSync(this.socketPath); i++) await new Promise((r) => setTimeout(r, 20));
-    if (!fs.existsSync(this.socketPath)) throw new Error(`supervisor did not listen on ${this.socketPath}`);
+    const line = await this.answer();
+    if (line !== 'listening') throw new Error(`supervisor did not listen on ${this.socketPath}: ${line}`);
   }
 
   /** The answer to the last command: `received <bytes> <fd inode>`, `sent <bytes>` or `error ...`. */
