@@ -1,6 +1,7 @@
 /** `nydus-image create`: source -> tree -> chunker -> layout -> writer, top to bottom. */
 import fs from 'node:fs';
 import path from 'node:path';
+import type { Readable } from 'node:stream';
 import { NydusError } from '../../erofs/errors.ts';
 import { BLOB_CHUNK_MAX_SIZE } from '../../erofs/blobmeta.ts';
 import { RAFS_COMPRESS_NONE } from '../../erofs/rafs.ts';
@@ -138,12 +139,17 @@ export function createImage(opts: CreateOptions): CreateResult {
  */
 export async function createImageFromTar(opts: CreateOptions): Promise<CreateResult> {
   const build = new ImageBuild(opts);
+  let stream: Readable | undefined;
   try {
-    const { stream, name } = openLayerSource(opts.source);
-    const tree = await treeFromTar(tarBytes(stream, name), name, build.chunker);
+    const layer = openLayerSource(opts.source);
+    stream = layer.stream;
+    const tree = await treeFromTar(tarBytes(stream, layer.name), layer.name, build.chunker);
     return build.finish(tree);
   } catch (e) {
     build.abort();
     throw e;
+  } finally {
+    // A failed build stops reading; a file's descriptor is closed either way.
+    if (stream !== process.stdin) stream?.destroy();
   }
 }

@@ -10,9 +10,10 @@ import { NydusError } from '../../erofs/errors.ts';
 
 const READ_CHUNK = 1 << 20;
 
-/** Opens `source` (a path, or `-` for stdin) as a byte stream; `name` is what messages call it. */
+/** Opens `source` (a path, or `-` or /dev/stdin for stdin) as a byte stream; `name` is what messages call it. */
 export function openLayerSource(source: string): { stream: Readable; name: string } {
-  if (source === '-') return { stream: process.stdin, name: 'from stdin' };
+  // process.stdin, not open(/dev/stdin): that fails when stdin is a socket, as a parent's pipe may be.
+  if (source === '-' || source === '/dev/stdin') return { stream: process.stdin, name: 'from stdin' };
   let st: fs.Stats;
   try {
     st = fs.statSync(source);

@@ -174,7 +174,8 @@ export class TarReader {
         this.finished = true;
         return null;
       }
-      if (!checksumOk(h, this.num(h, 148, 8, 'checksum', at))) throw this.fail(`bad tar header checksum at byte ${at} (not a tar, or corrupt)`);
+      const stored = cstring(h, 148, 8).toString('latin1').trim();
+      if (!/^[0-7]+$/.test(stored) || !checksumOk(h, parseInt(stored, 8))) throw this.fail(`bad tar header checksum at byte ${at} (not a tar, or corrupt)`);
       const typeflag = String.fromCharCode(h[156] || 0x30);
       const size = this.num(h, 124, 12, 'size', at);
       switch (typeflag) {

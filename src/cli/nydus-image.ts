@@ -7,6 +7,7 @@ import { checkImage } from '../image/check.ts';
 import { inspectImage } from '../image/inspect.ts';
 import { exportBlock } from '../image/export-block.ts';
 import { unpackToTar } from '../image/unpack.ts';
+import { hideBin } from 'yargs/helpers';
 import { cliParser, parseSize, runMain } from './main.ts';
 
 function writeJson(file: string | undefined, value: unknown): void {
@@ -26,7 +27,8 @@ function oneOf<T extends string>(v: string, allowed: readonly T[], what: string)
 }
 
 await runMain('nydus-image', async () => {
-  await cliParser('nydus-image')
+  // yargs reads a lone '-' as an option: pass stdin by its device name.
+  await cliParser('nydus-image', hideBin(process.argv).map((arg) => (arg === '-' ? '/dev/stdin' : arg)))
     .demandCommand(1, 'a subcommand is needed')
     .option('log-level', { alias: 'l', type: 'string', default: 'info', choices: ['trace', 'debug', 'info', 'warn', 'error'], global: true })
     .option('log-file', { alias: 'L', type: 'string', global: true, describe: 'accepted for compatibility; messages go to stderr' })
