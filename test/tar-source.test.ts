@@ -24,24 +24,30 @@ function fresh(name: string): string {
 }
 
 /** Entries Python's tarfile writes as given (GNU tar refuses or rewrites some of them). */
-interface PyEntry { name: string; type?: 'file' | 'dir' | 'symlink' | 'link'; data?: string; linkname?: string; mode?: number; mtime?: number }
-function pyTar(entries: PyEntry[], format = 'PAX_FORMAT'): string {
+interface PyEntry {
+  name: string; type?: 'file' | 'dir' | 'symlink' | 'link'; data?: string; linkname?: string; mode?: number; mtime?: number;
+  uid?: number; pax?: Record<string, string>;
+}
+/** `globals`: records of a pax global header at the start. */
+function pyTar(entries: PyEntry[], globals: Record<string, string> = {}): string {
   const file = `${fresh('py')}.tar`;
   execFileSync('python3', ['-c', `
 import io, json, sys, tarfile
-out, entries, fmt = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+out, entries, globals_ = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
 types = {'file': tarfile.REGTYPE, 'dir': tarfile.DIRTYPE, 'symlink': tarfile.SYMTYPE, 'link': tarfile.LNKTYPE}
-with tarfile.open(out, 'w', format=getattr(tarfile, fmt)) as t:
+with tarfile.open(out, 'w', format=tarfile.PAX_FORMAT, pax_headers=globals_) as t:
     for e in entries:
         i = tarfile.TarInfo(e['name'])
         i.type = types[e.get('type', 'file')]
         i.mode = e.get('mode', 0o755 if i.type == tarfile.DIRTYPE else 0o644)
         i.mtime = e.get('mtime', 1600000000)
         i.linkname = e.get('linkname', '')
+        i.uid = e.get('uid', 0)
+        i.pax_headers = e.get('pax', {})
         data = e.get('data', '').encode()
         i.size = len(data) if i.type == tarfile.REGTYPE else 0
         t.addfile(i, io.BytesIO(data) if i.size else None)
-`, file, JSON.stringify(entries), format]);
+`, file, JSON.stringify(entries), JSON.stringify(globals)]);
   return file;
 }
 
@@ -140,6 +146,25 @@ test('missing parents are created as nydus does; a leading / is dropped; . and /
   assert.equal(t.get('/a/b/c')?.size, 4);
   assert.equal(t.get('/abs/file')?.size, 12);
   assert.equal(t.get('/x/y/z')?.size, 8);
+});
+
+test('pax global headers apply to every later entry unless a local record says otherwise, as GNU tar extracts them', () => {
+  const tarFile = pyTar([
+    { name: 'f', data: 'global ids', uid: 1 },
+    { name: 'e', data: 'local uid', uid: 5, pax: { uid: '77', mtime: '1700000000.000000001' } },
+  ], { uid: '4242', gid: '4343', comment: 'made by git archive, say' });
+  const out = fresh('global-x');
+  fs.mkdirSync(out);
+  execFileSync('tar', ['--numeric-owner', '-xpf', tarFile, '-C', out]);
+  const b = create(tarFile, ['-t', 'tar-rafs']);
+  assert.equal(b.status, 0, b.stderr);
+  const t = treeOf(b.boot);
+  for (const name of ['f', 'e']) {
+    const st = fs.lstatSync(path.join(out, name), { bigint: true });
+    const n = t.get(`/${name}`)!;
+    assert.deepEqual([n.uid, n.gid, BigInt(n.mtimeSec) * 1_000_000_000n + BigInt(n.mtimeNsec)], [Number(st.uid), Number(st.gid), st.mtimeNs], name);
+  }
+  assert.equal(t.get('/e')!.uid, 77);
 });
 
 test('hardlinks share the inode of the entry they name; a later entry replaces the name, not the inode', () => {

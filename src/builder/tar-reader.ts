@@ -6,6 +6,7 @@
  */
 import { NydusError } from '../../erofs/errors.ts';
 import { ByteReader } from './byte-reader.ts';
+import type { TreeNode } from './tree.ts';
 
 const BLOCK = 512;
 /** Bound on the metadata a single pax or GNU long-name record may hold in memory. */
@@ -13,24 +14,19 @@ const MAX_META_RECORD = 16 << 20;
 
 export type TarEntryType = 'file' | 'hardlink' | 'symlink' | 'chrdev' | 'blkdev' | 'dir' | 'fifo';
 
-export interface TarEntry {
+/** An entry's metadata; owner, times and xattrs (SCHILY.xattr.* or LIBARCHIVE.xattr.* records) as a tree node has them. */
+export interface TarEntry extends Pick<TreeNode, 'uid' | 'gid' | 'mtimeSec' | 'mtimeNsec' | 'xattrs'> {
   /** Path bytes as the archive has them (long name, pax path and sparse name applied). */
   path: Buffer;
   type: TarEntryType;
   /** Permission bits (07777). */
   mode: number;
-  uid: number;
-  gid: number;
-  mtimeSec: number;
-  mtimeNsec: number;
   /** Files: size of the content, holes of a sparse file included. */
   size: number;
   /** Symlink target or hardlink target path. */
   linkname: Buffer;
   devmajor: number;
   devminor: number;
-  /** From SCHILY.xattr.* (or LIBARCHIVE.xattr.*) records, name as latin1 (raw bytes), value as bytes. */
-  xattrs: Map<string, Buffer>;
   /** Offset of the entry's (first) header in the uncompressed stream. */
   offset: number;
 }
