@@ -191,6 +191,9 @@ test('entries with .., through a symlink, or hardlinks to nothing are refused na
   assertRefused(pyTar([{ name: 'h', type: 'link', linkname: 'nowhere' }]), /entry "h": hardlink target "nowhere" is not an earlier entry of the layer/);
   assertRefused(pyTar([{ name: 'd', type: 'dir' }, { name: 'h', type: 'link', linkname: 'd' }]), /entry "h": hardlink target \/d is a directory/);
   assertRefused(pyTar([{ name: 'f', data: 'x' }, { name: 'h', type: 'link', linkname: '../f' }]), /entry "h": path "\.\.\/f" has a '\.\.' component/);
+  assertRefused(pyTar([{ name: `d/${'n'.repeat(256)}`, data: 'x' }]), /entry "d\/n+": a name is longer than 255 bytes/);
+  assertRefused(pyTar([{ name: '.', data: 'x' }]), /entry "\.": the layer's root must be a directory, not a file/);
+  assertRefused(work, /layer .* is a directory, not a tar file/);
 });
 
 function gnuTarOf(files: Record<string, Buffer>): string {

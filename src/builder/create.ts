@@ -135,13 +135,14 @@ export function createImage(opts: CreateOptions): CreateResult {
 
 /**
  * Builds from a layer tar (`-t tar-rafs` / `targz-rafs`): `opts.source` is a file or `-` for stdin,
- * plain or gzip. The stream is read once; file data goes to the blob as it passes.
+ * plain or gzip, or `input` a stream already open (a registry download) and the name errors give it.
+ * The stream is read once; file data goes to the blob as it passes.
  */
-export async function createImageFromTar(opts: CreateOptions): Promise<CreateResult> {
+export async function createImageFromTar(opts: CreateOptions, input?: { stream: Readable; name: string }): Promise<CreateResult> {
   const build = new ImageBuild(opts);
   let stream: Readable | undefined;
   try {
-    const layer = openLayerSource(opts.source);
+    const layer = input ?? openLayerSource(opts.source);
     stream = layer.stream;
     const tree = await treeFromTar(tarBytes(stream, layer.name), layer.name, build.chunker);
     return build.finish(tree);
