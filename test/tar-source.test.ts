@@ -231,8 +231,9 @@ test('a tar that ends early, a corrupt or truncated gzip, and bytes that are no 
   const truncatedGz = `${fresh('short')}.tar.gz`;
   fs.writeFileSync(truncatedGz, gz.subarray(0, gz.length - 100));
   assertRefused(truncatedGz, /corrupt gzip data: unexpected end of file|tar ends early/, ['-t', 'targz-rafs']);
-  // The same from stdin.
+  // The same from stdin, by the names callers give it.
   assertRefused('-', /layer from stdin: corrupt gzip data/, ['-t', 'targz-rafs'], corrupt);
+  assertRefused('/proc/self/fd/0', /layer from stdin: corrupt gzip data/, ['-t', 'targz-rafs'], corrupt);
 
   const noise = `${fresh('noise')}.tar`;
   fs.writeFileSync(noise, prand(4096, 3));

@@ -10,10 +10,13 @@ import { NydusError } from '../../erofs/errors.ts';
 
 const READ_CHUNK = 1 << 20;
 
-/** Opens `source` (a path, or `-` or /dev/stdin for stdin) as a byte stream; `name` is what messages call it. */
+/** Names of stdin: `-`, and the paths nydus's callers pass (nydus-snapshotter uses /proc/self/fd/0). */
+const STDIN_NAMES = new Set(['-', '/dev/stdin', '/dev/fd/0', '/proc/self/fd/0']);
+
+/** Opens `source` (a path, or stdin by one of its names) as a byte stream; `name` is what messages call it. */
 export function openLayerSource(source: string): { stream: Readable; name: string } {
   // process.stdin, not open(/dev/stdin): that fails when stdin is a socket, as a parent's pipe may be.
-  if (source === '-' || source === '/dev/stdin') return { stream: process.stdin, name: 'from stdin' };
+  if (STDIN_NAMES.has(source)) return { stream: process.stdin, name: 'from stdin' };
   let st: fs.Stats;
   try {
     st = fs.statSync(source);
