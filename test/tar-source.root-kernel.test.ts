@@ -80,6 +80,20 @@ function assertImageEqualsExtraction(name: string, tarFile: string, type: string
   }
 }
 
+/** Typeflags of every header block of a tar (data blocks may match by chance: enough to show a form is there). */
+function typeflags(tarFile: string): Set<string> {
+  const b = fs.readFileSync(tarFile);
+  const out = new Set<string>();
+  for (let off = 0; off + 512 <= b.length; off += 512) if (b.toString('latin1', off + 257, off + 262) === 'ustar') out.add(String.fromCharCode(b[off + 156]));
+  return out;
+}
+
+/** The tar holds `what` (so the test exercises the form it is named after). */
+function assertTarHolds(tarFile: string, what: { typeflag?: string; text?: string }): void {
+  if (what.typeflag) assert.ok(typeflags(tarFile).has(what.typeflag), `${tarFile} has a '${what.typeflag}' header`);
+  if (what.text) assert.ok(fs.readFileSync(tarFile).includes(what.text), `${tarFile} holds ${what.text}`);
+}
+
 function gnuTar(name: string, args: string[], dir = src): string {
   const file = path.join(work, `${name}.tar`);
   sh('tar', [...args, '--numeric-owner', '-C', dir, '-cf', file, '.']);
@@ -98,6 +112,7 @@ after(() => {
 
 test('root-kernel: pax tar with binary xattrs, ns mtimes, long names and links, devices, fifos, hardlinks', () => {
   const tarFile = gnuTar('pax', ['--format=pax', '--xattrs', '--xattrs-include=*']);
+  assertTarHolds(tarFile, { text: 'SCHILY.xattr.security.capability=' });
   // The oracle does hold what this test is about.
   const out = path.join(work, 'check-pax');
   gnuExtract(tarFile, out);
@@ -108,11 +123,16 @@ test('root-kernel: pax tar with binary xattrs, ns mtimes, long names and links, 
 });
 
 test('root-kernel: GNU format tar (long names and links as L/K records, base-256 ids)', () => {
-  assertImageEqualsExtraction('gnu', gnuTar('gnu', ['--format=gnu']), 'tar-rafs');
+  const tarFile = gnuTar('gnu', ['--format=gnu']);
+  assertTarHolds(tarFile, { typeflag: 'L' });
+  assertTarHolds(tarFile, { typeflag: 'K' });
+  assertImageEqualsExtraction('gnu', tarFile, 'tar-rafs');
 });
 
 test('root-kernel: GNU format sparse entries (S) and pax sparse formats 0.0, 0.1 and 1.0', () => {
-  assertImageEqualsExtraction('gnu-sparse', gnuTar('gnu-sparse', ['--format=gnu', '--sparse']), 'tar-rafs');
+  const gnuSparse = gnuTar('gnu-sparse', ['--format=gnu', '--sparse']);
+  assertTarHolds(gnuSparse, { typeflag: 'S' });
+  assertImageEqualsExtraction('gnu-sparse', gnuSparse, 'tar-rafs');
   const dir = path.join(work, 'sparse-src');
   fs.mkdirSync(dir);
   fs.copyFileSync(path.join(src, 'sparse'), path.join(dir, 'sparse'));
@@ -120,9 +140,11 @@ test('root-kernel: GNU format sparse entries (S) and pax sparse formats 0.0, 0.1
   const fd = fs.openSync(path.join(dir, 'many-holes'), 'w');
   for (let i = 0; i < 40; i++) fs.writeSync(fd, prand(100, 20 + i), 0, 100, i * 65536);
   fs.closeSync(fd);
-  assertImageEqualsExtraction('gnu-many-holes', gnuTar('gnu-many-holes', ['--format=gnu', '--sparse'], dir), 'tar-rafs');
+  const manyHoles = gnuTar('gnu-many-holes', ['--format=gnu', '--sparse'], dir);
+  assertImageEqualsExtraction('gnu-many-holes', manyHoles, 'tar-rafs');
   for (const v of ['0.0', '0.1', '1.0']) {
     const tarFile = gnuTar(`pax-sparse-${v}`, ['--format=pax', `--sparse-version=${v}`], dir);
+    assertTarHolds(tarFile, { text: { '0.0': 'GNU.sparse.offset=', '0.1': 'GNU.sparse.map=', '1.0': 'GNU.sparse.major=1' }[v] });
     assertImageEqualsExtraction(`pax-sparse-${v.replace('.', '')}`, tarFile, 'tar-rafs', { compressor: 'none' });
   }
 });

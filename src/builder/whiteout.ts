@@ -8,26 +8,29 @@
  */
 import type { TreeNode } from './tree.ts';
 
-export type WhiteoutSpec = 'oci' | 'overlayfs' | 'none';
-export const WHITEOUT_SPECS: readonly WhiteoutSpec[] = ['oci', 'overlayfs', 'none'];
+export const WHITEOUT_SPECS = ['oci', 'overlayfs', 'none'] as const;
+export type WhiteoutSpec = (typeof WHITEOUT_SPECS)[number];
 
 export const OCI_WHITEOUT_PREFIX = '.wh.';
 export const OCI_WHITEOUT_OPAQUE = '.wh..wh..opq';
 export const OVERLAYFS_OPAQUE_XATTR = 'trusted.overlay.opaque';
 
-export type WhiteoutType = 'oci-removal' | 'oci-opaque' | 'overlayfs-removal' | 'overlayfs-opaque';
+export type Whiteout =
+  | { type: 'removal'; target: Buffer }
+  | { type: 'opaque-marker' }
+  | { type: 'opaque-dir' };
 
-/** How `node` acts on lower layers under `spec`, or undefined for an ordinary entry. */
-export function whiteoutType(node: TreeNode, spec: WhiteoutSpec): WhiteoutType | undefined {
+/** What `node` means to lower layers under `spec`, or null for an ordinary entry. */
+export function whiteoutOf(node: TreeNode, spec: WhiteoutSpec): Whiteout | null {
   if (spec === 'oci') {
     const name = node.name.toString('latin1');
-    if (name === OCI_WHITEOUT_OPAQUE) return 'oci-opaque';
-    if (name.startsWith(OCI_WHITEOUT_PREFIX)) return 'oci-removal';
+    if (name === OCI_WHITEOUT_OPAQUE) return { type: 'opaque-marker' };
+    if (name.startsWith(OCI_WHITEOUT_PREFIX)) return { type: 'removal', target: node.name.subarray(OCI_WHITEOUT_PREFIX.length) };
   } else if (spec === 'overlayfs') {
-    if (node.kind === 'chrdev' && node.rdev === 0) return 'overlayfs-removal';
-    if (node.kind === 'dir' && node.xattrs.get(OVERLAYFS_OPAQUE_XATTR)?.toString('latin1') === 'y') return 'overlayfs-opaque';
+    if (node.kind === 'chrdev' && node.rdev === 0) return { type: 'removal', target: node.name };
+    if (node.kind === 'dir' && node.xattrs.get(OVERLAYFS_OPAQUE_XATTR)?.toString('latin1') === 'y') return { type: 'opaque-dir' };
   }
-  return undefined;
+  return null;
 }
 
 /**
@@ -35,6 +38,6 @@ export function whiteoutType(node: TreeNode, spec: WhiteoutSpec): WhiteoutType |
  * an overlayfs opaque directory, which is an ordinary directory as well.
  */
 export function droppedFromLowestLayer(node: TreeNode, spec: WhiteoutSpec): boolean {
-  const t = whiteoutType(node, spec);
-  return t !== undefined && t !== 'overlayfs-opaque';
+  const w = whiteoutOf(node, spec);
+  return w !== null && w.type !== 'opaque-dir';
 }
