@@ -62,19 +62,26 @@ function build(name: string, type: string, source: string, opts: { stdin?: strin
 }
 
 /** Builds from the tar, exports, fscks, mounts and compares with GNU tar's extraction of the same tar. */
-function assertImageEqualsExtraction(name: string, tarFile: string, type: string, opts: { stdin?: boolean; compressor?: string; skipRootTimes?: boolean } = {}): void {
+/** Extracts with bsdtar (libarchive), which restores what it wrote itself. */
+function bsdExtract(tarFile: string, out: string): void {
+  fs.mkdirSync(out);
+  sh('bsdtar', ['--xattrs', '--numeric-owner', '-xpf', tarFile, '-C', out]);
+}
+
+function assertImageEqualsExtraction(name: string, tarFile: string, type: string,
+  opts: { stdin?: boolean; compressor?: string; skipRootTimes?: boolean; extract?: typeof gnuExtract } = {}): void {
   const img = build(name, type, opts.stdin ? '-' : tarFile, { stdin: opts.stdin ? tarFile : undefined, compressor: opts.compressor });
   const erofs = path.join(work, `${name}.erofs`);
   mustRun('nydus-image', ['export', '--block', '-B', img.boot, '-D', img.blobDir, '-O', erofs]);
   execFileSync('fsck.erofs', [erofs], { stdio: 'pipe' });
   const out = path.join(work, `${name}-extracted`);
-  gnuExtract(tarFile, out);
+  (opts.extract ?? gnuExtract)(tarFile, out);
   const mnt = path.join(work, 'mnt', name);
   mounts.push(mnt);
   loopMount(erofs, mnt);
   try {
     const diff = diffManifests(manifest(out, opts), manifest(mnt, opts));
-    assert.deepEqual(diff.slice(0, 20), [], `${name}: the mounted image differs from GNU tar's extraction`);
+    assert.deepEqual(diff.slice(0, 20), [], `${name}: the mounted image differs from the tar's extraction`);
   } finally {
     umount(mnt);
   }
@@ -207,4 +214,20 @@ test('root-kernel: entries repeated (last wins), directories after their content
   sh('tar', ['--format=pax', '--no-recursion', '-C', dir, '-rf', tarFile, 'k', 'g', 'g/inside']);
   // Extraction changes the root's mtime after setting it (the appended entries): compare the rest.
   assertImageEqualsExtraction('order', tarFile, 'tar-rafs', { skipRootTimes: true });
+});
+
+test('root-kernel: bsdtar (libarchive) pax tars, with SCHILY records and with LIBARCHIVE (base64) xattr records only', () => {
+  // libarchive writes both record kinds by default; with xattrheader=LIBARCHIVE only its base64 ones.
+  // Its own extraction is the oracle (GNU tar leaves the directory times of these tars unset; bsdtar
+  // leaves the root's).
+  assert.equal(spawnSync('bsdtar', ['--version']).status, 0, 'bsdtar is needed: apt-get install libarchive-tools');
+  const both = path.join(work, 'bsdtar.tar');
+  sh('bsdtar', ['--format=pax', '--xattrs', '-C', src, '-cf', both, '.']);
+  assertTarHolds(both, { text: 'LIBARCHIVE.xattr.security.capability=' });
+  assertTarHolds(both, { text: 'SCHILY.xattr.security.capability=' });
+  assertImageEqualsExtraction('bsdtar', both, 'tar-rafs', { extract: bsdExtract, skipRootTimes: true });
+  const libOnly = path.join(work, 'bsdtar-lib.tar');
+  sh('bsdtar', ['--format=pax', '--xattrs', '--options=pax:xattrheader=LIBARCHIVE', '-C', src, '-cf', libOnly, '.']);
+  assert.ok(!fs.readFileSync(libOnly).includes('SCHILY.xattr'), 'no SCHILY records');
+  assertImageEqualsExtraction('bsdtar-lib', libOnly, 'tar-rafs', { extract: bsdExtract, skipRootTimes: true });
 });
