@@ -27,8 +27,6 @@ export interface TarEntry extends Pick<TreeNode, 'uid' | 'gid' | 'mtimeSec' | 'm
   linkname: Buffer;
   devmajor: number;
   devminor: number;
-  /** Offset of the entry's (first) header in the uncompressed stream. */
-  offset: number;
 }
 
 interface Segment { offset: number; size: number }
@@ -157,10 +155,8 @@ export class TarReader {
     let local: PaxRecords | null = null;
     let longName: Buffer | null = null;
     let longLink: Buffer | null = null;
-    let first = -1;
     for (;;) {
       const at = this.bytes.position;
-      if (first < 0) first = at;
       const h = await this.bytes.read(BLOCK);
       if (!h) throw this.truncated(at === 0 ? 'before its first header' : 'without an end-of-archive marker');
       if (isZeroBlock(h)) {
@@ -189,7 +185,7 @@ export class TarReader {
         case 'V': await this.readRecordData(size, 'volume label'); continue;
         default: break;
       }
-      return this.entry(h, typeflag, size, first, local, longName, longLink);
+      return this.entry(h, typeflag, size, at, local, longName, longLink);
     }
   }
 
@@ -251,7 +247,7 @@ export class TarReader {
       linkname: Buffer.from(pax.get('linkpath') ?? longLink ?? cstring(h, 157, 100)),
       devmajor: type === 'chrdev' || type === 'blkdev' ? this.num(h, 329, 8, 'devmajor', at) : 0,
       devminor: type === 'chrdev' || type === 'blkdev' ? this.num(h, 337, 8, 'devminor', at) : 0,
-      xattrs, offset: at,
+      xattrs,
     };
     const stored = this.paxNumber(pax, 'size', shown) ?? storedSize;
     this.current = entry;
