@@ -231,3 +231,38 @@ test('root-kernel: bsdtar (libarchive) pax tars, with SCHILY records and with LI
   assert.ok(!fs.readFileSync(libOnly).includes('SCHILY.xattr'), 'no SCHILY records');
   assertImageEqualsExtraction('bsdtar-lib', libOnly, 'tar-rafs', { extract: bsdExtract, skipRootTimes: true });
 });
+
+test('root-kernel: a sparse file over 8 GiB (GNU base-256 real size, pax real size) keeps its size and data', () => {
+  const dir = path.join(work, 'huge-src');
+  fs.mkdirSync(dir);
+  const size = 9 * 1024 ** 3 + 4321;
+  const tail = prand(5000, 31);
+  const fd = fs.openSync(path.join(dir, 'huge'), 'w');
+  fs.writeSync(fd, Buffer.from('head'), 0, 4, 0);
+  fs.writeSync(fd, tail, 0, tail.length, size - tail.length);
+  fs.closeSync(fd);
+  for (const format of ['gnu', 'pax']) {
+    const tarFile = gnuTar(`huge-${format}`, [`--format=${format}`, '--sparse'], dir);
+    assert.ok(fs.statSync(tarFile).size < 1 << 20, 'the tar holds the data islands only');
+    assertTarHolds(tarFile, format === 'gnu' ? { typeflag: 'S' } : { text: 'GNU.sparse.realsize=' });
+    const img = build(`huge-${format}`, 'tar-rafs', tarFile);
+    const erofs = path.join(work, `huge-${format}.erofs`);
+    mustRun('nydus-image', ['export', '--block', '-B', img.boot, '-D', img.blobDir, '-O', erofs]);
+    const mnt = path.join(work, 'mnt', `huge-${format}`);
+    mounts.push(mnt);
+    loopMount(erofs, mnt);
+    try {
+      const file = path.join(mnt, 'huge');
+      assert.equal(fs.statSync(file).size, size);
+      const rfd = fs.openSync(file, 'r');
+      const got = Buffer.alloc(tail.length + 4);
+      fs.readSync(rfd, got, 0, got.length, size - got.length);
+      const head = Buffer.alloc(4);
+      fs.readSync(rfd, head, 0, 4, 0);
+      fs.closeSync(rfd);
+      assert.deepEqual([head.toString(), got.subarray(0, 4), got.subarray(4)], ['head', Buffer.alloc(4), tail]);
+    } finally {
+      umount(mnt);
+    }
+  }
+});
