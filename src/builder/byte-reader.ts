@@ -49,7 +49,9 @@ export class ByteReader {
   /** The next `n` bytes in a new buffer, or null if the stream ends first. */
   async read(n: number): Promise<Buffer | null> {
     if (!(await this.fill(n))) return null;
-    const out = Buffer.allocUnsafe(n);
+    // Not from the shared pool: a short-lived header would keep a pool slab, and with it every
+    // long-lived name copied into the same slab, from being freed (or the other way round).
+    const out = Buffer.allocUnsafeSlow(n);
     this.take(n, out, 0);
     return out;
   }
