@@ -3,6 +3,7 @@ import fs from 'node:fs';
 import { NydusError } from '../../erofs/errors.ts';
 import { createImage, createImageFromTar } from '../builder/create.ts';
 import { WHITEOUT_SPECS } from '../builder/whiteout.ts';
+import { isStdinSource } from '../builder/layer-stream.ts';
 import { checkImage } from '../image/check.ts';
 import { inspectImage } from '../image/inspect.ts';
 import { exportBlock } from '../image/export-block.ts';
@@ -58,7 +59,7 @@ await runMain('nydus-image', async () => {
       }
       const policy = oneOf(a['prefetch-policy'], ['none', 'fs', 'blob'] as const, 'prefetch policy');
       if (policy === 'blob') throw new NydusError('--prefetch-policy blob is not supported by nydus-ts yet; use fs');
-      if (policy === 'fs' && a.source === '-') throw new NydusError('--prefetch-policy fs reads stdin, which cannot also carry the layer tar; give the tar as a file');
+      if (policy === 'fs' && isStdinSource(a.source)) throw new NydusError('--prefetch-policy fs reads stdin, which cannot also carry the layer tar; give the tar as a file');
       const prefetchPaths = policy === 'fs' ? fs.readFileSync(0, 'utf8').split('\n').map((l) => l.trim()).filter(Boolean) : undefined;
       const build = type === 'tar-rafs' || type === 'targz-rafs' ? createImageFromTar : createImage;
       const r = await build({
