@@ -461,3 +461,40 @@ test('registry backend: size() by HEAD; a blob the registry lacks is ENOENT', as
     await backend.close();
   }
 });
+
+test('registry backend: blob_redirected_host and blob_url_scheme rewrite a blob redirect (the Authorization header stays home)', async () => {
+  const faults = await FaultProxy.start(locked.url);
+  cleanups.push(() => faults.close());
+  // The registry redirects blob GETs to a host that does not answer; the config sends them to one that does.
+  const storage = await FaultProxy.start(locked.url, { upstreamAuthorization: `Basic ${AUTH}` });
+  cleanups.push(() => storage.close());
+  faults.inject({ match: (req) => req.method === 'GET' && req.url!.includes('/blobs/'), fault: { kind: 'redirect', to: `https://127.0.0.1:${await freePort()}` }, times: Infinity });
+  const r = reader(legacyEntry('redirect', snapshotterConfig(faults.host, { auth: AUTH, blob_redirected_host: storage.host, blob_url_scheme: 'http' })));
+  await r.read();
+  assertWhole(r);
+  const atStorage = storage.seen.filter((s) => s.url.includes('/blobs/'));
+  assert.ok(atStorage.length > 0, 'blob bytes came from the redirected host');
+  assert.ok(atStorage.every((s) => s.headers.authorization === undefined), 'no Authorization header to the other host');
+  await r.close();
+});
+
+test('registry backend over TLS: ca_cert_files trusts the registry\'s certificate; skip_verify works without it; neither is an EIO', async () => {
+  const tls = await startRegistry({ tls: true });
+  cleanups.push(() => tls.stop());
+  const client = new RegistryClient({ insecure: true, dockerConfig: false });
+  await client.pushBlob(`${tls.host}/${REPO}`, fs.readFileSync(path.join(blobDir, blobId)));
+  await client.close();
+  const https = { host: tls.host, repo: REPO, scheme: 'https' };
+  const trusted = reader(legacyEntry('tls-ca', { ...https, ca_cert_files: [path.join(tls.dir, 'cert.pem')] }));
+  await trusted.read();
+  assertWhole(trusted);
+  await trusted.close();
+  const skipped = reader(legacyEntry('tls-skip', { ...https, skip_verify: true }));
+  await skipped.read();
+  assertWhole(skipped);
+  await skipped.close();
+  const refused = reader(legacyEntry('tls-refused', https));
+  await refused.read(0, 4096);
+  assert.equal(refused.session.stats.readErrors, 1, 'an unknown certificate is refused');
+  await refused.close();
+});
