@@ -25,34 +25,27 @@ interface Connections {
   dispatchers: Dispatcher[];
 }
 
-/** Exactly `length` bytes from a 206 (or, from a server ignoring Range, the window of a 200). */
+/** Exactly `length` bytes from a 206 answer for them (nydus requires the server to honour Range). */
 async function rangeBody(res: HttpResponse, offset: number, length: number): Promise<Buffer> {
-  const out = Buffer.allocUnsafe(length);
-  let filled = 0;
-  let pos = res.status === 206 ? offset : 0;
-  if (res.status === 206) {
-    const m = /^bytes (\d+)-(\d+)\//.exec(header(res.headers, 'content-range') ?? '');
-    if (!m || Number(m[1]) !== offset || Number(m[2]) !== offset + length - 1) {
-      discard(res.body);
-      throw new NydusError(`asked for bytes ${offset}-${offset + length - 1}, got Content-Range "${header(res.headers, 'content-range')}"`, EIO);
-    }
+  const cr = header(res.headers, 'content-range') ?? '';
+  const m = /^bytes (\d+)-(\d+)\//.exec(cr);
+  if (res.status !== 206 || !m || Number(m[1]) !== offset || Number(m[2]) !== offset + length - 1) {
+    discard(res.body);
+    throw new NydusError(`asked for bytes ${offset}-${offset + length - 1}, got HTTP ${res.status} with Content-Range "${cr}"`, EIO);
   }
+  const parts: Buffer[] = [];
+  let got = 0;
   try {
     for await (const piece of res.body as AsyncIterable<Buffer>) {
-      const from = Math.max(0, offset - pos);
-      const to = Math.min(piece.length, offset + length - pos);
-      if (to > from) {
-        piece.copy(out, filled, from, to);
-        filled += to - from;
-      }
-      pos += piece.length;
-      if (filled === length) break;
+      got += piece.length;
+      if (got > length) throw new NydusError(`206 body longer than the ${length} bytes asked for`, EIO);
+      parts.push(piece);
     }
   } finally {
     discard(res.body);
   }
-  if (filled !== length) throw new NydusError(`got ${filled} of ${length} bytes at ${offset} (blob shorter?)`, EIO);
-  return out;
+  if (got !== length) throw new NydusError(`got ${got} of ${length} bytes at ${offset}`, EIO);
+  return Buffer.concat(parts, length);
 }
 
 export class HttpProxyBackend implements BlobBackend {
@@ -102,7 +95,7 @@ export class HttpProxyBackend implements BlobBackend {
   /** One Range GET; a body that breaks off is asked for again up to retry_limit times. */
   private async readRange(t: Transport, url: string, offset: number, size: number): Promise<Buffer> {
     for (let failures = 0; ; failures++) {
-      const res = await this.send(t, url, 'GET', { range: `bytes=${offset}-${offset + size - 1}` }, 206, 200);
+      const res = await this.send(t, url, 'GET', { range: `bytes=${offset}-${offset + size - 1}` }, 206);
       try {
         return await rangeBody(res, offset, size);
       } catch (e) {
