@@ -363,6 +363,13 @@ test('registry backend: a proxy whose ping_url fails is skipped (fallback) until
     await new Promise((r) => setTimeout(r, 1_500));
     await backend.read(blobId, 100, 100);
     assert.deepEqual(backend.proxyStats, { viaProxy: 1, fellBack: 1 }, 'after a failed ping the registry is asked directly');
+    // The proxy's ping answers again: the next check sends reads back to the proxy.
+    const ping = http.createServer((_req, res) => res.end('ok'));
+    await new Promise<void>((resolve) => ping.listen(pingPort, '127.0.0.1', () => resolve()));
+    cleanups.push(() => new Promise((resolve) => ping.close(resolve)));
+    await new Promise((r) => setTimeout(r, 1_500));
+    await backend.read(blobId, 200, 100);
+    assert.deepEqual(backend.proxyStats, { viaProxy: 2, fellBack: 1 });
   } finally {
     await backend.close();
   }
