@@ -505,3 +505,13 @@ test('registry backend over TLS: ca_cert_files trusts the registry\'s certificat
   assert.equal(refused.session.stats.readErrors, 1, 'an unknown certificate is refused');
   await refused.close();
 });
+
+test('registry backend: a registry that is not there is an EIO after retry_limit retries, quickly', async () => {
+  const r = reader(legacyEntry('down', snapshotterConfig(`127.0.0.1:${await freePort()}`, { retry_limit: 2 })));
+  const start = Date.now();
+  await r.read(0, 4096);
+  assert.equal(r.session.stats.readErrors, 1);
+  assert.ok(Date.now() - start < 5_000, 'refused connections are retried with short backoff, then given up');
+  assert.ok(r.registry.metrics().registry.read_errors >= 1);
+  await r.close();
+});
