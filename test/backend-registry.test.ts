@@ -155,8 +155,7 @@ function cacheOf(r: Reader): Buffer {
 function assertNoWrongBytes(r: Reader): void {
   const cache = cacheOf(r);
   const n = Math.min(cache.length, expected.length);
-  for (const [fd, off] of r.port.writes) {
-    void fd;
+  for (const [, off] of r.port.writes) {
     if (off >= n) continue;
     const end = Math.min(n, off + 0x20000);
     assert.ok(cache.subarray(off, end).equals(expected.subarray(off, end)), `bytes written at ${off} are the blob's`);
@@ -485,7 +484,7 @@ test('registry backend: blob_redirected_host and blob_url_scheme rewrite a blob 
   await r.close();
 });
 
-test('registry backend over TLS: ca_cert_files trusts the registry\'s certificate; skip_verify works without it; neither is an EIO', async () => {
+test('registry backend over TLS: ca_cert_files trusts the registry\'s certificate; skip_verify works without it; with neither, an EIO', async () => {
   const tls = await startRegistry({ tls: true });
   cleanups.push(() => tls.stop());
   const client = new RegistryClient({ insecure: true, dockerConfig: false });
