@@ -8,7 +8,7 @@ import { fileURLToPath } from 'node:url';
 import { computeSourceId } from '../src/version.ts';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-const names = ['nydus-image', 'nydusd', 'nydusify', 'nydusctl'];
+const names = ['nydus-image', 'nydusd', 'nydusify', 'nydusctl', 'nydus-backend-proxy'];
 fs.rmSync(path.join(root, 'dist'), { recursive: true, force: true });
 await build({
   // The verify pool's worker is loaded by URL next to the nydusd bundle.

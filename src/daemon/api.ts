@@ -2,7 +2,8 @@
  * The HTTP API on a unix socket, with Nydus's paths and bodies (nydus api/src/http.rs; the calls
  * nydus-snapshotter makes, pkg/daemon/client.go):
  *   GET|PUT /api/v1/daemon, PUT /api/v1/daemon/{fuse/sendfd,fuse/takeover,start,exit},
- *   PUT|GET|DELETE /api/v2/blobs, GET /api/v1/metrics{,/backend,/blobcache,/inflight}, GET|PUT /api/v1/config.
+ *   PUT|GET|DELETE /api/v2/blobs, GET /api/v1/metrics{,/backend,/blobcache,/inflight}, GET|PUT /api/v1/config;
+ * and GET /api/v1/metrics/prometheus: every metric in Prometheus' text format (prometheus.ts).
  * Errors are JSON {code, message}: 400 for bad requests, 409 for a request the daemon's state refuses,
  * 404 for unknown paths.
  */
@@ -16,6 +17,7 @@ import type { ImageRegistry } from './daemon.ts';
 import type { DaemonState } from './state.ts';
 import { type DaemonLifecycle, StateError } from './lifecycle.ts';
 import { BUILD_INFO } from '../version.ts';
+import { prometheusText } from './prometheus.ts';
 
 export interface ApiContext {
   id: string;
@@ -35,7 +37,7 @@ const CONFIG_KEYS = new Set(['registry_auth', 'proxy_url', 'dragonfly_scheduler_
 const LOG_LEVELS = new Set(['trace', 'debug', 'info', 'warn', 'error']);
 const KNOWN_PATHS = new Set([
   '/api/v1/daemon', '/api/v1/daemon/fuse/sendfd', '/api/v1/daemon/fuse/takeover', '/api/v1/daemon/start', '/api/v1/daemon/exit',
-  '/api/v2/blobs', '/api/v1/metrics', '/api/v1/metrics/backend', '/api/v1/metrics/blobcache', '/api/v1/metrics/inflight', '/api/v1/config',
+  '/api/v2/blobs', '/api/v1/metrics', '/api/v1/metrics/backend', '/api/v1/metrics/blobcache', '/api/v1/metrics/inflight', '/api/v1/config', '/api/v1/metrics/prometheus',
 ]);
 /** cachefiles' READ opcode, as GET /api/v1/metrics/inflight reports it. */
 const CACHEFILES_OP_READ = 2;
@@ -167,7 +169,14 @@ export function startApi(sock: string, ctx: ApiContext): Promise<http.Server> {
             total.read_amount_total += m.read_amount_total;
             total.read_errors += m.read_errors;
           }
-          return send(res, 200, total);
+          // nydus's totals, then per backend type the same counters and a latency histogram.
+          return send(res, 200, { ...total, backends: ctx.registry.metrics() });
+        }
+        case 'GET /api/v1/metrics/prometheus': {
+          const session = ctx.lifecycle?.currentSession;
+          const text = prometheusText({ backends: ctx.registry.metrics(), session: session?.stats, images: ctx.registry.list().length, inflight: session?.inflight().length ?? 0 });
+          res.writeHead(200, { 'content-type': 'text/plain; version=0.0.4; charset=utf-8', 'content-length': Buffer.byteLength(text) }).end(text);
+          return;
         }
         case 'GET /api/v1/metrics/blobcache': {
           // nydus's `id` carries a leading slash.

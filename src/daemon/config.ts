@@ -4,6 +4,7 @@
  * (nydus api/src/config.rs). Parsed into one typed shape; bad input is a ConfigError naming the field.
  */
 import { NydusError, EINVAL } from '../../erofs/errors.ts';
+import { type HttpProxyBackendConfig, type RegistryBackendConfig, httpProxyConfigFrom, registryConfigFrom } from './backend/remote-config.ts';
 
 export class ConfigError extends NydusError {
   constructor(message: string) {
@@ -12,11 +13,13 @@ export class ConfigError extends NydusError {
   }
 }
 
-export interface BackendConfig {
+export interface LocalFsBackendConfig {
   type: 'localfs';
   /** localfs: directory holding blobs named by their ids. */
   dir: string;
 }
+
+export type BackendConfig = LocalFsBackendConfig | RegistryBackendConfig | HttpProxyBackendConfig;
 
 export interface ImageEntry {
   /** The fsid the kernel mounts with (`-o fsid=<id>`). */
@@ -49,16 +52,16 @@ export interface PrefetchConfig {
 
 const PREFETCH_DEFAULTS: PrefetchConfig = { enable: false, threads: 8, batchSize: 1 << 20, bandwidthLimit: 0, all: false };
 
-type Json = Record<string, unknown>;
+export type Json = Record<string, unknown>;
 
-function count(o: Json, key: string, where: string, fallback: number): number {
+export function count(o: Json, key: string, where: string, fallback: number): number {
   const v = o[key];
   if (v === undefined || v === null) return fallback;
   if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) throw new ConfigError(`${where}.${key} must be a whole number >= 0`);
   return v;
 }
 
-function flag(o: Json, key: string, where: string): boolean {
+export function flag(o: Json, key: string, where: string): boolean {
   const v = o[key];
   if (v === undefined || v === null) return false;
   if (typeof v !== 'boolean') throw new ConfigError(`${where}.${key} must be true or false`);
@@ -78,12 +81,12 @@ function prefetchFrom(o: Json, where: string, names: { threads: string; batchSiz
   };
 }
 
-function obj(v: unknown, where: string): Json {
+export function obj(v: unknown, where: string): Json {
   if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new ConfigError(`${where} must be a JSON object`);
   return v as Json;
 }
 
-function str(o: Json, key: string, where: string, required = true): string {
+export function str(o: Json, key: string, where: string, required = true): string {
   const v = o[key];
   if (v === undefined || v === null || v === '') {
     if (required) throw new ConfigError(`${where}.${key} is required`);
@@ -99,7 +102,9 @@ function backendFrom(type: string, cfg: Json, where: string): BackendConfig {
     if (!dir) throw new ConfigError(`${where}.dir is required for the localfs backend`);
     return { type: 'localfs', dir };
   }
-  throw new ConfigError(`backend type ${JSON.stringify(type)} is not supported yet (supported: localfs)`);
+  if (type === 'registry') return registryConfigFrom(cfg, where);
+  if (type === 'http-proxy') return httpProxyConfigFrom(cfg, where);
+  throw new ConfigError(`backend type ${JSON.stringify(type)} is not supported (supported: localfs, registry, http-proxy)`);
 }
 
 function checkFscache(type: string, where: string): void {

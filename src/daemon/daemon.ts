@@ -12,7 +12,8 @@ import { treeFromImage } from '../image/tree-from-image.ts';
 import { type ChunkRef, walkTree } from '../builder/tree.ts';
 import { BlobMap } from './blob-map.ts';
 import { ChunkFetcher } from './chunk-fetcher.ts';
-import { type BackendMetrics, type BlobBackend, LocalFsBackend, newBackendMetrics } from './backend/localfs.ts';
+import { type BackendMetrics, type BlobBackend, newBackendMetrics } from './backend/localfs.ts';
+import { createBackend } from './backend/index.ts';
 import { type ImageEntry, ConfigError, parseBlobCacheEntry } from './config.ts';
 import type { ObjectResolver, ResolvedObject } from './ondemand.ts';
 import type { DaemonState } from './state.ts';
@@ -130,7 +131,7 @@ export class ImageRegistry implements ObjectResolver {
       if (!/^[0-9a-f]{64}$/.test(id)) throw new NydusError(`${entry.metadataPath}: blob id ${JSON.stringify(id)} is not a sha256`);
     }
     prepareWorkDir(entry.workDir);
-    const backend = new LocalFsBackend(entry.backend.dir, this.metricsOf('localfs'));
+    const backend = createBackend(entry.backend, this.metricsOf(entry.backend.type));
     this.images.set(entry.id, {
       entry, body, bootstrapSize: fs.statSync(entry.metadataPath).size, blobs, backend,
       prefetch: entry.prefetch.enable ? prefetchChunks(image, blobs, entry.prefetch.all) : new Map(), fetcher: new ChunkFetcher(backend, (blob, chunk) => this.state.countFetch(blob, chunk), this.pool),

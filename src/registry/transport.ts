@@ -8,6 +8,7 @@
 import { Agent, EnvHttpProxyAgent, request, type Dispatcher } from 'undici';
 import type { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { setMaxListeners } from 'node:events';
 import { RegistryError } from './errors.ts';
 
 export interface TransportOptions {
@@ -120,6 +121,8 @@ export class Transport {
   retryCount = 0;
 
   constructor(private readonly opts: TransportOptions = {}) {
+    // Every request in flight listens on this signal: many concurrent ones (nydusd's chunk reads) are normal.
+    setMaxListeners(0, this.aborter.signal);
     this.retries = opts.retries ?? 3;
     if (opts.dispatcher) {
       this.dispatcher = opts.dispatcher;

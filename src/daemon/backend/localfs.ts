@@ -2,17 +2,9 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { NydusError, EIO } from '../../../erofs/errors.ts';
+import { type BackendMetrics, countRead, newBackendMetrics } from './metrics.ts';
 
-/** Counters of one backend type, shared by its backends and only ever increased. */
-export interface BackendMetrics {
-  read_count: number;
-  read_amount_total: number;
-  read_errors: number;
-}
-
-export function newBackendMetrics(): BackendMetrics {
-  return { read_count: 0, read_amount_total: 0, read_errors: 0 };
-}
+export { type BackendMetrics, newBackendMetrics };
 
 export interface BlobBackend {
   readonly type: string;
@@ -42,23 +34,22 @@ export class LocalFsBackend implements BlobBackend {
     return (await (await this.handle(blobId)).stat()).size;
   }
 
-  async read(blobId: string, offset: number, size: number): Promise<Buffer> {
-    this.metrics.read_count++;
-    try {
-      const h = await this.handle(blobId);
-      const buf = Buffer.allocUnsafe(size);
-      let done = 0;
-      while (done < size) {
-        const { bytesRead } = await h.read(buf, done, size - done, offset + done);
-        if (bytesRead === 0) throw new Error(`short read at ${offset + done}`);
-        done += bytesRead;
+  read(blobId: string, offset: number, size: number): Promise<Buffer> {
+    return countRead(this.metrics, async () => {
+      try {
+        const h = await this.handle(blobId);
+        const buf = Buffer.allocUnsafe(size);
+        let done = 0;
+        while (done < size) {
+          const { bytesRead } = await h.read(buf, done, size - done, offset + done);
+          if (bytesRead === 0) throw new Error(`short read at ${offset + done}`);
+          done += bytesRead;
+        }
+        return buf;
+      } catch (e) {
+        throw new NydusError(`localfs backend: blob ${path.join(this.dir, blobId)}: ${(e as Error).message}`, EIO);
       }
-      this.metrics.read_amount_total += size;
-      return buf;
-    } catch (e) {
-      this.metrics.read_errors++;
-      throw new NydusError(`localfs backend: blob ${path.join(this.dir, blobId)}: ${(e as Error).message}`, EIO);
-    }
+    });
   }
 
   async close(): Promise<void> {

@@ -1,0 +1,14 @@
+/** The backend an image's config names, counting into its type's metrics. */
+import type { BackendConfig } from '../config.ts';
+import { HttpProxyBackend } from './http-proxy.ts';
+import { type BlobBackend, LocalFsBackend } from './localfs.ts';
+import type { BackendMetrics } from './metrics.ts';
+import { RegistryBackend } from './registry.ts';
+
+export function createBackend(config: BackendConfig, metrics: BackendMetrics): BlobBackend {
+  switch (config.type) {
+    case 'localfs': return new LocalFsBackend(config.dir, metrics);
+    case 'registry': return new RegistryBackend(config, metrics);
+    case 'http-proxy': return new HttpProxyBackend(config, metrics);
+  }
+}

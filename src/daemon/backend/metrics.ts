@@ -1,0 +1,40 @@
+/**
+ * Counters of one backend type, shared by its backends and only ever increased: reads asked for,
+ * bytes delivered, failed reads, and how long reads took (a histogram with fixed bucket bounds).
+ */
+
+/** Upper bounds of the latency buckets, in milliseconds; a last, unbounded bucket follows. */
+export const LATENCY_BUCKETS_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000] as const;
+
+export interface BackendMetrics {
+  read_count: number;
+  read_amount_total: number;
+  read_errors: number;
+  /** Sum of the reads' durations, ms (with read_count, the mean). */
+  read_latency_total_ms: number;
+  /** Reads per latency bucket (not cumulative): index i counts reads <= LATENCY_BUCKETS_MS[i], the last one the rest. */
+  read_latency_dist: number[];
+}
+
+export function newBackendMetrics(): BackendMetrics {
+  return { read_count: 0, read_amount_total: 0, read_errors: 0, read_latency_total_ms: 0, read_latency_dist: new Array(LATENCY_BUCKETS_MS.length + 1).fill(0) };
+}
+
+/** Runs one backend read, counting it, its bytes or its failure, and its latency. */
+export async function countRead(m: BackendMetrics, read: () => Promise<Buffer>): Promise<Buffer> {
+  const start = performance.now();
+  m.read_count++;
+  try {
+    const buf = await read();
+    m.read_amount_total += buf.length;
+    return buf;
+  } catch (e) {
+    m.read_errors++;
+    throw e;
+  } finally {
+    const ms = performance.now() - start;
+    m.read_latency_total_ms += ms;
+    const i = LATENCY_BUCKETS_MS.findIndex((b) => ms <= b);
+    m.read_latency_dist[i < 0 ? LATENCY_BUCKETS_MS.length : i]++;
+  }
+}

@@ -1,0 +1,159 @@
+/**
+ * Config of the network backends under nydus's field names (api/src/config.rs RegistryConfig,
+ * HttpProxyConfig, ProxyConfig) and defaults. Fields nydus does not know are ignored, as nydus's
+ * serde does (the snapshotter adds some, e.g. `readahead`); known fields with bad values are refused.
+ */
+import { ConfigError, type Json, count, flag, obj, str } from '../config.ts';
+import { credentialsFromAuth, parseReference, type Credentials } from '../../registry/index.ts';
+
+/** The `proxy` section: a Dragonfly-style HTTP proxy in front of the origin. */
+export interface ProxyConfig {
+  /** Empty: no proxy. */
+  url: string;
+  /** Polled every checkInterval seconds; while it fails, requests go to the origin (or fail without fallback). */
+  pingUrl: string;
+  fallback: boolean;
+  checkIntervalSec: number;
+  /** Ask the proxy for http:// URLs of an https origin (so a plain HTTP proxy sees the request). */
+  useHttp: boolean;
+  /** No pings after this many seconds without a request. */
+  checkPauseElapsedSec: number;
+}
+
+/** What both network backends share (nydus's ConnectionConfig). */
+export interface ConnectionConfig {
+  skipVerify: boolean;
+  caCertFiles: string[];
+  /** Longest wait for an answer or between body bytes, seconds. */
+  timeoutSec: number;
+  connectTimeoutSec: number;
+  /** Attempts after the first. */
+  retryLimit: number;
+  proxy: ProxyConfig;
+}
+
+export interface RegistryBackendConfig extends ConnectionConfig {
+  type: 'registry';
+  scheme: 'http' | 'https';
+  host: string;
+  repo: string;
+  /** Scheme that replaces a blob redirect's (for P2P systems that need one); empty: unchanged. */
+  blobUrlScheme: string;
+  /** Host that replaces a blob redirect's; empty: unchanged. */
+  blobRedirectedHost: string;
+  /** From `auth` (not enumerable: kept out of GET /api/v2/blobs answers and logs). */
+  readonly credentials?: Credentials;
+  /** `registry_token`, sent as a Bearer token until the registry refuses it (not enumerable either). */
+  readonly registryToken?: string;
+}
+
+export interface HttpProxyBackendConfig extends ConnectionConfig {
+  type: 'http-proxy';
+  /** `http(s)://host[:port]` of the server. */
+  addr: string;
+  /** Prefix of blob paths: a blob is at `<addr><path>/<blob id>`. */
+  path: string;
+}
+
+function seconds(o: Json, key: string, where: string, fallback: number): number {
+  const v = count(o, key, where, fallback);
+  if (v === 0) throw new ConfigError(`${where}.${key} must be at least 1 (seconds)`);
+  return v;
+}
+
+function flagOr(o: Json, key: string, where: string, fallback: boolean): boolean {
+  return o[key] === undefined || o[key] === null ? fallback : flag(o, key, where);
+}
+
+function httpUrl(v: string, where: string): string {
+  let u: URL;
+  try {
+    u = new URL(v);
+  } catch {
+    throw new ConfigError(`${where} ${JSON.stringify(v)} is not a URL`);
+  }
+  if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new ConfigError(`${where} ${JSON.stringify(v)} must be an http:// or https:// URL`);
+  return v;
+}
+
+function proxyFrom(v: unknown, where: string): ProxyConfig {
+  const p = v === undefined || v === null ? {} : obj(v, where);
+  if (str(p, 'dragonfly_scheduler_endpoint', where, false)) {
+    throw new ConfigError(`${where}.dragonfly_scheduler_endpoint is not supported (Dragonfly's SDK); give the proxy as ${where}.url`);
+  }
+  const url = str(p, 'url', where, false);
+  const pingUrl = str(p, 'ping_url', where, false);
+  return {
+    url: url && httpUrl(url, `${where}.url`),
+    pingUrl: pingUrl && httpUrl(pingUrl, `${where}.ping_url`),
+    fallback: flagOr(p, 'fallback', where, true),
+    checkIntervalSec: seconds(p, 'check_interval', where, 5),
+    useHttp: flag(p, 'use_http', where),
+    checkPauseElapsedSec: count(p, 'check_pause_elapsed', where, 300),
+  };
+}
+
+function connectionFrom(cfg: Json, where: string): ConnectionConfig {
+  const ca = cfg.ca_cert_files ?? [];
+  if (!Array.isArray(ca) || ca.some((f) => typeof f !== 'string' || !f)) throw new ConfigError(`${where}.ca_cert_files must be a list of file paths`);
+  const retryLimit = count(cfg, 'retry_limit', where, 0);
+  if (retryLimit > 255) throw new ConfigError(`${where}.retry_limit must be at most 255`);
+  return {
+    skipVerify: flag(cfg, 'skip_verify', where),
+    caCertFiles: ca as string[],
+    timeoutSec: seconds(cfg, 'timeout', where, 5),
+    connectTimeoutSec: seconds(cfg, 'connect_timeout', where, 5),
+    retryLimit,
+    proxy: proxyFrom(cfg.proxy, `${where}.proxy`),
+  };
+}
+
+function scheme(v: string, where: string, fallback: 'http' | 'https' | ''): 'http' | 'https' | '' {
+  if (!v) return fallback;
+  if (v !== 'http' && v !== 'https') throw new ConfigError(`${where} ${JSON.stringify(v)} must be http or https`);
+  return v;
+}
+
+export function registryConfigFrom(cfg: Json, where: string): RegistryBackendConfig {
+  const host = str(cfg, 'host', where);
+  const repo = str(cfg, 'repo', where);
+  try {
+    parseReference(`${host}/${repo}`);
+  } catch (e) {
+    throw new ConfigError(`${where}: host ${JSON.stringify(host)} and repo ${JSON.stringify(repo)} do not name a repository: ${(e as Error).message}`);
+  }
+  const blobRedirectedHost = str(cfg, 'blob_redirected_host', where, false);
+  if (blobRedirectedHost && !/^[A-Za-z0-9.-]+(:\d+)?$|^\[[0-9A-Fa-f:.]+\](:\d+)?$/.test(blobRedirectedHost)) {
+    throw new ConfigError(`${where}.blob_redirected_host ${JSON.stringify(blobRedirectedHost)} must be host[:port]`);
+  }
+  const out: RegistryBackendConfig = {
+    type: 'registry',
+    scheme: scheme(str(cfg, 'scheme', where, false), `${where}.scheme`, 'https') as 'http' | 'https',
+    host, repo,
+    blobUrlScheme: scheme(str(cfg, 'blob_url_scheme', where, false), `${where}.blob_url_scheme`, ''),
+    blobRedirectedHost,
+    ...connectionFrom(cfg, where),
+  };
+  const auth = str(cfg, 'auth', where, false);
+  if (auth) {
+    let credentials: Credentials;
+    try {
+      credentials = credentialsFromAuth(auth, `${where}.auth`);
+    } catch (e) {
+      throw new ConfigError((e as Error).message);
+    }
+    Object.defineProperty(out, 'credentials', { value: credentials, enumerable: false });
+  }
+  const token = str(cfg, 'registry_token', where, false).trim();
+  if (token) Object.defineProperty(out, 'registryToken', { value: token, enumerable: false });
+  return out;
+}
+
+export function httpProxyConfigFrom(cfg: Json, where: string): HttpProxyBackendConfig {
+  const addr = str(cfg, 'addr', where);
+  if (!/^https?:\/\//.test(addr)) {
+    throw new ConfigError(`${where}.addr ${JSON.stringify(addr)}: only http:// and https:// servers are supported (not unix sockets)`);
+  }
+  httpUrl(addr, `${where}.addr`);
+  return { type: 'http-proxy', addr: addr.replace(/\/+$/, ''), path: str(cfg, 'path', where, false).replace(/\/+$/, ''), ...connectionFrom(cfg, where) };
+}

@@ -1,0 +1,152 @@
+/**
+ * What the network backends share: their undici dispatchers (keep-alive pools with nydus's timeouts
+ * and TLS settings, or through the configured proxy), a deadline on every read, the proxy's health
+ * (pinged every `check_interval`) and the choice between proxy and origin (`fallback`).
+ */
+import fs from 'node:fs';
+import tls from 'node:tls';
+import { Agent, ProxyAgent, request, type Dispatcher } from 'undici';
+import { NydusError, EIO } from '../../../erofs/errors.ts';
+import { ConfigError } from '../config.ts';
+import type { ConnectionConfig, ProxyConfig } from './remote-config.ts';
+
+function tlsOptions(cfg: ConnectionConfig): tls.ConnectionOptions {
+  const out: tls.ConnectionOptions = { rejectUnauthorized: !cfg.skipVerify };
+  if (cfg.caCertFiles.length) {
+    const extra = cfg.caCertFiles.map((f) => {
+      try {
+        return fs.readFileSync(f, 'utf8');
+      } catch (e) {
+        throw new ConfigError(`ca_cert_files: ${f}: ${(e as Error).message}`);
+      }
+    });
+    // In addition to the system's CAs, as nydus does.
+    out.ca = [...tls.rootCertificates, ...extra];
+  }
+  return out;
+}
+
+/** A keep-alive pool to the origin, with the config's connect, answer and body-silence timeouts. */
+export function directDispatcher(cfg: ConnectionConfig): Agent {
+  return new Agent({
+    connect: { timeout: cfg.connectTimeoutSec * 1000, ...tlsOptions(cfg) },
+    headersTimeout: cfg.timeoutSec * 1000,
+    bodyTimeout: cfg.timeoutSec * 1000,
+    keepAliveTimeout: 30_000,
+    connections: 16,
+  });
+}
+
+/** Requests through the proxy: http URLs in absolute form (as Dragonfly's dfdaemon takes them), https through CONNECT. */
+export function proxyDispatcher(cfg: ConnectionConfig): ProxyAgent {
+  const t = tlsOptions(cfg);
+  return new ProxyAgent({
+    uri: cfg.proxy.url,
+    proxyTunnel: false,
+    requestTls: t,
+    proxyTls: { timeout: cfg.connectTimeoutSec * 1000, ...t },
+    headersTimeout: cfg.timeoutSec * 1000,
+    bodyTimeout: cfg.timeoutSec * 1000,
+    keepAliveTimeout: 30_000,
+    connections: 16,
+  });
+}
+
+/**
+ * The longest one read may take: every attempt may wait out its connect and answer timeouts, plus
+ * backoff between attempts (capped at 5 s each). A body trickling too slowly ends here too.
+ */
+export function readDeadlineMs(cfg: ConnectionConfig): number {
+  const attempts = cfg.retryLimit + 1;
+  return attempts * (cfg.connectTimeoutSec + 2 * cfg.timeoutSec) * 1000 + cfg.retryLimit * 5_000;
+}
+
+/** `work` or an EIO naming `what` once `ms` have passed (the request itself ends on its own timeouts). */
+export async function withDeadline<T>(work: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new NydusError(`${what}: no answer within ${Math.round(ms / 1000)} s`, EIO)), ms);
+  });
+  work.catch(() => undefined);
+  try {
+    return await Promise.race([work, late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** Any failure of a backend read as the EIO the reader gets, naming the backend and the blob. */
+export function asEio(e: unknown, where: string): NydusError {
+  if (e instanceof NydusError && e.errno === EIO && e.message.startsWith(where)) return e;
+  return new NydusError(`${where}: ${(e as Error).message}`, EIO);
+}
+
+/** An HTTP status of a failed request (from the registry client's errors), if any. */
+function statusOf(e: unknown): number | undefined {
+  const s = (e as { status?: unknown }).status;
+  return typeof s === 'number' ? s : undefined;
+}
+
+/**
+ * The proxy in front of an origin, as nydus's connection does it: healthy until a ping of `ping_url`
+ * fails (checked every `check_interval` while there are requests); a request goes to the proxy while it
+ * is healthy, and to the origin when the proxy is unhealthy, unreachable or answers >= 500, unless
+ * `fallback` is off (then that is the request's error).
+ */
+export class ProxyRoute {
+  private healthy = true;
+  private lastActive = Date.now();
+  private readonly timer?: NodeJS.Timeout;
+  private pinging = false;
+  /** Requests sent to the proxy, and those that went to the origin instead (metrics, tests). */
+  viaProxy = 0;
+  fellBack = 0;
+
+  constructor(private readonly cfg: ProxyConfig, private readonly pingDispatcher: Dispatcher, connectTimeoutSec: number) {
+    if (cfg.pingUrl) {
+      this.timer = setInterval(() => void this.ping(connectTimeoutSec), cfg.checkIntervalSec * 1000);
+      this.timer.unref();
+    }
+  }
+
+  get isHealthy(): boolean {
+    return this.healthy;
+  }
+
+  private async ping(connectTimeoutSec: number): Promise<void> {
+    if (this.pinging || (Date.now() - this.lastActive) / 1000 > this.cfg.checkPauseElapsedSec) return;
+    this.pinging = true;
+    try {
+      const res = await request(this.cfg.pingUrl, { dispatcher: this.pingDispatcher, headersTimeout: connectTimeoutSec * 1000, bodyTimeout: connectTimeoutSec * 1000 });
+      await res.body.dump();
+      this.healthy = res.statusCode >= 200 && res.statusCode < 300;
+    } catch {
+      this.healthy = false;
+    } finally {
+      this.pinging = false;
+    }
+  }
+
+  /** Runs `viaProxy`, or `direct` when the proxy cannot serve and fallback is allowed. */
+  async run<T>(viaProxy: () => Promise<T>, direct: () => Promise<T>): Promise<T> {
+    this.lastActive = Date.now();
+    if (!this.healthy) {
+      if (!this.cfg.fallback) throw new NydusError(`proxy ${this.cfg.url} is not healthy (${this.cfg.pingUrl} fails) and fallback is disabled`, EIO);
+      this.fellBack++;
+      return direct();
+    }
+    this.viaProxy++;
+    try {
+      return await viaProxy();
+    } catch (e) {
+      const status = statusOf(e);
+      if (!this.cfg.fallback || (status !== undefined && status < 500)) throw e;
+      this.fellBack++;
+      return direct();
+    }
+  }
+
+  close(): void {
+    clearInterval(this.timer);
+  }
+}

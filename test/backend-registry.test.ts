@@ -1,0 +1,516 @@
+/**
+ * nydusd's registry and http-proxy backends against a real registry (Debian's docker-registry): an
+ * image built here, its blob pushed, registered as nydus-snapshotter does, and read through the
+ * on-demand session into a fake cachefiles port. The oracle for the cache file is the uncompressed
+ * blob that exportBlock writes from the local blob. Auth (Basic, Bearer with a token refused mid-read,
+ * registry_token), faults (5xx, stall, corrupt body), the proxy with and without fallback, and the
+ * nydus-backend-proxy server and command.
+ */
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import http from 'node:http';
+import path from 'node:path';
+import { spawn } from 'node:child_process';
+import pino from 'pino';
+import { request } from 'undici';
+import { createImage } from '../src/builder/create.ts';
+import { exportBlock } from '../src/image/export-block.ts';
+import { openBootstrap } from '../src/image/open.ts';
+import { ImageRegistry } from '../src/daemon/daemon.ts';
+import { DaemonState } from '../src/daemon/state.ts';
+import { OnDemandSession } from '../src/daemon/ondemand.ts';
+import { startApi } from '../src/daemon/api.ts';
+import { parseBlobCacheEntry } from '../src/daemon/config.ts';
+import { RegistryBackend } from '../src/daemon/backend/registry.ts';
+import { startBlobProxy, type BlobProxyServer } from '../src/daemon/backend/proxy-server.ts';
+import { RegistryClient } from '../src/registry/index.ts';
+import { NydusError } from '../erofs/errors.ts';
+import { FakePort, waitFor } from './helpers/cachefiles-port.ts';
+import { startRegistry, freePort, type RegistryServer } from './helpers/registry.ts';
+import { FaultProxy, TokenAuthProxy } from './helpers/registry-proxy.ts';
+import { apiRequest as api } from './helpers/api-client.ts';
+import { repoRoot } from './helpers/cli.ts';
+import { prand, tmpDir } from './helpers/fixtures.ts';
+
+const work = tmpDir('backend-registry');
+const log = pino({ level: process.env.TEST_LOG ?? 'silent' });
+const REPO = 'nydus/app';
+const USERS = { alice: 'wonderland' };
+const AUTH = Buffer.from('alice:wonderland').toString('base64');
+let boot: string;
+let blobDir: string;
+let blobId: string;
+let blobSize: number;
+/** The uncompressed blob: what a fully read cache file holds. */
+let expected: Buffer;
+let open: RegistryServer;
+let locked: RegistryServer;
+let proxyServer: BlobProxyServer;
+const cleanups: Array<() => Promise<unknown> | unknown> = [];
+
+before(async () => {
+  const src = path.join(work, 'src');
+  fs.mkdirSync(src);
+  fs.writeFileSync(path.join(src, 'a'), prand(900_000, 7));
+  fs.writeFileSync(path.join(src, 'b'), Buffer.alloc(200_000, 'b'));
+  fs.writeFileSync(path.join(src, 'c'), prand(300_000, 8));
+  blobDir = path.join(work, 'blobs');
+  boot = path.join(work, 'img.boot');
+  const r = createImage({ source: src, bootstrap: boot, blobDir, chunkSize: 0x20000, compressor: 'zstd', digester: 'blake3' });
+  blobId = r.blob!.blobId;
+  blobSize = fs.statSync(path.join(blobDir, blobId)).size;
+  const exported = path.join(work, 'ref.erofs');
+  exportBlock({ bootstrap: boot, blobDir, output: exported });
+  const ref = fs.readFileSync(exported);
+  const size = openBootstrap(boot).blobs[0].uncompressed_size;
+  expected = ref.subarray(ref.length - size);
+  [open, locked] = await Promise.all([startRegistry(), startRegistry({ users: USERS })]);
+  cleanups.push(() => open.stop(), () => locked.stop());
+  const blob = fs.readFileSync(path.join(blobDir, blobId));
+  for (const [reg, credentials] of [[open, undefined], [locked, { username: 'alice', password: 'wonderland' }]] as const) {
+    const client = new RegistryClient({ plainHttp: true, dockerConfig: false, credentials });
+    const pushed = await client.pushBlob(`${reg.host}/${REPO}`, blob);
+    assert.equal(pushed.digest, `sha256:${blobId}`, 'a nydus blob id is the sha256 of the blob file');
+    await client.close();
+  }
+  proxyServer = await startBlobProxy(blobDir, '127.0.0.1', 0);
+  cleanups.push(() => proxyServer.close());
+});
+
+after(async () => {
+  for (const c of cleanups.reverse()) await c();
+  fs.rmSync(work, { recursive: true, force: true });
+});
+
+/** The legacy body nydus-snapshotter PUTs, with `backend_config` from its registry config. */
+function legacyEntry(id: string, backendConfig: object, backendType = 'registry') {
+  return {
+    type: 'bootstrap', id, domain_id: '',
+    config: {
+      id, backend_type: backendType, backend_config: backendConfig, cache_type: 'fscache',
+      cache_config: { work_dir: path.join(work, 'cache', id) }, metadata_path: boot,
+    },
+  };
+}
+
+function v2Entry(id: string, registry: object) {
+  return {
+    type: 'bootstrap', id, domain_id: '',
+    config_v2: {
+      version: 2, id, backend: { type: 'registry', registry },
+      cache: { type: 'fscache', fscache: { work_dir: path.join(work, 'cache', id) } }, metadata_path: boot,
+    },
+  };
+}
+
+/** What the snapshotter sends for a plain-http registry (its fields and the ones it adds). */
+function snapshotterConfig(host: string, extra: object = {}) {
+  return { readahead: false, host, repo: REPO, auth: '', scheme: 'http', skip_verify: true, proxy: { fallback: false }, ...extra };
+}
+
+interface Reader {
+  registry: ImageRegistry;
+  session: OnDemandSession;
+  port: FakePort;
+  state: DaemonState;
+  /** Reads [offset, offset+len) of the blob through a cachefiles READ; resolves when it is done. */
+  read(offset?: number, len?: number): Promise<void>;
+  close(): Promise<void>;
+}
+
+let nextMsg = 1;
+let nextFd = 100;
+
+/** Registers `body` and opens its blob through an on-demand session on a fake cachefiles port. */
+function reader(body: object): Reader {
+  const id = (body as { id: string }).id;
+  const state = new DaemonState(path.join(work, 'state', `${id}-${nextFd}`));
+  const registry = new ImageRegistry(state, log);
+  registry.add(body);
+  const port = new FakePort();
+  const session = new OnDemandSession(port, registry, state, log, 4);
+  const fd = port.give(nextFd++);
+  session.handle({ type: 'open', msgId: nextMsg++, objectId: fd, volumeKey: `erofs,${id}`, cookieKey: blobId, fd, flags: 0 });
+  return {
+    registry, session, port, state,
+    async read(offset = 0, len = expected.length) {
+      session.handle({ type: 'read', msgId: nextMsg++, objectId: fd, offset, len });
+      await waitFor(() => session.inflight().length === 0, 'the READ to finish', 60_000);
+      // A failed READ completes at its first bad chunk: wait for its other fetches (and read-ahead) too.
+      await waitFor(() => Object.values(registry.metrics()).every((m) => m.read_latency_dist.reduce((a, b) => a + b, 0) === m.read_count), 'backend reads to settle', 60_000);
+    },
+    async close() {
+      await registry.close();
+      state.close();
+    },
+  };
+}
+
+function cacheOf(r: Reader): Buffer {
+  return r.port.files.get([...r.port.files.keys()][0]) ?? Buffer.alloc(0);
+}
+
+/** Every byte written to the cache file is the blob's byte at that place (no wrong data, ever). */
+function assertNoWrongBytes(r: Reader): void {
+  const cache = cacheOf(r);
+  const n = Math.min(cache.length, expected.length);
+  for (const [, off] of r.port.writes) {
+    if (off >= n) continue;
+    const end = Math.min(n, off + 0x20000);
+    assert.ok(cache.subarray(off, end).equals(expected.subarray(off, end)), `bytes written at ${off} are the blob's`);
+  }
+}
+
+function assertWhole(r: Reader): void {
+  assert.ok(cacheOf(r).subarray(0, expected.length).equals(expected), 'the cache file holds the uncompressed blob');
+  assert.deepEqual(r.port.violations, []);
+}
+
+test('registry backend: the snapshotter\'s legacy body through the API; Range reads fill the cache file; metrics per backend and in Prometheus form', async () => {
+  const faults = await FaultProxy.start(open.url);
+  cleanups.push(() => faults.close());
+  const body = legacyEntry('plain', snapshotterConfig(faults.host));
+  const sock = path.join(work, 'api.sock');
+  const r = reader({ ...body, id: 'plain-direct' } as object);
+  // The API path (PUT as the snapshotter does; its fields, with unknown ones such as readahead, accepted).
+  const state = new DaemonState(path.join(work, 'state-api'));
+  const registry = new ImageRegistry(state, log);
+  const server = await startApi(sock, { id: 'd', registry, state, lifecycle: null, log });
+  try {
+    assert.equal((await api(sock, 'PUT', '/api/v2/blobs', body)).status, 204);
+    const listed = await api(sock, 'GET', '/api/v2/blobs');
+    assert.equal(listed.body[0].backend.type, 'registry');
+    assert.equal(listed.body[0].backend.host, faults.host);
+    await r.read();
+    assertWhole(r);
+    const gets = faults.seen.filter((s) => s.method === 'GET' && s.url === `/v2/${REPO}/blobs/sha256:${blobId}`);
+    assert.ok(gets.length > 0 && gets.every((g) => /^bytes=\d+-\d+$/.test(String(g.headers.range))), 'blob reads are Range GETs');
+    const m = r.registry.metrics().registry;
+    assert.equal(m.read_count, gets.length);
+    assert.equal(m.read_errors, 0);
+    assert.ok(m.read_amount_total > 0 && m.read_amount_total <= blobSize);
+    assert.equal(m.read_latency_dist.reduce((a, b) => a + b, 0), m.read_count, 'every read is in the latency histogram');
+    // The API's backend metrics: nydus's totals, then per type (this daemon's registry read nothing yet).
+    const backend = (await api(sock, 'GET', '/api/v1/metrics/backend')).body;
+    assert.deepEqual([backend.read_count, backend.read_errors, typeof backend.backends], [0, 0, 'object']);
+    const prom = await new Promise<{ status: number; type: string; text: string }>((resolve, reject) => {
+      http.get({ socketPath: sock, path: '/api/v1/metrics/prometheus' }, (res) => {
+        let text = '';
+        res.on('data', (d) => (text += d));
+        res.on('end', () => resolve({ status: res.statusCode!, type: String(res.headers['content-type']), text }));
+      }).on('error', reject);
+    });
+    assert.equal(prom.status, 200);
+    assert.match(prom.type, /^text\/plain; version=0\.0\.4/);
+    assert.match(prom.text, /^# TYPE nydusd_backend_read_duration_seconds histogram$/m);
+    assert.match(prom.text, /^nydusd_images 1$/m);
+  } finally {
+    server.close();
+    await registry.close();
+    state.close();
+    await r.close();
+  }
+});
+
+test('registry backend: Basic auth from the `auth` field; wrong credentials are an EIO, not a hang', async () => {
+  const r = reader(legacyEntry('basic', snapshotterConfig(locked.host, { auth: AUTH })));
+  await r.read();
+  assertWhole(r);
+  await r.close();
+  const bad = reader(legacyEntry('basic-bad', snapshotterConfig(locked.host, { auth: Buffer.from('alice:nope').toString('base64') })));
+  await bad.read(0, 4096);
+  assert.equal(bad.session.stats.readErrors, 1);
+  assert.deepEqual(bad.port.writes, []);
+  assert.ok(bad.registry.metrics().registry.read_errors >= 1);
+  await bad.close();
+});
+
+test('registry backend: Bearer token auth; a token refused mid-read is fetched again; a ready registry_token is used as is', async () => {
+  // The token proxy forwards to the Basic-auth registry; give it the credentials upstream.
+  const upstream = await FaultProxy.start(locked.url, { upstreamAuthorization: `Basic ${AUTH}` });
+  cleanups.push(() => upstream.close());
+  const guarded = await TokenAuthProxy.start(upstream.url, { users: USERS });
+  cleanups.push(() => guarded.close());
+  const r = reader(v2Entry('bearer', { scheme: 'http', host: guarded.host, repo: REPO, auth: AUTH, retry_limit: 1 }));
+  const half = Math.floor(expected.length / 2 / 4096) * 4096;
+  await r.read(0, half);
+  const first = guarded.tokenRequests;
+  assert.ok(first >= 1);
+  guarded.revokeAll();
+  await r.read(half, expected.length - half);
+  assertWhole(r);
+  assert.equal(r.session.stats.readErrors, 0);
+  assert.ok(guarded.tokenRequests > first, 'a new token after the registry refused the first');
+  await r.close();
+
+  // registry_token: a token the snapshotter got already; nydusd asks the token server for none.
+  const res = await request(`${guarded.realm}?service=nydus-ts-test&scope=repository:${REPO}:pull`, { headers: { authorization: `Basic ${AUTH}` } });
+  const token = ((await res.body.json()) as { token: string }).token;
+  const before = guarded.tokenRequests;
+  const t = reader(v2Entry('bearer-ready', { scheme: 'http', host: guarded.host, repo: REPO, registry_token: token }));
+  await t.read();
+  assertWhole(t);
+  assert.equal(guarded.tokenRequests, before, 'the given registry_token served every read');
+  // The token is a secret: it is not in GET /api/v2/blobs answers (JSON of the entry).
+  assert.doesNotMatch(JSON.stringify(t.registry.list()), new RegExp(token));
+  assert.doesNotMatch(JSON.stringify(parseBlobCacheEntry(v2Entry('x', { host: 'h', repo: 'r', auth: AUTH }))), new RegExp(AUTH));
+  await t.close();
+});
+
+test('registry backend: 5xx answers are retried up to retry_limit; more of them are an EIO for that read only', async () => {
+  const faults = await FaultProxy.start(open.url);
+  cleanups.push(() => faults.close());
+  const isBlob = (req: http.IncomingMessage) => req.method === 'GET' && req.url!.includes('/blobs/');
+  faults.inject({ match: isBlob, fault: { kind: 'status', status: 503 }, times: 2 });
+  const r = reader(legacyEntry('retry', snapshotterConfig(faults.host, { retry_limit: 2 })));
+  await r.read();
+  assertWhole(r);
+  assert.equal(r.session.stats.readErrors, 0);
+  assert.equal(faults.seen.filter((s) => s.fault === 'status').length, 2);
+  await r.close();
+
+  faults.clearFaults();
+  faults.inject({ match: isBlob, fault: { kind: 'status', status: 500 }, times: Infinity });
+  const f = reader(legacyEntry('retry-out', snapshotterConfig(faults.host, { retry_limit: 2 })));
+  await f.read(0, 4096);
+  assert.equal(f.session.stats.readErrors, 1, '500s beyond retry_limit 2: EIO');
+  const chunk0Gets = faults.seen.filter((s) => s.fault === 'status' && s.headers.range === 'bytes=0-' + (Number(/-(\d+)/.exec(String(faults.seen.find((x) => x.fault === 'status')!.headers.range))![1])));
+  assert.ok(chunk0Gets.length >= 3, 'the first chunk was asked for (at least) 1 + retry_limit times');
+  faults.clearFaults();
+  await f.read(0, 4096);
+  assert.equal(f.session.stats.readErrors, 1, 'the next read succeeds');
+  assert.ok(cacheOf(f).subarray(0, 4096).equals(expected.subarray(0, 4096)));
+  await f.close();
+});
+
+test('registry backend: a stalled registry fails the read with EIO within the deadline; a later read succeeds', async () => {
+  const faults = await FaultProxy.start(open.url);
+  cleanups.push(() => faults.close());
+  faults.inject({ match: (req) => req.method === 'GET' && req.url!.includes('/blobs/'), fault: { kind: 'stall' }, times: Infinity });
+  const r = reader(legacyEntry('stall', snapshotterConfig(faults.host, { timeout: 1, connect_timeout: 1 })));
+  const start = Date.now();
+  await r.read(0, 4096);
+  const took = Date.now() - start;
+  assert.equal(r.session.stats.readErrors, 1);
+  assert.ok(took < 4_000, `the read ended after ${took} ms (timeout 1 s, no retries)`);
+  assert.deepEqual(r.port.writes, []);
+  faults.clearFaults();
+  await r.read(0, 4096);
+  assert.equal(r.session.stats.readErrors, 1);
+  assert.ok(cacheOf(r).subarray(0, 4096).equals(expected.subarray(0, 4096)));
+  // A body that stops midway is a stall as well.
+  faults.inject({ match: (req) => req.method === 'GET' && req.url!.includes('/blobs/'), fault: { kind: 'stall-mid-body', after: 100 }, times: Infinity });
+  const mid = Date.now();
+  // Chunk 10, of random (incompressible) bytes: its answer is longer than the 100 bytes let through.
+  await r.read(0x140000, 4096);
+  assert.equal(r.session.stats.readErrors, 2);
+  assert.ok(Date.now() - mid < 4_000);
+  await r.close();
+});
+
+test('registry backend: a corrupted body is an EIO and never reaches the cache file', async () => {
+  const faults = await FaultProxy.start(open.url);
+  cleanups.push(() => faults.close());
+  faults.inject({ match: (req) => req.method === 'GET' && req.url!.includes('/blobs/'), fault: { kind: 'corrupt-body' }, times: Infinity });
+  const r = reader(legacyEntry('corrupt', snapshotterConfig(faults.host)));
+  await r.read();
+  assert.equal(r.session.stats.readErrors, 1);
+  assert.deepEqual(r.port.writes, [], 'no chunk of a corrupted answer is written');
+  faults.clearFaults();
+  await r.read();
+  assertWhole(r);
+  assertNoWrongBytes(r);
+  await r.close();
+});
+
+test('registry backend with proxy.url (nydus-backend-proxy): reads go to the proxy; a down proxy falls back to the registry, or is an EIO without fallback', async () => {
+  const registrySide = await FaultProxy.start(open.url);
+  cleanups.push(() => registrySide.close());
+  const blobGets = () => registrySide.seen.filter((s) => s.method === 'GET' && s.url.includes('/blobs/')).length;
+  const viaProxy = reader(legacyEntry('proxy', snapshotterConfig(registrySide.host, { proxy: { url: proxyServer.url, fallback: false } })));
+  await viaProxy.read();
+  assertWhole(viaProxy);
+  assert.equal(blobGets(), 0, 'the registry served no blob bytes');
+  await viaProxy.close();
+
+  const down = `http://127.0.0.1:${await freePort()}`;
+  const fallback = reader(legacyEntry('proxy-fallback', snapshotterConfig(registrySide.host, { proxy: { url: down } })));
+  await fallback.read();
+  assertWhole(fallback);
+  assert.ok(blobGets() > 0, 'the registry served the reads');
+  await fallback.close();
+
+  const strict = reader(legacyEntry('proxy-strict', snapshotterConfig(registrySide.host, { proxy: { url: down, fallback: false } })));
+  await strict.read(0, 4096);
+  assert.equal(strict.session.stats.readErrors, 1);
+  assert.deepEqual(strict.port.writes, []);
+  await strict.close();
+});
+
+test('registry backend: a proxy whose ping_url fails is skipped (fallback) until it answers again', async () => {
+  const pingPort = await freePort();
+  const cfg = parseBlobCacheEntry(legacyEntry('ping', snapshotterConfig(open.host, {
+    proxy: { url: proxyServer.url, ping_url: `http://127.0.0.1:${pingPort}/v2/`, check_interval: 1, fallback: true },
+  }))).backend;
+  assert.equal(cfg.type, 'registry');
+  const backend = new RegistryBackend(cfg as Extract<typeof cfg, { type: 'registry' }>);
+  try {
+    const first = await backend.read(blobId, 0, 100);
+    assert.ok(first.equals(fs.readFileSync(path.join(blobDir, blobId)).subarray(0, 100)));
+    assert.deepEqual(backend.proxyStats, { viaProxy: 1, fellBack: 0 });
+    await new Promise((r) => setTimeout(r, 1_500));
+    await backend.read(blobId, 100, 100);
+    assert.deepEqual(backend.proxyStats, { viaProxy: 1, fellBack: 1 }, 'after a failed ping the registry is asked directly');
+    // The proxy's ping answers again: the next check sends reads back to the proxy.
+    const ping = http.createServer((_req, res) => res.end('ok'));
+    await new Promise<void>((resolve) => ping.listen(pingPort, '127.0.0.1', () => resolve()));
+    cleanups.push(() => new Promise((resolve) => ping.close(resolve)));
+    await new Promise((r) => setTimeout(r, 1_500));
+    await backend.read(blobId, 200, 100);
+    assert.deepEqual(backend.proxyStats, { viaProxy: 2, fellBack: 1 });
+  } finally {
+    await backend.close();
+  }
+});
+
+test('http-proxy backend: blobs at <addr><path>/<blob id> with Range; a missing server is an EIO', async () => {
+  const body = legacyEntry('http-proxy', { addr: proxyServer.url, path: '', readahead: false }, 'http-proxy');
+  const r = reader(body);
+  await r.read();
+  assertWhole(r);
+  assert.ok(r.registry.metrics()['http-proxy'].read_count > 0);
+  await r.close();
+  const gone = reader(legacyEntry('http-proxy-gone', { addr: `http://127.0.0.1:${await freePort()}`, timeout: 1, connect_timeout: 1 }, 'http-proxy'));
+  await gone.read(0, 4096);
+  assert.equal(gone.session.stats.readErrors, 1);
+  await gone.close();
+});
+
+test('config: bad registry and http-proxy fields are refused naming the field; unknown ones are accepted', () => {
+  const reg = (extra: object) => () => parseBlobCacheEntry(legacyEntry('c', { host: 'h:5000', repo: 'r', ...extra }));
+  assert.throws(reg({ scheme: 'ftp' }), /config\.backend_config\.scheme "ftp" must be http or https/);
+  assert.throws(reg({ timeout: 0 }), /config\.backend_config\.timeout must be at least 1/);
+  assert.throws(reg({ retry_limit: 300 }), /retry_limit must be at most 255/);
+  assert.throws(reg({ auth: 'bm9jb2xvbg==' }), /auth is not base64 of user:password/);
+  assert.throws(reg({ proxy: { url: 'ftp://x' } }), /proxy\.url "ftp:\/\/x" must be an http/);
+  assert.throws(reg({ proxy: { dragonfly_scheduler_endpoint: 'http://s' } }), /dragonfly_scheduler_endpoint is not supported/);
+  assert.throws(reg({ skip_verify: 'yes' }), /skip_verify must be true or false/);
+  assert.throws(() => parseBlobCacheEntry(legacyEntry('c', { repo: 'r' })), /config\.backend_config\.host is required/);
+  assert.throws(() => parseBlobCacheEntry(legacyEntry('c', { addr: '/run/p.sock' }, 'http-proxy')), /only http:\/\/ and https:\/\/ servers/);
+  assert.throws(() => parseBlobCacheEntry(legacyEntry('c', { dir: '/' }, 'oss')), /backend type "oss" is not supported \(supported: localfs, registry, http-proxy\)/);
+  const ok = parseBlobCacheEntry(legacyEntry('c', { host: 'h:5000', repo: 'r', readahead: false, something_new: 1 })).backend;
+  assert.deepEqual(ok, {
+    type: 'registry', scheme: 'https', host: 'h:5000', repo: 'r', blobUrlScheme: '', blobRedirectedHost: '',
+    skipVerify: false, caCertFiles: [], timeoutSec: 5, connectTimeoutSec: 5, retryLimit: 0,
+    proxy: { url: '', pingUrl: '', fallback: true, checkIntervalSec: 5, useHttp: false, checkPauseElapsedSec: 300 },
+  }, "nydus's defaults");
+});
+
+test('nydus-backend-proxy: serves a blob directory with HEAD and Range; a registry-backend image reads through it', async () => {
+  const child = spawn(path.join(repoRoot, 'bin/nydus-backend-proxy'), ['--blobsdir', blobDir, '--port', '0'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  cleanups.push(() => { if (child.exitCode === null) child.kill('SIGKILL'); });
+  let out = '';
+  let err = '';
+  child.stdout.on('data', (d) => (out += d));
+  child.stderr.on('data', (d) => (err += d));
+  await waitFor(() => /on (http:\/\/\S+)/.test(out) || child.exitCode !== null, 'nydus-backend-proxy to listen', 30_000);
+  const url = /on (http:\/\/\S+)/.exec(out)?.[1];
+  assert.ok(url, `nydus-backend-proxy did not start: ${err}`);
+  const blob = fs.readFileSync(path.join(blobDir, blobId));
+  const at = `${url}/v2/${REPO}/blobs/sha256:${blobId}`;
+  const head = await request(at, { method: 'HEAD' });
+  await head.body.dump();
+  assert.deepEqual([head.statusCode, Number(head.headers['content-length']), head.headers['docker-content-digest']], [200, blob.length, `sha256:${blobId}`]);
+  const part = await request(at, { headers: { range: 'bytes=1000-1999' } });
+  assert.equal(part.statusCode, 206);
+  assert.equal(part.headers['content-range'], `bytes 1000-1999/${blob.length}`);
+  assert.ok(Buffer.from(await part.body.arrayBuffer()).equals(blob.subarray(1000, 2000)));
+  const whole = await request(`${url}/${blobId}`);
+  assert.ok(Buffer.from(await whole.body.arrayBuffer()).equals(blob));
+  const beyond = await request(at, { headers: { range: `bytes=${blob.length}-` } });
+  await beyond.body.dump();
+  assert.equal(beyond.statusCode, 416);
+  const missing = await request(`${url}/v2/${REPO}/blobs/sha256:${'0'.repeat(64)}`);
+  await missing.body.dump();
+  assert.equal(missing.statusCode, 404);
+  const badDigest = await request(`${url}/v2/${REPO}/blobs/md5:abc`);
+  await badDigest.body.dump();
+  assert.equal(badDigest.statusCode, 400);
+  const escape = await request(`${url}/v2/${REPO}/blobs/sha256:..%2f..%2fetc%2fpasswd`);
+  await escape.body.dump();
+  assert.equal(escape.statusCode, 404);
+  // nydus's README setup: the registry backend pointed at the proxy as if it were a registry.
+  const r = reader(legacyEntry('via-cli', snapshotterConfig(new URL(url).host)));
+  await r.read();
+  assertWhole(r);
+  await r.close();
+  child.kill('SIGTERM');
+  await new Promise((resolve) => child.once('exit', resolve));
+  assert.equal(child.exitCode, 0);
+  const refused = spawn(path.join(repoRoot, 'bin/nydus-backend-proxy'), ['--blobsdir', path.join(work, 'nope')], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let refusedErr = '';
+  refused.stderr.on('data', (d) => (refusedErr += d));
+  const code = await new Promise((resolve) => refused.once('exit', resolve));
+  assert.equal(code, 1);
+  assert.match(refusedErr, /^nydus-backend-proxy: error: --blobsdir .*nope is not a directory/);
+});
+
+test('registry backend: size() by HEAD; a blob the registry lacks is ENOENT', async () => {
+  const cfg = parseBlobCacheEntry(legacyEntry('size', snapshotterConfig(open.host))).backend as Extract<ReturnType<typeof parseBlobCacheEntry>['backend'], { type: 'registry' }>;
+  const backend = new RegistryBackend(cfg);
+  try {
+    assert.equal(await backend.size(blobId), blobSize);
+    await assert.rejects(backend.size('0'.repeat(64)), (e: NydusError) => e.errno === 2 && /not in the registry/.test(e.message));
+    await assert.rejects(backend.read('0'.repeat(64), 0, 10), (e: NydusError) => e.errno === 5);
+  } finally {
+    await backend.close();
+  }
+});
+
+test('registry backend: blob_redirected_host and blob_url_scheme rewrite a blob redirect (the Authorization header stays home)', async () => {
+  const faults = await FaultProxy.start(locked.url);
+  cleanups.push(() => faults.close());
+  // The registry redirects blob GETs to a host that does not answer; the config sends them to one that does.
+  const storage = await FaultProxy.start(locked.url, { upstreamAuthorization: `Basic ${AUTH}` });
+  cleanups.push(() => storage.close());
+  faults.inject({ match: (req) => req.method === 'GET' && req.url!.includes('/blobs/'), fault: { kind: 'redirect', to: `https://127.0.0.1:${await freePort()}` }, times: Infinity });
+  const r = reader(legacyEntry('redirect', snapshotterConfig(faults.host, { auth: AUTH, blob_redirected_host: storage.host, blob_url_scheme: 'http' })));
+  await r.read();
+  assertWhole(r);
+  const atStorage = storage.seen.filter((s) => s.url.includes('/blobs/'));
+  assert.ok(atStorage.length > 0, 'blob bytes came from the redirected host');
+  assert.ok(atStorage.every((s) => s.headers.authorization === undefined), 'no Authorization header to the other host');
+  await r.close();
+});
+
+test('registry backend over TLS: ca_cert_files trusts the registry\'s certificate; skip_verify works without it; with neither, an EIO', async () => {
+  const tls = await startRegistry({ tls: true });
+  cleanups.push(() => tls.stop());
+  const client = new RegistryClient({ insecure: true, dockerConfig: false });
+  await client.pushBlob(`${tls.host}/${REPO}`, fs.readFileSync(path.join(blobDir, blobId)));
+  await client.close();
+  const https = { host: tls.host, repo: REPO, scheme: 'https' };
+  const trusted = reader(legacyEntry('tls-ca', { ...https, ca_cert_files: [path.join(tls.dir, 'cert.pem')] }));
+  await trusted.read();
+  assertWhole(trusted);
+  await trusted.close();
+  const skipped = reader(legacyEntry('tls-skip', { ...https, skip_verify: true }));
+  await skipped.read();
+  assertWhole(skipped);
+  await skipped.close();
+  const refused = reader(legacyEntry('tls-refused', https));
+  await refused.read(0, 4096);
+  assert.equal(refused.session.stats.readErrors, 1, 'an unknown certificate is refused');
+  await refused.close();
+});
+
+test('registry backend: a registry that is not there is an EIO after retry_limit retries, quickly', async () => {
+  const r = reader(legacyEntry('down', snapshotterConfig(`127.0.0.1:${await freePort()}`, { retry_limit: 2 })));
+  const start = Date.now();
+  await r.read(0, 4096);
+  assert.equal(r.session.stats.readErrors, 1);
+  assert.ok(Date.now() - start < 5_000, 'refused connections are retried with short backoff, then given up');
+  assert.ok(r.registry.metrics().registry.read_errors >= 1);
+  await r.close();
+});
