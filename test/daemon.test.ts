@@ -201,6 +201,8 @@ test('state: registered images and cached chunks survive a restart', () => {
   let state = new DaemonState(dir);
   track(new ImageRegistry(state, log)).add(entry('persist'));
   state.mark({ volume: 'erofs,persist', cookie: blobId }, [0, 2]);
+  // Entries may hold registry credentials: only the owner reads the state.
+  for (const f of ['chunk-state.db', 'chunk-state.db-wal']) assert.equal(fs.statSync(path.join(dir, f)).mode & 0o777, 0o600, f);
   state.close();
   state = new DaemonState(dir);
   const registry = track(new ImageRegistry(state, log));

@@ -35,7 +35,11 @@ export class DaemonState {
 
   constructor(workDir: string) {
     fs.mkdirSync(workDir, { recursive: true });
-    this.db = new Database(path.join(workDir, 'chunk-state.db'));
+    const file = path.join(workDir, 'chunk-state.db');
+    this.db = new Database(file);
+    // Registered entries may carry registry credentials: the owner alone reads the state (SQLite gives
+    // its WAL and shared-memory files the database file's mode).
+    fs.chmodSync(file, 0o600);
     this.db.pragma('journal_mode = WAL');
     // A marked chunk must survive a power cut only as far as the cache file does; NORMAL keeps WAL safe.
     this.db.pragma('synchronous = NORMAL');
