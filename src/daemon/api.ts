@@ -76,7 +76,9 @@ function need(ctx: ApiContext): NonNullable<ApiContext['lifecycle']> {
 export function startApi(sock: string, ctx: ApiContext): Promise<http.Server> {
   /** PUT /api/v1/config values by id (nydus keeps them per instance id). */
   const config = new Map<string, Map<string, string>>();
-  const server = http.createServer(async (req, res) => {
+  // No request or header timeouts: nydus-snapshotter watches the daemon's life through an idle
+  // connection it never writes to, and takes its closing for the daemon's death.
+  const server = http.createServer({ requestTimeout: 0, headersTimeout: 0 }, async (req, res) => {
     const url = new URL(req.url ?? '/', 'http://nydusd');
     const route = `${req.method} ${url.pathname}`;
     try {
