@@ -82,17 +82,26 @@ export function createImage(opts: CreateOptions): CreateResult {
     writer.abort();
     throw e;
   }
-  if (blob && opts.blobPath) {
-    fs.renameSync(blob.path, opts.blobPath);
-    blob.path = opts.blobPath;
+  let inodes: number;
+  try {
+    if (blob && opts.blobPath) {
+      fs.renameSync(blob.path, opts.blobPath);
+      blob.path = opts.blobPath;
+    }
+    const blobs = blob ? [blobDescriptor(blob)] : [];
+    const layout = layoutTree(tree, blobs.length);
+    const { meta } = writeImage(layout, {
+      chunkSize: opts.chunkSize, compressor: opts.compressor, digester: opts.digester, blobs,
+      buildTime: opts.repeatable ? 0 : Math.floor(Date.now() / 1000),
+      prefetch: opts.prefetchPaths ? prefetchNids(layout, opts.prefetchPaths) : undefined,
+    });
+    fs.writeFileSync(opts.bootstrap, meta, { flag: 'wx' });
+    inodes = layout.inodes.length;
+  } catch (e) {
+    // A failed create leaves no output: not the blob it just wrote (one that was already there, the
+    // same bytes for another image, stays).
+    if (blob && !blob.existed) fs.rmSync(blob.path, { force: true });
+    throw e;
   }
-  const blobs = blob ? [blobDescriptor(blob)] : [];
-  const layout = layoutTree(tree, blobs.length);
-  const { meta } = writeImage(layout, {
-    chunkSize: opts.chunkSize, compressor: opts.compressor, digester: opts.digester, blobs,
-    buildTime: opts.repeatable ? 0 : Math.floor(Date.now() / 1000),
-    prefetch: opts.prefetchPaths ? prefetchNids(layout, opts.prefetchPaths) : undefined,
-  });
-  fs.writeFileSync(opts.bootstrap, meta, { flag: 'wx' });
-  return { bootstrap: opts.bootstrap, blob, stats, inodes: layout.inodes.length };
+  return { bootstrap: opts.bootstrap, blob, stats, inodes };
 }

@@ -58,8 +58,9 @@ function statNode(file: Buffer, name: Buffer, treePath: string, shown: string): 
     mode,
     uid: Number(st.uid),
     gid: Number(st.gid),
-    mtimeSec: Number(st.mtimeNs / 1_000_000_000n),
-    mtimeNsec: Number(st.mtimeNs % 1_000_000_000n),
+    // Floor division: before 1970 the kernel shows (seconds - 1, 1e9 - ns), never a negative ns.
+    mtimeSec: Number(floorDiv(st.mtimeNs, 1_000_000_000n)),
+    mtimeNsec: Number(st.mtimeNs - floorDiv(st.mtimeNs, 1_000_000_000n) * 1_000_000_000n),
     size: 0,
     rdev: kind === 'chrdev' || kind === 'blkdev' ? Number(st.rdev) : 0,
     xattrs,
@@ -79,6 +80,11 @@ function statNode(file: Buffer, name: Buffer, treePath: string, shown: string): 
 }
 
 /** Reads a whole directory tree's metadata. Errors name the offending path. */
+function floorDiv(a: bigint, b: bigint): bigint {
+  const q = a / b;
+  return a % b < 0n ? q - 1n : q;
+}
+
 export function treeFromDirectory(root: string): TreeNode {
   let st: fs.Stats;
   try {
