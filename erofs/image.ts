@@ -249,15 +249,20 @@ export class ErofsImage {
     const table = this.slice(`inode ${ino.nid} chunk indexes (${count})`, start, count * erofsInodeChunkIndex.size);
     const out: ChunkMapping[] = [];
     const mask = deviceIdMask(this.devices.length);
+    // The hot loop of big files: two fields read in place rather than a decoded object per index.
+    const devOff = erofsInodeChunkIndex.offsetOf('device_id');
+    const blkOff = erofsInodeChunkIndex.offsetOf('blkaddr');
     for (let i = 0; i < count; i++) {
-      const c = erofsInodeChunkIndex.decode(table, i * erofsInodeChunkIndex.size, where);
-      if (c.blkaddr === EROFS_NULL_ADDR) {
-        out.push({ deviceId: c.device_id, blkaddr: null });
+      const at = i * erofsInodeChunkIndex.size;
+      const blkaddr = table.readUInt32LE(at + blkOff);
+      const deviceIdRaw = table.readUInt16LE(at + devOff);
+      if (blkaddr === EROFS_NULL_ADDR) {
+        out.push({ deviceId: deviceIdRaw, blkaddr: null });
         continue;
       }
-      const deviceId = c.device_id & mask;
+      const deviceId = deviceIdRaw & mask;
       if (deviceId > this.devices.length) throw new FormatError(`${where}: chunk ${i} names device ${deviceId}, the image has ${this.devices.length}`);
-      out.push({ deviceId, blkaddr: c.blkaddr });
+      out.push({ deviceId, blkaddr });
     }
     return out;
   }

@@ -26,7 +26,7 @@ import { ImageRegistry } from '../src/daemon/daemon.ts';
 import { DaemonState } from '../src/daemon/state.ts';
 import { prand, tmpDir } from './helpers/fixtures.ts';
 import { runCli } from './helpers/cli.ts';
-import { chunkIndexOffset } from './helpers/image-fields.ts';
+import { chunkIndexOffset, inodeAt } from './helpers/image-fields.ts';
 
 const work = tmpDir('validate');
 const src = path.join(work, 'src');
@@ -58,13 +58,7 @@ function patched(patch: (b: Buffer, img: ErofsImage) => void): string {
   return file;
 }
 
-/** Offset of the inode of `p` (via the validated good image). */
-function inodeAt(p: string): number {
-  const v = validateImage(new ErofsImage(good, 'good'));
-  let nid = v.rootNid;
-  for (const part of p.split('/').filter(Boolean)) nid = v.inodes.get(nid)!.entries!.find((e) => e.name.toString() === part)!.nid;
-  return v.inodes.get(nid)!.inode.offset;
-}
+const inodeOffset = (p: string) => inodeAt(good, p).offset;
 
 function setBlobId(b: Buffer, img: ErofsImage, id: string): void {
   rafsV6Blob.encodeInto(b, img.ext!.s_blob_table_offset, { blob_id: Buffer.from(id, 'latin1') });
@@ -207,7 +201,7 @@ test('item 15: holes are zeros in unpack, the other chunks are still checked, ex
   want.fill(0, 2 * 4096, 3 * 4096);
   assert.ok(data.equals(want), 'the hole reads as zeros, the rest as the file');
   // A chunk size other than the image's (the 1 GiB chunk of the fuzz run) is refused.
-  const bits = patched((b) => erofsInodeExtended.encodeInto(b, inodeAt('/big'), { i_u: 0x20 | 18 }));
+  const bits = patched((b) => erofsInodeExtended.encodeInto(b, inodeOffset('/big'), { i_u: 0x20 | 18 }));
   assert.throws(() => unpackToTar({ bootstrap: bits, blobDir, output: path.join(work, 'bits.tar') }), isFormatError(/chunk size 1073741824 differs/));
   const img = path.join(work, 'holed.img');
   exportBlock({ bootstrap: holed, blobDir, output: img });
@@ -237,11 +231,11 @@ test('item 16: check verifies the blob-meta chunk-info array and the blob sha256
 
 test('item 17: reserved bits, impossible values and names are refused', () => {
   const cases: Array<[string, (b: Buffer) => void, RegExp]> = [
-    ['a reserved i_format bit', (b) => { b.writeUInt16LE(b.readUInt16LE(inodeAt('/big')) | 0x20, inodeAt('/big')); }, /reserved i_format bits/],
-    ['i_reserved2', (b) => { b[inodeAt('/big') + 50] = 1; }, /i_reserved2 is not zero/],
-    ['an nlink lie', (b) => erofsInodeExtended.encodeInto(b, inodeAt('/hard'), { i_nlink: 1 }), /has 2 names but i_nlink 1/],
+    ['a reserved i_format bit', (b) => { b.writeUInt16LE(b.readUInt16LE(inodeOffset('/big')) | 0x20, inodeOffset('/big')); }, /reserved i_format bits/],
+    ['i_reserved2', (b) => { b[inodeOffset('/big') + 50] = 1; }, /i_reserved2 is not zero/],
+    ['an nlink lie', (b) => erofsInodeExtended.encodeInto(b, inodeOffset('/hard'), { i_nlink: 1 }), /has 2 names but i_nlink 1/],
     ['a symlink with a NUL', (b) => { const v = validateImage(new ErofsImage(good, 'g')); const ln = [...v.inodes.values()].find((i) => i.target)!; b[ln.inode.offset + ln.inode.headSize] = 0; }, /symlink target holds a NUL/],
-    ['a fifo with a size', (b) => erofsInodeExtended.encodeInto(b, inodeAt('/big'), { i_mode: 0o10644 }), /regular files can be chunk-based|file type/],
+    ['a fifo with a size', (b) => erofsInodeExtended.encodeInto(b, inodeOffset('/big'), { i_mode: 0o10644 }), /regular files can be chunk-based|file type/],
     ['a name with a slash', (b) => { const at = b.indexOf(Buffer.from('small')); b[at + 2] = 0x2f; }, /invalid file name|not sorted/],
   ];
   for (const [what, patch, re] of cases) {

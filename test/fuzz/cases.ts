@@ -138,7 +138,9 @@ export function applyCase(seed: Seed, c: FuzzCase): { boot: Buffer; blob: Buffer
 export class ForeignError extends Error {}
 
 export interface CaseRunner {
+  /** 'accepted' when check passed with the blobs (then export and unpack wrote `outputs`). */
   run(c: FuzzCase): Promise<'accepted' | 'refused'>;
+  outputs: { image: string; tar: string };
   close(): void;
 }
 
@@ -160,6 +162,7 @@ export function caseRunner(work: string, seeds: Seed[]): CaseRunner {
     }
   };
   return {
+    outputs: { image: path.join(out, 'x.img'), tar: path.join(out, 'x.tar') },
     async run(c) {
       const seed = seeds.find((s) => s.name === c.seed)!;
       const { boot, blob } = applyCase(seed, c);
@@ -199,8 +202,10 @@ export function caseRunner(work: string, seeds: Seed[]): CaseRunner {
           await registry.remove({ id });
         }),
       ];
-      // Both read the bootstrap alone through the same gate: they must agree.
+      // Both read the bootstrap alone through the same gate: they must agree. An image check accepts
+      // is one every reader given the same blobs can use.
       if (results[1] !== results[5]) throw new ForeignError(`inspect ${results[1] ? 'accepted' : 'refused'} the image, daemon registration did not`);
+      if (results[2] && !(results[0] && results[3] && results[4])) throw new ForeignError(`check accepted the image, another reader with its blobs refused it: ${results}`);
       return results[2] ? 'accepted' : 'refused';
     },
     close() {

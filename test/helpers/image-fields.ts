@@ -4,7 +4,7 @@
  * maximum - 1, a value pointing past the end of the image or back at the structure itself.
  */
 import { type FieldSpec, Struct } from '../../erofs/struct.ts';
-import { ErofsImage } from '../../erofs/image.ts';
+import { ErofsImage, type Inode } from '../../erofs/image.ts';
 import { EROFS_BLKSIZ, EROFS_ISLOT, EROFS_SUPER_OFFSET, erofsSuperBlock } from '../../erofs/super.ts';
 import { RAFS_V6_SUPER_EXT_OFFSET, rafsV6Blob, rafsV6SuperBlockExt } from '../../erofs/rafs.ts';
 import { erofsDeviceSlot } from '../../erofs/devtable.ts';
@@ -99,8 +99,8 @@ export function mutate(boot: Buffer, site: FieldSite, value: Buffer): Buffer {
   return out;
 }
 
-/** Byte offset of chunk index `k` of the regular file at `path` (e.g. "/big") in a valid bootstrap. */
-export function chunkIndexOffset(boot: Buffer, path: string, k: number): number {
+/** The decoded inode at `path` (e.g. "/dir/sub") of a valid bootstrap. */
+export function inodeAt(boot: Buffer, path: string): Inode {
   const v = validateImage(new ErofsImage(boot, 'seed'));
   let nid = v.rootNid;
   for (const part of path.split('/').filter(Boolean)) {
@@ -108,6 +108,23 @@ export function chunkIndexOffset(boot: Buffer, path: string, k: number): number 
     if (!e) throw new Error(`${path}: no ${part}`);
     nid = e.nid;
   }
-  const ino = v.inodes.get(nid)!.inode;
+  return v.inodes.get(nid)!.inode;
+}
+
+/** Byte offset of chunk index `k` of the regular file at `path` (e.g. "/big") in a valid bootstrap. */
+export function chunkIndexOffset(boot: Buffer, path: string, k: number): number {
+  const ino = inodeAt(boot, path);
   return Math.ceil((ino.offset + ino.headSize) / 8) * 8 + k * 8;
+}
+
+/** Byte offset of the dirent named `name` in the first block (or inline tail) of directory `dir`. */
+export function direntOffset(boot: Buffer, dir: string, name: string): number {
+  const ino = inodeAt(boot, dir);
+  const at = ino.datalayout === 2 && ino.size < EROFS_BLKSIZ ? ino.offset + ino.headSize : ino.iu * EROFS_BLKSIZ;
+  const count = boot.readUInt16LE(at + 8) / 12;
+  for (let k = 0; k < count; k++) {
+    const off = boot.readUInt16LE(at + k * 12 + 8);
+    if (boot.subarray(at + off, at + off + name.length).toString() === name) return at + k * 12;
+  }
+  throw new Error(`${dir}: no entry ${name} in its first block`);
 }
