@@ -17,7 +17,7 @@ import {
   EROFS_INODE_FLAT_PLAIN, erofsInodeCompact, erofsInodeExtended,
 } from '../../erofs/inode.ts';
 import { EROFS_NAME_LEN, type DirEntry } from '../../erofs/dirent.ts';
-import type { Xattrs } from '../../erofs/xattr.ts';
+import { type Xattrs, splitXattrName } from '../../erofs/xattr.ts';
 import {
   BLOB_CHUNK_FLAG_COMPRESSED, BLOB_CHUNK_FLAG_HAS_HOLE, BLOB_CHUNK_MAX_SIZE, BLOB_FEATURE_BATCH, BLOB_FEATURE_ENCRYPTED,
   BLOB_FEATURE_TARFS, BLOB_FEATURE_ZRAN, type BlobChunkInfo,
@@ -176,7 +176,8 @@ function validateChunk(c: ChunkRef, blob: ValidatedBlob, chunkSize: number, wher
 function indexChunks(blob: ValidatedBlob, chunks: ChunkRef[], what: string): Map<number, ChunkRef> {
   chunks.sort((a, b) => a.uncompressedOffset - b.uncompressedOffset);
   const byOffset = new Map<number, ChunkRef>();
-  const byIndex = new Map<number, ChunkRef>();
+  const indexes = new Set<number>();
+  const kept: ChunkRef[] = [];
   let prev: ChunkRef | null = null;
   for (const c of chunks) {
     if (prev && c.uncompressedOffset === prev.uncompressedOffset && c.indexInBlob === prev.indexInBlob && c.uncompressedSize === prev.uncompressedSize
@@ -184,14 +185,14 @@ function indexChunks(blob: ValidatedBlob, chunks: ChunkRef[], what: string): Map
     if (prev && c.uncompressedOffset < prev.uncompressedOffset + prev.uncompressedSize) {
       throw new FormatError(`${what}: chunks ${prev.indexInBlob} and ${c.indexInBlob} of blob ${blob.id} overlap at uncompressed offset ${c.uncompressedOffset}`);
     }
-    const other = byIndex.get(c.indexInBlob);
-    if (other) throw new FormatError(`${what}: two chunks of blob ${blob.id} claim index ${c.indexInBlob}`);
-    byIndex.set(c.indexInBlob, c);
+    if (indexes.has(c.indexInBlob)) throw new FormatError(`${what}: two chunks of blob ${blob.id} claim index ${c.indexInBlob}`);
+    indexes.add(c.indexInBlob);
     byOffset.set(c.uncompressedOffset, c);
+    kept.push(c);
     prev = c;
   }
   chunks.length = 0;
-  chunks.push(...byOffset.values());
+  for (const c of kept) chunks.push(c);
   return byOffset;
 }
 
@@ -239,6 +240,8 @@ function checkInodeFields(image: ErofsImage, ino: Inode, where: string): void {
 
 function validateXattrs(xattrs: Xattrs, where: string): void {
   for (const name of xattrs.keys()) {
+    // A name must be one the format can store: a POSIX ACL index with a suffix is not.
+    if (!splitXattrName(Buffer.from(name, 'latin1'))) throw new FormatError(`${where}: xattr name ${JSON.stringify(name)} is not a valid name for its prefix index`);
     if (name.includes('\0')) throw new FormatError(`${where}: xattr name ${JSON.stringify(name)} holds a NUL byte`);
     if (name.endsWith('.') && !name.startsWith('system.')) throw new FormatError(`${where}: xattr name ${JSON.stringify(name)} is only a prefix`);
   }
