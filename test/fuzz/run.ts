@@ -5,7 +5,7 @@
  * blow-up, an exception other than NydusError is a crash. Every failing case is printed and appended
  * to test/fuzz/regressions.json, which test/fuzz-regressions.test.ts replays on every test run.
  *
- *   npm run fuzz -- [--cases 100000] [--start 0] [--time-ms 5000] [--heap-mb 512]
+ *   npm run fuzz -- [--cases 100000] [--start 0] [--time-ms 5000] [--heap-mb 512] [--rss-mb 1536]
  */
 import fs from 'node:fs';
 import os from 'node:os';
@@ -21,12 +21,15 @@ const { values } = parseArgs({
     start: { type: 'string', default: '0' },
     'time-ms': { type: 'string', default: '5000' },
     'heap-mb': { type: 'string', default: '512' },
+    'rss-mb': { type: 'string', default: '1536' },
   },
 });
 const total = Number(values.cases);
 const start = Number(values.start);
 const timeMs = Number(values['time-ms']);
 const heapMb = Number(values['heap-mb']);
+/** The heap limit does not count Buffers: the process's resident size bounds them. */
+const rssMb = Number(values['rss-mb']);
 const here = path.dirname(fileURLToPath(import.meta.url));
 const regressions = path.join(here, 'regressions.json');
 
@@ -63,9 +66,14 @@ function runFrom(from: number): Promise<number> {
       resolve(n);
     };
     const watchdog = setInterval(() => {
-      maxRssMb = Math.max(maxRssMb, process.memoryUsage().rss / 2 ** 20);
-      if (current && Date.now() - current.at > timeMs) {
-        failures.push({ caseNo: current.caseNo, kind: 'hang', detail: `no result after ${timeMs} ms`, case: current.case });
+      const rss = process.memoryUsage().rss / 2 ** 20;
+      maxRssMb = Math.max(maxRssMb, rss);
+      const hang = current && Date.now() - current.at > timeMs;
+      if (current && (hang || rss > rssMb)) {
+        failures.push({
+          caseNo: current.caseNo, kind: hang ? 'hang' : 'blow-up', case: current.case,
+          detail: hang ? `no result after ${timeMs} ms` : `resident size ${rss.toFixed(0)} MiB`,
+        });
         const n = current.caseNo + 1;
         current = null;
         void w.terminate().then(() => finish(n));
@@ -98,7 +106,8 @@ while (next < end) next = Math.max(next + 0, await runFrom(next));
 
 const seconds = (Date.now() - started) / 1000;
 process.stdout.write(`fuzz: ${total} cases (from ${start}) in ${seconds.toFixed(1)} s on ${os.cpus().length} cores: `
-  + `${accepted} accepted, ${refused} refused with a NydusError, ${failures.length} failures; slowest case ${maxCaseMs} ms, heap limit ${heapMb} MiB, time bound ${timeMs} ms\n`);
+  + `${accepted} accepted, ${refused} refused with a NydusError, ${failures.length} failures; slowest case ${maxCaseMs} ms, `
+  + `largest resident size ${maxRssMb.toFixed(0)} MiB (bound ${rssMb}), heap limit ${heapMb} MiB, time bound ${timeMs} ms\n`);
 if (failures.length) {
   const kept: FuzzCase[] = fs.existsSync(regressions) ? JSON.parse(fs.readFileSync(regressions, 'utf8')) : [];
   for (const f of failures) {
