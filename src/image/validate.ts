@@ -133,7 +133,8 @@ function validateBlobTable(image: ErofsImage): ValidatedBlob[] {
     if (!BLOB_ID.test(id)) throw new FormatError(`${where}: invalid blob id ${JSON.stringify(id)} (must be 64 lowercase hex digits)`);
     const dev = image.devices[i];
     if (dev.tag !== id) throw new FormatError(`${name}: device slot ${i} tag ${JSON.stringify(dev.tag)} differs from blob id ${id}`);
-    if (dev.blocks * EROFS_BLKSIZ !== b.uncompressed_size) {
+    // nydus rounds the device up to whole blocks; the blob table keeps the exact size.
+    if (dev.blocks !== Math.ceil(b.uncompressed_size / EROFS_BLKSIZ)) {
       throw new FormatError(`${name}: device slot ${i} has ${dev.blocks} blocks, blob table entry ${i} says ${b.uncompressed_size} uncompressed bytes`);
     }
     if (b.chunk_size !== image.chunkSize) throw new FormatError(`${where}: chunk size ${b.chunk_size} differs from the superblock's ${image.chunkSize}`);
