@@ -40,7 +40,7 @@ export const erofsInodeExtended = new Struct('erofs_inode_extended', 64, {
   i_ino: { offset: 20, type: 'u32' },
   i_uid: { offset: 24, type: 'u32' },
   i_gid: { offset: 28, type: 'u32' },
-  i_mtime: { offset: 32, type: 'u64' }, // seconds
+  i_mtime: { offset: 32, type: 'i64' }, // seconds, signed as the kernel reads it (le64 into time64_t)
   i_mtime_nsec: { offset: 40, type: 'u32' },
   i_nlink: { offset: 44, type: 'u32' },
   i_reserved2: { offset: 48, type: { bytes: 16 } },

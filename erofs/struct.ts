@@ -8,7 +8,8 @@
  */
 import { FormatError } from './errors.ts';
 
-export type FieldType = 'u8' | 'u16' | 'u32' | 'u64' | { bytes: number };
+/** i64: a signed 64-bit field (the kernel reads i_mtime as time64_t: before 1970 is negative). */
+export type FieldType = 'u8' | 'u16' | 'u32' | 'u64' | 'i64' | { bytes: number };
 
 export interface FieldSpec {
   readonly offset: number;
@@ -21,7 +22,7 @@ export type Decoded<F extends Record<string, FieldSpec>> = { [K in keyof F]: Fie
 
 function fieldSize(t: FieldType): number {
   if (typeof t === 'object') return t.bytes;
-  return { u8: 1, u16: 2, u32: 4, u64: 8 }[t];
+  return { u8: 1, u16: 2, u32: 4, u64: 8, i64: 8 }[t];
 }
 
 export class Struct<F extends Record<string, FieldSpec>> {
@@ -51,8 +52,8 @@ export class Struct<F extends Record<string, FieldSpec>> {
       else if (t === 'u16') out[field] = buf.readUInt16LE(at);
       else if (t === 'u32') out[field] = buf.readUInt32LE(at);
       else {
-        const v = buf.readBigUInt64LE(at);
-        if (v > BigInt(Number.MAX_SAFE_INTEGER)) {
+        const v = t === 'i64' ? buf.readBigInt64LE(at) : buf.readBigUInt64LE(at);
+        if (v > BigInt(Number.MAX_SAFE_INTEGER) || v < BigInt(Number.MIN_SAFE_INTEGER)) {
           throw new FormatError(`${where ? where + ': ' : ''}${this.name}.${field} at offset ${at} is out of range (${v})`);
         }
         out[field] = Number(v);
@@ -76,6 +77,7 @@ export class Struct<F extends Record<string, FieldSpec>> {
       } else if (t === 'u8') buf.writeUInt8(v as number, at);
       else if (t === 'u16') buf.writeUInt16LE(v as number, at);
       else if (t === 'u32') buf.writeUInt32LE(v as number, at);
+      else if (t === 'i64') buf.writeBigInt64LE(BigInt(v as number), at);
       else buf.writeBigUInt64LE(BigInt(v as number), at);
     }
   }

@@ -7,7 +7,9 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { NydusError } from '../erofs/errors.ts';
+import { spawnSync } from 'node:child_process';
+import { FormatError, NydusError } from '../erofs/errors.ts';
+import { erofsInodeExtended } from '../erofs/inode.ts';
 import { createImage } from '../src/builder/create.ts';
 import { checkImage } from '../src/image/check.ts';
 import { inspectImage } from '../src/image/inspect.ts';
@@ -15,6 +17,8 @@ import { exportBlock } from '../src/image/export-block.ts';
 import { unpackToTar } from '../src/image/unpack.ts';
 import { prand, tmpDir } from './helpers/fixtures.ts';
 import { runCli } from './helpers/cli.ts';
+import { direntOffset, inodeAt, interestingValues } from './helpers/image-fields.ts';
+import { buildSeeds, caseRunner } from './fuzz/cases.ts';
 
 const work = tmpDir('corrupt');
 const boot = path.join(work, 'good.boot');
@@ -122,4 +126,74 @@ test('a corrupt chunk in the blob is an I/O error on read, not wrong bytes', () 
   data[100] ^= 0xff;
   fs.writeFileSync(path.join(copyDir, path.basename(blob)), data);
   assert.throws(() => checkImage({ bootstrap: boot, blobDir: copyDir }), (e: Error) => e instanceof NydusError && /chunk 0/.test(e.message));
+});
+
+/**
+ * Targeted mutations: every field of every structure of a small image (superblocks, device slots,
+ * blob table, chunk table, inodes, xattrs, chunk indexes, dirents) set to 0, max, max - 1, half,
+ * a value past the end of the image, the structure's own position and more. Each must be refused
+ * with a NydusError or give an image every reader accepts, which fsck.erofs passes after export and
+ * GNU tar reads after unpack, within a time and memory bound.
+ */
+test('targeted mutations of every field: a NydusError or a correct image, never anything else', { timeout: 900_000 }, async () => {
+  const fuzzWork = path.join(work, 'targeted');
+  fs.mkdirSync(fuzzWork);
+  const seeds = buildSeeds(fuzzWork);
+  const runner = caseRunner(fuzzWork, seeds);
+  const rssBefore = process.memoryUsage().rss;
+  let accepted = 0;
+  let refused = 0;
+  let slowest = 0;
+  try {
+    for (const seed of seeds.filter((s) => s.name !== 'raw')) {
+      for (const site of seed.sites) {
+        for (const value of interestingValues(site, seed.boot.length)) {
+          const c = { seed: seed.name, mutations: [{ target: 'boot' as const, offset: site.offset, hex: value.toString('hex') }] };
+          const t0 = Date.now();
+          const outcome = await runner.run(c);
+          slowest = Math.max(slowest, Date.now() - t0);
+          assert.ok(Date.now() - t0 < 5000, `${site.label} = ${value.toString('hex')}: ${Date.now() - t0} ms`);
+          if (outcome === 'refused') {
+            refused++;
+            continue;
+          }
+          accepted++;
+          const fsck = spawnSync('fsck.erofs', [runner.outputs.image], { encoding: 'utf8' });
+          assert.equal(fsck.status, 0, `${site.label} = ${value.toString('hex')}: fsck.erofs of the export: ${fsck.stdout}${fsck.stderr}`);
+          const tar = spawnSync('tar', ['-tf', runner.outputs.tar], { encoding: 'utf8' });
+          assert.equal(tar.status, 0, `${site.label} = ${value.toString('hex')}: tar: ${tar.stderr}`);
+        }
+      }
+    }
+  } finally {
+    runner.close();
+  }
+  const grown = (process.memoryUsage().rss - rssBefore) / 2 ** 20;
+  assert.ok(grown < 512, `memory grew by ${grown.toFixed(0)} MiB`);
+  assert.ok(refused > accepted, `${refused} refused, ${accepted} accepted`);
+  process.stderr.write(`targeted mutations: ${accepted + refused} cases, ${refused} refused, ${accepted} accepted (fsck.erofs and tar agree), slowest ${slowest} ms\n`);
+});
+
+test('directory cycles, nlink lies and size lies are FormatErrors', () => {
+  const cases: Array<[string, (b: Buffer) => void, RegExp]> = [];
+  const nidOf = (p: string) => inodeAt(good, p).nid;
+  const direntNid = (dir: string, name: string, nid: number) => (b: Buffer) => b.writeBigUInt64LE(BigInt(nid), direntOffset(good, dir, name));
+  cases.push(['a directory entry pointing at the root', direntNid('/dir', 'sub', nidOf('/')), /reachable twice|"\.\." points|file type/]);
+  cases.push(['a directory entry pointing at its own directory', direntNid('/dir', 'sub', nidOf('/dir')), /reachable twice/]);
+  cases.push(['a directory entry pointing at its parent', direntNid('/dir/sub', 'c', nidOf('/dir')), /reachable twice|file type/]);
+  const ext = (p: string, v: Parameters<typeof erofsInodeExtended.encodeInto>[2]) => (b: Buffer) => erofsInodeExtended.encodeInto(b, inodeAt(good, p).offset, v);
+  cases.push(['nlink 0', ext('/a', { i_nlink: 0 }), /i_nlink is 0/]);
+  cases.push(['a file one byte longer', ext('/a', { i_size: 300001 }), /holds \d+ bytes, the file needs|chunk/]);
+  cases.push(['a file one byte shorter', ext('/a', { i_size: 299999 }), /holds 37856 bytes, the file needs 37855/]);
+  cases.push(['a file of 2^40 bytes', ext('/a', { i_size: 2 ** 40 }), /chunk indexes|beyond the end/]);
+  cases.push(['a directory of 2^40 bytes', ext('/dir', { i_size: 2 ** 40 }), /beyond the end|data/]);
+  const file = path.join(work, 'lie.boot');
+  for (const [what, patch, re] of cases) {
+    const b = Buffer.from(good);
+    patch(b);
+    fs.writeFileSync(file, b);
+    for (const op of [() => checkImage({ bootstrap: file, blobDir }), () => inspectImage(file, 'stats')]) {
+      assert.throws(op, (e: Error) => e instanceof FormatError && re.test(e.message), what);
+    }
+  }
 });

@@ -9,7 +9,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { setXattr } from '../native/xattr/index.ts';
-import { openBootstrap } from '../src/image/open.ts';
+import { openImage } from '../src/image/open.ts';
 import { treeFromImage } from '../src/image/tree-from-image.ts';
 import type { TreeNode } from '../src/builder/tree.ts';
 import { prand, tmpDir } from './helpers/fixtures.ts';
@@ -66,7 +66,7 @@ function treeOf(boot: string): Map<string, TreeNode> {
     byPath.set(n.path, n);
     for (const c of n.children ?? []) walk(c);
   };
-  walk(treeFromImage(openBootstrap(boot)).root);
+  walk(treeFromImage(openImage(boot).image).root);
   return byPath;
 }
 

@@ -3,6 +3,7 @@
  * digest does not match is an I/O error, never data.
  */
 import fs from 'node:fs';
+import { createHash } from 'node:crypto';
 import { NydusError, EIO } from '../../erofs/errors.ts';
 import { BLOB_CCT_HEADER_SIZE, BLOB_CCT_MAGIC, BLOB_CHUNK_INFO_V1_SIZE, type BlobChunkInfo, blobCompressionContextHeader, decodeChunkInfoV1 } from '../../erofs/blobmeta.ts';
 import type { CompressorName } from './compress.ts';
@@ -16,11 +17,17 @@ export class LocalBlobReader {
 
   constructor(readonly path: string, private readonly compressor: CompressorName, private readonly digester: Digester) {
     try {
-      this.fd = fs.openSync(path, 'r');
-      this.size = fs.fstatSync(this.fd).size;
+      // O_NONBLOCK: opening a FIFO must not wait for a writer; anything but a regular file is refused.
+      this.fd = fs.openSync(path, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
     } catch (e) {
       throw new NydusError(`cannot open blob ${path}: ${(e as Error).message}`);
     }
+    const st = fs.fstatSync(this.fd);
+    if (!st.isFile()) {
+      fs.closeSync(this.fd);
+      throw new NydusError(`blob ${path} is not a regular file`);
+    }
+    this.size = st.size;
   }
 
   readRaw(offset: number, size: number): Buffer {
@@ -54,6 +61,19 @@ export class LocalBlobReader {
     const out: BlobChunkInfo[] = [];
     for (let i = 0; i < h.s_ci_entries; i++) out.push(decodeChunkInfoV1(ci, i * BLOB_CHUNK_INFO_V1_SIZE));
     return out;
+  }
+
+  /** sha256 of the whole blob file (a Nydus blob is named by it), read in bounded pieces. */
+  sha256(): string {
+    const hash = createHash('sha256');
+    const buf = Buffer.allocUnsafe(1 << 20);
+    for (let off = 0; off < this.size;) {
+      const n = fs.readSync(this.fd, buf, 0, Math.min(buf.length, this.size - off), off);
+      if (n === 0) throw new NydusError(`blob ${this.path}: short read at ${off}`, EIO);
+      hash.update(buf.subarray(0, n));
+      off += n;
+    }
+    return hash.digest('hex');
   }
 
   close(): void {

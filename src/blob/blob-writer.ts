@@ -28,6 +28,8 @@ export interface FinishedBlob {
   ciSize: number;
   /** Size of the whole blob file. */
   fileSize: number;
+  /** The blob directory already held this blob (same bytes) before this build. */
+  existed: boolean;
 }
 
 const ZERO_BLOCK = Buffer.alloc(EROFS_BLKSIZ);
@@ -117,10 +119,11 @@ export class BlobWriter {
     fs.closeSync(this.fd);
     const blobId = this.hash.digest('hex');
     const finalPath = path.join(this.dir, blobId);
+    const existed = fs.existsSync(finalPath);
     fs.renameSync(this.tmpPath, finalPath);
     return {
       blobId, path: finalPath, compressedSize, uncompressedSize: this.uncompressedOffset,
-      chunkCount: this.chunks.length, features, ciOffset, ciSize: ci.length, fileSize: this.fileOffset,
+      chunkCount: this.chunks.length, features, ciOffset, ciSize: ci.length, fileSize: this.fileOffset, existed,
     };
   }
 

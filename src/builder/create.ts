@@ -115,7 +115,8 @@ class ImageBuild {
 
   abort(): void {
     this.writer.abort();
-    if (this.blob) fs.rmSync(this.blob.path, { force: true });
+    // A blob that was already there (the same bytes for another image) stays.
+    if (this.blob && !this.blob.existed) fs.rmSync(this.blob.path, { force: true });
     if (this.createdDir) fs.rmSync(this.createdDir, { recursive: true, force: true });
   }
 }

@@ -59,8 +59,9 @@ function statNode(file: Buffer, name: Buffer, treePath: string, shown: string): 
     mode,
     uid: Number(st.uid),
     gid: Number(st.gid),
-    mtimeSec: Number(st.mtimeNs / 1_000_000_000n),
-    mtimeNsec: Number(st.mtimeNs % 1_000_000_000n),
+    // Floor division: before 1970 the kernel shows (seconds - 1, 1e9 - ns), never a negative ns.
+    mtimeSec: Number(floorDiv(st.mtimeNs, 1_000_000_000n)),
+    mtimeNsec: Number(st.mtimeNs - floorDiv(st.mtimeNs, 1_000_000_000n) * 1_000_000_000n),
     size: 0,
     rdev: kind === 'chrdev' || kind === 'blkdev' ? Number(st.rdev) : 0,
     xattrs,
@@ -77,6 +78,11 @@ function statNode(file: Buffer, name: Buffer, treePath: string, shown: string): 
     node.hardlinkKey = `${st.dev}:${st.ino}`;
   }
   return node;
+}
+
+function floorDiv(a: bigint, b: bigint): bigint {
+  const q = a / b;
+  return a % b < 0n ? q - 1n : q;
 }
 
 /**

@@ -52,8 +52,11 @@ export interface TreeNode {
   target?: Buffer;
   children?: TreeNode[];
   data?: DataSource;
-  /** Regular files: where each chunk of the data lives (set by the chunker or decoded from an image). */
-  chunks?: ChunkRef[];
+  /**
+   * Regular files: where each chunk of the data lives (set by the chunker or decoded from an image);
+   * null is a hole, a chunk that reads as zeros (only images decoded from a bootstrap have them).
+   */
+  chunks?: Array<ChunkRef | null>;
   /** Nodes with the same key are hardlinks of one inode. */
   hardlinkKey?: string;
   /** Path from the root, for messages. */

@@ -10,7 +10,7 @@ import {
 import {
   EROFS_CHUNK_FORMAT_INDEXES, EROFS_INODE_CHUNK_BASED, EROFS_INODE_LAYOUT_EXTENDED, erofsInodeExtended, inodeFormat,
 } from '../../erofs/inode.ts';
-import { erofsInodeChunkIndex, nydusChunkAddr } from '../../erofs/chunk.ts';
+import { EROFS_NULL_ADDR, erofsInodeChunkIndex, nydusChunkAddr } from '../../erofs/chunk.ts';
 import { erofsDeviceSlot } from '../../erofs/devtable.ts';
 import {
   EROFS_FT_BLKDEV, EROFS_FT_CHRDEV, EROFS_FT_DIR, EROFS_FT_FIFO, EROFS_FT_REG_FILE, EROFS_FT_SOCK, EROFS_FT_SYMLINK,
@@ -88,7 +88,7 @@ export function writeImage(layout: Layout, opts: WriteOptions): WrittenImage {
   const deviceCount = block ? 0 : opts.blobs.length;
   // Distinct chunks, in blob order, for the chunk table.
   const distinct = new Map<ChunkRef, number>();
-  for (const ino of layout.inodes) for (const c of ino.node.chunks ?? []) if (!distinct.has(c)) distinct.set(c, distinct.size);
+  for (const ino of layout.inodes) for (const c of ino.node.chunks ?? []) if (c && !distinct.has(c)) distinct.set(c, distinct.size);
   const chunkList = [...distinct.keys()].sort((a, b) => a.blobIndex - b.blobIndex || a.indexInBlob - b.indexInBlob);
 
   // Tables after the directory/symlink data blocks, each 4096-aligned as nydus validates.
@@ -107,7 +107,9 @@ export function writeImage(layout: Layout, opts: WriteOptions): WrittenImage {
   const metaBlocks = end / EROFS_BLKSIZ;
   const blobBaseBlk = block ? opts.blockMode!.blobBaseBlk(metaBlocks) : [];
 
-  const chunkAddress = (c: ChunkRef): { advise: number; device_id: number; blkaddr: number } => (block
+  const chunkAddress = (c: ChunkRef | null): { advise: number; device_id: number; blkaddr: number } => (!c
+    ? { advise: 0, device_id: 0, blkaddr: EROFS_NULL_ADDR }
+    : block
     ? { advise: 0, device_id: 0, blkaddr: blobBaseBlk[c.blobIndex] + c.uncompressedOffset / EROFS_BLKSIZ }
     : { ...nydusChunkAddr(c.blobIndex, c.indexInBlob), blkaddr: c.uncompressedOffset / EROFS_BLKSIZ });
 

@@ -11,6 +11,24 @@ import { unpackToTar } from '../image/unpack.ts';
 import { hideBin } from 'yargs/helpers';
 import { cliParser, parseSize, runMain } from './main.ts';
 
+/** Progress messages (not errors, not requested output): shown at --log-level info or below, to --log-file if given. */
+const log = {
+  quiet: false,
+  file: undefined as string | undefined,
+  info(msg: string): void {
+    if (this.quiet) return;
+    const line = `nydus-image: ${msg}\n`;
+    if (!this.file) process.stderr.write(line);
+    else {
+      try {
+        fs.appendFileSync(this.file, `${new Date().toISOString()} INFO ${line}`);
+      } catch (e) {
+        throw new NydusError(`cannot write the log file ${this.file}: ${(e as Error).message}`);
+      }
+    }
+  },
+};
+
 function writeJson(file: string | undefined, value: unknown): void {
   if (file) fs.writeFileSync(file, JSON.stringify(value, null, 2) + '\n');
 }
@@ -31,8 +49,12 @@ await runMain('nydus-image', async () => {
   // yargs reads a lone '-' as an option: pass stdin by its device name.
   await cliParser('nydus-image', hideBin(process.argv).map((arg) => (arg === '-' ? '/dev/stdin' : arg)))
     .demandCommand(1, 'a subcommand is needed')
-    .option('log-level', { alias: 'l', type: 'string', default: 'info', choices: ['trace', 'debug', 'info', 'warn', 'error'], global: true })
-    .option('log-file', { alias: 'L', type: 'string', global: true, describe: 'accepted for compatibility; messages go to stderr' })
+    .option('log-level', { alias: 'l', type: 'string', default: 'info', choices: ['trace', 'debug', 'info', 'warn', 'error'], global: true, describe: 'warn or error: no progress messages' })
+    .option('log-file', { alias: 'L', type: 'string', global: true, describe: 'append progress messages to this file instead of stderr (errors stay on stderr)' })
+    .middleware((a) => {
+      log.quiet = a['log-level'] === 'warn' || a['log-level'] === 'error';
+      log.file = a['log-file'];
+    })
     .command('create <source>', 'build a RAFS v6 image (bootstrap + blob) from a directory or a layer tar', (y) => y
       .positional('source', { type: 'string', demandOption: true, describe: 'source directory, or tar file (- for stdin)' })
       .option('type', { alias: ['t', 'source-type'], type: 'string', default: 'dir-rafs', describe: 'conversion type: dir-rafs, tar-rafs, targz-rafs (both tar types take plain or gzip tar)' })
@@ -71,7 +93,7 @@ await runMain('nydus-image', async () => {
       });
       const report = { version: '6', bootstrap: r.bootstrap, blobs: r.blob ? [r.blob.blobId] : [], blob_path: r.blob?.path ?? null, inodes: r.inodes, ...r.stats };
       writeJson(a['output-json'], report);
-      process.stderr.write(`nydus-image: built ${r.bootstrap} (${r.inodes} inodes, ${r.stats.uniqueChunks}/${r.stats.chunks} unique chunks)${r.blob ? `, blob ${r.blob.blobId}` : ''}\n`);
+      log.info(`built ${r.bootstrap} (${r.inodes} inodes, ${r.stats.uniqueChunks}/${r.stats.chunks} unique chunks)${r.blob ? `, blob ${r.blob.blobId}` : ''}`);
     })
     .command('check [BOOTSTRAP]', 'validate a bootstrap (and its blobs with -D/--blob)', (y) => y
       .positional('BOOTSTRAP', { type: 'string' })
@@ -86,7 +108,7 @@ await runMain('nydus-image', async () => {
       // nydus-image's own report, then ours.
       process.stdout.write(`RAFS filesystem metadata is valid, referenced data blobs: \n${r.blobLines.map((l) => `\t ${l}\n`).join('')}`);
       if (a.verbose) process.stdout.write(JSON.stringify(r, null, 2) + '\n');
-      process.stderr.write(`nydus-image: ${bootstrap} is a valid RAFS v6 image (${r.inodes} inodes, ${r.chunks} chunks${r.verifiedChunks ? `, ${r.verifiedChunks} verified` : ''})\n`);
+      log.info(`${bootstrap} is a valid RAFS v6 image (${r.inodes} inodes, ${r.chunks} chunks${r.holes ? `, ${r.holes} holes` : ''}${r.verifiedChunks ? `, ${r.verifiedChunks} verified` : ''})`);
     })
     .command('inspect [BOOTSTRAP]', 'print superblock, blobs and chunk information as JSON', (y) => y
       .positional('BOOTSTRAP', { type: 'string' })
@@ -104,7 +126,7 @@ await runMain('nydus-image', async () => {
       .option('output', { alias: 'O', type: 'string', demandOption: true }), (a) => {
       if (!a.block) throw new NydusError('only --block export is supported');
       const r = exportBlock({ bootstrap: a.bootstrap, blobDir: a['blob-dir'], blobPaths: a.blob ? [a.blob] : undefined, output: a.output });
-      process.stderr.write(`nydus-image: exported ${a.output} (${r.blocks} blocks)\n`);
+      log.info(`exported ${a.output} (${r.blocks} blocks)`);
     })
     .command('unpack [BOOTSTRAP]', 'write the tree of an image as a tar file', (y) => y
       .positional('BOOTSTRAP', { type: 'string' })
@@ -113,7 +135,7 @@ await runMain('nydus-image', async () => {
       .option('blob-dir', { alias: 'D', type: 'string' })
       .option('output', { alias: 'o', type: 'string', demandOption: true }), (a) => {
       const r = unpackToTar({ bootstrap: needBootstrap(a), blobDir: a['blob-dir'], blobPaths: a.blob ? [a.blob] : undefined, output: a.output });
-      process.stderr.write(`nydus-image: wrote ${r.entries} entries to ${a.output}${r.skipped.length ? ` (skipped ${r.skipped.length} sockets)` : ''}\n`);
+      log.info(`wrote ${r.entries} entries to ${a.output}${r.skipped.length ? ` (skipped ${r.skipped.length} sockets)` : ''}`);
     })
     .help()
     .version('0.1.0')

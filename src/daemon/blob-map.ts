@@ -3,9 +3,7 @@
  * uncompressed address space maps to the chunks (and their stored ranges) that cover it.
  */
 import { NydusError, EIO } from '../../erofs/errors.ts';
-import type { ErofsImage } from '../../erofs/image.ts';
-import { BLOB_CHUNK_FLAG_COMPRESSED } from '../../erofs/blobmeta.ts';
-import { blobCompressor, blobDigester } from '../image/open.ts';
+import type { ValidatedImage } from '../image/validate.ts';
 import type { CompressorName } from '../blob/compress.ts';
 import type { Digester } from '../blob/digest.ts';
 import type { ChunkRef } from '../builder/tree.ts';
@@ -17,24 +15,14 @@ export class BlobMap {
     readonly blobId: string, readonly uncompressedSize: number, readonly compressor: CompressorName,
     readonly digester: Digester, chunks: ChunkRef[],
   ) {
+    // Validated chunks: inside the blob, no two overlapping, sizes bounded by the chunk size.
     this.chunks = [...chunks].sort((a, b) => a.uncompressedOffset - b.uncompressedOffset);
   }
 
-  /** Every blob of a bootstrap, keyed by blob id, from its blob table and chunk table. */
-  static fromImage(image: ErofsImage): Map<string, BlobMap> {
-    const perBlob = image.blobs.map(() => [] as ChunkRef[]);
-    for (const c of image.chunkTable()) {
-      perBlob[c.blobIndex].push({
-        blobIndex: c.blobIndex, indexInBlob: c.index, digest: c.digest, uncompressedOffset: c.uncompressedOffset,
-        uncompressedSize: c.uncompressedSize, compressedOffset: c.compressedOffset, compressedSize: c.compressedSize,
-        compressed: (c.flags & BLOB_CHUNK_FLAG_COMPRESSED) !== 0,
-      });
-    }
+  /** Every blob of a validated bootstrap, keyed by blob id, from its blob table and chunk table. */
+  static fromImage(image: ValidatedImage): Map<string, BlobMap> {
     const out = new Map<string, BlobMap>();
-    image.blobs.forEach((b, i) => {
-      const id = image.blobId(i);
-      out.set(id, new BlobMap(id, b.uncompressed_size, blobCompressor(image, i), blobDigester(image, i), perBlob[i]));
-    });
+    for (const b of image.blobs) out.set(b.id, new BlobMap(b.id, b.uncompressedSize, b.compressor, b.digester, b.chunks));
     return out;
   }
 

@@ -5,11 +5,9 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
-import { NydusError } from '../../erofs/errors.ts';
-import type { ErofsImage } from '../../erofs/image.ts';
-import { openBootstrap } from '../image/open.ts';
-import { treeFromImage } from '../image/tree-from-image.ts';
-import { type ChunkRef, walkTree } from '../builder/tree.ts';
+import { openImage } from '../image/open.ts';
+import type { ValidatedImage } from '../image/validate.ts';
+import type { ChunkRef } from '../builder/tree.ts';
 import { BlobMap } from './blob-map.ts';
 import { ChunkFetcher } from './chunk-fetcher.ts';
 import { type BackendMetrics, type BlobBackend, newBackendMetrics } from './backend/localfs.ts';
@@ -36,7 +34,7 @@ interface RegisteredImage {
  * everything below them), in that order; without a prefetch table, or with `all`, the whole blob
  * (after those files).
  */
-function prefetchChunks(image: ErofsImage, blobs: Map<string, BlobMap>, all: boolean): Map<string, ChunkRef[]> {
+function prefetchChunks(image: ValidatedImage, blobs: Map<string, BlobMap>, all: boolean): Map<string, ChunkRef[]> {
   const listed = prefetchTableChunks(image);
   if (!all && listed) return listed;
   const out = new Map<string, ChunkRef[]>();
@@ -49,22 +47,25 @@ function prefetchChunks(image: ErofsImage, blobs: Map<string, BlobMap>, all: boo
 }
 
 /** The chunks of the prefetch table's files, per blob in table order; null without a table. */
-function prefetchTableChunks(image: ErofsImage): Map<string, ChunkRef[]> | null {
+function prefetchTableChunks(image: ValidatedImage): Map<string, ChunkRef[]> | null {
   const out = new Map<string, ChunkRef[]>();
-  const table = image.prefetchTable();
-  if (table.length === 0) return null;
-  const { root, inodeOf } = treeFromImage(image);
-  const byNid = new Map([...walkTree(root)].map((n) => [inodeOf.get(n)!.nid, n]));
-  const seen = new Set<string>();
-  for (const nid of table) {
-    const start = byNid.get(nid);
-    if (!start) continue;
-    for (const n of walkTree(start)) {
-      for (const c of n.chunks ?? []) {
-        const id = image.blobId(c.blobIndex);
-        const key = `${id}:${c.indexInBlob}`;
-        if (seen.has(key)) continue;
-        seen.add(key);
+  if (image.image.prefetchTable().length === 0) return null;
+  // Over the decoded-once inodes: each inode (a hardlink or a directory named twice in the table)
+  // is visited once, so the walk costs at most the image's own size.
+  const visited = new Set<number>();
+  const seen = new Set<ChunkRef>();
+  for (const start of image.prefetchNids) {
+    const stack = [start];
+    while (stack.length) {
+      const nid = stack.pop()!;
+      if (visited.has(nid)) continue;
+      visited.add(nid);
+      const v = image.inodes.get(nid)!;
+      for (let i = (v.entries?.length ?? 0) - 1; i >= 0; i--) stack.push(v.entries![i].nid);
+      for (const c of v.chunks ?? []) {
+        if (!c || seen.has(c)) continue;
+        seen.add(c);
+        const id = image.blobs[c.blobIndex].id;
         if (!out.has(id)) out.set(id, []);
         out.get(id)!.push(c);
       }
@@ -124,12 +125,9 @@ export class ImageRegistry implements ObjectResolver {
       if (JSON.stringify(known.body) === JSON.stringify(body)) return known.entry;
       throw new ConfigError(`image ${entry.id} is already registered with another configuration`);
     }
-    const image = openBootstrap(entry.metadataPath);
-    if (!image.isRafs) throw new NydusError(`${entry.metadataPath} is not a RAFS v6 bootstrap`);
+    // The same validation gate as check: blob ids, chunk ranges and sizes, every inode once.
+    const { image } = openImage(entry.metadataPath);
     const blobs = BlobMap.fromImage(image);
-    for (const id of blobs.keys()) {
-      if (!/^[0-9a-f]{64}$/.test(id)) throw new NydusError(`${entry.metadataPath}: blob id ${JSON.stringify(id)} is not a sha256`);
-    }
     prepareWorkDir(entry.workDir);
     const backend = createBackend(entry.backend, this.metricsOf(entry.backend.type));
     this.images.set(entry.id, {

@@ -1,13 +1,18 @@
-/** `nydus-image check`: decodes the whole bootstrap, cross-checks its tables, optionally verifies every chunk. */
-import { FormatError } from '../../erofs/errors.ts';
+/**
+ * `nydus-image check`: validates the whole bootstrap (validate.ts); with blobs, also every chunk's
+ * data against its digest, every blob's chunk-info array against the chunk table, and every blob
+ * file against its id (a Nydus blob is named by its sha256).
+ */
+import { FormatError, NydusError, EIO } from '../../erofs/errors.ts';
 import {
   BLOB_FEATURE_ALIGNED, BLOB_FEATURE_BATCH, BLOB_FEATURE_CHUNK_INFO_V2, BLOB_FEATURE_ENCRYPTED, BLOB_FEATURE_HAS_TAR_HEADER,
   BLOB_FEATURE_HAS_TOC, BLOB_FEATURE_INLINED_CHUNK_DIGEST, BLOB_FEATURE_INLINED_FS_META, BLOB_FEATURE_SEPARATE, BLOB_FEATURE_ZRAN,
 } from '../../erofs/blobmeta.ts';
-import { EROFS_BLKSIZ } from '../../erofs/super.ts';
 import { walkTree, type ChunkRef } from '../builder/tree.ts';
-import { openBlobs, openBootstrap, blobCompressor, blobDigester } from './open.ts';
+import type { LocalBlobReader } from '../blob/blob-reader.ts';
+import { openImage } from './open.ts';
 import { treeFromImage } from './tree-from-image.ts';
+import type { ValidatedBlob } from './validate.ts';
 
 export interface CheckReport {
   bootstrap: string;
@@ -16,6 +21,8 @@ export interface CheckReport {
   directories: number;
   blobs: string[];
   chunks: number;
+  /** Chunk positions that are holes (read as zeros, nothing to verify). */
+  holes: number;
   /** Chunks whose data were read and verified (only with blobs). */
   verifiedChunks: number;
   /** One line per blob, in nydus-image check's words. */
@@ -29,45 +36,54 @@ const FEATURE_NAMES: Array<[number, string]> = [
   [BLOB_FEATURE_HAS_TOC, 'toc'], [BLOB_FEATURE_ZRAN, 'zran'], [BLOB_FEATURE_ENCRYPTED, 'encrypted'],
 ];
 
-export function checkImage(opts: { bootstrap: string; blobDir?: string; blobPaths?: string[] }): CheckReport {
-  const image = openBootstrap(opts.bootstrap);
-  const name = opts.bootstrap;
-  if (!image.isRafs) throw new FormatError(`${name}: not a RAFS v6 bootstrap (compat feature RAFS_V6 is not set)`);
-  image.blobs.forEach((b, i) => {
-    blobCompressor(image, i);
-    blobDigester(image, i);
-    const id = image.blobId(i);
-    if (!/^[0-9a-f]{64}$/.test(id)) throw new FormatError(`${name}: blob ${i} has an invalid id ${JSON.stringify(id)}`);
-    if (image.devices[i].tag !== id) throw new FormatError(`${name}: device slot ${i} tag ${image.devices[i].tag} differs from blob id ${id}`);
-    if (image.devices[i].blocks * EROFS_BLKSIZ !== b.uncompressed_size) {
-      throw new FormatError(`${name}: device slot ${i} has ${image.devices[i].blocks} blocks, blob ${id} is ${b.uncompressed_size} bytes`);
-    }
-    if (b.chunk_size !== image.chunkSize) throw new FormatError(`${name}: blob ${i} chunk size ${b.chunk_size} differs from the superblock's ${image.chunkSize}`);
-  });
-  for (const c of image.chunkTable()) {
-    const b = image.blobs[c.blobIndex];
-    if (c.uncompressedOffset % EROFS_BLKSIZ || c.uncompressedOffset + c.uncompressedSize > b.uncompressed_size || c.index >= b.chunk_count) {
-      throw new FormatError(`${name}: chunk ${c.index} of blob ${c.blobIndex} lies outside the blob`);
+/** The blob file's size and its own chunk-info array against the bootstrap. */
+function checkBlobFile(bootstrap: string, b: ValidatedBlob, reader: LocalBlobReader): void {
+  if (reader.size < b.compressedSize) {
+    throw new NydusError(`blob ${reader.path}: ${reader.size} bytes, the bootstrap ${bootstrap} says ${b.compressedSize}`, EIO);
+  }
+  const infos = reader.readChunkInfos();
+  for (const c of b.chunks) {
+    const ci = infos[c.indexInBlob];
+    if (!ci || ci.uncompressedOffset !== c.uncompressedOffset || ci.uncompressedSize !== c.uncompressedSize
+      || ci.compressedOffset !== c.compressedOffset || ci.compressedSize !== c.compressedSize) {
+      throw new FormatError(`blob ${reader.path}: chunk info ${c.indexInBlob} ${ci ? JSON.stringify(ci) : 'is missing'}, the chunk table of ${bootstrap} says `
+        + JSON.stringify({ uncompressedOffset: c.uncompressedOffset, uncompressedSize: c.uncompressedSize, compressedOffset: c.compressedOffset, compressedSize: c.compressedSize }));
     }
   }
-  const blobs = opts.blobDir || opts.blobPaths ? openBlobs(image, opts) : undefined;
+}
+
+/** Last, after every chunk was verified (a bad chunk is the more useful message): the blob's own name. */
+function checkBlobDigest(b: ValidatedBlob, reader: LocalBlobReader): void {
+  const digest = reader.sha256();
+  if (digest !== b.id) throw new NydusError(`blob ${reader.path}: its sha256 is ${digest}, not its id ${b.id}`, EIO);
+}
+
+export function checkImage(opts: { bootstrap: string; blobDir?: string; blobPaths?: string[] }): CheckReport {
+  const name = opts.bootstrap;
+  const withBlobs = !!(opts.blobDir || opts.blobPaths);
+  const opened = openImage(name, withBlobs ? opts : undefined);
+  const { image, blobs } = opened;
   try {
+    blobs?.forEach((r, i) => checkBlobFile(name, image.blobs[i], r));
     const { root } = treeFromImage(image, blobs);
     const report: CheckReport = {
-      bootstrap: name, inodes: 0, files: 0, directories: 0, blobs: image.blobs.map((_, i) => image.blobId(i)), chunks: 0, verifiedChunks: 0,
-      blobLines: image.blobs.map((b, i) => `${i}: ${image.blobId(i)}, compressed size ${b.compressed_size}, uncompressed size ${b.uncompressed_size}, `
-        + `chunk size: ${b.chunk_size}, chunk count: ${b.chunk_count}, features: ${FEATURE_NAMES.filter(([bit]) => b.features & bit).map(([, n]) => n).join(' ')}`),
+      bootstrap: name, inodes: image.inodes.size, files: 0, directories: 0, blobs: image.blobs.map((b) => b.id), chunks: 0, holes: 0, verifiedChunks: 0,
+      blobLines: image.blobs.map((b, i) => `${i}: ${b.id}, compressed size ${b.compressedSize}, uncompressed size ${b.uncompressedSize}, `
+        + `chunk size: ${image.chunkSize}, chunk count: ${b.chunkCount}, features: ${FEATURE_NAMES.filter(([bit]) => b.features & bit).map(([, n]) => n).join(' ')}`),
     };
     const seen = new Set<ChunkRef>();
     const links = new Set<string>();
     for (const n of walkTree(root)) {
       if (n.hardlinkKey && links.has(n.hardlinkKey)) continue;
       if (n.hardlinkKey) links.add(n.hardlinkKey);
-      report.inodes++;
       if (n.kind === 'dir') report.directories++;
       if (n.kind !== 'file') continue;
       report.files++;
       for (const c of n.chunks ?? []) {
+        if (!c) {
+          report.holes++;
+          continue;
+        }
         report.chunks++;
         if (blobs && !seen.has(c)) {
           seen.add(c);
@@ -76,9 +92,9 @@ export function checkImage(opts: { bootstrap: string; blobDir?: string; blobPath
         }
       }
     }
-    if (report.inodes !== image.sb.inos) throw new FormatError(`${name}: superblock counts ${image.sb.inos} inodes, the tree holds ${report.inodes}`);
+    blobs?.forEach((r, i) => checkBlobDigest(image.blobs[i], r));
     return report;
   } finally {
-    for (const b of blobs ?? []) b.close();
+    opened.close();
   }
 }

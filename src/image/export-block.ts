@@ -1,6 +1,7 @@
 /**
  * `nydus-image export --block`: one self-contained EROFS image, metadata followed by the uncompressed
- * data of every blob, chunk indexes pointing at the primary device. Mounts with `mount -o loop`.
+ * data of every blob, chunk indexes pointing at the primary device (holes stay holes). Mounts with
+ * `mount -o loop`.
  */
 import fs from 'node:fs';
 import { NydusError } from '../../erofs/errors.ts';
@@ -8,7 +9,7 @@ import { EROFS_BLKSIZ } from '../../erofs/super.ts';
 import { layoutTree } from '../builder/layout.ts';
 import { writeImage } from '../builder/writer.ts';
 import { walkTree, type ChunkRef } from '../builder/tree.ts';
-import { blobCompressor, blobDigester, openBlobs, openBootstrap } from './open.ts';
+import { openImage } from './open.ts';
 import { treeFromImage } from './tree-from-image.ts';
 
 export interface ExportOptions {
@@ -20,34 +21,39 @@ export interface ExportOptions {
 
 export function exportBlock(opts: ExportOptions): { blocks: number } {
   if (fs.existsSync(opts.output)) throw new NydusError(`output ${opts.output} already exists; remove it first`);
-  const image = openBootstrap(opts.bootstrap);
-  if (!image.isRafs) throw new NydusError(`${opts.bootstrap} is not a RAFS v6 bootstrap`);
-  const blobs = openBlobs(image, opts);
+  const opened = openImage(opts.bootstrap, opts);
+  const { image } = opened;
+  const blobs = opened.blobs!;
   try {
     const { root } = treeFromImage(image, blobs);
     const layout = layoutTree(root, 0);
-    const sizes = image.blobs.map((b) => b.uncompressed_size);
+    // Each blob's data takes the blocks its chunks reach, not what the blob table claims.
+    const used = image.blobs.map(() => 0);
+    for (const n of walkTree(root)) {
+      for (const c of n.chunks ?? []) if (c) used[c.blobIndex] = Math.max(used[c.blobIndex], Math.ceil((c.uncompressedOffset + c.uncompressedSize) / EROFS_BLKSIZ));
+    }
+    const first = image.blobs[0];
     const { meta, blobBaseBlk } = writeImage(layout, {
-      chunkSize: image.chunkSize, compressor: blobCompressor(image, 0), digester: blobDigester(image, 0),
-      buildTime: image.sb.build_time,
-      blobs: image.blobs.map((b, i) => ({
-        blobId: image.blobId(i), compressedSize: b.compressed_size, uncompressedSize: b.uncompressed_size,
-        chunkCount: b.chunk_count, features: b.features, ciCompressor: b.ci_compressor, ciOffset: b.ci_offset,
-        ciCompressedSize: b.ci_compressed_size, ciUncompressedSize: b.ci_uncompressed_size,
+      chunkSize: image.chunkSize, compressor: first?.compressor ?? 'none', digester: first?.digester ?? 'blake3',
+      buildTime: image.image.sb.build_time,
+      // Block mode only reads each blob's size (for the superblock's block count).
+      blobs: used.map((u, i) => ({
+        blobId: image.blobs[i].id, compressedSize: 0, uncompressedSize: u * EROFS_BLKSIZ, chunkCount: 0, features: 0,
+        ciCompressor: 0, ciOffset: 0, ciCompressedSize: 0, ciUncompressedSize: 0,
       })),
       blockMode: {
         blobBaseBlk: (metaBlocks) => {
           const bases: number[] = [];
           let blk = metaBlocks;
-          for (const s of sizes) {
+          for (const u of used) {
             bases.push(blk);
-            blk += Math.ceil(s / EROFS_BLKSIZ);
+            blk += u;
           }
           return bases;
         },
       },
     });
-    const total = (blobBaseBlk.length ? blobBaseBlk[blobBaseBlk.length - 1] + Math.ceil(sizes[sizes.length - 1] / EROFS_BLKSIZ) : meta.length / EROFS_BLKSIZ);
+    const total = meta.length / EROFS_BLKSIZ + used.reduce((s, u) => s + u, 0);
     const tmp = `${opts.output}.tmp-${process.pid}`;
     const fd = fs.openSync(tmp, 'wx');
     try {
@@ -55,7 +61,7 @@ export function exportBlock(opts: ExportOptions): { blocks: number } {
       const written = new Set<ChunkRef>();
       for (const node of walkTree(root)) {
         for (const c of node.chunks ?? []) {
-          if (written.has(c)) continue;
+          if (!c || written.has(c)) continue;
           written.add(c);
           const data = blobs[c.blobIndex].readChunk(c);
           fs.writeSync(fd, data, 0, data.length, blobBaseBlk[c.blobIndex] * EROFS_BLKSIZ + c.uncompressedOffset);
@@ -72,6 +78,6 @@ export function exportBlock(opts: ExportOptions): { blocks: number } {
     fs.renameSync(tmp, opts.output);
     return { blocks: total };
   } finally {
-    for (const b of blobs) b.close();
+    opened.close();
   }
 }

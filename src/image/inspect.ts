@@ -2,11 +2,11 @@
 import { NydusError } from '../../erofs/errors.ts';
 import { EROFS_BLKSIZ } from '../../erofs/super.ts';
 import { walkTree, type TreeNode } from '../builder/tree.ts';
-import { openBootstrap } from './open.ts';
+import { openImage } from './open.ts';
 import { treeFromImage } from './tree-from-image.ts';
-import type { ErofsImage } from '../../erofs/image.ts';
+import type { ValidatedImage } from './validate.ts';
 
-function superblockInfo(image: ErofsImage) {
+function superblockInfo({ image }: ValidatedImage) {
   return {
     magic: `0x${image.sb.magic.toString(16)}`,
     block_size: EROFS_BLKSIZ,
@@ -26,35 +26,38 @@ function superblockInfo(image: ErofsImage) {
 }
 
 /** nydus-image's keys (blob_id, compressed_size, decompressed_size, readahead_*) first, then ours. */
-function blobsInfo(image: ErofsImage) {
-  return image.blobs.map((b, i) => ({
-    blob_id: image.blobId(i),
-    decompressed_size: b.uncompressed_size,
-    readahead_offset: 0,
-    readahead_size: 0,
-    blob_index: b.blob_index,
-    chunk_count: b.chunk_count,
-    chunk_size: b.chunk_size,
-    compressor: b.compression_algo,
-    digester: b.digest_algo,
-    features: b.features,
-    compressed_size: b.compressed_size,
-    uncompressed_size: b.uncompressed_size,
-    meta_ci_offset: b.ci_offset,
-    meta_ci_compressed_size: b.ci_compressed_size,
-    meta_ci_uncompressed_size: b.ci_uncompressed_size,
-  }));
+function blobsInfo(v: ValidatedImage) {
+  return v.blobs.map((b) => {
+    const raw = v.image.blobs[b.index];
+    return {
+      blob_id: b.id,
+      decompressed_size: b.uncompressedSize,
+      readahead_offset: 0,
+      readahead_size: 0,
+      blob_index: b.index,
+      chunk_count: b.chunkCount,
+      chunk_size: raw.chunk_size,
+      compressor: raw.compression_algo,
+      digester: raw.digest_algo,
+      features: b.features,
+      compressed_size: b.compressedSize,
+      uncompressed_size: b.uncompressedSize,
+      meta_ci_offset: raw.ci_offset,
+      meta_ci_compressed_size: raw.ci_compressed_size,
+      meta_ci_uncompressed_size: raw.ci_uncompressed_size,
+    };
+  });
 }
 
-function fileInfo(image: ErofsImage, n: TreeNode, nid: number) {
+function fileInfo(image: ValidatedImage, n: TreeNode, nid: number) {
   return {
     path: n.path,
     nid,
     mode: `0${n.mode.toString(8)}`,
     size: n.size,
-    chunks: (n.chunks ?? []).map((c, i) => ({
+    chunks: (n.chunks ?? []).map((c, i) => (c ? {
       index: i,
-      blob_id: image.blobId(c.blobIndex),
+      blob_id: image.blobs[c.blobIndex].id,
       chunk_index: c.indexInBlob,
       digest: c.digest.toString('hex'),
       compressed: c.compressed,
@@ -62,13 +65,13 @@ function fileInfo(image: ErofsImage, n: TreeNode, nid: number) {
       compressed_size: c.compressedSize,
       uncompressed_offset: c.uncompressedOffset,
       uncompressed_size: c.uncompressedSize,
-    })),
+    } : { index: i, hole: true })),
   };
 }
 
 /** Answers one request: `stats`, `blobs`, `prefetch`, `chunks` (all files) or `stat <path>`. */
 export function inspectImage(bootstrap: string, request = 'stats'): unknown {
-  const image = openBootstrap(bootstrap);
+  const { image } = openImage(bootstrap);
   const [cmd, ...args] = request.trim().split(/\s+/);
   if (cmd === 'blobs') return blobsInfo(image);
   const { root, inodeOf } = treeFromImage(image);
@@ -79,14 +82,14 @@ export function inspectImage(bootstrap: string, request = 'stats'): unknown {
       const nid = inodeOf.get(n)!.nid;
       paths.set(nid, [...(paths.get(nid) ?? []), n.path]);
     }
-    return image.prefetchTable().map((nid) => ({ inode: nid, path: paths.get(nid) ?? [] }));
+    return image.image.prefetchTable().map((nid) => ({ inode: nid, path: paths.get(nid) ?? [] }));
   }
   if (cmd === 'stats') {
     let files = 0, dirs = 0, symlinks = 0, others = 0, bytes = 0;
     for (const n of walkTree(root)) {
       if (n.kind === 'file') { files++; bytes += n.size; } else if (n.kind === 'dir') dirs++; else if (n.kind === 'symlink') symlinks++; else others++;
     }
-    return { inodes_count: image.sb.inos, superblock: superblockInfo(image), blobs: blobsInfo(image), files, directories: dirs, symlinks, others, file_bytes: bytes };
+    return { inodes_count: image.inodes.size, superblock: superblockInfo(image), blobs: blobsInfo(image), files, directories: dirs, symlinks, others, file_bytes: bytes };
   }
   if (cmd === 'chunks') {
     return [...walkTree(root)].filter((n) => n.kind === 'file').map((n) => fileInfo(image, n, inodeOf.get(n)!.nid));

@@ -1,12 +1,10 @@
-/** Opening a bootstrap from disk and finding its blobs: shared by check, inspect, export and unpack. */
+/** Opening a bootstrap from disk, validating it and finding its blobs: shared by every reader. */
 import fs from 'node:fs';
 import path from 'node:path';
 import { NydusError } from '../../erofs/errors.ts';
 import { ErofsImage } from '../../erofs/image.ts';
-import { RAFS_COMPRESS_NONE, RAFS_COMPRESS_ZSTD, RAFS_DIGEST_BLAKE3, RAFS_DIGEST_SHA256 } from '../../erofs/rafs.ts';
 import { LocalBlobReader } from '../blob/blob-reader.ts';
-import type { CompressorName } from '../blob/compress.ts';
-import type { Digester } from '../blob/digest.ts';
+import { type ValidatedBlob, type ValidatedImage, validateImage } from './validate.ts';
 
 export function openBootstrap(file: string): ErofsImage {
   let buf: Buffer;
@@ -22,26 +20,45 @@ export function openBootstrap(file: string): ErofsImage {
   return new ErofsImage(buf, file);
 }
 
-export function blobCompressor(image: ErofsImage, i: number): CompressorName {
-  const algo = image.blobs[i]?.compression_algo ?? RAFS_COMPRESS_NONE;
-  if (algo === RAFS_COMPRESS_NONE) return 'none';
-  if (algo === RAFS_COMPRESS_ZSTD) return 'zstd';
-  throw new NydusError(`${image.name}: blob ${i} uses compression algorithm ${algo}, which nydus-ts does not support`);
+/** Where a reader finds the blobs: a directory of files named by blob id, or explicit paths. */
+export interface BlobLocation {
+  blobDir?: string;
+  blobPaths?: string[];
 }
 
-export function blobDigester(image: ErofsImage, i: number): Digester {
-  const algo = image.blobs[i]?.digest_algo ?? RAFS_DIGEST_BLAKE3;
-  if (algo === RAFS_DIGEST_BLAKE3) return 'blake3';
-  if (algo === RAFS_DIGEST_SHA256) return 'sha256';
-  throw new NydusError(`${image.name}: blob ${i} uses digest algorithm ${algo}, which nydus-ts does not support`);
+export interface OpenedImage {
+  image: ValidatedImage;
+  /** One reader per blob, when a blob location was given. */
+  blobs?: LocalBlobReader[];
+  close(): void;
 }
 
-/** Opens the image's blobs from a blob directory (files named by blob id) or explicit blob paths. */
-export function openBlobs(image: ErofsImage, where: { blobDir?: string; blobPaths?: string[] }): LocalBlobReader[] {
-  return image.devices.map((_, i) => {
-    const id = image.blobId(i);
-    const p = where.blobPaths?.[i] ?? (where.blobDir ? path.join(where.blobDir, id) : undefined);
-    if (!p) throw new NydusError(`${image.name}: blob ${id} is needed; give a blob directory (-D) or a blob path (--blob)`);
-    return new LocalBlobReader(p, blobCompressor(image, i), blobDigester(image, i));
-  });
+/**
+ * Reads and validates a bootstrap; with a blob location, also opens its blobs (by validated id only,
+ * so an id from the image never names anything outside the blob directory).
+ */
+export function openImage(file: string, where?: BlobLocation): OpenedImage {
+  const raw = openBootstrap(file);
+  const readers = new Map<number, LocalBlobReader>();
+  const close = () => {
+    for (const r of readers.values()) r.close();
+  };
+  const reader = (b: ValidatedBlob): LocalBlobReader => {
+    let r = readers.get(b.index);
+    if (!r) {
+      const p = where!.blobPaths?.[b.index] ?? (where!.blobDir ? path.join(where!.blobDir, b.id) : undefined);
+      if (!p) throw new NydusError(`${file}: blob ${b.id} is needed; give a blob directory (-D) or a blob path (--blob)`);
+      r = new LocalBlobReader(p, b.compressor, b.digester);
+      readers.set(b.index, r);
+    }
+    return r;
+  };
+  try {
+    const image = validateImage(raw, where ? { blobChunkInfos: (b) => reader(b).readChunkInfos() } : {});
+    const blobs = where ? image.blobs.map(reader) : undefined;
+    return { image, blobs, close };
+  } catch (e) {
+    close();
+    throw e;
+  }
 }

@@ -20,6 +20,12 @@ function paxRecord(key: string, value: Buffer): Buffer {
   return Buffer.concat([Buffer.from(String(len), 'latin1'), body]);
 }
 
+/** A pax time as a decimal number: before 1970, (-2 s, 0.5e9 ns) is -1.5. */
+export function paxTime(sec: number, nsec: number): string {
+  if (sec < 0 && nsec > 0) return `-${-(sec + 1)}.${String(1e9 - nsec).padStart(9, '0')}`;
+  return `${sec}.${String(nsec).padStart(9, '0')}`;
+}
+
 export interface TarEntry {
   path: Buffer;
   /** '0' file, '1' hardlink, '2' symlink, '3' char, '4' block, '5' dir, '6' fifo. */
@@ -81,7 +87,7 @@ export class TarWriter {
     if (e.uid > 0o7777777) records.push(paxRecord('uid', Buffer.from(String(e.uid))));
     if (e.gid > 0o7777777) records.push(paxRecord('gid', Buffer.from(String(e.gid))));
     if (e.size > 0o77777777777) records.push(paxRecord('size', Buffer.from(String(e.size))));
-    records.push(paxRecord('mtime', Buffer.from(`${e.mtimeSec}.${String(e.mtimeNsec).padStart(9, '0')}`)));
+    records.push(paxRecord('mtime', Buffer.from(paxTime(e.mtimeSec, e.mtimeNsec))));
     for (const [k, v] of e.xattrs ?? []) records.push(paxRecord(`SCHILY.xattr.${k}`, v));
     const pax = Buffer.concat(records);
     this.write(this.header({ ...e, mode: 0o644 }, 'x', Buffer.from('././@PaxHeader'), pax.length));

@@ -2,8 +2,8 @@
 import fs from 'node:fs';
 import { NydusError } from '../../erofs/errors.ts';
 import { decodeDev } from '../../erofs/inode.ts';
-import { walkTree } from '../builder/tree.ts';
-import { openBlobs, openBootstrap } from './open.ts';
+import { type TreeNode, walkTree } from '../builder/tree.ts';
+import { openImage } from './open.ts';
 import { treeFromImage } from './tree-from-image.ts';
 import { TarWriter } from './tar-writer.ts';
 
@@ -11,10 +11,16 @@ const TAR_TYPE: Record<string, string> = { file: '0', symlink: '2', chrdev: '3',
 
 export function unpackToTar(opts: { bootstrap: string; blobDir?: string; blobPaths?: string[]; output: string }): { entries: number; skipped: string[] } {
   if (fs.existsSync(opts.output)) throw new NydusError(`output ${opts.output} already exists; remove it first`);
-  const image = openBootstrap(opts.bootstrap);
-  const blobs = openBlobs(image, opts);
-  const { root } = treeFromImage(image, blobs);
-  const tar = new TarWriter(opts.output);
+  const opened = openImage(opts.bootstrap, opts);
+  let tar: TarWriter;
+  let root: TreeNode;
+  try {
+    root = treeFromImage(opened.image, opened.blobs).root;
+    tar = new TarWriter(opts.output);
+  } catch (e) {
+    opened.close();
+    throw e;
+  }
   const linkFirst = new Map<string, Buffer>();
   const skipped: string[] = [];
   let entries = 0;
@@ -58,7 +64,7 @@ export function unpackToTar(opts: { bootstrap: string; blobDir?: string; blobPat
     fs.rmSync(opts.output, { force: true });
     throw e;
   } finally {
-    for (const b of blobs) b.close();
+    opened.close();
   }
   return { entries, skipped };
 }

@@ -1,0 +1,365 @@
+/**
+ * The one validation gate for untrusted bootstraps. Every reader (check, inspect, export, unpack and
+ * the daemon) goes through validateImage() and afterwards only uses what it returns: superblock,
+ * blob table, chunk table and every reachable inode, decoded once each (hardlinks share the decoded
+ * inode and its chunk list) and checked against each other. Anything out of range is a FormatError
+ * naming the structure. The work is bounded by the bootstrap's size: every chunk index, dirent and
+ * table entry is read at most once, and no size from the image is allocated before it is checked.
+ */
+import { constants as C } from 'node:fs';
+import { FormatError, NydusError } from '../../erofs/errors.ts';
+import { type ErofsImage, type Inode } from '../../erofs/image.ts';
+import {
+  EROFS_BLKSIZ, EROFS_FEATURE_COMPAT_SB_CHKSUM, superBlockChecksum,
+} from '../../erofs/super.ts';
+import {
+  EROFS_CHUNK_FORMAT_BLKBITS_MASK, EROFS_CHUNK_FORMAT_INDEXES, EROFS_INODE_CHUNK_BASED, EROFS_INODE_FLAT_INLINE,
+  EROFS_INODE_FLAT_PLAIN, erofsInodeCompact, erofsInodeExtended,
+} from '../../erofs/inode.ts';
+import { EROFS_NAME_LEN, type DirEntry } from '../../erofs/dirent.ts';
+import { type Xattrs, splitXattrName } from '../../erofs/xattr.ts';
+import {
+  BLOB_CHUNK_FLAG_COMPRESSED, BLOB_CHUNK_FLAG_HAS_HOLE, BLOB_CHUNK_MAX_SIZE, BLOB_FEATURE_BATCH, BLOB_FEATURE_ENCRYPTED,
+  BLOB_FEATURE_TARFS, BLOB_FEATURE_ZRAN, type BlobChunkInfo,
+} from '../../erofs/blobmeta.ts';
+import { RAFS_COMPRESS_NONE, RAFS_COMPRESS_ZSTD, RAFS_DIGEST_BLAKE3, RAFS_DIGEST_SHA256 } from '../../erofs/rafs.ts';
+import type { CompressorName } from '../blob/compress.ts';
+import type { Digester } from '../blob/digest.ts';
+import type { ChunkRef } from '../builder/tree.ts';
+
+/** One blob of the image, as the blob table and device table agree on it. */
+export interface ValidatedBlob {
+  index: number;
+  /** 64 lowercase hex digits: safe to join with a directory. */
+  id: string;
+  compressor: CompressorName;
+  digester: Digester;
+  /** Size of the blob's uncompressed address space (the device size the kernel sees). */
+  uncompressedSize: number;
+  /** The blob table's compressed size: every chunk's stored bytes end at or before it. */
+  compressedSize: number;
+  chunkCount: number;
+  features: number;
+  /** The chunks the chunk table lists for this blob, in uncompressed order (none overlap). */
+  chunks: ChunkRef[];
+}
+
+/** A reachable inode, decoded and checked once. */
+export interface ValidatedInode {
+  inode: Inode;
+  xattrs: Xattrs;
+  /** Symlinks: the target. */
+  target?: Buffer;
+  /** Regular files stored in the bootstrap itself (flat layouts). */
+  flatData?: Buffer;
+  /** Directories: the entries besides "." and "..", in name order. */
+  entries?: DirEntry[];
+  /** Chunk-based regular files: each chunk position's chunk, null for a hole (reads as zeros). */
+  chunks?: Array<ChunkRef | null>;
+  /** Names that point at this inode (the root has none). */
+  names: number;
+}
+
+export interface ValidatedImage {
+  image: ErofsImage;
+  name: string;
+  chunkSize: number;
+  blobs: ValidatedBlob[];
+  rootNid: number;
+  /** Every reachable inode by nid, parents before children. */
+  inodes: Map<number, ValidatedInode>;
+  /** Prefetch table entries that name reachable inodes, in order. */
+  prefetchNids: number[];
+}
+
+export interface ValidateOptions {
+  /**
+   * The chunk-info array of a blob's own blob meta, for chunks the bootstrap's chunk table does not
+   * list (bootstraps without a chunk table). Without it such chunks are a FormatError.
+   */
+  blobChunkInfos?: (blob: ValidatedBlob) => BlobChunkInfo[];
+}
+
+const BLOB_ID = /^[0-9a-f]{64}$/;
+/** Blob features whose data layout nydus-ts cannot read: refusing beats wrong bytes. */
+const UNSUPPORTED_BLOB_FEATURES: Array<[number, string]> = [
+  [BLOB_FEATURE_ZRAN, 'zran'], [BLOB_FEATURE_BATCH, 'batch'], [BLOB_FEATURE_ENCRYPTED, 'encrypted'], [BLOB_FEATURE_TARFS, 'tarfs'],
+];
+/** i_format bits besides the layout (bit 0) and data layout (bits 1..3). */
+const I_FORMAT_RESERVED = ~0xf & 0xffff;
+/** i_u of chunk-based inodes: the chunk size bits and the index-format flag; the rest is reserved. */
+const CHUNK_FORMAT_RESERVED = ~(EROFS_CHUNK_FORMAT_BLKBITS_MASK | EROFS_CHUNK_FORMAT_INDEXES) >>> 0;
+const SYMLINK_MAX = 4095;
+
+/** zstd's worst case for incompressible input (ZSTD_COMPRESSBOUND); raw chunks are never larger. */
+export function compressedBound(size: number): number {
+  return size + (size >>> 8) + (size < 128 * 1024 ? (128 * 1024 - size) >>> 11 : 0);
+}
+
+function compressorOf(name: string, i: number, algo: number): CompressorName {
+  if (algo === RAFS_COMPRESS_NONE) return 'none';
+  if (algo === RAFS_COMPRESS_ZSTD) return 'zstd';
+  throw new NydusError(`${name}: blob table entry ${i} uses compression algorithm ${algo}, which nydus-ts does not support`);
+}
+
+function digesterOf(name: string, i: number, algo: number): Digester {
+  if (algo === RAFS_DIGEST_BLAKE3) return 'blake3';
+  if (algo === RAFS_DIGEST_SHA256) return 'sha256';
+  throw new NydusError(`${name}: blob table entry ${i} uses digest algorithm ${algo}, which nydus-ts does not support`);
+}
+
+function validateSuperBlock(image: ErofsImage): void {
+  const { sb, name } = image;
+  if (!image.isRafs) throw new FormatError(`${name}: not a RAFS v6 bootstrap (compat feature RAFS_V6 is not set)`);
+  if (sb.feature_compat & EROFS_FEATURE_COMPAT_SB_CHKSUM) {
+    const want = superBlockChecksum(image.buf.subarray(0, EROFS_BLKSIZ));
+    if (want !== sb.checksum) {
+      throw new FormatError(`${name}: erofs_super_block checksum 0x${sb.checksum.toString(16)} does not match its contents (crc32c 0x${want.toString(16)})`);
+    }
+  }
+  if (sb.packed_nid !== 0) throw new FormatError(`${name}: erofs_super_block.packed_nid ${sb.packed_nid} is set (fragments are not supported)`);
+  if (sb.xattr_prefix_count !== 0) throw new FormatError(`${name}: erofs_super_block.xattr_prefix_count ${sb.xattr_prefix_count} without long xattr prefix support`);
+  if (sb.sb_extslots !== 0) throw new FormatError(`${name}: erofs_super_block.sb_extslots ${sb.sb_extslots} is not 0`);
+  if (image.chunkSize > BLOB_CHUNK_MAX_SIZE) {
+    throw new FormatError(`${name}: rafs_v6_super_block_ext.s_chunk_size 0x${image.chunkSize.toString(16)} is larger than 0x${BLOB_CHUNK_MAX_SIZE.toString(16)}`);
+  }
+}
+
+function validateBlobTable(image: ErofsImage): ValidatedBlob[] {
+  const { name } = image;
+  return image.blobs.map((b, i) => {
+    const where = `${name}: blob table entry ${i}`;
+    const id = image.blobId(i);
+    if (!BLOB_ID.test(id)) throw new FormatError(`${where}: invalid blob id ${JSON.stringify(id)} (must be 64 lowercase hex digits)`);
+    const dev = image.devices[i];
+    if (dev.tag !== id) throw new FormatError(`${name}: device slot ${i} tag ${JSON.stringify(dev.tag)} differs from blob id ${id}`);
+    // nydus rounds the device up to whole blocks; the blob table keeps the exact size.
+    if (dev.blocks !== Math.ceil(b.uncompressed_size / EROFS_BLKSIZ)) {
+      throw new FormatError(`${name}: device slot ${i} has ${dev.blocks} blocks, blob table entry ${i} says ${b.uncompressed_size} uncompressed bytes`);
+    }
+    if (b.chunk_size !== image.chunkSize) throw new FormatError(`${where}: chunk size ${b.chunk_size} differs from the superblock's ${image.chunkSize}`);
+    if (b.uncompressed_size > b.chunk_count * image.chunkSize) {
+      throw new FormatError(`${where}: uncompressed size ${b.uncompressed_size} exceeds ${b.chunk_count} chunks of ${image.chunkSize} bytes`);
+    }
+    for (const [bit, feature] of UNSUPPORTED_BLOB_FEATURES) {
+      if (b.features & bit) throw new NydusError(`${where}: blob feature ${feature} is not supported by nydus-ts`);
+    }
+    if (b.cipher_algo !== 0) throw new NydusError(`${where}: encrypted blobs (cipher ${b.cipher_algo}) are not supported by nydus-ts`);
+    return {
+      index: i, id, compressor: compressorOf(name, i, b.compression_algo), digester: digesterOf(name, i, b.digest_algo),
+      uncompressedSize: b.uncompressed_size, compressedSize: b.compressed_size, chunkCount: b.chunk_count, features: b.features,
+      chunks: [],
+    };
+  });
+}
+
+/** A chunk's ranges against its blob and the chunk size (shared by the chunk table and blob meta). */
+function validateChunk(c: ChunkRef, blob: ValidatedBlob, chunkSize: number, where: string): void {
+  const bad = (what: string) => new FormatError(`${where}: ${what}`);
+  if (c.uncompressedSize < 1 || c.uncompressedSize > chunkSize) throw bad(`uncompressed size ${c.uncompressedSize} is not in [1, ${chunkSize}]`);
+  if (c.compressedSize < 1 || c.compressedSize > compressedBound(chunkSize)) throw bad(`compressed size ${c.compressedSize} is out of range`);
+  if (!c.compressed && c.compressedSize !== c.uncompressedSize) throw bad(`stored raw but sizes differ (${c.compressedSize} and ${c.uncompressedSize})`);
+  if (c.compressed && blob.compressor === 'none') throw bad(`marked compressed in a blob without compression`);
+  if (c.uncompressedOffset % EROFS_BLKSIZ !== 0) throw bad(`uncompressed offset ${c.uncompressedOffset} is not ${EROFS_BLKSIZ}-aligned`);
+  if (c.uncompressedOffset + c.uncompressedSize > blob.uncompressedSize) {
+    throw bad(`uncompressed range [${c.uncompressedOffset}, ${c.uncompressedOffset + c.uncompressedSize}) lies outside blob ${blob.id} (${blob.uncompressedSize} bytes)`);
+  }
+  if (c.compressedOffset + c.compressedSize > blob.compressedSize) {
+    throw bad(`stored range [${c.compressedOffset}, ${c.compressedOffset + c.compressedSize}) lies outside blob ${blob.id} (${blob.compressedSize} bytes)`);
+  }
+  if (c.indexInBlob >= blob.chunkCount) throw bad(`index ${c.indexInBlob} is not below the blob's chunk count ${blob.chunkCount}`);
+}
+
+/**
+ * Sorts a blob's chunks by uncompressed offset and refuses overlaps and one index used for two
+ * chunks (the daemon keys its work by index). Identical duplicates collapse into one.
+ */
+function indexChunks(blob: ValidatedBlob, chunks: ChunkRef[], what: string): Map<number, ChunkRef> {
+  chunks.sort((a, b) => a.uncompressedOffset - b.uncompressedOffset);
+  const byOffset = new Map<number, ChunkRef>();
+  const indexes = new Set<number>();
+  const kept: ChunkRef[] = [];
+  let prev: ChunkRef | null = null;
+  for (const c of chunks) {
+    if (prev && c.uncompressedOffset === prev.uncompressedOffset && c.indexInBlob === prev.indexInBlob && c.uncompressedSize === prev.uncompressedSize
+      && c.compressedOffset === prev.compressedOffset && c.compressedSize === prev.compressedSize && c.compressed === prev.compressed && c.digest.equals(prev.digest)) continue;
+    if (prev && c.uncompressedOffset < prev.uncompressedOffset + prev.uncompressedSize) {
+      throw new FormatError(`${what}: chunks ${prev.indexInBlob} and ${c.indexInBlob} of blob ${blob.id} overlap at uncompressed offset ${c.uncompressedOffset}`);
+    }
+    if (indexes.has(c.indexInBlob)) throw new FormatError(`${what}: two chunks of blob ${blob.id} claim index ${c.indexInBlob}`);
+    indexes.add(c.indexInBlob);
+    byOffset.set(c.uncompressedOffset, c);
+    kept.push(c);
+    prev = c;
+  }
+  chunks.length = 0;
+  for (const c of kept) chunks.push(c);
+  return byOffset;
+}
+
+function validateChunkTable(image: ErofsImage, blobs: ValidatedBlob[]): Array<Map<number, ChunkRef>> {
+  const table = image.chunkTable();
+  table.forEach((c, i) => {
+    const where = `${image.name}: chunk table entry ${i} (rafs_v5_chunk_info)`;
+    if (c.flags & ~(BLOB_CHUNK_FLAG_COMPRESSED | BLOB_CHUNK_FLAG_HAS_HOLE)) throw new FormatError(`${where}: unknown flags 0x${c.flags.toString(16)}`);
+    const blob = blobs[c.blobIndex];
+    const ref: ChunkRef = {
+      blobIndex: c.blobIndex, indexInBlob: c.index, digest: c.digest, uncompressedOffset: c.uncompressedOffset,
+      uncompressedSize: c.uncompressedSize, compressedOffset: c.compressedOffset, compressedSize: c.compressedSize,
+      compressed: (c.flags & BLOB_CHUNK_FLAG_COMPRESSED) !== 0,
+    };
+    validateChunk(ref, blob, image.chunkSize, where);
+    blob.chunks.push(ref);
+  });
+  return blobs.map((b) => indexChunks(b, b.chunks, `${image.name}: chunk table`));
+}
+
+function checkName(name: Buffer, where: string): void {
+  if (name.length === 0 || name.length > EROFS_NAME_LEN || name.includes(0x2f) || name.includes(0)) {
+    throw new FormatError(`${where}: invalid file name ${JSON.stringify(name.toString('latin1'))}`);
+  }
+}
+
+/** Inode fields every kind shares: reserved bits and impossible values. */
+function checkInodeFields(image: ErofsImage, ino: Inode, where: string): void {
+  const format = image.buf.readUInt16LE(ino.offset);
+  if (format & I_FORMAT_RESERVED) throw new FormatError(`${where}: reserved i_format bits set (0x${format.toString(16)})`);
+  if (ino.compact) {
+    if (image.buf.readUInt32LE(ino.offset + erofsInodeCompact.offsetOf('i_reserved2')) !== 0) throw new FormatError(`${where}: erofs_inode_compact.i_reserved2 is not zero`);
+  } else {
+    if (image.buf.readUInt16LE(ino.offset + erofsInodeExtended.offsetOf('i_reserved')) !== 0) throw new FormatError(`${where}: erofs_inode_extended.i_reserved is not zero`);
+    const r2 = erofsInodeExtended.offsetOf('i_reserved2');
+    if (image.buf.subarray(ino.offset + r2, ino.offset + r2 + 16).some((b) => b !== 0)) throw new FormatError(`${where}: erofs_inode_extended.i_reserved2 is not zero`);
+  }
+  if (ino.nlink === 0) throw new FormatError(`${where}: i_nlink is 0`);
+  const type = ino.mode & C.S_IFMT;
+  if (type !== C.S_IFREG && ino.datalayout === EROFS_INODE_CHUNK_BASED) throw new FormatError(`${where}: only regular files can be chunk-based (mode 0${ino.mode.toString(8)})`);
+  if ((type === C.S_IFCHR || type === C.S_IFBLK || type === C.S_IFIFO || type === C.S_IFSOCK) && ino.size !== 0) {
+    throw new FormatError(`${where}: a special file with size ${ino.size}`);
+  }
+}
+
+function validateXattrs(xattrs: Xattrs, where: string): void {
+  for (const name of xattrs.keys()) {
+    // A name must be one the format can store: a POSIX ACL index with a suffix is not.
+    if (!splitXattrName(Buffer.from(name, 'latin1'))) throw new FormatError(`${where}: xattr name ${JSON.stringify(name)} is not a valid name for its prefix index`);
+    if (name.includes('\0')) throw new FormatError(`${where}: xattr name ${JSON.stringify(name)} holds a NUL byte`);
+    if (name.endsWith('.') && !name.startsWith('system.')) throw new FormatError(`${where}: xattr name ${JSON.stringify(name)} is only a prefix`);
+  }
+}
+
+/** The chunks of a chunk-based regular file, each resolved and sized as the file needs it. */
+function fileChunks(
+  image: ErofsImage, ino: Inode, where: string, resolve: (blobIndex: number, offset: number, at: string) => ChunkRef,
+): Array<ChunkRef | null> {
+  if (ino.iu & CHUNK_FORMAT_RESERVED) throw new FormatError(`${where}: reserved chunk format bits set (0x${ino.iu.toString(16)})`);
+  const chunkSize = image.inodeChunkSize(ino);
+  if (chunkSize !== image.chunkSize) throw new FormatError(`${where}: chunk size ${chunkSize} differs from the image's ${image.chunkSize}`);
+  return image.chunkMappings(ino).map((m, i) => {
+    if (m.blkaddr === null) return null;
+    if (m.deviceId === 0) throw new FormatError(`${where}: chunk ${i} is on the primary device, which a bootstrap does not hold`);
+    const ref = resolve(m.deviceId - 1, m.blkaddr * EROFS_BLKSIZ, `${where} chunk ${i}`);
+    const expect = Math.min(chunkSize, ino.size - i * chunkSize);
+    if (ref.uncompressedSize !== expect) throw new FormatError(`${where}: chunk ${i} holds ${ref.uncompressedSize} bytes, the file needs ${expect}`);
+    return ref;
+  });
+}
+
+export function validateImage(image: ErofsImage, opts: ValidateOptions = {}): ValidatedImage {
+  const { name } = image;
+  validateSuperBlock(image);
+  const blobs = validateBlobTable(image);
+  const byOffset = validateChunkTable(image, blobs);
+  const fromBlobMeta = new Map<number, Map<number, ChunkRef>>();
+  const resolve = (blobIndex: number, offset: number, at: string): ChunkRef => {
+    const hit = byOffset[blobIndex].get(offset);
+    if (hit) return hit;
+    let meta = fromBlobMeta.get(blobIndex);
+    if (!meta) {
+      if (!opts.blobChunkInfos) throw new FormatError(`${at}: no chunk at offset ${offset} of blob ${blobIndex} in the chunk table`);
+      const blob = blobs[blobIndex];
+      const chunks = opts.blobChunkInfos(blob).map((ci, k) => {
+        const ref: ChunkRef = { blobIndex, indexInBlob: k, digest: Buffer.alloc(0), ...ci, compressed: ci.compressedSize !== ci.uncompressedSize };
+        validateChunk(ref, blob, image.chunkSize, `blob ${blob.id} chunk info ${k}`);
+        return ref;
+      });
+      meta = indexChunks(blob, chunks, `blob ${blob.id} chunk info array`);
+      fromBlobMeta.set(blobIndex, meta);
+    }
+    const ref = meta.get(offset);
+    if (!ref) throw new FormatError(`${at}: no chunk at offset ${offset} of blob ${blobs[blobIndex].id}`);
+    return ref;
+  };
+
+  const inodes = new Map<number, ValidatedInode>();
+  const decode = (nid: number, path: string): ValidatedInode => {
+    const ino = image.inode(nid);
+    const where = `${name}: ${path} (inode ${nid})`;
+    checkInodeFields(image, ino, where);
+    const v: ValidatedInode = { inode: ino, xattrs: image.xattrs(ino), names: 0 };
+    validateXattrs(v.xattrs, where);
+    const type = ino.mode & C.S_IFMT;
+    if (type === C.S_IFLNK) {
+      v.target = image.flatData(ino);
+      if (v.target.length === 0 || v.target.length > SYMLINK_MAX) throw new FormatError(`${where}: symlink target of ${v.target.length} bytes`);
+      if (v.target.includes(0)) throw new FormatError(`${where}: symlink target holds a NUL byte`);
+    } else if (type === C.S_IFREG) {
+      if (ino.datalayout === EROFS_INODE_CHUNK_BASED) v.chunks = fileChunks(image, ino, where, resolve);
+      else v.flatData = image.flatData(ino);
+    } else if (type === C.S_IFDIR) {
+      if (ino.datalayout !== EROFS_INODE_FLAT_PLAIN && ino.datalayout !== EROFS_INODE_FLAT_INLINE) throw new FormatError(`${where}: directory with data layout ${ino.datalayout}`);
+    }
+    return v;
+  };
+
+  const root = decode(image.rootNid, '/');
+  if ((root.inode.mode & C.S_IFMT) !== C.S_IFDIR) throw new FormatError(`${name}: root inode ${image.rootNid} is not a directory`);
+  inodes.set(image.rootNid, root);
+  // Depth-first over directories; every directory is entered once (a second path to it is a cycle or
+  // a second parent, both refused), every other inode is decoded at its first name only.
+  const stack: Array<[number, number, string]> = [[image.rootNid, image.rootNid, '/']];
+  while (stack.length) {
+    const [nid, parentNid, path] = stack.pop()!;
+    const dir = inodes.get(nid)!;
+    const where = `${name}: directory ${path} (inode ${nid})`;
+    const all = image.dirEntries(dir.inode);
+    dir.entries = [];
+    let prev: Buffer | null = null;
+    let dots = 0;
+    for (const e of all) {
+      if (prev && Buffer.compare(prev, e.name) >= 0) throw new FormatError(`${where}: entries are not sorted`);
+      prev = e.name;
+      const n = e.name.toString('latin1');
+      if (n === '.' || n === '..') {
+        const want = n === '.' ? nid : parentNid;
+        if (e.nid !== want) throw new FormatError(`${where}: "${n}" points to inode ${e.nid}, expected ${want}`);
+        dots++;
+        continue;
+      }
+      checkName(e.name, where);
+      const childPath = path === '/' ? `/${e.name.toString('utf8')}` : `${path}/${e.name.toString('utf8')}`;
+      let child = inodes.get(e.nid);
+      if (!child) {
+        child = decode(e.nid, childPath);
+        inodes.set(e.nid, child);
+      } else if ((child.inode.mode & C.S_IFMT) === C.S_IFDIR || e.nid === image.rootNid) {
+        throw new FormatError(`${where}: directory inode ${e.nid} is reachable twice (a cycle or a second parent)`);
+      }
+      child.names++;
+      const ft = [0, C.S_IFREG, C.S_IFDIR, C.S_IFCHR, C.S_IFBLK, C.S_IFIFO, C.S_IFSOCK, C.S_IFLNK][e.fileType];
+      if (ft !== (child.inode.mode & C.S_IFMT)) throw new FormatError(`${where}: entry ${JSON.stringify(n)} has file type ${e.fileType}, its inode says mode 0${child.inode.mode.toString(8)}`);
+      dir.entries.push(e);
+      if (ft === C.S_IFDIR) stack.push([e.nid, nid, childPath]);
+    }
+    if (dots !== 2) throw new FormatError(`${where}: lacks "." or ".."`);
+  }
+  for (const [nid, v] of inodes) {
+    if ((v.inode.mode & C.S_IFMT) !== C.S_IFDIR && v.names > v.inode.nlink) {
+      throw new FormatError(`${name}: inode ${nid} has ${v.names} names but i_nlink ${v.inode.nlink}`);
+    }
+  }
+  if (inodes.size !== image.sb.inos) throw new FormatError(`${name}: superblock counts ${image.sb.inos} inodes, the tree holds ${inodes.size}`);
+  const prefetchNids = image.prefetchTable().filter((nid) => inodes.has(nid));
+  return { image, name, chunkSize: image.chunkSize, blobs, rootNid: image.rootNid, inodes, prefetchNids };
+}
+
