@@ -1,7 +1,8 @@
 /**
  * Chunker stage: cuts every regular file into chunk-size pieces, identifies each by its digest and
- * stores each distinct chunk once in the blob. Reads one chunk at a time: memory does not grow with
- * file or tree size.
+ * stores each distinct chunk once in the blob. Data is pushed to it one chunk at a time, by whichever
+ * source has the bytes at hand (a file on disk read by `chunkTree`, or a tar stream as it passes by):
+ * memory does not grow with file or tree size.
  */
 import { type Digester, chunkDigest } from '../blob/digest.ts';
 import type { BlobWriter } from '../blob/blob-writer.ts';
@@ -29,9 +30,50 @@ export interface ChunkStats {
   bytes: number;
 }
 
-export function chunkTree(root: TreeNode, opts: { chunkSize: number; digester: Digester; blob: BlobWriter; index: ChunkIndex }): ChunkStats {
-  const stats: ChunkStats = { files: 0, chunks: 0, uniqueChunks: 0, bytes: 0 };
-  const buf = Buffer.allocUnsafe(opts.chunkSize);
+export interface ChunkerOptions {
+  chunkSize: number;
+  digester: Digester;
+  blob: BlobWriter;
+  index: ChunkIndex;
+}
+
+export class Chunker {
+  readonly stats: ChunkStats = { files: 0, chunks: 0, uniqueChunks: 0, bytes: 0 };
+  readonly chunkSize: number;
+  /** Scratch buffer of one chunk, for sources that copy into it. */
+  readonly buffer: Buffer;
+
+  constructor(private readonly opts: ChunkerOptions) {
+    this.chunkSize = opts.chunkSize;
+    this.buffer = Buffer.allocUnsafe(opts.chunkSize);
+  }
+
+  /**
+   * One chunk of a file: chunkSize bytes, shorter only at the end of the file. Stored unless the
+   * same bytes are already in the blob; `data` may be reused by the caller afterwards.
+   */
+  addChunk(data: Buffer): ChunkRef {
+    const digest = chunkDigest(this.opts.digester, data);
+    let ref = this.opts.index.get(digest);
+    if (!ref) {
+      ref = this.opts.blob.addChunk(data, digest);
+      this.opts.index.add(ref);
+      this.stats.uniqueChunks++;
+    }
+    this.stats.chunks++;
+    this.stats.bytes += data.length;
+    return ref;
+  }
+
+  /** Counts a file whose chunks have all been added. */
+  fileDone(): void {
+    this.stats.files++;
+  }
+}
+
+/** Chunks every regular file of a tree whose data sources can be read at any offset (a directory). */
+export function chunkTree(root: TreeNode, chunker: Chunker): ChunkStats {
+  const { chunkSize, buffer: buf } = chunker;
   const seenLinks = new Map<string, ChunkRef[]>();
   for (const node of walkTree(root)) {
     if (node.kind !== 'file') continue;
@@ -42,28 +84,18 @@ export function chunkTree(root: TreeNode, opts: { chunkSize: number; digester: D
     const chunks: ChunkRef[] = [];
     const src = node.data!;
     try {
-      for (let off = 0; off < node.size; off += opts.chunkSize) {
-        const want = Math.min(opts.chunkSize, node.size - off);
+      for (let off = 0; off < node.size; off += chunkSize) {
+        const want = Math.min(chunkSize, node.size - off);
         const got = src.read(buf, want, off);
         if (got !== want) throw new NydusError(`${src.describe()}: file shrank while reading (expected ${node.size} bytes)`);
-        const data = buf.subarray(0, want);
-        const digest = chunkDigest(opts.digester, data);
-        let ref = opts.index.get(digest);
-        if (!ref) {
-          ref = opts.blob.addChunk(data, digest);
-          opts.index.add(ref);
-          stats.uniqueChunks++;
-        }
-        chunks.push(ref);
-        stats.chunks++;
-        stats.bytes += want;
+        chunks.push(chunker.addChunk(buf.subarray(0, want)));
       }
     } finally {
       src.close?.();
     }
     node.chunks = chunks;
-    stats.files++;
+    chunker.fileDone();
     if (node.hardlinkKey) seenLinks.set(node.hardlinkKey, chunks);
   }
-  return stats;
+  return chunker.stats;
 }

@@ -1,6 +1,7 @@
 /** `nydus-image create`: source -> tree -> chunker -> layout -> writer, top to bottom. */
 import fs from 'node:fs';
 import path from 'node:path';
+import type { Readable } from 'node:stream';
 import { NydusError } from '../../erofs/errors.ts';
 import { BLOB_CHUNK_MAX_SIZE } from '../../erofs/blobmeta.ts';
 import { RAFS_COMPRESS_NONE } from '../../erofs/rafs.ts';
@@ -8,7 +9,11 @@ import { BlobWriter, type FinishedBlob } from '../blob/blob-writer.ts';
 import type { CompressorName } from '../blob/compress.ts';
 import type { Digester } from '../blob/digest.ts';
 import { treeFromDirectory } from './source-dir.ts';
-import { ChunkIndex, chunkTree, type ChunkStats } from './chunker.ts';
+import { treeFromTar } from './source-tar.ts';
+import { openLayerSource, tarBytes } from './layer-stream.ts';
+import { ChunkIndex, Chunker, chunkTree, type ChunkStats } from './chunker.ts';
+import type { TreeNode } from './tree.ts';
+import type { WhiteoutSpec } from './whiteout.ts';
 import { type Layout, layoutTree } from './layout.ts';
 import { type BlobDescriptor, writeImage } from './writer.ts';
 
@@ -26,6 +31,11 @@ export interface CreateOptions {
   prefetchPaths?: string[];
   /** Reproducible output: build time 0. */
   repeatable?: boolean;
+  /**
+   * Whiteout rules (default oci). A directory built as the lowest layer leaves that spec's whiteouts
+   * out, as nydus does; a tar layer keeps every entry.
+   */
+  whiteoutSpec?: WhiteoutSpec;
 }
 
 export interface CreateResult {
@@ -63,36 +73,84 @@ function refuseExisting(file: string, what: string): void {
   if (fs.existsSync(file)) throw new NydusError(`${what} ${file} already exists; remove it first`);
 }
 
-export function createImage(opts: CreateOptions): CreateResult {
-  validateChunkSize(opts.chunkSize);
-  refuseExisting(opts.bootstrap, 'bootstrap');
-  if (opts.blobPath) refuseExisting(opts.blobPath, 'blob');
-  const blobDir = opts.blobDir ?? (opts.blobPath ? path.dirname(path.resolve(opts.blobPath)) : undefined);
-  if (!blobDir) throw new NydusError('either a blob directory (--blob-dir/-D) or a blob path (--blob) is needed');
-  fs.mkdirSync(blobDir, { recursive: true });
+/**
+ * One build's outputs: the blob being written and the chunker feeding it, then the bootstrap written
+ * from the finished tree. On failure `abort` leaves nothing behind: no blob, no bootstrap, no blob
+ * directory it created.
+ */
+class ImageBuild {
+  readonly chunker: Chunker;
+  private readonly writer: BlobWriter;
+  private readonly createdDir: string | undefined;
+  private blob: FinishedBlob | null = null;
 
-  const tree = treeFromDirectory(opts.source);
-  const writer = new BlobWriter(blobDir, 0, opts.compressor);
-  let blob: FinishedBlob | null;
-  let stats: ChunkStats;
+  constructor(private readonly opts: CreateOptions) {
+    validateChunkSize(opts.chunkSize);
+    refuseExisting(opts.bootstrap, 'bootstrap');
+    if (opts.blobPath) refuseExisting(opts.blobPath, 'blob');
+    const blobDir = opts.blobDir ?? (opts.blobPath ? path.dirname(path.resolve(opts.blobPath)) : undefined);
+    if (!blobDir) throw new NydusError('either a blob directory (--blob-dir/-D) or a blob path (--blob) is needed');
+    this.createdDir = fs.mkdirSync(blobDir, { recursive: true });
+    this.writer = new BlobWriter(blobDir, 0, opts.compressor);
+    this.chunker = new Chunker({ chunkSize: opts.chunkSize, digester: opts.digester, blob: this.writer, index: new ChunkIndex() });
+  }
+
+  finish(tree: TreeNode): CreateResult {
+    const opts = this.opts;
+    const blob = this.blob = this.writer.finish();
+    if (blob && opts.blobPath) {
+      fs.renameSync(blob.path, opts.blobPath);
+      blob.path = opts.blobPath;
+    }
+    const blobs = blob ? [blobDescriptor(blob)] : [];
+    const layout = layoutTree(tree, blobs.length);
+    const { meta } = writeImage(layout, {
+      chunkSize: opts.chunkSize, compressor: opts.compressor, digester: opts.digester, blobs,
+      buildTime: opts.repeatable ? 0 : Math.floor(Date.now() / 1000),
+      prefetch: opts.prefetchPaths ? prefetchNids(layout, opts.prefetchPaths) : undefined,
+    });
+    fs.writeFileSync(opts.bootstrap, meta, { flag: 'wx' });
+    return { bootstrap: opts.bootstrap, blob, stats: this.chunker.stats, inodes: layout.inodes.length };
+  }
+
+  abort(): void {
+    this.writer.abort();
+    if (this.blob) fs.rmSync(this.blob.path, { force: true });
+    if (this.createdDir) fs.rmSync(this.createdDir, { recursive: true, force: true });
+  }
+}
+
+/** Builds from a directory (`-t dir-rafs`). */
+export function createImage(opts: CreateOptions): CreateResult {
+  const build = new ImageBuild(opts);
   try {
-    stats = chunkTree(tree, { chunkSize: opts.chunkSize, digester: opts.digester, blob: writer, index: new ChunkIndex() });
-    blob = writer.finish();
+    const tree = treeFromDirectory(opts.source, { whiteoutSpec: opts.whiteoutSpec ?? 'oci' });
+    chunkTree(tree, build.chunker);
+    return build.finish(tree);
   } catch (e) {
-    writer.abort();
+    build.abort();
     throw e;
   }
-  if (blob && opts.blobPath) {
-    fs.renameSync(blob.path, opts.blobPath);
-    blob.path = opts.blobPath;
+}
+
+/**
+ * Builds from a layer tar (`-t tar-rafs` / `targz-rafs`): `opts.source` is a file or `-` for stdin,
+ * plain or gzip, or `input` a stream already open (a registry download) and the name errors give it.
+ * The stream is read once; file data goes to the blob as it passes.
+ */
+export async function createImageFromTar(opts: CreateOptions, input?: { stream: Readable; name: string }): Promise<CreateResult> {
+  const build = new ImageBuild(opts);
+  let stream: Readable | undefined;
+  try {
+    const layer = input ?? openLayerSource(opts.source);
+    stream = layer.stream;
+    const tree = await treeFromTar(tarBytes(stream, layer.name), layer.name, build.chunker);
+    return build.finish(tree);
+  } catch (e) {
+    build.abort();
+    throw e;
+  } finally {
+    // A failed build stops reading; a file's descriptor is closed either way.
+    if (stream !== process.stdin) stream?.destroy();
   }
-  const blobs = blob ? [blobDescriptor(blob)] : [];
-  const layout = layoutTree(tree, blobs.length);
-  const { meta } = writeImage(layout, {
-    chunkSize: opts.chunkSize, compressor: opts.compressor, digester: opts.digester, blobs,
-    buildTime: opts.repeatable ? 0 : Math.floor(Date.now() / 1000),
-    prefetch: opts.prefetchPaths ? prefetchNids(layout, opts.prefetchPaths) : undefined,
-  });
-  fs.writeFileSync(opts.bootstrap, meta, { flag: 'wx' });
-  return { bootstrap: opts.bootstrap, blob, stats, inodes: layout.inodes.length };
 }

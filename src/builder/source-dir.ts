@@ -4,6 +4,7 @@ import path from 'node:path';
 import { readXattrs } from '../../native/xattr/index.ts';
 import { NydusError } from '../../erofs/errors.ts';
 import { type DataSource, type TreeNode, kindFromMode, joinPath, sortChildren } from './tree.ts';
+import { type WhiteoutSpec, droppedFromLowestLayer } from './whiteout.ts';
 
 class FileData implements DataSource {
   private fd: number | null = null;
@@ -78,8 +79,11 @@ function statNode(file: Buffer, name: Buffer, treePath: string, shown: string): 
   return node;
 }
 
-/** Reads a whole directory tree's metadata. Errors name the offending path. */
-export function treeFromDirectory(root: string): TreeNode {
+/**
+ * Reads a whole directory tree's metadata. Errors name the offending path. With `lowestLayer`, the
+ * whiteouts of that spec are left out, as nydus does for a directory built without a parent.
+ */
+export function treeFromDirectory(root: string, lowestLayer?: { whiteoutSpec: WhiteoutSpec }): TreeNode {
   let st: fs.Stats;
   try {
     st = fs.statSync(root);
@@ -103,6 +107,7 @@ export function treeFromDirectory(root: string): TreeNode {
       const full = concatPath(dirPath, name);
       const treePath = joinPath(dir.path, name);
       const child = statNode(full, name, treePath, path.join(root, treePath));
+      if (lowestLayer && droppedFromLowestLayer(child, lowestLayer.whiteoutSpec)) continue;
       dir.children.push(child);
       if (child.kind === 'dir') stack.push([child, full]);
     }

@@ -1,11 +1,13 @@
 /** nydus-image: argument parsing only; the work is in src/builder and src/image. */
 import fs from 'node:fs';
 import { NydusError } from '../../erofs/errors.ts';
-import { createImage } from '../builder/create.ts';
+import { createImage, createImageFromTar } from '../builder/create.ts';
+import { WHITEOUT_SPECS } from '../builder/whiteout.ts';
 import { checkImage } from '../image/check.ts';
 import { inspectImage } from '../image/inspect.ts';
 import { exportBlock } from '../image/export-block.ts';
 import { unpackToTar } from '../image/unpack.ts';
+import { hideBin } from 'yargs/helpers';
 import { cliParser, parseSize, runMain } from './main.ts';
 
 function writeJson(file: string | undefined, value: unknown): void {
@@ -25,13 +27,14 @@ function oneOf<T extends string>(v: string, allowed: readonly T[], what: string)
 }
 
 await runMain('nydus-image', async () => {
-  await cliParser('nydus-image')
+  // yargs reads a lone '-' as an option: pass stdin by its device name.
+  await cliParser('nydus-image', hideBin(process.argv).map((arg) => (arg === '-' ? '/dev/stdin' : arg)))
     .demandCommand(1, 'a subcommand is needed')
     .option('log-level', { alias: 'l', type: 'string', default: 'info', choices: ['trace', 'debug', 'info', 'warn', 'error'], global: true })
     .option('log-file', { alias: 'L', type: 'string', global: true, describe: 'accepted for compatibility; messages go to stderr' })
-    .command('create <source>', 'build a RAFS v6 image (bootstrap + blob) from a directory', (y) => y
-      .positional('source', { type: 'string', demandOption: true, describe: 'source directory' })
-      .option('type', { alias: ['t', 'source-type'], type: 'string', default: 'dir-rafs', describe: 'conversion type (dir-rafs)' })
+    .command('create <source>', 'build a RAFS v6 image (bootstrap + blob) from a directory or a layer tar', (y) => y
+      .positional('source', { type: 'string', demandOption: true, describe: 'source directory, or tar file (- for stdin)' })
+      .option('type', { alias: ['t', 'source-type'], type: 'string', default: 'dir-rafs', describe: 'conversion type: dir-rafs, tar-rafs, targz-rafs (both tar types take plain or gzip tar)' })
       .option('bootstrap', { alias: 'B', type: 'string', demandOption: true, describe: 'output bootstrap file' })
       .option('blob-dir', { alias: 'D', type: 'string', describe: 'directory for the blob, named by its sha256' })
       .option('blob', { alias: 'b', type: 'string', describe: 'output blob file' })
@@ -41,23 +44,25 @@ await runMain('nydus-image', async () => {
       .option('fs-version', { alias: 'v', type: 'string', default: '6', describe: 'RAFS version (6)' })
       .option('output-json', { alias: 'J', type: 'string', describe: 'write a JSON report here' })
       .option('prefetch-policy', { alias: 'P', type: 'string', default: 'none', describe: 'fs: read the paths to prefetch from stdin, one per line' })
-      .option('whiteout-spec', { alias: 'W', type: 'string', default: 'oci', describe: 'whiteout specification (oci, overlayfs, none)' })
+      .option('whiteout-spec', { alias: 'W', type: 'string', default: 'oci', describe: 'whiteout specification (oci, overlayfs, none): a directory source leaves its whiteouts out; a tar layer keeps them' })
       .option('repeatable', { type: 'boolean', default: false, describe: 'reproducible output: build time 0' })
       .option('aligned-chunk', { type: 'boolean', default: false, describe: 'always on for RAFS v6' })
       .option('blob-inline-meta', { type: 'boolean', default: false, describe: 'not supported yet' })
       .option('parent-bootstrap', { type: 'string', describe: 'not supported yet' })
-      .option('chunk-dict', { type: 'string', describe: 'not supported yet' }), (a) => {
-      oneOf(a.type, ['dir-rafs', 'directory'] as const, 'conversion type');
+      .option('chunk-dict', { type: 'string', describe: 'not supported yet' }), async (a) => {
+      const type = oneOf(a.type, ['dir-rafs', 'directory', 'tar-rafs', 'targz-rafs'] as const, 'conversion type');
       oneOf(a['fs-version'], ['6'] as const, 'fs version');
-      oneOf(a['whiteout-spec'], ['oci', 'overlayfs', 'none'] as const, 'whiteout spec');
+      const whiteoutSpec = oneOf(a['whiteout-spec'], WHITEOUT_SPECS, 'whiteout spec');
       for (const unsupported of ['blob-inline-meta', 'parent-bootstrap', 'chunk-dict'] as const) {
         if (a[unsupported]) throw new NydusError(`--${unsupported} is not supported by nydus-ts yet`);
       }
       const policy = oneOf(a['prefetch-policy'], ['none', 'fs', 'blob'] as const, 'prefetch policy');
       if (policy === 'blob') throw new NydusError('--prefetch-policy blob is not supported by nydus-ts yet; use fs');
+      if (policy === 'fs' && a.source === '-') throw new NydusError('--prefetch-policy fs reads stdin, which cannot also carry the layer tar; give the tar as a file');
       const prefetchPaths = policy === 'fs' ? fs.readFileSync(0, 'utf8').split('\n').map((l) => l.trim()).filter(Boolean) : undefined;
-      const r = createImage({
-        prefetchPaths, repeatable: a.repeatable,
+      const build = type === 'tar-rafs' || type === 'targz-rafs' ? createImageFromTar : createImage;
+      const r = await build({
+        prefetchPaths, repeatable: a.repeatable, whiteoutSpec,
         source: a.source, bootstrap: a.bootstrap, blobDir: a['blob-dir'], blobPath: a.blob,
         chunkSize: parseSize(a['chunk-size'], 'chunk size'),
         compressor: oneOf(a.compressor, ['none', 'zstd'] as const, 'compressor'),

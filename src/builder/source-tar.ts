@@ -1,0 +1,176 @@
+/**
+ * Source stage for a layer tar: one pass over the stream builds the TreeNode tree, and each regular
+ * file's content goes to the chunker while the stream is at it (chunked, compressed and appended to
+ * the blob in entry order), so only metadata stays in memory and the layer is never stored whole.
+ *
+ * Tree rules, as tar extraction (and nydus) apply them: a leading `/` is dropped, `.` components and
+ * repeated slashes ignored; missing parents are created (0755, root, mtime 0, as nydus does); a later
+ * entry replaces an earlier one of the same path (a directory over a directory keeps the contents);
+ * a hardlink names an earlier entry. Entries with `..`, or whose path goes through a symlink of the
+ * layer, are refused. Whiteouts are ordinary entries here: they stay in the layer's bootstrap.
+ */
+import { constants as C } from 'node:fs';
+import { NydusError } from '../../erofs/errors.ts';
+import type { Chunker } from './chunker.ts';
+import { type ChunkRef, type NodeKind, type TreeNode, joinPath } from './tree.ts';
+import { type TarEntry, TarReader } from './tar-reader.ts';
+
+const EROFS_NAME_LEN = 255;
+
+const TYPE_BITS: Record<Exclude<TarEntry['type'], 'hardlink'>, number> = {
+  file: C.S_IFREG, dir: C.S_IFDIR, symlink: C.S_IFLNK, chrdev: C.S_IFCHR, blkdev: C.S_IFBLK, fifo: C.S_IFIFO,
+};
+
+/** Linux's dev_t encoding (the kernel's new_encode_dev for 32-bit values), without 32-bit overflow. */
+function makedev(major: number, minor: number): number {
+  return (minor & 0xff) + (major & 0xfff) * 0x100 + Math.floor(minor / 0x100) * 0x100000 + Math.floor(major / 0x1000) * 0x100000000;
+}
+
+class LayerTree {
+  readonly root: TreeNode;
+  private readonly children = new Map<TreeNode, Map<string, TreeNode>>();
+  private nextLinkKey = 0;
+
+  constructor(private readonly layer: string) {
+    this.root = this.implicitDir(Buffer.alloc(0), '/');
+  }
+
+  private implicitDir(name: Buffer, path: string): TreeNode {
+    const dir: TreeNode = {
+      name, kind: 'dir', mode: C.S_IFDIR | 0o755, uid: 0, gid: 0, mtimeSec: 0, mtimeNsec: 0, size: 0, rdev: 0,
+      xattrs: new Map(), path,
+    };
+    this.children.set(dir, new Map());
+    return dir;
+  }
+
+  fail(entry: Buffer, what: string): NydusError {
+    return new NydusError(`layer ${this.layer}: entry ${JSON.stringify(entry.toString('utf8'))}: ${what}`);
+  }
+
+  /** Path components of an entry or hardlink target path. */
+  components(entry: Buffer, p: Buffer): Buffer[] {
+    const out: Buffer[] = [];
+    let start = 0;
+    for (let i = 0; i <= p.length; i++) {
+      if (i < p.length && p[i] !== 0x2f) continue;
+      const c = p.subarray(start, i);
+      start = i + 1;
+      if (c.length === 0 || (c.length === 1 && c[0] === 0x2e)) continue;
+      if (c.length === 2 && c[0] === 0x2e && c[1] === 0x2e) throw this.fail(entry, `path ${JSON.stringify(p.toString('utf8'))} has a '..' component`);
+      if (c.length > EROFS_NAME_LEN) throw this.fail(entry, `a name is longer than ${EROFS_NAME_LEN} bytes`);
+      out.push(Buffer.from(c));
+    }
+    return out;
+  }
+
+  /** The directory holding `parts`' last component; missing ones are created unless `lookupOnly`. */
+  parentDir(entry: Buffer, parts: Buffer[], lookupOnly: boolean): TreeNode | undefined {
+    let dir = this.root;
+    for (const name of parts.slice(0, -1)) {
+      const map = this.children.get(dir)!;
+      let next = map.get(name.toString('latin1'));
+      if (!next) {
+        if (lookupOnly) return undefined;
+        next = this.implicitDir(name, joinPath(dir.path, name));
+        map.set(name.toString('latin1'), next);
+      } else if (next.kind === 'symlink') {
+        throw this.fail(entry, `path goes through ${next.path}, a symlink of the same layer`);
+      } else if (next.kind !== 'dir') {
+        throw this.fail(entry, `path goes through ${next.path}, which is not a directory`);
+      }
+      dir = next;
+    }
+    return dir;
+  }
+
+  lookup(dir: TreeNode, name: Buffer): TreeNode | undefined {
+    return this.children.get(dir)!.get(name.toString('latin1'));
+  }
+
+  /** A hardlink's inode: the earlier entry it names, shared under one hardlink key. */
+  linkTarget(entry: TarEntry): TreeNode {
+    const parts = this.components(entry.path, entry.linkname);
+    const dir = parts.length ? this.parentDir(entry.path, parts, true) : undefined;
+    const target = dir && this.lookup(dir, parts[parts.length - 1]);
+    if (!target) throw this.fail(entry.path, `hardlink target ${JSON.stringify(entry.linkname.toString('utf8'))} is not an earlier entry of the layer`);
+    if (target.kind === 'dir') throw this.fail(entry.path, `hardlink target ${target.path} is a directory`);
+    target.hardlinkKey ??= `tar:${this.nextLinkKey++}`;
+    return target;
+  }
+
+  /** Puts `node` at its place; the same path again replaces what was there, as extraction does. */
+  insert(dir: TreeNode, node: TreeNode): void {
+    const map = this.children.get(dir)!;
+    const key = node.name.toString('latin1');
+    const old = map.get(key);
+    if (node.kind === 'dir') this.children.set(node, old?.kind === 'dir' ? this.children.get(old)! : new Map());
+    if (old?.kind === 'dir') this.children.delete(old);
+    map.set(key, node);
+  }
+
+  /** A directory entry for the root changes the root's attributes; its contents stay. */
+  setRoot(node: TreeNode): void {
+    const { name, path, ...attrs } = node;
+    void name;
+    void path;
+    Object.assign(this.root, attrs);
+  }
+
+  /** The finished tree: children lists in name order. */
+  finish(): TreeNode {
+    for (const [dir, map] of this.children) {
+      dir.children = [...map.values()].sort((a, b) => Buffer.compare(a.name, b.name));
+    }
+    return this.root;
+  }
+}
+
+/**
+ * Reads a plain tar stream to its end: returns the layer's tree, every regular file's chunks already
+ * added to `chunker`. `layer` names the archive in error messages.
+ */
+export async function treeFromTar(source: AsyncIterable<Buffer>, layer: string, chunker: Chunker): Promise<TreeNode> {
+  const tar = new TarReader(source, layer);
+  const tree = new LayerTree(layer);
+  const { chunkSize, buffer } = chunker;
+  for (let entry = await tar.next(); entry; entry = await tar.next()) {
+    const parts = tree.components(entry.path, entry.path);
+    const isRoot = parts.length === 0;
+    if (isRoot && entry.type !== 'dir') throw tree.fail(entry.path, `the layer's root must be a directory, not a ${entry.type}`);
+    const dir = isRoot ? tree.root : tree.parentDir(entry.path, parts, false)!;
+    const name = isRoot ? Buffer.alloc(0) : parts[parts.length - 1];
+    const path = isRoot ? '/' : joinPath(dir.path, name);
+
+    let node: TreeNode;
+    if (entry.type === 'hardlink') {
+      const target = tree.linkTarget(entry);
+      node = { ...target, name, path, children: undefined };
+    } else {
+      node = {
+        name, kind: entry.type satisfies NodeKind, mode: TYPE_BITS[entry.type] | entry.mode, uid: entry.uid, gid: entry.gid,
+        mtimeSec: entry.mtimeSec, mtimeNsec: entry.mtimeNsec, size: 0,
+        rdev: entry.type === 'chrdev' || entry.type === 'blkdev' ? makedev(entry.devmajor, entry.devminor) : 0,
+        xattrs: entry.xattrs, path,
+      };
+      if (entry.type === 'symlink') {
+        if (entry.linkname.length === 0) throw tree.fail(entry.path, 'symlink with an empty target');
+        node.target = entry.linkname;
+        node.size = entry.linkname.length;
+      } else if (entry.type === 'file') {
+        node.size = entry.size;
+        const chunks: ChunkRef[] = [];
+        for (let off = 0; off < entry.size; off += chunkSize) {
+          const want = Math.min(chunkSize, entry.size - off);
+          await tar.readContent(buffer, want);
+          chunks.push(chunker.addChunk(buffer.subarray(0, want)));
+        }
+        node.chunks = chunks;
+        chunker.fileDone();
+      }
+    }
+    if (isRoot) tree.setRoot(node);
+    else tree.insert(dir, node);
+  }
+  return tree.finish();
+}
