@@ -11,6 +11,8 @@ import { treeFromDirectory } from './source-dir.ts';
 import { ChunkIndex, chunkTree, type ChunkStats } from './chunker.ts';
 import { type Layout, layoutTree } from './layout.ts';
 import { type BlobDescriptor, writeImage } from './writer.ts';
+import { openLayeredBuild } from './chunk-dict.ts';
+import { overlayLayer, scopeHardlinks, type WhiteoutSpec } from './overlay.ts';
 
 export interface CreateOptions {
   source: string;
@@ -26,11 +28,19 @@ export interface CreateOptions {
   prefetchPaths?: string[];
   /** Reproducible output: build time 0. */
   repeatable?: boolean;
+  /** Build on top of this image: the result is the parent with the source laid over it. */
+  parentBootstrap?: string;
+  /** Chunks of this bootstrap are referenced instead of stored again. */
+  chunkDict?: string;
+  /** Whiteouts of the source applied over the parent. */
+  whiteoutSpec?: WhiteoutSpec;
 }
 
 export interface CreateResult {
   bootstrap: string;
   blob: FinishedBlob | null;
+  /** Ids of every blob the image references, in blob table order. */
+  blobIds: string[];
   stats: ChunkStats;
   inodes: number;
 }
@@ -49,7 +59,7 @@ export function blobDescriptor(b: FinishedBlob): BlobDescriptor {
   };
 }
 
-function prefetchNids(layout: Layout, paths: string[]): number[] {
+export function prefetchNids(layout: Layout, paths: string[]): number[] {
   const byPath = new Map([...layout.inodeOf].map(([node, ino]) => [node.path, ino.nid]));
   return paths.map((p) => {
     const norm = '/' + p.split('/').filter(Boolean).join('/');
@@ -59,7 +69,7 @@ function prefetchNids(layout: Layout, paths: string[]): number[] {
   });
 }
 
-function refuseExisting(file: string, what: string): void {
+export function refuseExisting(file: string, what: string): void {
   if (fs.existsSync(file)) throw new NydusError(`${what} ${file} already exists; remove it first`);
 }
 
@@ -72,11 +82,15 @@ export function createImage(opts: CreateOptions): CreateResult {
   fs.mkdirSync(blobDir, { recursive: true });
 
   const tree = treeFromDirectory(opts.source);
-  const writer = new BlobWriter(blobDir, 0, opts.compressor);
+  const layered = opts.parentBootstrap || opts.chunkDict ? openLayeredBuild({ ...opts, config: opts }) : null;
+  // The new blob comes right after the parent's blobs; referenced dictionary blobs follow it.
+  const newBlobIndex = layered ? layered.table.reserve() : 0;
+  const writer = new BlobWriter(blobDir, newBlobIndex, opts.compressor);
   let blob: FinishedBlob | null;
   let stats: ChunkStats;
   try {
-    stats = chunkTree(tree, { chunkSize: opts.chunkSize, digester: opts.digester, blob: writer, index: new ChunkIndex() });
+    const index = layered?.index ?? new ChunkIndex();
+    stats = chunkTree(tree, { chunkSize: opts.chunkSize, digester: opts.digester, blob: writer, index });
     blob = writer.finish();
   } catch (e) {
     writer.abort();
@@ -86,13 +100,24 @@ export function createImage(opts: CreateOptions): CreateResult {
     fs.renameSync(blob.path, opts.blobPath);
     blob.path = opts.blobPath;
   }
-  const blobs = blob ? [blobDescriptor(blob)] : [];
-  const layout = layoutTree(tree, blobs.length);
+  let blobs = blob ? [blobDescriptor(blob)] : [];
+  let root = tree;
+  if (layered) {
+    if (blob) layered.table.fill(newBlobIndex, blobs[0]);
+    else layered.table.remove(newBlobIndex);
+    blobs = layered.table.blobs;
+    if (layered.parentTree) {
+      scopeHardlinks(layered.parentTree, 'parent');
+      scopeHardlinks(tree, 'layer');
+      root = overlayLayer(layered.parentTree, tree, opts.whiteoutSpec ?? 'oci');
+    }
+  }
+  const layout = layoutTree(root, blobs.length);
   const { meta } = writeImage(layout, {
     chunkSize: opts.chunkSize, compressor: opts.compressor, digester: opts.digester, blobs,
     buildTime: opts.repeatable ? 0 : Math.floor(Date.now() / 1000),
     prefetch: opts.prefetchPaths ? prefetchNids(layout, opts.prefetchPaths) : undefined,
   });
   fs.writeFileSync(opts.bootstrap, meta, { flag: 'wx' });
-  return { bootstrap: opts.bootstrap, blob, stats, inodes: layout.inodes.length };
+  return { bootstrap: opts.bootstrap, blob, blobIds: blobs.map((b) => b.blobId), stats, inodes: layout.inodes.length };
 }

@@ -1,0 +1,91 @@
+/**
+ * Chunk deduplication against existing images at build time (nydus builder/src/core/chunk_dict.rs):
+ * a chunk whose digest is already in the chunk dictionary or in the parent bootstrap is referenced
+ * where it lives, its blob joins this image's blob table, and it is not stored in the new blob.
+ * nydus asks the dictionary first, then the parent's and this build's own chunks; so does this index.
+ */
+import { NydusError } from '../../erofs/errors.ts';
+import type { ErofsImage } from '../../erofs/image.ts';
+import { BLOB_CHUNK_FLAG_COMPRESSED } from '../../erofs/blobmeta.ts';
+import { ChunkIndex } from './chunker.ts';
+import { BlobTable, type BuildConfig, blobDescriptorOf, checkCompatible, openRafsBootstrap, treeWithTableChunks } from './layer-image.ts';
+import { type ChunkRef, type TreeNode, walkTree } from './tree.ts';
+
+/** `--chunk-dict` takes `bootstrap=<file>` or a bare file (nydus's parse_chunk_dict_arg). */
+export function parseChunkDictArg(arg: string): string {
+  const eq = arg.indexOf('=');
+  const [type, file] = eq < 0 ? ['bootstrap', arg] : [arg.slice(0, eq), arg.slice(eq + 1)];
+  if (type !== 'bootstrap') throw new NydusError(`invalid chunk dict type ${JSON.stringify(type)} in --chunk-dict ${arg}; supported: bootstrap=<file>`);
+  if (!file) throw new NydusError(`--chunk-dict ${arg} names no file`);
+  return file;
+}
+
+/** A chunk of the dictionary and the dictionary blob it lives in. */
+interface DictChunk {
+  ref: ChunkRef;
+  image: ErofsImage;
+}
+
+/** The dictionary's chunks by digest, from its chunk table (every chunk its blobs hold). */
+function loadDictionary(image: ErofsImage): Map<string, DictChunk> {
+  const out = new Map<string, DictChunk>();
+  for (const c of image.chunkTable()) {
+    const key = c.digest.toString('latin1');
+    if (out.has(key)) continue;
+    out.set(key, {
+      image,
+      ref: {
+        blobIndex: c.blobIndex, indexInBlob: c.index, digest: c.digest, uncompressedOffset: c.uncompressedOffset,
+        uncompressedSize: c.uncompressedSize, compressedOffset: c.compressedOffset, compressedSize: c.compressedSize,
+        compressed: (c.flags & BLOB_CHUNK_FLAG_COMPRESSED) !== 0,
+      },
+    });
+  }
+  return out;
+}
+
+/** The chunker's index when building on a parent bootstrap or with a chunk dictionary. */
+export class LayeredChunkIndex extends ChunkIndex {
+  constructor(private readonly table: BlobTable, private readonly dict: Map<string, DictChunk>) {
+    super();
+  }
+
+  override get(digest: Buffer): ChunkRef | undefined {
+    const d = this.dict.get(digest.toString('latin1'));
+    if (!d) return super.get(digest);
+    return this.table.chunk(d.ref, this.table.add(blobDescriptorOf(d.image, d.ref.blobIndex)));
+  }
+}
+
+export interface LayeredBuild {
+  table: BlobTable;
+  index: LayeredChunkIndex;
+  /** The parent's flattened tree, which the new layer goes on top of. */
+  parentTree: TreeNode | null;
+}
+
+/**
+ * Opens the parent bootstrap and the chunk dictionary for a build with `config`: the parent's blobs
+ * start the blob table (all of them, as nydus keeps them), its chunks and the dictionary's seed the index.
+ */
+export function openLayeredBuild(opts: { parentBootstrap?: string; chunkDict?: string; config: BuildConfig }): LayeredBuild {
+  const table = new BlobTable();
+  let parentTree: TreeNode | null = null;
+  const parentRefs: ChunkRef[] = [];
+  if (opts.parentBootstrap) {
+    const parent = openRafsBootstrap(opts.parentBootstrap, 'parent bootstrap');
+    checkCompatible(parent, 'parent bootstrap', opts.config, 'this build');
+    const indexes = parent.blobs.map((_, i) => table.add(blobDescriptorOf(parent, i)));
+    parentTree = treeWithTableChunks(parent, table, indexes);
+    for (const n of walkTree(parentTree)) parentRefs.push(...(n.chunks ?? []));
+  }
+  let dict = new Map<string, DictChunk>();
+  if (opts.chunkDict) {
+    const image = openRafsBootstrap(opts.chunkDict, 'chunk dictionary');
+    checkCompatible(image, 'chunk dictionary', opts.config, 'this build');
+    dict = loadDictionary(image);
+  }
+  const index = new LayeredChunkIndex(table, dict);
+  for (const r of parentRefs) index.add(r);
+  return { table, index, parentTree };
+}
