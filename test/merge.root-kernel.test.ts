@@ -11,7 +11,7 @@ import path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { prand, tmpDir } from './helpers/fixtures.ts';
 import { manifest, diffManifests } from './helpers/manifest.ts';
-import { loopMount, umount } from './helpers/mount.ts';
+import { fileBackedMount, loopMount, umount } from './helpers/mount.ts';
 import { mustRun, runCli } from './helpers/cli.ts';
 import { type LayerEntry, type WhiteoutForm, writeLayer } from './helpers/layers.ts';
 
@@ -108,9 +108,13 @@ function assertFlattened(boot: string, name: string): void {
   const img = path.join(work, `${name}.erofs`);
   mustRun('nydus-image', ['export', '--block', '-B', boot, '-D', blobDir, '-O', img]);
   execFileSync('fsck.erofs', [img], { stdio: 'pipe' });
+  assertSameAsOracle(name, (dir) => loopMount(img, dir));
+}
+
+function assertSameAsOracle(name: string, mount: (dir: string) => void): void {
   const dir = path.join(work, 'mnt', name);
   mounts.push(dir);
-  loopMount(img, dir);
+  mount(dir);
   try {
     assert.deepEqual(diffManifests(oracle, manifest(dir)).slice(0, 30), [], `${name} differs from overlayfs over the same layers`);
   } finally {
@@ -144,6 +148,21 @@ test('root-kernel: merge of OCI-form layers mounts as overlayfs shows the same l
     assert.ok(chunks.length > 0 && chunks.every((c) => c.blob_id === layerBlobs[layer]), `${file} reads from layer ${layer + 1}'s blob`);
   }
   assertFlattened(boot, 'merged-oci');
+});
+
+test('root-kernel: the merged bootstrap mounts straight over the uncompressed layer blobs, one device per layer', () => {
+  // No export in between: the kernel follows the merged device table and chunk indexes into the layer blobs.
+  const boots = LAYERS.map((_, i) => {
+    const boot = path.join(work, `none-layer${i + 1}.boot`);
+    create(boot, layerDir('oci', i), ['--compressor', 'none']);
+    return boot;
+  });
+  const boot = path.join(work, 'merged-none.boot');
+  mustRun('nydus-image', ['merge', '-B', boot, ...boots]);
+  const blobs = (inspect(boot, 'blobs') as Array<{ blob_id: string }>).map((b) => path.join(blobDir, b.blob_id));
+  assert.equal(blobs.length, 3);
+  execFileSync('fsck.erofs', [...blobs.map((b) => `--device=${b}`), boot], { stdio: 'pipe' });
+  assertSameAsOracle('merged-none-file-backed', (dir) => fileBackedMount(boot, blobs, dir));
 });
 
 test('root-kernel: merge -W overlayfs of overlayfs-form layers gives the same tree', () => {
