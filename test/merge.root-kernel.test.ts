@@ -8,7 +8,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { prand, tmpDir } from './helpers/fixtures.ts';
 import { manifest, diffManifests } from './helpers/manifest.ts';
 import { fileBackedMount, loopMount, umount } from './helpers/mount.ts';
@@ -133,6 +133,28 @@ test('root-kernel: the oracle holds what the layers say', () => {
   for (const want of ['/keep/a', '/keep/big2', '/f2d/child', '/d2f', '/deldir/fresh', '/opq/c', '/opq/d', '/hard2', '/l2b']) assert.ok(names.includes(want), want);
   for (const gone of ['/keep/gone-file', '/keep/new', '/deldir/sub', '/opq/a', '/opq/sub', '/link', '/d2f/inner']) assert.ok(!names.includes(gone), gone);
   assert.ok(!names.some((n) => n.includes('.wh.')));
+});
+
+/** Runs a tool the test cannot do without, failing with what to install when it is missing. */
+function tool(cmd: string, args: string[], pkg: string): void {
+  const r = spawnSync(cmd, args, { encoding: 'utf8' });
+  if (r.error && (r.error as NodeJS.ErrnoException).code === 'ENOENT') throw new Error(`${cmd} is needed for this test: apt-get install ${pkg}`);
+  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed: ${r.stderr}`);
+}
+
+test('root-kernel: umoci unpacks the same layers, as OCI layer tars, to the same tree as overlayfs', () => {
+  // A second, independent oracle: an OCI implementation applying the .wh. entries of real layer tars.
+  const layout = path.join(work, 'oci-layout');
+  tool('umoci', ['init', '--layout', layout], 'umoci');
+  tool('umoci', ['new', '--image', `${layout}:img`], 'umoci');
+  LAYERS.forEach((_, i) => {
+    const tarFile = path.join(work, `layer${i + 1}.tar`);
+    tool('tar', ['--format=posix', '--xattrs', '--xattrs-include=*', '--numeric-owner', '-C', layerDir('oci', i), '-cf', tarFile, '.'], 'tar');
+    tool('umoci', ['raw', 'add-layer', '--image', `${layout}:img`, tarFile], 'umoci');
+  });
+  const bundle = path.join(work, 'bundle');
+  tool('umoci', ['unpack', '--image', `${layout}:img`, bundle], 'umoci');
+  assert.deepEqual(diffManifests(oracle, manifest(path.join(bundle, 'rootfs'))).slice(0, 30), []);
 });
 
 test('root-kernel: merge of OCI-form layers mounts as overlayfs shows the same layers', () => {
