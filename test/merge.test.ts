@@ -273,14 +273,25 @@ test('merge refuses what it cannot do, naming the flag or the file', () => {
   assert.ok(!fs.existsSync(out));
 });
 
-test('create refuses an incompatible parent or dictionary', () => {
+test('create refuses a parent or dictionary with another digester or chunk size; compressors may differ', () => {
   const zstd = path.join(work, 'zstd.boot');
   mustRun('nydus-image', ['create', '-B', zstd, '-D', blobDir, '--chunk-size', '0x1000', base]);
   const boot = path.join(work, 'refused-create.boot');
-  assertRefused(['create', '-B', boot, '-D', blobDir, '--compressor', 'none', '--chunk-size', '0x1000', '--parent-bootstrap', zstd, upper],
-    /parent bootstrap .*zstd\.boot uses compressor zstd, this build uses none/);
+  assertRefused(['create', '-B', boot, '-D', blobDir, '--digester', 'sha256', '--chunk-size', '0x1000', '--parent-bootstrap', zstd, upper],
+    /parent bootstrap .*zstd\.boot uses digester blake3, this build uses sha256/);
   assertRefused(['create', '-B', boot, '-D', blobDir, '--chunk-size', '0x2000', '--chunk-dict', `bootstrap=${zstd}`, upper],
     /chunk dictionary .*zstd\.boot uses chunk size 0x1000, this build uses 0x2000/);
   assertRefused(['create', '-B', boot, '-D', blobDir, '--chunk-dict', 'db=x', upper], /invalid chunk dict type "db"/);
   assert.ok(!fs.existsSync(boot));
+  // An uncompressed layer on a zstd parent: each blob keeps its compressor in the blob table.
+  const mixed = build('mixed', upper, ['--parent-bootstrap', zstd]);
+  assert.deepEqual((blobsOf(mixed) as any[]).map((b) => b.compressor), [3, 0]);
+  const check = mustRun('nydus-image', ['check', '-B', mixed, '-D', blobDir]);
+  assert.match(check.stderr, /, 5 verified\)/);
+  assert.ok(contentOf(mixed, '/q/same').equals(Buffer.concat([c[0], c[1], c[2]])));
+  // And merged with layers of the other compressor.
+  const out = path.join(work, 'merged-mixed.boot');
+  mustRun('nydus-image', ['merge', '-B', out, zstd, fullBoot]);
+  assert.deepEqual((blobsOf(out) as any[]).map((b) => b.compressor), [3, 0]);
+  assert.ok(contentOf(out, '/q/mixed').equals(Buffer.concat([c[0], c[1], c[3], Buffer.from('tail')])));
 });

@@ -15,7 +15,10 @@ import { treeFromImage } from '../image/tree-from-image.ts';
 import { type ChunkRef, type TreeNode, walkTree } from './tree.ts';
 import type { BlobDescriptor } from './writer.ts';
 
-/** The settings every image that shares chunks with another must agree on. */
+/**
+ * The settings of a build. Images whose chunks end up in one image must agree on chunk size and
+ * digester; each blob keeps its own compressor in the blob table.
+ */
 export interface BuildConfig {
   chunkSize: number;
   compressor: CompressorName;
@@ -40,7 +43,7 @@ export function buildConfigOf(image: ErofsImage): BuildConfig {
 /** Refuses an image whose chunks cannot live in one image with `expected`'s. */
 export function checkCompatible(image: ErofsImage, what: string, expected: BuildConfig, against: string): void {
   const got = buildConfigOf(image);
-  for (const k of ['chunkSize', 'compressor', 'digester'] as const) {
+  for (const k of ['chunkSize', 'digester'] as const) {
     if (got[k] !== expected[k]) {
       const show = (v: string | number) => (typeof v === 'number' ? `0x${v.toString(16)}` : v);
       throw new NydusError(`${what} ${image.name} uses ${k === 'chunkSize' ? 'chunk size' : k} ${show(got[k])}, ${against} uses ${show(expected[k])}`);
@@ -53,7 +56,7 @@ export function blobDescriptorOf(image: ErofsImage, i: number): BlobDescriptor {
   return {
     blobId: image.blobId(i), compressedSize: b.compressed_size, uncompressedSize: b.uncompressed_size,
     chunkCount: b.chunk_count, features: b.features, ciCompressor: b.ci_compressor, ciOffset: b.ci_offset,
-    ciCompressedSize: b.ci_compressed_size, ciUncompressedSize: b.ci_uncompressed_size,
+    ciCompressedSize: b.ci_compressed_size, ciUncompressedSize: b.ci_uncompressed_size, compressionAlgo: b.compression_algo,
   };
 }
 

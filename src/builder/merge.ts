@@ -70,11 +70,14 @@ export function mergeImages(opts: MergeOptions): MergeResult {
   refuseExisting(opts.bootstrap, 'bootstrap');
 
   const table = new BlobTable();
-  // The first image read sets the chunk size, compressor and digester every other one must share.
+  // The first image read sets the chunk size and digester every other one must share; the superblock
+  // names the last layer's compressor, as nydus's does (each blob keeps its own in the blob table).
   const first: { config?: BuildConfig; what?: string } = {};
+  let last: BuildConfig | null = null;
   const agree = (image: ErofsImage, what: string) => {
     if (first.config) checkCompatible(image, what, first.config, first.what!);
     else Object.assign(first, { config: buildConfigOf(image), what: `${what} ${image.name}` });
+    last = buildConfigOf(image);
   };
   let merged: TreeNode | null = null;
 
@@ -116,7 +119,7 @@ export function mergeImages(opts: MergeOptions): MergeResult {
   const root = merged!;
   table.dropUnused(root);
   const layout = layoutTree(root, table.blobs.length);
-  const cfg = first.config!;
+  const cfg: BuildConfig = { ...first.config!, compressor: (last as BuildConfig | null)!.compressor };
   const { meta } = writeImage(layout, {
     chunkSize: cfg.chunkSize, compressor: cfg.compressor, digester: cfg.digester, blobs: table.blobs,
     buildTime: Math.floor(Date.now() / 1000),

@@ -40,6 +40,8 @@ export interface BlobDescriptor {
   ciOffset: number;
   ciCompressedSize: number;
   ciUncompressedSize: number;
+  /** RAFS_COMPRESS_* of this blob's chunks when it differs from the image's (a blob of another image). */
+  compressionAlgo?: number;
 }
 
 export interface WriteOptions {
@@ -169,7 +171,7 @@ export function writeImage(layout: Layout, opts: WriteOptions): WrittenImage {
         blob_index: i,
         chunk_size: opts.chunkSize,
         chunk_count: b.chunkCount,
-        compression_algo: opts.compressor === 'zstd' ? RAFS_COMPRESS_ZSTD : RAFS_COMPRESS_NONE,
+        compression_algo: b.compressionAlgo ?? (opts.compressor === 'zstd' ? RAFS_COMPRESS_ZSTD : RAFS_COMPRESS_NONE),
         digest_algo: opts.digester === 'blake3' ? RAFS_DIGEST_BLAKE3 : RAFS_DIGEST_SHA256,
         features: b.features,
         compressed_size: b.compressedSize,
