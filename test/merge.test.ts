@@ -1,7 +1,7 @@
 /**
  * Overlay rules on trees (pure), and `nydus-image merge` / layered `create` without mounts: the blob
  * table and chunk table of the merged bootstrap, exact dedup against a parent or a chunk dictionary,
- * the per-layer blob overrides, prefetch, and clear refusals.
+ * the per-layer blob overrides, prefetch, clear refusals, and nydusd's pipeline serving a merged image.
  */
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -13,6 +13,15 @@ import { mustRun, repoRoot, runCli } from './helpers/cli.ts';
 import { type TreeNode, type NodeKind, walkTree } from '../src/builder/tree.ts';
 import { flattenLayers, overlayLayer } from '../src/builder/overlay.ts';
 import { layoutTree } from '../src/builder/layout.ts';
+import { createImage } from '../src/builder/create.ts';
+import { mergeImages } from '../src/builder/merge.ts';
+import { chunkDigest } from '../src/blob/digest.ts';
+import { openBootstrap } from '../src/image/open.ts';
+import { inspectImage } from '../src/image/inspect.ts';
+import { ImageRegistry } from '../src/daemon/daemon.ts';
+import { DaemonState } from '../src/daemon/state.ts';
+import { OnDemandSession, type CachefilesPort } from '../src/daemon/ondemand.ts';
+import pino from 'pino';
 
 const work = tmpDir('merge');
 after(() => fs.rmSync(work, { recursive: true, force: true }));
@@ -294,4 +303,70 @@ test('create refuses a parent or dictionary with another digester or chunk size;
   mustRun('nydus-image', ['merge', '-B', out, zstd, fullBoot]);
   assert.deepEqual((blobsOf(out) as any[]).map((b) => b.compressor), [3, 0]);
   assert.ok(contentOf(out, '/q/mixed').equals(Buffer.concat([c[0], c[1], c[3], Buffer.from('tail')])));
+});
+
+// ---- the daemon serves a merged image: one cache file per layer blob ----
+
+/** Records writes per fd as a sparse file image, like the cachefiles addon does. */
+class RecordingPort implements CachefilesPort {
+  files = new Map<number, Buffer>();
+  completed: number[] = [];
+  copen(): void {}
+  async writeData(fd: number, offset: number, data: Uint8Array): Promise<void> {
+    const cur = this.files.get(fd) ?? Buffer.alloc(0);
+    const end = offset + Math.ceil(data.length / 4096) * 4096;
+    const next = cur.length >= end ? cur : Buffer.concat([cur, Buffer.alloc(end - cur.length)]);
+    Buffer.from(data).copy(next, offset);
+    this.files.set(fd, next);
+  }
+  readComplete(_fd: number, msgId: number): void {
+    this.completed.push(msgId);
+  }
+  closeFd(): void {}
+}
+
+test('nydusd serves a merged image: each layer blob is a cookie, every referenced chunk reads back', async () => {
+  const zblobs = path.join(work, 'zblobs');
+  const mk = (name: string, files: Record<string, Buffer | string>) => {
+    const boot = path.join(work, `${name}.z.boot`);
+    createImage({ source: layer(`${name}-z`, files), bootstrap: boot, blobDir: zblobs, chunkSize: 0x40000, compressor: 'zstd', digester: 'blake3' });
+    return boot;
+  };
+  const l1 = mk('z1', { a: prand(700000, 21), gone: prand(300000, 22) });
+  const l2 = mk('z2', { '.wh.gone': '', b: prand(500000, 23) });
+  const merged = path.join(work, 'z-merged.boot');
+  const { blobs } = mergeImages({ sources: [l1, l2], bootstrap: merged });
+  assert.equal(blobs.length, 2);
+  const state = new DaemonState(path.join(work, 'z-state'));
+  try {
+    const registry = new ImageRegistry(state, pino({ level: 'silent' }));
+    registry.add({
+      type: 'bootstrap', id: 'merged', domain_id: '',
+      config_v2: {
+        version: 2, id: 'merged', backend: { type: 'localfs', localfs: { dir: zblobs } },
+        cache: { type: 'fscache', fscache: { work_dir: work } }, metadata_path: merged,
+      },
+    });
+    const port = new RecordingPort();
+    const session = new OnDemandSession(port, registry, state, pino({ level: 'silent' }), 2);
+    const image = openBootstrap(merged);
+    blobs.forEach((id, i) => {
+      session.handle({ type: 'open', msgId: 10 + i, objectId: i, volumeKey: 'erofs,merged', cookieKey: id, fd: 100 + i, flags: 0 });
+      session.handle({ type: 'read', msgId: 20 + i, objectId: i, offset: 0, len: image.blobs[i].uncompressed_size });
+    });
+    for (let i = 0; i < 50 && port.completed.length < 2; i++) await new Promise((r) => setTimeout(r, 100));
+    assert.deepEqual(port.completed.sort(), [20, 21]);
+    // Every chunk the merged tree references is in its blob's cache file, verified against its digest.
+    const files = inspectImage(merged, 'chunks') as Array<{ path: string; chunks: Array<{ blob_id: string; uncompressed_offset: number; uncompressed_size: number; digest: string }> }>;
+    assert.deepEqual(files.map((f) => f.path).sort(), ['/a', '/b']);
+    for (const f of files) {
+      for (const c of f.chunks) {
+        const cache = port.files.get(100 + blobs.indexOf(c.blob_id))!;
+        const bytes = cache.subarray(c.uncompressed_offset, c.uncompressed_offset + c.uncompressed_size);
+        assert.equal(chunkDigest('blake3', bytes).toString('hex'), c.digest, `${f.path} chunk at ${c.uncompressed_offset}`);
+      }
+    }
+  } finally {
+    state.close();
+  }
 });
