@@ -8,8 +8,8 @@ import { NydusError } from '../../erofs/errors.ts';
 import type { ErofsImage } from '../../erofs/image.ts';
 import { BLOB_CHUNK_FLAG_COMPRESSED } from '../../erofs/blobmeta.ts';
 import { ChunkIndex } from './chunker.ts';
-import { BlobTable, type BuildConfig, blobDescriptorOf, checkCompatible, openRafsBootstrap, treeWithTableChunks } from './layer-image.ts';
-import { type ChunkRef, type TreeNode, walkTree } from './tree.ts';
+import { type BlobTable, blobDescriptorOf } from './layer-image.ts';
+import type { ChunkRef } from './tree.ts';
 
 /** `--chunk-dict` takes `bootstrap=<file>` or a bare file (nydus's parse_chunk_dict_arg). */
 export function parseChunkDictArg(arg: string): string {
@@ -21,13 +21,13 @@ export function parseChunkDictArg(arg: string): string {
 }
 
 /** A chunk of the dictionary and the dictionary blob it lives in. */
-interface DictChunk {
+export interface DictChunk {
   ref: ChunkRef;
   image: ErofsImage;
 }
 
 /** The dictionary's chunks by digest, from its chunk table (every chunk its blobs hold). */
-function loadDictionary(image: ErofsImage): Map<string, DictChunk> {
+export function loadDictionary(image: ErofsImage): Map<string, DictChunk> {
   const out = new Map<string, DictChunk>();
   for (const c of image.chunkTable()) {
     const key = c.digest.toString('latin1');
@@ -55,37 +55,4 @@ export class LayeredChunkIndex extends ChunkIndex {
     if (!d) return super.get(digest);
     return this.table.chunk(d.ref, this.table.add(blobDescriptorOf(d.image, d.ref.blobIndex)));
   }
-}
-
-export interface LayeredBuild {
-  table: BlobTable;
-  index: LayeredChunkIndex;
-  /** The parent's flattened tree, which the new layer goes on top of. */
-  parentTree: TreeNode | null;
-}
-
-/**
- * Opens the parent bootstrap and the chunk dictionary for a build with `config`: the parent's blobs
- * start the blob table (all of them, as nydus keeps them), its chunks and the dictionary's seed the index.
- */
-export function openLayeredBuild(opts: { parentBootstrap?: string; chunkDict?: string; config: BuildConfig }): LayeredBuild {
-  const table = new BlobTable();
-  let parentTree: TreeNode | null = null;
-  const parentRefs: ChunkRef[] = [];
-  if (opts.parentBootstrap) {
-    const parent = openRafsBootstrap(opts.parentBootstrap, 'parent bootstrap');
-    checkCompatible(parent, 'parent bootstrap', opts.config, 'this build');
-    const indexes = parent.blobs.map((_, i) => table.add(blobDescriptorOf(parent, i)));
-    parentTree = treeWithTableChunks(parent, table, indexes);
-    for (const n of walkTree(parentTree)) parentRefs.push(...(n.chunks ?? []));
-  }
-  let dict = new Map<string, DictChunk>();
-  if (opts.chunkDict) {
-    const image = openRafsBootstrap(opts.chunkDict, 'chunk dictionary');
-    checkCompatible(image, 'chunk dictionary', opts.config, 'this build');
-    dict = loadDictionary(image);
-  }
-  const index = new LayeredChunkIndex(table, dict);
-  for (const r of parentRefs) index.add(r);
-  return { table, index, parentTree };
 }

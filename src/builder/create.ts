@@ -11,8 +11,8 @@ import { treeFromDirectory } from './source-dir.ts';
 import { ChunkIndex, chunkTree, type ChunkStats } from './chunker.ts';
 import { type Layout, layoutTree } from './layout.ts';
 import { type BlobDescriptor, writeImage } from './writer.ts';
-import { openLayeredBuild } from './chunk-dict.ts';
-import { overlayLayer, scopeHardlinks, type WhiteoutSpec } from './overlay.ts';
+import { finishLayeredBuild, openLayeredBuild } from './layered-build.ts';
+import type { WhiteoutSpec } from './overlay.ts';
 
 export interface CreateOptions {
   source: string;
@@ -83,14 +83,11 @@ export function createImage(opts: CreateOptions): CreateResult {
 
   const tree = treeFromDirectory(opts.source);
   const layered = opts.parentBootstrap || opts.chunkDict ? openLayeredBuild({ ...opts, config: opts }) : null;
-  // The new blob comes right after the parent's blobs; referenced dictionary blobs follow it.
-  const newBlobIndex = layered ? layered.table.reserve() : 0;
-  const writer = new BlobWriter(blobDir, newBlobIndex, opts.compressor);
+  const writer = new BlobWriter(blobDir, layered?.newBlobIndex ?? 0, opts.compressor);
   let blob: FinishedBlob | null;
   let stats: ChunkStats;
   try {
-    const index = layered?.index ?? new ChunkIndex();
-    stats = chunkTree(tree, { chunkSize: opts.chunkSize, digester: opts.digester, blob: writer, index });
+    stats = chunkTree(tree, { chunkSize: opts.chunkSize, digester: opts.digester, blob: writer, index: layered?.index ?? new ChunkIndex() });
     blob = writer.finish();
   } catch (e) {
     writer.abort();
@@ -100,18 +97,10 @@ export function createImage(opts: CreateOptions): CreateResult {
     fs.renameSync(blob.path, opts.blobPath);
     blob.path = opts.blobPath;
   }
-  let blobs = blob ? [blobDescriptor(blob)] : [];
-  let root = tree;
-  if (layered) {
-    if (blob) layered.table.fill(newBlobIndex, blobs[0]);
-    else layered.table.remove(newBlobIndex);
-    blobs = layered.table.blobs;
-    if (layered.parentTree) {
-      scopeHardlinks(layered.parentTree, 'parent');
-      scopeHardlinks(tree, 'layer');
-      root = overlayLayer(layered.parentTree, tree, opts.whiteoutSpec ?? 'oci');
-    }
-  }
+  const own = blob ? blobDescriptor(blob) : null;
+  const { blobs, root } = layered
+    ? finishLayeredBuild(layered, own, tree, opts.whiteoutSpec ?? 'oci')
+    : { blobs: own ? [own] : [], root: tree };
   const layout = layoutTree(root, blobs.length);
   const { meta } = writeImage(layout, {
     chunkSize: opts.chunkSize, compressor: opts.compressor, digester: opts.digester, blobs,
