@@ -222,12 +222,16 @@ test('merge: one blob per layer in layer order, chunk table and chunk indexes re
   assert.ok(contentOf(out, '/t').equals(Buffer.from('top\n')));
 });
 
-test('merge --blob-digests, --original-blob-ids and --blob-sizes rewrite each layer blob entry', () => {
+test('merge --blob-digests, --original-blob-ids, --blob-sizes and the TOC flags rewrite each layer blob entry', () => {
   const out = path.join(work, 'renamed.boot');
   const d = ['a'.repeat(64), 'b'.repeat(64)];
-  mustRun('nydus-image', ['merge', '-B', out, '--blob-digests', d.join(','), '--blob-sizes', '111, 222', baseBoot, fullBoot]);
+  const toc = ['1'.repeat(64), '2'.repeat(64)];
+  mustRun('nydus-image', ['merge', '-B', out, '--blob-digests', d.join(','), '--blob-sizes', '111, 222',
+    '--blob-toc-digests', toc.join(','), '--blob-toc-sizes', '0x300,512', baseBoot, fullBoot]);
   const blobs = blobsOf(out);
   assert.deepEqual(blobs.map((b) => [b.blob_id, b.compressed_size]), [[d[0], 111], [d[1], 222]]);
+  const table = openBootstrap(out).blobs;
+  assert.deepEqual(table.map((b) => [b.blob_toc_digest.toString('hex'), b.blob_toc_size]), [[toc[0], 0x300], [toc[1], 512]]);
   const out2 = path.join(work, 'renamed2.boot');
   mustRun('nydus-image', ['merge', '-B', out2, '--original-blob-ids', `${'c'.repeat(64)},${'d'.repeat(64)}`, baseBoot, fullBoot]);
   assert.deepEqual(blobsOf(out2).map((b) => b.blob_id), ['c'.repeat(64), 'd'.repeat(64)]);
@@ -263,12 +267,14 @@ function assertRefused(args: string[], pattern: RegExp): void {
 test('merge refuses what it cannot do, naming the flag or the file', () => {
   const out = path.join(work, 'refused.boot');
   assertRefused(['merge', '-B', out], /Not enough non-option arguments: got 0, need at least 1/);
-  for (const flag of ['--blob-dir', '--config', '--blob-toc-digests', '--blob-toc-sizes']) {
+  for (const flag of ['--blob-dir', '--config']) {
     assertRefused(['merge', '-B', out, flag, 'x', baseBoot], new RegExp(`${flag} is not supported`));
   }
   assertRefused(['merge', '-B', out, '--blob-digests', 'a'.repeat(64), baseBoot, fullBoot], /number of blob digest entries 1 doesn't match number of sources 2/);
   assertRefused(['merge', '-B', out, '--blob-digests', 'xyz', baseBoot], /blob digest "xyz" of layer 0 is not 64 lowercase hex digits/);
   assertRefused(['merge', '-B', out, '--blob-sizes', 'ten', baseBoot], /invalid number in --blob-sizes "ten"/);
+  assertRefused(['merge', '-B', out, '--blob-toc-sizes', '1,2,3', baseBoot, fullBoot], /number of toc size entries 3 doesn't match number of sources 2/);
+  assertRefused(['merge', '-B', out, '--blob-toc-digests', 'abc', baseBoot], /blob TOC digest "abc" of layer 0 is not 64 lowercase hex digits/);
   assertRefused(['merge', '-B', out, '--chunk-dict', 'boltdb=/x', baseBoot], /invalid chunk dict type "boltdb"/);
   assertRefused(['merge', '-B', out, '--prefetch-policy', 'blob', baseBoot], /--prefetch-policy blob is not supported/);
   assertRefused(['merge', '-B', out, '-W', 'aufs', baseBoot], /unsupported whiteout spec "aufs"/);

@@ -6,7 +6,7 @@
 import { NydusError } from '../../erofs/errors.ts';
 import type { ErofsImage } from '../../erofs/image.ts';
 import {
-  RAFS_FLAG_COMPRESSION_NONE, RAFS_FLAG_COMPRESSION_ZSTD, RAFS_FLAG_HASH_BLAKE3, RAFS_FLAG_HASH_SHA256,
+  RAFS_FLAG_COMPRESSION_NONE, RAFS_FLAG_COMPRESSION_ZSTD, RAFS_FLAG_HASH_BLAKE3, RAFS_FLAG_HASH_SHA256, RAFS_FLAG_TARFS_MODE,
 } from '../../erofs/rafs.ts';
 import type { CompressorName } from '../blob/compress.ts';
 import type { Digester } from '../blob/digest.ts';
@@ -33,6 +33,7 @@ export function openRafsBootstrap(file: string, what: string): ErofsImage {
 
 export function buildConfigOf(image: ErofsImage): BuildConfig {
   const flags = image.ext!.s_flags;
+  if (flags & RAFS_FLAG_TARFS_MODE) throw new NydusError(`${image.name}: tarfs-mode bootstraps are not supported by nydus-ts`);
   const compressor = flags & RAFS_FLAG_COMPRESSION_ZSTD ? 'zstd' : flags & RAFS_FLAG_COMPRESSION_NONE ? 'none' : null;
   const digester = flags & RAFS_FLAG_HASH_BLAKE3 ? 'blake3' : flags & RAFS_FLAG_HASH_SHA256 ? 'sha256' : null;
   if (!compressor) throw new NydusError(`${image.name}: its compressor (flags 0x${flags.toString(16)}) is not supported by nydus-ts`);
@@ -57,6 +58,7 @@ export function blobDescriptorOf(image: ErofsImage, i: number): BlobDescriptor {
     blobId: image.blobId(i), compressedSize: b.compressed_size, uncompressedSize: b.uncompressed_size,
     chunkCount: b.chunk_count, features: b.features, ciCompressor: b.ci_compressor, ciOffset: b.ci_offset,
     ciCompressedSize: b.ci_compressed_size, ciUncompressedSize: b.ci_uncompressed_size, compressionAlgo: b.compression_algo,
+    tocDigest: b.blob_toc_digest, tocSize: b.blob_toc_size, metaDigest: b.blob_meta_digest, metaSize: b.blob_meta_size,
   };
 }
 

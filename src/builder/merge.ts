@@ -12,7 +12,8 @@ import {
   BlobTable, type BuildConfig, blobDescriptorOf, buildConfigOf, checkCompatible, openRafsBootstrap, treeWithTableChunks,
 } from './layer-image.ts';
 import { layoutTree } from './layout.ts';
-import { writeImage } from './writer.ts';
+import { type BlobDescriptor, writeImage } from './writer.ts';
+import { BLOB_FEATURE_SEPARATE } from '../../erofs/blobmeta.ts';
 import { prefetchNids, refuseExisting } from './create.ts';
 import type { TreeNode } from './tree.ts';
 
@@ -31,6 +32,10 @@ export interface MergeOptions {
   originalBlobIds?: string[];
   /** Per layer: the size of the layer's own blob (nydus's --blob-sizes). */
   blobSizes?: number[];
+  /** Per layer: sha256 hex of the layer blob's TOC (nydus's --blob-toc-digests). */
+  blobTocDigests?: string[];
+  /** Per layer: size of the layer blob's TOC (nydus's --blob-toc-sizes). */
+  blobTocSizes?: number[];
   /** Which whiteouts to apply; nydus's merge always uses oci. */
   whiteoutSpec?: WhiteoutSpec;
   /** Paths of the merged tree whose inodes go into the prefetch table, in order. */
@@ -49,16 +54,32 @@ function checkListLength(list: unknown[] | undefined, sources: number, what: str
   if (list && list.length !== sources) throw new NydusError(`number of ${what} entries ${list.length} doesn't match number of sources ${sources}`);
 }
 
-/** Applies the per-layer overrides to the layer's own blob, as nydus does for a non-separate blob. */
-function ownBlobId(opts: MergeOptions, layer: number, id: string): string {
-  let out = opts.originalBlobIds?.[layer] ?? id;
+function sha256Hex(v: string, what: string, layer: number): Buffer {
+  if (!/^[0-9a-f]{64}$/.test(v)) throw new NydusError(`${what} ${JSON.stringify(v)} of layer ${layer} is not 64 lowercase hex digits`);
+  return Buffer.from(v, 'hex');
+}
+
+/**
+ * The per-layer overrides, on the layer's own blob, as nydus applies them: a digest or size names the
+ * blob itself, or its blob meta when that is kept in a separate file (SEPARATE).
+ */
+function applyLayerOverrides(blob: BlobDescriptor, opts: MergeOptions, layer: number): void {
+  const separate = (blob.features & BLOB_FEATURE_SEPARATE) !== 0;
+  if (opts.originalBlobIds) blob.blobId = opts.originalBlobIds[layer];
   const digest = opts.blobDigests?.[layer];
   if (digest !== undefined) {
-    if (!/^[0-9a-f]{64}$/.test(digest)) throw new NydusError(`blob digest ${JSON.stringify(digest)} of layer ${layer} is not 64 lowercase hex digits`);
-    out = digest;
+    const d = sha256Hex(digest, 'blob digest', layer);
+    if (separate) blob.metaDigest = d;
+    else blob.blobId = digest;
   }
-  if (Buffer.byteLength(out) > 64 || out.length === 0) throw new NydusError(`blob id ${JSON.stringify(out)} of layer ${layer} must be 1 to 64 bytes`);
-  return out;
+  const size = opts.blobSizes?.[layer];
+  if (size !== undefined) {
+    if (separate) blob.metaSize = size;
+    else blob.compressedSize = size;
+  }
+  if (opts.blobTocDigests) blob.tocDigest = sha256Hex(opts.blobTocDigests[layer], 'blob TOC digest', layer);
+  if (opts.blobTocSizes) blob.tocSize = opts.blobTocSizes[layer];
+  if (Buffer.byteLength(blob.blobId) > 64 || blob.blobId.length === 0) throw new NydusError(`blob id ${JSON.stringify(blob.blobId)} of layer ${layer} must be 1 to 64 bytes`);
 }
 
 export function mergeImages(opts: MergeOptions): MergeResult {
@@ -67,6 +88,8 @@ export function mergeImages(opts: MergeOptions): MergeResult {
   checkListLength(opts.blobDigests, opts.sources.length, 'blob digest');
   checkListLength(opts.originalBlobIds, opts.sources.length, 'original blob id');
   checkListLength(opts.blobSizes, opts.sources.length, 'blob size');
+  checkListLength(opts.blobTocDigests, opts.sources.length, 'toc digest');
+  checkListLength(opts.blobTocSizes, opts.sources.length, 'toc size');
   refuseExisting(opts.bootstrap, 'bootstrap');
 
   const table = new BlobTable();
@@ -106,8 +129,7 @@ export function mergeImages(opts: MergeOptions): MergeResult {
         // A layer stores its new chunks in one blob; any other blob must come from the chunk dictionary.
         if (ownSeen) throw new NydusError(`invalid layer bootstrap ${file}: it has more than one data blob of its own (give the chunk dictionary it was built with, --chunk-dict)`);
         ownSeen = true;
-        blob.blobId = ownBlobId(opts, layer, blob.blobId);
-        if (opts.blobSizes) blob.compressedSize = opts.blobSizes[layer];
+        applyLayerOverrides(blob, opts, layer);
       }
       return table.add(blob);
     });

@@ -42,6 +42,11 @@ export interface BlobDescriptor {
   ciUncompressedSize: number;
   /** RAFS_COMPRESS_* of this blob's chunks when it differs from the image's (a blob of another image). */
   compressionAlgo?: number;
+  /** Of a blob built elsewhere, carried over: its TOC, and its blob meta when kept apart (SEPARATE). */
+  tocDigest?: Buffer;
+  tocSize?: number;
+  metaDigest?: Buffer;
+  metaSize?: number;
 }
 
 export interface WriteOptions {
@@ -180,6 +185,10 @@ export function writeImage(layout: Layout, opts: WriteOptions): WrittenImage {
         ci_offset: b.ciOffset,
         ci_compressed_size: b.ciCompressedSize,
         ci_uncompressed_size: b.ciUncompressedSize,
+        blob_toc_size: b.tocSize ?? 0,
+        blob_toc_digest: b.tocDigest ?? Buffer.alloc(0),
+        blob_meta_digest: b.metaDigest ?? Buffer.alloc(0),
+        blob_meta_size: b.metaSize ?? 0,
       });
     });
     chunkList.forEach((c, i) => {

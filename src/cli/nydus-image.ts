@@ -84,11 +84,11 @@ await runMain('nydus-image', async () => {
       .option('original-blob-ids', { type: 'string', describe: 'comma-separated blob id per layer' })
       .option('blob-sizes', { type: 'string', describe: 'comma-separated blob size per layer' })
       .option('whiteout-spec', { alias: 'W', type: 'string', default: 'oci', describe: 'whiteouts to apply: oci (as nydus merge), overlayfs, none' })
+      .option('blob-toc-digests', { type: 'string', describe: 'comma-separated sha256 hex per layer: the digest of its blob TOC' })
+      .option('blob-toc-sizes', { type: 'string', describe: 'comma-separated size per layer of its blob TOC' })
       .option('blob-dir', { alias: 'D', type: 'string', describe: 'not supported yet: give --bootstrap' })
-      .option('config', { alias: 'C', type: 'string', describe: 'not supported yet' })
-      .option('blob-toc-digests', { type: 'string', describe: 'not supported yet' })
-      .option('blob-toc-sizes', { type: 'string', describe: 'not supported yet' }), (a) => {
-      for (const unsupported of ['blob-dir', 'config', 'blob-toc-digests', 'blob-toc-sizes'] as const) {
+      .option('config', { alias: 'C', type: 'string', describe: 'not supported yet' }), (a) => {
+      for (const unsupported of ['blob-dir', 'config'] as const) {
         if (a[unsupported] !== undefined) throw new NydusError(`--${unsupported} is not supported by nydus-ts merge yet`);
       }
       const list = (v: string | undefined) => v?.split(',').map((x) => x.trim());
@@ -97,6 +97,8 @@ await runMain('nydus-image', async () => {
         chunkDict: a['chunk-dict'] === undefined ? undefined : parseChunkDictArg(a['chunk-dict']),
         blobDigests: list(a['blob-digests']), originalBlobIds: list(a['original-blob-ids']),
         blobSizes: list(a['blob-sizes'])?.map((v) => parseSize(v, 'number in --blob-sizes')),
+        blobTocDigests: list(a['blob-toc-digests']),
+        blobTocSizes: list(a['blob-toc-sizes'])?.map((v) => parseSize(v, 'number in --blob-toc-sizes')),
         whiteoutSpec: oneOf(a['whiteout-spec'], WHITEOUT_SPECS, 'whiteout spec'),
         prefetchPaths: prefetchPaths(a['prefetch-policy']),
       });
