@@ -20,7 +20,8 @@ import { openBootstrap } from '../src/image/open.ts';
 import { inspectImage } from '../src/image/inspect.ts';
 import { ImageRegistry } from '../src/daemon/daemon.ts';
 import { DaemonState } from '../src/daemon/state.ts';
-import { OnDemandSession, type CachefilesPort } from '../src/daemon/ondemand.ts';
+import { OnDemandSession } from '../src/daemon/ondemand.ts';
+import { FakePort } from './helpers/fake-port.ts';
 import pino from 'pino';
 
 const work = tmpDir('merge');
@@ -313,24 +314,6 @@ test('create refuses a parent or dictionary with another digester or chunk size;
 
 // ---- the daemon serves a merged image: one cache file per layer blob ----
 
-/** Records writes per fd as a sparse file image, like the cachefiles addon does. */
-class RecordingPort implements CachefilesPort {
-  files = new Map<number, Buffer>();
-  completed: number[] = [];
-  copen(): void {}
-  async writeData(fd: number, offset: number, data: Uint8Array): Promise<void> {
-    const cur = this.files.get(fd) ?? Buffer.alloc(0);
-    const end = offset + Math.ceil(data.length / 4096) * 4096;
-    const next = cur.length >= end ? cur : Buffer.concat([cur, Buffer.alloc(end - cur.length)]);
-    Buffer.from(data).copy(next, offset);
-    this.files.set(fd, next);
-  }
-  readComplete(_fd: number, msgId: number): void {
-    this.completed.push(msgId);
-  }
-  closeFd(): void {}
-}
-
 test('nydusd serves a merged image: each layer blob is a cookie, every referenced chunk reads back', async () => {
   const zblobs = path.join(work, 'zblobs');
   const mk = (name: string, files: Record<string, Buffer | string>) => {
@@ -353,7 +336,7 @@ test('nydusd serves a merged image: each layer blob is a cookie, every reference
         cache: { type: 'fscache', fscache: { work_dir: work } }, metadata_path: merged,
       },
     });
-    const port = new RecordingPort();
+    const port = new FakePort();
     const session = new OnDemandSession(port, registry, state, pino({ level: 'silent' }), 2);
     const image = openBootstrap(merged);
     blobs.forEach((id, i) => {
