@@ -142,19 +142,56 @@ function tool(cmd: string, args: string[], pkg: string): void {
   if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed: ${r.stderr}`);
 }
 
-test('root-kernel: umoci unpacks the same layers, as OCI layer tars, to the same tree as overlayfs', () => {
-  // A second, independent oracle: an OCI implementation applying the .wh. entries of real layer tars.
-  const layout = path.join(work, 'oci-layout');
+/** umoci's unpack of OCI layer tars made by GNU tar from `dirs` (lowest first); returns the rootfs. */
+function umociUnpack(dirs: string[], name: string): string {
+  const layout = path.join(work, `${name}-layout`);
   tool('umoci', ['init', '--layout', layout], 'umoci');
   tool('umoci', ['new', '--image', `${layout}:img`], 'umoci');
-  LAYERS.forEach((_, i) => {
-    const tarFile = path.join(work, `layer${i + 1}.tar`);
-    tool('tar', ['--format=posix', '--xattrs', '--xattrs-include=*', '--numeric-owner', '-C', layerDir('oci', i), '-cf', tarFile, '.'], 'tar');
+  dirs.forEach((dir, i) => {
+    const tarFile = path.join(work, `${name}-layer${i + 1}.tar`);
+    tool('tar', ['--format=posix', '--xattrs', '--xattrs-include=*', '--numeric-owner', '-C', dir, '-cf', tarFile, '.'], 'tar');
     tool('umoci', ['raw', 'add-layer', '--image', `${layout}:img`, tarFile], 'umoci');
   });
-  const bundle = path.join(work, 'bundle');
+  const bundle = path.join(work, `${name}-bundle`);
   tool('umoci', ['unpack', '--image', `${layout}:img`, bundle], 'umoci');
-  assert.deepEqual(diffManifests(oracle, manifest(path.join(bundle, 'rootfs'))).slice(0, 30), []);
+  return path.join(bundle, 'rootfs');
+}
+
+test('root-kernel: umoci unpacks the same layers, as OCI layer tars, to the same tree as overlayfs', () => {
+  // A second, independent oracle: an OCI implementation applying the .wh. entries of real layer tars.
+  const rootfs = umociUnpack(LAYERS.map((_, i) => layerDir('oci', i)), 'umoci');
+  assert.deepEqual(diffManifests(oracle, manifest(rootfs)).slice(0, 30), []);
+});
+
+test('root-kernel: a hardlink group loses the links later layers delete, as umoci unpacks it', () => {
+  // overlayfs would still count the deleted link (it shows the lower inode's nlink); an unpacked image does not.
+  const dirs = [
+    writeLayer(path.join(work, 'links1'), [
+      { path: 'h1', type: 'file', data: 'linked\n' }, { path: 'h2', type: 'hardlink', target: 'h1' },
+      { path: 'd/h3', type: 'hardlink', target: 'h1' }, { path: 'd/h4', type: 'hardlink', target: 'h1' },
+    ], 'oci'),
+    writeLayer(path.join(work, 'links2'), [{ path: 'h2', type: 'whiteout' }, { path: 'd', type: 'dir', opaque: true }], 'oci'),
+  ];
+  const want = manifest(umociUnpack(dirs, 'links'));
+  const boots = dirs.map((d, i) => {
+    const boot = path.join(work, `links${i + 1}.boot`);
+    create(boot, d);
+    return boot;
+  });
+  const boot = path.join(work, 'links-merged.boot');
+  mustRun('nydus-image', ['merge', '-B', boot, ...boots]);
+  const img = path.join(work, 'links.erofs');
+  mustRun('nydus-image', ['export', '--block', '-B', boot, '-D', blobDir, '-O', img]);
+  const dir = path.join(work, 'mnt', 'links');
+  mounts.push(dir);
+  loopMount(img, dir);
+  try {
+    const got = manifest(dir);
+    assert.deepEqual(diffManifests(want, got), []);
+    assert.equal(JSON.parse(got.get(`/${Buffer.from('h1').toString('hex')}`)!).nlink, '1');
+  } finally {
+    umount(dir);
+  }
 });
 
 test('root-kernel: merge of OCI-form layers mounts as overlayfs shows the same layers', () => {
