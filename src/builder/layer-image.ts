@@ -140,14 +140,14 @@ export class BlobTable {
 
 /**
  * The tree of a bootstrap with each chunk pointing at `table`: `blobIndexes[i]` is where the image's
- * blob i sits in the table. Files are refused when their chunks cannot be carried over (holes).
+ * blob i sits in the table. Files are refused when their data cannot be carried over (holes, inline data).
  */
 export function treeWithTableChunks(image: ErofsImage, table: BlobTable, blobIndexes: number[]): TreeNode {
   const { root } = treeFromImage(image);
   for (const n of walkTree(root)) {
     if (n.kind !== 'file') continue;
     if (!n.chunks) {
-      if (n.size > 0) throw new NydusError(`${image.name}: ${n.path} has holes in its chunk list, which nydus-ts cannot carry into another image`);
+      if (n.size > 0) throw new NydusError(`${image.name}: ${n.path} has data outside the image's blob chunks (holes or inline data), which nydus-ts cannot carry into another image`);
       continue;
     }
     n.chunks = n.chunks.map((c) => table.chunk(c, blobIndexes[c.blobIndex]));
