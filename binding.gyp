@@ -15,7 +15,8 @@
         "native/fscache/fscache.cc",
         "native/fscache/message.cc",
         "native/fscache/watcher.cc",
-        "native/fscache/aligned_write.cc"
+        "native/fscache/aligned_write.cc",
+        "native/fscache/fd_passing.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8"],

@@ -7,8 +7,9 @@ export const EINVAL = 22;
 export const EFSCORRUPTED = 117;
 
 export class NydusError extends Error {
-  constructor(message: string, readonly errno: number = EIO) {
-    super(message);
+  /** `cause`: what failed underneath, e.g. a system error's code ('EBUSY'). */
+  constructor(message: string, readonly errno: number = EIO, cause?: unknown) {
+    super(message, cause === undefined ? undefined : { cause });
     this.name = 'NydusError';
   }
 }

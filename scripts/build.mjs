@@ -1,9 +1,11 @@
+// Run with tsx (it imports the TypeScript source of the build identity).
 // Bundles each CLI (src/cli/<name>.ts) into dist/<name>.mjs with esbuild, so the commands start as
 // plain Node programs (no TypeScript loader at run time). npm packages stay external.
 import { build } from 'esbuild';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { computeSourceId } from '../src/version.ts';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const names = ['nydus-image', 'nydusd', 'nydusify', 'nydusctl'];
@@ -22,6 +24,8 @@ await build({
   target: 'node20',
   packages: 'external',
   sourcemap: true,
+  // The build's identity (`nydusd --version`, GET /api/v1/daemon) baked in, so bundles need no sources.
+  define: { __NYDUS_TS_SOURCE_ID__: JSON.stringify(computeSourceId(root)) },
   logLevel: 'warning',
 });
 fs.writeFileSync(path.join(root, 'dist/.built'), '');

@@ -30,5 +30,5 @@ if [ ! -f build/Release/xattr.node ] || [ ! -f build/Release/fscache.node ] || [
 fi
 if [ ! -f dist/.built ] || [ -n "$(find src erofs native scripts/build.mjs -newer dist/.built -name '*.ts' -o -newer dist/.built -name 'build.mjs' | head -1)" ]; then
   echo "setup: bundling the commands into dist/" >&2
-  node scripts/build.mjs
+  node --import tsx scripts/build.mjs
 fi

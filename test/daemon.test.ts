@@ -17,6 +17,9 @@ import { startApi } from '../src/daemon/api.ts';
 import { openBootstrap } from '../src/image/open.ts';
 import { inspectImage } from '../src/image/inspect.ts';
 import { VerifyPool } from '../src/daemon/verify-pool.ts';
+import { RotatingLogFile } from '../src/daemon/log.ts';
+import { BUILD_INFO } from '../src/version.ts';
+import { Worker } from 'node:worker_threads';
 import { chunkDigest } from '../src/blob/digest.ts';
 import { NydusError } from '../erofs/errors.ts';
 import { prand, tmpDir } from './helpers/fixtures.ts';
@@ -31,6 +34,15 @@ let blobDir: string;
 let blobId: string;
 
 const settle = () => new Promise((r) => setTimeout(r, 200));
+/** Waits until `cond` holds (the daemon's work is asynchronous); fails naming what never happened. */
+async function waitFor(cond: () => boolean, what: string, ms = 15_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) assert.fail(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  await settle();
+}
 
 before(() => {
   const src = path.join(work, 'src');
@@ -43,7 +55,17 @@ before(() => {
   blobId = r.blob!.blobId;
 });
 
-after(() => fs.rmSync(work, { recursive: true, force: true }));
+const registries: ImageRegistry[] = [];
+/** Registries whose backends are closed when the tests end. */
+function track(r: ImageRegistry): ImageRegistry {
+  registries.push(r);
+  return r;
+}
+
+after(async () => {
+  for (const r of registries) await r.close();
+  fs.rmSync(work, { recursive: true, force: true });
+});
 
 const entry = (id: string, extra: object = {}) => ({
   type: 'bootstrap', id, domain_id: '',
@@ -55,9 +77,9 @@ const entry = (id: string, extra: object = {}) => ({
 
 test('API: register through PUT /api/v2/blobs, refuse bad bodies with 400, socket is 0600', async () => {
   const state = new DaemonState(path.join(work, 'state1'));
-  const registry = new ImageRegistry(state, log);
+  const registry = track(new ImageRegistry(state, log));
   const sock = path.join(work, 'api1.sock');
-  const server = await startApi(sock, { id: 'd1', supervisor: '', registry, state, session: () => null, log });
+  const server = await startApi(sock, { id: 'd1', registry, state, lifecycle: null, log });
   try {
     assert.equal(fs.statSync(sock).mode & 0o777, 0o600);
     assert.equal((await api(sock, 'PUT', '/api/v2/blobs', entry('img1'))).status, 204);
@@ -77,7 +99,17 @@ test('API: register through PUT /api/v2/blobs, refuse bad bodies with 400, socke
     assert.deepEqual(Object.keys(daemon.body.backend_collection).sort(), ['img1', 'img2']);
     assert.equal((await api(sock, 'DELETE', '/api/v2/blobs?domain_id=dom')).status, 204);
     assert.equal((await api(sock, 'GET', '/api/v2/blobs')).body.length, 1);
-    assert.equal((await api(sock, 'DELETE', '/api/v2/blobs?blob_id=nope')).status, 404);
+    // As nydus: a domain alone never fails; one image of a domain that is not there is "cache entry not found".
+    assert.equal((await api(sock, 'DELETE', '/api/v2/blobs?domain_id=nope')).status, 204);
+    const missing = await api(sock, 'DELETE', '/api/v2/blobs?domain_id=nope&blob_id=nope');
+    assert.equal(missing.status, 500);
+    assert.deepEqual([missing.body.code, /blob_cache: cache entry not found/.test(missing.body.message)], ['UNDEFINED', true]);
+    assert.equal((await api(sock, 'GET', '/api/v2/blobs')).body.length, 1);
+    assert.equal((await api(sock, 'DELETE', '/api/v2/blobs?domain_id=&blob_id=img1')).status, 204, 'an image without a domain is removed by its fsid');
+    assert.equal((await api(sock, 'GET', '/api/v2/blobs')).body.length, 0);
+    const noRoute = await api(sock, 'GET', '/api/v1/nothing');
+    assert.deepEqual([noRoute.status, noRoute.body.code, /^NoRoute/.test(noRoute.body.message)], [404, 'UNDEFINED', true]);
+    assert.equal((await api(sock, 'POST', '/api/v2/blobs')).status, 400, 'a known path with another method is a bad request');
     // nydusctl is a client of the same socket (run asynchronously: this process serves the API).
     const ctl = (args: string[]) => new Promise<{ code: number | null; out: string; err: string }>((resolve) => {
       const p = spawn(path.join(repoRoot, 'bin/nydusctl'), args);
@@ -103,19 +135,19 @@ test('API: register through PUT /api/v2/blobs, refuse bad bodies with 400, socke
 
 test('session: OPEN and READ fill the cache files with exactly the image bytes', async () => {
   const state = new DaemonState(path.join(work, 'state2'));
-  const registry = new ImageRegistry(state, log);
+  const registry = track(new ImageRegistry(state, log));
   registry.add(entry('img'));
   const port = new FakePort();
   const session = new OnDemandSession(port, registry, state, log, 2);
-  session.handle({ type: 'open', msgId: 1, objectId: 10, volumeKey: 'erofs,img', cookieKey: 'img', fd: 100, flags: 0 });
-  session.handle({ type: 'open', msgId: 2, objectId: 11, volumeKey: 'erofs,img', cookieKey: blobId, fd: 101, flags: 0 });
-  session.handle({ type: 'open', msgId: 3, objectId: 12, volumeKey: 'erofs,img', cookieKey: 'f'.repeat(64), fd: 102, flags: 0 });
+  session.handle({ type: 'open', msgId: 1, objectId: 10, volumeKey: 'erofs,img', cookieKey: 'img', fd: port.give(100), flags: 0 });
+  session.handle({ type: 'open', msgId: 2, objectId: 11, volumeKey: 'erofs,img', cookieKey: blobId, fd: port.give(101), flags: 0 });
+  session.handle({ type: 'open', msgId: 3, objectId: 12, volumeKey: 'erofs,img', cookieKey: 'f'.repeat(64), fd: port.give(102), flags: 0 });
   const image = openBootstrap(boot);
   assert.deepEqual(port.copens, [[1, fs.statSync(boot).size], [2, image.blobs[0].uncompressed_size], [3, -2]]);
   assert.deepEqual(port.closed, [102], 'the fd of a refused open is closed');
   session.handle({ type: 'read', msgId: 4, objectId: 10, offset: 0, len: fs.statSync(boot).size });
   session.handle({ type: 'read', msgId: 5, objectId: 11, offset: 0, len: image.blobs[0].uncompressed_size });
-  await settle();
+  await waitFor(() => session.inflight().length === 0, 'the READs to finish');
   assert.deepEqual(port.completed.sort(), [4, 5]);
   assert.ok(port.files.get(100)!.subarray(0, fs.statSync(boot).size).equals(fs.readFileSync(boot)));
   // The blob's cache file equals the uncompressed blob: export it and compare its data region.
@@ -125,7 +157,8 @@ test('session: OPEN and READ fill the cache files with exactly the image bytes',
   const cache = port.files.get(101)!;
   const dataStart = ref.length - image.blobs[0].uncompressed_size;
   assert.ok(cache.subarray(0, image.blobs[0].uncompressed_size).equals(ref.subarray(dataStart)), 'cache file holds the uncompressed blob');
-  assert.equal(state.count(blobId), image.blobs[0].chunk_count, 'every chunk is marked after its write');
+  assert.equal(state.count({ volume: 'erofs,img', cookie: blobId }), image.blobs[0].chunk_count, 'every chunk is marked after its write');
+  assert.deepEqual(port.violations, []);
   state.close();
 });
 
@@ -136,48 +169,172 @@ test('session: a corrupt chunk is never written; the read completes without data
   data[10] ^= 0x55;
   fs.writeFileSync(path.join(badDir, blobId), data);
   const state = new DaemonState(path.join(work, 'state3'));
-  const registry = new ImageRegistry(state, log);
+  const registry = track(new ImageRegistry(state, log));
   const e = entry('bad');
   e.config_v2.backend.localfs.dir = badDir;
   registry.add(e);
   const port = new FakePort();
   const session = new OnDemandSession(port, registry, state, log, 2);
-  session.handle({ type: 'open', msgId: 1, objectId: 1, volumeKey: 'erofs,bad', cookieKey: blobId, fd: 7, flags: 0 });
+  session.handle({ type: 'open', msgId: 1, objectId: 1, volumeKey: 'erofs,bad', cookieKey: blobId, fd: port.give(7), flags: 0 });
   session.handle({ type: 'read', msgId: 2, objectId: 1, offset: 0, len: 4096 });
-  await settle();
+  await waitFor(() => session.inflight().length === 0, 'the READs to finish');
   assert.deepEqual(port.completed, [2]);
   // Byte 10 of the blob is in chunk 0 (at uncompressed offset 0): that chunk is never written or marked.
   assert.deepEqual(port.writes.filter(([fd, off]) => fd === 7 && off === 0), [], 'the corrupt chunk was not written');
   assert.equal(session.stats.readErrors, 1);
-  assert.ok(!state.isCached(blobId, 0));
+  assert.ok(!state.isCached({ volume: 'erofs,bad', cookie: blobId }, 0));
+  state.close();
+});
+
+test('registry: the cache work_dir is made when missing; a relative one or a file there is refused', () => {
+  const state = new DaemonState(path.join(work, 'state12'));
+  const registry = track(new ImageRegistry(state, log));
+  const made = entry('wd-made');
+  made.config_v2.cache.fscache.work_dir = path.join(work, 'snapshots/1/fs');
+  registry.add(made);
+  assert.ok(fs.statSync(path.join(work, 'snapshots/1/fs')).isDirectory());
+  const relative = entry('wd-relative');
+  relative.config_v2.cache.fscache.work_dir = 'snapshots/2/fs';
+  assert.throws(() => registry.add(relative), /work_dir "snapshots\/2\/fs" must be an absolute path/);
+  fs.writeFileSync(path.join(work, 'a-file'), '');
+  const legacy = {
+    type: 'bootstrap', id: 'wd-legacy',
+    config: { backend_type: 'localfs', backend_config: { dir: blobDir }, cache_type: 'fscache', cache_config: { work_dir: path.join(work, 'a-file') }, metadata_path: boot },
+  };
+  assert.throws(() => registry.add(legacy), /work_dir .*a-file (is not a directory|cannot be made)/);
+  assert.deepEqual(registry.list().map((e) => e.id), ['wd-made']);
   state.close();
 });
 
 test('state: registered images and cached chunks survive a restart', () => {
   const dir = path.join(work, 'state4');
   let state = new DaemonState(dir);
-  new ImageRegistry(state, log).add(entry('persist'));
-  state.mark(blobId, [0, 2]);
+  track(new ImageRegistry(state, log)).add(entry('persist'));
+  state.mark({ volume: 'erofs,persist', cookie: blobId }, [0, 2]);
   state.close();
   state = new DaemonState(dir);
-  const registry = new ImageRegistry(state, log);
+  const registry = track(new ImageRegistry(state, log));
   registry.restore();
   assert.deepEqual(registry.list().map((e) => e.id), ['persist']);
-  assert.deepEqual([...state.cached(blobId)].sort(), [0, 2]);
+  assert.deepEqual([...state.cached({ volume: 'erofs,persist', cookie: blobId })].sort(), [0, 2]);
   assert.ok(registry.resolve('persist', blobId));
   state.close();
 });
 
-test('session: marks of a blob whose cache file holds no data are dropped on open', () => {
+test('session: on open, marks the cache file contradicts are dropped, marks it confirms are kept', async () => {
   const state = new DaemonState(path.join(work, 'state5'));
-  const registry = new ImageRegistry(state, log);
+  const registry = track(new ImageRegistry(state, log));
   registry.add(entry('reconcile'));
-  state.mark(blobId, [0, 1]);
-  const emptyCacheFile = fs.openSync(path.join(work, 'empty-cache-file'), 'w+');
-  const session = new OnDemandSession(new FakePort(), registry, state, log, 1);
-  session.handle({ type: 'open', msgId: 1, objectId: 1, volumeKey: 'erofs,reconcile', cookieKey: blobId, fd: emptyCacheFile, flags: 0 });
-  assert.equal(state.count(blobId), 0);
-  fs.closeSync(emptyCacheFile);
+  const file = { volume: 'erofs,reconcile', cookie: blobId };
+  const target = registry.resolve('reconcile', blobId);
+  assert.ok(target?.kind === 'blob');
+  const [c0, c1] = target.map.all();
+  state.mark(file, [c0.indexInBlob, c1.indexInBlob]);
+  // The cache file holds chunk 0 only (as after a crash between two writes, or a partly culled file).
+  const port = new FakePort();
+  await port.writeData(port.give(33), c0.uncompressedOffset, Buffer.alloc(c0.uncompressedSize, 1));
+  const session = new OnDemandSession(port, registry, state, log, 1);
+  session.handle({ type: 'open', msgId: 1, objectId: 1, volumeKey: 'erofs,reconcile', cookieKey: blobId, fd: 33, flags: 0 });
+  await settle();
+  assert.deepEqual([...state.cached(file)], [c0.indexInBlob]);
+  assert.equal(session.stats.staleMarks, 1);
+  state.close();
+});
+
+test('session: a demand READ of a marked chunk the cache file lacks writes it again', async () => {
+  const state = new DaemonState(path.join(work, 'state5b'));
+  const registry = track(new ImageRegistry(state, log));
+  registry.add(entry('stale'));
+  const file = { volume: 'erofs,stale', cookie: blobId };
+  const port = new FakePort();
+  const session = new OnDemandSession(port, registry, state, log, 1);
+  session.handle({ type: 'open', msgId: 1, objectId: 1, volumeKey: 'erofs,stale', cookieKey: blobId, fd: port.give(34), flags: 0 });
+  await settle();
+  // Marked after the open's check (the state and the cache file disagree from now on).
+  state.mark(file, [0]);
+  session.handle({ type: 'read', msgId: 2, objectId: 1, offset: 0, len: 4096 });
+  await waitFor(() => session.inflight().length === 0, 'the READs to finish');
+  assert.deepEqual(port.completed, [2]);
+  assert.ok(port.writes.some(([fd, off]) => fd === 34 && off === 0), 'the chunk was written although it was marked');
+  assert.ok(state.isCached(file, 0));
+  state.close();
+});
+
+test('session: two images on one blob without a domain fill two cache files; with a domain, one', async () => {
+  const state = new DaemonState(path.join(work, 'state7'));
+  const registry = track(new ImageRegistry(state, log));
+  registry.add(entry('own1'));
+  registry.add(entry('own2'));
+  const size = openBootstrap(boot).blobs[0].uncompressed_size;
+  const port = new FakePort();
+  const session = new OnDemandSession(port, registry, state, log, 2);
+  // Each fsid is its own volume: the kernel opens the blob once per volume, each with its cache file.
+  session.handle({ type: 'open', msgId: 1, objectId: 1, volumeKey: 'erofs,own1', cookieKey: blobId, fd: port.give(41), flags: 0 });
+  session.handle({ type: 'read', msgId: 2, objectId: 1, offset: 0, len: size });
+  await waitFor(() => session.inflight().length === 0, 'the READs to finish');
+  session.handle({ type: 'open', msgId: 3, objectId: 2, volumeKey: 'erofs,own2', cookieKey: blobId, fd: port.give(42), flags: 0 });
+  session.handle({ type: 'read', msgId: 4, objectId: 2, offset: 0, len: size });
+  await waitFor(() => session.inflight().length === 0, 'the READs to finish');
+  assert.deepEqual(port.completed.sort(), [2, 4]);
+  assert.ok(port.files.get(42)!.subarray(0, size).equals(port.files.get(41)!.subarray(0, size)), 'the second cache file holds the blob too');
+  const chunks = openBootstrap(boot).blobs[0].chunk_count;
+  assert.equal(state.count({ volume: 'erofs,own1', cookie: blobId }), chunks);
+  assert.equal(state.count({ volume: 'erofs,own2', cookie: blobId }), chunks);
+  assert.deepEqual(state.cacheFilesOf(blobId), [{ volume: 'erofs,own1', chunks }, { volume: 'erofs,own2', chunks }]);
+  assert.deepEqual(port.violations, []);
+  state.close();
+});
+
+test('session: work in flight belongs to its object; CLOSE stops writes and frees the fd only once it drained', async () => {
+  const state = new DaemonState(path.join(work, 'state8'));
+  const registry = track(new ImageRegistry(state, log));
+  registry.add(entry('fd1'));
+  const port = new FakePort();
+  const session = new OnDemandSession(port, registry, state, log, 2);
+  let release!: () => void;
+  port.gate = new Promise((r) => (release = r));
+  const fetchedOnce = () => Object.keys(state.fetches(blobId)).length > 0;
+  session.handle({ type: 'open', msgId: 1, objectId: 1, volumeKey: 'erofs,fd1', cookieKey: blobId, fd: port.give(50), flags: 0 });
+  session.handle({ type: 'read', msgId: 2, objectId: 1, offset: 0, len: 4096 });
+  await waitFor(() => port.writes.length === 0 && session.inflight().length === 1 && fetchedOnce(), 'the chunk to reach the held write');
+  // A write of object 1 is held in flight; the kernel closes the object.
+  session.handle({ type: 'close', msgId: 3, objectId: 1 });
+  assert.deepEqual(port.closed, [], 'the fd is not given back while a write still uses it');
+  release();
+  port.gate = null;
+  await settle();
+  assert.deepEqual(port.closed, [50]);
+  // A READ after CLOSE raced with: nothing of object 1 is written any more.
+  const writesBefore = port.writes.length;
+  session.handle({ type: 'open', msgId: 4, objectId: 2, volumeKey: 'erofs,fd1', cookieKey: blobId, fd: port.give(50), flags: 0 });
+  session.handle({ type: 'read', msgId: 5, objectId: 1, offset: 0, len: 4096 });
+  session.handle({ type: 'read', msgId: 6, objectId: 2, offset: 4096 * 100, len: 4096 });
+  session.handle({ type: 'close', msgId: 7, objectId: 2 });
+  await waitFor(() => session.inflight().length === 0, 'the READs to finish');
+  assert.deepEqual(port.violations, [], 'no write or completion reached an fd after it was closed');
+  assert.deepEqual(port.closed, [50, 50]);
+  assert.ok(port.writes.length - writesBefore <= 1, 'object 2 was closed before its fetch finished: at most the write in flight');
+  state.close();
+});
+
+test('session: a bootstrap truncated after registration is an error for the READ, never zeros', async () => {
+  const copy = path.join(work, 'trunc.boot');
+  fs.copyFileSync(boot, copy);
+  const state = new DaemonState(path.join(work, 'state9'));
+  const registry = track(new ImageRegistry(state, log));
+  const e = entry('trunc');
+  e.config_v2.metadata_path = copy;
+  registry.add(e);
+  const size = fs.statSync(copy).size;
+  fs.truncateSync(copy, size - 4096);
+  const port = new FakePort();
+  const session = new OnDemandSession(port, registry, state, log, 1);
+  session.handle({ type: 'open', msgId: 1, objectId: 1, volumeKey: 'erofs,trunc', cookieKey: 'trunc', fd: port.give(60), flags: 0 });
+  session.handle({ type: 'read', msgId: 2, objectId: 1, offset: 0, len: size });
+  await waitFor(() => session.inflight().length === 0, 'the READs to finish');
+  assert.deepEqual(port.completed, [2]);
+  assert.equal(session.stats.readErrors, 1);
+  assert.deepEqual(port.writes, [], 'nothing was written for the short read');
   state.close();
 });
 
@@ -185,18 +342,32 @@ test('session: prefetch fetches exactly the files of the prefetch table, ahead o
   const boot2 = path.join(work, 'prefetch.boot');
   createImage({ source: path.join(work, 'src'), bootstrap: boot2, blobDir, chunkSize: 0x40000, compressor: 'zstd', digester: 'blake3', prefetchPaths: ['/b'] });
   const state = new DaemonState(path.join(work, 'state6'));
-  const registry = new ImageRegistry(state, log);
+  const registry = track(new ImageRegistry(state, log));
   const e = entry('pf', { rafs: { prefetch: { enable: true } } });
   e.config_v2.metadata_path = boot2;
   registry.add(e);
   const port = new FakePort();
   const session = new OnDemandSession(port, registry, state, log, 2);
-  session.handle({ type: 'open', msgId: 1, objectId: 1, volumeKey: 'erofs,pf', cookieKey: blobId, fd: 9, flags: 0 });
+  session.handle({ type: 'open', msgId: 1, objectId: 1, volumeKey: 'erofs,pf', cookieKey: blobId, fd: port.give(9), flags: 0 });
   await settle();
   const chunksOfB = (inspectImage(boot2, 'stat /b') as { chunks: Array<{ chunk_index: number }> }).chunks.map((c) => c.chunk_index);
-  assert.deepEqual([...state.cached(blobId)].sort(), [...new Set(chunksOfB)].sort());
+  const file = { volume: 'erofs,pf', cookie: blobId };
+  assert.deepEqual([...state.cached(file)].sort(), [...new Set(chunksOfB)].sort());
   assert.equal(session.stats.prefetchedChunks, new Set(chunksOfB).size);
   assert.deepEqual(port.completed, [], 'no read was asked for');
+  // Remount (CLOSE, OPEN on the same cache file) in a restarted daemon: prefetch finds everything there.
+  session.handle({ type: 'close', msgId: 2, objectId: 1 });
+  await settle();
+  const fetchesBefore = state.fetches(blobId);
+  const registry2 = track(new ImageRegistry(state, log));
+  registry2.restore();
+  const session2 = new OnDemandSession(port, registry2, state, log, 2);
+  port.blocks.set(19, port.blocks.get(9)!);
+  session2.handle({ type: 'open', msgId: 3, objectId: 1, volumeKey: 'erofs,pf', cookieKey: blobId, fd: port.give(19), flags: 0 });
+  await settle();
+  assert.equal(session2.stats.prefetchedChunks, 0);
+  assert.equal(session2.stats.staleMarks, 0);
+  assert.deepEqual(state.fetches(blobId), fetchesBefore, 'zero backend reads on the warm reopen');
   state.close();
 });
 
@@ -216,16 +387,145 @@ test('verify pool: worker threads return verified bytes and refuse a corrupt chu
   }
 });
 
-test('nydusd: missing flags and a kernel without on-demand cachefiles are one clear line, exit 1', () => {
+test('verify pool: workers that keep failing are replaced a bounded number of times, then every job fails clearly', async () => {
+  let fatal: Error | null = null;
+  const pool = new VerifyPool(2, {
+    maxFailures: 3, windowMs: 60_000, onFatal: (e) => (fatal = e),
+    start: () => new Worker('throw new Error("cannot load")', { eval: true }),
+  });
+  const data = prand(1000, 7);
+  const job = () => ({ stored: Buffer.from(data), compressed: false, compressor: 'zstd' as const, uncompressedSize: data.length, digester: 'blake3' as const, digest: chunkDigest('blake3', data), where: 'test chunk' });
+  await Promise.allSettled([pool.verify(job()), pool.verify(job())]);
+  await new Promise((r) => setTimeout(r, 1000));
+  assert.ok(fatal, 'the pool gave up');
+  assert.match(String((fatal as Error).message), /verification workers keep failing.*cannot load/);
+  assert.ok(pool.started <= 2 + 3, `workers started: ${pool.started}`);
+  const started = pool.started;
+  await assert.rejects(pool.verify(job()), /keep failing/);
+  await new Promise((r) => setTimeout(r, 300));
+  assert.equal(pool.started, started, 'no worker is started after giving up');
+  await pool.close();
+});
+
+test('API: DELETE closes the backend\'s blob handles; backend counters never go down', async () => {
+  const state = new DaemonState(path.join(work, 'state10'));
+  const registry = track(new ImageRegistry(state, log));
+  const sock = path.join(work, 'api10.sock');
+  const server = await startApi(sock, { id: 'd10', registry, state, lifecycle: null, log });
+  // A blob directory of its own, so that only this test's backend can hold the file open.
+  const ownDir = path.join(work, 'blobs-del');
+  fs.mkdirSync(ownDir);
+  fs.copyFileSync(path.join(blobDir, blobId), path.join(ownDir, blobId));
+  const blobFile = fs.realpathSync(path.join(ownDir, blobId));
+  const handlesOnBlob = () => fs.readdirSync('/proc/self/fd').filter((fd) => {
+    try { return fs.readlinkSync(`/proc/self/fd/${fd}`) === blobFile; } catch { return false; }
+  }).length;
+  try {
+    const e = entry('del1');
+    e.config_v2.backend.localfs.dir = ownDir;
+    assert.equal((await api(sock, 'PUT', '/api/v2/blobs', e)).status, 204);
+    const port = new FakePort();
+    const session = new OnDemandSession(port, registry, state, log, 1);
+    session.handle({ type: 'open', msgId: 1, objectId: 1, volumeKey: 'erofs,del1', cookieKey: blobId, fd: port.give(70), flags: 0 });
+    session.handle({ type: 'read', msgId: 2, objectId: 1, offset: 0, len: 4096 });
+    await waitFor(() => session.inflight().length === 0, 'the READs to finish');
+    const before = (await api(sock, 'GET', '/api/v1/metrics/backend')).body;
+    assert.ok(before.read_count > 0 && before.read_amount_total > 0);
+    assert.equal(handlesOnBlob(), 1, 'the backend holds the blob open while the image is registered');
+    session.handle({ type: 'close', msgId: 3, objectId: 1 });
+    assert.equal((await api(sock, 'DELETE', '/api/v2/blobs?domain_id=&blob_id=del1')).status, 204);
+    assert.equal(handlesOnBlob(), 0, 'DELETE closed the blob file');
+    assert.deepEqual((await api(sock, 'GET', '/api/v1/metrics/backend')).body, before, 'counters stay after DELETE');
+  } finally {
+    server.close();
+    state.close();
+  }
+});
+
+test('API socket: a stale socket is replaced; a file, or a socket a daemon answers on, is refused and kept', async () => {
+  const state = new DaemonState(path.join(work, 'state11'));
+  const registry = track(new ImageRegistry(state, log));
+  const ctx = { id: 'd11', registry, state, lifecycle: null, log };
+  const file = path.join(work, 'not-a-socket');
+  fs.writeFileSync(file, 'precious');
+  await assert.rejects(startApi(file, ctx), /exists and is not a socket/);
+  assert.equal(fs.readFileSync(file, 'utf8'), 'precious');
+  const sock = path.join(work, 'api11.sock');
+  const first = await startApi(sock, ctx);
+  await assert.rejects(startApi(sock, ctx), /in use by another running daemon/);
+  assert.equal((await api(sock, 'GET', '/api/v1/daemon')).status, 200, 'the running daemon still answers');
+  // A daemon that died leaves its socket behind (a listener that is gone but whose file stays).
+  const stale = path.join(work, 'stale.sock');
+  spawnSync(process.execPath, ['-e', `require('net').createServer().listen(${JSON.stringify(stale)}, () => process.kill(process.pid, 'SIGKILL'))`]);
+  assert.ok(fs.lstatSync(stale).isSocket(), 'the dead listener left its socket');
+  const second = await startApi(stale, ctx);
+  assert.equal((await api(stale, 'GET', '/api/v1/daemon')).status, 200);
+  first.close();
+  second.close();
+  state.close();
+});
+
+test('log file: rotated at the size, older files shifted, the newest lines in the file itself', () => {
+  const file = path.join(work, 'logs', 'nydusd.log');
+  const out = new RotatingLogFile(file, 1000);
+  for (let i = 0; i < 50; i++) out.write(`${JSON.stringify({ i, msg: 'x'.repeat(60) })}\n`);
+  const lines = (f: string) => fs.readFileSync(f, 'utf8').trim().split('\n').map((l) => JSON.parse(l).i as number);
+  for (const f of [file, `${file}.1`, `${file}.2`, `${file}.3`]) assert.ok(fs.statSync(f).size <= 1000, `${f} is within the size`);
+  assert.ok(!fs.existsSync(`${file}.4`), 'three rotated files are kept');
+  assert.equal(lines(file).at(-1), 49);
+  assert.equal(lines(`${file}.1`).at(-1), lines(file)[0] - 1, 'rotation loses no line between files');
+});
+
+test('nydusd: missing flags, unsupported flags and a kernel without on-demand cachefiles are one clear line, exit 1', async () => {
   const run = (args: string[]) => spawnSync(path.join(repoRoot, 'bin/nydusd'), args, { encoding: 'utf8', timeout: 60_000 });
   const noCache = run(['singleton', '--apisock', path.join(work, 'x.sock')]);
   assert.equal(noCache.status, 1);
   assert.match(noCache.stderr, /^nydusd: error: --fscache <dir> is required/);
-  // This host's kernel has no /dev/cachefiles on-demand support; the guest kernel test covers the rest.
-  const r = run(['singleton', '--fscache', path.join(work, 'cache'), '--apisock', path.join(work, 'x.sock')]);
-  if (!fs.existsSync('/dev/cachefiles')) {
-    assert.equal(r.status, 1);
-    assert.match(r.stderr, /^nydusd: error: cannot bind the fscache cache at .*cachefiles/);
+  const refused: Array<[string[], RegExp]> = [
+    [['--upgrade'], /--upgrade needs --supervisor/],
+    [['--supervisor', '/run/sup.sock'], /--id and --supervisor go together/],
+    [['--id', 'd1'], /--id and --supervisor go together/],
+    [['--failover-policy', 'flush'], /--failover-policy flush is not supported: .*resend/],
+    [['--thread-num', '4'], /--thread-num is not supported: .*--fscache-threads/],
+    [['--config', '/etc/nydus.json'], /--config is not supported: .*PUT \/api\/v2\/blobs/],
+  ];
+  for (const [flag, why] of refused) {
+    const r = run(['singleton', '--fscache', path.join(work, 'cache'), '--apisock', path.join(work, 'x.sock'), ...flag]);
+    assert.equal(r.status, 1, flag.join(' '));
+    assert.match(r.stderr, new RegExp(`^nydusd: error: ${why.source}`));
     assert.equal(r.stderr.trim().split('\n').length, 1);
+  }
+  // nydus-snapshotter reads the "Git Commit" line of --version and compares it with the API's version.git_commit.
+  const version = run(['--version']);
+  assert.equal(version.status, 0);
+  assert.match(version.stdout, /^Version: \t0\.1\.0$/m);
+  assert.equal(/Git Commit:\s*(.+)/.exec(version.stdout)?.[1].trim(), BUILD_INFO.git_commit);
+  assert.match(BUILD_INFO.git_commit, /^[0-9a-f]{12}$/);
+  const sock = path.join(work, 'x.sock');
+  const d = spawn(path.join(repoRoot, 'bin/nydusd'), ['singleton', '--fscache', path.join(work, 'cache'), '--apisock', sock]);
+  let stderr = '';
+  d.stderr.on('data', (c) => (stderr += c));
+  const exited = new Promise<number | null>((r) => d.once('exit', (code) => r(code)));
+  if (!fs.existsSync('/dev/cachefiles')) {
+    // This host: no cachefiles at all.
+    assert.equal(await exited, 1);
+    assert.match(stderr, /^nydusd: error: cannot bind the fscache cache at .*: ENOENT.*no cachefiles device/);
+    assert.equal(stderr.trim().split('\n').length, 1);
+    return;
+  }
+  // A host with cachefiles: either it has no on-demand mode (one clear line), or nydusd serves.
+  const up = await Promise.race([exited.then(() => false), (async () => {
+    for (let i = 0; i < 200; i++) {
+      try { if ((await api(sock, 'GET', '/api/v1/daemon')).status === 200) return true; } catch { /* not yet */ }
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    return false;
+  })()]);
+  if (up) {
+    d.kill('SIGTERM');
+    assert.equal(await exited, 0);
+  } else {
+    assert.equal(await exited, 1);
+    assert.match(stderr, /^nydusd: error: cannot bind the fscache cache at .*on-demand/);
   }
 });

@@ -16,4 +16,5 @@ test('root-kernel: kernel-test scenarios in the guest kernel (smoke, fscache on-
   assert.equal(r.status, 0, `kernel-test failed:\n${r.stdout.slice(-6000)}\n${r.stderr.slice(-2000)}`);
   assert.match(r.stdout, /kernel-test: \d+ passed, 0 failed/);
   assert.match(r.stdout, /ok   10-ondemand\.sh/);
+  assert.match(r.stdout, /ok   20-snapshotter\.sh/);
 });

@@ -327,8 +327,8 @@ test('nydusd serves a merged image: each layer blob is a cookie, every reference
   const { blobs } = mergeImages({ sources: [l1, l2], bootstrap: merged });
   assert.equal(blobs.length, 2);
   const state = new DaemonState(path.join(work, 'z-state'));
+  const registry = new ImageRegistry(state, pino({ level: 'silent' }));
   try {
-    const registry = new ImageRegistry(state, pino({ level: 'silent' }));
     registry.add({
       type: 'bootstrap', id: 'merged', domain_id: '',
       config_v2: {
@@ -340,7 +340,7 @@ test('nydusd serves a merged image: each layer blob is a cookie, every reference
     const session = new OnDemandSession(port, registry, state, pino({ level: 'silent' }), 2);
     const image = openBootstrap(merged);
     blobs.forEach((id, i) => {
-      session.handle({ type: 'open', msgId: 10 + i, objectId: i, volumeKey: 'erofs,merged', cookieKey: id, fd: 100 + i, flags: 0 });
+      session.handle({ type: 'open', msgId: 10 + i, objectId: i, volumeKey: 'erofs,merged', cookieKey: id, fd: port.give(100 + i), flags: 0 });
       session.handle({ type: 'read', msgId: 20 + i, objectId: i, offset: 0, len: image.blobs[i].uncompressed_size });
     });
     for (let i = 0; i < 50 && port.completed.length < 2; i++) await new Promise((r) => setTimeout(r, 100));
@@ -355,7 +355,9 @@ test('nydusd serves a merged image: each layer blob is a cookie, every reference
         assert.equal(chunkDigest('blake3', bytes).toString('hex'), c.digest, `${f.path} chunk at ${c.uncompressed_offset}`);
       }
     }
+    assert.deepEqual(port.violations, []);
   } finally {
+    await registry.close();
     state.close();
   }
 });

@@ -13,4 +13,5 @@ make -C "/lib/modules/$abi/build" M="$src/fs/cachefiles" CC=gcc-12 CONFIG_CACHEF
 install -D -m 644 "$src/fs/erofs/erofs.ko" "/lib/modules/$abi/updates/erofs.ko"
 install -D -m 644 "$src/fs/cachefiles/cachefiles.ko" "/lib/modules/$abi/updates/cachefiles.ko"
 depmod "$abi"
+mkdir -p /etc/modules-load.d
 printf 'erofs\ncachefiles\n' > /etc/modules-load.d/nydus-ts.conf

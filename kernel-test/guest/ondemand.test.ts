@@ -43,12 +43,19 @@ async function waitForApi(notPid?: number): Promise<number> {
   throw new Error('nydusd API did not come up');
 }
 
-async function register(img: PlanImage, domain = ''): Promise<void> {
+let seq = 0;
+/** The image under an fsid of its own: every scenario mounts cold, alone, whatever ran before it. */
+function fresh(img: PlanImage): PlanImage {
+  return { ...img, id: `${img.id}-${++seq}` };
+}
+
+async function register(img: PlanImage, domain = '', opts: { prefetch?: boolean } = {}): Promise<void> {
   const r = await api('PUT', '/api/v2/blobs', {
     type: 'bootstrap', id: img.id, domain_id: domain,
     config_v2: {
       version: 2, id: img.id, backend: { type: 'localfs', localfs: { dir: img.blobDir } },
       cache: { type: 'fscache', fscache: { work_dir: cacheDir } }, metadata_path: img.boot,
+      ...(opts.prefetch ? { rafs: { prefetch: { enable: true } } } : {}),
     },
   });
   assert.equal(r.status, 204, JSON.stringify(r.body));
@@ -71,8 +78,21 @@ function expected(img: PlanImage): Map<string, string> {
   return new Map(Object.entries(JSON.parse(fs.readFileSync(img.manifest, 'utf8'))));
 }
 
+async function blobcache(blobId: string): Promise<{ cached: number[]; fetches: Record<string, number>; cache_files: Array<{ volume: string; cached_chunks: number; cached: number[] }> }> {
+  return (await api('GET', `/api/v1/metrics/blobcache?blob_id=${blobId}`)).body;
+}
+
 async function fetches(img: PlanImage): Promise<Record<string, number>> {
-  return (await api('GET', `/api/v1/metrics/blobcache?blob_id=${img.blobId}`)).body.fetches;
+  return (await blobcache(img.blobId)).fetches;
+}
+
+/** Backend fetches per chunk between two snapshots (chunks never fetched in between are left out). */
+function fetchDelta(before: Record<string, number>, after: Record<string, number>): Record<string, number> {
+  return Object.fromEntries(Object.entries(after).filter(([k, n]) => n !== (before[k] ?? 0)).map(([k, n]) => [k, n - (before[k] ?? 0)]));
+}
+
+function readAll(img: PlanImage, dir: string): void {
+  assert.deepEqual(diffManifests(expected(img), manifest(dir, { skipRootTimes: false })).slice(0, 10), [], `${img.id} reads back as its source`);
 }
 
 before(async () => {
@@ -89,29 +109,54 @@ after(async () => {
 });
 
 test('1: a zstd image mounts with -o fsid and reads back identical to the source', async () => {
-  await register(plan.images.many);
-  const dir = mountImage(plan.images.many);
-  assert.deepEqual(diffManifests(expected(plan.images.many), manifest(dir, { skipRootTimes: false })).slice(0, 10), []);
+  const img = fresh(plan.images.many);
+  await register(img);
+  readAll(img, mountImage(img));
 });
 
-test('2: two images in one domain share their blob; each chunk is fetched once', async () => {
-  await register(plan.images.shared1, 'dom');
-  await register(plan.images.shared2, 'dom');
-  assert.equal(plan.images.shared1.blobId, plan.images.shared2.blobId, 'the plan gives both images one blob');
-  const d1 = mountImage(plan.images.shared1, 'dom');
-  const d2 = mountImage(plan.images.shared2, 'dom');
-  assert.deepEqual(diffManifests(expected(plan.images.shared1), manifest(d1)).slice(0, 10), []);
-  assert.deepEqual(diffManifests(expected(plan.images.shared2), manifest(d2)).slice(0, 10), []);
-  const counts = Object.values(await fetches(plan.images.shared1));
-  assert.ok(counts.length > 0);
-  assert.deepEqual(counts.filter((n) => n !== 1), [], 'no chunk of the shared blob was fetched twice');
+test('2: two images in one domain share one cache file for their blob; each chunk is fetched once', async () => {
+  const [a, b] = [fresh(plan.images.shared1), fresh(plan.images.shared2)];
+  const domain = `dom-${seq}`;
+  assert.equal(a.blobId, b.blobId, 'the plan gives both images one blob');
+  const before = await fetches(a);
+  await register(a, domain);
+  await register(b, domain);
+  readAll(a, mountImage(a, domain));
+  readAll(b, mountImage(b, domain));
+  const delta = Object.values(fetchDelta(before, await fetches(a)));
+  assert.ok(delta.length > 0);
+  assert.deepEqual(delta.filter((n) => n !== 1), [], 'no chunk of the shared blob was fetched twice');
+  assert.ok((await blobcache(a.blobId)).cache_files.some((f) => f.volume === `erofs,${domain}`), 'one cache file, in the domain volume');
 });
+
+for (const order of ['first, second', 'second, first'] as const) {
+  test(`2b: two images on one blob without a domain: a cache file each, both read exactly (${order})`, async () => {
+    const [a, b] = [fresh(plan.images.shared1), fresh(plan.images.shared2)];
+    await register(a);
+    await register(b);
+    const [da, db] = [mountImage(a), mountImage(b)];
+    if (order === 'first, second') {
+      readAll(a, da);
+      readAll(b, db);
+    } else {
+      readAll(b, db);
+      readAll(a, da);
+    }
+    const files = (await blobcache(a.blobId)).cache_files;
+    const chunks = (await blobcache(a.blobId)).cached.length;
+    for (const img of [a, b]) {
+      const f = files.find((x) => x.volume === `erofs,${img.id}`);
+      assert.ok(f && f.cached_chunks === chunks, `${img.id} has its own cache file holding every chunk (${JSON.stringify(files)})`);
+    }
+  });
+}
 
 test('3: a corrupted chunk gives EIO for its file only', async () => {
-  await register(plan.images.corrupt);
-  const dir = mountImage(plan.images.corrupt);
+  const img = fresh(plan.images.corrupt);
+  await register(img);
+  const dir = mountImage(img);
   assert.throws(() => fs.readFileSync(path.join(dir, plan.corruptFile)), (e: NodeJS.ErrnoException) => e.code === 'EIO');
-  const want = expected(plan.images.corrupt);
+  const want = expected(img);
   for (const [k, v] of want) {
     const rel = k.split('/').map((h) => Buffer.from(h, 'hex').toString('latin1')).join('/');
     if (rel === `/${plan.corruptFile}` || !JSON.parse(v).sha256) continue;
@@ -120,17 +165,11 @@ test('3: a corrupted chunk gives EIO for its file only', async () => {
   }
 });
 
-test('5: unmount and mount again warm: zero backend reads', async () => {
-  const before = await fetches(plan.images.many);
-  umount(path.join(scratch, `mnt-${plan.images.many.id}`));
-  const dir = mountImage(plan.images.many);
-  assert.deepEqual(diffManifests(expected(plan.images.many), manifest(dir)).slice(0, 10), []);
-  assert.deepEqual(await fetches(plan.images.many), before);
-});
-
 test('4: kill -9 of the daemon during reads; the restarted daemon serves the mount, cached chunks are not fetched again', async () => {
-  await register(plan.images.big);
-  const dir = mountImage(plan.images.big);
+  const img = fresh(plan.images.big);
+  await register(img);
+  const dir = mountImage(img);
+  const start = await fetches(img);
   // A reader that takes its time (1 MiB every 100 ms), so the kill surely lands in the middle of it.
   const slowSha256 = `const fs = require('fs'), h = require('crypto').createHash('sha256'), fd = fs.openSync(process.argv[1], 'r');
     const buf = Buffer.alloc(1 << 20); let n;
@@ -140,9 +179,10 @@ test('4: kill -9 of the daemon during reads; the restarted daemon serves the mou
   reader.stdout!.on('data', (d) => (out += d));
   const pid = (await api('GET', '/api/v1/daemon')).body.pid as number;
   // Kill it once a few chunks are in the cache file and the read is still going.
+  const ours = async () => (await blobcache(img.blobId)).cache_files.find((f) => f.volume === `erofs,${img.id}`)?.cached ?? [];
   let cachedBefore: number[] = [];
   for (let i = 0; i < 1200 && cachedBefore.length < 3; i++) {
-    cachedBefore = (await api('GET', `/api/v1/metrics/blobcache?blob_id=${plan.images.big.blobId}`)).body.cached as number[];
+    cachedBefore = await ours();
     if (cachedBefore.length < 3) await new Promise((r) => setTimeout(r, 50));
   }
   assert.ok(cachedBefore.length < plan.bigChunks, 'the kill comes while the file is still being read');
@@ -152,9 +192,38 @@ test('4: kill -9 of the daemon during reads; the restarted daemon serves the mou
   const code = await new Promise((r) => reader.once('exit', r));
   assert.equal(code, 0, 'the reader finished after the restart');
   assert.equal(out.split(' ')[0], plan.bigSha256);
-  const after = await fetches(plan.images.big);
+  const fetched = fetchDelta(start, await fetches(img));
   assert.ok(cachedBefore.length > 0, 'some chunks were cached before the kill');
-  assert.deepEqual(cachedBefore.filter((i) => after[i] !== 1), [], 'no chunk cached before the kill was fetched again');
+  assert.deepEqual(cachedBefore.filter((i) => fetched[i] !== 1), [], 'no chunk cached before the kill was fetched again');
+});
+
+test('5: fill, unmount, restart the worker, mount again with prefetch on: zero backend reads, no mark dropped', async () => {
+  const img = fresh(plan.images.many);
+  await register(img, '', { prefetch: true });
+  let dir = mountImage(img);
+  readAll(img, dir);
+  // Let the whole-blob prefetch finish.
+  const chunks = (JSON.parse(execFileSync(path.join(repo, 'bin/nydus-image'), ['inspect', '-R', 'blobs', img.boot], { encoding: 'utf8' })) as Array<{ chunk_count: number }>)[0].chunk_count;
+  const ours = async () => (await blobcache(img.blobId)).cache_files.find((f) => f.volume === `erofs,${img.id}`)?.cached_chunks ?? 0;
+  for (let i = 0; i < 600 && (await ours()) < chunks; i++) await new Promise((r) => setTimeout(r, 100));
+  assert.equal(await ours(), chunks, 'prefetch filled the cache file');
+  const before = await fetches(img);
+  umount(dir);
+  dir = mountImage(img);
+  readAll(img, dir);
+  await new Promise((r) => setTimeout(r, 1000));
+  assert.deepEqual(fetchDelta(before, await fetches(img)), {}, 'remount: nothing fetched');
+  umount(dir);
+  const pid = (await api('GET', '/api/v1/daemon')).body.pid as number;
+  process.kill(pid, 'SIGKILL');
+  await waitForApi(pid);
+  dir = mountImage(img);
+  readAll(img, dir);
+  await new Promise((r) => setTimeout(r, 1000));
+  assert.deepEqual(fetchDelta(before, await fetches(img)), {}, 'after a worker restart: nothing fetched');
+  assert.equal(await ours(), chunks, 'every mark held');
+  const daemon = (await api('GET', '/api/v1/daemon')).body;
+  assert.equal(daemon.ondemand.staleMarks, 0, 'no mark was found stale');
 });
 
 test('6: reference: the exported uncompressed image loop-mounted in the guest gives the same bytes', () => {

@@ -72,6 +72,18 @@ export interface FscacheBinding {
   /** ioctl(fd, CACHEFILES_IOC_READ_COMPLETE, msgId). */
   readComplete(fd: number, msgId: number): void;
   close(fd: number): void;
+  /**
+   * lseek(2) SEEK_DATA/SEEK_HOLE from `from` up to `to`: the byte ranges that hold data, flattened
+   * as [start0, end0, start1, end1, ...]. On an OPEN's anonymous fd they describe the cache file.
+   */
+  dataRanges(fd: number, from: number, to: number): number[];
+  /**
+   * Connects to a supervisor's unix socket and sends `data` with `fd` attached (SCM_RIGHTS), then
+   * closes: nydus-snapshotter's sendfd protocol. Runs on a worker; times out after `timeoutMs`.
+   */
+  sendState(path: string, data: Uint8Array, fd: number, timeoutMs: number): Promise<void>;
+  /** Connects to a supervisor's unix socket and reads state bytes and the fd until it closes (takeover). */
+  receiveState(path: string, maxBytes: number, timeoutMs: number): Promise<{ data: Buffer; fd: number }>;
   /** CACHEFILES_MSG_MAX_SIZE: the largest message the kernel sends, bytes. */
   readonly MSG_MAX_SIZE: number;
 }

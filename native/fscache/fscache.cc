@@ -8,6 +8,9 @@
 //   writeAligned(fd, data, offset)  O_DIRECT-safe pwrite(2) on a worker (aligned_write.h) -> Promise
 //   readComplete(fd, msgId)         ioctl(2) CACHEFILES_IOC_READ_COMPLETE
 //   close(fd)                       close(2)
+//   sendState(path, data, fd, ms)   hand state bytes + an fd to a supervisor socket (fd_passing.h)
+//   receiveState(path, max, ms)     take them back from it
+//   dataRanges(fd, from, to)        lseek(2) SEEK_DATA/SEEK_HOLE: the ranges of [from, to) that hold data
 // Failures throw Errors with errno (positive), code ('EINVAL'), syscall and path or detail.
 #include <napi.h>
 #include <fcntl.h>
@@ -18,6 +21,7 @@
 
 #include "aligned_write.h"
 #include "errno_error.h"
+#include "fd_passing.h"
 #include "message.h"
 #include "uapi.h"
 #include "watcher.h"
@@ -78,6 +82,35 @@ Napi::Value Close(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// The anonymous fd of an OPEN forwards lseek to the cache file behind it (fs/cachefiles/ondemand.c),
+// so SEEK_DATA/SEEK_HOLE tell which ranges the cache file really holds, where fstat sees nothing.
+// Returns [start0, end0, start1, end1, ...] clipped to [from, to).
+Napi::Value DataRanges(const Napi::CallbackInfo& info) {
+  const char* usage = "dataRanges(fd: number, from: number, to: number)";
+  int fd = FdArg(info, 0, usage);
+  if (!info[1].IsNumber() || !info[2].IsNumber()) throw Napi::TypeError::New(info.Env(), usage);
+  off_t from = static_cast<off_t>(info[1].As<Napi::Number>().Int64Value());
+  off_t to = static_cast<off_t>(info[2].As<Napi::Number>().Int64Value());
+  Napi::Array out = Napi::Array::New(info.Env());
+  uint32_t n = 0;
+  off_t pos = from;
+  while (pos < to) {
+    off_t data = lseek(fd, pos, SEEK_DATA);
+    if (data < 0) {
+      if (errno == ENXIO) break;  // no data at or after pos
+      throw ErrnoError(info.Env(), errno, "lseek", "", "SEEK_DATA at " + std::to_string(pos) + " on fd " + std::to_string(fd));
+    }
+    if (data >= to) break;
+    off_t hole = lseek(fd, data, SEEK_HOLE);
+    if (hole < 0) throw ErrnoError(info.Env(), errno, "lseek", "", "SEEK_HOLE at " + std::to_string(data) + " on fd " + std::to_string(fd));
+    if (hole > to) hole = to;
+    out.Set(n++, Napi::Number::New(info.Env(), static_cast<double>(data)));
+    out.Set(n++, Napi::Number::New(info.Env(), static_cast<double>(hole)));
+    pos = hole;
+  }
+  return out;
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("open", Napi::Function::New(env, Open, "open"));
   exports.Set("command", Napi::Function::New(env, Command, "command"));
@@ -86,6 +119,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("writeAligned", Napi::Function::New(env, WriteAligned, "writeAligned"));
   exports.Set("readComplete", Napi::Function::New(env, ReadComplete, "readComplete"));
   exports.Set("close", Napi::Function::New(env, Close, "close"));
+  exports.Set("dataRanges", Napi::Function::New(env, DataRanges, "dataRanges"));
+  exports.Set("sendState", Napi::Function::New(env, SendState, "sendState"));
+  exports.Set("receiveState", Napi::Function::New(env, ReceiveState, "receiveState"));
   exports.Set("MSG_MAX_SIZE", Napi::Number::New(env, static_cast<double>(kMsgMaxSize)));
   return exports;
 }

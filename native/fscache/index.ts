@@ -172,6 +172,14 @@ export class CachefilesDevice {
     this.binding.close(fd);
   }
 
+  /** The ranges of [from, to) that an object's cache file really holds (SEEK_DATA/SEEK_HOLE). */
+  dataRanges(fd: number, from: number, to: number): Array<[number, number]> {
+    const flat = this.binding.dataRanges(fd, from, to);
+    const out: Array<[number, number]> = [];
+    for (let i = 0; i < flat.length; i += 2) out.push([flat[i], flat[i + 1]]);
+    return out;
+  }
+
   /** After a daemon restart with a handed-over fd: have the kernel resend requests in flight. */
   restore(): void {
     try {
@@ -187,4 +195,19 @@ export class CachefilesDevice {
     this.stopMessages();
     this.binding.close(this.fd);
   }
+}
+
+/** How long a supervisor may take to accept and answer before the hand-over fails. */
+const SUPERVISOR_TIMEOUT_MS = 10_000;
+/** Largest daemon state taken back from a supervisor. */
+const SUPERVISOR_STATE_MAX = 64 << 20;
+
+/** Sends a daemon's state and its /dev/cachefiles fd to a supervisor (nydus-snapshotter's sendfd). */
+export function sendStateToSupervisor(socketPath: string, state: Uint8Array, fd: number): Promise<void> {
+  return fscacheBinding().sendState(socketPath, state, fd, SUPERVISOR_TIMEOUT_MS);
+}
+
+/** Takes a daemon's state and the /dev/cachefiles fd back from a supervisor (takeover). */
+export function receiveStateFromSupervisor(socketPath: string): Promise<{ data: Buffer; fd: number }> {
+  return fscacheBinding().receiveState(socketPath, SUPERVISOR_STATE_MAX, SUPERVISOR_TIMEOUT_MS);
 }

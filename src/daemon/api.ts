@@ -1,25 +1,44 @@
 /**
- * The HTTP API on a unix socket, with Nydus's paths and bodies:
- *   GET /api/v1/daemon, PUT|GET|DELETE /api/v2/blobs, GET /api/v1/metrics/backend, GET /api/v1/metrics/blobcache.
- * Errors are JSON {code, message} with a 4xx status for bad requests.
+ * The HTTP API on a unix socket, with Nydus's paths and bodies (nydus api/src/http.rs; the calls
+ * nydus-snapshotter makes, pkg/daemon/client.go):
+ *   GET|PUT /api/v1/daemon, PUT /api/v1/daemon/{fuse/sendfd,fuse/takeover,start,exit},
+ *   PUT|GET|DELETE /api/v2/blobs, GET /api/v1/metrics{,/backend,/blobcache,/inflight}, GET|PUT /api/v1/config.
+ * Errors are JSON {code, message}: 400 for bad requests, 409 for a request the daemon's state refuses,
+ * 404 for unknown paths.
  */
 import http from 'node:http';
 import fs from 'node:fs';
+import net from 'node:net';
 import type { Logger } from 'pino';
 import { NydusError } from '../../erofs/errors.ts';
 import { ConfigError } from './config.ts';
 import type { ImageRegistry } from './daemon.ts';
 import type { DaemonState } from './state.ts';
-import type { OnDemandSession } from './ondemand.ts';
+import { type DaemonLifecycle, StateError } from './lifecycle.ts';
+import { BUILD_INFO } from '../version.ts';
 
 export interface ApiContext {
   id: string;
-  supervisor: string;
   registry: ImageRegistry;
   state: DaemonState;
-  session: () => OnDemandSession | null;
+  /** The daemon's lifecycle; null where the API runs without one (tests of registration alone). */
+  lifecycle: Pick<DaemonLifecycle, 'state' | 'currentSession' | 'takeover' | 'start' | 'sendfd' | 'cull'> | null;
+  /** The supervisor socket (--supervisor), reported in GET /api/v1/daemon. */
+  supervisor?: string;
+  /** PUT /api/v1/daemon/exit: called once the answer is sent. */
+  exit?: () => void;
   log: Logger;
 }
+
+/** Keys of PUT /api/v1/config that nydus knows (nydus_utils::config::Keys). */
+const CONFIG_KEYS = new Set(['registry_auth', 'proxy_url', 'dragonfly_scheduler_endpoint']);
+const LOG_LEVELS = new Set(['trace', 'debug', 'info', 'warn', 'error']);
+const KNOWN_PATHS = new Set([
+  '/api/v1/daemon', '/api/v1/daemon/fuse/sendfd', '/api/v1/daemon/fuse/takeover', '/api/v1/daemon/start', '/api/v1/daemon/exit',
+  '/api/v2/blobs', '/api/v1/metrics', '/api/v1/metrics/backend', '/api/v1/metrics/blobcache', '/api/v1/metrics/inflight', '/api/v1/config',
+]);
+/** cachefiles' READ opcode, as GET /api/v1/metrics/inflight reports it. */
+const CACHEFILES_OP_READ = 2;
 
 const MAX_BODY = 1 << 20;
 
@@ -47,23 +66,78 @@ async function readBody(req: http.IncomingMessage): Promise<unknown> {
   }
 }
 
+function need(ctx: ApiContext): NonNullable<ApiContext['lifecycle']> {
+  if (!ctx.lifecycle) throw new StateError('this API serves no daemon lifecycle');
+  return ctx.lifecycle;
+}
+
 export function startApi(sock: string, ctx: ApiContext): Promise<http.Server> {
+  /** PUT /api/v1/config values by id (nydus keeps them per instance id). */
+  const config = new Map<string, Map<string, string>>();
   const server = http.createServer(async (req, res) => {
     const url = new URL(req.url ?? '/', 'http://nydusd');
     const route = `${req.method} ${url.pathname}`;
     try {
       switch (route) {
         case 'GET /api/v1/daemon': {
-          const s = ctx.session();
+          const session = ctx.lifecycle?.currentSession ?? null;
           return send(res, 200, {
-            id: ctx.id,
-            version: { package_ver: '0.1.0', git_commit: '', build_time: '', profile: 'release', rustc: 'nydus-ts' },
-            supervisor: ctx.supervisor,
-            state: 'RUNNING',
-            pid: process.pid,
+            id: ctx.id || null, version: BUILD_INFO, supervisor: ctx.supervisor ?? null, state: ctx.lifecycle?.state ?? 'RUNNING', pid: process.pid,
             backend_collection: Object.fromEntries(ctx.registry.list().map((e) => [e.id, { backend_type: e.backend.type }])),
-            ondemand: s ? s.stats : null,
+            ondemand: session ? session.stats : null,
           });
+        }
+        case 'PUT /api/v1/daemon': {
+          const body = await readBody(req) as { log_level?: unknown };
+          const level = typeof body?.log_level === 'string' ? body.log_level.toLowerCase() : '';
+          if (!LOG_LEVELS.has(level)) throw new ConfigError(`log_level must be one of ${[...LOG_LEVELS].join(', ')}`);
+          ctx.log.level = level;
+          return send(res, 204);
+        }
+        case 'PUT /api/v1/daemon/fuse/sendfd':
+          await need(ctx).sendfd();
+          return send(res, 204);
+        case 'PUT /api/v1/daemon/fuse/takeover':
+          await need(ctx).takeover();
+          return send(res, 204);
+        case 'PUT /api/v1/daemon/start':
+          need(ctx).start();
+          return send(res, 204);
+        case 'PUT /api/v1/daemon/exit':
+          if (!ctx.exit) throw new StateError('this daemon cannot be stopped through the API');
+          res.once('finish', ctx.exit);
+          return send(res, 204);
+        case 'GET /api/v1/metrics': {
+          const stats = ctx.lifecycle?.currentSession?.stats;
+          return send(res, 200, {
+            files_account_enabled: false, access_pattern_enabled: false, measure_latency: false,
+            id: url.searchParams.get('id') ?? '', data_read: stats?.readBytes ?? 0, block_count_read: new Array(8).fill(0),
+            fop_hits: new Array(19).fill(0), fop_errors: new Array(19).fill(0), fop_cumulative_latency_total: new Array(19).fill(0),
+            read_latency_dist: new Array(8).fill(0), nr_opens: stats?.opens ?? 0,
+          });
+        }
+        case 'GET /api/v1/metrics/inflight': {
+          const reads = ctx.lifecycle?.currentSession?.inflight() ?? [];
+          if (reads.length === 0) return send(res, 204);
+          return send(res, 200, reads.map((r) => ({
+            inode: r.objectId, opcode: CACHEFILES_OP_READ, unique: r.msgId, timestamp_secs: Math.floor(r.since / 1000),
+          })));
+        }
+        case 'GET /api/v1/config':
+          return send(res, 200, Object.fromEntries(config.get(url.searchParams.get('id') ?? '') ?? []));
+        case 'PUT /api/v1/config': {
+          const body = await readBody(req);
+          if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new ConfigError('the body must be a JSON object of string values');
+          const entries = Object.entries(body as Record<string, unknown>);
+          for (const [k, v] of entries) {
+            if (!CONFIG_KEYS.has(k)) throw new ConfigError(`unknown configuration key ${JSON.stringify(k)} (known: ${[...CONFIG_KEYS].join(', ')})`);
+            if (typeof v !== 'string') throw new ConfigError(`configuration key ${k} needs a string value`);
+          }
+          const id = url.searchParams.get('id') ?? '';
+          const m = config.get(id) ?? new Map<string, string>();
+          for (const [k, v] of entries) m.set(k, v as string);
+          config.set(id, m);
+          return send(res, 204);
         }
         case 'PUT /api/v2/blobs': {
           ctx.registry.add(await readBody(req));
@@ -72,42 +146,63 @@ export function startApi(sock: string, ctx: ApiContext): Promise<http.Server> {
         case 'GET /api/v2/blobs':
           return send(res, 200, ctx.registry.list());
         case 'DELETE /api/v2/blobs': {
-          const id = url.searchParams.get('blob_id') ?? url.searchParams.get('id') ?? undefined;
-          const domainId = url.searchParams.get('domain_id') ?? undefined;
-          if (!id && !domainId) throw new ConfigError('DELETE /api/v2/blobs needs blob_id or domain_id');
-          const n = ctx.registry.remove({ id, domainId });
-          if (n === 0) return send(res, 404, { code: 'NotFound', message: `no image matches ${url.search}` });
+          // As nydus (and the snapshotter's umount relies on it): `domain_id` alone removes that
+          // domain's images and never fails; with `blob_id`, that one image, and a missing one is
+          // "cache entry not found"; `blob_id` alone culls the blob's cache files.
+          const blobId = url.searchParams.get('blob_id') ?? undefined;
+          const domainId = url.searchParams.get('domain_id');
+          if (domainId === null && blobId === undefined) throw new ConfigError('DELETE /api/v2/blobs needs domain_id, blob_id or both');
+          if (domainId === null) {
+            await need(ctx).cull(blobId!);
+            return send(res, 204);
+          }
+          const n = await ctx.registry.remove({ domainId, id: blobId });
+          if (n === 0 && blobId !== undefined) throw new NydusError(`blob_cache: cache entry not found: no image ${blobId} in domain ${JSON.stringify(domainId)}`);
           return send(res, 204);
         }
         case 'GET /api/v1/metrics/backend': {
           const total = { read_count: 0, read_amount_total: 0, read_errors: 0 };
-          for (const b of ctx.registry.backends()) {
-            total.read_count += b.metrics.read_count;
-            total.read_amount_total += b.metrics.read_amount_total;
-            total.read_errors += b.metrics.read_errors;
+          for (const m of Object.values(ctx.registry.metrics())) {
+            total.read_count += m.read_count;
+            total.read_amount_total += m.read_amount_total;
+            total.read_errors += m.read_errors;
           }
           return send(res, 200, total);
         }
         case 'GET /api/v1/metrics/blobcache': {
-          const blob = url.searchParams.get('blob_id');
+          // nydus's `id` carries a leading slash.
+          const blob = url.searchParams.get('blob_id') ?? url.searchParams.get('id')?.replace(/^\//, '');
           if (!blob) throw new ConfigError('GET /api/v1/metrics/blobcache needs blob_id');
+          // The blob's cache files (one per volume that opened it): what each holds, and their union.
+          const files = ctx.state.cacheFilesOf(blob).map(({ volume }) => {
+            const cached = [...ctx.state.cached({ volume, cookie: blob })].sort((a, b) => a - b);
+            return { volume, cached_chunks: cached.length, cached };
+          });
+          const union = [...new Set(files.flatMap((f) => f.cached))].sort((a, b) => a - b);
+          const stats = ctx.lifecycle?.currentSession?.stats;
           return send(res, 200, {
-            blob_id: blob, cached_chunks: ctx.state.count(blob), cached: [...ctx.state.cached(blob)].sort((a, b) => a - b),
-            fetches: ctx.state.fetches(blob),
+            // nydus's CacheMetrics keys, which the snapshotter decodes, then ours.
+            id: blob, underlying_files: [], store_path: '', partial_hits: 0, whole_hits: 0, total: 0, entries_count: union.length,
+            prefetch_data_amount: 0, prefetch_requests_count: stats?.prefetchedChunks ?? 0, prefetch_workers: 0, prefetch_unmerged_chunks: 0,
+            prefetch_cumulative_time_millis: 0, prefetch_begin_time_secs: 0, prefetch_begin_time_millis: 0, prefetch_end_time_secs: 0,
+            prefetch_end_time_millis: 0, buffered_backend_size: 0, data_all_ready: false,
+            blob_id: blob, cached_chunks: union.length, cached: union, cache_files: files, fetches: ctx.state.fetches(blob),
           });
         }
         default:
-          return send(res, 404, { code: 'NotFound', message: `no API at ${route}` });
+          // nydus's answers: a known path with another method is a bad request, anything else no route.
+          if (KNOWN_PATHS.has(url.pathname)) return send(res, 400, { code: 'UNDEFINED', message: `BadRequest: ${req.method} is not served at ${url.pathname}` });
+          return send(res, 404, { code: 'UNDEFINED', message: `NoRoute: no API at ${url.pathname}` });
       }
     } catch (e) {
       const err = e as Error;
-      const status = err instanceof ConfigError ? 400 : err instanceof NydusError ? 422 : 500;
+      const status = err instanceof ConfigError || err instanceof StateError ? 400 : 500;
       ctx.log.warn({ route, err: err.message }, 'API request failed');
-      return send(res, status, { code: err.name, message: err.message });
+      // nydus's error body: the code is always UNDEFINED, the message says what went wrong.
+      return send(res, status, { code: 'UNDEFINED', message: err.message });
     }
   });
-  fs.rmSync(sock, { force: true });
-  return new Promise((resolve, reject) => {
+  return removeStaleSocket(sock).then(() => new Promise((resolve, reject) => {
     server.once('error', reject);
     const old = process.umask(0o177);
     server.listen(sock, () => {
@@ -115,5 +210,36 @@ export function startApi(sock: string, ctx: ApiContext): Promise<http.Server> {
       fs.chmodSync(sock, 0o600);
       resolve(server);
     });
+  }));
+}
+
+/**
+ * A socket left behind by a daemon that died is removed; anything else at that path (a file, a
+ * directory, a socket another daemon still answers on) is refused, never deleted.
+ */
+async function removeStaleSocket(sock: string): Promise<void> {
+  const state = await socketLiveness(sock);
+  if (state === 'absent') return;
+  if (state === 'other') throw new NydusError(`--apisock ${sock} exists and is not a socket; refusing to replace it`);
+  if (state === 'live') throw new NydusError(`--apisock ${sock} is in use by another running daemon`);
+  fs.rmSync(sock);
+}
+
+/** What is at a socket path: nothing, something else, a socket a process answers on, or a dead one's. */
+export async function socketLiveness(sock: string): Promise<'absent' | 'other' | 'live' | 'dead'> {
+  let st: fs.Stats;
+  try {
+    st = fs.lstatSync(sock);
+  } catch {
+    return 'absent';
+  }
+  if (!st.isSocket()) return 'other';
+  return new Promise((resolve) => {
+    const c = net.connect(sock);
+    c.once('connect', () => {
+      c.destroy();
+      resolve('live');
+    });
+    c.once('error', () => resolve('dead'));
   });
 }

@@ -27,6 +27,8 @@ export interface ImageEntry {
   metadataPath: string;
   backend: BackendConfig;
   prefetch: boolean;
+  /** The cache's work dir as the entry states it (`cache.fscache.work_dir`); empty when not given. */
+  workDir: string;
 }
 
 type Json = Record<string, unknown>;
@@ -67,6 +69,7 @@ export function parseBlobCacheEntry(body: unknown): ImageEntry {
   const id = str(e, 'id', 'body');
   if (/[,\s/]/.test(id)) throw new ConfigError(`body.id ${JSON.stringify(id)} must not contain commas, slashes or spaces`);
   const domainId = str(e, 'domain_id', 'body', false);
+  if (/[,\s/]/.test(domainId)) throw new ConfigError(`body.domain_id ${JSON.stringify(domainId)} must not contain commas, slashes or spaces`);
   if (e.config_v2 !== undefined) {
     const c = obj(e.config_v2, 'config_v2');
     const backend = obj(c.backend, 'config_v2.backend');
@@ -74,6 +77,7 @@ export function parseBlobCacheEntry(body: unknown): ImageEntry {
     const bcfg = obj(backend[btype] ?? {}, `config_v2.backend.${btype}`);
     const cache = c.cache === undefined ? {} : obj(c.cache, 'config_v2.cache');
     checkFscache(typeof cache.type === 'string' ? cache.type : '', 'config_v2.cache.type');
+    const fscache = cache.fscache === undefined ? {} : obj(cache.fscache, 'config_v2.cache.fscache');
     const rafs = c.rafs === undefined ? {} : obj(c.rafs, 'config_v2.rafs');
     const prefetch = rafs.prefetch === undefined ? {} : obj(rafs.prefetch, 'config_v2.rafs.prefetch');
     return {
@@ -81,6 +85,7 @@ export function parseBlobCacheEntry(body: unknown): ImageEntry {
       metadataPath: str(c, 'metadata_path', 'config_v2'),
       backend: backendFrom(btype, bcfg, `config_v2.backend.${btype}`),
       prefetch: prefetch.enable === true,
+      workDir: str(fscache, 'work_dir', 'config_v2.cache.fscache', false),
     };
   }
   if (e.config !== undefined) {
@@ -88,11 +93,13 @@ export function parseBlobCacheEntry(body: unknown): ImageEntry {
     checkFscache(str(c, 'cache_type', 'config', false), 'config.cache_type');
     const btype = str(c, 'backend_type', 'config');
     const prefetch = c.prefetch_config === undefined ? {} : obj(c.prefetch_config, 'config.prefetch_config');
+    const cacheConfig = c.cache_config === undefined ? {} : obj(c.cache_config, 'config.cache_config');
     return {
       id, domainId,
       metadataPath: str(c, 'metadata_path', 'config'),
       backend: backendFrom(btype, obj(c.backend_config ?? {}, 'config.backend_config'), 'config.backend_config'),
       prefetch: prefetch.enable === true,
+      workDir: str(cacheConfig, 'work_dir', 'config.cache_config', false),
     };
   }
   throw new ConfigError('body needs either config_v2 or config');

@@ -3,6 +3,7 @@
  * resolution of the kernel's (volume, cookie) keys to bootstraps and blobs.
  */
 import fs from 'node:fs';
+import path from 'node:path';
 import type { Logger } from 'pino';
 import { NydusError } from '../../erofs/errors.ts';
 import type { ErofsImage } from '../../erofs/image.ts';
@@ -11,7 +12,7 @@ import { treeFromImage } from '../image/tree-from-image.ts';
 import { type ChunkRef, walkTree } from '../builder/tree.ts';
 import { BlobMap } from './blob-map.ts';
 import { ChunkFetcher } from './chunk-fetcher.ts';
-import { type BlobBackend, LocalFsBackend } from './backend/localfs.ts';
+import { type BackendMetrics, type BlobBackend, LocalFsBackend, newBackendMetrics } from './backend/localfs.ts';
 import { type ImageEntry, ConfigError, parseBlobCacheEntry } from './config.ts';
 import type { ObjectResolver, ResolvedObject } from './ondemand.ts';
 import type { DaemonState } from './state.ts';
@@ -19,6 +20,8 @@ import type { VerifyPool } from './verify-pool.ts';
 
 interface RegisteredImage {
   entry: ImageEntry;
+  /** The PUT body as it came (what a successor daemon registers again after a takeover). */
+  body: unknown;
   bootstrapSize: number;
   blobs: Map<string, BlobMap>;
   backend: BlobBackend;
@@ -58,10 +61,36 @@ function prefetchChunks(image: ErofsImage, blobs: Map<string, BlobMap>): Map<str
   return out;
 }
 
+/**
+ * The cache's `work_dir`: nydusd keeps an image's blob meta files there (the snapshotter gives each
+ * image its own, `<root>/snapshots/<id>/fs`, apart from the cachefiles directory). nydus-ts reads chunk
+ * maps from the bootstrap and keeps nothing there, but holds the entry to nydusd's rules: an absolute
+ * path, made when missing, that is a directory.
+ */
+function prepareWorkDir(dir: string): void {
+  if (!dir) return;
+  if (!path.isAbsolute(dir)) throw new ConfigError(`cache work_dir ${JSON.stringify(dir)} must be an absolute path`);
+  try {
+    fs.mkdirSync(dir, { recursive: true });
+  } catch (e) {
+    throw new ConfigError(`cache work_dir ${dir} cannot be made: ${(e as Error).message}`);
+  }
+  if (!fs.statSync(dir).isDirectory()) throw new ConfigError(`cache work_dir ${dir} is not a directory`);
+}
+
 export class ImageRegistry implements ObjectResolver {
   private readonly images = new Map<string, RegisteredImage>();
 
+  /** Per backend type, counters that only grow: removing an image does not take its reads back. */
+  private readonly backendMetrics = new Map<string, BackendMetrics>();
+
   constructor(private readonly state: DaemonState, private readonly log: Logger, private readonly pool?: VerifyPool) {}
+
+  private metricsOf(type: string): BackendMetrics {
+    let m = this.backendMetrics.get(type);
+    if (!m) this.backendMetrics.set(type, (m = newBackendMetrics()));
+    return m;
+  }
 
   /** Re-registers what an earlier run of the daemon had (after a restart). */
   restore(): void {
@@ -77,16 +106,22 @@ export class ImageRegistry implements ObjectResolver {
   /** PUT /api/v2/blobs: validates the entry and the bootstrap before accepting it. */
   add(body: unknown, persist = true): ImageEntry {
     const entry = parseBlobCacheEntry(body);
-    if (this.images.has(entry.id)) throw new ConfigError(`image ${entry.id} is already registered`);
+    const known = this.images.get(entry.id);
+    if (known) {
+      // The snapshotter registers its images again after a restart: the same body is no error.
+      if (JSON.stringify(known.body) === JSON.stringify(body)) return known.entry;
+      throw new ConfigError(`image ${entry.id} is already registered with another configuration`);
+    }
     const image = openBootstrap(entry.metadataPath);
     if (!image.isRafs) throw new NydusError(`${entry.metadataPath} is not a RAFS v6 bootstrap`);
     const blobs = BlobMap.fromImage(image);
     for (const id of blobs.keys()) {
       if (!/^[0-9a-f]{64}$/.test(id)) throw new NydusError(`${entry.metadataPath}: blob id ${JSON.stringify(id)} is not a sha256`);
     }
-    const backend = new LocalFsBackend(entry.backend.dir);
+    prepareWorkDir(entry.workDir);
+    const backend = new LocalFsBackend(entry.backend.dir, this.metricsOf('localfs'));
     this.images.set(entry.id, {
-      entry, bootstrapSize: fs.statSync(entry.metadataPath).size, blobs, backend,
+      entry, body, bootstrapSize: fs.statSync(entry.metadataPath).size, blobs, backend,
       prefetch: entry.prefetch ? prefetchChunks(image, blobs) : new Map(), fetcher: new ChunkFetcher(backend, (blob, chunk) => this.state.countFetch(blob, chunk), this.pool),
     });
     if (persist) this.state.saveImage(entry.id, body);
@@ -94,26 +129,40 @@ export class ImageRegistry implements ObjectResolver {
     return entry;
   }
 
-  /** DELETE /api/v2/blobs: by fsid (blob_id) and/or domain. Returns how many were removed. */
-  remove(query: { id?: string; domainId?: string }): number {
-    let n = 0;
+  /**
+   * DELETE /api/v2/blobs as nydus does it: every image of a domain, or one image (by fsid) of a domain
+   * ('' for images registered without one). The backends' handles are closed. Returns how many went.
+   */
+  async remove(query: { domainId: string; id?: string }): Promise<number> {
+    const gone: RegisteredImage[] = [];
     for (const [id, img] of this.images) {
-      if (query.id && id !== query.id) continue;
-      if (query.domainId && img.entry.domainId !== query.domainId) continue;
-      if (!query.id && !query.domainId) continue;
+      if (img.entry.domainId !== query.domainId || (query.id !== undefined && id !== query.id)) continue;
+      if (query.id === undefined && query.domainId === '') continue;
       this.images.delete(id);
       this.state.deleteImage(id);
-      n++;
+      gone.push(img);
     }
-    return n;
+    await Promise.all(gone.map((img) => img.backend.close()));
+    return gone.length;
+  }
+
+  /** Releases every backend's handles (the daemon is stopping). */
+  async close(): Promise<void> {
+    await Promise.all([...this.images.values()].map((img) => img.backend.close()));
+  }
+
+  /** The PUT bodies of the registered images, in registration order. */
+  bodies(): unknown[] {
+    return [...this.images.values()].map((i) => i.body);
   }
 
   list(): ImageEntry[] {
     return [...this.images.values()].map((i) => i.entry);
   }
 
-  backends(): BlobBackend[] {
-    return [...this.images.values()].map((i) => i.backend);
+  /** Backend counters by backend type, since the daemon started. */
+  metrics(): Record<string, BackendMetrics> {
+    return Object.fromEntries(this.backendMetrics);
   }
 
   resolve(volume: string, cookie: string): ResolvedObject | null {

@@ -2,16 +2,20 @@
  * OnDemandSession: the kernel's on-demand requests in, cache-file writes out.
  *   OPEN  -> which object (bootstrap of an fsid, or blob of a device tag) -> copen with its size
  *   READ  -> bootstrap bytes, or the blob chunks covering the range (fetched, verified) -> write -> complete
- *   CLOSE -> close the object's fd
+ *   CLOSE -> no more writes for the object; its fd is closed once the work still using it has drained
  * A READ that cannot be served is completed without data: the reader gets EIO, never wrong bytes.
+ *
+ * All work in flight belongs to an OpenObject, never to an fd number: after CLOSE the kernel may hand
+ * the same number to the next OPEN, and nothing of the old object may reach the new one's cache file.
  */
-import fs from 'node:fs';
+import fsp from 'node:fs/promises';
 import type { Logger } from 'pino';
 import type { CachefilesMessage, OpenMessage, ReadMessage } from '../../native/fscache/index.ts';
+import { NydusError, EIO } from '../../erofs/errors.ts';
 import type { BlobMap } from './blob-map.ts';
 import type { ChunkRef } from '../builder/tree.ts';
 import type { ChunkFetcher } from './chunk-fetcher.ts';
-import type { DaemonState } from './state.ts';
+import type { CacheFileKey, DaemonState } from './state.ts';
 
 /** What the session needs of the device (the addon's CachefilesDevice, or a fake in unit tests). */
 export interface CachefilesPort {
@@ -19,6 +23,8 @@ export interface CachefilesPort {
   writeData(fd: number, offset: number, data: Uint8Array): Promise<void>;
   readComplete(fd: number, msgId: number): void;
   closeFd(fd: number): void;
+  /** The ranges of [from, to) that the object's cache file really holds. */
+  dataRanges(fd: number, from: number, to: number): Array<[number, number]>;
 }
 
 export type ResolvedObject =
@@ -30,16 +36,45 @@ export interface ObjectResolver {
   resolve(volume: string, cookie: string): ResolvedObject | null;
 }
 
-interface OpenObject {
-  fd: number;
-  volume: string;
-  cookie: string;
-  target: ResolvedObject;
-}
-
 const ENOENT = 2;
+const ENOBUFS = 105;
 /** Chunks fetched ahead of the kernel after each READ of a blob. */
 const READ_AHEAD_CHUNKS = 2;
+/** The kernel attaches the cache file to the object right after copen; until then lseek says ENOBUFS. */
+const ATTACH_WAIT_MS = 5;
+const ATTACH_TRIES = 400;
+
+const roundUp4k = (n: number) => Math.ceil(n / 4096) * 4096;
+
+/** One object the kernel opened, and everything still working on its cache file. */
+class OpenObject {
+  closed = false;
+  /** Chunks on their way into this object's cache file, by chunk index. */
+  readonly materializing = new Map<number, Promise<void>>();
+  /** Settles once the chunk marks were checked against the cache file (see OnDemandSession.reconcile). */
+  marksChecked: Promise<void> = Promise.resolve();
+  private users = 0;
+
+  constructor(
+    readonly objectId: number, readonly fd: number, readonly file: CacheFileKey, readonly target: ResolvedObject,
+    private readonly closeFd: (fd: number) => void,
+  ) {}
+
+  /** Runs work that uses the fd; the fd stays open (its number ours) until every such work settled. */
+  async use<T>(fn: () => Promise<T>): Promise<T> {
+    this.users++;
+    try {
+      return await fn();
+    } finally {
+      if (--this.users === 0 && this.closed) this.closeFd(this.fd);
+    }
+  }
+
+  close(): void {
+    this.closed = true;
+    if (this.users === 0) this.closeFd(this.fd);
+  }
+}
 
 /** Bounds concurrent work to the configured thread count. */
 class Limiter {
@@ -60,10 +95,10 @@ class Limiter {
 
 export class OnDemandSession {
   private readonly objects = new Map<number, OpenObject>();
-  /** Chunks on their way into a cache file, by `${fd}:${chunk index}`. */
-  private readonly materializing = new Map<string, Promise<void>>();
   private readonly limiter: Limiter;
-  readonly stats = { opens: 0, reads: 0, readBytes: 0, readErrors: 0, prefetchedChunks: 0 };
+  /** READs received and not yet completed, by message id: what GET /api/v1/metrics/inflight lists. */
+  private readonly pending = new Map<number, { objectId: number; since: number }>();
+  readonly stats = { opens: 0, reads: 0, readBytes: 0, readErrors: 0, prefetchedChunks: 0, staleMarks: 0 };
 
   constructor(
     private readonly dev: CachefilesPort, private readonly resolver: ObjectResolver,
@@ -75,11 +110,14 @@ export class OnDemandSession {
 
   handle(msg: CachefilesMessage): void {
     if (msg.type === 'open') this.open(msg);
-    else if (msg.type === 'read') void this.limiter.run(() => this.read(msg));
+    else if (msg.type === 'read') {
+      this.pending.set(msg.msgId, { objectId: msg.objectId, since: Date.now() });
+      void this.limiter.run(() => this.read(msg)).finally(() => this.pending.delete(msg.msgId));
+    }
     else {
       const obj = this.objects.get(msg.objectId);
       this.objects.delete(msg.objectId);
-      if (obj) this.dev.closeFd(obj.fd);
+      obj?.close();
       this.log.debug({ objectId: msg.objectId }, 'close');
     }
   }
@@ -94,31 +132,46 @@ export class OnDemandSession {
       return;
     }
     const size = target.kind === 'bootstrap' ? target.size : target.map.uncompressedSize;
-    this.objects.set(msg.objectId, { fd: msg.fd, volume, cookie: msg.cookieKey, target });
+    // An object id the kernel reuses without a CLOSE we saw: the old object is gone.
+    this.objects.get(msg.objectId)?.close();
+    const obj = new OpenObject(msg.objectId, msg.fd, { volume: msg.volumeKey, cookie: msg.cookieKey }, target, (fd) => this.dev.closeFd(fd));
+    this.objects.set(msg.objectId, obj);
     this.stats.opens++;
     this.dev.copen(msg.msgId, size);
     this.log.info({ objectId: msg.objectId, volume, cookie: msg.cookieKey, kind: target.kind, size }, 'open');
     if (target.kind === 'blob') {
-      this.reconcile(target.map.blobId, msg.fd);
-      if (target.prefetch) void this.prefetch(msg.objectId);
+      obj.marksChecked = obj.use(() => this.reconcile(obj, target.map));
+      if (target.prefetch) void this.prefetch(obj, target.map, target.fetcher, target.prefetch);
     }
   }
 
   /**
-   * The state says which chunks are in the cache file; the cache file has the last word. A cache file
-   * with no data at all (a new cache directory, a culled object) means none of the marks hold.
+   * The state says which chunks are in the cache file; the cache file has the last word. The OPEN's
+   * fd forwards lseek to the cache file, so SEEK_DATA/SEEK_HOLE show what it really holds (fstat of
+   * that anonymous fd shows nothing). Marks of chunks it does not hold (a culled or new cache file)
+   * are dropped. When the cache file cannot be asked, marks stay: demand READs check for themselves.
    */
-  private reconcile(blobId: string, fd: number): void {
-    let allocated: number;
-    try {
-      allocated = fs.fstatSync(fd).blocks;
-    } catch {
+  private async reconcile(obj: OpenObject, map: BlobMap): Promise<void> {
+    const marked = this.state.cached(obj.file);
+    if (marked.size === 0) return;
+    let ranges: Array<[number, number]> | null = null;
+    for (let i = 0; i < ATTACH_TRIES && !obj.closed && !ranges; i++) {
+      try {
+        ranges = this.dev.dataRanges(obj.fd, 0, roundUp4k(map.uncompressedSize));
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).errno !== ENOBUFS) break;
+        await new Promise((r) => setTimeout(r, ATTACH_WAIT_MS));
+      }
+    }
+    if (!ranges) {
+      this.log.warn({ cookie: obj.file.cookie, volume: obj.file.volume }, 'cannot see the cache file; its chunk marks are kept unchecked');
       return;
     }
-    const marked = this.state.count(blobId);
-    if (allocated === 0 && marked > 0) {
-      this.state.clear(blobId);
-      this.log.warn({ blob: blobId, marked }, 'the cache file is empty: dropped the chunk marks of its blob');
+    const stale = map.all().filter((c) => marked.has(c.indexInBlob) && !covers(ranges, c)).map((c) => c.indexInBlob);
+    if (stale.length) {
+      this.state.unmark(obj.file, stale);
+      this.stats.staleMarks += stale.length;
+      this.log.warn({ cookie: obj.file.cookie, volume: obj.file.volume, stale: stale.length, marked: marked.size }, 'dropped chunk marks the cache file does not hold');
     }
   }
 
@@ -129,62 +182,87 @@ export class OnDemandSession {
       return;
     }
     this.stats.reads++;
-    try {
-      if (obj.target.kind === 'bootstrap') await this.readBootstrap(obj, obj.target.path, msg);
-      else {
-        this.readAhead(obj, obj.target.map, obj.target.fetcher, msg.offset + msg.len);
-        await this.readBlob(obj, obj.target.map, obj.target.fetcher, msg.offset, msg.len);
+    await obj.use(async () => {
+      try {
+        if (obj.target.kind === 'bootstrap') await this.readBootstrap(obj, obj.target.path, obj.target.size, msg);
+        else {
+          this.readAhead(obj, obj.target.map, obj.target.fetcher, msg.offset + msg.len);
+          await this.readBlob(obj, obj.target.map, obj.target.fetcher, msg.offset, msg.len);
+        }
+        this.stats.readBytes += msg.len;
+      } catch (e) {
+        this.stats.readErrors++;
+        this.log.error({ objectId: msg.objectId, cookie: obj.file.cookie, offset: msg.offset, len: msg.len, err: (e as Error).message }, 'read failed; the reader gets EIO');
       }
-      this.stats.readBytes += msg.len;
-    } catch (e) {
-      this.stats.readErrors++;
-      this.log.error({ objectId: msg.objectId, cookie: obj.cookie, offset: msg.offset, len: msg.len, err: (e as Error).message }, 'read failed; the reader gets EIO');
-    } finally {
+      if (obj.closed) return;
       try {
         this.dev.readComplete(obj.fd, msg.msgId);
       } catch (e) {
         this.log.warn({ err: (e as Error).message, msgId: msg.msgId }, 'read complete failed');
       }
-    }
+    });
   }
 
-  private async readBootstrap(obj: OpenObject, file: string, msg: ReadMessage): Promise<void> {
+  /** The bootstrap's blocks covering the READ, all of them or an error: a short read is never zeros. */
+  private async readBootstrap(obj: OpenObject, file: string, size: number, msg: ReadMessage): Promise<void> {
     const start = Math.floor(msg.offset / 4096) * 4096;
-    const buf = Buffer.alloc(Math.ceil((msg.offset + msg.len) / 4096) * 4096 - start);
-    const fd = fs.openSync(file, 'r');
+    const end = Math.min(roundUp4k(msg.offset + msg.len), roundUp4k(size));
+    if (start >= end) throw new NydusError(`bootstrap ${file}: read at ${msg.offset} is beyond its ${size} bytes`, EIO);
+    const want = Math.min(end, size) - start;
+    const buf = Buffer.alloc(end - start);
+    const fh = await fsp.open(file, 'r');
     try {
-      fs.readSync(fd, buf, 0, buf.length, start);
+      let done = 0;
+      while (done < want) {
+        const { bytesRead } = await fh.read(buf, done, want - done, start + done);
+        if (bytesRead === 0) throw new NydusError(`bootstrap ${file}: short read at ${start + done} (registered with ${size} bytes; was it truncated?)`, EIO);
+        done += bytesRead;
+      }
     } finally {
-      fs.closeSync(fd);
+      await fh.close();
     }
+    if (obj.closed) return;
     await this.dev.writeData(obj.fd, start, buf);
   }
 
   /** Writes every chunk covering the range into the cache file, then marks them. */
   private async readBlob(obj: OpenObject, map: BlobMap, fetcher: ChunkFetcher, offset: number, len: number): Promise<void> {
     const chunks = map.chunksIn(offset, len);
-    await Promise.all(chunks.map((c) => this.materialize(obj, map, fetcher, c)));
+    await Promise.all(chunks.map((c) => this.materialize(obj, map, fetcher, c, true)));
   }
 
   /**
    * Puts one chunk into the object's cache file and marks it. Concurrent callers for the same chunk
-   * (a READ and the read-ahead, or two READs) share one fetch and one write; a chunk already marked
-   * is in the cache file (marks follow writes, and open() drops marks of an emptied cache file), so a
-   * READ that raced with its write needs nothing more.
+   * (a READ and the read-ahead, or two READs) share one fetch and one write. Read-ahead and prefetch
+   * trust the marks (checked on open); a demand READ of a marked chunk means the kernel did not find
+   * it, so the cache file itself is asked, and a mark it contradicts is dropped and the chunk written.
    */
-  private materialize(obj: OpenObject, map: BlobMap, fetcher: ChunkFetcher, c: ChunkRef): Promise<void> {
-    const key = `${obj.fd}:${c.indexInBlob}`;
-    let p = this.materializing.get(key);
-    if (!p && this.state.isCached(map.blobId, c.indexInBlob)) return Promise.resolve();
-    if (!p) {
-      p = (async () => {
-        const data = await fetcher.fetch(map, c);
-        await this.dev.writeData(obj.fd, c.uncompressedOffset, data);
-        this.state.mark(map.blobId, [c.indexInBlob]);
-      })().finally(() => this.materializing.delete(key));
-      this.materializing.set(key, p);
+  private materialize(obj: OpenObject, map: BlobMap, fetcher: ChunkFetcher, c: ChunkRef, demand: boolean): Promise<void> {
+    const pending = obj.materializing.get(c.indexInBlob);
+    if (pending) return pending;
+    if (this.state.isCached(obj.file, c.indexInBlob)) {
+      if (!demand || this.holds(obj, c)) return Promise.resolve();
+      this.state.unmark(obj.file, [c.indexInBlob]);
+      this.stats.staleMarks++;
     }
+    const p = obj.use(async () => {
+      const data = await fetcher.fetch(map, c);
+      // Never write after CLOSE: the kernel is done with this cache file.
+      if (obj.closed) return;
+      await this.dev.writeData(obj.fd, c.uncompressedOffset, data);
+      this.state.mark(obj.file, [c.indexInBlob]);
+    }).finally(() => obj.materializing.delete(c.indexInBlob));
+    obj.materializing.set(c.indexInBlob, p);
     return p;
+  }
+
+  /** Whether the cache file holds the chunk's bytes. */
+  private holds(obj: OpenObject, c: ChunkRef): boolean {
+    try {
+      return covers(this.dev.dataRanges(obj.fd, c.uncompressedOffset, c.uncompressedOffset + roundUp4k(c.uncompressedSize)), c);
+    } catch {
+      return false;
+    }
   }
 
   /**
@@ -193,25 +271,25 @@ export class OnDemandSession {
    * work with the reader. Best effort: a failure here only means the kernel will ask itself.
    */
   private readAhead(obj: OpenObject, map: BlobMap, fetcher: ChunkFetcher, end: number): void {
-    for (const c of map.chunksAfter(end, READ_AHEAD_CHUNKS)) {
-      if (this.materializing.has(`${obj.fd}:${c.indexInBlob}`) || this.state.isCached(map.blobId, c.indexInBlob)) continue;
-      this.materialize(obj, map, fetcher, c).catch((e) => {
-        this.log.debug({ blob: map.blobId, chunk: c.indexInBlob, err: (e as Error).message }, 'read-ahead failed');
-      });
-    }
+    void obj.marksChecked.then(() => {
+      for (const c of map.chunksAfter(end, READ_AHEAD_CHUNKS)) {
+        if (obj.closed) return;
+        this.materialize(obj, map, fetcher, c, false).catch((e) => {
+          this.log.debug({ blob: map.blobId, chunk: c.indexInBlob, err: (e as Error).message }, 'read-ahead failed');
+        });
+      }
+    });
   }
 
-  /** Fills a blob's cache file ahead of reads, skipping chunks the state says are there. */
-  private async prefetch(objectId: number): Promise<void> {
-    const obj = this.objects.get(objectId);
-    if (!obj || obj.target.kind !== 'blob' || !obj.target.prefetch) return;
-    const { map, fetcher, prefetch } = obj.target;
-    const have = this.state.cached(map.blobId);
-    for (const c of prefetch) {
+  /** Fills a blob's cache file ahead of reads, skipping chunks it holds; stops on CLOSE. */
+  private async prefetch(obj: OpenObject, map: BlobMap, fetcher: ChunkFetcher, chunks: readonly ChunkRef[]): Promise<void> {
+    await obj.marksChecked;
+    const have = this.state.cached(obj.file);
+    for (const c of chunks) {
+      if (obj.closed) return;
       if (have.has(c.indexInBlob)) continue;
-      if (!this.objects.has(objectId)) return;
       try {
-        await this.limiter.run(() => this.materialize(obj, map, fetcher, c));
+        await this.limiter.run(() => this.materialize(obj, map, fetcher, c, false));
         this.stats.prefetchedChunks++;
       } catch (e) {
         this.log.warn({ blob: map.blobId, chunk: c.indexInBlob, err: (e as Error).message }, 'prefetch of a chunk failed');
@@ -219,9 +297,20 @@ export class OnDemandSession {
     }
   }
 
+  /** The READs in flight, oldest first. */
+  inflight(): Array<{ msgId: number; objectId: number; since: number }> {
+    return [...this.pending].map(([msgId, p]) => ({ msgId, ...p }));
+  }
+
   closeAll(): void {
-    for (const o of this.objects.values()) this.dev.closeFd(o.fd);
+    for (const o of this.objects.values()) o.close();
     this.objects.clear();
   }
 }
 
+/** Whether data ranges cover a chunk's bytes (the padding after a blob's last chunk may lie past EOF). */
+function covers(ranges: ReadonlyArray<readonly [number, number]>, c: ChunkRef): boolean {
+  const start = c.uncompressedOffset;
+  const end = start + c.uncompressedSize;
+  return ranges.some(([s, e]) => s <= start && e >= end);
+}

@@ -6,14 +6,14 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
-import pino, { type Logger } from 'pino';
-import { CachefilesDevice } from '../../native/fscache/index.ts';
+import { CachefilesDevice, isSystemError } from '../../native/fscache/index.ts';
 import { NydusError } from '../../erofs/errors.ts';
-import { startApi } from './api.ts';
+import { socketLiveness, startApi } from './api.ts';
 import { ImageRegistry } from './daemon.ts';
-import { OnDemandSession } from './ondemand.ts';
+import { DaemonLifecycle } from './lifecycle.ts';
 import { DaemonState } from './state.ts';
 import { VerifyPool } from './verify-pool.ts';
+import { makeLogger } from './log.ts';
 import os from 'node:os';
 
 export interface DaemonOptions {
@@ -23,8 +23,11 @@ export interface DaemonOptions {
   apiSock: string;
   logLevel: string;
   logFile?: string;
+  /** MiB; 0 never rotates. */
+  logRotationSize: number;
   id: string;
-  supervisor: string;
+  /** nydus-snapshotter's supervisor socket: it keeps the state and the device fd (sendfd, takeover). */
+  supervisor?: string;
 }
 
 const WORKER_FD_ENV = 'NYDUSD_WORKER_FD';
@@ -32,22 +35,13 @@ const RESTART_ENV = 'NYDUSD_WORKER_RESTART';
 const WORKER_MIN_LIFE_MS = 3000;
 const WORKER_MAX_QUICK_DEATHS = 5;
 
-export function makeLogger(level: string, file?: string): Logger {
-  return pino({ level, base: { pid: process.pid } }, pino.destination(file ? { dest: file, append: true, mkdir: true } : 2));
-}
-
 export function isWorker(): boolean {
   return process.env[WORKER_FD_ENV] !== undefined;
 }
 
 export async function runSupervisor(opts: DaemonOptions, argv: string[]): Promise<void> {
-  const log = makeLogger(opts.logLevel, opts.logFile);
-  let dev: CachefilesDevice;
-  try {
-    dev = CachefilesDevice.open(path.resolve(opts.fscacheDir), opts.tag);
-  } catch (e) {
-    throw new NydusError(`cannot bind the fscache cache at ${opts.fscacheDir}: ${(e as Error).message}`);
-  }
+  const log = makeLogger(opts.logLevel, opts.logFile, opts.logRotationSize);
+  const dev = openDevice(opts);
   log.info({ dir: opts.fscacheDir, tag: opts.tag }, 'cachefiles bound in on-demand mode');
   let child: ChildProcess | null = null;
   let stopping = false;
@@ -96,30 +90,73 @@ export async function runSupervisor(opts: DaemonOptions, argv: string[]): Promis
   start();
 }
 
-export async function runWorker(opts: DaemonOptions): Promise<void> {
-  const log = makeLogger(opts.logLevel, opts.logFile);
-  const dev = CachefilesDevice.fromFd(Number(process.env[WORKER_FD_ENV]));
+/**
+ * Where the /dev/cachefiles fd comes from: inherited from our own supervisor process, opened and bound
+ * here (a supervisor of the snapshotter's keeps a copy through sendfd), or taken over from that
+ * supervisor later (the daemon waits in INIT: --upgrade, or a crashed predecessor's device still held).
+ */
+export type DeviceSource = { kind: 'inherited' } | { kind: 'device'; dev: CachefilesDevice } | { kind: 'takeover' };
+
+/**
+ * How a daemon with an external supervisor starts (nydus's create_daemon): it binds the cache, unless
+ * /dev/cachefiles is busy (only one open at a time) while the API socket of a dead daemon is left
+ * behind: then its predecessor crashed, the supervisor holds the device, and it waits for takeover.
+ */
+export async function startupMode(opts: DaemonOptions): Promise<DeviceSource> {
+  try {
+    return { kind: 'device', dev: openDevice(opts) };
+  } catch (e) {
+    if ((e as NydusError).cause !== 'EBUSY') throw e;
+    if (await socketLiveness(opts.apiSock) === 'dead') return { kind: 'takeover' };
+    throw new NydusError(`/dev/cachefiles is held by another process and no crashed daemon left ${opts.apiSock} behind: is another nydusd running?`);
+  }
+}
+
+export async function runDaemon(opts: DaemonOptions, source: DeviceSource): Promise<void> {
+  const log = makeLogger(opts.logLevel, opts.logFile, opts.logRotationSize);
   const state = new DaemonState(path.join(opts.fscacheDir, 'nydus-ts'));
   // Verification threads: the event loop stays free for the kernel's requests.
-  const pool = new VerifyPool(Math.max(1, Math.min(os.availableParallelism(), opts.threads)));
+  const pool = new VerifyPool(Math.max(1, Math.min(os.availableParallelism(), opts.threads)), {
+    onFatal: (err) => {
+      log.fatal({ err: err.message }, 'cannot verify chunks any more; exiting');
+      process.exit(1);
+    },
+  });
   const registry = new ImageRegistry(state, log, pool);
   registry.restore();
-  const session = new OnDemandSession(dev, registry, state, log, opts.threads);
-  dev.onMessage((msg) => session.handle(msg), (err) => log.warn({ err: err.message }, 'bad message from the kernel'));
-  if (Number(process.env[RESTART_ENV] ?? 0) > 0) {
-    dev.restore();
-    log.info('restarted: asked the kernel to resend pending requests');
+  const lifecycle = new DaemonLifecycle({ id: opts.id, cacheDir: opts.fscacheDir, threads: opts.threads, supervisor: opts.supervisor }, registry, state, log);
+  if (source.kind === 'inherited') {
+    const restarted = Number(process.env[RESTART_ENV] ?? 0) > 0;
+    lifecycle.bind(CachefilesDevice.fromFd(Number(process.env[WORKER_FD_ENV])), restarted);
+  } else if (source.kind === 'device') {
+    lifecycle.bind(source.dev, false);
+    log.info({ dir: opts.fscacheDir, tag: opts.tag }, 'cachefiles bound in on-demand mode');
+  } else {
+    log.info({ supervisor: opts.supervisor }, 'waiting in INIT for a takeover');
   }
-  const server = await startApi(opts.apiSock, { id: opts.id, supervisor: opts.supervisor, registry, state, session: () => session, log });
-  log.info({ apisock: opts.apiSock }, 'nydusd ready');
+  let server: Awaited<ReturnType<typeof startApi>> | null = null;
   const shutdown = () => {
     log.info('shutting down');
-    server.close();
-    dev.stopMessages();
-    session.closeAll();
-    state.close();
-    process.exit(0);
+    server?.close();
+    lifecycle.stop();
+    void registry.close().finally(() => {
+      state.close();
+      // Our own supervisor restarts a worker that exits; asked to exit, the whole daemon stops.
+      if (source.kind === 'inherited') process.kill(process.ppid, 'SIGTERM');
+      process.exit(0);
+    });
   };
+  server = await startApi(opts.apiSock, { id: opts.id, supervisor: opts.supervisor, registry, state, lifecycle, exit: shutdown, log });
+  log.info({ apisock: opts.apiSock, state: lifecycle.state }, 'nydusd ready');
   process.on('SIGTERM', shutdown);
   process.on('SIGINT', shutdown);
+}
+
+/** Opens and binds the device; a failure keeps the system error's code as `cause` (EBUSY matters). */
+function openDevice(opts: DaemonOptions): CachefilesDevice {
+  try {
+    return CachefilesDevice.open(path.resolve(opts.fscacheDir), opts.tag);
+  } catch (e) {
+    throw new NydusError(`cannot bind the fscache cache at ${opts.fscacheDir}: ${(e as Error).message}`, undefined, isSystemError(e) ? e.code : undefined);
+  }
 }

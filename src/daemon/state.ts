@@ -1,20 +1,37 @@
 /**
  * The daemon's persistent state in SQLite (WAL) in the work dir: the images registered through the API
- * (so a restarted daemon serves them again) and which chunks of which blob are in the kernel's cache file and verified, kept in SQLite (WAL) in the
- * work dir. A chunk is marked only after its bytes were written; a crash at any moment leaves at
- * worst an unmarked chunk that is fetched again, never a marked chunk that is missing.
+ * (so a restarted daemon serves them again) and which chunks each of the kernel's cache files holds.
+ *
+ * A cache file is what the kernel names by (volume key, cookie key): `erofs,<fsid or domain>` and the
+ * blob id. Two images on one blob without a shared domain have two cache files for it, so chunk marks
+ * belong to the cache file, never to the blob alone. A chunk is marked only after its bytes were
+ * written; a crash at any moment leaves at worst an unmarked chunk that is fetched again, never a
+ * marked chunk that is missing (and marks are checked against the cache file when it is opened).
  */
 import Database from 'better-sqlite3';
 import path from 'node:path';
 import fs from 'node:fs';
 
+/** The kernel's name of one cache file. */
+export interface CacheFileKey {
+  /** The volume key, e.g. `erofs,<fsid>` or `erofs,<domain_id>`. */
+  volume: string;
+  /** The cookie key: the fsid for a bootstrap, the blob id for a blob. */
+  cookie: string;
+}
+
+/** Schema versions (PRAGMA user_version). 0: marks by blob id (could not tell cache files apart). */
+const SCHEMA_VERSION = 1;
+
 export class DaemonState {
   private readonly db: Database.Database;
   private readonly insert: Database.Statement;
   private readonly remove: Database.Statement;
-  private readonly listBlob: Database.Statement;
-  private readonly countBlob: Database.Statement;
+  private readonly listFile: Database.Statement;
+  private readonly countFile: Database.Statement;
   private readonly hasChunk: Database.Statement;
+  private readonly filesOfCookie: Database.Statement;
+  private readonly bumpFetch: Database.Statement;
 
   constructor(workDir: string) {
     fs.mkdirSync(workDir, { recursive: true });
@@ -22,55 +39,71 @@ export class DaemonState {
     this.db.pragma('journal_mode = WAL');
     // A marked chunk must survive a power cut only as far as the cache file does; NORMAL keeps WAL safe.
     this.db.pragma('synchronous = NORMAL');
-    this.db.exec(`CREATE TABLE IF NOT EXISTS cached_chunks (
-      blob_id TEXT NOT NULL,
+    const version = this.db.pragma('user_version', { simple: true }) as number;
+    if (version < 1) {
+      // Marks keyed by blob id alone cannot be told apart per cache file: drop them (chunks are
+      // fetched again when needed, nothing cached in the cache files themselves is lost).
+      this.db.exec('DROP TABLE IF EXISTS cached_chunks');
+    }
+    this.db.exec(`CREATE TABLE IF NOT EXISTS cache_file_chunks (
+      volume TEXT NOT NULL,
+      cookie TEXT NOT NULL,
       chunk_index INTEGER NOT NULL,
-      PRIMARY KEY (blob_id, chunk_index)
+      PRIMARY KEY (volume, cookie, chunk_index)
     ) WITHOUT ROWID`);
-    // How often each chunk was fetched from the backend: the evidence that a restart refetches nothing.
+    // How often each chunk of a blob was fetched from a backend: the evidence that nothing is fetched twice.
     this.db.exec(`CREATE TABLE IF NOT EXISTS chunk_fetches (
       blob_id TEXT NOT NULL, chunk_index INTEGER NOT NULL, fetches INTEGER NOT NULL,
       PRIMARY KEY (blob_id, chunk_index)
     ) WITHOUT ROWID`);
     this.db.exec(`CREATE TABLE IF NOT EXISTS images (id TEXT PRIMARY KEY, entry TEXT NOT NULL)`);
-    this.insert = this.db.prepare('INSERT OR IGNORE INTO cached_chunks (blob_id, chunk_index) VALUES (?, ?)');
-    this.remove = this.db.prepare('DELETE FROM cached_chunks WHERE blob_id = ? AND chunk_index = ?');
-    this.listBlob = this.db.prepare('SELECT chunk_index FROM cached_chunks WHERE blob_id = ?');
-    this.countBlob = this.db.prepare('SELECT COUNT(*) AS n FROM cached_chunks WHERE blob_id = ?');
-    this.hasChunk = this.db.prepare('SELECT 1 FROM cached_chunks WHERE blob_id = ? AND chunk_index = ?');
+    this.db.pragma(`user_version = ${SCHEMA_VERSION}`);
+    this.insert = this.db.prepare('INSERT OR IGNORE INTO cache_file_chunks (volume, cookie, chunk_index) VALUES (?, ?, ?)');
+    this.remove = this.db.prepare('DELETE FROM cache_file_chunks WHERE volume = ? AND cookie = ? AND chunk_index = ?');
+    this.listFile = this.db.prepare('SELECT chunk_index FROM cache_file_chunks WHERE volume = ? AND cookie = ?');
+    this.countFile = this.db.prepare('SELECT COUNT(*) AS n FROM cache_file_chunks WHERE volume = ? AND cookie = ?');
+    this.hasChunk = this.db.prepare('SELECT 1 FROM cache_file_chunks WHERE volume = ? AND cookie = ? AND chunk_index = ?');
+    this.filesOfCookie = this.db.prepare('SELECT volume, COUNT(*) AS n FROM cache_file_chunks WHERE cookie = ? GROUP BY volume ORDER BY volume');
+    this.bumpFetch = this.db.prepare(`INSERT INTO chunk_fetches (blob_id, chunk_index, fetches) VALUES (?, ?, 1)
+      ON CONFLICT (blob_id, chunk_index) DO UPDATE SET fetches = fetches + 1`);
   }
 
-  mark(blobId: string, chunkIndexes: number[]): void {
+  mark(file: CacheFileKey, chunkIndexes: Iterable<number>): void {
     this.db.transaction(() => {
-      for (const i of chunkIndexes) this.insert.run(blobId, i);
+      for (const i of chunkIndexes) this.insert.run(file.volume, file.cookie, i);
     })();
   }
 
-  unmark(blobId: string, chunkIndexes: number[]): void {
+  unmark(file: CacheFileKey, chunkIndexes: Iterable<number>): void {
     this.db.transaction(() => {
-      for (const i of chunkIndexes) this.remove.run(blobId, i);
+      for (const i of chunkIndexes) this.remove.run(file.volume, file.cookie, i);
     })();
   }
 
-  clear(blobId: string): void {
-    this.db.prepare('DELETE FROM cached_chunks WHERE blob_id = ?').run(blobId);
+  /** Forgets every mark of a cache file (it was culled). */
+  clear(file: CacheFileKey): void {
+    this.db.prepare('DELETE FROM cache_file_chunks WHERE volume = ? AND cookie = ?').run(file.volume, file.cookie);
   }
 
-  isCached(blobId: string, chunkIndex: number): boolean {
-    return this.hasChunk.get(blobId, chunkIndex) !== undefined;
+  isCached(file: CacheFileKey, chunkIndex: number): boolean {
+    return this.hasChunk.get(file.volume, file.cookie, chunkIndex) !== undefined;
   }
 
-  cached(blobId: string): Set<number> {
-    return new Set((this.listBlob.all(blobId) as Array<{ chunk_index: number }>).map((r) => r.chunk_index));
+  cached(file: CacheFileKey): Set<number> {
+    return new Set((this.listFile.all(file.volume, file.cookie) as Array<{ chunk_index: number }>).map((r) => r.chunk_index));
   }
 
-  count(blobId: string): number {
-    return (this.countBlob.get(blobId) as { n: number }).n;
+  count(file: CacheFileKey): number {
+    return (this.countFile.get(file.volume, file.cookie) as { n: number }).n;
+  }
+
+  /** Every cache file of a blob (one per volume that opened it) with its number of marked chunks. */
+  cacheFilesOf(blobId: string): Array<{ volume: string; chunks: number }> {
+    return (this.filesOfCookie.all(blobId) as Array<{ volume: string; n: number }>).map((r) => ({ volume: r.volume, chunks: r.n }));
   }
 
   countFetch(blobId: string, chunkIndex: number): void {
-    this.db.prepare(`INSERT INTO chunk_fetches (blob_id, chunk_index, fetches) VALUES (?, ?, 1)
-      ON CONFLICT (blob_id, chunk_index) DO UPDATE SET fetches = fetches + 1`).run(blobId, chunkIndex);
+    this.bumpFetch.run(blobId, chunkIndex);
   }
 
   fetches(blobId: string): Record<number, number> {

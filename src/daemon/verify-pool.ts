@@ -25,17 +25,32 @@ function startWorker(): Worker {
   return new Worker(`import(${JSON.stringify(tsx)}).then((t) => { t.register(); return import(${JSON.stringify(entry)}); })`, { eval: true });
 }
 
+export interface VerifyPoolOptions {
+  /** Worker failures tolerated within `windowMs` before the pool gives up for good. */
+  maxFailures?: number;
+  windowMs?: number;
+  /** Called once when the pool gives up (the daemon exits: it cannot verify chunks any more). */
+  onFatal?: (err: NydusError) => void;
+  /** Starts a worker (tests give a failing one). */
+  start?: () => Worker;
+}
+
 export class VerifyPool {
   private readonly idle: Worker[] = [];
   private readonly busy = new Map<Worker, Job>();
   private readonly queue: Job[] = [];
+  private readonly failures: number[] = [];
+  private fatal: NydusError | null = null;
+  /** Workers started in all, replacements included. */
+  started = 0;
 
-  constructor(size: number) {
+  constructor(size: number, private readonly opts: VerifyPoolOptions = {}) {
     for (let i = 0; i < size; i++) this.idle.push(this.spawn());
   }
 
   private spawn(): Worker {
-    const w = startWorker();
+    this.started++;
+    const w = (this.opts.start ?? startWorker)();
     w.unref();
     w.on('message', (m: { data?: Uint8Array; error?: string; errno?: number }) => {
       const job = this.busy.get(w)!;
@@ -48,11 +63,31 @@ export class VerifyPool {
     w.on('error', (e) => {
       const job = this.busy.get(w);
       this.busy.delete(w);
+      const i = this.idle.indexOf(w);
+      if (i >= 0) this.idle.splice(i, 1);
       job?.reject(new NydusError(`chunk verification worker failed: ${e.message}`, EIO));
+      if (this.fatal) return;
+      // A worker that cannot even load fails at once, every time: replace failed workers only
+      // while failures stay rare, then fail every verification with one clear error.
+      const now = Date.now();
+      this.failures.push(now);
+      while (this.failures.length && now - this.failures[0] > (this.opts.windowMs ?? 10_000)) this.failures.shift();
+      if (this.failures.length > (this.opts.maxFailures ?? 5)) {
+        this.giveUp(new NydusError(`chunk verification workers keep failing (${this.failures.length} failures in a row; last: ${e.message})`, EIO));
+        return;
+      }
       this.idle.push(this.spawn());
       this.next();
     });
     return w;
+  }
+
+  private giveUp(err: NydusError): void {
+    this.fatal = err;
+    for (const job of this.queue.splice(0)) job.reject(err);
+    for (const w of [...this.idle, ...this.busy.keys()]) void w.terminate();
+    this.idle.length = 0;
+    this.opts.onFatal?.(err);
   }
 
   private next(): void {
@@ -71,6 +106,7 @@ export class VerifyPool {
 
   /** Takes ownership of `chunk.stored`: its memory may move to a worker (the caller must not reuse it). */
   verify(chunk: StoredChunk): Promise<Buffer> {
+    if (this.fatal) return Promise.reject(this.fatal);
     if (this.idle.length + this.busy.size === 0) return Promise.resolve().then(() => verifyChunk(chunk));
     return new Promise((resolve, reject) => {
       this.queue.push({ chunk, resolve, reject });

@@ -12,6 +12,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { CachefilesDevice, fscacheBinding, isSystemError, type CachefilesMessage } from '../index.ts';
 
+import { TestSupervisor } from '../../../test/helpers/supervisor.ts';
+
 const binding = fscacheBinding();
 
 // Hand-made messages, laid out as include/uapi/linux/cachefiles.h (the only place besides the
@@ -196,5 +198,57 @@ test('writeAligned writes any buffer at a 4096 multiple into an O_DIRECT file, z
   } finally {
     fs.closeSync(f.fd);
     fs.rmSync(f.dir, { recursive: true });
+  }
+});
+
+test('dataRanges finds exactly the written ranges of a sparse file (SEEK_DATA/SEEK_HOLE)', () => {
+  const dir = fs.mkdtempSync(path.join(process.env.NYDUS_TEST_TMP ?? '/var/tmp', 'fscache-ranges-'));
+  const file = path.join(dir, 'sparse');
+  const fd = fs.openSync(file, 'w+');
+  try {
+    fs.ftruncateSync(fd, 64 << 20);
+    assert.deepEqual(binding.dataRanges(fd, 0, 64 << 20), [], 'a new sparse file holds nothing');
+    // Written ranges far apart, so that every file system with holes keeps them apart.
+    fs.writeSync(fd, Buffer.alloc(1 << 20, 1), 0, 1 << 20, 8 << 20);
+    fs.writeSync(fd, Buffer.alloc(1 << 20, 2), 0, 1 << 20, 32 << 20);
+    const all = binding.dataRanges(fd, 0, 64 << 20);
+    assert.deepEqual(all, [8 << 20, 9 << 20, 32 << 20, 33 << 20]);
+    // Clipped to the window asked for.
+    assert.deepEqual(binding.dataRanges(fd, (8 << 20) + 4096, 32 << 20), [(8 << 20) + 4096, 9 << 20]);
+    assert.deepEqual(binding.dataRanges(fd, 10 << 20, 20 << 20), []);
+    assert.throws(() => binding.dataRanges(-1, 0, 4096), { code: 'EBADF', syscall: 'lseek' });
+  } finally {
+    fs.closeSync(fd);
+    fs.rmSync(dir, { recursive: true });
+  }
+});
+
+test('sendState/receiveState hand bytes and an fd to a supervisor and take them back (snapshotter protocol)', async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fscache-sup-'));
+  const sock = path.join(dir, 'supervisor.sock');
+  // The supervisor is an independent implementation of nydus-snapshotter's side (Python).
+  const sup = new TestSupervisor(sock);
+  const file = path.join(dir, 'device-stand-in');
+  fs.writeFileSync(file, 'x');
+  const fd = fs.openSync(file, 'r');
+  try {
+    const state = Buffer.from(JSON.stringify({ images: Array.from({ length: 3000 }, (_, i) => `image-${i}`) }));
+    await sup.listen('recv');
+    await binding.sendState(sock, state, fd, 5000);
+    assert.equal(await sup.answer(), `received ${state.length} ${fs.fstatSync(fd).ino}`);
+    await sup.listen('send');
+    const back = await binding.receiveState(sock, 1 << 20, 5000);
+    assert.equal(await sup.answer(), `sent ${state.length}`);
+    assert.ok(back.data.equals(state), 'the state comes back byte for byte');
+    assert.ok(back.fd >= 0 && back.fd !== fd);
+    assert.equal(fs.fstatSync(back.fd).ino, fs.fstatSync(fd).ino, 'the fd that comes back is the one sent');
+    fs.closeSync(back.fd);
+    // Nobody listening: a clear error naming the socket, at once.
+    fs.rmSync(sock, { force: true });
+    await assert.rejects(binding.sendState(sock, state, fd, 1000), { code: 'ENOENT', syscall: 'connect' });
+  } finally {
+    fs.closeSync(fd);
+    sup.stop();
+    fs.rmSync(dir, { recursive: true, force: true });
   }
 });

@@ -41,7 +41,7 @@ ls -l bootstrap blob
 
 step "daemon"
 $smoke daemon --cache "$cache" --fsid "$fsid" --bootstrap "$work/bootstrap" --blob "$tag=$work/blob" \
-  --ready "$work/ready" --stats "$work/stats.json" &
+  --ready "$work/ready" --stats "$work/stats.json" --read-delay-ms 50 &
 daemon=$!
 n=0
 while [ ! -e "$work/ready" ]; do
@@ -75,6 +75,12 @@ echo "cold: $(stats 'JSON.stringify(s)')"
 [ "$(stats "s.opens.filter(o => o.volumeKey === 'erofs,$fsid' && o.cloexec).map(o => o.cookieKey).sort().join()")" \
   = "$(node -p "['$fsid', '$tag'].sort().join()")" ] \
   || fail "expected OPENs of the bootstrap ($fsid) and the blob ($tag), close-on-exec"
+# The kernel asks in whole pages, and for several files at once (the daemon holds each READ 50 ms).
+[ "$(stats 's.unalignedReads')" = 0 ] || fail "READs not aligned to 4096: $(stats 's.unalignedReads')"
+[ "$(stats 's.maxInFlight')" -ge 2 ] || fail "parallel readers never had two READs in flight"
+# Every file was read whole: the blob's cache file holds all of the blob, as lseek on the OPEN's fd shows.
+[ "$(stats "s.held['$tag'] >= s.opens.find(o => o.cookieKey === '$tag').size")" = true ] \
+  || fail "the blob's cache file holds $(stats "s.held['$tag']") bytes, less than the blob"
 umount "$work/mnt"
 
 step "warm mount"

@@ -55,6 +55,8 @@ interface Stats {
   maxInFlight: number;
   closes: number;
   errors: string[];
+  /** Per open object (cookie key): bytes its cache file holds, seen through the anonymous fd (SEEK_DATA). */
+  held: Record<string, number>;
 }
 
 function isCloexec(fd: number): boolean {
@@ -68,6 +70,7 @@ function runDaemon(argv: string[]): void {
     options: {
       cache: { type: 'string' }, fsid: { type: 'string', multiple: true }, bootstrap: { type: 'string' },
       blob: { type: 'string', multiple: true }, ready: { type: 'string' }, stats: { type: 'string' },
+      'read-delay-ms': { type: 'string' },
     },
   });
   const { cache, fsid: fsids, bootstrap, ready, stats: statsFile } = values;
@@ -81,8 +84,10 @@ function runDaemon(argv: string[]): void {
   }
 
   const stats: Stats = {
-    opens: [], refused: [], reads: 0, readBytes: 0, unalignedReads: 0, maxReadLen: 0, maxInFlight: 0, closes: 0, errors: [],
+    opens: [], refused: [], reads: 0, readBytes: 0, unalignedReads: 0, maxReadLen: 0, maxInFlight: 0, closes: 0, errors: [], held: {},
   };
+  // Each READ is held this long before it is served, so that parallel readers surely overlap.
+  const readDelayMs = Number(values['read-delay-ms'] ?? 0);
   const objects = new Map<number, CacheObject>();
   let inFlight = 0;
   const dev = CachefilesDevice.open(cache, 'smoke');
@@ -113,6 +118,7 @@ function runDaemon(argv: string[]): void {
     stats.maxReadLen = Math.max(stats.maxReadLen, msg.len);
     stats.maxInFlight = Math.max(stats.maxInFlight, ++inFlight);
     try {
+      if (readDelayMs) await new Promise((r) => setTimeout(r, readDelayMs));
       // Writes start on a block; the tail of the file is padded with zeros by writeData.
       const start = msg.offset - (msg.offset % CACHEFILES_WRITE_ALIGN);
       const end = Math.min(obj.size, msg.offset + msg.len);
@@ -150,7 +156,16 @@ function runDaemon(argv: string[]): void {
     (err) => stats.errors.push(err.message),
   );
 
-  const dumpStats = () => fs.writeFileSync(statsFile, JSON.stringify(stats, null, 1) + '\n');
+  const dumpStats = () => {
+    for (const obj of objects.values()) {
+      try {
+        stats.held[obj.name] = dev.dataRanges(obj.anonFd, 0, obj.size).reduce((n, [s, e]) => n + e - s, 0);
+      } catch (err) {
+        stats.errors.push(`dataRanges of ${obj.name}: ${(err as Error).message}`);
+      }
+    }
+    fs.writeFileSync(statsFile, JSON.stringify(stats, null, 1) + '\n');
+  };
   process.on('SIGUSR1', dumpStats);
   process.on('SIGTERM', () => {
     dumpStats();

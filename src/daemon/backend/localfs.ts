@@ -3,25 +3,30 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { NydusError, EIO } from '../../../erofs/errors.ts';
 
+/** Counters of one backend type, shared by its backends and only ever increased. */
 export interface BackendMetrics {
   read_count: number;
   read_amount_total: number;
   read_errors: number;
 }
 
+export function newBackendMetrics(): BackendMetrics {
+  return { read_count: 0, read_amount_total: 0, read_errors: 0 };
+}
+
 export interface BlobBackend {
   readonly type: string;
-  readonly metrics: BackendMetrics;
   read(blobId: string, offset: number, size: number): Promise<Buffer>;
   size(blobId: string): Promise<number>;
+  /** Releases what the backend holds (file handles, connections); reads after it open them again. */
+  close(): Promise<void>;
 }
 
 export class LocalFsBackend implements BlobBackend {
   readonly type = 'localfs';
-  readonly metrics: BackendMetrics = { read_count: 0, read_amount_total: 0, read_errors: 0 };
   private readonly handles = new Map<string, Promise<fs.FileHandle>>();
 
-  constructor(private readonly dir: string) {}
+  constructor(private readonly dir: string, private readonly metrics: BackendMetrics = newBackendMetrics()) {}
 
   private handle(blobId: string): Promise<fs.FileHandle> {
     let h = this.handles.get(blobId);
@@ -57,7 +62,8 @@ export class LocalFsBackend implements BlobBackend {
   }
 
   async close(): Promise<void> {
-    for (const h of this.handles.values()) await (await h.catch(() => null))?.close();
+    const open = [...this.handles.values()];
     this.handles.clear();
+    for (const h of open) await (await h.catch(() => null))?.close();
   }
 }
