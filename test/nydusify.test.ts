@@ -1,0 +1,164 @@
+/**
+ * nydusify convert and check against a real registry (distribution), on an image made by umoci and
+ * pushed by skopeo: the pushed manifest and config have nydus's shapes, check passes on the converted
+ * image and lists differences against another image, and a conversion failing on its way leaves no tag.
+ */
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import zlib from 'node:zlib';
+import crypto from 'node:crypto';
+import { execFileSync, spawn } from 'node:child_process';
+import { RegistryClient, MediaType, type ImageManifest } from '../src/registry/index.ts';
+import { repoRoot } from './helpers/cli.ts';
+import { tmpDir } from './helpers/fixtures.ts';
+import { startRegistry, type RegistryServer } from './helpers/registry.ts';
+import { FaultProxy } from './helpers/registry-proxy.ts';
+import { skopeoPush, umociTwoLayerImage } from './helpers/oci-image.ts';
+
+const work = tmpDir('nydusify');
+let reg: RegistryServer;
+const client = new RegistryClient({ plainHttp: true });
+
+/** Runs a CLI without blocking this process (the fault proxy lives in it). */
+function run(name: string, args: string[], input = ''): Promise<{ status: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(path.join(repoRoot, 'bin', name), args, { stdio: ['pipe', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d) => (stdout += d));
+    child.stderr.on('data', (d) => (stderr += d));
+    child.on('error', reject);
+    child.on('close', (status) => resolve({ status, stdout, stderr }));
+    child.stdin.end(input);
+  });
+}
+
+async function mustConvert(args: string[], input = ''): Promise<void> {
+  const r = await run('nydusify', ['convert', '--plain-http', '--work-dir', path.join(work, 'tmp'), ...args], input);
+  assert.equal(r.status, 0, `nydusify convert ${args.join(' ')}: ${r.stderr}`);
+}
+
+const sha256 = (b: Buffer) => `sha256:${crypto.createHash('sha256').update(b).digest('hex')}`;
+
+before(async () => {
+  reg = await startRegistry();
+  const { layout } = umociTwoLayerImage(work);
+  skopeoPush(layout, 'one', `${reg.host}/src:one`);
+  skopeoPush(layout, 'two', `${reg.host}/src:two`);
+  await mustConvert(['--source', `${reg.host}/src:two`, '--target', `${reg.host}/dst:two-nydus`, '--output-json', path.join(work, 'out.json')]);
+});
+
+after(async () => {
+  await client.close();
+  await reg?.stop();
+  fs.rmSync(work, { recursive: true, force: true });
+});
+
+test('the pushed manifest and config are what nydus expects: blob layers, the bootstrap layer, diff_ids, history', async () => {
+  const src = (await client.getManifest(`${reg.host}/src:two`)).json as ImageManifest;
+  const got = await client.getManifest(`${reg.host}/dst:two-nydus`);
+  assert.equal(got.mediaType, MediaType.ociManifest);
+  const m = got.json as ImageManifest;
+  assert.equal(m.layers.length, src.layers.length + 1, 'one blob per layer, then the bootstrap');
+  for (const l of m.layers.slice(0, -1)) {
+    assert.equal(l.mediaType, 'application/vnd.oci.image.layer.nydus.blob.v1');
+    assert.deepEqual(l.annotations, { 'containerd.io/snapshot/nydus-blob': 'true' });
+    const blob = await client.getBlob(`${reg.host}/dst`, l.digest);
+    assert.equal(blob.length, l.size);
+  }
+  const boot = m.layers[m.layers.length - 1];
+  assert.equal(boot.mediaType, MediaType.ociLayerGzip);
+  assert.deepEqual(boot.annotations, { 'containerd.io/snapshot/nydus-bootstrap': 'true', 'containerd.io/snapshot/nydus-fs-version': '6' });
+  // GNU tar reads the bootstrap layer: image/ and image/image.boot.
+  const gz = await client.getBlob(`${reg.host}/dst`, boot.digest);
+  const gzFile = path.join(work, 'boot.tar.gz');
+  fs.writeFileSync(gzFile, gz);
+  assert.deepEqual(execFileSync('tar', ['-tzf', gzFile], { encoding: 'utf8' }).trim().split('\n'), ['image/', 'image/image.boot']);
+  const bootstrap = execFileSync('tar', ['-xzOf', gzFile, 'image/image.boot']);
+  assert.equal(bootstrap.readUInt32LE(1024), 0xe0f5e1e2, 'an EROFS superblock at 1024');
+
+  const config = JSON.parse((await client.getBlob(`${reg.host}/dst`, m.config.digest)).toString());
+  const srcConfig = JSON.parse((await client.getBlob(`${reg.host}/src`, src.config.digest)).toString());
+  assert.equal(m.config.mediaType, src.config.mediaType);
+  assert.deepEqual(config.rootfs, { type: 'layers', diff_ids: [...m.layers.slice(0, -1).map((l) => l.digest), sha256(zlib.gunzipSync(gz))] });
+  assert.deepEqual(config.history, [...(srcConfig.history ?? []), { created_by: 'Nydus Converter', comment: 'Nydus Bootstrap Layer' }]);
+  assert.equal(config.architecture, srcConfig.architecture);
+  assert.deepEqual(config.config, srcConfig.config);
+
+  const report = JSON.parse(fs.readFileSync(path.join(work, 'out.json'), 'utf8'));
+  assert.equal(report.targetDigest, got.digest);
+  assert.deepEqual(report.images[0].layers, m.layers);
+});
+
+test('nydusify check passes on the converted image and lists the differences against another image', async () => {
+  const base = ['check', '--plain-http', '--work-dir', path.join(work, 'check')];
+  const ok = await run('nydusify', [...base, '--source', `${reg.host}/src:two`, '--target', `${reg.host}/dst:two-nydus`]);
+  assert.equal(ok.status, 0, ok.stderr);
+  assert.match(ok.stderr, /same file tree/);
+
+  const bad = await run('nydusify', [...base, '--source', `${reg.host}/src:one`, '--target', `${reg.host}/dst:two-nydus`]);
+  assert.equal(bad.status, 1);
+  const lines = bad.stdout.trim().split('\n');
+  for (const want of ['missing /gone', 'missing /gonedir', 'missing /gonedir/sub/f', 'extra /h1', 'extra /d/h3']) assert.ok(lines.includes(want), `${want} in ${bad.stdout}`);
+  assert.ok(lines.some((l) => l.startsWith('differs /etc/hello:')), bad.stdout);
+  assert.match(bad.stderr, /problem\(s\) found/);
+
+  // An OCI image is not a Nydus image: its layers are named.
+  const oci = await run('nydusify', [...base, '--target', `${reg.host}/src:two`]);
+  assert.equal(oci.status, 1);
+  assert.match(oci.stdout, /is not annotated containerd\.io\/snapshot\/nydus-bootstrap/);
+  assert.match(oci.stdout, /layer 0 sha256:[0-9a-f]{64} is not a Nydus blob/);
+});
+
+test('--compressor none, --fs-chunk-size and --prefetch-patterns (stdin) reach the image, which checks equal', async () => {
+  await mustConvert(['--source', `${reg.host}/src:two`, '--target', `${reg.host}/dst:none`, '--compressor', 'none', '--fs-chunk-size', '0x10000', '--prefetch-patterns'], '/big\n/etc/hello\n');
+  const r = await run('nydusify', ['check', '--plain-http', '--work-dir', path.join(work, 'check'), '--source', `${reg.host}/src:two`, '--target', `${reg.host}/dst:none`]);
+  assert.equal(r.status, 0, r.stderr);
+  const m = (await client.getManifest(`${reg.host}/dst:none`)).json as ImageManifest;
+  const gz = await client.getBlob(`${reg.host}/dst`, m.layers[m.layers.length - 1].digest);
+  const boot = path.join(work, 'none.boot');
+  fs.writeFileSync(boot, execFileSync('tar', ['-xO', 'image/image.boot'], { input: zlib.gunzipSync(gz) }));
+  const prefetch = JSON.parse(execFileSync(path.join(repoRoot, 'bin', 'nydus-image'), ['inspect', '-B', boot, '-R', 'prefetch'], { encoding: 'utf8' }));
+  assert.deepEqual(prefetch.map((e: { path: string[] }) => e.path), [['/big'], ['/etc/hello']]);
+});
+
+test('a conversion failing on the manifest PUT or on a blob upload leaves no tag', async () => {
+  const proxy = await FaultProxy.start(reg.url);
+  try {
+    for (const [what, match] of [
+      ['manifest PUT', (req: { method?: string; url?: string }) => req.method === 'PUT' && /\/manifests\//.test(req.url!)],
+      ['blob upload', (req: { method?: string; url?: string }) => (req.method === 'PUT' || req.method === 'PATCH') && /\/blobs\/uploads\//.test(req.url!)],
+    ] as const) {
+      proxy.clearFaults();
+      proxy.inject({ match: match as never, fault: { kind: 'status', status: 500 }, times: Infinity });
+      const tag = what === 'manifest PUT' ? 'fail-manifest' : 'fail-blob';
+      const r = await run('nydusify', ['convert', '--plain-http', '--work-dir', path.join(work, 'tmp'), '--source', `${reg.host}/src:two`, '--target', `${proxy.host}/failed:${tag}`]);
+      assert.equal(r.status, 1, `${what}: ${r.stderr}`);
+      assert.match(r.stderr, /nydusify: error: .*HTTP 500/, what);
+      assert.equal(await client.headManifest(`${reg.host}/failed:${tag}`), undefined, `${what}: no tag`);
+    }
+  } finally {
+    await proxy.close();
+  }
+  // Nothing is left in the work dir.
+  assert.deepEqual(fs.readdirSync(path.join(work, 'tmp')), []);
+});
+
+test('flags nydus-ts does not implement are refused by name; bad values are errors', async () => {
+  const base = ['convert', '--plain-http', '--source', `${reg.host}/src:two`, '--target', `${reg.host}/x:y`];
+  for (const [args, pattern] of [
+    [['--backend-type', 'oss'], /--backend-type is not supported by nydus-ts nydusify convert/],
+    [['--merge-platform'], /--merge-platform is not supported/],
+    [['--fs-version', '5'], /unsupported fs version "5"/],
+    [['--compressor', 'lz4_block'], /unsupported compressor "lz4_block"/],
+    [['--fs-chunk-size', '0x3000'], /invalid chunk size/],
+    [['--platform', 'linux'], /platform must be os\/arch/],
+  ] as const) {
+    const r = await run('nydusify', [...base, ...args]);
+    assert.equal(r.status, 1, `${args.join(' ')}: ${r.stderr}`);
+    assert.match(r.stderr, pattern);
+  }
+  assert.equal(await client.headManifest(`${reg.host}/x:y`), undefined);
+});
