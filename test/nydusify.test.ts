@@ -162,3 +162,38 @@ test('flags nydus-ts does not implement are refused by name; bad values are erro
   }
   assert.equal(await client.headManifest(`${reg.host}/x:y`), undefined);
 });
+
+test('an index: --all-platforms converts each platform into a Nydus index, --platform picks one image', async () => {
+  // The umoci images as two platforms of one index.
+  const one = await client.getManifest(`${reg.host}/src:one`);
+  const two = await client.getManifest(`${reg.host}/src:two`);
+  await client.putManifest(`${reg.host}/src:multi`, {
+    schemaVersion: 2, mediaType: MediaType.ociIndex,
+    manifests: [
+      { mediaType: one.mediaType, digest: one.digest, size: one.size, platform: { os: 'linux', architecture: 'arm64' } },
+      { mediaType: two.mediaType, digest: two.digest, size: two.size, platform: { os: 'linux', architecture: 'amd64' } },
+    ],
+  }, MediaType.ociIndex);
+
+  await mustConvert(['--source', `${reg.host}/src:multi`, '--target', `${reg.host}/dst:multi`, '--all-platforms']);
+  const idx = await client.getManifest(`${reg.host}/dst:multi`);
+  assert.equal(idx.mediaType, MediaType.ociIndex);
+  const entries = (idx.json as { manifests: Array<{ digest: string; platform?: { architecture: string } }> }).manifests;
+  assert.deepEqual(entries.map((e) => e.platform?.architecture), ['arm64', 'amd64']);
+  for (const [i, e] of entries.entries()) {
+    const m = (await client.getManifest(`${reg.host}/dst@${e.digest}`)).json as ImageManifest;
+    const src = ((i === 0 ? one : two).json as ImageManifest);
+    assert.equal(m.layers.length, src.layers.length + 1);
+    assert.equal(m.layers[m.layers.length - 1].annotations?.['containerd.io/snapshot/nydus-bootstrap'], 'true');
+  }
+  for (const arch of ['arm64', 'amd64']) {
+    const r = await run('nydusify', ['check', '--plain-http', '--work-dir', path.join(work, 'check'), '--platform', `linux/${arch}`, '--source', `${reg.host}/src:multi`, '--target', `${reg.host}/dst:multi`]);
+    assert.equal(r.status, 0, `${arch}: ${r.stdout}${r.stderr}`);
+  }
+
+  await mustConvert(['--source', `${reg.host}/src:multi`, '--target', `${reg.host}/dst:arm64`, '--platform', 'linux/arm64']);
+  const single = await client.getManifest(`${reg.host}/dst:arm64`);
+  assert.equal(single.mediaType, MediaType.ociManifest, 'one platform of an index: its manifest, as nydusify does');
+  const r = await run('nydusify', ['check', '--plain-http', '--work-dir', path.join(work, 'check'), '--source', `${reg.host}/src:one`, '--target', `${reg.host}/dst:arm64`]);
+  assert.equal(r.status, 0, r.stdout + r.stderr);
+});
