@@ -47,6 +47,7 @@ before(async () => {
   const { layout } = umociTwoLayerImage(work);
   skopeoPush(layout, 'one', `${reg.host}/src:one`);
   skopeoPush(layout, 'two', `${reg.host}/src:two`);
+  skopeoPush(layout, 'two', `${reg.host}/src:docker`, 'v2s2');
   await mustConvert(['--source', `${reg.host}/src:two`, '--target', `${reg.host}/dst:two-nydus`, '--output-json', path.join(work, 'out.json')]);
 });
 
@@ -195,5 +196,16 @@ test('an index: --all-platforms converts each platform into a Nydus index, --pla
   const single = await client.getManifest(`${reg.host}/dst:arm64`);
   assert.equal(single.mediaType, MediaType.ociManifest, 'one platform of an index: its manifest, as nydusify does');
   const r = await run('nydusify', ['check', '--plain-http', '--work-dir', path.join(work, 'check'), '--source', `${reg.host}/src:one`, '--target', `${reg.host}/dst:arm64`]);
+  assert.equal(r.status, 0, r.stdout + r.stderr);
+});
+
+test('a Docker schema 2 source gives a Docker manifest: Docker config and gzip layer types, Nydus blobs', async () => {
+  await mustConvert(['--source', `${reg.host}/src:docker`, '--target', `${reg.host}/dst:docker`]);
+  const got = await client.getManifest(`${reg.host}/dst:docker`);
+  assert.equal(got.mediaType, MediaType.dockerManifest);
+  const m = got.json as ImageManifest;
+  assert.equal(m.config.mediaType, MediaType.dockerConfig);
+  assert.deepEqual(m.layers.map((l) => l.mediaType), [MediaType.nydusBlob, MediaType.nydusBlob, MediaType.dockerLayerGzip]);
+  const r = await run('nydusify', ['check', '--plain-http', '--work-dir', path.join(work, 'check'), '--source', `${reg.host}/src:docker`, '--target', `${reg.host}/dst:docker`]);
   assert.equal(r.status, 0, r.stdout + r.stderr);
 });

@@ -55,10 +55,10 @@ export function umociTwoLayerImage(work: string): { layout: string; tag: string 
   return { layout, tag: 'two' };
 }
 
-/** Pushes `oci:<layout>:<tag>` to `docker://<dest>` with skopeo (an OCI manifest). */
-export function skopeoPush(layout: string, tag: string, dest: string): void {
+/** Pushes `oci:<layout>:<tag>` to `docker://<dest>` with skopeo, as an OCI or a Docker schema 2 manifest. */
+export function skopeoPush(layout: string, tag: string, dest: string, format: 'oci' | 'v2s2' = 'oci'): void {
   requireTool('skopeo', 'skopeo');
-  run('skopeo', 'copy', '--quiet', '--dest-tls-verify=false', '--format', 'oci', `oci:${layout}:${tag}`, `docker://${dest}`);
+  run('skopeo', 'copy', '--quiet', '--dest-tls-verify=false', '--format', format, `oci:${layout}:${tag}`, `docker://${dest}`);
 }
 
 /** `umoci unpack` of `<layout>:<tag>`: the OCI runtime's view of the image, whiteouts applied. */
