@@ -125,7 +125,7 @@ test('--compressor none, --fs-chunk-size and --prefetch-patterns (stdin) reach t
   assert.deepEqual(prefetch.map((e: { path: string[] }) => e.path), [['/big'], ['/etc/hello']]);
 });
 
-test('a conversion failing on the manifest PUT or on a blob upload leaves no tag', async () => {
+test('a conversion failing on the manifest PUT, a blob upload or a layer download leaves no tag and no files', async () => {
   const proxy = await FaultProxy.start(reg.url);
   try {
     for (const [what, match] of [
@@ -140,6 +140,13 @@ test('a conversion failing on the manifest PUT or on a blob upload leaves no tag
       assert.match(r.stderr, /nydusify: error: .*HTTP 500/, what);
       assert.equal(await client.headManifest(`${reg.host}/failed:${tag}`), undefined, `${what}: no tag`);
     }
+    // A source layer that cannot be read: the error names the layer, nothing is tagged.
+    proxy.clearFaults();
+    proxy.inject({ match: (req) => req.method === 'GET' && /\/blobs\/sha256:/.test(req.url!), fault: { kind: 'reset-mid-body', after: 1000 }, times: Infinity });
+    const r = await run('nydusify', ['convert', '--plain-http', '--work-dir', path.join(work, 'tmp'), '--source', `${proxy.host}/src:two`, '--target', `${reg.host}/failed:fail-source`]);
+    assert.equal(r.status, 1, r.stderr);
+    assert.match(r.stderr, /nydusify: error: .*sha256:[0-9a-f]{64}/);
+    assert.equal(await client.headManifest(`${reg.host}/failed:fail-source`), undefined);
   } finally {
     await proxy.close();
   }

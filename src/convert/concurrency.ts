@@ -1,22 +1,26 @@
-/** Runs `work` over `items` with at most `limit` in flight; the first failure rejects (others still settle). */
-export async function mapBounded<T, R>(items: readonly T[], limit: number, work: (item: T, index: number) => Promise<R>): Promise<R[]> {
+/**
+ * Runs `work` over `items` with at most `limit` in flight. The first failure stops new work, calls
+ * `onFirstFailure` (to abort the work in flight) and, once everything has settled, is what rejects.
+ */
+export async function mapBounded<T, R>(
+  items: readonly T[], limit: number, work: (item: T, index: number) => Promise<R>, onFirstFailure?: () => Promise<void>,
+): Promise<R[]> {
   const results = new Array<R>(items.length);
   let next = 0;
-  let failed = false;
+  let firstError: { error: unknown } | null = null;
   const runner = async () => {
-    while (!failed && next < items.length) {
+    while (!firstError && next < items.length) {
       const i = next++;
       try {
         results[i] = await work(items[i], i);
       } catch (e) {
-        failed = true;
-        throw e;
+        if (firstError) continue;
+        firstError = { error: e };
+        await onFirstFailure?.();
       }
     }
   };
-  const runners = Array.from({ length: Math.max(1, Math.min(limit, items.length)) }, runner);
-  const settled = await Promise.allSettled(runners);
-  const rejected = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected');
-  if (rejected) throw rejected.reason;
+  await Promise.all(Array.from({ length: Math.max(1, Math.min(limit, items.length)) }, runner));
+  if (firstError) throw (firstError as { error: unknown }).error;
   return results;
 }

@@ -83,8 +83,10 @@ async function convertImage(ctx: Context, image: PlatformImage, n: number): Prom
   }
   const io = { source: ctx.source, target: ctx.target, log };
   const refs = { source: srcRef, target: ctx.targetRef };
+  // A failed layer aborts the others' transfers at once.
   const converted: ConvertedLayer[] = await mapBounded(src.json.layers, opts.concurrency ?? 4,
-    (layer, i) => convertLayer(io, refs, layer, i, dir, opts));
+    (layer, i) => convertLayer(io, refs, layer, i, dir, opts),
+    async () => { await Promise.all([ctx.source.destroy(), ctx.target.destroy()]); });
 
   const merged = path.join(dir, 'image.boot');
   const { blobs } = mergeImages({ sources: converted.map((c) => c.bootstrap), bootstrap: merged, prefetchPaths: opts.prefetchPaths });
@@ -166,7 +168,6 @@ export async function convert(opts: ConvertOptions): Promise<ConvertResult> {
     ok = true;
     return { source: opts.source, target: opts.target, targetDigest, mediaType, images };
   } finally {
-    // A failure stops the other layers' transfers at once.
     await (ok ? Promise.all([source.close(), target.close()]) : Promise.all([source.destroy(), target.destroy()]));
     fs.rmSync(workDir, { recursive: true, force: true });
   }
