@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # Installs what nydus-ts needs on a Debian machine, as root; quick when everything is there.
 #   apt packages: erofs-utils (reference tools), python3 (mount(2) helper and test supervisor), tar, attr tools,
-#   libarchive-tools (bsdtar: a second tar implementation for the layer tests),
 #   docker-registry, umoci, skopeo, apache2-utils, openssl (registry tests)
 #   npm ci: dependencies and the native addons (build/Release/*.node), built offline from /usr/include/node
 set -euo pipefail
@@ -13,7 +12,6 @@ need=()
 command -v mkfs.erofs >/dev/null || need+=(erofs-utils)
 command -v python3 >/dev/null || need+=(python3)
 command -v mkfifo >/dev/null || need+=(coreutils)
-command -v bsdtar >/dev/null || need+=(libarchive-tools)
 command -v g++ >/dev/null || need+=(g++ make)
 # A real OCI registry and independent image tools for the registry and conversion tests.
 command -v docker-registry >/dev/null || need+=(docker-registry)

@@ -194,6 +194,9 @@ test('entries with .., through a symlink, or hardlinks to nothing are refused na
   assertRefused(pyTar([{ name: `d/${'n'.repeat(256)}`, data: 'x' }]), /entry "d\/n+": a name is longer than 255 bytes/);
   assertRefused(pyTar([{ name: '.', data: 'x' }]), /entry "\.": the layer's root must be a directory, not a file/);
   assertRefused(work, /layer .* is a directory, not a tar file/);
+  const both = create('-', ['-t', 'tar-rafs', '--prefetch-policy', 'fs'], Buffer.from('/a\n'));
+  assert.equal(both.status, 1);
+  assert.match(both.stderr, /^nydus-image: error: --prefetch-policy fs reads stdin, which cannot also carry the layer tar/);
 });
 
 function gnuTarOf(files: Record<string, Buffer>): string {

@@ -13,14 +13,14 @@ const READ_CHUNK = 1 << 20;
 /** Names of stdin: `-`, and the paths nydus's callers pass (nydus-snapshotter uses /proc/self/fd/0). */
 const STDIN_NAMES = new Set(['-', '/dev/stdin', '/dev/fd/0', '/proc/self/fd/0']);
 
-export function isStdinName(source: string): boolean {
+export function isStdinSource(source: string): boolean {
   return STDIN_NAMES.has(source);
 }
 
 /** Opens `source` (a path, or stdin by one of its names) as a byte stream; `name` is what messages call it. */
 export function openLayerSource(source: string): { stream: Readable; name: string } {
   // process.stdin, not open(/dev/stdin): that fails when stdin is a socket, as a parent's pipe may be.
-  if (isStdinName(source)) return { stream: process.stdin, name: 'from stdin' };
+  if (isStdinSource(source)) return { stream: process.stdin, name: 'from stdin' };
   let st: fs.Stats;
   try {
     st = fs.statSync(source);

@@ -5,7 +5,7 @@ import { createImage, createImageFromTar } from '../builder/create.ts';
 import { mergeImages } from '../builder/merge.ts';
 import { parseChunkDictArg } from '../builder/chunk-dict.ts';
 import { WHITEOUT_SPECS } from '../builder/whiteout.ts';
-import { isStdinName } from '../builder/layer-stream.ts';
+import { isStdinSource } from '../builder/layer-stream.ts';
 import { checkImage } from '../image/check.ts';
 import { inspectImage } from '../image/inspect.ts';
 import { exportBlock } from '../image/export-block.ts';
@@ -65,7 +65,7 @@ await runMain('nydus-image', async () => {
       const whiteoutSpec = oneOf(a['whiteout-spec'], WHITEOUT_SPECS, 'whiteout spec');
       if (a['blob-inline-meta']) throw new NydusError('--blob-inline-meta is not supported by nydus-ts yet');
       const isTar = type === 'tar-rafs' || type === 'targz-rafs';
-      if (isTar && a['prefetch-policy'] === 'fs' && isStdinName(a.source)) {
+      if (a['prefetch-policy'] === 'fs' && isStdinSource(a.source)) {
         throw new NydusError('--prefetch-policy fs reads stdin, which cannot also carry the layer tar; give the tar as a file');
       }
       const build = isTar ? createImageFromTar : createImage;
