@@ -11,7 +11,8 @@ import { createImage } from '../src/builder/create.ts';
 import { exportBlock } from '../src/image/export-block.ts';
 import { ImageRegistry } from '../src/daemon/daemon.ts';
 import { DaemonState } from '../src/daemon/state.ts';
-import { OnDemandSession } from '../src/daemon/ondemand.ts';
+import { OnDemandSession, batchChunks } from '../src/daemon/ondemand.ts';
+import type { ChunkRef } from '../src/builder/tree.ts';
 import { FakePort } from './helpers/fake-port.ts';
 import { startApi } from '../src/daemon/api.ts';
 import { openBootstrap } from '../src/image/open.ts';
@@ -336,6 +337,64 @@ test('session: a bootstrap truncated after registration is an error for the READ
   assert.equal(session.stats.readErrors, 1);
   assert.deepEqual(port.writes, [], 'nothing was written for the short read');
   state.close();
+});
+
+test('prefetch config as the snapshotter sends it: merged backend reads, threads, bandwidth, prefetch_all; bad values refused', async () => {
+  const src = path.join(work, 'pfsrc');
+  fs.mkdirSync(src);
+  for (let i = 0; i < 8; i++) fs.writeFileSync(path.join(src, `f${i}`), prand(64 * 1024, 500 + i));
+  const pfBlobs = path.join(work, 'pf-blobs');
+  const pfBoot = path.join(work, 'pf-all.boot');
+  createImage({ source: src, bootstrap: pfBoot, blobDir: pfBlobs, chunkSize: 0x10000, compressor: 'none', digester: 'blake3', prefetchPaths: ['/f0'] });
+  const pfBlob = openBootstrap(pfBoot).blobId(0);
+  const legacy = (id: string, prefetch: object) => ({
+    type: 'bootstrap', id, domain_id: id,
+    config: { id, backend_type: 'localfs', backend_config: { readahead: false, dir: pfBlobs, proxy: { fallback: false } }, cache_type: 'fscache',
+      cache_config: { work_dir: path.join(work, 'snap', id) }, prefetch_config: prefetch, metadata_path: pfBoot },
+  });
+  const run = async (id: string, prefetch: object) => {
+    const state = new DaemonState(path.join(work, `state-${id}`));
+    const registry = track(new ImageRegistry(state, log));
+    const sock = path.join(work, `${id}.sock`);
+    const server = await startApi(sock, { id, registry, state, lifecycle: null, log });
+    const r = await api(sock, 'PUT', '/api/v2/blobs', legacy(id, prefetch));
+    const port = new FakePort();
+    const session = new OnDemandSession(port, registry, state, log, 4);
+    const t0 = Date.now();
+    if (r.status === 204) {
+      session.handle({ type: 'open', msgId: 1, objectId: 1, volumeKey: `erofs,${id}`, cookieKey: pfBlob, fd: port.give(90), flags: 0 });
+      const want = (prefetch as { prefetch_all: boolean }).prefetch_all ? 8 : 1;
+      await waitFor(() => session.stats.prefetchedChunks === want, `prefetch of ${want} chunks`);
+    }
+    const out = { status: r.status, body: r.body, ms: Date.now() - t0, cached: state.count({ volume: `erofs,${id}`, cookie: pfBlob }),
+      reads: (await api(sock, 'GET', '/api/v1/metrics/backend')).body.read_count, files: port.files.get(90) };
+    server.close();
+    state.close();
+    return out;
+  };
+  // The snapshotter's template: prefetch_all false, so the prefetch table's file alone.
+  const table = await run('pf1', { enable: true, threads_count: 8, merging_size: 1048576, bandwidth_rate: 0, prefetch_all: false });
+  assert.deepEqual([table.status, table.cached, table.reads], [204, 1, 1]);
+  // prefetch_all: every chunk, merged into one backend read (8 chunks of 64 KiB stored back to back).
+  const all = await run('pf2', { enable: true, threads_count: 8, merging_size: 1048576, bandwidth_rate: 0, prefetch_all: true });
+  assert.deepEqual([all.status, all.cached, all.reads], [204, 8, 1]);
+  // merging_size of one chunk: a read per chunk.
+  const unmerged = await run('pf3', { enable: true, threads_count: 2, merging_size: 65536, bandwidth_rate: 0, prefetch_all: true });
+  assert.deepEqual([unmerged.cached, unmerged.reads], [8, 8]);
+  // bandwidth_rate: 512 KiB at 1 MiB/s takes about half a second (the first batch goes at once).
+  const paced = await run('pf4', { enable: true, threads_count: 8, merging_size: 65536, bandwidth_rate: 1 << 20, prefetch_all: true });
+  assert.equal(paced.cached, 8);
+  assert.ok(paced.ms >= 400, `paced prefetch took ${paced.ms} ms`);
+  const bad = await run('pf5', { enable: true, threads_count: -1, merging_size: 1, bandwidth_rate: 0, prefetch_all: false });
+  assert.equal(bad.status, 400);
+  assert.match(bad.body.message, /prefetch_config\.threads_count must be a whole number >= 0/);
+});
+
+test('batchChunks: runs of chunks stored back to back, bounded in bytes', () => {
+  const c = (i: number, off: number, size: number) => ({ indexInBlob: i, compressedOffset: off, compressedSize: size }) as ChunkRef;
+  const chunks = [c(0, 0, 100), c(1, 100, 100), c(2, 200, 100), c(3, 400, 100), c(4, 500, 50)];
+  assert.deepEqual(batchChunks(chunks, 250).map((b) => b.map((x) => x.indexInBlob)), [[0, 1], [2], [3, 4]]);
+  assert.deepEqual(batchChunks(chunks, 0).map((b) => b.length), [1, 1, 1, 1, 1], 'a batch holds one chunk at least');
 });
 
 test('session: prefetch fetches exactly the files of the prefetch table, ahead of any read', async () => {

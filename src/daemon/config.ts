@@ -26,12 +26,57 @@ export interface ImageEntry {
   /** The bootstrap file. */
   metadataPath: string;
   backend: BackendConfig;
-  prefetch: boolean;
+  prefetch: PrefetchConfig;
   /** The cache's work dir as the entry states it (`cache.fscache.work_dir`); empty when not given. */
   workDir: string;
 }
 
+/**
+ * Background prefetch of an image's data after mount (nydus's prefetch config: `prefetch_config` in the
+ * legacy form, `cache.prefetch` / `rafs.prefetch` in config_v2).
+ */
+export interface PrefetchConfig {
+  enable: boolean;
+  /** Chunks fetched at once. */
+  threads: number;
+  /** Adjacent chunks are fetched in one backend read of up to this many bytes (0: one chunk a read). */
+  batchSize: number;
+  /** Bytes per second from the backend for prefetch (0: no limit). */
+  bandwidthLimit: number;
+  /** After the prefetch table's files, every other chunk of the image's blobs too. */
+  all: boolean;
+}
+
+const PREFETCH_DEFAULTS: PrefetchConfig = { enable: false, threads: 8, batchSize: 1 << 20, bandwidthLimit: 0, all: false };
+
 type Json = Record<string, unknown>;
+
+function count(o: Json, key: string, where: string, fallback: number): number {
+  const v = o[key];
+  if (v === undefined || v === null) return fallback;
+  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) throw new ConfigError(`${where}.${key} must be a whole number >= 0`);
+  return v;
+}
+
+function flag(o: Json, key: string, where: string): boolean {
+  const v = o[key];
+  if (v === undefined || v === null) return false;
+  if (typeof v !== 'boolean') throw new ConfigError(`${where}.${key} must be true or false`);
+  return v;
+}
+
+/** A prefetch config under nydus's field names of either form (`names` maps ours to theirs). */
+function prefetchFrom(o: Json, where: string, names: { threads: string; batchSize: string; bandwidthLimit: string }): PrefetchConfig {
+  const threads = count(o, names.threads, where, PREFETCH_DEFAULTS.threads);
+  return {
+    enable: flag(o, 'enable', where),
+    // nydusd raises 0 threads to its default as well.
+    threads: threads === 0 ? PREFETCH_DEFAULTS.threads : Math.min(threads, 64),
+    batchSize: count(o, names.batchSize, where, PREFETCH_DEFAULTS.batchSize),
+    bandwidthLimit: count(o, names.bandwidthLimit, where, 0),
+    all: flag(o, 'prefetch_all', where),
+  };
+}
 
 function obj(v: unknown, where: string): Json {
   if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new ConfigError(`${where} must be a JSON object`);
@@ -79,12 +124,16 @@ export function parseBlobCacheEntry(body: unknown): ImageEntry {
     checkFscache(typeof cache.type === 'string' ? cache.type : '', 'config_v2.cache.type');
     const fscache = cache.fscache === undefined ? {} : obj(cache.fscache, 'config_v2.cache.fscache');
     const rafs = c.rafs === undefined ? {} : obj(c.rafs, 'config_v2.rafs');
-    const prefetch = rafs.prefetch === undefined ? {} : obj(rafs.prefetch, 'config_v2.rafs.prefetch');
+    // The blob cache's prefetch, or the file system's (nydus has both; either turns it on here).
+    const v2Names = { threads: 'threads', batchSize: 'batch_size', bandwidthLimit: 'bandwidth_limit' };
+    const fromCache = cache.prefetch === undefined ? null : prefetchFrom(obj(cache.prefetch, 'config_v2.cache.prefetch'), 'config_v2.cache.prefetch', v2Names);
+    const fromRafs = rafs.prefetch === undefined ? null : prefetchFrom(obj(rafs.prefetch, 'config_v2.rafs.prefetch'), 'config_v2.rafs.prefetch', v2Names);
+    const prefetch = (fromCache?.enable ? fromCache : fromRafs?.enable ? fromRafs : null) ?? PREFETCH_DEFAULTS;
     return {
       id, domainId,
       metadataPath: str(c, 'metadata_path', 'config_v2'),
       backend: backendFrom(btype, bcfg, `config_v2.backend.${btype}`),
-      prefetch: prefetch.enable === true,
+      prefetch,
       workDir: str(fscache, 'work_dir', 'config_v2.cache.fscache', false),
     };
   }
@@ -92,13 +141,14 @@ export function parseBlobCacheEntry(body: unknown): ImageEntry {
     const c = obj(e.config, 'config');
     checkFscache(str(c, 'cache_type', 'config', false), 'config.cache_type');
     const btype = str(c, 'backend_type', 'config');
-    const prefetch = c.prefetch_config === undefined ? {} : obj(c.prefetch_config, 'config.prefetch_config');
+    const prefetch = c.prefetch_config === undefined ? PREFETCH_DEFAULTS
+      : prefetchFrom(obj(c.prefetch_config, 'config.prefetch_config'), 'config.prefetch_config', { threads: 'threads_count', batchSize: 'merging_size', bandwidthLimit: 'bandwidth_rate' });
     const cacheConfig = c.cache_config === undefined ? {} : obj(c.cache_config, 'config.cache_config');
     return {
       id, domainId,
       metadataPath: str(c, 'metadata_path', 'config'),
       backend: backendFrom(btype, obj(c.backend_config ?? {}, 'config.backend_config'), 'config.backend_config'),
-      prefetch: prefetch.enable === true,
+      prefetch,
       workDir: str(cacheConfig, 'work_dir', 'config.cache_config', false),
     };
   }

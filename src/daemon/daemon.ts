@@ -32,15 +32,26 @@ interface RegisteredImage {
 
 /**
  * What to prefetch: the chunks of the files the bootstrap's prefetch table lists (directories with
- * everything below them), in that order; without a prefetch table, the whole blob.
+ * everything below them), in that order; without a prefetch table, or with `all`, the whole blob
+ * (after those files).
  */
-function prefetchChunks(image: ErofsImage, blobs: Map<string, BlobMap>): Map<string, ChunkRef[]> {
+function prefetchChunks(image: ErofsImage, blobs: Map<string, BlobMap>, all: boolean): Map<string, ChunkRef[]> {
+  const listed = prefetchTableChunks(image);
+  if (!all && listed) return listed;
+  const out = new Map<string, ChunkRef[]>();
+  for (const [id, map] of blobs) {
+    const first = listed?.get(id) ?? [];
+    const seen = new Set(first.map((c) => c.indexInBlob));
+    out.set(id, [...first, ...map.all().filter((c) => !seen.has(c.indexInBlob))]);
+  }
+  return out;
+}
+
+/** The chunks of the prefetch table's files, per blob in table order; null without a table. */
+function prefetchTableChunks(image: ErofsImage): Map<string, ChunkRef[]> | null {
   const out = new Map<string, ChunkRef[]>();
   const table = image.prefetchTable();
-  if (table.length === 0) {
-    for (const [id, map] of blobs) out.set(id, [...map.all()]);
-    return out;
-  }
+  if (table.length === 0) return null;
   const { root, inodeOf } = treeFromImage(image);
   const byNid = new Map([...walkTree(root)].map((n) => [inodeOf.get(n)!.nid, n]));
   const seen = new Set<string>();
@@ -122,7 +133,7 @@ export class ImageRegistry implements ObjectResolver {
     const backend = new LocalFsBackend(entry.backend.dir, this.metricsOf('localfs'));
     this.images.set(entry.id, {
       entry, body, bootstrapSize: fs.statSync(entry.metadataPath).size, blobs, backend,
-      prefetch: entry.prefetch ? prefetchChunks(image, blobs) : new Map(), fetcher: new ChunkFetcher(backend, (blob, chunk) => this.state.countFetch(blob, chunk), this.pool),
+      prefetch: entry.prefetch.enable ? prefetchChunks(image, blobs, entry.prefetch.all) : new Map(), fetcher: new ChunkFetcher(backend, (blob, chunk) => this.state.countFetch(blob, chunk), this.pool),
     });
     if (persist) this.state.saveImage(entry.id, body);
     this.log.info({ id: entry.id, domain: entry.domainId, bootstrap: entry.metadataPath, blobs: [...blobs.keys()] }, 'image registered');
@@ -170,7 +181,10 @@ export class ImageRegistry implements ObjectResolver {
       if ((img.entry.domainId || img.entry.id) !== volume) continue;
       if (cookie === img.entry.id) return { kind: 'bootstrap', path: img.entry.metadataPath, size: img.bootstrapSize };
       const map = img.blobs.get(cookie);
-      if (map) return { kind: 'blob', map, fetcher: img.fetcher, prefetch: img.prefetch.get(cookie) ?? null };
+      if (map) {
+        const chunks = img.prefetch.get(cookie);
+        return { kind: 'blob', map, fetcher: img.fetcher, prefetch: chunks ? { chunks, config: img.entry.prefetch } : null };
+      }
     }
     return null;
   }

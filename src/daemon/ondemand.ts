@@ -16,6 +16,7 @@ import type { BlobMap } from './blob-map.ts';
 import type { ChunkRef } from '../builder/tree.ts';
 import type { ChunkFetcher } from './chunk-fetcher.ts';
 import type { CacheFileKey, DaemonState } from './state.ts';
+import type { PrefetchConfig } from './config.ts';
 
 /** What the session needs of the device (the addon's CachefilesDevice, or a fake in unit tests). */
 export interface CachefilesPort {
@@ -27,9 +28,15 @@ export interface CachefilesPort {
   dataRanges(fd: number, from: number, to: number): Array<[number, number]>;
 }
 
+/** Background prefetch of one blob: its chunks in order, and how to fetch them. */
+export interface PrefetchPlan {
+  chunks: readonly ChunkRef[];
+  config: Pick<PrefetchConfig, 'threads' | 'batchSize' | 'bandwidthLimit'>;
+}
+
 export type ResolvedObject =
   | { kind: 'bootstrap'; path: string; size: number }
-  | { kind: 'blob'; map: BlobMap; fetcher: ChunkFetcher; prefetch: readonly ChunkRef[] | null };
+  | { kind: 'blob'; map: BlobMap; fetcher: ChunkFetcher; prefetch: PrefetchPlan | null };
 
 export interface ObjectResolver {
   /** `volume` is the fsid or domain id (the part after "erofs,"); `cookie` the fsid or device tag. */
@@ -141,7 +148,7 @@ export class OnDemandSession {
     this.log.info({ objectId: msg.objectId, volume, cookie: msg.cookieKey, kind: target.kind, size }, 'open');
     if (target.kind === 'blob') {
       obj.marksChecked = obj.use(() => this.reconcile(obj, target.map));
-      if (target.prefetch) void this.prefetch(obj, target.map, target.fetcher, target.prefetch);
+      if (target.prefetch) void obj.use(() => this.prefetch(obj, target.map, target.fetcher, target.prefetch!));
     }
   }
 
@@ -228,7 +235,7 @@ export class OnDemandSession {
   /** Writes every chunk covering the range into the cache file, then marks them. */
   private async readBlob(obj: OpenObject, map: BlobMap, fetcher: ChunkFetcher, offset: number, len: number): Promise<void> {
     const chunks = map.chunksIn(offset, len);
-    await Promise.all(chunks.map((c) => this.materialize(obj, map, fetcher, c, true)));
+    await Promise.all(chunks.map((c) => this.materialize(obj, c, true, () => fetcher.fetch(map, c))));
   }
 
   /**
@@ -237,7 +244,7 @@ export class OnDemandSession {
    * trust the marks (checked on open); a demand READ of a marked chunk means the kernel did not find
    * it, so the cache file itself is asked, and a mark it contradicts is dropped and the chunk written.
    */
-  private materialize(obj: OpenObject, map: BlobMap, fetcher: ChunkFetcher, c: ChunkRef, demand: boolean): Promise<void> {
+  private materialize(obj: OpenObject, c: ChunkRef, demand: boolean, load: () => Promise<Buffer>): Promise<void> {
     const pending = obj.materializing.get(c.indexInBlob);
     if (pending) return pending;
     if (this.state.isCached(obj.file, c.indexInBlob)) {
@@ -246,7 +253,7 @@ export class OnDemandSession {
       this.stats.staleMarks++;
     }
     const p = obj.use(async () => {
-      const data = await fetcher.fetch(map, c);
+      const data = await load();
       // Never write after CLOSE: the kernel is done with this cache file.
       if (obj.closed) return;
       await this.dev.writeData(obj.fd, c.uncompressedOffset, data);
@@ -274,27 +281,44 @@ export class OnDemandSession {
     void obj.marksChecked.then(() => {
       for (const c of map.chunksAfter(end, READ_AHEAD_CHUNKS)) {
         if (obj.closed) return;
-        this.materialize(obj, map, fetcher, c, false).catch((e) => {
+        this.materialize(obj, c, false, () => fetcher.fetch(map, c)).catch((e) => {
           this.log.debug({ blob: map.blobId, chunk: c.indexInBlob, err: (e as Error).message }, 'read-ahead failed');
         });
       }
     });
   }
 
-  /** Fills a blob's cache file ahead of reads, skipping chunks it holds; stops on CLOSE. */
-  private async prefetch(obj: OpenObject, map: BlobMap, fetcher: ChunkFetcher, chunks: readonly ChunkRef[]): Promise<void> {
+  /**
+   * Fills a blob's cache file ahead of reads, skipping chunks it holds; stops on CLOSE. `threads`
+   * batches are in flight at once; a batch is chunks stored back to back, up to `batchSize` bytes,
+   * fetched in one backend read; `bandwidthLimit` paces the bytes read from the backend.
+   */
+  private async prefetch(obj: OpenObject, map: BlobMap, fetcher: ChunkFetcher, plan: PrefetchPlan): Promise<void> {
     await obj.marksChecked;
     const have = this.state.cached(obj.file);
-    for (const c of chunks) {
-      if (obj.closed) return;
-      if (have.has(c.indexInBlob)) continue;
-      try {
-        await this.limiter.run(() => this.materialize(obj, map, fetcher, c, false));
-        this.stats.prefetchedChunks++;
-      } catch (e) {
-        this.log.warn({ blob: map.blobId, chunk: c.indexInBlob, err: (e as Error).message }, 'prefetch of a chunk failed');
+    const batches = batchChunks(plan.chunks.filter((c) => !have.has(c.indexInBlob)), plan.config.batchSize);
+    const pace = new Pacer(plan.config.bandwidthLimit);
+    let next = 0;
+    const worker = async () => {
+      while (next < batches.length && !obj.closed) {
+        const batch = batches[next++];
+        await pace.take(batch.reduce((n, c) => n + c.compressedSize, 0));
+        if (obj.closed) return;
+        const fetched = fetcher.fetchBatch(map, batch);
+        await Promise.all(batch.map(async (c, i) => {
+          try {
+            await this.materialize(obj, c, false, () => fetched[i]);
+            this.stats.prefetchedChunks++;
+          } catch (e) {
+            this.log.warn({ blob: map.blobId, chunk: c.indexInBlob, err: (e as Error).message }, 'prefetch of a chunk failed');
+          } finally {
+            // A chunk another caller was already writing does not wait for this fetch: its failure is no one's.
+            fetched[i].catch(() => undefined);
+          }
+        }));
       }
-    }
+    };
+    await Promise.all(Array.from({ length: Math.max(1, plan.config.threads) }, worker));
   }
 
   /** The READs in flight, oldest first. */
@@ -305,6 +329,39 @@ export class OnDemandSession {
   closeAll(): void {
     for (const o of this.objects.values()) o.close();
     this.objects.clear();
+  }
+}
+
+/** Splits chunks (in their order) into runs stored back to back, each at most `maxBytes` (one chunk at least). */
+export function batchChunks(chunks: readonly ChunkRef[], maxBytes: number): ChunkRef[][] {
+  const out: ChunkRef[][] = [];
+  let cur: ChunkRef[] = [];
+  let bytes = 0;
+  for (const c of chunks) {
+    const last = cur[cur.length - 1];
+    const follows = last && c.compressedOffset === last.compressedOffset + last.compressedSize;
+    if (cur.length && (!follows || bytes + c.compressedSize > maxBytes)) {
+      out.push(cur);
+      cur = [];
+      bytes = 0;
+    }
+    cur.push(c);
+    bytes += c.compressedSize;
+  }
+  if (cur.length) out.push(cur);
+  return out;
+}
+
+/** Paces bytes to a rate (bytes per second; 0: no limit). */
+class Pacer {
+  private next = Date.now();
+  constructor(private readonly rate: number) {}
+  async take(bytes: number): Promise<void> {
+    if (!this.rate) return;
+    const now = Date.now();
+    const at = Math.max(now, this.next);
+    this.next = at + (bytes / this.rate) * 1000;
+    if (at > now) await new Promise((r) => setTimeout(r, at - now));
   }
 }
 

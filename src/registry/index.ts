@@ -1,0 +1,13 @@
+/** The registry client's public surface (see client.ts for the operations). */
+export { RegistryClient } from './client.ts';
+export type { RegistryClientOptions, RefLike } from './session.ts';
+export type { FetchedManifest, ManifestHead, PlatformImage, ResolvedImage } from './manifests.ts';
+export type { BlobStreamOptions, RangeReadOptions } from './blobs.ts';
+export type { StreamSource, PushBlobOptions, PushedBlob, PushStreamOptions } from './upload.ts';
+export type { TransportOptions } from './transport.ts';
+export { parseReference, formatReference, withDigest, withTag, isDigest, type ImageReference } from './reference.ts';
+export { parsePlatform, formatPlatform, defaultPlatform, platformMatches, selectPlatforms } from './platform.ts';
+export { MediaType, MANIFEST_ACCEPT, isIndexType, isImageManifestType } from './media-types.ts';
+export type { Descriptor, ImageManifest, ImageIndex, Platform } from './media-types.ts';
+export { dockerConfigCredentials, dockerConfigPath, credentialsFromAuth, type Credentials } from './credentials.ts';
+export { RegistryError, DigestMismatchError, InvalidReferenceError } from './errors.ts';

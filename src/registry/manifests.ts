@@ -1,0 +1,143 @@
+/** Manifests: GET (digest verified), HEAD, PUT, and an index resolved to the images of a platform. */
+import { DigestMismatchError, RegistryError } from './errors.ts';
+import {
+  MANIFEST_ACCEPT, isImageManifestType, isIndexType,
+  type Descriptor, type ImageIndex, type ImageManifest, type Platform,
+} from './media-types.ts';
+import { defaultPlatform, formatPlatform, selectPlatforms } from './platform.ts';
+import { formatReference, manifestTarget, withDigest, type ImageReference } from './reference.ts';
+import { header } from './transport.ts';
+import { sha256, toRef, type RefLike, type RegistrySession } from './session.ts';
+
+export interface FetchedManifest {
+  reference: ImageReference;
+  /** sha256 of `bytes`: the manifest's identity. */
+  digest: string;
+  mediaType: string;
+  size: number;
+  /** The exact bytes served (push these, not a re-serialization, to keep the digest). */
+  bytes: Buffer;
+  /** Parsed JSON: an ImageManifest or an ImageIndex according to `mediaType`. */
+  json: ImageManifest | ImageIndex;
+}
+
+export interface ManifestHead {
+  digest?: string;
+  size?: number;
+  mediaType?: string;
+}
+
+export interface PlatformImage {
+  /** The index entry, absent when the reference names an image manifest directly. */
+  descriptor?: Descriptor;
+  platform?: Platform;
+  manifest: FetchedManifest & { json: ImageManifest };
+}
+
+export interface ResolvedImage {
+  /** What the reference names: an index (or manifest list), or an image manifest. */
+  root: FetchedManifest;
+  images: PlatformImage[];
+}
+
+export async function getManifest(s: RegistrySession, refLike: RefLike): Promise<FetchedManifest> {
+  const ref = toRef(refLike);
+  const path = `/v2/${ref.repository}/manifests/${manifestTarget(ref)}`;
+  const res = await s.call(ref, 'pull', { method: 'GET', target: path, headers: { accept: MANIFEST_ACCEPT } });
+  await s.expect(ref, 'GET', res, 200);
+  const where = { reference: formatReference(ref), method: 'GET', path };
+  const declared = Number(header(res.headers, 'content-length'));
+  if (declared > s.maxManifestSize) {
+    await res.body.dump();
+    throw new RegistryError({ ...where, detail: `manifest of ${declared} bytes is larger than ${s.maxManifestSize}` });
+  }
+  const bytes = Buffer.from(await res.body.arrayBuffer());
+  if (bytes.length > s.maxManifestSize) throw new RegistryError({ ...where, detail: `manifest larger than ${s.maxManifestSize} bytes` });
+  const digest = sha256(bytes);
+  if (ref.digest && digest !== ref.digest) throw new DigestMismatchError(where, ref.digest, digest);
+  const served = header(res.headers, 'docker-content-digest');
+  if (served?.startsWith('sha256:') && served !== digest) throw new DigestMismatchError(where, served, digest);
+  let json: ImageManifest | ImageIndex & { schemaVersion?: number; mediaType?: string };
+  try {
+    json = JSON.parse(bytes.toString('utf8'));
+  } catch (e) {
+    throw new RegistryError({ ...where, detail: `manifest is not JSON: ${(e as Error).message}` });
+  }
+  const contentType = header(res.headers, 'content-type')?.split(';')[0].trim();
+  const mediaType = json.mediaType ?? contentType ?? '';
+  if (json.schemaVersion !== 2 || !(isImageManifestType(mediaType) || isIndexType(mediaType))) {
+    throw new RegistryError({ ...where, detail: `unsupported manifest (schemaVersion ${json.schemaVersion}, media type "${mediaType}")` });
+  }
+  return { reference: ref, digest, mediaType, size: bytes.length, bytes, json };
+}
+
+/** HEAD of a manifest: its digest, size and type, or undefined when the registry has none. */
+export async function headManifest(s: RegistrySession, refLike: RefLike): Promise<ManifestHead | undefined> {
+  const ref = toRef(refLike);
+  const path = `/v2/${ref.repository}/manifests/${manifestTarget(ref)}`;
+  const res = await s.call(ref, 'pull', { method: 'HEAD', target: path, headers: { accept: MANIFEST_ACCEPT } });
+  await res.body.dump();
+  if (res.status === 404) return undefined;
+  await s.expect(ref, 'HEAD', res, 200);
+  const size = header(res.headers, 'content-length');
+  return {
+    digest: header(res.headers, 'docker-content-digest'),
+    size: size !== undefined ? Number(size) : undefined,
+    mediaType: header(res.headers, 'content-type')?.split(';')[0].trim(),
+  };
+}
+
+/**
+ * PUTs a manifest at the reference's tag (or digest). `manifest` is the exact bytes, or an object
+ * serialized here. Returns its descriptor (for an index entry); a registry that reports another
+ * digest is an error.
+ */
+export async function putManifest(s: RegistrySession, refLike: RefLike, manifest: Buffer | ImageManifest | ImageIndex, mediaType?: string): Promise<Descriptor> {
+  const ref = toRef(refLike);
+  const bytes = Buffer.isBuffer(manifest) ? manifest : Buffer.from(JSON.stringify(manifest));
+  const path = `/v2/${ref.repository}/manifests/${manifestTarget(ref)}`;
+  const where = { reference: formatReference(ref), method: 'PUT', path };
+  let type = mediaType ?? (Buffer.isBuffer(manifest) ? undefined : manifest.mediaType);
+  if (!type && Buffer.isBuffer(manifest)) {
+    try {
+      type = (JSON.parse(bytes.toString('utf8')) as { mediaType?: string }).mediaType;
+    } catch (e) {
+      throw new RegistryError({ ...where, detail: `manifest is not JSON: ${(e as Error).message}` });
+    }
+  }
+  if (!type) throw new RegistryError({ ...where, detail: 'manifest has no mediaType and none was given' });
+  const digest = sha256(bytes);
+  if (ref.digest && ref.digest !== digest) throw new DigestMismatchError(where, ref.digest, digest);
+  const res = await s.call(ref, 'push', { method: 'PUT', target: path, headers: { 'content-type': type }, body: bytes });
+  await s.expect(ref, 'PUT', res, 201, 200);
+  await res.body.dump();
+  const served = header(res.headers, 'docker-content-digest');
+  if (served && served !== digest) throw new DigestMismatchError(where, digest, served);
+  return { mediaType: type, digest, size: bytes.length };
+}
+
+/**
+ * The image manifests the reference stands for on `platform` (default: linux and this machine's
+ * architecture, as nydusify) or on 'all' platforms of an index. Children are fetched by digest.
+ */
+export async function resolveImage(s: RegistrySession, refLike: RefLike, platform: Platform | 'all' = defaultPlatform()): Promise<ResolvedImage> {
+  const ref = toRef(refLike);
+  const root = await getManifest(s, ref);
+  if (!isIndexType(root.mediaType)) return { root, images: [{ manifest: root as PlatformImage['manifest'] }] };
+  const index = root.json as ImageIndex;
+  const chosen = selectPlatforms(index.manifests ?? [], platform);
+  if (!chosen.length) {
+    const offered = (index.manifests ?? []).filter((d) => d.platform).map((d) => formatPlatform(d.platform!)).join(', ') || 'none';
+    const wanted = platform === 'all' ? 'any platform' : formatPlatform(platform);
+    throw new RegistryError({ reference: formatReference(ref), method: 'GET', path: `/v2/${ref.repository}/manifests/${manifestTarget(ref)}`, detail: `index has no image for ${wanted} (offers: ${offered})` });
+  }
+  const images: PlatformImage[] = [];
+  for (const d of chosen) {
+    const m = await getManifest(s, withDigest(ref, d.digest));
+    if (!isImageManifestType(m.mediaType)) {
+      throw new RegistryError({ reference: formatReference(ref), method: 'GET', path: `/v2/${ref.repository}/manifests/${d.digest}`, detail: `index entry is a ${m.mediaType}, not an image manifest` });
+    }
+    images.push({ descriptor: d, platform: d.platform, manifest: m as PlatformImage['manifest'] });
+  }
+  return { root, images };
+}

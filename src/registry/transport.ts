@@ -1,0 +1,260 @@
+/**
+ * HTTP for the registry client: one keep-alive undici Agent, connect/headers/body timeouts, bounded
+ * retries with exponential backoff on 5xx, 429 and broken connections (never on other 4xx), redirects
+ * followed without carrying the Authorization header to another origin, and the scheme rules of
+ * nydusify: `plainHttp` always speaks http; `insecure` skips TLS verification and falls back to http
+ * for a host that answers a TLS handshake like a plain HTTP server (or refuses the connection).
+ */
+import { Agent, EnvHttpProxyAgent, request, type Dispatcher } from 'undici';
+import type { Readable } from 'node:stream';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { RegistryError } from './errors.ts';
+
+export interface TransportOptions {
+  /** Skip TLS certificate verification; fall back to plain http when the host does not speak TLS. */
+  insecure?: boolean;
+  /** Speak plain http to the registry (nydusify's `--plain-http`). */
+  plainHttp?: boolean;
+  /** TCP + TLS connect timeout, ms (default 30 000). */
+  connectTimeoutMs?: number;
+  /** Time to wait for response headers, ms (default 60 000). */
+  headersTimeoutMs?: number;
+  /** Longest silence while reading a body, ms (default 60 000). */
+  bodyTimeoutMs?: number;
+  /** Retries after the first attempt (default 3). */
+  retries?: number;
+  /** First backoff delay, doubled on each retry (default 200 ms), capped by retryMaxDelayMs (default 5 000). */
+  retryBaseDelayMs?: number;
+  retryMaxDelayMs?: number;
+  /** Connections per origin (default 16). */
+  connections?: number;
+  userAgent?: string;
+  /**
+   * Go through the proxy named by HTTP_PROXY / HTTPS_PROXY (and not for NO_PROXY hosts), as nydusify
+   * does (default true; only when such a variable is set).
+   */
+  proxyFromEnvironment?: boolean;
+  /** Environment read for proxies, `DOCKER_CONFIG` and `HOME` (default process.env). */
+  env?: NodeJS.ProcessEnv;
+  /** Use this dispatcher instead of the client's own Agent (the caller then owns and closes it). */
+  dispatcher?: Dispatcher;
+}
+
+export type RequestBody = Buffer | (() => Readable);
+
+export interface HttpRequest {
+  method: 'GET' | 'HEAD' | 'PUT' | 'POST' | 'PATCH' | 'DELETE';
+  /** Absolute URL, or a path (`/v2/...`) on the registry endpoint. */
+  target: string;
+  headers?: Record<string, string>;
+  /** A Buffer, or a function opening a fresh stream for each attempt. */
+  body?: RequestBody;
+  /** Follow 301/302/303/307/308 (blob downloads). */
+  followRedirects?: boolean;
+  /** Override of the number of retries (0 for requests that must not be repeated blindly). */
+  retries?: number;
+  /** Reference named in errors. */
+  reference: string;
+}
+
+export interface HttpResponse {
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  body: Dispatcher.ResponseData['body'];
+  /** The URL that answered (after redirects). */
+  url: URL;
+}
+
+const RETRY_STATUS = (s: number) => s >= 500 || s === 429;
+const REDIRECT_STATUS = new Set([301, 302, 303, 307, 308]);
+const MAX_REDIRECTS = 5;
+
+const RETRY_CODES = new Set([
+  'ECONNRESET', 'ECONNREFUSED', 'EPIPE', 'ETIMEDOUT', 'EAI_AGAIN', 'ENETUNREACH', 'EHOSTUNREACH',
+  'UND_ERR_SOCKET', 'UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT', 'UND_ERR_CLOSED',
+]);
+
+function errorCode(e: unknown): string | undefined {
+  let cur: unknown = e;
+  for (let i = 0; i < 4 && cur && typeof cur === 'object'; i++) {
+    const code = (cur as { code?: unknown }).code;
+    if (typeof code === 'string') return code;
+    cur = (cur as { cause?: unknown }).cause;
+  }
+  return undefined;
+}
+
+/** Network failures worth another attempt: resets, refused or timed-out connections, stalls. */
+export function isRetryableNetworkError(e: unknown): boolean {
+  const code = errorCode(e);
+  return code !== undefined && RETRY_CODES.has(code);
+}
+
+/** What a TLS client sees from a plain HTTP server (Go's "server gave HTTP response to HTTPS client"). */
+function isPlainHttpAnswer(e: unknown): boolean {
+  const code = errorCode(e) ?? '';
+  const text = String((e as Error)?.message ?? '') + String(((e as { cause?: Error })?.cause)?.message ?? '');
+  return code === 'ECONNREFUSED' || code === 'EPROTO' || code.startsWith('ERR_SSL_') || /wrong version number|packet length too long|http request/i.test(text);
+}
+
+export function header(h: HttpResponse['headers'], name: string): string | undefined {
+  const v = h[name.toLowerCase()];
+  return Array.isArray(v) ? v[0] : v;
+}
+
+function describeNetworkError(e: unknown): string {
+  const code = errorCode(e);
+  const msg = (e as Error)?.message ?? String(e);
+  return code && !msg.includes(code) ? `${code}: ${msg}` : msg;
+}
+
+export class Transport {
+  private readonly dispatcher: Dispatcher;
+  private readonly ownsDispatcher: boolean;
+  /** Hosts found to speak plain http under `insecure`. */
+  private readonly httpHosts = new Set<string>();
+  /** Aborted by destroy(): requests in flight and backoff waits end at once. */
+  private readonly aborter = new AbortController();
+  readonly retries: number;
+  /** Retries made so far (metrics, tests). */
+  retryCount = 0;
+
+  constructor(private readonly opts: TransportOptions = {}) {
+    this.retries = opts.retries ?? 3;
+    if (opts.dispatcher) {
+      this.dispatcher = opts.dispatcher;
+      this.ownsDispatcher = false;
+    } else {
+      const agentOptions = {
+        connect: { timeout: opts.connectTimeoutMs ?? 30_000, rejectUnauthorized: !opts.insecure },
+        headersTimeout: opts.headersTimeoutMs ?? 60_000,
+        bodyTimeout: opts.bodyTimeoutMs ?? 60_000,
+        keepAliveTimeout: 30_000,
+        connections: opts.connections ?? 16,
+      };
+      const env = opts.env ?? process.env;
+      const httpProxy = env.HTTP_PROXY ?? env.http_proxy;
+      const httpsProxy = env.HTTPS_PROXY ?? env.https_proxy;
+      this.dispatcher = opts.proxyFromEnvironment !== false && (httpProxy || httpsProxy)
+        ? new EnvHttpProxyAgent({
+          ...agentOptions,
+          httpProxy,
+          httpsProxy,
+          noProxy: env.NO_PROXY ?? env.no_proxy ?? '',
+          // As Go's transport: http URLs in absolute form through the proxy, https through CONNECT.
+          proxyTunnel: false,
+          requestTls: { rejectUnauthorized: !opts.insecure },
+        })
+        : new Agent(agentOptions);
+      this.ownsDispatcher = true;
+    }
+  }
+
+  /** `http` or `https` for a registry endpoint under the options and what was learned so far. */
+  scheme(host: string): 'http' | 'https' {
+    return this.opts.plainHttp || this.httpHosts.has(host) ? 'http' : 'https';
+  }
+
+  /** Resolves a path on a registry endpoint, or an absolute/relative URL against a base. */
+  resolve(host: string, target: string, base?: URL): URL {
+    if (/^https?:\/\//i.test(target)) return new URL(target);
+    return new URL(target, base ?? `${this.scheme(host)}://${host}`);
+  }
+
+  private backoff(attempt: number, retryAfter?: string): number {
+    const max = this.opts.retryMaxDelayMs ?? 5_000;
+    const seconds = retryAfter !== undefined ? Number(retryAfter) : NaN;
+    if (Number.isFinite(seconds) && seconds >= 0) return Math.min(seconds * 1000, max);
+    const base = (this.opts.retryBaseDelayMs ?? 200) * 2 ** attempt;
+    return Math.min(max, base / 2 + Math.random() * (base / 2));
+  }
+
+  /** Waits the backoff for retry number `attempt` (0-based); exposed for callers that resume streams. */
+  async pause(attempt: number): Promise<void> {
+    this.retryCount++;
+    await sleep(this.backoff(attempt), undefined, { signal: this.aborter.signal });
+  }
+
+  /**
+   * Sends `req` to `host` (the registry endpoint). Returns the final response, whatever its status,
+   * once retries are spent; throws RegistryError only for network failures.
+   */
+  async send(host: string, req: HttpRequest): Promise<HttpResponse> {
+    const retries = req.retries ?? this.retries;
+    let url = this.resolve(host, req.target);
+    const firstHost = url.host;
+    let headers: Record<string, string> = { 'user-agent': this.opts.userAgent ?? 'nydus-ts', ...req.headers };
+    let method = req.method;
+    let attempt = 0;
+    let redirects = 0;
+    for (;;) {
+      let res: Dispatcher.ResponseData;
+      try {
+        const body = typeof req.body === 'function' ? req.body() : req.body;
+        res = await request(url, { dispatcher: this.dispatcher, method, headers, body: method === 'GET' || method === 'HEAD' ? undefined : body, signal: this.aborter.signal });
+      } catch (e) {
+        if (this.aborter.signal.aborted) {
+          throw new RegistryError({ reference: req.reference, method, path: url.pathname + url.search, detail: 'aborted: the client was destroyed', cause: e });
+        }
+        if (this.opts.insecure && !this.opts.plainHttp && url.protocol === 'https:' && url.host === host && isPlainHttpAnswer(e)) {
+          // As nydusify: an insecure registry that does not speak TLS is asked again over http.
+          this.httpHosts.add(host);
+          url = new URL(url.href.replace(/^https:/, 'http:'));
+          continue;
+        }
+        if (isRetryableNetworkError(e) && attempt < retries) {
+          await this.pause(attempt++);
+          continue;
+        }
+        const tries = attempt > 0 ? ` (after ${attempt + 1} attempts)` : '';
+        throw new RegistryError({ reference: req.reference, method, path: url.pathname + url.search, detail: describeNetworkError(e) + tries, cause: e });
+      }
+      const response: HttpResponse = { status: res.statusCode, headers: res.headers, body: res.body, url };
+      if (RETRY_STATUS(res.statusCode) && attempt < retries) {
+        await res.body.dump();
+        this.retryCount++;
+        await sleep(this.backoff(attempt++, res.statusCode === 429 ? header(res.headers, 'retry-after') : undefined), undefined, { signal: this.aborter.signal });
+        continue;
+      }
+      if (req.followRedirects && REDIRECT_STATUS.has(res.statusCode)) {
+        const location = header(res.headers, 'location');
+        await res.body.dump();
+        if (!location) return response;
+        if (++redirects > MAX_REDIRECTS) {
+          throw new RegistryError({ reference: req.reference, method, path: url.pathname, status: res.statusCode, detail: `more than ${MAX_REDIRECTS} redirects` });
+        }
+        url = new URL(location, url);
+        if (url.host !== firstHost) {
+          // A redirect to a storage host must not receive the registry's credentials.
+          const { authorization: _dropped, ...rest } = headers;
+          headers = rest;
+        }
+        if (res.statusCode === 303) method = 'GET';
+        continue;
+      }
+      return response;
+    }
+  }
+
+  private closed = false;
+
+  async close(): Promise<void> {
+    if (!this.ownsDispatcher || this.closed) return;
+    this.closed = true;
+    await this.dispatcher.close();
+  }
+
+  /** Aborts requests in flight (their callers get errors) and closes the connections. */
+  async destroy(): Promise<void> {
+    this.aborter.abort();
+    if (!this.ownsDispatcher || this.closed) return;
+    this.closed = true;
+    await this.dispatcher.destroy();
+  }
+}
+
+/** Drops a response body not read to its end (closing its connection) without an unhandled 'error'. */
+export function discard(body: HttpResponse['body']): void {
+  body.on('error', () => undefined);
+  body.destroy();
+}
