@@ -216,3 +216,18 @@ test('a Docker schema 2 source gives a Docker manifest: Docker config and gzip l
   const r = await run('nydusify', ['check', '--plain-http', '--work-dir', path.join(work, 'check'), '--source', `${reg.host}/src:docker`, '--target', `${reg.host}/dst:docker`]);
   assert.equal(r.status, 0, r.stdout + r.stderr);
 });
+
+test('on a terminal each layer shows a progress line (bytes, rate, state) instead of the info logs', async () => {
+  // util-linux's script gives the command a pseudo-terminal.
+  const cmd = [path.join(repoRoot, 'bin', 'nydusify'), 'convert', '--plain-http', '--work-dir', path.join(work, 'tmp'), '--source', `${reg.host}/src:two`, '--target', `${reg.host}/dst:tty`].join(' ');
+  const out = await new Promise<string>((resolve, reject) => {
+    const child = spawn('script', ['-qec', cmd, '/dev/null'], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let text = '';
+    child.stdout.on('data', (d) => (text += d));
+    child.on('error', reject);
+    child.on('close', (status) => (status === 0 ? resolve(text) : reject(new Error(`script exited ${status}: ${text}`))));
+  });
+  for (const n of [1, 2]) assert.match(out, new RegExp(`layer ${n} [0-9a-f]{12}: [0-9.]+ MiB / [0-9.]+ MiB, [0-9.]+ MiB/s, done, blob (uploaded|exists)`));
+  assert.doesNotMatch(out, /"level":30/, 'no info logs on a terminal');
+  assert.ok(await client.headManifest(`${reg.host}/dst:tty`));
+});

@@ -3,6 +3,7 @@ import fs from 'node:fs';
 import { NydusError } from '../../erofs/errors.ts';
 import { convert } from '../convert/convert.ts';
 import { checkConverted } from '../convert/check.ts';
+import { LayerProgress } from '../convert/progress.ts';
 import { makeLogger } from '../daemon/log.ts';
 import { defaultPlatform, parsePlatform } from '../registry/index.ts';
 import { cliParser, parseSize, runMain } from './main.ts';
@@ -57,8 +58,11 @@ await runMain('nydusify', async () => {
       if (a.compressor !== 'zstd' && a.compressor !== 'none') throw new NydusError(`unsupported compressor "${a.compressor}": zstd or none`);
       if (a['all-platforms'] && a.platform) throw new NydusError('--platform and --all-platforms exclude each other');
       const prefetchPaths = a['prefetch-patterns'] ? fs.readFileSync(0, 'utf8').split('\n').map((l) => l.trim()).filter(Boolean) : undefined;
-      const log = logger(a['log-level']);
+      // On a terminal the per-layer display replaces the info logs.
+      const progress = process.stderr.isTTY ? new LayerProgress(process.stderr) : undefined;
+      const log = logger(progress && a['log-level'] === 'info' ? 'warn' : a['log-level']);
       const r = await convert({
+        progress,
         source: a.source, target: a.target, sourceInsecure: a['source-insecure'], targetInsecure: a['target-insecure'],
         plainHttp: a['plain-http'], platform: a['all-platforms'] ? 'all' : a.platform ? parsePlatform(a.platform) : defaultPlatform(),
         workDir: a['work-dir'], prefetchPaths, fsVersion: '6', compressor: a.compressor,

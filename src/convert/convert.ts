@@ -17,6 +17,7 @@ import {
 } from '../registry/index.ts';
 import { packBootstrapLayer } from './bootstrap-layer.ts';
 import { mapBounded } from './concurrency.ts';
+import type { LayerProgress } from './progress.ts';
 import { convertLayer, type ConvertedLayer, type LayerBuildOptions } from './layer.ts';
 import { BOOTSTRAP_HISTORY, bootstrapDescriptor, nydusBlobDescriptor } from './nydus-format.ts';
 
@@ -36,6 +37,8 @@ export interface ConvertOptions extends LayerBuildOptions {
   concurrency?: number;
   fsVersion: '6';
   log: Logger;
+  /** Per-layer display (a terminal), besides the logs. */
+  progress?: LayerProgress;
 }
 
 export interface ConvertedImage {
@@ -81,7 +84,7 @@ async function convertImage(ctx: Context, image: PlatformImage, n: number): Prom
   for (const l of src.json.layers) {
     if (l.mediaType === MediaType.nydusBlob) throw new NydusError(`source ${formatReference(ctx.sourceRef)} is already a Nydus image`);
   }
-  const io = { source: ctx.source, target: ctx.target, log };
+  const io = { source: ctx.source, target: ctx.target, log, progress: opts.progress };
   const refs = { source: srcRef, target: ctx.targetRef };
   // A failed layer aborts the others' transfers at once.
   const converted: ConvertedLayer[] = await mapBounded(src.json.layers, opts.concurrency ?? 4,
@@ -168,6 +171,7 @@ export async function convert(opts: ConvertOptions): Promise<ConvertResult> {
     ok = true;
     return { source: opts.source, target: opts.target, targetDigest, mediaType, images };
   } finally {
+    opts.progress?.stop();
     await (ok ? Promise.all([source.close(), target.close()]) : Promise.all([source.destroy(), target.destroy()]));
     fs.rmSync(workDir, { recursive: true, force: true });
   }
