@@ -16,6 +16,7 @@ import type { TreeNode } from './tree.ts';
 import type { WhiteoutSpec } from './whiteout.ts';
 import { type Layout, layoutTree } from './layout.ts';
 import { type BlobDescriptor, writeImage } from './writer.ts';
+import { finishLayeredBuild, type LayeredBuild, openLayeredBuild } from './layered-build.ts';
 
 export interface CreateOptions {
   source: string;
@@ -31,9 +32,13 @@ export interface CreateOptions {
   prefetchPaths?: string[];
   /** Reproducible output: build time 0. */
   repeatable?: boolean;
+  /** Build on top of this image: the result is the parent with the source laid over it. */
+  parentBootstrap?: string;
+  /** Chunks of this bootstrap are referenced instead of stored again. */
+  chunkDict?: string;
   /**
    * Whiteout rules (default oci). A directory built as the lowest layer leaves that spec's whiteouts
-   * out, as nydus does; a tar layer keeps every entry.
+   * out, as nydus does; a tar layer keeps every entry; over a parent, the source's whiteouts apply.
    */
   whiteoutSpec?: WhiteoutSpec;
 }
@@ -41,6 +46,8 @@ export interface CreateOptions {
 export interface CreateResult {
   bootstrap: string;
   blob: FinishedBlob | null;
+  /** Ids of every blob the image references, in blob table order. */
+  blobIds: string[];
   stats: ChunkStats;
   inodes: number;
 }
@@ -59,7 +66,7 @@ export function blobDescriptor(b: FinishedBlob): BlobDescriptor {
   };
 }
 
-function prefetchNids(layout: Layout, paths: string[]): number[] {
+export function prefetchNids(layout: Layout, paths: string[]): number[] {
   const byPath = new Map([...layout.inodeOf].map(([node, ino]) => [node.path, ino.nid]));
   return paths.map((p) => {
     const norm = '/' + p.split('/').filter(Boolean).join('/');
@@ -69,7 +76,7 @@ function prefetchNids(layout: Layout, paths: string[]): number[] {
   });
 }
 
-function refuseExisting(file: string, what: string): void {
+export function refuseExisting(file: string, what: string): void {
   if (fs.existsSync(file)) throw new NydusError(`${what} ${file} already exists; remove it first`);
 }
 
@@ -82,6 +89,7 @@ class ImageBuild {
   readonly chunker: Chunker;
   private readonly writer: BlobWriter;
   private readonly createdDir: string | undefined;
+  private readonly layered: LayeredBuild | null;
   private blob: FinishedBlob | null = null;
 
   constructor(private readonly opts: CreateOptions) {
@@ -90,9 +98,15 @@ class ImageBuild {
     if (opts.blobPath) refuseExisting(opts.blobPath, 'blob');
     const blobDir = opts.blobDir ?? (opts.blobPath ? path.dirname(path.resolve(opts.blobPath)) : undefined);
     if (!blobDir) throw new NydusError('either a blob directory (--blob-dir/-D) or a blob path (--blob) is needed');
+    this.layered = opts.parentBootstrap || opts.chunkDict ? openLayeredBuild({ ...opts, config: opts }) : null;
     this.createdDir = fs.mkdirSync(blobDir, { recursive: true });
-    this.writer = new BlobWriter(blobDir, 0, opts.compressor);
-    this.chunker = new Chunker({ chunkSize: opts.chunkSize, digester: opts.digester, blob: this.writer, index: new ChunkIndex() });
+    this.writer = new BlobWriter(blobDir, this.layered?.newBlobIndex ?? 0, opts.compressor);
+    this.chunker = new Chunker({ chunkSize: opts.chunkSize, digester: opts.digester, blob: this.writer, index: this.layered?.index ?? new ChunkIndex() });
+  }
+
+  /** Whether the source is the lowest layer (no parent under it). */
+  get lowestLayer(): boolean {
+    return !this.opts.parentBootstrap;
   }
 
   finish(tree: TreeNode): CreateResult {
@@ -102,15 +116,18 @@ class ImageBuild {
       fs.renameSync(blob.path, opts.blobPath);
       blob.path = opts.blobPath;
     }
-    const blobs = blob ? [blobDescriptor(blob)] : [];
-    const layout = layoutTree(tree, blobs.length);
+    const own = blob ? blobDescriptor(blob) : null;
+    const { blobs, root } = this.layered
+      ? finishLayeredBuild(this.layered, own, tree, opts.whiteoutSpec ?? 'oci')
+      : { blobs: own ? [own] : [], root: tree };
+    const layout = layoutTree(root, blobs.length);
     const { meta } = writeImage(layout, {
       chunkSize: opts.chunkSize, compressor: opts.compressor, digester: opts.digester, blobs,
       buildTime: opts.repeatable ? 0 : Math.floor(Date.now() / 1000),
       prefetch: opts.prefetchPaths ? prefetchNids(layout, opts.prefetchPaths) : undefined,
     });
     fs.writeFileSync(opts.bootstrap, meta, { flag: 'wx' });
-    return { bootstrap: opts.bootstrap, blob, stats: this.chunker.stats, inodes: layout.inodes.length };
+    return { bootstrap: opts.bootstrap, blob, blobIds: blobs.map((b) => b.blobId), stats: this.chunker.stats, inodes: layout.inodes.length };
   }
 
   abort(): void {
@@ -125,7 +142,8 @@ class ImageBuild {
 export function createImage(opts: CreateOptions): CreateResult {
   const build = new ImageBuild(opts);
   try {
-    const tree = treeFromDirectory(opts.source, { whiteoutSpec: opts.whiteoutSpec ?? 'oci' });
+    // Over a parent the source's whiteouts are kept, to delete the parent's entries.
+    const tree = treeFromDirectory(opts.source, build.lowestLayer ? { whiteoutSpec: opts.whiteoutSpec ?? 'oci' } : undefined);
     chunkTree(tree, build.chunker);
     return build.finish(tree);
   } catch (e) {

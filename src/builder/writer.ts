@@ -40,6 +40,13 @@ export interface BlobDescriptor {
   ciOffset: number;
   ciCompressedSize: number;
   ciUncompressedSize: number;
+  /** RAFS_COMPRESS_* of this blob's chunks when it differs from the image's (a blob of another image). */
+  compressionAlgo?: number;
+  /** Of a blob built elsewhere, carried over: its TOC, and its blob meta when kept apart (SEPARATE). */
+  tocDigest?: Buffer;
+  tocSize?: number;
+  metaDigest?: Buffer;
+  metaSize?: number;
 }
 
 export interface WriteOptions {
@@ -171,7 +178,7 @@ export function writeImage(layout: Layout, opts: WriteOptions): WrittenImage {
         blob_index: i,
         chunk_size: opts.chunkSize,
         chunk_count: b.chunkCount,
-        compression_algo: opts.compressor === 'zstd' ? RAFS_COMPRESS_ZSTD : RAFS_COMPRESS_NONE,
+        compression_algo: b.compressionAlgo ?? (opts.compressor === 'zstd' ? RAFS_COMPRESS_ZSTD : RAFS_COMPRESS_NONE),
         digest_algo: opts.digester === 'blake3' ? RAFS_DIGEST_BLAKE3 : RAFS_DIGEST_SHA256,
         features: b.features,
         compressed_size: b.compressedSize,
@@ -180,6 +187,10 @@ export function writeImage(layout: Layout, opts: WriteOptions): WrittenImage {
         ci_offset: b.ciOffset,
         ci_compressed_size: b.ciCompressedSize,
         ci_uncompressed_size: b.ciUncompressedSize,
+        blob_toc_size: b.tocSize ?? 0,
+        blob_toc_digest: b.tocDigest ?? Buffer.alloc(0),
+        blob_meta_digest: b.metaDigest ?? Buffer.alloc(0),
+        blob_meta_size: b.metaSize ?? 0,
       });
     });
     chunkList.forEach((c, i) => {

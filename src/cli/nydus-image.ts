@@ -2,6 +2,8 @@
 import fs from 'node:fs';
 import { NydusError } from '../../erofs/errors.ts';
 import { createImage, createImageFromTar } from '../builder/create.ts';
+import { mergeImages } from '../builder/merge.ts';
+import { parseChunkDictArg } from '../builder/chunk-dict.ts';
 import { WHITEOUT_SPECS } from '../builder/whiteout.ts';
 import { isStdinSource } from '../builder/layer-stream.ts';
 import { checkImage } from '../image/check.ts';
@@ -45,6 +47,13 @@ function oneOf<T extends string>(v: string, allowed: readonly T[], what: string)
   return v as T;
 }
 
+/** --prefetch-policy: fs reads the paths from stdin, as nydus-image does. */
+function prefetchPaths(policyArg: string): string[] | undefined {
+  const policy = oneOf(policyArg, ['none', 'fs', 'blob'] as const, 'prefetch policy');
+  if (policy === 'blob') throw new NydusError('--prefetch-policy blob is not supported by nydus-ts yet; use fs');
+  return policy === 'fs' ? fs.readFileSync(0, 'utf8').split('\n').map((l) => l.trim()).filter(Boolean) : undefined;
+}
+
 await runMain('nydus-image', async () => {
   // yargs reads a lone '-' as an option: pass stdin by its device name.
   await cliParser('nydus-image', hideBin(process.argv).map((arg) => (arg === '-' ? '/dev/stdin' : arg)))
@@ -71,29 +80,60 @@ await runMain('nydus-image', async () => {
       .option('repeatable', { type: 'boolean', default: false, describe: 'reproducible output: build time 0' })
       .option('aligned-chunk', { type: 'boolean', default: false, describe: 'always on for RAFS v6' })
       .option('blob-inline-meta', { type: 'boolean', default: false, describe: 'not supported yet' })
-      .option('parent-bootstrap', { type: 'string', describe: 'not supported yet' })
-      .option('chunk-dict', { type: 'string', describe: 'not supported yet' }), async (a) => {
+      .option('parent-bootstrap', { type: 'string', describe: 'build on top of this bootstrap: the output is the parent with the source laid over it, chunks the parent has are not stored again' })
+      .option('chunk-dict', { type: 'string', describe: 'bootstrap=<file>: chunks of this image are referenced, not stored again' }), async (a) => {
       const type = oneOf(a.type, ['dir-rafs', 'directory', 'tar-rafs', 'targz-rafs'] as const, 'conversion type');
       oneOf(a['fs-version'], ['6'] as const, 'fs version');
       const whiteoutSpec = oneOf(a['whiteout-spec'], WHITEOUT_SPECS, 'whiteout spec');
-      for (const unsupported of ['blob-inline-meta', 'parent-bootstrap', 'chunk-dict'] as const) {
-        if (a[unsupported]) throw new NydusError(`--${unsupported} is not supported by nydus-ts yet`);
+      if (a['blob-inline-meta']) throw new NydusError('--blob-inline-meta is not supported by nydus-ts yet');
+      const isTar = type === 'tar-rafs' || type === 'targz-rafs';
+      if (a['prefetch-policy'] === 'fs' && isStdinSource(a.source)) {
+        throw new NydusError('--prefetch-policy fs reads stdin, which cannot also carry the layer tar; give the tar as a file');
       }
-      const policy = oneOf(a['prefetch-policy'], ['none', 'fs', 'blob'] as const, 'prefetch policy');
-      if (policy === 'blob') throw new NydusError('--prefetch-policy blob is not supported by nydus-ts yet; use fs');
-      if (policy === 'fs' && isStdinSource(a.source)) throw new NydusError('--prefetch-policy fs reads stdin, which cannot also carry the layer tar; give the tar as a file');
-      const prefetchPaths = policy === 'fs' ? fs.readFileSync(0, 'utf8').split('\n').map((l) => l.trim()).filter(Boolean) : undefined;
-      const build = type === 'tar-rafs' || type === 'targz-rafs' ? createImageFromTar : createImage;
+      const build = isTar ? createImageFromTar : createImage;
       const r = await build({
-        prefetchPaths, repeatable: a.repeatable, whiteoutSpec,
+        prefetchPaths: prefetchPaths(a['prefetch-policy']), repeatable: a.repeatable, whiteoutSpec,
+        parentBootstrap: a['parent-bootstrap'], chunkDict: a['chunk-dict'] === undefined ? undefined : parseChunkDictArg(a['chunk-dict']),
         source: a.source, bootstrap: a.bootstrap, blobDir: a['blob-dir'], blobPath: a.blob,
         chunkSize: parseSize(a['chunk-size'], 'chunk size'),
         compressor: oneOf(a.compressor, ['none', 'zstd'] as const, 'compressor'),
         digester: oneOf(a.digester, ['blake3', 'sha256'] as const, 'digester'),
       });
-      const report = { version: '6', bootstrap: r.bootstrap, blobs: r.blob ? [r.blob.blobId] : [], blob_path: r.blob?.path ?? null, inodes: r.inodes, ...r.stats };
+      const report = { version: '6', bootstrap: r.bootstrap, blobs: r.blobIds, blob_path: r.blob?.path ?? null, inodes: r.inodes, ...r.stats };
       writeJson(a['output-json'], report);
       log.info(`built ${r.bootstrap} (${r.inodes} inodes, ${r.stats.uniqueChunks}/${r.stats.chunks} unique chunks)${r.blob ? `, blob ${r.blob.blobId}` : ''}`);
+    })
+    .command('merge <SOURCE..>', 'merge layer bootstraps (lowest first) into one bootstrap with whiteouts applied', (y) => y
+      .positional('SOURCE', { type: 'string', array: true, demandOption: true, describe: 'layer bootstraps, lowest layer first' })
+      .option('bootstrap', { alias: 'B', type: 'string', demandOption: true, describe: 'output bootstrap' })
+      .option('parent-bootstrap', { type: 'string', describe: 'flattened bootstrap the layers go on top of' })
+      .option('chunk-dict', { type: 'string', describe: 'bootstrap=<file>: the chunk dictionary the layers were built with' })
+      .option('prefetch-policy', { type: 'string', default: 'none', describe: 'fs: read the paths to prefetch from stdin, one per line' })
+      .option('output-json', { alias: 'J', type: 'string', describe: 'write a JSON report here' })
+      .option('blob-digests', { type: 'string', describe: 'comma-separated sha256 hex per layer: the id of its blob in the merged image' })
+      .option('original-blob-ids', { type: 'string', describe: 'comma-separated blob id per layer' })
+      .option('blob-sizes', { type: 'string', describe: 'comma-separated blob size per layer' })
+      .option('whiteout-spec', { alias: 'W', type: 'string', default: 'oci', describe: 'whiteouts to apply: oci (as nydus merge), overlayfs, none' })
+      .option('blob-toc-digests', { type: 'string', describe: 'comma-separated sha256 hex per layer: the digest of its blob TOC' })
+      .option('blob-toc-sizes', { type: 'string', describe: 'comma-separated size per layer of its blob TOC' })
+      .option('blob-dir', { alias: 'D', type: 'string', describe: 'not supported yet: give --bootstrap' })
+      .option('config', { alias: 'C', type: 'string', describe: 'not supported yet' }), (a) => {
+      for (const unsupported of ['blob-dir', 'config'] as const) {
+        if (a[unsupported] !== undefined) throw new NydusError(`--${unsupported} is not supported by nydus-ts merge yet`);
+      }
+      const list = (v: string | undefined) => v?.split(',').map((x) => x.trim());
+      const r = mergeImages({
+        sources: a.SOURCE, bootstrap: a.bootstrap, parentBootstrap: a['parent-bootstrap'],
+        chunkDict: a['chunk-dict'] === undefined ? undefined : parseChunkDictArg(a['chunk-dict']),
+        blobDigests: list(a['blob-digests']), originalBlobIds: list(a['original-blob-ids']),
+        blobSizes: list(a['blob-sizes'])?.map((v) => parseSize(v, 'number in --blob-sizes')),
+        blobTocDigests: list(a['blob-toc-digests']),
+        blobTocSizes: list(a['blob-toc-sizes'])?.map((v) => parseSize(v, 'number in --blob-toc-sizes')),
+        whiteoutSpec: oneOf(a['whiteout-spec'], WHITEOUT_SPECS, 'whiteout spec'),
+        prefetchPaths: prefetchPaths(a['prefetch-policy']),
+      });
+      writeJson(a['output-json'], { version: '6', bootstrap: r.bootstrap, blobs: r.blobs, fs_version: '6', compressor: r.config.compressor, inodes: r.inodes });
+      process.stderr.write(`nydus-image: merged ${a.SOURCE.length} layers into ${r.bootstrap} (${r.inodes} inodes, ${r.blobs.length} blobs)\n`);
     })
     .command('check [BOOTSTRAP]', 'validate a bootstrap (and its blobs with -D/--blob)', (y) => y
       .positional('BOOTSTRAP', { type: 'string' })

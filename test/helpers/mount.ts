@@ -8,10 +8,11 @@ export function loopMount(image: string, dir: string): void {
 }
 
 /**
- * A true file-backed EROFS mount: mount(2) with the bootstrap path as source and the blob as
- * `device=`. util-linux would put a loop device under a regular file, so call mount(2) directly.
+ * A true file-backed EROFS mount: mount(2) with the bootstrap path as source and each blob as a
+ * `device=`, in device table order. util-linux would put a loop device under a regular file, so call
+ * mount(2) directly.
  */
-export function fileBackedMount(bootstrap: string, blob: string, dir: string): void {
+export function fileBackedMount(bootstrap: string, blobs: string | string[], dir: string): void {
   fs.mkdirSync(dir, { recursive: true });
   execFileSync('python3', ['-c', `
 import ctypes, os, sys
@@ -20,7 +21,7 @@ src, target, data = (a.encode() for a in sys.argv[1:4])
 if libc.mount(src, target, b"erofs", 1, data) != 0:
     e = ctypes.get_errno()
     sys.exit("mount(2) failed: " + os.strerror(e))
-`, fs.realpathSync(bootstrap), dir, `device=${fs.realpathSync(blob)}`], { stdio: 'pipe' });
+`, fs.realpathSync(bootstrap), dir, [blobs].flat().map((b) => `device=${fs.realpathSync(b)}`).join(',')], { stdio: 'pipe' });
 }
 
 export function umount(dir: string): void {

@@ -1,0 +1,178 @@
+/**
+ * `nydusify convert`: an OCI image (or index) in a registry -> its Nydus form pushed to the target.
+ * Per platform: layers converted concurrently (layer.ts), layer bootstraps merged, the bootstrap
+ * layer and the image config pushed, then the manifest. The manifest that carries the target's tag
+ * is pushed last of all, so a failed conversion never leaves a tag on half an image.
+ */
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { createHash } from 'node:crypto';
+import type { Logger } from 'pino';
+import { NydusError } from '../../erofs/errors.ts';
+import { mergeImages } from '../builder/merge.ts';
+import {
+  type Descriptor, type ImageIndex, type ImageManifest, type ImageReference, type Platform, type PlatformImage,
+  MediaType, RegistryClient, formatPlatform, formatReference, isImageManifestType, parseReference, withDigest,
+} from '../registry/index.ts';
+import { packBootstrapLayer } from './bootstrap-layer.ts';
+import { mapBounded } from './concurrency.ts';
+import type { LayerProgress } from './progress.ts';
+import { convertLayer, type ConvertedLayer, type LayerBuildOptions } from './layer.ts';
+import { BOOTSTRAP_HISTORY, bootstrapDescriptor, nydusBlobDescriptor } from './nydus-format.ts';
+
+export interface ConvertOptions extends LayerBuildOptions {
+  source: string;
+  target: string;
+  sourceInsecure?: boolean;
+  targetInsecure?: boolean;
+  plainHttp?: boolean;
+  /** One platform, or every platform of an index. */
+  platform: Platform | 'all';
+  /** Where layer bootstraps and blobs are built (a fresh directory under it, removed afterwards). */
+  workDir?: string;
+  /** Paths of the image put in the bootstrap's prefetch table. */
+  prefetchPaths?: string[];
+  /** Layers converted at once (default 4). */
+  concurrency?: number;
+  fsVersion: '6';
+  log: Logger;
+  /** Per-layer display (a terminal), besides the logs. */
+  progress?: LayerProgress;
+}
+
+export interface ConvertedImage {
+  platform?: Platform;
+  manifest: Descriptor;
+  layers: Descriptor[];
+}
+
+export interface ConvertResult {
+  source: string;
+  target: string;
+  /** What the target tag names: the manifest, or the index of the converted platforms. */
+  targetDigest: string;
+  mediaType: string;
+  images: ConvertedImage[];
+}
+
+function sha256(data: Buffer): string {
+  return `sha256:${createHash('sha256').update(data).digest('hex')}`;
+}
+
+function jsonBytes(v: unknown): Buffer {
+  return Buffer.from(JSON.stringify(v));
+}
+
+interface Context {
+  opts: ConvertOptions;
+  source: RegistryClient;
+  target: RegistryClient;
+  sourceRef: ImageReference;
+  targetRef: ImageReference;
+  workDir: string;
+}
+
+/** Converts one platform image; pushes blobs, bootstrap layer and config, and returns its manifest unpushed. */
+async function convertImage(ctx: Context, image: PlatformImage, n: number): Promise<{ manifest: ImageManifest; bytes: Buffer; mediaType: string; layers: Descriptor[] }> {
+  const { opts } = ctx;
+  const src = image.manifest;
+  const srcRef = withDigest(ctx.sourceRef, src.digest);
+  const dir = path.join(ctx.workDir, `image-${n}`);
+  fs.mkdirSync(dir);
+  const log = opts.log.child(image.platform ? { platform: formatPlatform(image.platform) } : {});
+  for (const l of src.json.layers) {
+    if (l.mediaType === MediaType.nydusBlob) throw new NydusError(`source ${formatReference(ctx.sourceRef)} is already a Nydus image`);
+  }
+  const io = { source: ctx.source, target: ctx.target, log, progress: opts.progress };
+  const refs = { source: srcRef, target: ctx.targetRef };
+  // A failed layer aborts the others' transfers at once.
+  const converted: ConvertedLayer[] = await mapBounded(src.json.layers, opts.concurrency ?? 4,
+    (layer, i) => convertLayer(io, refs, layer, i, dir, opts),
+    async () => { await Promise.all([ctx.source.destroy(), ctx.target.destroy()]); });
+
+  const merged = path.join(dir, 'image.boot');
+  const { blobs } = mergeImages({ sources: converted.map((c) => c.bootstrap), bootstrap: merged, prefetchPaths: opts.prefetchPaths });
+  // The manifest lists the blobs the merged bootstrap references, in its blob table order.
+  const pushedBlobs = new Map(converted.flatMap((c) => (c.blob ? [[c.blob.blobId, c.blob] as const] : [])));
+  const blobLayers = blobs.map((id) => {
+    const b = pushedBlobs.get(id);
+    if (!b) throw new NydusError(`merged bootstrap references blob ${id}, which no layer produced`);
+    return nydusBlobDescriptor(b.digest, b.size);
+  });
+
+  const boot = await packBootstrapLayer(merged, dir);
+  await ctx.target.pushBlob(ctx.targetRef, { open: () => fs.createReadStream(boot.layer.path), size: boot.layer.size, digest: boot.layer.digest });
+  const manifestType = src.mediaType;
+  const bootLayer = bootstrapDescriptor(manifestType, boot.layer.digest, boot.layer.size, opts.fsVersion);
+  log.info({ blobs: blobLayers.length, bootstrap: boot.layer.digest }, 'bootstrap layer pushed');
+
+  // The config keeps everything of the source's but the layers it describes.
+  const config = JSON.parse((await ctx.source.getBlob(srcRef, src.json.config.digest, { size: src.json.config.size })).toString('utf8'));
+  if (typeof config !== 'object' || config === null) throw new NydusError(`image config ${src.json.config.digest} of ${formatReference(ctx.sourceRef)} is not a JSON object`);
+  config.rootfs = { type: 'layers', diff_ids: [...blobLayers.map((d) => d.digest), boot.diffId] };
+  config.history = [...(Array.isArray(config.history) ? config.history : []), BOOTSTRAP_HISTORY];
+  const configBytes = jsonBytes(config);
+  const configDesc: Descriptor = { mediaType: src.json.config.mediaType, digest: sha256(configBytes), size: configBytes.length };
+  await ctx.target.pushBlob(ctx.targetRef, configBytes);
+
+  const layers = [...blobLayers, bootLayer];
+  const manifest: ImageManifest = { schemaVersion: 2, mediaType: manifestType, config: configDesc, layers };
+  if (src.json.annotations) manifest.annotations = src.json.annotations;
+  return { manifest, bytes: jsonBytes(manifest), mediaType: manifestType, layers };
+}
+
+export async function convert(opts: ConvertOptions): Promise<ConvertResult> {
+  const sourceRef = parseReference(opts.source);
+  const targetRef = parseReference(opts.target);
+  if (targetRef.digest) throw new NydusError(`target ${opts.target} names a digest: give a tag`);
+  const source = new RegistryClient({ insecure: opts.sourceInsecure, plainHttp: opts.plainHttp });
+  const target = new RegistryClient({ insecure: opts.targetInsecure, plainHttp: opts.plainHttp });
+  const base = opts.workDir ?? os.tmpdir();
+  fs.mkdirSync(base, { recursive: true });
+  const workDir = fs.mkdtempSync(path.join(base, 'nydusify-'));
+  const ctx: Context = { opts, source, target, sourceRef, targetRef, workDir };
+  let ok = false;
+  try {
+    const resolved = await source.resolveImage(sourceRef, opts.platform);
+    if (resolved.images.length === 0) throw new NydusError(`source ${opts.source} has no image for platform ${opts.platform === 'all' ? 'all' : formatPlatform(opts.platform)}`);
+    opts.log.info({ source: opts.source, images: resolved.images.length }, 'converting');
+    const converted = [];
+    // Platforms one after the other: each already converts its layers concurrently.
+    for (const [n, image] of resolved.images.entries()) converted.push({ image, ...(await convertImage(ctx, image, n)) });
+
+    const asIndex = !isImageManifestType(resolved.root.mediaType) && converted.length > 1;
+    const images: ConvertedImage[] = [];
+    let targetDigest: string;
+    let mediaType: string;
+    if (asIndex) {
+      // Platform manifests by digest first, the tagged index last.
+      const manifests: Descriptor[] = [];
+      for (const c of converted) {
+        const desc: Descriptor = { mediaType: c.mediaType, digest: sha256(c.bytes), size: c.bytes.length };
+        if (c.image.platform) desc.platform = c.image.platform;
+        await target.putManifest(withDigest(targetRef, desc.digest), c.bytes, c.mediaType);
+        manifests.push(desc);
+        images.push({ platform: c.image.platform, manifest: desc, layers: c.layers });
+      }
+      mediaType = resolved.root.mediaType;
+      const index: ImageIndex = { schemaVersion: 2, mediaType, manifests };
+      const bytes = jsonBytes(index);
+      await target.putManifest(targetRef, bytes, mediaType);
+      targetDigest = sha256(bytes);
+    } else {
+      const c = converted[0];
+      await target.putManifest(targetRef, c.bytes, c.mediaType);
+      targetDigest = sha256(c.bytes);
+      mediaType = c.mediaType;
+      images.push({ platform: c.image.platform, manifest: { mediaType, digest: targetDigest, size: c.bytes.length }, layers: c.layers });
+    }
+    opts.log.info({ target: opts.target, digest: targetDigest }, 'converted');
+    ok = true;
+    return { source: opts.source, target: opts.target, targetDigest, mediaType, images };
+  } finally {
+    opts.progress?.stop();
+    await (ok ? Promise.all([source.close(), target.close()]) : Promise.all([source.destroy(), target.destroy()]));
+    fs.rmSync(workDir, { recursive: true, force: true });
+  }
+}
