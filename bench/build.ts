@@ -3,44 +3,19 @@
  * `mkfs.erofs --chunksize=1048576 --blobdev=...` (erofs-utils) in one run; prints median wall time
  * and peak RSS, and the ratios against mkfs.erofs.
  *   node --import tsx bench/build.ts [--runs 3]
- * The rootfs is made once with debootstrap (from the mirror apt uses) and cached in bench/.cache/.
+ * The rootfs is test/helpers/debian-rootfs.ts's (made once with debootstrap, cached).
  * Not a test: it asserts nothing.
  */
 import fs from 'node:fs';
 import path from 'node:path';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
+import { debianRootfs, ensureTool } from '../test/helpers/debian-rootfs.ts';
 
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-const cache = path.join(repo, 'bench/.cache');
-const rootfs = path.join(cache, 'rootfs');
+const cache = path.join(repo, '.cache/bench-build');
 const runsArg = process.argv.indexOf('--runs');
 const runs = runsArg > 0 ? Number(process.argv[runsArg + 1]) : 3;
-
-function ensureTool(cmd: string, pkg: string): void {
-  if (spawnSync('sh', ['-c', `command -v ${cmd}`]).status !== 0) {
-    execFileSync('apt-get', ['install', '-y', '-qq', pkg], { stdio: 'inherit', env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } });
-  }
-}
-
-function aptMirror(): string {
-  for (const f of ['/etc/apt/sources.list.d/debian.sources', '/etc/apt/sources.list']) {
-    if (!fs.existsSync(f)) continue;
-    const m = fs.readFileSync(f, 'utf8').match(/^(?:URIs:\s*|deb\s+)(\S+\/debian)\/?\s*$/m) ?? fs.readFileSync(f, 'utf8').match(/(?:URIs:\s*|deb\s+)(\S+\/debian)\b/);
-    if (m) return m[1];
-  }
-  throw new Error('no Debian mirror found in the apt sources');
-}
-
-function makeRootfs(): void {
-  if (fs.existsSync(path.join(rootfs, '.complete'))) return;
-  ensureTool('debootstrap', 'debootstrap');
-  fs.rmSync(rootfs, { recursive: true, force: true });
-  fs.mkdirSync(cache, { recursive: true });
-  console.log(`making a Debian bookworm minbase rootfs in ${rootfs} (once)`);
-  execFileSync('debootstrap', ['--variant=minbase', 'bookworm', rootfs, aptMirror()], { stdio: ['ignore', 'ignore', 'inherit'] });
-  fs.writeFileSync(path.join(rootfs, '.complete'), '');
-}
 
 interface Sample { wall: number; rssMiB: number }
 
@@ -55,8 +30,8 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.len
 
 ensureTool('mkfs.erofs', 'erofs-utils');
 if (!fs.existsSync('/usr/bin/time')) ensureTool('/usr/bin/time', 'time');
-makeRootfs();
-const du = execFileSync('du', ['-sb', '--exclude=.complete', rootfs], { encoding: 'utf8' }).split('\t')[0];
+const rootfs = debianRootfs();
+const du = execFileSync('du', ['-sb', rootfs], { encoding: 'utf8' }).split('\t')[0];
 const files = execFileSync('sh', ['-c', `find '${rootfs}' | wc -l`], { encoding: 'utf8' }).trim();
 console.log(`tree: ${files} entries, ${(Number(du) / 1048576).toFixed(0)} MiB; ${runs} runs each after one warm-up`);
 
