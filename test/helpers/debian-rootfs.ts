@@ -46,3 +46,23 @@ export function debianRootfs(): string {
   fs.writeFileSync(path.join(debianRootfsDir, COMPLETE), '');
   return root;
 }
+
+/**
+ * The rootfs as a one-layer OCI image layout made by umoci (as Debian's own images are one layer),
+ * made once beside the rootfs. Returns the layout and its tag (`bookworm`).
+ */
+export function debianOciImage(): { layout: string; tag: string } {
+  const rootfs = debianRootfs();
+  const layout = path.join(debianRootfsDir, 'oci');
+  const tag = 'bookworm';
+  const done = path.join(debianRootfsDir, '.oci-complete');
+  if (fs.existsSync(done)) return { layout, tag };
+  ensureTool('umoci', 'umoci');
+  fs.rmSync(layout, { recursive: true, force: true });
+  const run = (...args: string[]) => execFileSync('umoci', args, { stdio: ['ignore', 'ignore', 'inherit'] });
+  run('init', '--layout', layout);
+  run('new', '--image', `${layout}:${tag}`);
+  run('insert', '--image', `${layout}:${tag}`, rootfs, '/');
+  fs.writeFileSync(done, '');
+  return { layout, tag };
+}
