@@ -123,11 +123,11 @@ let nextMsg = 1;
 let nextFd = 100;
 
 /** Registers `body` and opens its blob through an on-demand session on a fake cachefiles port. */
-function reader(body: object): Reader {
+async function reader(body: object): Promise<Reader> {
   const id = (body as { id: string }).id;
   const state = new DaemonState(path.join(work, 'state', `${id}-${nextFd}`));
   const registry = new ImageRegistry(state, log);
-  registry.add(body);
+  await registry.add(body);
   const port = new FakePort();
   const session = new OnDemandSession(port, registry, state, log, 4);
   const fd = port.give(nextFd++);
@@ -172,7 +172,7 @@ test('registry backend: the snapshotter\'s legacy body through the API; Range re
   cleanups.push(() => faults.close());
   const body = legacyEntry('plain', snapshotterConfig(faults.host));
   const sock = path.join(work, 'api.sock');
-  const r = reader({ ...body, id: 'plain-direct' } as object);
+  const r = await reader({ ...body, id: 'plain-direct' } as object);
   // The API path (PUT as the snapshotter does; its fields, with unknown ones such as readahead, accepted).
   const state = new DaemonState(path.join(work, 'state-api'));
   const registry = new ImageRegistry(state, log);
@@ -214,11 +214,11 @@ test('registry backend: the snapshotter\'s legacy body through the API; Range re
 });
 
 test('registry backend: Basic auth from the `auth` field; wrong credentials are an EIO, not a hang', async () => {
-  const r = reader(legacyEntry('basic', snapshotterConfig(locked.host, { auth: AUTH })));
+  const r = await reader(legacyEntry('basic', snapshotterConfig(locked.host, { auth: AUTH })));
   await r.read();
   assertWhole(r);
   await r.close();
-  const bad = reader(legacyEntry('basic-bad', snapshotterConfig(locked.host, { auth: Buffer.from('alice:nope').toString('base64') })));
+  const bad = await reader(legacyEntry('basic-bad', snapshotterConfig(locked.host, { auth: Buffer.from('alice:nope').toString('base64') })));
   await bad.read(0, 4096);
   assert.equal(bad.session.stats.readErrors, 1);
   assert.deepEqual(bad.port.writes, []);
@@ -232,7 +232,7 @@ test('registry backend: Bearer token auth; a token refused mid-read is fetched a
   cleanups.push(() => upstream.close());
   const guarded = await TokenAuthProxy.start(upstream.url, { users: USERS });
   cleanups.push(() => guarded.close());
-  const r = reader(v2Entry('bearer', { scheme: 'http', host: guarded.host, repo: REPO, auth: AUTH, retry_limit: 1 }));
+  const r = await reader(v2Entry('bearer', { scheme: 'http', host: guarded.host, repo: REPO, auth: AUTH, retry_limit: 1 }));
   const half = Math.floor(expected.length / 2 / 4096) * 4096;
   await r.read(0, half);
   const first = guarded.tokenRequests;
@@ -248,7 +248,7 @@ test('registry backend: Bearer token auth; a token refused mid-read is fetched a
   const res = await request(`${guarded.realm}?service=nydus-ts-test&scope=repository:${REPO}:pull`, { headers: { authorization: `Basic ${AUTH}` } });
   const token = ((await res.body.json()) as { token: string }).token;
   const before = guarded.tokenRequests;
-  const t = reader(v2Entry('bearer-ready', { scheme: 'http', host: guarded.host, repo: REPO, registry_token: token }));
+  const t = await reader(v2Entry('bearer-ready', { scheme: 'http', host: guarded.host, repo: REPO, registry_token: token }));
   await t.read();
   assertWhole(t);
   assert.equal(guarded.tokenRequests, before, 'the given registry_token served every read');
@@ -263,7 +263,7 @@ test('registry backend: 5xx answers are retried up to retry_limit; more of them 
   cleanups.push(() => faults.close());
   const isBlob = (req: http.IncomingMessage) => req.method === 'GET' && req.url!.includes('/blobs/');
   faults.inject({ match: isBlob, fault: { kind: 'status', status: 503 }, times: 2 });
-  const r = reader(legacyEntry('retry', snapshotterConfig(faults.host, { retry_limit: 2 })));
+  const r = await reader(legacyEntry('retry', snapshotterConfig(faults.host, { retry_limit: 2 })));
   await r.read();
   assertWhole(r);
   assert.equal(r.session.stats.readErrors, 0);
@@ -272,7 +272,7 @@ test('registry backend: 5xx answers are retried up to retry_limit; more of them 
 
   faults.clearFaults();
   faults.inject({ match: isBlob, fault: { kind: 'status', status: 500 }, times: Infinity });
-  const f = reader(legacyEntry('retry-out', snapshotterConfig(faults.host, { retry_limit: 2 })));
+  const f = await reader(legacyEntry('retry-out', snapshotterConfig(faults.host, { retry_limit: 2 })));
   await f.read(0, 4096);
   assert.equal(f.session.stats.readErrors, 1, '500s beyond retry_limit 2: EIO');
   const chunk0Gets = faults.seen.filter((s) => s.fault === 'status' && s.headers.range === 'bytes=0-' + (Number(/-(\d+)/.exec(String(faults.seen.find((x) => x.fault === 'status')!.headers.range))![1])));
@@ -288,7 +288,7 @@ test('registry backend: a stalled registry fails the read with EIO within the de
   const faults = await FaultProxy.start(open.url);
   cleanups.push(() => faults.close());
   faults.inject({ match: (req) => req.method === 'GET' && req.url!.includes('/blobs/'), fault: { kind: 'stall' }, times: Infinity });
-  const r = reader(legacyEntry('stall', snapshotterConfig(faults.host, { timeout: 1, connect_timeout: 1 })));
+  const r = await reader(legacyEntry('stall', snapshotterConfig(faults.host, { timeout: 1, connect_timeout: 1 })));
   const start = Date.now();
   await r.read(0, 4096);
   const took = Date.now() - start;
@@ -313,7 +313,7 @@ test('registry backend: a corrupted body is an EIO and never reaches the cache f
   const faults = await FaultProxy.start(open.url);
   cleanups.push(() => faults.close());
   faults.inject({ match: (req) => req.method === 'GET' && req.url!.includes('/blobs/'), fault: { kind: 'corrupt-body' }, times: Infinity });
-  const r = reader(legacyEntry('corrupt', snapshotterConfig(faults.host)));
+  const r = await reader(legacyEntry('corrupt', snapshotterConfig(faults.host)));
   await r.read();
   assert.equal(r.session.stats.readErrors, 1);
   assert.deepEqual(r.port.writes, [], 'no chunk of a corrupted answer is written');
@@ -328,20 +328,20 @@ test('registry backend with proxy.url (nydus-backend-proxy): reads go to the pro
   const registrySide = await FaultProxy.start(open.url);
   cleanups.push(() => registrySide.close());
   const blobGets = () => registrySide.seen.filter((s) => s.method === 'GET' && s.url.includes('/blobs/')).length;
-  const viaProxy = reader(legacyEntry('proxy', snapshotterConfig(registrySide.host, { proxy: { url: proxyServer.url, fallback: false } })));
+  const viaProxy = await reader(legacyEntry('proxy', snapshotterConfig(registrySide.host, { proxy: { url: proxyServer.url, fallback: false } })));
   await viaProxy.read();
   assertWhole(viaProxy);
   assert.equal(blobGets(), 0, 'the registry served no blob bytes');
   await viaProxy.close();
 
   const down = `http://127.0.0.1:${await freePort()}`;
-  const fallback = reader(legacyEntry('proxy-fallback', snapshotterConfig(registrySide.host, { proxy: { url: down } })));
+  const fallback = await reader(legacyEntry('proxy-fallback', snapshotterConfig(registrySide.host, { proxy: { url: down } })));
   await fallback.read();
   assertWhole(fallback);
   assert.ok(blobGets() > 0, 'the registry served the reads');
   await fallback.close();
 
-  const strict = reader(legacyEntry('proxy-strict', snapshotterConfig(registrySide.host, { proxy: { url: down, fallback: false } })));
+  const strict = await reader(legacyEntry('proxy-strict', snapshotterConfig(registrySide.host, { proxy: { url: down, fallback: false } })));
   await strict.read(0, 4096);
   assert.equal(strict.session.stats.readErrors, 1);
   assert.deepEqual(strict.port.writes, []);
@@ -376,12 +376,12 @@ test('registry backend: a proxy whose ping_url fails is skipped (fallback) until
 
 test('http-proxy backend: blobs at <addr><path>/<blob id> with Range; a missing server is an EIO', async () => {
   const body = legacyEntry('http-proxy', { addr: proxyServer.url, path: '', readahead: false }, 'http-proxy');
-  const r = reader(body);
+  const r = await reader(body);
   await r.read();
   assertWhole(r);
   assert.ok(r.registry.metrics()['http-proxy'].read_count > 0);
   await r.close();
-  const gone = reader(legacyEntry('http-proxy-gone', { addr: `http://127.0.0.1:${await freePort()}`, timeout: 1, connect_timeout: 1 }, 'http-proxy'));
+  const gone = await reader(legacyEntry('http-proxy-gone', { addr: `http://127.0.0.1:${await freePort()}`, timeout: 1, connect_timeout: 1 }, 'http-proxy'));
   await gone.read(0, 4096);
   assert.equal(gone.session.stats.readErrors, 1);
   await gone.close();
@@ -441,7 +441,7 @@ test('nydus-backend-proxy: serves a blob directory with HEAD and Range; a regist
   await escape.body.dump();
   assert.equal(escape.statusCode, 404);
   // nydus's README setup: the registry backend pointed at the proxy as if it were a registry.
-  const r = reader(legacyEntry('via-cli', snapshotterConfig(new URL(url).host)));
+  const r = await reader(legacyEntry('via-cli', snapshotterConfig(new URL(url).host)));
   await r.read();
   assertWhole(r);
   await r.close();
@@ -475,7 +475,7 @@ test('registry backend: blob_redirected_host and blob_url_scheme rewrite a blob 
   const storage = await FaultProxy.start(locked.url, { upstreamAuthorization: `Basic ${AUTH}` });
   cleanups.push(() => storage.close());
   faults.inject({ match: (req) => req.method === 'GET' && req.url!.includes('/blobs/'), fault: { kind: 'redirect', to: `https://127.0.0.1:${await freePort()}` }, times: Infinity });
-  const r = reader(legacyEntry('redirect', snapshotterConfig(faults.host, { auth: AUTH, blob_redirected_host: storage.host, blob_url_scheme: 'http' })));
+  const r = await reader(legacyEntry('redirect', snapshotterConfig(faults.host, { auth: AUTH, blob_redirected_host: storage.host, blob_url_scheme: 'http' })));
   await r.read();
   assertWhole(r);
   const atStorage = storage.seen.filter((s) => s.url.includes('/blobs/'));
@@ -491,22 +491,22 @@ test('registry backend over TLS: ca_cert_files trusts the registry\'s certificat
   await client.pushBlob(`${tls.host}/${REPO}`, fs.readFileSync(path.join(blobDir, blobId)));
   await client.close();
   const https = { host: tls.host, repo: REPO, scheme: 'https' };
-  const trusted = reader(legacyEntry('tls-ca', { ...https, ca_cert_files: [path.join(tls.dir, 'cert.pem')] }));
+  const trusted = await reader(legacyEntry('tls-ca', { ...https, ca_cert_files: [path.join(tls.dir, 'cert.pem')] }));
   await trusted.read();
   assertWhole(trusted);
   await trusted.close();
-  const skipped = reader(legacyEntry('tls-skip', { ...https, skip_verify: true }));
+  const skipped = await reader(legacyEntry('tls-skip', { ...https, skip_verify: true }));
   await skipped.read();
   assertWhole(skipped);
   await skipped.close();
-  const refused = reader(legacyEntry('tls-refused', https));
+  const refused = await reader(legacyEntry('tls-refused', https));
   await refused.read(0, 4096);
   assert.equal(refused.session.stats.readErrors, 1, 'an unknown certificate is refused');
   await refused.close();
 });
 
 test('registry backend: a registry that is not there is an EIO after retry_limit retries, quickly', async () => {
-  const r = reader(legacyEntry('down', snapshotterConfig(`127.0.0.1:${await freePort()}`, { retry_limit: 2 })));
+  const r = await reader(legacyEntry('down', snapshotterConfig(`127.0.0.1:${await freePort()}`, { retry_limit: 2 })));
   const start = Date.now();
   await r.read(0, 4096);
   assert.equal(r.session.stats.readErrors, 1);

@@ -22,8 +22,10 @@ import { RotatingLogFile } from '../src/daemon/log.ts';
 import { BUILD_INFO } from '../src/version.ts';
 import { Worker } from 'node:worker_threads';
 import { chunkDigest } from '../src/blob/digest.ts';
-import { NydusError } from '../erofs/errors.ts';
-import { prand, tmpDir } from './helpers/fixtures.ts';
+import { FormatError, NydusError } from '../erofs/errors.ts';
+import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
+import { RegistrationPool } from '../src/daemon/registration-pool.ts';
+import { hardlinkHeavyImage, prand, tmpDir } from './helpers/fixtures.ts';
 import { apiRequest as api } from './helpers/api-client.ts';
 import { repoRoot } from './helpers/cli.ts';
 import { spawn, spawnSync } from 'node:child_process';
@@ -126,7 +128,7 @@ test('API: register through PUT /api/v2/blobs, refuse bad bodies with 400, socke
 test('session: OPEN and READ fill the cache files with exactly the image bytes', async () => {
   const state = new DaemonState(path.join(work, 'state2'));
   const registry = track(new ImageRegistry(state, log));
-  registry.add(entry('img'));
+  await registry.add(entry('img'));
   const port = new FakePort();
   const session = new OnDemandSession(port, registry, state, log, 2);
   session.handle({ type: 'open', msgId: 1, objectId: 10, volumeKey: 'erofs,img', cookieKey: 'img', fd: port.give(100), flags: 0 });
@@ -162,7 +164,7 @@ test('session: a corrupt chunk is never written; the read completes without data
   const registry = track(new ImageRegistry(state, log));
   const e = entry('bad');
   e.config_v2.backend.localfs.dir = badDir;
-  registry.add(e);
+  await registry.add(e);
   const port = new FakePort();
   const session = new OnDemandSession(port, registry, state, log, 2);
   session.handle({ type: 'open', msgId: 1, objectId: 1, volumeKey: 'erofs,bad', cookieKey: blobId, fd: port.give(7), flags: 0 });
@@ -176,37 +178,37 @@ test('session: a corrupt chunk is never written; the read completes without data
   state.close();
 });
 
-test('registry: the cache work_dir is made when missing; a relative one or a file there is refused', () => {
+test('registry: the cache work_dir is made when missing; a relative one or a file there is refused', async () => {
   const state = new DaemonState(path.join(work, 'state12'));
   const registry = track(new ImageRegistry(state, log));
   const made = entry('wd-made');
   made.config_v2.cache.fscache.work_dir = path.join(work, 'snapshots/1/fs');
-  registry.add(made);
+  await registry.add(made);
   assert.ok(fs.statSync(path.join(work, 'snapshots/1/fs')).isDirectory());
   const relative = entry('wd-relative');
   relative.config_v2.cache.fscache.work_dir = 'snapshots/2/fs';
-  assert.throws(() => registry.add(relative), /work_dir "snapshots\/2\/fs" must be an absolute path/);
+  await assert.rejects(registry.add(relative), /work_dir "snapshots\/2\/fs" must be an absolute path/);
   fs.writeFileSync(path.join(work, 'a-file'), '');
   const legacy = {
     type: 'bootstrap', id: 'wd-legacy',
     config: { backend_type: 'localfs', backend_config: { dir: blobDir }, cache_type: 'fscache', cache_config: { work_dir: path.join(work, 'a-file') }, metadata_path: boot },
   };
-  assert.throws(() => registry.add(legacy), /work_dir .*a-file (is not a directory|cannot be made)/);
+  await assert.rejects(registry.add(legacy), /work_dir .*a-file (is not a directory|cannot be made)/);
   assert.deepEqual(registry.list().map((e) => e.id), ['wd-made']);
   state.close();
 });
 
-test('state: registered images and cached chunks survive a restart', () => {
+test('state: registered images and cached chunks survive a restart', async () => {
   const dir = path.join(work, 'state4');
   let state = new DaemonState(dir);
-  track(new ImageRegistry(state, log)).add(entry('persist'));
+  await track(new ImageRegistry(state, log)).add(entry('persist'));
   state.mark({ volume: 'erofs,persist', cookie: blobId }, [0, 2]);
   // Entries may hold registry credentials: only the owner reads the state.
   for (const f of ['chunk-state.db', 'chunk-state.db-wal']) assert.equal(fs.statSync(path.join(dir, f)).mode & 0o777, 0o600, f);
   state.close();
   state = new DaemonState(dir);
   const registry = track(new ImageRegistry(state, log));
-  registry.restore();
+  await registry.restore();
   assert.deepEqual(registry.list().map((e) => e.id), ['persist']);
   assert.deepEqual([...state.cached({ volume: 'erofs,persist', cookie: blobId })].sort(), [0, 2]);
   assert.ok(registry.resolve('persist', blobId));
@@ -216,11 +218,11 @@ test('state: registered images and cached chunks survive a restart', () => {
 test('session: on open, marks the cache file contradicts are dropped, marks it confirms are kept', async () => {
   const state = new DaemonState(path.join(work, 'state5'));
   const registry = track(new ImageRegistry(state, log));
-  registry.add(entry('reconcile'));
+  await registry.add(entry('reconcile'));
   const file = { volume: 'erofs,reconcile', cookie: blobId };
   const target = registry.resolve('reconcile', blobId);
   assert.ok(target?.kind === 'blob');
-  const [c0, c1] = target.map.all();
+  const [c0, c1] = [target.map.at(0), target.map.at(1)];
   state.mark(file, [c0.indexInBlob, c1.indexInBlob]);
   // The cache file holds chunk 0 only (as after a crash between two writes, or a partly culled file).
   const port = new FakePort();
@@ -236,7 +238,7 @@ test('session: on open, marks the cache file contradicts are dropped, marks it c
 test('session: a demand READ of a marked chunk the cache file lacks writes it again', async () => {
   const state = new DaemonState(path.join(work, 'state5b'));
   const registry = track(new ImageRegistry(state, log));
-  registry.add(entry('stale'));
+  await registry.add(entry('stale'));
   const file = { volume: 'erofs,stale', cookie: blobId };
   const port = new FakePort();
   const session = new OnDemandSession(port, registry, state, log, 1);
@@ -255,8 +257,8 @@ test('session: a demand READ of a marked chunk the cache file lacks writes it ag
 test('session: two images on one blob without a domain fill two cache files; with a domain, one', async () => {
   const state = new DaemonState(path.join(work, 'state7'));
   const registry = track(new ImageRegistry(state, log));
-  registry.add(entry('own1'));
-  registry.add(entry('own2'));
+  await registry.add(entry('own1'));
+  await registry.add(entry('own2'));
   const size = openBootstrap(boot).blobs[0].uncompressed_size;
   const port = new FakePort();
   const session = new OnDemandSession(port, registry, state, log, 2);
@@ -280,7 +282,7 @@ test('session: two images on one blob without a domain fill two cache files; wit
 test('session: work in flight belongs to its object; CLOSE stops writes and frees the fd only once it drained', async () => {
   const state = new DaemonState(path.join(work, 'state8'));
   const registry = track(new ImageRegistry(state, log));
-  registry.add(entry('fd1'));
+  await registry.add(entry('fd1'));
   const port = new FakePort();
   const session = new OnDemandSession(port, registry, state, log, 2);
   let release!: () => void;
@@ -316,7 +318,7 @@ test('session: a bootstrap truncated after registration is an error for the READ
   const registry = track(new ImageRegistry(state, log));
   const e = entry('trunc');
   e.config_v2.metadata_path = copy;
-  registry.add(e);
+  await registry.add(e);
   const size = fs.statSync(copy).size;
   fs.truncateSync(copy, size - 4096);
   const port = new FakePort();
@@ -395,7 +397,7 @@ test('session: prefetch fetches exactly the files of the prefetch table, ahead o
   const registry = track(new ImageRegistry(state, log));
   const e = entry('pf', { rafs: { prefetch: { enable: true } } });
   e.config_v2.metadata_path = boot2;
-  registry.add(e);
+  await registry.add(e);
   const port = new FakePort();
   const session = new OnDemandSession(port, registry, state, log, 2);
   session.handle({ type: 'open', msgId: 1, objectId: 1, volumeKey: 'erofs,pf', cookieKey: blobId, fd: port.give(9), flags: 0 });
@@ -410,7 +412,7 @@ test('session: prefetch fetches exactly the files of the prefetch table, ahead o
   await settle();
   const fetchesBefore = state.fetches(blobId);
   const registry2 = track(new ImageRegistry(state, log));
-  registry2.restore();
+  await registry2.restore();
   const session2 = new OnDemandSession(port, registry2, state, log, 2);
   port.blocks.set(19, port.blocks.get(9)!);
   session2.handle({ type: 'open', msgId: 3, objectId: 1, volumeKey: 'erofs,pf', cookieKey: blobId, fd: port.give(19), flags: 0 });
@@ -578,4 +580,107 @@ test('nydusd: missing flags, unsupported flags and a kernel without on-demand ca
     assert.equal(await exited, 1);
     assert.match(stderr, /^nydusd: error: cannot bind the fscache cache at .*on-demand/);
   }
+});
+
+/** Polls `cond` every few ms, without waitFor's settling pause (for measuring while other work runs). */
+async function waitUntil(cond: () => boolean, ms = 60_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) assert.fail('timed out');
+    await new Promise((r) => setTimeout(r, 2));
+  }
+}
+
+test('registration off the event loop: while heavy images register through the API, READs of another image are served', { timeout: 300_000 }, async () => {
+  const heavy = hardlinkHeavyImage(path.join(work, 'heavy'));
+  // The 128 MiB just written flushed first: write-back throttling of this process (its state's
+  // writes) is not what this test measures.
+  spawnSync('sync');
+  const state = new DaemonState(path.join(work, 'state-heavy'));
+  const registry = track(new ImageRegistry(state, log));
+  await registry.add(entry('served'));
+  const port = new FakePort();
+  const session = new OnDemandSession(port, registry, state, log, 2);
+  session.handle({ type: 'open', msgId: 1, objectId: 1, volumeKey: 'erofs,served', cookieKey: blobId, fd: port.give(80), flags: 0 });
+  const sock = path.join(work, 'api-heavy.sock');
+  const server = await startApi(sock, { id: 'heavy', registry, state, lifecycle: null, log });
+  const heavyEntry = (id: string) => ({
+    type: 'bootstrap', id, domain_id: '',
+    config_v2: {
+      version: 2, id, backend: { type: 'localfs', localfs: { dir: heavy.blobDir } },
+      cache: { type: 'fscache', fscache: { work_dir: work } }, metadata_path: heavy.bootstrap, rafs: { prefetch: { enable: true, prefetch_all: true } },
+    },
+  });
+  const body = heavyEntry('heavy1');
+  const chunkSize = 0x40000;
+  const chunks = Math.ceil(1_000_000 / chunkSize);
+  try {
+    const delay = monitorEventLoopDelay({ resolution: 10 });
+    delay.enable();
+    const started = performance.now();
+    let answered = -1;
+    // Three heavy registrations at once (as a snapshotter mounting a pod's images): on the event loop
+    // they would block it one after the other, for several hundred ms.
+    const puts = Promise.all(['heavy1', 'heavy2', 'heavy3'].map((id) => api(sock, 'PUT', '/api/v2/blobs', heavyEntry(id))))
+      .finally(() => (answered = performance.now()));
+    // READs of the image already registered, one after another, until the PUTs are answered.
+    let served = 0;
+    let slowest = 0;
+    for (let msgId = 2; answered < 0; msgId++) {
+      const sent = performance.now();
+      session.handle({ type: 'read', msgId, objectId: 1, offset: (msgId % chunks) * chunkSize, len: 4096 });
+      await waitUntil(() => port.completed.includes(msgId));
+      if (answered < 0) {
+        served++;
+        slowest = Math.max(slowest, performance.now() - sent);
+      }
+    }
+    const res = await puts;
+    delay.disable();
+    const maxMs = delay.max / 1e6;
+    process.stderr.write(`3 heavy registrations: answered after ${(answered - started).toFixed(0)} ms; event loop delay max ${maxMs.toFixed(0)} ms, p99 ${(delay.percentile(99) / 1e6).toFixed(0)} ms; ${served} READs served meanwhile, the slowest in ${slowest.toFixed(0)} ms\n`);
+    assert.deepEqual(res.map((r) => r.status), [204, 204, 204], JSON.stringify(res.map((r) => r.body)));
+    assert.ok(served >= 20, `READs of the registered image kept being served while the heavy ones registered (${served})`);
+    assert.ok(maxMs < 200, `the event loop was blocked for ${maxMs.toFixed(0)} ms`);
+    assert.deepEqual(port.violations, []);
+    // The heavy image is served as registered: its blob and its prefetch plan (every chunk).
+    const target = registry.resolve('heavy1', fs.readdirSync(heavy.blobDir)[0]);
+    assert.ok(target?.kind === 'blob');
+    assert.equal(target.map.chunkCount, 16384);
+    assert.equal(target.prefetch?.order.length, 16384);
+    // The same body again is no error; another body under that id is.
+    assert.equal((await api(sock, 'PUT', '/api/v2/blobs', body)).status, 204);
+    const other = await api(sock, 'PUT', '/api/v2/blobs', { ...body, domain_id: 'elsewhere' });
+    assert.deepEqual([other.status, /already registered with another configuration/.test(other.body.message)], [400, true]);
+  } finally {
+    server.close();
+    state.close();
+  }
+});
+
+test('registration bounds: a registration over its time bound is refused, a bad image keeps its FormatError, concurrent PUTs of one id register it once', { timeout: 300_000 }, async () => {
+  const heavy = path.join(work, 'heavy', 'hl.boot');
+  assert.ok(fs.existsSync(heavy), 'the heavy image of the test above');
+  const state = new DaemonState(path.join(work, 'state-bounds'));
+  const pool = new RegistrationPool({ timeoutMs: 1 });
+  const registry = track(new ImageRegistry(state, log, undefined, pool));
+  try {
+    const slow = entry('slow');
+    slow.config_v2.metadata_path = heavy;
+    await assert.rejects(registry.add(slow), (e: Error) => e instanceof NydusError && /registration of bootstrap .*hl\.boot took longer than 0\.001 s, the bound of one registration; refused/.test(e.message));
+    assert.deepEqual(registry.list(), []);
+  } finally {
+    await pool.close();
+  }
+  // The shared pool: a bad image, as the gate says it; two PUTs of one body at once, one image.
+  const registry2 = track(new ImageRegistry(state, log));
+  const bad = path.join(work, 'bad.boot');
+  fs.writeFileSync(bad, Buffer.alloc(8192));
+  const e = entry('bad');
+  e.config_v2.metadata_path = bad;
+  await assert.rejects(registry2.add(e), (err: Error) => err instanceof FormatError && err.message.startsWith(bad));
+  const [a, b] = await Promise.all([registry2.add(entry('twice')), registry2.add(entry('twice'))]);
+  assert.deepEqual([a.id, b.id], ['twice', 'twice']);
+  assert.deepEqual(registry2.list().map((x) => x.id), ['twice']);
+  state.close();
 });

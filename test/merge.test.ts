@@ -340,7 +340,7 @@ test('nydusd serves a merged image: each layer blob is a cookie, every reference
   const state = new DaemonState(path.join(work, 'z-state'));
   const registry = new ImageRegistry(state, pino({ level: 'silent' }));
   try {
-    registry.add({
+    await registry.add({
       type: 'bootstrap', id: 'merged', domain_id: '',
       config_v2: {
         version: 2, id: 'merged', backend: { type: 'localfs', localfs: { dir: zblobs } },

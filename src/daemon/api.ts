@@ -144,7 +144,7 @@ export function startApi(sock: string, ctx: ApiContext): Promise<http.Server> {
           return send(res, 204);
         }
         case 'PUT /api/v2/blobs': {
-          ctx.registry.add(await readBody(req));
+          await ctx.registry.add(await readBody(req));
           return send(res, 204);
         }
         case 'GET /api/v2/blobs':

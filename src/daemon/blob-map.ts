@@ -1,49 +1,104 @@
 /**
  * Blob map: for one blob, its chunks in uncompressed order, so that a kernel READ of the blob's
  * uncompressed address space maps to the chunks (and their stored ranges) that cover it.
+ *
+ * The chunks are kept packed in two typed arrays (numbers and digests), as the registration worker
+ * builds them and hands them over without copying: an image of millions of chunks costs the daemon
+ * two buffers, not millions of objects, and a chunk becomes a ChunkRef only when a request needs it.
  */
 import { NydusError, EIO } from '../../erofs/errors.ts';
-import type { ValidatedImage } from '../image/validate.ts';
 import type { CompressorName } from '../blob/compress.ts';
 import type { Digester } from '../blob/digest.ts';
 import type { ChunkRef } from '../builder/tree.ts';
 
+/** Numbers kept per chunk, in this order. */
+const F_INDEX = 0;
+const F_UOFF = 1;
+const F_USIZE = 2;
+const F_COFF = 3;
+const F_CSIZE = 4;
+const F_COMPRESSED = 5;
+const FIELDS = 6;
+/** Chunk digests (blake3 and sha256 alike) are 32 bytes in the chunk table. */
+const DIGEST_SIZE = 32;
+
+/** A blob's chunks, sorted by uncompressed offset, as two transferable buffers. */
+export interface PackedChunks {
+  numbers: Float64Array;
+  digests: Uint8Array;
+}
+
+/** Packs validated chunks (sorted by uncompressed offset, none overlapping). */
+export function packChunks(chunks: readonly ChunkRef[]): PackedChunks {
+  const numbers = new Float64Array(chunks.length * FIELDS);
+  const digests = new Uint8Array(chunks.length * DIGEST_SIZE);
+  chunks.forEach((c, i) => {
+    if (c.digest.length !== DIGEST_SIZE) throw new Error(`chunk ${c.indexInBlob} has a digest of ${c.digest.length} bytes, not ${DIGEST_SIZE}`);
+    const o = i * FIELDS;
+    numbers[o + F_INDEX] = c.indexInBlob;
+    numbers[o + F_UOFF] = c.uncompressedOffset;
+    numbers[o + F_USIZE] = c.uncompressedSize;
+    numbers[o + F_COFF] = c.compressedOffset;
+    numbers[o + F_CSIZE] = c.compressedSize;
+    numbers[o + F_COMPRESSED] = c.compressed ? 1 : 0;
+    digests.set(c.digest, i * DIGEST_SIZE);
+  });
+  return { numbers, digests };
+}
+
 export class BlobMap {
-  private readonly chunks: ChunkRef[];
+  private readonly n: Float64Array;
+  private readonly digests: Buffer;
+  readonly chunkCount: number;
 
   constructor(
-    readonly blobId: string, readonly uncompressedSize: number, readonly compressor: CompressorName,
-    readonly digester: Digester, chunks: ChunkRef[],
+    readonly blobId: string, readonly blobIndex: number, readonly uncompressedSize: number, readonly compressor: CompressorName,
+    readonly digester: Digester, chunks: PackedChunks,
   ) {
-    // Validated chunks: inside the blob, no two overlapping, sizes bounded by the chunk size.
-    this.chunks = [...chunks].sort((a, b) => a.uncompressedOffset - b.uncompressedOffset);
+    this.n = chunks.numbers;
+    this.digests = Buffer.from(chunks.digests.buffer, chunks.digests.byteOffset, chunks.digests.byteLength);
+    this.chunkCount = this.n.length / FIELDS;
   }
 
-  /** Every blob of a validated bootstrap, keyed by blob id, from its blob table and chunk table. */
-  static fromImage(image: ValidatedImage): Map<string, BlobMap> {
-    const out = new Map<string, BlobMap>();
-    for (const b of image.blobs) out.set(b.id, new BlobMap(b.id, b.uncompressedSize, b.compressor, b.digester, b.chunks));
-    return out;
+  /** The chunk at `pos` in uncompressed order. */
+  at(pos: number): ChunkRef {
+    const o = pos * FIELDS;
+    return {
+      blobIndex: this.blobIndex, indexInBlob: this.n[o + F_INDEX], digest: this.digests.subarray(pos * DIGEST_SIZE, (pos + 1) * DIGEST_SIZE),
+      uncompressedOffset: this.n[o + F_UOFF], uncompressedSize: this.n[o + F_USIZE], compressedOffset: this.n[o + F_COFF],
+      compressedSize: this.n[o + F_CSIZE], compressed: this.n[o + F_COMPRESSED] === 1,
+    };
   }
 
-  get chunkCount(): number {
-    return this.chunks.length;
+  /** Chunk index, and uncompressed range, of the chunk at `pos` (without making a ChunkRef). */
+  indexAt(pos: number): number {
+    return this.n[pos * FIELDS + F_INDEX];
   }
 
-  all(): readonly ChunkRef[] {
-    return this.chunks;
+  rangeAt(pos: number): [number, number] {
+    const o = pos * FIELDS;
+    return [this.n[o + F_UOFF], this.n[o + F_UOFF] + this.n[o + F_USIZE]];
+  }
+
+  /** The first position whose chunk ends after `offset` (`end`) or starts at or after it. */
+  private search(offset: number, byEnd: boolean): number {
+    let lo = 0;
+    let hi = this.chunkCount;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      const o = mid * FIELDS;
+      const key = byEnd ? this.n[o + F_UOFF] + this.n[o + F_USIZE] : this.n[o + F_UOFF] + 1;
+      if (key <= offset) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo;
   }
 
   /** Up to `n` chunks that start at or after `offset`. */
   chunksAfter(offset: number, n: number): ChunkRef[] {
-    let lo = 0;
-    let hi = this.chunks.length;
-    while (lo < hi) {
-      const mid = (lo + hi) >> 1;
-      if (this.chunks[mid].uncompressedOffset < offset) lo = mid + 1;
-      else hi = mid;
-    }
-    return this.chunks.slice(lo, lo + n);
+    const out: ChunkRef[] = [];
+    for (let i = this.search(offset, false); i < this.chunkCount && out.length < n; i++) out.push(this.at(i));
+    return out;
   }
 
   /** Chunks overlapping [offset, offset + len); gaps between chunks are alignment padding. */
@@ -51,16 +106,8 @@ export class BlobMap {
     if (offset < 0 || offset >= this.uncompressedSize + 4096) {
       throw new NydusError(`blob ${this.blobId}: read at ${offset} is beyond its ${this.uncompressedSize} bytes`, EIO);
     }
-    let lo = 0;
-    let hi = this.chunks.length;
-    while (lo < hi) {
-      const mid = (lo + hi) >> 1;
-      const c = this.chunks[mid];
-      if (c.uncompressedOffset + c.uncompressedSize <= offset) lo = mid + 1;
-      else hi = mid;
-    }
     const out: ChunkRef[] = [];
-    for (let i = lo; i < this.chunks.length && this.chunks[i].uncompressedOffset < offset + len; i++) out.push(this.chunks[i]);
+    for (let i = this.search(offset, true); i < this.chunkCount && this.n[i * FIELDS + F_UOFF] < offset + len; i++) out.push(this.at(i));
     return out;
   }
 }

@@ -5,10 +5,8 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
-import { openImage } from '../image/open.ts';
-import type { ValidatedImage } from '../image/validate.ts';
-import type { ChunkRef } from '../builder/tree.ts';
 import { BlobMap } from './blob-map.ts';
+import { type RegistrationPool, sharedRegistrationPool } from './registration-pool.ts';
 import { ChunkFetcher } from './chunk-fetcher.ts';
 import { type BackendMetrics, type BlobBackend, newBackendMetrics } from './backend/localfs.ts';
 import { createBackend } from './backend/index.ts';
@@ -25,53 +23,8 @@ interface RegisteredImage {
   blobs: Map<string, BlobMap>;
   backend: BlobBackend;
   fetcher: ChunkFetcher;
-  /** Per blob, the chunks to fetch ahead of reads (when prefetch is enabled). */
-  prefetch: Map<string, ChunkRef[]>;
-}
-
-/**
- * What to prefetch: the chunks of the files the bootstrap's prefetch table lists (directories with
- * everything below them), in that order; without a prefetch table, or with `all`, the whole blob
- * (after those files).
- */
-function prefetchChunks(image: ValidatedImage, blobs: Map<string, BlobMap>, all: boolean): Map<string, ChunkRef[]> {
-  const listed = prefetchTableChunks(image);
-  if (!all && listed) return listed;
-  const out = new Map<string, ChunkRef[]>();
-  for (const [id, map] of blobs) {
-    const first = listed?.get(id) ?? [];
-    const seen = new Set(first.map((c) => c.indexInBlob));
-    out.set(id, [...first, ...map.all().filter((c) => !seen.has(c.indexInBlob))]);
-  }
-  return out;
-}
-
-/** The chunks of the prefetch table's files, per blob in table order; null without a table. */
-function prefetchTableChunks(image: ValidatedImage): Map<string, ChunkRef[]> | null {
-  const out = new Map<string, ChunkRef[]>();
-  if (image.image.prefetchTable().length === 0) return null;
-  // Over the decoded-once inodes: each inode (a hardlink or a directory named twice in the table)
-  // is visited once, so the walk costs at most the image's own size.
-  const visited = new Set<number>();
-  const seen = new Set<ChunkRef>();
-  for (const start of image.prefetchNids) {
-    const stack = [start];
-    while (stack.length) {
-      const nid = stack.pop()!;
-      if (visited.has(nid)) continue;
-      visited.add(nid);
-      const v = image.inodes.get(nid)!;
-      for (let i = (v.entries?.length ?? 0) - 1; i >= 0; i--) stack.push(v.entries![i].nid);
-      for (const c of v.chunks ?? []) {
-        if (!c || seen.has(c)) continue;
-        seen.add(c);
-        const id = image.blobs[c.blobIndex].id;
-        if (!out.has(id)) out.set(id, []);
-        out.get(id)!.push(c);
-      }
-    }
-  }
-  return out;
+  /** Per blob, the positions in its blob map to fetch ahead of reads (when prefetch is enabled). */
+  prefetch: Map<string, Uint32Array>;
 }
 
 /**
@@ -97,7 +50,17 @@ export class ImageRegistry implements ObjectResolver {
   /** Per backend type, counters that only grow: removing an image does not take its reads back. */
   private readonly backendMetrics = new Map<string, BackendMetrics>();
 
-  constructor(private readonly state: DaemonState, private readonly log: Logger, private readonly pool?: VerifyPool) {}
+  /** Registrations on their way (validated on a worker), by image id. */
+  private readonly pending = new Map<string, Promise<unknown>>();
+
+  /**
+   * `registration`: where bootstraps are read and validated, off this thread (by default the
+   * process's shared pool; the daemon gives its own).
+   */
+  constructor(
+    private readonly state: DaemonState, private readonly log: Logger, private readonly pool?: VerifyPool,
+    private readonly registration: RegistrationPool = sharedRegistrationPool(),
+  ) {}
 
   private metricsOf(type: string): BackendMetrics {
     let m = this.backendMetrics.get(type);
@@ -106,33 +69,52 @@ export class ImageRegistry implements ObjectResolver {
   }
 
   /** Re-registers what an earlier run of the daemon had (after a restart). */
-  restore(): void {
+  async restore(): Promise<void> {
     for (const { id, entry } of this.state.images()) {
       try {
-        this.add(entry, false);
+        await this.add(entry, false);
       } catch (e) {
         this.log.error({ id, err: (e as Error).message }, 'cannot restore a registered image');
       }
     }
   }
 
-  /** PUT /api/v2/blobs: validates the entry and the bootstrap before accepting it. */
-  add(body: unknown, persist = true): ImageEntry {
+  /**
+   * PUT /api/v2/blobs: validates the entry and the bootstrap before accepting it. The bootstrap is
+   * read, validated and planned on a registration worker: this thread keeps serving the kernel.
+   */
+  async add(body: unknown, persist = true): Promise<ImageEntry> {
     const entry = parseBlobCacheEntry(body);
+    // A registration of the same id on its way: its outcome decides (as a second PUT after it would).
+    while (this.pending.has(entry.id)) await this.pending.get(entry.id)!.catch(() => undefined);
     const known = this.images.get(entry.id);
     if (known) {
       // The snapshotter registers its images again after a restart: the same body is no error.
       if (JSON.stringify(known.body) === JSON.stringify(body)) return known.entry;
       throw new ConfigError(`image ${entry.id} is already registered with another configuration`);
     }
-    // The same validation gate as check: blob ids, chunk ranges and sizes, every inode once.
-    const { image } = openImage(entry.metadataPath);
-    const blobs = BlobMap.fromImage(image);
+    const done = this.register(entry, body, persist);
+    this.pending.set(entry.id, done);
+    try {
+      return await done;
+    } finally {
+      this.pending.delete(entry.id);
+    }
+  }
+
+  private async register(entry: ImageEntry, body: unknown, persist: boolean): Promise<ImageEntry> {
+    const plan = await this.registration.plan({ metadataPath: entry.metadataPath, prefetch: { enable: entry.prefetch.enable, all: entry.prefetch.all } });
     prepareWorkDir(entry.workDir);
     const backend = createBackend(entry.backend, this.metricsOf(entry.backend.type));
+    const blobs = new Map<string, BlobMap>();
+    const prefetch = new Map<string, Uint32Array>();
+    for (const b of plan.blobs) {
+      blobs.set(b.id, new BlobMap(b.id, b.index, b.uncompressedSize, b.compressor, b.digester, b.chunks));
+      if (b.prefetch) prefetch.set(b.id, b.prefetch);
+    }
     this.images.set(entry.id, {
-      entry, body, bootstrapSize: fs.statSync(entry.metadataPath).size, blobs, backend,
-      prefetch: entry.prefetch.enable ? prefetchChunks(image, blobs, entry.prefetch.all) : new Map(), fetcher: new ChunkFetcher(backend, (blob, chunk) => this.state.countFetch(blob, chunk), this.pool),
+      entry, body, bootstrapSize: plan.bootstrapSize, blobs, backend, prefetch,
+      fetcher: new ChunkFetcher(backend, (blob, chunk) => this.state.countFetch(blob, chunk), this.pool),
     });
     if (persist) this.state.saveImage(entry.id, body);
     this.log.info({ id: entry.id, domain: entry.domainId, bootstrap: entry.metadataPath, blobs: [...blobs.keys()] }, 'image registered');
@@ -181,8 +163,8 @@ export class ImageRegistry implements ObjectResolver {
       if (cookie === img.entry.id) return { kind: 'bootstrap', path: img.entry.metadataPath, size: img.bootstrapSize };
       const map = img.blobs.get(cookie);
       if (map) {
-        const chunks = img.prefetch.get(cookie);
-        return { kind: 'blob', map, fetcher: img.fetcher, prefetch: chunks ? { chunks, config: img.entry.prefetch } : null };
+        const order = img.prefetch.get(cookie);
+        return { kind: 'blob', map, fetcher: img.fetcher, prefetch: order ? { order, config: img.entry.prefetch } : null };
       }
     }
     return null;

@@ -85,7 +85,7 @@ export class DaemonLifecycle {
       for (const body of handed.images) {
         const id = (body as { id?: unknown }).id;
         if (typeof id === 'string' && known.has(id)) continue;
-        this.registry.add(body);
+        await this.registry.add(body);
       }
       this.attach(dev, true);
       this.tookOver = true;

@@ -28,9 +28,9 @@ export interface CachefilesPort {
   dataRanges(fd: number, from: number, to: number): Array<[number, number]>;
 }
 
-/** Background prefetch of one blob: its chunks in order, and how to fetch them. */
+/** Background prefetch of one blob: its chunks in order (positions in its blob map), and how to fetch them. */
 export interface PrefetchPlan {
-  chunks: readonly ChunkRef[];
+  order: Uint32Array;
   config: Pick<PrefetchConfig, 'threads' | 'batchSize' | 'bandwidthLimit'>;
 }
 
@@ -174,7 +174,10 @@ export class OnDemandSession {
       this.log.warn({ cookie: obj.file.cookie, volume: obj.file.volume }, 'cannot see the cache file; its chunk marks are kept unchecked');
       return;
     }
-    const stale = map.all().filter((c) => marked.has(c.indexInBlob) && !covers(ranges, c)).map((c) => c.indexInBlob);
+    const stale: number[] = [];
+    for (let pos = 0; pos < map.chunkCount; pos++) {
+      if (marked.has(map.indexAt(pos)) && !covers(ranges, map.rangeAt(pos))) stale.push(map.indexAt(pos));
+    }
     if (stale.length) {
       this.state.unmark(obj.file, stale);
       this.stats.staleMarks += stale.length;
@@ -266,7 +269,7 @@ export class OnDemandSession {
   /** Whether the cache file holds the chunk's bytes. */
   private holds(obj: OpenObject, c: ChunkRef): boolean {
     try {
-      return covers(this.dev.dataRanges(obj.fd, c.uncompressedOffset, c.uncompressedOffset + roundUp4k(c.uncompressedSize)), c);
+      return covers(this.dev.dataRanges(obj.fd, c.uncompressedOffset, c.uncompressedOffset + roundUp4k(c.uncompressedSize)), [c.uncompressedOffset, c.uncompressedOffset + c.uncompressedSize]);
     } catch {
       return false;
     }
@@ -296,7 +299,9 @@ export class OnDemandSession {
   private async prefetch(obj: OpenObject, map: BlobMap, fetcher: ChunkFetcher, plan: PrefetchPlan): Promise<void> {
     await obj.marksChecked;
     const have = this.state.cached(obj.file);
-    const batches = batchChunks(plan.chunks.filter((c) => !have.has(c.indexInBlob)), plan.config.batchSize);
+    const todo: ChunkRef[] = [];
+    for (const pos of plan.order) if (!have.has(map.indexAt(pos))) todo.push(map.at(pos));
+    const batches = batchChunks(todo, plan.config.batchSize);
     const pace = new Pacer(plan.config.bandwidthLimit);
     let next = 0;
     const worker = async () => {
@@ -365,9 +370,7 @@ class Pacer {
   }
 }
 
-/** Whether data ranges cover a chunk's bytes (the padding after a blob's last chunk may lie past EOF). */
-function covers(ranges: ReadonlyArray<readonly [number, number]>, c: ChunkRef): boolean {
-  const start = c.uncompressedOffset;
-  const end = start + c.uncompressedSize;
+/** Whether data ranges cover a chunk's bytes [start, end) (the padding after a blob's last chunk may lie past EOF). */
+function covers(ranges: ReadonlyArray<readonly [number, number]>, [start, end]: readonly [number, number]): boolean {
   return ranges.some(([s, e]) => s <= start && e >= end);
 }

@@ -13,6 +13,7 @@ import { ImageRegistry } from './daemon.ts';
 import { DaemonLifecycle } from './lifecycle.ts';
 import { DaemonState } from './state.ts';
 import { VerifyPool } from './verify-pool.ts';
+import { RegistrationPool } from './registration-pool.ts';
 import { makeLogger } from './log.ts';
 import os from 'node:os';
 
@@ -122,8 +123,11 @@ export async function runDaemon(opts: DaemonOptions, source: DeviceSource): Prom
       process.exit(1);
     },
   });
-  const registry = new ImageRegistry(state, log, pool);
-  registry.restore();
+  // Bootstraps are read and validated on their own threads, one image at a time.
+  const registration = new RegistrationPool({ workers: 1 });
+  const registry = new ImageRegistry(state, log, pool, registration);
+  // Before the device is served: the kernel's requests after a restart name these images.
+  await registry.restore();
   const lifecycle = new DaemonLifecycle({ id: opts.id, cacheDir: opts.fscacheDir, threads: opts.threads, supervisor: opts.supervisor }, registry, state, log);
   if (source.kind === 'inherited') {
     const restarted = Number(process.env[RESTART_ENV] ?? 0) > 0;
@@ -139,7 +143,7 @@ export async function runDaemon(opts: DaemonOptions, source: DeviceSource): Prom
     log.info('shutting down');
     server?.close();
     lifecycle.stop();
-    void registry.close().finally(() => {
+    void Promise.all([registry.close(), registration.close()]).finally(() => {
       state.close();
       // Our own supervisor restarts a worker that exits; asked to exit, the whole daemon stops.
       if (source.kind === 'inherited') process.kill(process.ppid, 'SIGTERM');

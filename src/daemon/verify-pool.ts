@@ -3,7 +3,8 @@
  * core and its event loop keeps answering the kernel while chunks are verified. The buffers move to
  * the worker and back without copies.
  */
-import { Worker } from 'node:worker_threads';
+import type { Worker } from 'node:worker_threads';
+import { startWorker } from './worker-thread.ts';
 import { NydusError, EIO } from '../../erofs/errors.ts';
 import { type StoredChunk, verifyChunk } from '../blob/verify.ts';
 
@@ -11,18 +12,6 @@ interface Job {
   chunk: StoredChunk;
   resolve: (b: Buffer) => void;
   reject: (e: Error) => void;
-}
-
-/**
- * The worker: next to this module, verify-worker.mjs in the bundles; from the TypeScript sources the
- * worker registers tsx itself (loader hooks of the main thread do not reach workers in Node 20).
- */
-function startWorker(): Worker {
-  const self = import.meta.url;
-  if (!self.endsWith('.ts')) return new Worker(new URL('./verify-worker.mjs', self));
-  const tsx = import.meta.resolve('tsx/esm/api');
-  const entry = new URL('./verify-worker.ts', self).href;
-  return new Worker(`import(${JSON.stringify(tsx)}).then((t) => { t.register(); return import(${JSON.stringify(entry)}); })`, { eval: true });
 }
 
 export interface VerifyPoolOptions {
@@ -50,7 +39,7 @@ export class VerifyPool {
 
   private spawn(): Worker {
     this.started++;
-    const w = (this.opts.start ?? startWorker)();
+    const w = (this.opts.start ?? (() => startWorker('verify-worker')))();
     w.unref();
     w.on('message', (m: { data?: Uint8Array; error?: string; errno?: number }) => {
       const job = this.busy.get(w)!;

@@ -1,6 +1,7 @@
 /**
  * A streaming POSIX (pax) tar writer: ustar headers, pax records for long names, big ids,
- * nanosecond mtimes and xattrs (SCHILY.xattr.*, values kept as raw bytes).
+ * nanosecond mtimes and xattrs (SCHILY.xattr.*, values kept as raw bytes), and sparse files in
+ * GNU tar's pax sparse format 1.0 (GNU tar restores their holes as holes).
  */
 import fs from 'node:fs';
 
@@ -40,6 +41,26 @@ export interface TarEntry {
   devmajor?: number;
   devminor?: number;
   xattrs?: Map<string, Buffer>;
+  /**
+   * Regular files with holes: the [offset, length] runs that hold data, in order. Only their bytes
+   * follow (data() with the runs back to back); the rest of `size` reads as zeros.
+   */
+  sparse?: Array<[number, number]>;
+}
+
+/**
+ * GNU tar's sparse map (format 1.0), at the head of the member's data: the number of entries, then
+ * offset and length of each data run, decimal, one a line, padded with NULs to a block. A file that
+ * ends in a hole gets a last, empty run at its end, as GNU tar writes it, so it extracts at full size.
+ */
+function sparseMap(runs: Array<[number, number]>, size: number): Buffer {
+  const all = [...runs];
+  const last = all[all.length - 1];
+  if (!last || last[0] + last[1] < size) all.push([size, 0]);
+  const text = Buffer.from(`${all.length}\n${all.map(([o, l]) => `${o}\n${l}\n`).join('')}`, 'latin1');
+  const out = Buffer.alloc(Math.ceil(text.length / BLOCK) * BLOCK);
+  text.copy(out);
+  return out;
 }
 
 export class TarWriter {
@@ -79,27 +100,44 @@ export class TarWriter {
     if (rest) this.write(Buffer.alloc(BLOCK - rest));
   }
 
-  /** Writes an entry's headers; for regular files the caller then streams `size` bytes with data(). */
+  /**
+   * Writes an entry's headers; for regular files the caller then streams `size` bytes with data()
+   * (a sparse file: the bytes of its data runs) and ends with endFile().
+   */
   add(e: TarEntry): void {
     const records: Buffer[] = [];
-    if (e.path.length > 100) records.push(paxRecord('path', e.path));
+    let name = e.path;
+    let stored = e.type === '0' ? e.size : 0;
+    let map: Buffer | null = null;
+    if (e.sparse) {
+      // The ustar name is GNU's %d/GNUSparseFile.%p/%f: a tar without sparse support extracts the
+      // condensed file (map first) apart from the real one.
+      const base = e.path.subarray(e.path.lastIndexOf(0x2f, e.path.length - 1) + 1);
+      name = Buffer.concat([Buffer.from('./GNUSparseFile.0/'), base]);
+      map = sparseMap(e.sparse, e.size);
+      stored = map.length + e.sparse.reduce((n, [, l]) => n + l, 0);
+      records.push(paxRecord('GNU.sparse.major', Buffer.from('1')), paxRecord('GNU.sparse.minor', Buffer.from('0')),
+        paxRecord('GNU.sparse.name', e.path), paxRecord('GNU.sparse.realsize', Buffer.from(String(e.size))));
+    } else if (e.path.length > 100) records.push(paxRecord('path', e.path));
     if (e.linkname && e.linkname.length > 100) records.push(paxRecord('linkpath', e.linkname));
     if (e.uid > 0o7777777) records.push(paxRecord('uid', Buffer.from(String(e.uid))));
     if (e.gid > 0o7777777) records.push(paxRecord('gid', Buffer.from(String(e.gid))));
-    if (e.size > 0o77777777777) records.push(paxRecord('size', Buffer.from(String(e.size))));
+    if (stored > 0o77777777777) records.push(paxRecord('size', Buffer.from(String(stored))));
     records.push(paxRecord('mtime', Buffer.from(paxTime(e.mtimeSec, e.mtimeNsec))));
     for (const [k, v] of e.xattrs ?? []) records.push(paxRecord(`SCHILY.xattr.${k}`, v));
     const pax = Buffer.concat(records);
     this.write(this.header({ ...e, mode: 0o644 }, 'x', Buffer.from('././@PaxHeader'), pax.length));
     this.write(pax);
     this.pad(pax.length);
-    this.write(this.header(e, e.type, e.path, e.type === '0' ? e.size : 0, e.linkname));
+    this.write(this.header(e, e.type, name, stored, e.linkname));
+    if (map) this.write(map);
   }
 
   data(buf: Buffer): void {
     this.write(buf);
   }
 
+  /** After a file's `size` bytes (a sparse file: the bytes of its data runs). */
   endFile(size: number): void {
     this.pad(size);
   }

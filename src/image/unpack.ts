@@ -2,12 +2,30 @@
 import fs from 'node:fs';
 import { NydusError } from '../../erofs/errors.ts';
 import { decodeDev } from '../../erofs/inode.ts';
-import { type TreeNode, walkTree } from '../builder/tree.ts';
+import { type ChunkRef, type TreeNode, walkTree } from '../builder/tree.ts';
 import { openImage } from './open.ts';
 import { treeFromImage } from './tree-from-image.ts';
 import { TarWriter } from './tar-writer.ts';
 
 const TAR_TYPE: Record<string, string> = { file: '0', symlink: '2', chrdev: '3', blkdev: '4', dir: '5', fifo: '6' };
+
+/**
+ * The data runs of a chunk-based file with holes (chunks at EROFS_NULL_ADDR), as [offset, length];
+ * null when it has none. Holes go into the tar as holes (GNU sparse), never as zeros.
+ */
+function dataRuns(chunks: ReadonlyArray<ChunkRef | null>, chunkSize: number, size: number): Array<[number, number]> | null {
+  if (!chunks.includes(null)) return null;
+  const runs: Array<[number, number]> = [];
+  for (let i = 0; i < chunks.length; i++) {
+    if (chunks[i] === null) continue;
+    const start = i * chunkSize;
+    const end = Math.min(size, (i + 1) * chunkSize);
+    const last = runs[runs.length - 1];
+    if (last && last[0] + last[1] === start) last[1] += end - start;
+    else runs.push([start, end - start]);
+  }
+  return runs;
+}
 
 export function unpackToTar(opts: { bootstrap: string; blobDir?: string; blobPaths?: string[]; output: string }): { entries: number; skipped: string[] } {
   if (fs.existsSync(opts.output)) throw new NydusError(`output ${opts.output} already exists; remove it first`);
@@ -46,15 +64,20 @@ export function unpackToTar(opts: { bootstrap: string; blobDir?: string; blobPat
         continue;
       }
       if (n.hardlinkKey) linkFirst.set(n.hardlinkKey, p);
-      tar.add({ ...base, type: TAR_TYPE[n.kind], size: n.kind === 'file' ? n.size : 0, linkname: n.target });
+      const runs = n.kind === 'file' && n.chunks ? dataRuns(n.chunks, opened.image.chunkSize, n.size) : null;
+      tar.add({ ...base, type: TAR_TYPE[n.kind], size: n.kind === 'file' ? n.size : 0, linkname: n.target, sparse: runs ?? undefined });
       if (n.kind === 'file') {
-        for (let off = 0; off < n.size; off += buf.length) {
-          const want = Math.min(buf.length, n.size - off);
-          const got = n.data!.read(buf, want, off);
-          if (got !== want) throw new NydusError(`${n.path}: short read from the image`);
-          tar.data(buf.subarray(0, want));
+        let stored = 0;
+        for (const [start, length] of runs ?? [[0, n.size]]) {
+          for (let off = start; off < start + length; off += buf.length) {
+            const want = Math.min(buf.length, start + length - off);
+            const got = n.data!.read(buf, want, off);
+            if (got !== want) throw new NydusError(`${n.path}: short read from the image`);
+            tar.data(buf.subarray(0, want));
+          }
+          stored += length;
         }
-        tar.endFile(n.size);
+        tar.endFile(stored);
       }
       entries++;
     }

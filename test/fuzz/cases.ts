@@ -192,7 +192,7 @@ export function caseRunner(work: string, seeds: Seed[]): CaseRunner {
         }),
         await guard('daemon registration', async () => {
           const id = `case${n++}`;
-          registry.add({
+          await registry.add({
             type: 'bootstrap', id, domain_id: '',
             config_v2: {
               version: 2, id, backend: { type: 'localfs', localfs: { dir } }, cache: { type: 'fscache', fscache: { work_dir: work } },

@@ -4,6 +4,7 @@ import path from 'node:path';
 import crypto from 'node:crypto';
 import { execFileSync } from 'node:child_process';
 import { setXattr } from '../../native/xattr/index.ts';
+import { createImage } from '../../src/builder/create.ts';
 
 export function tmpDir(prefix: string): string {
   return fs.mkdtempSync(path.join(process.env.NYDUS_TEST_TMP ?? '/var/tmp', `nydus-ts-${prefix}-`));
@@ -108,4 +109,20 @@ export function makeRichTree(root: string, opts: FixtureOptions = {}): string {
   touchNs(p('sub'), 1650000000, 500);
   touchNs(p('empty-dir'), 0, 0);
   return root;
+}
+
+/**
+ * The image of issue 10 item 3, heavy to register for its size: 3,000 hardlinks to one 64 MiB file
+ * with 4 KiB chunks (a 192 KiB bootstrap naming 16,384 chunks 3,000 times). Built under `dir`.
+ */
+export function hardlinkHeavyImage(dir: string): { bootstrap: string; blobDir: string } {
+  const src = path.join(dir, 'hl-src');
+  fs.mkdirSync(src, { recursive: true });
+  fs.writeFileSync(path.join(src, 'f'), prand(64 << 20, 3));
+  for (let i = 1; i < 3000; i++) fs.linkSync(path.join(src, 'f'), path.join(src, `l${i}`));
+  const bootstrap = path.join(dir, 'hl.boot');
+  const blobDir = path.join(dir, 'hl-blobs');
+  createImage({ source: src, bootstrap, blobDir, chunkSize: 0x1000, compressor: 'none', digester: 'blake3' });
+  fs.rmSync(src, { recursive: true });
+  return { bootstrap, blobDir };
 }

@@ -1,0 +1,156 @@
+/**
+ * Image registrations on worker threads, so that the event loop that answers the kernel's READs
+ * never waits for a bootstrap to be read and validated. The work is bounded: a few workers at once
+ * (the rest wait in line), each registration within a time and a heap limit; a worker that exceeds
+ * either is ended and the registration refused with an error saying which bound it hit.
+ */
+import type { Worker } from 'node:worker_threads';
+import { FormatError, NydusError } from '../../erofs/errors.ts';
+import { ConfigError } from './config.ts';
+import type { RegistrationPlan, RegistrationRequest } from './registration.ts';
+import { startWorker } from './worker-thread.ts';
+
+export interface RegistrationPoolOptions {
+  /** Registrations at once (default 1). */
+  workers?: number;
+  /** Time one registration may take, queueing excluded (default 60 s). */
+  timeoutMs?: number;
+  /** JS heap of a registration worker (default 2048 MiB). */
+  maxHeapMb?: number;
+  /** An idle worker ends after this long (default 10 s). */
+  idleMs?: number;
+}
+
+interface Job {
+  req: RegistrationRequest;
+  resolve: (plan: RegistrationPlan) => void;
+  reject: (e: Error) => void;
+}
+
+interface WorkerError {
+  name: string;
+  message: string;
+  errno?: number;
+}
+
+/** The worker's error as the daemon would have thrown it on its own thread: same class and message. */
+function revive(e: WorkerError): Error {
+  if (e.name === 'FormatError') return new FormatError(e.message);
+  if (e.name === 'ConfigError') return new ConfigError(e.message);
+  if (e.name === 'NydusError') return new NydusError(e.message, e.errno);
+  return new Error(e.message);
+}
+
+export class RegistrationPool {
+  private readonly idle: Worker[] = [];
+  private readonly queue: Job[] = [];
+  private readonly idleTimers = new Map<Worker, NodeJS.Timeout>();
+  private alive = 0;
+  private closed = false;
+  private readonly workers: number;
+  readonly timeoutMs: number;
+  readonly maxHeapMb: number;
+  private readonly idleMs: number;
+
+  constructor(opts: RegistrationPoolOptions = {}) {
+    this.workers = Math.max(1, opts.workers ?? 1);
+    this.timeoutMs = opts.timeoutMs ?? 60_000;
+    this.maxHeapMb = opts.maxHeapMb ?? 2048;
+    this.idleMs = opts.idleMs ?? 10_000;
+  }
+
+  /** Plans a registration on a worker; rejects with the gate's own error for a bad image. */
+  plan(req: RegistrationRequest): Promise<RegistrationPlan> {
+    if (this.closed) return Promise.reject(new NydusError('the daemon is stopping: no more registrations'));
+    return new Promise((resolve, reject) => {
+      this.queue.push({ req, resolve, reject });
+      this.next();
+    });
+  }
+
+  private next(): void {
+    while (this.queue.length) {
+      let w = this.idle.pop();
+      if (!w) {
+        if (this.alive >= this.workers) return;
+        w = this.spawn();
+      }
+      clearTimeout(this.idleTimers.get(w));
+      this.idleTimers.delete(w);
+      this.run(w, this.queue.shift()!);
+    }
+  }
+
+  private spawn(): Worker {
+    this.alive++;
+    const w = startWorker('register-worker', { resourceLimits: { maxOldGenerationSizeMb: this.maxHeapMb } });
+    // Errors are the running job's (below); one that comes after its job settled has no one to tell.
+    w.on('error', () => undefined);
+    w.once('exit', () => {
+      this.alive--;
+      clearTimeout(this.idleTimers.get(w));
+      this.idleTimers.delete(w);
+      const i = this.idle.indexOf(w);
+      if (i >= 0) this.idle.splice(i, 1);
+      this.next();
+    });
+    return w;
+  }
+
+  private run(w: Worker, job: Job): void {
+    const file = job.req.metadataPath;
+    // Held while it works (a caller awaiting the plan keeps the process alive), let go when idle.
+    w.ref();
+    let done = false;
+    const finish = (settle: () => void, keep: boolean) => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      w.off('message', onMessage);
+      w.off('error', onError);
+      w.off('exit', onExit);
+      settle();
+      if (keep && !this.closed) this.park(w);
+      else void w.terminate();
+    };
+    const onMessage = (m: { plan?: RegistrationPlan; error?: WorkerError }) => {
+      finish(() => (m.error ? job.reject(revive(m.error)) : job.resolve(m.plan!)), true);
+    };
+    const onError = (e: Error & { code?: string }) => {
+      const why = e.code === 'ERR_WORKER_OUT_OF_MEMORY'
+        ? `needs more than the ${this.maxHeapMb} MiB a registration may use`
+        : `failed on its worker thread: ${e.message}`;
+      finish(() => job.reject(new NydusError(`registration of bootstrap ${file} ${why}; refused`)), false);
+    };
+    const onExit = (code: number) => finish(() => job.reject(new NydusError(`registration of bootstrap ${file}: its worker thread exited (code ${code})`)), false);
+    const timer = setTimeout(() => {
+      finish(() => job.reject(new NydusError(`registration of bootstrap ${file} took longer than ${this.timeoutMs / 1000} s, the bound of one registration; refused`)), false);
+    }, this.timeoutMs);
+    w.on('message', onMessage);
+    w.on('error', onError);
+    w.on('exit', onExit);
+    w.postMessage(job.req);
+  }
+
+  private park(w: Worker): void {
+    w.unref();
+    this.idle.push(w);
+    this.idleTimers.set(w, setTimeout(() => void w.terminate(), this.idleMs).unref());
+    this.next();
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    for (const job of this.queue.splice(0)) job.reject(new NydusError('the daemon is stopping: no more registrations'));
+    const all = [...this.idle];
+    this.idle.length = 0;
+    await Promise.all(all.map((w) => w.terminate()));
+  }
+}
+
+let shared: RegistrationPool | null = null;
+
+/** The process's registration pool for registries not given one (tests, tools): one worker, made on first use. */
+export function sharedRegistrationPool(): RegistrationPool {
+  return (shared ??= new RegistrationPool());
+}
