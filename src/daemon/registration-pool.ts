@@ -135,7 +135,12 @@ export class RegistrationPool {
   private park(w: Worker): void {
     w.unref();
     this.idle.push(w);
-    this.idleTimers.set(w, setTimeout(() => void w.terminate(), this.idleMs).unref());
+    this.idleTimers.set(w, setTimeout(() => {
+      // Out of the idle list first: a job must never go to a worker that is ending.
+      const i = this.idle.indexOf(w);
+      if (i >= 0) this.idle.splice(i, 1);
+      void w.terminate();
+    }, this.idleMs).unref());
     this.next();
   }
 
