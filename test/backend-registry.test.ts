@@ -19,7 +19,7 @@ import { exportBlock } from '../src/image/export-block.ts';
 import { openBootstrap } from '../src/image/open.ts';
 import { ImageRegistry } from '../src/daemon/daemon.ts';
 import { DaemonState } from '../src/daemon/state.ts';
-import { OnDemandSession } from '../src/daemon/ondemand.ts';
+import { OnDemandSession } from '../src/daemon/frontend/cachefiles.ts';
 import { startApi } from '../src/daemon/api.ts';
 import { parseBlobCacheEntry } from '../src/daemon/config.ts';
 import { RegistryBackend } from '../src/daemon/backend/registry.ts';

@@ -20,7 +20,7 @@ import { openBootstrap } from '../src/image/open.ts';
 import { inspectImage } from '../src/image/inspect.ts';
 import { ImageRegistry } from '../src/daemon/daemon.ts';
 import { DaemonState } from '../src/daemon/state.ts';
-import { OnDemandSession } from '../src/daemon/ondemand.ts';
+import { OnDemandSession } from '../src/daemon/frontend/cachefiles.ts';
 import { FakePort } from './helpers/cachefiles-port.ts';
 import pino from 'pino';
 

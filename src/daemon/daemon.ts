@@ -11,7 +11,7 @@ import { ChunkFetcher } from './chunk-fetcher.ts';
 import { type BackendMetrics, type BlobBackend, newBackendMetrics } from './backend/localfs.ts';
 import { createBackend } from './backend/index.ts';
 import { type ImageEntry, ConfigError, parseBlobCacheEntry } from './config.ts';
-import type { ObjectResolver, ResolvedObject } from './ondemand.ts';
+import type { ObjectResolver, ResolvedObject } from './frontend/cachefiles.ts';
 import type { DaemonState } from './state.ts';
 import type { VerifyPool } from './verify-pool.ts';
 

@@ -15,7 +15,7 @@ import type { Logger } from 'pino';
 import { CachefilesDevice, receiveStateFromSupervisor, sendStateToSupervisor } from '../../native/fscache/index.ts';
 import { NydusError, EINVAL } from '../../erofs/errors.ts';
 import type { ImageRegistry } from './daemon.ts';
-import { OnDemandSession } from './ondemand.ts';
+import { OnDemandSession } from './frontend/cachefiles.ts';
 import type { DaemonState } from './state.ts';
 
 export type DaemonStateName = 'INIT' | 'READY' | 'RUNNING' | 'STOPPED';

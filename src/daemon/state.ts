@@ -32,6 +32,13 @@ export class DaemonState {
   private readonly hasChunk: Database.Statement;
   private readonly filesOfCookie: Database.Statement;
   private readonly bumpFetch: Database.Statement;
+  /**
+   * Marks and fetch counts not yet written: the hot path adds them and one transaction per turn of the
+   * event loop writes them (a crash loses at worst marks, whose chunks are fetched again).
+   */
+  private pendingMarks = new Map<string, { file: CacheFileKey; chunks: Set<number> }>();
+  private pendingFetches = new Map<string, { blobId: string; chunkIndex: number; n: number }>();
+  private flushScheduled = false;
 
   constructor(workDir: string) {
     fs.mkdirSync(workDir, { recursive: true });
@@ -68,49 +75,87 @@ export class DaemonState {
     this.countFile = this.db.prepare('SELECT COUNT(*) AS n FROM cache_file_chunks WHERE volume = ? AND cookie = ?');
     this.hasChunk = this.db.prepare('SELECT 1 FROM cache_file_chunks WHERE volume = ? AND cookie = ? AND chunk_index = ?');
     this.filesOfCookie = this.db.prepare('SELECT volume, COUNT(*) AS n FROM cache_file_chunks WHERE cookie = ? GROUP BY volume ORDER BY volume');
-    this.bumpFetch = this.db.prepare(`INSERT INTO chunk_fetches (blob_id, chunk_index, fetches) VALUES (?, ?, 1)
-      ON CONFLICT (blob_id, chunk_index) DO UPDATE SET fetches = fetches + 1`);
+    this.bumpFetch = this.db.prepare(`INSERT INTO chunk_fetches (blob_id, chunk_index, fetches) VALUES (?, ?, ?)
+      ON CONFLICT (blob_id, chunk_index) DO UPDATE SET fetches = fetches + excluded.fetches`);
   }
 
   mark(file: CacheFileKey, chunkIndexes: Iterable<number>): void {
-    this.db.transaction(() => {
-      for (const i of chunkIndexes) this.insert.run(file.volume, file.cookie, i);
-    })();
+    const k = fileId(file);
+    let p = this.pendingMarks.get(k);
+    if (!p) this.pendingMarks.set(k, (p = { file, chunks: new Set() }));
+    for (const i of chunkIndexes) p.chunks.add(i);
+    this.scheduleFlush();
   }
 
   unmark(file: CacheFileKey, chunkIndexes: Iterable<number>): void {
+    const p = this.pendingMarks.get(fileId(file));
     this.db.transaction(() => {
-      for (const i of chunkIndexes) this.remove.run(file.volume, file.cookie, i);
+      for (const i of chunkIndexes) {
+        p?.chunks.delete(i);
+        this.remove.run(file.volume, file.cookie, i);
+      }
     })();
+  }
+
+  /** Writes what is pending in one transaction. */
+  flush(): void {
+    this.flushScheduled = false;
+    if (!this.pendingMarks.size && !this.pendingFetches.size) return;
+    const marks = this.pendingMarks;
+    const fetches = this.pendingFetches;
+    this.pendingMarks = new Map();
+    this.pendingFetches = new Map();
+    this.db.transaction(() => {
+      for (const { file, chunks } of marks.values()) for (const i of chunks) this.insert.run(file.volume, file.cookie, i);
+      for (const f of fetches.values()) this.bumpFetch.run(f.blobId, f.chunkIndex, f.n);
+    })();
+  }
+
+  private scheduleFlush(): void {
+    if (this.flushScheduled) return;
+    this.flushScheduled = true;
+    setImmediate(() => {
+      if (this.db.open) this.flush();
+    });
   }
 
   /** Forgets every mark of a cache file (it was culled). */
   clear(file: CacheFileKey): void {
+    this.pendingMarks.delete(fileId(file));
     this.db.prepare('DELETE FROM cache_file_chunks WHERE volume = ? AND cookie = ?').run(file.volume, file.cookie);
   }
 
   isCached(file: CacheFileKey, chunkIndex: number): boolean {
+    if (this.pendingMarks.get(fileId(file))?.chunks.has(chunkIndex)) return true;
     return this.hasChunk.get(file.volume, file.cookie, chunkIndex) !== undefined;
   }
 
   cached(file: CacheFileKey): Set<number> {
+    this.flush();
     return new Set((this.listFile.all(file.volume, file.cookie) as Array<{ chunk_index: number }>).map((r) => r.chunk_index));
   }
 
   count(file: CacheFileKey): number {
+    this.flush();
     return (this.countFile.get(file.volume, file.cookie) as { n: number }).n;
   }
 
   /** Every cache file of a blob (one per volume that opened it) with its number of marked chunks. */
   cacheFilesOf(blobId: string): Array<{ volume: string; chunks: number }> {
+    this.flush();
     return (this.filesOfCookie.all(blobId) as Array<{ volume: string; n: number }>).map((r) => ({ volume: r.volume, chunks: r.n }));
   }
 
   countFetch(blobId: string, chunkIndex: number): void {
-    this.bumpFetch.run(blobId, chunkIndex);
+    const k = `${blobId}:${chunkIndex}`;
+    const f = this.pendingFetches.get(k);
+    if (f) f.n++;
+    else this.pendingFetches.set(k, { blobId, chunkIndex, n: 1 });
+    this.scheduleFlush();
   }
 
   fetches(blobId: string): Record<number, number> {
+    this.flush();
     const rows = this.db.prepare('SELECT chunk_index, fetches FROM chunk_fetches WHERE blob_id = ?').all(blobId) as Array<{ chunk_index: number; fetches: number }>;
     return Object.fromEntries(rows.map((r) => [r.chunk_index, r.fetches]));
   }
@@ -129,6 +174,9 @@ export class DaemonState {
   }
 
   close(): void {
+    if (this.db.open) this.flush();
     this.db.close();
   }
 }
+
+const fileId = (f: CacheFileKey) => `${f.volume}\u0000${f.cookie}`;

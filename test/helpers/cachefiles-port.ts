@@ -1,6 +1,6 @@
 /** A fake cachefiles device for the daemon's on-demand session: what the kernel would see, without a kernel. */
 import assert from 'node:assert/strict';
-import type { CachefilesPort } from '../../src/daemon/ondemand.ts';
+import type { CachefilesPort } from '../../src/daemon/frontend/cachefiles.ts';
 
 /**
  * Records writes per fd as a sparse file image, and completions. Like the kernel, it hands out fds and

@@ -1,0 +1,173 @@
+/**
+ * OnDemandSession: the fscache front end. The kernel's on-demand requests in, cache-file writes out.
+ *   OPEN  -> which object (bootstrap of an fsid, or blob of a device tag) -> copen with its size
+ *   READ  -> bootstrap bytes, or the blob's BlobCacheFile fills the range -> complete
+ *   CLOSE -> no more writes for the object; its fd is closed once the work still using it has drained
+ * A READ that cannot be served is completed without data: the reader gets EIO, never wrong bytes.
+ *
+ * All work in flight belongs to an OpenObject, never to an fd number: after CLOSE the kernel may hand
+ * the same number to the next OPEN, and nothing of the old object may reach the new one's cache file.
+ */
+import fsp from 'node:fs/promises';
+import type { Logger } from 'pino';
+import type { CachefilesMessage, OpenMessage, ReadMessage } from '../../../native/fscache/index.ts';
+import { NydusError, EIO } from '../../../erofs/errors.ts';
+import type { BlobMap } from '../blob-map.ts';
+import type { ChunkFetcher } from '../chunk-fetcher.ts';
+import type { DaemonState } from '../state.ts';
+import { BlobCacheFile, Limiter, WorkGuard, type CacheCounters, type PrefetchPlan } from '../blob-cache.ts';
+
+/** What the session needs of the device (the addon's CachefilesDevice, or a fake in unit tests). */
+export interface CachefilesPort {
+  copen(msgId: number, sizeOrNegErrno: number): void;
+  writeData(fd: number, offset: number, data: Uint8Array): Promise<void>;
+  readComplete(fd: number, msgId: number): void;
+  closeFd(fd: number): void;
+  /** The ranges of [from, to) that the object's cache file really holds. */
+  dataRanges(fd: number, from: number, to: number): Array<[number, number]>;
+}
+
+export type ResolvedObject =
+  | { kind: 'bootstrap'; path: string; size: number }
+  | { kind: 'blob'; map: BlobMap; fetcher: ChunkFetcher; prefetch: PrefetchPlan | null };
+
+export interface ObjectResolver {
+  /** `volume` is the fsid or domain id (the part after "erofs,"); `cookie` the fsid or device tag. */
+  resolve(volume: string, cookie: string): ResolvedObject | null;
+}
+
+const ENOENT = 2;
+
+const roundUp4k = (n: number) => Math.ceil(n / 4096) * 4096;
+
+/** One object the kernel opened: its fd (alive while work uses it) and what it is. */
+interface OpenObject {
+  fd: number;
+  guard: WorkGuard;
+  cookie: string;
+  /** The bootstrap's file, or the blob's cache file. */
+  target: { kind: 'bootstrap'; path: string; size: number } | { kind: 'blob'; file: BlobCacheFile };
+}
+
+export class OnDemandSession {
+  private readonly objects = new Map<number, OpenObject>();
+  private readonly limiter: Limiter;
+  /** READs received and not yet completed, by message id: what GET /api/v1/metrics/inflight lists. */
+  private readonly pending = new Map<number, { objectId: number; since: number }>();
+  readonly stats: CacheCounters & { opens: number; reads: number; readBytes: number; readErrors: number } = {
+    opens: 0, reads: 0, readBytes: 0, readErrors: 0, prefetchedChunks: 0, staleMarks: 0,
+  };
+
+  constructor(
+    private readonly dev: CachefilesPort, private readonly resolver: ObjectResolver,
+    private readonly state: DaemonState,
+    private readonly log: Logger, threads = 4,
+  ) {
+    this.limiter = new Limiter(Math.max(1, threads));
+  }
+
+  handle(msg: CachefilesMessage): void {
+    if (msg.type === 'open') this.open(msg);
+    else if (msg.type === 'read') {
+      this.pending.set(msg.msgId, { objectId: msg.objectId, since: Date.now() });
+      void this.limiter.run(() => this.read(msg)).finally(() => this.pending.delete(msg.msgId));
+    }
+    else {
+      const obj = this.objects.get(msg.objectId);
+      this.objects.delete(msg.objectId);
+      obj?.guard.close();
+      this.log.debug({ objectId: msg.objectId }, 'close');
+    }
+  }
+
+  private open(msg: OpenMessage): void {
+    const volume = msg.volumeKey.startsWith('erofs,') ? msg.volumeKey.slice('erofs,'.length) : '';
+    const target = volume ? this.resolver.resolve(volume, msg.cookieKey) : null;
+    if (!target) {
+      this.log.warn({ volume: msg.volumeKey, cookie: msg.cookieKey }, 'open of an unknown object refused');
+      this.dev.copen(msg.msgId, -ENOENT);
+      this.dev.closeFd(msg.fd);
+      return;
+    }
+    const size = target.kind === 'bootstrap' ? target.size : target.map.uncompressedSize;
+    // An object id the kernel reuses without a CLOSE we saw: the old object is gone.
+    this.objects.get(msg.objectId)?.guard.close();
+    const fd = msg.fd;
+    const guard = new WorkGuard(() => this.dev.closeFd(fd));
+    const obj: OpenObject = target.kind === 'bootstrap'
+      ? { fd, guard, cookie: msg.cookieKey, target }
+      : {
+        fd, guard, cookie: msg.cookieKey,
+        target: {
+          kind: 'blob',
+          file: new BlobCacheFile(
+            { volume: msg.volumeKey, cookie: msg.cookieKey }, target.map, target.fetcher,
+            { write: (offset, data) => this.dev.writeData(fd, offset, data), dataRanges: (from, to) => this.dev.dataRanges(fd, from, to) },
+            guard, this.state, this.stats, this.log,
+          ),
+        },
+      };
+    this.objects.set(msg.objectId, obj);
+    this.stats.opens++;
+    this.dev.copen(msg.msgId, size);
+    this.log.info({ objectId: msg.objectId, volume, cookie: msg.cookieKey, kind: target.kind, size }, 'open');
+    if (obj.target.kind === 'blob') obj.target.file.start(target.kind === 'blob' ? target.prefetch : null);
+  }
+
+  private async read(msg: ReadMessage): Promise<void> {
+    const obj = this.objects.get(msg.objectId);
+    if (!obj) {
+      this.log.warn({ objectId: msg.objectId }, 'read of an object that is not open');
+      return;
+    }
+    this.stats.reads++;
+    await obj.guard.use(async () => {
+      try {
+        if (obj.target.kind === 'bootstrap') await this.readBootstrap(obj, obj.target.path, obj.target.size, msg);
+        else await obj.target.file.fill(msg.offset, msg.len);
+        this.stats.readBytes += msg.len;
+      } catch (e) {
+        this.stats.readErrors++;
+        this.log.error({ objectId: msg.objectId, cookie: obj.cookie, offset: msg.offset, len: msg.len, err: (e as Error).message }, 'read failed; the reader gets EIO');
+      }
+      if (obj.guard.closed) return;
+      try {
+        this.dev.readComplete(obj.fd, msg.msgId);
+      } catch (e) {
+        this.log.warn({ err: (e as Error).message, msgId: msg.msgId }, 'read complete failed');
+      }
+    });
+  }
+
+  /** The bootstrap's blocks covering the READ, all of them or an error: a short read is never zeros. */
+  private async readBootstrap(obj: OpenObject, file: string, size: number, msg: ReadMessage): Promise<void> {
+    const start = Math.floor(msg.offset / 4096) * 4096;
+    const end = Math.min(roundUp4k(msg.offset + msg.len), roundUp4k(size));
+    if (start >= end) throw new NydusError(`bootstrap ${file}: read at ${msg.offset} is beyond its ${size} bytes`, EIO);
+    const want = Math.min(end, size) - start;
+    const buf = Buffer.alloc(end - start);
+    const fh = await fsp.open(file, 'r');
+    try {
+      let done = 0;
+      while (done < want) {
+        const { bytesRead } = await fh.read(buf, done, want - done, start + done);
+        if (bytesRead === 0) throw new NydusError(`bootstrap ${file}: short read at ${start + done} (registered with ${size} bytes; was it truncated?)`, EIO);
+        done += bytesRead;
+      }
+    } finally {
+      await fh.close();
+    }
+    if (obj.guard.closed) return;
+    await this.dev.writeData(obj.fd, start, buf);
+  }
+
+  /** The READs in flight, oldest first. */
+  inflight(): Array<{ msgId: number; objectId: number; since: number }> {
+    return [...this.pending].map(([msgId, p]) => ({ msgId, ...p }));
+  }
+
+  closeAll(): void {
+    for (const o of this.objects.values()) o.guard.close();
+    this.objects.clear();
+  }
+}
