@@ -32,6 +32,8 @@ export interface DaemonOptions {
 
 const WORKER_FD_ENV = 'NYDUSD_WORKER_FD';
 const RESTART_ENV = 'NYDUSD_WORKER_RESTART';
+/** A worker exiting with this code cannot work with what it was given (a bad image or config): no restart. */
+export const WORKER_EXIT_FATAL = 78;
 const WORKER_MIN_LIFE_MS = 3000;
 const WORKER_MAX_QUICK_DEATHS = 5;
 
@@ -39,10 +41,24 @@ export function isWorker(): boolean {
   return process.env[WORKER_FD_ENV] !== undefined;
 }
 
-export async function runSupervisor(opts: DaemonOptions, argv: string[]): Promise<void> {
+/** The kernel fd a supervisor keeps for its workers: /dev/cachefiles, or a fanotify group. */
+export interface HeldFd {
+  fd: number;
+  close(): void;
+}
+
+/** Options the supervisor itself uses. */
+export type SupervisorOptions = Pick<DaemonOptions, 'logLevel' | 'logFile' | 'logRotationSize' | 'threads'>;
+
+/** The worker's side: the kernel fd its supervisor holds, and whether an earlier worker died. */
+export function inheritedKernelFd(): { fd: number; restarted: boolean } {
+  return { fd: Number(process.env[WORKER_FD_ENV]), restarted: Number(process.env[RESTART_ENV] ?? 0) > 0 };
+}
+
+export async function runSupervisor(opts: SupervisorOptions & Partial<DaemonOptions>, argv: string[], held?: HeldFd): Promise<void> {
   const log = makeLogger(opts.logLevel, opts.logFile, opts.logRotationSize);
-  const dev = openDevice(opts);
-  log.info({ dir: opts.fscacheDir, tag: opts.tag }, 'cachefiles bound in on-demand mode');
+  const dev = held ?? openDevice(opts as DaemonOptions);
+  if (!held) log.info({ dir: opts.fscacheDir, tag: opts.tag }, 'cachefiles bound in on-demand mode');
   let child: ChildProcess | null = null;
   let stopping = false;
   let restarts = 0;
@@ -63,6 +79,11 @@ export async function runSupervisor(opts: DaemonOptions, argv: string[]): Promis
       if (stopping) {
         dev.close();
         process.exit(0);
+      }
+      if (code === WORKER_EXIT_FATAL) {
+        log.fatal({ code }, 'worker cannot serve what it was given; stopping');
+        dev.close();
+        process.exit(1);
       }
       restarts++;
       // A worker that cannot even start (bad work dir, broken install) must not be restarted forever.
