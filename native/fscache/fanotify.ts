@@ -30,9 +30,12 @@ const INIT_HINTS = {
   EPERM: 'a pre-content fanotify group needs CAP_SYS_ADMIN',
   EMFILE: 'too many fanotify groups (fs.fanotify.max_user_groups)',
 };
+const NO_HSM = 'this file system does not allow pre-content marks (ext4, xfs and btrfs do; tmpfs does not): put the cache work_dir on one of those';
 const MARK_HINTS = {
   EINVAL: MISSING_PRE_CONTENT,
-  EOPNOTSUPP: 'this file system does not allow pre-content marks (ext4, xfs and btrfs do; tmpfs does not): put the cache work_dir on one of those',
+  // libuv names EOPNOTSUPP (= ENOTSUP on Linux) ENOTSUP.
+  ENOTSUP: NO_HSM,
+  EOPNOTSUPP: NO_HSM,
   ENOENT: 'no such file',
   ENOSPC: 'too many fanotify marks (fs.fanotify.max_user_marks)',
 };
