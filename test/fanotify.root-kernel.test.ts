@@ -261,6 +261,7 @@ test('root-kernel fanotify: kill -9 of the worker while it holds an event; the n
     const { code, out, err } = await reader;
     assert.equal(code, 0, `the reader finished after the restart (${err})`);
     assert.equal(out, crypto.createHash('sha256').update(bigData).digest('hex'), 'with the right bytes');
+    assert.match(fs.readFileSync(path.join(work, 'big', 'nydusd.log'), 'utf8'), /serving a predecessor's event/, "the new worker answered the dead one's event from the journal");
     const after = await fetches(d.sock, img.blobId);
     assert.deepEqual(cachedBefore.filter((i) => after[i] !== start[i]), [], 'no chunk cached before the kill was fetched again');
     assert.deepEqual((await cached()).length, (inspect(img.boot, 'blobs') as Array<{ chunk_count: number }>)[0].chunk_count, 'every chunk is cached now');

@@ -6,18 +6,14 @@
  * journal), then the queue. `<dir>` holds the chunk state, the mounts served and that journal.
  */
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { FanotifyGroup, reserveFdNumber } from '../../native/fscache/fanotify.ts';
 import { NydusError } from '../../erofs/errors.ts';
 import { startApi } from './api.ts';
-import { ImageRegistry } from './daemon.ts';
 import { FanotifySession, type FanotifyMountRequest } from './frontend/fanotify.ts';
 import { PendingEventJournal } from './frontend/fanotify-journal.ts';
 import { makeLogger } from './log.ts';
-import { type HeldFd, WORKER_EXIT_FATAL, inheritedKernelFd } from './run.ts';
-import { DaemonState } from './state.ts';
-import { VerifyPool } from './verify-pool.ts';
+import { type HeldFd, WORKER_EXIT_FATAL, inheritedKernelFd, openDaemonCore } from './run.ts';
 
 export interface FanotifyDaemonOptions {
   /** The daemon's own directory (chunk state, mounts served, pending events); not tmpfs. */
@@ -49,14 +45,7 @@ export async function runFanotifyWorker(opts: FanotifyDaemonOptions): Promise<vo
   const reserved = new Map(pending.map((p) => [p.fd, reserveFdNumber(p.fd)] as const));
   const log = makeLogger(opts.logLevel, opts.logFile, opts.logRotationSize);
   fs.mkdirSync(opts.dir, { recursive: true });
-  const state = new DaemonState(opts.dir);
-  const pool = new VerifyPool(Math.max(1, Math.min(os.availableParallelism(), opts.threads)), {
-    onFatal: (err) => {
-      log.fatal({ err: err.message }, 'cannot verify chunks any more; exiting');
-      process.exit(1);
-    },
-  });
-  const registry = new ImageRegistry(state, log, pool);
+  const { state, registry } = openDaemonCore(opts.dir, opts.threads, log);
   const journal = new PendingEventJournal(journalFile, pending);
   const mountsFile = path.join(opts.dir, 'mounts.json');
   if (!restarted) fs.rmSync(mountsFile, { force: true });

@@ -15,6 +15,7 @@ import { DaemonState } from './state.ts';
 import { VerifyPool } from './verify-pool.ts';
 import { makeLogger } from './log.ts';
 import os from 'node:os';
+import type { Logger } from 'pino';
 
 export interface DaemonOptions {
   fscacheDir: string;
@@ -133,22 +134,27 @@ export async function startupMode(opts: DaemonOptions): Promise<DeviceSource> {
   }
 }
 
-export async function runDaemon(opts: DaemonOptions, source: DeviceSource): Promise<void> {
-  const log = makeLogger(opts.logLevel, opts.logFile, opts.logRotationSize);
-  const state = new DaemonState(path.join(opts.fscacheDir, 'nydus-ts'));
+/** What both front ends serve from: the chunk state in `stateDir`, the verification threads, the images. */
+export function openDaemonCore(stateDir: string, threads: number, log: Logger): { state: DaemonState; registry: ImageRegistry } {
+  const state = new DaemonState(stateDir);
   // Verification threads: the event loop stays free for the kernel's requests.
-  const pool = new VerifyPool(Math.max(1, Math.min(os.availableParallelism(), opts.threads)), {
+  const pool = new VerifyPool(Math.max(1, Math.min(os.availableParallelism(), threads)), {
     onFatal: (err) => {
       log.fatal({ err: err.message }, 'cannot verify chunks any more; exiting');
       process.exit(1);
     },
   });
-  const registry = new ImageRegistry(state, log, pool);
+  return { state, registry: new ImageRegistry(state, log, pool) };
+}
+
+export async function runDaemon(opts: DaemonOptions, source: DeviceSource): Promise<void> {
+  const log = makeLogger(opts.logLevel, opts.logFile, opts.logRotationSize);
+  const { state, registry } = openDaemonCore(path.join(opts.fscacheDir, 'nydus-ts'), opts.threads, log);
   registry.restore();
   const lifecycle = new DaemonLifecycle({ id: opts.id, cacheDir: opts.fscacheDir, threads: opts.threads, supervisor: opts.supervisor }, registry, state, log);
   if (source.kind === 'inherited') {
-    const restarted = Number(process.env[RESTART_ENV] ?? 0) > 0;
-    lifecycle.bind(CachefilesDevice.fromFd(Number(process.env[WORKER_FD_ENV])), restarted);
+    const { fd, restarted } = inheritedKernelFd();
+    lifecycle.bind(CachefilesDevice.fromFd(fd), restarted);
   } else if (source.kind === 'device') {
     lifecycle.bind(source.dev, false);
     log.info({ dir: opts.fscacheDir, tag: opts.tag }, 'cachefiles bound in on-demand mode');
