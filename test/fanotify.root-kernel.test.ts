@@ -10,7 +10,7 @@ import path from 'node:path';
 import http from 'node:http';
 import crypto from 'node:crypto';
 import type net from 'node:net';
-import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, execFileSync, type ChildProcess } from 'node:child_process';
 import { makeRichTree, prand, tmpDir } from './helpers/fixtures.ts';
 import { manifest, diffManifests } from './helpers/manifest.ts';
 import { mustRun, repoRoot } from './helpers/cli.ts';
@@ -114,7 +114,7 @@ before(() => {
 
 after(() => {
   for (const d of daemons) if (d.exitCode === null && d.signalCode === null) d.kill('SIGTERM');
-  for (const m of mounts) if (isMounted(m)) execFileSync('umount', ['-l', m]);
+  for (const m of mounts) if (isMounted(m)) spawnSync('umount', ['-l', m]);
   fs.rmSync(work, { recursive: true, force: true });
 });
 
@@ -125,6 +125,8 @@ test('root-kernel fanotify: a lazily mounted image reads identical to the source
   assert.equal(fs.statSync(cacheFile).size, blobSize, 'the cache file has the blob\'s uncompressed size');
   assert.equal(fs.statSync(cacheFile).blocks, 0, 'nothing is fetched before a read: the cache file is all holes');
   assert.equal(total(await fetches(d.sock, rich.blobId)), 0);
+  const workerPid = (await apiRequest(d.sock, 'GET', '/api/v1/daemon')).body.pid as number;
+  assert.equal(fanotifyMarks(workerPid), 1, 'the cache file is marked');
 
   assert.deepEqual(diffManifests(srcManifest, manifest(d.mnt)).slice(0, 20), [], 'the mount reads as the source');
   const first = await fetches(d.sock, rich.blobId);
@@ -132,12 +134,10 @@ test('root-kernel fanotify: a lazily mounted image reads identical to the source
   assert.equal(Object.keys(first).length, chunks, 'every chunk was fetched');
   assert.deepEqual(Object.values(first).filter((n) => n !== 1), [], 'each chunk once');
 
-  const workerPid = (await apiRequest(d.sock, 'GET', '/api/v1/daemon')).body.pid as number;
-  assert.ok(fanotifyMarks(workerPid) >= 1, 'the cache file is marked');
+  assert.equal(fanotifyMarks(workerPid), 0, 'a complete cache file is no longer marked: its reads raise no events');
   const del = await apiRequest(d.sock, 'DELETE', `/api/v1/mount?mountpoint=${encodeURIComponent(d.mnt)}`);
   assert.equal(del.status, 204, JSON.stringify(del.body));
   assert.equal(isMounted(d.mnt), false, 'DELETE /api/v1/mount unmounts');
-  assert.equal(fanotifyMarks(workerPid), 0, 'and removes the mark');
   const again = await apiRequest(d.sock, 'DELETE', `/api/v1/mount?mountpoint=${encodeURIComponent(d.mnt)}`);
   assert.equal(again.status, 400, 'a second DELETE is refused');
   assert.match(again.body.message, /is not mounted by this daemon/);
@@ -146,6 +146,7 @@ test('root-kernel fanotify: a lazily mounted image reads identical to the source
     { source: rich.boot, fs_type: 'rafs', config: JSON.stringify(d.cfg) });
   assert.equal(post.status, 204, JSON.stringify(post.body));
   assert.ok(isMounted(d.mnt), 'POST /api/v1/mount mounts');
+  assert.equal(fanotifyMarks(workerPid), 0, 'the complete cache file is mounted unmarked');
   fs.writeFileSync('/proc/sys/vm/drop_caches', '3');
   assert.deepEqual(diffManifests(srcManifest, manifest(d.mnt)).slice(0, 20), [], 'the mount reads as the source again');
   assert.deepEqual(await fetches(d.sock, rich.blobId), first, 'the second read fetched nothing');
@@ -172,6 +173,12 @@ test('root-kernel fanotify: a corrupt chunk gives EIO for its file only', async 
   assert.throws(() => fs.readFileSync(path.join(d.mnt, 'victim')), (e: NodeJS.ErrnoException) => e.code === 'EIO', 'the corrupt file reads as EIO');
   assert.throws(() => fs.readFileSync(path.join(d.mnt, 'victim')), (e: NodeJS.ErrnoException) => e.code === 'EIO', 'again: never zeros');
   for (let i = 0; i < 4; i++) assert.deepEqual(fs.readFileSync(path.join(d.mnt, `ok${i}`)), prand(150_000, 80 + i), `ok${i} reads right`);
+  const workerPid = (await apiRequest(d.sock, 'GET', '/api/v1/daemon')).body.pid as number;
+  assert.equal(fanotifyMarks(workerPid), 1, 'the incomplete cache file stays marked');
+  const del = await apiRequest(d.sock, 'DELETE', `/api/v1/mount?mountpoint=${encodeURIComponent(d.mnt)}`);
+  assert.equal(del.status, 204, JSON.stringify(del.body));
+  assert.equal(isMounted(d.mnt), false, 'DELETE /api/v1/mount unmounts');
+  assert.equal(fanotifyMarks(workerPid), 0, 'and removes the mark');
   const exited = new Promise((r) => d.proc.once('exit', r));
   d.proc.kill('SIGTERM');
   await exited;

@@ -31,6 +31,7 @@ import {
 import type { SystemError } from '../../../native/fscache/index.ts';
 import { ConfigError, entryBodyFromFsConfig } from '../config.ts';
 import type { ImageRegistry } from '../daemon.ts';
+import type { BlobMap } from '../blob-map.ts';
 import type { CacheFileKey, DaemonState } from '../state.ts';
 import { BlobCacheFile, Limiter, WorkGuard, type CacheCounters } from '../blob-cache.ts';
 import type { JournaledEvent, PendingEventJournal } from './fanotify-journal.ts';
@@ -67,7 +68,17 @@ interface MarkedFile {
   writerWaiters: Array<(fd: number) => void>;
   guard: WorkGuard;
   file: BlobCacheFile;
+  map: BlobMap;
+  /** Every chunk is in the file and the mark is gone: reads no longer raise events. */
+  complete: boolean;
+  /** A completeness check is scheduled. */
+  checkPending: boolean;
+  /** Chunks marked at the last check: while the count grows (read-ahead, prefetch) the check comes again. */
+  lastCount: number;
 }
+
+/** A file is checked for completeness this long after an event (once per burst of events). */
+const COMPLETE_CHECK_DELAY_MS = 100;
 
 interface Mounted {
   request: FanotifyMountRequest;
@@ -233,7 +244,9 @@ export class FanotifySession {
       fs.closeSync(f.probeFd);
       if (f.writerFd !== null) closeFd(f.writerFd);
     });
-    const f: MarkedFile = { path: file, key, size: map.uncompressedSize, probeFd, writerFd, writerWaiters: [], guard, file: undefined! };
+    const f: MarkedFile = {
+      path: file, key, size: map.uncompressedSize, probeFd, writerFd, writerWaiters: [], guard, file: undefined!, map, complete: false, checkPending: false, lastCount: -1,
+    };
     f.file = new BlobCacheFile(key, map, fetcher, {
       write: async (offset, data) => writeAll(await this.writer(f), data, offset),
       dataRanges: (from, to) => dataRangesOf(f.probeFd, from, to),
@@ -241,13 +254,14 @@ export class FanotifySession {
     this.byInode.set(inodeKey(st.dev, st.ino), f);
     this.byPath.set(file, mountpoint);
     f.file.start(prefetch);
+    this.unmarkIfComplete(f);
     return f;
   }
 
   private detach(m: Mounted): void {
     for (const f of m.files) {
       try {
-        this.group.unmark(f.path);
+        if (!f.complete) this.group.unmark(f.path);
       } catch (e) {
         this.log.warn({ file: f.path, err: (e as Error).message }, 'cannot remove the mark');
       }
@@ -257,6 +271,38 @@ export class FanotifySession {
     }
     this.mounts.delete(m.request.mountpoint);
     void this.registry.remove({ domainId: '', id: m.imageId });
+  }
+
+  /**
+   * Once a cache file holds every chunk its mark only costs an event per read: it is removed, and the
+   * kernel reads the file directly. The file itself has the last word (SEEK_DATA/SEEK_HOLE over every
+   * chunk), never the chunk marks alone: a hole left unmarked would read as zeros.
+   */
+  private unmarkIfComplete(f: MarkedFile): void {
+    f.checkPending = false;
+    if (f.complete || f.guard.closed) return;
+    const marked = this.state.count(f.key);
+    if (marked < f.map.chunkCount) {
+      if (marked !== f.lastCount) this.scheduleCompleteCheck(f);
+      f.lastCount = marked;
+      return;
+    }
+    const ranges = dataRangesOf(f.probeFd, 0, f.size);
+    const holds = (start: number, end: number) => ranges.some(([s, e]) => s <= start && e >= end);
+    if (!f.map.all().every((c) => holds(c.uncompressedOffset, c.uncompressedOffset + c.uncompressedSize))) return;
+    try {
+      this.group.unmark(f.path);
+      f.complete = true;
+      this.log.info({ file: f.path }, 'cache file complete; its mark is removed');
+    } catch (e) {
+      this.log.warn({ file: f.path, err: (e as Error).message }, 'cannot remove the mark of a complete cache file');
+    }
+  }
+
+  private scheduleCompleteCheck(f: MarkedFile): void {
+    if (f.checkPending || f.complete) return;
+    f.checkPending = true;
+    setTimeout(() => this.unmarkIfComplete(f), COMPLETE_CHECK_DELAY_MS).unref();
   }
 
   /** The file's writer fd; when there is none yet, one event for the file is provoked (module comment). */
@@ -315,6 +361,7 @@ export class FanotifySession {
       // A file closed meanwhile skipped its writes: its holes must not be allowed.
       if (f.guard.closed) throw new Error('the mount was removed while the range was being filled');
       this.stats.eventBytes += count;
+      this.scheduleCompleteCheck(f);
     } catch (e) {
       errno = EIO;
       this.stats.eventErrors++;
