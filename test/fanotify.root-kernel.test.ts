@@ -134,6 +134,9 @@ test('root-kernel fanotify: a lazily mounted image reads identical to the source
   assert.equal(Object.keys(first).length, chunks, 'every chunk was fetched');
   assert.deepEqual(Object.values(first).filter((n) => n !== 1), [], 'each chunk once');
 
+  const info = (await apiRequest(d.sock, 'GET', '/api/v1/daemon')).body;
+  assert.deepEqual(info.fanotify.mounts, [d.mnt]);
+  assert.ok(info.fanotify.events > 0 && info.fanotify.eventErrors === 0, `events served, none failed (${JSON.stringify(info.fanotify)})`);
   assert.equal(fanotifyMarks(workerPid), 0, 'a complete cache file is no longer marked: its reads raise no events');
   const del = await apiRequest(d.sock, 'DELETE', `/api/v1/mount?mountpoint=${encodeURIComponent(d.mnt)}`);
   assert.equal(del.status, 204, JSON.stringify(del.body));
@@ -173,7 +176,9 @@ test('root-kernel fanotify: a corrupt chunk gives EIO for its file only', async 
   assert.throws(() => fs.readFileSync(path.join(d.mnt, 'victim')), (e: NodeJS.ErrnoException) => e.code === 'EIO', 'the corrupt file reads as EIO');
   assert.throws(() => fs.readFileSync(path.join(d.mnt, 'victim')), (e: NodeJS.ErrnoException) => e.code === 'EIO', 'again: never zeros');
   for (let i = 0; i < 4; i++) assert.deepEqual(fs.readFileSync(path.join(d.mnt, `ok${i}`)), prand(150_000, 80 + i), `ok${i} reads right`);
-  const workerPid = (await apiRequest(d.sock, 'GET', '/api/v1/daemon')).body.pid as number;
+  const info = (await apiRequest(d.sock, 'GET', '/api/v1/daemon')).body;
+  assert.ok(info.fanotify.eventErrors > 0, 'the failed events are counted');
+  const workerPid = info.pid as number;
   assert.equal(fanotifyMarks(workerPid), 1, 'the incomplete cache file stays marked');
   const del = await apiRequest(d.sock, 'DELETE', `/api/v1/mount?mountpoint=${encodeURIComponent(d.mnt)}`);
   assert.equal(del.status, 204, JSON.stringify(del.body));

@@ -29,7 +29,7 @@ export interface ApiContext {
   /** The supervisor socket (--supervisor), reported in GET /api/v1/daemon. */
   supervisor?: string;
   /** The fanotify front end's mounts (POST|DELETE /api/v1/mount); absent in fscache mode. */
-  mounts?: Pick<FanotifySession, 'mount' | 'umount'>;
+  mounts?: Pick<FanotifySession, 'mount' | 'umount' | 'list' | 'stats'>;
   /** PUT /api/v1/daemon/exit: called once the answer is sent. */
   exit?: () => void;
   log: Logger;
@@ -92,6 +92,7 @@ export function startApi(sock: string, ctx: ApiContext): Promise<http.Server> {
             id: ctx.id || null, version: BUILD_INFO, supervisor: ctx.supervisor ?? null, state: ctx.lifecycle?.state ?? 'RUNNING', pid: process.pid,
             backend_collection: Object.fromEntries(ctx.registry.list().map((e) => [e.id, { backend_type: e.backend.type }])),
             ondemand: session ? session.stats : null,
+            fanotify: ctx.mounts ? { mounts: ctx.mounts.list(), ...ctx.mounts.stats } : null,
           });
         }
         case 'PUT /api/v1/daemon': {

@@ -347,7 +347,15 @@ export class FanotifySession {
       this.answer(e.fd, EIO, true);
       return;
     }
-    if (f.writerFd === null) this.setWriter(f, dupFd(e.fd));
+    if (f.writerFd === null) {
+      try {
+        this.setWriter(f, dupFd(e.fd));
+      } catch (err) {
+        this.log.error({ file: f.path, err: (err as Error).message }, 'cannot keep an event fd for writes; answered EIO');
+        this.answer(e.fd, EIO, true);
+        return;
+      }
+    }
     // Without a range record (never seen for reads), the whole file.
     void (e.offset < 0 ? this.serve(f, e.fd, 0, f.size, true) : this.serve(f, e.fd, e.offset, e.count, true));
   }
