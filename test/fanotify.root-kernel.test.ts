@@ -15,6 +15,8 @@ import { makeRichTree, prand, tmpDir } from './helpers/fixtures.ts';
 import { manifest, diffManifests } from './helpers/manifest.ts';
 import { mustRun, repoRoot } from './helpers/cli.ts';
 import { apiRequest } from './helpers/api-client.ts';
+import { startRegistry } from './helpers/registry.ts';
+import { RegistryClient } from '../src/registry/index.ts';
 
 const work = tmpDir('fanotify');
 const daemons: ChildProcess[] = [];
@@ -303,4 +305,24 @@ test('root-kernel fanotify: a cache work_dir on tmpfs is refused naming the caus
   assert.notEqual(code, 0);
   assert.match(err, /cannot mount .*fanotify_mark .*: this file system does not allow pre-content marks/);
   assert.equal(isMounted(path.join(base, 'mnt')), false);
+});
+
+test('root-kernel fanotify: an image mounted lazily from a registry (Basic auth) reads identical to the source', async () => {
+  const reg = await startRegistry({ users: { alice: 'wonderland' } });
+  try {
+    const client = new RegistryClient({ plainHttp: true, dockerConfig: false, credentials: { username: 'alice', password: 'wonderland' } });
+    await client.pushBlob(`${reg.host}/nydus/rich`, fs.readFileSync(path.join(rich.blobDir, rich.blobId)));
+    await client.close();
+    const d = await startDaemon('registry', rich, {
+      type: 'registry', registry: { scheme: 'http', host: reg.host, repo: 'nydus/rich', auth: Buffer.from('alice:wonderland').toString('base64') },
+    });
+    assert.deepEqual(diffManifests(srcManifest, manifest(d.mnt)).slice(0, 20), [], 'the mount reads as the source');
+    const backends = (await apiRequest(d.sock, 'GET', '/api/v1/metrics/backend')).body.backends;
+    assert.ok(backends.registry?.read_count > 0 && backends.registry.read_errors === 0, `the data came from the registry (${JSON.stringify(backends)})`);
+    const exited = new Promise((r) => d.proc.once('exit', r));
+    d.proc.kill('SIGTERM');
+    await exited;
+  } finally {
+    await reg.stop();
+  }
 });
