@@ -162,7 +162,7 @@ test('root-kernel fanotify: a lazily mounted image reads identical to the source
   assert.equal(isMounted(d.mnt), false, 'the daemon unmounts when it stops');
 });
 
-test('root-kernel fanotify: a corrupt chunk gives EIO for its file only', async () => {
+test('root-kernel fanotify: a corrupt chunk gives EIO for its file only; DELETE removes the mark; a busy mount is served on until free when the daemon stops', async () => {
   const csrc = path.join(work, 'corrupt-src');
   fs.mkdirSync(csrc);
   fs.writeFileSync(path.join(csrc, 'victim'), prand(200_000, 77));
@@ -186,9 +186,23 @@ test('root-kernel fanotify: a corrupt chunk gives EIO for its file only', async 
   assert.equal(del.status, 204, JSON.stringify(del.body));
   assert.equal(isMounted(d.mnt), false, 'DELETE /api/v1/mount unmounts');
   assert.equal(fanotifyMarks(workerPid), 0, 'and removes the mark');
-  const exited = new Promise((r) => d.proc.once('exit', r));
+
+  // Stopping with a busy mount: the daemon keeps serving it until it is free, then unmounts and exits.
+  const post = await apiRequest(d.sock, 'POST', `/api/v1/mount?mountpoint=${encodeURIComponent(d.mnt)}`,
+    { source: img.boot, fs_type: 'rafs', config: JSON.stringify(d.cfg) });
+  assert.equal(post.status, 204, JSON.stringify(post.body));
+  const holder = spawn('sh', ['-c', 'sleep 3'], { cwd: d.mnt, stdio: 'ignore' });
+  await new Promise((r) => holder.once('spawn', r));
+  let exitedAt = 0;
+  const exited = new Promise((r) => d.proc.once('exit', () => r((exitedAt = Date.now()))));
   d.proc.kill('SIGTERM');
+  await new Promise((r) => setTimeout(r, 1000));
+  assert.equal(exitedAt, 0, 'the daemon does not stop while its mount is busy');
+  assert.ok(isMounted(d.mnt), 'nor detach the busy mount (its holes would read as zeros once the daemon is gone)');
+  assert.deepEqual(fs.readFileSync(path.join(d.mnt, 'ok0')), prand(150_000, 80), 'and still serves it');
+  await new Promise((r) => holder.once('exit', r));
   await exited;
+  assert.equal(isMounted(d.mnt), false, 'once free it is unmounted and the daemon stops');
 });
 
 /** A blob server (the http-proxy backend's shape: HEAD and Range GET of /blobs/<id>) that can hold reads. */

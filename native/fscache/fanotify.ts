@@ -15,7 +15,6 @@ export const FAN_PRE_ACCESS = 0x00100000;
 export const FAN_Q_OVERFLOW = 0x00004000;
 
 const MS_RDONLY = 1;
-const MNT_DETACH = 2;
 
 function explain(err: unknown, hints: Partial<Record<string, string>>): unknown {
   if (isSystemError(err) && hints[err.code]) err.message += `: ${hints[err.code]}`;
@@ -141,9 +140,9 @@ export function mountErofsFileBacked(bootstrap: string, devices: readonly string
   fscacheBinding().mount(bootstrap, target, 'erofs', MS_RDONLY, data);
 }
 
-/** umount2(2); `lazy` detaches a busy mount. */
-export function umountPath(target: string, lazy = false): void {
-  fscacheBinding().umount(target, lazy ? MNT_DETACH : 0);
+/** umount2(2) without MNT_DETACH: a busy mount fails with EBUSY and stays. */
+export function umountPath(target: string): void {
+  fscacheBinding().umount(target, 0);
 }
 
 /**

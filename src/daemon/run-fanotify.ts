@@ -66,11 +66,13 @@ export async function runFanotifyWorker(opts: FanotifyDaemonOptions): Promise<vo
     }
   }
   let server: Awaited<ReturnType<typeof startApi>> | null = null;
+  let stopping = false;
   const shutdown = () => {
+    if (stopping) return;
+    stopping = true;
     log.info('shutting down');
     server?.close();
-    session.close();
-    void registry.close().finally(() => {
+    void session.close().then(() => registry.close()).finally(() => {
       state.close();
       journal.close();
       // The supervisor restarts a worker that exits; asked to exit, the whole daemon stops.

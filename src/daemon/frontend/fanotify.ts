@@ -174,10 +174,10 @@ export class FanotifySession {
   }
 
   /** DELETE /api/v1/mount: unmounts, removes the marks, closes the files once their work drained. */
-  umount(mountpoint: string, lazy = false): void {
+  umount(mountpoint: string): void {
     const m = this.mounts.get(path.resolve(mountpoint));
     if (!m) throw new ConfigError(`${mountpoint} is not mounted by this daemon`);
-    umountPath(m.request.mountpoint, lazy);
+    umountPath(m.request.mountpoint);
     this.detach(m);
     this.saveMounts();
     this.log.info({ mountpoint: m.request.mountpoint }, 'unmounted');
@@ -188,14 +188,21 @@ export class FanotifySession {
     return [...this.mounts.keys()];
   }
 
-  /** The daemon stops: every mount is detached (lazily if busy) while events are still answered. */
-  close(): void {
-    for (const mp of [...this.mounts.keys()]) {
-      try {
-        this.umount(mp, true);
-      } catch (e) {
-        this.log.error({ mountpoint: mp, err: (e as Error).message }, 'cannot unmount');
+  /**
+   * The daemon stops: every mount is unmounted, events still answered meanwhile. A busy mount is not
+   * detached lazily: once the daemon is gone its unfetched ranges would read as zeros (the group's
+   * release allows every access). It is tried again until it is free; then the promise settles.
+   */
+  async close(): Promise<void> {
+    for (let tries = 0; this.mounts.size; tries++) {
+      for (const mp of [...this.mounts.keys()]) {
+        try {
+          this.umount(mp);
+        } catch (e) {
+          if (tries % 20 === 0) this.log.error({ mountpoint: mp, err: (e as Error).message }, 'cannot unmount; still serving it until it is free');
+        }
       }
+      if (this.mounts.size) await new Promise((r) => setTimeout(r, 500));
     }
     this.group.stopEvents();
   }
