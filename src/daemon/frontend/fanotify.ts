@@ -7,13 +7,8 @@
  *              a range that cannot be served -> FAN_DENY_ERRNO(EIO): the reader gets EIO, never zeros
  *   umount  -> umount2, marks removed, the files' fds closed once their work drained
  *
- * Which fd writes: a write through any fd of a marked file opened after the mark raises an event of
- * its own, which this daemon would have to answer while waiting for its own write. The fds that raise
- * none are the ones the kernel decided at open time nobody watches (opened before the mark) and the
- * events' own fds (opened by fanotify with FMODE_NONOTIFY). So each cache file's writer is the fd it
- * was opened with before being marked, or, after a restart (the mark is older than any fd we could
- * open), a dup of the first event's fd for that file; background writes that come before any event
- * provoke one: a one-byte read through our own (watched) fd, served like any other event.
+ * How cache files are written without raising events of their own, and unmarked once complete:
+ * fanotify-cache-file.ts.
  *
  * Restart: the supervisor keeps the group fd (run.ts), so a dead worker does not release the group
  * (fanotify_release answers every pending event FAN_ALLOW: readers would see holes as zeros) and the
@@ -23,23 +18,18 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import crypto from 'node:crypto';
-import { promisify } from 'node:util';
 import type { Logger } from 'pino';
-import {
-  FAN_PRE_ACCESS, type FanotifyEvent, closeFd, dataRangesOf, dupFd, mountErofsFileBacked, umountPath,
-} from '../../../native/fscache/fanotify.ts';
+import { FAN_PRE_ACCESS, type FanotifyEvent, closeFd, mountErofsFileBacked, umountPath } from '../../../native/fscache/fanotify.ts';
 import type { SystemError } from '../../../native/fscache/index.ts';
 import { ConfigError, entryBodyFromFsConfig } from '../config.ts';
 import type { ImageRegistry } from '../daemon.ts';
-import type { BlobMap } from '../blob-map.ts';
-import type { CacheFileKey, DaemonState } from '../state.ts';
-import { BlobCacheFile, Limiter, WorkGuard, type CacheCounters } from '../blob-cache.ts';
+import type { DaemonState } from '../state.ts';
+import { Limiter, type CacheCounters } from '../blob-cache.ts';
+import { MarkedCacheFile, inodeKey, type MarkPort } from './fanotify-cache-file.ts';
 import type { JournaledEvent, PendingEventJournal } from './fanotify-journal.ts';
 
 /** What the session needs of the fanotify group (FanotifyGroup, or a fake in unit tests). */
-export interface FanotifyPort {
-  mark(path: string): void;
-  unmark(path: string): void;
+export interface FanotifyPort extends MarkPort {
   respond(eventFd: number, errno: number): void;
   onEvents(handler: (events: FanotifyEvent[]) => void, onError: (err: SystemError) => void): void;
   stopEvents(): void;
@@ -56,48 +46,16 @@ export interface FanotifyMountRequest {
 
 const EIO = 5;
 
-/** One blob's cache file, marked. */
-interface MarkedFile {
-  path: string;
-  key: CacheFileKey;
-  size: number;
-  /** O_RDONLY, for SEEK_DATA/SEEK_HOLE (lseek raises no events) and for provoking an event. */
-  probeFd: number;
-  /** An fd whose writes raise no events (see the module comment); null until one is known. */
-  writerFd: number | null;
-  writerWaiters: Array<(fd: number) => void>;
-  guard: WorkGuard;
-  file: BlobCacheFile;
-  map: BlobMap;
-  /** Every chunk is in the file and the mark is gone: reads no longer raise events. */
-  complete: boolean;
-  /** A completeness check is scheduled. */
-  checkPending: boolean;
-  /** Chunks marked at the last check: while the count grows (read-ahead, prefetch) the check comes again. */
-  lastCount: number;
-}
-
-/** A file is checked for completeness this long after an event (once per burst of events). */
-const COMPLETE_CHECK_DELAY_MS = 100;
-
 interface Mounted {
   request: FanotifyMountRequest;
   imageId: string;
-  files: MarkedFile[];
+  files: MarkedCacheFile[];
 }
 
-const pwrite = promisify(fs.write);
-
-async function writeAll(fd: number, data: Uint8Array, offset: number): Promise<void> {
-  let done = 0;
-  while (done < data.length) done += (await pwrite(fd, data, done, data.length - done, offset + done)).bytesWritten;
-}
-
-const inodeKey = (dev: number, ino: number) => `${dev}:${ino}`;
 
 export class FanotifySession {
   private readonly mounts = new Map<string, Mounted>();
-  private readonly byInode = new Map<string, MarkedFile>();
+  private readonly byInode = new Map<string, MarkedCacheFile>();
   private readonly byPath = new Map<string, string>();
   private readonly limiter: Limiter;
   readonly stats: CacheCounters & { events: number; eventBytes: number; eventErrors: number; recovered: number } = {
@@ -220,113 +178,26 @@ export class FanotifySession {
     }
   }
 
-  private markCacheFile(workDir: string, imageId: string, blobId: string, restored: boolean, mountpoint: string): MarkedFile {
+  private markCacheFile(workDir: string, imageId: string, blobId: string, restored: boolean, mountpoint: string): MarkedCacheFile {
     const resolved = this.registry.resolve(imageId, blobId);
     if (resolved?.kind !== 'blob') throw new Error(`blob ${blobId} of image ${imageId} cannot be resolved`);
-    const { map, fetcher, prefetch } = resolved;
     const file = path.join(workDir, `${blobId}.blob.data`);
     const user = this.byPath.get(file);
     if (user) throw new ConfigError(`cache file ${file} is in use by the mount at ${user}: give each mount its own cache work_dir`);
-    const key: CacheFileKey = { volume: `fanotify,${workDir}`, cookie: blobId };
-    let writerFd: number | null = null;
-    if (!restored) {
-      // Opened before the mark: its writes raise no events.
-      writerFd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600);
-      if (fs.fstatSync(writerFd).size !== map.uncompressedSize) {
-        fs.ftruncateSync(writerFd, 0);
-        fs.ftruncateSync(writerFd, map.uncompressedSize);
-        this.state.clear(key);
-      }
-    }
-    let probeFd = -1;
-    try {
-      this.group.mark(file);
-      probeFd = fs.openSync(file, fs.constants.O_RDONLY);
-    } catch (e) {
-      if (writerFd !== null) fs.closeSync(writerFd);
-      throw e;
-    }
-    const st = fs.fstatSync(probeFd);
-    const guard = new WorkGuard(() => {
-      fs.closeSync(f.probeFd);
-      if (f.writerFd !== null) closeFd(f.writerFd);
-    });
-    const f: MarkedFile = {
-      path: file, key, size: map.uncompressedSize, probeFd, writerFd, writerWaiters: [], guard, file: undefined!, map, complete: false, checkPending: false, lastCount: -1,
-    };
-    f.file = new BlobCacheFile(key, map, fetcher, {
-      write: async (offset, data) => writeAll(await this.writer(f), data, offset),
-      dataRanges: (from, to) => dataRangesOf(f.probeFd, from, to),
-    }, guard, this.state, this.stats, this.log);
-    this.byInode.set(inodeKey(st.dev, st.ino), f);
+    const f = new MarkedCacheFile(file, resolved, restored, this.group, this.state, this.stats, this.log);
+    this.byInode.set(f.inode, f);
     this.byPath.set(file, mountpoint);
-    f.file.start(prefetch);
-    this.unmarkIfComplete(f);
     return f;
   }
 
   private detach(m: Mounted): void {
     for (const f of m.files) {
-      try {
-        if (!f.complete) this.group.unmark(f.path);
-      } catch (e) {
-        this.log.warn({ file: f.path, err: (e as Error).message }, 'cannot remove the mark');
-      }
-      for (const [k, v] of this.byInode) if (v === f) this.byInode.delete(k);
+      this.byInode.delete(f.inode);
       this.byPath.delete(f.path);
-      f.guard.close();
+      f.close();
     }
     this.mounts.delete(m.request.mountpoint);
     void this.registry.remove({ domainId: '', id: m.imageId });
-  }
-
-  /**
-   * Once a cache file holds every chunk its mark only costs an event per read: it is removed, and the
-   * kernel reads the file directly. The file itself has the last word (SEEK_DATA/SEEK_HOLE over every
-   * chunk), never the chunk marks alone: a hole left unmarked would read as zeros.
-   */
-  private unmarkIfComplete(f: MarkedFile): void {
-    f.checkPending = false;
-    if (f.complete || f.guard.closed) return;
-    const marked = this.state.count(f.key);
-    if (marked < f.map.chunkCount) {
-      if (marked !== f.lastCount) this.scheduleCompleteCheck(f);
-      f.lastCount = marked;
-      return;
-    }
-    const ranges = dataRangesOf(f.probeFd, 0, f.size);
-    const holds = (start: number, end: number) => ranges.some(([s, e]) => s <= start && e >= end);
-    if (!f.map.all().every((c) => holds(c.uncompressedOffset, c.uncompressedOffset + c.uncompressedSize))) return;
-    try {
-      this.group.unmark(f.path);
-      f.complete = true;
-      this.log.info({ file: f.path }, 'cache file complete; its mark is removed');
-    } catch (e) {
-      this.log.warn({ file: f.path, err: (e as Error).message }, 'cannot remove the mark of a complete cache file');
-    }
-  }
-
-  private scheduleCompleteCheck(f: MarkedFile): void {
-    if (f.checkPending || f.complete) return;
-    f.checkPending = true;
-    setTimeout(() => this.unmarkIfComplete(f), COMPLETE_CHECK_DELAY_MS).unref();
-  }
-
-  /** The file's writer fd; when there is none yet, one event for the file is provoked (module comment). */
-  private writer(f: MarkedFile): Promise<number> {
-    if (f.writerFd !== null) return Promise.resolve(f.writerFd);
-    return new Promise((resolve) => {
-      f.writerWaiters.push(resolve);
-      if (f.writerWaiters.length > 1) return;
-      fs.read(f.probeFd, Buffer.alloc(1), 0, 1, 0, (err) => {
-        if (err) this.log.debug({ file: f.path, err: err.message }, 'the read that provoked an event failed');
-      });
-    });
-  }
-
-  private setWriter(f: MarkedFile, fd: number): void {
-    f.writerFd = fd;
-    for (const w of f.writerWaiters.splice(0)) w(fd);
   }
 
   private event(e: FanotifyEvent): void {
@@ -349,34 +220,29 @@ export class FanotifySession {
       this.answer(e.fd, 0, true);
       return;
     }
-    if (!f || f.guard.closed) {
+    if (!f || f.closed) {
       this.log.warn({ pid: e.pid, offset: e.offset }, 'event on a file no mount uses; answered EIO');
       this.answer(e.fd, EIO, true);
       return;
     }
-    if (f.writerFd === null) {
-      try {
-        this.setWriter(f, dupFd(e.fd));
-      } catch (err) {
-        this.log.error({ file: f.path, err: (err as Error).message }, 'cannot keep an event fd for writes; answered EIO');
-        this.answer(e.fd, EIO, true);
-        return;
-      }
+    try {
+      f.adoptEventFd(e.fd);
+    } catch (err) {
+      this.log.error({ file: f.path, err: (err as Error).message }, 'cannot keep an event fd for writes; answered EIO');
+      this.answer(e.fd, EIO, true);
+      return;
     }
     // Without a range record (never seen for reads), the whole file.
     void (e.offset < 0 ? this.serve(f, e.fd, 0, f.size, true) : this.serve(f, e.fd, e.offset, e.count, true));
   }
 
   /** Fills the range, then answers: allowed only when every chunk of it is in the file. */
-  private async serve(f: MarkedFile, fd: number, offset: number, count: number, ownFd: boolean): Promise<void> {
+  private async serve(f: MarkedCacheFile, fd: number, offset: number, count: number, ownFd: boolean): Promise<void> {
     this.stats.events++;
     let errno = 0;
     try {
-      await this.limiter.run(() => f.guard.use(() => f.file.fill(offset, count)));
-      // A file closed meanwhile skipped its writes: its holes must not be allowed.
-      if (f.guard.closed) throw new Error('the mount was removed while the range was being filled');
+      await this.limiter.run(() => f.fill(offset, count));
       this.stats.eventBytes += count;
-      this.scheduleCompleteCheck(f);
     } catch (e) {
       errno = EIO;
       this.stats.eventErrors++;
