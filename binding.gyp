@@ -16,7 +16,10 @@
         "native/fscache/message.cc",
         "native/fscache/watcher.cc",
         "native/fscache/aligned_write.cc",
-        "native/fscache/fd_passing.cc"
+        "native/fscache/fd_passing.cc",
+        "native/fscache/fanotify.cc",
+        "native/fscache/mount.cc",
+        "native/fscache/fds.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8"],

@@ -55,6 +55,19 @@ export interface Watcher {
   stop(): void;
 }
 
+/** One fanotify event as read from a group fd. */
+export interface FanotifyEvent {
+  /** An fd of the file (read-write, raises no events itself); -1 for a queue overflow. */
+  fd: number;
+  /** The process whose access raised the event (its tgid). */
+  pid: number;
+  /** FAN_* bits; FAN_PRE_ACCESS is 0x00100000. */
+  mask: number;
+  /** The range about to be accessed, bytes; -1 when the event carries no range record. */
+  offset: number;
+  count: number;
+}
+
 export interface FscacheBinding {
   /** open(2) O_RDWR | O_CLOEXEC. */
   open(path: string): number;
@@ -63,7 +76,11 @@ export interface FscacheBinding {
   /** One pending request, decoded, or null when none is pending (never blocks). */
   readMessage(fd: number): CachefilesMessage | null;
   /** Waits in the event loop (uv_poll) and hands over each request; keeps the loop alive until stop(). */
-  Watcher: new (fd: number, callback: (err: SystemError | null, msg?: CachefilesMessage) => void) => Watcher;
+  Watcher: {
+    new (fd: number, callback: (err: SystemError | null, msg?: CachefilesMessage) => void, kind?: 'cachefiles'): Watcher;
+    /** On a fanotify group fd: each delivery is the events one read(2) returned. */
+    new (fd: number, callback: (err: SystemError | null, events?: FanotifyEvent[]) => void, kind: 'fanotify'): Watcher;
+  };
   /**
    * Copies `data` into a 4096-aligned buffer, pads it with zeros to a multiple of 4096 and pwrite(2)s
    * it at `offset` (a multiple of 4096) on a worker thread. Do not modify `data` until it settles.
@@ -84,6 +101,25 @@ export interface FscacheBinding {
   sendState(path: string, data: Uint8Array, fd: number, timeoutMs: number): Promise<void>;
   /** Connects to a supervisor's unix socket and reads state bytes and the fd until it closes (takeover). */
   receiveState(path: string, maxBytes: number, timeoutMs: number): Promise<{ data: Buffer; fd: number }>;
+  /**
+   * fanotify_init(FAN_CLASS_PRE_CONTENT | FAN_CLOEXEC | FAN_NONBLOCK | FAN_UNLIMITED_QUEUE,
+   * O_RDWR | O_LARGEFILE): a group fd whose events carry read-write fds.
+   */
+  fanotifyInit(): number;
+  /** fanotify_mark(2) FAN_MARK_ADD (or FAN_MARK_REMOVE) of FAN_PRE_ACCESS on one file. */
+  fanotifyMark(fd: number, add: boolean, path: string): void;
+  /** The events pending on a group fd, decoded, or null when none is (never blocks). */
+  readFanotifyEvents(fd: number): FanotifyEvent[] | null;
+  /** Answers a permission event by its fd number: FAN_ALLOW for errno 0, else FAN_DENY_ERRNO(errno). */
+  fanotifyRespond(fd: number, eventFd: number, errno: number): void;
+  /** mount(2). */
+  mount(source: string, target: string, fstype: string, flags: number, data: string): void;
+  /** umount2(2). */
+  umount(target: string, flags: number): void;
+  /** fcntl(F_DUPFD_CLOEXEC): another number for the same open file. */
+  dup(fd: number): number;
+  /** Keeps number n from being given to a new fd (/dev/null dup3'd onto it) if it is free; true if it did. */
+  reserveFd(n: number): boolean;
   /** CACHEFILES_MSG_MAX_SIZE: the largest message the kernel sends, bytes. */
   readonly MSG_MAX_SIZE: number;
 }

@@ -11,6 +11,9 @@
 //   sendState(path, data, fd, ms)   hand state bytes + an fd to a supervisor socket (fd_passing.h)
 //   receiveState(path, max, ms)     take them back from it
 //   dataRanges(fd, from, to)        lseek(2) SEEK_DATA/SEEK_HOLE: the ranges of [from, to) that hold data
+//   fanotify*, readFanotifyEvents   the fanotify pre-content front end (fanotify.h)
+//   mount, umount                   file-backed EROFS mounts (mount.h)
+//   dup, reserveFd                  event fds kept, fd numbers held for a predecessor's events (fds.h)
 // Failures throw Errors with errno (positive), code ('EINVAL'), syscall and path or detail.
 #include <napi.h>
 #include <fcntl.h>
@@ -21,7 +24,10 @@
 
 #include "aligned_write.h"
 #include "errno_error.h"
+#include "fanotify.h"
 #include "fd_passing.h"
+#include "fds.h"
+#include "mount.h"
 #include "message.h"
 #include "uapi.h"
 #include "watcher.h"
@@ -122,6 +128,14 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("dataRanges", Napi::Function::New(env, DataRanges, "dataRanges"));
   exports.Set("sendState", Napi::Function::New(env, SendState, "sendState"));
   exports.Set("receiveState", Napi::Function::New(env, ReceiveState, "receiveState"));
+  exports.Set("fanotifyInit", Napi::Function::New(env, FanotifyInit, "fanotifyInit"));
+  exports.Set("fanotifyMark", Napi::Function::New(env, FanotifyMark, "fanotifyMark"));
+  exports.Set("fanotifyRespond", Napi::Function::New(env, FanotifyRespond, "fanotifyRespond"));
+  exports.Set("readFanotifyEvents", Napi::Function::New(env, ReadFanotifyEventsJs, "readFanotifyEvents"));
+  exports.Set("mount", Napi::Function::New(env, Mount, "mount"));
+  exports.Set("umount", Napi::Function::New(env, Umount, "umount"));
+  exports.Set("dup", Napi::Function::New(env, Dup, "dup"));
+  exports.Set("reserveFd", Napi::Function::New(env, ReserveFd, "reserveFd"));
   exports.Set("MSG_MAX_SIZE", Napi::Number::New(env, static_cast<double>(kMsgMaxSize)));
   return exports;
 }

@@ -4,6 +4,7 @@
 #include <string>
 
 #include "errno_error.h"
+#include "fanotify.h"
 #include "message.h"
 
 namespace fscache {
@@ -25,9 +26,14 @@ Napi::Function Watcher::Define(Napi::Env env) {
 Watcher::Watcher(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Watcher>(info) {
   Napi::Env env = info.Env();
   if (!info[0].IsNumber() || !info[1].IsFunction()) {
-    throw Napi::TypeError::New(env, "Watcher(fd: number, callback: (err, msg) => void)");
+    throw Napi::TypeError::New(env, "Watcher(fd: number, callback: (err, msg) => void, kind?: 'cachefiles' | 'fanotify')");
   }
   fd_ = info[0].As<Napi::Number>().Int32Value();
+  read_ = ReadMessage;
+  if (info[2].IsString() && info[2].As<Napi::String>().Utf8Value() == "fanotify") {
+    read_ = ReadFanotifyEvents;
+    device_ = "fanotify group";
+  }
 
   uv_loop_t* loop = nullptr;
   NAPI_THROW_IF_FAILED_VOID(env, napi_get_uv_event_loop(env, &loop));
@@ -100,7 +106,7 @@ void Watcher::OnReadable(int status) {
   Napi::HandleScope scope(env);
   Napi::Object self = Value();  // a local handle: no finalizer can run while we deliver
   if (status < 0) {  // the fd cannot be waited on any more
-    Deliver(ErrnoError(env, -status, "poll", "/dev/cachefiles").Value(), env.Undefined());
+    Deliver(ErrnoError(env, -status, "poll", device_).Value(), env.Undefined());
     if (handle_) Shutdown(false);
     return;
   }
@@ -108,7 +114,7 @@ void Watcher::OnReadable(int status) {
     Napi::HandleScope each(env);
     Napi::Value msg;
     try {
-      msg = ReadMessage(env, fd_);
+      msg = read_(env, fd_);
     } catch (const Napi::Error& e) {
       // Mostly one failed request (e.g. EMFILE installing an OPEN's fd: the kernel failed that
       // request itself); keep going. A bad fd means there is nothing left to wait on.

@@ -2,7 +2,9 @@
 //
 // /dev/cachefiles implements poll() (EPOLLIN while a request is pending) and its read(2) never
 // blocks (0 when nothing is pending), so the wait can live in the event loop itself: no thread, no
-// locking, requests reach JS in the kernel's order on the loop thread.
+// locking, requests reach JS in the kernel's order on the loop thread. A fanotify group fd opened
+// FAN_NONBLOCK behaves the same (poll, EAGAIN when empty), so the same watcher serves it: with
+// kind 'fanotify' each delivery is the array of events one read(2) returned.
 #pragma once
 
 #include <napi.h>
@@ -10,7 +12,7 @@
 
 namespace fscache {
 
-// JS: new Watcher(fd, (err, msg) => void); watcher.stop().
+// JS: new Watcher(fd, (err, msg) => void, kind?: 'cachefiles' | 'fanotify'); watcher.stop().
 // While started it keeps itself (and the loop) alive; stop() before closing the fd.
 class Watcher : public Napi::ObjectWrap<Watcher> {
  public:
@@ -30,6 +32,9 @@ class Watcher : public Napi::ObjectWrap<Watcher> {
   static void CloseCallback(uv_handle_t* handle);
   static void CleanupHook(napi_async_cleanup_hook_handle hook, void* arg);
 
+  // Reads what is pending: a decoded message (or array of events), or null when nothing is.
+  Napi::Value (*read_)(Napi::Env, int) = nullptr;
+  const char* device_ = "/dev/cachefiles";
   int fd_ = -1;
   Handle* handle_ = nullptr;  // null once stopped
   Napi::FunctionReference callback_;

@@ -1,7 +1,9 @@
 /** nydusd: argument parsing only; see src/daemon/run.ts for the process models and the lifecycle. */
 import { hideBin } from 'yargs/helpers';
 import { NydusError } from '../../erofs/errors.ts';
+import fs from 'node:fs';
 import { type DaemonOptions, isWorker, runDaemon, runSupervisor, startupMode } from '../daemon/run.ts';
+import { type FanotifyDaemonOptions, openFanotifyGroup, runFanotifyWorker } from '../daemon/run-fanotify.ts';
 import { versionText } from '../version.ts';
 import { cliParser, runMain } from './main.ts';
 
@@ -20,20 +22,28 @@ await runMain('nydusd', async () => {
     .option('supervisor', { type: 'string', describe: "supervisor socket that keeps the daemon's state and /dev/cachefiles fd (with --id)" })
     .option('upgrade', { type: 'boolean', default: false, describe: 'start in INIT and wait for PUT /api/v1/daemon/fuse/takeover' })
     .option('failover-policy', { type: 'string', describe: 'resend: the kernel resends requests in flight after a takeover (the only policy of fscache mode)' })
-    // nydusd flags of FUSE mode or features nydus-ts does not have yet: refused below, never ignored.
-    .option('thread-num', { type: 'number', hidden: true })
-    .option('config', { alias: 'C', type: 'string', hidden: true })
+    .option('fanotify', { type: 'string', describe: 'serve images through fanotify pre-content events (Linux >= 6.14) instead of fscache; the daemon keeps its state in this directory (not tmpfs)' })
+    .option('config', { alias: 'C', type: 'string', describe: "with --fanotify: nydusd's FUSE-mode config file (backend, cache work_dir, prefetch)" })
+    .option('bootstrap', { alias: 'B', type: 'string', describe: 'with --fanotify: the image bootstrap to mount at --mountpoint' })
+    .option('mountpoint', { alias: 'M', type: 'string', describe: 'with --fanotify: where to mount --bootstrap (an EROFS file-backed mount)' })
+    .option('thread-num', { type: 'number', describe: 'with --fanotify: events served at once (default 4)' })
     .help()
     .version(versionText().trimEnd())
     .parseAsync();
+  if (args.fanotify !== undefined) {
+    await fanotifyMode(args, argv);
+    return;
+  }
   const unsupported: Record<string, string> = {
     'thread-num': 'it sets FUSE worker threads; in fscache mode use --fscache-threads',
-    config: 'a daemon-wide configuration file is not supported yet; images and their backends come through PUT /api/v2/blobs',
+    config: 'in fscache mode images and their backends come through PUT /api/v2/blobs (the config file goes with --fanotify)',
+    bootstrap: 'in fscache mode images come through PUT /api/v2/blobs (--bootstrap goes with --fanotify)',
+    mountpoint: 'in fscache mode the kernel mounts with `mount -t erofs -o fsid=<id>` (--mountpoint goes with --fanotify)',
   };
   for (const [flag, why] of Object.entries(unsupported)) {
     if (args[flag] !== undefined) throw new NydusError(`--${flag} is not supported: ${why}`);
   }
-  if (!args.fscache) throw new NydusError('--fscache <dir> is required (only fscache mode is implemented)');
+  if (!args.fscache) throw new NydusError('--fscache <dir> or --fanotify <dir> is required');
   if (!args.apisock) throw new NydusError('--apisock <path> is required');
   if (!(args['log-rotation-size'] >= 0)) throw new NydusError('--log-rotation-size must be a number of MiB >= 0');
   if ((args.id === undefined) !== (args.supervisor === undefined)) throw new NydusError('--id and --supervisor go together');
@@ -51,3 +61,34 @@ await runMain('nydusd', async () => {
   else if (!opts.supervisor) await runSupervisor(opts, [process.argv[1], ...argv]);
   else await runDaemon(opts, args.upgrade ? { kind: 'takeover' } : await startupMode(opts));
 });
+
+type Args = Record<string, unknown> & { 'log-level': string; 'log-rotation-size': number };
+
+/** `nydusd --fanotify <dir> [--config <json> --bootstrap <file> --mountpoint <dir>] [--apisock <sock>]`. */
+async function fanotifyMode(args: Args, argv: string[]): Promise<void> {
+  const dir = args.fanotify as string;
+  if (!dir) throw new NydusError('--fanotify needs the daemon\'s directory: --fanotify <dir>');
+  for (const flag of ['fscache', 'supervisor', 'id', 'upgrade', 'failover-policy']) {
+    if (args[flag] !== undefined && args[flag] !== false) throw new NydusError(`--${flag} does not go with --fanotify`);
+  }
+  const given = (['config', 'bootstrap', 'mountpoint'] as const).filter((f) => args[f] !== undefined);
+  if (given.length !== 0 && given.length !== 3) throw new NydusError('--config, --bootstrap and --mountpoint go together');
+  if (!given.length && !args.apisock) throw new NydusError('--fanotify needs --bootstrap/--mountpoint/--config, or --apisock to mount through the API');
+  const threads = (args['thread-num'] as number | undefined) ?? 4;
+  if (!(Number.isSafeInteger(threads) && threads >= 1)) throw new NydusError('--thread-num must be a whole number >= 1');
+  let config: unknown;
+  if (args.config !== undefined) {
+    try {
+      config = JSON.parse(fs.readFileSync(args.config as string, 'utf8'));
+    } catch (e) {
+      throw new NydusError(`--config ${args.config}: ${(e as Error).message}`);
+    }
+  }
+  const opts: FanotifyDaemonOptions = {
+    dir, apiSock: args.apisock as string | undefined, threads, logLevel: args['log-level'], logFile: args['log-file'] as string | undefined,
+    logRotationSize: args['log-rotation-size'],
+    initial: given.length ? { mountpoint: args.mountpoint as string, bootstrap: args.bootstrap as string, config } : undefined,
+  };
+  if (isWorker()) await runFanotifyWorker(opts);
+  else await runSupervisor(opts, [process.argv[1], ...argv], openFanotifyGroup());
+}

@@ -12,12 +12,13 @@ import fs from 'node:fs';
 import net from 'node:net';
 import type { Logger } from 'pino';
 import { NydusError } from '../../erofs/errors.ts';
-import { ConfigError } from './config.ts';
+import { ConfigError, obj, str } from './config.ts';
 import type { ImageRegistry } from './daemon.ts';
 import type { DaemonState } from './state.ts';
 import { type DaemonLifecycle, StateError } from './lifecycle.ts';
 import { BUILD_INFO } from '../version.ts';
 import { prometheusText } from './prometheus.ts';
+import type { FanotifySession } from './frontend/fanotify.ts';
 
 export interface ApiContext {
   id: string;
@@ -27,6 +28,8 @@ export interface ApiContext {
   lifecycle: Pick<DaemonLifecycle, 'state' | 'currentSession' | 'takeover' | 'start' | 'sendfd' | 'cull'> | null;
   /** The supervisor socket (--supervisor), reported in GET /api/v1/daemon. */
   supervisor?: string;
+  /** The fanotify front end's mounts (POST|DELETE /api/v1/mount); absent in fscache mode. */
+  mounts?: Pick<FanotifySession, 'mount' | 'umount' | 'list' | 'stats'>;
   /** PUT /api/v1/daemon/exit: called once the answer is sent. */
   exit?: () => void;
   log: Logger;
@@ -37,7 +40,7 @@ const CONFIG_KEYS = new Set(['registry_auth', 'proxy_url', 'dragonfly_scheduler_
 const LOG_LEVELS = new Set(['trace', 'debug', 'info', 'warn', 'error']);
 const KNOWN_PATHS = new Set([
   '/api/v1/daemon', '/api/v1/daemon/fuse/sendfd', '/api/v1/daemon/fuse/takeover', '/api/v1/daemon/start', '/api/v1/daemon/exit',
-  '/api/v2/blobs', '/api/v1/metrics', '/api/v1/metrics/backend', '/api/v1/metrics/blobcache', '/api/v1/metrics/inflight', '/api/v1/config', '/api/v1/metrics/prometheus',
+  '/api/v2/blobs', '/api/v1/metrics', '/api/v1/metrics/backend', '/api/v1/metrics/blobcache', '/api/v1/metrics/inflight', '/api/v1/config', '/api/v1/metrics/prometheus', '/api/v1/mount',
 ]);
 /** cachefiles' READ opcode, as GET /api/v1/metrics/inflight reports it. */
 const CACHEFILES_OP_READ = 2;
@@ -89,6 +92,7 @@ export function startApi(sock: string, ctx: ApiContext): Promise<http.Server> {
             id: ctx.id || null, version: BUILD_INFO, supervisor: ctx.supervisor ?? null, state: ctx.lifecycle?.state ?? 'RUNNING', pid: process.pid,
             backend_collection: Object.fromEntries(ctx.registry.list().map((e) => [e.id, { backend_type: e.backend.type }])),
             ondemand: session ? session.stats : null,
+            fanotify: ctx.mounts ? { mounts: ctx.mounts.list(), ...ctx.mounts.stats } : null,
           });
         }
         case 'PUT /api/v1/daemon': {
@@ -126,6 +130,20 @@ export function startApi(sock: string, ctx: ApiContext): Promise<http.Server> {
           return send(res, 200, reads.map((r) => ({
             inode: r.objectId, opcode: CACHEFILES_OP_READ, unique: r.msgId, timestamp_secs: Math.floor(r.since / 1000),
           })));
+        }
+        case 'POST /api/v1/mount': {
+          const mountpoint = url.searchParams.get('mountpoint');
+          if (!mountpoint) throw new ConfigError("'mountpoint' should be specified in query string");
+          if (!ctx.mounts) throw new StateError('this daemon mounts nothing itself (fscache mode: mount -t erofs -o fsid=...); start it with --fanotify');
+          await ctx.mounts.mount({ mountpoint, ...parseMountCmd(await readBody(req)) });
+          return send(res, 204);
+        }
+        case 'DELETE /api/v1/mount': {
+          const mountpoint = url.searchParams.get('mountpoint');
+          if (!mountpoint) throw new ConfigError("'mountpoint' should be specified in query string");
+          if (!ctx.mounts) throw new StateError('this daemon mounts nothing itself; start it with --fanotify');
+          ctx.mounts.umount(mountpoint);
+          return send(res, 204);
         }
         case 'GET /api/v1/config':
           return send(res, 200, Object.fromEntries(config.get(url.searchParams.get('id') ?? '') ?? []));
@@ -222,6 +240,23 @@ export function startApi(sock: string, ctx: ApiContext): Promise<http.Server> {
       resolve(server);
     });
   }));
+}
+
+/** nydus's ApiMountCmd: `source` (the bootstrap), `fs_type` ("rafs"), `config` (the JSON text of a config). */
+function parseMountCmd(body: unknown): { bootstrap: string; config: unknown } {
+  const b = obj(body, 'body');
+  const source = str(b, 'source', 'body');
+  const fsType = str(b, 'fs_type', 'body', false);
+  if (fsType && fsType !== 'rafs') throw new ConfigError(`body.fs_type ${JSON.stringify(fsType)} is not supported (rafs)`);
+  if (Array.isArray(b.prefetch_files) && b.prefetch_files.length) throw new ConfigError('body.prefetch_files is not supported; use the config\'s prefetch settings');
+  const text = str(b, 'config', 'body');
+  let config: unknown;
+  try {
+    config = JSON.parse(text);
+  } catch (e) {
+    throw new ConfigError(`body.config is not valid JSON: ${(e as Error).message}`);
+  }
+  return { bootstrap: source, config };
 }
 
 /**

@@ -159,3 +159,39 @@ export function parseBlobCacheEntry(body: unknown): ImageEntry {
   }
   throw new ConfigError('body needs either config_v2 or config');
 }
+
+/** Cache types of nydusd's FUSE-mode config whose `work_dir` holds the blobs' cache files. */
+const FS_CACHE_TYPES = new Set(['blobcache', 'filecache', 'fscache']);
+
+/**
+ * nydusd's FUSE-mode configuration (the `--config` file, or the `config` string of
+ * POST /api/v1/mount) as the BlobCacheEntry body this daemon registers: v2 (`version: 2`, `backend`,
+ * `cache.<type>.work_dir`, `cache.prefetch` / `rafs.prefetch`) or v1 (`device.backend`,
+ * `device.cache.config.work_dir`, `fs_prefetch`). The fanotify front end keeps each blob's cache file
+ * in the work_dir, so one is required.
+ */
+export function entryBodyFromFsConfig(config: unknown, bootstrap: string, id: string): Json {
+  const c = obj(config, 'config');
+  if (c.version === 2) {
+    const cache = obj(c.cache ?? {}, 'config.cache');
+    const ctype = str(cache, 'type', 'config.cache', false);
+    if (!FS_CACHE_TYPES.has(ctype)) throw new ConfigError(`config.cache.type must be one of ${[...FS_CACHE_TYPES].join(', ')}: the cache files need a work_dir`);
+    const workDir = str(obj(cache[ctype] ?? {}, `config.cache.${ctype}`), 'work_dir', `config.cache.${ctype}`);
+    const v2Cache: Json = { type: 'fscache', fscache: { work_dir: workDir } };
+    if (cache.prefetch !== undefined) v2Cache.prefetch = cache.prefetch;
+    return { type: 'bootstrap', id, config_v2: { ...c, cache: v2Cache, metadata_path: bootstrap } };
+  }
+  if (c.version !== undefined && c.version !== 1) throw new ConfigError(`config.version ${JSON.stringify(c.version)} is not supported (1 or 2)`);
+  const device = obj(c.device, 'config.device');
+  const backend = obj(device.backend, 'config.device.backend');
+  const cache = obj(device.cache ?? {}, 'config.device.cache');
+  const ctype = str(cache, 'type', 'config.device.cache', false);
+  if (!FS_CACHE_TYPES.has(ctype)) throw new ConfigError(`config.device.cache.type must be one of ${[...FS_CACHE_TYPES].join(', ')}: the cache files need a work_dir`);
+  const workDir = str(obj(cache.config ?? {}, 'config.device.cache.config'), 'work_dir', 'config.device.cache.config');
+  const legacy: Json = {
+    backend_type: str(backend, 'type', 'config.device.backend'), backend_config: backend.config ?? {},
+    cache_type: 'fscache', cache_config: { work_dir: workDir }, metadata_path: bootstrap,
+  };
+  if (c.fs_prefetch !== undefined) legacy.prefetch_config = c.fs_prefetch;
+  return { type: 'bootstrap', id, config: legacy };
+}

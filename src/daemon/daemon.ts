@@ -148,6 +148,11 @@ export class ImageRegistry implements ObjectResolver {
     return [...this.images.values()].map((i) => i.body);
   }
 
+  /** The blob ids of a registered image in its blob table order (the order of its devices). */
+  blobsOf(id: string): string[] {
+    return [...(this.images.get(id)?.blobs.keys() ?? [])];
+  }
+
   list(): ImageEntry[] {
     return [...this.images.values()].map((i) => i.entry);
   }

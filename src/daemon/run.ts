@@ -16,6 +16,7 @@ import { VerifyPool } from './verify-pool.ts';
 import { RegistrationPool } from './registration-pool.ts';
 import { makeLogger } from './log.ts';
 import os from 'node:os';
+import type { Logger } from 'pino';
 
 export interface DaemonOptions {
   fscacheDir: string;
@@ -33,6 +34,8 @@ export interface DaemonOptions {
 
 const WORKER_FD_ENV = 'NYDUSD_WORKER_FD';
 const RESTART_ENV = 'NYDUSD_WORKER_RESTART';
+/** A worker exiting with this code cannot work with what it was given (a bad image or config): no restart. */
+export const WORKER_EXIT_FATAL = 78;
 const WORKER_MIN_LIFE_MS = 3000;
 const WORKER_MAX_QUICK_DEATHS = 5;
 
@@ -40,10 +43,24 @@ export function isWorker(): boolean {
   return process.env[WORKER_FD_ENV] !== undefined;
 }
 
-export async function runSupervisor(opts: DaemonOptions, argv: string[]): Promise<void> {
+/** The kernel fd a supervisor keeps for its workers: /dev/cachefiles, or a fanotify group. */
+export interface HeldFd {
+  fd: number;
+  close(): void;
+}
+
+/** Options the supervisor itself uses. */
+export type SupervisorOptions = Pick<DaemonOptions, 'logLevel' | 'logFile' | 'logRotationSize' | 'threads'>;
+
+/** The worker's side: the kernel fd its supervisor holds, and whether an earlier worker died. */
+export function inheritedKernelFd(): { fd: number; restarted: boolean } {
+  return { fd: Number(process.env[WORKER_FD_ENV]), restarted: Number(process.env[RESTART_ENV] ?? 0) > 0 };
+}
+
+export async function runSupervisor(opts: SupervisorOptions & Partial<DaemonOptions>, argv: string[], held?: HeldFd): Promise<void> {
   const log = makeLogger(opts.logLevel, opts.logFile, opts.logRotationSize);
-  const dev = openDevice(opts);
-  log.info({ dir: opts.fscacheDir, tag: opts.tag }, 'cachefiles bound in on-demand mode');
+  const dev = held ?? openDevice(opts as DaemonOptions);
+  if (!held) log.info({ dir: opts.fscacheDir, tag: opts.tag }, 'cachefiles bound in on-demand mode');
   let child: ChildProcess | null = null;
   let stopping = false;
   let restarts = 0;
@@ -64,6 +81,11 @@ export async function runSupervisor(opts: DaemonOptions, argv: string[]): Promis
       if (stopping) {
         dev.close();
         process.exit(0);
+      }
+      if (code === WORKER_EXIT_FATAL) {
+        log.fatal({ code }, 'worker cannot serve what it was given; stopping');
+        dev.close();
+        process.exit(1);
       }
       restarts++;
       // A worker that cannot even start (bad work dir, broken install) must not be restarted forever.
@@ -113,11 +135,11 @@ export async function startupMode(opts: DaemonOptions): Promise<DeviceSource> {
   }
 }
 
-export async function runDaemon(opts: DaemonOptions, source: DeviceSource): Promise<void> {
-  const log = makeLogger(opts.logLevel, opts.logFile, opts.logRotationSize);
-  const state = new DaemonState(path.join(opts.fscacheDir, 'nydus-ts'));
+/** What both front ends serve from: the chunk state in `stateDir`, the verification threads, the images. */
+export function openDaemonCore(stateDir: string, threads: number, log: Logger): { state: DaemonState; registry: ImageRegistry; registration: RegistrationPool } {
+  const state = new DaemonState(stateDir);
   // Verification threads: the event loop stays free for the kernel's requests.
-  const pool = new VerifyPool(Math.max(1, Math.min(os.availableParallelism(), opts.threads)), {
+  const pool = new VerifyPool(Math.max(1, Math.min(os.availableParallelism(), threads)), {
     onFatal: (err) => {
       log.fatal({ err: err.message }, 'cannot verify chunks any more; exiting');
       process.exit(1);
@@ -126,13 +148,18 @@ export async function runDaemon(opts: DaemonOptions, source: DeviceSource): Prom
   // Bootstraps are read and validated on their own thread, one image at a time; the thread stays a
   // while after a burst of registrations (a warm one validates about twice as fast as a new one).
   const registration = new RegistrationPool({ workers: 1, idleMs: 5 * 60_000 });
-  const registry = new ImageRegistry(state, log, pool, registration);
+  return { state, registry: new ImageRegistry(state, log, pool, registration), registration };
+}
+
+export async function runDaemon(opts: DaemonOptions, source: DeviceSource): Promise<void> {
+  const log = makeLogger(opts.logLevel, opts.logFile, opts.logRotationSize);
+  const { state, registry, registration } = openDaemonCore(path.join(opts.fscacheDir, 'nydus-ts'), opts.threads, log);
   // Before the device is served: the kernel's requests after a restart name these images.
   await registry.restore();
   const lifecycle = new DaemonLifecycle({ id: opts.id, cacheDir: opts.fscacheDir, threads: opts.threads, supervisor: opts.supervisor }, registry, state, log);
   if (source.kind === 'inherited') {
-    const restarted = Number(process.env[RESTART_ENV] ?? 0) > 0;
-    lifecycle.bind(CachefilesDevice.fromFd(Number(process.env[WORKER_FD_ENV])), restarted);
+    const { fd, restarted } = inheritedKernelFd();
+    lifecycle.bind(CachefilesDevice.fromFd(fd), restarted);
   } else if (source.kind === 'device') {
     lifecycle.bind(source.dev, false);
     log.info({ dir: opts.fscacheDir, tag: opts.tag }, 'cachefiles bound in on-demand mode');

@@ -1,0 +1,72 @@
+/**
+ * The host side of bench/ondemand.ts (`--host`): the same whole-image read on this machine's kernel,
+ * through nydusd --fanotify (pre-content events, Linux >= 6.14) cold and warm, against a loop mount of
+ * the uncompressed export, all in one run. Needs root.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { apiRequest } from '../test/helpers/api-client.ts';
+
+export interface HostPlan {
+  dir: string;
+  boot: string;
+  blobDir: string;
+  exported: string;
+}
+
+/** Seconds to read every regular file under `root` once, page cache dropped first. */
+function timeReadAll(root: string): number {
+  fs.writeFileSync('/proc/sys/vm/drop_caches', '3');
+  const t0 = process.hrtime.bigint();
+  const r = spawnSync('sh', ['-c', 'find "$1" -type f -print0 | xargs -0 cat > /dev/null', 'sh', root], { stdio: ['ignore', 'ignore', 'inherit'] });
+  if (r.status !== 0) throw new Error(`reading ${root} failed`);
+  return Number(process.hrtime.bigint() - t0) / 1e9;
+}
+
+function mounted(dir: string): boolean {
+  return fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').some((l) => l.split(' ')[4] === dir);
+}
+
+async function until(what: string, ok: () => Promise<boolean>): Promise<void> {
+  for (let i = 0; i < 600; i++) {
+    if (await ok()) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+export async function benchHost(plan: HostPlan, repo: string): Promise<{ loop: number; cold: number; warm: number }> {
+  const loopDir = path.join(plan.dir, 'loop-mnt');
+  fs.mkdirSync(loopDir, { recursive: true });
+  execFileSync('mount', ['-t', 'erofs', '-o', 'loop,ro', plan.exported, loopDir]);
+  let loop: number;
+  try {
+    loop = timeReadAll(loopDir);
+  } finally {
+    execFileSync('umount', [loopDir]);
+  }
+
+  const mnt = path.join(plan.dir, 'fanotify-mnt');
+  const sock = path.join(plan.dir, 'nydusd.sock');
+  const cfg = { version: 2, backend: { type: 'localfs', localfs: { dir: plan.blobDir } }, cache: { type: 'filecache', filecache: { work_dir: path.join(plan.dir, 'cache') } } };
+  fs.mkdirSync(mnt, { recursive: true });
+  fs.writeFileSync(path.join(plan.dir, 'config.json'), JSON.stringify(cfg));
+  const daemon = spawn(path.join(repo, 'bin/nydusd'), ['--fanotify', path.join(plan.dir, 'state'), '--config', path.join(plan.dir, 'config.json'),
+    '--bootstrap', plan.boot, '--mountpoint', mnt, '--apisock', sock, '--log-level', 'warn', '--log-file', path.join(plan.dir, 'nydusd.log')], { stdio: 'inherit' });
+  try {
+    await until('the fanotify mount', async () => mounted(mnt) && (await apiRequest(sock, 'GET', '/api/v1/daemon').catch(() => null))?.status === 200);
+    const cold = timeReadAll(mnt);
+    // Warm: unmounted and mounted again, page cache dropped: every byte comes from the cache file.
+    const q = `/api/v1/mount?mountpoint=${encodeURIComponent(mnt)}`;
+    if ((await apiRequest(sock, 'DELETE', q)).status !== 204) throw new Error('umount through the API failed');
+    const r = await apiRequest(sock, 'POST', q, { source: plan.boot, fs_type: 'rafs', config: JSON.stringify(cfg) });
+    if (r.status !== 204) throw new Error(`mount through the API failed: ${JSON.stringify(r.body)}`);
+    const warm = timeReadAll(mnt);
+    return { loop, cold, warm };
+  } finally {
+    const exited = new Promise((r) => daemon.once('exit', r));
+    daemon.kill('SIGTERM');
+    await exited;
+  }
+}

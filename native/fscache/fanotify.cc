@@ -1,0 +1,131 @@
+#include "fanotify.h"
+
+#include <fcntl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#include <cerrno>
+#include <cstring>
+#include <string>
+
+#include "errno_error.h"
+#include "fanotify_uapi.h"
+
+namespace fscache {
+namespace {
+
+// Events are small (24 bytes of header and a 24-byte range record); a page holds about 85.
+constexpr size_t kReadBufferSize = 4096;
+
+int FdArg(const Napi::CallbackInfo& info, size_t i, const char* usage) {
+  if (!info[i].IsNumber()) throw Napi::TypeError::New(info.Env(), usage);
+  return info[i].As<Napi::Number>().Int32Value();
+}
+
+Napi::Error ProtocolError(Napi::Env env, const std::string& what) {
+  Napi::Error e = ErrnoError(env, EPROTO, "read", "", "fanotify group");
+  e.Set("message", Napi::String::New(env, "EPROTO: undecodable fanotify event: " + what));
+  return e;
+}
+
+}  // namespace
+
+// O_RDWR: the fd of each event is opened read-write, so the daemon can write the range through it
+// (writes through an event's fd raise no events). FAN_UNLIMITED_QUEUE: a permission event must never
+// be dropped on overflow, its reader would wait forever.
+Napi::Value FanotifyInit(const Napi::CallbackInfo& info) {
+  unsigned flags = kFanClassPreContent | kFanCloexec | kFanNonblock | kFanUnlimitedQueue;
+  long fd = syscall(SYS_fanotify_init, flags, O_RDWR | O_LARGEFILE);
+  if (fd < 0) throw ErrnoError(info.Env(), errno, "fanotify_init", "", "FAN_CLASS_PRE_CONTENT");
+  return Napi::Number::New(info.Env(), static_cast<double>(fd));
+}
+
+Napi::Value FanotifyMark(const Napi::CallbackInfo& info) {
+  const char* usage = "fanotifyMark(fd: number, add: boolean, path: string)";
+  int fd = FdArg(info, 0, usage);
+  if (!info[1].IsBoolean() || !info[2].IsString()) throw Napi::TypeError::New(info.Env(), usage);
+  bool add = info[1].As<Napi::Boolean>().Value();
+  std::string path = info[2].As<Napi::String>().Utf8Value();
+  unsigned flags = add ? kFanMarkAdd : kFanMarkRemove;
+  if (syscall(SYS_fanotify_mark, fd, flags, kFanPreAccess, AT_FDCWD, path.c_str()) < 0) {
+    throw ErrnoError(info.Env(), errno, "fanotify_mark", path, add ? "FAN_MARK_ADD FAN_PRE_ACCESS" : "FAN_MARK_REMOVE");
+  }
+  return info.Env().Undefined();
+}
+
+// errno 0 allows; any other denies with that errno (the reader of an EROFS mount sees EIO whatever
+// the errno, since EROFS turns a failed backing read into EIO).
+Napi::Value FanotifyRespond(const Napi::CallbackInfo& info) {
+  const char* usage = "fanotifyRespond(fd: number, eventFd: number, errno: number)";
+  int fd = FdArg(info, 0, usage);
+  int eventFd = FdArg(info, 1, usage);
+  int err = FdArg(info, 2, usage);
+  if (err < 0 || err > static_cast<int>(kFanErrnoMask)) throw Napi::RangeError::New(info.Env(), "fanotifyRespond: errno out of range");
+  Response r{eventFd, err == 0 ? kFanAllow : kFanDeny | (static_cast<uint32_t>(err) << kFanErrnoShift)};
+  ssize_t n;
+  do {
+    n = write(fd, &r, sizeof r);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    throw ErrnoError(info.Env(), errno, "write", "", "fanotify response " + std::string(err ? "deny" : "allow") +
+                                                         " to event fd " + std::to_string(eventFd));
+  }
+  return info.Env().Undefined();
+}
+
+Napi::Value ReadFanotifyEvents(Napi::Env env, int fd) {
+  alignas(8) uint8_t buf[kReadBufferSize];
+  ssize_t n;
+  do {
+    n = read(fd, buf, sizeof buf);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    if (errno == EAGAIN) return env.Null();
+    throw ErrnoError(env, errno, "read", "", "fanotify group fd " + std::to_string(fd));
+  }
+  if (n == 0) return env.Null();
+  Napi::Array out = Napi::Array::New(env);
+  uint32_t count = 0;
+  size_t pos = 0;
+  while (pos < static_cast<size_t>(n)) {
+    EventMetadata m;
+    if (n - pos < sizeof m) throw ProtocolError(env, "truncated event header");
+    memcpy(&m, buf + pos, sizeof m);
+    if (m.event_len < sizeof m || m.event_len > n - pos || m.metadata_len < sizeof m || m.metadata_len > m.event_len) {
+      if (m.fd >= 0) close(m.fd);
+      throw ProtocolError(env, "event length " + std::to_string(m.event_len) + " out of bounds");
+    }
+    if (m.vers != kFanotifyMetadataVersion) {
+      if (m.fd >= 0) close(m.fd);
+      throw ProtocolError(env, "metadata version " + std::to_string(m.vers));
+    }
+    double offset = -1, length = -1;
+    for (size_t r = pos + m.metadata_len; r < pos + m.event_len;) {
+      EventInfoHeader h;
+      if (pos + m.event_len - r < sizeof h) break;
+      memcpy(&h, buf + r, sizeof h);
+      if (h.len < sizeof h || h.len > pos + m.event_len - r) break;
+      if (h.info_type == kFanEventInfoTypeRange && h.len >= sizeof(EventInfoRange)) {
+        EventInfoRange range;
+        memcpy(&range, buf + r, sizeof range);
+        offset = static_cast<double>(range.offset);
+        length = static_cast<double>(range.count);
+      }
+      r += h.len;
+    }
+    Napi::Object e = Napi::Object::New(env);
+    e.Set("fd", Napi::Number::New(env, m.fd));
+    e.Set("pid", Napi::Number::New(env, m.pid));
+    e.Set("mask", Napi::Number::New(env, static_cast<double>(m.mask)));
+    e.Set("offset", Napi::Number::New(env, offset));
+    e.Set("count", Napi::Number::New(env, length));
+    out.Set(count++, e);
+    pos += m.event_len;
+  }
+  return out;
+}
+
+Napi::Value ReadFanotifyEventsJs(const Napi::CallbackInfo& info) {
+  return ReadFanotifyEvents(info.Env(), FdArg(info, 0, "readFanotifyEvents(fd: number)"));
+}
+
+}  // namespace fscache

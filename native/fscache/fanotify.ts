@@ -1,0 +1,155 @@
+/**
+ * Typed face of the addon's fanotify calls: the kernel side of the pre-content front end (Linux
+ * 6.14+). A group fd, FAN_PRE_ACCESS marks on cache files, events delivered on the event loop, and
+ * answers by event fd; plus the file-backed EROFS mount(2) the front end needs. Failures are
+ * SystemErrors carrying a positive errno, with what a failure usually means added to the message.
+ */
+import type { FanotifyEvent, FscacheBinding, SystemError, Watcher } from './binding.d.ts';
+import { fscacheBinding, isSystemError } from './index.ts';
+
+export type { FanotifyEvent } from './binding.d.ts';
+
+/** FAN_PRE_ACCESS: a range of a marked file is about to be read (or written). */
+export const FAN_PRE_ACCESS = 0x00100000;
+/** FAN_Q_OVERFLOW (no fd): events were lost (cannot happen with the unlimited queue we ask for). */
+export const FAN_Q_OVERFLOW = 0x00004000;
+
+const MS_RDONLY = 1;
+
+function explain(err: unknown, hints: Partial<Record<string, string>>): unknown {
+  if (isSystemError(err) && hints[err.code]) err.message += `: ${hints[err.code]}`;
+  return err;
+}
+
+const MISSING_PRE_CONTENT = 'the kernel has no fanotify pre-content events (FAN_CLASS_PRE_CONTENT with FAN_PRE_ACCESS: '
+  + 'Linux >= 6.14 built with CONFIG_FANOTIFY and CONFIG_FANOTIFY_ACCESS_PERMISSIONS)';
+const INIT_HINTS = {
+  EINVAL: MISSING_PRE_CONTENT,
+  ENOSYS: 'the kernel has no fanotify (CONFIG_FANOTIFY)',
+  EPERM: 'a pre-content fanotify group needs CAP_SYS_ADMIN',
+  EMFILE: 'too many fanotify groups (fs.fanotify.max_user_groups)',
+};
+const NO_HSM = 'this file system does not allow pre-content marks (ext4, xfs and btrfs do; tmpfs does not): put the cache work_dir on one of those';
+const MARK_HINTS = {
+  EINVAL: MISSING_PRE_CONTENT,
+  // libuv names EOPNOTSUPP (= ENOTSUP on Linux) ENOTSUP.
+  ENOTSUP: NO_HSM,
+  EOPNOTSUPP: NO_HSM,
+  ENOENT: 'no such file',
+  ENOSPC: 'too many fanotify marks (fs.fanotify.max_user_marks)',
+};
+
+/** One pre-content fanotify group: the daemon's end of the kernel's FAN_PRE_ACCESS events. */
+export class FanotifyGroup {
+  private watcher: Watcher | null = null;
+  private closed = false;
+
+  private constructor(private readonly binding: FscacheBinding, readonly fd: number) {}
+
+  /** A new group; fails naming the missing kernel feature where pre-content events are not there. */
+  static open(): FanotifyGroup {
+    const binding = fscacheBinding();
+    try {
+      return new FanotifyGroup(binding, binding.fanotifyInit());
+    } catch (err) {
+      throw explain(err, INIT_HINTS);
+    }
+  }
+
+  /** A group fd inherited from the supervisor that keeps it (its marks and pending events with it). */
+  static fromFd(fd: number): FanotifyGroup {
+    return new FanotifyGroup(fscacheBinding(), fd);
+  }
+
+  /** FAN_PRE_ACCESS on one file. Only files opened after this raise events (the kernel decides at open). */
+  mark(path: string): void {
+    try {
+      this.binding.fanotifyMark(this.fd, true, path);
+    } catch (err) {
+      throw explain(err, MARK_HINTS);
+    }
+  }
+
+  unmark(path: string): void {
+    this.binding.fanotifyMark(this.fd, false, path);
+  }
+
+  /**
+   * Delivers events, in the kernel's order, on the event loop (the events of one read(2) at a time).
+   * Read failures go to `onError`. Keeps the process alive until stopEvents() or close().
+   */
+  onEvents(handler: (events: FanotifyEvent[]) => void, onError: (err: SystemError) => void): void {
+    if (this.watcher) throw new Error('onEvents: already delivering events (stopEvents() first)');
+    this.watcher = new this.binding.Watcher(this.fd, (err, events) => {
+      if (err) onError(err);
+      else if (events) handler(events);
+    }, 'fanotify');
+  }
+
+  stopEvents(): void {
+    this.watcher?.stop();
+    this.watcher = null;
+  }
+
+  /** Pending events or null, without waiting (for tests; daemons use onEvents). */
+  readEvents(): FanotifyEvent[] | null {
+    return this.binding.readFanotifyEvents(this.fd);
+  }
+
+  /**
+   * Answers a permission event by its fd number: errno 0 allows the access, any other fails it
+   * (FAN_DENY_ERRNO; the kernel accepts EIO, EPERM, EBUSY, ETXTBSY, EAGAIN, ENOSPC, EDQUOT). Does not
+   * close the event fd.
+   */
+  respond(eventFd: number, errno: number): void {
+    this.binding.fanotifyRespond(this.fd, eventFd, errno);
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.stopEvents();
+    this.binding.close(this.fd);
+  }
+}
+
+/** Another fd number for the same open file (an event fd kept for later writes raises no events either). */
+export function dupFd(fd: number): number {
+  return fscacheBinding().dup(fd);
+}
+
+export function closeFd(fd: number): void {
+  fscacheBinding().close(fd);
+}
+
+/** lseek(2) SEEK_DATA/SEEK_HOLE over [from, to): the ranges that hold data. */
+export function dataRangesOf(fd: number, from: number, to: number): Array<[number, number]> {
+  const flat = fscacheBinding().dataRanges(fd, from, to);
+  const out: Array<[number, number]> = [];
+  for (let i = 0; i < flat.length; i += 2) out.push([flat[i], flat[i + 1]]);
+  return out;
+}
+
+/**
+ * A read-only file-backed EROFS mount: mount(2) with the bootstrap file as source and each blob's
+ * file as `device=`, in blob table order (no loop device).
+ */
+export function mountErofsFileBacked(bootstrap: string, devices: readonly string[], target: string): void {
+  const data = devices.map((d) => `device=${d}`).join(',');
+  if (/[,\s]/.test(devices.join(''))) throw new Error(`cannot mount ${target}: a device path holds a comma or a space (${devices.join(' ')})`);
+  fscacheBinding().mount(bootstrap, target, 'erofs', MS_RDONLY, data);
+}
+
+/** umount2(2) without MNT_DETACH: a busy mount fails with EBUSY and stays. */
+export function umountPath(target: string): void {
+  fscacheBinding().umount(target, 0);
+}
+
+/**
+ * Keeps fd number `n` from new fds while a predecessor's event of that number is answered (the kernel
+ * matches answers by number alone). Returns a release function.
+ */
+export function reserveFdNumber(n: number): () => void {
+  const binding = fscacheBinding();
+  return binding.reserveFd(n) ? () => binding.close(n) : () => undefined;
+}

@@ -1,0 +1,180 @@
+/**
+ * MarkedCacheFile: one blob's cache file as the fanotify front end serves it: a sparse file of the
+ * blob's uncompressed size, marked FAN_PRE_ACCESS, filled by a BlobCacheFile.
+ *
+ * Which fd writes: a write through any fd of a marked file opened after the mark raises an event of
+ * its own, which the daemon would have to answer while waiting for its own write. The fds that raise
+ * none are those the kernel decided at open time nobody watches (opened before the mark) and the
+ * events' own fds (opened by fanotify with FMODE_NONOTIFY). So the writer is the fd the file was opened
+ * with before being marked, or, when the mark is older than this process (a restarted worker), a dup
+ * of the first event's fd for the file; writes that come before any event (a predecessor's journaled
+ * event, prefetch) provoke one: a one-byte read through our own, watched, fd, served like any other.
+ *
+ * Once the file holds every chunk its mark only costs an event per read: it is removed, and the kernel
+ * reads the file directly. The file itself has the last word (SEEK_DATA/SEEK_HOLE over every chunk),
+ * never the chunk marks alone: a hole left unmarked would read as zeros.
+ */
+import fs from 'node:fs';
+import { dirname } from 'node:path';
+import { promisify } from 'node:util';
+import type { Logger } from 'pino';
+import { closeFd, dataRangesOf, dupFd } from '../../../native/fscache/fanotify.ts';
+import type { BlobMap } from '../blob-map.ts';
+import type { ChunkFetcher } from '../chunk-fetcher.ts';
+import type { CacheFileKey, DaemonState } from '../state.ts';
+import { BlobCacheFile, WorkGuard, type CacheCounters, type PrefetchPlan } from '../blob-cache.ts';
+
+/** What a cache file needs of the fanotify group. */
+export interface MarkPort {
+  mark(path: string): void;
+  unmark(path: string): void;
+}
+
+/** A file is checked for completeness this long after an event (once per burst of events). */
+const COMPLETE_CHECK_DELAY_MS = 100;
+
+const pwrite = promisify(fs.write);
+
+async function writeAll(fd: number, data: Uint8Array, offset: number): Promise<void> {
+  let done = 0;
+  while (done < data.length) done += (await pwrite(fd, data, done, data.length - done, offset + done)).bytesWritten;
+}
+
+/** How a file is known to the session: its device and inode numbers (what an event's fd fstat()s to). */
+export const inodeKey = (dev: number, ino: number): string => `${dev}:${ino}`;
+
+export interface CacheFileSource {
+  map: BlobMap;
+  fetcher: ChunkFetcher;
+  prefetch: PrefetchPlan | null;
+}
+
+export class MarkedCacheFile {
+  readonly size: number;
+  /** `<dev>:<ino>`: how an event's fd is told to be about this file. */
+  readonly inode: string;
+  private readonly guard: WorkGuard;
+  /** O_RDONLY, for SEEK_DATA/SEEK_HOLE (lseek raises no events) and for provoking an event. */
+  private readonly probeFd: number;
+  private readonly blob: BlobCacheFile;
+  private writerFd: number | null;
+  private readonly writerWaiters: Array<(fd: number) => void> = [];
+  /** Every chunk is in the file and the mark is gone. */
+  private complete = false;
+  private checkPending = false;
+  /** Chunks marked at the last check: while the count grows (read-ahead, prefetch) the check comes again. */
+  private lastCount = -1;
+
+  /**
+   * Opens (or makes) `<workDir>/<blob id>.blob.data` and marks it. `restored`: the mark is kept from a
+   * predecessor's run, the file must exist, and no fd we open now is a writer.
+   */
+  constructor(
+    readonly path: string, private readonly source: CacheFileSource, restored: boolean, private readonly group: MarkPort,
+    private readonly state: DaemonState, counters: CacheCounters, private readonly log: Logger,
+  ) {
+    const { map } = source;
+    this.size = map.uncompressedSize;
+    const key: CacheFileKey = { volume: `fanotify,${dirname(this.path)}`, cookie: map.blobId };
+    this.writerFd = null;
+    if (!restored) {
+      // Opened before the mark: its writes raise no events.
+      this.writerFd = fs.openSync(this.path, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600);
+      if (fs.fstatSync(this.writerFd).size !== this.size) {
+        fs.ftruncateSync(this.writerFd, 0);
+        fs.ftruncateSync(this.writerFd, this.size);
+        state.clear(key);
+      }
+    }
+    let probeFd: number;
+    try {
+      group.mark(this.path);
+      probeFd = fs.openSync(this.path, fs.constants.O_RDONLY);
+    } catch (e) {
+      if (this.writerFd !== null) fs.closeSync(this.writerFd);
+      throw e;
+    }
+    this.probeFd = probeFd;
+    const st = fs.fstatSync(probeFd);
+    this.inode = inodeKey(st.dev, st.ino);
+    this.guard = new WorkGuard(() => {
+      fs.closeSync(probeFd);
+      if (this.writerFd !== null) closeFd(this.writerFd);
+    });
+    this.blob = new BlobCacheFile(key, map, source.fetcher, {
+      write: async (offset, data) => writeAll(await this.writer(), data, offset),
+      dataRanges: (from, to) => dataRangesOf(probeFd, from, to),
+    }, this.guard, state, counters, log);
+    this.blob.start(source.prefetch);
+    this.unmarkIfComplete();
+  }
+
+  get closed(): boolean {
+    return this.guard.closed;
+  }
+
+  /** An event for this file arrived: its fd becomes the writer if there is none yet. Throws when it cannot be kept. */
+  adoptEventFd(fd: number): void {
+    if (this.writerFd !== null) return;
+    this.writerFd = dupFd(fd);
+    for (const w of this.writerWaiters.splice(0)) w(this.writerFd);
+  }
+
+  /** Every chunk covering the range is in the file when this settles; throws otherwise. */
+  async fill(offset: number, count: number): Promise<void> {
+    await this.guard.use(() => this.blob.fill(offset, count));
+    // A file closed meanwhile skipped its writes: its holes must not be allowed.
+    if (this.guard.closed) throw new Error('the mount was removed while the range was being filled');
+    this.scheduleCompleteCheck();
+  }
+
+  /** The mount is gone: the mark removed, the fds closed once the work using them drained. */
+  close(): void {
+    try {
+      if (!this.complete) this.group.unmark(this.path);
+    } catch (e) {
+      this.log.warn({ file: this.path, err: (e as Error).message }, 'cannot remove the mark');
+    }
+    this.guard.close();
+  }
+
+  private unmarkIfComplete(): void {
+    this.checkPending = false;
+    if (this.complete || this.guard.closed) return;
+    const { map } = this.source;
+    const marked = this.state.count(this.blob.key);
+    if (marked < map.chunkCount) {
+      if (marked !== this.lastCount) this.scheduleCompleteCheck();
+      this.lastCount = marked;
+      return;
+    }
+    const ranges = dataRangesOf(this.probeFd, 0, this.size);
+    const holds = (start: number, end: number) => ranges.some(([s, e]) => s <= start && e >= end);
+    for (let pos = 0; pos < map.chunkCount; pos++) if (!holds(...map.rangeAt(pos))) return;
+    try {
+      this.group.unmark(this.path);
+      this.complete = true;
+      this.log.info({ file: this.path }, 'cache file complete; its mark is removed');
+    } catch (e) {
+      this.log.warn({ file: this.path, err: (e as Error).message }, 'cannot remove the mark of a complete cache file');
+    }
+  }
+
+  private scheduleCompleteCheck(): void {
+    if (this.checkPending || this.complete) return;
+    this.checkPending = true;
+    setTimeout(() => this.unmarkIfComplete(), COMPLETE_CHECK_DELAY_MS).unref();
+  }
+
+  /** The writer fd; when there is none yet, one event for the file is provoked (module comment). */
+  private writer(): Promise<number> {
+    if (this.writerFd !== null) return Promise.resolve(this.writerFd);
+    return new Promise((resolve) => {
+      this.writerWaiters.push(resolve);
+      if (this.writerWaiters.length > 1) return;
+      fs.read(this.probeFd, Buffer.alloc(1), 0, 1, 0, (err) => {
+        if (err) this.log.debug({ file: this.path, err: err.message }, 'the read that provoked an event failed');
+      });
+    });
+  }
+}

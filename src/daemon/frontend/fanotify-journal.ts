@@ -1,0 +1,75 @@
+/**
+ * The events a fanotify daemon has read and not yet answered, in a file that outlives the process.
+ *
+ * Why: when a worker dies mid-event, its events stay pending in the kernel (the supervisor keeps the
+ * group fd, so the group is not released, which would allow them: readers would see holes as zeros),
+ * but their fds die with the worker and no one can read them again. The kernel matches an answer to
+ * a pending event by the fd number alone (fanotify_user.c, process_access_response), so a successor
+ * that knows the numbers and ranges can fill the ranges and answer them. Each event is written here
+ * right after it is read (a synchronous write on the same turn of the event loop; the page cache is
+ * enough, a process crash does not lose it), and its answer right after it is given.
+ *
+ * Format: one line per record, `+ <fd> <dev> <ino> <offset> <count>` and `- <fd>`. The file is
+ * truncated whenever nothing is pending, so it stays small.
+ */
+import fs from 'node:fs';
+
+export interface JournaledEvent {
+  /** The event's fd number in the process that read it. */
+  fd: number;
+  /** The marked file, by device and inode number. */
+  dev: number;
+  ino: number;
+  offset: number;
+  count: number;
+}
+
+export class PendingEventJournal {
+  private readonly fd: number;
+  private pending = 0;
+
+  /** Opens the journal for appending; `keep` records are the still pending ones carried over. */
+  constructor(readonly file: string, keep: readonly JournaledEvent[] = []) {
+    this.fd = fs.openSync(file, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_TRUNC | fs.constants.O_APPEND, 0o600);
+    for (const e of keep) this.add(e);
+  }
+
+  /** The events a dead predecessor left unanswered (last record per fd number wins). */
+  static read(file: string): JournaledEvent[] {
+    let text: string;
+    try {
+      text = fs.readFileSync(file, 'utf8');
+    } catch {
+      return [];
+    }
+    const open = new Map<number, JournaledEvent>();
+    for (const line of text.split('\n')) {
+      const f = line.split(' ');
+      if (f[0] === '+' && f.length === 6) {
+        const [fd, dev, ino, offset, count] = f.slice(1).map(Number);
+        if ([fd, dev, ino, offset, count].every(Number.isSafeInteger)) open.set(fd, { fd, dev, ino, offset, count });
+      } else if (f[0] === '-' && f.length === 2) {
+        open.delete(Number(f[1]));
+      }
+    }
+    return [...open.values()];
+  }
+
+  add(e: JournaledEvent): void {
+    this.pending++;
+    fs.writeSync(this.fd, `+ ${e.fd} ${e.dev} ${e.ino} ${e.offset} ${e.count}\n`);
+  }
+
+  done(fd: number): void {
+    if (--this.pending <= 0) {
+      this.pending = 0;
+      fs.ftruncateSync(this.fd, 0);
+    } else {
+      fs.writeSync(this.fd, `- ${fd}\n`);
+    }
+  }
+
+  close(): void {
+    fs.closeSync(this.fd);
+  }
+}

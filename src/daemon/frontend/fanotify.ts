@@ -1,0 +1,302 @@
+/**
+ * FanotifySession: the fanotify pre-content front end (Linux 6.14+, no cachefiles on-demand needed).
+ *   mount   -> the image registered; per blob a sparse cache file `<work_dir>/<blob id>.blob.data` of
+ *              the blob's uncompressed size, marked FAN_PRE_ACCESS; EROFS mounted file-backed with
+ *              the bootstrap as source and the cache files as `device=`, in blob table order
+ *   event   -> the blob's BlobCacheFile fills the range (fetch, verify, write, mark) -> FAN_ALLOW;
+ *              a range that cannot be served -> FAN_DENY_ERRNO(EIO): the reader gets EIO, never zeros
+ *   umount  -> umount2, marks removed, the files' fds closed once their work drained
+ *
+ * How cache files are written without raising events of their own, and unmarked once complete:
+ * fanotify-cache-file.ts.
+ *
+ * Restart: the supervisor keeps the group fd (run.ts), so a dead worker does not release the group
+ * (fanotify_release answers every pending event FAN_ALLOW: readers would see holes as zeros) and the
+ * marks stay. Events the worker had read and not answered are in the PendingEventJournal; the next
+ * worker fills their ranges and answers them by fd number, then serves the queue as usual.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import crypto from 'node:crypto';
+import type { Logger } from 'pino';
+import { FAN_PRE_ACCESS, type FanotifyEvent, closeFd, mountErofsFileBacked, umountPath } from '../../../native/fscache/fanotify.ts';
+import type { SystemError } from '../../../native/fscache/index.ts';
+import { ConfigError, entryBodyFromFsConfig } from '../config.ts';
+import type { ImageRegistry } from '../daemon.ts';
+import type { DaemonState } from '../state.ts';
+import { Limiter, type CacheCounters } from '../blob-cache.ts';
+import { MarkedCacheFile, inodeKey, type MarkPort } from './fanotify-cache-file.ts';
+import type { JournaledEvent, PendingEventJournal } from './fanotify-journal.ts';
+
+/** What the session needs of the fanotify group (FanotifyGroup, or a fake in unit tests). */
+export interface FanotifyPort extends MarkPort {
+  respond(eventFd: number, errno: number): void;
+  onEvents(handler: (events: FanotifyEvent[]) => void, onError: (err: SystemError) => void): void;
+  stopEvents(): void;
+}
+
+/** A mount as the API and the command line ask for it; what is kept to serve it again after a restart. */
+export interface FanotifyMountRequest {
+  mountpoint: string;
+  /** The bootstrap file. */
+  bootstrap: string;
+  /** nydusd's FUSE-mode config (parsed JSON): backend, cache work_dir, prefetch. */
+  config: unknown;
+}
+
+const EIO = 5;
+
+interface Mounted {
+  request: FanotifyMountRequest;
+  imageId: string;
+  files: MarkedCacheFile[];
+}
+
+
+export class FanotifySession {
+  private readonly mounts = new Map<string, Mounted>();
+  /** Mountpoints whose registration is under way. */
+  private readonly mounting = new Set<string>();
+  private readonly byInode = new Map<string, MarkedCacheFile>();
+  private readonly byPath = new Map<string, string>();
+  private readonly limiter: Limiter;
+  readonly stats: CacheCounters & { events: number; eventBytes: number; eventErrors: number; recovered: number } = {
+    events: 0, eventBytes: 0, eventErrors: 0, recovered: 0, prefetchedChunks: 0, staleMarks: 0,
+  };
+
+  constructor(
+    private readonly group: FanotifyPort, private readonly registry: ImageRegistry, private readonly state: DaemonState,
+    private readonly journal: PendingEventJournal, private readonly mountsFile: string, private readonly log: Logger, threads = 4,
+  ) {
+    this.limiter = new Limiter(Math.max(1, threads));
+  }
+
+  /** Serves the group's events from now on. */
+  start(): void {
+    this.group.onEvents((events) => {
+      for (const e of events) this.event(e);
+    }, (err) => this.log.warn({ err: err.message }, 'cannot read fanotify events'));
+  }
+
+  /** The mounts a previous worker made (kept in the mounts file), served again without mounting. */
+  async restore(): Promise<void> {
+    const mounted = mountedPaths();
+    for (const request of readMounts(this.mountsFile)) {
+      if (!mounted.has(request.mountpoint)) {
+        this.log.warn({ mountpoint: request.mountpoint }, 'a mount of the previous worker is gone; not serving it');
+        continue;
+      }
+      try {
+        await this.attach(request, true);
+      } catch (e) {
+        this.log.error({ mountpoint: request.mountpoint, err: (e as Error).message }, 'cannot serve a mount of the previous worker');
+      }
+    }
+    this.saveMounts();
+  }
+
+  /**
+   * Fills and answers what a dead predecessor read and left unanswered (call after restore(), before
+   * start()). `reserved` are the numbers the caller held for them (reserveFdNumber) before opening
+   * anything: a new event must not take one meanwhile, since the kernel matches answers by number.
+   */
+  recover(pending: readonly JournaledEvent[], reserved: ReadonlyMap<number, () => void>): void {
+    for (const p of pending) {
+      const release = reserved.get(p.fd) ?? (() => undefined);
+      const f = this.byInode.get(inodeKey(p.dev, p.ino));
+      this.stats.recovered++;
+      if (!f) {
+        this.log.warn({ fd: p.fd }, "a predecessor's event is about a file no mount uses; answered EIO");
+        this.answer(p.fd, EIO, false);
+        release();
+        continue;
+      }
+      this.log.info({ fd: p.fd, file: f.path, offset: p.offset, count: p.count }, "serving a predecessor's event");
+      void this.serve(f, p.fd, p.offset, p.count, false).finally(release);
+    }
+  }
+
+  /** POST /api/v1/mount, or the command line's --bootstrap/--mountpoint. */
+  async mount(request: FanotifyMountRequest): Promise<void> {
+    const req = { ...request, mountpoint: path.resolve(request.mountpoint), bootstrap: path.resolve(request.bootstrap) };
+    if (this.mounts.has(req.mountpoint) || this.mounting.has(req.mountpoint)) throw new ConfigError(`${req.mountpoint} is already mounted by this daemon`);
+    if (!fs.statSync(req.mountpoint, { throwIfNoEntry: false })?.isDirectory()) throw new ConfigError(`mountpoint ${req.mountpoint} is not a directory`);
+    // Registration validates the bootstrap on another thread: no second mount of this path meanwhile.
+    this.mounting.add(req.mountpoint);
+    try {
+      await this.attach(req, false);
+    } finally {
+      this.mounting.delete(req.mountpoint);
+    }
+    const m = this.mounts.get(req.mountpoint)!;
+    try {
+      mountErofsFileBacked(req.bootstrap, m.files.map((f) => f.path), req.mountpoint);
+    } catch (e) {
+      this.detach(m);
+      throw e;
+    }
+    this.saveMounts();
+    this.log.info({ mountpoint: req.mountpoint, bootstrap: req.bootstrap, blobs: m.files.length }, 'mounted');
+  }
+
+  /** DELETE /api/v1/mount: unmounts, removes the marks, closes the files once their work drained. */
+  umount(mountpoint: string): void {
+    const m = this.mounts.get(path.resolve(mountpoint));
+    if (!m) throw new ConfigError(`${mountpoint} is not mounted by this daemon`);
+    umountPath(m.request.mountpoint);
+    this.detach(m);
+    this.saveMounts();
+    this.log.info({ mountpoint: m.request.mountpoint }, 'unmounted');
+  }
+
+  /** Every mountpoint served, in mount order. */
+  list(): string[] {
+    return [...this.mounts.keys()];
+  }
+
+  /**
+   * The daemon stops: every mount is unmounted, events still answered meanwhile. A busy mount is not
+   * detached lazily: once the daemon is gone its unfetched ranges would read as zeros (the group's
+   * release allows every access). It is tried again until it is free; then the promise settles.
+   */
+  async close(): Promise<void> {
+    for (let tries = 0; this.mounts.size; tries++) {
+      for (const mp of [...this.mounts.keys()]) {
+        try {
+          this.umount(mp);
+        } catch (e) {
+          if (tries % 20 === 0) this.log.error({ mountpoint: mp, err: (e as Error).message }, 'cannot unmount; still serving it until it is free');
+        }
+      }
+      if (this.mounts.size) await new Promise((r) => setTimeout(r, 500));
+    }
+    this.group.stopEvents();
+  }
+
+  private async attach(req: FanotifyMountRequest, restored: boolean): Promise<void> {
+    const imageId = `fanotify-${crypto.createHash('sha256').update(req.mountpoint).digest('hex').slice(0, 16)}`;
+    const entry = await this.registry.add(entryBodyFromFsConfig(req.config, req.bootstrap, imageId), false);
+    const m: Mounted = { request: req, imageId, files: [] };
+    this.mounts.set(req.mountpoint, m);
+    try {
+      for (const blobId of this.registry.blobsOf(imageId)) m.files.push(this.markCacheFile(entry.workDir, imageId, blobId, restored, req.mountpoint));
+    } catch (e) {
+      this.detach(m);
+      throw e;
+    }
+  }
+
+  private markCacheFile(workDir: string, imageId: string, blobId: string, restored: boolean, mountpoint: string): MarkedCacheFile {
+    const resolved = this.registry.resolve(imageId, blobId);
+    if (resolved?.kind !== 'blob') throw new Error(`blob ${blobId} of image ${imageId} cannot be resolved`);
+    const file = path.join(workDir, `${blobId}.blob.data`);
+    const user = this.byPath.get(file);
+    if (user) throw new ConfigError(`cache file ${file} is in use by the mount at ${user}: give each mount its own cache work_dir`);
+    const f = new MarkedCacheFile(file, resolved, restored, this.group, this.state, this.stats, this.log);
+    this.byInode.set(f.inode, f);
+    this.byPath.set(file, mountpoint);
+    return f;
+  }
+
+  private detach(m: Mounted): void {
+    for (const f of m.files) {
+      this.byInode.delete(f.inode);
+      this.byPath.delete(f.path);
+      f.close();
+    }
+    this.mounts.delete(m.request.mountpoint);
+    void this.registry.remove({ domainId: '', id: m.imageId });
+  }
+
+  private event(e: FanotifyEvent): void {
+    if (e.fd < 0) {
+      this.log.error({ mask: e.mask }, 'fanotify event without an fd (queue overflow?)');
+      return;
+    }
+    let st: fs.Stats;
+    try {
+      st = fs.fstatSync(e.fd);
+    } catch (err) {
+      this.log.error({ err: (err as Error).message }, 'cannot stat an event fd; answered EIO');
+      this.respond(e.fd, EIO);
+      closeFd(e.fd);
+      return;
+    }
+    this.journal.add({ fd: e.fd, dev: st.dev, ino: st.ino, offset: e.offset, count: e.count });
+    const f = this.byInode.get(inodeKey(st.dev, st.ino));
+    if (!(e.mask & FAN_PRE_ACCESS)) {
+      this.answer(e.fd, 0, true);
+      return;
+    }
+    if (!f || f.closed) {
+      this.log.warn({ pid: e.pid, offset: e.offset }, 'event on a file no mount uses; answered EIO');
+      this.answer(e.fd, EIO, true);
+      return;
+    }
+    try {
+      f.adoptEventFd(e.fd);
+    } catch (err) {
+      this.log.error({ file: f.path, err: (err as Error).message }, 'cannot keep an event fd for writes; answered EIO');
+      this.answer(e.fd, EIO, true);
+      return;
+    }
+    // Without a range record (never seen for reads), the whole file.
+    void (e.offset < 0 ? this.serve(f, e.fd, 0, f.size, true) : this.serve(f, e.fd, e.offset, e.count, true));
+  }
+
+  /** Fills the range, then answers: allowed only when every chunk of it is in the file. */
+  private async serve(f: MarkedCacheFile, fd: number, offset: number, count: number, ownFd: boolean): Promise<void> {
+    this.stats.events++;
+    let errno = 0;
+    try {
+      await this.limiter.run(() => f.fill(offset, count));
+      this.stats.eventBytes += count;
+    } catch (e) {
+      errno = EIO;
+      this.stats.eventErrors++;
+      this.log.error({ file: f.path, offset, count, err: (e as Error).message }, 'range cannot be served; the reader gets EIO');
+    }
+    this.answer(fd, errno, ownFd);
+  }
+
+  /** Answers an event, closes its fd when it is ours, and clears it from the journal. */
+  private answer(fd: number, errno: number, ownFd: boolean): void {
+    this.respond(fd, errno);
+    if (ownFd) closeFd(fd);
+    this.journal.done(fd);
+  }
+
+  private respond(fd: number, errno: number): void {
+    try {
+      this.group.respond(fd, errno);
+    } catch (e) {
+      // ENOENT: no such pending event (a predecessor answered it before dying).
+      this.log.warn({ fd, errno, err: (e as Error).message }, 'fanotify response failed');
+    }
+  }
+
+  private saveMounts(): void {
+    const tmp = `${this.mountsFile}.tmp`;
+    fs.writeFileSync(tmp, JSON.stringify([...this.mounts.values()].map((m) => m.request)), { mode: 0o600 });
+    fs.renameSync(tmp, this.mountsFile);
+  }
+}
+
+function readMounts(file: string): FanotifyMountRequest[] {
+  try {
+    const v = JSON.parse(fs.readFileSync(file, 'utf8'));
+    return Array.isArray(v) ? v : [];
+  } catch {
+    return [];
+  }
+}
+
+/** The mount points of this mount namespace (/proc/self/mountinfo's fifth field, octal escapes undone). */
+function mountedPaths(): Set<string> {
+  const out = new Set<string>();
+  for (const line of fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
+    const mp = line.split(' ')[4];
+    if (mp) out.add(mp.replace(/\\([0-7]{3})/g, (_, o) => String.fromCharCode(parseInt(o, 8))));
+  }
+  return out;
+}

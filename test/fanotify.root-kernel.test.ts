@@ -1,0 +1,342 @@
+/**
+ * nydusd --fanotify on the host kernel (pre-content events, Linux >= 6.14; needs root): a Nydus image
+ * mounted lazily (file-backed EROFS over sparse cache files), judged by the kernel's own reads against
+ * the source tree; a corrupt chunk, a second read, kill -9 of the worker mid-read, and unmount.
+ */
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import http from 'node:http';
+import crypto from 'node:crypto';
+import type net from 'node:net';
+import { spawn, spawnSync, execFileSync, type ChildProcess } from 'node:child_process';
+import { makeRichTree, prand, tmpDir } from './helpers/fixtures.ts';
+import { manifest, diffManifests } from './helpers/manifest.ts';
+import { mustRun, repoRoot } from './helpers/cli.ts';
+import { apiRequest } from './helpers/api-client.ts';
+import { startRegistry } from './helpers/registry.ts';
+import { RegistryClient } from '../src/registry/index.ts';
+
+const work = tmpDir('fanotify');
+const daemons: ChildProcess[] = [];
+const mounts: string[] = [];
+
+interface Image { boot: string; blobDir: string; blobId: string }
+
+function build(name: string, src: string): Image {
+  const blobDir = path.join(work, `${name}-blobs`);
+  const boot = path.join(work, `${name}.boot`);
+  mustRun('nydus-image', ['create', '-t', 'dir-rafs', '-B', boot, '-D', blobDir, '--compressor', 'zstd', src]);
+  return { boot, blobDir, blobId: fs.readdirSync(blobDir)[0] };
+}
+
+function inspect(boot: string, what: string): any {
+  return JSON.parse(mustRun('nydus-image', ['inspect', '-B', boot, '-R', what]).stdout);
+}
+
+/** nydusd's FUSE-mode config (v2) with a localfs or http-proxy backend. */
+function config(workDir: string, backend: object): object {
+  return { version: 2, backend, cache: { type: 'filecache', filecache: { work_dir: workDir } } };
+}
+
+const localfs = (img: Image) => ({ type: 'localfs', localfs: { dir: img.blobDir } });
+
+function isMounted(dir: string): boolean {
+  return fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').some((l) => l.split(' ')[4] === dir);
+}
+
+async function waitFor(what: string, ok: () => boolean | Promise<boolean>, ms = 60_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!(await ok())) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+/** Starts `nydusd --fanotify` mounting `img` at a new directory; resolves once it is mounted and its API answers. */
+async function startDaemon(name: string, img: Image, backend: object): Promise<{ mnt: string; sock: string; state: string; cacheDir: string; proc: ChildProcess; cfg: object }> {
+  const base = path.join(work, name);
+  const mnt = path.join(base, 'mnt');
+  const state = path.join(base, 'state');
+  const cacheDir = path.join(base, 'cache');
+  const sock = path.join(base, 'api.sock');
+  fs.mkdirSync(mnt, { recursive: true });
+  const cfg = config(cacheDir, backend);
+  fs.writeFileSync(path.join(base, 'config.json'), JSON.stringify(cfg));
+  const proc = spawn(path.join(repoRoot, 'bin/nydusd'), ['--fanotify', state, '--config', path.join(base, 'config.json'),
+    '--bootstrap', img.boot, '--mountpoint', mnt, '--apisock', sock, '--log-file', path.join(base, 'nydusd.log')], { stdio: ['ignore', 'inherit', 'inherit'] });
+  daemons.push(proc);
+  mounts.push(mnt);
+  await waitFor(`${name}: the mount and the API`, async () => isMounted(mnt) && fs.existsSync(sock) && (await apiRequest(sock, 'GET', '/api/v1/daemon').catch(() => null))?.status === 200);
+  return { mnt, sock, state, cacheDir, proc, cfg };
+}
+
+async function fetches(sock: string, blobId: string): Promise<Record<string, number>> {
+  return (await apiRequest(sock, 'GET', `/api/v1/metrics/blobcache?blob_id=${blobId}`)).body.fetches;
+}
+
+const total = (f: Record<string, number>) => Object.values(f).reduce((a, b) => a + b, 0);
+
+/** The marks of every fanotify group the process holds (fdinfo lines `fanotify ino:...`). */
+function fanotifyMarks(pid: number): number {
+  let n = 0;
+  for (const fd of fs.readdirSync(`/proc/${pid}/fdinfo`)) {
+    try {
+      n += fs.readFileSync(`/proc/${pid}/fdinfo/${fd}`, 'utf8').split('\n').filter((l) => l.startsWith('fanotify ino:')).length;
+    } catch { /* closed meanwhile */ }
+  }
+  return n;
+}
+
+/** sha256 of a file read by another process (the test's event loop must stay free for its HTTP backend). */
+function sha256Async(file: string): Promise<{ code: number | null; out: string; err: string }> {
+  return new Promise((resolve) => {
+    const p = spawn('sha256sum', [file], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    p.stdout.on('data', (d) => (out += d));
+    p.stderr.on('data', (d) => (err += d));
+    p.on('exit', (code) => resolve({ code, out: out.split(' ')[0], err }));
+  });
+}
+
+const src = path.join(work, 'src');
+let srcManifest: Map<string, string>;
+let rich: Image;
+
+before(() => {
+  const kernel = execFileSync('uname', ['-r'], { encoding: 'utf8' }).trim();
+  const [maj, min] = kernel.split('.').map(Number);
+  assert.ok(maj > 6 || (maj === 6 && min >= 14), `fanotify pre-content events need Linux >= 6.14; this kernel is ${kernel}`);
+  makeRichTree(src);
+  srcManifest = manifest(src);
+  rich = build('rich', src);
+});
+
+after(() => {
+  for (const d of daemons) if (d.exitCode === null && d.signalCode === null) d.kill('SIGTERM');
+  for (const m of mounts) if (isMounted(m)) spawnSync('umount', ['-l', m]);
+  fs.rmSync(work, { recursive: true, force: true });
+});
+
+test('root-kernel fanotify: a lazily mounted image reads identical to the source; umount/mount and drop_caches fetch nothing; unmount cleans up', async () => {
+  const d = await startDaemon('rich', rich, localfs(rich));
+  const cacheFile = path.join(d.cacheDir, `${rich.blobId}.blob.data`);
+  const blobSize = (inspect(rich.boot, 'blobs') as Array<{ uncompressed_size: number }>)[0].uncompressed_size;
+  assert.equal(fs.statSync(cacheFile).size, blobSize, 'the cache file has the blob\'s uncompressed size');
+  assert.equal(fs.statSync(cacheFile).blocks, 0, 'nothing is fetched before a read: the cache file is all holes');
+  assert.equal(total(await fetches(d.sock, rich.blobId)), 0);
+  const workerPid = (await apiRequest(d.sock, 'GET', '/api/v1/daemon')).body.pid as number;
+  assert.equal(fanotifyMarks(workerPid), 1, 'the cache file is marked');
+
+  assert.deepEqual(diffManifests(srcManifest, manifest(d.mnt)).slice(0, 20), [], 'the mount reads as the source');
+  const first = await fetches(d.sock, rich.blobId);
+  const chunks = (inspect(rich.boot, 'blobs') as Array<{ chunk_count: number }>)[0].chunk_count;
+  assert.equal(Object.keys(first).length, chunks, 'every chunk was fetched');
+  assert.deepEqual(Object.values(first).filter((n) => n !== 1), [], 'each chunk once');
+
+  const info = (await apiRequest(d.sock, 'GET', '/api/v1/daemon')).body;
+  assert.deepEqual(info.fanotify.mounts, [d.mnt]);
+  assert.ok(info.fanotify.events > 0 && info.fanotify.eventErrors === 0, `events served, none failed (${JSON.stringify(info.fanotify)})`);
+  assert.equal(fanotifyMarks(workerPid), 0, 'a complete cache file is no longer marked: its reads raise no events');
+  const del = await apiRequest(d.sock, 'DELETE', `/api/v1/mount?mountpoint=${encodeURIComponent(d.mnt)}`);
+  assert.equal(del.status, 204, JSON.stringify(del.body));
+  assert.equal(isMounted(d.mnt), false, 'DELETE /api/v1/mount unmounts');
+  const again = await apiRequest(d.sock, 'DELETE', `/api/v1/mount?mountpoint=${encodeURIComponent(d.mnt)}`);
+  assert.equal(again.status, 400, 'a second DELETE is refused');
+  assert.match(again.body.message, /is not mounted by this daemon/);
+
+  const post = await apiRequest(d.sock, 'POST', `/api/v1/mount?mountpoint=${encodeURIComponent(d.mnt)}`,
+    { source: rich.boot, fs_type: 'rafs', config: JSON.stringify(d.cfg) });
+  assert.equal(post.status, 204, JSON.stringify(post.body));
+  assert.ok(isMounted(d.mnt), 'POST /api/v1/mount mounts');
+  assert.equal(fanotifyMarks(workerPid), 0, 'the complete cache file is mounted unmarked');
+  fs.writeFileSync('/proc/sys/vm/drop_caches', '3');
+  assert.deepEqual(diffManifests(srcManifest, manifest(d.mnt)).slice(0, 20), [], 'the mount reads as the source again');
+  assert.deepEqual(await fetches(d.sock, rich.blobId), first, 'the second read fetched nothing');
+
+  const exited = new Promise((r) => d.proc.once('exit', r));
+  d.proc.kill('SIGTERM');
+  await exited;
+  assert.equal(isMounted(d.mnt), false, 'the daemon unmounts when it stops');
+});
+
+test('root-kernel fanotify: a corrupt chunk gives EIO for its file only; DELETE removes the mark; a busy mount is served on until free when the daemon stops', async () => {
+  const csrc = path.join(work, 'corrupt-src');
+  fs.mkdirSync(csrc);
+  fs.writeFileSync(path.join(csrc, 'victim'), prand(200_000, 77));
+  for (let i = 0; i < 4; i++) fs.writeFileSync(path.join(csrc, `ok${i}`), prand(150_000, 80 + i));
+  const img = build('corrupt', csrc);
+  const victim = inspect(img.boot, 'stat /victim') as { chunks: Array<{ compressed_offset: number; compressed_size: number }> };
+  const blob = path.join(img.blobDir, img.blobId);
+  const data = fs.readFileSync(blob);
+  data[victim.chunks[0].compressed_offset + Math.floor(victim.chunks[0].compressed_size / 2)] ^= 0xff;
+  fs.writeFileSync(blob, data);
+
+  const d = await startDaemon('corrupt', img, localfs(img));
+  assert.throws(() => fs.readFileSync(path.join(d.mnt, 'victim')), (e: NodeJS.ErrnoException) => e.code === 'EIO', 'the corrupt file reads as EIO');
+  assert.throws(() => fs.readFileSync(path.join(d.mnt, 'victim')), (e: NodeJS.ErrnoException) => e.code === 'EIO', 'again: never zeros');
+  for (let i = 0; i < 4; i++) assert.deepEqual(fs.readFileSync(path.join(d.mnt, `ok${i}`)), prand(150_000, 80 + i), `ok${i} reads right`);
+  const info = (await apiRequest(d.sock, 'GET', '/api/v1/daemon')).body;
+  assert.ok(info.fanotify.eventErrors > 0, 'the failed events are counted');
+  const workerPid = info.pid as number;
+  assert.equal(fanotifyMarks(workerPid), 1, 'the incomplete cache file stays marked');
+  const del = await apiRequest(d.sock, 'DELETE', `/api/v1/mount?mountpoint=${encodeURIComponent(d.mnt)}`);
+  assert.equal(del.status, 204, JSON.stringify(del.body));
+  assert.equal(isMounted(d.mnt), false, 'DELETE /api/v1/mount unmounts');
+  assert.equal(fanotifyMarks(workerPid), 0, 'and removes the mark');
+
+  // Stopping with a busy mount: the daemon keeps serving it until it is free, then unmounts and exits.
+  const post = await apiRequest(d.sock, 'POST', `/api/v1/mount?mountpoint=${encodeURIComponent(d.mnt)}`,
+    { source: img.boot, fs_type: 'rafs', config: JSON.stringify(d.cfg) });
+  assert.equal(post.status, 204, JSON.stringify(post.body));
+  const holder = spawn('sh', ['-c', 'sleep 3'], { cwd: d.mnt, stdio: 'ignore' });
+  await new Promise((r) => holder.once('spawn', r));
+  let exitedAt = 0;
+  const exited = new Promise((r) => d.proc.once('exit', () => r((exitedAt = Date.now()))));
+  d.proc.kill('SIGTERM');
+  await new Promise((r) => setTimeout(r, 1000));
+  assert.equal(exitedAt, 0, 'the daemon does not stop while its mount is busy');
+  assert.ok(isMounted(d.mnt), 'nor detach the busy mount (its holes would read as zeros once the daemon is gone)');
+  assert.deepEqual(fs.readFileSync(path.join(d.mnt, 'ok0')), prand(150_000, 80), 'and still serves it');
+  await new Promise((r) => holder.once('exit', r));
+  await exited;
+  assert.equal(isMounted(d.mnt), false, 'once free it is unmounted and the daemon stops');
+});
+
+/** A blob server (the http-proxy backend's shape: HEAD and Range GET of /blobs/<id>) that can hold reads. */
+class HoldingBlobServer {
+  held = false;
+  readonly waiting: Array<() => void> = [];
+  private readonly sockets = new Set<net.Socket>();
+  private readonly server = http.createServer((req, res) => {
+    const file = path.join(this.dir, path.basename(req.url ?? ''));
+    if (!fs.existsSync(file)) return void res.writeHead(404).end();
+    const size = fs.statSync(file).size;
+    if (req.method === 'HEAD') return void res.writeHead(200, { 'content-length': size }).end();
+    const m = /bytes=(\d+)-(\d+)/.exec(req.headers.range ?? '');
+    if (!m) return void res.writeHead(416).end();
+    const answer = () => {
+      const [s, e] = [Number(m[1]), Math.min(Number(m[2]), size - 1)];
+      const buf = Buffer.alloc(e - s + 1);
+      const fd = fs.openSync(file, 'r');
+      fs.readSync(fd, buf, 0, buf.length, s);
+      fs.closeSync(fd);
+      res.writeHead(206, { 'content-range': `bytes ${s}-${e}/${size}`, 'content-length': buf.length }).end(buf);
+    };
+    if (this.held) this.waiting.push(answer);
+    else answer();
+  });
+
+  constructor(private readonly dir: string) {
+    this.server.on('connection', (s) => {
+      this.sockets.add(s);
+      s.on('close', () => this.sockets.delete(s));
+    });
+  }
+
+  listen(): Promise<number> {
+    return new Promise((resolve) => this.server.listen(0, '127.0.0.1', () => resolve((this.server.address() as net.AddressInfo).port)));
+  }
+
+  release(): void {
+    this.held = false;
+    for (const w of this.waiting.splice(0)) w();
+  }
+
+  close(): Promise<void> {
+    for (const s of this.sockets) s.destroy();
+    return new Promise((r) => this.server.close(() => r()));
+  }
+}
+
+test('root-kernel fanotify: kill -9 of the worker while it holds an event; the next worker completes the read with the right bytes and refetches nothing cached', async () => {
+  const bsrc = path.join(work, 'big-src');
+  fs.mkdirSync(bsrc);
+  const bigData = prand(12 << 20, 99);
+  fs.writeFileSync(path.join(bsrc, 'big.bin'), bigData);
+  const img = build('big', bsrc);
+  const server = new HoldingBlobServer(img.blobDir);
+  const port = await server.listen();
+  try {
+    const d = await startDaemon('big', img, { type: 'http-proxy', 'http-proxy': { addr: `http://127.0.0.1:${port}`, path: '/blobs', timeout: 30 } });
+    const file = path.join(d.mnt, 'big.bin');
+    const cached = async () => ((await apiRequest(d.sock, 'GET', `/api/v1/metrics/blobcache?blob_id=${img.blobId}`)).body.cached as number[]);
+    // The first 3 MiB read and cached while the backend answers.
+    const headRead = spawn('head', ['-c', String(3 << 20), file], { stdio: ['ignore', 'ignore', 'inherit'] });
+    assert.equal(await new Promise((r) => headRead.once('exit', r)), 0);
+    await waitFor('the first chunks marked', async () => (await cached()).length >= 3);
+    const cachedBefore = await cached();
+    const start = await fetches(d.sock, img.blobId);
+    const worker = (await apiRequest(d.sock, 'GET', '/api/v1/daemon')).body.pid as number;
+
+    // Then the backend holds every read: the whole-file reader ends up waiting on an event the worker holds.
+    server.held = true;
+    const reader = sha256Async(file);
+    const journal = path.join(d.state, 'pending-events');
+    await waitFor('an event held by the worker', () => server.waiting.length > 0 && fs.statSync(journal).size > 0);
+    process.kill(worker, 'SIGKILL');
+    let done = false;
+    void reader.then(() => (done = true));
+    await new Promise((r) => setTimeout(r, 500));
+    assert.equal(done, false, 'with the worker dead the reader still waits (its event is not allowed over holes)');
+    server.release();
+    await waitFor('a new worker', async () => {
+      const r = await apiRequest(d.sock, 'GET', '/api/v1/daemon').catch(() => null);
+      return r?.status === 200 && r.body.pid !== worker;
+    });
+    const { code, out, err } = await reader;
+    assert.equal(code, 0, `the reader finished after the restart (${err})`);
+    assert.equal(out, crypto.createHash('sha256').update(bigData).digest('hex'), 'with the right bytes');
+    assert.match(fs.readFileSync(path.join(work, 'big', 'nydusd.log'), 'utf8'), /serving a predecessor's event/, "the new worker answered the dead one's event from the journal");
+    const after = await fetches(d.sock, img.blobId);
+    assert.deepEqual(cachedBefore.filter((i) => after[i] !== start[i]), [], 'no chunk cached before the kill was fetched again');
+    assert.deepEqual((await cached()).length, (inspect(img.boot, 'blobs') as Array<{ chunk_count: number }>)[0].chunk_count, 'every chunk is cached now');
+    const exited = new Promise((r) => d.proc.once('exit', r));
+    d.proc.kill('SIGTERM');
+    await exited;
+    assert.equal(isMounted(d.mnt), false, 'the daemon unmounts when it stops');
+  } finally {
+    server.release();
+    await server.close();
+  }
+});
+
+test('root-kernel fanotify: a cache work_dir on tmpfs is refused naming the cause', async () => {
+  const base = path.join(work, 'tmpfs');
+  const cacheDir = path.join(base, 'cache');
+  fs.mkdirSync(cacheDir, { recursive: true });
+  execFileSync('mount', ['-t', 'tmpfs', 'tmpfs', cacheDir]);
+  mounts.push(cacheDir);
+  fs.mkdirSync(path.join(base, 'mnt'));
+  fs.writeFileSync(path.join(base, 'config.json'), JSON.stringify(config(cacheDir, localfs(rich))));
+  const r = spawn(path.join(repoRoot, 'bin/nydusd'), ['--fanotify', path.join(base, 'state'), '--config', path.join(base, 'config.json'),
+    '--bootstrap', rich.boot, '--mountpoint', path.join(base, 'mnt')], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let err = '';
+  r.stderr!.on('data', (d) => (err += d));
+  const code = await new Promise((res) => r.once('exit', res));
+  assert.notEqual(code, 0);
+  assert.match(err, /cannot mount .*fanotify_mark .*: this file system does not allow pre-content marks/);
+  assert.equal(isMounted(path.join(base, 'mnt')), false);
+});
+
+test('root-kernel fanotify: an image mounted lazily from a registry (Basic auth) reads identical to the source', async () => {
+  const reg = await startRegistry({ users: { alice: 'wonderland' } });
+  try {
+    const client = new RegistryClient({ plainHttp: true, dockerConfig: false, credentials: { username: 'alice', password: 'wonderland' } });
+    await client.pushBlob(`${reg.host}/nydus/rich`, fs.readFileSync(path.join(rich.blobDir, rich.blobId)));
+    await client.close();
+    const d = await startDaemon('registry', rich, {
+      type: 'registry', registry: { scheme: 'http', host: reg.host, repo: 'nydus/rich', auth: Buffer.from('alice:wonderland').toString('base64') },
+    });
+    assert.deepEqual(diffManifests(srcManifest, manifest(d.mnt)).slice(0, 20), [], 'the mount reads as the source');
+    const backends = (await apiRequest(d.sock, 'GET', '/api/v1/metrics/backend')).body.backends;
+    assert.ok(backends.registry?.read_count > 0 && backends.registry.read_errors === 0, `the data came from the registry (${JSON.stringify(backends)})`);
+    const exited = new Promise((r) => d.proc.once('exit', r));
+    d.proc.kill('SIGTERM');
+    await exited;
+  } finally {
+    await reg.stop();
+  }
+});

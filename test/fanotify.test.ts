@@ -1,0 +1,68 @@
+/**
+ * The fanotify front end's pure parts: nydusd's FUSE-mode config read as a BlobCacheEntry, and the
+ * journal of unanswered events a restarted worker answers from.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { entryBodyFromFsConfig, parseBlobCacheEntry } from '../src/daemon/config.ts';
+import { PendingEventJournal } from '../src/daemon/frontend/fanotify-journal.ts';
+import { tmpDir } from './helpers/fixtures.ts';
+
+test('fanotify config: nydusd v2 FUSE config becomes an entry with its backend, work_dir and prefetch', () => {
+  const body = entryBodyFromFsConfig({
+    version: 2, backend: { type: 'localfs', localfs: { dir: '/blobs' } },
+    cache: { type: 'filecache', filecache: { work_dir: '/cache' } }, rafs: { prefetch: { enable: true, threads: 2 } },
+  }, '/img.boot', 'fanotify-1');
+  const e = parseBlobCacheEntry(body);
+  assert.deepEqual([e.id, e.metadataPath, e.workDir, e.backend], ['fanotify-1', '/img.boot', '/cache', { type: 'localfs', dir: '/blobs' }]);
+  assert.equal(e.prefetch.enable, true);
+  assert.equal(e.prefetch.threads, 2);
+});
+
+test('fanotify config: nydusd v1 FUSE config (device.backend, device.cache, fs_prefetch) is read too', () => {
+  const e = parseBlobCacheEntry(entryBodyFromFsConfig({
+    device: { backend: { type: 'localfs', config: { dir: '/blobs' } }, cache: { type: 'blobcache', config: { work_dir: '/cache' } } },
+    mode: 'direct', fs_prefetch: { enable: true, threads_count: 3 },
+  }, '/img.boot', 'x'));
+  assert.deepEqual([e.workDir, e.backend, e.prefetch.enable, e.prefetch.threads], ['/cache', { type: 'localfs', dir: '/blobs' }, true, 3]);
+});
+
+test('fanotify config: a config without a cache work_dir, or of an unknown version, is refused naming the field', () => {
+  assert.throws(() => entryBodyFromFsConfig({ version: 2, backend: { type: 'localfs', localfs: { dir: '/b' } } }, '/i', 'x'), /config\.cache\.type must be one of/);
+  assert.throws(() => entryBodyFromFsConfig({ version: 2, backend: { type: 'localfs', localfs: { dir: '/b' } }, cache: { type: 'filecache' } }, '/i', 'x'), /config\.cache\.filecache\.work_dir is required/);
+  assert.throws(() => entryBodyFromFsConfig({ device: { backend: { type: 'localfs', config: {} } } }, '/i', 'x'), /config\.device\.cache\.type/);
+  assert.throws(() => entryBodyFromFsConfig({ version: 3 }, '/i', 'x'), /config\.version 3 is not supported/);
+  assert.throws(() => entryBodyFromFsConfig('nope', '/i', 'x'), /config must be a JSON object/);
+});
+
+test('fanotify journal: the events left unanswered are read back (last record per fd wins); empty once all are answered', () => {
+  const dir = tmpDir('fanjournal');
+  try {
+    const file = path.join(dir, 'pending-events');
+    const j = new PendingEventJournal(file);
+    j.add({ fd: 20, dev: 1, ino: 2, offset: 0, count: 65536 });
+    j.add({ fd: 21, dev: 1, ino: 2, offset: 65536, count: 131072 });
+    j.done(20);
+    j.add({ fd: 20, dev: 1, ino: 3, offset: 4096, count: 4096 });
+    assert.deepEqual(PendingEventJournal.read(file).sort((a, b) => a.fd - b.fd), [
+      { fd: 20, dev: 1, ino: 3, offset: 4096, count: 4096 },
+      { fd: 21, dev: 1, ino: 2, offset: 65536, count: 131072 },
+    ]);
+    j.done(20);
+    j.done(21);
+    assert.equal(fs.statSync(file).size, 0, 'nothing pending: the journal is empty');
+    j.close();
+    // A successor carries the pending ones over into its own journal.
+    const pending = [{ fd: 30, dev: 5, ino: 6, offset: 0, count: 1 }];
+    const k = new PendingEventJournal(file, pending);
+    assert.deepEqual(PendingEventJournal.read(file), pending);
+    k.done(30);
+    assert.deepEqual(PendingEventJournal.read(file), []);
+    k.close();
+    assert.deepEqual(PendingEventJournal.read(path.join(dir, 'missing')), []);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
