@@ -533,7 +533,7 @@ test('nydusd: missing flags, unsupported flags and a kernel without on-demand ca
   const run = (args: string[]) => spawnSync(path.join(repoRoot, 'bin/nydusd'), args, { encoding: 'utf8', timeout: 60_000 });
   const noCache = run(['singleton', '--apisock', path.join(work, 'x.sock')]);
   assert.equal(noCache.status, 1);
-  assert.match(noCache.stderr, /^nydusd: error: --fscache <dir> is required/);
+  assert.match(noCache.stderr, /^nydusd: error: --fscache <dir> or --fanotify <dir> is required/);
   const refused: Array<[string[], RegExp]> = [
     [['--upgrade'], /--upgrade needs --supervisor/],
     [['--supervisor', '/run/sup.sock'], /--id and --supervisor go together/],
