@@ -30,6 +30,7 @@ function run(cmd: string, args: string[]): Promise<void> {
 const env = new LazyEnv();
 await env.startRegistry();
 await env.startDaemon();
+console.log('# registry, proxy and nydusd up');
 try {
   // (a) Lazy: what the snapshotter does (manifest, bootstrap layer, register, mount), then ls.
   let bytes0 = env.proxy.bytesFetched();
@@ -39,6 +40,7 @@ try {
   const lazyDir = env.mount('bench');
   const lazy = await firstOutput(t0, 'chroot', [lazyDir, '/bin/ls', '/']);
   const lazyBytes = env.proxy.bytesFetched() - bytes0;
+  console.log(`# lazy: ${lazy.toFixed(2)} s`);
 
   // (b) Pull the whole OCI image, unpack it, then ls.
   const layout = path.join(env.scratch, 'oci');

@@ -13,7 +13,8 @@ import { makeLazyPlan } from '../kernel-test/plan-lazy.ts';
 
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const plan = await makeLazyPlan();
-const vm = spawnSync('bash', [path.join(repo, 'kernel-test/vm.sh'), path.join(repo, 'bench/guest-lazy.sh')], { encoding: 'utf8', maxBuffer: 1 << 26 });
+// nydusd's start alone takes a minute or more under TCG on a busy machine.
+const vm = spawnSync('bash', [path.join(repo, 'kernel-test/vm.sh'), path.join(repo, 'bench/guest-lazy.sh')], { encoding: 'utf8', maxBuffer: 1 << 26, env: { ...process.env, KT_TIMEOUT: process.env.KT_TIMEOUT ?? '1800' } });
 const res = Object.fromEntries(vm.stdout.split('\n').filter((l) => l.startsWith('BENCH ')).map((l) => l.replace(/\r$/, '').split(' ').slice(1))
   .map(([k, s, b]) => [k, { s: Number(s), bytes: Number(b) }]));
 if (vm.status !== 0 || !res.lazy || !res.full) {
