@@ -2,7 +2,8 @@
  * The plan of the on-demand scenarios: images built on the host (a many-file zstd image, two
  * bootstraps sharing one blob, an image whose blob has a corrupted chunk, a big file for the crash
  * test, and an uncompressed export for the loop-mount reference), with manifests of their sources.
- * kernel-test/guest/ondemand.test.ts reads plan.json. Run directly to (re)make it:
+ * kernel-test/guest/ondemand.test.ts reads plan.json. Run directly to (re)make it (and the lazy-pull
+ * plan, kernel-test/plan-lazy.ts, when it is out of date):
  *   node --import tsx kernel-test/plan.ts
  */
 import fs from 'node:fs';
@@ -15,6 +16,7 @@ import { inspectImage } from '../src/image/inspect.ts';
 import { setXattr } from '../native/xattr/index.ts';
 import { manifest } from '../test/helpers/manifest.ts';
 import { prand } from '../test/helpers/fixtures.ts';
+import { makeLazyPlan } from './plan-lazy.ts';
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const planDir = path.join(repoRoot, 'kernel-test/.cache/ondemand');
@@ -77,4 +79,8 @@ export function makePlan(): void {
   }, null, 2));
 }
 
-if (process.argv[1] && fileURLToPath(import.meta.url) === path.resolve(process.argv[1])) makePlan();
+if (process.argv[1] && fileURLToPath(import.meta.url) === path.resolve(process.argv[1])) {
+  makePlan();
+  // The lazy-pull scenario's registry storage (made once per Debian image and converter).
+  await makeLazyPlan();
+}

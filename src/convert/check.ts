@@ -65,7 +65,8 @@ export function manifestProblems(m: ImageManifest, config: { rootfs?: { diff_ids
  * The bootstrap layer (small: metadata only, read whole): its plain tar's digest, and
  * `image/image.boot` written to `file`.
  */
-async function pullBootstrap(client: RegistryClient, ref: ImageReference, layer: { digest: string; size: number }, file: string): Promise<{ diffId: string; found: boolean }> {
+/** Pulls a bootstrap layer and writes its `image/image.boot` to `file` (as nydus-snapshotter unpacks it). */
+export async function pullBootstrap(client: RegistryClient, ref: ImageReference, layer: { digest: string; size: number }, file: string): Promise<{ diffId: string; found: boolean }> {
   const name = `bootstrap layer ${layer.digest}`;
   let plain: Buffer;
   try {

@@ -32,6 +32,8 @@ export interface SeenRequest {
   url: string;
   headers: http.IncomingHttpHeaders;
   fault?: Fault['kind'];
+  /** Body bytes the upstream answered with (what a counting proxy in front of a registry sees fetched). */
+  bytes: number;
 }
 
 export interface ProxyOptions {
@@ -99,6 +101,11 @@ export class FaultProxy {
     return `http://${this.host}`;
   }
 
+  /** Body bytes fetched through the proxy by requests whose path matches `path` (all when omitted). */
+  bytesFetched(path?: RegExp): number {
+    return this.seen.filter((r) => !path || path.test(r.url)).reduce((n, r) => n + r.bytes, 0);
+  }
+
   /** Adds a rule; rules are tried in order. */
   inject(rule: FaultRule): this {
     this.rules.push({ ...rule, left: rule.times ?? 1 });
@@ -121,7 +128,8 @@ export class FaultProxy {
 
   private handle(req: http.IncomingMessage, res: http.ServerResponse): void {
     const fault = this.pick(req);
-    this.seen.push({ method: req.method!, url: req.url!, headers: req.headers, fault: fault?.kind });
+    const seen: SeenRequest = { method: req.method!, url: req.url!, headers: req.headers, fault: fault?.kind, bytes: 0 };
+    this.seen.push(seen);
     const headers: http.OutgoingHttpHeaders = { ...req.headers };
     if (this.opts.upstreamAuthorization) headers.authorization = this.opts.upstreamAuthorization;
     switch (fault?.kind) {
@@ -146,6 +154,7 @@ export class FaultProxy {
         break;
     }
     forward(this.upstream, req, headers, (up) => {
+      up.on('data', (d: Buffer) => (seen.bytes += d.length));
       const outHeaders = { ...up.headers };
       if (this.opts.relativeLocations && typeof outHeaders.location === 'string') {
         const loc = new URL(outHeaders.location, this.url);

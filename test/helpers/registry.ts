@@ -44,6 +44,12 @@ export interface RegistryOptions {
   users?: Record<string, string>;
   /** Serve https with a self-signed certificate for 127.0.0.1 (made by openssl). */
   tls?: boolean;
+  /** Serve this storage directory (kept on stop) instead of a fresh one. */
+  storage?: string;
+  /** Serve the storage read-only (distribution's maintenance mode): pulls only, the directory may be read-only. */
+  readOnly?: boolean;
+  /** Listen on this port (e.g. to restart a stopped registry where its clients expect it). */
+  port?: number;
 }
 
 export interface RegistryServer {
@@ -104,8 +110,9 @@ function stopChild(child: ChildProcess): Promise<void> {
 export async function startRegistry(opts: RegistryOptions = {}): Promise<RegistryServer> {
   const bin = requireTool('docker-registry', 'docker-registry');
   const dir = tmpDir('registry');
-  const storage = path.join(dir, 'storage');
-  fs.mkdirSync(storage);
+  const storage = opts.storage ?? path.join(dir, 'storage');
+  if (!opts.storage) fs.mkdirSync(storage);
+  const maintenance = opts.readOnly ? ', maintenance: {uploadpurging: {enabled: false}, readonly: {enabled: true}}' : '';
   let auth = '';
   if (opts.users) {
     const file = path.join(dir, 'htpasswd');
@@ -115,12 +122,12 @@ export async function startRegistry(opts: RegistryOptions = {}): Promise<Registr
   const tls = opts.tls ? selfSignedTls(dir) : '';
   // A port picked free can be taken before the registry binds it: try a few.
   for (let attempt = 0; ; attempt++) {
-    const port = await freePort();
+    const port = opts.port ?? await freePort();
     const config = path.join(dir, 'config.yml');
     fs.writeFileSync(config, [
       'version: 0.1',
       'log: {level: error}',
-      `storage: {filesystem: {rootdirectory: ${storage}}, delete: {enabled: true}}`,
+      `storage: {filesystem: {rootdirectory: ${storage}}, delete: {enabled: true}${maintenance}}`,
       'http:',
       `  addr: 127.0.0.1:${port}`,
       tls,
@@ -134,7 +141,7 @@ export async function startRegistry(opts: RegistryOptions = {}): Promise<Registr
       await waitReady(url, child, () => err);
     } catch (e) {
       await stopChild(child);
-      if (attempt < 2 && /address already in use/.test(err)) continue;
+      if (attempt < 2 && opts.port === undefined && /address already in use/.test(err)) continue;
       fs.rmSync(dir, { recursive: true, force: true });
       throw e;
     }
