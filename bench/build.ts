@@ -8,28 +8,18 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { debianRootfs, ensureTool } from '../test/helpers/debian-rootfs.ts';
+import { type Sample, ensureGnuTime, median, timed } from './timing.ts';
 
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const cache = path.join(repo, '.cache/bench-build');
 const runsArg = process.argv.indexOf('--runs');
 const runs = runsArg > 0 ? Number(process.argv[runsArg + 1]) : 3;
 
-interface Sample { wall: number; rssMiB: number }
-
-function timed(cmd: string[]): Sample {
-  const r = spawnSync('/usr/bin/time', ['-f', 'BENCHTIME %e %M', ...cmd], { encoding: 'utf8', maxBuffer: 1 << 26 });
-  if (r.status !== 0) throw new Error(`${cmd.join(' ')} failed: ${r.stderr.slice(-2000)}`);
-  const m = r.stderr.match(/BENCHTIME ([\d.]+) (\d+)/)!;
-  return { wall: Number(m[1]), rssMiB: Number(m[2]) / 1024 };
-}
-
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
-
 ensureTool('mkfs.erofs', 'erofs-utils');
-if (!fs.existsSync('/usr/bin/time')) ensureTool('/usr/bin/time', 'time');
+ensureGnuTime();
 const rootfs = debianRootfs();
 const du = execFileSync('du', ['-sb', rootfs], { encoding: 'utf8' }).split('\t')[0];
 const files = execFileSync('sh', ['-c', `find '${rootfs}' | wc -l`], { encoding: 'utf8' }).trim();
