@@ -1,35 +1,25 @@
 /**
  * Build benchmark: the same Debian minbase rootfs built by `nydus-image create` (none and zstd) and by
- * `mkfs.erofs --chunksize=1048576 --blobdev=...` (erofs-utils) in one run; prints median wall time
- * and peak RSS, and the ratios against mkfs.erofs.
+ * `mkfs.erofs --chunksize=1048576 --blobdev=...` (erofs-utils) in one run; prints median wall and CPU time
+ * and peak RSS, and the ratios against mkfs.erofs (runs interleaved).
  *   node --import tsx bench/build.ts [--runs 3]
  * The rootfs is test/helpers/debian-rootfs.ts's (made once with debootstrap, cached).
  * Not a test: it asserts nothing.
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { debianRootfs, ensureTool } from '../test/helpers/debian-rootfs.ts';
+import { compare, ensureGnuTime, timed } from './timing.ts';
 
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const cache = path.join(repo, '.cache/bench-build');
 const runsArg = process.argv.indexOf('--runs');
 const runs = runsArg > 0 ? Number(process.argv[runsArg + 1]) : 3;
 
-interface Sample { wall: number; rssMiB: number }
-
-function timed(cmd: string[]): Sample {
-  const r = spawnSync('/usr/bin/time', ['-f', 'BENCHTIME %e %M', ...cmd], { encoding: 'utf8', maxBuffer: 1 << 26 });
-  if (r.status !== 0) throw new Error(`${cmd.join(' ')} failed: ${r.stderr.slice(-2000)}`);
-  const m = r.stderr.match(/BENCHTIME ([\d.]+) (\d+)/)!;
-  return { wall: Number(m[1]), rssMiB: Number(m[2]) / 1024 };
-}
-
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
-
 ensureTool('mkfs.erofs', 'erofs-utils');
-if (!fs.existsSync('/usr/bin/time')) ensureTool('/usr/bin/time', 'time');
+ensureGnuTime();
 const rootfs = debianRootfs();
 const du = execFileSync('du', ['-sb', rootfs], { encoding: 'utf8' }).split('\t')[0];
 const files = execFileSync('sh', ['-c', `find '${rootfs}' | wc -l`], { encoding: 'utf8' }).trim();
@@ -41,22 +31,15 @@ const tools: Record<string, (o: string) => string[]> = {
   'nydus-image --compressor none': (o) => [path.join(repo, 'bin/nydus-image'), 'create', '--compressor', 'none', '-B', `${o}/boot`, '-D', `${o}/blobs`, rootfs],
   'nydus-image --compressor zstd': (o) => [path.join(repo, 'bin/nydus-image'), 'create', '--compressor', 'zstd', '-B', `${o}/boot`, '-D', `${o}/blobs`, rootfs],
 };
-const results: Record<string, { wall: number; rss: number }> = {};
-for (const [name, cmd] of Object.entries(tools)) {
-  const samples: Sample[] = [];
-  for (let i = 0; i <= runs; i++) {
-    fs.rmSync(out, { recursive: true, force: true });
-    fs.mkdirSync(out, { recursive: true });
-    const s = timed(cmd(out));
-    if (i > 0) samples.push(s);
-  }
-  results[name] = { wall: median(samples.map((s) => s.wall)), rss: Math.max(...samples.map((s) => s.rssMiB)) };
-  console.log(`${name.padEnd(32)} ${results[name].wall.toFixed(2).padStart(7)} s  ${results[name].rss.toFixed(0).padStart(5)} MiB peak RSS`);
-}
+const results = compare(Object.fromEntries(Object.entries(tools).map(([name, cmd]) => [name, () => {
+  fs.rmSync(out, { recursive: true, force: true });
+  fs.mkdirSync(out, { recursive: true });
+  return timed(cmd(out));
+}])), runs);
 fs.rmSync(out, { recursive: true, force: true });
-const ref = results['mkfs.erofs (reference)'].wall;
+const ref = results['mkfs.erofs (reference)'];
 const none = results['nydus-image --compressor none'];
 const zstd = results['nydus-image --compressor zstd'];
-console.log(`wall ratio none/mkfs.erofs: ${(none.wall / ref).toFixed(2)}x (target <= 1.0x)`);
-console.log(`wall ratio zstd/mkfs.erofs: ${(zstd.wall / ref).toFixed(2)}x (target <= 1.5x)`);
+console.log(`ratio none/mkfs.erofs: wall ${(none.wall / ref.wall).toFixed(2)}x (target <= 1.0x), cpu ${(none.cpu / ref.cpu).toFixed(2)}x`);
+console.log(`ratio zstd/mkfs.erofs: wall ${(zstd.wall / ref.wall).toFixed(2)}x (target <= 1.5x), cpu ${(zstd.cpu / ref.cpu).toFixed(2)}x`);
 console.log(`peak RSS: none ${none.rss.toFixed(0)} MiB, zstd ${zstd.rss.toFixed(0)} MiB (target <= 128 MiB)`);

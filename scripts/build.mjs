@@ -1,6 +1,6 @@
 // Run with tsx (it imports the TypeScript source of the build identity).
 // Bundles each CLI (src/cli/<name>.ts) into dist/<name>.mjs with esbuild, so the commands start as
-// plain Node programs (no TypeScript loader at run time). npm packages stay external.
+// plain Node programs (no TypeScript loader at run time).
 import { build } from 'esbuild';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -23,7 +23,10 @@ await build({
   platform: 'node',
   format: 'esm',
   target: 'node20',
-  packages: 'external',
+  // npm packages stay external, but yargs: as dozens of small ES modules it is a third of a command's
+  // start-up time (resolving and compiling them), which a short build pays on every run.
+  external: Object.keys(JSON.parse(fs.readFileSync(path.join(root, 'package.json'), 'utf8')).dependencies)
+    .filter((d) => d !== 'yargs').flatMap((d) => [d, `${d}/*`]),
   sourcemap: true,
   // The build's identity (`nydusd --version`, GET /api/v1/daemon) baked in, so bundles need no sources.
   define: { __NYDUS_TS_SOURCE_ID__: JSON.stringify(computeSourceId(root)) },

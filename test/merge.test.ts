@@ -226,6 +226,25 @@ test('merge: one blob per layer in layer order, chunk table and chunk indexes re
   assert.ok(contentOf(out, '/t').equals(Buffer.from('top\n')));
 });
 
+test('check, export and unpack of a merged image whose blob directory lacks some of its blobs stop with one error naming them', () => {
+  const out = path.join(work, 'merged.boot');
+  const ids = blobsOf(out).map((b) => b.blob_id);
+  // Only the middle layer's blob is there.
+  const partial = path.join(work, 'partial-blobs');
+  fs.mkdirSync(partial);
+  fs.copyFileSync(path.join(blobDir, ids[1]), path.join(partial, ids[1]));
+  const missing = new RegExp(`^nydus-image: error: ${out}: 2 of the 3 blobs it names are missing from blob directory ${partial}: ${ids[0]}, ${ids[2]}\n$`);
+  for (const args of [['check'], ['export', '--block', '-O', path.join(work, 'partial.img')], ['unpack', '-o', path.join(work, 'partial.tar')]]) {
+    const r = runCli('nydus-image', [...args, '-B', out, '-D', partial]);
+    assert.equal(r.status, 1, r.stderr);
+    assert.match(r.stderr, missing, args[0]);
+  }
+  assert.ok(!fs.existsSync(path.join(work, 'partial.img')) && !fs.existsSync(path.join(work, 'partial.tar')), 'no output is left');
+  const one = runCli('nydus-image', ['check', '-B', out, '--blob', path.join(partial, ids[1])]);
+  assert.equal(one.status, 1);
+  assert.match(one.stderr, /^nydus-image: error: \S+ names 3 blobs but 1 blob path was given; give a blob directory \(-D\) or a blob path \(--blob\) for each\n$/);
+});
+
 test('merge --blob-digests, --original-blob-ids, --blob-sizes and the TOC flags rewrite each layer blob entry', () => {
   const out = path.join(work, 'renamed.boot');
   const d = ['a'.repeat(64), 'b'.repeat(64)];

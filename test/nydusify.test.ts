@@ -113,6 +113,24 @@ test('nydusify check passes on the converted image and lists the differences aga
   assert.match(oci.stdout, /layer 0 sha256:[0-9a-f]{64} is not a Nydus blob/);
 });
 
+test('nydusify check of an image whose bootstrap names a blob its manifest lacks stops with one problem naming the blob', async () => {
+  // The converted image with its first blob layer (and that layer's diff_id) taken out: otherwise well formed.
+  const m = (await client.getManifest(`${reg.host}/dst:two-nydus`)).json as ImageManifest;
+  const config = JSON.parse((await client.getBlob(`${reg.host}/dst`, m.config.digest)).toString('utf8'));
+  config.rootfs.diff_ids = config.rootfs.diff_ids.slice(1);
+  const configBytes = Buffer.from(JSON.stringify(config));
+  const pushed = await client.pushBlob(`${reg.host}/dst`, configBytes);
+  const lost = m.layers[0].digest;
+  await client.putManifest(`${reg.host}/dst:lost-blob`, { ...m, config: { ...m.config, digest: pushed.digest, size: configBytes.length }, layers: m.layers.slice(1) });
+  const base = ['check', '--plain-http', '--work-dir', path.join(work, 'check'), '--target', `${reg.host}/dst:lost-blob`];
+  for (const args of [base, [...base, '--source', `${reg.host}/src:two`]]) {
+    const r = await run('nydusify', args);
+    assert.equal(r.status, 1, r.stderr);
+    assert.equal(r.stdout, `the bootstrap image/image.boot names 1 blob missing from the manifest's layers: ${lost}\n`);
+    assert.match(r.stderr, /1 problem\(s\) found/);
+  }
+});
+
 test('--compressor none, --fs-chunk-size and --prefetch-patterns (stdin) reach the image, which checks equal', async () => {
   await mustConvert(['--source', `${reg.host}/src:two`, '--target', `${reg.host}/dst:none`, '--compressor', 'none', '--fs-chunk-size', '0x10000', '--prefetch-patterns'], '/big\n/etc/hello\n');
   const r = await run('nydusify', ['check', '--plain-http', '--work-dir', path.join(work, 'check'), '--source', `${reg.host}/src:two`, '--target', `${reg.host}/dst:none`]);

@@ -115,7 +115,9 @@ export class BlobWriter {
       s_ci_uncompressed_size: ci.length,
       s_magic2: BLOB_CCT_MAGIC,
     }));
-    fs.fsyncSync(this.fd);
+    // No fsync: waiting for the whole blob to reach the disk is most of a build's wall time on a
+    // busy disk, and neither nydus-image nor mkfs.erofs does it; a consumer that needs durability
+    // syncs, and a blob cut short by a crash fails `check` (its sha256 is its name).
     fs.closeSync(this.fd);
     const blobId = this.hash.digest('hex');
     const finalPath = path.join(this.dir, blobId);

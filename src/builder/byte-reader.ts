@@ -46,6 +46,11 @@ export class ByteReader {
     this.position += n;
   }
 
+  /** Whether the stream has no byte left. */
+  async atEnd(): Promise<boolean> {
+    return !(await this.fill(1));
+  }
+
   /** The next `n` bytes in a new buffer, or null if the stream ends first. */
   async read(n: number): Promise<Buffer | null> {
     if (!(await this.fill(n))) return null;

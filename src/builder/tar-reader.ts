@@ -157,8 +157,15 @@ export class TarReader {
     let longLink: Buffer | null = null;
     for (;;) {
       const at = this.bytes.position;
+      if (at > 0 && !local && !longName && !longLink && (await this.bytes.atEnd())) {
+        // The stream ends where a header would start: GNU tar, libarchive, Go's archive/tar (what
+        // container runtimes unpack with) and nydus's tar-rs all take that as the end of the archive,
+        // and real layers (umoci's) are written without the two zero blocks.
+        this.finished = true;
+        return null;
+      }
       const h = await this.bytes.read(BLOCK);
-      if (!h) throw this.truncated(at === 0 ? 'before its first header' : 'without an end-of-archive marker');
+      if (!h) throw this.truncated(at === 0 ? 'before its first header' : local || longName || longLink ? 'after an extended header' : 'inside a header');
       if (isZeroBlock(h)) {
         if (local || longName || longLink) throw this.fail(`archive ends right after an extended header at byte ${at}`);
         // End of archive. Read the rest (zero blocks, a gzip trailer) so a corrupt tail is noticed.

@@ -14,6 +14,7 @@ import type { Logger } from 'pino';
 import { NydusError } from '../../erofs/errors.ts';
 import { mergeImages } from '../builder/merge.ts';
 import { TarReader } from '../builder/tar-reader.ts';
+import { openImage } from '../image/open.ts';
 import {
   type ImageManifest, type ImageReference, type Platform, MediaType, RegistryClient, parseReference, withDigest,
 } from '../registry/index.ts';
@@ -88,6 +89,14 @@ export async function pullBootstrap(client: RegistryClient, ref: ImageReference,
   return { diffId: `sha256:${createHash('sha256').update(plain).digest('hex')}`, found };
 }
 
+/** Ids of the blobs the bootstrap's blob table names that no layer of `m` is. */
+function blobsMissingFromManifest(bootFile: string, m: ImageManifest): string[] {
+  const layers = new Set(m.layers.map((l) => l.digest));
+  const { image, close } = openImage(bootFile);
+  close();
+  return image.blobs.map((b) => b.id).filter((id) => !layers.has(`sha256:${id}`));
+}
+
 export async function checkConverted(opts: CheckOptions): Promise<CheckResult> {
   const targetRef = parseReference(opts.target);
   const target = new RegistryClient({ insecure: opts.targetInsecure, plainHttp: opts.plainHttp });
@@ -108,7 +117,13 @@ export async function checkConverted(opts: CheckOptions): Promise<CheckResult> {
     const pulled = boot && isBootstrapLayer(boot) ? await pullBootstrap(target, ref, boot, bootFile) : null;
     problems.push(...manifestProblems(m, config, pulled?.diffId ?? null));
     if (pulled && !pulled.found) problems.push(`bootstrap layer ${boot.digest} holds no ${BOOTSTRAP_IN_LAYER}`);
-    if (problems.length > 0 || !opts.source) return { problems };
+    if (problems.length > 0) return { problems };
+    // Every blob the bootstrap names must be a layer of the manifest: what a runtime fetches.
+    const missing = blobsMissingFromManifest(bootFile, m);
+    if (missing.length > 0) {
+      return { problems: [`the bootstrap ${BOOTSTRAP_IN_LAYER} names ${missing.length} blob${missing.length === 1 ? '' : 's'} missing from the manifest's layers: ${missing.map((id) => `sha256:${id}`).join(', ')}`] };
+    }
+    if (!opts.source) return { problems };
 
     // The Nydus tree, from the pulled bootstrap and blobs (named by their sha256, as the bootstrap names them).
     const blobDir = path.join(workDir, 'blobs');

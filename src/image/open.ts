@@ -33,6 +33,19 @@ export interface OpenedImage {
   close(): void;
 }
 
+/** Refuses, in one error naming them all, the blobs that have no file where the caller said to look. */
+function requireBlobs(file: string, blobs: Array<{ id: string; path: string | undefined }>, where: BlobLocation): void {
+  if (blobs.some((b) => !b.path)) {
+    const given = where.blobPaths?.length ?? 0;
+    throw new NydusError(`${file} names ${blobs.length} blobs but ${given} blob path${given === 1 ? ' was' : 's were'} given; give a blob directory (-D) or a blob path (--blob) for each`);
+  }
+  const missing = blobs.filter((b) => !fs.existsSync(b.path!));
+  if (missing.length === 0) return;
+  const place = where.blobDir && !where.blobPaths ? `blob directory ${where.blobDir}` : 'the given blob paths';
+  throw new NydusError(`${file}: ${missing.length} of the ${blobs.length} blobs it names ${missing.length === 1 ? 'is' : 'are'} missing from ${place}: `
+    + missing.map((b) => (where.blobPaths ? b.path : b.id)).join(', '));
+}
+
 /**
  * Reads and validates a bootstrap; with a blob location, also opens its blobs (by validated id only,
  * so an id from the image never names anything outside the blob directory).
@@ -43,12 +56,18 @@ export function openImage(file: string, where?: BlobLocation): OpenedImage {
   const close = () => {
     for (const r of readers.values()) r.close();
   };
+  const blobPath = (index: number, id: string): string | undefined => where!.blobPaths?.[index] ?? (where!.blobDir ? path.join(where!.blobDir, id) : undefined);
+  let allFound = false;
   const reader = (b: ValidatedBlob): LocalBlobReader => {
+    // Before the first blob is opened (the blob table is validated by then), every blob the
+    // bootstrap names is looked for: one error lists all that are missing.
+    if (!allFound) {
+      requireBlobs(file, raw.blobs.map((_, i) => ({ id: raw.blobId(i), path: blobPath(i, raw.blobId(i)) })), where!);
+      allFound = true;
+    }
     let r = readers.get(b.index);
     if (!r) {
-      const p = where!.blobPaths?.[b.index] ?? (where!.blobDir ? path.join(where!.blobDir, b.id) : undefined);
-      if (!p) throw new NydusError(`${file}: blob ${b.id} is needed; give a blob directory (-D) or a blob path (--blob)`);
-      r = new LocalBlobReader(p, b.compressor, b.digester);
+      r = new LocalBlobReader(blobPath(b.index, b.id)!, b.compressor, b.digester);
       readers.set(b.index, r);
     }
     return r;
