@@ -16,7 +16,7 @@ out=$(mktemp "$cache/console.XXXXXX")
 trap 'rm -f "$disk" "$out"' EXIT
 truncate -s 512M "$disk"
 mkfs.ext4 -q -F "$disk"
-timeout "${KT_TIMEOUT:-600}" qemu-system-x86_64 -machine q35 -accel tcg -cpu max -m 2G -smp 2 -nographic -no-reboot -net none \
+timeout "${KT_TIMEOUT:-1200}" qemu-system-x86_64 -machine q35 -accel tcg -cpu max -m 2G -smp 2 -nographic -no-reboot -net none \
   -kernel "$cache/vmlinuz" -initrd "$cache/initramfs.cpio.gz" \
   -append "console=ttyS0 quiet panic=-1 kt.repo=$repo kt.script=$script" \
   -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \

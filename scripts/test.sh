@@ -1,8 +1,23 @@
 #!/usr/bin/env bash
 # Runs the whole test suite (needs root: tests mount images with the kernel and boot a qemu guest).
+# The guest kernel tests (qemu under TCG, the longest part) run beside the host tests at a lower CPU
+# priority: the host tests wait on registries and daemons much of the time, and the guest fills it.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 bash "$root/scripts/setup.sh"
 cd "$root"
 npx --no-install tsc --noEmit -p .
-exec node --import tsx --test test/*.test.ts native/*/test/*.test.ts
+# Shared fixtures first: the Debian rootfs (debootstrap, once) that host and guest tests both use.
+node --import tsx test/helpers/make-fixtures.ts
+mkdir -p .cache
+guest_log=.cache/kernel-vm-test.log
+nice -n 10 node --import tsx --test test/kernel-vm.root-kernel.test.ts > "$guest_log" 2>&1 &
+guest=$!
+host_status=0
+node --import tsx --test $(ls test/*.test.ts | grep -v '^test/kernel-vm\.') native/*/test/*.test.ts || host_status=$?
+guest_status=0
+wait "$guest" || guest_status=$?
+echo "# ---- guest kernel tests (test/kernel-vm.root-kernel.test.ts) ----"
+cat "$guest_log"
+echo "# host tests: exit $host_status; guest kernel tests: exit $guest_status"
+[ "$host_status" -eq 0 ] && [ "$guest_status" -eq 0 ]

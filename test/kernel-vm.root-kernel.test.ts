@@ -10,11 +10,12 @@ import path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { repoRoot } from './helpers/cli.ts';
 
-test('root-kernel: kernel-test scenarios in the guest kernel (smoke, fscache on-demand with nydusd)', { timeout: 900_000 }, () => {
-  const r = spawnSync('bash', [path.join(repoRoot, 'kernel-test/run.sh')], { encoding: 'utf8', maxBuffer: 1 << 28, timeout: 900_000 });
+test('root-kernel: kernel-test scenarios in the guest kernel (smoke, fscache on-demand with nydusd, snapshotter lifecycle, lazy pull from a registry)', { timeout: 2_400_000 }, () => {
+  const r = spawnSync('bash', [path.join(repoRoot, 'kernel-test/run.sh')], { encoding: 'utf8', maxBuffer: 1 << 28, timeout: 2_400_000 });
   process.stdout.write(r.stdout.split('\n').map((l) => `# ${l}`).join('\n') + '\n');
   assert.equal(r.status, 0, `kernel-test failed:\n${r.stdout.slice(-6000)}\n${r.stderr.slice(-2000)}`);
   assert.match(r.stdout, /kernel-test: \d+ passed, 0 failed/);
   assert.match(r.stdout, /ok   10-ondemand\.sh/);
   assert.match(r.stdout, /ok   20-snapshotter\.sh/);
+  assert.match(r.stdout, /ok   30-lazy-pull\.sh/);
 });
