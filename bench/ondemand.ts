@@ -112,17 +112,16 @@ fs.writeFileSync(path.join(dir, 'plan.json'), JSON.stringify(plan));
 const vm = spawnSync('bash', [path.join(repo, 'kernel-test/vm.sh'), path.join(repo, 'bench/guest-ondemand.sh')], {
   encoding: 'utf8', maxBuffer: 1 << 26, env: { ...process.env, KT_TIMEOUT: process.env.KT_TIMEOUT ?? '1500' },
 });
+fs.writeFileSync(path.join(dir, 'guest.log'), vm.stdout);
 const res: Record<string, number> = {};
-for (const l of vm.stdout.split('\n')) {
-  const m = l.replace(/\r$/, '').match(/^BENCH (\S+) (\S+)$/);
-  if (m) res[m[1]] = Number(m[2]);
-}
+for (const m of vm.stdout.matchAll(/BENCH (\S+) ([-+.\deE]+|NaN)/g)) res[m[1]] = Number(m[2]);
+console.log(`guest console: ${path.join(dir, 'guest.log')}; ${JSON.stringify(res)}`);
 if (vm.status !== 0 || !workloads.every((w) => res[`${w.name}.loop`])) {
   console.error(vm.stdout.slice(-5000));
   process.exit(1);
 }
-const s = (x: number) => `${x.toFixed(2)} s`.padStart(8);
-console.log(`\nnydusd start to a listening API socket: host ${median(hostStarts).toFixed(0)} ms (median of 5; target <= 300 ms), guest ${res['big.start_ms'].toFixed(0)} / ${res['debian.start_ms'].toFixed(0)} ms`);
+const s = (x: number) => `${x?.toFixed(2)} s`.padStart(8);
+console.log(`\nnydusd start to a listening API socket: host ${median(hostStarts).toFixed(0)} ms (median of 5; target <= 300 ms), guest ${workloads.map((w) => `${res[`${w.name}.start_ms`]?.toFixed(0)} ms`).join(' / ')}`);
 console.log('workload  loop (ref)   cold   ratio     warm   ratio   peak RSS (worker)');
 for (const w of workloads) {
   const r = (k: string) => res[`${w.name}.${k}`];
