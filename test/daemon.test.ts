@@ -12,7 +12,7 @@ import { exportBlock } from '../src/image/export-block.ts';
 import { ImageRegistry } from '../src/daemon/daemon.ts';
 import { DaemonState } from '../src/daemon/state.ts';
 import { OnDemandSession } from '../src/daemon/frontend/cachefiles.ts';
-import { batchChunks } from '../src/daemon/blob-cache.ts';
+import { batchChunks } from '../src/daemon/chunk-fetcher.ts';
 import { FakePort, settle, waitFor } from './helpers/cachefiles-port.ts';
 import type { ChunkRef } from '../src/builder/tree.ts';
 import { startApi } from '../src/daemon/api.ts';

@@ -1,8 +1,12 @@
 /**
  * BlobCacheFile: one blob's cache file as a kernel front end has it open, filled chunk by chunk.
  *   fill(range)   -> the chunks covering it not yet in the file: fetched, verified, written, marked
- *   readAhead     -> the chunks after a demand READ, in blob order, before the kernel asks
+ *                    with the chunks after it in blob order (amplification), before the kernel asks
  *   prefetch      -> the image's prefetch list in the background, batched, paced, stopped on close
+ * A demand READ is amplified (nydus's amplify_io): the chunks that follow it in blob order, up to a
+ * window, are fetched with it, chunks stored back to back in one backend read, so that the next files
+ * (laid out after it) are in the file before the kernel asks. Every chunk is verified on its own: a
+ * corrupt one in the window is never written and fails no one but a reader of its own bytes.
  * Both front ends (fscache's /dev/cachefiles and fanotify's pre-content events) drive it; they differ
  * only in how bytes reach the file (CacheFileIo) and how a request is answered.
  *
@@ -12,8 +16,8 @@
 import type { Logger } from 'pino';
 import type { ChunkRef } from '../builder/tree.ts';
 import type { BlobMap } from './blob-map.ts';
-import type { ChunkFetcher } from './chunk-fetcher.ts';
-import type { PrefetchConfig } from './config.ts';
+import { type ChunkFetcher, batchChunks } from './chunk-fetcher.ts';
+import { AMPLIFY_IO_DEFAULT, type PrefetchConfig } from './config.ts';
 import type { CacheFileKey, DaemonState } from './state.ts';
 
 /** How a front end puts bytes into a blob's cache file and asks what the file holds. */
@@ -27,6 +31,12 @@ export interface CacheFileIo {
 export interface PrefetchPlan {
   chunks: readonly ChunkRef[];
   config: Pick<PrefetchConfig, 'threads' | 'batchSize' | 'bandwidthLimit'>;
+}
+
+/** How a cache file is filled beyond what a READ asks. */
+export interface FillOptions {
+  /** Amplification window in bytes of the blob (nydus's amplify_io). */
+  amplifyIo?: number;
 }
 
 /** Counters shared by every cache file of a session. */
@@ -74,12 +84,17 @@ export class BlobCacheFile {
   private readonly materializing = new Map<number, Promise<void>>();
   /** Settles once the chunk marks were checked against the file (see reconcile). */
   private marksChecked: Promise<void> = Promise.resolve();
+  /** Whether marksChecked settled: chunks beyond a READ trust the marks only then. */
+  private marksReady = false;
+  private readonly amplifyIo: number;
 
   constructor(
     readonly key: CacheFileKey, readonly map: BlobMap, private readonly fetcher: ChunkFetcher,
     private readonly io: CacheFileIo, private readonly guard: WorkGuard, private readonly state: DaemonState,
-    private readonly counters: CacheCounters, private readonly log: Logger,
-  ) {}
+    private readonly counters: CacheCounters, private readonly log: Logger, options: FillOptions = {},
+  ) {
+    this.amplifyIo = options.amplifyIo ?? AMPLIFY_IO_DEFAULT;
+  }
 
   get closed(): boolean {
     return this.guard.closed;
@@ -87,15 +102,63 @@ export class BlobCacheFile {
 
   /** Right after the kernel opened the file: check the marks, then start the background prefetch. */
   start(prefetch: PrefetchPlan | null): void {
-    this.marksChecked = this.guard.use(() => this.reconcile());
+    const marked = this.state.cached(this.key);
+    // A new cache file has no marks to check: READs may amplify at once.
+    if (marked.size === 0) this.marksReady = true;
+    else {
+      this.marksChecked = this.guard.use(() => this.reconcile(marked)).finally(() => {
+        this.marksReady = true;
+      });
+    }
     if (prefetch) void this.guard.use(() => this.prefetch(prefetch));
   }
 
-  /** A demand READ: every chunk covering [offset, offset + len) is in the file when this settles. */
+  /**
+   * A demand READ: every chunk covering [offset, offset + len) is in the file when this settles. The
+   * chunks after it in the window are fetched in the same backend reads and written in the background.
+   */
   async fill(offset: number, len: number): Promise<void> {
-    this.readAhead(offset + len);
-    const chunks = this.map.chunksIn(offset, len);
-    await Promise.all(chunks.map((c) => this.materialize(c, true, () => this.fetcher.fetch(this.map, c))));
+    const demand = this.map.chunksIn(offset, len);
+    if (!this.marksReady) this.readAheadLater(offset, len);
+    const ahead = this.marksReady ? this.window(offset, len).filter((c) => this.wanted(c, false)) : [];
+    const todo = [...demand.filter((c) => this.wanted(c, true)), ...ahead];
+    const fetched = new Map(todo.length ? this.fetcher.fetchBatch(this.map, todo).map((p, i) => [todo[i], p]) : []);
+    const fill = (c: ChunkRef, isDemand: boolean) => {
+      const p = fetched.get(c);
+      // Chunks another caller writes do not wait for this fetch: its failure is no one's.
+      p?.catch(() => undefined);
+      return this.materialize(c, isDemand, () => p ?? this.fetcher.fetch(this.map, c));
+    };
+    for (const c of ahead) {
+      fill(c, false).catch((e) => {
+        this.log.debug({ blob: this.map.blobId, chunk: c.indexInBlob, err: (e as Error).message }, 'amplified read of a chunk failed');
+      });
+    }
+    await Promise.all(demand.map((c) => fill(c, true)));
+  }
+
+  /**
+   * The chunks after a READ that come with it: those ending within the amplification window from the
+   * READ's offset, and at least READ_AHEAD_CHUNKS (large chunks outgrow the window).
+   */
+  private window(offset: number, len: number): ChunkRef[] {
+    const end = offset + len;
+    const limit = offset + Math.max(len, this.amplifyIo);
+    const out: ChunkRef[] = [];
+    // Chunks start 4096-aligned in the blob: the window holds at most this many.
+    const most = Math.ceil(Math.max(len, this.amplifyIo) / 4096) + READ_AHEAD_CHUNKS;
+    for (const c of this.map.chunksAfter(end, most)) {
+      if (out.length >= READ_AHEAD_CHUNKS && c.uncompressedOffset + c.uncompressedSize > limit) break;
+      out.push(c);
+    }
+    return out;
+  }
+
+  /** Whether a chunk still has to be fetched (not in the file, nor on its way). */
+  private wanted(c: ChunkRef, demand: boolean): boolean {
+    if (this.materializing.has(c.indexInBlob)) return false;
+    if (!this.state.isCached(this.key, c.indexInBlob)) return true;
+    return demand && !this.holds(c);
   }
 
   /**
@@ -103,9 +166,7 @@ export class BlobCacheFile {
    * what it really holds. Marks of chunks it does not hold (a culled or new cache file) are dropped.
    * When the file cannot be asked, marks stay: demand READs check for themselves.
    */
-  private async reconcile(): Promise<void> {
-    const marked = this.state.cached(this.key);
-    if (marked.size === 0) return;
+  private async reconcile(marked: ReadonlySet<number>): Promise<void> {
     let ranges: Array<[number, number]> | null = null;
     for (let i = 0; i < ATTACH_TRIES && !this.closed && !ranges; i++) {
       try {
@@ -162,18 +223,21 @@ export class BlobCacheFile {
   }
 
   /**
-   * Reads ahead in the blob's order: the chunks after a READ are usually the next ones the kernel asks
-   * for (files are laid out sequentially), so fetching them now overlaps the backend and the digest
-   * work with the reader. Best effort: a failure here only means the kernel will ask itself.
+   * Before the marks are checked, chunks after a READ wait for that check (they trust the marks), and
+   * are fetched then. Best effort: a failure here only means the kernel will ask itself.
    */
-  private readAhead(end: number): void {
+  private readAheadLater(offset: number, len: number): void {
     void this.marksChecked.then(() => {
-      for (const c of this.map.chunksAfter(end, READ_AHEAD_CHUNKS)) {
-        if (this.closed) return;
-        this.materialize(c, false, () => this.fetcher.fetch(this.map, c)).catch((e) => {
-          this.log.debug({ blob: this.map.blobId, chunk: c.indexInBlob, err: (e as Error).message }, 'read-ahead failed');
+      if (this.closed) return;
+      const ahead = this.window(offset, len).filter((c) => this.wanted(c, false));
+      if (!ahead.length) return;
+      const fetched = this.fetcher.fetchBatch(this.map, ahead);
+      ahead.forEach((c, i) => {
+        fetched[i].catch(() => undefined);
+        this.materialize(c, false, () => fetched[i]).catch((e) => {
+          this.log.debug({ blob: this.map.blobId, chunk: c.indexInBlob, err: (e as Error).message }, 'read-ahead of a chunk failed');
         });
-      }
+      });
     });
   }
 
@@ -190,7 +254,9 @@ export class BlobCacheFile {
     let next = 0;
     const worker = async () => {
       while (next < batches.length && !this.closed) {
-        const batch = batches[next++];
+        // Chunks a READ brought in since the plan was made are not fetched again.
+        const batch = batches[next++].filter((c) => this.wanted(c, false));
+        if (!batch.length) continue;
         await pace.take(batch.reduce((n, c) => n + c.compressedSize, 0));
         if (this.closed) return;
         const fetched = this.fetcher.fetchBatch(this.map, batch);
@@ -209,26 +275,6 @@ export class BlobCacheFile {
     };
     await Promise.all(Array.from({ length: Math.max(1, plan.config.threads) }, worker));
   }
-}
-
-/** Splits chunks (in their order) into runs stored back to back, each at most `maxBytes` (one chunk at least). */
-export function batchChunks(chunks: readonly ChunkRef[], maxBytes: number): ChunkRef[][] {
-  const out: ChunkRef[][] = [];
-  let cur: ChunkRef[] = [];
-  let bytes = 0;
-  for (const c of chunks) {
-    const last = cur[cur.length - 1];
-    const follows = last && c.compressedOffset === last.compressedOffset + last.compressedSize;
-    if (cur.length && (!follows || bytes + c.compressedSize > maxBytes)) {
-      out.push(cur);
-      cur = [];
-      bytes = 0;
-    }
-    cur.push(c);
-    bytes += c.compressedSize;
-  }
-  if (cur.length) out.push(cur);
-  return out;
 }
 
 /** Paces bytes to a rate (bytes per second; 0: no limit). */

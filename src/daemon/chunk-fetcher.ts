@@ -28,23 +28,19 @@ export class ChunkFetcher {
   }
 
   /**
-   * Chunks stored back to back, fetched in one backend read and verified one by one (nydus's merged
-   * prefetch requests). Each chunk settles on its own: a corrupt one fails, its neighbours do not.
-   * A chunk already on its way is not read again.
+   * Chunks fetched in as few backend reads as they allow (nydus's merged requests): each run of them
+   * stored back to back is one read, verified chunk by chunk. Each chunk settles on its own: a corrupt
+   * one fails, its neighbours do not. A chunk already on its way is not read again.
    */
   fetchBatch(blob: BlobMap, chunks: readonly ChunkRef[]): Array<Promise<Buffer>> {
     const todo = chunks.filter((c) => !this.inflight.has(`${blob.blobId}:${c.indexInBlob}`));
-    for (let i = 1; i < todo.length; i++) {
-      if (todo[i].compressedOffset !== todo[i - 1].compressedOffset + todo[i - 1].compressedSize) {
-        throw new Error(`fetchBatch: chunk ${todo[i].indexInBlob} does not follow chunk ${todo[i - 1].indexInBlob} in blob ${blob.blobId}`);
-      }
-    }
-    if (todo.length > 1) {
-      const start = todo[0].compressedOffset;
-      const end = todo[todo.length - 1].compressedOffset + todo[todo.length - 1].compressedSize;
-      for (const c of todo) this.onFetch?.(blob.blobId, c.indexInBlob);
+    for (const run of batchChunks(todo, Infinity)) {
+      if (run.length < 2) continue;
+      const start = run[0].compressedOffset;
+      const end = run[run.length - 1].compressedOffset + run[run.length - 1].compressedSize;
+      for (const c of run) this.onFetch?.(blob.blobId, c.indexInBlob);
       const span = this.backend.read(blob.blobId, start, end - start);
-      for (const c of todo) {
+      for (const c of run) {
         const key = `${blob.blobId}:${c.indexInBlob}`;
         // A copy of each chunk's bytes: verification may move its buffer to a worker thread.
         const p = span.then((buf) => this.verify(blob, c, Buffer.from(buf.subarray(c.compressedOffset - start, c.compressedOffset - start + c.compressedSize))))
@@ -68,4 +64,24 @@ export class ChunkFetcher {
     };
     return this.pool ? this.pool.verify(job) : Promise.resolve().then(() => verifyChunk(job));
   }
+}
+
+/** Splits chunks (in their order) into runs stored back to back, each at most `maxBytes` (one chunk at least). */
+export function batchChunks(chunks: readonly ChunkRef[], maxBytes: number): ChunkRef[][] {
+  const out: ChunkRef[][] = [];
+  let cur: ChunkRef[] = [];
+  let bytes = 0;
+  for (const c of chunks) {
+    const last = cur[cur.length - 1];
+    const follows = last && c.compressedOffset === last.compressedOffset + last.compressedSize;
+    if (cur.length && (!follows || bytes + c.compressedSize > maxBytes)) {
+      out.push(cur);
+      cur = [];
+      bytes = 0;
+    }
+    cur.push(c);
+    bytes += c.compressedSize;
+  }
+  if (cur.length) out.push(cur);
+  return out;
 }
