@@ -44,8 +44,11 @@ export class VerifyPool {
   /** Workers started in all, replacements included. */
   started = 0;
 
+  /** Workers are started on the first verification: a daemon starts faster and idle ones cost nothing. */
+  private unstarted: number;
+
   constructor(size: number, private readonly opts: VerifyPoolOptions = {}) {
-    for (let i = 0; i < size; i++) this.idle.push(this.spawn());
+    this.unstarted = size;
   }
 
   private spawn(): Worker {
@@ -107,6 +110,7 @@ export class VerifyPool {
   /** Takes ownership of `chunk.stored`: its memory may move to a worker (the caller must not reuse it). */
   verify(chunk: StoredChunk): Promise<Buffer> {
     if (this.fatal) return Promise.reject(this.fatal);
+    for (; this.unstarted > 0; this.unstarted--) this.idle.push(this.spawn());
     if (this.idle.length + this.busy.size === 0) return Promise.resolve().then(() => verifyChunk(chunk));
     return new Promise((resolve, reject) => {
       this.queue.push({ chunk, resolve, reject });
