@@ -112,14 +112,20 @@ test('amplification: a READ of one chunk fills the window after it, in one backe
   assert.ok(inWindow.length >= 10 && inWindow.length < chunks.length, `window of ${inWindow.length} chunks`);
   assert.deepEqual([...t.state.cached(t.file)].sort((a, b) => a - b), inWindow.map((c) => c.indexInBlob), 'exactly the chunks of the window are marked');
   for (const c of chunks) assert.equal(holds(t.port, c), inWindow.includes(c), `chunk ${c.indexInBlob} in the cache file`);
-  assert.equal(t.reads(), 1, 'adjacent chunks come in one backend read');
-  // A READ inside the window finds its chunk there (it amplifies from its own offset: only chunks past
-  // the first window are fetched).
+  assert.equal(t.reads(), 2, 'the READ\'s own chunk in a backend read of its own, the rest of the window in one');
+  // A READ of a chunk already there (or on its way) extends the window only once half of it is
+  // missing: not a chunk at a time.
   t.read(inWindow[3]);
-  await waitFor(() => t.session.inflight().length === 0, 'the second READ');
-  await settle();
+  await waitFor(() => t.session.inflight().length === 0, 'a READ near the window\'s start');
+  assert.equal(t.state.count(t.file), inWindow.length, 'the window is not extended by a few chunks');
+  assert.equal(t.reads(), 2);
+  const last = inWindow[inWindow.length - 1];
+  t.read(last);
+  await waitFor(() => t.session.inflight().length === 0, 'a READ at the window\'s end');
+  const extended = chunks.filter((c) => c.uncompressedOffset + c.uncompressedSize <= last.uncompressedOffset + 0x20000);
+  assert.equal(t.state.count(t.file), extended.length, 'a READ at the end of the window fetches the next one');
+  assert.equal(t.reads(), 3, 'in one backend read');
   assert.deepEqual(Object.values(t.state.fetches(blobId)).filter((n) => n !== 1), [], 'no chunk fetched twice');
-  assert.equal(t.state.count(t.file), chunks.filter((c) => c.uncompressedOffset + c.uncompressedSize <= inWindow[3].uncompressedOffset + 0x20000).length);
   assert.equal(t.session.stats.readErrors, 0);
   assert.deepEqual(t.port.violations, []);
   t.state.close();

@@ -120,14 +120,21 @@ export class BlobCacheFile {
   async fill(offset: number, len: number): Promise<void> {
     const demand = this.map.chunksIn(offset, len);
     if (!this.marksReady) this.readAheadLater(offset, len);
-    const ahead = this.marksReady ? this.window(offset, len).filter((c) => this.wanted(c, false)) : [];
-    const todo = [...demand.filter((c) => this.wanted(c, true)), ...ahead];
-    const fetched = new Map(todo.length ? this.fetcher.fetchBatch(this.map, todo).map((p, i) => [todo[i], p]) : []);
+    const missing = demand.filter((c) => this.wanted(c, true));
+    let ahead = this.marksReady ? this.window(offset, len).filter((c) => this.wanted(c, false)) : [];
+    // A READ of chunks already on their way (fetched ahead) extends the window only once half of it is
+    // missing: the fetch ahead stays ahead, in reads of half a window at least, not a chunk at a time.
+    if (!missing.length && ahead.reduce((n, c) => n + c.uncompressedSize, 0) < this.amplifyIo / 2) ahead = [];
+    // The READ's own chunks in reads of their own, verified first: the reader waits for them, not for the window.
+    const fetched = new Map<ChunkRef, Promise<Buffer>>();
+    if (missing.length) this.fetcher.fetchBatch(this.map, missing, true).forEach((p, i) => fetched.set(missing[i], p));
+    if (ahead.length) this.fetcher.fetchBatch(this.map, ahead).forEach((p, i) => fetched.set(ahead[i], p));
+    for (const c of demand) if (!fetched.has(c)) this.fetcher.prioritize(this.map, c);
     const fill = (c: ChunkRef, isDemand: boolean) => {
       const p = fetched.get(c);
       // Chunks another caller writes do not wait for this fetch: its failure is no one's.
       p?.catch(() => undefined);
-      return this.materialize(c, isDemand, () => p ?? this.fetcher.fetch(this.map, c));
+      return this.materialize(c, isDemand, () => p ?? this.fetcher.fetch(this.map, c, isDemand));
     };
     for (const c of ahead) {
       fill(c, false).catch((e) => {

@@ -11,20 +11,42 @@ import type { BlobMap } from './blob-map.ts';
 
 export class ChunkFetcher {
   private readonly inflight = new Map<string, Promise<Buffer>>();
+  /** Chunks in flight a reader waits for: verified before the ones fetched ahead. */
+  private readonly urgent = new Set<string>();
 
   constructor(
     private readonly backend: BlobBackend, private readonly onFetch?: (blobId: string, chunkIndex: number) => void,
     private readonly pool?: VerifyPool,
   ) {}
 
-  fetch(blob: BlobMap, chunk: ChunkRef): Promise<Buffer> {
+  /** `urgent`: a reader waits for it (see prioritize). */
+  fetch(blob: BlobMap, chunk: ChunkRef, urgent = false): Promise<Buffer> {
     const key = `${blob.blobId}:${chunk.indexInBlob}`;
     let p = this.inflight.get(key);
-    if (!p) {
-      p = this.load(blob, chunk).finally(() => this.inflight.delete(key));
-      this.inflight.set(key, p);
+    if (p) {
+      if (urgent) this.prioritize(blob, chunk);
+      return p;
     }
+    if (urgent) this.urgent.add(key);
+    p = this.load(blob, chunk).finally(() => this.settled(key));
+    this.inflight.set(key, p);
     return p;
+  }
+
+  /**
+   * A reader now waits for a chunk in flight (fetched ahead of it): its verification goes before the
+   * chunks queued ahead of it. Starts no fetch.
+   */
+  prioritize(blob: BlobMap, chunk: ChunkRef): void {
+    const key = `${blob.blobId}:${chunk.indexInBlob}`;
+    if (!this.inflight.has(key)) return;
+    this.urgent.add(key);
+    this.pool?.promote(where(blob, chunk));
+  }
+
+  private settled(key: string): void {
+    this.inflight.delete(key);
+    this.urgent.delete(key);
   }
 
   /**
@@ -32,7 +54,7 @@ export class ChunkFetcher {
    * stored back to back is one read, verified chunk by chunk. Each chunk settles on its own: a corrupt
    * one fails, its neighbours do not. A chunk already on its way is not read again.
    */
-  fetchBatch(blob: BlobMap, chunks: readonly ChunkRef[]): Array<Promise<Buffer>> {
+  fetchBatch(blob: BlobMap, chunks: readonly ChunkRef[], urgent = false): Array<Promise<Buffer>> {
     const todo = chunks.filter((c) => !this.inflight.has(`${blob.blobId}:${c.indexInBlob}`));
     for (const run of batchChunks(todo, Infinity)) {
       if (run.length < 2) continue;
@@ -42,13 +64,14 @@ export class ChunkFetcher {
       const span = this.backend.read(blob.blobId, start, end - start);
       for (const c of run) {
         const key = `${blob.blobId}:${c.indexInBlob}`;
+        if (urgent) this.urgent.add(key);
         // A copy of each chunk's bytes: verification may move its buffer to a worker thread.
         const p = span.then((buf) => this.verify(blob, c, Buffer.from(buf.subarray(c.compressedOffset - start, c.compressedOffset - start + c.compressedSize))))
-          .finally(() => this.inflight.delete(key));
+          .finally(() => this.settled(key));
         this.inflight.set(key, p);
       }
     }
-    return chunks.map((c) => this.fetch(blob, c));
+    return chunks.map((c) => this.fetch(blob, c, urgent));
   }
 
   private async load(blob: BlobMap, chunk: ChunkRef): Promise<Buffer> {
@@ -57,14 +80,16 @@ export class ChunkFetcher {
   }
 
   private verify(blob: BlobMap, chunk: ChunkRef, stored: Buffer): Promise<Buffer> {
-    const where = `blob ${blob.blobId} chunk ${chunk.indexInBlob}`;
     const job = {
       stored, compressed: chunk.compressed, compressor: blob.compressor, uncompressedSize: chunk.uncompressedSize,
-      digester: blob.digester, digest: chunk.digest, where,
+      digester: blob.digester, digest: chunk.digest, where: where(blob, chunk),
     };
-    return this.pool ? this.pool.verify(job) : Promise.resolve().then(() => verifyChunk(job));
+    const urgent = this.urgent.has(`${blob.blobId}:${chunk.indexInBlob}`);
+    return this.pool ? this.pool.verify(job, urgent) : Promise.resolve().then(() => verifyChunk(job));
   }
 }
+
+const where = (blob: BlobMap, chunk: ChunkRef) => `blob ${blob.blobId} chunk ${chunk.indexInBlob}`;
 
 /** Splits chunks (in their order) into runs stored back to back, each at most `maxBytes` (one chunk at least). */
 export function batchChunks(chunks: readonly ChunkRef[], maxBytes: number): ChunkRef[][] {

@@ -107,13 +107,28 @@ export class VerifyPool {
     }
   }
 
-  /** Takes ownership of `chunk.stored`: its memory may move to a worker (the caller must not reuse it). */
-  verify(chunk: StoredChunk): Promise<Buffer> {
+  /**
+   * A job still queued goes first (a reader waits for it); false when it is not queued (running, done,
+   * or never asked for).
+   */
+  promote(where: string): boolean {
+    const i = this.queue.findIndex((j) => j.chunk.where === where);
+    if (i < 0) return false;
+    if (i > 0) this.queue.unshift(...this.queue.splice(i, 1));
+    return true;
+  }
+
+  /**
+   * Takes ownership of `chunk.stored`: its memory may move to a worker (the caller must not reuse it).
+   * An urgent job (a reader waits for it) goes before the others queued.
+   */
+  verify(chunk: StoredChunk, urgent = false): Promise<Buffer> {
     if (this.fatal) return Promise.reject(this.fatal);
     for (; this.unstarted > 0; this.unstarted--) this.idle.push(this.spawn());
     if (this.idle.length + this.busy.size === 0) return Promise.resolve().then(() => verifyChunk(chunk));
     return new Promise((resolve, reject) => {
-      this.queue.push({ chunk, resolve, reject });
+      if (urgent) this.queue.unshift({ chunk, resolve, reject });
+      else this.queue.push({ chunk, resolve, reject });
       this.next();
     });
   }
