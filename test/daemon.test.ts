@@ -438,6 +438,25 @@ test('verify pool: worker threads return verified bytes and refuse a corrupt chu
   }
 });
 
+test('verify pool: an urgent job, or a queued one promoted, is verified before the others queued', async () => {
+  const pool = new VerifyPool(1);
+  try {
+    const data = prand(200000, 9);
+    const job = (where: string) => ({ stored: Buffer.from(data), compressed: false, compressor: 'zstd' as const, uncompressedSize: data.length, digester: 'blake3' as const, digest: chunkDigest('blake3', data), where });
+    const order: string[] = [];
+    const run = (where: string, urgent = false) => pool.verify(job(where), urgent).then(() => order.push(where));
+    // The single worker takes the first job; the others queue behind it.
+    const all = [run('first'), run('b'), run('c'), run('d')];
+    all.push(run('urgent', true));
+    assert.equal(pool.promote('d'), true);
+    assert.equal(pool.promote('nothing'), false);
+    await Promise.all(all);
+    assert.deepEqual(order, ['first', 'd', 'urgent', 'b', 'c']);
+  } finally {
+    await pool.close();
+  }
+});
+
 test('verify pool: workers that keep failing are replaced a bounded number of times, then every job fails clearly', async () => {
   let fatal: Error | null = null;
   const pool = new VerifyPool(2, {

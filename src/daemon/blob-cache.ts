@@ -266,7 +266,7 @@ export class BlobCacheFile {
         if (!batch.length) continue;
         await pace.take(batch.reduce((n, c) => n + c.compressedSize, 0));
         if (this.closed) return;
-        const fetched = this.fetcher.fetchBatch(this.map, batch);
+        const fetched = this.fetcher.fetchBatch(this.map, batch, false, plan.config.batchSize);
         await Promise.all(batch.map(async (c, i) => {
           try {
             await this.materialize(c, false, () => fetched[i]);

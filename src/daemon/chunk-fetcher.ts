@@ -51,12 +51,12 @@ export class ChunkFetcher {
 
   /**
    * Chunks fetched in as few backend reads as they allow (nydus's merged requests): each run of them
-   * stored back to back is one read, verified chunk by chunk. Each chunk settles on its own: a corrupt
+   * stored back to back is one read (of at most `maxRead` bytes), verified chunk by chunk. Each chunk settles on its own: a corrupt
    * one fails, its neighbours do not. A chunk already on its way is not read again.
    */
-  fetchBatch(blob: BlobMap, chunks: readonly ChunkRef[], urgent = false): Array<Promise<Buffer>> {
+  fetchBatch(blob: BlobMap, chunks: readonly ChunkRef[], urgent = false, maxRead = MAX_MERGED_READ): Array<Promise<Buffer>> {
     const todo = chunks.filter((c) => !this.inflight.has(`${blob.blobId}:${c.indexInBlob}`));
-    for (const run of batchChunks(todo, Infinity)) {
+    for (const run of batchChunks(todo, maxRead)) {
       if (run.length < 2) continue;
       const start = run[0].compressedOffset;
       const end = run[run.length - 1].compressedOffset + run[run.length - 1].compressedSize;
@@ -88,6 +88,12 @@ export class ChunkFetcher {
     return this.pool ? this.pool.verify(job, urgent) : Promise.resolve().then(() => verifyChunk(job));
   }
 }
+
+/**
+ * The most one merged backend read takes (nydus's default merging size): small chunks gain from
+ * sharing a read; chunks this large gain more from reads of their own in parallel.
+ */
+const MAX_MERGED_READ = 1 << 20;
 
 const where = (blob: BlobMap, chunk: ChunkRef) => `blob ${blob.blobId} chunk ${chunk.indexInBlob}`;
 
