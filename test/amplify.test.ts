@@ -113,6 +113,7 @@ test('amplification: a READ of one chunk fills the window after it, in one backe
   assert.deepEqual([...t.state.cached(t.file)].sort((a, b) => a - b), inWindow.map((c) => c.indexInBlob), 'exactly the chunks of the window are marked');
   for (const c of chunks) assert.equal(holds(t.port, c), inWindow.includes(c), `chunk ${c.indexInBlob} in the cache file`);
   assert.equal(t.reads(), 2, 'the READ\'s own chunk in a backend read of its own, the rest of the window in one');
+  assert.equal(t.port.writes.length, 2, 'and in one write into the cache file each');
   // A READ of a chunk already there (or on its way) extends the window only once half of it is
   // missing: not a chunk at a time.
   t.read(inWindow[3]);

@@ -136,11 +136,7 @@ export class BlobCacheFile {
       p?.catch(() => undefined);
       return this.materialize(c, isDemand, () => p ?? this.fetcher.fetch(this.map, c, isDemand));
     };
-    for (const c of ahead) {
-      fill(c, false).catch((e) => {
-        this.log.debug({ blob: this.map.blobId, chunk: c.indexInBlob, err: (e as Error).message }, 'amplified read of a chunk failed');
-      });
-    }
+    if (ahead.length) this.materializeRuns(ahead, fetched);
     await Promise.all(demand.map((c) => fill(c, true)));
   }
 
@@ -220,6 +216,50 @@ export class BlobCacheFile {
     return p;
   }
 
+  /**
+   * Chunks fetched ahead of reads (not in the file nor on their way, in blob order), put into the file
+   * as materialize does, but each run of them that follows one another in the file in one write: a
+   * write per chunk of a window costs more than its bytes (O_DIRECT waits for the disk). A chunk that
+   * fails verification is left out (its neighbours are written around it). Best effort: a failure
+   * only means the kernel will ask itself.
+   */
+  private materializeRuns(chunks: readonly ChunkRef[], loads: ReadonlyMap<ChunkRef, Promise<Buffer>>): void {
+    const done = new Map<ChunkRef, { resolve: () => void; reject: (e: Error) => void }>();
+    for (const c of chunks) {
+      const p = new Promise<void>((resolve, reject) => done.set(c, { resolve, reject }));
+      const tracked = p.finally(() => this.materializing.delete(c.indexInBlob));
+      // Readers that join await it; left alone, a failure is no one's.
+      tracked.catch((e) => this.log.debug({ blob: this.map.blobId, chunk: c.indexInBlob, err: (e as Error).message }, 'chunk fetched ahead failed'));
+      this.materializing.set(c.indexInBlob, tracked);
+    }
+    void this.guard.use(async () => {
+      const results = await Promise.allSettled(chunks.map((c) => loads.get(c) ?? this.fetcher.fetch(this.map, c)));
+      const good: Array<{ c: ChunkRef; data: Buffer }> = [];
+      results.forEach((r, i) => {
+        if (r.status === 'fulfilled') good.push({ c: chunks[i], data: r.value });
+        else done.get(chunks[i])!.reject(r.reason as Error);
+      });
+      // Never write after close: the kernel is done with this file.
+      if (this.closed) {
+        for (const { c } of good) done.get(c)!.resolve();
+        return;
+      }
+      for (const run of fileRuns(good)) {
+        const start = run[0].c.uncompressedOffset;
+        const last = run[run.length - 1].c;
+        const buf = run.length === 1 ? run[0].data : Buffer.alloc(last.uncompressedOffset + last.uncompressedSize - start);
+        if (run.length > 1) for (const { c, data } of run) data.copy(buf, c.uncompressedOffset - start);
+        try {
+          await this.io.write(start, buf);
+          this.state.mark(this.key, run.map(({ c }) => c.indexInBlob));
+          for (const { c } of run) done.get(c)!.resolve();
+        } catch (e) {
+          for (const { c } of run) done.get(c)!.reject(e as Error);
+        }
+      }
+    });
+  }
+
   /** Whether the file holds the chunk's bytes. */
   private holds(c: ChunkRef): boolean {
     try {
@@ -239,12 +279,7 @@ export class BlobCacheFile {
       const ahead = this.window(offset, len).filter((c) => this.wanted(c, false));
       if (!ahead.length) return;
       const fetched = this.fetcher.fetchBatch(this.map, ahead);
-      ahead.forEach((c, i) => {
-        fetched[i].catch(() => undefined);
-        this.materialize(c, false, () => fetched[i]).catch((e) => {
-          this.log.debug({ blob: this.map.blobId, chunk: c.indexInBlob, err: (e as Error).message }, 'read-ahead of a chunk failed');
-        });
-      });
+      this.materializeRuns(ahead, new Map(fetched.map((p, i) => [ahead[i], p])));
     });
   }
 
@@ -312,6 +347,18 @@ export class Limiter {
       this.queue.shift()?.();
     }
   }
+}
+
+/** Verified chunks (in blob order) split into runs that follow one another in the file (gaps are block padding). */
+function fileRuns<T extends { c: ChunkRef }>(chunks: readonly T[]): T[][] {
+  const out: T[][] = [];
+  for (const x of chunks) {
+    const run = out[out.length - 1];
+    const prev = run?.[run.length - 1].c;
+    if (prev && x.c.uncompressedOffset === roundUp4k(prev.uncompressedOffset + prev.uncompressedSize)) run.push(x);
+    else out.push([x]);
+  }
+  return out;
 }
 
 /** Whether data ranges cover a chunk's bytes (the padding after a blob's last chunk may lie past EOF). */
