@@ -3,8 +3,8 @@
  *   fill(range)   -> the chunks covering it not yet in the file: fetched, verified, written, marked
  *                    with the chunks after it in blob order (amplification), before the kernel asks
  *   prefetch      -> the image's prefetch list in the background, batched, paced, stopped on close
- * A demand READ is amplified (nydus's amplify_io): the chunks that follow it in blob order, up to a
- * window, are fetched with it, chunks stored back to back in one backend read, so that the next files
+ * A demand READ that reads on from the last one is amplified (nydus's amplify_io): the chunks that
+ * follow it in blob order, up to a window, are fetched with it, chunks stored back to back in one backend read, so that the next files
  * (laid out after it) are in the file before the kernel asks. Every chunk is verified on its own: a
  * corrupt one in the window is never written and fails no one but a reader of its own bytes.
  * Both front ends (fscache's /dev/cachefiles and fanotify's pre-content events) drive it; they differ
@@ -87,6 +87,8 @@ export class BlobCacheFile {
   /** Whether marksChecked settled: chunks beyond a READ trust the marks only then. */
   private marksReady = false;
   private readonly amplifyIo: number;
+  /** The last demand READ: a READ that follows it (within a window) reads on sequentially. */
+  private lastRead: { start: number; end: number } | null = null;
 
   constructor(
     readonly key: CacheFileKey, readonly map: BlobMap, private readonly fetcher: ChunkFetcher,
@@ -119,12 +121,19 @@ export class BlobCacheFile {
    */
   async fill(offset: number, len: number): Promise<void> {
     const demand = this.map.chunksIn(offset, len);
-    if (!this.marksReady) this.readAheadLater(offset, len);
+    // Amplified only when reading on from the last READ (a cat of a directory, a tar of a tree): a
+    // READ elsewhere (an exec's libraries) gets the read-ahead of a few chunks, and its reader does not
+    // share the CPU and the disk with a window nobody asked for.
+    const last = this.lastRead;
+    const sequential = last !== null && offset >= last.start && offset <= last.end + this.amplifyIo;
+    this.lastRead = { start: offset, end: offset + len };
+    const span = sequential ? Math.max(len, this.amplifyIo) : 0;
+    if (!this.marksReady) this.readAheadLater(offset, len, span);
     const missing = demand.filter((c) => this.wanted(c, true));
-    let ahead = this.marksReady ? this.window(offset, len).filter((c) => this.wanted(c, false)) : [];
+    let ahead = this.marksReady ? this.window(offset, len, span).filter((c) => this.wanted(c, false)) : [];
     // A READ of chunks already on their way (fetched ahead) extends the window only once half of it is
     // missing: the fetch ahead stays ahead, in reads of half a window at least, not a chunk at a time.
-    if (!missing.length && ahead.reduce((n, c) => n + c.uncompressedSize, 0) < this.amplifyIo / 2) ahead = [];
+    if (!missing.length && ahead.reduce((n, c) => n + c.uncompressedSize, 0) < span / 2) ahead = [];
     // The READ's own chunks in reads of their own, verified first: the reader waits for them, not for the window.
     const fetched = new Map<ChunkRef, Promise<Buffer>>();
     if (missing.length) this.fetcher.fetchBatch(this.map, missing, true).forEach((p, i) => fetched.set(missing[i], p));
@@ -141,15 +150,15 @@ export class BlobCacheFile {
   }
 
   /**
-   * The chunks after a READ that come with it: those ending within the amplification window from the
-   * READ's offset, and at least READ_AHEAD_CHUNKS (large chunks outgrow the window).
+   * The chunks after a READ that come with it: those ending within `span` bytes from the READ's
+   * offset, and at least READ_AHEAD_CHUNKS (large chunks outgrow the window).
    */
-  private window(offset: number, len: number): ChunkRef[] {
+  private window(offset: number, len: number, span: number): ChunkRef[] {
     const end = offset + len;
-    const limit = offset + Math.max(len, this.amplifyIo);
+    const limit = offset + span;
     const out: ChunkRef[] = [];
     // Chunks start 4096-aligned in the blob: the window holds at most this many.
-    const most = Math.ceil(Math.max(len, this.amplifyIo) / 4096) + READ_AHEAD_CHUNKS;
+    const most = Math.ceil(span / 4096) + READ_AHEAD_CHUNKS;
     for (const c of this.map.chunksAfter(end, most)) {
       if (out.length >= READ_AHEAD_CHUNKS && c.uncompressedOffset + c.uncompressedSize > limit) break;
       out.push(c);
@@ -273,10 +282,10 @@ export class BlobCacheFile {
    * Before the marks are checked, chunks after a READ wait for that check (they trust the marks), and
    * are fetched then. Best effort: a failure here only means the kernel will ask itself.
    */
-  private readAheadLater(offset: number, len: number): void {
+  private readAheadLater(offset: number, len: number, span: number): void {
     void this.marksChecked.then(() => {
       if (this.closed) return;
-      const ahead = this.window(offset, len).filter((c) => this.wanted(c, false));
+      const ahead = this.window(offset, len, span).filter((c) => this.wanted(c, false));
       if (!ahead.length) return;
       const fetched = this.fetcher.fetchBatch(this.map, ahead);
       this.materializeRuns(ahead, new Map(fetched.map((p, i) => [ahead[i], p])));
