@@ -148,6 +148,8 @@ export async function runDaemon(opts: DaemonOptions, source: DeviceSource): Prom
   };
   server = await startApi(opts.apiSock, { id: opts.id, supervisor: opts.supervisor, registry, state, lifecycle, exit: shutdown, log });
   log.info({ apisock: opts.apiSock, state: lifecycle.state }, 'nydusd ready');
+  // Verification threads start now, not before the API listens, nor while the first READ waits.
+  pool.start();
   process.on('SIGTERM', shutdown);
   process.on('SIGINT', shutdown);
 }

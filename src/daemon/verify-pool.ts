@@ -44,11 +44,19 @@ export class VerifyPool {
   /** Workers started in all, replacements included. */
   started = 0;
 
-  /** Workers are started on the first verification: a daemon starts faster and idle ones cost nothing. */
+  /**
+   * Workers are started by start() (the daemon calls it once its API listens: starting them delays
+   * nothing the snapshotter waits for) or at the latest by the first verification.
+   */
   private unstarted: number;
 
   constructor(size: number, private readonly opts: VerifyPoolOptions = {}) {
     this.unstarted = size;
+  }
+
+  start(): void {
+    if (this.fatal) return;
+    for (; this.unstarted > 0; this.unstarted--) this.idle.push(this.spawn());
   }
 
   private spawn(): Worker {
@@ -124,7 +132,7 @@ export class VerifyPool {
    */
   verify(chunk: StoredChunk, urgent = false): Promise<Buffer> {
     if (this.fatal) return Promise.reject(this.fatal);
-    for (; this.unstarted > 0; this.unstarted--) this.idle.push(this.spawn());
+    this.start();
     if (this.idle.length + this.busy.size === 0) return Promise.resolve().then(() => verifyChunk(chunk));
     return new Promise((resolve, reject) => {
       if (urgent) this.queue.unshift({ chunk, resolve, reject });
