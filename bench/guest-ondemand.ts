@@ -1,50 +1,107 @@
-/** Guest side of bench/ondemand.ts: times reading every file of the bench image three ways. */
+/**
+ * Guest side of bench/ondemand.ts. Per workload, one nydusd (its start timed) with its own cache
+ * directory: every file read from a loop mount of the export, then cold and warm through fscache;
+ * for a rootfs the first `chroot <mnt> /bin/ls /` on the loop mount and on a cold fscache mount (an
+ * image of its own fsid, so cache files of its own); the worker's peak RSS. Prints `BENCH <key> <value>`.
+ */
 import fs from 'node:fs';
 import path from 'node:path';
 import { spawn, execFileSync } from 'node:child_process';
 import { apiRequest } from '../test/helpers/api-client.ts';
+import { type BenchPlan, type BenchWorkload, untilAnswers } from './ondemand-plan.ts';
 
 const repo = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..');
-const plan = JSON.parse(fs.readFileSync(path.join(repo, 'kernel-test/.cache/bench/plan.json'), 'utf8'));
+const plan: BenchPlan = JSON.parse(fs.readFileSync(path.join(repo, 'kernel-test/.cache/bench/plan.json'), 'utf8'));
 const scratch = process.env.KT_SCRATCH!;
-const sock = path.join(scratch, 'bench.sock');
-const cacheDir = path.join(process.env.KT_CACHE!, 'fscache');
 
-function readAll(dir: string): number {
-  execFileSync('sh', ['-c', 'sync; echo 3 > /proc/sys/vm/drop_caches']);
+const report = (key: string, value: number) => console.log(`BENCH ${key} ${value}`);
+const dropCaches = () => execFileSync('sh', ['-c', 'sync; echo 3 > /proc/sys/vm/drop_caches']);
+
+function timed(fn: () => void): number {
   const t0 = process.hrtime.bigint();
-  // cat reads like an application would; one process for all files.
-  execFileSync('sh', ['-c', `cat ${dir}/* > /dev/null`]);
+  fn();
   return Number(process.hrtime.bigint() - t0) / 1e9;
 }
 
-const mnt = (name: string) => {
-  const d = path.join(scratch, name);
-  fs.mkdirSync(d, { recursive: true });
-  return d;
-};
+/** Every regular file read whole, caches dropped first; cat reads as an application would. */
+function readAll(dir: string): number {
+  dropCaches();
+  return timed(() => execFileSync('sh', ['-c', `find '${dir}' -type f -print0 | xargs -0 cat > /dev/null`]));
+}
 
-fs.mkdirSync(cacheDir, { recursive: true });
-const daemon = spawn(path.join(repo, 'bin/nydusd'), ['singleton', '--fscache', cacheDir, '--apisock', sock, '--log-level', 'warn'], { stdio: 'inherit' });
-for (let i = 0; i < 1200 && !fs.existsSync(sock); i++) await new Promise((r) => setTimeout(r, 100));
-await new Promise((r) => setTimeout(r, 500));
-const { status } = await apiRequest(sock, 'PUT', '/api/v2/blobs', {
-  type: 'bootstrap', id: 'bench', config_v2: {
-    version: 2, id: 'bench', backend: { type: 'localfs', localfs: { dir: plan.blobDir } },
-    cache: { type: 'fscache', fscache: { work_dir: cacheDir } }, metadata_path: plan.boot,
-  },
-});
-if (status !== 204) throw new Error(`register failed: ${status}`);
-const loopDir = mnt('loop');
-execFileSync('mount', ['-t', 'erofs', '-o', 'loop,ro', plan.exported, loopDir]);
-const loop = readAll(loopDir);
-const fsDir = mnt('fscache');
-execFileSync('mount', ['-t', 'erofs', '-o', 'fsid=bench', 'none', fsDir]);
-const cold = readAll(fsDir);
-execFileSync('umount', [fsDir]);
-execFileSync('mount', ['-t', 'erofs', '-o', 'fsid=bench', 'none', fsDir]);
-const warm = readAll(fsDir);
-console.log(`BENCH loop ${loop}\nBENCH cold ${cold}\nBENCH warm ${warm}`);
-execFileSync('umount', [fsDir]);
-execFileSync('umount', [loopDir]);
-daemon.kill('SIGTERM');
+function mount(args: string[], dir: string): void {
+  fs.mkdirSync(dir, { recursive: true });
+  execFileSync('mount', [...args, dir]);
+}
+
+/** Mount and the first `chroot <dir> /bin/ls /`, caches dropped first. */
+function mountAndLs(args: string[], dir: string): number {
+  dropCaches();
+  const s = timed(() => {
+    mount(args, dir);
+    execFileSync('chroot', [dir, '/bin/ls', '/'], { stdio: 'ignore' });
+  });
+  execFileSync('umount', [dir]);
+  return s;
+}
+
+/** VmHWM of a process, MiB. */
+function peakRssMiB(pid: number): number {
+  const m = fs.readFileSync(`/proc/${pid}/status`, 'utf8').match(/^VmHWM:\s+(\d+) kB/m);
+  return m ? Number(m[1]) / 1024 : NaN;
+}
+
+/** The worker nydusd's supervisor spawned. */
+function childOf(pid: number): number {
+  for (const p of fs.readdirSync('/proc').filter((d) => /^\d+$/.test(d))) {
+    try {
+      if (new RegExp(`^PPid:\\s+${pid}$`, 'm').test(fs.readFileSync(`/proc/${p}/status`, 'utf8'))) return Number(p);
+    } catch { /* gone */ }
+  }
+  throw new Error(`nydusd ${pid} has no worker`);
+}
+
+async function register(sock: string, id: string, w: BenchWorkload, cacheDir: string): Promise<void> {
+  const { status, body } = await apiRequest(sock, 'PUT', '/api/v2/blobs', {
+    type: 'bootstrap', id, config_v2: {
+      version: 2, id, backend: { type: 'localfs', localfs: { dir: w.blobDir } },
+      cache: { type: 'fscache', fscache: { work_dir: cacheDir } }, metadata_path: w.boot,
+    },
+  });
+  if (status !== 204) throw new Error(`register ${id} failed: ${status} ${JSON.stringify(body)}`);
+}
+
+async function run(w: BenchWorkload): Promise<void> {
+  const cacheDir = path.join(process.env.KT_CACHE!, `fscache-${w.name}`);
+  const sock = path.join(scratch, `bench-${w.name}.sock`);
+  fs.mkdirSync(cacheDir, { recursive: true });
+  const t0 = performance.now();
+  const daemon = spawn(path.join(repo, 'bin/nydusd'), ['singleton', '--fscache', cacheDir, '--apisock', sock, '--log-level', 'warn'], { stdio: 'inherit' });
+  report(`${w.name}.start_ms`, await untilAnswers(sock, t0, 120_000));
+  const worker = childOf(daemon.pid!);
+  await register(sock, w.name, w, cacheDir);
+  if (w.ls) await register(sock, `${w.name}-ls`, w, cacheDir);
+
+  const loopDir = path.join(scratch, `${w.name}-loop`);
+  const fsDir = path.join(scratch, `${w.name}-fscache`);
+  const loopArgs = ['-t', 'erofs', '-o', 'loop,ro', w.exported];
+  if (w.ls) report(`${w.name}.ls_loop`, mountAndLs(loopArgs, loopDir));
+  mount(loopArgs, loopDir);
+  report(`${w.name}.loop`, readAll(loopDir));
+  execFileSync('umount', [loopDir]);
+
+  if (w.ls) report(`${w.name}.ls_cold`, mountAndLs(['-t', 'erofs', '-o', `fsid=${w.name}-ls`, 'none'], fsDir));
+  mount(['-t', 'erofs', '-o', `fsid=${w.name}`, 'none'], fsDir);
+  report(`${w.name}.cold`, readAll(fsDir));
+  execFileSync('umount', [fsDir]);
+  mount(['-t', 'erofs', '-o', `fsid=${w.name}`, 'none'], fsDir);
+  report(`${w.name}.warm`, readAll(fsDir));
+  execFileSync('umount', [fsDir]);
+  report(`${w.name}.rss_mib`, peakRssMiB(worker));
+
+  const exited = new Promise((r) => daemon.once('exit', r));
+  daemon.kill('SIGTERM');
+  await exited;
+}
+
+for (const w of plan.workloads) await run(w);

@@ -275,7 +275,8 @@ test('registry backend: 5xx answers are retried up to retry_limit; more of them 
   const f = await reader(legacyEntry('retry-out', snapshotterConfig(faults.host, { retry_limit: 2 })));
   await f.read(0, 4096);
   assert.equal(f.session.stats.readErrors, 1, '500s beyond retry_limit 2: EIO');
-  const chunk0Gets = faults.seen.filter((s) => s.fault === 'status' && s.headers.range === 'bytes=0-' + (Number(/-(\d+)/.exec(String(faults.seen.find((x) => x.fault === 'status')!.headers.range))![1])));
+  // The READ's chunk has reads of its own (the chunks read ahead come in another): the ones from offset 0.
+  const chunk0Gets = faults.seen.filter((s) => s.fault === 'status' && String(s.headers.range).startsWith('bytes=0-'));
   assert.ok(chunk0Gets.length >= 3, 'the first chunk was asked for (at least) 1 + retry_limit times');
   faults.clearFaults();
   await f.read(0, 4096);
@@ -316,7 +317,9 @@ test('registry backend: a corrupted body is an EIO and never reaches the cache f
   const r = await reader(legacyEntry('corrupt', snapshotterConfig(faults.host)));
   await r.read();
   assert.equal(r.session.stats.readErrors, 1);
-  assert.deepEqual(r.port.writes, [], 'no chunk of a corrupted answer is written');
+  // Chunks merged into one answer are verified one by one: those the corruption missed may be written,
+  // a corrupt one never.
+  assertNoWrongBytes(r);
   faults.clearFaults();
   await r.read();
   assertWhole(r);

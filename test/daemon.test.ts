@@ -12,7 +12,7 @@ import { exportBlock } from '../src/image/export-block.ts';
 import { ImageRegistry } from '../src/daemon/daemon.ts';
 import { DaemonState } from '../src/daemon/state.ts';
 import { OnDemandSession } from '../src/daemon/frontend/cachefiles.ts';
-import { batchChunks } from '../src/daemon/blob-cache.ts';
+import { batchChunks } from '../src/daemon/chunk-fetcher.ts';
 import { FakePort, settle, waitFor } from './helpers/cachefiles-port.ts';
 import type { ChunkRef } from '../src/builder/tree.ts';
 import { startApi } from '../src/daemon/api.ts';
@@ -435,6 +435,25 @@ test('verify pool: worker threads return verified bytes and refuse a corrupt chu
     const bad = Buffer.from(data);
     bad[5] ^= 1;
     await assert.rejects(pool.verify({ ...job, stored: bad }), (e: Error) => e instanceof NydusError && e.errno === 5 && /digest mismatch/.test(e.message));
+  } finally {
+    await pool.close();
+  }
+});
+
+test('verify pool: an urgent job, or a queued one promoted, is verified before the others queued', async () => {
+  const pool = new VerifyPool(1);
+  try {
+    const data = prand(200000, 9);
+    const job = (where: string) => ({ stored: Buffer.from(data), compressed: false, compressor: 'zstd' as const, uncompressedSize: data.length, digester: 'blake3' as const, digest: chunkDigest('blake3', data), where });
+    const order: string[] = [];
+    const run = (where: string, urgent = false) => pool.verify(job(where), urgent).then(() => order.push(where));
+    // The single worker takes the first job; the others queue behind it.
+    const all = [run('first'), run('b'), run('c'), run('d')];
+    all.push(run('urgent', true));
+    assert.equal(pool.promote('d'), true);
+    assert.equal(pool.promote('nothing'), false);
+    await Promise.all(all);
+    assert.deepEqual(order, ['first', 'd', 'urgent', 'b', 'c']);
   } finally {
     await pool.close();
   }

@@ -108,10 +108,15 @@ after(async () => {
   assert.equal(code, 0, 'nydusd exits cleanly on SIGTERM');
 });
 
-test('1: a zstd image mounts with -o fsid and reads back identical to the source', async () => {
+test('1: a zstd image mounts with -o fsid and reads back identical to the source; amplified reads fetch each chunk once, merged', async () => {
   const img = fresh(plan.images.many);
   await register(img);
   readAll(img, mountImage(img));
+  const f = await fetches(img);
+  assert.deepEqual(Object.entries(f).filter(([, n]) => n !== 1), [], 'every chunk fetched once');
+  // The first scenario: the daemon's backend reads are this image's alone.
+  const backend = (await api('GET', '/api/v1/metrics/backend')).body;
+  assert.ok(backend.read_count * 3 <= Object.keys(f).length, `adjacent chunks come in merged reads: ${backend.read_count} backend reads for ${Object.keys(f).length} chunks`);
 });
 
 test('2: two images in one domain share one cache file for their blob; each chunk is fetched once', async () => {

@@ -1,8 +1,12 @@
 /**
  * BlobCacheFile: one blob's cache file as a kernel front end has it open, filled chunk by chunk.
  *   fill(range)   -> the chunks covering it not yet in the file: fetched, verified, written, marked
- *   readAhead     -> the chunks after a demand READ, in blob order, before the kernel asks
+ *                    with the chunks after it in blob order (amplification), before the kernel asks
  *   prefetch      -> the image's prefetch list in the background, batched, paced, stopped on close
+ * A demand READ that reads on from the last one is amplified (nydus's amplify_io): the chunks that
+ * follow it in blob order, up to a window, are fetched with it, chunks stored back to back in one backend read, so that the next files
+ * (laid out after it) are in the file before the kernel asks. Every chunk is verified on its own: a
+ * corrupt one in the window is never written and fails no one but a reader of its own bytes.
  * Both front ends (fscache's /dev/cachefiles and fanotify's pre-content events) drive it; they differ
  * only in how bytes reach the file (CacheFileIo) and how a request is answered.
  *
@@ -12,8 +16,8 @@
 import type { Logger } from 'pino';
 import type { ChunkRef } from '../builder/tree.ts';
 import type { BlobMap } from './blob-map.ts';
-import type { ChunkFetcher } from './chunk-fetcher.ts';
-import type { PrefetchConfig } from './config.ts';
+import { type ChunkFetcher, batchChunks } from './chunk-fetcher.ts';
+import { AMPLIFY_IO_DEFAULT, type PrefetchConfig } from './config.ts';
 import type { CacheFileKey, DaemonState } from './state.ts';
 
 /** How a front end puts bytes into a blob's cache file and asks what the file holds. */
@@ -27,6 +31,12 @@ export interface CacheFileIo {
 export interface PrefetchPlan {
   order: Uint32Array;
   config: Pick<PrefetchConfig, 'threads' | 'batchSize' | 'bandwidthLimit'>;
+}
+
+/** How a cache file is filled beyond what a READ asks. */
+export interface FillOptions {
+  /** Amplification window in bytes of the blob (nydus's amplify_io). */
+  amplifyIo?: number;
 }
 
 /** Counters shared by every cache file of a session. */
@@ -74,12 +84,19 @@ export class BlobCacheFile {
   private readonly materializing = new Map<number, Promise<void>>();
   /** Settles once the chunk marks were checked against the file (see reconcile). */
   private marksChecked: Promise<void> = Promise.resolve();
+  /** Whether marksChecked settled: chunks beyond a READ trust the marks only then. */
+  private marksReady = false;
+  private readonly amplifyIo: number;
+  /** The last demand READ: a READ that follows it (within a window) reads on sequentially. */
+  private lastRead: { start: number; end: number } | null = null;
 
   constructor(
     readonly key: CacheFileKey, readonly map: BlobMap, private readonly fetcher: ChunkFetcher,
     private readonly io: CacheFileIo, private readonly guard: WorkGuard, private readonly state: DaemonState,
-    private readonly counters: CacheCounters, private readonly log: Logger,
-  ) {}
+    private readonly counters: CacheCounters, private readonly log: Logger, options: FillOptions = {},
+  ) {
+    this.amplifyIo = options.amplifyIo ?? AMPLIFY_IO_DEFAULT;
+  }
 
   get closed(): boolean {
     return this.guard.closed;
@@ -87,15 +104,73 @@ export class BlobCacheFile {
 
   /** Right after the kernel opened the file: check the marks, then start the background prefetch. */
   start(prefetch: PrefetchPlan | null): void {
-    this.marksChecked = this.guard.use(() => this.reconcile());
+    const marked = this.state.cached(this.key);
+    // A new cache file has no marks to check: READs may amplify at once.
+    if (marked.size === 0) this.marksReady = true;
+    else {
+      this.marksChecked = this.guard.use(() => this.reconcile(marked)).finally(() => {
+        this.marksReady = true;
+      });
+    }
     if (prefetch) void this.guard.use(() => this.prefetch(prefetch));
   }
 
-  /** A demand READ: every chunk covering [offset, offset + len) is in the file when this settles. */
+  /**
+   * A demand READ: every chunk covering [offset, offset + len) is in the file when this settles. The
+   * chunks after it in the window are fetched in the same backend reads and written in the background.
+   */
   async fill(offset: number, len: number): Promise<void> {
-    this.readAhead(offset + len);
-    const chunks = this.map.chunksIn(offset, len);
-    await Promise.all(chunks.map((c) => this.materialize(c, true, () => this.fetcher.fetch(this.map, c))));
+    const demand = this.map.chunksIn(offset, len);
+    // Amplified only when reading on from the last READ (a cat of a directory, a tar of a tree): a
+    // READ elsewhere (an exec's libraries) gets the read-ahead of a few chunks, and its reader does not
+    // share the CPU and the disk with a window nobody asked for.
+    const last = this.lastRead;
+    const sequential = last !== null && offset >= last.start && offset <= last.end + this.amplifyIo;
+    this.lastRead = { start: offset, end: offset + len };
+    const span = sequential ? Math.max(len, this.amplifyIo) : 0;
+    if (!this.marksReady) this.readAheadLater(offset, len, span);
+    const missing = demand.filter((c) => this.wanted(c, true));
+    let ahead = this.marksReady ? this.window(offset, len, span).filter((c) => this.wanted(c, false)) : [];
+    // A READ of chunks already on their way (fetched ahead) extends the window only once half of it is
+    // missing: the fetch ahead stays ahead, in reads of half a window at least, not a chunk at a time.
+    if (!missing.length && ahead.reduce((n, c) => n + c.uncompressedSize, 0) < span / 2) ahead = [];
+    // The READ's own chunks in reads of their own, verified first: the reader waits for them, not for the window.
+    const fetched = new Map<ChunkRef, Promise<Buffer>>();
+    if (missing.length) this.fetcher.fetchBatch(this.map, missing, true).forEach((p, i) => fetched.set(missing[i], p));
+    if (ahead.length) this.fetcher.fetchBatch(this.map, ahead).forEach((p, i) => fetched.set(ahead[i], p));
+    for (const c of demand) if (!fetched.has(c)) this.fetcher.prioritize(this.map, c);
+    const fill = (c: ChunkRef, isDemand: boolean) => {
+      const p = fetched.get(c);
+      // Chunks another caller writes do not wait for this fetch: its failure is no one's.
+      p?.catch(() => undefined);
+      return this.materialize(c, isDemand, () => p ?? this.fetcher.fetch(this.map, c, isDemand));
+    };
+    if (ahead.length) this.materializeRuns(ahead, fetched);
+    await Promise.all(demand.map((c) => fill(c, true)));
+  }
+
+  /**
+   * The chunks after a READ that come with it: those ending within `span` bytes from the READ's
+   * offset, and at least READ_AHEAD_CHUNKS (large chunks outgrow the window).
+   */
+  private window(offset: number, len: number, span: number): ChunkRef[] {
+    const end = offset + len;
+    const limit = offset + span;
+    const out: ChunkRef[] = [];
+    // Chunks start 4096-aligned in the blob: the window holds at most this many.
+    const most = Math.ceil(span / 4096) + READ_AHEAD_CHUNKS;
+    for (const c of this.map.chunksAfter(end, most)) {
+      if (out.length >= READ_AHEAD_CHUNKS && c.uncompressedOffset + c.uncompressedSize > limit) break;
+      out.push(c);
+    }
+    return out;
+  }
+
+  /** Whether a chunk still has to be fetched (not in the file, nor on its way). */
+  private wanted(c: ChunkRef, demand: boolean): boolean {
+    if (this.materializing.has(c.indexInBlob)) return false;
+    if (!this.state.isCached(this.key, c.indexInBlob)) return true;
+    return demand && !this.holds(c);
   }
 
   /**
@@ -103,9 +178,7 @@ export class BlobCacheFile {
    * what it really holds. Marks of chunks it does not hold (a culled or new cache file) are dropped.
    * When the file cannot be asked, marks stay: demand READs check for themselves.
    */
-  private async reconcile(): Promise<void> {
-    const marked = this.state.cached(this.key);
-    if (marked.size === 0) return;
+  private async reconcile(marked: ReadonlySet<number>): Promise<void> {
     let ranges: Array<[number, number]> | null = null;
     for (let i = 0; i < ATTACH_TRIES && !this.closed && !ranges; i++) {
       try {
@@ -155,6 +228,50 @@ export class BlobCacheFile {
     return p;
   }
 
+  /**
+   * Chunks fetched ahead of reads (not in the file nor on their way, in blob order), put into the file
+   * as materialize does, but each run of them that follows one another in the file in one write: a
+   * write per chunk of a window costs more than its bytes (O_DIRECT waits for the disk). A chunk that
+   * fails verification is left out (its neighbours are written around it). Best effort: a failure
+   * only means the kernel will ask itself.
+   */
+  private materializeRuns(chunks: readonly ChunkRef[], loads: ReadonlyMap<ChunkRef, Promise<Buffer>>): void {
+    const done = new Map<ChunkRef, { resolve: () => void; reject: (e: Error) => void }>();
+    for (const c of chunks) {
+      const p = new Promise<void>((resolve, reject) => done.set(c, { resolve, reject }));
+      const tracked = p.finally(() => this.materializing.delete(c.indexInBlob));
+      // Readers that join await it; left alone, a failure is no one's.
+      tracked.catch((e) => this.log.debug({ blob: this.map.blobId, chunk: c.indexInBlob, err: (e as Error).message }, 'chunk fetched ahead failed'));
+      this.materializing.set(c.indexInBlob, tracked);
+    }
+    void this.guard.use(async () => {
+      const results = await Promise.allSettled(chunks.map((c) => loads.get(c) ?? this.fetcher.fetch(this.map, c)));
+      const good: Array<{ c: ChunkRef; data: Buffer }> = [];
+      results.forEach((r, i) => {
+        if (r.status === 'fulfilled') good.push({ c: chunks[i], data: r.value });
+        else done.get(chunks[i])!.reject(r.reason as Error);
+      });
+      // Never write after close: the kernel is done with this file.
+      if (this.closed) {
+        for (const { c } of good) done.get(c)!.resolve();
+        return;
+      }
+      for (const run of fileRuns(good)) {
+        const start = run[0].c.uncompressedOffset;
+        const last = run[run.length - 1].c;
+        const buf = run.length === 1 ? run[0].data : Buffer.alloc(last.uncompressedOffset + last.uncompressedSize - start);
+        if (run.length > 1) for (const { c, data } of run) data.copy(buf, c.uncompressedOffset - start);
+        try {
+          await this.io.write(start, buf);
+          this.state.mark(this.key, run.map(({ c }) => c.indexInBlob));
+          for (const { c } of run) done.get(c)!.resolve();
+        } catch (e) {
+          for (const { c } of run) done.get(c)!.reject(e as Error);
+        }
+      }
+    });
+  }
+
   /** Whether the file holds the chunk's bytes. */
   private holds(c: ChunkRef): boolean {
     try {
@@ -165,18 +282,16 @@ export class BlobCacheFile {
   }
 
   /**
-   * Reads ahead in the blob's order: the chunks after a READ are usually the next ones the kernel asks
-   * for (files are laid out sequentially), so fetching them now overlaps the backend and the digest
-   * work with the reader. Best effort: a failure here only means the kernel will ask itself.
+   * Before the marks are checked, chunks after a READ wait for that check (they trust the marks), and
+   * are fetched then. Best effort: a failure here only means the kernel will ask itself.
    */
-  private readAhead(end: number): void {
+  private readAheadLater(offset: number, len: number, span: number): void {
     void this.marksChecked.then(() => {
-      for (const c of this.map.chunksAfter(end, READ_AHEAD_CHUNKS)) {
-        if (this.closed) return;
-        this.materialize(c, false, () => this.fetcher.fetch(this.map, c)).catch((e) => {
-          this.log.debug({ blob: this.map.blobId, chunk: c.indexInBlob, err: (e as Error).message }, 'read-ahead failed');
-        });
-      }
+      if (this.closed) return;
+      const ahead = this.window(offset, len, span).filter((c) => this.wanted(c, false));
+      if (!ahead.length) return;
+      const fetched = this.fetcher.fetchBatch(this.map, ahead);
+      this.materializeRuns(ahead, new Map(fetched.map((p, i) => [ahead[i], p])));
     });
   }
 
@@ -195,10 +310,12 @@ export class BlobCacheFile {
     let next = 0;
     const worker = async () => {
       while (next < batches.length && !this.closed) {
-        const batch = batches[next++];
+        // Chunks a READ brought in since the plan was made are not fetched again.
+        const batch = batches[next++].filter((c) => this.wanted(c, false));
+        if (!batch.length) continue;
         await pace.take(batch.reduce((n, c) => n + c.compressedSize, 0));
         if (this.closed) return;
-        const fetched = this.fetcher.fetchBatch(this.map, batch);
+        const fetched = this.fetcher.fetchBatch(this.map, batch, false, plan.config.batchSize);
         await Promise.all(batch.map(async (c, i) => {
           try {
             await this.materialize(c, false, () => fetched[i]);
@@ -214,26 +331,6 @@ export class BlobCacheFile {
     };
     await Promise.all(Array.from({ length: Math.max(1, plan.config.threads) }, worker));
   }
-}
-
-/** Splits chunks (in their order) into runs stored back to back, each at most `maxBytes` (one chunk at least). */
-export function batchChunks(chunks: readonly ChunkRef[], maxBytes: number): ChunkRef[][] {
-  const out: ChunkRef[][] = [];
-  let cur: ChunkRef[] = [];
-  let bytes = 0;
-  for (const c of chunks) {
-    const last = cur[cur.length - 1];
-    const follows = last && c.compressedOffset === last.compressedOffset + last.compressedSize;
-    if (cur.length && (!follows || bytes + c.compressedSize > maxBytes)) {
-      out.push(cur);
-      cur = [];
-      bytes = 0;
-    }
-    cur.push(c);
-    bytes += c.compressedSize;
-  }
-  if (cur.length) out.push(cur);
-  return out;
 }
 
 /** Paces bytes to a rate (bytes per second; 0: no limit). */
@@ -264,6 +361,18 @@ export class Limiter {
       this.queue.shift()?.();
     }
   }
+}
+
+/** Verified chunks (in blob order) split into runs that follow one another in the file (gaps are block padding). */
+function fileRuns<T extends { c: ChunkRef }>(chunks: readonly T[]): T[][] {
+  const out: T[][] = [];
+  for (const x of chunks) {
+    const run = out[out.length - 1];
+    const prev = run?.[run.length - 1].c;
+    if (prev && x.c.uncompressedOffset === roundUp4k(prev.uncompressedOffset + prev.uncompressedSize)) run.push(x);
+    else out.push([x]);
+  }
+  return out;
 }
 
 /** Whether data ranges cover a chunk's bytes [start, end) (the padding after a blob's last chunk may lie past EOF). */

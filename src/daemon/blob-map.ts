@@ -60,6 +60,21 @@ export class BlobMap {
     this.chunkCount = this.n.length / FIELDS;
   }
 
+  /** Every blob of a validated image in this process (benchmarks and tests; the daemon plans on a worker). */
+  static fromImage(image: { blobs: ReadonlyArray<{ id: string; index: number; uncompressedSize: number; compressor: CompressorName; digester: Digester; chunks: readonly ChunkRef[] }> }): Map<string, BlobMap> {
+    const out = new Map<string, BlobMap>();
+    for (const b of image.blobs) {
+      const sorted = [...b.chunks].sort((x, y) => x.uncompressedOffset - y.uncompressedOffset);
+      out.set(b.id, new BlobMap(b.id, b.index, b.uncompressedSize, b.compressor, b.digester, packChunks(sorted)));
+    }
+    return out;
+  }
+
+  /** Every chunk in uncompressed order, as ChunkRefs (for tests and tools; the hot path uses at/indexAt/rangeAt). */
+  all(): ChunkRef[] {
+    return Array.from({ length: this.chunkCount }, (_, pos) => this.at(pos));
+  }
+
   /** The chunk at `pos` in uncompressed order. */
   at(pos: number): ChunkRef {
     const o = pos * FIELDS;

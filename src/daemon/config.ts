@@ -32,6 +32,23 @@ export interface ImageEntry {
   prefetch: PrefetchConfig;
   /** The cache's work dir as the entry states it (`cache.fscache.work_dir`); empty when not given. */
   workDir: string;
+  /**
+   * I/O amplification (nydus's `amplify_io`, `rafs.batch_size` in config_v2): a demand READ at offset o
+   * also fills the chunks that follow it in the blob and end by o + this many bytes.
+   */
+  amplifyIo: number;
+}
+
+/** nydus's default_user_io_batch_size, and the least and most it takes. */
+export const AMPLIFY_IO_DEFAULT = 1 << 20;
+const AMPLIFY_IO_MIN = 0x20000;
+const AMPLIFY_IO_MAX = 0x10000000;
+
+function amplifyIoFrom(rafs: Json, where: string): number {
+  const v = count(rafs, 'batch_size', where, AMPLIFY_IO_DEFAULT);
+  if (v > AMPLIFY_IO_MAX) throw new ConfigError(`${where}.batch_size must be at most ${AMPLIFY_IO_MAX} bytes`);
+  // As nydusd: a smaller window (0 too) is raised to 128 KiB.
+  return Math.max(v, AMPLIFY_IO_MIN);
 }
 
 /**
@@ -140,6 +157,7 @@ export function parseBlobCacheEntry(body: unknown): ImageEntry {
       backend: backendFrom(btype, bcfg, `config_v2.backend.${btype}`),
       prefetch,
       workDir: str(fscache, 'work_dir', 'config_v2.cache.fscache', false),
+      amplifyIo: amplifyIoFrom(rafs, 'config_v2.rafs'),
     };
   }
   if (e.config !== undefined) {
@@ -155,6 +173,8 @@ export function parseBlobCacheEntry(body: unknown): ImageEntry {
       backend: backendFrom(btype, obj(c.backend_config ?? {}, 'config.backend_config'), 'config.backend_config'),
       prefetch,
       workDir: str(cacheConfig, 'work_dir', 'config.cache_config', false),
+      // The legacy entry has no file system section: nydusd uses its default.
+      amplifyIo: AMPLIFY_IO_DEFAULT,
     };
   }
   throw new ConfigError('body needs either config_v2 or config');

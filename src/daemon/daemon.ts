@@ -169,7 +169,7 @@ export class ImageRegistry implements ObjectResolver {
       const map = img.blobs.get(cookie);
       if (map) {
         const order = img.prefetch.get(cookie);
-        return { kind: 'blob', map, fetcher: img.fetcher, prefetch: order ? { order, config: img.entry.prefetch } : null };
+        return { kind: 'blob', map, fetcher: img.fetcher, prefetch: order ? { order, config: img.entry.prefetch } : null, fill: { amplifyIo: img.entry.amplifyIo } };
       }
     }
     return null;

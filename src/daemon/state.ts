@@ -29,7 +29,6 @@ export class DaemonState {
   private readonly remove: Database.Statement;
   private readonly listFile: Database.Statement;
   private readonly countFile: Database.Statement;
-  private readonly hasChunk: Database.Statement;
   private readonly filesOfCookie: Database.Statement;
   private readonly bumpFetch: Database.Statement;
   /**
@@ -38,6 +37,11 @@ export class DaemonState {
    */
   private pendingMarks = new Map<string, { file: CacheFileKey; chunks: Set<number> }>();
   private pendingFetches = new Map<string, { blobId: string; chunkIndex: number; n: number }>();
+  /**
+   * The marks of cache files asked about, in memory (this process alone writes them): a READ asks
+   * about every chunk of its amplification window, which must not cost a query each.
+   */
+  private readonly known = new Map<string, Set<number>>();
   private flushScheduled = false;
 
   constructor(workDir: string) {
@@ -73,7 +77,6 @@ export class DaemonState {
     this.remove = this.db.prepare('DELETE FROM cache_file_chunks WHERE volume = ? AND cookie = ? AND chunk_index = ?');
     this.listFile = this.db.prepare('SELECT chunk_index FROM cache_file_chunks WHERE volume = ? AND cookie = ?');
     this.countFile = this.db.prepare('SELECT COUNT(*) AS n FROM cache_file_chunks WHERE volume = ? AND cookie = ?');
-    this.hasChunk = this.db.prepare('SELECT 1 FROM cache_file_chunks WHERE volume = ? AND cookie = ? AND chunk_index = ?');
     this.filesOfCookie = this.db.prepare('SELECT volume, COUNT(*) AS n FROM cache_file_chunks WHERE cookie = ? GROUP BY volume ORDER BY volume');
     this.bumpFetch = this.db.prepare(`INSERT INTO chunk_fetches (blob_id, chunk_index, fetches) VALUES (?, ?, ?)
       ON CONFLICT (blob_id, chunk_index) DO UPDATE SET fetches = fetches + excluded.fetches`);
@@ -83,15 +86,21 @@ export class DaemonState {
     const k = fileId(file);
     let p = this.pendingMarks.get(k);
     if (!p) this.pendingMarks.set(k, (p = { file, chunks: new Set() }));
-    for (const i of chunkIndexes) p.chunks.add(i);
+    const known = this.known.get(k);
+    for (const i of chunkIndexes) {
+      p.chunks.add(i);
+      known?.add(i);
+    }
     this.scheduleFlush();
   }
 
   unmark(file: CacheFileKey, chunkIndexes: Iterable<number>): void {
     const p = this.pendingMarks.get(fileId(file));
+    const known = this.known.get(fileId(file));
     this.db.transaction(() => {
       for (const i of chunkIndexes) {
         p?.chunks.delete(i);
+        known?.delete(i);
         this.remove.run(file.volume, file.cookie, i);
       }
     })();
@@ -122,17 +131,27 @@ export class DaemonState {
   /** Forgets every mark of a cache file (it was culled). */
   clear(file: CacheFileKey): void {
     this.pendingMarks.delete(fileId(file));
+    this.known.delete(fileId(file));
     this.db.prepare('DELETE FROM cache_file_chunks WHERE volume = ? AND cookie = ?').run(file.volume, file.cookie);
   }
 
   isCached(file: CacheFileKey, chunkIndex: number): boolean {
-    if (this.pendingMarks.get(fileId(file))?.chunks.has(chunkIndex)) return true;
-    return this.hasChunk.get(file.volume, file.cookie, chunkIndex) !== undefined;
+    return this.marksOf(file).has(chunkIndex);
   }
 
   cached(file: CacheFileKey): Set<number> {
-    this.flush();
-    return new Set((this.listFile.all(file.volume, file.cookie) as Array<{ chunk_index: number }>).map((r) => r.chunk_index));
+    return new Set(this.marksOf(file));
+  }
+
+  private marksOf(file: CacheFileKey): Set<number> {
+    const k = fileId(file);
+    let known = this.known.get(k);
+    if (!known) {
+      this.flush();
+      known = new Set((this.listFile.all(file.volume, file.cookie) as Array<{ chunk_index: number }>).map((r) => r.chunk_index));
+      this.known.set(k, known);
+    }
+    return known;
   }
 
   count(file: CacheFileKey): number {

@@ -33,8 +33,19 @@ export class VerifyPool {
   /** Workers started in all, replacements included. */
   started = 0;
 
+  /**
+   * Workers are started by start() (the daemon calls it once its API listens: starting them delays
+   * nothing the snapshotter waits for) or at the latest by the first verification.
+   */
+  private unstarted: number;
+
   constructor(size: number, private readonly opts: VerifyPoolOptions = {}) {
-    for (let i = 0; i < size; i++) this.idle.push(this.spawn());
+    this.unstarted = size;
+  }
+
+  start(): void {
+    if (this.fatal) return;
+    for (; this.unstarted > 0; this.unstarted--) this.idle.push(this.spawn());
   }
 
   private spawn(): Worker {
@@ -93,12 +104,28 @@ export class VerifyPool {
     }
   }
 
-  /** Takes ownership of `chunk.stored`: its memory may move to a worker (the caller must not reuse it). */
-  verify(chunk: StoredChunk): Promise<Buffer> {
+  /**
+   * A job still queued goes first (a reader waits for it); false when it is not queued (running, done,
+   * or never asked for).
+   */
+  promote(where: string): boolean {
+    const i = this.queue.findIndex((j) => j.chunk.where === where);
+    if (i < 0) return false;
+    if (i > 0) this.queue.unshift(...this.queue.splice(i, 1));
+    return true;
+  }
+
+  /**
+   * Takes ownership of `chunk.stored`: its memory may move to a worker (the caller must not reuse it).
+   * An urgent job (a reader waits for it) goes before the others queued.
+   */
+  verify(chunk: StoredChunk, urgent = false): Promise<Buffer> {
     if (this.fatal) return Promise.reject(this.fatal);
+    this.start();
     if (this.idle.length + this.busy.size === 0) return Promise.resolve().then(() => verifyChunk(chunk));
     return new Promise((resolve, reject) => {
-      this.queue.push({ chunk, resolve, reject });
+      if (urgent) this.queue.unshift({ chunk, resolve, reject });
+      else this.queue.push({ chunk, resolve, reject });
       this.next();
     });
   }

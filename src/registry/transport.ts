@@ -5,7 +5,8 @@
  * nydusify: `plainHttp` always speaks http; `insecure` skips TLS verification and falls back to http
  * for a host that answers a TLS handshake like a plain HTTP server (or refuses the connection).
  */
-import { Agent, EnvHttpProxyAgent, request, type Dispatcher } from 'undici';
+import type { Dispatcher } from 'undici';
+import { undici } from './undici.ts';
 import type { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { setMaxListeners } from 'node:events';
@@ -139,7 +140,7 @@ export class Transport {
       const httpProxy = env.HTTP_PROXY ?? env.http_proxy;
       const httpsProxy = env.HTTPS_PROXY ?? env.https_proxy;
       this.dispatcher = opts.proxyFromEnvironment !== false && (httpProxy || httpsProxy)
-        ? new EnvHttpProxyAgent({
+        ? new (undici().EnvHttpProxyAgent)({
           ...agentOptions,
           httpProxy,
           httpsProxy,
@@ -148,7 +149,7 @@ export class Transport {
           proxyTunnel: false,
           requestTls: { rejectUnauthorized: !opts.insecure },
         })
-        : new Agent(agentOptions);
+        : new (undici().Agent)(agentOptions);
       this.ownsDispatcher = true;
     }
   }
@@ -194,7 +195,7 @@ export class Transport {
       let res: Dispatcher.ResponseData;
       try {
         const body = typeof req.body === 'function' ? req.body() : req.body;
-        res = await request(url, { dispatcher: this.dispatcher, method, headers, body: method === 'GET' || method === 'HEAD' ? undefined : body, signal: this.aborter.signal });
+        res = await undici().request(url, { dispatcher: this.dispatcher, method, headers, body: method === 'GET' || method === 'HEAD' ? undefined : body, signal: this.aborter.signal });
       } catch (e) {
         if (this.aborter.signal.aborted) {
           throw new RegistryError({ reference: req.reference, method, path: url.pathname + url.search, detail: 'aborted: the client was destroyed', cause: e });

@@ -5,7 +5,7 @@
  * for other hosts, bounded retries with backoff). Every read has a deadline; any failure is an EIO for
  * that read only.
  */
-import { type Dispatcher } from 'undici';
+import type { Dispatcher } from 'undici';
 import { NydusError, ENOENT } from '../../../erofs/errors.ts';
 import { RegistryClient, parseReference, type ImageReference } from '../../registry/index.ts';
 import type { BlobBackend } from './localfs.ts';

@@ -5,7 +5,8 @@
  */
 import fs from 'node:fs';
 import tls from 'node:tls';
-import { Agent, ProxyAgent, request, type Dispatcher } from 'undici';
+import type { Agent, Dispatcher, ProxyAgent } from 'undici';
+import { undici } from '../../registry/undici.ts';
 import { NydusError, EIO } from '../../../erofs/errors.ts';
 import { ConfigError } from '../config.ts';
 import type { ConnectionConfig, ProxyConfig } from './remote-config.ts';
@@ -28,7 +29,7 @@ function tlsOptions(cfg: ConnectionConfig): tls.ConnectionOptions {
 
 /** A keep-alive pool to the origin, with the config's connect, answer and body-silence timeouts. */
 export function directDispatcher(cfg: ConnectionConfig): Agent {
-  return new Agent({
+  return new (undici().Agent)({
     connect: { timeout: cfg.connectTimeoutSec * 1000, ...tlsOptions(cfg) },
     headersTimeout: cfg.timeoutSec * 1000,
     bodyTimeout: cfg.timeoutSec * 1000,
@@ -40,7 +41,7 @@ export function directDispatcher(cfg: ConnectionConfig): Agent {
 /** Requests through the proxy: http URLs in absolute form (as Dragonfly's dfdaemon takes them), https through CONNECT. */
 export function proxyDispatcher(cfg: ConnectionConfig): ProxyAgent {
   const t = tlsOptions(cfg);
-  return new ProxyAgent({
+  return new (undici().ProxyAgent)({
     uri: cfg.proxy.url,
     proxyTunnel: false,
     requestTls: t,
@@ -117,7 +118,7 @@ export class ProxyRoute {
     if (this.pinging || (Date.now() - this.lastActive) / 1000 > this.cfg.checkPauseElapsedSec) return;
     this.pinging = true;
     try {
-      const res = await request(this.cfg.pingUrl, { dispatcher: this.pingDispatcher, headersTimeout: connectTimeoutSec * 1000, bodyTimeout: connectTimeoutSec * 1000 });
+      const res = await undici().request(this.cfg.pingUrl, { dispatcher: this.pingDispatcher, headersTimeout: connectTimeoutSec * 1000, bodyTimeout: connectTimeoutSec * 1000 });
       await res.body.dump();
       this.healthy = res.statusCode >= 200 && res.statusCode < 300;
     } catch {

@@ -15,7 +15,7 @@ import { NydusError, EIO } from '../../../erofs/errors.ts';
 import type { BlobMap } from '../blob-map.ts';
 import type { ChunkFetcher } from '../chunk-fetcher.ts';
 import type { DaemonState } from '../state.ts';
-import { BlobCacheFile, Limiter, WorkGuard, type CacheCounters, type PrefetchPlan } from '../blob-cache.ts';
+import { BlobCacheFile, Limiter, WorkGuard, type CacheCounters, type FillOptions, type PrefetchPlan } from '../blob-cache.ts';
 
 /** What the session needs of the device (the addon's CachefilesDevice, or a fake in unit tests). */
 export interface CachefilesPort {
@@ -29,7 +29,7 @@ export interface CachefilesPort {
 
 export type ResolvedObject =
   | { kind: 'bootstrap'; path: string; size: number }
-  | { kind: 'blob'; map: BlobMap; fetcher: ChunkFetcher; prefetch: PrefetchPlan | null };
+  | { kind: 'blob'; map: BlobMap; fetcher: ChunkFetcher; prefetch: PrefetchPlan | null; fill?: FillOptions };
 
 export interface ObjectResolver {
   /** `volume` is the fsid or domain id (the part after "erofs,"); `cookie` the fsid or device tag. */
@@ -103,7 +103,7 @@ export class OnDemandSession {
           file: new BlobCacheFile(
             { volume: msg.volumeKey, cookie: msg.cookieKey }, target.map, target.fetcher,
             { write: (offset, data) => this.dev.writeData(fd, offset, data), dataRanges: (from, to) => this.dev.dataRanges(fd, from, to) },
-            guard, this.state, this.stats, this.log,
+            guard, this.state, this.stats, this.log, target.fill,
           ),
         },
       };

@@ -1,0 +1,33 @@
+/** What bench/ondemand.ts hands its guest side (bench/guest-ondemand.ts), and what both use. */
+import fs from 'node:fs';
+import { apiRequest } from '../test/helpers/api-client.ts';
+
+export interface BenchWorkload {
+  name: string;
+  boot: string;
+  blobDir: string;
+  /** The image's export (`nydus-image export --block`): the loop mount reference. */
+  exported: string;
+  bytes: number;
+  blobBytes: number;
+  /** Also time the first `chroot <mnt> /bin/ls /` (a rootfs). */
+  ls: boolean;
+}
+
+export interface BenchPlan {
+  workloads: BenchWorkload[];
+}
+
+/** Milliseconds from t0 (performance.now()) until GET /api/v1/daemon on the socket answers. */
+export async function untilAnswers(sock: string, t0: number, timeoutMs: number): Promise<number> {
+  for (;;) {
+    if (fs.existsSync(sock)) {
+      try {
+        await apiRequest(sock, 'GET', '/api/v1/daemon');
+        return performance.now() - t0;
+      } catch { /* not listening yet */ }
+    }
+    if (performance.now() - t0 > timeoutMs) throw new Error(`nydusd did not answer on ${sock} within ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 2));
+  }
+}

@@ -1,0 +1,183 @@
+/**
+ * I/O amplification of demand READs (nydus's amplify_io), through the fscache session and a fake
+ * cachefiles port: an image of many small files, one chunk each, laid out back to back in the blob.
+ */
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import pino from 'pino';
+import { createImage } from '../src/builder/create.ts';
+import { exportBlock } from '../src/image/export-block.ts';
+import { openImage } from '../src/image/open.ts';
+import { BlobMap } from '../src/daemon/blob-map.ts';
+import { ImageRegistry } from '../src/daemon/daemon.ts';
+import { DaemonState } from '../src/daemon/state.ts';
+import { OnDemandSession } from '../src/daemon/frontend/cachefiles.ts';
+import { AMPLIFY_IO_DEFAULT, parseBlobCacheEntry } from '../src/daemon/config.ts';
+import type { ChunkRef } from '../src/builder/tree.ts';
+import { FakePort, settle, waitFor } from './helpers/cachefiles-port.ts';
+import { prand, tmpDir } from './helpers/fixtures.ts';
+
+const work = tmpDir('amplify');
+const log = pino({ level: 'silent' });
+const FILES = 48;
+let boot: string;
+let blobDir: string;
+let blobId: string;
+let chunks: readonly ChunkRef[];
+/** The uncompressed blob, as the export holds it: what the cache file must equal. */
+let blobBytes: Buffer;
+const registries: ImageRegistry[] = [];
+
+before(() => {
+  const src = path.join(work, 'src');
+  fs.mkdirSync(src);
+  // 6000 bytes each: one chunk a file, 8 KiB apart in the blob; half random (stored raw), half text.
+  for (let i = 0; i < FILES; i++) {
+    fs.writeFileSync(path.join(src, `f${String(i).padStart(2, '0')}`), i % 2 ? prand(6000, i) : Buffer.alloc(6000, `text of file ${i}\n`));
+  }
+  blobDir = path.join(work, 'blobs');
+  boot = path.join(work, 'img.boot');
+  blobId = createImage({ source: src, bootstrap: boot, blobDir, chunkSize: 0x100000, compressor: 'zstd', digester: 'blake3' }).blob!.blobId;
+  const opened = openImage(boot);
+  chunks = BlobMap.fromImage(opened.image).get(blobId)!.all();
+  opened.close();
+  const exported = path.join(work, 'ref.erofs');
+  exportBlock({ bootstrap: boot, blobDir, output: exported });
+  const ref = fs.readFileSync(exported);
+  const size = chunks[chunks.length - 1].uncompressedOffset + chunks[chunks.length - 1].uncompressedSize;
+  blobBytes = ref.subarray(ref.length - Math.ceil(size / 4096) * 4096);
+  assert.equal(chunks.length, FILES, 'one chunk a file');
+});
+
+after(async () => {
+  for (const r of registries) await r.close();
+  fs.rmSync(work, { recursive: true, force: true });
+});
+
+const entry = (id: string, rafs: object = {}, dir = blobDir) => ({
+  type: 'bootstrap', id, domain_id: '',
+  config_v2: {
+    version: 2, id, backend: { type: 'localfs', localfs: { dir } },
+    cache: { type: 'fscache', fscache: { work_dir: work } }, metadata_path: boot, rafs,
+  },
+});
+
+function session(name: string, body: object) {
+  const state = new DaemonState(path.join(work, `state-${name}`));
+  const registry = new ImageRegistry(state, log);
+  registries.push(registry);
+  registry.add(body);
+  const port = new FakePort();
+  const s = new OnDemandSession(port, registry, state, log, 4);
+  const id = (body as { id: string }).id;
+  s.handle({ type: 'open', msgId: 1, objectId: 1, volumeKey: `erofs,${id}`, cookieKey: blobId, fd: port.give(50), flags: 0 });
+  let msgId = 10;
+  const read = (c: ChunkRef) => {
+    const m = msgId++;
+    s.handle({ type: 'read', msgId: m, objectId: 1, offset: c.uncompressedOffset, len: Math.ceil(c.uncompressedSize / 4096) * 4096 });
+    return m;
+  };
+  const file = { volume: `erofs,${id}`, cookie: blobId };
+  return { state, registry, port, session: s, read, file, reads: () => registry.metrics().localfs?.read_count ?? 0 };
+}
+
+/** Whether the cache file holds exactly the blob's bytes of a chunk. */
+function holds(port: FakePort, c: ChunkRef): boolean {
+  const f = port.files.get(50);
+  if (!f) return false;
+  const at = c.uncompressedOffset;
+  return f.subarray(at, at + c.uncompressedSize).equals(blobBytes.subarray(at, at + c.uncompressedSize));
+}
+
+test('config: rafs.batch_size is the amplification window (nydus default 1 MiB, at least 128 KiB, at most 256 MiB)', () => {
+  assert.equal(parseBlobCacheEntry(entry('a')).amplifyIo, AMPLIFY_IO_DEFAULT);
+  assert.equal(AMPLIFY_IO_DEFAULT, 1 << 20);
+  assert.equal(parseBlobCacheEntry(entry('a', { batch_size: 0x400000 })).amplifyIo, 0x400000);
+  assert.equal(parseBlobCacheEntry(entry('a', { batch_size: 0 })).amplifyIo, 0x20000, 'raised to 128 KiB as nydusd does');
+  assert.throws(() => parseBlobCacheEntry(entry('a', { batch_size: 0x10000001 })), /config_v2\.rafs\.batch_size must be at most 268435456 bytes/);
+  assert.throws(() => parseBlobCacheEntry(entry('a', { batch_size: 'big' })), /config_v2\.rafs\.batch_size must be a whole number/);
+});
+
+test('amplification: a READ of one chunk fills the window after it, in one backend read, every byte verified', async () => {
+  const t = session('window', entry('win', { batch_size: 0x20000 }));
+  // A first READ (nothing to read on from): the read-ahead of two chunks only.
+  t.read(chunks[0]);
+  await waitFor(() => t.session.inflight().length === 0, 'the first READ');
+  await settle();
+  assert.deepEqual([...t.state.cached(t.file)].sort((a, b) => a - b), [0, 1, 2].map((i) => chunks[i].indexInBlob));
+  assert.deepEqual([t.reads(), t.port.writes.length], [2, 2], 'its chunk, and the two after it in one backend read and one write');
+  // Reading on: the window from that READ's offset.
+  const first = chunks[3];
+  const m = t.read(first);
+  await waitFor(() => t.session.inflight().length === 0, 'the READ to complete');
+  await settle();
+  assert.ok(t.port.completed.includes(m));
+  const limit = first.uncompressedOffset + 0x20000;
+  const inWindow = chunks.filter((c) => c.uncompressedOffset + c.uncompressedSize <= limit);
+  assert.ok(inWindow.length >= 10 && inWindow.length < chunks.length, `window of ${inWindow.length} chunks`);
+  assert.deepEqual([...t.state.cached(t.file)].sort((a, b) => a - b), inWindow.map((c) => c.indexInBlob), 'exactly the chunks up to the window\'s end are marked');
+  for (const c of chunks) assert.equal(holds(t.port, c), inWindow.includes(c), `chunk ${c.indexInBlob} in the cache file`);
+  assert.equal(t.reads(), 4, 'the READ\'s own chunk in a backend read of its own, the rest of the window in one');
+  assert.equal(t.port.writes.length, 4, 'and in one write into the cache file each');
+  // A READ of a chunk already there (or on its way) extends the window only once half of it is
+  // missing: not a chunk at a time.
+  t.read(inWindow[3]);
+  await waitFor(() => t.session.inflight().length === 0, 'a READ near the window\'s start');
+  assert.equal(t.state.count(t.file), inWindow.length, 'the window is not extended by a few chunks');
+  assert.equal(t.reads(), 4);
+  const last = inWindow[inWindow.length - 1];
+  t.read(last);
+  await waitFor(() => t.session.inflight().length === 0, 'a READ at the window\'s end');
+  const extended = chunks.filter((c) => c.uncompressedOffset + c.uncompressedSize <= last.uncompressedOffset + 0x20000);
+  assert.equal(t.state.count(t.file), extended.length, 'a READ at the end of the window fetches the next one');
+  assert.equal(t.reads(), 5, 'in one backend read');
+  assert.deepEqual(Object.values(t.state.fetches(blobId)).filter((n) => n !== 1), [], 'no chunk fetched twice');
+  assert.equal(t.session.stats.readErrors, 0);
+  assert.deepEqual(t.port.violations, []);
+  t.state.close();
+});
+
+test('amplification: a corrupt chunk in the window is never written and fails only a READ of its own bytes', async () => {
+  const badDir = path.join(work, 'bad-blobs');
+  fs.mkdirSync(badDir);
+  const data = fs.readFileSync(path.join(blobDir, blobId));
+  const bad = chunks[5];
+  data[bad.compressedOffset + Math.floor(bad.compressedSize / 2)] ^= 0x5a;
+  fs.writeFileSync(path.join(badDir, blobId), data);
+  const t = session('corrupt', entry('bad', { batch_size: 0x20000 }, badDir));
+  // A reader reading on: the second READ's window holds the corrupt chunk.
+  t.read(chunks[0]);
+  await waitFor(() => t.session.inflight().length === 0, 'the first READ');
+  t.read(chunks[3]);
+  await waitFor(() => t.session.inflight().length === 0, 'the READ of a good chunk');
+  await settle();
+  assert.equal(t.session.stats.readErrors, 0, 'the good chunk\'s READ succeeds');
+  assert.ok(holds(t.port, chunks[3]) && holds(t.port, chunks[4]) && holds(t.port, chunks[6]), 'its good neighbours are written');
+  assert.ok(!t.state.isCached(t.file, bad.indexInBlob), 'the corrupt chunk is not marked');
+  assert.deepEqual(t.port.writes.filter(([, off]) => off === bad.uncompressedOffset), [], 'nor written');
+  // The kernel asks for it: EIO (completed without data), still nothing written.
+  t.read(bad);
+  await waitFor(() => t.session.inflight().length === 0, 'the READ of the corrupt chunk');
+  assert.equal(t.session.stats.readErrors, 1);
+  assert.deepEqual(t.port.writes.filter(([, off]) => off === bad.uncompressedOffset), []);
+  assert.deepEqual(t.port.violations, []);
+  t.state.close();
+});
+
+test('amplification with prefetch and READs racing: every chunk fetched once, the cache file equals the blob', async () => {
+  const t = session('race', entry('race', { prefetch: { enable: true, prefetch_all: true, threads: 2, batch_size: 0x8000 } }));
+  // Every chunk asked for twice, in a scrambled order, while the prefetch runs.
+  const order = [...chunks, ...chunks].map((c, i) => ({ c, k: (i * 7919) % 97 })).sort((a, b) => a.k - b.k).map((x) => x.c);
+  const ids = order.map((c) => t.read(c));
+  await waitFor(() => t.session.inflight().length === 0 && t.state.count(t.file) === chunks.length, 'every READ and the prefetch');
+  assert.deepEqual(t.port.completed.sort((a, b) => a - b), ids);
+  assert.equal(t.session.stats.readErrors, 0);
+  for (const c of chunks) assert.ok(holds(t.port, c), `chunk ${c.indexInBlob} holds the blob's bytes`);
+  const fetches = t.state.fetches(blobId);
+  assert.equal(Object.keys(fetches).length, chunks.length);
+  assert.deepEqual(Object.entries(fetches).filter(([, n]) => n !== 1), [], 'no chunk fetched twice');
+  assert.deepEqual(t.port.violations, []);
+  t.state.close();
+});
