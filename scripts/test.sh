@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite (needs root: tests mount images with the kernel and boot a qemu guest).
-# The guest kernel tests (qemu under TCG, the longest part) run beside the host tests at a lower CPU
-# priority: the host tests wait on registries and daemons much of the time, and the guest fills it.
+# The guest kernel tests (qemu under TCG, the longest part) run beside the host tests: the host tests
+# wait on registries and daemons much of the time, and the guest fills it. (At a lower CPU priority
+# the guest starves while the host tests compute, and its daemons miss their start deadlines.)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 bash "$root/scripts/setup.sh"
@@ -11,7 +12,7 @@ npx --no-install tsc --noEmit -p .
 node --import tsx test/helpers/make-fixtures.ts
 mkdir -p .cache
 guest_log=.cache/kernel-vm-test.log
-nice -n 10 node --import tsx --test test/kernel-vm.root-kernel.test.ts > "$guest_log" 2>&1 &
+node --import tsx --test test/kernel-vm.root-kernel.test.ts > "$guest_log" 2>&1 &
 guest=$!
 host_status=0
 node --import tsx --test $(ls test/*.test.ts | grep -v '^test/kernel-vm\.') native/*/test/*.test.ts || host_status=$?

@@ -80,7 +80,7 @@ function selfSignedTls(dir: string): string {
 const trustAnything = new Agent({ connect: { rejectUnauthorized: false } });
 
 async function waitReady(url: string, child: ChildProcess, stderr: () => string): Promise<void> {
-  const deadline = Date.now() + 15_000;
+  const deadline = Date.now() + 60_000;
   while (Date.now() < deadline) {
     if (child.exitCode !== null) throw new Error(`docker-registry exited with ${child.exitCode}: ${stderr()}`);
     try {
@@ -92,7 +92,7 @@ async function waitReady(url: string, child: ChildProcess, stderr: () => string)
     }
     await new Promise((r) => setTimeout(r, 50));
   }
-  throw new Error(`docker-registry did not answer on ${url} within 15 s: ${stderr()}`);
+  throw new Error(`docker-registry did not answer on ${url} within 60 s: ${stderr()}`);
 }
 
 function stopChild(child: ChildProcess): Promise<void> {
