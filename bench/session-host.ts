@@ -59,7 +59,7 @@ const registry = new ImageRegistry(state, log, pool);
 const opened = openImage(boot);
 const blob = [...BlobMap.fromImage(opened.image).values()][0];
 opened.close();
-registry.add({
+await registry.add({
   type: 'bootstrap', id: 'host', config_v2: {
     version: 2, id: 'host', backend: { type: 'localfs', localfs: { dir: path.join(dir, 'blobs') } },
     cache: { type: 'fscache' }, metadata_path: boot, rafs: { batch_size: arg('amplify', 1 << 20) },

@@ -64,11 +64,11 @@ const entry = (id: string, rafs: object = {}, dir = blobDir) => ({
   },
 });
 
-function session(name: string, body: object) {
+async function session(name: string, body: object) {
   const state = new DaemonState(path.join(work, `state-${name}`));
   const registry = new ImageRegistry(state, log);
   registries.push(registry);
-  registry.add(body);
+  await registry.add(body);
   const port = new FakePort();
   const s = new OnDemandSession(port, registry, state, log, 4);
   const id = (body as { id: string }).id;
@@ -101,7 +101,7 @@ test('config: rafs.batch_size is the amplification window (nydus default 1 MiB, 
 });
 
 test('amplification: a READ of one chunk fills the window after it, in one backend read, every byte verified', async () => {
-  const t = session('window', entry('win', { batch_size: 0x20000 }));
+  const t = await session('window', entry('win', { batch_size: 0x20000 }));
   // A first READ (nothing to read on from): the read-ahead of two chunks only.
   t.read(chunks[0]);
   await waitFor(() => t.session.inflight().length === 0, 'the first READ');
@@ -146,7 +146,7 @@ test('amplification: a corrupt chunk in the window is never written and fails on
   const bad = chunks[5];
   data[bad.compressedOffset + Math.floor(bad.compressedSize / 2)] ^= 0x5a;
   fs.writeFileSync(path.join(badDir, blobId), data);
-  const t = session('corrupt', entry('bad', { batch_size: 0x20000 }, badDir));
+  const t = await session('corrupt', entry('bad', { batch_size: 0x20000 }, badDir));
   // A reader reading on: the second READ's window holds the corrupt chunk.
   t.read(chunks[0]);
   await waitFor(() => t.session.inflight().length === 0, 'the first READ');
@@ -167,7 +167,7 @@ test('amplification: a corrupt chunk in the window is never written and fails on
 });
 
 test('amplification with prefetch and READs racing: every chunk fetched once, the cache file equals the blob', async () => {
-  const t = session('race', entry('race', { prefetch: { enable: true, prefetch_all: true, threads: 2, batch_size: 0x8000 } }));
+  const t = await session('race', entry('race', { prefetch: { enable: true, prefetch_all: true, threads: 2, batch_size: 0x8000 } }));
   // Every chunk asked for twice, in a scrambled order, while the prefetch runs.
   const order = [...chunks, ...chunks].map((c, i) => ({ c, k: (i * 7919) % 97 })).sort((a, b) => a.k - b.k).map((x) => x.c);
   const ids = order.map((c) => t.read(c));
