@@ -22,7 +22,7 @@ import { closeFd, dataRangesOf, dupFd } from '../../../native/fscache/fanotify.t
 import type { BlobMap } from '../blob-map.ts';
 import type { ChunkFetcher } from '../chunk-fetcher.ts';
 import type { CacheFileKey, DaemonState } from '../state.ts';
-import { BlobCacheFile, WorkGuard, type CacheCounters, type PrefetchPlan } from '../blob-cache.ts';
+import { BlobCacheFile, WorkGuard, type CacheCounters, type FillOptions, type PrefetchPlan } from '../blob-cache.ts';
 
 /** What a cache file needs of the fanotify group. */
 export interface MarkPort {
@@ -47,6 +47,8 @@ export interface CacheFileSource {
   map: BlobMap;
   fetcher: ChunkFetcher;
   prefetch: PrefetchPlan | null;
+  /** The image's amplification window (config_v2 rafs.batch_size). */
+  fill?: FillOptions;
 }
 
 export class MarkedCacheFile {
@@ -104,7 +106,7 @@ export class MarkedCacheFile {
     this.blob = new BlobCacheFile(key, map, source.fetcher, {
       write: async (offset, data) => writeAll(await this.writer(), data, offset),
       dataRanges: (from, to) => dataRangesOf(probeFd, from, to),
-    }, this.guard, state, counters, log);
+    }, this.guard, state, counters, log, source.fill);
     this.blob.start(source.prefetch);
     this.unmarkIfComplete();
   }
