@@ -28,7 +28,6 @@ export class DaemonState {
   private readonly insert: Database.Statement;
   private readonly remove: Database.Statement;
   private readonly listFile: Database.Statement;
-  private readonly countFile: Database.Statement;
   private readonly filesOfCookie: Database.Statement;
   private readonly bumpFetch: Database.Statement;
   /**
@@ -76,7 +75,6 @@ export class DaemonState {
     this.insert = this.db.prepare('INSERT OR IGNORE INTO cache_file_chunks (volume, cookie, chunk_index) VALUES (?, ?, ?)');
     this.remove = this.db.prepare('DELETE FROM cache_file_chunks WHERE volume = ? AND cookie = ? AND chunk_index = ?');
     this.listFile = this.db.prepare('SELECT chunk_index FROM cache_file_chunks WHERE volume = ? AND cookie = ?');
-    this.countFile = this.db.prepare('SELECT COUNT(*) AS n FROM cache_file_chunks WHERE volume = ? AND cookie = ?');
     this.filesOfCookie = this.db.prepare('SELECT volume, COUNT(*) AS n FROM cache_file_chunks WHERE cookie = ? GROUP BY volume ORDER BY volume');
     this.bumpFetch = this.db.prepare(`INSERT INTO chunk_fetches (blob_id, chunk_index, fetches) VALUES (?, ?, ?)
       ON CONFLICT (blob_id, chunk_index) DO UPDATE SET fetches = fetches + excluded.fetches`);
@@ -155,8 +153,7 @@ export class DaemonState {
   }
 
   count(file: CacheFileKey): number {
-    this.flush();
-    return (this.countFile.get(file.volume, file.cookie) as { n: number }).n;
+    return this.marksOf(file).size;
   }
 
   /** Every cache file of a blob (one per volume that opened it) with its number of marked chunks. */

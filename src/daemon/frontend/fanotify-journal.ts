@@ -10,7 +10,8 @@
  * enough, a process crash does not lose it), and its answer right after it is given.
  *
  * Format: one line per record, `+ <fd> <dev> <ino> <offset> <count>` and `- <fd>`. The file is
- * truncated whenever nothing is pending, so it stays small.
+ * truncated when nothing is pending and it has grown past TRUNCATE_AT, so it stays small without a
+ * truncate per event.
  */
 import fs from 'node:fs';
 
@@ -24,9 +25,13 @@ export interface JournaledEvent {
   count: number;
 }
 
+/** Bytes after which an idle journal is truncated. */
+const TRUNCATE_AT = 256 * 1024;
+
 export class PendingEventJournal {
   private readonly fd: number;
   private pending = 0;
+  private written = 0;
 
   /** Opens the journal for appending; `keep` records are the still pending ones carried over. */
   constructor(readonly file: string, keep: readonly JournaledEvent[] = []) {
@@ -57,15 +62,16 @@ export class PendingEventJournal {
 
   add(e: JournaledEvent): void {
     this.pending++;
-    fs.writeSync(this.fd, `+ ${e.fd} ${e.dev} ${e.ino} ${e.offset} ${e.count}\n`);
+    this.written += fs.writeSync(this.fd, `+ ${e.fd} ${e.dev} ${e.ino} ${e.offset} ${e.count}\n`);
   }
 
   done(fd: number): void {
-    if (--this.pending <= 0) {
-      this.pending = 0;
+    this.pending = Math.max(0, this.pending - 1);
+    if (this.pending === 0 && this.written >= TRUNCATE_AT) {
       fs.ftruncateSync(this.fd, 0);
+      this.written = 0;
     } else {
-      fs.writeSync(this.fd, `- ${fd}\n`);
+      this.written += fs.writeSync(this.fd, `- ${fd}\n`);
     }
   }
 
