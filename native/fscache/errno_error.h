@@ -5,6 +5,7 @@
 
 #include <napi.h>
 #include <uv.h>
+#include <cerrno>
 #include <string>
 
 namespace fscache {
@@ -22,6 +23,16 @@ inline Napi::Error ErrnoError(Napi::Env env, int err, const char* syscall, const
   e.Set("syscall", Napi::String::New(env, syscall));
   if (!path.empty()) e.Set("path", Napi::String::New(env, path));
   return e;
+}
+
+// Makes a read(2)/write(2)-like call again while a signal interrupts it; its result (errno set on -1).
+template <typename Call>
+inline auto RetryOnEintr(Call call) -> decltype(call()) {
+  decltype(call()) r;
+  do {
+    r = call();
+  } while (r < 0 && errno == EINTR);
+  return r;
 }
 
 }  // namespace fscache

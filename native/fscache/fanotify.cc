@@ -61,10 +61,7 @@ Napi::Value FanotifyRespond(const Napi::CallbackInfo& info) {
   int err = FdArg(info, 2, usage);
   if (err < 0 || err > static_cast<int>(kFanErrnoMask)) throw Napi::RangeError::New(info.Env(), "fanotifyRespond: errno out of range");
   Response r{eventFd, err == 0 ? kFanAllow : kFanDeny | (static_cast<uint32_t>(err) << kFanErrnoShift)};
-  ssize_t n;
-  do {
-    n = write(fd, &r, sizeof r);
-  } while (n < 0 && errno == EINTR);
+  ssize_t n = RetryOnEintr([&] { return write(fd, &r, sizeof r); });
   if (n < 0) {
     throw ErrnoError(info.Env(), errno, "write", "", "fanotify response " + std::string(err ? "deny" : "allow") +
                                                          " to event fd " + std::to_string(eventFd));
@@ -74,10 +71,7 @@ Napi::Value FanotifyRespond(const Napi::CallbackInfo& info) {
 
 Napi::Value ReadFanotifyEvents(Napi::Env env, int fd) {
   alignas(8) uint8_t buf[kReadBufferSize];
-  ssize_t n;
-  do {
-    n = read(fd, buf, sizeof buf);
-  } while (n < 0 && errno == EINTR);
+  ssize_t n = RetryOnEintr([&] { return read(fd, buf, sizeof buf); });
   if (n < 0) {
     if (errno == EAGAIN) return env.Null();
     throw ErrnoError(env, errno, "read", "", "fanotify group fd " + std::to_string(fd));

@@ -57,10 +57,7 @@ Napi::Value Command(const Napi::CallbackInfo& info) {
   int fd = FdArg(info, 0, usage);
   if (!info[1].IsString()) throw Napi::TypeError::New(info.Env(), usage);
   std::string text = info[1].As<Napi::String>().Utf8Value();
-  ssize_t n;
-  do {
-    n = write(fd, text.data(), text.size());
-  } while (n < 0 && errno == EINTR);
+  ssize_t n = RetryOnEintr([&] { return write(fd, text.data(), text.size()); });
   if (n < 0) throw ErrnoError(info.Env(), errno, "write", "", "cachefiles command '" + text + "'");
   return info.Env().Undefined();
 }

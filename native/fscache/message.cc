@@ -86,10 +86,7 @@ Napi::Value DecodeRead(Napi::Env env, const Msg& m, const uint8_t* data, size_t 
 
 Napi::Value ReadMessage(Napi::Env env, int fd) {
   alignas(8) uint8_t buf[kReadBufferSize];
-  ssize_t n;
-  do {
-    n = read(fd, buf, sizeof buf);
-  } while (n < 0 && errno == EINTR);
+  ssize_t n = RetryOnEintr([&] { return read(fd, buf, sizeof buf); });
   // The device answers 0 when nothing is pending; EAGAIN is the same news from a non-blocking fd
   // of another kind (tests feed the decoder through a pipe).
   if (n < 0 && errno == EAGAIN) return env.Null();
