@@ -37,7 +37,7 @@ if [ ! -f build/Release/xattr.node ] || [ ! -f build/Release/fscache.node ] || [
   echo "setup: building the native addons" >&2
   npx --no-install node-gyp rebuild --loglevel=error >/dev/null
 fi
-if [ ! -f dist/.built ] || [ -n "$(find src erofs native scripts/build.mjs -newer dist/.built -name '*.ts' -o -newer dist/.built -name 'build.mjs' | head -1)" ]; then
+if [ ! -f dist/.built ] || [ -n "$(find src erofs native scripts/build.mjs -newer dist/.built \( -name '*.ts' -o -name '*.cc' -o -name '*.h' -o -name 'build.mjs' \) | head -1)" ]; then
   echo "setup: bundling the commands into dist/" >&2
   node --import tsx scripts/build.mjs
 fi
