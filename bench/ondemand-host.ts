@@ -13,7 +13,12 @@ export interface HostPlan {
   boot: string;
   blobDir: string;
   exported: string;
+  /** Background prefetch on, as in the snapshotter's default nydusd config (8 threads, 1 MiB merges). */
+  prefetch?: boolean;
 }
+
+/** The prefetch part of the snapshotter's default nydusd config (misc/snapshotter/nydusd-config.fscache.json). */
+export const SNAPSHOTTER_PREFETCH = { enable: true, threads_count: 8, batch_size: 1048576 };
 
 /** Seconds to read every regular file under `root` once, page cache dropped first. */
 function timeReadAll(root: string): number {
@@ -49,7 +54,7 @@ export async function benchHost(plan: HostPlan, repo: string): Promise<{ loop: n
 
   const mnt = path.join(plan.dir, 'fanotify-mnt');
   const sock = path.join(plan.dir, 'nydusd.sock');
-  const cfg = { version: 2, backend: { type: 'localfs', localfs: { dir: plan.blobDir } }, cache: { type: 'filecache', filecache: { work_dir: path.join(plan.dir, 'cache') } } };
+  const cfg = { version: 2, backend: { type: 'localfs', localfs: { dir: plan.blobDir } }, cache: { type: 'filecache', filecache: { work_dir: path.join(plan.dir, 'cache') }, ...(plan.prefetch ? { prefetch: SNAPSHOTTER_PREFETCH } : {}) } };
   fs.mkdirSync(mnt, { recursive: true });
   fs.writeFileSync(path.join(plan.dir, 'config.json'), JSON.stringify(cfg));
   const daemon = spawn(path.join(repo, 'bin/nydusd'), ['--fanotify', path.join(plan.dir, 'state'), '--config', path.join(plan.dir, 'config.json'),
