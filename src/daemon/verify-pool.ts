@@ -97,10 +97,14 @@ export class VerifyPool {
       const job = this.queue.shift()!;
       this.busy.set(w, job);
       const { stored } = job.run;
-      // A buffer that owns its memory moves to the worker as it is; a view into a larger one (Node's
-      // shared pool, a backend read split into several jobs) is copied out first.
-      const own = stored.byteOffset === 0 && stored.byteLength === stored.buffer.byteLength && !(stored.buffer instanceof SharedArrayBuffer)
-        ? stored : new Uint8Array(stored);
+      // Shared memory (the localfs backend reads into it) is seen by the worker where it is; a buffer
+      // that owns its memory moves to the worker as it is; a view into a larger one is copied out.
+      if (stored.buffer instanceof SharedArrayBuffer) {
+        w.postMessage(job.run);
+        continue;
+      }
+      const own = stored.byteOffset === 0 && stored.byteLength === stored.buffer.byteLength
+        ? stored : new Uint8Array(new Uint8Array(stored.buffer, stored.byteOffset, stored.byteLength));
       w.postMessage({ ...job.run, stored: own }, [own.buffer as ArrayBuffer]);
     }
   }
