@@ -7,6 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { apiRequest } from '../test/helpers/api-client.ts';
+import { childOf, peakRssMiB } from './ondemand-plan.ts';
 
 export interface HostPlan {
   dir: string;
@@ -41,7 +42,7 @@ async function until(what: string, ok: () => Promise<boolean>): Promise<void> {
   throw new Error(`timed out waiting for ${what}`);
 }
 
-export async function benchHost(plan: HostPlan, repo: string): Promise<{ loop: number; cold: number; warm: number }> {
+export async function benchHost(plan: HostPlan, repo: string): Promise<{ loop: number; cold: number; warm: number; rssMiB: number }> {
   const loopDir = path.join(plan.dir, 'loop-mnt');
   fs.mkdirSync(loopDir, { recursive: true });
   execFileSync('mount', ['-t', 'erofs', '-o', 'loop,ro', plan.exported, loopDir]);
@@ -62,13 +63,14 @@ export async function benchHost(plan: HostPlan, repo: string): Promise<{ loop: n
   try {
     await until('the fanotify mount', async () => mounted(mnt) && (await apiRequest(sock, 'GET', '/api/v1/daemon').catch(() => null))?.status === 200);
     const cold = timeReadAll(mnt);
+    const rssMiB = peakRssMiB(childOf(daemon.pid!));
     // Warm: unmounted and mounted again, page cache dropped: every byte comes from the cache file.
     const q = `/api/v1/mount?mountpoint=${encodeURIComponent(mnt)}`;
     if ((await apiRequest(sock, 'DELETE', q)).status !== 204) throw new Error('umount through the API failed');
     const r = await apiRequest(sock, 'POST', q, { source: plan.boot, fs_type: 'rafs', config: JSON.stringify(cfg) });
     if (r.status !== 204) throw new Error(`mount through the API failed: ${JSON.stringify(r.body)}`);
     const warm = timeReadAll(mnt);
-    return { loop, cold, warm };
+    return { loop, cold, warm, rssMiB };
   } finally {
     const exited = new Promise((r) => daemon.once('exit', r));
     daemon.kill('SIGTERM');
