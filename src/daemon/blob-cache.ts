@@ -119,6 +119,11 @@ export class BlobCacheFile {
     if (prefetch) void this.guard.use(() => this.prefetch(prefetch));
   }
 
+  /** Whether every chunk covering [offset, offset + len) is marked in the file. */
+  rangeCached(offset: number, len: number): boolean {
+    return this.map.chunksIn(offset, len).every((c) => this.state.isCached(this.key, c.indexInBlob));
+  }
+
   /**
    * A demand READ: every chunk covering [offset, offset + len) is in the file when this settles. The
    * chunks after it in the window are fetched in the same backend reads and written in the background.

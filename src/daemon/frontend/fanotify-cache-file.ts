@@ -131,6 +131,11 @@ export class MarkedCacheFile {
     this.scheduleCompleteCheck();
   }
 
+  /** Whether every chunk covering the range is in the file (by the chunk marks, checked against the file on open). */
+  rangeCached(offset: number, count: number): boolean {
+    return this.blob.rangeCached(offset, count);
+  }
+
   /** The mount is gone: the mark removed, the fds closed once the work using them drained. */
   close(): void {
     try {
