@@ -149,6 +149,11 @@ export class FanotifySession {
     this.log.info({ mountpoint: m.request.mountpoint }, 'unmounted');
   }
 
+  /** The image id a mountpoint's image is registered under (its access trace's id). */
+  imageIdOf(mountpoint: string): string | undefined {
+    return this.mounts.get(path.resolve(mountpoint))?.imageId;
+  }
+
   /** Every mountpoint served, in mount order. */
   list(): string[] {
     return [...this.mounts.keys()];
@@ -240,6 +245,8 @@ export class FanotifySession {
       this.answer(e.fd, EIO, true);
       return;
     }
+    // A read by another process is a demand read (our own provokes an event to get a writer fd).
+    if (e.pid !== process.pid && e.offset >= 0) f.trace?.record(e.offset, e.count);
     // Without a range record (never seen for reads), the whole file.
     void (e.offset < 0 ? this.serve(f, e.fd, 0, f.size, true) : this.serve(f, e.fd, e.offset, e.count, true));
   }
