@@ -18,7 +18,7 @@ import { inspectImage } from '../src/image/inspect.ts';
 import { AccessTrace, ACCESS_TRACE_MAX_ENTRIES } from '../src/daemon/access-trace.ts';
 import { BlobMap, packChunks } from '../src/daemon/blob-map.ts';
 import { FakePort, waitFor } from './helpers/cachefiles-port.ts';
-import { apiRequest as api } from './helpers/api-client.ts';
+import { apiRequest as api, blobCacheEntry } from './helpers/api-client.ts';
 import { prand, tmpDir } from './helpers/fixtures.ts';
 import { repoRoot } from './helpers/cli.ts';
 import { execFile } from 'node:child_process';
@@ -61,13 +61,7 @@ after(async () => {
   fs.rmSync(work, { recursive: true, force: true });
 });
 
-const entry = (id: string, extra: object = {}) => ({
-  type: 'bootstrap', id, domain_id: '',
-  config_v2: {
-    version: 2, id, backend: { type: 'localfs', localfs: { dir: blobDir } },
-    cache: { type: 'fscache', fscache: { work_dir: work } }, metadata_path: boot, ...extra,
-  },
-});
+const entry = (id: string, extra: object = {}) => blobCacheEntry(id, { bootstrap: boot, blobDir, workDir: work }, extra);
 
 async function daemon(name: string) {
   const state = new DaemonState(path.join(work, `state-${name}`));
