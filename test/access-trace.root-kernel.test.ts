@@ -14,7 +14,7 @@ import { prand, tmpDir } from './helpers/fixtures.ts';
 import { mustRun, repoRoot } from './helpers/cli.ts';
 import { apiRequest } from './helpers/api-client.ts';
 import { assertChunksFirst } from './helpers/blob-order.ts';
-import { type FanotifyImage, isMounted, localfsBackend, startFanotifyDaemon } from './helpers/fanotify-daemon.ts';
+import { type FanotifyImage, isMounted, localfsBackend, startFanotifyDaemon, waitFor } from './helpers/fanotify-daemon.ts';
 
 const work = tmpDir('access-trace-kernel');
 const daemons: ChildProcess[] = [];
@@ -88,8 +88,17 @@ test('root-kernel fanotify: the files read on a lazy mount come back in read ord
   const next = build('second', list);
   const table = JSON.parse(mustRun('nydus-image', ['inspect', '-B', next.boot, '-R', 'prefetch']).stdout) as Array<{ path: string[] }>;
   assert.deepEqual(table.map((e) => e.path), READ.map((p) => [p]), 'the prefetch table lists the traced files in order');
-  assertChunksFirst(next.boot, READ);
+  const listed = assertChunksFirst(next.boot, READ);
   mustRun('nydus-image', ['check', '-B', next.boot, '-D', next.blobDir]);
+
+  // Mounted with prefetch on, the new image's traced files are fetched before any read, and only they;
+  // the daemon's own reads (the one that gets it a writer fd) are no accesses.
+  const p = await startFanotifyDaemon(path.join(work, 'p'), next, localfsBackend(next), { daemons, mounts }, { prefetch: { enable: true } });
+  const want = listed.map((c) => String(c.chunk_index)).sort();
+  const fetched = async () => Object.keys((await apiRequest(p.sock, 'GET', `/api/v1/metrics/blobcache?blob_id=${next.blobId}`)).body.fetches).sort();
+  await waitFor('the prefetch of the traced files', async () => (await fetched()).length >= want.length);
+  assert.deepEqual(await fetched(), want, 'prefetch fetched the traced files\' chunks, the first of the blob');
+  assert.deepEqual((await apiRequest(p.sock, 'GET', '/api/v1/metrics/pattern')).body, [], 'prefetch is no access');
 
   const del = await apiRequest(d.sock, 'DELETE', `/api/v1/mount?mountpoint=${encodeURIComponent(d.mnt)}`);
   assert.equal(del.status, 204);
