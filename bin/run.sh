@@ -4,10 +4,11 @@
 # source file, and the TypeScript sources through tsx otherwise (while developing).
 name=$(basename "$0")
 root=$(cd "$(dirname "$(readlink -f "$0")")/.." && pwd)
-# The builders make many small short-lived objects (one per entry): V8's default young generation
-# (16 MiB semi-spaces) would hold 30 MiB more than they ever use, for no measurable speed.
+# The builders make many small short-lived objects (one per entry), the daemon a few per chunk: V8's
+# default young generation (16 MiB semi-spaces, in every isolate: nydusd's worker threads too) would
+# hold 30-40 MiB more than they ever use, for no measurable speed.
 heap=
-case $name in nydus-image|nydusify) heap=--max-semi-space-size=2 ;; esac
+case $name in nydus-image|nydusify|nydusd) heap=--max-semi-space-size=2 ;; esac
 if [ -f "$root/dist/$name.mjs" ] && [ -f "$root/dist/.built" ] \
    && [ -z "$(find "$root/src" "$root/erofs" "$root/native" -name '*.ts' -newer "$root/dist/.built" 2>/dev/null | head -1)" ]; then
   exec node --enable-source-maps $heap "$root/dist/$name.mjs" "$@"
