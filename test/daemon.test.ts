@@ -29,7 +29,7 @@ import { FormatError, NydusError } from '../erofs/errors.ts';
 import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
 import { RegistrationPool } from '../src/daemon/registration-pool.ts';
 import { hardlinkHeavyImage, prand, tmpDir } from './helpers/fixtures.ts';
-import { apiRequest as api } from './helpers/api-client.ts';
+import { apiRequest as api, blobCacheEntry } from './helpers/api-client.ts';
 import { repoRoot } from './helpers/cli.ts';
 import { spawn, spawnSync } from 'node:child_process';
 
@@ -62,13 +62,7 @@ after(async () => {
   fs.rmSync(work, { recursive: true, force: true });
 });
 
-const entry = (id: string, extra: object = {}) => ({
-  type: 'bootstrap', id, domain_id: '',
-  config_v2: {
-    version: 2, id, backend: { type: 'localfs', localfs: { dir: blobDir } },
-    cache: { type: 'fscache', fscache: { work_dir: work } }, metadata_path: boot, ...extra,
-  },
-});
+const entry = (id: string, extra: object = {}) => blobCacheEntry(id, { bootstrap: boot, blobDir, workDir: work }, extra);
 
 test('API: register through PUT /api/v2/blobs, refuse bad bodies with 400, socket is 0600', async () => {
   const state = new DaemonState(path.join(work, 'state1'));
@@ -395,7 +389,8 @@ test('batchChunks: runs of chunks stored back to back, bounded in bytes', () => 
 
 test('session: prefetch fetches exactly the files of the prefetch table, ahead of any read', async () => {
   const boot2 = path.join(work, 'prefetch.boot');
-  createImage({ source: path.join(work, 'src'), bootstrap: boot2, blobDir, chunkSize: 0x40000, compressor: 'zstd', digester: 'blake3', prefetchPaths: ['/b'] });
+  // Its own blob: the prefetch table's files come first in it.
+  const pfBlob = createImage({ source: path.join(work, 'src'), bootstrap: boot2, blobDir, chunkSize: 0x40000, compressor: 'zstd', digester: 'blake3', prefetchPaths: ['/b'] }).blob!.blobId;
   const state = new DaemonState(path.join(work, 'state6'));
   const registry = track(new ImageRegistry(state, log));
   const e = entry('pf', { rafs: { prefetch: { enable: true } } });
@@ -403,26 +398,26 @@ test('session: prefetch fetches exactly the files of the prefetch table, ahead o
   await registry.add(e);
   const port = new FakePort();
   const session = new OnDemandSession(port, registry, state, log, 2);
-  session.handle({ type: 'open', msgId: 1, objectId: 1, volumeKey: 'erofs,pf', cookieKey: blobId, fd: port.give(9), flags: 0 });
+  session.handle({ type: 'open', msgId: 1, objectId: 1, volumeKey: 'erofs,pf', cookieKey: pfBlob, fd: port.give(9), flags: 0 });
   await settle();
   const chunksOfB = (inspectImage(boot2, 'stat /b') as { chunks: Array<{ chunk_index: number }> }).chunks.map((c) => c.chunk_index);
-  const file = { volume: 'erofs,pf', cookie: blobId };
+  const file = { volume: 'erofs,pf', cookie: pfBlob };
   assert.deepEqual([...state.cached(file)].sort(), [...new Set(chunksOfB)].sort());
   assert.equal(session.stats.prefetchedChunks, new Set(chunksOfB).size);
   assert.deepEqual(port.completed, [], 'no read was asked for');
   // Remount (CLOSE, OPEN on the same cache file) in a restarted daemon: prefetch finds everything there.
   session.handle({ type: 'close', msgId: 2, objectId: 1 });
   await settle();
-  const fetchesBefore = state.fetches(blobId);
+  const fetchesBefore = state.fetches(pfBlob);
   const registry2 = track(new ImageRegistry(state, log));
   await registry2.restore();
   const session2 = new OnDemandSession(port, registry2, state, log, 2);
   port.blocks.set(19, port.blocks.get(9)!);
-  session2.handle({ type: 'open', msgId: 3, objectId: 1, volumeKey: 'erofs,pf', cookieKey: blobId, fd: port.give(19), flags: 0 });
+  session2.handle({ type: 'open', msgId: 3, objectId: 1, volumeKey: 'erofs,pf', cookieKey: pfBlob, fd: port.give(19), flags: 0 });
   await settle();
   assert.equal(session2.stats.prefetchedChunks, 0);
   assert.equal(session2.stats.staleMarks, 0);
-  assert.deepEqual(state.fetches(blobId), fetchesBefore, 'zero backend reads on the warm reopen');
+  assert.deepEqual(state.fetches(pfBlob), fetchesBefore, 'zero backend reads on the warm reopen');
   state.close();
 });
 

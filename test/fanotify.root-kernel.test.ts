@@ -16,6 +16,7 @@ import { manifest, diffManifests } from './helpers/manifest.ts';
 import { mustRun, repoRoot } from './helpers/cli.ts';
 import { apiRequest } from './helpers/api-client.ts';
 import { startRegistry } from './helpers/registry.ts';
+import { type FanotifyImage, fanotifyConfig, isMounted, localfsBackend, startFanotifyDaemon, waitFor } from './helpers/fanotify-daemon.ts';
 import { RegistryClient } from '../src/registry/index.ts';
 import { PendingEventJournal } from '../src/daemon/frontend/fanotify-journal.ts';
 
@@ -23,7 +24,7 @@ const work = tmpDir('fanotify');
 const daemons: ChildProcess[] = [];
 const mounts: string[] = [];
 
-interface Image { boot: string; blobDir: string; blobId: string }
+type Image = FanotifyImage;
 
 function build(name: string, src: string): Image {
   const blobDir = path.join(work, `${name}-blobs`);
@@ -36,41 +37,11 @@ function inspect(boot: string, what: string): any {
   return JSON.parse(mustRun('nydus-image', ['inspect', '-B', boot, '-R', what]).stdout);
 }
 
-/** nydusd's FUSE-mode config (v2) with a localfs or http-proxy backend. */
-function config(workDir: string, backend: object): object {
-  return { version: 2, backend, cache: { type: 'filecache', filecache: { work_dir: workDir } } };
-}
-
-const localfs = (img: Image) => ({ type: 'localfs', localfs: { dir: img.blobDir } });
-
-function isMounted(dir: string): boolean {
-  return fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').some((l) => l.split(' ')[4] === dir);
-}
-
-async function waitFor(what: string, ok: () => boolean | Promise<boolean>, ms = 60_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!(await ok())) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
+const localfs = localfsBackend;
 
 /** Starts `nydusd --fanotify` mounting `img` at a new directory; resolves once it is mounted and its API answers. */
-async function startDaemon(name: string, img: Image, backend: object): Promise<{ mnt: string; sock: string; state: string; cacheDir: string; proc: ChildProcess; cfg: object }> {
-  const base = path.join(work, name);
-  const mnt = path.join(base, 'mnt');
-  const state = path.join(base, 'state');
-  const cacheDir = path.join(base, 'cache');
-  const sock = path.join(base, 'api.sock');
-  fs.mkdirSync(mnt, { recursive: true });
-  const cfg = config(cacheDir, backend);
-  fs.writeFileSync(path.join(base, 'config.json'), JSON.stringify(cfg));
-  const proc = spawn(path.join(repoRoot, 'bin/nydusd'), ['--fanotify', state, '--config', path.join(base, 'config.json'),
-    '--bootstrap', img.boot, '--mountpoint', mnt, '--apisock', sock, '--log-file', path.join(base, 'nydusd.log')], { stdio: ['ignore', 'inherit', 'inherit'] });
-  daemons.push(proc);
-  mounts.push(mnt);
-  await waitFor(`${name}: the mount and the API`, async () => isMounted(mnt) && fs.existsSync(sock) && (await apiRequest(sock, 'GET', '/api/v1/daemon').catch(() => null))?.status === 200);
-  return { mnt, sock, state, cacheDir, proc, cfg };
+function startDaemon(name: string, img: Image, backend: object) {
+  return startFanotifyDaemon(path.join(work, name), img, backend, { daemons, mounts });
 }
 
 async function fetches(sock: string, blobId: string): Promise<Record<string, number>> {
@@ -312,7 +283,7 @@ test('root-kernel fanotify: a cache work_dir on tmpfs is refused naming the caus
   execFileSync('mount', ['-t', 'tmpfs', 'tmpfs', cacheDir]);
   mounts.push(cacheDir);
   fs.mkdirSync(path.join(base, 'mnt'));
-  fs.writeFileSync(path.join(base, 'config.json'), JSON.stringify(config(cacheDir, localfs(rich))));
+  fs.writeFileSync(path.join(base, 'config.json'), JSON.stringify(fanotifyConfig(cacheDir, localfs(rich))));
   const r = spawn(path.join(repoRoot, 'bin/nydusd'), ['--fanotify', path.join(base, 'state'), '--config', path.join(base, 'config.json'),
     '--bootstrap', rich.boot, '--mountpoint', path.join(base, 'mnt')], { stdio: ['ignore', 'pipe', 'pipe'] });
   let err = '';

@@ -37,7 +37,7 @@ const ZERO_BLOCK = Buffer.alloc(EROFS_BLKSIZ);
 export class BlobWriter {
   private fd: number;
   private readonly tmpPath: string;
-  private readonly hash: Hash = createHash('sha256');
+  private hash: Hash = createHash('sha256');
   private fileOffset = 0;
   private uncompressedOffset = 0;
   private readonly chunks: ChunkRef[] = [];
@@ -66,26 +66,63 @@ export class BlobWriter {
   /** Stores a new chunk; `data` may be reused by the caller afterwards. */
   addChunk(data: Buffer, digest: Buffer): ChunkRef {
     const compressed = compressChunk(this.compressor, data);
+    const ref: ChunkRef = {
+      blobIndex: this.blobIndex, indexInBlob: 0, digest, uncompressedOffset: 0, uncompressedSize: data.length,
+      compressedOffset: 0, compressedSize: compressed ? compressed.length : data.length, compressed: compressed !== null,
+    };
+    this.place(ref, compressed ?? data);
+    return ref;
+  }
+
+  /** Appends a chunk's stored bytes and gives it its next index and offsets. */
+  private place(ref: ChunkRef, stored: Uint8Array): void {
     // Uncompressed chunks are stored at their uncompressed offset, so a blob without compression is
     // itself a valid EROFS device for the bootstrap.
     if (this.compressor === 'none') {
       this.padTo(EROFS_BLKSIZ);
       if (this.fileOffset < this.uncompressedOffset) this.write(Buffer.alloc(this.uncompressedOffset - this.fileOffset));
     }
-    const ref: ChunkRef = {
-      blobIndex: this.blobIndex,
-      indexInBlob: this.chunks.length,
-      digest,
-      uncompressedOffset: this.uncompressedOffset,
-      uncompressedSize: data.length,
-      compressedOffset: this.fileOffset,
-      compressedSize: compressed ? compressed.length : data.length,
-      compressed: compressed !== null,
-    };
-    this.write(compressed ?? data);
-    this.uncompressedOffset += Math.ceil(data.length / EROFS_BLKSIZ) * EROFS_BLKSIZ;
+    ref.indexInBlob = this.chunks.length;
+    ref.uncompressedOffset = this.uncompressedOffset;
+    ref.compressedOffset = this.fileOffset;
+    this.write(stored);
+    this.uncompressedOffset += Math.ceil(ref.uncompressedSize / EROFS_BLKSIZ) * EROFS_BLKSIZ;
     this.chunks.push(ref);
-    return ref;
+  }
+
+  /**
+   * Puts `first` (chunks of this blob, in that order) at the start of the blob and the others after
+   * them in the order they were stored: the data written so far is copied once into a new file, and
+   * every ChunkRef (shared by the files holding it) gets its new index and offsets in place. For a
+   * source read once in its own order (a tar stream), where a prefetch list's files may come last.
+   */
+  reorder(first: readonly ChunkRef[]): void {
+    const mine = first.filter((c) => c.blobIndex === this.blobIndex && this.chunks[c.indexInBlob] === c);
+    if (mine.every((c, i) => c.indexInBlob === i)) return;
+    const head = new Set(mine);
+    const order = [...mine, ...this.chunks.filter((c) => !head.has(c))];
+    const old = { fd: this.fd, path: this.tmpPath, read: fs.openSync(this.tmpPath, 'r') };
+    const newPath = `${this.tmpPath}.reordered`;
+    try {
+      this.fd = fs.openSync(newPath, 'wx');
+      this.hash = createHash('sha256');
+      this.fileOffset = 0;
+      this.uncompressedOffset = 0;
+      this.chunks.length = 0;
+      let buf = Buffer.alloc(0);
+      for (const c of order) {
+        if (buf.length < c.compressedSize) buf = Buffer.allocUnsafe(c.compressedSize);
+        const stored = buf.subarray(0, c.compressedSize);
+        if (fs.readSync(old.read, stored, 0, c.compressedSize, c.compressedOffset) !== c.compressedSize) {
+          throw new NydusError(`blob ${old.path}: chunk ${c.indexInBlob} ends beyond the data written`);
+        }
+        this.place(c, stored);
+      }
+    } finally {
+      fs.closeSync(old.read);
+      fs.closeSync(old.fd);
+    }
+    fs.renameSync(newPath, this.tmpPath);
   }
 
   get chunkCount(): number {
@@ -132,5 +169,6 @@ export class BlobWriter {
   abort(): void {
     try { fs.closeSync(this.fd); } catch { /* already closed */ }
     fs.rmSync(this.tmpPath, { force: true });
+    fs.rmSync(`${this.tmpPath}.reordered`, { force: true });
   }
 }

@@ -71,15 +71,18 @@ export class Chunker {
   }
 }
 
-/** Chunks every regular file of a tree whose data sources can be read at any offset (a directory). */
-export function chunkTree(root: TreeNode, chunker: Chunker): ChunkStats {
+/**
+ * Chunks every regular file of a tree whose data sources can be read at any offset (a directory):
+ * `first` (a prefetch list's files) before the rest, which follow in directory order.
+ */
+export function chunkTree(root: TreeNode, chunker: Chunker, first: readonly TreeNode[] = []): ChunkStats {
   const { chunkSize, buffer: buf } = chunker;
   const seenLinks = new Map<string, ChunkRef[]>();
-  for (const node of walkTree(root)) {
-    if (node.kind !== 'file') continue;
+  const done = new Set<TreeNode>(first);
+  const chunkFile = (node: TreeNode) => {
     if (node.hardlinkKey && seenLinks.has(node.hardlinkKey)) {
       node.chunks = seenLinks.get(node.hardlinkKey);
-      continue;
+      return;
     }
     const chunks: ChunkRef[] = [];
     const src = node.data!;
@@ -96,6 +99,8 @@ export function chunkTree(root: TreeNode, chunker: Chunker): ChunkStats {
     node.chunks = chunks;
     chunker.fileDone();
     if (node.hardlinkKey) seenLinks.set(node.hardlinkKey, chunks);
-  }
+  };
+  for (const node of first) chunkFile(node);
+  for (const node of walkTree(root)) if (node.kind === 'file' && !done.has(node)) chunkFile(node);
   return chunker.stats;
 }

@@ -16,6 +16,7 @@ import type { TreeNode } from './tree.ts';
 import type { WhiteoutSpec } from './whiteout.ts';
 import { type Layout, layoutTree } from './layout.ts';
 import { type BlobDescriptor, writeImage } from './writer.ts';
+import { normalizePrefetchPath, prefetchChunks, prefetchFiles } from './prefetch-layout.ts';
 import { finishLayeredBuild, type LayeredBuild, openLayeredBuild } from './layered-build.ts';
 
 export interface CreateOptions {
@@ -69,8 +70,7 @@ export function blobDescriptor(b: FinishedBlob): BlobDescriptor {
 export function prefetchNids(layout: Layout, paths: string[]): number[] {
   const byPath = new Map([...layout.inodeOf].map(([node, ino]) => [node.path, ino.nid]));
   return paths.map((p) => {
-    const norm = '/' + p.split('/').filter(Boolean).join('/');
-    const nid = byPath.get(norm);
+    const nid = byPath.get(normalizePrefetchPath(p));
     if (nid === undefined) throw new NydusError(`prefetch path ${p} is not in the source tree`);
     return nid;
   });
@@ -111,6 +111,8 @@ class ImageBuild {
 
   finish(tree: TreeNode): CreateResult {
     const opts = this.opts;
+    // The prefetch list's data first in the blob (a directory source was chunked in that order already).
+    this.writer.reorder(prefetchChunks(prefetchFiles(tree, opts.prefetchPaths ?? [])));
     const blob = this.blob = this.writer.finish();
     if (blob && opts.blobPath) {
       fs.renameSync(blob.path, opts.blobPath);
@@ -144,7 +146,7 @@ export function createImage(opts: CreateOptions): CreateResult {
   try {
     // Over a parent the source's whiteouts are kept, to delete the parent's entries.
     const tree = treeFromDirectory(opts.source, build.lowestLayer ? { whiteoutSpec: opts.whiteoutSpec ?? 'oci' } : undefined);
-    chunkTree(tree, build.chunker);
+    chunkTree(tree, build.chunker, prefetchFiles(tree, opts.prefetchPaths ?? []));
     return build.finish(tree);
   } catch (e) {
     build.abort();

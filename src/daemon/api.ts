@@ -2,10 +2,11 @@
  * The HTTP API on a unix socket, with Nydus's paths and bodies (nydus api/src/http.rs; the calls
  * nydus-snapshotter makes, pkg/daemon/client.go):
  *   GET|PUT /api/v1/daemon, PUT /api/v1/daemon/{fuse/sendfd,fuse/takeover,start,exit},
- *   PUT|GET|DELETE /api/v2/blobs, GET /api/v1/metrics{,/backend,/blobcache,/inflight}, GET|PUT /api/v1/config;
+ *   PUT|GET|DELETE /api/v2/blobs, GET /api/v1/metrics{,/backend,/blobcache,/inflight,/files,/pattern},
+ *   GET|PUT /api/v1/config;
  * and GET /api/v1/metrics/prometheus: every metric in Prometheus' text format (prometheus.ts).
  * Errors are JSON {code, message}: 400 for bad requests, 409 for a request the daemon's state refuses,
- * 404 for unknown paths.
+ * 404 for unknown paths and for metrics of an image that is not there (nydus's NoCounter).
  */
 import http from 'node:http';
 import fs from 'node:fs';
@@ -29,7 +30,7 @@ export interface ApiContext {
   /** The supervisor socket (--supervisor), reported in GET /api/v1/daemon. */
   supervisor?: string;
   /** The fanotify front end's mounts (POST|DELETE /api/v1/mount); absent in fscache mode. */
-  mounts?: Pick<FanotifySession, 'mount' | 'umount' | 'list' | 'stats'>;
+  mounts?: Pick<FanotifySession, 'mount' | 'umount' | 'list' | 'stats' | 'imageIdOf'>;
   /** PUT /api/v1/daemon/exit: called once the answer is sent. */
   exit?: () => void;
   log: Logger;
@@ -41,11 +42,42 @@ const LOG_LEVELS = new Set(['trace', 'debug', 'info', 'warn', 'error']);
 const KNOWN_PATHS = new Set([
   '/api/v1/daemon', '/api/v1/daemon/fuse/sendfd', '/api/v1/daemon/fuse/takeover', '/api/v1/daemon/start', '/api/v1/daemon/exit',
   '/api/v2/blobs', '/api/v1/metrics', '/api/v1/metrics/backend', '/api/v1/metrics/blobcache', '/api/v1/metrics/inflight', '/api/v1/config', '/api/v1/metrics/prometheus', '/api/v1/mount',
+  '/api/v1/metrics/files', '/api/v1/metrics/pattern',
 ]);
 /** cachefiles' READ opcode, as GET /api/v1/metrics/inflight reports it. */
 const CACHEFILES_OP_READ = 2;
 
 const MAX_BODY = 1 << 20;
+
+/** Metrics asked of an image that is not there: 404, as nydus answers MetricsError::NoCounter. */
+class NoCounterError extends Error {}
+
+/**
+ * The image whose file metrics are asked (nydus's `id`): an image id of PUT /api/v2/blobs, or a
+ * fanotify mountpoint; without one, the only image there is (as nydus does with one file system).
+ */
+function traceImageId(ctx: ApiContext, id: string | null): string {
+  if (id) {
+    const mounted = ctx.mounts?.imageIdOf(id);
+    if (mounted) return mounted;
+    if (ctx.registry.has(id)) return id;
+    throw new NoCounterError(`no image ${JSON.stringify(id)}: give an image id of PUT /api/v2/blobs or a mountpoint`);
+  }
+  const ids = ctx.registry.list().map((e) => e.id);
+  if (ids.length === 1) return ids[0];
+  throw new NoCounterError(`${ids.length} images are registered: say which with ?id=`);
+}
+
+/** nydus's `latest` read files: inode numbers sorted, consecutive ones as [first, last], others as [ino]. */
+function inodeRanges(nids: number[]): number[][] {
+  const out: number[][] = [];
+  for (const n of [...new Set(nids)].sort((a, b) => a - b)) {
+    const last = out[out.length - 1];
+    if (last && last[last.length - 1] === n - 1) last.splice(1, 1, n);
+    else out.push([n]);
+  }
+  return out;
+}
 
 function send(res: http.ServerResponse, status: number, body?: unknown): void {
   if (body === undefined) {
@@ -118,11 +150,26 @@ export function startApi(sock: string, ctx: ApiContext): Promise<http.Server> {
         case 'GET /api/v1/metrics': {
           const stats = ctx.lifecycle?.currentSession?.stats;
           return send(res, 200, {
-            files_account_enabled: false, access_pattern_enabled: false, measure_latency: false,
+            files_account_enabled: true, access_pattern_enabled: true, measure_latency: false,
             id: url.searchParams.get('id') ?? '', data_read: stats?.readBytes ?? 0, block_count_read: new Array(8).fill(0),
             fop_hits: new Array(19).fill(0), fop_errors: new Array(19).fill(0), fop_cumulative_latency_total: new Array(19).fill(0),
             read_latency_dist: new Array(8).fill(0), nr_opens: stats?.opens ?? 0,
           });
+        }
+        case 'GET /api/v1/metrics/files': {
+          // nydus: ino -> its counters, or with latest=true the inodes read since the last such call.
+          const latest = url.searchParams.get('latest') === 'true';
+          const files = await ctx.registry.tracedFiles(traceImageId(ctx, url.searchParams.get('id')), latest);
+          if (latest) return send(res, 200, inodeRanges(files.map((f) => f.nid)));
+          return send(res, 200, Object.fromEntries(files.map((f) => [f.nid, { total_fops: f.reads, data_read: f.bytes, path: f.path }])));
+        }
+        case 'GET /api/v1/metrics/pattern': {
+          // nydus's AccessPattern records, in the order of first access, with the path beside the inode.
+          const files = await ctx.registry.tracedFiles(traceImageId(ctx, url.searchParams.get('id')));
+          return send(res, 200, files.map((f) => ({
+            ino: f.nid, nr_read: f.reads, first_access_time_secs: Math.floor(f.firstReadMs / 1000),
+            first_access_time_nanos: (f.firstReadMs % 1000) * 1_000_000, path: f.path,
+          })));
         }
         case 'GET /api/v1/metrics/inflight': {
           const reads = ctx.lifecycle?.currentSession?.inflight() ?? [];
@@ -225,7 +272,7 @@ export function startApi(sock: string, ctx: ApiContext): Promise<http.Server> {
       }
     } catch (e) {
       const err = e as Error;
-      const status = err instanceof ConfigError || err instanceof StateError ? 400 : 500;
+      const status = err instanceof NoCounterError ? 404 : err instanceof ConfigError || err instanceof StateError ? 400 : 500;
       ctx.log.warn({ route, err: err.message }, 'API request failed');
       // nydus's error body: the code is always UNDEFINED, the message says what went wrong.
       return send(res, status, { code: 'UNDEFINED', message: err.message });

@@ -127,8 +127,17 @@ export class BlobMap {
     if (offset < 0 || offset >= this.uncompressedSize + 4096) {
       throw new NydusError(`blob ${this.blobId}: read at ${offset} is beyond its ${this.uncompressedSize} bytes`, EIO);
     }
+    const [from, to] = this.positionsIn(offset, len);
     const out: ChunkRef[] = [];
-    for (let i = this.search(offset, true); i < this.chunkCount && this.n[i * FIELDS + F_UOFF] < offset + len; i++) out.push(this.at(i));
+    for (let i = from; i < to; i++) out.push(this.at(i));
     return out;
+  }
+
+  /** The positions [from, to) of the chunks overlapping [offset, offset + len) (empty when none). */
+  positionsIn(offset: number, len: number): [number, number] {
+    const from = this.search(offset, true);
+    let to = from;
+    while (to < this.chunkCount && this.n[to * FIELDS + F_UOFF] < offset + len) to++;
+    return [from, to];
   }
 }

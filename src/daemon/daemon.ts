@@ -14,6 +14,7 @@ import { type ImageEntry, ConfigError, parseBlobCacheEntry } from './config.ts';
 import type { ObjectResolver, ResolvedObject } from './frontend/cachefiles.ts';
 import type { DaemonState } from './state.ts';
 import type { VerifyPool } from './verify-pool.ts';
+import { AccessTrace, type TraceSnapshot } from './access-trace.ts';
 
 interface RegisteredImage {
   entry: ImageEntry;
@@ -25,6 +26,23 @@ interface RegisteredImage {
   fetcher: ChunkFetcher;
   /** Per blob, the positions in its blob map to fetch ahead of reads (when prefetch is enabled). */
   prefetch: Map<string, Uint32Array>;
+  /** Every blob-table entry's map, by blob index (the trace's blob ordinals). */
+  maps: BlobMap[];
+  /** What the kernel read on demand. */
+  trace: AccessTrace;
+}
+
+/** A file of an image's access trace: what its demand reads came to. */
+export interface TracedFile {
+  /** Its nid: the inode number the kernel shows for it. */
+  nid: number;
+  path: string;
+  /** When its data was first read on demand (ms since the epoch; 0 for `latest`, which keeps no times). */
+  firstReadMs: number;
+  /** Demand reads of its chunks (a read counted once per chunk it touches). */
+  reads: number;
+  /** Bytes of its chunks read on demand (each chunk once). */
+  bytes: number;
 }
 
 /**
@@ -108,12 +126,15 @@ export class ImageRegistry implements ObjectResolver {
     const backend = createBackend(entry.backend, this.metricsOf(entry.backend.type));
     const blobs = new Map<string, BlobMap>();
     const prefetch = new Map<string, Uint32Array>();
+    const maps: BlobMap[] = [];
     for (const b of plan.blobs) {
-      blobs.set(b.id, new BlobMap(b.id, b.index, b.uncompressedSize, b.compressor, b.digester, b.chunks));
+      const map = new BlobMap(b.id, b.index, b.uncompressedSize, b.compressor, b.digester, b.chunks);
+      maps[b.index] = map;
+      blobs.set(b.id, map);
       if (b.prefetch) prefetch.set(b.id, b.prefetch);
     }
     this.images.set(entry.id, {
-      entry, body, bootstrapSize: plan.bootstrapSize, blobs, backend, prefetch,
+      entry, body, bootstrapSize: plan.bootstrapSize, blobs, backend, prefetch, maps, trace: new AccessTrace(maps),
       fetcher: new ChunkFetcher(backend, (blob, chunk) => this.state.countFetch(blob, chunk), this.pool),
     });
     if (persist) this.state.saveImage(entry.id, body);
@@ -157,6 +178,34 @@ export class ImageRegistry implements ObjectResolver {
     return [...this.images.values()].map((i) => i.entry);
   }
 
+  /**
+   * The files of an image's access trace, in the order their data was first read on demand; with
+   * `latest`, those read since the last such call (which starts the next period). Mapped on a
+   * registration worker, from the bootstrap read again.
+   */
+  async tracedFiles(id: string, latest = false): Promise<TracedFile[]> {
+    const img = this.images.get(id);
+    if (!img) throw new ConfigError(`no image ${id} is registered`);
+    const snap: TraceSnapshot = latest ? img.trace.takeRecent() : img.trace.snapshot();
+    if (img.trace.dropped) this.log.warn({ id, dropped: img.trace.dropped }, 'the access trace is full: chunks first read since are not in it');
+    const { owner, files } = await this.registration.traceFiles({
+      metadataPath: img.entry.metadataPath, blobs: img.maps.map((m) => ({ id: m.blobId, chunkCount: m.chunkCount })), chunks: snap.chunks,
+    });
+    const out: TracedFile[] = files.map((f) => ({ ...f, firstReadMs: 0, reads: 0, bytes: 0 }));
+    owner.forEach((f, i) => {
+      if (f < 0) return;
+      if (!out[f].firstReadMs) out[f].firstReadMs = snap.times[i];
+      out[f].reads += snap.reads[i];
+      out[f].bytes += snap.sizes[i];
+    });
+    return out;
+  }
+
+  /** Whether an image of this id is registered. */
+  has(id: string): boolean {
+    return this.images.has(id);
+  }
+
   /** Backend counters by backend type, since the daemon started. */
   metrics(): Record<string, BackendMetrics> {
     return Object.fromEntries(this.backendMetrics);
@@ -169,7 +218,10 @@ export class ImageRegistry implements ObjectResolver {
       const map = img.blobs.get(cookie);
       if (map) {
         const order = img.prefetch.get(cookie);
-        return { kind: 'blob', map, fetcher: img.fetcher, prefetch: order ? { order, config: img.entry.prefetch } : null, fill: { amplifyIo: img.entry.amplifyIo } };
+        return {
+          kind: 'blob', map, fetcher: img.fetcher, prefetch: order ? { order, config: img.entry.prefetch } : null, fill: { amplifyIo: img.entry.amplifyIo },
+          trace: img.trace.blob(map.blobIndex),
+        };
       }
     }
     return null;

@@ -8,6 +8,7 @@ import type { Worker } from 'node:worker_threads';
 import { FormatError, NydusError } from '../../erofs/errors.ts';
 import { ConfigError } from './config.ts';
 import type { RegistrationPlan, RegistrationRequest } from './registration.ts';
+import type { TraceFiles, TraceFilesRequest } from './trace-files.ts';
 import { startWorker } from './worker-thread.ts';
 
 export interface RegistrationPoolOptions {
@@ -21,9 +22,12 @@ export interface RegistrationPoolOptions {
   idleMs?: number;
 }
 
+/** What a registration worker is asked: a registration plan, or an access trace mapped to files. */
+export type RegistrationJob = { kind: 'plan'; req: RegistrationRequest } | { kind: 'traceFiles'; req: TraceFilesRequest };
+
 interface Job {
-  req: RegistrationRequest;
-  resolve: (plan: RegistrationPlan) => void;
+  msg: RegistrationJob;
+  resolve: (result: unknown) => void;
   reject: (e: Error) => void;
 }
 
@@ -61,9 +65,18 @@ export class RegistrationPool {
 
   /** Plans a registration on a worker; rejects with the gate's own error for a bad image. */
   plan(req: RegistrationRequest): Promise<RegistrationPlan> {
+    return this.submit({ kind: 'plan', req }) as Promise<RegistrationPlan>;
+  }
+
+  /** Maps an access trace to files on a worker (the bootstrap read again through the gate), within the same bounds. */
+  traceFiles(req: TraceFilesRequest): Promise<TraceFiles> {
+    return this.submit({ kind: 'traceFiles', req }) as Promise<TraceFiles>;
+  }
+
+  private submit(msg: RegistrationJob): Promise<unknown> {
     if (this.closed) return Promise.reject(new NydusError('the daemon is stopping: no more registrations'));
     return new Promise((resolve, reject) => {
-      this.queue.push({ req, resolve, reject });
+      this.queue.push({ msg, resolve, reject });
       this.next();
     });
   }
@@ -98,7 +111,8 @@ export class RegistrationPool {
   }
 
   private run(w: Worker, job: Job): void {
-    const file = job.req.metadataPath;
+    const file = job.msg.req.metadataPath;
+    const what = job.msg.kind === 'plan' ? 'registration' : 'access trace mapping';
     // Held while it works (a caller awaiting the plan keeps the process alive), let go when idle.
     w.ref();
     let done = false;
@@ -113,23 +127,23 @@ export class RegistrationPool {
       if (keep && !this.closed) this.park(w);
       else void w.terminate();
     };
-    const onMessage = (m: { plan?: RegistrationPlan; error?: WorkerError }) => {
-      finish(() => (m.error ? job.reject(revive(m.error)) : job.resolve(m.plan!)), true);
+    const onMessage = (m: { result?: unknown; error?: WorkerError }) => {
+      finish(() => (m.error ? job.reject(revive(m.error)) : job.resolve(m.result)), true);
     };
     const onError = (e: Error & { code?: string }) => {
       const why = e.code === 'ERR_WORKER_OUT_OF_MEMORY'
         ? `needs more than the ${this.maxHeapMb} MiB a registration may use`
         : `failed on its worker thread: ${e.message}`;
-      finish(() => job.reject(new NydusError(`registration of bootstrap ${file} ${why}; refused`)), false);
+      finish(() => job.reject(new NydusError(`${what} of bootstrap ${file} ${why}; refused`)), false);
     };
-    const onExit = (code: number) => finish(() => job.reject(new NydusError(`registration of bootstrap ${file}: its worker thread exited (code ${code})`)), false);
+    const onExit = (code: number) => finish(() => job.reject(new NydusError(`${what} of bootstrap ${file}: its worker thread exited (code ${code})`)), false);
     const timer = setTimeout(() => {
-      finish(() => job.reject(new NydusError(`registration of bootstrap ${file} took longer than ${this.timeoutMs / 1000} s, the bound of one registration; refused`)), false);
+      finish(() => job.reject(new NydusError(`${what} of bootstrap ${file} took longer than ${this.timeoutMs / 1000} s, the bound of one registration; refused`)), false);
     }, this.timeoutMs);
     w.on('message', onMessage);
     w.on('error', onError);
     w.on('exit', onExit);
-    w.postMessage(job.req);
+    w.postMessage(job.msg);
   }
 
   private park(w: Worker): void {

@@ -18,3 +18,14 @@ export function apiRequest(sock: string, method: string, url: string, body?: unk
     req.end();
   });
 }
+
+/** A BlobCacheEntry as nydus-snapshotter PUTs it to /api/v2/blobs: a localfs backend, fscache, `extra` in config_v2. */
+export function blobCacheEntry(id: string, image: { bootstrap: string; blobDir: string; workDir: string }, extra: object = {}) {
+  return {
+    type: 'bootstrap', id, domain_id: '',
+    config_v2: {
+      version: 2, id, backend: { type: 'localfs', localfs: { dir: image.blobDir } },
+      cache: { type: 'fscache', fscache: { work_dir: image.workDir } }, metadata_path: image.bootstrap, ...extra,
+    },
+  };
+}

@@ -11,13 +11,13 @@ export interface CliResult {
   stderr: string;
 }
 
-export function runCli(name: string, args: string[], opts: { timeoutMs?: number } = {}): CliResult {
-  const r = spawnSync(path.join(repoRoot, 'bin', name), args, { encoding: 'utf8', timeout: opts.timeoutMs ?? 300_000, maxBuffer: 1 << 30 });
+export function runCli(name: string, args: string[], opts: { timeoutMs?: number; input?: string } = {}): CliResult {
+  const r = spawnSync(path.join(repoRoot, 'bin', name), args, { encoding: 'utf8', timeout: opts.timeoutMs ?? 300_000, maxBuffer: 1 << 30, input: opts.input });
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
-export function mustRun(name: string, args: string[]): CliResult {
-  const r = runCli(name, args);
+export function mustRun(name: string, args: string[], opts: { input?: string } = {}): CliResult {
+  const r = runCli(name, args, opts);
   if (r.status !== 0) throw new Error(`${name} ${args.join(' ')} failed (${r.status}): ${r.stderr}`);
   return r;
 }

@@ -15,6 +15,7 @@ import { NydusError, EIO } from '../../../erofs/errors.ts';
 import { type BlobMap, alignToChunk } from '../blob-map.ts';
 import type { ChunkFetcher } from '../chunk-fetcher.ts';
 import type { DaemonState } from '../state.ts';
+import type { BlobAccessTrace } from '../access-trace.ts';
 import { BlobCacheFile, Limiter, WorkGuard, type CacheCounters, type FillOptions, type PrefetchPlan } from '../blob-cache.ts';
 
 /** What the session needs of the device (the addon's CachefilesDevice, or a fake in unit tests). */
@@ -29,7 +30,7 @@ export interface CachefilesPort {
 
 export type ResolvedObject =
   | { kind: 'bootstrap'; path: string; size: number }
-  | { kind: 'blob'; map: BlobMap; fetcher: ChunkFetcher; prefetch: PrefetchPlan | null; fill?: FillOptions };
+  | { kind: 'blob'; map: BlobMap; fetcher: ChunkFetcher; prefetch: PrefetchPlan | null; fill?: FillOptions; trace?: BlobAccessTrace };
 
 export interface ObjectResolver {
   /** `volume` is the fsid or domain id (the part after "erofs,"); `cookie` the fsid or device tag. */
@@ -45,7 +46,7 @@ interface OpenObject {
   guard: WorkGuard;
   cookie: string;
   /** The bootstrap's file, or the blob's cache file. */
-  target: { kind: 'bootstrap'; path: string; size: number } | { kind: 'blob'; file: BlobCacheFile };
+  target: { kind: 'bootstrap'; path: string; size: number } | { kind: 'blob'; file: BlobCacheFile; trace?: BlobAccessTrace };
 }
 
 export class OnDemandSession {
@@ -104,6 +105,7 @@ export class OnDemandSession {
             { asksOnlyForMissing: true, write: (offset, data) => this.dev.writeData(fd, offset, data), dataRanges: (from, to) => this.dev.dataRanges(fd, from, to) },
             guard, this.state, this.stats, this.log, target.fill,
           ),
+          trace: target.trace,
         },
       };
     this.objects.set(msg.objectId, obj);
@@ -123,7 +125,11 @@ export class OnDemandSession {
     await obj.guard.use(async () => {
       try {
         if (obj.target.kind === 'bootstrap') await this.readBootstrap(obj, obj.target.path, obj.target.size, msg);
-        else await obj.target.file.fill(msg.offset, msg.len);
+        else {
+          // A READ is the kernel asking for data it does not hold: a demand read, traced as such.
+          obj.target.trace?.record(msg.offset, msg.len);
+          await obj.target.file.fill(msg.offset, msg.len);
+        }
         this.stats.readBytes += msg.len;
       } catch (e) {
         this.stats.readErrors++;

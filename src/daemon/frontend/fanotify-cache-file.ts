@@ -22,6 +22,7 @@ import { closeFd, dataRangesOf, dupFd } from '../../../native/fscache/fanotify.t
 import type { BlobMap } from '../blob-map.ts';
 import type { ChunkFetcher } from '../chunk-fetcher.ts';
 import type { CacheFileKey, DaemonState } from '../state.ts';
+import type { BlobAccessTrace } from '../access-trace.ts';
 import { BlobCacheFile, WorkGuard, type CacheCounters, type FillOptions, type PrefetchPlan } from '../blob-cache.ts';
 
 /** What a cache file needs of the fanotify group. */
@@ -49,6 +50,8 @@ export interface CacheFileSource {
   prefetch: PrefetchPlan | null;
   /** The image's amplification window (config_v2 rafs.batch_size). */
   fill?: FillOptions;
+  /** Where the blob's demand reads are traced. */
+  trace?: BlobAccessTrace;
 }
 
 export class MarkedCacheFile {
@@ -114,6 +117,11 @@ export class MarkedCacheFile {
 
   get closed(): boolean {
     return this.guard.closed;
+  }
+
+  /** Where the blob's demand reads are traced. */
+  get trace(): BlobAccessTrace | undefined {
+    return this.source.trace;
   }
 
   /** An event for this file arrived: its fd becomes the writer if there is none yet. Throws when it cannot be kept. */

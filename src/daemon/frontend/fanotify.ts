@@ -149,6 +149,11 @@ export class FanotifySession {
     this.log.info({ mountpoint: m.request.mountpoint }, 'unmounted');
   }
 
+  /** The image id a mountpoint's image is registered under (its access trace's id). */
+  imageIdOf(mountpoint: string): string | undefined {
+    return this.mounts.get(path.resolve(mountpoint))?.imageId;
+  }
+
   /** Every mountpoint served, in mount order. */
   list(): string[] {
     return [...this.mounts.keys()];
@@ -245,6 +250,8 @@ export class FanotifySession {
       this.answer(e.fd, EIO, true);
       return;
     }
+    // A read by another process is a demand read (our own provokes an event to get a writer fd).
+    if (e.pid !== process.pid && e.offset >= 0) f.trace?.record(e.offset, e.count);
     if (fast) {
       this.stats.events++;
       this.stats.eventBytes += e.count;

@@ -1,0 +1,12 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { benchHost } from '/work/main/bench/ondemand-host.ts';
+const repo = '/work/main';
+const name = process.argv[2] ?? 'debian';
+const prefetch = process.argv[3] === 'on';
+const out = path.join(repo, 'kernel-test/.cache/bench', name);
+const scratch = path.join(repo, '.cache/bench-host', name);
+fs.rmSync(scratch, { recursive: true, force: true });
+fs.mkdirSync(scratch, { recursive: true });
+const r = await benchHost({ dir: scratch, boot: path.join(out, 'image.boot'), blobDir: path.join(out, 'blobs'), exported: path.join(out, 'image.erofs'), prefetch }, repo);
+console.log(name, prefetch ? 'prefetch' : 'no-prefetch', `loop ${r.loop.toFixed(2)} cold ${r.cold.toFixed(2)} (${(r.loop / r.cold).toFixed(2)}x) warm ${r.warm.toFixed(2)} (${(r.loop / r.warm).toFixed(2)}x) rss ${r.rssMiB.toFixed(0)} MiB`);
