@@ -9,7 +9,7 @@ root=$(cd "$(dirname "$(readlink -f "$0")")/.." && pwd)
 heap=
 case $name in nydus-image|nydusify) heap=--max-semi-space-size=2 ;; esac
 if [ -f "$root/dist/$name.mjs" ] && [ -f "$root/dist/.built" ] \
-   && [ -z "$(find "$root/src" "$root/erofs" "$root/native" -name '*.ts' -newer "$root/dist/.built" 2>/dev/null | head -1)" ]; then
+   && [ -z "$(find "$root/src" "$root/erofs" "$root/native" -name '*.ts' -newer "$root/dist/.built" -print -quit 2>/dev/null)" ]; then
   exec node --enable-source-maps $heap "$root/dist/$name.mjs" "$@"
 fi
 if [ ! -f "$root/node_modules/tsx/dist/loader.mjs" ]; then
