@@ -8,6 +8,13 @@ root=$(cd "$(dirname "$(readlink -f "$0")")/.." && pwd)
 # (16 MiB semi-spaces) would hold 30 MiB more than they ever use, for no measurable speed.
 heap=
 case $name in nydus-image|nydusify) heap=--max-semi-space-size=2 ;; esac
+# Node 20 reads and parses NODE_EXTRA_CA_CERTS at every start, before any code runs (70 ms for a
+# distribution's whole CA bundle). nydusd's only TLS connections are its backends', whose dispatchers
+# add these certificates when they are made (src/daemon/backend/remote.ts): it starts without them.
+if [ "$name" = nydusd ] && [ -n "${NODE_EXTRA_CA_CERTS:-}" ]; then
+  export NYDUSD_EXTRA_CA_CERTS="$NODE_EXTRA_CA_CERTS"
+  unset NODE_EXTRA_CA_CERTS
+fi
 if [ -f "$root/dist/$name.mjs" ] && [ -f "$root/dist/.built" ] \
    && [ -z "$(find "$root/src" "$root/erofs" "$root/native" -name '*.ts' -newer "$root/dist/.built" -print -quit 2>/dev/null)" ]; then
   exec node --enable-source-maps $heap "$root/dist/$name.mjs" "$@"

@@ -11,7 +11,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import pino from 'pino';
 import { request } from 'undici';
 import { createImage } from '../src/builder/create.ts';
@@ -506,6 +506,31 @@ test('registry backend over TLS: ca_cert_files trusts the registry\'s certificat
   await refused.read(0, 4096);
   assert.equal(refused.session.stats.readErrors, 1, 'an unknown certificate is refused');
   await refused.close();
+});
+
+test('registry backend over TLS: NODE_EXTRA_CA_CERTS, which bin/nydusd hands to the backends (node starts without it), is trusted', async () => {
+  const tls = await startRegistry({ tls: true });
+  cleanups.push(() => tls.stop());
+  const client = new RegistryClient({ insecure: true, dockerConfig: false });
+  await client.pushBlob(`${tls.host}/${REPO}`, fs.readFileSync(path.join(blobDir, blobId)));
+  await client.close();
+  const https = { host: tls.host, repo: REPO, scheme: 'https' };
+  process.env.NYDUSD_EXTRA_CA_CERTS = path.join(tls.dir, 'cert.pem');
+  try {
+    const trusted = await reader(legacyEntry('tls-env-ca', https));
+    await trusted.read();
+    assertWhole(trusted);
+    await trusted.close();
+  } finally {
+    delete process.env.NYDUSD_EXTRA_CA_CERTS;
+  }
+  // Node itself warns at start about an extra CA file it cannot read: nydusd's node never reads it.
+  const missing = path.join(tls.dir, 'missing.pem');
+  const started = spawnSync(path.join(repoRoot, 'bin/nydusd'), ['--version'], { encoding: 'utf8', env: { ...process.env, NODE_EXTRA_CA_CERTS: missing } });
+  assert.equal(started.status, 0, started.stderr);
+  assert.doesNotMatch(started.stderr, /extra certs/);
+  const plain = spawnSync(process.execPath, ['-e', ''], { encoding: 'utf8', env: { ...process.env, NODE_EXTRA_CA_CERTS: missing } });
+  assert.match(plain.stderr, /Ignoring extra certs/, 'the oracle: node reads NODE_EXTRA_CA_CERTS at start');
 });
 
 test('registry backend: a registry that is not there is an EIO after retry_limit retries, quickly', async () => {
