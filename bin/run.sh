@@ -1,7 +1,8 @@
 #!/bin/sh
 # Runs a CLI of nydus-ts from the checkout: bin/<name> links here; no global install.
 # It runs the bundle dist/<name>.mjs (made by scripts/build.mjs in setup) when that is newer than every
-# source file, and the TypeScript sources through tsx otherwise (while developing).
+# source file, and the TypeScript sources through tsx otherwise (while developing). The bundles map
+# their stack traces to the sources themselves, when one is formatted (src/cli/stack-maps.ts).
 name=$(basename "$0")
 root=$(cd "$(dirname "$(readlink -f "$0")")/.." && pwd)
 # The builders make many small short-lived objects (one per entry): V8's default young generation
@@ -17,7 +18,7 @@ if [ "$name" = nydusd ] && [ -n "${NODE_EXTRA_CA_CERTS:-}" ]; then
 fi
 if [ -f "$root/dist/$name.mjs" ] && [ -f "$root/dist/.built" ] \
    && [ -z "$(find "$root/src" "$root/erofs" "$root/native" -name '*.ts' -newer "$root/dist/.built" -print -quit 2>/dev/null)" ]; then
-  exec node --enable-source-maps $heap "$root/dist/$name.mjs" "$@"
+  exec node $heap "$root/dist/$name.mjs" "$@"
 fi
 if [ ! -f "$root/node_modules/tsx/dist/loader.mjs" ]; then
   echo "$name: dependencies are not installed; run scripts/setup.sh in $root" >&2

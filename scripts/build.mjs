@@ -29,8 +29,8 @@ await build({
     .filter((d) => d !== 'yargs' && d !== 'pino').flatMap((d) => [d, `${d}/*`]),
   // pino's CommonJS modules require node's own modules: an ES module has no `require` of its own.
   banner: { js: "import { createRequire as __bundleRequire } from 'node:module';\nconst require = __bundleRequire(import.meta.url);" },
-  // Mappings only: the sources' text would triple the map that node parses at every start
-  // (--enable-source-maps), and stack traces need only the mappings.
+  // Mappings only: stack traces need no more (src/cli/stack-maps.ts), and the sources' text would
+  // triple the map.
   sourcemap: true,
   sourcesContent: false,
   // The build's identity (`nydusd --version`, GET /api/v1/daemon) baked in, so bundles need no sources.

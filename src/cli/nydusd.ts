@@ -1,4 +1,5 @@
 /** nydusd: argument parsing only; see src/daemon/run.ts for the process models and the lifecycle. */
+import './stack-maps.ts';
 import { NydusError } from '../../erofs/errors.ts';
 import fs from 'node:fs';
 import { type DaemonOptions, isWorker, runDaemon, runSupervisor, startupMode } from '../daemon/run.ts';

@@ -1,4 +1,5 @@
 /** Worker thread of RegistrationPool: plans one image registration per message. */
+import '../cli/stack-maps.ts';
 import { parentPort } from 'node:worker_threads';
 import { type RegistrationRequest, planBuffers, planRegistration } from './registration.ts';
 import type { NydusError } from '../../erofs/errors.ts';
