@@ -2,8 +2,10 @@
 import './stack-maps.ts';
 import { NydusError } from '../../erofs/errors.ts';
 import fs from 'node:fs';
-import { type DaemonOptions, isWorker, runDaemon, runSupervisor, startupMode } from '../daemon/run.ts';
-import { type FanotifyDaemonOptions, openFanotifyGroup, runFanotifyWorker } from '../daemon/run-fanotify.ts';
+// The supervisor loads its own code alone (run.ts): the daemon's (serve.ts, run-fanotify.ts) is loaded
+// by the process that serves, so a supervisor spawns its worker sooner.
+import { type DaemonOptions, isWorker, openFanotifyGroup, runSupervisor } from '../daemon/run.ts';
+import type { FanotifyDaemonOptions } from '../daemon/run-fanotify.ts';
 import { versionText } from '../version.ts';
 import { quickParse } from './quick-args.ts';
 import { runMain } from './run-main.ts';
@@ -68,8 +70,12 @@ await runMain('nydusd', async () => {
     logLevel: args['log-level'], logFile: args['log-file'], logRotationSize: args['log-rotation-size'], id: args.id ?? '',
     supervisor: args.supervisor,
   };
+  if (!isWorker() && !opts.supervisor) {
+    await runSupervisor(opts, [process.argv[1], ...argv]);
+    return;
+  }
+  const { runDaemon, startupMode } = await import('../daemon/serve.ts');
   if (isWorker()) await runDaemon(opts, { kind: 'inherited' });
-  else if (!opts.supervisor) await runSupervisor(opts, [process.argv[1], ...argv]);
   else await runDaemon(opts, args.upgrade ? { kind: 'takeover' } : await startupMode(opts));
 });
 
@@ -100,6 +106,6 @@ async function fanotifyMode(args: Args, argv: string[]): Promise<void> {
     logRotationSize: args['log-rotation-size'],
     initial: given.length ? { mountpoint: args.mountpoint as string, bootstrap: args.bootstrap as string, config } : undefined,
   };
-  if (isWorker()) await runFanotifyWorker(opts);
+  if (isWorker()) await (await import('../daemon/run-fanotify.ts')).runFanotifyWorker(opts);
   else await runSupervisor(opts, [process.argv[1], ...argv], openFanotifyGroup());
 }
