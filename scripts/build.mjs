@@ -23,6 +23,10 @@ await build({
   platform: 'node',
   format: 'esm',
   target: 'node20',
+  // What a command imports dynamically is a file of its own (code the entries share too), loaded when
+  // imported: nydusd's supervisor starts its worker without compiling the daemon, nor yargs loaded
+  // for a plain argument list. Chunks lie next to the entries (workers are found by URL beside them).
+  splitting: true,
   // npm packages stay external, but yargs and pino: as dozens of small modules each they cost a
   // command's start more to find, read and compile one by one (pino: 30 ms of nydusd's) than bundled.
   external: Object.keys(JSON.parse(fs.readFileSync(path.join(root, 'package.json'), 'utf8')).dependencies)
