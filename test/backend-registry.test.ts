@@ -487,7 +487,7 @@ test('registry backend: blob_redirected_host and blob_url_scheme rewrite a blob 
   await r.close();
 });
 
-test('registry backend over TLS: ca_cert_files trusts the registry\'s certificate; skip_verify works without it; with neither, an EIO', async () => {
+test('registry backend over TLS: ca_cert_files trusts the registry\'s certificate, so does NODE_EXTRA_CA_CERTS as bin/nydusd hands it over; skip_verify works without them; with neither, an EIO', async () => {
   const tls = await startRegistry({ tls: true });
   cleanups.push(() => tls.stop());
   const client = new RegistryClient({ insecure: true, dockerConfig: false });
@@ -498,6 +498,23 @@ test('registry backend over TLS: ca_cert_files trusts the registry\'s certificat
   await trusted.read();
   assertWhole(trusted);
   await trusted.close();
+  // bin/nydusd starts node without NODE_EXTRA_CA_CERTS (bin/run.sh): the backends add it themselves.
+  process.env.NYDUSD_EXTRA_CA_CERTS = path.join(tls.dir, 'cert.pem');
+  try {
+    const viaEnv = await reader(legacyEntry('tls-env-ca', https));
+    await viaEnv.read();
+    assertWhole(viaEnv);
+    await viaEnv.close();
+  } finally {
+    delete process.env.NYDUSD_EXTRA_CA_CERTS;
+  }
+  // Node itself warns at start about an extra CA file it cannot read: nydusd's node never reads it.
+  const missing = { ...process.env, NODE_EXTRA_CA_CERTS: path.join(tls.dir, 'missing.pem') };
+  const plain = spawnSync(process.execPath, ['-e', ''], { encoding: 'utf8', env: missing });
+  assert.match(plain.stderr, /Ignoring extra certs/, 'the oracle: node reads NODE_EXTRA_CA_CERTS at start');
+  const started = spawnSync(path.join(repoRoot, 'bin/nydusd'), ['--version'], { encoding: 'utf8', env: missing });
+  assert.equal(started.status, 0, started.stderr);
+  assert.doesNotMatch(started.stderr, /extra certs/);
   const skipped = await reader(legacyEntry('tls-skip', { ...https, skip_verify: true }));
   await skipped.read();
   assertWhole(skipped);
@@ -506,31 +523,6 @@ test('registry backend over TLS: ca_cert_files trusts the registry\'s certificat
   await refused.read(0, 4096);
   assert.equal(refused.session.stats.readErrors, 1, 'an unknown certificate is refused');
   await refused.close();
-});
-
-test('registry backend over TLS: NODE_EXTRA_CA_CERTS, which bin/nydusd hands to the backends (node starts without it), is trusted', async () => {
-  const tls = await startRegistry({ tls: true });
-  cleanups.push(() => tls.stop());
-  const client = new RegistryClient({ insecure: true, dockerConfig: false });
-  await client.pushBlob(`${tls.host}/${REPO}`, fs.readFileSync(path.join(blobDir, blobId)));
-  await client.close();
-  const https = { host: tls.host, repo: REPO, scheme: 'https' };
-  process.env.NYDUSD_EXTRA_CA_CERTS = path.join(tls.dir, 'cert.pem');
-  try {
-    const trusted = await reader(legacyEntry('tls-env-ca', https));
-    await trusted.read();
-    assertWhole(trusted);
-    await trusted.close();
-  } finally {
-    delete process.env.NYDUSD_EXTRA_CA_CERTS;
-  }
-  // Node itself warns at start about an extra CA file it cannot read: nydusd's node never reads it.
-  const missing = path.join(tls.dir, 'missing.pem');
-  const started = spawnSync(path.join(repoRoot, 'bin/nydusd'), ['--version'], { encoding: 'utf8', env: { ...process.env, NODE_EXTRA_CA_CERTS: missing } });
-  assert.equal(started.status, 0, started.stderr);
-  assert.doesNotMatch(started.stderr, /extra certs/);
-  const plain = spawnSync(process.execPath, ['-e', ''], { encoding: 'utf8', env: { ...process.env, NODE_EXTRA_CA_CERTS: missing } });
-  assert.match(plain.stderr, /Ignoring extra certs/, 'the oracle: node reads NODE_EXTRA_CA_CERTS at start');
 });
 
 test('registry backend: a registry that is not there is an EIO after retry_limit retries, quickly', async () => {
