@@ -3,7 +3,7 @@
  * --enable-source-maps) formats its stack traces with the TypeScript sources' lines. The oracle is
  * the source written here: the line of the `throw` in it.
  */
-import { test } from 'node:test';
+import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -12,8 +12,10 @@ import { build } from 'esbuild';
 import { repoRoot } from './helpers/cli.ts';
 import { tmpDir } from './helpers/fixtures.ts';
 
+const dir = tmpDir('stack-maps-');
+after(() => fs.rmSync(dir, { recursive: true, force: true }));
+
 test("a bundle names its TypeScript sources in stack traces, node's error codes kept, node's own mapping the reference", async () => {
-  const dir = tmpDir('stack-maps-');
   const src = path.join(dir, 'entry.ts');
   fs.writeFileSync(src, [
     `import '${path.join(repoRoot, 'src/cli/stack-maps.ts')}';`,
