@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { spawn, execFileSync } from 'node:child_process';
 import { apiRequest } from '../test/helpers/api-client.ts';
-import { type BenchPlan, type BenchWorkload, untilAnswers } from './ondemand-plan.ts';
+import { type BenchPlan, type BenchWorkload, childOf, peakRssMiB, untilAnswers } from './ondemand-plan.ts';
 
 const repo = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..');
 const plan: BenchPlan = JSON.parse(fs.readFileSync(path.join(repo, 'kernel-test/.cache/bench/plan.json'), 'utf8'));
@@ -45,27 +45,13 @@ function mountAndLs(args: string[], dir: string): number {
   return s;
 }
 
-/** VmHWM of a process, MiB. */
-function peakRssMiB(pid: number): number {
-  const m = fs.readFileSync(`/proc/${pid}/status`, 'utf8').match(/^VmHWM:\s+(\d+) kB/m);
-  return m ? Number(m[1]) / 1024 : NaN;
-}
-
-/** The worker nydusd's supervisor spawned. */
-function childOf(pid: number): number {
-  for (const p of fs.readdirSync('/proc').filter((d) => /^\d+$/.test(d))) {
-    try {
-      if (new RegExp(`^PPid:\\s+${pid}$`, 'm').test(fs.readFileSync(`/proc/${p}/status`, 'utf8'))) return Number(p);
-    } catch { /* gone */ }
-  }
-  throw new Error(`nydusd ${pid} has no worker`);
-}
-
-async function register(sock: string, id: string, w: BenchWorkload, cacheDir: string): Promise<void> {
+/** `prefetch`: background prefetch on, as the snapshotter's default nydusd config has it (8 threads, 1 MiB merges). */
+async function register(sock: string, id: string, w: BenchWorkload, cacheDir: string, prefetch = false): Promise<void> {
   const { status, body } = await apiRequest(sock, 'PUT', '/api/v2/blobs', {
     type: 'bootstrap', id, config_v2: {
       version: 2, id, backend: { type: 'localfs', localfs: { dir: w.blobDir } },
-      cache: { type: 'fscache', fscache: { work_dir: cacheDir } }, metadata_path: w.boot,
+      cache: { type: 'fscache', fscache: { work_dir: cacheDir }, ...(prefetch ? { prefetch: { enable: true, threads_count: 8, batch_size: 1048576 } } : {}) },
+      metadata_path: w.boot,
     },
   });
   if (status !== 204) throw new Error(`register ${id} failed: ${status} ${JSON.stringify(body)}`);
@@ -98,6 +84,13 @@ async function run(w: BenchWorkload): Promise<void> {
   report(`${w.name}.warm`, readAll(fsDir));
   execFileSync('umount', [fsDir]);
   report(`${w.name}.rss_mib`, peakRssMiB(worker));
+  // Cold again, through an image of its own (its own cache file) with prefetch on: the reader and
+  // the prefetch share the CPU from the mount on.
+  await register(sock, `${w.name}-pf`, w, cacheDir, true);
+  mount(['-t', 'erofs', '-o', `fsid=${w.name}-pf`, 'none'], fsDir);
+  report(`${w.name}.cold_prefetch`, readAll(fsDir));
+  execFileSync('umount', [fsDir]);
+  report(`${w.name}.rss_mib_prefetch`, peakRssMiB(worker));
 
   const exited = new Promise((r) => daemon.once('exit', r));
   daemon.kill('SIGTERM');

@@ -7,13 +7,19 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { apiRequest } from '../test/helpers/api-client.ts';
+import { childOf, peakRssMiB } from './ondemand-plan.ts';
 
 export interface HostPlan {
   dir: string;
   boot: string;
   blobDir: string;
   exported: string;
+  /** Background prefetch on, as in the snapshotter's default nydusd config (8 threads, 1 MiB merges). */
+  prefetch?: boolean;
 }
+
+/** The prefetch part of the snapshotter's default nydusd config (misc/snapshotter/nydusd-config.fscache.json). */
+export const SNAPSHOTTER_PREFETCH = { enable: true, threads_count: 8, batch_size: 1048576 };
 
 /** Seconds to read every regular file under `root` once, page cache dropped first. */
 function timeReadAll(root: string): number {
@@ -36,7 +42,7 @@ async function until(what: string, ok: () => Promise<boolean>): Promise<void> {
   throw new Error(`timed out waiting for ${what}`);
 }
 
-export async function benchHost(plan: HostPlan, repo: string): Promise<{ loop: number; cold: number; warm: number }> {
+export async function benchHost(plan: HostPlan, repo: string): Promise<{ loop: number; cold: number; warm: number; rssMiB: number }> {
   const loopDir = path.join(plan.dir, 'loop-mnt');
   fs.mkdirSync(loopDir, { recursive: true });
   execFileSync('mount', ['-t', 'erofs', '-o', 'loop,ro', plan.exported, loopDir]);
@@ -49,7 +55,7 @@ export async function benchHost(plan: HostPlan, repo: string): Promise<{ loop: n
 
   const mnt = path.join(plan.dir, 'fanotify-mnt');
   const sock = path.join(plan.dir, 'nydusd.sock');
-  const cfg = { version: 2, backend: { type: 'localfs', localfs: { dir: plan.blobDir } }, cache: { type: 'filecache', filecache: { work_dir: path.join(plan.dir, 'cache') } } };
+  const cfg = { version: 2, backend: { type: 'localfs', localfs: { dir: plan.blobDir } }, cache: { type: 'filecache', filecache: { work_dir: path.join(plan.dir, 'cache') }, ...(plan.prefetch ? { prefetch: SNAPSHOTTER_PREFETCH } : {}) } };
   fs.mkdirSync(mnt, { recursive: true });
   fs.writeFileSync(path.join(plan.dir, 'config.json'), JSON.stringify(cfg));
   const daemon = spawn(path.join(repo, 'bin/nydusd'), ['--fanotify', path.join(plan.dir, 'state'), '--config', path.join(plan.dir, 'config.json'),
@@ -57,13 +63,14 @@ export async function benchHost(plan: HostPlan, repo: string): Promise<{ loop: n
   try {
     await until('the fanotify mount', async () => mounted(mnt) && (await apiRequest(sock, 'GET', '/api/v1/daemon').catch(() => null))?.status === 200);
     const cold = timeReadAll(mnt);
+    const rssMiB = peakRssMiB(childOf(daemon.pid!));
     // Warm: unmounted and mounted again, page cache dropped: every byte comes from the cache file.
     const q = `/api/v1/mount?mountpoint=${encodeURIComponent(mnt)}`;
     if ((await apiRequest(sock, 'DELETE', q)).status !== 204) throw new Error('umount through the API failed');
     const r = await apiRequest(sock, 'POST', q, { source: plan.boot, fs_type: 'rafs', config: JSON.stringify(cfg) });
     if (r.status !== 204) throw new Error(`mount through the API failed: ${JSON.stringify(r.body)}`);
     const warm = timeReadAll(mnt);
-    return { loop, cold, warm };
+    return { loop, cold, warm, rssMiB };
   } finally {
     const exited = new Promise((r) => daemon.once('exit', r));
     daemon.kill('SIGTERM');

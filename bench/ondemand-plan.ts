@@ -31,3 +31,19 @@ export async function untilAnswers(sock: string, t0: number, timeoutMs: number):
     await new Promise((r) => setTimeout(r, 2));
   }
 }
+
+/** VmHWM of a process, MiB. */
+export function peakRssMiB(pid: number): number {
+  const m = fs.readFileSync(`/proc/${pid}/status`, 'utf8').match(/^VmHWM:\s+(\d+) kB/m);
+  return m ? Number(m[1]) / 1024 : NaN;
+}
+
+/** The worker nydusd's supervisor spawned. */
+export function childOf(pid: number): number {
+  for (const p of fs.readdirSync('/proc').filter((d) => /^\d+$/.test(d))) {
+    try {
+      if (new RegExp(`^PPid:\\s+${pid}$`, 'm').test(fs.readFileSync(`/proc/${p}/status`, 'utf8'))) return Number(p);
+    } catch { /* gone */ }
+  }
+  throw new Error(`nydusd ${pid} has no worker`);
+}

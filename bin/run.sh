@@ -5,10 +5,11 @@
 # their stack traces to the sources themselves, when one is formatted (src/cli/stack-maps.ts).
 name=$(basename "$0")
 root=$(cd "$(dirname "$(readlink -f "$0")")/.." && pwd)
-# The builders make many small short-lived objects (one per entry): V8's default young generation
-# (16 MiB semi-spaces) would hold 30 MiB more than they ever use, for no measurable speed.
+# The builders make many small short-lived objects (one per entry), the daemon a few per chunk: V8's
+# default young generation (16 MiB semi-spaces, in every isolate: nydusd's worker threads too) would
+# hold 30-40 MiB more than they ever use, for no measurable speed.
 heap=
-case $name in nydus-image|nydusify) heap=--max-semi-space-size=2 ;; esac
+case $name in nydus-image|nydusify|nydusd) heap=--max-semi-space-size=2 ;; esac
 # Node 20 reads and parses NODE_EXTRA_CA_CERTS at every start, before any code runs (70 ms for a
 # distribution's whole CA bundle). nydusd's only TLS connections are its backends', whose dispatchers
 # add these certificates when they are made (src/daemon/backend/remote.ts): it starts without them.

@@ -23,6 +23,8 @@ import { RotatingLogFile } from '../src/daemon/log.ts';
 import { BUILD_INFO } from '../src/version.ts';
 import { Worker } from 'node:worker_threads';
 import { chunkDigest } from '../src/blob/digest.ts';
+import { compressChunk } from '../src/blob/compress.ts';
+import { RUN_FIELDS, setRunChunk } from '../src/blob/verify.ts';
 import { FormatError, NydusError } from '../erofs/errors.ts';
 import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
 import { RegistrationPool } from '../src/daemon/registration-pool.ts';
@@ -435,6 +437,38 @@ test('verify pool: worker threads return verified bytes and refuse a corrupt chu
     const bad = Buffer.from(data);
     bad[5] ^= 1;
     await assert.rejects(pool.verify({ ...job, stored: bad }), (e: Error) => e instanceof NydusError && e.errno === 5 && /digest mismatch/.test(e.message));
+  } finally {
+    await pool.close();
+  }
+});
+
+test('verify pool: a run of chunks is verified in one job into one buffer laid out as in the file; a corrupt chunk fails alone', async () => {
+  const pool = new VerifyPool(1);
+  try {
+    // Three chunks of 5000, 9000 and 4096 bytes at block-aligned file offsets 0, 8192 and 20480;
+    // the first and last zstd-compressed, the middle stored raw and corrupted.
+    const plain = [Buffer.alloc(5000, 'a'), prand(9000, 2), Buffer.alloc(4096, 'x')];
+    // compressChunk's result lives in a scratch buffer: copied at once.
+    const stored = plain.map((p, i) => Buffer.from(i === 1 ? p : compressChunk('zstd', p)!));
+    stored[1][100] ^= 1;
+    const outOffsets = [0, 8192, 20480];
+    const layout = new Float64Array(3 * RUN_FIELDS);
+    let at = 0;
+    stored.forEach((b, i) => {
+      setRunChunk(layout, i, { storedOffset: at, storedSize: b.length, outOffset: outOffsets[i], outSize: plain[i].length, compressed: i !== 1 });
+      at += b.length;
+    });
+    const r = await pool.verifyRun({
+      stored: Buffer.concat(stored), compressor: 'zstd', digester: 'blake3', layout, digestSize: 32,
+      digests: Buffer.concat(plain.map((p) => chunkDigest('blake3', p))), outSize: 20480 + 4096, where: ['c0', 'c1', 'c2'],
+    });
+    assert.equal(r.data.byteLength, 24576);
+    assert.deepEqual(r.errors.map((e) => e === null ? null : /^c1: digest mismatch/.test(e)), [null, true, null]);
+    const out = Buffer.from(r.data.buffer, r.data.byteOffset, r.data.byteLength);
+    assert.ok(out.subarray(0, 5000).equals(plain[0]));
+    assert.ok(out.subarray(20480).equals(plain[2]));
+    // The padding between chunks and the corrupt chunk's place are zeros.
+    assert.ok(out.subarray(5000, 20480).every((b) => b === 0));
   } finally {
     await pool.close();
   }

@@ -45,15 +45,20 @@ export function compressChunk(alg: CompressorName, data: Buffer): Buffer | null 
 }
 
 export function decompressChunk(alg: CompressorName, data: Buffer, uncompressedSize: number, where: string): Buffer {
+  const out = Buffer.allocUnsafe(uncompressedSize);
+  decompressInto(alg, data, out, where);
+  return out;
+}
+
+/** Decompresses a chunk into `out`, which must be exactly its uncompressed size (a view into a larger buffer is fine). */
+export function decompressInto(alg: CompressorName, data: Uint8Array, out: Uint8Array, where: string): void {
   if (alg === 'none') throw new NydusError(`${where}: chunk is marked compressed but the compressor is none`, EIO);
   if (!dctx) dctx = new (zstd().DCtx)();
-  const out = Buffer.allocUnsafe(uncompressedSize);
   let n: number;
   try {
     n = dctx.decompress(out, data);
   } catch (e) {
     throw new NydusError(`${where}: zstd decompression failed: ${(e as Error).message}`, EIO);
   }
-  if (n !== uncompressedSize) throw new NydusError(`${where}: decompressed to ${n} bytes, expected ${uncompressedSize}`, EIO);
-  return out;
+  if (n !== out.length) throw new NydusError(`${where}: decompressed to ${n} bytes, expected ${out.length}`, EIO);
 }

@@ -15,13 +15,19 @@
  */
 import type { Logger } from 'pino';
 import type { ChunkRef } from '../builder/tree.ts';
-import type { BlobMap } from './blob-map.ts';
+import { type BlobMap, alignToChunk, followsInFile } from './blob-map.ts';
 import { type ChunkFetcher, batchChunks } from './chunk-fetcher.ts';
 import { AMPLIFY_IO_DEFAULT, type PrefetchConfig } from './config.ts';
 import type { CacheFileKey, DaemonState } from './state.ts';
 
 /** How a front end puts bytes into a blob's cache file and asks what the file holds. */
 export interface CacheFileIo {
+  /**
+   * Whether the kernel asks only for what the file lacks (cachefiles READs a hole): a demand for a
+   * chunk marked cached then means the mark is stale. Pre-content events come for every read, held
+   * bytes too: there a mark is trusted (checked against the file on open).
+   */
+  asksOnlyForMissing: boolean;
   write(offset: number, data: Uint8Array): Promise<void>;
   /** The ranges of [from, to) the cache file really holds; throws ENOBUFS while the kernel has not attached it yet. */
   dataRanges(from: number, to: number): Array<[number, number]>;
@@ -51,8 +57,6 @@ const ENOBUFS = 105;
 /** The kernel attaches the cache file to the object right after copen; until then lseek says ENOBUFS. */
 const ATTACH_WAIT_MS = 5;
 const ATTACH_TRIES = 400;
-
-const roundUp4k = (n: number) => Math.ceil(n / 4096) * 4096;
 
 /**
  * Keeps a resource (an fd) alive while work uses it: `close()` marks it closed, and `onDrained` runs
@@ -139,14 +143,10 @@ export class BlobCacheFile {
     if (missing.length) this.fetcher.fetchBatch(this.map, missing, true).forEach((p, i) => fetched.set(missing[i], p));
     if (ahead.length) this.fetcher.fetchBatch(this.map, ahead).forEach((p, i) => fetched.set(ahead[i], p));
     for (const c of demand) if (!fetched.has(c)) this.fetcher.prioritize(this.map, c);
-    const fill = (c: ChunkRef, isDemand: boolean) => {
-      const p = fetched.get(c);
-      // Chunks another caller writes do not wait for this fetch: its failure is no one's.
-      p?.catch(() => undefined);
-      return this.materialize(c, isDemand, () => p ?? this.fetcher.fetch(this.map, c, isDemand));
-    };
-    if (ahead.length) this.materializeRuns(ahead, fetched);
-    await Promise.all(demand.map((c) => fill(c, true)));
+    if (missing.length) void this.materializeRuns(missing, fetched, true);
+    if (ahead.length) void this.materializeRuns(ahead, fetched, false);
+    // Every chunk of the READ is now in the file or on its way (missing, or another caller's).
+    await Promise.all(demand.map((c) => this.materializing.get(c.indexInBlob)));
   }
 
   /**
@@ -170,7 +170,7 @@ export class BlobCacheFile {
   private wanted(c: ChunkRef, demand: boolean): boolean {
     if (this.materializing.has(c.indexInBlob)) return false;
     if (!this.state.isCached(this.key, c.indexInBlob)) return true;
-    return demand && !this.holds(c);
+    return demand && this.io.asksOnlyForMissing && !this.holds(c);
   }
 
   /**
@@ -182,7 +182,7 @@ export class BlobCacheFile {
     let ranges: Array<[number, number]> | null = null;
     for (let i = 0; i < ATTACH_TRIES && !this.closed && !ranges; i++) {
       try {
-        ranges = this.io.dataRanges(0, roundUp4k(this.map.uncompressedSize));
+        ranges = this.io.dataRanges(0, alignToChunk(this.map.uncompressedSize));
       } catch (e) {
         if ((e as NodeJS.ErrnoException).errno !== ENOBUFS) break;
         await new Promise((r) => setTimeout(r, ATTACH_WAIT_MS));
@@ -204,78 +204,68 @@ export class BlobCacheFile {
   }
 
   /**
-   * Puts one chunk into the file and marks it. Concurrent callers for the same chunk (a READ and the
-   * read-ahead, or two READs) share one fetch and one write. Read-ahead and prefetch trust the marks
-   * (checked on open); a demand READ of a marked chunk means the kernel did not find it, so the file
-   * itself is asked, and a mark it contradicts is dropped and the chunk written.
+   * Puts chunks into the file (in blob order, none in the file nor on its way) and marks them; each
+   * settles on its own, and concurrent callers for a chunk join its promise in `materializing`. The
+   * chunks that follow one another in the file and in one verified buffer go in one write, without a
+   * copy (a write per chunk costs more than its bytes: O_DIRECT waits for the disk). A chunk that
+   * fails verification is left out, its neighbours are written around it. `demand`: a READ asked for
+   * them, so a mark one of them still has is stale (the kernel did not find its bytes) and is dropped.
+   * Resolves to how many were written and which failed.
    */
-  private materialize(c: ChunkRef, demand: boolean, load: () => Promise<Buffer>): Promise<void> {
-    const pending = this.materializing.get(c.indexInBlob);
-    if (pending) return pending;
-    if (this.state.isCached(this.key, c.indexInBlob)) {
-      if (!demand || this.holds(c)) return Promise.resolve();
-      this.state.unmark(this.key, [c.indexInBlob]);
-      this.counters.staleMarks++;
+  private materializeRuns(chunks: readonly ChunkRef[], loads: ReadonlyMap<ChunkRef, Promise<Buffer>>, demand: boolean): Promise<{ written: number; failed: Array<[ChunkRef, Error]> }> {
+    if (demand) {
+      const stale = chunks.filter((c) => this.state.isCached(this.key, c.indexInBlob)).map((c) => c.indexInBlob);
+      if (stale.length) {
+        this.state.unmark(this.key, stale);
+        this.counters.staleMarks += stale.length;
+      }
     }
-    const p = this.guard.use(async () => {
-      const data = await load();
-      // Never write after close: the kernel is done with this file.
-      if (this.closed) return;
-      await this.io.write(c.uncompressedOffset, data);
-      this.state.mark(this.key, [c.indexInBlob]);
-    }).finally(() => this.materializing.delete(c.indexInBlob));
-    this.materializing.set(c.indexInBlob, p);
-    return p;
-  }
-
-  /**
-   * Chunks fetched ahead of reads (not in the file nor on their way, in blob order), put into the file
-   * as materialize does, but each run of them that follows one another in the file in one write: a
-   * write per chunk of a window costs more than its bytes (O_DIRECT waits for the disk). A chunk that
-   * fails verification is left out (its neighbours are written around it). Best effort: a failure
-   * only means the kernel will ask itself.
-   */
-  private materializeRuns(chunks: readonly ChunkRef[], loads: ReadonlyMap<ChunkRef, Promise<Buffer>>): void {
     const done = new Map<ChunkRef, { resolve: () => void; reject: (e: Error) => void }>();
     for (const c of chunks) {
       const p = new Promise<void>((resolve, reject) => done.set(c, { resolve, reject }));
       const tracked = p.finally(() => this.materializing.delete(c.indexInBlob));
-      // Readers that join await it; left alone, a failure is no one's.
-      tracked.catch((e) => this.log.debug({ blob: this.map.blobId, chunk: c.indexInBlob, err: (e as Error).message }, 'chunk fetched ahead failed'));
+      // Readers that join await it; left alone, a failure is no one's (the caller gets it in `failed`).
+      tracked.catch(() => undefined);
       this.materializing.set(c.indexInBlob, tracked);
     }
-    void this.guard.use(async () => {
-      const results = await Promise.allSettled(chunks.map((c) => loads.get(c) ?? this.fetcher.fetch(this.map, c)));
+    return this.guard.use(async () => {
+      const results = await Promise.allSettled(chunks.map((c) => loads.get(c) ?? this.fetcher.fetch(this.map, c, demand)));
       const good: Array<{ c: ChunkRef; data: Buffer }> = [];
+      const failed: Array<[ChunkRef, Error]> = [];
       results.forEach((r, i) => {
         if (r.status === 'fulfilled') good.push({ c: chunks[i], data: r.value });
-        else done.get(chunks[i])!.reject(r.reason as Error);
+        else {
+          failed.push([chunks[i], r.reason as Error]);
+          done.get(chunks[i])!.reject(r.reason as Error);
+        }
       });
       // Never write after close: the kernel is done with this file.
       if (this.closed) {
         for (const { c } of good) done.get(c)!.resolve();
-        return;
+        return { written: 0, failed };
       }
-      for (const run of fileRuns(good)) {
-        const start = run[0].c.uncompressedOffset;
-        const last = run[run.length - 1].c;
-        const buf = run.length === 1 ? run[0].data : Buffer.alloc(last.uncompressedOffset + last.uncompressedSize - start);
-        if (run.length > 1) for (const { c, data } of run) data.copy(buf, c.uncompressedOffset - start);
+      let written = 0;
+      await Promise.all(writeRuns(good).map(async (run) => {
         try {
-          await this.io.write(start, buf);
+          await this.io.write(run[0].c.uncompressedOffset, runBytes(run));
           this.state.mark(this.key, run.map(({ c }) => c.indexInBlob));
           for (const { c } of run) done.get(c)!.resolve();
+          written += run.length;
         } catch (e) {
-          for (const { c } of run) done.get(c)!.reject(e as Error);
+          for (const { c } of run) {
+            failed.push([c, e as Error]);
+            done.get(c)!.reject(e as Error);
+          }
         }
-      }
+      }));
+      return { written, failed };
     });
   }
 
   /** Whether the file holds the chunk's bytes. */
   private holds(c: ChunkRef): boolean {
     try {
-      return covers(this.io.dataRanges(c.uncompressedOffset, c.uncompressedOffset + roundUp4k(c.uncompressedSize)), [c.uncompressedOffset, c.uncompressedOffset + c.uncompressedSize]);
+      return covers(this.io.dataRanges(c.uncompressedOffset, c.uncompressedOffset + alignToChunk(c.uncompressedSize)), [c.uncompressedOffset, c.uncompressedOffset + c.uncompressedSize]);
     } catch {
       return false;
     }
@@ -291,7 +281,7 @@ export class BlobCacheFile {
       const ahead = this.window(offset, len, span).filter((c) => this.wanted(c, false));
       if (!ahead.length) return;
       const fetched = this.fetcher.fetchBatch(this.map, ahead);
-      this.materializeRuns(ahead, new Map(fetched.map((p, i) => [ahead[i], p])));
+      void this.materializeRuns(ahead, new Map(fetched.map((p, i) => [ahead[i], p])), false);
     });
   }
 
@@ -316,17 +306,9 @@ export class BlobCacheFile {
         await pace.take(batch.reduce((n, c) => n + c.compressedSize, 0));
         if (this.closed) return;
         const fetched = this.fetcher.fetchBatch(this.map, batch, false, plan.config.batchSize);
-        await Promise.all(batch.map(async (c, i) => {
-          try {
-            await this.materialize(c, false, () => fetched[i]);
-            this.counters.prefetchedChunks++;
-          } catch (e) {
-            this.log.warn({ blob: this.map.blobId, chunk: c.indexInBlob, err: (e as Error).message }, 'prefetch of a chunk failed');
-          } finally {
-            // A chunk another caller was already writing does not wait for this fetch: its failure is no one's.
-            fetched[i].catch(() => undefined);
-          }
-        }));
+        const { written, failed } = await this.materializeRuns(batch, new Map(fetched.map((p, i) => [batch[i], p])), false);
+        this.counters.prefetchedChunks += written;
+        for (const [c, e] of failed) this.log.warn({ blob: this.map.blobId, chunk: c.indexInBlob, err: e.message }, 'prefetch of a chunk failed');
       }
     };
     await Promise.all(Array.from({ length: Math.max(1, plan.config.threads) }, worker));
@@ -363,16 +345,27 @@ export class Limiter {
   }
 }
 
-/** Verified chunks (in blob order) split into runs that follow one another in the file (gaps are block padding). */
-function fileRuns<T extends { c: ChunkRef }>(chunks: readonly T[]): T[][] {
+/**
+ * Verified chunks (in blob order) split into runs written at once: each follows the last in the file
+ * (gaps are block padding) and in the buffer that holds it (the chunks of one verification job).
+ */
+function writeRuns<T extends { c: ChunkRef; data: Buffer }>(chunks: readonly T[]): T[][] {
   const out: T[][] = [];
   for (const x of chunks) {
     const run = out[out.length - 1];
-    const prev = run?.[run.length - 1].c;
-    if (prev && x.c.uncompressedOffset === roundUp4k(prev.uncompressedOffset + prev.uncompressedSize)) run.push(x);
+    const prev = run?.[run.length - 1];
+    if (prev && followsInFile(prev.c, x.c) && x.data.buffer === prev.data.buffer
+      && x.data.byteOffset - prev.data.byteOffset === x.c.uncompressedOffset - prev.c.uncompressedOffset) run.push(x);
     else out.push([x]);
   }
   return out;
+}
+
+/** A write run's bytes: a view of the buffer that holds them all, padding included. */
+function runBytes(run: ReadonlyArray<{ c: ChunkRef; data: Buffer }>): Uint8Array {
+  const first = run[0];
+  const last = run[run.length - 1];
+  return new Uint8Array(first.data.buffer, first.data.byteOffset, last.c.uncompressedOffset + last.c.uncompressedSize - first.c.uncompressedOffset);
 }
 
 /** Whether data ranges cover a chunk's bytes [start, end) (the padding after a blob's last chunk may lie past EOF). */

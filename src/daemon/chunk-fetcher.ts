@@ -1,13 +1,16 @@
 /**
  * Chunk fetcher: backend -> decompress -> digest check (on the verify pool's threads when there is
  * one). Concurrent requests for one chunk share one fetch. A chunk whose digest does not match is an
- * EIO error and is never returned.
+ * EIO error and is never returned. Chunks read in one piece are verified in jobs of a few hundred KiB,
+ * each into one buffer laid out as in the cache file: a chunk's bytes are a view of its job's buffer,
+ * and chunks that follow one another in the file are written from it without a copy.
  */
-import { verifyChunk } from '../blob/verify.ts';
+import { NydusError, EIO } from '../../erofs/errors.ts';
+import { RUN_FIELDS, RUN_OUT_OFFSET, type StoredRun, type VerifiedRun, setRunChunk, verifyRun } from '../blob/verify.ts';
 import type { ChunkRef } from '../builder/tree.ts';
 import type { VerifyPool } from './verify-pool.ts';
 import type { BlobBackend } from './backend/localfs.ts';
-import type { BlobMap } from './blob-map.ts';
+import { type BlobMap, followsInFile } from './blob-map.ts';
 
 export class ChunkFetcher {
   private readonly inflight = new Map<string, Promise<Buffer>>();
@@ -62,13 +65,11 @@ export class ChunkFetcher {
       const end = run[run.length - 1].compressedOffset + run[run.length - 1].compressedSize;
       for (const c of run) this.onFetch?.(blob.blobId, c.indexInBlob);
       const span = this.backend.read(blob.blobId, start, end - start);
-      for (const c of run) {
-        const key = `${blob.blobId}:${c.indexInBlob}`;
-        if (urgent) this.urgent.add(key);
-        // A copy of each chunk's bytes: verification may move its buffer to a worker thread.
-        const p = span.then((buf) => this.verify(blob, c, Buffer.from(buf.subarray(c.compressedOffset - start, c.compressedOffset - start + c.compressedSize))))
-          .finally(() => this.settled(key));
-        this.inflight.set(key, p);
+      for (const job of verifyJobs(run)) {
+        const keys = job.map((c) => `${blob.blobId}:${c.indexInBlob}`);
+        if (urgent) for (const k of keys) this.urgent.add(k);
+        const verified = span.then((buf) => this.verify(blob, job, buf, start));
+        keys.forEach((k, i) => this.inflight.set(k, verified.then((r) => r(i)).finally(() => this.settled(k))));
       }
     }
     return chunks.map((c) => this.fetch(blob, c, urgent));
@@ -76,17 +77,66 @@ export class ChunkFetcher {
 
   private async load(blob: BlobMap, chunk: ChunkRef): Promise<Buffer> {
     this.onFetch?.(blob.blobId, chunk.indexInBlob);
-    return this.verify(blob, chunk, await this.backend.read(blob.blobId, chunk.compressedOffset, chunk.compressedSize));
+    const stored = await this.backend.read(blob.blobId, chunk.compressedOffset, chunk.compressedSize);
+    return (await this.verify(blob, [chunk], stored, chunk.compressedOffset))(0);
   }
 
-  private verify(blob: BlobMap, chunk: ChunkRef, stored: Buffer): Promise<Buffer> {
-    const job = {
-      stored, compressed: chunk.compressed, compressor: blob.compressor, uncompressedSize: chunk.uncompressedSize,
-      digester: blob.digester, digest: chunk.digest, where: where(blob, chunk),
+  /**
+   * Verifies chunks of `stored` (bytes of the blob from `storedBase` on) as one job; resolves to a
+   * function giving each chunk's bytes, or throwing its error.
+   */
+  private async verify(blob: BlobMap, chunks: readonly ChunkRef[], stored: Buffer, storedBase: number): Promise<(i: number) => Buffer> {
+    const first = chunks[0];
+    const last = chunks[chunks.length - 1];
+    const jobStart = first.compressedOffset - storedBase;
+    const bytes = stored.subarray(jobStart, last.compressedOffset + last.compressedSize - storedBase);
+    // Laid out as in the cache file when the chunks follow one another there (gaps are block padding).
+    const asInFile = chunks.every((c, i) => i === 0 || followsInFile(chunks[i - 1], c));
+    const layout = new Float64Array(chunks.length * RUN_FIELDS);
+    const digestSize = first.digest.length;
+    const digests = new Uint8Array(chunks.length * digestSize);
+    let outSize = 0;
+    chunks.forEach((c, i) => {
+      if (c.digest.length !== digestSize) throw new NydusError(`${where(blob, c)}: a digest of ${c.digest.length} bytes among ones of ${digestSize}`, EIO);
+      const outOffset = asInFile ? c.uncompressedOffset - first.uncompressedOffset : outSize;
+      setRunChunk(layout, i, { storedOffset: c.compressedOffset - first.compressedOffset, storedSize: c.compressedSize, outOffset, outSize: c.uncompressedSize, compressed: c.compressed });
+      digests.set(c.digest, i * digestSize);
+      outSize = outOffset + c.uncompressedSize;
+    });
+    const run: StoredRun = {
+      stored: bytes, compressor: blob.compressor, digester: blob.digester, layout, digests, digestSize, outSize,
+      where: chunks.map((c) => where(blob, c)),
     };
-    const urgent = this.urgent.has(`${blob.blobId}:${chunk.indexInBlob}`);
-    return this.pool ? this.pool.verify(job, urgent) : Promise.resolve().then(() => verifyChunk(job));
+    const urgent = chunks.some((c) => this.urgent.has(`${blob.blobId}:${c.indexInBlob}`));
+    const r: VerifiedRun = this.pool ? await this.pool.verifyRun(run, urgent) : verifyRun(run);
+    return (i: number) => {
+      const err = r.errors[i];
+      if (err !== null) throw new NydusError(err, EIO);
+      const o = i * RUN_FIELDS;
+      return Buffer.from(r.data.buffer, r.data.byteOffset + layout[o + RUN_OUT_OFFSET], chunks[i].uncompressedSize);
+    };
   }
+}
+
+/** Uncompressed bytes one verification job takes (a chunk larger than this is a job of its own). */
+const VERIFY_JOB_BYTES = 256 << 10;
+
+/** Splits a run read in one piece into verification jobs: the pool's threads share it, and a reader waits for one job only. */
+function verifyJobs(run: readonly ChunkRef[]): ChunkRef[][] {
+  const out: ChunkRef[][] = [];
+  let cur: ChunkRef[] = [];
+  let bytes = 0;
+  for (const c of run) {
+    if (cur.length && bytes + c.uncompressedSize > VERIFY_JOB_BYTES) {
+      out.push(cur);
+      cur = [];
+      bytes = 0;
+    }
+    cur.push(c);
+    bytes += c.uncompressedSize;
+  }
+  if (cur.length) out.push(cur);
+  return out;
 }
 
 /**

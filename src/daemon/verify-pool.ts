@@ -1,16 +1,17 @@
 /**
  * Decompression and digest checks of fetched chunks on worker threads, so that a daemon uses every
- * core and its event loop keeps answering the kernel while chunks are verified. The buffers move to
- * the worker and back without copies.
+ * core and its event loop keeps answering the kernel while chunks are verified. A job is a run of
+ * chunks read in one piece (one message each way, however many chunks); the buffers move to the
+ * worker and back without copies.
  */
 import type { Worker } from 'node:worker_threads';
 import { startWorker } from './worker-thread.ts';
 import { NydusError, EIO } from '../../erofs/errors.ts';
-import { type StoredChunk, verifyChunk } from '../blob/verify.ts';
+import { type StoredChunk, type StoredRun, type VerifiedRun, RUN_FIELDS, setRunChunk, verifyRun } from '../blob/verify.ts';
 
 interface Job {
-  chunk: StoredChunk;
-  resolve: (b: Buffer) => void;
+  run: StoredRun;
+  resolve: (r: VerifiedRun) => void;
   reject: (e: Error) => void;
 }
 
@@ -52,11 +53,11 @@ export class VerifyPool {
     this.started++;
     const w = (this.opts.start ?? (() => startWorker('verify-worker')))();
     w.unref();
-    w.on('message', (m: { data?: Uint8Array; error?: string; errno?: number }) => {
+    w.on('message', (m: VerifiedRun | { error: string; errno?: number }) => {
       const job = this.busy.get(w)!;
       this.busy.delete(w);
-      if (m.error !== undefined) job.reject(new NydusError(m.error, m.errno ?? EIO));
-      else job.resolve(Buffer.from(m.data!.buffer, m.data!.byteOffset, m.data!.byteLength));
+      if ('error' in m) job.reject(new NydusError(m.error, m.errno ?? EIO));
+      else job.resolve(m);
       this.idle.push(w);
       this.next();
     });
@@ -95,42 +96,63 @@ export class VerifyPool {
       const w = this.idle.pop()!;
       const job = this.queue.shift()!;
       this.busy.set(w, job);
-      const { stored, digest, ...rest } = job.chunk;
-      // A buffer that owns its memory moves to the worker as it is; one inside Node's shared pool
-      // (small reads) is copied out first.
+      const { stored } = job.run;
+      // Shared memory (the localfs backend reads into it) is seen by the worker where it is; a buffer
+      // that owns its memory moves to the worker as it is; a view into a larger one is copied out.
+      if (stored.buffer instanceof SharedArrayBuffer) {
+        w.postMessage(job.run);
+        continue;
+      }
       const own = stored.byteOffset === 0 && stored.byteLength === stored.buffer.byteLength
-        ? new Uint8Array(stored.buffer, 0, stored.byteLength) : new Uint8Array(stored);
-      w.postMessage({ ...rest, stored: own, digest: new Uint8Array(digest) }, [own.buffer as ArrayBuffer]);
+        ? stored : new Uint8Array(new Uint8Array(stored.buffer, stored.byteOffset, stored.byteLength));
+      w.postMessage({ ...job.run, stored: own }, [own.buffer as ArrayBuffer]);
     }
   }
 
   /**
-   * A job still queued goes first (a reader waits for it); false when it is not queued (running, done,
-   * or never asked for).
+   * A job still queued goes first (a reader waits for one of its chunks); false when no queued job
+   * has that chunk (running, done, or never asked for).
    */
   promote(where: string): boolean {
-    const i = this.queue.findIndex((j) => j.chunk.where === where);
+    const i = this.queue.findIndex((j) => j.run.where.includes(where));
     if (i < 0) return false;
     if (i > 0) this.queue.unshift(...this.queue.splice(i, 1));
     return true;
   }
 
   /**
-   * Takes ownership of `chunk.stored`: its memory may move to a worker (the caller must not reuse it).
-   * An urgent job (a reader waits for it) goes before the others queued.
+   * Verifies a run of chunks; one that fails has its message in `errors` and zeros in the output.
+   * Takes ownership of `run.stored` when it owns its memory (the caller must not reuse it). An urgent
+   * job (a reader waits for it) goes before the others queued.
    */
-  verify(chunk: StoredChunk, urgent = false): Promise<Buffer> {
+  verifyRun(run: StoredRun, urgent = false): Promise<VerifiedRun> {
     if (this.fatal) return Promise.reject(this.fatal);
     this.start();
-    if (this.idle.length + this.busy.size === 0) return Promise.resolve().then(() => verifyChunk(chunk));
+    if (this.idle.length + this.busy.size === 0) return Promise.resolve().then(() => verifyRun(run));
     return new Promise((resolve, reject) => {
-      if (urgent) this.queue.unshift({ chunk, resolve, reject });
-      else this.queue.push({ chunk, resolve, reject });
+      if (urgent) this.queue.unshift({ run, resolve, reject });
+      else this.queue.push({ run, resolve, reject });
       this.next();
     });
+  }
+
+  /** One chunk: its verified bytes, or its error. */
+  async verify(chunk: StoredChunk, urgent = false): Promise<Buffer> {
+    const r = await this.verifyRun(runOfOne(chunk), urgent);
+    if (r.errors[0] !== null) throw new NydusError(r.errors[0], EIO);
+    return Buffer.from(r.data.buffer, r.data.byteOffset, r.data.byteLength);
   }
 
   async close(): Promise<void> {
     await Promise.all([...this.idle, ...this.busy.keys()].map((w) => w.terminate()));
   }
+}
+
+function runOfOne(c: StoredChunk): StoredRun {
+  const layout = new Float64Array(RUN_FIELDS);
+  setRunChunk(layout, 0, { storedOffset: 0, storedSize: c.stored.length, outOffset: 0, outSize: c.uncompressedSize, compressed: c.compressed });
+  return {
+    stored: c.stored, compressor: c.compressor, digester: c.digester, layout, digests: new Uint8Array(c.digest),
+    digestSize: c.digest.length, outSize: c.uncompressedSize, where: [c.where],
+  };
 }

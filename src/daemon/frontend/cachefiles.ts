@@ -12,7 +12,7 @@ import fsp from 'node:fs/promises';
 import type { Logger } from 'pino';
 import type { CachefilesMessage, OpenMessage, ReadMessage } from '../../../native/fscache/index.ts';
 import { NydusError, EIO } from '../../../erofs/errors.ts';
-import type { BlobMap } from '../blob-map.ts';
+import { type BlobMap, alignToChunk } from '../blob-map.ts';
 import type { ChunkFetcher } from '../chunk-fetcher.ts';
 import type { DaemonState } from '../state.ts';
 import { BlobCacheFile, Limiter, WorkGuard, type CacheCounters, type FillOptions, type PrefetchPlan } from '../blob-cache.ts';
@@ -38,7 +38,6 @@ export interface ObjectResolver {
 
 const ENOENT = 2;
 
-const roundUp4k = (n: number) => Math.ceil(n / 4096) * 4096;
 
 /** One object the kernel opened: its fd (alive while work uses it) and what it is. */
 interface OpenObject {
@@ -102,7 +101,7 @@ export class OnDemandSession {
           kind: 'blob',
           file: new BlobCacheFile(
             { volume: msg.volumeKey, cookie: msg.cookieKey }, target.map, target.fetcher,
-            { write: (offset, data) => this.dev.writeData(fd, offset, data), dataRanges: (from, to) => this.dev.dataRanges(fd, from, to) },
+            { asksOnlyForMissing: true, write: (offset, data) => this.dev.writeData(fd, offset, data), dataRanges: (from, to) => this.dev.dataRanges(fd, from, to) },
             guard, this.state, this.stats, this.log, target.fill,
           ),
         },
@@ -142,7 +141,7 @@ export class OnDemandSession {
   /** The bootstrap's blocks covering the READ, all of them or an error: a short read is never zeros. */
   private async readBootstrap(obj: OpenObject, file: string, size: number, msg: ReadMessage): Promise<void> {
     const start = Math.floor(msg.offset / 4096) * 4096;
-    const end = Math.min(roundUp4k(msg.offset + msg.len), roundUp4k(size));
+    const end = Math.min(alignToChunk(msg.offset + msg.len), alignToChunk(size));
     if (start >= end) throw new NydusError(`bootstrap ${file}: read at ${msg.offset} is beyond its ${size} bytes`, EIO);
     const want = Math.min(end, size) - start;
     const buf = Buffer.alloc(end - start);

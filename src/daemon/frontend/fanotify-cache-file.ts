@@ -104,6 +104,7 @@ export class MarkedCacheFile {
       if (this.writerFd !== null) closeFd(this.writerFd);
     });
     this.blob = new BlobCacheFile(key, map, source.fetcher, {
+      asksOnlyForMissing: false,
       write: async (offset, data) => writeAll(await this.writer(), data, offset),
       dataRanges: (from, to) => dataRangesOf(probeFd, from, to),
     }, this.guard, state, counters, log, source.fill);
