@@ -1,7 +1,8 @@
 #!/bin/sh
 # Runs a CLI of nydus-ts from the checkout: bin/<name> links here; no global install.
 # It runs the bundle dist/<name>.mjs (made by scripts/build.mjs in setup) when that is newer than every
-# source file, and the TypeScript sources through tsx otherwise (while developing).
+# source file, and the TypeScript sources through tsx otherwise (while developing). The bundles map
+# their stack traces to the sources themselves, when one is formatted (src/cli/stack-maps.ts).
 name=$(basename "$0")
 root=$(cd "$(dirname "$(readlink -f "$0")")/.." && pwd)
 # The builders make many small short-lived objects (one per entry), the daemon a few per chunk: V8's
@@ -9,9 +10,16 @@ root=$(cd "$(dirname "$(readlink -f "$0")")/.." && pwd)
 # hold 30-40 MiB more than they ever use, for no measurable speed.
 heap=
 case $name in nydus-image|nydusify|nydusd) heap=--max-semi-space-size=2 ;; esac
+# Node 20 reads and parses NODE_EXTRA_CA_CERTS at every start, before any code runs (70 ms for a
+# distribution's whole CA bundle). nydusd's only TLS connections are its backends', whose dispatchers
+# add these certificates when they are made (src/daemon/backend/remote.ts): it starts without them.
+if [ "$name" = nydusd ] && [ -n "${NODE_EXTRA_CA_CERTS:-}" ]; then
+  export NYDUSD_EXTRA_CA_CERTS="$NODE_EXTRA_CA_CERTS"
+  unset NODE_EXTRA_CA_CERTS
+fi
 if [ -f "$root/dist/$name.mjs" ] && [ -f "$root/dist/.built" ] \
-   && [ -z "$(find "$root/src" "$root/erofs" "$root/native" -name '*.ts' -newer "$root/dist/.built" 2>/dev/null | head -1)" ]; then
-  exec node --enable-source-maps $heap "$root/dist/$name.mjs" "$@"
+   && [ -z "$(find "$root/src" "$root/erofs" "$root/native" -name '*.ts' -newer "$root/dist/.built" -print -quit 2>/dev/null)" ]; then
+  exec node $heap "$root/dist/$name.mjs" "$@"
 fi
 if [ ! -f "$root/node_modules/tsx/dist/loader.mjs" ]; then
   echo "$name: dependencies are not installed; run scripts/setup.sh in $root" >&2

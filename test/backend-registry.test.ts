@@ -11,7 +11,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import pino from 'pino';
 import { request } from 'undici';
 import { createImage } from '../src/builder/create.ts';
@@ -487,7 +487,7 @@ test('registry backend: blob_redirected_host and blob_url_scheme rewrite a blob 
   await r.close();
 });
 
-test('registry backend over TLS: ca_cert_files trusts the registry\'s certificate; skip_verify works without it; with neither, an EIO', async () => {
+test('registry backend over TLS: ca_cert_files trusts the registry\'s certificate, so does NODE_EXTRA_CA_CERTS as bin/nydusd hands it over; skip_verify works without them; with neither, an EIO', async () => {
   const tls = await startRegistry({ tls: true });
   cleanups.push(() => tls.stop());
   const client = new RegistryClient({ insecure: true, dockerConfig: false });
@@ -498,6 +498,23 @@ test('registry backend over TLS: ca_cert_files trusts the registry\'s certificat
   await trusted.read();
   assertWhole(trusted);
   await trusted.close();
+  // bin/nydusd starts node without NODE_EXTRA_CA_CERTS (bin/run.sh): the backends add it themselves.
+  process.env.NYDUSD_EXTRA_CA_CERTS = path.join(tls.dir, 'cert.pem');
+  try {
+    const viaEnv = await reader(legacyEntry('tls-env-ca', https));
+    await viaEnv.read();
+    assertWhole(viaEnv);
+    await viaEnv.close();
+  } finally {
+    delete process.env.NYDUSD_EXTRA_CA_CERTS;
+  }
+  // Node itself warns at start about an extra CA file it cannot read: nydusd's node never reads it.
+  const missing = { ...process.env, NODE_EXTRA_CA_CERTS: path.join(tls.dir, 'missing.pem') };
+  const plain = spawnSync(process.execPath, ['-e', ''], { encoding: 'utf8', env: missing });
+  assert.match(plain.stderr, /Ignoring extra certs/, 'the oracle: node reads NODE_EXTRA_CA_CERTS at start');
+  const started = spawnSync(path.join(repoRoot, 'bin/nydusd'), ['--version'], { encoding: 'utf8', env: missing });
+  assert.equal(started.status, 0, started.stderr);
+  assert.doesNotMatch(started.stderr, /extra certs/);
   const skipped = await reader(legacyEntry('tls-skip', { ...https, skip_verify: true }));
   await skipped.read();
   assertWhole(skipped);

@@ -3,6 +3,7 @@
  * a chunk allocates nothing: one reusable output buffer per size).
  */
 import { createRequire } from 'node:module';
+import { isMainThread } from 'node:worker_threads';
 import { NydusError, EIO } from '../../erofs/errors.ts';
 
 export type CompressorName = 'none' | 'zstd';
@@ -14,7 +15,11 @@ interface ZstdBinding {
   compressBound(size: number): number;
 }
 
-const zstd = createRequire(import.meta.url)('zstd-napi/binding') as ZstdBinding;
+// Loaded on first use on the main thread (a daemon answers its API before it decompresses anything),
+// at import on a worker thread (the verification threads exist for this: their first chunk waits not).
+let loaded: ZstdBinding | null = null;
+const zstd = (): ZstdBinding => (loaded ??= createRequire(import.meta.url)('zstd-napi/binding') as ZstdBinding);
+if (!isMainThread) zstd();
 
 /** Level 1: chunk data is compressed once and read many times; speed of the build matters more. */
 const ZSTD_LEVEL = 1;
@@ -30,10 +35,10 @@ let scratch = Buffer.alloc(0);
 export function compressChunk(alg: CompressorName, data: Buffer): Buffer | null {
   if (alg === 'none') return null;
   if (!cctx) {
-    cctx = new zstd.CCtx();
-    cctx.setParameter(zstd.CParameter.compressionLevel, ZSTD_LEVEL);
+    cctx = new (zstd().CCtx)();
+    cctx.setParameter(zstd().CParameter.compressionLevel, ZSTD_LEVEL);
   }
-  const bound = zstd.compressBound(data.length);
+  const bound = zstd().compressBound(data.length);
   if (scratch.length < bound) scratch = Buffer.allocUnsafe(bound);
   const n = cctx.compress2(scratch, data);
   return n < data.length ? scratch.subarray(0, n) : null;
@@ -48,7 +53,7 @@ export function decompressChunk(alg: CompressorName, data: Buffer, uncompressedS
 /** Decompresses a chunk into `out`, which must be exactly its uncompressed size (a view into a larger buffer is fine). */
 export function decompressInto(alg: CompressorName, data: Uint8Array, out: Uint8Array, where: string): void {
   if (alg === 'none') throw new NydusError(`${where}: chunk is marked compressed but the compressor is none`, EIO);
-  if (!dctx) dctx = new zstd.DCtx();
+  if (!dctx) dctx = new (zstd().DCtx)();
   let n: number;
   try {
     n = dctx.decompress(out, data);

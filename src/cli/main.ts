@@ -1,7 +1,9 @@
-/** Shared entry for the CLIs: known errors become one clear line and exit status 1, never a stack trace. */
+/** Shared entry for the CLIs: their argument parser; known errors become one clear line (run-main.ts). */
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { NydusError } from '../../erofs/errors.ts';
+
+export { runMain } from './run-main.ts';
 
 /** The argument parser every command starts from: strict, and usage errors thrown as NydusErrors. */
 export function cliParser(name: string, argv: string[] = hideBin(process.argv)) {
@@ -11,21 +13,6 @@ export function cliParser(name: string, argv: string[] = hideBin(process.argv)) 
     .fail((msg, err) => {
       throw err ?? new NydusError(msg);
     });
-}
-
-export async function runMain(name: string, body: () => Promise<void> | void): Promise<void> {
-  try {
-    await body();
-  } catch (e) {
-    const err = e as Error;
-    if (err instanceof NydusError) {
-      process.stderr.write(`${name}: error: ${err.message}\n`);
-    } else {
-      process.stderr.write(`${name}: internal error: ${err?.message ?? String(e)}\n`);
-      if (process.env.NYDUS_DEBUG) process.stderr.write(`${err?.stack}\n`);
-    }
-    process.exitCode = 1;
-  }
 }
 
 /** Parses sizes given as decimal or 0x-prefixed hex, as nydus-image accepts them. */

@@ -3,6 +3,7 @@
  * registry backend, as nydus's contrib/nydus-backend-proxy does. Address and port default as that
  * server's (127.0.0.1:8000, or ROCKET_ADDRESS / ROCKET_PORT).
  */
+import './stack-maps.ts';
 import fs from 'node:fs';
 import { NydusError } from '../../erofs/errors.ts';
 import { startBlobProxy } from '../daemon/backend/proxy-server.ts';

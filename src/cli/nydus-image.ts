@@ -1,4 +1,5 @@
 /** nydus-image: argument parsing only; the work is in src/builder and src/image. */
+import './stack-maps.ts';
 import fs from 'node:fs';
 import { NydusError } from '../../erofs/errors.ts';
 import { createImage, createImageFromTar } from '../builder/create.ts';

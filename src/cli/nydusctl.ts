@@ -1,4 +1,5 @@
 /** nydusctl: a client of nydusd's API socket, with nydus's command names (info, metrics) and ours (metrics files/pattern, blobs). */
+import './stack-maps.ts';
 import http from 'node:http';
 import { NydusError } from '../../erofs/errors.ts';
 import { cliParser, runMain } from './main.ts';

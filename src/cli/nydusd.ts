@@ -1,46 +1,59 @@
 /** nydusd: argument parsing only; see src/daemon/run.ts for the process models and the lifecycle. */
-import { hideBin } from 'yargs/helpers';
+import './stack-maps.ts';
 import { NydusError } from '../../erofs/errors.ts';
 import fs from 'node:fs';
-import { type DaemonOptions, isWorker, runDaemon, runSupervisor, startupMode } from '../daemon/run.ts';
-import { type FanotifyDaemonOptions, openFanotifyGroup, runFanotifyWorker } from '../daemon/run-fanotify.ts';
+// The supervisor loads its own code alone (run.ts): the daemon's (serve.ts, run-fanotify.ts) is loaded
+// by the process that serves, so a supervisor spawns its worker sooner.
+import { type DaemonOptions, isWorker, openFanotifyGroup, runSupervisor } from '../daemon/run.ts';
+import type { FanotifyDaemonOptions } from '../daemon/run-fanotify.ts';
 import { versionText } from '../version.ts';
-import { cliParser, runMain } from './main.ts';
+import { quickParse } from './quick-args.ts';
+import { runMain } from './run-main.ts';
 
-await runMain('nydusd', async () => {
-  const argv = hideBin(process.argv);
-  const args = await cliParser('nydusd', argv)
+const OPTIONS = {
+  fscache: { alias: 'F', type: 'string', describe: 'cachefiles work directory (not tmpfs)' },
+  'fscache-tag': { type: 'string', default: 'nydus', describe: 'cachefiles tag' },
+  'fscache-threads': { type: 'number', default: 4, describe: 'concurrent requests served' },
+  apisock: { alias: 'A', type: 'string', describe: 'HTTP API unix socket' },
+  'log-level': { alias: 'l', type: 'string', default: 'info', choices: ['trace', 'debug', 'info', 'warn', 'error'] },
+  'log-file': { alias: 'L', type: 'string', describe: 'write logs to this file instead of stderr' },
+  'log-rotation-size': { type: 'number', default: 0, describe: 'rotate --log-file at this many MiB (0: never)' },
+  id: { type: 'string', describe: 'daemon id (with --supervisor)' },
+  supervisor: { type: 'string', describe: "supervisor socket that keeps the daemon's state and /dev/cachefiles fd (with --id)" },
+  upgrade: { type: 'boolean', default: false, describe: 'start in INIT and wait for PUT /api/v1/daemon/fuse/takeover' },
+  'failover-policy': { type: 'string', describe: 'resend: the kernel resends requests in flight after a takeover (the only policy of fscache mode)' },
+  fanotify: { type: 'string', describe: 'serve images through fanotify pre-content events (Linux >= 6.14) instead of fscache; the daemon keeps its state in this directory (not tmpfs)' },
+  config: { alias: 'C', type: 'string', describe: "with --fanotify: nydusd's FUSE-mode config file (backend, cache work_dir, prefetch)" },
+  bootstrap: { alias: 'B', type: 'string', describe: 'with --fanotify: the image bootstrap to mount at --mountpoint' },
+  mountpoint: { alias: 'M', type: 'string', describe: 'with --fanotify: where to mount --bootstrap (an EROFS file-backed mount)' },
+  'thread-num': { type: 'number', describe: 'with --fanotify: events served at once (default 4)' },
+} as const;
+
+/** yargs, loaded only for what the fast path declines (help, version, anything it must judge). */
+async function parseWithYargs(argv: string[]) {
+  const { cliParser } = await import('./main.ts');
+  return cliParser('nydusd', argv)
     .command(['singleton', '$0'], 'serve images over fscache on-demand mode (the in-kernel EROFS path)')
-    .option('fscache', { alias: 'F', type: 'string', describe: 'cachefiles work directory (not tmpfs)' })
-    .option('fscache-tag', { type: 'string', default: 'nydus', describe: 'cachefiles tag' })
-    .option('fscache-threads', { type: 'number', default: 4, describe: 'concurrent requests served' })
-    .option('apisock', { alias: 'A', type: 'string', describe: 'HTTP API unix socket' })
-    .option('log-level', { alias: 'l', type: 'string', default: 'info', choices: ['trace', 'debug', 'info', 'warn', 'error'] })
-    .option('log-file', { alias: 'L', type: 'string', describe: 'write logs to this file instead of stderr' })
-    .option('log-rotation-size', { type: 'number', default: 0, describe: 'rotate --log-file at this many MiB (0: never)' })
-    .option('id', { type: 'string', describe: 'daemon id (with --supervisor)' })
-    .option('supervisor', { type: 'string', describe: "supervisor socket that keeps the daemon's state and /dev/cachefiles fd (with --id)" })
-    .option('upgrade', { type: 'boolean', default: false, describe: 'start in INIT and wait for PUT /api/v1/daemon/fuse/takeover' })
-    .option('failover-policy', { type: 'string', describe: 'resend: the kernel resends requests in flight after a takeover (the only policy of fscache mode)' })
-    .option('fanotify', { type: 'string', describe: 'serve images through fanotify pre-content events (Linux >= 6.14) instead of fscache; the daemon keeps its state in this directory (not tmpfs)' })
-    .option('config', { alias: 'C', type: 'string', describe: "with --fanotify: nydusd's FUSE-mode config file (backend, cache work_dir, prefetch)" })
-    .option('bootstrap', { alias: 'B', type: 'string', describe: 'with --fanotify: the image bootstrap to mount at --mountpoint' })
-    .option('mountpoint', { alias: 'M', type: 'string', describe: 'with --fanotify: where to mount --bootstrap (an EROFS file-backed mount)' })
-    .option('thread-num', { type: 'number', describe: 'with --fanotify: events served at once (default 4)' })
+    .options(OPTIONS)
     .help()
     .version(versionText().trimEnd())
     .parseAsync();
+}
+
+await runMain('nydusd', async () => {
+  const argv = process.argv.slice(2);
+  const args = quickParse(argv, OPTIONS, ['singleton']) ?? await parseWithYargs(argv);
   if (args.fanotify !== undefined) {
     await fanotifyMode(args, argv);
     return;
   }
-  const unsupported: Record<string, string> = {
+  const unsupported: Partial<Record<keyof typeof OPTIONS, string>> = {
     'thread-num': 'it sets FUSE worker threads; in fscache mode use --fscache-threads',
     config: 'in fscache mode images and their backends come through PUT /api/v2/blobs (the config file goes with --fanotify)',
     bootstrap: 'in fscache mode images come through PUT /api/v2/blobs (--bootstrap goes with --fanotify)',
     mountpoint: 'in fscache mode the kernel mounts with `mount -t erofs -o fsid=<id>` (--mountpoint goes with --fanotify)',
   };
-  for (const [flag, why] of Object.entries(unsupported)) {
+  for (const [flag, why] of Object.entries(unsupported) as [keyof typeof OPTIONS, string][]) {
     if (args[flag] !== undefined) throw new NydusError(`--${flag} is not supported: ${why}`);
   }
   if (!args.fscache) throw new NydusError('--fscache <dir> or --fanotify <dir> is required');
@@ -57,8 +70,12 @@ await runMain('nydusd', async () => {
     logLevel: args['log-level'], logFile: args['log-file'], logRotationSize: args['log-rotation-size'], id: args.id ?? '',
     supervisor: args.supervisor,
   };
+  if (!isWorker() && !opts.supervisor) {
+    await runSupervisor(opts, [process.argv[1], ...argv]);
+    return;
+  }
+  const { runDaemon, startupMode } = await import('../daemon/serve.ts');
   if (isWorker()) await runDaemon(opts, { kind: 'inherited' });
-  else if (!opts.supervisor) await runSupervisor(opts, [process.argv[1], ...argv]);
   else await runDaemon(opts, args.upgrade ? { kind: 'takeover' } : await startupMode(opts));
 });
 
@@ -89,6 +106,6 @@ async function fanotifyMode(args: Args, argv: string[]): Promise<void> {
     logRotationSize: args['log-rotation-size'],
     initial: given.length ? { mountpoint: args.mountpoint as string, bootstrap: args.bootstrap as string, config } : undefined,
   };
-  if (isWorker()) await runFanotifyWorker(opts);
+  if (isWorker()) await (await import('../daemon/run-fanotify.ts')).runFanotifyWorker(opts);
   else await runSupervisor(opts, [process.argv[1], ...argv], openFanotifyGroup());
 }

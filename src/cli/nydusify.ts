@@ -1,4 +1,5 @@
 /** nydusify: argument parsing only; the work is in src/convert. Flag names as nydusify's. */
+import './stack-maps.ts';
 import fs from 'node:fs';
 import { NydusError } from '../../erofs/errors.ts';
 import { convert } from '../convert/convert.ts';

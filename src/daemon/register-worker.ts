@@ -1,4 +1,5 @@
 /** Worker thread of RegistrationPool: plans one image registration, or maps one access trace to files, per message. */
+import '../cli/stack-maps.ts';
 import { parentPort } from 'node:worker_threads';
 import { planBuffers, planRegistration } from './registration.ts';
 import { resolveTraceFiles } from './trace-files.ts';

@@ -1,6 +1,6 @@
 /**
- * nydusd in fanotify mode (`--fanotify <dir>`): the supervisor (run.ts) makes the pre-content group
- * and keeps its fd for its whole life; the worker serves the group's events, the mounts and the API.
+ * nydusd in fanotify mode (`--fanotify <dir>`): the supervisor (run.ts, openFanotifyGroup) makes the
+ * pre-content group and keeps its fd for its whole life; the worker serves the group's events, the mounts and the API.
  * When a worker dies the group lives on in the supervisor (its marks with it, and its events pending),
  * and the next worker serves the same mounts: what its predecessor left unanswered first (the
  * journal), then the queue. `<dir>` holds the chunk state, the mounts served and that journal.
@@ -8,12 +8,12 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { FanotifyGroup, reserveFdNumber } from '../../native/fscache/fanotify.ts';
-import { NydusError } from '../../erofs/errors.ts';
 import { startApi } from './api.ts';
 import { FanotifySession, type FanotifyMountRequest } from './frontend/fanotify.ts';
 import { PendingEventJournal } from './frontend/fanotify-journal.ts';
 import { makeLogger } from './log.ts';
-import { type HeldFd, WORKER_EXIT_FATAL, inheritedKernelFd, openDaemonCore } from './run.ts';
+import { WORKER_EXIT_FATAL, inheritedKernelFd } from './run.ts';
+import { openDaemonCore } from './serve.ts';
 
 export interface FanotifyDaemonOptions {
   /** The daemon's own directory (chunk state, mounts served, pending events); not tmpfs. */
@@ -26,15 +26,6 @@ export interface FanotifyDaemonOptions {
   logRotationSize: number;
   /** The command line's --bootstrap/--mountpoint/--config: mounted by the first worker. */
   initial?: FanotifyMountRequest;
-}
-
-/** The supervisor's group: a clear error where the kernel has no pre-content events. */
-export function openFanotifyGroup(): HeldFd {
-  try {
-    return FanotifyGroup.open();
-  } catch (e) {
-    throw new NydusError(`cannot start fanotify mode: ${(e as Error).message}`);
-  }
 }
 
 export async function runFanotifyWorker(opts: FanotifyDaemonOptions): Promise<void> {

@@ -11,6 +11,11 @@
 import Database from 'better-sqlite3';
 import path from 'node:path';
 import fs from 'node:fs';
+import { createRequire } from 'node:module';
+
+// The addon by its path: the bundles carry better-sqlite3's JavaScript, whose own lookup of the addon
+// (the `bindings` package) starts from the calling file and would search dist/ for it.
+const SQLITE_ADDON = createRequire(import.meta.url).resolve('better-sqlite3/build/Release/better_sqlite3.node');
 
 /** The kernel's name of one cache file. */
 export interface CacheFileKey {
@@ -46,7 +51,7 @@ export class DaemonState {
   constructor(workDir: string) {
     fs.mkdirSync(workDir, { recursive: true });
     const file = path.join(workDir, 'chunk-state.db');
-    this.db = new Database(file);
+    this.db = new Database(file, { nativeBinding: SQLITE_ADDON });
     // Registered entries may carry registry credentials: the owner alone reads the state (SQLite gives
     // its WAL and shared-memory files the database file's mode).
     fs.chmodSync(file, 0o600);

@@ -23,8 +23,27 @@ function tlsOptions(cfg: ConnectionConfig): tls.ConnectionOptions {
     });
     // In addition to the system's CAs, as nydus does.
     out.ca = [...tls.rootCertificates, ...extra];
+  } else {
+    const deferred = deferredExtraCaCerts();
+    if (deferred) out.ca = [...tls.rootCertificates, deferred];
   }
   return out;
+}
+
+/**
+ * NODE_EXTRA_CA_CERTS, which bin/nydusd hands over as NYDUSD_EXTRA_CA_CERTS so that node starts
+ * without parsing it (bin/run.sh): added to the default CAs as node would have (and, as with node,
+ * not to an explicit `ca_cert_files` list); a file that cannot be read is ignored with node's warning.
+ */
+function deferredExtraCaCerts(): string | undefined {
+  const file = process.env.NYDUSD_EXTRA_CA_CERTS;
+  if (!file) return undefined;
+  try {
+    return fs.readFileSync(file, 'utf8');
+  } catch (e) {
+    process.emitWarning(`Ignoring extra certs from \`${file}\`, load failed: ${(e as Error).message}`);
+    return undefined;
+  }
 }
 
 /** A keep-alive pool to the origin, with the config's connect, answer and body-silence timeouts. */

@@ -1,0 +1,91 @@
+/**
+ * nydusd's daemon proper, the worker of run.ts's supervisor or a process of its own under an external
+ * supervisor: the state, the images, the device and the API. Loaded only by the process that serves.
+ */
+import path from 'node:path';
+import os from 'node:os';
+import type { Logger } from 'pino';
+import { CachefilesDevice } from '../../native/fscache/index.ts';
+import { NydusError } from '../../erofs/errors.ts';
+import { socketLiveness, startApi } from './api.ts';
+import { ImageRegistry } from './daemon.ts';
+import { DaemonLifecycle } from './lifecycle.ts';
+import { DaemonState } from './state.ts';
+import { VerifyPool } from './verify-pool.ts';
+import { RegistrationPool } from './registration-pool.ts';
+import { makeLogger } from './log.ts';
+import { type DaemonOptions, inheritedKernelFd, openDevice } from './run.ts';
+
+/**
+ * Where the /dev/cachefiles fd comes from: inherited from our own supervisor process, opened and bound
+ * here (a supervisor of the snapshotter's keeps a copy through sendfd), or taken over from that
+ * supervisor later (the daemon waits in INIT: --upgrade, or a crashed predecessor's device still held).
+ */
+export type DeviceSource = { kind: 'inherited' } | { kind: 'device'; dev: CachefilesDevice } | { kind: 'takeover' };
+
+/**
+ * How a daemon with an external supervisor starts (nydus's create_daemon): it binds the cache, unless
+ * /dev/cachefiles is busy (only one open at a time) while the API socket of a dead daemon is left
+ * behind: then its predecessor crashed, the supervisor holds the device, and it waits for takeover.
+ */
+export async function startupMode(opts: DaemonOptions): Promise<DeviceSource> {
+  try {
+    return { kind: 'device', dev: openDevice(opts) };
+  } catch (e) {
+    if ((e as NydusError).cause !== 'EBUSY') throw e;
+    if (await socketLiveness(opts.apiSock) === 'dead') return { kind: 'takeover' };
+    throw new NydusError(`/dev/cachefiles is held by another process and no crashed daemon left ${opts.apiSock} behind: is another nydusd running?`);
+  }
+}
+
+/** What both front ends serve from: the chunk state in `stateDir`, the verification threads, the images. */
+export function openDaemonCore(stateDir: string, threads: number, log: Logger): { state: DaemonState; registry: ImageRegistry; registration: RegistrationPool; pool: VerifyPool } {
+  const state = new DaemonState(stateDir);
+  // Verification threads: the event loop stays free for the kernel's requests.
+  const pool = new VerifyPool(Math.max(1, Math.min(os.availableParallelism(), threads)), {
+    onFatal: (err) => {
+      log.fatal({ err: err.message }, 'cannot verify chunks any more; exiting');
+      process.exit(1);
+    },
+  });
+  // Bootstraps are read and validated on their own thread, one image at a time; the thread stays a
+  // while after a burst of registrations (a warm one validates about twice as fast as a new one).
+  const registration = new RegistrationPool({ workers: 1, idleMs: 5 * 60_000 });
+  return { state, registry: new ImageRegistry(state, log, pool, registration), registration, pool };
+}
+
+export async function runDaemon(opts: DaemonOptions, source: DeviceSource): Promise<void> {
+  const log = makeLogger(opts.logLevel, opts.logFile, opts.logRotationSize);
+  const { state, registry, registration, pool } = openDaemonCore(path.join(opts.fscacheDir, 'nydus-ts'), opts.threads, log);
+  // Before the device is served: the kernel's requests after a restart name these images.
+  await registry.restore();
+  const lifecycle = new DaemonLifecycle({ id: opts.id, cacheDir: opts.fscacheDir, threads: opts.threads, supervisor: opts.supervisor }, registry, state, log);
+  if (source.kind === 'inherited') {
+    const { fd, restarted } = inheritedKernelFd();
+    lifecycle.bind(CachefilesDevice.fromFd(fd), restarted);
+  } else if (source.kind === 'device') {
+    lifecycle.bind(source.dev, false);
+    log.info({ dir: opts.fscacheDir, tag: opts.tag }, 'cachefiles bound in on-demand mode');
+  } else {
+    log.info({ supervisor: opts.supervisor }, 'waiting in INIT for a takeover');
+  }
+  let server: Awaited<ReturnType<typeof startApi>> | null = null;
+  const shutdown = () => {
+    log.info('shutting down');
+    server?.close();
+    lifecycle.stop();
+    void Promise.all([registry.close(), registration.close()]).finally(() => {
+      state.close();
+      // Our own supervisor restarts a worker that exits; asked to exit, the whole daemon stops.
+      if (source.kind === 'inherited') process.kill(process.ppid, 'SIGTERM');
+      process.exit(0);
+    });
+  };
+  server = await startApi(opts.apiSock, { id: opts.id, supervisor: opts.supervisor, registry, state, lifecycle, exit: shutdown, log });
+  log.info({ apisock: opts.apiSock, state: lifecycle.state }, 'nydusd ready');
+  // Verification threads start now, not before the API listens, nor while the first READ waits.
+  pool.start();
+  process.on('SIGTERM', shutdown);
+  process.on('SIGINT', shutdown);
+}
+
