@@ -9,7 +9,9 @@ root=$(cd "$(dirname "$(readlink -f "$0")")/.." && pwd)
 # default young generation (16 MiB semi-spaces, in every isolate: nydusd's worker threads too) would
 # hold 30-40 MiB more than they ever use, for no measurable speed.
 heap=
-case $name in nydus-image|nydusify|nydusd) heap=--max-semi-space-size=2 ;; esac
+# (nydusd's supervisor gains nothing from it, and a heap flag costs node its built-in code cache,
+# 25 ms of start: the supervisor gives it to the worker it spawns, src/daemon/run.ts.)
+case $name in nydus-image|nydusify) heap=--max-semi-space-size=2 ;; esac
 # Node 20 reads and parses NODE_EXTRA_CA_CERTS at every start, before any code runs (70 ms for a
 # distribution's whole CA bundle). nydusd's only TLS connections are its backends', whose dispatchers
 # add these certificates when they are made (src/daemon/backend/remote.ts): it starts without them.
