@@ -46,7 +46,7 @@ function mountAndLs(args: string[], dir: string): number {
 }
 
 /** `prefetch`: background prefetch on, as the snapshotter's default nydusd config has it (8 threads, 1 MiB merges). */
-async function register(sock: string, id: string, w: BenchWorkload, cacheDir: string, prefetch = false): Promise<void> {
+async function register(sock: string, id: string, w: Pick<BenchWorkload, 'boot' | 'blobDir'>, cacheDir: string, prefetch = false): Promise<void> {
   const { status, body } = await apiRequest(sock, 'PUT', '/api/v2/blobs', {
     type: 'bootstrap', id, config_v2: {
       version: 2, id, backend: { type: 'localfs', localfs: { dir: w.blobDir } },
@@ -67,6 +67,7 @@ async function run(w: BenchWorkload): Promise<void> {
   const worker = childOf(daemon.pid!);
   await register(sock, w.name, w, cacheDir);
   if (w.ls) await register(sock, `${w.name}-ls`, w, cacheDir);
+  if (w.lsPrefetch) await register(sock, `${w.name}-lspf`, w.lsPrefetch, cacheDir, true);
 
   const loopDir = path.join(scratch, `${w.name}-loop`);
   const fsDir = path.join(scratch, `${w.name}-fscache`);
@@ -77,6 +78,7 @@ async function run(w: BenchWorkload): Promise<void> {
   execFileSync('umount', [loopDir]);
 
   if (w.ls) report(`${w.name}.ls_cold`, mountAndLs(['-t', 'erofs', '-o', `fsid=${w.name}-ls`, 'none'], fsDir));
+  if (w.lsPrefetch) report(`${w.name}.ls_prefetch`, mountAndLs(['-t', 'erofs', '-o', `fsid=${w.name}-lspf`, 'none'], fsDir));
   mount(['-t', 'erofs', '-o', `fsid=${w.name}`, 'none'], fsDir);
   report(`${w.name}.cold`, readAll(fsDir));
   execFileSync('umount', [fsDir]);

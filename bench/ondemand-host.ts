@@ -53,15 +53,8 @@ export async function benchHost(plan: HostPlan, repo: string): Promise<{ loop: n
     execFileSync('umount', [loopDir]);
   }
 
-  const mnt = path.join(plan.dir, 'fanotify-mnt');
-  const sock = path.join(plan.dir, 'nydusd.sock');
-  const cfg = { version: 2, backend: { type: 'localfs', localfs: { dir: plan.blobDir } }, cache: { type: 'filecache', filecache: { work_dir: path.join(plan.dir, 'cache') }, ...(plan.prefetch ? { prefetch: SNAPSHOTTER_PREFETCH } : {}) } };
-  fs.mkdirSync(mnt, { recursive: true });
-  fs.writeFileSync(path.join(plan.dir, 'config.json'), JSON.stringify(cfg));
-  const daemon = spawn(path.join(repo, 'bin/nydusd'), ['--fanotify', path.join(plan.dir, 'state'), '--config', path.join(plan.dir, 'config.json'),
-    '--bootstrap', plan.boot, '--mountpoint', mnt, '--apisock', sock, '--log-level', 'warn', '--log-file', path.join(plan.dir, 'nydusd.log')], { stdio: 'inherit' });
+  const { daemon, mnt, sock, cfg, stop } = await startFanotify(plan.dir, plan.boot, plan.blobDir, plan.prefetch ?? false, repo);
   try {
-    await until('the fanotify mount', async () => mounted(mnt) && (await apiRequest(sock, 'GET', '/api/v1/daemon').catch(() => null))?.status === 200);
     const cold = timeReadAll(mnt);
     const rssMiB = peakRssMiB(childOf(daemon.pid!));
     // Warm: unmounted and mounted again, page cache dropped: every byte comes from the cache file.
@@ -72,8 +65,46 @@ export async function benchHost(plan: HostPlan, repo: string): Promise<{ loop: n
     const warm = timeReadAll(mnt);
     return { loop, cold, warm, rssMiB };
   } finally {
+    await stop();
+  }
+}
+
+/** nydusd --fanotify serving `boot` at `<dir>/fanotify-mnt`, mounted and answering; `stop` ends it. */
+async function startFanotify(dir: string, boot: string, blobDir: string, prefetch: boolean, repo: string) {
+  const mnt = path.join(dir, 'fanotify-mnt');
+  const sock = path.join(dir, 'nydusd.sock');
+  const cfg = { version: 2, backend: { type: 'localfs', localfs: { dir: blobDir } }, cache: { type: 'filecache', filecache: { work_dir: path.join(dir, 'cache') }, ...(prefetch ? { prefetch: SNAPSHOTTER_PREFETCH } : {}) } };
+  fs.mkdirSync(mnt, { recursive: true });
+  fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(cfg));
+  const daemon = spawn(path.join(repo, 'bin/nydusd'), ['--fanotify', path.join(dir, 'state'), '--config', path.join(dir, 'config.json'),
+    '--bootstrap', boot, '--mountpoint', mnt, '--apisock', sock, '--log-level', 'warn', '--log-file', path.join(dir, 'nydusd.log')], { stdio: 'inherit' });
+  const stop = async () => {
     const exited = new Promise((r) => daemon.once('exit', r));
     daemon.kill('SIGTERM');
     await exited;
+  };
+  try {
+    await until('the fanotify mount', async () => mounted(mnt) && (await apiRequest(sock, 'GET', '/api/v1/daemon').catch(() => null))?.status === 200);
+  } catch (e) {
+    await stop();
+    throw e;
+  }
+  return { daemon, mnt, sock, cfg, stop };
+}
+
+/**
+ * The files the first `chroot <mnt> /bin/ls /` of a rootfs image reads, in order, as nydusd traces
+ * them (`nydusctl metrics pattern --paths`, through the fanotify front end, which sees every read).
+ */
+export async function traceFirstLs(dir: string, boot: string, blobDir: string, repo: string): Promise<string> {
+  fs.rmSync(dir, { recursive: true, force: true });
+  fs.mkdirSync(dir, { recursive: true });
+  const { mnt, sock, stop } = await startFanotify(dir, boot, blobDir, false, repo);
+  try {
+    fs.writeFileSync('/proc/sys/vm/drop_caches', '3');
+    execFileSync('chroot', [mnt, '/bin/ls', '/'], { stdio: 'ignore' });
+    return execFileSync(path.join(repo, 'bin/nydusctl'), ['--sock', sock, 'metrics', 'pattern', '--paths'], { encoding: 'utf8' });
+  } finally {
+    await stop();
   }
 }

@@ -12,6 +12,11 @@ export interface BenchWorkload {
   blobBytes: number;
   /** Also time the first `chroot <mnt> /bin/ls /` (a rootfs). */
   ls: boolean;
+  /**
+   * The same tree built with a prefetch table of the files that first `ls` read (as nydusd traced
+   * them): its `ls` is timed with prefetch on.
+   */
+  lsPrefetch?: { boot: string; blobDir: string };
 }
 
 export interface BenchPlan {

@@ -3,7 +3,7 @@
 # repository). The script runs as root in a chroot of the host root (read-only 9p), from the repository
 # directory, with:
 #   KT_SCRATCH  a tmpfs directory for scratch files and mount points
-#   KT_CACHE    an empty ext4 directory (a fresh virtio disk) for the cachefiles cache
+#   KT_CACHE    an empty ext4 directory (a fresh virtio disk, KT_DISK_SIZE, 512M by default) for the cachefiles cache
 # The guest console streams to stdout; the exit status is the script's (99 when the guest gave none).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -14,7 +14,7 @@ script=$(cd "$(dirname "$1")" && pwd)/$(basename "$1")
 disk=$(mktemp "$cache/cache-disk.XXXXXX")
 out=$(mktemp "$cache/console.XXXXXX")
 trap 'rm -f "$disk" "$out"' EXIT
-truncate -s 512M "$disk"
+truncate -s "${KT_DISK_SIZE:-512M}" "$disk"
 mkfs.ext4 -q -F "$disk"
 timeout "${KT_TIMEOUT:-1200}" qemu-system-x86_64 -machine q35 -accel tcg -cpu max -m 2G -smp 2 -nographic -no-reboot -net none \
   -kernel "$cache/vmlinuz" -initrd "$cache/initramfs.cpio.gz" \
