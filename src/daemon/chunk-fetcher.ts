@@ -123,20 +123,7 @@ const VERIFY_JOB_BYTES = 256 << 10;
 
 /** Splits a run read in one piece into verification jobs: the pool's threads share it, and a reader waits for one job only. */
 function verifyJobs(run: readonly ChunkRef[]): ChunkRef[][] {
-  const out: ChunkRef[][] = [];
-  let cur: ChunkRef[] = [];
-  let bytes = 0;
-  for (const c of run) {
-    if (cur.length && bytes + c.uncompressedSize > VERIFY_JOB_BYTES) {
-      out.push(cur);
-      cur = [];
-      bytes = 0;
-    }
-    cur.push(c);
-    bytes += c.uncompressedSize;
-  }
-  if (cur.length) out.push(cur);
-  return out;
+  return splitChunks(run, VERIFY_JOB_BYTES, (c) => c.uncompressedSize, () => false);
 }
 
 /**
@@ -149,19 +136,22 @@ const where = (blob: BlobMap, chunk: ChunkRef) => `blob ${blob.blobId} chunk ${c
 
 /** Splits chunks (in their order) into runs stored back to back, each at most `maxBytes` (one chunk at least). */
 export function batchChunks(chunks: readonly ChunkRef[], maxBytes: number): ChunkRef[][] {
+  return splitChunks(chunks, maxBytes, (c) => c.compressedSize, (last, c) => c.compressedOffset !== last.compressedOffset + last.compressedSize);
+}
+
+/** Splits chunks (in their order) into groups of at most `maxBytes` by `size` (one chunk at least), and wherever `breaks` says. */
+function splitChunks(chunks: readonly ChunkRef[], maxBytes: number, size: (c: ChunkRef) => number, breaks: (last: ChunkRef, c: ChunkRef) => boolean): ChunkRef[][] {
   const out: ChunkRef[][] = [];
   let cur: ChunkRef[] = [];
   let bytes = 0;
   for (const c of chunks) {
-    const last = cur[cur.length - 1];
-    const follows = last && c.compressedOffset === last.compressedOffset + last.compressedSize;
-    if (cur.length && (!follows || bytes + c.compressedSize > maxBytes)) {
+    if (cur.length && (breaks(cur[cur.length - 1], c) || bytes + size(c) > maxBytes)) {
       out.push(cur);
       cur = [];
       bytes = 0;
     }
     cur.push(c);
-    bytes += c.compressedSize;
+    bytes += size(c);
   }
   if (cur.length) out.push(cur);
   return out;
