@@ -15,7 +15,7 @@
  */
 import type { Logger } from 'pino';
 import type { ChunkRef } from '../builder/tree.ts';
-import { type BlobMap, alignToChunk, followsInFile } from './blob-map.ts';
+import { type BlobMap, CHUNK_ALIGN, alignToChunk, followsInFile } from './blob-map.ts';
 import { type ChunkFetcher, batchChunks } from './chunk-fetcher.ts';
 import { AMPLIFY_IO_DEFAULT, type PrefetchConfig } from './config.ts';
 import type { CacheFileKey, DaemonState } from './state.ts';
@@ -162,8 +162,8 @@ export class BlobCacheFile {
     const end = offset + len;
     const limit = offset + span;
     const out: ChunkRef[] = [];
-    // Chunks start 4096-aligned in the blob: the window holds at most this many.
-    const most = Math.ceil(span / 4096) + READ_AHEAD_CHUNKS;
+    // Chunks start block-aligned in the blob: the window holds at most this many.
+    const most = Math.ceil(span / CHUNK_ALIGN) + READ_AHEAD_CHUNKS;
     for (const c of this.map.chunksAfter(end, most)) {
       if (out.length >= READ_AHEAD_CHUNKS && c.uncompressedOffset + c.uncompressedSize > limit) break;
       out.push(c);
@@ -374,6 +374,6 @@ function runBytes(run: ReadonlyArray<{ c: ChunkRef; data: Buffer }>): Uint8Array
 }
 
 /** Whether data ranges cover a chunk's bytes [start, end) (the padding after a blob's last chunk may lie past EOF). */
-function covers(ranges: ReadonlyArray<readonly [number, number]>, [start, end]: readonly [number, number]): boolean {
+export function covers(ranges: ReadonlyArray<readonly [number, number]>, [start, end]: readonly [number, number]): boolean {
   return ranges.some(([s, e]) => s <= start && e >= end);
 }

@@ -12,7 +12,7 @@ import type { Digester } from '../blob/digest.ts';
 import type { ChunkRef } from '../builder/tree.ts';
 
 /** Chunks start block-aligned in a blob's uncompressed address space (its cache file). */
-const CHUNK_ALIGN = 4096;
+export const CHUNK_ALIGN = 4096;
 export const alignToChunk = (n: number): number => Math.ceil(n / CHUNK_ALIGN) * CHUNK_ALIGN;
 /** Whether `c` comes right after `prev` in the cache file (the gap between them is block padding). */
 export const followsInFile = (prev: ChunkRef, c: ChunkRef): boolean => c.uncompressedOffset === alignToChunk(prev.uncompressedOffset + prev.uncompressedSize);

@@ -7,7 +7,7 @@
 import type { Worker } from 'node:worker_threads';
 import { startWorker } from './worker-thread.ts';
 import { NydusError, EIO } from '../../erofs/errors.ts';
-import { type StoredChunk, type StoredRun, type VerifiedRun, RUN_FIELDS, setRunChunk, verifyRun } from '../blob/verify.ts';
+import { type StoredRun, type VerifiedRun, verifyRun } from '../blob/verify.ts';
 
 interface Job {
   run: StoredRun;
@@ -136,23 +136,7 @@ export class VerifyPool {
     });
   }
 
-  /** One chunk: its verified bytes, or its error. */
-  async verify(chunk: StoredChunk, urgent = false): Promise<Buffer> {
-    const r = await this.verifyRun(runOfOne(chunk), urgent);
-    if (r.errors[0] !== null) throw new NydusError(r.errors[0], EIO);
-    return Buffer.from(r.data.buffer, r.data.byteOffset, r.data.byteLength);
-  }
-
   async close(): Promise<void> {
     await Promise.all([...this.idle, ...this.busy.keys()].map((w) => w.terminate()));
   }
-}
-
-function runOfOne(c: StoredChunk): StoredRun {
-  const layout = new Float64Array(RUN_FIELDS);
-  setRunChunk(layout, 0, { storedOffset: 0, storedSize: c.stored.length, outOffset: 0, outSize: c.uncompressedSize, compressed: c.compressed });
-  return {
-    stored: c.stored, compressor: c.compressor, digester: c.digester, layout, digests: new Uint8Array(c.digest),
-    digestSize: c.digest.length, outSize: c.uncompressedSize, where: [c.where],
-  };
 }

@@ -23,7 +23,7 @@ import type { BlobMap } from '../blob-map.ts';
 import type { ChunkFetcher } from '../chunk-fetcher.ts';
 import type { CacheFileKey, DaemonState } from '../state.ts';
 import type { BlobAccessTrace } from '../access-trace.ts';
-import { BlobCacheFile, WorkGuard, type CacheCounters, type FillOptions, type PrefetchPlan } from '../blob-cache.ts';
+import { BlobCacheFile, WorkGuard, covers, type CacheCounters, type FillOptions, type PrefetchPlan } from '../blob-cache.ts';
 
 /** What a cache file needs of the fanotify group. */
 export interface MarkPort {
@@ -165,8 +165,7 @@ export class MarkedCacheFile {
       return;
     }
     const ranges = dataRangesOf(this.probeFd, 0, this.size);
-    const holds = (start: number, end: number) => ranges.some(([s, e]) => s <= start && e >= end);
-    for (let pos = 0; pos < map.chunkCount; pos++) if (!holds(...map.rangeAt(pos))) return;
+    for (let pos = 0; pos < map.chunkCount; pos++) if (!covers(ranges, map.rangeAt(pos))) return;
     try {
       this.group.unmark(this.path);
       this.complete = true;

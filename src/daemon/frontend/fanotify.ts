@@ -246,8 +246,7 @@ export class FanotifySession {
       f.adoptEventFd(e.fd);
     } catch (err) {
       this.log.error({ file: f.path, err: (err as Error).message }, 'cannot keep an event fd for writes; answered EIO');
-      if (fast) this.journal.add({ fd: e.fd, dev: st.dev, ino: st.ino, offset: e.offset, count: e.count });
-      this.answer(e.fd, EIO, true);
+      this.answer(e.fd, EIO, true, !fast);
       return;
     }
     // A read by another process is a demand read (our own provokes an event to get a writer fd).
@@ -256,8 +255,7 @@ export class FanotifySession {
       this.stats.events++;
       this.stats.eventBytes += e.count;
       f.fill(e.offset, e.count).catch(() => undefined);
-      this.respond(e.fd, 0);
-      closeFd(e.fd);
+      this.answer(e.fd, 0, true, false);
       return;
     }
     // Without a range record (never seen for reads), the whole file.
@@ -279,11 +277,11 @@ export class FanotifySession {
     this.answer(fd, errno, ownFd);
   }
 
-  /** Answers an event, closes its fd when it is ours, and clears it from the journal. */
-  private answer(fd: number, errno: number, ownFd: boolean): void {
+  /** Answers an event, closes its fd when it is ours, and clears it from the journal (when it is there). */
+  private answer(fd: number, errno: number, ownFd: boolean, journaled = true): void {
     this.respond(fd, errno);
     if (ownFd) closeFd(fd);
-    this.journal.done(fd);
+    if (journaled) this.journal.done(fd);
   }
 
   private respond(fd: number, errno: number): void {
