@@ -29,18 +29,18 @@ const dir = path.join(repo, 'kernel-test/.cache/bench');
 const nydusImage = path.join(repo, 'bin/nydus-image');
 
 /** Runs `make(out)` once: a stamp holding `key` is written when it succeeded. */
-function once(out: string, key: string, make: (out: string) => void): void {
+async function once(out: string, key: string, make: (out: string) => void | Promise<void>): Promise<void> {
   const stamp = path.join(out, '.complete');
   if (fs.existsSync(stamp) && fs.readFileSync(stamp, 'utf8') === key) return;
   fs.rmSync(out, { recursive: true, force: true });
   fs.mkdirSync(out, { recursive: true });
-  make(out);
+  await make(out);
   fs.writeFileSync(stamp, key);
 }
 
-function bigWorkload(): BenchWorkload {
+async function bigWorkload(): Promise<BenchWorkload> {
   const out = path.join(dir, 'big');
-  once(out, `mib=${mib}`, () => {
+  await once(out, `mib=${mib}`, () => {
     const src = path.join(out, 'src');
     fs.mkdirSync(src);
     // Half random (stored raw), half text-like (compresses), in files of 64 KiB to 4 MiB.
@@ -58,10 +58,10 @@ function bigWorkload(): BenchWorkload {
   return workload('big', out, false);
 }
 
-function debianWorkload(): BenchWorkload {
+async function debianWorkload(): Promise<BenchWorkload> {
   const out = path.join(dir, 'debian');
   const rootfs = debianRootfs();
-  once(out, rootfs, () => {
+  await once(out, rootfs, () => {
     // The options a user gets by default.
     execFileSync(nydusImage, ['create', '--log-level', 'warn', '-B', path.join(out, 'image.boot'), '-D', path.join(out, 'blobs'), rootfs], { stdio: 'inherit' });
     execFileSync(nydusImage, ['export', '--block', '-B', path.join(out, 'image.boot'), '-D', path.join(out, 'blobs'), '-O', path.join(out, 'image.erofs')], { stdio: 'inherit' });
@@ -78,16 +78,12 @@ async function lsPrefetchImage(w: BenchWorkload): Promise<{ boot: string; blobDi
   const out = path.join(dir, 'debian-ls-prefetch');
   const boot = path.join(out, 'image.boot');
   const blobDir = path.join(out, 'blobs');
-  const key = debianRootfs();
-  const stamp = path.join(out, '.complete');
-  if (!(fs.existsSync(stamp) && fs.readFileSync(stamp, 'utf8') === key)) {
-    fs.rmSync(out, { recursive: true, force: true });
-    fs.mkdirSync(out, { recursive: true });
+  const rootfs = debianRootfs();
+  await once(out, rootfs, async () => {
     const paths = await traceFirstLs(path.join(repo, '.cache/bench-host/ls-trace'), w.boot, w.blobDir, repo);
     fs.writeFileSync(path.join(out, 'prefetch-list'), paths);
-    execFileSync(nydusImage, ['create', '--log-level', 'warn', '--prefetch-policy', 'fs', '-B', boot, '-D', blobDir, key], { input: paths, stdio: ['pipe', 'inherit', 'inherit'] });
-    fs.writeFileSync(stamp, key);
-  }
+    execFileSync(nydusImage, ['create', '--log-level', 'warn', '--prefetch-policy', 'fs', '-B', boot, '-D', blobDir, rootfs], { input: paths, stdio: ['pipe', 'inherit', 'inherit'] });
+  });
   console.log(`debian, ls prefetch table: ${fs.readFileSync(path.join(out, 'prefetch-list'), 'utf8').split('\n').filter(Boolean).length} files traced`);
   return { boot, blobDir };
 }
@@ -124,7 +120,7 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.len
 
 // The guest runs bin/nydusd from the bundles: make them current first.
 execFileSync('node', ['--import', 'tsx', path.join(repo, 'scripts/build.mjs')], { cwd: repo, stdio: 'inherit' });
-const workloads = [bigWorkload(), debianWorkload()];
+const workloads = [await bigWorkload(), await debianWorkload()];
 workloads[1].lsPrefetch = await lsPrefetchImage(workloads[1]);
 for (const w of workloads) {
   console.log(`${w.name}: export ${(w.bytes / 1048576).toFixed(0)} MiB, blob ${(w.blobBytes / 1048576).toFixed(1)} MiB`);
