@@ -19,13 +19,16 @@
         "native/fscache/fd_passing.cc",
         "native/fscache/fanotify.cc",
         "native/fscache/mount.cc",
-        "native/fscache/fds.cc"
+        "native/fscache/fds.cc",
+        "native/fscache/chunk_verify.cc",
+        "native/fscache/blake3.cc"
       ],
+      "libraries": ["-lzstd"],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8"],
       "cflags!": ["-fno-exceptions"],
       "cflags_cc!": ["-fno-exceptions"],
-      "cflags_cc": ["-std=c++17", "-Wall", "-Wextra"]
+      "cflags_cc": ["-std=c++17", "-Wall", "-Wextra", "-O3"]
     }
   ]
 }

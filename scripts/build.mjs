@@ -11,10 +11,9 @@ const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const names = ['nydus-image', 'nydusd', 'nydusify', 'nydusctl', 'nydus-backend-proxy'];
 fs.rmSync(path.join(root, 'dist'), { recursive: true, force: true });
 await build({
-  // The verify and registration pools' workers are loaded by URL next to the nydusd bundle.
+  // The registration pool's worker is loaded by URL next to the nydusd bundle.
   entryPoints: {
     ...Object.fromEntries(names.map((n) => [n, path.join(root, 'src/cli', `${n}.ts`)])),
-    'verify-worker': path.join(root, 'src/daemon/verify-worker.ts'),
     'register-worker': path.join(root, 'src/daemon/register-worker.ts'),
   },
   outdir: path.join(root, 'dist'),

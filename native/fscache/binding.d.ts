@@ -120,6 +120,15 @@ export interface FscacheBinding {
   dup(fd: number): number;
   /** Keeps number n from being given to a new fd (/dev/null dup3'd onto it) if it is free; true if it did. */
   reserveFd(n: number): boolean;
+  /**
+   * Verifies a run of chunks on libuv's thread pool: each chunk of `stored` (at the place `layout`
+   * gives, 5 numbers per chunk as src/blob/verify.ts RUN_* names them) decompressed (compressor 1:
+   * zstd) or copied into `out`, then its digest (digester 0: BLAKE3, 1: SHA-256; 32 bytes per chunk
+   * in `digests`, none when digestSize is 0) checked. Resolves to one entry per chunk: null, or what
+   * is wrong with it (its bytes in `out` are zeroed then). Throws at once when a place lies outside
+   * its buffer. The buffers must not be touched until it settles.
+   */
+  verifyRunNative(stored: Uint8Array, layout: Float64Array, digests: Uint8Array, digestSize: number, out: Uint8Array, compressor: 0 | 1, digester: 0 | 1): Promise<Array<string | null>>;
   /** CACHEFILES_MSG_MAX_SIZE: the largest message the kernel sends, bytes. */
   readonly MSG_MAX_SIZE: number;
 }

@@ -23,6 +23,7 @@
 #include <string>
 
 #include "aligned_write.h"
+#include "chunk_verify.h"
 #include "errno_error.h"
 #include "fanotify.h"
 #include "fd_passing.h"
@@ -133,6 +134,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("umount", Napi::Function::New(env, Umount, "umount"));
   exports.Set("dup", Napi::Function::New(env, Dup, "dup"));
   exports.Set("reserveFd", Napi::Function::New(env, ReserveFd, "reserveFd"));
+  exports.Set("verifyRunNative", Napi::Function::New(env, VerifyRunNative, "verifyRunNative"));
   exports.Set("MSG_MAX_SIZE", Napi::Number::New(env, static_cast<double>(kMsgMaxSize)));
   return exports;
 }

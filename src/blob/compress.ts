@@ -3,7 +3,6 @@
  * a chunk allocates nothing: one reusable output buffer per size).
  */
 import { createRequire } from 'node:module';
-import { isMainThread } from 'node:worker_threads';
 import { NydusError, EIO } from '../../erofs/errors.ts';
 
 export type CompressorName = 'none' | 'zstd';
@@ -15,11 +14,9 @@ interface ZstdBinding {
   compressBound(size: number): number;
 }
 
-// Loaded on first use on the main thread (a daemon answers its API before it decompresses anything),
-// at import on a worker thread (the verification threads exist for this: their first chunk waits not).
+// Loaded on first use (a daemon answers its API before it decompresses anything; it verifies in the addon).
 let loaded: ZstdBinding | null = null;
 const zstd = (): ZstdBinding => (loaded ??= createRequire(import.meta.url)('zstd-napi/binding') as ZstdBinding);
-if (!isMainThread) zstd();
 
 /** Level 1: chunk data is compressed once and read many times; speed of the build matters more. */
 const ZSTD_LEVEL = 1;

@@ -1,14 +1,11 @@
 /** Chunk digests: a chunk's identity is the digest of its uncompressed bytes. */
 import { createHash } from 'node:crypto';
 import { createRequire } from 'node:module';
-import { isMainThread } from 'node:worker_threads';
 import type * as BlakeHash from '@napi-rs/blake-hash';
 
-// Loaded on first use on the main thread (a daemon answers its API before it hashes anything), at
-// import on a worker thread (the verification threads exist for this: their first chunk waits not).
+// Loaded on first use (a daemon answers its API before it hashes anything; it verifies in the addon).
 let loaded: typeof BlakeHash | null = null;
 const blake = (): typeof BlakeHash => (loaded ??= createRequire(import.meta.url)('@napi-rs/blake-hash') as typeof BlakeHash);
-if (!isMainThread) blake();
 
 export type Digester = 'blake3' | 'sha256';
 

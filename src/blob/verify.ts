@@ -1,12 +1,13 @@
 /**
  * Stored chunk bytes -> verified uncompressed bytes: decompress if needed, then check the digest.
- * One chunk (verifyChunk), or a run of chunks read from a blob in one piece (verifyRun): the run's
- * chunks land in one output buffer laid out as in the cache file, so that a worker thread verifies
- * a run in one message and the daemon writes it in one write, with no copy per chunk.
+ * One chunk (verifyChunk), or a run of chunks read from a blob in one piece (verifyRun here, and
+ * verifyRunNative on libuv's thread pool, the daemon's): the run's chunks land in one output buffer
+ * laid out as in the cache file, so that the daemon writes it in one write, with no copy per chunk.
  */
 import { NydusError, EIO } from '../../erofs/errors.ts';
 import { type CompressorName, decompressChunk, decompressInto } from './compress.ts';
 import { type Digester, chunkDigest } from './digest.ts';
+import { fscacheBinding } from '../../native/fscache/index.ts';
 
 export interface StoredChunk {
   stored: Buffer;
@@ -96,4 +97,17 @@ export function verifyRun(r: StoredRun): VerifiedRun {
     }
   }
   return { data: out, errors };
+}
+
+/**
+ * verifyRun off the event loop: the addon decompresses and checks the run on libuv's thread pool
+ * (same results, same messages). The output is a new buffer; `run.stored` must not change until
+ * this settles.
+ */
+export async function verifyRunNative(r: StoredRun): Promise<VerifiedRun> {
+  // Uninitialized: every byte is written by the addon (chunks, or zeros between them and for failures).
+  const out = Buffer.allocUnsafe(r.outSize);
+  const errors = await fscacheBinding().verifyRunNative(r.stored, r.layout, r.digests, r.digestSize, out,
+    r.compressor === 'zstd' ? 1 : 0, r.digester === 'sha256' ? 1 : 0);
+  return { data: out, errors: errors.map((e, i) => (e === null ? null : `${r.where[i]}: ${e}`)) };
 }

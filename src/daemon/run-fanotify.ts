@@ -36,7 +36,7 @@ export async function runFanotifyWorker(opts: FanotifyDaemonOptions): Promise<vo
   const reserved = new Map(pending.map((p) => [p.fd, reserveFdNumber(p.fd)] as const));
   const log = makeLogger(opts.logLevel, opts.logFile, opts.logRotationSize);
   fs.mkdirSync(opts.dir, { recursive: true });
-  const { state, registry, registration, pool } = openDaemonCore(opts.dir, opts.threads, log);
+  const { state, registry, registration } = openDaemonCore(opts.dir, opts.threads, log);
   const journal = new PendingEventJournal(journalFile, pending);
   const mountsFile = path.join(opts.dir, 'mounts.json');
   if (!restarted) fs.rmSync(mountsFile, { force: true });
@@ -72,8 +72,6 @@ export async function runFanotifyWorker(opts: FanotifyDaemonOptions): Promise<vo
     });
   };
   if (opts.apiSock) server = await startApi(opts.apiSock, { id: '', registry, state, lifecycle: null, mounts: session, exit: shutdown, log });
-  // Verification threads start once the API listens (or with the first chunk, whichever is first).
-  pool.start();
   log.info({ apisock: opts.apiSock, dir: opts.dir, mounts: session.list() }, 'nydusd ready (fanotify)');
   process.on('SIGTERM', shutdown);
   process.on('SIGINT', shutdown);

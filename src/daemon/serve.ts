@@ -38,25 +38,20 @@ export async function startupMode(opts: DaemonOptions): Promise<DeviceSource> {
   }
 }
 
-/** What both front ends serve from: the chunk state in `stateDir`, the verification threads, the images. */
-export function openDaemonCore(stateDir: string, threads: number, log: Logger): { state: DaemonState; registry: ImageRegistry; registration: RegistrationPool; pool: VerifyPool } {
+/** What both front ends serve from: the chunk state in `stateDir`, chunk verification, the images. */
+export function openDaemonCore(stateDir: string, threads: number, log: Logger): { state: DaemonState; registry: ImageRegistry; registration: RegistrationPool } {
   const state = new DaemonState(stateDir);
-  // Verification threads: the event loop stays free for the kernel's requests.
-  const pool = new VerifyPool(Math.max(1, Math.min(os.availableParallelism(), threads)), {
-    onFatal: (err) => {
-      log.fatal({ err: err.message }, 'cannot verify chunks any more; exiting');
-      process.exit(1);
-    },
-  });
+  // Verification on libuv's threads, a job per core at most: the event loop stays free for the kernel's requests.
+  const pool = new VerifyPool(Math.max(1, Math.min(os.availableParallelism(), threads)));
   // Bootstraps are read and validated on their own thread, one image at a time; the thread stays a
   // while after a burst of registrations (a warm one validates about twice as fast as a new one).
   const registration = new RegistrationPool({ workers: 1, idleMs: 5 * 60_000 });
-  return { state, registry: new ImageRegistry(state, log, pool, registration), registration, pool };
+  return { state, registry: new ImageRegistry(state, log, pool, registration), registration };
 }
 
 export async function runDaemon(opts: DaemonOptions, source: DeviceSource): Promise<void> {
   const log = makeLogger(opts.logLevel, opts.logFile, opts.logRotationSize);
-  const { state, registry, registration, pool } = openDaemonCore(path.join(opts.fscacheDir, 'nydus-ts'), opts.threads, log);
+  const { state, registry, registration } = openDaemonCore(path.join(opts.fscacheDir, 'nydus-ts'), opts.threads, log);
   // Before the device is served: the kernel's requests after a restart name these images.
   await registry.restore();
   const lifecycle = new DaemonLifecycle({ id: opts.id, cacheDir: opts.fscacheDir, threads: opts.threads, supervisor: opts.supervisor }, registry, state, log);
@@ -83,8 +78,6 @@ export async function runDaemon(opts: DaemonOptions, source: DeviceSource): Prom
   };
   server = await startApi(opts.apiSock, { id: opts.id, supervisor: opts.supervisor, registry, state, lifecycle, exit: shutdown, log });
   log.info({ apisock: opts.apiSock, state: lifecycle.state }, 'nydusd ready');
-  // Verification threads start now, not before the API listens, nor while the first READ waits.
-  pool.start();
   process.on('SIGTERM', shutdown);
   process.on('SIGINT', shutdown);
 }

@@ -5,7 +5,7 @@
  */
 import { Worker, type WorkerOptions } from 'node:worker_threads';
 
-export type WorkerName = 'verify-worker' | 'register-worker';
+export type WorkerName = 'register-worker';
 
 export function startWorker(name: WorkerName, opts: WorkerOptions = {}): Worker {
   const self = import.meta.url;

@@ -1,0 +1,180 @@
+// BLAKE3 in portable C++ (see blake3.h). The input is split into 1 KiB chunks, each hashed in 64-byte
+// blocks to a chaining value; the chaining values merge pairwise into a binary tree whose root is
+// the digest. Chunk i counts i in its compressions; the last compression of the root node has ROOT.
+#include "blake3.h"
+
+#include <cstring>
+
+namespace fscache {
+namespace {
+
+constexpr uint32_t kIv[8] = {0x6A09E667, 0xBB67AE85, 0x3C6EF372, 0xA54FF53A,
+                             0x510E527F, 0x9B05688C, 0x1F83D9AB, 0x5BE0CD19};
+constexpr uint32_t kChunkStart = 1, kChunkEnd = 2, kParent = 4, kRoot = 8;
+constexpr size_t kBlockLen = 64, kChunkLen = 1024;
+// The greatest tree depth for a 64-bit length: one chaining value per level on the stack.
+constexpr size_t kMaxDepth = 54;
+
+// The message word order of each of the 7 rounds: the permutation (2,6,3,10,7,0,4,13,1,11,12,5,9,14,15,8)
+// applied once more per round.
+constexpr uint8_t kSchedule[7][16] = {
+    {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15},
+    {2, 6, 3, 10, 7, 0, 4, 13, 1, 11, 12, 5, 9, 14, 15, 8},
+    {3, 4, 10, 12, 13, 2, 7, 14, 6, 5, 9, 0, 11, 15, 8, 1},
+    {10, 7, 12, 9, 14, 3, 13, 15, 4, 0, 11, 2, 5, 8, 1, 6},
+    {12, 13, 9, 11, 15, 10, 14, 8, 7, 2, 5, 3, 0, 1, 6, 4},
+    {9, 14, 11, 5, 8, 12, 15, 1, 13, 3, 0, 10, 2, 6, 4, 7},
+    {11, 15, 5, 0, 1, 9, 8, 6, 14, 10, 2, 12, 3, 4, 7, 13},
+};
+
+inline uint32_t Rotr(uint32_t w, int c) { return (w >> c) | (w << (32 - c)); }
+
+inline uint32_t LoadLe(const uint8_t* p) {
+  return static_cast<uint32_t>(p[0]) | static_cast<uint32_t>(p[1]) << 8 | static_cast<uint32_t>(p[2]) << 16 |
+         static_cast<uint32_t>(p[3]) << 24;
+}
+
+inline void G(uint32_t* v, int a, int b, int c, int d, uint32_t x, uint32_t y) {
+  v[a] = v[a] + v[b] + x;
+  v[d] = Rotr(v[d] ^ v[a], 16);
+  v[c] = v[c] + v[d];
+  v[b] = Rotr(v[b] ^ v[c], 12);
+  v[a] = v[a] + v[b] + y;
+  v[d] = Rotr(v[d] ^ v[a], 8);
+  v[c] = v[c] + v[d];
+  v[b] = Rotr(v[b] ^ v[c], 7);
+}
+
+// The compression function, truncated to the 8 words a chaining value (or a 32-byte digest) needs.
+void Compress(uint32_t cv[8], const uint32_t m[16], uint64_t counter, uint32_t block_len, uint32_t flags) {
+  uint32_t v[16] = {cv[0], cv[1], cv[2], cv[3], cv[4], cv[5], cv[6], cv[7],
+                    kIv[0], kIv[1], kIv[2], kIv[3],
+                    static_cast<uint32_t>(counter), static_cast<uint32_t>(counter >> 32), block_len, flags};
+  for (const uint8_t* s : kSchedule) {
+    G(v, 0, 4, 8, 12, m[s[0]], m[s[1]]);
+    G(v, 1, 5, 9, 13, m[s[2]], m[s[3]]);
+    G(v, 2, 6, 10, 14, m[s[4]], m[s[5]]);
+    G(v, 3, 7, 11, 15, m[s[6]], m[s[7]]);
+    G(v, 0, 5, 10, 15, m[s[8]], m[s[9]]);
+    G(v, 1, 6, 11, 12, m[s[10]], m[s[11]]);
+    G(v, 2, 7, 8, 13, m[s[12]], m[s[13]]);
+    G(v, 3, 4, 9, 14, m[s[14]], m[s[15]]);
+  }
+  for (int i = 0; i < 8; i++) cv[i] = v[i] ^ v[i + 8];
+}
+
+// The chaining value of one chunk (1 to 1024 bytes; 0 only for empty input), ROOT on its last block when asked.
+void ChunkCv(const uint8_t* in, size_t len, uint64_t counter, bool root, uint32_t cv[8]) {
+  std::memcpy(cv, kIv, sizeof kIv);
+  size_t blocks = len == 0 ? 1 : (len + kBlockLen - 1) / kBlockLen;
+  for (size_t b = 0; b < blocks; b++) {
+    size_t n = b + 1 < blocks ? kBlockLen : len - b * kBlockLen;
+    uint8_t block[kBlockLen] = {0};
+    std::memcpy(block, in + b * kBlockLen, n);
+    uint32_t m[16];
+    for (int i = 0; i < 16; i++) m[i] = LoadLe(block + 4 * i);
+    uint32_t flags = (b == 0 ? kChunkStart : 0) | (b + 1 == blocks ? kChunkEnd | (root ? kRoot : 0) : 0);
+    Compress(cv, m, counter, static_cast<uint32_t>(n), flags);
+  }
+}
+
+// The chaining value of a parent node: the key (IV) compressing its children's chaining values.
+void ParentCv(const uint32_t left[8], const uint32_t right[8], bool root, uint32_t out[8]) {
+  uint32_t m[16];
+  std::memcpy(m, left, 32);
+  std::memcpy(m + 8, right, 32);
+  std::memcpy(out, kIv, sizeof kIv);
+  Compress(out, m, 0, kBlockLen, kParent | (root ? kRoot : 0));
+}
+
+// 16 chunks at once, one per vector lane (GCC vector extensions: AVX-512, AVX2 or SSE2 code, chosen
+// at load time by target_clones): the bulk of any input larger than 16 KiB. Writes 16 chaining values.
+typedef uint32_t Lanes __attribute__((vector_size(64)));
+constexpr size_t kLanes = 16;
+
+// A macro, not a function: a vector argument outside the clones would change the ABI per target.
+#define RotrLanes(w, c) (((w) >> (c)) | ((w) << (32 - (c))))
+
+#define LANES_G(a, b, c, d, x, y)        \
+  v[a] = v[a] + v[b] + (x);              \
+  v[d] = RotrLanes(v[d] ^ v[a], 16);     \
+  v[c] = v[c] + v[d];                    \
+  v[b] = RotrLanes(v[b] ^ v[c], 12);     \
+  v[a] = v[a] + v[b] + (y);              \
+  v[d] = RotrLanes(v[d] ^ v[a], 8);      \
+  v[c] = v[c] + v[d];                    \
+  v[b] = RotrLanes(v[b] ^ v[c], 7);
+
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void Chunks16(const uint8_t* in, uint64_t counter, uint32_t cvs[kLanes][8]) {
+  Lanes cv[8], counter_lo, counter_hi;
+  for (int i = 0; i < 8; i++) cv[i] = Lanes{} + kIv[i];
+  for (size_t l = 0; l < kLanes; l++) {
+    counter_lo[l] = static_cast<uint32_t>(counter + l);
+    counter_hi[l] = static_cast<uint32_t>((counter + l) >> 32);
+  }
+  for (size_t b = 0; b < kChunkLen / kBlockLen; b++) {
+    Lanes m[16];
+    for (size_t l = 0; l < kLanes; l++) {
+      const uint8_t* p = in + l * kChunkLen + b * kBlockLen;
+      for (int w = 0; w < 16; w++) m[w][l] = LoadLe(p + 4 * w);
+    }
+    uint32_t flags = (b == 0 ? kChunkStart : 0) | (b + 1 == kChunkLen / kBlockLen ? kChunkEnd : 0);
+    Lanes v[16] = {cv[0], cv[1], cv[2], cv[3], cv[4], cv[5], cv[6], cv[7],
+                   Lanes{} + kIv[0], Lanes{} + kIv[1], Lanes{} + kIv[2], Lanes{} + kIv[3],
+                   counter_lo, counter_hi, Lanes{} + static_cast<uint32_t>(kBlockLen), Lanes{} + flags};
+    for (const uint8_t* s : kSchedule) {
+      LANES_G(0, 4, 8, 12, m[s[0]], m[s[1]]);
+      LANES_G(1, 5, 9, 13, m[s[2]], m[s[3]]);
+      LANES_G(2, 6, 10, 14, m[s[4]], m[s[5]]);
+      LANES_G(3, 7, 11, 15, m[s[6]], m[s[7]]);
+      LANES_G(0, 5, 10, 15, m[s[8]], m[s[9]]);
+      LANES_G(1, 6, 11, 12, m[s[10]], m[s[11]]);
+      LANES_G(2, 7, 8, 13, m[s[12]], m[s[13]]);
+      LANES_G(3, 4, 9, 14, m[s[14]], m[s[15]]);
+    }
+    for (int i = 0; i < 8; i++) cv[i] = v[i] ^ v[i + 8];
+  }
+  for (size_t l = 0; l < kLanes; l++) {
+    for (int i = 0; i < 8; i++) cvs[l][i] = cv[i][l];
+  }
+}
+
+}  // namespace
+
+void Blake3(const uint8_t* input, size_t len, uint8_t out[kBlake3DigestSize]) {
+  size_t chunks = len == 0 ? 1 : (len + kChunkLen - 1) / kChunkLen;
+  uint32_t cv[8];
+  if (chunks == 1) {
+    ChunkCv(input, len, 0, true, cv);
+  } else {
+    // Every chunk but the last goes on the stack; after chunk i (i + 1 chunks done), as many
+    // subtrees merge as i + 1 has trailing zero bits.
+    uint32_t stack[kMaxDepth][8];
+    size_t depth = 0;
+    uint32_t batch[kLanes][8];
+    for (size_t i = 0; i + 1 < chunks; i++) {
+      // Chunks before the last, 16 at a time while 16 remain.
+      if (i % kLanes == 0 && i + kLanes < chunks) Chunks16(input + i * kChunkLen, i, batch);
+      if (i - i % kLanes + kLanes < chunks) std::memcpy(cv, batch[i % kLanes], sizeof cv);
+      else ChunkCv(input + i * kChunkLen, kChunkLen, i, false, cv);
+      for (uint64_t done = i + 1; (done & 1) == 0; done >>= 1) ParentCv(stack[--depth], cv, false, cv);
+      std::memcpy(stack[depth++], cv, sizeof cv);
+    }
+    size_t last = chunks - 1;
+    ChunkCv(input + last * kChunkLen, len - last * kChunkLen, last, false, cv);
+    // The right edge: merged from the top of the stack down; the last merge is the root.
+    while (depth > 0) {
+      depth--;
+      ParentCv(stack[depth], cv, depth == 0, cv);
+    }
+  }
+  for (int i = 0; i < 8; i++) {
+    out[4 * i] = static_cast<uint8_t>(cv[i]);
+    out[4 * i + 1] = static_cast<uint8_t>(cv[i] >> 8);
+    out[4 * i + 2] = static_cast<uint8_t>(cv[i] >> 16);
+    out[4 * i + 3] = static_cast<uint8_t>(cv[i] >> 24);
+  }
+}
+
+}  // namespace fscache

@@ -1,0 +1,16 @@
+// BLAKE3 (the default chunk digest of Nydus images), 32-byte output, no key: what chunk verification
+// on the libuv pool needs, in portable C++. Written from the BLAKE3 specification
+// (https://github.com/BLAKE3-team/BLAKE3-specs); checked against the @napi-rs/blake-hash binding the
+// builder uses (test/chunk-verify-native.test.ts).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace fscache {
+
+constexpr size_t kBlake3DigestSize = 32;
+
+void Blake3(const uint8_t* input, size_t len, uint8_t out[kBlake3DigestSize]);
+
+}  // namespace fscache

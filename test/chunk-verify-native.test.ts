@@ -1,0 +1,113 @@
+/**
+ * The addon's chunk verification (native/fscache/chunk_verify.cc, blake3.cc), which the daemon runs
+ * on libuv's thread pool, against independent oracles: the published BLAKE3 digest of the empty
+ * input, the @napi-rs/blake-hash binding and OpenSSL's SHA-256 (through node:crypto), and the
+ * JavaScript verifyRun with zstd-napi.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import crypto from 'node:crypto';
+import { createRequire } from 'node:module';
+import { fscacheBinding } from '../native/fscache/index.ts';
+import { compressChunk } from '../src/blob/compress.ts';
+import { RUN_FIELDS, type StoredRun, setRunChunk, verifyRun, verifyRunNative } from '../src/blob/verify.ts';
+import { prand } from './helpers/fixtures.ts';
+
+const blake3 = (createRequire(import.meta.url)('@napi-rs/blake-hash') as { blake3(b: Buffer): Buffer }).blake3;
+const sha256 = (b: Buffer) => crypto.createHash('sha256').update(b).digest();
+
+/** One chunk, stored raw, checked against `digest` with `digester`: the addon's verdict. */
+async function nativeVerdict(data: Buffer, digest: Buffer, digester: 0 | 1): Promise<string | null> {
+  const layout = new Float64Array([0, data.length, 0, data.length, 0]);
+  const [verdict] = await fscacheBinding().verifyRunNative(data, layout, digest, 32, new Uint8Array(data.length), 0, digester);
+  return verdict;
+}
+
+test('BLAKE3 in the addon: the published digest of the empty input', async () => {
+  const empty = Buffer.from('af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262', 'hex');
+  assert.equal(await nativeVerdict(Buffer.alloc(0), empty, 0), null);
+  const other = Buffer.from(empty);
+  other[31] ^= 1;
+  assert.match(String(await nativeVerdict(Buffer.alloc(0), other, 0)), /digest mismatch/);
+});
+
+test('BLAKE3 and SHA-256 in the addon agree with blake-hash and OpenSSL on every tree shape, and refuse a flipped bit', async () => {
+  // Block and chunk edges (64 B, 1 KiB), the 16-chunk batches (16 KiB), deep trees (up to 3 MiB).
+  const sizes = [1, 63, 64, 65, 1023, 1024, 1025, 2048, 2049, 15 * 1024, 16 * 1024, 16 * 1024 + 1, 17 * 1024, 33 * 1024 + 7, 65536, 100_000, 1 << 20, 3 * (1 << 20) + 5];
+  for (const [i, n] of sizes.entries()) {
+    const data = prand(n, 100 + i);
+    for (const [digester, digest] of [[0, blake3(data)], [1, sha256(data)]] as const) {
+      assert.equal(await nativeVerdict(data, digest, digester), null, `size ${n}, digester ${digester}`);
+      const flipped = Buffer.from(data);
+      flipped[n >> 1] ^= 0x10;
+      assert.match(String(await nativeVerdict(flipped, digest, digester)), /digest mismatch/, `size ${n}, digester ${digester}, flipped`);
+    }
+  }
+});
+
+/** A run of chunks, some zstd-compressed, some raw, at block-aligned places with padding between them. */
+function sampleRun(digester: 'blake3' | 'sha256', corrupt: number[]): { run: StoredRun; plain: Buffer[]; outOffsets: number[] } {
+  const plain = [Buffer.alloc(5000, 'a'), prand(9000, 2), Buffer.alloc(4096, 'x'), Buffer.concat([prand(30_000, 3), Buffer.alloc(40_000, 'q')]), Buffer.alloc(1, 'z')];
+  const compressed = (i: number) => i === 0 || i === 2 || i === 3;
+  // compressChunk's result lives in a scratch buffer: copied at once.
+  const stored = plain.map((p, i) => Buffer.from(compressed(i) ? compressChunk('zstd', p)! : p));
+  for (const i of corrupt) stored[i][stored[i].length >> 1] ^= 1;
+  const outOffsets: number[] = [];
+  let out = 0;
+  for (const p of plain) {
+    outOffsets.push(out);
+    out = Math.ceil((out + p.length) / 4096) * 4096;
+  }
+  const layout = new Float64Array(plain.length * RUN_FIELDS);
+  let at = 0;
+  stored.forEach((b, i) => {
+    setRunChunk(layout, i, { storedOffset: at, storedSize: b.length, outOffset: outOffsets[i], outSize: plain[i].length, compressed: compressed(i) });
+    at += b.length;
+  });
+  const digest = digester === 'blake3' ? blake3 : sha256;
+  return {
+    plain, outOffsets,
+    run: {
+      stored: Buffer.concat(stored), compressor: 'zstd', digester, layout, digestSize: 32,
+      digests: Buffer.concat(plain.map(digest)), outSize: out, where: plain.map((_, i) => `chunk ${i}`),
+    },
+  };
+}
+
+test('verifyRunNative gives what verifyRun gives: bytes, zeroed padding and failures, the same messages', async () => {
+  for (const digester of ['blake3', 'sha256'] as const) {
+    for (const corrupt of [[], [1], [0, 3], [4]]) {
+      const { run, plain, outOffsets } = sampleRun(digester, corrupt);
+      const native = await verifyRunNative(run);
+      const reference = verifyRun(run);
+      assert.deepEqual(native.errors, reference.errors, `${digester}, corrupt ${corrupt}`);
+      assert.ok(Buffer.from(native.data).equals(Buffer.from(reference.data)), `${digester}, corrupt ${corrupt}: same output`);
+      plain.forEach((p, i) => {
+        const got = Buffer.from(native.data.buffer, native.data.byteOffset + outOffsets[i], p.length);
+        if (corrupt.includes(i)) assert.ok(got.every((b) => b === 0), `chunk ${i} failed and is zeros`);
+        else assert.ok(got.equals(p), `chunk ${i} verified`);
+      });
+      for (const i of corrupt) assert.match(String(native.errors[i]), new RegExp(`^chunk ${i}: (digest mismatch|zstd decompression failed)`));
+    }
+  }
+});
+
+test('verifyRunNative zeroes what no chunk covers even in a dirty buffer, and refuses places outside its buffers', async () => {
+  const { run } = sampleRun('blake3', []);
+  const out = new Uint8Array(run.outSize).fill(0xee);
+  const errors = await fscacheBinding().verifyRunNative(run.stored, run.layout, run.digests, 32, out, 1, 0);
+  assert.deepEqual(errors, [null, null, null, null, null]);
+  assert.ok(Buffer.from(out).equals(Buffer.from(verifyRun(run).data)), 'padding and tail are zeros, as verifyRun leaves them');
+  const b = fscacheBinding();
+  const outside = Float64Array.from(run.layout);
+  outside[RUN_FIELDS * 4 + 2] = run.outSize; // the last chunk's output offset: past the end
+  assert.throws(() => b.verifyRunNative(run.stored, outside, run.digests, 32, out, 1, 0), /chunk 4 lies outside its buffers/);
+  assert.throws(() => b.verifyRunNative(run.stored, run.layout, run.digests.subarray(0, 64), 32, out, 1, 0), /fewer digests than chunks/);
+  assert.throws(() => b.verifyRunNative(run.stored, run.layout.subarray(1), run.digests, 32, out, 1, 0), /not whole chunks/);
+  const fraction = Float64Array.from(run.layout);
+  fraction[1] = 0.5;
+  assert.throws(() => b.verifyRunNative(run.stored, fraction, run.digests, 32, out, 1, 0), /not a whole number/);
+  // A compressed chunk in a blob without a compressor is refused, not copied.
+  const [none] = await b.verifyRunNative(run.stored, run.layout.subarray(0, RUN_FIELDS), run.digests, 32, new Uint8Array(5000), 0, 0);
+  assert.equal(none, 'chunk is marked compressed but the compressor is none');
+});
