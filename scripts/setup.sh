@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what nydus-ts needs on a Debian machine, as root; quick when everything is there.
-#   apt packages: erofs-utils (reference tools), python3 (mount(2) helper and test supervisor), tar, attr tools,
+#   apt packages: erofs-utils (reference tools), python3 (mount(2) helper and test supervisor), libzstd-dev (the
+#   addon's chunk decompression), tar, attr tools,
 #   docker-registry, umoci, skopeo, apache2-utils, openssl (registry tests)
 #   npm ci: dependencies and the native addons (build/Release/*.node), built offline from /usr/include/node
 set -euo pipefail
@@ -13,6 +14,8 @@ command -v mkfs.erofs >/dev/null || need+=(erofs-utils)
 command -v python3 >/dev/null || need+=(python3)
 command -v mkfifo >/dev/null || need+=(coreutils)
 command -v g++ >/dev/null || need+=(g++ make)
+# The fscache addon decompresses chunks with libzstd (native/fscache/chunk_verify.cc).
+[ -f /usr/include/zstd.h ] || need+=(libzstd-dev)
 # A real OCI registry and independent image tools for the registry and conversion tests.
 command -v docker-registry >/dev/null || need+=(docker-registry)
 command -v umoci >/dev/null || need+=(umoci)
