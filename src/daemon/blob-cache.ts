@@ -93,6 +93,8 @@ export class BlobCacheFile {
   private readonly amplifyIo: number;
   /** The last demand READ: a READ that follows it (within a window) reads on sequentially. */
   private lastRead: { start: number; end: number } | null = null;
+  /** How far (blob offset) the chunks after READs were asked for (extendWindow). */
+  private windowEnd = 0;
 
   constructor(
     readonly key: CacheFileKey, readonly map: BlobMap, private readonly fetcher: ChunkFetcher,
@@ -139,10 +141,7 @@ export class BlobCacheFile {
     const span = sequential ? Math.max(len, this.amplifyIo) : 0;
     if (!this.marksReady) this.readAheadLater(offset, len, span);
     const missing = demand.filter((c) => this.wanted(c, true));
-    let ahead = this.marksReady ? this.window(offset, len, span).filter((c) => this.wanted(c, false)) : [];
-    // A READ of chunks already on their way (fetched ahead) extends the window only once half of it is
-    // missing: the fetch ahead stays ahead, in reads of half a window at least, not a chunk at a time.
-    if (!missing.length && ahead.reduce((n, c) => n + c.uncompressedSize, 0) < span / 2) ahead = [];
+    const ahead = this.marksReady ? this.extendWindow(offset, len, span, missing.length > 0).filter((c) => this.wanted(c, false)) : [];
     // The READ's own chunks in reads of their own, verified first: the reader waits for them, not for the window.
     const fetched = new Map<ChunkRef, Promise<Buffer>>();
     if (missing.length) this.fetcher.fetchBatch(this.map, missing, true).forEach((p, i) => fetched.set(missing[i], p));
@@ -155,19 +154,26 @@ export class BlobCacheFile {
   }
 
   /**
-   * The chunks after a READ that come with it: those ending within `span` bytes from the READ's
-   * offset, and at least READ_AHEAD_CHUNKS (large chunks outgrow the window).
+   * The chunks after a READ that come with it: the window runs `span` bytes from the READ's offset
+   * (at least READ_AHEAD_CHUNKS chunks past its end; large chunks outgrow the window). `windowEnd`
+   * remembers how far it was asked for, so each READ looks only at the chunks it adds: reading on, it
+   * is extended once less than half of it is left ahead of the reader (or a chunk of the READ itself
+   * is missing), so that the fetch ahead goes in reads of half a window at least, not a chunk at a time.
    */
-  private window(offset: number, len: number, span: number): ChunkRef[] {
+  private extendWindow(offset: number, len: number, span: number, missing: boolean): ChunkRef[] {
     const end = offset + len;
+    // A jump elsewhere, or a reader that overtook the window: it starts again at the READ.
+    if (span === 0 || this.windowEnd < end || this.windowEnd > end + span) this.windowEnd = end;
+    else if (!missing && this.windowEnd - end >= span / 2) return [];
     const limit = offset + span;
     const out: ChunkRef[] = [];
-    // Chunks start block-aligned in the blob: the window holds at most this many.
-    const most = Math.ceil(span / CHUNK_ALIGN) + READ_AHEAD_CHUNKS;
-    for (const c of this.map.chunksAfter(end, most)) {
+    // Chunks start block-aligned in the blob: the window adds at most this many.
+    const most = Math.max(0, Math.ceil((limit - this.windowEnd) / CHUNK_ALIGN)) + READ_AHEAD_CHUNKS;
+    for (const c of this.map.chunksAfter(this.windowEnd, most)) {
       if (out.length >= READ_AHEAD_CHUNKS && c.uncompressedOffset + c.uncompressedSize > limit) break;
       out.push(c);
     }
+    if (out.length) this.windowEnd = alignToChunk(out[out.length - 1].uncompressedOffset + out[out.length - 1].uncompressedSize);
     return out;
   }
 
@@ -283,7 +289,7 @@ export class BlobCacheFile {
   private readAheadLater(offset: number, len: number, span: number): void {
     void this.marksChecked.then(() => {
       if (this.closed) return;
-      const ahead = this.window(offset, len, span).filter((c) => this.wanted(c, false));
+      const ahead = this.extendWindow(offset, len, span, true).filter((c) => this.wanted(c, false));
       if (!ahead.length) return;
       const fetched = this.fetcher.fetchBatch(this.map, ahead);
       void this.materializeRuns(ahead, new Map(fetched.map((p, i) => [ahead[i], p])), false);
