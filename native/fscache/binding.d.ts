@@ -59,6 +59,9 @@ export interface Watcher {
 export interface FanotifyEvent {
   /** An fd of the file (read-write, raises no events itself); -1 for a queue overflow. */
   fd: number;
+  /** The file's device and inode numbers (as fs.Stats gives them), fstat(2)ed when read; -1 when that failed. */
+  dev: number;
+  ino: number;
   /** The process whose access raised the event (its tgid). */
   pid: number;
   /** FAN_* bits; FAN_PRE_ACCESS is 0x00100000. */

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <sys/syscall.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <cerrno>
 #include <cstring>
@@ -106,8 +107,17 @@ Napi::Value ReadFanotifyEvents(Napi::Env env, int fd) {
       }
       r += h.len;
     }
+    // Which file: the event's fd stat()ed here, a syscall, not a Stats object per event in JS.
+    double dev = -1, ino = -1;
+    struct stat st;
+    if (m.fd >= 0 && fstat(m.fd, &st) == 0) {
+      dev = static_cast<double>(st.st_dev);
+      ino = static_cast<double>(st.st_ino);
+    }
     Napi::Object e = Napi::Object::New(env);
     e.Set("fd", Napi::Number::New(env, m.fd));
+    e.Set("dev", Napi::Number::New(env, dev));
+    e.Set("ino", Napi::Number::New(env, ino));
     e.Set("pid", Napi::Number::New(env, m.pid));
     e.Set("mask", Napi::Number::New(env, static_cast<double>(m.mask)));
     e.Set("offset", Napi::Number::New(env, offset));

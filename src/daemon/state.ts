@@ -20,9 +20,9 @@ const SQLITE_ADDON = createRequire(import.meta.url).resolve('better-sqlite3/buil
 /** The kernel's name of one cache file. */
 export interface CacheFileKey {
   /** The volume key, e.g. `erofs,<fsid>` or `erofs,<domain_id>`. */
-  volume: string;
+  readonly volume: string;
   /** The cookie key: the fsid for a bootstrap, the blob id for a blob. */
-  cookie: string;
+  readonly cookie: string;
 }
 
 /** Schema versions (PRAGMA user_version). 0: marks by blob id (could not tell cache files apart). */
@@ -200,4 +200,10 @@ export class DaemonState {
   }
 }
 
-const fileId = (f: CacheFileKey) => `${f.volume}\u0000${f.cookie}`;
+/** A cache file's key in the maps; made once per key object (a cache file asks with the same one for every chunk). */
+const fileIds = new WeakMap<CacheFileKey, string>();
+function fileId(f: CacheFileKey): string {
+  let id = fileIds.get(f);
+  if (id === undefined) fileIds.set(f, (id = `${f.volume}\u0000${f.cookie}`));
+  return id;
+}

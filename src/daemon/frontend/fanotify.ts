@@ -218,21 +218,15 @@ export class FanotifySession {
       this.log.error({ mask: e.mask }, 'fanotify event without an fd (queue overflow?)');
       return;
     }
-    let st: fs.Stats;
-    try {
-      st = fs.fstatSync(e.fd);
-    } catch (err) {
-      this.log.error({ err: (err as Error).message }, 'cannot stat an event fd; answered EIO');
+    if (e.dev < 0) {
+      this.log.error({ fd: e.fd }, 'cannot stat an event fd; answered EIO');
       this.respond(e.fd, EIO);
       closeFd(e.fd);
       return;
     }
-    const f = this.byInode.get(inodeKey(st.dev, st.ino));
-    // Most events of a sequential reader are for bytes already in the file (fetched ahead): answered
-    // on the turn that read them, so they need no journal record (a crash before the answer is the
-    // same window as a crash before the record). The fill still runs: it fetches ahead of the reader.
+    const f = this.byInode.get(inodeKey(e.dev, e.ino));
     const fast = f !== undefined && !f.closed && (e.mask & FAN_PRE_ACCESS) !== 0 && e.offset >= 0 && f.rangeCached(e.offset, e.count);
-    if (!fast) this.journal.add({ fd: e.fd, dev: st.dev, ino: st.ino, offset: e.offset, count: e.count });
+    if (!fast) this.journal.add({ fd: e.fd, dev: e.dev, ino: e.ino, offset: e.offset, count: e.count });
     if (!(e.mask & FAN_PRE_ACCESS)) {
       this.answer(e.fd, 0, true);
       return;
