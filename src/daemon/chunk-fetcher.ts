@@ -12,10 +12,26 @@ import type { VerifyPool } from './verify-pool.ts';
 import type { BlobBackend } from './backend/localfs.ts';
 import { type BlobMap, followsInFile } from './blob-map.ts';
 
+/** Per blob (by id), something about its chunks (by index in the blob). */
+class PerChunk<T> {
+  private readonly blobs = new Map<string, Map<number, T>>();
+
+  of(blobId: string): Map<number, T> {
+    let m = this.blobs.get(blobId);
+    if (!m) this.blobs.set(blobId, (m = new Map()));
+    return m;
+  }
+
+  delete(blobId: string, chunk: number): void {
+    const m = this.blobs.get(blobId);
+    if (m?.delete(chunk) && m.size === 0) this.blobs.delete(blobId);
+  }
+}
+
 export class ChunkFetcher {
-  private readonly inflight = new Map<string, Promise<Buffer>>();
+  private readonly inflight = new PerChunk<Promise<Buffer>>();
   /** Chunks in flight a reader waits for: verified before the ones fetched ahead. */
-  private readonly urgent = new Set<string>();
+  private readonly urgent = new PerChunk<true>();
 
   constructor(
     private readonly backend: BlobBackend, private readonly onFetch?: (blobId: string, chunkIndex: number) => void,
@@ -24,15 +40,15 @@ export class ChunkFetcher {
 
   /** `urgent`: a reader waits for it (see prioritize). */
   fetch(blob: BlobMap, chunk: ChunkRef, urgent = false): Promise<Buffer> {
-    const key = `${blob.blobId}:${chunk.indexInBlob}`;
-    let p = this.inflight.get(key);
+    const inflight = this.inflight.of(blob.blobId);
+    let p = inflight.get(chunk.indexInBlob);
     if (p) {
       if (urgent) this.prioritize(blob, chunk);
       return p;
     }
-    if (urgent) this.urgent.add(key);
-    p = this.load(blob, chunk).finally(() => this.settled(key));
-    this.inflight.set(key, p);
+    if (urgent) this.urgent.of(blob.blobId).set(chunk.indexInBlob, true);
+    p = this.load(blob, chunk).finally(() => this.settled(blob.blobId, chunk.indexInBlob));
+    inflight.set(chunk.indexInBlob, p);
     return p;
   }
 
@@ -41,15 +57,14 @@ export class ChunkFetcher {
    * chunks queued ahead of it. Starts no fetch.
    */
   prioritize(blob: BlobMap, chunk: ChunkRef): void {
-    const key = `${blob.blobId}:${chunk.indexInBlob}`;
-    if (!this.inflight.has(key)) return;
-    this.urgent.add(key);
+    if (!this.inflight.of(blob.blobId).has(chunk.indexInBlob)) return;
+    this.urgent.of(blob.blobId).set(chunk.indexInBlob, true);
     this.pool?.promote(where(blob, chunk));
   }
 
-  private settled(key: string): void {
-    this.inflight.delete(key);
-    this.urgent.delete(key);
+  private settled(blobId: string, chunk: number): void {
+    this.inflight.delete(blobId, chunk);
+    this.urgent.delete(blobId, chunk);
   }
 
   /**
@@ -58,7 +73,9 @@ export class ChunkFetcher {
    * one fails, its neighbours do not. A chunk already on its way is not read again.
    */
   fetchBatch(blob: BlobMap, chunks: readonly ChunkRef[], urgent = false, maxRead = MAX_MERGED_READ): Array<Promise<Buffer>> {
-    const todo = chunks.filter((c) => !this.inflight.has(`${blob.blobId}:${c.indexInBlob}`));
+    const inflight = this.inflight.of(blob.blobId);
+    const urgentOnes = this.urgent.of(blob.blobId);
+    const todo = chunks.filter((c) => !inflight.has(c.indexInBlob));
     for (const run of batchChunks(todo, maxRead)) {
       if (run.length < 2) continue;
       const start = run[0].compressedOffset;
@@ -66,10 +83,9 @@ export class ChunkFetcher {
       for (const c of run) this.onFetch?.(blob.blobId, c.indexInBlob);
       const span = this.backend.read(blob.blobId, start, end - start);
       for (const job of verifyJobs(run)) {
-        const keys = job.map((c) => `${blob.blobId}:${c.indexInBlob}`);
-        if (urgent) for (const k of keys) this.urgent.add(k);
+        if (urgent) for (const c of job) urgentOnes.set(c.indexInBlob, true);
         const verified = span.then((buf) => this.verify(blob, job, buf, start));
-        keys.forEach((k, i) => this.inflight.set(k, verified.then((r) => r(i)).finally(() => this.settled(k))));
+        job.forEach((c, i) => inflight.set(c.indexInBlob, verified.then((r) => r(i)).finally(() => this.settled(blob.blobId, c.indexInBlob))));
       }
     }
     return chunks.map((c) => this.fetch(blob, c, urgent));
@@ -107,7 +123,8 @@ export class ChunkFetcher {
       stored: bytes, compressor: blob.compressor, digester: blob.digester, layout, digests, digestSize, outSize,
       where: chunks.map((c) => where(blob, c)),
     };
-    const urgent = chunks.some((c) => this.urgent.has(`${blob.blobId}:${c.indexInBlob}`));
+    const urgentOnes = this.urgent.of(blob.blobId);
+    const urgent = chunks.some((c) => urgentOnes.has(c.indexInBlob));
     const r: VerifiedRun = this.pool ? await this.pool.verifyRun(run, urgent) : verifyRun(run);
     return (i: number) => {
       const err = r.errors[i];
