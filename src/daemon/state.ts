@@ -25,27 +25,100 @@ export interface CacheFileKey {
   readonly cookie: string;
 }
 
-/** Schema versions (PRAGMA user_version). 0: marks by blob id (could not tell cache files apart). */
-const SCHEMA_VERSION = 1;
+/**
+ * Schema versions (PRAGMA user_version). 0: marks by blob id (could not tell cache files apart);
+ * 1: a row per marked chunk and per fetched chunk; 2: a bitmap per cache file and a count array per
+ * blob (a row per chunk cost the daemon more than the chunks' verification).
+ */
+const SCHEMA_VERSION = 2;
+
+/** A set of chunk indexes as a bitmap: what a cache file holds, stored as it is in memory. */
+export class ChunkBits {
+  private bits: Uint8Array;
+  size = 0;
+
+  constructor(bytes: Uint8Array = new Uint8Array(0)) {
+    this.bits = new Uint8Array(bytes);
+    for (const b of this.bits) this.size += POPCOUNT[b];
+  }
+
+  has(i: number): boolean {
+    return (this.bits[i >>> 3] & (1 << (i & 7))) !== 0;
+  }
+
+  /** Whether it was not there. */
+  add(i: number): boolean {
+    const at = i >>> 3;
+    if (at >= this.bits.length) {
+      const grown = new Uint8Array(Math.max(at + 1, this.bits.length * 2));
+      grown.set(this.bits);
+      this.bits = grown;
+    }
+    if (this.bits[at] & (1 << (i & 7))) return false;
+    this.bits[at] |= 1 << (i & 7);
+    this.size++;
+    return true;
+  }
+
+  delete(i: number): boolean {
+    if (!this.has(i)) return false;
+    this.bits[i >>> 3] &= ~(1 << (i & 7));
+    this.size--;
+    return true;
+  }
+
+  indexes(): number[] {
+    const out: number[] = [];
+    this.bits.forEach((b, at) => {
+      for (let bit = 0; b; bit++, b >>= 1) if (b & 1) out.push(at * 8 + bit);
+    });
+    return out;
+  }
+
+  /** The bitmap without its trailing zero bytes (as stored). */
+  bytes(): Buffer {
+    let n = this.bits.length;
+    while (n > 0 && this.bits[n - 1] === 0) n--;
+    return Buffer.from(this.bits.subarray(0, n));
+  }
+}
+
+const POPCOUNT = Uint8Array.from({ length: 256 }, (_, b) => {
+  let n = 0;
+  for (; b; b >>= 1) n += b & 1;
+  return n;
+});
+
+/** How often each chunk of a blob was fetched, a byte per chunk (saturating at 255). */
+function bumpCount(counts: Uint8Array, i: number): Uint8Array {
+  if (i >= counts.length) {
+    const grown = new Uint8Array(Math.max(i + 1, counts.length * 2));
+    grown.set(counts);
+    counts = grown;
+  }
+  if (counts[i] < 255) counts[i]++;
+  return counts;
+}
 
 export class DaemonState {
   private readonly db: Database.Database;
-  private readonly insert: Database.Statement;
-  private readonly remove: Database.Statement;
-  private readonly listFile: Database.Statement;
-  private readonly filesOfCookie: Database.Statement;
-  private readonly bumpFetch: Database.Statement;
-  /**
-   * Marks and fetch counts not yet written: the hot path adds them and one transaction per turn of the
-   * event loop writes them (a crash loses at worst marks, whose chunks are fetched again).
-   */
-  private pendingMarks = new Map<string, { file: CacheFileKey; chunks: Set<number> }>();
-  private pendingFetches = new Map<string, { blobId: string; chunkIndex: number; n: number }>();
+  private readonly saveMarks: Database.Statement;
+  private readonly loadMarks: Database.Statement;
+  private readonly dropMarks: Database.Statement;
+  private readonly marksOfCookie: Database.Statement;
+  private readonly saveFetches: Database.Statement;
+  private readonly loadFetches: Database.Statement;
   /**
    * The marks of cache files asked about, in memory (this process alone writes them): a READ asks
-   * about every chunk of its amplification window, which must not cost a query each.
+   * about every chunk of its amplification window, which must not cost a query each. Changed ones
+   * are written, a row per cache file, in one transaction per turn of the event loop (a crash loses
+   * at worst marks, whose chunks are fetched again).
    */
-  private readonly known = new Map<string, Set<number>>();
+  private readonly known = new Map<string, { file: CacheFileKey; bits: ChunkBits }>();
+  private readonly dirtyMarks = new Set<string>();
+  /** Fetch counts per blob, loaded on the first fetch of this process; changed ones written with the marks. */
+  private readonly fetchCounts = new Map<string, Uint8Array>();
+  private readonly dirtyFetches = new Set<string>();
   private flushScheduled = false;
 
   constructor(workDir: string) {
@@ -64,63 +137,83 @@ export class DaemonState {
       // fetched again when needed, nothing cached in the cache files themselves is lost).
       this.db.exec('DROP TABLE IF EXISTS cached_chunks');
     }
-    this.db.exec(`CREATE TABLE IF NOT EXISTS cache_file_chunks (
+    this.db.exec(`CREATE TABLE IF NOT EXISTS cache_file_marks (
       volume TEXT NOT NULL,
       cookie TEXT NOT NULL,
-      chunk_index INTEGER NOT NULL,
-      PRIMARY KEY (volume, cookie, chunk_index)
+      bitmap BLOB NOT NULL,
+      PRIMARY KEY (volume, cookie)
     ) WITHOUT ROWID`);
     // How often each chunk of a blob was fetched from a backend: the evidence that nothing is fetched twice.
-    this.db.exec(`CREATE TABLE IF NOT EXISTS chunk_fetches (
-      blob_id TEXT NOT NULL, chunk_index INTEGER NOT NULL, fetches INTEGER NOT NULL,
-      PRIMARY KEY (blob_id, chunk_index)
-    ) WITHOUT ROWID`);
+    this.db.exec('CREATE TABLE IF NOT EXISTS blob_fetches (blob_id TEXT PRIMARY KEY, counts BLOB NOT NULL) WITHOUT ROWID');
     this.db.exec(`CREATE TABLE IF NOT EXISTS images (id TEXT PRIMARY KEY, entry TEXT NOT NULL)`);
+    this.saveMarks = this.db.prepare(`INSERT INTO cache_file_marks (volume, cookie, bitmap) VALUES (?, ?, ?)
+      ON CONFLICT (volume, cookie) DO UPDATE SET bitmap = excluded.bitmap`);
+    this.loadMarks = this.db.prepare('SELECT bitmap FROM cache_file_marks WHERE volume = ? AND cookie = ?');
+    this.dropMarks = this.db.prepare('DELETE FROM cache_file_marks WHERE volume = ? AND cookie = ?');
+    this.marksOfCookie = this.db.prepare('SELECT volume, bitmap FROM cache_file_marks WHERE cookie = ? ORDER BY volume');
+    this.saveFetches = this.db.prepare(`INSERT INTO blob_fetches (blob_id, counts) VALUES (?, ?)
+      ON CONFLICT (blob_id) DO UPDATE SET counts = excluded.counts`);
+    this.loadFetches = this.db.prepare('SELECT counts FROM blob_fetches WHERE blob_id = ?');
+    if (version < 2) this.migrateRowsPerChunk();
     this.db.pragma(`user_version = ${SCHEMA_VERSION}`);
-    this.insert = this.db.prepare('INSERT OR IGNORE INTO cache_file_chunks (volume, cookie, chunk_index) VALUES (?, ?, ?)');
-    this.remove = this.db.prepare('DELETE FROM cache_file_chunks WHERE volume = ? AND cookie = ? AND chunk_index = ?');
-    this.listFile = this.db.prepare('SELECT chunk_index FROM cache_file_chunks WHERE volume = ? AND cookie = ?');
-    this.filesOfCookie = this.db.prepare('SELECT volume, COUNT(*) AS n FROM cache_file_chunks WHERE cookie = ? GROUP BY volume ORDER BY volume');
-    this.bumpFetch = this.db.prepare(`INSERT INTO chunk_fetches (blob_id, chunk_index, fetches) VALUES (?, ?, ?)
-      ON CONFLICT (blob_id, chunk_index) DO UPDATE SET fetches = fetches + excluded.fetches`);
   }
 
-  mark(file: CacheFileKey, chunkIndexes: Iterable<number>): void {
-    const k = fileId(file);
-    let p = this.pendingMarks.get(k);
-    if (!p) this.pendingMarks.set(k, (p = { file, chunks: new Set() }));
-    const known = this.known.get(k);
-    for (const i of chunkIndexes) {
-      p.chunks.add(i);
-      known?.add(i);
-    }
-    this.scheduleFlush();
-  }
-
-  unmark(file: CacheFileKey, chunkIndexes: Iterable<number>): void {
-    const p = this.pendingMarks.get(fileId(file));
-    const known = this.known.get(fileId(file));
+  /** Version 1's rows per chunk, as bitmaps and count arrays: an upgraded daemon fetches nothing again. */
+  private migrateRowsPerChunk(): void {
+    const has = (t: string) => this.db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?").get(t) !== undefined;
     this.db.transaction(() => {
-      for (const i of chunkIndexes) {
-        p?.chunks.delete(i);
-        known?.delete(i);
-        this.remove.run(file.volume, file.cookie, i);
+      if (has('cache_file_chunks')) {
+        const files = new Map<string, { volume: string; cookie: string; bits: ChunkBits }>();
+        for (const r of this.db.prepare('SELECT volume, cookie, chunk_index FROM cache_file_chunks').iterate() as Iterable<{ volume: string; cookie: string; chunk_index: number }>) {
+          const k = `${r.volume}\u0000${r.cookie}`;
+          let f = files.get(k);
+          if (!f) files.set(k, (f = { volume: r.volume, cookie: r.cookie, bits: new ChunkBits() }));
+          f.bits.add(r.chunk_index);
+        }
+        for (const f of files.values()) this.saveMarks.run(f.volume, f.cookie, f.bits.bytes());
+        this.db.exec('DROP TABLE cache_file_chunks');
+      }
+      if (has('chunk_fetches')) {
+        const blobs = new Map<string, Uint8Array>();
+        for (const r of this.db.prepare('SELECT blob_id, chunk_index, fetches FROM chunk_fetches').iterate() as Iterable<{ blob_id: string; chunk_index: number; fetches: number }>) {
+          let counts = blobs.get(r.blob_id) ?? new Uint8Array(0);
+          for (let n = 0; n < Math.min(r.fetches, 255); n++) counts = bumpCount(counts, r.chunk_index);
+          blobs.set(r.blob_id, counts);
+        }
+        for (const [blobId, counts] of blobs) this.saveFetches.run(blobId, Buffer.from(counts));
+        this.db.exec('DROP TABLE chunk_fetches');
       }
     })();
   }
 
-  /** Writes what is pending in one transaction. */
+  mark(file: CacheFileKey, chunkIndexes: Iterable<number>): void {
+    const bits = this.marksOf(file);
+    for (const i of chunkIndexes) bits.add(i);
+    this.dirtyMarks.add(fileId(file));
+    this.scheduleFlush();
+  }
+
+  /** Written at once: a mark of a chunk the file does not hold must not outlive this call. */
+  unmark(file: CacheFileKey, chunkIndexes: Iterable<number>): void {
+    const bits = this.marksOf(file);
+    for (const i of chunkIndexes) bits.delete(i);
+    this.dirtyMarks.add(fileId(file));
+    this.flush();
+  }
+
+  /** Writes what changed in one transaction. */
   flush(): void {
     this.flushScheduled = false;
-    if (!this.pendingMarks.size && !this.pendingFetches.size) return;
-    const marks = this.pendingMarks;
-    const fetches = this.pendingFetches;
-    this.pendingMarks = new Map();
-    this.pendingFetches = new Map();
+    if (!this.dirtyMarks.size && !this.dirtyFetches.size) return;
     this.db.transaction(() => {
-      for (const { file, chunks } of marks.values()) for (const i of chunks) this.insert.run(file.volume, file.cookie, i);
-      for (const f of fetches.values()) this.bumpFetch.run(f.blobId, f.chunkIndex, f.n);
+      for (const k of this.dirtyMarks) {
+        const m = this.known.get(k);
+        if (m) this.saveMarks.run(m.file.volume, m.file.cookie, m.bits.bytes());
+      }
+      for (const blobId of this.dirtyFetches) this.saveFetches.run(blobId, Buffer.from(this.fetchCounts.get(blobId)!));
     })();
+    this.dirtyMarks.clear();
+    this.dirtyFetches.clear();
   }
 
   private scheduleFlush(): void {
@@ -133,9 +226,9 @@ export class DaemonState {
 
   /** Forgets every mark of a cache file (it was culled). */
   clear(file: CacheFileKey): void {
-    this.pendingMarks.delete(fileId(file));
+    this.dirtyMarks.delete(fileId(file));
     this.known.delete(fileId(file));
-    this.db.prepare('DELETE FROM cache_file_chunks WHERE volume = ? AND cookie = ?').run(file.volume, file.cookie);
+    this.dropMarks.run(file.volume, file.cookie);
   }
 
   isCached(file: CacheFileKey, chunkIndex: number): boolean {
@@ -143,18 +236,18 @@ export class DaemonState {
   }
 
   cached(file: CacheFileKey): Set<number> {
-    return new Set(this.marksOf(file));
+    return new Set(this.marksOf(file).indexes());
   }
 
-  private marksOf(file: CacheFileKey): Set<number> {
+  private marksOf(file: CacheFileKey): ChunkBits {
     const k = fileId(file);
     let known = this.known.get(k);
     if (!known) {
-      this.flush();
-      known = new Set((this.listFile.all(file.volume, file.cookie) as Array<{ chunk_index: number }>).map((r) => r.chunk_index));
+      const row = this.loadMarks.get(file.volume, file.cookie) as { bitmap: Buffer } | undefined;
+      known = { file: { volume: file.volume, cookie: file.cookie }, bits: new ChunkBits(row?.bitmap) };
       this.known.set(k, known);
     }
-    return known;
+    return known.bits;
   }
 
   count(file: CacheFileKey): number {
@@ -164,21 +257,28 @@ export class DaemonState {
   /** Every cache file of a blob (one per volume that opened it) with its number of marked chunks. */
   cacheFilesOf(blobId: string): Array<{ volume: string; chunks: number }> {
     this.flush();
-    return (this.filesOfCookie.all(blobId) as Array<{ volume: string; n: number }>).map((r) => ({ volume: r.volume, chunks: r.n }));
+    return (this.marksOfCookie.all(blobId) as Array<{ volume: string; bitmap: Buffer }>)
+      .map((r) => ({ volume: r.volume, chunks: new ChunkBits(r.bitmap).size }))
+      .filter((f) => f.chunks > 0);
   }
 
   countFetch(blobId: string, chunkIndex: number): void {
-    const k = `${blobId}:${chunkIndex}`;
-    const f = this.pendingFetches.get(k);
-    if (f) f.n++;
-    else this.pendingFetches.set(k, { blobId, chunkIndex, n: 1 });
+    let counts = this.fetchCounts.get(blobId);
+    if (!counts) counts = new Uint8Array((this.loadFetches.get(blobId) as { counts: Buffer } | undefined)?.counts ?? new Uint8Array(0));
+    this.fetchCounts.set(blobId, bumpCount(counts, chunkIndex));
+    this.dirtyFetches.add(blobId);
     this.scheduleFlush();
   }
 
+  /** How often each chunk of a blob was fetched, by chunk index (chunks never fetched left out). */
   fetches(blobId: string): Record<number, number> {
     this.flush();
-    const rows = this.db.prepare('SELECT chunk_index, fetches FROM chunk_fetches WHERE blob_id = ?').all(blobId) as Array<{ chunk_index: number; fetches: number }>;
-    return Object.fromEntries(rows.map((r) => [r.chunk_index, r.fetches]));
+    const counts = (this.loadFetches.get(blobId) as { counts: Buffer } | undefined)?.counts ?? Buffer.alloc(0);
+    const out: Record<number, number> = {};
+    counts.forEach((n, i) => {
+      if (n) out[i] = n;
+    });
+    return out;
   }
 
   saveImage(id: string, entry: unknown): void {

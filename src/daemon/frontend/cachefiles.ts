@@ -46,7 +46,7 @@ interface OpenObject {
   guard: WorkGuard;
   cookie: string;
   /** The bootstrap's file, or the blob's cache file. */
-  target: { kind: 'bootstrap'; path: string; size: number } | { kind: 'blob'; file: BlobCacheFile; trace?: BlobAccessTrace };
+  target: { kind: 'bootstrap'; path: string; size: number; handle?: Promise<fsp.FileHandle> } | { kind: 'blob'; file: BlobCacheFile; trace?: BlobAccessTrace };
 }
 
 export class OnDemandSession {
@@ -93,9 +93,13 @@ export class OnDemandSession {
     // An object id the kernel reuses without a CLOSE we saw: the old object is gone.
     this.objects.get(msg.objectId)?.guard.close();
     const fd = msg.fd;
-    const guard = new WorkGuard(() => this.dev.closeFd(fd));
+    const guard = new WorkGuard(() => {
+      this.dev.closeFd(fd);
+      // The bootstrap stays open while its object is: the kernel reads its metadata a READ at a time.
+      if (obj.target.kind === 'bootstrap') void obj.target.handle?.then((h) => h.close(), () => undefined);
+    });
     const obj: OpenObject = target.kind === 'bootstrap'
-      ? { fd, guard, cookie: msg.cookieKey, target }
+      ? { fd, guard, cookie: msg.cookieKey, target: { kind: 'bootstrap', path: target.path, size: target.size } }
       : {
         fd, guard, cookie: msg.cookieKey,
         target: {
@@ -151,16 +155,21 @@ export class OnDemandSession {
     if (start >= end) throw new NydusError(`bootstrap ${file}: read at ${msg.offset} is beyond its ${size} bytes`, EIO);
     const want = Math.min(end, size) - start;
     const buf = Buffer.alloc(end - start);
-    const fh = await fsp.open(file, 'r');
-    try {
-      let done = 0;
-      while (done < want) {
-        const { bytesRead } = await fh.read(buf, done, want - done, start + done);
-        if (bytesRead === 0) throw new NydusError(`bootstrap ${file}: short read at ${start + done} (registered with ${size} bytes; was it truncated?)`, EIO);
-        done += bytesRead;
-      }
-    } finally {
-      await fh.close();
+    const target = obj.target as Extract<OpenObject['target'], { kind: 'bootstrap' }>;
+    if (!target.handle) {
+      const opening = fsp.open(file, 'r');
+      target.handle = opening;
+      // A failed open is not kept: the next READ tries again.
+      opening.catch(() => {
+        if (target.handle === opening) target.handle = undefined;
+      });
+    }
+    const fh = await target.handle;
+    let done = 0;
+    while (done < want) {
+      const { bytesRead } = await fh.read(buf, done, want - done, start + done);
+      if (bytesRead === 0) throw new NydusError(`bootstrap ${file}: short read at ${start + done} (registered with ${size} bytes; was it truncated?)`, EIO);
+      done += bytesRead;
     }
     if (obj.guard.closed) return;
     await this.dev.writeData(obj.fd, start, buf);

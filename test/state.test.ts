@@ -1,0 +1,84 @@
+/**
+ * The daemon's chunk state (src/daemon/state.ts): marks per cache file as bitmaps, fetch counts per
+ * blob, kept across a restart, and a state written by the previous schema (a row per chunk) taken
+ * over without losing a mark.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import path from 'node:path';
+import Database from 'better-sqlite3';
+import { ChunkBits, DaemonState } from '../src/daemon/state.ts';
+import { tmpDir } from './helpers/fixtures.ts';
+
+test('ChunkBits: add, delete, has, size and indexes agree with a Set, across growth', () => {
+  const bits = new ChunkBits();
+  const set = new Set<number>();
+  let seed = 7;
+  for (let n = 0; n < 5000; n++) {
+    seed = (seed * 1103515245 + 12345) % 2147483648;
+    const i = seed % 20000;
+    if (seed % 3 === 0) assert.equal(bits.delete(i), set.delete(i));
+    else {
+      assert.equal(bits.add(i), !set.has(i));
+      set.add(i);
+    }
+  }
+  assert.equal(bits.size, set.size);
+  assert.deepEqual(bits.indexes(), [...set].sort((a, b) => a - b));
+  for (let i = 0; i < 20008; i++) assert.equal(bits.has(i), set.has(i), `chunk ${i}`);
+  const again = new ChunkBits(bits.bytes());
+  assert.equal(again.size, set.size);
+  assert.deepEqual(again.indexes(), bits.indexes());
+});
+
+test('state: marks and fetch counts outlive the process; unmark and clear are written at once', () => {
+  const dir = tmpDir('state-');
+  const a = { volume: 'erofs,img1', cookie: 'blob1' };
+  const b = { volume: 'erofs,img2', cookie: 'blob1' };
+  let state = new DaemonState(dir);
+  state.mark(a, [0, 3, 9, 200]);
+  state.mark(b, [1]);
+  state.countFetch('blob1', 3);
+  state.countFetch('blob1', 3);
+  state.countFetch('blob1', 9);
+  state.unmark(a, [9]);
+  state.close();
+  state = new DaemonState(dir);
+  assert.deepEqual([...state.cached(a)].sort((x, y) => x - y), [0, 3, 200]);
+  assert.equal(state.count(b), 1);
+  assert.deepEqual(state.fetches('blob1'), { 3: 2, 9: 1 });
+  assert.deepEqual(state.cacheFilesOf('blob1'), [{ volume: 'erofs,img1', chunks: 3 }, { volume: 'erofs,img2', chunks: 1 }]);
+  state.clear(b);
+  assert.deepEqual(state.cacheFilesOf('blob1'), [{ volume: 'erofs,img1', chunks: 3 }]);
+  state.close();
+});
+
+test('state: a state of the previous schema (a row per chunk) is taken over, every mark and count kept', () => {
+  const dir = tmpDir('state-v1-');
+  const db = new Database(path.join(dir, 'chunk-state.db'));
+  db.exec(`CREATE TABLE cache_file_chunks (volume TEXT NOT NULL, cookie TEXT NOT NULL, chunk_index INTEGER NOT NULL,
+    PRIMARY KEY (volume, cookie, chunk_index)) WITHOUT ROWID`);
+  db.exec(`CREATE TABLE chunk_fetches (blob_id TEXT NOT NULL, chunk_index INTEGER NOT NULL, fetches INTEGER NOT NULL,
+    PRIMARY KEY (blob_id, chunk_index)) WITHOUT ROWID`);
+  db.exec(`CREATE TABLE images (id TEXT PRIMARY KEY, entry TEXT NOT NULL)`);
+  const insert = db.prepare('INSERT INTO cache_file_chunks VALUES (?, ?, ?)');
+  for (const i of [0, 1, 2, 77, 4095]) insert.run('erofs,old', 'blobX', i);
+  insert.run('erofs,other', 'blobX', 5);
+  db.prepare('INSERT INTO chunk_fetches VALUES (?, ?, ?)').run('blobX', 77, 1);
+  db.prepare('INSERT INTO chunk_fetches VALUES (?, ?, ?)').run('blobX', 4095, 3);
+  db.prepare('INSERT INTO images VALUES (?, ?)').run('img', JSON.stringify({ id: 'img' }));
+  db.pragma('user_version = 1');
+  db.close();
+
+  const state = new DaemonState(dir);
+  assert.deepEqual([...state.cached({ volume: 'erofs,old', cookie: 'blobX' })].sort((x, y) => x - y), [0, 1, 2, 77, 4095]);
+  assert.ok(state.isCached({ volume: 'erofs,other', cookie: 'blobX' }, 5));
+  assert.ok(!state.isCached({ volume: 'erofs,other', cookie: 'blobX' }, 0));
+  assert.deepEqual(state.fetches('blobX'), { 77: 1, 4095: 3 });
+  assert.deepEqual(state.images(), [{ id: 'img', entry: { id: 'img' } }]);
+  state.close();
+  const check = new Database(path.join(dir, 'chunk-state.db'), { readonly: true });
+  assert.equal(check.pragma('user_version', { simple: true }), 2);
+  assert.equal((check.prepare("SELECT COUNT(*) AS n FROM sqlite_master WHERE name IN ('cache_file_chunks', 'chunk_fetches')").get() as { n: number }).n, 0);
+  check.close();
+});
