@@ -32,6 +32,9 @@ export interface CacheFileKey {
  */
 const SCHEMA_VERSION = 2;
 
+/** How long marks and fetch counts wait to be written together (scheduleFlush). */
+const FLUSH_DELAY_MS = 100;
+
 /** A set of chunk indexes as a bitmap: what a cache file holds, stored as it is in memory. */
 export class ChunkBits {
   private bits: Uint8Array;
@@ -111,8 +114,7 @@ export class DaemonState {
   /**
    * The marks of cache files asked about, in memory (this process alone writes them): a READ asks
    * about every chunk of its amplification window, which must not cost a query each. Changed ones
-   * are written, a row per cache file, in one transaction per turn of the event loop (a crash loses
-   * at worst marks, whose chunks are fetched again).
+   * are written a row per cache file, together (scheduleFlush).
    */
   private readonly known = new Map<string, { file: CacheFileKey; bits: ChunkBits }>();
   private readonly dirtyMarks = new Set<string>();
@@ -216,12 +218,17 @@ export class DaemonState {
     this.dirtyFetches.clear();
   }
 
+  /**
+   * Changes are written FLUSH_DELAY_MS after the first one: a transaction per turn of the event loop
+   * cost the guest's daemon seconds per rootfs. A crash loses at worst the marks of that while (their
+   * chunks are fetched again); whatever the API reported as cached was written first (cacheFilesOf).
+   */
   private scheduleFlush(): void {
     if (this.flushScheduled) return;
     this.flushScheduled = true;
-    setImmediate(() => {
+    setTimeout(() => {
       if (this.db.open) this.flush();
-    });
+    }, FLUSH_DELAY_MS).unref();
   }
 
   /** Forgets every mark of a cache file (it was culled). */
