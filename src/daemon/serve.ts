@@ -43,9 +43,11 @@ export function openDaemonCore(stateDir: string, threads: number, log: Logger): 
   const state = new DaemonState(stateDir);
   // Verification on libuv's threads, a job per core at most: the event loop stays free for the kernel's requests.
   const pool = new VerifyPool(Math.max(1, Math.min(os.availableParallelism(), threads)));
-  // Bootstraps are read and validated on their own thread, one image at a time; the thread stays a
-  // while after a burst of registrations (a warm one validates about twice as fast as a new one).
-  const registration = new RegistrationPool({ workers: 1, idleMs: 5 * 60_000 });
+  // Bootstraps are read and validated on their own thread, one image at a time; the thread stays
+  // through a burst of registrations (a warm one validates about twice as fast as a new one), and
+  // goes soon after it: an idle thread with its heap is 18 MiB of the daemon's RSS while the
+  // containers just started read their images (the Debian rootfs read: peak 104 MiB with it, 86 without).
+  const registration = new RegistrationPool({ workers: 1, idleMs: 2_000 });
   return { state, registry: new ImageRegistry(state, log, pool, registration), registration };
 }
 
