@@ -29,6 +29,12 @@ function readAll(dir: string): number {
   return timed(() => execFileSync('sh', ['-c', `find '${dir}' -type f -print0 | xargs -0 cat > /dev/null`]));
 }
 
+/** CPU seconds (user + system, every thread) a process has used. */
+function cpuSeconds(pid: number): number {
+  const f = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+  return (Number(f[11]) + Number(f[12])) / 100;
+}
+
 function mount(args: string[], dir: string): void {
   fs.mkdirSync(dir, { recursive: true });
   execFileSync('mount', [...args, dir]);
@@ -80,7 +86,9 @@ async function run(w: BenchWorkload): Promise<void> {
   if (w.ls) report(`${w.name}.ls_cold`, mountAndLs(['-t', 'erofs', '-o', `fsid=${w.name}-ls`, 'none'], fsDir));
   if (w.lsPrefetch) report(`${w.name}.ls_prefetch`, mountAndLs(['-t', 'erofs', '-o', `fsid=${w.name}-lspf`, 'none'], fsDir));
   mount(['-t', 'erofs', '-o', `fsid=${w.name}`, 'none'], fsDir);
+  let cpu0 = cpuSeconds(worker);
   report(`${w.name}.cold`, readAll(fsDir));
+  report(`${w.name}.cold_cpu`, cpuSeconds(worker) - cpu0);
   execFileSync('umount', [fsDir]);
   mount(['-t', 'erofs', '-o', `fsid=${w.name}`, 'none'], fsDir);
   report(`${w.name}.warm`, readAll(fsDir));
@@ -90,7 +98,9 @@ async function run(w: BenchWorkload): Promise<void> {
   // the prefetch share the CPU from the mount on.
   await register(sock, `${w.name}-pf`, w, cacheDir, true);
   mount(['-t', 'erofs', '-o', `fsid=${w.name}-pf`, 'none'], fsDir);
+  cpu0 = cpuSeconds(worker);
   report(`${w.name}.cold_prefetch`, readAll(fsDir));
+  report(`${w.name}.cold_prefetch_cpu`, cpuSeconds(worker) - cpu0);
   execFileSync('umount', [fsDir]);
   report(`${w.name}.rss_mib_prefetch`, peakRssMiB(worker));
 
