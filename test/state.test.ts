@@ -1,13 +1,14 @@
 /**
  * The daemon's chunk state (src/daemon/state.ts): marks per cache file as bitmaps, fetch counts per
  * blob, kept across a restart, and a state written by the previous schema (a row per chunk) taken
- * over without losing a mark.
+ * over without losing a mark; and the guard that closes a cache file's fd once its work drained.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import { ChunkBits, DaemonState } from '../src/daemon/state.ts';
+import { WorkGuard } from '../src/daemon/blob-cache.ts';
 import { tmpDir } from './helpers/fixtures.ts';
 
 test('ChunkBits: add, delete, has, size and indexes agree with a Set, across growth', () => {
@@ -81,4 +82,19 @@ test('state: a state of the previous schema (a row per chunk) is taken over, eve
   assert.equal(check.pragma('user_version', { simple: true }), 2);
   assert.equal((check.prepare("SELECT COUNT(*) AS n FROM sqlite_master WHERE name IN ('cache_file_chunks', 'chunk_fetches')").get() as { n: number }).n, 0);
   check.close();
+});
+
+test('WorkGuard: drains once when the last user is done after close, never again for work started after it', async () => {
+  let drains = 0;
+  const guard = new WorkGuard(() => drains++);
+  let release!: () => void;
+  const running = guard.use(() => new Promise<void>((r) => (release = r)));
+  guard.close();
+  assert.equal(drains, 0, 'work in flight keeps it open');
+  release();
+  await running;
+  assert.equal(drains, 1);
+  await guard.use(async () => undefined);
+  guard.close();
+  assert.equal(drains, 1, 'the fd is closed once, whatever uses the guard after close');
 });

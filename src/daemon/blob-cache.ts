@@ -65,6 +65,7 @@ const ATTACH_TRIES = 400;
 export class WorkGuard {
   closed = false;
   private users = 0;
+  private drained = false;
   constructor(private readonly onDrained: () => void) {}
 
   async use<T>(fn: () => Promise<T>): Promise<T> {
@@ -72,14 +73,21 @@ export class WorkGuard {
     try {
       return await fn();
     } finally {
-      if (--this.users === 0 && this.closed) this.onDrained();
+      if (--this.users === 0 && this.closed) this.drain();
     }
   }
 
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    if (this.users === 0) this.onDrained();
+    if (this.users === 0) this.drain();
+  }
+
+  /** Once only: work started after close must not close the fd again (its number may be another file's by then). */
+  private drain(): void {
+    if (this.drained) return;
+    this.drained = true;
+    this.onDrained();
   }
 }
 
