@@ -226,6 +226,43 @@ test('registry backend: Basic auth from the `auth` field; wrong credentials are 
   await bad.close();
 });
 
+test('PUT /api/v1/config registry_auth: an image registered with wrong credentials reads once they are renewed, also for one registered later; unknown keys and bad values are refused; GET never shows the value', async () => {
+  const wrong = Buffer.from('alice:nope').toString('base64');
+  const r = await reader(legacyEntry('renew', snapshotterConfig(locked.host, { auth: wrong })));
+  const sock = path.join(work, 'api-config.sock');
+  const server = await startApi(sock, { id: 'd', registry: r.registry, state: r.state, lifecycle: null, log });
+  try {
+    await r.read(0, 4096);
+    assert.equal(r.session.stats.readErrors, 1, 'the wrong credentials are refused');
+    assert.equal((await api(sock, 'PUT', '/api/v1/config?id=renew', { registry_auth: AUTH })).status, 204);
+    await r.read();
+    assertWhole(r);
+    assertNoWrongBytes(r);
+    assert.deepEqual((await api(sock, 'GET', '/api/v1/config?id=renew')).body, { registry_auth: '(set)' });
+    // Set before the image is registered: its backend starts with them.
+    assert.equal((await api(sock, 'PUT', '/api/v1/config?id=later', { registry_auth: AUTH })).status, 204);
+    assert.equal((await api(sock, 'PUT', '/api/v2/blobs', legacyEntry('later', snapshotterConfig(locked.host, { auth: wrong })))).status, 204);
+    const later = r.registry.resolve('later', blobId);
+    assert.ok(later?.kind === 'blob');
+    const first = later.map.at(0);
+    const bytes = await later.fetcher.fetch(later.map, first);
+    assert.ok(bytes.equals(expected.subarray(first.uncompressedOffset, first.uncompressedOffset + first.uncompressedSize)), 'read with the renewed credentials');
+    const refused = [
+      [{ proxy_url: 'http://127.0.0.1:1' }, /unknown configuration key "proxy_url" \(known: registry_auth\)/],
+      [{ registry_auth: 42 }, /registry_auth needs a string value/],
+      [{ registry_auth: 'bm9jb2xvbg==' }, /registry_auth is not base64 of user:password/],
+    ] as const;
+    for (const [body, message] of refused) {
+      const res = await api(sock, 'PUT', '/api/v1/config?id=renew', body);
+      assert.equal(res.status, 400, JSON.stringify(body));
+      assert.match(String(res.body.message), message);
+    }
+  } finally {
+    server.close();
+    await r.close();
+  }
+});
+
 test('registry backend: Bearer token auth; a token refused mid-read is fetched again; a ready registry_token is used as is', async () => {
   // The token proxy forwards to the Basic-auth registry; give it the credentials upstream.
   const upstream = await FaultProxy.start(locked.url, { upstreamAuthorization: `Basic ${AUTH}` });

@@ -36,8 +36,6 @@ export interface ApiContext {
   log: Logger;
 }
 
-/** Keys of PUT /api/v1/config that nydus knows (nydus_utils::config::Keys). */
-const CONFIG_KEYS = new Set(['registry_auth', 'proxy_url', 'dragonfly_scheduler_endpoint']);
 const LOG_LEVELS = new Set(['trace', 'debug', 'info', 'warn', 'error']);
 const KNOWN_PATHS = new Set([
   '/api/v1/daemon', '/api/v1/daemon/fuse/sendfd', '/api/v1/daemon/fuse/takeover', '/api/v1/daemon/start', '/api/v1/daemon/exit',
@@ -109,8 +107,6 @@ function need(ctx: ApiContext): NonNullable<ApiContext['lifecycle']> {
 }
 
 export function startApi(sock: string, ctx: ApiContext): Promise<http.Server> {
-  /** PUT /api/v1/config values by id (nydus keeps them per instance id). */
-  const config = new Map<string, Map<string, string>>();
   // No request or header timeouts: nydus-snapshotter watches the daemon's life through an idle
   // connection it never writes to, and takes its closing for the daemon's death.
   const server = http.createServer({ requestTimeout: 0, headersTimeout: 0 }, async (req, res) => {
@@ -193,19 +189,11 @@ export function startApi(sock: string, ctx: ApiContext): Promise<http.Server> {
           return send(res, 204);
         }
         case 'GET /api/v1/config':
-          return send(res, 200, Object.fromEntries(config.get(url.searchParams.get('id') ?? '') ?? []));
+          return send(res, 200, ctx.registry.configOf(url.searchParams.get('id') ?? ''));
         case 'PUT /api/v1/config': {
           const body = await readBody(req);
           if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new ConfigError('the body must be a JSON object of string values');
-          const entries = Object.entries(body as Record<string, unknown>);
-          for (const [k, v] of entries) {
-            if (!CONFIG_KEYS.has(k)) throw new ConfigError(`unknown configuration key ${JSON.stringify(k)} (known: ${[...CONFIG_KEYS].join(', ')})`);
-            if (typeof v !== 'string') throw new ConfigError(`configuration key ${k} needs a string value`);
-          }
-          const id = url.searchParams.get('id') ?? '';
-          const m = config.get(id) ?? new Map<string, string>();
-          for (const [k, v] of entries) m.set(k, v as string);
-          config.set(id, m);
+          ctx.registry.setConfig(url.searchParams.get('id') ?? '', body as Record<string, unknown>);
           return send(res, 204);
         }
         case 'PUT /api/v2/blobs': {

@@ -15,6 +15,10 @@ import type { ObjectResolver, ResolvedObject } from './frontend/cachefiles.ts';
 import type { DaemonState } from './state.ts';
 import type { VerifyPool } from './verify-pool.ts';
 import { AccessTrace, type TraceSnapshot } from './access-trace.ts';
+import { credentialsFromAuth } from '../registry/index.ts';
+
+/** The runtime key nydus knows (nydus_utils::config::Keys): registry credentials, base64 of user:password. */
+const REGISTRY_AUTH = 'registry_auth';
 
 interface RegisteredImage {
   entry: ImageEntry;
@@ -64,6 +68,8 @@ function prepareWorkDir(dir: string): void {
 
 export class ImageRegistry implements ObjectResolver {
   private readonly images = new Map<string, RegisteredImage>();
+  /** PUT /api/v1/config values by instance id (as nydus keeps them), for images registered now or later. */
+  private readonly runtimeConfig = new Map<string, Map<string, string>>();
 
   /** Per backend type, counters that only grow: removing an image does not take its reads back. */
   private readonly backendMetrics = new Map<string, BackendMetrics>();
@@ -124,6 +130,8 @@ export class ImageRegistry implements ObjectResolver {
     const plan = await this.registration.plan({ metadataPath: entry.metadataPath, prefetch: { enable: entry.prefetch.enable, all: entry.prefetch.all } });
     prepareWorkDir(entry.workDir);
     const backend = createBackend(entry.backend, this.metricsOf(entry.backend.type));
+    const auth = this.runtimeConfig.get(entry.id)?.get(REGISTRY_AUTH);
+    if (auth !== undefined) backend.updateAuth?.(auth);
     const blobs = new Map<string, BlobMap>();
     const prefetch = new Map<string, Uint32Array>();
     const maps: BlobMap[] = [];
@@ -157,6 +165,33 @@ export class ImageRegistry implements ObjectResolver {
     }
     await Promise.all(gone.map((img) => img.backend.close()));
     return gone.length;
+  }
+
+  /**
+   * PUT /api/v1/config?id=: nydus's runtime keys for instance `id` (`registry_auth`, base64 of
+   * user:password: the credentials its registry backend uses from now on, also for an image
+   * registered later under that id). Checked whole before any is kept.
+   */
+  setConfig(id: string, values: Record<string, unknown>): void {
+    for (const [k, v] of Object.entries(values)) {
+      if (k !== REGISTRY_AUTH) throw new ConfigError(`unknown configuration key ${JSON.stringify(k)} (known: ${REGISTRY_AUTH})`);
+      if (typeof v !== 'string') throw new ConfigError(`configuration key ${k} needs a string value`);
+      try {
+        credentialsFromAuth(v, k);
+      } catch (e) {
+        throw new ConfigError((e as Error).message);
+      }
+    }
+    const kept = this.runtimeConfig.get(id) ?? new Map<string, string>();
+    for (const [k, v] of Object.entries(values)) kept.set(k, v as string);
+    this.runtimeConfig.set(id, kept);
+    const auth = kept.get(REGISTRY_AUTH);
+    if (auth !== undefined) this.images.get(id)?.backend.updateAuth?.(auth);
+  }
+
+  /** GET /api/v1/config?id=: the keys set for `id`; credentials are never shown, only that they are set. */
+  configOf(id: string): Record<string, string> {
+    return Object.fromEntries([...(this.runtimeConfig.get(id) ?? [])].map(([k]) => [k, '(set)']));
   }
 
   /** Releases every backend's handles (the daemon is stopping). */

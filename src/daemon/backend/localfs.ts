@@ -12,6 +12,11 @@ export interface BlobBackend {
   size(blobId: string): Promise<number>;
   /** Releases what the backend holds (file handles, connections); reads after it open them again. */
   close(): Promise<void>;
+  /**
+   * New credentials (nydus's `registry_auth`: base64 of user:password) for the reads from now on;
+   * only backends that authenticate have it.
+   */
+  updateAuth?(auth: string): void;
 }
 
 export class LocalFsBackend implements BlobBackend {

@@ -7,7 +7,7 @@
  */
 import type { Dispatcher } from 'undici';
 import { NydusError, ENOENT } from '../../../erofs/errors.ts';
-import { RegistryClient, parseReference, type ImageReference } from '../../registry/index.ts';
+import { type Credentials, RegistryClient, credentialsFromAuth, parseReference, type ImageReference } from '../../registry/index.ts';
 import type { BlobBackend } from './localfs.ts';
 import { type BackendMetrics, countRead, newBackendMetrics } from './metrics.ts';
 import type { RegistryBackendConfig } from './remote-config.ts';
@@ -66,10 +66,25 @@ export class RegistryBackend implements BlobBackend {
   private readonly ref: ImageReference;
   private conn?: Connections;
   private readonly deadlineMs: number;
+  /** The config's `auth`, until PUT /api/v1/config replaces it (updateAuth). */
+  private credentials: Credentials | undefined;
 
   constructor(private readonly cfg: RegistryBackendConfig, private readonly metrics: BackendMetrics = newBackendMetrics()) {
     this.ref = parseReference(`${cfg.host}/${cfg.repo}`);
     this.deadlineMs = readDeadlineMs(cfg);
+    this.credentials = cfg.credentials;
+  }
+
+  /**
+   * Credentials for the reads from now on (the snapshotter renews them through PUT /api/v1/config):
+   * the clients are made again, so no token got with the old ones is sent. Reads under way finish on
+   * the old clients, which are closed once no read can still use them (after a read's deadline).
+   */
+  updateAuth(auth: string): void {
+    this.credentials = credentialsFromAuth(auth, 'registry_auth');
+    const old = this.conn;
+    this.conn = undefined;
+    if (old) setTimeout(() => void closeConnections(old), this.deadlineMs).unref();
   }
 
   /** `scheme://host/repo`, as errors name it. */
@@ -95,7 +110,7 @@ export class RegistryBackend implements BlobBackend {
     const cfg = this.cfg;
     const client = (dispatcher: Dispatcher, plainHttp: boolean, retries: number) => new RegistryClient({
       dispatcher: this.compose(dispatcher), plainHttp, insecure: cfg.skipVerify, retries,
-      credentials: cfg.credentials, dockerConfig: false, userAgent: 'nydus-ts nydusd',
+      credentials: this.credentials, dockerConfig: false, userAgent: 'nydus-ts nydusd',
     });
     const direct = directDispatcher(cfg);
     const conn: Connections = { direct: client(direct, cfg.scheme === 'http', cfg.retryLimit), dispatchers: [direct] };
@@ -141,9 +156,12 @@ export class RegistryBackend implements BlobBackend {
   async close(): Promise<void> {
     const conn = this.conn;
     this.conn = undefined;
-    if (!conn) return;
-    conn.route?.close();
-    await Promise.all([conn.direct.close(), conn.viaProxy?.close()]);
-    await Promise.all(conn.dispatchers.map((d) => d.close().catch(() => undefined)));
+    if (conn) await closeConnections(conn);
   }
+}
+
+async function closeConnections(conn: Connections): Promise<void> {
+  conn.route?.close();
+  await Promise.all([conn.direct.close(), conn.viaProxy?.close()]);
+  await Promise.all(conn.dispatchers.map((d) => d.close().catch(() => undefined)));
 }
