@@ -109,10 +109,15 @@ class ImageBuild {
     return !this.opts.parentBootstrap;
   }
 
-  finish(tree: TreeNode): CreateResult {
+  /** The prefetch list's files in the tree (prefetch-layout.ts), their data to go first in the blob. */
+  prefetchFiles(tree: TreeNode): TreeNode[] {
+    return prefetchFiles(tree, this.opts.prefetchPaths ?? []);
+  }
+
+  /** `first`: the prefetch list's files (a directory source was chunked in that order already). */
+  finish(tree: TreeNode, first = this.prefetchFiles(tree)): CreateResult {
     const opts = this.opts;
-    // The prefetch list's data first in the blob (a directory source was chunked in that order already).
-    this.writer.reorder(prefetchChunks(prefetchFiles(tree, opts.prefetchPaths ?? [])));
+    this.writer.reorder(prefetchChunks(first));
     const blob = this.blob = this.writer.finish();
     if (blob && opts.blobPath) {
       fs.renameSync(blob.path, opts.blobPath);
@@ -146,8 +151,9 @@ export function createImage(opts: CreateOptions): CreateResult {
   try {
     // Over a parent the source's whiteouts are kept, to delete the parent's entries.
     const tree = treeFromDirectory(opts.source, build.lowestLayer ? { whiteoutSpec: opts.whiteoutSpec ?? 'oci' } : undefined);
-    chunkTree(tree, build.chunker, prefetchFiles(tree, opts.prefetchPaths ?? []));
-    return build.finish(tree);
+    const first = build.prefetchFiles(tree);
+    chunkTree(tree, build.chunker, first);
+    return build.finish(tree, first);
   } catch (e) {
     build.abort();
     throw e;

@@ -124,7 +124,7 @@ export class BlobMap {
 
   /** Chunks overlapping [offset, offset + len); gaps between chunks are alignment padding. */
   chunksIn(offset: number, len: number): ChunkRef[] {
-    if (offset < 0 || offset >= this.uncompressedSize + 4096) {
+    if (offset < 0 || offset >= this.uncompressedSize + CHUNK_ALIGN) {
       throw new NydusError(`blob ${this.blobId}: read at ${offset} is beyond its ${this.uncompressedSize} bytes`, EIO);
     }
     const [from, to] = this.positionsIn(offset, len);

@@ -52,11 +52,7 @@ export class ChunkBits {
   /** Whether it was not there. */
   add(i: number): boolean {
     const at = i >>> 3;
-    if (at >= this.bits.length) {
-      const grown = new Uint8Array(Math.max(at + 1, this.bits.length * 2));
-      grown.set(this.bits);
-      this.bits = grown;
-    }
+    this.bits = atLeast(this.bits, at + 1);
     if (this.bits[at] & (1 << (i & 7))) return false;
     this.bits[at] |= 1 << (i & 7);
     this.size++;
@@ -92,16 +88,16 @@ const POPCOUNT = Uint8Array.from({ length: 256 }, (_, b) => {
   return n;
 });
 
-/** How often each chunk of a blob was fetched, a byte per chunk (saturating at 255). */
-function bumpCount(counts: Uint8Array, i: number): Uint8Array {
-  if (i >= counts.length) {
-    const grown = new Uint8Array(Math.max(i + 1, counts.length * 2));
-    grown.set(counts);
-    counts = grown;
-  }
-  if (counts[i] < 255) counts[i]++;
-  return counts;
+/** `bytes`, or a copy grown (at least doubled) to hold `length` bytes, the new ones zero. */
+function atLeast(bytes: Uint8Array, length: number): Uint8Array {
+  if (length <= bytes.length) return bytes;
+  const grown = new Uint8Array(Math.max(length, bytes.length * 2));
+  grown.set(bytes);
+  return grown;
 }
+
+/** Fetch counts: a byte per chunk of a blob, saturating at this. */
+const MAX_COUNT = 255;
 
 export class DaemonState {
   private readonly db: Database.Database;
@@ -167,7 +163,7 @@ export class DaemonState {
       if (has('cache_file_chunks')) {
         const files = new Map<string, { volume: string; cookie: string; bits: ChunkBits }>();
         for (const r of this.db.prepare('SELECT volume, cookie, chunk_index FROM cache_file_chunks').iterate() as Iterable<{ volume: string; cookie: string; chunk_index: number }>) {
-          const k = `${r.volume}\u0000${r.cookie}`;
+          const k = fileId(r);
           let f = files.get(k);
           if (!f) files.set(k, (f = { volume: r.volume, cookie: r.cookie, bits: new ChunkBits() }));
           f.bits.add(r.chunk_index);
@@ -178,8 +174,8 @@ export class DaemonState {
       if (has('chunk_fetches')) {
         const blobs = new Map<string, Uint8Array>();
         for (const r of this.db.prepare('SELECT blob_id, chunk_index, fetches FROM chunk_fetches').iterate() as Iterable<{ blob_id: string; chunk_index: number; fetches: number }>) {
-          let counts = blobs.get(r.blob_id) ?? new Uint8Array(0);
-          for (let n = 0; n < Math.min(r.fetches, 255); n++) counts = bumpCount(counts, r.chunk_index);
+          const counts = atLeast(blobs.get(r.blob_id) ?? new Uint8Array(0), r.chunk_index + 1);
+          counts[r.chunk_index] = Math.min(r.fetches, MAX_COUNT);
           blobs.set(r.blob_id, counts);
         }
         for (const [blobId, counts] of blobs) this.saveFetches.run(blobId, Buffer.from(counts));
@@ -272,7 +268,9 @@ export class DaemonState {
   countFetch(blobId: string, chunkIndex: number): void {
     let counts = this.fetchCounts.get(blobId);
     if (!counts) counts = new Uint8Array((this.loadFetches.get(blobId) as { counts: Buffer } | undefined)?.counts ?? new Uint8Array(0));
-    this.fetchCounts.set(blobId, bumpCount(counts, chunkIndex));
+    counts = atLeast(counts, chunkIndex + 1);
+    if (counts[chunkIndex] < MAX_COUNT) counts[chunkIndex]++;
+    this.fetchCounts.set(blobId, counts);
     this.dirtyFetches.add(blobId);
     this.scheduleFlush();
   }

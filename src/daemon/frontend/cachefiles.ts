@@ -46,7 +46,15 @@ interface OpenObject {
   guard: WorkGuard;
   cookie: string;
   /** The bootstrap's file, or the blob's cache file. */
-  target: { kind: 'bootstrap'; path: string; size: number; handle?: Promise<fsp.FileHandle> } | { kind: 'blob'; file: BlobCacheFile; trace?: BlobAccessTrace };
+  target: BootstrapTarget | { kind: 'blob'; file: BlobCacheFile; trace?: BlobAccessTrace };
+}
+
+/** A bootstrap as an open object: its file, opened on the first READ and kept while the object is open. */
+interface BootstrapTarget {
+  kind: 'bootstrap';
+  path: string;
+  size: number;
+  handle?: Promise<fsp.FileHandle>;
 }
 
 export class OnDemandSession {
@@ -128,7 +136,7 @@ export class OnDemandSession {
     this.stats.reads++;
     await obj.guard.use(async () => {
       try {
-        if (obj.target.kind === 'bootstrap') await this.readBootstrap(obj, obj.target.path, obj.target.size, msg);
+        if (obj.target.kind === 'bootstrap') await this.readBootstrap(obj, obj.target, msg);
         else {
           // A READ is the kernel asking for data it does not hold: a demand read, traced as such.
           obj.target.trace?.record(msg.offset, msg.len);
@@ -149,13 +157,13 @@ export class OnDemandSession {
   }
 
   /** The bootstrap's blocks covering the READ, all of them or an error: a short read is never zeros. */
-  private async readBootstrap(obj: OpenObject, file: string, size: number, msg: ReadMessage): Promise<void> {
+  private async readBootstrap(obj: OpenObject, target: BootstrapTarget, msg: ReadMessage): Promise<void> {
+    const { path: file, size } = target;
     const start = Math.floor(msg.offset / 4096) * 4096;
     const end = Math.min(alignToChunk(msg.offset + msg.len), alignToChunk(size));
     if (start >= end) throw new NydusError(`bootstrap ${file}: read at ${msg.offset} is beyond its ${size} bytes`, EIO);
     const want = Math.min(end, size) - start;
     const buf = Buffer.alloc(end - start);
-    const target = obj.target as Extract<OpenObject['target'], { kind: 'bootstrap' }>;
     if (!target.handle) {
       const opening = fsp.open(file, 'r');
       target.handle = opening;
