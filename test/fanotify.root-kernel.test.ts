@@ -19,6 +19,7 @@ import { startRegistry } from './helpers/registry.ts';
 import { type FanotifyImage, fanotifyConfig, isMounted, localfsBackend, startFanotifyDaemon, waitFor } from './helpers/fanotify-daemon.ts';
 import { RegistryClient } from '../src/registry/index.ts';
 import { PendingEventJournal } from '../src/daemon/frontend/fanotify-journal.ts';
+import { FanotifyGroup, type FanotifyEvent, READY_BLOCK, closeFd } from '../native/fscache/fanotify.ts';
 
 const work = tmpDir('fanotify');
 const daemons: ChildProcess[] = [];
@@ -101,6 +102,8 @@ test('root-kernel fanotify: a lazily mounted image reads identical to the source
   assert.equal(total(await fetches(d.sock, rich.blobId)), 0);
   const workerPid = (await apiRequest(d.sock, 'GET', '/api/v1/daemon')).body.pid as number;
   assert.equal(fanotifyMarks(workerPid), 1, 'the cache file is marked');
+  assert.ok(fs.readFileSync(`/proc/${workerPid}/environ`, 'utf8').split('\0').includes('GLIBC_TUNABLES=glibc.malloc.hugetlb=1'), 'the worker\'s malloc heap asks for huge pages');
+  assert.ok(fs.readFileSync(`/proc/${workerPid}/cmdline`, 'utf8').split('\0').some((a) => a.startsWith('--interrupt-budget=')), 'the worker optimizes later than V8\'s default');
 
   assert.deepEqual(diffManifests(srcManifest, manifest(d.mnt)).slice(0, 20), [], 'the mount reads as the source');
   const first = await fetches(d.sock, rich.blobId);
@@ -111,6 +114,7 @@ test('root-kernel fanotify: a lazily mounted image reads identical to the source
   const info = (await apiRequest(d.sock, 'GET', '/api/v1/daemon')).body;
   assert.deepEqual(info.fanotify.mounts, [d.mnt]);
   assert.ok(info.fanotify.events > 0 && info.fanotify.eventErrors === 0, `events served, none failed (${JSON.stringify(info.fanotify)})`);
+  assert.ok(info.fanotify.answeredInAddon > 0, `reads of bytes fetched ahead were answered by the addon (${JSON.stringify(info.fanotify)})`);
   assert.equal(fanotifyMarks(workerPid), 0, 'a complete cache file is no longer marked: its reads raise no events');
   const del = await apiRequest(d.sock, 'DELETE', `/api/v1/mount?mountpoint=${encodeURIComponent(d.mnt)}`);
   assert.equal(del.status, 204, JSON.stringify(del.body));
@@ -273,6 +277,59 @@ test('root-kernel fanotify: kill -9 of the worker while it holds an event; the n
   } finally {
     server.release();
     await server.close();
+  }
+});
+
+/** Reads `count` blocks of `file` from block `skip`, in one read(2) by another process (this one answers its events); resolves to the bytes. */
+function readBlocks(file: string, skip: number, count: number): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const p = spawn('dd', [`if=${file}`, `bs=${count * READY_BLOCK}`, 'count=1', `skip=${skip * READY_BLOCK}`, 'iflag=skip_bytes', 'status=none'], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const out: Buffer[] = [];
+    p.stdout.on('data', (d: Buffer) => out.push(d));
+    p.on('exit', (code) => (code === 0 ? resolve(Buffer.concat(out)) : reject(new Error(`dd exited ${code}`))));
+  });
+}
+
+test('root-kernel fanotify: the addon allows an event whose blocks are all set in the ready bitmap, and only those', async () => {
+  const file = path.join(work, 'ready-blocks.data');
+  const bytes = prand(3 * READY_BLOCK, 7);
+  fs.writeFileSync(file, bytes);
+  const group = FanotifyGroup.open();
+  const seen: FanotifyEvent[] = [];
+  try {
+    group.mark(file);
+    const st = fs.statSync(file);
+    const bits = new Uint8Array(1);
+    group.onEvents((events) => {
+      for (const e of events) {
+        seen.push(e);
+        if (e.answered) continue;
+        group.respond(e.fd, 0);
+        closeFd(e.fd);
+      }
+    }, (err) => assert.fail(err));
+    const readAndSee = async (skip: number, count: number) => {
+      seen.length = 0;
+      const got = await readBlocks(file, skip, count);
+      assert.ok(got.equals(bytes.subarray(skip * READY_BLOCK, (skip + count) * READY_BLOCK)), 'the reader gets the file\'s bytes');
+      const reads = seen.filter((e) => e.offset === skip * READY_BLOCK);
+      assert.equal(reads.length, 1, `one event for the read at block ${skip} (${JSON.stringify(seen)})`);
+      return reads[0].answered;
+    };
+    assert.equal(await readAndSee(0, 1), false, 'no bitmap yet: the event goes to the handler');
+    group.setReadyBlocks(st.dev, st.ino, bits);
+    assert.equal(await readAndSee(0, 1), false, 'no bit set: the handler answers');
+    bits[0] |= 1;
+    assert.equal(await readAndSee(0, 1), true, 'block 0 is set: the addon answered');
+    assert.equal(await readAndSee(0, 2), false, 'blocks 0 and 1, only 0 set: the handler answers');
+    assert.equal(await readAndSee(1, 1), false, 'block 1 is not set');
+    bits[0] |= 2;
+    assert.equal(await readAndSee(0, 2), true, 'blocks 0 and 1 set: the addon answered');
+    assert.equal(await readAndSee(2, 1), false, 'block 2 lies past the bits that are set');
+    group.setReadyBlocks(st.dev, st.ino, null);
+    assert.equal(await readAndSee(0, 1), false, 'the bitmap forgotten: the handler answers again');
+  } finally {
+    group.close();
   }
 });
 

@@ -4,6 +4,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { withTunable } from '../src/daemon/run.ts';
 import fs from 'node:fs';
 import path from 'node:path';
 import { entryBodyFromFsConfig, parseBlobCacheEntry } from '../src/daemon/config.ts';
@@ -72,4 +73,10 @@ test('fanotify journal: the events left unanswered are read back (last record pe
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }
+});
+
+test('nydusd worker env: a glibc tunable is added to GLIBC_TUNABLES, and one the user set is kept as it is', () => {
+  assert.equal(withTunable(undefined, 'glibc.malloc.hugetlb', '1'), 'glibc.malloc.hugetlb=1');
+  assert.equal(withTunable('glibc.malloc.arena_max=2', 'glibc.malloc.hugetlb', '1'), 'glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1');
+  assert.equal(withTunable('glibc.malloc.hugetlb=0:glibc.malloc.arena_max=2', 'glibc.malloc.hugetlb', '1'), 'glibc.malloc.hugetlb=0:glibc.malloc.arena_max=2');
 });

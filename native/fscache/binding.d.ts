@@ -53,6 +53,12 @@ export interface SystemError extends Error {
 export interface Watcher {
   /** Stops waiting; call before closing the device fd. Idempotent. */
   stop(): void;
+  /**
+   * fanotify only: which 4096-byte blocks of the file (by device and inode) are in it, one bit each
+   * (bit b of byte b >> 3 for block b), set by the caller as it fills the file; null forgets the file.
+   * A FAN_PRE_ACCESS event for blocks all set is answered FAN_ALLOW as it is read (`answered`).
+   */
+  setReadyBlocks(dev: number, ino: number, bits: Uint8Array | null): void;
 }
 
 /** One fanotify event as read from a group fd. */
@@ -69,6 +75,8 @@ export interface FanotifyEvent {
   /** The range about to be accessed, bytes; -1 when the event carries no range record. */
   offset: number;
   count: number;
+  /** Answered FAN_ALLOW and its fd closed as it was read: its blocks were all set (Watcher.setReadyBlocks). */
+  answered: boolean;
 }
 
 export interface FscacheBinding {

@@ -70,7 +70,24 @@ Napi::Value FanotifyRespond(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-Napi::Value ReadFanotifyEvents(Napi::Env env, int fd) {
+void ReadyBlocks::Set(Napi::Env env, uint64_t dev, uint64_t ino, Napi::Uint8Array bits) {
+  files_[{dev, ino}] = File{Napi::Persistent(bits), bits.Data(), static_cast<uint64_t>(bits.ByteLength()) * 8};
+  (void)env;
+}
+
+bool ReadyBlocks::Holds(uint64_t dev, uint64_t ino, uint64_t offset, uint64_t count) const {
+  auto it = files_.find({dev, ino});
+  if (it == files_.end() || count == 0 || offset + count < offset) return false;
+  const File& f = it->second;
+  uint64_t first = offset >> kBlockShift, last = (offset + count - 1) >> kBlockShift;
+  if (last >= f.blocks) return false;
+  for (uint64_t b = first; b <= last; b++) {
+    if (!(f.bits[b >> 3] & (1u << (b & 7)))) return false;
+  }
+  return true;
+}
+
+Napi::Value ReadFanotifyEvents(Napi::Env env, int fd, const ReadyBlocks* ready) {
   alignas(8) uint8_t buf[kReadBufferSize];
   ssize_t n = RetryOnEintr([&] { return read(fd, buf, sizeof buf); });
   if (n < 0) {
@@ -114,8 +131,21 @@ Napi::Value ReadFanotifyEvents(Napi::Env env, int fd) {
       dev = static_cast<double>(st.st_dev);
       ino = static_cast<double>(st.st_ino);
     }
+    // Bytes the daemon has already put in the file: allowed here. A failed answer (the event is
+    // gone) leaves the event to JS, which answers and reports it as any other.
+    bool answered = false;
+    if (ready && m.fd >= 0 && dev >= 0 && offset >= 0 && (m.mask & kFanPreAccess) &&
+        ready->Holds(static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino), static_cast<uint64_t>(offset),
+                     static_cast<uint64_t>(length))) {
+      Response r{m.fd, kFanAllow};
+      if (RetryOnEintr([&] { return write(fd, &r, sizeof r); }) == static_cast<ssize_t>(sizeof r)) {
+        close(m.fd);
+        answered = true;
+      }
+    }
     Napi::Object e = Napi::Object::New(env);
     e.Set("fd", Napi::Number::New(env, m.fd));
+    e.Set("answered", Napi::Boolean::New(env, answered));
     e.Set("dev", Napi::Number::New(env, dev));
     e.Set("ino", Napi::Number::New(env, ino));
     e.Set("pid", Napi::Number::New(env, m.pid));

@@ -16,6 +16,9 @@ export const FAN_Q_OVERFLOW = 0x00004000;
 
 const MS_RDONLY = 1;
 
+/** The bytes one bit of setReadyBlocks' bitmap stands for (fanotify.h, ReadyBlocks::kBlockShift). */
+export const READY_BLOCK = 4096;
+
 function explain(err: unknown, hints: Partial<Record<string, string>>): unknown {
   if (isSystemError(err) && hints[err.code]) err.message += `: ${hints[err.code]}`;
   return err;
@@ -43,6 +46,8 @@ const MARK_HINTS = {
 export class FanotifyGroup {
   private watcher: Watcher | null = null;
   private closed = false;
+  /** setReadyBlocks' files, handed to each watcher onEvents makes. */
+  private readonly ready = new Map<string, { dev: number; ino: number; bits: Uint8Array }>();
 
   private constructor(private readonly binding: FscacheBinding, readonly fd: number) {}
 
@@ -84,6 +89,19 @@ export class FanotifyGroup {
       if (err) onError(err);
       else if (events) handler(events);
     }, 'fanotify');
+    for (const { dev, ino, bits } of this.ready.values()) this.watcher.setReadyBlocks(dev, ino, bits);
+  }
+
+  /**
+   * From now on, events for blocks of the file (by device and inode) whose bit is set in `bits` (one
+   * per 4096 bytes, bit b of byte b >> 3) are answered FAN_ALLOW as they are read, and delivered with
+   * `answered` set; the caller sets bits only for bytes in the file. null: every event goes to the handler.
+   */
+  setReadyBlocks(dev: number, ino: number, bits: Uint8Array | null): void {
+    const key = `${dev}:${ino}`;
+    if (bits) this.ready.set(key, { dev, ino, bits });
+    else this.ready.delete(key);
+    this.watcher?.setReadyBlocks(dev, ino, bits);
   }
 
   stopEvents(): void {

@@ -20,7 +20,26 @@ struct Watcher::Handle {
 };
 
 Napi::Function Watcher::Define(Napi::Env env) {
-  return DefineClass(env, "Watcher", {InstanceMethod<&Watcher::Stop>("stop")});
+  return DefineClass(env, "Watcher", {InstanceMethod<&Watcher::Stop>("stop"),
+                                      InstanceMethod<&Watcher::SetReadyBlocks>("setReadyBlocks")});
+}
+
+Napi::Value Watcher::SetReadyBlocks(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const char* usage = "setReadyBlocks(dev: number, ino: number, bits: Uint8Array | null)";
+  if (!fanotify_) throw Napi::TypeError::New(env, "setReadyBlocks: only a fanotify watcher answers events itself");
+  if (!info[0].IsNumber() || !info[1].IsNumber() || !(info[2].IsNull() || info[2].IsTypedArray())) {
+    throw Napi::TypeError::New(env, usage);
+  }
+  double dev = info[0].As<Napi::Number>().DoubleValue(), ino = info[1].As<Napi::Number>().DoubleValue();
+  if (!(dev >= 0 && ino >= 0 && dev <= 9007199254740991.0 && ino <= 9007199254740991.0)) throw Napi::RangeError::New(env, usage);
+  if (info[2].IsNull()) {
+    ready_.Remove(static_cast<uint64_t>(dev), static_cast<uint64_t>(ino));
+  } else {
+    if (info[2].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array) throw Napi::TypeError::New(env, usage);
+    ready_.Set(env, static_cast<uint64_t>(dev), static_cast<uint64_t>(ino), info[2].As<Napi::Uint8Array>());
+  }
+  return env.Undefined();
 }
 
 Watcher::Watcher(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Watcher>(info) {
@@ -31,7 +50,7 @@ Watcher::Watcher(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Watcher>(inf
   fd_ = info[0].As<Napi::Number>().Int32Value();
   read_ = ReadMessage;
   if (info[2].IsString() && info[2].As<Napi::String>().Utf8Value() == "fanotify") {
-    read_ = ReadFanotifyEvents;
+    fanotify_ = true;
     device_ = "fanotify group";
   }
 
@@ -114,7 +133,7 @@ void Watcher::OnReadable(int status) {
     Napi::HandleScope each(env);
     Napi::Value msg;
     try {
-      msg = read_(env, fd_);
+      msg = fanotify_ ? ReadFanotifyEvents(env, fd_, &ready_) : read_(env, fd_);
     } catch (const Napi::Error& e) {
       // Mostly one failed request (e.g. EMFILE installing an OPEN's fd: the kernel failed that
       // request itself); keep going. A bad fd means there is nothing left to wait on.

@@ -10,10 +10,13 @@
 #include <napi.h>
 #include <uv.h>
 
+#include "fanotify.h"
+
 namespace fscache {
 
 // JS: new Watcher(fd, (err, msg) => void, kind?: 'cachefiles' | 'fanotify'); watcher.stop().
 // While started it keeps itself (and the loop) alive; stop() before closing the fd.
+// fanotify: watcher.setReadyBlocks(dev, ino, bits | null) (ReadyBlocks, fanotify.h).
 class Watcher : public Napi::ObjectWrap<Watcher> {
  public:
   static Napi::Function Define(Napi::Env env);
@@ -24,6 +27,7 @@ class Watcher : public Napi::ObjectWrap<Watcher> {
   struct Handle;  // the uv handle outlives this object until libuv's close callback
 
   Napi::Value Stop(const Napi::CallbackInfo& info);
+  Napi::Value SetReadyBlocks(const Napi::CallbackInfo& info);
   void Shutdown(bool teardown);
   void OnReadable(int status);
   void Deliver(Napi::Value err, Napi::Value msg);
@@ -34,6 +38,8 @@ class Watcher : public Napi::ObjectWrap<Watcher> {
 
   // Reads what is pending: a decoded message (or array of events), or null when nothing is.
   Napi::Value (*read_)(Napi::Env, int) = nullptr;
+  bool fanotify_ = false;
+  ReadyBlocks ready_;
   const char* device_ = "/dev/cachefiles";
   int fd_ = -1;
   Handle* handle_ = nullptr;  // null once stopped

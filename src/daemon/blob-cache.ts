@@ -129,6 +129,16 @@ export class BlobCacheFile {
     if (prefetch) void this.guard.use(() => this.prefetch(prefetch));
   }
 
+  /** Whether the chunk marks were checked against the file (whenMarksChecked settled). */
+  get marksTrusted(): boolean {
+    return this.marksReady;
+  }
+
+  /** Settles once the chunk marks were checked against the file: from then on they are what it holds. */
+  whenMarksChecked(): Promise<void> {
+    return this.marksChecked;
+  }
+
   /** Whether every chunk covering [offset, offset + len) is marked in the file. */
   rangeCached(offset: number, len: number): boolean {
     return this.map.chunksIn(offset, len).every((c) => this.state.isCached(this.key, c.indexInBlob));

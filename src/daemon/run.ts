@@ -65,6 +65,11 @@ export async function runSupervisor(opts: SupervisorOptions & Partial<DaemonOpti
     // 2 MiB semi-spaces in every isolate of the worker (its threads too): V8's default young
     // generation would hold 30-40 MiB more than the daemon ever uses (peak RSS of a rootfs read).
     const v8Flags = process.execArgv.some((a) => a.startsWith('--max-semi-space-size')) ? [] : ['--max-semi-space-size=2'];
+    // Functions are optimized after 20 times V8's default work (67584): the burst of JS around a
+    // container's first reads made TurboFan compile on a third of the worker's CPU (0.2 s of 1.1 s
+    // in the host Debian read, cold read 1.75 s -> 1.55 s, peak RSS 108 -> 97 MiB), while code that
+    // stays hot in a daemon's long life is still optimized.
+    if (!process.execArgv.some((a) => a.startsWith('--interrupt-budget'))) v8Flags.push(`--interrupt-budget=${20 * 67584}`);
     child = spawn(process.execPath, [...process.execArgv, ...v8Flags, ...argv], {
       stdio: ['ignore', 'inherit', 'inherit', dev.fd],
       // Cache-file writes run on libuv's pool (O_DIRECT waits for the disk): size it for the threads.
@@ -76,6 +81,10 @@ export async function runSupervisor(opts: SupervisorOptions & Partial<DaemonOpti
         // (zstd at 150 MiB/s into fresh memory, 800 MiB/s into reused memory, on the bench host).
         MALLOC_MMAP_THRESHOLD_: process.env.MALLOC_MMAP_THRESHOLD_ ?? String(32 << 20),
         MALLOC_TRIM_THRESHOLD_: process.env.MALLOC_TRIM_THRESHOLD_ ?? String(64 << 20),
+        // ...and that heap in transparent huge pages where the kernel offers them (madvise mode, the
+        // usual default): a fault per 2 MiB, not per 4 KiB. Host big-file read: 0.43 s -> 0.25 s, the
+        // worker's CPU 0.45 s -> 0.21 s, same peak RSS.
+        GLIBC_TUNABLES: withTunable(process.env.GLIBC_TUNABLES, 'glibc.malloc.hugetlb', '1'),
       },
     });
     child.on('exit', (code, signal) => {
@@ -131,4 +140,10 @@ export function openDevice(opts: DaemonOptions): CachefilesDevice {
   } catch (e) {
     throw new NydusError(`cannot bind the fscache cache at ${opts.fscacheDir}: ${(e as Error).message}`, undefined, isSystemError(e) ? e.code : undefined);
   }
+}
+
+/** GLIBC_TUNABLES with `name=value` added, unless the environment sets that tunable already. */
+export function withTunable(tunables: string | undefined, name: string, value: string): string {
+  const list = (tunables ?? '').split(':').filter(Boolean);
+  return list.some((t) => t.split('=')[0] === name) ? list.join(':') : [...list, `${name}=${value}`].join(':');
 }

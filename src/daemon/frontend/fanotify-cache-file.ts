@@ -10,15 +10,19 @@
  * of the first event's fd for the file; writes that come before any event (a predecessor's journaled
  * event, prefetch) provoke one: a one-byte read through our own, watched, fd, served like any other.
  *
- * Once the file holds every chunk its mark only costs an event per read: it is removed, and the kernel
- * reads the file directly. The file itself has the last word (SEEK_DATA/SEEK_HOLE over every chunk),
+ * The bytes written are kept in a bitmap of 4 KiB blocks the addon's watcher reads: an event for
+ * blocks all in the file is answered as it is read (FanotifyGroup.setReadyBlocks), so a read of what
+ * was fetched ahead costs the reader a kernel round trip, not a turn of the event loop. The bitmap is
+ * handed over once there is a writer and the chunk marks were checked against the file; before, the
+ * session answers from the marks. Once the file holds every chunk its mark only costs an event per
+ * read: it is removed, and the kernel reads the file directly. The file itself has the last word (SEEK_DATA/SEEK_HOLE over every chunk),
  * never the chunk marks alone: a hole left unmarked would read as zeros.
  */
 import fs from 'node:fs';
 import { dirname } from 'node:path';
 import { promisify } from 'node:util';
 import type { Logger } from 'pino';
-import { closeFd, dataRangesOf, dupFd } from '../../../native/fscache/fanotify.ts';
+import { READY_BLOCK, closeFd, dataRangesOf, dupFd } from '../../../native/fscache/fanotify.ts';
 import type { BlobMap } from '../blob-map.ts';
 import type { ChunkFetcher } from '../chunk-fetcher.ts';
 import type { CacheFileKey, DaemonState } from '../state.ts';
@@ -29,6 +33,7 @@ import { BlobCacheFile, WorkGuard, covers, type CacheCounters, type FillOptions,
 export interface MarkPort {
   mark(path: string): void;
   unmark(path: string): void;
+  setReadyBlocks(dev: number, ino: number, bits: Uint8Array | null): void;
 }
 
 /** A file is checked for completeness this long after an event (once per burst of events). */
@@ -69,6 +74,11 @@ export class MarkedCacheFile {
   private checkPending = false;
   /** Chunks marked at the last check: while the count grows (read-ahead, prefetch) the check comes again. */
   private lastCount = -1;
+  /** Which 4 KiB blocks hold written bytes (the module comment); handed to the group once `readyShared`. */
+  private readonly ready: Uint8Array;
+  private readyShared = false;
+  private readonly dev: number;
+  private readonly ino: number;
 
   /**
    * Opens (or makes) `<workDir>/<blob id>.blob.data` and marks it. `restored`: the mark is kept from a
@@ -101,17 +111,24 @@ export class MarkedCacheFile {
     }
     this.probeFd = probeFd;
     const st = fs.fstatSync(probeFd);
+    this.dev = st.dev;
+    this.ino = st.ino;
     this.inode = inodeKey(st.dev, st.ino);
+    this.ready = new Uint8Array(Math.ceil(Math.ceil(this.size / READY_BLOCK) / 8));
     this.guard = new WorkGuard(() => {
       fs.closeSync(probeFd);
       if (this.writerFd !== null) closeFd(this.writerFd);
     });
     this.blob = new BlobCacheFile(key, map, source.fetcher, {
       asksOnlyForMissing: false,
-      write: async (offset, data) => writeAll(await this.writer(), data, offset),
+      write: async (offset, data) => {
+        await writeAll(await this.writer(), data, offset);
+        this.setReady(offset, offset + data.length);
+      },
       dataRanges: (from, to) => dataRangesOf(probeFd, from, to),
     }, this.guard, state, counters, log, source.fill);
     this.blob.start(source.prefetch);
+    void this.blob.whenMarksChecked().then(() => this.shareReady());
     this.unmarkIfComplete();
   }
 
@@ -129,6 +146,7 @@ export class MarkedCacheFile {
     if (this.writerFd !== null) return;
     this.writerFd = dupFd(fd);
     for (const w of this.writerWaiters.splice(0)) w(this.writerFd);
+    this.shareReady();
   }
 
   /** Every chunk covering the range is in the file when this settles; throws otherwise. */
@@ -146,12 +164,38 @@ export class MarkedCacheFile {
 
   /** The mount is gone: the mark removed, the fds closed once the work using them drained. */
   close(): void {
+    if (this.readyShared) this.group.setReadyBlocks(this.dev, this.ino, null);
     try {
       if (!this.complete) this.group.unmark(this.path);
     } catch (e) {
       this.log.warn({ file: this.path, err: (e as Error).message }, 'cannot remove the mark');
     }
     this.guard.close();
+  }
+
+  /** Blocks [from, to) rounded out hold written bytes (a chunk starts on a block; the rest of its last block is padding). */
+  private setReady(from: number, to: number): void {
+    const last = Math.ceil(to / READY_BLOCK);
+    for (let b = Math.floor(from / READY_BLOCK); b < last; b++) this.ready[b >> 3] |= 1 << (b & 7);
+  }
+
+  /**
+   * Hands the bitmap to the group once events may be answered without us: a writer is there (else
+   * the first event's fd must become it), and the marks were checked against the file (the bitmap
+   * starts from them).
+   */
+  private shareReady(): void {
+    if (this.readyShared || this.writerFd === null || this.guard.closed || !this.blob.marksTrusted) return;
+    const marked = this.state.cached(this.blob.key);
+    const { map } = this.source;
+    for (let pos = 0; pos < map.chunkCount; pos++) {
+      if (marked.has(map.indexAt(pos))) {
+        const [start, end] = map.rangeAt(pos);
+        this.setReady(start, end);
+      }
+    }
+    this.readyShared = true;
+    this.group.setReadyBlocks(this.dev, this.ino, this.ready);
   }
 
   private unmarkIfComplete(): void {

@@ -60,8 +60,9 @@ export class FanotifySession {
   private readonly byInode = new Map<string, MarkedCacheFile>();
   private readonly byPath = new Map<string, string>();
   private readonly limiter: Limiter;
-  readonly stats: CacheCounters & { events: number; eventBytes: number; eventErrors: number; recovered: number } = {
-    events: 0, eventBytes: 0, eventErrors: 0, recovered: 0, prefetchedChunks: 0, staleMarks: 0,
+  /** `answeredInAddon`: events the addon allowed as it read them (their blocks were in the file). */
+  readonly stats: CacheCounters & { events: number; eventBytes: number; eventErrors: number; recovered: number; answeredInAddon: number } = {
+    events: 0, eventBytes: 0, eventErrors: 0, recovered: 0, answeredInAddon: 0, prefetchedChunks: 0, staleMarks: 0,
   };
 
   constructor(
@@ -225,6 +226,14 @@ export class FanotifySession {
       return;
     }
     const f = this.byInode.get(inodeKey(e.dev, e.ino));
+    if (e.answered) {
+      // Allowed by the addon (its bytes are in the file); what is left is what follows a read.
+      this.stats.events++;
+      this.stats.answeredInAddon++;
+      this.stats.eventBytes += e.count;
+      if (f && !f.closed) this.afterRead(f, e);
+      return;
+    }
     const fast = f !== undefined && !f.closed && (e.mask & FAN_PRE_ACCESS) !== 0 && e.offset >= 0 && f.rangeCached(e.offset, e.count);
     if (!fast) this.journal.add({ fd: e.fd, dev: e.dev, ino: e.ino, offset: e.offset, count: e.count });
     if (!(e.mask & FAN_PRE_ACCESS)) {
@@ -243,17 +252,25 @@ export class FanotifySession {
       this.answer(e.fd, EIO, true, !fast);
       return;
     }
-    // A read by another process is a demand read (our own provokes an event to get a writer fd).
-    if (e.pid !== process.pid && e.offset >= 0) f.trace?.record(e.offset, e.count);
     if (fast) {
       this.stats.events++;
       this.stats.eventBytes += e.count;
-      f.fill(e.offset, e.count).catch(() => undefined);
       this.answer(e.fd, 0, true, false);
+      this.afterRead(f, e);
       return;
     }
+    if (e.pid !== process.pid && e.offset >= 0) f.trace?.record(e.offset, e.count);
     // Without a range record (never seen for reads), the whole file.
     void (e.offset < 0 ? this.serve(f, e.fd, 0, f.size, true) : this.serve(f, e.fd, e.offset, e.count, true));
+  }
+
+  /**
+   * A read of bytes in the file: traced when it is a demand read (another process's: our own provokes
+   * events to get a writer fd), and filled, which keeps the amplification window ahead of the reader.
+   */
+  private afterRead(f: MarkedCacheFile, e: FanotifyEvent): void {
+    if (e.pid !== process.pid && e.offset >= 0) f.trace?.record(e.offset, e.count);
+    f.fill(e.offset, e.count).catch(() => undefined);
   }
 
   /** Fills the range, then answers: allowed only when every chunk of it is in the file. */
