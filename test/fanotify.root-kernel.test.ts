@@ -158,6 +158,12 @@ test('root-kernel fanotify: a corrupt chunk gives EIO for its file only; DELETE 
   assert.ok(info.fanotify.eventErrors > 0, 'the failed events are counted');
   const workerPid = info.pid as number;
   assert.equal(fanotifyMarks(workerPid), 1, 'the incomplete cache file stays marked');
+  // The marked cache file read by another process past its end: answered (nothing to fetch), the worker unharmed.
+  const cacheFile = path.join(d.cacheDir, `${img.blobId}.blob.data`);
+  const pastEnd = spawnSync('dd', [`if=${cacheFile}`, 'bs=4096', 'count=1', `skip=${fs.statSync(cacheFile).size + 65536}`, 'iflag=skip_bytes', 'status=none'], { timeout: 10_000 });
+  assert.equal(pastEnd.status, 0, `a read past the end of the cache file returns (${pastEnd.error?.message ?? pastEnd.stderr})`);
+  assert.equal(pastEnd.stdout.length, 0, 'and reads nothing');
+  assert.equal((await apiRequest(d.sock, 'GET', '/api/v1/daemon')).body.pid, workerPid, 'the same worker still serves');
   const del = await apiRequest(d.sock, 'DELETE', `/api/v1/mount?mountpoint=${encodeURIComponent(d.mnt)}`);
   assert.equal(del.status, 204, JSON.stringify(del.body));
   assert.equal(isMounted(d.mnt), false, 'DELETE /api/v1/mount unmounts');

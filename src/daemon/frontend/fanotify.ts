@@ -75,7 +75,15 @@ export class FanotifySession {
   /** Serves the group's events from now on. */
   start(): void {
     this.group.onEvents((events) => {
-      for (const e of events) this.event(e);
+      for (const e of events) {
+        try {
+          this.event(e);
+        } catch (err) {
+          // Never left unanswered: its reader would wait for good (answering twice only fails ENOENT).
+          this.log.error({ fd: e.fd, offset: e.offset, count: e.count, err: (err as Error).message }, 'cannot handle a fanotify event; answered EIO');
+          if (!e.answered && e.fd >= 0) this.answer(e.fd, EIO, true);
+        }
+      }
     }, (err) => this.log.warn({ err: err.message }, 'cannot read fanotify events'));
   }
 
@@ -234,7 +242,8 @@ export class FanotifySession {
       if (f && !f.closed) this.afterRead(f, e);
       return;
     }
-    const fast = f !== undefined && !f.closed && (e.mask & FAN_PRE_ACCESS) !== 0 && e.offset >= 0 && f.rangeCached(e.offset, e.count);
+    // A read from the end of the file on (by anyone: the file is marked) has nothing to wait for.
+    const fast = f !== undefined && !f.closed && (e.mask & FAN_PRE_ACCESS) !== 0 && e.offset >= 0 && (e.offset >= f.size || f.rangeCached(e.offset, e.count));
     if (!fast) this.journal.add({ fd: e.fd, dev: e.dev, ino: e.ino, offset: e.offset, count: e.count });
     if (!(e.mask & FAN_PRE_ACCESS)) {
       this.answer(e.fd, 0, true);
@@ -269,6 +278,7 @@ export class FanotifySession {
    * events to get a writer fd), and filled, which keeps the amplification window ahead of the reader.
    */
   private afterRead(f: MarkedCacheFile, e: FanotifyEvent): void {
+    if (e.offset >= f.size) return;
     if (e.pid !== process.pid && e.offset >= 0) f.trace?.record(e.offset, e.count);
     f.fill(e.offset, e.count).catch(() => undefined);
   }
