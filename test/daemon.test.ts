@@ -12,7 +12,9 @@ import { exportBlock } from '../src/image/export-block.ts';
 import { ImageRegistry } from '../src/daemon/daemon.ts';
 import { DaemonState } from '../src/daemon/state.ts';
 import { OnDemandSession } from '../src/daemon/frontend/cachefiles.ts';
-import { batchChunks } from '../src/daemon/chunk-fetcher.ts';
+import { ChunkFetcher, batchChunks } from '../src/daemon/chunk-fetcher.ts';
+import { BlobMap, packChunks } from '../src/daemon/blob-map.ts';
+import type { BlobBackend } from '../src/daemon/backend/localfs.ts';
 import { FakePort, settle, waitFor } from './helpers/cachefiles-port.ts';
 import type { ChunkRef } from '../src/builder/tree.ts';
 import { startApi } from '../src/daemon/api.ts';
@@ -476,6 +478,54 @@ test('verify pool: a run of chunks is verified in one job into one buffer laid o
     assert.ok(out.subarray(5000, 20480).every((b) => b === 0));
   } finally {
     await pool.close();
+  }
+});
+
+test('chunk fetcher: a job\'s memory is freed once every taker gave its chunks back, the backend\'s bytes once verified; never while a taker holds them', async () => {
+  // Four raw chunks of 8 KiB stored back to back: one backend read, verified in one job.
+  const plain = [0, 1, 2, 3].map((i) => prand(8192, 300 + i));
+  const blob = Buffer.concat(plain);
+  const chunks: ChunkRef[] = plain.map((p, i) => ({
+    blobIndex: 0, indexInBlob: i, digest: chunkDigest('blake3', p), uncompressedOffset: i * 8192, uncompressedSize: 8192,
+    compressedOffset: i * 8192, compressedSize: 8192, compressed: false,
+  }));
+  const map = new BlobMap('e'.repeat(64), 0, blob.length, 'none', 'blake3', packChunks(chunks));
+  const reads: Buffer[] = [];
+  const backend: BlobBackend = {
+    type: 'test', size: async () => blob.length, close: async () => undefined,
+    read: async (_id, offset, size) => {
+      const b = Buffer.allocUnsafeSlow(size);
+      blob.copy(b, 0, offset, offset + size);
+      reads.push(b);
+      return b;
+    },
+  };
+  const pool = new VerifyPool(2);
+  try {
+    const fetcher = new ChunkFetcher(backend, undefined, pool);
+    const first = fetcher.fetchBatch(map, chunks);
+    // A second taker of chunks 0 and 1 while they are in flight (another cache file of the same blob).
+    const second = [fetcher.fetch(map, chunks[0]), fetcher.fetch(map, chunks[1])];
+    const a = await Promise.all(first);
+    const b = await Promise.all(second);
+    await settle();
+    assert.equal(reads.length, 1, 'one backend read');
+    assert.equal(reads[0].length, 0, 'the bytes read were freed once verified');
+    a.forEach((d, i) => assert.ok(d.equals(plain[i]), `chunk ${i} verified`));
+    for (const d of a) fetcher.release(d);
+    assert.ok(b[0].equals(plain[0]) && b[1].equals(plain[1]), 'the second taker still has its bytes after the first gave them back');
+    assert.ok(a[3].equals(plain[3]), 'the job is one buffer: kept while any of its chunks is held');
+    for (const d of b) fetcher.release(d);
+    assert.equal(b[0].length, 0, 'once the second taker gave them back too, the job is freed');
+    assert.equal(a[3].length, 0);
+    // After the chunks settled, a new fetch is a new job: the old one's release cannot touch it.
+    const again = await fetcher.fetch(map, chunks[0]);
+    fetcher.release(a[0]);
+    assert.ok(again.equals(plain[0]), 'a fetch after the first settled has bytes of its own');
+    fetcher.release(again);
+    assert.equal(again.length, 0);
+  } finally {
+    pool.close();
   }
 });
 

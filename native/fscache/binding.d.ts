@@ -140,6 +140,8 @@ export interface FscacheBinding {
    * its buffer. The buffers must not be touched until it settles.
    */
   verifyRunNative(stored: Uint8Array, layout: Float64Array, digests: Uint8Array, digestSize: number, out: Uint8Array, compressor: 0 | 1, digester: 0 | 1): Promise<Array<string | null>>;
+  /** Detaches an ArrayBuffer: its memory is freed now, not at a GC, and every view of it becomes empty. */
+  releaseBuffer(ab: ArrayBuffer): void;
   /** CACHEFILES_MSG_MAX_SIZE: the largest message the kernel sends, bytes. */
   readonly MSG_MAX_SIZE: number;
 }

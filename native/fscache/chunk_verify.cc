@@ -183,4 +183,11 @@ Napi::Value VerifyRunNative(const Napi::CallbackInfo& info) {
   return p;
 }
 
+Napi::Value ReleaseBuffer(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() != 1 || !info[0].IsArrayBuffer()) throw Napi::TypeError::New(env, "releaseBuffer(ab: ArrayBuffer)");
+  NAPI_THROW_IF_FAILED(env, napi_detach_arraybuffer(env, info[0]), Napi::Value());
+  return env.Undefined();
+}
+
 }  // namespace fscache

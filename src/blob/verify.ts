@@ -106,8 +106,21 @@ export function verifyRun(r: StoredRun): VerifiedRun {
  */
 export async function verifyRunNative(r: StoredRun): Promise<VerifiedRun> {
   // Uninitialized: every byte is written by the addon (chunks, or zeros between them and for failures).
-  const out = Buffer.allocUnsafe(r.outSize);
+  // Never a slice of node's shared pool: the daemon releases it (releaseBuffer) once written.
+  const out = Buffer.allocUnsafeSlow(r.outSize);
   const errors = await fscacheBinding().verifyRunNative(r.stored, r.layout, r.digests, r.digestSize, out,
     r.compressor === 'zstd' ? 1 : 0, r.digester === 'sha256' ? 1 : 0);
   return { data: out, errors: errors.map((e, i) => (e === null ? null : `${r.where[i]}: ${e}`)) };
+}
+
+/**
+ * Frees a buffer's memory now rather than at a GC (the addon detaches its ArrayBuffer: every view of
+ * it becomes empty). Only a view of a whole, unshared ArrayBuffer is released: a slice of node's
+ * pool shares its memory with unrelated buffers. Returns whether it was released.
+ */
+export function releaseBuffer(buf: Uint8Array): boolean {
+  const ab = buf.buffer;
+  if (!(ab instanceof ArrayBuffer) || buf.byteOffset !== 0 || buf.byteLength !== ab.byteLength || ab.byteLength === 0) return false;
+  fscacheBinding().releaseBuffer(ab);
+  return true;
 }

@@ -261,15 +261,23 @@ export class BlobCacheFile {
       const results = await Promise.allSettled(chunks.map((c) => loads.get(c) ?? this.fetcher.fetch(this.map, c, demand)));
       const good: Array<{ c: ChunkRef; data: Buffer }> = [];
       const failed: Array<[ChunkRef, Error]> = [];
+      const fail = (c: ChunkRef, e: Error) => {
+        failed.push([c, e]);
+        done.get(c)!.reject(e);
+      };
       results.forEach((r, i) => {
-        if (r.status === 'fulfilled') good.push({ c: chunks[i], data: r.value });
-        else {
-          failed.push([chunks[i], r.reason as Error]);
-          done.get(chunks[i])!.reject(r.reason as Error);
-        }
+        // (A chunk's bytes are a view of its job's buffer: empty if that were released too early.)
+        if (r.status === 'fulfilled' && r.value.length === chunks[i].uncompressedSize) good.push({ c: chunks[i], data: r.value });
+        else if (r.status === 'fulfilled') fail(chunks[i], new Error(`chunk ${chunks[i].indexInBlob}: ${r.value.length} bytes, expected ${chunks[i].uncompressedSize}`));
+        else fail(chunks[i], r.reason as Error);
       });
+      // The fetcher frees a job's memory once every chunk of it handed out is given back.
+      const giveBack = () => {
+        for (const { data } of good) this.fetcher.release(data);
+      };
       // Never write after close: the kernel is done with this file.
       if (this.closed) {
+        giveBack();
         for (const { c } of good) done.get(c)!.resolve();
         return { written: 0, failed };
       }
@@ -281,12 +289,10 @@ export class BlobCacheFile {
           for (const { c } of run) done.get(c)!.resolve();
           written += run.length;
         } catch (e) {
-          for (const { c } of run) {
-            failed.push([c, e as Error]);
-            done.get(c)!.reject(e as Error);
-          }
+          for (const { c } of run) fail(c, e as Error);
         }
       }));
+      giveBack();
       return { written, failed };
     });
   }

@@ -4,9 +4,14 @@
  * EIO error and is never returned. Chunks read in one piece are verified in jobs of a few hundred KiB,
  * each into one buffer laid out as in the cache file: a chunk's bytes are a view of its job's buffer,
  * and chunks that follow one another in the file are written from it without a copy.
+ *
+ * Memory: a job's buffer is freed once every chunk of it handed out (fetch, fetchBatch) was given
+ * back (release) and none is in flight any more; the bytes read from the backend, once the jobs
+ * verifying them are done. Left to the GC, buffers that outlived a scavenge waited for a full GC,
+ * which V8 runs only after some 64 MiB of them: the daemon's peak RSS was that much higher.
  */
 import { NydusError, EIO } from '../../erofs/errors.ts';
-import { RUN_FIELDS, RUN_OUT_OFFSET, type StoredRun, type VerifiedRun, setRunChunk, verifyRun } from '../blob/verify.ts';
+import { RUN_FIELDS, RUN_OUT_OFFSET, type StoredRun, type VerifiedRun, releaseBuffer, setRunChunk, verifyRun } from '../blob/verify.ts';
 import type { ChunkRef } from '../builder/tree.ts';
 import type { VerifyPool } from './verify-pool.ts';
 import type { BlobBackend } from './backend/localfs.ts';
@@ -28,8 +33,47 @@ class PerChunk<T> {
   }
 }
 
+/** One verification job's output buffer, freed when nobody can use it any more (module comment). */
+class JobMemory {
+  /** Chunk promises handed out and not given back. */
+  private takers = 0;
+  private out: Uint8Array | null = null;
+  constructor(private inFlight: number) {}
+
+  take(): void {
+    this.takers++;
+  }
+
+  /** A taker is done with a chunk's bytes. */
+  giveBack(): void {
+    this.takers--;
+    this.freeIfUnused();
+  }
+
+  verified(out: Uint8Array): void {
+    this.out = out;
+    this.freeIfUnused();
+  }
+
+  /** A chunk of the job left the in-flight map: it can no longer be handed out. */
+  chunkSettled(): void {
+    this.inFlight--;
+    this.freeIfUnused();
+  }
+
+  private freeIfUnused(): void {
+    if (this.takers > 0 || this.inFlight > 0 || !this.out) return;
+    releaseBuffer(this.out);
+    this.out = null;
+  }
+}
+
 export class ChunkFetcher {
   private readonly inflight = new PerChunk<Promise<Buffer>>();
+  /** The job each chunk in flight belongs to. */
+  private readonly jobs = new PerChunk<JobMemory>();
+  /** A job's output buffer -> its job, for release(). */
+  private readonly jobOfBuffer = new WeakMap<ArrayBufferLike, JobMemory>();
   /** Chunks in flight a reader waits for: verified before the ones fetched ahead. */
   private readonly urgent = new PerChunk<true>();
 
@@ -39,17 +83,30 @@ export class ChunkFetcher {
   ) {}
 
   /** `urgent`: a reader waits for it (see prioritize). */
+  /**
+   * `urgent`: a reader waits for it (see prioritize). Give the bytes back (release) once done with
+   * them; bytes never given back are left to the GC.
+   */
   fetch(blob: BlobMap, chunk: ChunkRef, urgent = false): Promise<Buffer> {
     const inflight = this.inflight.of(blob.blobId);
     let p = inflight.get(chunk.indexInBlob);
     if (p) {
       if (urgent) this.prioritize(blob, chunk);
+      this.jobs.of(blob.blobId).get(chunk.indexInBlob)?.take();
       return p;
     }
     if (urgent) this.urgent.of(blob.blobId).set(chunk.indexInBlob, true);
-    p = this.load(blob, chunk).finally(() => this.settled(blob.blobId, chunk.indexInBlob));
+    const job = new JobMemory(1);
+    this.jobs.of(blob.blobId).set(chunk.indexInBlob, job);
+    job.take();
+    p = this.load(blob, chunk, job).finally(() => this.settled(blob.blobId, chunk.indexInBlob));
     inflight.set(chunk.indexInBlob, p);
     return p;
+  }
+
+  /** Done with the bytes of a chunk this fetcher handed out: its job's memory is freed once no one holds it. */
+  release(data: Buffer): void {
+    this.jobOfBuffer.get(data.buffer)?.giveBack();
   }
 
   /**
@@ -65,6 +122,9 @@ export class ChunkFetcher {
   private settled(blobId: string, chunk: number): void {
     this.inflight.delete(blobId, chunk);
     this.urgent.delete(blobId, chunk);
+    const job = this.jobs.of(blobId).get(chunk);
+    this.jobs.delete(blobId, chunk);
+    job?.chunkSettled();
   }
 
   /**
@@ -82,26 +142,47 @@ export class ChunkFetcher {
       const end = run[run.length - 1].compressedOffset + run[run.length - 1].compressedSize;
       for (const c of run) this.onFetch?.(blob.blobId, c.indexInBlob);
       const span = this.backend.read(blob.blobId, start, end - start);
+      const jobs = this.jobs.of(blob.blobId);
+      const verifying: Array<Promise<unknown>> = [];
       for (const job of verifyJobs(run)) {
         if (urgent) for (const c of job) urgentOnes.set(c.indexInBlob, true);
-        const verified = span.then((buf) => this.verify(blob, job, buf, start));
-        job.forEach((c, i) => inflight.set(c.indexInBlob, verified.then((r) => r(i)).finally(() => this.settled(blob.blobId, c.indexInBlob))));
+        const memory = new JobMemory(job.length);
+        const verified = span.then((buf) => this.verify(blob, job, buf, start, memory));
+        verifying.push(verified);
+        job.forEach((c, i) => {
+          jobs.set(c.indexInBlob, memory);
+          inflight.set(c.indexInBlob, verified.then((r) => r(i)).finally(() => this.settled(blob.blobId, c.indexInBlob)));
+        });
       }
+      this.releaseStoredAfter(span, verifying);
     }
     return chunks.map((c) => this.fetch(blob, c, urgent));
   }
 
-  private async load(blob: BlobMap, chunk: ChunkRef): Promise<Buffer> {
+  private async load(blob: BlobMap, chunk: ChunkRef, memory: JobMemory): Promise<Buffer> {
     this.onFetch?.(blob.blobId, chunk.indexInBlob);
-    const stored = await this.backend.read(blob.blobId, chunk.compressedOffset, chunk.compressedSize);
-    return (await this.verify(blob, [chunk], stored, chunk.compressedOffset))(0);
+    const stored = this.backend.read(blob.blobId, chunk.compressedOffset, chunk.compressedSize);
+    const verified = stored.then((buf) => this.verify(blob, [chunk], buf, chunk.compressedOffset, memory));
+    this.releaseStoredAfter(stored, [verified]);
+    return (await verified)(0);
+  }
+
+  /**
+   * The bytes read from the backend are freed once the jobs verifying them are done (the addon's
+   * output is a buffer of its own; a backend's read is its caller's, BlobBackend.read).
+   */
+  private releaseStoredAfter(stored: Promise<Buffer>, verifying: ReadonlyArray<Promise<unknown>>): void {
+    if (!this.pool) return;
+    void Promise.allSettled([stored, ...verifying]).then(([s]) => {
+      if (s.status === 'fulfilled') releaseBuffer(s.value);
+    });
   }
 
   /**
    * Verifies chunks of `stored` (bytes of the blob from `storedBase` on) as one job; resolves to a
    * function giving each chunk's bytes, or throwing its error.
    */
-  private async verify(blob: BlobMap, chunks: readonly ChunkRef[], stored: Buffer, storedBase: number): Promise<(i: number) => Buffer> {
+  private async verify(blob: BlobMap, chunks: readonly ChunkRef[], stored: Buffer, storedBase: number, memory: JobMemory): Promise<(i: number) => Buffer> {
     const first = chunks[0];
     const last = chunks[chunks.length - 1];
     const jobStart = first.compressedOffset - storedBase;
@@ -126,6 +207,11 @@ export class ChunkFetcher {
     const urgentOnes = this.urgent.of(blob.blobId);
     const urgent = chunks.some((c) => urgentOnes.has(c.indexInBlob));
     const r: VerifiedRun = this.pool ? await this.pool.verifyRun(run, urgent) : verifyRun(run);
+    // (Without the pool a raw chunk's bytes may be a view of `stored`: only the addon's output is released.)
+    if (this.pool) {
+      this.jobOfBuffer.set(r.data.buffer, memory);
+      memory.verified(r.data);
+    }
     return (i: number) => {
       const err = r.errors[i];
       if (err !== null) throw new NydusError(err, EIO);
