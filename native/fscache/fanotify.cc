@@ -70,9 +70,8 @@ Napi::Value FanotifyRespond(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-void ReadyBlocks::Set(Napi::Env env, uint64_t dev, uint64_t ino, Napi::Uint8Array bits) {
+void ReadyBlocks::Set(uint64_t dev, uint64_t ino, Napi::Uint8Array bits) {
   files_[{dev, ino}] = File{Napi::Persistent(bits), bits.Data(), static_cast<uint64_t>(bits.ByteLength()) * 8};
-  (void)env;
 }
 
 bool ReadyBlocks::Holds(uint64_t dev, uint64_t ino, uint64_t offset, uint64_t count) const {

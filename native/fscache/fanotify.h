@@ -29,7 +29,7 @@ Napi::Value ReadFanotifyEventsJs(const Napi::CallbackInfo& info);
 class ReadyBlocks {
  public:
   static constexpr unsigned kBlockShift = 12;
-  void Set(Napi::Env env, uint64_t dev, uint64_t ino, Napi::Uint8Array bits);
+  void Set(uint64_t dev, uint64_t ino, Napi::Uint8Array bits);
   void Remove(uint64_t dev, uint64_t ino) { files_.erase({dev, ino}); }
   // Whether every block of [offset, offset + count) is set (false for an empty range).
   bool Holds(uint64_t dev, uint64_t ino, uint64_t offset, uint64_t count) const;

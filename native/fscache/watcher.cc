@@ -37,7 +37,7 @@ Napi::Value Watcher::SetReadyBlocks(const Napi::CallbackInfo& info) {
     ready_.Remove(static_cast<uint64_t>(dev), static_cast<uint64_t>(ino));
   } else {
     if (info[2].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array) throw Napi::TypeError::New(env, usage);
-    ready_.Set(env, static_cast<uint64_t>(dev), static_cast<uint64_t>(ino), info[2].As<Napi::Uint8Array>());
+    ready_.Set(static_cast<uint64_t>(dev), static_cast<uint64_t>(ino), info[2].As<Napi::Uint8Array>());
   }
   return env.Undefined();
 }

@@ -14,8 +14,10 @@
  * blocks all in the file is answered as it is read (FanotifyGroup.setReadyBlocks), so a read of what
  * was fetched ahead costs the reader a kernel round trip, not a turn of the event loop. The bitmap is
  * handed over once there is a writer and the chunk marks were checked against the file; before, the
- * session answers from the marks. Once the file holds every chunk its mark only costs an event per
- * read: it is removed, and the kernel reads the file directly. The file itself has the last word (SEEK_DATA/SEEK_HOLE over every chunk),
+ * session answers from the marks.
+ *
+ * Once the file holds every chunk its mark only costs an event per read: it is removed, and the kernel
+ * reads the file directly. The file itself has the last word (SEEK_DATA/SEEK_HOLE over every chunk),
  * never the chunk marks alone: a hole left unmarked would read as zeros.
  */
 import fs from 'node:fs';
