@@ -330,6 +330,32 @@ test('session: a bootstrap truncated after registration is an error for the READ
   state.close();
 });
 
+test('session: a READ of one bootstrap block fills the bootstrap\'s 4 MiB window around it, READs at once share the write; what is written is the file', async () => {
+  const state = new DaemonState(path.join(work, 'state-bootwin'));
+  const registry = track(new ImageRegistry(state, log));
+  await registry.add(entry('bootwin'));
+  const bytes = fs.readFileSync(boot);
+  assert.ok(bytes.length > 8192 && bytes.length <= 4 << 20, `the test bootstrap fits one window (${bytes.length} bytes)`);
+  const port = new FakePort();
+  const session = new OnDemandSession(port, registry, state, log, 4);
+  session.handle({ type: 'open', msgId: 1, objectId: 1, volumeKey: 'erofs,bootwin', cookieKey: 'bootwin', fd: port.give(61), flags: 0 });
+  // Two READs at once, far apart: one window, read and written once.
+  session.handle({ type: 'read', msgId: 2, objectId: 1, offset: 1024, len: 1024 });
+  session.handle({ type: 'read', msgId: 3, objectId: 1, offset: Math.floor((bytes.length - 1) / 4096) * 4096, len: 4096 });
+  await waitFor(() => session.inflight().length === 0, 'the READs to finish');
+  assert.deepEqual(port.completed.sort(), [2, 3]);
+  assert.equal(session.stats.readErrors, 0);
+  assert.deepEqual(port.writes, [[61, 0]], 'one write of the whole window');
+  const file = port.files.get(61)!;
+  assert.ok(file.subarray(0, bytes.length).equals(bytes), 'the cache file holds the bootstrap');
+  assert.ok(file.subarray(bytes.length).every((b) => b === 0), 'zeros after it, to the block end');
+  // The kernel asks only for holes: a READ after the window was written means the file lost it.
+  session.handle({ type: 'read', msgId: 4, objectId: 1, offset: 8192, len: 4096 });
+  await waitFor(() => session.inflight().length === 0, 'the READ to finish');
+  assert.deepEqual(port.writes, [[61, 0], [61, 0]], 'a later READ writes its window again');
+  state.close();
+});
+
 test('prefetch config as the snapshotter sends it: merged backend reads, threads, bandwidth, prefetch_all; bad values refused', async () => {
   const src = path.join(work, 'pfsrc');
   fs.mkdirSync(src);

@@ -55,7 +55,16 @@ interface BootstrapTarget {
   path: string;
   size: number;
   handle?: Promise<fsp.FileHandle>;
+  /** BOOTSTRAP_WINDOW-sized pieces of the bootstrap being written into the cache file, by index. */
+  windows?: Map<number, Promise<void>>;
 }
+
+/**
+ * A READ of a bootstrap fills the BOOTSTRAP_WINDOW-aligned pieces of the cache file around it, not
+ * only the blocks asked for: metadata is read all over the bootstrap (inodes, directories), and each
+ * READ is a round trip through the daemon, where a rootfs's whole bootstrap is a MiB or two.
+ */
+const BOOTSTRAP_WINDOW = 4 << 20;
 
 export class OnDemandSession {
   private readonly objects = new Map<number, OpenObject>();
@@ -156,12 +165,37 @@ export class OnDemandSession {
     });
   }
 
-  /** The bootstrap's blocks covering the READ, all of them or an error: a short read is never zeros. */
+  /**
+   * The bootstrap's windows covering the READ (BOOTSTRAP_WINDOW); READs at once share a window's
+   * write. A READ after it is written asks for bytes the file lost (the kernel asks only for holes):
+   * it is written again, as a failed one is.
+   */
   private async readBootstrap(obj: OpenObject, target: BootstrapTarget, msg: ReadMessage): Promise<void> {
     const { path: file, size } = target;
-    const start = Math.floor(msg.offset / 4096) * 4096;
-    const end = Math.min(alignToChunk(msg.offset + msg.len), alignToChunk(size));
-    if (start >= end) throw new NydusError(`bootstrap ${file}: read at ${msg.offset} is beyond its ${size} bytes`, EIO);
+    if (msg.offset >= alignToChunk(size) || msg.len <= 0) throw new NydusError(`bootstrap ${file}: read at ${msg.offset} is beyond its ${size} bytes`, EIO);
+    const windows = (target.windows ??= new Map());
+    const last = Math.floor((Math.min(msg.offset + msg.len, size) - 1) / BOOTSTRAP_WINDOW);
+    const pending: Array<Promise<void>> = [];
+    for (let w = Math.floor(msg.offset / BOOTSTRAP_WINDOW); w <= last; w++) {
+      let p = windows.get(w);
+      if (!p) {
+        const start = w * BOOTSTRAP_WINDOW;
+        p = this.writeBootstrap(obj, target, start, Math.min(start + BOOTSTRAP_WINDOW, alignToChunk(size)));
+        windows.set(w, p);
+        const writing = p;
+        const forget = () => {
+          if (windows.get(w) === writing) windows.delete(w);
+        };
+        writing.then(forget, forget);
+      }
+      pending.push(p);
+    }
+    await Promise.all(pending);
+  }
+
+  /** The bootstrap's blocks [start, end), all of them or an error: a short read is never zeros. */
+  private async writeBootstrap(obj: OpenObject, target: BootstrapTarget, start: number, end: number): Promise<void> {
+    const { path: file, size } = target;
     const want = Math.min(end, size) - start;
     const buf = Buffer.alloc(end - start);
     if (!target.handle) {
