@@ -289,7 +289,7 @@ test('root-kernel fanotify: kill -9 of the worker while it holds an event; the n
 /** Reads `count` blocks of `file` from block `skip`, in one read(2) by another process (this one answers its events); resolves to the bytes. */
 function readBlocks(file: string, skip: number, count: number): Promise<Buffer> {
   return new Promise((resolve, reject) => {
-    const p = spawn('dd', [`if=${file}`, `bs=${count * READY_BLOCK}`, 'count=1', `skip=${skip * READY_BLOCK}`, 'iflag=skip_bytes', 'status=none'], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const p = spawn('dd', [`if=${file}`, `bs=${count * READY_BLOCK}`, 'count=1', `skip=${skip * READY_BLOCK}`, 'iflag=skip_bytes,fullblock', 'status=none'], { stdio: ['ignore', 'pipe', 'inherit'] });
     const out: Buffer[] = [];
     p.stdout.on('data', (d: Buffer) => out.push(d));
     p.on('exit', (code) => (code === 0 ? resolve(Buffer.concat(out)) : reject(new Error(`dd exited ${code}`))));
@@ -317,7 +317,8 @@ test('root-kernel fanotify: the addon allows an event whose blocks are all set i
     const readAndSee = async (skip: number, count: number) => {
       seen.length = 0;
       const got = await readBlocks(file, skip, count);
-      assert.ok(got.equals(bytes.subarray(skip * READY_BLOCK, (skip + count) * READY_BLOCK)), 'the reader gets the file\'s bytes');
+      const want = bytes.subarray(skip * READY_BLOCK, (skip + count) * READY_BLOCK);
+      assert.ok(got.equals(want), `the reader gets the file's bytes (${got.length} bytes read, ${want.length} expected; events ${JSON.stringify(seen)})`);
       const reads = seen.filter((e) => e.offset === skip * READY_BLOCK);
       assert.equal(reads.length, 1, `one event for the read at block ${skip} (${JSON.stringify(seen)})`);
       return reads[0].answered;
