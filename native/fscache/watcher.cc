@@ -48,7 +48,6 @@ Watcher::Watcher(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Watcher>(inf
     throw Napi::TypeError::New(env, "Watcher(fd: number, callback: (err, msg) => void, kind?: 'cachefiles' | 'fanotify')");
   }
   fd_ = info[0].As<Napi::Number>().Int32Value();
-  read_ = ReadMessage;
   if (info[2].IsString() && info[2].As<Napi::String>().Utf8Value() == "fanotify") {
     fanotify_ = true;
     device_ = "fanotify group";
@@ -133,7 +132,7 @@ void Watcher::OnReadable(int status) {
     Napi::HandleScope each(env);
     Napi::Value msg;
     try {
-      msg = fanotify_ ? ReadFanotifyEvents(env, fd_, &ready_) : read_(env, fd_);
+      msg = fanotify_ ? ReadFanotifyEvents(env, fd_, &ready_) : ReadMessage(env, fd_);
     } catch (const Napi::Error& e) {
       // Mostly one failed request (e.g. EMFILE installing an OPEN's fd: the kernel failed that
       // request itself); keep going. A bad fd means there is nothing left to wait on.

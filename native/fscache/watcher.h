@@ -36,8 +36,7 @@ class Watcher : public Napi::ObjectWrap<Watcher> {
   static void CloseCallback(uv_handle_t* handle);
   static void CleanupHook(napi_async_cleanup_hook_handle hook, void* arg);
 
-  // Reads what is pending: a decoded message (or array of events), or null when nothing is.
-  Napi::Value (*read_)(Napi::Env, int) = nullptr;
+  // A fanotify group (each read is an array of events, ReadFanotifyEvents), not /dev/cachefiles (ReadMessage).
   bool fanotify_ = false;
   ReadyBlocks ready_;
   const char* device_ = "/dev/cachefiles";

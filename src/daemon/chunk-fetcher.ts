@@ -82,7 +82,6 @@ export class ChunkFetcher {
     private readonly pool?: VerifyPool,
   ) {}
 
-  /** `urgent`: a reader waits for it (see prioritize). */
   /**
    * `urgent`: a reader waits for it (see prioritize). Give the bytes back (release) once done with
    * them; bytes never given back are left to the GC.

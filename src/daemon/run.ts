@@ -66,9 +66,9 @@ export async function runSupervisor(opts: SupervisorOptions & Partial<DaemonOpti
     // generation would hold 30-40 MiB more than the daemon ever uses (peak RSS of a rootfs read).
     const v8Flags = process.execArgv.some((a) => a.startsWith('--max-semi-space-size')) ? [] : ['--max-semi-space-size=2'];
     // Functions are optimized after 20 times V8's default work (67584): the burst of JS around a
-    // container's first reads made TurboFan compile on a third of the worker's CPU (0.2 s of 1.1 s
-    // in the host Debian read, cold read 1.75 s -> 1.55 s, peak RSS 108 -> 97 MiB), while code that
-    // stays hot in a daemon's long life is still optimized.
+    // container's first reads made TurboFan compile on a third of the worker's CPU (host Debian read:
+    // worker CPU 1.08 s -> 0.85-0.90 s, peak RSS 105-109 -> 97-101 MiB; the wall time moved within
+    // the host's noise), while code that stays hot in a daemon's long life is still optimized.
     if (!process.execArgv.some((a) => a.startsWith('--interrupt-budget'))) v8Flags.push(`--interrupt-budget=${20 * 67584}`);
     child = spawn(process.execPath, [...process.execArgv, ...v8Flags, ...argv], {
       stdio: ['ignore', 'inherit', 'inherit', dev.fd],

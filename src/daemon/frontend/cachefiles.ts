@@ -177,18 +177,17 @@ export class OnDemandSession {
     const last = Math.floor((Math.min(msg.offset + msg.len, size) - 1) / BOOTSTRAP_WINDOW);
     const pending: Array<Promise<void>> = [];
     for (let w = Math.floor(msg.offset / BOOTSTRAP_WINDOW); w <= last; w++) {
-      let p = windows.get(w);
-      if (!p) {
+      let writing = windows.get(w);
+      if (!writing) {
         const start = w * BOOTSTRAP_WINDOW;
-        p = this.writeBootstrap(obj, target, start, Math.min(start + BOOTSTRAP_WINDOW, alignToChunk(size)));
-        windows.set(w, p);
-        const writing = p;
+        const p = this.writeBootstrap(obj, target, start, Math.min(start + BOOTSTRAP_WINDOW, alignToChunk(size)));
         const forget = () => {
-          if (windows.get(w) === writing) windows.delete(w);
+          if (windows.get(w) === p) windows.delete(w);
         };
-        writing.then(forget, forget);
+        p.then(forget, forget);
+        windows.set(w, (writing = p));
       }
-      pending.push(p);
+      pending.push(writing);
     }
     await Promise.all(pending);
   }
