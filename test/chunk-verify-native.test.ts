@@ -7,8 +7,12 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { createRequire } from 'node:module';
 import { fscacheBinding } from '../native/fscache/index.ts';
+import { dataRangesOf } from '../native/fscache/fanotify.ts';
 import { compressChunk } from '../src/blob/compress.ts';
 import { RUN_FIELDS, type StoredRun, setRunChunk, verifyRun, verifyRunNative } from '../src/blob/verify.ts';
 import { prand } from './helpers/fixtures.ts';
@@ -110,4 +114,53 @@ test('verifyRunNative zeroes what no chunk covers even in a dirty buffer, and re
   // A compressed chunk in a blob without a compressor is refused, not copied.
   const [none] = await b.verifyRunNative(run.stored, run.layout.subarray(0, RUN_FIELDS), run.digests, 32, new Uint8Array(5000), 0, 0);
   assert.equal(none, 'chunk is marked compressed but the compressor is none');
+});
+
+test('verifyRunNative with a target writes the chunks that pass through its fd, whole pages at their places; a failed chunk stays a hole', async () => {
+  const { run, plain, outOffsets } = sampleRun('blake3', [1]);
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'verify-write-'));
+  try {
+    const file = path.join(dir, 'cache');
+    const fd = fs.openSync(file, 'w+');
+    const at = 65536;
+    fs.ftruncateSync(fd, 1 << 20);
+    const r = await verifyRunNative({ ...run, target: { fd, offset: at } });
+    assert.equal(r.written, true, String(r.writeError));
+    assert.deepEqual(r.errors.map((e) => e !== null), [false, true, false, false, false]);
+    assert.match(String(r.errors[1]), /chunk 1: digest mismatch/);
+    const onDisk = fs.readFileSync(file);
+    plain.forEach((p, i) => {
+      const place = at + outOffsets[i];
+      if (i === 1) return;
+      assert.ok(onDisk.subarray(place, place + p.length).equals(p), `chunk ${i} in the file`);
+      assert.ok(Buffer.from(r.data.buffer, r.data.byteOffset + outOffsets[i], p.length).equals(p), `chunk ${i} in the output`);
+      // Its last page's tail is zeros (block padding), as writeAligned leaves it.
+      const end = Math.ceil((place + p.length) / 4096) * 4096;
+      assert.ok(onDisk.subarray(place + p.length, end).every((b) => b === 0), `chunk ${i}'s padding`);
+    });
+    // What the file holds (SEEK_DATA/SEEK_HOLE): the stretch before the bad chunk, and the one after it.
+    const chunkEnd = (i: number) => Math.ceil((outOffsets[i] + plain[i].length) / 4096) * 4096;
+    assert.deepEqual(dataRangesOf(fd, 0, 1 << 20), [[at, at + chunkEnd(0)], [at + outOffsets[2], at + chunkEnd(4)]]);
+    fs.closeSync(fd);
+
+    // A write that fails says why; the run still verified.
+    const ro = fs.openSync(file, 'r');
+    const clean = sampleRun('blake3', []).run;
+    const failed = await verifyRunNative({ ...clean, target: { fd: ro, offset: at } });
+    fs.closeSync(ro);
+    assert.equal(failed.written, false);
+    assert.equal((failed.writeError as NodeJS.ErrnoException).code, 'EBADF');
+    assert.match(String(failed.writeError), /pwrite.*fd \d+, \d+ bytes at 65536/);
+    assert.deepEqual(failed.errors, [null, null, null, null, null]);
+
+    const b = fscacheBinding();
+    const spare = new Uint8Array(clean.outSize + 4096);
+    assert.throws(() => b.verifyRunNative(clean.stored, clean.layout, clean.digests, 32, spare, 1, 0, 3, 100), /multiple of 4096/);
+    assert.throws(() => b.verifyRunNative(clean.stored, clean.layout, clean.digests, 32, new Uint8Array(clean.outSize), 1, 0, 3, 0), /outside its buffers|a page more/);
+    const unaligned = Float64Array.from(clean.layout);
+    unaligned[RUN_FIELDS * 2 + 2] += 512; // chunk 2's output offset off its page
+    assert.throws(() => b.verifyRunNative(clean.stored, unaligned, clean.digests, 32, spare, 1, 0, 3, 0), /chunk 2 to write is not at a page boundary/);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
 });

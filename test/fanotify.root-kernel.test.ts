@@ -115,6 +115,7 @@ test('root-kernel fanotify: a lazily mounted image reads identical to the source
   assert.deepEqual(info.fanotify.mounts, [d.mnt]);
   assert.ok(info.fanotify.events > 0 && info.fanotify.eventErrors === 0, `events served, none failed (${JSON.stringify(info.fanotify)})`);
   assert.ok(info.fanotify.answeredInAddon > 0, `reads of bytes fetched ahead were answered by the addon (${JSON.stringify(info.fanotify)})`);
+  assert.ok(info.fanotify.chunksWrittenByVerifier > 0, `chunks were written into the cache file by their verification jobs (${JSON.stringify(info.fanotify)})`);
   assert.equal(fanotifyMarks(workerPid), 0, 'a complete cache file is no longer marked: its reads raise no events');
   const del = await apiRequest(d.sock, 'DELETE', `/api/v1/mount?mountpoint=${encodeURIComponent(d.mnt)}`);
   assert.equal(del.status, 204, JSON.stringify(del.body));

@@ -117,6 +117,8 @@ test('1: a zstd image mounts with -o fsid and reads back identical to the source
   // The first scenario: the daemon's backend reads are this image's alone.
   const backend = (await api('GET', '/api/v1/metrics/backend')).body;
   assert.ok(backend.read_count * 3 <= Object.keys(f).length, `adjacent chunks come in merged reads: ${backend.read_count} backend reads for ${Object.keys(f).length} chunks`);
+  const { ondemand } = (await api('GET', '/api/v1/daemon')).body;
+  assert.ok(ondemand.chunksWrittenByVerifier > 0, `chunks written into the cache file through the OPEN's fd by their verification jobs (${JSON.stringify(ondemand)})`);
 });
 
 test('2: two images in one domain share one cache file for their blob; each chunk is fetched once', async () => {

@@ -140,6 +140,14 @@ export interface FscacheBinding {
    * its buffer. The buffers must not be touched until it settles.
    */
   verifyRunNative(stored: Uint8Array, layout: Float64Array, digests: Uint8Array, digestSize: number, out: Uint8Array, compressor: 0 | 1, digester: 0 | 1): Promise<Array<string | null>>;
+  /**
+   * The same, then the chunks that passed written through `fd`: the output's byte 0 is the file's
+   * byte `fileOffset` (a multiple of 4096), each stretch of chunks that follow one another in one
+   * pwrite of whole pages (a failed chunk is never written). The chunks go at the first page boundary
+   * of `out` (`base` in it), which needs a page more than the output; chunks come in file order, each at
+   * a page boundary. A write that fails gives its error and leaves the rest of the run unwritten.
+   */
+  verifyRunNative(stored: Uint8Array, layout: Float64Array, digests: Uint8Array, digestSize: number, out: Uint8Array, compressor: 0 | 1, digester: 0 | 1, fd: number, fileOffset: number): Promise<{ errors: Array<string | null>; base: number; writeError: Error | null }>;
   /** Detaches an ArrayBuffer: its memory is freed now, not at a GC, and every view of it becomes empty. */
   releaseBuffer(ab: ArrayBuffer): void;
   /** CACHEFILES_MSG_MAX_SIZE: the largest message the kernel sends, bytes. */

@@ -1,7 +1,11 @@
 #include "chunk_verify.h"
 
 #include <openssl/evp.h>
+#include <unistd.h>
 #include <zstd.h>
+
+#include <cerrno>
+#include <cstdint>
 
 #include <algorithm>
 #include <cmath>
@@ -12,6 +16,7 @@
 #include <vector>
 
 #include "blake3.h"
+#include "errno_error.h"
 
 namespace fscache {
 namespace {
@@ -21,6 +26,16 @@ constexpr size_t kStoredOffset = 0, kStoredSize = 1, kOutOffset = 2, kOutSize = 
 enum Compressor : uint32_t { kNone = 0, kZstd = 1 };
 enum Digester : uint32_t { kBlake3 = 0, kSha256 = 1 };
 constexpr size_t kDigestSize = 32;
+// What the cache file takes in one write: offsets, lengths and memory all multiples of a page (O_DIRECT).
+constexpr size_t kWriteAlign = 4096;
+
+size_t RoundUp(size_t n, size_t to) { return (n + to - 1) / to * to; }
+
+// Where a run verified as laid out in the cache file goes: its output's byte 0 at `offset` of `fd`.
+struct WriteTarget {
+  int fd;
+  off_t offset;
+};
 
 struct ChunkPlace {
   size_t stored_offset, stored_size, out_offset, out_size;
@@ -62,18 +77,21 @@ std::optional<std::string> VerifyOne(const uint8_t* stored, uint8_t* out, const 
 
 class VerifyRunWorker : public Napi::AsyncWorker {
  public:
-  VerifyRunWorker(Napi::Env env, Napi::Uint8Array stored, Napi::Uint8Array digests, Napi::Uint8Array out,
-                  std::vector<ChunkPlace> places, Compressor compressor, Digester digester, size_t digest_size)
+  // `out` is where the chunks go (with a target: page-aligned, a whole number of pages); `out_buffer`,
+  // the buffer that holds it, kept alive.
+  VerifyRunWorker(Napi::Env env, Napi::Uint8Array stored, Napi::Uint8Array digests, Napi::Value out_buffer, uint8_t* out,
+                  size_t out_size, std::vector<ChunkPlace> places, Compressor compressor, Digester digester,
+                  size_t digest_size, std::optional<WriteTarget> target, size_t base)
       : Napi::AsyncWorker(env, "nydus:verifyRun"),
         deferred_(Napi::Promise::Deferred::New(env)),
-        stored_(stored.Data()), digests_(digests.Data()), out_(out.Data()), out_size_(out.ByteLength()),
+        stored_(stored.Data()), digests_(digests.Data()), out_(out), out_size_(out_size),
         places_(std::move(places)), compressor_(compressor), digester_(digester), digest_size_(digest_size),
-        errors_(places_.size()) {
+        target_(target), base_(base), errors_(places_.size()) {
     // The buffers stay alive (and in place) while the pool works on them.
     keep_ = Napi::Persistent(Napi::Object::New(env));
     keep_.Set("stored", stored);
     keep_.Set("digests", digests);
-    keep_.Set("out", out);
+    keep_.Set("out", out_buffer);
   }
 
   Napi::Promise Promise() { return deferred_.Promise(); }
@@ -85,6 +103,34 @@ class VerifyRunWorker : public Napi::AsyncWorker {
       errors_[i] = VerifyOne(stored_, out_, places_[i], compressor_, digester_, digest);
       // Never handed out: the bytes of a chunk that failed are zeroed.
       if (errors_[i]) std::memset(out_ + places_[i].out_offset, 0, places_[i].out_size);
+    }
+    if (target_) WriteGood();
+  }
+
+  // Writes the chunks that passed into the cache file, each stretch of them that follows one another
+  // in one pwrite (a failed chunk is never written: the kernel would read its hole as data). The
+  // places are the file's (offsets from the target's), in file order, each at a page boundary.
+  void WriteGood() {
+    size_t i = 0;
+    while (i < places_.size()) {
+      if (errors_[i]) {
+        i++;
+        continue;
+      }
+      size_t from = places_[i].out_offset;
+      size_t to = RoundUp(from + places_[i].out_size, kWriteAlign);
+      for (i++; i < places_.size() && !errors_[i] && places_[i].out_offset == to; i++) {
+        to = RoundUp(places_[i].out_offset + places_[i].out_size, kWriteAlign);
+      }
+      for (size_t done = from; done < to;) {
+        ssize_t n = RetryOnEintr([&] { return pwrite(target_->fd, out_ + done, to - done, target_->offset + static_cast<off_t>(done)); });
+        if (n <= 0) {
+          write_errno_ = n < 0 ? errno : EIO;
+          write_error_ = std::to_string(to - from) + " bytes at " + std::to_string(target_->offset + static_cast<off_t>(from));
+          return;
+        }
+        done += static_cast<size_t>(n);
+      }
     }
   }
 
@@ -109,7 +155,12 @@ class VerifyRunWorker : public Napi::AsyncWorker {
     for (size_t i = 0; i < errors_.size(); i++) {
       result.Set(i, errors_[i] ? Napi::Value(Napi::String::New(env, *errors_[i])) : env.Null());
     }
-    deferred_.Resolve(result);
+    if (!target_) return deferred_.Resolve(result);
+    Napi::Object outcome = Napi::Object::New(env);
+    outcome.Set("errors", result);
+    outcome.Set("base", Napi::Number::New(env, static_cast<double>(base_)));
+    outcome.Set("writeError", write_errno_ ? ErrnoError(env, write_errno_, "pwrite", "", "fd " + std::to_string(target_->fd) + ", " + write_error_).Value() : env.Null());
+    deferred_.Resolve(outcome);
   }
 
   void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
@@ -125,7 +176,11 @@ class VerifyRunWorker : public Napi::AsyncWorker {
   Compressor compressor_;
   Digester digester_;
   size_t digest_size_;
+  std::optional<WriteTarget> target_;
+  size_t base_;  // where in the out buffer `out_` starts
   std::vector<std::optional<std::string>> errors_;
+  int write_errno_ = 0;
+  std::string write_error_;
 };
 
 size_t Whole(Napi::Env env, double v, const char* what) {
@@ -137,12 +192,14 @@ size_t Whole(Napi::Env env, double v, const char* what) {
 
 }  // namespace
 
-// verifyRunNative(stored, layout, digests, digestSize, out, compressor, digester): Promise<(string|null)[]>
+// verifyRunNative(stored, layout, digests, digestSize, out, compressor, digester[, fd, fileOffset])
 Napi::Value VerifyRunNative(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  const char* usage = "verifyRunNative(stored: Uint8Array, layout: Float64Array, digests: Uint8Array, digestSize: number, out: Uint8Array, compressor: 0 | 1, digester: 0 | 1)";
-  if (info.Length() != 7 || !info[0].IsTypedArray() || !info[1].IsTypedArray() || !info[2].IsTypedArray() ||
-      !info[3].IsNumber() || !info[4].IsTypedArray() || !info[5].IsNumber() || !info[6].IsNumber()) {
+  const char* usage = "verifyRunNative(stored: Uint8Array, layout: Float64Array, digests: Uint8Array, digestSize: number, out: Uint8Array, compressor: 0 | 1, digester: 0 | 1[, fd: number, fileOffset: number])";
+  bool writes = info.Length() == 9;
+  if ((info.Length() != 7 && !writes) || !info[0].IsTypedArray() || !info[1].IsTypedArray() || !info[2].IsTypedArray() ||
+      !info[3].IsNumber() || !info[4].IsTypedArray() || !info[5].IsNumber() || !info[6].IsNumber() ||
+      (writes && (!info[7].IsNumber() || !info[8].IsNumber()))) {
     throw Napi::TypeError::New(env, usage);
   }
   auto stored = info[0].As<Napi::Uint8Array>();
@@ -161,7 +218,23 @@ Napi::Value VerifyRunNative(const Napi::CallbackInfo& info) {
   if (layout.ElementLength() % kFields != 0) throw Napi::RangeError::New(env, "verifyRunNative: layout is not whole chunks");
   size_t count = layout.ElementLength() / kFields;
   if (digests.ByteLength() < count * digest_size) throw Napi::RangeError::New(env, "verifyRunNative: fewer digests than chunks");
-  // Every chunk within both buffers: the pool thread trusts these bounds.
+  std::optional<WriteTarget> target;
+  uint8_t* out_data = out.Data();
+  size_t out_size = out.ByteLength();
+  size_t skip = 0;
+  if (writes) {
+    int fd = info[7].As<Napi::Number>().Int32Value();
+    size_t file_offset = Whole(env, info[8].As<Napi::Number>().DoubleValue(), "fileOffset");
+    if (fd < 0 || file_offset % kWriteAlign != 0) throw Napi::RangeError::New(env, "verifyRunNative: a write needs an fd and a fileOffset that is a multiple of 4096");
+    // The chunks go at the first page boundary of `out`, which has a page to spare for it.
+    skip = (kWriteAlign - reinterpret_cast<uintptr_t>(out_data) % kWriteAlign) % kWriteAlign;
+    if (out_size < kWriteAlign) throw Napi::RangeError::New(env, "verifyRunNative: a write needs a page more than its output");
+    out_data += skip;
+    out_size = (out_size - kWriteAlign) / kWriteAlign * kWriteAlign;
+    target = WriteTarget{fd, static_cast<off_t>(file_offset)};
+  }
+  // Every chunk within both buffers: the pool thread trusts these bounds. Written chunks come in file
+  // order, each at a page boundary.
   std::vector<ChunkPlace> places(count);
   for (size_t i = 0; i < count; i++) {
     const double* f = layout.Data() + i * kFields;
@@ -171,13 +244,17 @@ Napi::Value VerifyRunNative(const Napi::CallbackInfo& info) {
     c.out_offset = Whole(env, f[kOutOffset], "an output offset");
     c.out_size = Whole(env, f[kOutSize], "an output size");
     c.compressed = f[kCompressed] != 0;
+    size_t out_room = target ? RoundUp(c.out_size, kWriteAlign) : c.out_size;
     if (c.stored_offset > stored.ByteLength() || c.stored_size > stored.ByteLength() - c.stored_offset ||
-        c.out_offset > out.ByteLength() || c.out_size > out.ByteLength() - c.out_offset) {
+        c.out_offset > out_size || out_room > out_size - c.out_offset) {
       throw Napi::RangeError::New(env, "verifyRunNative: chunk " + std::to_string(i) + " lies outside its buffers");
     }
+    if (target && (c.out_offset % kWriteAlign != 0 || (i > 0 && c.out_offset < places[i - 1].out_offset + places[i - 1].out_size))) {
+      throw Napi::RangeError::New(env, "verifyRunNative: chunk " + std::to_string(i) + " to write is not at a page boundary after the one before it");
+    }
   }
-  auto* worker = new VerifyRunWorker(env, stored, digests, out, std::move(places), static_cast<Compressor>(compressor),
-                                     static_cast<Digester>(digester), digest_size);
+  auto* worker = new VerifyRunWorker(env, stored, digests, out, out_data, out_size, std::move(places),
+                                     static_cast<Compressor>(compressor), static_cast<Digester>(digester), digest_size, target, skip);
   Napi::Promise p = worker->Promise();
   worker->Queue();
   return p;

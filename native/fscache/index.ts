@@ -71,6 +71,8 @@ export interface CachefilesOpenOptions {
  * until the anonymous fds of all OPENs are closed as well.
  */
 export class CachefilesDevice {
+  /** An OPEN's fd is the kernel's anonymous fd in this process: writable with pwrite (writeData's rules). */
+  readonly fdsWritable = true;
   private watcher: Watcher | null = null;
   private closed = false;
 

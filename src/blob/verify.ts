@@ -65,12 +65,20 @@ export interface StoredRun {
   outSize: number;
   /** Names each chunk in errors. */
   where: string[];
+  /**
+   * Where the chunks that pass are written by the verification itself (verifyRunNative only): the
+   * output's byte 0 is byte `offset` of the cache file `fd`. The run is laid out as in the file.
+   */
+  target?: { fd: number; offset: number };
 }
 
 /** A verified run: the output buffer, and per chunk an error message or null (its bytes are good). */
 export interface VerifiedRun {
   data: Uint8Array;
   errors: Array<string | null>;
+  /** With a target: whether every chunk that passed is in its file; if not, why (writeError). */
+  written?: boolean;
+  writeError?: Error | null;
 }
 
 /** Verifies every chunk of a run into a new output buffer; a failing chunk fails alone. */
@@ -102,16 +110,27 @@ export function verifyRun(r: StoredRun): VerifiedRun {
 /**
  * verifyRun off the event loop: the addon decompresses and checks the run on libuv's thread pool
  * (same results, same messages). The output is a new buffer; `run.stored` must not change until
- * this settles.
+ * this settles. With a `target`, the same pool job writes the chunks that pass into the cache file
+ * (`written`): the event loop takes no turn between a chunk's verification and its write.
  */
 export async function verifyRunNative(r: StoredRun): Promise<VerifiedRun> {
+  const compressor = r.compressor === 'zstd' ? 1 : 0;
+  const digester = r.digester === 'sha256' ? 1 : 0;
+  if (r.target) {
+    // Whole pages at a page boundary of it, for the write: the addon finds the boundary (`base`).
+    const out = Buffer.allocUnsafeSlow(Math.ceil(r.outSize / PAGE) * PAGE + PAGE);
+    const w = await fscacheBinding().verifyRunNative(r.stored, r.layout, r.digests, r.digestSize, out, compressor, digester, r.target.fd, r.target.offset);
+    return { data: out.subarray(w.base, w.base + r.outSize), errors: withWhere(r, w.errors), written: w.writeError === null, writeError: w.writeError };
+  }
   // Uninitialized: every byte is written by the addon (chunks, or zeros between them and for failures).
   // Never a slice of node's shared pool: the daemon releases it (releaseBuffer) once written.
   const out = Buffer.allocUnsafeSlow(r.outSize);
-  const errors = await fscacheBinding().verifyRunNative(r.stored, r.layout, r.digests, r.digestSize, out,
-    r.compressor === 'zstd' ? 1 : 0, r.digester === 'sha256' ? 1 : 0);
-  return { data: out, errors: errors.map((e, i) => (e === null ? null : `${r.where[i]}: ${e}`)) };
+  const errors = await fscacheBinding().verifyRunNative(r.stored, r.layout, r.digests, r.digestSize, out, compressor, digester);
+  return { data: out, errors: withWhere(r, errors) };
 }
+
+const PAGE = 4096;
+const withWhere = (r: StoredRun, errors: Array<string | null>) => errors.map((e, i) => (e === null ? null : `${r.where[i]}: ${e}`));
 
 /**
  * Frees a buffer's memory now rather than at a GC (the addon detaches its ArrayBuffer: every view of

@@ -16,7 +16,7 @@
 import type { Logger } from 'pino';
 import type { ChunkRef } from '../builder/tree.ts';
 import { type BlobMap, CHUNK_ALIGN, alignToChunk, followsInFile } from './blob-map.ts';
-import { type ChunkFetcher, batchChunks } from './chunk-fetcher.ts';
+import { type ChunkFetcher, type WriteTarget, batchChunks } from './chunk-fetcher.ts';
 import { AMPLIFY_IO_DEFAULT, type PrefetchConfig } from './config.ts';
 import type { CacheFileKey, DaemonState } from './state.ts';
 
@@ -29,6 +29,14 @@ export interface CacheFileIo {
    */
   asksOnlyForMissing: boolean;
   write(offset: number, data: Uint8Array): Promise<void>;
+  /**
+   * The file as the fetcher's verification jobs may write into it themselves (on the pool thread that
+   * verified the chunks, fetchBatch), when it can be now: the same object every time. Its fd stays open
+   * while the file's work runs (the WorkGuard).
+   */
+  target?(): WriteTarget | null;
+  /** Bytes [from, to) were written into the file through `target()`. */
+  written?(from: number, to: number): void;
   /** The ranges of [from, to) the cache file really holds; throws ENOBUFS while the kernel has not attached it yet. */
   dataRanges(from: number, to: number): Array<[number, number]>;
 }
@@ -49,6 +57,8 @@ export interface FillOptions {
 export interface CacheCounters {
   prefetchedChunks: number;
   staleMarks: number;
+  /** Chunks their verification job wrote into the cache file itself (CacheFileIo.target). */
+  chunksWrittenByVerifier: number;
 }
 
 /** Chunks fetched ahead of the kernel after each demand READ of a blob. */
@@ -162,8 +172,8 @@ export class BlobCacheFile {
     const ahead = this.marksReady ? this.extendWindow(offset, len, span, missing.length > 0).filter((c) => this.wanted(c, false)) : [];
     // The READ's own chunks in reads of their own, verified first: the reader waits for them, not for the window.
     const fetched = new Map<ChunkRef, Promise<Buffer>>();
-    if (missing.length) this.fetcher.fetchBatch(this.map, missing, true).forEach((p, i) => fetched.set(missing[i], p));
-    if (ahead.length) this.fetcher.fetchBatch(this.map, ahead).forEach((p, i) => fetched.set(ahead[i], p));
+    if (missing.length) this.fetch(missing, true).forEach((p, i) => fetched.set(missing[i], p));
+    if (ahead.length) this.fetch(ahead, false).forEach((p, i) => fetched.set(ahead[i], p));
     for (const c of demand) if (!fetched.has(c)) this.fetcher.prioritize(this.map, c);
     if (missing.length) void this.materializeRuns(missing, fetched, true);
     if (ahead.length) void this.materializeRuns(ahead, fetched, false);
@@ -193,6 +203,16 @@ export class BlobCacheFile {
     }
     if (out.length) this.windowEnd = alignToChunk(out[out.length - 1].uncompressedOffset + out[out.length - 1].uncompressedSize);
     return out;
+  }
+
+  /**
+   * Chunks fetched in merged reads (ChunkFetcher.fetchBatch), written into the file by their
+   * verification jobs where the front end lets them. Only while the file is open, and only when
+   * materializeRuns takes them in the same turn: it holds the guard, so the fd stays open until they settle.
+   */
+  private fetch(chunks: readonly ChunkRef[], urgent: boolean, maxRead?: number): Array<Promise<Buffer>> {
+    const target = this.closed ? null : this.io.target?.() ?? null;
+    return this.fetcher.fetchBatch(this.map, chunks, urgent, maxRead, target);
   }
 
   /** Whether a chunk still has to be fetched (not in the file, nor on its way). */
@@ -282,7 +302,19 @@ export class BlobCacheFile {
         return { written: 0, failed };
       }
       let written = 0;
-      await Promise.all(writeRuns(good).map(async (run) => {
+      // What the verification jobs wrote themselves is marked; the rest is written here.
+      const target = this.io.target?.() ?? null;
+      const inFile = target ? good.filter(({ data }) => this.fetcher.inFile(data, target)) : [];
+      for (const run of writeRuns(inFile)) {
+        this.io.written?.(run[0].c.uncompressedOffset, run[run.length - 1].c.uncompressedOffset + run[run.length - 1].c.uncompressedSize);
+        this.state.mark(this.key, run.map(({ c }) => c.indexInBlob));
+        for (const { c } of run) done.get(c)!.resolve();
+        written += run.length;
+        this.counters.chunksWrittenByVerifier += run.length;
+      }
+      const direct = new Set(inFile);
+      const toWrite = direct.size ? good.filter((g) => !direct.has(g)) : good;
+      await Promise.all(writeRuns(toWrite).map(async (run) => {
         try {
           await this.io.write(run[0].c.uncompressedOffset, runBytes(run));
           this.state.mark(this.key, run.map(({ c }) => c.indexInBlob));
@@ -315,7 +347,7 @@ export class BlobCacheFile {
       if (this.closed) return;
       const ahead = this.extendWindow(offset, len, span, true).filter((c) => this.wanted(c, false));
       if (!ahead.length) return;
-      const fetched = this.fetcher.fetchBatch(this.map, ahead);
+      const fetched = this.fetch(ahead, false);
       void this.materializeRuns(ahead, new Map(fetched.map((p, i) => [ahead[i], p])), false);
     });
   }
@@ -340,7 +372,7 @@ export class BlobCacheFile {
         if (!batch.length) continue;
         await pace.take(batch.reduce((n, c) => n + c.compressedSize, 0));
         if (this.closed) return;
-        const fetched = this.fetcher.fetchBatch(this.map, batch, false, plan.config.batchSize);
+        const fetched = this.fetch(batch, false, plan.config.batchSize);
         const { written, failed } = await this.materializeRuns(batch, new Map(fetched.map((p, i) => [batch[i], p])), false);
         this.counters.prefetchedChunks += written;
         for (const [c, e] of failed) this.log.warn({ blob: this.map.blobId, chunk: c.indexInBlob, err: e.message }, 'prefetch of a chunk failed');

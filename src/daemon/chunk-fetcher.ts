@@ -3,7 +3,9 @@
  * one). Concurrent requests for one chunk share one fetch. A chunk whose digest does not match is an
  * EIO error and is never returned. Chunks read in one piece are verified in jobs of a few hundred KiB,
  * each into one buffer laid out as in the cache file: a chunk's bytes are a view of its job's buffer,
- * and chunks that follow one another in the file are written from it without a copy.
+ * and chunks that follow one another in the file are written from it without a copy. Given a cache
+ * file to write to (a WriteTarget), a job laid out as in the file is written by the addon on the pool
+ * thread that verified it: no turn of the event loop between its verification and its write.
  *
  * Memory: a job's buffer is freed once every chunk of it handed out (fetch, fetchBatch) was given
  * back (release) and none is in flight any more; the bytes read from the backend, once the jobs
@@ -68,12 +70,19 @@ class JobMemory {
   }
 }
 
+/** A cache file verification jobs may write their chunks into (an fd open while the jobs run). */
+export interface WriteTarget {
+  readonly fd: number;
+}
+
 export class ChunkFetcher {
   private readonly inflight = new PerChunk<Promise<Buffer>>();
   /** The job each chunk in flight belongs to. */
   private readonly jobs = new PerChunk<JobMemory>();
   /** A job's output buffer -> its job, for release(). */
   private readonly jobOfBuffer = new WeakMap<ArrayBufferLike, JobMemory>();
+  /** Chunk bytes a verification job wrote into a cache file itself: where. */
+  private readonly writtenTo = new WeakMap<Buffer, WriteTarget>();
   /** Chunks in flight a reader waits for: verified before the ones fetched ahead. */
   private readonly urgent = new PerChunk<true>();
 
@@ -103,6 +112,11 @@ export class ChunkFetcher {
     return p;
   }
 
+  /** Whether these bytes of a chunk (as handed out) are in the target's file already: its job wrote them there. */
+  inFile(data: Buffer, target: WriteTarget): boolean {
+    return this.writtenTo.get(data) === target;
+  }
+
   /** Done with the bytes of a chunk this fetcher handed out: its job's memory is freed once no one holds it. */
   release(data: Buffer): void {
     this.jobOfBuffer.get(data.buffer)?.giveBack();
@@ -129,9 +143,10 @@ export class ChunkFetcher {
   /**
    * Chunks fetched in as few backend reads as they allow (nydus's merged requests): each run of them
    * stored back to back is one read (of at most `maxRead` bytes), verified chunk by chunk. Each chunk settles on its own: a corrupt
-   * one fails, its neighbours do not. A chunk already on its way is not read again.
+   * one fails, its neighbours do not. A chunk already on its way is not read again. With a `target`
+   * (whose fd stays open until these settle), the chunks that pass may be written there too (inFile).
    */
-  fetchBatch(blob: BlobMap, chunks: readonly ChunkRef[], urgent = false, maxRead = MAX_MERGED_READ): Array<Promise<Buffer>> {
+  fetchBatch(blob: BlobMap, chunks: readonly ChunkRef[], urgent = false, maxRead = MAX_MERGED_READ, target: WriteTarget | null = null): Array<Promise<Buffer>> {
     const inflight = this.inflight.of(blob.blobId);
     const urgentOnes = this.urgent.of(blob.blobId);
     const todo = chunks.filter((c) => !inflight.has(c.indexInBlob));
@@ -146,7 +161,7 @@ export class ChunkFetcher {
       for (const job of verifyJobs(run)) {
         if (urgent) for (const c of job) urgentOnes.set(c.indexInBlob, true);
         const memory = new JobMemory(job.length);
-        const verified = span.then((buf) => this.verify(blob, job, buf, start, memory));
+        const verified = span.then((buf) => this.verify(blob, job, buf, start, memory, target));
         verifying.push(verified);
         job.forEach((c, i) => {
           jobs.set(c.indexInBlob, memory);
@@ -181,7 +196,7 @@ export class ChunkFetcher {
    * Verifies chunks of `stored` (bytes of the blob from `storedBase` on) as one job; resolves to a
    * function giving each chunk's bytes, or throwing its error.
    */
-  private async verify(blob: BlobMap, chunks: readonly ChunkRef[], stored: Buffer, storedBase: number, memory: JobMemory): Promise<(i: number) => Buffer> {
+  private async verify(blob: BlobMap, chunks: readonly ChunkRef[], stored: Buffer, storedBase: number, memory: JobMemory, target: WriteTarget | null = null): Promise<(i: number) => Buffer> {
     const first = chunks[0];
     const last = chunks[chunks.length - 1];
     const jobStart = first.compressedOffset - storedBase;
@@ -202,6 +217,8 @@ export class ChunkFetcher {
     const run: StoredRun = {
       stored: bytes, compressor: blob.compressor, digester: blob.digester, layout, digests, digestSize, outSize,
       where: chunks.map((c) => where(blob, c)),
+      // Only the addon writes (the pool's); the file's layout is the output's.
+      target: this.pool && asInFile && target ? { fd: target.fd, offset: first.uncompressedOffset } : undefined,
     };
     const urgentOnes = this.urgent.of(blob.blobId);
     const urgent = chunks.some((c) => urgentOnes.has(c.indexInBlob));
@@ -209,13 +226,15 @@ export class ChunkFetcher {
     // (Without the pool a raw chunk's bytes may be a view of `stored`: only the addon's output is released.)
     if (this.pool) {
       this.jobOfBuffer.set(r.data.buffer, memory);
-      memory.verified(r.data);
+      memory.verified(new Uint8Array(r.data.buffer));
     }
+    // One Buffer per chunk, whoever asks: writtenTo knows it by its identity.
+    const views = chunks.map((c, i) => (r.errors[i] !== null ? null : Buffer.from(r.data.buffer, r.data.byteOffset + layout[i * RUN_FIELDS + RUN_OUT_OFFSET], c.uncompressedSize)));
+    if (run.target && r.written) for (const v of views) if (v) this.writtenTo.set(v, target!);
     return (i: number) => {
-      const err = r.errors[i];
-      if (err !== null) throw new NydusError(err, EIO);
-      const o = i * RUN_FIELDS;
-      return Buffer.from(r.data.buffer, r.data.byteOffset + layout[o + RUN_OUT_OFFSET], chunks[i].uncompressedSize);
+      const v = views[i];
+      if (v === null) throw new NydusError(r.errors[i]!, EIO);
+      return v;
     };
   }
 }

@@ -26,6 +26,11 @@ export interface CachefilesPort {
   closeFd(fd: number): void;
   /** The ranges of [from, to) that the object's cache file really holds. */
   dataRanges(fd: number, from: number, to: number): Array<[number, number]>;
+  /**
+   * Whether an OPEN's fd is an fd of this process that verification jobs may pwrite through
+   * themselves, as writeData does (a fake port's numbers are not).
+   */
+  readonly fdsWritable?: boolean;
 }
 
 export type ResolvedObject =
@@ -72,7 +77,7 @@ export class OnDemandSession {
   /** READs received and not yet completed, by message id: what GET /api/v1/metrics/inflight lists. */
   private readonly pending = new Map<number, { objectId: number; since: number }>();
   readonly stats: CacheCounters & { opens: number; reads: number; readBytes: number; readErrors: number } = {
-    opens: 0, reads: 0, readBytes: 0, readErrors: 0, prefetchedChunks: 0, staleMarks: 0,
+    opens: 0, reads: 0, readBytes: 0, readErrors: 0, prefetchedChunks: 0, staleMarks: 0, chunksWrittenByVerifier: 0,
   };
 
   constructor(
@@ -110,6 +115,8 @@ export class OnDemandSession {
     // An object id the kernel reuses without a CLOSE we saw: the old object is gone.
     this.objects.get(msg.objectId)?.guard.close();
     const fd = msg.fd;
+    // Verification jobs write straight through the OPEN's fd (pages at page offsets, as writeData does).
+    const writeTarget = this.dev.fdsWritable ? { fd } : null;
     const guard = new WorkGuard(() => {
       this.dev.closeFd(fd);
       // The bootstrap stays open while its object is: the kernel reads its metadata a READ at a time.
@@ -123,7 +130,12 @@ export class OnDemandSession {
           kind: 'blob',
           file: new BlobCacheFile(
             { volume: msg.volumeKey, cookie: msg.cookieKey }, target.map, target.fetcher,
-            { asksOnlyForMissing: true, write: (offset, data) => this.dev.writeData(fd, offset, data), dataRanges: (from, to) => this.dev.dataRanges(fd, from, to) },
+            {
+              asksOnlyForMissing: true,
+              write: (offset, data) => this.dev.writeData(fd, offset, data),
+              target: () => writeTarget,
+              dataRanges: (from, to) => this.dev.dataRanges(fd, from, to),
+            },
             guard, this.state, this.stats, this.log, target.fill,
           ),
           trace: target.trace,

@@ -70,6 +70,8 @@ export class MarkedCacheFile {
   private readonly probeFd: number;
   private readonly blob: BlobCacheFile;
   private writerFd: number | null;
+  /** The writer as verification jobs write through it (BlobCacheFile's target), once there is one. */
+  private writeTarget: { fd: number } | null = null;
   private readonly writerWaiters: Array<(fd: number) => void> = [];
   /** Every chunk is in the file and the mark is gone. */
   private complete = false;
@@ -97,6 +99,7 @@ export class MarkedCacheFile {
     if (!restored) {
       // Opened before the mark: its writes raise no events.
       this.writerFd = fs.openSync(this.path, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600);
+      this.writeTarget = { fd: this.writerFd };
       if (fs.fstatSync(this.writerFd).size !== this.size) {
         fs.ftruncateSync(this.writerFd, 0);
         fs.ftruncateSync(this.writerFd, this.size);
@@ -127,6 +130,8 @@ export class MarkedCacheFile {
         await writeAll(await this.writer(), data, offset);
         this.setReady(offset, offset + data.length);
       },
+      target: () => this.writeTarget,
+      written: (from, to) => this.setReady(from, to),
       dataRanges: (from, to) => dataRangesOf(probeFd, from, to),
     }, this.guard, state, counters, log, source.fill);
     this.blob.start(source.prefetch);
@@ -147,6 +152,7 @@ export class MarkedCacheFile {
   adoptEventFd(fd: number): void {
     if (this.writerFd !== null) return;
     this.writerFd = dupFd(fd);
+    this.writeTarget = { fd: this.writerFd };
     for (const w of this.writerWaiters.splice(0)) w(this.writerFd);
     this.shareReady();
   }

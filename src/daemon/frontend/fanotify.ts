@@ -62,7 +62,7 @@ export class FanotifySession {
   private readonly limiter: Limiter;
   /** `answeredInAddon`: events the addon allowed as it read them (their blocks were in the file). */
   readonly stats: CacheCounters & { events: number; eventBytes: number; eventErrors: number; recovered: number; answeredInAddon: number } = {
-    events: 0, eventBytes: 0, eventErrors: 0, recovered: 0, answeredInAddon: 0, prefetchedChunks: 0, staleMarks: 0,
+    events: 0, eventBytes: 0, eventErrors: 0, recovered: 0, answeredInAddon: 0, prefetchedChunks: 0, staleMarks: 0, chunksWrittenByVerifier: 0,
   };
 
   constructor(
