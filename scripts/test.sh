@@ -7,18 +7,25 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 bash "$root/scripts/setup.sh"
 cd "$root"
-npx --no-install tsc --noEmit -p .
-# Shared fixtures first: the Debian rootfs (debootstrap, once) that host and guest tests both use.
-node --import tsx test/helpers/make-fixtures.ts
 mkdir -p .cache
+tsc_log=.cache/tsc.log
+npx --no-install tsc --noEmit -p . > "$tsc_log" 2>&1 &
+tsc=$!
+# The shared fixtures (the Debian rootfs, debootstrap once, and its OCI layout) are made at the head
+# of the guest's chain, while the host tests run: the host test that uses them comes late and waits
+# for them if need be (test/helpers/debian-rootfs.ts), the guest needs them before its scenarios.
 guest_log=.cache/kernel-vm-test.log
-node --import tsx --test test/kernel-vm.root-kernel.test.ts > "$guest_log" 2>&1 &
+(node --import tsx test/helpers/make-fixtures.ts && node --import tsx --test test/kernel-vm.root-kernel.test.ts) > "$guest_log" 2>&1 &
 guest=$!
 host_status=0
 node --import tsx --test $(ls test/*.test.ts | grep -v '^test/kernel-vm\.') native/*/test/*.test.ts || host_status=$?
 guest_status=0
 wait "$guest" || guest_status=$?
-echo "# ---- guest kernel tests (test/kernel-vm.root-kernel.test.ts) ----"
+tsc_status=0
+wait "$tsc" || tsc_status=$?
+echo "# ---- guest kernel tests (fixtures, then test/kernel-vm.root-kernel.test.ts) ----"
 cat "$guest_log"
-echo "# host tests: exit $host_status; guest kernel tests: exit $guest_status"
-[ "$host_status" -eq 0 ] && [ "$guest_status" -eq 0 ]
+echo "# ---- tsc --noEmit ----"
+cat "$tsc_log"
+echo "# host tests: exit $host_status; guest kernel tests: exit $guest_status; tsc: exit $tsc_status"
+[ "$host_status" -eq 0 ] && [ "$guest_status" -eq 0 ] && [ "$tsc_status" -eq 0 ]

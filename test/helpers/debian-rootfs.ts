@@ -28,13 +28,61 @@ function aptMirror(): string {
   throw new Error('no Debian mirror found in the apt sources (/etc/apt/sources.list.d/debian.sources)');
 }
 
+const lockDir = `${debianRootfsDir}.lock`;
+const sleep = (ms: number) => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+
+/**
+ * Runs `make` unless `done` exists, one process at a time: the test suite makes the fixtures beside
+ * the tests that use them, and a test that comes first waits for the maker rather than starting
+ * over. A lock whose holder is gone (its pid no longer runs) is taken over.
+ */
+function once(done: string, make: () => void): void {
+  for (;;) {
+    if (fs.existsSync(done)) return;
+    try {
+      fs.mkdirSync(path.dirname(lockDir), { recursive: true });
+      fs.mkdirSync(lockDir);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+      if (lockAbandoned()) fs.rmSync(lockDir, { recursive: true, force: true });
+      else sleep(500);
+      continue;
+    }
+    try {
+      fs.writeFileSync(path.join(lockDir, 'pid'), String(process.pid));
+      if (!fs.existsSync(done)) make();
+    } finally {
+      fs.rmSync(lockDir, { recursive: true, force: true });
+    }
+  }
+}
+
+/** Whether the lock's holder is gone: its pid runs no more, or it never wrote one (10 s on). */
+function lockAbandoned(): boolean {
+  try {
+    const pid = Number(fs.readFileSync(path.join(lockDir, 'pid'), 'utf8'));
+    if (!pid) throw new Error('no pid yet');
+    return !fs.existsSync(`/proc/${pid}`);
+  } catch {
+    try {
+      return Date.now() - fs.statSync(lockDir).mtimeMs > 10_000;
+    } catch {
+      return false; // released meanwhile
+    }
+  }
+}
+
 /**
  * The rootfs directory, made on first use. The marker file is written last and is not part of the
  * tree: a debootstrap that died half way is made again, and `entries` never counts the marker.
  */
 export function debianRootfs(): string {
   const root = path.join(debianRootfsDir, 'rootfs');
-  if (fs.existsSync(path.join(debianRootfsDir, COMPLETE))) return root;
+  once(path.join(debianRootfsDir, COMPLETE), () => makeRootfs(root));
+  return root;
+}
+
+function makeRootfs(root: string): void {
   ensureTool('debootstrap', 'debootstrap');
   fs.rmSync(debianRootfsDir, { recursive: true, force: true });
   fs.mkdirSync(debianRootfsDir, { recursive: true });
@@ -44,7 +92,6 @@ export function debianRootfs(): string {
   fs.rmSync(path.join(root, 'var/cache/apt/archives'), { recursive: true, force: true });
   fs.mkdirSync(path.join(root, 'var/cache/apt/archives/partial'), { recursive: true });
   fs.writeFileSync(path.join(debianRootfsDir, COMPLETE), '');
-  return root;
 }
 
 /**
@@ -56,13 +103,14 @@ export function debianOciImage(): { layout: string; tag: string } {
   const layout = path.join(debianRootfsDir, 'oci');
   const tag = 'bookworm';
   const done = path.join(debianRootfsDir, '.oci-complete');
-  if (fs.existsSync(done)) return { layout, tag };
-  ensureTool('umoci', 'umoci');
-  fs.rmSync(layout, { recursive: true, force: true });
-  const run = (...args: string[]) => execFileSync('umoci', args, { stdio: ['ignore', 'ignore', 'inherit'] });
-  run('init', '--layout', layout);
-  run('new', '--image', `${layout}:${tag}`);
-  run('insert', '--image', `${layout}:${tag}`, rootfs, '/');
-  fs.writeFileSync(done, '');
+  once(done, () => {
+    ensureTool('umoci', 'umoci');
+    fs.rmSync(layout, { recursive: true, force: true });
+    const run = (...args: string[]) => execFileSync('umoci', args, { stdio: ['ignore', 'ignore', 'inherit'] });
+    run('init', '--layout', layout);
+    run('new', '--image', `${layout}:${tag}`);
+    run('insert', '--image', `${layout}:${tag}`, rootfs, '/');
+    fs.writeFileSync(done, '');
+  });
   return { layout, tag };
 }
