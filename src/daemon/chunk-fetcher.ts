@@ -93,9 +93,9 @@ export class ChunkFetcher {
 
   /**
    * `urgent`: a reader waits for it (see prioritize). Give the bytes back (release) once done with
-   * them; bytes never given back are left to the GC.
+   * them; bytes never given back are left to the GC. `target`: as fetchBatch's, for a fetch this starts.
    */
-  fetch(blob: BlobMap, chunk: ChunkRef, urgent = false): Promise<Buffer> {
+  fetch(blob: BlobMap, chunk: ChunkRef, urgent = false, target: WriteTarget | null = null): Promise<Buffer> {
     const inflight = this.inflight.of(blob.blobId);
     let p = inflight.get(chunk.indexInBlob);
     if (p) {
@@ -107,7 +107,7 @@ export class ChunkFetcher {
     const job = new JobMemory(1);
     this.jobs.of(blob.blobId).set(chunk.indexInBlob, job);
     job.take();
-    p = this.load(blob, chunk, job).finally(() => this.settled(blob.blobId, chunk.indexInBlob));
+    p = this.load(blob, chunk, job, target).finally(() => this.settled(blob.blobId, chunk.indexInBlob));
     inflight.set(chunk.indexInBlob, p);
     return p;
   }
@@ -170,13 +170,13 @@ export class ChunkFetcher {
       }
       this.releaseStoredAfter(span, verifying);
     }
-    return chunks.map((c) => this.fetch(blob, c, urgent));
+    return chunks.map((c) => this.fetch(blob, c, urgent, target));
   }
 
-  private async load(blob: BlobMap, chunk: ChunkRef, memory: JobMemory): Promise<Buffer> {
+  private async load(blob: BlobMap, chunk: ChunkRef, memory: JobMemory, target: WriteTarget | null): Promise<Buffer> {
     this.onFetch?.(blob.blobId, chunk.indexInBlob);
     const stored = this.backend.read(blob.blobId, chunk.compressedOffset, chunk.compressedSize);
-    const verified = stored.then((buf) => this.verify(blob, [chunk], buf, chunk.compressedOffset, memory));
+    const verified = stored.then((buf) => this.verify(blob, [chunk], buf, chunk.compressedOffset, memory, target));
     this.releaseStoredAfter(stored, [verified]);
     return (await verified)(0);
   }
