@@ -10,8 +10,9 @@
  * Both front ends (fscache's /dev/cachefiles and fanotify's pre-content events) drive it; they differ
  * only in how bytes reach the file (CacheFileIo) and how a request is answered.
  *
- * Work belongs to the open file (its WorkGuard), never to an fd number, and nothing is written after
- * close: the kernel may give the same fd number to the next file.
+ * Work belongs to the open file (its WorkGuard), never to an fd number: the kernel may give the same
+ * number to the next file. After close nothing is marked, and nothing written but by a verification
+ * job already on its way (through an fd the guard still holds open: right bytes, left unmarked).
  */
 import type { Logger } from 'pino';
 import type { ChunkRef } from '../builder/tree.ts';
@@ -295,7 +296,7 @@ export class BlobCacheFile {
       const giveBack = () => {
         for (const { data } of good) this.fetcher.release(data);
       };
-      // Never write after close: the kernel is done with this file.
+      // No write after close, nor mark: the kernel is done with this file.
       if (this.closed) {
         giveBack();
         for (const { c } of good) done.get(c)!.resolve();
