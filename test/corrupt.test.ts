@@ -135,11 +135,21 @@ test('a corrupt chunk in the blob is an I/O error on read, not wrong bytes', () 
  * by one xargs of shell loops (two at a time), since a spawn from this process costs ~30 ms and
  * thousands of them were most of the test's time. Outputs byte-identical to one already queued or
  * checked are not run again (the tools read nothing but the file), but are counted and named with it.
+ * tar must list as many entries as the image's tree has: a tar cut at a member boundary (no
+ * end-of-archive blocks) exits 0 in GNU tar and bsdtar alike.
  */
+interface OracleRun {
+  file: string;
+  tool: string;
+  cases: string[];
+  /** For a tar: the entries it must list. */
+  entries: number | null;
+}
+
 class Oracles {
   static readonly batch = 200;
-  private readonly seen = new Map<string, { file: string; tool: string; cases: string[] }>();
-  private pending: Array<{ file: string; tool: string; cases: string[] }> = [];
+  private readonly seen = new Map<string, OracleRun>();
+  private pending: OracleRun[] = [];
   private next = 0;
   runs = { fsck: 0, tar: 0 };
 
@@ -147,8 +157,8 @@ class Oracles {
     fs.mkdirSync(dir, { recursive: true });
   }
 
-  /** Queues `what`'s export and tar; checks the queue when it is full. */
-  add(what: string, image: string, tar: string): void {
+  /** Queues `what`'s export and tar (of a tree of `entries` entries); checks the queue when it is full. */
+  add(what: string, image: string, tar: string, entries: number): void {
     for (const [tool, src, ext] of [['fsck.erofs of the export', image, 'img'], ['tar -tf of the unpacked tar', tar, 'tar']]) {
       const bytes = fs.readFileSync(src);
       const key = `${ext}:${createHash('sha256').update(bytes).digest('hex')}`;
@@ -157,7 +167,7 @@ class Oracles {
         known.cases.push(what);
         continue;
       }
-      const entry = { file: path.join(this.dir, `${this.next++}.${ext}`), tool, cases: [what] };
+      const entry: OracleRun = { file: path.join(this.dir, `${this.next++}.${ext}`), tool, cases: [what], entries: ext === 'tar' ? entries : null };
       fs.writeFileSync(entry.file, bytes);
       this.seen.set(key, entry);
       this.pending.push(entry);
@@ -180,9 +190,12 @@ class Oracles {
     const head = (f: string) => (fs.existsSync(f) ? fs.readFileSync(f, 'utf8').split('\n').slice(0, 12).join('\n').trim() : '');
     for (const e of batch) {
       const rc = head(`${e.file}.rc`);
+      const others = e.cases.length > 1 ? ` (and ${e.cases.length - 1} more cases with the same bytes: ${e.cases.slice(1, 4).join('; ')}${e.cases.length > 4 ? '; ...' : ''})` : '';
+      const listed = rc === '0' && e.entries !== null ? fs.readFileSync(`${e.file}.out`, 'utf8').split('\n').filter(Boolean).length : null;
       if (rc !== '0') {
-        const others = e.cases.length > 1 ? ` (and ${e.cases.length - 1} more cases with the same bytes: ${e.cases.slice(1, 4).join('; ')}${e.cases.length > 4 ? '; ...' : ''})` : '';
         failures.push(`${e.cases[0]}: ${e.tool}: ${rc === '' ? 'no result' : `exit status ${rc}`}: ${[head(`${e.file}.out`), head(`${e.file}.err`)].filter(Boolean).join('\n')}${others}`);
+      } else if (listed !== null && listed !== e.entries) {
+        failures.push(`${e.cases[0]}: ${e.tool}: ${listed} entries listed, the image's tree has ${e.entries}${others}`);
       }
       for (const f of [e.file, `${e.file}.out`, `${e.file}.err`, `${e.file}.rc`]) fs.rmSync(f, { force: true });
     }
@@ -222,7 +235,7 @@ test('targeted mutations of every field: a NydusError or a correct image, never 
             continue;
           }
           accepted++;
-          oracles.add(what, runner.outputs.image, runner.outputs.tar);
+          oracles.add(what, runner.outputs.image, runner.outputs.tar, runner.outputs.entries);
         }
       }
     }

@@ -140,7 +140,8 @@ export class ForeignError extends Error {}
 export interface CaseRunner {
   /** 'accepted' when check passed with the blobs (then export and unpack wrote `outputs`). */
   run(c: FuzzCase): Promise<'accepted' | 'refused'>;
-  outputs: { image: string; tar: string };
+  /** The last accepted case's export and tar, and how many entries its tree has (walked, root included). */
+  outputs: { image: string; tar: string; entries: number };
   close(): void;
 }
 
@@ -161,8 +162,9 @@ export function caseRunner(work: string, seeds: Seed[]): CaseRunner {
       throw new ForeignError(`${what}: ${(e as Error)?.stack ?? String(e)}`);
     }
   };
+  const outputs = { image: path.join(out, 'x.img'), tar: path.join(out, 'x.tar'), entries: 0 };
   return {
-    outputs: { image: path.join(out, 'x.img'), tar: path.join(out, 'x.tar') },
+    outputs,
     async run(c) {
       const seed = seeds.find((s) => s.name === c.seed)!;
       const { boot, blob } = applyCase(seed, c);
@@ -175,7 +177,12 @@ export function caseRunner(work: string, seeds: Seed[]): CaseRunner {
         await guard('validate+walk', () => {
           const o = openImage(bootPath, { blobDir: dir });
           try {
-            for (const node of walkTree(treeFromImage(o.image, o.blobs).root)) void node.path;
+            let entries = 0;
+            for (const node of walkTree(treeFromImage(o.image, o.blobs).root)) {
+              void node.path;
+              entries++;
+            }
+            outputs.entries = entries;
           } finally {
             o.close();
           }
