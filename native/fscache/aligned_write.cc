@@ -15,12 +15,9 @@
 namespace fscache {
 namespace {
 
-constexpr size_t kAlign = 4096;               // the cache file's DIO granularity (a page)
 constexpr size_t kPoolGranule = 64 * 1024;    // buffers are sized in steps of this, for reuse
 constexpr size_t kPoolKeepMax = 16;           // free buffers kept
 constexpr size_t kPoolKeepLargest = 8 << 20;  // larger ones are freed after use
-
-size_t RoundUp(size_t n, size_t to) { return (n + to - 1) / to * to; }
 
 // Process-wide free list of aligned buffers (worker threads of several environments may share it).
 class AlignedPool {
@@ -41,7 +38,7 @@ class AlignedPool {
     }
     size_t cap = RoundUp(size, kPoolGranule);
     void* p = nullptr;
-    if (posix_memalign(&p, kAlign, cap) != 0) return nullptr;
+    if (posix_memalign(&p, kCacheWriteAlign, cap) != 0) return nullptr;
     *capacity = cap;
     return p;
   }
@@ -79,7 +76,7 @@ class WriteWorker : public Napi::AsyncWorker {
 
  protected:
   void Execute() override {  // on a pool thread: no JS here
-    size_t padded = RoundUp(len_, kAlign);
+    size_t padded = RoundUp(len_, kCacheWriteAlign);
     size_t capacity = 0;
     auto* buf = static_cast<uint8_t*>(pool.Acquire(padded, &capacity));
     if (!buf) return Fail(ENOMEM, "posix_memalign");
@@ -134,7 +131,7 @@ Napi::Value WriteAligned(const Napi::CallbackInfo& info) {
   int fd = info[0].As<Napi::Number>().Int32Value();
   Napi::TypedArray array = info[1].As<Napi::TypedArray>();
   double offset = info[2].As<Napi::Number>().DoubleValue();
-  if (!(offset >= 0) || offset > 9007199254740991.0 || std::fmod(offset, static_cast<double>(kAlign)) != 0) {
+  if (!(offset >= 0) || offset > 9007199254740991.0 || std::fmod(offset, static_cast<double>(kCacheWriteAlign)) != 0) {
     throw Napi::RangeError::New(env, "writeAligned: offset " + Napi::Value(info[2]).ToString().Utf8Value() +
                                          " is not a non-negative multiple of 4096");
   }

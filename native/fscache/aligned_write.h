@@ -15,7 +15,14 @@
 
 #include <napi.h>
 
+#include <cstddef>
+
 namespace fscache {
+
+// The cache file's O_DIRECT granularity (a page): offsets, lengths and memory of its writes.
+constexpr size_t kCacheWriteAlign = 4096;
+
+inline size_t RoundUp(size_t n, size_t to) { return (n + to - 1) / to * to; }
 
 // JS: writeAligned(fd: number, data: Uint8Array, offset: number): Promise<void>
 // `offset` must be a multiple of 4096 (RangeError otherwise, thrown synchronously).

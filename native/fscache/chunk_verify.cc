@@ -15,6 +15,7 @@
 #include <utility>
 #include <vector>
 
+#include "aligned_write.h"
 #include "blake3.h"
 #include "errno_error.h"
 
@@ -26,11 +27,6 @@ constexpr size_t kStoredOffset = 0, kStoredSize = 1, kOutOffset = 2, kOutSize = 
 enum Compressor : uint32_t { kNone = 0, kZstd = 1 };
 enum Digester : uint32_t { kBlake3 = 0, kSha256 = 1 };
 constexpr size_t kDigestSize = 32;
-// What the cache file takes in one write: offsets, lengths and memory all multiples of a page (O_DIRECT).
-constexpr size_t kWriteAlign = 4096;
-
-size_t RoundUp(size_t n, size_t to) { return (n + to - 1) / to * to; }
-
 // Where a run verified as laid out in the cache file goes: its output's byte 0 at `offset` of `fd`.
 struct WriteTarget {
   int fd;
@@ -118,9 +114,9 @@ class VerifyRunWorker : public Napi::AsyncWorker {
         continue;
       }
       size_t from = places_[i].out_offset;
-      size_t to = RoundUp(from + places_[i].out_size, kWriteAlign);
+      size_t to = RoundUp(from + places_[i].out_size, kCacheWriteAlign);
       for (i++; i < places_.size() && !errors_[i] && places_[i].out_offset == to; i++) {
-        to = RoundUp(places_[i].out_offset + places_[i].out_size, kWriteAlign);
+        to = RoundUp(places_[i].out_offset + places_[i].out_size, kCacheWriteAlign);
       }
       for (size_t done = from; done < to;) {
         ssize_t n = RetryOnEintr([&] { return pwrite(target_->fd, out_ + done, to - done, target_->offset + static_cast<off_t>(done)); });
@@ -225,12 +221,12 @@ Napi::Value VerifyRunNative(const Napi::CallbackInfo& info) {
   if (writes) {
     int fd = info[7].As<Napi::Number>().Int32Value();
     size_t file_offset = Whole(env, info[8].As<Napi::Number>().DoubleValue(), "fileOffset");
-    if (fd < 0 || file_offset % kWriteAlign != 0) throw Napi::RangeError::New(env, "verifyRunNative: a write needs an fd and a fileOffset that is a multiple of 4096");
+    if (fd < 0 || file_offset % kCacheWriteAlign != 0) throw Napi::RangeError::New(env, "verifyRunNative: a write needs an fd and a fileOffset that is a multiple of 4096");
     // The chunks go at the first page boundary of `out`, which has a page to spare for it.
-    skip = (kWriteAlign - reinterpret_cast<uintptr_t>(out_data) % kWriteAlign) % kWriteAlign;
-    if (out_size < kWriteAlign) throw Napi::RangeError::New(env, "verifyRunNative: a write needs a page more than its output");
+    skip = (kCacheWriteAlign - reinterpret_cast<uintptr_t>(out_data) % kCacheWriteAlign) % kCacheWriteAlign;
+    if (out_size < kCacheWriteAlign) throw Napi::RangeError::New(env, "verifyRunNative: a write needs a page more than its output");
     out_data += skip;
-    out_size = (out_size - kWriteAlign) / kWriteAlign * kWriteAlign;
+    out_size = (out_size - kCacheWriteAlign) / kCacheWriteAlign * kCacheWriteAlign;
     target = WriteTarget{fd, static_cast<off_t>(file_offset)};
   }
   // Every chunk within both buffers: the pool thread trusts these bounds. Written chunks come in file
@@ -244,12 +240,12 @@ Napi::Value VerifyRunNative(const Napi::CallbackInfo& info) {
     c.out_offset = Whole(env, f[kOutOffset], "an output offset");
     c.out_size = Whole(env, f[kOutSize], "an output size");
     c.compressed = f[kCompressed] != 0;
-    size_t out_room = target ? RoundUp(c.out_size, kWriteAlign) : c.out_size;
+    size_t out_room = target ? RoundUp(c.out_size, kCacheWriteAlign) : c.out_size;
     if (c.stored_offset > stored.ByteLength() || c.stored_size > stored.ByteLength() - c.stored_offset ||
         c.out_offset > out_size || out_room > out_size - c.out_offset) {
       throw Napi::RangeError::New(env, "verifyRunNative: chunk " + std::to_string(i) + " lies outside its buffers");
     }
-    if (target && (c.out_offset % kWriteAlign != 0 || (i > 0 && c.out_offset < places[i - 1].out_offset + places[i - 1].out_size))) {
+    if (target && (c.out_offset % kCacheWriteAlign != 0 || (i > 0 && c.out_offset < places[i - 1].out_offset + places[i - 1].out_size))) {
       throw Napi::RangeError::New(env, "verifyRunNative: chunk " + std::to_string(i) + " to write is not at a page boundary after the one before it");
     }
   }

@@ -7,7 +7,7 @@
 import { NydusError, EIO } from '../../erofs/errors.ts';
 import { type CompressorName, decompressChunk, decompressInto } from './compress.ts';
 import { type Digester, chunkDigest } from './digest.ts';
-import { fscacheBinding } from '../../native/fscache/index.ts';
+import { CACHEFILES_WRITE_ALIGN, fscacheBinding } from '../../native/fscache/index.ts';
 
 export interface StoredChunk {
   stored: Buffer;
@@ -76,8 +76,7 @@ export interface StoredRun {
 export interface VerifiedRun {
   data: Uint8Array;
   errors: Array<string | null>;
-  /** With a target: whether every chunk that passed is in its file; if not, why (writeError). */
-  written?: boolean;
+  /** With a target: null when every chunk that passed is in its file, else why not (the rest unwritten). */
   writeError?: Error | null;
 }
 
@@ -118,9 +117,10 @@ export async function verifyRunNative(r: StoredRun): Promise<VerifiedRun> {
   const digester = r.digester === 'sha256' ? 1 : 0;
   if (r.target) {
     // Whole pages at a page boundary of it, for the write: the addon finds the boundary (`base`).
-    const out = Buffer.allocUnsafeSlow(Math.ceil(r.outSize / PAGE) * PAGE + PAGE);
+    const page = CACHEFILES_WRITE_ALIGN;
+    const out = Buffer.allocUnsafeSlow(Math.ceil(r.outSize / page) * page + page);
     const w = await fscacheBinding().verifyRunNative(r.stored, r.layout, r.digests, r.digestSize, out, compressor, digester, r.target.fd, r.target.offset);
-    return { data: out.subarray(w.base, w.base + r.outSize), errors: withWhere(r, w.errors), written: w.writeError === null, writeError: w.writeError };
+    return { data: out.subarray(w.base, w.base + r.outSize), errors: withWhere(r, w.errors), writeError: w.writeError };
   }
   // Uninitialized: every byte is written by the addon (chunks, or zeros between them and for failures).
   // Never a slice of node's shared pool: the daemon releases it (releaseBuffer) once written.
@@ -129,7 +129,6 @@ export async function verifyRunNative(r: StoredRun): Promise<VerifiedRun> {
   return { data: out, errors: withWhere(r, errors) };
 }
 
-const PAGE = 4096;
 const withWhere = (r: StoredRun, errors: Array<string | null>) => errors.map((e, i) => (e === null ? null : `${r.where[i]}: ${e}`));
 
 /**

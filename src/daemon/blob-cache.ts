@@ -317,24 +317,25 @@ export class BlobCacheFile {
         return { written: 0, failed };
       }
       let written = 0;
-      // What the verification jobs wrote themselves is marked; the rest is written here.
-      const target = this.io.target?.() ?? null;
-      const inFile = target ? good.filter(({ data }) => this.fetcher.inFile(data, target)) : [];
-      for (const run of writeRuns(inFile)) {
-        this.io.written?.(run[0].c.uncompressedOffset, run[run.length - 1].c.uncompressedOffset + run[run.length - 1].c.uncompressedSize);
+      const inFile = (run: ReadonlyArray<{ c: ChunkRef }>) => {
         this.state.mark(this.key, run.map(({ c }) => c.indexInBlob));
         for (const { c } of run) done.get(c)!.resolve();
         written += run.length;
+      };
+      // What the verification jobs wrote themselves is marked; the rest is written here.
+      const target = this.io.target?.() ?? null;
+      const direct: typeof good = [];
+      const toWrite: typeof good = [];
+      for (const g of good) (target && this.fetcher.inFile(g.data, target) ? direct : toWrite).push(g);
+      for (const run of writeRuns(direct)) {
+        this.io.written?.(run[0].c.uncompressedOffset, run[run.length - 1].c.uncompressedOffset + run[run.length - 1].c.uncompressedSize);
+        inFile(run);
         this.counters.chunksWrittenByVerifier += run.length;
       }
-      const direct = new Set(inFile);
-      const toWrite = direct.size ? good.filter((g) => !direct.has(g)) : good;
       await Promise.all(writeRuns(toWrite).map(async (run) => {
         try {
           await this.io.write(run[0].c.uncompressedOffset, runBytes(run));
-          this.state.mark(this.key, run.map(({ c }) => c.indexInBlob));
-          for (const { c } of run) done.get(c)!.resolve();
-          written += run.length;
+          inFile(run);
         } catch (e) {
           for (const { c } of run) fail(c, e as Error);
         }

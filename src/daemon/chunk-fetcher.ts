@@ -230,7 +230,7 @@ export class ChunkFetcher {
     }
     // One Buffer per chunk, whoever asks: writtenTo knows it by its identity.
     const views = chunks.map((c, i) => (r.errors[i] !== null ? null : Buffer.from(r.data.buffer, r.data.byteOffset + layout[i * RUN_FIELDS + RUN_OUT_OFFSET], c.uncompressedSize)));
-    if (run.target && r.written) for (const v of views) if (v) this.writtenTo.set(v, target!);
+    if (run.target && r.writeError === null) for (const v of views) if (v) this.writtenTo.set(v, target!);
     return (i: number) => {
       const v = views[i];
       if (v === null) throw new NydusError(r.errors[i]!, EIO);
