@@ -19,7 +19,7 @@
 import type { Logger } from 'pino';
 import type { ChunkRef } from '../builder/tree.ts';
 import { type BlobMap, CHUNK_ALIGN, alignToChunk, followsInFile } from './blob-map.ts';
-import { type ChunkFetcher, type WriteTarget, batchChunks } from './chunk-fetcher.ts';
+import { type ChunkFetcher, type ChunkJob, type ChunkTicket, type WriteTarget, batchChunks } from './chunk-fetcher.ts';
 import { AMPLIFY_IO_DEFAULT, type PrefetchConfig } from './config.ts';
 import type { CacheFileKey, DaemonState } from './state.ts';
 
@@ -112,9 +112,19 @@ export class WorkGuard {
   }
 }
 
+/** The chunks of one verification job on their way into a cache file (BlobCacheFile.place). */
+interface Placement {
+  /** Settles (never rejects) once they are in the file and marked, or failed. */
+  done: Promise<void>;
+  /** How many were written and marked. */
+  written: number;
+  /** The ones that failed, by chunk index. */
+  failed: Map<number, Error> | null;
+}
+
 export class BlobCacheFile {
   /** Chunks on their way into the file, by chunk index. */
-  private readonly materializing = new Map<number, Promise<void>>();
+  private readonly materializing = new Map<number, Placement>();
   /** Settles once the chunk marks were checked against the file (see reconcile). */
   private marksChecked: Promise<void> = Promise.resolve();
   /** Whether marksChecked settled: chunks beyond a READ trust the marks only then. */
@@ -186,14 +196,23 @@ export class BlobCacheFile {
     const missing = demand.filter((c) => this.wanted(c, true));
     const ahead = this.marksReady ? this.extendWindow(offset, len, span, missing.length > 0).filter((c) => this.wanted(c, false)) : [];
     // The READ's own chunks in reads of their own, verified first: the reader waits for them, not for the window.
-    const fetched = new Map<ChunkRef, Promise<Buffer>>();
-    if (missing.length) this.fetch(missing, true).forEach((p, i) => fetched.set(missing[i], p));
-    if (ahead.length) this.fetch(ahead, false).forEach((p, i) => fetched.set(ahead[i], p));
-    for (const c of demand) if (!fetched.has(c)) this.fetcher.prioritize(this.map, c);
-    if (missing.length) void this.materializeRuns(missing, fetched, true);
-    if (ahead.length) void this.materializeRuns(ahead, fetched, false);
+    if (missing.length) void this.materializeRuns(missing, this.fetch(missing, true), true);
+    if (ahead.length) void this.materializeRuns(ahead, this.fetch(ahead, false), false);
     // Every chunk of the READ is now in the file or on its way (missing, or another caller's).
-    await Promise.all(demand.map((c) => this.materializing.get(c.indexInBlob)));
+    const waits: Array<Promise<void>> = [];
+    const placed: Array<[ChunkRef, Placement]> = [];
+    for (const c of demand) {
+      const p = this.materializing.get(c.indexInBlob);
+      if (!p) continue;
+      if (!missing.includes(c)) this.fetcher.prioritize(this.map, c);
+      if (!placed.length || placed[placed.length - 1][1] !== p) waits.push(p.done);
+      placed.push([c, p]);
+    }
+    await Promise.all(waits);
+    for (const [c, p] of placed) {
+      const e = p.failed?.get(c.indexInBlob);
+      if (e) throw e;
+    }
   }
 
   /**
@@ -225,9 +244,9 @@ export class BlobCacheFile {
    * verification jobs where the front end lets them. Only while the file is open, and only when
    * materializeRuns takes them in the same turn: it holds the guard, so the fd stays open until they settle.
    */
-  private fetch(chunks: readonly ChunkRef[], urgent: boolean, maxRead?: number): Array<Promise<Buffer>> {
+  private fetch(chunks: readonly ChunkRef[], urgent: boolean, maxRead?: number): ChunkTicket[] {
     const target = this.closed ? null : this.io.target?.() ?? null;
-    return this.fetcher.fetchBatch(this.map, chunks, urgent, maxRead, target);
+    return this.fetcher.fetchJobs(this.map, chunks, urgent, maxRead, target);
   }
 
   /** Whether a chunk still has to be fetched (not in the file, nor on its way). */
@@ -268,15 +287,13 @@ export class BlobCacheFile {
   }
 
   /**
-   * Puts chunks into the file (in blob order, none in the file nor on its way) and marks them; each
-   * settles on its own, and concurrent callers for a chunk join its promise in `materializing`. The
-   * chunks that follow one another in the file and in one verified buffer go in one write, without a
-   * copy (a write per chunk costs more than its bytes: O_DIRECT waits for the disk). A chunk that
-   * fails verification is left out, its neighbours are written around it. `demand`: a READ asked for
-   * them, so a mark one of them still has is stale (the kernel did not find its bytes) and is dropped.
-   * Resolves to how many were written and which failed.
+   * Puts chunks into the file (in blob order, none in the file nor on its way; `tickets` are their
+   * fetches) and marks them, a verification job at a time: concurrent callers for a chunk join its
+   * job's Placement in `materializing`. A chunk that fails verification is left out, its neighbours are
+   * written around it. `demand`: a READ asked for them, so a mark one of them still has is stale (the
+   * kernel did not find its bytes) and is dropped. Resolves to how many were written and which failed.
    */
-  private materializeRuns(chunks: readonly ChunkRef[], loads: ReadonlyMap<ChunkRef, Promise<Buffer>>, demand: boolean): Promise<{ written: number; failed: Array<[ChunkRef, Error]> }> {
+  private async materializeRuns(chunks: readonly ChunkRef[], tickets: readonly ChunkTicket[], demand: boolean): Promise<{ written: number; failed: Array<[ChunkRef, Error]> }> {
     if (demand) {
       const stale = chunks.filter((c) => this.state.isCached(this.key, c.indexInBlob)).map((c) => c.indexInBlob);
       if (stale.length) {
@@ -284,65 +301,77 @@ export class BlobCacheFile {
         this.counters.staleMarks += stale.length;
       }
     }
-    const done = new Map<ChunkRef, { resolve: () => void; reject: (e: Error) => void }>();
-    for (const c of chunks) {
-      const p = new Promise<void>((resolve, reject) => done.set(c, { resolve, reject }));
-      const tracked = p.finally(() => this.materializing.delete(c.indexInBlob));
-      // Readers that join await it; left alone, a failure is no one's (the caller gets it in `failed`).
-      tracked.catch(() => undefined);
-      this.materializing.set(c.indexInBlob, tracked);
+    // The chunks of each job, in turn (a job's chunks are adjacent in blob order).
+    const placements: Placement[] = [];
+    for (let from = 0; from < chunks.length;) {
+      const job = tickets[from].job;
+      let to = from + 1;
+      while (to < chunks.length && tickets[to].job === job) to++;
+      placements.push(this.place(job, chunks.slice(from, to), tickets.slice(from, to)));
+      from = to;
     }
-    return this.guard.use(async () => {
-      const results = await Promise.allSettled(chunks.map((c) => loads.get(c) ?? this.fetcher.fetch(this.map, c, demand)));
-      const good: Array<{ c: ChunkRef; data: Buffer }> = [];
-      const failed: Array<[ChunkRef, Error]> = [];
-      const fail = (c: ChunkRef, e: Error) => {
-        failed.push([c, e]);
-        done.get(c)!.reject(e);
-      };
-      results.forEach((r, i) => {
-        // (A chunk's bytes are a view of its job's buffer: empty if that were released too early.)
-        if (r.status === 'fulfilled' && r.value.length === chunks[i].uncompressedSize) good.push({ c: chunks[i], data: r.value });
-        else if (r.status === 'fulfilled') fail(chunks[i], new Error(`chunk ${chunks[i].indexInBlob}: ${r.value.length} bytes, expected ${chunks[i].uncompressedSize}`));
-        else fail(chunks[i], r.reason as Error);
-      });
-      // The fetcher frees a job's memory once every chunk of it handed out is given back.
-      const giveBack = () => {
-        for (const { data } of good) this.fetcher.release(data);
-      };
-      // No write after close, nor mark: the kernel is done with this file.
-      if (this.closed) {
-        giveBack();
-        for (const { c } of good) done.get(c)!.resolve();
-        return { written: 0, failed };
-      }
-      let written = 0;
-      const inFile = (run: ReadonlyArray<{ c: ChunkRef }>) => {
-        this.state.mark(this.key, run.map(({ c }) => c.indexInBlob));
-        for (const { c } of run) done.get(c)!.resolve();
-        written += run.length;
-      };
-      // What the verification jobs wrote themselves is marked; the rest is written here.
-      const target = this.io.target?.() ?? null;
-      const direct: typeof good = [];
-      const toWrite: typeof good = [];
-      for (const g of good) (target && this.fetcher.inFile(g.data, target) ? direct : toWrite).push(g);
-      for (const run of writeRuns(direct)) {
-        this.io.written?.(run[0].c.uncompressedOffset, run[run.length - 1].c.uncompressedOffset + run[run.length - 1].c.uncompressedSize);
-        inFile(run);
-        this.counters.chunksWrittenByVerifier += run.length;
-      }
-      await Promise.all(writeRuns(toWrite).map(async (run) => {
-        try {
-          await this.io.write(run[0].c.uncompressedOffset, runBytes(run));
-          inFile(run);
-        } catch (e) {
-          for (const { c } of run) fail(c, e as Error);
+    await Promise.all(placements.map((p) => p.done));
+    let written = 0;
+    const failed: Array<[ChunkRef, Error]> = [];
+    for (const p of placements) {
+      written += p.written;
+      if (p.failed) for (const c of chunks) if (p.failed.has(c.indexInBlob)) failed.push([c, p.failed.get(c.indexInBlob)!]);
+    }
+    return { written, failed };
+  }
+
+  /**
+   * Chunks of one job into the file once it is verified: what the job wrote itself (its writtenTo is
+   * this file) is marked; the rest is written here, the chunks that follow one another in the file and
+   * in the job's buffer in one write, without a copy (a write per chunk costs more than its bytes:
+   * O_DIRECT waits for the disk). Nothing is written nor marked after close.
+   */
+  private place(job: ChunkJob, chunks: readonly ChunkRef[], tickets: readonly ChunkTicket[]): Placement {
+    job.take();
+    const placement: Placement = { done: Promise.resolve(), written: 0, failed: null };
+    const fail = (c: ChunkRef, e: Error) => (placement.failed ??= new Map()).set(c.indexInBlob, e);
+    placement.done = this.guard.use(async () => {
+      try {
+        const outcome = await job.outcome;
+        const good: Array<{ c: ChunkRef; data: Buffer }> = [];
+        chunks.forEach((c, k) => {
+          const data = outcome.views[tickets[k].i];
+          // (A chunk's bytes are a view of its job's buffer: empty if that were released too early.)
+          if (data === null) fail(c, outcome.error(tickets[k].i)!);
+          else if (data.length !== c.uncompressedSize) fail(c, new Error(`chunk ${c.indexInBlob}: ${data.length} bytes, expected ${c.uncompressedSize}`));
+          else good.push({ c, data });
+        });
+        // No write after close, nor mark: the kernel is done with this file.
+        if (this.closed || !good.length) return;
+        const inFile = (run: ReadonlyArray<{ c: ChunkRef }>) => {
+          this.state.mark(this.key, run.map(({ c }) => c.indexInBlob));
+          placement.written += run.length;
+        };
+        if (outcome.writtenTo !== null && outcome.writtenTo === (this.io.target?.() ?? null)) {
+          for (const run of writeRuns(good)) {
+            this.io.written?.(run[0].c.uncompressedOffset, run[run.length - 1].c.uncompressedOffset + run[run.length - 1].c.uncompressedSize);
+            inFile(run);
+          }
+          this.counters.chunksWrittenByVerifier += good.length;
+          return;
         }
-      }));
-      giveBack();
-      return { written, failed };
+        await Promise.all(writeRuns(good).map(async (run) => {
+          try {
+            await this.io.write(run[0].c.uncompressedOffset, runBytes(run));
+            inFile(run);
+          } catch (e) {
+            for (const { c } of run) fail(c, e as Error);
+          }
+        }));
+      } catch (e) {
+        for (const c of chunks) if (!placement.failed?.has(c.indexInBlob)) fail(c, e as Error);
+      } finally {
+        job.giveBack();
+        for (const c of chunks) if (this.materializing.get(c.indexInBlob) === placement) this.materializing.delete(c.indexInBlob);
+      }
     });
+    for (const c of chunks) this.materializing.set(c.indexInBlob, placement);
+    return placement;
   }
 
   /** Whether the file holds the chunk's bytes. */
@@ -363,8 +392,7 @@ export class BlobCacheFile {
       if (this.closed) return;
       const ahead = this.extendWindow(offset, len, span, true).filter((c) => this.wanted(c, false));
       if (!ahead.length) return;
-      const fetched = this.fetch(ahead, false);
-      void this.materializeRuns(ahead, new Map(fetched.map((p, i) => [ahead[i], p])), false);
+      void this.materializeRuns(ahead, this.fetch(ahead, false), false);
     });
   }
 
@@ -388,8 +416,7 @@ export class BlobCacheFile {
         if (!batch.length) continue;
         await pace.take(batch.reduce((n, c) => n + c.compressedSize, 0));
         if (this.closed) return;
-        const fetched = this.fetch(batch, false, plan.config.batchSize);
-        const { written, failed } = await this.materializeRuns(batch, new Map(fetched.map((p, i) => [batch[i], p])), false);
+        const { written, failed } = await this.materializeRuns(batch, this.fetch(batch, false, plan.config.batchSize), false);
         this.counters.prefetchedChunks += written;
         for (const [c, e] of failed) this.log.warn({ blob: this.map.blobId, chunk: c.indexInBlob, err: e.message }, 'prefetch of a chunk failed');
       }

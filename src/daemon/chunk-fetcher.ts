@@ -7,8 +7,12 @@
  * file to write to (a WriteTarget), a job laid out as in the file is written by the addon on the pool
  * thread that verified it: no turn of the event loop between its verification and its write.
  *
- * Memory: a job's buffer is freed once every chunk of it handed out (fetch, fetchBatch) was given
- * back (release) and none is in flight any more; the bytes read from the backend, once the jobs
+ * The unit of work is the job, not the chunk (fetchJobs): a taker waits on one promise per job, and
+ * the cache file is written and marked a job at a time. Per-chunk promises cost the daemon's event loop
+ * most of its time in the guest's cold reads (interpreted, under TCG, some 0.6 ms a chunk).
+ *
+ * Memory: a job's buffer is freed once every taker gave it back (ChunkJob.giveBack, or release for
+ * fetch and fetchBatch) and it is no longer in flight; the bytes read from the backend, once the jobs
  * verifying them are done. Left to the GC, buffers that outlived a scavenge waited for a full GC,
  * which V8 runs only after some 64 MiB of them: the daemon's peak RSS was that much higher.
  */
@@ -19,55 +23,65 @@ import type { VerifyPool } from './verify-pool.ts';
 import type { BlobBackend } from './backend/localfs.ts';
 import { type BlobMap, followsInFile } from './blob-map.ts';
 
-/** Per blob (by id), something about its chunks (by index in the blob). */
-class PerChunk<T> {
-  private readonly blobs = new Map<string, Map<number, T>>();
-
-  of(blobId: string): Map<number, T> {
-    let m = this.blobs.get(blobId);
-    if (!m) this.blobs.set(blobId, (m = new Map()));
-    return m;
-  }
-
-  delete(blobId: string, chunk: number): void {
-    const m = this.blobs.get(blobId);
-    if (m?.delete(chunk) && m.size === 0) this.blobs.delete(blobId);
-  }
-}
-
-/** One verification job's output buffer, freed when nobody can use it any more (module comment). */
-class JobMemory {
-  /** Chunk promises handed out and not given back. */
+/**
+ * One verification job: chunks read in one piece and verified into one buffer. It settles once
+ * (`outcome`, which never rejects): a chunk that failed fails alone, a failed backend read fails them all.
+ * Its buffer is freed when nobody can use it any more (module comment): every `take` was given back
+ * and it left the in-flight map.
+ */
+export class ChunkJob {
+  /** Whether a reader waits for one of its chunks: verified before the jobs fetched ahead. */
+  urgent = false;
+  outcome!: Promise<JobOutcome>;
   private takers = 0;
+  private settled = false;
   private out: Uint8Array | null = null;
-  constructor(private inFlight: number) {}
 
+  constructor(readonly blob: BlobMap, readonly chunks: readonly ChunkRef[]) {}
+
+  /** A taker will use the job's bytes (give them back with giveBack). */
   take(): void {
     this.takers++;
   }
 
-  /** A taker is done with a chunk's bytes. */
   giveBack(): void {
     this.takers--;
     this.freeIfUnused();
   }
 
-  verified(out: Uint8Array): void {
+  /** The output buffer to free once unused (only the addon's: a JS verification may return views of the backend's bytes). */
+  holds(out: Uint8Array): void {
     this.out = out;
     this.freeIfUnused();
   }
 
-  /** A chunk of the job left the in-flight map: it can no longer be handed out. */
-  chunkSettled(): void {
-    this.inFlight--;
+  /** The job left the in-flight map: no one new can take it. */
+  done(): void {
+    this.settled = true;
     this.freeIfUnused();
   }
 
   private freeIfUnused(): void {
-    if (this.takers > 0 || this.inFlight > 0 || !this.out) return;
+    if (this.takers > 0 || !this.settled || !this.out) return;
     releaseBuffer(this.out);
     this.out = null;
   }
+}
+
+/** What a verification job gave: per chunk its bytes (a view of the job's buffer) or why not. */
+export interface JobOutcome {
+  /** Null where a chunk failed. */
+  readonly views: ReadonlyArray<Buffer | null>;
+  /** Why chunk i failed; null when its bytes are good. */
+  error(i: number): Error | null;
+  /** The cache file the job wrote its good chunks into itself (on the pool thread), or null. */
+  readonly writtenTo: WriteTarget | null;
+}
+
+/** A chunk's place in the job that fetches it: what fetchJobs hands out per chunk. */
+export interface ChunkTicket {
+  readonly job: ChunkJob;
+  readonly i: number;
 }
 
 /** A cache file verification jobs may write their chunks into (an fd open while the jobs run). */
@@ -76,15 +90,10 @@ export interface WriteTarget {
 }
 
 export class ChunkFetcher {
-  private readonly inflight = new PerChunk<Promise<Buffer>>();
-  /** The job each chunk in flight belongs to. */
-  private readonly jobs = new PerChunk<JobMemory>();
+  /** The job each chunk in flight belongs to, by blob and chunk index. */
+  private readonly inflight = new Map<string, Map<number, ChunkTicket>>();
   /** A job's output buffer -> its job, for release(). */
-  private readonly jobOfBuffer = new WeakMap<ArrayBufferLike, JobMemory>();
-  /** Chunk bytes a verification job wrote into a cache file itself: where. */
-  private readonly writtenTo = new WeakMap<Buffer, WriteTarget>();
-  /** Chunks in flight a reader waits for: verified before the ones fetched ahead. */
-  private readonly urgent = new PerChunk<true>();
+  private readonly jobOfBuffer = new WeakMap<ArrayBufferLike, ChunkJob>();
 
   constructor(
     private readonly backend: BlobBackend, private readonly onFetch?: (blobId: string, chunkIndex: number) => void,
@@ -92,93 +101,94 @@ export class ChunkFetcher {
   ) {}
 
   /**
-   * `urgent`: a reader waits for it (see prioritize). Give the bytes back (release) once done with
-   * them; bytes never given back are left to the GC. `target`: as fetchBatch's, for a fetch this starts.
+   * The jobs that fetch chunks, one ticket per chunk in order. Chunks not yet on their way are read in
+   * as few backend reads as they allow (nydus's merged requests): each run of them stored back to back
+   * is one read (of at most `maxRead` bytes), verified in jobs of VERIFY_JOB_BYTES. A chunk already on
+   * its way joins its job (a reader's urgency goes with it). With a `target` (whose fd stays open until
+   * the jobs settle), a job laid out as in the file writes its good chunks there itself.
+   * A taker calls `job.take()` in the same turn, and `job.giveBack()` once done with the bytes.
+   */
+  fetchJobs(blob: BlobMap, chunks: readonly ChunkRef[], urgent = false, maxRead = MAX_MERGED_READ, target: WriteTarget | null = null): ChunkTicket[] {
+    let inflight = this.inflight.get(blob.blobId);
+    if (!inflight) this.inflight.set(blob.blobId, (inflight = new Map()));
+    const todo: ChunkRef[] = [];
+    for (const c of chunks) {
+      const t = inflight.get(c.indexInBlob);
+      if (!t) todo.push(c);
+      else if (urgent) this.prioritizeJob(t);
+    }
+    for (const run of batchChunks(todo, maxRead)) {
+      const start = run[0].compressedOffset;
+      const end = run[run.length - 1].compressedOffset + run[run.length - 1].compressedSize;
+      for (const c of run) this.onFetch?.(blob.blobId, c.indexInBlob);
+      const span = this.backend.read(blob.blobId, start, end - start);
+      const verifying: Array<Promise<unknown>> = [];
+      for (const chunksOfJob of verifyJobs(run)) {
+        const job = new ChunkJob(blob, chunksOfJob);
+        job.urgent = urgent;
+        job.outcome = span.then((buf) => this.verify(job, buf, start, target), (e: Error) => failedWhole(job, e));
+        chunksOfJob.forEach((c, i) => inflight.set(c.indexInBlob, { job, i }));
+        // The job leaves the in-flight map before any taker sees its outcome.
+        void job.outcome.then(() => this.settled(blob.blobId, job));
+        verifying.push(job.outcome);
+      }
+      this.releaseStoredAfter(span, verifying);
+    }
+    return chunks.map((c) => inflight.get(c.indexInBlob)!);
+  }
+
+  /**
+   * One chunk's bytes (`urgent`: a reader waits for them, see prioritize). Give them back (release)
+   * once done; bytes never given back are left to the GC. `target`: as fetchJobs'.
    */
   fetch(blob: BlobMap, chunk: ChunkRef, urgent = false, target: WriteTarget | null = null): Promise<Buffer> {
-    const inflight = this.inflight.of(blob.blobId);
-    let p = inflight.get(chunk.indexInBlob);
-    if (p) {
-      if (urgent) this.prioritize(blob, chunk);
-      this.jobs.of(blob.blobId).get(chunk.indexInBlob)?.take();
-      return p;
-    }
-    if (urgent) this.urgent.of(blob.blobId).set(chunk.indexInBlob, true);
-    const job = new JobMemory(1);
-    this.jobs.of(blob.blobId).set(chunk.indexInBlob, job);
-    job.take();
-    p = this.load(blob, chunk, job, target).finally(() => this.settled(blob.blobId, chunk.indexInBlob));
-    inflight.set(chunk.indexInBlob, p);
-    return p;
+    return this.bytesOf(this.fetchJobs(blob, [chunk], urgent, MAX_MERGED_READ, target)[0]);
   }
 
-  /** Whether these bytes of a chunk (as handed out) are in the target's file already: its job wrote them there. */
-  inFile(data: Buffer, target: WriteTarget): boolean {
-    return this.writtenTo.get(data) === target;
+  /** fetch for many chunks, in as few backend reads as fetchJobs makes. */
+  fetchBatch(blob: BlobMap, chunks: readonly ChunkRef[], urgent = false, maxRead = MAX_MERGED_READ, target: WriteTarget | null = null): Array<Promise<Buffer>> {
+    return this.fetchJobs(blob, chunks, urgent, maxRead, target).map((t) => this.bytesOf(t));
   }
 
-  /** Done with the bytes of a chunk this fetcher handed out: its job's memory is freed once no one holds it. */
+  /** Done with the bytes of a chunk fetch or fetchBatch handed out: its job's memory is freed once no one holds it. */
   release(data: Buffer): void {
     this.jobOfBuffer.get(data.buffer)?.giveBack();
   }
 
   /**
-   * A reader now waits for a chunk in flight (fetched ahead of it): its verification goes before the
-   * chunks queued ahead of it. Starts no fetch.
+   * A reader now waits for a chunk in flight (fetched ahead of it): its job's verification goes before
+   * the jobs queued ahead of it. Starts no fetch.
    */
   prioritize(blob: BlobMap, chunk: ChunkRef): void {
-    if (!this.inflight.of(blob.blobId).has(chunk.indexInBlob)) return;
-    this.urgent.of(blob.blobId).set(chunk.indexInBlob, true);
-    this.pool?.promote(where(blob, chunk));
+    const t = this.inflight.get(blob.blobId)?.get(chunk.indexInBlob);
+    if (t) this.prioritizeJob(t);
   }
 
-  private settled(blobId: string, chunk: number): void {
-    this.inflight.delete(blobId, chunk);
-    this.urgent.delete(blobId, chunk);
-    const job = this.jobs.of(blobId).get(chunk);
-    this.jobs.delete(blobId, chunk);
-    job?.chunkSettled();
+  private prioritizeJob(t: ChunkTicket): void {
+    if (t.job.urgent) return;
+    t.job.urgent = true;
+    this.pool?.promote(where(t.job.blob, t.job.chunks[t.i]));
   }
 
-  /**
-   * Chunks fetched in as few backend reads as they allow (nydus's merged requests): each run of them
-   * stored back to back is one read (of at most `maxRead` bytes), verified chunk by chunk. Each chunk settles on its own: a corrupt
-   * one fails, its neighbours do not. A chunk already on its way is not read again. With a `target`
-   * (whose fd stays open until these settle), the chunks that pass may be written there too (inFile).
-   */
-  fetchBatch(blob: BlobMap, chunks: readonly ChunkRef[], urgent = false, maxRead = MAX_MERGED_READ, target: WriteTarget | null = null): Array<Promise<Buffer>> {
-    const inflight = this.inflight.of(blob.blobId);
-    const urgentOnes = this.urgent.of(blob.blobId);
-    const todo = chunks.filter((c) => !inflight.has(c.indexInBlob));
-    for (const run of batchChunks(todo, maxRead)) {
-      if (run.length < 2) continue;
-      const start = run[0].compressedOffset;
-      const end = run[run.length - 1].compressedOffset + run[run.length - 1].compressedSize;
-      for (const c of run) this.onFetch?.(blob.blobId, c.indexInBlob);
-      const span = this.backend.read(blob.blobId, start, end - start);
-      const jobs = this.jobs.of(blob.blobId);
-      const verifying: Array<Promise<unknown>> = [];
-      for (const job of verifyJobs(run)) {
-        if (urgent) for (const c of job) urgentOnes.set(c.indexInBlob, true);
-        const memory = new JobMemory(job.length);
-        const verified = span.then((buf) => this.verify(blob, job, buf, start, memory, target));
-        verifying.push(verified);
-        job.forEach((c, i) => {
-          jobs.set(c.indexInBlob, memory);
-          inflight.set(c.indexInBlob, verified.then((r) => r(i)).finally(() => this.settled(blob.blobId, c.indexInBlob)));
-        });
+  private bytesOf(t: ChunkTicket): Promise<Buffer> {
+    t.job.take();
+    return t.job.outcome.then((o) => {
+      const v = o.views[t.i];
+      if (v === null) {
+        t.job.giveBack();
+        throw o.error(t.i)!;
       }
-      this.releaseStoredAfter(span, verifying);
-    }
-    return chunks.map((c) => this.fetch(blob, c, urgent, target));
+      return v;
+    });
   }
 
-  private async load(blob: BlobMap, chunk: ChunkRef, memory: JobMemory, target: WriteTarget | null): Promise<Buffer> {
-    this.onFetch?.(blob.blobId, chunk.indexInBlob);
-    const stored = this.backend.read(blob.blobId, chunk.compressedOffset, chunk.compressedSize);
-    const verified = stored.then((buf) => this.verify(blob, [chunk], buf, chunk.compressedOffset, memory, target));
-    this.releaseStoredAfter(stored, [verified]);
-    return (await verified)(0);
+  private settled(blobId: string, job: ChunkJob): void {
+    const inflight = this.inflight.get(blobId);
+    if (inflight) {
+      for (const c of job.chunks) if (inflight.get(c.indexInBlob)?.job === job) inflight.delete(c.indexInBlob);
+      if (inflight.size === 0) this.inflight.delete(blobId);
+    }
+    job.done();
   }
 
   /**
@@ -192,51 +202,56 @@ export class ChunkFetcher {
     });
   }
 
-  /**
-   * Verifies chunks of `stored` (bytes of the blob from `storedBase` on) as one job; resolves to a
-   * function giving each chunk's bytes, or throwing its error.
-   */
-  private async verify(blob: BlobMap, chunks: readonly ChunkRef[], stored: Buffer, storedBase: number, memory: JobMemory, target: WriteTarget | null = null): Promise<(i: number) => Buffer> {
-    const first = chunks[0];
-    const last = chunks[chunks.length - 1];
-    const jobStart = first.compressedOffset - storedBase;
-    const bytes = stored.subarray(jobStart, last.compressedOffset + last.compressedSize - storedBase);
-    // Laid out as in the cache file when the chunks follow one another there (gaps are block padding).
-    const asInFile = chunks.every((c, i) => i === 0 || followsInFile(chunks[i - 1], c));
-    const layout = new Float64Array(chunks.length * RUN_FIELDS);
-    const digestSize = first.digest.length;
-    const digests = new Uint8Array(chunks.length * digestSize);
-    let outSize = 0;
-    chunks.forEach((c, i) => {
-      if (c.digest.length !== digestSize) throw new NydusError(`${where(blob, c)}: a digest of ${c.digest.length} bytes among ones of ${digestSize}`, EIO);
-      const outOffset = asInFile ? c.uncompressedOffset - first.uncompressedOffset : outSize;
-      setRunChunk(layout, i, { storedOffset: c.compressedOffset - first.compressedOffset, storedSize: c.compressedSize, outOffset, outSize: c.uncompressedSize, compressed: c.compressed });
-      digests.set(c.digest, i * digestSize);
-      outSize = outOffset + c.uncompressedSize;
-    });
-    const run: StoredRun = {
-      stored: bytes, compressor: blob.compressor, digester: blob.digester, layout, digests, digestSize, outSize,
-      where: chunks.map((c) => where(blob, c)),
-      // Only the addon writes (the pool's); the file's layout is the output's.
-      target: this.pool && asInFile && target ? { fd: target.fd, offset: first.uncompressedOffset } : undefined,
-    };
-    const urgentOnes = this.urgent.of(blob.blobId);
-    const urgent = chunks.some((c) => urgentOnes.has(c.indexInBlob));
-    const r: VerifiedRun = this.pool ? await this.pool.verifyRun(run, urgent) : verifyRun(run);
-    // (Without the pool a raw chunk's bytes may be a view of `stored`: only the addon's output is released.)
-    if (this.pool) {
-      this.jobOfBuffer.set(r.data.buffer, memory);
-      memory.verified(new Uint8Array(r.data.buffer));
+  /** Verifies a job's chunks of `stored` (bytes of the blob from `storedBase` on). Never rejects. */
+  private async verify(job: ChunkJob, stored: Buffer, storedBase: number, target: WriteTarget | null): Promise<JobOutcome> {
+    const { blob, chunks } = job;
+    try {
+      const first = chunks[0];
+      const last = chunks[chunks.length - 1];
+      const jobStart = first.compressedOffset - storedBase;
+      const bytes = stored.subarray(jobStart, last.compressedOffset + last.compressedSize - storedBase);
+      // Laid out as in the cache file when the chunks follow one another there (gaps are block padding).
+      let asInFile = true;
+      for (let i = 1; i < chunks.length && asInFile; i++) asInFile = followsInFile(chunks[i - 1], chunks[i]);
+      const layout = new Float64Array(chunks.length * RUN_FIELDS);
+      const digestSize = first.digest.length;
+      const digests = new Uint8Array(chunks.length * digestSize);
+      let outSize = 0;
+      for (let i = 0; i < chunks.length; i++) {
+        const c = chunks[i];
+        if (c.digest.length !== digestSize) throw new NydusError(`${where(blob, c)}: a digest of ${c.digest.length} bytes among ones of ${digestSize}`, EIO);
+        const outOffset = asInFile ? c.uncompressedOffset - first.uncompressedOffset : outSize;
+        setRunChunk(layout, i, { storedOffset: c.compressedOffset - first.compressedOffset, storedSize: c.compressedSize, outOffset, outSize: c.uncompressedSize, compressed: c.compressed });
+        digests.set(c.digest, i * digestSize);
+        outSize = outOffset + c.uncompressedSize;
+      }
+      const run: StoredRun = {
+        stored: bytes, compressor: blob.compressor, digester: blob.digester, layout, digests, digestSize, outSize,
+        where: chunks.map((c) => where(blob, c)),
+        // Only the addon writes (the pool's); the file's layout is the output's.
+        target: this.pool && asInFile && target ? { fd: target.fd, offset: first.uncompressedOffset } : undefined,
+      };
+      const r: VerifiedRun = this.pool ? await this.pool.verifyRun(run, job.urgent) : verifyRun(run);
+      // (Without the pool a raw chunk's bytes may be a view of `stored`: only the addon's output is released.)
+      if (this.pool) {
+        this.jobOfBuffer.set(r.data.buffer, job);
+        job.holds(new Uint8Array(r.data.buffer));
+      }
+      const views = chunks.map((c, i) => (r.errors[i] !== null ? null : Buffer.from(r.data.buffer, r.data.byteOffset + layout[i * RUN_FIELDS + RUN_OUT_OFFSET], c.uncompressedSize)));
+      return {
+        views,
+        error: (i) => (r.errors[i] === null ? null : new NydusError(r.errors[i]!, EIO)),
+        writtenTo: run.target && r.writeError === null ? target : null,
+      };
+    } catch (e) {
+      return failedWhole(job, e as Error);
     }
-    // One Buffer per chunk, whoever asks: writtenTo knows it by its identity.
-    const views = chunks.map((c, i) => (r.errors[i] !== null ? null : Buffer.from(r.data.buffer, r.data.byteOffset + layout[i * RUN_FIELDS + RUN_OUT_OFFSET], c.uncompressedSize)));
-    if (run.target && r.writeError === null) for (const v of views) if (v) this.writtenTo.set(v, target!);
-    return (i: number) => {
-      const v = views[i];
-      if (v === null) throw new NydusError(r.errors[i]!, EIO);
-      return v;
-    };
   }
+}
+
+/** A job none of whose chunks could be had (the backend's read failed, the pool closed). */
+function failedWhole(job: ChunkJob, e: Error): JobOutcome {
+  return { views: job.chunks.map(() => null), error: () => e, writtenTo: null };
 }
 
 /** Uncompressed bytes one verification job takes (a chunk larger than this is a job of its own). */
