@@ -14,7 +14,7 @@ import { createRequire } from 'node:module';
 import { fscacheBinding } from '../native/fscache/index.ts';
 import { dataRangesOf } from '../native/fscache/fanotify.ts';
 import { compressChunk } from '../src/blob/compress.ts';
-import { RUN_FIELDS, type StoredRun, setRunChunk, verifyBlobRange, verifyRun, verifyRunNative } from '../src/blob/verify.ts';
+import { RUN_FIELDS, type StoredRun, setRunChunk, verifyRun, verifyRunNative } from '../src/blob/verify.ts';
 import { prand } from './helpers/fixtures.ts';
 
 const blake3 = (createRequire(import.meta.url)('@napi-rs/blake-hash') as { blake3(b: Buffer): Buffer }).blake3;
@@ -159,51 +159,6 @@ test('verifyRunNative with a target writes the chunks that pass through its fd, 
     const unaligned = Float64Array.from(clean.layout);
     unaligned[RUN_FIELDS * 2 + 2] += 512; // chunk 2's output offset off its page
     assert.throws(() => b.verifyRunNative(clean.stored, unaligned, clean.digests, 32, spare, 1, 0, 3, 0), /chunk 2 to write is not at a page boundary/);
-  } finally {
-    fs.rmSync(dir, { recursive: true, force: true });
-  }
-});
-
-test('verifyBlobRange reads its stored bytes from the blob file itself and writes the chunks that pass, as verifyRunNative with a target does; a read past the blob fails the whole run', async () => {
-  const { run, plain, outOffsets } = sampleRun('blake3', [3]);
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'verify-range-'));
-  try {
-    // The run's stored bytes at 12345 of a blob file, among other bytes.
-    const blobFile = path.join(dir, 'blob');
-    const before = prand(12345, 7);
-    fs.writeFileSync(blobFile, Buffer.concat([before, run.stored, prand(999, 8)]));
-    const blobFd = fs.openSync(blobFile, 'r');
-    const file = path.join(dir, 'cache');
-    const fd = fs.openSync(file, 'w+');
-    const at = 3 * 4096;
-    fs.ftruncateSync(fd, 1 << 20);
-    const base = { blobFd, storedOffset: before.length, storedSize: run.stored.length, compressor: run.compressor, digester: run.digester, layout: run.layout, digests: run.digests, digestSize: 32, where: run.where };
-    const r = await verifyBlobRange({ ...base, target: { fd, offset: at } });
-    assert.equal(r.writeError, null, String(r.writeError));
-    assert.deepEqual(r.errors.map((e) => e !== null), [false, false, false, true, false]);
-    assert.match(String(r.errors[3]), /chunk 3: digest mismatch/);
-    const onDisk = fs.readFileSync(file);
-    plain.forEach((p, i) => {
-      if (i === 3) return;
-      assert.ok(onDisk.subarray(at + outOffsets[i], at + outOffsets[i] + p.length).equals(p), `chunk ${i} in the file`);
-    });
-    const chunkEnd = (i: number) => Math.ceil((outOffsets[i] + plain[i].length) / 4096) * 4096;
-    assert.deepEqual(dataRangesOf(fd, 0, 1 << 20), [[at, at + chunkEnd(2)], [at + outOffsets[4], at + chunkEnd(4)]], 'the corrupt chunk is a hole');
-
-    // A range the blob file does not have: nothing is verified or written.
-    const fd2 = fs.openSync(path.join(dir, 'cache2'), 'w+');
-    fs.ftruncateSync(fd2, 1 << 20);
-    await assert.rejects(verifyBlobRange({ ...base, storedOffset: before.length + 1000, target: { fd: fd2, offset: 0 } }), /pread.*the file ends at \d+, before the \d+ bytes at 13345/);
-    await assert.rejects(verifyBlobRange({ ...base, blobFd: fd2 === 0 ? 1 : 1 << 20, target: { fd: fd2, offset: 0 } }), (e: NodeJS.ErrnoException) => e.code === 'EBADF');
-    assert.deepEqual(dataRangesOf(fd2, 0, 1 << 20), [], 'nothing written after a failed read');
-    fs.closeSync(fd2);
-
-    const b = fscacheBinding();
-    assert.throws(() => b.verifyBlobRange(blobFd, 0, 65 << 20, run.layout, run.digests, 32, 1, 0, fd, 0), /more than 64 MiB/);
-    assert.throws(() => b.verifyBlobRange(blobFd, 0, 10, run.layout, run.digests, 32, 1, 0, fd, 0), /chunk \d lies outside its buffers/);
-    assert.throws(() => b.verifyBlobRange(blobFd, 0, run.stored.length, run.layout, run.digests, 32, 1, 0, fd, 100), /multiple of 4096/);
-    fs.closeSync(fd);
-    fs.closeSync(blobFd);
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }
