@@ -302,20 +302,24 @@ export class BlobCacheFile {
       }
     }
     // The chunks of each job, in turn (a job's chunks are adjacent in blob order).
-    const placements: Placement[] = [];
+    const placements: Array<[Placement, readonly ChunkRef[]]> = [];
     for (let from = 0; from < chunks.length;) {
       const job = tickets[from].job;
       let to = from + 1;
       while (to < chunks.length && tickets[to].job === job) to++;
-      placements.push(this.place(job, chunks.slice(from, to), tickets.slice(from, to)));
+      const some = chunks.slice(from, to);
+      placements.push([this.place(job, some, tickets.slice(from, to)), some]);
       from = to;
     }
-    await Promise.all(placements.map((p) => p.done));
+    await Promise.all(placements.map(([p]) => p.done));
     let written = 0;
     const failed: Array<[ChunkRef, Error]> = [];
-    for (const p of placements) {
+    for (const [p, some] of placements) {
       written += p.written;
-      if (p.failed) for (const c of chunks) if (p.failed.has(c.indexInBlob)) failed.push([c, p.failed.get(c.indexInBlob)!]);
+      for (const c of some) {
+        const e = p.failed?.get(c.indexInBlob);
+        if (e) failed.push([c, e]);
+      }
     }
     return { written, failed };
   }
