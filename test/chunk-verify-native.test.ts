@@ -14,7 +14,7 @@ import { createRequire } from 'node:module';
 import { fscacheBinding } from '../native/fscache/index.ts';
 import { dataRangesOf } from '../native/fscache/fanotify.ts';
 import { compressChunk } from '../src/blob/compress.ts';
-import { RUN_FIELDS, type StoredRun, setRunChunk, verifyRun, verifyRunNative } from '../src/blob/verify.ts';
+import { RUN_FIELDS, type StoredRun, setRunChunk, verifyBlobRange, verifyRun, verifyRunNative } from '../src/blob/verify.ts';
 import { prand } from './helpers/fixtures.ts';
 
 const blake3 = (createRequire(import.meta.url)('@napi-rs/blake-hash') as { blake3(b: Buffer): Buffer }).blake3;
@@ -159,6 +159,89 @@ test('verifyRunNative with a target writes the chunks that pass through its fd, 
     const unaligned = Float64Array.from(clean.layout);
     unaligned[RUN_FIELDS * 2 + 2] += 512; // chunk 2's output offset off its page
     assert.throws(() => b.verifyRunNative(clean.stored, unaligned, clean.digests, 32, spare, 1, 0, 3, 0), /chunk 2 to write is not at a page boundary/);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('verifyBlobRange reads its stored bytes from the blob file itself and writes the chunks that pass, as verifyRunNative with a target does; a read past the blob fails the whole run', async () => {
+  const { run, plain, outOffsets } = sampleRun('blake3', [3]);
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'verify-range-'));
+  try {
+    // The run's stored bytes at 12345 of a blob file, among other bytes.
+    const blobFile = path.join(dir, 'blob');
+    const before = prand(12345, 7);
+    fs.writeFileSync(blobFile, Buffer.concat([before, run.stored, prand(999, 8)]));
+    const blobFd = fs.openSync(blobFile, 'r');
+    const file = path.join(dir, 'cache');
+    const fd = fs.openSync(file, 'w+');
+    const at = 3 * 4096;
+    fs.ftruncateSync(fd, 1 << 20);
+    const base = { blobFd, storedOffset: before.length, storedSize: run.stored.length, compressor: run.compressor, digester: run.digester, layout: run.layout, digests: run.digests, digestSize: 32, where: run.where };
+    const r = await verifyBlobRange({ ...base, target: { fd, offset: at } });
+    assert.equal(r.writeError, null, String(r.writeError));
+    assert.deepEqual(r.errors.map((e) => e !== null), [false, false, false, true, false]);
+    assert.match(String(r.errors[3]), /chunk 3: digest mismatch/);
+    const onDisk = fs.readFileSync(file);
+    plain.forEach((p, i) => {
+      if (i === 3) return;
+      assert.ok(onDisk.subarray(at + outOffsets[i], at + outOffsets[i] + p.length).equals(p), `chunk ${i} in the file`);
+    });
+    const chunkEnd = (i: number) => Math.ceil((outOffsets[i] + plain[i].length) / 4096) * 4096;
+    assert.deepEqual(dataRangesOf(fd, 0, 1 << 20), [[at, at + chunkEnd(2)], [at + outOffsets[4], at + chunkEnd(4)]], 'the corrupt chunk is a hole');
+
+    // A range the blob file does not have: nothing is verified or written.
+    const fd2 = fs.openSync(path.join(dir, 'cache2'), 'w+');
+    fs.ftruncateSync(fd2, 1 << 20);
+    await assert.rejects(verifyBlobRange({ ...base, storedOffset: before.length + 1000, target: { fd: fd2, offset: 0 } }), /pread.*the file ends at \d+, before the \d+ bytes at 13345/);
+    await assert.rejects(verifyBlobRange({ ...base, blobFd: fd2 === 0 ? 1 : 1 << 20, target: { fd: fd2, offset: 0 } }), (e: NodeJS.ErrnoException) => e.code === 'EBADF');
+    assert.deepEqual(dataRangesOf(fd2, 0, 1 << 20), [], 'nothing written after a failed read');
+    fs.closeSync(fd2);
+
+    const b = fscacheBinding();
+    assert.throws(() => b.verifyBlobRange(blobFd, 0, 65 << 20, run.layout, run.digests, 32, 1, 0, fd, 0), /more than 64 MiB/);
+    assert.throws(() => b.verifyBlobRange(blobFd, 0, 10, run.layout, run.digests, 32, 1, 0, fd, 0), /chunk \d lies outside its buffers/);
+    assert.throws(() => b.verifyBlobRange(blobFd, 0, run.stored.length, run.layout, run.digests, 32, 1, 0, fd, 100), /multiple of 4096/);
+    fs.closeSync(fd);
+    fs.closeSync(blobFd);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('verifyBlobRange jobs at once share no buffer: sixteen runs of different bytes, each file gets its own', async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'verify-range-many-'));
+  try {
+    const runs = Array.from({ length: 16 }, (_, k) => {
+      const plain = [prand(70_000 + k * 1000, 500 + k), prand(9000, 600 + k)];
+      const stored = plain.map((p) => Buffer.from(compressChunk('zstd', p) ?? p));
+      const layout = new Float64Array(2 * RUN_FIELDS);
+      setRunChunk(layout, 0, { storedOffset: 0, storedSize: stored[0].length, outOffset: 0, outSize: plain[0].length, compressed: compressChunk('zstd', plain[0]) !== null });
+      const second = Math.ceil(plain[0].length / 4096) * 4096;
+      setRunChunk(layout, 1, { storedOffset: stored[0].length, storedSize: stored[1].length, outOffset: second, outSize: plain[1].length, compressed: compressChunk('zstd', plain[1]) !== null });
+      return { plain, stored: Buffer.concat(stored), layout, second };
+    });
+    const blobFile = path.join(dir, 'blob');
+    fs.writeFileSync(blobFile, Buffer.concat(runs.map((r) => r.stored)));
+    const blobFd = fs.openSync(blobFile, 'r');
+    let at = 0;
+    const results = await Promise.all(runs.map((r, k) => {
+      const fd = fs.openSync(path.join(dir, `cache${k}`), 'w+');
+      fs.ftruncateSync(fd, 1 << 20);
+      const p = verifyBlobRange({
+        blobFd, storedOffset: at, storedSize: r.stored.length, compressor: 'zstd', digester: 'blake3', layout: r.layout,
+        digests: Buffer.concat(r.plain.map(blake3)), digestSize: 32, where: ['first', 'second'], target: { fd, offset: 0 },
+      }).finally(() => fs.closeSync(fd));
+      at += r.stored.length;
+      return p;
+    }));
+    fs.closeSync(blobFd);
+    results.forEach((r, k) => {
+      assert.deepEqual(r.errors, [null, null], `run ${k}`);
+      const file = fs.readFileSync(path.join(dir, `cache${k}`));
+      assert.ok(file.subarray(0, runs[k].plain[0].length).equals(runs[k].plain[0]), `run ${k}, chunk 0`);
+      assert.ok(file.subarray(runs[k].second, runs[k].second + runs[k].plain[1].length).equals(runs[k].plain[1]), `run ${k}, chunk 1`);
+    });
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }

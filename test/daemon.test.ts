@@ -14,7 +14,9 @@ import { DaemonState } from '../src/daemon/state.ts';
 import { OnDemandSession } from '../src/daemon/frontend/cachefiles.ts';
 import { ChunkFetcher, batchChunks } from '../src/daemon/chunk-fetcher.ts';
 import { BlobMap, packChunks } from '../src/daemon/blob-map.ts';
-import type { BlobBackend } from '../src/daemon/backend/localfs.ts';
+import { type BlobBackend, LocalFsBackend } from '../src/daemon/backend/localfs.ts';
+import { BlobCacheFile, WorkGuard } from '../src/daemon/blob-cache.ts';
+import { dataRangesOf } from '../native/fscache/fanotify.ts';
 import { FakePort, settle, waitFor } from './helpers/cachefiles-port.ts';
 import type { ChunkRef } from '../src/builder/tree.ts';
 import { startApi } from '../src/daemon/api.ts';
@@ -553,6 +555,84 @@ test('chunk fetcher: a job\'s memory is freed once every taker gave its chunks b
   } finally {
     pool.close();
   }
+});
+
+test('cache file over a localfs blob: its verification jobs read the blob range and write the cache file themselves, no byte through JS; a write that fails is done again from bytes fetched anew', async () => {
+  // Twelve chunks of 20 KiB (zstd), one corrupt, stored back to back in a blob file.
+  const plain = Array.from({ length: 12 }, (_, i) => (i % 3 ? prand(20_000, 400 + i) : Buffer.alloc(20_000, `chunk ${i} `)));
+  const stored = plain.map((p) => Buffer.from(compressChunk('zstd', p) ?? p));
+  const BAD = 7;
+  const chunks: ChunkRef[] = [];
+  let coff = 0;
+  plain.forEach((p, i) => {
+    chunks.push({ blobIndex: 0, indexInBlob: i, digest: chunkDigest('blake3', p), uncompressedOffset: i * 20_480, uncompressedSize: p.length, compressedOffset: coff, compressedSize: stored[i].length, compressed: compressChunk('zstd', p) !== null });
+    coff += stored[i].length;
+  });
+  stored[BAD][stored[BAD].length >> 1] ^= 1;
+  const blobId = 'f'.repeat(64);
+  const dir = path.join(work, 'direct');
+  fs.mkdirSync(path.join(dir, 'blobs'), { recursive: true });
+  fs.writeFileSync(path.join(dir, 'blobs', blobId), Buffer.concat(stored));
+  const map = new BlobMap(blobId, 0, 12 * 20_480, 'zstd', 'blake3', packChunks(chunks));
+
+  /** Fills the whole blob through a BlobCacheFile writing into `fd` (verification jobs may write there themselves). */
+  let fills = 0;
+  const fill = async (fd: number, jsWrite: (offset: number, data: Uint8Array) => void) => {
+    const backend = new LocalFsBackend(path.join(dir, 'blobs'));
+    const reads: number[] = [];
+    const read = backend.read.bind(backend);
+    backend.read = (id, offset, size) => {
+      reads.push(size);
+      return read(id, offset, size);
+    };
+    const pool = new VerifyPool(2);
+    const state = new DaemonState(path.join(dir, `state-${fills++}`));
+    const counters = { prefetchedChunks: 0, staleMarks: 0, chunksWrittenByVerifier: 0 };
+    const target = { fd };
+    let jsWrites = 0;
+    const file = new BlobCacheFile({ volume: 'v', cookie: blobId }, map, new ChunkFetcher(backend, undefined, pool), {
+      asksOnlyForMissing: true,
+      write: async (offset, data) => {
+        jsWrites++;
+        jsWrite(offset, data);
+      },
+      target: () => target,
+      dataRanges: (from, to) => dataRangesOf(fd, from, to),
+    }, new WorkGuard(() => undefined), state, counters, log);
+    file.start(null);
+    const results = [];
+    for (let i = 0; i < 12; i++) results.push(await file.fill(i * 20_480, 4096).then(() => null, (e: Error) => e.message));
+    pool.close();
+    await backend.close();
+    const marked = state.cached({ volume: 'v', cookie: blobId });
+    state.close();
+    return { reads, jsWrites, counters, results, marked };
+  };
+
+  const cache = path.join(dir, 'cache');
+  const fd = fs.openSync(cache, 'w+');
+  fs.ftruncateSync(fd, 12 * 20_480);
+  const direct = await fill(fd, () => assert.fail('no JS write'));
+  assert.deepEqual(direct.reads, [], 'the backend read nothing through JS');
+  assert.equal(direct.jsWrites, 0);
+  assert.equal(direct.counters.chunksWrittenByVerifier, 11);
+  direct.results.forEach((r, i) => (i === BAD ? assert.match(String(r), /chunk 7: digest mismatch/) : assert.equal(r, null, `chunk ${i}`)));
+  assert.deepEqual([...direct.marked].sort((a, b) => a - b), [0, 1, 2, 3, 4, 5, 6, 8, 9, 10, 11]);
+  const onDisk = fs.readFileSync(cache);
+  plain.forEach((p, i) => i !== BAD && assert.ok(onDisk.subarray(i * 20_480, i * 20_480 + p.length).equals(p), `chunk ${i} in the cache file`));
+  assert.deepEqual(dataRangesOf(fd, 0, 12 * 20_480), [[0, BAD * 20_480], [(BAD + 1) * 20_480, 12 * 20_480]], 'the corrupt chunk is a hole');
+  fs.closeSync(fd);
+
+  // The jobs cannot write (a read-only fd): each chunk is fetched again, bytes kept, and written by the front end.
+  const ro = fs.openSync(cache, 'r');
+  const copy = Buffer.alloc(12 * 20_480);
+  const fallback = await fill(ro, (offset, data) => copy.set(data, offset));
+  fs.closeSync(ro);
+  assert.ok(fallback.reads.length > 0, 'the bytes were fetched again through the backend');
+  assert.ok(fallback.jsWrites > 0);
+  assert.equal(fallback.counters.chunksWrittenByVerifier, 0);
+  fallback.results.forEach((r, i) => (i === BAD ? assert.match(String(r), /digest mismatch/) : assert.equal(r, null, `chunk ${i}`)));
+  plain.forEach((p, i) => i !== BAD && assert.ok(copy.subarray(i * 20_480, i * 20_480 + p.length).equals(p), `chunk ${i} written by the front end`));
 });
 
 test('verify pool: an urgent job, or a queued one promoted, is verified before the others queued', async () => {

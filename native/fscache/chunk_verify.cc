@@ -9,7 +9,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <utility>
@@ -37,6 +39,68 @@ struct ChunkPlace {
   size_t stored_offset, stored_size, out_offset, out_size;
   bool compressed;
 };
+
+// A run's stored bytes as a range of a blob file, read by the pool thread itself (verifyBlobRange).
+struct BlobRange {
+  int fd;
+  off_t offset;
+  size_t size;
+};
+
+// The most a verifyBlobRange job reads or writes.
+constexpr size_t kMaxBlobRangeBytes = 64 << 20;
+
+// Page-aligned buffers the verifyBlobRange jobs share: a job takes two (stored bytes, output) and
+// gives them back when it ends, the last given back taken first. Only as many exist as jobs ran at
+// once, and the same few are reused while still in the CPU's cache: buffers of each pool thread's own
+// (eight threads) were first touched, page fault by page fault, by every thread, which cost a short
+// cold read (the host's big workload) more CPU than the JS path's buffers.
+class SharedBuffers {
+ public:
+  struct Buffer {
+    uint8_t* data = nullptr;
+    size_t size = 0;
+  };
+
+  // A buffer of at least `size` bytes ({nullptr, 0} when memory is short).
+  Buffer Take(size_t size) {
+    size = RoundUp(std::max<size_t>(size, 1), kCacheWriteAlign);
+    Buffer b;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (!free_.empty()) {
+        b = free_.back();
+        free_.pop_back();
+      }
+    }
+    if (b.size >= size) return b;
+    std::free(b.data);
+    void* p = nullptr;
+    if (posix_memalign(&p, kCacheWriteAlign, size) != 0) return {};
+    return {static_cast<uint8_t*>(p), size};
+  }
+
+  void Give(Buffer b) {
+    if (!b.data) return;
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (free_.size() < kKept) {
+      free_.push_back(b);
+      return;
+    }
+    std::free(b.data);
+  }
+
+ private:
+  // More than two buffers a pool thread's job, with every libuv thread verifying at once.
+  static constexpr size_t kKept = 16;
+  std::mutex mutex_;
+  std::vector<Buffer> free_;
+};
+
+SharedBuffers& JobBuffers() {
+  static SharedBuffers* buffers = new SharedBuffers();  // never destroyed: pool threads may outlive statics
+  return *buffers;
+}
 
 // One decompression context per pool thread, made on its first chunk and kept for the process' life.
 ZSTD_DCtx* ThreadDctx() {
@@ -74,18 +138,21 @@ std::optional<std::string> VerifyOne(const uint8_t* stored, uint8_t* out, const 
 class VerifyRunWorker : public Napi::AsyncWorker {
  public:
   // `out` is where the chunks go (with a target: page-aligned, a whole number of pages); `out_buffer`,
-  // the buffer that holds it, kept alive.
-  VerifyRunWorker(Napi::Env env, Napi::Uint8Array stored, Napi::Uint8Array digests, Napi::Value out_buffer, uint8_t* out,
+  // the buffer that holds it, kept alive. With a `source` the stored bytes are read from it, and with
+  // no `out` (null, `out_buffer` undefined) the output is a shared job buffer (JobBuffers): only the
+  // cache file gets the chunks (a target is needed then). No `out` without a `source`.
+  VerifyRunWorker(Napi::Env env, Napi::Value stored_buffer, const uint8_t* stored, std::optional<BlobRange> source,
+                  Napi::Uint8Array digests, Napi::Value out_buffer, uint8_t* out,
                   size_t out_size, std::vector<ChunkPlace> places, Compressor compressor, Digester digester,
                   size_t digest_size, std::optional<WriteTarget> target, size_t base)
       : Napi::AsyncWorker(env, "nydus:verifyRun"),
         deferred_(Napi::Promise::Deferred::New(env)),
-        stored_(stored.Data()), digests_(digests.Data()), out_(out), out_size_(out_size),
+        stored_(stored), source_(source), digests_(digests.Data()), out_(out), out_size_(out_size),
         places_(std::move(places)), compressor_(compressor), digester_(digester), digest_size_(digest_size),
         target_(target), base_(base), errors_(places_.size()) {
     // The buffers stay alive (and in place) while the pool works on them.
     keep_ = Napi::Persistent(Napi::Object::New(env));
-    keep_.Set("stored", stored);
+    keep_.Set("stored", stored_buffer);
     keep_.Set("digests", digests);
     keep_.Set("out", out_buffer);
   }
@@ -93,6 +160,31 @@ class VerifyRunWorker : public Napi::AsyncWorker {
   Napi::Promise Promise() { return deferred_.Promise(); }
 
   void Execute() override {
+    if (source_) {
+      // The job's buffers go back to the shared ones when it ends, whichever way.
+      struct Lease {
+        SharedBuffers::Buffer in, out;
+        ~Lease() {
+          JobBuffers().Give(in);
+          JobBuffers().Give(out);
+        }
+      } lease{JobBuffers().Take(source_->size), JobBuffers().Take(out_size_)};
+      if (!lease.in.data || !lease.out.data) {
+        read_errno_ = ENOMEM;
+        read_error_ = "buffers of " + std::to_string(source_->size) + " and " + std::to_string(out_size_) + " bytes";
+        return;
+      }
+      if (!ReadSource(lease.in.data)) return;
+      out_ = lease.out.data;
+      Verify();
+      out_ = nullptr;
+      stored_ = nullptr;
+      return;
+    }
+    Verify();
+  }
+
+  void Verify() {
     ZeroGaps();
     for (size_t i = 0; i < places_.size(); i++) {
       const uint8_t* digest = digest_size_ ? digests_ + i * digest_size_ : nullptr;
@@ -101,6 +193,24 @@ class VerifyRunWorker : public Napi::AsyncWorker {
       if (errors_[i]) std::memset(out_ + places_[i].out_offset, 0, places_[i].out_size);
     }
     if (target_) WriteGood();
+  }
+
+  // The stored bytes from the blob file into `in`; false (read_errno_ set) when
+  // they cannot all be read.
+  bool ReadSource(uint8_t* in) {
+    for (size_t done = 0; done < source_->size;) {
+      off_t at = source_->offset + static_cast<off_t>(done);
+      ssize_t n = RetryOnEintr([&] { return pread(source_->fd, in + done, source_->size - done, at); });
+      if (n <= 0) {
+        read_errno_ = n < 0 ? errno : EIO;
+        read_error_ = n < 0 ? std::to_string(source_->size - done) + " bytes at " + std::to_string(at)
+                            : "the file ends at " + std::to_string(at) + ", before the " + std::to_string(source_->size) + " bytes at " + std::to_string(source_->offset);
+        return false;
+      }
+      done += static_cast<size_t>(n);
+    }
+    stored_ = in;
+    return true;
   }
 
   // Writes the chunks that passed into the cache file, each stretch of them that follows one another
@@ -147,14 +257,22 @@ class VerifyRunWorker : public Napi::AsyncWorker {
 
   void OnOK() override {
     Napi::Env env = Env();
+    Napi::Object outcome = Napi::Object::New(env);
+    if (source_) {
+      outcome.Set("readError", read_errno_ ? ErrnoError(env, read_errno_, "pread", "", "fd " + std::to_string(source_->fd) + ", " + read_error_).Value() : env.Null());
+      if (read_errno_) {
+        outcome.Set("errors", env.Null());
+        outcome.Set("writeError", env.Null());
+        return deferred_.Resolve(outcome);
+      }
+    }
     Napi::Array result = Napi::Array::New(env, errors_.size());
     for (size_t i = 0; i < errors_.size(); i++) {
       result.Set(i, errors_[i] ? Napi::Value(Napi::String::New(env, *errors_[i])) : env.Null());
     }
     if (!target_) return deferred_.Resolve(result);
-    Napi::Object outcome = Napi::Object::New(env);
     outcome.Set("errors", result);
-    outcome.Set("base", Napi::Number::New(env, static_cast<double>(base_)));
+    if (!source_) outcome.Set("base", Napi::Number::New(env, static_cast<double>(base_)));
     outcome.Set("writeError", write_errno_ ? ErrnoError(env, write_errno_, "pwrite", "", "fd " + std::to_string(target_->fd) + ", " + write_error_).Value() : env.Null());
     deferred_.Resolve(outcome);
   }
@@ -165,6 +283,7 @@ class VerifyRunWorker : public Napi::AsyncWorker {
   Napi::Promise::Deferred deferred_;
   Napi::ObjectReference keep_;
   const uint8_t* stored_;
+  std::optional<BlobRange> source_;
   const uint8_t* digests_;
   uint8_t* out_;
   size_t out_size_;
@@ -177,13 +296,76 @@ class VerifyRunWorker : public Napi::AsyncWorker {
   std::vector<std::optional<std::string>> errors_;
   int write_errno_ = 0;
   std::string write_error_;
+  int read_errno_ = 0;  // the source or a buffer could not be had: nothing was verified
+  std::string read_error_;
 };
 
-size_t Whole(Napi::Env env, double v, const char* what) {
+size_t Whole(Napi::Env env, double v, const char* what, const char* fn = "verifyRunNative") {
   if (!(v >= 0) || v > 9007199254740991.0 || std::floor(v) != v) {
-    throw Napi::RangeError::New(env, std::string("verifyRunNative: ") + what + " is not a whole number of bytes");
+    throw Napi::RangeError::New(env, std::string(fn) + ": " + what + " is not a whole number of bytes");
   }
   return static_cast<size_t>(v);
+}
+
+// The arguments both entry points share, checked.
+struct RunArgs {
+  Napi::Float64Array layout;
+  Napi::Uint8Array digests;
+  size_t digest_size;
+  Compressor compressor;
+  Digester digester;
+};
+
+RunArgs ParseRunArgs(Napi::Env env, const Napi::Value& layout_v, const Napi::Value& digests_v, const Napi::Value& digest_size_v,
+                     const Napi::Value& compressor_v, const Napi::Value& digester_v, const char* fn) {
+  auto layout = layout_v.As<Napi::Float64Array>();
+  auto digests = digests_v.As<Napi::Uint8Array>();
+  if (digests.TypedArrayType() != napi_uint8_array || layout.TypedArrayType() != napi_float64_array) {
+    throw Napi::TypeError::New(env, std::string(fn) + ": layout is a Float64Array, digests a Uint8Array");
+  }
+  uint32_t compressor = compressor_v.As<Napi::Number>().Uint32Value();
+  uint32_t digester = digester_v.As<Napi::Number>().Uint32Value();
+  size_t digest_size = Whole(env, digest_size_v.As<Napi::Number>().DoubleValue(), "digestSize", fn);
+  if (compressor > kZstd || digester > kSha256) throw Napi::RangeError::New(env, std::string(fn) + ": unknown compressor or digester");
+  if (digest_size != 0 && digest_size != kDigestSize) throw Napi::RangeError::New(env, std::string(fn) + ": digests are 32 bytes");
+  if (layout.ElementLength() % kFields != 0) throw Napi::RangeError::New(env, std::string(fn) + ": layout is not whole chunks");
+  size_t count = layout.ElementLength() / kFields;
+  if (digests.ByteLength() < count * digest_size) throw Napi::RangeError::New(env, std::string(fn) + ": fewer digests than chunks");
+  return {layout, digests, digest_size, static_cast<Compressor>(compressor), static_cast<Digester>(digester)};
+}
+
+// Every chunk's place, within `stored_size` stored bytes and `out_size` output bytes (with `writes`,
+// a page rounded: whole pages are written), in file order at page boundaries when it writes: the
+// pool thread trusts these bounds.
+std::vector<ChunkPlace> ParsePlaces(Napi::Env env, const Napi::Float64Array& layout, size_t stored_size, size_t out_size,
+                                    bool writes, const char* fn) {
+  size_t count = layout.ElementLength() / kFields;
+  std::vector<ChunkPlace> places(count);
+  for (size_t i = 0; i < count; i++) {
+    const double* f = layout.Data() + i * kFields;
+    ChunkPlace& c = places[i];
+    c.stored_offset = Whole(env, f[kStoredOffset], "a stored offset", fn);
+    c.stored_size = Whole(env, f[kStoredSize], "a stored size", fn);
+    c.out_offset = Whole(env, f[kOutOffset], "an output offset", fn);
+    c.out_size = Whole(env, f[kOutSize], "an output size", fn);
+    c.compressed = f[kCompressed] != 0;
+    size_t out_room = writes ? RoundUp(c.out_size, kCacheWriteAlign) : c.out_size;
+    if (c.stored_offset > stored_size || c.stored_size > stored_size - c.stored_offset ||
+        c.out_offset > out_size || out_room > out_size - c.out_offset) {
+      throw Napi::RangeError::New(env, std::string(fn) + ": chunk " + std::to_string(i) + " lies outside its buffers");
+    }
+    if (writes && (c.out_offset % kCacheWriteAlign != 0 || (i > 0 && c.out_offset < places[i - 1].out_offset + places[i - 1].out_size))) {
+      throw Napi::RangeError::New(env, std::string(fn) + ": chunk " + std::to_string(i) + " to write is not at a page boundary after the one before it");
+    }
+  }
+  return places;
+}
+
+WriteTarget ParseTarget(Napi::Env env, const Napi::Value& fd_v, const Napi::Value& offset_v, const char* fn) {
+  int fd = fd_v.As<Napi::Number>().Int32Value();
+  size_t file_offset = Whole(env, offset_v.As<Napi::Number>().DoubleValue(), "fileOffset", fn);
+  if (fd < 0 || file_offset % kCacheWriteAlign != 0) throw Napi::RangeError::New(env, std::string(fn) + ": a write needs an fd and a fileOffset that is a multiple of 4096");
+  return WriteTarget{fd, static_cast<off_t>(file_offset)};
 }
 
 }  // namespace
@@ -191,6 +373,7 @@ size_t Whole(Napi::Env env, double v, const char* what) {
 // verifyRunNative(stored, layout, digests, digestSize, out, compressor, digester[, fd, fileOffset])
 Napi::Value VerifyRunNative(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
+  const char* fn = "verifyRunNative";
   const char* usage = "verifyRunNative(stored: Uint8Array, layout: Float64Array, digests: Uint8Array, digestSize: number, out: Uint8Array, compressor: 0 | 1, digester: 0 | 1[, fd: number, fileOffset: number])";
   bool writes = info.Length() == 9;
   if ((info.Length() != 7 && !writes) || !info[0].IsTypedArray() || !info[1].IsTypedArray() || !info[2].IsTypedArray() ||
@@ -199,58 +382,59 @@ Napi::Value VerifyRunNative(const Napi::CallbackInfo& info) {
     throw Napi::TypeError::New(env, usage);
   }
   auto stored = info[0].As<Napi::Uint8Array>();
-  auto layout = info[1].As<Napi::Float64Array>();
-  auto digests = info[2].As<Napi::Uint8Array>();
   auto out = info[4].As<Napi::Uint8Array>();
-  if (stored.TypedArrayType() != napi_uint8_array || digests.TypedArrayType() != napi_uint8_array ||
-      out.TypedArrayType() != napi_uint8_array || layout.TypedArrayType() != napi_float64_array) {
-    throw Napi::TypeError::New(env, usage);
-  }
-  uint32_t compressor = info[5].As<Napi::Number>().Uint32Value();
-  uint32_t digester = info[6].As<Napi::Number>().Uint32Value();
-  size_t digest_size = Whole(env, info[3].As<Napi::Number>().DoubleValue(), "digestSize");
-  if (compressor > kZstd || digester > kSha256) throw Napi::RangeError::New(env, "verifyRunNative: unknown compressor or digester");
-  if (digest_size != 0 && digest_size != kDigestSize) throw Napi::RangeError::New(env, "verifyRunNative: digests are 32 bytes");
-  if (layout.ElementLength() % kFields != 0) throw Napi::RangeError::New(env, "verifyRunNative: layout is not whole chunks");
-  size_t count = layout.ElementLength() / kFields;
-  if (digests.ByteLength() < count * digest_size) throw Napi::RangeError::New(env, "verifyRunNative: fewer digests than chunks");
+  if (stored.TypedArrayType() != napi_uint8_array || out.TypedArrayType() != napi_uint8_array) throw Napi::TypeError::New(env, usage);
+  RunArgs run = ParseRunArgs(env, info[1], info[2], info[3], info[5], info[6], fn);
   std::optional<WriteTarget> target;
   uint8_t* out_data = out.Data();
   size_t out_size = out.ByteLength();
   size_t skip = 0;
   if (writes) {
-    int fd = info[7].As<Napi::Number>().Int32Value();
-    size_t file_offset = Whole(env, info[8].As<Napi::Number>().DoubleValue(), "fileOffset");
-    if (fd < 0 || file_offset % kCacheWriteAlign != 0) throw Napi::RangeError::New(env, "verifyRunNative: a write needs an fd and a fileOffset that is a multiple of 4096");
+    target = ParseTarget(env, info[7], info[8], fn);
     // The chunks go at the first page boundary of `out`, which has a page to spare for it.
     skip = (kCacheWriteAlign - reinterpret_cast<uintptr_t>(out_data) % kCacheWriteAlign) % kCacheWriteAlign;
     if (out_size < kCacheWriteAlign) throw Napi::RangeError::New(env, "verifyRunNative: a write needs a page more than its output");
     out_data += skip;
     out_size = (out_size - kCacheWriteAlign) / kCacheWriteAlign * kCacheWriteAlign;
-    target = WriteTarget{fd, static_cast<off_t>(file_offset)};
   }
-  // Every chunk within both buffers: the pool thread trusts these bounds. Written chunks come in file
-  // order, each at a page boundary.
-  std::vector<ChunkPlace> places(count);
+  std::vector<ChunkPlace> places = ParsePlaces(env, run.layout, stored.ByteLength(), out_size, writes, fn);
+  auto* worker = new VerifyRunWorker(env, stored, stored.Data(), std::nullopt, run.digests, out, out_data, out_size, std::move(places),
+                                     run.compressor, run.digester, run.digest_size, target, skip);
+  Napi::Promise p = worker->Promise();
+  worker->Queue();
+  return p;
+}
+
+// verifyBlobRange(blobFd, storedOffset, storedSize, layout, digests, digestSize, compressor, digester, fd, fileOffset)
+Napi::Value VerifyBlobRange(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const char* fn = "verifyBlobRange";
+  if (info.Length() != 10 || !info[0].IsNumber() || !info[1].IsNumber() || !info[2].IsNumber() || !info[3].IsTypedArray() ||
+      !info[4].IsTypedArray() || !info[5].IsNumber() || !info[6].IsNumber() || !info[7].IsNumber() || !info[8].IsNumber() || !info[9].IsNumber()) {
+    throw Napi::TypeError::New(env, "verifyBlobRange(blobFd: number, storedOffset: number, storedSize: number, layout: Float64Array, digests: Uint8Array, digestSize: number, compressor: 0 | 1, digester: 0 | 1, fd: number, fileOffset: number)");
+  }
+  int blob_fd = info[0].As<Napi::Number>().Int32Value();
+  size_t stored_offset = Whole(env, info[1].As<Napi::Number>().DoubleValue(), "storedOffset", fn);
+  size_t stored_size = Whole(env, info[2].As<Napi::Number>().DoubleValue(), "storedSize", fn);
+  if (blob_fd < 0) throw Napi::RangeError::New(env, "verifyBlobRange: blobFd is not an fd");
+  if (stored_size > kMaxBlobRangeBytes) throw Napi::RangeError::New(env, "verifyBlobRange: more than 64 MiB of stored bytes");
+  RunArgs run = ParseRunArgs(env, info[3], info[4], info[5], info[6], info[7], fn);
+  WriteTarget target = ParseTarget(env, info[8], info[9], fn);
+  // The output ends with the last chunk's last page: the chunks come in file order.
+  size_t count = run.layout.ElementLength() / kFields;
+  size_t out_size = 0;
   for (size_t i = 0; i < count; i++) {
-    const double* f = layout.Data() + i * kFields;
-    ChunkPlace& c = places[i];
-    c.stored_offset = Whole(env, f[kStoredOffset], "a stored offset");
-    c.stored_size = Whole(env, f[kStoredSize], "a stored size");
-    c.out_offset = Whole(env, f[kOutOffset], "an output offset");
-    c.out_size = Whole(env, f[kOutSize], "an output size");
-    c.compressed = f[kCompressed] != 0;
-    size_t out_room = target ? RoundUp(c.out_size, kCacheWriteAlign) : c.out_size;
-    if (c.stored_offset > stored.ByteLength() || c.stored_size > stored.ByteLength() - c.stored_offset ||
-        c.out_offset > out_size || out_room > out_size - c.out_offset) {
-      throw Napi::RangeError::New(env, "verifyRunNative: chunk " + std::to_string(i) + " lies outside its buffers");
-    }
-    if (target && (c.out_offset % kCacheWriteAlign != 0 || (i > 0 && c.out_offset < places[i - 1].out_offset + places[i - 1].out_size))) {
-      throw Napi::RangeError::New(env, "verifyRunNative: chunk " + std::to_string(i) + " to write is not at a page boundary after the one before it");
+    const double* f = run.layout.Data() + i * kFields;
+    if (f[kOutOffset] >= 0 && f[kOutSize] >= 0 && f[kOutOffset] + f[kOutSize] <= static_cast<double>(kMaxBlobRangeBytes)) {
+      out_size = std::max(out_size, RoundUp(static_cast<size_t>(f[kOutOffset] + f[kOutSize]), kCacheWriteAlign));
+    } else {
+      throw Napi::RangeError::New(env, "verifyBlobRange: chunk " + std::to_string(i) + " lies outside 64 MiB of output");
     }
   }
-  auto* worker = new VerifyRunWorker(env, stored, digests, out, out_data, out_size, std::move(places),
-                                     static_cast<Compressor>(compressor), static_cast<Digester>(digester), digest_size, target, skip);
+  std::vector<ChunkPlace> places = ParsePlaces(env, run.layout, stored_size, out_size, true, fn);
+  auto* worker = new VerifyRunWorker(env, env.Undefined(), nullptr, BlobRange{blob_fd, static_cast<off_t>(stored_offset), stored_size},
+                                     run.digests, env.Undefined(), nullptr, out_size, std::move(places),
+                                     run.compressor, run.digester, run.digest_size, target, 0);
   Napi::Promise p = worker->Promise();
   worker->Queue();
   return p;

@@ -9,6 +9,11 @@ namespace fscache {
 
 Napi::Value VerifyRunNative(const Napi::CallbackInfo& info);
 
+// The same for a run whose stored bytes are a range of a blob file: the pool thread reads them
+// itself, verifies them into a buffer of its own and writes the chunks that pass into the cache
+// file. No byte of the run crosses into JS. See verifyBlobRange in binding.d.ts.
+Napi::Value VerifyBlobRange(const Napi::CallbackInfo& info);
+
 // releaseBuffer(ab): detaches an ArrayBuffer (every view of it becomes empty) so that its memory is
 // freed now. Chunk buffers live a few milliseconds, but once they outlive a scavenge only a full GC
 // frees them, and V8 runs one only after some 64 MiB of such memory: the daemon's peak RSS was that

@@ -129,7 +129,36 @@ export async function verifyRunNative(r: StoredRun): Promise<VerifiedRun> {
   return { data: out, errors: withWhere(r, errors) };
 }
 
-const withWhere = (r: StoredRun, errors: Array<string | null>) => errors.map((e, i) => (e === null ? null : `${r.where[i]}: ${e}`));
+/** A run whose stored bytes are a range of a blob file, verified and written into a cache file by one pool job. */
+export interface BlobRangeRun extends Omit<StoredRun, 'stored' | 'outSize' | 'target'> {
+  blobFd: number;
+  /** Where the run's stored bytes are in the blob file (the layout's stored offsets are from here). */
+  storedOffset: number;
+  storedSize: number;
+  /** As StoredRun's: output byte 0 is the cache file's byte `offset`; the run is laid out as in the file. */
+  target: { fd: number; offset: number };
+}
+
+/** A run verified from a blob file: per chunk an error message or null (it is in the cache file unless writeError). */
+export interface VerifiedBlobRange {
+  errors: Array<string | null>;
+  writeError: Error | null;
+}
+
+/**
+ * verifyRunNative for a run read from a blob file by the pool job itself (the addon's
+ * verifyBlobRange): the stored bytes, the output, the chunks written into the cache file, none of it
+ * through JS. Rejects when the blob file could not be read (nothing was verified then).
+ */
+export async function verifyBlobRange(r: BlobRangeRun): Promise<VerifiedBlobRange> {
+  const compressor = r.compressor === 'zstd' ? 1 : 0;
+  const digester = r.digester === 'sha256' ? 1 : 0;
+  const w = await fscacheBinding().verifyBlobRange(r.blobFd, r.storedOffset, r.storedSize, r.layout, r.digests, r.digestSize, compressor, digester, r.target.fd, r.target.offset);
+  if (w.readError) throw w.readError;
+  return { errors: withWhere(r, w.errors!), writeError: w.writeError };
+}
+
+const withWhere = (r: Pick<StoredRun, 'where'>, errors: Array<string | null>) => errors.map((e, i) => (e === null ? null : `${r.where[i]}: ${e}`));
 
 /**
  * Frees a buffer's memory now rather than at a GC (the addon detaches its ArrayBuffer: every view of

@@ -337,36 +337,33 @@ export class BlobCacheFile {
     placement.done = this.guard.use(async () => {
       try {
         const outcome = await job.outcome;
-        const good: Array<{ c: ChunkRef; data: Buffer }> = [];
+        // The job wrote its good chunks into this file itself (its verification's pool job did).
+        const inThisFile = outcome.writtenTo !== null && outcome.writtenTo === (this.io.target?.() ?? null);
+        const written: ChunkRef[] = [];
+        const toWrite: Array<{ c: ChunkRef; data: Buffer }> = [];
+        // Good chunks whose bytes the job did not keep (a direct job whose write failed): fetched again.
+        const refetch: ChunkRef[] = [];
         chunks.forEach((c, k) => {
-          const data = outcome.views[tickets[k].i];
+          const i = tickets[k].i;
+          const e = outcome.error(i);
+          if (e) return fail(c, e);
+          if (inThisFile) return written.push(c);
+          const data = outcome.views?.[i] ?? null;
           // (A chunk's bytes are a view of its job's buffer: empty if that were released too early.)
-          if (data === null) fail(c, outcome.error(tickets[k].i)!);
+          if (data === null) refetch.push(c);
           else if (data.length !== c.uncompressedSize) fail(c, new Error(`chunk ${c.indexInBlob}: ${data.length} bytes, expected ${c.uncompressedSize}`));
-          else good.push({ c, data });
+          else toWrite.push({ c, data });
         });
         // No write after close, nor mark: the kernel is done with this file.
-        if (this.closed || !good.length) return;
-        const inFile = (run: ReadonlyArray<{ c: ChunkRef }>) => {
-          this.state.mark(this.key, run.map(({ c }) => c.indexInBlob));
+        if (this.closed) return;
+        for (const run of fileRuns(written)) {
+          this.io.written?.(run[0].uncompressedOffset, run[run.length - 1].uncompressedOffset + run[run.length - 1].uncompressedSize);
+          this.state.mark(this.key, run.map((c) => c.indexInBlob));
           placement.written += run.length;
-        };
-        if (outcome.writtenTo !== null && outcome.writtenTo === (this.io.target?.() ?? null)) {
-          for (const run of writeRuns(good)) {
-            this.io.written?.(run[0].c.uncompressedOffset, run[run.length - 1].c.uncompressedOffset + run[run.length - 1].c.uncompressedSize);
-            inFile(run);
-          }
-          this.counters.chunksWrittenByVerifier += good.length;
-          return;
         }
-        await Promise.all(writeRuns(good).map(async (run) => {
-          try {
-            await this.io.write(run[0].c.uncompressedOffset, runBytes(run));
-            inFile(run);
-          } catch (e) {
-            for (const { c } of run) fail(c, e as Error);
-          }
-        }));
+        this.counters.chunksWrittenByVerifier += written.length;
+        await this.writeChunks(toWrite, placement, fail);
+        if (refetch.length) await this.refetchAndWrite(refetch, placement, fail);
       } catch (e) {
         for (const c of chunks) if (!placement.failed?.has(c.indexInBlob)) fail(c, e as Error);
       } finally {
@@ -376,6 +373,44 @@ export class BlobCacheFile {
     });
     for (const c of chunks) this.materializing.set(c.indexInBlob, placement);
     return placement;
+  }
+
+  /**
+   * Writes verified chunks through the front end: the chunks that follow one another in the file and
+   * in one job's buffer in one write, without a copy (a write per chunk costs more than its bytes:
+   * O_DIRECT waits for the disk). Marks what was written.
+   */
+  private async writeChunks(chunks: ReadonlyArray<{ c: ChunkRef; data: Buffer }>, placement: Placement, fail: (c: ChunkRef, e: Error) => void): Promise<void> {
+    await Promise.all(writeRuns(chunks).map(async (run) => {
+      try {
+        await this.io.write(run[0].c.uncompressedOffset, runBytes(run));
+        if (this.closed) return;
+        this.state.mark(this.key, run.map(({ c }) => c.indexInBlob));
+        placement.written += run.length;
+      } catch (e) {
+        for (const { c } of run) fail(c, e as Error);
+      }
+    }));
+  }
+
+  /** Chunks a job verified but kept no bytes of and could not write: fetched again with their bytes kept, and written here. */
+  private async refetchAndWrite(chunks: readonly ChunkRef[], placement: Placement, fail: (c: ChunkRef, e: Error) => void): Promise<void> {
+    const tickets = this.fetcher.fetchJobs(this.map, chunks, false, undefined, null);
+    const jobs = [...new Set(tickets.map((t) => t.job))];
+    for (const j of jobs) j.take();
+    try {
+      const outcomes = new Map(await Promise.all(jobs.map(async (j) => [j, await j.outcome] as const)));
+      const toWrite: Array<{ c: ChunkRef; data: Buffer }> = [];
+      chunks.forEach((c, k) => {
+        const o = outcomes.get(tickets[k].job)!;
+        const data = o.views?.[tickets[k].i] ?? null;
+        if (data !== null && data.length === c.uncompressedSize) toWrite.push({ c, data });
+        else fail(c, o.error(tickets[k].i) ?? new Error(`chunk ${c.indexInBlob}: its bytes were not kept`));
+      });
+      if (!this.closed) await this.writeChunks(toWrite, placement, fail);
+    } finally {
+      for (const j of jobs) j.giveBack();
+    }
   }
 
   /** Whether the file holds the chunk's bytes. */
@@ -471,6 +506,17 @@ function writeRuns<T extends { c: ChunkRef; data: Buffer }>(chunks: readonly T[]
     if (prev && followsInFile(prev.c, x.c) && x.data.buffer === prev.data.buffer
       && x.data.byteOffset - prev.data.byteOffset === x.c.uncompressedOffset - prev.c.uncompressedOffset) run.push(x);
     else out.push([x]);
+  }
+  return out;
+}
+
+/** Chunks (in blob order) split into runs that follow one another in the file. */
+function fileRuns(chunks: readonly ChunkRef[]): ChunkRef[][] {
+  const out: ChunkRef[][] = [];
+  for (const c of chunks) {
+    const run = out[out.length - 1];
+    if (run && followsInFile(run[run.length - 1], c)) run.push(c);
+    else out.push([c]);
   }
   return out;
 }

@@ -6,11 +6,13 @@
  * for the file reads and writes the daemon makes meanwhile.
  */
 import { NydusError, EIO } from '../../erofs/errors.ts';
-import { type StoredRun, type VerifiedRun, verifyRunNative } from '../blob/verify.ts';
+import { type BlobRangeRun, type StoredRun, type VerifiedBlobRange, type VerifiedRun, verifyBlobRange, verifyRunNative } from '../blob/verify.ts';
 
 interface Job {
-  run: StoredRun;
-  resolve: (r: VerifiedRun) => void;
+  /** Names the job's chunks (promote). */
+  where: readonly string[];
+  start: () => Promise<unknown>;
+  resolve: (r: unknown) => void;
   reject: (e: Error) => void;
 }
 
@@ -26,9 +28,9 @@ export class VerifyPool {
     while (this.running < this.size && this.queue.length) {
       const job = this.queue.shift()!;
       this.running++;
-      let verified: Promise<VerifiedRun>;
+      let verified: Promise<unknown>;
       try {
-        verified = this.verify(job.run);
+        verified = job.start();
       } catch (e) {
         verified = Promise.reject(e);
       }
@@ -44,7 +46,7 @@ export class VerifyPool {
    * has that chunk (running, done, or never asked for).
    */
   promote(where: string): boolean {
-    const i = this.queue.findIndex((j) => j.run.where.includes(where));
+    const i = this.queue.findIndex((j) => j.where.includes(where));
     if (i < 0) return false;
     if (i > 0) this.queue.unshift(...this.queue.splice(i, 1));
     return true;
@@ -56,10 +58,20 @@ export class VerifyPool {
    * the others queued.
    */
   verifyRun(run: StoredRun, urgent = false): Promise<VerifiedRun> {
+    return this.enqueue(run.where, () => this.verify(run), urgent);
+  }
+
+  /** A run read from a blob file, verified and written into its cache file by one job (verifyBlobRange). */
+  verifyBlobRange(run: BlobRangeRun, urgent = false): Promise<VerifiedBlobRange> {
+    return this.enqueue(run.where, () => verifyBlobRange(run), urgent);
+  }
+
+  private enqueue<T>(where: readonly string[], start: () => Promise<T>, urgent: boolean): Promise<T> {
     if (this.closed) return Promise.reject(new NydusError('chunk verification stopped: the daemon is closing', EIO));
-    return new Promise((resolve, reject) => {
-      if (urgent) this.queue.unshift({ run, resolve, reject });
-      else this.queue.push({ run, resolve, reject });
+    return new Promise<T>((resolve, reject) => {
+      const job: Job = { where, start, resolve: resolve as (r: unknown) => void, reject };
+      if (urgent) this.queue.unshift(job);
+      else this.queue.push(job);
       this.next();
     });
   }

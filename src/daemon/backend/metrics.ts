@@ -20,14 +20,14 @@ export function newBackendMetrics(): BackendMetrics {
   return { read_count: 0, read_amount_total: 0, read_errors: 0, read_latency_total_ms: 0, read_latency_dist: new Array(LATENCY_BUCKETS_MS.length + 1).fill(0) };
 }
 
-/** Runs one backend read, counting it, its bytes or its failure, and its latency. */
-export async function countRead(m: BackendMetrics, read: () => Promise<Buffer>): Promise<Buffer> {
+/** Runs one backend read, counting it, its bytes (`bytes`: those of what it gave) or its failure, and its latency. */
+export async function countRead<T = Buffer>(m: BackendMetrics, read: () => Promise<T>, bytes: (r: T) => number = (r) => (r as Buffer).length): Promise<T> {
   const start = performance.now();
   m.read_count++;
   try {
-    const buf = await read();
-    m.read_amount_total += buf.length;
-    return buf;
+    const r = await read();
+    m.read_amount_total += bytes(r);
+    return r;
   } catch (e) {
     m.read_errors++;
     throw e;
