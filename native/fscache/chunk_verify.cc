@@ -1,6 +1,7 @@
 #include "chunk_verify.h"
 
 #include <openssl/evp.h>
+#include <sys/mman.h>
 #include <unistd.h>
 #include <zstd.h>
 
@@ -9,7 +10,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <cstring>
 #include <mutex>
 #include <optional>
@@ -74,9 +74,10 @@ class SharedBuffers {
       }
     }
     if (b.size >= size) return b;
-    std::free(b.data);
-    void* p = nullptr;
-    if (posix_memalign(&p, kCacheWriteAlign, size) != 0) return {};
+    Drop(b);
+    // Straight from the kernel, page-aligned: a buffer dropped goes back to it, not to an allocator arena.
+    void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return {};
     return {static_cast<uint8_t*>(p), size};
   }
 
@@ -87,12 +88,16 @@ class SharedBuffers {
       free_.push_back(b);
       return;
     }
-    std::free(b.data);
+    Drop(b);
   }
 
  private:
-  // More than two buffers a pool thread's job, with every libuv thread verifying at once.
-  static constexpr size_t kKept = 16;
+  static void Drop(Buffer b) {
+    if (b.data) munmap(b.data, b.size);
+  }
+
+  // Two buffers a job, for four jobs at once (the daemon runs a job per core, at most its thread count).
+  static constexpr size_t kKept = 8;
   std::mutex mutex_;
   std::vector<Buffer> free_;
 };
