@@ -24,6 +24,12 @@ constexpr size_t kCacheWriteAlign = 4096;
 
 inline size_t RoundUp(size_t n, size_t to) { return (n + to - 1) / to * to; }
 
+// Page-aligned buffers shared by the pool threads' jobs (writeAligned's padded copies,
+// verifyBlobRange's stored bytes and output): a buffer of at least `size` bytes and its capacity, or
+// nullptr (ENOMEM); give it back with its capacity once the job is done with it.
+void* AcquireAlignedBuffer(size_t size, size_t* capacity);
+void ReleaseAlignedBuffer(void* buffer, size_t capacity);
+
 // JS: writeAligned(fd: number, data: Uint8Array, offset: number): Promise<void>
 // `offset` must be a multiple of 4096 (RangeError otherwise, thrown synchronously).
 Napi::Value WriteAligned(const Napi::CallbackInfo& info);

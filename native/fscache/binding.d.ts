@@ -150,7 +150,7 @@ export interface FscacheBinding {
   verifyRunNative(stored: Uint8Array, layout: Float64Array, digests: Uint8Array, digestSize: number, out: Uint8Array, compressor: 0 | 1, digester: 0 | 1, fd: number, fileOffset: number): Promise<{ errors: Array<string | null>; base: number; writeError: Error | null }>;
   /**
    * The same for stored bytes that are `storedSize` bytes at `storedOffset` of the blob file `blobFd`:
-   * the pool thread reads them itself (up to 64 MiB), verifies them into a buffer of its own and
+   * the pool thread reads them itself (up to 64 MiB), verifies them into a pooled buffer and
    * writes the chunks that pass through `fd` (output byte 0 at its byte `fileOffset`, chunks in file
    * order at page boundaries), so no byte of the run reaches JS. A read that fails (or ends early)
    * gives `readError` and nothing else was done (`errors` null).

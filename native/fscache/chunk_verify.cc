@@ -1,7 +1,6 @@
 #include "chunk_verify.h"
 
 #include <openssl/evp.h>
-#include <sys/mman.h>
 #include <unistd.h>
 #include <zstd.h>
 
@@ -11,7 +10,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <utility>
@@ -50,63 +48,6 @@ struct BlobRange {
 // The most a verifyBlobRange job reads or writes.
 constexpr size_t kMaxBlobRangeBytes = 64 << 20;
 
-// Page-aligned buffers the verifyBlobRange jobs share: a job takes two (stored bytes, output) and
-// gives them back when it ends, the last given back taken first. Only as many exist as jobs ran at
-// once, and the same few are reused while still in the CPU's cache: buffers of each pool thread's own
-// (eight threads) were first touched, page fault by page fault, by every thread, which cost a short
-// cold read (the host's big workload) more CPU than the JS path's buffers.
-class SharedBuffers {
- public:
-  struct Buffer {
-    uint8_t* data = nullptr;
-    size_t size = 0;
-  };
-
-  // A buffer of at least `size` bytes ({nullptr, 0} when memory is short).
-  Buffer Take(size_t size) {
-    size = RoundUp(std::max<size_t>(size, 1), kCacheWriteAlign);
-    Buffer b;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      if (!free_.empty()) {
-        b = free_.back();
-        free_.pop_back();
-      }
-    }
-    if (b.size >= size) return b;
-    Drop(b);
-    // Straight from the kernel, page-aligned: a buffer dropped goes back to it, not to an allocator arena.
-    void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) return {};
-    return {static_cast<uint8_t*>(p), size};
-  }
-
-  void Give(Buffer b) {
-    if (!b.data) return;
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (free_.size() < kKept) {
-      free_.push_back(b);
-      return;
-    }
-    Drop(b);
-  }
-
- private:
-  static void Drop(Buffer b) {
-    if (b.data) munmap(b.data, b.size);
-  }
-
-  // Two buffers a job, for four jobs at once (the daemon runs a job per core, at most its thread count).
-  static constexpr size_t kKept = 8;
-  std::mutex mutex_;
-  std::vector<Buffer> free_;
-};
-
-SharedBuffers& JobBuffers() {
-  static SharedBuffers* buffers = new SharedBuffers();  // never destroyed: pool threads may outlive statics
-  return *buffers;
-}
-
 // One decompression context per pool thread, made on its first chunk and kept for the process' life.
 ZSTD_DCtx* ThreadDctx() {
   thread_local ZSTD_DCtx* dctx = ZSTD_createDCtx();
@@ -144,7 +85,7 @@ class VerifyRunWorker : public Napi::AsyncWorker {
  public:
   // `out` is where the chunks go (with a target: page-aligned, a whole number of pages); `out_buffer`,
   // the buffer that holds it, kept alive. With a `source` the stored bytes are read from it, and with
-  // no `out` (null, `out_buffer` undefined) the output is a shared job buffer (JobBuffers): only the
+  // no `out` (null, `out_buffer` undefined) the output is a pooled one (AcquireAlignedBuffer): only the
   // cache file gets the chunks (a target is needed then). No `out` without a `source`.
   VerifyRunWorker(Napi::Env env, Napi::Value stored_buffer, const uint8_t* stored, std::optional<BlobRange> source,
                   Napi::Uint8Array digests, Napi::Value out_buffer, uint8_t* out,
@@ -166,21 +107,22 @@ class VerifyRunWorker : public Napi::AsyncWorker {
 
   void Execute() override {
     if (source_) {
-      // The job's buffers go back to the shared ones when it ends, whichever way.
+      // The job's buffers (AcquireAlignedBuffer) go back when it ends, whichever way.
       struct Lease {
-        SharedBuffers::Buffer in, out;
+        size_t capacity = 0;
+        uint8_t* data;
+        explicit Lease(size_t size) : data(static_cast<uint8_t*>(AcquireAlignedBuffer(size, &capacity))) {}
         ~Lease() {
-          JobBuffers().Give(in);
-          JobBuffers().Give(out);
+          if (data) ReleaseAlignedBuffer(data, capacity);
         }
-      } lease{JobBuffers().Take(source_->size), JobBuffers().Take(out_size_)};
-      if (!lease.in.data || !lease.out.data) {
+      } in(source_->size), out(out_size_);
+      if (!in.data || !out.data) {
         read_errno_ = ENOMEM;
         read_error_ = "buffers of " + std::to_string(source_->size) + " and " + std::to_string(out_size_) + " bytes";
         return;
       }
-      if (!ReadSource(lease.in.data)) return;
-      out_ = lease.out.data;
+      if (!ReadSource(in.data)) return;
+      out_ = out.data;
       Verify();
       out_ = nullptr;
       stored_ = nullptr;

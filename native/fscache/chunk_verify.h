@@ -10,7 +10,7 @@ namespace fscache {
 Napi::Value VerifyRunNative(const Napi::CallbackInfo& info);
 
 // The same for a run whose stored bytes are a range of a blob file: the pool thread reads them
-// itself, verifies them into a buffer of its own and writes the chunks that pass into the cache
+// itself, verifies them into a pooled buffer (AcquireAlignedBuffer) and writes the chunks that pass into the cache
 // file. No byte of the run crosses into JS. See verifyBlobRange in binding.d.ts.
 Napi::Value VerifyBlobRange(const Napi::CallbackInfo& info);
 
