@@ -113,8 +113,7 @@ export function verifyRun(r: StoredRun): VerifiedRun {
  * (`written`): the event loop takes no turn between a chunk's verification and its write.
  */
 export async function verifyRunNative(r: StoredRun): Promise<VerifiedRun> {
-  const compressor = r.compressor === 'zstd' ? 1 : 0;
-  const digester = r.digester === 'sha256' ? 1 : 0;
+  const { compressor, digester } = addonCodes(r);
   if (r.target) {
     // Whole pages at a page boundary of it, for the write: the addon finds the boundary (`base`).
     const page = CACHEFILES_WRITE_ALIGN;
@@ -151,12 +150,14 @@ export interface VerifiedBlobRange {
  * through JS. Rejects when the blob file could not be read (nothing was verified then).
  */
 export async function verifyBlobRange(r: BlobRangeRun): Promise<VerifiedBlobRange> {
-  const compressor = r.compressor === 'zstd' ? 1 : 0;
-  const digester = r.digester === 'sha256' ? 1 : 0;
+  const { compressor, digester } = addonCodes(r);
   const w = await fscacheBinding().verifyBlobRange(r.blobFd, r.storedOffset, r.storedSize, r.layout, r.digests, r.digestSize, compressor, digester, r.target.fd, r.target.offset);
   if (w.readError) throw w.readError;
   return { errors: withWhere(r, w.errors!), writeError: w.writeError };
 }
+
+/** The addon's numbers for a run's compressor and digester. */
+const addonCodes = (r: Pick<StoredRun, 'compressor' | 'digester'>) => ({ compressor: r.compressor === 'zstd' ? 1 as const : 0 as const, digester: r.digester === 'sha256' ? 1 as const : 0 as const });
 
 const withWhere = (r: Pick<StoredRun, 'where'>, errors: Array<string | null>) => errors.map((e, i) => (e === null ? null : `${r.where[i]}: ${e}`));
 

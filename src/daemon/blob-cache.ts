@@ -358,8 +358,7 @@ export class BlobCacheFile {
         if (this.closed) return;
         for (const run of fileRuns(written)) {
           this.io.written?.(run[0].uncompressedOffset, run[run.length - 1].uncompressedOffset + run[run.length - 1].uncompressedSize);
-          this.state.mark(this.key, run.map((c) => c.indexInBlob));
-          placement.written += run.length;
+          this.inFile(placement, run);
         }
         this.counters.chunksWrittenByVerifier += written.length;
         await this.writeChunks(toWrite, placement, fail);
@@ -384,13 +383,17 @@ export class BlobCacheFile {
     await Promise.all(writeRuns(chunks).map(async (run) => {
       try {
         await this.io.write(run[0].c.uncompressedOffset, runBytes(run));
-        if (this.closed) return;
-        this.state.mark(this.key, run.map(({ c }) => c.indexInBlob));
-        placement.written += run.length;
+        if (!this.closed) this.inFile(placement, run.map(({ c }) => c));
       } catch (e) {
         for (const { c } of run) fail(c, e as Error);
       }
     }));
+  }
+
+  /** Chunks of a placement are in the file: marked, and counted as written. */
+  private inFile(placement: Placement, chunks: readonly ChunkRef[]): void {
+    this.state.mark(this.key, chunks.map((c) => c.indexInBlob));
+    placement.written += chunks.length;
   }
 
   /** Chunks a job verified but kept no bytes of and could not write: fetched again with their bytes kept, and written here. */

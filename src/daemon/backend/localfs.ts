@@ -61,7 +61,7 @@ export class LocalFsBackend implements BlobBackend {
         }
         return buf;
       } catch (e) {
-        throw new NydusError(`localfs backend: blob ${path.join(this.dir, blobId)}: ${(e as Error).message}`, EIO);
+        throw this.readError(blobId, e as Error);
       }
     });
   }
@@ -69,21 +69,20 @@ export class LocalFsBackend implements BlobBackend {
   /** (Its latency in the metrics is the whole job's: the read, the verification and the write.) */
   readLocal<T>(blobId: string, size: number, read: (fd: number) => Promise<T>): Promise<T> {
     const p = countRead(this.metrics, async () => {
-      let h: fs.FileHandle;
       try {
-        h = await this.handle(blobId);
+        return await read((await this.handle(blobId)).fd);
       } catch (e) {
-        throw new NydusError(`localfs backend: blob ${path.join(this.dir, blobId)}: ${(e as Error).message}`, EIO);
-      }
-      try {
-        return await read(h.fd);
-      } catch (e) {
-        throw new NydusError(`localfs backend: blob ${path.join(this.dir, blobId)}: ${(e as Error).message}`, EIO);
+        throw this.readError(blobId, e as Error);
       }
     }, () => size);
     const tracked = p.catch(() => undefined).finally(() => this.localReads.delete(tracked));
     this.localReads.add(tracked);
     return p;
+  }
+
+  /** A failed read of a blob, naming its file. */
+  private readError(blobId: string, e: Error): NydusError {
+    return new NydusError(`localfs backend: blob ${path.join(this.dir, blobId)}: ${e.message}`, EIO);
   }
 
   async close(): Promise<void> {
