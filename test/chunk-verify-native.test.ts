@@ -49,6 +49,13 @@ test('BLAKE3 and SHA-256 in the addon agree with blake-hash and OpenSSL on every
   }
 });
 
+/** A new cache file of 1 MiB, all a hole, open for reading and writing. */
+function sparseCacheFile(file: string): number {
+  const fd = fs.openSync(file, 'w+');
+  fs.ftruncateSync(fd, 1 << 20);
+  return fd;
+}
+
 /** A run of chunks, some zstd-compressed, some raw, at block-aligned places with padding between them. */
 function sampleRun(digester: 'blake3' | 'sha256', corrupt: number[]): { run: StoredRun; plain: Buffer[]; outOffsets: number[] } {
   const plain = [Buffer.alloc(5000, 'a'), prand(9000, 2), Buffer.alloc(4096, 'x'), Buffer.concat([prand(30_000, 3), Buffer.alloc(40_000, 'q')]), Buffer.alloc(1, 'z')];
@@ -121,9 +128,8 @@ test('verifyRunNative with a target writes the chunks that pass through its fd, 
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'verify-write-'));
   try {
     const file = path.join(dir, 'cache');
-    const fd = fs.openSync(file, 'w+');
+    const fd = sparseCacheFile(file);
     const at = 65536;
-    fs.ftruncateSync(fd, 1 << 20);
     const r = await verifyRunNative({ ...run, target: { fd, offset: at } });
     assert.equal(r.writeError, null, String(r.writeError));
     assert.deepEqual(r.errors.map((e) => e !== null), [false, true, false, false, false]);
@@ -174,9 +180,8 @@ test('verifyBlobRange reads its stored bytes from the blob file itself and write
     fs.writeFileSync(blobFile, Buffer.concat([before, run.stored, prand(999, 8)]));
     const blobFd = fs.openSync(blobFile, 'r');
     const file = path.join(dir, 'cache');
-    const fd = fs.openSync(file, 'w+');
+    const fd = sparseCacheFile(file);
     const at = 3 * 4096;
-    fs.ftruncateSync(fd, 1 << 20);
     const base = { blobFd, storedOffset: before.length, storedSize: run.stored.length, compressor: run.compressor, digester: run.digester, layout: run.layout, digests: run.digests, digestSize: 32, where: run.where };
     const r = await verifyBlobRange({ ...base, target: { fd, offset: at } });
     assert.equal(r.writeError, null, String(r.writeError));
@@ -191,8 +196,7 @@ test('verifyBlobRange reads its stored bytes from the blob file itself and write
     assert.deepEqual(dataRangesOf(fd, 0, 1 << 20), [[at, at + chunkEnd(2)], [at + outOffsets[4], at + chunkEnd(4)]], 'the corrupt chunk is a hole');
 
     // A range the blob file does not have: nothing is verified or written.
-    const fd2 = fs.openSync(path.join(dir, 'cache2'), 'w+');
-    fs.ftruncateSync(fd2, 1 << 20);
+    const fd2 = sparseCacheFile(path.join(dir, 'cache2'));
     await assert.rejects(verifyBlobRange({ ...base, storedOffset: before.length + 1000, target: { fd: fd2, offset: 0 } }), /pread.*the file ends at \d+, before the \d+ bytes at 13345/);
     await assert.rejects(verifyBlobRange({ ...base, blobFd: fd2 === 0 ? 1 : 1 << 20, target: { fd: fd2, offset: 0 } }), (e: NodeJS.ErrnoException) => e.code === 'EBADF');
     assert.deepEqual(dataRangesOf(fd2, 0, 1 << 20), [], 'nothing written after a failed read');
@@ -226,8 +230,7 @@ test('verifyBlobRange jobs at once share no buffer: sixteen runs of different by
     const blobFd = fs.openSync(blobFile, 'r');
     let at = 0;
     const results = await Promise.all(runs.map((r, k) => {
-      const fd = fs.openSync(path.join(dir, `cache${k}`), 'w+');
-      fs.ftruncateSync(fd, 1 << 20);
+      const fd = sparseCacheFile(path.join(dir, `cache${k}`));
       const p = verifyBlobRange({
         blobFd, storedOffset: at, storedSize: r.stored.length, compressor: 'zstd', digester: 'blake3', layout: r.layout,
         digests: Buffer.concat(r.plain.map(blake3)), digestSize: 32, where: ['first', 'second'], target: { fd, offset: 0 },
