@@ -19,7 +19,7 @@ namespace fscache {
 namespace {
 
 constexpr size_t kPoolGranule = 64 * 1024;    // buffers are sized in steps of this, for reuse
-constexpr size_t kPoolKeepMax = 16;           // free buffers kept
+constexpr size_t kPoolKeepMax = 8;            // free buffers kept
 constexpr size_t kPoolKeepLargest = 8 << 20;  // larger ones are unmapped after use
 
 // Process-wide free list of aligned buffers (worker threads of several environments may share it).
@@ -30,6 +30,7 @@ class AlignedPool {
  public:
   // Returns a buffer of at least `size` bytes and its capacity, or nullptr (ENOMEM).
   void* Acquire(size_t size, size_t* capacity) {
+    std::pair<void*, size_t> too_small{nullptr, 0};
     {
       std::lock_guard<std::mutex> lock(mu_);
       for (size_t i = free_.size(); i-- > 0;) {
@@ -40,7 +41,14 @@ class AlignedPool {
           return found.first;
         }
       }
+      // None fits: the last one given back makes way for the larger one, so that what is kept grows
+      // to the sizes in use rather than piling up small ones beside them.
+      if (!free_.empty()) {
+        too_small = free_.back();
+        free_.pop_back();
+      }
     }
+    if (too_small.first) munmap(too_small.first, too_small.second);
     size_t cap = RoundUp(std::max<size_t>(size, 1), kPoolGranule);
     void* p = mmap(nullptr, cap, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) return nullptr;
