@@ -41,7 +41,7 @@ async function once(out: string, key: string, make: (out: string) => void | Prom
 
 async function bigWorkload(): Promise<BenchWorkload> {
   const out = path.join(dir, 'big');
-  await once(out, `mib=${mib}`, () => {
+  await once(out, `mib=${mib}`, async () => {
     const src = path.join(out, 'src');
     fs.mkdirSync(src);
     // Half random (stored raw), half text-like (compresses), in files of 64 KiB to 4 MiB.
@@ -53,7 +53,7 @@ async function bigWorkload(): Promise<BenchWorkload> {
       total += size;
     }
     createImage({ source: src, bootstrap: path.join(out, 'image.boot'), blobDir: path.join(out, 'blobs'), chunkSize: 0x100000, compressor: 'zstd', digester: 'blake3' });
-    exportBlock({ bootstrap: path.join(out, 'image.boot'), blobDir: path.join(out, 'blobs'), output: path.join(out, 'image.erofs') });
+    await exportBlock({ bootstrap: path.join(out, 'image.boot'), blobDir: path.join(out, 'blobs'), output: path.join(out, 'image.erofs') });
     fs.rmSync(src, { recursive: true });
   });
   return workload('big', out, false);

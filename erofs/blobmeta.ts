@@ -53,6 +53,8 @@ const COMP_OFFSET_MASK = 0xff_ffff_ffffn;
 const UNCOMP_OFFSET_MASK = 0xfff_ffff_f000n;
 /** Largest chunk the 24-bit size fields hold. */
 export const BLOB_CHUNK_MAX_SIZE = 0x100_0000;
+/** Most chunks one blob may hold (nydus's RAFS_MAX_CHUNKS_PER_BLOB): chunk indexes are below it. */
+export const BLOB_MAX_CHUNKS = 1 << 24;
 
 export interface BlobChunkInfo {
   compressedOffset: number;

@@ -78,10 +78,10 @@ export function decodeDirBlock(block: Buffer, where: string): DirEntry[] {
     if (k + 1 < count) {
       end = block.readUInt16LE((k + 1) * EROFS_DIRENT_SIZE + erofsDirent.offsetOf('nameoff'));
     } else {
-      // The last name runs to the end of the block or to the first NUL padding byte.
+      // The last name runs to the end of the block or to the first NUL padding byte; longer than
+      // EROFS_NAME_LEN it is corrupt (the kernel's "bogus dirent"), never cut short.
       const nul = block.indexOf(0, d.nameoff);
       end = nul < 0 ? block.length : nul;
-      end = Math.min(end, d.nameoff + EROFS_NAME_LEN);
     }
     if (end <= d.nameoff || end > block.length || end - d.nameoff > EROFS_NAME_LEN) {
       throw new FormatError(`${where}: bad name bounds [${d.nameoff}, ${end}) of entry ${k}`);

@@ -23,6 +23,15 @@ export const RAFS_FLAG_INLINED_CHUNK_DIGEST = 0x100;
 export const RAFS_FLAG_TARFS_MODE = 0x200;
 export const RAFS_FLAG_ENCRYPTION_NONE = 0x0100_0000;
 
+/** The image's compressor as s_flags says it, in nydus's words (compress::Algorithm); null when no flag says one. */
+export function rafsFlagsCompressor(flags: number): 'none' | 'lz4_block' | 'gzip' | 'zstd' | null {
+  if (flags & RAFS_FLAG_COMPRESSION_ZSTD) return 'zstd';
+  if (flags & RAFS_FLAG_COMPRESSION_GZIP) return 'gzip';
+  if (flags & RAFS_FLAG_COMPRESSION_LZ4) return 'lz4_block';
+  if (flags & RAFS_FLAG_COMPRESSION_NONE) return 'none';
+  return null;
+}
+
 export const rafsV6SuperBlockExt = new Struct('rafs_v6_super_block_ext', 256, {
   s_flags: { offset: 0, type: 'u64' }, // RAFS_FLAG_*
   s_blob_table_offset: { offset: 8, type: 'u64' }, // bytes, 4096-aligned

@@ -29,7 +29,7 @@ function build(name: string, src: string, blobDir = path.join(planDir, `${name}-
   return { id: name, boot, blobDir, blobId: r.blob!.blobId, manifest: m };
 }
 
-export function makePlan(): void {
+export async function makePlan(): Promise<void> {
   fs.rmSync(planDir, { recursive: true, force: true });
   fs.mkdirSync(planDir, { recursive: true });
   const srcs = path.join(planDir, 'src');
@@ -73,14 +73,14 @@ export function makePlan(): void {
   data[victim.chunks[0].compressed_offset + Math.floor(victim.chunks[0].compressed_size / 2)] ^= 0xff;
   fs.writeFileSync(blobPath, data);
   const exported = path.join(planDir, 'many.erofs');
-  exportBlock({ bootstrap: images.many.boot, blobDir: images.many.blobDir, output: exported });
+  await exportBlock({ bootstrap: images.many.boot, blobDir: images.many.blobDir, output: exported });
   fs.writeFileSync(path.join(planDir, 'plan.json'), JSON.stringify({
     images, corruptFile: 'victim', bigFile: 'big.bin', bigChunks: (inspectImage(images.big.boot, 'blobs') as Array<{ chunk_count: number }>)[0].chunk_count, bigSha256: crypto.createHash('sha256').update(bigData).digest('hex'), exported,
   }, null, 2));
 }
 
 if (process.argv[1] && fileURLToPath(import.meta.url) === path.resolve(process.argv[1])) {
-  makePlan();
+  await makePlan();
   // The lazy-pull scenario's registry storage (made once per Debian image and converter).
   await makeLazyPlan();
 }

@@ -30,7 +30,7 @@ let chunks: readonly ChunkRef[];
 let blobBytes: Buffer;
 const registries: ImageRegistry[] = [];
 
-before(() => {
+before(async () => {
   const src = path.join(work, 'src');
   fs.mkdirSync(src);
   // 6000 bytes each: one chunk a file, 8 KiB apart in the blob; half random (stored raw), half text.
@@ -44,7 +44,7 @@ before(() => {
   chunks = BlobMap.fromImage(opened.image).get(blobId)!.all();
   opened.close();
   const exported = path.join(work, 'ref.erofs');
-  exportBlock({ bootstrap: boot, blobDir, output: exported });
+  await exportBlock({ bootstrap: boot, blobDir, output: exported });
   const ref = fs.readFileSync(exported);
   const size = chunks[chunks.length - 1].uncompressedOffset + chunks[chunks.length - 1].uncompressedSize;
   blobBytes = ref.subarray(ref.length - Math.ceil(size / 4096) * 4096);

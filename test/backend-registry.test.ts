@@ -61,7 +61,7 @@ before(async () => {
   blobId = r.blob!.blobId;
   blobSize = fs.statSync(path.join(blobDir, blobId)).size;
   const exported = path.join(work, 'ref.erofs');
-  exportBlock({ bootstrap: boot, blobDir, output: exported });
+  await exportBlock({ bootstrap: boot, blobDir, output: exported });
   const ref = fs.readFileSync(exported);
   const size = openBootstrap(boot).blobs[0].uncompressed_size;
   expected = ref.subarray(ref.length - size);

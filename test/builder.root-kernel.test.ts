@@ -7,11 +7,11 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { makeRichTree, tmpDir } from './helpers/fixtures.ts';
 import { manifest, diffManifests } from './helpers/manifest.ts';
 import { fileBackedMount, loopMount, umount } from './helpers/mount.ts';
-import { mustRun, runCli } from './helpers/cli.ts';
+import { mustRun, repoRoot, runCli } from './helpers/cli.ts';
 
 const work = tmpDir('builder');
 const src = path.join(work, 'src');
@@ -77,6 +77,22 @@ test('root-kernel: export --block of an uncompressed image loop-mounts identical
   assertMountSame('none-block', (dir) => loopMount(img, dir), 'loop mount of the uncompressed export');
 });
 
+test('export --threads: 1 and 16 chunks at once give the same image, which replaces one there; bad counts are refused', () => {
+  const one = path.join(work, 'zstd-t1.erofs');
+  const many = path.join(work, 'zstd-t16.erofs');
+  fs.writeFileSync(many, 'an older export');
+  mustRun('nydus-image', ['export', '--block', '-B', zstd.boot, '-D', zstd.blobDir, '-O', one, '--threads', '1']);
+  mustRun('nydus-image', ['export', '--block', '-B', zstd.boot, '-D', zstd.blobDir, '-O', many, '--threads', '16']);
+  assert.ok(fs.readFileSync(one).equals(fs.readFileSync(many)), 'the same bytes whatever the thread count');
+  assert.ok(fs.readFileSync(one).equals(fs.readFileSync(path.join(work, 'zstd.erofs'))), 'as the default export');
+  for (const bad of ['0', '1025', 'abc', '1.5']) {
+    const r = runCli('nydus-image', ['export', '--block', '-B', zstd.boot, '-D', zstd.blobDir, '-O', path.join(work, 'bad.erofs'), '--threads', bad]);
+    assert.equal(r.status, 1);
+    assert.match(r.stderr, new RegExp(`invalid --threads "${bad.replace('.', '\\.')}": a whole number from 1 to 1024`));
+  }
+  assert.ok(!fs.existsSync(path.join(work, 'bad.erofs')));
+});
+
 test('root-kernel: bootstrap + uncompressed blob mount file-backed identical to the source', () => {
   assertMountSame('file-backed', (dir) => fileBackedMount(none.boot, none.blob, dir), 'file-backed mount of bootstrap + blob');
 });
@@ -125,6 +141,12 @@ test('check validates both images and verifies every chunk against its digest', 
     assert.match(r.stdout, new RegExp(`^RAFS filesystem metadata is valid, referenced data blobs: \\n\\t 0: ${path.basename(img.blob)}, .*features: aligned\\n$`));
     const report = JSON.parse(fs.readFileSync(json, 'utf8'));
     assert.ok(report.verifiedChunks > 0);
+    // nydus-image's own fields first (nydusify reads fs_version and compressor from this report).
+    assert.equal(report.fs_version, '6');
+    assert.equal(report.compressor, img === zstd ? 'zstd' : 'none');
+    assert.deepEqual(report.blobs, [path.basename(img.blob)]);
+    assert.equal(report.bootstrap, img.boot);
+    assert.match(report.version, /^\d+\.\d+\.\d+-[0-9a-f]{12}$/);
     assert.equal(report.inodes, JSON.parse(mustRun('nydus-image', ['inspect', '-B', img.boot]).stdout).superblock.inodes);
   }
 });
@@ -140,12 +162,35 @@ test('unpack writes a tar that GNU tar extracts to the same tree (sockets aside)
   assert.deepEqual(diff.slice(0, 20), []);
 });
 
-test('create refuses an existing bootstrap and a missing source with a clear message', () => {
-  const r1 = runCli('nydus-image', ['create', '-B', zstd.boot, '-D', path.join(work, 'x'), src]);
-  assert.equal(r1.status, 1);
-  assert.match(r1.stderr, /already exists/);
-  assert.doesNotMatch(r1.stderr, /\n\s+at /);
+test('create replaces an existing bootstrap and blob file, writes its blob into a FIFO, and refuses a missing source with a clear message', async () => {
+  // As nydus-image: outputs that exist are replaced (a rebuild into the same paths).
+  const boot = path.join(work, 'again.boot');
+  const blob = path.join(work, 'again.blob');
+  fs.writeFileSync(boot, 'old bootstrap');
+  fs.writeFileSync(blob, 'old blob');
+  mustRun('nydus-image', ['create', '-B', boot, '-b', blob, '--repeatable', src]);
+  const id = JSON.parse(mustRun('nydus-image', ['inspect', boot, '-R', 'blobs']).stdout)[0].blob_id as string;
+  assert.equal(execFileSync('sha256sum', [blob], { encoding: 'utf8' }).split(' ')[0], id);
+  mustRun('nydus-image', ['check', boot, '-b', blob]);
+  // A FIFO as --blob (how nydus-snapshotter's converter takes the blob): the blob's bytes go into it.
+  const fifo = path.join(work, 'blob.fifo');
+  execFileSync('mkfifo', [fifo]);
+  const reader = spawn('sh', ['-c', 'sha256sum < "$1"', 'sh', fifo], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let got = '';
+  reader.stdout.on('data', (d) => (got += d));
+  const read = new Promise((resolve) => reader.once('exit', resolve));
+  const r = await new Promise<{ status: number | null; stderr: string }>((resolve) => {
+    const p = spawn(path.join(repoRoot, 'bin/nydus-image'), ['create', '-B', path.join(work, 'fifo.boot'), '-b', fifo, '--repeatable', src], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    p.stderr.on('data', (d) => (stderr += d));
+    p.once('exit', (status) => resolve({ status, stderr }));
+  });
+  assert.equal(r.status, 0, r.stderr);
+  await read;
+  assert.equal(got.split(' ')[0], id, 'the FIFO carried the same blob');
+  assert.ok(fs.statSync(fifo).isFIFO(), 'the FIFO is left in place');
   const r2 = runCli('nydus-image', ['create', '-B', path.join(work, 'new.boot'), '-D', path.join(work, 'x'), path.join(work, 'nope')]);
   assert.equal(r2.status, 1);
   assert.match(r2.stderr, /nope.*does not exist/);
+  assert.doesNotMatch(r2.stderr, /\n\s+at /);
 });

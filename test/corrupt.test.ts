@@ -41,7 +41,7 @@ before(() => {
 after(() => fs.rmSync(work, { recursive: true, force: true }));
 
 /** Every operation on `file` either succeeds or throws a NydusError that names a file. */
-function exercise(file: string): number {
+async function exercise(file: string): Promise<number> {
   let failures = 0;
   const ops: Array<() => unknown> = [
     () => checkImage({ bootstrap: file, blobDir }),
@@ -60,7 +60,7 @@ function exercise(file: string): number {
   ];
   for (const op of ops) {
     try {
-      op();
+      await op();
     } catch (e) {
       failures++;
       assert.ok(e instanceof NydusError, `${file}: expected a NydusError, got ${(e as Error)?.stack}`);
@@ -70,11 +70,11 @@ function exercise(file: string): number {
   return failures;
 }
 
-test('the good image passes every operation', () => {
-  assert.equal(exercise(boot), 0);
+test('the good image passes every operation', async () => {
+  assert.equal(await exercise(boot), 0);
 });
 
-test('1,000 random corruptions never crash, hang or escape as a foreign exception', { timeout: 600_000 }, () => {
+test('1,000 random corruptions never crash, hang or escape as a foreign exception', { timeout: 600_000 }, async () => {
   let seed = 12345;
   const rnd = (n: number) => {
     seed = (seed * 1103515245 + 12345) & 0x7fffffff;
@@ -89,20 +89,20 @@ test('1,000 random corruptions never crash, hang or escape as a foreign exceptio
     const len = 1 + rnd(4);
     for (let k = 0; k < len && at + k < buf.length; k++) buf[at + k] = rnd(256);
     fs.writeFileSync(file, buf);
-    if (exercise(file) > 0) detected++;
+    if (await exercise(file) > 0) detected++;
   }
   assert.ok(detected > 100, `only ${detected} corruptions were detected`);
 });
 
-test('truncated and foreign bootstraps are refused with a clear message', () => {
+test('truncated and foreign bootstraps are refused with a clear message', async () => {
   const file = path.join(work, 'trunc.boot');
   for (const len of [0, 100, 1024, 1100, 1200, 4095, 4096, 8000, good.length - 1]) {
     fs.writeFileSync(file, good.subarray(0, len));
-    assert.ok(exercise(file) > 0, `truncation to ${len} bytes went unnoticed`);
+    assert.ok(await exercise(file) > 0, `truncation to ${len} bytes went unnoticed`);
   }
   fs.writeFileSync(file, prand(16384, 9));
-  assert.equal(exercise(file), 5);
-  assert.equal(exercise(path.join(work, 'missing.boot')), 5);
+  assert.equal(await exercise(file), 5);
+  assert.equal(await exercise(path.join(work, 'missing.boot')), 5);
 });
 
 test('CLI: a corrupt bootstrap is one line on stderr and exit status 1', () => {

@@ -43,3 +43,40 @@ test('an unreadable file in the source (run as nobody) names the file and leaves
   assertCleanFailure({ status: r.status, stderr: r.stderr }, /cannot read .*locked\/secret: EACCES/);
   assert.deepEqual(fs.readdirSync(out), [], 'no partial blob or bootstrap');
 });
+
+test('check, inspect and unpack refuse a bootstrap given twice; inspect -D reads the blobs and names one missing', () => {
+  const src = path.join(work, 'twice-src');
+  fs.mkdirSync(src);
+  fs.writeFileSync(path.join(src, 'f'), 'data');
+  const boot = path.join(work, 'twice.boot');
+  const blobs = path.join(work, 'twice-blobs');
+  assert.equal(runCli('nydus-image', ['create', '-B', boot, '-D', blobs, src]).status, 0);
+  for (const cmd of [['check'], ['inspect'], ['unpack', '-o', path.join(work, 'twice.tar')]]) {
+    assertCleanFailure(runCli('nydus-image', [...cmd, '-B', path.join(work, 'other.boot'), boot]), /give the bootstrap once: as the BOOTSTRAP argument or as -B\/--bootstrap, not both/);
+  }
+  const stats = runCli('nydus-image', ['inspect', boot, '-D', blobs]);
+  assert.equal(stats.status, 0, stats.stderr);
+  assert.equal(JSON.parse(stats.stdout).files, 1);
+  const empty = path.join(work, 'no-blobs');
+  fs.mkdirSync(empty);
+  assertCleanFailure(runCli('nydus-image', ['inspect', boot, '-D', empty]), new RegExp(`blob .*${fs.readdirSync(blobs)[0]}`));
+});
+
+test('merge writes its progress line at --log-level info only; create -J and merge -J carry nydus-image\'s report fields', () => {
+  const src = path.join(work, 'log-src');
+  fs.mkdirSync(src);
+  fs.writeFileSync(path.join(src, 'f'), 'data');
+  const boot = path.join(work, 'log.boot');
+  const json = path.join(work, 'create.json');
+  assert.equal(runCli('nydus-image', ['create', '-B', boot, '-D', path.join(work, 'log-blobs'), '-c', 'none', '-J', json, src]).status, 0);
+  const report = JSON.parse(fs.readFileSync(json, 'utf8'));
+  assert.deepEqual([report.bootstrap, report.fs_version, report.compressor, report.external_bootstrap], [boot, '6', 'none', '']);
+  assert.deepEqual(report.blobs, fs.readdirSync(path.join(work, 'log-blobs')));
+  const merged = path.join(work, 'merged.boot');
+  const info = runCli('nydus-image', ['merge', '-B', merged, '-J', path.join(work, 'merge.json'), boot]);
+  assert.match(info.stderr, /merged 1 layers into/);
+  assert.equal(JSON.parse(fs.readFileSync(path.join(work, 'merge.json'), 'utf8')).compressor, 'none');
+  const quiet = runCli('nydus-image', ['merge', '-B', merged, '--log-level', 'warn', boot]);
+  assert.equal(quiet.status, 0, quiet.stderr);
+  assert.equal(quiet.stderr, '');
+});

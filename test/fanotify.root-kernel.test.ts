@@ -378,3 +378,28 @@ test('root-kernel fanotify: an image mounted lazily from a registry (Basic auth)
     await reg.stop();
   }
 });
+
+test('root-kernel fanotify: the daemon stops when its mount was unmounted by someone else; a worker killed as the daemon stops leaves no mount behind', async () => {
+  const ssrc = path.join(work, 'stop-src');
+  fs.mkdirSync(ssrc);
+  fs.writeFileSync(path.join(ssrc, 'f'), prand(300_000, 5));
+  const img = build('stop', ssrc);
+  // Unmounted by umount(8): SIGTERM still stops the daemon (nothing is left to unmount).
+  const a = await startDaemon('stop-a', img, localfs(img));
+  execFileSync('umount', [a.mnt]);
+  const aExit = new Promise<number | null>((r) => a.proc.once('exit', r));
+  a.proc.kill('SIGTERM');
+  const aCode = await Promise.race([aExit, new Promise<string>((r) => setTimeout(() => r('still running after 20 s'), 20_000))]);
+  assert.equal(aCode, 0);
+  assert.match(fs.readFileSync(path.join(work, 'stop-a', 'nydusd.log'), 'utf8'), /unmounted by someone else/);
+  // The worker dies (kill -9) as the daemon is told to stop: the next worker takes the mount over and
+  // unmounts it. A daemon gone with its mount left up would let unfetched ranges read as zeros.
+  const b = await startDaemon('stop-b', img, localfs(img));
+  const worker = (await apiRequest(b.sock, 'GET', '/api/v1/daemon')).body.pid as number;
+  const bExit = new Promise<number | null>((r) => b.proc.once('exit', r));
+  process.kill(worker, 'SIGKILL');
+  b.proc.kill('SIGTERM');
+  const bCode = await Promise.race([bExit, new Promise<string>((r) => setTimeout(() => r('still running after 30 s'), 30_000))]);
+  assert.equal(bCode, 0);
+  assert.equal(isMounted(b.mnt), false, 'no mount is left behind');
+});

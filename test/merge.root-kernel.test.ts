@@ -206,7 +206,10 @@ test('root-kernel: merge of OCI-form layers mounts as overlayfs shows the same l
   mustRun('nydus-image', ['merge', '--bootstrap', boot, '-J', json, ...ociBoots]);
   // One blob per layer, in layer order; chunks stay in the blob of the layer that brought the file.
   const layerBlobs = ociBoots.map(blobIdOf);
-  assert.deepEqual(JSON.parse(fs.readFileSync(json, 'utf8')).blobs, layerBlobs);
+  const report = JSON.parse(fs.readFileSync(json, 'utf8'));
+  assert.deepEqual(report.blobs, layerBlobs);
+  assert.equal(report.fs_version, '6');
+  assert.equal(report.compressor, 'zstd');
   assert.deepEqual(inspect(boot, 'blobs').map((b: any) => b.blob_id), layerBlobs);
   for (const [file, layer] of [['/keep/big', 0], ['/keep/big2', 1], ['/f2d/child', 1], ['/repl', 2], ['/hard2', 0]] as const) {
     const chunks = inspect(boot, `stat ${file}`).chunks as Array<{ blob_id: string }>;

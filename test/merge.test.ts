@@ -313,8 +313,14 @@ test('merge refuses what it cannot do, naming the flag or the file', () => {
   const bigChunks = path.join(work, 'big-chunks.boot');
   mustRun('nydus-image', ['create', '-B', bigChunks, '-D', blobDir, '--chunk-size', '0x2000', base]);
   assertRefused(['merge', '-B', out, baseBoot, bigChunks], /layer bootstrap .*big-chunks\.boot uses chunk size 0x2000, layer bootstrap .*base\.boot uses 0x1000/);
-  assertRefused(['merge', '-B', baseBoot, fullBoot], /already exists/);
   assert.ok(!fs.existsSync(out));
+  // An output that exists is replaced, as nydus-image does; a merge that fails leaves it as it was.
+  const existing = path.join(work, 'existing.boot');
+  fs.writeFileSync(existing, 'old');
+  assertRefused(['merge', '-B', existing, path.join(work, 'junk.boot')], /junk\.boot: not an EROFS/);
+  assert.equal(fs.readFileSync(existing, 'utf8'), 'old');
+  mustRun('nydus-image', ['merge', '-B', existing, baseBoot]);
+  assert.match(mustRun('nydus-image', ['check', existing]).stdout, /RAFS filesystem metadata is valid/);
 });
 
 test('create refuses a parent or dictionary with another digester or chunk size; compressors may differ', () => {

@@ -110,14 +110,18 @@ test('root-kernel: a tar layer built with a prefetch list has the listed files f
   assertExportMountsAs('tar-listed', listed, want, { skipRootTimes: true });
 });
 
-test('a prefetch path the image does not hold is refused naming it', () => {
-  const r = (() => {
-    try {
-      build('bad', src, ['--compressor', 'zstd'], ['/multi-chunk', '/no/such/file']);
-      return null;
-    } catch (e) {
-      return (e as Error).message;
-    }
-  })();
-  assert.match(r ?? '', /prefetch path \/no\/such\/file is not in the source tree/);
+test('prefetch paths the image does not hold, and relative ones, are left out with a warning naming them, as nydus-image does', () => {
+  const blobDir = path.join(work, 'partial-blobs');
+  const boot = path.join(work, 'partial.boot');
+  const r = mustRun('nydus-image', ['create', '-B', boot, '-D', blobDir, '--prefetch-policy', 'fs', src],
+    { input: '/multi-chunk\n/no/such/file\nsub\n/sub\n' });
+  assert.match(r.stderr, /warning: prefetch path \/no\/such\/file is not in the image; left out of the prefetch table/);
+  assert.match(r.stderr, /warning: prefetch path sub is not absolute; left out/);
+  const table = JSON.parse(mustRun('nydus-image', ['inspect', boot, '-R', 'prefetch']).stdout) as Array<{ path: string[] }>;
+  assert.deepEqual(table.map((e) => e.path), [['/multi-chunk'], ['/sub']]);
+  mustRun('nydus-image', ['check', boot, '-D', blobDir]);
+  // --log-level error: no warnings.
+  const quiet = mustRun('nydus-image', ['create', '-B', path.join(work, 'partial-quiet.boot'), '-D', blobDir, '--prefetch-policy', 'fs', '--log-level', 'error', src],
+    { input: '/no/such/file\n' });
+  assert.equal(quiet.stderr, '');
 });

@@ -32,7 +32,7 @@ function build(name: string, fill: (dir: string) => void, compressor: 'zstd' | '
   return { src, boot, blobDir, blob: r.blob!.path };
 }
 
-test('export of a file with a hole: the kernel reads the hole as zeros and the rest as the file', () => {
+test('export of a file with a hole: the kernel reads the hole as zeros and the rest as the file', async () => {
   const data = prand(5 * 4096 + 77, 11);
   const { boot, blobDir } = build('hole', (d) => fs.writeFileSync(path.join(d, 'big'), data), 'zstd');
   const b = fs.readFileSync(boot);
@@ -40,7 +40,7 @@ test('export of a file with a hole: the kernel reads the hole as zeros and the r
   const holed = path.join(work, 'holed.boot');
   fs.writeFileSync(holed, b);
   const img = path.join(work, 'holed.img');
-  exportBlock({ bootstrap: holed, blobDir, output: img });
+  await exportBlock({ bootstrap: holed, blobDir, output: img });
   const mnt = path.join(work, 'm-hole');
   loopMount(img, mnt);
   mounts.push(mnt);
@@ -49,7 +49,7 @@ test('export of a file with a hole: the kernel reads the hole as zeros and the r
   assert.ok(fs.readFileSync(path.join(mnt, 'big')).equals(want));
 });
 
-test('mtimes before 1970 and after 2106 read back through the kernel as the source had them', () => {
+test('mtimes before 1970 and after 2106 read back through the kernel as the source had them', async () => {
   const stamps: Array<[string, string]> = [['old', '-86400.25'], ['older', '-1.000000001'], ['epoch', '0'], ['future', '4294967301.5'], ['far', '17179869184.123456789']];
   const { src, boot, blob } = build('times', (d) => {
     for (const [name, stamp] of stamps) {
@@ -61,7 +61,7 @@ test('mtimes before 1970 and after 2106 read back through the kernel as the sour
   fileBackedMount(boot, blob, direct);
   mounts.push(direct);
   const img = path.join(work, 'times.img');
-  exportBlock({ bootstrap: boot, blobPaths: [blob], output: img });
+  await exportBlock({ bootstrap: boot, blobPaths: [blob], output: img });
   const loop = path.join(work, 'm-times-loop');
   loopMount(img, loop);
   mounts.push(loop);

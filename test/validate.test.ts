@@ -13,7 +13,8 @@ import { FormatError, NydusError } from '../erofs/errors.ts';
 import { ErofsImage } from '../erofs/image.ts';
 import { EROFS_NULL_ADDR } from '../erofs/chunk.ts';
 import { EROFS_FEATURE_COMPAT_SB_CHKSUM, EROFS_SUPER_OFFSET, erofsSuperBlock, superBlockChecksum } from '../erofs/super.ts';
-import { rafsV6Blob } from '../erofs/rafs.ts';
+import { RAFS_V6_SUPER_EXT_OFFSET, rafsV6Blob, rafsV6SuperBlockExt } from '../erofs/rafs.ts';
+import { LocalFsBackend } from '../src/daemon/backend/localfs.ts';
 import { erofsDeviceSlot } from '../erofs/devtable.ts';
 import { erofsInodeExtended } from '../erofs/inode.ts';
 import { rafsChunkInfo, BLOB_CCT_HEADER_SIZE } from '../erofs/blobmeta.ts';
@@ -152,7 +153,8 @@ test('item 11: mtimes before 1970 and after 2106 survive create and unpack; a fa
     assert.equal(fs.statSync(path.join(x, name), { bigint: true }).mtimeNs, fs.statSync(path.join(dir, name), { bigint: true }).mtimeNs, name);
   }
   const out = path.join(work, 'failed');
-  assert.throws(() => createImage({ source: dir, bootstrap: path.join(out, 'x.boot'), blobDir: out, chunkSize: 0x1000, compressor: 'zstd', digester: 'blake3', prefetchPaths: ['/missing'] }), NydusError);
+  // The bootstrap cannot be written (its directory is missing): by then the blob was written, and goes.
+  assert.throws(() => createImage({ source: dir, bootstrap: path.join(out, 'missing-dir', 'x.boot'), blobDir: out, chunkSize: 0x1000, compressor: 'zstd', digester: 'blake3' }), /cannot write .*missing-dir\/x\.boot/);
   assert.equal(fs.existsSync(out), false, 'no blob, no bootstrap, not even the blob directory the failed create made');
 });
 
@@ -179,17 +181,17 @@ test('item 13: the superblock checksum is verified when EROFS_FEATURE_COMPAT_SB_
   assert.throws(() => checkImage({ bootstrap: withSum(true), blobDir }), isFormatError(/erofs_super_block checksum 0x[0-9a-f]+ does not match/));
 });
 
-test('item 14: an empty blob id and out-of-range blob sizes are FormatErrors, not EISDIR or RangeError', () => {
+test('item 14: an empty blob id and out-of-range blob sizes are FormatErrors, not EISDIR or RangeError', async () => {
   const empty = patched((b, img) => setBlobId(b, img, ''));
   for (const size of [0x1000005d1000, 0x7fffffff, 0x7ffff000]) {
     const file = patched((b, img) => rafsV6Blob.encodeInto(b, img.ext!.s_blob_table_offset, { uncompressed_size: size }));
-    assert.throws(() => exportBlock({ bootstrap: file, blobDir, output: path.join(work, 'size.img') }), isFormatError(/device slot 0 has \d+ blocks|exceeds/));
+    await assert.rejects(exportBlock({ bootstrap: file, blobDir, output: path.join(work, 'size.img') }), isFormatError(/device slot 0 has \d+ blocks|exceeds/));
   }
   assert.throws(() => unpackToTar({ bootstrap: empty, blobDir, output: path.join(work, 'empty.tar') }), isFormatError(/invalid blob id ""/));
   assert.ok(!fs.existsSync(path.join(work, 'size.img')) && !fs.existsSync(path.join(work, 'empty.tar')));
 });
 
-test('item 15: holes are zeros in unpack, the other chunks are still checked, export keeps the chunk indexes', () => {
+test('item 15: holes are zeros in unpack, the other chunks are still checked, export keeps the chunk indexes', async () => {
   const holed = patched((b) => b.writeUInt32LE(EROFS_NULL_ADDR, chunkIndexOffset(good, '/big', 2) + 4));
   const r = checkImage({ bootstrap: holed, blobDir });
   assert.equal(r.holes, 1);
@@ -205,7 +207,7 @@ test('item 15: holes are zeros in unpack, the other chunks are still checked, ex
   const bits = patched((b) => erofsInodeExtended.encodeInto(b, inodeOffset('/big'), { i_u: 0x20 | 18 }));
   assert.throws(() => unpackToTar({ bootstrap: bits, blobDir, output: path.join(work, 'bits.tar') }), isFormatError(/chunk size 1073741824 differs/));
   const img = path.join(work, 'holed.img');
-  exportBlock({ bootstrap: holed, blobDir, output: img });
+  await exportBlock({ bootstrap: holed, blobDir, output: img });
   // fsck.erofs accepts it (its --extract of erofs-utils 1.5 drops hole chunks instead of writing
   // zeros, so the content is checked through the kernel in validate.root-kernel.test.ts).
   const fsck = spawnSync('fsck.erofs', [img], { encoding: 'utf8' });
@@ -285,4 +287,68 @@ test('item 17: reserved bits, impossible values and names are refused', () => {
     const file = patched(patch);
     assert.throws(() => checkImage({ bootstrap: file }), isFormatError(re), what);
   }
+});
+
+test('hostile: a chunk count beyond nydus\'s bound or the blob\'s blocks, and one blob id twice, are FormatErrors for every reader', () => {
+  const blobEntry = (img: ErofsImage) => img.ext!.s_blob_table_offset;
+  const huge = patched((b, img) => rafsV6Blob.encodeInto(b, blobEntry(img), { chunk_count: 0xffff_ffff }));
+  assert.throws(() => validateImage(new ErofsImage(fs.readFileSync(huge), huge)), isFormatError(/chunk count 4294967295 exceeds 16777216/));
+  const blocks = Math.ceil(new ErofsImage(good, 'good').blobs[0].uncompressed_size / 4096);
+  const many = patched((b, img) => rafsV6Blob.encodeInto(b, blobEntry(img), { chunk_count: blocks + 1 }));
+  assert.throws(() => checkImage({ bootstrap: many, blobDir }), isFormatError(new RegExp(`chunk count ${blocks + 1} exceeds the ${blocks} blocks`)));
+  // Two blobs (a layer over the good image), the second renamed to the first's id.
+  const upper = path.join(work, 'upper-src');
+  fs.mkdirSync(upper);
+  fs.writeFileSync(path.join(upper, 'new'), prand(10_000, 3));
+  const two = path.join(work, 'two.boot');
+  createImage({ source: upper, bootstrap: two, blobDir, chunkSize: 0x1000, compressor: 'zstd', digester: 'blake3', parentBootstrap: boot });
+  const twoBuf = fs.readFileSync(two);
+  const twice = path.join(work, 'twice.boot');
+  const b = Buffer.from(twoBuf);
+  const img = new ErofsImage(twoBuf, 'two');
+  assert.equal(img.blobs.length, 2);
+  rafsV6Blob.encodeInto(b, img.ext!.s_blob_table_offset + 256, { blob_id: Buffer.from(blobId, 'latin1') });
+  erofsDeviceSlot.encodeInto(b, (img.sb.devt_slotoff + 1) * 128, { tag: Buffer.from(blobId, 'latin1') });
+  fs.writeFileSync(twice, b);
+  assert.throws(() => checkImage({ bootstrap: twice, blobDir }), isFormatError(new RegExp(`blob table entry 1: blob id ${blobId} is entry 0's too`)));
+});
+
+test('hostile: a bootstrap without a chunk table is refused by check, export and unpack alike (its chunks have no digest to verify)', async () => {
+  const noTable = patched((b) => rafsV6SuperBlockExt.encodeInto(b, RAFS_V6_SUPER_EXT_OFFSET, { s_chunk_table_size: 0n as never }));
+  const refused = isFormatError(/no chunk at offset \d+ of blob [0-9a-f]{64} in the chunk table \(its digest is needed to verify its data\)/);
+  assert.throws(() => checkImage({ bootstrap: noTable, blobDir }), refused);
+  await assert.rejects(exportBlock({ bootstrap: noTable, blobDir, output: path.join(work, 'no-table.img') }), refused);
+  assert.throws(() => unpackToTar({ bootstrap: noTable, blobDir, output: path.join(work, 'no-table.tar') }), refused);
+  assert.throws(() => inspectImage(noTable, 'stats'), refused);
+  assert.ok(!fs.existsSync(path.join(work, 'no-table.img')) && !fs.existsSync(path.join(work, 'no-table.tar')));
+});
+
+test('hostile: a last directory entry name longer than 255 bytes is a FormatError, never cut short', () => {
+  // Names of 250 bytes: a block holds 15 of them, its last one followed by NUL padding.
+  const dir = path.join(work, 'longname-src');
+  fs.mkdirSync(dir);
+  const names = Array.from({ length: 40 }, (_, k) => `${String(k).padStart(2, '0')}${'x'.repeat(248)}`);
+  for (const n of names) fs.writeFileSync(path.join(dir, n), 'data');
+  const lb = path.join(work, 'longname.boot');
+  createImage({ source: dir, bootstrap: lb, blobDir, chunkSize: 0x1000, compressor: 'zstd', digester: 'blake3' });
+  const buf = fs.readFileSync(lb);
+  // The first block's last name: the one the padding follows (the next name starts a block).
+  const ends = names.map((n) => buf.indexOf(Buffer.from(n)) + n.length);
+  const k = ends.findIndex((end, i) => i + 1 < names.length && buf.subarray(end, end + 10).equals(Buffer.alloc(10)));
+  assert.ok(k >= 0, 'a name is followed by padding');
+  buf.fill(0x41, ends[k], ends[k] + 10);
+  const bad = path.join(work, 'longname-bad.boot');
+  fs.writeFileSync(bad, buf);
+  assert.throws(() => checkImage({ bootstrap: bad }), isFormatError(/bad name bounds \[\d+, \d+\) of entry/));
+});
+
+test('hostile: the daemon\'s localfs backend refuses a FIFO in place of a blob at once, never waiting for a writer', async () => {
+  const dir = path.join(work, 'fifo-blobs');
+  fs.mkdirSync(dir);
+  execFileSync('mkfifo', [path.join(dir, blobId)]);
+  const backend = new LocalFsBackend(dir);
+  const t0 = Date.now();
+  await assert.rejects(backend.read(blobId, 0, 4096), /is not a regular file/);
+  assert.ok(Date.now() - t0 < 5000);
+  await backend.close();
 });

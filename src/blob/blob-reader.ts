@@ -12,7 +12,8 @@ import { verifyChunk } from './verify.ts';
 import type { ChunkRef } from '../builder/tree.ts';
 
 export class LocalBlobReader {
-  private fd: number;
+  /** The blob file, open for reading (verification jobs read their ranges through it). */
+  readonly fd: number;
   readonly size: number;
 
   constructor(readonly path: string, private readonly compressor: CompressorName, private readonly digester: Digester) {

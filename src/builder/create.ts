@@ -51,6 +51,8 @@ export interface CreateResult {
   blobIds: string[];
   stats: ChunkStats;
   inodes: number;
+  /** Paths of the prefetch list the image does not hold (left out of its prefetch table). */
+  prefetchMissing: string[];
 }
 
 export function validateChunkSize(chunkSize: number): void {
@@ -67,17 +69,64 @@ export function blobDescriptor(b: FinishedBlob): BlobDescriptor {
   };
 }
 
-export function prefetchNids(layout: Layout, paths: string[]): number[] {
+/**
+ * The prefetch table of a prefetch list: the nid of each path the image holds, in list order, and
+ * the paths it does not hold (left out, as nydus-image does: a list traced on one image version
+ * names files another may lack, and a path may be in a layer below).
+ */
+export function prefetchNids(layout: Layout, paths: string[]): { nids: number[]; missing: string[] } {
   const byPath = new Map([...layout.inodeOf].map(([node, ino]) => [node.path, ino.nid]));
-  return paths.map((p) => {
+  const nids: number[] = [];
+  const missing: string[] = [];
+  for (const p of paths) {
     const nid = byPath.get(normalizePrefetchPath(p));
-    if (nid === undefined) throw new NydusError(`prefetch path ${p} is not in the source tree`);
-    return nid;
-  });
+    if (nid === undefined) missing.push(p);
+    else nids.push(nid);
+  }
+  return { nids, missing };
 }
 
-export function refuseExisting(file: string, what: string): void {
-  if (fs.existsSync(file)) throw new NydusError(`${what} ${file} already exists; remove it first`);
+/**
+ * Writes a finished output file (`from`, a file of ours) to where it was asked for, as nydus-image
+ * does: a file there is replaced; a FIFO there (a converter reading the blob as it comes, as
+ * nydus-snapshotter's does) is written into, and `from` removed.
+ */
+export function placeOutput(from: string, to: string): void {
+  if (!fs.statSync(to, { throwIfNoEntry: false })?.isFIFO()) {
+    fs.renameSync(from, to);
+    return;
+  }
+  const input = fs.openSync(from, 'r');
+  try {
+    const output = fs.openSync(to, 'w');
+    try {
+      const buf = Buffer.allocUnsafe(1 << 20);
+      for (let n; (n = fs.readSync(input, buf, 0, buf.length, null)) > 0;) {
+        for (let done = 0; done < n;) done += fs.writeSync(output, buf, done, n - done);
+      }
+    } finally {
+      fs.closeSync(output);
+    }
+  } finally {
+    fs.closeSync(input);
+  }
+  fs.rmSync(from, { force: true });
+}
+
+/** Writes an output file whole (a bootstrap) where it was asked for, as placeOutput puts one there. */
+export function writeOutput(to: string, bytes: Uint8Array): void {
+  if (fs.statSync(to, { throwIfNoEntry: false })?.isFIFO()) {
+    fs.writeFileSync(to, bytes);
+    return;
+  }
+  const tmp = `${to}.tmp-${process.pid}`;
+  try {
+    fs.writeFileSync(tmp, bytes, { flag: 'wx' });
+    fs.renameSync(tmp, to);
+  } catch (e) {
+    fs.rmSync(tmp, { force: true });
+    throw new NydusError(`cannot write ${to}: ${(e as Error).message}`);
+  }
 }
 
 /**
@@ -94,8 +143,6 @@ class ImageBuild {
 
   constructor(private readonly opts: CreateOptions) {
     validateChunkSize(opts.chunkSize);
-    refuseExisting(opts.bootstrap, 'bootstrap');
-    if (opts.blobPath) refuseExisting(opts.blobPath, 'blob');
     const blobDir = opts.blobDir ?? (opts.blobPath ? path.dirname(path.resolve(opts.blobPath)) : undefined);
     if (!blobDir) throw new NydusError('either a blob directory (--blob-dir/-D) or a blob path (--blob) is needed');
     this.layered = opts.parentBootstrap || opts.chunkDict ? openLayeredBuild({ ...opts, config: opts }) : null;
@@ -120,7 +167,7 @@ class ImageBuild {
     this.writer.reorder(prefetchChunks(first));
     const blob = this.blob = this.writer.finish();
     if (blob && opts.blobPath) {
-      fs.renameSync(blob.path, opts.blobPath);
+      placeOutput(blob.path, opts.blobPath);
       blob.path = opts.blobPath;
     }
     const own = blob ? blobDescriptor(blob) : null;
@@ -128,13 +175,17 @@ class ImageBuild {
       ? finishLayeredBuild(this.layered, own, tree, opts.whiteoutSpec ?? 'oci')
       : { blobs: own ? [own] : [], root: tree };
     const layout = layoutTree(root, blobs.length);
+    const prefetch = opts.prefetchPaths ? prefetchNids(layout, opts.prefetchPaths) : undefined;
     const { meta } = writeImage(layout, {
       chunkSize: opts.chunkSize, compressor: opts.compressor, digester: opts.digester, blobs,
       buildTime: opts.repeatable ? 0 : Math.floor(Date.now() / 1000),
-      prefetch: opts.prefetchPaths ? prefetchNids(layout, opts.prefetchPaths) : undefined,
+      prefetch: prefetch?.nids,
     });
-    fs.writeFileSync(opts.bootstrap, meta, { flag: 'wx' });
-    return { bootstrap: opts.bootstrap, blob, blobIds: blobs.map((b) => b.blobId), stats: this.chunker.stats, inodes: layout.inodes.length };
+    writeOutput(opts.bootstrap, meta);
+    return {
+      bootstrap: opts.bootstrap, blob, blobIds: blobs.map((b) => b.blobId), stats: this.chunker.stats, inodes: layout.inodes.length,
+      prefetchMissing: prefetch?.missing ?? [],
+    };
   }
 
   abort(): void {

@@ -4,7 +4,6 @@
  * blob table, the layers laid over each other with whiteouts applied (overlay.ts), then the usual layout
  * and writer stages write the bootstrap. No blob is read or written: chunks stay in the layer blobs.
  */
-import fs from 'node:fs';
 import { NydusError } from '../../erofs/errors.ts';
 import type { ErofsImage } from '../../erofs/image.ts';
 import { scopeHardlinks, overlayLayer } from './overlay.ts';
@@ -15,7 +14,7 @@ import {
 import { layoutTree } from './layout.ts';
 import { type BlobDescriptor, writeImage } from './writer.ts';
 import { BLOB_FEATURE_SEPARATE } from '../../erofs/blobmeta.ts';
-import { prefetchNids, refuseExisting } from './create.ts';
+import { prefetchNids, writeOutput } from './create.ts';
 import type { TreeNode } from './tree.ts';
 
 export interface MergeOptions {
@@ -49,6 +48,8 @@ export interface MergeResult {
   blobs: string[];
   inodes: number;
   config: BuildConfig;
+  /** Paths of the prefetch list the merged image does not hold (left out of its prefetch table). */
+  prefetchMissing: string[];
 }
 
 function checkListLength(list: unknown[] | undefined, sources: number, what: string): void {
@@ -91,7 +92,6 @@ export function mergeImages(opts: MergeOptions): MergeResult {
   checkListLength(opts.blobSizes, opts.sources.length, 'blob size');
   checkListLength(opts.blobTocDigests, opts.sources.length, 'toc digest');
   checkListLength(opts.blobTocSizes, opts.sources.length, 'toc size');
-  refuseExisting(opts.bootstrap, 'bootstrap');
 
   const table = new BlobTable();
   // The first image read sets the chunk size and digester every other one must share; the superblock
@@ -143,11 +143,12 @@ export function mergeImages(opts: MergeOptions): MergeResult {
   table.dropUnused(root);
   const layout = layoutTree(root, table.blobs.length);
   const cfg: BuildConfig = { ...first.config!, compressor: (last as BuildConfig | null)!.compressor };
+  const prefetch = opts.prefetchPaths ? prefetchNids(layout, opts.prefetchPaths) : undefined;
   const { meta } = writeImage(layout, {
     chunkSize: cfg.chunkSize, compressor: cfg.compressor, digester: cfg.digester, blobs: table.blobs,
     buildTime: Math.floor(Date.now() / 1000),
-    prefetch: opts.prefetchPaths ? prefetchNids(layout, opts.prefetchPaths) : undefined,
+    prefetch: prefetch?.nids,
   });
-  fs.writeFileSync(opts.bootstrap, meta, { flag: 'wx' });
-  return { bootstrap: opts.bootstrap, blobs: table.blobs.map((b) => b.blobId), inodes: layout.inodes.length, config: cfg };
+  writeOutput(opts.bootstrap, meta);
+  return { bootstrap: opts.bootstrap, blobs: table.blobs.map((b) => b.blobId), inodes: layout.inodes.length, config: cfg, prefetchMissing: prefetch?.missing ?? [] };
 }

@@ -9,22 +9,31 @@ import { WHITEOUT_SPECS } from '../builder/whiteout.ts';
 import { isStdinSource } from '../builder/layer-stream.ts';
 import { checkImage } from '../image/check.ts';
 import { inspectImage } from '../image/inspect.ts';
-import { exportBlock } from '../image/export-block.ts';
+import { EXPORT_THREADS_MAX, exportBlock } from '../image/export-block.ts';
 import { unpackToTar } from '../image/unpack.ts';
 import { hideBin } from 'yargs/helpers';
+import { BUILD_INFO } from '../version.ts';
 import { cliParser, parseSize, runMain } from './main.ts';
 
-/** Progress messages (not errors, not requested output): shown at --log-level info or below, to --log-file if given. */
+/**
+ * Progress messages (info: shown at --log-level info or below) and warnings (shown unless
+ * --log-level error), to --log-file if given; errors and requested output are not log lines.
+ */
 const log = {
-  quiet: false,
+  level: 'info',
   file: undefined as string | undefined,
   info(msg: string): void {
-    if (this.quiet) return;
-    const line = `nydus-image: ${msg}\n`;
+    if (this.level !== 'warn' && this.level !== 'error') this.write('INFO', msg);
+  },
+  warn(msg: string): void {
+    if (this.level !== 'error') this.write('WARN', msg);
+  },
+  write(level: string, msg: string): void {
+    const line = `nydus-image: ${level === 'WARN' ? 'warning: ' : ''}${msg}\n`;
     if (!this.file) process.stderr.write(line);
     else {
       try {
-        fs.appendFileSync(this.file, `${new Date().toISOString()} INFO ${line}`);
+        fs.appendFileSync(this.file, `${new Date().toISOString()} ${level} ${line}`);
       } catch (e) {
         throw new NydusError(`cannot write the log file ${this.file}: ${(e as Error).message}`);
       }
@@ -36,11 +45,28 @@ function writeJson(file: string | undefined, value: unknown): void {
   if (file) fs.writeFileSync(file, JSON.stringify(value, null, 2) + '\n');
 }
 
-/** check, inspect and unpack take the bootstrap as an argument or, deprecated in nydus, as -B. */
+/**
+ * The -J report's fields as nydus-image writes them (its OutputSerializer: nydusify reads
+ * fs_version and compressor from check's), before the command's own.
+ */
+function nydusReport(bootstrap: string, blobs: string[], compressor: string, ours: object): object {
+  return {
+    version: `${BUILD_INFO.package_ver}-${BUILD_INFO.git_commit}`, bootstrap, blobs, external_bootstrap: '', external_blobs: [],
+    trace: {}, fs_version: '6', compressor, ...ours,
+  };
+}
+
+/** check, inspect and unpack take the bootstrap as an argument or, deprecated in nydus, as -B: not both. */
 function needBootstrap(a: { BOOTSTRAP?: string; bootstrap?: string }): string {
+  if (a.BOOTSTRAP !== undefined && a.bootstrap !== undefined) throw new NydusError('give the bootstrap once: as the BOOTSTRAP argument or as -B/--bootstrap, not both');
   const b = a.BOOTSTRAP ?? a.bootstrap;
   if (!b) throw new NydusError('a bootstrap is needed (BOOTSTRAP argument or -B)');
   return b;
+}
+
+/** The prefetch list's paths the image does not hold: left out of its prefetch table, as nydus-image does. */
+function warnPrefetchMissing(missing: string[]): void {
+  for (const p of missing) log.warn(`prefetch path ${p} is not in the image; left out of the prefetch table`);
 }
 
 function oneOf<T extends string>(v: string, allowed: readonly T[], what: string): T {
@@ -52,7 +78,14 @@ function oneOf<T extends string>(v: string, allowed: readonly T[], what: string)
 function prefetchPaths(policyArg: string): string[] | undefined {
   const policy = oneOf(policyArg, ['none', 'fs', 'blob'] as const, 'prefetch policy');
   if (policy === 'blob') throw new NydusError('--prefetch-policy blob is not supported by nydus-ts yet; use fs');
-  return policy === 'fs' ? fs.readFileSync(0, 'utf8').split('\n').map((l) => l.trim()).filter(Boolean) : undefined;
+  if (policy !== 'fs') return undefined;
+  const paths: string[] = [];
+  for (const line of fs.readFileSync(0, 'utf8').split('\n').map((l) => l.trim()).filter(Boolean)) {
+    // As nydus-image: the list names paths from the image root.
+    if (line.startsWith('/')) paths.push(line);
+    else log.warn(`prefetch path ${line} is not absolute; left out`);
+  }
+  return paths;
 }
 
 await runMain('nydus-image', async () => {
@@ -62,7 +95,7 @@ await runMain('nydus-image', async () => {
     .option('log-level', { alias: 'l', type: 'string', default: 'info', choices: ['trace', 'debug', 'info', 'warn', 'error'], global: true, describe: 'warn or error: no progress messages' })
     .option('log-file', { alias: 'L', type: 'string', global: true, describe: 'append progress messages to this file instead of stderr (errors stay on stderr)' })
     .middleware((a) => {
-      log.quiet = a['log-level'] === 'warn' || a['log-level'] === 'error';
+      log.level = a['log-level'];
       log.file = a['log-file'];
     })
     .command('create <source>', 'build a RAFS v6 image (bootstrap + blob) from a directory or a layer tar', (y) => y
@@ -100,8 +133,8 @@ await runMain('nydus-image', async () => {
         compressor: oneOf(a.compressor, ['none', 'zstd'] as const, 'compressor'),
         digester: oneOf(a.digester, ['blake3', 'sha256'] as const, 'digester'),
       });
-      const report = { version: '6', bootstrap: r.bootstrap, blobs: r.blobIds, blob_path: r.blob?.path ?? null, inodes: r.inodes, ...r.stats };
-      writeJson(a['output-json'], report);
+      warnPrefetchMissing(r.prefetchMissing);
+      writeJson(a['output-json'], nydusReport(r.bootstrap, r.blobIds, a.compressor, { blob_path: r.blob?.path ?? null, inodes: r.inodes, ...r.stats }));
       log.info(`built ${r.bootstrap} (${r.inodes} inodes, ${r.stats.uniqueChunks}/${r.stats.chunks} unique chunks)${r.blob ? `, blob ${r.blob.blobId}` : ''}`);
     })
     .command('merge <SOURCE..>', 'merge layer bootstraps (lowest first) into one bootstrap with whiteouts applied', (y) => y
@@ -133,8 +166,9 @@ await runMain('nydus-image', async () => {
         whiteoutSpec: oneOf(a['whiteout-spec'], WHITEOUT_SPECS, 'whiteout spec'),
         prefetchPaths: prefetchPaths(a['prefetch-policy']),
       });
-      writeJson(a['output-json'], { version: '6', bootstrap: r.bootstrap, blobs: r.blobs, fs_version: '6', compressor: r.config.compressor, inodes: r.inodes });
-      process.stderr.write(`nydus-image: merged ${a.SOURCE.length} layers into ${r.bootstrap} (${r.inodes} inodes, ${r.blobs.length} blobs)\n`);
+      warnPrefetchMissing(r.prefetchMissing);
+      writeJson(a['output-json'], nydusReport(r.bootstrap, r.blobs, r.config.compressor, { inodes: r.inodes }));
+      log.info(`merged ${a.SOURCE.length} layers into ${r.bootstrap} (${r.inodes} inodes, ${r.blobs.length} blobs)`);
     })
     .command('check [BOOTSTRAP]', 'validate a bootstrap (and its blobs with -D/--blob)', (y) => y
       .positional('BOOTSTRAP', { type: 'string' })
@@ -145,7 +179,8 @@ await runMain('nydus-image', async () => {
       .option('verbose', { alias: 'v', type: 'boolean', default: false }), (a) => {
       const bootstrap = needBootstrap(a);
       const r = checkImage({ bootstrap, blobDir: a['blob-dir'], blobPaths: a.blob ? [a.blob] : undefined });
-      writeJson(a['output-json'], r);
+      const { compressor, blobs, ...ours } = r;
+      writeJson(a['output-json'], nydusReport(bootstrap, blobs, compressor, ours));
       // nydus-image's own report, then ours.
       process.stdout.write(`RAFS filesystem metadata is valid, referenced data blobs: \n${r.blobLines.map((l) => `\t ${l}\n`).join('')}`);
       if (a.verbose) process.stdout.write(JSON.stringify(r, null, 2) + '\n');
@@ -154,19 +189,24 @@ await runMain('nydus-image', async () => {
     .command('inspect [BOOTSTRAP]', 'print superblock, blobs and chunk information as JSON', (y) => y
       .positional('BOOTSTRAP', { type: 'string' })
       .option('bootstrap', { alias: 'B', type: 'string' })
-      .option('blob-dir', { alias: 'D', type: 'string', describe: 'accepted for compatibility' })
+      .option('blob-dir', { alias: 'D', type: 'string', describe: "the image's blobs: a bootstrap without a chunk table lists its chunks only there" })
       .option('request', { alias: 'R', type: 'string', default: 'stats', describe: 'stats | blobs | prefetch | chunks | "stat <path>"' }), (a) => {
-      process.stdout.write(JSON.stringify(inspectImage(needBootstrap(a), a.request), null, 2) + '\n');
+      const where = a['blob-dir'] === undefined ? undefined : { blobDir: a['blob-dir'] };
+      process.stdout.write(JSON.stringify(inspectImage(needBootstrap(a), a.request, where), null, 2) + '\n');
     })
     .command('export', 'export an image as a single EROFS block image', (y) => y
       .option('block', { type: 'boolean', default: false, describe: 'export to a raw block image' })
       .option('bootstrap', { alias: 'B', type: 'string', demandOption: true })
       .option('blob-dir', { alias: ['D', 'localfs-dir'], type: 'string' })
       .option('blob', { alias: 'b', type: 'string' })
-      .option('threads', { type: 'number', default: 4, describe: 'accepted for compatibility' })
-      .option('output', { alias: 'O', type: 'string', demandOption: true }), (a) => {
+      .option('threads', { type: 'string', default: '4', describe: `chunks decompressed, verified and written at once (1-${EXPORT_THREADS_MAX})` })
+      .option('output', { alias: 'O', type: 'string', demandOption: true }), async (a) => {
       if (!a.block) throw new NydusError('only --block export is supported');
-      const r = exportBlock({ bootstrap: a.bootstrap, blobDir: a['blob-dir'], blobPaths: a.blob ? [a.blob] : undefined, output: a.output });
+      const threads = /^\d+$/.test(a.threads) ? Number(a.threads) : NaN;
+      if (!(threads >= 1 && threads <= EXPORT_THREADS_MAX)) throw new NydusError(`invalid --threads ${JSON.stringify(a.threads)}: a whole number from 1 to ${EXPORT_THREADS_MAX}`);
+      // libuv's pool runs the jobs: as many threads as asked (it is made at its first use, after this).
+      process.env.UV_THREADPOOL_SIZE = String(threads);
+      const r = await exportBlock({ bootstrap: a.bootstrap, blobDir: a['blob-dir'], blobPaths: a.blob ? [a.blob] : undefined, output: a.output, threads });
       log.info(`exported ${a.output} (${r.blocks} blocks)`);
     })
     .command('unpack [BOOTSTRAP]', 'write the tree of an image as a tar file', (y) => y

@@ -29,7 +29,7 @@ export interface FanotifyDaemonOptions {
 }
 
 export async function runFanotifyWorker(opts: FanotifyDaemonOptions): Promise<void> {
-  const { fd, restarted } = inheritedKernelFd();
+  const { fd, restarted, stopAtOnce } = inheritedKernelFd();
   const journalFile = path.join(opts.dir, 'pending-events');
   // Before anything opens an fd: the numbers of the predecessor's unanswered events are held.
   const pending = restarted ? PendingEventJournal.read(journalFile) : [];
@@ -75,4 +75,5 @@ export async function runFanotifyWorker(opts: FanotifyDaemonOptions): Promise<vo
   log.info({ apisock: opts.apiSock, dir: opts.dir, mounts: session.list() }, 'nydusd ready (fanotify)');
   process.on('SIGTERM', shutdown);
   process.on('SIGINT', shutdown);
+  if (stopAtOnce) shutdown();
 }

@@ -28,6 +28,8 @@ export interface DaemonOptions {
 
 const WORKER_FD_ENV = 'NYDUSD_WORKER_FD';
 const RESTART_ENV = 'NYDUSD_WORKER_RESTART';
+/** Set for a worker started while the daemon stops: it takes over, then stops at once. */
+const STOP_ENV = 'NYDUSD_WORKER_STOP';
 /** A worker exiting with this code cannot work with what it was given (a bad image or config): no restart. */
 export const WORKER_EXIT_FATAL = 78;
 const WORKER_MIN_LIFE_MS = 3000;
@@ -47,8 +49,8 @@ export interface HeldFd {
 export type SupervisorOptions = Pick<DaemonOptions, 'logLevel' | 'logFile' | 'logRotationSize' | 'threads'>;
 
 /** The worker's side: the kernel fd its supervisor holds, and whether an earlier worker died. */
-export function inheritedKernelFd(): { fd: number; restarted: boolean } {
-  return { fd: Number(process.env[WORKER_FD_ENV]), restarted: Number(process.env[RESTART_ENV] ?? 0) > 0 };
+export function inheritedKernelFd(): { fd: number; restarted: boolean; stopAtOnce: boolean } {
+  return { fd: Number(process.env[WORKER_FD_ENV]), restarted: Number(process.env[RESTART_ENV] ?? 0) > 0, stopAtOnce: process.env[STOP_ENV] === '1' };
 }
 
 export async function runSupervisor(opts: SupervisorOptions & Partial<DaemonOptions>, argv: string[], held?: HeldFd): Promise<void> {
@@ -74,7 +76,7 @@ export async function runSupervisor(opts: SupervisorOptions & Partial<DaemonOpti
       stdio: ['ignore', 'inherit', 'inherit', dev.fd],
       // Cache-file writes run on libuv's pool (O_DIRECT waits for the disk): size it for the threads.
       env: {
-        ...process.env, [WORKER_FD_ENV]: '3', [RESTART_ENV]: String(restarts),
+        ...process.env, [WORKER_FD_ENV]: '3', [RESTART_ENV]: String(restarts), [STOP_ENV]: stopping ? '1' : '0',
         UV_THREADPOOL_SIZE: process.env.UV_THREADPOOL_SIZE ?? String(Math.max(4, opts.threads * 2)),
         // Chunk buffers (up to a few MiB, made and dropped all the time) come from malloc's heap and
         // are reused, not fresh mmap()s: touching fresh pages cost more than decompressing into them
@@ -89,9 +91,20 @@ export async function runSupervisor(opts: SupervisorOptions & Partial<DaemonOpti
     });
     child.on('exit', (code, signal) => {
       child = null;
+      quickDeaths = Date.now() - startedAt < WORKER_MIN_LIFE_MS ? quickDeaths + 1 : 0;
+      if (stopping && code !== 0 && quickDeaths < WORKER_MAX_QUICK_DEATHS) {
+        // Died before it stopped cleanly: its mounts may still be up (fanotify), and once the group
+        // closes with this process their unfetched ranges would read as zeros. The next worker
+        // takes them over and stops: unmounted, or served until they are free.
+        restarts++;
+        log.error({ code, signal, restarts }, 'worker died while stopping; a new one takes over to stop');
+        setTimeout(start, 200);
+        return;
+      }
       if (stopping) {
+        if (code !== 0) log.fatal({ code, signal, restarts }, 'workers keep dying while stopping; mounts they served may be left behind');
         dev.close();
-        process.exit(0);
+        process.exit(code === 0 ? 0 : 1);
       }
       if (code === WORKER_EXIT_FATAL) {
         log.fatal({ code }, 'worker cannot serve what it was given; stopping');
@@ -100,7 +113,6 @@ export async function runSupervisor(opts: SupervisorOptions & Partial<DaemonOpti
       }
       restarts++;
       // A worker that cannot even start (bad work dir, broken install) must not be restarted forever.
-      quickDeaths = Date.now() - startedAt < WORKER_MIN_LIFE_MS ? quickDeaths + 1 : 0;
       if (quickDeaths >= WORKER_MAX_QUICK_DEATHS) {
         log.fatal({ code, signal, restarts }, 'worker keeps dying right after start; giving up');
         dev.close();

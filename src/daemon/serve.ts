@@ -82,5 +82,7 @@ export async function runDaemon(opts: DaemonOptions, source: DeviceSource): Prom
   log.info({ apisock: opts.apiSock, state: lifecycle.state }, 'nydusd ready');
   process.on('SIGTERM', shutdown);
   process.on('SIGINT', shutdown);
+  // Started while the daemon stops (its predecessor died stopping): stop, having taken over.
+  if (source.kind === 'inherited' && inheritedKernelFd().stopAtOnce) shutdown();
 }
 

@@ -10,12 +10,15 @@ import {
 } from '../../erofs/blobmeta.ts';
 import { walkTree, type ChunkRef } from '../builder/tree.ts';
 import type { LocalBlobReader } from '../blob/blob-reader.ts';
+import { rafsFlagsCompressor } from '../../erofs/rafs.ts';
 import { openImage } from './open.ts';
 import { treeFromImage } from './tree-from-image.ts';
 import type { ValidatedBlob } from './validate.ts';
 
 export interface CheckReport {
   bootstrap: string;
+  /** The image's compressor as its superblock names it (nydus's words), '' when it names none. */
+  compressor: string;
   inodes: number;
   files: number;
   directories: number;
@@ -67,7 +70,7 @@ export function checkImage(opts: { bootstrap: string; blobDir?: string; blobPath
     blobs?.forEach((r, i) => checkBlobFile(name, image.blobs[i], r));
     const { root } = treeFromImage(image, blobs);
     const report: CheckReport = {
-      bootstrap: name, inodes: image.inodes.size, files: 0, directories: 0, blobs: image.blobs.map((b) => b.id), chunks: 0, holes: 0, verifiedChunks: 0,
+      bootstrap: name, compressor: rafsFlagsCompressor(image.image.ext?.s_flags ?? 0) ?? '', inodes: image.inodes.size, files: 0, directories: 0, blobs: image.blobs.map((b) => b.id), chunks: 0, holes: 0, verifiedChunks: 0,
       blobLines: image.blobs.map((b, i) => `${i}: ${b.id}, compressed size ${b.compressedSize}, uncompressed size ${b.uncompressedSize}, `
         + `chunk size: ${image.chunkSize}, chunk count: ${b.chunkCount}, features: ${FEATURE_NAMES.filter(([bit]) => b.features & bit).map(([, n]) => n).join(' ')}`),
     };

@@ -4,12 +4,15 @@
  * `mount -o loop`.
  */
 import fs from 'node:fs';
-import { NydusError } from '../../erofs/errors.ts';
+import { EIO, NydusError } from '../../erofs/errors.ts';
 import { EROFS_BLKSIZ } from '../../erofs/super.ts';
 import { layoutTree } from '../builder/layout.ts';
 import { writeImage } from '../builder/writer.ts';
 import { walkTree, type ChunkRef } from '../builder/tree.ts';
+import type { LocalBlobReader } from '../blob/blob-reader.ts';
+import { RUN_FIELDS, setRunChunk, verifyBlobRange } from '../blob/verify.ts';
 import { openImage } from './open.ts';
+import type { ValidatedBlob } from './validate.ts';
 import { treeFromImage } from './tree-from-image.ts';
 
 export interface ExportOptions {
@@ -17,10 +20,18 @@ export interface ExportOptions {
   blobDir?: string;
   blobPaths?: string[];
   output: string;
+  /** Chunks verified and written at once, each by a job on libuv's pool (nydus-image's --threads; 4 by default). */
+  threads?: number;
 }
 
-export function exportBlock(opts: ExportOptions): { blocks: number } {
-  if (fs.existsSync(opts.output)) throw new NydusError(`output ${opts.output} already exists; remove it first`);
+/** nydus-image's bound on --threads. */
+export const EXPORT_THREADS_MAX = 1024;
+
+export async function exportBlock(opts: ExportOptions): Promise<{ blocks: number }> {
+  const threads = opts.threads ?? 4;
+  if (!Number.isSafeInteger(threads) || threads < 1 || threads > EXPORT_THREADS_MAX) throw new NydusError(`invalid thread count ${threads}: a whole number from 1 to ${EXPORT_THREADS_MAX}`);
+  // The image is written at offsets, then put in place: a file there is replaced, a pipe cannot be.
+  if (fs.statSync(opts.output, { throwIfNoEntry: false })?.isFIFO()) throw new NydusError(`output ${opts.output} is a FIFO; a block image is written at offsets and needs a file`);
   const opened = openImage(opts.bootstrap, opts);
   const { image } = opened;
   const blobs = opened.blobs!;
@@ -58,15 +69,12 @@ export function exportBlock(opts: ExportOptions): { blocks: number } {
     const fd = fs.openSync(tmp, 'wx');
     try {
       fs.writeSync(fd, meta, 0, meta.length, 0);
-      const written = new Set<ChunkRef>();
-      for (const node of walkTree(root)) {
-        for (const c of node.chunks ?? []) {
-          if (!c || written.has(c)) continue;
-          written.add(c);
-          const data = blobs[c.blobIndex].readChunk(c);
-          fs.writeSync(fd, data, 0, data.length, blobBaseBlk[c.blobIndex] * EROFS_BLKSIZ + c.uncompressedOffset);
-        }
-      }
+      // Each chunk once, in blob order: read, verified and written at its place by a pool job of
+      // its own, `threads` of them at once (a chunk and its padding end where the next one starts).
+      const chunks = new Set<ChunkRef>();
+      for (const node of walkTree(root)) for (const c of node.chunks ?? []) if (c) chunks.add(c);
+      const ordered = [...chunks].sort((a, b) => a.blobIndex - b.blobIndex || a.compressedOffset - b.compressedOffset);
+      await forEachBounded(ordered, threads, (c) => exportChunk(blobs[c.blobIndex], image.blobs[c.blobIndex], c, fd, blobBaseBlk[c.blobIndex] * EROFS_BLKSIZ));
       fs.ftruncateSync(fd, total * EROFS_BLKSIZ);
       fs.fsyncSync(fd);
     } catch (e) {
@@ -80,4 +88,35 @@ export function exportBlock(opts: ExportOptions): { blocks: number } {
   } finally {
     opened.close();
   }
+}
+
+/** Reads, verifies and writes one chunk into the image at `base` + its offset; a chunk that fails is an EIO naming it. */
+async function exportChunk(reader: LocalBlobReader, blob: ValidatedBlob, c: ChunkRef, fd: number, base: number): Promise<void> {
+  const layout = new Float64Array(RUN_FIELDS);
+  setRunChunk(layout, 0, { storedOffset: 0, storedSize: c.compressedSize, outOffset: 0, outSize: c.uncompressedSize, compressed: c.compressed });
+  const r = await verifyBlobRange({
+    blobFd: reader.fd, storedOffset: c.compressedOffset, storedSize: c.compressedSize, compressor: blob.compressor, digester: blob.digester,
+    layout, digests: c.digest, digestSize: c.digest.length, where: [`blob ${reader.path} chunk ${c.indexInBlob}`], target: { fd, offset: base + c.uncompressedOffset },
+  }).catch((e: Error) => {
+    throw new NydusError(`blob ${reader.path} chunk ${c.indexInBlob}: ${e.message}`, EIO);
+  });
+  if (r.errors[0]) throw new NydusError(r.errors[0], EIO);
+  if (r.writeError) throw new NydusError(`cannot write the image: ${r.writeError.message}`);
+}
+
+/** Runs `fn` over `items`, at most `limit` at once; the first failure is thrown once the running ones settled. */
+async function forEachBounded<T>(items: readonly T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  let failed: { error: unknown } | null = null;
+  const worker = async () => {
+    while (!failed && next < items.length) {
+      try {
+        await fn(items[next++]);
+      } catch (e) {
+        failed ??= { error: e };
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  if (failed) throw (failed as { error: unknown }).error;
 }

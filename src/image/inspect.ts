@@ -70,8 +70,20 @@ function fileInfo(image: ValidatedImage, n: TreeNode, nid: number) {
 }
 
 /** Answers one request: `stats`, `blobs`, `prefetch`, `chunks` (all files) or `stat <path>`. */
-export function inspectImage(bootstrap: string, request = 'stats'): unknown {
-  const { image } = openImage(bootstrap);
+/**
+ * `where`: the blobs (nydus-image inspect -D): a bootstrap without a chunk table lists its chunks
+ * only in the blobs' chunk-info arrays, and then every blob it names must be there.
+ */
+export function inspectImage(bootstrap: string, request = 'stats', where?: { blobDir: string }): unknown {
+  const opened = openImage(bootstrap, where);
+  try {
+    return inspectOpened(opened.image, request);
+  } finally {
+    opened.close();
+  }
+}
+
+function inspectOpened(image: ValidatedImage, request: string): unknown {
   const [cmd, ...args] = request.trim().split(/\s+/);
   if (cmd === 'blobs') return blobsInfo(image);
   const { root, inodeOf } = treeFromImage(image);
@@ -97,7 +109,7 @@ export function inspectImage(bootstrap: string, request = 'stats'): unknown {
   if (cmd === 'stat') {
     const want = args.join(' ');
     for (const n of walkTree(root)) if (n.path === want) return fileInfo(image, n, inodeOf.get(n)!.nid);
-    throw new NydusError(`${bootstrap}: no such path ${want}`);
+    throw new NydusError(`${image.name}: no such path ${want}`);
   }
   throw new NydusError(`unknown inspect request ${JSON.stringify(request)}; try stats, blobs, prefetch, chunks or "stat <path>"`);
 }

@@ -73,7 +73,7 @@ export function openImage(file: string, where?: BlobLocation): OpenedImage {
     return r;
   };
   try {
-    const image = validateImage(raw, where ? { blobChunkInfos: (b) => reader(b).readChunkInfos() } : {});
+    const image = validateImage(raw);
     const blobs = where ? image.blobs.map(reader) : undefined;
     return { image, blobs, close };
   } catch (e) {

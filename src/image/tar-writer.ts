@@ -66,7 +66,7 @@ function sparseMap(runs: Array<[number, number]>, size: number): Buffer {
 export class TarWriter {
   private fd: number;
   constructor(file: string) {
-    this.fd = fs.openSync(file, 'wx');
+    this.fd = fs.openSync(file, 'w');
   }
 
   private write(buf: Buffer): void {

@@ -28,13 +28,16 @@ function dataRuns(chunks: ReadonlyArray<ChunkRef | null>, chunkSize: number, siz
 }
 
 export function unpackToTar(opts: { bootstrap: string; blobDir?: string; blobPaths?: string[]; output: string }): { entries: number; skipped: string[] } {
-  if (fs.existsSync(opts.output)) throw new NydusError(`output ${opts.output} already exists; remove it first`);
+  // A file there is replaced once the tar is whole (a failure leaves it as it was); a FIFO there (a
+  // reader taking the tar as it comes) is written into.
+  const fifo = fs.statSync(opts.output, { throwIfNoEntry: false })?.isFIFO() ?? false;
+  const file = fifo ? opts.output : `${opts.output}.tmp-${process.pid}`;
   const opened = openImage(opts.bootstrap, opts);
   let tar: TarWriter;
   let root: TreeNode;
   try {
     root = treeFromImage(opened.image, opened.blobs).root;
-    tar = new TarWriter(opts.output);
+    tar = new TarWriter(file);
   } catch (e) {
     opened.close();
     throw e;
@@ -82,9 +85,10 @@ export function unpackToTar(opts: { bootstrap: string; blobDir?: string; blobPat
       entries++;
     }
     tar.close();
+    if (!fifo) fs.renameSync(file, opts.output);
   } catch (e) {
     tar.abort();
-    fs.rmSync(opts.output, { force: true });
+    if (!fifo) fs.rmSync(file, { force: true });
     throw e;
   } finally {
     opened.close();

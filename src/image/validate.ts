@@ -20,7 +20,7 @@ import { EROFS_NAME_LEN, type DirEntry } from '../../erofs/dirent.ts';
 import { type Xattrs, splitXattrName } from '../../erofs/xattr.ts';
 import {
   BLOB_CHUNK_FLAG_COMPRESSED, BLOB_CHUNK_FLAG_HAS_HOLE, BLOB_CHUNK_MAX_SIZE, BLOB_FEATURE_BATCH, BLOB_FEATURE_ENCRYPTED,
-  BLOB_FEATURE_TARFS, BLOB_FEATURE_ZRAN, type BlobChunkInfo,
+  BLOB_FEATURE_TARFS, BLOB_FEATURE_ZRAN, BLOB_MAX_CHUNKS,
 } from '../../erofs/blobmeta.ts';
 import { RAFS_COMPRESS_NONE, RAFS_COMPRESS_ZSTD, RAFS_DIGEST_BLAKE3, RAFS_DIGEST_SHA256 } from '../../erofs/rafs.ts';
 import type { CompressorName } from '../blob/compress.ts';
@@ -72,14 +72,6 @@ export interface ValidatedImage {
   prefetchNids: number[];
 }
 
-export interface ValidateOptions {
-  /**
-   * The chunk-info array of a blob's own blob meta, for chunks the bootstrap's chunk table does not
-   * list (bootstraps without a chunk table). Without it such chunks are a FormatError.
-   */
-  blobChunkInfos?: (blob: ValidatedBlob) => BlobChunkInfo[];
-}
-
 const BLOB_ID = /^[0-9a-f]{64}$/;
 /** Blob features whose data layout nydus-ts cannot read: refusing beats wrong bytes. */
 const UNSUPPORTED_BLOB_FEATURES: Array<[number, string]> = [
@@ -127,10 +119,14 @@ function validateSuperBlock(image: ErofsImage): void {
 
 function validateBlobTable(image: ErofsImage): ValidatedBlob[] {
   const { name } = image;
+  const seen = new Map<string, number>();
   return image.blobs.map((b, i) => {
     const where = `${name}: blob table entry ${i}`;
     const id = image.blobId(i);
     if (!BLOB_ID.test(id)) throw new FormatError(`${where}: invalid blob id ${JSON.stringify(id)} (must be 64 lowercase hex digits)`);
+    // Blobs are found, cached and served by id: two entries of one id would be one file for two blobs.
+    if (seen.has(id)) throw new FormatError(`${where}: blob id ${id} is entry ${seen.get(id)}'s too`);
+    seen.set(id, i);
     const dev = image.devices[i];
     if (dev.tag !== id) throw new FormatError(`${name}: device slot ${i} tag ${JSON.stringify(dev.tag)} differs from blob id ${id}`);
     // nydus rounds the device up to whole blocks; the blob table keeps the exact size.
@@ -138,6 +134,10 @@ function validateBlobTable(image: ErofsImage): ValidatedBlob[] {
       throw new FormatError(`${name}: device slot ${i} has ${dev.blocks} blocks, blob table entry ${i} says ${b.uncompressed_size} uncompressed bytes`);
     }
     if (b.chunk_size !== image.chunkSize) throw new FormatError(`${where}: chunk size ${b.chunk_size} differs from the superblock's ${image.chunkSize}`);
+    // Chunk indexes size the daemon's per-blob state (a byte or a bit a chunk): bounded, as nydus
+    // bounds them, and by the blocks the chunks need (each starts on a block of its own).
+    if (b.chunk_count > BLOB_MAX_CHUNKS) throw new FormatError(`${where}: chunk count ${b.chunk_count} exceeds ${BLOB_MAX_CHUNKS}`);
+    if (b.chunk_count > dev.blocks) throw new FormatError(`${where}: chunk count ${b.chunk_count} exceeds the ${dev.blocks} blocks of its uncompressed size ${b.uncompressed_size}`);
     if (b.uncompressed_size > b.chunk_count * image.chunkSize) {
       throw new FormatError(`${where}: uncompressed size ${b.uncompressed_size} exceeds ${b.chunk_count} chunks of ${image.chunkSize} bytes`);
     }
@@ -265,30 +265,18 @@ function fileChunks(
   });
 }
 
-export function validateImage(image: ErofsImage, opts: ValidateOptions = {}): ValidatedImage {
+export function validateImage(image: ErofsImage): ValidatedImage {
   const { name } = image;
   validateSuperBlock(image);
   const blobs = validateBlobTable(image);
   const byOffset = validateChunkTable(image, blobs);
-  const fromBlobMeta = new Map<number, Map<number, ChunkRef>>();
+  // Every chunk is read against its digest, and the chunk table is where a RAFS v6 bootstrap keeps
+  // them: a chunk that is not there cannot be verified (a blob's own chunk-info array has no digests),
+  // so it is refused here, for every reader alike.
   const resolve = (blobIndex: number, offset: number, at: string): ChunkRef => {
     const hit = byOffset[blobIndex].get(offset);
-    if (hit) return hit;
-    let meta = fromBlobMeta.get(blobIndex);
-    if (!meta) {
-      if (!opts.blobChunkInfos) throw new FormatError(`${at}: no chunk at offset ${offset} of blob ${blobIndex} in the chunk table`);
-      const blob = blobs[blobIndex];
-      const chunks = opts.blobChunkInfos(blob).map((ci, k) => {
-        const ref: ChunkRef = { blobIndex, indexInBlob: k, digest: Buffer.alloc(0), ...ci, compressed: ci.compressedSize !== ci.uncompressedSize };
-        validateChunk(ref, blob, image.chunkSize, `blob ${blob.id} chunk info ${k}`);
-        return ref;
-      });
-      meta = indexChunks(blob, chunks, `blob ${blob.id} chunk info array`);
-      fromBlobMeta.set(blobIndex, meta);
-    }
-    const ref = meta.get(offset);
-    if (!ref) throw new FormatError(`${at}: no chunk at offset ${offset} of blob ${blobs[blobIndex].id}`);
-    return ref;
+    if (!hit) throw new FormatError(`${at}: no chunk at offset ${offset} of blob ${blobs[blobIndex].id} in the chunk table (its digest is needed to verify its data)`);
+    return hit;
   };
 
   const inodes = new Map<number, ValidatedInode>();

@@ -1,6 +1,7 @@
 /** The localfs backend: blobs are files named by their ids in one directory. Counts what it reads. */
 import fs from 'node:fs/promises';
 import path from 'node:path';
+import { constants as fsConstants } from 'node:fs';
 import { NydusError, EIO } from '../../../erofs/errors.ts';
 import { type BackendMetrics, countRead, newBackendMetrics } from './metrics.ts';
 
@@ -25,6 +26,21 @@ export interface BlobBackend {
   readLocal?<T>(blobId: string, size: number, read: (fd: number) => Promise<T>): Promise<T>;
 }
 
+/**
+ * A blob file opened for reading: O_NONBLOCK so that a FIFO in its place does not wait for a writer
+ * (it would hang the daemon), and refused unless it is a regular file.
+ */
+async function openRegularFile(file: string): Promise<fs.FileHandle> {
+  const h = await fs.open(file, fsConstants.O_RDONLY | fsConstants.O_NONBLOCK);
+  try {
+    if (!(await h.stat()).isFile()) throw new NydusError(`blob ${file} is not a regular file`, EIO);
+  } catch (e) {
+    await h.close();
+    throw e;
+  }
+  return h;
+}
+
 export class LocalFsBackend implements BlobBackend {
   readonly type = 'localfs';
   private readonly handles = new Map<string, Promise<fs.FileHandle>>();
@@ -36,7 +52,7 @@ export class LocalFsBackend implements BlobBackend {
   private handle(blobId: string): Promise<fs.FileHandle> {
     let h = this.handles.get(blobId);
     if (!h) {
-      h = fs.open(path.join(this.dir, blobId), 'r');
+      h = openRegularFile(path.join(this.dir, blobId));
       h.catch(() => this.handles.delete(blobId));
       this.handles.set(blobId, h);
     }

@@ -119,7 +119,10 @@ export class MarkedCacheFile {
     this.dev = st.dev;
     this.ino = st.ino;
     this.inode = inodeKey(st.dev, st.ino);
-    this.ready = new Uint8Array(Math.ceil(Math.ceil(this.size / READY_BLOCK) / 8));
+    // As far as the chunks reach, not the blob's declared size (which an image may inflate): the
+    // addon takes blocks past the bitmap for not ready, and their events come to the session.
+    const extent = map.chunkCount ? Math.min(this.size, map.rangeAt(map.chunkCount - 1)[1]) : 0;
+    this.ready = new Uint8Array(Math.ceil(Math.ceil(extent / READY_BLOCK) / 8));
     this.guard = new WorkGuard(() => {
       fs.closeSync(probeFd);
       if (this.writerFd !== null) closeFd(this.writerFd);

@@ -152,7 +152,10 @@ export class FanotifySession {
   umount(mountpoint: string): void {
     const m = this.mounts.get(path.resolve(mountpoint));
     if (!m) throw new ConfigError(`${mountpoint} is not mounted by this daemon`);
-    umountPath(m.request.mountpoint);
+    // Unmounted by someone else (umount(8)): nothing is left to unmount, and what may be mounted
+    // there later is not ours to take down.
+    if (mountedPaths().has(m.request.mountpoint)) umountPath(m.request.mountpoint);
+    else this.log.warn({ mountpoint: m.request.mountpoint }, 'the mount is gone (unmounted by someone else); no longer serving it');
     this.detach(m);
     this.saveMounts();
     this.log.info({ mountpoint: m.request.mountpoint }, 'unmounted');
