@@ -65,7 +65,7 @@ test('nydusd: errors and help still come from yargs when the fast path declines'
   assert.match(r.stderr, /Unknown argument: bogus/);
   r = nydusd('--help');
   assert.equal(r.status, 0);
-  assert.match(r.stdout, /--fscache-threads\s+concurrent requests served\s+\[number\] \[default: 4\]/);
+  assert.match(r.stdout, /--fscache-threads\s+concurrent requests served, 1 to 1024 \(default 4\)\s+\[string\]/);
   r = nydusd('--apisock', '/y');
   assert.equal(r.status, 1);
   assert.equal(r.stderr, 'nydusd: error: --fscache <dir> or --fanotify <dir> is required\n');

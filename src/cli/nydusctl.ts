@@ -32,31 +32,39 @@ function printPaths(files: Array<{ path: string }>): void {
   }
 }
 
+/** A flag's one value: given twice (an array) or empty is refused, never sent as something else. */
+function oneValue(v: unknown, flag: string): string | undefined {
+  if (v === undefined) return undefined;
+  if (typeof v !== 'string') throw new NydusError(`${flag} is given more than once`);
+  if (v === '') throw new NydusError(`${flag} needs a value`);
+  return v;
+}
+
 await runMain('nydusctl', async () => {
   await cliParser('nydusctl')
     .demandCommand(1, 'a command is needed')
     .option('sock', { alias: 'S', type: 'string', demandOption: true, describe: "nydusd's API socket" })
     .option('raw', { alias: 'r', type: 'boolean', default: false, describe: 'one line of JSON' })
     .command('info', 'the daemon: id, state, version, backends', (y) => y, async (a) => print(await get(a.sock, '/api/v1/daemon'), a.raw))
-    .command('metrics <type>', 'metrics: backend, blobcache (--blob-id), fsstats, files (--latest), pattern (--paths); --id picks the image', (y) => y
+    .command('metrics <type>', "metrics: backend, blobcache (--blob-id), fsstats, files (--latest), pattern (--paths); --id picks the image (nydus's ?id=)", (y) => y
       .positional('type', { type: 'string', choices: ['backend', 'blobcache', 'fsstats', 'files', 'pattern'], demandOption: true })
-      .option('blob-id', { type: 'string', describe: 'blob of the blobcache metrics' })
-      .option('id', { type: 'string', describe: 'image id (PUT /api/v2/blobs) or fanotify mountpoint of fsstats, files and pattern; optional with one image' })
+      .option('blob-id', { type: 'string', describe: 'blobcache: one blob (of the --id image, when given)' })
+      .option('id', { type: 'string', describe: 'the image: an image id (PUT /api/v2/blobs) or a fanotify mountpoint; optional with one image' })
       .option('latest', { type: 'boolean', default: false, describe: 'files: the inodes read since the last --latest (nydus\'s latest read files)' })
       .option('paths', { type: 'boolean', default: false, describe: 'pattern: the paths alone, one per line in first-read order (stdin of nydus-image create --prefetch-policy fs)' }), async (a) => {
-      if (a.type === 'blobcache' && !a['blob-id']) throw new NydusError('metrics blobcache needs --blob-id');
-      if (a.paths && a.type !== 'pattern') throw new NydusError('--paths goes with metrics pattern');
-      if (a.latest && a.type !== 'files') throw new NydusError('--latest goes with metrics files');
-      const id = a.id === undefined ? '' : `id=${encodeURIComponent(a.id)}`;
-      const query = (...parts: string[]) => (parts.filter(Boolean).length ? `?${parts.filter(Boolean).join('&')}` : '');
-      const url = {
-        backend: '/api/v1/metrics/backend',
-        blobcache: `/api/v1/metrics/blobcache?blob_id=${encodeURIComponent(a['blob-id'] ?? '')}`,
-        fsstats: `/api/v1/metrics${query(id)}`,
-        files: `/api/v1/metrics/files${query(id, a.latest ? 'latest=true' : '')}`,
-        pattern: `/api/v1/metrics/pattern${query(id)}`,
-      }[a.type as 'backend'];
-      const body = await get(a.sock, url);
+      const type = a.type as 'backend' | 'blobcache' | 'fsstats' | 'files' | 'pattern';
+      const path = { backend: '/api/v1/metrics/backend', blobcache: '/api/v1/metrics/blobcache', fsstats: '/api/v1/metrics', files: '/api/v1/metrics/files', pattern: '/api/v1/metrics/pattern' }[type];
+      const id = oneValue(a.id, '--id');
+      const blobId = oneValue(a['blob-id'], '--blob-id');
+      // nydus's metrics paths all take `id` (the image); a blob id only ours, of the blob cache.
+      if (blobId !== undefined && type !== 'blobcache') throw new NydusError(`--blob-id goes with metrics blobcache: ${path} takes no blob id (--id picks the image)`);
+      if (a.paths && type !== 'pattern') throw new NydusError('--paths goes with metrics pattern');
+      if (a.latest && type !== 'files') throw new NydusError('--latest goes with metrics files');
+      const query = new URLSearchParams();
+      if (id !== undefined) query.set('id', id);
+      if (blobId !== undefined) query.set('blob_id', blobId);
+      if (a.latest) query.set('latest', 'true');
+      const body = await get(a.sock, query.size ? `${path}?${query}` : path);
       if (a.paths) printPaths(body as Array<{ path: string }>);
       else print(body, a.raw);
     })

@@ -12,8 +12,9 @@ import { runMain } from './run-main.ts';
 
 const OPTIONS = {
   fscache: { alias: 'F', type: 'string', describe: 'cachefiles work directory (not tmpfs)' },
-  'fscache-tag': { type: 'string', default: 'nydus', describe: 'cachefiles tag' },
-  'fscache-threads': { type: 'number', default: 4, describe: 'concurrent requests served' },
+  // No defaults here (they are applied below): whether these were given at all is what --fanotify judges.
+  'fscache-tag': { type: 'string', describe: 'cachefiles tag (default nydus)' },
+  'fscache-threads': { type: 'string', describe: 'concurrent requests served, 1 to 1024 (default 4)' },
   apisock: { alias: 'A', type: 'string', describe: 'HTTP API unix socket' },
   'log-level': { alias: 'l', type: 'string', default: 'info', choices: ['trace', 'debug', 'info', 'warn', 'error'] },
   'log-file': { alias: 'L', type: 'string', describe: 'write logs to this file instead of stderr' },
@@ -26,8 +27,22 @@ const OPTIONS = {
   config: { alias: 'C', type: 'string', describe: "with --fanotify: nydusd's FUSE-mode config file (backend, cache work_dir, prefetch)" },
   bootstrap: { alias: 'B', type: 'string', describe: 'with --fanotify: the image bootstrap to mount at --mountpoint' },
   mountpoint: { alias: 'M', type: 'string', describe: 'with --fanotify: where to mount --bootstrap (an EROFS file-backed mount)' },
-  'thread-num': { type: 'number', describe: 'with --fanotify: events served at once (default 4)' },
+  'thread-num': { type: 'string', describe: 'with --fanotify: events served at once, 1 to 1024 (default 4)' },
 } as const;
+
+const DEFAULT_THREADS = 4;
+
+/**
+ * A thread count as nydusd's thread_validator reads it: a whole number (decimal digits) from 1 to 1024;
+ * anything else (0, 1025, 1.5, 0x10, abc, nothing) is refused, never rounded or taken as no limit.
+ */
+function threadCount(v: unknown, flag: string): number {
+  if (v === undefined) return DEFAULT_THREADS;
+  if (typeof v !== 'string') throw new NydusError(`--${flag} is given more than once`);
+  const n = /^\+?[0-9]+$/.test(v) ? Number(v) : NaN;
+  if (!(n >= 1 && n <= 1024)) throw new NydusError(`--${flag} ${JSON.stringify(v)} is not a valid thread number: a whole number from 1 to 1024 is needed`);
+  return n;
+}
 
 /** yargs, loaded only for what the fast path declines (help, version, anything it must judge). */
 async function parseWithYargs(argv: string[]) {
@@ -58,6 +73,7 @@ await runMain('nydusd', async () => {
   }
   if (!args.fscache) throw new NydusError('--fscache <dir> or --fanotify <dir> is required');
   if (!args.apisock) throw new NydusError('--apisock <path> is required');
+  const threads = threadCount(args['fscache-threads'], 'fscache-threads');
   if (!(args['log-rotation-size'] >= 0)) throw new NydusError('--log-rotation-size must be a number of MiB >= 0');
   if ((args.id === undefined) !== (args.supervisor === undefined)) throw new NydusError('--id and --supervisor go together');
   if (args.upgrade && !args.supervisor) throw new NydusError('--upgrade needs --supervisor (and --id): the state and fd come from the supervisor');
@@ -66,7 +82,7 @@ await runMain('nydusd', async () => {
     throw new NydusError(`--failover-policy ${policy} is not supported: in fscache mode the kernel is always asked to resend requests in flight (resend)`);
   }
   const opts: DaemonOptions = {
-    fscacheDir: args.fscache, tag: args['fscache-tag'], threads: args['fscache-threads'], apiSock: args.apisock,
+    fscacheDir: args.fscache, tag: args['fscache-tag'] ?? 'nydus', threads, apiSock: args.apisock,
     logLevel: args['log-level'], logFile: args['log-file'], logRotationSize: args['log-rotation-size'], id: args.id ?? '',
     supervisor: args.supervisor,
   };
@@ -88,15 +104,29 @@ async function fanotifyMode(args: Args, argv: string[]): Promise<void> {
   for (const flag of ['fscache', 'supervisor', 'id', 'upgrade', 'failover-policy']) {
     if (args[flag] !== undefined && args[flag] !== false) throw new NydusError(`--${flag} does not go with --fanotify`);
   }
+  // fscache mode's flags, each with what --fanotify has instead (they have no defaults: given is given).
+  const instead: Record<string, string> = {
+    'fscache-threads': 'use --thread-num for the events served at once',
+    'fscache-tag': 'no cachefiles tag is bound; the daemon is told apart by its --fanotify directory (and --apisock)',
+  };
+  for (const [flag, why] of Object.entries(instead)) {
+    if (args[flag] !== undefined) throw new NydusError(`--${flag} does not go with --fanotify: ${why}`);
+  }
   const given = (['config', 'bootstrap', 'mountpoint'] as const).filter((f) => args[f] !== undefined);
   if (given.length !== 0 && given.length !== 3) throw new NydusError('--config, --bootstrap and --mountpoint go together');
   if (!given.length && !args.apisock) throw new NydusError('--fanotify needs --bootstrap/--mountpoint/--config, or --apisock to mount through the API');
-  const threads = (args['thread-num'] as number | undefined) ?? 4;
-  if (!(Number.isSafeInteger(threads) && threads >= 1)) throw new NydusError('--thread-num must be a whole number >= 1');
+  const threads = threadCount(args['thread-num'], 'thread-num');
   let config: unknown;
   if (args.config !== undefined) {
     try {
       config = JSON.parse(fs.readFileSync(args.config as string, 'utf8'));
+    } catch (e) {
+      throw new NydusError(`--config ${args.config}: ${(e as Error).message}`);
+    }
+    // Read as the mount will read it, before anything starts: a bad field is one line now, not a worker's failure.
+    const { entryBodyFromFsConfig, parseBlobCacheEntry } = await import('../daemon/config.ts');
+    try {
+      parseBlobCacheEntry(entryBodyFromFsConfig(config, args.bootstrap as string, 'fanotify'));
     } catch (e) {
       throw new NydusError(`--config ${args.config}: ${(e as Error).message}`);
     }

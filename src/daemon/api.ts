@@ -11,9 +11,10 @@
 import http from 'node:http';
 import fs from 'node:fs';
 import net from 'node:net';
+import path from 'node:path';
 import type { Logger } from 'pino';
 import { NydusError } from '../../erofs/errors.ts';
-import { ConfigError, obj, str } from './config.ts';
+import { ConfigError, type ImageEntry, obj, str } from './config.ts';
 import type { ImageRegistry } from './daemon.ts';
 import type { DaemonState } from './state.ts';
 import { type DaemonLifecycle, StateError } from './lifecycle.ts';
@@ -51,19 +52,24 @@ const MAX_BODY = 1 << 20;
 class NoCounterError extends Error {}
 
 /**
- * The image whose file metrics are asked (nydus's `id`): an image id of PUT /api/v2/blobs, or a
- * fanotify mountpoint; without one, the only image there is (as nydus does with one file system).
+ * The image an `id` of the metrics paths names (nydus's `id`): an image id of PUT /api/v2/blobs, the
+ * same with a leading slash (nydus-snapshotter asks a shared daemon for `/<id>`), or a fanotify
+ * mountpoint. Any other id is a 404 naming it: never another image's figures, nor the daemon's.
  */
-function traceImageId(ctx: ApiContext, id: string | null): string {
-  if (id) {
-    const mounted = ctx.mounts?.imageIdOf(id);
-    if (mounted) return mounted;
-    if (ctx.registry.has(id)) return id;
-    throw new NoCounterError(`no image ${JSON.stringify(id)}: give an image id of PUT /api/v2/blobs or a mountpoint`);
-  }
-  const ids = ctx.registry.list().map((e) => e.id);
-  if (ids.length === 1) return ids[0];
-  throw new NoCounterError(`${ids.length} images are registered: say which with ?id=`);
+function imageOf(ctx: ApiContext, id: string): ImageEntry {
+  const mounted = ctx.mounts?.imageIdOf(id);
+  const images = ctx.registry.list();
+  const found = images.find((e) => e.id === mounted) ?? images.find((e) => e.id === id.replace(/^\//, ''));
+  if (!found) throw new NoCounterError(`no image ${JSON.stringify(id)}: give an image id of PUT /api/v2/blobs or a mountpoint`);
+  return found;
+}
+
+/** The image metrics are asked of: the one `id` names; without one, the only image there is (as nydus does with one file system). */
+function metricsImage(ctx: ApiContext, id: string | null): ImageEntry {
+  if (id) return imageOf(ctx, id);
+  const images = ctx.registry.list();
+  if (images.length === 1) return images[0];
+  throw new NoCounterError(`${images.length} images are registered: say which with ?id=`);
 }
 
 /** nydus's `latest` read files: inode numbers sorted, consecutive ones as [first, last], others as [ino]. */
@@ -75,6 +81,42 @@ function inodeRanges(nids: number[]): number[][] {
     else out.push([n]);
   }
   return out;
+}
+
+/** The cache-file keys an image's blobs are kept under: its fscache volume, or (fanotify) its cache work_dir. */
+function imageVolumes(image: ImageEntry): Set<string> {
+  const vols = new Set([`erofs,${image.domainId || image.id}`]);
+  if (image.workDir) vols.add(`fanotify,${path.dirname(path.join(image.workDir, 'blob'))}`);
+  return vols;
+}
+
+/** Whether a blob is one of a registered image's, or has cache files or fetches kept from before. */
+function blobKnown(ctx: ApiContext, blob: string): boolean {
+  return ctx.registry.list().some((e) => ctx.registry.blobsOf(e.id).includes(blob))
+    || ctx.state.cacheFilesOf(blob).length > 0 || Object.keys(ctx.state.fetches(blob)).length > 0;
+}
+
+/** A blob's cache files (those under `volumes` only, when given): what each holds, their union, and the blob's fetches. */
+function blobCache(ctx: ApiContext, blob: string, volumes: Set<string> | null) {
+  const files = ctx.state.cacheFilesOf(blob).filter(({ volume }) => !volumes || volumes.has(volume)).map(({ volume }) => {
+    const cached = [...ctx.state.cached({ volume, cookie: blob })].sort((a, b) => a - b);
+    return { volume, cached_chunks: cached.length, cached };
+  });
+  const union = [...new Set(files.flatMap((f) => f.cached))].sort((a, b) => a - b);
+  return { blob_id: blob, cached_chunks: union.length, cached: union, cache_files: files, fetches: ctx.state.fetches(blob) };
+}
+
+/**
+ * nydus's CacheMetrics keys, which the snapshotter decodes. The prefetch counters nydus-ts keeps are
+ * the daemon's (GET /api/v1/daemon, `ondemand`): none is given here as a blob's or an image's.
+ */
+function cacheMetricsKeys(id: string, entries: number) {
+  return {
+    id, underlying_files: [], store_path: '', partial_hits: 0, whole_hits: 0, total: 0, entries_count: entries,
+    prefetch_data_amount: 0, prefetch_requests_count: 0, prefetch_workers: 0, prefetch_unmerged_chunks: 0,
+    prefetch_cumulative_time_millis: 0, prefetch_begin_time_secs: 0, prefetch_begin_time_millis: 0, prefetch_end_time_secs: 0,
+    prefetch_end_time_millis: 0, buffered_backend_size: 0, data_all_ready: false,
+  };
 }
 
 function send(res: http.ServerResponse, status: number, body?: unknown): void {
@@ -144,10 +186,17 @@ export function startApi(sock: string, ctx: ApiContext): Promise<http.Server> {
           res.once('finish', ctx.exit);
           return send(res, 204);
         case 'GET /api/v1/metrics': {
+          // The session's counters are the whole daemon's: asked of one image, they are refused (404,
+          // nydus's NoCounter), never given as its own.
+          const id = url.searchParams.get('id');
+          if (id) {
+            const image = imageOf(ctx, id);
+            throw new NoCounterError(`no file system counters of image ${JSON.stringify(id)}: nydus-ts counts the kernel's reads per daemon (GET /api/v1/metrics without id); the image's own reads are in GET /api/v1/metrics/files?id=${image.id}`);
+          }
           const stats = ctx.lifecycle?.currentSession?.stats;
           return send(res, 200, {
             files_account_enabled: true, access_pattern_enabled: true, measure_latency: false,
-            id: url.searchParams.get('id') ?? '', data_read: stats?.readBytes ?? 0, block_count_read: new Array(8).fill(0),
+            id: '', data_read: stats?.readBytes ?? 0, block_count_read: new Array(8).fill(0),
             fop_hits: new Array(19).fill(0), fop_errors: new Array(19).fill(0), fop_cumulative_latency_total: new Array(19).fill(0),
             read_latency_dist: new Array(8).fill(0), nr_opens: stats?.opens ?? 0,
           });
@@ -155,13 +204,13 @@ export function startApi(sock: string, ctx: ApiContext): Promise<http.Server> {
         case 'GET /api/v1/metrics/files': {
           // nydus: ino -> its counters, or with latest=true the inodes read since the last such call.
           const latest = url.searchParams.get('latest') === 'true';
-          const files = await ctx.registry.tracedFiles(traceImageId(ctx, url.searchParams.get('id')), latest);
+          const files = await ctx.registry.tracedFiles(metricsImage(ctx, url.searchParams.get('id')).id, latest);
           if (latest) return send(res, 200, inodeRanges(files.map((f) => f.nid)));
           return send(res, 200, Object.fromEntries(files.map((f) => [f.nid, { total_fops: f.reads, data_read: f.bytes, path: f.path }])));
         }
         case 'GET /api/v1/metrics/pattern': {
           // nydus's AccessPattern records, in the order of first access, with the path beside the inode.
-          const files = await ctx.registry.tracedFiles(traceImageId(ctx, url.searchParams.get('id')));
+          const files = await ctx.registry.tracedFiles(metricsImage(ctx, url.searchParams.get('id')).id);
           return send(res, 200, files.map((f) => ({
             ino: f.nid, nr_read: f.reads, first_access_time_secs: Math.floor(f.firstReadMs / 1000),
             first_access_time_nanos: (f.firstReadMs % 1000) * 1_000_000, path: f.path,
@@ -218,6 +267,13 @@ export function startApi(sock: string, ctx: ApiContext): Promise<http.Server> {
           return send(res, 204);
         }
         case 'GET /api/v1/metrics/backend': {
+          // nydus's `id`: the counters of one image. Ours are kept per backend type (shared by every
+          // image of that type, and kept after an image goes), so an image has none of its own: 404.
+          const id = url.searchParams.get('id');
+          if (id) {
+            const type = imageOf(ctx, id).backend.type;
+            throw new NoCounterError(`no backend counters of image ${JSON.stringify(id)}: nydus-ts counts backend reads per backend type, not per image; its ${type} reads are counted with every ${type} image's, under backends.${type} of GET /api/v1/metrics/backend without id`);
+          }
           const total = { read_count: 0, read_amount_total: 0, read_errors: 0 };
           for (const m of Object.values(ctx.registry.metrics())) {
             total.read_count += m.read_count;
@@ -234,23 +290,27 @@ export function startApi(sock: string, ctx: ApiContext): Promise<http.Server> {
           return;
         }
         case 'GET /api/v1/metrics/blobcache': {
-          // nydus's `id` carries a leading slash.
-          const blob = url.searchParams.get('blob_id') ?? url.searchParams.get('id')?.replace(/^\//, '');
-          if (!blob) throw new ConfigError('GET /api/v1/metrics/blobcache needs blob_id');
-          // The blob's cache files (one per volume that opened it): what each holds, and their union.
-          const files = ctx.state.cacheFilesOf(blob).map(({ volume }) => {
-            const cached = [...ctx.state.cached({ volume, cookie: blob })].sort((a, b) => a - b);
-            return { volume, cached_chunks: cached.length, cached };
-          });
-          const union = [...new Set(files.flatMap((f) => f.cached))].sort((a, b) => a - b);
-          const stats = ctx.lifecycle?.currentSession?.stats;
+          // nydus's `id` names the image (its blobs' cache files), ours `blob_id` one blob (of that
+          // image when both are given); neither: the only image there is, as nydus answers.
+          const blob = url.searchParams.get('blob_id');
+          const id = url.searchParams.get('id');
+          if (blob === '') throw new ConfigError('blob_id needs a value');
+          if (blob && !id) {
+            if (!blobKnown(ctx, blob)) throw new NoCounterError(`no blob ${JSON.stringify(blob)}: no registered image has it and no cache file holds it`);
+            const one = blobCache(ctx, blob, null);
+            return send(res, 200, { ...cacheMetricsKeys(blob, one.cached_chunks), ...one });
+          }
+          const image = id ? imageOf(ctx, id) : metricsImage(ctx, null);
+          const blobs = ctx.registry.blobsOf(image.id);
+          if (blob && !blobs.includes(blob)) throw new NoCounterError(`image ${JSON.stringify(id)} has no blob ${JSON.stringify(blob)} (its blobs: ${blobs.join(', ')})`);
+          const volumes = imageVolumes(image);
+          if (blob) {
+            const one = blobCache(ctx, blob, volumes);
+            return send(res, 200, { ...cacheMetricsKeys(blob, one.cached_chunks), image_id: image.id, ...one });
+          }
+          const each = blobs.map((b) => blobCache(ctx, b, volumes));
           return send(res, 200, {
-            // nydus's CacheMetrics keys, which the snapshotter decodes, then ours.
-            id: blob, underlying_files: [], store_path: '', partial_hits: 0, whole_hits: 0, total: 0, entries_count: union.length,
-            prefetch_data_amount: 0, prefetch_requests_count: stats?.prefetchedChunks ?? 0, prefetch_workers: 0, prefetch_unmerged_chunks: 0,
-            prefetch_cumulative_time_millis: 0, prefetch_begin_time_secs: 0, prefetch_begin_time_millis: 0, prefetch_end_time_secs: 0,
-            prefetch_end_time_millis: 0, buffered_backend_size: 0, data_all_ready: false,
-            blob_id: blob, cached_chunks: union.length, cached: union, cache_files: files, fetches: ctx.state.fetches(blob),
+            ...cacheMetricsKeys(id ?? image.id, each.reduce((n, b) => n + b.cached_chunks, 0)), image_id: image.id, blobs: each,
           });
         }
         default:

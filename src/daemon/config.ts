@@ -44,9 +44,10 @@ export const AMPLIFY_IO_DEFAULT = 1 << 20;
 const AMPLIFY_IO_MIN = 0x20000;
 const AMPLIFY_IO_MAX = 0x10000000;
 
-function amplifyIoFrom(rafs: Json, where: string): number {
-  const v = count(rafs, 'batch_size', where, AMPLIFY_IO_DEFAULT);
-  if (v > AMPLIFY_IO_MAX) throw new ConfigError(`${where}.batch_size must be at most ${AMPLIFY_IO_MAX} bytes`);
+/** The window under `key` of `o` (v2's `rafs.batch_size`, v1's top-level `amplify_io`), checked as nydusd's validate() does. */
+function amplifyIoFrom(o: Json, where: string, key = 'batch_size'): number {
+  const v = count(o, key, where, AMPLIFY_IO_DEFAULT);
+  if (v > AMPLIFY_IO_MAX) throw new ConfigError(`${where}.${key} must be at most ${AMPLIFY_IO_MAX} bytes`);
   // As nydusd: a smaller window (0 too) is raised to 128 KiB.
   return Math.max(v, AMPLIFY_IO_MIN);
 }
@@ -173,8 +174,9 @@ export function parseBlobCacheEntry(body: unknown): ImageEntry {
       backend: backendFrom(btype, obj(c.backend_config ?? {}, 'config.backend_config'), 'config.backend_config'),
       prefetch,
       workDir: str(cacheConfig, 'work_dir', 'config.cache_config', false),
-      // The legacy entry has no file system section: nydusd uses its default.
-      amplifyIo: AMPLIFY_IO_DEFAULT,
+      // The legacy entry has no file system section: nydusd uses its default. The entry this daemon
+      // makes of a v1 FUSE-mode config (entryBodyFromFsConfig) carries that config's `amplify_io`.
+      amplifyIo: amplifyIoFrom(c, 'config', 'amplify_io'),
     };
   }
   throw new ConfigError('body needs either config_v2 or config');
@@ -213,5 +215,11 @@ export function entryBodyFromFsConfig(config: unknown, bootstrap: string, id: st
     cache_type: 'fscache', cache_config: { work_dir: workDir }, metadata_path: bootstrap,
   };
   if (c.fs_prefetch !== undefined) legacy.prefetch_config = c.fs_prefetch;
+  // v1's top-level `amplify_io` (nydus's RafsConfig, v2's `rafs.batch_size`): checked here, naming the
+  // field as the file has it, and carried in the entry.
+  if (c.amplify_io !== undefined && c.amplify_io !== null) {
+    amplifyIoFrom(c, 'config', 'amplify_io');
+    legacy.amplify_io = c.amplify_io;
+  }
   return { type: 'bootstrap', id, config: legacy };
 }

@@ -1,0 +1,210 @@
+/**
+ * Flags of nydusctl and nydusd that must work or be refused, never be dropped: nydusctl's --id and
+ * --blob-id of each metrics type against the daemon's API (an id no image has is a 404 naming it, an
+ * image is never given the daemon's figures), nydusd's thread counts (nydus's thread_validator),
+ * fscache mode's flags with --fanotify, and a v1 FUSE-mode config's `amplify_io`.
+ */
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import type http from 'node:http';
+import { execFile } from 'node:child_process';
+import pino from 'pino';
+import { createImage } from '../src/builder/create.ts';
+import { ImageRegistry } from '../src/daemon/daemon.ts';
+import { DaemonState } from '../src/daemon/state.ts';
+import { OnDemandSession } from '../src/daemon/frontend/cachefiles.ts';
+import { startApi } from '../src/daemon/api.ts';
+import { AMPLIFY_IO_DEFAULT, entryBodyFromFsConfig, parseBlobCacheEntry } from '../src/daemon/config.ts';
+import { FakePort, waitFor } from './helpers/cachefiles-port.ts';
+import { apiRequest as api, blobCacheEntry } from './helpers/api-client.ts';
+import { prand, tmpDir } from './helpers/fixtures.ts';
+import { repoRoot } from './helpers/cli.ts';
+
+const work = tmpDir('cli-flags');
+const log = pino({ level: 'silent' });
+let boot: string;
+let blobDir: string;
+let blobId: string;
+
+before(() => {
+  const src = path.join(work, 'src');
+  fs.mkdirSync(src);
+  fs.writeFileSync(path.join(src, 'a'), prand(300000, 7));
+  blobDir = path.join(work, 'blobs');
+  boot = path.join(work, 'img.boot');
+  blobId = createImage({ source: src, bootstrap: boot, blobDir, chunkSize: 0x40000, compressor: 'zstd', digester: 'blake3' }).blob!.blobId;
+});
+
+const cleanup: Array<() => unknown> = [];
+after(async () => {
+  for (const f of cleanup.reverse()) await f();
+  fs.rmSync(work, { recursive: true, force: true });
+});
+
+/** nydusctl as a child process (asynchronous: this process serves the API it asks). */
+function nydusctl(...args: string[]): Promise<{ code: number; out: string; err: string }> {
+  return new Promise((resolve) => {
+    execFile(path.join(repoRoot, 'bin/nydusctl'), args, { encoding: 'utf8' }, (e, out, err) => resolve({ code: e ? (e.code as number) : 0, out, err }));
+  });
+}
+
+/** nydusd, run to its refusal (every case here stops before a daemon would start); several run at once. */
+function nydusd(...args: string[]): Promise<{ status: number; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile(path.join(repoRoot, 'bin/nydusd'), args, { encoding: 'utf8', timeout: 60_000 }, (e, _out, stderr) => resolve({ status: e ? (e.code as number) : 0, stderr }));
+  });
+}
+
+/** A daemon with two images of the same blob, `img1` read (one chunk), `img2` never read. */
+async function daemonWithTwoImages(): Promise<string> {
+  const state = new DaemonState(path.join(work, 'state'));
+  const registry = new ImageRegistry(state, log);
+  const sock = path.join(work, 'api.sock');
+  const server: http.Server = await startApi(sock, { id: 'd', registry, state, lifecycle: null, log });
+  cleanup.push(() => state.close(), () => registry.close(), () => server.close());
+  for (const id of ['img1', 'img2']) await registry.add(blobCacheEntry(id, { bootstrap: boot, blobDir, workDir: work }));
+  const port = new FakePort();
+  const session = new OnDemandSession(port, registry, state, log, 2);
+  session.handle({ type: 'open', msgId: 1, objectId: 1, volumeKey: 'erofs,img1', cookieKey: blobId, fd: port.give(60), flags: 0 });
+  session.handle({ type: 'read', msgId: 2, objectId: 1, offset: 0, len: 4096 });
+  await waitFor(() => session.inflight().length === 0 && state.cacheFilesOf(blobId).length > 0, 'the read of img1');
+  return sock;
+}
+
+test('nydusctl metrics: --id and --blob-id reach the daemon or are refused; an unknown id is a 404 naming it, never daemon-wide figures', async () => {
+  const sock = await daemonWithTwoImages();
+  const ctl = (...args: string[]) => nydusctl('--sock', sock, 'metrics', ...args);
+  const backendAll = JSON.parse((await ctl('backend', '--raw')).out);
+  assert.ok(backendAll.read_count > 0, 'the daemon-wide backend counters count img1\'s read');
+
+  const [backendNope, backendImg2, backendBlob, blobNope, imageNope, slashImg1, img1, img2, img1Blob, img1OtherBlob, blobOnly, noFlags] = await Promise.all([
+    ctl('backend', '--id', 'nope'),
+    ctl('backend', '--id', 'img2'),
+    ctl('backend', '--blob-id', blobId),
+    ctl('blobcache', '--blob-id', 'nope'),
+    ctl('blobcache', '--id', 'nope'),
+    ctl('blobcache', '--id', '/img1', '--raw'),
+    ctl('blobcache', '--id', 'img1', '--raw'),
+    ctl('blobcache', '--id', 'img2', '--raw'),
+    ctl('blobcache', '--id', 'img1', '--blob-id', blobId, '--raw'),
+    ctl('blobcache', '--id', 'img1', '--blob-id', 'f'.repeat(64)),
+    ctl('blobcache', '--blob-id', blobId, '--raw'),
+    ctl('blobcache'),
+  ]);
+  // backend: nydus's ?id=; an image has no counters of its own here, so none are given as its.
+  assert.deepEqual([backendNope.code, backendNope.out], [1, '']);
+  assert.match(backendNope.err, /^nydusctl: error: \/api\/v1\/metrics\/backend\?id=nope: 404 no image "nope"/);
+  assert.deepEqual([backendImg2.code, backendImg2.out], [1, ''], 'img2 read nothing: the daemon\'s counters are not given as its');
+  assert.match(backendImg2.err, /404 no backend counters of image "img2": .*per backend type/);
+  assert.equal(backendBlob.code, 1);
+  assert.match(backendBlob.err, /^nydusctl: error: --blob-id goes with metrics blobcache: \/api\/v1\/metrics\/backend takes no blob id/);
+  // blobcache: nydus's ?id= names the image; ours ?blob_id= one blob.
+  assert.equal(blobNope.code, 1);
+  assert.match(blobNope.err, /404 no blob "nope"/);
+  assert.equal(imageNope.code, 1);
+  assert.match(imageNope.err, /\/api\/v1\/metrics\/blobcache\?id=nope: 404 no image "nope"/);
+  for (const r of [slashImg1, img1, img2, img1Blob, blobOnly]) assert.equal(r.code, 0, r.err);
+  const [a, s, b] = [JSON.parse(img1.out), JSON.parse(slashImg1.out), JSON.parse(img2.out)];
+  assert.deepEqual([a.image_id, a.blobs.map((x: { blob_id: string }) => x.blob_id)], ['img1', [blobId]]);
+  assert.ok(a.entries_count > 0 && a.blobs[0].cached_chunks === a.entries_count, 'img1\'s cache file holds what was read');
+  assert.deepEqual(s.blobs, a.blobs, 'nydus-snapshotter\'s /<id> names the same image');
+  assert.deepEqual([b.image_id, b.entries_count, b.blobs[0].cached, b.blobs[0].cache_files], ['img2', 0, [], []], 'img2 is not given img1\'s cache file');
+  const one = JSON.parse(img1Blob.out);
+  assert.deepEqual([one.image_id, one.blob_id, one.cached], ['img1', blobId, a.blobs[0].cached]);
+  assert.equal(img1OtherBlob.code, 1);
+  assert.match(img1OtherBlob.err, /404 image "img1" has no blob "f{64}"/);
+  assert.deepEqual(JSON.parse(blobOnly.out).cached, a.blobs[0].cached);
+  assert.equal(noFlags.code, 1, 'two images and no id: which one is not guessed');
+  assert.match(noFlags.err, /404 2 images are registered: say which with \?id=/);
+});
+
+test('nydusctl metrics: fsstats, files and pattern refuse --blob-id; fsstats --id never gives the daemon\'s figures as an image\'s', async () => {
+  const sock = path.join(work, 'api.sock');
+  if (!fs.existsSync(sock)) await daemonWithTwoImages();
+  const ctl = (...args: string[]) => nydusctl('--sock', sock, 'metrics', ...args);
+  const refused = await Promise.all(['fsstats', 'files', 'pattern'].map((t) => ctl(t, '--id', 'img1', '--blob-id', blobId)));
+  for (const [i, t] of ['/api/v1/metrics', '/api/v1/metrics/files', '/api/v1/metrics/pattern'].entries()) {
+    assert.equal(refused[i].code, 1);
+    assert.equal(refused[i].err, `nydusctl: error: --blob-id goes with metrics blobcache: ${t} takes no blob id (--id picks the image)\n`);
+  }
+  const [nope, img1, all, files, empty, twice] = await Promise.all([
+    ctl('fsstats', '--id', 'nope'), ctl('fsstats', '--id', 'img1'), ctl('fsstats', '--raw'), ctl('files', '--id', 'img1', '--raw'),
+    ctl('backend', '--id', ''), ctl('blobcache', '--id', 'img1', '--id', 'img2'),
+  ]);
+  assert.equal(nope.code, 1);
+  assert.match(nope.err, /\/api\/v1\/metrics\?id=nope: 404 no image "nope"/);
+  assert.deepEqual([img1.code, img1.out], [1, '']);
+  assert.match(img1.err, /404 no file system counters of image "img1": .*\/api\/v1\/metrics\/files\?id=img1/);
+  assert.equal(all.code, 0, all.err);
+  assert.equal(JSON.parse(all.out).id, '', 'the daemon\'s figures name no image');
+  assert.equal(files.code, 0, files.err);
+  assert.equal(empty.code, 1);
+  assert.equal(empty.err, 'nydusctl: error: --id needs a value\n');
+  assert.equal(twice.code, 1);
+  assert.equal(twice.err, 'nydusctl: error: --id is given more than once\n');
+  // The API itself, as a client other than nydusctl asks it.
+  assert.equal((await api(sock, 'GET', '/api/v1/metrics/backend?id=%2Fnope')).status, 404);
+  assert.equal((await api(sock, 'GET', '/api/v1/metrics/blobcache?blob_id=')).status, 400);
+});
+
+test('nydusd --fscache-threads and --thread-num: a whole number from 1 to 1024, as nydus\'s thread_validator; anything else is one clear line', async () => {
+  const cache = ['singleton', '--fscache', path.join(work, 'cache'), '--apisock', path.join(work, 'x.sock')];
+  // With --fanotify, a config that cannot be read: a value that slips through stops there, never starts a daemon.
+  const fan = ['--fanotify', path.join(work, 'fan'), '--config', path.join(work, 'none.json'), '--bootstrap', boot, '--mountpoint', path.join(work, 'mnt')];
+  const bad = [
+    ...['0', 'abc', '1025', '1.5', '0x10', ''].map((v) => [cache, 'fscache-threads', v] as const),
+    ...['0', 'abc', '1025'].map((v) => [fan, 'thread-num', v] as const),
+  ];
+  const [refused, twice, accepted] = await Promise.all([
+    Promise.all(bad.map(([base, flag, v]) => nydusd(...base, `--${flag}`, v))),
+    nydusd(...cache, '--fscache-threads', '2', '--fscache-threads', '3'),
+    // Accepted values go on to the next check.
+    Promise.all([nydusd(...cache, '--fscache-threads', '1024', '--id', 'd1'), nydusd(...fan, '--thread-num', '1024')]),
+  ]);
+  bad.forEach(([, flag, v], i) => {
+    assert.equal(refused[i].status, 1, `--${flag} ${v}`);
+    assert.equal(refused[i].stderr, `nydusd: error: --${flag} ${JSON.stringify(v)} is not a valid thread number: a whole number from 1 to 1024 is needed\n`);
+  });
+  assert.equal(twice.stderr, 'nydusd: error: --fscache-threads is given more than once\n');
+  assert.match(accepted[0].stderr, /^nydusd: error: --id and --supervisor go together\n$/);
+  assert.match(accepted[1].stderr, /^nydusd: error: --config .*none\.json: ENOENT/);
+});
+
+test('nydusd --fanotify refuses --fscache-threads and --fscache-tag when given, saying what to use instead', async () => {
+  const fan = ['--fanotify', path.join(work, 'fan'), '--config', path.join(work, 'none.json'), '--bootstrap', boot, '--mountpoint', path.join(work, 'mnt')];
+  const cases: Array<[string[], string]> = [
+    [['--fscache-threads', '4'], '--fscache-threads does not go with --fanotify: use --thread-num for the events served at once'],
+    [['--fscache-threads=8'], '--fscache-threads does not go with --fanotify: use --thread-num for the events served at once'],
+    [['--fscache-tag', 'nydus'], '--fscache-tag does not go with --fanotify: no cachefiles tag is bound; the daemon is told apart by its --fanotify directory (and --apisock)'],
+  ];
+  const [results, plain] = await Promise.all([Promise.all(cases.map(([flags]) => nydusd(...fan, ...flags))), nydusd(...fan)]);
+  cases.forEach(([flags, message], i) => {
+    assert.equal(results[i].status, 1, flags.join(' '));
+    assert.equal(results[i].stderr, `nydusd: error: ${message}\n`);
+  });
+  // Not given: the defaults of fscache mode do not count as given.
+  assert.match(plain.stderr, /^nydusd: error: --config .*none\.json: ENOENT/);
+});
+
+test('v1 FUSE-mode config: amplify_io (top level, nydus\'s RafsConfig) is the amplification window, bounds checked', async () => {
+  const v1 = (extra: object) => ({
+    device: { backend: { type: 'localfs', config: { dir: '/blobs' } }, cache: { type: 'blobcache', config: { work_dir: '/cache' } } }, mode: 'direct', ...extra,
+  });
+  const window = (extra: object) => parseBlobCacheEntry(entryBodyFromFsConfig(v1(extra), '/img.boot', 'x')).amplifyIo;
+  assert.equal(window({ amplify_io: 0x400000 }), 0x400000);
+  assert.equal(window({ amplify_io: 0x10000000 }), 0x10000000);
+  assert.equal(window({}), AMPLIFY_IO_DEFAULT);
+  assert.equal(window({ amplify_io: 0 }), 0x20000, 'raised to 128 KiB, as config_v2\'s rafs.batch_size');
+  for (const bad of [-1, 1.5, 'big', true]) {
+    assert.throws(() => entryBodyFromFsConfig(v1({ amplify_io: bad }), '/img.boot', 'x'), /^ConfigError: config\.amplify_io must be a whole number >= 0$/, String(bad));
+  }
+  assert.throws(() => entryBodyFromFsConfig(v1({ amplify_io: 0x10000001 }), '/img.boot', 'x'), /config\.amplify_io must be at most 268435456 bytes/);
+  // nydusd --fanotify --config: refused in one line before anything starts.
+  const config = path.join(work, 'v1.json');
+  fs.writeFileSync(config, JSON.stringify(v1({ amplify_io: -4096 })));
+  const r = await nydusd('--fanotify', path.join(work, 'fan'), '--config', config, '--bootstrap', boot, '--mountpoint', path.join(work, 'mnt'));
+  assert.equal(r.status, 1);
+  assert.equal(r.stderr, `nydusd: error: --config ${config}: config.amplify_io must be a whole number >= 0\n`);
+});
