@@ -21,10 +21,10 @@ const work = tmpDir('nydusify');
 let reg: RegistryServer;
 const client = new RegistryClient({ plainHttp: true });
 
-/** Runs a CLI without blocking this process (the fault proxy lives in it). */
-function run(name: string, args: string[], input = ''): Promise<{ status: number | null; stdout: string; stderr: string }> {
+/** Runs a CLI without blocking this process (the fault proxy lives in it); `env` is added to this process's. */
+function run(name: string, args: string[], input = '', env: Record<string, string> = {}): Promise<{ status: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
-    const child = spawn(path.join(repoRoot, 'bin', name), args, { stdio: ['pipe', 'pipe', 'pipe'] });
+    const child = spawn(path.join(repoRoot, 'bin', name), args, { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, ...env } });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d) => (stdout += d));
@@ -143,6 +143,35 @@ test('--compressor none, --fs-chunk-size and --prefetch-patterns (stdin) reach t
   assert.deepEqual(prefetch.map((e: { path: string[] }) => e.path), [['/big'], ['/etc/hello']]);
 });
 
+test("upstream's environment variables alone convert (SOURCE, TARGET, PLAIN_HTTP, COMPRESSOR, FS_CHUNK_SIZE, WORK_DIR, OUTPUT_JSON) as the flags do", async () => {
+  const flags = ['--source', `${reg.host}/src:two`, '--target', `${reg.host}/dst:flags`, '--compressor', 'none', '--fs-chunk-size', '0x10000'];
+  await mustConvert(flags);
+  const envWork = path.join(work, 'env-work');
+  const report = path.join(work, 'env.json');
+  const r = await run('nydusify', ['convert'], '', {
+    SOURCE: `${reg.host}/src:two`, TARGET: `${reg.host}/dst:env`, PLAIN_HTTP: 'true', COMPRESSOR: 'none', FS_CHUNK_SIZE: '0x10000',
+    WORK_DIR: envWork, OUTPUT_JSON: report,
+  });
+  assert.equal(r.status, 0, r.stderr);
+  const byEnv = await client.getManifest(`${reg.host}/dst:env`);
+  assert.equal(JSON.parse(fs.readFileSync(report, 'utf8')).targetDigest, byEnv.digest);
+  assert.deepEqual(fs.readdirSync(envWork), [], 'WORK_DIR made and emptied');
+  // The bootstrap says which chunk size and compressor the image was built with.
+  const built = async (tag: string) => {
+    const m = (await client.getManifest(`${reg.host}/dst:${tag}`)).json as ImageManifest;
+    const gz = await client.getBlob(`${reg.host}/dst`, m.layers[m.layers.length - 1].digest);
+    const boot = path.join(work, `${tag}.boot`);
+    fs.writeFileSync(boot, execFileSync('tar', ['-xO', 'image/image.boot'], { input: zlib.gunzipSync(gz) }));
+    const inspect = (request: string) => JSON.parse(execFileSync(path.join(repoRoot, 'bin', 'nydus-image'), ['inspect', '-B', boot, '-R', request], { encoding: 'utf8' }));
+    const stats = inspect('stats');
+    return { chunkSize: stats.superblock.chunk_size, compressors: stats.blobs.map((b: { compressor: unknown }) => b.compressor), layers: m.layers.length };
+  };
+  const envBuilt = await built('env');
+  assert.equal(envBuilt.chunkSize, 0x10000);
+  assert.deepEqual(envBuilt, await built('flags'), 'as built by the flags');
+  assert.notDeepEqual(envBuilt.compressors, (await built('two-nydus')).compressors, 'not the default compressor');
+});
+
 test('a conversion failing on the manifest PUT, a blob upload or a layer download leaves no tag and no files', async () => {
   const proxy = await FaultProxy.start(reg.url);
   try {
@@ -216,6 +245,28 @@ test('an index: --all-platforms converts each platform into a Nydus index, --pla
     const r = await run('nydusify', ['check', '--plain-http', '--work-dir', path.join(work, 'check'), '--platform', `linux/${arch}`, '--source', `${reg.host}/src:multi`, '--target', `${reg.host}/dst:multi`]);
     assert.equal(r.status, 0, `${arch}: ${r.stdout}${r.stderr}`);
   }
+
+  // nydusify's comma-separated list: those platforms' images, in the source index's order.
+  await mustConvert(['--source', `${reg.host}/src:multi`, '--target', `${reg.host}/dst:list`, '--platform', 'linux/amd64,linux/arm64']);
+  const list = await client.getManifest(`${reg.host}/dst:list`);
+  assert.equal(list.mediaType, MediaType.ociIndex);
+  const listed = (list.json as { manifests: Array<{ platform?: { architecture: string } }> }).manifests;
+  assert.deepEqual(listed.map((e) => e.platform?.architecture), ['arm64', 'amd64']);
+  for (const [arch, source] of [['arm64', 'one'], ['amd64', 'two']]) {
+    const r = await run('nydusify', ['check', '--plain-http', '--work-dir', path.join(work, 'check'), '--platform', `linux/${arch}`, '--source', `${reg.host}/src:${source}`, '--target', `${reg.host}/dst:list`]);
+    assert.equal(r.status, 0, `${arch}: ${r.stdout}${r.stderr}`);
+  }
+  // A platform the index lacks is left out with a warning; none of them offered is an error, and no tag.
+  const partial = await run('nydusify', ['convert', '--plain-http', '--work-dir', path.join(work, 'tmp'), '--source', `${reg.host}/src:multi`, '--target', `${reg.host}/dst:partial`, '--platform', 'linux/s390x,linux/amd64']);
+  assert.equal(partial.status, 0, partial.stderr);
+  assert.match(partial.stderr, /"missing":\["linux\/s390x"\].*left out/);
+  assert.equal((await client.getManifest(`${reg.host}/dst:partial`)).mediaType, MediaType.ociManifest, 'one platform converted: its manifest');
+  const partialCheck = await run('nydusify', ['check', '--plain-http', '--work-dir', path.join(work, 'check'), '--source', `${reg.host}/src:two`, '--target', `${reg.host}/dst:partial`]);
+  assert.equal(partialCheck.status, 0, `the amd64 image: ${partialCheck.stdout}${partialCheck.stderr}`);
+  const none = await run('nydusify', ['convert', '--plain-http', '--work-dir', path.join(work, 'tmp'), '--source', `${reg.host}/src:multi`, '--target', `${reg.host}/dst:none-of-them`, '--platform', 'linux/s390x,linux/ppc64le']);
+  assert.equal(none.status, 1, none.stderr);
+  assert.match(none.stderr, /nydusify: error: source .*src:multi has no image for platform linux\/s390x,linux\/ppc64le \(offers: linux\/arm64, linux\/amd64\)\n$/);
+  assert.equal(await client.headManifest(`${reg.host}/dst:none-of-them`), undefined);
 
   await mustConvert(['--source', `${reg.host}/src:multi`, '--target', `${reg.host}/dst:arm64`, '--platform', 'linux/arm64']);
   const single = await client.getManifest(`${reg.host}/dst:arm64`);

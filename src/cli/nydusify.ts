@@ -1,30 +1,141 @@
 /** nydusify: argument parsing only; the work is in src/convert. Flag names as nydusify's. */
 import './stack-maps.ts';
 import fs from 'node:fs';
+import path from 'node:path';
+import { hideBin } from 'yargs/helpers';
 import { NydusError } from '../../erofs/errors.ts';
+import { validateChunkSize } from '../builder/create.ts';
 import { convert } from '../convert/convert.ts';
 import { checkConverted } from '../convert/check.ts';
 import { LayerProgress } from '../convert/progress.ts';
 import { makeLogger } from '../daemon/log.ts';
-import { defaultPlatform, parsePlatform } from '../registry/index.ts';
+import { InvalidReferenceError, defaultPlatform, formatPlatform, parsePlatform, type Platform } from '../registry/index.ts';
 import { cliParser, parseSize, runMain } from './main.ts';
 
-/** nydusify flags nydus-ts does not implement: accepted by name only to be refused clearly. */
-const CONVERT_UNSUPPORTED = [
-  'source-archive', 'target-archive', 'source-backend-type', 'source-backend-config', 'target-suffix',
-  'backend-type', 'backend-config', 'backend-config-file', 'backend-force-push', 'build-cache', 'build-cache-tag',
-  'build-cache-version', 'build-cache-insecure', 'build-cache-max-records', 'chunk-dict', 'chunk-dict-insecure',
-  'merge-platform', 'oci-ref', 'with-referrer', 'oci', 'reverse', 'docker-v2-format', 'fs-align-chunk',
-  'backend-aligned-chunk', 'prefetch-dir', 'batch-size', 'nydus-image', 'push-retry-count', 'push-retry-delay',
-] as const;
-const CHECK_UNSUPPORTED = [
-  'source-backend-type', 'source-backend-config', 'source-backend-config-file', 'target-backend-type',
-  'target-backend-config', 'target-backend-config-file', 'multi-platform', 'nydus-image', 'nydusd',
-] as const;
+type Kind = 'string' | 'boolean';
 
-function refuseUnsupported(a: Record<string, unknown>, names: readonly string[], command: string): void {
-  for (const n of names) {
-    if (a[n] !== undefined) throw new NydusError(`--${n} is not supported by nydus-ts nydusify ${command} yet`);
+/**
+ * nydusify flags nydus-ts does not implement, with their type in nydusify: accepted by name only to be
+ * refused clearly. A boolean one set to false is nydusify's default, which is what nydus-ts does.
+ * backend-type comes before source-backend-type: BACKEND_TYPE sets both, and is refused as the former.
+ */
+const CONVERT_UNSUPPORTED: Record<string, Kind> = {
+  'source-archive': 'string', 'target-archive': 'string', 'backend-type': 'string', 'backend-config': 'string',
+  'backend-config-file': 'string', 'source-backend-type': 'string', 'source-backend-config': 'string', 'target-suffix': 'string',
+  'backend-force-push': 'boolean', 'build-cache': 'string', 'build-cache-tag': 'string', 'build-cache-version': 'string',
+  'build-cache-insecure': 'boolean', 'build-cache-max-records': 'string', 'chunk-dict': 'string', 'chunk-dict-insecure': 'boolean',
+  'merge-platform': 'boolean', 'oci-ref': 'boolean', 'with-referrer': 'boolean', oci: 'boolean', reverse: 'boolean',
+  'docker-v2-format': 'boolean', 'fs-align-chunk': 'boolean', 'backend-aligned-chunk': 'boolean', 'prefetch-dir': 'string',
+  'batch-size': 'string', 'nydus-image': 'string', 'push-retry-count': 'string', 'push-retry-delay': 'string',
+};
+const CHECK_UNSUPPORTED: Record<string, Kind> = {
+  'source-backend-type': 'string', 'source-backend-config': 'string', 'source-backend-config-file': 'string',
+  'target-backend-type': 'string', 'target-backend-config': 'string', 'target-backend-config-file': 'string',
+  'multi-platform': 'boolean', 'nydus-image': 'string', 'nydusd': 'string',
+};
+
+/**
+ * The environment variable nydusify's convert reads for each of its flags that nydus-ts has (urfave/cli
+ * EnvVars), flag by flag: a flag on the command line wins over its variable. --platform,
+ * --all-platforms and --docker-v2-format have none.
+ */
+const CONVERT_ENV: Record<string, string> = {
+  'log-level': 'LOG_LEVEL', source: 'SOURCE', target: 'TARGET', 'source-insecure': 'SOURCE_INSECURE',
+  'target-insecure': 'TARGET_INSECURE', 'plain-http': 'PLAIN_HTTP', 'fs-version': 'FS_VERSION', compressor: 'COMPRESSOR',
+  'fs-chunk-size': 'FS_CHUNK_SIZE', 'work-dir': 'WORK_DIR', 'prefetch-patterns': 'PREFETCH_PATTERNS', 'output-json': 'OUTPUT_JSON',
+  // Refused flags: their variables are refused as the flags are.
+  'source-archive': 'SOURCE_ARCHIVE', 'target-archive': 'TARGET_ARCHIVE', 'backend-type': 'BACKEND_TYPE',
+  'backend-config': 'BACKEND_CONFIG', 'backend-config-file': 'BACKEND_CONFIG_FILE', 'source-backend-type': 'BACKEND_TYPE',
+  'source-backend-config': 'BACKEND_CONFIG', 'target-suffix': 'TARGET_SUFFIX', 'backend-force-push': 'BACKEND_FORCE_PUSH',
+  'build-cache': 'BUILD_CACHE', 'build-cache-tag': 'BUILD_CACHE_TAG', 'build-cache-version': 'BUILD_CACHE_VERSION',
+  'build-cache-insecure': 'BUILD_CACHE_INSECURE', 'build-cache-max-records': 'BUILD_CACHE_MAX_RECORDS',
+  'chunk-dict': 'CHUNK_DICT', 'chunk-dict-insecure': 'CHUNK_DICT_INSECURE', 'merge-platform': 'MERGE_PLATFORM',
+  'oci-ref': 'OCI_REF', 'with-referrer': 'WITH_REFERRER', oci: 'OCI', reverse: 'REVERSE', 'fs-align-chunk': 'FS_ALIGN_CHUNK',
+  'backend-aligned-chunk': 'BACKEND_ALIGNED_CHUNK', 'prefetch-dir': 'PREFETCH_DIR', 'batch-size': 'BATCH_SIZE',
+  'nydus-image': 'NYDUS_IMAGE', 'push-retry-count': 'PUSH_RETRY_COUNT', 'push-retry-delay': 'PUSH_RETRY_DELAY',
+};
+
+/** Boolean flags of both commands (no name is a boolean in one and a string in the other). */
+const BOOLEANS = new Set([
+  'source-insecure', 'target-insecure', 'plain-http', 'all-platforms', 'prefetch-patterns',
+  ...Object.keys(CONVERT_UNSUPPORTED).filter((n) => CONVERT_UNSUPPORTED[n] === 'boolean'),
+  ...Object.keys(CHECK_UNSUPPORTED).filter((n) => CHECK_UNSUPPORTED[n] === 'boolean'),
+]);
+const ALIASES: Record<string, string[]> = { 'fs-chunk-size': ['chunk-size'] };
+
+/** A boolean as nydusify's Go flags and variables read it (strconv.ParseBool), case aside; undefined if none. */
+function parseBool(v: string): boolean | undefined {
+  if (/^(1|t|true)$/i.test(v)) return true;
+  if (/^(0|f|false)$/i.test(v)) return false;
+  return undefined;
+}
+
+/**
+ * `--flag=value` of a boolean flag, made `--flag=true|false`: yargs reads any value but "true" as
+ * false (--oci=TRUE would pass as off), nydusify reads 1, t, TRUE... as true and refuses the rest.
+ */
+function normalizeBooleanArgs(argv: readonly string[]): string[] {
+  const end = argv.indexOf('--');
+  return argv.map((t, i) => {
+    const m = /^--([^=]+)=(.*)$/s.exec(t);
+    if (!m || !BOOLEANS.has(m[1]) || (end >= 0 && i > end)) return t;
+    const b = parseBool(m[2]);
+    if (b === undefined) throw new NydusError(`invalid value "${m[2]}" for --${m[1]}: true or false`);
+    return `--${m[1]}=${b}`;
+  });
+}
+
+/** Whether `--name` (or an alias, or --no-name) is on the command line. */
+function onCommandLine(argv: readonly string[], name: string): boolean {
+  const end = argv.indexOf('--');
+  const names = [name, ...(ALIASES[name] ?? [])];
+  return (end >= 0 ? argv.slice(0, end) : argv).some((t) => names.some((n) => t === `--${n}` || t.startsWith(`--${n}=`) || t === `--no-${n}`));
+}
+
+/**
+ * The flag values the environment gives, by flag name, for yargs' config (below the command line,
+ * above the defaults), and the first unreadable one. A variable set empty is as unset (for a boolean
+ * that is false: the default).
+ */
+function envValues(env: Record<string, string>): { values: Record<string, string | boolean>; error?: NydusError } {
+  const values: Record<string, string | boolean> = {};
+  let error: NydusError | undefined;
+  for (const [name, variable] of Object.entries(env)) {
+    const v = process.env[variable];
+    if (v === undefined || v === '') continue;
+    if (!BOOLEANS.has(name)) {
+      values[name] = v;
+      continue;
+    }
+    const b = parseBool(v);
+    if (b === undefined) error ??= new NydusError(`invalid value "${v}" in environment variable ${variable} (--${name}): true or false`);
+    else values[name] = b;
+  }
+  return { values, error };
+}
+
+/** `--platform`: nydusify's comma-separated list (convert), or one platform (check). Empty: the default. */
+function platformFlag(v: string | string[] | undefined, command: 'convert' | 'check'): Platform[] {
+  if (Array.isArray(v)) throw new NydusError(`--platform is given more than once${command === 'convert' ? ': give one comma-separated list' : ''}`);
+  const specs = (v ?? '').split(',').map((s) => s.trim()).filter(Boolean);
+  if (command === 'check' && specs.length > 1) throw new NydusError(`--platform "${v}": nydusify check takes one platform, os/arch[/variant]`);
+  const seen = new Map<string, Platform>();
+  for (const s of specs) {
+    let p: Platform;
+    try {
+      p = parsePlatform(s);
+    } catch (e) {
+      if (!(e instanceof InvalidReferenceError)) throw e;
+      throw new NydusError(`invalid --platform "${s}": platform must be os/arch or os/arch/variant${command === 'convert' ? ', or a comma-separated list of them' : ''}`);
+    }
+    seen.set(formatPlatform(p), p);
+  }
+  return seen.size > 0 ? [...seen.values()] : [defaultPlatform()];
+}
+
+function refuseUnsupported(a: Record<string, unknown>, flags: Record<string, Kind>, command: string, origin: (name: string) => string): void {
+  for (const [n, kind] of Object.entries(flags)) {
+    if (kind === 'boolean' ? a[n] === true : a[n] !== undefined) throw new NydusError(`--${n} is not supported by nydus-ts nydusify ${command} yet${origin(n)}`);
   }
 }
 
@@ -33,7 +144,12 @@ function logger(level: string) {
 }
 
 await runMain('nydusify', async () => {
-  await cliParser('nydusify')
+  const argv = normalizeBooleanArgs(hideBin(process.argv));
+  let convertEnv: Record<string, string | boolean> = {};
+  let convertEnvError: NydusError | undefined;
+  /** Where a convert flag's value came from, when that was its environment variable. */
+  const envOrigin = (n: string) => (convertEnv[n] !== undefined && !onCommandLine(argv, n) ? ` (set by environment variable ${CONVERT_ENV[n]})` : '');
+  await cliParser('nydusify', argv)
     .demandCommand(1, 'a subcommand is needed')
     .option('log-level', { alias: 'l', type: 'string', default: 'info', choices: ['trace', 'debug', 'info', 'warn', 'error'], global: true })
     .command('convert', 'convert an OCI image in a registry to a Nydus image', (y) => {
@@ -43,7 +159,7 @@ await runMain('nydusify', async () => {
         .option('source-insecure', { type: 'boolean', default: false, describe: 'skip TLS verification (or plain http) for the source registry' })
         .option('target-insecure', { type: 'boolean', default: false, describe: 'skip TLS verification (or plain http) for the target registry' })
         .option('plain-http', { type: 'boolean', default: false, describe: 'plain http to both registries' })
-        .option('platform', { type: 'string', describe: 'os/arch[/variant] to convert (default linux/<this arch>)' })
+        .option('platform', { type: 'string', describe: 'os/arch[/variant] to convert, or a comma-separated list of them (default linux/<this arch>)' })
         .option('all-platforms', { type: 'boolean', default: false, describe: 'convert every platform of an index' })
         .option('fs-version', { type: 'string', default: '6', describe: 'RAFS version: 6' })
         .option('compressor', { type: 'string', default: 'zstd', describe: 'blob compressor: zstd or none' })
@@ -51,13 +167,33 @@ await runMain('nydusify', async () => {
         .option('work-dir', { type: 'string', default: './tmp', describe: 'where layers are built' })
         .option('prefetch-patterns', { type: 'boolean', default: false, describe: 'read paths to prefetch from stdin, one per line' })
         .option('output-json', { type: 'string', describe: 'write a JSON report of the conversion here' });
-      for (const n of CONVERT_UNSUPPORTED) yy = yy.option(n, { type: 'string', hidden: true });
-      return yy;
+      for (const [n, type] of Object.entries(CONVERT_UNSUPPORTED)) yy = yy.option(n, { type, hidden: true });
+      // The environment's values; an unreadable one is reported by the handler, before anything else.
+      ({ values: convertEnv, error: convertEnvError } = envValues(CONVERT_ENV));
+      return yy.config(convertEnv)
+        .epilogue("Flags can be set by nydusify's environment variables too (SOURCE, TARGET, PLAIN_HTTP, COMPRESSOR, FS_CHUNK_SIZE, WORK_DIR, LOG_LEVEL, ...; none for --platform and --all-platforms); a flag on the command line wins.");
     }, async (a) => {
-      refuseUnsupported(a, CONVERT_UNSUPPORTED, 'convert');
-      if (a['fs-version'] !== '6') throw new NydusError(`unsupported fs version "${a['fs-version']}": nydus-ts writes RAFS v6 only`);
-      if (a.compressor !== 'zstd' && a.compressor !== 'none') throw new NydusError(`unsupported compressor "${a.compressor}": zstd or none`);
+      // Every value is checked here, before any registry is contacted.
+      if (convertEnvError) throw convertEnvError;
+      refuseUnsupported(a, CONVERT_UNSUPPORTED, 'convert', envOrigin);
+      if (a['fs-version'] !== '6') throw new NydusError(`unsupported fs version "${a['fs-version']}"${envOrigin('fs-version')}: nydus-ts writes RAFS v6 only`);
+      if (a.compressor !== 'zstd' && a.compressor !== 'none') throw new NydusError(`unsupported compressor "${a.compressor}"${envOrigin('compressor')}: zstd or none`);
+      let chunkSize: number;
+      try {
+        chunkSize = parseSize(a['fs-chunk-size'], 'chunk size');
+        validateChunkSize(chunkSize);
+      } catch (e) {
+        if (!(e instanceof NydusError)) throw e;
+        throw new NydusError(`invalid chunk size "${a['fs-chunk-size']}" for --fs-chunk-size${envOrigin('fs-chunk-size')}: a power of two from 0x1000 to 0x1000000`);
+      }
       if (a['all-platforms'] && a.platform) throw new NydusError('--platform and --all-platforms exclude each other');
+      const platforms = a['all-platforms'] ? 'all' : platformFlag(a.platform, 'convert');
+      if (a['output-json']) {
+        const file = path.resolve(a['output-json']);
+        const dir = path.dirname(file);
+        if (!fs.statSync(dir, { throwIfNoEntry: false })?.isDirectory()) throw new NydusError(`--output-json ${a['output-json']}${envOrigin('output-json')}: directory ${dir} does not exist`);
+        if (fs.statSync(file, { throwIfNoEntry: false })?.isDirectory()) throw new NydusError(`--output-json ${a['output-json']}${envOrigin('output-json')}: is a directory`);
+      }
       const prefetchPaths = a['prefetch-patterns'] ? fs.readFileSync(0, 'utf8').split('\n').map((l) => l.trim()).filter(Boolean) : undefined;
       // On a terminal the per-layer display replaces the info logs.
       const progress = process.stderr.isTTY ? new LayerProgress(process.stderr) : undefined;
@@ -65,9 +201,8 @@ await runMain('nydusify', async () => {
       const r = await convert({
         progress,
         source: a.source, target: a.target, sourceInsecure: a['source-insecure'], targetInsecure: a['target-insecure'],
-        plainHttp: a['plain-http'], platform: a['all-platforms'] ? 'all' : a.platform ? parsePlatform(a.platform) : defaultPlatform(),
-        workDir: a['work-dir'], prefetchPaths, fsVersion: '6', compressor: a.compressor,
-        chunkSize: parseSize(a['fs-chunk-size'], 'chunk size'), log,
+        plainHttp: a['plain-http'], platform: platforms,
+        workDir: a['work-dir'], prefetchPaths, fsVersion: '6', compressor: a.compressor, chunkSize, log,
       });
       if (a['output-json']) fs.writeFileSync(a['output-json'], JSON.stringify(r, null, 2) + '\n');
     })
@@ -80,13 +215,14 @@ await runMain('nydusify', async () => {
         .option('plain-http', { type: 'boolean', default: false })
         .option('platform', { type: 'string', describe: 'os/arch[/variant] to check (default linux/<this arch>)' })
         .option('work-dir', { type: 'string', default: './output', describe: 'where the images are pulled' });
-      for (const n of CHECK_UNSUPPORTED) yy = yy.option(n, { type: 'string', hidden: true });
+      for (const [n, type] of Object.entries(CHECK_UNSUPPORTED)) yy = yy.option(n, { type, hidden: true });
       return yy;
     }, async (a) => {
-      refuseUnsupported(a, CHECK_UNSUPPORTED, 'check');
+      refuseUnsupported(a, CHECK_UNSUPPORTED, 'check', () => '');
+      const [platform] = platformFlag(a.platform, 'check');
       const r = await checkConverted({
         source: a.source, target: a.target, sourceInsecure: a['source-insecure'], targetInsecure: a['target-insecure'],
-        plainHttp: a['plain-http'], platform: a.platform ? parsePlatform(a.platform) : defaultPlatform(),
+        plainHttp: a['plain-http'], platform,
         workDir: a['work-dir'], log: logger(a['log-level']),
       });
       for (const p of r.problems) process.stdout.write(`${p}\n`);

@@ -10,10 +10,11 @@ import path from 'node:path';
 import { createHash } from 'node:crypto';
 import type { Logger } from 'pino';
 import { NydusError } from '../../erofs/errors.ts';
+import { validateChunkSize } from '../builder/create.ts';
 import { mergeImages } from '../builder/merge.ts';
 import {
-  type Descriptor, type ImageIndex, type ImageManifest, type ImageReference, type Platform, type PlatformImage,
-  MediaType, RegistryClient, formatPlatform, formatReference, isImageManifestType, parseReference, withDigest,
+  type Descriptor, type ImageIndex, type ImageManifest, type ImageReference, type Platform, type PlatformImage, type ResolvedImage,
+  MediaType, RegistryClient, formatPlatform, formatReference, isImageManifestType, isIndexType, parseReference, selectPlatforms, withDigest,
 } from '../registry/index.ts';
 import { packBootstrapLayer } from './bootstrap-layer.ts';
 import { mapBounded } from './concurrency.ts';
@@ -27,8 +28,8 @@ export interface ConvertOptions extends LayerBuildOptions {
   sourceInsecure?: boolean;
   targetInsecure?: boolean;
   plainHttp?: boolean;
-  /** One platform, or every platform of an index. */
-  platform: Platform | 'all';
+  /** One platform, several (each its best match in an index, as for one), or every platform of an index. */
+  platform: Platform | readonly Platform[] | 'all';
   /** Where layer bootstraps and blobs are built (a fresh directory under it, removed afterwards). */
   workDir?: string;
   /** Paths of the image put in the bootstrap's prefetch table. */
@@ -92,7 +93,9 @@ async function convertImage(ctx: Context, image: PlatformImage, n: number): Prom
     async () => { await Promise.all([ctx.source.destroy(), ctx.target.destroy()]); });
 
   const merged = path.join(dir, 'image.boot');
-  const { blobs } = mergeImages({ sources: converted.map((c) => c.bootstrap), bootstrap: merged, prefetchPaths: opts.prefetchPaths });
+  const { blobs, prefetchMissing } = mergeImages({ sources: converted.map((c) => c.bootstrap), bootstrap: merged, prefetchPaths: opts.prefetchPaths });
+  // As nydus-image's merge: a prefetch path the image lacks is left out, not fatal.
+  if (prefetchMissing.length) log.warn({ missing: prefetchMissing }, 'prefetch paths the image does not hold are left out of its prefetch table');
   // The manifest lists the blobs the merged bootstrap references, in its blob table order.
   const pushedBlobs = new Map(converted.flatMap((c) => (c.blob ? [[c.blob.blobId, c.blob] as const] : [])));
   const blobLayers = blobs.map((id) => {
@@ -122,10 +125,46 @@ async function convertImage(ctx: Context, image: PlatformImage, n: number): Prom
   return { manifest, bytes: jsonBytes(manifest), mediaType: manifestType, layers };
 }
 
+/**
+ * The source's images for several platforms: the index is read once, and each platform takes its
+ * match as a single platform would. Platforms the index does not offer are left out with a warning,
+ * as nydusify's platform matcher leaves them out; none offered at all is an error. An image manifest
+ * (no index) is converted whatever the platforms, as for one platform.
+ */
+async function resolvePlatforms(ctx: Context, wanted: readonly Platform[]): Promise<ResolvedImage> {
+  const root = await ctx.source.getManifest(ctx.sourceRef);
+  if (!isIndexType(root.mediaType)) return { root, images: [{ manifest: root as PlatformImage['manifest'] }] };
+  const entries = (root.json as ImageIndex).manifests ?? [];
+  const chosen = new Set<string>();
+  const missing: string[] = [];
+  for (const p of wanted) {
+    const match = selectPlatforms(entries, p);
+    if (match.length === 0) missing.push(formatPlatform(p));
+    for (const d of match) chosen.add(d.digest);
+  }
+  const offered = entries.filter((d) => d.platform).map((d) => formatPlatform(d.platform!)).join(', ') || 'none';
+  if (chosen.size === 0) throw new NydusError(`source ${ctx.opts.source} has no image for platform ${wanted.map(formatPlatform).join(',')} (offers: ${offered})`);
+  if (missing.length > 0) ctx.opts.log.warn({ source: ctx.opts.source, missing, offered }, 'source has no image for some of the platforms asked for: they are left out');
+  const images: PlatformImage[] = [];
+  // Index order, each image once (two platforms asked for may match the same entry).
+  for (const d of entries.filter((e) => chosen.delete(e.digest))) {
+    const m = await ctx.source.getManifest(withDigest(ctx.sourceRef, d.digest));
+    if (!isImageManifestType(m.mediaType)) throw new NydusError(`source ${ctx.opts.source}: index entry ${d.digest} is a ${m.mediaType}, not an image manifest`);
+    images.push({ descriptor: d, platform: d.platform, manifest: m as PlatformImage['manifest'] });
+  }
+  return { root, images };
+}
+
 export async function convert(opts: ConvertOptions): Promise<ConvertResult> {
+  // Everything that can be checked here is, before any registry is contacted.
   const sourceRef = parseReference(opts.source);
   const targetRef = parseReference(opts.target);
   if (targetRef.digest) throw new NydusError(`target ${opts.target} names a digest: give a tag`);
+  if (opts.fsVersion !== '6') throw new NydusError(`unsupported fs version "${opts.fsVersion}": nydus-ts writes RAFS v6 only`);
+  if (opts.compressor !== 'zstd' && opts.compressor !== 'none') throw new NydusError(`unsupported compressor "${opts.compressor}": zstd or none`);
+  validateChunkSize(opts.chunkSize);
+  const platforms = opts.platform === 'all' ? 'all' : Array.isArray(opts.platform) ? opts.platform as readonly Platform[] : [opts.platform as Platform];
+  if (platforms.length === 0) throw new NydusError('no platform to convert');
   const source = new RegistryClient({ insecure: opts.sourceInsecure, plainHttp: opts.plainHttp });
   const target = new RegistryClient({ insecure: opts.targetInsecure, plainHttp: opts.plainHttp });
   const base = opts.workDir ?? os.tmpdir();
@@ -134,8 +173,10 @@ export async function convert(opts: ConvertOptions): Promise<ConvertResult> {
   const ctx: Context = { opts, source, target, sourceRef, targetRef, workDir };
   let ok = false;
   try {
-    const resolved = await source.resolveImage(sourceRef, opts.platform);
-    if (resolved.images.length === 0) throw new NydusError(`source ${opts.source} has no image for platform ${opts.platform === 'all' ? 'all' : formatPlatform(opts.platform)}`);
+    const resolved = platforms === 'all' || platforms.length === 1
+      ? await source.resolveImage(sourceRef, platforms === 'all' ? 'all' : platforms[0])
+      : await resolvePlatforms(ctx, platforms);
+    if (resolved.images.length === 0) throw new NydusError(`source ${opts.source} has no image for platform ${platforms === 'all' ? 'all' : platforms.map(formatPlatform).join(',')}`);
     opts.log.info({ source: opts.source, images: resolved.images.length }, 'converting');
     const converted = [];
     // Platforms one after the other: each already converts its layers concurrently.
