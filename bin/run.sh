@@ -19,6 +19,16 @@ if [ "$name" = nydusd ] && [ -n "${NODE_EXTRA_CA_CERTS:-}" ]; then
   export NYDUSD_EXTRA_CA_CERTS="$NODE_EXTRA_CA_CERTS"
   unset NODE_EXTRA_CA_CERTS
 fi
+# nydus-image export --threads N: its chunk jobs run on libuv's pool, which node sizes as it starts.
+if [ "$name" = nydus-image ] && [ -z "${UV_THREADPOOL_SIZE:-}" ]; then
+  prev=
+  for a in "$@"; do
+    case $prev in --threads) threads=$a ;; esac
+    case $a in --threads=*) threads=${a#--threads=} ;; esac
+    prev=$a
+  done
+  case ${threads:-} in ''|*[!0-9]*) ;; *) export UV_THREADPOOL_SIZE="$threads" ;; esac
+fi
 if [ -f "$root/dist/$name.mjs" ] && [ -f "$root/dist/.built" ] \
    && [ -z "$(find "$root/src" "$root/erofs" "$root/native" -name '*.ts' -newer "$root/dist/.built" -print -quit 2>/dev/null)" ]; then
   exec node $heap "$root/dist/$name.mjs" "$@"

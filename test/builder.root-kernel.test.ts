@@ -93,6 +93,67 @@ test('export --threads: 1 and 16 chunks at once give the same image, which repla
   assert.ok(!fs.existsSync(path.join(work, 'bad.erofs')));
 });
 
+test('a failed create leaves the file or FIFO at --blob as it was; unpack writes into a FIFO; a failed export names its output and leaves no temp', async () => {
+  for (const kind of ['file', 'fifo'] as const) {
+    const dir = path.join(work, `keep-${kind}`);
+    fs.mkdirSync(dir);
+    const blob = path.join(dir, 'blob');
+    if (kind === 'file') fs.writeFileSync(blob, 'precious');
+    else execFileSync('mkfifo', [blob]);
+    // The bootstrap cannot be written (no such directory): found before the blob is put in place.
+    const r = runCli('nydus-image', ['create', '-B', path.join(work, 'no-such-dir', 'x.boot'), '--blob', blob, src]);
+    assert.equal(r.status, 1);
+    assert.match(r.stderr, /cannot write .*no-such-dir\/x\.boot/);
+    if (kind === 'file') assert.equal(fs.readFileSync(blob, 'utf8'), 'precious');
+    else assert.ok(fs.statSync(blob).isFIFO());
+    assert.deepEqual(fs.readdirSync(dir), ['blob'], 'no temporary blob is left beside it');
+  }
+  // unpack into a FIFO: the reader gets the whole tar, the command succeeds.
+  const fifo = path.join(work, 'tar.fifo');
+  execFileSync('mkfifo', [fifo]);
+  const reader = spawn('sh', ['-c', 'tar -tBf "$1" | wc -l', 'sh', fifo], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let listed = '';
+  reader.stdout.on('data', (d) => (listed += d));
+  const read = new Promise((resolve) => reader.once('exit', resolve));
+  const u = await new Promise<{ status: number | null; stderr: string }>((resolve) => {
+    const p = spawn(path.join(repoRoot, 'bin/nydus-image'), ['unpack', zstd.boot, '-D', zstd.blobDir, '-o', fifo], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    p.stderr.on('data', (d) => (stderr += d));
+    p.once('exit', (status) => resolve({ status, stderr }));
+  });
+  await read;
+  assert.equal(u.status, 0, u.stderr);
+  assert.ok(Number(listed.trim()) > 10, `the tar read from the FIFO lists ${listed.trim()} entries`);
+  // export -O a directory: a clear error naming it, nothing left beside it.
+  const outDir = path.join(work, 'export-into-dir');
+  fs.mkdirSync(outDir);
+  const e = runCli('nydus-image', ['export', '--block', '-B', zstd.boot, '-D', zstd.blobDir, '-O', outDir]);
+  assert.equal(e.status, 1);
+  assert.match(e.stderr, new RegExp(`cannot write ${outDir}: `));
+  assert.doesNotMatch(e.stderr, /internal error/);
+  assert.deepEqual(fs.readdirSync(work).filter((n) => n.startsWith('export-into-dir.tmp')), []);
+});
+
+test('export --threads N runs N chunk jobs on a pool of N threads', async () => {
+  const maxThreads = async (threads: string) => {
+    const p = spawn(path.join(repoRoot, 'bin/nydus-image'), ['export', '--block', '-B', zstd.boot, '-D', zstd.blobDir, '-O', path.join(work, `threads-${threads}.erofs`), '--threads', threads], { stdio: 'ignore' });
+    let most = 0;
+    let done = false;
+    const exited = new Promise((r) => p.once('exit', (code) => { done = true; r(code); }));
+    while (!done) {
+      try {
+        most = Math.max(most, fs.readdirSync(`/proc/${p.pid}/task`).length);
+      } catch { /* gone */ }
+      await new Promise((r) => setTimeout(r, 2));
+    }
+    assert.equal(await exited, 0);
+    return most;
+  };
+  const one = await maxThreads('1');
+  const many = await maxThreads('24');
+  assert.ok(many >= one + 20, `--threads 24: ${many} threads at most, --threads 1: ${one}`);
+});
+
 test('root-kernel: bootstrap + uncompressed blob mount file-backed identical to the source', () => {
   assertMountSame('file-backed', (dir) => fileBackedMount(none.boot, none.blob, dir), 'file-backed mount of bootstrap + blob');
 });

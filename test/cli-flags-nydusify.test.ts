@@ -193,3 +193,16 @@ test("--platform takes upstream's comma-separated list (never read as an image r
   refusedLocally(check, /--platform "linux\/amd64,linux\/arm64": nydusify check takes one platform, os\/arch\[\/variant\]$/m, 'check --platform list');
   assert.doesNotMatch(check.stderr, /invalid image reference/);
 });
+
+test('LOG_LEVEL and --log-level are read as nydusify\'s logrus reads them (any case, warning, fatal); a bad one is refused naming its variable', async () => {
+  const [upper, warning, fatal, bad, badFlag] = await runAll([
+    { args: ['convert', '--source', src(), '--target', dst()], env: { LOG_LEVEL: 'INFO' } },
+    { args: ['convert', '--source', src(), '--target', dst()], env: { LOG_LEVEL: 'warning' } },
+    { args: ['convert', '--source', src(), '--target', dst(), '--log-level', 'fatal'] },
+    { args: ['convert', '--source', src(), '--target', dst()], env: { LOG_LEVEL: 'loud' } },
+    { args: ['convert', '--source', src(), '--target', dst(), '--log-level', 'loud'] },
+  ]);
+  for (const r of [upper, warning, fatal]) assert.match(r.stderr, reachedRegistry(), 'accepted: it went on to the registry');
+  refusedLocally(bad, /^nydusify: error: invalid log level "loud" \(set by environment variable LOG_LEVEL\): trace, debug, info, warn \(warning\), error \(fatal, panic\)/, 'LOG_LEVEL=loud');
+  refusedLocally(badFlag, /^nydusify: error: invalid log level "loud": trace/, '--log-level loud');
+});

@@ -129,8 +129,12 @@ export class BlobWriter {
     return this.chunks.length;
   }
 
-  /** Appends the blob meta, renames the blob to its digest; returns null (and removes it) if empty. */
-  finish(): FinishedBlob | null {
+  /**
+   * Appends the blob meta and renames the blob to its digest in the directory, or, `keepTemp`, leaves
+   * it at its temporary name for the caller to put elsewhere (the caller then owns the file); returns
+   * null (and removes it) if empty.
+   */
+  finish(keepTemp = false): FinishedBlob | null {
     if (this.chunks.length === 0) {
       this.abort();
       return null;
@@ -157,9 +161,9 @@ export class BlobWriter {
     // syncs, and a blob cut short by a crash fails `check` (its sha256 is its name).
     fs.closeSync(this.fd);
     const blobId = this.hash.digest('hex');
-    const finalPath = path.join(this.dir, blobId);
-    const existed = fs.existsSync(finalPath);
-    fs.renameSync(this.tmpPath, finalPath);
+    const finalPath = keepTemp ? this.tmpPath : path.join(this.dir, blobId);
+    const existed = !keepTemp && fs.existsSync(finalPath);
+    if (!keepTemp) fs.renameSync(this.tmpPath, finalPath);
     return {
       blobId, path: finalPath, compressedSize, uncompressedSize: this.uncompressedOffset,
       chunkCount: this.chunks.length, features, ciOffset, ciSize: ci.length, fileSize: this.fileOffset, existed,

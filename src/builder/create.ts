@@ -1,4 +1,5 @@
 /** `nydus-image create`: source -> tree -> chunker -> layout -> writer, top to bottom. */
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
@@ -87,46 +88,78 @@ export function prefetchNids(layout: Layout, paths: string[]): { nids: number[];
 }
 
 /**
- * Writes a finished output file (`from`, a file of ours) to where it was asked for, as nydus-image
- * does: a file there is replaced; a FIFO there (a converter reading the blob as it comes, as
+ * Puts a finished output file (`from`, a file of ours) where it was asked for, as nydus-image does: a
+ * file there is replaced; a FIFO there (a converter reading the blob as it comes, as
  * nydus-snapshotter's does) is written into, and `from` removed.
  */
 export function placeOutput(from: string, to: string): void {
-  if (!fs.statSync(to, { throwIfNoEntry: false })?.isFIFO()) {
-    fs.renameSync(from, to);
-    return;
-  }
-  const input = fs.openSync(from, 'r');
   try {
-    const output = fs.openSync(to, 'w');
+    if (!fs.statSync(to, { throwIfNoEntry: false })?.isFIFO()) {
+      fs.renameSync(from, to);
+      return;
+    }
+    const input = fs.openSync(from, 'r');
     try {
-      const buf = Buffer.allocUnsafe(1 << 20);
-      for (let n; (n = fs.readSync(input, buf, 0, buf.length, null)) > 0;) {
-        for (let done = 0; done < n;) done += fs.writeSync(output, buf, done, n - done);
+      const output = fs.openSync(to, 'w');
+      try {
+        const buf = Buffer.allocUnsafe(1 << 20);
+        for (let n; (n = fs.readSync(input, buf, 0, buf.length, null)) > 0;) {
+          for (let done = 0; done < n;) done += fs.writeSync(output, buf, done, n - done);
+        }
+      } finally {
+        fs.closeSync(output);
       }
     } finally {
-      fs.closeSync(output);
+      fs.closeSync(input);
     }
-  } finally {
-    fs.closeSync(input);
-  }
-  fs.rmSync(from, { force: true });
-}
-
-/** Writes an output file whole (a bootstrap) where it was asked for, as placeOutput puts one there. */
-export function writeOutput(to: string, bytes: Uint8Array): void {
-  if (fs.statSync(to, { throwIfNoEntry: false })?.isFIFO()) {
-    fs.writeFileSync(to, bytes);
-    return;
-  }
-  const tmp = `${to}.tmp-${process.pid}`;
-  try {
-    fs.writeFileSync(tmp, bytes, { flag: 'wx' });
-    fs.renameSync(tmp, to);
+    fs.rmSync(from, { force: true });
   } catch (e) {
-    fs.rmSync(tmp, { force: true });
     throw new NydusError(`cannot write ${to}: ${(e as Error).message}`);
   }
+}
+
+/**
+ * An output file (a bootstrap) written beside where it goes, to be put there by `commit` (a file
+ * there is replaced) or removed by `discard`; a FIFO there is written into by `commit`.
+ */
+export function stageOutput(to: string, bytes: Uint8Array): { commit(): void; discard(): void } {
+  const fail = (e: unknown) => new NydusError(`cannot write ${to}: ${(e as Error).message}`);
+  if (fs.statSync(to, { throwIfNoEntry: false })?.isFIFO()) {
+    return {
+      commit: () => {
+        try {
+          fs.writeFileSync(to, bytes);
+        } catch (e) {
+          throw fail(e);
+        }
+      },
+      discard: () => undefined,
+    };
+  }
+  const tmp = `${to}.tmp-${process.pid}-${crypto.randomBytes(4).toString('hex')}`;
+  const discard = () => fs.rmSync(tmp, { force: true });
+  try {
+    fs.writeFileSync(tmp, bytes, { flag: 'wx' });
+  } catch (e) {
+    discard();
+    throw fail(e);
+  }
+  return {
+    commit: () => {
+      try {
+        fs.renameSync(tmp, to);
+      } catch (e) {
+        discard();
+        throw fail(e);
+      }
+    },
+    discard,
+  };
+}
+
+/** Writes an output file whole (stageOutput, then commit). */
+export function writeOutput(to: string, bytes: Uint8Array): void {
+  stageOutput(to, bytes).commit();
 }
 
 /**
@@ -140,6 +173,8 @@ class ImageBuild {
   private readonly createdDir: string | undefined;
   private readonly layered: LayeredBuild | null;
   private blob: FinishedBlob | null = null;
+  /** The blob was put at --blob: the file there is the user's now, never removed by abort. */
+  private placed = false;
 
   constructor(private readonly opts: CreateOptions) {
     validateChunkSize(opts.chunkSize);
@@ -165,11 +200,9 @@ class ImageBuild {
   finish(tree: TreeNode, first = this.prefetchFiles(tree)): CreateResult {
     const opts = this.opts;
     this.writer.reorder(prefetchChunks(first));
-    const blob = this.blob = this.writer.finish();
-    if (blob && opts.blobPath) {
-      placeOutput(blob.path, opts.blobPath);
-      blob.path = opts.blobPath;
-    }
+    // With --blob the blob stays at its temporary name until the bootstrap is ready beside its place:
+    // a failure before then leaves the file (or FIFO) at --blob as it was.
+    const blob = this.blob = this.writer.finish(opts.blobPath !== undefined);
     const own = blob ? blobDescriptor(blob) : null;
     const { blobs, root } = this.layered
       ? finishLayeredBuild(this.layered, own, tree, opts.whiteoutSpec ?? 'oci')
@@ -181,7 +214,18 @@ class ImageBuild {
       buildTime: opts.repeatable ? 0 : Math.floor(Date.now() / 1000),
       prefetch: prefetch?.nids,
     });
-    writeOutput(opts.bootstrap, meta);
+    const bootstrap = stageOutput(opts.bootstrap, meta);
+    if (blob && opts.blobPath) {
+      try {
+        placeOutput(blob.path, opts.blobPath);
+      } catch (e) {
+        bootstrap.discard();
+        throw e;
+      }
+      this.placed = true;
+      blob.path = opts.blobPath;
+    }
+    bootstrap.commit();
     return {
       bootstrap: opts.bootstrap, blob, blobIds: blobs.map((b) => b.blobId), stats: this.chunker.stats, inodes: layout.inodes.length,
       prefetchMissing: prefetch?.missing ?? [],
@@ -190,8 +234,9 @@ class ImageBuild {
 
   abort(): void {
     this.writer.abort();
-    // A blob that was already there (the same bytes for another image) stays.
-    if (this.blob && !this.blob.existed) fs.rmSync(this.blob.path, { force: true });
+    // A blob that was already there (the same bytes for another image) stays, and so does one put at
+    // --blob (the build failed after: it is whole, and what was there before is gone anyway).
+    if (this.blob && !this.blob.existed && !this.placed) fs.rmSync(this.blob.path, { force: true });
     if (this.createdDir) fs.rmSync(this.createdDir, { recursive: true, force: true });
   }
 }

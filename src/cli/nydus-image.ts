@@ -189,7 +189,7 @@ await runMain('nydus-image', async () => {
     .command('inspect [BOOTSTRAP]', 'print superblock, blobs and chunk information as JSON', (y) => y
       .positional('BOOTSTRAP', { type: 'string' })
       .option('bootstrap', { alias: 'B', type: 'string' })
-      .option('blob-dir', { alias: 'D', type: 'string', describe: "the image's blobs: a bootstrap without a chunk table lists its chunks only there" })
+      .option('blob-dir', { alias: 'D', type: 'string', describe: "the image's blobs: every blob it names must be there" })
       .option('request', { alias: 'R', type: 'string', default: 'stats', describe: 'stats | blobs | prefetch | chunks | "stat <path>"' }), (a) => {
       const where = a['blob-dir'] === undefined ? undefined : { blobDir: a['blob-dir'] };
       process.stdout.write(JSON.stringify(inspectImage(needBootstrap(a), a.request, where), null, 2) + '\n');
@@ -204,8 +204,7 @@ await runMain('nydus-image', async () => {
       if (!a.block) throw new NydusError('only --block export is supported');
       const threads = /^\d+$/.test(a.threads) ? Number(a.threads) : NaN;
       if (!(threads >= 1 && threads <= EXPORT_THREADS_MAX)) throw new NydusError(`invalid --threads ${JSON.stringify(a.threads)}: a whole number from 1 to ${EXPORT_THREADS_MAX}`);
-      // libuv's pool runs the jobs: as many threads as asked (it is made at its first use, after this).
-      process.env.UV_THREADPOOL_SIZE = String(threads);
+      // The jobs run on libuv's pool: bin/run.sh sizes it from --threads as node starts.
       const r = await exportBlock({ bootstrap: a.bootstrap, blobDir: a['blob-dir'], blobPaths: a.blob ? [a.blob] : undefined, output: a.output, threads });
       log.info(`exported ${a.output} (${r.blocks} blocks)`);
     })

@@ -139,8 +139,21 @@ function refuseUnsupported(a: Record<string, unknown>, flags: Record<string, Kin
   }
 }
 
-function logger(level: string) {
-  return makeLogger(level);
+/**
+ * A log level as nydusify's logrus reads it (any case; warning, fatal and panic too), in our logger's
+ * words; null when it is none.
+ */
+function logLevel(v: string): string | null {
+  const l = v.toLowerCase();
+  if (l === 'warning') return 'warn';
+  if (l === 'fatal' || l === 'panic') return 'error';
+  return ['trace', 'debug', 'info', 'warn', 'error'].includes(l) ? l : null;
+}
+
+function logger(level: string, origin = '') {
+  const l = logLevel(level);
+  if (!l) throw new NydusError(`invalid log level "${level}"${origin}: trace, debug, info, warn (warning), error (fatal, panic)`);
+  return makeLogger(l);
 }
 
 await runMain('nydusify', async () => {
@@ -151,7 +164,7 @@ await runMain('nydusify', async () => {
   const envOrigin = (n: string) => (convertEnv[n] !== undefined && !onCommandLine(argv, n) ? ` (set by environment variable ${CONVERT_ENV[n]})` : '');
   await cliParser('nydusify', argv)
     .demandCommand(1, 'a subcommand is needed')
-    .option('log-level', { alias: 'l', type: 'string', default: 'info', choices: ['trace', 'debug', 'info', 'warn', 'error'], global: true })
+    .option('log-level', { alias: 'l', type: 'string', default: 'info', global: true, describe: 'trace, debug, info, warn (warning), error (fatal, panic)' })
     .command('convert', 'convert an OCI image in a registry to a Nydus image', (y) => {
       let yy = y
         .option('source', { type: 'string', demandOption: true, describe: 'source OCI image reference' })
@@ -197,7 +210,7 @@ await runMain('nydusify', async () => {
       const prefetchPaths = a['prefetch-patterns'] ? fs.readFileSync(0, 'utf8').split('\n').map((l) => l.trim()).filter(Boolean) : undefined;
       // On a terminal the per-layer display replaces the info logs.
       const progress = process.stderr.isTTY ? new LayerProgress(process.stderr) : undefined;
-      const log = logger(progress && a['log-level'] === 'info' ? 'warn' : a['log-level']);
+      const log = logger(progress && logLevel(a['log-level']) === 'info' ? 'warn' : a['log-level'], envOrigin('log-level'));
       const r = await convert({
         progress,
         source: a.source, target: a.target, sourceInsecure: a['source-insecure'], targetInsecure: a['target-insecure'],

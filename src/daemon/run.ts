@@ -61,8 +61,11 @@ export async function runSupervisor(opts: SupervisorOptions & Partial<DaemonOpti
   let stopping = false;
   let restarts = 0;
   let quickDeaths = 0;
+  /** The next worker's start, while one is due (after a worker died). */
+  let restartTimer: NodeJS.Timeout | null = null;
   let startedAt = 0;
   const start = () => {
+    restartTimer = null;
     startedAt = Date.now();
     // 2 MiB semi-spaces in every isolate of the worker (its threads too): V8's default young
     // generation would hold 30-40 MiB more than the daemon ever uses (peak RSS of a rootfs read).
@@ -92,13 +95,13 @@ export async function runSupervisor(opts: SupervisorOptions & Partial<DaemonOpti
     child.on('exit', (code, signal) => {
       child = null;
       quickDeaths = Date.now() - startedAt < WORKER_MIN_LIFE_MS ? quickDeaths + 1 : 0;
-      if (stopping && code !== 0 && quickDeaths < WORKER_MAX_QUICK_DEATHS) {
+      if (stopping && code !== 0 && code !== WORKER_EXIT_FATAL && quickDeaths < WORKER_MAX_QUICK_DEATHS) {
         // Died before it stopped cleanly: its mounts may still be up (fanotify), and once the group
         // closes with this process their unfetched ranges would read as zeros. The next worker
         // takes them over and stops: unmounted, or served until they are free.
         restarts++;
         log.error({ code, signal, restarts }, 'worker died while stopping; a new one takes over to stop');
-        setTimeout(start, 200);
+        restartTimer = setTimeout(start, 200);
         return;
       }
       if (stopping) {
@@ -119,14 +122,18 @@ export async function runSupervisor(opts: SupervisorOptions & Partial<DaemonOpti
         process.exit(1);
       }
       log.error({ code, signal, restarts }, 'worker died; starting a new one');
-      setTimeout(start, 200 * 2 ** quickDeaths);
+      restartTimer = setTimeout(start, 200 * 2 ** quickDeaths);
     });
   };
   const stop = () => {
     if (stopping) return;
     stopping = true;
     if (child) child.kill('SIGTERM');
-    else {
+    else if (restartTimer) {
+      // A worker died and the next is due: it starts now, takes the mounts over and stops.
+      clearTimeout(restartTimer);
+      start();
+    } else {
       dev.close();
       process.exit(0);
     }

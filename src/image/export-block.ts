@@ -3,6 +3,7 @@
  * data of every blob, chunk indexes pointing at the primary device (holes stay holes). Mounts with
  * `mount -o loop`.
  */
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import { EIO, NydusError } from '../../erofs/errors.ts';
 import { EROFS_BLKSIZ } from '../../erofs/super.ts';
@@ -65,8 +66,15 @@ export async function exportBlock(opts: ExportOptions): Promise<{ blocks: number
       },
     });
     const total = meta.length / EROFS_BLKSIZ + used.reduce((s, u) => s + u, 0);
-    const tmp = `${opts.output}.tmp-${process.pid}`;
-    const fd = fs.openSync(tmp, 'wx');
+    const tmp = `${opts.output}.tmp-${process.pid}-${crypto.randomBytes(4).toString('hex')}`;
+    // A system error here is the output's (the image's reads fail as NydusErrors).
+    const cannotWrite = (e: unknown) => ((e as NodeJS.ErrnoException).code && !(e instanceof NydusError) ? new NydusError(`cannot write ${opts.output}: ${(e as Error).message}`) : e);
+    let fd: number;
+    try {
+      fd = fs.openSync(tmp, 'wx');
+    } catch (e) {
+      throw cannotWrite(e);
+    }
     try {
       fs.writeSync(fd, meta, 0, meta.length, 0);
       // Each chunk once, in blob order: read, verified and written at its place by a pool job of
@@ -77,13 +85,14 @@ export async function exportBlock(opts: ExportOptions): Promise<{ blocks: number
       await forEachBounded(ordered, threads, (c) => exportChunk(blobs[c.blobIndex], image.blobs[c.blobIndex], c, fd, blobBaseBlk[c.blobIndex] * EROFS_BLKSIZ));
       fs.ftruncateSync(fd, total * EROFS_BLKSIZ);
       fs.fsyncSync(fd);
-    } catch (e) {
       fs.closeSync(fd);
+      fd = -1;
+      fs.renameSync(tmp, opts.output);
+    } catch (e) {
+      if (fd >= 0) fs.closeSync(fd);
       fs.rmSync(tmp, { force: true });
-      throw e;
+      throw cannotWrite(e);
     }
-    fs.closeSync(fd);
-    fs.renameSync(tmp, opts.output);
     return { blocks: total };
   } finally {
     opened.close();

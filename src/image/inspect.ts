@@ -70,10 +70,7 @@ function fileInfo(image: ValidatedImage, n: TreeNode, nid: number) {
 }
 
 /** Answers one request: `stats`, `blobs`, `prefetch`, `chunks` (all files) or `stat <path>`. */
-/**
- * `where`: the blobs (nydus-image inspect -D): a bootstrap without a chunk table lists its chunks
- * only in the blobs' chunk-info arrays, and then every blob it names must be there.
- */
+/** `where`: the image's blobs (nydus-image inspect -D): every blob it names must be there. */
 export function inspectImage(bootstrap: string, request = 'stats', where?: { blobDir: string }): unknown {
   const opened = openImage(bootstrap, where);
   try {

@@ -65,8 +65,9 @@ function sparseMap(runs: Array<[number, number]>, size: number): Buffer {
 
 export class TarWriter {
   private fd: number;
-  constructor(file: string) {
-    this.fd = fs.openSync(file, 'w');
+  /** `fifo`: `file` is a FIFO to write into (nothing to sync); otherwise a new file is made there. */
+  constructor(file: string, private readonly fifo = false) {
+    this.fd = fs.openSync(file, fifo ? 'w' : 'wx');
   }
 
   private write(buf: Buffer): void {
@@ -144,7 +145,7 @@ export class TarWriter {
 
   close(): void {
     this.write(Buffer.alloc(BLOCK * 2));
-    fs.fsyncSync(this.fd);
+    if (!this.fifo) fs.fsyncSync(this.fd);
     fs.closeSync(this.fd);
   }
 

@@ -1,4 +1,5 @@
 /** `nydus-image unpack`: the tree of a bootstrap and its blobs as a tar file. */
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import { NydusError } from '../../erofs/errors.ts';
 import { decodeDev } from '../../erofs/inode.ts';
@@ -31,13 +32,17 @@ export function unpackToTar(opts: { bootstrap: string; blobDir?: string; blobPat
   // A file there is replaced once the tar is whole (a failure leaves it as it was); a FIFO there (a
   // reader taking the tar as it comes) is written into.
   const fifo = fs.statSync(opts.output, { throwIfNoEntry: false })?.isFIFO() ?? false;
-  const file = fifo ? opts.output : `${opts.output}.tmp-${process.pid}`;
+  const file = fifo ? opts.output : `${opts.output}.tmp-${process.pid}-${crypto.randomBytes(4).toString('hex')}`;
   const opened = openImage(opts.bootstrap, opts);
   let tar: TarWriter;
   let root: TreeNode;
   try {
     root = treeFromImage(opened.image, opened.blobs).root;
-    tar = new TarWriter(file);
+    try {
+      tar = new TarWriter(file, fifo);
+    } catch (e) {
+      throw new NydusError(`cannot write ${opts.output}: ${(e as Error).message}`);
+    }
   } catch (e) {
     opened.close();
     throw e;
@@ -84,12 +89,17 @@ export function unpackToTar(opts: { bootstrap: string; blobDir?: string; blobPat
       }
       entries++;
     }
-    tar.close();
-    if (!fifo) fs.renameSync(file, opts.output);
+    try {
+      tar.close();
+      if (!fifo) fs.renameSync(file, opts.output);
+    } catch (e) {
+      throw new NydusError(`cannot write ${opts.output}: ${(e as Error).message}`);
+    }
   } catch (e) {
     tar.abort();
     if (!fifo) fs.rmSync(file, { force: true });
-    throw e;
+    // A system error here is the output's (the image's reads fail as NydusErrors).
+    throw (e as NodeJS.ErrnoException).code && !(e instanceof NydusError) ? new NydusError(`cannot write ${opts.output}: ${(e as Error).message}`) : e;
   } finally {
     opened.close();
   }

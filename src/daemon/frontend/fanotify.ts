@@ -50,6 +50,8 @@ interface Mounted {
   request: FanotifyMountRequest;
   imageId: string;
   files: MarkedCacheFile[];
+  /** The mount's device number (st_dev of its root): what is at the mountpoint later is ours only if it matches. */
+  dev?: number;
 }
 
 
@@ -97,6 +99,7 @@ export class FanotifySession {
       }
       try {
         await this.attach(request, true);
+        this.mounts.get(request.mountpoint)!.dev = fs.statSync(request.mountpoint).dev;
       } catch (e) {
         this.log.error({ mountpoint: request.mountpoint, err: (e as Error).message }, 'cannot serve a mount of the previous worker');
       }
@@ -140,6 +143,7 @@ export class FanotifySession {
     const m = this.mounts.get(req.mountpoint)!;
     try {
       mountErofsFileBacked(req.bootstrap, m.files.map((f) => f.path), req.mountpoint);
+      m.dev = fs.statSync(req.mountpoint).dev;
     } catch (e) {
       this.detach(m);
       throw e;
@@ -153,8 +157,8 @@ export class FanotifySession {
     const m = this.mounts.get(path.resolve(mountpoint));
     if (!m) throw new ConfigError(`${mountpoint} is not mounted by this daemon`);
     // Unmounted by someone else (umount(8)): nothing is left to unmount, and what may be mounted
-    // there later is not ours to take down.
-    if (mountedPaths().has(m.request.mountpoint)) umountPath(m.request.mountpoint);
+    // there later (another device) is not ours to take down.
+    if (m.dev !== undefined && fs.statSync(m.request.mountpoint, { throwIfNoEntry: false })?.dev === m.dev) umountPath(m.request.mountpoint);
     else this.log.warn({ mountpoint: m.request.mountpoint }, 'the mount is gone (unmounted by someone else); no longer serving it');
     this.detach(m);
     this.saveMounts();
