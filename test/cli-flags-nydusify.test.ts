@@ -206,3 +206,16 @@ test('LOG_LEVEL and --log-level are read as nydusify\'s logrus reads them (any c
   refusedLocally(bad, /^nydusify: error: invalid log level "loud" \(set by environment variable LOG_LEVEL\): trace, debug, info, warn \(warning\), error \(fatal, panic\)/, 'LOG_LEVEL=loud');
   refusedLocally(badFlag, /^nydusify: error: invalid log level "loud": trace/, '--log-level loud');
 });
+
+test('nydusify check reads upstream\'s variables too (SOURCE, TARGET, ...); a refused flag\'s variable is refused naming it', async () => {
+  const [byEnv, backend, multi] = await runAll([
+    { args: ['check'], env: { SOURCE: src(), TARGET: dst(), WORK_DIR: path.join(work, 'check-wd') } },
+    { args: ['check', '--target', dst()], env: { BACKEND_TYPE: 'oss' } },
+    { args: ['check', '--target', dst()], env: { MULTI_PLATFORM: 'true' } },
+  ]);
+  assert.equal(byEnv.status, 1);
+  assert.match(byEnv.stderr, /ECONNREFUSED/, `SOURCE and TARGET stood for the flags: it went on to the registry: ${byEnv.stderr}`);
+  assert.doesNotMatch(byEnv.stderr, /Missing required argument/);
+  refusedLocally(backend, /^nydusify: error: --source-backend-type is not supported by nydus-ts nydusify check yet \(set by environment variable BACKEND_TYPE\)/, 'BACKEND_TYPE=oss');
+  refusedLocally(multi, /^nydusify: error: --multi-platform is not supported by nydus-ts nydusify check yet \(set by environment variable MULTI_PLATFORM\)/, 'MULTI_PLATFORM=true');
+});

@@ -55,6 +55,16 @@ const CONVERT_ENV: Record<string, string> = {
   'nydus-image': 'NYDUS_IMAGE', 'push-retry-count': 'PUSH_RETRY_COUNT', 'push-retry-delay': 'PUSH_RETRY_DELAY',
 };
 
+/** The same for check's flags (nydusify check reads these). */
+const CHECK_ENV: Record<string, string> = {
+  'log-level': 'LOG_LEVEL', source: 'SOURCE', target: 'TARGET', 'source-insecure': 'SOURCE_INSECURE', 'target-insecure': 'TARGET_INSECURE',
+  'work-dir': 'WORK_DIR',
+  // Refused flags: their variables are refused as the flags are.
+  'source-backend-type': 'BACKEND_TYPE', 'source-backend-config': 'BACKEND_CONFIG', 'source-backend-config-file': 'BACKEND_CONFIG_FILE',
+  'target-backend-type': 'BACKEND_TYPE', 'target-backend-config': 'BACKEND_CONFIG', 'target-backend-config-file': 'BACKEND_CONFIG_FILE',
+  'multi-platform': 'MULTI_PLATFORM', 'nydus-image': 'NYDUS_IMAGE', nydusd: 'NYDUSD',
+};
+
 /** Boolean flags of both commands (no name is a boolean in one and a string in the other). */
 const BOOLEANS = new Set([
   'source-insecure', 'target-insecure', 'plain-http', 'all-platforms', 'prefetch-patterns',
@@ -158,10 +168,17 @@ function logger(level: string, origin = '') {
 
 await runMain('nydusify', async () => {
   const argv = normalizeBooleanArgs(hideBin(process.argv));
-  let convertEnv: Record<string, string | boolean> = {};
-  let convertEnvError: NydusError | undefined;
+  // The running command's flag values from the environment (CONVERT_ENV or CHECK_ENV), and the first unreadable one.
+  let cmdEnvMap: Record<string, string> = {};
+  let cmdEnv: Record<string, string | boolean> = {};
+  let cmdEnvError: NydusError | undefined;
+  const fromEnv = (map: Record<string, string>) => {
+    cmdEnvMap = map;
+    ({ values: cmdEnv, error: cmdEnvError } = envValues(map));
+    return cmdEnv;
+  };
   /** Where a convert flag's value came from, when that was its environment variable. */
-  const envOrigin = (n: string) => (convertEnv[n] !== undefined && !onCommandLine(argv, n) ? ` (set by environment variable ${CONVERT_ENV[n]})` : '');
+  const envOrigin = (n: string) => (cmdEnv[n] !== undefined && !onCommandLine(argv, n) ? ` (set by environment variable ${cmdEnvMap[n]})` : '');
   await cliParser('nydusify', argv)
     .demandCommand(1, 'a subcommand is needed')
     .option('log-level', { alias: 'l', type: 'string', default: 'info', global: true, describe: 'trace, debug, info, warn (warning), error (fatal, panic)' })
@@ -182,12 +199,11 @@ await runMain('nydusify', async () => {
         .option('output-json', { type: 'string', describe: 'write a JSON report of the conversion here' });
       for (const [n, type] of Object.entries(CONVERT_UNSUPPORTED)) yy = yy.option(n, { type, hidden: true });
       // The environment's values; an unreadable one is reported by the handler, before anything else.
-      ({ values: convertEnv, error: convertEnvError } = envValues(CONVERT_ENV));
-      return yy.config(convertEnv)
+      return yy.config(fromEnv(CONVERT_ENV))
         .epilogue("Flags can be set by nydusify's environment variables too (SOURCE, TARGET, PLAIN_HTTP, COMPRESSOR, FS_CHUNK_SIZE, WORK_DIR, LOG_LEVEL, ...; none for --platform and --all-platforms); a flag on the command line wins.");
     }, async (a) => {
       // Every value is checked here, before any registry is contacted.
-      if (convertEnvError) throw convertEnvError;
+      if (cmdEnvError) throw cmdEnvError;
       refuseUnsupported(a, CONVERT_UNSUPPORTED, 'convert', envOrigin);
       if (a['fs-version'] !== '6') throw new NydusError(`unsupported fs version "${a['fs-version']}"${envOrigin('fs-version')}: nydus-ts writes RAFS v6 only`);
       if (a.compressor !== 'zstd' && a.compressor !== 'none') throw new NydusError(`unsupported compressor "${a.compressor}"${envOrigin('compressor')}: zstd or none`);
@@ -229,14 +245,16 @@ await runMain('nydusify', async () => {
         .option('platform', { type: 'string', describe: 'os/arch[/variant] to check (default linux/<this arch>)' })
         .option('work-dir', { type: 'string', default: './output', describe: 'where the images are pulled' });
       for (const [n, type] of Object.entries(CHECK_UNSUPPORTED)) yy = yy.option(n, { type, hidden: true });
-      return yy;
+      return yy.config(fromEnv(CHECK_ENV))
+        .epilogue("Flags can be set by nydusify's environment variables too (SOURCE, TARGET, SOURCE_INSECURE, TARGET_INSECURE, WORK_DIR, LOG_LEVEL); a flag on the command line wins.");
     }, async (a) => {
-      refuseUnsupported(a, CHECK_UNSUPPORTED, 'check', () => '');
+      if (cmdEnvError) throw cmdEnvError;
+      refuseUnsupported(a, CHECK_UNSUPPORTED, 'check', envOrigin);
       const [platform] = platformFlag(a.platform, 'check');
       const r = await checkConverted({
         source: a.source, target: a.target, sourceInsecure: a['source-insecure'], targetInsecure: a['target-insecure'],
         plainHttp: a['plain-http'], platform,
-        workDir: a['work-dir'], log: logger(a['log-level']),
+        workDir: a['work-dir'], log: logger(a['log-level'], envOrigin('log-level')),
       });
       for (const p of r.problems) process.stdout.write(`${p}\n`);
       if (r.problems.length > 0) throw new NydusError(`${a.target}: ${r.problems.length} problem(s) found`);
