@@ -102,7 +102,7 @@ test('nydusctl metrics: --id and --blob-id reach the daemon or are refused; an u
   assert.match(backendBlob.err, /^nydusctl: error: --blob-id goes with metrics blobcache: \/api\/v1\/metrics\/backend takes no blob id/);
   // blobcache: nydus's ?id= names the image; ours ?blob_id= one blob.
   assert.equal(blobNope.code, 1);
-  assert.match(blobNope.err, /404 no blob "nope"/);
+  assert.match(blobNope.err, /400 invalid blob_id "nope": a blob id is 64 lowercase hex digits/);
   assert.equal(imageNope.code, 1);
   assert.match(imageNope.err, /\/api\/v1\/metrics\/blobcache\?id=nope: 404 no image "nope"/);
   for (const r of [slashImg1, img1, img2, img1Blob, blobOnly]) assert.equal(r.code, 0, r.err);

@@ -90,12 +90,6 @@ function imageVolumes(image: ImageEntry): Set<string> {
   return vols;
 }
 
-/** Whether a blob is one of a registered image's, or has cache files or fetches kept from before. */
-function blobKnown(ctx: ApiContext, blob: string): boolean {
-  return ctx.registry.list().some((e) => ctx.registry.blobsOf(e.id).includes(blob))
-    || ctx.state.cacheFilesOf(blob).length > 0 || Object.keys(ctx.state.fetches(blob)).length > 0;
-}
-
 /** A blob's cache files (those under `volumes` only, when given): what each holds, their union, and the blob's fetches. */
 function blobCache(ctx: ApiContext, blob: string, volumes: Set<string> | null) {
   const files = ctx.state.cacheFilesOf(blob).filter(({ volume }) => !volumes || volumes.has(volume)).map(({ volume }) => {
@@ -294,9 +288,10 @@ export function startApi(sock: string, ctx: ApiContext): Promise<http.Server> {
           // image when both are given); neither: the only image there is, as nydus answers.
           const blob = url.searchParams.get('blob_id');
           const id = url.searchParams.get('id');
-          if (blob === '') throw new ConfigError('blob_id needs a value');
+          if (blob !== null && !/^[0-9a-f]{64}$/.test(blob)) throw new ConfigError(`invalid blob_id ${JSON.stringify(blob)}: a blob id is 64 lowercase hex digits`);
           if (blob && !id) {
-            if (!blobKnown(ctx, blob)) throw new NoCounterError(`no blob ${JSON.stringify(blob)}: no registered image has it and no cache file holds it`);
+            // A blob the daemon never saw has what its figures say: no cached chunk, no fetch (a
+            // snapshot before an image that has it is registered).
             const one = blobCache(ctx, blob, null);
             return send(res, 200, { ...cacheMetricsKeys(blob, one.cached_chunks), ...one });
           }
