@@ -65,6 +65,26 @@ function assertMountSame(name: string, mount: (dir: string) => void, what: strin
   }
 }
 
+/**
+ * Makes a FIFO at `fifo`, reads it with the shell command `reader` ($1 is the FIFO) while nydus-image
+ * runs with `args(fifo)`, and gives both outcomes: the command's, and what the reader printed.
+ */
+async function throughFifo(fifo: string, reader: string, args: (fifo: string) => string[]): Promise<{ cli: { status: number | null; stderr: string }; read: string }> {
+  execFileSync('mkfifo', [fifo]);
+  const r = spawn('sh', ['-c', reader, 'sh', fifo], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let read = '';
+  r.stdout.on('data', (d) => (read += d));
+  const readerDone = new Promise((resolve) => r.once('exit', resolve));
+  const cli = await new Promise<{ status: number | null; stderr: string }>((resolve) => {
+    const p = spawn(path.join(repoRoot, 'bin/nydus-image'), args(fifo), { stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    p.stderr.on('data', (d) => (stderr += d));
+    p.once('exit', (status) => resolve({ status, stderr }));
+  });
+  await readerDone;
+  return { cli, read };
+}
+
 test('root-kernel: export --block of a zstd image loop-mounts identical to the source', () => {
   const img = path.join(work, 'zstd.erofs');
   mustRun('nydus-image', ['export', '--block', '-B', zstd.boot, '-D', zstd.blobDir, '-O', img]);
@@ -109,19 +129,8 @@ test('a failed create leaves the file or FIFO at --blob as it was; unpack writes
     assert.deepEqual(fs.readdirSync(dir), ['blob'], 'no temporary blob is left beside it');
   }
   // unpack into a FIFO: the reader gets the whole tar, the command succeeds.
-  const fifo = path.join(work, 'tar.fifo');
-  execFileSync('mkfifo', [fifo]);
-  const reader = spawn('sh', ['-c', 'tar -tBf "$1" | wc -l', 'sh', fifo], { stdio: ['ignore', 'pipe', 'inherit'] });
-  let listed = '';
-  reader.stdout.on('data', (d) => (listed += d));
-  const read = new Promise((resolve) => reader.once('exit', resolve));
-  const u = await new Promise<{ status: number | null; stderr: string }>((resolve) => {
-    const p = spawn(path.join(repoRoot, 'bin/nydus-image'), ['unpack', zstd.boot, '-D', zstd.blobDir, '-o', fifo], { stdio: ['ignore', 'ignore', 'pipe'] });
-    let stderr = '';
-    p.stderr.on('data', (d) => (stderr += d));
-    p.once('exit', (status) => resolve({ status, stderr }));
-  });
-  await read;
+  // (GNU tar reads a pipe in whole records only with -B.)
+  const { cli: u, read: listed } = await throughFifo(path.join(work, 'tar.fifo'), 'tar -tBf "$1" | wc -l', (fifo) => ['unpack', zstd.boot, '-D', zstd.blobDir, '-o', fifo]);
   assert.equal(u.status, 0, u.stderr);
   assert.ok(Number(listed.trim()) > 10, `the tar read from the FIFO lists ${listed.trim()} entries`);
   // export -O a directory: a clear error naming it, nothing left beside it.
@@ -235,19 +244,8 @@ test('create replaces an existing bootstrap and blob file, writes its blob into 
   mustRun('nydus-image', ['check', boot, '-b', blob]);
   // A FIFO as --blob (how nydus-snapshotter's converter takes the blob): the blob's bytes go into it.
   const fifo = path.join(work, 'blob.fifo');
-  execFileSync('mkfifo', [fifo]);
-  const reader = spawn('sh', ['-c', 'sha256sum < "$1"', 'sh', fifo], { stdio: ['ignore', 'pipe', 'inherit'] });
-  let got = '';
-  reader.stdout.on('data', (d) => (got += d));
-  const read = new Promise((resolve) => reader.once('exit', resolve));
-  const r = await new Promise<{ status: number | null; stderr: string }>((resolve) => {
-    const p = spawn(path.join(repoRoot, 'bin/nydus-image'), ['create', '-B', path.join(work, 'fifo.boot'), '-b', fifo, '--repeatable', src], { stdio: ['ignore', 'ignore', 'pipe'] });
-    let stderr = '';
-    p.stderr.on('data', (d) => (stderr += d));
-    p.once('exit', (status) => resolve({ status, stderr }));
-  });
+  const { cli: r, read: got } = await throughFifo(fifo, 'sha256sum < "$1"', (f) => ['create', '-B', path.join(work, 'fifo.boot'), '-b', f, '--repeatable', src]);
   assert.equal(r.status, 0, r.stderr);
-  await read;
   assert.equal(got.split(' ')[0], id, 'the FIFO carried the same blob');
   assert.ok(fs.statSync(fifo).isFIFO(), 'the FIFO is left in place');
   const r2 = runCli('nydus-image', ['create', '-B', path.join(work, 'new.boot'), '-D', path.join(work, 'x'), path.join(work, 'nope')]);
