@@ -1,5 +1,4 @@
 /** `nydus-image create`: source -> tree -> chunker -> layout -> writer, top to bottom. */
-import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
@@ -7,6 +6,7 @@ import { NydusError } from '../../erofs/errors.ts';
 import { BLOB_CHUNK_MAX_SIZE } from '../../erofs/blobmeta.ts';
 import { RAFS_COMPRESS_NONE } from '../../erofs/rafs.ts';
 import { BlobWriter, type FinishedBlob } from '../blob/blob-writer.ts';
+import { placeOutput, stageOutput } from '../image/output-file.ts';
 import type { CompressorName } from '../blob/compress.ts';
 import type { Digester } from '../blob/digest.ts';
 import { treeFromDirectory } from './source-dir.ts';
@@ -85,81 +85,6 @@ export function prefetchNids(layout: Layout, paths: string[]): { nids: number[];
     else nids.push(nid);
   }
   return { nids, missing };
-}
-
-/**
- * Puts a finished output file (`from`, a file of ours) where it was asked for, as nydus-image does: a
- * file there is replaced; a FIFO there (a converter reading the blob as it comes, as
- * nydus-snapshotter's does) is written into, and `from` removed.
- */
-export function placeOutput(from: string, to: string): void {
-  try {
-    if (!fs.statSync(to, { throwIfNoEntry: false })?.isFIFO()) {
-      fs.renameSync(from, to);
-      return;
-    }
-    const input = fs.openSync(from, 'r');
-    try {
-      const output = fs.openSync(to, 'w');
-      try {
-        const buf = Buffer.allocUnsafe(1 << 20);
-        for (let n; (n = fs.readSync(input, buf, 0, buf.length, null)) > 0;) {
-          for (let done = 0; done < n;) done += fs.writeSync(output, buf, done, n - done);
-        }
-      } finally {
-        fs.closeSync(output);
-      }
-    } finally {
-      fs.closeSync(input);
-    }
-    fs.rmSync(from, { force: true });
-  } catch (e) {
-    throw new NydusError(`cannot write ${to}: ${(e as Error).message}`);
-  }
-}
-
-/**
- * An output file (a bootstrap) written beside where it goes, to be put there by `commit` (a file
- * there is replaced) or removed by `discard`; a FIFO there is written into by `commit`.
- */
-export function stageOutput(to: string, bytes: Uint8Array): { commit(): void; discard(): void } {
-  const fail = (e: unknown) => new NydusError(`cannot write ${to}: ${(e as Error).message}`);
-  if (fs.statSync(to, { throwIfNoEntry: false })?.isFIFO()) {
-    return {
-      commit: () => {
-        try {
-          fs.writeFileSync(to, bytes);
-        } catch (e) {
-          throw fail(e);
-        }
-      },
-      discard: () => undefined,
-    };
-  }
-  const tmp = `${to}.tmp-${process.pid}-${crypto.randomBytes(4).toString('hex')}`;
-  const discard = () => fs.rmSync(tmp, { force: true });
-  try {
-    fs.writeFileSync(tmp, bytes, { flag: 'wx' });
-  } catch (e) {
-    discard();
-    throw fail(e);
-  }
-  return {
-    commit: () => {
-      try {
-        fs.renameSync(tmp, to);
-      } catch (e) {
-        discard();
-        throw fail(e);
-      }
-    },
-    discard,
-  };
-}
-
-/** Writes an output file whole (stageOutput, then commit). */
-export function writeOutput(to: string, bytes: Uint8Array): void {
-  stageOutput(to, bytes).commit();
 }
 
 /**

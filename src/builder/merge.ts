@@ -14,7 +14,8 @@ import {
 import { layoutTree } from './layout.ts';
 import { type BlobDescriptor, writeImage } from './writer.ts';
 import { BLOB_FEATURE_SEPARATE } from '../../erofs/blobmeta.ts';
-import { prefetchNids, writeOutput } from './create.ts';
+import { prefetchNids } from './create.ts';
+import { writeOutput } from '../image/output-file.ts';
 import type { TreeNode } from './tree.ts';
 
 export interface MergeOptions {

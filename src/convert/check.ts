@@ -18,7 +18,7 @@ import { openImage } from '../image/open.ts';
 import {
   type ImageManifest, type ImageReference, type Platform, MediaType, RegistryClient, parseReference, withDigest,
 } from '../registry/index.ts';
-import { mapBounded } from './concurrency.ts';
+import { mapBounded } from '../concurrency.ts';
 import { buildLayerFromRegistry } from './layer.ts';
 import { diffSummaries, summarizeImage } from './image-summary.ts';
 import { ANNOTATION_NYDUS_FS_VERSION, BOOTSTRAP_IN_LAYER, isBootstrapLayer, isNydusBlobLayer } from './nydus-format.ts';

@@ -17,7 +17,7 @@ import {
   MediaType, RegistryClient, formatPlatform, formatReference, isImageManifestType, isIndexType, parseReference, selectPlatforms, withDigest,
 } from '../registry/index.ts';
 import { packBootstrapLayer } from './bootstrap-layer.ts';
-import { mapBounded } from './concurrency.ts';
+import { mapBounded } from '../concurrency.ts';
 import type { LayerProgress } from './progress.ts';
 import { convertLayer, type ConvertedLayer, type LayerBuildOptions } from './layer.ts';
 import { BOOTSTRAP_HISTORY, bootstrapDescriptor, nydusBlobDescriptor } from './nydus-format.ts';

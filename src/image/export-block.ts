@@ -3,7 +3,6 @@
  * data of every blob, chunk indexes pointing at the primary device (holes stay holes). Mounts with
  * `mount -o loop`.
  */
-import crypto from 'node:crypto';
 import fs from 'node:fs';
 import { EIO, NydusError } from '../../erofs/errors.ts';
 import { EROFS_BLKSIZ } from '../../erofs/super.ts';
@@ -12,7 +11,9 @@ import { writeImage } from '../builder/writer.ts';
 import { walkTree, type ChunkRef } from '../builder/tree.ts';
 import type { LocalBlobReader } from '../blob/blob-reader.ts';
 import { RUN_FIELDS, setRunChunk, verifyBlobRange } from '../blob/verify.ts';
+import { mapBounded } from '../concurrency.ts';
 import { openImage } from './open.ts';
+import { isFifo, outputError, outputFile } from './output-file.ts';
 import type { ValidatedBlob } from './validate.ts';
 import { treeFromImage } from './tree-from-image.ts';
 
@@ -32,7 +33,7 @@ export async function exportBlock(opts: ExportOptions): Promise<{ blocks: number
   const threads = opts.threads ?? 4;
   if (!Number.isSafeInteger(threads) || threads < 1 || threads > EXPORT_THREADS_MAX) throw new NydusError(`invalid thread count ${threads}: a whole number from 1 to ${EXPORT_THREADS_MAX}`);
   // The image is written at offsets, then put in place: a file there is replaced, a pipe cannot be.
-  if (fs.statSync(opts.output, { throwIfNoEntry: false })?.isFIFO()) throw new NydusError(`output ${opts.output} is a FIFO; a block image is written at offsets and needs a file`);
+  if (isFifo(opts.output)) throw new NydusError(`output ${opts.output} is a FIFO; a block image is written at offsets and needs a file`);
   const opened = openImage(opts.bootstrap, opts);
   const { image } = opened;
   const blobs = opened.blobs!;
@@ -66,14 +67,12 @@ export async function exportBlock(opts: ExportOptions): Promise<{ blocks: number
       },
     });
     const total = meta.length / EROFS_BLKSIZ + used.reduce((s, u) => s + u, 0);
-    const tmp = `${opts.output}.tmp-${process.pid}-${crypto.randomBytes(4).toString('hex')}`;
-    // A system error here is the output's (the image's reads fail as NydusErrors).
-    const cannotWrite = (e: unknown) => ((e as NodeJS.ErrnoException).code && !(e instanceof NydusError) ? new NydusError(`cannot write ${opts.output}: ${(e as Error).message}`) : e);
+    const out = outputFile(opts.output);
     let fd: number;
     try {
-      fd = fs.openSync(tmp, 'wx');
+      fd = fs.openSync(out.path, 'wx');
     } catch (e) {
-      throw cannotWrite(e);
+      throw outputError(opts.output, e);
     }
     try {
       fs.writeSync(fd, meta, 0, meta.length, 0);
@@ -82,16 +81,16 @@ export async function exportBlock(opts: ExportOptions): Promise<{ blocks: number
       const chunks = new Set<ChunkRef>();
       for (const node of walkTree(root)) for (const c of node.chunks ?? []) if (c) chunks.add(c);
       const ordered = [...chunks].sort((a, b) => a.blobIndex - b.blobIndex || a.compressedOffset - b.compressedOffset);
-      await forEachBounded(ordered, threads, (c) => exportChunk(blobs[c.blobIndex], image.blobs[c.blobIndex], c, fd, blobBaseBlk[c.blobIndex] * EROFS_BLKSIZ));
+      await mapBounded(ordered, threads, (c) => exportChunk(blobs[c.blobIndex], image.blobs[c.blobIndex], c, fd, blobBaseBlk[c.blobIndex] * EROFS_BLKSIZ));
       fs.ftruncateSync(fd, total * EROFS_BLKSIZ);
       fs.fsyncSync(fd);
       fs.closeSync(fd);
       fd = -1;
-      fs.renameSync(tmp, opts.output);
+      out.commit();
     } catch (e) {
       if (fd >= 0) fs.closeSync(fd);
-      fs.rmSync(tmp, { force: true });
-      throw cannotWrite(e);
+      out.discard();
+      throw outputError(opts.output, e);
     }
     return { blocks: total };
   } finally {
@@ -111,21 +110,4 @@ async function exportChunk(reader: LocalBlobReader, blob: ValidatedBlob, c: Chun
   });
   if (r.errors[0]) throw new NydusError(r.errors[0], EIO);
   if (r.writeError) throw new NydusError(`cannot write the image: ${r.writeError.message}`);
-}
-
-/** Runs `fn` over `items`, at most `limit` at once; the first failure is thrown once the running ones settled. */
-async function forEachBounded<T>(items: readonly T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
-  let next = 0;
-  let failed: { error: unknown } | null = null;
-  const worker = async () => {
-    while (!failed && next < items.length) {
-      try {
-        await fn(items[next++]);
-      } catch (e) {
-        failed ??= { error: e };
-      }
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
-  if (failed) throw (failed as { error: unknown }).error;
 }

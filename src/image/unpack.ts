@@ -1,11 +1,10 @@
 /** `nydus-image unpack`: the tree of a bootstrap and its blobs as a tar file. */
-import crypto from 'node:crypto';
-import fs from 'node:fs';
 import { NydusError } from '../../erofs/errors.ts';
 import { decodeDev } from '../../erofs/inode.ts';
 import { type ChunkRef, type TreeNode, walkTree } from '../builder/tree.ts';
 import { openImage } from './open.ts';
 import { treeFromImage } from './tree-from-image.ts';
+import { outputError, outputFile } from './output-file.ts';
 import { TarWriter } from './tar-writer.ts';
 
 const TAR_TYPE: Record<string, string> = { file: '0', symlink: '2', chrdev: '3', blkdev: '4', dir: '5', fifo: '6' };
@@ -29,19 +28,16 @@ function dataRuns(chunks: ReadonlyArray<ChunkRef | null>, chunkSize: number, siz
 }
 
 export function unpackToTar(opts: { bootstrap: string; blobDir?: string; blobPaths?: string[]; output: string }): { entries: number; skipped: string[] } {
-  // A file there is replaced once the tar is whole (a failure leaves it as it was); a FIFO there (a
-  // reader taking the tar as it comes) is written into.
-  const fifo = fs.statSync(opts.output, { throwIfNoEntry: false })?.isFIFO() ?? false;
-  const file = fifo ? opts.output : `${opts.output}.tmp-${process.pid}-${crypto.randomBytes(4).toString('hex')}`;
+  const out = outputFile(opts.output);
   const opened = openImage(opts.bootstrap, opts);
   let tar: TarWriter;
   let root: TreeNode;
   try {
     root = treeFromImage(opened.image, opened.blobs).root;
     try {
-      tar = new TarWriter(file, fifo);
+      tar = new TarWriter(out.path, out.fifo);
     } catch (e) {
-      throw new NydusError(`cannot write ${opts.output}: ${(e as Error).message}`);
+      throw outputError(opts.output, e);
     }
   } catch (e) {
     opened.close();
@@ -89,17 +85,12 @@ export function unpackToTar(opts: { bootstrap: string; blobDir?: string; blobPat
       }
       entries++;
     }
-    try {
-      tar.close();
-      if (!fifo) fs.renameSync(file, opts.output);
-    } catch (e) {
-      throw new NydusError(`cannot write ${opts.output}: ${(e as Error).message}`);
-    }
+    tar.close();
+    out.commit();
   } catch (e) {
     tar.abort();
-    if (!fifo) fs.rmSync(file, { force: true });
-    // A system error here is the output's (the image's reads fail as NydusErrors).
-    throw (e as NodeJS.ErrnoException).code && !(e instanceof NydusError) ? new NydusError(`cannot write ${opts.output}: ${(e as Error).message}`) : e;
+    out.discard();
+    throw outputError(opts.output, e);
   } finally {
     opened.close();
   }
