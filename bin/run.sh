@@ -27,6 +27,7 @@ if [ "$name" = nydus-image ] && [ -z "${UV_THREADPOOL_SIZE:-}" ]; then
     case $a in --threads=*) threads=${a#--threads=} ;; esac
     prev=$a
   done
+  threads=${threads#+}  # as the CLI reads it (src/cli/thread-count.ts)
   case ${threads:-} in ''|*[!0-9]*) ;; *) export UV_THREADPOOL_SIZE="$threads" ;; esac
 fi
 if [ -f "$root/dist/$name.mjs" ] && [ -f "$root/dist/.built" ] \

@@ -97,12 +97,13 @@ test('root-kernel: export --block of an uncompressed image loop-mounts identical
   assertMountSame('none-block', (dir) => loopMount(img, dir), 'loop mount of the uncompressed export');
 });
 
-test('export --threads: 1 and 16 chunks at once give the same image, which replaces one there; bad counts are refused', () => {
+test('export --threads: 1 and +16 chunks at once give the same image, which replaces one there; bad counts are refused', () => {
   const one = path.join(work, 'zstd-t1.erofs');
   const many = path.join(work, 'zstd-t16.erofs');
   fs.writeFileSync(many, 'an older export');
   mustRun('nydus-image', ['export', '--block', '-B', zstd.boot, '-D', zstd.blobDir, '-O', one, '--threads', '1']);
-  mustRun('nydus-image', ['export', '--block', '-B', zstd.boot, '-D', zstd.blobDir, '-O', many, '--threads', '16']);
+  // '+16': nydus-image reads the count as Rust's usize parse does, a leading '+' allowed.
+  mustRun('nydus-image', ['export', '--block', '-B', zstd.boot, '-D', zstd.blobDir, '-O', many, '--threads', '+16']);
   assert.ok(fs.readFileSync(one).equals(fs.readFileSync(many)), 'the same bytes whatever the thread count');
   assert.ok(fs.readFileSync(one).equals(fs.readFileSync(path.join(work, 'zstd.erofs'))), 'as the default export');
   for (const bad of ['0', '1025', 'abc', '1.5']) {

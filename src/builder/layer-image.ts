@@ -6,7 +6,7 @@
 import { NydusError } from '../../erofs/errors.ts';
 import type { ErofsImage } from '../../erofs/image.ts';
 import {
-  RAFS_FLAG_COMPRESSION_NONE, RAFS_FLAG_COMPRESSION_ZSTD, RAFS_FLAG_HASH_BLAKE3, RAFS_FLAG_HASH_SHA256, RAFS_FLAG_TARFS_MODE,
+  RAFS_FLAG_HASH_BLAKE3, RAFS_FLAG_HASH_SHA256, RAFS_FLAG_TARFS_MODE, rafsFlagsCompressor,
 } from '../../erofs/rafs.ts';
 import type { CompressorName } from '../blob/compress.ts';
 import type { Digester } from '../blob/digest.ts';
@@ -35,7 +35,9 @@ export function openRafsBootstrap(file: string, what: string): ErofsImage {
 export function buildConfigOf(image: ErofsImage): BuildConfig {
   const flags = image.ext!.s_flags;
   if (flags & RAFS_FLAG_TARFS_MODE) throw new NydusError(`${image.name}: tarfs-mode bootstraps are not supported by nydus-ts`);
-  const compressor = flags & RAFS_FLAG_COMPRESSION_ZSTD ? 'zstd' : flags & RAFS_FLAG_COMPRESSION_NONE ? 'none' : null;
+  // Read as check's report reads it (rafsFlagsCompressor); of nydus's compressors, nydus-ts has two.
+  const named = rafsFlagsCompressor(flags);
+  const compressor = named === 'zstd' || named === 'none' ? named : null;
   const digester = flags & RAFS_FLAG_HASH_BLAKE3 ? 'blake3' : flags & RAFS_FLAG_HASH_SHA256 ? 'sha256' : null;
   if (!compressor) throw new NydusError(`${image.name}: its compressor (flags 0x${flags.toString(16)}) is not supported by nydus-ts`);
   if (!digester) throw new NydusError(`${image.name}: its digester (flags 0x${flags.toString(16)}) is not supported by nydus-ts`);

@@ -9,7 +9,8 @@ import { WHITEOUT_SPECS } from '../builder/whiteout.ts';
 import { isStdinSource } from '../builder/layer-stream.ts';
 import { checkImage } from '../image/check.ts';
 import { inspectImage } from '../image/inspect.ts';
-import { EXPORT_THREADS_MAX, exportBlock } from '../image/export-block.ts';
+import { exportBlock } from '../image/export-block.ts';
+import { THREADS_MAX, parseThreadCount } from './thread-count.ts';
 import { unpackToTar } from '../image/unpack.ts';
 import { hideBin } from 'yargs/helpers';
 import { BUILD_INFO } from '../version.ts';
@@ -199,11 +200,11 @@ await runMain('nydus-image', async () => {
       .option('bootstrap', { alias: 'B', type: 'string', demandOption: true })
       .option('blob-dir', { alias: ['D', 'localfs-dir'], type: 'string' })
       .option('blob', { alias: 'b', type: 'string' })
-      .option('threads', { type: 'string', default: '4', describe: `chunks decompressed, verified and written at once (1-${EXPORT_THREADS_MAX})` })
+      .option('threads', { type: 'string', default: '4', describe: `chunks decompressed, verified and written at once (1-${THREADS_MAX})` })
       .option('output', { alias: 'O', type: 'string', demandOption: true }), async (a) => {
       if (!a.block) throw new NydusError('only --block export is supported');
-      const threads = /^\d+$/.test(a.threads) ? Number(a.threads) : NaN;
-      if (!(threads >= 1 && threads <= EXPORT_THREADS_MAX)) throw new NydusError(`invalid --threads ${JSON.stringify(a.threads)}: a whole number from 1 to ${EXPORT_THREADS_MAX}`);
+      const threads = parseThreadCount(a.threads);
+      if (threads === null) throw new NydusError(`invalid --threads ${JSON.stringify(a.threads)}: a whole number from 1 to ${THREADS_MAX}`);
       // The jobs run on libuv's pool: bin/run.sh sizes it from --threads as node starts.
       const r = await exportBlock({ bootstrap: a.bootstrap, blobDir: a['blob-dir'], blobPaths: a.blob ? [a.blob] : undefined, output: a.output, threads });
       log.info(`exported ${a.output} (${r.blocks} blocks)`);

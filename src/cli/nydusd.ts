@@ -9,6 +9,7 @@ import type { FanotifyDaemonOptions } from '../daemon/run-fanotify.ts';
 import { versionText } from '../version.ts';
 import { quickParse } from './quick-args.ts';
 import { runMain } from './run-main.ts';
+import { THREADS_MAX, parseThreadCount } from './thread-count.ts';
 
 const OPTIONS = {
   fscache: { alias: 'F', type: 'string', describe: 'cachefiles work directory (not tmpfs)' },
@@ -32,15 +33,12 @@ const OPTIONS = {
 
 const DEFAULT_THREADS = 4;
 
-/**
- * A thread count as nydusd's thread_validator reads it: a whole number (decimal digits) from 1 to 1024;
- * anything else (0, 1025, 1.5, 0x10, abc, nothing) is refused, never rounded or taken as no limit.
- */
+/** A thread count flag (parseThreadCount), DEFAULT_THREADS when not given. */
 function threadCount(v: unknown, flag: string): number {
   if (v === undefined) return DEFAULT_THREADS;
   if (typeof v !== 'string') throw new NydusError(`--${flag} is given more than once`);
-  const n = /^\+?[0-9]+$/.test(v) ? Number(v) : NaN;
-  if (!(n >= 1 && n <= 1024)) throw new NydusError(`--${flag} ${JSON.stringify(v)} is not a valid thread number: a whole number from 1 to 1024 is needed`);
+  const n = parseThreadCount(v);
+  if (n === null) throw new NydusError(`--${flag} ${JSON.stringify(v)} is not a valid thread number: a whole number from 1 to ${THREADS_MAX} is needed`);
   return n;
 }
 

@@ -11,6 +11,7 @@ import { createHash } from 'node:crypto';
 import type { Logger } from 'pino';
 import { NydusError } from '../../erofs/errors.ts';
 import { validateChunkSize } from '../builder/create.ts';
+import type { CompressorName } from '../blob/compress.ts';
 import { mergeImages } from '../builder/merge.ts';
 import {
   type Descriptor, type ImageIndex, type ImageManifest, type ImageReference, type Platform, type PlatformImage, type ResolvedImage,
@@ -155,13 +156,21 @@ async function resolvePlatforms(ctx: Context, wanted: readonly Platform[]): Prom
   return { root, images };
 }
 
+/**
+ * The image format convert writes, checked: RAFS v6, zstd or no compression. `origin(option)` is said
+ * after the value in an error (the CLI says where a value came from).
+ */
+export function checkImageFormat(fsVersion: string, compressor: string, origin: (option: 'fs-version' | 'compressor') => string = () => ''): asserts compressor is CompressorName {
+  if (fsVersion !== '6') throw new NydusError(`unsupported fs version "${fsVersion}"${origin('fs-version')}: nydus-ts writes RAFS v6 only`);
+  if (compressor !== 'zstd' && compressor !== 'none') throw new NydusError(`unsupported compressor "${compressor}"${origin('compressor')}: zstd or none`);
+}
+
 export async function convert(opts: ConvertOptions): Promise<ConvertResult> {
   // Everything that can be checked here is, before any registry is contacted.
   const sourceRef = parseReference(opts.source);
   const targetRef = parseReference(opts.target);
   if (targetRef.digest) throw new NydusError(`target ${opts.target} names a digest: give a tag`);
-  if (opts.fsVersion !== '6') throw new NydusError(`unsupported fs version "${opts.fsVersion}": nydus-ts writes RAFS v6 only`);
-  if (opts.compressor !== 'zstd' && opts.compressor !== 'none') throw new NydusError(`unsupported compressor "${opts.compressor}": zstd or none`);
+  checkImageFormat(opts.fsVersion, opts.compressor);
   validateChunkSize(opts.chunkSize);
   const platforms = opts.platform === 'all' ? 'all' : Array.isArray(opts.platform) ? opts.platform as readonly Platform[] : [opts.platform as Platform];
   if (platforms.length === 0) throw new NydusError('no platform to convert');

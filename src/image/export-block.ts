@@ -27,7 +27,7 @@ export interface ExportOptions {
 }
 
 /** nydus-image's bound on --threads. */
-export const EXPORT_THREADS_MAX = 1024;
+const EXPORT_THREADS_MAX = 1024;
 
 export async function exportBlock(opts: ExportOptions): Promise<{ blocks: number }> {
   const threads = opts.threads ?? 4;
