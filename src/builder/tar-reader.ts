@@ -31,6 +31,16 @@ export interface TarEntry extends Pick<TreeNode, 'uid' | 'gid' | 'mtimeSec' | 'm
 
 interface Segment { offset: number; size: number }
 
+/** Type flags of entries that never have data (Go's isHeaderOnlyType). */
+const HEADER_ONLY_TYPES = '123456';
+
+/** A whole decimal number (digits only, no sign, no exponent), exact as a JS number; null otherwise. */
+function decimal(s: string): number | null {
+  if (!/^[0-9]+$/.test(s)) return null;
+  const n = Number(s);
+  return Number.isSafeInteger(n) ? n : null;
+}
+
 /** A pax record list: each key's last value, and every record in order (sparse 0.0 repeats keys). */
 interface PaxRecords { last: Map<string, Buffer>; all: Array<[string, Buffer]> }
 
@@ -88,15 +98,16 @@ export class TarReader {
     return this.fail(`tar ends early ${where} at byte ${this.bytes.position}`);
   }
 
-  private num(h: Buffer, off: number, len: number, field: string, at: number): number {
+  /** A numeric header field: octal, or GNU base-256; negative only where `signed` (mtime). */
+  private num(h: Buffer, off: number, len: number, field: string, at: number, signed = false): number {
     if (h[off] & 0x80) {
       // GNU base-256: big-endian two's complement in the remaining bits.
       let v = BigInt(h[off] & 0x7f);
       const negative = h[off] === 0xff;
       for (let i = 1; i < len; i++) v = (v << 8n) | BigInt(h[off + i]);
       if (negative) v -= 1n << BigInt(8 * len - 1);
-      if (v > BigInt(Number.MAX_SAFE_INTEGER) || v < BigInt(Number.MIN_SAFE_INTEGER)) {
-        throw this.fail(`tar header at byte ${at}: ${field} out of range`);
+      if (v > BigInt(Number.MAX_SAFE_INTEGER) || v < (signed ? BigInt(Number.MIN_SAFE_INTEGER) : 0n)) {
+        throw this.fail(`tar header at byte ${at}: ${field} ${v} out of range`);
       }
       return Number(v);
     }
@@ -109,9 +120,9 @@ export class TarReader {
   private paxNumber(recs: Map<string, Buffer>, key: string, entry: string): number | undefined {
     const v = recs.get(key);
     if (v === undefined) return undefined;
-    const s = v.toString('latin1');
-    if (!/^\d+$/.test(s) || !Number.isSafeInteger(Number(s))) throw this.fail(`entry ${entry}: pax record ${key}=${JSON.stringify(s)} is not a number`);
-    return Number(s);
+    const n = decimal(v.toString('latin1'));
+    if (n === null) throw this.fail(`entry ${entry}: pax record ${key}=${JSON.stringify(v.toString('latin1'))} is not a number`);
+    return n;
   }
 
   /** Reads a metadata record's data (pax, long name) whole, padding included. */
@@ -226,6 +237,7 @@ export class TarReader {
       const m = /^(-?)(\d+)(?:\.(\d*))?$/.exec(mtime.toString('latin1'));
       if (!m) throw this.fail(`entry ${shown}: pax mtime ${JSON.stringify(mtime.toString('latin1'))} is not a time`);
       mtimeSec = Number(m[2]);
+      if (!Number.isSafeInteger(mtimeSec)) throw this.fail(`entry ${shown}: pax mtime ${JSON.stringify(mtime.toString('latin1'))} is out of range`);
       mtimeNsec = Number((m[3] ?? '').slice(0, 9).padEnd(9, '0'));
       if (m[1]) {
         mtimeSec = -mtimeSec;
@@ -235,12 +247,18 @@ export class TarReader {
         }
       }
     } else {
-      mtimeSec = this.num(h, 136, 12, 'mtime', at);
+      mtimeSec = this.num(h, 136, 12, 'mtime', at, true);
     }
     const xattrs = new Map<string, Buffer>();
     for (const [k, v] of [...this.globals, ...(local?.all ?? [])]) {
       if (k.startsWith('LIBARCHIVE.xattr.')) {
-        xattrs.set(Buffer.from(decodeURIComponent(k.slice(17)), 'utf8').toString('latin1'), Buffer.from(v.toString('latin1'), 'base64'));
+        let name: string;
+        try {
+          name = decodeURIComponent(k.slice(17));
+        } catch {
+          throw this.fail(`entry ${shown}: pax record ${JSON.stringify(k)}: the xattr name is not URI-encoded text`);
+        }
+        xattrs.set(Buffer.from(name, 'utf8').toString('latin1'), Buffer.from(v.toString('latin1'), 'base64'));
       }
     }
     // SCHILY records carry the raw bytes and win over libarchive's base64 copies.
@@ -256,7 +274,10 @@ export class TarReader {
       devminor: type === 'chrdev' || type === 'blkdev' ? this.num(h, 337, 8, 'devminor', at) : 0,
       xattrs,
     };
-    const stored = this.paxNumber(pax, 'size', shown) ?? storedSize;
+    // Links, devices, directories and FIFOs have no data whatever their size field says, as Go's
+    // archive/tar (what container runtimes unpack with), GNU tar and Python's tarfile read them: the
+    // blocks after such a header are the next header, so no entry can hide behind one.
+    const stored = HEADER_ONLY_TYPES.includes(typeflag) ? 0 : this.paxNumber(pax, 'size', shown) ?? storedSize;
     this.current = entry;
     this.dataLeft = stored;
     this.padding = (BLOCK - (stored % BLOCK)) % BLOCK;
@@ -317,36 +338,40 @@ export class TarReader {
     if (major === '1') {
       // The map heads the data, as decimal lines: count, then offset and size pairs; block-padded.
       const numbers: number[] = [];
-      let text = '';
+      // The unfinished line a block ends with; a number has at most 16 digits, so a longer line is
+      // malformed (and each block is looked at once).
+      let carry = '';
       let need = 1;
       while (numbers.length < need) {
         if (this.dataLeft < BLOCK) throw bad();
         const b = await this.bytes.read(BLOCK);
         if (!b) throw this.truncated(`inside the sparse map of entry ${shown}`);
         this.dataLeft -= BLOCK;
-        text += b.toString('latin1');
-        let nl: number;
-        while (numbers.length < need && (nl = text.indexOf('\n')) >= 0) {
-          const line = text.slice(0, nl);
-          text = text.slice(nl + 1);
-          if (!/^\d+$/.test(line)) throw bad();
-          numbers.push(Number(line));
-          if (numbers.length === 1) need = 1 + 2 * numbers[0];
+        const lines = (carry + b.toString('latin1')).split('\n');
+        carry = lines.pop()!;
+        for (const line of lines) {
+          if (numbers.length === need) break;
+          const n = decimal(line);
+          if (n === null) throw bad();
+          numbers.push(n);
+          if (numbers.length === 1) need = 1 + 2 * n;
         }
+        if (numbers.length < need && carry.length > 16) throw bad();
       }
       for (let i = 1; i < numbers.length; i += 2) segs.push({ offset: numbers[i], size: numbers[i + 1] });
     } else if (pax.has('GNU.sparse.map')) {
-      const parts = pax.get('GNU.sparse.map')!.toString('latin1').split(',');
-      if (parts.length % 2 || !parts.every((p) => /^\d+$/.test(p))) throw bad();
-      for (let i = 0; i < parts.length; i += 2) segs.push({ offset: Number(parts[i]), size: Number(parts[i + 1]) });
+      const parts = pax.get('GNU.sparse.map')!.toString('latin1').split(',').map(decimal);
+      if (parts.length % 2 || parts.some((p) => p === null)) throw bad();
+      for (let i = 0; i < parts.length; i += 2) segs.push({ offset: parts[i]!, size: parts[i + 1]! });
     } else {
       let offset: number | null = null;
       for (const [k, v] of local?.all ?? []) {
-        const s = v.toString('latin1');
-        if (k === 'GNU.sparse.offset') offset = Number(s);
+        const n = k === 'GNU.sparse.offset' || k === 'GNU.sparse.numbytes' ? decimal(v.toString('latin1')) : 0;
+        if (n === null) throw bad();
+        if (k === 'GNU.sparse.offset') offset = n;
         else if (k === 'GNU.sparse.numbytes') {
-          if (offset === null || !/^\d+$/.test(s)) throw bad();
-          segs.push({ offset, size: Number(s) });
+          if (offset === null) throw bad();
+          segs.push({ offset, size: n });
           offset = null;
         }
       }
