@@ -20,6 +20,12 @@ type FieldValue<T extends FieldType> = T extends { bytes: number } ? Buffer : nu
 
 export type Decoded<F extends Record<string, FieldSpec>> = { [K in keyof F]: FieldValue<F[K]['type']> };
 
+/** Values a number field takes as a JS number (64-bit fields: the safe integers; a bigint may use all 64 bits). */
+const FIELD_RANGE: Record<Exclude<FieldType, { bytes: number }>, readonly [number, number]> = {
+  u8: [0, 0xff], u16: [0, 0xffff], u32: [0, 0xffff_ffff], u64: [0, Number.MAX_SAFE_INTEGER],
+  i64: [Number.MIN_SAFE_INTEGER, Number.MAX_SAFE_INTEGER],
+};
+
 function fieldSize(t: FieldType): number {
   if (typeof t === 'object') return t.bytes;
   return { u8: 1, u16: 2, u32: 4, u64: 8, i64: 8 }[t];
@@ -74,11 +80,21 @@ export class Struct<F extends Record<string, FieldSpec>> {
         if (b.length > t.bytes) throw new Error(`${this.name}.${field}: ${b.length} bytes do not fit in ${t.bytes}`);
         buf.fill(0, at, at + t.bytes);
         b.copy(buf, at);
-      } else if (t === 'u8') buf.writeUInt8(v as number, at);
-      else if (t === 'u16') buf.writeUInt16LE(v as number, at);
-      else if (t === 'u32') buf.writeUInt32LE(v as number, at);
-      else if (t === 'i64') buf.writeBigInt64LE(BigInt(v as number), at);
-      else buf.writeBigUInt64LE(BigInt(v as number), at);
+      } else {
+        // The builder checks what goes into the format before it gets here: a value that does not
+        // fit is a bug, named by its field rather than left to Node's anonymous RangeError.
+        const n = v as number | bigint;
+        const [min, max] = FIELD_RANGE[t];
+        const fits = typeof n === 'bigint'
+          ? n >= (t === 'i64' ? -(1n << 63n) : 0n) && n < 1n << BigInt(t === 'i64' ? 63 : 8 * fieldSize(t))
+          : Number.isSafeInteger(n) && n >= min && n <= max;
+        if (!fits) throw new RangeError(`${this.name}.${field}: ${String(v)} does not fit ${t}`);
+        if (t === 'u8') buf.writeUInt8(Number(n), at);
+        else if (t === 'u16') buf.writeUInt16LE(Number(n), at);
+        else if (t === 'u32') buf.writeUInt32LE(Number(n), at);
+        else if (t === 'i64') buf.writeBigInt64LE(BigInt(n), at);
+        else buf.writeBigUInt64LE(BigInt(n), at);
+      }
     }
   }
 

@@ -12,6 +12,8 @@ import { setXattr } from '../native/xattr/index.ts';
 import { openImage } from '../src/image/open.ts';
 import { treeFromImage } from '../src/image/tree-from-image.ts';
 import type { TreeNode } from '../src/builder/tree.ts';
+import { chunkDigest } from '../src/blob/digest.ts';
+import { posixAclProblem } from '../erofs/xattr.ts';
 import { prand, tmpDir } from './helpers/fixtures.ts';
 import { mustRun, repoRoot } from './helpers/cli.ts';
 
@@ -25,17 +27,22 @@ function fresh(name: string): string {
 
 /** Entries Python's tarfile writes as given (GNU tar refuses or rewrites some of them). */
 interface PyEntry {
-  name: string; type?: 'file' | 'dir' | 'symlink' | 'link'; data?: string; linkname?: string; mode?: number; mtime?: number;
-  uid?: number; pax?: Record<string, string>;
+  name: string; type?: 'file' | 'dir' | 'symlink' | 'link' | 'chrdev'; data?: string; linkname?: string; mode?: number; mtime?: number;
+  uid?: number; devmajor?: number; devminor?: number; pax?: Record<string, string>;
 }
-/** `globals`: records of a pax global header at the start. */
-function pyTar(entries: PyEntry[], globals: Record<string, string> = {}): string {
+/**
+ * `globals`: records of a pax global header at the start. `format` 'gnu' writes numbers too large for
+ * octal in GNU base-256 (and no pax records).
+ */
+function pyTar(entries: PyEntry[], globals: Record<string, string> = {}, format: 'pax' | 'gnu' = 'pax'): string {
   const file = `${fresh('py')}.tar`;
+  // The entries go by stdin: pax records of big xattrs are past what one argument may hold.
   execFileSync('python3', ['-c', `
 import io, json, sys, tarfile
-out, entries, globals_ = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
-types = {'file': tarfile.REGTYPE, 'dir': tarfile.DIRTYPE, 'symlink': tarfile.SYMTYPE, 'link': tarfile.LNKTYPE}
-with tarfile.open(out, 'w', format=tarfile.PAX_FORMAT, pax_headers=globals_) as t:
+out, fmt = sys.argv[1], sys.argv[2]
+entries, globals_ = json.load(sys.stdin)
+types = {'file': tarfile.REGTYPE, 'dir': tarfile.DIRTYPE, 'symlink': tarfile.SYMTYPE, 'link': tarfile.LNKTYPE, 'chrdev': tarfile.CHRTYPE}
+with tarfile.open(out, 'w', format=tarfile.GNU_FORMAT if fmt == 'gnu' else tarfile.PAX_FORMAT, pax_headers=globals_) as t:
     for e in entries:
         i = tarfile.TarInfo(e['name'])
         i.type = types[e.get('type', 'file')]
@@ -43,20 +50,23 @@ with tarfile.open(out, 'w', format=tarfile.PAX_FORMAT, pax_headers=globals_) as 
         i.mtime = e.get('mtime', 1600000000)
         i.linkname = e.get('linkname', '')
         i.uid = e.get('uid', 0)
+        i.devmajor = e.get('devmajor', 0)
+        i.devminor = e.get('devminor', 0)
         i.pax_headers = e.get('pax', {})
         data = e.get('data', '').encode()
         i.size = len(data) if i.type == tarfile.REGTYPE else 0
         t.addfile(i, io.BytesIO(data) if i.size else None)
-`, file, JSON.stringify(entries), JSON.stringify(globals)]);
+`, file, format], { input: JSON.stringify([entries, globals]), maxBuffer: 1 << 30 });
   return file;
 }
 
 interface Built { boot: string; blobDir: string; status: number | null; stderr: string }
-function create(source: string, args: string[] = [], input?: Buffer): Built {
+/** `timeoutMs`: a build that takes longer is killed (status null). */
+function create(source: string, args: string[] = [], input?: Buffer, timeoutMs?: number): Built {
   const boot = `${fresh('img')}.boot`;
   const blobDir = fresh('blobs');
   const r = spawnSync(path.join(repoRoot, 'bin/nydus-image'), ['create', '-B', boot, '-D', blobDir, ...args, source],
-    { input, encoding: 'utf8', maxBuffer: 1 << 30 });
+    { input, encoding: 'utf8', maxBuffer: 1 << 30, timeout: timeoutMs });
   return { boot, blobDir, status: r.status, stderr: r.stderr };
 }
 
@@ -71,8 +81,8 @@ function treeOf(boot: string): Map<string, TreeNode> {
 }
 
 /** Builds a tar (or tar.gz) that must fail: one line naming the layer, exit 1, no bootstrap or blob directory. */
-function assertRefused(source: string, pattern: RegExp, args: string[] = ['-t', 'tar-rafs'], input?: Buffer): void {
-  const r = create(source, args, input);
+function assertRefused(source: string, pattern: RegExp, args: string[] = ['-t', 'tar-rafs'], input?: Buffer, timeoutMs = 120_000): void {
+  const r = create(source, args, input, timeoutMs);
   assert.equal(r.status, 1, r.stderr);
   assert.match(r.stderr, /^nydus-image: error: layer [^\n]+\n$/, 'one line naming the layer');
   assert.match(r.stderr, pattern);
@@ -287,4 +297,216 @@ test('streaming: a 1 GiB file from stdin builds with peak RSS well under 300 MiB
   process.stderr.write(`# streaming 1 GiB from stdin: peak RSS ${(rssKiB / 1024).toFixed(0)} MiB\n`);
   const stat = JSON.parse(mustRun('nydus-image', ['inspect', '-B', boot, '-R', 'stat /big']).stdout);
   assert.equal(stat.size ?? stat.i_size, 1 << 30);
+});
+
+/** A directory build that must fail: exit 1, one line naming the file, no internal error. */
+function assertDirRefused(dir: string, pattern: RegExp): void {
+  const r = create(dir, ['-t', 'dir-rafs'], undefined, 60_000);
+  assert.equal(r.status, 1, r.stderr);
+  assert.match(r.stderr, /^nydus-image: error: [^\n]+\n$/, 'one line');
+  assert.match(r.stderr, pattern);
+  assert.ok(!fs.existsSync(r.boot), 'no bootstrap is left');
+}
+
+/** A directory on tmpfs, which takes xattrs of any size and sparse files of any length. */
+function shmDir(name: string): string {
+  const dir = fs.mkdtempSync(path.join('/dev/shm', `nydus-ts-${name}-`));
+  after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+test('owners, device numbers and xattrs beyond what an EROFS inode holds are refused naming the entry, from a tar or a directory', () => {
+  // i_uid / i_gid are 32 bits: from a pax record or GNU base-256.
+  assertRefused(pyTar([{ name: 'f', data: 'x', pax: { uid: '4294967296' } }]), /entry "f": uid 4294967296 does not fit EROFS's 32-bit i_uid/);
+  assertRefused(pyTar([{ name: 'f', data: 'x', pax: { gid: '4294967296' } }]), /entry "f": gid 4294967296 does not fit/);
+  assertRefused(pyTar([{ name: 'f', data: 'x', uid: 2 ** 32 }], {}, 'gnu'), /entry "f": uid 4294967296 does not fit/);
+  // The highest ids are stored as they are.
+  const top = create(pyTar([{ name: 'f', data: 'x', pax: { uid: '4294967295', gid: '4294967294' } }]), ['-t', 'tar-rafs']);
+  assert.equal(top.status, 0, top.stderr);
+  assert.deepEqual([treeOf(top.boot).get('/f')!.uid, treeOf(top.boot).get('/f')!.gid], [4294967295, 4294967294]);
+  // An i64 mtime holds any time the tar can give exactly; one past that is refused.
+  assertRefused(pyTar([{ name: 'f', data: 'x', pax: { mtime: '100000000000000000000' } }]), /entry "f": .*mtime.* out of range/);
+  // rdev is new_encode_dev's 32 bits: a 12-bit major and a 20-bit minor.
+  assertRefused(pyTar([{ name: 'd', type: 'chrdev', devmajor: 4096 }], {}, 'gnu'), /entry "d": device number 4096:0 does not fit EROFS's rdev \(major at most 4095, minor at most 1048575\)/);
+  assertRefused(pyTar([{ name: 'd', type: 'chrdev', devmajor: 2 ** 40 }], {}, 'gnu'), /entry "d": device number 1099511627776:0 does not fit/);
+  assertRefused(pyTar([{ name: 'd', type: 'chrdev', devminor: 2 ** 20 }], {}, 'gnu'), /entry "d": device number 0:1048576 does not fit/);
+  const dev = create(pyTar([{ name: 'd', type: 'chrdev', devmajor: 4095, devminor: 2 ** 20 - 1 }], {}, 'gnu'), ['-t', 'tar-rafs']);
+  assert.equal(dev.status, 0, dev.stderr);
+  assert.equal(treeOf(dev.boot).get('/d')!.rdev, 0xffffffff);
+  // i_xattr_icount is 16 bits: the inline xattrs of one inode take at most 262148 bytes.
+  const big: Record<string, string> = {};
+  for (let i = 0; i < 10; i++) big[`SCHILY.xattr.user.k${i}`] = 'v'.repeat(60000);
+  assertRefused(pyTar([{ name: 'f', data: 'x', pax: big }]), /entry "f": 10 xattrs take 600092 bytes, more than the 262148 an inode can hold/);
+  const many: Record<string, string> = {};
+  for (let i = 0; i < 100000; i++) many[`SCHILY.xattr.user.${i}`] = 'v';
+  assertRefused(pyTar([{ name: 'f', data: 'x', pax: many }]), /entry "f": 100000 xattrs take \d+ bytes, more than the 262148/);
+  // A directory with such a file is refused the same way, naming the file.
+  const dir = shmDir('xattrs');
+  fs.writeFileSync(path.join(dir, 'f'), 'x');
+  for (let i = 0; i < 10; i++) setXattr(path.join(dir, 'f'), `trusted.k${i}`, Buffer.alloc(60000, 'v'));
+  assertDirRefused(dir, new RegExp(`${dir}/f: 10 xattrs take 600092 bytes, more than the 262148 an inode can hold`));
+});
+
+test('a NUL byte in a path is refused naming the entry', () => {
+  assertRefused(pyTar([{ name: 'x', data: 'x', pax: { path: 'a\u0000b' } }]), /entry "a\\u0000b": a name holds a NUL byte/);
+  assertRefused(pyTar([{ name: 'x', data: 'x', pax: { path: 'd\u0000/f' } }]), /entry "d\\u0000\/f": a name holds a NUL byte/);
+  assertRefused(pyTar([{ name: 'f', data: 'x' }, { name: 'h', type: 'link', pax: { linkpath: 'f\u0000' } }]), /entry "h": path "f\\u0000": a name holds a NUL byte/);
+});
+
+test('symlink targets the kernel cannot follow (PATH_MAX or longer, or holding a NUL) are refused; 4095 bytes are kept', () => {
+  assertRefused(pyTar([{ name: 'l', type: 'symlink', linkname: 'a'.repeat(4096) }]), /entry "l": symlink target of 4096 bytes is longer than 4095/);
+  assertRefused(pyTar([{ name: 'l', type: 'symlink', pax: { linkpath: 'a\u0000b' } }]), /entry "l": symlink target holds a NUL byte/);
+  assertRefused(pyTar([{ name: 'l', type: 'symlink', linkname: '' }]), /entry "l": symlink with an empty target/);
+  const longest = 'd/'.repeat(2047) + 'x';
+  const b = create(pyTar([{ name: 'l', type: 'symlink', linkname: longest }]), ['-t', 'tar-rafs']);
+  assert.equal(b.status, 0, b.stderr);
+  mustRun('nydus-image', ['check', '-B', b.boot, '-D', b.blobDir]);
+  assert.equal(treeOf(b.boot).get('/l')!.target!.toString(), longest);
+});
+
+test('xattr names the format cannot hold (only a prefix, a NUL byte, no prefix, too long) are refused naming the entry', () => {
+  const refused = (name: string, pattern: RegExp) => assertRefused(pyTar([{ name: 'f', data: 'x', pax: { [`SCHILY.xattr.${name}`]: 'v' } }]), pattern);
+  refused('user.', /entry "f": xattr "user\.": the name is only a prefix/);
+  refused('trusted.', /entry "f": xattr "trusted\.": the name is only a prefix/);
+  refused('user.a\u0000b', /entry "f": xattr "user\.a\\u0000b": the name holds a NUL byte/);
+  refused('nonsense.a', /entry "f": xattr "nonsense\.a": the name has no EROFS prefix/);
+  refused('system.posix_acl_access.x', /entry "f": xattr "system\.posix_acl_access\.x": the name has no EROFS prefix/);
+  refused(`user.${'n'.repeat(256)}`, /entry "f": xattr "user\.n+": the name is longer than 255 bytes after its prefix/);
+  // What create keeps, check keeps too.
+  const b = create(pyTar([{ name: 'f', data: 'x', pax: { 'SCHILY.xattr.user.a': 'v', [`SCHILY.xattr.user.${'n'.repeat(255)}`]: '' } }]), ['-t', 'tar-rafs']);
+  assert.equal(b.status, 0, b.stderr);
+  mustRun('nydus-image', ['check', '-B', b.boot, '-D', b.blobDir]);
+});
+
+test('POSIX ACL xattrs are kept exactly when the kernel takes them (posix_acl_from_xattr and posix_acl_valid); others are refused naming the entry', () => {
+  const acl = (entries: Array<[number, number, number]>, version = 2) => {
+    const b = Buffer.alloc(4 + 8 * entries.length);
+    b.writeUInt32LE(version, 0);
+    entries.forEach(([tag, perm, id], i) => {
+      b.writeUInt16LE(tag, 4 + 8 * i);
+      b.writeUInt16LE(perm, 6 + 8 * i);
+      b.writeUInt32LE(id, 8 + 8 * i);
+    });
+    return b;
+  };
+  const [UO, U, GO, G, M, O] = [0x01, 0x02, 0x04, 0x08, 0x10, 0x20];
+  const cases: Record<string, Buffer> = {
+    minimal: acl([[UO, 6, 0], [GO, 4, 0], [O, 4, 0]]),
+    named: acl([[UO, 7, 0], [U, 5, 100], [U, 4, 50], [GO, 5, 0], [G, 7, 100], [M, 7, 0], [O, 0, 0]]),
+    garbage: Buffer.from('\x02\x00\x00\x00garbage', 'latin1'),
+    'version 1': acl([[UO, 6, 0], [GO, 4, 0], [O, 4, 0]], 1),
+    'header only': Buffer.from([2, 0, 0, 0, 1]),
+    'no other': acl([[UO, 6, 0], [GO, 4, 0]]),
+    'named without mask': acl([[UO, 6, 0], [U, 4, 100], [GO, 4, 0], [O, 4, 0]]),
+    'group first': acl([[GO, 4, 0], [UO, 6, 0], [O, 4, 0]]),
+    'two others': acl([[UO, 6, 0], [GO, 4, 0], [O, 4, 0], [O, 4, 0]]),
+    'perm 8': acl([[UO, 8, 0], [GO, 4, 0], [O, 4, 0]]),
+    'unknown tag': acl([[UO, 6, 0], [GO, 4, 0], [0x40, 4, 0], [O, 4, 0]]),
+    'uid -1': acl([[UO, 6, 0], [U, 4, 0xffffffff], [GO, 4, 0], [M, 4, 0], [O, 4, 0]]),
+  };
+  // The oracle: the kernel's setxattr on a file of this (ext4) filesystem.
+  const probe = path.join(fresh('acl'));
+  fs.writeFileSync(probe, '');
+  for (const [what, value] of Object.entries(cases)) {
+    let kernel = true;
+    try {
+      setXattr(probe, 'system.posix_acl_access', value);
+    } catch {
+      kernel = false;
+    }
+    assert.equal(posixAclProblem(value) === null, kernel, `${what}: ${posixAclProblem(value)}`);
+  }
+  // An ACL of no entries removes the ACL when set; stored it would be listed yet read as none.
+  assert.match(posixAclProblem(acl([]))!, /the ACL has no entries/);
+
+  // Through a layer tar (pax values are UTF-8 text: ACLs of bytes below 0x80 only).
+  assertRefused(pyTar([{ name: 'f', data: 'x', pax: { 'SCHILY.xattr.system.posix_acl_access': '\x02\x00\x00\x00garbage' } }]),
+    /entry "f": xattr "system\.posix_acl_access": the ACL is 11 bytes, not a 4-byte header and 8-byte entries/);
+  assertRefused(pyTar([{ name: 'd', type: 'dir', pax: { 'SCHILY.xattr.system.posix_acl_default': cases['named without mask'].toString('latin1') } }]),
+    /entry "d\/": xattr "system\.posix_acl_default": ACL entry 3 \(tag 0x20\) follows named entries without a mask:: entry/);
+  const good = acl([[UO, 6, 0], [U, 4, 100], [GO, 4, 0], [M, 4, 0], [O, 4, 0]]);
+  const b = create(pyTar([{ name: 'f', data: 'x', pax: { 'SCHILY.xattr.system.posix_acl_access': good.toString('latin1') } }]), ['-t', 'tar-rafs']);
+  assert.equal(b.status, 0, b.stderr);
+  assert.deepEqual(treeOf(b.boot).get('/f')!.xattrs.get('system.posix_acl_access'), good);
+});
+
+/** A pax sparse file (GNU format 1.0): `runs` of data at their offsets, holes elsewhere, `realsize` in all. */
+function sparseEntry(name: string, realsize: number, runs: Array<[number, string]>): PyEntry {
+  let map = `${runs.length}\n${runs.map(([o, d]) => `${o}\n${d.length}\n`).join('')}`;
+  map += '\u0000'.repeat((512 - (map.length % 512)) % 512);
+  return {
+    name: `GNUSparseFile.0/${name}`, data: map + runs.map(([, d]) => d).join(''),
+    pax: { 'GNU.sparse.major': '1', 'GNU.sparse.minor': '0', 'GNU.sparse.name': name, 'GNU.sparse.realsize': String(realsize) },
+  };
+}
+
+test('sparse files: one of more chunks than a blob may hold is refused before a byte is read; holes cost no hashing, and read back as zeros', () => {
+  // 2^52 bytes of holes in a tar of a few KiB: refused at once, not chunked for days.
+  assertRefused(pyTar([sparseEntry('huge', 2 ** 52, [[0, 'x']])]),
+    /entry "huge": a file of 4503599627370496 bytes needs 4294967296 chunks of 1048576 bytes, more than the 16777216 a blob may hold/, undefined, undefined, 30_000);
+  // The same for a directory: a sparse file of 2^52 bytes on tmpfs.
+  const dir = shmDir('sparse');
+  fs.closeSync(fs.openSync(path.join(dir, 'huge'), 'w'));
+  fs.truncateSync(path.join(dir, 'huge'), 2 ** 52);
+  assertDirRefused(dir, new RegExp(`${dir}/huge: a file of 4503599627370496 bytes needs 4294967296 chunks`));
+
+  // 1 TiB with a few data bytes (2^20 chunks): built in seconds, where hashing every hole took minutes.
+  const chunk = 1 << 20;
+  const size = 2 ** 40;
+  // Runs of whole 512-byte blocks but the last, as GNU tar writes them (it reads each run from a block of its own).
+  const text = (n: number, word: string) => word.repeat(Math.ceil(n / word.length)).slice(0, n);
+  const runs: Array<[number, string]> = [[5, text(512, 'hello ')], [chunk - 300, text(1024, 'straddles two chunks ')], [2 ** 39 + 12345, text(512, 'middle ')], [size - 4, 'tail']];
+  const tarFile = pyTar([sparseEntry('big', size, runs), { name: 'small', data: 'plain' }]);
+  const started = Date.now();
+  const b = create(tarFile, ['-t', 'tar-rafs'], undefined, 60_000);
+  const seconds = (Date.now() - started) / 1000;
+  assert.equal(b.status, 0, b.stderr || 'killed after 60 s');
+  assert.ok(seconds < 30, `built in ${seconds} s`);
+  process.stderr.write(`# a 1 TiB sparse file: built in ${seconds.toFixed(1)} s\n`);
+  mustRun('nydus-image', ['check', '-B', b.boot, '-D', b.blobDir]);
+
+  // The oracle: GNU tar extracts the file (holes as holes), SEEK_DATA tells which chunks hold data;
+  // those are read and hashed, every other chunk is zeros. Each must be the image's chunk.
+  const out = fresh('sparse-x');
+  fs.mkdirSync(out);
+  execFileSync('tar', ['-xf', tarFile, '-C', out]);
+  const extracted = path.join(out, 'big');
+  assert.equal(fs.statSync(extracted).size, size);
+  const dataChunks = new Set<number>(JSON.parse(execFileSync('python3', ['-c', `
+import json, os, sys
+fd, cs = os.open(sys.argv[1], os.O_RDONLY), int(sys.argv[2])
+size, off, found = os.fstat(fd).st_size, 0, set()
+while off < size:
+    try:
+        start = os.lseek(fd, off, os.SEEK_DATA)
+    except OSError:
+        break
+    end = os.lseek(fd, start, os.SEEK_HOLE)
+    found.update(range(start // cs, (end - 1) // cs + 1))
+    off = end
+print(json.dumps(sorted(found)))
+`, extracted, String(chunk)], { encoding: 'utf8' })));
+  assert.ok(dataChunks.has(0) && dataChunks.has(1) && dataChunks.has(2 ** 19) && dataChunks.has(2 ** 20 - 1), [...dataChunks].join());
+  const node = treeOf(b.boot).get('/big')!;
+  assert.equal(node.size, size);
+  assert.equal(node.chunks!.length, size / chunk);
+  const zero = chunkDigest('blake3', Buffer.alloc(chunk));
+  const fd = fs.openSync(extracted, 'r');
+  const buf = Buffer.alloc(chunk);
+  try {
+    node.chunks!.forEach((c, i) => {
+      let want = zero;
+      if (dataChunks.has(i)) {
+        assert.equal(fs.readSync(fd, buf, 0, chunk, i * chunk), chunk);
+        want = chunkDigest('blake3', buf);
+      }
+      if (!c!.digest.equals(want)) assert.fail(`chunk ${i} of /big differs from the extracted file`);
+    });
+  } finally {
+    fs.closeSync(fd);
+  }
+  // Holes share one zero chunk in the blob, as the chunker shares any chunk: the blob holds that, the
+  // chunks with data, and the small file's.
+  const stats = JSON.parse(mustRun('nydus-image', ['inspect', '-B', b.boot, '-R', 'stats']).stdout);
+  assert.equal(stats.blobs[0].chunk_count, dataChunks.size + 2);
 });

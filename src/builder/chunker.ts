@@ -8,6 +8,7 @@ import { type Digester, chunkDigest } from '../blob/digest.ts';
 import type { BlobWriter } from '../blob/blob-writer.ts';
 import { NydusError } from '../../erofs/errors.ts';
 import { type ChunkRef, type TreeNode, walkTree } from './tree.ts';
+import { fileChunksProblem } from './limits.ts';
 
 /** Content-addressed index of the chunks stored so far: digest -> where it lives. */
 export class ChunkIndex {
@@ -37,11 +38,16 @@ export interface ChunkerOptions {
   index: ChunkIndex;
 }
 
+/** Sizes of zero chunk whose digest addZeroChunk keeps at a time. */
+const ZERO_DIGESTS_KEPT = 64;
+
 export class Chunker {
   readonly stats: ChunkStats = { files: 0, chunks: 0, uniqueChunks: 0, bytes: 0 };
   readonly chunkSize: number;
   /** Scratch buffer of one chunk, for sources that copy into it. */
   readonly buffer: Buffer;
+  /** Digests of zero-filled chunks by size (addZeroChunk). */
+  private readonly zeroDigests = new Map<number, Buffer>();
 
   constructor(private readonly opts: ChunkerOptions) {
     this.chunkSize = opts.chunkSize;
@@ -53,15 +59,34 @@ export class Chunker {
    * same bytes are already in the blob; `data` may be reused by the caller afterwards.
    */
   addChunk(data: Buffer): ChunkRef {
-    const digest = chunkDigest(this.opts.digester, data);
+    return this.add(data.length, chunkDigest(this.opts.digester, data), () => data);
+  }
+
+  /**
+   * A chunk of `size` zero bytes, a hole of a sparse file: the very chunk addChunk makes of those
+   * bytes (stored once, shared by every hole and zero chunk of that size), without the zeros being
+   * made or hashed again, so a hole costs the same whatever its size.
+   */
+  addZeroChunk(size: number): ChunkRef {
+    let digest = this.zeroDigests.get(size);
+    if (!digest) {
+      digest = chunkDigest(this.opts.digester, Buffer.alloc(size));
+      // Full chunks are the common size; a file's last chunk may be any: keep a bounded few of those.
+      if (this.zeroDigests.size >= ZERO_DIGESTS_KEPT) this.zeroDigests.clear();
+      this.zeroDigests.set(size, digest);
+    }
+    return this.add(size, digest, () => Buffer.alloc(size));
+  }
+
+  private add(size: number, digest: Buffer, data: () => Buffer): ChunkRef {
     let ref = this.opts.index.get(digest);
     if (!ref) {
-      ref = this.opts.blob.addChunk(data, digest);
+      ref = this.opts.blob.addChunk(data(), digest);
       this.opts.index.add(ref);
       this.stats.uniqueChunks++;
     }
     this.stats.chunks++;
-    this.stats.bytes += data.length;
+    this.stats.bytes += size;
     return ref;
   }
 
@@ -86,6 +111,11 @@ export function chunkTree(root: TreeNode, chunker: Chunker, first: readonly Tree
     }
     const chunks: ChunkRef[] = [];
     const src = node.data!;
+    const tooMany = fileChunksProblem(node.size, chunkSize);
+    if (tooMany) {
+      src.close?.();
+      throw new NydusError(`${src.describe()}: ${tooMany}`);
+    }
     try {
       for (let off = 0; off < node.size; off += chunkSize) {
         const want = Math.min(chunkSize, node.size - off);

@@ -4,6 +4,7 @@ import path from 'node:path';
 import { readXattrs } from '../../native/xattr/index.ts';
 import { NydusError } from '../../erofs/errors.ts';
 import { type DataSource, type TreeNode, kindFromMode, joinPath, sortChildren } from './tree.ts';
+import { nodeProblem } from './limits.ts';
 import { type WhiteoutSpec, droppedFromLowestLayer } from './whiteout.ts';
 
 class FileData implements DataSource {
@@ -77,6 +78,8 @@ function statNode(file: Buffer, name: Buffer, treePath: string, shown: string): 
   } else if (kind !== 'dir' && st.nlink > 1n) {
     node.hardlinkKey = `${st.dev}:${st.ino}`;
   }
+  const problem = nodeProblem(node);
+  if (problem) throw new NydusError(`${shown}: ${problem}`);
   return node;
 }
 

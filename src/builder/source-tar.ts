@@ -7,24 +7,21 @@
  * repeated slashes ignored; missing parents are created (0755, root, mtime 0, as nydus does); a later
  * entry replaces an earlier one of the same path (a directory over a directory keeps the contents);
  * a hardlink names an earlier entry. Entries with `..`, or whose path goes through a symlink of the
- * layer, are refused. Whiteouts are ordinary entries here: they stay in the layer's bootstrap.
+ * layer, are refused, and so is what the format cannot hold (limits.ts), before any data is read.
+ * Whiteouts are ordinary entries here: they stay in the layer's bootstrap.
  */
 import { constants as C } from 'node:fs';
 import { NydusError } from '../../erofs/errors.ts';
+import { encodeDev } from '../../erofs/inode.ts';
+import { devNumberProblem } from '../../erofs/limits.ts';
 import type { Chunker } from './chunker.ts';
+import { nameProblem, nodeProblem } from './limits.ts';
 import { type ChunkRef, type NodeKind, type TreeNode, joinPath } from './tree.ts';
 import { type TarEntry, TarReader } from './tar-reader.ts';
-
-const EROFS_NAME_LEN = 255;
 
 const TYPE_BITS: Record<Exclude<TarEntry['type'], 'hardlink'>, number> = {
   file: C.S_IFREG, dir: C.S_IFDIR, symlink: C.S_IFLNK, chrdev: C.S_IFCHR, blkdev: C.S_IFBLK, fifo: C.S_IFIFO,
 };
-
-/** Linux's dev_t encoding (the kernel's new_encode_dev for 32-bit values), without 32-bit overflow. */
-function makedev(major: number, minor: number): number {
-  return (minor & 0xff) + (major & 0xfff) * 0x100 + Math.floor(minor / 0x100) * 0x100000 + Math.floor(major / 0x1000) * 0x100000000;
-}
 
 class LayerTree {
   readonly root: TreeNode;
@@ -58,7 +55,8 @@ class LayerTree {
       start = i + 1;
       if (c.length === 0 || (c.length === 1 && c[0] === 0x2e)) continue;
       if (c.length === 2 && c[0] === 0x2e && c[1] === 0x2e) throw this.fail(entry, `path ${JSON.stringify(p.toString('utf8'))} has a '..' component`);
-      if (c.length > EROFS_NAME_LEN) throw this.fail(entry, `a name is longer than ${EROFS_NAME_LEN} bytes`);
+      const problem = nameProblem(c);
+      if (problem) throw this.fail(entry, p === entry ? problem : `path ${JSON.stringify(p.toString('utf8'))}: ${problem}`);
       out.push(Buffer.from(c));
     }
     return out;
@@ -147,23 +145,37 @@ export async function treeFromTar(source: AsyncIterable<Buffer>, layer: string, 
       const target = tree.linkTarget(entry);
       node = { ...target, name, path, children: undefined };
     } else {
+      const device = entry.type === 'chrdev' || entry.type === 'blkdev';
+      const devProblem = device ? devNumberProblem(entry.devmajor, entry.devminor) : null;
+      if (devProblem) throw tree.fail(entry.path, devProblem);
       node = {
         name, kind: entry.type satisfies NodeKind, mode: TYPE_BITS[entry.type] | entry.mode, uid: entry.uid, gid: entry.gid,
         mtimeSec: entry.mtimeSec, mtimeNsec: entry.mtimeNsec, size: 0,
-        rdev: entry.type === 'chrdev' || entry.type === 'blkdev' ? makedev(entry.devmajor, entry.devminor) : 0,
+        rdev: device ? encodeDev(entry.devmajor, entry.devminor) : 0,
         xattrs: entry.xattrs, path,
       };
       if (entry.type === 'symlink') {
-        if (entry.linkname.length === 0) throw tree.fail(entry.path, 'symlink with an empty target');
         node.target = entry.linkname;
         node.size = entry.linkname.length;
       } else if (entry.type === 'file') {
         node.size = entry.size;
+      }
+      // Before any data is read: a file the format cannot hold is refused at no cost.
+      const problem = nodeProblem(node, chunkSize);
+      if (problem) throw tree.fail(entry.path, problem);
+      if (entry.type === 'file') {
+        // Chunks wholly inside a hole of a sparse file are zero chunks, added without reading or
+        // hashing their zeros: a huge sparse file costs what its data and its chunk count cost.
         const chunks: ChunkRef[] = [];
         for (let off = 0; off < entry.size; off += chunkSize) {
           const want = Math.min(chunkSize, entry.size - off);
-          await tar.readContent(buffer, want);
-          chunks.push(chunker.addChunk(buffer.subarray(0, want)));
+          if (tar.holeAhead(want)) {
+            tar.skipHole(want);
+            chunks.push(chunker.addZeroChunk(want));
+          } else {
+            await tar.readContent(buffer, want);
+            chunks.push(chunker.addChunk(buffer.subarray(0, want)));
+          }
         }
         node.chunks = chunks;
         chunker.fileDone();

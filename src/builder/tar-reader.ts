@@ -380,6 +380,23 @@ export class TarReader {
     this.checkSegments(entry, this.dataLeft);
   }
 
+  /** Whether the next `n` bytes of the current file lie wholly in holes of its sparse map (none is stored). */
+  holeAhead(n: number): boolean {
+    const end = this.pos + n;
+    for (let i = this.segIndex; i < this.segments.length; i++) {
+      const s = this.segments[i];
+      if (s.size === 0 || s.offset + s.size <= this.pos) continue;
+      return s.offset >= end;
+    }
+    return true;
+  }
+
+  /** Passes over the next `n` bytes of the current file, which must be holes (holeAhead), writing nothing. */
+  skipHole(n: number): void {
+    if (this.pos + n > this.current!.size || !this.holeAhead(n)) throw new Error('skipHole over stored bytes or beyond the end of a tar entry');
+    this.pos += n;
+  }
+
   /** The next `n` bytes of the current file's content into `dst` (holes as zeros). */
   async readContent(dst: Buffer, n: number): Promise<void> {
     const entry = this.current!;

@@ -17,7 +17,8 @@ import {
   EROFS_INODE_FLAT_PLAIN, erofsInodeCompact, erofsInodeExtended,
 } from '../../erofs/inode.ts';
 import { EROFS_NAME_LEN, type DirEntry } from '../../erofs/dirent.ts';
-import { type Xattrs, splitXattrName } from '../../erofs/xattr.ts';
+import { type Xattrs, xattrNameProblem } from '../../erofs/xattr.ts';
+import { EROFS_SYMLINK_MAX } from '../../erofs/limits.ts';
 import {
   BLOB_CHUNK_FLAG_COMPRESSED, BLOB_CHUNK_FLAG_HAS_HOLE, BLOB_CHUNK_MAX_SIZE, BLOB_FEATURE_BATCH, BLOB_FEATURE_ENCRYPTED,
   BLOB_FEATURE_TARFS, BLOB_FEATURE_ZRAN, BLOB_MAX_CHUNKS,
@@ -81,7 +82,6 @@ const UNSUPPORTED_BLOB_FEATURES: Array<[number, string]> = [
 const I_FORMAT_RESERVED = ~0xf & 0xffff;
 /** i_u of chunk-based inodes: the chunk size bits and the index-format flag; the rest is reserved. */
 const CHUNK_FORMAT_RESERVED = ~(EROFS_CHUNK_FORMAT_BLKBITS_MASK | EROFS_CHUNK_FORMAT_INDEXES) >>> 0;
-const SYMLINK_MAX = 4095;
 
 /** zstd's worst case for incompressible input (ZSTD_COMPRESSBOUND); raw chunks are never larger. */
 export function compressedBound(size: number): number {
@@ -239,12 +239,11 @@ function checkInodeFields(image: ErofsImage, ino: Inode, where: string): void {
   }
 }
 
+/** Each name as the builder's check takes it (xattrNameProblem): what one accepts, the other does. */
 function validateXattrs(xattrs: Xattrs, where: string): void {
   for (const name of xattrs.keys()) {
-    // A name must be one the format can store: a POSIX ACL index with a suffix is not.
-    if (!splitXattrName(Buffer.from(name, 'latin1'))) throw new FormatError(`${where}: xattr name ${JSON.stringify(name)} is not a valid name for its prefix index`);
-    if (name.includes('\0')) throw new FormatError(`${where}: xattr name ${JSON.stringify(name)} holds a NUL byte`);
-    if (name.endsWith('.') && !name.startsWith('system.')) throw new FormatError(`${where}: xattr name ${JSON.stringify(name)} is only a prefix`);
+    const problem = xattrNameProblem(Buffer.from(name, 'latin1'));
+    if (problem) throw new FormatError(`${where}: xattr name ${JSON.stringify(name)}: ${problem}`);
   }
 }
 
@@ -289,7 +288,7 @@ export function validateImage(image: ErofsImage): ValidatedImage {
     const type = ino.mode & C.S_IFMT;
     if (type === C.S_IFLNK) {
       v.target = image.flatData(ino);
-      if (v.target.length === 0 || v.target.length > SYMLINK_MAX) throw new FormatError(`${where}: symlink target of ${v.target.length} bytes`);
+      if (v.target.length === 0 || v.target.length > EROFS_SYMLINK_MAX) throw new FormatError(`${where}: symlink target of ${v.target.length} bytes`);
       if (v.target.includes(0)) throw new FormatError(`${where}: symlink target holds a NUL byte`);
     } else if (type === C.S_IFREG) {
       if (ino.datalayout === EROFS_INODE_CHUNK_BASED) v.chunks = fileChunks(image, ino, where, resolve);
