@@ -16,7 +16,7 @@ import { mergeImages } from '../builder/merge.ts';
 import { TarReader } from '../builder/tar-reader.ts';
 import { openImage } from '../image/open.ts';
 import {
-  type ImageManifest, type ImageReference, type Platform, MediaType, RegistryClient, parseReference, withDigest,
+  type ImageManifest, type ImageReference, type Platform, MediaType, RegistryClient, formatReference, parseReference, withDigest,
 } from '../registry/index.ts';
 import { mapBounded } from '../concurrency.ts';
 import { buildLayerFromRegistry } from './layer.ts';
@@ -62,31 +62,89 @@ export function manifestProblems(m: ImageManifest, config: { rootfs?: { diff_ids
   return out;
 }
 
+/** Largest bootstrap accepted: nydus's RAFS_MAX_METADATA_SIZE (2 GiB). */
+export const MAX_BOOTSTRAP_SIZE = 0x8000_0000;
+
+/** The most a gzip stream inflates to per compressed byte (deflate's limit is 1032:1). */
+const MAX_INFLATE_RATIO = 1032;
+
+/** Slack of the plain tar over its bootstrap: headers, the `image/` directory, padding and the end blocks. */
+const TAR_SLACK = 1 << 20;
+
+export interface PullBootstrapOptions {
+  /** Largest bootstrap accepted (default MAX_BOOTSTRAP_SIZE); the plain tar may be 1 MiB more. */
+  maxSize?: number;
+}
+
 /**
- * The bootstrap layer (small: metadata only, read whole): its plain tar's digest, and
- * `image/image.boot` written to `file`.
+ * Pulls a bootstrap layer and writes its `image/image.boot` to `file` (as nydus-snapshotter unpacks it):
+ * streamed through gunzip and the tar reader, never held whole. The inflated tar is bounded (a gzip
+ * bomb stops at the bound), and the bootstrap's size, as its tar header claims it, is checked against
+ * the bound and what the layer's own size can inflate to before a byte of it is written.
  */
-/** Pulls a bootstrap layer and writes its `image/image.boot` to `file` (as nydus-snapshotter unpacks it). */
-export async function pullBootstrap(client: RegistryClient, ref: ImageReference, layer: { digest: string; size: number }, file: string): Promise<{ diffId: string; found: boolean }> {
-  const name = `bootstrap layer ${layer.digest}`;
-  let plain: Buffer;
-  try {
-    plain = zlib.gunzipSync(await client.getBlob(ref, layer.digest, { size: layer.size }));
-  } catch (e) {
-    throw new NydusError(`${name}: not a gzip tar: ${(e as Error).message}`);
-  }
-  const reader = new TarReader((async function* () { yield plain; })(), name);
-  let found = false;
-  for (let e = await reader.next(); e; e = await reader.next()) {
-    const p = e.path.toString('latin1').replace(/^\.?\/+/, '');
-    if (e.type === 'file' && p === BOOTSTRAP_IN_LAYER && !found) {
-      const buf = Buffer.alloc(e.size);
-      await reader.readContent(buf, e.size);
-      fs.writeFileSync(file, buf);
-      found = true;
+export async function pullBootstrap(
+  client: RegistryClient, ref: ImageReference, layer: { digest: string; size: number }, file: string, opts: PullBootstrapOptions = {},
+): Promise<{ diffId: string; found: boolean }> {
+  const name = `${layer.digest} (the bootstrap layer) of ${formatReference(ref)}`;
+  const maxBoot = Math.min(opts.maxSize ?? MAX_BOOTSTRAP_SIZE, MAX_INFLATE_RATIO * layer.size);
+  const maxTar = (opts.maxSize ?? MAX_BOOTSTRAP_SIZE) + TAR_SLACK;
+  const hash = createHash('sha256');
+  const compressed = client.blobStream(ref, layer.digest, { size: layer.size });
+  const gunzip = zlib.createGunzip({ chunkSize: 256 << 10 });
+  compressed.on('error', (e) => gunzip.destroy(e));
+  compressed.pipe(gunzip);
+  let plainBytes = 0;
+  async function* plain(): AsyncGenerator<Buffer> {
+    try {
+      for await (const chunk of gunzip as AsyncIterable<Buffer>) {
+        plainBytes += chunk.length;
+        if (plainBytes > maxTar) throw new NydusError(`layer ${name}: inflates to more than ${maxTar} bytes, more than a bootstrap of at most ${opts.maxSize ?? MAX_BOOTSTRAP_SIZE} bytes needs`);
+        hash.update(chunk);
+        yield chunk;
+      }
+    } catch (e) {
+      if (e instanceof NydusError) throw e;
+      if ((e as NodeJS.ErrnoException).code?.startsWith('Z_')) throw new NydusError(`layer ${name}: not a gzip tar: ${(e as Error).message}`);
+      throw e;
     }
   }
-  return { diffId: `sha256:${createHash('sha256').update(plain).digest('hex')}`, found };
+  const source = plain();
+  const reader = new TarReader(source, name);
+  let found = false;
+  try {
+    for (let e = await reader.next(); e; e = await reader.next()) {
+      const p = e.path.toString('latin1').replace(/^\.?\/+/, '');
+      if (e.type === 'file' && p === BOOTSTRAP_IN_LAYER && !found) {
+        if (e.size > maxBoot) {
+          throw new NydusError(`layer ${name}: ${BOOTSTRAP_IN_LAYER} claims ${e.size} bytes, more than ${maxBoot} (the largest bootstrap accepted, or what ${layer.size} gzip bytes can inflate to)`);
+        }
+        await copyContent(reader, e.size, file);
+        found = true;
+      }
+    }
+    // The diff_id is the digest of the whole plain tar, what follows its end blocks included.
+    for await (const _ of source) { /* hashed by plain() */ }
+  } finally {
+    gunzip.destroy();
+    compressed.destroy();
+  }
+  return { diffId: `sha256:${hash.digest('hex')}`, found };
+}
+
+/** Writes the current tar entry's `size` bytes to `file` a MiB at a time. */
+async function copyContent(reader: TarReader, size: number, file: string): Promise<void> {
+  const fd = fs.openSync(file, 'w');
+  try {
+    const buf = Buffer.allocUnsafe(Math.min(size, 1 << 20));
+    for (let left = size; left > 0;) {
+      const n = Math.min(left, buf.length);
+      await reader.readContent(buf, n);
+      fs.writeSync(fd, buf, 0, n);
+      left -= n;
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
 }
 
 /** Ids of the blobs the bootstrap's blob table names that no layer of `m` is. */
@@ -111,7 +169,7 @@ export async function checkConverted(opts: CheckOptions): Promise<CheckResult> {
     const image = resolved.images[0].manifest;
     const ref = withDigest(targetRef, image.digest);
     const m = image.json;
-    const config = JSON.parse((await target.getBlob(ref, m.config.digest, { size: m.config.size })).toString('utf8'));
+    const config = (await target.getConfig(ref, m.config)).json;
     const boot = m.layers[m.layers.length - 1];
     const bootFile = path.join(workDir, 'image.boot');
     const pulled = boot && isBootstrapLayer(boot) ? await pullBootstrap(target, ref, boot, bootFile) : null;

@@ -15,7 +15,7 @@ import type { CompressorName } from '../blob/compress.ts';
 import { mergeImages } from '../builder/merge.ts';
 import {
   type Descriptor, type ImageIndex, type ImageManifest, type ImageReference, type Platform, type PlatformImage, type ResolvedImage,
-  MediaType, RegistryClient, formatPlatform, formatReference, isImageManifestType, isIndexType, parseReference, selectPlatforms, withDigest,
+  MediaType, RegistryClient, formatPlatform, formatReference, isImageManifestType, isIndexType, offeredPlatforms, parseReference, selectPlatforms, withDigest,
 } from '../registry/index.ts';
 import { packBootstrapLayer } from './bootstrap-layer.ts';
 import { mapBounded } from '../concurrency.ts';
@@ -75,23 +75,56 @@ interface Context {
   workDir: string;
 }
 
+/** An image of the source with its config, read and checked before anything is pushed. */
+interface PreparedImage {
+  image: PlatformImage;
+  /** The config, or null when it was not kept (read again when converting: see KEPT_CONFIGS). */
+  config: Record<string, unknown> | null;
+}
+
+/** Configs kept in memory between their check and their conversion, bytes in all; past it they are read again. */
+const KEPT_CONFIGS = 64 << 20;
+
+/**
+ * What can be checked of every image before anything is pushed: not a Nydus image already, and a
+ * config that is a JSON object of at most the config cap, which the converted config can be written from.
+ */
+async function prepareImages(ctx: Context, images: PlatformImage[]): Promise<PreparedImage[]> {
+  const out: PreparedImage[] = [];
+  let kept = 0;
+  for (const image of images) {
+    const src = image.manifest;
+    for (const l of src.json.layers) {
+      if (l.mediaType === MediaType.nydusBlob) throw new NydusError(`source ${formatReference(ctx.sourceRef)} is already a Nydus image (layer ${l.digest} of manifest ${src.digest})`);
+    }
+    const { bytes, json } = await ctx.source.getConfig(withDigest(ctx.sourceRef, src.digest), src.json.config);
+    const keep = kept + bytes.length <= KEPT_CONFIGS;
+    if (keep) kept += bytes.length;
+    out.push({ image, config: keep ? json : null });
+  }
+  return out;
+}
+
 /** Converts one platform image; pushes blobs, bootstrap layer and config, and returns its manifest unpushed. */
-async function convertImage(ctx: Context, image: PlatformImage, n: number): Promise<{ manifest: ImageManifest; bytes: Buffer; mediaType: string; layers: Descriptor[] }> {
+async function convertImage(ctx: Context, prepared: PreparedImage, n: number): Promise<{ manifest: ImageManifest; bytes: Buffer; mediaType: string; layers: Descriptor[] }> {
   const { opts } = ctx;
+  const { image } = prepared;
   const src = image.manifest;
   const srcRef = withDigest(ctx.sourceRef, src.digest);
   const dir = path.join(ctx.workDir, `image-${n}`);
   fs.mkdirSync(dir);
   const log = opts.log.child(image.platform ? { platform: formatPlatform(image.platform) } : {});
-  for (const l of src.json.layers) {
-    if (l.mediaType === MediaType.nydusBlob) throw new NydusError(`source ${formatReference(ctx.sourceRef)} is already a Nydus image`);
-  }
+  const config = prepared.config ?? (await ctx.source.getConfig(srcRef, src.json.config)).json;
   const io = { source: ctx.source, target: ctx.target, log, progress: opts.progress };
   const refs = { source: srcRef, target: ctx.targetRef };
+  // A layer listed more than once is converted once: its result serves each of its places.
+  const distinct = [...new Map(src.json.layers.map((l) => [l.digest, l] as const)).values()];
   // A failed layer aborts the others' transfers at once.
-  const converted: ConvertedLayer[] = await mapBounded(src.json.layers, opts.concurrency ?? 4,
+  const done: ConvertedLayer[] = await mapBounded(distinct, opts.concurrency ?? 4,
     (layer, i) => convertLayer(io, refs, layer, i, dir, opts),
     async () => { await Promise.all([ctx.source.destroy(), ctx.target.destroy()]); });
+  const byDigest = new Map(distinct.map((l, i) => [l.digest, done[i]] as const));
+  const converted = src.json.layers.map((l) => byDigest.get(l.digest)!);
 
   const merged = path.join(dir, 'image.boot');
   const { blobs, prefetchMissing } = mergeImages({ sources: converted.map((c) => c.bootstrap), bootstrap: merged, prefetchPaths: opts.prefetchPaths });
@@ -112,11 +145,12 @@ async function convertImage(ctx: Context, image: PlatformImage, n: number): Prom
   log.info({ blobs: blobLayers.length, bootstrap: boot.layer.digest }, 'bootstrap layer pushed');
 
   // The config keeps everything of the source's but the layers it describes.
-  const config = JSON.parse((await ctx.source.getBlob(srcRef, src.json.config.digest, { size: src.json.config.size })).toString('utf8'));
-  if (typeof config !== 'object' || config === null) throw new NydusError(`image config ${src.json.config.digest} of ${formatReference(ctx.sourceRef)} is not a JSON object`);
-  config.rootfs = { type: 'layers', diff_ids: [...blobLayers.map((d) => d.digest), boot.diffId] };
-  config.history = [...(Array.isArray(config.history) ? config.history : []), BOOTSTRAP_HISTORY];
-  const configBytes = jsonBytes(config);
+  const configOut: Record<string, unknown> = {
+    ...config,
+    rootfs: { type: 'layers', diff_ids: [...blobLayers.map((d) => d.digest), boot.diffId] },
+    history: [...(Array.isArray(config.history) ? config.history : []), BOOTSTRAP_HISTORY],
+  };
+  const configBytes = jsonBytes(configOut);
   const configDesc: Descriptor = { mediaType: src.json.config.mediaType, digest: sha256(configBytes), size: configBytes.length };
   await ctx.target.pushBlob(ctx.targetRef, configBytes);
 
@@ -135,7 +169,7 @@ async function convertImage(ctx: Context, image: PlatformImage, n: number): Prom
 async function resolvePlatforms(ctx: Context, wanted: readonly Platform[]): Promise<ResolvedImage> {
   const root = await ctx.source.getManifest(ctx.sourceRef);
   if (!isIndexType(root.mediaType)) return { root, images: [{ manifest: root as PlatformImage['manifest'] }] };
-  const entries = (root.json as ImageIndex).manifests ?? [];
+  const entries = (root.json as ImageIndex).manifests;
   const chosen = new Set<string>();
   const missing: string[] = [];
   for (const p of wanted) {
@@ -143,7 +177,7 @@ async function resolvePlatforms(ctx: Context, wanted: readonly Platform[]): Prom
     if (match.length === 0) missing.push(formatPlatform(p));
     for (const d of match) chosen.add(d.digest);
   }
-  const offered = entries.filter((d) => d.platform).map((d) => formatPlatform(d.platform!)).join(', ') || 'none';
+  const offered = offeredPlatforms(entries);
   if (chosen.size === 0) throw new NydusError(`source ${ctx.opts.source} has no image for platform ${wanted.map(formatPlatform).join(',')} (offers: ${offered})`);
   if (missing.length > 0) ctx.opts.log.warn({ source: ctx.opts.source, missing, offered }, 'source has no image for some of the platforms asked for: they are left out');
   const images: PlatformImage[] = [];
@@ -186,10 +220,12 @@ export async function convert(opts: ConvertOptions): Promise<ConvertResult> {
       ? await source.resolveImage(sourceRef, platforms === 'all' ? 'all' : platforms[0])
       : await resolvePlatforms(ctx, platforms);
     if (resolved.images.length === 0) throw new NydusError(`source ${opts.source} has no image for platform ${platforms === 'all' ? 'all' : platforms.map(formatPlatform).join(',')}`);
+    // Every image's config is read and checked before any blob is pushed.
+    const prepared = await prepareImages(ctx, resolved.images);
     opts.log.info({ source: opts.source, images: resolved.images.length }, 'converting');
     const converted = [];
     // Platforms one after the other: each already converts its layers concurrently.
-    for (const [n, image] of resolved.images.entries()) converted.push({ image, ...(await convertImage(ctx, image, n)) });
+    for (const [n, p] of prepared.entries()) converted.push({ image: p.image, ...(await convertImage(ctx, p, n)) });
 
     const asIndex = !isImageManifestType(resolved.root.mediaType) && converted.length > 1;
     const images: ConvertedImage[] = [];

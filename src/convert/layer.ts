@@ -30,7 +30,8 @@ export async function buildLayerFromRegistry(
   client: RegistryClient, ref: ImageReference, layer: Descriptor, dir: string, opts: LayerBuildOptions,
   track?: (stream: Readable) => Readable,
 ): Promise<CreateResult> {
-  const name = `layer ${layer.digest} of ${formatReference(ref)}`;
+  // The builder's errors say `layer <name>: ...`.
+  const name = `${layer.digest} of ${formatReference(ref)}`;
   const pulled = client.blobStream(ref, layer.digest, { size: layer.size });
   const stream = track ? track(pulled) : pulled;
   return createImageFromTar({

@@ -113,7 +113,10 @@ export class Authorizer {
     try {
       url = new URL(c.params.realm);
     } catch {
-      throw new NydusError(`registry ${this.host}: Bearer realm "${c.params.realm}" is not a URL`, EACCES);
+      throw new NydusError(`registry ${this.host}: Bearer realm "${c.params.realm.slice(0, 200)}" is not a URL`, EACCES);
+    }
+    if (url.protocol !== 'http:' && url.protocol !== 'https:') {
+      throw new NydusError(`registry ${this.host}: Bearer realm "${c.params.realm.slice(0, 200)}" is not an http(s) URL`, EACCES);
     }
     if (c.params.service) url.searchParams.set('service', c.params.service);
     for (const s of scopes) url.searchParams.append('scope', s);

@@ -3,18 +3,41 @@ import { createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
 import type { Action } from './auth.ts';
 import { DigestMismatchError, RegistryError } from './errors.ts';
+import type { Descriptor } from './media-types.ts';
 import { checkDigest, formatReference, type ImageReference } from './reference.ts';
-import { discard, header, isRetryableNetworkError } from './transport.ts';
+import { abortReason, discard, drain, header, isRetryableNetworkError } from './transport.ts';
 import { toRef, type RefLike, type RegistrySession } from './session.ts';
+import { ShapeError, describeValue, parseImageConfig } from './validate.ts';
 
 export interface BlobStreamOptions {
   /** The descriptor's size: more bytes is an error as soon as seen, fewer one at the end. */
   size?: number;
+  /** Ends the download (and its retries) when aborted. */
+  signal?: AbortSignal;
+}
+
+export interface GetBlobOptions extends BlobStreamOptions {
+  /** Most bytes held (default MAX_BLOB_IN_MEMORY): a larger `size` is refused before any request, a longer body at the first byte past it. */
+  maxSize?: number;
+  /** Longest the whole download may take, ms (default: none, as for any blob). */
+  deadlineMs?: number;
 }
 
 export interface RangeReadOptions {
   /** What to do when the registry ignores Range and sends the whole blob (200): 'slice' (default) or 'refuse'. */
   whenRangeIgnored?: 'slice' | 'refuse';
+  /** Ends the read (and its retries) when aborted: a caller's deadline. */
+  signal?: AbortSignal;
+}
+
+/** Default bound of getBlob, which holds a whole blob in memory (configs have their own, smaller one). */
+export const MAX_BLOB_IN_MEMORY = 256 << 20;
+
+/** A descriptor size given to a read: an integer >= 0, or the read is refused before it starts. */
+function checkSize(size: unknown, where: { reference: string; method: string; path: string }): void {
+  if (size !== undefined && (typeof size !== 'number' || !Number.isSafeInteger(size) || size < 0)) {
+    throw new RegistryError({ ...where, detail: `blob size ${describeValue(size)} is not an integer >= 0` });
+  }
 }
 
 function blobPath(ref: ImageReference, digest: string): string {
@@ -22,10 +45,10 @@ function blobPath(ref: ImageReference, digest: string): string {
 }
 
 /** Size of a blob, or undefined when the repository does not have it. */
-export async function headBlob(s: RegistrySession, refLike: RefLike, digest: string, access: Action = 'pull'): Promise<{ size: number } | undefined> {
+export async function headBlob(s: RegistrySession, refLike: RefLike, digest: string, access: Action = 'pull', signal?: AbortSignal): Promise<{ size: number } | undefined> {
   const ref = toRef(refLike);
-  const res = await s.call(ref, access, { method: 'HEAD', target: blobPath(ref, digest), followRedirects: true });
-  await res.body.dump();
+  const res = await s.call(ref, access, { method: 'HEAD', target: blobPath(ref, digest), followRedirects: true, signal });
+  await drain(res.body);
   if (res.status === 404) return undefined;
   await s.expect(ref, 'HEAD', res, 200);
   const size = Number(header(res.headers, 'content-length') ?? NaN);
@@ -44,13 +67,15 @@ export function blobStream(s: RegistrySession, refLike: RefLike, digest: string,
   const ref = toRef(refLike);
   const path = blobPath(ref, digest);
   const where = { reference: formatReference(ref), method: 'GET', path };
+  const { signal } = opts;
   async function* chunks(): AsyncGenerator<Buffer> {
+    checkSize(opts.size, where);
     const hash = createHash('sha256');
     let got = 0;
     let failures = 0;
     for (;;) {
       const headers: Record<string, string> = got ? { range: `bytes=${got}-` } : {};
-      const res = await s.call(ref, 'pull', { method: 'GET', target: path, headers, followRedirects: true });
+      const res = await s.call(ref, 'pull', { method: 'GET', target: path, headers, followRedirects: true, signal });
       await s.expect(ref, 'GET', res, got ? 206 : 200, 200);
       if (res.status === 206) {
         const start = /^bytes (\d+)-/.exec(header(res.headers, 'content-range') ?? '')?.[1];
@@ -77,12 +102,15 @@ export function blobStream(s: RegistrySession, refLike: RefLike, digest: string,
         }
         break;
       } catch (e) {
-        if (e instanceof RegistryError || !isRetryableNetworkError(e) || failures >= s.transport.retries) {
-          if (e instanceof RegistryError) throw e;
+        if (e instanceof RegistryError) throw e;
+        if (signal?.aborted) throw new RegistryError({ ...where, detail: `aborted at byte ${got}: ${abortReason(signal)}`, cause: e });
+        if (!isRetryableNetworkError(e) || failures >= s.transport.retries) {
           throw new RegistryError({ ...where, detail: `reading body at byte ${got}: ${(e as Error).message}`, cause: e });
         }
         discard(res.body);
-        await s.transport.pause(failures++);
+        await s.transport.pause(failures++, signal).catch((err) => {
+          throw new RegistryError({ ...where, detail: `aborted at byte ${got}: ${signal?.aborted ? abortReason(signal) : (err as Error).message}`, cause: err });
+        });
       }
     }
     if (opts.size !== undefined && got !== opts.size) throw new DigestMismatchError(where, `${opts.size} bytes`, `${got} bytes`);
@@ -92,11 +120,63 @@ export function blobStream(s: RegistrySession, refLike: RefLike, digest: string,
   return Readable.from(chunks(), { objectMode: false });
 }
 
-/** A whole blob in memory, verified (for configs and other small blobs). */
-export async function getBlob(s: RegistrySession, refLike: RefLike, digest: string, opts: BlobStreamOptions = {}): Promise<Buffer> {
+/**
+ * A whole blob in memory, verified (for configs and other small blobs): never more than `maxSize`
+ * bytes (default MAX_BLOB_IN_MEMORY) are held, and a descriptor size above it is refused before any
+ * request; with `deadlineMs`, a download not done by then is aborted.
+ */
+export async function getBlob(s: RegistrySession, refLike: RefLike, digest: string, opts: GetBlobOptions = {}): Promise<Buffer> {
+  const ref = toRef(refLike);
+  const where = { reference: formatReference(ref), method: 'GET', path: blobPath(ref, digest) };
+  const max = opts.maxSize ?? MAX_BLOB_IN_MEMORY;
+  checkSize(opts.size, where);
+  if (opts.size !== undefined && opts.size > max) throw new RegistryError({ ...where, detail: `blob of ${opts.size} bytes is larger than the ${max} bytes read into memory` });
+  const deadline = opts.deadlineMs !== undefined ? AbortSignal.timeout(opts.deadlineMs) : undefined;
+  const signal = deadline && opts.signal ? AbortSignal.any([deadline, opts.signal]) : deadline ?? opts.signal;
   const parts: Buffer[] = [];
-  for await (const b of blobStream(s, refLike, digest, opts)) parts.push(b as Buffer);
-  return Buffer.concat(parts);
+  let n = 0;
+  const stream = blobStream(s, ref, digest, { size: opts.size, signal });
+  try {
+    for await (const b of stream) {
+      n += (b as Buffer).length;
+      if (n > max) throw new RegistryError({ ...where, detail: `blob longer than the ${max} bytes read into memory` });
+      parts.push(b as Buffer);
+    }
+  } catch (e) {
+    if (deadline?.aborted) throw new RegistryError({ ...where, detail: `not received whole within ${opts.deadlineMs! / 1000} s (${n} bytes came)`, cause: e });
+    throw e;
+  } finally {
+    stream.destroy();
+  }
+  return Buffer.concat(parts, n);
+}
+
+export interface ImageConfig {
+  /** The bytes served, verified against the descriptor's digest and size. */
+  bytes: Buffer;
+  /** Parsed: a JSON object (rootfs, config and history, when present, of their types). */
+  json: Record<string, unknown>;
+}
+
+/**
+ * An image's config, read as small documents are: its descriptor's size must be at most the config
+ * cap (default 4 MiB) before anything is asked for, the body arrive within the document deadline, and
+ * the bytes be a JSON object (parseImageConfig). Errors name the image and the config digest.
+ */
+export async function getConfig(s: RegistrySession, refLike: RefLike, desc: Descriptor): Promise<ImageConfig> {
+  const ref = toRef(refLike);
+  const where = { reference: formatReference(ref), method: 'GET', path: blobPath(ref, desc.digest) };
+  if (typeof desc.size !== 'number' || !Number.isSafeInteger(desc.size) || desc.size < 0) {
+    throw new RegistryError({ ...where, detail: `image config size ${describeValue(desc.size)} is not an integer >= 0` });
+  }
+  if (desc.size > s.maxConfigSize) throw new RegistryError({ ...where, detail: `image config of ${desc.size} bytes is larger than ${s.maxConfigSize}` });
+  const bytes = await getBlob(s, ref, desc.digest, { size: desc.size, maxSize: s.maxConfigSize, deadlineMs: s.transport.documentTimeoutMs });
+  try {
+    return { bytes, json: parseImageConfig(bytes) };
+  } catch (e) {
+    if (!(e instanceof ShapeError)) throw e;
+    throw new RegistryError({ ...where, detail: `image config ${desc.digest}: ${e.message}` });
+  }
 }
 
 /**
@@ -112,8 +192,9 @@ export async function readBlobRange(s: RegistrySession, refLike: RefLike, digest
   }
   if (length === 0) return Buffer.alloc(0);
   const last = offset + length - 1;
+  const { signal } = opts;
   for (let failures = 0; ; failures++) {
-    const res = await s.call(ref, 'pull', { method: 'GET', target: path, headers: { range: `bytes=${offset}-${last}` }, followRedirects: true });
+    const res = await s.call(ref, 'pull', { method: 'GET', target: path, headers: { range: `bytes=${offset}-${last}` }, followRedirects: true, signal });
     await s.expect(ref, 'GET', res, 206, 200);
     const rangeWhere = { ...where, status: res.status };
     if (res.status === 200 && opts.whenRangeIgnored === 'refuse') {
@@ -144,10 +225,13 @@ export async function readBlobRange(s: RegistrySession, refLike: RefLike, digest
         if (filled === length) break;
       }
     } catch (e) {
+      if (signal?.aborted) throw new RegistryError({ ...rangeWhere, detail: `reading bytes ${offset}-${last}: aborted: ${abortReason(signal)}`, cause: e });
       if (!isRetryableNetworkError(e) || failures >= s.transport.retries) {
         throw new RegistryError({ ...rangeWhere, detail: `reading bytes ${offset}-${last}: ${(e as Error).message}`, cause: e });
       }
-      await s.transport.pause(failures);
+      await s.transport.pause(failures, signal).catch((err) => {
+        throw new RegistryError({ ...rangeWhere, detail: `reading bytes ${offset}-${last}: aborted: ${signal?.aborted ? abortReason(signal) : (err as Error).message}`, cause: err });
+      });
       continue;
     } finally {
       discard(res.body);

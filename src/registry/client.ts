@@ -6,7 +6,9 @@
  */
 import type { Readable } from 'node:stream';
 import type { Action } from './auth.ts';
-import { blobStream, getBlob, headBlob, readBlobRange, type BlobStreamOptions, type RangeReadOptions } from './blobs.ts';
+import {
+  blobStream, getBlob, getConfig, headBlob, readBlobRange, type BlobStreamOptions, type GetBlobOptions, type ImageConfig, type RangeReadOptions,
+} from './blobs.ts';
 import { getManifest, headManifest, putManifest, resolveImage, type FetchedManifest, type ManifestHead, type ResolvedImage } from './manifests.ts';
 import type { Descriptor, ImageIndex, ImageManifest, Platform } from './media-types.ts';
 import { defaultPlatform } from './platform.ts';
@@ -60,9 +62,9 @@ export class RegistryClient {
     return resolveImage(this.session, ref, platform);
   }
 
-  /** Size of a blob, or undefined when the repository does not have it. */
-  headBlob(ref: RefLike, digest: string, access: Action = 'pull'): Promise<{ size: number } | undefined> {
-    return headBlob(this.session, ref, digest, access);
+  /** Size of a blob, or undefined when the repository does not have it; `signal` ends the request. */
+  headBlob(ref: RefLike, digest: string, access: Action = 'pull', signal?: AbortSignal): Promise<{ size: number } | undefined> {
+    return headBlob(this.session, ref, digest, access, signal);
   }
 
   /** The blob as a byte stream that fails instead of ending when its sha256 (or size) is wrong. */
@@ -70,9 +72,14 @@ export class RegistryClient {
     return blobStream(this.session, ref, digest, opts);
   }
 
-  /** A whole (small) blob in memory, verified. */
-  getBlob(ref: RefLike, digest: string, opts: BlobStreamOptions = {}): Promise<Buffer> {
+  /** A whole (small) blob in memory, verified; bounded by `maxSize` (default 256 MiB). */
+  getBlob(ref: RefLike, digest: string, opts: GetBlobOptions = {}): Promise<Buffer> {
     return getBlob(this.session, ref, digest, opts);
+  }
+
+  /** An image's config by its descriptor: size-capped, deadline-bound, verified, a JSON object. */
+  getConfig(ref: RefLike, desc: Descriptor): Promise<ImageConfig> {
+    return getConfig(this.session, ref, desc);
   }
 
   /** `length` bytes from `offset` (Range GET, 206); not digest-verified. */

@@ -41,6 +41,8 @@ export class RegistryError extends NydusError {
   readonly path: string;
   readonly status?: number;
   readonly code?: string;
+  /** What went wrong, without the reference, request and status. */
+  readonly detail?: string;
 
   constructor(info: RegistryErrorInfo, errno = errnoFor(info.status)) {
     const status = info.status !== undefined ? `: HTTP ${info.status}` : '';
@@ -53,6 +55,7 @@ export class RegistryError extends NydusError {
     this.path = info.path;
     this.status = info.status;
     this.code = info.code;
+    this.detail = info.detail;
     if (info.cause !== undefined) (this as { cause?: unknown }).cause = info.cause;
   }
 }

@@ -2,7 +2,12 @@
 export { RegistryClient } from './client.ts';
 export type { RegistryClientOptions, RefLike } from './session.ts';
 export type { FetchedManifest, ManifestHead, PlatformImage, ResolvedImage } from './manifests.ts';
-export type { BlobStreamOptions, RangeReadOptions } from './blobs.ts';
+export { offeredPlatforms } from './manifests.ts';
+export type { BlobStreamOptions, GetBlobOptions, ImageConfig, RangeReadOptions } from './blobs.ts';
+export { MAX_BLOB_IN_MEMORY } from './blobs.ts';
+export { MAX_INDEX_ENTRIES, MAX_CONFIG_DEPTH } from './validate.ts';
+export { MAX_TOKEN_ANSWER } from './session.ts';
+export { ERROR_BODY_EXCERPT } from './transport.ts';
 export type { StreamSource, PushBlobOptions, PushedBlob, PushStreamOptions } from './upload.ts';
 export type { TransportOptions } from './transport.ts';
 export { parseReference, formatReference, withDigest, withTag, isDigest, type ImageReference } from './reference.ts';

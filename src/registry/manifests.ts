@@ -6,7 +6,8 @@ import {
 } from './media-types.ts';
 import { defaultPlatform, formatPlatform, selectPlatforms } from './platform.ts';
 import { formatReference, manifestTarget, withDigest, type ImageReference } from './reference.ts';
-import { header } from './transport.ts';
+import { discard, drain, header, readBounded } from './transport.ts';
+import { ShapeError, checkManifestShape } from './validate.ts';
 import { sha256, toRef, type RefLike, type RegistrySession } from './session.ts';
 
 export interface FetchedManifest {
@@ -43,32 +44,54 @@ export interface ResolvedImage {
 export async function getManifest(s: RegistrySession, refLike: RefLike): Promise<FetchedManifest> {
   const ref = toRef(refLike);
   const path = `/v2/${ref.repository}/manifests/${manifestTarget(ref)}`;
-  const res = await s.call(ref, 'pull', { method: 'GET', target: path, headers: { accept: MANIFEST_ACCEPT } });
-  await s.expect(ref, 'GET', res, 200);
   const where = { reference: formatReference(ref), method: 'GET', path };
+  // One deadline for the whole document, its answer and retries included: a body dripping a byte
+  // at a time never trips the body timeout, which only measures silence.
+  const deadline = s.transport.documentTimeoutMs;
+  const signal = AbortSignal.timeout(deadline);
+  const late = (got: number) => new RegistryError({ ...where, detail: `manifest not received whole within ${deadline / 1000} s (${got} bytes came)` });
+  let res;
+  try {
+    res = await s.call(ref, 'pull', { method: 'GET', target: path, headers: { accept: MANIFEST_ACCEPT }, signal });
+    await s.expect(ref, 'GET', res, 200);
+  } catch (e) {
+    // The request ended by the deadline (not an error answer, nor a token request's own failure).
+    if (signal.aborted && e instanceof RegistryError && e.status === undefined && e.path === path) throw late(0);
+    throw e;
+  }
   const declared = Number(header(res.headers, 'content-length'));
   if (declared > s.maxManifestSize) {
-    await res.body.dump();
+    discard(res.body);
     throw new RegistryError({ ...where, detail: `manifest of ${declared} bytes is larger than ${s.maxManifestSize}` });
   }
-  const bytes = Buffer.from(await res.body.arrayBuffer());
-  if (bytes.length > s.maxManifestSize) throw new RegistryError({ ...where, detail: `manifest larger than ${s.maxManifestSize} bytes` });
+  // Read as it comes, never past the cap nor the deadline: a body without Content-Length may be endless.
+  let n = 0;
+  const got = await readBounded(res.body, s.maxManifestSize, deadline, { progress: (k) => (n = k) }).catch((e: Error) => {
+    if (signal.aborted) throw late(n);
+    throw new RegistryError({ ...where, status: 200, detail: `reading the manifest: ${e.message}`, cause: e });
+  });
+  if (got.over) throw new RegistryError({ ...where, detail: `manifest larger than ${s.maxManifestSize} bytes` });
+  if (got.timedOut) throw late(got.bytes.length);
+  const bytes = got.bytes;
   const digest = sha256(bytes);
   if (ref.digest && digest !== ref.digest) throw new DigestMismatchError(where, ref.digest, digest);
   const served = header(res.headers, 'docker-content-digest');
   if (served?.startsWith('sha256:') && served !== digest) throw new DigestMismatchError(where, served, digest);
-  let json: ImageManifest | ImageIndex & { schemaVersion?: number; mediaType?: string };
+  let json: unknown;
   try {
     json = JSON.parse(bytes.toString('utf8'));
   } catch (e) {
-    throw new RegistryError({ ...where, detail: `manifest is not JSON: ${(e as Error).message}` });
+    throw new RegistryError({ ...where, detail: `manifest is not JSON: ${(e as Error).message.slice(0, 200)}` });
   }
   const contentType = header(res.headers, 'content-type')?.split(';')[0].trim();
-  const mediaType = json.mediaType ?? contentType ?? '';
-  if (json.schemaVersion !== 2 || !(isImageManifestType(mediaType) || isIndexType(mediaType))) {
-    throw new RegistryError({ ...where, detail: `unsupported manifest (schemaVersion ${json.schemaVersion}, media type "${mediaType}")` });
+  let mediaType: string;
+  try {
+    mediaType = checkManifestShape(json, contentType);
+  } catch (e) {
+    if (!(e instanceof ShapeError)) throw e;
+    throw new RegistryError({ ...where, detail: `manifest ${digest}: ${e.message}` });
   }
-  return { reference: ref, digest, mediaType, size: bytes.length, bytes, json };
+  return { reference: ref, digest, mediaType, size: bytes.length, bytes, json: json as ImageManifest | ImageIndex };
 }
 
 /** HEAD of a manifest: its digest, size and type, or undefined when the registry has none. */
@@ -76,7 +99,7 @@ export async function headManifest(s: RegistrySession, refLike: RefLike): Promis
   const ref = toRef(refLike);
   const path = `/v2/${ref.repository}/manifests/${manifestTarget(ref)}`;
   const res = await s.call(ref, 'pull', { method: 'HEAD', target: path, headers: { accept: MANIFEST_ACCEPT } });
-  await res.body.dump();
+  await drain(res.body);
   if (res.status === 404) return undefined;
   await s.expect(ref, 'HEAD', res, 200);
   const size = header(res.headers, 'content-length');
@@ -110,10 +133,16 @@ export async function putManifest(s: RegistrySession, refLike: RefLike, manifest
   if (ref.digest && ref.digest !== digest) throw new DigestMismatchError(where, ref.digest, digest);
   const res = await s.call(ref, 'push', { method: 'PUT', target: path, headers: { 'content-type': type }, body: bytes });
   await s.expect(ref, 'PUT', res, 201, 200);
-  await res.body.dump();
+  await drain(res.body);
   const served = header(res.headers, 'docker-content-digest');
   if (served && served !== digest) throw new DigestMismatchError(where, digest, served);
   return { mediaType: type, digest, size: bytes.length };
+}
+
+/** The platforms an index offers, each once, for an error message (the first 20). */
+export function offeredPlatforms(entries: readonly Descriptor[]): string {
+  const all = [...new Set(entries.filter((d) => d.platform).map((d) => formatPlatform(d.platform!)))];
+  return (all.length > 20 ? [...all.slice(0, 20), `and ${all.length - 20} more`] : all).join(', ') || 'none';
 }
 
 /**
@@ -125,9 +154,11 @@ export async function resolveImage(s: RegistrySession, refLike: RefLike, platfor
   const root = await getManifest(s, ref);
   if (!isIndexType(root.mediaType)) return { root, images: [{ manifest: root as PlatformImage['manifest'] }] };
   const index = root.json as ImageIndex;
-  const chosen = selectPlatforms(index.manifests ?? [], platform);
+  // Each image once: an index may list one manifest under many entries (platforms, variants).
+  const seen = new Set<string>();
+  const chosen = selectPlatforms(index.manifests, platform).filter((d) => !seen.has(d.digest) && !!seen.add(d.digest));
   if (!chosen.length) {
-    const offered = (index.manifests ?? []).filter((d) => d.platform).map((d) => formatPlatform(d.platform!)).join(', ') || 'none';
+    const offered = offeredPlatforms(index.manifests);
     const wanted = platform === 'all' ? 'any platform' : formatPlatform(platform);
     throw new RegistryError({ reference: formatReference(ref), method: 'GET', path: `/v2/${ref.repository}/manifests/${manifestTarget(ref)}`, detail: `index has no image for ${wanted} (offers: ${offered})` });
   }

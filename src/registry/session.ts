@@ -8,7 +8,9 @@ import { dockerConfigCredentials, type Credentials } from './credentials.ts';
 import { NydusError } from '../../erofs/errors.ts';
 import { EACCES, RegistryError, describeErrorBody } from './errors.ts';
 import { formatReference, parseReference, type ImageReference } from './reference.ts';
-import { Transport, header, type HttpRequest, type HttpResponse, type TransportOptions } from './transport.ts';
+import {
+  ERROR_BODY_EXCERPT, Transport, drain, header, readBounded, type HttpRequest, type HttpResponse, type TransportOptions,
+} from './transport.ts';
 
 export interface RegistryClientOptions extends TransportOptions {
   /** Credentials for every registry, or per registry (`host[:port]` as written in references). */
@@ -19,7 +21,15 @@ export interface RegistryClientOptions extends TransportOptions {
   uploadChunkSize?: number;
   /** Largest manifest accepted, bytes (default 4 MiB, as distribution's limit). */
   maxManifestSize?: number;
+  /** Largest image config accepted, bytes (default 4 MiB, as containers/image's MaxConfigBodySize). */
+  maxConfigSize?: number;
 }
+
+/** Longest an error answer's excerpt is waited for: it only adds words to the error. */
+const ERROR_BODY_DEADLINE_MS = 10_000;
+
+/** Largest token answer read (containers/image's MaxAuthTokenBodySize). */
+export const MAX_TOKEN_ANSWER = 1 << 20;
 
 /** A reference object or its string form. */
 export type RefLike = ImageReference | string;
@@ -37,11 +47,13 @@ export class RegistrySession {
   readonly authorizers = new Map<string, Authorizer>();
   readonly chunkSize: number;
   readonly maxManifestSize: number;
+  readonly maxConfigSize: number;
 
   constructor(private readonly opts: RegistryClientOptions = {}) {
     this.transport = new Transport(opts);
     this.chunkSize = opts.uploadChunkSize ?? 8 << 20;
     this.maxManifestSize = opts.maxManifestSize ?? 4 << 20;
+    this.maxConfigSize = opts.maxConfigSize ?? 4 << 20;
   }
 
   private credentialsFor(registry: string): Credentials | undefined {
@@ -56,8 +68,27 @@ export class RegistrySession {
     let a = this.authorizers.get(ref.registry);
     if (!a) {
       a = new Authorizer(ref.registry, this.credentialsFor(ref.registry), async (url, headers) => {
-        const res = await this.transport.send(url.host, { method: 'GET', target: url.href, headers, reference: formatReference(ref) });
-        return { status: res.status, body: await res.body.text() };
+        const realm = `${url.origin}${url.pathname}`;
+        // The whole token request, its answer included, within the document deadline.
+        const deadline = this.transport.documentTimeoutMs;
+        const signal = AbortSignal.timeout(deadline);
+        const late = () => new RegistryError({ reference: formatReference(ref), method: 'GET', path: realm, status: 200, detail: `token answer not received whole within ${deadline / 1000} s` });
+        const res = await this.transport.send(url.host, { method: 'GET', target: url.href, headers, reference: formatReference(ref), signal }).catch((e) => {
+          // Name the token realm (maybe another host), not only its path.
+          const detail = signal.aborted ? `no answer within ${deadline / 1000} s` : e instanceof RegistryError ? e.detail ?? e.message : (e as Error).message;
+          throw new RegistryError({ reference: formatReference(ref), method: 'GET', path: realm, detail: `token request: ${detail}`, cause: e });
+        });
+        if (res.status !== 200) {
+          await drain(res.body);
+          return { status: res.status, body: '' };
+        }
+        const got = await readBounded(res.body, MAX_TOKEN_ANSWER, deadline).catch((e: Error) => {
+          if (signal.aborted) throw late();
+          throw new RegistryError({ reference: formatReference(ref), method: 'GET', path: realm, status: 200, detail: `reading the token answer: ${e.message}`, cause: e });
+        });
+        if (got.over) throw new RegistryError({ reference: formatReference(ref), method: 'GET', path: realm, status: 200, detail: `token answer larger than ${MAX_TOKEN_ANSWER} bytes` });
+        if (got.timedOut) throw late();
+        return { status: res.status, body: got.bytes.toString('utf8') };
       });
       this.authorizers.set(ref.registry, a);
     }
@@ -73,7 +104,7 @@ export class RegistrySession {
       const headers = { ...req.headers, ...(authorization ? { authorization } : {}) };
       const res = await this.transport.send(ref.endpoint, { ...req, headers, reference: formatReference(ref) });
       if (res.status !== 401 || refreshed) return res;
-      await res.body.dump();
+      await drain(res.body);
       try {
         authorization = await auth.challenge(header(res.headers, 'www-authenticate'), scopes);
       } catch (e) {
@@ -84,11 +115,19 @@ export class RegistrySession {
     }
   }
 
-  /** Throws a RegistryError naming the reference, the path and the status unless `res.status` is expected. */
+  /**
+   * Throws a RegistryError naming the reference, the path and the status unless `res.status` is
+   * expected. Of an error answer only its first ERROR_BODY_EXCERPT bytes are read, within the document
+   * deadline; the rest is dropped with the connection.
+   */
   async expect(ref: ImageReference, method: string, res: HttpResponse, ...ok: number[]): Promise<void> {
     if (ok.includes(res.status)) return;
-    const text = method === 'HEAD' ? '' : await res.body.text().catch(() => '');
-    if (method === 'HEAD') await res.body.dump().catch(() => undefined);
+    let text = '';
+    if (method === 'HEAD') await drain(res.body);
+    else {
+      const got = await readBounded(res.body, ERROR_BODY_EXCERPT, Math.min(this.transport.documentTimeoutMs, ERROR_BODY_DEADLINE_MS), { keepPartial: true }).catch(() => undefined);
+      text = got?.bytes.toString('utf8') ?? '';
+    }
     throw new RegistryError({ reference: formatReference(ref), method, path: res.url.pathname, status: res.status, ...describeErrorBody(text) });
   }
 

@@ -1,7 +1,9 @@
 /**
  * HTTP for the registry client: one keep-alive undici Agent, connect/headers/body timeouts, bounded
- * retries with exponential backoff on 5xx, 429 and broken connections (never on other 4xx), redirects
- * followed without carrying the Authorization header to another origin, and the scheme rules of
+ * retries with exponential backoff on 5xx, 429 and broken connections (never on other 4xx; a timeout
+ * is retried once by default), redirects to http(s) only, followed without carrying the Authorization
+ * header to another origin, bounded reads of small bodies (readBounded: a size cap and an overall
+ * deadline, the rest dropped with the connection), a caller's AbortSignal, and the scheme rules of
  * nydusify: `plainHttp` always speaks http; `insecure` skips TLS verification and falls back to http
  * for a host that answers a TLS handshake like a plain HTTP server (or refuses the connection).
  */
@@ -25,6 +27,16 @@ export interface TransportOptions {
   bodyTimeoutMs?: number;
   /** Retries after the first attempt (default 3). */
   retries?: number;
+  /**
+   * Retries after a connect or answer timeout (default 1): a host that stays silent twice is taken
+   * at its word instead of being waited out `retries` times (4 x 60 s). Never more than `retries`.
+   */
+  timeoutRetries?: number;
+  /**
+   * Longest time a small document's body (manifest, config, token, error answer) may take to arrive
+   * whole, ms (default 120 000): the body timeout only measures silence between bytes.
+   */
+  documentTimeoutMs?: number;
   /** First backoff delay, doubled on each retry (default 200 ms), capped by retryMaxDelayMs (default 5 000). */
   retryBaseDelayMs?: number;
   retryMaxDelayMs?: number;
@@ -57,6 +69,8 @@ export interface HttpRequest {
   retries?: number;
   /** Reference named in errors. */
   reference: string;
+  /** Ends the request (and the reading of its body) when aborted: a caller's deadline. */
+  signal?: AbortSignal;
 }
 
 export interface HttpResponse {
@@ -92,6 +106,21 @@ export function isRetryableNetworkError(e: unknown): boolean {
   return code !== undefined && RETRY_CODES.has(code);
 }
 
+const TIMEOUT_CODES = new Set(['ETIMEDOUT', 'UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_HEADERS_TIMEOUT']);
+
+/** A host that accepted nothing or answered nothing within its timeout. */
+function isTimeout(e: unknown): boolean {
+  const code = errorCode(e);
+  return code !== undefined && TIMEOUT_CODES.has(code);
+}
+
+/** What an aborted signal says, for an error message. */
+export function abortReason(signal: AbortSignal): string {
+  const r = signal.reason as unknown;
+  if (r instanceof Error) return r.message;
+  return r === undefined ? 'aborted' : String(r);
+}
+
 /** What a TLS client sees from a plain HTTP server (Go's "server gave HTTP response to HTTPS client"). */
 function isPlainHttpAnswer(e: unknown): boolean {
   const code = errorCode(e) ?? '';
@@ -118,6 +147,8 @@ export class Transport {
   /** Aborted by destroy(): requests in flight and backoff waits end at once. */
   private readonly aborter = new AbortController();
   readonly retries: number;
+  readonly timeoutRetries: number;
+  readonly documentTimeoutMs: number;
   /** Retries made so far (metrics, tests). */
   retryCount = 0;
 
@@ -125,6 +156,8 @@ export class Transport {
     // Every request in flight listens on this signal: many concurrent ones (nydusd's chunk reads) are normal.
     setMaxListeners(0, this.aborter.signal);
     this.retries = opts.retries ?? 3;
+    this.timeoutRetries = opts.timeoutRetries ?? 1;
+    this.documentTimeoutMs = opts.documentTimeoutMs ?? 120_000;
     if (opts.dispatcher) {
       this.dispatcher = opts.dispatcher;
       this.ownsDispatcher = false;
@@ -173,10 +206,15 @@ export class Transport {
     return Math.min(max, base / 2 + Math.random() * (base / 2));
   }
 
+  /** The client's own signal, or it and a caller's (either ends the request). */
+  private signalFor(signal?: AbortSignal): AbortSignal {
+    return signal ? AbortSignal.any([this.aborter.signal, signal]) : this.aborter.signal;
+  }
+
   /** Waits the backoff for retry number `attempt` (0-based); exposed for callers that resume streams. */
-  async pause(attempt: number): Promise<void> {
+  async pause(attempt: number, signal?: AbortSignal): Promise<void> {
     this.retryCount++;
-    await sleep(this.backoff(attempt), undefined, { signal: this.aborter.signal });
+    await sleep(this.backoff(attempt), undefined, { signal: this.signalFor(signal) });
   }
 
   /**
@@ -190,24 +228,31 @@ export class Transport {
     let headers: Record<string, string> = { 'user-agent': this.opts.userAgent ?? 'nydus-ts', ...req.headers };
     let method = req.method;
     let attempt = 0;
+    let timeouts = 0;
     let redirects = 0;
+    const signal = this.signalFor(req.signal);
+    const aborted = (e: unknown) => new RegistryError({
+      reference: req.reference, method, path: url.pathname + url.search,
+      detail: this.aborter.signal.aborted ? 'aborted: the client was destroyed' : `aborted: ${abortReason(req.signal!)}`, cause: e,
+    });
     for (;;) {
       let res: Dispatcher.ResponseData;
       try {
+        if (!/^https?:$/.test(url.protocol)) throw new RegistryError({ reference: req.reference, method, path: url.href, detail: `not an http(s) URL` });
         const body = typeof req.body === 'function' ? req.body() : req.body;
-        res = await undici().request(url, { dispatcher: this.dispatcher, method, headers, body: method === 'GET' || method === 'HEAD' ? undefined : body, signal: this.aborter.signal });
+        res = await undici().request(url, { dispatcher: this.dispatcher, method, headers, body: method === 'GET' || method === 'HEAD' ? undefined : body, signal });
       } catch (e) {
-        if (this.aborter.signal.aborted) {
-          throw new RegistryError({ reference: req.reference, method, path: url.pathname + url.search, detail: 'aborted: the client was destroyed', cause: e });
-        }
+        if (e instanceof RegistryError) throw e;
+        if (signal.aborted) throw aborted(e);
         if (this.opts.insecure && !this.opts.plainHttp && url.protocol === 'https:' && url.host === host && isPlainHttpAnswer(e)) {
           // As nydusify: an insecure registry that does not speak TLS is asked again over http.
           this.httpHosts.add(host);
           url = new URL(url.href.replace(/^https:/, 'http:'));
           continue;
         }
-        if (isRetryableNetworkError(e) && attempt < retries) {
-          await this.pause(attempt++);
+        // Timeouts are retried at most `timeoutRetries` times: a host that stays silent is not waited out again and again.
+        if (isRetryableNetworkError(e) && attempt < retries && !(isTimeout(e) && timeouts++ >= this.timeoutRetries)) {
+          await this.pause(attempt++, req.signal).catch((err) => { throw signal.aborted ? aborted(err) : err; });
           continue;
         }
         const tries = attempt > 0 ? ` (after ${attempt + 1} attempts)` : '';
@@ -215,19 +260,29 @@ export class Transport {
       }
       const response: HttpResponse = { status: res.statusCode, headers: res.headers, body: res.body, url };
       if (RETRY_STATUS(res.statusCode) && attempt < retries) {
-        await res.body.dump();
+        await drain(res.body);
         this.retryCount++;
-        await sleep(this.backoff(attempt++, res.statusCode === 429 ? header(res.headers, 'retry-after') : undefined), undefined, { signal: this.aborter.signal });
+        await sleep(this.backoff(attempt++, res.statusCode === 429 ? header(res.headers, 'retry-after') : undefined), undefined, { signal })
+          .catch((err) => { throw aborted(err); });
         continue;
       }
       if (req.followRedirects && REDIRECT_STATUS.has(res.statusCode)) {
         const location = header(res.headers, 'location');
-        await res.body.dump();
+        await drain(res.body);
         if (!location) return response;
         if (++redirects > MAX_REDIRECTS) {
           throw new RegistryError({ reference: req.reference, method, path: url.pathname, status: res.statusCode, detail: `more than ${MAX_REDIRECTS} redirects` });
         }
-        url = new URL(location, url);
+        let next: URL;
+        try {
+          next = new URL(location, url);
+        } catch {
+          throw new RegistryError({ reference: req.reference, method, path: url.pathname, status: res.statusCode, detail: `redirect to ${JSON.stringify(location.slice(0, 200))}, which is not a URL` });
+        }
+        if (!/^https?:$/.test(next.protocol)) {
+          throw new RegistryError({ reference: req.reference, method, path: url.pathname, status: res.statusCode, detail: `redirect to a ${next.protocol} URL, not http(s)` });
+        }
+        url = next;
         if (url.host !== firstHost) {
           // A redirect to a storage host must not receive the registry's credentials.
           const { authorization: _dropped, ...rest } = headers;
@@ -261,4 +316,82 @@ export class Transport {
 export function discard(body: HttpResponse['body']): void {
   body.on('error', () => undefined);
   body.destroy();
+}
+
+/** How long the rest of an unwanted body is read to keep its connection, at most (then it is dropped). */
+const DRAIN_MS = 5_000;
+/** ... and how many bytes (undici's own default for dump). */
+const DRAIN_LIMIT = 128 << 10;
+
+/**
+ * Reads the rest of an unwanted body so its connection can serve again: at most DRAIN_LIMIT bytes and
+ * DRAIN_MS; a body longer or slower than that is dropped with its connection instead. Never throws.
+ */
+export async function drain(body: HttpResponse['body']): Promise<void> {
+  try {
+    await body.dump({ limit: DRAIN_LIMIT, signal: AbortSignal.timeout(DRAIN_MS) });
+  } catch {
+    discard(body);
+  }
+}
+
+/** Largest part of an error answer read (containerd's NewUnexpectedStatusErr keeps 64 000 bytes); the rest is dropped. */
+export const ERROR_BODY_EXCERPT = 64 << 10;
+
+export interface BoundedBody {
+  /** At most `limit` bytes: the body, or its first `limit` bytes. */
+  bytes: Buffer;
+  /** The body had more than `limit` bytes (the rest was not read). */
+  over: boolean;
+  /** The deadline passed before the body ended (`bytes` is what had arrived). */
+  timedOut: boolean;
+  /** With `keepPartial`: the error that ended the body early (`bytes` is what had arrived). */
+  failed?: unknown;
+}
+
+export interface ReadBoundedOptions {
+  /** Hears the number of bytes read so far. */
+  progress?: (bytes: number) => void;
+  /** Return what arrived when the body fails (an error answer's excerpt) instead of throwing. */
+  keepPartial?: boolean;
+}
+
+/**
+ * Reads a body of at most `limit` bytes within `deadlineMs`: it stops at the first byte past the limit
+ * or at the deadline, and drops the rest of the body with its connection. Nothing larger than `limit`
+ * is ever held. Errors of the body itself (a reset, an aborted request) are thrown, or with
+ * `keepPartial` returned beside what had arrived.
+ */
+export async function readBounded(body: HttpResponse['body'], limit: number, deadlineMs: number, opts: ReadBoundedOptions = {}): Promise<BoundedBody> {
+  const parts: Buffer[] = [];
+  let n = 0;
+  let over = false;
+  let timedOut = false;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    discard(body);
+  }, deadlineMs);
+  try {
+    for await (const piece of body as AsyncIterable<Buffer>) {
+      if (piece.length > limit - n) {
+        parts.push(piece.subarray(0, limit - n));
+        n = limit;
+        over = true;
+        break;
+      }
+      parts.push(piece);
+      n += piece.length;
+      opts.progress?.(n);
+    }
+  } catch (e) {
+    if (opts.keepPartial && !timedOut) {
+      discard(body);
+      return { bytes: Buffer.concat(parts, n), over, timedOut, failed: e };
+    }
+    if (!timedOut) throw e;
+  } finally {
+    clearTimeout(timer);
+    if (over || timedOut) discard(body);
+  }
+  return { bytes: Buffer.concat(parts, n), over, timedOut };
 }

@@ -9,7 +9,7 @@ import { repositoryScope } from './auth.ts';
 import { headBlob } from './blobs.ts';
 import { DigestMismatchError, RegistryError } from './errors.ts';
 import { checkDigest, formatReference, type ImageReference } from './reference.ts';
-import { header, isRetryableNetworkError, type HttpResponse } from './transport.ts';
+import { drain, header, isRetryableNetworkError, type HttpResponse } from './transport.ts';
 import { sha256, toRef, type RefLike, type RegistrySession } from './session.ts';
 
 /** A blob source of known size and digest: a function opening a fresh stream for each attempt. */
@@ -76,7 +76,7 @@ function uploadedUpTo(range: string | undefined): number | undefined {
 async function startUpload(s: RegistrySession, ref: ImageReference): Promise<URL> {
   const res = await s.call(ref, 'push', { method: 'POST', target: `/v2/${ref.repository}/blobs/uploads/`, headers: { 'content-length': '0' } });
   await s.expect(ref, 'POST', res, 202);
-  await res.body.dump();
+  await drain(res.body);
   return s.location(ref, 'POST', res);
 }
 
@@ -86,7 +86,7 @@ async function mount(s: RegistrySession, ref: ImageReference, digest: string, fr
   const target = `/v2/${ref.repository}/blobs/uploads/?mount=${encodeURIComponent(digest)}&from=${encodeURIComponent(from)}`;
   const res = await s.call(ref, scopes, { method: 'POST', target, headers: { 'content-length': '0' } });
   await s.expect(ref, 'POST', res, 201, 202);
-  await res.body.dump();
+  await drain(res.body);
   return res.status === 201 ? true : s.location(ref, 'POST', res);
 }
 
@@ -99,7 +99,7 @@ async function finishUpload(s: RegistrySession, ref: ImageReference, location: U
     body: Buffer.isBuffer(body) ? body : body.open,
   });
   await s.expect(ref, 'PUT', res, 201);
-  await res.body.dump();
+  await drain(res.body);
   const served = header(res.headers, 'docker-content-digest');
   if (served && served !== digest) throw new DigestMismatchError({ reference: formatReference(ref), method: 'PUT', path: location.pathname }, digest, served);
 }
@@ -130,7 +130,7 @@ export async function pushBlob(s: RegistrySession, refLike: RefLike, source: Buf
 async function uploadStatus(s: RegistrySession, ref: ImageReference, location: URL): Promise<{ upTo: number; location: URL }> {
   const res = await s.call(ref, 'push', { method: 'GET', target: location.href });
   await s.expect(ref, 'GET', res, 204);
-  await res.body.dump();
+  await drain(res.body);
   const upTo = uploadedUpTo(header(res.headers, 'range'));
   if (upTo === undefined) throw new RegistryError({ reference: formatReference(ref), method: 'GET', path: location.pathname, status: res.status, detail: 'upload status without a Range header' });
   return { upTo, location: header(res.headers, 'location') ? s.location(ref, 'GET', res) : location };
@@ -157,7 +157,7 @@ async function patchChunk(s: RegistrySession, ref: ImageReference, location: URL
       failure = e;
     }
     if (res && res.status === 202) {
-      await res.body.dump();
+      await drain(res.body);
       const next = s.location(ref, 'PATCH', res);
       const upTo = uploadedUpTo(header(res.headers, 'range'));
       if (upTo !== undefined && upTo !== offset + chunk.length) {
@@ -166,7 +166,7 @@ async function patchChunk(s: RegistrySession, ref: ImageReference, location: URL
       return next;
     }
     if (res && !(res.status >= 500 || res.status === 429)) await s.expect(ref, 'PATCH', res, 202);
-    if (res) await res.body.dump();
+    if (res) await drain(res.body);
     if (failures >= s.transport.retries) {
       if (failure) throw failure;
       await s.expect(ref, 'PATCH', res!, 202);
@@ -199,7 +199,7 @@ export async function pushBlobStream(s: RegistrySession, refLike: RefLike, strea
   }
   const digest = `sha256:${hash.digest('hex')}`;
   if (opts.expectedDigest && digest !== opts.expectedDigest) {
-    await s.call(ref, 'push', { method: 'DELETE', target: location.href, retries: 0 }).then((r) => r.body.dump(), () => undefined);
+    await s.call(ref, 'push', { method: 'DELETE', target: location.href, retries: 0 }).then((r) => drain(r.body), () => undefined);
     throw new DigestMismatchError({ reference: formatReference(ref), method: 'PUT', path: location.pathname }, opts.expectedDigest, digest);
   }
   await finishUpload(s, ref, location, digest, Buffer.alloc(0), 0);

@@ -83,8 +83,9 @@ export class HttpProxyBackend implements BlobBackend {
     return route && viaProxy ? route.run(() => op(viaProxy, proxied), () => op(direct, url)) : op(direct, url);
   }
 
-  private async send(t: Transport, url: string, method: 'GET' | 'HEAD', headers: Record<string, string>, ...ok: number[]): Promise<HttpResponse> {
-    const res = await t.send(new URL(url).host, { method, target: url, headers, followRedirects: true, reference: this.cfg.addr });
+  /** `signal`: the read's deadline (withDeadline), which ends the request and its body. */
+  private async send(t: Transport, url: string, method: 'GET' | 'HEAD', headers: Record<string, string>, ok: number[], signal?: AbortSignal): Promise<HttpResponse> {
+    const res = await t.send(new URL(url).host, { method, target: url, headers, followRedirects: true, reference: this.cfg.addr, signal });
     if (!ok.includes(res.status)) {
       discard(res.body);
       throw new HttpStatusError(`${method} ${url}: HTTP ${res.status}`, res.status);
@@ -93,14 +94,14 @@ export class HttpProxyBackend implements BlobBackend {
   }
 
   /** One Range GET; a body that breaks off is asked for again up to retry_limit times. */
-  private async readRange(t: Transport, url: string, offset: number, size: number): Promise<Buffer> {
+  private async readRange(t: Transport, url: string, offset: number, size: number, signal: AbortSignal): Promise<Buffer> {
     for (let failures = 0; ; failures++) {
-      const res = await this.send(t, url, 'GET', { range: `bytes=${offset}-${offset + size - 1}` }, 206);
+      const res = await this.send(t, url, 'GET', { range: `bytes=${offset}-${offset + size - 1}` }, [206], signal);
       try {
         return await rangeBody(res, offset, size);
       } catch (e) {
         if (!isRetryableNetworkError(e) || failures >= this.cfg.retryLimit) throw e;
-        await t.pause(failures);
+        await t.pause(failures, signal);
       }
     }
   }
@@ -110,7 +111,7 @@ export class HttpProxyBackend implements BlobBackend {
     return countRead(this.metrics, async () => {
       try {
         if (size === 0) return Buffer.alloc(0);
-        return await withDeadline(this.routed((t, url) => this.readRange(t, url, offset, size), blobId), this.deadlineMs, where);
+        return await withDeadline((signal) => this.routed((t, url) => this.readRange(t, url, offset, size, signal), blobId), this.deadlineMs, where);
       } catch (e) {
         throw asEio(e, where);
       }
@@ -120,7 +121,7 @@ export class HttpProxyBackend implements BlobBackend {
   async size(blobId: string): Promise<number> {
     const where = `http-proxy backend ${this.url(blobId)}`;
     try {
-      const res = await withDeadline(this.routed((t, url) => this.send(t, url, 'HEAD', {}, 200), blobId), this.deadlineMs, where);
+      const res = await withDeadline((signal) => this.routed((t, url) => this.send(t, url, 'HEAD', {}, [200], signal), blobId), this.deadlineMs, where);
       await res.body.dump();
       const n = Number(header(res.headers, 'content-length') ?? NaN);
       if (!Number.isSafeInteger(n) || n < 0) throw new NydusError('HEAD answer without a valid Content-Length', EIO);

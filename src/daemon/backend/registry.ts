@@ -108,8 +108,9 @@ export class RegistryBackend implements BlobBackend {
   private connections(): Connections {
     if (this.conn) return this.conn;
     const cfg = this.cfg;
+    // retry_limit applies to every failure, timeouts included, as in nydus: the read's deadline bounds them.
     const client = (dispatcher: Dispatcher, plainHttp: boolean, retries: number) => new RegistryClient({
-      dispatcher: this.compose(dispatcher), plainHttp, insecure: cfg.skipVerify, retries,
+      dispatcher: this.compose(dispatcher), plainHttp, insecure: cfg.skipVerify, retries, timeoutRetries: retries,
       credentials: this.credentials, dockerConfig: false, userAgent: 'nydus-ts nydusd',
     });
     const direct = directDispatcher(cfg);
@@ -134,7 +135,8 @@ export class RegistryBackend implements BlobBackend {
     const where = `${this.where}: blob ${blobId} bytes ${offset}+${size}`;
     return countRead(this.metrics, async () => {
       try {
-        return await withDeadline(this.routed((c) => c.readBlobRange(this.ref, `sha256:${blobId}`, offset, size)), this.deadlineMs, where);
+        // At the deadline the request is aborted, not left downloading.
+        return await withDeadline((signal) => this.routed((c) => c.readBlobRange(this.ref, `sha256:${blobId}`, offset, size, { signal })), this.deadlineMs, where);
       } catch (e) {
         throw asEio(e, where);
       }
@@ -145,7 +147,7 @@ export class RegistryBackend implements BlobBackend {
     const where = `${this.where}: blob ${blobId}`;
     let head: { size: number } | undefined;
     try {
-      head = await withDeadline(this.routed((c) => c.headBlob(this.ref, `sha256:${blobId}`)), this.deadlineMs, where);
+      head = await withDeadline((signal) => this.routed((c) => c.headBlob(this.ref, `sha256:${blobId}`, 'pull', signal)), this.deadlineMs, where);
     } catch (e) {
       throw asEio(e, where);
     }

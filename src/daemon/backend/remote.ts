@@ -81,15 +81,31 @@ export function readDeadlineMs(cfg: ConnectionConfig): number {
   return attempts * (cfg.connectTimeoutSec + 2 * cfg.timeoutSec) * 1000 + cfg.retryLimit * 5_000;
 }
 
-/** `work` or an EIO naming `what` once `ms` have passed (the request itself ends on its own timeouts). */
-export async function withDeadline<T>(work: Promise<T>, ms: number, what: string): Promise<T> {
+/**
+ * `work` or an EIO naming `what` once `ms` have passed. Given as a function of an AbortSignal, the work
+ * is aborted at the deadline too (its request and the reading of its body end, no download goes on
+ * in the background); given as a promise, it ends on its own timeouts.
+ */
+export async function withDeadline<T>(work: Promise<T> | ((signal: AbortSignal) => Promise<T>), ms: number, what: string): Promise<T> {
+  const aborter = new AbortController();
   let timer: NodeJS.Timeout | undefined;
   const late = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new NydusError(`${what}: no answer within ${Math.round(ms / 1000)} s`, EIO)), ms);
+    timer = setTimeout(() => {
+      const e = new NydusError(`${what}: no answer within ${Math.round(ms / 1000)} s`, EIO);
+      reject(e);
+      aborter.abort(e);
+    }, ms);
   });
-  work.catch(() => undefined);
+  let running: Promise<T>;
   try {
-    return await Promise.race([work, late]);
+    running = typeof work === 'function' ? work(aborter.signal) : work;
+  } catch (e) {
+    clearTimeout(timer);
+    throw e;
+  }
+  running.catch(() => undefined);
+  try {
+    return await Promise.race([running, late]);
   } finally {
     clearTimeout(timer);
   }
@@ -137,8 +153,10 @@ export class ProxyRoute {
     if (this.pinging || (Date.now() - this.lastActive) / 1000 > this.cfg.checkPauseElapsedSec) return;
     this.pinging = true;
     try {
-      const res = await undici().request(this.cfg.pingUrl, { dispatcher: this.pingDispatcher, headersTimeout: connectTimeoutSec * 1000, bodyTimeout: connectTimeoutSec * 1000 });
-      await res.body.dump();
+      // The whole ping, body included, within its answer and body timeouts (a body dripping forever ends too).
+      const signal = AbortSignal.timeout(2 * connectTimeoutSec * 1000);
+      const res = await undici().request(this.cfg.pingUrl, { dispatcher: this.pingDispatcher, headersTimeout: connectTimeoutSec * 1000, bodyTimeout: connectTimeoutSec * 1000, signal });
+      await res.body.dump({ limit: 128 << 10, signal });
       this.healthy = res.statusCode >= 200 && res.statusCode < 300;
     } catch {
       this.healthy = false;
