@@ -5,6 +5,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import pino from 'pino';
 import { createImage } from '../src/builder/create.ts';
@@ -890,4 +891,106 @@ test('registration bounds: a registration over its time bound is refused, a bad 
   assert.deepEqual([a.id, b.id], ['twice', 'twice']);
   assert.deepEqual(registry2.list().map((x) => x.id), ['twice']);
   state.close();
+});
+
+/** One raw HTTP request on a connection of its own; resolves to what came back. */
+function rawHttp(sock: string, text: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const c = net.connect(sock, () => c.write(text));
+    let got = '';
+    c.setEncoding('utf8');
+    c.on('data', (d) => (got += d));
+    c.on('end', () => resolve(got));
+    c.on('error', reject);
+    c.setTimeout(5000, () => {
+      c.destroy();
+      resolve(got || 'no answer');
+    });
+  });
+}
+
+test('API: a request target that is no path (//%%%/, *, a broken %-escape) is a 400 naming it, and the API serves on', async () => {
+  const state = new DaemonState(path.join(work, 'state-target'));
+  const registry = track(new ImageRegistry(state, log));
+  const sock = path.join(work, 'target.sock');
+  const server = await startApi(sock, { id: 'dt', registry, state, lifecycle: null, log });
+  try {
+    for (const target of ['//%%%/', '*', '/api/v1/daemon%zz', '//host/api/v1/daemon']) {
+      const answer = await rawHttp(sock, `GET ${target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`);
+      assert.match(answer, /^HTTP\/1\.1 40[04] /, `${target}: ${answer}`);
+      if (target !== '//host/api/v1/daemon') assert.match(answer, /"message":"BadRequest: the request target .* is not a valid path"/, target);
+    }
+    // An absolute-form target is taken by its path, as HTTP/1.1 servers do.
+    assert.match(await rawHttp(sock, 'GET http://nydusd/api/v1/daemon HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n'), /^HTTP\/1\.1 200 /);
+    assert.equal((await api(sock, 'GET', '/api/v1/daemon')).status, 200, 'the API still answers');
+  } finally {
+    server.close();
+    server.closeAllConnections();
+    state.close();
+  }
+});
+
+test('API: connections are bounded (idle ones cannot take every fd), never timed out while idle; the API answers again once they go', async () => {
+  const state = new DaemonState(path.join(work, 'state-conns'));
+  const registry = track(new ImageRegistry(state, log));
+  const sock = path.join(work, 'conns.sock');
+  const server = await startApi(sock, { id: 'dc', registry, state, lifecycle: null, log });
+  const conns: net.Socket[] = [];
+  try {
+    assert.ok(Number.isInteger(server.maxConnections) && server.maxConnections >= 16 && server.maxConnections <= 1024, `maxConnections ${server.maxConnections}`);
+    await Promise.all(Array.from({ length: server.maxConnections + 100 }, () => new Promise<void>((resolve) => {
+      const c = net.connect(sock);
+      conns.push(c);
+      c.on('connect', () => resolve());
+      c.on('error', () => resolve());
+    })));
+    await new Promise((r) => setTimeout(r, 300));
+    const open = await new Promise<number>((r, j) => server.getConnections((e, n) => (e ? j(e) : r(n))));
+    assert.ok(open <= server.maxConnections, `${open} connections held, at most ${server.maxConnections}`);
+    assert.equal(server.headersTimeout > 0 && server.requestTimeout > 0, true, 'a request that starts and stalls ends');
+    assert.equal(server.timeout, 0, 'an idle connection (the snapshotter\'s watch) is never closed');
+    for (const c of conns) c.destroy();
+    for (let i = 0; (await api(sock, 'GET', '/api/v1/daemon').catch(() => null))?.status !== 200; i++) {
+      if (i > 100) assert.fail('the API does not answer again');
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  } finally {
+    for (const c of conns) c.destroy();
+    server.close();
+    server.closeAllConnections();
+    state.close();
+  }
+});
+
+test('backend timeouts beyond what a timer can wait are refused naming them; a tiny prefetch bandwidth_limit is honoured, never ignored', async () => {
+  const entryWith = (connection: object) => ({
+    type: 'bootstrap', id: 'to', domain_id: '',
+    config_v2: { version: 2, id: 'to', backend: { type: 'http-proxy', 'http-proxy': { addr: 'http://127.0.0.1:1', ...connection } }, cache: { type: 'fscache', fscache: { work_dir: work } }, metadata_path: boot },
+  });
+  const { parseBlobCacheEntry } = await import('../src/daemon/config.ts');
+  assert.equal(parseBlobCacheEntry(entryWith({ timeout: 5, connect_timeout: 5 })).backend.type, 'http-proxy');
+  assert.equal(parseBlobCacheEntry(entryWith({ timeout: 3600, retry_limit: 3 })).backend.type, 'http-proxy');
+  for (const [connection, message] of [
+    [{ timeout: 2_000_000 }, /timeout 2000000 s, connect_timeout 5 s and retry_limit 0 let one read take 4000005 s, more than the 2147483 s/],
+    [{ timeout: 9007199254740991 }, /\.timeout 9007199254740991 is too long: at most 2147483 seconds/],
+    [{ connect_timeout: 2_200_000 }, /\.connect_timeout 2200000 is too long/],
+    [{ timeout: 10_000, retry_limit: 255 }, /retry_limit 255 let one read take/],
+    [{ proxy: { check_interval: 3_000_000 } }, /proxy\.check_interval 3000000 is too long/],
+  ] as const) {
+    assert.throws(() => parseBlobCacheEntry(entryWith(connection)), message, JSON.stringify(connection));
+  }
+  assert.throws(() => parseBlobCacheEntry({ ...entry('bw'), config_v2: { ...entry('bw').config_v2, cache: { type: 'fscache', fscache: { work_dir: work }, prefetch: { enable: true, bandwidth_limit: 2 ** 32 } } } }),
+    /prefetch\.bandwidth_limit must be at most 4294967295/);
+  // A wait past a timer's 2^31-1 ms (1 GiB at 1 B/s): waited in slices, not fired at once.
+  const { Pacer } = await import('../src/daemon/blob-cache.ts') as { Pacer?: new (rate: number) => { take(bytes: number, stopped?: () => boolean): Promise<void> } };
+  assert.ok(Pacer, 'blob-cache.ts exports its Pacer');
+  const pacer = new Pacer(1);
+  await pacer.take(1 << 30);
+  let stop = false;
+  let done = false;
+  const next = pacer.take(1, () => stop).then(() => (done = true));
+  await new Promise((r) => setTimeout(r, 300));
+  assert.equal(done, false, 'the next batch waits for the bytes before it');
+  stop = true;
+  await Promise.race([next, new Promise((_, j) => setTimeout(() => j(new Error('a stopped wait did not end')), 5_000))]);
 });

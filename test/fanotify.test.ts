@@ -80,3 +80,27 @@ test('nydusd worker env: a glibc tunable is added to GLIBC_TUNABLES, and one the
   assert.equal(withTunable('glibc.malloc.arena_max=2', 'glibc.malloc.hugetlb', '1'), 'glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1');
   assert.equal(withTunable('glibc.malloc.hugetlb=0:glibc.malloc.arena_max=2', 'glibc.malloc.hugetlb', '1'), 'glibc.malloc.hugetlb=0:glibc.malloc.arena_max=2');
 });
+
+test('fd numbers a journal names: one no process can have (past an int, not below RLIMIT_NOFILE, negative) is a RangeError, never truncated or dup3\'d', async () => {
+  const { reserveFdNumber } = await import('../native/fscache/fanotify.ts');
+  for (const n of [2 ** 32, 999_999_999, -1, 1.5]) assert.throws(() => reserveFdNumber(n), RangeError, String(n));
+  assert.throws(() => reserveFdNumber(2 ** 31 - 1), /not below the open files limit/);
+  // A free number below the limit is held, and released.
+  const release = reserveFdNumber(900);
+  release();
+});
+
+test('daemon directory lock: a second holder is refused naming the directory and the pid; the lock goes with its fd', async () => {
+  const dir = tmpDir('fanlock');
+  try {
+    const run = await import('../src/daemon/run.ts') as { lockDaemonDir?: (dir: string, what: string) => number };
+    assert.ok(run.lockDaemonDir, 'run.ts locks daemon directories');
+    const fd = run.lockDaemonDir(path.join(dir, 'state'), '--fanotify directory');
+    assert.throws(() => run.lockDaemonDir!(path.join(dir, 'state'), '--fanotify directory'),
+      new RegExp(`^NydusError: --fanotify directory ${dir}/state is in use by another nydusd \\(pid ${process.pid}\\)`));
+    fs.closeSync(fd);
+    fs.closeSync(run.lockDaemonDir(path.join(dir, 'state'), '--fanotify directory'));
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});

@@ -5,6 +5,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import { ChunkBits, DaemonState } from '../src/daemon/state.ts';
@@ -97,4 +98,41 @@ test('WorkGuard: drains once when the last user is done after close, never again
   await guard.use(async () => undefined);
   guard.close();
   assert.equal(drains, 1, 'the fd is closed once, whatever uses the guard after close');
+});
+
+test('state: a damaged database, or a directory in its place, is one error naming the file and what to do; nothing of it is deleted', () => {
+  const dir = tmpDir('state-damaged');
+  try {
+    const cases: Array<[string, (db: string) => void, RegExp]> = [
+      ['random bytes', (db) => fs.writeFileSync(db, Buffer.alloc(65536, 0x5a)), /file is not a database \(SQLITE_NOTADB\)/],
+      ['truncated', (db) => {
+        const good = new DaemonState(path.join(dir, 'good'));
+        good.mark({ volume: 'v', cookie: 'c' }, [1, 2]);
+        good.close();
+        fs.writeFileSync(db, fs.readFileSync(path.join(dir, 'good', 'chunk-state.db')).subarray(0, 100));
+      }, /database disk image is malformed \(SQLITE_CORRUPT\)/],
+      ['a directory', (db) => fs.mkdirSync(db), /unable to open database file \(SQLITE_CANTOPEN\)/],
+    ];
+    for (const [what, make, cause] of cases) {
+      const stateDir = path.join(dir, what.replace(/ /g, '-'));
+      fs.mkdirSync(stateDir);
+      const db = path.join(stateDir, 'chunk-state.db');
+      make(db);
+      const before = fs.statSync(db).isFile() ? fs.readFileSync(db) : null;
+      assert.throws(() => new DaemonState(stateDir), (e: Error) => {
+        assert.equal(e.name, 'StateDbError', `${what}: ${e}`);
+        assert.ok(e.message.startsWith(`state database ${db} cannot be used: `), e.message);
+        assert.match(e.message, cause, what);
+        assert.match(e.message, /move it \(with its -wal and -shm files\) away or restore it/);
+        return true;
+      }, what);
+      if (before) assert.deepEqual(fs.readFileSync(db), before, `${what}: the file is kept as it was`);
+      else assert.ok(fs.statSync(db).isDirectory(), `${what}: kept`);
+    }
+    // A file where the state directory should be.
+    fs.writeFileSync(path.join(dir, 'a-file'), 'x');
+    assert.throws(() => new DaemonState(path.join(dir, 'a-file')), /^StateDbError: state directory .*a-file is not a directory/);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
 });

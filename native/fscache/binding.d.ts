@@ -131,6 +131,8 @@ export interface FscacheBinding {
   dup(fd: number): number;
   /** Keeps number n from being given to a new fd (/dev/null dup3'd onto it) if it is free; true if it did. */
   reserveFd(n: number): boolean;
+  /** flock(2) LOCK_EX|LOCK_NB on fd: true once held, false while another open file description holds the lock. */
+  tryLock(fd: number): boolean;
   /**
    * Verifies a run of chunks on libuv's thread pool: each chunk of `stored` (at the place `layout`
    * gives, 5 numbers per chunk as src/blob/verify.ts RUN_* names them) decompressed (compressor 1:

@@ -1,8 +1,12 @@
 #include "fds.h"
 
 #include <fcntl.h>
+#include <sys/file.h>
+#include <sys/resource.h>
 #include <unistd.h>
 #include <cerrno>
+#include <climits>
+#include <cmath>
 #include <string>
 
 #include "errno_error.h"
@@ -19,8 +23,17 @@ Napi::Value Dup(const Napi::CallbackInfo& info) {
 
 Napi::Value ReserveFd(const Napi::CallbackInfo& info) {
   if (!info[0].IsNumber()) throw Napi::TypeError::New(info.Env(), "reserveFd(n: number)");
-  int n = info[0].As<Napi::Number>().Int32Value();
-  if (n < 0) throw Napi::RangeError::New(info.Env(), "reserveFd: negative fd number");
+  // Taken as it is, never truncated: 4294967296 is no fd, not fd 0.
+  double d = info[0].As<Napi::Number>().DoubleValue();
+  if (!(d >= 0 && d <= INT_MAX && std::floor(d) == d)) {
+    throw Napi::RangeError::New(info.Env(), "reserveFd: " + std::to_string(d) + " is not an fd number (0 to " + std::to_string(INT_MAX) + ")");
+  }
+  int n = static_cast<int>(d);
+  struct rlimit lim;
+  if (getrlimit(RLIMIT_NOFILE, &lim) == 0 && lim.rlim_cur != RLIM_INFINITY && static_cast<rlim_t>(n) >= lim.rlim_cur) {
+    throw Napi::RangeError::New(info.Env(), "reserveFd: fd " + std::to_string(n) + " is not below the open files limit (RLIMIT_NOFILE " +
+                                                std::to_string(static_cast<unsigned long long>(lim.rlim_cur)) + ")");
+  }
   if (fcntl(n, F_GETFD) >= 0) return Napi::Boolean::New(info.Env(), false);  // in use: no one else gets it
   int tmp = open("/dev/null", O_RDONLY | O_CLOEXEC);
   if (tmp < 0) throw ErrnoError(info.Env(), errno, "open", "/dev/null");
@@ -30,6 +43,14 @@ Napi::Value ReserveFd(const Napi::CallbackInfo& info) {
   close(tmp);
   if (r < 0) throw ErrnoError(info.Env(), err, "dup3", "", "reserving fd " + std::to_string(n));
   return Napi::Boolean::New(info.Env(), true);
+}
+
+Napi::Value TryLock(const Napi::CallbackInfo& info) {
+  if (!info[0].IsNumber()) throw Napi::TypeError::New(info.Env(), "tryLock(fd: number)");
+  int fd = info[0].As<Napi::Number>().Int32Value();
+  if (RetryOnEintr([&] { return flock(fd, LOCK_EX | LOCK_NB); }) == 0) return Napi::Boolean::New(info.Env(), true);
+  if (errno == EWOULDBLOCK) return Napi::Boolean::New(info.Env(), false);
+  throw ErrnoError(info.Env(), errno, "flock", "", "LOCK_EX of fd " + std::to_string(fd));
 }
 
 }  // namespace fscache

@@ -6,6 +6,10 @@
 //                    Returns whether it did (then close(n) releases it). A restarted daemon answers
 //                    its predecessor's events by their fd numbers, and the kernel matches answers by
 //                    number alone: a new event must not take one of those numbers meanwhile.
+//                    A number that cannot be an fd (negative, past int, not below RLIMIT_NOFILE) is a
+//                    RangeError, never truncated or dup3'd.
+//   tryLock(fd)      flock(2) LOCK_EX|LOCK_NB: true once held, false while another open file
+//                    description holds it (a daemon's directory, held for the daemon's life).
 #pragma once
 
 #include <napi.h>
@@ -14,5 +18,6 @@ namespace fscache {
 
 Napi::Value Dup(const Napi::CallbackInfo& info);
 Napi::Value ReserveFd(const Napi::CallbackInfo& info);
+Napi::Value TryLock(const Napi::CallbackInfo& info);
 
 }  // namespace fscache

@@ -13,7 +13,7 @@
 //   dataRanges(fd, from, to)        lseek(2) SEEK_DATA/SEEK_HOLE: the ranges of [from, to) that hold data
 //   fanotify*, readFanotifyEvents   the fanotify pre-content front end (fanotify.h)
 //   mount, umount                   file-backed EROFS mounts (mount.h)
-//   dup, reserveFd                  event fds kept, fd numbers held for a predecessor's events (fds.h)
+//   dup, reserveFd, tryLock         event fds kept, fd numbers held for a predecessor's events, flock (fds.h)
 // Failures throw Errors with errno (positive), code ('EINVAL'), syscall and path or detail.
 #include <napi.h>
 #include <fcntl.h>
@@ -134,6 +134,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("umount", Napi::Function::New(env, Umount, "umount"));
   exports.Set("dup", Napi::Function::New(env, Dup, "dup"));
   exports.Set("reserveFd", Napi::Function::New(env, ReserveFd, "reserveFd"));
+  exports.Set("tryLock", Napi::Function::New(env, TryLock, "tryLock"));
   exports.Set("verifyRunNative", Napi::Function::New(env, VerifyRunNative, "verifyRunNative"));
   exports.Set("verifyBlobRange", Napi::Function::New(env, VerifyBlobRange, "verifyBlobRange"));
   exports.Set("releaseBuffer", Napi::Function::New(env, ReleaseBuffer, "releaseBuffer"));

@@ -2,9 +2,10 @@
 import './stack-maps.ts';
 import { NydusError } from '../../erofs/errors.ts';
 import fs from 'node:fs';
+import path from 'node:path';
 // The supervisor loads its own code alone (run.ts): the daemon's (serve.ts, run-fanotify.ts) is loaded
 // by the process that serves, so a supervisor spawns its worker sooner.
-import { type DaemonOptions, isWorker, openFanotifyGroup, runSupervisor } from '../daemon/run.ts';
+import { type DaemonOptions, WORKER_EXIT_FATAL, isWorker, openFanotifyGroup, runSupervisor } from '../daemon/run.ts';
 import type { FanotifyDaemonOptions } from '../daemon/run-fanotify.ts';
 import { versionText } from '../version.ts';
 import { quickParse } from './quick-args.ts';
@@ -89,16 +90,43 @@ await runMain('nydusd', async () => {
     return;
   }
   const { runDaemon, startupMode } = await import('../daemon/serve.ts');
-  if (isWorker()) await runDaemon(opts, { kind: 'inherited' });
+  if (isWorker()) await runFscacheWorker(opts, () => runDaemon(opts, { kind: 'inherited' }));
   else await runDaemon(opts, args.upgrade ? { kind: 'takeover' } : await startupMode(opts));
 });
+
+/**
+ * The fscache mode worker: a failure to start reaches the log file (the supervisor's stderr may be
+ * nowhere); a state database it cannot use ends the daemon (WORKER_EXIT_FATAL: a new worker would
+ * meet it again).
+ */
+async function runFscacheWorker(opts: DaemonOptions, run: () => Promise<void>): Promise<void> {
+  try {
+    await run();
+  } catch (e) {
+    const { StateDbError } = await import('../daemon/state.ts');
+    const fatal = e instanceof StateDbError;
+    try {
+      const { makeLogger } = await import('../daemon/log.ts');
+      makeLogger(opts.logLevel, opts.logFile, opts.logRotationSize).fatal({ err: (e as Error).message }, fatal ? 'worker cannot start with its state; the daemon stops' : 'worker cannot start');
+    } catch { /* stderr says it */ }
+    if (!fatal) throw e;
+    process.stderr.write(`nydusd: error: ${(e as Error).message}\n`);
+    process.exit(WORKER_EXIT_FATAL);
+  }
+}
+
+/** A path of the command line, from the caller's working directory ('' stays '': refused as missing, never the cwd). */
+function cliPath(v: unknown): string {
+  return typeof v === 'string' && v ? path.resolve(v) : '';
+}
 
 type Args = Record<string, unknown> & { 'log-level': string; 'log-rotation-size': number };
 
 /** `nydusd --fanotify <dir> [--config <json> --bootstrap <file> --mountpoint <dir>] [--apisock <sock>]`. */
 async function fanotifyMode(args: Args, argv: string[]): Promise<void> {
-  const dir = args.fanotify as string;
-  if (!dir) throw new NydusError('--fanotify needs the daemon\'s directory: --fanotify <dir>');
+  if (!args.fanotify) throw new NydusError('--fanotify needs the daemon\'s directory: --fanotify <dir>');
+  // Paths of the command line are the caller's, taken from its working directory (the API's must be absolute).
+  const dir = path.resolve(args.fanotify as string);
   for (const flag of ['fscache', 'supervisor', 'id', 'upgrade', 'failover-policy']) {
     if (args[flag] !== undefined && args[flag] !== false) throw new NydusError(`--${flag} does not go with --fanotify`);
   }
@@ -132,8 +160,8 @@ async function fanotifyMode(args: Args, argv: string[]): Promise<void> {
   const opts: FanotifyDaemonOptions = {
     dir, apiSock: args.apisock as string | undefined, threads, logLevel: args['log-level'], logFile: args['log-file'] as string | undefined,
     logRotationSize: args['log-rotation-size'],
-    initial: given.length ? { mountpoint: args.mountpoint as string, bootstrap: args.bootstrap as string, config } : undefined,
+    initial: given.length ? { mountpoint: cliPath(args.mountpoint), bootstrap: cliPath(args.bootstrap), config } : undefined,
   };
   if (isWorker()) await (await import('../daemon/run-fanotify.ts')).runFanotifyWorker(opts);
-  else await runSupervisor(opts, [process.argv[1], ...argv], openFanotifyGroup());
+  else await runSupervisor(opts, [process.argv[1], ...argv], openFanotifyGroup(dir));
 }

@@ -21,6 +21,7 @@ import { type DaemonLifecycle, StateError } from './lifecycle.ts';
 import { BUILD_INFO } from '../version.ts';
 import { prometheusText } from './prometheus.ts';
 import type { FanotifySession } from './frontend/fanotify.ts';
+import { badPathText } from './log.ts';
 
 export interface ApiContext {
   id: string;
@@ -142,13 +143,56 @@ function need(ctx: ApiContext): NonNullable<ApiContext['lifecycle']> {
   return ctx.lifecycle;
 }
 
+/**
+ * Connections served at once. Each costs the worker an fd, and the fds it needs for the kernel (event
+ * fds, cache files) come from the same table: without a bound, idle connections alone could take them
+ * all and fanotify reads would fail. The snapshotter keeps one, nydusctl one per call.
+ */
+export const API_MAX_CONNECTIONS = 256;
+/**
+ * A request's headers, and the whole request (its body), must arrive within these: a client that
+ * starts one and stalls holds its connection no longer. A connection that has sent nothing yet is
+ * never timed out (nydus-snapshotter watches the daemon's life through an idle connection it never
+ * writes to, and takes its closing for the daemon's death), and the time the daemon takes to answer
+ * is not bounded (a mount registers a whole image).
+ */
+const API_HEADERS_TIMEOUT_MS = 60_000;
+const API_REQUEST_TIMEOUT_MS = 300_000;
+
+/**
+ * The request target's path and query: origin-form (`/path?query`), or absolute-form (`http://host/path`,
+ * which HTTP/1.1 servers take too). Anything else (`//%%%/`, `*`, a path with a broken %-escape) is a
+ * 400 naming it.
+ */
+function requestUrl(target: string | undefined): URL {
+  const t = target ?? '/';
+  let url: URL | undefined;
+  try {
+    // An origin-form target is a path under a base of ours, never a URL of its own (`//host/...` names a host).
+    if (t.startsWith('/')) url = new URL(`http://nydusd${t}`);
+    else if (/^https?:\/\//i.test(t)) url = new URL(t);
+    if (url) decodeURIComponent(url.pathname);
+  } catch {
+    url = undefined;
+  }
+  if (!url) throw new ConfigError(`BadRequest: the request target ${JSON.stringify(t.slice(0, 200))} is not a valid path`);
+  return url;
+}
+
 export function startApi(sock: string, ctx: ApiContext): Promise<http.Server> {
-  // No request or header timeouts: nydus-snapshotter watches the daemon's life through an idle
-  // connection it never writes to, and takes its closing for the daemon's death.
-  const server = http.createServer({ requestTimeout: 0, headersTimeout: 0 }, async (req, res) => {
-    const url = new URL(req.url ?? '/', 'http://nydusd');
-    const route = `${req.method} ${url.pathname}`;
+  const server = http.createServer({ requestTimeout: API_REQUEST_TIMEOUT_MS, headersTimeout: API_HEADERS_TIMEOUT_MS }, (req, res) => {
+    // Nothing a request holds may throw out of here: an exception or a rejection would end the worker.
+    handle(req, res).catch((e) => {
+      ctx.log.error({ err: (e as Error)?.message }, 'API request failed unexpectedly');
+      res.destroy();
+    });
+  });
+  server.maxConnections = API_MAX_CONNECTIONS;
+  const handle = async (req: http.IncomingMessage, res: http.ServerResponse): Promise<void> => {
+    let route = `${req.method} ${(req.url ?? '').slice(0, 200)}`;
     try {
+      const url = requestUrl(req.url);
+      route = `${req.method} ${url.pathname}`;
       switch (route) {
         case 'GET /api/v1/daemon': {
           const session = ctx.lifecycle?.currentSession ?? null;
@@ -221,6 +265,7 @@ export function startApi(sock: string, ctx: ApiContext): Promise<http.Server> {
           const mountpoint = url.searchParams.get('mountpoint');
           if (!mountpoint) throw new ConfigError("'mountpoint' should be specified in query string");
           if (!ctx.mounts) throw new StateError('this daemon mounts nothing itself (fscache mode: mount -t erofs -o fsid=...); start it with --fanotify');
+          checkPathField(mountpoint, "query parameter 'mountpoint'");
           await ctx.mounts.mount({ mountpoint, ...parseMountCmd(await readBody(req)) });
           return send(res, 204);
         }
@@ -314,13 +359,18 @@ export function startApi(sock: string, ctx: ApiContext): Promise<http.Server> {
           return send(res, 404, { code: 'UNDEFINED', message: `NoRoute: no API at ${url.pathname}` });
       }
     } catch (e) {
-      const err = e as Error;
+      const err = e instanceof Error ? e : new Error(String(e));
       const status = err instanceof NoCounterError ? 404 : err instanceof ConfigError || err instanceof StateError ? 400 : 500;
       ctx.log.warn({ route, err: err.message }, 'API request failed');
+      // Answered already (a failure after the headers went), or the client is gone: nothing to say.
+      if (res.headersSent || res.destroyed) {
+        res.destroy();
+        return;
+      }
       // nydus's error body: the code is always UNDEFINED, the message says what went wrong.
       return send(res, status, { code: 'UNDEFINED', message: err.message });
     }
-  });
+  };
   return removeStaleSocket(sock).then(() => new Promise((resolve, reject) => {
     server.once('error', reject);
     const old = process.umask(0o177);
@@ -336,6 +386,7 @@ export function startApi(sock: string, ctx: ApiContext): Promise<http.Server> {
 function parseMountCmd(body: unknown): { bootstrap: string; config: unknown } {
   const b = obj(body, 'body');
   const source = str(b, 'source', 'body');
+  checkPathField(source, 'body.source (the bootstrap)');
   const fsType = str(b, 'fs_type', 'body', false);
   if (fsType && fsType !== 'rafs') throw new ConfigError(`body.fs_type ${JSON.stringify(fsType)} is not supported (rafs)`);
   if (Array.isArray(b.prefetch_files) && b.prefetch_files.length) throw new ConfigError('body.prefetch_files is not supported; use the config\'s prefetch settings');
@@ -347,6 +398,13 @@ function parseMountCmd(body: unknown): { bootstrap: string; config: unknown } {
     throw new ConfigError(`body.config is not valid JSON: ${(e as Error).message}`);
   }
   return { bootstrap: source, config };
+}
+
+/** A path a request gives (POST /api/v1/mount): absolute, no NUL byte, no longer than PATH_MAX; a 400 naming the field otherwise. */
+function checkPathField(p: string, field: string): void {
+  const bad = badPathText(p);
+  if (bad) throw new ConfigError(`${field} ${JSON.stringify(p.slice(0, 200))}${p.length > 200 ? '...' : ''} ${bad}`);
+  if (!path.isAbsolute(p)) throw new ConfigError(`${field} ${JSON.stringify(p)} must be an absolute path`);
 }
 
 /**

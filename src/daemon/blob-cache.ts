@@ -456,7 +456,7 @@ export class BlobCacheFile {
         // Chunks a READ brought in since the plan was made are not fetched again.
         const batch = batches[next++].filter((c) => this.wanted(c, false));
         if (!batch.length) continue;
-        await pace.take(batch.reduce((n, c) => n + c.compressedSize, 0));
+        await pace.take(batch.reduce((n, c) => n + c.compressedSize, 0), () => this.closed);
         if (this.closed) return;
         const { written, failed } = await this.materializeRuns(batch, this.fetch(batch, false, plan.config.batchSize), false);
         this.counters.prefetchedChunks += written;
@@ -467,16 +467,24 @@ export class BlobCacheFile {
   }
 }
 
-/** Paces bytes to a rate (bytes per second; 0: no limit). */
-class Pacer {
+/**
+ * Waits of the Pacer are slept in slices of at most this, and end early once its file is closed: a
+ * timer longer than 2^31-1 ms fires at once, so a low rate's wait for the batches ahead (about 1 GiB
+ * of them at 488 B/s) would not be waited at all, the limit ignored.
+ */
+const PACE_SLICE_MS = 1000;
+
+/** Paces bytes to a rate (bytes per second; 0: no limit), however low; a wait ends early once `stopped` says so. */
+export class Pacer {
   private next = Date.now();
   constructor(private readonly rate: number) {}
-  async take(bytes: number): Promise<void> {
+  async take(bytes: number, stopped: () => boolean = () => false): Promise<void> {
     if (!this.rate) return;
-    const now = Date.now();
-    const at = Math.max(now, this.next);
+    const at = Math.max(Date.now(), this.next);
     this.next = at + (bytes / this.rate) * 1000;
-    if (at > now) await new Promise((r) => setTimeout(r, at - now));
+    for (let now = Date.now(); at > now && !stopped(); now = Date.now()) {
+      await new Promise((r) => setTimeout(r, Math.min(at - now, PACE_SLICE_MS)));
+    }
   }
 }
 

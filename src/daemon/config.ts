@@ -94,9 +94,16 @@ function prefetchFrom(o: Json, where: string, names: { threads: string; batchSiz
     // nydusd raises 0 threads to its default as well.
     threads: threads === 0 ? PREFETCH_DEFAULTS.threads : Math.min(threads, 64),
     batchSize: count(o, names.batchSize, where, PREFETCH_DEFAULTS.batchSize),
-    bandwidthLimit: count(o, names.bandwidthLimit, where, 0),
+    bandwidthLimit: bandwidthFrom(o, where, names.bandwidthLimit),
     all: flag(o, 'prefetch_all', where),
   };
+}
+
+/** Prefetch bytes per second (0: no limit); nydus's u32. Any other rate is honoured, however low (blob-cache.ts's Pacer). */
+function bandwidthFrom(o: Json, where: string, key: string): number {
+  const v = count(o, key, where, 0);
+  if (v > 0xffffffff) throw new ConfigError(`${where}.${key} must be at most ${0xffffffff} (bytes per second; 0 is no limit)`);
+  return v;
 }
 
 export function obj(v: unknown, where: string): Json {

@@ -2,7 +2,6 @@
  * The daemon: registered images (from the API, persisted), their blob maps and backends, and the
  * resolution of the kernel's (volume, cookie) keys to bootstraps and blobs.
  */
-import fs from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { BlobMap } from './blob-map.ts';
@@ -15,6 +14,7 @@ import type { ObjectResolver, ResolvedObject } from './frontend/cachefiles.ts';
 import type { DaemonState } from './state.ts';
 import type { VerifyPool } from './verify-pool.ts';
 import { AccessTrace, type TraceSnapshot } from './access-trace.ts';
+import { ensureDirectory } from './log.ts';
 import { credentialsFromAuth } from '../registry/index.ts';
 
 /** The runtime key nydus knows (nydus_utils::config::Keys): registry credentials, base64 of user:password. */
@@ -59,11 +59,11 @@ function prepareWorkDir(dir: string): void {
   if (!dir) return;
   if (!path.isAbsolute(dir)) throw new ConfigError(`cache work_dir ${JSON.stringify(dir)} must be an absolute path`);
   try {
-    fs.mkdirSync(dir, { recursive: true });
+    // A directory on a pseudo file system (/proc...) is refused before mkdir, which never returns there.
+    ensureDirectory(dir, 'cache work_dir');
   } catch (e) {
-    throw new ConfigError(`cache work_dir ${dir} cannot be made: ${(e as Error).message}`);
+    throw new ConfigError((e as Error).message);
   }
-  if (!fs.statSync(dir).isDirectory()) throw new ConfigError(`cache work_dir ${dir} is not a directory`);
 }
 
 export class ImageRegistry implements ObjectResolver {

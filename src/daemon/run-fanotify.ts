@@ -10,10 +10,13 @@ import path from 'node:path';
 import { FanotifyGroup, reserveFdNumber } from '../../native/fscache/fanotify.ts';
 import { startApi } from './api.ts';
 import { FanotifySession, type FanotifyMountRequest } from './frontend/fanotify.ts';
-import { PendingEventJournal } from './frontend/fanotify-journal.ts';
+import { type JournaledEvent, PendingEventJournal } from './frontend/fanotify-journal.ts';
 import { makeLogger } from './log.ts';
-import { WORKER_EXIT_FATAL, inheritedKernelFd } from './run.ts';
+import { MOUNTS_FILE, WORKER_EXIT_FATAL, inheritedKernelFd } from './run.ts';
 import { openDaemonCore } from './serve.ts';
+import { StateDbError } from './state.ts';
+import { NydusError } from '../../erofs/errors.ts';
+import type { Logger } from 'pino';
 
 export interface FanotifyDaemonOptions {
   /** The daemon's own directory (chunk state, mounts served, pending events); not tmpfs. */
@@ -31,16 +34,88 @@ export interface FanotifyDaemonOptions {
 export async function runFanotifyWorker(opts: FanotifyDaemonOptions): Promise<void> {
   const { fd, restarted, stopAtOnce } = inheritedKernelFd();
   const journalFile = path.join(opts.dir, 'pending-events');
-  // Before anything opens an fd: the numbers of the predecessor's unanswered events are held.
-  const pending = restarted ? PendingEventJournal.read(journalFile) : [];
-  const reserved = new Map(pending.map((p) => [p.fd, reserveFdNumber(p.fd)] as const));
+  // Before anything opens an fd: the numbers of the predecessor's unanswered events are held. What
+  // goes wrong meanwhile is said once the logger is there (opening its file takes an fd).
+  const warnings: Array<{ fd: number; why: string }> = [];
+  const journaled = restarted ? predecessorEvents(journalFile, warnings) : [];
+  const reserved = new Map<number, () => void>();
+  const pending: JournaledEvent[] = [];
+  for (const p of journaled) {
+    try {
+      reserved.set(p.fd, reserveFdNumber(p.fd));
+      pending.push(p);
+    } catch (e) {
+      // A RangeError: no fd of this process, nor of its predecessor (same limit), can have that
+      // number (not below RLIMIT_NOFILE): skipped. Any other failure to hold it: recover() answers
+      // it EIO at once, before any new event can take its number.
+      if (e instanceof RangeError) {
+        warnings.push({ fd: p.fd, why: `no process of this daemon has an fd of that number (${e.message}); skipped` });
+      } else {
+        pending.push(p);
+        warnings.push({ fd: p.fd, why: `cannot hold its fd number (${(e as Error).message}); answered EIO` });
+      }
+    }
+  }
   const log = makeLogger(opts.logLevel, opts.logFile, opts.logRotationSize);
-  fs.mkdirSync(opts.dir, { recursive: true });
+  for (const w of warnings) log.warn({ journal: journalFile, fd: w.fd }, `a record of the pending-events journal is not served: ${w.why}`);
+  try {
+    await serveFanotify(opts, { fd, restarted, stopAtOnce, journalFile, pending, reserved, log });
+  } catch (e) {
+    // Start-up failures reach the log file (the supervisor's stderr may be nowhere).
+    const fatal = e instanceof StateDbError || e instanceof WorkerStartError;
+    log.fatal({ err: (e as Error).message }, fatal ? 'worker cannot start with its state; the daemon stops' : 'worker cannot start');
+    process.stderr.write(`nydusd: ${fatal ? 'error' : 'worker cannot start'}: ${(e as Error).message}\n`);
+    process.exit(fatal ? WORKER_EXIT_FATAL : 1);
+  }
+}
+
+/** A failure of the daemon's directory (its journal, its mounts file) or its API socket: a restarted worker would meet it again. */
+class WorkerStartError extends NydusError {}
+
+/**
+ * The unanswered events a dead predecessor's journal lists, without records whose fd cannot have been
+ * one of its fds (negative, past an int): those are skipped with a warning, never acted on (an fd
+ * number truncated to another would answer someone else's event).
+ */
+function predecessorEvents(file: string, warnings: Array<{ fd: number; why: string }>): JournaledEvent[] {
+  const out: JournaledEvent[] = [];
+  for (const p of PendingEventJournal.read(file)) {
+    if (Number.isInteger(p.fd) && p.fd >= 0 && p.fd <= 0x7fffffff) out.push(p);
+    else warnings.push({ fd: p.fd, why: 'no process has an fd of that number; skipped' });
+  }
+  return out;
+}
+
+interface WorkerStart {
+  fd: number;
+  restarted: boolean;
+  stopAtOnce: boolean;
+  journalFile: string;
+  pending: JournaledEvent[];
+  reserved: Map<number, () => void>;
+  log: Logger;
+}
+
+async function serveFanotify(opts: FanotifyDaemonOptions, { fd, restarted, stopAtOnce, journalFile, pending, reserved, log }: WorkerStart): Promise<void> {
   const { state, registry, registration } = openDaemonCore(opts.dir, opts.threads, log);
-  const journal = new PendingEventJournal(journalFile, pending);
-  const mountsFile = path.join(opts.dir, 'mounts.json');
-  if (!restarted) fs.rmSync(mountsFile, { force: true });
-  const session = new FanotifySession(FanotifyGroup.fromFd(fd), registry, state, journal, mountsFile, log, opts.threads);
+  let journal: PendingEventJournal;
+  try {
+    journal = new PendingEventJournal(journalFile, pending);
+  } catch (e) {
+    throw new WorkerStartError(`the journal of pending events ${journalFile} cannot be written: ${(e as Error).message}`);
+  }
+  const mountsFile = path.join(opts.dir, MOUNTS_FILE);
+  try {
+    if (!restarted) fs.rmSync(mountsFile, { force: true });
+  } catch (e) {
+    throw new WorkerStartError(`the mounts file ${mountsFile} cannot be removed: ${(e as Error).message}`);
+  }
+  const guarded = [
+    { path: opts.dir, what: "the daemon's directory" },
+    ...(opts.apiSock ? [{ path: opts.apiSock, what: 'the API socket' }] : []),
+    ...(opts.logFile ? [{ path: opts.logFile, what: 'the log file' }] : []),
+  ];
+  const session = new FanotifySession(FanotifyGroup.fromFd(fd), registry, state, journal, mountsFile, log, opts.threads, guarded);
   if (restarted) {
     await session.restore();
     session.recover(pending, reserved);
@@ -71,7 +146,13 @@ export async function runFanotifyWorker(opts: FanotifyDaemonOptions): Promise<vo
       process.exit(0);
     });
   };
-  if (opts.apiSock) server = await startApi(opts.apiSock, { id: '', registry, state, lifecycle: null, mounts: session, exit: shutdown, log });
+  if (opts.apiSock) {
+    try {
+      server = await startApi(opts.apiSock, { id: '', registry, state, lifecycle: null, mounts: session, exit: shutdown, log });
+    } catch (e) {
+      throw new WorkerStartError(`cannot serve the API: ${(e as Error).message}`);
+    }
+  }
   log.info({ apisock: opts.apiSock, dir: opts.dir, mounts: session.list() }, 'nydusd ready (fanotify)');
   process.on('SIGTERM', shutdown);
   process.on('SIGINT', shutdown);

@@ -6,11 +6,14 @@
  * This module is the supervisor's whole code: it starts its worker without loading the daemon's.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
 import path from 'node:path';
-import { CachefilesDevice, isSystemError } from '../../native/fscache/index.ts';
-import { FanotifyGroup } from '../../native/fscache/fanotify.ts';
+import type { Logger } from 'pino';
+import { CachefilesDevice, fscacheBinding, isSystemError } from '../../native/fscache/index.ts';
+import { FanotifyGroup, closeFd, umountPath } from '../../native/fscache/fanotify.ts';
 import { NydusError } from '../../erofs/errors.ts';
-import { makeLogger } from './log.ts';
+import { PendingEventJournal } from './frontend/fanotify-journal.ts';
+import { ensureDirectory, makeLogger } from './log.ts';
 
 export interface DaemonOptions {
   fscacheDir: string;
@@ -43,6 +46,13 @@ export function isWorker(): boolean {
 export interface HeldFd {
   fd: number;
   close(): void;
+  /** A lock on the daemon's directory (lockDaemonDir), inherited by each worker as its fd 4. */
+  lockFd?: number;
+  /**
+   * Called before close() when the daemon ends without a worker that stopped cleanly (it gave up, or
+   * a worker cannot serve what it was given): resolves once closing the fd can harm no reader.
+   */
+  giveUp?(log: Logger): Promise<void>;
 }
 
 /** Options the supervisor itself uses. */
@@ -55,7 +65,7 @@ export function inheritedKernelFd(): { fd: number; restarted: boolean; stopAtOnc
 
 export async function runSupervisor(opts: SupervisorOptions & Partial<DaemonOptions>, argv: string[], held?: HeldFd): Promise<void> {
   const log = makeLogger(opts.logLevel, opts.logFile, opts.logRotationSize);
-  const dev = held ?? openDevice(opts as DaemonOptions);
+  const dev: HeldFd = held ?? openDevice(opts as DaemonOptions);
   if (!held) log.info({ dir: opts.fscacheDir, tag: opts.tag }, 'cachefiles bound in on-demand mode');
   let child: ChildProcess | null = null;
   let stopping = false;
@@ -64,6 +74,8 @@ export async function runSupervisor(opts: SupervisorOptions & Partial<DaemonOpti
   /** The next worker's start, while one is due (after a worker died). */
   let restartTimer: NodeJS.Timeout | null = null;
   let startedAt = 0;
+  /** The daemon is ending with no worker (finish): no worker is started again, signals change nothing. */
+  let givingUp = false;
   const start = () => {
     restartTimer = null;
     startedAt = Date.now();
@@ -76,7 +88,7 @@ export async function runSupervisor(opts: SupervisorOptions & Partial<DaemonOpti
     // the host's noise), while code that stays hot in a daemon's long life is still optimized.
     if (!process.execArgv.some((a) => a.startsWith('--interrupt-budget'))) v8Flags.push(`--interrupt-budget=${20 * 67584}`);
     child = spawn(process.execPath, [...process.execArgv, ...v8Flags, ...argv], {
-      stdio: ['ignore', 'inherit', 'inherit', dev.fd],
+      stdio: ['ignore', 'inherit', 'inherit', dev.fd, ...(dev.lockFd === undefined ? [] : [dev.lockFd])],
       // Cache-file writes run on libuv's pool (O_DIRECT waits for the disk): size it for the threads.
       env: {
         ...process.env, [WORKER_FD_ENV]: '3', [RESTART_ENV]: String(restarts), [STOP_ENV]: stopping ? '1' : '0',
@@ -94,6 +106,7 @@ export async function runSupervisor(opts: SupervisorOptions & Partial<DaemonOpti
     });
     child.on('exit', (code, signal) => {
       child = null;
+      if (givingUp) return;
       quickDeaths = Date.now() - startedAt < WORKER_MIN_LIFE_MS ? quickDeaths + 1 : 0;
       if (stopping && code !== 0 && code !== WORKER_EXIT_FATAL && quickDeaths < WORKER_MAX_QUICK_DEATHS) {
         // Died before it stopped cleanly: its mounts may still be up (fanotify), and once the group
@@ -105,28 +118,45 @@ export async function runSupervisor(opts: SupervisorOptions & Partial<DaemonOpti
         return;
       }
       if (stopping) {
-        if (code !== 0) log.fatal({ code, signal, restarts }, 'workers keep dying while stopping; mounts they served may be left behind');
-        dev.close();
-        process.exit(code === 0 ? 0 : 1);
+        if (code === 0) finish(0);
+        else {
+          log.fatal({ code, signal, restarts }, 'workers keep dying while stopping');
+          finish(code === WORKER_EXIT_FATAL ? WORKER_EXIT_FATAL : 1);
+        }
+        return;
       }
       if (code === WORKER_EXIT_FATAL) {
         log.fatal({ code }, 'worker cannot serve what it was given; stopping');
-        dev.close();
-        process.exit(1);
+        finish(WORKER_EXIT_FATAL);
+        return;
       }
       restarts++;
       // A worker that cannot even start (bad work dir, broken install) must not be restarted forever.
       if (quickDeaths >= WORKER_MAX_QUICK_DEATHS) {
         log.fatal({ code, signal, restarts }, 'worker keeps dying right after start; giving up');
-        dev.close();
-        process.exit(1);
+        finish(1);
+        return;
       }
       log.error({ code, signal, restarts }, 'worker died; starting a new one');
       restartTimer = setTimeout(start, 200 * 2 ** quickDeaths);
     });
   };
+  /**
+   * The daemon ends with no worker left. Whatever a worker left mounted is taken down first (HeldFd.giveUp:
+   * a fanotify mount outliving the group would read its unfetched ranges as zeros), then the fd is
+   * closed. Signals no longer matter meanwhile: the fd must outlive every mount it serves.
+   */
+  const finish = (code: number) => {
+    givingUp = true;
+    const done = () => {
+      dev.close();
+      process.exit(code);
+    };
+    if (!dev.giveUp) return done();
+    dev.giveUp(log).catch((e) => log.error({ err: (e as Error).message }, 'cannot take down what the workers left')).finally(done);
+  };
   const stop = () => {
-    if (stopping) return;
+    if (stopping || givingUp) return;
     stopping = true;
     if (child) child.kill('SIGTERM');
     else if (restartTimer) {
@@ -134,8 +164,7 @@ export async function runSupervisor(opts: SupervisorOptions & Partial<DaemonOpti
       clearTimeout(restartTimer);
       start();
     } else {
-      dev.close();
-      process.exit(0);
+      finish(0);
     }
   };
   process.on('SIGTERM', stop);
@@ -143,11 +172,190 @@ export async function runSupervisor(opts: SupervisorOptions & Partial<DaemonOpti
   start();
 }
 
-/** The fanotify mode supervisor's group (run-fanotify.ts serves it): a clear error where the kernel has no pre-content events. */
-export function openFanotifyGroup(): HeldFd {
+/** The lock file in a daemon's directory: flock(2)ed by the supervisor for its whole life (and by its workers, which inherit it). */
+export const LOCK_FILE = 'nydusd.lock';
+
+/**
+ * Takes the daemon's lock on `dir` (made if missing), or fails naming the directory and the daemon
+ * that holds it. One daemon per directory: two would overwrite each other's mounts file, truncate
+ * each other's journal of pending events, and one would unmount or answer the other's mounts.
+ * flock(2) belongs to the open file: it goes when the last process holding the fd ends, however it
+ * ends (kill -9 too), so no stale lock is ever left behind. Returns the fd (kept open).
+ */
+export function lockDaemonDir(dir: string, what: string): number {
+  ensureDirectory(dir, what);
+  const file = path.join(dir, LOCK_FILE);
+  let fd: number;
   try {
-    return FanotifyGroup.open();
+    fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_NOFOLLOW, 0o600);
   } catch (e) {
+    throw new NydusError(`${what} ${dir}: cannot open its lock file: ${(e as Error).message}`);
+  }
+  let held: boolean;
+  try {
+    held = fscacheBinding().tryLock(fd);
+  } catch (e) {
+    fs.closeSync(fd);
+    throw new NydusError(`${what} ${dir}: cannot lock ${file}: ${(e as Error).message}`);
+  }
+  if (!held) {
+    let owner = '';
+    try {
+      owner = fs.readFileSync(file, 'utf8').trim();
+    } catch { /* the pid is only for the message */ }
+    fs.closeSync(fd);
+    throw new NydusError(`${what} ${dir} is in use by another nydusd${/^\d+$/.test(owner) ? ` (pid ${owner})` : ''} (it holds ${file}): `
+      + 'two daemons cannot share one directory; give each its own, or stop the other first');
+  }
+  fs.ftruncateSync(fd, 0);
+  fs.writeSync(fd, `${process.pid}\n`, 0);
+  return fd;
+}
+
+/** A mount a fanotify worker made, as its mounts file lists it (frontend/fanotify.ts). */
+export interface ListedMount {
+  mountpoint: string;
+  bootstrap: string;
+  /** st_dev of the mount's root, once mounted (absent: mount(2) was about to be called). */
+  dev?: number;
+}
+
+/** The mounts file of a fanotify daemon's directory: what its workers mounted (or were mounting). */
+export const MOUNTS_FILE = 'mounts.json';
+
+export function readMountsFile(file: string): ListedMount[] {
+  try {
+    const v = JSON.parse(fs.readFileSync(file, 'utf8'));
+    return Array.isArray(v) ? v.filter((m) => m && typeof m.mountpoint === 'string' && typeof m.bootstrap === 'string') : [];
+  } catch {
+    return [];
+  }
+}
+
+/** mountinfo's octal escapes (\040 for a space...) undone. */
+function unescapeMountinfo(s: string): string {
+  return s.replace(/\\([0-7]{3})/g, (_, o) => String.fromCharCode(parseInt(o, 8)));
+}
+
+/**
+ * Whether a listed mount is there and on top at its mountpoint (what umount2 and readers there
+ * reach), there under another mount, or gone. Ours is the file-backed EROFS mount of its bootstrap,
+ * of the device it was mounted as when that is known: another mount later made there is never taken for it.
+ */
+export function listedMountState(m: ListedMount): 'top' | 'under' | 'absent' {
+  const at: Array<{ ours: boolean }> = [];
+  for (const line of fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
+    const f = line.split(' ');
+    if (f.length < 10 || unescapeMountinfo(f[4]) !== m.mountpoint) continue;
+    const sep = f.indexOf('-', 6);
+    const [maj, min] = f[2].split(':').map(Number);
+    // glibc's makedev(), as Node's stat() gives st_dev.
+    const dev = ((maj & 0xfff) << 8) + (min & 0xff) + ((min & ~0xff) * 4096) + (maj & ~0xfff) * 2 ** 32;
+    at.push({ ours: sep > 0 && f[sep + 1] === 'erofs' && unescapeMountinfo(f[sep + 2] ?? '') === m.bootstrap && (m.dev === undefined || m.dev === dev) });
+  }
+  if (at.length && at[at.length - 1].ours) return 'top';
+  return at.some((x) => x.ours) ? 'under' : 'absent';
+}
+
+const EIO = 5;
+
+/**
+ * The fanotify mode's group as the supervisor holds it, with the daemon's directory (its lock, the
+ * mounts file and the journal of pending events).
+ */
+export class FanotifyHold implements HeldFd {
+  readonly fd: number;
+
+  constructor(private readonly group: FanotifyGroup, readonly dir: string, readonly lockFd: number) {
+    this.fd = group.fd;
+  }
+
+  close(): void {
+    this.group.close();
+  }
+
+  /**
+   * No worker is left and none will be started: the mounts the workers left are unmounted before the
+   * group is closed. Why the group is kept until then: closing it (fanotify_release) allows every
+   * pending and later access of the marked cache files, and a mount that outlives it reads its
+   * unfetched ranges as ZEROS, silently. So:
+   *   - every event is answered EIO from now on: the events a dead worker read and left unanswered
+   *     (the journal, by fd number: the kernel matches answers by number alone; answered before this
+   *     process reads any event, so no number of ours can be taken for one of them), then each new
+   *     one. Readers get an I/O error, never zeros and never a wait without end (and a reader held
+   *     in an event would keep the mount busy);
+   *   - each listed mount that is ours and on top is unmounted without MNT_DETACH (a lazy detach
+   *     would leave open files reading through a released group: zeros again). A busy mount stays:
+   *     it is tried again every second, its reads failing EIO meanwhile, for as long as it takes;
+   *     the process does not exit, since exiting closes the group;
+   *   - a mount of ours with another mounted over it cannot be unmounted either: it is held the same
+   *     way until the mount over it goes. A mount that is gone, or that is not ours (another
+   *     device, or not the image's EROFS), is left alone.
+   * Cached data is not touched: cache files, their marks' state and the chunk state stay for the next daemon.
+   */
+  async giveUp(log: Logger): Promise<void> {
+    const listed = readMountsFile(path.join(this.dir, MOUNTS_FILE));
+    if (!listed.some((m) => listedMountState(m) !== 'absent')) return;
+    this.failEveryRead(log);
+    for (let tries = 0; ; tries++) {
+      const left = listed.filter((m) => !this.takeDown(m, log, tries));
+      if (!left.length) break;
+      if (tries === 0) log.error({ mountpoints: left.map((m) => m.mountpoint) }, 'mounts left by the workers cannot be unmounted yet (busy); their reads fail with EIO until they are free, then they are unmounted and the daemon ends');
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+    this.group.stopEvents();
+    log.info('every mount the workers left is unmounted');
+  }
+
+  /** Whether the mount is down (unmounted now, gone, or not ours); false while it must be held. */
+  private takeDown(m: ListedMount, log: Logger, tries: number): boolean {
+    const state = listedMountState(m);
+    if (state === 'absent') return true;
+    if (state === 'under') {
+      if (tries % 60 === 0) log.error({ mountpoint: m.mountpoint }, 'a mount the workers left has another mounted over it; held until that one goes');
+      return false;
+    }
+    try {
+      umountPath(m.mountpoint);
+      log.warn({ mountpoint: m.mountpoint }, 'unmounted a mount the workers left');
+      return true;
+    } catch (e) {
+      if (tries % 60 === 0 && !(isSystemError(e) && e.code === 'EBUSY')) log.error({ mountpoint: m.mountpoint, err: (e as Error).message }, 'cannot unmount a mount the workers left; trying again');
+      return false;
+    }
+  }
+
+  private failEveryRead(log: Logger): void {
+    const fail = (fd: number) => {
+      try {
+        this.group.respond(fd, EIO);
+      } catch { /* ENOENT: no such pending event */ }
+    };
+    for (const p of PendingEventJournal.read(path.join(this.dir, 'pending-events'))) {
+      if (Number.isInteger(p.fd) && p.fd >= 0 && p.fd <= 0x7fffffff) fail(p.fd);
+    }
+    this.group.onEvents((events) => {
+      for (const e of events) {
+        if (e.fd < 0) continue;
+        if (!e.answered) fail(e.fd);
+        closeFd(e.fd);
+      }
+    }, (err) => log.warn({ err: err.message }, 'cannot read fanotify events'));
+  }
+}
+
+/**
+ * The fanotify mode supervisor's hold (run-fanotify.ts serves its group): the daemon's directory made
+ * and locked (one daemon per directory), then the group; a clear error where the kernel has no pre-content events.
+ */
+export function openFanotifyGroup(dir: string): FanotifyHold {
+  const lockFd = lockDaemonDir(dir, '--fanotify directory');
+  // A new daemon: mounts a previous one listed are not this one's to take down (its workers list theirs anew).
+  fs.rmSync(path.join(dir, MOUNTS_FILE), { force: true });
+  try {
+    return new FanotifyHold(FanotifyGroup.open(), dir, lockFd);
+  } catch (e) {
+    fs.closeSync(lockFd);
     throw new NydusError(`cannot start fanotify mode: ${(e as Error).message}`);
   }
 }

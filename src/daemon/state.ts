@@ -12,10 +12,30 @@ import Database from 'better-sqlite3';
 import path from 'node:path';
 import fs from 'node:fs';
 import { createRequire } from 'node:module';
+import { NydusError } from '../../erofs/errors.ts';
+import { ensureDirectory } from './log.ts';
 
 // The addon by its path: the bundles carry better-sqlite3's JavaScript, whose own lookup of the addon
 // (the `bindings` package) starts from the calling file and would search dist/ for it.
 const SQLITE_ADDON = createRequire(import.meta.url).resolve('better-sqlite3/build/Release/better_sqlite3.node');
+
+/**
+ * The state database cannot be opened or is damaged: fatal for the daemon (a restart would meet it
+ * again), naming the file and what to do. The file is never deleted or replaced: it is the user's.
+ */
+export class StateDbError extends NydusError {
+  constructor(message: string) {
+    super(message);
+    this.name = 'StateDbError';
+  }
+
+  static of(file: string, cause: Error): StateDbError {
+    const code = (cause as { code?: unknown }).code;
+    return new StateDbError(`state database ${file} cannot be used: ${cause.message}${typeof code === 'string' ? ` (${code})` : ''}. `
+      + 'Stop every nydusd using its directory, then move it (with its -wal and -shm files) away or restore it from a backup, '
+      + 'and start nydusd again: a new database is made, the cache files are kept, and chunks are fetched again when read');
+  }
+}
 
 /** The kernel's name of one cache file. */
 export interface CacheFileKey {
@@ -124,16 +144,37 @@ export class DaemonState {
   private flushScheduled = false;
 
   constructor(workDir: string) {
-    fs.mkdirSync(workDir, { recursive: true });
+    try {
+      ensureDirectory(workDir, 'state directory');
+    } catch (e) {
+      throw new StateDbError(`${(e as Error).message} (it holds the daemon's chunk-state.db)`);
+    }
     const file = path.join(workDir, 'chunk-state.db');
-    this.db = new Database(file, { nativeBinding: SQLITE_ADDON });
-    // Registered entries may carry registry credentials: the owner alone reads the state (SQLite gives
-    // its WAL and shared-memory files the database file's mode).
-    fs.chmodSync(file, 0o600);
-    this.db.pragma('journal_mode = WAL');
-    // A marked chunk must survive a power cut only as far as the cache file does; NORMAL keeps WAL safe.
-    this.db.pragma('synchronous = NORMAL');
-    const version = this.db.pragma('user_version', { simple: true }) as number;
+    let db: Database.Database | undefined;
+    try {
+      this.db = db = new Database(file, { nativeBinding: SQLITE_ADDON });
+      // Registered entries may carry registry credentials: the owner alone reads the state (SQLite gives
+      // its WAL and shared-memory files the database file's mode).
+      fs.chmodSync(file, 0o600);
+      this.db.pragma('journal_mode = WAL');
+      // A marked chunk must survive a power cut only as far as the cache file does; NORMAL keeps WAL safe.
+      this.db.pragma('synchronous = NORMAL');
+      // Damage found now, in one clear error, not as a failed read of marks while the kernel waits.
+      const check = this.db.pragma('quick_check(1)', { simple: true });
+      if (check !== 'ok') throw new Error(`database disk image is malformed (${String(check)})`);
+      const version = this.db.pragma('user_version', { simple: true }) as number;
+      ({ saveMarks: this.saveMarks, loadMarks: this.loadMarks, dropMarks: this.dropMarks, marksOfCookie: this.marksOfCookie,
+        saveFetches: this.saveFetches, loadFetches: this.loadFetches } = this.createSchema(version));
+      if (version < 2) this.migrateRowsPerChunk();
+      // Written here, so a database it cannot write (read-only, immutable) fails now too.
+      this.db.pragma(`user_version = ${SCHEMA_VERSION}`);
+    } catch (e) {
+      if (db?.open) db.close();
+      throw StateDbError.of(file, e as Error);
+    }
+  }
+
+  private createSchema(version: number) {
     if (version < 1) {
       // Marks keyed by blob id alone cannot be told apart per cache file: drop them (chunks are
       // fetched again when needed, nothing cached in the cache files themselves is lost).
@@ -148,16 +189,16 @@ export class DaemonState {
     // How often each chunk of a blob was fetched from a backend: the evidence that nothing is fetched twice.
     this.db.exec('CREATE TABLE IF NOT EXISTS blob_fetches (blob_id TEXT PRIMARY KEY, counts BLOB NOT NULL) WITHOUT ROWID');
     this.db.exec(`CREATE TABLE IF NOT EXISTS images (id TEXT PRIMARY KEY, entry TEXT NOT NULL)`);
-    this.saveMarks = this.db.prepare(`INSERT INTO cache_file_marks (volume, cookie, bitmap) VALUES (?, ?, ?)
-      ON CONFLICT (volume, cookie) DO UPDATE SET bitmap = excluded.bitmap`);
-    this.loadMarks = this.db.prepare('SELECT bitmap FROM cache_file_marks WHERE volume = ? AND cookie = ?');
-    this.dropMarks = this.db.prepare('DELETE FROM cache_file_marks WHERE volume = ? AND cookie = ?');
-    this.marksOfCookie = this.db.prepare('SELECT volume, bitmap FROM cache_file_marks WHERE cookie = ? ORDER BY volume');
-    this.saveFetches = this.db.prepare(`INSERT INTO blob_fetches (blob_id, counts) VALUES (?, ?)
-      ON CONFLICT (blob_id) DO UPDATE SET counts = excluded.counts`);
-    this.loadFetches = this.db.prepare('SELECT counts FROM blob_fetches WHERE blob_id = ?');
-    if (version < 2) this.migrateRowsPerChunk();
-    this.db.pragma(`user_version = ${SCHEMA_VERSION}`);
+    return {
+      saveMarks: this.db.prepare(`INSERT INTO cache_file_marks (volume, cookie, bitmap) VALUES (?, ?, ?)
+      ON CONFLICT (volume, cookie) DO UPDATE SET bitmap = excluded.bitmap`),
+      loadMarks: this.db.prepare('SELECT bitmap FROM cache_file_marks WHERE volume = ? AND cookie = ?'),
+      dropMarks: this.db.prepare('DELETE FROM cache_file_marks WHERE volume = ? AND cookie = ?'),
+      marksOfCookie: this.db.prepare('SELECT volume, bitmap FROM cache_file_marks WHERE cookie = ? ORDER BY volume'),
+      saveFetches: this.db.prepare(`INSERT INTO blob_fetches (blob_id, counts) VALUES (?, ?)
+      ON CONFLICT (blob_id) DO UPDATE SET counts = excluded.counts`),
+      loadFetches: this.db.prepare('SELECT counts FROM blob_fetches WHERE blob_id = ?'),
+    };
   }
 
   /** Version 1's rows per chunk, as bitmaps and count arrays: an upgraded daemon fetches nothing again. */

@@ -55,9 +55,18 @@ export interface HttpProxyBackendConfig extends ConnectionConfig {
   path: string;
 }
 
+/**
+ * The longest wait a timer can take: Node's timers hold a signed 32-bit count of ms, and a longer one
+ * fires at once (every read would time out on the spot). nydus documents no maximum for these
+ * (u32/u64 seconds); every wait of the backends is kept within this.
+ */
+const TIMER_MAX_MS = 2 ** 31 - 1;
+export const TIMER_MAX_SEC = Math.floor(TIMER_MAX_MS / 1000);
+
 function seconds(o: Json, key: string, where: string, fallback: number): number {
   const v = count(o, key, where, fallback);
   if (v === 0) throw new ConfigError(`${where}.${key} must be at least 1 (seconds)`);
+  if (v > TIMER_MAX_SEC) throw new ConfigError(`${where}.${key} ${v} is too long: at most ${TIMER_MAX_SEC} seconds (about 24 days)`);
   return v;
 }
 
@@ -98,11 +107,20 @@ function connectionFrom(cfg: Json, where: string): ConnectionConfig {
   if (!Array.isArray(ca) || ca.some((f) => typeof f !== 'string' || !f)) throw new ConfigError(`${where}.ca_cert_files must be a list of file paths`);
   const retryLimit = count(cfg, 'retry_limit', where, 0);
   if (retryLimit > 255) throw new ConfigError(`${where}.retry_limit must be at most 255`);
+  const timeoutSec = seconds(cfg, 'timeout', where, 5);
+  const connectTimeoutSec = seconds(cfg, 'connect_timeout', where, 5);
+  // One read's deadline (remote.ts, readDeadlineMs): every attempt may wait out its connect timeout
+  // and twice its answer timeout, with up to 5 s of backoff between attempts. It is a timer too.
+  const deadlineMs = (retryLimit + 1) * (connectTimeoutSec + 2 * timeoutSec) * 1000 + retryLimit * 5_000;
+  if (deadlineMs > TIMER_MAX_MS) {
+    throw new ConfigError(`${where}: timeout ${timeoutSec} s, connect_timeout ${connectTimeoutSec} s and retry_limit ${retryLimit} let one read take `
+      + `${Math.ceil(deadlineMs / 1000)} s, more than the ${TIMER_MAX_SEC} s a deadline can be: lower them`);
+  }
   return {
     skipVerify: flag(cfg, 'skip_verify', where),
     caCertFiles: ca as string[],
-    timeoutSec: seconds(cfg, 'timeout', where, 5),
-    connectTimeoutSec: seconds(cfg, 'connect_timeout', where, 5),
+    timeoutSec,
+    connectTimeoutSec,
     retryLimit,
     proxy: proxyFrom(cfg.proxy, `${where}.proxy`),
   };

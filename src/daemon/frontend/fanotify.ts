@@ -27,6 +27,8 @@ import type { DaemonState } from '../state.ts';
 import { Limiter, type CacheCounters } from '../blob-cache.ts';
 import { MarkedCacheFile, inodeKey, type MarkPort } from './fanotify-cache-file.ts';
 import type { JournaledEvent, PendingEventJournal } from './fanotify-journal.ts';
+import { badPathText, pseudoFsOf } from '../log.ts';
+import { listedMountState } from '../run.ts';
 
 /** What the session needs of the fanotify group (FanotifyGroup, or a fake in unit tests). */
 export interface FanotifyPort extends MarkPort {
@@ -70,6 +72,8 @@ export class FanotifySession {
   constructor(
     private readonly group: FanotifyPort, private readonly registry: ImageRegistry, private readonly state: DaemonState,
     private readonly journal: PendingEventJournal, private readonly mountsFile: string, private readonly log: Logger, threads = 4,
+    /** Paths of the daemon's own that no mount may hide (its state directory, API socket, log file), with what each is. */
+    private readonly guarded: ReadonlyArray<{ path: string; what: string }> = [],
   ) {
     this.limiter = new Limiter(Math.max(1, threads));
   }
@@ -89,17 +93,20 @@ export class FanotifySession {
     }, (err) => this.log.warn({ err: err.message }, 'cannot read fanotify events'));
   }
 
-  /** The mounts a previous worker made (kept in the mounts file), served again without mounting. */
+  /**
+   * The mounts a previous worker made (kept in the mounts file), served again without mounting: those
+   * still there as it made them (the image's EROFS, of the device it recorded), even under another mount.
+   */
   async restore(): Promise<void> {
-    const mounted = mountedPaths();
-    for (const request of readMounts(this.mountsFile)) {
-      if (!mounted.has(request.mountpoint)) {
+    for (const { dev, ...request } of readMounts(this.mountsFile)) {
+      const state = listedMountState({ mountpoint: request.mountpoint, bootstrap: request.bootstrap, dev });
+      if (state === 'absent') {
         this.log.warn({ mountpoint: request.mountpoint }, 'a mount of the previous worker is gone; not serving it');
         continue;
       }
       try {
         await this.attach(request, true);
-        this.mounts.get(request.mountpoint)!.dev = fs.statSync(request.mountpoint).dev;
+        this.mounts.get(request.mountpoint)!.dev = state === 'top' ? fs.statSync(request.mountpoint).dev : dev;
       } catch (e) {
         this.log.error({ mountpoint: request.mountpoint, err: (e as Error).message }, 'cannot serve a mount of the previous worker');
       }
@@ -111,12 +118,17 @@ export class FanotifySession {
    * Fills and answers what a dead predecessor read and left unanswered (call after restore(), before
    * start()). `reserved` are the numbers the caller held for them (reserveFdNumber) before opening
    * anything: a new event must not take one meanwhile, since the kernel matches answers by number.
+   * An event whose number could not be held is answered EIO now, before any new event is read.
    */
   recover(pending: readonly JournaledEvent[], reserved: ReadonlyMap<number, () => void>): void {
     for (const p of pending) {
-      const release = reserved.get(p.fd) ?? (() => undefined);
+      const release = reserved.get(p.fd);
       const f = this.byInode.get(inodeKey(p.dev, p.ino));
       this.stats.recovered++;
+      if (!release) {
+        this.answer(p.fd, EIO, false);
+        continue;
+      }
       if (!f) {
         this.log.warn({ fd: p.fd }, "a predecessor's event is about a file no mount uses; answered EIO");
         this.answer(p.fd, EIO, false);
@@ -128,33 +140,71 @@ export class FanotifySession {
     }
   }
 
-  /** POST /api/v1/mount, or the command line's --bootstrap/--mountpoint. */
+  /**
+   * POST /api/v1/mount, or the command line's --bootstrap/--mountpoint. Both paths absolute; the
+   * mountpoint (symbolic links resolved) a directory on a file system of files, hiding none of the
+   * daemon's own paths, the bootstrap or the cache: anything else is a ConfigError naming it.
+   */
   async mount(request: FanotifyMountRequest): Promise<void> {
-    const req = { ...request, mountpoint: path.resolve(request.mountpoint), bootstrap: path.resolve(request.bootstrap) };
-    if (this.mounts.has(req.mountpoint) || this.mounting.has(req.mountpoint)) throw new ConfigError(`${req.mountpoint} is already mounted by this daemon`);
-    if (!fs.statSync(req.mountpoint, { throwIfNoEntry: false })?.isDirectory()) throw new ConfigError(`mountpoint ${req.mountpoint} is not a directory`);
+    const asked = absolutePath(request.mountpoint, 'mountpoint');
+    const bootstrap = absolutePath(request.bootstrap, 'bootstrap');
+    let mountpoint: string;
+    try {
+      mountpoint = fs.realpathSync(asked);
+    } catch (e) {
+      throw new ConfigError(`mountpoint ${asked} cannot be used: ${(e as Error).message}`);
+    }
+    const req = { ...request, mountpoint, bootstrap };
+    if (this.mounts.has(mountpoint) || this.mounting.has(mountpoint)) throw new ConfigError(`${mountpoint} is already mounted by this daemon`);
+    if (!fs.statSync(mountpoint).isDirectory()) throw new ConfigError(`mountpoint ${asked} is not a directory`);
+    const pseudo = pseudoFsOf(mountpoint);
+    if (pseudo) throw new ConfigError(`mountpoint ${asked} is on ${pseudo}, a pseudo file system: a mount there would hide the kernel's files`);
+    let boot: fs.Stats | undefined;
+    try {
+      boot = fs.statSync(bootstrap, { throwIfNoEntry: false });
+    } catch (e) {
+      throw new ConfigError(`bootstrap ${bootstrap} cannot be used: ${(e as Error).message}`);
+    }
+    if (!boot) throw new ConfigError(`bootstrap ${bootstrap} does not exist`);
+    if (!boot.isFile()) throw new ConfigError(`bootstrap ${bootstrap} is not a regular file`);
+    this.refuseHiding(mountpoint, asked, [...this.guarded, { path: bootstrap, what: 'the bootstrap' }]);
     // Registration validates the bootstrap on another thread: no second mount of this path meanwhile.
-    this.mounting.add(req.mountpoint);
+    this.mounting.add(mountpoint);
     try {
       await this.attach(req, false);
     } finally {
-      this.mounting.delete(req.mountpoint);
+      this.mounting.delete(mountpoint);
     }
-    const m = this.mounts.get(req.mountpoint)!;
+    const m = this.mounts.get(mountpoint)!;
     try {
+      const workDir = this.registry.list().find((e) => e.id === m.imageId)?.workDir;
+      if (workDir) this.refuseHiding(mountpoint, asked, [{ path: workDir, what: 'the cache work_dir' }]);
+      // Listed before mount(2): a worker that dies right after it leaves a mount its successor knows.
+      this.saveMounts();
       mountErofsFileBacked(req.bootstrap, m.files.map((f) => f.path), req.mountpoint);
       m.dev = fs.statSync(req.mountpoint).dev;
     } catch (e) {
       this.detach(m);
+      this.saveMounts();
       throw e;
     }
     this.saveMounts();
     this.log.info({ mountpoint: req.mountpoint, bootstrap: req.bootstrap, blobs: m.files.length }, 'mounted');
   }
 
+  /** A ConfigError when a mount at `mountpoint` would hide one of `paths` (it is that path or lies under it). */
+  private refuseHiding(mountpoint: string, asked: string, paths: ReadonlyArray<{ path: string; what: string }>): void {
+    for (const g of paths) {
+      const p = realPathOf(g.path);
+      if (p === mountpoint || p.startsWith(mountpoint === '/' ? '/' : `${mountpoint}/`)) {
+        throw new ConfigError(`mountpoint ${asked} would hide ${g.what} (${g.path}): mount somewhere else`);
+      }
+    }
+  }
+
   /** DELETE /api/v1/mount: unmounts, removes the marks, closes the files once their work drained. */
   umount(mountpoint: string): void {
-    const m = this.mounts.get(path.resolve(mountpoint));
+    const m = this.mountAt(mountpoint);
     if (!m) throw new ConfigError(`${mountpoint} is not mounted by this daemon`);
     // Unmounted by someone else (umount(8)): nothing is left to unmount, and what may be mounted
     // there later (another device) is not ours to take down.
@@ -165,9 +215,20 @@ export class FanotifySession {
     this.log.info({ mountpoint: m.request.mountpoint }, 'unmounted');
   }
 
+  /** A mount by the path it was asked with or its real path (mounts are kept by their real paths). */
+  private mountAt(mountpoint: string): Mounted | undefined {
+    const m = this.mounts.get(path.resolve(mountpoint));
+    if (m || badPathText(mountpoint)) return m;
+    try {
+      return this.mounts.get(fs.realpathSync(mountpoint));
+    } catch {
+      return undefined;
+    }
+  }
+
   /** The image id a mountpoint's image is registered under (its access trace's id). */
   imageIdOf(mountpoint: string): string | undefined {
-    return this.mounts.get(path.resolve(mountpoint))?.imageId;
+    return this.mountAt(mountpoint)?.imageId;
   }
 
   /** Every mountpoint served, in mount order. */
@@ -321,28 +382,39 @@ export class FanotifySession {
     }
   }
 
+  /** The mounts file: each mount's request and its device once mounted (what run.ts's FanotifyHold reads if the daemon gives up). */
   private saveMounts(): void {
     const tmp = `${this.mountsFile}.tmp`;
-    fs.writeFileSync(tmp, JSON.stringify([...this.mounts.values()].map((m) => m.request)), { mode: 0o600 });
+    fs.writeFileSync(tmp, JSON.stringify([...this.mounts.values()].map((m) => ({ ...m.request, dev: m.dev }))), { mode: 0o600 });
     fs.renameSync(tmp, this.mountsFile);
   }
 }
 
-function readMounts(file: string): FanotifyMountRequest[] {
+function readMounts(file: string): Array<FanotifyMountRequest & { dev?: number }> {
   try {
     const v = JSON.parse(fs.readFileSync(file, 'utf8'));
-    return Array.isArray(v) ? v : [];
+    return Array.isArray(v) ? v.filter((m) => m && typeof m.mountpoint === 'string' && typeof m.bootstrap === 'string') : [];
   } catch {
     return [];
   }
 }
 
-/** The mount points of this mount namespace (/proc/self/mountinfo's fifth field, octal escapes undone). */
-function mountedPaths(): Set<string> {
-  const out = new Set<string>();
-  for (const line of fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
-    const mp = line.split(' ')[4];
-    if (mp) out.add(mp.replace(/\\([0-7]{3})/g, (_, o) => String.fromCharCode(parseInt(o, 8))));
+/** An absolute path of a mount request, normalized; a ConfigError naming `what` for anything else. */
+function absolutePath(p: unknown, what: string): string {
+  if (typeof p !== 'string' || !p) throw new ConfigError(`${what} is required`);
+  const bad = badPathText(p);
+  if (bad) throw new ConfigError(`${what} ${JSON.stringify(p.slice(0, 200))}${p.length > 200 ? '...' : ''} ${bad}`);
+  if (!path.isAbsolute(p)) throw new ConfigError(`${what} ${JSON.stringify(p)} must be an absolute path (the daemon's working directory is no base for it)`);
+  return path.resolve(p);
+}
+
+/** `p` with symbolic links resolved as far as it exists (the rest as given). */
+function realPathOf(p: string): string {
+  const abs = path.resolve(p);
+  try {
+    return fs.realpathSync(abs);
+  } catch {
+    const parent = path.dirname(abs);
+    return parent === abs ? abs : path.join(realPathOf(parent), path.basename(abs));
   }
-  return out;
 }
