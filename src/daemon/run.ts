@@ -336,8 +336,9 @@ export class FanotifyHold implements HeldFd {
     }
     this.group.onEvents((events) => {
       for (const e of events) {
-        if (e.fd < 0) continue;
-        if (!e.answered) fail(e.fd);
+        // An answered event's fd was closed by the addon already (none is, here: no ready blocks are set).
+        if (e.fd < 0 || e.answered) continue;
+        fail(e.fd);
         closeFd(e.fd);
       }
     }, (err) => log.warn({ err: err.message }, 'cannot read fanotify events'));
