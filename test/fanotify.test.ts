@@ -8,7 +8,7 @@ import { withTunable } from '../src/daemon/run.ts';
 import fs from 'node:fs';
 import path from 'node:path';
 import { entryBodyFromFsConfig, parseBlobCacheEntry } from '../src/daemon/config.ts';
-import { PendingEventJournal } from '../src/daemon/frontend/fanotify-journal.ts';
+import { JOURNAL_READ_MAX, PendingEventJournal } from '../src/daemon/frontend/fanotify-journal.ts';
 import { tmpDir } from './helpers/fixtures.ts';
 
 test('fanotify config: nydusd v2 FUSE config becomes an entry with its backend, work_dir and prefetch', () => {
@@ -70,6 +70,25 @@ test('fanotify journal: the events left unanswered are read back (last record pe
     assert.deepEqual(PendingEventJournal.read(file), []);
     k.close();
     assert.deepEqual(PendingEventJournal.read(path.join(dir, 'missing')), []);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('fanotify journal: only its end is read back, so a huge one (a line of garbage past the bound) costs a bounded read and keeps the pending records at its end', () => {
+  const dir = tmpDir('fanjournal-huge');
+  try {
+    const file = path.join(dir, 'pending-events');
+    const fd = fs.openSync(file, 'w');
+    fs.writeSync(fd, '+ 7 1 2 0 4096\n');
+    // One line longer than the bound, then what a worker wrote after it.
+    const garbage = Buffer.alloc(1 << 20, 'x');
+    for (let written = 0; written < JOURNAL_READ_MAX + (4 << 20); written += garbage.length) fs.writeSync(fd, garbage);
+    fs.writeSync(fd, '\n+ 20 1 2 8192 4096\n+ 21 1 2 0 4096\n- 21\n');
+    fs.closeSync(fd);
+    assert.ok(fs.statSync(file).size > JOURNAL_READ_MAX);
+    // fd 7's record lies before the part read: a real journal is truncated long before it grows so.
+    assert.deepEqual(PendingEventJournal.read(file), [{ fd: 20, dev: 1, ino: 2, offset: 8192, count: 4096 }]);
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }

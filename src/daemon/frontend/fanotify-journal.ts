@@ -25,6 +25,29 @@ export interface JournaledEvent {
   count: number;
 }
 
+/**
+ * The most of a journal read back: its end. The journal is truncated whenever nothing is pending past
+ * TRUNCATE_AT, so a real one is far smaller (a pending event is a line of about 40 bytes); a record's
+ * answer always comes after it, so the end holds every event still pending.
+ */
+export const JOURNAL_READ_MAX = 64 << 20;
+
+/** The last `max` bytes of a file as text, from the first whole line in them. */
+function readTail(file: string, max: number): string {
+  const fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
+  try {
+    const size = fs.fstatSync(fd).size;
+    const from = Math.max(0, size - max);
+    const buf = Buffer.alloc(size - from);
+    let got = 0;
+    for (let n; got < buf.length && (n = fs.readSync(fd, buf, got, buf.length - got, from + got)) > 0;) got += n;
+    const text = buf.toString('latin1', 0, got);
+    return from === 0 ? text : text.slice(text.indexOf('\n') + 1);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
 /** Bytes after which an idle journal is truncated. */
 const TRUNCATE_AT = 256 * 1024;
 
@@ -43,7 +66,7 @@ export class PendingEventJournal {
   static read(file: string): JournaledEvent[] {
     let text: string;
     try {
-      text = fs.readFileSync(file, 'utf8');
+      text = readTail(file, JOURNAL_READ_MAX);
     } catch {
       return [];
     }
