@@ -14,14 +14,13 @@ import net from 'node:net';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { NydusError } from '../../erofs/errors.ts';
-import { ConfigError, type ImageEntry, obj, str } from './config.ts';
+import { ConfigError, type ImageEntry, absolutePathField, obj, str } from './config.ts';
 import type { ImageRegistry } from './daemon.ts';
 import type { DaemonState } from './state.ts';
 import { type DaemonLifecycle, StateError } from './lifecycle.ts';
 import { BUILD_INFO } from '../version.ts';
 import { prometheusText } from './prometheus.ts';
 import type { FanotifySession } from './frontend/fanotify.ts';
-import { badPathText } from './log.ts';
 
 export interface ApiContext {
   id: string;
@@ -265,7 +264,7 @@ export function startApi(sock: string, ctx: ApiContext): Promise<http.Server> {
           const mountpoint = url.searchParams.get('mountpoint');
           if (!mountpoint) throw new ConfigError("'mountpoint' should be specified in query string");
           if (!ctx.mounts) throw new StateError('this daemon mounts nothing itself (fscache mode: mount -t erofs -o fsid=...); start it with --fanotify');
-          checkPathField(mountpoint, "query parameter 'mountpoint'");
+          absolutePathField(mountpoint, "query parameter 'mountpoint'");
           await ctx.mounts.mount({ mountpoint, ...parseMountCmd(await readBody(req)) });
           return send(res, 204);
         }
@@ -386,7 +385,7 @@ export function startApi(sock: string, ctx: ApiContext): Promise<http.Server> {
 function parseMountCmd(body: unknown): { bootstrap: string; config: unknown } {
   const b = obj(body, 'body');
   const source = str(b, 'source', 'body');
-  checkPathField(source, 'body.source (the bootstrap)');
+  absolutePathField(source, 'body.source (the bootstrap)');
   const fsType = str(b, 'fs_type', 'body', false);
   if (fsType && fsType !== 'rafs') throw new ConfigError(`body.fs_type ${JSON.stringify(fsType)} is not supported (rafs)`);
   if (Array.isArray(b.prefetch_files) && b.prefetch_files.length) throw new ConfigError('body.prefetch_files is not supported; use the config\'s prefetch settings');
@@ -398,13 +397,6 @@ function parseMountCmd(body: unknown): { bootstrap: string; config: unknown } {
     throw new ConfigError(`body.config is not valid JSON: ${(e as Error).message}`);
   }
   return { bootstrap: source, config };
-}
-
-/** A path a request gives (POST /api/v1/mount): absolute, no NUL byte, no longer than PATH_MAX; a 400 naming the field otherwise. */
-function checkPathField(p: string, field: string): void {
-  const bad = badPathText(p);
-  if (bad) throw new ConfigError(`${field} ${JSON.stringify(p.slice(0, 200))}${p.length > 200 ? '...' : ''} ${bad}`);
-  if (!path.isAbsolute(p)) throw new ConfigError(`${field} ${JSON.stringify(p)} must be an absolute path`);
 }
 
 /**

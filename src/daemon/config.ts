@@ -4,6 +4,8 @@
  * (nydus api/src/config.rs). Parsed into one typed shape; bad input is a ConfigError naming the field.
  */
 import { NydusError, EINVAL } from '../../erofs/errors.ts';
+import path from 'node:path';
+import { badPathText } from './log.ts';
 import { type HttpProxyBackendConfig, type RegistryBackendConfig, httpProxyConfigFrom, registryConfigFrom } from './backend/remote-config.ts';
 
 export class ConfigError extends NydusError {
@@ -11,6 +13,19 @@ export class ConfigError extends NydusError {
     super(message, EINVAL);
     this.name = 'ConfigError';
   }
+}
+
+/**
+ * A path a mount request gives (the API's query and body, the command line): absolute, no NUL byte,
+ * no longer than PATH_MAX; normalized. A ConfigError naming `what` otherwise (`note` said after
+ * "must be an absolute path").
+ */
+export function absolutePathField(p: unknown, what: string, note = ''): string {
+  if (typeof p !== 'string' || !p) throw new ConfigError(`${what} is required`);
+  const bad = badPathText(p);
+  if (bad) throw new ConfigError(`${what} ${JSON.stringify(p.slice(0, 200))}${p.length > 200 ? '...' : ''} ${bad}`);
+  if (!path.isAbsolute(p)) throw new ConfigError(`${what} ${JSON.stringify(p)} must be an absolute path${note}`);
+  return path.resolve(p);
 }
 
 export interface LocalFsBackendConfig {

@@ -223,7 +223,8 @@ export interface ListedMount {
 /** The mounts file of a fanotify daemon's directory: what its workers mounted (or were mounting). */
 export const MOUNTS_FILE = 'mounts.json';
 
-export function readMountsFile(file: string): ListedMount[] {
+/** The mounts file's records (written as `T`s, checked as ListedMounts); none when it is missing or unreadable. */
+export function readMountsFile<T extends object = object>(file: string): Array<T & ListedMount> {
   try {
     const v = JSON.parse(fs.readFileSync(file, 'utf8'));
     return Array.isArray(v) ? v.filter((m) => m && typeof m.mountpoint === 'string' && typeof m.bootstrap === 'string') : [];

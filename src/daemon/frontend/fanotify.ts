@@ -21,14 +21,14 @@ import crypto from 'node:crypto';
 import type { Logger } from 'pino';
 import { FAN_PRE_ACCESS, type FanotifyEvent, closeFd, mountErofsFileBacked, umountPath } from '../../../native/fscache/fanotify.ts';
 import type { SystemError } from '../../../native/fscache/index.ts';
-import { ConfigError, entryBodyFromFsConfig } from '../config.ts';
+import { ConfigError, absolutePathField, entryBodyFromFsConfig } from '../config.ts';
 import type { ImageRegistry } from '../daemon.ts';
 import type { DaemonState } from '../state.ts';
 import { Limiter, type CacheCounters } from '../blob-cache.ts';
 import { MarkedCacheFile, inodeKey, type MarkPort } from './fanotify-cache-file.ts';
 import type { JournaledEvent, PendingEventJournal } from './fanotify-journal.ts';
 import { badPathText, pseudoFsOf } from '../log.ts';
-import { listedMountState } from '../run.ts';
+import { listedMountState, readMountsFile } from '../run.ts';
 
 /** What the session needs of the fanotify group (FanotifyGroup, or a fake in unit tests). */
 export interface FanotifyPort extends MarkPort {
@@ -47,6 +47,8 @@ export interface FanotifyMountRequest {
 }
 
 const EIO = 5;
+/** Why a relative path is refused (said after "must be an absolute path"). */
+const NO_CWD = " (the daemon's working directory is no base for it)";
 
 interface Mounted {
   request: FanotifyMountRequest;
@@ -98,7 +100,7 @@ export class FanotifySession {
    * still there as it made them (the image's EROFS, of the device it recorded), even under another mount.
    */
   async restore(): Promise<void> {
-    for (const { dev, ...request } of readMounts(this.mountsFile)) {
+    for (const { dev, ...request } of readMountsFile<FanotifyMountRequest>(this.mountsFile)) {
       const state = listedMountState({ mountpoint: request.mountpoint, bootstrap: request.bootstrap, dev });
       if (state === 'absent') {
         this.log.warn({ mountpoint: request.mountpoint }, 'a mount of the previous worker is gone; not serving it');
@@ -146,8 +148,8 @@ export class FanotifySession {
    * daemon's own paths, the bootstrap or the cache: anything else is a ConfigError naming it.
    */
   async mount(request: FanotifyMountRequest): Promise<void> {
-    const asked = absolutePath(request.mountpoint, 'mountpoint');
-    const bootstrap = absolutePath(request.bootstrap, 'bootstrap');
+    const asked = absolutePathField(request.mountpoint, 'mountpoint', NO_CWD);
+    const bootstrap = absolutePathField(request.bootstrap, 'bootstrap', NO_CWD);
     let mountpoint: string;
     try {
       mountpoint = fs.realpathSync(asked);
@@ -388,24 +390,6 @@ export class FanotifySession {
     fs.writeFileSync(tmp, JSON.stringify([...this.mounts.values()].map((m) => ({ ...m.request, dev: m.dev }))), { mode: 0o600 });
     fs.renameSync(tmp, this.mountsFile);
   }
-}
-
-function readMounts(file: string): Array<FanotifyMountRequest & { dev?: number }> {
-  try {
-    const v = JSON.parse(fs.readFileSync(file, 'utf8'));
-    return Array.isArray(v) ? v.filter((m) => m && typeof m.mountpoint === 'string' && typeof m.bootstrap === 'string') : [];
-  } catch {
-    return [];
-  }
-}
-
-/** An absolute path of a mount request, normalized; a ConfigError naming `what` for anything else. */
-function absolutePath(p: unknown, what: string): string {
-  if (typeof p !== 'string' || !p) throw new ConfigError(`${what} is required`);
-  const bad = badPathText(p);
-  if (bad) throw new ConfigError(`${what} ${JSON.stringify(p.slice(0, 200))}${p.length > 200 ? '...' : ''} ${bad}`);
-  if (!path.isAbsolute(p)) throw new ConfigError(`${what} ${JSON.stringify(p)} must be an absolute path (the daemon's working directory is no base for it)`);
-  return path.resolve(p);
 }
 
 /** `p` with symbolic links resolved as far as it exists (the rest as given). */
