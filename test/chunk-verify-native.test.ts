@@ -36,8 +36,10 @@ test('BLAKE3 in the addon: the published digest of the empty input', async () =>
 });
 
 test('BLAKE3 and SHA-256 in the addon agree with blake-hash and OpenSSL on every tree shape, and refuse a flipped bit', async () => {
-  // Block and chunk edges (64 B, 1 KiB), the 16-chunk batches (16 KiB), deep trees (up to 3 MiB).
-  const sizes = [1, 63, 64, 65, 1023, 1024, 1025, 2048, 2049, 15 * 1024, 16 * 1024, 16 * 1024 + 1, 17 * 1024, 33 * 1024 + 7, 65536, 100_000, 1 << 20, 3 * (1 << 20) + 5];
+  // Block and chunk edges (64 B, 1 KiB), the 16-chunk and 16-parent batches (16 KiB, 32 KiB), the
+  // 1 MiB subtrees and the stack they merge on (up to 7 MiB).
+  const sizes = [1, 63, 64, 65, 1023, 1024, 1025, 2048, 2049, 3 * 1024, 15 * 1024, 16 * 1024, 16 * 1024 + 1, 17 * 1024, 33 * 1024 + 7, 32 * 1024, 48 * 1024 - 1,
+    65536, 100_000, (1 << 20) - 1, 1 << 20, (1 << 20) + 1, (1 << 20) + 1024, 2 << 20, (2 << 20) + 1, 3 * (1 << 20) + 5, (4 << 20) - 1024, 5 << 20, (7 << 20) + 3 * 1024 + 9];
   for (const [i, n] of sizes.entries()) {
     const data = prand(n, 100 + i);
     for (const [digester, digest] of [[0, blake3(data)], [1, sha256(data)]] as const) {
@@ -248,4 +250,13 @@ test('verifyBlobRange jobs at once share no buffer: sixteen runs of different by
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }
+});
+
+test('warmUp: a job per pool thread, each settled; verification works after it; a bad count is refused', async () => {
+  const jobs = fscacheBinding().warmUp(4);
+  assert.equal(jobs.length, 4);
+  await Promise.all(jobs);
+  const data = prand(1 << 20, 7);
+  assert.equal(await nativeVerdict(data, blake3(data), 0), null);
+  for (const bad of [0, -1, 1.5, 1025, Number.NaN]) assert.throws(() => fscacheBinding().warmUp(bad), RangeError, String(bad));
 });

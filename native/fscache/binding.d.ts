@@ -158,6 +158,12 @@ export interface FscacheBinding {
    * gives `readError` and nothing else was done (`errors` null).
    */
   verifyBlobRange(blobFd: number, storedOffset: number, storedSize: number, layout: Float64Array, digests: Uint8Array, digestSize: number, compressor: 0 | 1, digester: 0 | 1, fd: number, fileOffset: number): Promise<{ readError: Error | null; errors: Array<string | null> | null; writeError: Error | null }>;
+  /**
+   * A warm-up job on each of `threads` libuv pool threads (a 1 MiB zstd chunk decompressed into a
+   * pooled buffer and hashed), so that no reader waits for a thread's first verification; a Promise
+   * per job.
+   */
+  warmUp(threads: number): Array<Promise<void>>;
   /** Detaches an ArrayBuffer: its memory is freed now, not at a GC, and every view of it becomes empty. */
   releaseBuffer(ab: ArrayBuffer): void;
   /** CACHEFILES_MSG_MAX_SIZE: the largest message the kernel sends, bytes. */

@@ -3,6 +3,7 @@
 // the digest. Chunk i counts i in its compressions; the last compression of the root node has ROOT.
 #include "blake3.h"
 
+#include <algorithm>
 #include <cstring>
 
 namespace fscache {
@@ -106,7 +107,7 @@ constexpr size_t kLanes = 16;
   v[b] = RotrLanes(v[b] ^ v[c], 7);
 
 __attribute__((target_clones("avx512f", "avx2", "default")))
-void Chunks16(const uint8_t* in, uint64_t counter, uint32_t cvs[kLanes][8]) {
+void Chunks16(const uint8_t* in, uint64_t counter, uint32_t (*cvs)[8]) {
   Lanes cv[8], counter_lo, counter_hi;
   for (int i = 0; i < 8; i++) cv[i] = Lanes{} + kIv[i];
   for (size_t l = 0; l < kLanes; l++) {
@@ -140,30 +141,88 @@ void Chunks16(const uint8_t* in, uint64_t counter, uint32_t cvs[kLanes][8]) {
   }
 }
 
+// 16 parent nodes at once: the chaining values of pairs `cvs[2l]`, `cvs[2l + 1]` (a parent's 64-byte
+// block is its two children side by side) into `out[l]`. Every input is loaded before any output is
+// stored, so `out` may be `cvs` itself (each level of a tree is reduced in place).
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void Parents16(const uint32_t (*cvs)[8], uint32_t (*out)[8]) {
+  Lanes m[16];
+  for (size_t l = 0; l < kLanes; l++) {
+    for (int w = 0; w < 16; w++) m[w][l] = cvs[2 * l + w / 8][w % 8];
+  }
+  Lanes v[16] = {Lanes{} + kIv[0], Lanes{} + kIv[1], Lanes{} + kIv[2], Lanes{} + kIv[3],
+                 Lanes{} + kIv[4], Lanes{} + kIv[5], Lanes{} + kIv[6], Lanes{} + kIv[7],
+                 Lanes{} + kIv[0], Lanes{} + kIv[1], Lanes{} + kIv[2], Lanes{} + kIv[3],
+                 Lanes{}, Lanes{}, Lanes{} + static_cast<uint32_t>(kBlockLen), Lanes{} + kParent};
+  for (const uint8_t* s : kSchedule) {
+    LANES_G(0, 4, 8, 12, m[s[0]], m[s[1]]);
+    LANES_G(1, 5, 9, 13, m[s[2]], m[s[3]]);
+    LANES_G(2, 6, 10, 14, m[s[4]], m[s[5]]);
+    LANES_G(3, 7, 11, 15, m[s[6]], m[s[7]]);
+    LANES_G(0, 5, 10, 15, m[s[8]], m[s[9]]);
+    LANES_G(1, 6, 11, 12, m[s[10]], m[s[11]]);
+    LANES_G(2, 7, 8, 13, m[s[12]], m[s[13]]);
+    LANES_G(3, 4, 9, 14, m[s[14]], m[s[15]]);
+  }
+  for (size_t l = 0; l < kLanes; l++) {
+    for (int i = 0; i < 8; i++) out[l][i] = v[i][l] ^ v[i + 8][l];
+  }
+}
+
+// The chunks of a subtree: at most this many (1 MiB of input), their chaining values on the stack.
+constexpr size_t kSubtreeChunks = 1024;
+
+// The chaining values of the chunks of `in` (`len` bytes, 1 to kSubtreeChunks chunks, all full but
+// the last), the first counted `counter`: 16 at a time while 16 full ones remain.
+void ChunkCvs(const uint8_t* in, size_t len, uint64_t counter, uint32_t (*cvs)[8]) {
+  size_t full = len / kChunkLen, i = 0;
+  for (; i + kLanes <= full; i += kLanes) Chunks16(in + i * kChunkLen, counter + i, cvs + i);
+  // The rest one at a time: fewer than 16 full chunks, and the last.
+  for (size_t at = i * kChunkLen; at < len; at += kChunkLen, i++) ChunkCv(in + at, std::min(kChunkLen, len - at), counter + i, false, cvs[i]);
+}
+
+// The root of a tree over `n` >= 2 chaining values (a left-complete binary tree, as BLAKE3's is),
+// reduced a level at a time in place: pairs merge into parents (16 at a time), an odd last one goes
+// up as it is. Pairing level by level builds the same tree as BLAKE3's stack of complete subtrees
+// merged right to left. `root`: the last merge has ROOT (the tree is the whole input's).
+void ReduceCvs(uint32_t (*cvs)[8], size_t n, bool root, uint32_t out[8]) {
+  while (n > 2) {
+    size_t pairs = n / 2, j = 0;
+    for (; j + kLanes <= pairs; j += kLanes) Parents16(cvs + 2 * j, cvs + j);
+    for (; j < pairs; j++) ParentCv(cvs[2 * j], cvs[2 * j + 1], false, cvs[j]);
+    if (n % 2) std::memcpy(cvs[pairs], cvs[n - 1], sizeof cvs[0]);
+    n = pairs + n % 2;
+  }
+  ParentCv(cvs[0], cvs[1], root, out);
+}
+
 }  // namespace
 
 void Blake3(const uint8_t* input, size_t len, uint8_t out[kBlake3DigestSize]) {
-  size_t chunks = len == 0 ? 1 : (len + kChunkLen - 1) / kChunkLen;
   uint32_t cv[8];
-  if (chunks == 1) {
+  if (len <= kChunkLen) {
     ChunkCv(input, len, 0, true, cv);
   } else {
-    // Every chunk but the last goes on the stack; after chunk i (i + 1 chunks done), as many
-    // subtrees merge as i + 1 has trailing zero bits.
+    // Whole subtrees of kSubtreeChunks while more than one remains after them: each reduced to its
+    // chaining value and pushed on a stack, merged as BLAKE3 merges a chunk's (as many merges as
+    // the count of subtrees done has trailing zero bits). The rest (1 to kSubtreeChunks chunks)
+    // is reduced to one value, merged with the stack from its top down; the last merge is the root.
+    static_assert(kSubtreeChunks % kLanes == 0, "subtrees are whole batches");
+    constexpr size_t kSubtreeLen = kSubtreeChunks * kChunkLen;
     uint32_t stack[kMaxDepth][8];
-    size_t depth = 0;
-    uint32_t batch[kLanes][8];
-    for (size_t i = 0; i + 1 < chunks; i++) {
-      // Chunks before the last, 16 at a time while 16 remain.
-      if (i % kLanes == 0 && i + kLanes < chunks) Chunks16(input + i * kChunkLen, i, batch);
-      if (i - i % kLanes + kLanes < chunks) std::memcpy(cv, batch[i % kLanes], sizeof cv);
-      else ChunkCv(input + i * kChunkLen, kChunkLen, i, false, cv);
-      for (uint64_t done = i + 1; (done & 1) == 0; done >>= 1) ParentCv(stack[--depth], cv, false, cv);
+    size_t depth = 0, pos = 0;
+    uint64_t subtrees = 0;
+    uint32_t cvs[kSubtreeChunks][8];
+    for (; len - pos > kSubtreeLen; pos += kSubtreeLen) {
+      ChunkCvs(input + pos, kSubtreeLen, pos / kChunkLen, cvs);
+      ReduceCvs(cvs, kSubtreeChunks, false, cv);
+      for (uint64_t done = ++subtrees; (done & 1) == 0; done >>= 1) ParentCv(stack[--depth], cv, false, cv);
       std::memcpy(stack[depth++], cv, sizeof cv);
     }
-    size_t last = chunks - 1;
-    ChunkCv(input + last * kChunkLen, len - last * kChunkLen, last, false, cv);
-    // The right edge: merged from the top of the stack down; the last merge is the root.
+    size_t rest = len - pos, n = (rest + kChunkLen - 1) / kChunkLen;
+    ChunkCvs(input + pos, rest, pos / kChunkLen, cvs);
+    if (n == 1) std::memcpy(cv, cvs[0], sizeof cv);
+    else ReduceCvs(cvs, n, depth == 0, cv);
     while (depth > 0) {
       depth--;
       ParentCv(stack[depth], cv, depth == 0, cv);

@@ -14,6 +14,10 @@ Napi::Value VerifyRunNative(const Napi::CallbackInfo& info);
 // file. No byte of the run crosses into JS. See verifyBlobRange in binding.d.ts.
 Napi::Value VerifyBlobRange(const Napi::CallbackInfo& info);
 
+// warmUp(threads): each of `threads` libuv pool threads does a verification of its own, so that a
+// reader does not wait for a thread's first one (WarmUpWorker). Returns a Promise per job.
+Napi::Value WarmUp(const Napi::CallbackInfo& info);
+
 // releaseBuffer(ab): detaches an ArrayBuffer (every view of it becomes empty) so that its memory is
 // freed now. Chunk buffers live a few milliseconds, but once they outlive a scavenge only a full GC
 // frees them, and V8 runs one only after some 64 MiB of such memory: the daemon's peak RSS was that

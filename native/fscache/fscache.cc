@@ -137,6 +137,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("tryLock", Napi::Function::New(env, TryLock, "tryLock"));
   exports.Set("verifyRunNative", Napi::Function::New(env, VerifyRunNative, "verifyRunNative"));
   exports.Set("verifyBlobRange", Napi::Function::New(env, VerifyBlobRange, "verifyBlobRange"));
+  exports.Set("warmUp", Napi::Function::New(env, WarmUp, "warmUp"));
   exports.Set("releaseBuffer", Napi::Function::New(env, ReleaseBuffer, "releaseBuffer"));
   exports.Set("MSG_MAX_SIZE", Napi::Number::New(env, static_cast<double>(kMsgMaxSize)));
   return exports;

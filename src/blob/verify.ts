@@ -138,6 +138,14 @@ export interface BlobRangeRun extends Omit<StoredRun, 'stored' | 'outSize' | 'ta
   target: { fd: number; offset: number };
 }
 
+/**
+ * Each of libuv's `threads` pool threads pays its first verification's cost now (the addon's
+ * warmUp), not while a reader waits. Settles once every job ran.
+ */
+export async function warmUpVerifiers(threads: number): Promise<void> {
+  await Promise.all(fscacheBinding().warmUp(threads));
+}
+
 /** A run verified from a blob file: per chunk an error message or null (it is in the cache file unless writeError). */
 export interface VerifiedBlobRange {
   errors: Array<string | null>;

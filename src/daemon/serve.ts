@@ -12,6 +12,7 @@ import { ImageRegistry } from './daemon.ts';
 import { DaemonLifecycle } from './lifecycle.ts';
 import { DaemonState } from './state.ts';
 import { VerifyPool } from './verify-pool.ts';
+import { warmUpVerifiers } from '../blob/verify.ts';
 import { RegistrationPool } from './registration-pool.ts';
 import { makeLogger } from './log.ts';
 import { type DaemonOptions, inheritedKernelFd, openDevice } from './run.ts';
@@ -43,6 +44,9 @@ export function openDaemonCore(stateDir: string, threads: number, log: Logger): 
   const state = new DaemonState(stateDir);
   // Verification on libuv's threads, a job per core at most: the event loop stays free for the kernel's requests.
   const pool = new VerifyPool(Math.max(1, Math.min(os.availableParallelism(), threads)));
+  // Jobs land on any of libuv's threads (the supervisor sizes the pool): each pays its first job's
+  // cost now, in the background, rather than during a container's first reads.
+  void warmUpVerifiers(Number(process.env.UV_THREADPOOL_SIZE) || 4).catch((e: Error) => log.warn({ err: e.message }, 'cannot warm up the verification threads'));
   // Bootstraps are read and validated on their own thread, one image at a time; the thread stays
   // through a burst of registrations (a warm one validates about twice as fast as a new one), and
   // goes soon after it: an idle thread with its heap is 18 MiB of the daemon's RSS while the
