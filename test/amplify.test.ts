@@ -14,6 +14,7 @@ import { BlobMap } from '../src/daemon/blob-map.ts';
 import { ImageRegistry } from '../src/daemon/daemon.ts';
 import { DaemonState } from '../src/daemon/state.ts';
 import { OnDemandSession } from '../src/daemon/frontend/cachefiles.ts';
+import { BlobCacheFile, WorkGuard } from '../src/daemon/blob-cache.ts';
 import { AMPLIFY_IO_DEFAULT, parseBlobCacheEntry } from '../src/daemon/config.ts';
 import type { ChunkRef } from '../src/builder/tree.ts';
 import { FakePort, settle, waitFor } from './helpers/cachefiles-port.ts';
@@ -178,4 +179,51 @@ test('amplification with prefetch and READs racing: every chunk fetched once, th
   assert.deepEqual(Object.entries(fetches).filter(([, n]) => n !== 1), [], 'no chunk fetched twice');
   assert.deepEqual(t.port.violations, []);
   t.state.close();
+});
+
+test('amplification: a READ the kernel was let do (its bytes held, BlobCacheFile.readOn) moves the window as fill() does', async () => {
+  const state = new DaemonState(path.join(work, 'state-readon'));
+  const registry = new ImageRegistry(state, log);
+  registries.push(registry);
+  await registry.add(entry('readon', { batch_size: 0x20000 }));
+  const target = registry.resolve('readon', blobId);
+  assert.ok(target?.kind === 'blob');
+  // Two cache files of the blob, in memory: one reader's READs served by fill(), the other's held ones by readOn().
+  const file = (name: string) => {
+    const bytes = Buffer.alloc(blobBytes.length);
+    const held: Array<[number, number]> = [];
+    const key = { volume: `erofs,${name}`, cookie: blobId };
+    const io = {
+      asksOnlyForMissing: false,
+      write: async (offset: number, data: Uint8Array) => {
+        bytes.set(data, offset);
+        held.push([offset, offset + data.length]);
+      },
+      dataRanges: () => held,
+    };
+    const counters = { prefetchedChunks: 0, staleMarks: 0, chunksWrittenByVerifier: 0 };
+    const f = new BlobCacheFile(key, target.map, target.fetcher, io, new WorkGuard(() => undefined), state, counters, log, target.fill);
+    f.start(null);
+    return { f, key, bytes };
+  };
+  const a = file('by-fill');
+  const b = file('by-read-on');
+  for (const x of [a, b]) await x.f.fill(chunks[0].uncompressedOffset, 4096);
+  await settle();
+  // Reading on through the chunks the first READ brought in, then past the window that opens.
+  for (const c of [chunks[1], chunks[2]]) {
+    assert.ok(b.f.rangeCached(c.uncompressedOffset, 4096), `chunk ${c.indexInBlob} is held before its READ`);
+    await a.f.fill(c.uncompressedOffset, 4096);
+    b.f.readOn(c.uncompressedOffset, 4096);
+    await waitFor(() => state.count(b.key) === state.count(a.key), 'the window after readOn');
+    await settle();
+  }
+  const marked = (k: typeof a.key) => [...state.cached(k)].sort((x, y) => x - y);
+  assert.ok(marked(a.key).length > 10, `the window reached past the first READ's read-ahead (${marked(a.key).length} chunks)`);
+  assert.deepEqual(marked(b.key), marked(a.key), 'the same chunks fetched ahead');
+  for (const i of marked(b.key)) {
+    const c = chunks.find((x) => x.indexInBlob === i)!;
+    assert.ok(b.bytes.subarray(c.uncompressedOffset, c.uncompressedOffset + c.uncompressedSize).equals(blobBytes.subarray(c.uncompressedOffset, c.uncompressedOffset + c.uncompressedSize)), `chunk ${i} holds the blob's bytes`);
+  }
+  state.close();
 });

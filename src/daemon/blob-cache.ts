@@ -183,15 +183,7 @@ export class BlobCacheFile {
    */
   async fill(offset: number, len: number): Promise<void> {
     const demand = this.map.chunksIn(offset, len);
-    // Amplified only when reading on from the last READ (a cat of a directory, a tar of a tree): a
-    // READ elsewhere (an exec's libraries) gets the read-ahead of a few chunks, and its reader does not
-    // share the CPU and the disk with a window nobody asked for.
-    const last = this.lastRead;
-    const window = this.amplifyIo * this.ramp;
-    const sequential = last !== null && offset >= last.start && offset <= last.end + window;
-    this.lastRead = { start: offset, end: offset + len };
-    this.ramp = sequential ? Math.min(this.ramp * 2, WINDOW_RAMP_MAX) : 1;
-    const span = sequential ? Math.max(len, window) : 0;
+    const span = this.follow(offset, len);
     if (!this.marksReady) this.readAheadLater(offset, len, span);
     const missing = demand.filter((c) => this.wanted(c, true));
     const ahead = this.marksReady ? this.extendWindow(offset, len, span, missing.length > 0).filter((c) => this.wanted(c, false)) : [];
@@ -213,6 +205,33 @@ export class BlobCacheFile {
       const e = p.failed?.get(c.indexInBlob);
       if (e) throw e;
     }
+  }
+
+  /**
+   * A READ of bytes the file holds (the kernel was let read them without waiting for this file): the
+   * window follows it, as fill() has it, without fill()'s look at each of the READ's chunks. A
+   * sequential reader's READs are mostly these (their bytes were fetched ahead).
+   */
+  readOn(offset: number, len: number): void {
+    const span = this.follow(offset, len);
+    if (!this.marksReady) return this.readAheadLater(offset, len, span);
+    const ahead = this.extendWindow(offset, len, span, false).filter((c) => this.wanted(c, false));
+    if (ahead.length) void this.materializeRuns(ahead, this.fetch(ahead, false), false);
+  }
+
+  /**
+   * A READ at `offset` of `len` bytes: the window's span after it (0 when it does not read on).
+   * Amplified only when reading on from the last READ (a cat of a directory, a tar of a tree): a
+   * READ elsewhere (an exec's libraries) gets the read-ahead of a few chunks, and its reader does not
+   * share the CPU and the disk with a window nobody asked for.
+   */
+  private follow(offset: number, len: number): number {
+    const last = this.lastRead;
+    const window = this.amplifyIo * this.ramp;
+    const sequential = last !== null && offset >= last.start && offset <= last.end + window;
+    this.lastRead = { start: offset, end: offset + len };
+    this.ramp = sequential ? Math.min(this.ramp * 2, WINDOW_RAMP_MAX) : 1;
+    return sequential ? Math.max(len, window) : 0;
   }
 
   /**

@@ -168,6 +168,13 @@ export class MarkedCacheFile {
     this.scheduleCompleteCheck();
   }
 
+  /** A read of bytes the file holds was allowed: the amplification window follows it (BlobCacheFile.readOn). */
+  readOn(offset: number, count: number): void {
+    if (this.guard.closed) return;
+    this.blob.readOn(offset, count);
+    this.scheduleCompleteCheck();
+  }
+
   /** Whether every chunk covering the range is in the file (by the chunk marks, checked against the file on open). */
   rangeCached(offset: number, count: number): boolean {
     return this.blob.rangeCached(offset, count);

@@ -350,7 +350,7 @@ export class FanotifySession {
   private afterRead(f: MarkedCacheFile, e: FanotifyEvent): void {
     if (e.offset >= f.size) return;
     if (e.pid !== process.pid && e.offset >= 0) f.trace?.record(e.offset, e.count);
-    f.fill(e.offset, e.count).catch(() => undefined);
+    f.readOn(e.offset, e.count);
   }
 
   /** Fills the range, then answers: allowed only when every chunk of it is in the file. */
