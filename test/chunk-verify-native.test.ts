@@ -242,7 +242,8 @@ test('verifyBlobRange jobs at once share no buffer: sixteen runs of different by
 test('warmUp: a job per pool thread, each settled; verification works after it; a bad count is refused', async () => {
   const jobs = fscacheBinding().warmUp(4);
   assert.equal(jobs.length, 4);
-  await Promise.all(jobs);
+  const lanes = await Promise.all(jobs);
+  assert.ok(lanes.every((l) => l === lanes[0] && typeof l === 'boolean'), 'each says how BLAKE3 hashes here, the same');
   const data = prand(1 << 20, 7);
   assert.equal(await nativeVerdict(data, blake3(data), 0), null);
   for (const bad of [0, -1, 1.5, 1025, Number.NaN]) assert.throws(() => fscacheBinding().warmUp(bad), RangeError, String(bad));

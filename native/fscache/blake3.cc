@@ -270,4 +270,6 @@ bool UseLanes() {
 
 void Blake3(const uint8_t* input, size_t len, uint8_t out[kBlake3DigestSize]) { Digest(input, len, out, UseLanes()); }
 
+bool Blake3UsesLanes() { return UseLanes(); }
+
 }  // namespace fscache

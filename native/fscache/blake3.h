@@ -14,4 +14,8 @@ constexpr size_t kBlake3DigestSize = 32;
 
 void Blake3(const uint8_t* input, size_t len, uint8_t out[kBlake3DigestSize]);
 
+// Whether Blake3 hashes 16 chunks at a time in vector lanes here (timed at the first call of either:
+// best made while nothing else runs, as the pool's warm-up does).
+bool Blake3UsesLanes();
+
 }  // namespace fscache

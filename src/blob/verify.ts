@@ -140,10 +140,11 @@ export interface BlobRangeRun extends Omit<StoredRun, 'stored' | 'outSize' | 'ta
 
 /**
  * Each of libuv's `threads` pool threads pays its first verification's cost now (the addon's
- * warmUp), not while a reader waits. Settles once every job ran.
+ * warmUp), not while a reader waits. Settles once every job ran, to how BLAKE3 hashes here.
  */
-export async function warmUpVerifiers(threads: number): Promise<void> {
-  await Promise.all(fscacheBinding().warmUp(threads));
+export async function warmUpVerifiers(threads: number): Promise<{ blake3: 'lanes' | 'chunks' }> {
+  const [lanes] = await Promise.all(fscacheBinding().warmUp(threads));
+  return { blake3: lanes ? 'lanes' : 'chunks' };
 }
 
 /** A run verified from a blob file: per chunk an error message or null (it is in the cache file unless writeError). */

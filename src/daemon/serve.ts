@@ -46,7 +46,10 @@ export function openDaemonCore(stateDir: string, threads: number, log: Logger): 
   const pool = new VerifyPool(Math.max(1, Math.min(os.availableParallelism(), threads)));
   // Jobs land on any of libuv's threads (the supervisor sizes the pool): each pays its first job's
   // cost now, in the background, rather than during a container's first reads.
-  void warmUpVerifiers(Number(process.env.UV_THREADPOOL_SIZE) || 4).catch((e: Error) => log.warn({ err: e.message }, 'cannot warm up the verification threads'));
+  void warmUpVerifiers(Number(process.env.UV_THREADPOOL_SIZE) || 4).then(
+    (how) => log.info(how, 'verification threads warmed up'),
+    (e: Error) => log.warn({ err: e.message }, 'cannot warm up the verification threads'),
+  );
   // Bootstraps are read and validated on their own thread, one image at a time; the thread stays
   // through a burst of registrations (a warm one validates about twice as fast as a new one), and
   // goes soon after it: an idle thread with its heap is 18 MiB of the daemon's RSS while the
