@@ -18,7 +18,7 @@
  */
 import type { Logger } from 'pino';
 import type { ChunkRef } from '../builder/tree.ts';
-import { type BlobMap, CHUNK_ALIGN, alignToChunk, followsInFile } from './blob-map.ts';
+import { type BlobMap, alignToChunk, followsInFile } from './blob-map.ts';
 import { type ChunkFetcher, type ChunkJob, type ChunkTicket, type WriteTarget, batchChunks } from './chunk-fetcher.ts';
 import { AMPLIFY_IO_DEFAULT, type PrefetchConfig } from './config.ts';
 import type { CacheFileKey, DaemonState } from './state.ts';
@@ -246,14 +246,7 @@ export class BlobCacheFile {
     // A jump elsewhere, or a reader that overtook the window: it starts again at the READ.
     if (span === 0 || this.windowEnd < end || this.windowEnd > end + span) this.windowEnd = end;
     else if (!missing && this.windowEnd - end >= span / 2) return [];
-    const limit = offset + span;
-    const out: ChunkRef[] = [];
-    // Chunks start block-aligned in the blob: the window adds at most this many.
-    const most = Math.max(0, Math.ceil((limit - this.windowEnd) / CHUNK_ALIGN)) + READ_AHEAD_CHUNKS;
-    for (const c of this.map.chunksAfter(this.windowEnd, most)) {
-      if (out.length >= READ_AHEAD_CHUNKS && c.uncompressedOffset + c.uncompressedSize > limit) break;
-      out.push(c);
-    }
+    const out = this.map.chunksAfter(this.windowEnd, offset + span, READ_AHEAD_CHUNKS);
     if (out.length) this.windowEnd = alignToChunk(out[out.length - 1].uncompressedOffset + out[out.length - 1].uncompressedSize);
     return out;
   }

@@ -115,10 +115,17 @@ export class BlobMap {
     return lo;
   }
 
-  /** Up to `n` chunks that start at or after `offset`. */
-  chunksAfter(offset: number, n: number): ChunkRef[] {
+  /**
+   * The chunks that start at or after `offset` and end by `limit`, and at least `least` of them
+   * (those past `limit` too) while there are chunks: only these become ChunkRefs.
+   */
+  chunksAfter(offset: number, limit: number, least: number): ChunkRef[] {
     const out: ChunkRef[] = [];
-    for (let i = this.search(offset, false); i < this.chunkCount && out.length < n; i++) out.push(this.at(i));
+    for (let i = this.search(offset, false); i < this.chunkCount; i++) {
+      const o = i * FIELDS;
+      if (out.length >= least && this.n[o + F_UOFF] + this.n[o + F_USIZE] > limit) break;
+      out.push(this.at(i));
+    }
     return out;
   }
 
