@@ -109,6 +109,19 @@ constexpr size_t kLanes = 16;
   v[c] = v[c] + v[d];                    \
   v[b] = RotrLanes(v[b] ^ v[c], 7);
 
+// The seven rounds of the compression function on `v` with message `m` (columns, then diagonals).
+#define LANES_ROUNDS()                        \
+  for (const uint8_t* s : kSchedule) {        \
+    LANES_G(0, 4, 8, 12, m[s[0]], m[s[1]]);   \
+    LANES_G(1, 5, 9, 13, m[s[2]], m[s[3]]);   \
+    LANES_G(2, 6, 10, 14, m[s[4]], m[s[5]]);  \
+    LANES_G(3, 7, 11, 15, m[s[6]], m[s[7]]);  \
+    LANES_G(0, 5, 10, 15, m[s[8]], m[s[9]]);  \
+    LANES_G(1, 6, 11, 12, m[s[10]], m[s[11]]); \
+    LANES_G(2, 7, 8, 13, m[s[12]], m[s[13]]);  \
+    LANES_G(3, 4, 9, 14, m[s[14]], m[s[15]]);  \
+  }
+
 __attribute__((target_clones("avx512f", "avx2", "default")))
 void Chunks16(const uint8_t* in, uint64_t counter, uint32_t (*cvs)[8]) {
   Lanes cv[8], counter_lo, counter_hi;
@@ -127,16 +140,7 @@ void Chunks16(const uint8_t* in, uint64_t counter, uint32_t (*cvs)[8]) {
     Lanes v[16] = {cv[0], cv[1], cv[2], cv[3], cv[4], cv[5], cv[6], cv[7],
                    Lanes{} + kIv[0], Lanes{} + kIv[1], Lanes{} + kIv[2], Lanes{} + kIv[3],
                    counter_lo, counter_hi, Lanes{} + static_cast<uint32_t>(kBlockLen), Lanes{} + flags};
-    for (const uint8_t* s : kSchedule) {
-      LANES_G(0, 4, 8, 12, m[s[0]], m[s[1]]);
-      LANES_G(1, 5, 9, 13, m[s[2]], m[s[3]]);
-      LANES_G(2, 6, 10, 14, m[s[4]], m[s[5]]);
-      LANES_G(3, 7, 11, 15, m[s[6]], m[s[7]]);
-      LANES_G(0, 5, 10, 15, m[s[8]], m[s[9]]);
-      LANES_G(1, 6, 11, 12, m[s[10]], m[s[11]]);
-      LANES_G(2, 7, 8, 13, m[s[12]], m[s[13]]);
-      LANES_G(3, 4, 9, 14, m[s[14]], m[s[15]]);
-    }
+    LANES_ROUNDS();
     for (int i = 0; i < 8; i++) cv[i] = v[i] ^ v[i + 8];
   }
   for (size_t l = 0; l < kLanes; l++) {
@@ -157,16 +161,7 @@ void Parents16(const uint32_t (*cvs)[8], uint32_t (*out)[8]) {
                  Lanes{} + kIv[4], Lanes{} + kIv[5], Lanes{} + kIv[6], Lanes{} + kIv[7],
                  Lanes{} + kIv[0], Lanes{} + kIv[1], Lanes{} + kIv[2], Lanes{} + kIv[3],
                  Lanes{}, Lanes{}, Lanes{} + static_cast<uint32_t>(kBlockLen), Lanes{} + kParent};
-  for (const uint8_t* s : kSchedule) {
-    LANES_G(0, 4, 8, 12, m[s[0]], m[s[1]]);
-    LANES_G(1, 5, 9, 13, m[s[2]], m[s[3]]);
-    LANES_G(2, 6, 10, 14, m[s[4]], m[s[5]]);
-    LANES_G(3, 7, 11, 15, m[s[6]], m[s[7]]);
-    LANES_G(0, 5, 10, 15, m[s[8]], m[s[9]]);
-    LANES_G(1, 6, 11, 12, m[s[10]], m[s[11]]);
-    LANES_G(2, 7, 8, 13, m[s[12]], m[s[13]]);
-    LANES_G(3, 4, 9, 14, m[s[14]], m[s[15]]);
-  }
+  LANES_ROUNDS();
   for (size_t l = 0; l < kLanes; l++) {
     for (int i = 0; i < 8; i++) out[l][i] = v[i][l] ^ v[i + 8][l];
   }
