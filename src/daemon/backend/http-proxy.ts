@@ -4,7 +4,7 @@
  * deadline rules as the registry backend.
  */
 import { NydusError, EIO, ENOENT } from '../../../erofs/errors.ts';
-import { Transport, discard, header, isRetryableNetworkError, type HttpResponse } from '../../registry/transport.ts';
+import { Transport, discard, drain, header, isRetryableNetworkError, type HttpResponse } from '../../registry/transport.ts';
 import type { BlobBackend } from './localfs.ts';
 import { type BackendMetrics, countRead, newBackendMetrics } from './metrics.ts';
 import type { HttpProxyBackendConfig } from './remote-config.ts';
@@ -122,7 +122,7 @@ export class HttpProxyBackend implements BlobBackend {
     const where = `http-proxy backend ${this.url(blobId)}`;
     try {
       const res = await withDeadline((signal) => this.routed((t, url) => this.send(t, url, 'HEAD', {}, [200], signal), blobId), this.deadlineMs, where);
-      await res.body.dump();
+      await drain(res.body);
       const n = Number(header(res.headers, 'content-length') ?? NaN);
       if (!Number.isSafeInteger(n) || n < 0) throw new NydusError('HEAD answer without a valid Content-Length', EIO);
       return n;
