@@ -186,10 +186,10 @@ export class BlobCacheFile {
     const span = this.follow(offset, len);
     if (!this.marksReady) this.readAheadLater(offset, len, span);
     const missing = demand.filter((c) => this.wanted(c, true));
-    const ahead = this.marksReady ? this.extendWindow(offset, len, span, missing.length > 0).filter((c) => this.wanted(c, false)) : [];
-    // The READ's own chunks in reads of their own, verified first: the reader waits for them, not for the window.
+    // The READ's own chunks in reads of their own, verified first: the reader waits for them, not for
+    // the window (whose chunks all start past the READ).
     if (missing.length) void this.materializeRuns(missing, this.fetch(missing, true), true);
-    if (ahead.length) void this.materializeRuns(ahead, this.fetch(ahead, false), false);
+    if (this.marksReady) this.fetchAhead(offset, len, span, missing.length > 0);
     // Every chunk of the READ is now in the file or on its way (missing, or another caller's).
     const waits: Array<Promise<void>> = [];
     const placed: Array<[ChunkRef, Placement]> = [];
@@ -215,7 +215,12 @@ export class BlobCacheFile {
   readOn(offset: number, len: number): void {
     const span = this.follow(offset, len);
     if (!this.marksReady) return this.readAheadLater(offset, len, span);
-    const ahead = this.extendWindow(offset, len, span, false).filter((c) => this.wanted(c, false));
+    this.fetchAhead(offset, len, span, false);
+  }
+
+  /** The chunks the window adds after a READ (extendWindow) that are not in the file nor on their way, fetched in the background. */
+  private fetchAhead(offset: number, len: number, span: number, missing: boolean): void {
+    const ahead = this.extendWindow(offset, len, span, missing).filter((c) => this.wanted(c, false));
     if (ahead.length) void this.materializeRuns(ahead, this.fetch(ahead, false), false);
   }
 
@@ -443,10 +448,7 @@ export class BlobCacheFile {
    */
   private readAheadLater(offset: number, len: number, span: number): void {
     void this.marksChecked.then(() => {
-      if (this.closed) return;
-      const ahead = this.extendWindow(offset, len, span, true).filter((c) => this.wanted(c, false));
-      if (!ahead.length) return;
-      void this.materializeRuns(ahead, this.fetch(ahead, false), false);
+      if (!this.closed) this.fetchAhead(offset, len, span, true);
     });
   }
 
