@@ -13,7 +13,7 @@ import path from 'node:path';
 import { spawn, spawnSync, execFileSync, type ChildProcess } from 'node:child_process';
 import { prand, tmpDir } from './helpers/fixtures.ts';
 import { mustRun, repoRoot } from './helpers/cli.ts';
-import { apiRequest, type ApiResponse } from './helpers/api-client.ts';
+import { apiRequest, rawHttp, type ApiResponse } from './helpers/api-client.ts';
 import { type FanotifyDaemon, type FanotifyImage, fanotifyConfig, isMounted, localfsBackend, startFanotifyDaemon, waitFor } from './helpers/fanotify-daemon.ts';
 
 const work = tmpDir('hostile');
@@ -92,29 +92,13 @@ function call(sock: string, method: string, url: string, body?: unknown, ms = 10
   ]);
 }
 
-/** One raw HTTP request on a connection of its own; resolves to the status line. */
-function rawRequest(sock: string, text: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const c = net.connect(sock, () => c.write(text));
-    let got = '';
-    c.setEncoding('utf8');
-    c.on('data', (d) => (got += d));
-    c.on('end', () => resolve(got.split('\r\n')[0]));
-    c.on('error', reject);
-    c.setTimeout(5000, () => {
-      c.destroy();
-      resolve(got.split('\r\n')[0] || 'no answer');
-    });
-  });
-}
-
 const workerPid = async (sock: string) => (await call(sock, 'GET', '/api/v1/daemon')).body.pid as number;
 
 test('root-kernel hostile: a request target that is no path is a 400, again and again; the worker lives', async () => {
   const d = await startDaemon('target');
   const worker = await workerPid(d.sock);
   for (let i = 0; i < 6; i++) {
-    assert.match(await rawRequest(d.sock, 'GET //%%%/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n'), /^HTTP\/1\.1 400 /, `bad target ${i}`);
+    assert.match((await rawHttp(d.sock, 'GET //%%%/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n')).split('\r\n')[0], /^HTTP\/1\.1 400 /, `bad target ${i}`);
   }
   assert.equal(await workerPid(d.sock), worker, 'the same worker still serves');
   assert.deepEqual(fs.readFileSync(path.join(d.mnt, 'small.bin')), small, 'and its mount reads right');

@@ -33,7 +33,7 @@ import { EIO, FormatError, NydusError } from '../erofs/errors.ts';
 import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
 import { RegistrationPool } from '../src/daemon/registration-pool.ts';
 import { hardlinkHeavyImage, prand, tmpDir } from './helpers/fixtures.ts';
-import { apiRequest as api, blobCacheEntry } from './helpers/api-client.ts';
+import { apiRequest as api, blobCacheEntry, rawHttp } from './helpers/api-client.ts';
 import { repoRoot } from './helpers/cli.ts';
 import { spawn, spawnSync } from 'node:child_process';
 
@@ -892,22 +892,6 @@ test('registration bounds: a registration over its time bound is refused, a bad 
   assert.deepEqual(registry2.list().map((x) => x.id), ['twice']);
   state.close();
 });
-
-/** One raw HTTP request on a connection of its own; resolves to what came back. */
-function rawHttp(sock: string, text: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const c = net.connect(sock, () => c.write(text));
-    let got = '';
-    c.setEncoding('utf8');
-    c.on('data', (d) => (got += d));
-    c.on('end', () => resolve(got));
-    c.on('error', reject);
-    c.setTimeout(5000, () => {
-      c.destroy();
-      resolve(got || 'no answer');
-    });
-  });
-}
 
 test('API: a request target that is no path (//%%%/, *, a broken %-escape) is a 400 naming it, and the API serves on', async () => {
   const state = new DaemonState(path.join(work, 'state-target'));

@@ -1,5 +1,6 @@
 /** A minimal client of nydusd's HTTP API on its unix socket (no keep-alive: each call is one connection). */
 import http from 'node:http';
+import net from 'node:net';
 
 export interface ApiResponse {
   status: number;
@@ -16,6 +17,25 @@ export function apiRequest(sock: string, method: string, url: string, body?: unk
     req.on('error', reject);
     if (body !== undefined) req.write(typeof body === 'string' ? body : JSON.stringify(body));
     req.end();
+  });
+}
+
+/**
+ * One raw HTTP request (`text`, written as it is) on a connection of its own: resolves to what came
+ * back, or 'no answer' when nothing did within 5 s.
+ */
+export function rawHttp(sock: string, text: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const c = net.connect(sock, () => c.write(text));
+    let got = '';
+    c.setEncoding('utf8');
+    c.on('data', (d) => (got += d));
+    c.on('end', () => resolve(got));
+    c.on('error', reject);
+    c.setTimeout(5000, () => {
+      c.destroy();
+      resolve(got || 'no answer');
+    });
   });
 }
 
