@@ -22,7 +22,7 @@ import { prand, tmpDir } from './helpers/fixtures.ts';
 
 const work = tmpDir('amplify');
 const log = pino({ level: 'silent' });
-const FILES = 48;
+const FILES = 160;
 let boot: string;
 let blobDir: string;
 let blobId: string;
@@ -101,37 +101,40 @@ test('config: rafs.batch_size is the amplification window (nydus default 1 MiB, 
   assert.throws(() => parseBlobCacheEntry(entry('a', { batch_size: 'big' })), /config_v2\.rafs\.batch_size must be a whole number/);
 });
 
-test('amplification: a READ of one chunk fills the window after it, in one backend read, every byte verified', async () => {
+test('amplification: a READ of one chunk fills the window after it, in one backend read, every byte verified; reading on, the window streams on', async () => {
   const t = await session('window', entry('win', { batch_size: 0x20000 }));
-  // A first READ (nothing to read on from): the read-ahead of two chunks only.
+  const readLen = (c: ChunkRef) => Math.ceil(c.uncompressedSize / 4096) * 4096;
+  const upTo = (end: number) => chunks.filter((c) => c.uncompressedOffset + c.uncompressedSize <= end);
+  const marked = () => [...t.state.cached(t.file)].sort((a, b) => a - b);
+  // A first READ (nothing to read on from): the read-ahead of two chunks only, and no stream.
   t.read(chunks[0]);
   await waitFor(() => t.session.inflight().length === 0, 'the first READ');
   await settle();
-  assert.deepEqual([...t.state.cached(t.file)].sort((a, b) => a - b), [0, 1, 2].map((i) => chunks[i].indexInBlob));
+  assert.deepEqual(marked(), [0, 1, 2].map((i) => chunks[i].indexInBlob));
   assert.deepEqual([t.reads(), t.port.writes.length], [2, 2], 'its chunk, and the two after it in one backend read and one write');
-  // Reading on: the window from that READ's offset.
+  // Reading on: the window from that READ's offset, its own chunk in a backend read of its own and
+  // the rest of the window in one. The kernel asks only for holes, so the daemon does not see the
+  // reader read on through what is in the file: once the window is in, it streams on in steps of
+  // half a window (256 KiB now: the window doubled) up to two windows past the READ, and stops there.
   const first = chunks[3];
   const m = t.read(first);
   await waitFor(() => t.session.inflight().length === 0, 'the READ to complete');
   await settle();
   assert.ok(t.port.completed.includes(m));
-  const limit = first.uncompressedOffset + 0x20000;
-  const inWindow = chunks.filter((c) => c.uncompressedOffset + c.uncompressedSize <= limit);
-  assert.ok(inWindow.length >= 10 && inWindow.length < chunks.length, `window of ${inWindow.length} chunks`);
-  assert.deepEqual([...t.state.cached(t.file)].sort((a, b) => a - b), inWindow.map((c) => c.indexInBlob), 'exactly the chunks up to the window\'s end are marked');
-  for (const c of chunks) assert.equal(holds(t.port, c), inWindow.includes(c), `chunk ${c.indexInBlob} in the cache file`);
-  assert.equal(t.reads(), 4, 'the READ\'s own chunk in a backend read of its own, the rest of the window in one');
-  assert.equal(t.port.writes.length, 4, 'and in one write into the cache file each');
-  // Reading on, the window doubles: a READ at its end fetches the next 256 KiB (128 KiB would stop
-  // short of the blob's end), in one backend read.
-  const last = inWindow[inWindow.length - 1];
-  t.read(last);
-  await waitFor(() => t.session.inflight().length === 0, 'a READ at the window\'s end');
-  const once = chunks.filter((c) => c.uncompressedOffset + c.uncompressedSize <= last.uncompressedOffset + 0x20000);
-  const doubled = chunks.filter((c) => c.uncompressedOffset + c.uncompressedSize <= last.uncompressedOffset + 0x40000);
-  assert.ok(doubled.length > once.length, 'the doubled window reaches further');
-  assert.equal(t.state.count(t.file), doubled.length, 'a READ at the end of the window fetches the next one, twice as large');
-  assert.equal(t.reads(), 5, 'in one backend read');
+  const inWindow = upTo(first.uncompressedOffset + 0x20000);
+  const streamed = upTo(first.uncompressedOffset + readLen(first) + 2 * 0x40000);
+  assert.ok(inWindow.length >= 10 && streamed.length > inWindow.length + 32 && streamed.length < chunks.length, `window of ${inWindow.length} chunks, stream to ${streamed.length}`);
+  assert.deepEqual(marked(), streamed.map((c) => c.indexInBlob), 'exactly the chunks up to the stream\'s end are marked');
+  for (const c of chunks) assert.equal(holds(t.port, c), streamed.includes(c), `chunk ${c.indexInBlob} in the cache file`);
+  const afterStream = t.reads();
+  assert.ok(afterStream >= 4 + 2 && afterStream <= 4 + 5, `the window in one backend read, the stream in steps of its own (${afterStream - 4})`);
+  // The reader overtakes the stream: a READ just past it reads on, and the stream reaches further
+  // (four windows of 512 KiB: the blob's end).
+  const next = chunks[streamed.length];
+  t.read(next);
+  await waitFor(() => t.session.inflight().length === 0 && t.state.count(t.file) === chunks.length, 'a READ past the stream, and the stream to the blob\'s end');
+  await settle();
+  for (const c of chunks) assert.ok(holds(t.port, c), `chunk ${c.indexInBlob} in the cache file`);
   assert.deepEqual(Object.values(t.state.fetches(blobId)).filter((n) => n !== 1), [], 'no chunk fetched twice');
   assert.equal(t.session.stats.readErrors, 0);
   assert.deepEqual(t.port.violations, []);

@@ -72,6 +72,8 @@ export interface CacheCounters {
  * 11.1-12.2 s, and the traced `ls` no slower.
  */
 const WINDOW_RAMP_MAX = 4;
+/** How many windows past the last READ the window streams on at most (cachefiles: the reader is not seen between READs); a reader that stops has at most this many fetched past it. */
+const STREAM_AHEAD = 16;
 /** Chunks fetched ahead of the kernel after each demand READ of a blob. */
 const READ_AHEAD_CHUNKS = 2;
 const ENOBUFS = 105;
@@ -136,6 +138,10 @@ export class BlobCacheFile {
   private lastRead: { start: number; end: number } | null = null;
   /** How far (blob offset) the chunks after READs were asked for (extendWindow). */
   private windowEnd = 0;
+  /** A fetch of the window is on its way; when it lands the window streams on (streamOn). */
+  private streaming = false;
+  /** How many windows past the last READ the window streams on: doubled by each READ that reads on, to STREAM_AHEAD. */
+  private streamAhead = 1;
 
   constructor(
     readonly key: CacheFileKey, readonly map: BlobMap, private readonly fetcher: ChunkFetcher,
@@ -221,7 +227,45 @@ export class BlobCacheFile {
   /** The chunks the window adds after a READ (extendWindow) that are not in the file nor on their way, fetched in the background. */
   private fetchAhead(offset: number, len: number, span: number, missing: boolean): void {
     const ahead = this.extendWindow(offset, len, span, missing).filter((c) => this.wanted(c, false));
-    if (ahead.length) void this.materializeRuns(ahead, this.fetch(ahead, false), false);
+    if (ahead.length) this.fetchStream(ahead);
+  }
+
+  /**
+   * Chunks of the window fetched; where the kernel asks only for what the file lacks (cachefiles), the
+   * window then streams on (streamOn): no READ comes while the reader reads what is in the file, so
+   * the window would otherwise wait for the reader to overtake it. A step with a chunk that failed
+   * ends the stream (the reader will ask, and get its error).
+   */
+  private fetchStream(ahead: readonly ChunkRef[]): void {
+    const done = this.materializeRuns(ahead, this.fetch(ahead, false), false);
+    if (!this.io.asksOnlyForMissing || this.streaming) return;
+    this.streaming = true;
+    void done.then(({ failed }) => {
+      this.streaming = false;
+      if (!failed.length) this.streamOn();
+    });
+  }
+
+  /**
+   * A sequential reader's window moved on by half a window once its last fetch is in the file, up to
+   * streamAhead windows past the last READ: the chunks it reads next are fetched while it reads, one
+   * step at a time (the reader keeps a CPU of its own), and it stalls less at the window's end. Measured
+   * on the Debian rootfs read whole in the guest (2 vCPUs, TCG), three runs each in turn: 8.86, 8.82,
+   * 6.92 s against 11.10, 9.03, 8.25 s, the READs from 50-100 to under 50.
+   */
+  private streamOn(): void {
+    const last = this.lastRead;
+    if (this.closed || !this.marksReady || !last || this.ramp < 2) return;
+    const window = this.amplifyIo * this.ramp;
+    for (;;) {
+      const limit = Math.min(last.end + window * this.streamAhead, this.windowEnd + window / 2);
+      if (this.windowEnd < last.end || limit <= this.windowEnd) return;
+      const out = this.map.chunksAfter(this.windowEnd, limit, 1);
+      if (!out.length) return;
+      this.windowEnd = alignToChunk(out[out.length - 1].uncompressedOffset + out[out.length - 1].uncompressedSize);
+      const ahead = out.filter((c) => this.wanted(c, false));
+      if (ahead.length) return this.fetchStream(ahead);
+    }
   }
 
   /**
@@ -233,9 +277,13 @@ export class BlobCacheFile {
   private follow(offset: number, len: number): number {
     const last = this.lastRead;
     const window = this.amplifyIo * this.ramp;
-    const sequential = last !== null && offset >= last.start && offset <= last.end + window;
+    // (Where the kernel asks only for what the file lacks, a reader that read on through the window
+    // comes back only past it: reading on is anywhere up to a window past the window's end.)
+    const reach = this.io.asksOnlyForMissing ? Math.max(last?.end ?? 0, this.windowEnd) : (last?.end ?? 0);
+    const sequential = last !== null && offset >= last.start && offset <= reach + window;
     this.lastRead = { start: offset, end: offset + len };
     this.ramp = sequential ? Math.min(this.ramp * 2, WINDOW_RAMP_MAX) : 1;
+    this.streamAhead = sequential ? Math.min(this.streamAhead * 2, STREAM_AHEAD) : 1;
     return sequential ? Math.max(len, window) : 0;
   }
 
