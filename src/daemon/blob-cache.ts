@@ -146,7 +146,7 @@ export class BlobCacheFile {
   private windowEnd = 0;
   /** A fetch of the window is on its way; when it lands the window streams on (streamOn). */
   private streaming = 0;
-  /** How many windows past the last READ the window streams on: doubled by each READ that reads on, to STREAM_AHEAD. */
+  /** How many windows past the last READ the window streams on: doubled by each READ that reads on, to STREAM_AHEAD (1: it does not stream). */
   private streamAhead = 1;
 
   constructor(
@@ -263,7 +263,7 @@ export class BlobCacheFile {
    */
   private streamOn(): void {
     const last = this.lastRead;
-    if (this.closed || !this.marksReady || !last || this.ramp < 2 || this.streaming >= STREAM_STEPS) return;
+    if (this.closed || !this.marksReady || !last || this.streamAhead < 2 || this.streaming >= STREAM_STEPS) return;
     const window = this.amplifyIo * this.ramp;
     for (;;) {
       const limit = Math.min(last.end + window * this.streamAhead, this.windowEnd + window / 2);
@@ -291,7 +291,9 @@ export class BlobCacheFile {
     const sequential = last !== null && offset >= last.start && offset <= reach + window;
     this.lastRead = { start: offset, end: offset + len };
     this.ramp = sequential ? Math.min(this.ramp * 2, WINDOW_RAMP_MAX) : 1;
-    this.streamAhead = sequential ? Math.min(this.streamAhead * 2, STREAM_AHEAD) : 1;
+    // Only a READ past the last one's start is read on by the stream: the kernel asking for the same
+    // bytes again (after an error) says nothing of what it reads next.
+    this.streamAhead = sequential && offset > last.start ? Math.min(this.streamAhead * 2, STREAM_AHEAD) : 1;
     return sequential ? Math.max(len, window) : 0;
   }
 
