@@ -41,7 +41,12 @@ export async function startupMode(opts: DaemonOptions): Promise<DeviceSource> {
 
 /** What both front ends serve from: the chunk state in `stateDir`, chunk verification, the images. */
 export function openDaemonCore(stateDir: string, threads: number, log: Logger): { state: DaemonState; registry: ImageRegistry; registration: RegistrationPool } {
-  const state = new DaemonState(stateDir);
+  // The database failing while the daemon runs is logged; the daemon goes on (DaemonState.flush).
+  const state = new DaemonState(stateDir, (f) => {
+    if (f.kind === 'recovered') log.info({ file: f.file }, 'the state database takes writes again; the chunk marks kept in memory are written');
+    else if (f.kind === 'write') log.error({ file: f.file, err: f.error.message, pending: f.pending }, 'cannot write the state database; chunk marks are kept in memory and written once it takes writes (a crash meanwhile fetches their chunks again)');
+    else log.error({ file: f.file, err: f.error.message, what: f.what }, 'cannot read the state database; taken as no marks, the chunks are fetched again when read');
+  });
   // Verification on libuv's threads, a job per core at most: the event loop stays free for the kernel's requests.
   const pool = new VerifyPool(Math.max(1, Math.min(os.availableParallelism(), threads)));
   // Jobs land on any of libuv's threads (the supervisor sizes the pool): each pays its first job's

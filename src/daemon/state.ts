@@ -58,6 +58,16 @@ const SCHEMA_VERSION = 2;
  * chunks a reader already read, which it never asks for again.)
  */
 const FLUSH_DELAY_MS = 100;
+/** A flush that failed is tried again after this. */
+const FLUSH_RETRY_MS = 1000;
+/** A failing write is reported again after this (it is tried every FLUSH_RETRY_MS). */
+const FAILURE_REPORT_MS = 60_000;
+
+/** What DaemonState tells of its database failing while the daemon runs (the daemon logs it). */
+export type StateFailureReport = (f:
+  | { kind: 'write'; file: string; error: Error; pending: number }
+  | { kind: 'read'; file: string; error: Error; what: string }
+  | { kind: 'recovered'; file: string }) => void;
 
 /** A set of chunk indexes as a bitmap: what a cache file holds, stored as it is in memory. */
 export class ChunkBits {
@@ -142,14 +152,21 @@ export class DaemonState {
   private readonly fetchCounts = new Map<string, Uint8Array>();
   private readonly dirtyFetches = new Set<string>();
   private flushScheduled = false;
+  /** Writes fail (flush): when that was last reported, to report it again now and then, not every flush. */
+  private writesFailing: { reportedAt: number } | null = null;
+  private file = '';
 
-  constructor(workDir: string) {
+  /**
+   * `onFailure`: told when the database stops taking writes or giving marks while the daemon runs (a
+   * full disk, damage), and once writes work again; nothing of it is thrown to the daemon's work.
+   */
+  constructor(workDir: string, private readonly onFailure: StateFailureReport = () => undefined) {
     try {
       ensureDirectory(workDir, 'state directory');
     } catch (e) {
       throw new StateDbError(`${(e as Error).message} (it holds the daemon's chunk-state.db)`);
     }
-    const file = path.join(workDir, 'chunk-state.db');
+    const file = (this.file = path.join(workDir, 'chunk-state.db'));
     let db: Database.Database | undefined;
     try {
       this.db = db = new Database(file, { nativeBinding: SQLITE_ADDON });
@@ -244,19 +261,38 @@ export class DaemonState {
     this.flush();
   }
 
-  /** Writes what changed in one transaction. */
+  /**
+   * Writes what changed in one transaction. When the database takes no writes (a full disk, damage)
+   * the changes stay in memory, the daemon goes on with them, and they are written by a later flush
+   * (tried again every FLUSH_RETRY_MS): the marks are what the daemon knows of its cache files, whose
+   * bytes are not touched. Never throws.
+   */
   flush(): void {
     this.flushScheduled = false;
     if (!this.dirtyMarks.size && !this.dirtyFetches.size) return;
-    this.db.transaction(() => {
-      for (const k of this.dirtyMarks) {
-        const m = this.known.get(k);
-        if (m) this.saveMarks.run(m.file.volume, m.file.cookie, m.bits.bytes());
+    try {
+      this.db.transaction(() => {
+        for (const k of this.dirtyMarks) {
+          const m = this.known.get(k);
+          if (m) this.saveMarks.run(m.file.volume, m.file.cookie, m.bits.bytes());
+        }
+        for (const blobId of this.dirtyFetches) this.saveFetches.run(blobId, Buffer.from(this.fetchCounts.get(blobId)!));
+      })();
+    } catch (e) {
+      const now = Date.now();
+      if (!this.writesFailing || now - this.writesFailing.reportedAt >= FAILURE_REPORT_MS) {
+        this.onFailure({ kind: 'write', file: this.file, error: e as Error, pending: this.dirtyMarks.size + this.dirtyFetches.size });
+        this.writesFailing = { reportedAt: now };
       }
-      for (const blobId of this.dirtyFetches) this.saveFetches.run(blobId, Buffer.from(this.fetchCounts.get(blobId)!));
-    })();
+      this.scheduleFlush(FLUSH_RETRY_MS);
+      return;
+    }
     this.dirtyMarks.clear();
     this.dirtyFetches.clear();
+    if (this.writesFailing) {
+      this.writesFailing = null;
+      this.onFailure({ kind: 'recovered', file: this.file });
+    }
   }
 
   /**
@@ -264,12 +300,12 @@ export class DaemonState {
    * cost the guest's daemon seconds per rootfs. A crash loses at worst the marks of that while (their
    * chunks are fetched again); whatever the API reported as cached was written first (cacheFilesOf).
    */
-  private scheduleFlush(): void {
+  private scheduleFlush(delayMs = FLUSH_DELAY_MS): void {
     if (this.flushScheduled) return;
     this.flushScheduled = true;
     setTimeout(() => {
       if (this.db.open) this.flush();
-    }, FLUSH_DELAY_MS).unref();
+    }, delayMs).unref();
   }
 
   /** Forgets every mark of a cache file (it was culled). */
@@ -291,7 +327,7 @@ export class DaemonState {
     const k = fileId(file);
     let known = this.known.get(k);
     if (!known) {
-      const row = this.loadMarks.get(file.volume, file.cookie) as { bitmap: Buffer } | undefined;
+      const row = this.read('chunk marks', `${file.volume} ${file.cookie}`, () => this.loadMarks.get(file.volume, file.cookie) as { bitmap: Buffer } | undefined);
       known = { file: { volume: file.volume, cookie: file.cookie }, bits: new ChunkBits(row?.bitmap) };
       this.known.set(k, known);
     }
@@ -312,7 +348,7 @@ export class DaemonState {
 
   countFetch(blobId: string, chunkIndex: number): void {
     let counts = this.fetchCounts.get(blobId);
-    if (!counts) counts = new Uint8Array((this.loadFetches.get(blobId) as { counts: Buffer } | undefined)?.counts ?? new Uint8Array(0));
+    if (!counts) counts = new Uint8Array(this.read('fetch counts', blobId, () => (this.loadFetches.get(blobId) as { counts: Buffer } | undefined)?.counts) ?? new Uint8Array(0));
     counts = atLeast(counts, chunkIndex + 1);
     if (counts[chunkIndex] < MAX_COUNT) counts[chunkIndex]++;
     this.fetchCounts.set(blobId, counts);
@@ -329,6 +365,19 @@ export class DaemonState {
       if (n) out[i] = n;
     });
     return out;
+  }
+
+  /**
+   * A read of marks or counts the daemon's work needs: one the database cannot give (damage found
+   * while running) is reported and taken as none, so the chunks are fetched again when read.
+   */
+  private read<T>(what: string, of: string, query: () => T | undefined): T | undefined {
+    try {
+      return query();
+    } catch (e) {
+      this.onFailure({ kind: 'read', file: this.file, error: e as Error, what: `${what} of ${of}` });
+      return undefined;
+    }
   }
 
   saveImage(id: string, entry: unknown): void {
