@@ -1,6 +1,6 @@
 /**
  * Where a cold read's CPU goes, per stage, over the Debian rootfs blob of bench/ondemand.ts (run it
- * once first): reading the blob, zstd decompression of every chunk, blake3 and sha256 of the
+ * once first; BENCH_WORKLOAD=big for its big-file blob): reading the blob, zstd decompression of every chunk, blake3 and sha256 of the
  * uncompressed chunks; the addon's verification (the daemon's). Run on the host, or in the guest: `bash kernel-test/vm.sh bench/guest-verify-cost.sh`.
  * Not a test: it asserts nothing.
  */
@@ -16,7 +16,7 @@ import { RUN_FIELDS, setRunChunk, verifyRunNative } from '../src/blob/verify.ts'
 import type { ChunkRef } from '../src/builder/tree.ts';
 
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-const dir = path.join(repo, 'kernel-test/.cache/bench/debian');
+const dir = path.join(repo, 'kernel-test/.cache/bench', process.env.BENCH_WORKLOAD ?? 'debian');
 const opened = openImage(path.join(dir, 'image.boot'));
 const blob = [...BlobMap.fromImage(opened.image).values()][0];
 opened.close();
