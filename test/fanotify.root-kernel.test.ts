@@ -341,6 +341,47 @@ test('root-kernel fanotify: the addon allows an event whose blocks are all set i
   }
 });
 
+test('root-kernel fanotify: a full disk under the state database is logged; the daemon serves on, unmounts, and writes the marks once there is room', async () => {
+  const base = path.join(work, 'full');
+  const state = path.join(base, 'state');
+  fs.mkdirSync(state, { recursive: true });
+  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', state]);
+  mounts.push(state);
+  const d = await startFanotifyDaemon(base, rich, localfs(rich), { daemons, mounts });
+  const workerPid = (await apiRequest(d.sock, 'GET', '/api/v1/daemon')).body.pid as number;
+  // The rest of the state's disk taken by another file.
+  const filler = path.join(state, 'filler');
+  const fd = fs.openSync(filler, 'w');
+  try {
+    for (;;) fs.writeSync(fd, Buffer.alloc(16384, 1));
+  } catch (e) {
+    assert.equal((e as NodeJS.ErrnoException).code, 'ENOSPC');
+  }
+  fs.closeSync(fd);
+  // Every chunk fetched and marked while the database can take none of it (a flush every 100 ms).
+  assert.deepEqual(diffManifests(srcManifest, manifest(d.mnt)).slice(0, 20), [], 'the mount reads as the source');
+  await new Promise((r) => setTimeout(r, 300));
+  const info = (await apiRequest(d.sock, 'GET', '/api/v1/daemon')).body;
+  assert.equal(info.pid, workerPid, 'the same worker serves on');
+  const log = () => fs.readFileSync(path.join(base, 'nydusd.log'), 'utf8');
+  assert.match(log(), /cannot write the state database/);
+  assert.match(log(), /cannot write the journal of pending events/);
+  // Unmounted through the API though the database cannot forget the image.
+  const del = await apiRequest(d.sock, 'DELETE', `/api/v1/mount?mountpoint=${encodeURIComponent(d.mnt)}`);
+  assert.equal(del.status, 204, JSON.stringify(del.body));
+  assert.equal(isMounted(d.mnt), false);
+  assert.equal((await apiRequest(d.sock, 'GET', '/api/v1/daemon')).body.pid, workerPid, 'and still the same worker');
+  // Room again: the marks kept in memory are written.
+  fs.rmSync(filler);
+  await waitFor('the marks written', async () => /the state database takes writes again/.test(log()));
+  const blobcache = (await apiRequest(d.sock, 'GET', `/api/v1/metrics/blobcache?blob_id=${rich.blobId}`)).body;
+  assert.ok(total(blobcache.fetches) > 0, `fetch counts were written (${JSON.stringify(blobcache.fetches).slice(0, 200)})`);
+  const exited = new Promise((r) => d.proc.once('exit', r));
+  d.proc.kill('SIGTERM');
+  await exited;
+  execFileSync('umount', [state]);
+});
+
 test('root-kernel fanotify: a cache work_dir on tmpfs is refused naming the cause', async () => {
   const base = path.join(work, 'tmpfs');
   const cacheDir = path.join(base, 'cache');

@@ -100,7 +100,9 @@ async function serveFanotify(opts: FanotifyDaemonOptions, { fd, restarted, stopA
   const { state, registry, registration } = openDaemonCore(opts.dir, opts.threads, log);
   let journal: PendingEventJournal;
   try {
-    journal = new PendingEventJournal(journalFile, pending);
+    journal = new PendingEventJournal(journalFile, pending, (e) => {
+      log.error({ journal: journalFile, err: e.message }, 'cannot write the journal of pending events; it was emptied: events are served on, but a worker that dies meanwhile leaves its readers waiting');
+    });
   } catch (e) {
     throw new WorkerStartError(`the journal of pending events ${journalFile} cannot be written: ${(e as Error).message}`);
   }

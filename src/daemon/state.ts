@@ -183,8 +183,9 @@ export class DaemonState {
       ({ saveMarks: this.saveMarks, loadMarks: this.loadMarks, dropMarks: this.dropMarks, marksOfCookie: this.marksOfCookie,
         saveFetches: this.saveFetches, loadFetches: this.loadFetches } = this.createSchema(version));
       if (version < 2) this.migrateRowsPerChunk();
-      // Written here, so a database it cannot write (read-only, immutable) fails now too.
-      this.db.pragma(`user_version = ${SCHEMA_VERSION}`);
+      // Written when it changes: a restarted worker on a full disk takes over its state (writes that
+      // fail later are kept in memory, see flush).
+      if (version !== SCHEMA_VERSION) this.db.pragma(`user_version = ${SCHEMA_VERSION}`);
     } catch (e) {
       if (db?.open) db.close();
       throw StateDbError.of(file, e as Error);

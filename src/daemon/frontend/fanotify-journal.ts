@@ -48,6 +48,9 @@ function readTail(file: string, max: number): string {
   }
 }
 
+/** A failure to write the journal is reported again after this. */
+const REPORT_EVERY_MS = 60_000;
+
 /** Bytes after which an idle journal is truncated. */
 const TRUNCATE_AT = 256 * 1024;
 
@@ -55,9 +58,15 @@ export class PendingEventJournal {
   private readonly fd: number;
   private pending = 0;
   private written = 0;
+  /** When a failure to write a record was last reported (they are reported once a minute). */
+  private reportedAt = -Infinity;
 
-  /** Opens the journal for appending; `keep` records are the still pending ones carried over. */
-  constructor(readonly file: string, keep: readonly JournaledEvent[] = []) {
+  /**
+   * Opens the journal for appending; `keep` records are the still pending ones carried over.
+   * `onFailure` is told when a record cannot be written (a full disk; at most once a minute: emptied,
+   * the journal has room again for a while); nothing of it is thrown to the daemon's work.
+   */
+  constructor(readonly file: string, keep: readonly JournaledEvent[] = [], private readonly onFailure: (e: Error) => void = () => undefined) {
     this.fd = fs.openSync(file, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_TRUNC | fs.constants.O_APPEND, 0o600);
     for (const e of keep) this.add(e);
   }
@@ -85,20 +94,49 @@ export class PendingEventJournal {
 
   add(e: JournaledEvent): void {
     this.pending++;
-    this.written += fs.writeSync(this.fd, `+ ${e.fd} ${e.dev} ${e.ino} ${e.offset} ${e.count}\n`);
+    this.append(`+ ${e.fd} ${e.dev} ${e.ino} ${e.offset} ${e.count}\n`);
   }
 
   done(fd: number): void {
     this.pending = Math.max(0, this.pending - 1);
-    if (this.pending === 0 && this.written >= TRUNCATE_AT) {
-      fs.ftruncateSync(this.fd, 0);
-      this.written = 0;
-    } else {
-      this.written += fs.writeSync(this.fd, `- ${fd}\n`);
-    }
+    if (this.pending === 0 && this.written >= TRUNCATE_AT) this.empty();
+    else this.append(`- ${fd}\n`);
   }
 
   close(): void {
     fs.closeSync(this.fd);
+  }
+
+  /**
+   * A record appended whole, or else the journal emptied. A record cut short (a full disk) could give
+   * a successor a wrong range, and a `+` whose `-` is lost would have it answer whatever event later
+   * holds that fd number, its bytes unfetched. An emptied journal only costs a successor of a worker
+   * that dies meanwhile the events that worker left (their readers wait), never a wrong answer.
+   */
+  private append(line: string): void {
+    try {
+      const n = fs.writeSync(this.fd, line);
+      this.written += n;
+      if (n !== line.length) throw new Error(`${n} of the ${line.length} bytes of a record were written`);
+    } catch (e) {
+      this.empty();
+      const now = Date.now();
+      if (now - this.reportedAt >= REPORT_EVERY_MS) {
+        this.reportedAt = now;
+        this.onFailure(e as Error);
+      }
+    }
+  }
+
+  /** Truncated (which needs no room on the disk); if even that fails, the file is removed: a successor then finds no records. */
+  private empty(): void {
+    try {
+      fs.ftruncateSync(this.fd, 0);
+      this.written = 0;
+    } catch {
+      try {
+        fs.unlinkSync(this.file);
+      } catch { /* nothing left to try: the records stay */ }
+    }
   }
 }

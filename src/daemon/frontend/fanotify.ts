@@ -213,7 +213,12 @@ export class FanotifySession {
     if (m.dev !== undefined && fs.statSync(m.request.mountpoint, { throwIfNoEntry: false })?.dev === m.dev) umountPath(m.request.mountpoint);
     else this.log.warn({ mountpoint: m.request.mountpoint }, 'the mount is gone (unmounted by someone else); no longer serving it');
     this.detach(m);
-    this.saveMounts();
+    // Unmounted: a mounts file that still lists it (a full disk) is harmless, the device differs.
+    try {
+      this.saveMounts();
+    } catch (e) {
+      this.log.error({ file: this.mountsFile, err: (e as Error).message }, 'cannot write the mounts file after an unmount');
+    }
     this.log.info({ mountpoint: m.request.mountpoint }, 'unmounted');
   }
 
@@ -289,7 +294,11 @@ export class FanotifySession {
       f.close();
     }
     this.mounts.delete(m.request.mountpoint);
-    void this.registry.remove({ domainId: '', id: m.imageId });
+    // (Unmounted whatever the state database says: a failure to forget the image there is logged, and
+    // a restarted daemon finds it registered with nothing mounted.)
+    this.registry.remove({ domainId: '', id: m.imageId }).catch((e: Error) => {
+      this.log.error({ mountpoint: m.request.mountpoint, image: m.imageId, err: e.message }, 'cannot forget the unmounted image in the state database');
+    });
   }
 
   private event(e: FanotifyEvent): void {
