@@ -1,7 +1,8 @@
 /**
  * The daemon's chunk state (src/daemon/state.ts): marks per cache file as bitmaps, fetch counts per
  * blob, kept across a restart, and a state written by the previous schema (a row per chunk) taken
- * over without losing a mark; and the guard that closes a cache file's fd once its work drained.
+ * over without losing a mark; a database damaged under the running daemon; and the guard that closes a
+ * cache file's fd once its work drained.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -132,6 +133,38 @@ test('state: a damaged database, or a directory in its place, is one error namin
     // A file where the state directory should be.
     fs.writeFileSync(path.join(dir, 'a-file'), 'x');
     assert.throws(() => new DaemonState(path.join(dir, 'a-file')), /^StateDbError: state directory .*a-file is not a directory/);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('state: a database damaged under the running daemon is reported; reads it cannot answer are taken as no marks, nothing thrown', () => {
+  const dir = tmpDir('state-damaged-live');
+  try {
+    const reports: Array<{ kind: string; what?: string }> = [];
+    const state = new DaemonState(dir, (r) => reports.push(r));
+    const a = { volume: 'erofs,a', cookie: 'blob' };
+    const c = { volume: 'erofs,c', cookie: 'blob' };
+    state.mark(a, [1, 2]);
+    state.flush();
+    // Another process writes marks of c (this connection's page cache is dropped at its next read),
+    // moves them into the database file, and then the file's pages past the first are overwritten.
+    const file = path.join(dir, 'chunk-state.db');
+    const other = new Database(file);
+    other.prepare('INSERT INTO cache_file_marks (volume, cookie, bitmap) VALUES (?, ?, ?)').run(c.volume, c.cookie, Buffer.from([0xff]));
+    other.pragma('wal_checkpoint(TRUNCATE)');
+    other.close();
+    const bytes = fs.readFileSync(file);
+    bytes.fill(0x5a, 4096);
+    fs.writeFileSync(file, bytes);
+
+    assert.equal(state.isCached(c, 0), false, 'marks it cannot read are taken as none');
+    assert.equal(state.isCached(a, 1), true, 'marks it holds in memory stay');
+    assert.doesNotThrow(() => state.countFetch('blob', 3));
+    assert.deepEqual(reports.map((r) => r.kind), ['read', 'read'], JSON.stringify(reports));
+    assert.match(reports[0].what ?? '', /chunk marks of erofs,c blob/);
+    state.mark(a, [3]);
+    assert.doesNotThrow(() => state.close(), 'closing flushes what it can, and throws nothing');
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }
