@@ -11,7 +11,7 @@ import http from 'node:http';
 import crypto from 'node:crypto';
 import type net from 'node:net';
 import { spawn, spawnSync, execFileSync, type ChildProcess } from 'node:child_process';
-import { makeRichTree, prand, tmpDir } from './helpers/fixtures.ts';
+import { fillDisk, makeRichTree, prand, tmpDir } from './helpers/fixtures.ts';
 import { manifest, diffManifests } from './helpers/manifest.ts';
 import { mustRun, repoRoot } from './helpers/cli.ts';
 import { apiRequest } from './helpers/api-client.ts';
@@ -350,14 +350,7 @@ test('root-kernel fanotify: a full disk under the state database is logged; the 
   const d = await startFanotifyDaemon(base, rich, localfs(rich), { daemons, mounts });
   const workerPid = (await apiRequest(d.sock, 'GET', '/api/v1/daemon')).body.pid as number;
   // The rest of the state's disk taken by another file.
-  const filler = path.join(state, 'filler');
-  const fd = fs.openSync(filler, 'w');
-  try {
-    for (;;) fs.writeSync(fd, Buffer.alloc(16384, 1));
-  } catch (e) {
-    assert.equal((e as NodeJS.ErrnoException).code, 'ENOSPC');
-  }
-  fs.closeSync(fd);
+  const filler = fillDisk(state);
   // Every chunk fetched and marked while the database can take none of it (a flush every 100 ms).
   assert.deepEqual(diffManifests(srcManifest, manifest(d.mnt)).slice(0, 20), [], 'the mount reads as the source');
   await new Promise((r) => setTimeout(r, 300));

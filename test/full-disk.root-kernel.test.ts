@@ -13,7 +13,7 @@ import path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { DaemonState, type StateFailureReport } from '../src/daemon/state.ts';
 import { PendingEventJournal } from '../src/daemon/frontend/fanotify-journal.ts';
-import { tmpDir } from './helpers/fixtures.ts';
+import { fillDisk, tmpDir } from './helpers/fixtures.ts';
 
 type Report = Parameters<StateFailureReport>[0];
 
@@ -29,20 +29,6 @@ function smallDisk(t: { after: (fn: () => void) => void }, prefix: string, size:
   return dir;
 }
 
-/** Fills the rest of the disk `dir` is on with a file (removed to make room again). */
-function fill(dir: string, block = 16384): string {
-  const filler = path.join(dir, 'filler');
-  const fd = fs.openSync(filler, 'w');
-  try {
-    for (;;) fs.writeSync(fd, Buffer.alloc(block, 1));
-  } catch (e) {
-    assert.equal((e as NodeJS.ErrnoException).code, 'ENOSPC');
-  } finally {
-    fs.closeSync(fd);
-  }
-  return filler;
-}
-
 test('fanotify journal: a record that does not fit whole empties the journal, reported once; records are written again once there is room', (t) => {
   const dir = smallDisk(t, 'journal-full-', '64k');
   const file = path.join(dir, 'pending-events');
@@ -52,7 +38,7 @@ test('fanotify journal: a record that does not fit whole empties the journal, re
   journal.add(ev(10));
   assert.deepEqual(PendingEventJournal.read(file), [ev(10)]);
   // The disk filled up to the journal's last page: its next records fit in part, then not at all.
-  const filler = fill(dir, 4096);
+  const filler = fillDisk(dir, 4096);
   for (let fd = 11; fd < 200; fd++) journal.add(ev(fd));
   assert.equal(reports.length, 1, 'reported once (emptied, it takes records again for a while, and fills up again)');
   const text = fs.readFileSync(file, 'latin1');
@@ -73,7 +59,7 @@ test('state: on a full disk marks stay in memory, the failure is reported once, 
   const reports: Report[] = [];
   let state = new DaemonState(dir, (r) => reports.push(r));
   // The rest of the tmpfs taken by another file.
-  const filler = fill(dir);
+  const filler = fillDisk(dir);
 
   // Marks of 40 cache files, each a bitmap of 8 KiB: more than the database can take now.
   const files = Array.from({ length: 40 }, (_, i) => ({ volume: `erofs,img${i}`, cookie: 'blob' }));

@@ -144,7 +144,7 @@ export class BlobCacheFile {
   private lastRead: { start: number; end: number } | null = null;
   /** How far (blob offset) the chunks after READs were asked for (extendWindow). */
   private windowEnd = 0;
-  /** A fetch of the window is on its way; when it lands the window streams on (streamOn). */
+  /** Steps of the stream on their way (at most STREAM_STEPS); as each lands the window streams on (streamOn). */
   private streaming = 0;
   /** How many windows past the last READ the window streams on: doubled by each READ that reads on, to STREAM_AHEAD (1: it does not stream). */
   private streamAhead = 1;

@@ -152,9 +152,9 @@ export class DaemonState {
   private readonly fetchCounts = new Map<string, Uint8Array>();
   private readonly dirtyFetches = new Set<string>();
   private flushScheduled = false;
-  /** Writes fail (flush): when that was last reported, to report it again now and then, not every flush. */
-  private writesFailing: { reportedAt: number } | null = null;
-  private file = '';
+  /** While writes fail (flush): when that was last reported, to report it again now and then, not every flush. */
+  private writeFailureReportedAt: number | null = null;
+  private readonly file: string;
 
   /**
    * `onFailure`: told when the database stops taking writes or giving marks while the daemon runs (a
@@ -281,17 +281,17 @@ export class DaemonState {
       })();
     } catch (e) {
       const now = Date.now();
-      if (!this.writesFailing || now - this.writesFailing.reportedAt >= FAILURE_REPORT_MS) {
+      if (this.writeFailureReportedAt === null || now - this.writeFailureReportedAt >= FAILURE_REPORT_MS) {
         this.onFailure({ kind: 'write', file: this.file, error: e as Error, pending: this.dirtyMarks.size + this.dirtyFetches.size });
-        this.writesFailing = { reportedAt: now };
+        this.writeFailureReportedAt = now;
       }
       this.scheduleFlush(FLUSH_RETRY_MS);
       return;
     }
     this.dirtyMarks.clear();
     this.dirtyFetches.clear();
-    if (this.writesFailing) {
-      this.writesFailing = null;
+    if (this.writeFailureReportedAt !== null) {
+      this.writeFailureReportedAt = null;
       this.onFailure({ kind: 'recovered', file: this.file });
     }
   }

@@ -10,6 +10,23 @@ export function tmpDir(prefix: string): string {
   return fs.mkdtempSync(path.join(process.env.NYDUS_TEST_TMP ?? '/var/tmp', `nydus-ts-${prefix}-`));
 }
 
+/**
+ * Fills the rest of the disk `dir` is on with a file, in writes of `block` bytes until ENOSPC;
+ * returns its path (removed to make room again).
+ */
+export function fillDisk(dir: string, block = 16384): string {
+  const filler = path.join(dir, 'filler');
+  const fd = fs.openSync(filler, 'w');
+  try {
+    for (;;) fs.writeSync(fd, Buffer.alloc(block, 1));
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOSPC') throw e;
+  } finally {
+    fs.closeSync(fd);
+  }
+  return filler;
+}
+
 function sh(cmd: string, args: string[]): void {
   execFileSync(cmd, args, { stdio: ['ignore', 'ignore', 'inherit'] });
 }
