@@ -375,6 +375,32 @@ test('root-kernel fanotify: a full disk under the state database is logged; the 
   execFileSync('umount', [state]);
 });
 
+test('root-kernel fanotify: a worker killed while the state directory is full is replaced, and its successor serves the mount', async () => {
+  const base = path.join(work, 'full-restart');
+  const state = path.join(base, 'state');
+  fs.mkdirSync(state, { recursive: true });
+  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', state]);
+  mounts.push(state);
+  const d = await startFanotifyDaemon(base, rich, localfs(rich), { daemons, mounts });
+  const first = (await apiRequest(d.sock, 'GET', '/api/v1/daemon')).body.pid as number;
+  const filler = fillDisk(state);
+  process.kill(first, 'SIGKILL');
+  await waitFor('a new worker', async () => {
+    const r = await apiRequest(d.sock, 'GET', '/api/v1/daemon').catch(() => null);
+    return r?.status === 200 && r.body.pid !== first && r.body.state === 'RUNNING';
+  }, 30_000);
+  const info = (await apiRequest(d.sock, 'GET', '/api/v1/daemon')).body;
+  assert.deepEqual(info.fanotify.mounts, [d.mnt], 'the new worker serves the mount');
+  assert.deepEqual(diffManifests(srcManifest, manifest(d.mnt)).slice(0, 20), [], 'the mount reads as the source');
+  assert.match(fs.readFileSync(path.join(base, 'nydusd.log'), 'utf8'), /cannot write the mounts file/);
+  fs.rmSync(filler);
+  const exited = new Promise((r) => d.proc.once('exit', r));
+  d.proc.kill('SIGTERM');
+  await exited;
+  assert.equal(isMounted(d.mnt), false);
+  execFileSync('umount', [state]);
+});
+
 test('root-kernel fanotify: a cache work_dir on tmpfs is refused naming the cause', async () => {
   const base = path.join(work, 'tmpfs');
   const cacheDir = path.join(base, 'cache');

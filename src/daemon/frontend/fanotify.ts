@@ -113,7 +113,7 @@ export class FanotifySession {
         this.log.error({ mountpoint: request.mountpoint, err: (e as Error).message }, 'cannot serve a mount of the previous worker');
       }
     }
-    this.saveMounts();
+    this.saveMountsOrLog('after taking over');
   }
 
   /**
@@ -187,10 +187,10 @@ export class FanotifySession {
       m.dev = fs.statSync(req.mountpoint).dev;
     } catch (e) {
       this.detach(m);
-      this.saveMounts();
+      this.saveMountsOrLog('after a failed mount');
       throw e;
     }
-    this.saveMounts();
+    this.saveMountsOrLog('after a mount');
     this.log.info({ mountpoint: req.mountpoint, bootstrap: req.bootstrap, blobs: m.files.length }, 'mounted');
   }
 
@@ -213,12 +213,7 @@ export class FanotifySession {
     if (m.dev !== undefined && fs.statSync(m.request.mountpoint, { throwIfNoEntry: false })?.dev === m.dev) umountPath(m.request.mountpoint);
     else this.log.warn({ mountpoint: m.request.mountpoint }, 'the mount is gone (unmounted by someone else); no longer serving it');
     this.detach(m);
-    // Unmounted: a mounts file that still lists it (a full disk) is harmless, the device differs.
-    try {
-      this.saveMounts();
-    } catch (e) {
-      this.log.error({ file: this.mountsFile, err: (e as Error).message }, 'cannot write the mounts file after an unmount');
-    }
+    this.saveMountsOrLog('after an unmount');
     this.log.info({ mountpoint: m.request.mountpoint }, 'unmounted');
   }
 
@@ -396,8 +391,28 @@ export class FanotifySession {
   /** The mounts file: each mount's request and its device once mounted (what run.ts's FanotifyHold reads if the daemon gives up). */
   private saveMounts(): void {
     const tmp = `${this.mountsFile}.tmp`;
-    fs.writeFileSync(tmp, JSON.stringify([...this.mounts.values()].map((m) => ({ ...m.request, dev: m.dev }))), { mode: 0o600 });
-    fs.renameSync(tmp, this.mountsFile);
+    try {
+      fs.writeFileSync(tmp, JSON.stringify([...this.mounts.values()].map((m) => ({ ...m.request, dev: m.dev }))), { mode: 0o600 });
+      fs.renameSync(tmp, this.mountsFile);
+    } catch (e) {
+      fs.rmSync(tmp, { force: true });
+      throw new Error(`cannot write the mounts file ${this.mountsFile}: ${(e as Error).message}`);
+    }
+  }
+
+  /**
+   * saveMounts where a failure (a full disk) must not fail what was done: the file then keeps the list
+   * it had, and what it lists wrongly does no harm to a successor. An unmounted mount it still lists
+   * is no longer there (restore skips it), nor is one whose mount(2) failed; one listed without its
+   * device is taken as the EROFS of its bootstrap at its mountpoint. Before a mount, a failure refuses
+   * the mount instead: a successor must know every mount made.
+   */
+  private saveMountsOrLog(when: string): void {
+    try {
+      this.saveMounts();
+    } catch (e) {
+      this.log.error({ err: (e as Error).message }, `${when}, the mounts file keeps the list it had`);
+    }
   }
 }
 
