@@ -1,7 +1,7 @@
 /**
  * nydusd --fanotify on the host kernel (pre-content events, Linux >= 6.14; needs root): a Nydus image
  * mounted lazily (file-backed EROFS over sparse cache files), judged by the kernel's own reads against
- * the source tree; a corrupt chunk, a second read, kill -9 of the worker mid-read, and unmount.
+ * the source tree; a corrupt chunk, a second read, kill -9 of the worker mid-read, a full disk, and unmount.
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -399,6 +399,37 @@ test('root-kernel fanotify: a worker killed while the state directory is full is
   await exited;
   assert.equal(isMounted(d.mnt), false);
   execFileSync('umount', [state]);
+});
+
+test('root-kernel fanotify: on a full cache disk reads fail with EIO, the worker serves on, and once there is room they read as the source', async () => {
+  const base = path.join(work, 'full-cache');
+  const cacheDisk = path.join(base, 'cache');
+  fs.mkdirSync(cacheDisk, { recursive: true });
+  const image = path.join(work, 'full-cache.ext4');
+  execFileSync('truncate', ['-s', '16M', image]);
+  execFileSync('mkfs.ext4', ['-q', '-F', image]);
+  execFileSync('mount', ['-o', 'loop', image, cacheDisk]);
+  mounts.push(cacheDisk);
+  const filler = fillDisk(cacheDisk);
+  const d = await startFanotifyDaemon(base, rich, localfs(rich), { daemons, mounts });
+  const worker = (await apiRequest(d.sock, 'GET', '/api/v1/daemon')).body.pid as number;
+  // (timeout: a read that hangs fails the test instead of holding it.)
+  const read = spawnSync('timeout', ['60', 'sh', '-c', `find ${d.mnt} -type f -exec cat {} + > /dev/null`], { encoding: 'utf8' });
+  assert.equal(read.status, 1, `the reads fail, none hangs: ${read.stderr.slice(0, 300)}`);
+  assert.match(read.stderr, /Input\/output error/);
+  const info = (await apiRequest(d.sock, 'GET', '/api/v1/daemon')).body;
+  assert.equal(info.pid, worker, 'the same worker serves on');
+  assert.ok(info.fanotify.eventErrors > 10, `many events failed (${info.fanotify.eventErrors})`);
+  // One line for them all, not one per event: the log may be on the same full disk.
+  const told = fs.readFileSync(path.join(base, 'nydusd.log'), 'utf8').split('\n').filter((l) => l.includes('range cannot be served'));
+  assert.equal(told.length, 1, `${told.length} lines`);
+  assert.match(told[0], /ENOSPC/);
+  fs.rmSync(filler);
+  assert.deepEqual(diffManifests(srcManifest, manifest(d.mnt)).slice(0, 20), [], 'the mount reads as the source');
+  const exited = new Promise((r) => d.proc.once('exit', r));
+  d.proc.kill('SIGTERM');
+  await exited;
+  execFileSync('umount', [cacheDisk]);
 });
 
 test('root-kernel fanotify: a cache work_dir on tmpfs is refused naming the cause', async () => {

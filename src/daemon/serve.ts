@@ -16,6 +16,7 @@ import { warmUpVerifiers } from '../blob/verify.ts';
 import { RegistrationPool } from './registration-pool.ts';
 import { makeLogger } from './log.ts';
 import { type DaemonOptions, inheritedKernelFd, openDevice } from './run.ts';
+import { heldBack } from './repeated-failure.ts';
 
 /**
  * Where the /dev/cachefiles fd comes from: inherited from our own supervisor process, opened and bound
@@ -44,8 +45,8 @@ export function openDaemonCore(stateDir: string, threads: number, log: Logger): 
   // The database failing while the daemon runs is logged; the daemon goes on (DaemonState.flush).
   const state = new DaemonState(stateDir, (f) => {
     if (f.kind === 'recovered') log.info({ file: f.file }, 'the state database takes writes again; the chunk marks kept in memory are written');
-    else if (f.kind === 'write') log.error({ file: f.file, err: f.error.message, pending: f.pending }, 'cannot write the state database; chunk marks are kept in memory and written once it takes writes (a crash meanwhile fetches their chunks again)');
-    else log.error({ file: f.file, err: f.error.message, what: f.what }, 'cannot read the state database; taken as no marks, the chunks are fetched again when read');
+    else if (f.kind === 'write') log.error({ file: f.file, err: f.error.message, pending: f.pending, ...heldBack(f.held) }, 'cannot write the state database; chunk marks are kept in memory and written once it takes writes (a crash meanwhile fetches their chunks again)');
+    else log.error({ file: f.file, err: f.error.message, what: f.what, ...heldBack(f.held) }, 'cannot read the state database; taken as no marks, the chunks are fetched again when read');
   });
   // Verification on libuv's threads, a job per core at most: the event loop stays free for the kernel's requests.
   const pool = new VerifyPool(Math.max(1, Math.min(os.availableParallelism(), threads)));

@@ -14,6 +14,7 @@ import fs from 'node:fs';
 import { createRequire } from 'node:module';
 import { NydusError } from '../../erofs/errors.ts';
 import { ensureDirectory } from './log.ts';
+import { RepeatedFailure, RepeatedFailures } from './repeated-failure.ts';
 
 // The addon by its path: the bundles carry better-sqlite3's JavaScript, whose own lookup of the addon
 // (the `bindings` package) starts from the calling file and would search dist/ for it.
@@ -60,13 +61,11 @@ const SCHEMA_VERSION = 2;
 const FLUSH_DELAY_MS = 100;
 /** A flush that failed is tried again after this. */
 const FLUSH_RETRY_MS = 1000;
-/** A failing write is reported again after this (it is tried every FLUSH_RETRY_MS). */
-const FAILURE_REPORT_MS = 60_000;
 
 /** What DaemonState tells of its database failing while the daemon runs (the daemon logs it). */
 export type StateFailureReport = (f:
-  | { kind: 'write'; file: string; error: Error; pending: number }
-  | { kind: 'read'; file: string; error: Error; what: string }
+  | { kind: 'write'; file: string; error: Error; pending: number; held: number }
+  | { kind: 'read'; file: string; error: Error; what: string; held: number }
   | { kind: 'recovered'; file: string }) => void;
 
 /** A set of chunk indexes as a bitmap: what a cache file holds, stored as it is in memory. */
@@ -152,8 +151,10 @@ export class DaemonState {
   private readonly fetchCounts = new Map<string, Uint8Array>();
   private readonly dirtyFetches = new Set<string>();
   private flushScheduled = false;
-  /** While writes fail (flush): when that was last reported, to report it again now and then, not every flush. */
-  private writeFailureReportedAt: number | null = null;
+  /** Writes failing (flush, tried every FLUSH_RETRY_MS): reported now and then, not every flush. */
+  private readonly writeFailures = new RepeatedFailure();
+  /** Reads failing, by what was read. */
+  private readonly readFailures = new RepeatedFailures();
   private readonly file: string;
 
   /**
@@ -280,20 +281,14 @@ export class DaemonState {
         for (const blobId of this.dirtyFetches) this.saveFetches.run(blobId, Buffer.from(this.fetchCounts.get(blobId)!));
       })();
     } catch (e) {
-      const now = Date.now();
-      if (this.writeFailureReportedAt === null || now - this.writeFailureReportedAt >= FAILURE_REPORT_MS) {
-        this.onFailure({ kind: 'write', file: this.file, error: e as Error, pending: this.dirtyMarks.size + this.dirtyFetches.size });
-        this.writeFailureReportedAt = now;
-      }
+      const told = this.writeFailures.occur();
+      if (told) this.onFailure({ kind: 'write', file: this.file, error: e as Error, pending: this.dirtyMarks.size + this.dirtyFetches.size, held: told.held });
       this.scheduleFlush(FLUSH_RETRY_MS);
       return;
     }
     this.dirtyMarks.clear();
     this.dirtyFetches.clear();
-    if (this.writeFailureReportedAt !== null) {
-      this.writeFailureReportedAt = null;
-      this.onFailure({ kind: 'recovered', file: this.file });
-    }
+    if (this.writeFailures.recover()) this.onFailure({ kind: 'recovered', file: this.file });
   }
 
   /**
@@ -376,7 +371,8 @@ export class DaemonState {
     try {
       return query();
     } catch (e) {
-      this.onFailure({ kind: 'read', file: this.file, error: e as Error, what: `${what} of ${of}` });
+      const told = this.readFailures.occur(`${what}\0${(e as Error).message}`);
+      if (told) this.onFailure({ kind: 'read', file: this.file, error: e as Error, what: `${what} of ${of}`, held: told.held });
       return undefined;
     }
   }

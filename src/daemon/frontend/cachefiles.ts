@@ -16,6 +16,7 @@ import { type BlobMap, alignToChunk } from '../blob-map.ts';
 import type { ChunkFetcher } from '../chunk-fetcher.ts';
 import type { DaemonState } from '../state.ts';
 import type { BlobAccessTrace } from '../access-trace.ts';
+import { RepeatedFailures, heldBack } from '../repeated-failure.ts';
 import { BlobCacheFile, Limiter, WorkGuard, type CacheCounters, type FillOptions, type PrefetchPlan } from '../blob-cache.ts';
 
 /** What the session needs of the device (the addon's CachefilesDevice, or a fake in unit tests). */
@@ -76,6 +77,8 @@ export class OnDemandSession {
   private readonly limiter: Limiter;
   /** READs received and not yet completed, by message id: what GET /api/v1/metrics/inflight lists. */
   private readonly pending = new Map<number, { objectId: number; since: number }>();
+  /** READs that failed, told once a minute per cookie and error (a full cache disk fails every READ). */
+  private readonly readFailures = new RepeatedFailures();
   readonly stats: CacheCounters & { opens: number; reads: number; readBytes: number; readErrors: number } = {
     opens: 0, reads: 0, readBytes: 0, readErrors: 0, prefetchedChunks: 0, staleMarks: 0, chunksWrittenByVerifier: 0,
   };
@@ -166,7 +169,9 @@ export class OnDemandSession {
         this.stats.readBytes += msg.len;
       } catch (e) {
         this.stats.readErrors++;
-        this.log.error({ objectId: msg.objectId, cookie: obj.cookie, offset: msg.offset, len: msg.len, err: (e as Error).message }, 'read failed; the reader gets EIO');
+        const err = (e as Error).message;
+        const told = this.readFailures.occur(`${obj.cookie}\0${err}`);
+        if (told) this.log.error({ objectId: msg.objectId, cookie: obj.cookie, offset: msg.offset, len: msg.len, err, ...heldBack(told.held) }, 'read failed; the reader gets EIO');
       }
       if (obj.guard.closed) return;
       try {

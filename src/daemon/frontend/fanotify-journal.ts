@@ -14,6 +14,7 @@
  * truncate per event.
  */
 import fs from 'node:fs';
+import { RepeatedFailure } from '../repeated-failure.ts';
 
 export interface JournaledEvent {
   /** The event's fd number in the process that read it. */
@@ -48,9 +49,6 @@ function readTail(file: string, max: number): string {
   }
 }
 
-/** A failure to write the journal is reported again after this. */
-const REPORT_EVERY_MS = 60_000;
-
 /** Bytes after which an idle journal is truncated. */
 const TRUNCATE_AT = 256 * 1024;
 
@@ -58,8 +56,8 @@ export class PendingEventJournal {
   private readonly fd: number;
   private pending = 0;
   private written = 0;
-  /** When a failure to write a record was last reported (they are reported once a minute). */
-  private reportedAt = -Infinity;
+  /** Records that could not be written (reported once a minute). */
+  private readonly failures = new RepeatedFailure();
 
   /**
    * Opens the journal for appending; `keep` records are the still pending ones carried over.
@@ -120,11 +118,7 @@ export class PendingEventJournal {
       if (n !== line.length) throw new Error(`${n} of the ${line.length} bytes of a record were written`);
     } catch (e) {
       this.empty();
-      const now = Date.now();
-      if (now - this.reportedAt >= REPORT_EVERY_MS) {
-        this.reportedAt = now;
-        this.onFailure(e as Error);
-      }
+      if (this.failures.occur()) this.onFailure(e as Error);
     }
   }
 

@@ -29,6 +29,7 @@ import { MarkedCacheFile, inodeKey, type MarkPort } from './fanotify-cache-file.
 import type { JournaledEvent, PendingEventJournal } from './fanotify-journal.ts';
 import { badPathText, pseudoFsOf } from '../log.ts';
 import { listedMountState, readMountsFile } from '../run.ts';
+import { RepeatedFailures, heldBack } from '../repeated-failure.ts';
 
 /** What the session needs of the fanotify group (FanotifyGroup, or a fake in unit tests). */
 export interface FanotifyPort extends MarkPort {
@@ -63,6 +64,8 @@ export class FanotifySession {
   private readonly mounts = new Map<string, Mounted>();
   /** Mountpoints whose registration is under way. */
   private readonly mounting = new Set<string>();
+  /** Ranges that could not be served, told once a minute per file and error (a full cache disk fails every event). */
+  private readonly rangeFailures = new RepeatedFailures();
   private readonly byInode = new Map<string, MarkedCacheFile>();
   private readonly byPath = new Map<string, string>();
   private readonly limiter: Limiter;
@@ -367,7 +370,9 @@ export class FanotifySession {
     } catch (e) {
       errno = EIO;
       this.stats.eventErrors++;
-      this.log.error({ file: f.path, offset, count, err: (e as Error).message }, 'range cannot be served; the reader gets EIO');
+      const err = (e as Error).message;
+      const told = this.rangeFailures.occur(`${f.path}\0${err}`);
+      if (told) this.log.error({ file: f.path, offset, count, err, ...heldBack(told.held) }, 'range cannot be served; the reader gets EIO');
     }
     this.answer(fd, errno, ownFd);
   }
