@@ -4,7 +4,9 @@
  * flush timer ended the worker, and the supervisor's restarts met the same full disk); the marks stay
  * in memory and are written once the disk has room, so nothing cached is lost. The fanotify journal
  * of pending events: a record that cannot be written whole empties the journal, never leaves a
- * record cut short or an answer lost (a successor would answer an event it does not know).
+ * record cut short or an answer lost (a successor would answer an event it does not know). The log
+ * file: a line that cannot be written is dropped and counted, never thrown to the code that logs
+ * (pino writes from inside its call: a throw ended whatever was logging, the worker's start too).
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -14,6 +16,8 @@ import { execFileSync } from 'node:child_process';
 import { DaemonState, type StateFailureReport } from '../src/daemon/state.ts';
 import { PendingEventJournal } from '../src/daemon/frontend/fanotify-journal.ts';
 import { fillDisk, tmpDir } from './helpers/fixtures.ts';
+import pino from 'pino';
+import { RotatingLogFile } from '../src/daemon/log.ts';
 
 type Report = Parameters<StateFailureReport>[0];
 
@@ -87,4 +91,24 @@ test('state: on a full disk marks stay in memory, the failure is reported once, 
   for (const f of files) assert.deepEqual([...state.cached(f)].sort((a, b) => a - b), f === files[0] ? [0, 3, 17, 65535] : [0, 17, 65535], `${f.volume}: its marks were written`);
   assert.deepEqual(state.fetches('blob'), { 65535: 1 });
   state.close();
+});
+
+test('log file: on a full disk lines are dropped, never thrown to the code that logs; once there is room a line says how many were lost', (t) => {
+  const dir = smallDisk(t, 'log-full-', '64k');
+  const file = path.join(dir, 'nydusd.log');
+  const out = new RotatingLogFile(file, 0);
+  const log = pino({ level: 'info' }, out);
+  log.info('before');
+  const filler = fillDisk(dir, 4096);
+  for (let i = 0; i < 500; i++) assert.doesNotThrow(() => log.error({ i, err: 'x'.repeat(200) }, 'range cannot be served'), `line ${i}`);
+  fs.rmSync(filler);
+  log.info('after');
+  out.close();
+  const lines = fs.readFileSync(file, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as { msg: string; lost?: number });
+  assert.equal(lines[0].msg, 'before');
+  const written = lines.filter((l) => l.msg === 'range cannot be served').length;
+  const lost = lines.reduce((n, l) => n + (l.lost ?? 0), 0);
+  assert.ok(written < 100 && lost > 0, `the disk took ${written} of them`);
+  assert.equal(lost, 500 - written, 'lines that tell of lost ones count every line not written whole');
+  assert.equal(lines[lines.length - 1].msg, 'after');
 });

@@ -80,10 +80,17 @@ export function ensureDirectory(dir: string, what: string): void {
 
 const ROTATED_KEPT = 3;
 
-/** A synchronous append-only log file that starts anew once it would pass `maxBytes` (0: never). */
+/**
+ * A synchronous append-only log file that starts anew once it would pass `maxBytes` (0: never).
+ * Nothing it meets is thrown to the code that logs (pino writes from inside its call): on a full disk
+ * a line is dropped, and the next line written is preceded by one that says how many were lost. A
+ * line written in part is cut off again (ftruncate needs no room), so every line is one JSON object.
+ */
 export class RotatingLogFile {
   private fd: number;
   private size: number;
+  /** Lines not written whole since the last one that was. */
+  private lost = 0;
 
   constructor(private readonly file: string, private readonly maxBytes: number) {
     ensureDirectory(path.dirname(path.resolve(file)), '--log-file directory');
@@ -92,20 +99,53 @@ export class RotatingLogFile {
   }
 
   write(line: string): boolean {
-    const bytes = Buffer.byteLength(line);
-    if (this.maxBytes > 0 && this.size > 0 && this.size + bytes > this.maxBytes) this.rotate();
-    fs.writeSync(this.fd, line);
-    this.size += bytes;
+    if (this.maxBytes > 0 && this.size > 0 && this.size + Buffer.byteLength(line) > this.maxBytes) this.rotate();
+    if (this.lost && this.append(`${JSON.stringify({ level: 40, time: Date.now(), pid: process.pid, lost: this.lost, msg: 'log lines lost: they could not be written (a full disk?)' })}\n`)) this.lost = 0;
+    if (this.lost || !this.append(line)) this.lost++;
     return true;
   }
 
-  private rotate(): void {
+  close(): void {
     fs.closeSync(this.fd);
-    for (let i = ROTATED_KEPT - 1; i >= 1; i--) {
-      if (fs.existsSync(`${this.file}.${i}`)) fs.renameSync(`${this.file}.${i}`, `${this.file}.${i + 1}`);
+  }
+
+  /** Whether `text` was written whole; if not, none of it is left in the file. */
+  private append(text: string): boolean {
+    const bytes = Buffer.from(text);
+    let done = 0;
+    try {
+      while (done < bytes.length) done += fs.writeSync(this.fd, bytes, done);
+      this.size += done;
+      return true;
+    } catch {
+      if (done > 0) {
+        try {
+          fs.ftruncateSync(this.fd, this.size);
+        } catch {
+          // Left cut short: the next line starts on a line of its own at least.
+          this.size += done;
+          this.append('\n');
+        }
+      }
+      return false;
     }
-    fs.renameSync(this.file, `${this.file}.1`);
-    this.fd = fs.openSync(this.file, 'a', 0o640);
+  }
+
+  /**
+   * The file moves to .1 (.1 to .2, ...) and a new one is opened. A failure leaves lines going to the
+   * file as it is (until it has grown by maxBytes again); the old fd is closed only once the new one
+   * is open, so no line goes to a closed fd (whose number may by then be another file's).
+   */
+  private rotate(): void {
+    try {
+      for (let i = ROTATED_KEPT - 1; i >= 1; i--) {
+        if (fs.existsSync(`${this.file}.${i}`)) fs.renameSync(`${this.file}.${i}`, `${this.file}.${i + 1}`);
+      }
+      fs.renameSync(this.file, `${this.file}.1`);
+      const fd = fs.openSync(this.file, 'a', 0o640);
+      fs.closeSync(this.fd);
+      this.fd = fd;
+    } catch { /* written on where it is */ }
     this.size = 0;
   }
 }
