@@ -726,6 +726,23 @@ test('log file: rotated at the size, older files shifted, the newest lines in th
   assert.equal(lines(`${file}.1`).at(-1), lines(file)[0] - 1, 'rotation loses no line between files');
 });
 
+test('log to stderr: a reader that is gone (EPIPE) loses the lines; the process still exits', async () => {
+  // A process that logs through makeLogger with no file (stderr), then exits: with pino.destination(2)
+  // it never did once its stderr pipe had no reader (a daemon that a restarted snapshotter had started).
+  const script = `import { makeLogger } from ${JSON.stringify(path.join(repoRoot, 'src/daemon/log.ts'))};
+    const log = makeLogger('info');
+    setTimeout(() => { for (let i = 0; i < 5; i++) log.info({ i }, 'a line'); process.stdout.write('logged'); process.exit(0); }, 300);`;
+  const child = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { cwd: repoRoot, stdio: ['ignore', 'pipe', 'pipe'] });
+  child.stderr!.destroy();
+  let out = '';
+  child.stdout!.on('data', (d) => (out += d));
+  const exited = new Promise<number | null>((r) => child.once('exit', r));
+  const code = await Promise.race([exited, new Promise<string>((r) => setTimeout(() => r('still running after 20 s'), 20_000))]);
+  if (code !== 0) child.kill('SIGKILL');
+  assert.equal(code, 0);
+  assert.equal(out, 'logged');
+});
+
 test('nydusd: missing flags, unsupported flags and a kernel without on-demand cachefiles are one clear line, exit 1', async () => {
   const run = (args: string[]) => spawnSync(path.join(repoRoot, 'bin/nydusd'), args, { encoding: 'utf8', timeout: 60_000 });
   const noCache = run(['singleton', '--apisock', path.join(work, 'x.sock')]);

@@ -150,8 +150,32 @@ export class RotatingLogFile {
   }
 }
 
+/**
+ * Log lines to stderr, written synchronously and dropped when it cannot take them: a reader that is
+ * gone (EPIPE) ends the writing, a full non-blocking pipe (EAGAIN) loses the line. pino.destination()
+ * retried a write to a pipe without a reader for good when the process exited: a daemon whose stderr
+ * reader had died (a restarted snapshotter, say) never exited on SIGTERM.
+ */
+export class StderrLog {
+  private gone = false;
+
+  constructor(private readonly fd = 2) {}
+
+  write(line: string): boolean {
+    if (this.gone) return true;
+    const bytes = Buffer.from(line);
+    let done = 0;
+    try {
+      while (done < bytes.length) done += fs.writeSync(this.fd, bytes, done);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EAGAIN') this.gone = true;
+    }
+    return true;
+  }
+}
+
 export function makeLogger(level: string, file?: string, rotationMiB = 0): Logger {
   const base = { level, base: { pid: process.pid } };
-  if (!file) return pino(base, pino.destination(2));
+  if (!file) return pino(base, new StderrLog());
   return pino(base, new RotatingLogFile(file, rotationMiB * 1024 * 1024));
 }
