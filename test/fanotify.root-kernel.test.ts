@@ -432,6 +432,64 @@ test('root-kernel fanotify: on a full cache disk reads fail with EIO, the worker
   execFileSync('umount', [cacheDisk]);
 });
 
+test('root-kernel fanotify: SIGHUP is ignored (the daemon serves on), SIGQUIT stops it cleanly', async () => {
+  const d = await startDaemon('signals', rich, localfs(rich));
+  const worker = (await apiRequest(d.sock, 'GET', '/api/v1/daemon')).body.pid as number;
+  // As a terminal's hangup sends it: to the supervisor and its worker.
+  d.proc.kill('SIGHUP');
+  process.kill(worker, 'SIGHUP');
+  await new Promise((r) => setTimeout(r, 500));
+  assert.equal(d.proc.exitCode, null, 'the supervisor lives');
+  assert.equal((await apiRequest(d.sock, 'GET', '/api/v1/daemon')).body.pid, worker, 'the same worker serves');
+  assert.deepEqual(diffManifests(srcManifest, manifest(d.mnt)).slice(0, 20), [], 'the mount reads as the source');
+  assert.equal(fs.readFileSync(path.join(work, 'signals', 'nydusd.log'), 'utf8').match(/SIGHUP ignored/g)?.length, 2);
+  const exited = new Promise<number | null>((r) => d.proc.once('exit', r));
+  d.proc.kill('SIGQUIT');
+  assert.equal(await Promise.race([exited, new Promise<string>((r) => setTimeout(() => r('still running 20 s after SIGQUIT'), 20_000))]), 0);
+  assert.equal(isMounted(d.mnt), false, 'unmounted');
+});
+
+test('root-kernel fanotify: a worker whose supervisor died, told to stop, unmounts and signals no one else (its new parent)', async () => {
+  const base = path.join(work, 'orphan');
+  fs.mkdirSync(path.join(base, 'mnt'), { recursive: true });
+  fs.writeFileSync(path.join(base, 'config.json'), JSON.stringify(fanotifyConfig(path.join(base, 'cache'), localfs(rich))));
+  const sock = path.join(base, 'api.sock');
+  const mnt = path.join(base, 'mnt');
+  const got = path.join(base, 'subreaper-signals');
+  // A subreaper (as containerd's shim or systemd are): orphans become its children. It notes the
+  // signals it gets and reaps its children until it is told to go (SIGUSR1).
+  const reaper = `
+import ctypes, os, signal, subprocess, sys
+ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)
+def note(sig, _):
+    if sig == signal.SIGUSR1: sys.exit(0)
+    open(sys.argv[1], 'a').write(signal.Signals(sig).name + '\\n')
+for s in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1): signal.signal(s, note)
+subprocess.Popen(sys.argv[2:])
+while True:
+    try: os.wait()
+    except ChildProcessError: signal.pause()
+`;
+  const wrapper = spawn('python3', ['-c', reaper, got, path.join(repoRoot, 'bin/nydusd'), '--fanotify', path.join(base, 'state'), '--config', path.join(base, 'config.json'),
+    '--bootstrap', rich.boot, '--mountpoint', mnt, '--apisock', sock, '--log-file', path.join(base, 'nydusd.log')], { stdio: 'inherit' });
+  daemons.push(wrapper);
+  mounts.push(mnt);
+  await waitFor('the mount and the API', async () => isMounted(mnt) && (await apiRequest(sock, 'GET', '/api/v1/daemon').catch(() => null))?.status === 200);
+  const worker = (await apiRequest(sock, 'GET', '/api/v1/daemon')).body.pid as number;
+  const supervisor = Number(fs.readFileSync(`/proc/${worker}/stat`, 'utf8').split(') ')[1].split(' ')[1]);
+  process.kill(supervisor, 'SIGKILL');
+  await waitFor('the worker adopted by the subreaper', () => Number(fs.readFileSync(`/proc/${worker}/stat`, 'utf8').split(') ')[1].split(' ')[1]) === wrapper.pid);
+  assert.deepEqual(diffManifests(srcManifest, manifest(mnt)).slice(0, 20), [], 'the orphaned worker serves on');
+  process.kill(worker, 'SIGTERM');
+  await waitFor('the worker gone', () => !fs.existsSync(`/proc/${worker}`) || fs.readFileSync(`/proc/${worker}/stat`, 'utf8').split(') ')[1][0] === 'Z', 20_000);
+  assert.equal(isMounted(mnt), false, 'it unmounted');
+  await new Promise((r) => setTimeout(r, 300));
+  assert.equal(fs.existsSync(got) ? fs.readFileSync(got, 'utf8') : '', '', 'the subreaper got no signal');
+  const exited = new Promise((r) => wrapper.once('exit', r));
+  wrapper.kill('SIGUSR1');
+  await exited;
+});
+
 test('root-kernel fanotify: a cache work_dir on tmpfs is refused naming the cause', async () => {
   const base = path.join(work, 'tmpfs');
   const cacheDir = path.join(base, 'cache');

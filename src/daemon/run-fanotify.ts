@@ -12,7 +12,7 @@ import { startApi } from './api.ts';
 import { FanotifySession, type FanotifyMountRequest } from './frontend/fanotify.ts';
 import { type JournaledEvent, PendingEventJournal } from './frontend/fanotify-journal.ts';
 import { makeLogger } from './log.ts';
-import { MOUNTS_FILE, WORKER_EXIT_FATAL, inheritedKernelFd } from './run.ts';
+import { MOUNTS_FILE, WORKER_EXIT_FATAL, inheritedKernelFd, onStopSignals, stopSupervisor } from './run.ts';
 import { openDaemonCore } from './serve.ts';
 import { StateDbError } from './state.ts';
 import { NydusError } from '../../erofs/errors.ts';
@@ -144,7 +144,7 @@ async function serveFanotify(opts: FanotifyDaemonOptions, { fd, restarted, stopA
       state.close();
       journal.close();
       // The supervisor restarts a worker that exits; asked to exit, the whole daemon stops.
-      process.kill(process.ppid, 'SIGTERM');
+      stopSupervisor();
       process.exit(0);
     });
   };
@@ -156,7 +156,6 @@ async function serveFanotify(opts: FanotifyDaemonOptions, { fd, restarted, stopA
     }
   }
   log.info({ apisock: opts.apiSock, dir: opts.dir, mounts: session.list() }, 'nydusd ready (fanotify)');
-  process.on('SIGTERM', shutdown);
-  process.on('SIGINT', shutdown);
+  onStopSignals(shutdown, log);
   if (stopAtOnce) shutdown();
 }

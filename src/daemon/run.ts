@@ -58,6 +58,27 @@ export interface HeldFd {
 /** Options the supervisor itself uses. */
 export type SupervisorOptions = Pick<DaemonOptions, 'logLevel' | 'logFile' | 'logRotationSize' | 'threads'>;
 
+/**
+ * TERM, INT and QUIT stop a daemon process (`stop`); HUP is logged and ignored. Without handlers a
+ * terminal's hangup (or a QUIT) ended the supervisor there and then: its worker served on with no one
+ * to restart it, and a fanotify mount left by a dead worker reads its unfetched ranges as zeros.
+ */
+export function onStopSignals(stop: () => void, log: Logger): void {
+  for (const s of ['SIGTERM', 'SIGINT', 'SIGQUIT'] as const) process.on(s, stop);
+  process.on('SIGHUP', () => log.info('SIGHUP ignored: nydusd stops on SIGTERM, SIGINT or SIGQUIT'));
+}
+
+/** This process's parent when it started: a worker's supervisor. */
+const parentAtStart = process.ppid;
+
+/**
+ * A worker asked to exit asks its supervisor to stop the daemon, only while the supervisor is still
+ * its parent: an orphaned worker's parent is init or a subreaper, not a process to signal.
+ */
+export function stopSupervisor(): void {
+  if (process.ppid === parentAtStart && parentAtStart > 1) process.kill(parentAtStart, 'SIGTERM');
+}
+
 /** The worker's side: the kernel fd its supervisor holds, and whether an earlier worker died. */
 export function inheritedKernelFd(): { fd: number; restarted: boolean; stopAtOnce: boolean } {
   return { fd: Number(process.env[WORKER_FD_ENV]), restarted: Number(process.env[RESTART_ENV] ?? 0) > 0, stopAtOnce: process.env[STOP_ENV] === '1' };
@@ -167,8 +188,7 @@ export async function runSupervisor(opts: SupervisorOptions & Partial<DaemonOpti
       finish(0);
     }
   };
-  process.on('SIGTERM', stop);
-  process.on('SIGINT', stop);
+  onStopSignals(stop, log);
   start();
 }
 

@@ -15,7 +15,7 @@ import { VerifyPool } from './verify-pool.ts';
 import { warmUpVerifiers } from '../blob/verify.ts';
 import { RegistrationPool } from './registration-pool.ts';
 import { makeLogger } from './log.ts';
-import { type DaemonOptions, inheritedKernelFd, openDevice } from './run.ts';
+import { type DaemonOptions, inheritedKernelFd, onStopSignals, openDevice, stopSupervisor } from './run.ts';
 import { heldBack } from './repeated-failure.ts';
 
 /**
@@ -80,21 +80,23 @@ export async function runDaemon(opts: DaemonOptions, source: DeviceSource): Prom
     log.info({ supervisor: opts.supervisor }, 'waiting in INIT for a takeover');
   }
   let server: Awaited<ReturnType<typeof startApi>> | null = null;
+  let stopping = false;
   const shutdown = () => {
+    if (stopping) return;
+    stopping = true;
     log.info('shutting down');
     server?.close();
     lifecycle.stop();
     void Promise.all([registry.close(), registration.close()]).finally(() => {
       state.close();
       // Our own supervisor restarts a worker that exits; asked to exit, the whole daemon stops.
-      if (source.kind === 'inherited') process.kill(process.ppid, 'SIGTERM');
+      if (source.kind === 'inherited') stopSupervisor();
       process.exit(0);
     });
   };
   server = await startApi(opts.apiSock, { id: opts.id, supervisor: opts.supervisor, registry, state, lifecycle, exit: shutdown, log });
   log.info({ apisock: opts.apiSock, state: lifecycle.state }, 'nydusd ready');
-  process.on('SIGTERM', shutdown);
-  process.on('SIGINT', shutdown);
+  onStopSignals(shutdown, log);
   // Started while the daemon stops (its predecessor died stopping): stop, having taken over.
   if (source.kind === 'inherited' && inheritedKernelFd().stopAtOnce) shutdown();
 }
