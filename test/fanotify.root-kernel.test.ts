@@ -449,7 +449,7 @@ test('root-kernel fanotify: SIGHUP is ignored (the daemon serves on), SIGQUIT st
   assert.equal(isMounted(d.mnt), false, 'unmounted');
 });
 
-test('root-kernel fanotify: a worker whose supervisor died, told to stop, unmounts and signals no one else (its new parent)', async () => {
+test('root-kernel fanotify: a worker whose supervisor died says so, serves on, and told to stop unmounts and signals no one else (its new parent)', async () => {
   const base = path.join(work, 'orphan');
   fs.mkdirSync(path.join(base, 'mnt'), { recursive: true });
   fs.writeFileSync(path.join(base, 'config.json'), JSON.stringify(fanotifyConfig(path.join(base, 'cache'), localfs(rich))));
@@ -480,6 +480,7 @@ while True:
   process.kill(supervisor, 'SIGKILL');
   await waitFor('the worker adopted by the subreaper', () => Number(fs.readFileSync(`/proc/${worker}/stat`, 'utf8').split(') ')[1].split(' ')[1]) === wrapper.pid);
   assert.deepEqual(diffManifests(srcManifest, manifest(mnt)).slice(0, 20), [], 'the orphaned worker serves on');
+  await waitFor('the worker saying its supervisor is gone', () => fs.readFileSync(path.join(base, 'nydusd.log'), 'utf8').includes('the supervisor is gone'), 10_000);
   process.kill(worker, 'SIGTERM');
   await waitFor('the worker gone', () => !fs.existsSync(`/proc/${worker}`) || fs.readFileSync(`/proc/${worker}/stat`, 'utf8').split(') ')[1][0] === 'Z', 20_000);
   assert.equal(isMounted(mnt), false, 'it unmounted');

@@ -12,7 +12,7 @@ import { startApi } from './api.ts';
 import { FanotifySession, type FanotifyMountRequest } from './frontend/fanotify.ts';
 import { type JournaledEvent, PendingEventJournal } from './frontend/fanotify-journal.ts';
 import { makeLogger } from './log.ts';
-import { MOUNTS_FILE, WORKER_EXIT_FATAL, inheritedKernelFd, onStopSignals, stopSupervisor } from './run.ts';
+import { MOUNTS_FILE, WORKER_EXIT_FATAL, inheritedKernelFd, onStopSignals, stopSupervisor, watchSupervisor } from './run.ts';
 import { openDaemonCore } from './serve.ts';
 import { StateDbError } from './state.ts';
 import { NydusError } from '../../erofs/errors.ts';
@@ -157,5 +157,6 @@ async function serveFanotify(opts: FanotifyDaemonOptions, { fd, restarted, stopA
   }
   log.info({ apisock: opts.apiSock, dir: opts.dir, mounts: session.list() }, 'nydusd ready (fanotify)');
   onStopSignals(shutdown, log);
+  watchSupervisor(log);
   if (stopAtOnce) shutdown();
 }

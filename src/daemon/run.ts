@@ -79,6 +79,23 @@ export function stopSupervisor(): void {
   if (process.ppid === parentAtStart && parentAtStart > 1) process.kill(parentAtStart, 'SIGTERM');
 }
 
+/** How often a worker looks whether its supervisor is still there. */
+const SUPERVISOR_CHECK_MS = 1000;
+
+/**
+ * A worker whose supervisor died (SIGKILL, the OOM killer) serves on, but no worker is started if it
+ * dies too, and a fanotify mount's holes would then read as zeros: said once, as an error, so that
+ * whoever runs the daemon restarts it.
+ */
+export function watchSupervisor(log: Logger): void {
+  const timer = setInterval(() => {
+    if (process.ppid === parentAtStart) return;
+    clearInterval(timer);
+    log.error({ supervisor: parentAtStart }, 'the supervisor is gone: this worker serves on, but no other is started if it dies; restart the daemon');
+  }, SUPERVISOR_CHECK_MS);
+  timer.unref();
+}
+
 /** The worker's side: the kernel fd its supervisor holds, and whether an earlier worker died. */
 export function inheritedKernelFd(): { fd: number; restarted: boolean; stopAtOnce: boolean } {
   return { fd: Number(process.env[WORKER_FD_ENV]), restarted: Number(process.env[RESTART_ENV] ?? 0) > 0, stopAtOnce: process.env[STOP_ENV] === '1' };

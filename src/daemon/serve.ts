@@ -15,7 +15,7 @@ import { VerifyPool } from './verify-pool.ts';
 import { warmUpVerifiers } from '../blob/verify.ts';
 import { RegistrationPool } from './registration-pool.ts';
 import { makeLogger } from './log.ts';
-import { type DaemonOptions, inheritedKernelFd, onStopSignals, openDevice, stopSupervisor } from './run.ts';
+import { type DaemonOptions, inheritedKernelFd, onStopSignals, openDevice, stopSupervisor, watchSupervisor } from './run.ts';
 import { heldBack } from './repeated-failure.ts';
 
 /**
@@ -97,6 +97,7 @@ export async function runDaemon(opts: DaemonOptions, source: DeviceSource): Prom
   server = await startApi(opts.apiSock, { id: opts.id, supervisor: opts.supervisor, registry, state, lifecycle, exit: shutdown, log });
   log.info({ apisock: opts.apiSock, state: lifecycle.state }, 'nydusd ready');
   onStopSignals(shutdown, log);
+  if (source.kind === 'inherited') watchSupervisor(log);
   // Started while the daemon stops (its predecessor died stopping): stop, having taken over.
   if (source.kind === 'inherited' && inheritedKernelFd().stopAtOnce) shutdown();
 }
