@@ -80,3 +80,22 @@ test('merge writes its progress line at --log-level info only; create -J and mer
   assert.equal(quiet.status, 0, quiet.stderr);
   assert.equal(quiet.stderr, '');
 });
+
+test('a layer of more entries than the heap holds: one clear line naming the layer and the way to a larger heap, not a crash', () => {
+  // 200,000 empty files in 200 directories (a tar that gzips to a few MiB), built in a 96 MiB heap.
+  const tar = path.join(work, 'many-entries.tar');
+  const gen = spawnSync('python3', ['-c', `
+import tarfile, sys
+with tarfile.open(sys.argv[1], 'w', format=tarfile.GNU_FORMAT) as t:
+    for d in range(200):
+        for i in range(1000):
+            ti = tarfile.TarInfo(f'usr/share/d{d:04d}/some-file-name-{i:06d}.txt'); ti.mode = 0o644; t.addfile(ti)
+`, tar], { encoding: 'utf8' });
+  assert.equal(gen.status, 0, `python3 made the tar: ${gen.stderr}`);
+  const boot = path.join(work, 'many.boot');
+  const r = spawnSync(path.join(repoRoot, 'bin/nydus-image'), ['create', '-t', 'tar-rafs', '-B', boot, '-D', path.join(work, 'many-blobs'), tar],
+    { encoding: 'utf8', env: { ...process.env, NODE_OPTIONS: '--max-old-space-size=96' }, timeout: 300_000 });
+  assertCleanFailure(r, /(layer .*many-entries\.tar|the layout of the image): \d+ entries fill \d+ MiB of the about 96 MiB heap .*NODE_OPTIONS=--max-old-space-size=<MiB>/);
+  assert.doesNotMatch(r.stderr, /FATAL ERROR|heap out of memory/);
+  assert.ok(!fs.existsSync(boot), 'no bootstrap left behind');
+});

@@ -17,6 +17,7 @@ import { type DirEntry, packDirBlocks } from '../../erofs/dirent.ts';
 import { erofsInodeChunkIndex } from '../../erofs/chunk.ts';
 import { NydusError } from '../../erofs/errors.ts';
 import type { TreeNode } from './tree.ts';
+import { HeapRoom } from './heap-room.ts';
 
 export interface LaidOutInode {
   /** The first tree node of this inode (hardlinks share one inode). */
@@ -73,7 +74,9 @@ export function layoutTree(root: TreeNode, deviceCount: number): Layout {
 
   // Breadth-first: a directory's children sit next to each other, as `ls -l` reads them.
   const queue: TreeNode[] = [root];
+  const room = new HeapRoom('the layout of the image');
   for (let qi = 0; qi < queue.length; qi++) {
+    room.tick();
     const node = queue[qi];
     if (node.hardlinkKey) {
       const existing = byLink.get(node.hardlinkKey);

@@ -6,6 +6,7 @@ import { NydusError } from '../../erofs/errors.ts';
 import { type DataSource, type TreeNode, kindFromMode, joinPath, sortChildren } from './tree.ts';
 import { nodeProblem } from './limits.ts';
 import { type WhiteoutSpec, droppedFromLowestLayer } from './whiteout.ts';
+import { HeapRoom } from './heap-room.ts';
 
 class FileData implements DataSource {
   private fd: number | null = null;
@@ -103,6 +104,7 @@ export function treeFromDirectory(root: string, lowestLayer?: { whiteoutSpec: Wh
   const rootBuf = Buffer.from(path.resolve(root));
   const top = statNode(rootBuf, Buffer.alloc(0), '/', root);
   const stack: Array<[TreeNode, Buffer]> = [[top, rootBuf]];
+  const room = new HeapRoom(`source directory ${root}`);
   while (stack.length) {
     const [dir, dirPath] = stack.pop()!;
     let names: Buffer[];
@@ -113,6 +115,7 @@ export function treeFromDirectory(root: string, lowestLayer?: { whiteoutSpec: Wh
     }
     dir.children = [];
     for (const name of names) {
+      room.tick();
       const full = concatPath(dirPath, name);
       const treePath = joinPath(dir.path, name);
       const child = statNode(full, name, treePath, path.join(root, treePath));

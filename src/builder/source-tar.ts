@@ -18,6 +18,7 @@ import type { Chunker } from './chunker.ts';
 import { nameProblem, nodeProblem } from './limits.ts';
 import { type ChunkRef, type NodeKind, type TreeNode, joinPath } from './tree.ts';
 import { type TarEntry, TarReader } from './tar-reader.ts';
+import { HeapRoom } from './heap-room.ts';
 
 const TYPE_BITS: Record<Exclude<TarEntry['type'], 'hardlink'>, number> = {
   file: C.S_IFREG, dir: C.S_IFDIR, symlink: C.S_IFLNK, chrdev: C.S_IFCHR, blkdev: C.S_IFBLK, fifo: C.S_IFIFO,
@@ -132,7 +133,9 @@ export async function treeFromTar(source: AsyncIterable<Buffer>, layer: string, 
   const tar = new TarReader(source, layer);
   const tree = new LayerTree(layer);
   const { chunkSize, buffer } = chunker;
+  const room = new HeapRoom(`layer ${layer}`);
   for (let entry = await tar.next(); entry; entry = await tar.next()) {
+    room.tick();
     const parts = tree.components(entry.path, entry.path);
     const isRoot = parts.length === 0;
     if (isRoot && entry.type !== 'dir') throw tree.fail(entry.path, `the layer's root must be a directory, not a ${entry.type}`);
