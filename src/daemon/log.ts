@@ -120,7 +120,8 @@ export class RotatingLogFile {
     } catch {
       if (done > 0) {
         try {
-          fs.ftruncateSync(this.fd, this.size);
+          // (From the file's own size: `size` counts from the last rotation, which may have failed.)
+          fs.ftruncateSync(this.fd, fs.fstatSync(this.fd).size - done);
         } catch {
           // Left cut short: the next line starts on a line of its own at least.
           this.size += done;
