@@ -341,14 +341,20 @@ test('root-kernel fanotify: the addon allows an event whose blocks are all set i
   }
 });
 
-test('root-kernel fanotify: a full disk under the state database is logged; the daemon serves on, unmounts, and writes the marks once there is room', async () => {
-  const base = path.join(work, 'full');
+/** A daemon serving `rich` under `<work>/<name>`, its state directory a 1 MiB tmpfs (the test unmounts it); its worker's pid. */
+async function daemonOnSmallStateDisk(name: string) {
+  const base = path.join(work, name);
   const state = path.join(base, 'state');
   fs.mkdirSync(state, { recursive: true });
   execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', state]);
   mounts.push(state);
   const d = await startFanotifyDaemon(base, rich, localfs(rich), { daemons, mounts });
-  const workerPid = (await apiRequest(d.sock, 'GET', '/api/v1/daemon')).body.pid as number;
+  const worker = (await apiRequest(d.sock, 'GET', '/api/v1/daemon')).body.pid as number;
+  return { base, state, d, worker };
+}
+
+test('root-kernel fanotify: a full disk under the state database is logged; the daemon serves on, unmounts, and writes the marks once there is room', async () => {
+  const { base, state, d, worker: workerPid } = await daemonOnSmallStateDisk('full');
   // The rest of the state's disk taken by another file.
   const filler = fillDisk(state);
   // Every chunk fetched and marked while the database can take none of it (a flush every 100 ms).
@@ -376,13 +382,7 @@ test('root-kernel fanotify: a full disk under the state database is logged; the 
 });
 
 test('root-kernel fanotify: a worker killed while the state directory is full is replaced, and its successor serves the mount', async () => {
-  const base = path.join(work, 'full-restart');
-  const state = path.join(base, 'state');
-  fs.mkdirSync(state, { recursive: true });
-  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', state]);
-  mounts.push(state);
-  const d = await startFanotifyDaemon(base, rich, localfs(rich), { daemons, mounts });
-  const first = (await apiRequest(d.sock, 'GET', '/api/v1/daemon')).body.pid as number;
+  const { base, state, d, worker: first } = await daemonOnSmallStateDisk('full-restart');
   const filler = fillDisk(state);
   process.kill(first, 'SIGKILL');
   await waitFor('a new worker', async () => {

@@ -24,6 +24,8 @@ function youngGenerationMax(): number {
   const given = flags.map((f) => /^--max-semi-space-size=(\d+)$/.exec(f)?.[1]).filter(Boolean).pop();
   return 3 * (given ? Number(given) : 16) * 1048576;
 }
+/** (The flags are the process's: read once.) */
+const YOUNG_GENERATION_MAX = youngGenerationMax();
 
 let collect: (() => void) | null = null;
 
@@ -51,7 +53,7 @@ export class HeapRoom {
     const full = () => {
       const s = v8.getHeapStatistics();
       const young = v8.getHeapSpaceStatistics().find((x) => x.space_name === 'new_space')?.space_used_size ?? 0;
-      const limit = s.heap_size_limit - youngGenerationMax();
+      const limit = s.heap_size_limit - YOUNG_GENERATION_MAX;
       return s.used_heap_size - young > this.share * limit ? { used: s.used_heap_size - young, limit } : null;
     };
     // Garbage counts until it is collected: only a heap still full after a collection is.

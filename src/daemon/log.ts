@@ -80,6 +80,18 @@ export function ensureDirectory(dir: string, what: string): void {
 
 const ROTATED_KEPT = 3;
 
+/** `text` written to `fd` until all of it is, or a write fails: how many bytes went, and the failure. */
+function writeWhole(fd: number, text: string): { done: number; error: NodeJS.ErrnoException | null } {
+  const bytes = Buffer.from(text);
+  let done = 0;
+  try {
+    while (done < bytes.length) done += fs.writeSync(fd, bytes, done);
+    return { done, error: null };
+  } catch (e) {
+    return { done, error: e as NodeJS.ErrnoException };
+  }
+}
+
 /**
  * A synchronous append-only log file that starts anew once it would pass `maxBytes` (0: never).
  * Nothing it meets is thrown to the code that logs (pino writes from inside its call): on a full disk
@@ -111,25 +123,22 @@ export class RotatingLogFile {
 
   /** Whether `text` was written whole; if not, none of it is left in the file. */
   private append(text: string): boolean {
-    const bytes = Buffer.from(text);
-    let done = 0;
-    try {
-      while (done < bytes.length) done += fs.writeSync(this.fd, bytes, done);
+    const { done, error } = writeWhole(this.fd, text);
+    if (!error) {
       this.size += done;
       return true;
-    } catch {
-      if (done > 0) {
-        try {
-          // (From the file's own size: `size` counts from the last rotation, which may have failed.)
-          fs.ftruncateSync(this.fd, fs.fstatSync(this.fd).size - done);
-        } catch {
-          // Left cut short: the next line starts on a line of its own at least.
-          this.size += done;
-          this.append('\n');
-        }
-      }
-      return false;
     }
+    if (done > 0) {
+      try {
+        // (From the file's own size: `size` counts from the last rotation, which may have failed.)
+        fs.ftruncateSync(this.fd, fs.fstatSync(this.fd).size - done);
+      } catch {
+        // Left cut short: the next line starts on a line of its own at least.
+        this.size += done;
+        this.append('\n');
+      }
+    }
+    return false;
   }
 
   /**
@@ -164,13 +173,8 @@ export class StderrLog {
 
   write(line: string): boolean {
     if (this.gone) return true;
-    const bytes = Buffer.from(line);
-    let done = 0;
-    try {
-      while (done < bytes.length) done += fs.writeSync(this.fd, bytes, done);
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'EAGAIN') this.gone = true;
-    }
+    const { error } = writeWhole(this.fd, line);
+    if (error && error.code !== 'EAGAIN') this.gone = true;
     return true;
   }
 }
