@@ -23,6 +23,8 @@ import { FanotifyGroup, type FanotifyEvent, READY_BLOCK, closeFd } from '../nati
 
 const work = tmpDir('fanotify');
 const daemons: ChildProcess[] = [];
+/** Subreapers (orphanedWorker): they outlive a failed test unless killed (they note SIGTERM, not die of it). */
+const reapers: ChildProcess[] = [];
 const mounts: string[] = [];
 
 type Image = FanotifyImage;
@@ -89,6 +91,7 @@ before(() => {
 
 after(() => {
   for (const d of daemons) if (d.exitCode === null && d.signalCode === null) d.kill('SIGTERM');
+  for (const r of reapers) if (r.exitCode === null && r.signalCode === null) r.kill('SIGKILL');
   for (const m of mounts) if (isMounted(m)) spawnSync('umount', ['-l', m]);
   fs.rmSync(work, { recursive: true, force: true });
 });
@@ -449,15 +452,23 @@ test('root-kernel fanotify: SIGHUP is ignored (the daemon serves on), SIGQUIT st
   assert.equal(isMounted(d.mnt), false, 'unmounted');
 });
 
-test('root-kernel fanotify: a worker whose supervisor died says so, serves on, and told to stop unmounts and signals no one else (its new parent)', async () => {
-  const base = path.join(work, 'orphan');
+/** The parent pid of `pid`, from /proc. */
+const parentOf = (pid: number) => Number(fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ')[1]);
+const gone = (pid: number) => !fs.existsSync(`/proc/${pid}`) || fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1][0] === 'Z';
+
+/**
+ * nydusd started under a subreaper (as containerd's shim or systemd are: orphans become its
+ * children), its supervisor then killed: the worker is orphaned, says so, and starts an adoptive
+ * supervisor. The subreaper notes the signals it gets in `got`, and goes on SIGUSR1.
+ */
+async function orphanedWorker(name: string) {
+  const base = path.join(work, name);
   fs.mkdirSync(path.join(base, 'mnt'), { recursive: true });
   fs.writeFileSync(path.join(base, 'config.json'), JSON.stringify(fanotifyConfig(path.join(base, 'cache'), localfs(rich))));
   const sock = path.join(base, 'api.sock');
   const mnt = path.join(base, 'mnt');
+  const log = path.join(base, 'nydusd.log');
   const got = path.join(base, 'subreaper-signals');
-  // A subreaper (as containerd's shim or systemd are): orphans become its children. It notes the
-  // signals it gets and reaps its children until it is told to go (SIGUSR1).
   const reaper = `
 import ctypes, os, signal, subprocess, sys
 ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)
@@ -471,24 +482,53 @@ while True:
     except ChildProcessError: signal.pause()
 `;
   const wrapper = spawn('python3', ['-c', reaper, got, path.join(repoRoot, 'bin/nydusd'), '--fanotify', path.join(base, 'state'), '--config', path.join(base, 'config.json'),
-    '--bootstrap', rich.boot, '--mountpoint', mnt, '--apisock', sock, '--log-file', path.join(base, 'nydusd.log')], { stdio: 'inherit' });
-  daemons.push(wrapper);
+    '--bootstrap', rich.boot, '--mountpoint', mnt, '--apisock', sock, '--log-file', log], { stdio: 'inherit' });
+  reapers.push(wrapper);
   mounts.push(mnt);
   await waitFor('the mount and the API', async () => isMounted(mnt) && (await apiRequest(sock, 'GET', '/api/v1/daemon').catch(() => null))?.status === 200);
   const worker = (await apiRequest(sock, 'GET', '/api/v1/daemon')).body.pid as number;
-  const supervisor = Number(fs.readFileSync(`/proc/${worker}/stat`, 'utf8').split(') ')[1].split(' ')[1]);
-  process.kill(supervisor, 'SIGKILL');
-  await waitFor('the worker adopted by the subreaper', () => Number(fs.readFileSync(`/proc/${worker}/stat`, 'utf8').split(') ')[1].split(' ')[1]) === wrapper.pid);
-  assert.deepEqual(diffManifests(srcManifest, manifest(mnt)).slice(0, 20), [], 'the orphaned worker serves on');
-  await waitFor('the worker saying its supervisor is gone', () => fs.readFileSync(path.join(base, 'nydusd.log'), 'utf8').includes('the supervisor is gone'), 10_000);
-  process.kill(worker, 'SIGTERM');
-  await waitFor('the worker gone', () => !fs.existsSync(`/proc/${worker}`) || fs.readFileSync(`/proc/${worker}/stat`, 'utf8').split(') ')[1][0] === 'Z', 20_000);
-  assert.equal(isMounted(mnt), false, 'it unmounted');
+  process.kill(parentOf(worker), 'SIGKILL');
+  await waitFor('the worker adopted by the subreaper', () => parentOf(worker) === wrapper.pid);
+  await waitFor('the worker saying its supervisor is gone', () => fs.readFileSync(log, 'utf8').includes('the supervisor is gone'), 10_000);
+  await waitFor('the adoptive supervisor', () => fs.readFileSync(log, 'utf8').includes('supervisor started to adopt a worker'), 10_000);
+  const adoptive = Number(JSON.parse(fs.readFileSync(log, 'utf8').split('\n').find((l) => l.includes('a new supervisor adopts this worker'))!).supervisor);
+  assert.equal(parentOf(adoptive), worker, 'the adoptive supervisor is the worker\'s child');
+  const signalsGot = () => (fs.existsSync(got) ? fs.readFileSync(got, 'utf8') : '');
+  const release = async () => {
+    const exited = new Promise((r) => wrapper.once('exit', r));
+    wrapper.kill('SIGUSR1');
+    await exited;
+  };
+  return { mnt, sock, log, worker, adoptive, signalsGot, release };
+}
+
+test('root-kernel fanotify: a worker whose supervisor died is adopted by a new one; killed then, it is replaced and its mount reads as the source, not zeros', async () => {
+  const o = await orphanedWorker('orphan-killed');
+  // Nothing was read yet: the cache files are holes, which a mount outliving its group reads as zeros.
+  process.kill(o.worker, 'SIGKILL');
+  await waitFor('a new worker', async () => {
+    const pid = (await apiRequest(o.sock, 'GET', '/api/v1/daemon').catch(() => null))?.body?.pid;
+    return typeof pid === 'number' && pid !== o.worker;
+  });
+  const next = (await apiRequest(o.sock, 'GET', '/api/v1/daemon')).body.pid as number;
+  assert.equal(parentOf(next), o.adoptive, 'the new worker is the adoptive supervisor\'s');
+  assert.deepEqual(diffManifests(srcManifest, manifest(o.mnt)).slice(0, 20), [], 'the mount reads as the source');
+  process.kill(o.adoptive, 'SIGTERM');
+  await waitFor('the adoptive supervisor and its worker gone', () => gone(o.adoptive) && gone(next), 20_000);
+  assert.equal(isMounted(o.mnt), false, 'unmounted');
+  assert.equal(o.signalsGot(), '', 'the subreaper got no signal');
+  await o.release();
+});
+
+test('root-kernel fanotify: an adopted worker told to stop unmounts, its adoptive supervisor ends with it, and no one else (its new parent) is signalled', async () => {
+  const o = await orphanedWorker('orphan-stopped');
+  assert.deepEqual(diffManifests(srcManifest, manifest(o.mnt)).slice(0, 20), [], 'the orphaned worker serves on');
+  process.kill(o.worker, 'SIGTERM');
+  await waitFor('the worker and its adoptive supervisor gone', () => gone(o.worker) && gone(o.adoptive), 20_000);
+  assert.equal(isMounted(o.mnt), false, 'it unmounted');
   await new Promise((r) => setTimeout(r, 300));
-  assert.equal(fs.existsSync(got) ? fs.readFileSync(got, 'utf8') : '', '', 'the subreaper got no signal');
-  const exited = new Promise((r) => wrapper.once('exit', r));
-  wrapper.kill('SIGUSR1');
-  await exited;
+  assert.equal(o.signalsGot(), '', 'the subreaper got no signal');
+  await o.release();
 });
 
 test('root-kernel fanotify: a cache work_dir on tmpfs is refused naming the cause', async () => {

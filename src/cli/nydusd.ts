@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 // The supervisor loads its own code alone (run.ts): the daemon's (serve.ts, run-fanotify.ts) is loaded
 // by the process that serves, so a supervisor spawns its worker sooner.
-import { type DaemonOptions, WORKER_EXIT_FATAL, isWorker, openFanotifyGroup, runSupervisor } from '../daemon/run.ts';
+import { type DaemonOptions, WORKER_EXIT_FATAL, adoptedWorker, inheritedFanotifyHold, inheritedHold, isWorker, openFanotifyGroup, runSupervisor } from '../daemon/run.ts';
 import type { FanotifyDaemonOptions } from '../daemon/run-fanotify.ts';
 import { versionText } from '../version.ts';
 import { quickParse } from './quick-args.ts';
@@ -86,7 +86,8 @@ await runMain('nydusd', async () => {
     supervisor: args.supervisor,
   };
   if (!isWorker() && !opts.supervisor) {
-    await runSupervisor(opts, [process.argv[1], ...argv]);
+    const adopted = adoptedWorker();
+    await runSupervisor(opts, [process.argv[1], ...argv], adopted ? inheritedHold() : undefined, adopted ?? undefined);
     return;
   }
   const { runDaemon, startupMode } = await import('../daemon/serve.ts');
@@ -162,6 +163,10 @@ async function fanotifyMode(args: Args, argv: string[]): Promise<void> {
     logRotationSize: args['log-rotation-size'],
     initial: given.length ? { mountpoint: cliPath(args.mountpoint), bootstrap: cliPath(args.bootstrap), config } : undefined,
   };
-  if (isWorker()) await (await import('../daemon/run-fanotify.ts')).runFanotifyWorker(opts);
-  else await runSupervisor(opts, [process.argv[1], ...argv], openFanotifyGroup(dir));
+  if (isWorker()) {
+    await (await import('../daemon/run-fanotify.ts')).runFanotifyWorker(opts);
+    return;
+  }
+  const adopted = adoptedWorker();
+  await runSupervisor(opts, [process.argv[1], ...argv], adopted ? inheritedFanotifyHold(dir) : openFanotifyGroup(dir), adopted ?? undefined);
 }

@@ -4,9 +4,15 @@
  * When the worker dies (crash, kill -9) the supervisor starts a new one, which sends `restore` so the
  * kernel resends the requests that were in flight and reopens objects: mounts survive a daemon crash.
  * This module is the supervisor's whole code: it starts its worker without loading the daemon's.
+ *
+ * A worker whose supervisor died (SIGKILL, the OOM killer) starts a new one for itself: the adoptive
+ * supervisor (watchSupervisor). It holds the same kernel fd and lock (inherited from the worker), is
+ * told how the worker ended through a pipe (the worker is not its child), and from then on is the
+ * daemon's supervisor: a worker that dies is replaced, a stop signal stops the daemon.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { CachefilesDevice, fscacheBinding, isSystemError } from '../../native/fscache/index.ts';
@@ -33,6 +39,12 @@ const WORKER_FD_ENV = 'NYDUSD_WORKER_FD';
 const RESTART_ENV = 'NYDUSD_WORKER_RESTART';
 /** Set for a worker started while the daemon stops: it takes over, then stops at once. */
 const STOP_ENV = 'NYDUSD_WORKER_STOP';
+/** The fd of the daemon directory's lock in a worker, when it has one (fanotify mode). */
+const LOCK_FD_ENV = 'NYDUSD_WORKER_LOCK_FD';
+/** Set for an adoptive supervisor: the pid of the worker it adopts. */
+const ADOPT_ENV = 'NYDUSD_ADOPT';
+/** An adoptive supervisor's end of the pipe its worker writes its exit code to (EOF alone: it died). */
+const ADOPTED_STATUS_FD = 5;
 /** A worker exiting with this code cannot work with what it was given (a bad image or config): no restart. */
 export const WORKER_EXIT_FATAL = 78;
 const WORKER_MIN_LIFE_MS = 3000;
@@ -71,29 +83,127 @@ export function onStopSignals(stop: () => void, log: Logger): void {
 /** This process's parent when it started: a worker's supervisor. */
 const parentAtStart = process.ppid;
 
+/** The adoptive supervisor this worker started, once its own is gone (watchSupervisor). */
+let adoptive: ChildProcess | null = null;
+
 /**
- * A worker asked to exit asks its supervisor to stop the daemon, only while the supervisor is still
- * its parent: an orphaned worker's parent is init or a subreaper, not a process to signal.
+ * A worker asked to exit asks its supervisor to stop the daemon: the adoptive one once there is one,
+ * else the one it started with, only while that is still its parent (an orphaned worker's parent is
+ * init or a subreaper, not a process to signal).
  */
 export function stopSupervisor(): void {
+  if (adoptive?.pid !== undefined && adoptive.exitCode === null && adoptive.signalCode === null) {
+    adoptive.kill('SIGTERM');
+    return;
+  }
   if (process.ppid === parentAtStart && parentAtStart > 1) process.kill(parentAtStart, 'SIGTERM');
 }
 
 /** How often a worker looks whether its supervisor is still there. */
-const SUPERVISOR_CHECK_MS = 1000;
+const SUPERVISOR_CHECK_MS = 250;
+/** An adoptive supervisor that dies this many times, each within WORKER_MIN_LIFE_MS, is not started again. */
+const ADOPTIVE_MAX_QUICK_DEATHS = 5;
 
 /**
- * A worker whose supervisor died (SIGKILL, the OOM killer) serves on, but no worker is started if it
- * dies too, and a fanotify mount's holes would then read as zeros: said once, as an error, so that
- * whoever runs the daemon restarts it.
+ * A worker whose supervisor died (SIGKILL, the OOM killer) would serve on with no one to start a
+ * worker if it died too, and a fanotify mount's unfetched ranges would then read as zeros once the
+ * last holder of the group was gone. So it starts an adoptive supervisor (module comment), and
+ * another if that one dies; after ADOPTIVE_MAX_QUICK_DEATHS quick deaths it says so and serves on alone.
  */
 export function watchSupervisor(log: Logger): void {
   const timer = setInterval(() => {
     if (process.ppid === parentAtStart) return;
     clearInterval(timer);
-    log.error({ supervisor: parentAtStart }, 'the supervisor is gone: this worker serves on, but no other is started if it dies; restart the daemon');
+    log.error({ supervisor: parentAtStart }, 'the supervisor is gone; this worker serves on and starts a new one to adopt it');
+    startAdoptiveSupervisor(log, 0);
   }, SUPERVISOR_CHECK_MS);
   timer.unref();
+}
+
+function startAdoptiveSupervisor(log: Logger, quickDeaths: number): void {
+  const lockFd = process.env[LOCK_FD_ENV];
+  const env: NodeJS.ProcessEnv = { ...process.env, [ADOPT_ENV]: String(process.pid) };
+  for (const k of [WORKER_FD_ENV, RESTART_ENV, STOP_ENV, LOCK_FD_ENV]) delete env[k];
+  const startedAt = Date.now();
+  let child: ChildProcess;
+  try {
+    // The worker's own command line (its supervisor's, as it started it), its kernel fd as fd 3 and
+    // its lock as fd 4, as a supervisor holds them, and the status pipe as fd 5.
+    child = spawn(process.execPath, [...process.execArgv, ...process.argv.slice(1)], {
+      stdio: ['ignore', 'inherit', 'inherit', 3, lockFd === undefined ? 'ignore' : Number(lockFd), 'pipe'], env,
+    });
+  } catch (e) {
+    log.error({ err: (e as Error).message }, 'cannot start a supervisor to adopt this worker; it serves on alone: restart the daemon');
+    return;
+  }
+  // How this worker ends, written as it exits (synchronously: nothing runs after 'exit'); a worker
+  // that is killed writes nothing, and the pipe's EOF tells the supervisor it died.
+  const status = (child.stdio as unknown as Array<net.Socket | null>)[ADOPTED_STATUS_FD]!;
+  const statusFd = (status as unknown as { _handle?: { fd?: number } })._handle?.fd;
+  if (typeof statusFd !== 'number' || statusFd < 0) {
+    child.kill('SIGKILL');
+    log.error('cannot start a supervisor to adopt this worker (no fd for its status pipe); it serves on alone: restart the daemon');
+    return;
+  }
+  adoptive = child;
+  const tell = (code: number) => {
+    try {
+      fs.writeSync(statusFd, `${code}\n`);
+    } catch { /* the supervisor is gone */ }
+  };
+  process.on('exit', tell);
+  child.on('error', (e) => log.error({ err: e.message }, 'the adoptive supervisor failed'));
+  child.on('exit', (code, signal) => {
+    process.off('exit', tell);
+    status.destroy();
+    if (adoptive === child) adoptive = null;
+    const quick = Date.now() - startedAt < WORKER_MIN_LIFE_MS ? quickDeaths + 1 : 0;
+    if (quick >= ADOPTIVE_MAX_QUICK_DEATHS) {
+      log.error({ code, signal }, 'the adoptive supervisor keeps dying; this worker serves on alone: restart the daemon');
+      return;
+    }
+    log.error({ code, signal }, 'the adoptive supervisor died; starting another');
+    setTimeout(() => startAdoptiveSupervisor(log, quick), 200 * 2 ** quick).unref();
+  });
+  child.unref();
+  status.unref();
+  log.info({ supervisor: child.pid }, 'a new supervisor adopts this worker');
+}
+
+/** A worker an adoptive supervisor adopts, and how it ended once it did (its exit code; null: it died). */
+export interface AdoptedWorker {
+  pid: number;
+  ended: Promise<number | null>;
+}
+
+/** This process is an adoptive supervisor: its worker (module comment); null for any other process. */
+export function adoptedWorker(): AdoptedWorker | null {
+  const pid = Number(process.env[ADOPT_ENV]);
+  if (!(Number.isInteger(pid) && pid > 1)) return null;
+  // Not passed on to the workers it starts.
+  delete process.env[ADOPT_ENV];
+  const pipe = new net.Socket({ fd: ADOPTED_STATUS_FD, readable: true, writable: false });
+  let said = '';
+  pipe.setEncoding('utf8');
+  pipe.on('data', (d: string) => { said += d; });
+  const ended = new Promise<number | null>((resolve) => {
+    pipe.on('error', () => pipe.destroy());
+    pipe.on('close', () => {
+      const code = said.trim() === '' ? NaN : Number(said.trim());
+      resolve(Number.isInteger(code) ? code : null);
+    });
+  });
+  return { pid, ended };
+}
+
+/** The kernel fd (and lock) an adoptive supervisor inherited from its worker, as fd 3 (and 4). */
+export function inheritedHold(): HeldFd {
+  return { fd: 3, close: () => closeFd(3) };
+}
+
+/** The fanotify group and lock an adoptive supervisor inherited from its worker (fds 3 and 4). */
+export function inheritedFanotifyHold(dir: string): FanotifyHold {
+  return new FanotifyHold(FanotifyGroup.fromFd(3), dir, 4);
 }
 
 /** The worker's side: the kernel fd its supervisor holds, and whether an earlier worker died. */
@@ -101,11 +211,15 @@ export function inheritedKernelFd(): { fd: number; restarted: boolean; stopAtOnc
   return { fd: Number(process.env[WORKER_FD_ENV]), restarted: Number(process.env[RESTART_ENV] ?? 0) > 0, stopAtOnce: process.env[STOP_ENV] === '1' };
 }
 
-export async function runSupervisor(opts: SupervisorOptions & Partial<DaemonOptions>, argv: string[], held?: HeldFd): Promise<void> {
+/**
+ * `held`: the kernel fd, opened here (cachefiles) when not given. `adopted`: a worker this supervisor
+ * did not start (an adoptive supervisor's): served as its first, and replaced as any other when it dies.
+ */
+export async function runSupervisor(opts: SupervisorOptions & Partial<DaemonOptions>, argv: string[], held?: HeldFd, adopted?: AdoptedWorker): Promise<void> {
   const log = makeLogger(opts.logLevel, opts.logFile, opts.logRotationSize);
   const dev: HeldFd = held ?? openDevice(opts as DaemonOptions);
   if (!held) log.info({ dir: opts.fscacheDir, tag: opts.tag }, 'cachefiles bound in on-demand mode');
-  let child: ChildProcess | null = null;
+  let child: Pick<ChildProcess, 'kill'> | null = null;
   let stopping = false;
   let restarts = 0;
   let quickDeaths = 0;
@@ -125,11 +239,12 @@ export async function runSupervisor(opts: SupervisorOptions & Partial<DaemonOpti
     // worker CPU 1.08 s -> 0.85-0.90 s, peak RSS 105-109 -> 97-101 MiB; the wall time moved within
     // the host's noise), while code that stays hot in a daemon's long life is still optimized.
     if (!process.execArgv.some((a) => a.startsWith('--interrupt-budget'))) v8Flags.push(`--interrupt-budget=${20 * 67584}`);
-    child = spawn(process.execPath, [...process.execArgv, ...v8Flags, ...argv], {
+    const worker = spawn(process.execPath, [...process.execArgv, ...v8Flags, ...argv], {
       stdio: ['ignore', 'inherit', 'inherit', dev.fd, ...(dev.lockFd === undefined ? [] : [dev.lockFd])],
       // Cache-file writes run on libuv's pool (O_DIRECT waits for the disk): size it for the threads.
       env: {
         ...process.env, [WORKER_FD_ENV]: '3', [RESTART_ENV]: String(restarts), [STOP_ENV]: stopping ? '1' : '0',
+        ...(dev.lockFd === undefined ? {} : { [LOCK_FD_ENV]: '4' }),
         UV_THREADPOOL_SIZE: process.env.UV_THREADPOOL_SIZE ?? String(Math.max(4, opts.threads * 2)),
         // Chunk buffers (up to a few MiB, made and dropped all the time) come from malloc's heap and
         // are reused, not fresh mmap()s: touching fresh pages cost more than decompressing into them
@@ -142,42 +257,52 @@ export async function runSupervisor(opts: SupervisorOptions & Partial<DaemonOpti
         GLIBC_TUNABLES: withTunable(process.env.GLIBC_TUNABLES, 'glibc.malloc.hugetlb', '1'),
       },
     });
-    child.on('exit', (code, signal) => {
-      child = null;
-      if (givingUp) return;
-      quickDeaths = Date.now() - startedAt < WORKER_MIN_LIFE_MS ? quickDeaths + 1 : 0;
-      if (stopping && code !== 0 && code !== WORKER_EXIT_FATAL && quickDeaths < WORKER_MAX_QUICK_DEATHS) {
-        // Died before it stopped cleanly: its mounts may still be up (fanotify), and once the group
-        // closes with this process their unfetched ranges would read as zeros. The next worker
-        // takes them over and stops: unmounted, or served until they are free.
-        restarts++;
-        log.error({ code, signal, restarts }, 'worker died while stopping; a new one takes over to stop');
-        restartTimer = setTimeout(start, 200);
-        return;
-      }
-      if (stopping) {
-        if (code === 0) finish(0);
-        else {
-          log.fatal({ code, signal, restarts }, 'workers keep dying while stopping');
-          finish(code === WORKER_EXIT_FATAL ? WORKER_EXIT_FATAL : 1);
-        }
-        return;
-      }
-      if (code === WORKER_EXIT_FATAL) {
-        log.fatal({ code }, 'worker cannot serve what it was given; stopping');
-        finish(WORKER_EXIT_FATAL);
-        return;
-      }
+    child = worker;
+    worker.on('exit', exited);
+  };
+  /** The worker ended: `code` null and `signal` null when an adopted worker was killed (its status pipe says no more). */
+  const exited = (code: number | null, signal: NodeJS.Signals | null) => {
+    child = null;
+    if (givingUp) return;
+    quickDeaths = Date.now() - startedAt < WORKER_MIN_LIFE_MS ? quickDeaths + 1 : 0;
+    if (stopping && code !== 0 && code !== WORKER_EXIT_FATAL && quickDeaths < WORKER_MAX_QUICK_DEATHS) {
+      // Died before it stopped cleanly: its mounts may still be up (fanotify), and once the group
+      // closes with this process their unfetched ranges would read as zeros. The next worker
+      // takes them over and stops: unmounted, or served until they are free.
       restarts++;
-      // A worker that cannot even start (bad work dir, broken install) must not be restarted forever.
-      if (quickDeaths >= WORKER_MAX_QUICK_DEATHS) {
-        log.fatal({ code, signal, restarts }, 'worker keeps dying right after start; giving up');
-        finish(1);
-        return;
+      log.error({ code, signal, restarts }, 'worker died while stopping; a new one takes over to stop');
+      restartTimer = setTimeout(start, 200);
+      return;
+    }
+    if (stopping) {
+      if (code === 0) finish(0);
+      else {
+        log.fatal({ code, signal, restarts }, 'workers keep dying while stopping');
+        finish(code === WORKER_EXIT_FATAL ? WORKER_EXIT_FATAL : 1);
       }
-      log.error({ code, signal, restarts }, 'worker died; starting a new one');
-      restartTimer = setTimeout(start, 200 * 2 ** quickDeaths);
-    });
+      return;
+    }
+    if (code === WORKER_EXIT_FATAL) {
+      log.fatal({ code }, 'worker cannot serve what it was given; stopping');
+      finish(WORKER_EXIT_FATAL);
+      return;
+    }
+    if (code === 0) {
+      // A worker exits 0 only once it was asked to stop the daemon (its API's exit), and has signalled
+      // this process: the signal may come after the exit.
+      log.info('worker stopped; the daemon stops');
+      finish(0);
+      return;
+    }
+    restarts++;
+    // A worker that cannot even start (bad work dir, broken install) must not be restarted forever.
+    if (quickDeaths >= WORKER_MAX_QUICK_DEATHS) {
+      log.fatal({ code, signal, restarts }, 'worker keeps dying right after start; giving up');
+      finish(1);
+      return;
+    }
+    log.error({ code, signal, restarts }, 'worker died; starting a new one');
+    restartTimer = setTimeout(start, 200 * 2 ** quickDeaths);
   };
   /**
    * The daemon ends with no worker left. Whatever a worker left mounted is taken down first (HeldFd.giveUp:
@@ -206,7 +331,19 @@ export async function runSupervisor(opts: SupervisorOptions & Partial<DaemonOpti
     }
   };
   onStopSignals(stop, log);
-  start();
+  if (!adopted) {
+    start();
+    return;
+  }
+  log.info({ worker: adopted.pid }, 'supervisor started to adopt a worker whose supervisor died');
+  child = { kill: (signal?: NodeJS.Signals | number) => {
+    try {
+      return process.kill(adopted.pid, signal);
+    } catch {
+      return false;  // gone already: its pipe says so
+    }
+  } };
+  void adopted.ended.then((code) => exited(code, null));
 }
 
 /** The lock file in a daemon's directory: flock(2)ed by the supervisor for its whole life (and by its workers, which inherit it). */
