@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { tmpDir } from './helpers/fixtures.ts';
-import { repoRoot, runCli } from './helpers/cli.ts';
+import { mustRun, repoRoot, runCli } from './helpers/cli.ts';
 
 const work = tmpDir('create-errors');
 fs.chmodSync(work, 0o777);
@@ -81,9 +81,10 @@ test('merge writes its progress line at --log-level info only; create -J and mer
   assert.equal(quiet.stderr, '');
 });
 
-test('a layer of more entries than the heap holds: one clear line naming the layer and the way to a larger heap, not a crash', () => {
-  // 200,000 empty files in 200 directories (a tar that gzips to a few MiB), built in a 96 MiB heap.
+/** A tar of 200,000 empty files in 200 directories (it gzips to a few MiB), made once. */
+function manyEntriesTar(): string {
   const tar = path.join(work, 'many-entries.tar');
+  if (fs.existsSync(tar)) return tar;
   const gen = spawnSync('python3', ['-c', `
 import tarfile, sys
 with tarfile.open(sys.argv[1], 'w', format=tarfile.GNU_FORMAT) as t:
@@ -92,10 +93,27 @@ with tarfile.open(sys.argv[1], 'w', format=tarfile.GNU_FORMAT) as t:
             ti = tarfile.TarInfo(f'usr/share/d{d:04d}/some-file-name-{i:06d}.txt'); ti.mode = 0o644; t.addfile(ti)
 `, tar], { encoding: 'utf8' });
   assert.equal(gen.status, 0, `python3 made the tar: ${gen.stderr}`);
+  return tar;
+}
+
+test('a layer of more entries than the heap holds: one clear line naming the layer and the way to a larger heap, not a crash', () => {
+  const tar = manyEntriesTar();
   const boot = path.join(work, 'many.boot');
   const r = spawnSync(path.join(repoRoot, 'bin/nydus-image'), ['create', '-t', 'tar-rafs', '-B', boot, '-D', path.join(work, 'many-blobs'), tar],
     { encoding: 'utf8', env: { ...process.env, NODE_OPTIONS: '--max-old-space-size=96' }, timeout: 300_000 });
   assertCleanFailure(r, /(layer .*many-entries\.tar|the layout of the image): \d+ entries fill \d+ MiB of the about 96 MiB heap .*NODE_OPTIONS=--max-old-space-size=<MiB>/);
   assert.doesNotMatch(r.stderr, /FATAL ERROR|heap out of memory/);
   assert.ok(!fs.existsSync(boot), 'no bootstrap left behind');
+});
+
+test('an image of more entries than the heap holds: check says so naming the bootstrap, not a crash', () => {
+  const boot = path.join(work, 'many-big-heap.boot');
+  mustRun('nydus-image', ['create', '-t', 'tar-rafs', '-B', boot, '-D', path.join(work, 'many-big-heap-blobs'), manyEntriesTar()]);
+  const r = spawnSync(path.join(repoRoot, 'bin/nydus-image'), ['check', '-B', boot],
+    { encoding: 'utf8', env: { ...process.env, NODE_OPTIONS: '--max-old-space-size=64' }, timeout: 300_000 });
+  assertCleanFailure(r, /: \d+ entries fill \d+ MiB of the about 64 MiB heap .*NODE_OPTIONS=--max-old-space-size=<MiB>/);
+  assert.ok(r.stderr.includes(`${boot}: `), `the error names the bootstrap: ${r.stderr}`);
+  assert.doesNotMatch(r.stderr, /FATAL ERROR|heap out of memory/);
+  // With room, the same image checks clean: the limit is the heap's, not the image's.
+  mustRun('nydus-image', ['check', '-B', boot]);
 });

@@ -17,7 +17,7 @@ import { type DirEntry, packDirBlocks } from '../../erofs/dirent.ts';
 import { erofsInodeChunkIndex } from '../../erofs/chunk.ts';
 import { NydusError } from '../../erofs/errors.ts';
 import type { TreeNode } from './tree.ts';
-import { HeapRoom } from './heap-room.ts';
+import { HeapRoom } from '../heap-room.ts';
 
 export interface LaidOutInode {
   /** The first tree node of this inode (hardlinks share one inode). */

@@ -6,7 +6,7 @@ import { NydusError } from '../../erofs/errors.ts';
 import { type DataSource, type TreeNode, kindFromMode, joinPath, sortChildren } from './tree.ts';
 import { nodeProblem } from './limits.ts';
 import { type WhiteoutSpec, droppedFromLowestLayer } from './whiteout.ts';
-import { HeapRoom } from './heap-room.ts';
+import { HeapRoom } from '../heap-room.ts';
 
 class FileData implements DataSource {
   private fd: number | null = null;

@@ -18,7 +18,7 @@ import type { Chunker } from './chunker.ts';
 import { nameProblem, nodeProblem } from './limits.ts';
 import { type ChunkRef, type NodeKind, type TreeNode, joinPath } from './tree.ts';
 import { type TarEntry, TarReader } from './tar-reader.ts';
-import { HeapRoom } from './heap-room.ts';
+import { HeapRoom } from '../heap-room.ts';
 
 const TYPE_BITS: Record<Exclude<TarEntry['type'], 'hardlink'>, number> = {
   file: C.S_IFREG, dir: C.S_IFDIR, symlink: C.S_IFLNK, chrdev: C.S_IFCHR, blkdev: C.S_IFBLK, fifo: C.S_IFIFO,

@@ -8,6 +8,7 @@ import type { Inode } from '../../erofs/image.ts';
 import type { LocalBlobReader } from '../blob/blob-reader.ts';
 import { type ChunkRef, type DataSource, type TreeNode, joinPath, kindFromMode } from '../builder/tree.ts';
 import type { ValidatedImage, ValidatedInode } from './validate.ts';
+import { HeapRoom } from '../heap-room.ts';
 
 /** File data read through the blobs one verified chunk at a time; holes are zeros, never a buffer. */
 class ImageFileData implements DataSource {
@@ -52,7 +53,9 @@ export interface ImageTree {
 export function treeFromImage(image: ValidatedImage, blobs?: LocalBlobReader[]): ImageTree {
   const inodeOf = new Map<TreeNode, Inode>();
   const dataOf = new Map<number, DataSource>();
+  const room = new HeapRoom(`the tree of ${image.name}`);
   const nodeFor = (v: ValidatedInode, name: Buffer, path: string): TreeNode => {
+    room.tick();
     const ino = v.inode;
     const kind = kindFromMode(ino.mode);
     const node: TreeNode = {

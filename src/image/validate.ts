@@ -27,6 +27,7 @@ import { RAFS_COMPRESS_NONE, RAFS_COMPRESS_ZSTD, RAFS_DIGEST_BLAKE3, RAFS_DIGEST
 import type { CompressorName } from '../blob/compress.ts';
 import type { Digester } from '../blob/digest.ts';
 import type { ChunkRef } from '../builder/tree.ts';
+import { HeapRoom } from '../heap-room.ts';
 
 /** One blob of the image, as the blob table and device table agree on it. */
 export interface ValidatedBlob {
@@ -299,6 +300,7 @@ export function validateImage(image: ErofsImage): ValidatedImage {
     return v;
   };
 
+  const room = new HeapRoom(name);
   const root = decode(image.rootNid, '/');
   if ((root.inode.mode & C.S_IFMT) !== C.S_IFDIR) throw new FormatError(`${name}: root inode ${image.rootNid} is not a directory`);
   inodes.set(image.rootNid, root);
@@ -327,6 +329,7 @@ export function validateImage(image: ErofsImage): ValidatedImage {
       const childPath = path === '/' ? `/${e.name.toString('utf8')}` : `${path}/${e.name.toString('utf8')}`;
       let child = inodes.get(e.nid);
       if (!child) {
+        room.tick();
         child = decode(e.nid, childPath);
         inodes.set(e.nid, child);
       } else if ((child.inode.mode & C.S_IFMT) === C.S_IFDIR || e.nid === image.rootNid) {

@@ -1,15 +1,16 @@
 /**
  * A build holds every entry's metadata in memory: about 0.7 KiB an entry for the tree, 1.2 KiB once
- * laid out (a tar of 300,000 empty files: 209 MiB of heap after the tree, 371 MiB after the layout).
- * A source of millions of entries (a hostile layer: tar headers compress to a few bytes each) outgrew
- * V8's heap, and V8 aborts the process ("heap out of memory"): a crash that names no input. The loops
- * that make per-entry objects call HeapRoom.tick(); past HEAP_SHARE of the heap's limit, after a full
- * garbage collection, the build stops with an error that names what it was reading and how to give
- * node more memory.
+ * laid out (a tar of 300,000 empty files: 209 MiB of heap after the tree, 371 MiB after the layout),
+ * and so does every reader of an image (its validation, then its tree). A source or an image of
+ * millions of entries (a hostile layer: tar headers compress to a few bytes each) outgrew V8's heap,
+ * and V8 aborts the process ("heap out of memory"): a crash that names no input. The loops that make
+ * per-entry objects call HeapRoom.tick(); past HEAP_SHARE of the heap's limit, after a full garbage
+ * collection, the work stops with an error that names what it was reading and how to give node more
+ * memory.
  */
 import v8 from 'node:v8';
 import vm from 'node:vm';
-import { NydusError } from '../../erofs/errors.ts';
+import { NydusError } from '../erofs/errors.ts';
 
 /** Entries between two looks at the heap (a look costs a few microseconds, a collection far more). */
 const CHECK_EVERY = 4096;
@@ -63,6 +64,6 @@ export class HeapRoom {
     if (!s) return;
     const mib = (n: number) => Math.round(n / 1048576);
     throw new NydusError(`${this.what}: ${this.entries} entries fill ${mib(s.used)} MiB of the about ${mib(s.limit)} MiB heap node was given `
-      + `(a build keeps about 1.2 KiB an entry); stopped before node runs out of memory. For a larger heap: NODE_OPTIONS=--max-old-space-size=<MiB>`);
+      + `(about 1 KiB an entry is kept in memory); stopped before node runs out of memory. For a larger heap: NODE_OPTIONS=--max-old-space-size=<MiB>`);
   }
 }
