@@ -202,6 +202,32 @@ test('verifyBlobRange reads its stored bytes from the blob file itself and write
   }
 });
 
+test('verifyBlobRange: an uncompressed chunk read straight into its place is verified as any other; corrupt, it is a hole, and its neighbours are whole', async () => {
+  // Chunks 1 and 4 are stored uncompressed; 1 is corrupt.
+  const { run, plain, outOffsets } = sampleRun('sha256', [1]);
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'verify-in-place-'));
+  try {
+    const blobFile = path.join(dir, 'blob');
+    fs.writeFileSync(blobFile, Buffer.concat([prand(777, 9), run.stored]));
+    const blobFd = fs.openSync(blobFile, 'r');
+    const fd = sparseCacheFile(path.join(dir, 'cache'));
+    const r = await verifyBlobRange({ blobFd, storedOffset: 777, storedSize: run.stored.length, compressor: run.compressor, digester: run.digester, layout: run.layout, digests: run.digests, digestSize: 32, where: run.where, target: { fd, offset: 0 } });
+    assert.equal(r.writeError, null, String(r.writeError));
+    assert.deepEqual(r.errors.map((e) => e !== null), [false, true, false, false, false]);
+    assert.match(String(r.errors[1]), /chunk 1: digest mismatch/);
+    const onDisk = fs.readFileSync(path.join(dir, 'cache'));
+    plain.forEach((p, i) => {
+      if (i !== 1) assert.ok(onDisk.subarray(outOffsets[i], outOffsets[i] + p.length).equals(p), `chunk ${i} in the file`);
+    });
+    const chunkEnd = (i: number) => Math.ceil((outOffsets[i] + plain[i].length) / 4096) * 4096;
+    assert.deepEqual(dataRangesOf(fd, 0, 1 << 20), [[0, chunkEnd(0)], [outOffsets[2], chunkEnd(4)]], 'the corrupt chunk is a hole');
+    fs.closeSync(fd);
+    fs.closeSync(blobFd);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test('verifyBlobRange jobs at once share no buffer: sixteen runs of different bytes, each file gets its own', async () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'verify-range-many-'));
   try {
