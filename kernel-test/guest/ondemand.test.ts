@@ -28,6 +28,8 @@ const scratch = process.env.KT_SCRATCH ?? '/tmp';
 const cacheDir = path.join(process.env.KT_CACHE ?? '/var/cache', 'fscache');
 const sock = path.join(scratch, 'nydusd.sock');
 let daemon: ChildProcess;
+/** The supervisor that adopted the worker once scenario 7 killed `daemon`: the one to stop then. */
+let adoptiveSupervisor = 0;
 const mounted: string[] = [];
 
 const api = (method: string, url: string, body?: unknown) => apiRequest(sock, method, url, body);
@@ -103,6 +105,13 @@ before(async () => {
 
 after(async () => {
   for (const d of [...mounted].reverse()) try { umount(d); } catch { /* busy */ }
+  if (adoptiveSupervisor) {
+    // Not our child: its end is seen in /proc (init reaps it).
+    process.kill(adoptiveSupervisor, 'SIGTERM');
+    for (let i = 0; i < 200 && fs.existsSync(`/proc/${adoptiveSupervisor}`); i++) await new Promise((r) => setTimeout(r, 100));
+    assert.equal(fs.existsSync(`/proc/${adoptiveSupervisor}`), false, 'the adoptive supervisor exits on SIGTERM');
+    return;
+  }
   daemon.kill('SIGTERM');
   const code = await new Promise((r) => daemon.once('exit', r));
   assert.equal(code, 0, 'nydusd exits cleanly on SIGTERM');
@@ -239,4 +248,30 @@ test('6: reference: the exported uncompressed image loop-mounted in the guest gi
   execFileSync('mount', ['-t', 'erofs', '-o', 'loop,ro', plan.exported, dir], { stdio: 'pipe' });
   mounted.push(dir);
   assert.deepEqual(diffManifests(expected(plan.images.many), manifest(dir)).slice(0, 10), []);
+});
+
+/** A process's parent and its children, from /proc. */
+const parentOf = (pid: number) => Number(fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ')[1]);
+const childrenOf = (pid: number) => fs.readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
+
+test('7: the supervisor killed, the worker starts one that adopts it; the worker killed then, a new one serves the mount with the right bytes', async () => {
+  const img = fresh(plan.images.big);
+  await register(img);
+  const dir = mountImage(img);
+  const worker = (await api('GET', '/api/v1/daemon')).body.pid as number;
+  const exited = new Promise((r) => daemon.once('exit', r));
+  daemon.kill('SIGKILL');
+  await exited;
+  for (let i = 0; i < 100 && !adoptiveSupervisor; i++) {
+    adoptiveSupervisor = childrenOf(worker)[0] ?? 0;
+    if (!adoptiveSupervisor) await new Promise((r) => setTimeout(r, 100));
+  }
+  assert.ok(adoptiveSupervisor, 'the orphaned worker started a supervisor');
+  // At once: the adoptive supervisor holds the device from its fork on, and the pipe tells it of the
+  // death whenever it comes to read it.
+  process.kill(worker, 'SIGKILL');
+  const next = await waitForApi(worker);
+  assert.equal(parentOf(next), adoptiveSupervisor, 'the new worker is the adoptive supervisor\'s');
+  const data = fs.readFileSync(path.join(dir, plan.bigFile));
+  assert.equal(crypto.createHash('sha256').update(data).digest('hex'), plan.bigSha256, 'the mount reads the right bytes');
 });
