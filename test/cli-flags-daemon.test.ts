@@ -79,9 +79,10 @@ test('nydusctl metrics: --id and --blob-id reach the daemon or are refused; an u
   const backendAll = JSON.parse((await ctl('backend', '--raw')).out);
   assert.ok(backendAll.read_count > 0, 'the daemon-wide backend counters count img1\'s read');
 
-  const [backendNope, backendImg2, backendBlob, blobNope, imageNope, slashImg1, img1, img2, img1Blob, img1OtherBlob, blobOnly, noFlags] = await Promise.all([
+  const [backendNope, backendImg1, backendImg2, backendBlob, blobNope, imageNope, slashImg1, img1, img2, img1Blob, img1OtherBlob, blobOnly, noFlags] = await Promise.all([
     ctl('backend', '--id', 'nope'),
-    ctl('backend', '--id', 'img2'),
+    ctl('backend', '--id', 'img1', '--raw'),
+    ctl('backend', '--id', 'img2', '--raw'),
     ctl('backend', '--blob-id', blobId),
     ctl('blobcache', '--blob-id', 'nope'),
     ctl('blobcache', '--id', 'nope'),
@@ -93,11 +94,15 @@ test('nydusctl metrics: --id and --blob-id reach the daemon or are refused; an u
     ctl('blobcache', '--blob-id', blobId, '--raw'),
     ctl('blobcache'),
   ]);
-  // backend: nydus's ?id=; an image has no counters of its own here, so none are given as its.
+  // backend: nydus's ?id=, the image's own counters: img1 made every read, img2 none (the daemon's are never given as its).
   assert.deepEqual([backendNope.code, backendNope.out], [1, '']);
   assert.match(backendNope.err, /^nydusctl: error: \/api\/v1\/metrics\/backend\?id=nope: 404 no image "nope"/);
-  assert.deepEqual([backendImg2.code, backendImg2.out], [1, ''], 'img2 read nothing: the daemon\'s counters are not given as its');
-  assert.match(backendImg2.err, /404 no backend counters of image "img2": .*per backend type/);
+  assert.equal(backendImg1.code, 0, backendImg1.err);
+  assert.equal(backendImg2.code, 0, backendImg2.err);
+  const [own1, own2] = [JSON.parse(backendImg1.out), JSON.parse(backendImg2.out)];
+  assert.deepEqual([own1.id, own1.backend_type, own2.id, own2.backend_type], ['img1', 'localfs', 'img2', 'localfs']);
+  assert.deepEqual([own1.read_count, own1.read_amount_total, own1.read_errors], [backendAll.read_count, backendAll.read_amount_total, 0], 'img1\'s counters are every read the daemon made');
+  assert.deepEqual([own2.read_count, own2.read_amount_total, own2.read_latency_dist.reduce((a: number, b: number) => a + b, 0)], [0, 0, 0], 'img2 read nothing');
   assert.equal(backendBlob.code, 1);
   assert.match(backendBlob.err, /^nydusctl: error: --blob-id goes with metrics blobcache: \/api\/v1\/metrics\/backend takes no blob id/);
   // blobcache: nydus's ?id= names the image; ours ?blob_id= one blob.

@@ -305,12 +305,13 @@ export function startApi(sock: string, ctx: ApiContext): Promise<http.Server> {
           return send(res, 204);
         }
         case 'GET /api/v1/metrics/backend': {
-          // nydus's `id`: the counters of one image. Ours are kept per backend type (shared by every
-          // image of that type, and kept after an image goes), so an image has none of its own: 404.
+          // nydus's `id`: the counters of one image's backend (its reads since it was registered here).
           const id = url.searchParams.get('id');
           if (id) {
-            const type = imageOf(ctx, id).backend.type;
-            throw new NoCounterError(`no backend counters of image ${JSON.stringify(id)}: nydus-ts counts backend reads per backend type, not per image; its ${type} reads are counted with every ${type} image's, under backends.${type} of GET /api/v1/metrics/backend without id`);
+            const image = imageOf(ctx, id);
+            const m = ctx.registry.imageMetrics(image.id);
+            if (!m) throw new NoCounterError(`image ${JSON.stringify(id)} is not registered`);
+            return send(res, 200, { id: image.id, backend_type: image.backend.type, ...m });
           }
           const total = { read_count: 0, read_amount_total: 0, read_errors: 0 };
           for (const m of Object.values(ctx.registry.metrics())) {

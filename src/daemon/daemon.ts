@@ -27,6 +27,8 @@ interface RegisteredImage {
   bootstrapSize: number;
   blobs: Map<string, BlobMap>;
   backend: BlobBackend;
+  /** The image's own backend counters (its backend counts into its type's too). */
+  backendMetrics: BackendMetrics;
   fetcher: ChunkFetcher;
   /** Per blob, the positions in its blob map to fetch ahead of reads (when prefetch is enabled). */
   prefetch: Map<string, Uint32Array>;
@@ -129,7 +131,8 @@ export class ImageRegistry implements ObjectResolver {
   private async register(entry: ImageEntry, body: unknown, persist: boolean): Promise<ImageEntry> {
     const plan = await this.registration.plan({ metadataPath: entry.metadataPath, prefetch: { enable: entry.prefetch.enable, all: entry.prefetch.all } });
     prepareWorkDir(entry.workDir);
-    const backend = createBackend(entry.backend, this.metricsOf(entry.backend.type));
+    const backendMetrics = newBackendMetrics();
+    const backend = createBackend(entry.backend, [this.metricsOf(entry.backend.type), backendMetrics]);
     const auth = this.runtimeConfig.get(entry.id)?.get(REGISTRY_AUTH);
     if (auth !== undefined) backend.updateAuth?.(auth);
     const blobs = new Map<string, BlobMap>();
@@ -142,7 +145,7 @@ export class ImageRegistry implements ObjectResolver {
       if (b.prefetch) prefetch.set(b.id, b.prefetch);
     }
     this.images.set(entry.id, {
-      entry, body, bootstrapSize: plan.bootstrapSize, blobs, backend, prefetch, maps, trace: new AccessTrace(maps),
+      entry, body, bootstrapSize: plan.bootstrapSize, blobs, backend, backendMetrics, prefetch, maps, trace: new AccessTrace(maps),
       fetcher: new ChunkFetcher(backend, (blob, chunk) => this.state.countFetch(blob, chunk), this.pool),
     });
     if (persist) this.state.saveImage(entry.id, body);
@@ -244,6 +247,11 @@ export class ImageRegistry implements ObjectResolver {
   /** Backend counters by backend type, since the daemon started. */
   metrics(): Record<string, BackendMetrics> {
     return Object.fromEntries(this.backendMetrics);
+  }
+
+  /** The backend counters of one image (since it was registered in this process), or null when it is not registered. */
+  imageMetrics(id: string): BackendMetrics | null {
+    return this.images.get(id)?.backendMetrics ?? null;
   }
 
   resolve(volume: string, cookie: string): ResolvedObject | null {

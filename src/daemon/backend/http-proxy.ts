@@ -6,7 +6,7 @@
 import { NydusError, EIO, ENOENT } from '../../../erofs/errors.ts';
 import { Transport, discard, drain, header, isRetryableNetworkError, type HttpResponse } from '../../registry/transport.ts';
 import type { BlobBackend } from './localfs.ts';
-import { type BackendMetrics, countRead, newBackendMetrics } from './metrics.ts';
+import { type MetricsSink, countRead, newBackendMetrics } from './metrics.ts';
 import type { HttpProxyBackendConfig } from './remote-config.ts';
 import { ProxyRoute, asEio, directDispatcher, proxyDispatcher, readDeadlineMs, withDeadline } from './remote.ts';
 import type { Dispatcher } from 'undici';
@@ -53,7 +53,7 @@ export class HttpProxyBackend implements BlobBackend {
   private conn?: Connections;
   private readonly deadlineMs: number;
 
-  constructor(private readonly cfg: HttpProxyBackendConfig, private readonly metrics: BackendMetrics = newBackendMetrics()) {
+  constructor(private readonly cfg: HttpProxyBackendConfig, private readonly metrics: MetricsSink = newBackendMetrics()) {
     this.deadlineMs = readDeadlineMs(cfg);
   }
 

@@ -3,7 +3,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { constants as fsConstants } from 'node:fs';
 import { NydusError, EIO } from '../../../erofs/errors.ts';
-import { type BackendMetrics, countRead, newBackendMetrics } from './metrics.ts';
+import { type BackendMetrics, type MetricsSink, countRead, newBackendMetrics } from './metrics.ts';
 
 export { type BackendMetrics, newBackendMetrics };
 
@@ -47,7 +47,7 @@ export class LocalFsBackend implements BlobBackend {
   /** readLocal calls running: close waits for them (their jobs read through the handles' fds). */
   private readonly localReads = new Set<Promise<unknown>>();
 
-  constructor(private readonly dir: string, private readonly metrics: BackendMetrics = newBackendMetrics()) {}
+  constructor(private readonly dir: string, private readonly metrics: MetricsSink = newBackendMetrics()) {}
 
   private handle(blobId: string): Promise<fs.FileHandle> {
     let h = this.handles.get(blobId);

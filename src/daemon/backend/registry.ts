@@ -9,7 +9,7 @@ import type { Dispatcher } from 'undici';
 import { NydusError, ENOENT } from '../../../erofs/errors.ts';
 import { type Credentials, RegistryClient, credentialsFromAuth, parseReference, type ImageReference } from '../../registry/index.ts';
 import type { BlobBackend } from './localfs.ts';
-import { type BackendMetrics, countRead, newBackendMetrics } from './metrics.ts';
+import { type MetricsSink, countRead, newBackendMetrics } from './metrics.ts';
 import type { RegistryBackendConfig } from './remote-config.ts';
 import { ProxyRoute, asEio, directDispatcher, proxyDispatcher, readDeadlineMs, withDeadline } from './remote.ts';
 
@@ -69,7 +69,7 @@ export class RegistryBackend implements BlobBackend {
   /** The config's `auth`, until PUT /api/v1/config replaces it (updateAuth). */
   private credentials: Credentials | undefined;
 
-  constructor(private readonly cfg: RegistryBackendConfig, private readonly metrics: BackendMetrics = newBackendMetrics()) {
+  constructor(private readonly cfg: RegistryBackendConfig, private readonly metrics: MetricsSink = newBackendMetrics()) {
     this.ref = parseReference(`${cfg.host}/${cfg.repo}`);
     this.deadlineMs = readDeadlineMs(cfg);
     this.credentials = cfg.credentials;
