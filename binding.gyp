@@ -20,6 +20,7 @@
         "native/fscache/fanotify.cc",
         "native/fscache/mount.cc",
         "native/fscache/fds.cc",
+        "native/fscache/process.cc",
         "native/fscache/chunk_verify.cc",
         "native/fscache/blake3.cc"
       ],

@@ -461,7 +461,7 @@ const gone = (pid: number) => !fs.existsSync(`/proc/${pid}`) || fs.readFileSync(
  * children), its supervisor then killed: the worker is orphaned, says so, and starts an adoptive
  * supervisor. The subreaper notes the signals it gets in `got`, and goes on SIGUSR1.
  */
-async function orphanedWorker(name: string) {
+async function orphanedWorker(name: string, workerKilledAfterMs?: number) {
   const base = path.join(work, name);
   fs.mkdirSync(path.join(base, 'mnt'), { recursive: true });
   fs.writeFileSync(path.join(base, 'config.json'), JSON.stringify(fanotifyConfig(path.join(base, 'cache'), localfs(rich))));
@@ -488,11 +488,18 @@ while True:
   await waitFor('the mount and the API', async () => isMounted(mnt) && (await apiRequest(sock, 'GET', '/api/v1/daemon').catch(() => null))?.status === 200);
   const worker = (await apiRequest(sock, 'GET', '/api/v1/daemon')).body.pid as number;
   process.kill(parentOf(worker), 'SIGKILL');
-  await waitFor('the worker adopted by the subreaper', () => parentOf(worker) === wrapper.pid);
+  if (workerKilledAfterMs !== undefined) {
+    // The worker too, at once: the adoptive supervisor must already hold the group by then.
+    await new Promise((r) => setTimeout(r, workerKilledAfterMs));
+    process.kill(worker, 'SIGKILL');
+  } else {
+    await waitFor('the worker adopted by the subreaper', () => parentOf(worker) === wrapper.pid);
+  }
   await waitFor('the worker saying its supervisor is gone', () => fs.readFileSync(log, 'utf8').includes('the supervisor is gone'), 10_000);
   await waitFor('the adoptive supervisor', () => fs.readFileSync(log, 'utf8').includes('supervisor started to adopt a worker'), 10_000);
-  const adoptive = Number(JSON.parse(fs.readFileSync(log, 'utf8').split('\n').find((l) => l.includes('a new supervisor adopts this worker'))!).supervisor);
-  assert.equal(parentOf(adoptive), worker, 'the adoptive supervisor is the worker\'s child');
+  // (Its own line: the worker's may never be written when it is killed right after starting it.)
+  const adoptive = Number(JSON.parse(fs.readFileSync(log, 'utf8').split('\n').find((l) => l.includes('supervisor started to adopt a worker'))!).pid);
+  if (workerKilledAfterMs === undefined) assert.equal(parentOf(adoptive), worker, 'the adoptive supervisor is the worker\'s child');
   const signalsGot = () => (fs.existsSync(got) ? fs.readFileSync(got, 'utf8') : '');
   const release = async () => {
     const exited = new Promise((r) => wrapper.once('exit', r));
@@ -502,10 +509,11 @@ while True:
   return { mnt, sock, log, worker, adoptive, signalsGot, release };
 }
 
-test('root-kernel fanotify: a worker whose supervisor died is adopted by a new one; killed then, it is replaced and its mount reads as the source, not zeros', async () => {
-  const o = await orphanedWorker('orphan-killed');
+/** The orphaned worker killed (`afterMs` after its supervisor, or once adopted): a new worker serves its mount, as the source. */
+async function killedOrphanIsReplaced(name: string, afterMs?: number): Promise<void> {
+  const o = await orphanedWorker(name, afterMs);
   // Nothing was read yet: the cache files are holes, which a mount outliving its group reads as zeros.
-  process.kill(o.worker, 'SIGKILL');
+  if (afterMs === undefined) process.kill(o.worker, 'SIGKILL');
   await waitFor('a new worker', async () => {
     const pid = (await apiRequest(o.sock, 'GET', '/api/v1/daemon').catch(() => null))?.body?.pid;
     return typeof pid === 'number' && pid !== o.worker;
@@ -518,6 +526,14 @@ test('root-kernel fanotify: a worker whose supervisor died is adopted by a new o
   assert.equal(isMounted(o.mnt), false, 'unmounted');
   assert.equal(o.signalsGot(), '', 'the subreaper got no signal');
   await o.release();
+}
+
+test('root-kernel fanotify: a worker whose supervisor died is adopted by a new one; killed then, it is replaced and its mount reads as the source, not zeros', async () => {
+  await killedOrphanIsReplaced('orphan-killed');
+});
+
+test('root-kernel fanotify: a worker killed 100 ms after its supervisor was already adopted (the kernel tells it at once): its mount reads as the source', async () => {
+  await killedOrphanIsReplaced('orphan-killed-at-once', 100);
 });
 
 test('root-kernel fanotify: an adopted worker told to stop unmounts, its adoptive supervisor ends with it, and no one else (its new parent) is signalled', async () => {

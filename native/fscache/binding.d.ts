@@ -133,6 +133,8 @@ export interface FscacheBinding {
   reserveFd(n: number): boolean;
   /** flock(2) LOCK_EX|LOCK_NB on fd: true once held, false while another open file description holds the lock. */
   tryLock(fd: number): boolean;
+  /** prctl(PR_SET_PDEATHSIG): `signo` is sent to this process when its parent dies (0 clears it). */
+  setParentDeathSignal(signo: number): void;
   /**
    * Verifies a run of chunks on libuv's thread pool: each chunk of `stored` (at the place `layout`
    * gives, 5 numbers per chunk as src/blob/verify.ts RUN_* names them) decompressed (compressor 1:

@@ -28,6 +28,7 @@
 #include "fanotify.h"
 #include "fd_passing.h"
 #include "fds.h"
+#include "process.h"
 #include "mount.h"
 #include "message.h"
 #include "uapi.h"
@@ -135,6 +136,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("dup", Napi::Function::New(env, Dup, "dup"));
   exports.Set("reserveFd", Napi::Function::New(env, ReserveFd, "reserveFd"));
   exports.Set("tryLock", Napi::Function::New(env, TryLock, "tryLock"));
+  exports.Set("setParentDeathSignal", Napi::Function::New(env, SetParentDeathSignal, "setParentDeathSignal"));
   exports.Set("verifyRunNative", Napi::Function::New(env, VerifyRunNative, "verifyRunNative"));
   exports.Set("verifyBlobRange", Napi::Function::New(env, VerifyBlobRange, "verifyBlobRange"));
   exports.Set("warmUp", Napi::Function::New(env, WarmUp, "warmUp"));

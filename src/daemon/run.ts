@@ -13,6 +13,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
+import os from 'node:os';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { CachefilesDevice, fscacheBinding, isSystemError } from '../../native/fscache/index.ts';
@@ -99,7 +100,7 @@ export function stopSupervisor(): void {
   if (process.ppid === parentAtStart && parentAtStart > 1) process.kill(parentAtStart, 'SIGTERM');
 }
 
-/** How often a worker looks whether its supervisor is still there. */
+/** How often a worker looks whether its supervisor is still there (besides the kernel's word, watchSupervisor). */
 const SUPERVISOR_CHECK_MS = 250;
 /** An adoptive supervisor that dies this many times, each within WORKER_MIN_LIFE_MS, is not started again. */
 const ADOPTIVE_MAX_QUICK_DEATHS = 5;
@@ -109,15 +110,28 @@ const ADOPTIVE_MAX_QUICK_DEATHS = 5;
  * worker if it died too, and a fanotify mount's unfetched ranges would then read as zeros once the
  * last holder of the group was gone. So it starts an adoptive supervisor (module comment), and
  * another if that one dies; after ADOPTIVE_MAX_QUICK_DEATHS quick deaths it says so and serves on alone.
+ * The kernel tells it the moment its supervisor dies (PR_SET_PDEATHSIG, SIGUSR2); a look every
+ * SUPERVISOR_CHECK_MS covers a supervisor that died before that was set.
  */
 export function watchSupervisor(log: Logger): void {
-  const timer = setInterval(() => {
-    if (process.ppid === parentAtStart) return;
+  let adopted = false;
+  const check = () => {
+    if (adopted || process.ppid === parentAtStart) return;
+    adopted = true;
     clearInterval(timer);
     log.error({ supervisor: parentAtStart }, 'the supervisor is gone; this worker serves on and starts a new one to adopt it');
     startAdoptiveSupervisor(log, 0);
-  }, SUPERVISOR_CHECK_MS);
+  };
+  const timer = setInterval(check, SUPERVISOR_CHECK_MS);
   timer.unref();
+  // The handler first: SIGUSR2's default action ends the process.
+  process.on('SIGUSR2', check);
+  try {
+    fscacheBinding().setParentDeathSignal(os.constants.signals.SIGUSR2);
+  } catch (e) {
+    log.warn({ err: (e as Error).message }, 'cannot be told when the supervisor dies; it is looked for every 250 ms');
+  }
+  check();
 }
 
 function startAdoptiveSupervisor(log: Logger, quickDeaths: number): void {
