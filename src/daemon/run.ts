@@ -49,6 +49,17 @@ const ADOPTED_STATUS_FD = 5;
 /** A worker exiting with this code cannot work with what it was given (a bad image or config): no restart. */
 export const WORKER_EXIT_FATAL = 78;
 const WORKER_MIN_LIFE_MS = 3000;
+/** Where a worker (and an adoptive supervisor) has the kernel fd, and the directory's lock when there is one. */
+const KERNEL_FD = 3;
+const LOCK_FD = 4;
+
+/** Quick deaths in a row once a process started at `startedAt` died: one more if it lived less than WORKER_MIN_LIFE_MS, else none. */
+function quickDeathsAfter(startedAt: number, before: number): number {
+  return Date.now() - startedAt < WORKER_MIN_LIFE_MS ? before + 1 : 0;
+}
+
+/** How long before starting again a process that died after `quickDeaths` quick deaths in a row. */
+const restartDelayMs = (quickDeaths: number) => 200 * 2 ** quickDeaths;
 const WORKER_MAX_QUICK_DEATHS = 5;
 
 export function isWorker(): boolean {
@@ -129,7 +140,7 @@ export function watchSupervisor(log: Logger): void {
   try {
     fscacheBinding().setParentDeathSignal(os.constants.signals.SIGUSR2);
   } catch (e) {
-    log.warn({ err: (e as Error).message }, 'cannot be told when the supervisor dies; it is looked for every 250 ms');
+    log.warn({ err: (e as Error).message }, `cannot be told when the supervisor dies; it is looked for every ${SUPERVISOR_CHECK_MS} ms`);
   }
   check();
 }
@@ -144,7 +155,7 @@ function startAdoptiveSupervisor(log: Logger, quickDeaths: number): void {
     // The worker's own command line (its supervisor's, as it started it), its kernel fd as fd 3 and
     // its lock as fd 4, as a supervisor holds them, and the status pipe as fd 5.
     child = spawn(process.execPath, [...process.execArgv, ...process.argv.slice(1)], {
-      stdio: ['ignore', 'inherit', 'inherit', 3, lockFd === undefined ? 'ignore' : Number(lockFd), 'pipe'], env,
+      stdio: ['ignore', 'inherit', 'inherit', KERNEL_FD, lockFd === undefined ? 'ignore' : Number(lockFd), 'pipe'], env,
     });
   } catch (e) {
     log.error({ err: (e as Error).message }, 'cannot start a supervisor to adopt this worker; it serves on alone: restart the daemon');
@@ -171,13 +182,13 @@ function startAdoptiveSupervisor(log: Logger, quickDeaths: number): void {
     process.off('exit', tell);
     status.destroy();
     if (adoptive === child) adoptive = null;
-    const quick = Date.now() - startedAt < WORKER_MIN_LIFE_MS ? quickDeaths + 1 : 0;
+    const quick = quickDeathsAfter(startedAt, quickDeaths);
     if (quick >= ADOPTIVE_MAX_QUICK_DEATHS) {
       log.error({ code, signal }, 'the adoptive supervisor keeps dying; this worker serves on alone: restart the daemon');
       return;
     }
     log.error({ code, signal }, 'the adoptive supervisor died; starting another');
-    setTimeout(() => startAdoptiveSupervisor(log, quick), 200 * 2 ** quick).unref();
+    setTimeout(() => startAdoptiveSupervisor(log, quick), restartDelayMs(quick)).unref();
   });
   child.unref();
   status.unref();
@@ -212,12 +223,12 @@ export function adoptedWorker(): AdoptedWorker | null {
 
 /** The kernel fd (and lock) an adoptive supervisor inherited from its worker, as fd 3 (and 4). */
 export function inheritedHold(): HeldFd {
-  return { fd: 3, close: () => closeFd(3) };
+  return { fd: KERNEL_FD, close: () => closeFd(KERNEL_FD) };
 }
 
 /** The fanotify group and lock an adoptive supervisor inherited from its worker (fds 3 and 4). */
 export function inheritedFanotifyHold(dir: string): FanotifyHold {
-  return new FanotifyHold(FanotifyGroup.fromFd(3), dir, 4);
+  return new FanotifyHold(FanotifyGroup.fromFd(KERNEL_FD), dir, LOCK_FD);
 }
 
 /** The worker's side: the kernel fd its supervisor holds, and whether an earlier worker died. */
@@ -257,8 +268,8 @@ export async function runSupervisor(opts: SupervisorOptions & Partial<DaemonOpti
       stdio: ['ignore', 'inherit', 'inherit', dev.fd, ...(dev.lockFd === undefined ? [] : [dev.lockFd])],
       // Cache-file writes run on libuv's pool (O_DIRECT waits for the disk): size it for the threads.
       env: {
-        ...process.env, [WORKER_FD_ENV]: '3', [RESTART_ENV]: String(restarts), [STOP_ENV]: stopping ? '1' : '0',
-        ...(dev.lockFd === undefined ? {} : { [LOCK_FD_ENV]: '4' }),
+        ...process.env, [WORKER_FD_ENV]: String(KERNEL_FD), [RESTART_ENV]: String(restarts), [STOP_ENV]: stopping ? '1' : '0',
+        ...(dev.lockFd === undefined ? {} : { [LOCK_FD_ENV]: String(LOCK_FD) }),
         UV_THREADPOOL_SIZE: process.env.UV_THREADPOOL_SIZE ?? String(Math.max(4, opts.threads * 2)),
         // Chunk buffers (up to a few MiB, made and dropped all the time) come from malloc's heap and
         // are reused, not fresh mmap()s: touching fresh pages cost more than decompressing into them
@@ -278,7 +289,7 @@ export async function runSupervisor(opts: SupervisorOptions & Partial<DaemonOpti
   const exited = (code: number | null, signal: NodeJS.Signals | null) => {
     child = null;
     if (givingUp) return;
-    quickDeaths = Date.now() - startedAt < WORKER_MIN_LIFE_MS ? quickDeaths + 1 : 0;
+    quickDeaths = quickDeathsAfter(startedAt, quickDeaths);
     if (stopping && code !== 0 && code !== WORKER_EXIT_FATAL && quickDeaths < WORKER_MAX_QUICK_DEATHS) {
       // Died before it stopped cleanly: its mounts may still be up (fanotify), and once the group
       // closes with this process their unfetched ranges would read as zeros. The next worker
@@ -316,7 +327,7 @@ export async function runSupervisor(opts: SupervisorOptions & Partial<DaemonOpti
       return;
     }
     log.error({ code, signal, restarts }, 'worker died; starting a new one');
-    restartTimer = setTimeout(start, 200 * 2 ** quickDeaths);
+    restartTimer = setTimeout(start, restartDelayMs(quickDeaths));
   };
   /**
    * The daemon ends with no worker left. Whatever a worker left mounted is taken down first (HeldFd.giveUp:
