@@ -103,6 +103,22 @@ test('nydusctl metrics: --id and --blob-id reach the daemon or are refused; an u
   assert.deepEqual([own1.id, own1.backend_type, own2.id, own2.backend_type], ['img1', 'localfs', 'img2', 'localfs']);
   assert.deepEqual([own1.read_count, own1.read_amount_total, own1.read_errors], [backendAll.read_count, backendAll.read_amount_total, 0], 'img1\'s counters are every read the daemon made');
   assert.deepEqual([own2.read_count, own2.read_amount_total, own2.read_latency_dist.reduce((a: number, b: number) => a + b, 0)], [0, 0, 0], 'img2 read nothing');
+  // nydus's BackendMetrics keys, which upstream nydusctl indexes (read_cumulative_latency_millis_dist,
+  // read_count_block_size_dist: one entry per request size class, 8 of them), for the daemon and an image.
+  const sum = (a: number[]) => a.reduce((x, y) => x + y, 0);
+  for (const m of [backendAll, own1, own2]) {
+    assert.deepEqual([m.read_cumulative_latency_millis_dist.length, m.read_count_block_size_dist.length, m.read_latency_sizes_dist.length], [8, 8, 8]);
+    assert.equal(sum(m.read_count_block_size_dist), m.read_count, 'every read is in one size class');
+    assert.equal(sum(m.read_latency_sizes_dist.map((row: number[]) => { assert.equal(row.length, 8); return sum(row); })), m.read_count, 'and in one latency class of it');
+    assert.equal(sum(m.read_cumulative_latency_millis_dist), m.read_cumulative_latency_millis_total);
+  }
+  assert.equal(backendAll.backend_type, 'localfs');
+  // nydus's size classes start at 0, 1, 4, 16, 64, 128, 512 and 1024 KiB: the reads in them add up to
+  // the bytes read, each at least its class's start and below the next one's.
+  const starts = [0, 1, 4, 16, 64, 128, 512, 1024, 2 ** 40].map((k) => k * 1024);
+  const counts: number[] = backendAll.read_count_block_size_dist;
+  assert.ok(sum(counts.map((c, i) => c * starts[i])) <= backendAll.read_amount_total && backendAll.read_amount_total < sum(counts.map((c, i) => c * starts[i + 1])) + 1,
+    `${backendAll.read_amount_total} bytes in reads of the classes ${JSON.stringify(counts)}`);
   assert.equal(backendBlob.code, 1);
   assert.match(backendBlob.err, /^nydusctl: error: --blob-id goes with metrics blobcache: \/api\/v1\/metrics\/backend takes no blob id/);
   // blobcache: nydus's ?id= names the image; ours ?blob_id= one blob.
@@ -115,6 +131,9 @@ test('nydusctl metrics: --id and --blob-id reach the daemon or are refused; an u
   assert.deepEqual([a.image_id, a.blobs.map((x: { blob_id: string }) => x.blob_id)], ['img1', [blobId]]);
   assert.ok(a.entries_count > 0 && a.blobs[0].cached_chunks === a.entries_count, 'img1\'s cache file holds what was read');
   assert.deepEqual(s.blobs, a.blobs, 'nydus-snapshotter\'s /<id> names the same image');
+  // The snapshotter's blob cache GC reads the blob ids an image uses from these names (its
+  // ExtractBlobIDFromFilename strips ".blob.data"), and skips its round while any image gives none.
+  for (const m of [a, s, b]) assert.deepEqual([m.underlying_files, m.store_path], [[`${blobId}.blob.data`], work], 'every image names its blobs\' cache files, read or not');
   assert.deepEqual([b.image_id, b.entries_count, b.blobs[0].cached, b.blobs[0].cache_files], ['img2', 0, [], []], 'img2 is not given img1\'s cache file');
   const one = JSON.parse(img1Blob.out);
   assert.deepEqual([one.image_id, one.blob_id, one.cached], ['img1', blobId, a.blobs[0].cached]);

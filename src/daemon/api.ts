@@ -20,6 +20,7 @@ import type { DaemonState } from './state.ts';
 import { type DaemonLifecycle, StateError } from './lifecycle.ts';
 import { BUILD_INFO } from '../version.ts';
 import { prometheusText } from './prometheus.ts';
+import { sumBackendMetrics } from './backend/metrics.ts';
 import type { FanotifySession } from './frontend/fanotify.ts';
 
 export interface ApiContext {
@@ -103,10 +104,13 @@ function blobCache(ctx: ApiContext, blob: string, volumes: Set<string> | null) {
 /**
  * nydus's CacheMetrics keys, which the snapshotter decodes. The prefetch counters nydus-ts keeps are
  * the daemon's (GET /api/v1/daemon, `ondemand`): none is given here as a blob's or an image's.
+ * `underlying_files`: the cache files' names, `<blob id>.blob.data` as nydus's fscache manager gives
+ * them. The snapshotter's blob cache GC takes the blob ids in use from them, and skips its whole round
+ * while any image of the daemon gives none (its usage unknown): an empty list would stop the GC for good.
  */
-function cacheMetricsKeys(id: string, entries: number) {
+function cacheMetricsKeys(id: string, entries: number, blobs: readonly string[], storePath: string) {
   return {
-    id, underlying_files: [], store_path: '', partial_hits: 0, whole_hits: 0, total: 0, entries_count: entries,
+    id, underlying_files: blobs.map((b) => `${b}.blob.data`), store_path: storePath, partial_hits: 0, whole_hits: 0, total: 0, entries_count: entries,
     prefetch_data_amount: 0, prefetch_requests_count: 0, prefetch_workers: 0, prefetch_unmerged_chunks: 0,
     prefetch_cumulative_time_millis: 0, prefetch_begin_time_secs: 0, prefetch_begin_time_millis: 0, prefetch_end_time_secs: 0,
     prefetch_end_time_millis: 0, buffered_backend_size: 0, data_all_ready: false,
@@ -313,14 +317,10 @@ export function startApi(sock: string, ctx: ApiContext): Promise<http.Server> {
             if (!m) throw new NoCounterError(`image ${JSON.stringify(id)} is not registered`);
             return send(res, 200, { id: image.id, backend_type: image.backend.type, ...m });
           }
-          const total = { read_count: 0, read_amount_total: 0, read_errors: 0 };
-          for (const m of Object.values(ctx.registry.metrics())) {
-            total.read_count += m.read_count;
-            total.read_amount_total += m.read_amount_total;
-            total.read_errors += m.read_errors;
-          }
-          // nydus's totals, then per backend type the same counters and a latency histogram.
-          return send(res, 200, { ...total, backends: ctx.registry.metrics() });
+          // The daemon's counters, in nydus's BackendMetrics shape (what nydus gives when it has one
+          // backend), its backend types named; then per backend type the same counters.
+          const backends = ctx.registry.metrics();
+          return send(res, 200, { backend_type: Object.keys(backends).sort().join(','), ...sumBackendMetrics(Object.values(backends)), backends });
         }
         case 'GET /api/v1/metrics/prometheus': {
           const session = ctx.lifecycle?.currentSession;
@@ -338,7 +338,7 @@ export function startApi(sock: string, ctx: ApiContext): Promise<http.Server> {
             // A blob the daemon never saw has what its figures say: no cached chunk, no fetch (a
             // snapshot before an image that has it is registered).
             const one = blobCache(ctx, blob, null);
-            return send(res, 200, { ...cacheMetricsKeys(blob, one.cached_chunks), ...one });
+            return send(res, 200, { ...cacheMetricsKeys(blob, one.cached_chunks, [blob], ''), ...one });
           }
           const image = id ? imageOf(ctx, id) : metricsImage(ctx, null);
           const blobs = ctx.registry.blobsOf(image.id);
@@ -346,11 +346,11 @@ export function startApi(sock: string, ctx: ApiContext): Promise<http.Server> {
           const volumes = imageVolumes(image);
           if (blob) {
             const one = blobCache(ctx, blob, volumes);
-            return send(res, 200, { ...cacheMetricsKeys(blob, one.cached_chunks), image_id: image.id, ...one });
+            return send(res, 200, { ...cacheMetricsKeys(blob, one.cached_chunks, [blob], image.workDir), image_id: image.id, ...one });
           }
           const each = blobs.map((b) => blobCache(ctx, b, volumes));
           return send(res, 200, {
-            ...cacheMetricsKeys(id ?? image.id, each.reduce((n, b) => n + b.cached_chunks, 0)), image_id: image.id, blobs: each,
+            ...cacheMetricsKeys(id ?? image.id, each.reduce((n, b) => n + b.cached_chunks, 0), blobs, image.workDir), image_id: image.id, blobs: each,
           });
         }
         default:
