@@ -995,3 +995,26 @@ test('backend timeouts beyond what a timer can wait are refused naming them; a t
   stop = true;
   await Promise.race([next, new Promise((_, j) => setTimeout(() => j(new Error('a stopped wait did not end')), 5_000))]);
 });
+
+test('localfs backend: a blob missing or empty in dir is read from the first alt_dirs entry that has it; blob_file serves every id; a missing one names every place looked', async () => {
+  const root = path.join(work, 'localfs-places');
+  const [dir, alt1, alt2] = ['dir', 'alt1', 'alt2'].map((d) => path.join(root, d));
+  for (const d of [dir, alt1, alt2]) fs.mkdirSync(d, { recursive: true });
+  const [a, b, c] = ['a', 'b', 'c'].map((x) => x.repeat(64));
+  fs.writeFileSync(path.join(dir, a), 'in dir');
+  fs.writeFileSync(path.join(alt1, a), 'in alt1, shadowed');
+  fs.writeFileSync(path.join(dir, b), '');
+  fs.writeFileSync(path.join(alt1, b), '');
+  fs.writeFileSync(path.join(alt2, b), 'in alt2');
+  const backend = new LocalFsBackend({ dir, altDirs: [alt1, alt2] });
+  const whole = async (be: LocalFsBackend, id: string) => (await be.read(id, 0, await be.size(id))).toString();
+  assert.equal(await whole(backend, a), 'in dir');
+  assert.equal(await whole(backend, b), 'in alt2', 'empty files are passed over, as nydus does');
+  await assert.rejects(backend.read(c, 0, 1), (e: Error) => e.message.startsWith(`localfs backend: blob ${c} (${path.join(dir, c)} or ${path.join(alt1, c)} or ${path.join(alt2, c)}): ENOENT`));
+  await backend.close();
+  const one = path.join(root, 'one.blob');
+  fs.writeFileSync(one, 'the only blob');
+  const single = new LocalFsBackend({ dir: '', blobFile: one });
+  assert.deepEqual([await whole(single, a), await whole(single, c)], ['the only blob', 'the only blob']);
+  await single.close();
+});

@@ -123,3 +123,24 @@ test('daemon directory lock: a second holder is refused naming the directory and
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('config: localfs alt_dirs and blob_file are read; a compressed or encrypted cache and an unknown rafs mode are refused naming the field', () => {
+  const v2 = (localfs: object, cache: object = { type: 'filecache', filecache: { work_dir: '/cache' } }, rafs: object = {}) =>
+    parseBlobCacheEntry(entryBodyFromFsConfig({ version: 2, backend: { type: 'localfs', localfs }, cache, rafs }, '/img.boot', 'x'));
+  assert.deepEqual(v2({ dir: '/blobs', alt_dirs: ['/more', '/most'] }).backend, { type: 'localfs', dir: '/blobs', altDirs: ['/more', '/most'] });
+  assert.deepEqual(v2({ blob_file: '/one.blob' }).backend, { type: 'localfs', dir: '', blobFile: '/one.blob' });
+  assert.throws(() => v2({}), /config_v2\.backend\.localfs\.dir \(or blob_file\) is required/);
+  assert.throws(() => v2({ dir: '/b', alt_dirs: '/c' }), /config_v2\.backend\.localfs\.alt_dirs must be an array of directory paths/);
+  assert.throws(() => v2({ dir: '/b' }, { type: 'filecache', compressed: true, filecache: { work_dir: '/c' } }), /^ConfigError: config\.cache\.compressed: the kernel reads the cache files directly/);
+  assert.throws(() => v2({ dir: '/b' }, { type: 'filecache', filecache: { work_dir: '/c', enable_encryption: true } }), /config\.cache\.filecache\.enable_encryption: the kernel reads the cache files directly, so they cannot be encrypted/);
+  assert.throws(() => v2({ dir: '/b' }, undefined, { mode: 'bogus' }), /config\.rafs\.mode "bogus" must be "direct" or "cached"/);
+  assert.equal(v2({ dir: '/b' }, { type: 'filecache', compressed: false, filecache: { work_dir: '/c', enable_encryption: false } }, { mode: 'cached' }).workDir, '/c');
+  const v1 = (extra: object, cache: object = { type: 'blobcache', config: { work_dir: '/cache' } }) => parseBlobCacheEntry(entryBodyFromFsConfig({
+    device: { backend: { type: 'localfs', config: { dir: '/blobs' } }, cache }, ...extra }, '/img.boot', 'x'));
+  assert.throws(() => v1({}, { type: 'blobcache', compressed: true, config: { work_dir: '/c' } }), /config\.device\.cache\.compressed/);
+  assert.throws(() => v1({}, { type: 'blobcache', config: { work_dir: '/c', enable_encryption: true } }), /config\.device\.cache\.config\.enable_encryption/);
+  assert.throws(() => v1({ mode: 'fast' }), /config\.mode "fast" must be "direct" or "cached"/);
+  // nydus-snapshotter's fscache entry: config_v2 as PUT /api/v2/blobs gets it.
+  assert.throws(() => parseBlobCacheEntry({ type: 'bootstrap', id: 'i', config_v2: { version: 2, backend: { type: 'localfs', localfs: { dir: '/b' } },
+    cache: { type: 'fscache', compressed: true, fscache: { work_dir: '/c' } }, metadata_path: '/m' } }), /config_v2\.cache\.compressed/);
+});

@@ -30,8 +30,12 @@ export function absolutePathField(p: unknown, what: string, note = ''): string {
 
 export interface LocalFsBackendConfig {
   type: 'localfs';
-  /** localfs: directory holding blobs named by their ids. */
+  /** localfs: directory holding blobs named by their ids ('' with blobFile alone). */
   dir: string;
+  /** nydus's `alt_dirs`: where a blob not in `dir` is looked for next, in order. */
+  altDirs?: string[];
+  /** nydus's `blob_file`: the one file every blob id reads (an image of one blob). */
+  blobFile?: string;
 }
 
 export type BackendConfig = LocalFsBackendConfig | RegistryBackendConfig | HttpProxyBackendConfig;
@@ -139,12 +143,38 @@ export function str(o: Json, key: string, where: string, required = true): strin
 function backendFrom(type: string, cfg: Json, where: string): BackendConfig {
   if (type === 'localfs') {
     const dir = str(cfg, 'dir', where, false);
-    if (!dir) throw new ConfigError(`${where}.dir is required for the localfs backend`);
-    return { type: 'localfs', dir };
+    const blobFile = str(cfg, 'blob_file', where, false);
+    if (!dir && !blobFile) throw new ConfigError(`${where}.dir (or blob_file) is required for the localfs backend`);
+    const alt = cfg.alt_dirs ?? [];
+    if (!Array.isArray(alt) || alt.some((d) => typeof d !== 'string' || d === '')) throw new ConfigError(`${where}.alt_dirs must be an array of directory paths`);
+    return { type: 'localfs', dir, ...(alt.length ? { altDirs: alt as string[] } : {}), ...(blobFile ? { blobFile } : {}) };
   }
   if (type === 'registry') return registryConfigFrom(cfg, where);
   if (type === 'http-proxy') return httpProxyConfigFrom(cfg, where);
   throw new ConfigError(`backend type ${JSON.stringify(type)} is not supported (supported: localfs, registry, http-proxy)`);
+}
+
+/**
+ * What a cache config may ask that the kernel cannot read: it reads the cache files itself, so they
+ * hold the chunks as they are, uncompressed and in the clear (nydusd's fscache manager refuses a
+ * compressed cache too). `cache` is the cache section, `typed` its cache type's own (filecache's
+ * `enable_encryption`). Either is refused naming the field, never dropped: the user asked for it.
+ */
+function refuseUnreadableCache(cache: Json, cacheWhere: string, typed: Json, typedWhere: string): void {
+  if (cache.compressed === true) {
+    throw new ConfigError(`${cacheWhere}.compressed: the kernel reads the cache files directly, so they hold uncompressed chunks; leave it out or false`);
+  }
+  if (typed.enable_encryption === true) {
+    throw new ConfigError(`${typedWhere}.enable_encryption: the kernel reads the cache files directly, so they cannot be encrypted; leave it out or false`);
+  }
+}
+
+/** nydus's RafsConfig mode: "direct" or "cached" (what nydusd's validate() allows; the kernel reads either way). */
+function checkRafsMode(o: Json, where: string): void {
+  const mode = o.mode;
+  if (mode !== undefined && mode !== null && mode !== 'direct' && mode !== 'cached') {
+    throw new ConfigError(`${where}.mode ${JSON.stringify(mode)} must be "direct" or "cached"`);
+  }
 }
 
 function checkFscache(type: string, where: string): void {
@@ -168,7 +198,9 @@ export function parseBlobCacheEntry(body: unknown): ImageEntry {
     const cache = c.cache === undefined ? {} : obj(c.cache, 'config_v2.cache');
     checkFscache(typeof cache.type === 'string' ? cache.type : '', 'config_v2.cache.type');
     const fscache = cache.fscache === undefined ? {} : obj(cache.fscache, 'config_v2.cache.fscache');
+    refuseUnreadableCache(cache, 'config_v2.cache', fscache, 'config_v2.cache.fscache');
     const rafs = c.rafs === undefined ? {} : obj(c.rafs, 'config_v2.rafs');
+    checkRafsMode(rafs, 'config_v2.rafs');
     // The blob cache's prefetch, or the file system's (nydus has both; either turns it on here).
     const v2Names = { threads: 'threads', batchSize: 'batch_size', bandwidthLimit: 'bandwidth_limit' };
     const fromCache = cache.prefetch === undefined ? null : prefetchFrom(obj(cache.prefetch, 'config_v2.cache.prefetch'), 'config_v2.cache.prefetch', v2Names);
@@ -220,7 +252,10 @@ export function entryBodyFromFsConfig(config: unknown, bootstrap: string, id: st
     const cache = obj(c.cache ?? {}, 'config.cache');
     const ctype = str(cache, 'type', 'config.cache', false);
     if (!FS_CACHE_TYPES.has(ctype)) throw new ConfigError(`config.cache.type must be one of ${[...FS_CACHE_TYPES].join(', ')}: the cache files need a work_dir`);
-    const workDir = str(obj(cache[ctype] ?? {}, `config.cache.${ctype}`), 'work_dir', `config.cache.${ctype}`);
+    const typed = obj(cache[ctype] ?? {}, `config.cache.${ctype}`);
+    const workDir = str(typed, 'work_dir', `config.cache.${ctype}`);
+    refuseUnreadableCache(cache, 'config.cache', typed, `config.cache.${ctype}`);
+    if (c.rafs !== undefined) checkRafsMode(obj(c.rafs, 'config.rafs'), 'config.rafs');
     const v2Cache: Json = { type: 'fscache', fscache: { work_dir: workDir } };
     if (cache.prefetch !== undefined) v2Cache.prefetch = cache.prefetch;
     return { type: 'bootstrap', id, config_v2: { ...c, cache: v2Cache, metadata_path: bootstrap } };
@@ -231,7 +266,10 @@ export function entryBodyFromFsConfig(config: unknown, bootstrap: string, id: st
   const cache = obj(device.cache ?? {}, 'config.device.cache');
   const ctype = str(cache, 'type', 'config.device.cache', false);
   if (!FS_CACHE_TYPES.has(ctype)) throw new ConfigError(`config.device.cache.type must be one of ${[...FS_CACHE_TYPES].join(', ')}: the cache files need a work_dir`);
-  const workDir = str(obj(cache.config ?? {}, 'config.device.cache.config'), 'work_dir', 'config.device.cache.config');
+  const typed = obj(cache.config ?? {}, 'config.device.cache.config');
+  const workDir = str(typed, 'work_dir', 'config.device.cache.config');
+  refuseUnreadableCache(cache, 'config.device.cache', typed, 'config.device.cache.config');
+  checkRafsMode(c, 'config');
   const legacy: Json = {
     backend_type: str(backend, 'type', 'config.device.backend'), backend_config: backend.config ?? {},
     cache_type: 'fscache', cache_config: { work_dir: workDir }, metadata_path: bootstrap,

@@ -7,7 +7,7 @@ import { RegistryBackend } from './registry.ts';
 
 export function createBackend(config: BackendConfig, metrics: MetricsSink): BlobBackend {
   switch (config.type) {
-    case 'localfs': return new LocalFsBackend(config.dir, metrics);
+    case 'localfs': return new LocalFsBackend(config, metrics);
     case 'registry': return new RegistryBackend(config, metrics);
     case 'http-proxy': return new HttpProxyBackend(config, metrics);
   }

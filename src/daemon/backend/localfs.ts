@@ -1,9 +1,13 @@
-/** The localfs backend: blobs are files named by their ids in one directory. Counts what it reads. */
+/**
+ * The localfs backend: blobs are files named by their ids in a directory (or the next of nydus's
+ * `alt_dirs` that has a blob, or nydus's one `blob_file` for every id). Counts what it reads.
+ */
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { constants as fsConstants } from 'node:fs';
 import { NydusError, EIO } from '../../../erofs/errors.ts';
 import { type BackendMetrics, type MetricsSink, countRead, newBackendMetrics } from './metrics.ts';
+import type { LocalFsBackendConfig } from '../config.ts';
 
 export { type BackendMetrics, newBackendMetrics };
 
@@ -47,12 +51,31 @@ export class LocalFsBackend implements BlobBackend {
   /** readLocal calls running: close waits for them (their jobs read through the handles' fds). */
   private readonly localReads = new Set<Promise<unknown>>();
 
-  constructor(private readonly dir: string, private readonly metrics: MetricsSink = newBackendMetrics()) {}
+  private readonly places: Pick<LocalFsBackendConfig, 'dir' | 'altDirs' | 'blobFile'>;
+
+  /** `places`: the blobs' directory, or the config's places (dir, alt_dirs, blob_file). */
+  constructor(places: string | Pick<LocalFsBackendConfig, 'dir' | 'altDirs' | 'blobFile'>, private readonly metrics: MetricsSink = newBackendMetrics()) {
+    this.places = typeof places === 'string' ? { dir: places } : places;
+  }
+
+  /**
+   * Where a blob is read: the blob_file, else `<dir>/<id>` unless it is missing or empty and an alt
+   * dir has one that is not (as nydus looks; `<dir>/<id>` when none has, so that its error names it).
+   */
+  private async pathOf(blobId: string): Promise<string> {
+    const { dir, altDirs = [], blobFile } = this.places;
+    if (blobFile) return blobFile;
+    const usable = async (file: string) => (await fs.stat(file).catch(() => null))?.size ? true : false;
+    const first = path.join(dir, blobId);
+    if (!altDirs.length || (dir && await usable(first))) return first;
+    for (const d of altDirs) if (await usable(path.join(d, blobId))) return path.join(d, blobId);
+    return dir ? first : path.join(altDirs[0], blobId);
+  }
 
   private handle(blobId: string): Promise<fs.FileHandle> {
     let h = this.handles.get(blobId);
     if (!h) {
-      h = openRegularFile(path.join(this.dir, blobId));
+      h = this.pathOf(blobId).then(openRegularFile);
       h.catch(() => this.handles.delete(blobId));
       this.handles.set(blobId, h);
     }
@@ -98,7 +121,9 @@ export class LocalFsBackend implements BlobBackend {
 
   /** A failed read of a blob, naming its file. */
   private readError(blobId: string, e: Error): NydusError {
-    return new NydusError(`localfs backend: blob ${path.join(this.dir, blobId)}: ${e.message}`, EIO);
+    const { dir, altDirs = [], blobFile } = this.places;
+    const where = blobFile ? `file ${blobFile}` : [dir, ...altDirs].filter(Boolean).map((d) => path.join(d, blobId)).join(' or ');
+    return new NydusError(`localfs backend: blob ${blobId} (${where}): ${e.message}`, EIO);
   }
 
   async close(): Promise<void> {
