@@ -144,3 +144,21 @@ test('config: localfs alt_dirs and blob_file are read; a compressed or encrypted
   assert.throws(() => parseBlobCacheEntry({ type: 'bootstrap', id: 'i', config_v2: { version: 2, backend: { type: 'localfs', localfs: { dir: '/b' } },
     cache: { type: 'fscache', compressed: true, fscache: { work_dir: '/c' } }, metadata_path: '/m' } }), /config_v2\.cache\.compressed/);
 });
+
+test('config: what prefetch_all means follows nydus: the blob cache prefetch of a PUT /api/v2/blobs entry fetches whole blobs, a file system prefetch honours it with nydus\'s defaults', () => {
+  const base = { backend_type: 'localfs', backend_config: { dir: '/b' }, cache_type: 'fscache', cache_config: { work_dir: '/c' }, metadata_path: '/m' };
+  const legacy = (prefetch: object) => parseBlobCacheEntry({ type: 'bootstrap', id: 'i', config: { ...base, prefetch_config: prefetch } }).prefetch.all;
+  const v2 = (extra: object) => parseBlobCacheEntry({ type: 'bootstrap', id: 'i', config_v2: {
+    version: 2, backend: { type: 'localfs', localfs: { dir: '/b' } }, metadata_path: '/m', cache: { type: 'fscache', fscache: { work_dir: '/c' } }, ...extra } }).prefetch.all;
+  // nydus-snapshotter's template (prefetch_all false): nydusd's fscache manager prefetches every blob whole.
+  assert.equal(legacy({ enable: true, threads_count: 8, merging_size: 1048576, bandwidth_rate: 0, prefetch_all: false }), true);
+  assert.equal(v2({ cache: { type: 'fscache', fscache: { work_dir: '/c' }, prefetch: { enable: true, prefetch_all: false } } }), true);
+  assert.equal(v2({ rafs: { prefetch: { enable: true } } }), false, 'the file system\'s prefetch: the table\'s files');
+  assert.equal(v2({ rafs: { prefetch: { enable: true, prefetch_all: true } } }), true);
+  const fuse = (config: object) => parseBlobCacheEntry(entryBodyFromFsConfig(config, '/img.boot', 'x'), 'fs').prefetch.all;
+  const v1 = (fsPrefetch: object) => fuse({ device: { backend: { type: 'localfs', config: { dir: '/b' } }, cache: { type: 'blobcache', config: { work_dir: '/c' } } }, fs_prefetch: fsPrefetch });
+  assert.deepEqual([v1({ enable: true }), v1({ enable: true, prefetch_all: false })], [true, false], 'v1 fs_prefetch: prefetch_all true unless said');
+  const fuse2 = (where: object) => fuse({ version: 2, backend: { type: 'localfs', localfs: { dir: '/b' } }, cache: { type: 'filecache', filecache: { work_dir: '/c' } }, ...where });
+  assert.deepEqual([fuse2({ rafs: { prefetch: { enable: true } } }), fuse2({ rafs: { prefetch: { enable: true, prefetch_all: true } } })], [false, true], 'v2: false unless said');
+  assert.throws(() => legacy({ enable: true, prefetch_all: 'yes' }), /config\.prefetch_config\.prefetch_all must be true or false/);
+});

@@ -153,7 +153,7 @@ async function fanotifyMode(args: Args, argv: string[]): Promise<void> {
     // Read as the mount will read it, before anything starts: a bad field is one line now, not a worker's failure.
     const { entryBodyFromFsConfig, parseBlobCacheEntry } = await import('../daemon/config.ts');
     try {
-      parseBlobCacheEntry(entryBodyFromFsConfig(config, args.bootstrap as string, 'fanotify'));
+      parseBlobCacheEntry(entryBodyFromFsConfig(config, args.bootstrap as string, 'fanotify'), 'fs');
     } catch (e) {
       throw new NydusError(`--config ${args.config}: ${(e as Error).message}`);
     }

@@ -105,16 +105,29 @@ export function flag(o: Json, key: string, where: string): boolean {
   return v;
 }
 
+/**
+ * What `prefetch_all` means where the entry comes from. The blob cache's prefetch (`config_v2.cache.
+ * prefetch`, the legacy `prefetch_config`) of an entry registered by PUT /api/v2/blobs (fscache mode,
+ * `'whole-blob'`): nydusd's fscache manager prefetches every blob whole once it is on, whatever
+ * prefetch_all says (the snapshotter always writes false), so here the prefetch table's files come
+ * first and then the rest of the blob. The file system's prefetch (`config_v2.rafs.prefetch`, and any
+ * of a FUSE-mode config, fanotify mounts: `'fs'`): the table's files, and with prefetch_all every other
+ * chunk too; prefetch_all is true unless said in v1's `fs_prefetch`, false unless said in v2, as nydus's
+ * defaults are.
+ */
+export type PrefetchAllRule = 'whole-blob' | 'fs';
+
 /** A prefetch config under nydus's field names of either form (`names` maps ours to theirs). */
-function prefetchFrom(o: Json, where: string, names: { threads: string; batchSize: string; bandwidthLimit: string }): PrefetchConfig {
+function prefetchFrom(o: Json, where: string, names: { threads: string; batchSize: string; bandwidthLimit: string }, all: PrefetchAllRule, allDefault: boolean): PrefetchConfig {
   const threads = count(o, names.threads, where, PREFETCH_DEFAULTS.threads);
+  const asked = o.prefetch_all === undefined || o.prefetch_all === null ? allDefault : flag(o, 'prefetch_all', where);
   return {
     enable: flag(o, 'enable', where),
     // nydusd raises 0 threads to its default as well.
     threads: threads === 0 ? PREFETCH_DEFAULTS.threads : Math.min(threads, 64),
     batchSize: count(o, names.batchSize, where, PREFETCH_DEFAULTS.batchSize),
     bandwidthLimit: bandwidthFrom(o, where, names.bandwidthLimit),
-    all: flag(o, 'prefetch_all', where),
+    all: all === 'whole-blob' ? true : asked,
   };
 }
 
@@ -182,7 +195,7 @@ function checkFscache(type: string, where: string): void {
 }
 
 /** Parses a BlobCacheEntry body (the whole JSON of PUT /api/v2/blobs). */
-export function parseBlobCacheEntry(body: unknown): ImageEntry {
+export function parseBlobCacheEntry(body: unknown, prefetchAll: PrefetchAllRule = 'whole-blob'): ImageEntry {
   const e = obj(body, 'body');
   const type = str(e, 'type', 'body');
   if (type !== 'bootstrap') throw new ConfigError(`body.type ${JSON.stringify(type)} is not supported (supported: bootstrap)`);
@@ -203,8 +216,8 @@ export function parseBlobCacheEntry(body: unknown): ImageEntry {
     checkRafsMode(rafs, 'config_v2.rafs');
     // The blob cache's prefetch, or the file system's (nydus has both; either turns it on here).
     const v2Names = { threads: 'threads', batchSize: 'batch_size', bandwidthLimit: 'bandwidth_limit' };
-    const fromCache = cache.prefetch === undefined ? null : prefetchFrom(obj(cache.prefetch, 'config_v2.cache.prefetch'), 'config_v2.cache.prefetch', v2Names);
-    const fromRafs = rafs.prefetch === undefined ? null : prefetchFrom(obj(rafs.prefetch, 'config_v2.rafs.prefetch'), 'config_v2.rafs.prefetch', v2Names);
+    const fromCache = cache.prefetch === undefined ? null : prefetchFrom(obj(cache.prefetch, 'config_v2.cache.prefetch'), 'config_v2.cache.prefetch', v2Names, prefetchAll, false);
+    const fromRafs = rafs.prefetch === undefined ? null : prefetchFrom(obj(rafs.prefetch, 'config_v2.rafs.prefetch'), 'config_v2.rafs.prefetch', v2Names, 'fs', false);
     const prefetch = (fromCache?.enable ? fromCache : fromRafs?.enable ? fromRafs : null) ?? PREFETCH_DEFAULTS;
     return {
       id, domainId,
@@ -220,7 +233,7 @@ export function parseBlobCacheEntry(body: unknown): ImageEntry {
     checkFscache(str(c, 'cache_type', 'config', false), 'config.cache_type');
     const btype = str(c, 'backend_type', 'config');
     const prefetch = c.prefetch_config === undefined ? PREFETCH_DEFAULTS
-      : prefetchFrom(obj(c.prefetch_config, 'config.prefetch_config'), 'config.prefetch_config', { threads: 'threads_count', batchSize: 'merging_size', bandwidthLimit: 'bandwidth_rate' });
+      : prefetchFrom(obj(c.prefetch_config, 'config.prefetch_config'), 'config.prefetch_config', { threads: 'threads_count', batchSize: 'merging_size', bandwidthLimit: 'bandwidth_rate' }, prefetchAll, true);
     const cacheConfig = c.cache_config === undefined ? {} : obj(c.cache_config, 'config.cache_config');
     return {
       id, domainId,

@@ -262,7 +262,7 @@ export class FanotifySession {
 
   private async attach(req: FanotifyMountRequest, restored: boolean): Promise<void> {
     const imageId = `fanotify-${crypto.createHash('sha256').update(req.mountpoint).digest('hex').slice(0, 16)}`;
-    const entry = await this.registry.add(entryBodyFromFsConfig(req.config, req.bootstrap, imageId), false);
+    const entry = await this.registry.add(entryBodyFromFsConfig(req.config, req.bootstrap, imageId), false, 'fs');
     const m: Mounted = { request: req, imageId, files: [] };
     this.mounts.set(req.mountpoint, m);
     try {
