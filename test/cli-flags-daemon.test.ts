@@ -232,3 +232,14 @@ test('v1 FUSE-mode config: amplify_io (top level, nydus\'s RafsConfig) is the am
   assert.equal(r.status, 1);
   assert.equal(r.stderr, `nydusd: error: --config ${config}: config.amplify_io must be a whole number >= 0\n`);
 });
+
+test('nydusd fuse / virtiofs (nydus-snapshotter\'s default fs_driver runs `nydusd fuse`): refused naming the mode and what to run instead', async () => {
+  const [fuse, virtiofs] = await Promise.all([
+    nydusd('fuse', '--mountpoint', path.join(work, 'm'), '--apisock', path.join(work, 'f.sock'), '--failover-policy', 'resend'),
+    nydusd('virtiofs', '--sock', path.join(work, 'v.sock')),
+  ]);
+  assert.equal(fuse.status, 1);
+  assert.match(fuse.stderr, /^nydusd: error: nydusd fuse: FUSE mode is not part of nydus-ts, which serves the in-kernel EROFS path: run `nydusd singleton --fscache <dir>` \(nydus-snapshotter: fs_driver = "fscache"\)/);
+  assert.equal(virtiofs.status, 1);
+  assert.match(virtiofs.stderr, /^nydusd: error: nydusd virtiofs: virtio-fs mode is not part of nydus-ts/);
+});

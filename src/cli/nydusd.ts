@@ -54,8 +54,19 @@ async function parseWithYargs(argv: string[]) {
     .parseAsync();
 }
 
+/** nydusd's subcommands of the other service modes (nydus's main.rs), which nydus-ts does not serve. */
+const OTHER_MODES: Record<string, string> = {
+  fuse: 'FUSE mode', virtiofs: 'virtio-fs mode',
+};
+
 await runMain('nydusd', async () => {
   const argv = process.argv.slice(2);
+  const mode = OTHER_MODES[argv[0]];
+  if (mode) {
+    // nydus-snapshotter runs `nydusd fuse ...` for its default fs_driver "fusedev".
+    throw new NydusError(`nydusd ${argv[0]}: ${mode} is not part of nydus-ts, which serves the in-kernel EROFS path: `
+      + 'run `nydusd singleton --fscache <dir>` (nydus-snapshotter: fs_driver = "fscache") or `nydusd --fanotify <dir>` with --config/--bootstrap/--mountpoint');
+  }
   const args = quickParse(argv, OPTIONS, ['singleton']) ?? await parseWithYargs(argv);
   if (args.fanotify !== undefined) {
     await fanotifyMode(args, argv);
