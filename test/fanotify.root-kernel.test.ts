@@ -116,6 +116,14 @@ test('root-kernel fanotify: a lazily mounted image reads identical to the source
 
   const info = (await apiRequest(d.sock, 'GET', '/api/v1/daemon')).body;
   assert.deepEqual(info.fanotify.mounts, [d.mnt]);
+  // nydus's DaemonInfo: per mount a FsBackendDescriptor, as upstream nydusctl's `info` deserializes it
+  // (time's human-readable OffsetDateTime, a ConfigV2 with the cache's prefetch and the file system's mode).
+  const desc = info.backend_collection[d.mnt];
+  assert.deepEqual(Object.keys(info.backend_collection), [d.mnt]);
+  assert.deepEqual([desc.backend_type, desc.mountpoint, desc.config.version, desc.config.backend.type, desc.config.rafs.mode, typeof desc.config.cache.prefetch.enable],
+    ['Rafs', d.mnt, 2, 'localfs', 'direct', 'boolean']);
+  assert.match(desc.mounted_time, /^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{9} \+00:00:00$/);
+  assert.ok(Math.abs(Date.parse(desc.mounted_time.slice(0, 23).replace(' ', 'T') + 'Z') - Date.now()) < 600_000, desc.mounted_time);
   assert.ok(info.fanotify.events > 0 && info.fanotify.eventErrors === 0, `events served, none failed (${JSON.stringify(info.fanotify)})`);
   assert.ok(info.fanotify.answeredInAddon > 0, `reads of bytes fetched ahead were answered by the addon (${JSON.stringify(info.fanotify)})`);
   assert.ok(info.fanotify.chunksWrittenByVerifier > 0, `chunks were written into the cache file by their verification jobs (${JSON.stringify(info.fanotify)})`);

@@ -32,7 +32,7 @@ export interface ApiContext {
   /** The supervisor socket (--supervisor), reported in GET /api/v1/daemon. */
   supervisor?: string;
   /** The fanotify front end's mounts (POST|DELETE /api/v1/mount); absent in fscache mode. */
-  mounts?: Pick<FanotifySession, 'mount' | 'umount' | 'list' | 'stats' | 'imageIdOf'>;
+  mounts?: Pick<FanotifySession, 'mount' | 'umount' | 'list' | 'stats' | 'imageIdOf' | 'served'>;
   /** PUT /api/v1/daemon/exit: called once the answer is sent. */
   exit?: () => void;
   log: Logger;
@@ -115,6 +115,33 @@ function cacheMetricsKeys(id: string, entries: number, blobs: readonly string[],
     prefetch_cumulative_time_millis: 0, prefetch_begin_time_secs: 0, prefetch_begin_time_millis: 0, prefetch_end_time_secs: 0,
     prefetch_end_time_millis: 0, buffered_backend_size: 0, data_all_ready: false,
   };
+}
+
+/** A time as nydus's DaemonInfo gives it (the `time` crate's human-readable OffsetDateTime): `2026-11-27 04:01:02.123000000 +00:00:00`. */
+function nydusTime(t: Date): string {
+  return `${t.toISOString().replace('T', ' ').replace(/\.(\d{3})Z$/, '.$1000000')} +00:00:00`;
+}
+
+/**
+ * DaemonInfo's `backend_collection` as nydusd fills it: null in fscache mode (nydusd's fscache daemon
+ * has no file system service), and per fanotify mount (nydusd's FUSE mounts) a FsBackendDescriptor:
+ * `backend_type` "Rafs", `mountpoint`, `mounted_time`, `config` (nydus's ConfigV2, which upstream
+ * nydusctl reads: the cache's prefetch, the file system's mode). Upstream nydusctl's `info` unwraps
+ * each of these, so no other shape may stand there; our per-image backends are under `images`.
+ */
+function backendCollection(ctx: ApiContext): Record<string, unknown> | null {
+  if (!ctx.mounts) return null;
+  const images = new Map(ctx.registry.list().map((e) => [e.id, e]));
+  return Object.fromEntries(ctx.mounts.served().flatMap(({ mountpoint, imageId, since }) => {
+    const e = images.get(imageId);
+    if (!e) return [];
+    const prefetch = { enable: e.prefetch.enable, threads: e.prefetch.threads, batch_size: e.prefetch.batchSize, bandwidth_limit: e.prefetch.bandwidthLimit, prefetch_all: e.prefetch.all };
+    return [[mountpoint, {
+      backend_type: 'Rafs', mountpoint, mounted_time: nydusTime(since),
+      // The backend by its type alone: its fields under nydus's names are the user's config, and its credentials stay here.
+      config: { version: 2, id: e.id, backend: { type: e.backend.type }, cache: { type: 'fscache', fscache: { work_dir: e.workDir }, prefetch }, rafs: { mode: 'direct', batch_size: e.amplifyIo, prefetch } },
+    }]];
+  }));
 }
 
 function send(res: http.ServerResponse, status: number, body?: unknown): void {
@@ -201,7 +228,8 @@ export function startApi(sock: string, ctx: ApiContext): Promise<http.Server> {
           const session = ctx.lifecycle?.currentSession ?? null;
           return send(res, 200, {
             id: ctx.id || null, version: BUILD_INFO, supervisor: ctx.supervisor ?? null, state: ctx.lifecycle?.state ?? 'RUNNING', pid: process.pid,
-            backend_collection: Object.fromEntries(ctx.registry.list().map((e) => [e.id, { backend_type: e.backend.type }])),
+            backend_collection: backendCollection(ctx),
+            images: Object.fromEntries(ctx.registry.list().map((e) => [e.id, { backend_type: e.backend.type }])),
             ondemand: session ? session.stats : null,
             fanotify: ctx.mounts ? { mounts: ctx.mounts.list(), ...ctx.mounts.stats } : null,
           });

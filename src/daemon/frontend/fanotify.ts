@@ -57,6 +57,8 @@ interface Mounted {
   files: MarkedCacheFile[];
   /** The mount's device number (st_dev of its root): what is at the mountpoint later is ours only if it matches. */
   dev?: number;
+  /** When this worker began serving it. */
+  servedSince: Date;
 }
 
 
@@ -241,6 +243,11 @@ export class FanotifySession {
     return [...this.mounts.keys()];
   }
 
+  /** Every mount served, in mount order: its mountpoint, image and since when this worker serves it. */
+  served(): Array<{ mountpoint: string; imageId: string; since: Date }> {
+    return [...this.mounts].map(([mountpoint, m]) => ({ mountpoint, imageId: m.imageId, since: m.servedSince }));
+  }
+
   /**
    * The daemon stops: every mount is unmounted, events still answered meanwhile. A busy mount is not
    * detached lazily: once the daemon is gone its unfetched ranges would read as zeros (the group's
@@ -263,7 +270,7 @@ export class FanotifySession {
   private async attach(req: FanotifyMountRequest, restored: boolean): Promise<void> {
     const imageId = `fanotify-${crypto.createHash('sha256').update(req.mountpoint).digest('hex').slice(0, 16)}`;
     const entry = await this.registry.add(entryBodyFromFsConfig(req.config, req.bootstrap, imageId), false, 'fs');
-    const m: Mounted = { request: req, imageId, files: [] };
+    const m: Mounted = { request: req, imageId, files: [], servedSince: new Date() };
     this.mounts.set(req.mountpoint, m);
     try {
       for (const blobId of this.registry.blobsOf(imageId)) m.files.push(this.markCacheFile(entry.workDir, imageId, blobId, restored, req.mountpoint));
