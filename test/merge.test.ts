@@ -255,10 +255,13 @@ test('merge --blob-digests, --original-blob-ids, --blob-sizes and the TOC flags 
     '--blob-toc-digests', toc.join(','), '--blob-toc-sizes', '0x300,512', baseBoot, fullBoot]);
   const blobs = blobsOf(out);
   assert.deepEqual(blobs.map((b) => [b.blob_id, b.compressed_size]), [[d[0], sizes[0]], [d[1], sizes[1]]]);
-  // A size that cannot hold the blob's chunks makes an image every reader refuses.
+  // A size that cannot hold the blob's chunks would make an image every reader refuses: merge refuses
+  // it, through the same gate, and writes nothing.
   const small = path.join(work, 'too-small.boot');
-  mustRun('nydus-image', ['merge', '-B', small, '--blob-sizes', '111,222', baseBoot, fullBoot]);
-  assert.match(runCli('nydus-image', ['inspect', '-B', small, '-R', 'blobs']).stderr, /stored range .* lies outside blob/);
+  const refused = runCli('nydus-image', ['merge', '-B', small, '--blob-sizes', '111,222', baseBoot, fullBoot]);
+  assert.equal(refused.status, 1);
+  assert.match(refused.stderr, /merge would write a bootstrap its readers refuse .*stored range .* lies outside blob .*too-small\.boot was not written/);
+  assert.equal(fs.existsSync(small), false);
   const table = openBootstrap(out).blobs;
   assert.deepEqual(table.map((b) => [b.blob_toc_digest.toString('hex'), b.blob_toc_size]), [[toc[0], 0x300], [toc[1], 512]]);
   const out2 = path.join(work, 'renamed2.boot');

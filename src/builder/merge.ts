@@ -5,7 +5,8 @@
  * and writer stages write the bootstrap. No blob is read or written: chunks stay in the layer blobs.
  */
 import { NydusError } from '../../erofs/errors.ts';
-import type { ErofsImage } from '../../erofs/image.ts';
+import { ErofsImage } from '../../erofs/image.ts';
+import { validateImage } from '../image/validate.ts';
 import { scopeHardlinks, overlayLayer } from './overlay.ts';
 import type { WhiteoutSpec } from './whiteout.ts';
 import {
@@ -121,6 +122,8 @@ export function mergeImages(opts: MergeOptions): MergeResult {
     dict.blobs.forEach((_, i) => dictBlobIds.add(dict.blobId(i)));
   }
 
+  /** Each layer's own blob by the id it has in the merged image: its id in its layer, and that layer. */
+  const ownBlobs = new Map<string, { original: string; layer: number }>();
   for (const [layer, file] of opts.sources.entries()) {
     const image = openRafsBootstrap(file, 'layer bootstrap');
     agree(image, 'layer bootstrap');
@@ -131,7 +134,14 @@ export function mergeImages(opts: MergeOptions): MergeResult {
         // A layer stores its new chunks in one blob; any other blob must come from the chunk dictionary.
         if (ownSeen) throw new NydusError(`invalid layer bootstrap ${file}: it has more than one data blob of its own (give the chunk dictionary it was built with, --chunk-dict)`);
         ownSeen = true;
+        const original = blob.blobId;
         applyLayerOverrides(blob, opts, layer);
+        // Two layers' blobs under one id would be one blob table entry: each layer's chunks read from the other's blob.
+        const other = ownBlobs.get(blob.blobId);
+        if (other && other.original !== original) {
+          throw new NydusError(`layers ${other.layer} and ${layer} (blobs ${other.original} and ${original}) would both have blob id ${blob.blobId} in the merged image: give each layer its own (--blob-digests, --original-blob-ids)`);
+        }
+        ownBlobs.set(blob.blobId, { original, layer });
       }
       return table.add(blob);
     });
@@ -150,6 +160,13 @@ export function mergeImages(opts: MergeOptions): MergeResult {
     buildTime: Math.floor(Date.now() / 1000),
     prefetch: prefetch?.nids,
   });
+  // What --blob-digests, --original-blob-ids and --blob-sizes say is written as given: the bootstrap
+  // goes through the gate every reader of it will, so a merge never writes one they refuse.
+  try {
+    validateImage(new ErofsImage(Buffer.from(meta.buffer, meta.byteOffset, meta.byteLength), opts.bootstrap));
+  } catch (e) {
+    throw new NydusError(`merge would write a bootstrap its readers refuse (check the blob ids, digests and sizes given): ${(e as Error).message}; ${opts.bootstrap} was not written`);
+  }
   writeOutput(opts.bootstrap, meta);
   return { bootstrap: opts.bootstrap, blobs: table.blobs.map((b) => b.blobId), inodes: layout.inodes.length, config: cfg, prefetchMissing: prefetch?.missing ?? [] };
 }

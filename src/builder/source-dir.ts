@@ -76,6 +76,8 @@ function statNode(file: Buffer, name: Buffer, treePath: string, shown: string): 
   } else if (kind === 'symlink') {
     node.target = fs.readlinkSync(file, { encoding: 'buffer' });
     node.size = node.target.length;
+    // A symlink can have several names too (link(2) without following it), as in a tar source.
+    if (st.nlink > 1n) node.hardlinkKey = `${st.dev}:${st.ino}`;
   } else if (kind !== 'dir' && st.nlink > 1n) {
     node.hardlinkKey = `${st.dev}:${st.ino}`;
   }
@@ -101,7 +103,9 @@ export function treeFromDirectory(root: string, lowestLayer?: { whiteoutSpec: Wh
     throw new NydusError(`source directory ${root}: ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'does not exist' : (e as Error).message}`);
   }
   if (!st.isDirectory()) throw new NydusError(`source ${root} is not a directory`);
-  const rootBuf = Buffer.from(path.resolve(root));
+  // The root through its symlinks (as `tar -C <link>` does): lstat of a link would make the image's
+  // root a symlink, an image no reader takes.
+  const rootBuf = Buffer.from(fs.realpathSync(root));
   const top = statNode(rootBuf, Buffer.alloc(0), '/', root);
   const stack: Array<[TreeNode, Buffer]> = [[top, rootBuf]];
   const room = new HeapRoom(`source directory ${root}`);

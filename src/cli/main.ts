@@ -15,6 +15,22 @@ export function cliParser(name: string, argv: string[] = hideBin(process.argv)) 
     });
 }
 
+/**
+ * yargs makes an option given twice an array, which code reading one value would take for a string:
+ * refused here naming it (`arrays`: the keys that are arrays by declaration, a variadic positional).
+ */
+export function refuseRepeatedOptions(argv: Record<string, unknown>, arrays: readonly string[] = []): true {
+  // yargs also files a key under its camel-case and kebab-case spellings (SOURCE as S-o-u-r-c-e).
+  const norm = (k: string) => k.replace(/-/g, '').toLowerCase();
+  const exempt = new Set(arrays.map(norm));
+  // Longest first: an option's long name, not its one-letter alias, is the one told.
+  for (const key of Object.keys(argv).sort((a, b) => b.length - a.length)) {
+    if (key === '_' || key === '$0' || exempt.has(norm(key)) || !Array.isArray(argv[key])) continue;
+    throw new NydusError(`--${key} is given more than once`);
+  }
+  return true;
+}
+
 /** Parses sizes given as decimal or 0x-prefixed hex, as nydus-image accepts them. */
 export function parseSize(v: string | number, what: string): number {
   const n = typeof v === 'number' ? v : /^0x[0-9a-f]+$/i.test(v) ? parseInt(v, 16) : /^\d+$/.test(v) ? parseInt(v, 10) : NaN;

@@ -13,7 +13,7 @@ import type { LocalBlobReader } from '../blob/blob-reader.ts';
 import { RUN_FIELDS, setRunChunk, verifyBlobRange } from '../blob/verify.ts';
 import { mapBounded } from '../concurrency.ts';
 import { openImage } from './open.ts';
-import { isFifo, outputError, outputFile } from './output-file.ts';
+import { outputError, outputFile, outputTarget } from './output-file.ts';
 import type { ValidatedBlob } from './validate.ts';
 import { treeFromImage } from './tree-from-image.ts';
 
@@ -32,8 +32,14 @@ const EXPORT_THREADS_MAX = 1024;
 export async function exportBlock(opts: ExportOptions): Promise<{ blocks: number }> {
   const threads = opts.threads ?? 4;
   if (!Number.isSafeInteger(threads) || threads < 1 || threads > EXPORT_THREADS_MAX) throw new NydusError(`invalid thread count ${threads}: a whole number from 1 to ${EXPORT_THREADS_MAX}`);
-  // The image is written at offsets, then put in place: a file there is replaced, a pipe cannot be.
-  if (isFifo(opts.output)) throw new NydusError(`output ${opts.output} is a FIFO; a block image is written at offsets and needs a file`);
+  // The image is written at offsets, then put in place: a file there is replaced, a character device
+  // (/dev/null) written into. A pipe cannot take writes at offsets, and on a block device what the
+  // image leaves unwritten (holes, padding) would read as the device's old bytes, not zeros.
+  const target = outputTarget(opts.output);
+  if (target.into && !target.stat?.isCharacterDevice()) {
+    throw new NydusError(`output ${opts.output} is ${target.stat?.isFIFO() ? 'a FIFO' : target.stat?.isBlockDevice() ? 'a block device' : 'no regular file'}; `
+      + 'a block image is written at offsets, holes left unwritten, and needs a regular file');
+  }
   const opened = openImage(opts.bootstrap, opts);
   const { image } = opened;
   const blobs = opened.blobs!;
@@ -70,7 +76,7 @@ export async function exportBlock(opts: ExportOptions): Promise<{ blocks: number
     const out = outputFile(opts.output);
     let fd: number;
     try {
-      fd = fs.openSync(out.path, 'wx');
+      fd = fs.openSync(out.path, out.into ? 'r+' : 'wx');
     } catch (e) {
       throw outputError(opts.output, e);
     }
@@ -82,8 +88,10 @@ export async function exportBlock(opts: ExportOptions): Promise<{ blocks: number
       for (const node of walkTree(root)) for (const c of node.chunks ?? []) if (c) chunks.add(c);
       const ordered = [...chunks].sort((a, b) => a.blobIndex - b.blobIndex || a.compressedOffset - b.compressedOffset);
       await mapBounded(ordered, threads, (c) => exportChunk(blobs[c.blobIndex], image.blobs[c.blobIndex], c, fd, blobBaseBlk[c.blobIndex] * EROFS_BLKSIZ));
-      fs.ftruncateSync(fd, total * EROFS_BLKSIZ);
-      fs.fsyncSync(fd);
+      if (!out.into) {
+        fs.ftruncateSync(fd, total * EROFS_BLKSIZ);
+        fs.fsyncSync(fd);
+      }
       fs.closeSync(fd);
       fd = -1;
       out.commit();

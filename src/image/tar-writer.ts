@@ -65,9 +65,9 @@ function sparseMap(runs: Array<[number, number]>, size: number): Buffer {
 
 export class TarWriter {
   private fd: number;
-  /** `fifo`: `file` is a FIFO to write into (nothing to sync); otherwise a new file is made there. */
-  constructor(file: string, private readonly fifo = false) {
-    this.fd = fs.openSync(file, fifo ? 'w' : 'wx');
+  /** `into`: `file` is written into (a FIFO, a device, /dev/stdout: nothing to sync); otherwise a new file is made there. */
+  constructor(file: string, private readonly into = false) {
+    this.fd = fs.openSync(file, into ? 'w' : 'wx');
   }
 
   private write(buf: Buffer): void {
@@ -145,7 +145,7 @@ export class TarWriter {
 
   close(): void {
     this.write(Buffer.alloc(BLOCK * 2));
-    if (!this.fifo) fs.fsyncSync(this.fd);
+    if (!this.into) fs.fsyncSync(this.fd);
     fs.closeSync(this.fd);
   }
 

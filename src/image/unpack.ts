@@ -35,7 +35,7 @@ export function unpackToTar(opts: { bootstrap: string; blobDir?: string; blobPat
   try {
     root = treeFromImage(opened.image, opened.blobs).root;
     try {
-      tar = new TarWriter(out.path, out.fifo);
+      tar = new TarWriter(out.path, out.into);
     } catch (e) {
       throw outputError(opts.output, e);
     }
