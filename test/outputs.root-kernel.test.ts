@@ -133,7 +133,7 @@ test('merge: blob ids, digests or sizes that would make a bootstrap its readers 
   mustRun('nydus-image', ['check', '-B', out, '-D', path.join(work, 'merge-blobs')]);
 });
 
-test('an option given twice is refused naming it, never an internal error', () => {
+test('an option given twice is refused naming it, never an internal error (nydus-image, nydusify, nydusctl)', () => {
   const src = source('twice-src');
   const boot = path.join(work, 'twice.boot');
   mustRun('nydus-image', ['create', '-B', boot, '-D', path.join(work, 'twice-blobs'), src]);
@@ -145,5 +145,10 @@ test('an option given twice is refused naming it, never an internal error', () =
   for (const [args, flag] of cases) {
     const r = runCli('nydus-image', args);
     assert.deepEqual([r.status, r.stderr], [1, `nydus-image: error: ${flag} is given more than once\n`], args.join(' '));
+  }
+  // The other CLIs alike.
+  for (const [cli, args, flag] of [['nydusify', ['convert', '--source', 'a', '--source', 'b', '--target', 'c'], '--source'], ['nydusctl', ['--sock', '/x', '--sock', '/y', 'info'], '--sock']] as const) {
+    const r = runCli(cli, [...args]);
+    assert.deepEqual([r.status, r.stderr], [1, `${cli}: error: ${flag} is given more than once\n`]);
   }
 });

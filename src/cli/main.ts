@@ -6,10 +6,12 @@ import { NydusError } from '../../erofs/errors.ts';
 export { runMain } from './run-main.ts';
 
 /** The argument parser every command starts from: strict, and usage errors thrown as NydusErrors. */
-export function cliParser(name: string, argv: string[] = hideBin(process.argv)) {
+/** `arrays`: keys that take several values by declaration (refuseRepeatedOptions); any other option given twice is refused. */
+export function cliParser(name: string, argv: string[] = hideBin(process.argv), arrays: readonly string[] = []) {
   return yargs(argv)
     .scriptName(name)
     .strict()
+    .check((a) => refuseRepeatedOptions(a, arrays), true)
     .fail((msg, err) => {
       throw err ?? new NydusError(msg);
     });

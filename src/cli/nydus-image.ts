@@ -14,7 +14,7 @@ import { THREADS_MAX, parseThreadCount } from './thread-count.ts';
 import { unpackToTar } from '../image/unpack.ts';
 import { hideBin } from 'yargs/helpers';
 import { BUILD_INFO } from '../version.ts';
-import { cliParser, parseSize, refuseRepeatedOptions, runMain } from './main.ts';
+import { cliParser, parseSize, runMain } from './main.ts';
 
 /**
  * Progress messages (info: shown at --log-level info or below) and warnings (shown unless
@@ -91,9 +91,8 @@ function prefetchPaths(policyArg: string): string[] | undefined {
 
 await runMain('nydus-image', async () => {
   // yargs reads a lone '-' as an option: pass stdin by its device name.
-  await cliParser('nydus-image', hideBin(process.argv).map((arg) => (arg === '-' ? '/dev/stdin' : arg)))
+  await cliParser('nydus-image', hideBin(process.argv).map((arg) => (arg === '-' ? '/dev/stdin' : arg)), ['SOURCE'])
     .demandCommand(1, 'a subcommand is needed')
-    .check((a) => refuseRepeatedOptions(a, ['SOURCE']))
     .option('log-level', { alias: 'l', type: 'string', default: 'info', choices: ['trace', 'debug', 'info', 'warn', 'error'], global: true, describe: 'warn or error: no progress messages' })
     .option('log-file', { alias: 'L', type: 'string', global: true, describe: 'append progress messages to this file instead of stderr (errors stay on stderr)' })
     .middleware((a) => {

@@ -53,7 +53,7 @@ await runMain('nydusify', async () => {
   };
   /** Where a convert flag's value came from, when that was its environment variable. */
   const envOrigin = (n: string) => (cmdEnv[n] !== undefined && !onCommandLine(argv, n) ? ` (set by environment variable ${cmdEnvMap[n]})` : '');
-  await cliParser('nydusify', argv)
+  await cliParser('nydusify', argv, ['platform'])
     .demandCommand(1, 'a subcommand is needed')
     .option('log-level', { alias: 'l', type: 'string', default: 'info', global: true, describe: 'trace, debug, info, warn (warning), error (fatal, panic)' })
     .command('convert', 'convert an OCI image in a registry to a Nydus image', (y) => {
