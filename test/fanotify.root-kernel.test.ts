@@ -124,6 +124,11 @@ test('root-kernel fanotify: a lazily mounted image reads identical to the source
     ['Rafs', d.mnt, 2, 'localfs', 'direct', 'boolean']);
   assert.match(desc.mounted_time, /^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{9} \+00:00:00$/);
   assert.ok(Math.abs(Date.parse(desc.mounted_time.slice(0, 23).replace(' ', 'T') + 'Z') - Date.now()) < 600_000, desc.mounted_time);
+  // nydusd's v2 info: the same without the file systems; PUT sets the log level as v1's does.
+  const v2 = (await apiRequest(d.sock, 'GET', '/api/v2/daemon')).body;
+  assert.deepEqual([v2.state, v2.pid, v2.backend_collection, v2.version.package_ver], [info.state, info.pid, null, info.version.package_ver]);
+  assert.equal((await apiRequest(d.sock, 'PUT', '/api/v2/daemon', { log_level: 'warn' })).status, 204);
+  assert.equal((await apiRequest(d.sock, 'DELETE', '/api/v2/daemon')).status, 400, 'a known path with another method');
   assert.ok(info.fanotify.events > 0 && info.fanotify.eventErrors === 0, `events served, none failed (${JSON.stringify(info.fanotify)})`);
   assert.ok(info.fanotify.answeredInAddon > 0, `reads of bytes fetched ahead were answered by the addon (${JSON.stringify(info.fanotify)})`);
   assert.ok(info.fanotify.chunksWrittenByVerifier > 0, `chunks were written into the cache file by their verification jobs (${JSON.stringify(info.fanotify)})`);

@@ -41,7 +41,7 @@ export interface ApiContext {
 const LOG_LEVELS = new Set(['trace', 'debug', 'info', 'warn', 'error']);
 const KNOWN_PATHS = new Set([
   '/api/v1/daemon', '/api/v1/daemon/fuse/sendfd', '/api/v1/daemon/fuse/takeover', '/api/v1/daemon/start', '/api/v1/daemon/exit',
-  '/api/v2/blobs', '/api/v1/metrics', '/api/v1/metrics/backend', '/api/v1/metrics/blobcache', '/api/v1/metrics/inflight', '/api/v1/config', '/api/v1/metrics/prometheus', '/api/v1/mount',
+  '/api/v2/blobs', '/api/v2/daemon', '/api/v1/metrics', '/api/v1/metrics/backend', '/api/v1/metrics/blobcache', '/api/v1/metrics/inflight', '/api/v1/config', '/api/v1/metrics/prometheus', '/api/v1/mount',
   '/api/v1/metrics/files', '/api/v1/metrics/pattern',
 ]);
 /** cachefiles' READ opcode, as GET /api/v1/metrics/inflight reports it. */
@@ -224,17 +224,20 @@ export function startApi(sock: string, ctx: ApiContext): Promise<http.Server> {
       const url = requestUrl(req.url);
       route = `${req.method} ${url.pathname}`;
       switch (route) {
-        case 'GET /api/v1/daemon': {
+        case 'GET /api/v1/daemon':
+        case 'GET /api/v2/daemon': {
           const session = ctx.lifecycle?.currentSession ?? null;
           return send(res, 200, {
             id: ctx.id || null, version: BUILD_INFO, supervisor: ctx.supervisor ?? null, state: ctx.lifecycle?.state ?? 'RUNNING', pid: process.pid,
-            backend_collection: backendCollection(ctx),
+            // nydusd's v2 info is its v1 info without the file systems.
+            backend_collection: route === 'GET /api/v2/daemon' ? null : backendCollection(ctx),
             images: Object.fromEntries(ctx.registry.list().map((e) => [e.id, { backend_type: e.backend.type }])),
             ondemand: session ? session.stats : null,
             fanotify: ctx.mounts ? { mounts: ctx.mounts.list(), ...ctx.mounts.stats } : null,
           });
         }
-        case 'PUT /api/v1/daemon': {
+        case 'PUT /api/v1/daemon':
+        case 'PUT /api/v2/daemon': {
           const body = await readBody(req) as { log_level?: unknown };
           const level = typeof body?.log_level === 'string' ? body.log_level.toLowerCase() : '';
           if (!LOG_LEVELS.has(level)) throw new ConfigError(`log_level must be one of ${[...LOG_LEVELS].join(', ')}`);
