@@ -32,6 +32,7 @@ import { RUN_FIELDS, type StoredChunk, setRunChunk } from '../src/blob/verify.ts
 import { EIO, FormatError, NydusError } from '../erofs/errors.ts';
 import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
 import { RegistrationPool } from '../src/daemon/registration-pool.ts';
+import { ErrorEvents } from '../src/daemon/error-events.ts';
 import { hardlinkHeavyImage, prand, tmpDir } from './helpers/fixtures.ts';
 import { apiRequest as api, blobCacheEntry, rawHttp } from './helpers/api-client.ts';
 import { repoRoot } from './helpers/cli.ts';
@@ -1019,4 +1020,39 @@ test('localfs backend: a blob missing or empty in dir is read from the first alt
   const single = new LocalFsBackend({ dir: '', blobFile: one });
   assert.deepEqual([await whole(single, a), await whole(single, c)], ['the only blob', 'the only blob']);
   await single.close();
+});
+
+test('GET /api/v1/daemon/events: a backend read that failed is there, as nydusd\'s ErrorHolder gives it, in a bounded ring', async () => {
+  const goneDir = path.join(work, 'events-blobs');
+  fs.mkdirSync(goneDir);
+  const state = new DaemonState(path.join(work, 'state-events'));
+  const registry = track(new ImageRegistry(state, log));
+  const sock = path.join(work, 'events.sock');
+  const server = await startApi(sock, { id: 'ev', registry, state, lifecycle: null, log });
+  const e = entry('ev');
+  e.config_v2.backend.localfs.dir = goneDir;
+  await registry.add(e);
+  const port = new FakePort();
+  const session = new OnDemandSession(port, registry, state, log, 2);
+  session.handle({ type: 'open', msgId: 1, objectId: 1, volumeKey: 'erofs,ev', cookieKey: blobId, fd: port.give(8), flags: 0 });
+  session.handle({ type: 'read', msgId: 2, objectId: 1, offset: 0, len: 4096 });
+  await waitFor(() => session.inflight().length === 0, 'the READ to fail');
+  const r = await api(sock, 'GET', '/api/v1/daemon/events');
+  assert.equal(r.status, 200);
+  assert.deepEqual([r.body.max_errors, r.body.max_size], [500, 50 * 1024]);
+  const line = (r.body.errors as string[]).find((l) => l.includes(path.join(goneDir, blobId)));
+  assert.ok(line, `the failed read is listed: ${JSON.stringify(r.body.errors)}`);
+  assert.match(line!, /^[A-Z][a-z]{2}, \d\d [A-Z][a-z]{2} \d{4} \d\d:\d\d:\d\d GMT - localfs backend: blob [0-9a-f]{64} \(.*\): ENOENT/);
+  assert.equal(r.body.total_size, (r.body.errors as string[]).reduce((n, l) => n + l.length, 0));
+  server.close();
+  state.close();
+
+  // The ring: the newest 500 lines within 50 KiB, the oldest dropped first.
+  const ring = new ErrorEvents(3, 200);
+  for (let i = 0; i < 5; i++) ring.push(`error ${i}`);
+  assert.deepEqual(ring.toJSON().errors.map((l) => l.split(' - ')[1]), ['error 2', 'error 3', 'error 4']);
+  ring.push('x'.repeat(150));
+  assert.deepEqual(ring.toJSON().errors.map((l) => l.split(' - ')[1].slice(0, 5)), ['xxxxx'], 'older lines make room for a long one');
+  ring.push('y'.repeat(300));
+  assert.equal(ring.toJSON().errors.length, 1, 'a line larger than the ring is not kept');
 });

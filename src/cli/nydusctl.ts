@@ -46,6 +46,7 @@ await runMain('nydusctl', async () => {
     .option('sock', { alias: 'S', type: 'string', demandOption: true, describe: "nydusd's API socket" })
     .option('raw', { alias: 'r', type: 'boolean', default: false, describe: 'one line of JSON' })
     .command('info', 'the daemon: id, state, version, backends', (y) => y, async (a) => print(await get(a.sock, '/api/v1/daemon'), a.raw))
+    .command('events', "the daemon's recent errors: backend reads that failed (nydus's /api/v1/daemon/events)", (y) => y, async (a) => print(await get(a.sock, '/api/v1/daemon/events'), a.raw))
     .command('metrics <type>', "metrics: backend, blobcache (--blob-id), fsstats, files (--latest), pattern (--paths); --id picks the image (nydus's ?id=)", (y) => y
       .positional('type', { type: 'string', choices: ['backend', 'blobcache', 'fsstats', 'files', 'pattern'], demandOption: true })
       .option('blob-id', { type: 'string', describe: 'blobcache: one blob (of the --id image, when given)' })

@@ -21,6 +21,7 @@ import { type DaemonLifecycle, StateError } from './lifecycle.ts';
 import { BUILD_INFO } from '../version.ts';
 import { prometheusText } from './prometheus.ts';
 import { sumBackendMetrics } from './backend/metrics.ts';
+import { errorEvents } from './error-events.ts';
 import type { FanotifySession } from './frontend/fanotify.ts';
 
 export interface ApiContext {
@@ -40,7 +41,7 @@ export interface ApiContext {
 
 const LOG_LEVELS = new Set(['trace', 'debug', 'info', 'warn', 'error']);
 const KNOWN_PATHS = new Set([
-  '/api/v1/daemon', '/api/v1/daemon/fuse/sendfd', '/api/v1/daemon/fuse/takeover', '/api/v1/daemon/start', '/api/v1/daemon/exit',
+  '/api/v1/daemon', '/api/v1/daemon/events', '/api/v1/daemon/fuse/sendfd', '/api/v1/daemon/fuse/takeover', '/api/v1/daemon/start', '/api/v1/daemon/exit',
   '/api/v2/blobs', '/api/v2/daemon', '/api/v1/metrics', '/api/v1/metrics/backend', '/api/v1/metrics/blobcache', '/api/v1/metrics/inflight', '/api/v1/config', '/api/v1/metrics/prometheus', '/api/v1/mount',
   '/api/v1/metrics/files', '/api/v1/metrics/pattern',
 ]);
@@ -236,6 +237,9 @@ export function startApi(sock: string, ctx: ApiContext): Promise<http.Server> {
             fanotify: ctx.mounts ? { mounts: ctx.mounts.list(), ...ctx.mounts.stats } : null,
           });
         }
+        case 'GET /api/v1/daemon/events':
+          // nydusd's ErrorHolder: the backend reads that failed, latest last.
+          return send(res, 200, errorEvents);
         case 'PUT /api/v1/daemon':
         case 'PUT /api/v2/daemon': {
           const body = await readBody(req) as { log_level?: unknown };

@@ -7,6 +7,7 @@
  * and other tools index them (`metrics backend` reads read_cumulative_latency_millis_dist and
  * read_count_block_size_dist), so a daemon without them breaks those tools.
  */
+import { errorEvents } from '../error-events.ts';
 
 /** Upper bounds of the latency buckets, in milliseconds; a last, unbounded bucket follows. */
 export const LATENCY_BUCKETS_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000] as const;
@@ -84,6 +85,8 @@ export async function countRead<T = Buffer>(sink: MetricsSink, read: () => Promi
     return r;
   } catch (e) {
     for (const m of all) m.read_errors++;
+    // A read that failed for good (the backends retry within `read`): kept for GET /api/v1/daemon/events.
+    errorEvents.push((e as Error)?.message ?? String(e));
     throw e;
   } finally {
     const ms = Number(process.hrtime.bigint() - start) / 1e6;
