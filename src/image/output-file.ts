@@ -11,10 +11,6 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import { NydusError } from '../../erofs/errors.ts';
 
-export function isFifo(file: string): boolean {
-  return fs.statSync(file, { throwIfNoEntry: false })?.isFIFO() ?? false;
-}
-
 /** Names of standard input: nydus-image reads `-` as /dev/stdin (create's source). */
 const STDIN_NAMES = new Set(['/dev/stdin', '/proc/self/fd/0', '/dev/fd/0']);
 
