@@ -47,7 +47,9 @@ export function peakRssMiB(pid: number): number {
 export function childOf(pid: number): number {
   for (const p of fs.readdirSync('/proc').filter((d) => /^\d+$/.test(d))) {
     try {
-      if (new RegExp(`^PPid:\\s+${pid}$`, 'm').test(fs.readFileSync(`/proc/${p}/status`, 'utf8'))) return Number(p);
+      // The worker runs nydusd itself; another child of the supervisor (a helper it runs) is not it.
+      if (new RegExp(`^PPid:\\s+${pid}$`, 'm').test(fs.readFileSync(`/proc/${p}/status`, 'utf8'))
+        && fs.readFileSync(`/proc/${p}/cmdline`, 'utf8').includes('nydusd')) return Number(p);
     } catch { /* gone */ }
   }
   throw new Error(`nydusd ${pid} has no worker`);
