@@ -159,6 +159,22 @@ test('session: OPEN and READ fill the cache files with exactly the image bytes',
   state.close();
 });
 
+/**
+ * Image `id` of the test blob registered with its blobs in `dir`, its blob OPENed on cache fd `fd`
+ * and its first block READ (msgId 2) by a new session; settles once that READ is done.
+ */
+async function readFirstBlock(registry: ImageRegistry, state: DaemonState, id: string, dir: string, fd: number) {
+  const e = entry(id);
+  e.config_v2.backend.localfs.dir = dir;
+  await registry.add(e);
+  const port = new FakePort();
+  const session = new OnDemandSession(port, registry, state, log, 2);
+  session.handle({ type: 'open', msgId: 1, objectId: 1, volumeKey: `erofs,${id}`, cookieKey: blobId, fd: port.give(fd), flags: 0 });
+  session.handle({ type: 'read', msgId: 2, objectId: 1, offset: 0, len: 4096 });
+  await waitFor(() => session.inflight().length === 0, `the READ of image ${id}`);
+  return { port, session };
+}
+
 test('session: a corrupt chunk is never written; the read completes without data', async () => {
   const badDir = path.join(work, 'bad-blobs');
   fs.mkdirSync(badDir);
@@ -167,14 +183,7 @@ test('session: a corrupt chunk is never written; the read completes without data
   fs.writeFileSync(path.join(badDir, blobId), data);
   const state = new DaemonState(path.join(work, 'state3'));
   const registry = track(new ImageRegistry(state, log));
-  const e = entry('bad');
-  e.config_v2.backend.localfs.dir = badDir;
-  await registry.add(e);
-  const port = new FakePort();
-  const session = new OnDemandSession(port, registry, state, log, 2);
-  session.handle({ type: 'open', msgId: 1, objectId: 1, volumeKey: 'erofs,bad', cookieKey: blobId, fd: port.give(7), flags: 0 });
-  session.handle({ type: 'read', msgId: 2, objectId: 1, offset: 0, len: 4096 });
-  await waitFor(() => session.inflight().length === 0, 'the READs to finish');
+  const { port, session } = await readFirstBlock(registry, state, 'bad', badDir, 7);
   assert.deepEqual(port.completed, [2]);
   // Byte 10 of the blob is in chunk 0 (at uncompressed offset 0): that chunk is never written or marked.
   assert.deepEqual(port.writes.filter(([fd, off]) => fd === 7 && off === 0), [], 'the corrupt chunk was not written');
@@ -1029,14 +1038,7 @@ test('GET /api/v1/daemon/events: a backend read that failed is there, as nydusd\
   const registry = track(new ImageRegistry(state, log));
   const sock = path.join(work, 'events.sock');
   const server = await startApi(sock, { id: 'ev', registry, state, lifecycle: null, log });
-  const e = entry('ev');
-  e.config_v2.backend.localfs.dir = goneDir;
-  await registry.add(e);
-  const port = new FakePort();
-  const session = new OnDemandSession(port, registry, state, log, 2);
-  session.handle({ type: 'open', msgId: 1, objectId: 1, volumeKey: 'erofs,ev', cookieKey: blobId, fd: port.give(8), flags: 0 });
-  session.handle({ type: 'read', msgId: 2, objectId: 1, offset: 0, len: 4096 });
-  await waitFor(() => session.inflight().length === 0, 'the READ to fail');
+  await readFirstBlock(registry, state, 'ev', goneDir, 8);
   const r = await api(sock, 'GET', '/api/v1/daemon/events');
   assert.equal(r.status, 200);
   assert.deepEqual([r.body.max_errors, r.body.max_size], [500, 50 * 1024]);

@@ -72,15 +72,12 @@ function statNode(file: Buffer, name: Buffer, treePath: string, shown: string): 
   if (kind === 'file') {
     node.size = Number(st.size);
     node.data = new FileData(file, shown);
-    if (st.nlink > 1n) node.hardlinkKey = `${st.dev}:${st.ino}`;
   } else if (kind === 'symlink') {
     node.target = fs.readlinkSync(file, { encoding: 'buffer' });
     node.size = node.target.length;
-    // A symlink can have several names too (link(2) without following it), as in a tar source.
-    if (st.nlink > 1n) node.hardlinkKey = `${st.dev}:${st.ino}`;
-  } else if (kind !== 'dir' && st.nlink > 1n) {
-    node.hardlinkKey = `${st.dev}:${st.ino}`;
   }
+  // Every inode but a directory can have several names (a symlink too: link(2) without following it).
+  if (kind !== 'dir' && st.nlink > 1n) node.hardlinkKey = `${st.dev}:${st.ino}`;
   const problem = nodeProblem(node);
   if (problem) throw new NydusError(`${shown}: ${problem}`);
   return node;

@@ -9,6 +9,9 @@ import { NydusError, EIO } from '../../../erofs/errors.ts';
 import { type BackendMetrics, type MetricsSink, countRead, newBackendMetrics } from './metrics.ts';
 import type { LocalFsBackendConfig } from '../config.ts';
 
+/** Where a localfs backend looks for its blobs: its config less the type. */
+type BlobPlaces = Omit<LocalFsBackendConfig, 'type'>;
+
 export { type BackendMetrics, newBackendMetrics };
 
 export interface BlobBackend {
@@ -51,10 +54,10 @@ export class LocalFsBackend implements BlobBackend {
   /** readLocal calls running: close waits for them (their jobs read through the handles' fds). */
   private readonly localReads = new Set<Promise<unknown>>();
 
-  private readonly places: Pick<LocalFsBackendConfig, 'dir' | 'altDirs' | 'blobFile'>;
+  private readonly places: BlobPlaces;
 
   /** `places`: the blobs' directory, or the config's places (dir, alt_dirs, blob_file). */
-  constructor(places: string | Pick<LocalFsBackendConfig, 'dir' | 'altDirs' | 'blobFile'>, private readonly metrics: MetricsSink = newBackendMetrics()) {
+  constructor(places: string | BlobPlaces, private readonly metrics: MetricsSink = newBackendMetrics()) {
     this.places = typeof places === 'string' ? { dir: places } : places;
   }
 
