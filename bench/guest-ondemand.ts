@@ -23,10 +23,19 @@ function timed(fn: () => void): number {
   return Number(process.hrtime.bigint() - t0) / 1e9;
 }
 
-/** Every regular file read whole, caches dropped first; cat reads as an application would. */
-function readAll(dir: string): number {
+/**
+ * Mount, then every regular file read whole, timed from the mount (caches dropped before it: a
+ * background prefetch that starts at the mount has no head start over the reader); cat reads as an
+ * application would. Unmounted after.
+ */
+function mountAndReadAll(args: string[], dir: string): number {
   dropCaches();
-  return timed(() => execFileSync('sh', ['-c', `find '${dir}' -type f -print0 | xargs -0 cat > /dev/null`]));
+  const s = timed(() => {
+    mount(args, dir);
+    execFileSync('sh', ['-c', `find '${dir}' -type f -print0 | xargs -0 cat > /dev/null`]);
+  });
+  execFileSync('umount', [dir]);
+  return s;
 }
 
 /** CPU seconds (user + system) a process has used: every thread, and its main (event loop) thread. */
@@ -89,29 +98,22 @@ async function run(w: BenchWorkload): Promise<void> {
   const fsDir = path.join(scratch, `${w.name}-fscache`);
   const loopArgs = ['-t', 'erofs', '-o', 'loop,ro', w.exported];
   if (w.ls) report(`${w.name}.ls_loop`, mountAndLs(loopArgs, loopDir));
-  mount(loopArgs, loopDir);
-  report(`${w.name}.loop`, readAll(loopDir));
-  execFileSync('umount', [loopDir]);
+  report(`${w.name}.loop`, mountAndReadAll(loopArgs, loopDir));
 
   if (w.ls) report(`${w.name}.ls_cold`, mountAndLs(['-t', 'erofs', '-o', `fsid=${w.name}-ls`, 'none'], fsDir));
   if (w.lsPrefetch) report(`${w.name}.ls_prefetch`, mountAndLs(['-t', 'erofs', '-o', `fsid=${w.name}-lspf`, 'none'], fsDir));
-  mount(['-t', 'erofs', '-o', `fsid=${w.name}`, 'none'], fsDir);
+  const fsArgs = (id: string) => ['-t', 'erofs', '-o', `fsid=${id}`, 'none'];
   let cpu0 = cpuSeconds(worker);
-  report(`${w.name}.cold`, readAll(fsDir));
+  report(`${w.name}.cold`, mountAndReadAll(fsArgs(w.name), fsDir));
   reportCpu(`${w.name}.cold_cpu`, worker, cpu0);
-  execFileSync('umount', [fsDir]);
-  mount(['-t', 'erofs', '-o', `fsid=${w.name}`, 'none'], fsDir);
-  report(`${w.name}.warm`, readAll(fsDir));
-  execFileSync('umount', [fsDir]);
+  report(`${w.name}.warm`, mountAndReadAll(fsArgs(w.name), fsDir));
   report(`${w.name}.rss_mib`, peakRssMiB(worker));
   // Cold again, through an image of its own (its own cache file) with prefetch on: the reader and
   // the prefetch share the CPU from the mount on.
   await register(sock, `${w.name}-pf`, w, cacheDir, true);
-  mount(['-t', 'erofs', '-o', `fsid=${w.name}-pf`, 'none'], fsDir);
   cpu0 = cpuSeconds(worker);
-  report(`${w.name}.cold_prefetch`, readAll(fsDir));
+  report(`${w.name}.cold_prefetch`, mountAndReadAll(fsArgs(`${w.name}-pf`), fsDir));
   reportCpu(`${w.name}.cold_prefetch_cpu`, worker, cpu0);
-  execFileSync('umount', [fsDir]);
   report(`${w.name}.rss_mib_prefetch`, peakRssMiB(worker));
 
   const exited = new Promise((r) => daemon.once('exit', r));

@@ -21,17 +21,17 @@ export interface HostPlan {
 /** The prefetch part of the snapshotter's default nydusd config (misc/snapshotter/nydusd-config.fscache.json). */
 export const SNAPSHOTTER_PREFETCH = { enable: true, threads_count: 8, batch_size: 1048576 };
 
-/** Seconds to read every regular file under `root` once, page cache dropped first. */
-function timeReadAll(root: string): number {
+/**
+ * Seconds from the mount to every regular file under `root` read once, page cache dropped before the
+ * mount: a background prefetch that starts at the mount has no head start over the reader.
+ */
+async function timeMountAndReadAll(root: string, mount: () => Promise<void>): Promise<number> {
   fs.writeFileSync('/proc/sys/vm/drop_caches', '3');
   const t0 = process.hrtime.bigint();
+  await mount();
   const r = spawnSync('sh', ['-c', 'find "$1" -type f -print0 | xargs -0 cat > /dev/null', 'sh', root], { stdio: ['ignore', 'ignore', 'inherit'] });
   if (r.status !== 0) throw new Error(`reading ${root} failed`);
   return Number(process.hrtime.bigint() - t0) / 1e9;
-}
-
-function mounted(dir: string): boolean {
-  return fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').some((l) => l.split(' ')[4] === dir);
 }
 
 async function until(what: string, ok: () => Promise<boolean>): Promise<void> {
@@ -45,51 +45,54 @@ async function until(what: string, ok: () => Promise<boolean>): Promise<void> {
 export async function benchHost(plan: HostPlan, repo: string): Promise<{ loop: number; cold: number; warm: number; rssMiB: number }> {
   const loopDir = path.join(plan.dir, 'loop-mnt');
   fs.mkdirSync(loopDir, { recursive: true });
-  execFileSync('mount', ['-t', 'erofs', '-o', 'loop,ro', plan.exported, loopDir]);
   let loop: number;
   try {
-    loop = timeReadAll(loopDir);
+    loop = await timeMountAndReadAll(loopDir, async () => {
+      execFileSync('mount', ['-t', 'erofs', '-o', 'loop,ro', plan.exported, loopDir]);
+    });
   } finally {
     execFileSync('umount', [loopDir]);
   }
 
-  const { daemon, mnt, sock, cfg, stop } = await startFanotify(plan.dir, plan.boot, plan.blobDir, plan.prefetch ?? false, repo);
+  const { daemon, mnt, sock, stop } = await startFanotify(plan.dir, plan.blobDir, plan.prefetch ?? false, repo);
   try {
-    const cold = timeReadAll(mnt);
+    const q = `/api/v1/mount?mountpoint=${encodeURIComponent(mnt)}`;
+    const mount = async () => {
+      const r = await apiRequest(sock, 'POST', q, { source: plan.boot, fs_type: 'rafs', config: fs.readFileSync(path.join(plan.dir, 'config.json'), 'utf8') });
+      if (r.status !== 204) throw new Error(`mount through the API failed: ${JSON.stringify(r.body)}`);
+    };
+    const cold = await timeMountAndReadAll(mnt, mount);
     const rssMiB = peakRssMiB(childOf(daemon.pid!));
     // Warm: unmounted and mounted again, page cache dropped: every byte comes from the cache file.
-    const q = `/api/v1/mount?mountpoint=${encodeURIComponent(mnt)}`;
     if ((await apiRequest(sock, 'DELETE', q)).status !== 204) throw new Error('umount through the API failed');
-    const r = await apiRequest(sock, 'POST', q, { source: plan.boot, fs_type: 'rafs', config: JSON.stringify(cfg) });
-    if (r.status !== 204) throw new Error(`mount through the API failed: ${JSON.stringify(r.body)}`);
-    const warm = timeReadAll(mnt);
+    const warm = await timeMountAndReadAll(mnt, mount);
     return { loop, cold, warm, rssMiB };
   } finally {
     await stop();
   }
 }
 
-/** nydusd --fanotify serving `boot` at `<dir>/fanotify-mnt`, mounted and answering; `stop` ends it. */
-async function startFanotify(dir: string, boot: string, blobDir: string, prefetch: boolean, repo: string) {
+/** nydusd --fanotify answering at `<dir>/nydusd.sock`, nothing mounted yet (config at `<dir>/config.json`); `stop` ends it. */
+async function startFanotify(dir: string, blobDir: string, prefetch: boolean, repo: string) {
   const mnt = path.join(dir, 'fanotify-mnt');
   const sock = path.join(dir, 'nydusd.sock');
   const cfg = { version: 2, backend: { type: 'localfs', localfs: { dir: blobDir } }, cache: { type: 'filecache', filecache: { work_dir: path.join(dir, 'cache') }, ...(prefetch ? { prefetch: SNAPSHOTTER_PREFETCH } : {}) } };
   fs.mkdirSync(mnt, { recursive: true });
   fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(cfg));
-  const daemon = spawn(path.join(repo, 'bin/nydusd'), ['--fanotify', path.join(dir, 'state'), '--config', path.join(dir, 'config.json'),
-    '--bootstrap', boot, '--mountpoint', mnt, '--apisock', sock, '--log-level', 'warn', '--log-file', path.join(dir, 'nydusd.log')], { stdio: 'inherit' });
+  const daemon = spawn(path.join(repo, 'bin/nydusd'), ['--fanotify', path.join(dir, 'state'), '--apisock', sock,
+    '--log-level', 'warn', '--log-file', path.join(dir, 'nydusd.log')], { stdio: 'inherit' });
   const stop = async () => {
     const exited = new Promise((r) => daemon.once('exit', r));
     daemon.kill('SIGTERM');
     await exited;
   };
   try {
-    await until('the fanotify mount', async () => mounted(mnt) && (await apiRequest(sock, 'GET', '/api/v1/daemon').catch(() => null))?.status === 200);
+    await until('the API socket', async () => (await apiRequest(sock, 'GET', '/api/v1/daemon').catch(() => null))?.status === 200);
   } catch (e) {
     await stop();
     throw e;
   }
-  return { daemon, mnt, sock, cfg, stop };
+  return { daemon, mnt, sock, stop };
 }
 
 /**
@@ -99,8 +102,10 @@ async function startFanotify(dir: string, boot: string, blobDir: string, prefetc
 export async function traceFirstLs(dir: string, boot: string, blobDir: string, repo: string): Promise<string> {
   fs.rmSync(dir, { recursive: true, force: true });
   fs.mkdirSync(dir, { recursive: true });
-  const { mnt, sock, stop } = await startFanotify(dir, boot, blobDir, false, repo);
+  const { mnt, sock, stop } = await startFanotify(dir, blobDir, false, repo);
   try {
+    const r = await apiRequest(sock, 'POST', `/api/v1/mount?mountpoint=${encodeURIComponent(mnt)}`, { source: boot, fs_type: 'rafs', config: fs.readFileSync(path.join(dir, 'config.json'), 'utf8') });
+    if (r.status !== 204) throw new Error(`mount through the API failed: ${JSON.stringify(r.body)}`);
     fs.writeFileSync('/proc/sys/vm/drop_caches', '3');
     execFileSync('chroot', [mnt, '/bin/ls', '/'], { stdio: 'ignore' });
     return execFileSync(path.join(repo, 'bin/nydusctl'), ['--sock', sock, 'metrics', 'pattern', '--paths'], { encoding: 'utf8' });

@@ -61,6 +61,9 @@ export function openDaemonCore(stateDir: string, threads: number, log: Logger): 
   // goes soon after it: an idle thread with its heap is 18 MiB of the daemon's RSS while the
   // containers just started read their images (the Debian rootfs read: peak 104 MiB with it, 86 without).
   const registration = new RegistrationPool({ workers: 1, idleMs: 2_000 });
+  // A daemon starts for a mount (the snapshotter starts one per image, or for its first): that
+  // mount does not wait for the thread to start.
+  registration.prestart();
   return { state, registry: new ImageRegistry(state, log, pool, registration), registration };
 }
 
