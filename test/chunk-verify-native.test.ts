@@ -274,3 +274,53 @@ test('warmUp: a job per pool thread, each settled; verification works after it; 
   assert.equal(await nativeVerdict(data, blake3(data), 0), null);
   for (const bad of [0, -1, 1.5, 1025, Number.NaN]) assert.throws(() => fscacheBinding().warmUp(bad), RangeError, String(bad));
 });
+
+/** The nice value of each of this process's threads (field 19 of /proc/self/task/<tid>/stat). */
+function threadNices(): number[] {
+  return fs.readdirSync('/proc/self/task').flatMap((t) => {
+    try {
+      return [Number(fs.readFileSync(`/proc/self/task/${t}/stat`, 'utf8').split(') ')[1].split(' ')[16])];
+    } catch {
+      return [];
+    }
+  });
+}
+
+test('a background verification runs its pool thread at nice 19 and gives it its priority back; the bytes are the same', async () => {
+  // 48 chunks of 1 MiB: long enough on a pool thread to be seen at work.
+  const chunk = Buffer.concat([prand(1 << 19, 11), Buffer.alloc(1 << 19, 'n')]);
+  const stored = Buffer.from(compressChunk('zstd', chunk)!);
+  const count = 48;
+  const layout = new Float64Array(count * RUN_FIELDS);
+  for (let i = 0; i < count; i++) setRunChunk(layout, i, { storedOffset: 0, storedSize: stored.length, outOffset: i * chunk.length, outSize: chunk.length, compressed: true });
+  const digest = blake3(chunk);
+  const run: StoredRun = {
+    stored, compressor: 'zstd', digester: 'blake3', layout, digests: Buffer.concat(Array.from({ length: count }, () => digest)),
+    digestSize: 32, outSize: count * chunk.length, where: Array.from({ length: count }, (_, i) => `c${i}`),
+  };
+  assert.ok(threadNices().every((n) => n === 0), 'no thread starts lowered');
+  let seen = false;
+  const job = verifyRunNative({ ...run, background: true });
+  let done = false;
+  void job.finally(() => (done = true));
+  while (!done) {
+    if (threadNices().includes(19)) seen = true;
+    await new Promise((r) => setImmediate(r));
+  }
+  const r = await job;
+  assert.ok(seen, 'a thread ran at nice 19 while the job ran');
+  assert.deepEqual(r.errors, Array(count).fill(null));
+  assert.ok(Buffer.from(r.data.buffer, r.data.byteOffset + 5 * chunk.length, chunk.length).equals(chunk));
+  assert.deepEqual([...new Set(threadNices())], [0], 'every thread is back at its own priority');
+  // A job that is not background leaves every thread alone.
+  const normal = verifyRunNative(run);
+  let lowered = false;
+  let normalDone = false;
+  void normal.finally(() => (normalDone = true));
+  while (!normalDone) {
+    if (threadNices().includes(19)) lowered = true;
+    await new Promise((r) => setImmediate(r));
+  }
+  assert.deepEqual((await normal).errors, Array(count).fill(null));
+  assert.equal(lowered, false);
+});

@@ -31,7 +31,7 @@ import { compressChunk } from '../src/blob/compress.ts';
 import { RUN_FIELDS, type StoredChunk, setRunChunk } from '../src/blob/verify.ts';
 import { EIO, FormatError, NydusError } from '../erofs/errors.ts';
 import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
-import { RegistrationPool } from '../src/daemon/registration-pool.ts';
+import { INLINE_PLAN_MAX_BYTES, RegistrationPool } from '../src/daemon/registration-pool.ts';
 import { ErrorEvents } from '../src/daemon/error-events.ts';
 import { hardlinkHeavyImage, prand, tmpDir } from './helpers/fixtures.ts';
 import { apiRequest as api, blobCacheEntry, rawHttp } from './helpers/api-client.ts';
@@ -406,12 +406,14 @@ test('prefetch config as the snapshotter sends it: merged backend reads, threads
     return out;
   };
   // The snapshotter's template: prefetch_all false, which nydusd's fscache manager does not read: it
-  // prefetches the whole blob (here the prefetch table's file first, then the rest, merged).
+  // prefetches the whole blob (here the prefetch table's file first, in a read of its own, then the
+  // rest, merged, as background work).
   const table = await run('pf1', { enable: true, threads_count: 8, merging_size: 1048576, bandwidth_rate: 0, prefetch_all: false });
-  assert.deepEqual([table.status, table.cached, table.reads], [204, 8, 1]);
-  // prefetch_all: every chunk, merged into one backend read (8 chunks of 64 KiB stored back to back).
+  assert.deepEqual([table.status, table.cached, table.reads], [204, 8, 2]);
+  // prefetch_all: the same, every chunk in two merged backend reads (8 chunks of 64 KiB stored back
+  // to back: the table's file, then the rest).
   const all = await run('pf2', { enable: true, threads_count: 8, merging_size: 1048576, bandwidth_rate: 0, prefetch_all: true });
-  assert.deepEqual([all.status, all.cached, all.reads], [204, 8, 1]);
+  assert.deepEqual([all.status, all.cached, all.reads], [204, 8, 2]);
   // merging_size of one chunk: a read per chunk.
   const unmerged = await run('pf3', { enable: true, threads_count: 2, merging_size: 65536, bandwidth_rate: 0, prefetch_all: true });
   assert.deepEqual([unmerged.cached, unmerged.reads], [8, 8]);
@@ -472,7 +474,7 @@ async function verifyOne(pool: VerifyPool, c: StoredChunk, urgent = false): Prom
   const r = await pool.verifyRun({
     stored: c.stored, compressor: c.compressor, digester: c.digester, layout, digests: new Uint8Array(c.digest),
     digestSize: c.digest.length, outSize: c.uncompressedSize, where: [c.where],
-  }, urgent);
+  }, urgent ? 'urgent' : 'normal');
   if (r.errors[0] !== null) throw new NydusError(r.errors[0], EIO);
   return Buffer.from(r.data.buffer, r.data.byteOffset, r.data.byteLength);
 }
@@ -664,6 +666,39 @@ test('verify pool: an urgent job, or a queued one promoted, is verified before t
     assert.equal(pool.promote('nothing'), false);
     await Promise.all(all);
     assert.deepEqual(order, ['first', 'd', 'urgent', 'b', 'c']);
+  } finally {
+    await pool.close();
+  }
+});
+
+test('verify pool: background jobs go after the others queued and run as background work, unless promoted', async () => {
+  const started: Array<[string, boolean]> = [];
+  const gates: Array<() => void> = [];
+  // Each job waits until the test lets it end: the pool's choices are seen one at a time.
+  const pool = new VerifyPool(1, async (run) => {
+    started.push([run.where[0], run.background === true]);
+    await new Promise<void>((r) => gates.push(r));
+    return { data: new Uint8Array(0), errors: [] };
+  });
+  const run = (name: string, priority: 'urgent' | 'normal' | 'background') => pool.verifyRun({
+    stored: new Uint8Array(0), compressor: 'zstd', digester: 'blake3', layout: new Float64Array(0), digests: new Uint8Array(0),
+    digestSize: 32, outSize: 0, where: [name],
+  }, priority);
+  const endOne = async () => {
+    await waitFor(() => gates.length > 0, 'a job to start');
+    gates.shift()!();
+    await waitFor(() => gates.length > 0 || started.length === 6, 'the next job to start');
+  };
+  try {
+    const all = ['bg1', 'bg2', 'bg3'].map((n) => run(n, 'background'));
+    all.push(run('ahead', 'normal'), run('ahead2', 'normal'));
+    assert.equal(pool.promote('bg3'), true);
+    all.push(run('reader', 'urgent'));
+    for (let i = 0; i < 6; i++) await endOne();
+    await Promise.all(all);
+    assert.deepEqual(started, [
+      ['bg1', true], ['reader', false], ['bg3', false], ['ahead', false], ['ahead2', false], ['bg2', true],
+    ]);
   } finally {
     await pool.close();
   }
@@ -920,6 +955,26 @@ test('registration bounds: a registration over its time bound is refused, a bad 
   assert.deepEqual([a.id, b.id], ['twice', 'twice']);
   assert.deepEqual(registry2.list().map((x) => x.id), ['twice']);
   state.close();
+});
+
+test('registration pool: a small bootstrap with no worker up is planned at once, a large one on a worker; both as the gate says', { timeout: 120_000 }, async () => {
+  const heavy = path.join(work, 'heavy', 'hl.boot');
+  assert.ok(fs.statSync(heavy).size > INLINE_PLAN_MAX_BYTES, 'the heavy image of the test above is larger than the inline bound');
+  assert.ok(fs.statSync(boot).size <= INLINE_PLAN_MAX_BYTES);
+  const pool = new RegistrationPool();
+  try {
+    const small = await pool.plan({ metadataPath: boot, prefetch: { enable: false, all: false } });
+    assert.equal(pool.threads, 0, 'no thread was started for the small bootstrap');
+    assert.deepEqual(small.blobs.map((b) => b.id), [blobId]);
+    const bad = path.join(work, 'bad-inline.boot');
+    fs.writeFileSync(bad, Buffer.alloc(8192));
+    await assert.rejects(pool.plan({ metadataPath: bad, prefetch: { enable: false, all: false } }), (e: Error) => e instanceof FormatError && e.message.startsWith(bad));
+    const large = await pool.plan({ metadataPath: heavy, prefetch: { enable: false, all: false } });
+    assert.equal(pool.threads, 1, 'the large one went to a worker');
+    assert.ok(large.blobs.length > 0);
+  } finally {
+    await pool.close();
+  }
 });
 
 test('API: a request target that is no path (//%%%/, *, a broken %-escape) is a 400 naming it, and the API serves on', async () => {

@@ -1,6 +1,8 @@
 #include "chunk_verify.h"
 
 #include <openssl/evp.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <unistd.h>
 #include <zstd.h>
@@ -9,6 +11,7 @@
 #include <cstdint>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <memory>
@@ -87,6 +90,39 @@ std::optional<std::string> VerifyOne(const uint8_t* stored, uint8_t* out, const 
   return std::nullopt;
 }
 
+// A background job (the rest of a blob, prefetched) runs at this nice value on its pool thread: it
+// takes a CPU nobody else wants, and yields it at once to a container that starts (an exec, a dynamic
+// link) and to the jobs a reader waits for. Back to the thread's own value when the job ends.
+constexpr int kBackgroundNice = 19;
+// Set once a thread could not be given its own priority back (no CAP_SYS_NICE): from then on no job
+// lowers one, so that a reader's job never runs on a thread left at kBackgroundNice.
+std::atomic<bool> g_background_nice_off{false};
+
+class BackgroundPriority {
+ public:
+  explicit BackgroundPriority(bool background) {
+    if (!background || g_background_nice_off.load(std::memory_order_relaxed)) return;
+    tid_ = static_cast<id_t>(syscall(SYS_gettid));
+    errno = 0;
+    int prev = getpriority(PRIO_PROCESS, tid_);
+    if (errno != 0 || prev >= kBackgroundNice) return;
+    if (setpriority(PRIO_PROCESS, tid_, kBackgroundNice) == 0) {
+      prev_ = prev;
+      lowered_ = true;
+    }
+  }
+  ~BackgroundPriority() {
+    if (lowered_ && setpriority(PRIO_PROCESS, tid_, prev_) != 0) g_background_nice_off.store(true, std::memory_order_relaxed);
+  }
+  BackgroundPriority(const BackgroundPriority&) = delete;
+  BackgroundPriority& operator=(const BackgroundPriority&) = delete;
+
+ private:
+  id_t tid_ = 0;
+  int prev_ = 0;
+  bool lowered_ = false;
+};
+
 class VerifyRunWorker : public Napi::AsyncWorker {
  public:
   // `out` is where the chunks go (with a target: page-aligned, a whole number of pages); `out_buffer`,
@@ -96,12 +132,12 @@ class VerifyRunWorker : public Napi::AsyncWorker {
   VerifyRunWorker(Napi::Env env, Napi::Value stored_buffer, const uint8_t* stored, std::optional<BlobRange> source,
                   Napi::Uint8Array digests, Napi::Value out_buffer, uint8_t* out,
                   size_t out_size, std::vector<ChunkPlace> places, Compressor compressor, Digester digester,
-                  size_t digest_size, std::optional<WriteTarget> target, size_t base)
+                  size_t digest_size, std::optional<WriteTarget> target, size_t base, bool background)
       : Napi::AsyncWorker(env, "nydus:verifyRun"),
         deferred_(Napi::Promise::Deferred::New(env)),
         stored_(stored), source_(source), digests_(digests.Data()), out_(out), out_size_(out_size),
         places_(std::move(places)), compressor_(compressor), digester_(digester), digest_size_(digest_size),
-        target_(target), base_(base), errors_(places_.size()) {
+        target_(target), base_(base), background_(background), errors_(places_.size()) {
     // The buffers stay alive (and in place) while the pool works on them.
     keep_ = Napi::Persistent(Napi::Object::New(env));
     keep_.Set("stored", stored_buffer);
@@ -112,6 +148,7 @@ class VerifyRunWorker : public Napi::AsyncWorker {
   Napi::Promise Promise() { return deferred_.Promise(); }
 
   void Execute() override {
+    BackgroundPriority priority(background_);
     if (source_) {
       // The job's buffers (AcquireAlignedBuffer) go back when it ends, whichever way.
       struct Lease {
@@ -297,6 +334,7 @@ class VerifyRunWorker : public Napi::AsyncWorker {
   size_t digest_size_;
   std::optional<WriteTarget> target_;
   size_t base_;  // where in the out buffer `out_` starts
+  bool background_;  // runs at kBackgroundNice
   std::vector<std::optional<std::string>> errors_;
   std::vector<bool> in_place_;  // per chunk: read straight into the output (ReadSource)
   int write_errno_ = 0;
@@ -437,13 +475,17 @@ WriteTarget ParseTarget(Napi::Env env, const Napi::Value& fd_v, const Napi::Valu
 
 }  // namespace
 
-// verifyRunNative(stored, layout, digests, digestSize, out, compressor, digester[, fd, fileOffset])
+// verifyRunNative(stored, layout, digests, digestSize, out, compressor, digester[, fd, fileOffset][, background])
 Napi::Value VerifyRunNative(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const char* fn = "verifyRunNative";
-  const char* usage = "verifyRunNative(stored: Uint8Array, layout: Float64Array, digests: Uint8Array, digestSize: number, out: Uint8Array, compressor: 0 | 1, digester: 0 | 1[, fd: number, fileOffset: number])";
-  bool writes = info.Length() == 9;
-  if ((info.Length() != 7 && !writes) || !info[0].IsTypedArray() || !info[1].IsTypedArray() || !info[2].IsTypedArray() ||
+  const char* usage = "verifyRunNative(stored: Uint8Array, layout: Float64Array, digests: Uint8Array, digestSize: number, out: Uint8Array, compressor: 0 | 1, digester: 0 | 1[, fd: number, fileOffset: number][, background: boolean])";
+  // A trailing boolean is `background`; what is before it, the job.
+  bool has_background = info.Length() > 0 && info[info.Length() - 1].IsBoolean();
+  bool background = has_background && info[info.Length() - 1].As<Napi::Boolean>().Value();
+  size_t argc = info.Length() - (has_background ? 1 : 0);
+  bool writes = argc == 9;
+  if ((argc != 7 && !writes) || !info[0].IsTypedArray() || !info[1].IsTypedArray() || !info[2].IsTypedArray() ||
       !info[3].IsNumber() || !info[4].IsTypedArray() || !info[5].IsNumber() || !info[6].IsNumber() ||
       (writes && (!info[7].IsNumber() || !info[8].IsNumber()))) {
     throw Napi::TypeError::New(env, usage);
@@ -466,19 +508,20 @@ Napi::Value VerifyRunNative(const Napi::CallbackInfo& info) {
   }
   std::vector<ChunkPlace> places = ParsePlaces(env, run.layout, stored.ByteLength(), out_size, writes, fn);
   auto* worker = new VerifyRunWorker(env, stored, stored.Data(), std::nullopt, run.digests, out, out_data, out_size, std::move(places),
-                                     run.compressor, run.digester, run.digest_size, target, skip);
+                                     run.compressor, run.digester, run.digest_size, target, skip, background);
   Napi::Promise p = worker->Promise();
   worker->Queue();
   return p;
 }
 
-// verifyBlobRange(blobFd, storedOffset, storedSize, layout, digests, digestSize, compressor, digester, fd, fileOffset)
+// verifyBlobRange(blobFd, storedOffset, storedSize, layout, digests, digestSize, compressor, digester, fd, fileOffset[, background])
 Napi::Value VerifyBlobRange(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const char* fn = "verifyBlobRange";
-  if (info.Length() != 10 || !info[0].IsNumber() || !info[1].IsNumber() || !info[2].IsNumber() || !info[3].IsTypedArray() ||
+  bool background = info.Length() == 11 && info[10].IsBoolean() && info[10].As<Napi::Boolean>().Value();
+  if ((info.Length() != 10 && !(info.Length() == 11 && info[10].IsBoolean())) || !info[0].IsNumber() || !info[1].IsNumber() || !info[2].IsNumber() || !info[3].IsTypedArray() ||
       !info[4].IsTypedArray() || !info[5].IsNumber() || !info[6].IsNumber() || !info[7].IsNumber() || !info[8].IsNumber() || !info[9].IsNumber()) {
-    throw Napi::TypeError::New(env, "verifyBlobRange(blobFd: number, storedOffset: number, storedSize: number, layout: Float64Array, digests: Uint8Array, digestSize: number, compressor: 0 | 1, digester: 0 | 1, fd: number, fileOffset: number)");
+    throw Napi::TypeError::New(env, "verifyBlobRange(blobFd: number, storedOffset: number, storedSize: number, layout: Float64Array, digests: Uint8Array, digestSize: number, compressor: 0 | 1, digester: 0 | 1, fd: number, fileOffset: number[, background: boolean])");
   }
   int blob_fd = info[0].As<Napi::Number>().Int32Value();
   size_t stored_offset = Whole(env, info[1].As<Napi::Number>().DoubleValue(), "storedOffset", fn);
@@ -501,7 +544,7 @@ Napi::Value VerifyBlobRange(const Napi::CallbackInfo& info) {
   std::vector<ChunkPlace> places = ParsePlaces(env, run.layout, stored_size, out_size, true, fn);
   auto* worker = new VerifyRunWorker(env, env.Undefined(), nullptr, BlobRange{blob_fd, static_cast<off_t>(stored_offset), stored_size},
                                      run.digests, env.Undefined(), nullptr, out_size, std::move(places),
-                                     run.compressor, run.digester, run.digest_size, target, 0);
+                                     run.compressor, run.digester, run.digest_size, target, 0, background);
   Napi::Promise p = worker->Promise();
   worker->Queue();
   return p;

@@ -70,6 +70,8 @@ export interface StoredRun {
    * output's byte 0 is byte `offset` of the cache file `fd`. The run is laid out as in the file.
    */
   target?: { fd: number; offset: number };
+  /** Background work (a prefetch of the rest of a blob): the addon runs it at the lowest CPU priority. */
+  background?: boolean;
 }
 
 /** A verified run: the output buffer, and per chunk an error message or null (its bytes are good). */
@@ -118,13 +120,13 @@ export async function verifyRunNative(r: StoredRun): Promise<VerifiedRun> {
     // Whole pages at a page boundary of it, for the write: the addon finds the boundary (`base`).
     const page = CACHEFILES_WRITE_ALIGN;
     const out = Buffer.allocUnsafeSlow(Math.ceil(r.outSize / page) * page + page);
-    const w = await fscacheBinding().verifyRunNative(r.stored, r.layout, r.digests, r.digestSize, out, compressor, digester, r.target.fd, r.target.offset);
+    const w = await fscacheBinding().verifyRunNative(r.stored, r.layout, r.digests, r.digestSize, out, compressor, digester, r.target.fd, r.target.offset, r.background ?? false);
     return { data: out.subarray(w.base, w.base + r.outSize), errors: withWhere(r, w.errors), writeError: w.writeError };
   }
   // Uninitialized: every byte is written by the addon (chunks, or zeros between them and for failures).
   // Never a slice of node's shared pool: the daemon releases it (releaseBuffer) once written.
   const out = Buffer.allocUnsafeSlow(r.outSize);
-  const errors = await fscacheBinding().verifyRunNative(r.stored, r.layout, r.digests, r.digestSize, out, compressor, digester);
+  const errors = await fscacheBinding().verifyRunNative(r.stored, r.layout, r.digests, r.digestSize, out, compressor, digester, r.background ?? false);
   return { data: out, errors: withWhere(r, errors) };
 }
 
@@ -160,7 +162,7 @@ export interface VerifiedBlobRange {
  */
 export async function verifyBlobRange(r: BlobRangeRun): Promise<VerifiedBlobRange> {
   const { compressor, digester } = addonCodes(r);
-  const w = await fscacheBinding().verifyBlobRange(r.blobFd, r.storedOffset, r.storedSize, r.layout, r.digests, r.digestSize, compressor, digester, r.target.fd, r.target.offset);
+  const w = await fscacheBinding().verifyBlobRange(r.blobFd, r.storedOffset, r.storedSize, r.layout, r.digests, r.digestSize, compressor, digester, r.target.fd, r.target.offset, r.background ?? false);
   if (w.readError) throw w.readError;
   return { errors: withWhere(r, w.errors!), writeError: w.writeError };
 }

@@ -44,9 +44,15 @@ export interface CacheFileIo {
   dataRanges(from: number, to: number): Array<[number, number]>;
 }
 
-/** Background prefetch of one blob: its chunks in order (positions in its blob map), and how to fetch them. */
+/**
+ * Background prefetch of one blob: its chunks in order (positions in its blob map), and how to fetch
+ * them. The first `listed` are the prefetch table's files, what a container reads as it starts; the
+ * rest of the blob comes after them, verified as background work (VerifyPool), which keeps a CPU
+ * free for the container and its READs.
+ */
 export interface PrefetchPlan {
   order: Uint32Array;
+  listed: number;
   config: Pick<PrefetchConfig, 'threads' | 'batchSize' | 'bandwidthLimit'>;
 }
 
@@ -137,6 +143,8 @@ export class BlobCacheFile {
   private marksChecked: Promise<void> = Promise.resolve();
   /** Whether marksChecked settled: chunks beyond a READ trust the marks only then. */
   private marksReady = false;
+  /** Settles once the background prefetch ended (whenPrefetched). */
+  private prefetched: Promise<void> = Promise.resolve();
   private readonly amplifyIo: number;
   /** The window now, in multiples of amplifyIo (WINDOW_RAMP_MAX). */
   private ramp = 1;
@@ -171,7 +179,16 @@ export class BlobCacheFile {
         this.marksReady = true;
       });
     }
-    if (prefetch) void this.guard.use(() => this.prefetch(prefetch));
+    if (prefetch) {
+      this.prefetched = this.guard.use(() => this.prefetch(prefetch)).catch((e: Error) => {
+        this.log.warn({ blob: this.map.blobId, err: e.message }, 'prefetch stopped');
+      });
+    }
+  }
+
+  /** Settles once the background prefetch ended (done, failed or stopped); at once without one. */
+  whenPrefetched(): Promise<void> {
+    return this.prefetched;
   }
 
   /** Whether the chunk marks were checked against the file (whenMarksChecked settled). */
@@ -319,9 +336,9 @@ export class BlobCacheFile {
    * verification jobs where the front end lets them. Only while the file is open, and only when
    * materializeRuns takes them in the same turn: it holds the guard, so the fd stays open until they settle.
    */
-  private fetch(chunks: readonly ChunkRef[], urgent: boolean, maxRead?: number): ChunkTicket[] {
+  private fetch(chunks: readonly ChunkRef[], urgent: boolean, maxRead?: number, background = false): ChunkTicket[] {
     const target = this.closed ? null : this.io.target?.() ?? null;
-    return this.fetcher.fetchJobs(this.map, chunks, urgent, maxRead, target);
+    return this.fetcher.fetchJobs(this.map, chunks, urgent, maxRead, target, background);
   }
 
   /** Whether a chunk still has to be fetched (not in the file, nor on its way). */
@@ -518,10 +535,19 @@ export class BlobCacheFile {
   private async prefetch(plan: PrefetchPlan): Promise<void> {
     await this.marksChecked;
     const have = this.state.cached(this.key);
-    const todo: ChunkRef[] = [];
-    for (const pos of plan.order) if (!have.has(this.map.indexAt(pos))) todo.push(this.map.at(pos));
-    const batches = batchChunks(todo, plan.config.batchSize);
+    const todo = (from: number, to: number) => {
+      const out: ChunkRef[] = [];
+      for (let i = from; i < to; i++) if (!have.has(this.map.indexAt(plan.order[i]))) out.push(this.map.at(plan.order[i]));
+      return out;
+    };
     const pace = new Pacer(plan.config.bandwidthLimit);
+    const listed = Math.min(plan.listed, plan.order.length);
+    await this.prefetchBatches(batchChunks(todo(0, listed), plan.config.batchSize), plan, pace, false);
+    await this.prefetchBatches(batchChunks(todo(listed, plan.order.length), plan.config.batchSize), plan, pace, true);
+  }
+
+  /** Prefetch batches, `threads` at once, until done or the file closes. */
+  private async prefetchBatches(batches: readonly ChunkRef[][], plan: PrefetchPlan, pace: Pacer, background: boolean): Promise<void> {
     let next = 0;
     const worker = async () => {
       while (next < batches.length && !this.closed) {
@@ -530,7 +556,7 @@ export class BlobCacheFile {
         if (!batch.length) continue;
         await pace.take(batch.reduce((n, c) => n + c.compressedSize, 0), () => this.closed);
         if (this.closed) return;
-        const { written, failed } = await this.materializeRuns(batch, this.fetch(batch, false, plan.config.batchSize), false);
+        const { written, failed } = await this.materializeRuns(batch, this.fetch(batch, false, plan.config.batchSize, background), false);
         this.counters.prefetchedChunks += written;
         for (const [c, e] of failed) this.log.warn({ blob: this.map.blobId, chunk: c.indexInBlob, err: e.message }, 'prefetch of a chunk failed');
       }

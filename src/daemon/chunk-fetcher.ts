@@ -20,7 +20,7 @@
 import { NydusError, EIO } from '../../erofs/errors.ts';
 import { RUN_FIELDS, RUN_OUT_OFFSET, type StoredRun, type VerifiedRun, releaseBuffer, setRunChunk, verifyRun } from '../blob/verify.ts';
 import type { ChunkRef } from '../builder/tree.ts';
-import type { VerifyPool } from './verify-pool.ts';
+import type { JobPriority, VerifyPool } from './verify-pool.ts';
 import type { BlobBackend } from './backend/localfs.ts';
 import { type BlobMap, followsInFile } from './blob-map.ts';
 
@@ -33,6 +33,8 @@ import { type BlobMap, followsInFile } from './blob-map.ts';
 export class ChunkJob {
   /** Whether a reader waits for one of its chunks: verified before the jobs fetched ahead. */
   urgent = false;
+  /** The rest of a blob prefetched: verified after every other job, on all threads but one (VerifyPool). */
+  background = false;
   /**
    * The cache file the job reads its blob range for and writes its chunks into itself, keeping no
    * bytes (ChunkFetcher.fetchJobs); null when its bytes are kept for whoever takes them.
@@ -95,6 +97,11 @@ export interface WriteTarget {
   readonly fd: number;
 }
 
+/** Where a job goes in the verify pool's queue. */
+function priorityOf(job: ChunkJob): JobPriority {
+  return job.urgent ? 'urgent' : job.background ? 'background' : 'normal';
+}
+
 export class ChunkFetcher {
   /** The job each chunk in flight belongs to, by blob and chunk index. */
   private readonly inflight = new Map<string, Map<number, ChunkTicket>>();
@@ -115,8 +122,9 @@ export class ChunkFetcher {
    * backend has the blob as a local file (readLocal), such a job also reads its range itself and keeps
    * no bytes (`direct`): no byte of it crosses into JS. Only a taker of that target joins it.
    * A taker calls `job.take()` in the same turn, and `job.giveBack()` once done with the bytes.
+   * `background`: new jobs are a prefetch's of the rest of a blob (ChunkJob.background).
    */
-  fetchJobs(blob: BlobMap, chunks: readonly ChunkRef[], urgent = false, maxRead = MAX_MERGED_READ, target: WriteTarget | null = null): ChunkTicket[] {
+  fetchJobs(blob: BlobMap, chunks: readonly ChunkRef[], urgent = false, maxRead = MAX_MERGED_READ, target: WriteTarget | null = null, background = false): ChunkTicket[] {
     let inflight = this.inflight.get(blob.blobId);
     if (!inflight) this.inflight.set(blob.blobId, (inflight = new Map()));
     const todo: ChunkRef[] = [];
@@ -129,6 +137,7 @@ export class ChunkFetcher {
     const start = (chunksOfJob: ChunkRef[], direct: WriteTarget | null, verify: (job: ChunkJob) => Promise<JobOutcome>) => {
       const job = new ChunkJob(blob, chunksOfJob);
       job.urgent = urgent;
+      job.background = background && !urgent;
       job.direct = direct;
       job.outcome = verify(job);
       chunksOfJob.forEach((c, i) => inflight.set(c.indexInBlob, { job, i }));
@@ -235,7 +244,7 @@ export class ChunkFetcher {
       const r = await this.backend.readLocal!(blob.blobId, storedSize, (blobFd) => this.pool!.verifyBlobRange({
         blobFd, storedOffset: first.compressedOffset, storedSize, compressor: blob.compressor, digester: blob.digester,
         layout, digests, digestSize, where: chunks.map((c) => where(blob, c)), target: { fd: target.fd, offset: first.uncompressedOffset },
-      }, job.urgent));
+      }, priorityOf(job)));
       return outcome(null, r.errors, r.writeError === null ? target : null);
     } catch (e) {
       return failedWhole(job, e as Error);
@@ -258,7 +267,7 @@ export class ChunkFetcher {
         // Only the addon writes (the pool's); the file's layout is the output's.
         target: this.pool && asInFile && target ? { fd: target.fd, offset: first.uncompressedOffset } : undefined,
       };
-      const r: VerifiedRun = this.pool ? await this.pool.verifyRun(run, job.urgent) : verifyRun(run);
+      const r: VerifiedRun = this.pool ? await this.pool.verifyRun(run, priorityOf(job)) : verifyRun(run);
       // (Without the pool a raw chunk's bytes may be a view of `stored`: only the addon's output is released.)
       if (this.pool) {
         this.jobOfBuffer.set(r.data.buffer, job);

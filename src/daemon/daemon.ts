@@ -30,8 +30,8 @@ interface RegisteredImage {
   /** The image's own backend counters (its backend counts into its type's too). */
   backendMetrics: BackendMetrics;
   fetcher: ChunkFetcher;
-  /** Per blob, the positions in its blob map to fetch ahead of reads (when prefetch is enabled). */
-  prefetch: Map<string, Uint32Array>;
+  /** Per blob, the positions in its blob map to fetch ahead of reads (when prefetch is enabled), the prefetch table's `listed` first. */
+  prefetch: Map<string, { order: Uint32Array; listed: number }>;
   /** Every blob-table entry's map, by blob index (the trace's blob ordinals). */
   maps: BlobMap[];
   /** What the kernel read on demand. */
@@ -136,13 +136,13 @@ export class ImageRegistry implements ObjectResolver {
     const auth = this.runtimeConfig.get(entry.id)?.get(REGISTRY_AUTH);
     if (auth !== undefined) backend.updateAuth?.(auth);
     const blobs = new Map<string, BlobMap>();
-    const prefetch = new Map<string, Uint32Array>();
+    const prefetch = new Map<string, { order: Uint32Array; listed: number }>();
     const maps: BlobMap[] = [];
     for (const b of plan.blobs) {
       const map = new BlobMap(b.id, b.index, b.uncompressedSize, b.compressor, b.digester, b.chunks);
       maps[b.index] = map;
       blobs.set(b.id, map);
-      if (b.prefetch) prefetch.set(b.id, b.prefetch);
+      if (b.prefetch) prefetch.set(b.id, { order: b.prefetch, listed: b.prefetchListed });
     }
     this.images.set(entry.id, {
       entry, body, bootstrapSize: plan.bootstrapSize, blobs, backend, backendMetrics, prefetch, maps, trace: new AccessTrace(maps),
@@ -260,9 +260,9 @@ export class ImageRegistry implements ObjectResolver {
       if (cookie === img.entry.id) return { kind: 'bootstrap', path: img.entry.metadataPath, size: img.bootstrapSize };
       const map = img.blobs.get(cookie);
       if (map) {
-        const order = img.prefetch.get(cookie);
+        const planned = img.prefetch.get(cookie);
         return {
-          kind: 'blob', map, fetcher: img.fetcher, prefetch: order ? { order, config: img.entry.prefetch } : null, fill: { amplifyIo: img.entry.amplifyIo },
+          kind: 'blob', map, fetcher: img.fetcher, prefetch: planned ? { ...planned, config: img.entry.prefetch } : null, fill: { amplifyIo: img.entry.amplifyIo },
           trace: img.trace.blob(map.blobIndex),
         };
       }

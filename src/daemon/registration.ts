@@ -27,6 +27,8 @@ export interface PlannedBlob {
   chunks: PackedChunks;
   /** Positions (into `chunks`) to prefetch, in order; null when prefetch is off. */
   prefetch: Uint32Array | null;
+  /** How many of those come first as the prefetch table's files (the rest: the blob's other chunks). */
+  prefetchListed: number;
 }
 
 export interface RegistrationPlan {
@@ -43,7 +45,7 @@ export function planRegistration(req: RegistrationRequest): RegistrationPlan {
     bootstrapSize,
     blobs: image.blobs.map((b) => ({
       id: b.id, index: b.index, uncompressedSize: b.uncompressedSize, compressor: b.compressor, digester: b.digester,
-      chunks: packChunks(b.chunks), prefetch: order ? order[b.index] : null,
+      chunks: packChunks(b.chunks), prefetch: order ? order[b.index].order : null, prefetchListed: order ? order[b.index].listed : 0,
     })),
   };
 }
@@ -56,22 +58,22 @@ export function planBuffers(plan: RegistrationPlan): ArrayBuffer[] {
 /**
  * What to prefetch, per blob as positions in its chunk list: the chunks of the files the bootstrap's
  * prefetch table lists (directories with everything below them), in that order; without a prefetch
- * table, or with `all`, the whole blob (after those files).
+ * table, or with `all`, the whole blob (after those files). `listed`: how many positions are the files'.
  */
-function prefetchOrder(image: ValidatedImage, all: boolean): Uint32Array[] {
+function prefetchOrder(image: ValidatedImage, all: boolean): Array<{ order: Uint32Array; listed: number }> {
   const position = new Map<ChunkRef, number>();
   for (const b of image.blobs) b.chunks.forEach((c, i) => position.set(c, i));
   const listed = prefetchTableChunks(image, position);
   return image.blobs.map((b, i) => {
     const first = listed?.[i] ?? [];
-    if (listed && !all) return Uint32Array.from(first);
+    if (listed && !all) return { order: Uint32Array.from(first), listed: first.length };
     const seen = new Uint8Array(b.chunks.length);
     for (const p of first) seen[p] = 1;
     const out = new Uint32Array(b.chunks.length);
     out.set(first);
     let n = first.length;
     for (let p = 0; p < b.chunks.length; p++) if (!seen[p]) out[n++] = p;
-    return out;
+    return { order: out, listed: first.length };
   });
 }
 
