@@ -6,8 +6,10 @@
  * through fscache + nydusd, (3) warm (remounted, page cache dropped, data in the cache files); for the
  * rootfs also the first `chroot <mnt> /bin/ls /` on a cold mount and on the loop mount; nydusd's start
  * to a listening API socket (guest, and on the host) and the daemon's peak RSS.
- *   node --import tsx bench/ondemand.ts [--mib 64]
+ *   node --import tsx bench/ondemand.ts [--mib 64] [--runs 3]   the guest booted --runs times, medians
  *   node --import tsx bench/ondemand.ts --host [--runs 3]   the same reads through nydusd --fanotify on this kernel
+ * Every read is timed from its mount, caches dropped before it: a prefetch that starts at the mount
+ * has no head start over the reader.
  * The images are made once under kernel-test/.cache/bench/ (the big one again when --mib changes).
  * Not a test: it asserts nothing. Under qemu TCG absolute figures are low; the ratios are the point.
  */
