@@ -394,7 +394,7 @@ test('prefetch config as the snapshotter sends it: merged backend reads, threads
     const port = new FakePort();
     const session = new OnDemandSession(port, registry, state, log, 4);
     const t0 = Date.now();
-    if (r.status === 204) {
+    if (r.status === 204 && (prefetch as { enable?: boolean }).enable) {
       session.handle({ type: 'open', msgId: 1, objectId: 1, volumeKey: `erofs,${id}`, cookieKey: pfBlob, fd: port.give(90), flags: 0 });
       const want = 8;
       await waitFor(() => session.stats.prefetchedChunks === want, `prefetch of ${want} chunks`);
@@ -424,6 +424,18 @@ test('prefetch config as the snapshotter sends it: merged backend reads, threads
   const bad = await run('pf5', { enable: true, threads_count: -1, merging_size: 1, bandwidth_rate: 0, prefetch_all: false });
   assert.equal(bad.status, 400);
   assert.match(bad.body.message, /prefetch_config\.threads_count must be a whole number >= 0/);
+  // nydusd's bounds of an enabled prefetch (its validate()): 1 to 1024 threads, batches up to 0x10000000.
+  for (const [id, p, field] of [
+    ['pf6', { enable: true, threads_count: 0, merging_size: 1048576 }, /prefetch_config\.threads_count must be 1 to 1024 with prefetch enabled/],
+    ['pf7', { enable: true, threads_count: 1025, merging_size: 1048576 }, /prefetch_config\.threads_count must be 1 to 1024/],
+    ['pf8', { enable: true, threads_count: 8, merging_size: 0x10000001 }, /prefetch_config\.merging_size must be at most 268435456/],
+  ] as const) {
+    const r = await run(id, p);
+    assert.equal(r.status, 400, id);
+    assert.match(r.body.message, field, id);
+  }
+  // Disabled, the same values are no error (nydusd checks them only when prefetch is on).
+  assert.equal((await run('pf9', { enable: false, threads_count: 0, merging_size: 1048576 })).status, 204);
 });
 
 test('batchChunks: runs of chunks stored back to back, bounded in bytes', () => {

@@ -230,7 +230,33 @@ export class BlobCacheFile {
       placed.push([c, p]);
     }
     await Promise.all(waits);
+    const again: ChunkRef[] = [];
     for (const [c, p] of placed) {
+      const e = p.failed?.get(c.indexInBlob);
+      if (!e) continue;
+      if (missing.includes(c)) throw e;
+      again.push(c);
+    }
+    if (again.length) await this.fillAgain(again);
+  }
+
+  /**
+   * Chunks a READ found on their way (fetched ahead of it, or by a prefetch) that failed: fetched once
+   * more for the READ, whose error must come from a fetch made for it. A backend that served wrong
+   * bytes for a while (a proxy's fault, a registry's) fails the fetches of that while, and a reader
+   * that reads again once it is over must not be failed by a fetch made before its read.
+   */
+  private async fillAgain(chunks: readonly ChunkRef[]): Promise<void> {
+    const fresh = chunks.filter((c) => this.wanted(c, true));
+    // Those another READ already fetches again: its outcome is this READ's too.
+    const others = chunks.filter((c) => !fresh.includes(c)).map((c) => [c, this.materializing.get(c.indexInBlob)] as const);
+    if (fresh.length) {
+      const { failed } = await this.materializeRuns(fresh, this.fetch(fresh, true), true);
+      if (failed.length) throw failed[0][1];
+    }
+    for (const [c, p] of others) {
+      if (!p) continue;
+      await p.done;
       const e = p.failed?.get(c.indexInBlob);
       if (e) throw e;
     }

@@ -87,6 +87,12 @@ export interface PrefetchConfig {
   all: boolean;
 }
 
+/** nydusd's bounds of an enabled prefetch config. */
+const PREFETCH_THREADS_MAX = 1024;
+const PREFETCH_BATCH_MAX = 0x10000000;
+/** The most prefetch batches in flight at once, whatever more the config asks. */
+const PREFETCH_THREADS_IN_FLIGHT = 64;
+
 const PREFETCH_DEFAULTS: PrefetchConfig = { enable: false, threads: 8, batchSize: 1 << 20, bandwidthLimit: 0, all: false };
 
 export type Json = Record<string, unknown>;
@@ -120,12 +126,18 @@ export type PrefetchAllRule = 'whole-blob' | 'fs';
 /** A prefetch config under nydus's field names of either form (`names` maps ours to theirs). */
 function prefetchFrom(o: Json, where: string, names: { threads: string; batchSize: string; bandwidthLimit: string }, all: PrefetchAllRule, allDefault: boolean): PrefetchConfig {
   const threads = count(o, names.threads, where, PREFETCH_DEFAULTS.threads);
+  const batchSize = count(o, names.batchSize, where, PREFETCH_DEFAULTS.batchSize);
   const asked = o.prefetch_all === undefined || o.prefetch_all === null ? allDefault : flag(o, 'prefetch_all', where);
+  const enable = flag(o, 'enable', where);
+  // As nydusd's validate() (CacheConfigV2, RafsConfigV2; the legacy forms are converted to them).
+  if (enable && (threads === 0 || threads > PREFETCH_THREADS_MAX)) throw new ConfigError(`${where}.${names.threads} must be 1 to ${PREFETCH_THREADS_MAX} with prefetch enabled`);
+  if (enable && batchSize > PREFETCH_BATCH_MAX) throw new ConfigError(`${where}.${names.batchSize} must be at most ${PREFETCH_BATCH_MAX} (0x10000000) with prefetch enabled`);
   return {
-    enable: flag(o, 'enable', where),
-    // nydusd raises 0 threads to its default as well.
-    threads: threads === 0 ? PREFETCH_DEFAULTS.threads : Math.min(threads, 64),
-    batchSize: count(o, names.batchSize, where, PREFETCH_DEFAULTS.batchSize),
+    enable,
+    // Batches in flight at once: more than 64 would only hold more memory (a batch of a remote
+    // backend is read whole before it is verified).
+    threads: Math.min(threads, PREFETCH_THREADS_IN_FLIGHT),
+    batchSize,
     bandwidthLimit: bandwidthFrom(o, where, names.bandwidthLimit),
     all: all === 'whole-blob' ? true : asked,
   };
