@@ -586,6 +586,64 @@ test('chunk fetcher: a job\'s memory is freed once every taker gave its chunks b
   }
 });
 
+test('a READ that joined a fetch made before it, which failed (the backend served wrong bytes then), fetches its chunk once more and gets the right bytes', async () => {
+  // Four chunks of 20 KiB (zstd) back to back; the backend corrupts what it serves while `corrupt` is set.
+  const plain = Array.from({ length: 4 }, (_, i) => prand(20_000, 700 + i));
+  const stored = plain.map((p) => Buffer.from(compressChunk('zstd', p) ?? p));
+  const chunks: ChunkRef[] = [];
+  let coff = 0;
+  plain.forEach((p, i) => {
+    chunks.push({ blobIndex: 0, indexInBlob: i, digest: chunkDigest('blake3', p), uncompressedOffset: i * 20_480, uncompressedSize: p.length, compressedOffset: coff, compressedSize: stored[i].length, compressed: compressChunk('zstd', p) !== null });
+    coff += stored[i].length;
+  });
+  const blob = Buffer.concat(stored);
+  const blobId = 'e'.repeat(64);
+  const map = new BlobMap(blobId, 0, 4 * 20_480, 'zstd', 'blake3', packChunks(chunks));
+  let corrupt = true;
+  let open!: () => void;
+  const gate = new Promise<void>((r) => (open = r));
+  const reads: Array<[number, number, boolean]> = [];
+  const backend: BlobBackend = {
+    type: 'test',
+    async read(_id, offset, size) {
+      const bytes = Buffer.from(blob.subarray(offset, offset + size));
+      reads.push([offset, size, corrupt]);
+      if (corrupt) {
+        for (const c of chunks) if (c.compressedOffset >= offset && c.compressedOffset < offset + size) bytes[c.compressedOffset - offset + 7] ^= 0x20;
+        await gate;
+      }
+      return bytes;
+    },
+    size: async () => blob.length,
+    close: async () => undefined,
+  };
+  const pool = new VerifyPool(2);
+  const state = new DaemonState(path.join(work, 'state-refetch'));
+  const cache = Buffer.alloc(4 * 20_480);
+  const file = new BlobCacheFile({ volume: 'v', cookie: blobId }, map, new ChunkFetcher(backend, undefined, pool), {
+    asksOnlyForMissing: true,
+    write: async (offset, data) => void Buffer.from(data.buffer, data.byteOffset, data.byteLength).copy(cache, offset),
+    dataRanges: () => [],
+  }, new WorkGuard(() => undefined), state, { prefetchedChunks: 0, staleMarks: 0, chunksWrittenByVerifier: 0 }, log);
+  try {
+    // A prefetch of the whole blob: one backend read, made while the backend corrupts.
+    file.start({ order: Uint32Array.from([0, 1, 2, 3]), listed: 0, config: { threads: 1, batchSize: 1 << 20, bandwidthLimit: 0 } });
+    await waitFor(() => reads.length === 1, 'the prefetch\'s backend read');
+    corrupt = false;
+    // The reader comes once the backend serves right again: chunk 2 is on its way, fetched before.
+    const read = file.fill(2 * 20_480, 4096);
+    open();
+    await read;
+    assert.ok(cache.subarray(2 * 20_480, 2 * 20_480 + 20_000).equals(plain[2]), 'the reader\'s chunk holds the right bytes');
+    assert.deepEqual(reads.map(([, , bad]) => bad), [true, false], 'the chunk was fetched once more, from the mended backend');
+    assert.ok(state.isCached({ volume: 'v', cookie: blobId }, 2));
+    for (const i of [0, 1, 3]) assert.ok(!state.isCached({ volume: 'v', cookie: blobId }, i), `chunk ${i}, fetched corrupt and read by no one, is not kept`);
+  } finally {
+    pool.close();
+    state.close();
+  }
+});
+
 test('cache file over a localfs blob: its verification jobs read the blob range and write the cache file themselves, no byte through JS; a write that fails is done again from bytes fetched anew', async () => {
   // Twelve chunks of 20 KiB (zstd), one corrupt, stored back to back in a blob file.
   const plain = Array.from({ length: 12 }, (_, i) => (i % 3 ? prand(20_000, 400 + i) : Buffer.alloc(20_000, `chunk ${i} `)));
