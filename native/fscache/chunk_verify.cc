@@ -473,6 +473,13 @@ WriteTarget ParseTarget(Napi::Env env, const Napi::Value& fd_v, const Napi::Valu
   return WriteTarget{fd, static_cast<off_t>(file_offset)};
 }
 
+// An entry point's optional last argument, `background` (a boolean); `argc`: the arguments before it.
+bool TrailingBackground(const Napi::CallbackInfo& info, size_t* argc) {
+  bool has = info.Length() > 0 && info[info.Length() - 1].IsBoolean();
+  *argc = info.Length() - (has ? 1 : 0);
+  return has && info[info.Length() - 1].As<Napi::Boolean>().Value();
+}
+
 }  // namespace
 
 // verifyRunNative(stored, layout, digests, digestSize, out, compressor, digester[, fd, fileOffset][, background])
@@ -480,10 +487,8 @@ Napi::Value VerifyRunNative(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const char* fn = "verifyRunNative";
   const char* usage = "verifyRunNative(stored: Uint8Array, layout: Float64Array, digests: Uint8Array, digestSize: number, out: Uint8Array, compressor: 0 | 1, digester: 0 | 1[, fd: number, fileOffset: number][, background: boolean])";
-  // A trailing boolean is `background`; what is before it, the job.
-  bool has_background = info.Length() > 0 && info[info.Length() - 1].IsBoolean();
-  bool background = has_background && info[info.Length() - 1].As<Napi::Boolean>().Value();
-  size_t argc = info.Length() - (has_background ? 1 : 0);
+  size_t argc;
+  bool background = TrailingBackground(info, &argc);
   bool writes = argc == 9;
   if ((argc != 7 && !writes) || !info[0].IsTypedArray() || !info[1].IsTypedArray() || !info[2].IsTypedArray() ||
       !info[3].IsNumber() || !info[4].IsTypedArray() || !info[5].IsNumber() || !info[6].IsNumber() ||
@@ -518,8 +523,9 @@ Napi::Value VerifyRunNative(const Napi::CallbackInfo& info) {
 Napi::Value VerifyBlobRange(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const char* fn = "verifyBlobRange";
-  bool background = info.Length() == 11 && info[10].IsBoolean() && info[10].As<Napi::Boolean>().Value();
-  if ((info.Length() != 10 && !(info.Length() == 11 && info[10].IsBoolean())) || !info[0].IsNumber() || !info[1].IsNumber() || !info[2].IsNumber() || !info[3].IsTypedArray() ||
+  size_t argc;
+  bool background = TrailingBackground(info, &argc);
+  if (argc != 10 || !info[0].IsNumber() || !info[1].IsNumber() || !info[2].IsNumber() || !info[3].IsTypedArray() ||
       !info[4].IsTypedArray() || !info[5].IsNumber() || !info[6].IsNumber() || !info[7].IsNumber() || !info[8].IsNumber() || !info[9].IsNumber()) {
     throw Napi::TypeError::New(env, "verifyBlobRange(blobFd: number, storedOffset: number, storedSize: number, layout: Float64Array, digests: Uint8Array, digestSize: number, compressor: 0 | 1, digester: 0 | 1, fd: number, fileOffset: number[, background: boolean])");
   }

@@ -33,7 +33,7 @@ import { type BlobMap, followsInFile } from './blob-map.ts';
 export class ChunkJob {
   /** Whether a reader waits for one of its chunks: verified before the jobs fetched ahead. */
   urgent = false;
-  /** The rest of a blob prefetched: verified after every other job, on all threads but one (VerifyPool). */
+  /** The rest of a blob prefetched: verified after every other job, at the lowest CPU priority (VerifyPool). */
   background = false;
   /**
    * The cache file the job reads its blob range for and writes its chunks into itself, keeping no

@@ -6,6 +6,7 @@ import path from 'node:path';
 import type { Logger } from 'pino';
 import { BlobMap } from './blob-map.ts';
 import { type RegistrationPool, sharedRegistrationPool } from './registration-pool.ts';
+import type { PrefetchOrder } from './registration.ts';
 import { ChunkFetcher } from './chunk-fetcher.ts';
 import { type BackendMetrics, type BlobBackend, newBackendMetrics } from './backend/localfs.ts';
 import { createBackend } from './backend/index.ts';
@@ -31,7 +32,7 @@ interface RegisteredImage {
   backendMetrics: BackendMetrics;
   fetcher: ChunkFetcher;
   /** Per blob, the positions in its blob map to fetch ahead of reads (when prefetch is enabled), the prefetch table's `listed` first. */
-  prefetch: Map<string, { order: Uint32Array; listed: number }>;
+  prefetch: Map<string, PrefetchOrder>;
   /** Every blob-table entry's map, by blob index (the trace's blob ordinals). */
   maps: BlobMap[];
   /** What the kernel read on demand. */
@@ -136,13 +137,13 @@ export class ImageRegistry implements ObjectResolver {
     const auth = this.runtimeConfig.get(entry.id)?.get(REGISTRY_AUTH);
     if (auth !== undefined) backend.updateAuth?.(auth);
     const blobs = new Map<string, BlobMap>();
-    const prefetch = new Map<string, { order: Uint32Array; listed: number }>();
+    const prefetch = new Map<string, PrefetchOrder>();
     const maps: BlobMap[] = [];
     for (const b of plan.blobs) {
       const map = new BlobMap(b.id, b.index, b.uncompressedSize, b.compressor, b.digester, b.chunks);
       maps[b.index] = map;
       blobs.set(b.id, map);
-      if (b.prefetch) prefetch.set(b.id, { order: b.prefetch, listed: b.prefetchListed });
+      if (b.prefetch) prefetch.set(b.id, b.prefetch);
     }
     this.images.set(entry.id, {
       entry, body, bootstrapSize: plan.bootstrapSize, blobs, backend, backendMetrics, prefetch, maps, trace: new AccessTrace(maps),

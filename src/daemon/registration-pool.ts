@@ -9,9 +9,6 @@
  * host), which a container's first mount would wait for; the bench's 24 KiB bootstrap of 60 files is
  * planned in 2-9 ms (warm, cold).
  */
-
-/** The largest bootstrap planned on the daemon's thread when no worker is up (module comment). */
-export const INLINE_PLAN_MAX_BYTES = 64 << 10;
 import fs from 'node:fs';
 import type { Worker } from 'node:worker_threads';
 import { FormatError, NydusError } from '../../erofs/errors.ts';
@@ -19,6 +16,9 @@ import { ConfigError } from './config.ts';
 import { type RegistrationPlan, type RegistrationRequest, planRegistration } from './registration.ts';
 import type { TraceFiles, TraceFilesRequest } from './trace-files.ts';
 import { startWorker } from './worker-thread.ts';
+
+/** The largest bootstrap planned on the daemon's thread when no worker is up (module comment). */
+export const INLINE_PLAN_MAX_BYTES = 64 << 10;
 
 export interface RegistrationPoolOptions {
   /** Registrations at once (default 1). */
@@ -97,9 +97,9 @@ export class RegistrationPool {
   }
 
   /**
-   * Starts a worker now, before a registration asks for one: a new thread takes about 100 ms to
-   * start (measured on the host), which the first mount of a daemon would otherwise wait for. Unused,
-   * it leaves after idleMs as any other.
+   * Starts a worker now, before a registration asks for one: a new thread takes about 60 ms to come
+   * up (module comment), which the first mount of a daemon would otherwise wait for. Unused, it
+   * leaves after idleMs as any other.
    */
   prestart(): void {
     if (this.closed || this.alive >= this.workers || this.idle.length) return;

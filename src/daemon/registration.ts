@@ -25,10 +25,14 @@ export interface PlannedBlob {
   compressor: CompressorName;
   digester: Digester;
   chunks: PackedChunks;
-  /** Positions (into `chunks`) to prefetch, in order; null when prefetch is off. */
-  prefetch: Uint32Array | null;
-  /** How many of those come first as the prefetch table's files (the rest: the blob's other chunks). */
-  prefetchListed: number;
+  /** Positions (into `chunks`) to prefetch in order, the prefetch table's files' `listed` first; null when prefetch is off. */
+  prefetch: PrefetchOrder | null;
+}
+
+/** A blob's prefetch order: positions in its chunk list, the first `listed` the prefetch table's files'. */
+export interface PrefetchOrder {
+  order: Uint32Array;
+  listed: number;
 }
 
 export interface RegistrationPlan {
@@ -45,14 +49,14 @@ export function planRegistration(req: RegistrationRequest): RegistrationPlan {
     bootstrapSize,
     blobs: image.blobs.map((b) => ({
       id: b.id, index: b.index, uncompressedSize: b.uncompressedSize, compressor: b.compressor, digester: b.digester,
-      chunks: packChunks(b.chunks), prefetch: order ? order[b.index].order : null, prefetchListed: order ? order[b.index].listed : 0,
+      chunks: packChunks(b.chunks), prefetch: order ? order[b.index] : null,
     })),
   };
 }
 
 /** The buffers of a plan, to move rather than copy between threads. */
 export function planBuffers(plan: RegistrationPlan): ArrayBuffer[] {
-  return plan.blobs.flatMap((b) => [b.chunks.numbers.buffer, b.chunks.digests.buffer, ...(b.prefetch ? [b.prefetch.buffer] : [])] as ArrayBuffer[]);
+  return plan.blobs.flatMap((b) => [b.chunks.numbers.buffer, b.chunks.digests.buffer, ...(b.prefetch ? [b.prefetch.order.buffer] : [])] as ArrayBuffer[]);
 }
 
 /**
@@ -60,7 +64,7 @@ export function planBuffers(plan: RegistrationPlan): ArrayBuffer[] {
  * prefetch table lists (directories with everything below them), in that order; without a prefetch
  * table, or with `all`, the whole blob (after those files). `listed`: how many positions are the files'.
  */
-function prefetchOrder(image: ValidatedImage, all: boolean): Array<{ order: Uint32Array; listed: number }> {
+function prefetchOrder(image: ValidatedImage, all: boolean): PrefetchOrder[] {
   const position = new Map<ChunkRef, number>();
   for (const b of image.blobs) b.chunks.forEach((c, i) => position.set(c, i));
   const listed = prefetchTableChunks(image, position);

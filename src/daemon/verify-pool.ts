@@ -11,8 +11,8 @@
  * else wants and yields them at once to a container that starts and to the jobs a reader waits for.
  * Measured in the guest (2 vCPUs, bench/ondemand.ts, medians of 3 runs), the first `chroot <mnt>
  * /bin/ls /` of the Debian rootfs with its prefetch table, mount included, took 1.37-2.14x the loop
- * mount's with the rest of the blob fetched at normal priority, 1.27x at the lowest; keeping a thread
- * from background jobs instead cost the big workload's cold read with prefetch on 0.81x -> 0.51x.
+ * mount's with the rest of the blob fetched at normal priority, 1.07-1.47x at the lowest; keeping a
+ * thread from background jobs instead cost the big workload's cold read with prefetch on 0.81x -> 0.51x.
  */
 import { NydusError, EIO } from '../../erofs/errors.ts';
 import { type BlobRangeRun, type StoredRun, type VerifiedBlobRange, type VerifiedRun, verifyBlobRange, verifyRunNative } from '../blob/verify.ts';
