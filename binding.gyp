@@ -18,6 +18,8 @@
         "native/fscache/aligned_write.cc",
         "native/fscache/fd_passing.cc",
         "native/fscache/fanotify.cc",
+        "native/fscache/fanotify_reader.cc",
+        "native/fscache/event_journal.cc",
         "native/fscache/mount.cc",
         "native/fscache/fds.cc",
         "native/fscache/process.cc",

@@ -313,12 +313,15 @@ function readBlocks(file: string, skip: number, count: number): Promise<Buffer> 
   });
 }
 
-test('root-kernel fanotify: the addon allows an event whose blocks are all set in the ready bitmap, and only those', async () => {
+test('root-kernel fanotify: the addon allows an event whose blocks are all set in the ready bitmap, and only those; the others are in the journal before they are delivered', async () => {
   const file = path.join(work, 'ready-blocks.data');
   const bytes = prand(3 * READY_BLOCK, 7);
   fs.writeFileSync(file, bytes);
   const group = FanotifyGroup.open();
   const seen: FanotifyEvent[] = [];
+  const journalFile = path.join(work, 'ready-blocks.journal');
+  const journal = new PendingEventJournal(journalFile);
+  const journaledAtDelivery: boolean[] = [];
   try {
     group.mark(file);
     const st = fs.statSync(file);
@@ -326,18 +329,23 @@ test('root-kernel fanotify: the addon allows an event whose blocks are all set i
     group.onEvents((events) => {
       for (const e of events) {
         seen.push(e);
+        journaledAtDelivery.push(PendingEventJournal.read(journalFile).some((p) => p.fd === e.fd && p.offset === e.offset && p.count === e.count));
         if (e.answered) continue;
         group.respond(e.fd, 0);
         closeFd(e.fd);
+        journal.done(e.fd);
       }
-    }, (err) => assert.fail(err));
+    }, (err) => assert.fail(err), journal.native);
     const readAndSee = async (skip: number, count: number) => {
       seen.length = 0;
+      journaledAtDelivery.length = 0;
       const got = await readBlocks(file, skip, count);
       const want = bytes.subarray(skip * READY_BLOCK, (skip + count) * READY_BLOCK);
       assert.ok(got.equals(want), `the reader gets the file's bytes (${got.length} bytes read, ${want.length} expected; events ${JSON.stringify(seen)})`);
       const reads = seen.filter((e) => e.offset === skip * READY_BLOCK);
       assert.equal(reads.length, 1, `one event for the read at block ${skip} (${JSON.stringify(seen)})`);
+      assert.deepEqual(journaledAtDelivery, seen.map((e) => !e.answered), 'each event the handler must answer (and only those) is in the journal when it is delivered');
+      assert.deepEqual(PendingEventJournal.read(journalFile), [], 'answered: nothing pending');
       return reads[0].answered;
     };
     assert.equal(await readAndSee(0, 1), false, 'no bitmap yet: the event goes to the handler');
@@ -354,6 +362,7 @@ test('root-kernel fanotify: the addon allows an event whose blocks are all set i
     assert.equal(await readAndSee(0, 1), false, 'the bitmap forgotten: the handler answers again');
   } finally {
     group.close();
+    journal.close();
   }
 });
 

@@ -38,7 +38,7 @@ test('fanotify config: a config without a cache work_dir, or of an unknown versi
   assert.throws(() => entryBodyFromFsConfig('nope', '/i', 'x'), /config must be a JSON object/);
 });
 
-test('fanotify journal: the events left unanswered are read back (last record per fd wins); empty once all are answered', () => {
+test('fanotify journal: the events left unanswered are read back (last record per fd wins); empty once all are answered; an answer recorded twice loses no other pending event', () => {
   const dir = tmpDir('fanjournal');
   try {
     const file = path.join(dir, 'pending-events');
@@ -60,6 +60,19 @@ test('fanotify journal: the events left unanswered are read back (last record pe
       j.done(40);
     }
     assert.ok(fs.statSync(file).size < 300 * 1024, `journal bounded (${fs.statSync(file).size} bytes)`);
+    assert.deepEqual(PendingEventJournal.read(file), []);
+    // Grown past its bound while one event stays pending: an answer recorded twice for another (a
+    // handler that failed after answering) does not count for the pending one, which stays.
+    j.add({ fd: 41, dev: 1, ino: 2, offset: 0, count: 4096 });
+    for (let i = 0; i < 10_000; i++) {
+      j.add({ fd: 42, dev: 1, ino: 2, offset: i * 4096, count: 4096 });
+      j.done(42);
+    }
+    j.add({ fd: 50, dev: 1, ino: 2, offset: 0, count: 4096 });
+    j.done(50);
+    j.done(50);
+    assert.deepEqual(PendingEventJournal.read(file), [{ fd: 41, dev: 1, ino: 2, offset: 0, count: 4096 }]);
+    j.done(41);
     assert.deepEqual(PendingEventJournal.read(file), []);
     j.close();
     // A successor carries the pending ones over into its own journal.

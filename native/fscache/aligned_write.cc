@@ -22,6 +22,44 @@ constexpr size_t kPoolGranule = 64 * 1024;    // buffers are sized in steps of t
 constexpr size_t kPoolKeepMax = 8;            // free buffers kept
 constexpr size_t kPoolKeepLargest = 8 << 20;  // larger ones are unmapped after use
 
+// Buffers of at least this many bytes are whole 2 MiB pages (transparent huge pages): the first touch of
+// a 4 KiB page costs a fault, and on a virtual machine with shadow page tables two (one when the kernel
+// copies into it, one when user code does), some 11 us each. Measured on such a machine, a pread of 16
+// MiB from the page cache into a new buffer: 46 ms in 4 KiB pages (MAP_POPULATE or not), 1.6 ms in huge
+// pages; into a buffer used before, 1.6 ms. Smaller jobs' buffers stay small (the pool keeps them).
+constexpr size_t kHugePage = 2 << 20;
+constexpr size_t kHugeFrom = 512 * 1024;
+
+size_t CapacityFor(size_t size) {
+  size = std::max<size_t>(size, 1);
+  return size >= kHugeFrom ? RoundUp(size, kHugePage) : RoundUp(size, kPoolGranule);
+}
+
+// A mapping of `cap` bytes (CapacityFor's), or nullptr. Huge-page sized ones are aligned to 2 MiB (the
+// mapping is made larger and trimmed) and advised MADV_HUGEPAGE; if the kernel gives no huge pages
+// (THP off), they are 4 KiB pages like the rest. All are populated as they are mapped: the kernel fills
+// the pages in one go, where first touches would fault them in one at a time (64 MiB: 11 ms populated
+// against 180 ms touched, on a virtual machine whose page faults cost some 11 us each).
+void* MapBuffer(size_t cap) {
+  if (cap % kHugePage != 0) {
+    void* p = mmap(nullptr, cap, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+    return p == MAP_FAILED ? nullptr : p;
+  }
+  size_t span = cap + kHugePage;
+  void* raw = mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (raw == MAP_FAILED) return nullptr;
+  uintptr_t start = reinterpret_cast<uintptr_t>(raw);
+  uintptr_t aligned = (start + kHugePage - 1) & ~(kHugePage - 1);
+  if (aligned > start) munmap(raw, aligned - start);
+  size_t tail = start + span - (aligned + cap);
+  if (tail) munmap(reinterpret_cast<void*>(aligned + cap), tail);
+  void* p = reinterpret_cast<void*>(aligned);
+  (void)madvise(p, cap, MADV_HUGEPAGE);
+  // MADV_POPULATE_WRITE (Linux 5.14): populated now, in huge pages where the kernel has them.
+  (void)madvise(p, cap, 23 /* MADV_POPULATE_WRITE */);
+  return p;
+}
+
 // Process-wide free list of aligned buffers (worker threads of several environments may share it).
 // The buffer given back last that fits is taken first: the few in use stay in the CPU's cache. They
 // are mapped straight from the kernel and unmapped when dropped: allocated on the pool threads, glibc's
@@ -53,16 +91,12 @@ class AlignedPool {
       }
     }
     if (too_small.first) munmap(too_small.first, too_small.second);
-    size_t cap = RoundUp(std::max<size_t>(size, 1), kPoolGranule);
-    // Populated as it is mapped: the kernel fills the pages in one go, where first touches would fault
-    // them in one at a time (64 MiB: 11 ms populated against 180 ms touched, on a virtual machine whose
-    // page faults cost some 11 us each).
-    void* p = mmap(nullptr, cap, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
-    if (p == MAP_FAILED) return nullptr;
+    size_t cap = CapacityFor(size);
+    void* p = MapBuffer(cap);
+    if (!p) return nullptr;
     *capacity = cap;
     return p;
   }
-
   void Release(void* p, size_t capacity) {
     if (capacity <= kPoolKeepLargest) {
       std::lock_guard<std::mutex> lock(mu_);

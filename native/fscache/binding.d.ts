@@ -53,12 +53,28 @@ export interface SystemError extends Error {
 export interface Watcher {
   /** Stops waiting; call before closing the device fd. Idempotent. */
   stop(): void;
+}
+
+export interface FanotifyReader extends Watcher {
   /**
-   * fanotify only: which 4096-byte blocks of the file (by device and inode) are in it, one bit each
-   * (bit b of byte b >> 3 for block b), set by the caller as it fills the file; null forgets the file.
-   * A FAN_PRE_ACCESS event for blocks all set is answered FAN_ALLOW as it is read (`answered`).
+   * Which 4096-byte blocks of the file (by device and inode) are in it, one bit each (bit b of byte
+   * b >> 3 for block b), set by the caller as it fills the file; null forgets the file. A
+   * FAN_PRE_ACCESS event for blocks all set is answered FAN_ALLOW as it is read (`answered`).
+   * (stop() delivers the events read and not yet delivered first.)
    */
   setReadyBlocks(dev: number, ino: number, bits: Uint8Array | null): void;
+}
+
+/** The journal of pending fanotify events, written by the addon (event_journal.h). */
+export interface EventJournal {
+  /** Records an event as pending. */
+  add(fd: number, dev: number, ino: number, offset: number, count: number): void;
+  /** Records its answer. */
+  done(fd: number): void;
+  /** Why a record could not be written since the last call (the journal was emptied then), or null. */
+  takeFailure(): string | null;
+  /** Closes the file; records after it are dropped. */
+  close(): void;
 }
 
 /** One fanotify event as read from a group fd. */
@@ -75,7 +91,7 @@ export interface FanotifyEvent {
   /** The range about to be accessed, bytes; -1 when the event carries no range record. */
   offset: number;
   count: number;
-  /** Answered FAN_ALLOW and its fd closed as it was read: its blocks were all set (Watcher.setReadyBlocks). */
+  /** Answered FAN_ALLOW and its fd closed as it was read: its blocks were all set (FanotifyReader.setReadyBlocks). */
   answered: boolean;
 }
 
@@ -87,11 +103,15 @@ export interface FscacheBinding {
   /** One pending request, decoded, or null when none is pending (never blocks). */
   readMessage(fd: number): CachefilesMessage | null;
   /** Waits in the event loop (uv_poll) and hands over each request; keeps the loop alive until stop(). */
-  Watcher: {
-    new (fd: number, callback: (err: SystemError | null, msg?: CachefilesMessage) => void, kind?: 'cachefiles'): Watcher;
-    /** On a fanotify group fd: each delivery is the events one read(2) returned. */
-    new (fd: number, callback: (err: SystemError | null, events?: FanotifyEvent[]) => void, kind: 'fanotify'): Watcher;
-  };
+  Watcher: new (fd: number, callback: (err: SystemError | null, msg?: CachefilesMessage) => void) => Watcher;
+  /**
+   * Reads a fanotify group on a thread of its own (fanotify_reader.h): events whose blocks are set
+   * are answered there, the others recorded in `journal` (when given) before they are delivered;
+   * every event is delivered, in the kernel's order, on the event loop.
+   */
+  FanotifyReader: new (fd: number, callback: (err: SystemError | null, events?: FanotifyEvent[]) => void, journal?: EventJournal) => FanotifyReader;
+  /** The journal of pending events in the file open (O_APPEND) as `fd`, at `path` (removed if it cannot be truncated). */
+  EventJournal: new (fd: number, path: string) => EventJournal;
   /**
    * Copies `data` into a 4096-aligned buffer, pads it with zeros to a multiple of 4096 and pwrite(2)s
    * it at `offset` (a multiple of 4096) on a worker thread. Do not modify `data` until it settles.

@@ -14,9 +14,6 @@
 namespace fscache {
 namespace {
 
-// Events are small (24 bytes of header and a 24-byte range record); a page holds about 85.
-constexpr size_t kReadBufferSize = 4096;
-
 int FdArg(const Napi::CallbackInfo& info, size_t i, const char* usage) {
   if (!info[i].IsNumber()) throw Napi::TypeError::New(info.Env(), usage);
   return info[i].As<Napi::Number>().Int32Value();
@@ -71,45 +68,49 @@ Napi::Value FanotifyRespond(const Napi::CallbackInfo& info) {
 }
 
 void ReadyBlocks::Set(uint64_t dev, uint64_t ino, Napi::Uint8Array bits) {
-  files_[{dev, ino}] = File{Napi::Persistent(bits), bits.Data(), static_cast<uint64_t>(bits.ByteLength()) * 8};
+  File f{Napi::Persistent(bits), bits.Data(), static_cast<uint64_t>(bits.ByteLength()) * 8};
+  std::lock_guard<std::mutex> lock(mu_);
+  files_[{dev, ino}] = std::move(f);
+}
+
+void ReadyBlocks::Remove(uint64_t dev, uint64_t ino) {
+  std::lock_guard<std::mutex> lock(mu_);
+  files_.erase({dev, ino});
 }
 
 bool ReadyBlocks::Holds(uint64_t dev, uint64_t ino, uint64_t offset, uint64_t count) const {
+  std::lock_guard<std::mutex> lock(mu_);
   auto it = files_.find({dev, ino});
   if (it == files_.end() || count == 0 || offset + count < offset) return false;
   const File& f = it->second;
   uint64_t first = offset >> kBlockShift, last = (offset + count - 1) >> kBlockShift;
   if (last >= f.blocks) return false;
   for (uint64_t b = first; b <= last; b++) {
-    if (!(f.bits[b >> 3] & (1u << (b & 7)))) return false;
+    // JS sets bits on its own thread (after the bytes are in the file); a byte is read whole.
+    if (!(__atomic_load_n(&f.bits[b >> 3], __ATOMIC_ACQUIRE) & (1u << (b & 7)))) return false;
   }
   return true;
 }
 
-Napi::Value ReadFanotifyEvents(Napi::Env env, int fd, const ReadyBlocks* ready) {
-  alignas(8) uint8_t buf[kReadBufferSize];
-  ssize_t n = RetryOnEintr([&] { return read(fd, buf, sizeof buf); });
-  if (n < 0) {
-    if (errno == EAGAIN) return env.Null();
-    throw ErrnoError(env, errno, "read", "", "fanotify group fd " + std::to_string(fd));
-  }
-  if (n == 0) return env.Null();
-  Napi::Array out = Napi::Array::New(env);
-  uint32_t count = 0;
+std::string DecodeFanotifyEvents(int groupFd, const uint8_t* buf, size_t n, const ReadyBlocks* ready,
+                                 std::vector<FanotifyEventRecord>& out) {
   size_t pos = 0;
-  while (pos < static_cast<size_t>(n)) {
+  while (pos < n) {
     EventMetadata m;
-    if (n - pos < sizeof m) throw ProtocolError(env, "truncated event header");
+    if (n - pos < sizeof m) return "truncated event header";
     memcpy(&m, buf + pos, sizeof m);
     if (m.event_len < sizeof m || m.event_len > n - pos || m.metadata_len < sizeof m || m.metadata_len > m.event_len) {
       if (m.fd >= 0) close(m.fd);
-      throw ProtocolError(env, "event length " + std::to_string(m.event_len) + " out of bounds");
+      return "event length " + std::to_string(m.event_len) + " out of bounds";
     }
     if (m.vers != kFanotifyMetadataVersion) {
       if (m.fd >= 0) close(m.fd);
-      throw ProtocolError(env, "metadata version " + std::to_string(m.vers));
+      return "metadata version " + std::to_string(m.vers);
     }
-    double offset = -1, length = -1;
+    FanotifyEventRecord e;
+    e.fd = m.fd;
+    e.pid = m.pid;
+    e.mask = m.mask;
     for (size_t r = pos + m.metadata_len; r < pos + m.event_len;) {
       EventInfoHeader h;
       if (pos + m.event_len - r < sizeof h) break;
@@ -118,42 +119,70 @@ Napi::Value ReadFanotifyEvents(Napi::Env env, int fd, const ReadyBlocks* ready) 
       if (h.info_type == kFanEventInfoTypeRange && h.len >= sizeof(EventInfoRange)) {
         EventInfoRange range;
         memcpy(&range, buf + r, sizeof range);
-        offset = static_cast<double>(range.offset);
-        length = static_cast<double>(range.count);
+        e.offset = static_cast<int64_t>(range.offset);
+        e.count = static_cast<int64_t>(range.count);
       }
       r += h.len;
     }
     // Which file: the event's fd stat()ed here, a syscall, not a Stats object per event in JS.
-    double dev = -1, ino = -1;
     struct stat st;
     if (m.fd >= 0 && fstat(m.fd, &st) == 0) {
-      dev = static_cast<double>(st.st_dev);
-      ino = static_cast<double>(st.st_ino);
+      e.dev = static_cast<int64_t>(st.st_dev);
+      e.ino = static_cast<int64_t>(st.st_ino);
     }
     // Bytes the daemon has already put in the file: allowed here. A failed answer (the event is
     // gone) leaves the event to JS, which answers and reports it as any other.
-    bool answered = false;
-    if (ready && m.fd >= 0 && dev >= 0 && offset >= 0 && (m.mask & kFanPreAccess) &&
-        ready->Holds(static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino), static_cast<uint64_t>(offset),
-                     static_cast<uint64_t>(length))) {
+    if (ready && m.fd >= 0 && e.dev >= 0 && e.offset >= 0 && (m.mask & kFanPreAccess) &&
+        ready->Holds(static_cast<uint64_t>(e.dev), static_cast<uint64_t>(e.ino), static_cast<uint64_t>(e.offset),
+                     static_cast<uint64_t>(e.count))) {
       Response r{m.fd, kFanAllow};
-      if (RetryOnEintr([&] { return write(fd, &r, sizeof r); }) == static_cast<ssize_t>(sizeof r)) {
+      if (RetryOnEintr([&] { return write(groupFd, &r, sizeof r); }) == static_cast<ssize_t>(sizeof r)) {
         close(m.fd);
-        answered = true;
+        e.answered = true;
       }
     }
-    Napi::Object e = Napi::Object::New(env);
-    e.Set("fd", Napi::Number::New(env, m.fd));
-    e.Set("answered", Napi::Boolean::New(env, answered));
-    e.Set("dev", Napi::Number::New(env, dev));
-    e.Set("ino", Napi::Number::New(env, ino));
-    e.Set("pid", Napi::Number::New(env, m.pid));
-    e.Set("mask", Napi::Number::New(env, static_cast<double>(m.mask)));
-    e.Set("offset", Napi::Number::New(env, offset));
-    e.Set("count", Napi::Number::New(env, length));
-    out.Set(count++, e);
+    out.push_back(e);
     pos += m.event_len;
   }
+  return "";
+}
+
+Napi::Object FanotifyEventToJs(Napi::Env env, const FanotifyEventRecord& e) {
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("fd", Napi::Number::New(env, e.fd));
+  o.Set("answered", Napi::Boolean::New(env, e.answered));
+  o.Set("dev", Napi::Number::New(env, static_cast<double>(e.dev)));
+  o.Set("ino", Napi::Number::New(env, static_cast<double>(e.ino)));
+  o.Set("pid", Napi::Number::New(env, e.pid));
+  o.Set("mask", Napi::Number::New(env, static_cast<double>(e.mask)));
+  o.Set("offset", Napi::Number::New(env, static_cast<double>(e.offset)));
+  o.Set("count", Napi::Number::New(env, static_cast<double>(e.count)));
+  return o;
+}
+
+Napi::Value ReadFanotifyEvents(Napi::Env env, int fd) {
+  alignas(8) uint8_t buf[kFanotifyReadBufferSize];
+  ssize_t n = RetryOnEintr([&] { return read(fd, buf, sizeof buf); });
+  if (n < 0) {
+    if (errno == EAGAIN) return env.Null();
+    throw ErrnoError(env, errno, "read", "", "fanotify group fd " + std::to_string(fd));
+  }
+  if (n == 0) return env.Null();
+  std::vector<FanotifyEventRecord> events;
+  std::string bad = DecodeFanotifyEvents(fd, buf, static_cast<size_t>(n), nullptr, events);
+  // Events decoded before an undecodable one are no longer in the kernel's queue (their fds are ours):
+  // answered EIO here, not left without an answer.
+  if (!bad.empty()) {
+    for (const auto& e : events) {
+      if (e.answered || e.fd < 0) continue;
+      Response r{e.fd, kFanDeny | (static_cast<uint32_t>(EIO) << kFanErrnoShift)};
+      (void)RetryOnEintr([&] { return write(fd, &r, sizeof r); });
+      close(e.fd);
+    }
+    throw ProtocolError(env, bad);
+  }
+  Napi::Array out = Napi::Array::New(env, events.size());
+  for (uint32_t i = 0; i < events.size(); i++) out.Set(i, FanotifyEventToJs(env, events[i]));
   return out;
 }
 

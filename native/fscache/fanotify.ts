@@ -1,13 +1,14 @@
 /**
  * Typed face of the addon's fanotify calls: the kernel side of the pre-content front end (Linux
- * 6.14+). A group fd, FAN_PRE_ACCESS marks on cache files, events delivered on the event loop, and
- * answers by event fd; plus the file-backed EROFS mount(2) the front end needs. Failures are
+ * 6.14+). A group fd, FAN_PRE_ACCESS marks on cache files, events read on a thread and delivered on
+ * the event loop, answers by event fd, the journal of pending events; plus the file-backed EROFS
+ * mount(2) the front end needs. Failures are
  * SystemErrors carrying a positive errno, with what a failure usually means added to the message.
  */
-import type { FanotifyEvent, FscacheBinding, SystemError, Watcher } from './binding.d.ts';
+import type { EventJournal, FanotifyEvent, FanotifyReader, FscacheBinding, SystemError } from './binding.d.ts';
 import { fscacheBinding, isSystemError } from './index.ts';
 
-export type { FanotifyEvent } from './binding.d.ts';
+export type { EventJournal, FanotifyEvent } from './binding.d.ts';
 
 /** FAN_PRE_ACCESS: a range of a marked file is about to be read (or written). */
 export const FAN_PRE_ACCESS = 0x00100000;
@@ -44,9 +45,9 @@ const MARK_HINTS = {
 
 /** One pre-content fanotify group: the daemon's end of the kernel's FAN_PRE_ACCESS events. */
 export class FanotifyGroup {
-  private watcher: Watcher | null = null;
+  private watcher: FanotifyReader | null = null;
   private closed = false;
-  /** setReadyBlocks' files, handed to each watcher onEvents makes. */
+  /** setReadyBlocks' files, handed to each reader onEvents makes. */
   private readonly ready = new Map<string, { dev: number; ino: number; bits: Uint8Array }>();
 
   private constructor(private readonly binding: FscacheBinding, readonly fd: number) {}
@@ -80,15 +81,17 @@ export class FanotifyGroup {
   }
 
   /**
-   * Delivers events, in the kernel's order, on the event loop (the events of one read(2) at a time).
-   * Read failures go to `onError`. Keeps the process alive until stopEvents() or close().
+   * Delivers events, in the kernel's order, on the event loop; they are read on a thread of the
+   * addon's, which answers those setReadyBlocks allows and records the others in `journal` (when
+   * given) before they are delivered. Read failures go to `onError`. Keeps the process alive until
+   * stopEvents() or close().
    */
-  onEvents(handler: (events: FanotifyEvent[]) => void, onError: (err: SystemError) => void): void {
+  onEvents(handler: (events: FanotifyEvent[]) => void, onError: (err: SystemError) => void, journal?: EventJournal): void {
     if (this.watcher) throw new Error('onEvents: already delivering events (stopEvents() first)');
-    this.watcher = new this.binding.Watcher(this.fd, (err, events) => {
+    this.watcher = new this.binding.FanotifyReader(this.fd, (err, events) => {
       if (err) onError(err);
       else if (events) handler(events);
-    }, 'fanotify');
+    }, journal);
     for (const { dev, ino, bits } of this.ready.values()) this.watcher.setReadyBlocks(dev, ino, bits);
   }
 
@@ -104,6 +107,7 @@ export class FanotifyGroup {
     this.watcher?.setReadyBlocks(dev, ino, bits);
   }
 
+  /** Stops reading; the events read and not yet delivered are delivered first. */
   stopEvents(): void {
     this.watcher?.stop();
     this.watcher = null;
@@ -129,6 +133,11 @@ export class FanotifyGroup {
     this.stopEvents();
     this.binding.close(this.fd);
   }
+}
+
+/** The addon's writer of the journal of pending events, on `fd` (open O_APPEND) of the file at `path`. */
+export function openEventJournal(fd: number, path: string): EventJournal {
+  return new (fscacheBinding().EventJournal)(fd, path);
 }
 
 /** Another fd number for the same open file (an event fd kept for later writes raises no events either). */

@@ -33,6 +33,8 @@
 #include "message.h"
 #include "uapi.h"
 #include "watcher.h"
+#include "event_journal.h"
+#include "fanotify_reader.h"
 
 namespace fscache {
 namespace {
@@ -121,6 +123,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("command", Napi::Function::New(env, Command, "command"));
   exports.Set("readMessage", Napi::Function::New(env, ReadMessageJs, "readMessage"));
   exports.Set("Watcher", Watcher::Define(env));
+  exports.Set("FanotifyReader", FanotifyReader::Define(env));
+  exports.Set("EventJournal", EventJournal::Define(env));
   exports.Set("writeAligned", Napi::Function::New(env, WriteAligned, "writeAligned"));
   exports.Set("readComplete", Napi::Function::New(env, ReadComplete, "readComplete"));
   exports.Set("close", Napi::Function::New(env, Close, "close"));

@@ -4,7 +4,6 @@
 #include <string>
 
 #include "errno_error.h"
-#include "fanotify.h"
 #include "message.h"
 
 namespace fscache {
@@ -20,38 +19,15 @@ struct Watcher::Handle {
 };
 
 Napi::Function Watcher::Define(Napi::Env env) {
-  return DefineClass(env, "Watcher", {InstanceMethod<&Watcher::Stop>("stop"),
-                                      InstanceMethod<&Watcher::SetReadyBlocks>("setReadyBlocks")});
-}
-
-Napi::Value Watcher::SetReadyBlocks(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  const char* usage = "setReadyBlocks(dev: number, ino: number, bits: Uint8Array | null)";
-  if (!fanotify_) throw Napi::TypeError::New(env, "setReadyBlocks: only a fanotify watcher answers events itself");
-  if (!info[0].IsNumber() || !info[1].IsNumber() || !(info[2].IsNull() || info[2].IsTypedArray())) {
-    throw Napi::TypeError::New(env, usage);
-  }
-  double dev = info[0].As<Napi::Number>().DoubleValue(), ino = info[1].As<Napi::Number>().DoubleValue();
-  if (!(dev >= 0 && ino >= 0 && dev <= 9007199254740991.0 && ino <= 9007199254740991.0)) throw Napi::RangeError::New(env, usage);
-  if (info[2].IsNull()) {
-    ready_.Remove(static_cast<uint64_t>(dev), static_cast<uint64_t>(ino));
-  } else {
-    if (info[2].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array) throw Napi::TypeError::New(env, usage);
-    ready_.Set(static_cast<uint64_t>(dev), static_cast<uint64_t>(ino), info[2].As<Napi::Uint8Array>());
-  }
-  return env.Undefined();
+  return DefineClass(env, "Watcher", {InstanceMethod<&Watcher::Stop>("stop")});
 }
 
 Watcher::Watcher(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Watcher>(info) {
   Napi::Env env = info.Env();
   if (!info[0].IsNumber() || !info[1].IsFunction()) {
-    throw Napi::TypeError::New(env, "Watcher(fd: number, callback: (err, msg) => void, kind?: 'cachefiles' | 'fanotify')");
+    throw Napi::TypeError::New(env, "Watcher(fd: number, callback: (err, msg) => void)");
   }
   fd_ = info[0].As<Napi::Number>().Int32Value();
-  if (info[2].IsString() && info[2].As<Napi::String>().Utf8Value() == "fanotify") {
-    fanotify_ = true;
-    device_ = "fanotify group";
-  }
 
   uv_loop_t* loop = nullptr;
   NAPI_THROW_IF_FAILED_VOID(env, napi_get_uv_event_loop(env, &loop));
@@ -132,7 +108,7 @@ void Watcher::OnReadable(int status) {
     Napi::HandleScope each(env);
     Napi::Value msg;
     try {
-      msg = fanotify_ ? ReadFanotifyEvents(env, fd_, &ready_) : ReadMessage(env, fd_);
+      msg = ReadMessage(env, fd_);
     } catch (const Napi::Error& e) {
       // Mostly one failed request (e.g. EMFILE installing an OPEN's fd: the kernel failed that
       // request itself); keep going. A bad fd means there is nothing left to wait on.

@@ -2,21 +2,17 @@
 //
 // /dev/cachefiles implements poll() (EPOLLIN while a request is pending) and its read(2) never
 // blocks (0 when nothing is pending), so the wait can live in the event loop itself: no thread, no
-// locking, requests reach JS in the kernel's order on the loop thread. A fanotify group fd opened
-// FAN_NONBLOCK behaves the same (poll, EAGAIN when empty), so the same watcher serves it: with
-// kind 'fanotify' each delivery is the array of events one read(2) returned.
+// locking, requests reach JS in the kernel's order on the loop thread. (A fanotify group is read on a
+// thread of its own instead: fanotify_reader.h says why.)
 #pragma once
 
 #include <napi.h>
 #include <uv.h>
 
-#include "fanotify.h"
-
 namespace fscache {
 
-// JS: new Watcher(fd, (err, msg) => void, kind?: 'cachefiles' | 'fanotify'); watcher.stop().
+// JS: new Watcher(fd, (err, msg) => void); watcher.stop().
 // While started it keeps itself (and the loop) alive; stop() before closing the fd.
-// fanotify: watcher.setReadyBlocks(dev, ino, bits | null) (ReadyBlocks, fanotify.h).
 class Watcher : public Napi::ObjectWrap<Watcher> {
  public:
   static Napi::Function Define(Napi::Env env);
@@ -27,7 +23,6 @@ class Watcher : public Napi::ObjectWrap<Watcher> {
   struct Handle;  // the uv handle outlives this object until libuv's close callback
 
   Napi::Value Stop(const Napi::CallbackInfo& info);
-  Napi::Value SetReadyBlocks(const Napi::CallbackInfo& info);
   void Shutdown(bool teardown);
   void OnReadable(int status);
   void Deliver(Napi::Value err, Napi::Value msg);
@@ -36,9 +31,6 @@ class Watcher : public Napi::ObjectWrap<Watcher> {
   static void CloseCallback(uv_handle_t* handle);
   static void CleanupHook(napi_async_cleanup_hook_handle hook, void* arg);
 
-  // A fanotify group (each read is an array of events, ReadFanotifyEvents), not /dev/cachefiles (ReadMessage).
-  bool fanotify_ = false;
-  ReadyBlocks ready_;
   const char* device_ = "/dev/cachefiles";
   int fd_ = -1;
   Handle* handle_ = nullptr;  // null once stopped

@@ -10,10 +10,11 @@
  * enough, a process crash does not lose it), and its answer right after it is given.
  *
  * Format: one line per record, `+ <fd> <dev> <ino> <offset> <count>` and `- <fd>`. The file is
- * truncated when nothing is pending and it has grown past TRUNCATE_AT, so it stays small without a
+ * truncated when nothing is pending and it has grown past 256 KiB (event_journal.h), so it stays small without a
  * truncate per event.
  */
 import fs from 'node:fs';
+import { type EventJournal, openEventJournal } from '../../../native/fscache/fanotify.ts';
 import { RepeatedFailure } from '../repeated-failure.ts';
 
 export interface JournaledEvent {
@@ -28,7 +29,7 @@ export interface JournaledEvent {
 
 /**
  * The most of a journal read back: its end. The journal is truncated whenever nothing is pending past
- * TRUNCATE_AT, so a real one is far smaller (a pending event is a line of about 40 bytes); a record's
+ * 256 KiB, so a real one is far smaller (a pending event is a line of about 40 bytes); a record's
  * answer always comes after it, so the end holds every event still pending.
  */
 export const JOURNAL_READ_MAX = 64 << 20;
@@ -49,13 +50,9 @@ function readTail(file: string, max: number): string {
   }
 }
 
-/** Bytes after which an idle journal is truncated. */
-const TRUNCATE_AT = 256 * 1024;
-
 export class PendingEventJournal {
-  private readonly fd: number;
-  private pending = 0;
-  private written = 0;
+  /** The addon's writer (event_journal.h): the group's reader thread records events through it too. */
+  readonly native: EventJournal;
   /** Records that could not be written (reported once a minute). */
   private readonly failures = new RepeatedFailure();
 
@@ -65,7 +62,13 @@ export class PendingEventJournal {
    * the journal has room again for a while); nothing of it is thrown to the daemon's work.
    */
   constructor(readonly file: string, keep: readonly JournaledEvent[] = [], private readonly onFailure: (e: Error) => void = () => undefined) {
-    this.fd = fs.openSync(file, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_TRUNC | fs.constants.O_APPEND, 0o600);
+    const fd = fs.openSync(file, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_TRUNC | fs.constants.O_APPEND, 0o600);
+    try {
+      this.native = openEventJournal(fd, file);
+    } catch (e) {
+      fs.closeSync(fd);
+      throw e;
+    }
     for (const e of keep) this.add(e);
   }
 
@@ -90,47 +93,23 @@ export class PendingEventJournal {
     return [...open.values()];
   }
 
+  /** An event read and not answered (the reader thread records those it reads itself). */
   add(e: JournaledEvent): void {
-    this.pending++;
-    this.append(`+ ${e.fd} ${e.dev} ${e.ino} ${e.offset} ${e.count}\n`);
+    this.native.add(e.fd, e.dev, e.ino, e.offset, e.count);
+    this.report();
   }
 
   done(fd: number): void {
-    this.pending = Math.max(0, this.pending - 1);
-    if (this.pending === 0 && this.written >= TRUNCATE_AT) this.empty();
-    else this.append(`- ${fd}\n`);
+    this.native.done(fd);
+    this.report();
   }
 
   close(): void {
-    fs.closeSync(this.fd);
+    this.native.close();
   }
 
-  /**
-   * A record appended whole, or else the journal emptied. A record cut short (a full disk) could give
-   * a successor a wrong range, and a `+` whose `-` is lost would have it answer whatever event later
-   * holds that fd number, its bytes unfetched. An emptied journal only costs a successor of a worker
-   * that dies meanwhile the events that worker left (their readers wait), never a wrong answer.
-   */
-  private append(line: string): void {
-    try {
-      const n = fs.writeSync(this.fd, line);
-      this.written += n;
-      if (n !== line.length) throw new Error(`${n} of the ${line.length} bytes of a record were written`);
-    } catch (e) {
-      this.empty();
-      if (this.failures.occur()) this.onFailure(e as Error);
-    }
-  }
-
-  /** Truncated (which needs no room on the disk); if even that fails, the file is removed: a successor then finds no records. */
-  private empty(): void {
-    try {
-      fs.ftruncateSync(this.fd, 0);
-      this.written = 0;
-    } catch {
-      try {
-        fs.unlinkSync(this.file);
-      } catch { /* nothing left to try: the records stay */ }
-    }
+  private report(): void {
+    const failure = this.native.takeFailure();
+    if (failure !== null && this.failures.occur()) this.onFailure(new Error(failure));
   }
 }

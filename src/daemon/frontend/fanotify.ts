@@ -19,7 +19,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import crypto from 'node:crypto';
 import type { Logger } from 'pino';
-import { FAN_PRE_ACCESS, type FanotifyEvent, closeFd, mountErofsFileBacked, umountPath } from '../../../native/fscache/fanotify.ts';
+import { FAN_PRE_ACCESS, type EventJournal, type FanotifyEvent, closeFd, mountErofsFileBacked, umountPath } from '../../../native/fscache/fanotify.ts';
 import type { SystemError } from '../../../native/fscache/index.ts';
 import { ConfigError, absolutePathField, entryBodyFromFsConfig } from '../config.ts';
 import type { ImageRegistry } from '../daemon.ts';
@@ -34,7 +34,8 @@ import { RepeatedFailures, heldBack } from '../repeated-failure.ts';
 /** What the session needs of the fanotify group (FanotifyGroup, or a fake in unit tests). */
 export interface FanotifyPort extends MarkPort {
   respond(eventFd: number, errno: number): void;
-  onEvents(handler: (events: FanotifyEvent[]) => void, onError: (err: SystemError) => void): void;
+  /** Each event delivered with an fd and not answered is in `journal` by then. */
+  onEvents(handler: (events: FanotifyEvent[]) => void, onError: (err: SystemError) => void, journal: EventJournal): void;
   stopEvents(): void;
 }
 
@@ -97,7 +98,7 @@ export class FanotifySession {
           if (!e.answered && e.fd >= 0) this.answer(e.fd, EIO, true);
         }
       }
-    }, (err) => this.log.warn({ err: err.message }, 'cannot read fanotify events'));
+    }, (err) => this.log.warn({ err: err.message }, 'cannot read fanotify events'), this.journal.native);
   }
 
   /**
@@ -313,8 +314,7 @@ export class FanotifySession {
     }
     if (e.dev < 0) {
       this.log.error({ fd: e.fd }, 'cannot stat an event fd; answered EIO');
-      this.respond(e.fd, EIO);
-      closeFd(e.fd);
+      this.answer(e.fd, EIO, true);
       return;
     }
     const f = this.byInode.get(inodeKey(e.dev, e.ino));
@@ -326,9 +326,9 @@ export class FanotifySession {
       if (f && !f.closed) this.afterRead(f, e);
       return;
     }
-    // A read from the end of the file on (by anyone: the file is marked) has nothing to wait for.
+    // (The reader thread has put the event in the journal.) A read from the end of the file on (by
+    // anyone: the file is marked) has nothing to wait for.
     const fast = f !== undefined && !f.closed && (e.mask & FAN_PRE_ACCESS) !== 0 && e.offset >= 0 && (e.offset >= f.size || f.rangeCached(e.offset, e.count));
-    if (!fast) this.journal.add({ fd: e.fd, dev: e.dev, ino: e.ino, offset: e.offset, count: e.count });
     if (!(e.mask & FAN_PRE_ACCESS)) {
       this.answer(e.fd, 0, true);
       return;
@@ -342,13 +342,13 @@ export class FanotifySession {
       f.adoptEventFd(e.fd);
     } catch (err) {
       this.log.error({ file: f.path, err: (err as Error).message }, 'cannot keep an event fd for writes; answered EIO');
-      this.answer(e.fd, EIO, true, !fast);
+      this.answer(e.fd, EIO, true);
       return;
     }
     if (fast) {
       this.stats.events++;
       this.stats.eventBytes += e.count;
-      this.answer(e.fd, 0, true, false);
+      this.answer(e.fd, 0, true);
       this.afterRead(f, e);
       return;
     }
@@ -384,11 +384,11 @@ export class FanotifySession {
     this.answer(fd, errno, ownFd);
   }
 
-  /** Answers an event, closes its fd when it is ours, and clears it from the journal (when it is there). */
-  private answer(fd: number, errno: number, ownFd: boolean, journaled = true): void {
+  /** Answers an event, closes its fd when it is ours, and clears it from the journal. */
+  private answer(fd: number, errno: number, ownFd: boolean): void {
     this.respond(fd, errno);
     if (ownFd) closeFd(fd);
-    if (journaled) this.journal.done(fd);
+    this.journal.done(fd);
   }
 
   private respond(fd: number, errno: number): void {
