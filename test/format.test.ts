@@ -74,3 +74,25 @@ test('inline xattrs round-trip, binary values included', () => {
 test('a truncated structure is a FormatError naming it', () => {
   assert.throws(() => erofsSuperBlock.decode(Buffer.alloc(100), 0, 'img'), (e: Error) => e instanceof FormatError && /truncated erofs_super_block/.test(e.message));
 });
+
+test('64-bit fields decode to the edges of the safe integers; past them a FormatError names the field and the value', () => {
+  const b = Buffer.alloc(erofsInodeExtended.size);
+  const at = (field: 'i_size' | 'i_mtime') => erofsInodeExtended.offsetOf(field);
+  b.writeBigUInt64LE(2n ** 53n - 1n, at('i_size'));
+  b.writeBigInt64LE(-(2n ** 53n) + 1n, at('i_mtime'));
+  const d = erofsInodeExtended.decode(b, 0, 'img');
+  assert.equal(d.i_size, Number.MAX_SAFE_INTEGER);
+  assert.equal(d.i_mtime, Number.MIN_SAFE_INTEGER);
+  b.writeBigInt64LE(-1n, at('i_mtime'));
+  assert.equal(erofsInodeExtended.decode(b, 0).i_mtime, -1, 'before 1970 is negative');
+  for (const [field, v] of [['i_size', 2n ** 53n], ['i_size', 2n ** 64n - 1n], ['i_mtime', -(2n ** 53n)], ['i_mtime', 2n ** 63n - 1n]] as const) {
+    const c = Buffer.from(b);
+    if (field === 'i_size') c.writeBigUInt64LE(v, at(field));
+    else c.writeBigInt64LE(v, at(field));
+    assert.throws(() => erofsInodeExtended.decode(c, 0, 'img'), (e: Error) => e instanceof FormatError
+      && e.message === `img: erofs_inode_extended.${field} at offset ${at(field)} is out of range (${v})`);
+  }
+  // Every field is read where it is declared: a round trip through encode.
+  const value = { i_format: 1, i_xattr_icount: 2, i_mode: 0o100644, i_size: 2 ** 40 + 3, i_u: 0xfedcba98, i_ino: 7, i_uid: 0xffffffff, i_gid: 9, i_mtime: -5, i_mtime_nsec: 999_999_999, i_nlink: 3 };
+  assert.deepEqual({ ...erofsInodeExtended.decode(erofsInodeExtended.encode(value)), i_reserved: undefined, i_reserved2: undefined }, { ...value, i_reserved: undefined, i_reserved2: undefined });
+});
