@@ -149,13 +149,7 @@ export function closeFd(fd: number): void {
   fscacheBinding().close(fd);
 }
 
-/** lseek(2) SEEK_DATA/SEEK_HOLE over [from, to): the ranges that hold data. */
-export function dataRangesOf(fd: number, from: number, to: number): Array<[number, number]> {
-  const flat = fscacheBinding().dataRanges(fd, from, to);
-  const out: Array<[number, number]> = [];
-  for (let i = 0; i < flat.length; i += 2) out.push([flat[i], flat[i + 1]]);
-  return out;
-}
+export { dataRangesOf } from './index.ts';
 
 /**
  * A read-only file-backed EROFS mount: mount(2) with the bootstrap file as source and each blob's

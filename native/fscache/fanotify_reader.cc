@@ -114,6 +114,9 @@ void FanotifyReader::Run() {
         int err = n < 0 ? errno : EPIPE;
         Post({{}, err, "read"});
         if (err == EBADF) return;
+        // A failure that lasts (EMFILE: no fd for the next event) would have poll(2) return at once:
+        // a pause, not a loop that floods the event loop with the same error.
+        usleep(10 * 1000);
         break;
       }
       Delivery d;

@@ -28,6 +28,14 @@ export function fscacheBinding(): FscacheBinding {
   return loaded;
 }
 
+/** lseek(2) SEEK_DATA/SEEK_HOLE over [from, to): the ranges that hold data. */
+export function dataRangesOf(fd: number, from: number, to: number): Array<[number, number]> {
+  const flat = fscacheBinding().dataRanges(fd, from, to);
+  const out: Array<[number, number]> = [];
+  for (let i = 0; i < flat.length; i += 2) out.push([flat[i], flat[i + 1]]);
+  return out;
+}
+
 export function isSystemError(err: unknown): err is SystemError {
   return err instanceof Error && typeof (err as SystemError).errno === 'number' && typeof (err as SystemError).code === 'string';
 }

@@ -119,6 +119,10 @@ export function chunkTree(root: TreeNode, chunker: Chunker, first: readonly Tree
     try {
       for (let off = 0; off < node.size; off += chunkSize) {
         const want = Math.min(chunkSize, node.size - off);
+        if (src.inHole?.(off, want)) {
+          chunks.push(chunker.addZeroChunk(want));
+          continue;
+        }
         const got = src.read(buf, want, off);
         if (got !== want) throw new NydusError(`${src.describe()}: file shrank while reading (expected ${node.size} bytes)`);
         chunks.push(chunker.addChunk(buf.subarray(0, want)));

@@ -2,6 +2,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { readXattrs } from '../../native/xattr/index.ts';
+import { dataRangesOf } from '../../native/fscache/index.ts';
 import { NydusError } from '../../erofs/errors.ts';
 import { type DataSource, type TreeNode, kindFromMode, joinPath, sortChildren } from './tree.ts';
 import { nodeProblem } from './limits.ts';
@@ -10,11 +11,34 @@ import { HeapRoom } from '../heap-room.ts';
 
 class FileData implements DataSource {
   private fd: number | null = null;
-  constructor(private readonly file: Buffer, private readonly shown: string) {}
+  /** A sparse file's data ranges (SEEK_DATA/SEEK_HOLE), asked once; null for a file with no holes. */
+  private ranges: Array<[number, number]> | null | undefined;
+
+  /** `sparse`: the file takes fewer blocks than its size (it has holes). */
+  constructor(private readonly file: Buffer, private readonly shown: string, private readonly size: number, sparse: boolean) {
+    if (!sparse) this.ranges = null;
+  }
+
   describe(): string {
     return this.shown;
   }
-  read(buf: Buffer, length: number, offset: number): number {
+
+  /**
+   * A hole's chunks are the zero chunk without their zeros being read: ext4 reads a hole by filling
+   * the page cache with zeros (a 4 GiB sparse file took 14 s to build, its 5 KB of data aside).
+   */
+  inHole(offset: number, length: number): boolean {
+    if (this.ranges === undefined) {
+      try {
+        this.ranges = dataRangesOf(this.open(), 0, this.size);
+      } catch {
+        this.ranges = null;  // a file system without SEEK_DATA: every byte is read
+      }
+    }
+    return this.ranges !== null && !this.ranges.some(([a, b]) => a < offset + length && b > offset);
+  }
+
+  private open(): number {
     if (this.fd === null) {
       try {
         this.fd = fs.openSync(this.file, 'r');
@@ -22,9 +46,14 @@ class FileData implements DataSource {
         throw new NydusError(`cannot read ${this.shown}: ${(e as Error).message}`);
       }
     }
+    return this.fd;
+  }
+
+  read(buf: Buffer, length: number, offset: number): number {
+    this.open();
     let done = 0;
     while (done < length) {
-      const n = fs.readSync(this.fd, buf, done, length - done, offset + done);
+      const n = fs.readSync(this.fd!, buf, done, length - done, offset + done);
       if (n === 0) break;
       done += n;
     }
@@ -71,7 +100,7 @@ function statNode(file: Buffer, name: Buffer, treePath: string, shown: string): 
   };
   if (kind === 'file') {
     node.size = Number(st.size);
-    node.data = new FileData(file, shown);
+    node.data = new FileData(file, shown, node.size, st.blocks * 512n < st.size);
   } else if (kind === 'symlink') {
     node.target = fs.readlinkSync(file, { encoding: 'buffer' });
     node.size = node.target.length;

@@ -30,6 +30,8 @@ export interface DataSource {
   describe(): string;
   /** Reads up to `length` bytes at `offset` into `buf`; returns bytes read. */
   read(buf: Buffer, length: number, offset: number): number;
+  /** Whether [offset, offset + length) lies wholly in a hole of a sparse file (its zeros need no reading). */
+  inHole?(offset: number, length: number): boolean;
   close?(): void;
 }
 
