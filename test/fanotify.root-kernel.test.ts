@@ -366,6 +366,37 @@ test('root-kernel fanotify: the addon allows an event whose blocks are all set i
   }
 });
 
+test('root-kernel fanotify: with prefetch on, a corrupt chunk only the prefetch fetched still gives its reader EIO; the other files read right from what the prefetch wrote, none fetched twice', async () => {
+  const csrc = path.join(work, 'corrupt-pf-src');
+  fs.mkdirSync(csrc);
+  fs.writeFileSync(path.join(csrc, 'victim'), prand(200_000, 91));
+  for (let i = 0; i < 4; i++) fs.writeFileSync(path.join(csrc, `ok${i}`), prand(150_000, 92 + i));
+  const img = build('corrupt-pf', csrc);
+  const victim = inspect(img.boot, 'stat /victim') as { chunks: Array<{ chunk_index: number; compressed_offset: number; compressed_size: number }> };
+  assert.equal(victim.chunks.length, 1);
+  const blob = path.join(img.blobDir, img.blobId);
+  const data = fs.readFileSync(blob);
+  data[victim.chunks[0].compressed_offset + Math.floor(victim.chunks[0].compressed_size / 2)] ^= 0xff;
+  fs.writeFileSync(blob, data);
+  const chunks = (inspect(img.boot, 'blobs') as Array<{ chunk_count: number }>)[0].chunk_count;
+
+  const d = await startFanotifyDaemon(path.join(work, 'corrupt-pf'), img, localfs(img), { daemons, mounts }, { prefetch: { enable: true } });
+  await waitFor('the prefetch of every chunk', async () => Object.keys(await fetches(d.sock, img.blobId)).length === chunks);
+  const prefetched = await fetches(d.sock, img.blobId);
+  const victimChunk = String(victim.chunks[0].chunk_index);
+  for (let i = 0; i < 4; i++) assert.deepEqual(fs.readFileSync(path.join(d.mnt, `ok${i}`)), prand(150_000, 92 + i), `ok${i} reads right`);
+  const afterOk = await fetches(d.sock, img.blobId);
+  // (The failed chunk, missing from the file, may be fetched again as read-ahead of the file before it.)
+  assert.deepEqual({ ...afterOk, [victimChunk]: 0 }, { ...prefetched, [victimChunk]: 0 }, 'the other files were read from what the prefetch wrote: none of their chunks fetched again');
+  assert.throws(() => fs.readFileSync(path.join(d.mnt, 'victim')), (e: NodeJS.ErrnoException) => e.code === 'EIO', 'the corrupt file reads as EIO, not zeros');
+  const after = await fetches(d.sock, img.blobId);
+  assert.ok(after[victimChunk] > afterOk[victimChunk], 'its chunk was fetched again for its reader (a failed fetch made before the read is never its answer)');
+  assert.deepEqual({ ...after, [victimChunk]: 0 }, { ...prefetched, [victimChunk]: 0 }, 'and no other chunk');
+  const exited = new Promise((r) => d.proc.once('exit', r));
+  d.proc.kill('SIGTERM');
+  await exited;
+});
+
 /** A daemon serving `rich` under `<work>/<name>`, its state directory a 1 MiB tmpfs (the test unmounts it); its worker's pid. */
 async function daemonOnSmallStateDisk(name: string) {
   const base = path.join(work, name);
