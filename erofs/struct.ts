@@ -31,47 +31,7 @@ function fieldSize(t: FieldType): number {
   return { u8: 1, u16: 2, u32: 4, u64: 8, i64: 8 }[t];
 }
 
-/** A 64-bit field at `at` as a safe integer, or a FormatError naming it (decoders compiled below call this). */
-function readSafe64(buf: Buffer, at: number, signed: boolean, name: string, field: string, where: string): number {
-  const lo = buf.readUInt32LE(at);
-  const hi = signed ? buf.readInt32LE(at + 4) : buf.readUInt32LE(at + 4);
-  // |value| < 2^53: the high word within +-2^21 (and not -2^21 itself unless the low word makes it fit).
-  const v = hi * 0x1_0000_0000 + lo;
-  if (Number.isSafeInteger(v)) return v;
-  const big = signed ? buf.readBigInt64LE(at) : buf.readBigUInt64LE(at);
-  throw new FormatError(`${where ? where + ': ' : ''}${name}.${field} at offset ${at} is out of range (${big})`);
-}
-
-type Decoder = (buf: Buffer, offset: number, where: string) => Record<string, number | Buffer>;
-
-/**
- * The decoder of a declaration as one function that reads each field at its offset into an object
- * literal: objects of one shape, no per-call walk over the declaration. Made with new Function from
- * the declaration itself (its field names are this module's, never input). Measured on the inodes of
- * a Debian rootfs image: 30x faster than the generic loop for compact inodes, 7x for extended ones
- * (their reserved bytes are copied either way), and much less garbage while an image is validated.
- */
-function compileDecoder(name: string, fields: Record<string, FieldSpec>): Decoder {
-  const props: string[] = [];
-  for (const [field, spec] of Object.entries(fields)) {
-    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(field)) throw new Error(`${name}: field name ${field} is not an identifier`);
-    const at = `o + ${spec.offset}`;
-    const t = spec.type;
-    let read: string;
-    if (typeof t === 'object') read = `Buffer.from(b.subarray(${at}, ${at} + ${t.bytes}))`;
-    else if (t === 'u8') read = `b[${at}]`;
-    else if (t === 'u16') read = `b[${at}] | b[${at} + 1] << 8`;
-    else if (t === 'u32') read = `(b[${at}] | b[${at} + 1] << 8 | b[${at} + 2] << 16) + b[${at} + 3] * 0x1000000`;
-    else read = `readSafe64(b, ${at}, ${t === 'i64'}, ${JSON.stringify(name)}, ${JSON.stringify(field)}, where)`;
-    props.push(`${field}: ${read}`);
-  }
-  // eslint-disable-next-line @typescript-eslint/no-implied-eval
-  return new Function('Buffer', 'readSafe64', `return function decode${name.replace(/\W/g, '_')}(b, o, where) { return { ${props.join(', ')} }; };`)(Buffer, readSafe64) as Decoder;
-}
-
 export class Struct<F extends Record<string, FieldSpec>> {
-  private readonly decodeAt: Decoder;
-
   constructor(readonly name: string, readonly size: number, readonly fields: F) {
     const used = new Uint8Array(size);
     for (const [field, spec] of Object.entries(fields)) {
@@ -82,16 +42,30 @@ export class Struct<F extends Record<string, FieldSpec>> {
         used[i] = 1;
       }
     }
-    this.decodeAt = compileDecoder(name, fields);
   }
 
   /** Decodes the structure at `offset` of `buf`; a short buffer is a FormatError naming the structure. */
   decode(buf: Buffer, offset = 0, where = ''): Decoded<F> {
-    if (!Number.isInteger(offset)) throw new RangeError(`${this.name}: offset ${offset} is not an integer`);
     if (offset < 0 || offset + this.size > buf.length) {
       throw new FormatError(`${where ? where + ': ' : ''}truncated ${this.name} at offset ${offset} (needs ${this.size} bytes, ${Math.max(0, buf.length - offset)} present)`);
     }
-    return this.decodeAt(buf, offset, where) as Decoded<F>;
+    const out: Record<string, number | Buffer> = {};
+    for (const [field, spec] of Object.entries(this.fields)) {
+      const at = offset + spec.offset;
+      const t = spec.type;
+      if (typeof t === 'object') out[field] = Buffer.from(buf.subarray(at, at + t.bytes));
+      else if (t === 'u8') out[field] = buf.readUInt8(at);
+      else if (t === 'u16') out[field] = buf.readUInt16LE(at);
+      else if (t === 'u32') out[field] = buf.readUInt32LE(at);
+      else {
+        const v = t === 'i64' ? buf.readBigInt64LE(at) : buf.readBigUInt64LE(at);
+        if (v > BigInt(Number.MAX_SAFE_INTEGER) || v < BigInt(Number.MIN_SAFE_INTEGER)) {
+          throw new FormatError(`${where ? where + ': ' : ''}${this.name}.${field} at offset ${at} is out of range (${v})`);
+        }
+        out[field] = Number(v);
+      }
+    }
+    return out as Decoded<F>;
   }
 
   /** Encodes into `buf` at `offset` (fields not given are left as they are: zero in a fresh buffer). */
