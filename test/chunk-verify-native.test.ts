@@ -12,7 +12,7 @@ import path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { fscacheBinding } from '../native/fscache/index.ts';
-import { dataRangesOf } from '../native/fscache/fanotify.ts';
+import { dataRangesOf } from '../native/fscache/index.ts';
 import { compressChunk } from '../src/blob/compress.ts';
 import { RUN_FIELDS, type StoredRun, setRunChunk, verifyBlobRange, verifyRun, verifyRunNative } from '../src/blob/verify.ts';
 import { prand } from './helpers/fixtures.ts';

@@ -17,7 +17,7 @@ import { ChunkFetcher, batchChunks } from '../src/daemon/chunk-fetcher.ts';
 import { BlobMap, packChunks } from '../src/daemon/blob-map.ts';
 import { type BlobBackend, LocalFsBackend } from '../src/daemon/backend/localfs.ts';
 import { BlobCacheFile, WorkGuard } from '../src/daemon/blob-cache.ts';
-import { dataRangesOf } from '../native/fscache/fanotify.ts';
+import { dataRangesOf } from '../native/fscache/index.ts';
 import { FakePort, settle, waitFor } from './helpers/cachefiles-port.ts';
 import type { ChunkRef } from '../src/builder/tree.ts';
 import { startApi } from '../src/daemon/api.ts';

@@ -45,7 +45,7 @@ const MARK_HINTS = {
 
 /** One pre-content fanotify group: the daemon's end of the kernel's FAN_PRE_ACCESS events. */
 export class FanotifyGroup {
-  private watcher: FanotifyReader | null = null;
+  private reader: FanotifyReader | null = null;
   private closed = false;
   /** setReadyBlocks' files, handed to each reader onEvents makes. */
   private readonly ready = new Map<string, { dev: number; ino: number; bits: Uint8Array }>();
@@ -87,12 +87,12 @@ export class FanotifyGroup {
    * stopEvents() or close().
    */
   onEvents(handler: (events: FanotifyEvent[]) => void, onError: (err: SystemError) => void, journal?: EventJournal): void {
-    if (this.watcher) throw new Error('onEvents: already delivering events (stopEvents() first)');
-    this.watcher = new this.binding.FanotifyReader(this.fd, (err, events) => {
+    if (this.reader) throw new Error('onEvents: already delivering events (stopEvents() first)');
+    this.reader = new this.binding.FanotifyReader(this.fd, (err, events) => {
       if (err) onError(err);
       else if (events) handler(events);
     }, journal);
-    for (const { dev, ino, bits } of this.ready.values()) this.watcher.setReadyBlocks(dev, ino, bits);
+    for (const { dev, ino, bits } of this.ready.values()) this.reader.setReadyBlocks(dev, ino, bits);
   }
 
   /**
@@ -104,13 +104,13 @@ export class FanotifyGroup {
     const key = `${dev}:${ino}`;
     if (bits) this.ready.set(key, { dev, ino, bits });
     else this.ready.delete(key);
-    this.watcher?.setReadyBlocks(dev, ino, bits);
+    this.reader?.setReadyBlocks(dev, ino, bits);
   }
 
   /** Stops reading; the events read and not yet delivered are delivered first. */
   stopEvents(): void {
-    this.watcher?.stop();
-    this.watcher = null;
+    this.reader?.stop();
+    this.reader = null;
   }
 
   /** Pending events or null, without waiting (for tests; daemons use onEvents). */
@@ -148,8 +148,6 @@ export function dupFd(fd: number): number {
 export function closeFd(fd: number): void {
   fscacheBinding().close(fd);
 }
-
-export { dataRangesOf } from './index.ts';
 
 /**
  * A read-only file-backed EROFS mount: mount(2) with the bootstrap file as source and each blob's

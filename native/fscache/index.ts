@@ -36,6 +36,11 @@ export function dataRangesOf(fd: number, from: number, to: number): Array<[numbe
   return out;
 }
 
+/** Whether [from, to) lies in a hole: no range of `ranges` (dataRangesOf's) meets it. */
+export function inHole(ranges: ReadonlyArray<readonly [number, number]>, from: number, to: number): boolean {
+  return !ranges.some(([a, b]) => a < to && b > from);
+}
+
 export function isSystemError(err: unknown): err is SystemError {
   return err instanceof Error && typeof (err as SystemError).errno === 'number' && typeof (err as SystemError).code === 'string';
 }

@@ -21,7 +21,7 @@ static_assert(kReadBufferSize >= kMsgMaxSize, "read buffer must hold the largest
 // A message the kernel should never send. Once the header is known the error carries msgId,
 // objectId and opcode, so the daemon can still fail that request.
 Napi::Error ProtocolError(Napi::Env env, const std::string& what, const Msg* m = nullptr) {
-  Napi::Error e = ErrnoError(env, EPROTO, "read", "/dev/cachefiles");
+  Napi::Error e = ErrnoError(env, EPROTO, "read", kCachefilesDevice);
   e.Set("message", Napi::String::New(env, "EPROTO: undecodable cachefiles message: " + what));
   if (m) {
     e.Set("msgId", Napi::Number::New(env, m->msg_id));
@@ -90,7 +90,7 @@ Napi::Value ReadMessage(Napi::Env env, int fd) {
   // The device answers 0 when nothing is pending; EAGAIN is the same news from a non-blocking fd
   // of another kind (tests feed the decoder through a pipe).
   if (n < 0 && errno == EAGAIN) return env.Null();
-  if (n < 0) throw ErrnoError(env, errno, "read", "/dev/cachefiles");
+  if (n < 0) throw ErrnoError(env, errno, "read", kCachefilesDevice);
   if (n == 0) return env.Null();
 
   Msg m;

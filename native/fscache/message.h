@@ -5,6 +5,9 @@
 
 namespace fscache {
 
+// The device, as errors name it.
+constexpr char kCachefilesDevice[] = "/dev/cachefiles";
+
 // Reads one message (the kernel hands out one per read(2)) and returns it decoded as a plain object:
 //   { type: 'open', msgId, objectId, volumeKey, cookieKey, fd, flags }
 //   { type: 'close', msgId, objectId }

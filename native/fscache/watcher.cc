@@ -100,7 +100,7 @@ void Watcher::OnReadable(int status) {
   Napi::HandleScope scope(env);
   Napi::Object self = Value();  // a local handle: no finalizer can run while we deliver
   if (status < 0) {  // the fd cannot be waited on any more
-    Deliver(ErrnoError(env, -status, "poll", device_).Value(), env.Undefined());
+    Deliver(ErrnoError(env, -status, "poll", kCachefilesDevice).Value(), env.Undefined());
     if (handle_) Shutdown(false);
     return;
   }

@@ -31,7 +31,6 @@ class Watcher : public Napi::ObjectWrap<Watcher> {
   static void CloseCallback(uv_handle_t* handle);
   static void CleanupHook(napi_async_cleanup_hook_handle hook, void* arg);
 
-  const char* device_ = "/dev/cachefiles";
   int fd_ = -1;
   Handle* handle_ = nullptr;  // null once stopped
   Napi::FunctionReference callback_;

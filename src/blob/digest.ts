@@ -12,3 +12,22 @@ export type Digester = 'blake3' | 'sha256';
 export function chunkDigest(digester: Digester, data: Buffer): Buffer {
   return digester === 'blake3' ? blake().blake3(data) : createHash('sha256').update(data).digest();
 }
+
+/** Sizes of zero chunk whose digest zeroChunkDigest keeps at a time (per digester). */
+const ZERO_DIGESTS_KEPT = 64;
+const zeroDigests = new Map<string, Buffer>();
+
+/**
+ * The digest of a chunk of `size` zero bytes (a hole of a sparse file), made once per size: full
+ * chunks are the common size; a file's last chunk may be any, so a bounded few of those are kept.
+ */
+export function zeroChunkDigest(digester: Digester, size: number): Buffer {
+  const key = `${digester}:${size}`;
+  let digest = zeroDigests.get(key);
+  if (!digest) {
+    digest = chunkDigest(digester, Buffer.alloc(size));
+    if (zeroDigests.size >= ZERO_DIGESTS_KEPT) zeroDigests.clear();
+    zeroDigests.set(key, digest);
+  }
+  return digest;
+}

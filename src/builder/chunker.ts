@@ -4,7 +4,7 @@
  * source has the bytes at hand (a file on disk read by `chunkTree`, or a tar stream as it passes by):
  * memory does not grow with file or tree size.
  */
-import { type Digester, chunkDigest } from '../blob/digest.ts';
+import { type Digester, chunkDigest, zeroChunkDigest } from '../blob/digest.ts';
 import type { BlobWriter } from '../blob/blob-writer.ts';
 import { NydusError } from '../../erofs/errors.ts';
 import { type ChunkRef, type TreeNode, walkTree } from './tree.ts';
@@ -38,16 +38,11 @@ export interface ChunkerOptions {
   index: ChunkIndex;
 }
 
-/** Sizes of zero chunk whose digest addZeroChunk keeps at a time. */
-const ZERO_DIGESTS_KEPT = 64;
-
 export class Chunker {
   readonly stats: ChunkStats = { files: 0, chunks: 0, uniqueChunks: 0, bytes: 0 };
   readonly chunkSize: number;
   /** Scratch buffer of one chunk, for sources that copy into it. */
   readonly buffer: Buffer;
-  /** Digests of zero-filled chunks by size (addZeroChunk). */
-  private readonly zeroDigests = new Map<number, Buffer>();
 
   constructor(private readonly opts: ChunkerOptions) {
     this.chunkSize = opts.chunkSize;
@@ -68,14 +63,7 @@ export class Chunker {
    * made or hashed again, so a hole costs the same whatever its size.
    */
   addZeroChunk(size: number): ChunkRef {
-    let digest = this.zeroDigests.get(size);
-    if (!digest) {
-      digest = chunkDigest(this.opts.digester, Buffer.alloc(size));
-      // Full chunks are the common size; a file's last chunk may be any: keep a bounded few of those.
-      if (this.zeroDigests.size >= ZERO_DIGESTS_KEPT) this.zeroDigests.clear();
-      this.zeroDigests.set(size, digest);
-    }
-    return this.add(size, digest, () => Buffer.alloc(size));
+    return this.add(size, zeroChunkDigest(this.opts.digester, size), () => Buffer.alloc(size));
   }
 
   private add(size: number, digest: Buffer, data: () => Buffer): ChunkRef {

@@ -2,7 +2,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { readXattrs } from '../../native/xattr/index.ts';
-import { dataRangesOf } from '../../native/fscache/index.ts';
+import { dataRangesOf, inHole } from '../../native/fscache/index.ts';
 import { NydusError } from '../../erofs/errors.ts';
 import { type DataSource, type TreeNode, kindFromMode, joinPath, sortChildren } from './tree.ts';
 import { nodeProblem } from './limits.ts';
@@ -35,7 +35,7 @@ class FileData implements DataSource {
         this.ranges = null;  // a file system without SEEK_DATA: every byte is read
       }
     }
-    return this.ranges !== null && !this.ranges.some(([a, b]) => a < offset + length && b > offset);
+    return this.ranges !== null && inHole(this.ranges, offset, offset + length);
   }
 
   private open(): number {

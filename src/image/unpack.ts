@@ -1,6 +1,6 @@
 /** `nydus-image unpack`: the tree of a bootstrap and its blobs as a tar file. */
 import { NydusError } from '../../erofs/errors.ts';
-import { type Digester, chunkDigest } from '../blob/digest.ts';
+import { type Digester, zeroChunkDigest } from '../blob/digest.ts';
 import { decodeDev } from '../../erofs/inode.ts';
 import { type ChunkRef, type TreeNode, walkTree } from '../builder/tree.ts';
 import { openImage } from './open.ts';
@@ -11,30 +11,14 @@ import { TarWriter } from './tar-writer.ts';
 const TAR_TYPE: Record<string, string> = { file: '0', symlink: '2', chrdev: '3', blkdev: '4', dir: '5', fifo: '6' };
 
 /**
- * Which chunks are all zeros, by their digest: the builder stores a hole of a sparse file as the one
- * zero chunk of its size (as any run of zeros), so without this a file of a 4 GiB hole went into the
- * tar as 4 GiB of zeros. Its digest names its bytes; they are not read (nor checked) to say so.
- */
-class ZeroChunks {
-  private readonly digests = new Map<string, Buffer>();
-
-  constructor(private readonly digesterOf: (blobIndex: number) => Digester) {}
-
-  is(c: ChunkRef): boolean {
-    const digester = this.digesterOf(c.blobIndex);
-    const key = `${digester}:${c.uncompressedSize}`;
-    let zero = this.digests.get(key);
-    if (!zero) this.digests.set(key, (zero = chunkDigest(digester, Buffer.alloc(c.uncompressedSize))));
-    return c.digest.equals(zero);
-  }
-}
-
-/**
  * The data runs of a chunk-based file with holes (chunks at EROFS_NULL_ADDR, and chunks of zeros), as
  * [offset, length]; null when it has none. Holes go into the tar as holes (GNU sparse), never as zeros.
+ * Zeros are known by their digest: the builder stores a hole of a sparse file as the one zero chunk of
+ * its size (as any run of zeros), so without this a file of a 4 GiB hole went into the tar as 4 GiB of
+ * zeros. The digest names the chunk's bytes; they are not read (nor checked) to say so.
  */
-function dataRuns(chunks: ReadonlyArray<ChunkRef | null>, chunkSize: number, size: number, zeros: ZeroChunks): Array<[number, number]> | null {
-  const hole = chunks.map((c) => c === null || zeros.is(c));
+function dataRuns(chunks: ReadonlyArray<ChunkRef | null>, chunkSize: number, size: number, digesterOf: (blobIndex: number) => Digester): Array<[number, number]> | null {
+  const hole = chunks.map((c) => c === null || c.digest.equals(zeroChunkDigest(digesterOf(c.blobIndex), c.uncompressedSize)));
   if (!hole.includes(true)) return null;
   const runs: Array<[number, number]> = [];
   for (let i = 0; i < chunks.length; i++) {
@@ -68,7 +52,7 @@ export function unpackToTar(opts: { bootstrap: string; blobDir?: string; blobPat
   const skipped: string[] = [];
   let entries = 0;
   const buf = Buffer.allocUnsafe(1 << 20);
-  const zeros = new ZeroChunks((i) => opened.image.blobs[i].digester);
+  const digesterOf = (blobIndex: number) => opened.image.blobs[blobIndex].digester;
   try {
     // Walk with raw-byte paths so names that are not UTF-8 survive.
     const paths = new Map([[root, Buffer.from('.')]]);
@@ -90,7 +74,7 @@ export function unpackToTar(opts: { bootstrap: string; blobDir?: string; blobPat
         continue;
       }
       if (n.hardlinkKey) linkFirst.set(n.hardlinkKey, p);
-      const runs = n.kind === 'file' && n.chunks ? dataRuns(n.chunks, opened.image.chunkSize, n.size, zeros) : null;
+      const runs = n.kind === 'file' && n.chunks ? dataRuns(n.chunks, opened.image.chunkSize, n.size, digesterOf) : null;
       tar.add({ ...base, type: TAR_TYPE[n.kind], size: n.kind === 'file' ? n.size : 0, linkname: n.target, sparse: runs ?? undefined });
       if (n.kind === 'file') {
         let stored = 0;

@@ -6,7 +6,7 @@
 import fs from 'node:fs';
 import crypto from 'node:crypto';
 import { readXattrs } from '../../native/xattr/index.ts';
-import { dataRangesOf } from '../../native/fscache/fanotify.ts';
+import { dataRangesOf, inHole } from '../../native/fscache/index.ts';
 
 /**
  * A file's content digest: its SHA-256 (`sha256`, what the guest tests compare with their own hash of
@@ -18,11 +18,6 @@ const SPARSE_DIGEST_MIN = 1 << 30;
 const DIGEST_BLOCK = 1 << 20;
 const zeroBlock = Buffer.alloc(DIGEST_BLOCK);
 const zeroDigests = new Map<number, Buffer>();
-
-/** Whether [from, to) lies in a hole: no data range of `ranges` (sorted, from SEEK_DATA/SEEK_HOLE) meets it. */
-function inHole(ranges: ReadonlyArray<[number, number]>, from: number, to: number): boolean {
-  return !ranges.some(([a, b]) => a < to && b > from);
-}
 
 function fileDigest(p: Buffer, size: bigint): { sha256: string } | { blocks256: string } {
   const blockwise = size > BigInt(SPARSE_DIGEST_MIN);
