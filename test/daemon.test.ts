@@ -1183,3 +1183,21 @@ test('GET /api/v1/daemon/events: a backend read that failed is there, as nydusd\
   ring.push('y'.repeat(300));
   assert.equal(ring.toJSON().errors.length, 1, 'a line larger than the ring is not kept');
 });
+
+test('BlobMap.includes: a map of fewer of the same chunks is included, one with a chunk that differs in any field or digest, or of another blob, is not', () => {
+  const chunk = (i: number, digestByte = i): ChunkRef => ({
+    blobIndex: 0, indexInBlob: i, digest: Buffer.alloc(32, digestByte), uncompressedOffset: i * 8192, uncompressedSize: 5000,
+    compressedOffset: i * 3000, compressedSize: 3000, compressed: true,
+  });
+  const map = (chunks: ChunkRef[], id = 'a'.repeat(64), size = 4 * 8192) => new BlobMap(id, 0, size, 'zstd', 'blake3', packChunks(chunks));
+  const all = map([0, 1, 2, 3].map((i) => chunk(i)));
+  assert.ok(all.includes(all));
+  assert.ok(all.includes(map([chunk(1), chunk(3)])), 'a subset');
+  assert.ok(all.includes(map([])), 'no chunks');
+  assert.equal(map([chunk(1), chunk(3)]).includes(all), false, 'a superset');
+  assert.equal(all.includes(map([chunk(0), chunk(1, 9)])), false, 'another digest');
+  assert.equal(all.includes(map([{ ...chunk(2), compressedSize: 2999 }])), false, 'another stored size');
+  assert.equal(all.includes(map([{ ...chunk(2), uncompressedOffset: 2 * 8192 + 4096 }])), false, 'a chunk at another place');
+  assert.equal(all.includes(map([chunk(1)], 'b'.repeat(64))), false, 'another blob');
+  assert.equal(all.includes(map([chunk(1)], 'a'.repeat(64), 5 * 8192)), false, 'another size of the blob');
+});

@@ -174,6 +174,72 @@ test('root-kernel fanotify: a lazily mounted image reads identical to the source
   assert.equal(isMounted(d.mnt), false, 'the daemon unmounts when it stops');
 });
 
+test('root-kernel fanotify: mounts of images that share a blob share its cache file: each chunk fetched once, served on after the mount that made it is gone; an image needing chunks the file\'s image lacks is refused naming the file', async () => {
+  // A second image: the source less one file plus a new one, built against the first one's chunks
+  // (--chunk-dict): its blob table holds the first image's blob (fewer of its chunks) and a blob of its own.
+  const bsrc = path.join(work, 'shared-src');
+  execFileSync('cp', ['-a', src, bsrc]);
+  fs.rmSync(path.join(bsrc, 'multi-chunk'));
+  fs.writeFileSync(path.join(bsrc, 'new-file'), prand(300_000, 77));
+  const bManifest = manifest(bsrc);
+  const bImg: Image = { boot: path.join(work, 'shared.boot'), blobDir: path.join(work, 'shared-blobs'), blobId: '' };
+  fs.mkdirSync(bImg.blobDir);
+  fs.copyFileSync(path.join(rich.blobDir, rich.blobId), path.join(bImg.blobDir, rich.blobId));
+  mustRun('nydus-image', ['create', '-t', 'dir-rafs', '-B', bImg.boot, '-D', bImg.blobDir, '--compressor', 'zstd', '--chunk-dict', `bootstrap=${rich.boot}`, bsrc]);
+  const bBlobs = inspect(bImg.boot, 'blobs') as Array<{ blob_id: string; chunk_count: number }>;
+  const richChunks = (inspect(rich.boot, 'blobs') as Array<{ chunk_count: number }>)[0].chunk_count;
+  assert.deepEqual(bBlobs.map((b) => b.blob_id).sort(), [rich.blobId, bBlobs.find((b) => b.blob_id !== rich.blobId)!.blob_id].sort(), 'the second image has the first one\'s blob and its own');
+  const own = bBlobs.find((b) => b.blob_id !== rich.blobId)!.blob_id;
+
+  const d = await startDaemon('shared', rich, localfs(rich));
+  const workerPid = (await apiRequest(d.sock, 'GET', '/api/v1/daemon').then((r) => r.body.pid)) as number;
+  const mount = (mnt: string, img: Image) => apiRequest(d.sock, 'POST', `/api/v1/mount?mountpoint=${encodeURIComponent(mnt)}`,
+    { source: img.boot, fs_type: 'rafs', config: JSON.stringify(fanotifyConfig(d.cacheDir, localfs(img))) });
+  const umount = async (mnt: string) => {
+    const r = await apiRequest(d.sock, 'DELETE', `/api/v1/mount?mountpoint=${encodeURIComponent(mnt)}`);
+    assert.equal(r.status, 204, JSON.stringify(r.body));
+    assert.equal(isMounted(mnt), false);
+  };
+  const mnt2 = path.join(work, 'shared', 'mnt2');
+  fs.mkdirSync(mnt2);
+  mounts.push(mnt2);
+  const second = await mount(mnt2, rich);
+  assert.equal(second.status, 204, JSON.stringify(second.body));
+  assert.equal(fanotifyMarks(workerPid), 1, 'one cache file, marked once, for both mounts');
+  // The mount that made the file goes first: the other reads on through it.
+  await umount(d.mnt);
+  assert.equal(fanotifyMarks(workerPid), 1, 'the cache file stays marked for the mount still using it');
+  assert.deepEqual(diffManifests(srcManifest, manifest(mnt2)).slice(0, 20), [], 'the second mount reads as the source');
+  const first = await fetches(d.sock, rich.blobId);
+  assert.equal(Object.keys(first).length, richChunks, 'every chunk was fetched');
+  assert.deepEqual(Object.values(first).filter((n) => n !== 1), [], 'each chunk once');
+
+  // The second image, mounted where the first mount was (its image is still registered, for the file).
+  const third = await mount(d.mnt, bImg);
+  assert.equal(third.status, 204, JSON.stringify(third.body));
+  fs.writeFileSync('/proc/sys/vm/drop_caches', '3');
+  assert.deepEqual(diffManifests(bManifest, manifest(d.mnt)).slice(0, 20), [], 'the image sharing the blob reads as its source');
+  assert.deepEqual(await fetches(d.sock, rich.blobId), first, 'nothing of the shared blob was fetched again');
+  assert.ok(total(await fetches(d.sock, own)) > 0, 'its own blob was fetched');
+  assert.deepEqual(fs.readdirSync(d.cacheDir).filter((f) => f.endsWith('.blob.data')).sort(), [`${own}.blob.data`, `${rich.blobId}.blob.data`].sort());
+  await umount(mnt2);
+  await umount(d.mnt);
+  assert.equal(fanotifyMarks(workerPid), 0, 'no mount, no mark');
+
+  // The other way round: the file made for the image with fewer of the blob's chunks cannot serve the first image.
+  assert.equal((await mount(d.mnt, bImg)).status, 204);
+  const refused = await mount(mnt2, rich);
+  assert.equal(refused.status, 400, JSON.stringify(refused.body));
+  const why = `cache file ${path.join(d.cacheDir, `${rich.blobId}.blob.data`)} serves blob ${rich.blobId} for the mount at ${d.mnt}, whose image lacks chunks of that blob this image reads`;
+  assert.ok(String(refused.body.message).includes(why), refused.body.message);
+  assert.equal(isMounted(mnt2), false);
+  assert.deepEqual(diffManifests(bManifest, manifest(d.mnt)).slice(0, 20), [], 'the mount there reads on');
+  const exited = new Promise((r) => d.proc.once('exit', r));
+  d.proc.kill('SIGTERM');
+  await exited;
+  assert.equal(isMounted(d.mnt), false, 'the daemon unmounts when it stops');
+});
+
 test('root-kernel fanotify: a corrupt chunk gives EIO for its file only; DELETE removes the mark; a busy mount is served on until free when the daemon stops', async () => {
   const { img } = buildCorrupt('corrupt', 77);
 

@@ -101,6 +101,24 @@ export class BlobMap {
     return [this.n[o + F_UOFF], this.n[o + F_UOFF] + this.n[o + F_USIZE]];
   }
 
+  /**
+   * Whether every chunk of `other` (the same blob as another image has it) is one of this map's, the
+   * same in every field and digest: a cache file kept by this map then serves `other`'s reads too.
+   * (An image that hides files of a shared layer references fewer of its chunks.)
+   */
+  includes(other: BlobMap): boolean {
+    if (other.blobId !== this.blobId || other.uncompressedSize !== this.uncompressedSize || other.compressor !== this.compressor || other.digester !== this.digester) return false;
+    let i = 0;
+    for (let pos = 0; pos < other.chunkCount; pos++) {
+      const o = pos * FIELDS;
+      while (i < this.chunkCount && this.n[i * FIELDS + F_UOFF] < other.n[o + F_UOFF]) i++;
+      if (i === this.chunkCount) return false;
+      for (let f = 0; f < FIELDS; f++) if (this.n[i * FIELDS + f] !== other.n[o + f]) return false;
+      if (!this.digests.subarray(i * DIGEST_SIZE, (i + 1) * DIGEST_SIZE).equals(other.digests.subarray(pos * DIGEST_SIZE, (pos + 1) * DIGEST_SIZE))) return false;
+    }
+    return true;
+  }
+
   /** The first position whose chunk ends after `offset` (`end`) or starts at or after it. */
   private search(offset: number, byEnd: boolean): number {
     let lo = 0;

@@ -151,6 +151,11 @@ export class MarkedCacheFile {
     return this.guard.closed;
   }
 
+  /** Whether this file serves the reads of an image whose chunk map of the blob is `map` (BlobMap.includes). */
+  serves(map: BlobMap): boolean {
+    return this.source.map.includes(map);
+  }
+
   /** Where the blob's demand reads are traced. */
   get trace(): BlobAccessTrace | undefined {
     return this.source.trace;

@@ -62,6 +62,20 @@ interface Mounted {
   servedSince: Date;
 }
 
+/**
+ * A marked cache file and the mounts that read it: mounts of one image, or of images that share the
+ * blob (a common base layer), in one work_dir share its file, so that a chunk is fetched and stored
+ * once. It runs on the chunk map, backend and prefetch of the image whose mount made it; that image
+ * stays registered while the file is open, after its own mount is gone.
+ */
+interface SharedCacheFile {
+  file: MarkedCacheFile;
+  /** The mountpoints of the mounts that use it. */
+  users: Set<string>;
+  /** The image it runs on. */
+  imageId: string;
+}
+
 
 export class FanotifySession {
   private readonly mounts = new Map<string, Mounted>();
@@ -70,7 +84,7 @@ export class FanotifySession {
   /** Ranges that could not be served, told once a minute per file and error (a full cache disk fails every event). */
   private readonly rangeFailures = new RepeatedFailures();
   private readonly byInode = new Map<string, MarkedCacheFile>();
-  private readonly byPath = new Map<string, string>();
+  private readonly byPath = new Map<string, SharedCacheFile>();
   private readonly limiter: Limiter;
   /** `answeredInAddon`: events the addon allowed as it read them (their blocks were in the file). */
   readonly stats: CacheCounters & { events: number; eventBytes: number; eventErrors: number; recovered: number; answeredInAddon: number } = {
@@ -269,7 +283,11 @@ export class FanotifySession {
   }
 
   private async attach(req: FanotifyMountRequest, restored: boolean): Promise<void> {
-    const imageId = `fanotify-${crypto.createHash('sha256').update(req.mountpoint).digest('hex').slice(0, 16)}`;
+    // (The id of the mountpoint's last image while a cache file another mount shares still runs on it: a suffix.)
+    const base = `fanotify-${crypto.createHash('sha256').update(req.mountpoint).digest('hex').slice(0, 16)}`;
+    const taken = new Set([...this.byPath.values()].map((f) => f.imageId));
+    let imageId = base;
+    for (let n = 2; taken.has(imageId); n++) imageId = `${base}-${n}`;
     const entry = await this.registry.add(entryBodyFromFsConfig(req.config, req.bootstrap, imageId), false, 'fs');
     const m: Mounted = { request: req, imageId, files: [], servedSince: new Date() };
     this.mounts.set(req.mountpoint, m);
@@ -285,26 +303,42 @@ export class FanotifySession {
     const resolved = this.registry.resolve(imageId, blobId);
     if (resolved?.kind !== 'blob') throw new Error(`blob ${blobId} of image ${imageId} cannot be resolved`);
     const file = path.join(workDir, `${blobId}.blob.data`);
-    const user = this.byPath.get(file);
-    if (user) throw new ConfigError(`cache file ${file} is in use by the mount at ${user}: give each mount its own cache work_dir`);
+    const shared = this.byPath.get(file);
+    if (shared) {
+      // (Its events cannot tell which mount read: they are traced in the image the file runs on.)
+      if (!shared.file.serves(resolved.map)) {
+        throw new ConfigError(`cache file ${file} serves blob ${blobId} for the mount at ${[...shared.users][0]}, whose image lacks chunks of that blob this image reads: give this mount its own cache work_dir`);
+      }
+      shared.users.add(mountpoint);
+      return shared.file;
+    }
     const f = new MarkedCacheFile(file, resolved, restored, this.group, this.state, this.stats, this.log);
     this.byInode.set(f.inode, f);
-    this.byPath.set(file, mountpoint);
+    this.byPath.set(file, { file: f, users: new Set([mountpoint]), imageId });
     return f;
   }
 
+  /** The mount is no longer served: the cache files no other mount uses are closed, its image forgotten once no file runs on it. */
   private detach(m: Mounted): void {
+    this.mounts.delete(m.request.mountpoint);
+    const images = new Set([m.imageId]);
     for (const f of m.files) {
+      const shared = this.byPath.get(f.path)!;
+      shared.users.delete(m.request.mountpoint);
+      if (shared.users.size) continue;
       this.byInode.delete(f.inode);
       this.byPath.delete(f.path);
       f.close();
+      images.add(shared.imageId);
     }
-    this.mounts.delete(m.request.mountpoint);
-    // (Unmounted whatever the state database says: a failure to forget the image there is logged, and
-    // a restarted daemon finds it registered with nothing mounted.)
-    this.registry.remove({ domainId: '', id: m.imageId }).catch((e: Error) => {
-      this.log.error({ mountpoint: m.request.mountpoint, image: m.imageId, err: e.message }, 'cannot forget the unmounted image in the state database');
-    });
+    for (const id of images) {
+      if ([...this.mounts.values()].some((o) => o.imageId === id) || [...this.byPath.values()].some((o) => o.imageId === id)) continue;
+      // (Unmounted whatever the state database says: a failure to forget the image there is logged, and
+      // a restarted daemon finds it registered with nothing mounted.)
+      this.registry.remove({ domainId: '', id }).catch((e: Error) => {
+        this.log.error({ mountpoint: m.request.mountpoint, image: id, err: e.message }, 'cannot forget the unmounted image in the state database');
+      });
+    }
   }
 
   private event(e: FanotifyEvent): void {
