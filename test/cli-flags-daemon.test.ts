@@ -231,6 +231,17 @@ test('v1 FUSE-mode config: amplify_io (top level, nydus\'s RafsConfig) is the am
   const r = await nydusd('--fanotify', path.join(work, 'fan'), '--config', config, '--bootstrap', boot, '--mountpoint', path.join(work, 'mnt'));
   assert.equal(r.status, 1);
   assert.equal(r.stderr, `nydusd: error: --config ${config}: config.amplify_io must be a whole number >= 0\n`);
+  // The same in TOML (v2, as nydusd reads it after JSON): the same line; text of neither is refused naming both.
+  const toml = path.join(work, 'v2.toml');
+  fs.writeFileSync(toml, 'version = 2\n[backend]\ntype = "localfs"\n[backend.localfs]\ndir = "/blobs"\n[cache]\ntype = "filecache"\n[cache.filecache]\nwork_dir = "/cache"\n[rafs]\nbatch_size = -4096\n');
+  const t = await nydusd('--fanotify', path.join(work, 'fan'), '--config', toml, '--bootstrap', boot, '--mountpoint', path.join(work, 'mnt'));
+  assert.equal(t.status, 1);
+  assert.equal(t.stderr, `nydusd: error: --config ${toml}: config_v2.rafs.batch_size must be a whole number >= 0\n`);
+  const neither = path.join(work, 'neither.conf');
+  fs.writeFileSync(neither, '{"version": 2, backend = }\n');
+  const n = await nydusd('--fanotify', path.join(work, 'fan'), '--config', neither, '--bootstrap', boot, '--mountpoint', path.join(work, 'mnt'));
+  assert.equal(n.status, 1);
+  assert.match(n.stderr, new RegExp(`^nydusd: error: --config ${neither.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} is neither JSON \\(.+\\) nor TOML \\(.+\\)\n$`));
 });
 
 test('nydusd fuse / virtiofs (nydus-snapshotter\'s default fs_driver runs `nydusd fuse`): refused naming the mode and what to run instead', async () => {

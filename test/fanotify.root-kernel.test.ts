@@ -174,7 +174,7 @@ test('root-kernel fanotify: a lazily mounted image reads identical to the source
   assert.equal(isMounted(d.mnt), false, 'the daemon unmounts when it stops');
 });
 
-test('root-kernel fanotify: mounts of images that share a blob share its cache file: each chunk fetched once, served on after the mount that made it is gone; an image needing chunks the file\'s image lacks is refused naming the file', async () => {
+test('root-kernel fanotify: mounts of images that share a blob share its cache file: each chunk fetched once, served on after the mount that made it is gone (the other mounted with a TOML config); an image needing chunks the file\'s image lacks is refused naming the file', async () => {
   // A second image: the source less one file plus a new one, built against the first one's chunks
   // (--chunk-dict): its blob table holds the first image's blob (fewer of its chunks) and a blob of its own.
   const bsrc = path.join(work, 'shared-src');
@@ -214,8 +214,12 @@ test('root-kernel fanotify: mounts of images that share a blob share its cache f
   assert.equal(Object.keys(first).length, richChunks, 'every chunk was fetched');
   assert.deepEqual(Object.values(first).filter((n) => n !== 1), [], 'each chunk once');
 
-  // The second image, mounted where the first mount was (its image is still registered, for the file).
-  const third = await mount(d.mnt, bImg);
+  // The second image, mounted where the first mount was (its image is still registered, for the file),
+  // with its config in TOML as nydus's misc/configs have it (nydusd reads TOML after JSON).
+  const third = await apiRequest(d.sock, 'POST', `/api/v1/mount?mountpoint=${encodeURIComponent(d.mnt)}`, {
+    source: bImg.boot, fs_type: 'rafs',
+    config: `version = 2\n\n[backend]\ntype = "localfs"\n\n[backend.localfs]\ndir = "${bImg.blobDir}"\n\n[cache]\ntype = "filecache"\n\n[cache.filecache]\nwork_dir = "${d.cacheDir}"\n`,
+  });
   assert.equal(third.status, 204, JSON.stringify(third.body));
   fs.writeFileSync('/proc/sys/vm/drop_caches', '3');
   assert.deepEqual(diffManifests(bManifest, manifest(d.mnt)).slice(0, 20), [], 'the image sharing the blob reads as its source');

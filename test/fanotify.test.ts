@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { withTunable } from '../src/daemon/run.ts';
 import fs from 'node:fs';
 import path from 'node:path';
-import { entryBodyFromFsConfig, parseBlobCacheEntry } from '../src/daemon/config.ts';
+import { entryBodyFromFsConfig, parseBlobCacheEntry, parseConfigText } from '../src/daemon/config.ts';
 import { JOURNAL_READ_MAX, PendingEventJournal } from '../src/daemon/frontend/fanotify-journal.ts';
 import { tmpDir } from './helpers/fixtures.ts';
 
@@ -28,6 +28,46 @@ test('fanotify config: nydusd v1 FUSE config (device.backend, device.cache, fs_p
     mode: 'direct', fs_prefetch: { enable: true, threads_count: 3 },
   }, '/img.boot', 'x'));
   assert.deepEqual([e.workDir, e.backend, e.prefetch.enable, e.prefetch.threads], ['/cache', { type: 'localfs', dir: '/blobs' }, true, 3]);
+});
+
+test('config text: TOML (v2), as nydusd reads it after JSON, gives the entry the same JSON gives; TOML of another version and text of neither are refused naming the place', () => {
+  const toml = `# nydusd v2, in TOML as nydus's misc/configs have it
+version = 2
+id = "my_id"
+
+[backend]
+type = "registry"
+
+[backend.registry]
+scheme = "http"
+host = "127.0.0.1:5000"
+repo = "library/app"
+timeout = 10
+
+[cache]
+type = "filecache"
+
+[cache.filecache]
+work_dir = "/cache"
+
+[rafs]
+mode = "direct"
+batch_size = 1048576
+
+[rafs.prefetch]
+enable = true
+threads = 2
+`;
+  const json = {
+    version: 2, id: 'my_id', backend: { type: 'registry', registry: { scheme: 'http', host: '127.0.0.1:5000', repo: 'library/app', timeout: 10 } },
+    cache: { type: 'filecache', filecache: { work_dir: '/cache' } }, rafs: { mode: 'direct', batch_size: 1048576, prefetch: { enable: true, threads: 2 } },
+  };
+  assert.deepEqual(parseConfigText(toml, '--config c.toml'), json);
+  assert.deepEqual(parseConfigText(JSON.stringify(json), 'x'), json);
+  const entry = (c: unknown) => parseBlobCacheEntry(entryBodyFromFsConfig(c, '/img.boot', 'fanotify-1'), 'fs');
+  assert.deepEqual(entry(parseConfigText(toml, 'x')), entry(json));
+  assert.throws(() => parseConfigText('version = 1\n[device]\n', 'body.config'), /^ConfigError: body\.config: a TOML config is read as version 2 only/);
+  assert.throws(() => parseConfigText('{"version": 2,', '--config /etc/n.json'), /^ConfigError: --config \/etc\/n\.json is neither JSON \(.+\) nor TOML \(.+\)$/);
 });
 
 test('fanotify config: a config without a cache work_dir, or of an unknown version, is refused naming the field', () => {

@@ -14,7 +14,7 @@ import net from 'node:net';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { NydusError } from '../../erofs/errors.ts';
-import { ConfigError, type ImageEntry, absolutePathField, obj, str } from './config.ts';
+import { ConfigError, type ImageEntry, absolutePathField, obj, parseConfigText, str } from './config.ts';
 import type { ImageRegistry } from './daemon.ts';
 import type { DaemonState } from './state.ts';
 import { type DaemonLifecycle, StateError } from './lifecycle.ts';
@@ -425,14 +425,7 @@ function parseMountCmd(body: unknown): { bootstrap: string; config: unknown } {
   const fsType = str(b, 'fs_type', 'body', false);
   if (fsType && fsType !== 'rafs') throw new ConfigError(`body.fs_type ${JSON.stringify(fsType)} is not supported (rafs)`);
   if (Array.isArray(b.prefetch_files) && b.prefetch_files.length) throw new ConfigError('body.prefetch_files is not supported; use the config\'s prefetch settings');
-  const text = str(b, 'config', 'body');
-  let config: unknown;
-  try {
-    config = JSON.parse(text);
-  } catch (e) {
-    throw new ConfigError(`body.config is not valid JSON: ${(e as Error).message}`);
-  }
-  return { bootstrap: source, config };
+  return { bootstrap: source, config: parseConfigText(str(b, 'config', 'body'), 'body.config') };
 }
 
 /**

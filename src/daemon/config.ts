@@ -5,6 +5,7 @@
  */
 import { NydusError, EINVAL } from '../../erofs/errors.ts';
 import path from 'node:path';
+import { parse as parseToml } from 'smol-toml';
 import { badPathText } from './log.ts';
 import { type HttpProxyBackendConfig, type RegistryBackendConfig, httpProxyConfigFrom, registryConfigFrom } from './backend/remote-config.ts';
 
@@ -259,6 +260,28 @@ export function parseBlobCacheEntry(body: unknown, prefetchAll: PrefetchAllRule 
     };
   }
   throw new ConfigError('body needs either config_v2 or config');
+}
+
+/**
+ * The text of a nydusd config (a `--config` file, the `config` string of POST /api/v1/mount) as
+ * nydusd reads it (ConfigV2::from_str in nydus's api/src/config.rs): JSON (v2 or v1), else TOML, v2
+ * only (nydus's own examples, misc/configs/*.toml). `what` names it in errors.
+ */
+export function parseConfigText(text: string, what: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch (jsonError) {
+    let config: Record<string, unknown>;
+    try {
+      config = parseToml(text);
+    } catch (tomlError) {
+      const toml = (tomlError as Error).message.split('\n')[0];
+      throw new ConfigError(`${what} is neither JSON (${(jsonError as Error).message}) nor TOML (${toml})`);
+    }
+    if (config.version !== 2) throw new ConfigError(`${what}: a TOML config is read as version 2 only (version = 2), as nydusd reads it`);
+    // As the JSON would have it: plain objects (the parser's have no prototype), dates as strings.
+    return JSON.parse(JSON.stringify(config));
+  }
 }
 
 /** Cache types of nydusd's FUSE-mode config whose `work_dir` holds the blobs' cache files. */
