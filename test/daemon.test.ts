@@ -1184,7 +1184,7 @@ test('GET /api/v1/daemon/events: a backend read that failed is there, as nydusd\
   assert.equal(ring.toJSON().errors.length, 1, 'a line larger than the ring is not kept');
 });
 
-test('BlobMap.includes: a map of fewer of the same chunks is included, one with a chunk that differs in any field or digest, or of another blob, is not', () => {
+test('BlobMap.includes and union: a map of fewer of the same chunks is included, one with a chunk that differs in any field or digest, or of another blob, is not; two tables of one blob unite, disagreeing ones do not', () => {
   const chunk = (i: number, digestByte = i): ChunkRef => ({
     blobIndex: 0, indexInBlob: i, digest: Buffer.alloc(32, digestByte), uncompressedOffset: i * 8192, uncompressedSize: 5000,
     compressedOffset: i * 3000, compressedSize: 3000, compressed: true,
@@ -1200,4 +1200,12 @@ test('BlobMap.includes: a map of fewer of the same chunks is included, one with 
   assert.equal(all.includes(map([{ ...chunk(2), uncompressedOffset: 2 * 8192 + 4096 }])), false, 'a chunk at another place');
   assert.equal(all.includes(map([chunk(1)], 'b'.repeat(64))), false, 'another blob');
   assert.equal(all.includes(map([chunk(1)], 'a'.repeat(64), 5 * 8192)), false, 'another size of the blob');
+  // union: two images' tables of one blob as one (the file's table when both mount it).
+  const u = map([chunk(0), chunk(2)]).union(map([chunk(1), chunk(2), chunk(3)]))!;
+  assert.deepEqual(u.all().map((c) => c.indexInBlob), [0, 1, 2, 3]);
+  assert.ok(u.includes(all) && all.includes(u), 'the union of two subsets is the whole table');
+  assert.equal(map([chunk(0)]).union(map([chunk(0, 9)])), null, 'one place, another digest');
+  assert.equal(map([chunk(0)]).union(map([{ ...chunk(1), uncompressedOffset: 4096 }])), null, 'overlapping chunks');
+  assert.equal(map([chunk(0)]).union(map([{ ...chunk(1), indexInBlob: 0 }])), null, 'one chunk index at two places');
+  assert.equal(map([chunk(0)]).union(map([chunk(1)], 'b'.repeat(64))), null, 'another blob');
 });

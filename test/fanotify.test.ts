@@ -67,7 +67,10 @@ threads = 2
   const entry = (c: unknown) => parseBlobCacheEntry(entryBodyFromFsConfig(c, '/img.boot', 'fanotify-1'), 'fs');
   assert.deepEqual(entry(parseConfigText(toml, 'x')), entry(json));
   assert.throws(() => parseConfigText('version = 1\n[device]\n', 'body.config'), /^ConfigError: body\.config: a TOML config is read as version 2 only/);
-  assert.throws(() => parseConfigText('{"version": 2,', '--config /etc/n.json'), /^ConfigError: --config \/etc\/n\.json is neither JSON \(.+\) nor TOML \(.+\)$/);
+  assert.throws(() => parseConfigText('{"version": 2,', '--config /etc/n.json'), /^ConfigError: --config \/etc\/n\.json is neither JSON \(.+\) nor TOML \(.+ at line 1, column \d+\)$/);
+  assert.throws(() => parseConfigText('version = 2\n[rafs]\nbatch_size = inf\n', 'x'), /^ConfigError: x: config\.rafs\.batch_size is not a finite number$/);
+  assert.throws(() => parseConfigText('version = 2\nthreads = [1, nan]\n', 'x'), /^ConfigError: x: config\.threads\[1\] is not a finite number$/);
+  assert.throws(() => parseConfigText(' \n', 'body.config'), /^ConfigError: body\.config is empty$/);
 });
 
 test('fanotify config: a config without a cache work_dir, or of an unknown version, is refused naming the field', () => {

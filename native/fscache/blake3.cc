@@ -40,7 +40,7 @@ inline uint32_t LoadLe(const uint8_t* p) {
 
 // One quarter-round on four state words held in locals. Rounds are unrolled with the schedule's
 // indices as constants (Round<R>): the state stays in registers and each message word is one load
-// at a fixed offset, no index table read. That is 1.7x the speed of a looped round on x86-64 and
+// at a fixed offset, no index table read. That is 1.4x the speed of a looped round on x86-64 and
 // under QEMU's TCG alike (the kernel-test guest, where the 16-lane code is slower still).
 #define QUARTER(a, b, c, d, x, y) \
   a = a + b + (x);                \

@@ -66,10 +66,15 @@ function imageOf(ctx: ApiContext, id: string): ImageEntry {
   return found;
 }
 
-/** The image metrics are asked of: the one `id` names; without one, the only image there is (as nydus does with one file system). */
+/**
+ * The image metrics are asked of: the one `id` names; without one, the only image there is (as nydus
+ * does with one file system), of a mount where the daemon mounts (an unmounted image stays registered
+ * while a cache file another mount shares runs on it).
+ */
 function metricsImage(ctx: ApiContext, id: string | null): ImageEntry {
   if (id) return imageOf(ctx, id);
-  const images = ctx.registry.list();
+  const mounted = ctx.mounts ? new Set(ctx.mounts.served().map((m) => m.imageId)) : null;
+  const images = ctx.registry.list().filter((e) => !mounted || mounted.has(e.id));
   if (images.length === 1) return images[0];
   throw new NoCounterError(`${images.length} images are registered: say which with ?id=`);
 }

@@ -119,6 +119,45 @@ export class BlobMap {
     return true;
   }
 
+  /**
+   * The chunks of this map and of `other` (the same blob as another image has it) in one map, with
+   * `other`'s blob index; null when they are not one blob's: another size, compressor or digester, or
+   * chunks that disagree (at one place but not the same in every field and digest, overlapping, or
+   * one chunk index at two places).
+   */
+  union(other: BlobMap): BlobMap | null {
+    if (other.blobId !== this.blobId || other.uncompressedSize !== this.uncompressedSize || other.compressor !== this.compressor || other.digester !== this.digester) return null;
+    const numbers: number[] = [];
+    const digests: Buffer[] = [];
+    const indexes = new Set<number>();
+    let end = 0;
+    const take = (m: BlobMap, pos: number): boolean => {
+      const o = pos * FIELDS;
+      if (m.n[o + F_UOFF] < end || indexes.has(m.n[o + F_INDEX])) return false;
+      end = m.n[o + F_UOFF] + m.n[o + F_USIZE];
+      indexes.add(m.n[o + F_INDEX]);
+      for (let f = 0; f < FIELDS; f++) numbers.push(m.n[o + f]);
+      digests.push(m.digests.subarray(pos * DIGEST_SIZE, (pos + 1) * DIGEST_SIZE));
+      return true;
+    };
+    let i = 0;
+    let j = 0;
+    while (i < this.chunkCount || j < other.chunkCount) {
+      const a = i < this.chunkCount ? this.n[i * FIELDS + F_UOFF] : Infinity;
+      const b = j < other.chunkCount ? other.n[j * FIELDS + F_UOFF] : Infinity;
+      if (a === b) {
+        for (let f = 0; f < FIELDS; f++) if (this.n[i * FIELDS + f] !== other.n[j * FIELDS + f]) return null;
+        if (!this.digests.subarray(i * DIGEST_SIZE, (i + 1) * DIGEST_SIZE).equals(other.digests.subarray(j * DIGEST_SIZE, (j + 1) * DIGEST_SIZE))) return null;
+        if (!take(this, i)) return null;
+        i++;
+        j++;
+      } else if (!(a < b ? take(this, i++) : take(other, j++))) return null;
+    }
+    return new BlobMap(this.blobId, other.blobIndex, this.uncompressedSize, this.compressor, this.digester, {
+      numbers: Float64Array.from(numbers), digests: new Uint8Array(Buffer.concat(digests)),
+    });
+  }
+
   /** The first position whose chunk ends after `offset` (`end`) or starts at or after it. */
   private search(offset: number, byEnd: boolean): number {
     let lo = 0;

@@ -268,6 +268,7 @@ export function parseBlobCacheEntry(body: unknown, prefetchAll: PrefetchAllRule 
  * only (nydus's own examples, misc/configs/*.toml). `what` names it in errors.
  */
 export function parseConfigText(text: string, what: string): unknown {
+  if (!text.trim()) throw new ConfigError(`${what} is empty`);
   try {
     return JSON.parse(text);
   } catch (jsonError) {
@@ -275,10 +276,24 @@ export function parseConfigText(text: string, what: string): unknown {
     try {
       config = parseToml(text);
     } catch (tomlError) {
-      const toml = (tomlError as Error).message.split('\n')[0];
-      throw new ConfigError(`${what} is neither JSON (${(jsonError as Error).message}) nor TOML (${toml})`);
+      const e = tomlError as Error & { line?: number; column?: number };
+      const at = e.line ? ` at line ${e.line}, column ${e.column}` : '';
+      throw new ConfigError(`${what} is neither JSON (${(jsonError as Error).message}) nor TOML (${e.message.split('\n')[0]}${at})`);
     }
     if (config.version !== 2) throw new ConfigError(`${what}: a TOML config is read as version 2 only (version = 2), as nydusd reads it`);
+    // (JSON has no inf or nan: they would pass on as null, read as "not given".)
+    const nonFinite = (v: unknown, at: string): string | null => {
+      if (typeof v === 'number') return Number.isFinite(v) ? null : at;
+      if (v && typeof v === 'object') {
+        for (const [k, x] of Object.entries(v)) {
+          const found = nonFinite(x, Array.isArray(v) ? `${at}[${k}]` : `${at}.${k}`);
+          if (found) return found;
+        }
+      }
+      return null;
+    };
+    const bad = nonFinite(config, 'config');
+    if (bad) throw new ConfigError(`${what}: ${bad} is not a finite number`);
     // As the JSON would have it: plain objects (the parser's have no prototype), dates as strings.
     return JSON.parse(JSON.stringify(config));
   }

@@ -27,6 +27,7 @@ import type { Logger } from 'pino';
 import { READY_BLOCK, closeFd, dupFd } from '../../../native/fscache/fanotify.ts';
 import { dataRangesOf } from '../../../native/fscache/index.ts';
 import type { BlobMap } from '../blob-map.ts';
+import { ConfigError } from '../config.ts';
 import type { ChunkFetcher } from '../chunk-fetcher.ts';
 import type { CacheFileKey, DaemonState } from '../state.ts';
 import type { BlobAccessTrace } from '../access-trace.ts';
@@ -49,6 +50,13 @@ async function writeAll(fd: number, data: Uint8Array, offset: number): Promise<v
   while (done < data.length) done += (await pwrite(fd, data, done, data.length - done, offset + done)).bytesWritten;
 }
 
+/**
+ * The ready bitmap's bytes for a map: as far as its chunks reach, not the blob's declared size (which
+ * an image may inflate): the addon takes blocks past the bitmap for not ready, and their events come
+ * to the session.
+ */
+const readyBytes = (map: BlobMap): number => Math.ceil(Math.ceil((map.chunkCount ? Math.min(map.uncompressedSize, map.rangeAt(map.chunkCount - 1)[1]) : 0) / READY_BLOCK) / 8);
+
 /** How a file is known to the session: its device and inode numbers (what an event's fd fstat()s to). */
 export const inodeKey = (dev: number, ino: number): string => `${dev}:${ino}`;
 
@@ -69,7 +77,7 @@ export class MarkedCacheFile {
   private readonly guard: WorkGuard;
   /** O_RDONLY, for SEEK_DATA/SEEK_HOLE (lseek raises no events) and for provoking an event. */
   private readonly probeFd: number;
-  private readonly blob: BlobCacheFile;
+  private blob: BlobCacheFile;
   private writerFd: number | null;
   /** The writer as verification jobs write through it (BlobCacheFile's target), once there is one. */
   private writeTarget: { fd: number } | null = null;
@@ -82,22 +90,24 @@ export class MarkedCacheFile {
   /** When the file was last checked at once, every chunk marked (scheduleCompleteCheck). */
   private lastImmediateCheck = -Infinity;
   /** Which 4 KiB blocks hold written bytes (the module comment); handed to the group once `readyShared`. */
-  private readonly ready: Uint8Array;
+  private ready: Uint8Array;
   private readyShared = false;
   private readonly dev: number;
   private readonly ino: number;
+  private readonly key: CacheFileKey;
 
   /**
    * Opens (or makes) `<workDir>/<blob id>.blob.data` and marks it. `restored`: the mark is kept from a
    * predecessor's run, the file must exist, and no fd we open now is a writer.
    */
   constructor(
-    readonly path: string, private readonly source: CacheFileSource, restored: boolean, private readonly group: MarkPort,
-    private readonly state: DaemonState, counters: CacheCounters, private readonly log: Logger,
+    readonly path: string, private source: CacheFileSource, restored: boolean, private readonly group: MarkPort,
+    private readonly state: DaemonState, private readonly counters: CacheCounters, private readonly log: Logger,
   ) {
     const { map } = source;
     this.size = map.uncompressedSize;
     const key: CacheFileKey = { volume: `fanotify,${dirname(this.path)}`, cookie: map.blobId };
+    this.key = key;
     this.writerFd = null;
     if (!restored) {
       // Opened before the mark: its writes raise no events.
@@ -122,15 +132,18 @@ export class MarkedCacheFile {
     this.dev = st.dev;
     this.ino = st.ino;
     this.inode = inodeKey(st.dev, st.ino);
-    // As far as the chunks reach, not the blob's declared size (which an image may inflate): the
-    // addon takes blocks past the bitmap for not ready, and their events come to the session.
-    const extent = map.chunkCount ? Math.min(this.size, map.rangeAt(map.chunkCount - 1)[1]) : 0;
-    this.ready = new Uint8Array(Math.ceil(Math.ceil(extent / READY_BLOCK) / 8));
+    this.ready = new Uint8Array(readyBytes(map));
     this.guard = new WorkGuard(() => {
       fs.closeSync(probeFd);
       if (this.writerFd !== null) closeFd(this.writerFd);
     });
-    this.blob = new BlobCacheFile(key, map, source.fetcher, {
+    this.blob = this.serve(source, source.prefetch);
+    this.unmarkIfComplete();
+  }
+
+  /** A BlobCacheFile over this file for `source`'s chunk map, started (its prefetch, when given). */
+  private serve(source: CacheFileSource, prefetch: PrefetchPlan | null): BlobCacheFile {
+    const blob = new BlobCacheFile(this.key, source.map, source.fetcher, {
       asksOnlyForMissing: false,
       write: async (offset, data) => {
         await writeAll(await this.writer(), data, offset);
@@ -138,22 +151,52 @@ export class MarkedCacheFile {
       },
       target: () => this.writeTarget,
       written: (from, to) => this.setReady(from, to),
-      dataRanges: (from, to) => dataRangesOf(probeFd, from, to),
-    }, this.guard, state, counters, log, source.fill);
-    this.blob.start(source.prefetch);
-    void this.blob.whenMarksChecked().then(() => this.shareReady());
+      dataRanges: (from, to) => dataRangesOf(this.probeFd, from, to),
+    }, this.guard, this.state, this.counters, this.log, source.fill);
+    blob.start(prefetch);
+    void blob.whenMarksChecked().then(() => this.shareReady());
     // A prefetch that filled the file: its mark goes now, not at the next read's event.
-    if (source.prefetch) void this.blob.whenPrefetched().then(() => this.scheduleCompleteCheck());
-    this.unmarkIfComplete();
+    if (prefetch) void blob.whenPrefetched().then(() => this.scheduleCompleteCheck());
+    return blob;
+  }
+
+  /**
+   * The mount of another image reads this file (its blob is one of that image's): that image's chunk
+   * map of the blob joins the file's (BlobMap.union). When it brings chunks the file's map lacks
+   * (the file was made for an image that hides files of the layer, or references a chunk dictionary's
+   * blob in part), the file runs on the union from now on, with that image's backend and trace (and
+   * its prefetch where the union is its own map), and is marked again if it was complete. Work under
+   * way on the former map ends as it would. Returns whether the file now runs on `source`'s image; a
+   * ConfigError when the maps are not one blob's.
+   */
+  join(source: CacheFileSource): boolean {
+    if (this.source.map.includes(source.map)) return false;
+    const map = this.source.map.union(source.map);
+    if (!map) {
+      throw new ConfigError(`cache file ${this.path} holds blob ${source.map.blobId} as another image's chunk table has it, and this image's disagrees with it (another chunk at one place, or another size or compressor): give this mount its own cache work_dir`);
+    }
+    const own = map.chunkCount === source.map.chunkCount;
+    this.source = { ...source, map };
+    const bytes = readyBytes(map);
+    if (bytes > this.ready.length) {
+      const ready = new Uint8Array(bytes);
+      ready.set(this.ready);
+      this.ready = ready;
+      if (this.readyShared) this.group.setReadyBlocks(this.dev, this.ino, this.ready);
+    }
+    if (this.complete) {
+      this.group.mark(this.path);
+      this.complete = false;
+      this.lastCount = -1;
+      this.log.info({ file: this.path }, 'cache file marked again: an image with more of its blob\'s chunks mounts it');
+    }
+    this.blob = this.serve(this.source, own ? source.prefetch : null);
+    this.scheduleCompleteCheck();
+    return true;
   }
 
   get closed(): boolean {
     return this.guard.closed;
-  }
-
-  /** Whether this file serves the reads of an image whose chunk map of the blob is `map` (BlobMap.includes). */
-  serves(map: BlobMap): boolean {
-    return this.source.map.includes(map);
   }
 
   /** Where the blob's demand reads are traced. */
@@ -174,7 +217,7 @@ export class MarkedCacheFile {
   async fill(offset: number, count: number): Promise<void> {
     await this.guard.use(() => this.blob.fill(offset, count));
     // A file closed meanwhile skipped its writes: its holes must not be allowed.
-    if (this.guard.closed) throw new Error('the mount was removed while the range was being filled');
+    if (this.guard.closed) throw new Error('the last mount of the file was removed while the range was being filled');
     this.scheduleCompleteCheck();
   }
 
@@ -190,7 +233,7 @@ export class MarkedCacheFile {
     return this.blob.rangeCached(offset, count);
   }
 
-  /** The mount is gone: the mark removed, the fds closed once the work using them drained. */
+  /** The last mount using the file is gone: the mark removed, the fds closed once the work using them drained. */
   close(): void {
     if (this.readyShared) this.group.setReadyBlocks(this.dev, this.ino, null);
     try {

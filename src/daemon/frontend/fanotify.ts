@@ -1,11 +1,12 @@
 /**
  * FanotifySession: the fanotify pre-content front end (Linux 6.14+, no cachefiles on-demand needed).
  *   mount   -> the image registered; per blob a sparse cache file `<work_dir>/<blob id>.blob.data` of
- *              the blob's uncompressed size, marked FAN_PRE_ACCESS; EROFS mounted file-backed with
- *              the bootstrap as source and the cache files as `device=`, in blob table order
+ *              the blob's uncompressed size, marked FAN_PRE_ACCESS (or the file another mount of the
+ *              same work_dir already serves: SharedCacheFile); EROFS mounted file-backed with the
+ *              bootstrap as source and the cache files as `device=`, in blob table order
  *   event   -> the blob's BlobCacheFile fills the range (fetch, verify, write, mark) -> FAN_ALLOW;
  *              a range that cannot be served -> FAN_DENY_ERRNO(EIO): the reader gets EIO, never zeros
- *   umount  -> umount2, marks removed, the files' fds closed once their work drained
+ *   umount  -> umount2; the files no other mount uses unmarked, their fds closed once their work drained
  *
  * How cache files are written without raising events of their own, and unmarked once complete:
  * fanotify-cache-file.ts.
@@ -44,7 +45,7 @@ export interface FanotifyMountRequest {
   mountpoint: string;
   /** The bootstrap file. */
   bootstrap: string;
-  /** nydusd's FUSE-mode config (parsed JSON): backend, cache work_dir, prefetch. */
+  /** nydusd's FUSE-mode config (parsed: JSON or TOML, parseConfigText): backend, cache work_dir, prefetch. */
   config: unknown;
 }
 
@@ -65,15 +66,16 @@ interface Mounted {
 /**
  * A marked cache file and the mounts that read it: mounts of one image, or of images that share the
  * blob (a common base layer), in one work_dir share its file, so that a chunk is fetched and stored
- * once. It runs on the chunk map, backend and prefetch of the image whose mount made it; that image
- * stays registered while the file is open, after its own mount is gone.
+ * once. It runs on the chunk map, backend and prefetch of the image whose mount made it, or of the
+ * last one that brought chunks of the blob the file's map lacked (MarkedCacheFile.join); those
+ * images stay registered while the file is open, after their own mounts are gone.
  */
 interface SharedCacheFile {
   file: MarkedCacheFile;
   /** The mountpoints of the mounts that use it. */
   users: Set<string>;
-  /** The image it runs on. */
-  imageId: string;
+  /** The images it has run on. */
+  images: Set<string>;
 }
 
 
@@ -83,8 +85,8 @@ export class FanotifySession {
   private readonly mounting = new Set<string>();
   /** Ranges that could not be served, told once a minute per file and error (a full cache disk fails every event). */
   private readonly rangeFailures = new RepeatedFailures();
-  private readonly byInode = new Map<string, MarkedCacheFile>();
-  private readonly byPath = new Map<string, SharedCacheFile>();
+  /** The cache files served, by inode (inodeKey): one file, whichever path a work_dir names it by. */
+  private readonly files = new Map<string, SharedCacheFile>();
   private readonly limiter: Limiter;
   /** `answeredInAddon`: events the addon allowed as it read them (their blocks were in the file). */
   readonly stats: CacheCounters & { events: number; eventBytes: number; eventErrors: number; recovered: number; answeredInAddon: number } = {
@@ -145,7 +147,7 @@ export class FanotifySession {
   recover(pending: readonly JournaledEvent[], reserved: ReadonlyMap<number, () => void>): void {
     for (const p of pending) {
       const release = reserved.get(p.fd);
-      const f = this.byInode.get(inodeKey(p.dev, p.ino));
+      const f = this.files.get(inodeKey(p.dev, p.ino))?.file;
       this.stats.recovered++;
       if (!release) {
         this.answer(p.fd, EIO, false);
@@ -224,7 +226,7 @@ export class FanotifySession {
     }
   }
 
-  /** DELETE /api/v1/mount: unmounts, removes the marks, closes the files once their work drained. */
+  /** DELETE /api/v1/mount: unmounts; the files no other mount uses are unmarked and closed once their work drained. */
   umount(mountpoint: string): void {
     const m = this.mountAt(mountpoint);
     if (!m) throw new ConfigError(`${mountpoint} is not mounted by this daemon`);
@@ -285,7 +287,7 @@ export class FanotifySession {
   private async attach(req: FanotifyMountRequest, restored: boolean): Promise<void> {
     // (The id of the mountpoint's last image while a cache file another mount shares still runs on it: a suffix.)
     const base = `fanotify-${crypto.createHash('sha256').update(req.mountpoint).digest('hex').slice(0, 16)}`;
-    const taken = new Set([...this.byPath.values()].map((f) => f.imageId));
+    const taken = new Set([...this.files.values()].flatMap((f) => [...f.images]));
     let imageId = base;
     for (let n = 2; taken.has(imageId); n++) imageId = `${base}-${n}`;
     const entry = await this.registry.add(entryBodyFromFsConfig(req.config, req.bootstrap, imageId), false, 'fs');
@@ -303,18 +305,16 @@ export class FanotifySession {
     const resolved = this.registry.resolve(imageId, blobId);
     if (resolved?.kind !== 'blob') throw new Error(`blob ${blobId} of image ${imageId} cannot be resolved`);
     const file = path.join(workDir, `${blobId}.blob.data`);
-    const shared = this.byPath.get(file);
+    const st = fs.statSync(file, { throwIfNoEntry: false });
+    const shared = st ? this.files.get(inodeKey(st.dev, st.ino)) : undefined;
     if (shared) {
       // (Its events cannot tell which mount read: they are traced in the image the file runs on.)
-      if (!shared.file.serves(resolved.map)) {
-        throw new ConfigError(`cache file ${file} serves blob ${blobId} for the mount at ${[...shared.users][0]}, whose image lacks chunks of that blob this image reads: give this mount its own cache work_dir`);
-      }
+      if (shared.file.join(resolved)) shared.images.add(imageId);
       shared.users.add(mountpoint);
       return shared.file;
     }
     const f = new MarkedCacheFile(file, resolved, restored, this.group, this.state, this.stats, this.log);
-    this.byInode.set(f.inode, f);
-    this.byPath.set(file, { file: f, users: new Set([mountpoint]), imageId });
+    this.files.set(f.inode, { file: f, users: new Set([mountpoint]), images: new Set([imageId]) });
     return f;
   }
 
@@ -323,16 +323,15 @@ export class FanotifySession {
     this.mounts.delete(m.request.mountpoint);
     const images = new Set([m.imageId]);
     for (const f of m.files) {
-      const shared = this.byPath.get(f.path)!;
+      const shared = this.files.get(f.inode)!;
       shared.users.delete(m.request.mountpoint);
       if (shared.users.size) continue;
-      this.byInode.delete(f.inode);
-      this.byPath.delete(f.path);
+      this.files.delete(f.inode);
       f.close();
-      images.add(shared.imageId);
+      for (const id of shared.images) images.add(id);
     }
     for (const id of images) {
-      if ([...this.mounts.values()].some((o) => o.imageId === id) || [...this.byPath.values()].some((o) => o.imageId === id)) continue;
+      if ([...this.mounts.values()].some((o) => o.imageId === id) || [...this.files.values()].some((o) => o.images.has(id))) continue;
       // (Unmounted whatever the state database says: a failure to forget the image there is logged, and
       // a restarted daemon finds it registered with nothing mounted.)
       this.registry.remove({ domainId: '', id }).catch((e: Error) => {
@@ -351,7 +350,7 @@ export class FanotifySession {
       this.answer(e.fd, EIO, true);
       return;
     }
-    const f = this.byInode.get(inodeKey(e.dev, e.ino));
+    const f = this.files.get(inodeKey(e.dev, e.ino))?.file;
     if (e.answered) {
       // Allowed by the addon (its bytes are in the file); what is left is what follows a read.
       this.stats.events++;
