@@ -102,7 +102,7 @@ void ChunkCv(const uint8_t* in, size_t len, uint64_t counter, bool root, uint32_
     } else {
       // The last block, short: zero-padded to 64 bytes.
       uint8_t block[kBlockLen] = {0};
-      std::memcpy(block, in + b * kBlockLen, n);
+      if (n) std::memcpy(block, in + b * kBlockLen, n);  // (empty input: `in` may be null)
       for (int i = 0; i < 16; i++) m[i] = LoadLe(block + 4 * i);
     }
     uint32_t flags = (b == 0 ? kChunkStart : 0) | (b + 1 == blocks ? kChunkEnd | (root ? kRoot : 0) : 0);
