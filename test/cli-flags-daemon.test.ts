@@ -236,7 +236,7 @@ test('v1 FUSE-mode config: amplify_io (top level, nydus\'s RafsConfig) is the am
   fs.writeFileSync(toml, 'version = 2\n[backend]\ntype = "localfs"\n[backend.localfs]\ndir = "/blobs"\n[cache]\ntype = "filecache"\n[cache.filecache]\nwork_dir = "/cache"\n[rafs]\nbatch_size = -4096\n');
   const t = await nydusd('--fanotify', path.join(work, 'fan'), '--config', toml, '--bootstrap', boot, '--mountpoint', path.join(work, 'mnt'));
   assert.equal(t.status, 1);
-  assert.equal(t.stderr, `nydusd: error: --config ${toml}: config_v2.rafs.batch_size must be a whole number >= 0\n`);
+  assert.equal(t.stderr, `nydusd: error: --config ${toml}: config.rafs.batch_size must be a whole number >= 0\n`);
   const neither = path.join(work, 'neither.conf');
   fs.writeFileSync(neither, '{"version": 2, backend = }\n');
   const n = await nydusd('--fanotify', path.join(work, 'fan'), '--config', neither, '--bootstrap', boot, '--mountpoint', path.join(work, 'mnt'));

@@ -182,11 +182,12 @@ test('daemon directory lock: a second holder is refused naming the directory and
 
 test('config: localfs alt_dirs and blob_file are read; a compressed or encrypted cache and an unknown rafs mode are refused naming the field', () => {
   const v2 = (localfs: object, cache: object = { type: 'filecache', filecache: { work_dir: '/cache' } }, rafs: object = {}) =>
-    parseBlobCacheEntry(entryBodyFromFsConfig({ version: 2, backend: { type: 'localfs', localfs }, cache, rafs }, '/img.boot', 'x'));
+    parseBlobCacheEntry(entryBodyFromFsConfig({ version: 2, backend: { type: 'localfs', localfs }, cache, rafs }, '/img.boot', 'x'), 'fs');
   assert.deepEqual(v2({ dir: '/blobs', alt_dirs: ['/more', '/most'] }).backend, { type: 'localfs', dir: '/blobs', altDirs: ['/more', '/most'] });
   assert.deepEqual(v2({ blob_file: '/one.blob' }).backend, { type: 'localfs', dir: '', blobFile: '/one.blob' });
-  assert.throws(() => v2({}), /config_v2\.backend\.localfs\.dir \(or blob_file\) is required/);
-  assert.throws(() => v2({ dir: '/b', alt_dirs: '/c' }), /config_v2\.backend\.localfs\.alt_dirs must be an array of directory paths/);
+  // (Named as the FUSE-mode config has them: its root is `config`.)
+  assert.throws(() => v2({}), /^ConfigError: config\.backend\.localfs\.dir \(or blob_file\) is required/);
+  assert.throws(() => v2({ dir: '/b', alt_dirs: '/c' }), /^ConfigError: config\.backend\.localfs\.alt_dirs must be an array of directory paths/);
   assert.throws(() => v2({ dir: '/b' }, { type: 'filecache', compressed: true, filecache: { work_dir: '/c' } }), /^ConfigError: config\.cache\.compressed: the kernel reads the cache files directly/);
   assert.throws(() => v2({ dir: '/b' }, { type: 'filecache', filecache: { work_dir: '/c', enable_encryption: true } }), /config\.cache\.filecache\.enable_encryption: the kernel reads the cache files directly, so they cannot be encrypted/);
   assert.throws(() => v2({ dir: '/b' }, undefined, { mode: 'bogus' }), /config\.rafs\.mode "bogus" must be "direct" or "cached"/);

@@ -217,28 +217,30 @@ export function parseBlobCacheEntry(body: unknown, prefetchAll: PrefetchAllRule 
   const domainId = str(e, 'domain_id', 'body', false);
   if (/[,\s/]/.test(domainId)) throw new ConfigError(`body.domain_id ${JSON.stringify(domainId)} must not contain commas, slashes or spaces`);
   if (e.config_v2 !== undefined) {
-    const c = obj(e.config_v2, 'config_v2');
-    const backend = obj(c.backend, 'config_v2.backend');
-    const btype = str(backend, 'type', 'config_v2.backend');
-    const bcfg = obj(backend[btype] ?? {}, `config_v2.backend.${btype}`);
-    const cache = c.cache === undefined ? {} : obj(c.cache, 'config_v2.cache');
-    checkFscache(typeof cache.type === 'string' ? cache.type : '', 'config_v2.cache.type');
-    const fscache = cache.fscache === undefined ? {} : obj(cache.fscache, 'config_v2.cache.fscache');
-    refuseUnreadableCache(cache, 'config_v2.cache', fscache, 'config_v2.cache.fscache');
-    const rafs = c.rafs === undefined ? {} : obj(c.rafs, 'config_v2.rafs');
-    checkRafsMode(rafs, 'config_v2.rafs');
+    // (An entry made of a FUSE-mode config, a fanotify mount's, names its fields as that config has them.)
+    const v2 = prefetchAll === 'fs' ? 'config' : 'config_v2';
+    const c = obj(e.config_v2, v2);
+    const backend = obj(c.backend, `${v2}.backend`);
+    const btype = str(backend, 'type', `${v2}.backend`);
+    const bcfg = obj(backend[btype] ?? {}, `${v2}.backend.${btype}`);
+    const cache = c.cache === undefined ? {} : obj(c.cache, `${v2}.cache`);
+    checkFscache(typeof cache.type === 'string' ? cache.type : '', `${v2}.cache.type`);
+    const fscache = cache.fscache === undefined ? {} : obj(cache.fscache, `${v2}.cache.fscache`);
+    refuseUnreadableCache(cache, `${v2}.cache`, fscache, `${v2}.cache.fscache`);
+    const rafs = c.rafs === undefined ? {} : obj(c.rafs, `${v2}.rafs`);
+    checkRafsMode(rafs, `${v2}.rafs`);
     // The blob cache's prefetch, or the file system's (nydus has both; either turns it on here).
     const v2Names = { threads: 'threads', batchSize: 'batch_size', bandwidthLimit: 'bandwidth_limit' };
-    const fromCache = cache.prefetch === undefined ? null : prefetchFrom(obj(cache.prefetch, 'config_v2.cache.prefetch'), 'config_v2.cache.prefetch', v2Names, prefetchAll, false);
-    const fromRafs = rafs.prefetch === undefined ? null : prefetchFrom(obj(rafs.prefetch, 'config_v2.rafs.prefetch'), 'config_v2.rafs.prefetch', v2Names, 'fs', false);
+    const fromCache = cache.prefetch === undefined ? null : prefetchFrom(obj(cache.prefetch, `${v2}.cache.prefetch`), `${v2}.cache.prefetch`, v2Names, prefetchAll, false);
+    const fromRafs = rafs.prefetch === undefined ? null : prefetchFrom(obj(rafs.prefetch, `${v2}.rafs.prefetch`), `${v2}.rafs.prefetch`, v2Names, 'fs', false);
     const prefetch = (fromCache?.enable ? fromCache : fromRafs?.enable ? fromRafs : null) ?? PREFETCH_DEFAULTS;
     return {
       id, domainId,
-      metadataPath: str(c, 'metadata_path', 'config_v2'),
-      backend: backendFrom(btype, bcfg, `config_v2.backend.${btype}`),
+      metadataPath: str(c, 'metadata_path', v2),
+      backend: backendFrom(btype, bcfg, `${v2}.backend.${btype}`),
       prefetch,
-      workDir: str(fscache, 'work_dir', 'config_v2.cache.fscache', false),
-      amplifyIo: amplifyIoFrom(rafs, 'config_v2.rafs'),
+      workDir: str(fscache, 'work_dir', `${v2}.cache.fscache`, false),
+      amplifyIo: amplifyIoFrom(rafs, `${v2}.rafs`),
     };
   }
   if (e.config !== undefined) {
