@@ -107,14 +107,11 @@ export class BlobMap {
    * (An image that hides files of a shared layer references fewer of its chunks.)
    */
   includes(other: BlobMap): boolean {
-    if (other.blobId !== this.blobId || other.uncompressedSize !== this.uncompressedSize || other.compressor !== this.compressor || other.digester !== this.digester) return false;
+    if (!this.sameBlob(other)) return false;
     let i = 0;
     for (let pos = 0; pos < other.chunkCount; pos++) {
-      const o = pos * FIELDS;
-      while (i < this.chunkCount && this.n[i * FIELDS + F_UOFF] < other.n[o + F_UOFF]) i++;
-      if (i === this.chunkCount) return false;
-      for (let f = 0; f < FIELDS; f++) if (this.n[i * FIELDS + f] !== other.n[o + f]) return false;
-      if (!this.digests.subarray(i * DIGEST_SIZE, (i + 1) * DIGEST_SIZE).equals(other.digests.subarray(pos * DIGEST_SIZE, (pos + 1) * DIGEST_SIZE))) return false;
+      while (i < this.chunkCount && this.n[i * FIELDS + F_UOFF] < other.n[pos * FIELDS + F_UOFF]) i++;
+      if (i === this.chunkCount || !this.sameChunk(i, other, pos)) return false;
     }
     return true;
   }
@@ -126,7 +123,7 @@ export class BlobMap {
    * one chunk index at two places).
    */
   union(other: BlobMap): BlobMap | null {
-    if (other.blobId !== this.blobId || other.uncompressedSize !== this.uncompressedSize || other.compressor !== this.compressor || other.digester !== this.digester) return null;
+    if (!this.sameBlob(other)) return null;
     const numbers: number[] = [];
     const digests: Buffer[] = [];
     const indexes = new Set<number>();
@@ -146,9 +143,7 @@ export class BlobMap {
       const a = i < this.chunkCount ? this.n[i * FIELDS + F_UOFF] : Infinity;
       const b = j < other.chunkCount ? other.n[j * FIELDS + F_UOFF] : Infinity;
       if (a === b) {
-        for (let f = 0; f < FIELDS; f++) if (this.n[i * FIELDS + f] !== other.n[j * FIELDS + f]) return null;
-        if (!this.digests.subarray(i * DIGEST_SIZE, (i + 1) * DIGEST_SIZE).equals(other.digests.subarray(j * DIGEST_SIZE, (j + 1) * DIGEST_SIZE))) return null;
-        if (!take(this, i)) return null;
+        if (!this.sameChunk(i, other, j) || !take(this, i)) return null;
         i++;
         j++;
       } else if (!(a < b ? take(this, i++) : take(other, j++))) return null;
@@ -156,6 +151,17 @@ export class BlobMap {
     return new BlobMap(this.blobId, other.blobIndex, this.uncompressedSize, this.compressor, this.digester, {
       numbers: Float64Array.from(numbers), digests: new Uint8Array(Buffer.concat(digests)),
     });
+  }
+
+  /** Whether `other` is a table of this blob: the same id, size, compressor and digester. */
+  private sameBlob(other: BlobMap): boolean {
+    return other.blobId === this.blobId && other.uncompressedSize === this.uncompressedSize && other.compressor === this.compressor && other.digester === this.digester;
+  }
+
+  /** Whether this map's chunk at `pos` and `other`'s at `otherPos` are one chunk: every field and the digest. */
+  private sameChunk(pos: number, other: BlobMap, otherPos: number): boolean {
+    for (let f = 0; f < FIELDS; f++) if (this.n[pos * FIELDS + f] !== other.n[otherPos * FIELDS + f]) return false;
+    return this.digests.subarray(pos * DIGEST_SIZE, (pos + 1) * DIGEST_SIZE).equals(other.digests.subarray(otherPos * DIGEST_SIZE, (otherPos + 1) * DIGEST_SIZE));
   }
 
   /** The first position whose chunk ends after `offset` (`end`) or starts at or after it. */

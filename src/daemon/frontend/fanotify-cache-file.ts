@@ -106,8 +106,7 @@ export class MarkedCacheFile {
   ) {
     const { map } = source;
     this.size = map.uncompressedSize;
-    const key: CacheFileKey = { volume: `fanotify,${dirname(this.path)}`, cookie: map.blobId };
-    this.key = key;
+    this.key = { volume: `fanotify,${dirname(this.path)}`, cookie: map.blobId };
     this.writerFd = null;
     if (!restored) {
       // Opened before the mark: its writes raise no events.
@@ -116,7 +115,7 @@ export class MarkedCacheFile {
       if (fs.fstatSync(this.writerFd).size !== this.size) {
         fs.ftruncateSync(this.writerFd, 0);
         fs.ftruncateSync(this.writerFd, this.size);
-        state.clear(key);
+        state.clear(this.key);
       }
     }
     let probeFd: number;
@@ -257,7 +256,7 @@ export class MarkedCacheFile {
    */
   private shareReady(): void {
     if (this.readyShared || this.writerFd === null || this.guard.closed || !this.blob.marksTrusted) return;
-    const marked = this.state.cached(this.blob.key);
+    const marked = this.state.cached(this.key);
     const { map } = this.source;
     for (let pos = 0; pos < map.chunkCount; pos++) {
       if (marked.has(map.indexAt(pos))) {
@@ -273,7 +272,7 @@ export class MarkedCacheFile {
     this.checkPending = false;
     if (this.complete || this.guard.closed) return;
     const { map } = this.source;
-    const marked = this.state.count(this.blob.key);
+    const marked = this.state.count(this.key);
     if (marked < map.chunkCount) {
       if (marked !== this.lastCount) this.scheduleCompleteCheck();
       this.lastCount = marked;
@@ -297,7 +296,7 @@ export class MarkedCacheFile {
     // cold with prefetch on: the mark went after the read had ended, 100 ms after its last event (see
     // bench/ondemand.ts --host). At most once a delay while the file disagrees with the marks.
     const now = performance.now();
-    if (this.state.count(this.blob.key) >= this.source.map.chunkCount && now - this.lastImmediateCheck >= COMPLETE_CHECK_DELAY_MS) {
+    if (this.state.count(this.key) >= this.source.map.chunkCount && now - this.lastImmediateCheck >= COMPLETE_CHECK_DELAY_MS) {
       this.lastImmediateCheck = now;
       this.unmarkIfComplete();
       if (this.complete) return;
