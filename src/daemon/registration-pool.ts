@@ -8,6 +8,12 @@
  * daemon's thread: a new worker takes some 60 ms to come up (an empty one as long, on the bench
  * host), which a container's first mount would wait for; the bench's 24 KiB bootstrap of 60 files is
  * planned in 2-9 ms (warm, cold).
+ *
+ * No worker is started ahead of need. A daemon starts for a container, whose image is registered and
+ * mounted as soon as the API answers; a thread started then took 70-110 ms of CPU on the bench host
+ * and 1 s in the TCG guest, beside the first mount's reads when the bootstrap was planned at once.
+ * At the lowest priority it did as much harm in the guest (a vCPU busy at any priority is a host CPU
+ * the emulator's I/O does not get). A large bootstrap's first registration waits for its worker.
  */
 import fs from 'node:fs';
 import type { Worker } from 'node:worker_threads';
@@ -94,16 +100,6 @@ export class RegistrationPool {
   /** Maps an access trace to files on a worker (the bootstrap read again through the gate), within the same bounds. */
   traceFiles(req: TraceFilesRequest): Promise<TraceFiles> {
     return this.submit({ kind: 'traceFiles', req }) as Promise<TraceFiles>;
-  }
-
-  /**
-   * Starts a worker now, before a registration asks for one: a new thread takes about 60 ms to come
-   * up (module comment), which the first mount of a daemon would otherwise wait for. Unused, it
-   * leaves after idleMs as any other.
-   */
-  prestart(): void {
-    if (this.closed || this.alive >= this.workers || this.idle.length) return;
-    this.park(this.spawn());
   }
 
   private submit(msg: RegistrationJob): Promise<unknown> {

@@ -156,8 +156,6 @@ async function serveFanotify(opts: FanotifyDaemonOptions, { fd, restarted, stopA
     }
   }
   log.info({ apisock: opts.apiSock, dir: opts.dir, mounts: session.list() }, 'nydusd ready (fanotify)');
-  // The next mount does not wait for the registration thread to start (serve.ts, runDaemon).
-  registration.prestart();
   onStopSignals(shutdown, log);
   watchSupervisor(log);
   if (stopAtOnce) shutdown();

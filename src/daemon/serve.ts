@@ -96,10 +96,6 @@ export async function runDaemon(opts: DaemonOptions, source: DeviceSource): Prom
   };
   server = await startApi(opts.apiSock, { id: opts.id, supervisor: opts.supervisor, registry, state, lifecycle, exit: shutdown, log });
   log.info({ apisock: opts.apiSock, state: lifecycle.state }, 'nydusd ready');
-  // A daemon starts for a mount (the snapshotter starts one per image, or for its first): that
-  // mount does not wait for the thread to start. Started once the API answers, which it would
-  // otherwise delay (host: 17-30 ms more from spawn to a listening socket).
-  registration.prestart();
   onStopSignals(shutdown, log);
   if (source.kind === 'inherited') watchSupervisor(log);
   // Started while the daemon stops (its predecessor died stopping): stop, having taken over.
