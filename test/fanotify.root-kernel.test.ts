@@ -152,6 +152,11 @@ test('root-kernel fanotify: a lazily mounted image reads identical to the source
   assert.ok(info.fanotify.answeredInAddon > 0, `reads of bytes fetched ahead were answered by the addon (${JSON.stringify(info.fanotify)})`);
   assert.ok(info.fanotify.chunksWrittenByVerifier > 0, `chunks were written into the cache file by their verification jobs (${JSON.stringify(info.fanotify)})`);
   assert.equal(fanotifyMarks(workerPid), 0, 'a complete cache file is no longer marked: its reads raise no events');
+  const remount = await apiRequest(d.sock, 'PUT', `/api/v1/mount?mountpoint=${encodeURIComponent(d.mnt)}`,
+    { source: rich.boot, fs_type: 'rafs', config: JSON.stringify(d.cfg) });
+  assert.equal(remount.status, 400, 'a remount is refused');
+  assert.match(remount.body.message, /PUT \/api\/v1\/mount \(remount with a new bootstrap\) is not supported/);
+  assert.ok(isMounted(d.mnt), 'the refused remount left the mount');
   const del = await apiRequest(d.sock, 'DELETE', `/api/v1/mount?mountpoint=${encodeURIComponent(d.mnt)}`);
   assert.equal(del.status, 204, JSON.stringify(del.body));
   assert.equal(isMounted(d.mnt), false, 'DELETE /api/v1/mount unmounts');

@@ -3,7 +3,7 @@
  * nydus-snapshotter makes, pkg/daemon/client.go):
  *   GET|PUT /api/v1/daemon, PUT /api/v1/daemon/{fuse/sendfd,fuse/takeover,start,exit},
  *   PUT|GET|DELETE /api/v2/blobs, GET /api/v1/metrics{,/backend,/blobcache,/inflight,/files,/pattern},
- *   GET|PUT /api/v1/config;
+ *   GET|PUT /api/v1/config; POST|DELETE /api/v1/mount (fanotify mode; PUT, nydusd's remount, is refused);
  * and GET /api/v1/metrics/prometheus: every metric in Prometheus' text format (prometheus.ts).
  * Errors are JSON {code, message}: 400 for bad requests, 409 for a request the daemon's state refuses,
  * 404 for unknown paths and for metrics of an image that is not there (nydus's NoCounter).
@@ -312,6 +312,10 @@ export function startApi(sock: string, ctx: ApiContext): Promise<http.Server> {
           await ctx.mounts.mount({ mountpoint, ...parseMountCmd(await readBody(req)) });
           return send(res, 204);
         }
+        case 'PUT /api/v1/mount':
+          // nydusd's remount: a FUSE file system it serves takes a new bootstrap in place. A kernel
+          // EROFS mount keeps the bootstrap it was mounted with, and its open files read it.
+          throw new StateError('PUT /api/v1/mount (remount with a new bootstrap) is not supported: a kernel EROFS mount keeps its bootstrap; unmount (DELETE) and mount (POST) instead');
         case 'DELETE /api/v1/mount': {
           const mountpoint = url.searchParams.get('mountpoint');
           if (!mountpoint) throw new ConfigError("'mountpoint' should be specified in query string");
