@@ -143,6 +143,20 @@ test('root-kernel fanotify: a lazily mounted image reads identical to the source
     ['Rafs', d.mnt, 2, 'localfs', 'direct', 'boolean']);
   assert.match(desc.mounted_time, /^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{9} \+00:00:00$/);
   assert.ok(Math.abs(Date.parse(desc.mounted_time.slice(0, 23).replace(' ', 'T') + 'Z') - Date.now()) < 600_000, desc.mounted_time);
+  // nydusd's FsBackendInfo: the RAFS superblock of the mount, its EROFS fields as dump.erofs reads them.
+  const backend = await apiRequest(d.sock, 'GET', `/api/v1/daemon/backend?mountpoint=${encodeURIComponent(d.mnt)}`);
+  assert.equal(backend.status, 200, JSON.stringify(backend.body));
+  const dump = execFileSync('dump.erofs', ['-s', `--device=${path.join(rich.blobDir, rich.blobId)}`, rich.boot], { encoding: 'utf8' });
+  const dumped = (label: string) => Number(new RegExp(`^Filesystem ${label}:\\s+(\\S+)`, 'm').exec(dump)?.[1]);
+  const sm = backend.body;
+  assert.deepEqual([sm.magic, sm.meta_blkaddr, sm.root_nid, sm.inodes_count], [dumped('magic number'), dumped('inode metadata start block'), dumped('root nid'), dumped('inode count')], dump);
+  assert.deepEqual([sm.version, sm.blob_device_table_count, sm.chunk_size, sm.attr_timeout, sm.is_chunk_dict], [0x600, 1, 1 << 20, { secs: 2 ** 32, nanos: 0 }, false]);
+  // RafsSuperFlags: zstd (--compressor zstd), blake3 (the default digester).
+  assert.deepEqual([sm.flags.bits & 0x80, sm.flags.bits & 0x4], [0x80, 0x4], JSON.stringify(sm.flags));
+  assert.equal((await apiRequest(d.sock, 'GET', '/api/v1/daemon/backend')).status, 400, 'no mountpoint');
+  const none = await apiRequest(d.sock, 'GET', `/api/v1/daemon/backend?mountpoint=${encodeURIComponent(path.join(work, 'nowhere'))}`);
+  assert.equal(none.status, 404);
+  assert.match(none.body.message, /no file system is mounted at/);
   // nydusd's v2 info: the same without the file systems; PUT sets the log level as v1's does.
   const v2 = (await apiRequest(d.sock, 'GET', '/api/v2/daemon')).body;
   assert.deepEqual([v2.state, v2.pid, v2.backend_collection, v2.version.package_ver], [info.state, info.pid, null, info.version.package_ver]);

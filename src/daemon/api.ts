@@ -1,7 +1,7 @@
 /**
  * The HTTP API on a unix socket, with Nydus's paths and bodies (nydus api/src/http.rs; the calls
  * nydus-snapshotter makes, pkg/daemon/client.go):
- *   GET|PUT /api/v1/daemon, PUT /api/v1/daemon/{fuse/sendfd,fuse/takeover,start,exit},
+ *   GET|PUT /api/v1/daemon, PUT /api/v1/daemon/{fuse/sendfd,fuse/takeover,start,exit}, GET /api/v1/daemon/backend,
  *   PUT|GET|DELETE /api/v2/blobs, GET /api/v1/metrics{,/backend,/blobcache,/inflight,/files,/pattern},
  *   GET|PUT /api/v1/config; POST|DELETE /api/v1/mount (fanotify mode; PUT, nydusd's remount, is refused);
  * and GET /api/v1/metrics/prometheus: every metric in Prometheus' text format (prometheus.ts).
@@ -42,7 +42,7 @@ export interface ApiContext {
 const LOG_LEVELS = new Set(['trace', 'debug', 'info', 'warn', 'error']);
 const KNOWN_PATHS = new Set([
   '/api/v1/daemon', '/api/v1/daemon/events', '/api/v1/daemon/fuse/sendfd', '/api/v1/daemon/fuse/takeover', '/api/v1/daemon/start', '/api/v1/daemon/exit',
-  '/api/v2/blobs', '/api/v2/daemon', '/api/v1/metrics', '/api/v1/metrics/backend', '/api/v1/metrics/blobcache', '/api/v1/metrics/inflight', '/api/v1/config', '/api/v1/metrics/prometheus', '/api/v1/mount',
+  '/api/v2/blobs', '/api/v2/daemon', '/api/v1/metrics', '/api/v1/metrics/backend', '/api/v1/metrics/blobcache', '/api/v1/metrics/inflight', '/api/v1/config', '/api/v1/metrics/prometheus', '/api/v1/mount', '/api/v1/daemon/backend',
   '/api/v1/metrics/files', '/api/v1/metrics/pattern',
 ]);
 /** cachefiles' READ opcode, as GET /api/v1/metrics/inflight reports it. */
@@ -311,6 +311,16 @@ export function startApi(sock: string, ctx: ApiContext): Promise<http.Server> {
           absolutePathField(mountpoint, "query parameter 'mountpoint'");
           await ctx.mounts.mount({ mountpoint, ...parseMountCmd(await readBody(req)) });
           return send(res, 204);
+        }
+        case 'GET /api/v1/daemon/backend': {
+          // nydusd's FsBackendInfo: the RAFS superblock of the file system mounted there.
+          const mountpoint = url.searchParams.get('mountpoint');
+          if (!mountpoint) throw new ConfigError("'mountpoint' should be specified in query string");
+          if (!ctx.mounts) throw new StateError('this daemon mounts nothing itself (fscache mode: mount -t erofs -o fsid=...); start it with --fanotify');
+          const id = ctx.mounts.imageIdOf(mountpoint);
+          const meta = id === undefined ? null : ctx.registry.superMetaOf(id);
+          if (!meta) throw new NoCounterError(`no file system is mounted at ${JSON.stringify(mountpoint)} by this daemon`);
+          return send(res, 200, meta);
         }
         case 'PUT /api/v1/mount':
           // nydusd's remount: a FUSE file system it serves takes a new bootstrap in place. A kernel

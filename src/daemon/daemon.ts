@@ -7,6 +7,7 @@ import type { Logger } from 'pino';
 import { BlobMap } from './blob-map.ts';
 import { type RegistrationPool, sharedRegistrationPool } from './registration-pool.ts';
 import type { PrefetchOrder } from './registration.ts';
+import type { RafsSuperMeta } from '../image/super-meta.ts';
 import { ChunkFetcher } from './chunk-fetcher.ts';
 import { type BackendMetrics, type BlobBackend, newBackendMetrics } from './backend/localfs.ts';
 import { createBackend } from './backend/index.ts';
@@ -26,6 +27,8 @@ interface RegisteredImage {
   /** The PUT body as it came (what a successor daemon registers again after a takeover). */
   body: unknown;
   bootstrapSize: number;
+  /** nydus's RafsSuperMeta of the bootstrap (GET /api/v1/daemon/backend). */
+  superMeta: RafsSuperMeta;
   blobs: Map<string, BlobMap>;
   backend: BlobBackend;
   /** The image's own backend counters (its backend counts into its type's too). */
@@ -146,7 +149,7 @@ export class ImageRegistry implements ObjectResolver {
       if (b.prefetch) prefetch.set(b.id, b.prefetch);
     }
     this.images.set(entry.id, {
-      entry, body, bootstrapSize: plan.bootstrapSize, blobs, backend, backendMetrics, prefetch, maps, trace: new AccessTrace(maps),
+      entry, body, bootstrapSize: plan.bootstrapSize, superMeta: plan.superMeta, blobs, backend, backendMetrics, prefetch, maps, trace: new AccessTrace(maps),
       fetcher: new ChunkFetcher(backend, (blob, chunk) => this.state.countFetch(blob, chunk), this.pool),
     });
     if (persist) this.state.saveImage(entry.id, body);
@@ -206,6 +209,11 @@ export class ImageRegistry implements ObjectResolver {
   /** The PUT bodies of the registered images, in registration order. */
   bodies(): unknown[] {
     return [...this.images.values()].map((i) => i.body);
+  }
+
+  /** nydus's RafsSuperMeta of a registered image's bootstrap; null for an id not registered. */
+  superMetaOf(id: string): RafsSuperMeta | null {
+    return this.images.get(id)?.superMeta ?? null;
   }
 
   /** The blob ids of a registered image in its blob table order (the order of its devices). */

@@ -7,6 +7,7 @@
 import fs from 'node:fs';
 import { openImage } from '../image/open.ts';
 import type { ValidatedImage } from '../image/validate.ts';
+import { type RafsSuperMeta, rafsSuperMeta } from '../image/super-meta.ts';
 import type { CompressorName } from '../blob/compress.ts';
 import type { Digester } from '../blob/digest.ts';
 import type { ChunkRef } from '../builder/tree.ts';
@@ -38,6 +39,8 @@ export interface PrefetchOrder {
 export interface RegistrationPlan {
   bootstrapSize: number;
   blobs: PlannedBlob[];
+  /** What nydusd answers for GET /api/v1/daemon/backend of a mount of the image. */
+  superMeta: RafsSuperMeta;
 }
 
 export function planRegistration(req: RegistrationRequest): RegistrationPlan {
@@ -47,6 +50,7 @@ export function planRegistration(req: RegistrationRequest): RegistrationPlan {
   const order = req.prefetch.enable ? prefetchOrder(image, req.prefetch.all) : null;
   return {
     bootstrapSize,
+    superMeta: rafsSuperMeta(image),
     blobs: image.blobs.map((b) => ({
       id: b.id, index: b.index, uncompressedSize: b.uncompressedSize, compressor: b.compressor, digester: b.digester,
       chunks: packChunks(b.chunks), prefetch: order ? order[b.index] : null,
