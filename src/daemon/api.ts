@@ -305,19 +305,15 @@ export function startApi(sock: string, ctx: ApiContext): Promise<http.Server> {
           })));
         }
         case 'POST /api/v1/mount': {
-          const mountpoint = url.searchParams.get('mountpoint');
-          if (!mountpoint) throw new ConfigError("'mountpoint' should be specified in query string");
-          if (!ctx.mounts) throw new StateError('this daemon mounts nothing itself (fscache mode: mount -t erofs -o fsid=...); start it with --fanotify');
+          const { mountpoint, mounts } = mountTarget(url, ctx);
           absolutePathField(mountpoint, "query parameter 'mountpoint'");
-          await ctx.mounts.mount({ mountpoint, ...parseMountCmd(await readBody(req)) });
+          await mounts.mount({ mountpoint, ...parseMountCmd(await readBody(req)) });
           return send(res, 204);
         }
         case 'GET /api/v1/daemon/backend': {
           // nydusd's FsBackendInfo: the RAFS superblock of the file system mounted there.
-          const mountpoint = url.searchParams.get('mountpoint');
-          if (!mountpoint) throw new ConfigError("'mountpoint' should be specified in query string");
-          if (!ctx.mounts) throw new StateError('this daemon mounts nothing itself (fscache mode: mount -t erofs -o fsid=...); start it with --fanotify');
-          const id = ctx.mounts.imageIdOf(mountpoint);
+          const { mountpoint, mounts } = mountTarget(url, ctx);
+          const id = mounts.imageIdOf(mountpoint);
           const meta = id === undefined ? null : ctx.registry.superMetaOf(id);
           if (!meta) throw new NoCounterError(`no file system is mounted at ${JSON.stringify(mountpoint)} by this daemon`);
           return send(res, 200, meta);
@@ -327,10 +323,8 @@ export function startApi(sock: string, ctx: ApiContext): Promise<http.Server> {
           // EROFS mount keeps the bootstrap it was mounted with, and its open files read it.
           throw new StateError('PUT /api/v1/mount (remount with a new bootstrap) is not supported: a kernel EROFS mount keeps its bootstrap; unmount (DELETE) and mount (POST) instead');
         case 'DELETE /api/v1/mount': {
-          const mountpoint = url.searchParams.get('mountpoint');
-          if (!mountpoint) throw new ConfigError("'mountpoint' should be specified in query string");
-          if (!ctx.mounts) throw new StateError('this daemon mounts nothing itself; start it with --fanotify');
-          ctx.mounts.umount(mountpoint);
+          const { mountpoint, mounts } = mountTarget(url, ctx);
+          mounts.umount(mountpoint);
           return send(res, 204);
         }
         case 'GET /api/v1/config':
@@ -434,6 +428,17 @@ export function startApi(sock: string, ctx: ApiContext): Promise<http.Server> {
       resolve(server);
     });
   }));
+}
+
+/**
+ * The mountpoint a request of /api/v1/mount or /api/v1/daemon/backend names (nydus's `mountpoint`
+ * query parameter), and the daemon's own mounts (fanotify mode; a daemon in fscache mode has none).
+ */
+function mountTarget(url: URL, ctx: ApiContext): { mountpoint: string; mounts: NonNullable<ApiContext['mounts']> } {
+  const mountpoint = url.searchParams.get('mountpoint');
+  if (!mountpoint) throw new ConfigError("'mountpoint' should be specified in query string");
+  if (!ctx.mounts) throw new StateError('this daemon mounts nothing itself (fscache mode: mount -t erofs -o fsid=...); start it with --fanotify');
+  return { mountpoint, mounts: ctx.mounts };
 }
 
 /** nydus's ApiMountCmd: `source` (the bootstrap), `fs_type` ("rafs"), `config` (the JSON text of a config). */
