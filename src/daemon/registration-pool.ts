@@ -64,8 +64,6 @@ export class RegistrationPool {
   private readonly idle: Worker[] = [];
   private readonly queue: Job[] = [];
   private readonly idleTimers = new Map<Worker, NodeJS.Timeout>();
-  /** Workers that came up (their thread runs its module). */
-  private readonly online = new WeakSet<Worker>();
   private alive = 0;
   private closed = false;
   private readonly workers: number;
@@ -87,7 +85,8 @@ export class RegistrationPool {
 
   /** Plans a registration on a worker (a small one maybe at once, module comment); rejects with the gate's own error for a bad image. */
   plan(req: RegistrationRequest): Promise<RegistrationPlan> {
-    if (!this.closed && !this.idle.some((w) => this.online.has(w)) && smallBootstrap(req.metadataPath)) {
+    // (An idle worker has answered a job, so it is up: workers start only for jobs.)
+    if (!this.closed && this.idle.length === 0 && smallBootstrap(req.metadataPath)) {
       try {
         return Promise.resolve(planRegistration(req));
       } catch (e) {
@@ -128,7 +127,6 @@ export class RegistrationPool {
     const w = startWorker('register-worker', { resourceLimits: { maxOldGenerationSizeMb: this.maxHeapMb } });
     // Errors are the running job's (below); one that comes after its job settled has no one to tell.
     w.on('error', () => undefined);
-    w.once('online', () => this.online.add(w));
     w.once('exit', () => {
       this.alive--;
       clearTimeout(this.idleTimers.get(w));
