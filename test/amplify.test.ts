@@ -230,3 +230,36 @@ test('amplification: a READ the kernel was let do (its bytes held, BlobCacheFile
   }
   state.close();
 });
+
+test('amplification: the front end hears of the chunks the window marked as they are marked, not at its next READ (CacheFileIo.marked: a fanotify cache file loses its mark the moment it is complete)', async () => {
+  const state = new DaemonState(path.join(work, 'state-marked'));
+  const registry = new ImageRegistry(state, log);
+  registries.push(registry);
+  await registry.add(entry('marked', { batch_size: 0x20000 }));
+  const target = registry.resolve('marked', blobId);
+  assert.ok(target?.kind === 'blob');
+  const key = { volume: 'erofs,marked', cookie: blobId };
+  const held: Array<[number, number]> = [];
+  /** The marks the file had each time the front end was told of new ones. */
+  const told: number[] = [];
+  const io = {
+    asksOnlyForMissing: false,
+    write: async (offset: number, data: Uint8Array) => {
+      held.push([offset, offset + data.length]);
+    },
+    dataRanges: () => held,
+    marked: () => told.push(state.count(key)),
+  };
+  const counters = { prefetchedChunks: 0, staleMarks: 0, chunksWrittenByVerifier: 0 };
+  const f = new BlobCacheFile(key, target.map, target.fetcher, io, new WorkGuard(() => undefined), state, counters, log, target.fill);
+  f.start(null);
+  await f.fill(chunks[0].uncompressedOffset, 4096);
+  const afterRead = state.count(key);
+  // No READ after the first: the window's chunks land on their own.
+  await waitFor(() => told.length > 0 && told[told.length - 1] > afterRead, 'the window\'s chunks marked and told');
+  await settle();
+  assert.ok(state.count(key) > afterRead, `the window fetched past the READ (${afterRead} then ${state.count(key)} chunks)`);
+  assert.equal(told[told.length - 1], state.count(key), 'told after the last chunks were marked, with them counted');
+  assert.deepEqual(told, [...told].sort((x, y) => x - y), 'told as marks grew');
+  state.close();
+});

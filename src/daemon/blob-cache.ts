@@ -40,6 +40,8 @@ export interface CacheFileIo {
   target?(): WriteTarget | null;
   /** Bytes [from, to) were written into the file through `target()`. */
   written?(from: number, to: number): void;
+  /** Chunks were marked as in the file (after their bytes were written): the moment a file may have become complete. */
+  marked?(): void;
   /** The ranges of [from, to) the cache file really holds; throws ENOBUFS while the kernel has not attached it yet. */
   dataRanges(from: number, to: number): Array<[number, number]>;
 }
@@ -512,6 +514,7 @@ export class BlobCacheFile {
   private inFile(placement: Placement, chunks: readonly ChunkRef[]): void {
     this.state.mark(this.key, chunks.map((c) => c.indexInBlob));
     placement.written += chunks.length;
+    this.io.marked?.();
   }
 
   /** Chunks a job verified but kept no bytes of and could not write: fetched again with their bytes kept, and written here. */
