@@ -173,6 +173,91 @@ test('nydusctl metrics: fsstats, files and pattern refuse --blob-id; fsstats --i
   assert.equal((await api(sock, 'GET', '/api/v1/metrics/blobcache?blob_id=')).status, 400);
 });
 
+test('nydusctl set, metrics cache and metrics backend --interval (upstream nydusctl\'s): each reaches the daemon or is refused naming the flag', async () => {
+  const sock = path.join(work, 'api.sock');
+  if (!fs.existsSync(sock)) await daemonWithTwoImages();
+  // set log-level: PUT /api/v1/daemon {"log_level"}, as upstream nydusctl maps the item.
+  const set = await nydusctl('--sock', sock, 'set', 'log-level', 'debug');
+  assert.equal(set.code, 0, set.err);
+  assert.equal(log.level, 'debug', 'the daemon\'s log level was set');
+  const loud = await nydusctl('--sock', sock, 'set', 'log-level', 'loud');
+  assert.equal(loud.code, 1);
+  assert.match(loud.err, /^nydusctl: error: \/api\/v1\/daemon: 400 .*log_level must be one of trace, debug, info, warn, error/);
+  assert.equal(log.level, 'debug', 'a refused level changes nothing');
+  const other = await nydusctl('--sock', sock, 'set', 'threads', '4');
+  assert.notEqual(other.code, 0);
+  assert.match(other.err, /Invalid values:[\s\S]*Argument: kind, Given: "threads", Choices: "log-level"/);
+  await nydusctl('--sock', sock, 'set', 'log-level', 'silent').then((r) => assert.equal(r.code, 1, 'silent is no nydusd level'));
+  log.level = 'silent';
+
+  // metrics cache: the blob cache's metrics, upstream's newer name of them.
+  const [cache, blobcache] = await Promise.all([nydusctl('--sock', sock, 'metrics', 'cache', '--id', 'img1', '--raw'), nydusctl('--sock', sock, 'metrics', 'blobcache', '--id', 'img1', '--raw')]);
+  assert.equal(cache.code, 0, cache.err);
+  assert.deepEqual(JSON.parse(cache.out), JSON.parse(blobcache.out));
+
+  // metrics backend --interval: a line a period of what was read in it, until stopped.
+  const watch = execFile(path.join(repoRoot, 'bin/nydusctl'), ['--sock', sock, 'metrics', 'backend', '-I', '1'], { encoding: 'utf8' });
+  let lines = '';
+  watch.stdout!.on('data', (d) => (lines += d));
+  await waitFor(() => lines.split('\n').filter(Boolean).length >= 2, 'two periods of backend metrics', 20_000);
+  watch.kill();
+  const periods = lines.split('\n').filter(Boolean).map((l) => JSON.parse(l));
+  for (const p of periods) {
+    assert.deepEqual(Object.keys(p), ['interval_secs', 'read_bandwidth_kb_s', 'read_count', 'average_io_size', 'average_latency_millis']);
+    assert.deepEqual([p.interval_secs, p.read_count, p.read_bandwidth_kb_s], [1, 0, 0], 'nothing was read meanwhile');
+  }
+  const [fsstatsEvery, zero, word] = await Promise.all([
+    nydusctl('--sock', sock, 'metrics', 'fsstats', '-I', '1'),
+    nydusctl('--sock', sock, 'metrics', 'backend', '--interval', '0'),
+    nydusctl('--sock', sock, 'metrics', 'backend', '--interval', 'often'),
+  ]);
+  assert.deepEqual([fsstatsEvery.code, fsstatsEvery.err], [1, 'nydusctl: error: --interval goes with metrics backend\n']);
+  assert.deepEqual([zero.code, zero.err], [1, 'nydusctl: error: --interval "0" is not a whole number of seconds from 1 to 999999\n']);
+  assert.equal(word.code, 1);
+});
+
+test('nydusctl mount and umount (upstream\'s -s -c -m -t, -m): POST and DELETE /api/v1/mount with the config file\'s text; a config that cannot be read, passthrough_fs and a daemon that mounts nothing are refused', async () => {
+  const state = new DaemonState(path.join(work, 'state-mount'));
+  const registry = new ImageRegistry(state, log);
+  const sock = path.join(work, 'api-mount.sock');
+  const asked: Array<['mount', unknown] | ['umount', string]> = [];
+  const mounts = {
+    mount: async (req: unknown) => void asked.push(['mount', req]),
+    umount: (mp: string) => void asked.push(['umount', mp]),
+    list: () => [], stats: {}, imageIdOf: () => undefined, served: () => [],
+  } as unknown as NonNullable<Parameters<typeof startApi>[1]['mounts']>;
+  const server: http.Server = await startApi(sock, { id: 'd', registry, state, lifecycle: null, log, mounts });
+  cleanup.push(() => state.close(), () => registry.close(), () => server.close());
+  const cfgFile = path.join(work, 'mount.toml');
+  fs.writeFileSync(cfgFile, 'version = 2\n[backend]\ntype = "localfs"\n[backend.localfs]\ndir = "/blobs"\n[cache]\ntype = "filecache"\n[cache.filecache]\nwork_dir = "/cache"\n');
+  const mounted = await nydusctl('--sock', sock, 'mount', '-s', boot, '-c', cfgFile, '-m', '/mnt/x', '-t', 'rafs');
+  assert.equal(mounted.code, 0, mounted.err);
+  const unmounted = await nydusctl('--sock', sock, 'umount', '-m', '/mnt/x');
+  assert.equal(unmounted.code, 0, unmounted.err);
+  assert.equal(asked.length, 2);
+  const [[what, req], umount] = asked as [['mount', { mountpoint: string; bootstrap: string; config: { backend: { localfs: { dir: string } } } }], ['umount', string]];
+  assert.deepEqual([what, req.mountpoint, req.bootstrap, req.config.backend.localfs.dir], ['mount', '/mnt/x', boot, '/blobs'], 'the TOML file reached the daemon as the mount\'s config');
+  assert.deepEqual(umount, ['umount', '/mnt/x']);
+
+  const [noFile, passthrough, noType] = await Promise.all([
+    nydusctl('--sock', sock, 'mount', '-s', boot, '-c', path.join(work, 'none.json'), '-m', '/mnt/x', '-t', 'rafs'),
+    nydusctl('--sock', sock, 'mount', '-s', boot, '-c', cfgFile, '-m', '/mnt/x', '-t', 'passthrough_fs'),
+    nydusctl('--sock', sock, 'mount', '-s', boot, '-c', cfgFile, '-m', '/mnt/x'),
+  ]);
+  assert.equal(noFile.code, 1);
+  assert.match(noFile.err, /^nydusctl: error: cannot read the mount config .*none\.json: ENOENT/);
+  assert.equal(passthrough.code, 1);
+  assert.match(passthrough.err, /^nydusctl: error: \/api\/v1\/mount\?mountpoint=%2Fmnt%2Fx: 400 .*body\.fs_type "passthrough_fs" is not supported \(rafs\)/);
+  assert.notEqual(noType.code, 0);
+  assert.match(noType.err, /Missing required argument: type/);
+  assert.equal(asked.length, 2, 'nothing refused reached the front end');
+  // A daemon without a fanotify front end (fscache mode) says so.
+  if (!fs.existsSync(path.join(work, 'api.sock'))) await daemonWithTwoImages();
+  const fscache = await nydusctl('--sock', path.join(work, 'api.sock'), 'umount', '-m', '/mnt/x');
+  assert.equal(fscache.code, 1);
+  assert.match(fscache.err, /this daemon mounts nothing itself \(fscache mode/);
+});
+
 test('nydusd --fscache-threads and --thread-num: a whole number from 1 to 1024, as nydus\'s thread_validator; anything else is one clear line', async () => {
   const cache = ['singleton', '--fscache', path.join(work, 'cache'), '--apisock', path.join(work, 'x.sock')];
   // With --fanotify, a config that cannot be read: a value that slips through stops there, never starts a daemon.

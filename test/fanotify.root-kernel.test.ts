@@ -115,7 +115,7 @@ after(() => {
   fs.rmSync(work, { recursive: true, force: true });
 });
 
-test('root-kernel fanotify: a lazily mounted image reads identical to the source; umount/mount and drop_caches fetch nothing; unmount cleans up', async () => {
+test('root-kernel fanotify: a lazily mounted image reads identical to the source; umount/mount (the API, nydusctl) and drop_caches fetch nothing; unmount cleans up', async () => {
   const d = await startDaemon('rich', rich, localfs(rich));
   const cacheFile = path.join(d.cacheDir, `${rich.blobId}.blob.data`);
   const blobSize = (inspect(rich.boot, 'blobs') as Array<{ uncompressed_size: number }>)[0].uncompressed_size;
@@ -186,6 +186,22 @@ test('root-kernel fanotify: a lazily mounted image reads identical to the source
   fs.writeFileSync('/proc/sys/vm/drop_caches', '3');
   assert.deepEqual(diffManifests(srcManifest, manifest(d.mnt)).slice(0, 20), [], 'the mount reads as the source again');
   assert.deepEqual(await fetches(d.sock, rich.blobId), first, 'the second read fetched nothing');
+
+  // nydusctl's umount and mount (upstream's flags) go through the same API.
+  const ctl = (...args: string[]) => spawnSync(path.join(repoRoot, 'bin/nydusctl'), ['--sock', d.sock, ...args], { encoding: 'utf8' });
+  const un = ctl('umount', '-m', d.mnt);
+  assert.equal(un.status, 0, un.stderr);
+  assert.equal(isMounted(d.mnt), false, 'nydusctl umount unmounts');
+  const cfgFile = path.join(work, 'mount-config.json');
+  fs.writeFileSync(cfgFile, JSON.stringify(d.cfg));
+  const re = ctl('mount', '-s', rich.boot, '-c', cfgFile, '-m', d.mnt, '-t', 'rafs');
+  assert.equal(re.status, 0, re.stderr);
+  assert.ok(isMounted(d.mnt), 'nydusctl mount mounts');
+  fs.writeFileSync('/proc/sys/vm/drop_caches', '3');
+  assert.deepEqual(diffManifests(srcManifest, manifest(d.mnt)).slice(0, 20), [], 'the mount nydusctl made reads as the source');
+  const passthrough = ctl('mount', '-s', rich.boot, '-c', cfgFile, '-m', path.join(work, 'elsewhere'), '-t', 'passthrough_fs');
+  assert.notEqual(passthrough.status, 0);
+  assert.match(passthrough.stderr, /fs_type "passthrough_fs" is not supported/);
 
   const exited = new Promise((r) => d.proc.once('exit', r));
   d.proc.kill('SIGTERM');
