@@ -221,4 +221,4 @@ await runMain('nydus-image', async () => {
     .help()
     .version('0.1.0')
     .parseAsync();
-});
+}, { endsWithItsReader: true });

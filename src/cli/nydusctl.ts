@@ -137,4 +137,4 @@ await runMain('nydusctl', async () => {
     .help()
     .version('0.1.0')
     .parseAsync();
-});
+}, { endsWithItsReader: true });

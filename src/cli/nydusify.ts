@@ -134,4 +134,4 @@ await runMain('nydusify', async () => {
       process.stderr.write(`nydusify: ${a.target} is a well-formed Nydus image${a.source ? ` with the same file tree as ${a.source}` : ''}\n`);
     })
     .parseAsync();
-});
+}, { endsWithItsReader: true });

@@ -4,7 +4,20 @@
  */
 import { NydusError } from '../../erofs/errors.ts';
 
-export async function runMain(name: string, body: () => Promise<void> | void): Promise<void> {
+/**
+ * `endsWithItsReader`: a command whose output is what it is for (nydus-image, nydusctl, nydusify; not
+ * the daemons, whose stdout is no reader's): when the reader of standard output goes away (`| head`),
+ * it ends there, without a word (as a program SIGPIPE kills) and with status 0, the reader having
+ * taken what it wanted. Node ignores SIGPIPE, so the write fails EPIPE instead: an unhandled 'error'
+ * event, a stack trace. `nydusctl metrics backend -I` ends only so.
+ */
+export async function runMain(name: string, body: () => Promise<void> | void, opts: { endsWithItsReader?: boolean } = {}): Promise<void> {
+  if (opts.endsWithItsReader) {
+    process.stdout.on('error', (e: NodeJS.ErrnoException) => {
+      if (e.code !== 'EPIPE') throw e;
+      process.exit(0);
+    });
+  }
   try {
     await body();
   } catch (e) {
