@@ -184,33 +184,45 @@ test('amplification with prefetch and READs racing: every chunk fetched once, th
   t.state.close();
 });
 
-test('amplification: a READ the kernel was let do (its bytes held, BlobCacheFile.readOn) moves the window as fill() does', async () => {
-  const state = new DaemonState(path.join(work, 'state-readon'));
+/** The test image registered as `id` with a 128 KiB window, in a state of its own, and its blob as the registry resolves it. */
+async function registeredBlob(id: string) {
+  const state = new DaemonState(path.join(work, `state-${id}`));
   const registry = new ImageRegistry(state, log);
   registries.push(registry);
-  await registry.add(entry('readon', { batch_size: 0x20000 }));
-  const target = registry.resolve('readon', blobId);
+  await registry.add(entry(id, { batch_size: 0x20000 }));
+  const target = registry.resolve(id, blobId);
   assert.ok(target?.kind === 'blob');
-  // Two cache files of the blob, in memory: one reader's READs served by fill(), the other's held ones by readOn().
-  const file = (name: string) => {
-    const bytes = Buffer.alloc(blobBytes.length);
-    const held: Array<[number, number]> = [];
-    const key = { volume: `erofs,${name}`, cookie: blobId };
-    const io = {
-      asksOnlyForMissing: false,
-      write: async (offset: number, data: Uint8Array) => {
-        bytes.set(data, offset);
-        held.push([offset, offset + data.length]);
-      },
-      dataRanges: () => held,
-    };
-    const counters = { prefetchedChunks: 0, staleMarks: 0, chunksWrittenByVerifier: 0 };
-    const f = new BlobCacheFile(key, target.map, target.fetcher, io, new WorkGuard(() => undefined), state, counters, log, target.fill);
-    f.start(null);
-    return { f, key, bytes };
+  return { state, target };
+}
+
+/**
+ * A cache file of the blob in memory, as a front end that asks for every read (fanotify's) has it,
+ * started with no prefetch; `marked` is told as CacheFileIo.marked is, with the file's key.
+ */
+function memoryCacheFile(state: DaemonState, target: Awaited<ReturnType<typeof registeredBlob>>['target'], name: string, marked?: (key: { volume: string; cookie: string }) => void) {
+  const bytes = Buffer.alloc(blobBytes.length);
+  const held: Array<[number, number]> = [];
+  const key = { volume: `erofs,${name}`, cookie: blobId };
+  const io = {
+    asksOnlyForMissing: false,
+    write: async (offset: number, data: Uint8Array) => {
+      bytes.set(data, offset);
+      held.push([offset, offset + data.length]);
+    },
+    dataRanges: () => held,
+    marked: marked && (() => marked(key)),
   };
-  const a = file('by-fill');
-  const b = file('by-read-on');
+  const counters = { prefetchedChunks: 0, staleMarks: 0, chunksWrittenByVerifier: 0 };
+  const f = new BlobCacheFile(key, target.map, target.fetcher, io, new WorkGuard(() => undefined), state, counters, log, target.fill);
+  f.start(null);
+  return { f, key, bytes };
+}
+
+test('amplification: a READ the kernel was let do (its bytes held, BlobCacheFile.readOn) moves the window as fill() does', async () => {
+  const { state, target } = await registeredBlob('readon');
+  // Two cache files of the blob, in memory: one reader's READs served by fill(), the other's held ones by readOn().
+  const a = memoryCacheFile(state, target, 'by-fill');
+  const b = memoryCacheFile(state, target, 'by-read-on');
   for (const x of [a, b]) await x.f.fill(chunks[0].uncompressedOffset, 4096);
   await settle();
   // Reading on through the chunks the first READ brought in, then past the window that opens.
@@ -232,27 +244,10 @@ test('amplification: a READ the kernel was let do (its bytes held, BlobCacheFile
 });
 
 test('amplification: the front end hears of the chunks the window marked as they are marked, not at its next READ (CacheFileIo.marked: a fanotify cache file loses its mark the moment it is complete)', async () => {
-  const state = new DaemonState(path.join(work, 'state-marked'));
-  const registry = new ImageRegistry(state, log);
-  registries.push(registry);
-  await registry.add(entry('marked', { batch_size: 0x20000 }));
-  const target = registry.resolve('marked', blobId);
-  assert.ok(target?.kind === 'blob');
-  const key = { volume: 'erofs,marked', cookie: blobId };
-  const held: Array<[number, number]> = [];
+  const { state, target } = await registeredBlob('marked');
   /** The marks the file had each time the front end was told of new ones. */
   const told: number[] = [];
-  const io = {
-    asksOnlyForMissing: false,
-    write: async (offset: number, data: Uint8Array) => {
-      held.push([offset, offset + data.length]);
-    },
-    dataRanges: () => held,
-    marked: () => told.push(state.count(key)),
-  };
-  const counters = { prefetchedChunks: 0, staleMarks: 0, chunksWrittenByVerifier: 0 };
-  const f = new BlobCacheFile(key, target.map, target.fetcher, io, new WorkGuard(() => undefined), state, counters, log, target.fill);
-  f.start(null);
+  const { f, key } = memoryCacheFile(state, target, 'marked', (k) => told.push(state.count(k)));
   await f.fill(chunks[0].uncompressedOffset, 4096);
   const afterRead = state.count(key);
   // No READ after the first: the window's chunks land on their own.

@@ -297,17 +297,22 @@ export class MarkedCacheFile {
    * went only after the read had ended; now with the last chunk, 61-151 events a read against 126-401.
    */
   private unmarkOnceComplete(): void {
-    if (!this.complete && !this.guard.closed && this.state.count(this.key) >= this.source.map.chunkCount) this.unmarkIfComplete();
+    if (!this.complete && !this.guard.closed && this.allMarked()) this.unmarkIfComplete();
+  }
+
+  /** Whether every chunk of the file's map is marked (the count is kept, not counted). */
+  private allMarked(): boolean {
+    return this.state.count(this.key) >= this.source.map.chunkCount;
   }
 
   private scheduleCompleteCheck(): void {
     if (this.checkPending || this.complete || this.guard.closed) return;
-    // Every chunk marked (a prefetch, or the window, brought the last ones): checked at once, so that
-    // the reads from here on no longer wait for an event each. On the host, the big workload read
-    // cold with prefetch on: the mark went after the read had ended, 100 ms after its last event (see
-    // bench/ondemand.ts --host). At most once a delay while the file disagrees with the marks.
+    // Every chunk marked with no marking since that could check (another image's map joined onto
+    // marked chunks; a file that disagreed with its marks at their last one): checked at once, so
+    // that the reads from here on no longer wait for an event each. At most once a delay while the
+    // file disagrees with the marks. (Files completed by a marking are checked then: unmarkOnceComplete.)
     const now = performance.now();
-    if (this.state.count(this.key) >= this.source.map.chunkCount && now - this.lastImmediateCheck >= COMPLETE_CHECK_DELAY_MS) {
+    if (this.allMarked() && now - this.lastImmediateCheck >= COMPLETE_CHECK_DELAY_MS) {
       this.lastImmediateCheck = now;
       this.unmarkIfComplete();
       if (this.complete) return;
