@@ -71,6 +71,9 @@ export interface ChunkTableEntry {
   index: number;
 }
 
+/** The S_IFMT values an inode's mode may hold. */
+const FILE_TYPES = new Set([C.S_IFREG, C.S_IFDIR, C.S_IFLNK, C.S_IFCHR, C.S_IFBLK, C.S_IFIFO, C.S_IFSOCK]);
+
 export class ErofsImage {
   readonly sb: ErofsSuperBlock;
   /** Present on RAFS v6 bootstraps. */
@@ -165,8 +168,9 @@ export class ErofsImage {
 
   inode(nid: number): Inode {
     const offset = this.sb.meta_blkaddr * EROFS_BLKSIZ + nid * EROFS_ISLOT;
-    const where = `${this.name}: inode ${nid}`;
-    if (offset + erofsInodeCompact.size > this.buf.length) throw new FormatError(`${where} at offset ${offset} lies beyond the end of the image`);
+    // (Named only for an error: validation reads every inode.)
+    const where = () => `${this.name}: inode ${nid}`;
+    if (offset + erofsInodeCompact.size > this.buf.length) throw new FormatError(`${where()} at offset ${offset} lies beyond the end of the image`);
     const format = this.buf.readUInt16LE(offset);
     const layout = inodeLayoutOf(format);
     const datalayout = inodeDataLayoutOf(format);
@@ -186,18 +190,20 @@ export class ErofsImage {
         xattrIcount: d.i_xattr_icount, offset, headSize: erofsInodeExtended.size + xattrIbodySize(d.i_xattr_icount),
       };
     }
-    if (![EROFS_INODE_FLAT_PLAIN, EROFS_INODE_FLAT_INLINE, EROFS_INODE_CHUNK_BASED].includes(datalayout)) {
-      throw new FormatError(`${where}: unsupported data layout ${datalayout}`);
+    if (datalayout !== EROFS_INODE_FLAT_PLAIN && datalayout !== EROFS_INODE_FLAT_INLINE && datalayout !== EROFS_INODE_CHUNK_BASED) {
+      throw new FormatError(`${where()}: unsupported data layout ${datalayout}`);
     }
     const type = ino.mode & C.S_IFMT;
-    if (![C.S_IFREG, C.S_IFDIR, C.S_IFLNK, C.S_IFCHR, C.S_IFBLK, C.S_IFIFO, C.S_IFSOCK].includes(type)) {
-      throw new FormatError(`${where}: invalid file type in mode 0${ino.mode.toString(8)}`);
+    if (!FILE_TYPES.has(type)) {
+      throw new FormatError(`${where()}: invalid file type in mode 0${ino.mode.toString(8)}`);
     }
-    if (ino.mtimeNsec >= 1e9) throw new FormatError(`${where}: invalid mtime nanoseconds ${ino.mtimeNsec}`);
+    if (ino.mtimeNsec >= 1e9) throw new FormatError(`${where()}: invalid mtime nanoseconds ${ino.mtimeNsec}`);
     return ino;
   }
 
   xattrs(ino: Inode): Xattrs {
+    // Most inodes have none: no names made for errors that cannot happen.
+    if (ino.xattrIcount === 0) return new Map();
     const size = xattrIbodySize(ino.xattrIcount);
     const head = ino.compact ? erofsInodeCompact.size : erofsInodeExtended.size;
     return decodeInlineXattrs(this.slice(`inode ${ino.nid} xattrs`, ino.offset + head, size), `${this.name}: inode ${ino.nid} xattrs`);
@@ -238,11 +244,11 @@ export class ErofsImage {
 
   /** Where every chunk of a chunk-based inode lives: the one mapping step shared by all readers. */
   chunkMappings(ino: Inode): ChunkMapping[] {
-    const where = `${this.name}: inode ${ino.nid}`;
-    if (ino.datalayout !== EROFS_INODE_CHUNK_BASED) throw new FormatError(`${where}: not a chunk-based inode`);
-    if (!(ino.iu & EROFS_CHUNK_FORMAT_INDEXES)) throw new FormatError(`${where}: block-map chunk format is not supported`);
+    const where = () => `${this.name}: inode ${ino.nid}`;
+    if (ino.datalayout !== EROFS_INODE_CHUNK_BASED) throw new FormatError(`${where()}: not a chunk-based inode`);
+    if (!(ino.iu & EROFS_CHUNK_FORMAT_INDEXES)) throw new FormatError(`${where()}: block-map chunk format is not supported`);
     const bits = ino.iu & EROFS_CHUNK_FORMAT_BLKBITS_MASK;
-    if (bits > 18) throw new FormatError(`${where}: chunk size bits ${bits} out of range`);
+    if (bits > 18) throw new FormatError(`${where()}: chunk size bits ${bits} out of range`);
     const chunkSize = this.inodeChunkSize(ino);
     const count = Math.ceil(ino.size / chunkSize);
     const start = Math.ceil((ino.offset + ino.headSize) / erofsInodeChunkIndex.size) * erofsInodeChunkIndex.size;
@@ -261,7 +267,7 @@ export class ErofsImage {
         continue;
       }
       const deviceId = deviceIdRaw & mask;
-      if (deviceId > this.devices.length) throw new FormatError(`${where}: chunk ${i} names device ${deviceId}, the image has ${this.devices.length}`);
+      if (deviceId > this.devices.length) throw new FormatError(`${where()}: chunk ${i} names device ${deviceId}, the image has ${this.devices.length}`);
       out.push({ deviceId, blkaddr });
     }
     return out;
@@ -280,14 +286,14 @@ export class ErofsImage {
     // The hot loop of big images: fields read in place (the digest is a view of the image buffer).
     for (let i = 0; i < n; i++) {
       const at = this.ext.s_chunk_table_offset + i * rafsChunkInfo.size;
-      const where = `${this.name}: chunk table entry ${i}`;
+      const where = () => `${this.name}: chunk table entry ${i}`;
       const blobIndex = this.buf.readUInt32LE(at + blobAt);
-      if (blobIndex >= this.blobs.length) throw new FormatError(`${where} names blob ${blobIndex}, the image has ${this.blobs.length}`);
+      if (blobIndex >= this.blobs.length) throw new FormatError(`${where()} names blob ${blobIndex}, the image has ${this.blobs.length}`);
       out.push({
         digest: this.buf.subarray(at + digestAt, at + digestAt + digestSize), blobIndex, flags: this.buf.readUInt32LE(at + flagsAt),
         compressedSize: this.buf.readUInt32LE(at + csAt), uncompressedSize: this.buf.readUInt32LE(at + usAt),
-        compressedOffset: this.u64(at + coAt, `${where} (rafs_v5_chunk_info.compressed_offset)`),
-        uncompressedOffset: this.u64(at + uoAt, `${where} (rafs_v5_chunk_info.uncompressed_offset)`),
+        compressedOffset: this.u64(at + coAt, where, 'compressed_offset'),
+        uncompressedOffset: this.u64(at + uoAt, where, 'uncompressed_offset'),
         index: this.buf.readUInt32LE(at + indexAt),
       });
     }
@@ -295,9 +301,9 @@ export class ErofsImage {
   }
 
   /** A little-endian u64 that must be a safe integer. */
-  private u64(at: number, where: string): number {
+  private u64(at: number, entry: () => string, field: string): number {
     const hi = this.buf.readUInt32LE(at + 4);
-    if (hi >= 0x200000) throw new FormatError(`${where}: out of range (high word 0x${hi.toString(16)})`);
+    if (hi >= 0x200000) throw new FormatError(`${entry()} (rafs_v5_chunk_info.${field}): out of range (high word 0x${hi.toString(16)})`);
     return hi * 0x1_0000_0000 + this.buf.readUInt32LE(at);
   }
 

@@ -75,6 +75,8 @@ export interface ValidatedImage {
 }
 
 const BLOB_ID = /^[0-9a-f]{64}$/;
+/** A dirent's file type (EROFS_FT_*) as the S_IFMT bits of its inode's mode. */
+const MODE_OF_FILE_TYPE = [0, C.S_IFREG, C.S_IFDIR, C.S_IFCHR, C.S_IFBLK, C.S_IFIFO, C.S_IFSOCK, C.S_IFLNK];
 /** Blob features whose data layout nydus-ts cannot read: refusing beats wrong bytes. */
 const UNSUPPORTED_BLOB_FEATURES: Array<[number, string]> = [
   [BLOB_FEATURE_ZRAN, 'zran'], [BLOB_FEATURE_BATCH, 'batch'], [BLOB_FEATURE_ENCRYPTED, 'encrypted'], [BLOB_FEATURE_TARFS, 'tarfs'],
@@ -154,21 +156,21 @@ function validateBlobTable(image: ErofsImage): ValidatedBlob[] {
   });
 }
 
-/** A chunk's ranges against its blob and the chunk size (shared by the chunk table and blob meta). */
-function validateChunk(c: ChunkRef, blob: ValidatedBlob, chunkSize: number, where: string): void {
-  const bad = (what: string) => new FormatError(`${where}: ${what}`);
-  if (c.uncompressedSize < 1 || c.uncompressedSize > chunkSize) throw bad(`uncompressed size ${c.uncompressedSize} is not in [1, ${chunkSize}]`);
-  if (c.compressedSize < 1 || c.compressedSize > compressedBound(chunkSize)) throw bad(`compressed size ${c.compressedSize} is out of range`);
-  if (!c.compressed && c.compressedSize !== c.uncompressedSize) throw bad(`stored raw but sizes differ (${c.compressedSize} and ${c.uncompressedSize})`);
-  if (c.compressed && blob.compressor === 'none') throw bad(`marked compressed in a blob without compression`);
-  if (c.uncompressedOffset % EROFS_BLKSIZ !== 0) throw bad(`uncompressed offset ${c.uncompressedOffset} is not ${EROFS_BLKSIZ}-aligned`);
+/** What is wrong with a chunk's ranges against its blob and the chunk size, or null. */
+function chunkProblem(c: ChunkRef, blob: ValidatedBlob, chunkSize: number): string | null {
+  if (c.uncompressedSize < 1 || c.uncompressedSize > chunkSize) return `uncompressed size ${c.uncompressedSize} is not in [1, ${chunkSize}]`;
+  if (c.compressedSize < 1 || c.compressedSize > compressedBound(chunkSize)) return `compressed size ${c.compressedSize} is out of range`;
+  if (!c.compressed && c.compressedSize !== c.uncompressedSize) return `stored raw but sizes differ (${c.compressedSize} and ${c.uncompressedSize})`;
+  if (c.compressed && blob.compressor === 'none') return 'marked compressed in a blob without compression';
+  if (c.uncompressedOffset % EROFS_BLKSIZ !== 0) return `uncompressed offset ${c.uncompressedOffset} is not ${EROFS_BLKSIZ}-aligned`;
   if (c.uncompressedOffset + c.uncompressedSize > blob.uncompressedSize) {
-    throw bad(`uncompressed range [${c.uncompressedOffset}, ${c.uncompressedOffset + c.uncompressedSize}) lies outside blob ${blob.id} (${blob.uncompressedSize} bytes)`);
+    return `uncompressed range [${c.uncompressedOffset}, ${c.uncompressedOffset + c.uncompressedSize}) lies outside blob ${blob.id} (${blob.uncompressedSize} bytes)`;
   }
   if (c.compressedOffset + c.compressedSize > blob.compressedSize) {
-    throw bad(`stored range [${c.compressedOffset}, ${c.compressedOffset + c.compressedSize}) lies outside blob ${blob.id} (${blob.compressedSize} bytes)`);
+    return `stored range [${c.compressedOffset}, ${c.compressedOffset + c.compressedSize}) lies outside blob ${blob.id} (${blob.compressedSize} bytes)`;
   }
-  if (c.indexInBlob >= blob.chunkCount) throw bad(`index ${c.indexInBlob} is not below the blob's chunk count ${blob.chunkCount}`);
+  if (c.indexInBlob >= blob.chunkCount) return `index ${c.indexInBlob} is not below the blob's chunk count ${blob.chunkCount}`;
+  return null;
 }
 
 /**
@@ -200,16 +202,18 @@ function indexChunks(blob: ValidatedBlob, chunks: ChunkRef[], what: string): Map
 
 function validateChunkTable(image: ErofsImage, blobs: ValidatedBlob[]): Array<Map<number, ChunkRef>> {
   const table = image.chunkTable();
+  // (An entry's name is made only for its error, not once per chunk.)
+  const where = (i: number) => `${image.name}: chunk table entry ${i} (rafs_v5_chunk_info)`;
   table.forEach((c, i) => {
-    const where = `${image.name}: chunk table entry ${i} (rafs_v5_chunk_info)`;
-    if (c.flags & ~(BLOB_CHUNK_FLAG_COMPRESSED | BLOB_CHUNK_FLAG_HAS_HOLE)) throw new FormatError(`${where}: unknown flags 0x${c.flags.toString(16)}`);
+    if (c.flags & ~(BLOB_CHUNK_FLAG_COMPRESSED | BLOB_CHUNK_FLAG_HAS_HOLE)) throw new FormatError(`${where(i)}: unknown flags 0x${c.flags.toString(16)}`);
     const blob = blobs[c.blobIndex];
     const ref: ChunkRef = {
       blobIndex: c.blobIndex, indexInBlob: c.index, digest: c.digest, uncompressedOffset: c.uncompressedOffset,
       uncompressedSize: c.uncompressedSize, compressedOffset: c.compressedOffset, compressedSize: c.compressedSize,
       compressed: (c.flags & BLOB_CHUNK_FLAG_COMPRESSED) !== 0,
     };
-    validateChunk(ref, blob, image.chunkSize, where);
+    const problem = chunkProblem(ref, blob, image.chunkSize);
+    if (problem) throw new FormatError(`${where(i)}: ${problem}`);
     blob.chunks.push(ref);
   });
   return blobs.map((b) => indexChunks(b, b.chunks, `${image.name}: chunk table`));
@@ -222,45 +226,47 @@ function checkName(name: Buffer, where: string): void {
 }
 
 /** Inode fields every kind shares: reserved bits and impossible values. */
-function checkInodeFields(image: ErofsImage, ino: Inode, where: string): void {
+function checkInodeFields(image: ErofsImage, ino: Inode, where: () => string): void {
   const format = image.buf.readUInt16LE(ino.offset);
-  if (format & I_FORMAT_RESERVED) throw new FormatError(`${where}: reserved i_format bits set (0x${format.toString(16)})`);
+  if (format & I_FORMAT_RESERVED) throw new FormatError(`${where()}: reserved i_format bits set (0x${format.toString(16)})`);
   if (ino.compact) {
-    if (image.buf.readUInt32LE(ino.offset + erofsInodeCompact.offsetOf('i_reserved2')) !== 0) throw new FormatError(`${where}: erofs_inode_compact.i_reserved2 is not zero`);
+    if (image.buf.readUInt32LE(ino.offset + erofsInodeCompact.offsetOf('i_reserved2')) !== 0) throw new FormatError(`${where()}: erofs_inode_compact.i_reserved2 is not zero`);
   } else {
-    if (image.buf.readUInt16LE(ino.offset + erofsInodeExtended.offsetOf('i_reserved')) !== 0) throw new FormatError(`${where}: erofs_inode_extended.i_reserved is not zero`);
+    if (image.buf.readUInt16LE(ino.offset + erofsInodeExtended.offsetOf('i_reserved')) !== 0) throw new FormatError(`${where()}: erofs_inode_extended.i_reserved is not zero`);
     const r2 = erofsInodeExtended.offsetOf('i_reserved2');
-    if (image.buf.subarray(ino.offset + r2, ino.offset + r2 + 16).some((b) => b !== 0)) throw new FormatError(`${where}: erofs_inode_extended.i_reserved2 is not zero`);
+    const b = image.buf;
+    const at = ino.offset + r2;
+    if ((b.readUInt32LE(at) | b.readUInt32LE(at + 4) | b.readUInt32LE(at + 8) | b.readUInt32LE(at + 12)) !== 0) throw new FormatError(`${where()}: erofs_inode_extended.i_reserved2 is not zero`);
   }
-  if (ino.nlink === 0) throw new FormatError(`${where}: i_nlink is 0`);
+  if (ino.nlink === 0) throw new FormatError(`${where()}: i_nlink is 0`);
   const type = ino.mode & C.S_IFMT;
-  if (type !== C.S_IFREG && ino.datalayout === EROFS_INODE_CHUNK_BASED) throw new FormatError(`${where}: only regular files can be chunk-based (mode 0${ino.mode.toString(8)})`);
+  if (type !== C.S_IFREG && ino.datalayout === EROFS_INODE_CHUNK_BASED) throw new FormatError(`${where()}: only regular files can be chunk-based (mode 0${ino.mode.toString(8)})`);
   if ((type === C.S_IFCHR || type === C.S_IFBLK || type === C.S_IFIFO || type === C.S_IFSOCK) && ino.size !== 0) {
-    throw new FormatError(`${where}: a special file with size ${ino.size}`);
+    throw new FormatError(`${where()}: a special file with size ${ino.size}`);
   }
 }
 
 /** Each name as the builder's check takes it (xattrNameProblem): what one accepts, the other does. */
-function validateXattrs(xattrs: Xattrs, where: string): void {
+function validateXattrs(xattrs: Xattrs, where: () => string): void {
   for (const name of xattrs.keys()) {
     const problem = xattrNameProblem(Buffer.from(name, 'latin1'));
-    if (problem) throw new FormatError(`${where}: xattr name ${JSON.stringify(name)}: ${problem}`);
+    if (problem) throw new FormatError(`${where()}: xattr name ${JSON.stringify(name)}: ${problem}`);
   }
 }
 
 /** The chunks of a chunk-based regular file, each resolved and sized as the file needs it. */
 function fileChunks(
-  image: ErofsImage, ino: Inode, where: string, resolve: (blobIndex: number, offset: number, at: string) => ChunkRef,
+  image: ErofsImage, ino: Inode, where: () => string, resolve: (blobIndex: number, offset: number, at: () => string) => ChunkRef,
 ): Array<ChunkRef | null> {
-  if (ino.iu & CHUNK_FORMAT_RESERVED) throw new FormatError(`${where}: reserved chunk format bits set (0x${ino.iu.toString(16)})`);
+  if (ino.iu & CHUNK_FORMAT_RESERVED) throw new FormatError(`${where()}: reserved chunk format bits set (0x${ino.iu.toString(16)})`);
   const chunkSize = image.inodeChunkSize(ino);
-  if (chunkSize !== image.chunkSize) throw new FormatError(`${where}: chunk size ${chunkSize} differs from the image's ${image.chunkSize}`);
+  if (chunkSize !== image.chunkSize) throw new FormatError(`${where()}: chunk size ${chunkSize} differs from the image's ${image.chunkSize}`);
   return image.chunkMappings(ino).map((m, i) => {
     if (m.blkaddr === null) return null;
-    if (m.deviceId === 0) throw new FormatError(`${where}: chunk ${i} is on the primary device, which a bootstrap does not hold`);
-    const ref = resolve(m.deviceId - 1, m.blkaddr * EROFS_BLKSIZ, `${where} chunk ${i}`);
+    if (m.deviceId === 0) throw new FormatError(`${where()}: chunk ${i} is on the primary device, which a bootstrap does not hold`);
+    const ref = resolve(m.deviceId - 1, m.blkaddr * EROFS_BLKSIZ, () => `${where()} chunk ${i}`);
     const expect = Math.min(chunkSize, ino.size - i * chunkSize);
-    if (ref.uncompressedSize !== expect) throw new FormatError(`${where}: chunk ${i} holds ${ref.uncompressedSize} bytes, the file needs ${expect}`);
+    if (ref.uncompressedSize !== expect) throw new FormatError(`${where()}: chunk ${i} holds ${ref.uncompressedSize} bytes, the file needs ${expect}`);
     return ref;
   });
 }
@@ -273,35 +279,36 @@ export function validateImage(image: ErofsImage): ValidatedImage {
   // Every chunk is read against its digest, and the chunk table is where a RAFS v6 bootstrap keeps
   // them: a chunk that is not there cannot be verified (a blob's own chunk-info array has no digests),
   // so it is refused here, for every reader alike.
-  const resolve = (blobIndex: number, offset: number, at: string): ChunkRef => {
+  const resolve = (blobIndex: number, offset: number, at: () => string): ChunkRef => {
     const hit = byOffset[blobIndex].get(offset);
-    if (!hit) throw new FormatError(`${at}: no chunk at offset ${offset} of blob ${blobs[blobIndex].id} in the chunk table (its digest is needed to verify its data)`);
+    if (!hit) throw new FormatError(`${at()}: no chunk at offset ${offset} of blob ${blobs[blobIndex].id} in the chunk table (its digest is needed to verify its data)`);
     return hit;
   };
 
   const inodes = new Map<number, ValidatedInode>();
-  const decode = (nid: number, path: string): ValidatedInode => {
+  // An inode's path is made only for an error, not once per entry: `path` makes it.
+  const decode = (nid: number, path: () => string): ValidatedInode => {
     const ino = image.inode(nid);
-    const where = `${name}: ${path} (inode ${nid})`;
+    const where = () => `${name}: ${path()} (inode ${nid})`;
     checkInodeFields(image, ino, where);
     const v: ValidatedInode = { inode: ino, xattrs: image.xattrs(ino), names: 0 };
     validateXattrs(v.xattrs, where);
     const type = ino.mode & C.S_IFMT;
     if (type === C.S_IFLNK) {
       v.target = image.flatData(ino);
-      if (v.target.length === 0 || v.target.length > EROFS_SYMLINK_MAX) throw new FormatError(`${where}: symlink target of ${v.target.length} bytes`);
-      if (v.target.includes(0)) throw new FormatError(`${where}: symlink target holds a NUL byte`);
+      if (v.target.length === 0 || v.target.length > EROFS_SYMLINK_MAX) throw new FormatError(`${where()}: symlink target of ${v.target.length} bytes`);
+      if (v.target.includes(0)) throw new FormatError(`${where()}: symlink target holds a NUL byte`);
     } else if (type === C.S_IFREG) {
       if (ino.datalayout === EROFS_INODE_CHUNK_BASED) v.chunks = fileChunks(image, ino, where, resolve);
       else v.flatData = image.flatData(ino);
     } else if (type === C.S_IFDIR) {
-      if (ino.datalayout !== EROFS_INODE_FLAT_PLAIN && ino.datalayout !== EROFS_INODE_FLAT_INLINE) throw new FormatError(`${where}: directory with data layout ${ino.datalayout}`);
+      if (ino.datalayout !== EROFS_INODE_FLAT_PLAIN && ino.datalayout !== EROFS_INODE_FLAT_INLINE) throw new FormatError(`${where()}: directory with data layout ${ino.datalayout}`);
     }
     return v;
   };
 
   const room = new HeapRoom(name);
-  const root = decode(image.rootNid, '/');
+  const root = decode(image.rootNid, () => '/');
   if ((root.inode.mode & C.S_IFMT) !== C.S_IFDIR) throw new FormatError(`${name}: root inode ${image.rootNid} is not a directory`);
   inodes.set(image.rootNid, root);
   // Depth-first over directories; every directory is entered once (a second path to it is a cycle or
@@ -318,15 +325,16 @@ export function validateImage(image: ErofsImage): ValidatedImage {
     for (const e of all) {
       if (prev && Buffer.compare(prev, e.name) >= 0) throw new FormatError(`${where}: entries are not sorted`);
       prev = e.name;
-      const n = e.name.toString('latin1');
-      if (n === '.' || n === '..') {
+      const dot = e.name[0] === 0x2e && (e.name.length === 1 || (e.name.length === 2 && e.name[1] === 0x2e));
+      if (dot) {
+        const n = e.name.length === 1 ? '.' : '..';
         const want = n === '.' ? nid : parentNid;
         if (e.nid !== want) throw new FormatError(`${where}: "${n}" points to inode ${e.nid}, expected ${want}`);
         dots++;
         continue;
       }
       checkName(e.name, where);
-      const childPath = path === '/' ? `/${e.name.toString('utf8')}` : `${path}/${e.name.toString('utf8')}`;
+      const childPath = () => (path === '/' ? `/${e.name.toString('utf8')}` : `${path}/${e.name.toString('utf8')}`);
       let child = inodes.get(e.nid);
       if (!child) {
         room.tick();
@@ -336,10 +344,10 @@ export function validateImage(image: ErofsImage): ValidatedImage {
         throw new FormatError(`${where}: directory inode ${e.nid} is reachable twice (a cycle or a second parent)`);
       }
       child.names++;
-      const ft = [0, C.S_IFREG, C.S_IFDIR, C.S_IFCHR, C.S_IFBLK, C.S_IFIFO, C.S_IFSOCK, C.S_IFLNK][e.fileType];
-      if (ft !== (child.inode.mode & C.S_IFMT)) throw new FormatError(`${where}: entry ${JSON.stringify(n)} has file type ${e.fileType}, its inode says mode 0${child.inode.mode.toString(8)}`);
+      const ft = MODE_OF_FILE_TYPE[e.fileType];
+      if (ft !== (child.inode.mode & C.S_IFMT)) throw new FormatError(`${where}: entry ${JSON.stringify(e.name.toString('latin1'))} has file type ${e.fileType}, its inode says mode 0${child.inode.mode.toString(8)}`);
       dir.entries.push(e);
-      if (ft === C.S_IFDIR) stack.push([e.nid, nid, childPath]);
+      if (ft === C.S_IFDIR) stack.push([e.nid, nid, childPath()]);
     }
     if (dots !== 2) throw new FormatError(`${where}: lacks "." or ".."`);
   }
