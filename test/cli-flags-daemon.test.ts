@@ -173,6 +173,43 @@ test('nydusctl metrics: fsstats, files and pattern refuse --blob-id; fsstats --i
   assert.equal((await api(sock, 'GET', '/api/v1/metrics/blobcache?blob_id=')).status, 400);
 });
 
+test('nydusctl without --raw prints upstream nydusctl\'s text of info and metrics backend, cache and fsstats, made of the values the API gives', async () => {
+  const sock = path.join(work, 'api.sock');
+  if (!fs.existsSync(sock)) await daemonWithTwoImages();
+  const both = async (...args: string[]) => {
+    const [text, raw] = await Promise.all([nydusctl('--sock', sock, ...args), nydusctl('--sock', sock, ...args, '--raw')]);
+    assert.equal(text.code, 0, text.err);
+    assert.equal(raw.code, 0, raw.err);
+    return { text: text.out, raw: JSON.parse(raw.out) };
+  };
+  const info = await both('info');
+  assert.equal(info.text, `\nVersion:                ${JSON.stringify(info.raw.version.package_ver)}\nStatus:                 "RUNNING"\nProfile:                ${JSON.stringify(info.raw.version.profile)}\nCommit:                 ${JSON.stringify(info.raw.version.git_commit)}\n`);
+  const backend = await both('metrics', 'backend', '--id', 'img1');
+  const b = backend.raw;
+  assert.ok(b.read_count > 0);
+  const row = (label: string, cells: Array<string | number>) => label.padEnd(25) + cells.map((c) => String(c).padEnd(8)).join('');
+  const sizes = ['<1K', '1K~', '4K~', '16K~', '64K~', '128K~', '512K~', '1M~'];
+  const average = b.read_count_block_size_dist.map((n: number, i: number) => (n ? Math.floor(b.read_cumulative_latency_millis_dist[i] / n) : 0));
+  assert.equal(backend.text, ['', 'Backend Type:       "localfs"', `Read Amount:        ${b.read_amount_total} Bytes (${b.read_amount_total / 1024 / 1024} MB)`,
+    `Read Count:         ${b.read_count}`, 'Read Errors:        0', '', row('Block Sizes:', sizes), row('Average Latency(millis):', average), '',
+    row('Block Sizes:', sizes), row('Request Count:', b.read_count_block_size_dist), ''].join('\n'));
+  const cache = await both('metrics', 'cache', '--id', 'img1');
+  const lines = cache.text.split('\n');
+  assert.deepEqual(lines.slice(0, 7), ['', `Partial Hits:               ${cache.raw.partial_hits}`, `Whole Hits:                 ${cache.raw.whole_hits}`,
+    `Total Read:                 ${cache.raw.total}`, `Directory:                  ${JSON.stringify(work)}`, `Files:                      ${JSON.stringify([`${blobId}.blob.data`])}`,
+    `Persister Buffer:           ${cache.raw.buffered_backend_size}`]);
+  // No prefetch ran: its duration is 0 and its rates 0/0, which upstream prints as Rust does (NaN).
+  assert.deepEqual(lines.slice(8, 17), ['Prefetch Workers:           0', 'Prefetch Amount:            0 = 0 KB', 'Prefetch Requests:          0',
+    'Prefetch Average Size:      0 Bytes', 'Prefetch Duration:          0 Seconds', 'Prefetch Bandwidth:         NaN MB/S', 'Prefetch Request Latency:   NaN Seconds',
+    'Prefetch Unmerged:          0', '']);
+  const fsstats = await both('metrics', 'fsstats');
+  assert.match(fsstats.text, /^\nRead Latency:   <1ms    ~20ms   ~50ms   ~100ms  ~500ms  ~1s     ~2s     2s~     \nReads Count:    (\d+ +){8}\n\nRead Errors: \d+\nRead Data: \d+Bytes \(\d+MB\)\n\nFOP Counters:\nGetattr\(\d+\) Readlink/);
+  assert.ok(fsstats.text.includes(`Read Data: ${fsstats.raw.data_read}Bytes (${Math.floor(fsstats.raw.data_read / 1048576)}MB)\n`));
+  // Ours, which upstream has not: indented JSON.
+  const files = await nydusctl('--sock', sock, 'metrics', 'files', '--id', 'img1');
+  assert.deepEqual(JSON.parse(files.out), (await both('metrics', 'files', '--id', 'img1')).raw);
+});
+
 test('nydusctl set, metrics cache and metrics backend --interval (upstream nydusctl\'s): each reaches the daemon or is refused naming the flag', async () => {
   const sock = path.join(work, 'api.sock');
   if (!fs.existsSync(sock)) await daemonWithTwoImages();
@@ -195,8 +232,8 @@ test('nydusctl set, metrics cache and metrics backend --interval (upstream nydus
   assert.equal(cache.code, 0, cache.err);
   assert.deepEqual(JSON.parse(cache.out), JSON.parse(blobcache.out));
 
-  // metrics backend --interval: a line a period of what was read in it, until stopped.
-  const watch = execFile(path.join(repoRoot, 'bin/nydusctl'), ['--sock', sock, 'metrics', 'backend', '-I', '1'], { encoding: 'utf8' });
+  // metrics backend --interval --raw: a line a period of what was read in it, until stopped.
+  const watch = execFile(path.join(repoRoot, 'bin/nydusctl'), ['--sock', sock, 'metrics', 'backend', '-I', '1', '--raw'], { encoding: 'utf8' });
   let lines = '';
   watch.stdout!.on('data', (d) => (lines += d));
   await waitFor(() => lines.split('\n').filter(Boolean).length >= 2, 'two periods of backend metrics', 20_000);
@@ -206,6 +243,15 @@ test('nydusctl set, metrics cache and metrics backend --interval (upstream nydus
     assert.deepEqual(Object.keys(p), ['interval_secs', 'read_bandwidth_kb_s', 'read_count', 'average_io_size', 'average_latency_millis']);
     assert.deepEqual([p.interval_secs, p.read_count, p.read_bandwidth_kb_s], [1, 0, 0], 'nothing was read meanwhile');
   }
+  // Without --raw, upstream nydusctl's text: a block a period between its >>> and <<< lines.
+  const textWatch = execFile(path.join(repoRoot, 'bin/nydusctl'), ['--sock', sock, 'metrics', 'backend', '-I', '1'], { encoding: 'utf8' });
+  let text = '';
+  textWatch.stdout!.on('data', (d) => (text += d));
+  await waitFor(() => text.split('<<< <<< <<< <<< <<<\n').length >= 3, 'two periods of backend metrics as text', 20_000);
+  textWatch.kill();
+  const idle = ['', '>>> >>> >>> >>> >>>', 'Backend Read Bandwidth:     0 KB/S', 'Backend Average IO Size:    0 Bytes', 'Backend Average Latency:    0 millis', '',
+    'Block Sizes/millis:', '<1K     1K~     4K~     16K~    64K~    128K~   512K~   1M~     ', '0       '.repeat(8), '<<< <<< <<< <<< <<<', ''].join('\n');
+  assert.equal(text.slice(0, 2 * idle.length), idle + idle, 'two periods in which nothing was read');
   // Its reader going away (`| head -1`) ends it quietly: no EPIPE trace, status 0.
   const headed = spawn(path.join(repoRoot, 'bin/nydusctl'), ['--sock', sock, 'metrics', 'backend', '-I', '1'], { stdio: ['ignore', 'pipe', 'pipe'] });
   let headErr = '';

@@ -7,6 +7,7 @@ import fs from 'node:fs';
 import http from 'node:http';
 import { NydusError } from '../../erofs/errors.ts';
 import { cliParser, runMain } from './main.ts';
+import { backendIntervalText, backendText, cacheText, daemonText, fsStatsText } from './nydusctl-text.ts';
 
 /** One API request; resolves to the answer's JSON body (null when it has none), rejects naming the path on a status of 300 or more. */
 function request(sock: string, method: string, url: string, body?: unknown): Promise<unknown> {
@@ -35,26 +36,36 @@ const get = (sock: string, url: string) => request(sock, 'GET', url);
 /** `set` items as nydusd's PUT /api/v1/daemon names them (nydus's CONFIGURE_ITEMS_MAP). */
 const SET_ITEMS: Record<string, string> = { 'log-level': 'log_level' };
 
+type Json = Record<string, unknown>;
+
 /**
  * metrics backend --interval: every `seconds`, what the backend read since the last print, as upstream
- * nydusctl works it out (bandwidth, average read size, average latency), one JSON object a line.
+ * nydusctl works it out (bandwidth, average read size, average latency): upstream's text, or with
+ * --raw one JSON object a line.
  */
-async function watchBackend(sock: string, url: string, seconds: number): Promise<never> {
+async function watchBackend(sock: string, url: string, seconds: number, raw: boolean): Promise<never> {
   type BackendMetrics = { read_amount_total: number; read_count: number; read_cumulative_latency_millis_total: number };
   let last = await get(sock, url) as BackendMetrics;
   for (;;) {
     await new Promise((r) => setTimeout(r, seconds * 1000));
     const now = await get(sock, url) as BackendMetrics;
-    const bytes = now.read_amount_total - last.read_amount_total;
-    const reads = now.read_count - last.read_count;
-    const latency = now.read_cumulative_latency_millis_total - last.read_cumulative_latency_millis_total;
-    print({ interval_secs: seconds, read_bandwidth_kb_s: Math.floor(bytes / seconds / 1024), read_count: reads, average_io_size: reads ? Math.floor(bytes / reads) : 0, average_latency_millis: reads ? Math.floor(latency / reads) : 0 }, true);
+    if (!raw) {
+      process.stdout.write(backendIntervalText(last, now, seconds));
+    } else {
+      const bytes = now.read_amount_total - last.read_amount_total;
+      const reads = now.read_count - last.read_count;
+      const latency = now.read_cumulative_latency_millis_total - last.read_cumulative_latency_millis_total;
+      print({ interval_secs: seconds, read_bandwidth_kb_s: Math.floor(bytes / seconds / 1024), read_count: reads, average_io_size: reads ? Math.floor(bytes / reads) : 0, average_latency_millis: reads ? Math.floor(latency / reads) : 0 }, true);
+    }
     last = now;
   }
 }
 
-function print(value: unknown, raw: boolean): void {
-  process.stdout.write(raw ? JSON.stringify(value) + '\n' : JSON.stringify(value, null, 2) + '\n');
+/** An answer: one line of JSON with --raw; else `text` (upstream nydusctl's text of it) where there is one, or indented JSON. */
+function print(value: unknown, raw: boolean, text?: (v: Json) => string): void {
+  if (raw) process.stdout.write(JSON.stringify(value) + '\n');
+  else if (text && value && typeof value === 'object' && !Array.isArray(value)) process.stdout.write(text(value as Json));
+  else process.stdout.write(JSON.stringify(value, null, 2) + '\n');
 }
 
 /** Paths one per line, as `--prefetch-policy fs` reads them; a path with a newline cannot be given so and is left out, said on stderr. */
@@ -77,8 +88,8 @@ await runMain('nydusctl', async () => {
   await cliParser('nydusctl')
     .demandCommand(1, 'a command is needed')
     .option('sock', { alias: 'S', type: 'string', demandOption: true, describe: "nydusd's API socket" })
-    .option('raw', { alias: 'r', type: 'boolean', default: false, describe: 'one line of JSON' })
-    .command('info', 'the daemon: id, state, version, backends', (y) => y, async (a) => print(await get(a.sock, '/api/v1/daemon'), a.raw))
+    .option('raw', { alias: 'r', type: 'boolean', default: false, describe: "one line of JSON (without it: upstream nydusctl's text for info and metrics backend, cache and fsstats; indented JSON for the rest)" })
+    .command('info', 'the daemon: id, state, version, backends', (y) => y, async (a) => print(await get(a.sock, '/api/v1/daemon'), a.raw, daemonText))
     .command('events', "the daemon's recent errors: backend reads that failed (nydus's /api/v1/daemon/events)", (y) => y, async (a) => print(await get(a.sock, '/api/v1/daemon/events'), a.raw))
     .command('set <kind> <value>', "sets a daemon parameter: log-level (trace, debug, info, warn, error)", (y) => y
       .positional('kind', { type: 'string', choices: Object.keys(SET_ITEMS), demandOption: true })
@@ -87,7 +98,7 @@ await runMain('nydusctl', async () => {
     })
     .command('metrics <type>', "metrics: backend (--interval), blobcache or cache (--blob-id), fsstats, files (--latest), pattern (--paths); --id picks the image (nydus's ?id=)", (y) => y
       .positional('type', { type: 'string', choices: ['backend', 'blobcache', 'cache', 'fsstats', 'files', 'pattern'], demandOption: true })
-      .option('interval', { alias: 'I', type: 'string', describe: 'backend: every this many seconds, what was read since the last print (one JSON object a line, until stopped)' })
+      .option('interval', { alias: 'I', type: 'string', describe: 'backend: every this many seconds, what was read since the last print, until stopped (with --raw one JSON object a line)' })
       .option('blob-id', { type: 'string', describe: 'blobcache: one blob (of the --id image, when given)' })
       .option('id', { type: 'string', describe: 'the image: an image id (PUT /api/v2/blobs) or a fanotify mountpoint; optional with one image' })
       .option('latest', { type: 'boolean', default: false, describe: 'files: the inodes read since the last --latest (nydus\'s latest read files)' })
@@ -109,10 +120,12 @@ await runMain('nydusctl', async () => {
       if (blobId !== undefined) query.set('blob_id', blobId);
       if (a.latest) query.set('latest', 'true');
       const url = query.size ? `${path}?${query}` : path;
-      if (interval !== undefined) await watchBackend(a.sock, url, Number(interval));
+      if (interval !== undefined) await watchBackend(a.sock, url, Number(interval), a.raw);
       const body = await get(a.sock, url);
       if (a.paths) printPaths(body as Array<{ path: string }>);
-      else print(body, a.raw);
+      // (The blob cache's text needs nydus's fields: the answer for one blob is printed as JSON.)
+      else if (type === 'blobcache') print(body, a.raw, blobId === undefined ? cacheText : undefined);
+      else print(body, a.raw, type === 'backend' ? backendText : type === 'fsstats' ? fsStatsText : undefined);
     })
     .command('blobs', 'the images registered with PUT /api/v2/blobs', (y) => y, async (a) => print(await get(a.sock, '/api/v2/blobs'), a.raw))
     .command('mount', 'mounts an image (nydusd --fanotify): POST /api/v1/mount', (y) => y
