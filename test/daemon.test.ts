@@ -31,7 +31,7 @@ import { compressChunk } from '../src/blob/compress.ts';
 import { RUN_FIELDS, type StoredChunk, setRunChunk } from '../src/blob/verify.ts';
 import { EIO, FormatError, NydusError } from '../erofs/errors.ts';
 import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
-import { INLINE_PLAN_MAX_BYTES, RegistrationPool } from '../src/daemon/registration-pool.ts';
+import { FIRST_IMAGE_INLINE_PLAN_MAX_BYTES, INLINE_PLAN_MAX_BYTES, RegistrationPool } from '../src/daemon/registration-pool.ts';
 import { ErrorEvents } from '../src/daemon/error-events.ts';
 import { hardlinkHeavyImage, prand, tmpDir } from './helpers/fixtures.ts';
 import { apiRequest as api, blobCacheEntry, rawHttp } from './helpers/api-client.ts';
@@ -1007,10 +1007,12 @@ test('registration bounds: a registration over its time bound is refused, a bad 
   const pool = new RegistrationPool({ timeoutMs: 1 });
   const registry = track(new ImageRegistry(state, log, undefined, pool));
   try {
+    // (Not the registry's first image: that one may be planned at once, with no worker and no clock.)
+    await registry.add(entry('first'));
     const slow = entry('slow');
     slow.config_v2.metadata_path = heavy;
     await assert.rejects(registry.add(slow), (e: Error) => e instanceof NydusError && /registration of bootstrap .*hl\.boot took longer than 0\.001 s, the bound of one registration; refused/.test(e.message));
-    assert.deepEqual(registry.list(), []);
+    assert.deepEqual(registry.list().map((x) => x.id), ['first']);
   } finally {
     await pool.close();
   }
@@ -1044,6 +1046,26 @@ test('registration pool: a small bootstrap with no worker up is planned at once,
     assert.ok(large.blobs.length > 0);
   } finally {
     await pool.close();
+  }
+  // A daemon's first image, when it serves nothing yet, is planned at once up to a larger bound; the
+  // next ones go to a worker as before. The plan is the same either way.
+  assert.ok(fs.statSync(heavy).size <= FIRST_IMAGE_INLINE_PLAN_MAX_BYTES);
+  const own = new RegistrationPool();
+  const state = new DaemonState(path.join(work, 'state-first-inline'));
+  const registry = track(new ImageRegistry(state, log, undefined, own));
+  try {
+    const heavyEntry = (id: string) => blobCacheEntry(id, { bootstrap: heavy, blobDir: path.join(work, 'heavy', 'hl-blobs'), workDir: work });
+    await registry.add(heavyEntry('first'));
+    assert.equal(own.threads, 0, 'the first image was planned without a worker');
+    await registry.add(heavyEntry('second'));
+    assert.equal(own.threads, 1, 'the second went to a worker');
+    const [a, b] = ['first', 'second'].map((id) => registry.resolve(id, fs.readdirSync(path.join(work, 'heavy', 'hl-blobs'))[0]));
+    assert.ok(a?.kind === 'blob' && b?.kind === 'blob');
+    assert.equal(a.map.chunkCount, 16384);
+    assert.deepEqual([a.map.chunkCount, a.map.uncompressedSize], [b.map.chunkCount, b.map.uncompressedSize]);
+  } finally {
+    await own.close();
+    state.close();
   }
 });
 

@@ -7,7 +7,10 @@
  * A small bootstrap (INLINE_PLAN_MAX_BYTES) that finds no worker up is planned at once on the
  * daemon's thread: a new worker takes some 60 ms to come up (an empty one as long, on the bench
  * host), which a container's first mount would wait for; the bench's 24 KiB bootstrap of 60 files is
- * planned in 2-9 ms (warm, cold).
+ * planned in 2-9 ms (warm, cold). So is the daemon's first image up to FIRST_IMAGE_INLINE_PLAN_MAX_BYTES
+ * (its caller says which image is the first): nothing is served before it, so no READ waits for the
+ * thread, and its work is bounded as a worker's is but for the clock: linear in the bootstrap's size,
+ * the heap watched by the gate (HeapRoom).
  *
  * No worker is started ahead of need. A daemon starts for a container, whose image is registered and
  * mounted as soon as the API answers; a thread started then took 70-110 ms of CPU on the bench host
@@ -25,6 +28,13 @@ import { startWorker } from './worker-thread.ts';
 
 /** The largest bootstrap planned on the daemon's thread when no worker is up (module comment). */
 export const INLINE_PLAN_MAX_BYTES = 64 << 10;
+/**
+ * The same for the daemon's first image, when it serves nothing yet. On the bench host a new
+ * worker took 105-141 ms before it could start a job (a bare node worker 75-78 ms to come up); the
+ * Debian rootfs bootstrap (1.2 MiB, 6,800 inodes) took 240-360 ms in a new worker, 134-184 ms in one
+ * already up.
+ */
+export const FIRST_IMAGE_INLINE_PLAN_MAX_BYTES = 4 << 20;
 
 export interface RegistrationPoolOptions {
   /** Registrations at once (default 1). */
@@ -83,10 +93,13 @@ export class RegistrationPool {
     return this.alive;
   }
 
-  /** Plans a registration on a worker (a small one maybe at once, module comment); rejects with the gate's own error for a bad image. */
-  plan(req: RegistrationRequest): Promise<RegistrationPlan> {
+  /**
+   * Plans a registration on a worker (one of at most `inlineMaxBytes` maybe at once, module comment);
+   * rejects with the gate's own error for a bad image.
+   */
+  plan(req: RegistrationRequest, inlineMaxBytes = INLINE_PLAN_MAX_BYTES): Promise<RegistrationPlan> {
     // (An idle worker has answered a job, so it is up: workers start only for jobs.)
-    if (!this.closed && this.idle.length === 0 && smallBootstrap(req.metadataPath)) {
+    if (!this.closed && this.idle.length === 0 && smallBootstrap(req.metadataPath, Math.min(inlineMaxBytes, FIRST_IMAGE_INLINE_PLAN_MAX_BYTES))) {
       try {
         return Promise.resolve(planRegistration(req));
       } catch (e) {
@@ -195,11 +208,11 @@ export class RegistrationPool {
   }
 }
 
-/** Whether a bootstrap is a regular file of at most INLINE_PLAN_MAX_BYTES (anything else goes to a worker, whose error it gets). */
-function smallBootstrap(file: string): boolean {
+/** Whether a bootstrap is a regular file of at most `max` bytes (anything else goes to a worker, whose error it gets). */
+function smallBootstrap(file: string, max: number): boolean {
   try {
     const st = fs.statSync(file);
-    return st.isFile() && st.size <= INLINE_PLAN_MAX_BYTES;
+    return st.isFile() && st.size <= max;
   } catch {
     return false;
   }
