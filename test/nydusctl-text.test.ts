@@ -37,6 +37,7 @@ Prefetch Unmerged:          4
   // Fractions as Rust writes them: no exponent.
   assert.match(cacheText({ ...prefetch, prefetch_data_amount: 1 }), /\nPrefetch Amount: {12}1 = 0\.0009765625 KB\n/);
   assert.match(cacheText({ ...prefetch, prefetch_data_amount: 0, prefetch_end_time_secs: 1e9 }), /\nPrefetch Bandwidth: {9}0 MB\/S\n/);
+  assert.match(cacheText({ ...prefetch, prefetch_cumulative_time_millis: 4.5e-12, prefetch_requests_count: 3 }), /\nPrefetch Request Latency: {3}0\.0000000000000015 Seconds\n/);
 });
 
 test('metrics backend -I: what was read between two samples; a counter that went back counts 0', () => {

@@ -18,7 +18,12 @@ function f64(x: number): string {
   if (!Number.isFinite(x)) return x > 0 ? 'inf' : '-inf';
   if (Number.isInteger(x)) return BigInt(x).toString();
   const s = String(x);
-  return s.includes('e') ? x.toFixed(20).replace(/0+$/, '') : s;
+  if (!s.includes('e')) return s;
+  // Below 1e-6 JS writes an exponent (a non-integer is never that large): the same digits, placed.
+  const [mantissa, exponent] = s.split('e');
+  const sign = mantissa.startsWith('-') ? '-' : '';
+  const digits = mantissa.replace('-', '').replace('.', '');
+  return `${sign}0.${'0'.repeat(-Number(exponent) - 1)}${digits}`;
 }
 
 /** A u64 field (0 when missing or not a number). */
