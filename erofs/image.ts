@@ -283,27 +283,32 @@ export class ErofsImage {
       f('uncompressed_offset'), f('index'),
     ];
     const digestSize = (rafsChunkInfo.fields.block_id.type as { bytes: number }).bytes;
-    // The hot loop of big images: fields read in place (the digest is a view of the image buffer).
+    // The hot loop of big images: fields read in place (the digest is a view of the image buffer); an
+    // entry is named only for its error (chunkEntry).
     for (let i = 0; i < n; i++) {
       const at = this.ext.s_chunk_table_offset + i * rafsChunkInfo.size;
-      const where = () => `${this.name}: chunk table entry ${i}`;
       const blobIndex = this.buf.readUInt32LE(at + blobAt);
-      if (blobIndex >= this.blobs.length) throw new FormatError(`${where()} names blob ${blobIndex}, the image has ${this.blobs.length}`);
+      if (blobIndex >= this.blobs.length) throw new FormatError(`${this.chunkEntry(i)} names blob ${blobIndex}, the image has ${this.blobs.length}`);
       out.push({
         digest: this.buf.subarray(at + digestAt, at + digestAt + digestSize), blobIndex, flags: this.buf.readUInt32LE(at + flagsAt),
         compressedSize: this.buf.readUInt32LE(at + csAt), uncompressedSize: this.buf.readUInt32LE(at + usAt),
-        compressedOffset: this.u64(at + coAt, where, 'compressed_offset'),
-        uncompressedOffset: this.u64(at + uoAt, where, 'uncompressed_offset'),
+        compressedOffset: this.u64(at + coAt, i, 'compressed_offset'),
+        uncompressedOffset: this.u64(at + uoAt, i, 'uncompressed_offset'),
         index: this.buf.readUInt32LE(at + indexAt),
       });
     }
     return out;
   }
 
-  /** A little-endian u64 that must be a safe integer. */
-  private u64(at: number, entry: () => string, field: string): number {
+  /** Chunk table entry `i`, as an error names it. */
+  private chunkEntry(i: number): string {
+    return `${this.name}: chunk table entry ${i}`;
+  }
+
+  /** A little-endian u64 of chunk table entry `entry` that must be a safe integer. */
+  private u64(at: number, entry: number, field: string): number {
     const hi = this.buf.readUInt32LE(at + 4);
-    if (hi >= 0x200000) throw new FormatError(`${entry()} (rafs_v5_chunk_info.${field}): out of range (high word 0x${hi.toString(16)})`);
+    if (hi >= 0x200000) throw new FormatError(`${this.chunkEntry(entry)} (rafs_v5_chunk_info.${field}): out of range (high word 0x${hi.toString(16)})`);
     return hi * 0x1_0000_0000 + this.buf.readUInt32LE(at);
   }
 

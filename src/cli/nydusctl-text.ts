@@ -5,7 +5,8 @@
  * Rust's Display writes it; integer divisions by zero as 0).
  */
 
-type Json = Record<string, unknown>;
+/** An API answer's JSON object. */
+export type Json = Record<string, unknown>;
 
 /** A JSON value as serde_json's Display writes it: strings quoted, objects and arrays compact. */
 function value(v: unknown): string {
@@ -39,6 +40,11 @@ function div(a: number, b: number): number {
 /** `{:<width}`: left-aligned, padded with spaces. */
 function left(s: string | number, width: number): string {
   return String(s).padEnd(width);
+}
+
+/** A row of upstream's `{:<8}` columns. */
+function columns(cells: ReadonlyArray<string | number>): string {
+  return cells.map((c) => left(c, 8)).join('');
 }
 
 function array(v: unknown): unknown[] {
@@ -88,13 +94,13 @@ Read Amount:        ${value(m.read_amount_total)} Bytes (${f64(amount / 1024 / 1
 Read Count:         ${value(m.read_count)}
 Read Errors:        ${value(m.read_errors)}
 `;
-  const header = `\n${left('Block Sizes:', 25)}${BLOCK_SIZES.map((s) => left(s, 8)).join('')}\n`;
+  const header = `\n${left('Block Sizes:', 25)}${columns(BLOCK_SIZES)}\n`;
   const latency = array(m.read_cumulative_latency_millis_dist);
   const hits = array(m.read_count_block_size_dist);
   out += header;
-  out += left('Average Latency(millis):', 25) + BLOCK_SIZES.map((_, i) => left(div(u64(latency[i]), u64(hits[i])), 8)).join('') + '\n';
+  out += left('Average Latency(millis):', 25) + columns(BLOCK_SIZES.map((_, i) => div(u64(latency[i]), u64(hits[i])))) + '\n';
   out += header;
-  out += left('Request Count:', 25) + BLOCK_SIZES.map((_, i) => left(u64(hits[i]), 8)).join('') + '\n';
+  out += left('Request Count:', 25) + columns(BLOCK_SIZES.map((_, i) => u64(hits[i]))) + '\n';
   return out;
 }
 
@@ -114,8 +120,8 @@ Backend Average IO Size:    ${div(data, requests)} Bytes
 Backend Average Latency:    ${div(latency, requests)} millis
 
 Block Sizes/millis:
-${BLOCK_SIZES.map((s) => left(s, 8)).join('')}
-${BLOCK_SIZES.map((_, i) => left(div(latencies[i], hits[i]), 8)).join('')}
+${columns(BLOCK_SIZES)}
+${columns(BLOCK_SIZES.map((_, i) => div(latencies[i], hits[i])))}
 <<< <<< <<< <<< <<<
 `;
 }
@@ -150,8 +156,8 @@ export function fsStatsText(m: Json): string {
   const periods = ['<1ms', '~20ms', '~50ms', '~100ms', '~500ms', '~1s', '~2s', '2s~'];
   const fops = array(m.fop_hits);
   const dataRead = u64(m.data_read);
-  let out = `\n${left('Read Latency:', 16)}${periods.map((p) => left(p, 8)).join('')}\n`;
-  out += left('Reads Count:', 16) + array(m.read_latency_dist).map((d) => left(u64(d), 8)).join('') + '\n\n';
+  let out = `\n${left('Read Latency:', 16)}${columns(periods)}\n`;
+  out += left('Reads Count:', 16) + columns(array(m.read_latency_dist).map(u64)) + '\n\n';
   out += `Read Errors: ${value(array(m.fop_errors)[4])}\n`;
   out += `Read Data: ${dataRead}Bytes (${Math.floor(dataRead / 1024 / 1024)}MB)\n`;
   const f = (i: number) => value(fops[i]);

@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import http from 'node:http';
 import { NydusError } from '../../erofs/errors.ts';
 import { cliParser, runMain } from './main.ts';
-import { backendIntervalText, backendText, cacheText, daemonText, fsStatsText } from './nydusctl-text.ts';
+import { type Json, backendIntervalText, backendText, cacheText, daemonText, fsStatsText } from './nydusctl-text.ts';
 
 /** One API request; resolves to the answer's JSON body (null when it has none), rejects naming the path on a status of 300 or more. */
 function request(sock: string, method: string, url: string, body?: unknown): Promise<unknown> {
@@ -35,8 +35,6 @@ const get = (sock: string, url: string) => request(sock, 'GET', url);
 
 /** `set` items as nydusd's PUT /api/v1/daemon names them (nydus's CONFIGURE_ITEMS_MAP). */
 const SET_ITEMS: Record<string, string> = { 'log-level': 'log_level' };
-
-type Json = Record<string, unknown>;
 
 /**
  * metrics backend --interval: every `seconds`, what the backend read since the last print, as upstream

@@ -5,7 +5,7 @@
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { BlobMap } from './blob-map.ts';
-import { FIRST_IMAGE_INLINE_PLAN_MAX_BYTES, INLINE_PLAN_MAX_BYTES, type RegistrationPool, sharedRegistrationPool } from './registration-pool.ts';
+import { type RegistrationPool, sharedRegistrationPool } from './registration-pool.ts';
 import type { PrefetchOrder } from './registration.ts';
 import type { RafsSuperMeta } from '../image/super-meta.ts';
 import { ChunkFetcher } from './chunk-fetcher.ts';
@@ -136,8 +136,7 @@ export class ImageRegistry implements ObjectResolver {
     // The daemon's first image (none registered, no other on its way) serves nothing yet: a larger
     // bootstrap may be planned at once rather than wait for a worker to come up (RegistrationPool).
     const first = this.images.size === 0 && this.pending.size === 0;
-    const plan = await this.registration.plan({ metadataPath: entry.metadataPath, prefetch: { enable: entry.prefetch.enable, all: entry.prefetch.all } },
-      first ? FIRST_IMAGE_INLINE_PLAN_MAX_BYTES : INLINE_PLAN_MAX_BYTES);
+    const plan = await this.registration.plan({ metadataPath: entry.metadataPath, prefetch: { enable: entry.prefetch.enable, all: entry.prefetch.all } }, first);
     prepareWorkDir(entry.workDir);
     const backendMetrics = newBackendMetrics();
     const backend = createBackend(entry.backend, [this.metricsOf(entry.backend.type), backendMetrics]);

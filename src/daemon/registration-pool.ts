@@ -8,7 +8,7 @@
  * daemon's thread: a new worker takes some 60 ms to come up (an empty one as long, on the bench
  * host), which a container's first mount would wait for; the bench's 24 KiB bootstrap of 60 files is
  * planned in 2-9 ms (warm, cold). So is the daemon's first image up to FIRST_IMAGE_INLINE_PLAN_MAX_BYTES
- * (its caller says which image is the first): nothing is served before it, so no READ waits for the
+ * (its caller says which image is the first, `firstImage`): nothing is served before it, so no READ waits for the
  * thread, and its work is bounded as a worker's is but for the clock: linear in the bootstrap's size,
  * the heap watched by the gate (HeapRoom).
  *
@@ -94,12 +94,13 @@ export class RegistrationPool {
   }
 
   /**
-   * Plans a registration on a worker (one of at most `inlineMaxBytes` maybe at once, module comment);
-   * rejects with the gate's own error for a bad image.
+   * Plans a registration on a worker (a small one, or the daemon's first image, maybe at once: module
+   * comment); rejects with the gate's own error for a bad image.
    */
-  plan(req: RegistrationRequest, inlineMaxBytes = INLINE_PLAN_MAX_BYTES): Promise<RegistrationPlan> {
+  plan(req: RegistrationRequest, firstImage = false): Promise<RegistrationPlan> {
     // (An idle worker has answered a job, so it is up: workers start only for jobs.)
-    if (!this.closed && this.idle.length === 0 && smallBootstrap(req.metadataPath, Math.min(inlineMaxBytes, FIRST_IMAGE_INLINE_PLAN_MAX_BYTES))) {
+    const inlineMax = firstImage ? FIRST_IMAGE_INLINE_PLAN_MAX_BYTES : INLINE_PLAN_MAX_BYTES;
+    if (!this.closed && this.idle.length === 0 && smallBootstrap(req.metadataPath, inlineMax)) {
       try {
         return Promise.resolve(planRegistration(req));
       } catch (e) {
