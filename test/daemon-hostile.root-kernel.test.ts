@@ -13,6 +13,7 @@ import path from 'node:path';
 import { spawn, spawnSync, execFileSync, type ChildProcess } from 'node:child_process';
 import { prand, tmpDir } from './helpers/fixtures.ts';
 import { mustRun, repoRoot } from './helpers/cli.ts';
+import { readMounted } from './helpers/bounded-read.ts';
 import { apiRequest, rawHttp, type ApiResponse } from './helpers/api-client.ts';
 import { type FanotifyDaemon, type FanotifyImage, fanotifyConfig, isMounted, localfsBackend, startFanotifyDaemon, waitFor } from './helpers/fanotify-daemon.ts';
 
@@ -101,7 +102,7 @@ test('root-kernel hostile: a request target that is no path is a 400, again and 
     assert.match((await rawHttp(d.sock, 'GET //%%%/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n')).split('\r\n')[0], /^HTTP\/1\.1 400 /, `bad target ${i}`);
   }
   assert.equal(await workerPid(d.sock), worker, 'the same worker still serves');
-  assert.deepEqual(fs.readFileSync(path.join(d.mnt, 'small.bin')), small, 'and its mount reads right');
+  assert.deepEqual(readMounted(path.join(d.mnt, 'small.bin')), small, 'and its mount reads right');
 });
 
 /** POST /api/v1/mount of the test image at `mountpoint`, with a config whose cache is at `cacheDir`. */
@@ -209,7 +210,7 @@ test('root-kernel hostile: journal records of fds no process can have are skippe
   const log = fs.readFileSync(path.join(work, 'journal', 'nydusd.log'), 'utf8');
   for (const fd of [999999, 4294967296, -7]) assert.match(log, new RegExp(`"fd":${fd},"msg":"a record of the pending-events journal is not served: [^"]*skipped"`), `fd ${fd}`);
   assert.equal(log.match(/worker died; starting a new one/g)?.length, 1, 'one restart, no crash loop');
-  assert.deepEqual(fs.readFileSync(path.join(d.mnt, 'big.bin')), big, 'the mount reads right');
+  assert.deepEqual(readMounted(path.join(d.mnt, 'big.bin')), big, 'the mount reads right');
 });
 
 test('root-kernel hostile: a second daemon on the same --fanotify directory is refused naming it; the first one\'s mounts file and mount are untouched', async () => {
@@ -227,7 +228,7 @@ test('root-kernel hostile: a second daemon on the same --fanotify directory is r
   assert.match(err, new RegExp(`--fanotify directory ${d.state} is in use by another nydusd \\(pid ${d.proc.pid}\\)`));
   assert.equal(isMounted(path.join(base, 'mnt')), false);
   assert.equal(fs.readFileSync(path.join(d.state, 'mounts.json'), 'utf8'), listed, 'the mounts file is the first daemon\'s');
-  assert.deepEqual(fs.readFileSync(path.join(d.mnt, 'big.bin')), big, 'its mount reads right');
+  assert.deepEqual(readMounted(path.join(d.mnt, 'big.bin')), big, 'its mount reads right');
   d.proc.kill('SIGTERM');
   assert.equal(await exitCode(d.proc, 20_000), 0);
   assert.equal(isMounted(d.mnt), false);
@@ -286,7 +287,7 @@ test('root-kernel hostile: a supervisor that gives up on its workers keeps a bus
     await new Promise((r) => setTimeout(r, 500));
     assert.equal(exited(d.proc), false, 'the supervisor stays: closing the group would let the mount read zeros');
     assert.ok(isMounted(d.mnt), 'the busy mount is not detached');
-    assert.throws(() => fs.readFileSync(path.join(d.mnt, 'big.bin')), (e: NodeJS.ErrnoException) => e.code === 'EIO', 'its unfetched data reads as EIO');
+    assert.throws(() => readMounted(path.join(d.mnt, 'big.bin')), (e: NodeJS.ErrnoException) => e.code === 'EIO', 'its unfetched data reads as EIO');
     assert.match(fs.readFileSync(logFile, 'utf8'), /cannot be unmounted yet \(busy\)/);
     holder.kill('SIGKILL');
     assert.equal(await exitCode(d.proc, 20_000), 1, 'once free it is unmounted and the daemon ends');

@@ -13,10 +13,11 @@ import type net from 'node:net';
 import { spawn, spawnSync, execFileSync, type ChildProcess } from 'node:child_process';
 import { fillDisk, makeRichTree, prand, tmpDir } from './helpers/fixtures.ts';
 import { manifest, diffManifests } from './helpers/manifest.ts';
+import { mountManifest, readMounted } from './helpers/bounded-read.ts';
 import { mustRun, repoRoot } from './helpers/cli.ts';
 import { apiRequest } from './helpers/api-client.ts';
 import { startRegistry } from './helpers/registry.ts';
-import { type FanotifyImage, fanotifyConfig, isMounted, localfsBackend, startFanotifyDaemon, waitFor } from './helpers/fanotify-daemon.ts';
+import { type FanotifyImage, fanotifyConfig, isMounted, killProcessesUnder, localfsBackend, spawnDaemon, startFanotifyDaemon, waitFor } from './helpers/fanotify-daemon.ts';
 import { RegistryClient } from '../src/registry/index.ts';
 import { PendingEventJournal } from '../src/daemon/frontend/fanotify-journal.ts';
 import { FanotifyGroup, type FanotifyEvent, READY_BLOCK, closeFd } from '../native/fscache/fanotify.ts';
@@ -108,9 +109,12 @@ before(() => {
   rich = build('rich', src);
 });
 
-after(() => {
+after(async () => {
   for (const d of daemons) if (d.exitCode === null && d.signalCode === null) d.kill('SIGTERM');
   for (const r of reapers) if (r.exitCode === null && r.signalCode === null) r.kill('SIGKILL');
+  // What a failed test left (an adoptive supervisor and its workers are no test's children).
+  await waitFor('the daemons stopped', () => daemons.every((d) => d.exitCode !== null || d.signalCode !== null), 10_000).catch(() => {});
+  killProcessesUnder(work);
   for (const m of mounts) if (isMounted(m)) spawnSync('umount', ['-l', m]);
   fs.rmSync(work, { recursive: true, force: true });
 });
@@ -127,7 +131,7 @@ test('root-kernel fanotify: a lazily mounted image reads identical to the source
   assert.ok(fs.readFileSync(`/proc/${workerPid}/environ`, 'utf8').split('\0').includes('GLIBC_TUNABLES=glibc.malloc.hugetlb=1'), 'the worker\'s malloc heap asks for huge pages');
   assert.ok(fs.readFileSync(`/proc/${workerPid}/cmdline`, 'utf8').split('\0').some((a) => a.startsWith('--interrupt-budget=')), 'the worker optimizes later than V8\'s default');
 
-  assert.deepEqual(diffManifests(srcManifest, manifest(d.mnt)).slice(0, 20), [], 'the mount reads as the source');
+  assert.deepEqual(diffManifests(srcManifest, mountManifest(d.mnt)).slice(0, 20), [], 'the mount reads as the source');
   const first = await fetches(d.sock, rich.blobId);
   const chunks = (inspect(rich.boot, 'blobs') as Array<{ chunk_count: number }>)[0].chunk_count;
   assert.equal(Object.keys(first).length, chunks, 'every chunk was fetched');
@@ -184,7 +188,7 @@ test('root-kernel fanotify: a lazily mounted image reads identical to the source
   assert.ok(isMounted(d.mnt), 'POST /api/v1/mount mounts');
   assert.equal(fanotifyMarks(workerPid), 0, 'the complete cache file is mounted unmarked');
   fs.writeFileSync('/proc/sys/vm/drop_caches', '3');
-  assert.deepEqual(diffManifests(srcManifest, manifest(d.mnt)).slice(0, 20), [], 'the mount reads as the source again');
+  assert.deepEqual(diffManifests(srcManifest, mountManifest(d.mnt)).slice(0, 20), [], 'the mount reads as the source again');
   assert.deepEqual(await fetches(d.sock, rich.blobId), first, 'the second read fetched nothing');
 
   // nydusctl's umount and mount (upstream's flags) go through the same API.
@@ -198,7 +202,7 @@ test('root-kernel fanotify: a lazily mounted image reads identical to the source
   assert.equal(re.status, 0, re.stderr);
   assert.ok(isMounted(d.mnt), 'nydusctl mount mounts');
   fs.writeFileSync('/proc/sys/vm/drop_caches', '3');
-  assert.deepEqual(diffManifests(srcManifest, manifest(d.mnt)).slice(0, 20), [], 'the mount nydusctl made reads as the source');
+  assert.deepEqual(diffManifests(srcManifest, mountManifest(d.mnt)).slice(0, 20), [], 'the mount nydusctl made reads as the source');
   const passthrough = ctl('mount', '-s', rich.boot, '-c', cfgFile, '-m', path.join(work, 'elsewhere'), '-t', 'passthrough_fs');
   assert.notEqual(passthrough.status, 0);
   assert.match(passthrough.stderr, /fs_type "passthrough_fs" is not supported/);
@@ -246,7 +250,7 @@ test('root-kernel fanotify: mounts of images that share a blob share its cache f
   assert.equal(fanotifyMarks(workerPid), 1, 'the cache file stays marked for the mount still using it');
   const metrics = await apiRequest(d.sock, 'GET', '/api/v1/metrics/files');
   assert.equal(metrics.status, 200, `metrics without an id are the only mount's, though the image of the one that went stays registered: ${JSON.stringify(metrics.body)}`);
-  assert.deepEqual(diffManifests(srcManifest, manifest(mnt2)).slice(0, 20), [], 'the second mount reads as the source');
+  assert.deepEqual(diffManifests(srcManifest, mountManifest(mnt2)).slice(0, 20), [], 'the second mount reads as the source');
   const first = await fetches(d.sock, rich.blobId);
   assert.equal(Object.keys(first).length, richChunks, 'every chunk was fetched');
   assert.deepEqual(Object.values(first).filter((n) => n !== 1), [], 'each chunk once');
@@ -259,7 +263,7 @@ test('root-kernel fanotify: mounts of images that share a blob share its cache f
   });
   assert.equal(third.status, 204, JSON.stringify(third.body));
   fs.writeFileSync('/proc/sys/vm/drop_caches', '3');
-  assert.deepEqual(diffManifests(bManifest, manifest(d.mnt)).slice(0, 20), [], 'the image sharing the blob reads as its source');
+  assert.deepEqual(diffManifests(bManifest, mountManifest(d.mnt)).slice(0, 20), [], 'the image sharing the blob reads as its source');
   assert.deepEqual(await fetches(d.sock, rich.blobId), first, 'nothing of the shared blob was fetched again');
   assert.ok(total(await fetches(d.sock, own)) > 0, 'its own blob was fetched');
   assert.deepEqual(fs.readdirSync(d.cacheDir).filter((f) => f.endsWith('.blob.data')).sort(), [`${own}.blob.data`, `${rich.blobId}.blob.data`].sort());
@@ -285,8 +289,8 @@ test('root-kernel fanotify: mounts of images that share a blob share its cache f
   }, 30_000);
   assert.deepEqual((await apiRequest(d.sock, 'GET', '/api/v1/daemon')).body.fanotify.mounts.sort(), [d.mnt, mnt2].sort());
   fs.writeFileSync('/proc/sys/vm/drop_caches', '3');
-  assert.deepEqual(diffManifests(srcManifest, manifest(mnt2)).slice(0, 20), [], 'the first image reads as its source through the file made for the other');
-  assert.deepEqual(diffManifests(bManifest, manifest(d.mnt)).slice(0, 20), [], 'the other reads as its source');
+  assert.deepEqual(diffManifests(srcManifest, mountManifest(mnt2)).slice(0, 20), [], 'the first image reads as its source through the file made for the other');
+  assert.deepEqual(diffManifests(bManifest, mountManifest(d.mnt)).slice(0, 20), [], 'the other reads as its source');
   assert.deepEqual(Object.values(await fetches(d.sock, rich.blobId)).filter((n) => n !== 2), [], 'each chunk of the shared blob fetched once more, for the second work_dir');
   const exited = new Promise((r) => d.proc.once('exit', r));
   d.proc.kill('SIGTERM');
@@ -298,9 +302,9 @@ test('root-kernel fanotify: a corrupt chunk gives EIO for its file only; DELETE 
   const { img } = buildCorrupt('corrupt', 77);
 
   const d = await startDaemon('corrupt', img, localfs(img));
-  assert.throws(() => fs.readFileSync(path.join(d.mnt, 'victim')), (e: NodeJS.ErrnoException) => e.code === 'EIO', 'the corrupt file reads as EIO');
-  assert.throws(() => fs.readFileSync(path.join(d.mnt, 'victim')), (e: NodeJS.ErrnoException) => e.code === 'EIO', 'again: never zeros');
-  for (let i = 0; i < 4; i++) assert.deepEqual(fs.readFileSync(path.join(d.mnt, `ok${i}`)), prand(150_000, 78 + i), `ok${i} reads right`);
+  assert.throws(() => readMounted(path.join(d.mnt, 'victim')), (e: NodeJS.ErrnoException) => e.code === 'EIO', 'the corrupt file reads as EIO');
+  assert.throws(() => readMounted(path.join(d.mnt, 'victim')), (e: NodeJS.ErrnoException) => e.code === 'EIO', 'again: never zeros');
+  for (let i = 0; i < 4; i++) assert.deepEqual(readMounted(path.join(d.mnt, `ok${i}`)), prand(150_000, 78 + i), `ok${i} reads right`);
   const info = (await apiRequest(d.sock, 'GET', '/api/v1/daemon')).body;
   assert.ok(info.fanotify.eventErrors > 0, 'the failed events are counted');
   const workerPid = info.pid as number;
@@ -328,7 +332,7 @@ test('root-kernel fanotify: a corrupt chunk gives EIO for its file only; DELETE 
   await new Promise((r) => setTimeout(r, 1000));
   assert.equal(exitedAt, 0, 'the daemon does not stop while its mount is busy');
   assert.ok(isMounted(d.mnt), 'nor detach the busy mount (its holes would read as zeros once the daemon is gone)');
-  assert.deepEqual(fs.readFileSync(path.join(d.mnt, 'ok0')), prand(150_000, 78), 'and still serves it');
+  assert.deepEqual(readMounted(path.join(d.mnt, 'ok0')), prand(150_000, 78), 'and still serves it');
   await new Promise((r) => holder.once('exit', r));
   await exited;
   assert.equal(isMounted(d.mnt), false, 'once free it is unmounted and the daemon stops');
@@ -503,11 +507,11 @@ test('root-kernel fanotify: with prefetch on, a corrupt chunk only the prefetch 
   const d = await startFanotifyDaemon(path.join(work, 'corrupt-pf'), img, localfs(img), { daemons, mounts }, { prefetch: { enable: true } });
   await waitFor('the prefetch of every chunk', async () => Object.keys(await fetches(d.sock, img.blobId)).length === chunks);
   const prefetched = await fetches(d.sock, img.blobId);
-  for (let i = 0; i < 4; i++) assert.deepEqual(fs.readFileSync(path.join(d.mnt, `ok${i}`)), prand(150_000, 92 + i), `ok${i} reads right`);
+  for (let i = 0; i < 4; i++) assert.deepEqual(readMounted(path.join(d.mnt, `ok${i}`)), prand(150_000, 92 + i), `ok${i} reads right`);
   const afterOk = await fetches(d.sock, img.blobId);
   // (The failed chunk, missing from the file, may be fetched again as read-ahead of the file before it.)
   assert.deepEqual({ ...afterOk, [victimChunk]: 0 }, { ...prefetched, [victimChunk]: 0 }, 'the other files were read from what the prefetch wrote: none of their chunks fetched again');
-  assert.throws(() => fs.readFileSync(path.join(d.mnt, 'victim')), (e: NodeJS.ErrnoException) => e.code === 'EIO', 'the corrupt file reads as EIO, not zeros');
+  assert.throws(() => readMounted(path.join(d.mnt, 'victim')), (e: NodeJS.ErrnoException) => e.code === 'EIO', 'the corrupt file reads as EIO, not zeros');
   const after = await fetches(d.sock, img.blobId);
   assert.ok(after[victimChunk] > afterOk[victimChunk], 'its chunk was fetched again for its reader (a failed fetch made before the read is never its answer)');
   assert.deepEqual({ ...after, [victimChunk]: 0 }, { ...prefetched, [victimChunk]: 0 }, 'and no other chunk');
@@ -533,7 +537,7 @@ test('root-kernel fanotify: a full disk under the state database is logged; the 
   // The rest of the state's disk taken by another file.
   const filler = fillDisk(state);
   // Every chunk fetched and marked while the database can take none of it (a flush every 100 ms).
-  assert.deepEqual(diffManifests(srcManifest, manifest(d.mnt)).slice(0, 20), [], 'the mount reads as the source');
+  assert.deepEqual(diffManifests(srcManifest, mountManifest(d.mnt)).slice(0, 20), [], 'the mount reads as the source');
   await new Promise((r) => setTimeout(r, 300));
   const info = (await apiRequest(d.sock, 'GET', '/api/v1/daemon')).body;
   assert.equal(info.pid, workerPid, 'the same worker serves on');
@@ -566,7 +570,7 @@ test('root-kernel fanotify: a worker killed while the state directory is full is
   }, 30_000);
   const info = (await apiRequest(d.sock, 'GET', '/api/v1/daemon')).body;
   assert.deepEqual(info.fanotify.mounts, [d.mnt], 'the new worker serves the mount');
-  assert.deepEqual(diffManifests(srcManifest, manifest(d.mnt)).slice(0, 20), [], 'the mount reads as the source');
+  assert.deepEqual(diffManifests(srcManifest, mountManifest(d.mnt)).slice(0, 20), [], 'the mount reads as the source');
   assert.match(fs.readFileSync(path.join(base, 'nydusd.log'), 'utf8'), /cannot write the mounts file/);
   fs.rmSync(filler);
   const exited = new Promise((r) => d.proc.once('exit', r));
@@ -600,7 +604,7 @@ test('root-kernel fanotify: on a full cache disk reads fail with EIO, the worker
   assert.equal(told.length, 1, `${told.length} lines`);
   assert.match(told[0], /ENOSPC/);
   fs.rmSync(filler);
-  assert.deepEqual(diffManifests(srcManifest, manifest(d.mnt)).slice(0, 20), [], 'the mount reads as the source');
+  assert.deepEqual(diffManifests(srcManifest, mountManifest(d.mnt)).slice(0, 20), [], 'the mount reads as the source');
   const exited = new Promise((r) => d.proc.once('exit', r));
   d.proc.kill('SIGTERM');
   await exited;
@@ -616,7 +620,7 @@ test('root-kernel fanotify: SIGHUP is ignored (the daemon serves on), SIGQUIT st
   await new Promise((r) => setTimeout(r, 500));
   assert.equal(d.proc.exitCode, null, 'the supervisor lives');
   assert.equal((await apiRequest(d.sock, 'GET', '/api/v1/daemon')).body.pid, worker, 'the same worker serves');
-  assert.deepEqual(diffManifests(srcManifest, manifest(d.mnt)).slice(0, 20), [], 'the mount reads as the source');
+  assert.deepEqual(diffManifests(srcManifest, mountManifest(d.mnt)).slice(0, 20), [], 'the mount reads as the source');
   assert.equal(fs.readFileSync(path.join(work, 'signals', 'nydusd.log'), 'utf8').match(/SIGHUP ignored/g)?.length, 2);
   const exited = new Promise<number | null>((r) => d.proc.once('exit', r));
   d.proc.kill('SIGQUIT');
@@ -653,8 +657,8 @@ while True:
     try: os.wait()
     except ChildProcessError: signal.pause()
 `;
-  const wrapper = spawn('python3', ['-c', reaper, got, path.join(repoRoot, 'bin/nydusd'), '--fanotify', path.join(base, 'state'), '--config', path.join(base, 'config.json'),
-    '--bootstrap', rich.boot, '--mountpoint', mnt, '--apisock', sock, '--log-file', log], { stdio: 'inherit' });
+  const wrapper = spawnDaemon(base, 'python3', ['-c', reaper, got, path.join(repoRoot, 'bin/nydusd'), '--fanotify', path.join(base, 'state'), '--config', path.join(base, 'config.json'),
+    '--bootstrap', rich.boot, '--mountpoint', mnt, '--apisock', sock, '--log-file', log]);
   reapers.push(wrapper);
   mounts.push(mnt);
   await waitFor('the mount and the API', async () => isMounted(mnt) && (await apiRequest(sock, 'GET', '/api/v1/daemon').catch(() => null))?.status === 200);
@@ -674,9 +678,10 @@ while True:
   if (workerKilledAfterMs === undefined) assert.equal(parentOf(adoptive), worker, 'the adoptive supervisor is the worker\'s child');
   const signalsGot = () => (fs.existsSync(got) ? fs.readFileSync(got, 'utf8') : '');
   const release = async () => {
+    if (wrapper.exitCode !== null || wrapper.signalCode !== null) assert.fail(`the subreaper ended before the test let it go (${wrapper.exitCode ?? wrapper.signalCode})`);
     const exited = new Promise((r) => wrapper.once('exit', r));
     wrapper.kill('SIGUSR1');
-    await exited;
+    await waitFor('the subreaper let go', async () => Promise.race([exited.then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), 100))]), 10_000);
   };
   return { mnt, sock, log, worker, adoptive, signalsGot, release };
 }
@@ -692,7 +697,7 @@ async function killedOrphanIsReplaced(name: string, afterMs?: number): Promise<v
   });
   const next = (await apiRequest(o.sock, 'GET', '/api/v1/daemon')).body.pid as number;
   assert.equal(parentOf(next), o.adoptive, 'the new worker is the adoptive supervisor\'s');
-  assert.deepEqual(diffManifests(srcManifest, manifest(o.mnt)).slice(0, 20), [], 'the mount reads as the source');
+  assert.deepEqual(diffManifests(srcManifest, mountManifest(o.mnt)).slice(0, 20), [], 'the mount reads as the source');
   process.kill(o.adoptive, 'SIGTERM');
   await waitFor('the adoptive supervisor and its worker gone', () => gone(o.adoptive) && gone(next), 20_000);
   assert.equal(isMounted(o.mnt), false, 'unmounted');
@@ -710,7 +715,7 @@ test('root-kernel fanotify: a worker killed 100 ms after its supervisor was alre
 
 test('root-kernel fanotify: an adopted worker told to stop unmounts, its adoptive supervisor ends with it, and no one else (its new parent) is signalled', async () => {
   const o = await orphanedWorker('orphan-stopped');
-  assert.deepEqual(diffManifests(srcManifest, manifest(o.mnt)).slice(0, 20), [], 'the orphaned worker serves on');
+  assert.deepEqual(diffManifests(srcManifest, mountManifest(o.mnt)).slice(0, 20), [], 'the orphaned worker serves on');
   process.kill(o.worker, 'SIGTERM');
   await waitFor('the worker and its adoptive supervisor gone', () => gone(o.worker) && gone(o.adoptive), 20_000);
   assert.equal(isMounted(o.mnt), false, 'it unmounted');
@@ -746,7 +751,7 @@ test('root-kernel fanotify: an image mounted lazily from a registry (Basic auth)
     const d = await startDaemon('registry', rich, {
       type: 'registry', registry: { scheme: 'http', host: reg.host, repo: 'nydus/rich', auth: Buffer.from('alice:wonderland').toString('base64') },
     });
-    assert.deepEqual(diffManifests(srcManifest, manifest(d.mnt)).slice(0, 20), [], 'the mount reads as the source');
+    assert.deepEqual(diffManifests(srcManifest, mountManifest(d.mnt)).slice(0, 20), [], 'the mount reads as the source');
     const backends = (await apiRequest(d.sock, 'GET', '/api/v1/metrics/backend')).body.backends;
     assert.ok(backends.registry?.read_count > 0 && backends.registry.read_errors === 0, `the data came from the registry (${JSON.stringify(backends)})`);
     const exited = new Promise((r) => d.proc.once('exit', r));

@@ -7,13 +7,18 @@ export interface ApiResponse {
   body: any;
 }
 
+/** How long a call waits for its whole answer: a daemon that accepted and never answers fails the test, not hangs it. */
+const API_ANSWER_MS = 60_000;
+
 export function apiRequest(sock: string, method: string, url: string, body?: unknown): Promise<ApiResponse> {
   return new Promise((resolve, reject) => {
     const req = http.request({ socketPath: sock, method, path: url, agent: false, headers: { 'content-type': 'application/json' } }, (res) => {
       let text = '';
       res.on('data', (d) => (text += d));
       res.on('end', () => resolve({ status: res.statusCode!, body: text ? JSON.parse(text) : null }));
+      res.on('error', reject);
     });
+    req.setTimeout(API_ANSWER_MS, () => req.destroy(new Error(`${method} ${url} on ${sock}: no answer within ${API_ANSWER_MS / 1000} s`)));
     req.on('error', reject);
     if (body !== undefined) req.write(typeof body === 'string' ? body : JSON.stringify(body));
     req.end();

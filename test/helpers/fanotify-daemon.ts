@@ -20,6 +20,33 @@ export function isMounted(dir: string): boolean {
   return fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').some((l) => l.split(' ')[4] === dir);
 }
 
+/**
+ * Spawns a daemon (or what starts one) under `base` with its stdout and stderr going to
+ * `<base>/nydusd.out`, not to the test's own: the test runner reads a test file's stdout to its end,
+ * so a daemon (or a worker it started) that outlived a failed test would hold the whole run open.
+ */
+export function spawnDaemon(base: string, cmd: string, args: string[]): ChildProcess {
+  const out = fs.openSync(path.join(base, 'nydusd.out'), 'a');
+  try {
+    return spawn(cmd, args, { stdio: ['ignore', out, out] });
+  } finally {
+    fs.closeSync(out);
+  }
+}
+
+/**
+ * Kills (SIGKILL) every process whose command line names something under `dir`: what a failed test
+ * left running (a worker, or an adoptive supervisor, no test started itself). Then their mounts can go.
+ */
+export function killProcessesUnder(dir: string): void {
+  for (const pid of fs.readdirSync('/proc').filter((n) => /^\d+$/.test(n)).map(Number)) {
+    if (pid === process.pid) continue;
+    try {
+      if (fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').some((a) => a.startsWith(dir))) process.kill(pid, 'SIGKILL');
+    } catch { /* gone meanwhile */ }
+  }
+}
+
 export async function waitFor(what: string, ok: () => boolean | Promise<boolean>, ms = 60_000): Promise<void> {
   const end = Date.now() + ms;
   while (!(await ok())) {
@@ -42,8 +69,8 @@ export async function startFanotifyDaemon(
   fs.mkdirSync(mnt, { recursive: true });
   const cfg = fanotifyConfig(cacheDir, backend, rafs);
   fs.writeFileSync(path.join(base, 'config.json'), JSON.stringify(cfg));
-  const proc = spawn(path.join(repoRoot, 'bin/nydusd'), ['--fanotify', state, '--config', path.join(base, 'config.json'),
-    '--bootstrap', img.boot, '--mountpoint', mnt, '--apisock', sock, '--log-file', path.join(base, 'nydusd.log')], { stdio: ['ignore', 'inherit', 'inherit'] });
+  const proc = spawnDaemon(base, path.join(repoRoot, 'bin/nydusd'), ['--fanotify', state, '--config', path.join(base, 'config.json'),
+    '--bootstrap', img.boot, '--mountpoint', mnt, '--apisock', sock, '--log-file', path.join(base, 'nydusd.log')]);
   track.daemons.push(proc);
   track.mounts.push(mnt);
   await waitFor(`${base}: the mount and the API`, async () => isMounted(mnt) && fs.existsSync(sock) && (await apiRequest(sock, 'GET', '/api/v1/daemon').catch(() => null))?.status === 200);
