@@ -705,15 +705,39 @@ async function killedOrphanIsReplaced(name: string, afterMs?: number): Promise<v
   await o.release();
 }
 
+/**
+ * `fn`'s failure with what the daemon under `work/name` wrote (the last lines of its log and output)
+ * and the processes still running there: what a run that failed far away needs to be understood.
+ */
+async function telling(name: string, fn: () => Promise<void>): Promise<void> {
+  try {
+    await fn();
+  } catch (e) {
+    const tail = (file: string) => (fs.existsSync(file) ? fs.readFileSync(file, 'utf8').split('\n').slice(-40).join('\n') : '(none)');
+    const running = fs.readdirSync('/proc').filter((n) => /^\d+$/.test(n)).flatMap((pid) => {
+      try {
+        const cmd = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+        return cmd.some((a) => a.startsWith(path.join(work, name))) ? [`${pid} (parent ${parentOf(Number(pid))}) ${cmd.join(' ').slice(0, 160)}`] : [];
+      } catch {
+        return [];
+      }
+    });
+    const base = path.join(work, name);
+    (e as Error).message += `\n--- ${base}/nydusd.log:\n${tail(path.join(base, 'nydusd.log'))}\n--- nydusd.out:\n${tail(path.join(base, 'nydusd.out'))}`
+      + `\n--- processes:\n${running.join('\n') || '(none)'}`;
+    throw e;
+  }
+}
+
 test('root-kernel fanotify: a worker whose supervisor died is adopted by a new one; killed then, it is replaced and its mount reads as the source, not zeros', async () => {
-  await killedOrphanIsReplaced('orphan-killed');
+  await telling('orphan-killed', () => killedOrphanIsReplaced('orphan-killed'));
 });
 
 test('root-kernel fanotify: a worker killed 100 ms after its supervisor was already adopted (the kernel tells it at once): its mount reads as the source', async () => {
-  await killedOrphanIsReplaced('orphan-killed-at-once', 100);
+  await telling('orphan-killed-at-once', () => killedOrphanIsReplaced('orphan-killed-at-once', 100));
 });
 
-test('root-kernel fanotify: an adopted worker told to stop unmounts, its adoptive supervisor ends with it, and no one else (its new parent) is signalled', async () => {
+test('root-kernel fanotify: an adopted worker told to stop unmounts, its adoptive supervisor ends with it, and no one else (its new parent) is signalled', () => telling('orphan-stopped', async () => {
   const o = await orphanedWorker('orphan-stopped');
   assert.deepEqual(diffManifests(srcManifest, mountManifest(o.mnt)).slice(0, 20), [], 'the orphaned worker serves on');
   process.kill(o.worker, 'SIGTERM');
@@ -722,7 +746,7 @@ test('root-kernel fanotify: an adopted worker told to stop unmounts, its adoptiv
   await new Promise((r) => setTimeout(r, 300));
   assert.equal(o.signalsGot(), '', 'the subreaper got no signal');
   await o.release();
-});
+}));
 
 test('root-kernel fanotify: a cache work_dir on tmpfs is refused naming the cause', async () => {
   const base = path.join(work, 'tmpfs');
