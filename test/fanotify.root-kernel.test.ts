@@ -17,7 +17,7 @@ import { mountManifest, readMounted } from './helpers/bounded-read.ts';
 import { mustRun, repoRoot } from './helpers/cli.ts';
 import { apiRequest } from './helpers/api-client.ts';
 import { startRegistry } from './helpers/registry.ts';
-import { type FanotifyImage, fanotifyConfig, isMounted, killProcessesUnder, localfsBackend, spawnDaemon, startFanotifyDaemon, waitFor } from './helpers/fanotify-daemon.ts';
+import { type FanotifyImage, fanotifyConfig, isMounted, killProcessesUnder, localfsBackend, spawnDaemon, startFanotifyDaemon, tailOf, waitFor } from './helpers/fanotify-daemon.ts';
 import { RegistryClient } from '../src/registry/index.ts';
 import { PendingEventJournal } from '../src/daemon/frontend/fanotify-journal.ts';
 import { FanotifyGroup, type FanotifyEvent, READY_BLOCK, closeFd } from '../native/fscache/fanotify.ts';
@@ -713,7 +713,6 @@ async function telling(name: string, fn: () => Promise<void>): Promise<void> {
   try {
     await fn();
   } catch (e) {
-    const tail = (file: string) => (fs.existsSync(file) ? fs.readFileSync(file, 'utf8').split('\n').slice(-40).join('\n') : '(none)');
     const running = fs.readdirSync('/proc').filter((n) => /^\d+$/.test(n)).flatMap((pid) => {
       try {
         const cmd = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
@@ -723,7 +722,7 @@ async function telling(name: string, fn: () => Promise<void>): Promise<void> {
       }
     });
     const base = path.join(work, name);
-    (e as Error).message += `\n--- ${base}/nydusd.log:\n${tail(path.join(base, 'nydusd.log'))}\n--- nydusd.out:\n${tail(path.join(base, 'nydusd.out'))}`
+    (e as Error).message += `\n--- ${base}/nydusd.log:\n${tailOf(path.join(base, 'nydusd.log'))}\n--- nydusd.out:\n${tailOf(path.join(base, 'nydusd.out'))}`
       + `\n--- processes:\n${running.join('\n') || '(none)'}`;
     throw e;
   }

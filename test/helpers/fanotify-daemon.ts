@@ -34,6 +34,11 @@ export function spawnDaemon(base: string, cmd: string, args: string[]): ChildPro
   }
 }
 
+/** The last `lines` lines of a file, or '(none)'. */
+export function tailOf(file: string, lines = 40): string {
+  return fs.existsSync(file) ? fs.readFileSync(file, 'utf8').split('\n').slice(-lines).join('\n') : '(none)';
+}
+
 /**
  * Kills (SIGKILL) every process whose command line names something under `dir`: what a failed test
  * left running (a worker, or an adoptive supervisor, no test started itself). Then their mounts can go.
@@ -73,6 +78,12 @@ export async function startFanotifyDaemon(
     '--bootstrap', img.boot, '--mountpoint', mnt, '--apisock', sock, '--log-file', path.join(base, 'nydusd.log')]);
   track.daemons.push(proc);
   track.mounts.push(mnt);
-  await waitFor(`${base}: the mount and the API`, async () => isMounted(mnt) && fs.existsSync(sock) && (await apiRequest(sock, 'GET', '/api/v1/daemon').catch(() => null))?.status === 200);
+  try {
+    await waitFor(`${base}: the mount and the API`, async () => isMounted(mnt) && fs.existsSync(sock) && (await apiRequest(sock, 'GET', '/api/v1/daemon').catch(() => null))?.status === 200);
+  } catch (e) {
+    // What the daemon said is in its files now, not in the test's output.
+    (e as Error).message += `\n--- nydusd.out:\n${tailOf(path.join(base, 'nydusd.out'))}\n--- nydusd.log:\n${tailOf(path.join(base, 'nydusd.log'))}`;
+    throw e;
+  }
   return { mnt, sock, state, cacheDir, proc, cfg };
 }
