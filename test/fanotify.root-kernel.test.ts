@@ -17,7 +17,7 @@ import { mountManifest, readMounted } from './helpers/bounded-read.ts';
 import { mustRun, repoRoot } from './helpers/cli.ts';
 import { apiRequest } from './helpers/api-client.ts';
 import { startRegistry } from './helpers/registry.ts';
-import { type FanotifyImage, fanotifyConfig, isMounted, killProcessesUnder, localfsBackend, spawnDaemon, startFanotifyDaemon, tailOf, waitFor } from './helpers/fanotify-daemon.ts';
+import { type FanotifyImage, fanotifyConfig, daemonFilesTail, isMounted, killProcessesUnder, localfsBackend, processesUnder, spawnDaemon, startFanotifyDaemon, waitFor } from './helpers/fanotify-daemon.ts';
 import { RegistryClient } from '../src/registry/index.ts';
 import { PendingEventJournal } from '../src/daemon/frontend/fanotify-journal.ts';
 import { FanotifyGroup, type FanotifyEvent, READY_BLOCK, closeFd } from '../native/fscache/fanotify.ts';
@@ -679,9 +679,8 @@ while True:
   const signalsGot = () => (fs.existsSync(got) ? fs.readFileSync(got, 'utf8') : '');
   const release = async () => {
     if (wrapper.exitCode !== null || wrapper.signalCode !== null) assert.fail(`the subreaper ended before the test let it go (${wrapper.exitCode ?? wrapper.signalCode})`);
-    const exited = new Promise((r) => wrapper.once('exit', r));
     wrapper.kill('SIGUSR1');
-    await waitFor('the subreaper let go', async () => Promise.race([exited.then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), 100))]), 10_000);
+    await waitFor('the subreaper let go', () => wrapper.exitCode !== null || wrapper.signalCode !== null, 10_000);
   };
   return { mnt, sock, log, worker, adoptive, signalsGot, release };
 }
@@ -713,17 +712,16 @@ async function telling(name: string, fn: () => Promise<void>): Promise<void> {
   try {
     await fn();
   } catch (e) {
-    const running = fs.readdirSync('/proc').filter((n) => /^\d+$/.test(n)).flatMap((pid) => {
-      try {
-        const cmd = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
-        return cmd.some((a) => a.startsWith(path.join(work, name))) ? [`${pid} (parent ${parentOf(Number(pid))}) ${cmd.join(' ').slice(0, 160)}`] : [];
-      } catch {
-        return [];
-      }
-    });
     const base = path.join(work, name);
-    (e as Error).message += `\n--- ${base}/nydusd.log:\n${tailOf(path.join(base, 'nydusd.log'))}\n--- nydusd.out:\n${tailOf(path.join(base, 'nydusd.out'))}`
-      + `\n--- processes:\n${running.join('\n') || '(none)'}`;
+    const parent = (pid: number) => {
+      try {
+        return parentOf(pid);
+      } catch {
+        return 'gone';
+      }
+    };
+    const running = processesUnder(base).map(({ pid, cmd }) => `${pid} (parent ${parent(pid)}) ${cmd.join(' ').slice(0, 160)}`);
+    (e as Error).message += `${daemonFilesTail(base)}\n--- processes:\n${running.join('\n') || '(none)'}`;
     throw e;
   }
 }

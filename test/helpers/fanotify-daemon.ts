@@ -35,19 +35,36 @@ export function spawnDaemon(base: string, cmd: string, args: string[]): ChildPro
 }
 
 /** The last `lines` lines of a file, or '(none)'. */
-export function tailOf(file: string, lines = 40): string {
+function tailOf(file: string, lines = 40): string {
   return fs.existsSync(file) ? fs.readFileSync(file, 'utf8').split('\n').slice(-lines).join('\n') : '(none)';
 }
 
+/** What the daemon under `base` wrote, for a failure's message: the ends of its output and log file. */
+export function daemonFilesTail(base: string): string {
+  return `\n--- ${base}/nydusd.out:\n${tailOf(path.join(base, 'nydusd.out'))}\n--- ${base}/nydusd.log:\n${tailOf(path.join(base, 'nydusd.log'))}`;
+}
+
+/** The processes whose command line names something under `dir`, with that command line. */
+export function processesUnder(dir: string): Array<{ pid: number; cmd: string[] }> {
+  return fs.readdirSync('/proc').filter((n) => /^\d+$/.test(n)).map(Number).flatMap((pid) => {
+    if (pid === process.pid) return [];
+    try {
+      const cmd = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+      return cmd.some((a) => a.startsWith(dir)) ? [{ pid, cmd }] : [];
+    } catch {
+      return []; // gone meanwhile
+    }
+  });
+}
+
 /**
- * Kills (SIGKILL) every process whose command line names something under `dir`: what a failed test
- * left running (a worker, or an adoptive supervisor, no test started itself). Then their mounts can go.
+ * Kills (SIGKILL) every process under `dir` (processesUnder): what a failed test left running (a
+ * worker, or an adoptive supervisor, no test started itself). Then their mounts can go.
  */
 export function killProcessesUnder(dir: string): void {
-  for (const pid of fs.readdirSync('/proc').filter((n) => /^\d+$/.test(n)).map(Number)) {
-    if (pid === process.pid) continue;
+  for (const { pid } of processesUnder(dir)) {
     try {
-      if (fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').some((a) => a.startsWith(dir))) process.kill(pid, 'SIGKILL');
+      process.kill(pid, 'SIGKILL');
     } catch { /* gone meanwhile */ }
   }
 }
@@ -82,7 +99,7 @@ export async function startFanotifyDaemon(
     await waitFor(`${base}: the mount and the API`, async () => isMounted(mnt) && fs.existsSync(sock) && (await apiRequest(sock, 'GET', '/api/v1/daemon').catch(() => null))?.status === 200);
   } catch (e) {
     // What the daemon said is in its files now, not in the test's output.
-    (e as Error).message += `\n--- nydusd.out:\n${tailOf(path.join(base, 'nydusd.out'))}\n--- nydusd.log:\n${tailOf(path.join(base, 'nydusd.log'))}`;
+    (e as Error).message += daemonFilesTail(base);
     throw e;
   }
   return { mnt, sock, state, cacheDir, proc, cfg };
