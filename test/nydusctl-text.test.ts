@@ -5,7 +5,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { backendIntervalText, cacheText } from '../src/cli/nydusctl-text.ts';
+import { backendInterval, backendIntervalText, cacheText } from '../src/cli/nydusctl-text.ts';
 
 const prefetch = {
   partial_hits: 1, whole_hits: 2, total: 3, store_path: '/var/cache', underlying_files: ['a.blob.data'], buffered_backend_size: 0,
@@ -57,4 +57,7 @@ Block Sizes/millis:
 `);
   // A daemon that restarted between the samples: its counters start again, nothing is negative.
   assert.match(backendIntervalText(now, last, 1), /Backend Read Bandwidth: {5}0 KB\/S\nBackend Average IO Size: {4}0 Bytes\nBackend Average Latency: {4}0 millis\n/);
+  // --raw prints the same figures (it once subtracted plainly: negative after a restart).
+  assert.deepEqual(backendInterval(last, now, 2), { interval_secs: 2, read_bandwidth_kb_s: 2048, read_count: 4, average_io_size: 1048576, average_latency_millis: 10, block_latency_millis: [0, 0, 0, 0, 0, 0, 0, 10] });
+  assert.deepEqual(backendInterval(now, last, 1), { interval_secs: 1, read_bandwidth_kb_s: 0, read_count: 0, average_io_size: 0, average_latency_millis: 0, block_latency_millis: [0, 0, 0, 0, 0, 0, 0, 0] });
 });

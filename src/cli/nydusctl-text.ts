@@ -104,24 +104,41 @@ Read Errors:        ${value(m.read_errors)}
   return out;
 }
 
-/** `nydusctl metrics backend -I <secs>`: what the backend read between two samples `secs` apart. */
-export function backendIntervalText(last: Json, now: Json, secs: number): string {
+/**
+ * What the backend read between two samples of GET /api/v1/metrics/backend taken `secs` apart, as
+ * upstream nydusctl works it out. Counters that went down (a new worker counts from zero) count as
+ * nothing read, never a negative figure.
+ */
+export function backendInterval(last: Json, now: Json, secs: number) {
   const delta = (k: string) => Math.max(0, u64(now[k]) - u64(last[k]));
   const deltas = (k: string) => BLOCK_SIZES.map((_, i) => Math.max(0, u64(array(now[k])[i]) - u64(array(last[k])[i])));
-  const data = delta('read_amount_total');
-  const requests = delta('read_count');
-  const latency = delta('read_cumulative_latency_millis_total');
+  const bytes = delta('read_amount_total');
+  const reads = delta('read_count');
   const latencies = deltas('read_cumulative_latency_millis_dist');
   const hits = deltas('read_count_block_size_dist');
+  return {
+    interval_secs: secs,
+    read_bandwidth_kb_s: div(bytes, secs * 1024),
+    read_count: reads,
+    average_io_size: div(bytes, reads),
+    average_latency_millis: div(delta('read_cumulative_latency_millis_total'), reads),
+    /** Average latency per block size (BLOCK_SIZES), millis. */
+    block_latency_millis: BLOCK_SIZES.map((_, i) => div(latencies[i], hits[i])),
+  };
+}
+
+/** `nydusctl metrics backend -I <secs>`: upstream's text of backendInterval. */
+export function backendIntervalText(last: Json, now: Json, secs: number): string {
+  const r = backendInterval(last, now, secs);
   return `
 >>> >>> >>> >>> >>>
-Backend Read Bandwidth:     ${div(data, secs * 1024)} KB/S
-Backend Average IO Size:    ${div(data, requests)} Bytes
-Backend Average Latency:    ${div(latency, requests)} millis
+Backend Read Bandwidth:     ${r.read_bandwidth_kb_s} KB/S
+Backend Average IO Size:    ${r.average_io_size} Bytes
+Backend Average Latency:    ${r.average_latency_millis} millis
 
 Block Sizes/millis:
 ${columns(BLOCK_SIZES)}
-${columns(BLOCK_SIZES.map((_, i) => div(latencies[i], hits[i])))}
+${columns(r.block_latency_millis)}
 <<< <<< <<< <<< <<<
 `;
 }

@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import http from 'node:http';
 import { NydusError } from '../../erofs/errors.ts';
 import { cliParser, runMain } from './main.ts';
-import { type Json, backendIntervalText, backendText, cacheText, daemonText, fsStatsText } from './nydusctl-text.ts';
+import { type Json, backendInterval, backendIntervalText, backendText, cacheText, daemonText, fsStatsText } from './nydusctl-text.ts';
 
 /** One API request; resolves to the answer's JSON body (null when it has none), rejects naming the path on a status of 300 or more. */
 function request(sock: string, method: string, url: string, body?: unknown): Promise<unknown> {
@@ -42,18 +42,15 @@ const SET_ITEMS: Record<string, string> = { 'log-level': 'log_level' };
  * --raw one JSON object a line.
  */
 async function watchBackend(sock: string, url: string, seconds: number, raw: boolean): Promise<never> {
-  type BackendMetrics = { read_amount_total: number; read_count: number; read_cumulative_latency_millis_total: number };
-  let last = await get(sock, url) as BackendMetrics;
+  let last = await get(sock, url) as Json;
   for (;;) {
     await new Promise((r) => setTimeout(r, seconds * 1000));
-    const now = await get(sock, url) as BackendMetrics;
-    if (!raw) {
-      process.stdout.write(backendIntervalText(last, now, seconds));
+    const now = await get(sock, url) as Json;
+    if (raw) {
+      const { block_latency_millis: _, ...figures } = backendInterval(last, now, seconds);
+      print(figures, true);
     } else {
-      const bytes = now.read_amount_total - last.read_amount_total;
-      const reads = now.read_count - last.read_count;
-      const latency = now.read_cumulative_latency_millis_total - last.read_cumulative_latency_millis_total;
-      print({ interval_secs: seconds, read_bandwidth_kb_s: Math.floor(bytes / seconds / 1024), read_count: reads, average_io_size: reads ? Math.floor(bytes / reads) : 0, average_latency_millis: reads ? Math.floor(latency / reads) : 0 }, true);
+      process.stdout.write(backendIntervalText(last, now, seconds));
     }
     last = now;
   }
