@@ -73,6 +73,9 @@ describe('references, platforms, credentials', () => {
     assert.deepEqual([r.registry, r.endpoint, r.repository, r.tag, r.digest], ['127.0.0.1:5000', '127.0.0.1:5000', 'a/b/c', 'v1', d]);
     assert.equal(parseReference(`localhost/x@${d}`).tag, undefined);
     assert.equal(formatReference(parseReference('quay.io/x/y')), 'quay.io/x/y:latest');
+    // Docker Hub's legacy name is Docker Hub, its one-component names library/ ones (as docker pull has them).
+    assert.deepEqual(parseReference('index.docker.io/busybox:1'), { registry: 'docker.io', endpoint: 'registry-1.docker.io', repository: 'library/busybox', tag: '1', digest: undefined });
+    assert.equal(parseReference('index.docker.io/user/app').repository, 'user/app');
     for (const bad of ['', 'UPPER/case', 'a/b:bad tag', `a@sha256:${'z'.repeat(64)}`, 'a/b@md5:00', 'host:99999999/x']) {
       assert.throws(() => parseReference(bad), InvalidReferenceError, bad);
     }
@@ -563,6 +566,34 @@ describe('redirects to blob storage', () => {
       assert.ok(front.seen.filter(toStorage).every((r) => r.headers.authorization === registryAuth), 'the registry itself got them');
     } finally {
       await storage.close();
+      await front.close();
+      await basic.stop();
+    }
+  });
+});
+
+describe('redirects of manifest requests', () => {
+  test('a 307 for a manifest GET and HEAD (as registry.k8s.io answers every one) is followed, without the registry Authorization header', async () => {
+    const users = { dave: 'pw' };
+    const basic = await startRegistry({ users });
+    const credentials = { username: 'dave', password: 'pw' };
+    const registryAuth = `Basic ${Buffer.from('dave:pw').toString('base64')}`;
+    const front = await FaultProxy.start(basic.url);
+    const mirror = await FaultProxy.start(basic.url, { listenHost: '127.0.0.2', upstreamAuthorization: registryAuth });
+    try {
+      const c = client({ credentials });
+      const ref = `${front.host}/redirect/manifest:v1`;
+      const { digest, manifest } = await pushImage(c, ref, [prand(5000, 62)]);
+      const toMirror = (r: { method?: string; url?: string }) => (r.method === 'GET' || r.method === 'HEAD') && r.url!.includes('/manifests/');
+      front.inject({ match: toMirror, fault: { kind: 'redirect', to: mirror.url }, times: Infinity });
+      const got = await c.getManifest(ref);
+      assert.equal(got.digest, digest);
+      assert.deepEqual(got.json, manifest);
+      assert.deepEqual(await c.headManifest(ref), { digest, size: got.size, mediaType: MediaType.ociManifest });
+      assert.deepEqual(mirror.seen.map((r) => r.method), ['GET', 'HEAD'], 'both were answered by the mirror');
+      for (const r of mirror.seen) assert.equal(r.headers.authorization, undefined, `no credentials leak to ${mirror.host}`);
+    } finally {
+      await mirror.close();
       await front.close();
       await basic.stop();
     }

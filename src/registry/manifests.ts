@@ -52,7 +52,9 @@ export async function getManifest(s: RegistrySession, refLike: RefLike): Promise
   const late = (got: number) => new RegistryError({ ...where, detail: `manifest not received whole within ${deadline / 1000} s (${got} bytes came)` });
   let res;
   try {
-    res = await s.call(ref, 'pull', { method: 'GET', target: path, headers: { accept: MANIFEST_ACCEPT }, signal });
+    // Followed as blob requests are: a registry may send manifest requests elsewhere too
+    // (registry.k8s.io answers every one with a 307 to a regional mirror).
+    res = await s.call(ref, 'pull', { method: 'GET', target: path, headers: { accept: MANIFEST_ACCEPT }, followRedirects: true, signal });
     await s.expect(ref, 'GET', res, 200);
   } catch (e) {
     // The request ended by the deadline (not an error answer, nor a token request's own failure).
@@ -98,7 +100,7 @@ export async function getManifest(s: RegistrySession, refLike: RefLike): Promise
 export async function headManifest(s: RegistrySession, refLike: RefLike): Promise<ManifestHead | undefined> {
   const ref = toRef(refLike);
   const path = `/v2/${ref.repository}/manifests/${manifestTarget(ref)}`;
-  const res = await s.call(ref, 'pull', { method: 'HEAD', target: path, headers: { accept: MANIFEST_ACCEPT } });
+  const res = await s.call(ref, 'pull', { method: 'HEAD', target: path, headers: { accept: MANIFEST_ACCEPT }, followRedirects: true });
   await drain(res.body);
   if (res.status === 404) return undefined;
   await s.expect(ref, 'HEAD', res, 200);

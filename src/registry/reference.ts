@@ -7,6 +7,7 @@ import { InvalidReferenceError } from './errors.ts';
 
 export const DOCKER_HUB = 'docker.io';
 export const DOCKER_HUB_ENDPOINT = 'registry-1.docker.io';
+const DOCKER_HUB_LEGACY = 'index.docker.io';
 export const DEFAULT_TAG = 'latest';
 
 export interface ImageReference {
@@ -74,9 +75,12 @@ export function parseReference(input: string): ImageReference {
   }
   if (rest.length > 255) throw new InvalidReferenceError(input, 'repository name longer than 255 characters');
   let repository = rest;
+  // Docker Hub's legacy name is Docker Hub (as distribution/reference has it): its one-component
+  // names are `library/` ones too, which Docker Hub alone knows them by.
+  if (registry === DOCKER_HUB_LEGACY) registry = DOCKER_HUB;
   if (registry === DOCKER_HUB && !repository.includes('/')) repository = `library/${repository}`;
   if (!tag && !digest) tag = DEFAULT_TAG;
-  const endpoint = registry === DOCKER_HUB || registry === 'index.docker.io' ? DOCKER_HUB_ENDPOINT : registry;
+  const endpoint = registry === DOCKER_HUB ? DOCKER_HUB_ENDPOINT : registry;
   return { registry, endpoint, repository, tag, digest };
 }
 
