@@ -13,7 +13,7 @@ import { Readable } from 'node:stream';
 import { execFileSync } from 'node:child_process';
 import {
   RegistryClient, RegistryError, DigestMismatchError, InvalidReferenceError, MediaType,
-  parseReference, formatReference, parsePlatform, selectPlatforms, dockerConfigCredentials, credentialsFromAuth,
+  parseReference, repositoryAt, formatReference, parsePlatform, selectPlatforms, dockerConfigCredentials, credentialsFromAuth,
   type Descriptor, type ImageIndex, type ImageManifest, type RegistryClientOptions,
 } from '../src/registry/index.ts';
 import { prand, tmpDir } from './helpers/fixtures.ts';
@@ -76,6 +76,14 @@ describe('references, platforms, credentials', () => {
     // Docker Hub's legacy name is Docker Hub, its one-component names library/ ones (as docker pull has them).
     assert.deepEqual(parseReference('index.docker.io/busybox:1'), { registry: 'docker.io', endpoint: 'registry-1.docker.io', repository: 'library/busybox', tag: '1', digest: undefined });
     assert.equal(parseReference('index.docker.io/user/app').repository, 'user/app');
+    // nydusd's registry backend names host and repo apart: the host is the registry, a name without a
+    // dot too (parsed as one reference, `harbor/team/app` would be Docker Hub's).
+    assert.deepEqual(repositoryAt('harbor', 'team/app'), { registry: 'harbor', endpoint: 'harbor', repository: 'team/app', tag: 'latest' });
+    assert.deepEqual(repositoryAt('index.docker.io', 'busybox'), { registry: 'docker.io', endpoint: 'registry-1.docker.io', repository: 'library/busybox', tag: 'latest' });
+    assert.equal(repositoryAt('127.0.0.1:5000', 'a/b').endpoint, '127.0.0.1:5000');
+    for (const [host, repo] of [['', 'a'], ['bad host', 'a'], ['h', ''], ['h', 'Upper'], ['h', 'a:tag']]) {
+      assert.throws(() => repositoryAt(host, repo), InvalidReferenceError, `${host} ${repo}`);
+    }
     for (const bad of ['', 'UPPER/case', 'a/b:bad tag', `a@sha256:${'z'.repeat(64)}`, 'a/b@md5:00', 'host:99999999/x']) {
       assert.throws(() => parseReference(bad), InvalidReferenceError, bad);
     }

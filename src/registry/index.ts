@@ -10,7 +10,7 @@ export { MAX_TOKEN_ANSWER } from './session.ts';
 export { ERROR_BODY_EXCERPT } from './transport.ts';
 export type { StreamSource, PushBlobOptions, PushedBlob, PushStreamOptions } from './upload.ts';
 export type { TransportOptions } from './transport.ts';
-export { parseReference, formatReference, withDigest, withTag, isDigest, type ImageReference } from './reference.ts';
+export { parseReference, repositoryAt, formatReference, withDigest, withTag, isDigest, type ImageReference } from './reference.ts';
 export { parsePlatform, formatPlatform, defaultPlatform, platformMatches, selectPlatforms } from './platform.ts';
 export { MediaType, MANIFEST_ACCEPT, isIndexType, isImageManifestType } from './media-types.ts';
 export type { Descriptor, ImageManifest, ImageIndex, Platform } from './media-types.ts';

@@ -67,21 +67,41 @@ export function parseReference(input: string): ImageReference {
     rest = rest.slice(0, colon);
     if (!TAG.test(tag)) throw new InvalidReferenceError(input, `tag "${tag}" is not [A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`);
   }
-  if (!rest) throw new InvalidReferenceError(input, 'no repository name');
-  for (const part of rest.split('/')) {
+  checkRepository(input, rest);
+  if (!tag && !digest) tag = DEFAULT_TAG;
+  return { ...repositoryOf(registry, rest), tag, digest };
+}
+
+/**
+ * A repository on a registry given apart (nydusd's registry backend config: `host` and `repo`): the
+ * host is the registry as written, a name without a dot (a cluster's `harbor` service) too, never
+ * taken for Docker Hub's first path component. Throws InvalidReferenceError naming what is wrong.
+ */
+export function repositoryAt(host: string, repo: string): ImageReference {
+  if (!HOST.test(host)) throw new InvalidReferenceError(`${host}/${repo}`, `registry host "${host}" is not host[:port]`);
+  checkRepository(`${host}/${repo}`, repo);
+  return { ...repositoryOf(host, repo), tag: DEFAULT_TAG };
+}
+
+function checkRepository(input: string, repository: string): void {
+  if (!repository) throw new InvalidReferenceError(input, 'no repository name');
+  for (const part of repository.split('/')) {
     if (!PATH_COMPONENT.test(part)) {
       throw new InvalidReferenceError(input, `repository component "${part}" must be lowercase letters, digits and separators (. _ __ -)`);
     }
   }
-  if (rest.length > 255) throw new InvalidReferenceError(input, 'repository name longer than 255 characters');
-  let repository = rest;
-  // Docker Hub's legacy name is Docker Hub (as distribution/reference has it): its one-component
-  // names are `library/` ones too, which Docker Hub alone knows them by.
-  if (registry === DOCKER_HUB_LEGACY) registry = DOCKER_HUB;
-  if (registry === DOCKER_HUB && !repository.includes('/')) repository = `library/${repository}`;
-  if (!tag && !digest) tag = DEFAULT_TAG;
-  const endpoint = registry === DOCKER_HUB ? DOCKER_HUB_ENDPOINT : registry;
-  return { registry, endpoint, repository, tag, digest };
+  if (repository.length > 255) throw new InvalidReferenceError(input, 'repository name longer than 255 characters');
+}
+
+/**
+ * The registry, endpoint and repository of a checked repository on `registry`. Docker Hub's legacy
+ * name is Docker Hub (as distribution/reference has it), and its one-component names are `library/`
+ * ones, which Docker Hub alone knows them by.
+ */
+function repositoryOf(written: string, repository: string): Pick<ImageReference, 'registry' | 'endpoint' | 'repository'> {
+  const registry = written === DOCKER_HUB_LEGACY ? DOCKER_HUB : written;
+  if (registry !== DOCKER_HUB) return { registry, endpoint: registry, repository };
+  return { registry, endpoint: DOCKER_HUB_ENDPOINT, repository: repository.includes('/') ? repository : `library/${repository}` };
 }
 
 /** The canonical string: `registry/repository[:tag][@digest]`. */

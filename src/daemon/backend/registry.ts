@@ -7,7 +7,7 @@
  */
 import type { Dispatcher } from 'undici';
 import { NydusError, ENOENT } from '../../../erofs/errors.ts';
-import { type Credentials, RegistryClient, credentialsFromAuth, parseReference, type ImageReference } from '../../registry/index.ts';
+import { type Credentials, RegistryClient, credentialsFromAuth, repositoryAt, type ImageReference } from '../../registry/index.ts';
 import type { BlobBackend } from './localfs.ts';
 import { type MetricsSink, countRead, newBackendMetrics } from './metrics.ts';
 import type { RegistryBackendConfig } from './remote-config.ts';
@@ -70,7 +70,7 @@ export class RegistryBackend implements BlobBackend {
   private credentials: Credentials | undefined;
 
   constructor(private readonly cfg: RegistryBackendConfig, private readonly metrics: MetricsSink = newBackendMetrics()) {
-    this.ref = parseReference(`${cfg.host}/${cfg.repo}`);
+    this.ref = repositoryAt(cfg.host, cfg.repo);
     this.deadlineMs = readDeadlineMs(cfg);
     this.credentials = cfg.credentials;
   }

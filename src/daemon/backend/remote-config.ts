@@ -4,7 +4,7 @@
  * serde does (the snapshotter adds some, e.g. `readahead`); known fields with bad values are refused.
  */
 import { ConfigError, type Json, count, flag, obj, str } from '../config.ts';
-import { credentialsFromAuth, parseReference, type Credentials } from '../../registry/index.ts';
+import { credentialsFromAuth, repositoryAt, type Credentials } from '../../registry/index.ts';
 
 /** The `proxy` section: a Dragonfly-style HTTP proxy in front of the origin. */
 export interface ProxyConfig {
@@ -136,7 +136,7 @@ export function registryConfigFrom(cfg: Json, where: string): RegistryBackendCon
   const host = str(cfg, 'host', where);
   const repo = str(cfg, 'repo', where);
   try {
-    parseReference(`${host}/${repo}`);
+    repositoryAt(host, repo);
   } catch (e) {
     throw new ConfigError(`${where}: host ${JSON.stringify(host)} and repo ${JSON.stringify(repo)} do not name a repository: ${(e as Error).message}`);
   }
