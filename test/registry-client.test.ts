@@ -580,6 +580,31 @@ describe('redirects to blob storage', () => {
   });
 });
 
+describe('upload Locations on another host', () => {
+  test('an upload session on another host gets no credentials of the registry\'s', async () => {
+    const users = { erin: 'pw' };
+    const basic = await startRegistry({ users });
+    const registryAuth = `Basic ${Buffer.from('erin:pw').toString('base64')}`;
+    // The other host completes the upload with its own access to the registry (as a registry behind
+    // a load balancer that names a node of its own would).
+    const node = await FaultProxy.start(basic.url, { listenHost: '127.0.0.2', upstreamAuthorization: registryAuth });
+    const front = await FaultProxy.start(basic.url, { locationsTo: node.url });
+    try {
+      const c = client({ credentials: { username: 'erin', password: 'pw' }, uploadChunkSize: 100_000 });
+      const data = prand(250_000, 63);
+      assert.equal((await c.pushBlobStream(`${front.host}/upload/elsewhere`, Readable.from([data]))).how, 'uploaded');
+      assert.ok((await c.getBlob(`${front.host}/upload/elsewhere`, sha(data))).equals(data));
+      assert.ok(node.seen.length >= 2, `the upload went on at ${node.host}`);
+      for (const r of node.seen) assert.equal(r.headers.authorization, undefined, `no credentials leak to ${node.host} (${r.method} ${r.url})`);
+      assert.ok(front.seen.some((r) => r.method === 'POST' && r.headers.authorization === registryAuth), 'the registry itself got them');
+    } finally {
+      await front.close();
+      await node.close();
+      await basic.stop();
+    }
+  });
+});
+
 describe('redirects of manifest requests', () => {
   test('a 307 for a manifest GET and HEAD (as registry.k8s.io answers every one) is followed, without the registry Authorization header', async () => {
     const users = { dave: 'pw' };

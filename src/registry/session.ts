@@ -95,8 +95,17 @@ export class RegistrySession {
     return a;
   }
 
-  /** Sends with the cached authorization; on 401 answers the challenge and sends once more. */
+  /**
+   * Sends with the cached authorization; on 401 answers the challenge and sends once more. A target
+   * on another host (an upload Location naming one) gets neither: the registry's credentials and
+   * tokens are for the registry alone, as docker's client authorizes only hosts that challenged it.
+   */
   async call(ref: ImageReference, access: Action | string[], req: Omit<HttpRequest, 'reference'>): Promise<HttpResponse> {
+    // (Both as URLs: an endpoint written with its scheme's default port is the same host.)
+    if (this.transport.resolve(ref.endpoint, req.target).host !== this.transport.resolve(ref.endpoint, '/').host) {
+      const { authorization: _dropped, ...headers } = req.headers ?? {};
+      return this.transport.send(ref.endpoint, { ...req, headers, reference: formatReference(ref) });
+    }
     const scopes = typeof access === 'string' ? [repositoryScope(ref.repository, access)] : access;
     const auth = this.authorizer(ref);
     let authorization = auth.header(scopes);

@@ -43,6 +43,8 @@ export interface ProxyOptions {
   upstreamAuthorization?: string;
   /** Rewrite absolute Location headers to paths (tests relative upload Locations). */
   relativeLocations?: boolean;
+  /** Rewrite Location headers to this origin (`http://host:port`): a registry naming another host for its uploads. */
+  locationsTo?: string;
 }
 
 function listen(server: http.Server, host: string): Promise<number> {
@@ -159,6 +161,10 @@ export class FaultProxy {
       if (this.opts.relativeLocations && typeof outHeaders.location === 'string') {
         const loc = new URL(outHeaders.location, this.url);
         outHeaders.location = loc.pathname + loc.search;
+      }
+      if (this.opts.locationsTo && typeof outHeaders.location === 'string') {
+        const loc = new URL(outHeaders.location, this.url);
+        outHeaders.location = this.opts.locationsTo + loc.pathname + loc.search;
       }
       if (fault?.kind === 'corrupt-body') {
         const parts: Buffer[] = [];
