@@ -159,6 +159,29 @@ test('session: OPEN and READ fill the cache files with exactly the image bytes',
   state.close();
 });
 
+test('session: an OPEN the kernel withdrew before its answer (copen fails) drops the object and closes its fd; the daemon serves on', async () => {
+  const state = new DaemonState(path.join(work, 'state-withdrawn'));
+  const registry = track(new ImageRegistry(state, log));
+  await registry.add(entry('img'));
+  const port = new FakePort();
+  const session = new OnDemandSession(port, registry, state, log, 2);
+  port.withdrawn.add(1).add(2);
+  // An exception out of handle() would end the daemon: the device's watcher calls it.
+  session.handle({ type: 'open', msgId: 1, objectId: 10, volumeKey: 'erofs,img', cookieKey: blobId, fd: port.give(100), flags: 0 });
+  session.handle({ type: 'open', msgId: 2, objectId: 11, volumeKey: 'erofs,img', cookieKey: 'f'.repeat(64), fd: port.give(101), flags: 0 });
+  assert.deepEqual(port.closed, [100, 101], 'the fds of both are closed');
+  session.handle({ type: 'read', msgId: 3, objectId: 10, offset: 0, len: 4096 });
+  // The object id comes again with a new OPEN: it is served.
+  session.handle({ type: 'open', msgId: 4, objectId: 10, volumeKey: 'erofs,img', cookieKey: blobId, fd: port.give(102), flags: 0 });
+  session.handle({ type: 'read', msgId: 5, objectId: 10, offset: 0, len: 4096 });
+  await waitFor(() => session.inflight().length === 0, 'the READ of the object opened again');
+  assert.deepEqual(port.completed, [5], 'no READ is completed on the dropped object');
+  assert.ok(port.blocks.get(102)?.has(0), 'the new object\'s cache file holds the block');
+  assert.equal(port.blocks.get(100), undefined, 'nothing was written through the dropped object\'s fd');
+  assert.deepEqual(port.violations, []);
+  state.close();
+});
+
 /**
  * Image `id` of the test blob registered with its blobs in `dir`, its blob OPENed on cache fd `fd`
  * and its first block READ (msgId 2) by a new session; settles once that READ is done.

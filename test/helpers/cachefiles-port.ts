@@ -16,6 +16,8 @@ export class FakePort implements CachefilesPort {
   writes: Array<[number, number]> = [];
   violations: string[] = [];
   open = new Set<number>();
+  /** OPENs the kernel has withdrawn (its mount interrupted): their copen fails EINVAL, as the device's write does. */
+  withdrawn = new Set<number>();
   /** While set, writes wait for it (to hold work in flight). */
   gate: Promise<void> | null = null;
   /** Hands the kernel's fd for an OPEN to the daemon. */
@@ -24,6 +26,7 @@ export class FakePort implements CachefilesPort {
     return fd;
   }
   copen(msgId: number, size: number): void {
+    if (this.withdrawn.has(msgId)) throw Object.assign(new Error(`copen ${msgId},${size}: Invalid argument`), { code: 'EINVAL', errno: 22 });
     this.copens.push([msgId, size]);
   }
   async writeData(fd: number, offset: number, data: Uint8Array): Promise<void> {

@@ -91,7 +91,19 @@ export class OnDemandSession {
     this.limiter = new Limiter(Math.max(1, threads));
   }
 
+  /**
+   * One message of the kernel's. Nothing in it may throw out of here: the device's watcher calls this,
+   * and an exception there would end the daemon, every other mount's READs with it.
+   */
   handle(msg: CachefilesMessage): void {
+    try {
+      this.dispatch(msg);
+    } catch (e) {
+      this.log.error({ type: msg.type, err: (e as Error).message }, 'a message from the kernel could not be handled');
+    }
+  }
+
+  private dispatch(msg: CachefilesMessage): void {
     if (msg.type === 'open') this.open(msg);
     else if (msg.type === 'read') {
       this.pending.set(msg.msgId, { objectId: msg.objectId, since: Date.now() });
@@ -110,7 +122,11 @@ export class OnDemandSession {
     const target = volume ? this.resolver.resolve(volume, msg.cookieKey) : null;
     if (!target) {
       this.log.warn({ volume: msg.volumeKey, cookie: msg.cookieKey }, 'open of an unknown object refused');
-      this.dev.copen(msg.msgId, -ENOENT);
+      try {
+        this.dev.copen(msg.msgId, -ENOENT);
+      } catch (e) {
+        this.log.warn({ volume: msg.volumeKey, cookie: msg.cookieKey, err: (e as Error).message }, 'the refusal of an OPEN was not taken (withdrawn by the kernel?)');
+      }
       this.dev.closeFd(msg.fd);
       return;
     }
@@ -146,7 +162,16 @@ export class OnDemandSession {
       };
     this.objects.set(msg.objectId, obj);
     this.stats.opens++;
-    this.dev.copen(msg.msgId, size);
+    try {
+      this.dev.copen(msg.msgId, size);
+    } catch (e) {
+      // The kernel withdrew the OPEN (EINVAL: its mount was interrupted) or will not have it: the
+      // object never opened, no READ comes for it; its fd is closed.
+      this.log.warn({ objectId: msg.objectId, volume, cookie: msg.cookieKey, err: (e as Error).message }, 'the answer to an OPEN was not taken (withdrawn by the kernel?); the object is dropped');
+      if (this.objects.get(msg.objectId) === obj) this.objects.delete(msg.objectId);
+      guard.close();
+      return;
+    }
     this.log.info({ objectId: msg.objectId, volume, cookie: msg.cookieKey, kind: target.kind, size }, 'open');
     if (obj.target.kind === 'blob') obj.target.file.start(target.kind === 'blob' ? target.prefetch : null);
   }
