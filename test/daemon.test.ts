@@ -13,6 +13,7 @@ import { exportBlock } from '../src/image/export-block.ts';
 import { ImageRegistry } from '../src/daemon/daemon.ts';
 import { DaemonState } from '../src/daemon/state.ts';
 import { OnDemandSession } from '../src/daemon/frontend/cachefiles.ts';
+import { MarkedCacheFile } from '../src/daemon/frontend/fanotify-cache-file.ts';
 import { ChunkFetcher, batchChunks } from '../src/daemon/chunk-fetcher.ts';
 import { BlobMap, packChunks } from '../src/daemon/blob-map.ts';
 import { type BlobBackend, LocalFsBackend } from '../src/daemon/backend/localfs.ts';
@@ -179,6 +180,40 @@ test('session: an OPEN the kernel withdrew before its answer (copen fails) drops
   assert.ok(port.blocks.get(102)?.has(0), 'the new object\'s cache file holds the block');
   assert.equal(port.blocks.get(100), undefined, 'nothing was written through the dropped object\'s fd');
   assert.deepEqual(port.violations, []);
+  state.close();
+});
+
+test('fanotify cache file: a write waiting for a writer fd fails when the file closes, and the file\'s work drains (its fds closed)', async () => {
+  const state = new DaemonState(path.join(work, 'state-writer'));
+  const registry = track(new ImageRegistry(state, log));
+  await registry.add(entry('writer'));
+  const resolved = registry.resolve('writer', blobId);
+  assert.equal(resolved?.kind, 'blob');
+  if (resolved?.kind !== 'blob') return;
+  // A predecessor's file (restored): no fd opened now may write; the writer comes with the first
+  // event, and with this group (no kernel) none comes.
+  const dir = path.join(work, 'writer-cache');
+  fs.mkdirSync(dir);
+  const file = path.join(dir, `${blobId}.blob.data`);
+  fs.writeFileSync(file, '');
+  fs.truncateSync(file, resolved.map.uncompressedSize);
+  const group = { mark: () => undefined, unmark: () => undefined, setReadyBlocks: () => undefined };
+  const f = new MarkedCacheFile(file, { ...resolved, prefetch: null }, true, group, state, { prefetchedChunks: 0, staleMarks: 0, chunksWrittenByVerifier: 0 }, log);
+  const fdsOnFile = () => fs.readdirSync('/proc/self/fd').filter((fd) => {
+    try {
+      return fs.readlinkSync(`/proc/self/fd/${fd}`) === file;
+    } catch {
+      return false;
+    }
+  }).length;
+  assert.equal(fdsOnFile(), 1, 'the probe fd');
+  const filling = f.fill(0, 4096).then(() => 'filled', (e: Error) => e.message);
+  await settle();
+  f.close();
+  const outcome = await Promise.race([filling, new Promise((r) => setTimeout(() => r('still waiting 10 s after close'), 10_000))]);
+  assert.match(String(outcome), /closed|removed/, 'the fill fails, it neither hangs nor succeeds');
+  await waitFor(() => fdsOnFile() === 0, 'the file\'s fds closed');
+  assert.equal(state.count({ volume: `fanotify,${dir}`, cookie: blobId }), 0, 'nothing marked');
   state.close();
 });
 
@@ -661,6 +696,52 @@ test('a READ that joined a fetch made before it, which failed (the backend serve
     assert.deepEqual(reads.map(([, , bad]) => bad), [true, false], 'the chunk was fetched once more, from the mended backend');
     assert.ok(state.isCached({ volume: 'v', cookie: blobId }, 2));
     for (const i of [0, 1, 3]) assert.ok(!state.isCached({ volume: 'v', cookie: blobId }, i), `chunk ${i}, fetched corrupt and read by no one, is not kept`);
+  } finally {
+    pool.close();
+    state.close();
+  }
+});
+
+test('a bandwidth-limited prefetch skips what READs brought in while it waited for its turn: every chunk fetched once', async () => {
+  const plain = Array.from({ length: 4 }, (_, i) => prand(20_000, 800 + i));
+  const stored = plain.map((p) => Buffer.from(compressChunk('zstd', p) ?? p));
+  const chunks: ChunkRef[] = [];
+  let coff = 0;
+  plain.forEach((p, i) => {
+    chunks.push({ blobIndex: 0, indexInBlob: i, digest: chunkDigest('blake3', p), uncompressedOffset: i * 20_480, uncompressedSize: p.length, compressedOffset: coff, compressedSize: stored[i].length, compressed: compressChunk('zstd', p) !== null });
+    coff += stored[i].length;
+  });
+  const blob = Buffer.concat(stored);
+  const blobId = 'c'.repeat(64);
+  const map = new BlobMap(blobId, 0, 4 * 20_480, 'zstd', 'blake3', packChunks(chunks));
+  const reads: Array<[number, number]> = [];
+  const backend: BlobBackend = {
+    type: 'test',
+    async read(_id, offset, size) {
+      reads.push([offset, size]);
+      return Buffer.from(blob.subarray(offset, offset + size));
+    },
+    size: async () => blob.length,
+    close: async () => undefined,
+  };
+  const pool = new VerifyPool(2);
+  const state = new DaemonState(path.join(work, 'state-paced'));
+  const cache = Buffer.alloc(4 * 20_480);
+  const file = new BlobCacheFile({ volume: 'v', cookie: blobId }, map, new ChunkFetcher(backend, undefined, pool), {
+    asksOnlyForMissing: true,
+    write: async (offset, data) => void Buffer.from(data.buffer, data.byteOffset, data.byteLength).copy(cache, offset),
+    dataRanges: () => [],
+  }, new WorkGuard(() => undefined), state, { prefetchedChunks: 0, staleMarks: 0, chunksWrittenByVerifier: 0 }, log);
+  try {
+    // A chunk a batch, one at a time, at 20 KB/s: after the first, each batch waits about a second.
+    file.start({ order: Uint32Array.from([0, 1, 2, 3]), listed: 0, config: { threads: 1, batchSize: 20_480, bandwidthLimit: 20_000 } });
+    await waitFor(() => reads.length === 1, 'the prefetch\'s first backend read', 5_000);
+    // Meanwhile a reader wants the rest (its window brings in chunks 2 and 3 too).
+    await file.fill(20_480, 4096);
+    await file.whenPrefetched();
+    for (let i = 0; i < 4; i++) assert.ok(cache.subarray(i * 20_480, i * 20_480 + 20_000).equals(plain[i]), `chunk ${i} holds its bytes`);
+    const fetchesOf = (c: ChunkRef) => reads.filter(([o, n]) => o <= c.compressedOffset && c.compressedOffset < o + n).length;
+    assert.deepEqual(chunks.map(fetchesOf), [1, 1, 1, 1], `every chunk fetched once (backend reads ${JSON.stringify(reads)})`);
   } finally {
     pool.close();
     state.close();

@@ -581,10 +581,13 @@ export class BlobCacheFile {
     const worker = async () => {
       while (next < batches.length && !this.closed) {
         // Chunks a READ brought in since the plan was made are not fetched again.
-        const batch = batches[next++].filter((c) => this.wanted(c, false));
-        if (!batch.length) continue;
-        await pace.take(batch.reduce((n, c) => n + c.compressedSize, 0), () => this.closed);
+        const planned = batches[next++].filter((c) => this.wanted(c, false));
+        if (!planned.length) continue;
+        await pace.take(planned.reduce((n, c) => n + c.compressedSize, 0), () => this.closed);
         if (this.closed) return;
+        // Again after the pacer's wait (seconds, under a bandwidth limit): READs went on meanwhile.
+        const batch = planned.filter((c) => this.wanted(c, false));
+        if (!batch.length) continue;
         const { written, failed } = await this.materializeRuns(batch, this.fetch(batch, false, plan.config.batchSize, background), false);
         this.counters.prefetchedChunks += written;
         for (const [c, e] of failed) this.log.warn({ blob: this.map.blobId, chunk: c.indexInBlob, err: e.message }, 'prefetch of a chunk failed');

@@ -81,7 +81,7 @@ export class MarkedCacheFile {
   private writerFd: number | null;
   /** The writer as verification jobs write through it (BlobCacheFile's target), once there is one. */
   private writeTarget: { fd: number } | null = null;
-  private readonly writerWaiters: Array<(fd: number) => void> = [];
+  private readonly writerWaiters: Array<{ resolve: (fd: number) => void; reject: (e: Error) => void }> = [];
   /** Every chunk is in the file and the mark is gone. */
   private complete = false;
   private checkPending = false;
@@ -209,7 +209,7 @@ export class MarkedCacheFile {
     if (this.writerFd !== null) return;
     this.writerFd = dupFd(fd);
     this.writeTarget = { fd: this.writerFd };
-    for (const w of this.writerWaiters.splice(0)) w(this.writerFd);
+    for (const w of this.writerWaiters.splice(0)) w.resolve(this.writerFd);
     this.shareReady();
   }
 
@@ -241,6 +241,9 @@ export class MarkedCacheFile {
     } catch (e) {
       this.log.warn({ file: this.path, err: (e as Error).message }, 'cannot remove the mark');
     }
+    // Writes waiting for a writer fd get none now (no event comes for an unmarked file): they fail,
+    // so that the work holding the guard ends and the fds are closed.
+    for (const w of this.writerWaiters.splice(0)) w.reject(new Error(`${this.path}: closed before an event gave a writer fd`));
     this.guard.close();
   }
 
@@ -278,7 +281,15 @@ export class MarkedCacheFile {
       this.lastCount = marked;
       return;
     }
-    const ranges = dataRangesOf(this.probeFd, 0, this.size);
+    let ranges: Array<[number, number]>;
+    try {
+      ranges = dataRangesOf(this.probeFd, 0, this.size);
+    } catch (e) {
+      // (Called from timers and after markings: a throw would end the worker.) The mark stays; the
+      // next marking or read checks again.
+      this.log.warn({ file: this.path, err: (e as Error).message }, 'cannot tell whether the cache file is complete');
+      return;
+    }
     for (let pos = 0; pos < map.chunkCount; pos++) if (!covers(ranges, map.rangeAt(pos))) return;
     try {
       this.group.unmark(this.path);
@@ -327,8 +338,9 @@ export class MarkedCacheFile {
   /** The writer fd; when there is none yet, one event for the file is provoked (module comment). */
   private writer(): Promise<number> {
     if (this.writerFd !== null) return Promise.resolve(this.writerFd);
-    return new Promise((resolve) => {
-      this.writerWaiters.push(resolve);
+    if (this.guard.closed) return Promise.reject(new Error(`${this.path}: closed before an event gave a writer fd`));
+    return new Promise((resolve, reject) => {
+      this.writerWaiters.push({ resolve, reject });
       if (this.writerWaiters.length > 1) return;
       fs.read(this.probeFd, Buffer.alloc(1), 0, 1, 0, (err) => {
         if (err) this.log.debug({ file: this.path, err: err.message }, 'the read that provoked an event failed');

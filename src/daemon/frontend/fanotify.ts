@@ -396,8 +396,14 @@ export class FanotifySession {
    */
   private afterRead(f: MarkedCacheFile, e: FanotifyEvent): void {
     if (e.offset >= f.size) return;
-    if (e.pid !== process.pid && e.offset >= 0) f.trace?.record(e.offset, e.count);
-    f.readOn(e.offset, e.count);
+    // The event is answered and its fd closed already: a failure here must not reach start()'s catch,
+    // which would answer and close that fd number again (by now maybe another event's).
+    try {
+      if (e.pid !== process.pid && e.offset >= 0) f.trace?.record(e.offset, e.count);
+      f.readOn(e.offset, e.count);
+    } catch (err) {
+      this.log.error({ file: f.path, offset: e.offset, count: e.count, err: (err as Error).message }, 'cannot follow an answered read');
+    }
   }
 
   /** Fills the range, then answers: allowed only when every chunk of it is in the file. */
