@@ -512,6 +512,16 @@ describe('faults between client and registry', () => {
     assert.ok(proxy.seen.some((r) => r.method === 'GET' && r.url.includes('/blobs/uploads/')), 'upload status was asked');
   });
 
+  test('a first PATCH that failed before any byte was stored resumes too (the session\'s Range is 0-0, as after one byte)', async () => {
+    const c = client({ uploadChunkSize: 100_000 });
+    const data = prand(250_000, 57);
+    let patches = 0;
+    proxy.inject({ match: (r) => r.method === 'PATCH' && ++patches === 1, fault: { kind: 'status', status: 502 } });
+    const pushed = await c.pushBlobStream(`${proxy.host}/faults/first-patch`, Readable.from([data]));
+    assert.equal(pushed.digest, sha(data));
+    assert.ok((await c.getBlob(`${reg.host}/faults/first-patch`, sha(data))).equals(data));
+  });
+
   test('HTTP_PROXY from the environment is used, NO_PROXY hosts bypass it', async () => {
     const data = prand(2000, 58);
     await client().pushBlob(`${reg.host}/faults/proxied`, data);

@@ -174,6 +174,13 @@ async function patchChunk(s: RegistrySession, ref: ImageReference, location: URL
     await s.transport.pause(failures++);
     const status = await uploadStatus(s, ref, location);
     location = status.location;
+    if (offset === 0 && status.upTo === 1) {
+      // `Range: 0-0` is what distribution answers for an empty session and for one of a byte alike:
+      // nothing before this chunk is lost by starting the upload over in a session of its own.
+      location = await startUpload(s, ref);
+      sent = 0;
+      continue;
+    }
     if (status.upTo < offset || status.upTo > offset + chunk.length) {
       throw new RegistryError({ reference: formatReference(ref), method: 'PATCH', path: location.pathname, detail: `cannot resume: registry holds ${status.upTo} bytes, chunk is ${offset}-${offset + chunk.length - 1}` });
     }
