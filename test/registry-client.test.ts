@@ -17,6 +17,7 @@ import {
   type Descriptor, type ImageIndex, type ImageManifest, type RegistryClientOptions,
 } from '../src/registry/index.ts';
 import { prand, tmpDir } from './helpers/fixtures.ts';
+import { bypassesProxy, cidrsOf } from '../src/registry/env-proxy.ts';
 import { requireTool, startRegistry, type RegistryServer } from './helpers/registry.ts';
 import { FaultProxy, TokenAuthProxy } from './helpers/registry-proxy.ts';
 
@@ -522,17 +523,30 @@ describe('faults between client and registry', () => {
     assert.ok((await c.getBlob(`${reg.host}/faults/first-patch`, sha(data))).equals(data));
   });
 
-  test('HTTP_PROXY from the environment is used, NO_PROXY hosts bypass it', async () => {
+  test('HTTP_PROXY from the environment is used; localhost and loopback addresses bypass it (as Go\'s transport)', async () => {
     const data = prand(2000, 58);
     await client().pushBlob(`${reg.host}/faults/proxied`, data);
+    const port = reg.host.split(':').pop();
+    // A name only the proxy reaches (it forwards to the registry): the client never resolves it.
+    const remote = `registry.proxied.test:${port}`;
     const via = client({ proxyFromEnvironment: true, env: { HTTP_PROXY: proxy.url } });
     const start = proxy.seen.length;
-    assert.ok((await via.getBlob(`${reg.host}/faults/proxied`, sha(data))).equals(data));
-    assert.ok(proxy.seen.slice(start).some((r) => r.url === `http://${reg.host}/v2/faults/proxied/blobs/${sha(data)}`), 'absolute-form request through the proxy');
-    const bypass = client({ proxyFromEnvironment: true, env: { HTTP_PROXY: proxy.url, NO_PROXY: '127.0.0.1' } });
-    const before = proxy.seen.length;
-    assert.ok((await bypass.getBlob(`${reg.host}/faults/proxied`, sha(data))).equals(data));
-    assert.equal(proxy.seen.length, before);
+    assert.ok((await via.getBlob(`${remote}/faults/proxied`, sha(data))).equals(data));
+    assert.ok(proxy.seen.slice(start).some((r) => r.url === `http://${remote}/v2/faults/proxied/blobs/${sha(data)}`), 'absolute-form request through the proxy');
+    // A registry on this machine is never asked through a proxy, NO_PROXY or not (a proxy cannot reach it).
+    for (const host of [reg.host, `localhost:${port}`]) {
+      const before = proxy.seen.length;
+      assert.ok((await via.getBlob(`${host}/faults/proxied`, sha(data))).equals(data), host);
+      assert.equal(proxy.seen.length, before, `${host} went straight to the registry`);
+    }
+    // (A NO_PROXY name is matched by undici's EnvHttpProxyAgent; going straight out to one would need
+    // a name this machine resolves other than localhost.)
+  });
+
+  test('NO_PROXY: CIDR entries take IP-literal hosts, as Go\'s httpproxy does; loopback and localhost always go straight out', () => {
+    const cidrs = cidrsOf('example.com, 10.0.0.0/8 fd00::/8,bad/99,192.168.1.7/32');
+    for (const host of ['10.1.2.3', '192.168.1.7', 'fd00::1', '127.0.0.1', '127.9.9.9', '::1', 'localhost', 'LOCALHOST']) assert.ok(bypassesProxy(host, cidrs), host);
+    for (const host of ['11.0.0.1', '192.168.1.8', 'fe80::1', 'example.com', 'registry.example.com', '10.0.0.1.example.com']) assert.ok(!bypassesProxy(host, cidrs), host);
   });
 
   test('destroy aborts a request in flight', async () => {

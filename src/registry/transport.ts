@@ -9,6 +9,7 @@
  */
 import type { Dispatcher } from 'undici';
 import { undici } from './undici.ts';
+import { envProxyRoutes } from './env-proxy.ts';
 import type { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { setMaxListeners } from 'node:events';
@@ -140,8 +141,10 @@ function describeNetworkError(e: unknown): string {
 }
 
 export class Transport {
-  private readonly dispatcher: Dispatcher;
-  private readonly ownsDispatcher: boolean;
+  /** The dispatcher of a request's URL (env-proxy.ts: some hosts bypass the proxy variables). */
+  private readonly dispatcherFor: (url: URL) => Dispatcher;
+  /** The dispatchers made here, closed with the transport (none when the caller gave its own). */
+  private readonly owned: Dispatcher[];
   /** Hosts found to speak plain http under `insecure`. */
   private readonly httpHosts = new Set<string>();
   /** Aborted by destroy(): requests in flight and backoff waits end at once. */
@@ -159,8 +162,9 @@ export class Transport {
     this.timeoutRetries = opts.timeoutRetries ?? 1;
     this.documentTimeoutMs = opts.documentTimeoutMs ?? 120_000;
     if (opts.dispatcher) {
-      this.dispatcher = opts.dispatcher;
-      this.ownsDispatcher = false;
+      const given = opts.dispatcher;
+      this.dispatcherFor = () => given;
+      this.owned = [];
     } else {
       const agentOptions = {
         connect: { timeout: opts.connectTimeoutMs ?? 30_000, rejectUnauthorized: !opts.insecure },
@@ -172,18 +176,19 @@ export class Transport {
       const env = opts.env ?? process.env;
       const httpProxy = env.HTTP_PROXY ?? env.http_proxy;
       const httpsProxy = env.HTTPS_PROXY ?? env.https_proxy;
-      this.dispatcher = opts.proxyFromEnvironment !== false && (httpProxy || httpsProxy)
-        ? new (undici().EnvHttpProxyAgent)({
-          ...agentOptions,
-          httpProxy,
-          httpsProxy,
-          noProxy: env.NO_PROXY ?? env.no_proxy ?? '',
+      if (opts.proxyFromEnvironment !== false && (httpProxy || httpsProxy)) {
+        const routes = envProxyRoutes(agentOptions, { httpProxy, httpsProxy, noProxy: env.NO_PROXY ?? env.no_proxy ?? '' }, {
           // As Go's transport: http URLs in absolute form through the proxy, https through CONNECT.
           proxyTunnel: false,
           requestTls: { rejectUnauthorized: !opts.insecure },
-        })
-        : new (undici().Agent)(agentOptions);
-      this.ownsDispatcher = true;
+        });
+        this.dispatcherFor = routes.pick;
+        this.owned = routes.all;
+      } else {
+        const agent = new (undici().Agent)(agentOptions);
+        this.dispatcherFor = () => agent;
+        this.owned = [agent];
+      }
     }
   }
 
@@ -240,7 +245,7 @@ export class Transport {
       try {
         if (!/^https?:$/.test(url.protocol)) throw new RegistryError({ reference: req.reference, method, path: url.href, detail: `not an http(s) URL` });
         const body = typeof req.body === 'function' ? req.body() : req.body;
-        res = await undici().request(url, { dispatcher: this.dispatcher, method, headers, body: method === 'GET' || method === 'HEAD' ? undefined : body, signal });
+        res = await undici().request(url, { dispatcher: this.dispatcherFor(url), method, headers, body: method === 'GET' || method === 'HEAD' ? undefined : body, signal });
       } catch (e) {
         if (e instanceof RegistryError) throw e;
         if (signal.aborted) throw aborted(e);
@@ -298,17 +303,17 @@ export class Transport {
   private closed = false;
 
   async close(): Promise<void> {
-    if (!this.ownsDispatcher || this.closed) return;
+    if (this.closed) return;
     this.closed = true;
-    await this.dispatcher.close();
+    await Promise.all(this.owned.map((d) => d.close()));
   }
 
   /** Aborts requests in flight (their callers get errors) and closes the connections. */
   async destroy(): Promise<void> {
     this.aborter.abort();
-    if (!this.ownsDispatcher || this.closed) return;
+    if (this.closed) return;
     this.closed = true;
-    await this.dispatcher.destroy();
+    await Promise.all(this.owned.map((d) => d.destroy()));
   }
 }
 
