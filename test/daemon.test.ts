@@ -644,9 +644,12 @@ test('chunk fetcher: a job\'s memory is freed once every taker gave its chunks b
   }
 });
 
-test('a READ that joined a fetch made before it, which failed (the backend served wrong bytes then), fetches its chunk once more and gets the right bytes', async () => {
-  // Four chunks of 20 KiB (zstd) back to back; the backend corrupts what it serves while `corrupt` is set.
-  const plain = Array.from({ length: 4 }, (_, i) => prand(20_000, 700 + i));
+/**
+ * Four chunks of 20 KiB (zstd) stored back to back in a blob `blobId`, served by `read` (given the
+ * blob's bytes and the chunks), filled into an in-memory cache file by a BlobCacheFile. Call close().
+ */
+function fourChunkFile(seed: number, blobId: string, read: (blob: Buffer, chunks: ChunkRef[], offset: number, size: number) => Promise<Buffer>) {
+  const plain = Array.from({ length: 4 }, (_, i) => prand(20_000, seed + i));
   const stored = plain.map((p) => Buffer.from(compressChunk('zstd', p) ?? p));
   const chunks: ChunkRef[] = [];
   let coff = 0;
@@ -655,34 +658,44 @@ test('a READ that joined a fetch made before it, which failed (the backend serve
     coff += stored[i].length;
   });
   const blob = Buffer.concat(stored);
-  const blobId = 'e'.repeat(64);
   const map = new BlobMap(blobId, 0, 4 * 20_480, 'zstd', 'blake3', packChunks(chunks));
-  let corrupt = true;
-  let open!: () => void;
-  const gate = new Promise<void>((r) => (open = r));
-  const reads: Array<[number, number, boolean]> = [];
   const backend: BlobBackend = {
     type: 'test',
-    async read(_id, offset, size) {
-      const bytes = Buffer.from(blob.subarray(offset, offset + size));
-      reads.push([offset, size, corrupt]);
-      if (corrupt) {
-        for (const c of chunks) if (c.compressedOffset >= offset && c.compressedOffset < offset + size) bytes[c.compressedOffset - offset + 7] ^= 0x20;
-        await gate;
-      }
-      return bytes;
-    },
+    read: (_id, offset, size) => read(blob, chunks, offset, size),
     size: async () => blob.length,
     close: async () => undefined,
   };
   const pool = new VerifyPool(2);
-  const state = new DaemonState(path.join(work, 'state-refetch'));
+  const state = new DaemonState(path.join(work, `state-${blobId.slice(0, 8)}`));
   const cache = Buffer.alloc(4 * 20_480);
   const file = new BlobCacheFile({ volume: 'v', cookie: blobId }, map, new ChunkFetcher(backend, undefined, pool), {
     asksOnlyForMissing: true,
     write: async (offset, data) => void Buffer.from(data.buffer, data.byteOffset, data.byteLength).copy(cache, offset),
     dataRanges: () => [],
   }, new WorkGuard(() => undefined), state, { prefetchedChunks: 0, staleMarks: 0, chunksWrittenByVerifier: 0 }, log);
+  const close = () => {
+    pool.close();
+    state.close();
+  };
+  return { plain, chunks, state, cache, file, close };
+}
+
+test('a READ that joined a fetch made before it, which failed (the backend served wrong bytes then), fetches its chunk once more and gets the right bytes', async () => {
+  // The backend corrupts what it serves while `corrupt` is set.
+  let corrupt = true;
+  let open!: () => void;
+  const gate = new Promise<void>((r) => (open = r));
+  const reads: Array<[number, number, boolean]> = [];
+  const blobId = 'e'.repeat(64);
+  const { plain, state, cache, file, close } = fourChunkFile(700, blobId, async (blob, chunks, offset, size) => {
+    const bytes = Buffer.from(blob.subarray(offset, offset + size));
+    reads.push([offset, size, corrupt]);
+    if (corrupt) {
+      for (const c of chunks) if (c.compressedOffset >= offset && c.compressedOffset < offset + size) bytes[c.compressedOffset - offset + 7] ^= 0x20;
+      await gate;
+    }
+    return bytes;
+  });
   try {
     // A prefetch of the whole blob: one backend read, made while the backend corrupts.
     file.start({ order: Uint32Array.from([0, 1, 2, 3]), listed: 0, config: { threads: 1, batchSize: 1 << 20, bandwidthLimit: 0 } });
@@ -697,41 +710,16 @@ test('a READ that joined a fetch made before it, which failed (the backend serve
     assert.ok(state.isCached({ volume: 'v', cookie: blobId }, 2));
     for (const i of [0, 1, 3]) assert.ok(!state.isCached({ volume: 'v', cookie: blobId }, i), `chunk ${i}, fetched corrupt and read by no one, is not kept`);
   } finally {
-    pool.close();
-    state.close();
+    close();
   }
 });
 
 test('a bandwidth-limited prefetch skips what READs brought in while it waited for its turn: every chunk fetched once', async () => {
-  const plain = Array.from({ length: 4 }, (_, i) => prand(20_000, 800 + i));
-  const stored = plain.map((p) => Buffer.from(compressChunk('zstd', p) ?? p));
-  const chunks: ChunkRef[] = [];
-  let coff = 0;
-  plain.forEach((p, i) => {
-    chunks.push({ blobIndex: 0, indexInBlob: i, digest: chunkDigest('blake3', p), uncompressedOffset: i * 20_480, uncompressedSize: p.length, compressedOffset: coff, compressedSize: stored[i].length, compressed: compressChunk('zstd', p) !== null });
-    coff += stored[i].length;
-  });
-  const blob = Buffer.concat(stored);
-  const blobId = 'c'.repeat(64);
-  const map = new BlobMap(blobId, 0, 4 * 20_480, 'zstd', 'blake3', packChunks(chunks));
   const reads: Array<[number, number]> = [];
-  const backend: BlobBackend = {
-    type: 'test',
-    async read(_id, offset, size) {
-      reads.push([offset, size]);
-      return Buffer.from(blob.subarray(offset, offset + size));
-    },
-    size: async () => blob.length,
-    close: async () => undefined,
-  };
-  const pool = new VerifyPool(2);
-  const state = new DaemonState(path.join(work, 'state-paced'));
-  const cache = Buffer.alloc(4 * 20_480);
-  const file = new BlobCacheFile({ volume: 'v', cookie: blobId }, map, new ChunkFetcher(backend, undefined, pool), {
-    asksOnlyForMissing: true,
-    write: async (offset, data) => void Buffer.from(data.buffer, data.byteOffset, data.byteLength).copy(cache, offset),
-    dataRanges: () => [],
-  }, new WorkGuard(() => undefined), state, { prefetchedChunks: 0, staleMarks: 0, chunksWrittenByVerifier: 0 }, log);
+  const { plain, chunks, cache, file, close } = fourChunkFile(800, 'c'.repeat(64), async (blob, _chunks, offset, size) => {
+    reads.push([offset, size]);
+    return Buffer.from(blob.subarray(offset, offset + size));
+  });
   try {
     // A chunk a batch, one at a time, at 20 KB/s: after the first, each batch waits about a second.
     file.start({ order: Uint32Array.from([0, 1, 2, 3]), listed: 0, config: { threads: 1, batchSize: 20_480, bandwidthLimit: 20_000 } });
@@ -743,8 +731,7 @@ test('a bandwidth-limited prefetch skips what READs brought in while it waited f
     const fetchesOf = (c: ChunkRef) => reads.filter(([o, n]) => o <= c.compressedOffset && c.compressedOffset < o + n).length;
     assert.deepEqual(chunks.map(fetchesOf), [1, 1, 1, 1], `every chunk fetched once (backend reads ${JSON.stringify(reads)})`);
   } finally {
-    pool.close();
-    state.close();
+    close();
   }
 });
 
