@@ -13,7 +13,8 @@ import path from 'node:path';
 import { spawn, execFileSync } from 'node:child_process';
 import { createImage } from '../src/builder/create.ts';
 import { fscacheBinding } from '../native/fscache/index.ts';
-import { prand, tmpDir } from './helpers/fixtures.ts';
+import { hardlinkHeavyImage, prand, tmpDir } from './helpers/fixtures.ts';
+import { DaemonState } from '../src/daemon/state.ts';
 import { apiRequest as api } from './helpers/api-client.ts';
 import { repoRoot } from './helpers/cli.ts';
 import { TestSupervisor } from './helpers/supervisor.ts';
@@ -109,5 +110,35 @@ test('--upgrade: INIT, takeover from the supervisor, READY, start, RUNNING, send
     sup.stop();
     fs.closeSync(readEnd);
     fs.closeSync(devFd);
+  }
+});
+
+test('--upgrade: the API answers in INIT at once, while the images of the state database are still being registered again (the snapshotter\'s failover waits 2 s for INIT)', { timeout: 180_000 }, async () => {
+  const heavy = hardlinkHeavyImage(path.join(work, 'heavy'));
+  const cacheDir = path.join(work, 'cache-restore');
+  const apiSock = path.join(work, 'api-restore.sock');
+  // A node with many images: each re-validated at start (a bootstrap of 3,000 entries and 16,384 chunks).
+  const images = 16;
+  const state = new DaemonState(path.join(cacheDir, 'nydus-ts'));
+  for (let i = 0; i < images; i++) {
+    const id = `img${i}`;
+    state.saveImage(id, {
+      type: 'bootstrap', id, domain_id: id,
+      config_v2: { version: 2, id, backend: { type: 'localfs', localfs: { dir: heavy.blobDir } }, cache: { type: 'fscache', fscache: { work_dir: cacheDir } }, metadata_path: heavy.bootstrap },
+    });
+  }
+  state.close();
+  const d = spawn(path.join(repoRoot, 'bin/nydusd'), ['singleton', '--fscache', cacheDir, '--upgrade', '--id', 'restoring', '--apisock', apiSock,
+    '--supervisor', path.join(work, 'no-supervisor.sock'), '--log-level', 'warn'], { stdio: ['ignore', 'ignore', 'inherit'] });
+  const exited = new Promise<number | null>((r) => d.once('exit', (code) => r(code)));
+  try {
+    await waitState(apiSock, 'INIT');
+    const first = (await api(apiSock, 'GET', '/api/v2/blobs')).body.length;
+    assert.ok(first < images, `the API answered before the restore ended (${first} of ${images} images back then)`);
+    for (let i = 0; i < 600 && (await api(apiSock, 'GET', '/api/v2/blobs')).body.length < images; i++) await new Promise((r) => setTimeout(r, 100));
+    assert.equal((await api(apiSock, 'GET', '/api/v2/blobs')).body.length, images, 'every image came back');
+  } finally {
+    d.kill('SIGTERM');
+    await exited;
   }
 });

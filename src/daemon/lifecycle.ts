@@ -45,6 +45,11 @@ export interface LifecycleOptions {
   threads: number;
   /** The snapshotter's supervisor socket, if any. */
   supervisor?: string;
+  /**
+   * Settles once the images of the state database are registered again (ImageRegistry.restore): a
+   * takeover waits for it, the API does not (serve.ts).
+   */
+  restored?: Promise<void>;
 }
 
 export class DaemonLifecycle {
@@ -73,6 +78,7 @@ export class DaemonLifecycle {
   async takeover(): Promise<void> {
     this.expect('INIT', 'take over');
     const supervisor = this.needSupervisor('takeover');
+    await this.opts.restored;
     const { data, fd } = await receiveStateFromSupervisor(supervisor);
     const dev = fd >= 0 ? CachefilesDevice.fromFd(fd) : null;
     try {

@@ -67,9 +67,13 @@ export function openDaemonCore(stateDir: string, threads: number, log: Logger): 
 export async function runDaemon(opts: DaemonOptions, source: DeviceSource): Promise<void> {
   const log = makeLogger(opts.logLevel, opts.logFile, opts.logRotationSize);
   const { state, registry, registration } = openDaemonCore(path.join(opts.fscacheDir, 'nydus-ts'), opts.threads, log);
-  // Before the device is served: the kernel's requests after a restart name these images.
-  await registry.restore();
-  const lifecycle = new DaemonLifecycle({ id: opts.id, cacheDir: opts.fscacheDir, threads: opts.threads, supervisor: opts.supervisor }, registry, state, log);
+  // Before the device is served: the kernel's requests after a restart name these images. A daemon
+  // that waits for a takeover has no device yet: its API comes up at once, in INIT, and the takeover
+  // waits for these. (The snapshotter's failover gives the new nydusd 2 s to answer in INIT, and
+  // re-validating every image of a busy node can take longer.)
+  const restored = registry.restore();
+  if (source.kind !== 'takeover') await restored;
+  const lifecycle = new DaemonLifecycle({ id: opts.id, cacheDir: opts.fscacheDir, threads: opts.threads, supervisor: opts.supervisor, restored }, registry, state, log);
   if (source.kind === 'inherited') {
     const { fd, restarted } = inheritedKernelFd();
     lifecycle.bind(CachefilesDevice.fromFd(fd), restarted);
