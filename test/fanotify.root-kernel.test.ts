@@ -17,6 +17,7 @@ import { mountManifest, readMounted } from './helpers/bounded-read.ts';
 import { mustRun, repoRoot } from './helpers/cli.ts';
 import { apiRequest } from './helpers/api-client.ts';
 import { startRegistry } from './helpers/registry.ts';
+import { parseCgroupMounts, parseProcCgroup, procsFile } from '../src/daemon/cgroup-follow.ts';
 import { type FanotifyImage, fanotifyConfig, daemonFilesTail, isMounted, killProcessesUnder, localfsBackend, processesUnder, spawnDaemon, startFanotifyDaemon, waitFor } from './helpers/fanotify-daemon.ts';
 import { RegistryClient } from '../src/registry/index.ts';
 import { PendingEventJournal } from '../src/daemon/frontend/fanotify-journal.ts';
@@ -626,6 +627,34 @@ test('root-kernel fanotify: SIGHUP is ignored (the daemon serves on), SIGQUIT st
   d.proc.kill('SIGQUIT');
   assert.equal(await Promise.race([exited, new Promise<string>((r) => setTimeout(() => r('still running 20 s after SIGQUIT'), 20_000))]), 0);
   assert.equal(isMounted(d.mnt), false, 'unmounted');
+});
+
+test('root-kernel fanotify: the worker follows its supervisor into the cgroup it is moved to (as nydus-snapshotter moves the pid it started)', async () => {
+  const d = await startDaemon('cgroup', rich, localfs(rich));
+  const worker = (await apiRequest(d.sock, 'GET', '/api/v1/daemon')).body.pid as number;
+  const supervisor = d.proc.pid!;
+  assert.notEqual(worker, supervisor);
+  // A new cgroup under the supervisor's own, in the v2 hierarchy (else v1's memory, where the
+  // snapshotter's memory limit would be).
+  const mounts = parseCgroupMounts(fs.readFileSync('/proc/self/mountinfo', 'utf8'));
+  const mine = parseProcCgroup(fs.readFileSync(`/proc/${supervisor}/cgroup`, 'utf8'));
+  const key = [...mine.keys()].find((k) => k === '0:' && procsFile(k, mine.get(k)!, mounts)) ?? [...mine.keys()].find((k) => k.endsWith(':memory'));
+  assert.ok(key && procsFile(key, mine.get(key)!, mounts), `no cgroup hierarchy to test with in ${[...mine.keys()].join(' ')}`);
+  const target = path.posix.join(mine.get(key)!, `nydus-ts-follow-${process.pid}`);
+  const dir = path.dirname(procsFile(key, target, mounts)!);
+  fs.mkdirSync(dir);
+  try {
+    fs.writeFileSync(path.join(dir, 'cgroup.procs'), String(supervisor));
+    const workerIn = () => parseProcCgroup(fs.readFileSync(`/proc/${worker}/cgroup`, 'utf8')).get(key);
+    await waitFor('the worker in the supervisor\'s new cgroup', async () => workerIn() === target, 10_000);
+    assert.deepEqual(diffManifests(srcManifest, mountManifest(d.mnt)).slice(0, 20), [], 'the mount reads as the source');
+  } finally {
+    const exited = new Promise((r) => d.proc.once('exit', r));
+    d.proc.kill('SIGTERM');
+    await exited;
+    await waitFor('the cgroup empty', async () => fs.readFileSync(path.join(dir, 'cgroup.procs'), 'utf8').trim() === '', 20_000);
+    fs.rmdirSync(dir);
+  }
 });
 
 /** The parent pid of `pid`, from /proc. */

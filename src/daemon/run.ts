@@ -11,6 +11,7 @@
  * daemon's supervisor: a worker that dies is replaced, a stop signal stops the daemon.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { followCgroups } from './cgroup-follow.ts';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -253,6 +254,9 @@ export async function runSupervisor(opts: SupervisorOptions & Partial<DaemonOpti
   let startedAt = 0;
   /** The daemon is ending with no worker (finish): no worker is started again, signals change nothing. */
   let givingUp = false;
+  /** The worker's pid while there is one. */
+  let workerPid: number | null = adopted?.pid ?? null;
+  followedByWorker(() => workerPid, log);
   const start = () => {
     restartTimer = null;
     startedAt = Date.now();
@@ -283,11 +287,13 @@ export async function runSupervisor(opts: SupervisorOptions & Partial<DaemonOpti
       },
     });
     child = worker;
+    workerPid = worker.pid ?? null;
     worker.on('exit', exited);
   };
   /** The worker ended: `code` null and `signal` null when an adopted worker was killed (its status pipe says no more). */
   const exited = (code: number | null, signal: NodeJS.Signals | null) => {
     child = null;
+    workerPid = null;
     if (givingUp) return;
     quickDeaths = quickDeathsAfter(startedAt, quickDeaths);
     if (stopping && code !== 0 && code !== WORKER_EXIT_FATAL && quickDeaths < WORKER_MAX_QUICK_DEATHS) {
@@ -369,6 +375,29 @@ export async function runSupervisor(opts: SupervisorOptions & Partial<DaemonOpti
     }
   } };
   void adopted.ended.then((code) => exited(code, null));
+}
+
+/** How often the supervisor looks whether it was moved to other cgroups (cgroup-follow.ts). */
+const CGROUP_FOLLOW_MS = 1_000;
+
+/** The worker (`workerPid()`, when there is one) is moved into the cgroups this process is moved to: each failure told once. */
+function followedByWorker(workerPid: () => number | null, log: Logger): void {
+  const told = new Set<string>();
+  setInterval(() => {
+    const pid = workerPid();
+    if (pid === null) return;
+    let failures: string[];
+    try {
+      failures = followCgroups(pid);
+    } catch (e) {
+      failures = [(e as Error).message];
+    }
+    for (const f of failures) {
+      if (told.has(f)) continue;
+      told.add(f);
+      log.warn({ worker: pid, err: f }, 'cannot move the worker into the supervisor\'s cgroup');
+    }
+  }, CGROUP_FOLLOW_MS).unref();
 }
 
 /** The lock file in a daemon's directory: flock(2)ed by the supervisor for its whole life (and by its workers, which inherit it). */
