@@ -20,6 +20,12 @@ export const EROFS_RDEV_MAX = 0xffff_ffff;
  */
 export const EROFS_SYMLINK_MAX = 4095;
 
+/**
+ * Longest path of an entry from the root, its leading '/' counted: PATH_MAX - 1. The VFS refuses a
+ * longer one (ENAMETOOLONG), so no process could name such a file by its path.
+ */
+export const EROFS_PATH_MAX = 4095;
+
 /** i_mtime_nsec: nanoseconds of a timespec. */
 export const EROFS_NSEC_MAX = 999_999_999;
 

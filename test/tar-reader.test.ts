@@ -154,3 +154,55 @@ test('a LIBARCHIVE.xattr name that is not URI-encoded text is refused naming the
   const [e] = await readAll(good);
   assert.deepEqual([...e.entry.xattrs], [['user.a b', Buffer.from('1')]]);
 });
+
+test('pax global headers: more than the records held at once is refused; every later entry no longer pays for them', { timeout: 60_000 }, async () => {
+  /** A pax global header ('g') with these records. */
+  const globalHeader = (records: Array<[string, string]>) => {
+    const x = pax(records);
+    x[156] = 'g'.charCodeAt(0);
+    x.fill(0x20, 148, 156);
+    let sum = 0;
+    for (const b of x.subarray(0, BLOCK)) sum += b;
+    x.write(`${sum.toString(8).padStart(6, '0')}\0 `, 148, 'latin1');
+    return x;
+  };
+  // A git archive's comment is taken, and applies to what follows.
+  const ok = await readAll(Buffer.concat([globalHeader([['comment', 'abc123'], ['uid', '7']]), file('a', 'x'), END]));
+  assert.equal(ok[0].entry.uid, 7);
+  // 200,000 records (2.5 MB), then entries: each entry once copied every one of them (0.3 s apiece).
+  const many = globalHeader(Array.from({ length: 200_000 }, (_, i) => [`k${i}`, 'v'] as [string, string]));
+  const t0 = performance.now();
+  await assert.rejects(readAll(Buffer.concat([many, ...Array.from({ length: 200 }, (_, i) => file(`f${i}`, '')), END])),
+    /layer test\.tar: pax global headers at byte 0 hold more than 1024 records/);
+  assert.ok(performance.now() - t0 < 20_000, 'refused without reading on');
+});
+
+test('sparse maps: more segments than taken are refused before they are held; segments of no bytes cost nothing chunk after chunk', { timeout: 60_000 }, async () => {
+  // A 1.0 map that declares 5 million segments: refused at its count, not read into memory.
+  const declared = blocks('5000000\n0\n0\n');
+  const huge = Buffer.concat([
+    pax([['GNU.sparse.major', '1'], ['GNU.sparse.minor', '0'], ['GNU.sparse.name', 'h'], ['GNU.sparse.realsize', '1000']]),
+    header({ name: 'GNUSparseFile/h', size: declared.length }), declared, END,
+  ]);
+  await assert.rejects(readAll(huge), /entry "GNUSparseFile\/h": sparse map of 5000000 segments, more than the 262144 taken/);
+  // 0.1's comma list, counted before it is split.
+  const list = Array.from({ length: 300_000 }, () => '0,0').join(',');
+  await assert.rejects(readAll(Buffer.concat([pax([['GNU.sparse.size', '100'], ['GNU.sparse.map', list]]), file('s', ''), END])), /sparse map of \d+ segments, more than the 262144 taken/);
+  // 200,000 segments of no bytes at the file's end (valid), a file of 20,000 chunks of holes: each
+  // look ahead for a hole walked all of them (26 s); now the reader keeps none.
+  const lines = blocks(`200000\n${'20971520000\n0\n'.repeat(200_000)}`);
+  const sparse = Buffer.concat([
+    pax([['GNU.sparse.major', '1'], ['GNU.sparse.minor', '0'], ['GNU.sparse.name', 'z'], ['GNU.sparse.realsize', '20971520000']]),
+    header({ name: 'GNUSparseFile/z', size: lines.length }), lines, END,
+  ]);
+  const reader = new TarReader((async function* () { yield sparse; })(), 'test.tar');
+  const e = (await reader.next())!;
+  assert.equal(e.size, 20971520000);
+  const t0 = performance.now();
+  for (let pos = 0; pos < e.size; pos += 1 << 20) {
+    assert.ok(reader.holeAhead(1 << 20));
+    reader.skipHole(1 << 20);
+  }
+  assert.ok(performance.now() - t0 < 5_000, `20,000 holes looked at in ${(performance.now() - t0).toFixed(0)} ms`);
+  assert.equal(await reader.next(), null);
+});

@@ -158,6 +158,20 @@ test('missing parents are created as nydus does; a leading / is dropped; . and /
   assert.equal(t.get('/x/y/z')?.size, 8);
 });
 
+test('a path longer than PATH_MAX - 1 from the root is refused naming the entry, cut short; one of exactly that length builds', () => {
+  // 2,047 levels of "a/" and a name: 4,096 bytes from the root. (A megabyte of them once made a
+  // million directories, each holding its whole path: 900 MB from a 2 KB gzip.)
+  const long = `${'a/'.repeat(2047)}f`;
+  const r = create(pyTar([{ name: long, data: 'x' }]), ['-t', 'tar-rafs']);
+  assert.equal(r.status, 1);
+  assert.match(r.stderr, /entry "a\/a\/a[a/]*"\.\.\. \(4095 bytes\): its path is longer than 4095 bytes from the root \(PATH_MAX - 1\)/);
+  assert.ok(r.stderr.length < 1000, 'the message is not the path');
+  const fits = `${'a/'.repeat(2046)}fg`;
+  const ok = create(pyTar([{ name: fits, data: 'x' }]), ['-t', 'tar-rafs']);
+  assert.equal(ok.status, 0, ok.stderr);
+  assert.equal(treeOf(ok.boot).get(`/${fits}`)?.size, 1);
+});
+
 test('pax global headers apply to every later entry unless a local record says otherwise, as GNU tar extracts them', () => {
   const tarFile = pyTar([
     { name: 'f', data: 'global ids', uid: 1 },

@@ -13,7 +13,7 @@
 import { constants as C } from 'node:fs';
 import { NydusError } from '../../erofs/errors.ts';
 import { encodeDev } from '../../erofs/inode.ts';
-import { devNumberProblem } from '../../erofs/limits.ts';
+import { EROFS_PATH_MAX, devNumberProblem } from '../../erofs/limits.ts';
 import type { Chunker } from './chunker.ts';
 import { nameProblem, nodeProblem } from './limits.ts';
 import { type ChunkRef, type NodeKind, type TreeNode, joinPath } from './tree.ts';
@@ -24,12 +24,18 @@ const TYPE_BITS: Record<Exclude<TarEntry['type'], 'hardlink'>, number> = {
   file: C.S_IFREG, dir: C.S_IFDIR, symlink: C.S_IFLNK, chrdev: C.S_IFCHR, blkdev: C.S_IFBLK, fifo: C.S_IFIFO,
 };
 
+/** A path for a message: JSON, cut short past 1 KiB (a hostile one may be megabytes). */
+function shownPath(p: Buffer): string {
+  return p.length <= 1024 ? JSON.stringify(p.toString('utf8')) : `${JSON.stringify(p.subarray(0, 128).toString('utf8'))}... (${p.length} bytes)`;
+}
+
 class LayerTree {
   readonly root: TreeNode;
   private readonly children = new Map<TreeNode, Map<string, TreeNode>>();
   private nextLinkKey = 0;
 
-  constructor(private readonly layer: string) {
+  /** `made` is told of every node the tree makes itself (a directory a path implies), as of each entry. */
+  constructor(private readonly layer: string, private readonly made: () => void = () => undefined) {
     this.root = this.implicitDir(Buffer.alloc(0), '/');
   }
 
@@ -43,12 +49,14 @@ class LayerTree {
   }
 
   fail(entry: Buffer, what: string): NydusError {
-    return new NydusError(`layer ${this.layer}: entry ${JSON.stringify(entry.toString('utf8'))}: ${what}`);
+    return new NydusError(`layer ${this.layer}: entry ${shownPath(entry)}: ${what}`);
   }
 
   /** Path components of an entry or hardlink target path. */
   components(entry: Buffer, p: Buffer): Buffer[] {
     const out: Buffer[] = [];
+    // '/' and each component with the '/' after it: the path from the root, bounded as the VFS bounds it.
+    let length = 0;
     let start = 0;
     for (let i = 0; i <= p.length; i++) {
       if (i < p.length && p[i] !== 0x2f) continue;
@@ -58,6 +66,8 @@ class LayerTree {
       if (c.length === 2 && c[0] === 0x2e && c[1] === 0x2e) throw this.fail(entry, `path ${JSON.stringify(p.toString('utf8'))} has a '..' component`);
       const problem = nameProblem(c);
       if (problem) throw this.fail(entry, p === entry ? problem : `path ${JSON.stringify(p.toString('utf8'))}: ${problem}`);
+      length += 1 + c.length;
+      if (length > EROFS_PATH_MAX) throw this.fail(entry, `${p === entry ? 'its path' : `path ${shownPath(p)}`} is longer than ${EROFS_PATH_MAX} bytes from the root (PATH_MAX - 1): no process could name it`);
       out.push(Buffer.from(c));
     }
     return out;
@@ -71,6 +81,7 @@ class LayerTree {
       let next = map.get(name.toString('latin1'));
       if (!next) {
         if (lookupOnly) return undefined;
+        this.made();
         next = this.implicitDir(name, joinPath(dir.path, name));
         map.set(name.toString('latin1'), next);
       } else if (next.kind === 'symlink') {
@@ -131,9 +142,10 @@ class LayerTree {
  */
 export async function treeFromTar(source: AsyncIterable<Buffer>, layer: string, chunker: Chunker): Promise<TreeNode> {
   const tar = new TarReader(source, layer);
-  const tree = new LayerTree(layer);
-  const { chunkSize, buffer } = chunker;
   const room = new HeapRoom(`layer ${layer}`);
+  // (A directory a path implies is a node as an entry is: a path of thousands of them costs as much.)
+  const tree = new LayerTree(layer, () => room.tick());
+  const { chunkSize, buffer } = chunker;
   for (let entry = await tar.next(); entry; entry = await tar.next()) {
     room.tick();
     const parts = tree.components(entry.path, entry.path);

@@ -11,6 +11,16 @@ import type { TreeNode } from './tree.ts';
 const BLOCK = 512;
 /** Bound on the metadata a single pax or GNU long-name record may hold in memory. */
 const MAX_META_RECORD = 16 << 20;
+/**
+ * pax global records held at once (`g` headers; git archive writes one, a comment): each entry reads
+ * them, so a hostile archive of millions would cost every entry that much.
+ */
+const MAX_GLOBAL_RECORDS = 1024;
+/**
+ * Segments of one sparse file's map. Each is an object here, and a map costs the archive a few bytes a
+ * segment (a gzip of `0\n0\n` lines next to nothing): Go's archive/tar bounds it too (CVE-2022-2879).
+ */
+const MAX_SPARSE_SEGMENTS = 1 << 18;
 
 export type TarEntryType = 'file' | 'hardlink' | 'symlink' | 'chrdev' | 'blkdev' | 'dir' | 'fifo';
 
@@ -196,6 +206,7 @@ export class TarReader {
             if (v.length === 0) this.globals.delete(k);
             else this.globals.set(k, v);
           }
+          if (this.globals.size > MAX_GLOBAL_RECORDS) throw this.fail(`pax global headers at byte ${at} hold more than ${MAX_GLOBAL_RECORDS} records`);
           continue;
         }
         case 'L': longName = cstring(await this.readRecordData(size, 'GNU long name'), 0, size); continue;
@@ -301,6 +312,15 @@ export class TarReader {
       sum += s.size;
     }
     if (sum !== stored) throw this.fail(`entry ${JSON.stringify(entry.path.toString('utf8'))}: sparse map holds ${sum} bytes, the archive ${stored}`);
+    // Segments of no bytes (GNU's end marker, or a hostile map of millions) store nothing: dropped,
+    // so that looking ahead for holes never walks over them chunk after chunk.
+    this.segments = this.segments.filter((seg) => seg.size > 0);
+  }
+
+  /** The error of a sparse map of more segments than MAX_SPARSE_SEGMENTS. */
+  private tooManySegments(entry: TarEntry | string, count: number): NydusError {
+    const shown = typeof entry === 'string' ? entry : JSON.stringify(entry.path.toString('utf8'));
+    return this.fail(`entry ${shown}: sparse map of ${count} segments, more than the ${MAX_SPARSE_SEGMENTS} taken`);
   }
 
   /** GNU's old sparse entries ('S'): the map in the header and in extension blocks after it. */
@@ -310,6 +330,7 @@ export class TarReader {
       for (let i = 0; i < count; i++) {
         const o = off + i * 24;
         if (b[o] === 0) break;
+        if (segs.length >= MAX_SPARSE_SEGMENTS) throw this.tooManySegments(entry, segs.length + 1);
         segs.push({ offset: this.num(b, o, 12, 'sparse offset', at), size: this.num(b, o + 12, 12, 'sparse size', at) });
       }
     };
@@ -354,13 +375,20 @@ export class TarReader {
           const n = decimal(line);
           if (n === null) throw bad();
           numbers.push(n);
-          if (numbers.length === 1) need = 1 + 2 * n;
+          if (numbers.length === 1) {
+            if (n > MAX_SPARSE_SEGMENTS) throw this.tooManySegments(shown, n);
+            need = 1 + 2 * n;
+          }
         }
         if (numbers.length < need && carry.length > 16) throw bad();
       }
       for (let i = 1; i < numbers.length; i += 2) segs.push({ offset: numbers[i], size: numbers[i + 1] });
     } else if (pax.has('GNU.sparse.map')) {
-      const parts = pax.get('GNU.sparse.map')!.toString('latin1').split(',').map(decimal);
+      const text = pax.get('GNU.sparse.map')!.toString('latin1');
+      // (Counted before split: a 16 MiB record is millions of numbers.)
+      const commas = text.split(',', 2 * MAX_SPARSE_SEGMENTS + 1).length;
+      if (commas > 2 * MAX_SPARSE_SEGMENTS) throw this.tooManySegments(shown, Math.ceil(commas / 2));
+      const parts = text.split(',').map(decimal);
       if (parts.length % 2 || parts.some((p) => p === null)) throw bad();
       for (let i = 0; i < parts.length; i += 2) segs.push({ offset: parts[i]!, size: parts[i + 1]! });
     } else {
@@ -371,6 +399,7 @@ export class TarReader {
         if (k === 'GNU.sparse.offset') offset = n;
         else if (k === 'GNU.sparse.numbytes') {
           if (offset === null) throw bad();
+          if (segs.length >= MAX_SPARSE_SEGMENTS) throw this.tooManySegments(shown, segs.length + 1);
           segs.push({ offset, size: n });
           offset = null;
         }
