@@ -70,3 +70,15 @@ test('nydusd: errors and help still come from yargs when the fast path declines'
   assert.equal(r.status, 1);
   assert.equal(r.stderr, 'nydusd: error: --fscache <dir> or --fanotify <dir> is required\n');
 });
+
+test('-h is --help for every command and subcommand, as clap gives nydus\'s tools (nydus-snapshotter reads `nydus-image create -h` for the flags it may pass)', () => {
+  for (const [cmd, args, usage] of [
+    ['nydus-image', ['create', '-h'], /--prefetch-policy/], ['nydus-image', ['-h'], /Commands:/], ['nydus-image', ['check', '-h'], /nydus-image check/],
+    ['nydusd', ['-h'], /--fscache-threads/], ['nydusctl', ['-h'], /Commands:/], ['nydusctl', ['metrics', '-h'], /--interval/],
+    ['nydusify', ['convert', '-h'], /--target/], ['nydus-backend-proxy', ['-h'], /--blobsdir/],
+  ] as const) {
+    const r = spawnSync(path.join(repo, 'bin', cmd), args, { encoding: 'utf8' });
+    assert.equal(r.status, 0, `${cmd} ${args.join(' ')}: ${r.stderr}`);
+    assert.match(r.stdout, usage, `${cmd} ${args.join(' ')}`);
+  }
+});

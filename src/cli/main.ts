@@ -10,6 +10,8 @@ export { runMain } from './run-main.ts';
 export function cliParser(name: string, argv: string[] = hideBin(process.argv), arrays: readonly string[] = []) {
   return yargs(argv)
     .scriptName(name)
+    // -h as clap gives nydus's tools: nydus-snapshotter reads `nydus-image create -h` for the flags it may pass.
+    .alias('help', 'h')
     .strict()
     .check((a) => refuseRepeatedOptions(a, arrays), true)
     .fail((msg, err) => {

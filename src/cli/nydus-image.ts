@@ -219,6 +219,7 @@ await runMain('nydus-image', async () => {
       log.info(`wrote ${r.entries} entries to ${a.output}${r.skipped.length ? ` (skipped ${r.skipped.length} sockets)` : ''}`);
     })
     .help()
+    .alias('help', 'h')
     .version('0.1.0')
     .parseAsync();
 }, { endsWithItsReader: true });

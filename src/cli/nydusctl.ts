@@ -143,6 +143,7 @@ await runMain('nydusctl', async () => {
       await request(a.sock, 'DELETE', `/api/v1/mount?${new URLSearchParams({ mountpoint: oneValue(a.mountpoint, '--mountpoint')! })}`);
     })
     .help()
+    .alias('help', 'h')
     .version('0.1.0')
     .parseAsync();
 }, { endsWithItsReader: true });

@@ -50,6 +50,7 @@ async function parseWithYargs(argv: string[]) {
     .command(['singleton', '$0'], 'serve images over fscache on-demand mode (the in-kernel EROFS path)')
     .options(OPTIONS)
     .help()
+    .alias('help', 'h')
     .version(versionText().trimEnd())
     .parseAsync();
 }
