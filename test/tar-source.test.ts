@@ -158,6 +158,26 @@ test('missing parents are created as nydus does; a leading / is dropped; . and /
   assert.equal(t.get('/x/y/z')?.size, 8);
 });
 
+test('a zstd-compressed layer (OCI tar+zstd) builds the image its plain tar builds; corrupt zstd data is an error naming the layer', async () => {
+  const { compress } = await import('zstd-napi');
+  const plain = pyTar([{ name: 'etc', type: 'dir' }, { name: 'etc/os-release', data: 'ID=test\n' }, { name: 'bin/sh', data: 'x'.repeat(300_000) }]);
+  const zst = `${plain}.zst`;
+  fs.writeFileSync(zst, compress(fs.readFileSync(plain)));
+  const a = create(plain, ['-t', 'tar-rafs', '--repeatable']);
+  const b = create(zst, ['-t', 'targz-rafs', '--repeatable']);
+  assert.equal(a.status, 0, a.stderr);
+  assert.equal(b.status, 0, b.stderr);
+  assert.ok(fs.readFileSync(a.boot).equals(fs.readFileSync(b.boot)), 'the same bootstrap');
+  assert.equal(treeOf(b.boot).get('/etc/os-release')?.size, 8);
+  const bad = Buffer.from(fs.readFileSync(zst));
+  bad.fill(0xff, 8, 64);
+  const corrupt = `${plain}.bad.zst`;
+  fs.writeFileSync(corrupt, bad);
+  const r = create(corrupt, ['-t', 'tar-rafs']);
+  assert.equal(r.status, 1);
+  assert.match(r.stderr, new RegExp(`layer ${corrupt.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}: corrupt zstd data: `));
+});
+
 test('a path longer than PATH_MAX - 1 from the root is refused naming the entry, cut short; one of exactly that length builds', () => {
   // 2,047 levels of "a/" and a name: 4,096 bytes from the root. (A megabyte of them once made a
   // million directories, each holding its whole path: 900 MB from a 2 KB gzip.)

@@ -1,11 +1,14 @@
 /**
  * A layer's bytes as a stream of plain tar: from a file or stdin (`-`), gunzipped on the way when they
- * start with the gzip magic (nydus detects compression the same way for tar-rafs and targz-rafs).
- * Read errors and corrupt gzip data become errors naming the layer.
+ * start with the gzip magic (nydus detects compression the same way for tar-rafs and targz-rafs), or
+ * decompressed when they start with zstd's (OCI's `tar+zstd` layers, as buildkit and docker write
+ * them with compression=zstd; nydus-snapshotter's converter reads them so). Read errors and corrupt
+ * compressed data become errors naming the layer.
  */
 import fs from 'node:fs';
 import zlib from 'node:zlib';
-import { Readable } from 'node:stream';
+import { createRequire } from 'node:module';
+import { Readable, type Transform } from 'node:stream';
 import { NydusError } from '../../erofs/errors.ts';
 
 const READ_CHUNK = 1 << 20;
@@ -40,36 +43,52 @@ async function* prepend(first: Buffer, rest: AsyncIterator<Buffer>): AsyncGenera
   }
 }
 
-async function* withLayerErrors(source: AsyncIterable<Buffer>, name: string, gzip: boolean): AsyncGenerator<Buffer> {
+/** How a layer's bytes are compressed, by their first bytes. */
+type LayerCompression = 'gzip' | 'zstd' | null;
+
+async function* withLayerErrors(source: AsyncIterable<Buffer>, name: string, compression: LayerCompression): AsyncGenerator<Buffer> {
   try {
     yield* source;
   } catch (e) {
     if (e instanceof NydusError) throw e;
     const err = e as NodeJS.ErrnoException;
-    if (gzip && err.code?.startsWith('Z_')) throw new NydusError(`layer ${name}: corrupt gzip data: ${err.message}`);
+    if (compression === 'gzip' && err.code?.startsWith('Z_')) throw new NydusError(`layer ${name}: corrupt gzip data: ${err.message}`);
+    if (compression === 'zstd' && !err.code) throw new NydusError(`layer ${name}: corrupt zstd data: ${err.message}`);
     throw new NydusError(`layer ${name}: cannot read: ${err.message}`);
   }
 }
 
-/** The plain tar bytes of a layer stream, gunzipped if it is gzip. */
+/** gzip starts 1f 8b 08; a zstd frame with its magic 28 b5 2f fd. */
+function compressionOf(head: Buffer): LayerCompression {
+  if (head.length >= 3 && head[0] === 0x1f && head[1] === 0x8b && head[2] === 0x08) return 'gzip';
+  if (head.length >= 4 && head.readUInt32LE(0) === 0xfd2fb528) return 'zstd';
+  return null;
+}
+
+/** zstd-napi's streaming decompressor (loaded when a zstd layer comes). */
+function zstdDecompressStream(): Transform {
+  const { DecompressStream } = createRequire(import.meta.url)('zstd-napi') as { DecompressStream: new () => Transform };
+  return new DecompressStream();
+}
+
+/** The plain tar bytes of a layer stream, decompressed if it is gzip or zstd. */
 export async function* tarBytes(stream: Readable, name: string): AsyncGenerator<Buffer> {
-  const it = withLayerErrors(stream, name, false);
-  // Sniff the first bytes: gzip starts 1f 8b 08.
+  const it = withLayerErrors(stream, name, null);
   let head = Buffer.alloc(0);
-  while (head.length < 3) {
+  while (head.length < 4) {
     const r = await it.next();
     if (r.done) break;
     head = Buffer.concat([head, r.value]);
   }
-  const isGzip = head.length >= 3 && head[0] === 0x1f && head[1] === 0x8b && head[2] === 0x08;
-  if (!isGzip) {
+  const compression = compressionOf(head);
+  if (!compression) {
     if (head.length) yield* prepend(head, it);
     return;
   }
-  const gunzip = zlib.createGunzip({ chunkSize: 256 << 10 });
+  const decompress = compression === 'gzip' ? zlib.createGunzip({ chunkSize: 256 << 10 }) : zstdDecompressStream();
   const compressed = Readable.from(prepend(head, it), { objectMode: false });
-  // Errors of the source reach the gunzip stream, whose iteration then throws them.
-  compressed.on('error', (e) => gunzip.destroy(e));
-  compressed.pipe(gunzip);
-  yield* withLayerErrors(gunzip, name, true);
+  // Errors of the source reach the decompressing stream, whose iteration then throws them.
+  compressed.on('error', (e) => decompress.destroy(e));
+  compressed.pipe(decompress);
+  yield* withLayerErrors(decompress, name, compression);
 }
