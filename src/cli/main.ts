@@ -11,6 +11,8 @@ export function cliParser(name: string, argv: string[] = hideBin(process.argv), 
   return yargs(argv)
     .scriptName(name)
     // -h as clap gives nydus's tools: nydus-snapshotter reads `nydus-image create -h` for the flags it may pass.
+    // (Set once here: a later .help() would drop the alias.)
+    .help()
     .alias('help', 'h')
     .strict()
     .check((a) => refuseRepeatedOptions(a, arrays), true)

@@ -16,8 +16,6 @@ await runMain('nydus-backend-proxy', async () => {
     .option('address', { type: 'string', default: process.env.ROCKET_ADDRESS || '127.0.0.1', describe: 'address to listen on' })
     .option('port', { type: 'number', default: Number(process.env.ROCKET_PORT || 8000), describe: 'port to listen on (0: any free port)' })
     .version(false)
-    .help()
-    .alias('help', 'h')
     .parse();
   if (!fs.statSync(args.blobsdir, { throwIfNoEntry: false })?.isDirectory()) throw new NydusError(`--blobsdir ${args.blobsdir} is not a directory`);
   if (!Number.isInteger(args.port) || args.port < 0 || args.port > 65535) throw new NydusError(`--port ${args.port} is not a port number`);

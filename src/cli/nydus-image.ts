@@ -218,8 +218,6 @@ await runMain('nydus-image', async () => {
       const r = unpackToTar({ bootstrap: needBootstrap(a), blobDir: a['blob-dir'], blobPaths: a.blob ? [a.blob] : undefined, output: a.output });
       log.info(`wrote ${r.entries} entries to ${a.output}${r.skipped.length ? ` (skipped ${r.skipped.length} sockets)` : ''}`);
     })
-    .help()
-    .alias('help', 'h')
     .version('0.1.0')
     .parseAsync();
 }, { endsWithItsReader: true });

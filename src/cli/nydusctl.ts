@@ -142,8 +142,6 @@ await runMain('nydusctl', async () => {
       .option('mountpoint', { alias: 'm', type: 'string', demandOption: true, describe: 'the mountpoint' }), async (a) => {
       await request(a.sock, 'DELETE', `/api/v1/mount?${new URLSearchParams({ mountpoint: oneValue(a.mountpoint, '--mountpoint')! })}`);
     })
-    .help()
-    .alias('help', 'h')
     .version('0.1.0')
     .parseAsync();
 }, { endsWithItsReader: true });

@@ -49,8 +49,6 @@ async function parseWithYargs(argv: string[]) {
   return cliParser('nydusd', argv)
     .command(['singleton', '$0'], 'serve images over fscache on-demand mode (the in-kernel EROFS path)')
     .options(OPTIONS)
-    .help()
-    .alias('help', 'h')
     .version(versionText().trimEnd())
     .parseAsync();
 }

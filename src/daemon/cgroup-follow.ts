@@ -30,6 +30,11 @@ export interface CgroupMount {
   mountpoint: string;
 }
 
+/** A mountinfo field with its octal escapes (`\040` for a space) undone. */
+function unescape(field: string): string {
+  return field.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
+}
+
 /** The cgroup mounts of /proc/self/mountinfo. */
 export function parseCgroupMounts(mountinfo: string): CgroupMount[] {
   const out: CgroupMount[] = [];
@@ -38,7 +43,6 @@ export function parseCgroupMounts(mountinfo: string): CgroupMount[] {
     if (sep < 0) continue;
     const [, , , root, mountpoint] = line.slice(0, sep).split(' ');
     const [fstype, , superOptions = ''] = line.slice(sep + 3).split(' ');
-    const unescape = (s: string) => s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
     if (fstype === 'cgroup2') out.push({ version: 2, controllers: '', root: unescape(root), mountpoint: unescape(mountpoint) });
     else if (fstype === 'cgroup') {
       const controllers = superOptions.split(',').filter((o) => !['rw', 'ro'].includes(o) && (!o.includes('=') || o.startsWith('name=')) && !['noprefix', 'clone_children', 'cpuset_v2_mode', 'xattr', 'nsdelegate', 'memory_recursiveprot', 'favordynmods'].includes(o));

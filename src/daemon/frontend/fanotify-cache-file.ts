@@ -243,7 +243,7 @@ export class MarkedCacheFile {
     }
     // Writes waiting for a writer fd get none now (no event comes for an unmarked file): they fail,
     // so that the work holding the guard ends and the fds are closed.
-    for (const w of this.writerWaiters.splice(0)) w.reject(new Error(`${this.path}: closed before an event gave a writer fd`));
+    for (const w of this.writerWaiters.splice(0)) w.reject(this.noWriter());
     this.guard.close();
   }
 
@@ -335,10 +335,15 @@ export class MarkedCacheFile {
     }, COMPLETE_CHECK_DELAY_MS).unref();
   }
 
+  /** What a write waiting for a writer fd fails with once the file is closed. */
+  private noWriter(): Error {
+    return new Error(`${this.path}: closed before an event gave a writer fd`);
+  }
+
   /** The writer fd; when there is none yet, one event for the file is provoked (module comment). */
   private writer(): Promise<number> {
     if (this.writerFd !== null) return Promise.resolve(this.writerFd);
-    if (this.guard.closed) return Promise.reject(new Error(`${this.path}: closed before an event gave a writer fd`));
+    if (this.guard.closed) return Promise.reject(this.noWriter());
     return new Promise((resolve, reject) => {
       this.writerWaiters.push({ resolve, reject });
       if (this.writerWaiters.length > 1) return;
