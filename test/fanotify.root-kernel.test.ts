@@ -15,7 +15,7 @@ import { fillDisk, makeRichTree, prand, tmpDir } from './helpers/fixtures.ts';
 import { manifest, diffManifests } from './helpers/manifest.ts';
 import { mountManifest, readMounted } from './helpers/bounded-read.ts';
 import { mustRun, repoRoot } from './helpers/cli.ts';
-import { apiRequest } from './helpers/api-client.ts';
+import { apiRequest, heldConnection } from './helpers/api-client.ts';
 import { startRegistry } from './helpers/registry.ts';
 import { parseCgroupMounts, parseProcCgroup, procsFile } from '../src/daemon/cgroup-follow.ts';
 import { type FanotifyImage, fanotifyConfig, daemonFilesTail, isMounted, killProcessesUnder, localfsBackend, processesUnder, spawnDaemon, startFanotifyDaemon, waitFor } from './helpers/fanotify-daemon.ts';
@@ -411,6 +411,10 @@ test('root-kernel fanotify: kill -9 of the worker while it holds an event; the n
     const journal = path.join(d.state, 'pending-events');
     // (Not any backend read held: a read ahead of the reader is held too, while no event waits for it.)
     await waitFor('an event held by the worker', () => server.waiting.length > 0 && PendingEventJournal.read(journal).length > 0);
+    // Held open across the kill, as nydus-snapshotter's liveness monitor holds one: its closing is
+    // the daemon's death to the snapshotter, whose recover policy would then unmount the images.
+    const watch = heldConnection(d.sock);
+    await watch.connected;
     process.kill(worker, 'SIGKILL');
     let done = false;
     void reader.then(() => (done = true));
@@ -423,6 +427,9 @@ test('root-kernel fanotify: kill -9 of the worker while it holds an event; the n
     });
     const { code, out, err } = await reader;
     assert.equal(code, 0, `the reader finished after the restart (${err})`);
+    assert.equal(watch.closed, false, 'the idle API connection stayed open through the worker\'s death');
+    assert.notEqual((await watch.request('/api/v1/daemon')).pid, worker, 'its first request is answered by the new worker');
+    watch.c.destroy();
     assert.equal(out, crypto.createHash('sha256').update(bigData).digest('hex'), 'with the right bytes');
     assert.match(fs.readFileSync(path.join(work, 'big', 'nydusd.log'), 'utf8'), /serving a predecessor's event/, "the new worker answered the dead one's event from the journal");
     const after = await fetches(d.sock, img.blobId);

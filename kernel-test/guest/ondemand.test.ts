@@ -10,7 +10,7 @@ import path from 'node:path';
 import crypto from 'node:crypto';
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
 import { manifest, diffManifests } from '../../test/helpers/manifest.ts';
-import { apiRequest } from '../../test/helpers/api-client.ts';
+import { apiRequest, heldConnection } from '../../test/helpers/api-client.ts';
 
 interface PlanImage { id: string; boot: string; blobDir: string; blobId: string; manifest: string }
 interface Plan {
@@ -202,9 +202,16 @@ test('4: kill -9 of the daemon during reads; the restarted daemon serves the mou
     if (cachedBefore.length < 3) await new Promise((r) => setTimeout(r, 50));
   }
   assert.ok(cachedBefore.length < plan.bigChunks, 'the kill comes while the file is still being read');
+  // Held open as nydus-snapshotter's liveness monitor holds one: its closing is the daemon's death to
+  // the snapshotter, whose default recover policy then waits for the supervisor's exit.
+  const watch = heldConnection(sock);
+  await watch.connected;
   process.kill(pid, 'SIGKILL');
   const newPid = await waitForApi(pid);
   assert.notEqual(newPid, pid);
+  assert.equal(watch.closed, false, 'the idle API connection stayed open through the worker\'s death');
+  assert.equal((await watch.request('/api/v1/daemon')).pid, newPid, 'its first request is answered by the new worker');
+  watch.c.destroy();
   const code = await new Promise((r) => reader.once('exit', r));
   assert.equal(code, 0, 'the reader finished after the restart');
   assert.equal(out.split(' ')[0], plan.bigSha256);

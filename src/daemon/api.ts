@@ -9,8 +9,6 @@
  * 404 for unknown paths and for metrics of an image that is not there (nydus's NoCounter).
  */
 import http from 'node:http';
-import fs from 'node:fs';
-import net from 'node:net';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { NydusError } from '../../erofs/errors.ts';
@@ -22,6 +20,7 @@ import { BUILD_INFO } from '../version.ts';
 import { prometheusText } from './prometheus.ts';
 import { sumBackendMetrics } from './backend/metrics.ts';
 import { errorEvents } from './error-events.ts';
+import { API_MAX_CONNECTIONS, listenOwnerOnly } from './unix-socket.ts';
 import type { FanotifySession } from './frontend/fanotify.ts';
 
 export interface ApiContext {
@@ -179,12 +178,6 @@ function need(ctx: ApiContext): NonNullable<ApiContext['lifecycle']> {
   return ctx.lifecycle;
 }
 
-/**
- * Connections served at once. Each costs the worker an fd, and the fds it needs for the kernel (event
- * fds, cache files) come from the same table: without a bound, idle connections alone could take them
- * all and fanotify reads would fail. The snapshotter keeps one, nydusctl one per call.
- */
-export const API_MAX_CONNECTIONS = 256;
 /**
  * A request's headers, and the whole request (its body), must arrive within these: a client that
  * starts one and stalls holds its connection no longer. A connection that has sent nothing yet is
@@ -419,15 +412,7 @@ export function startApi(sock: string, ctx: ApiContext): Promise<http.Server> {
       return send(res, status, { code: 'UNDEFINED', message: err.message });
     }
   };
-  return removeStaleSocket(sock).then(() => new Promise((resolve, reject) => {
-    server.once('error', reject);
-    const old = process.umask(0o177);
-    server.listen(sock, () => {
-      process.umask(old);
-      fs.chmodSync(sock, 0o600);
-      resolve(server);
-    });
-  }));
+  return listenOwnerOnly(server, sock);
 }
 
 /**
@@ -450,35 +435,4 @@ function parseMountCmd(body: unknown): { bootstrap: string; config: unknown } {
   if (fsType && fsType !== 'rafs') throw new ConfigError(`body.fs_type ${JSON.stringify(fsType)} is not supported (rafs)`);
   if (Array.isArray(b.prefetch_files) && b.prefetch_files.length) throw new ConfigError('body.prefetch_files is not supported; use the config\'s prefetch settings');
   return { bootstrap: source, config: parseConfigText(str(b, 'config', 'body'), 'body.config') };
-}
-
-/**
- * A socket left behind by a daemon that died is removed; anything else at that path (a file, a
- * directory, a socket another daemon still answers on) is refused, never deleted.
- */
-async function removeStaleSocket(sock: string): Promise<void> {
-  const state = await socketLiveness(sock);
-  if (state === 'absent') return;
-  if (state === 'other') throw new NydusError(`--apisock ${sock} exists and is not a socket; refusing to replace it`);
-  if (state === 'live') throw new NydusError(`--apisock ${sock} is in use by another running daemon`);
-  fs.rmSync(sock);
-}
-
-/** What is at a socket path: nothing, something else, a socket a process answers on, or a dead one's. */
-export async function socketLiveness(sock: string): Promise<'absent' | 'other' | 'live' | 'dead'> {
-  let st: fs.Stats;
-  try {
-    st = fs.lstatSync(sock);
-  } catch {
-    return 'absent';
-  }
-  if (!st.isSocket()) return 'other';
-  return new Promise((resolve) => {
-    const c = net.connect(sock);
-    c.once('connect', () => {
-      c.destroy();
-      resolve('live');
-    });
-    c.once('error', () => resolve('dead'));
-  });
 }

@@ -12,7 +12,7 @@ import { startApi } from './api.ts';
 import { FanotifySession, type FanotifyMountRequest } from './frontend/fanotify.ts';
 import { type JournaledEvent, PendingEventJournal } from './frontend/fanotify-journal.ts';
 import { makeLogger } from './log.ts';
-import { MOUNTS_FILE, WORKER_EXIT_FATAL, inheritedKernelFd, onStopSignals, stopSupervisor, watchSupervisor } from './run.ts';
+import { MOUNTS_FILE, WORKER_EXIT_FATAL, inheritedKernelFd, onStopSignals, stopSupervisor, watchSupervisor, workerApiSocket } from './run.ts';
 import { openDaemonCore } from './serve.ts';
 import { StateDbError } from './state.ts';
 import { NydusError } from '../../erofs/errors.ts';
@@ -114,7 +114,7 @@ async function serveFanotify(opts: FanotifyDaemonOptions, { fd, restarted, stopA
   }
   const guarded = [
     { path: opts.dir, what: "the daemon's directory" },
-    ...(opts.apiSock ? [{ path: opts.apiSock, what: 'the API socket' }] : []),
+    ...(opts.apiSock ? [{ path: opts.apiSock, what: 'the API socket' }, { path: workerApiSocket(opts.apiSock), what: "the worker's API socket" }] : []),
     ...(opts.logFile ? [{ path: opts.logFile, what: 'the log file' }] : []),
   ];
   const session = new FanotifySession(FanotifyGroup.fromFd(fd), registry, state, journal, mountsFile, log, opts.threads, guarded);
@@ -150,7 +150,7 @@ async function serveFanotify(opts: FanotifyDaemonOptions, { fd, restarted, stopA
   };
   if (opts.apiSock) {
     try {
-      server = await startApi(opts.apiSock, { id: '', registry, state, lifecycle: null, mounts: session, exit: shutdown, log });
+      server = await startApi(workerApiSocket(opts.apiSock), { id: '', registry, state, lifecycle: null, mounts: session, exit: shutdown, log });
     } catch (e) {
       throw new WorkerStartError(`cannot serve the API: ${(e as Error).message}`);
     }

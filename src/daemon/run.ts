@@ -12,6 +12,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { followCgroups } from './cgroup-follow.ts';
+import { ApiRelay, workerSocketFor } from './api-relay.ts';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -43,6 +44,12 @@ const RESTART_ENV = 'NYDUSD_WORKER_RESTART';
 const STOP_ENV = 'NYDUSD_WORKER_STOP';
 /** The fd of the daemon directory's lock in a worker, when it has one (fanotify mode). */
 const LOCK_FD_ENV = 'NYDUSD_WORKER_LOCK_FD';
+/** Where a worker serves the API its supervisor relays (api-relay.ts). */
+const WORKER_API_ENV = 'NYDUSD_WORKER_API';
+/** The fd of the API's listening socket in a worker (held for an adoptive supervisor) and in an adoptive supervisor. */
+const API_FD_ENV = 'NYDUSD_API_FD';
+const WORKER_API_FD = 5;
+const ADOPTIVE_API_FD = 6;
 /** Set for an adoptive supervisor: the pid of the worker it adopts. */
 const ADOPT_ENV = 'NYDUSD_ADOPT';
 /** An adoptive supervisor's end of the pipe its worker writes its exit code to (EOF alone: it died). */
@@ -65,6 +72,29 @@ const WORKER_MAX_QUICK_DEATHS = 5;
 
 export function isWorker(): boolean {
   return process.env[WORKER_FD_ENV] !== undefined;
+}
+
+/** Where this worker serves the API of `apiSock`: the socket its supervisor relays that one to, or `apiSock` itself. */
+export function workerApiSocket(apiSock: string): string {
+  return process.env[WORKER_API_ENV] || apiSock;
+}
+
+/**
+ * The supervisor's side of the API socket (api-relay.ts): listening at `apiSock`, or, in an adoptive
+ * supervisor, on the listening socket its worker held for it.
+ */
+async function openApiRelay(apiSock: string, log: Logger): Promise<ApiRelay | null> {
+  const inherited = process.env[API_FD_ENV];
+  const workerSock = process.env[WORKER_API_ENV] || workerSocketFor(apiSock);
+  delete process.env[API_FD_ENV];
+  if (inherited === undefined) return ApiRelay.listen(apiSock, workerSock, log);
+  try {
+    return await ApiRelay.adopt(Number(inherited), apiSock, workerSock, log);
+  } catch (e) {
+    // The worker serves the kernel on, without an API, rather than without a supervisor.
+    log.error({ err: (e as Error).message, apisock: apiSock }, 'cannot take over the API socket; the daemon serves on without its API: restart it');
+    return null;
+  }
 }
 
 /** The kernel fd a supervisor keeps for its workers: /dev/cachefiles, or a fanotify group. */
@@ -155,8 +185,11 @@ function startAdoptiveSupervisor(log: Logger, quickDeaths: number): void {
   try {
     // The worker's own command line (its supervisor's, as it started it), its kernel fd as fd 3 and
     // its lock as fd 4, as a supervisor holds them, and the status pipe as fd 5.
+    // And the API's listening socket, when the worker holds one, as fd 6.
+    const apiFd = process.env[API_FD_ENV];
+    if (apiFd !== undefined) env[API_FD_ENV] = String(ADOPTIVE_API_FD);
     child = spawn(process.execPath, [...process.execArgv, ...process.argv.slice(1)], {
-      stdio: ['ignore', 'inherit', 'inherit', KERNEL_FD, lockFd === undefined ? 'ignore' : Number(lockFd), 'pipe'], env,
+      stdio: ['ignore', 'inherit', 'inherit', KERNEL_FD, lockFd === undefined ? 'ignore' : Number(lockFd), 'pipe', ...(apiFd === undefined ? [] : [Number(apiFd)])], env,
     });
   } catch (e) {
     log.error({ err: (e as Error).message }, 'cannot start a supervisor to adopt this worker; it serves on alone: restart the daemon');
@@ -244,6 +277,14 @@ export function inheritedKernelFd(): { fd: number; restarted: boolean; stopAtOnc
 export async function runSupervisor(opts: SupervisorOptions & Partial<DaemonOptions>, argv: string[], held?: HeldFd, adopted?: AdoptedWorker): Promise<void> {
   const log = makeLogger(opts.logLevel, opts.logFile, opts.logRotationSize);
   const dev: HeldFd = held ?? openDevice(opts as DaemonOptions);
+  // The API socket is the supervisor's, relayed to each worker in turn: its connections outlive a worker.
+  let relay: ApiRelay | null = null;
+  try {
+    relay = opts.apiSock ? await openApiRelay(opts.apiSock, log) : null;
+  } catch (e) {
+    dev.close();
+    throw e;
+  }
   if (!held) log.info({ dir: opts.fscacheDir, tag: opts.tag }, 'cachefiles bound in on-demand mode');
   let child: Pick<ChildProcess, 'kill'> | null = null;
   let stopping = false;
@@ -269,11 +310,12 @@ export async function runSupervisor(opts: SupervisorOptions & Partial<DaemonOpti
     // the host's noise), while code that stays hot in a daemon's long life is still optimized.
     if (!process.execArgv.some((a) => a.startsWith('--interrupt-budget'))) v8Flags.push(`--interrupt-budget=${20 * 67584}`);
     const worker = spawn(process.execPath, [...process.execArgv, ...v8Flags, ...argv], {
-      stdio: ['ignore', 'inherit', 'inherit', dev.fd, ...(dev.lockFd === undefined ? [] : [dev.lockFd])],
+      stdio: ['ignore', 'inherit', 'inherit', dev.fd, dev.lockFd ?? 'ignore', ...(relay ? [relay.fd] : [])],
       // Cache-file writes run on libuv's pool (O_DIRECT waits for the disk): size it for the threads.
       env: {
         ...process.env, [WORKER_FD_ENV]: String(KERNEL_FD), [RESTART_ENV]: String(restarts), [STOP_ENV]: stopping ? '1' : '0',
         ...(dev.lockFd === undefined ? {} : { [LOCK_FD_ENV]: String(LOCK_FD) }),
+        ...(relay ? { [WORKER_API_ENV]: relay.workerSock, [API_FD_ENV]: String(WORKER_API_FD) } : {}),
         UV_THREADPOOL_SIZE: process.env.UV_THREADPOOL_SIZE ?? String(Math.max(4, opts.threads * 2)),
         // Chunk buffers (up to a few MiB, made and dropped all the time) come from malloc's heap and
         // are reused, not fresh mmap()s: touching fresh pages cost more than decompressing into them
@@ -343,6 +385,7 @@ export async function runSupervisor(opts: SupervisorOptions & Partial<DaemonOpti
   const finish = (code: number) => {
     givingUp = true;
     const done = () => {
+      relay?.close();
       dev.close();
       process.exit(code);
     };

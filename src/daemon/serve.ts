@@ -7,7 +7,8 @@ import os from 'node:os';
 import type { Logger } from 'pino';
 import { CachefilesDevice } from '../../native/fscache/index.ts';
 import { NydusError } from '../../erofs/errors.ts';
-import { socketLiveness, startApi } from './api.ts';
+import { startApi } from './api.ts';
+import { socketLiveness } from './unix-socket.ts';
 import { ImageRegistry } from './daemon.ts';
 import { DaemonLifecycle } from './lifecycle.ts';
 import { DaemonState } from './state.ts';
@@ -15,7 +16,7 @@ import { VerifyPool } from './verify-pool.ts';
 import { warmUpVerifiers } from '../blob/verify.ts';
 import { RegistrationPool } from './registration-pool.ts';
 import { makeLogger } from './log.ts';
-import { type DaemonOptions, inheritedKernelFd, onStopSignals, openDevice, stopSupervisor, watchSupervisor } from './run.ts';
+import { type DaemonOptions, inheritedKernelFd, onStopSignals, openDevice, stopSupervisor, watchSupervisor, workerApiSocket } from './run.ts';
 import { heldBack } from './repeated-failure.ts';
 
 /**
@@ -98,7 +99,8 @@ export async function runDaemon(opts: DaemonOptions, source: DeviceSource): Prom
       process.exit(0);
     });
   };
-  server = await startApi(opts.apiSock, { id: opts.id, supervisor: opts.supervisor, registry, state, lifecycle, exit: shutdown, log });
+  // A worker of our supervisor serves the socket the supervisor relays the API socket to.
+  server = await startApi(source.kind === 'inherited' ? workerApiSocket(opts.apiSock) : opts.apiSock, { id: opts.id, supervisor: opts.supervisor, registry, state, lifecycle, exit: shutdown, log });
   log.info({ apisock: opts.apiSock, state: lifecycle.state }, 'nydusd ready');
   onStopSignals(shutdown, log);
   if (source.kind === 'inherited') watchSupervisor(log);

@@ -54,3 +54,35 @@ export function blobCacheEntry(id: string, image: { bootstrap: string; blobDir: 
     },
   };
 }
+
+/**
+ * A connection held open, as nydus-snapshotter's liveness monitor holds one (it never writes and takes
+ * its closing for the daemon's death): whether it closed, and `request`, one GET on it resolving to
+ * the answer's JSON body.
+ */
+export function heldConnection(sock: string) {
+  const c = net.connect(sock);
+  let got = '';
+  let closed = false;
+  c.setEncoding('utf8');
+  c.on('data', (d) => (got += d));
+  c.on('close', () => (closed = true));
+  c.on('error', () => {});
+  return {
+    c,
+    get closed() { return closed; },
+    connected: new Promise<void>((r) => c.once('connect', () => r())),
+    async request(url: string): Promise<any> {
+      got = '';
+      c.write(`GET ${url} HTTP/1.1\r\nHost: nydusd\r\n\r\n`);
+      for (let i = 0; i < 400; i++) {
+        const [head, body] = got.split('\r\n\r\n');
+        const length = Number(/content-length: *(\d+)/i.exec(head ?? '')?.[1]);
+        if (body !== undefined && Buffer.byteLength(body) >= length) return JSON.parse(body);
+        if (closed) break;
+        await new Promise((r) => setTimeout(r, 25));
+      }
+      throw new Error(`no answer to GET ${url} on the held connection to ${sock} (got ${JSON.stringify(got.slice(0, 200))})`);
+    },
+  };
+}

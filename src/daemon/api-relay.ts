@@ -1,0 +1,148 @@
+/**
+ * The API socket as the supervisor holds it (run.ts): connections are accepted here and relayed to the
+ * worker's own socket, so that a worker's death does not close them.
+ *
+ * Why: nydus-snapshotter watches a daemon's life through an idle connection to its API socket (its
+ * liveness monitor waits for EPOLLHUP on a connection it never writes to). When that connection closes,
+ * its default recover_policy "restart" waits for the pid it started to exit, then unmounts the
+ * daemon's images and starts another. Held by the worker, the connection closed with each worker
+ * death, while the pid the snapshotter started, this supervisor, serves on: the snapshotter waited for
+ * good, holding the daemon's lock. Here a connection is tied to a worker only once its client sends
+ * something: one that never does (the watch) stays open across worker restarts, and closes when the
+ * daemon ends. A relayed connection ends with its worker, as it did: a request in flight fails, and
+ * the client's next connection reaches the next worker.
+ */
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import type { Logger } from 'pino';
+import { API_MAX_CONNECTIONS, listenOwnerOnly } from './unix-socket.ts';
+
+/** How long a client's first bytes wait for a worker to answer on its socket (one starting, or replacing one that died). */
+const WORKER_WAIT_MS = 60_000;
+const WORKER_RETRY_MS = 50;
+/** sun_path holds 108 bytes with its NUL. */
+const SUN_PATH_MAX = 107;
+
+/**
+ * Where the worker of the daemon whose API socket is `apiSock` serves the API: beside it (only the
+ * owner may connect to either), or under the temporary directory when that path would not fit a socket address.
+ */
+export function workerSocketFor(apiSock: string): string {
+  const abs = path.resolve(apiSock);
+  const beside = path.join(path.dirname(abs), `.${path.basename(abs)}.worker`);
+  if (Buffer.byteLength(beside) <= SUN_PATH_MAX) return beside;
+  return path.join(os.tmpdir(), `nydusd-${crypto.createHash('sha256').update(abs).digest('hex').slice(0, 16)}.worker`);
+}
+
+export class ApiRelay {
+  private readonly clients = new Set<net.Socket>();
+  private closed = false;
+  /** The socket file's inode once listening: only that file is removed when the relay closes. */
+  private readonly ino: number | null;
+
+  private constructor(private readonly server: net.Server, readonly sock: string, readonly workerSock: string, private readonly log: Logger) {
+    server.maxConnections = API_MAX_CONNECTIONS;
+    server.on('connection', (c) => this.accept(c));
+    server.on('error', (e) => log.error({ err: e.message, apisock: sock }, 'the API socket failed'));
+    let ino: number | null = null;
+    try {
+      ino = fs.lstatSync(sock).ino;
+    } catch { /* removed under us: nothing of ours to remove later */ }
+    this.ino = ino;
+  }
+
+  /** Listens at `sock` (a dead daemon's socket there replaced; a live one's refused), relaying to `workerSock`. */
+  static async listen(sock: string, workerSock: string, log: Logger): Promise<ApiRelay> {
+    const server = await listenOwnerOnly(net.createServer({ allowHalfOpen: true, pauseOnConnect: false }), sock);
+    return new ApiRelay(server, sock, workerSock, log);
+  }
+
+  /** The listening socket `fd` (inherited from the worker by an adoptive supervisor), at `sock`. */
+  static async adopt(fd: number, sock: string, workerSock: string, log: Logger): Promise<ApiRelay> {
+    const server = net.createServer({ allowHalfOpen: true });
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen({ fd }, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    return new ApiRelay(server, sock, workerSock, log);
+  }
+
+  /** The listening socket's fd: each worker holds a copy, for the supervisor that adopts it if this one dies. */
+  get fd(): number {
+    const fd = (this.server as unknown as { _handle?: { fd?: number } })._handle?.fd;
+    if (typeof fd !== 'number' || fd < 0) throw new Error(`the API socket ${this.sock} has no fd`);
+    return fd;
+  }
+
+  /** Connections held now (relayed or not). */
+  get connections(): number {
+    return this.clients.size;
+  }
+
+  /** The daemon ends: no more connections, every one closed, the socket files removed (synchronously: the process exits next). */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.server.close();
+    for (const c of this.clients) c.destroy();
+    this.clients.clear();
+    try {
+      if (this.ino !== null && fs.lstatSync(this.sock).ino === this.ino) fs.rmSync(this.sock);
+    } catch { /* gone already */ }
+    // A worker that died left its socket behind; none runs now.
+    fs.rmSync(this.workerSock, { force: true });
+  }
+
+  private accept(client: net.Socket): void {
+    if (this.closed) {
+      client.destroy();
+      return;
+    }
+    this.clients.add(client);
+    client.on('close', () => this.clients.delete(client));
+    client.on('error', () => client.destroy());
+    let spoke = false;
+    // Closed by a client that said nothing (a liveness check): half-open sockets would pile up here.
+    client.once('end', () => {
+      if (!spoke) client.destroy();
+    });
+    client.once('data', (first: Buffer) => {
+      spoke = true;
+      client.pause();
+      this.toWorker(client, first, Date.now() + WORKER_WAIT_MS);
+    });
+  }
+
+  /** The client's bytes (`first`, then the rest) to a new connection to the worker, and the worker's back. */
+  private toWorker(client: net.Socket, first: Buffer, deadline: number): void {
+    if (this.closed || client.destroyed) return;
+    const worker = net.connect({ path: this.workerSock, allowHalfOpen: true });
+    let connected = false;
+    worker.on('error', (e: NodeJS.ErrnoException) => {
+      worker.destroy();
+      if (connected) return;  // its 'close' ends the client's connection
+      // No worker listens yet (starting, or replacing one that died): its socket comes soon.
+      if (Date.now() < deadline && ['ENOENT', 'ECONNREFUSED', 'EAGAIN'].includes(e.code ?? '')) {
+        setTimeout(() => this.toWorker(client, first, deadline), WORKER_RETRY_MS);
+        return;
+      }
+      this.log.error({ err: e.message, worker: this.workerSock }, 'an API request reached no worker; its connection is closed');
+      client.destroy();
+    });
+    worker.once('connect', () => {
+      connected = true;
+      worker.write(first);
+      client.pipe(worker);
+      worker.pipe(client);
+      // The worker is gone (it answered and closed, or died): what it wrote is delivered, then the client's connection ends.
+      worker.once('close', () => client.end());
+      client.once('close', () => worker.destroy());
+    });
+  }
+}
