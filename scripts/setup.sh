@@ -2,7 +2,7 @@
 # Installs what nydus-ts needs on a Debian machine, as root; quick when everything is there.
 #   apt packages: erofs-utils (reference tools), python3 (mount(2) helper and test supervisor), libzstd-dev (the
 #   addon's chunk decompression), tar, attr tools,
-#   docker-registry, umoci, skopeo, apache2-utils, openssl (registry tests)
+#   docker-registry, umoci, skopeo, apache2-utils, openssl (registry tests), zstd (a test's independent reader)
 #   npm ci: dependencies and the native addons (build/Release/*.node), built offline from /usr/include/node
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -24,6 +24,8 @@ command -v htpasswd >/dev/null || need+=(apache2-utils)
 command -v openssl >/dev/null || need+=(openssl)
 # The Debian rootfs fixture (test/helpers/debian-rootfs.ts).
 command -v debootstrap >/dev/null || need+=(debootstrap)
+# The independent reader of inlined blob meta decompresses its bootstrap (test/helpers/nydus-blob-tail.py).
+command -v zstd >/dev/null || need+=(zstd)
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}" >&2
   apt-get update -qq

@@ -17,6 +17,7 @@ import {
   type Descriptor, type ImageIndex, type ImageManifest, type RegistryClientOptions,
 } from '../src/registry/index.ts';
 import { prand, tmpDir } from './helpers/fixtures.ts';
+import { ARTIFACT_TYPE_NYDUS_MANIFEST, OS_FEATURE_NYDUS, isNydusIndexEntry } from '../src/convert/nydus-format.ts';
 import { bypassesProxy, cidrsOf } from '../src/registry/env-proxy.ts';
 import { requireTool, startRegistry, type RegistryServer } from './helpers/registry.ts';
 import { FaultProxy, TokenAuthProxy } from './helpers/registry-proxy.ts';
@@ -100,6 +101,26 @@ describe('references, platforms, credentials', () => {
     assert.deepEqual(selectPlatforms(list, parsePlatform('linux/arm/v6')).map((x) => x.digest), ['armv6']);
     assert.deepEqual(selectPlatforms(list, parsePlatform('linux/s390x')), []);
     assert.equal(selectPlatforms(list, 'all').length, 4, 'the unknown/unknown attestation entry is not a platform');
+  });
+
+  test('platforms: an index of nydusify --merge-platform (the OCI image and the Nydus one of each platform): the Nydus one for check\'s target, the OCI one for a source', () => {
+    const amd = { os: 'linux', architecture: 'amd64' };
+    const arm = { os: 'linux', architecture: 'arm64' };
+    // Nydus entries first and last: the order must not decide. Marked as v2.3.5 on (artifactType) and before (os.features).
+    const index: Descriptor[] = [
+      { mediaType: MediaType.ociManifest, digest: 'nydus-amd64', size: 1, platform: amd, artifactType: ARTIFACT_TYPE_NYDUS_MANIFEST },
+      { mediaType: MediaType.ociManifest, digest: 'oci-amd64', size: 1, platform: amd },
+      { mediaType: MediaType.ociManifest, digest: 'oci-arm64', size: 1, platform: arm },
+      { mediaType: MediaType.ociManifest, digest: 'nydus-arm64', size: 1, platform: { ...arm, 'os.features': [OS_FEATURE_NYDUS] } },
+    ];
+    const oci = (d: Descriptor) => !isNydusIndexEntry(d);
+    for (const p of ['linux/amd64', 'linux/arm64']) {
+      const arch = p.split('/')[1];
+      assert.deepEqual(selectPlatforms(index, parsePlatform(p), isNydusIndexEntry).map((x) => x.digest), [`nydus-${arch}`]);
+      assert.deepEqual(selectPlatforms(index, parsePlatform(p), oci).map((x) => x.digest), [`oci-${arch}`]);
+    }
+    assert.deepEqual(selectPlatforms(index, 'all', oci).map((x) => x.digest), ['oci-amd64', 'oci-arm64'], 'converting every platform: the OCI images only');
+    assert.deepEqual(selectPlatforms(index.filter(isNydusIndexEntry), 'all', oci).map((x) => x.digest), ['nydus-amd64', 'nydus-arm64'], 'an entry with no other of its platform stays');
   });
 
   test('credentials come from $DOCKER_CONFIG/config.json', () => {

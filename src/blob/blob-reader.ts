@@ -52,13 +52,21 @@ export class LocalBlobReader {
     });
   }
 
-  /** The chunk-info array stored at the blob's end. */
-  readChunkInfos(): BlobChunkInfo[] {
-    if (this.size < BLOB_CCT_HEADER_SIZE) throw new NydusError(`blob ${this.path}: too small for a blob meta header`);
-    const h = blobCompressionContextHeader.decode(this.readRaw(this.size - BLOB_CCT_HEADER_SIZE, BLOB_CCT_HEADER_SIZE), 0, `blob ${this.path}`);
-    if (h.s_magic !== BLOB_CCT_MAGIC || h.s_magic2 !== BLOB_CCT_MAGIC) throw new NydusError(`blob ${this.path}: no blob meta header at its end`);
+  /**
+   * The chunk-info array at `ciOffset` (`ciSize` bytes, as the bootstrap's blob table says), checked
+   * against the blob meta header that follows it: at the blob's end, or before the tar header of
+   * `blob.meta` in a blob with inlined meta.
+   */
+  readChunkInfos(ciOffset: number, ciSize: number): BlobChunkInfo[] {
+    const at = ciOffset + ciSize;
+    if (at + BLOB_CCT_HEADER_SIZE > this.size) throw new NydusError(`blob ${this.path}: its blob meta header would lie at ${at}, beyond its end (${this.size} bytes)`);
+    const h = blobCompressionContextHeader.decode(this.readRaw(at, BLOB_CCT_HEADER_SIZE), 0, `blob ${this.path}`);
+    if (h.s_magic !== BLOB_CCT_MAGIC || h.s_magic2 !== BLOB_CCT_MAGIC) throw new NydusError(`blob ${this.path}: no blob meta header at ${at}, after its chunk-info array`);
     if (h.s_ci_compressor !== 0) throw new NydusError(`blob ${this.path}: compressed chunk-info arrays are not supported`);
-    const ci = this.readRaw(h.s_ci_offset, h.s_ci_entries * BLOB_CHUNK_INFO_V1_SIZE);
+    if (h.s_ci_offset !== ciOffset || h.s_ci_compressed_size !== ciSize || h.s_ci_entries * BLOB_CHUNK_INFO_V1_SIZE !== ciSize) {
+      throw new NydusError(`blob ${this.path}: its blob meta header says ${h.s_ci_entries} chunk infos at ${h.s_ci_offset} (${h.s_ci_compressed_size} bytes), the bootstrap ${ciSize} bytes at ${ciOffset}`);
+    }
+    const ci = this.readRaw(ciOffset, ciSize);
     const out: BlobChunkInfo[] = [];
     for (let i = 0; i < h.s_ci_entries; i++) out.push(decodeChunkInfoV1(ci, i * BLOB_CHUNK_INFO_V1_SIZE));
     return out;

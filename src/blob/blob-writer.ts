@@ -1,5 +1,7 @@
 /**
- * Writes one Nydus data blob: chunk data, then the chunk-info array and its 4096-byte header.
+ * Writes one Nydus data blob: chunk data, then the chunk-info array and its 4096-byte header; with
+ * `tail` (--blob-inline-meta, --features blob-toc) each section is followed by its tar header, then
+ * come the chunk digests, the bootstrap and the TOC (erofs/blob-toc.ts).
  * The blob is streamed to a temporary file in the output directory and renamed to its sha256 at the
  * end, so memory stays bounded whatever the image size.
  */
@@ -7,8 +9,13 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { createHash, type Hash } from 'node:crypto';
 import {
-  BLOB_CCT_MAGIC, BLOB_CHUNK_INFO_V1_SIZE, BLOB_FEATURE_ALIGNED, blobCompressionContextHeader, encodeChunkInfoV1,
+  BLOB_CCT_MAGIC, BLOB_CHUNK_INFO_V1_SIZE, BLOB_FEATURE_ALIGNED, BLOB_FEATURE_HAS_TAR_HEADER, BLOB_FEATURE_HAS_TOC,
+  BLOB_FEATURE_INLINED_CHUNK_DIGEST, BLOB_FEATURE_INLINED_FS_META, blobCompressionContextHeader, encodeChunkInfoV1,
 } from '../../erofs/blobmeta.ts';
+import {
+  INLINED_BLOB_ID_PLACEHOLDER, TOC_ENTRY_BLOB_DIGEST, TOC_ENTRY_BLOB_META, TOC_ENTRY_BLOB_META_HEADER, TOC_ENTRY_BLOB_RAW,
+  TOC_ENTRY_BLOB_TOC, TOC_ENTRY_BOOTSTRAP, type TocEntry, encodeSectionHeader, encodeTocEntry,
+} from '../../erofs/blob-toc.ts';
 import { RAFS_COMPRESS_NONE } from '../../erofs/rafs.ts';
 import { EROFS_BLKSIZ } from '../../erofs/super.ts';
 import { NydusError } from '../../erofs/errors.ts';
@@ -30,7 +37,20 @@ export interface FinishedBlob {
   fileSize: number;
   /** The blob directory already held this blob (same bytes) before this build. */
   existed: boolean;
+  /** With a TOC: sha256 of the TOC entries with their tar header, and that size (nydus's blob_toc_digest, blob_toc_size). */
+  tocDigest?: Buffer;
+  tocSize?: number;
 }
+
+/** What follows the chunk data besides the blob meta (nydus-image create --blob-inline-meta, --features blob-toc). */
+export interface BlobTail {
+  /** The bootstrap goes into the blob (appendBootstrap): the blob is finished by that, not by finish(). */
+  inlineBootstrap: boolean;
+  /** A TOC of the sections, and the chunk digest array. */
+  toc: boolean;
+}
+
+const sha256 = (b: Uint8Array) => createHash('sha256').update(b).digest();
 
 const ZERO_BLOCK = Buffer.alloc(EROFS_BLKSIZ);
 
@@ -41,8 +61,9 @@ export class BlobWriter {
   private fileOffset = 0;
   private uncompressedOffset = 0;
   private readonly chunks: ChunkRef[] = [];
+  private readonly toc: TocEntry[] = [];
 
-  constructor(private readonly dir: string, private readonly blobIndex: number, private readonly compressor: CompressorName) {
+  constructor(private readonly dir: string, private readonly blobIndex: number, private readonly compressor: CompressorName, private readonly tail?: BlobTail) {
     this.tmpPath = path.join(dir, `.blob-${process.pid}-${Date.now()}.tmp`);
     try {
       this.fd = fs.openSync(this.tmpPath, 'wx');
@@ -129,24 +150,41 @@ export class BlobWriter {
     return this.chunks.length;
   }
 
+  /** A section's tar header (blob-toc.ts), after its `size` bytes. */
+  private sectionHeader(name: string, size: number): Buffer {
+    const h = encodeSectionHeader(name, size);
+    this.write(h);
+    return h;
+  }
+
   /**
    * Appends the blob meta and renames the blob to its digest in the directory, or, `keepTemp`, leaves
    * it at its temporary name for the caller to put elsewhere (the caller then owns the file); returns
-   * null (and removes it) if empty.
+   * null (and removes it) if empty. With an inline bootstrap the blob stays open for appendBootstrap
+   * (which finishes it, empty or not): what is returned describes the data part, as the bootstrap's
+   * blob table holds it (its id the placeholder, its size the bytes written so far).
    */
   finish(keepTemp = false): FinishedBlob | null {
     if (this.chunks.length === 0) {
-      this.abort();
+      if (!this.tail?.inlineBootstrap) this.abort();
       return null;
     }
     if (this.compressor === 'none') this.padTo(EROFS_BLKSIZ);
     const compressedSize = this.fileOffset;
+    const tail = this.tail;
+    if (tail) {
+      this.sectionHeader(TOC_ENTRY_BLOB_RAW, compressedSize);
+      // nydus's digest of this entry covers the chunk data and its header.
+      if (tail.toc) this.toc.push({ name: TOC_ENTRY_BLOB_RAW, compression: 'none', digest: this.hash.copy().digest(), offset: 0, compressedSize, uncompressedSize: this.uncompressedOffset });
+    }
     const ci = Buffer.alloc(this.chunks.length * BLOB_CHUNK_INFO_V1_SIZE);
     this.chunks.forEach((c, i) => encodeChunkInfoV1(c, ci, i * BLOB_CHUNK_INFO_V1_SIZE));
     const ciOffset = this.fileOffset;
     this.write(ci);
-    const features = BLOB_FEATURE_ALIGNED;
-    this.write(blobCompressionContextHeader.encode({
+    const features = BLOB_FEATURE_ALIGNED
+      | (tail ? BLOB_FEATURE_HAS_TAR_HEADER : 0) | (tail?.inlineBootstrap ? BLOB_FEATURE_INLINED_FS_META : 0)
+      | (tail?.toc ? BLOB_FEATURE_HAS_TOC | BLOB_FEATURE_INLINED_CHUNK_DIGEST : 0);
+    const header = blobCompressionContextHeader.encode({
       s_magic: BLOB_CCT_MAGIC,
       s_features: features,
       s_ci_compressor: RAFS_COMPRESS_NONE,
@@ -155,7 +193,51 @@ export class BlobWriter {
       s_ci_compressed_size: ci.length,
       s_ci_uncompressed_size: ci.length,
       s_magic2: BLOB_CCT_MAGIC,
-    }));
+    });
+    this.write(header);
+    if (tail) {
+      this.sectionHeader(TOC_ENTRY_BLOB_META, ci.length + header.length);
+      if (tail.toc) {
+        this.toc.push({ name: TOC_ENTRY_BLOB_META, compression: 'none', digest: sha256(ci), offset: ciOffset, compressedSize: ci.length, uncompressedSize: ci.length });
+        this.toc.push({ name: TOC_ENTRY_BLOB_META_HEADER, compression: 'none', digest: sha256(header), offset: ciOffset + ci.length, compressedSize: header.length, uncompressedSize: header.length });
+        // Each chunk's digest, in chunk index order.
+        const digests = Buffer.concat(this.chunks.map((c) => c.digest));
+        const at = this.fileOffset;
+        this.write(digests);
+        this.sectionHeader(TOC_ENTRY_BLOB_DIGEST, digests.length);
+        this.toc.push({ name: TOC_ENTRY_BLOB_DIGEST, compression: 'none', digest: sha256(digests), offset: at, compressedSize: digests.length, uncompressedSize: digests.length });
+      }
+    }
+    const data = {
+      compressedSize, uncompressedSize: this.uncompressedOffset, chunkCount: this.chunks.length, features, ciOffset, ciSize: ci.length, fileSize: this.fileOffset,
+    };
+    if (tail?.inlineBootstrap) return { ...data, blobId: INLINED_BLOB_ID_PLACEHOLDER, path: this.tmpPath, existed: false };
+    return this.close(keepTemp, data);
+  }
+
+  /**
+   * The blob with an inline bootstrap finished (BlobTail.inlineBootstrap): `bootstrap` (zstd with a
+   * TOC, as nydus stores it), then the TOC, then named and placed as finish() would.
+   */
+  appendBootstrap(bootstrap: Buffer, keepTemp: boolean, data: FinishedBlob | null): FinishedBlob {
+    if (!this.tail?.inlineBootstrap) throw new Error('appendBootstrap on a blob without an inline bootstrap');
+    const at = this.fileOffset;
+    const zstd = this.tail.toc ? compressChunk('zstd', bootstrap) : null;
+    this.write(zstd ?? bootstrap);
+    const stored = zstd ? zstd.length : bootstrap.length;
+    this.sectionHeader(TOC_ENTRY_BOOTSTRAP, stored);
+    if (this.tail.toc) this.toc.push({ name: TOC_ENTRY_BOOTSTRAP, compression: zstd ? 'zstd' : 'none', digest: sha256(bootstrap), offset: at, compressedSize: stored, uncompressedSize: bootstrap.length });
+    return this.close(keepTemp, data ?? { compressedSize: 0, uncompressedSize: 0, chunkCount: 0, features: 0, ciOffset: 0, ciSize: 0, fileSize: 0 });
+  }
+
+  private close(keepTemp: boolean, data: Omit<FinishedBlob, 'blobId' | 'path' | 'existed'>): FinishedBlob {
+    let toc: { tocDigest: Buffer; tocSize: number } | undefined;
+    if (this.tail?.toc) {
+      const entries = Buffer.concat(this.toc.map(encodeTocEntry));
+      this.write(entries);
+      const h = this.sectionHeader(TOC_ENTRY_BLOB_TOC, entries.length);
+      toc = { tocDigest: createHash('sha256').update(entries).update(h).digest(), tocSize: entries.length + h.length };
+    }
     // No fsync: waiting for the whole blob to reach the disk is most of a build's wall time on a
     // busy disk, and neither nydus-image nor mkfs.erofs does it; a consumer that needs durability
     // syncs, and a blob cut short by a crash fails `check` (its sha256 is its name).
@@ -164,10 +246,7 @@ export class BlobWriter {
     const finalPath = keepTemp ? this.tmpPath : path.join(this.dir, blobId);
     const existed = !keepTemp && fs.existsSync(finalPath);
     if (!keepTemp) fs.renameSync(this.tmpPath, finalPath);
-    return {
-      blobId, path: finalPath, compressedSize, uncompressedSize: this.uncompressedOffset,
-      chunkCount: this.chunks.length, features, ciOffset, ciSize: ci.length, fileSize: this.fileOffset, existed,
-    };
+    return { ...data, ...toc, blobId, path: finalPath, existed, fileSize: this.fileOffset };
   }
 
   abort(): void {

@@ -4,6 +4,7 @@ import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { NydusError } from '../../erofs/errors.ts';
 import { BLOB_CHUNK_MAX_SIZE } from '../../erofs/blobmeta.ts';
+import { INLINED_BLOB_ID_PLACEHOLDER } from '../../erofs/blob-toc.ts';
 import { RAFS_COMPRESS_NONE } from '../../erofs/rafs.ts';
 import { BlobWriter, type FinishedBlob } from '../blob/blob-writer.ts';
 import { placeOutput, stageOutput } from '../image/output-file.ts';
@@ -22,7 +23,12 @@ import { finishLayeredBuild, type LayeredBuild, openLayeredBuild } from './layer
 
 export interface CreateOptions {
   source: string;
-  bootstrap: string;
+  /** Where the bootstrap goes; with `blobInlineMeta` it may be left out (it is in the blob). */
+  bootstrap?: string;
+  /** The bootstrap inside the blob too, after the blob meta, each section followed by a tar header (erofs/blob-toc.ts). */
+  blobInlineMeta?: boolean;
+  /** A TOC at the blob's end listing its sections, and the chunk digest array (nydus's `--features blob-toc`). */
+  blobToc?: boolean;
   /** Directory for the blob, named by its sha256. */
   blobDir?: string;
   /** Exact path for the blob instead. */
@@ -46,7 +52,8 @@ export interface CreateOptions {
 }
 
 export interface CreateResult {
-  bootstrap: string;
+  /** The bootstrap file, if one was written besides the blob. */
+  bootstrap: string | null;
   blob: FinishedBlob | null;
   /** Ids of every blob the image references, in blob table order. */
   blobIds: string[];
@@ -107,7 +114,9 @@ class ImageBuild {
     if (!blobDir) throw new NydusError('either a blob directory (--blob-dir/-D) or a blob path (--blob) is needed');
     this.layered = opts.parentBootstrap || opts.chunkDict ? openLayeredBuild({ ...opts, config: opts }) : null;
     this.createdDir = fs.mkdirSync(blobDir, { recursive: true });
-    this.writer = new BlobWriter(blobDir, this.layered?.newBlobIndex ?? 0, opts.compressor);
+    if (!opts.bootstrap && !opts.blobInlineMeta) throw new NydusError('a bootstrap (--bootstrap/-B) is needed, unless it goes into the blob (--blob-inline-meta)');
+    const tail = opts.blobInlineMeta || opts.blobToc ? { inlineBootstrap: !!opts.blobInlineMeta, toc: !!opts.blobToc } : undefined;
+    this.writer = new BlobWriter(blobDir, this.layered?.newBlobIndex ?? 0, opts.compressor, tail);
     this.chunker = new Chunker({ chunkSize: opts.chunkSize, digester: opts.digester, blob: this.writer, index: this.layered?.index ?? new ChunkIndex() });
   }
 
@@ -127,8 +136,9 @@ class ImageBuild {
     this.writer.reorder(prefetchChunks(first));
     // With --blob the blob stays at its temporary name until the bootstrap is ready beside its place:
     // a failure before then leaves the file (or FIFO) at --blob as it was.
-    const blob = this.blob = this.writer.finish(opts.blobPath !== undefined);
-    const own = blob ? blobDescriptor(blob) : null;
+    const data = this.writer.finish(opts.blobPath !== undefined);
+    let blob = this.blob = opts.blobInlineMeta ? null : data;
+    const own = data ? blobDescriptor(data) : null;
     const { blobs, root } = this.layered
       ? finishLayeredBuild(this.layered, own, tree, opts.whiteoutSpec ?? 'oci')
       : { blobs: own ? [own] : [], root: tree };
@@ -139,21 +149,24 @@ class ImageBuild {
       buildTime: opts.repeatable ? 0 : Math.floor(Date.now() / 1000),
       prefetch: prefetch?.nids,
     });
-    const bootstrap = stageOutput(opts.bootstrap, meta);
+    // The blob's own id, with the bootstrap inside it, is the digest of the whole: known only now.
+    if (opts.blobInlineMeta) blob = this.blob = this.writer.appendBootstrap(Buffer.from(meta.buffer, meta.byteOffset, meta.byteLength), opts.blobPath !== undefined, data);
+    const bootstrap = opts.bootstrap ? stageOutput(opts.bootstrap, meta) : null;
     if (blob && opts.blobPath) {
       try {
         placeOutput(blob.path, opts.blobPath);
       } catch (e) {
-        bootstrap.discard();
+        bootstrap?.discard();
         throw e;
       }
       this.placed = true;
       blob.path = opts.blobPath;
     }
-    bootstrap.commit();
+    bootstrap?.commit();
+    const final = blob;
     return {
-      bootstrap: opts.bootstrap, blob, blobIds: blobs.map((b) => b.blobId), stats: this.chunker.stats, inodes: layout.inodes.length,
-      prefetchMissing: prefetch?.missing ?? [],
+      bootstrap: opts.bootstrap ?? null, blob, blobIds: blobs.map((b) => (b.blobId === INLINED_BLOB_ID_PLACEHOLDER && final ? final.blobId : b.blobId)),
+      stats: this.chunker.stats, inodes: layout.inodes.length, prefetchMissing: prefetch?.missing ?? [],
     };
   }
 

@@ -146,8 +146,9 @@ export class BlobTable {
  * blob i sits in the table. Files are refused when their data cannot be carried over (holes, inline data).
  */
 export function treeWithTableChunks(image: ErofsImage, table: BlobTable, blobIndexes: number[]): TreeNode {
-  // Input bootstraps pass the same validation gate as every other reader.
-  const { root } = treeFromImage(validateImage(image));
+  // Input bootstraps pass the same validation gate as every other reader; a layer's bootstrap taken
+  // out of its blob names that blob by the placeholder, its id given by the merge.
+  const { root } = treeFromImage(validateImage(image, { inlinedBlobId: true }));
   for (const n of walkTree(root)) {
     if (n.kind !== 'file') continue;
     const chunks = n.chunks;

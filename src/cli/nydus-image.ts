@@ -102,7 +102,7 @@ await runMain('nydus-image', async () => {
     .command('create <source>', 'build a RAFS v6 image (bootstrap + blob) from a directory or a layer tar', (y) => y
       .positional('source', { type: 'string', demandOption: true, describe: 'source directory, or tar file (- for stdin)' })
       .option('type', { alias: ['t', 'source-type'], type: 'string', default: 'dir-rafs', describe: 'conversion type: dir-rafs, tar-rafs, targz-rafs (both tar types take plain or gzip tar)' })
-      .option('bootstrap', { alias: 'B', type: 'string', demandOption: true, describe: 'output bootstrap file' })
+      .option('bootstrap', { alias: 'B', type: 'string', describe: 'output bootstrap file (needed unless --blob-inline-meta)' })
       .option('blob-dir', { alias: 'D', type: 'string', describe: 'directory for the blob, named by its sha256' })
       .option('blob', { alias: 'b', type: 'string', describe: 'output blob file' })
       .option('chunk-size', { type: 'string', default: '0x100000', describe: 'chunk size, power of two in [0x1000, 0x1000000]' })
@@ -114,13 +114,19 @@ await runMain('nydus-image', async () => {
       .option('whiteout-spec', { alias: 'W', type: 'string', default: 'oci', describe: 'whiteout specification (oci, overlayfs, none): a directory source leaves its whiteouts out; a tar layer keeps them' })
       .option('repeatable', { type: 'boolean', default: false, describe: 'reproducible output: build time 0' })
       .option('aligned-chunk', { type: 'boolean', default: false, describe: 'always on for RAFS v6' })
-      .option('blob-inline-meta', { type: 'boolean', default: false, describe: 'not supported yet' })
+      .option('blob-inline-meta', { type: 'boolean', default: false, describe: 'put the bootstrap into the blob, after the blob meta, each part followed by a tar header (nydus-snapshotter\'s converter)' })
+      .option('inline-bootstrap', { type: 'boolean', default: false, describe: 'the same as --blob-inline-meta (older nydus-image)' })
+      .option('features', { type: 'string', describe: 'comma-separated: blob-toc (a TOC of the blob\'s parts at its end, and the chunk digests)' })
       .option('parent-bootstrap', { type: 'string', describe: 'build on top of this bootstrap: the output is the parent with the source laid over it, chunks the parent has are not stored again' })
       .option('chunk-dict', { type: 'string', describe: 'bootstrap=<file>: chunks of this image are referenced, not stored again' }), async (a) => {
       const type = oneOf(a.type, ['dir-rafs', 'directory', 'tar-rafs', 'targz-rafs'] as const, 'conversion type');
       oneOf(a['fs-version'], ['6'] as const, 'fs version');
       const whiteoutSpec = oneOf(a['whiteout-spec'], WHITEOUT_SPECS, 'whiteout spec');
-      if (a['blob-inline-meta']) throw new NydusError('--blob-inline-meta is not supported by nydus-ts yet');
+      const inlineMeta = a['blob-inline-meta'] || a['inline-bootstrap'];
+      const features = (a.features ?? '').split(',').map((f) => f.trim()).filter(Boolean);
+      for (const f of features) oneOf(f, ['blob-toc'] as const, 'feature');
+      if (!a.bootstrap && !inlineMeta) throw new NydusError('--bootstrap/-B is needed (or --blob-inline-meta: the bootstrap goes into the blob)');
+      if (inlineMeta && !a.blob && !a['blob-dir']) throw new NydusError('--blob-inline-meta puts the bootstrap into the blob: give --blob or --blob-dir');
       const isTar = type === 'tar-rafs' || type === 'targz-rafs';
       if (a['prefetch-policy'] === 'fs' && isStdinSource(a.source)) {
         throw new NydusError('--prefetch-policy fs reads stdin, which cannot also carry the layer tar; give the tar as a file');
@@ -129,14 +135,14 @@ await runMain('nydus-image', async () => {
       const r = await build({
         prefetchPaths: prefetchPaths(a['prefetch-policy']), repeatable: a.repeatable, whiteoutSpec,
         parentBootstrap: a['parent-bootstrap'], chunkDict: a['chunk-dict'] === undefined ? undefined : parseChunkDictArg(a['chunk-dict']),
-        source: a.source, bootstrap: a.bootstrap, blobDir: a['blob-dir'], blobPath: a.blob,
+        source: a.source, bootstrap: a.bootstrap, blobDir: a['blob-dir'], blobPath: a.blob, blobInlineMeta: inlineMeta, blobToc: features.includes('blob-toc'),
         chunkSize: parseSize(a['chunk-size'], 'chunk size'),
         compressor: oneOf(a.compressor, ['none', 'zstd'] as const, 'compressor'),
         digester: oneOf(a.digester, ['blake3', 'sha256'] as const, 'digester'),
       });
       warnPrefetchMissing(r.prefetchMissing);
-      writeJson(a['output-json'], nydusReport(r.bootstrap, r.blobIds, a.compressor, { blob_path: r.blob?.path ?? null, inodes: r.inodes, ...r.stats }));
-      log.info(`built ${r.bootstrap} (${r.inodes} inodes, ${r.stats.uniqueChunks}/${r.stats.chunks} unique chunks)${r.blob ? `, blob ${r.blob.blobId}` : ''}`);
+      writeJson(a['output-json'], nydusReport(r.bootstrap ?? '', r.blobIds, a.compressor, { blob_path: r.blob?.path ?? null, inodes: r.inodes, ...r.stats }));
+      log.info(`built ${r.bootstrap ?? `the bootstrap into blob ${r.blob?.path}`} (${r.inodes} inodes, ${r.stats.uniqueChunks}/${r.stats.chunks} unique chunks)${r.blob ? `, blob ${r.blob.blobId}` : ''}`);
     })
     .command('merge <SOURCE..>', 'merge layer bootstraps (lowest first) into one bootstrap with whiteouts applied', (y) => y
       .positional('SOURCE', { type: 'string', array: true, demandOption: true, describe: 'layer bootstraps, lowest layer first' })

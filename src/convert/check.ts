@@ -21,7 +21,7 @@ import {
 import { mapBounded } from '../concurrency.ts';
 import { buildLayerFromRegistry } from './layer.ts';
 import { diffSummaries, summarizeImage } from './image-summary.ts';
-import { ANNOTATION_NYDUS_FS_VERSION, BOOTSTRAP_IN_LAYER, isBootstrapLayer, isNydusBlobLayer } from './nydus-format.ts';
+import { ANNOTATION_NYDUS_FS_VERSION, BOOTSTRAP_IN_LAYER, isBootstrapLayer, isNydusBlobLayer, isNydusIndexEntry } from './nydus-format.ts';
 
 export interface CheckOptions {
   source?: string;
@@ -164,7 +164,8 @@ export async function checkConverted(opts: CheckOptions): Promise<CheckResult> {
   const workDir = fs.mkdtempSync(path.join(base, 'nydusify-check-'));
   const problems: string[] = [];
   try {
-    const resolved = await target.resolveImage(targetRef, opts.platform);
+    // The Nydus image, where the index holds the OCI one of the platform too (--merge-platform).
+    const resolved = await target.resolveImage(targetRef, opts.platform, isNydusIndexEntry);
     if (resolved.images.length === 0) return { problems: [`target ${opts.target} has no image for the platform`] };
     const image = resolved.images[0].manifest;
     const ref = withDigest(targetRef, image.digest);
@@ -193,7 +194,7 @@ export async function checkConverted(opts: CheckOptions): Promise<CheckResult> {
 
     // The OCI tree: the source layers through the tar parser, merged with whiteouts applied.
     const sourceRef = parseReference(opts.source);
-    const src = (await source.resolveImage(sourceRef, opts.platform)).images[0];
+    const src = (await source.resolveImage(sourceRef, opts.platform, (d) => !isNydusIndexEntry(d))).images[0];
     if (!src) return { problems: [`source ${opts.source} has no image for the platform`] };
     const srcRef = withDigest(sourceRef, src.manifest.digest);
     const srcDir = path.join(workDir, 'source');

@@ -21,7 +21,7 @@ import { packBootstrapLayer } from './bootstrap-layer.ts';
 import { mapBounded } from '../concurrency.ts';
 import type { LayerProgress } from './progress.ts';
 import { convertLayer, type ConvertedLayer, type LayerBuildOptions } from './layer.ts';
-import { BOOTSTRAP_HISTORY, bootstrapDescriptor, nydusBlobDescriptor } from './nydus-format.ts';
+import { BOOTSTRAP_HISTORY, bootstrapDescriptor, isNydusIndexEntry, nydusBlobDescriptor } from './nydus-format.ts';
 
 export interface ConvertOptions extends LayerBuildOptions {
   source: string;
@@ -173,7 +173,7 @@ async function resolvePlatforms(ctx: Context, wanted: readonly Platform[]): Prom
   const chosen = new Set<string>();
   const missing: string[] = [];
   for (const p of wanted) {
-    const match = selectPlatforms(entries, p);
+    const match = selectPlatforms(entries, p, (d) => !isNydusIndexEntry(d));
     if (match.length === 0) missing.push(formatPlatform(p));
     for (const d of match) chosen.add(d.digest);
   }
@@ -217,7 +217,8 @@ export async function convert(opts: ConvertOptions): Promise<ConvertResult> {
   let ok = false;
   try {
     const resolved = platforms === 'all' || platforms.length === 1
-      ? await source.resolveImage(sourceRef, platforms === 'all' ? 'all' : platforms[0])
+      // The OCI image, where the index holds a Nydus conversion of the platform too (--merge-platform).
+      ? await source.resolveImage(sourceRef, platforms === 'all' ? 'all' : platforms[0], (d) => !isNydusIndexEntry(d))
       : await resolvePlatforms(ctx, platforms);
     if (resolved.images.length === 0) throw new NydusError(`source ${opts.source} has no image for platform ${platforms === 'all' ? 'all' : platforms.map(formatPlatform).join(',')}`);
     // Every image's config is read and checked before any blob is pushed.

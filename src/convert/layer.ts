@@ -29,15 +29,17 @@ export interface ConvertedLayer {
 export async function buildLayerFromRegistry(
   client: RegistryClient, ref: ImageReference, layer: Descriptor, dir: string, opts: LayerBuildOptions,
   track?: (stream: Readable) => Readable,
-): Promise<CreateResult> {
+): Promise<CreateResult & { bootstrap: string }> {
   // The builder's errors say `layer <name>: ...`.
   const name = `${layer.digest} of ${formatReference(ref)}`;
   const pulled = client.blobStream(ref, layer.digest, { size: layer.size });
   const stream = track ? track(pulled) : pulled;
-  return createImageFromTar({
-    source: name, bootstrap: path.join(dir, 'layer.boot'), blobDir: path.join(dir, 'blobs'),
+  const bootstrap = path.join(dir, 'layer.boot');
+  const built = await createImageFromTar({
+    source: name, bootstrap, blobDir: path.join(dir, 'blobs'),
     chunkSize: opts.chunkSize, compressor: opts.compressor, digester: 'blake3', whiteoutSpec: 'oci',
   }, { stream, name });
+  return { ...built, bootstrap };
 }
 
 export async function convertLayer(

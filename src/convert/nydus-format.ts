@@ -25,6 +25,15 @@ export function bootstrapDescriptor(manifestMediaType: string, digest: string, s
   };
 }
 
+/** How nydusify --merge-platform marks the Nydus image of a platform in an index: artifactType (v2.3.5 on), or os.features before. */
+export const ARTIFACT_TYPE_NYDUS_MANIFEST = 'application/vnd.nydus.image.manifest.v1+json';
+export const OS_FEATURE_NYDUS = 'nydus.remoteimage.v1';
+
+/** An index entry marked as a Nydus image (ARTIFACT_TYPE_NYDUS_MANIFEST, OS_FEATURE_NYDUS). */
+export function isNydusIndexEntry(d: Descriptor): boolean {
+  return d.artifactType === ARTIFACT_TYPE_NYDUS_MANIFEST || !!d.platform?.['os.features']?.includes(OS_FEATURE_NYDUS);
+}
+
 export function isNydusBlobLayer(d: Descriptor): boolean {
   return d.mediaType === MediaType.nydusBlob && d.annotations?.[ANNOTATION_NYDUS_BLOB] === 'true';
 }

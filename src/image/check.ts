@@ -44,7 +44,7 @@ function checkBlobFile(bootstrap: string, b: ValidatedBlob, reader: LocalBlobRea
   if (reader.size < b.compressedSize) {
     throw new NydusError(`blob ${reader.path}: ${reader.size} bytes, the bootstrap ${bootstrap} says ${b.compressedSize}`, EIO);
   }
-  const infos = reader.readChunkInfos();
+  const infos = reader.readChunkInfos(b.ciOffset, b.ciCompressedSize);
   for (const c of b.chunks) {
     const ci = infos[c.indexInBlob];
     if (!ci || ci.uncompressedOffset !== c.uncompressedOffset || ci.uncompressedSize !== c.uncompressedSize

@@ -7,6 +7,7 @@
  * table entry is read at most once, and no size from the image is allocated before it is checked.
  */
 import { constants as C } from 'node:fs';
+import { INLINED_BLOB_ID_PLACEHOLDER } from '../../erofs/blob-toc.ts';
 import { FormatError, NydusError } from '../../erofs/errors.ts';
 import { type ErofsImage, type Inode } from '../../erofs/image.ts';
 import {
@@ -42,6 +43,9 @@ export interface ValidatedBlob {
   compressedSize: number;
   chunkCount: number;
   features: number;
+  /** Where the blob's chunk-info array is in it, and its stored size: the blob meta header follows it. */
+  ciOffset: number;
+  ciCompressedSize: number;
   /** The chunks the chunk table lists for this blob, in uncompressed order (none overlap). */
   chunks: ChunkRef[];
 }
@@ -120,13 +124,27 @@ function validateSuperBlock(image: ErofsImage): void {
   }
 }
 
-function validateBlobTable(image: ErofsImage): ValidatedBlob[] {
+/** What a reader of a bootstrap may take that others may not. */
+export interface ValidateOptions {
+  /**
+   * The blob id a bootstrap inlined in its blob gives that blob (INLINED_BLOB_ID_PLACEHOLDER): read
+   * where the blob is given its id from elsewhere (nydus-image merge --blob-digests). Everywhere else
+   * a blob is found, cached and fetched by its id, and the placeholder is refused saying so.
+   */
+  inlinedBlobId?: boolean;
+}
+
+function validateBlobTable(image: ErofsImage, opts: ValidateOptions): ValidatedBlob[] {
   const { name } = image;
   const seen = new Map<string, number>();
   return image.blobs.map((b, i) => {
     const where = `${name}: blob table entry ${i}`;
     const id = image.blobId(i);
-    if (!BLOB_ID.test(id)) throw new FormatError(`${where}: invalid blob id ${JSON.stringify(id)} (must be 64 lowercase hex digits)`);
+    if (id === INLINED_BLOB_ID_PLACEHOLDER && !opts.inlinedBlobId) {
+      throw new FormatError(`${where}: the blob id is the placeholder of a bootstrap inlined in its blob (nydus-image create --blob-inline-meta), not the blob's digest: `
+        + 'merge the layer bootstraps with nydus-image merge --blob-digests to give each blob its id');
+    }
+    if (!BLOB_ID.test(id) && id !== INLINED_BLOB_ID_PLACEHOLDER) throw new FormatError(`${where}: invalid blob id ${JSON.stringify(id)} (must be 64 lowercase hex digits)`);
     // Blobs are found, cached and served by id: two entries of one id would be one file for two blobs.
     if (seen.has(id)) throw new FormatError(`${where}: blob id ${id} is entry ${seen.get(id)}'s too`);
     seen.set(id, i);
@@ -151,7 +169,7 @@ function validateBlobTable(image: ErofsImage): ValidatedBlob[] {
     return {
       index: i, id, compressor: compressorOf(name, i, b.compression_algo), digester: digesterOf(name, i, b.digest_algo),
       uncompressedSize: b.uncompressed_size, compressedSize: b.compressed_size, chunkCount: b.chunk_count, features: b.features,
-      chunks: [],
+      ciOffset: b.ci_offset, ciCompressedSize: b.ci_compressed_size, chunks: [],
     };
   });
 }
@@ -271,10 +289,10 @@ function fileChunks(
   });
 }
 
-export function validateImage(image: ErofsImage): ValidatedImage {
+export function validateImage(image: ErofsImage, opts: ValidateOptions = {}): ValidatedImage {
   const { name } = image;
   validateSuperBlock(image);
-  const blobs = validateBlobTable(image);
+  const blobs = validateBlobTable(image, opts);
   const byOffset = validateChunkTable(image, blobs);
   // Every chunk is read against its digest, and the chunk table is where a RAFS v6 bootstrap keeps
   // them: a chunk that is not there cannot be verified (a blob's own chunk-info array has no digests),

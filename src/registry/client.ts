@@ -58,8 +58,9 @@ export class RegistryClient {
   }
 
   /** The image manifests for `platform` (default linux/<this arch>) or 'all' platforms of an index. */
-  resolveImage(ref: RefLike, platform: Platform | 'all' = defaultPlatform()): Promise<ResolvedImage> {
-    return resolveImage(this.session, ref, platform);
+  /** `prefer`: of an index's images for the platform, one it holds first (selectPlatforms). */
+  resolveImage(ref: RefLike, platform: Platform | 'all' = defaultPlatform(), prefer?: (d: Descriptor) => boolean): Promise<ResolvedImage> {
+    return resolveImage(this.session, ref, platform, prefer);
   }
 
   /** Size of a blob, or undefined when the repository does not have it; `signal` ends the request. */

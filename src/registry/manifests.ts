@@ -151,14 +151,14 @@ export function offeredPlatforms(entries: readonly Descriptor[]): string {
  * The image manifests the reference stands for on `platform` (default: linux and this machine's
  * architecture, as nydusify) or on 'all' platforms of an index. Children are fetched by digest.
  */
-export async function resolveImage(s: RegistrySession, refLike: RefLike, platform: Platform | 'all' = defaultPlatform()): Promise<ResolvedImage> {
+export async function resolveImage(s: RegistrySession, refLike: RefLike, platform: Platform | 'all' = defaultPlatform(), prefer?: (d: Descriptor) => boolean): Promise<ResolvedImage> {
   const ref = toRef(refLike);
   const root = await getManifest(s, ref);
   if (!isIndexType(root.mediaType)) return { root, images: [{ manifest: root as PlatformImage['manifest'] }] };
   const index = root.json as ImageIndex;
   // Each image once: an index may list one manifest under many entries (platforms, variants).
   const seen = new Set<string>();
-  const chosen = selectPlatforms(index.manifests, platform).filter((d) => !seen.has(d.digest) && !!seen.add(d.digest));
+  const chosen = selectPlatforms(index.manifests, platform, prefer).filter((d) => !seen.has(d.digest) && !!seen.add(d.digest));
   if (!chosen.length) {
     const offered = offeredPlatforms(index.manifests);
     const wanted = platform === 'all' ? 'any platform' : formatPlatform(platform);

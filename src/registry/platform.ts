@@ -52,17 +52,24 @@ function isRealPlatform(d: Descriptor): boolean {
 /**
  * Index entries for `wanted`: every real platform for 'all', else the best match for one platform
  * (an exact variant first, then the architecture's default variant, then any). Empty when none.
+ * `prefer`: of two entries for one platform, the one it holds (for 'all', the other is left out).
  */
-export function selectPlatforms(manifests: readonly Descriptor[], wanted: Platform | 'all'): Descriptor[] {
-  if (wanted === 'all') return manifests.filter(isRealPlatform);
+export function selectPlatforms(manifests: readonly Descriptor[], wanted: Platform | 'all', prefer?: (d: Descriptor) => boolean): Descriptor[] {
+  if (wanted === 'all') {
+    const real = manifests.filter(isRealPlatform);
+    if (!prefer) return real;
+    const same = (a: Descriptor, b: Descriptor) => platformMatches(a.platform!, b.platform!) && platformMatches(b.platform!, a.platform!);
+    return real.filter((d) => prefer(d) || !real.some((o) => o !== d && prefer(o) && same(o, d)));
+  }
   const matching = manifests.filter((d) => isRealPlatform(d) && platformMatches(wanted, d.platform!));
   if (matching.length <= 1) return matching;
   const w = normalizePlatform(wanted);
+  // `prefer` first: an index may hold two images of one platform (nydusify --merge-platform: the OCI
+  // image and its Nydus conversion), and the caller says which it wants.
   const rank = (d: Descriptor) => {
     const v = normalizePlatform(d.platform!).variant;
-    if (w.variant && v === w.variant) return 0;
-    if (!v || v === DEFAULT_VARIANT[w.architecture]) return 1;
-    return 2;
+    const variant = w.variant && v === w.variant ? 0 : !v || v === DEFAULT_VARIANT[w.architecture] ? 1 : 2;
+    return (prefer && !prefer(d) ? 3 : 0) + variant;
   };
   return [matching.slice().sort((a, b) => rank(a) - rank(b))[0]];
 }
