@@ -101,6 +101,19 @@ test('root-kernel: layers packed as nydus-snapshotter\'s converter packs them (-
     const alone = runCli('nydus-image', ['check', boot]);
     assert.equal(alone.status, 1);
     assert.match(alone.stderr, /placeholder of a bootstrap inlined in its blob .*--blob-digests/);
+    // Back to a tar as the converter's Unpack does it: the bootstrap and the `image.blob` section (the
+    // chunk data) taken out, then `nydus-image unpack --bootstrap <boot> --output <tar> --blob <data>`.
+    const rawEntry = tail.toc.find((e) => e.name === 'image.blob') as unknown as { offset: number; compressed_size: number };
+    const data = path.join(out, 'image.blob');
+    fs.writeFileSync(data, fs.readFileSync(blob).subarray(rawEntry.offset, rawEntry.offset + rawEntry.compressed_size));
+    const unpacked = path.join(work, `layer${i}-unpacked.tar`);
+    mustRun('nydus-image', ['unpack', '--log-level', 'warn', '--bootstrap', boot, '--output', unpacked, '--blob', data]);
+    const [fromLayer, fromNydus] = [`layer${i}-x`, `layer${i}-ux`].map((d) => path.join(work, d));
+    for (const [t, d] of [[tarFile, fromLayer], [unpacked, fromNydus]]) {
+      fs.mkdirSync(d);
+      execFileSync('tar', ['--xattrs', '--xattrs-include=*', '--numeric-owner', '--same-owner', '-xpf', t, '-C', d]);
+    }
+    assert.deepEqual(diffManifests(manifest(fromLayer), manifest(fromNydus)).slice(0, 20), [], `layer ${i} unpacked from its blob equals the layer`);
     boots.push(boot);
     digests.push(sha256File(blob));
     tocDigests.push(tail.toc_digest!);

@@ -73,7 +73,9 @@ export function openImage(file: string, where?: BlobLocation): OpenedImage {
     return r;
   };
   try {
-    const image = validateImage(raw);
+    // A bootstrap inlined in its blob names that blob by a placeholder, not by its digest: taken when
+    // the caller gives each blob's file (nydus-snapshotter's Unpack: `unpack --blob <its image.blob>`).
+    const image = validateImage(raw, { inlinedBlobId: (where?.blobPaths?.length ?? 0) >= raw.blobs.length });
     const blobs = where ? image.blobs.map(reader) : undefined;
     return { image, blobs, close };
   } catch (e) {
