@@ -67,7 +67,7 @@ function readTail(blob: string, out: string): Tail {
   return JSON.parse(execFileSync('python3', [path.join(repoRoot, 'test/helpers/nydus-blob-tail.py'), blob, out], { encoding: 'utf8' }));
 }
 
-test('root-kernel: layers packed as nydus-snapshotter\'s converter packs them (--blob-inline-meta --features blob-toc, FIFOs): its reading of the blob, its merge, and the kernel\'s mount agree with GNU tar', async () => {
+test('root-kernel: layers packed as nydus-snapshotter\'s converter packs them (--blob-inline-meta --features blob-toc, FIFOs): its reading of the blob, its unpack and merge, and the kernel\'s mounts agree with GNU tar', async () => {
   const lowerDir = path.join(work, 'lower');
   makeRichTree(lowerDir, { bigDirEntries: 50 });
   fs.writeFileSync(path.join(lowerDir, 'big.bin'), prand(3 << 20, 11));
