@@ -79,6 +79,11 @@ test('the pushed manifest and config are what nydus expects: blob layers, the bo
   assert.deepEqual(execFileSync('tar', ['-tzf', gzFile], { encoding: 'utf8' }).trim().split('\n'), ['image/', 'image/image.boot']);
   const bootstrap = execFileSync('tar', ['-xzOf', gzFile, 'image/image.boot']);
   assert.equal(bootstrap.readUInt32LE(1024), 0xe0f5e1e2, 'an EROFS superblock at 1024');
+  // Without --prefetch-patterns the prefetch table holds the root, as nydusify's default pattern "/".
+  const bootFile = path.join(work, 'two-nydus.boot');
+  fs.writeFileSync(bootFile, bootstrap);
+  const prefetch = JSON.parse(execFileSync(path.join(repoRoot, 'bin', 'nydus-image'), ['inspect', '-B', bootFile, '-R', 'prefetch'], { encoding: 'utf8' }));
+  assert.deepEqual(prefetch.map((e: { path: string[] }) => e.path), [['/']]);
 
   const config = JSON.parse((await client.getBlob(`${reg.host}/dst`, m.config.digest)).toString());
   const srcConfig = JSON.parse((await client.getBlob(`${reg.host}/src`, src.config.digest)).toString());

@@ -96,7 +96,9 @@ await runMain('nydusify', async () => {
         if (!fs.statSync(dir, { throwIfNoEntry: false })?.isDirectory()) throw new NydusError(`--output-json ${a['output-json']}${envOrigin('output-json')}: directory ${dir} does not exist`);
         if (fs.statSync(file, { throwIfNoEntry: false })?.isDirectory()) throw new NydusError(`--output-json ${a['output-json']}${envOrigin('output-json')}: is a directory`);
       }
-      const prefetchPaths = a['prefetch-patterns'] ? fs.readFileSync(0, 'utf8').split('\n').map((l) => l.trim()).filter(Boolean) : undefined;
+      // As nydusify: the paths from stdin, or the root when none are given (the whole image is the prefetch table's).
+      const fromStdin = a['prefetch-patterns'] ? fs.readFileSync(0, 'utf8').split('\n').map((l) => l.trim()).filter(Boolean) : [];
+      const prefetchPaths = fromStdin.length ? fromStdin : ['/'];
       // On a terminal the per-layer display replaces the info logs.
       const progress = process.stderr.isTTY ? new LayerProgress(process.stderr) : undefined;
       const log = logger(progress && logLevel(a['log-level']) === 'info' ? 'warn' : a['log-level'], envOrigin('log-level'));
