@@ -114,19 +114,32 @@ test('root-kernel: layers packed as nydus-snapshotter\'s converter packs them (-
       execFileSync('tar', ['--xattrs', '--xattrs-include=*', '--numeric-owner', '--same-owner', '-xpf', t, '-C', d]);
     }
     assert.deepEqual(diffManifests(manifest(fromLayer), manifest(fromNydus)).slice(0, 20), [], `layer ${i} unpacked from its blob equals the layer`);
-    boots.push(boot);
     digests.push(sha256File(blob));
     tocDigests.push(tail.toc_digest!);
     sizes.push(fs.statSync(blob).size);
+    // The converter's Merge names each layer's bootstrap by the layer's digest (getLayerPath).
+    const named = path.join(work, digests[i]);
+    fs.copyFileSync(boot, named);
+    boots.push(named);
     fs.renameSync(blob, path.join(blobDir, digests[i]));
   }
 
-  // tool.Merge's command line.
+  // A layer bootstrap under another name, without ids given: no id for its blob, said so.
+  const unnamed = runCli('nydus-image', ['merge', '--bootstrap', path.join(work, 'unnamed.boot'), path.join(work, 'layer0-entries', 'image.boot')]);
+  assert.equal(unnamed.status, 1);
+  assert.match(unnamed.stderr, /names it by a placeholder: name the bootstrap file by the blob's digest, or give --blob-digests/);
+  // tool.Merge's command line: as nerdctl, buildkit and acceld convert (no ids, the bootstraps' names
+  // give them), then as for --oci-ref layers (digests, sizes and TOC digests given).
   const merged = path.join(work, 'merged.boot');
   const json = path.join(work, 'merge-output.json');
-  mustRun('nydus-image', ['merge', '--log-level', 'warn', '--prefetch-policy', 'fs', '--output-json', json, '--bootstrap', merged, ...boots,
-    '--blob-digests', digests.join(','), '--blob-toc-digests', tocDigests.join(','), '--blob-sizes', sizes.join(',')], { input: '/' });
+  mustRun('nydus-image', ['merge', '--log-level', 'warn', '--prefetch-policy', 'fs', '--output-json', json, '--bootstrap', merged, ...boots], { input: '/' });
   assert.deepEqual(JSON.parse(fs.readFileSync(json, 'utf8')).blobs, digests, 'the merged image\'s blobs are the layers\' blobs, by their digests');
+  const withIds = path.join(work, 'merged-ids.boot');
+  mustRun('nydus-image', ['merge', '--log-level', 'warn', '--prefetch-policy', 'fs', '--bootstrap', withIds, ...boots.map((_, i) => path.join(work, `layer${i}-entries`, 'image.boot')),
+    '--blob-digests', digests.join(','), '--blob-toc-digests', tocDigests.join(','), '--blob-sizes', sizes.join(',')], { input: '/' });
+  const checked = mustRun('nydus-image', ['check', '-B', withIds, '-D', blobDir]).stdout;
+  assert.doesNotMatch(checked, /fs-meta/, 'the merged image\'s blobs hold no bootstrap of its own: no INLINED_FS_META (nydusd would name them by the bootstrap file)');
+  assert.match(checked, /toc/);
   // Every chunk read from the blobs and verified; each blob's chunk-info array found before its tar header and matched.
   mustRun('nydus-image', ['check', '-B', merged, '-D', blobDir]);
 

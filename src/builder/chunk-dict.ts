@@ -7,6 +7,7 @@
 import { NydusError } from '../../erofs/errors.ts';
 import type { ErofsImage } from '../../erofs/image.ts';
 import { BLOB_CHUNK_FLAG_COMPRESSED } from '../../erofs/blobmeta.ts';
+import { INLINED_BLOB_ID_PLACEHOLDER } from '../../erofs/blob-toc.ts';
 import { ChunkIndex } from './chunker.ts';
 import { type BlobTable, blobDescriptorOf } from './layer-image.ts';
 import type { ChunkRef } from './tree.ts';
@@ -28,6 +29,10 @@ export interface DictChunk {
 
 /** The dictionary's chunks by digest, from its chunk table (every chunk its blobs hold). */
 export function loadDictionary(image: ErofsImage): Map<string, DictChunk> {
+  // Its blobs are referenced by id from the new image: a placeholder (a layer bootstrap taken out of its blob) names none.
+  image.blobs.forEach((_, i) => {
+    if (image.blobId(i) === INLINED_BLOB_ID_PLACEHOLDER) throw new NydusError(`chunk dictionary ${image.name}: blob ${i} is named by the placeholder of a bootstrap inlined in its blob; use a merged bootstrap, whose blobs have their ids`);
+  });
   const out = new Map<string, DictChunk>();
   for (const c of image.chunkTable()) {
     const key = c.digest.toString('latin1');

@@ -73,7 +73,7 @@ export function blobDescriptor(b: FinishedBlob): BlobDescriptor {
   return {
     blobId: b.blobId, compressedSize: b.fileSize, uncompressedSize: b.uncompressedSize, chunkCount: b.chunkCount,
     features: b.features, ciCompressor: RAFS_COMPRESS_NONE, ciOffset: b.ciOffset, ciCompressedSize: b.ciSize,
-    ciUncompressedSize: b.ciSize,
+    ciUncompressedSize: b.ciSize, tocDigest: b.tocDigest, tocSize: b.tocSize,
   };
 }
 
@@ -112,9 +112,9 @@ class ImageBuild {
     validateChunkSize(opts.chunkSize);
     const blobDir = opts.blobDir ?? (opts.blobPath ? path.dirname(path.resolve(opts.blobPath)) : undefined);
     if (!blobDir) throw new NydusError('either a blob directory (--blob-dir/-D) or a blob path (--blob) is needed');
+    if (!opts.bootstrap && !opts.blobInlineMeta) throw new NydusError('a bootstrap (--bootstrap/-B) is needed, unless it goes into the blob (--blob-inline-meta)');
     this.layered = opts.parentBootstrap || opts.chunkDict ? openLayeredBuild({ ...opts, config: opts }) : null;
     this.createdDir = fs.mkdirSync(blobDir, { recursive: true });
-    if (!opts.bootstrap && !opts.blobInlineMeta) throw new NydusError('a bootstrap (--bootstrap/-B) is needed, unless it goes into the blob (--blob-inline-meta)');
     const tail = opts.blobInlineMeta || opts.blobToc ? { inlineBootstrap: !!opts.blobInlineMeta, toc: !!opts.blobToc } : undefined;
     this.writer = new BlobWriter(blobDir, this.layered?.newBlobIndex ?? 0, opts.compressor, tail);
     this.chunker = new Chunker({ chunkSize: opts.chunkSize, digester: opts.digester, blob: this.writer, index: this.layered?.index ?? new ChunkIndex() });

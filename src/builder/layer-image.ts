@@ -5,6 +5,7 @@
  */
 import { NydusError } from '../../erofs/errors.ts';
 import type { ErofsImage } from '../../erofs/image.ts';
+import { BLOB_FEATURE_INLINED_FS_META } from '../../erofs/blobmeta.ts';
 import {
   RAFS_FLAG_HASH_BLAKE3, RAFS_FLAG_HASH_SHA256, RAFS_FLAG_TARFS_MODE, rafsFlagsCompressor,
 } from '../../erofs/rafs.ts';
@@ -55,11 +56,16 @@ export function checkCompatible(image: ErofsImage, what: string, expected: Build
   }
 }
 
+/**
+ * A blob of `image` as another image's blob table holds it. Its bootstrap is not inlined in it for that
+ * image: INLINED_FS_META is dropped, as nydus drops it for the blobs it carries over (nydusd names a
+ * blob with that bit by the file its bootstrap is read from).
+ */
 export function blobDescriptorOf(image: ErofsImage, i: number): BlobDescriptor {
   const b = image.blobs[i];
   return {
     blobId: image.blobId(i), compressedSize: b.compressed_size, uncompressedSize: b.uncompressed_size,
-    chunkCount: b.chunk_count, features: b.features, ciCompressor: b.ci_compressor, ciOffset: b.ci_offset,
+    chunkCount: b.chunk_count, features: b.features & ~BLOB_FEATURE_INLINED_FS_META, ciCompressor: b.ci_compressor, ciOffset: b.ci_offset,
     ciCompressedSize: b.ci_compressed_size, ciUncompressedSize: b.ci_uncompressed_size, compressionAlgo: b.compression_algo,
     tocDigest: b.blob_toc_digest, tocSize: b.blob_toc_size, metaDigest: b.blob_meta_digest, metaSize: b.blob_meta_size,
   };
@@ -145,10 +151,10 @@ export class BlobTable {
  * The tree of a bootstrap with each chunk pointing at `table`: `blobIndexes[i]` is where the image's
  * blob i sits in the table. Files are refused when their data cannot be carried over (holes, inline data).
  */
-export function treeWithTableChunks(image: ErofsImage, table: BlobTable, blobIndexes: number[]): TreeNode {
+export function treeWithTableChunks(image: ErofsImage, table: BlobTable, blobIndexes: number[], opts: { inlinedBlobId?: boolean } = {}): TreeNode {
   // Input bootstraps pass the same validation gate as every other reader; a layer's bootstrap taken
-  // out of its blob names that blob by the placeholder, its id given by the merge.
-  const { root } = treeFromImage(validateImage(image, { inlinedBlobId: true }));
+  // out of its blob names that blob by the placeholder, its id given by the merge (`inlinedBlobId`).
+  const { root } = treeFromImage(validateImage(image, opts));
   for (const n of walkTree(root)) {
     if (n.kind !== 'file') continue;
     const chunks = n.chunks;

@@ -4,6 +4,7 @@
  * blob table, the layers laid over each other with whiteouts applied (overlay.ts), then the usual layout
  * and writer stages write the bootstrap. No blob is read or written: chunks stay in the layer blobs.
  */
+import path from 'node:path';
 import { NydusError } from '../../erofs/errors.ts';
 import { ErofsImage } from '../../erofs/image.ts';
 import { validateImage } from '../image/validate.ts';
@@ -15,6 +16,7 @@ import {
 import { layoutTree } from './layout.ts';
 import { type BlobDescriptor, writeImage } from './writer.ts';
 import { BLOB_FEATURE_SEPARATE } from '../../erofs/blobmeta.ts';
+import { INLINED_BLOB_ID_PLACEHOLDER } from '../../erofs/blob-toc.ts';
 import { prefetchNids } from './create.ts';
 import { writeOutput } from '../image/output-file.ts';
 import type { TreeNode } from './tree.ts';
@@ -67,9 +69,16 @@ function sha256Hex(v: string, what: string, layer: number): Buffer {
  * The per-layer overrides, on the layer's own blob, as nydus applies them: a digest or size names the
  * blob itself, or its blob meta when that is kept in a separate file (SEPARATE).
  */
-function applyLayerOverrides(blob: BlobDescriptor, opts: MergeOptions, layer: number): void {
+function applyLayerOverrides(blob: BlobDescriptor, opts: MergeOptions, layer: number, file: string): void {
   const separate = (blob.features & BLOB_FEATURE_SEPARATE) !== 0;
   if (opts.originalBlobIds) blob.blobId = opts.originalBlobIds[layer];
+  else {
+    // As nydus-image merge: a layer's blob is named by its bootstrap's file name (up to the first dot),
+    // as nydus-snapshotter and nydusify name each layer's bootstrap (its blob's digest). A name that
+    // is no digest leaves the id the bootstrap holds.
+    const prefix = path.basename(file).split('.')[0];
+    if (/^[0-9a-f]{64}$/.test(prefix)) blob.blobId = prefix;
+  }
   const digest = opts.blobDigests?.[layer];
   if (digest !== undefined) {
     const d = sha256Hex(digest, 'blob digest', layer);
@@ -83,6 +92,9 @@ function applyLayerOverrides(blob: BlobDescriptor, opts: MergeOptions, layer: nu
   }
   if (opts.blobTocDigests) blob.tocDigest = sha256Hex(opts.blobTocDigests[layer], 'blob TOC digest', layer);
   if (opts.blobTocSizes) blob.tocSize = opts.blobTocSizes[layer];
+  if (blob.blobId === INLINED_BLOB_ID_PLACEHOLDER) {
+    throw new NydusError(`layer ${layer} (${file}): its bootstrap was inlined in its blob and names it by a placeholder: name the bootstrap file by the blob's digest, or give --blob-digests or --original-blob-ids`);
+  }
   if (Buffer.byteLength(blob.blobId) > 64 || blob.blobId.length === 0) throw new NydusError(`blob id ${JSON.stringify(blob.blobId)} of layer ${layer} must be 1 to 64 bytes`);
 }
 
@@ -135,7 +147,7 @@ export function mergeImages(opts: MergeOptions): MergeResult {
         if (ownSeen) throw new NydusError(`invalid layer bootstrap ${file}: it has more than one data blob of its own (give the chunk dictionary it was built with, --chunk-dict)`);
         ownSeen = true;
         const original = blob.blobId;
-        applyLayerOverrides(blob, opts, layer);
+        applyLayerOverrides(blob, opts, layer, file);
         // Two layers' blobs under one id would be one blob table entry: each layer's chunks read from the other's blob.
         const other = ownBlobs.get(blob.blobId);
         if (other && other.original !== original) {
@@ -145,7 +157,7 @@ export function mergeImages(opts: MergeOptions): MergeResult {
       }
       return table.add(blob);
     });
-    const tree = treeWithTableChunks(image, table, indexes);
+    const tree = treeWithTableChunks(image, table, indexes, { inlinedBlobId: true });
     scopeHardlinks(tree, `layer${layer}`);
     merged = overlayLayer(merged, tree, spec);
   }
