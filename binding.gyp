@@ -26,7 +26,7 @@
         "native/fscache/chunk_verify.cc",
         "native/fscache/blake3.cc"
       ],
-      "libraries": ["-lzstd"],
+      "libraries": ["-lzstd", "-llz4"],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8"],
       "cflags!": ["-fno-exceptions"],

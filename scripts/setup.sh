@@ -16,6 +16,8 @@ command -v mkfifo >/dev/null || need+=(coreutils)
 command -v g++ >/dev/null || need+=(g++ make)
 # The fscache addon decompresses chunks with libzstd (native/fscache/chunk_verify.cc).
 [ -f /usr/include/zstd.h ] || need+=(libzstd-dev)
+# ...and liblz4 (lz4_block chunks: native/fscache/chunk_verify.cc).
+[ -f /usr/include/lz4.h ] || need+=(liblz4-dev)
 # A real OCI registry and independent image tools for the registry and conversion tests.
 command -v docker-registry >/dev/null || need+=(docker-registry)
 command -v umoci >/dev/null || need+=(umoci)

@@ -24,7 +24,7 @@ test('a missing source, a file as source, bad flags', () => {
   assertCleanFailure(runCli('nydus-image', ['create', '-B', boot, '-D', work, path.join(work, 'file')]), /is not a directory/);
   fs.mkdirSync(path.join(work, 'src'));
   assertCleanFailure(runCli('nydus-image', ['create', '-B', boot, '-D', work, '--chunk-size', '0x1234', path.join(work, 'src')]), /invalid chunk size/);
-  assertCleanFailure(runCli('nydus-image', ['create', '-B', boot, '-D', work, '--compressor', 'lz4_block', path.join(work, 'src')]), /unsupported compressor "lz4_block"/);
+  assertCleanFailure(runCli('nydus-image', ['create', '-B', boot, '-D', work, '--compressor', 'lz4', path.join(work, 'src')]), /unsupported compressor "lz4"/);
   assertCleanFailure(runCli('nydus-image', ['create', '-B', boot, '-D', work, '--fs-version', '5', path.join(work, 'src')]), /unsupported fs version "5"/);
   assert.ok(!fs.existsSync(boot));
 });

@@ -212,7 +212,7 @@ test('flags nydus-ts does not implement are refused by name; bad values are erro
     [['--backend-type', 'oss'], /--backend-type is not supported by nydus-ts nydusify convert/],
     [['--merge-platform'], /--merge-platform is not supported/],
     [['--fs-version', '5'], /unsupported fs version "5"/],
-    [['--compressor', 'lz4_block'], /unsupported compressor "lz4_block"/],
+    [['--compressor', 'gzip'], /unsupported compressor "gzip"/],
     [['--fs-chunk-size', '0x3000'], /invalid chunk size/],
     [['--platform', 'linux'], /platform must be os\/arch/],
   ] as const) {

@@ -158,13 +158,13 @@ export interface FscacheBinding {
   /**
    * Verifies a run of chunks on libuv's thread pool: each chunk of `stored` (at the place `layout`
    * gives, 5 numbers per chunk as src/blob/verify.ts RUN_* names them) decompressed (compressor 1:
-   * zstd) or copied into `out`, then its digest (digester 0: BLAKE3, 1: SHA-256; 32 bytes per chunk
+   * zstd, 2: a raw LZ4 block) or copied into `out`, then its digest (digester 0: BLAKE3, 1: SHA-256; 32 bytes per chunk
    * in `digests`, none when digestSize is 0) checked. Resolves to one entry per chunk: null, or what
    * is wrong with it (its bytes in `out` are zeroed then). Throws at once when a place lies outside
    * its buffer. The buffers must not be touched until it settles. `background`: the pool thread runs
    * the job at nice 19, then goes back to its own priority (a prefetch of the rest of a blob).
    */
-  verifyRunNative(stored: Uint8Array, layout: Float64Array, digests: Uint8Array, digestSize: number, out: Uint8Array, compressor: 0 | 1, digester: 0 | 1, background?: boolean): Promise<Array<string | null>>;
+  verifyRunNative(stored: Uint8Array, layout: Float64Array, digests: Uint8Array, digestSize: number, out: Uint8Array, compressor: 0 | 1 | 2, digester: 0 | 1, background?: boolean): Promise<Array<string | null>>;
   /**
    * The same, then the chunks that passed written through `fd`: the output's byte 0 is the file's
    * byte `fileOffset` (a multiple of 4096), each stretch of chunks that follow one another in one
@@ -172,7 +172,7 @@ export interface FscacheBinding {
    * of `out` (`base` in it), which needs a page more than the output; chunks come in file order, each at
    * a page boundary. A write that fails gives its error and leaves the rest of the run unwritten.
    */
-  verifyRunNative(stored: Uint8Array, layout: Float64Array, digests: Uint8Array, digestSize: number, out: Uint8Array, compressor: 0 | 1, digester: 0 | 1, fd: number, fileOffset: number, background?: boolean): Promise<{ errors: Array<string | null>; base: number; writeError: Error | null }>;
+  verifyRunNative(stored: Uint8Array, layout: Float64Array, digests: Uint8Array, digestSize: number, out: Uint8Array, compressor: 0 | 1 | 2, digester: 0 | 1, fd: number, fileOffset: number, background?: boolean): Promise<{ errors: Array<string | null>; base: number; writeError: Error | null }>;
   /**
    * The same for stored bytes that are `storedSize` bytes at `storedOffset` of the blob file `blobFd`:
    * the pool thread reads them itself (up to 64 MiB), verifies them into a pooled buffer and
@@ -180,7 +180,7 @@ export interface FscacheBinding {
    * order at page boundaries), so no byte of the run reaches JS. A read that fails (or ends early)
    * gives `readError` and nothing else was done (`errors` null).
    */
-  verifyBlobRange(blobFd: number, storedOffset: number, storedSize: number, layout: Float64Array, digests: Uint8Array, digestSize: number, compressor: 0 | 1, digester: 0 | 1, fd: number, fileOffset: number, background?: boolean): Promise<{ readError: Error | null; errors: Array<string | null> | null; writeError: Error | null }>;
+  verifyBlobRange(blobFd: number, storedOffset: number, storedSize: number, layout: Float64Array, digests: Uint8Array, digestSize: number, compressor: 0 | 1 | 2, digester: 0 | 1, fd: number, fileOffset: number, background?: boolean): Promise<{ readError: Error | null; errors: Array<string | null> | null; writeError: Error | null }>;
   /**
    * A warm-up job on each of `threads` libuv pool threads (a 1 MiB zstd chunk decompressed into a
    * pooled buffer and hashed), so that no reader waits for a thread's first verification; a Promise
@@ -190,6 +190,10 @@ export interface FscacheBinding {
   warmUp(threads: number): Array<Promise<boolean>>;
   /** Detaches an ArrayBuffer: its memory is freed now, not at a GC, and every view of it becomes empty. */
   releaseBuffer(ab: ArrayBuffer): void;
+  /** `src` as one raw LZ4 block (nydus's lz4_block) into `dst`: its size, or 0 when it does not fit. */
+  lz4Compress(src: Uint8Array, dst: Uint8Array): number;
+  /** A raw LZ4 block into `dst`: the bytes made, or -1 for a corrupt block. */
+  lz4Decompress(src: Uint8Array, dst: Uint8Array): number;
   /** CACHEFILES_MSG_MAX_SIZE: the largest message the kernel sends, bytes. */
   readonly MSG_MAX_SIZE: number;
 }

@@ -5,6 +5,7 @@
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <unistd.h>
+#include <lz4.h>
 #include <zstd.h>
 
 #include <cerrno>
@@ -32,7 +33,7 @@ namespace {
 
 // A run's layout: these numbers per chunk, in this order (src/blob/verify.ts, RUN_*).
 constexpr size_t kStoredOffset = 0, kStoredSize = 1, kOutOffset = 2, kOutSize = 3, kCompressed = 4, kFields = 5;
-enum Compressor : uint32_t { kNone = 0, kZstd = 1 };
+enum Compressor : uint32_t { kNone = 0, kZstd = 1, kLz4Block = 2 };
 enum Digester : uint32_t { kBlake3 = 0, kSha256 = 1 };
 constexpr size_t kDigestSize = 32;
 // Where a run verified as laid out in the cache file goes: its output's byte 0 at `offset` of `fd`.
@@ -62,13 +63,36 @@ ZSTD_DCtx* ThreadDctx() {
   return dctx;
 }
 
+// The digest of a chunk's `size` bytes at `data` against `digest` (none: nothing to check).
+std::optional<std::string> VerifyDigest(const uint8_t* data, size_t size, Digester digester, const uint8_t* digest) {
+  if (!digest) return std::nullopt;
+  uint8_t got[kDigestSize];
+  if (digester == kBlake3) {
+    Blake3(data, size, got);
+  } else {
+    unsigned int len = 0;
+    if (EVP_Digest(data, size, got, &len, EVP_sha256(), nullptr) != 1 || len != kDigestSize) return "sha256 failed";
+  }
+  if (std::memcmp(got, digest, kDigestSize) != 0) return "digest mismatch, refusing corrupt data";
+  return std::nullopt;
+}
+
 // `in_place`: an uncompressed chunk's stored bytes were read straight into its place in `out`.
 std::optional<std::string> VerifyOne(const uint8_t* stored, uint8_t* out, const ChunkPlace& c, Compressor compressor,
                                      Digester digester, const uint8_t* digest, bool in_place = false) {
   const uint8_t* src = stored + c.stored_offset;
   uint8_t* dst = out + c.out_offset;
   if (c.compressed) {
-    if (compressor != kZstd) return "chunk is marked compressed but the compressor is none";
+    if (compressor == kNone) return "chunk is marked compressed but the compressor is none";
+    if (compressor == kLz4Block) {
+      // A raw LZ4 block (nydus's lz4_block), which must fill the chunk exactly.
+      if (c.stored_size > INT32_MAX || c.out_size > INT32_MAX) return "chunk too large for lz4";
+      int n = LZ4_decompress_safe(reinterpret_cast<const char*>(src), reinterpret_cast<char*>(dst), static_cast<int>(c.stored_size),
+                                  static_cast<int>(c.out_size));
+      if (n < 0) return "lz4 decompression failed: corrupt block";
+      if (static_cast<size_t>(n) != c.out_size) return "decompressed to " + std::to_string(n) + " bytes, expected " + std::to_string(c.out_size);
+      return VerifyDigest(dst, c.out_size, digester, digest);
+    }
     ZSTD_DCtx* dctx = ThreadDctx();
     if (!dctx) return "zstd decompression failed: out of memory";
     size_t n = ZSTD_decompressDCtx(dctx, dst, c.out_size, src, c.stored_size);
@@ -78,16 +102,7 @@ std::optional<std::string> VerifyOne(const uint8_t* stored, uint8_t* out, const 
     if (c.stored_size != c.out_size) return std::to_string(c.stored_size) + " bytes, expected " + std::to_string(c.out_size);
     if (!in_place) std::memcpy(dst, src, c.out_size);
   }
-  if (!digest) return std::nullopt;
-  uint8_t got[kDigestSize];
-  if (digester == kBlake3) {
-    Blake3(dst, c.out_size, got);
-  } else {
-    unsigned int len = 0;
-    if (EVP_Digest(dst, c.out_size, got, &len, EVP_sha256(), nullptr) != 1 || len != kDigestSize) return "sha256 failed";
-  }
-  if (std::memcmp(got, digest, kDigestSize) != 0) return "digest mismatch, refusing corrupt data";
-  return std::nullopt;
+  return VerifyDigest(dst, c.out_size, digester, digest);
 }
 
 // A background job (the rest of a blob, prefetched) runs at this nice value on its pool thread: it
@@ -431,7 +446,7 @@ RunArgs ParseRunArgs(Napi::Env env, const Napi::Value& layout_v, const Napi::Val
   uint32_t compressor = compressor_v.As<Napi::Number>().Uint32Value();
   uint32_t digester = digester_v.As<Napi::Number>().Uint32Value();
   size_t digest_size = Whole(env, digest_size_v.As<Napi::Number>().DoubleValue(), "digestSize", fn);
-  if (compressor > kZstd || digester > kSha256) throw Napi::RangeError::New(env, std::string(fn) + ": unknown compressor or digester");
+  if (compressor > kLz4Block || digester > kSha256) throw Napi::RangeError::New(env, std::string(fn) + ": unknown compressor or digester");
   if (digest_size != 0 && digest_size != kDigestSize) throw Napi::RangeError::New(env, std::string(fn) + ": digests are 32 bytes");
   if (layout.ElementLength() % kFields != 0) throw Napi::RangeError::New(env, std::string(fn) + ": layout is not whole chunks");
   size_t count = layout.ElementLength() / kFields;
@@ -577,6 +592,31 @@ Napi::Value ReleaseBuffer(const Napi::CallbackInfo& info) {
   if (info.Length() != 1 || !info[0].IsArrayBuffer()) throw Napi::TypeError::New(env, "releaseBuffer(ab: ArrayBuffer)");
   NAPI_THROW_IF_FAILED(env, napi_detach_arraybuffer(env, info[0]), Napi::Value());
   return env.Undefined();
+}
+
+// lz4Compress(src, dst): `src` as one raw LZ4 block (nydus's lz4_block) into `dst`; the block's size,
+// or 0 when it does not fit `dst` (the caller stores the chunk raw then).
+Napi::Value Lz4Compress(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() != 2 || !info[0].IsTypedArray() || !info[1].IsTypedArray()) throw Napi::TypeError::New(env, "lz4Compress(src: Uint8Array, dst: Uint8Array)");
+  auto src = info[0].As<Napi::Uint8Array>();
+  auto dst = info[1].As<Napi::Uint8Array>();
+  if (src.ByteLength() > LZ4_MAX_INPUT_SIZE || dst.ByteLength() > INT32_MAX) throw Napi::RangeError::New(env, "lz4Compress: input too large");
+  int n = LZ4_compress_default(reinterpret_cast<const char*>(src.Data()), reinterpret_cast<char*>(dst.Data()), static_cast<int>(src.ByteLength()),
+                               static_cast<int>(dst.ByteLength()));
+  return Napi::Number::New(env, n > 0 ? n : 0);
+}
+
+// lz4Decompress(src, dst): a raw LZ4 block into `dst`; the bytes it made, or -1 for a corrupt block.
+Napi::Value Lz4Decompress(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() != 2 || !info[0].IsTypedArray() || !info[1].IsTypedArray()) throw Napi::TypeError::New(env, "lz4Decompress(src: Uint8Array, dst: Uint8Array)");
+  auto src = info[0].As<Napi::Uint8Array>();
+  auto dst = info[1].As<Napi::Uint8Array>();
+  if (src.ByteLength() > INT32_MAX || dst.ByteLength() > INT32_MAX) throw Napi::RangeError::New(env, "lz4Decompress: input too large");
+  int n = LZ4_decompress_safe(reinterpret_cast<const char*>(src.Data()), reinterpret_cast<char*>(dst.Data()), static_cast<int>(src.ByteLength()),
+                              static_cast<int>(dst.ByteLength()));
+  return Napi::Number::New(env, n < 0 ? -1 : n);
 }
 
 }  // namespace fscache

@@ -24,4 +24,9 @@ Napi::Value WarmUp(const Napi::CallbackInfo& info);
 // much higher than what it held.
 Napi::Value ReleaseBuffer(const Napi::CallbackInfo& info);
 
+// lz4Compress(src, dst) and lz4Decompress(src, dst): one raw LZ4 block (nydus's lz4_block chunks), for
+// the builder and the readers off the daemon's hot path (which decompresses in VerifyRunNative).
+Napi::Value Lz4Compress(const Napi::CallbackInfo& info);
+Napi::Value Lz4Decompress(const Napi::CallbackInfo& info);
+
 }  // namespace fscache

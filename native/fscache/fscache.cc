@@ -145,6 +145,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("verifyBlobRange", Napi::Function::New(env, VerifyBlobRange, "verifyBlobRange"));
   exports.Set("warmUp", Napi::Function::New(env, WarmUp, "warmUp"));
   exports.Set("releaseBuffer", Napi::Function::New(env, ReleaseBuffer, "releaseBuffer"));
+  exports.Set("lz4Compress", Napi::Function::New(env, Lz4Compress, "lz4Compress"));
+  exports.Set("lz4Decompress", Napi::Function::New(env, Lz4Decompress, "lz4Decompress"));
   exports.Set("MSG_MAX_SIZE", Napi::Number::New(env, static_cast<double>(kMsgMaxSize)));
   return exports;
 }

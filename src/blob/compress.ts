@@ -1,11 +1,13 @@
 /**
  * Chunk compression with zstd (the zstd-napi binding's contexts, used directly so that compressing
- * a chunk allocates nothing: one reusable output buffer per size).
+ * a chunk allocates nothing: one reusable output buffer per size), or as one raw LZ4 block (nydus's
+ * lz4_block, through liblz4 in the fscache addon).
  */
 import { createRequire } from 'node:module';
 import { NydusError, EIO } from '../../erofs/errors.ts';
+import { fscacheBinding } from '../../native/fscache/index.ts';
 
-export type CompressorName = 'none' | 'zstd';
+export type CompressorName = 'none' | 'zstd' | 'lz4_block';
 
 interface ZstdBinding {
   CCtx: new () => { setParameter(p: number, v: number): void; compress2(dst: Uint8Array, src: Uint8Array): number };
@@ -31,6 +33,12 @@ let scratch = Buffer.alloc(0);
  */
 export function compressChunk(alg: CompressorName, data: Buffer): Buffer | null {
   if (alg === 'none') return null;
+  if (alg === 'lz4_block') {
+    // Kept only when smaller: a buffer of the chunk's own size less one takes any block worth keeping.
+    if (scratch.length < data.length) scratch = Buffer.allocUnsafe(data.length);
+    const n = data.length > 1 ? fscacheBinding().lz4Compress(data, scratch.subarray(0, data.length - 1)) : 0;
+    return n > 0 ? scratch.subarray(0, n) : null;
+  }
   if (!cctx) {
     cctx = new (zstd().CCtx)();
     cctx.setParameter(zstd().CParameter.compressionLevel, ZSTD_LEVEL);
@@ -50,6 +58,12 @@ export function decompressChunk(alg: CompressorName, data: Buffer, uncompressedS
 /** Decompresses a chunk into `out`, which must be exactly its uncompressed size (a view into a larger buffer is fine). */
 export function decompressInto(alg: CompressorName, data: Uint8Array, out: Uint8Array, where: string): void {
   if (alg === 'none') throw new NydusError(`${where}: chunk is marked compressed but the compressor is none`, EIO);
+  if (alg === 'lz4_block') {
+    const made = fscacheBinding().lz4Decompress(data, out);
+    if (made < 0) throw new NydusError(`${where}: lz4 decompression failed: corrupt block`, EIO);
+    if (made !== out.length) throw new NydusError(`${where}: decompressed to ${made} bytes, expected ${out.length}`, EIO);
+    return;
+  }
   if (!dctx) dctx = new (zstd().DCtx)();
   let n: number;
   try {

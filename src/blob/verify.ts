@@ -168,7 +168,8 @@ export async function verifyBlobRange(r: BlobRangeRun): Promise<VerifiedBlobRang
 }
 
 /** The addon's numbers for a run's compressor and digester. */
-const addonCodes = (r: Pick<StoredRun, 'compressor' | 'digester'>) => ({ compressor: r.compressor === 'zstd' ? 1 as const : 0 as const, digester: r.digester === 'sha256' ? 1 as const : 0 as const });
+const ADDON_COMPRESSOR = { none: 0, zstd: 1, lz4_block: 2 } as const;
+const addonCodes = (r: Pick<StoredRun, 'compressor' | 'digester'>) => ({ compressor: ADDON_COMPRESSOR[r.compressor], digester: r.digester === 'sha256' ? 1 as const : 0 as const });
 
 const withWhere = (r: Pick<StoredRun, 'where'>, errors: Array<string | null>) => errors.map((e, i) => (e === null ? null : `${r.where[i]}: ${e}`));
 

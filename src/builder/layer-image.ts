@@ -36,9 +36,9 @@ export function openRafsBootstrap(file: string, what: string): ErofsImage {
 export function buildConfigOf(image: ErofsImage): BuildConfig {
   const flags = image.ext!.s_flags;
   if (flags & RAFS_FLAG_TARFS_MODE) throw new NydusError(`${image.name}: tarfs-mode bootstraps are not supported by nydus-ts`);
-  // Read as check's report reads it (rafsFlagsCompressor); of nydus's compressors, nydus-ts has two.
+  // Read as check's report reads it (rafsFlagsCompressor); of nydus's compressors, nydus-ts has all but gzip.
   const named = rafsFlagsCompressor(flags);
-  const compressor = named === 'zstd' || named === 'none' ? named : null;
+  const compressor = named === 'zstd' || named === 'none' || named === 'lz4_block' ? named : null;
   const digester = flags & RAFS_FLAG_HASH_BLAKE3 ? 'blake3' : flags & RAFS_FLAG_HASH_SHA256 ? 'sha256' : null;
   if (!compressor) throw new NydusError(`${image.name}: its compressor (flags 0x${flags.toString(16)}) is not supported by nydus-ts`);
   if (!digester) throw new NydusError(`${image.name}: its digester (flags 0x${flags.toString(16)}) is not supported by nydus-ts`);

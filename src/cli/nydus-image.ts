@@ -106,7 +106,7 @@ await runMain('nydus-image', async () => {
       .option('blob-dir', { alias: 'D', type: 'string', describe: 'directory for the blob, named by its sha256' })
       .option('blob', { alias: 'b', type: 'string', describe: 'output blob file' })
       .option('chunk-size', { type: 'string', default: '0x100000', describe: 'chunk size, power of two in [0x1000, 0x1000000]' })
-      .option('compressor', { alias: 'c', type: 'string', default: 'zstd', describe: 'chunk compressor: none, zstd' })
+      .option('compressor', { alias: 'c', type: 'string', default: 'zstd', describe: 'chunk compressor: none, zstd, lz4_block' })
       .option('digester', { alias: 'd', type: 'string', default: 'blake3', describe: 'chunk digester: blake3, sha256' })
       .option('fs-version', { alias: 'v', type: 'string', default: '6', describe: 'RAFS version (6)' })
       .option('output-json', { alias: 'J', type: 'string', describe: 'write a JSON report here' })
@@ -137,7 +137,7 @@ await runMain('nydus-image', async () => {
         parentBootstrap: a['parent-bootstrap'], chunkDict: a['chunk-dict'] === undefined ? undefined : parseChunkDictArg(a['chunk-dict']),
         source: a.source, bootstrap: a.bootstrap, blobDir: a['blob-dir'], blobPath: a.blob, blobInlineMeta: inlineMeta, blobToc: features.includes('blob-toc'),
         chunkSize: parseSize(a['chunk-size'], 'chunk size'),
-        compressor: oneOf(a.compressor, ['none', 'zstd'] as const, 'compressor'),
+        compressor: oneOf(a.compressor, ['none', 'zstd', 'lz4_block'] as const, 'compressor'),
         digester: oneOf(a.digester, ['blake3', 'sha256'] as const, 'digester'),
       });
       warnPrefetchMissing(r.prefetchMissing);

@@ -66,7 +66,7 @@ await runMain('nydusify', async () => {
         .option('platform', { type: 'string', describe: 'os/arch[/variant] to convert, or a comma-separated list of them (default linux/<this arch>)' })
         .option('all-platforms', { type: 'boolean', default: false, describe: 'convert every platform of an index' })
         .option('fs-version', { type: 'string', default: '6', describe: 'RAFS version: 6' })
-        .option('compressor', { type: 'string', default: 'zstd', describe: 'blob compressor: zstd or none' })
+        .option('compressor', { type: 'string', default: 'zstd', describe: 'blob compressor: zstd, lz4_block or none' })
         .option('fs-chunk-size', { alias: 'chunk-size', type: 'string', default: '0x100000', describe: 'chunk size, a power of two from 0x1000 to 0x1000000' })
         .option('work-dir', { type: 'string', default: './tmp', describe: 'where layers are built' })
         .option('prefetch-patterns', { type: 'boolean', default: false, describe: 'read paths to prefetch from stdin, one per line' })
