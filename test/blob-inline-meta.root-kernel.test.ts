@@ -18,18 +18,12 @@ import { manifest, diffManifests } from './helpers/manifest.ts';
 import { loopMount, umount } from './helpers/mount.ts';
 import { mustRun, repoRoot, runCli } from './helpers/cli.ts';
 import { apiRequest } from './helpers/api-client.ts';
-import { isMounted, killProcessesUnder, localfsBackend, startFanotifyDaemon, waitFor } from './helpers/fanotify-daemon.ts';
+import { cleanUpDaemons, localfsBackend, startFanotifyDaemon } from './helpers/fanotify-daemon.ts';
 
 const work = tmpDir('inline-meta');
 const mounts: string[] = [];
 const daemons: ChildProcess[] = [];
-after(async () => {
-  for (const d of daemons) if (d.exitCode === null && d.signalCode === null) d.kill('SIGTERM');
-  await waitFor('the daemons stopped', () => daemons.every((d) => d.exitCode !== null || d.signalCode !== null), 10_000).catch(() => {});
-  killProcessesUnder(work);
-  for (const m of mounts) if (isMounted(m)) try { umount(m); } catch { /* busy: left */ }
-  fs.rmSync(work, { recursive: true, force: true });
-});
+after(() => cleanUpDaemons(work, { daemons, mounts }));
 
 const sha256File = (f: string) => crypto.createHash('sha256').update(fs.readFileSync(f)).digest('hex');
 

@@ -13,18 +13,12 @@ import { makeRichTree, prand, tmpDir } from './helpers/fixtures.ts';
 import { manifest, diffManifests } from './helpers/manifest.ts';
 import { loopMount, umount } from './helpers/mount.ts';
 import { mustRun } from './helpers/cli.ts';
-import { isMounted, killProcessesUnder, localfsBackend, startFanotifyDaemon, waitFor } from './helpers/fanotify-daemon.ts';
+import { cleanUpDaemons, localfsBackend, startFanotifyDaemon } from './helpers/fanotify-daemon.ts';
 
 const work = tmpDir('lz4');
 const mounts: string[] = [];
 const daemons: ChildProcess[] = [];
-after(async () => {
-  for (const d of daemons) if (d.exitCode === null && d.signalCode === null) d.kill('SIGTERM');
-  await waitFor('the daemons stopped', () => daemons.every((d) => d.exitCode !== null || d.signalCode !== null), 10_000).catch(() => {});
-  killProcessesUnder(work);
-  for (const m of mounts) if (isMounted(m)) try { umount(m); } catch { /* busy: left */ }
-  fs.rmSync(work, { recursive: true, force: true });
-});
+after(() => cleanUpDaemons(work, { daemons, mounts }));
 
 test('root-kernel: an lz4_block image reads as its source through the kernel (export, loop mount) and through nydusd (lazy mount); a corrupt block is EIO for its file only', async () => {
   const src = path.join(work, 'src');

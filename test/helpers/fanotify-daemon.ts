@@ -1,7 +1,7 @@
 /** `nydusd --fanotify` for tests on the host kernel: started on one image, its mount and API awaited. */
 import fs from 'node:fs';
 import path from 'node:path';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { repoRoot } from './cli.ts';
 import { apiRequest } from './api-client.ts';
 
@@ -103,4 +103,16 @@ export async function startFanotifyDaemon(
     throw e;
   }
   return { mnt, sock, state, cacheDir, proc, cfg };
+}
+
+/**
+ * A test file's cleanup: its daemons stopped, what they left running under `work` killed, their
+ * mounts unmounted (a busy one is left), then `work` removed.
+ */
+export async function cleanUpDaemons(work: string, track: { daemons: ChildProcess[]; mounts: string[] }): Promise<void> {
+  for (const d of track.daemons) if (d.exitCode === null && d.signalCode === null) d.kill('SIGTERM');
+  await waitFor('the daemons stopped', () => track.daemons.every((d) => d.exitCode !== null || d.signalCode !== null), 10_000).catch(() => {});
+  killProcessesUnder(work);
+  for (const m of track.mounts) if (isMounted(m)) spawnSync('umount', [m]);
+  fs.rmSync(work, { recursive: true, force: true });
 }
