@@ -101,7 +101,46 @@ test('API relay: connections closed having said nothing (liveness checks) are no
     relay.close();
   }
   const deep = path.join(work, 'd'.repeat(90), 'api.sock');
-  assert.ok(Buffer.byteLength(workerSocketFor(deep)) <= 107, workerSocketFor(deep));
-  assert.equal(workerSocketFor(deep), workerSocketFor(deep), 'the same path each time (an adoptive supervisor finds it again)');
+  const [one, two] = [workerSocketFor(deep), workerSocketFor(deep)];
+  assert.ok(Buffer.byteLength(one) <= 107, one);
+  assert.notEqual(one, two, 'a directory of its own each time: no other user can take the path first');
+  assert.equal(fs.statSync(path.dirname(one)).mode & 0o777, 0o700);
+  for (const p of [one, two]) fs.rmSync(path.dirname(p), { recursive: true });
   assert.equal(workerSocketFor(sock), path.join(work, '.checks.sock.worker'));
+});
+
+test('API relay: a client that writes again after its worker died (reset, its request unread), then closes, is not held', async () => {
+  const sock = path.join(work, 'late.sock');
+  const relay = await ApiRelay.listen(sock, workerSocketFor(sock), log);
+  // A worker that dies with the request unread: the relay's connection to it is reset.
+  const dying = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, (s) => {
+    setTimeout(() => {
+      s.write('HTTP/1.1 200 OK\r\n');
+      setTimeout(() => s.destroy(), 20);
+    }, 100);
+  });
+  await new Promise<void>((r) => dying.listen(relay.workerSock, r));
+  try {
+    const c = net.connect(sock);
+    c.on('error', () => {});
+    c.on('data', () => {});
+    // A keep-alive client's next request, written as the worker went, then its close.
+    const closing = new Promise<void>((r) => c.once('end', () => {
+      c.write('GET /next HTTP/1.1\r\nHost: nydusd\r\n\r\n');
+      setTimeout(() => {
+        c.end();
+        r();
+      }, 50);
+    }));
+    await new Promise((r) => c.once('connect', r));
+    c.write('GET /held HTTP/1.1\r\nHost: nydusd\r\n\r\n');
+    await closing;
+    for (let i = 0; relay.connections > 0; i++) {
+      if (i > 100) assert.fail(`${relay.connections} connection still held`);
+      await sleep(20);
+    }
+  } finally {
+    dying.close();
+    relay.close();
+  }
 });

@@ -12,7 +12,6 @@
  * daemon ends. A relayed connection ends with its worker, as it did: a request in flight fails, and
  * the client's next connection reaches the next worker.
  */
-import crypto from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -20,38 +19,37 @@ import path from 'node:path';
 import type { Logger } from 'pino';
 import { API_MAX_CONNECTIONS, listenOwnerOnly } from './unix-socket.ts';
 
-/** How long a client's first bytes wait for a worker to answer on its socket (one starting, or replacing one that died). */
-const WORKER_WAIT_MS = 60_000;
+/**
+ * How long a client's first bytes wait for a worker to answer on its socket (one starting, or
+ * replacing one that died): less than nydus-snapshotter's 30 s request timeout, so that a request its
+ * client gave up on is not run afterwards.
+ */
+const WORKER_WAIT_MS = 20_000;
 const WORKER_RETRY_MS = 50;
 /** sun_path holds 108 bytes with its NUL. */
 const SUN_PATH_MAX = 107;
 
 /**
  * Where the worker of the daemon whose API socket is `apiSock` serves the API: beside it (only the
- * owner may connect to either), or under the temporary directory when that path would not fit a socket address.
+ * owner may connect to either), or, when that path would not fit a socket address, in a directory of
+ * its own (0700, a new name each time: no other user can put anything at the path first) under the
+ * temporary directory. The path reaches the workers, and an adoptive supervisor, in their environment.
  */
 export function workerSocketFor(apiSock: string): string {
   const abs = path.resolve(apiSock);
   const beside = path.join(path.dirname(abs), `.${path.basename(abs)}.worker`);
   if (Buffer.byteLength(beside) <= SUN_PATH_MAX) return beside;
-  return path.join(os.tmpdir(), `nydusd-${crypto.createHash('sha256').update(abs).digest('hex').slice(0, 16)}.worker`);
+  return path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'nydusd-')), 'api.worker');
 }
 
 export class ApiRelay {
   private readonly clients = new Set<net.Socket>();
   private closed = false;
-  /** The socket file's inode once listening: only that file is removed when the relay closes. */
-  private readonly ino: number | null;
 
   private constructor(private readonly server: net.Server, readonly sock: string, readonly workerSock: string, private readonly log: Logger) {
     server.maxConnections = API_MAX_CONNECTIONS;
     server.on('connection', (c) => this.accept(c));
     server.on('error', (e) => log.error({ err: e.message, apisock: sock }, 'the API socket failed'));
-    let ino: number | null = null;
-    try {
-      ino = fs.lstatSync(sock).ino;
-    } catch { /* removed under us: nothing of ours to remove later */ }
-    this.ino = ino;
   }
 
   /** Listens at `sock` (a dead daemon's socket there replaced; a live one's refused), relaying to `workerSock`. */
@@ -92,11 +90,13 @@ export class ApiRelay {
     this.server.close();
     for (const c of this.clients) c.destroy();
     this.clients.clear();
-    try {
-      if (this.ino !== null && fs.lstatSync(this.sock).ino === this.ino) fs.rmSync(this.sock);
-    } catch { /* gone already */ }
-    // A worker that died left its socket behind; none runs now.
+    // Removed by name, as the worker removed it before: a server listening on an inherited fd (an
+    // adoptive supervisor's) does not remove it itself.
+    fs.rmSync(this.sock, { force: true });
+    // A worker that died left its socket behind; none runs now. Its own directory too, when it has one.
     fs.rmSync(this.workerSock, { force: true });
+    const dir = path.dirname(this.workerSock);
+    if (path.basename(this.workerSock) === 'api.worker' && path.dirname(dir) === os.tmpdir() && path.basename(dir).startsWith('nydusd-')) fs.rmSync(dir, { recursive: true, force: true });
   }
 
   private accept(client: net.Socket): void {
@@ -124,9 +124,13 @@ export class ApiRelay {
     if (this.closed || client.destroyed) return;
     const worker = net.connect({ path: this.workerSock, allowHalfOpen: true });
     let connected = false;
+    // A client gone meanwhile takes its worker connection with it, connected or not.
+    const drop = () => worker.destroy();
+    client.once('close', drop);
     worker.on('error', (e: NodeJS.ErrnoException) => {
       worker.destroy();
       if (connected) return;  // its 'close' ends the client's connection
+      client.off('close', drop);
       // No worker listens yet (starting, or replacing one that died): its socket comes soon.
       if (Date.now() < deadline && ['ENOENT', 'ECONNREFUSED', 'EAGAIN'].includes(e.code ?? '')) {
         setTimeout(() => this.toWorker(client, first, deadline), WORKER_RETRY_MS);
@@ -140,9 +144,13 @@ export class ApiRelay {
       worker.write(first);
       client.pipe(worker);
       worker.pipe(client);
-      // The worker is gone (it answered and closed, or died): what it wrote is delivered, then the client's connection ends.
-      worker.once('close', () => client.end());
-      client.once('close', () => worker.destroy());
+      // The worker is gone (it answered and closed, or died): what it wrote is delivered, then the
+      // client's connection ends. Unpiped, the client is paused: what it sends after is drained, so
+      // that its own end is seen and the socket goes (else it stayed, half-open, for good).
+      worker.once('close', () => {
+        client.end();
+        client.resume();
+      });
     });
   }
 }
