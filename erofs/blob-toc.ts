@@ -12,7 +12,6 @@
  * bootstrap is stored uncompressed.
  */
 import { Struct } from './struct.ts';
-import { FormatError } from './errors.ts';
 
 export const TOC_ENTRY_BLOB_RAW = 'image.blob';
 export const TOC_ENTRY_BOOTSTRAP = 'image.boot';
@@ -24,7 +23,6 @@ export const TOC_ENTRY_BLOB_TOC = 'rafs.blob.toc';
 /** TocEntryFlags: how an entry's data is compressed. */
 export const TOC_COMPRESSION_NONE = 0x1;
 export const TOC_COMPRESSION_ZSTD = 0x2;
-export const TOC_COMPRESSION_MASK = 0xf;
 
 /** The blob id a bootstrap inlined in its blob gives that blob: its real id, the digest of the whole blob, is not known yet. */
 export const INLINED_BLOB_ID_PLACEHOLDER = 'x'.repeat(64);
@@ -41,7 +39,7 @@ export const tocEntry = new Struct('toc_entry', 128, {
   reserved2: { offset: 80, type: { bytes: 48 } },
 });
 
-export const SECTION_HEADER_SIZE = 512;
+const SECTION_HEADER_SIZE = 512;
 /** Where the fields a section header uses lie in a GNU tar header. */
 const TAR_NAME = { offset: 0, size: 100 };
 const TAR_SIZE = { offset: 124, size: 12 };
@@ -75,19 +73,6 @@ export function encodeSectionHeader(name: string, size: number): Buffer {
   return h;
 }
 
-/** A section header's name and size; a header that is no tar header (checksum, size field) is an error naming `where`. */
-export function decodeSectionHeader(h: Buffer, where: string): { name: string; size: number } {
-  if (h.length !== SECTION_HEADER_SIZE) throw new FormatError(`${where}: a section header is ${SECTION_HEADER_SIZE} bytes, got ${h.length}`);
-  const field = (f: { offset: number; size: number }) => h.toString('latin1', f.offset, f.offset + f.size).replace(/[\0 ]+$/, '').replace(/^[\0 ]+/, '');
-  const sum = field(TAR_CHKSUM);
-  if (!/^[0-7]+$/.test(sum) || parseInt(sum, 8) !== checksum(h)) throw new FormatError(`${where}: no tar header there (bad checksum)`);
-  const size = field(TAR_SIZE);
-  if (!/^[0-7]+$/.test(size)) throw new FormatError(`${where}: tar header size ${JSON.stringify(size)} is not octal`);
-  const nul = h.indexOf(0, TAR_NAME.offset);
-  const name = h.toString('latin1', TAR_NAME.offset, nul < 0 || nul > TAR_NAME.size ? TAR_NAME.size : nul);
-  return { name, size: parseInt(size, 8) };
-}
-
 export interface TocEntry {
   name: string;
   compression: 'none' | 'zstd';
@@ -106,20 +91,4 @@ export function encodeTocEntry(e: TocEntry): Buffer {
     flags: e.compression === 'zstd' ? TOC_COMPRESSION_ZSTD : TOC_COMPRESSION_NONE, reserved1: 0, name, uncompressed_digest: e.digest,
     compressed_offset: e.offset, compressed_size: e.compressedSize, uncompressed_size: e.uncompressedSize, reserved2: Buffer.alloc(48),
   });
-}
-
-export function decodeTocEntries(buf: Buffer, where: string): TocEntry[] {
-  if (buf.length % tocEntry.size !== 0) throw new FormatError(`${where}: TOC of ${buf.length} bytes is not a whole number of ${tocEntry.size}-byte entries`);
-  const out: TocEntry[] = [];
-  for (let at = 0; at < buf.length; at += tocEntry.size) {
-    const e = tocEntry.decode(buf, at, where);
-    const flags = e.flags & TOC_COMPRESSION_MASK;
-    if (flags !== TOC_COMPRESSION_NONE && flags !== TOC_COMPRESSION_ZSTD) throw new FormatError(`${where}: TOC entry ${at / tocEntry.size} has compression flags 0x${e.flags.toString(16)}`);
-    const nul = e.name.indexOf(0);
-    out.push({
-      name: e.name.toString('latin1', 0, nul < 0 ? 16 : nul), compression: flags === TOC_COMPRESSION_ZSTD ? 'zstd' : 'none', digest: e.uncompressed_digest,
-      offset: e.compressed_offset, compressedSize: e.compressed_size, uncompressedSize: e.uncompressed_size,
-    });
-  }
-  return out;
 }

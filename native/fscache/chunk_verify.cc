@@ -594,29 +594,31 @@ Napi::Value ReleaseBuffer(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// The (src, dst) byte arrays of lz4Compress and lz4Decompress: `src` at most `src_max` bytes, `dst` within an int.
+std::pair<Napi::Uint8Array, Napi::Uint8Array> Lz4Buffers(const Napi::CallbackInfo& info, const char* fn, size_t src_max) {
+  Napi::Env env = info.Env();
+  if (info.Length() != 2 || !info[0].IsTypedArray() || !info[1].IsTypedArray()) throw Napi::TypeError::New(env, std::string(fn) + "(src: Uint8Array, dst: Uint8Array)");
+  auto src = info[0].As<Napi::Uint8Array>();
+  auto dst = info[1].As<Napi::Uint8Array>();
+  if (src.ByteLength() > src_max || dst.ByteLength() > INT32_MAX) throw Napi::RangeError::New(env, std::string(fn) + ": input too large");
+  return {src, dst};
+}
+
 // lz4Compress(src, dst): `src` as one raw LZ4 block (nydus's lz4_block) into `dst`; the block's size,
 // or 0 when it does not fit `dst` (the caller stores the chunk raw then).
 Napi::Value Lz4Compress(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  if (info.Length() != 2 || !info[0].IsTypedArray() || !info[1].IsTypedArray()) throw Napi::TypeError::New(env, "lz4Compress(src: Uint8Array, dst: Uint8Array)");
-  auto src = info[0].As<Napi::Uint8Array>();
-  auto dst = info[1].As<Napi::Uint8Array>();
-  if (src.ByteLength() > LZ4_MAX_INPUT_SIZE || dst.ByteLength() > INT32_MAX) throw Napi::RangeError::New(env, "lz4Compress: input too large");
+  auto [src, dst] = Lz4Buffers(info, "lz4Compress", LZ4_MAX_INPUT_SIZE);
   int n = LZ4_compress_default(reinterpret_cast<const char*>(src.Data()), reinterpret_cast<char*>(dst.Data()), static_cast<int>(src.ByteLength()),
                                static_cast<int>(dst.ByteLength()));
-  return Napi::Number::New(env, n > 0 ? n : 0);
+  return Napi::Number::New(info.Env(), n > 0 ? n : 0);
 }
 
 // lz4Decompress(src, dst): a raw LZ4 block into `dst`; the bytes it made, or -1 for a corrupt block.
 Napi::Value Lz4Decompress(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  if (info.Length() != 2 || !info[0].IsTypedArray() || !info[1].IsTypedArray()) throw Napi::TypeError::New(env, "lz4Decompress(src: Uint8Array, dst: Uint8Array)");
-  auto src = info[0].As<Napi::Uint8Array>();
-  auto dst = info[1].As<Napi::Uint8Array>();
-  if (src.ByteLength() > INT32_MAX || dst.ByteLength() > INT32_MAX) throw Napi::RangeError::New(env, "lz4Decompress: input too large");
+  auto [src, dst] = Lz4Buffers(info, "lz4Decompress", INT32_MAX);
   int n = LZ4_decompress_safe(reinterpret_cast<const char*>(src.Data()), reinterpret_cast<char*>(dst.Data()), static_cast<int>(src.ByteLength()),
                               static_cast<int>(dst.ByteLength()));
-  return Napi::Number::New(env, n < 0 ? -1 : n);
+  return Napi::Number::New(info.Env(), n < 0 ? -1 : n);
 }
 
 }  // namespace fscache

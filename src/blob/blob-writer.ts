@@ -21,6 +21,7 @@ import { EROFS_BLKSIZ } from '../../erofs/super.ts';
 import { NydusError } from '../../erofs/errors.ts';
 import type { ChunkRef } from '../builder/tree.ts';
 import { type CompressorName, compressChunk } from './compress.ts';
+import { chunkDigest } from './digest.ts';
 
 export interface FinishedBlob {
   blobId: string;
@@ -49,8 +50,6 @@ export interface BlobTail {
   /** A TOC of the sections, and the chunk digest array. */
   toc: boolean;
 }
-
-const sha256 = (b: Uint8Array) => createHash('sha256').update(b).digest();
 
 const ZERO_BLOCK = Buffer.alloc(EROFS_BLKSIZ);
 
@@ -198,14 +197,14 @@ export class BlobWriter {
     if (tail) {
       this.sectionHeader(TOC_ENTRY_BLOB_META, ci.length + header.length);
       if (tail.toc) {
-        this.toc.push({ name: TOC_ENTRY_BLOB_META, compression: 'none', digest: sha256(ci), offset: ciOffset, compressedSize: ci.length, uncompressedSize: ci.length });
-        this.toc.push({ name: TOC_ENTRY_BLOB_META_HEADER, compression: 'none', digest: sha256(header), offset: ciOffset + ci.length, compressedSize: header.length, uncompressedSize: header.length });
+        this.toc.push({ name: TOC_ENTRY_BLOB_META, compression: 'none', digest: chunkDigest('sha256', ci), offset: ciOffset, compressedSize: ci.length, uncompressedSize: ci.length });
+        this.toc.push({ name: TOC_ENTRY_BLOB_META_HEADER, compression: 'none', digest: chunkDigest('sha256', header), offset: ciOffset + ci.length, compressedSize: header.length, uncompressedSize: header.length });
         // Each chunk's digest, in chunk index order.
         const digests = Buffer.concat(this.chunks.map((c) => c.digest));
         const at = this.fileOffset;
         this.write(digests);
         this.sectionHeader(TOC_ENTRY_BLOB_DIGEST, digests.length);
-        this.toc.push({ name: TOC_ENTRY_BLOB_DIGEST, compression: 'none', digest: sha256(digests), offset: at, compressedSize: digests.length, uncompressedSize: digests.length });
+        this.toc.push({ name: TOC_ENTRY_BLOB_DIGEST, compression: 'none', digest: chunkDigest('sha256', digests), offset: at, compressedSize: digests.length, uncompressedSize: digests.length });
       }
     }
     const data = {
@@ -226,7 +225,7 @@ export class BlobWriter {
     this.write(zstd ?? bootstrap);
     const stored = zstd ? zstd.length : bootstrap.length;
     this.sectionHeader(TOC_ENTRY_BOOTSTRAP, stored);
-    if (this.tail.toc) this.toc.push({ name: TOC_ENTRY_BOOTSTRAP, compression: zstd ? 'zstd' : 'none', digest: sha256(bootstrap), offset: at, compressedSize: stored, uncompressedSize: bootstrap.length });
+    if (this.tail.toc) this.toc.push({ name: TOC_ENTRY_BOOTSTRAP, compression: zstd ? 'zstd' : 'none', digest: chunkDigest('sha256', bootstrap), offset: at, compressedSize: stored, uncompressedSize: bootstrap.length });
     return this.close(keepTemp, data ?? { compressedSize: 0, uncompressedSize: 0, chunkCount: 0, features: 0, ciOffset: 0, ciSize: 0, fileSize: 0 });
   }
 

@@ -100,7 +100,7 @@ export async function runDaemon(opts: DaemonOptions, source: DeviceSource): Prom
     });
   };
   // A worker of our supervisor serves the socket the supervisor relays the API socket to.
-  server = await startApi(source.kind === 'inherited' ? workerApiSocket(opts.apiSock) : opts.apiSock, { id: opts.id, supervisor: opts.supervisor, registry, state, lifecycle, exit: shutdown, log });
+  server = await startApi(workerApiSocket(opts.apiSock), { id: opts.id, supervisor: opts.supervisor, registry, state, lifecycle, exit: shutdown, log });
   log.info({ apisock: opts.apiSock, state: lifecycle.state }, 'nydusd ready');
   onStopSignals(shutdown, log);
   if (source.kind === 'inherited') watchSupervisor(log);
