@@ -141,6 +141,28 @@ test('amplification: a READ of one chunk fills the window after it, in one backe
   t.state.close();
 });
 
+test('amplification: a READ from inside a chunk past the last READ jumped there (an mmap fault\'s read-around), however near: the read-ahead only, no window', async () => {
+  const t = await session('jump', entry('jump', { batch_size: 0x20000 }));
+  const marked = () => [...t.state.cached(t.file)].sort((a, b) => a - b);
+  t.read(chunks[20]);
+  await waitFor(() => t.session.inflight().length === 0, 'the first READ');
+  await settle();
+  assert.deepEqual(marked(), [20, 21, 22].map((i) => chunks[i].indexInBlob), 'the READ\'s chunk and the read-ahead');
+  // Under cachefiles a reader that reads on asks from a hole's start, a chunk's start; this READ
+  // starts a page into chunk 23, within a window of the last: it is a jump, not reading on.
+  const c = chunks[23];
+  assert.ok(c.uncompressedSize > 4096);
+  t.session.handle({ type: 'read', msgId: 99, objectId: 1, offset: c.uncompressedOffset + 4096, len: 4096 });
+  await waitFor(() => t.session.inflight().length === 0, 'the READ inside a chunk');
+  await settle();
+  assert.ok(t.port.completed.includes(99));
+  assert.deepEqual(marked(), [20, 21, 22, 23, 24, 25].map((i) => chunks[i].indexInBlob), 'its chunk and the read-ahead of two chunks: the window did not open');
+  // The same READ at the chunk's start reads on: the window opens.
+  t.read(chunks[26]);
+  await waitFor(() => t.session.inflight().length === 0 && t.state.count(t.file) > 30, 'a READ that reads on');
+  t.state.close();
+});
+
 test('amplification: a corrupt chunk in the window is never written and fails only a READ of its own bytes', async () => {
   const badDir = path.join(work, 'bad-blobs');
   fs.mkdirSync(badDir);

@@ -333,7 +333,11 @@ export class BlobCacheFile {
     // (Where the kernel asks only for what the file lacks, a reader that read on through the window
     // comes back only past it: reading on is anywhere up to a window past the window's end.)
     const reach = this.io.asksOnlyForMissing ? Math.max(last?.end ?? 0, this.windowEnd) : (last?.end ?? 0);
-    const sequential = last !== null && offset >= last.start && offset <= reach + window;
+    // There a reader that reads on asks from the first hole past what it read, and a hole starts where
+    // a chunk does (chunks are written whole): a READ from inside a chunk past the last one jumped
+    // there (an mmap fault's read-around: the loader at a library's data), however near it lands.
+    const jumped = this.io.asksOnlyForMissing && last !== null && offset > last.end && !this.map.startsChunk(offset);
+    const sequential = last !== null && !jumped && offset >= last.start && offset <= reach + window;
     this.lastRead = { start: offset, end: offset + len };
     this.ramp = sequential ? Math.min(this.ramp * 2, WINDOW_RAMP_MAX) : 1;
     // Only a READ past the last one's start is read on by the stream: the kernel asking for the same

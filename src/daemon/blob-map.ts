@@ -178,6 +178,12 @@ export class BlobMap {
     return lo;
   }
 
+  /** Whether a chunk starts at `offset` of the uncompressed blob. */
+  startsChunk(offset: number): boolean {
+    const i = this.search(offset, false);
+    return i < this.chunkCount && this.n[i * FIELDS + F_UOFF] === offset;
+  }
+
   /**
    * The chunks that start at or after `offset` and end by `limit`, and at least `least` of them
    * (those past `limit` too) while there are chunks: only these become ChunkRefs.
