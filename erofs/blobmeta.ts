@@ -24,6 +24,8 @@ export const BLOB_FEATURE_BATCH = 0x80;
 export const BLOB_FEATURE_ENCRYPTED = 0x100;
 export const BLOB_FEATURE_HAS_TAR_HEADER = 0x1000_0000;
 export const BLOB_FEATURE_HAS_TOC = 0x2000_0000;
+/** Written by nydus-image 2.2 and later (always): the blob's data ends at its chunk-info array (or that array's tar header), not at its compressed size. */
+export const BLOB_FEATURE_CAP_TAR_TOC = 0x4000_0000;
 
 export const blobCompressionContextHeader = new Struct('blob_compression_context_header', BLOB_CCT_HEADER_SIZE, {
   s_magic: { offset: 0, type: 'u32' },

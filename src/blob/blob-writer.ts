@@ -9,7 +9,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { createHash, type Hash } from 'node:crypto';
 import {
-  BLOB_CCT_MAGIC, BLOB_CHUNK_INFO_V1_SIZE, BLOB_FEATURE_ALIGNED, BLOB_FEATURE_HAS_TAR_HEADER, BLOB_FEATURE_HAS_TOC,
+  BLOB_CCT_MAGIC, BLOB_CHUNK_INFO_V1_SIZE, BLOB_FEATURE_ALIGNED, BLOB_FEATURE_CAP_TAR_TOC, BLOB_FEATURE_HAS_TAR_HEADER, BLOB_FEATURE_HAS_TOC,
   BLOB_FEATURE_INLINED_CHUNK_DIGEST, BLOB_FEATURE_INLINED_FS_META, blobCompressionContextHeader, encodeChunkInfoV1,
 } from '../../erofs/blobmeta.ts';
 import {
@@ -180,7 +180,7 @@ export class BlobWriter {
     this.chunks.forEach((c, i) => encodeChunkInfoV1(c, ci, i * BLOB_CHUNK_INFO_V1_SIZE));
     const ciOffset = this.fileOffset;
     this.write(ci);
-    const features = BLOB_FEATURE_ALIGNED
+    const features = BLOB_FEATURE_ALIGNED | BLOB_FEATURE_CAP_TAR_TOC
       | (tail ? BLOB_FEATURE_HAS_TAR_HEADER : 0) | (tail?.inlineBootstrap ? BLOB_FEATURE_INLINED_FS_META : 0)
       | (tail?.toc ? BLOB_FEATURE_HAS_TOC | BLOB_FEATURE_INLINED_CHUNK_DIGEST : 0);
     const header = blobCompressionContextHeader.encode({
