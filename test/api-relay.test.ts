@@ -144,3 +144,36 @@ test('API relay: a client that writes again after its worker died (reset, its re
     relay.close();
   }
 });
+
+test('API relay: idle connections are parked with the worker (keepWith) until their client speaks or goes; a new keeper is given those idle then', async () => {
+  const sock = path.join(work, 'park.sock');
+  const relay = await ApiRelay.listen(sock, workerSocketFor(sock), log);
+  const calls: string[] = [];
+  const keeper = { park: (id: number) => calls.push(`park ${id}`), unpark: (id: number) => calls.push(`unpark ${id}`) };
+  try {
+    const w = await fakeWorker(relay.workerSock, 'one');
+    const early = heldConnection(sock);
+    await early.connected;
+    await sleep(100);
+    relay.keepWith(keeper);
+    assert.deepEqual(calls, ['park 1'], 'a new keeper is given the connections idle now');
+    const speaks = heldConnection(sock);
+    const leaves = heldConnection(sock);
+    await Promise.all([speaks.connected, leaves.connected]);
+    await sleep(100);
+    assert.deepEqual(calls, ['park 1', 'park 2', 'park 3'], 'and each new one');
+    assert.equal((await speaks.request('/x')).worker, 'one');
+    leaves.c.destroy();
+    await sleep(100);
+    assert.deepEqual(calls.slice(3).sort(), ['unpark 2', 'unpark 3'], 'dropped once the client speaks or goes');
+    relay.keepWith(null);
+    calls.length = 0;
+    relay.keepWith(keeper);
+    assert.deepEqual(calls, ['park 1'], 'the next worker is given the one still idle');
+    early.c.destroy();
+    speaks.c.destroy();
+    w.stop();
+  } finally {
+    relay.close();
+  }
+});

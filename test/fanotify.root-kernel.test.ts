@@ -699,6 +699,12 @@ while True:
   mounts.push(mnt);
   await waitFor('the mount and the API', async () => isMounted(mnt) && (await apiRequest(sock, 'GET', '/api/v1/daemon').catch(() => null))?.status === 200);
   const worker = (await apiRequest(sock, 'GET', '/api/v1/daemon')).body.pid as number;
+  // Held open across the kill, as nydus-snapshotter's liveness monitor holds one: its closing is the
+  // daemon's death to the snapshotter, which would start a second nydusd while this one serves on.
+  const watch = heldConnection(sock);
+  await watch.connected;
+  // (The relay has parked it in the worker once the worker got its message: no wire to see that.)
+  await new Promise((r) => setTimeout(r, 200));
   process.kill(parentOf(worker), 'SIGKILL');
   if (workerKilledAfterMs !== undefined) {
     // The worker too, at once: the adoptive supervisor must already hold the group by then.
@@ -718,7 +724,7 @@ while True:
     wrapper.kill('SIGUSR1');
     await waitFor('the subreaper let go', () => wrapper.exitCode !== null || wrapper.signalCode !== null, 10_000);
   };
-  return { mnt, sock, log, worker, adoptive, signalsGot, release };
+  return { mnt, sock, log, worker, adoptive, watch, signalsGot, release };
 }
 
 /** The orphaned worker killed (`afterMs` after its supervisor, or once adopted): a new worker serves its mount, as the source. */
@@ -732,6 +738,12 @@ async function killedOrphanIsReplaced(name: string, afterMs?: number): Promise<v
   });
   const next = (await apiRequest(o.sock, 'GET', '/api/v1/daemon')).body.pid as number;
   assert.equal(parentOf(next), o.adoptive, 'the new worker is the adoptive supervisor\'s');
+  if (afterMs === undefined) {
+    // (Killed at once, the worker may die before it hands the idle connection on: not asserted then.)
+    assert.equal(o.watch.closed, false, 'the idle API connection stayed open through the supervisor\'s death and the worker\'s');
+    assert.equal((await o.watch.request('/api/v1/daemon')).pid, next, 'its first request is answered by the new worker');
+  }
+  o.watch.c.destroy();
   assert.deepEqual(diffManifests(srcManifest, mountManifest(o.mnt)).slice(0, 20), [], 'the mount reads as the source');
   process.kill(o.adoptive, 'SIGTERM');
   await waitFor('the adoptive supervisor and its worker gone', () => gone(o.adoptive) && gone(next), 20_000);

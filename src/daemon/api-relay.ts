@@ -10,13 +10,15 @@
  * good, holding the daemon's lock. Here a connection is tied to a worker only once its client sends
  * something: one that never does (the watch) stays open across worker restarts, and closes when the
  * daemon ends. A relayed connection ends with its worker, as it did: a request in flight fails, and
- * the client's next connection reaches the next worker.
+ * the client's next connection reaches the next worker. An idle connection is also parked in the
+ * worker (parked-connections.ts), so that it outlives this supervisor's death too.
  */
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import type { Logger } from 'pino';
+import type { ConnectionKeeper } from './parked-connections.ts';
 import { API_MAX_CONNECTIONS, listenOwnerOnly } from './unix-socket.ts';
 
 /**
@@ -44,6 +46,10 @@ export function workerSocketFor(apiSock: string): string {
 
 export class ApiRelay {
   private readonly clients = new Set<net.Socket>();
+  /** Connections whose client has said nothing yet, by the id they are parked under. */
+  private readonly idle = new Map<net.Socket, number>();
+  private nextId = 1;
+  private keeper: ConnectionKeeper | null = null;
   private closed = false;
 
   private constructor(private readonly server: net.Server, readonly sock: string, readonly workerSock: string, private readonly log: Logger) {
@@ -58,8 +64,11 @@ export class ApiRelay {
     return new ApiRelay(server, sock, workerSock, log);
   }
 
-  /** The listening socket `fd` (inherited from the worker by an adoptive supervisor), at `sock`. */
-  static async adopt(fd: number, sock: string, workerSock: string, log: Logger): Promise<ApiRelay> {
+  /**
+   * The listening socket `fd` (inherited from the worker by an adoptive supervisor), at `sock`, and
+   * the idle connections the worker held for it (`parked`, fds inherited too).
+   */
+  static async adopt(fd: number, sock: string, workerSock: string, log: Logger, parked: readonly number[] = []): Promise<ApiRelay> {
     const server = net.createServer({ allowHalfOpen: true });
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
@@ -68,7 +77,24 @@ export class ApiRelay {
         resolve();
       });
     });
-    return new ApiRelay(server, sock, workerSock, log);
+    const relay = new ApiRelay(server, sock, workerSock, log);
+    for (const p of parked) {
+      try {
+        relay.accept(new net.Socket({ fd: p, readable: true, writable: true, allowHalfOpen: true }));
+      } catch (e) {
+        log.warn({ err: (e as Error).message, fd: p }, 'an idle API connection the worker held is lost');
+      }
+    }
+    return relay;
+  }
+
+  /**
+   * The process that parks the idle connections from now on (the worker just started; null while
+   * there is none): it is given every idle connection held now, and then each new one.
+   */
+  keepWith(keeper: ConnectionKeeper | null): void {
+    this.keeper = keeper;
+    if (keeper) for (const [c, id] of this.idle) keeper.park(id, c);
   }
 
   /** The listening socket's fd: each worker holds a copy, for the supervisor that adopts it if this one dies. */
@@ -105,7 +131,16 @@ export class ApiRelay {
       return;
     }
     this.clients.add(client);
-    client.on('close', () => this.clients.delete(client));
+    const id = this.nextId++;
+    this.idle.set(client, id);
+    this.keeper?.park(id, client);
+    const unpark = () => {
+      if (this.idle.delete(client)) this.keeper?.unpark(id);
+    };
+    client.on('close', () => {
+      this.clients.delete(client);
+      unpark();
+    });
     client.on('error', () => client.destroy());
     let spoke = false;
     // Closed by a client that said nothing (a liveness check): half-open sockets would pile up here.
@@ -114,6 +149,7 @@ export class ApiRelay {
     });
     client.once('data', (first: Buffer) => {
       spoke = true;
+      unpark();
       client.pause();
       this.toWorker(client, first, Date.now() + WORKER_WAIT_MS);
     });

@@ -13,6 +13,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { followCgroups } from './cgroup-follow.ts';
 import { ApiRelay, workerSocketFor } from './api-relay.ts';
+import { ParkedConnections, ipcKeeper } from './parked-connections.ts';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -50,6 +51,10 @@ const WORKER_API_ENV = 'NYDUSD_WORKER_API';
 const API_FD_ENV = 'NYDUSD_API_FD';
 const WORKER_API_FD = 5;
 const ADOPTIVE_API_FD = 6;
+/** The fds of the idle API connections a worker held for its adoptive supervisor (parked-connections.ts), comma-separated. */
+const PARKED_FDS_ENV = 'NYDUSD_PARKED_FDS';
+/** The first of them in an adoptive supervisor (its IPC channel to the worker is fd 7). */
+const ADOPTIVE_PARKED_FD = 8;
 /** Set for an adoptive supervisor: the pid of the worker it adopts. */
 const ADOPT_ENV = 'NYDUSD_ADOPT';
 /** An adoptive supervisor's end of the pipe its worker writes its exit code to (EOF alone: it died). */
@@ -85,11 +90,13 @@ export function workerApiSocket(apiSock: string): string {
  */
 async function openApiRelay(apiSock: string, log: Logger): Promise<ApiRelay | null> {
   const inherited = process.env[API_FD_ENV];
+  const parked = (process.env[PARKED_FDS_ENV] ?? '').split(',').filter(Boolean).map(Number);
   const workerSock = process.env[WORKER_API_ENV] || workerSocketFor(apiSock);
   delete process.env[API_FD_ENV];
+  delete process.env[PARKED_FDS_ENV];
   if (inherited === undefined) return ApiRelay.listen(apiSock, workerSock, log);
   try {
-    return await ApiRelay.adopt(Number(inherited), apiSock, workerSock, log);
+    return await ApiRelay.adopt(Number(inherited), apiSock, workerSock, log, parked);
   } catch (e) {
     // The worker serves the kernel on, without an API, rather than without a supervisor.
     log.error({ err: (e as Error).message, apisock: apiSock }, 'cannot take over the API socket; the daemon serves on without its API: restart it');
@@ -156,13 +163,16 @@ const ADOPTIVE_MAX_QUICK_DEATHS = 5;
  * SUPERVISOR_CHECK_MS covers a supervisor that died before that was set.
  */
 export function watchSupervisor(log: Logger): void {
+  // The idle API connections the supervisor parks here, for the supervisor that adopts this worker.
+  const parked = new ParkedConnections();
+  if (process.send) parked.listen(process);
   let adopted = false;
   const check = () => {
     if (adopted || process.ppid === parentAtStart) return;
     adopted = true;
     clearInterval(timer);
     log.error({ supervisor: parentAtStart }, 'the supervisor is gone; this worker serves on and starts a new one to adopt it');
-    startAdoptiveSupervisor(log, 0);
+    startAdoptiveSupervisor(log, 0, parked);
   };
   const timer = setInterval(check, SUPERVISOR_CHECK_MS);
   timer.unref();
@@ -176,7 +186,7 @@ export function watchSupervisor(log: Logger): void {
   check();
 }
 
-function startAdoptiveSupervisor(log: Logger, quickDeaths: number): void {
+function startAdoptiveSupervisor(log: Logger, quickDeaths: number, parked: ParkedConnections): void {
   const lockFd = process.env[LOCK_FD_ENV];
   const env: NodeJS.ProcessEnv = { ...process.env, [ADOPT_ENV]: String(process.pid) };
   for (const k of [WORKER_FD_ENV, RESTART_ENV, STOP_ENV, LOCK_FD_ENV]) delete env[k];
@@ -185,12 +195,19 @@ function startAdoptiveSupervisor(log: Logger, quickDeaths: number): void {
   try {
     // The worker's own command line (its supervisor's, as it started it), its kernel fd as fd 3 and
     // its lock as fd 4, as a supervisor holds them, and the status pipe as fd 5.
-    // And the API's listening socket, when the worker holds one, as fd 6.
+    // And the API's listening socket, when the worker holds one, as fd 6, an IPC channel to this
+    // worker as fd 7 (where the new supervisor parks its idle connections), and those parked here
+    // from fd 8 on.
     const apiFd = process.env[API_FD_ENV];
     if (apiFd !== undefined) env[API_FD_ENV] = String(ADOPTIVE_API_FD);
+    const idle = apiFd === undefined ? [] : parked.fds();
+    env[PARKED_FDS_ENV] = idle.map((_, i) => ADOPTIVE_PARKED_FD + i).join(',');
     child = spawn(process.execPath, [...process.execArgv, ...process.argv.slice(1)], {
-      stdio: ['ignore', 'inherit', 'inherit', KERNEL_FD, lockFd === undefined ? 'ignore' : Number(lockFd), 'pipe', ...(apiFd === undefined ? [] : [Number(apiFd)])], env,
+      stdio: ['ignore', 'inherit', 'inherit', KERNEL_FD, lockFd === undefined ? 'ignore' : Number(lockFd), 'pipe', apiFd === undefined ? 'ignore' : Number(apiFd), 'ipc', ...idle], env,
     });
+    // The new supervisor has its own copies: it parks them here again, with the connections it takes.
+    parked.clear();
+    parked.listen(child);
   } catch (e) {
     log.error({ err: (e as Error).message }, 'cannot start a supervisor to adopt this worker; it serves on alone: restart the daemon');
     return;
@@ -222,7 +239,7 @@ function startAdoptiveSupervisor(log: Logger, quickDeaths: number): void {
       return;
     }
     log.error({ code, signal }, 'the adoptive supervisor died; starting another');
-    setTimeout(() => startAdoptiveSupervisor(log, quick), restartDelayMs(quick)).unref();
+    setTimeout(() => startAdoptiveSupervisor(log, quick, parked), restartDelayMs(quick)).unref();
   });
   child.unref();
   status.unref();
@@ -310,7 +327,8 @@ export async function runSupervisor(opts: SupervisorOptions & Partial<DaemonOpti
     // the host's noise), while code that stays hot in a daemon's long life is still optimized.
     if (!process.execArgv.some((a) => a.startsWith('--interrupt-budget'))) v8Flags.push(`--interrupt-budget=${20 * 67584}`);
     const worker = spawn(process.execPath, [...process.execArgv, ...v8Flags, ...argv], {
-      stdio: ['ignore', 'inherit', 'inherit', dev.fd, dev.lockFd ?? 'ignore', ...(relay ? [relay.fd] : [])],
+      // fd 6: the IPC channel the relay parks its idle connections through (parked-connections.ts).
+      stdio: ['ignore', 'inherit', 'inherit', dev.fd, dev.lockFd ?? 'ignore', relay ? relay.fd : 'ignore', 'ipc'],
       // Cache-file writes run on libuv's pool (O_DIRECT waits for the disk): size it for the threads.
       env: {
         ...process.env, [WORKER_FD_ENV]: String(KERNEL_FD), [RESTART_ENV]: String(restarts), [STOP_ENV]: stopping ? '1' : '0',
@@ -331,11 +349,13 @@ export async function runSupervisor(opts: SupervisorOptions & Partial<DaemonOpti
     child = worker;
     workerPid = worker.pid ?? null;
     worker.on('exit', exited);
+    relay?.keepWith(ipcKeeper(worker));
   };
   /** The worker ended: `code` null and `signal` null when an adopted worker was killed (its status pipe says no more). */
   const exited = (code: number | null, signal: NodeJS.Signals | null) => {
     child = null;
     workerPid = null;
+    relay?.keepWith(null);
     if (givingUp) return;
     quickDeaths = quickDeathsAfter(startedAt, quickDeaths);
     if (stopping && code !== 0 && code !== WORKER_EXIT_FATAL && quickDeaths < WORKER_MAX_QUICK_DEATHS) {
@@ -410,6 +430,8 @@ export async function runSupervisor(opts: SupervisorOptions & Partial<DaemonOpti
     return;
   }
   log.info({ worker: adopted.pid }, 'supervisor started to adopt a worker whose supervisor died');
+  // Its IPC channel (fd 7) leads to the adopted worker, its parent.
+  if (process.send) relay?.keepWith(ipcKeeper(process as unknown as Pick<ChildProcess, 'send' | 'connected'>));
   child = { kill: (signal?: NodeJS.Signals | number) => {
     try {
       return process.kill(adopted.pid, signal);
