@@ -79,6 +79,15 @@ export function isWorker(): boolean {
   return process.env[WORKER_FD_ENV] !== undefined;
 }
 
+/**
+ * The idle API connections the supervisor parks in this worker (parked-connections.ts), for the
+ * supervisor that adopts it. Taken from the moment the worker runs, before its start-up (restore,
+ * the API, the mounts: seconds on a busy node): what the channel brings before a listener is lost
+ * with it when the supervisor dies.
+ */
+const parked = new ParkedConnections();
+if (isWorker() && process.send) parked.listen(process);
+
 /** Where this worker serves the API of `apiSock`: the socket its supervisor relays that one to, or `apiSock` itself. */
 export function workerApiSocket(apiSock: string): string {
   return process.env[WORKER_API_ENV] || apiSock;
@@ -90,16 +99,23 @@ export function workerApiSocket(apiSock: string): string {
  */
 async function openApiRelay(apiSock: string, log: Logger): Promise<ApiRelay | null> {
   const inherited = process.env[API_FD_ENV];
-  const parked = (process.env[PARKED_FDS_ENV] ?? '').split(',').filter(Boolean).map(Number);
+  const parkedFds = (process.env[PARKED_FDS_ENV] ?? '').split(',').filter(Boolean).map(Number);
   const workerSock = process.env[WORKER_API_ENV] || workerSocketFor(apiSock);
   delete process.env[API_FD_ENV];
   delete process.env[PARKED_FDS_ENV];
   if (inherited === undefined) return ApiRelay.listen(apiSock, workerSock, log);
   try {
-    return await ApiRelay.adopt(Number(inherited), apiSock, workerSock, log, parked);
+    return await ApiRelay.adopt(Number(inherited), apiSock, workerSock, log, parkedFds);
   } catch (e) {
     // The worker serves the kernel on, without an API, rather than without a supervisor.
     log.error({ err: (e as Error).message, apisock: apiSock }, 'cannot take over the API socket; the daemon serves on without its API: restart it');
+    // The idle connections the worker held go (ApiRelay.adopt took none of them: the listening
+    // socket failed first); the listening socket's fd is Node's, closed with its handle.
+    for (const fd of parkedFds) {
+      try {
+        closeFd(fd);
+      } catch { /* closed already */ }
+    }
     return null;
   }
 }
@@ -151,6 +167,8 @@ export function stopSupervisor(): void {
 
 /** How often a worker looks whether its supervisor is still there (besides the kernel's word, watchSupervisor). */
 const SUPERVISOR_CHECK_MS = 250;
+/** How long a worker whose supervisor died waits for the end of what that one's channel still holds. */
+const CHANNEL_DRAIN_MS = 200;
 /** An adoptive supervisor that dies this many times, each within WORKER_MIN_LIFE_MS, is not started again. */
 const ADOPTIVE_MAX_QUICK_DEATHS = 5;
 
@@ -163,16 +181,22 @@ const ADOPTIVE_MAX_QUICK_DEATHS = 5;
  * SUPERVISOR_CHECK_MS covers a supervisor that died before that was set.
  */
 export function watchSupervisor(log: Logger): void {
-  // The idle API connections the supervisor parks here, for the supervisor that adopts this worker.
-  const parked = new ParkedConnections();
-  if (process.send) parked.listen(process);
   let adopted = false;
   const check = () => {
     if (adopted || process.ppid === parentAtStart) return;
     adopted = true;
     clearInterval(timer);
     log.error({ supervisor: parentAtStart }, 'the supervisor is gone; this worker serves on and starts a new one to adopt it');
-    startAdoptiveSupervisor(log, 0, parked);
+    // What the dead supervisor's channel still holds (connections parked as it died) is read to its
+    // end first: the channel's close comes after its last message.
+    if (!process.connected) return startAdoptiveSupervisor(log, 0);
+    const go = () => {
+      clearTimeout(bound);
+      process.off('disconnect', go);
+      startAdoptiveSupervisor(log, 0);
+    };
+    const bound = setTimeout(go, CHANNEL_DRAIN_MS);
+    process.once('disconnect', go);
   };
   const timer = setInterval(check, SUPERVISOR_CHECK_MS);
   timer.unref();
@@ -186,7 +210,24 @@ export function watchSupervisor(log: Logger): void {
   check();
 }
 
-function startAdoptiveSupervisor(log: Logger, quickDeaths: number, parked: ParkedConnections): void {
+/**
+ * No supervisor will adopt this worker: it serves the kernel on alone, and its API socket and the idle
+ * connections it held are closed, so that a client sees a dead daemon rather than waiting for good on
+ * a socket nothing reads.
+ */
+function serveAlone(log: Logger, why: string, err?: unknown): void {
+  log.error({ err: err === undefined ? undefined : (err as Error).message ?? String(err) }, `${why}; this worker serves on alone, without its API: restart the daemon`);
+  const apiFd = process.env[API_FD_ENV];
+  if (apiFd !== undefined) {
+    try {
+      closeFd(Number(apiFd));
+    } catch { /* closed already */ }
+    delete process.env[API_FD_ENV];
+  }
+  parked.clear();
+}
+
+function startAdoptiveSupervisor(log: Logger, quickDeaths: number): void {
   const lockFd = process.env[LOCK_FD_ENV];
   const env: NodeJS.ProcessEnv = { ...process.env, [ADOPT_ENV]: String(process.pid) };
   for (const k of [WORKER_FD_ENV, RESTART_ENV, STOP_ENV, LOCK_FD_ENV]) delete env[k];
@@ -209,7 +250,7 @@ function startAdoptiveSupervisor(log: Logger, quickDeaths: number, parked: Parke
     parked.clear();
     parked.listen(child);
   } catch (e) {
-    log.error({ err: (e as Error).message }, 'cannot start a supervisor to adopt this worker; it serves on alone: restart the daemon');
+    serveAlone(log, 'cannot start a supervisor to adopt this worker', e);
     return;
   }
   // How this worker ends, written as it exits (synchronously: nothing runs after 'exit'); a worker
@@ -218,7 +259,7 @@ function startAdoptiveSupervisor(log: Logger, quickDeaths: number, parked: Parke
   const statusFd = (status as unknown as { _handle?: { fd?: number } })._handle?.fd;
   if (typeof statusFd !== 'number' || statusFd < 0) {
     child.kill('SIGKILL');
-    log.error('cannot start a supervisor to adopt this worker (no fd for its status pipe); it serves on alone: restart the daemon');
+    serveAlone(log, 'cannot start a supervisor to adopt this worker (no fd for its status pipe)');
     return;
   }
   adoptive = child;
@@ -235,11 +276,11 @@ function startAdoptiveSupervisor(log: Logger, quickDeaths: number, parked: Parke
     if (adoptive === child) adoptive = null;
     const quick = quickDeathsAfter(startedAt, quickDeaths);
     if (quick >= ADOPTIVE_MAX_QUICK_DEATHS) {
-      log.error({ code, signal }, 'the adoptive supervisor keeps dying; this worker serves on alone: restart the daemon');
+      serveAlone(log, `the adoptive supervisor keeps dying (last: ${signal ?? `exit code ${code}`})`);
       return;
     }
     log.error({ code, signal }, 'the adoptive supervisor died; starting another');
-    setTimeout(() => startAdoptiveSupervisor(log, quick, parked), restartDelayMs(quick)).unref();
+    setTimeout(() => startAdoptiveSupervisor(log, quick), restartDelayMs(quick)).unref();
   });
   child.unref();
   status.unref();
@@ -326,29 +367,46 @@ export async function runSupervisor(opts: SupervisorOptions & Partial<DaemonOpti
     // worker CPU 1.08 s -> 0.85-0.90 s, peak RSS 105-109 -> 97-101 MiB; the wall time moved within
     // the host's noise), while code that stays hot in a daemon's long life is still optimized.
     if (!process.execArgv.some((a) => a.startsWith('--interrupt-budget'))) v8Flags.push(`--interrupt-budget=${20 * 67584}`);
-    const worker = spawn(process.execPath, [...process.execArgv, ...v8Flags, ...argv], {
-      // fd 6: the IPC channel the relay parks its idle connections through (parked-connections.ts).
-      stdio: ['ignore', 'inherit', 'inherit', dev.fd, dev.lockFd ?? 'ignore', relay ? relay.fd : 'ignore', 'ipc'],
-      // Cache-file writes run on libuv's pool (O_DIRECT waits for the disk): size it for the threads.
-      env: {
-        ...process.env, [WORKER_FD_ENV]: String(KERNEL_FD), [RESTART_ENV]: String(restarts), [STOP_ENV]: stopping ? '1' : '0',
-        ...(dev.lockFd === undefined ? {} : { [LOCK_FD_ENV]: String(LOCK_FD) }),
-        ...(relay ? { [WORKER_API_ENV]: relay.workerSock, [API_FD_ENV]: String(WORKER_API_FD) } : {}),
-        UV_THREADPOOL_SIZE: process.env.UV_THREADPOOL_SIZE ?? String(Math.max(4, opts.threads * 2)),
-        // Chunk buffers (up to a few MiB, made and dropped all the time) come from malloc's heap and
-        // are reused, not fresh mmap()s: touching fresh pages cost more than decompressing into them
-        // (zstd at 150 MiB/s into fresh memory, 800 MiB/s into reused memory, on the bench host).
-        MALLOC_MMAP_THRESHOLD_: process.env.MALLOC_MMAP_THRESHOLD_ ?? String(32 << 20),
-        MALLOC_TRIM_THRESHOLD_: process.env.MALLOC_TRIM_THRESHOLD_ ?? String(64 << 20),
-        // ...and that heap in transparent huge pages where the kernel offers them (madvise mode, the
-        // usual default): a fault per 2 MiB, not per 4 KiB. Host big-file read: 0.43 s -> 0.25 s, the
-        // worker's CPU 0.45 s -> 0.21 s, same peak RSS.
-        GLIBC_TUNABLES: withTunable(process.env.GLIBC_TUNABLES, 'glibc.malloc.hugetlb', '1'),
-      },
+    let worker: ChildProcess;
+    try {
+      worker = spawn(process.execPath, [...process.execArgv, ...v8Flags, ...argv], {
+        // fd 6: the IPC channel the relay parks its idle connections through (parked-connections.ts).
+        stdio: ['ignore', 'inherit', 'inherit', dev.fd, dev.lockFd ?? 'ignore', relay ? relay.fd : 'ignore', 'ipc'],
+        // Cache-file writes run on libuv's pool (O_DIRECT waits for the disk): size it for the threads.
+        env: {
+          ...process.env, [WORKER_FD_ENV]: String(KERNEL_FD), [RESTART_ENV]: String(restarts), [STOP_ENV]: stopping ? '1' : '0',
+          ...(dev.lockFd === undefined ? {} : { [LOCK_FD_ENV]: String(LOCK_FD) }),
+          ...(relay ? { [WORKER_API_ENV]: relay.workerSock, [API_FD_ENV]: String(WORKER_API_FD) } : {}),
+          UV_THREADPOOL_SIZE: process.env.UV_THREADPOOL_SIZE ?? String(Math.max(4, opts.threads * 2)),
+          // Chunk buffers (up to a few MiB, made and dropped all the time) come from malloc's heap and
+          // are reused, not fresh mmap()s: touching fresh pages cost more than decompressing into them
+          // (zstd at 150 MiB/s into fresh memory, 800 MiB/s into reused memory, on the bench host).
+          MALLOC_MMAP_THRESHOLD_: process.env.MALLOC_MMAP_THRESHOLD_ ?? String(32 << 20),
+          MALLOC_TRIM_THRESHOLD_: process.env.MALLOC_TRIM_THRESHOLD_ ?? String(64 << 20),
+          // ...and that heap in transparent huge pages where the kernel offers them (madvise mode, the
+          // usual default): a fault per 2 MiB, not per 4 KiB. Host big-file read: 0.43 s -> 0.25 s, the
+          // worker's CPU 0.45 s -> 0.21 s, same peak RSS.
+          GLIBC_TUNABLES: withTunable(process.env.GLIBC_TUNABLES, 'glibc.malloc.hugetlb', '1'),
+        },
+      });
+    } catch (e) {
+      // Not even a process (EAGAIN, ENOMEM): a worker that died at once, restarted as one.
+      log.error({ err: (e as Error).message }, 'cannot start a worker');
+      exited(1, null);
+      return;
+    }
+    // Its end, once: a spawn that fails later (ENOENT, EMFILE) says so with 'error', and maybe 'exit'.
+    const ended = (code: number | null, signal: NodeJS.Signals | null) => {
+      if (child === worker) exited(code, signal);
+    };
+    worker.on('error', (e) => {
+      if (worker.pid !== undefined) return;  // a signal that could not be sent: it runs on
+      log.error({ err: e.message }, 'cannot start a worker');
+      ended(1, null);
     });
     child = worker;
     workerPid = worker.pid ?? null;
-    worker.on('exit', exited);
+    worker.on('exit', ended);
     relay?.keepWith(ipcKeeper(worker));
   };
   /** The worker ended: `code` null and `signal` null when an adopted worker was killed (its status pipe says no more). */
