@@ -36,9 +36,9 @@ function sourceId(): string {
   return computeSourceId(path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..'));
 }
 
-/** nydus's BuildTimeInfo. */
+/** nydus's BuildTimeInfo (its version "v"-prefixed, as nydus's git tags: acceleration-service reads `Version:\s*(v.*)` from `nydus-image --version`). */
 export const BUILD_INFO = {
-  package_ver: PACKAGE_VERSION, git_commit: sourceId(), build_time: '', profile: 'release', rustc: 'nydus-ts (node)',
+  package_ver: `v${PACKAGE_VERSION}`, git_commit: sourceId(), build_time: '', profile: 'release', rustc: 'nydus-ts (node)',
 };
 
 /** `--version` text in nydus's shape (the snapshotter reads the "Git Commit:" line). */

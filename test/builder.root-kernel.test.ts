@@ -217,7 +217,7 @@ test('check validates both images and verifies every chunk against its digest', 
     assert.equal(report.compressor, img === zstd ? 'zstd' : 'none');
     assert.deepEqual(report.blobs, [path.basename(img.blob)]);
     assert.equal(report.bootstrap, img.boot);
-    assert.match(report.version, /^\d+\.\d+\.\d+-[0-9a-f]{12}$/);
+    assert.match(report.version, /^v\d+\.\d+\.\d+-[0-9a-f]{12}$/);
     assert.equal(report.inodes, JSON.parse(mustRun('nydus-image', ['inspect', '-B', img.boot]).stdout).superblock.inodes);
   }
 });

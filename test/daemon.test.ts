@@ -973,7 +973,7 @@ test('nydusd: missing flags, unsupported flags and a kernel without on-demand ca
   // nydus-snapshotter reads the "Git Commit" line of --version and compares it with the API's version.git_commit.
   const version = run(['--version']);
   assert.equal(version.status, 0);
-  assert.match(version.stdout, /^Version: \t0\.1\.0$/m);
+  assert.match(version.stdout, /^Version: \tv0\.1\.0$/m);
   assert.equal(/Git Commit:\s*(.+)/.exec(version.stdout)?.[1].trim(), BUILD_INFO.git_commit);
   assert.match(BUILD_INFO.git_commit, /^[0-9a-f]{12}$/);
   const sock = path.join(work, 'x.sock');

@@ -281,17 +281,56 @@ test('merge --parent-bootstrap lays the layers over a flattened image and keeps 
   mustRun('nydus-image', ['check', '-B', out, '-D', blobDir]);
 });
 
-test('merge --prefetch-policy fs takes the prefetch list from stdin', () => {
+test('merge --prefetch-policy fs takes the prefetch list from stdin; a path below one listed before, or not absolute, is left out with a warning (as nydus-image)', () => {
   const out = path.join(work, 'prefetch.boot');
-  const r = spawnSync(path.join(repoRoot, 'bin', 'nydus-image'), ['merge', '-B', out, '--prefetch-policy', 'fs', baseBoot, fullBoot], { input: '/q/same\n/q\n', encoding: 'utf8' });
+  const r = spawnSync(path.join(repoRoot, 'bin', 'nydus-image'), ['merge', '-B', out, '--prefetch-policy', 'fs', baseBoot, fullBoot], { input: '/q/same\n/q\n/q/same/\nq\n/p/three\n/p\n', encoding: 'utf8' });
   assert.equal(r.status, 0, r.stderr);
   const table = JSON.parse(mustRun('nydus-image', ['inspect', '-B', out, '-R', 'prefetch']).stdout);
-  assert.deepEqual(table.map((e: any) => e.path), [['/q/same'], ['/q']]);
+  assert.deepEqual(table.map((e: any) => e.path), [['/q/same'], ['/q'], ['/p/three'], ['/p']]);
+  assert.match(r.stderr, /prefetch path \/q\/same\/ is covered by an earlier one; left out/);
+  assert.match(r.stderr, /prefetch path q is not absolute; left out/);
+  const again = spawnSync(path.join(repoRoot, 'bin', 'nydus-image'), ['merge', '-B', out, '--prefetch-policy', 'fs', baseBoot, fullBoot], { input: '/q\n/q/same\n', encoding: 'utf8' });
+  assert.equal(again.status, 0, again.stderr);
+  assert.deepEqual(JSON.parse(mustRun('nydus-image', ['inspect', '-B', out, '-R', 'prefetch']).stdout).map((e: any) => e.path), [['/q']], 'a directory listed first brings its files; the file is not listed again');
 });
 
-function assertRefused(args: string[], pattern: RegExp): void {
+test('create and merge are reproducible (no build time, as nydus-image writes none); --repeatable records no owners, as nydus-image', () => {
+  const src = layer('repro', { 'a/file': 'data\n', owned: 'mine\n' });
+  fs.chownSync(path.join(src, 'owned'), 1234, 5678);
+  // The tar layer made once: the same layer converted twice (its root entry's mtime is its content).
+  const tarFile = path.join(work, 'repro.tar');
+  execFileSync('tar', ['--format=posix', '--numeric-owner', '-C', src, '-cf', tarFile, '.']);
+  const outs = [0, 1].map((i) => {
+    // A second later (the build time nydus-ts wrote was in seconds). The root of a directory source
+    // keeps its mtime (as mkfs.erofs; nydus-image leaves it out): it is the source's, not the build's.
+    if (i) execFileSync('sleep', ['1.1']);
+    const dir = path.join(work, `repro-${i}.boot`);
+    mustRun('nydus-image', ['create', '-B', dir, '-D', blobDir, src]);
+    const tarLayer = path.join(work, `repro-tar-${i}.boot`);
+    mustRun('nydus-image', ['create', '-t', 'tar-rafs', '-B', tarLayer, '-D', blobDir, '--compressor', 'none', '--chunk-size', '0x1000', tarFile]);
+    const merged = path.join(work, `repro-merged-${i}.boot`);
+    mustRun('nydus-image', ['merge', '-B', merged, baseBoot, tarLayer]);
+    return [dir, tarLayer, merged].map((f) => fs.readFileSync(f));
+  });
+  for (const [k, what] of ['directory create', 'tar create', 'merge'].entries()) assert.ok(outs[0][k].equals(outs[1][k]), `${what}: the same bytes twice`);
+  // Owners as GNU tar reads them from the image unpacked.
+  const ownerOf = (boot: string, file: string) => {
+    const out = path.join(work, `${path.basename(boot)}.tar`);
+    mustRun('nydus-image', ['unpack', '-B', boot, '-D', blobDir, '-o', out]);
+    const line = execFileSync('tar', ['--numeric-owner', '-tvf', out], { encoding: 'utf8' }).split('\n').find((l) => l.endsWith(` ${file}`) || l.endsWith(` ./${file}`));
+    assert.ok(line, `${file} in ${out}`);
+    return line.split(/\s+/)[1];
+  };
+  assert.equal(ownerOf(path.join(work, 'repro-0.boot'), 'owned'), '1234/5678', 'owners recorded by default');
+  const ownerless = path.join(work, 'repro-ownerless.boot');
+  mustRun('nydus-image', ['create', '-B', ownerless, '-D', blobDir, '--repeatable', src]);
+  assert.equal(ownerOf(ownerless, 'owned'), '0/0', '--repeatable: every file is root\'s');
+  assert.match(mustRun('nydus-image', ['--version']).stdout, /^Version:\s*(v\S+)$/m, 'the version line acceleration-service reads');
+});
+
+function assertRefused(args: string[], pattern: RegExp, status = 1): void {
   const r = runCli('nydus-image', args);
-  assert.equal(r.status, 1, r.stderr);
+  assert.equal(r.status, status, r.stderr);
   assert.match(r.stderr, pattern);
   assert.doesNotMatch(r.stderr, /\n\s+at |internal error/);
 }
@@ -315,7 +354,10 @@ test('merge refuses what it cannot do, naming the flag or the file', () => {
   assertRefused(['merge', '-B', out, path.join(work, 'junk.boot')], /junk\.boot: not an EROFS/);
   const bigChunks = path.join(work, 'big-chunks.boot');
   mustRun('nydus-image', ['create', '-B', bigChunks, '-D', blobDir, '--chunk-size', '0x2000', base]);
-  assertRefused(['merge', '-B', out, baseBoot, bigChunks], /layer bootstrap .*big-chunks\.boot uses chunk size 0x2000, layer bootstrap .*base\.boot uses 0x1000/);
+  // Layers that cannot make one image exit 2, as nydus-image's (acceleration-service converts again without its cache).
+  assertRefused(['merge', '-B', out, baseBoot, bigChunks], /layer bootstrap .*big-chunks\.boot uses chunk size 0x2000, layer bootstrap .*base\.boot uses 0x1000/, 2);
+  const ownerless = build('ownerless', base, ['--repeatable']);
+  assertRefused(['merge', '-B', out, baseBoot, ownerless], /layer bootstrap .*ownerless\.boot records no file owners \(built with --repeatable\), layer bootstrap .*base\.boot records file owners/, 2);
   assert.ok(!fs.existsSync(out));
   // An output that exists is replaced, as nydus-image does; a merge that fails leaves it as it was.
   const existing = path.join(work, 'existing.boot');

@@ -186,11 +186,13 @@ test('a conversion failing on the manifest PUT, a blob upload or a layer downloa
     ] as const) {
       proxy.clearFaults();
       proxy.inject({ match: match as never, fault: { kind: 'status', status: 500 }, times: Infinity });
-      const tag = what === 'manifest PUT' ? 'fail-manifest' : 'fail-blob';
-      const r = await run('nydusify', ['convert', '--plain-http', '--work-dir', path.join(work, 'tmp'), '--source', `${reg.host}/src:two`, '--target', `${proxy.host}/failed:${tag}`]);
+      // A repository of its own each: the output is reproducible, and blobs the first left behind
+      // would be found there by the second, which would upload nothing.
+      const target = what === 'manifest PUT' ? 'failed-manifest:fail' : 'failed-blob:fail';
+      const r = await run('nydusify', ['convert', '--plain-http', '--work-dir', path.join(work, 'tmp'), '--source', `${reg.host}/src:two`, '--target', `${proxy.host}/${target}`]);
       assert.equal(r.status, 1, `${what}: ${r.stderr}`);
       assert.match(r.stderr, /nydusify: error: .*HTTP 500/, what);
-      assert.equal(await client.headManifest(`${reg.host}/failed:${tag}`), undefined, `${what}: no tag`);
+      assert.equal(await client.headManifest(`${reg.host}/${target}`), undefined, `${what}: no tag`);
     }
     // A source layer that cannot be read: the error names the layer, nothing is tagged.
     proxy.clearFaults();

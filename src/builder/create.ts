@@ -113,7 +113,7 @@ class ImageBuild {
     const blobDir = opts.blobDir ?? (opts.blobPath ? path.dirname(path.resolve(opts.blobPath)) : undefined);
     if (!blobDir) throw new NydusError('either a blob directory (--blob-dir/-D) or a blob path (--blob) is needed');
     if (!opts.bootstrap && !opts.blobInlineMeta) throw new NydusError('a bootstrap (--bootstrap/-B) is needed, unless it goes into the blob (--blob-inline-meta)');
-    this.layered = opts.parentBootstrap || opts.chunkDict ? openLayeredBuild({ ...opts, config: opts }) : null;
+    this.layered = opts.parentBootstrap || opts.chunkDict ? openLayeredBuild({ ...opts, config: { ...opts, explicitUidGid: !opts.repeatable } }) : null;
     this.createdDir = fs.mkdirSync(blobDir, { recursive: true });
     const tail = opts.blobInlineMeta || opts.blobToc ? { inlineBootstrap: !!opts.blobInlineMeta, toc: !!opts.blobToc } : undefined;
     this.writer = new BlobWriter(blobDir, this.layered?.newBlobIndex ?? 0, opts.compressor, tail);
@@ -146,7 +146,9 @@ class ImageBuild {
     const prefetch = opts.prefetchPaths ? prefetchNids(layout, opts.prefetchPaths) : undefined;
     const { meta } = writeImage(layout, {
       chunkSize: opts.chunkSize, compressor: opts.compressor, digester: opts.digester, blobs,
-      buildTime: opts.repeatable ? 0 : Math.floor(Date.now() / 1000),
+      // No build time (nydus-image writes none): the same source builds the same bytes.
+      buildTime: 0,
+      explicitUidGid: !opts.repeatable,
       prefetch: prefetch?.nids,
     });
     // The blob's own id, with the bootstrap inside it, is the digest of the whole: known only now.

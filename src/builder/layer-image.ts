@@ -7,7 +7,7 @@ import { NydusError } from '../../erofs/errors.ts';
 import type { ErofsImage } from '../../erofs/image.ts';
 import { BLOB_FEATURE_INLINED_FS_META } from '../../erofs/blobmeta.ts';
 import {
-  RAFS_FLAG_HASH_BLAKE3, RAFS_FLAG_HASH_SHA256, RAFS_FLAG_TARFS_MODE, rafsFlagsCompressor,
+  RAFS_FLAG_EXPLICIT_UID_GID, RAFS_FLAG_HASH_BLAKE3, RAFS_FLAG_HASH_SHA256, RAFS_FLAG_TARFS_MODE, rafsFlagsCompressor,
 } from '../../erofs/rafs.ts';
 import type { CompressorName } from '../blob/compress.ts';
 import type { Digester } from '../blob/digest.ts';
@@ -25,6 +25,16 @@ export interface BuildConfig {
   chunkSize: number;
   compressor: CompressorName;
   digester: Digester;
+  /** Whether the inodes carry their owners (RAFS's EXPLICIT_UID_GID; not with `create --repeatable`). */
+  explicitUidGid?: boolean;
+}
+
+/**
+ * Layers that cannot make one image (nydus's MergeError::InconsistentFilesystem): `nydus-image merge`
+ * exits 2 on it, which acceleration-service takes as "convert again without the cache".
+ */
+export class InconsistentFilesystemError extends NydusError {
+  exitCode?: number;
 }
 
 export function openRafsBootstrap(file: string, what: string): ErofsImage {
@@ -42,7 +52,7 @@ export function buildConfigOf(image: ErofsImage): BuildConfig {
   const digester = flags & RAFS_FLAG_HASH_BLAKE3 ? 'blake3' : flags & RAFS_FLAG_HASH_SHA256 ? 'sha256' : null;
   if (!compressor) throw new NydusError(`${image.name}: its compressor (flags 0x${flags.toString(16)}) is not supported by nydus-ts`);
   if (!digester) throw new NydusError(`${image.name}: its digester (flags 0x${flags.toString(16)}) is not supported by nydus-ts`);
-  return { chunkSize: image.chunkSize, compressor, digester };
+  return { chunkSize: image.chunkSize, compressor, digester, explicitUidGid: (flags & RAFS_FLAG_EXPLICIT_UID_GID) !== 0 };
 }
 
 /** Refuses an image whose chunks cannot live in one image with `expected`'s. */
@@ -51,8 +61,13 @@ export function checkCompatible(image: ErofsImage, what: string, expected: Build
   for (const k of ['chunkSize', 'digester'] as const) {
     if (got[k] !== expected[k]) {
       const show = (v: string | number) => (typeof v === 'number' ? `0x${v.toString(16)}` : v);
-      throw new NydusError(`${what} ${image.name} uses ${k === 'chunkSize' ? 'chunk size' : k} ${show(got[k])}, ${against} uses ${show(expected[k])}`);
+      throw new InconsistentFilesystemError(`${what} ${image.name} uses ${k === 'chunkSize' ? 'chunk size' : k} ${show(got[k])}, ${against} uses ${show(expected[k])}`);
     }
+  }
+  // (A chunk dictionary lends chunks only: its owners' setting does not matter; it has none given.)
+  if (expected.explicitUidGid !== undefined && got.explicitUidGid !== expected.explicitUidGid) {
+    const show = (v: boolean | undefined) => (v ? 'records file owners' : 'records no file owners (built with --repeatable)');
+    throw new InconsistentFilesystemError(`${what} ${image.name} ${show(got.explicitUidGid)}, ${against} ${show(expected.explicitUidGid)}`);
   }
 }
 

@@ -35,7 +35,7 @@ export function openLayeredBuild(opts: { parentBootstrap?: string; chunkDict?: s
   let dict = new Map<string, DictChunk>();
   if (opts.chunkDict) {
     const image = openRafsBootstrap(opts.chunkDict, 'chunk dictionary');
-    checkCompatible(image, 'chunk dictionary', opts.config, 'this build');
+    checkCompatible(image, 'chunk dictionary', { ...opts.config, explicitUidGid: undefined }, 'this build');
     dict = loadDictionary(image);
   }
   const index = new LayeredChunkIndex(table, dict);

@@ -169,7 +169,8 @@ export function mergeImages(opts: MergeOptions): MergeResult {
   const prefetch = opts.prefetchPaths ? prefetchNids(layout, opts.prefetchPaths) : undefined;
   const { meta } = writeImage(layout, {
     chunkSize: cfg.chunkSize, compressor: cfg.compressor, digester: cfg.digester, blobs: table.blobs,
-    buildTime: Math.floor(Date.now() / 1000),
+    buildTime: 0,
+    explicitUidGid: cfg.explicitUidGid,
     prefetch: prefetch?.nids,
   });
   // What --blob-digests, --original-blob-ids and --blob-sizes say is written as given: the bootstrap

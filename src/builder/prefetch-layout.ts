@@ -13,6 +13,35 @@ export function normalizePrefetchPath(p: string): string {
 }
 
 /**
+ * The prefetch list as nydus-image takes one (its generate_patterns), in list order: a path that is
+ * not absolute is left out (`relative`), and so is one already listed or below a listed directory
+ * (`covered`), whose files that directory's entry brings already.
+ */
+export function prefetchPatterns(lines: readonly string[]): { patterns: string[]; relative: string[]; covered: string[] } {
+  const patterns: string[] = [];
+  const relative: string[] = [];
+  const covered: string[] = [];
+  const listed = new Set<string>();
+  for (const line of lines.map((l) => l.trim()).filter(Boolean)) {
+    if (!line.startsWith('/')) {
+      relative.push(line);
+      continue;
+    }
+    const p = normalizePrefetchPath(line);
+    const parts = p.split('/').filter(Boolean);
+    let within = false;
+    for (let n = parts.length; n >= 0 && !within; n--) within = listed.has('/' + parts.slice(0, n).join('/'));
+    if (within) {
+      covered.push(line);
+      continue;
+    }
+    listed.add(p);
+    patterns.push(line);
+  }
+  return { patterns, relative, covered };
+}
+
+/**
  * The regular files a prefetch list names, in list order: a directory stands for every file below
  * it in directory order (depth first, names sorted: the order a directory is chunked in). Each file
  * comes once (hardlinks once, at their first name). Paths the tree does not hold are left out here;

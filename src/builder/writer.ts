@@ -56,6 +56,11 @@ export interface WriteOptions {
   blobs: BlobDescriptor[];
   /** Build time for the superblock (seconds). */
   buildTime: number;
+  /**
+   * Whether the inodes carry their owners (RAFS's EXPLICIT_UID_GID, nydus-image's default); without
+   * (`create --repeatable`) every file is root's, as nydus-image writes it.
+   */
+  explicitUidGid?: boolean;
   /** nids of the prefetch list, in order. */
   prefetch?: number[];
   /**
@@ -92,6 +97,7 @@ function inodeData(ino: LaidOutInode, layout: Layout): Buffer {
 
 export function writeImage(layout: Layout, opts: WriteOptions): WrittenImage {
   const block = !!opts.blockMode;
+  const explicitUidGid = opts.explicitUidGid ?? true;
   const deviceCount = block ? 0 : opts.blobs.length;
   // Distinct chunks, in blob order, for the chunk table.
   const distinct = new Map<ChunkRef, number>();
@@ -135,8 +141,8 @@ export function writeImage(layout: Layout, opts: WriteOptions): WrittenImage {
       i_size: ino.dataSize,
       i_u: iu,
       i_ino: ino.ino,
-      i_uid: n.uid,
-      i_gid: n.gid,
+      i_uid: explicitUidGid ? n.uid : 0,
+      i_gid: explicitUidGid ? n.gid : 0,
       i_mtime: n.mtimeSec,
       i_mtime_nsec: n.mtimeNsec,
       i_nlink: ino.nlink,
@@ -209,7 +215,7 @@ export function writeImage(layout: Layout, opts: WriteOptions): WrittenImage {
     prefetch.forEach((nid, i) => meta.writeUInt32LE(nid, prefetchOffset + i * RAFS_PREFETCH_ENTRY_SIZE));
     const flags = { none: RAFS_FLAG_COMPRESSION_NONE, zstd: RAFS_FLAG_COMPRESSION_ZSTD, lz4_block: RAFS_FLAG_COMPRESSION_LZ4 }[opts.compressor]
       | (opts.digester === 'blake3' ? RAFS_FLAG_HASH_BLAKE3 : RAFS_FLAG_HASH_SHA256)
-      | RAFS_FLAG_EXPLICIT_UID_GID | (hasXattr ? RAFS_FLAG_HAS_XATTR : 0);
+      | (explicitUidGid ? RAFS_FLAG_EXPLICIT_UID_GID : 0) | (hasXattr ? RAFS_FLAG_HAS_XATTR : 0);
     rafsV6SuperBlockExt.encodeInto(meta, RAFS_V6_SUPER_EXT_OFFSET, {
       s_flags: flags,
       s_blob_table_offset: blobTableOffset,

@@ -6,6 +6,8 @@ import { createImage, createImageFromTar } from '../builder/create.ts';
 import { mergeImages } from '../builder/merge.ts';
 import { parseChunkDictArg } from '../builder/chunk-dict.ts';
 import { WHITEOUT_SPECS } from '../builder/whiteout.ts';
+import { prefetchPatterns } from '../builder/prefetch-layout.ts';
+import { InconsistentFilesystemError } from '../builder/layer-image.ts';
 import { isStdinSource } from '../builder/layer-stream.ts';
 import { checkImage } from '../image/check.ts';
 import { inspectImage } from '../image/inspect.ts';
@@ -13,7 +15,7 @@ import { exportBlock } from '../image/export-block.ts';
 import { THREADS_MAX, parseThreadCount } from './thread-count.ts';
 import { unpackToTar } from '../image/unpack.ts';
 import { hideBin } from 'yargs/helpers';
-import { BUILD_INFO } from '../version.ts';
+import { BUILD_INFO, versionText } from '../version.ts';
 import { cliParser, parseSize, runMain } from './main.ts';
 
 /**
@@ -80,13 +82,21 @@ function prefetchPaths(policyArg: string): string[] | undefined {
   const policy = oneOf(policyArg, ['none', 'fs', 'blob'] as const, 'prefetch policy');
   if (policy === 'blob') throw new NydusError('--prefetch-policy blob is not supported by nydus-ts yet; use fs');
   if (policy !== 'fs') return undefined;
-  const paths: string[] = [];
-  for (const line of fs.readFileSync(0, 'utf8').split('\n').map((l) => l.trim()).filter(Boolean)) {
-    // As nydus-image: the list names paths from the image root.
-    if (line.startsWith('/')) paths.push(line);
-    else log.warn(`prefetch path ${line} is not absolute; left out`);
+  // As nydus-image: the list names paths from the image root, each once.
+  const { patterns, relative, covered } = prefetchPatterns(fs.readFileSync(0, 'utf8').split('\n'));
+  for (const p of relative) log.warn(`prefetch path ${p} is not absolute; left out`);
+  for (const p of covered) log.warn(`prefetch path ${p} is covered by an earlier one; left out`);
+  return patterns;
+}
+
+/** merge's layers that cannot make one image exit 2, as nydus-image's (acceleration-service converts again without its cache on it). */
+function exitingTwiceIfInconsistent<T>(merge: () => T): T {
+  try {
+    return merge();
+  } catch (e) {
+    if (e instanceof InconsistentFilesystemError) e.exitCode = 2;
+    throw e;
   }
-  return paths;
 }
 
 await runMain('nydus-image', async () => {
@@ -112,13 +122,16 @@ await runMain('nydus-image', async () => {
       .option('output-json', { alias: 'J', type: 'string', describe: 'write a JSON report here' })
       .option('prefetch-policy', { alias: 'P', type: 'string', default: 'none', describe: 'fs: read the paths to prefetch from stdin, one per line' })
       .option('whiteout-spec', { alias: 'W', type: 'string', default: 'oci', describe: 'whiteout specification (oci, overlayfs, none): a directory source leaves its whiteouts out; a tar layer keeps them' })
-      .option('repeatable', { type: 'boolean', default: false, describe: 'reproducible output: build time 0' })
+      .option('repeatable', { type: 'boolean', default: false, describe: 'no file owners recorded (every file is root\'s), as nydus-image; the output is reproducible either way' })
+      // Hidden: the snapshotter's converter passes --batch-size only where `create -h` names it.
+      .option('batch-size', { type: 'string', hidden: true, describe: 'batched small chunks: only 0 (none, the default)' })
       .option('aligned-chunk', { type: 'boolean', default: false, describe: 'always on for RAFS v6' })
       .option('blob-inline-meta', { type: 'boolean', default: false, describe: 'put the bootstrap into the blob, after the blob meta, each part followed by a tar header (nydus-snapshotter\'s converter)' })
       .option('inline-bootstrap', { type: 'boolean', default: false, describe: 'the same as --blob-inline-meta (older nydus-image)' })
       .option('features', { type: 'string', describe: 'comma-separated: blob-toc (a TOC of the blob\'s parts at its end, and the chunk digests)' })
       .option('parent-bootstrap', { type: 'string', describe: 'build on top of this bootstrap: the output is the parent with the source laid over it, chunks the parent has are not stored again' })
       .option('chunk-dict', { type: 'string', describe: 'bootstrap=<file>: chunks of this image are referenced, not stored again' }), async (a) => {
+      if (a['batch-size'] !== undefined && parseSize(a['batch-size'], '--batch-size') !== 0) throw new NydusError(`--batch-size ${a['batch-size']}: batched chunks are not supported by nydus-ts; 0 (the default) is`);
       const type = oneOf(a.type, ['dir-rafs', 'directory', 'tar-rafs', 'targz-rafs'] as const, 'conversion type');
       oneOf(a['fs-version'], ['6'] as const, 'fs version');
       const whiteoutSpec = oneOf(a['whiteout-spec'], WHITEOUT_SPECS, 'whiteout spec');
@@ -163,7 +176,7 @@ await runMain('nydus-image', async () => {
         if (a[unsupported] !== undefined) throw new NydusError(`--${unsupported} is not supported by nydus-ts merge yet`);
       }
       const list = (v: string | undefined) => v?.split(',').map((x) => x.trim());
-      const r = mergeImages({
+      const r = exitingTwiceIfInconsistent(() => mergeImages({
         sources: a.SOURCE, bootstrap: a.bootstrap, parentBootstrap: a['parent-bootstrap'],
         chunkDict: a['chunk-dict'] === undefined ? undefined : parseChunkDictArg(a['chunk-dict']),
         blobDigests: list(a['blob-digests']), originalBlobIds: list(a['original-blob-ids']),
@@ -172,7 +185,7 @@ await runMain('nydus-image', async () => {
         blobTocSizes: list(a['blob-toc-sizes'])?.map((v) => parseSize(v, 'number in --blob-toc-sizes')),
         whiteoutSpec: oneOf(a['whiteout-spec'], WHITEOUT_SPECS, 'whiteout spec'),
         prefetchPaths: prefetchPaths(a['prefetch-policy']),
-      });
+      }));
       warnPrefetchMissing(r.prefetchMissing);
       writeJson(a['output-json'], nydusReport(r.bootstrap, r.blobs, r.config.compressor, { inodes: r.inodes }));
       log.info(`merged ${a.SOURCE.length} layers into ${r.bootstrap} (${r.inodes} inodes, ${r.blobs.length} blobs)`);
@@ -224,6 +237,7 @@ await runMain('nydus-image', async () => {
       const r = unpackToTar({ bootstrap: needBootstrap(a), blobDir: a['blob-dir'], blobPaths: a.blob ? [a.blob] : undefined, output: a.output });
       log.info(`wrote ${r.entries} entries to ${a.output}${r.skipped.length ? ` (skipped ${r.skipped.length} sockets)` : ''}`);
     })
-    .version('0.1.0')
+    .version(versionText().trimEnd())
+    .alias('version', 'V')
     .parseAsync();
 }, { endsWithItsReader: true });

@@ -1,5 +1,5 @@
 /**
- * A CLI's body: known errors become one clear line and exit status 1, never a stack trace. Apart from
+ * A CLI's body: known errors become one clear line and exit status 1 (or the error's own), never a stack trace. Apart from
  * main.ts so that a command can run without loading yargs (nydusd's fast start, quick-args.ts).
  */
 import { NydusError } from '../../erofs/errors.ts';
@@ -28,6 +28,8 @@ export async function runMain(name: string, body: () => Promise<void> | void, op
       process.stderr.write(`${name}: internal error: ${err?.message ?? String(e)}\n`);
       if (process.env.NYDUS_DEBUG) process.stderr.write(`${err?.stack}\n`);
     }
-    process.exitCode = 1;
+    // An error may name its own status (merge's inconsistent layers: 2, as nydus-image's).
+    const code = (err as { exitCode?: unknown })?.exitCode;
+    process.exitCode = typeof code === 'number' && Number.isInteger(code) && code > 0 ? code : 1;
   }
 }
