@@ -26,7 +26,17 @@ test('a missing source, a file as source, bad flags', () => {
   assertCleanFailure(runCli('nydus-image', ['create', '-B', boot, '-D', work, '--chunk-size', '0x1234', path.join(work, 'src')]), /invalid chunk size/);
   assertCleanFailure(runCli('nydus-image', ['create', '-B', boot, '-D', work, '--compressor', 'lz4', path.join(work, 'src')]), /unsupported compressor "lz4"/);
   assertCleanFailure(runCli('nydus-image', ['create', '-B', boot, '-D', work, '--fs-version', '5', path.join(work, 'src')]), /unsupported fs version "5"/);
+  // What nydus-image takes that nydus-ts has not: refused by name, the source not taken for a flag's value.
+  assertCleanFailure(runCli('nydus-image', ['create', '-B', boot, '-D', work, '--encrypt', path.join(work, 'src')]), /--encrypt: encrypted images are not supported by nydus-ts/);
+  assertCleanFailure(runCli('nydus-image', ['create', '-B', boot, '-D', work, '--batch-size', '0x1000', path.join(work, 'src')]), /--batch-size 0x1000: batched chunks are not supported by nydus-ts; 0 \(the default\) is/);
+  for (const sub of ['compact', 'chunkdict', 'optimize', 'stat']) {
+    assertCleanFailure(runCli('nydus-image', [sub, ...(sub === 'chunkdict' ? ['generate', '--database', 'x'] : ['--bootstrap', boot]), boot]), new RegExp(`nydus-image ${sub} is not implemented by nydus-ts`));
+  }
   assert.ok(!fs.existsSync(boot));
+  // --batch-size 0 (no batching) and --disable-check (nydus-ts checks nothing after a build) are what nydus-ts does.
+  mustRun('nydus-image', ['create', '-B', boot, '-D', work, '--batch-size', '0', '--disable-check', path.join(work, 'src')]);
+  assert.ok(fs.existsSync(boot));
+  fs.rmSync(boot);
 });
 
 test('an unreadable file in the source (run as nobody) names the file and leaves no blob behind', () => {

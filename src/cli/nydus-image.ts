@@ -89,6 +89,10 @@ function prefetchPaths(policyArg: string): string[] | undefined {
   return patterns;
 }
 
+function notImplemented(command: string): never {
+  throw new NydusError(`nydus-image ${command} is not implemented by nydus-ts (it has create, merge, check, inspect, export and unpack)`);
+}
+
 /** merge's layers that cannot make one image exit 2, as nydus-image's (acceleration-service converts again without its cache on it). */
 function exitingTwiceIfInconsistent<T>(merge: () => T): T {
   try {
@@ -125,12 +129,17 @@ await runMain('nydus-image', async () => {
       .option('repeatable', { type: 'boolean', default: false, describe: 'no file owners recorded (every file is root\'s), as nydus-image; the output is reproducible either way' })
       // Hidden: the snapshotter's converter passes --batch-size only where `create -h` names it.
       .option('batch-size', { type: 'string', hidden: true, describe: 'batched small chunks: only 0 (none, the default)' })
+      .option('disable-check', { type: 'boolean', default: false, describe: 'no check of the image after the build (nydus-ts checks none; its readers validate every image)' })
+      // Declared (a boolean) so that it is refused by name: unknown, it took the source as its value.
+      // The snapshotter's converter passes it whenever encryption is asked for.
+      .option('encrypt', { alias: 'E', type: 'boolean', default: false, describe: 'encrypted blobs: not supported by nydus-ts (refused)' })
       .option('aligned-chunk', { type: 'boolean', default: false, describe: 'always on for RAFS v6' })
       .option('blob-inline-meta', { type: 'boolean', default: false, describe: 'put the bootstrap into the blob, after the blob meta, each part followed by a tar header (nydus-snapshotter\'s converter)' })
       .option('inline-bootstrap', { type: 'boolean', default: false, describe: 'the same as --blob-inline-meta (older nydus-image)' })
       .option('features', { type: 'string', describe: 'comma-separated: blob-toc (a TOC of the blob\'s parts at its end, and the chunk digests)' })
       .option('parent-bootstrap', { type: 'string', describe: 'build on top of this bootstrap: the output is the parent with the source laid over it, chunks the parent has are not stored again' })
       .option('chunk-dict', { type: 'string', describe: 'bootstrap=<file>: chunks of this image are referenced, not stored again' }), async (a) => {
+      if (a.encrypt) throw new NydusError('--encrypt: encrypted images are not supported by nydus-ts');
       if (a['batch-size'] !== undefined && parseSize(a['batch-size'], '--batch-size') !== 0) throw new NydusError(`--batch-size ${a['batch-size']}: batched chunks are not supported by nydus-ts; 0 (the default) is`);
       const type = oneOf(a.type, ['dir-rafs', 'directory', 'tar-rafs', 'targz-rafs'] as const, 'conversion type');
       oneOf(a['fs-version'], ['6'] as const, 'fs version');
@@ -237,6 +246,11 @@ await runMain('nydus-image', async () => {
       const r = unpackToTar({ bootstrap: needBootstrap(a), blobDir: a['blob-dir'], blobPaths: a.blob ? [a.blob] : undefined, output: a.output });
       log.info(`wrote ${r.entries} entries to ${a.output}${r.skipped.length ? ` (skipped ${r.skipped.length} sockets)` : ''}`);
     })
+    // nydus-image's other subcommands, refused by name whatever they are given (hidden from help).
+    .command('compact [SOURCE..]', false, (y) => y.strict(false), () => notImplemented('compact'))
+    .command('chunkdict [SOURCE..]', false, (y) => y.strict(false), () => notImplemented('chunkdict'))
+    .command('optimize [SOURCE..]', false, (y) => y.strict(false), () => notImplemented('optimize'))
+    .command('stat [SOURCE..]', false, (y) => y.strict(false), () => notImplemented('stat'))
     .version(versionText().trimEnd())
     .alias('version', 'V')
     .parseAsync();
