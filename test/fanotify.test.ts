@@ -217,5 +217,12 @@ test('config: what prefetch_all means follows nydus: the blob cache prefetch of 
   assert.deepEqual([v1({ enable: true }), v1({ enable: true, prefetch_all: false })], [true, false], 'v1 fs_prefetch: prefetch_all true unless said');
   const fuse2 = (where: object) => fuse({ version: 2, backend: { type: 'localfs', localfs: { dir: '/b' } }, cache: { type: 'filecache', filecache: { work_dir: '/c' } }, ...where });
   assert.deepEqual([fuse2({ rafs: { prefetch: { enable: true } } }), fuse2({ rafs: { prefetch: { enable: true, prefetch_all: true } } })], [false, true], 'v2: false unless said');
+  // nydus's own nydusd-config-v2.toml: both prefetch sections on, the whole image asked for in
+  // rafs.prefetch (the file system's), the workers in cache.prefetch.
+  const both = { cache: { type: 'filecache', filecache: { work_dir: '/c' }, prefetch: { enable: true, threads: 8, batch_size: 1000000 } }, rafs: { prefetch: { enable: true, prefetch_all: true } } };
+  assert.equal(fuse2(both), true, 'rafs.prefetch\'s prefetch_all with cache.prefetch on too');
+  assert.equal(parseBlobCacheEntry(entryBodyFromFsConfig({ version: 2, backend: { type: 'localfs', localfs: { dir: '/b' } }, ...both }, '/img.boot', 'x'), 'fs').prefetch.threads, 8, 'the workers from cache.prefetch');
   assert.throws(() => legacy({ enable: true, prefetch_all: 'yes' }), /config\.prefetch_config\.prefetch_all must be true or false/);
+  // A writable upper layer (nydus's overlay) is refused, not a read-only mount where writes were asked for.
+  assert.throws(() => fuse2({ overlay: { upper_dir: '/u', work_dir: '/o' } }), /config\.overlay: a writable upper layer is not supported by nydus-ts/);
 });

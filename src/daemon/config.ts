@@ -233,7 +233,13 @@ export function parseBlobCacheEntry(body: unknown, prefetchAll: PrefetchAllRule 
     const v2Names = { threads: 'threads', batchSize: 'batch_size', bandwidthLimit: 'bandwidth_limit' };
     const fromCache = cache.prefetch === undefined ? null : prefetchFrom(obj(cache.prefetch, `${v2}.cache.prefetch`), `${v2}.cache.prefetch`, v2Names, prefetchAll, false);
     const fromRafs = rafs.prefetch === undefined ? null : prefetchFrom(obj(rafs.prefetch, `${v2}.rafs.prefetch`), `${v2}.rafs.prefetch`, v2Names, 'fs', false);
-    const prefetch = (fromCache?.enable ? fromCache : fromRafs?.enable ? fromRafs : null) ?? PREFETCH_DEFAULTS;
+    const chosen = (fromCache?.enable ? fromCache : fromRafs?.enable ? fromRafs : null) ?? PREFETCH_DEFAULTS;
+    // A file system's config (fanotify mounts) says in rafs.prefetch whether the whole image comes
+    // (nydus's RafsConfigV2: the file system's prefetch); cache.prefetch, when on, gives the workers.
+    const prefetch = prefetchAll === 'fs' && fromRafs?.enable ? { ...chosen, all: fromRafs.all } : chosen;
+    if (c.overlay !== undefined && c.overlay !== null) {
+      throw new ConfigError(`${v2}.overlay: a writable upper layer is not supported by nydus-ts; mount overlayfs over the image's mountpoint instead`);
+    }
     return {
       id, domainId,
       metadataPath: str(c, 'metadata_path', v2),

@@ -3,6 +3,7 @@
  * HttpProxyConfig, ProxyConfig) and defaults. Fields nydus does not know are ignored, as nydus's
  * serde does (the snapshotter adds some, e.g. `readahead`); known fields with bad values are refused.
  */
+import fs from 'node:fs';
 import { ConfigError, type Json, count, flag, obj, str } from '../config.ts';
 import { credentialsFromAuth, repositoryAt, type Credentials } from '../../registry/index.ts';
 
@@ -63,9 +64,11 @@ export interface HttpProxyBackendConfig extends ConnectionConfig {
 const TIMER_MAX_MS = 2 ** 31 - 1;
 export const TIMER_MAX_SEC = Math.floor(TIMER_MAX_MS / 1000);
 
-function seconds(o: Json, key: string, where: string, fallback: number): number {
+function seconds(o: Json, key: string, where: string, fallback: number, zeroIsNoLimit = false): number {
   const v = count(o, key, where, fallback);
-  if (v === 0) throw new ConfigError(`${where}.${key} must be at least 1 (seconds)`);
+  if (v === 0) {
+    throw new ConfigError(`${where}.${key} must be at least 1 (seconds)${zeroIsNoLimit ? ': nydus takes 0 for no limit, which nydus-ts refuses (a read must end; give a number of seconds)' : ''}`);
+  }
   if (v > TIMER_MAX_SEC) throw new ConfigError(`${where}.${key} ${v} is too long: at most ${TIMER_MAX_SEC} seconds (about 24 days)`);
   return v;
 }
@@ -90,7 +93,10 @@ function proxyFrom(v: unknown, where: string): ProxyConfig {
   if (str(p, 'dragonfly_scheduler_endpoint', where, false)) {
     throw new ConfigError(`${where}.dragonfly_scheduler_endpoint is not supported (Dragonfly's SDK); give the proxy as ${where}.url`);
   }
-  const url = str(p, 'url', where, false);
+  // A proxy without a scheme is an http:// one, as nydus's HTTP client (reqwest) takes it: nydus's own
+  // sample config gives "localhost:6789".
+  const given = str(p, 'url', where, false);
+  const url = given && !/^[a-z][a-z0-9+.-]*:\/\//i.test(given) ? `http://${given}` : given;
   const pingUrl = str(p, 'ping_url', where, false);
   return {
     url: url && httpUrl(url, `${where}.url`),
@@ -105,10 +111,21 @@ function proxyFrom(v: unknown, where: string): ProxyConfig {
 function connectionFrom(cfg: Json, where: string): ConnectionConfig {
   const ca = cfg.ca_cert_files ?? [];
   if (!Array.isArray(ca) || ca.some((f) => typeof f !== 'string' || !f)) throw new ConfigError(`${where}.ca_cert_files must be a list of file paths`);
+  // Read now, as nydus reads them making the backend: a file that cannot be used fails the
+  // registration, not every read of the image mounted after it.
+  for (const f of ca as string[]) {
+    let pem: string;
+    try {
+      pem = fs.readFileSync(f, 'utf8');
+    } catch (e) {
+      throw new ConfigError(`${where}.ca_cert_files: ${f}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+    }
+    if (!pem.includes('-----BEGIN CERTIFICATE-----')) throw new ConfigError(`${where}.ca_cert_files: ${f}: no PEM certificate in it`);
+  }
   const retryLimit = count(cfg, 'retry_limit', where, 0);
   if (retryLimit > 255) throw new ConfigError(`${where}.retry_limit must be at most 255`);
-  const timeoutSec = seconds(cfg, 'timeout', where, 5);
-  const connectTimeoutSec = seconds(cfg, 'connect_timeout', where, 5);
+  const timeoutSec = seconds(cfg, 'timeout', where, 5, true);
+  const connectTimeoutSec = seconds(cfg, 'connect_timeout', where, 5, true);
   // One read's deadline (remote.ts, readDeadlineMs): every attempt may wait out its connect timeout
   // and twice its answer timeout, with up to 5 s of backoff between attempts. It is a timer too.
   const deadlineMs = (retryLimit + 1) * (connectTimeoutSec + 2 * timeoutSec) * 1000 + retryLimit * 5_000;
