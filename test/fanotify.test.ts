@@ -28,6 +28,12 @@ test('fanotify config: nydusd v1 FUSE config (device.backend, device.cache, fs_p
     mode: 'direct', fs_prefetch: { enable: true, threads_count: 3 },
   }, '/img.boot', 'x'));
   assert.deepEqual([e.workDir, e.backend, e.prefetch.enable, e.prefetch.threads], ['/cache', { type: 'localfs', dir: '/blobs' }, true, 3]);
+  // Errors name the fields as the file has them, not as the entry made of it.
+  const v1 = (backendConfig: object, fsPrefetch?: object) => parseBlobCacheEntry(entryBodyFromFsConfig({
+    device: { backend: { type: 'registry', config: backendConfig }, cache: { type: 'blobcache', config: { work_dir: '/cache' } } }, ...(fsPrefetch ? { fs_prefetch: fsPrefetch } : {}),
+  }, '/img.boot', 'x'), 'fs');
+  assert.throws(() => v1({ repo: 'r' }), /^.*config\.device\.backend\.config\.host is required/);
+  assert.throws(() => v1({ host: 'h', repo: 'r' }, { enable: true, threads_count: 0 }), /config\.fs_prefetch\.threads_count must be 1 to 1024/);
 });
 
 test('config text: TOML (v2), as nydusd reads it after JSON, gives the entry the same JSON gives; TOML of another version and text of neither are refused naming the place', () => {

@@ -251,15 +251,20 @@ export function parseBlobCacheEntry(body: unknown, prefetchAll: PrefetchAllRule 
   }
   if (e.config !== undefined) {
     const c = obj(e.config, 'config');
+    // An entry made of a v1 FUSE-mode config (entryBodyFromFsConfig, fanotify mounts) names the
+    // fields as that file has them: its device.backend and fs_prefetch.
+    const fromFile = prefetchAll === 'fs';
+    const backendAt = fromFile ? 'config.device.backend.config' : 'config.backend_config';
+    const prefetchAt = fromFile ? 'config.fs_prefetch' : 'config.prefetch_config';
     checkFscache(str(c, 'cache_type', 'config', false), 'config.cache_type');
     const btype = str(c, 'backend_type', 'config');
     const prefetch = c.prefetch_config === undefined ? PREFETCH_DEFAULTS
-      : prefetchFrom(obj(c.prefetch_config, 'config.prefetch_config'), 'config.prefetch_config', { threads: 'threads_count', batchSize: 'merging_size', bandwidthLimit: 'bandwidth_rate' }, prefetchAll, true);
+      : prefetchFrom(obj(c.prefetch_config, prefetchAt), prefetchAt, { threads: 'threads_count', batchSize: 'merging_size', bandwidthLimit: 'bandwidth_rate' }, prefetchAll, true);
     const cacheConfig = c.cache_config === undefined ? {} : obj(c.cache_config, 'config.cache_config');
     return {
       id, domainId,
       metadataPath: str(c, 'metadata_path', 'config'),
-      backend: backendFrom(btype, obj(c.backend_config ?? {}, 'config.backend_config'), 'config.backend_config'),
+      backend: backendFrom(btype, obj(c.backend_config ?? {}, backendAt), backendAt),
       prefetch,
       workDir: str(cacheConfig, 'work_dir', 'config.cache_config', false),
       // The legacy entry has no file system section: nydusd uses its default. The entry this daemon
