@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 // The supervisor loads its own code alone (run.ts): the daemon's (serve.ts, run-fanotify.ts) is loaded
 // by the process that serves, so a supervisor spawns its worker sooner.
-import { type DaemonOptions, WORKER_EXIT_FATAL, adoptedWorker, inheritedFanotifyHold, inheritedHold, isWorker, openFanotifyGroup, runSupervisor } from '../daemon/run.ts';
+import { type DaemonOptions, WORKER_EXIT_FATAL, adoptedWorker, inheritedFanotifyHold, inheritedHold, isWorker, openFanotifyGroup, readyForParkedConnections, runSupervisor } from '../daemon/run.ts';
 import type { FanotifyDaemonOptions } from '../daemon/run-fanotify.ts';
 import { versionText } from '../version.ts';
 import { quickParse } from './quick-args.ts';
@@ -111,6 +111,8 @@ await runMain('nydusd', async () => {
  * meet it again).
  */
 async function runFscacheWorker(opts: DaemonOptions, run: () => Promise<void>): Promise<void> {
+  // No fd numbers to hold first (fanotify's predecessor events): idle API connections may come now.
+  readyForParkedConnections();
   try {
     await run();
   } catch (e) {

@@ -28,6 +28,13 @@ export interface ConnectionKeeper {
 
 type ParkMessage = { nydusdPark: number } | { nydusdUnpark: number };
 
+/** What a worker sends its supervisor once it may be given parked connections (run.ts, readyForParkedConnections). */
+export const PARK_READY = { nydusdParkReady: true } as const;
+
+export function isParkReady(m: unknown): boolean {
+  return typeof m === 'object' && m !== null && (m as { nydusdParkReady?: unknown }).nydusdParkReady === true;
+}
+
 /** An IPC channel's end: a ChildProcess (the supervisor's worker), or `process` (an adoptive supervisor's, to the worker that started it). */
 type Channel = Pick<ChildProcess, 'send' | 'connected'>;
 

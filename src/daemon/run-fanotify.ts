@@ -12,7 +12,7 @@ import { startApi } from './api.ts';
 import { FanotifySession, type FanotifyMountRequest } from './frontend/fanotify.ts';
 import { type JournaledEvent, PendingEventJournal } from './frontend/fanotify-journal.ts';
 import { makeLogger } from './log.ts';
-import { MOUNTS_FILE, WORKER_EXIT_FATAL, inheritedKernelFd, onStopSignals, stopSupervisor, watchSupervisor, workerApiSocket } from './run.ts';
+import { MOUNTS_FILE, WORKER_EXIT_FATAL, inheritedKernelFd, onStopSignals, readyForParkedConnections, stopSupervisor, watchSupervisor, workerApiSocket } from './run.ts';
 import { openDaemonCore } from './serve.ts';
 import { StateDbError } from './state.ts';
 import { NydusError } from '../../erofs/errors.ts';
@@ -56,6 +56,8 @@ export async function runFanotifyWorker(opts: FanotifyDaemonOptions): Promise<vo
       }
     }
   }
+  // The predecessor's numbers are held: the supervisor may park idle API connections here now.
+  readyForParkedConnections();
   const log = makeLogger(opts.logLevel, opts.logFile, opts.logRotationSize);
   for (const w of warnings) log.warn({ journal: journalFile, fd: w.fd }, `a record of the pending-events journal is not served: ${w.why}`);
   try {

@@ -13,7 +13,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { followCgroups } from './cgroup-follow.ts';
 import { ApiRelay, workerSocketFor } from './api-relay.ts';
-import { ParkedConnections, ipcKeeper } from './parked-connections.ts';
+import { PARK_READY, ParkedConnections, ipcKeeper, isParkReady } from './parked-connections.ts';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -87,6 +87,19 @@ export function isWorker(): boolean {
  */
 const parked = new ParkedConnections();
 if (isWorker() && process.send) parked.listen(process);
+
+/**
+ * Tells the supervisor that this worker may be given idle connections from now on. A fanotify worker
+ * says so once it holds the fd numbers of its predecessor's unanswered events (run-fanotify.ts): a
+ * parked socket received before could take one of those numbers and free it later, and a new event
+ * given that number would be answered for the old one. A cachefiles worker says so as it starts.
+ */
+export function readyForParkedConnections(): void {
+  if (!isWorker() || !process.send || !process.connected) return;
+  try {
+    process.send(PARK_READY, undefined, {}, () => { /* the supervisor is gone: nothing to park */ });
+  } catch { /* closed meanwhile */ }
+}
 
 /** Where this worker serves the API of `apiSock`: the socket its supervisor relays that one to, or `apiSock` itself. */
 export function workerApiSocket(apiSock: string): string {
@@ -407,7 +420,12 @@ export async function runSupervisor(opts: SupervisorOptions & Partial<DaemonOpti
     child = worker;
     workerPid = worker.pid ?? null;
     worker.on('exit', ended);
-    relay?.keepWith(ipcKeeper(worker));
+    // Idle connections are parked with it once it says it may take them (readyForParkedConnections).
+    if (relay) {
+      worker.on('message', (m: unknown) => {
+        if (isParkReady(m) && child === worker) relay!.keepWith(ipcKeeper(worker));
+      });
+    }
   };
   /** The worker ended: `code` null and `signal` null when an adopted worker was killed (its status pipe says no more). */
   const exited = (code: number | null, signal: NodeJS.Signals | null) => {
