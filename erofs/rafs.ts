@@ -51,6 +51,13 @@ export const RAFS_COMPRESS_NONE = 0;
 export const RAFS_COMPRESS_LZ4_BLOCK = 1;
 export const RAFS_COMPRESS_GZIP = 2;
 export const RAFS_COMPRESS_ZSTD = 3;
+
+/** Each compressor nydus-ts writes, by nydus's name: its blob table code and its superblock flag. */
+export const RAFS_COMPRESSOR_CODES = {
+  none: { algo: RAFS_COMPRESS_NONE, flag: RAFS_FLAG_COMPRESSION_NONE },
+  zstd: { algo: RAFS_COMPRESS_ZSTD, flag: RAFS_FLAG_COMPRESSION_ZSTD },
+  lz4_block: { algo: RAFS_COMPRESS_LZ4_BLOCK, flag: RAFS_FLAG_COMPRESSION_LZ4 },
+} as const;
 export const RAFS_DIGEST_BLAKE3 = 0;
 export const RAFS_DIGEST_SHA256 = 1;
 

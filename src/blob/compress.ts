@@ -7,7 +7,13 @@ import { createRequire } from 'node:module';
 import { NydusError, EIO } from '../../erofs/errors.ts';
 import { fscacheBinding } from '../../native/fscache/index.ts';
 
-export type CompressorName = 'none' | 'zstd' | 'lz4_block';
+/** The chunk compressors nydus-ts has: of nydus's, all but gzip. */
+export const COMPRESSORS = ['none', 'zstd', 'lz4_block'] as const;
+export type CompressorName = (typeof COMPRESSORS)[number];
+
+export function isCompressorName(v: unknown): v is CompressorName {
+  return (COMPRESSORS as readonly unknown[]).includes(v);
+}
 
 interface ZstdBinding {
   CCtx: new () => { setParameter(p: number, v: number): void; compress2(dst: Uint8Array, src: Uint8Array): number };

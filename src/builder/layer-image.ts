@@ -9,7 +9,7 @@ import { BLOB_FEATURE_INLINED_FS_META } from '../../erofs/blobmeta.ts';
 import {
   RAFS_FLAG_EXPLICIT_UID_GID, RAFS_FLAG_HASH_BLAKE3, RAFS_FLAG_HASH_SHA256, RAFS_FLAG_TARFS_MODE, rafsFlagsCompressor,
 } from '../../erofs/rafs.ts';
-import type { CompressorName } from '../blob/compress.ts';
+import { type CompressorName, isCompressorName } from '../blob/compress.ts';
 import type { Digester } from '../blob/digest.ts';
 import { openBootstrap } from '../image/open.ts';
 import { validateImage } from '../image/validate.ts';
@@ -48,7 +48,7 @@ export function buildConfigOf(image: ErofsImage): BuildConfig {
   if (flags & RAFS_FLAG_TARFS_MODE) throw new NydusError(`${image.name}: tarfs-mode bootstraps are not supported by nydus-ts`);
   // Read as check's report reads it (rafsFlagsCompressor); of nydus's compressors, nydus-ts has all but gzip.
   const named = rafsFlagsCompressor(flags);
-  const compressor = named === 'zstd' || named === 'none' || named === 'lz4_block' ? named : null;
+  const compressor = isCompressorName(named) ? named : null;
   const digester = flags & RAFS_FLAG_HASH_BLAKE3 ? 'blake3' : flags & RAFS_FLAG_HASH_SHA256 ? 'sha256' : null;
   if (!compressor) throw new NydusError(`${image.name}: its compressor (flags 0x${flags.toString(16)}) is not supported by nydus-ts`);
   if (!digester) throw new NydusError(`${image.name}: its digester (flags 0x${flags.toString(16)}) is not supported by nydus-ts`);

@@ -17,8 +17,7 @@ import {
   packDirBlocks,
 } from '../../erofs/dirent.ts';
 import {
-  RAFS_COMPRESS_LZ4_BLOCK, RAFS_COMPRESS_NONE, RAFS_COMPRESS_ZSTD, RAFS_DIGEST_BLAKE3, RAFS_DIGEST_SHA256, RAFS_FLAG_COMPRESSION_NONE,
-  RAFS_FLAG_COMPRESSION_LZ4, RAFS_FLAG_COMPRESSION_ZSTD, RAFS_FLAG_EXPLICIT_UID_GID, RAFS_FLAG_HASH_BLAKE3, RAFS_FLAG_HASH_SHA256,
+  RAFS_COMPRESSOR_CODES, RAFS_DIGEST_BLAKE3, RAFS_DIGEST_SHA256, RAFS_FLAG_EXPLICIT_UID_GID, RAFS_FLAG_HASH_BLAKE3, RAFS_FLAG_HASH_SHA256,
   RAFS_FLAG_HAS_XATTR, RAFS_PREFETCH_ENTRY_SIZE, RAFS_V6_DEVTABLE_OFFSET, RAFS_V6_DEVT_SLOTOFF, RAFS_V6_SUPER_EXT_OFFSET,
   rafsV6Blob, rafsV6SuperBlockExt,
 } from '../../erofs/rafs.ts';
@@ -184,7 +183,7 @@ export function writeImage(layout: Layout, opts: WriteOptions): WrittenImage {
         blob_index: i,
         chunk_size: opts.chunkSize,
         chunk_count: b.chunkCount,
-        compression_algo: b.compressionAlgo ?? { none: RAFS_COMPRESS_NONE, zstd: RAFS_COMPRESS_ZSTD, lz4_block: RAFS_COMPRESS_LZ4_BLOCK }[opts.compressor],
+        compression_algo: b.compressionAlgo ?? RAFS_COMPRESSOR_CODES[opts.compressor].algo,
         digest_algo: opts.digester === 'blake3' ? RAFS_DIGEST_BLAKE3 : RAFS_DIGEST_SHA256,
         features: b.features,
         compressed_size: b.compressedSize,
@@ -213,7 +212,7 @@ export function writeImage(layout: Layout, opts: WriteOptions): WrittenImage {
       });
     });
     prefetch.forEach((nid, i) => meta.writeUInt32LE(nid, prefetchOffset + i * RAFS_PREFETCH_ENTRY_SIZE));
-    const flags = { none: RAFS_FLAG_COMPRESSION_NONE, zstd: RAFS_FLAG_COMPRESSION_ZSTD, lz4_block: RAFS_FLAG_COMPRESSION_LZ4 }[opts.compressor]
+    const flags = RAFS_COMPRESSOR_CODES[opts.compressor].flag
       | (opts.digester === 'blake3' ? RAFS_FLAG_HASH_BLAKE3 : RAFS_FLAG_HASH_SHA256)
       | (explicitUidGid ? RAFS_FLAG_EXPLICIT_UID_GID : 0) | (hasXattr ? RAFS_FLAG_HAS_XATTR : 0);
     rafsV6SuperBlockExt.encodeInto(meta, RAFS_V6_SUPER_EXT_OFFSET, {

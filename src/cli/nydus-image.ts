@@ -7,6 +7,7 @@ import { mergeImages } from '../builder/merge.ts';
 import { parseChunkDictArg } from '../builder/chunk-dict.ts';
 import { WHITEOUT_SPECS } from '../builder/whiteout.ts';
 import { prefetchPatterns } from '../builder/prefetch-layout.ts';
+import { COMPRESSORS } from '../blob/compress.ts';
 import { InconsistentFilesystemError } from '../builder/layer-image.ts';
 import { isStdinSource } from '../builder/layer-stream.ts';
 import { checkImage } from '../image/check.ts';
@@ -159,7 +160,7 @@ await runMain('nydus-image', async () => {
         parentBootstrap: a['parent-bootstrap'], chunkDict: a['chunk-dict'] === undefined ? undefined : parseChunkDictArg(a['chunk-dict']),
         source: a.source, bootstrap: a.bootstrap, blobDir: a['blob-dir'], blobPath: a.blob, blobInlineMeta: inlineMeta, blobToc: features.includes('blob-toc'),
         chunkSize: parseSize(a['chunk-size'], 'chunk size'),
-        compressor: oneOf(a.compressor, ['none', 'zstd', 'lz4_block'] as const, 'compressor'),
+        compressor: oneOf(a.compressor, COMPRESSORS, 'compressor'),
         digester: oneOf(a.digester, ['blake3', 'sha256'] as const, 'digester'),
       });
       warnPrefetchMissing(r.prefetchMissing);

@@ -11,7 +11,7 @@ import { createHash } from 'node:crypto';
 import type { Logger } from 'pino';
 import { NydusError } from '../../erofs/errors.ts';
 import { validateChunkSize } from '../builder/create.ts';
-import type { CompressorName } from '../blob/compress.ts';
+import { type CompressorName, isCompressorName } from '../blob/compress.ts';
 import { mergeImages } from '../builder/merge.ts';
 import {
   type Descriptor, type ImageIndex, type ImageManifest, type ImageReference, type Platform, type PlatformImage, type ResolvedImage,
@@ -196,7 +196,7 @@ async function resolvePlatforms(ctx: Context, wanted: readonly Platform[]): Prom
  */
 export function checkImageFormat(fsVersion: string, compressor: string, origin: (option: 'fs-version' | 'compressor') => string = () => ''): asserts compressor is CompressorName {
   if (fsVersion !== '6') throw new NydusError(`unsupported fs version "${fsVersion}"${origin('fs-version')}: nydus-ts writes RAFS v6 only`);
-  if (compressor !== 'zstd' && compressor !== 'none' && compressor !== 'lz4_block') throw new NydusError(`unsupported compressor "${compressor}"${origin('compressor')}: zstd, lz4_block or none`);
+  if (!isCompressorName(compressor)) throw new NydusError(`unsupported compressor "${compressor}"${origin('compressor')}: zstd, lz4_block or none`);
 }
 
 export async function convert(opts: ConvertOptions): Promise<ConvertResult> {

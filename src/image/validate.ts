@@ -24,8 +24,8 @@ import {
   BLOB_CHUNK_FLAG_COMPRESSED, BLOB_CHUNK_FLAG_HAS_HOLE, BLOB_CHUNK_MAX_SIZE, BLOB_FEATURE_BATCH, BLOB_FEATURE_ENCRYPTED,
   BLOB_FEATURE_TARFS, BLOB_FEATURE_ZRAN, BLOB_MAX_CHUNKS,
 } from '../../erofs/blobmeta.ts';
-import { RAFS_COMPRESS_LZ4_BLOCK, RAFS_COMPRESS_NONE, RAFS_COMPRESS_ZSTD, RAFS_DIGEST_BLAKE3, RAFS_DIGEST_SHA256 } from '../../erofs/rafs.ts';
-import type { CompressorName } from '../blob/compress.ts';
+import { RAFS_COMPRESSOR_CODES, RAFS_DIGEST_BLAKE3, RAFS_DIGEST_SHA256 } from '../../erofs/rafs.ts';
+import { COMPRESSORS, type CompressorName } from '../blob/compress.ts';
 import type { Digester } from '../blob/digest.ts';
 import type { ChunkRef } from '../builder/tree.ts';
 import { HeapRoom } from '../heap-room.ts';
@@ -96,9 +96,8 @@ export function compressedBound(size: number): number {
 }
 
 function compressorOf(name: string, i: number, algo: number): CompressorName {
-  if (algo === RAFS_COMPRESS_NONE) return 'none';
-  if (algo === RAFS_COMPRESS_ZSTD) return 'zstd';
-  if (algo === RAFS_COMPRESS_LZ4_BLOCK) return 'lz4_block';
+  const known = COMPRESSORS.find((c) => RAFS_COMPRESSOR_CODES[c].algo === algo);
+  if (known) return known;
   throw new NydusError(`${name}: blob table entry ${i} uses compression algorithm ${algo}, which nydus-ts does not support`);
 }
 
