@@ -5,6 +5,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
+import os from 'node:os';
 import net from 'node:net';
 import path from 'node:path';
 import pino from 'pino';
@@ -29,7 +30,7 @@ import { RotatingLogFile } from '../src/daemon/log.ts';
 import { BUILD_INFO } from '../src/version.ts';
 import { chunkDigest } from '../src/blob/digest.ts';
 import { compressChunk } from '../src/blob/compress.ts';
-import { RUN_FIELDS, type StoredChunk, setRunChunk } from '../src/blob/verify.ts';
+import { RUN_FIELDS, type StoredChunk, setRunChunk, verifyRunNative } from '../src/blob/verify.ts';
 import { EIO, FormatError, NydusError } from '../erofs/errors.ts';
 import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
 import { FIRST_IMAGE_INLINE_PLAN_MAX_BYTES, INLINE_PLAN_MAX_BYTES, RegistrationPool } from '../src/daemon/registration-pool.ts';
@@ -832,34 +833,68 @@ test('verify pool: an urgent job, or a queued one promoted, is verified before t
   }
 });
 
-test('verify pool: background jobs go after the others queued and run as background work, unless promoted', async () => {
+test('verify pool: background jobs take at most its size and go after the others queued; a reader\'s job runs beside them; a queued one promoted runs as a reader\'s', async () => {
   const started: Array<[string, boolean]> = [];
-  const gates: Array<() => void> = [];
+  const gates = new Map<string, () => void>();
   // Each job waits until the test lets it end: the pool's choices are seen one at a time.
   const pool = new VerifyPool(1, async (run) => {
-    started.push([run.where[0], run.background === true]);
-    await new Promise<void>((r) => gates.push(r));
+    started.push([run.where[0], run.background instanceof Int32Array]);
+    await new Promise<void>((r) => gates.set(run.where[0], r));
     return { data: new Uint8Array(0), errors: [] };
   });
   const run = (name: string, priority: 'urgent' | 'normal' | 'background') => pool.verifyRun({
     stored: new Uint8Array(0), compressor: 'zstd', digester: 'blake3', layout: new Float64Array(0), digests: new Uint8Array(0),
     digestSize: 32, outSize: 0, where: [name],
   }, priority);
-  const endOne = async () => {
-    await waitFor(() => gates.length > 0, 'a job to start');
-    gates.shift()!();
-    await waitFor(() => gates.length > 0 || started.length === 6, 'the next job to start');
+  const end = async (name: string, next: number) => {
+    await waitFor(() => gates.has(name), `${name} to start`);
+    gates.get(name)!();
+    gates.delete(name);
+    await waitFor(() => started.length >= next, `job ${next} to start`);
   };
   try {
     const all = ['bg1', 'bg2', 'bg3'].map((n) => run(n, 'background'));
-    all.push(run('ahead', 'normal'), run('ahead2', 'normal'));
-    assert.equal(pool.promote('bg3'), true);
+    await waitFor(() => started.length === 1, 'bg1 to start');
+    // The pool's one thread is taken by background work: a reader's job runs beside it at once.
     all.push(run('reader', 'urgent'));
-    for (let i = 0; i < 6; i++) await endOne();
+    await waitFor(() => started.length === 2, 'the reader\'s job to start');
+    all.push(run('ahead', 'normal'));
+    assert.equal(pool.promote('bg3'), true);
+    assert.equal(pool.promote('nothing'), false);
+    await end('reader', 3);
+    await end('bg1', 3);
+    await end('bg3', 4);
+    await end('ahead', 5);
+    await end('bg2', 5);
     await Promise.all(all);
-    assert.deepEqual(started, [
-      ['bg1', true], ['reader', false], ['bg3', false], ['ahead', false], ['ahead2', false], ['bg2', true],
-    ]);
+    assert.deepEqual(started, [['bg1', true], ['reader', false], ['bg3', false], ['ahead', false], ['bg2', true]]);
+  } finally {
+    await pool.close();
+  }
+});
+
+test('verify pool: a background job running at nice 19 gets its thread\'s priority back once a reader waits for it', async () => {
+  assert.equal(process.getuid?.(), 0, 'this test needs root (CAP_SYS_NICE) to give a thread its priority back');
+  const told: Int32Array[] = [];
+  const pool = new VerifyPool(1, (run) => {
+    told.push(run.background as Int32Array);
+    return verifyRunNative(run);
+  });
+  try {
+    // A job long enough to be seen running: 64 MiB through BLAKE3.
+    const data = prand(64 << 20, 3);
+    const layout = new Float64Array(RUN_FIELDS);
+    setRunChunk(layout, 0, { storedOffset: 0, storedSize: data.length, outOffset: 0, outSize: data.length, compressed: false });
+    const job = pool.verifyRun({ stored: data, compressor: 'none', digester: 'blake3', layout, digests: chunkDigest('blake3', data), digestSize: 32, outSize: data.length, where: ['big'] }, 'background');
+    await waitFor(() => told.length === 1 && Atomics.load(told[0], 0) !== 0, 'the job to run lowered');
+    const tid = Atomics.load(told[0], 0);
+    const niceOf = () => Number(fs.readFileSync(`/proc/self/task/${tid}/stat`, 'utf8').split(') ')[1].split(' ')[16]);
+    assert.equal(niceOf(), 19, 'the background job runs at nice 19');
+    assert.equal(pool.promote('big'), true);
+    assert.equal(niceOf(), os.getPriority(0), 'the job\'s thread has the daemon\'s priority again');
+    assert.equal(Atomics.load(told[0], 0), 0);
+    assert.equal(pool.promote('big'), false, 'raised once');
+    assert.deepEqual((await job).errors, [null]);
   } finally {
     await pool.close();
   }

@@ -162,9 +162,10 @@ export interface FscacheBinding {
    * in `digests`, none when digestSize is 0) checked. Resolves to one entry per chunk: null, or what
    * is wrong with it (its bytes in `out` are zeroed then). Throws at once when a place lies outside
    * its buffer. The buffers must not be touched until it settles. `background`: the pool thread runs
-   * the job at nice 19, then goes back to its own priority (a prefetch of the rest of a blob).
+   * the job at nice 19, then goes back to its own priority (a prefetch of the rest of a blob); given
+   * as an Int32Array of 2, the thread says there which it is while lowered (raiseBackgroundThread).
    */
-  verifyRunNative(stored: Uint8Array, layout: Float64Array, digests: Uint8Array, digestSize: number, out: Uint8Array, compressor: 0 | 1 | 2, digester: 0 | 1, background?: boolean): Promise<Array<string | null>>;
+  verifyRunNative(stored: Uint8Array, layout: Float64Array, digests: Uint8Array, digestSize: number, out: Uint8Array, compressor: 0 | 1 | 2, digester: 0 | 1, background?: boolean | Int32Array): Promise<Array<string | null>>;
   /**
    * The same, then the chunks that passed written through `fd`: the output's byte 0 is the file's
    * byte `fileOffset` (a multiple of 4096), each stretch of chunks that follow one another in one
@@ -172,7 +173,7 @@ export interface FscacheBinding {
    * of `out` (`base` in it), which needs a page more than the output; chunks come in file order, each at
    * a page boundary. A write that fails gives its error and leaves the rest of the run unwritten.
    */
-  verifyRunNative(stored: Uint8Array, layout: Float64Array, digests: Uint8Array, digestSize: number, out: Uint8Array, compressor: 0 | 1 | 2, digester: 0 | 1, fd: number, fileOffset: number, background?: boolean): Promise<{ errors: Array<string | null>; base: number; writeError: Error | null }>;
+  verifyRunNative(stored: Uint8Array, layout: Float64Array, digests: Uint8Array, digestSize: number, out: Uint8Array, compressor: 0 | 1 | 2, digester: 0 | 1, fd: number, fileOffset: number, background?: boolean | Int32Array): Promise<{ errors: Array<string | null>; base: number; writeError: Error | null }>;
   /**
    * The same for stored bytes that are `storedSize` bytes at `storedOffset` of the blob file `blobFd`:
    * the pool thread reads them itself (up to 64 MiB), verifies them into a pooled buffer and
@@ -180,7 +181,7 @@ export interface FscacheBinding {
    * order at page boundaries), so no byte of the run reaches JS. A read that fails (or ends early)
    * gives `readError` and nothing else was done (`errors` null).
    */
-  verifyBlobRange(blobFd: number, storedOffset: number, storedSize: number, layout: Float64Array, digests: Uint8Array, digestSize: number, compressor: 0 | 1 | 2, digester: 0 | 1, fd: number, fileOffset: number, background?: boolean): Promise<{ readError: Error | null; errors: Array<string | null> | null; writeError: Error | null }>;
+  verifyBlobRange(blobFd: number, storedOffset: number, storedSize: number, layout: Float64Array, digests: Uint8Array, digestSize: number, compressor: 0 | 1 | 2, digester: 0 | 1, fd: number, fileOffset: number, background?: boolean | Int32Array): Promise<{ readError: Error | null; errors: Array<string | null> | null; writeError: Error | null }>;
   /**
    * A warm-up job on each of `threads` libuv pool threads (a 1 MiB zstd chunk decompressed into a
    * pooled buffer and hashed), so that no reader waits for a thread's first verification; a Promise
@@ -188,6 +189,12 @@ export interface FscacheBinding {
    * time: whichever a timing found faster).
    */
   warmUp(threads: number): Array<Promise<boolean>>;
+  /**
+   * The pool thread of a background job that was passed `told` (an Int32Array of 2) and still runs
+   * at nice 19 gets its own priority back: a reader now waits for that job. False when the job no
+   * longer runs lowered (not started, done, or never lowered).
+   */
+  raiseBackgroundThread(told: Int32Array): boolean;
   /** Detaches an ArrayBuffer: its memory is freed now, not at a GC, and every view of it becomes empty. */
   releaseBuffer(ab: ArrayBuffer): void;
   /** `src` as one raw LZ4 block (nydus's lz4_block) into `dst`: its size, or 0 when it does not fit. */

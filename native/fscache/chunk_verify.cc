@@ -113,9 +113,17 @@ constexpr int kBackgroundNice = 19;
 // lowers one, so that a reader's job never runs on a thread left at kBackgroundNice.
 std::atomic<bool> g_background_nice_off{false};
 
+// Where a background job's thread is told to the daemon while it runs lowered: {tid, its own nice}
+// (an Int32Array of 2 from JS), so that a reader who comes to wait for the job can give the thread
+// its priority back (raiseBackgroundThread) rather than wait behind every task at nice 0. tid 0: the
+// job is not running lowered.
+struct LoweredThread {
+  int32_t* slot = nullptr;  // [0] tid, [1] nice to go back to
+};
+
 class BackgroundPriority {
  public:
-  explicit BackgroundPriority(bool background) {
+  BackgroundPriority(bool background, LoweredThread told) : told_(told) {
     if (!background || g_background_nice_off.load(std::memory_order_relaxed)) return;
     tid_ = static_cast<id_t>(syscall(SYS_gettid));
     errno = 0;
@@ -124,15 +132,23 @@ class BackgroundPriority {
     if (setpriority(PRIO_PROCESS, tid_, kBackgroundNice) == 0) {
       prev_ = prev;
       lowered_ = true;
+      if (told_.slot) {
+        __atomic_store_n(&told_.slot[1], prev, __ATOMIC_RELAXED);
+        __atomic_store_n(&told_.slot[0], static_cast<int32_t>(tid_), __ATOMIC_RELEASE);
+      }
     }
   }
   ~BackgroundPriority() {
-    if (lowered_ && setpriority(PRIO_PROCESS, tid_, prev_) != 0) g_background_nice_off.store(true, std::memory_order_relaxed);
+    if (!lowered_) return;
+    // Taken back first: a raise that read the tid before this ran sets the same value as below.
+    if (told_.slot) __atomic_exchange_n(&told_.slot[0], 0, __ATOMIC_ACQ_REL);
+    if (setpriority(PRIO_PROCESS, tid_, prev_) != 0) g_background_nice_off.store(true, std::memory_order_relaxed);
   }
   BackgroundPriority(const BackgroundPriority&) = delete;
   BackgroundPriority& operator=(const BackgroundPriority&) = delete;
 
  private:
+  LoweredThread told_;
   id_t tid_ = 0;
   int prev_ = 0;
   bool lowered_ = false;
@@ -147,23 +163,25 @@ class VerifyRunWorker : public Napi::AsyncWorker {
   VerifyRunWorker(Napi::Env env, Napi::Value stored_buffer, const uint8_t* stored, std::optional<BlobRange> source,
                   Napi::Uint8Array digests, Napi::Value out_buffer, uint8_t* out,
                   size_t out_size, std::vector<ChunkPlace> places, Compressor compressor, Digester digester,
-                  size_t digest_size, std::optional<WriteTarget> target, size_t base, bool background)
+                  size_t digest_size, std::optional<WriteTarget> target, size_t base, bool background,
+                  Napi::Value told_buffer, LoweredThread told)
       : Napi::AsyncWorker(env, "nydus:verifyRun"),
         deferred_(Napi::Promise::Deferred::New(env)),
         stored_(stored), source_(source), digests_(digests.Data()), out_(out), out_size_(out_size),
         places_(std::move(places)), compressor_(compressor), digester_(digester), digest_size_(digest_size),
-        target_(target), base_(base), background_(background), errors_(places_.size()) {
+        target_(target), base_(base), background_(background), told_(told), errors_(places_.size()) {
     // The buffers stay alive (and in place) while the pool works on them.
     keep_ = Napi::Persistent(Napi::Object::New(env));
     keep_.Set("stored", stored_buffer);
     keep_.Set("digests", digests);
     keep_.Set("out", out_buffer);
+    keep_.Set("told", told_buffer);
   }
 
   Napi::Promise Promise() { return deferred_.Promise(); }
 
   void Execute() override {
-    BackgroundPriority priority(background_);
+    BackgroundPriority priority(background_, told_);
     if (source_) {
       // The job's buffers (AcquireAlignedBuffer) go back when it ends, whichever way.
       struct Lease {
@@ -350,6 +368,7 @@ class VerifyRunWorker : public Napi::AsyncWorker {
   std::optional<WriteTarget> target_;
   size_t base_;  // where in the out buffer `out_` starts
   bool background_;  // runs at kBackgroundNice
+  LoweredThread told_;
   std::vector<std::optional<std::string>> errors_;
   std::vector<bool> in_place_;  // per chunk: read straight into the output (ReadSource)
   int write_errno_ = 0;
@@ -488,11 +507,30 @@ WriteTarget ParseTarget(Napi::Env env, const Napi::Value& fd_v, const Napi::Valu
   return WriteTarget{fd, static_cast<off_t>(file_offset)};
 }
 
-// An entry point's optional last argument, `background` (a boolean); `argc`: the arguments before it.
-bool TrailingBackground(const Napi::CallbackInfo& info, size_t* argc) {
-  bool has = info.Length() > 0 && info[info.Length() - 1].IsBoolean();
-  *argc = info.Length() - (has ? 1 : 0);
-  return has && info[info.Length() - 1].As<Napi::Boolean>().Value();
+// An entry point's optional last argument: `background`, a boolean, or the Int32Array of 2 where a
+// background job tells its thread (LoweredThread); `argc`: the arguments before it.
+struct Background {
+  bool on = false;
+  Napi::Value buffer;
+  LoweredThread told;
+};
+
+Background TrailingBackground(const Napi::CallbackInfo& info, size_t* argc) {
+  Background b{false, info.Env().Undefined(), {}};
+  *argc = info.Length();
+  if (info.Length() == 0) return b;
+  Napi::Value last = info[info.Length() - 1];
+  if (last.IsBoolean()) {
+    b.on = last.As<Napi::Boolean>().Value();
+    *argc -= 1;
+  } else if (last.IsTypedArray() && last.As<Napi::TypedArray>().TypedArrayType() == napi_int32_array &&
+             last.As<Napi::Int32Array>().ElementLength() == 2) {
+    b.on = true;
+    b.buffer = last;
+    b.told.slot = last.As<Napi::Int32Array>().Data();
+    *argc -= 1;
+  }
+  return b;
 }
 
 }  // namespace
@@ -501,9 +539,9 @@ bool TrailingBackground(const Napi::CallbackInfo& info, size_t* argc) {
 Napi::Value VerifyRunNative(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const char* fn = "verifyRunNative";
-  const char* usage = "verifyRunNative(stored: Uint8Array, layout: Float64Array, digests: Uint8Array, digestSize: number, out: Uint8Array, compressor: 0 | 1, digester: 0 | 1[, fd: number, fileOffset: number][, background: boolean])";
+  const char* usage = "verifyRunNative(stored: Uint8Array, layout: Float64Array, digests: Uint8Array, digestSize: number, out: Uint8Array, compressor: 0 | 1, digester: 0 | 1[, fd: number, fileOffset: number][, background: boolean | Int32Array])";
   size_t argc;
-  bool background = TrailingBackground(info, &argc);
+  Background background = TrailingBackground(info, &argc);
   bool writes = argc == 9;
   if ((argc != 7 && !writes) || !info[0].IsTypedArray() || !info[1].IsTypedArray() || !info[2].IsTypedArray() ||
       !info[3].IsNumber() || !info[4].IsTypedArray() || !info[5].IsNumber() || !info[6].IsNumber() ||
@@ -528,7 +566,8 @@ Napi::Value VerifyRunNative(const Napi::CallbackInfo& info) {
   }
   std::vector<ChunkPlace> places = ParsePlaces(env, run.layout, stored.ByteLength(), out_size, writes, fn);
   auto* worker = new VerifyRunWorker(env, stored, stored.Data(), std::nullopt, run.digests, out, out_data, out_size, std::move(places),
-                                     run.compressor, run.digester, run.digest_size, target, skip, background);
+                                     run.compressor, run.digester, run.digest_size, target, skip, background.on,
+                                     background.buffer, background.told);
   Napi::Promise p = worker->Promise();
   worker->Queue();
   return p;
@@ -539,10 +578,10 @@ Napi::Value VerifyBlobRange(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const char* fn = "verifyBlobRange";
   size_t argc;
-  bool background = TrailingBackground(info, &argc);
+  Background background = TrailingBackground(info, &argc);
   if (argc != 10 || !info[0].IsNumber() || !info[1].IsNumber() || !info[2].IsNumber() || !info[3].IsTypedArray() ||
       !info[4].IsTypedArray() || !info[5].IsNumber() || !info[6].IsNumber() || !info[7].IsNumber() || !info[8].IsNumber() || !info[9].IsNumber()) {
-    throw Napi::TypeError::New(env, "verifyBlobRange(blobFd: number, storedOffset: number, storedSize: number, layout: Float64Array, digests: Uint8Array, digestSize: number, compressor: 0 | 1, digester: 0 | 1, fd: number, fileOffset: number[, background: boolean])");
+    throw Napi::TypeError::New(env, "verifyBlobRange(blobFd: number, storedOffset: number, storedSize: number, layout: Float64Array, digests: Uint8Array, digestSize: number, compressor: 0 | 1, digester: 0 | 1, fd: number, fileOffset: number[, background: boolean | Int32Array])");
   }
   int blob_fd = info[0].As<Napi::Number>().Int32Value();
   size_t stored_offset = Whole(env, info[1].As<Napi::Number>().DoubleValue(), "storedOffset", fn);
@@ -565,7 +604,8 @@ Napi::Value VerifyBlobRange(const Napi::CallbackInfo& info) {
   std::vector<ChunkPlace> places = ParsePlaces(env, run.layout, stored_size, out_size, true, fn);
   auto* worker = new VerifyRunWorker(env, env.Undefined(), nullptr, BlobRange{blob_fd, static_cast<off_t>(stored_offset), stored_size},
                                      run.digests, env.Undefined(), nullptr, out_size, std::move(places),
-                                     run.compressor, run.digester, run.digest_size, target, 0, background);
+                                     run.compressor, run.digester, run.digest_size, target, 0, background.on,
+                                     background.buffer, background.told);
   Napi::Promise p = worker->Promise();
   worker->Queue();
   return p;
@@ -585,6 +625,21 @@ Napi::Value WarmUp(const Napi::CallbackInfo& info) {
     worker->Queue();
   }
   return promises;
+}
+
+// raiseBackgroundThread(told): the thread of a background job still running lowered, given its own
+// priority back (a reader now waits for the job); false when the job runs lowered no more.
+Napi::Value RaiseBackgroundThread(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() != 1 || !info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array ||
+      info[0].As<Napi::Int32Array>().ElementLength() != 2) {
+    throw Napi::TypeError::New(env, "raiseBackgroundThread(told: Int32Array of 2)");
+  }
+  int32_t* slot = info[0].As<Napi::Int32Array>().Data();
+  int32_t tid = __atomic_exchange_n(&slot[0], 0, __ATOMIC_ACQ_REL);
+  if (tid <= 0) return Napi::Boolean::New(env, false);
+  int nice = __atomic_load_n(&slot[1], __ATOMIC_RELAXED);
+  return Napi::Boolean::New(env, setpriority(PRIO_PROCESS, static_cast<id_t>(tid), nice) == 0);
 }
 
 Napi::Value ReleaseBuffer(const Napi::CallbackInfo& info) {

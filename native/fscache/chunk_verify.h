@@ -18,6 +18,10 @@ Napi::Value VerifyBlobRange(const Napi::CallbackInfo& info);
 // reader does not wait for a thread's first one (WarmUpWorker). Returns a Promise per job.
 Napi::Value WarmUp(const Napi::CallbackInfo& info);
 
+// raiseBackgroundThread(told): gives the pool thread of a running background job (one passed `told`,
+// an Int32Array of 2) its own priority back, for a reader who now waits for that job.
+Napi::Value RaiseBackgroundThread(const Napi::CallbackInfo& info);
+
 // releaseBuffer(ab): detaches an ArrayBuffer (every view of it becomes empty) so that its memory is
 // freed now. Chunk buffers live a few milliseconds, but once they outlive a scavenge only a full GC
 // frees them, and V8 runs one only after some 64 MiB of such memory: the daemon's peak RSS was that

@@ -144,6 +144,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("verifyRunNative", Napi::Function::New(env, VerifyRunNative, "verifyRunNative"));
   exports.Set("verifyBlobRange", Napi::Function::New(env, VerifyBlobRange, "verifyBlobRange"));
   exports.Set("warmUp", Napi::Function::New(env, WarmUp, "warmUp"));
+  exports.Set("raiseBackgroundThread", Napi::Function::New(env, RaiseBackgroundThread, "raiseBackgroundThread"));
   exports.Set("releaseBuffer", Napi::Function::New(env, ReleaseBuffer, "releaseBuffer"));
   exports.Set("lz4Compress", Napi::Function::New(env, Lz4Compress, "lz4Compress"));
   exports.Set("lz4Decompress", Napi::Function::New(env, Lz4Decompress, "lz4Decompress"));

@@ -70,8 +70,12 @@ export interface StoredRun {
    * output's byte 0 is byte `offset` of the cache file `fd`. The run is laid out as in the file.
    */
   target?: { fd: number; offset: number };
-  /** Background work (a prefetch of the rest of a blob): the addon runs it at the lowest CPU priority. */
-  background?: boolean;
+  /**
+   * Background work (a prefetch of the rest of a blob): the addon runs it at the lowest CPU priority.
+   * An Int32Array of 2: the same, and its thread is told there while lowered, so that the job can be
+   * raised when a reader comes to wait for it (VerifyPool.promote, the addon's raiseBackgroundThread).
+   */
+  background?: boolean | Int32Array;
 }
 
 /** A verified run: the output buffer, and per chunk an error message or null (its bytes are good). */
