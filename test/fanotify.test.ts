@@ -31,7 +31,7 @@ test('fanotify config: nydusd v1 FUSE config (device.backend, device.cache, fs_p
   // Errors name the fields as the file has them, not as the entry made of it.
   const v1 = (backendConfig: object, fsPrefetch?: object) => parseBlobCacheEntry(entryBodyFromFsConfig({
     device: { backend: { type: 'registry', config: backendConfig }, cache: { type: 'blobcache', config: { work_dir: '/cache' } } }, ...(fsPrefetch ? { fs_prefetch: fsPrefetch } : {}),
-  }, '/img.boot', 'x'), 'fs');
+  }, '/img.boot', 'x'), 'fs-config');
   assert.throws(() => v1({ repo: 'r' }), /^.*config\.device\.backend\.config\.host is required/);
   assert.throws(() => v1({ host: 'h', repo: 'r' }, { enable: true, threads_count: 0 }), /config\.fs_prefetch\.threads_count must be 1 to 1024/);
 });
@@ -70,7 +70,7 @@ threads = 2
   };
   assert.deepEqual(parseConfigText(toml, '--config c.toml'), json);
   assert.deepEqual(parseConfigText(JSON.stringify(json), 'x'), json);
-  const entry = (c: unknown) => parseBlobCacheEntry(entryBodyFromFsConfig(c, '/img.boot', 'fanotify-1'), 'fs');
+  const entry = (c: unknown) => parseBlobCacheEntry(entryBodyFromFsConfig(c, '/img.boot', 'fanotify-1'), 'fs-config');
   assert.deepEqual(entry(parseConfigText(toml, 'x')), entry(json));
   assert.throws(() => parseConfigText('version = 1\n[device]\n', 'body.config'), /^ConfigError: body\.config: a TOML config is read as version 2 only/);
   assert.throws(() => parseConfigText('{"version": 2,', '--config /etc/n.json'), /^ConfigError: --config \/etc\/n\.json is neither JSON \(.+\) nor TOML \(.+ at line 1, column \d+\)$/);
@@ -188,7 +188,7 @@ test('daemon directory lock: a second holder is refused naming the directory and
 
 test('config: localfs alt_dirs and blob_file are read; a compressed or encrypted cache and an unknown rafs mode are refused naming the field', () => {
   const v2 = (localfs: object, cache: object = { type: 'filecache', filecache: { work_dir: '/cache' } }, rafs: object = {}) =>
-    parseBlobCacheEntry(entryBodyFromFsConfig({ version: 2, backend: { type: 'localfs', localfs }, cache, rafs }, '/img.boot', 'x'), 'fs');
+    parseBlobCacheEntry(entryBodyFromFsConfig({ version: 2, backend: { type: 'localfs', localfs }, cache, rafs }, '/img.boot', 'x'), 'fs-config');
   assert.deepEqual(v2({ dir: '/blobs', alt_dirs: ['/more', '/most'] }).backend, { type: 'localfs', dir: '/blobs', altDirs: ['/more', '/most'] });
   assert.deepEqual(v2({ blob_file: '/one.blob' }).backend, { type: 'localfs', dir: '', blobFile: '/one.blob' });
   // (Named as the FUSE-mode config has them: its root is `config`.)
@@ -218,7 +218,7 @@ test('config: what prefetch_all means follows nydus: the blob cache prefetch of 
   assert.equal(v2({ cache: { type: 'fscache', fscache: { work_dir: '/c' }, prefetch: { enable: true, prefetch_all: false } } }), true);
   assert.equal(v2({ rafs: { prefetch: { enable: true } } }), false, 'the file system\'s prefetch: the table\'s files');
   assert.equal(v2({ rafs: { prefetch: { enable: true, prefetch_all: true } } }), true);
-  const fuse = (config: object) => parseBlobCacheEntry(entryBodyFromFsConfig(config, '/img.boot', 'x'), 'fs').prefetch.all;
+  const fuse = (config: object) => parseBlobCacheEntry(entryBodyFromFsConfig(config, '/img.boot', 'x'), 'fs-config').prefetch.all;
   const v1 = (fsPrefetch: object) => fuse({ device: { backend: { type: 'localfs', config: { dir: '/b' } }, cache: { type: 'blobcache', config: { work_dir: '/c' } } }, fs_prefetch: fsPrefetch });
   assert.deepEqual([v1({ enable: true }), v1({ enable: true, prefetch_all: false })], [true, false], 'v1 fs_prefetch: prefetch_all true unless said');
   const fuse2 = (where: object) => fuse({ version: 2, backend: { type: 'localfs', localfs: { dir: '/b' } }, cache: { type: 'filecache', filecache: { work_dir: '/c' } }, ...where });
@@ -227,7 +227,7 @@ test('config: what prefetch_all means follows nydus: the blob cache prefetch of 
   // rafs.prefetch (the file system's), the workers in cache.prefetch.
   const both = { cache: { type: 'filecache', filecache: { work_dir: '/c' }, prefetch: { enable: true, threads: 8, batch_size: 1000000 } }, rafs: { prefetch: { enable: true, prefetch_all: true } } };
   assert.equal(fuse2(both), true, 'rafs.prefetch\'s prefetch_all with cache.prefetch on too');
-  assert.equal(parseBlobCacheEntry(entryBodyFromFsConfig({ version: 2, backend: { type: 'localfs', localfs: { dir: '/b' } }, ...both }, '/img.boot', 'x'), 'fs').prefetch.threads, 8, 'the workers from cache.prefetch');
+  assert.equal(parseBlobCacheEntry(entryBodyFromFsConfig({ version: 2, backend: { type: 'localfs', localfs: { dir: '/b' } }, ...both }, '/img.boot', 'x'), 'fs-config').prefetch.threads, 8, 'the workers from cache.prefetch');
   assert.throws(() => legacy({ enable: true, prefetch_all: 'yes' }), /config\.prefetch_config\.prefetch_all must be true or false/);
   // A writable upper layer (nydus's overlay) is refused, not a read-only mount where writes were asked for.
   assert.throws(() => fuse2({ overlay: { upper_dir: '/u', work_dir: '/o' } }), /config\.overlay: a writable upper layer is not supported by nydus-ts/);

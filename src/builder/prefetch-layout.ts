@@ -41,6 +41,14 @@ export function prefetchPatterns(lines: readonly string[]): { patterns: string[]
   return { patterns, relative, covered };
 }
 
+/** What a CLI warns of a prefetch list (prefetchPatterns): a line per path left out, and why. */
+export function prefetchPatternWarnings(r: { relative: readonly string[]; covered: readonly string[] }): string[] {
+  return [
+    ...r.relative.map((p) => `prefetch path ${p} is not absolute; left out`),
+    ...r.covered.map((p) => `prefetch path ${p} is covered by an earlier one; left out`),
+  ];
+}
+
 /**
  * The regular files a prefetch list names, in list order: a directory stands for every file below
  * it in directory order (depth first, names sorted: the order a directory is chunked in). Each file

@@ -167,7 +167,7 @@ async function fanotifyMode(args: Args, argv: string[]): Promise<void> {
     config = parseConfigText(text, `--config ${args.config}`);
     // Read as the mount will read it, before anything starts: a bad field is one line now, not a worker's failure.
     try {
-      parseBlobCacheEntry(entryBodyFromFsConfig(config, args.bootstrap as string, 'fanotify'), 'fs');
+      parseBlobCacheEntry(entryBodyFromFsConfig(config, args.bootstrap as string, 'fanotify'), 'fs-config');
     } catch (e) {
       throw new NydusError(`--config ${args.config}: ${(e as Error).message}`);
     }

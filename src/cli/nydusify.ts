@@ -11,7 +11,7 @@ import { LayerProgress } from '../convert/progress.ts';
 import { makeLogger } from '../daemon/log.ts';
 import { InvalidReferenceError, defaultPlatform, formatPlatform, parsePlatform, type Platform } from '../registry/index.ts';
 import { cliParser, parseSize, runMain } from './main.ts';
-import { prefetchPatterns } from '../builder/prefetch-layout.ts';
+import { prefetchPatterns, prefetchPatternWarnings } from '../builder/prefetch-layout.ts';
 import {
   CHECK_ENV, CHECK_UNSUPPORTED, CONVERT_ENV, CONVERT_UNSUPPORTED, envValues, logLevel, normalizeBooleanArgs, onCommandLine, refuseUnsupported,
 } from './nydusify-flags.ts';
@@ -103,8 +103,7 @@ await runMain('nydusify', async () => {
       // On a terminal the per-layer display replaces the info logs.
       const progress = process.stderr.isTTY ? new LayerProgress(process.stderr) : undefined;
       const log = logger(progress && logLevel(a['log-level']) === 'info' ? 'warn' : a['log-level'], envOrigin('log-level'));
-      for (const p of fromStdin?.relative ?? []) log.warn(`prefetch pattern ${p} is not absolute; left out`);
-      for (const p of fromStdin?.covered ?? []) log.warn(`prefetch pattern ${p} is covered by an earlier one; left out`);
+      for (const w of fromStdin ? prefetchPatternWarnings(fromStdin) : []) log.warn(w);
       const r = await convert({
         progress,
         source: a.source, target: a.target, sourceInsecure: a['source-insecure'], targetInsecure: a['target-insecure'],

@@ -20,6 +20,7 @@ import path from 'node:path';
 import type { Logger } from 'pino';
 import type { ConnectionKeeper } from './parked-connections.ts';
 import { API_MAX_CONNECTIONS, listenOwnerOnly } from './unix-socket.ts';
+import { fdOf } from './libuv-handle.ts';
 
 /**
  * How long a client's first bytes wait for a worker to answer on its socket (one starting, or
@@ -99,8 +100,8 @@ export class ApiRelay {
 
   /** The listening socket's fd: each worker holds a copy, for the supervisor that adopts it if this one dies. */
   get fd(): number {
-    const fd = (this.server as unknown as { _handle?: { fd?: number } })._handle?.fd;
-    if (typeof fd !== 'number' || fd < 0) throw new Error(`the API socket ${this.sock} has no fd`);
+    const fd = fdOf(this.server);
+    if (fd === undefined) throw new Error(`the API socket ${this.sock} has no fd`);
     return fd;
   }
 

@@ -207,8 +207,17 @@ function checkFscache(type: string, where: string): void {
   if (type && type !== 'fscache') throw new ConfigError(`${where} is ${JSON.stringify(type)}; this daemon serves the fscache cache type`);
 }
 
-/** Parses a BlobCacheEntry body (the whole JSON of PUT /api/v2/blobs). */
-export function parseBlobCacheEntry(body: unknown, prefetchAll: PrefetchAllRule = 'whole-blob'): ImageEntry {
+/**
+ * Where an entry's body comes from: PUT /api/v2/blobs (fscache mode), or a FUSE-mode config file made
+ * into one (entryBodyFromFsConfig: fanotify mounts), whose field names errors give and whose prefetch
+ * is the file system's (PrefetchAllRule 'fs').
+ */
+export type EntryOrigin = 'blob-cache' | 'fs-config';
+
+/** Parses a BlobCacheEntry body (the whole JSON of PUT /api/v2/blobs, or one made of a file system's config). */
+export function parseBlobCacheEntry(body: unknown, origin: EntryOrigin = 'blob-cache'): ImageEntry {
+  const fromFsConfig = origin === 'fs-config';
+  const prefetchAll: PrefetchAllRule = fromFsConfig ? 'fs' : 'whole-blob';
   const e = obj(body, 'body');
   const type = str(e, 'type', 'body');
   if (type !== 'bootstrap') throw new ConfigError(`body.type ${JSON.stringify(type)} is not supported (supported: bootstrap)`);
@@ -218,7 +227,7 @@ export function parseBlobCacheEntry(body: unknown, prefetchAll: PrefetchAllRule 
   if (/[,\s/]/.test(domainId)) throw new ConfigError(`body.domain_id ${JSON.stringify(domainId)} must not contain commas, slashes or spaces`);
   if (e.config_v2 !== undefined) {
     // (An entry made of a FUSE-mode config, a fanotify mount's, names its fields as that config has them.)
-    const v2 = prefetchAll === 'fs' ? 'config' : 'config_v2';
+    const v2 = fromFsConfig ? 'config' : 'config_v2';
     const c = obj(e.config_v2, v2);
     const backend = obj(c.backend, `${v2}.backend`);
     const btype = str(backend, 'type', `${v2}.backend`);
@@ -236,7 +245,7 @@ export function parseBlobCacheEntry(body: unknown, prefetchAll: PrefetchAllRule 
     const chosen = (fromCache?.enable ? fromCache : fromRafs?.enable ? fromRafs : null) ?? PREFETCH_DEFAULTS;
     // A file system's config (fanotify mounts) says in rafs.prefetch whether the whole image comes
     // (nydus's RafsConfigV2: the file system's prefetch); cache.prefetch, when on, gives the workers.
-    const prefetch = prefetchAll === 'fs' && fromRafs?.enable ? { ...chosen, all: fromRafs.all } : chosen;
+    const prefetch = fromFsConfig && fromRafs?.enable ? { ...chosen, all: fromRafs.all } : chosen;
     if (c.overlay !== undefined && c.overlay !== null) {
       throw new ConfigError(`${v2}.overlay: a writable upper layer is not supported by nydus-ts; mount overlayfs over the image's mountpoint instead`);
     }
@@ -253,9 +262,8 @@ export function parseBlobCacheEntry(body: unknown, prefetchAll: PrefetchAllRule 
     const c = obj(e.config, 'config');
     // An entry made of a v1 FUSE-mode config (entryBodyFromFsConfig, fanotify mounts) names the
     // fields as that file has them: its device.backend and fs_prefetch.
-    const fromFile = prefetchAll === 'fs';
-    const backendAt = fromFile ? 'config.device.backend.config' : 'config.backend_config';
-    const prefetchAt = fromFile ? 'config.fs_prefetch' : 'config.prefetch_config';
+    const backendAt = fromFsConfig ? 'config.device.backend.config' : 'config.backend_config';
+    const prefetchAt = fromFsConfig ? 'config.fs_prefetch' : 'config.prefetch_config';
     checkFscache(str(c, 'cache_type', 'config', false), 'config.cache_type');
     const btype = str(c, 'backend_type', 'config');
     const prefetch = c.prefetch_config === undefined ? PREFETCH_DEFAULTS

@@ -11,7 +11,7 @@ import type { RafsSuperMeta } from '../image/super-meta.ts';
 import { ChunkFetcher } from './chunk-fetcher.ts';
 import { type BackendMetrics, type BlobBackend, newBackendMetrics } from './backend/localfs.ts';
 import { createBackend } from './backend/index.ts';
-import { type ImageEntry, type PrefetchAllRule, ConfigError, parseBlobCacheEntry } from './config.ts';
+import { type ImageEntry, type EntryOrigin, ConfigError, parseBlobCacheEntry } from './config.ts';
 import type { ObjectResolver, ResolvedObject } from './frontend/cachefiles.ts';
 import type { DaemonState } from './state.ts';
 import type { VerifyPool } from './verify-pool.ts';
@@ -113,8 +113,8 @@ export class ImageRegistry implements ObjectResolver {
    * PUT /api/v2/blobs: validates the entry and the bootstrap before accepting it. The bootstrap is
    * read, validated and planned on a registration worker: this thread keeps serving the kernel.
    */
-  async add(body: unknown, persist = true, prefetchAll: PrefetchAllRule = 'whole-blob'): Promise<ImageEntry> {
-    const entry = parseBlobCacheEntry(body, prefetchAll);
+  async add(body: unknown, persist = true, origin: EntryOrigin = 'blob-cache'): Promise<ImageEntry> {
+    const entry = parseBlobCacheEntry(body, origin);
     // A registration of the same id on its way: its outcome decides (as a second PUT after it would).
     while (this.pending.has(entry.id)) await this.pending.get(entry.id)!.catch(() => undefined);
     const known = this.images.get(entry.id);

@@ -13,12 +13,8 @@
  */
 import type { ChildProcess } from 'node:child_process';
 import type net from 'node:net';
+import { type LibuvHandle, libuvHandleOf } from './libuv-handle.ts';
 
-/** A libuv stream handle as Node passes one over IPC (its `net.Native` form): never read here. */
-interface RawHandle {
-  fd: number;
-  close(): void;
-}
 
 /** What the relay tells about its idle connections: the process that holds them too (the worker). */
 export interface ConnectionKeeper {
@@ -53,7 +49,7 @@ export function ipcKeeper(channel: Channel): ConnectionKeeper {
   };
   return {
     park: (id, client) => {
-      const handle = (client as unknown as { _handle?: RawHandle })._handle;
+      const handle = libuvHandleOf(client);
       if (handle) send({ nydusdPark: id }, handle);
     },
     unpark: (id) => send({ nydusdUnpark: id }),
@@ -62,13 +58,13 @@ export function ipcKeeper(channel: Channel): ConnectionKeeper {
 
 /** The worker's side: the idle connections its supervisor parked here, held unread. */
 export class ParkedConnections {
-  private readonly held = new Map<number, RawHandle>();
+  private readonly held = new Map<number, LibuvHandle>();
 
   /** Takes what arrives on `channel` (the worker's own `process`, or the adoptive supervisor it started). */
   listen(channel: Pick<NodeJS.EventEmitter, 'on'>): void {
     channel.on('message', (m: unknown, handle?: unknown) => {
       if (typeof m !== 'object' || m === null) return;
-      if ('nydusdPark' in m && typeof m.nydusdPark === 'number' && isRawHandle(handle)) {
+      if ('nydusdPark' in m && typeof m.nydusdPark === 'number' && isLibuvHandle(handle)) {
         this.held.get(m.nydusdPark)?.close();
         this.held.set(m.nydusdPark, handle);
       } else if ('nydusdUnpark' in m && typeof m.nydusdUnpark === 'number') {
@@ -90,6 +86,6 @@ export class ParkedConnections {
   }
 }
 
-function isRawHandle(h: unknown): h is RawHandle {
-  return typeof h === 'object' && h !== null && typeof (h as RawHandle).fd === 'number' && typeof (h as RawHandle).close === 'function';
+function isLibuvHandle(h: unknown): h is LibuvHandle {
+  return typeof h === 'object' && h !== null && typeof (h as LibuvHandle).fd === 'number' && typeof (h as LibuvHandle).close === 'function';
 }

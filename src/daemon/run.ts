@@ -14,6 +14,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { followCgroups } from './cgroup-follow.ts';
 import { ApiRelay, workerSocketFor } from './api-relay.ts';
 import { PARK_READY, ParkedConnections, ipcKeeper, isParkReady } from './parked-connections.ts';
+import { fdOf } from './libuv-handle.ts';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -269,8 +270,8 @@ function startAdoptiveSupervisor(log: Logger, quickDeaths: number): void {
   // How this worker ends, written as it exits (synchronously: nothing runs after 'exit'); a worker
   // that is killed writes nothing, and the pipe's EOF tells the supervisor it died.
   const status = (child.stdio as unknown as Array<net.Socket | null>)[ADOPTED_STATUS_FD]!;
-  const statusFd = (status as unknown as { _handle?: { fd?: number } })._handle?.fd;
-  if (typeof statusFd !== 'number' || statusFd < 0) {
+  const statusFd = fdOf(status);
+  if (statusFd === undefined) {
     child.kill('SIGKILL');
     serveAlone(log, 'cannot start a supervisor to adopt this worker (no fd for its status pipe)');
     return;

@@ -290,7 +290,7 @@ export class FanotifySession {
     const taken = new Set([...this.files.values()].flatMap((f) => [...f.images]));
     let imageId = base;
     for (let n = 2; taken.has(imageId); n++) imageId = `${base}-${n}`;
-    const entry = await this.registry.add(entryBodyFromFsConfig(req.config, req.bootstrap, imageId), false, 'fs');
+    const entry = await this.registry.add(entryBodyFromFsConfig(req.config, req.bootstrap, imageId), false, 'fs-config');
     const m: Mounted = { request: req, imageId, files: [], servedSince: new Date() };
     this.mounts.set(req.mountpoint, m);
     try {
