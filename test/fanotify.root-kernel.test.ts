@@ -793,6 +793,18 @@ test('root-kernel fanotify: an adopted worker told to stop unmounts, its adoptiv
   await o.release();
 }));
 
+test('root-kernel fanotify: an adopted daemon whose API socket is removed (as nydus-snapshotter stops a daemon: the pid it knows signalled, the socket\'s directory removed) stops and unmounts, and no one else is signalled', () => telling('orphan-socket-removed', async () => {
+  const o = await orphanedWorker('orphan-socket-removed');
+  o.watch.c.destroy();
+  // The supervisor the snapshotter knows is dead: its signal reaches no one. Then its cleanup.
+  fs.rmSync(o.sock);
+  await waitFor('the worker and its adoptive supervisor gone', () => gone(o.worker) && gone(o.adoptive), 20_000);
+  assert.equal(isMounted(o.mnt), false, 'it unmounted');
+  assert.match(fs.readFileSync(o.log, 'utf8'), /the API socket was removed/);
+  assert.equal(o.signalsGot(), '', 'the subreaper got no signal');
+  await o.release();
+}));
+
 test('root-kernel fanotify: a cache work_dir on tmpfs is refused naming the cause', async () => {
   const base = path.join(work, 'tmpfs');
   const cacheDir = path.join(base, 'cache');

@@ -517,6 +517,39 @@ export async function runSupervisor(opts: SupervisorOptions & Partial<DaemonOpti
     }
   } };
   void adopted.ended.then((code) => exited(code, null));
+  if (relay && opts.apiSock) stopOnceSocketGone(opts.apiSock, stop, log);
+}
+
+/** How often an adoptive supervisor looks whether its API socket is still at its path. */
+const SOCKET_WATCH_MS = 1_000;
+
+/**
+ * An adoptive supervisor's daemon is stopped through its API alone: whoever started the daemon knows
+ * the pid of the supervisor that died, not this one's. nydus-snapshotter stops a daemon by signalling
+ * that pid, then removes the API socket's directory; with the socket gone (or another's at its path)
+ * no one can reach this daemon any more, and it would hold the cache (a new daemon's cachefiles bind
+ * or fanotify marks) for good. So it stops then, as that signal would have stopped it.
+ */
+function stopOnceSocketGone(sock: string, stop: () => void, log: Logger): void {
+  const inodeAt = () => {
+    try {
+      return fs.lstatSync(sock).ino;
+    } catch {
+      return null;
+    }
+  };
+  const ours = inodeAt();
+  const check = () => {
+    if (inodeAt() === ours && ours !== null) return false;
+    log.warn({ apisock: sock }, 'the API socket was removed (or replaced): no one can reach this daemon any more, which is how its starter stops a daemon whose supervisor died; stopping');
+    stop();
+    return true;
+  };
+  if (check()) return;
+  const timer = setInterval(() => {
+    if (check()) clearInterval(timer);
+  }, SOCKET_WATCH_MS);
+  timer.unref();
 }
 
 /** How often the supervisor looks whether it was moved to other cgroups (cgroup-follow.ts). */
