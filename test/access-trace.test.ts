@@ -114,7 +114,7 @@ test('GET /api/v1/metrics/pattern lists the files in the order of their first de
   const m = await api(d.sock, 'GET', '/api/v1/metrics/files?id=img');
   assert.equal(m.status, 200);
   assert.deepEqual(Object.keys(m.body).map(Number).sort(), ['/d/e', '/a', '/b'].map((p) => files.get(p)!.nid).sort());
-  assert.deepEqual(m.body[files.get('/a')!.nid], { total_fops: 2, data_read: 2 * 0x40000, path: '/a' });
+  assert.deepEqual(m.body[files.get('/a')!.nid], { total_fops: 2, data_read: 2 * 0x40000, block_count_read: new Array(8).fill(0), fop_hits: [0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], fop_errors: new Array(15).fill(0), path: '/a' });
 
   // latest=true: the inodes read since the last such call, as nydus's ranges, then cleared.
   const latest = await api(d.sock, 'GET', '/api/v1/metrics/files?id=img&latest=true');
@@ -128,7 +128,7 @@ test('GET /api/v1/metrics/pattern lists the files in the order of their first de
   assert.equal(await nydusctl('--sock', d.sock, 'metrics', 'pattern', '--id', 'img', '--paths'), '/d/e\n/a\n/b\n');
   const ctl = JSON.parse(await nydusctl('--sock', d.sock, 'metrics', 'files', '--id', 'img'));
   assert.deepEqual(ctl, (await api(d.sock, 'GET', '/api/v1/metrics/files?id=img')).body);
-  assert.deepEqual(ctl[files.get('/a')!.nid], { total_fops: 3, data_read: 700000, path: '/a' }, 'the third chunk of /a read since');
+  assert.deepEqual(ctl[files.get('/a')!.nid], { total_fops: 3, data_read: 700000, block_count_read: new Array(8).fill(0), fop_hits: [0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], fop_errors: new Array(15).fill(0), path: '/a' }, 'the third chunk of /a read since');
 
   // An image that is not there is nydus's NoCounter: 404; two images need an id.
   const missing = await api(d.sock, 'GET', '/api/v1/metrics/pattern?id=nope');

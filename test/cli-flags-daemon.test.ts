@@ -226,6 +226,19 @@ test('nydusctl set, metrics cache and metrics backend --interval (upstream nydus
   assert.notEqual(other.code, 0);
   assert.match(other.err, /Invalid values:[\s\S]*Argument: kind, Given: "threads", Choices: "log-level"/);
   await nydusctl('--sock', sock, 'set', 'log-level', 'silent').then((r) => assert.equal(r.code, 1, 'silent is no nydusd level'));
+  // nydusd's levels are Rust's LevelFilter: `off` (any case) is one, pino's silent.
+  log.level = 'info';
+  const off = await nydusctl('--sock', sock, 'set', 'log-level', 'OFF');
+  assert.equal(off.code, 0, off.err);
+  assert.equal(log.level, 'silent', 'off silences the daemon');
+  // nydusd's metrics shapes: 15 file operations (its StatsFop), and its fscache backend's id `/`.
+  const fsMetrics = await api(sock, 'GET', '/api/v1/metrics');
+  assert.equal(fsMetrics.body.fop_hits.length, 15);
+  assert.equal(fsMetrics.body.fop_cumulative_latency_total.length, 15);
+  assert.equal(fsMetrics.body.record_latest_read_files_enabled, true);
+  const slash = await api(sock, 'GET', '/api/v1/metrics/backend?id=/');
+  assert.equal(slash.status, 200, JSON.stringify(slash.body));
+  assert.deepEqual(slash.body, (await api(sock, 'GET', '/api/v1/metrics/backend')).body, 'id=/ is the daemon\'s backend, as nydusd keeps it');
 
   // metrics cache: the blob cache's metrics, upstream's newer name of them.
   const [cache, blobcache] = await Promise.all([nydusctl('--sock', sock, 'metrics', 'cache', '--id', 'img1', '--raw'), nydusctl('--sock', sock, 'metrics', 'blobcache', '--id', 'img1', '--raw')]);
@@ -309,7 +322,7 @@ test('nydusctl mount and umount (upstream\'s -s -c -m -t, -m): POST and DELETE /
   if (!fs.existsSync(path.join(work, 'api.sock'))) await daemonWithTwoImages();
   const fscache = await nydusctl('--sock', path.join(work, 'api.sock'), 'umount', '-m', '/mnt/x');
   assert.equal(fscache.code, 1);
-  assert.match(fscache.err, /this daemon mounts nothing itself \(fscache mode/);
+  assert.match(fscache.err, /: 501 .*this daemon mounts nothing itself \(fscache mode/, 'unsupported here: 501, as nydusd answers');
 });
 
 test('nydusd --fscache-threads and --thread-num: a whole number from 1 to 1024, as nydus\'s thread_validator; anything else is one clear line', async () => {

@@ -5,8 +5,10 @@
  *   PUT|GET|DELETE /api/v2/blobs, GET /api/v1/metrics{,/backend,/blobcache,/inflight,/files,/pattern},
  *   GET|PUT /api/v1/config; POST|DELETE /api/v1/mount (fanotify mode; PUT, nydusd's remount, is refused);
  * and GET /api/v1/metrics/prometheus: every metric in Prometheus' text format (prometheus.ts).
- * Errors are JSON {code, message}: 400 for bad requests, 409 for a request the daemon's state refuses,
- * 404 for unknown paths and for metrics of an image that is not there (nydus's NoCounter).
+ * Errors are JSON {code, message}: 400 for bad requests and for a request the daemon's state refuses,
+ * 501 for what this daemon does not do (nydus's Unsupported: a mount asked of a daemon in fscache
+ * mode, a remount), 404 for unknown paths and for metrics of an image that is not there (nydus's
+ * NoCounter), 500 for the rest.
  */
 import http from 'node:http';
 import path from 'node:path';
@@ -38,7 +40,12 @@ export interface ApiContext {
   log: Logger;
 }
 
-const LOG_LEVELS = new Set(['trace', 'debug', 'info', 'warn', 'error']);
+/** nydusd's log levels (Rust's log::LevelFilter, any case), as pino names them: `off` is pino's `silent`. */
+const LOG_LEVELS = new Map([['trace', 'trace'], ['debug', 'debug'], ['info', 'info'], ['warn', 'warn'], ['error', 'error'], ['off', 'silent']]);
+/** The file operations nydus counts (its StatsFop, in order): the length of the fop arrays of its metrics. */
+const STATS_FOPS = 15;
+/** Read's place among them. */
+const STATS_FOP_READ = 4;
 const KNOWN_PATHS = new Set([
   '/api/v1/daemon', '/api/v1/daemon/events', '/api/v1/daemon/fuse/sendfd', '/api/v1/daemon/fuse/takeover', '/api/v1/daemon/start', '/api/v1/daemon/exit',
   '/api/v2/blobs', '/api/v2/daemon', '/api/v1/metrics', '/api/v1/metrics/backend', '/api/v1/metrics/blobcache', '/api/v1/metrics/inflight', '/api/v1/config', '/api/v1/metrics/prometheus', '/api/v1/mount', '/api/v1/daemon/backend',
@@ -51,6 +58,9 @@ const MAX_BODY = 1 << 20;
 
 /** Metrics asked of an image that is not there: 404, as nydus answers MetricsError::NoCounter. */
 class NoCounterError extends Error {}
+
+/** What this daemon does not do: 501, as nydus answers ApiError's Unsupported (a fusedev-only request in fscache mode). */
+class UnsupportedError extends Error {}
 
 /**
  * The image an `id` of the metrics paths names (nydus's `id`): an image id of PUT /api/v2/blobs, the
@@ -242,8 +252,9 @@ export function startApi(sock: string, ctx: ApiContext): Promise<http.Server> {
         case 'PUT /api/v2/daemon': {
           const body = await readBody(req) as { log_level?: unknown };
           const level = typeof body?.log_level === 'string' ? body.log_level.toLowerCase() : '';
-          if (!LOG_LEVELS.has(level)) throw new ConfigError(`log_level must be one of ${[...LOG_LEVELS].join(', ')}`);
-          ctx.log.level = level;
+          const pinoLevel = LOG_LEVELS.get(level);
+          if (!pinoLevel) throw new ConfigError(`log_level must be one of ${[...LOG_LEVELS.keys()].join(', ')}`);
+          ctx.log.level = pinoLevel;
           return send(res, 204);
         }
         case 'PUT /api/v1/daemon/fuse/sendfd':
@@ -269,9 +280,9 @@ export function startApi(sock: string, ctx: ApiContext): Promise<http.Server> {
           }
           const stats = ctx.lifecycle?.currentSession?.stats;
           return send(res, 200, {
-            files_account_enabled: true, access_pattern_enabled: true, measure_latency: false,
+            files_account_enabled: true, access_pattern_enabled: true, record_latest_read_files_enabled: true, measure_latency: false,
             id: '', data_read: stats?.readBytes ?? 0, block_count_read: new Array(8).fill(0),
-            fop_hits: new Array(19).fill(0), fop_errors: new Array(19).fill(0), fop_cumulative_latency_total: new Array(19).fill(0),
+            fop_hits: new Array(STATS_FOPS).fill(0), fop_errors: new Array(STATS_FOPS).fill(0), fop_cumulative_latency_total: new Array(STATS_FOPS).fill(0),
             read_latency_dist: new Array(8).fill(0), nr_opens: stats?.opens ?? 0,
           });
         }
@@ -280,7 +291,11 @@ export function startApi(sock: string, ctx: ApiContext): Promise<http.Server> {
           const latest = url.searchParams.get('latest') === 'true';
           const files = await ctx.registry.tracedFiles(metricsImage(ctx, url.searchParams.get('id')).id, latest);
           if (latest) return send(res, 200, inodeRanges(files.map((f) => f.nid)));
-          return send(res, 200, Object.fromEntries(files.map((f) => [f.nid, { total_fops: f.reads, data_read: f.bytes, path: f.path }])));
+          // (nydus's InodeIoStats; ours counts reads and their bytes, the rest is zeros.)
+          return send(res, 200, Object.fromEntries(files.map((f) => [f.nid, {
+            total_fops: f.reads, data_read: f.bytes, block_count_read: new Array(8).fill(0),
+            fop_hits: Array.from({ length: STATS_FOPS }, (_, i) => (i === STATS_FOP_READ ? f.reads : 0)), fop_errors: new Array(STATS_FOPS).fill(0), path: f.path,
+          }])));
         }
         case 'GET /api/v1/metrics/pattern': {
           // nydus's AccessPattern records, in the order of first access, with the path beside the inode.
@@ -314,7 +329,7 @@ export function startApi(sock: string, ctx: ApiContext): Promise<http.Server> {
         case 'PUT /api/v1/mount':
           // nydusd's remount: a FUSE file system it serves takes a new bootstrap in place. A kernel
           // EROFS mount keeps the bootstrap it was mounted with, and its open files read it.
-          throw new StateError('PUT /api/v1/mount (remount with a new bootstrap) is not supported: a kernel EROFS mount keeps its bootstrap; unmount (DELETE) and mount (POST) instead');
+          throw new UnsupportedError('PUT /api/v1/mount (remount with a new bootstrap) is not supported: a kernel EROFS mount keeps its bootstrap; unmount (DELETE) and mount (POST) instead');
         case 'DELETE /api/v1/mount': {
           const { mountpoint, mounts } = mountTarget(url, ctx);
           mounts.umount(mountpoint);
@@ -350,9 +365,10 @@ export function startApi(sock: string, ctx: ApiContext): Promise<http.Server> {
           return send(res, 204);
         }
         case 'GET /api/v1/metrics/backend': {
-          // nydus's `id`: the counters of one image's backend (its reads since it was registered here).
+          // nydus's `id`: the counters of one image's backend (its reads since it was registered here);
+          // `/` is the id of nydusd's own backend in fscache mode: the daemon's.
           const id = url.searchParams.get('id');
-          if (id) {
+          if (id && id !== '/') {
             const image = imageOf(ctx, id);
             const m = ctx.registry.imageMetrics(image.id);
             if (!m) throw new NoCounterError(`image ${JSON.stringify(id)} is not registered`);
@@ -401,7 +417,7 @@ export function startApi(sock: string, ctx: ApiContext): Promise<http.Server> {
       }
     } catch (e) {
       const err = e instanceof Error ? e : new Error(String(e));
-      const status = err instanceof NoCounterError ? 404 : err instanceof ConfigError || err instanceof StateError ? 400 : 500;
+      const status = err instanceof NoCounterError ? 404 : err instanceof UnsupportedError ? 501 : err instanceof ConfigError || err instanceof StateError ? 400 : 500;
       ctx.log.warn({ route, err: err.message }, 'API request failed');
       // Answered already (a failure after the headers went), or the client is gone: nothing to say.
       if (res.headersSent || res.destroyed) {
@@ -422,7 +438,7 @@ export function startApi(sock: string, ctx: ApiContext): Promise<http.Server> {
 function mountTarget(url: URL, ctx: ApiContext): { mountpoint: string; mounts: NonNullable<ApiContext['mounts']> } {
   const mountpoint = url.searchParams.get('mountpoint');
   if (!mountpoint) throw new ConfigError("'mountpoint' should be specified in query string");
-  if (!ctx.mounts) throw new StateError('this daemon mounts nothing itself (fscache mode: mount -t erofs -o fsid=...); start it with --fanotify');
+  if (!ctx.mounts) throw new UnsupportedError('this daemon mounts nothing itself (fscache mode: mount -t erofs -o fsid=...); start it with --fanotify');
   return { mountpoint, mounts: ctx.mounts };
 }
 
