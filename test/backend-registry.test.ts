@@ -17,7 +17,7 @@ import { request } from 'undici';
 import { createImage } from '../src/builder/create.ts';
 import { exportBlock } from '../src/image/export-block.ts';
 import { openBootstrap } from '../src/image/open.ts';
-import { ImageRegistry } from '../src/daemon/daemon.ts';
+import { ImageRegistry, configKeys } from '../src/daemon/daemon.ts';
 import { DaemonState } from '../src/daemon/state.ts';
 import { OnDemandSession } from '../src/daemon/frontend/cachefiles.ts';
 import { startApi } from '../src/daemon/api.ts';
@@ -247,6 +247,24 @@ test('PUT /api/v1/config registry_auth: an image registered with wrong credentia
     const first = later.map.at(0);
     const bytes = await later.fetcher.fetch(later.map, first);
     assert.ok(bytes.equals(expected.subarray(first.uncompressedOffset, first.uncompressedOffset + first.uncompressedSize)), 'read with the renewed credentials');
+    // The ids nydus-snapshotter sends: `/<snapshot id>` to a shared daemon names the image it
+    // registered for that snapshot (FscacheID), `/` to a dedicated daemon every image.
+    const firstChunkOf = async (id: string) => {
+      const img = r.registry.resolve(id, blobId);
+      assert.ok(img?.kind === 'blob');
+      const c = img.map.at(0);
+      return (await img.fetcher.fetch(img.map, c)).equals(expected.subarray(c.uncompressedOffset, c.uncompressedOffset + c.uncompressedSize));
+    };
+    const snapshotImage = configKeys('/snap1')[1];
+    assert.equal((await api(sock, 'PUT', '/api/v2/blobs', legacyEntry(snapshotImage, snapshotterConfig(locked.host, { auth: wrong })))).status, 204);
+    assert.equal((await api(sock, 'PUT', '/api/v2/blobs', legacyEntry('dedicated', snapshotterConfig(locked.host, { auth: wrong })))).status, 204);
+    await assert.rejects(firstChunkOf(snapshotImage), 'the wrong credentials first');
+    assert.equal((await api(sock, 'PUT', '/api/v1/config?id=/snap1', { registry_auth: AUTH })).status, 204);
+    assert.equal(await firstChunkOf(snapshotImage), true, 'the snapshot\'s image read with the renewed credentials');
+    assert.deepEqual((await api(sock, 'GET', '/api/v1/config?id=/snap1')).body, { registry_auth: '(set)' });
+    await assert.rejects(firstChunkOf('dedicated'), 'another image keeps its credentials');
+    assert.equal((await api(sock, 'PUT', '/api/v1/config?id=/', { registry_auth: AUTH })).status, 204);
+    assert.equal(await firstChunkOf('dedicated'), true, '`/` renews every image\'s');
     const refused = [
       [{ proxy_url: 'http://127.0.0.1:1' }, /unknown configuration key "proxy_url" \(known: registry_auth\)/],
       [{ registry_auth: 42 }, /registry_auth needs a string value/],

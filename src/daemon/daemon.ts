@@ -3,6 +3,7 @@
  * resolution of the kernel's (volume, cookie) keys to bootstraps and blobs.
  */
 import path from 'node:path';
+import { createHash } from 'node:crypto';
 import type { Logger } from 'pino';
 import { BlobMap } from './blob-map.ts';
 import { type RegistrationPool, sharedRegistrationPool } from './registration-pool.ts';
@@ -140,7 +141,7 @@ export class ImageRegistry implements ObjectResolver {
     prepareWorkDir(entry.workDir);
     const backendMetrics = newBackendMetrics();
     const backend = createBackend(entry.backend, [this.metricsOf(entry.backend.type), backendMetrics]);
-    const auth = this.runtimeConfig.get(entry.id)?.get(REGISTRY_AUTH);
+    const auth = this.runtimeValue(entry.id, REGISTRY_AUTH);
     if (auth !== undefined) backend.updateAuth?.(auth);
     const blobs = new Map<string, BlobMap>();
     const prefetch = new Map<string, PrefetchOrder>();
@@ -178,9 +179,10 @@ export class ImageRegistry implements ObjectResolver {
   }
 
   /**
-   * PUT /api/v1/config?id=: nydus's runtime keys for instance `id` (`registry_auth`, base64 of
-   * user:password: the credentials its registry backend uses from now on, also for an image
-   * registered later under that id). Checked whole before any is kept.
+   * PUT /api/v1/config?id=: nydus's runtime keys (`registry_auth`, base64 of user:password: the
+   * credentials a registry backend uses from now on, also for an image registered later that the id
+   * names). The id as nydus-snapshotter sends it (configKeys): `/` for a dedicated daemon, every image
+   * of it; `/<snapshot id>` for a shared one, that snapshot's image. Checked whole before any is kept.
    */
   setConfig(id: string, values: Record<string, unknown>): void {
     for (const [k, v] of Object.entries(values)) {
@@ -192,16 +194,25 @@ export class ImageRegistry implements ObjectResolver {
         throw new ConfigError((e as Error).message);
       }
     }
-    const kept = this.runtimeConfig.get(id) ?? new Map<string, string>();
-    for (const [k, v] of Object.entries(values)) kept.set(k, v as string);
-    this.runtimeConfig.set(id, kept);
-    const auth = kept.get(REGISTRY_AUTH);
-    if (auth !== undefined) this.images.get(id)?.backend.updateAuth?.(auth);
+    for (const key of configKeys(id)) {
+      const kept = this.runtimeConfig.get(key) ?? new Map<string, string>();
+      for (const [k, v] of Object.entries(values)) kept.set(k, v as string);
+      this.runtimeConfig.set(key, kept);
+      const auth = kept.get(REGISTRY_AUTH);
+      if (auth === undefined) continue;
+      if (key === EVERY_IMAGE) for (const img of this.images.values()) img.backend.updateAuth?.(auth);
+      else this.images.get(key)?.backend.updateAuth?.(auth);
+    }
   }
 
-  /** GET /api/v1/config?id=: the keys set for `id`; credentials are never shown, only that they are set. */
+  /** GET /api/v1/config?id=: the keys set for what `id` names; credentials are never shown, only that they are set. */
   configOf(id: string): Record<string, string> {
-    return Object.fromEntries([...(this.runtimeConfig.get(id) ?? [])].map(([k]) => [k, '(set)']));
+    return Object.fromEntries(configKeys(id).flatMap((key) => [...(this.runtimeConfig.get(key) ?? [])].map(([k]) => [k, '(set)'])));
+  }
+
+  /** A runtime key of image `imageId`: its own, else the one set for every image. */
+  private runtimeValue(imageId: string, key: string): string | undefined {
+    return this.runtimeConfig.get(imageId)?.get(key) ?? this.runtimeConfig.get(EVERY_IMAGE)?.get(key);
   }
 
   /** Releases every backend's handles (the daemon is stopping). */
@@ -281,4 +292,18 @@ export class ImageRegistry implements ObjectResolver {
     }
     return null;
   }
+}
+
+/** The runtime config key of every image (nydus's id `/`, the one its fscache mode builds each backend with). */
+const EVERY_IMAGE = '/';
+
+/**
+ * What the id of PUT|GET /api/v1/config names, as keys of the runtime config: `/` (or none) every
+ * image; `/<x>` or `<x>` the image registered as x, or the image of snapshot x as nydus-snapshotter
+ * registers it with a shared daemon (its FscacheID: the sha256 of "nydus-snapshot-<x>").
+ */
+export function configKeys(id: string): string[] {
+  const bare = id.replace(/^\//, '');
+  if (bare === '') return [EVERY_IMAGE];
+  return [bare, createHash('sha256').update(`nydus-snapshot-${bare}`).digest('hex')];
 }
