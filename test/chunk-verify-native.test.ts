@@ -323,4 +323,20 @@ test('a background verification runs its pool thread at nice 19 and gives it its
   }
   assert.deepEqual((await normal).errors, Array(count).fill(null));
   assert.equal(lowered, false);
+  // A background job raised before its thread took it (a reader came to wait for it while it was
+  // queued on libuv's pool) never lowers its thread.
+  const told = new Int32Array(2);
+  assert.equal(fscacheBinding().raiseBackgroundThread(told), true);
+  assert.equal(fscacheBinding().raiseBackgroundThread(told), false, 'raised once');
+  const raised = verifyRunNative({ ...run, background: told });
+  let raisedLowered = false;
+  let raisedDone = false;
+  void raised.finally(() => (raisedDone = true));
+  while (!raisedDone) {
+    if (threadNices().includes(19)) raisedLowered = true;
+    await new Promise((r) => setImmediate(r));
+  }
+  assert.deepEqual((await raised).errors, Array(count).fill(null));
+  assert.equal(raisedLowered, false, 'the raised job ran at its thread\'s own priority');
+  assert.deepEqual([...new Set(threadNices())], [0]);
 });

@@ -190,9 +190,9 @@ export interface FscacheBinding {
    */
   warmUp(threads: number): Array<Promise<boolean>>;
   /**
-   * The pool thread of a background job that was passed `told` (an Int32Array of 2) and still runs
-   * at nice 19 gets its own priority back: a reader now waits for that job. False when the job no
-   * longer runs lowered (not started, done, or never lowered).
+   * The pool thread of a background job that was passed `told` (an Int32Array of 2) gets its own
+   * priority back, or, when the job has not lowered it yet, the job never will: a reader now waits
+   * for that job. False when it was raised already.
    */
   raiseBackgroundThread(told: Int32Array): boolean;
   /** Detaches an ArrayBuffer: its memory is freed now, not at a GC, and every view of it becomes empty. */

@@ -1,6 +1,7 @@
 #include "chunk_verify.h"
 
 #include <openssl/evp.h>
+#include <sched.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
@@ -113,41 +114,56 @@ constexpr int kBackgroundNice = 19;
 // lowers one, so that a reader's job never runs on a thread left at kBackgroundNice.
 std::atomic<bool> g_background_nice_off{false};
 
-// Where a background job's thread is told to the daemon while it runs lowered: {tid, its own nice}
+// Where a background job's thread is told to the daemon while it runs lowered: {state, its own nice}
 // (an Int32Array of 2 from JS), so that a reader who comes to wait for the job can give the thread
-// its priority back (raiseBackgroundThread) rather than wait behind every task at nice 0. tid 0: the
-// job is not running lowered.
+// its priority back (raiseBackgroundThread) rather than wait behind every task at nice 0. The state:
+// 0 the job has not lowered its thread (yet); a tid, lowered; kRaising, being raised; kRaised, raised
+// (a job not yet lowered then never lowers itself). Each change is one compare-and-swap, so that a
+// raise is never lost to a job that starts late, nor lands on the thread's next job.
+constexpr int32_t kRaising = -1, kRaised = -2;
 struct LoweredThread {
-  int32_t* slot = nullptr;  // [0] tid, [1] nice to go back to
+  int32_t* slot = nullptr;  // [0] the state, [1] the nice to go back to
 };
 
 class BackgroundPriority {
  public:
   BackgroundPriority(bool background, LoweredThread told) : told_(told) {
     if (!background || g_background_nice_off.load(std::memory_order_relaxed)) return;
+    if (told_.slot && __atomic_load_n(&told_.slot[0], __ATOMIC_ACQUIRE) != 0) return;  // raised before it ran
     tid_ = static_cast<id_t>(syscall(SYS_gettid));
     errno = 0;
     int prev = getpriority(PRIO_PROCESS, tid_);
     if (errno != 0 || prev >= kBackgroundNice) return;
-    if (setpriority(PRIO_PROCESS, tid_, kBackgroundNice) == 0) {
-      prev_ = prev;
-      lowered_ = true;
-      if (told_.slot) {
-        __atomic_store_n(&told_.slot[1], prev, __ATOMIC_RELAXED);
-        __atomic_store_n(&told_.slot[0], static_cast<int32_t>(tid_), __ATOMIC_RELEASE);
-      }
+    if (told_.slot) __atomic_store_n(&told_.slot[1], prev, __ATOMIC_RELAXED);
+    if (setpriority(PRIO_PROCESS, tid_, kBackgroundNice) != 0) return;
+    prev_ = prev;
+    lowered_ = true;
+    int32_t expected = 0;
+    if (told_.slot && !__atomic_compare_exchange_n(&told_.slot[0], &expected, static_cast<int32_t>(tid_), false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+      // Raised meanwhile: back at once.
+      Restore();
     }
   }
   ~BackgroundPriority() {
     if (!lowered_) return;
-    // Taken back first: a raise that read the tid before this ran sets the same value as below.
-    if (told_.slot) __atomic_exchange_n(&told_.slot[0], 0, __ATOMIC_ACQ_REL);
-    if (setpriority(PRIO_PROCESS, tid_, prev_) != 0) g_background_nice_off.store(true, std::memory_order_relaxed);
+    if (told_.slot) {
+      int32_t expected = static_cast<int32_t>(tid_);
+      if (!__atomic_compare_exchange_n(&told_.slot[0], &expected, 0, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+        // A raise has the tid: it ends before this thread may take (and lower itself for) another job.
+        while (__atomic_load_n(&told_.slot[0], __ATOMIC_ACQUIRE) == kRaising) sched_yield();
+      }
+    }
+    Restore();
   }
   BackgroundPriority(const BackgroundPriority&) = delete;
   BackgroundPriority& operator=(const BackgroundPriority&) = delete;
 
  private:
+  void Restore() {
+    lowered_ = false;
+    if (setpriority(PRIO_PROCESS, tid_, prev_) != 0) g_background_nice_off.store(true, std::memory_order_relaxed);
+  }
+
   LoweredThread told_;
   id_t tid_ = 0;
   int prev_ = 0;
@@ -627,8 +643,9 @@ Napi::Value WarmUp(const Napi::CallbackInfo& info) {
   return promises;
 }
 
-// raiseBackgroundThread(told): the thread of a background job still running lowered, given its own
-// priority back (a reader now waits for the job); false when the job runs lowered no more.
+// raiseBackgroundThread(told): a background job's thread given its own priority back, or the job
+// told not to lower it when it has not yet (a reader now waits for the job); false when it was raised
+// already (LoweredThread).
 Napi::Value RaiseBackgroundThread(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() != 1 || !info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array ||
@@ -636,10 +653,20 @@ Napi::Value RaiseBackgroundThread(const Napi::CallbackInfo& info) {
     throw Napi::TypeError::New(env, "raiseBackgroundThread(told: Int32Array of 2)");
   }
   int32_t* slot = info[0].As<Napi::Int32Array>().Data();
-  int32_t tid = __atomic_exchange_n(&slot[0], 0, __ATOMIC_ACQ_REL);
-  if (tid <= 0) return Napi::Boolean::New(env, false);
-  int nice = __atomic_load_n(&slot[1], __ATOMIC_RELAXED);
-  return Napi::Boolean::New(env, setpriority(PRIO_PROCESS, static_cast<id_t>(tid), nice) == 0);
+  for (;;) {
+    int32_t state = __atomic_load_n(&slot[0], __ATOMIC_ACQUIRE);
+    if (state == kRaising || state == kRaised) return Napi::Boolean::New(env, false);
+    if (state == 0) {
+      if (__atomic_compare_exchange_n(&slot[0], &state, kRaised, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) return Napi::Boolean::New(env, true);
+      continue;
+    }
+    if (!__atomic_compare_exchange_n(&slot[0], &state, kRaising, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) continue;
+    // The thread stays in this job until kRaised is stored (its BackgroundPriority waits for it).
+    int nice = __atomic_load_n(&slot[1], __ATOMIC_RELAXED);
+    setpriority(PRIO_PROCESS, static_cast<id_t>(state), nice);
+    __atomic_store_n(&slot[0], kRaised, __ATOMIC_RELEASE);
+    return Napi::Boolean::New(env, true);
+  }
 }
 
 Napi::Value ReleaseBuffer(const Napi::CallbackInfo& info) {

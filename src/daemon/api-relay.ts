@@ -52,6 +52,8 @@ export class ApiRelay {
   private nextId = 1;
   private keeper: ConnectionKeeper | null = null;
   private closed = false;
+  /** The socket paths are this daemon's, to remove as it ends (leavePaths). */
+  private ownsPaths = true;
 
   private constructor(private readonly server: net.Server, readonly sock: string, readonly workerSock: string, private readonly log: Logger) {
     server.maxConnections = API_MAX_CONNECTIONS;
@@ -110,6 +112,14 @@ export class ApiRelay {
     return this.clients.size;
   }
 
+  /**
+   * What is at the socket paths now is not this daemon's (its socket was removed, perhaps replaced by
+   * another daemon's, which uses the same worker path): close() leaves them as they are.
+   */
+  leavePaths(): void {
+    this.ownsPaths = false;
+  }
+
   /** The daemon ends: no more connections, every one closed, the socket files removed (synchronously: the process exits next). */
   close(): void {
     if (this.closed) return;
@@ -117,6 +127,7 @@ export class ApiRelay {
     this.server.close();
     for (const c of this.clients) c.destroy();
     this.clients.clear();
+    if (!this.ownsPaths) return;
     // Removed by name, as the worker removed it before: a server listening on an inherited fd (an
     // adoptive supervisor's) does not remove it itself.
     fs.rmSync(this.sock, { force: true });

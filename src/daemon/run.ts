@@ -15,6 +15,7 @@ import { followCgroups } from './cgroup-follow.ts';
 import { ApiRelay, workerSocketFor } from './api-relay.ts';
 import { PARK_READY, ParkedConnections, ipcKeeper, isParkReady } from './parked-connections.ts';
 import { fdOf } from './libuv-handle.ts';
+import { socketLiveness } from './unix-socket.ts';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -348,7 +349,7 @@ export function inheritedKernelFd(): { fd: number; restarted: boolean; stopAtOnc
  */
 export async function runSupervisor(opts: SupervisorOptions & Partial<DaemonOptions>, argv: string[], held?: HeldFd, adopted?: AdoptedWorker): Promise<void> {
   const log = makeLogger(opts.logLevel, opts.logFile, opts.logRotationSize);
-  const dev: HeldFd = held ?? openDevice(opts as DaemonOptions);
+  const dev: HeldFd = held ?? await openDeviceWhenFree(opts as DaemonOptions);
   // The API socket is the supervisor's, relayed to each worker in turn: its connections outlive a worker.
   let relay: ApiRelay | null = null;
   try {
@@ -517,7 +518,13 @@ export async function runSupervisor(opts: SupervisorOptions & Partial<DaemonOpti
     }
   } };
   void adopted.ended.then((code) => exited(code, null));
-  if (relay && opts.apiSock) stopOnceSocketGone(opts.apiSock, stop, log);
+  if (relay && opts.apiSock) {
+    const apiRelay = relay;
+    stopOnceSocketGone(opts.apiSock, () => {
+      apiRelay.leavePaths();
+      stop();
+    }, log);
+  }
 }
 
 /** How often an adoptive supervisor looks whether its API socket is still at its path. */
@@ -531,21 +538,26 @@ const SOCKET_WATCH_MS = 1_000;
  * or fanotify marks) for good. So it stops then, as that signal would have stopped it.
  */
 function stopOnceSocketGone(sock: string, stop: () => void, log: Logger): void {
-  const inodeAt = () => {
+  // The socket file as the worker handed it over, by its device, inode and birth (an inode number is
+  // soon reused); null: gone. Only ENOENT and ENOTDIR say gone: any other failure to look is no news.
+  const identity = (): string | null | undefined => {
     try {
-      return fs.lstatSync(sock).ino;
-    } catch {
-      return null;
+      const st = fs.lstatSync(sock, { bigint: true });
+      return `${st.dev}:${st.ino}:${st.birthtimeNs}`;
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      return code === 'ENOENT' || code === 'ENOTDIR' ? null : undefined;
     }
   };
-  const ours = inodeAt();
+  const ours = identity();
   const check = () => {
-    if (inodeAt() === ours && ours !== null) return false;
+    const now = identity();
+    if (now === undefined || (now === ours && ours !== null)) return false;
     log.warn({ apisock: sock }, 'the API socket was removed (or replaced): no one can reach this daemon any more, which is how its starter stops a daemon whose supervisor died; stopping');
     stop();
     return true;
   };
-  if (check()) return;
+  if (ours === undefined || check()) return;
   const timer = setInterval(() => {
     if (check()) clearInterval(timer);
   }, SOCKET_WATCH_MS);
@@ -766,6 +778,26 @@ export function openFanotifyGroup(dir: string): FanotifyHold {
 }
 
 /** Opens and binds the device; a failure keeps the system error's code as `cause` (EBUSY matters). */
+/** How long a starting daemon waits for /dev/cachefiles held by one that is stopping (openDeviceWhenFree). */
+const DEVICE_FREE_WAIT_MS = 5_000;
+
+/**
+ * openDevice, waiting up to DEVICE_FREE_WAIT_MS while the device is busy and nothing is at the API
+ * socket's path: nydus-snapshotter removes a daemon's socket and starts the next one at once, and the
+ * one it removed may still be stopping (an adoptive supervisor's, stopOnceSocketGone).
+ */
+export async function openDeviceWhenFree(opts: DaemonOptions): Promise<CachefilesDevice> {
+  const until = Date.now() + DEVICE_FREE_WAIT_MS;
+  for (;;) {
+    try {
+      return openDevice(opts);
+    } catch (e) {
+      if ((e as NydusError).cause !== 'EBUSY' || Date.now() >= until || !opts.apiSock || (await socketLiveness(opts.apiSock)) !== 'absent') throw e;
+    }
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
 export function openDevice(opts: DaemonOptions): CachefilesDevice {
   try {
     return CachefilesDevice.open(path.resolve(opts.fscacheDir), opts.tag);

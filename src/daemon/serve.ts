@@ -16,7 +16,7 @@ import { VerifyPool } from './verify-pool.ts';
 import { warmUpVerifiers } from '../blob/verify.ts';
 import { RegistrationPool } from './registration-pool.ts';
 import { makeLogger } from './log.ts';
-import { type DaemonOptions, inheritedKernelFd, onStopSignals, openDevice, stopSupervisor, watchSupervisor, workerApiSocket } from './run.ts';
+import { type DaemonOptions, inheritedKernelFd, onStopSignals, openDeviceWhenFree, stopSupervisor, watchSupervisor, workerApiSocket } from './run.ts';
 import { heldBack } from './repeated-failure.ts';
 
 /**
@@ -33,7 +33,7 @@ export type DeviceSource = { kind: 'inherited' } | { kind: 'device'; dev: Cachef
  */
 export async function startupMode(opts: DaemonOptions): Promise<DeviceSource> {
   try {
-    return { kind: 'device', dev: openDevice(opts) };
+    return { kind: 'device', dev: await openDeviceWhenFree(opts) };
   } catch (e) {
     if ((e as NydusError).cause !== 'EBUSY') throw e;
     if (await socketLiveness(opts.apiSock) === 'dead') return { kind: 'takeover' };
@@ -49,8 +49,12 @@ export function openDaemonCore(stateDir: string, threads: number, log: Logger): 
     else if (f.kind === 'write') log.error({ file: f.file, err: f.error.message, pending: f.pending, ...heldBack(f.held) }, 'cannot write the state database; chunk marks are kept in memory and written once it takes writes (a crash meanwhile fetches their chunks again)');
     else log.error({ file: f.file, err: f.error.message, what: f.what, ...heldBack(f.held) }, 'cannot read the state database; taken as no marks, the chunks are fetched again when read');
   });
-  // Verification on libuv's threads, a job per core at most: the event loop stays free for the kernel's requests.
-  const pool = new VerifyPool(Math.max(1, Math.min(os.availableParallelism(), threads)));
+  // Verification on libuv's threads, a job per core at most: the event loop stays free for the kernel's
+  // requests. A reader's job may run beside `size` background ones (VerifyPool), and file reads and
+  // writes need a thread too: two of libuv's threads stay out of the pool's reach (a worker's libuv
+  // has twice the threads, run.ts; a daemon run as one process, --supervisor, node's default 4).
+  const libuvThreads = Number(process.env.UV_THREADPOOL_SIZE) || 4;
+  const pool = new VerifyPool(Math.max(1, Math.min(os.availableParallelism(), threads, libuvThreads - 2)));
   // Jobs land on any of libuv's threads (the supervisor sizes the pool): each pays its first job's
   // cost now, in the background, rather than during a container's first reads.
   void warmUpVerifiers(Number(process.env.UV_THREADPOOL_SIZE) || 4).then(

@@ -76,8 +76,9 @@ export class VerifyPool {
 
   /**
    * A job still queued goes first (a reader waits for one of its chunks), and a background job that
-   * runs already gets its thread's own priority back; false when neither was done (the chunk's job
-   * is done, runs at its own priority already, or was never asked for).
+   * started already gets its thread's own priority back (or, still waiting for a libuv thread, never
+   * lowers it); false when neither was done (the chunk's job is done, was raised already, or was
+   * never asked for).
    */
   promote(where: string): boolean {
     const i = this.queue.findIndex((j) => j.where.includes(where));
