@@ -286,6 +286,18 @@ function threadNices(): number[] {
   });
 }
 
+/** `job` awaited, and whether a thread of this process was seen at nice 19 while it ran. */
+async function loweredWhile<T>(job: Promise<T>): Promise<{ result: T; lowered: boolean }> {
+  let lowered = false;
+  let done = false;
+  void job.finally(() => (done = true));
+  while (!done) {
+    if (threadNices().includes(19)) lowered = true;
+    await new Promise((r) => setImmediate(r));
+  }
+  return { result: await job, lowered };
+}
+
 test('a background verification runs its pool thread at nice 19 and gives it its priority back; the bytes are the same', async () => {
   // 48 chunks of 1 MiB: long enough on a pool thread to be seen at work.
   const chunk = Buffer.concat([prand(1 << 19, 11), Buffer.alloc(1 << 19, 'n')]);
@@ -299,44 +311,22 @@ test('a background verification runs its pool thread at nice 19 and gives it its
     digestSize: 32, outSize: count * chunk.length, where: Array.from({ length: count }, (_, i) => `c${i}`),
   };
   assert.ok(threadNices().every((n) => n === 0), 'no thread starts lowered');
-  let seen = false;
-  const job = verifyRunNative({ ...run, background: true });
-  let done = false;
-  void job.finally(() => (done = true));
-  while (!done) {
-    if (threadNices().includes(19)) seen = true;
-    await new Promise((r) => setImmediate(r));
-  }
-  const r = await job;
+  const { result: r, lowered: seen } = await loweredWhile(verifyRunNative({ ...run, background: true }));
   assert.ok(seen, 'a thread ran at nice 19 while the job ran');
   assert.deepEqual(r.errors, Array(count).fill(null));
   assert.ok(Buffer.from(r.data.buffer, r.data.byteOffset + 5 * chunk.length, chunk.length).equals(chunk));
   assert.deepEqual([...new Set(threadNices())], [0], 'every thread is back at its own priority');
   // A job that is not background leaves every thread alone.
-  const normal = verifyRunNative(run);
-  let lowered = false;
-  let normalDone = false;
-  void normal.finally(() => (normalDone = true));
-  while (!normalDone) {
-    if (threadNices().includes(19)) lowered = true;
-    await new Promise((r) => setImmediate(r));
-  }
-  assert.deepEqual((await normal).errors, Array(count).fill(null));
-  assert.equal(lowered, false);
+  const normal = await loweredWhile(verifyRunNative(run));
+  assert.deepEqual(normal.result.errors, Array(count).fill(null));
+  assert.equal(normal.lowered, false);
   // A background job raised before its thread took it (a reader came to wait for it while it was
   // queued on libuv's pool) never lowers its thread.
   const told = new Int32Array(2);
   assert.equal(fscacheBinding().raiseBackgroundThread(told), true);
   assert.equal(fscacheBinding().raiseBackgroundThread(told), false, 'raised once');
-  const raised = verifyRunNative({ ...run, background: told });
-  let raisedLowered = false;
-  let raisedDone = false;
-  void raised.finally(() => (raisedDone = true));
-  while (!raisedDone) {
-    if (threadNices().includes(19)) raisedLowered = true;
-    await new Promise((r) => setImmediate(r));
-  }
-  assert.deepEqual((await raised).errors, Array(count).fill(null));
-  assert.equal(raisedLowered, false, 'the raised job ran at its thread\'s own priority');
+  const raised = await loweredWhile(verifyRunNative({ ...run, background: told }));
+  assert.deepEqual(raised.result.errors, Array(count).fill(null));
+  assert.equal(raised.lowered, false, 'the raised job ran at its thread\'s own priority');
   assert.deepEqual([...new Set(threadNices())], [0]);
 });
