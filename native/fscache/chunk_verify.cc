@@ -125,6 +125,12 @@ struct LoweredThread {
   int32_t* slot = nullptr;  // [0] the state, [1] the nice to go back to
 };
 
+// `v` as a LoweredThread's slot when it is one (an Int32Array of 2), else null.
+int32_t* ToldSlot(const Napi::Value& v) {
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array || v.As<Napi::Int32Array>().ElementLength() != 2) return nullptr;
+  return v.As<Napi::Int32Array>().Data();
+}
+
 class BackgroundPriority {
  public:
   BackgroundPriority(bool background, LoweredThread told) : told_(told) {
@@ -539,11 +545,10 @@ Background TrailingBackground(const Napi::CallbackInfo& info, size_t* argc) {
   if (last.IsBoolean()) {
     b.on = last.As<Napi::Boolean>().Value();
     *argc -= 1;
-  } else if (last.IsTypedArray() && last.As<Napi::TypedArray>().TypedArrayType() == napi_int32_array &&
-             last.As<Napi::Int32Array>().ElementLength() == 2) {
+  } else if (int32_t* slot = ToldSlot(last)) {
     b.on = true;
     b.buffer = last;
-    b.told.slot = last.As<Napi::Int32Array>().Data();
+    b.told.slot = slot;
     *argc -= 1;
   }
   return b;
@@ -648,11 +653,8 @@ Napi::Value WarmUp(const Napi::CallbackInfo& info) {
 // already (LoweredThread).
 Napi::Value RaiseBackgroundThread(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (info.Length() != 1 || !info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array ||
-      info[0].As<Napi::Int32Array>().ElementLength() != 2) {
-    throw Napi::TypeError::New(env, "raiseBackgroundThread(told: Int32Array of 2)");
-  }
-  int32_t* slot = info[0].As<Napi::Int32Array>().Data();
+  int32_t* slot = info.Length() == 1 ? ToldSlot(info[0]) : nullptr;
+  if (!slot) throw Napi::TypeError::New(env, "raiseBackgroundThread(told: Int32Array of 2)");
   for (;;) {
     int32_t state = __atomic_load_n(&slot[0], __ATOMIC_ACQUIRE);
     if (state == kRaising || state == kRaised) return Napi::Boolean::New(env, false);

@@ -11,6 +11,11 @@ export interface LibuvHandle {
   close(): void;
 }
 
+/** Whether `h` is one (a handle received over an IPC channel). */
+export function isLibuvHandle(h: unknown): h is LibuvHandle {
+  return typeof h === 'object' && h !== null && typeof (h as LibuvHandle).fd === 'number' && typeof (h as LibuvHandle).close === 'function';
+}
+
 export function libuvHandleOf(s: net.Socket | net.Server): LibuvHandle | undefined {
   return (s as unknown as { _handle?: LibuvHandle | null })._handle ?? undefined;
 }

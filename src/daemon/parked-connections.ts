@@ -13,8 +13,7 @@
  */
 import type { ChildProcess } from 'node:child_process';
 import type net from 'node:net';
-import { type LibuvHandle, libuvHandleOf } from './libuv-handle.ts';
-
+import { type LibuvHandle, isLibuvHandle, libuvHandleOf } from './libuv-handle.ts';
 
 /** What the relay tells about its idle connections: the process that holds them too (the worker). */
 export interface ConnectionKeeper {
@@ -84,8 +83,4 @@ export class ParkedConnections {
     for (const h of this.held.values()) h.close();
     this.held.clear();
   }
-}
-
-function isLibuvHandle(h: unknown): h is LibuvHandle {
-  return typeof h === 'object' && h !== null && typeof (h as LibuvHandle).fd === 'number' && typeof (h as LibuvHandle).close === 'function';
 }

@@ -777,7 +777,6 @@ export function openFanotifyGroup(dir: string): FanotifyHold {
   }
 }
 
-/** Opens and binds the device; a failure keeps the system error's code as `cause` (EBUSY matters). */
 /** How long a starting daemon waits for /dev/cachefiles held by one that is stopping (openDeviceWhenFree). */
 const DEVICE_FREE_WAIT_MS = 5_000;
 
@@ -798,6 +797,7 @@ export async function openDeviceWhenFree(opts: DaemonOptions): Promise<Cachefile
   }
 }
 
+/** Opens and binds the device; a failure keeps the system error's code as `cause` (EBUSY matters). */
 export function openDevice(opts: DaemonOptions): CachefilesDevice {
   try {
     return CachefilesDevice.open(path.resolve(opts.fscacheDir), opts.tag);

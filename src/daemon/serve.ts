@@ -57,7 +57,7 @@ export function openDaemonCore(stateDir: string, threads: number, log: Logger): 
   const pool = new VerifyPool(Math.max(1, Math.min(os.availableParallelism(), threads, libuvThreads - 2)));
   // Jobs land on any of libuv's threads (the supervisor sizes the pool): each pays its first job's
   // cost now, in the background, rather than during a container's first reads.
-  void warmUpVerifiers(Number(process.env.UV_THREADPOOL_SIZE) || 4).then(
+  void warmUpVerifiers(libuvThreads).then(
     (how) => log.info(how, 'verification threads warmed up'),
     (e: Error) => log.warn({ err: e.message }, 'cannot warm up the verification threads'),
   );
