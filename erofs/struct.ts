@@ -20,6 +20,9 @@ type FieldValue<T extends FieldType> = T extends { bytes: number } ? Buffer : nu
 
 export type Decoded<F extends Record<string, FieldSpec>> = { [K in keyof F]: FieldValue<F[K]['type']> };
 
+/** The number fields of a structure (decodeNumbers): its byte-array fields left out. */
+export type DecodedNumbers<F extends Record<string, FieldSpec>> = { [K in keyof F as F[K]['type'] extends { bytes: number } ? never : K]: number };
+
 /** Values a number field takes as a JS number (64-bit fields: the safe integers; a bigint may use all 64 bits). */
 const FIELD_RANGE: Record<Exclude<FieldType, { bytes: number }>, readonly [number, number]> = {
   u8: [0, 0xff], u16: [0, 0xffff], u32: [0, 0xffff_ffff], u64: [0, Number.MAX_SAFE_INTEGER],
@@ -34,15 +37,21 @@ function fieldSize(t: FieldType): number {
 /** Where a structure lies, for an error's message: a string, or a function that makes it. */
 export type Where = string | (() => string);
 
+/** The place a Where names. */
+export function named(where: Where): string {
+  return typeof where === 'function' ? where() : where;
+}
+
 /** `where: ` as an error message starts, or nothing. */
 function prefix(where: Where): string {
-  const w = typeof where === 'function' ? where() : where;
+  const w = named(where);
   return w ? `${w}: ` : '';
 }
 
 export class Struct<F extends Record<string, FieldSpec>> {
-  /** The fields read into an object, in declaration order (readerOf). */
+  /** The fields read into an object, in declaration order (readerOf); `readNumbers` the number fields only. */
   private readonly read: (buf: Buffer, offset: number, where: Where) => Record<string, number | Buffer>;
+  private readonly readNumbers: (buf: Buffer, offset: number, where: Where) => Record<string, number | Buffer>;
 
   constructor(readonly name: string, readonly size: number, readonly fields: F) {
     const used = new Uint8Array(size);
@@ -54,7 +63,8 @@ export class Struct<F extends Record<string, FieldSpec>> {
         used[i] = 1;
       }
     }
-    this.read = readerOf(name, fields);
+    this.read = readerOf(name, fields, true);
+    this.readNumbers = readerOf(name, fields, false);
   }
 
   /**
@@ -62,10 +72,25 @@ export class Struct<F extends Record<string, FieldSpec>> {
    * `where` names the place for an error: a function when naming it costs (made only for the error).
    */
   decode(buf: Buffer, offset = 0, where: Where = ''): Decoded<F> {
+    this.checkRoom(buf, offset, where);
+    return this.read(buf, offset, where) as Decoded<F>;
+  }
+
+  /**
+   * decode() without the byte-array fields: for a structure read once per inode of an image, where
+   * each such field was a copy (a Buffer) that no reader looked at (the Debian rootfs bootstrap's
+   * first validation: 126 against 131 ms on the bench host, alternated runs).
+   */
+  decodeNumbers(buf: Buffer, offset = 0, where: Where = ''): DecodedNumbers<F> {
+    this.checkRoom(buf, offset, where);
+    return this.readNumbers(buf, offset, where) as DecodedNumbers<F>;
+  }
+
+  /** A short buffer is a FormatError naming the structure. */
+  private checkRoom(buf: Buffer, offset: number, where: Where): void {
     if (offset < 0 || offset + this.size > buf.length) {
       throw new FormatError(`${prefix(where)}truncated ${this.name} at offset ${offset} (needs ${this.size} bytes, ${Math.max(0, buf.length - offset)} present)`);
     }
-    return this.read(buf, offset, where) as Decoded<F>;
   }
 
   /** Encodes into `buf` at `offset` (fields not given are left as they are: zero in a fresh buffer). */
@@ -136,8 +161,8 @@ function read64(buf: Buffer, at: number, signed: boolean, name: string, where: W
  * 64-bit ones) was the largest item of a bootstrap's validation (a sixth of the Debian rootfs
  * bootstrap's). Field names and types come from this module's own declarations, never from an image.
  */
-function readerOf(name: string, fields: Record<string, FieldSpec>): (buf: Buffer, offset: number, where: Where) => Record<string, number | Buffer> {
-  const props = Object.entries(fields).map(([field, { offset, type }]) => {
+function readerOf(name: string, fields: Record<string, FieldSpec>, withBytes: boolean): (buf: Buffer, offset: number, where: Where) => Record<string, number | Buffer> {
+  const props = Object.entries(fields).filter(([, { type }]) => withBytes || typeof type !== 'object').map(([field, { offset, type }]) => {
     if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(field)) throw new Error(`${name}: field name ${JSON.stringify(field)} is not an identifier`);
     const at = `o + ${offset}`;
     const value = typeof type === 'object' ? `Buffer.from(b.subarray(${at}, ${at} + ${type.bytes}))`

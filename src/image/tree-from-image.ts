@@ -60,7 +60,7 @@ export function treeFromImage(image: ValidatedImage, blobs?: LocalBlobReader[]):
     const kind = kindFromMode(ino.mode);
     const node: TreeNode = {
       name, kind, mode: ino.mode, uid: ino.uid, gid: ino.gid, mtimeSec: ino.mtimeSec, mtimeNsec: ino.mtimeNsec,
-      size: 0, rdev: 0, xattrs: v.xattrs, path,
+      size: 0, rdev: 0, xattrs: v.xattrs.size ? v.xattrs : new Map(), path, // (a node's own map: the builder edits them)
     };
     inodeOf.set(node, ino);
     if (kind !== 'dir' && v.names > 1) node.hardlinkKey = `nid:${ino.nid}`;
