@@ -132,8 +132,8 @@ if (process.argv.includes('--host')) {
   // This host's disk and CPU move a lot from one read to the next (the loop reference of the big
   // workload from 0.11 to 0.23 s): each line is the median of several runs, each run loop then ours.
   const runs = Math.max(1, Number(process.argv[process.argv.indexOf('--runs') + 1]) || 3);
-  console.log(`medians of ${runs} runs (--runs N); cold ratio: of the medians, then the lowest and highest of the runs`);
-  console.log('workload  prefetch  loop (ref)   fanotify cold   ratio (runs)           fanotify warm   ratio   peak RSS (worker, cold)');
+  console.log(`medians of ${runs} runs (--runs N); cold ratio: of the medians, then (the median of the runs' own ratios: the lowest-highest)`);
+  console.log('workload  prefetch  loop (ref)   fanotify cold   ratio (runs)                 fanotify warm   ratio   peak RSS (worker, cold)');
   for (const w of workloads) {
     for (const prefetch of [false, true]) {
       const all: Array<Awaited<ReturnType<typeof benchHost>>> = [];
@@ -145,8 +145,8 @@ if (process.argv.includes('--host')) {
       }
       const m = (k: 'loop' | 'cold' | 'warm' | 'rssMiB') => median(all.map((r) => r[k]));
       const ratios = all.map((r) => r.loop / r.cold);
-      const range = `(${Math.min(...ratios).toFixed(2)}-${Math.max(...ratios).toFixed(2)})`;
-      console.log(`${w.name.padEnd(8)}  ${(prefetch ? 'on' : 'off').padEnd(8)} ${m('loop').toFixed(2).padStart(8)} s ${m('cold').toFixed(2).padStart(12)} s ${(m('loop') / m('cold')).toFixed(2).padStart(6)}x ${range.padEnd(13)} ${m('warm').toFixed(2).padStart(12)} s ${(m('loop') / m('warm')).toFixed(2).padStart(6)}x ${m('rssMiB').toFixed(0).padStart(8)} MiB`);
+      const range = `(${median(ratios).toFixed(2)}: ${Math.min(...ratios).toFixed(2)}-${Math.max(...ratios).toFixed(2)})`;
+      console.log(`${w.name.padEnd(8)}  ${(prefetch ? 'on' : 'off').padEnd(8)} ${m('loop').toFixed(2).padStart(8)} s ${m('cold').toFixed(2).padStart(12)} s ${(m('loop') / m('cold')).toFixed(2).padStart(6)}x ${range.padEnd(19)} ${m('warm').toFixed(2).padStart(12)} s ${(m('loop') / m('warm')).toFixed(2).padStart(6)}x ${m('rssMiB').toFixed(0).padStart(8)} MiB`);
     }
   }
   console.log('prefetch on: the snapshotter\'s default nydusd config (prefetch enabled, 8 threads, 1 MiB merges)');
@@ -177,14 +177,14 @@ for (let i = 0; i < guestRuns; i++) {
   for (const [k, v] of Object.entries(one)) (runsOf[k] ??= []).push(v);
 }
 const res: Record<string, number> = Object.fromEntries(Object.entries(runsOf).map(([k, v]) => [k, median(v)]));
-/** The lowest and highest over the runs of loop / `key` (each run's own loop reference). */
+/** Over the runs, loop / `key` (each run against its own loop reference): the median, the lowest and highest. */
 const spread = (w: string, key: string, ref = 'loop') => {
   const rs = runsOf[`${w}.${ref}`].map((l, i) => l / runsOf[`${w}.${key}`][i]);
-  return `(${Math.min(...rs).toFixed(2)}-${Math.max(...rs).toFixed(2)})`;
+  return `(${median(rs).toFixed(2)}: ${Math.min(...rs).toFixed(2)}-${Math.max(...rs).toFixed(2)})`;
 };
 const s = (x: number) => `${x?.toFixed(2)} s`.padStart(8);
 console.log(`\nnydusd start to a listening API socket: host ${median(hostStarts).toFixed(0)} ms (median of 5; target <= 300 ms), guest ${workloads.map((w) => `${res[`${w.name}.start_ms`]?.toFixed(0)} ms`).join(' / ')}`);
-console.log(`medians of ${guestRuns} guest runs (--runs N); ratios: of the medians, then the lowest and highest of the runs`);
+console.log(`medians of ${guestRuns} guest runs (--runs N); ratios: of the medians, then (the median of the runs' own ratios: the lowest-highest)`);
 console.log('workload  loop (ref)   cold   ratio (runs)         warm   ratio   peak RSS (worker)   cold, prefetch on   ratio (runs)        peak RSS');
 for (const w of workloads) {
   const r = (k: string) => res[`${w.name}.${k}`];
