@@ -95,4 +95,12 @@ test('64-bit fields decode to the edges of the safe integers; past them a Format
   // Every field is read where it is declared: a round trip through encode.
   const value = { i_format: 1, i_xattr_icount: 2, i_mode: 0o100644, i_size: 2 ** 40 + 3, i_u: 0xfedcba98, i_ino: 7, i_uid: 0xffffffff, i_gid: 9, i_mtime: -5, i_mtime_nsec: 999_999_999, i_nlink: 3 };
   assert.deepEqual({ ...erofsInodeExtended.decode(erofsInodeExtended.encode(value)), i_reserved: undefined, i_reserved2: undefined }, { ...value, i_reserved: undefined, i_reserved2: undefined });
+  // decodeNumbers: the same number fields, checked the same way, and no byte-array field.
+  const numbers = erofsInodeExtended.decodeNumbers(erofsInodeExtended.encode(value));
+  assert.deepEqual({ ...numbers }, { ...value, i_reserved: 0 });
+  assert.equal('i_reserved2' in numbers, false);
+  assert.throws(() => erofsInodeExtended.decodeNumbers(b.subarray(0, 63), 0, () => 'img'), (e: Error) => e instanceof FormatError && /^img: truncated erofs_inode_extended/.test(e.message));
+  const far = Buffer.from(b);
+  far.writeBigUInt64LE(2n ** 53n, at('i_size'));
+  assert.throws(() => erofsInodeExtended.decodeNumbers(far, 0, 'img'), (e: Error) => e instanceof FormatError && /i_size at offset .* is out of range/.test(e.message));
 });
