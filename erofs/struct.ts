@@ -78,8 +78,7 @@ export class Struct<F extends Record<string, FieldSpec>> {
 
   /**
    * decode() without the byte-array fields: for a structure read once per inode of an image, where
-   * each such field was a copy (a Buffer) that no reader looked at (the Debian rootfs bootstrap's
-   * first validation: 126 against 131 ms on the bench host, alternated runs).
+   * each such field was a copy (a Buffer) that no reader looked at.
    */
   decodeNumbers(buf: Buffer, offset = 0, where: Where = ''): DecodedNumbers<F> {
     this.checkRoom(buf, offset, where);
