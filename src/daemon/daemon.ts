@@ -7,6 +7,7 @@ import { createHash } from 'node:crypto';
 import type { Logger } from 'pino';
 import { BlobMap } from './blob-map.ts';
 import { type RegistrationPool, sharedRegistrationPool } from './registration-pool.ts';
+import { PlanCache } from './plan-cache.ts';
 import type { PrefetchOrder } from './registration.ts';
 import type { RafsSuperMeta } from '../image/super-meta.ts';
 import { ChunkFetcher } from './chunk-fetcher.ts';
@@ -84,6 +85,9 @@ export class ImageRegistry implements ObjectResolver {
   /** Registrations on their way (validated on a worker), by image id. */
   private readonly pending = new Map<string, Promise<unknown>>();
 
+  /** Plans of bootstraps validated before (by this daemon or an earlier run of it), by content. */
+  private readonly plans: PlanCache;
+
   /**
    * `registration`: where bootstraps are read and validated, off this thread (by default the
    * process's shared pool; the daemon gives its own).
@@ -91,7 +95,9 @@ export class ImageRegistry implements ObjectResolver {
   constructor(
     private readonly state: DaemonState, private readonly log: Logger, private readonly pool?: VerifyPool,
     private readonly registration: RegistrationPool = sharedRegistrationPool(),
-  ) {}
+  ) {
+    this.plans = new PlanCache(state, log);
+  }
 
   private metricsOf(type: string): BackendMetrics {
     let m = this.backendMetrics.get(type);
@@ -137,7 +143,8 @@ export class ImageRegistry implements ObjectResolver {
     // The daemon's first image (none registered, no other on its way) serves nothing yet: a larger
     // bootstrap may be planned at once rather than wait for a worker to come up (RegistrationPool).
     const first = this.images.size === 0 && this.pending.size === 0;
-    const plan = await this.registration.plan({ metadataPath: entry.metadataPath, prefetch: { enable: entry.prefetch.enable, all: entry.prefetch.all } }, first);
+    const request = { metadataPath: entry.metadataPath, prefetch: { enable: entry.prefetch.enable, all: entry.prefetch.all } };
+    const { plan, source } = await this.plans.plan(request, () => this.registration.plan(request, first));
     prepareWorkDir(entry.workDir);
     const backendMetrics = newBackendMetrics();
     const backend = createBackend(entry.backend, [this.metricsOf(entry.backend.type), backendMetrics]);
@@ -157,7 +164,7 @@ export class ImageRegistry implements ObjectResolver {
       fetcher: new ChunkFetcher(backend, (blob, chunk) => this.state.countFetch(blob, chunk), this.pool),
     });
     if (persist) this.state.saveImage(entry.id, body);
-    this.log.info({ id: entry.id, domain: entry.domainId, bootstrap: entry.metadataPath, blobs: [...blobs.keys()] }, 'image registered');
+    this.log.info({ id: entry.id, domain: entry.domainId, bootstrap: entry.metadataPath, blobs: [...blobs.keys()], plan: source }, 'image registered');
     return entry;
   }
 

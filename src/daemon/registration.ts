@@ -4,7 +4,7 @@
  * map, and the prefetch order walked. The result is a few typed arrays per blob, moved back to the
  * daemon's thread without copies.
  */
-import fs from 'node:fs';
+import crypto from 'node:crypto';
 import { openImage } from '../image/open.ts';
 import type { ValidatedImage } from '../image/validate.ts';
 import { type RafsSuperMeta, rafsSuperMeta } from '../image/super-meta.ts';
@@ -38,6 +38,8 @@ export interface PrefetchOrder {
 
 export interface RegistrationPlan {
   bootstrapSize: number;
+  /** SHA-256 (hex) of the bootstrap's bytes this plan was made from: what PlanCache keeps it by. */
+  digest: string;
   blobs: PlannedBlob[];
   /** What nydusd answers for GET /api/v1/daemon/backend of a mount of the image. */
   superMeta: RafsSuperMeta;
@@ -46,10 +48,12 @@ export interface RegistrationPlan {
 export function planRegistration(req: RegistrationRequest): RegistrationPlan {
   // The same validation gate as check: blob ids, chunk ranges and sizes, every inode once.
   const { image } = openImage(req.metadataPath);
-  const bootstrapSize = fs.statSync(req.metadataPath).size;
+  // (The bytes validated, not a later stat of the file: size and digest describe the same bytes.)
+  const bootstrapSize = image.image.buf.length;
   const order = req.prefetch.enable ? prefetchOrder(image, req.prefetch.all) : null;
   return {
     bootstrapSize,
+    digest: crypto.createHash('sha256').update(image.image.buf).digest('hex'),
     superMeta: rafsSuperMeta(image),
     blobs: image.blobs.map((b) => ({
       id: b.id, index: b.index, uncompressedSize: b.uncompressedSize, compressor: b.compressor, digester: b.digester,

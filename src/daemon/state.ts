@@ -208,6 +208,9 @@ export class DaemonState {
     // How often each chunk of a blob was fetched from a backend: the evidence that nothing is fetched twice.
     this.db.exec('CREATE TABLE IF NOT EXISTS blob_fetches (blob_id TEXT PRIMARY KEY, counts BLOB NOT NULL) WITHOUT ROWID');
     this.db.exec(`CREATE TABLE IF NOT EXISTS images (id TEXT PRIMARY KEY, entry TEXT NOT NULL)`);
+    // Registration plans by the content they were made from (plan-cache.ts); `used` orders them for
+    // eviction. A table a daemon of an earlier schema ignores: no new schema version.
+    this.db.exec('CREATE TABLE IF NOT EXISTS registration_plans (key TEXT PRIMARY KEY, plan BLOB NOT NULL, used INTEGER NOT NULL)');
     return {
       saveMarks: this.db.prepare(`INSERT INTO cache_file_marks (volume, cookie, bitmap) VALUES (?, ?, ?)
       ON CONFLICT (volume, cookie) DO UPDATE SET bitmap = excluded.bitmap`),
@@ -388,6 +391,35 @@ export class DaemonState {
   images(): Array<{ id: string; entry: unknown }> {
     return (this.db.prepare('SELECT id, entry FROM images ORDER BY rowid').all() as Array<{ id: string; entry: string }>)
       .map((r) => ({ id: r.id, entry: JSON.parse(r.entry) }));
+  }
+
+  /** Whether any registration plan is kept. */
+  hasPlans(): boolean {
+    return this.db.prepare('SELECT 1 FROM registration_plans LIMIT 1').get() !== undefined;
+  }
+
+  /** The registration plan kept under `key`, now the most recently used; undefined when none is. */
+  loadPlan(key: string): Buffer | undefined {
+    const row = this.db.prepare('SELECT plan FROM registration_plans WHERE key = ?').get(key) as { plan: Buffer } | undefined;
+    if (row) this.db.prepare('UPDATE registration_plans SET used = (SELECT MAX(used) + 1 FROM registration_plans) WHERE key = ?').run(key);
+    return row?.plan;
+  }
+
+  /** Keeps a plan under `key` as the most recently used, then drops the least recently used ones beyond `maxBytes` in all. */
+  savePlan(key: string, plan: Uint8Array, maxBytes: number): void {
+    this.db.transaction(() => {
+      this.db.prepare(`INSERT INTO registration_plans (key, plan, used) VALUES (?, ?, (SELECT COALESCE(MAX(used), 0) + 1 FROM registration_plans))
+        ON CONFLICT (key) DO UPDATE SET plan = excluded.plan, used = excluded.used`).run(key, plan);
+      let total = 0;
+      for (const r of this.db.prepare('SELECT key, length(plan) AS bytes FROM registration_plans ORDER BY used DESC').all() as Array<{ key: string; bytes: number }>) {
+        total += r.bytes;
+        if (total > maxBytes) this.dropPlan(r.key);
+      }
+    })();
+  }
+
+  dropPlan(key: string): void {
+    this.db.prepare('DELETE FROM registration_plans WHERE key = ?').run(key);
   }
 
   close(): void {

@@ -6,12 +6,15 @@ import { ErofsImage } from '../../erofs/image.ts';
 import { LocalBlobReader } from '../blob/blob-reader.ts';
 import { type ValidatedBlob, type ValidatedImage, validateImage } from './validate.ts';
 
+/** The largest bootstrap read: metadata of this size is far beyond any image's (the file is read whole). */
+export const BOOTSTRAP_MAX_BYTES = 1 << 30;
+
 export function openBootstrap(file: string): ErofsImage {
   let buf: Buffer;
   try {
     const st = fs.statSync(file);
     if (!st.isFile()) throw new NydusError(`bootstrap ${file} is not a regular file`);
-    if (st.size > 1 << 30) throw new NydusError(`bootstrap ${file} is too large (${st.size} bytes) for a metadata image`);
+    if (st.size > BOOTSTRAP_MAX_BYTES) throw new NydusError(`bootstrap ${file} is too large (${st.size} bytes) for a metadata image`);
     buf = fs.readFileSync(file);
   } catch (e) {
     if (e instanceof NydusError) throw e;

@@ -1,0 +1,139 @@
+/**
+ * PlanCache: registration plans kept by the bytes they were made from, so that a bootstrap is read
+ * and validated once per build of the daemon, not at every registration of it. A shared daemon
+ * registers an image once per container (the snapshotter names each registration after its snapshot),
+ * a worker restarted after a crash registers every image again before it serves the kernel, and a
+ * fanotify remount registers its bootstrap anew: each of these takes the plan from here.
+ *
+ * The key is the SHA-256 of the bootstrap as the planner read and validated it (RegistrationPlan.digest),
+ * the prefetch options the plan was made for, and the build that made it (its source id: the code that
+ * validated). A lookup hashes the file as it is now, so only those very bytes find the plan; a file
+ * that changed is planned, and so validated, again. Plans live in the state database, the least
+ * recently used dropped beyond PLAN_CACHE_MAX_BYTES. A plan that cannot be read back is dropped and
+ * made again; a failing database costs the cache, never the registration.
+ */
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import v8 from 'node:v8';
+import type { Logger } from 'pino';
+import { BOOTSTRAP_MAX_BYTES } from '../image/open.ts';
+import { BUILD_INFO } from '../version.ts';
+import type { RegistrationPlan, RegistrationRequest } from './registration.ts';
+import type { DaemonState } from './state.ts';
+import { RepeatedFailures, heldBack } from './repeated-failure.ts';
+
+/**
+ * The plans kept at most, in bytes: a plan is about 100 bytes per chunk (the Debian rootfs image's,
+ * 5,168 chunks, is 0.5 MiB), so this holds those of some hundred images.
+ */
+export const PLAN_CACHE_MAX_BYTES = 64 << 20;
+
+/** How a registration got its plan. */
+export type PlanSource = 'cached' | 'validated';
+
+export class PlanCache {
+  private readonly failures = new RepeatedFailures();
+
+  constructor(private readonly state: DaemonState, private readonly log: Logger, private readonly build = BUILD_INFO.git_commit) {}
+
+  /**
+   * The plan of `req`'s bootstrap: the one kept for its bytes, or `make()`'s (whose errors are the
+   * registration's), then kept for the bytes it was made from.
+   */
+  async plan(req: RegistrationRequest, make: () => Promise<RegistrationPlan>): Promise<{ plan: RegistrationPlan; source: PlanSource }> {
+    // (With nothing kept, as in a new daemon's first registrations, the file is not read an extra time.)
+    const digest = this.anyKept() ? await fileDigest(req.metadataPath) : null;
+    const kept = digest === null ? null : this.load(this.key(digest, req));
+    if (kept) return { plan: kept, source: 'cached' };
+    const plan = await make();
+    this.save(this.key(plan.digest, req), plan);
+    return { plan, source: 'validated' };
+  }
+
+  private key(digest: string, req: RegistrationRequest): string {
+    return `${this.build}:${digest}:prefetch=${req.prefetch.enable ? (req.prefetch.all ? 'all' : 'table') : 'off'}`;
+  }
+
+  private anyKept(): boolean {
+    try {
+      return this.state.hasPlans();
+    } catch (e) {
+      this.failed('read', e as Error);
+      return false;
+    }
+  }
+
+  private load(key: string): RegistrationPlan | null {
+    let bytes: Buffer | undefined;
+    try {
+      bytes = this.state.loadPlan(key);
+    } catch (e) {
+      this.failed('read', e as Error);
+      return null;
+    }
+    if (!bytes) return null;
+    try {
+      const plan = v8.deserialize(bytes) as RegistrationPlan;
+      if (!isPlan(plan)) throw new Error('not a registration plan');
+      return plan;
+    } catch (e) {
+      this.log.warn({ key, err: (e as Error).message }, 'a kept registration plan cannot be read back; it is dropped and the bootstrap validated again');
+      try {
+        this.state.dropPlan(key);
+      } catch (err) {
+        this.failed('drop', err as Error);
+      }
+      return null;
+    }
+  }
+
+  private save(key: string, plan: RegistrationPlan): void {
+    try {
+      this.state.savePlan(key, v8.serialize(plan), PLAN_CACHE_MAX_BYTES);
+    } catch (e) {
+      this.failed('write', e as Error);
+    }
+  }
+
+  private failed(what: 'read' | 'write' | 'drop', e: Error): void {
+    const told = this.failures.occur(`${what}\0${e.message}`);
+    if (told) this.log.warn({ err: e.message, ...heldBack(told.held) }, `cannot ${what} a kept registration plan in the state database; the bootstrap is validated instead`);
+  }
+}
+
+/**
+ * SHA-256 (hex) of a bootstrap's bytes, read in pieces (no buffer of its size, and the event loop
+ * keeps turning); null for anything the planner would refuse to read (it says why).
+ */
+export async function fileDigest(file: string): Promise<string | null> {
+  let fh: fs.promises.FileHandle | undefined;
+  try {
+    fh = await fs.promises.open(file, 'r');
+    const st = await fh.stat();
+    if (!st.isFile() || st.size > BOOTSTRAP_MAX_BYTES) return null;
+    const h = crypto.createHash('sha256');
+    const buf = Buffer.allocUnsafe(Math.min(st.size, 1 << 20) || 1);
+    // (Up to the size it had when opened: a file that grows while read does not keep this reading.)
+    for (let at = 0; at < st.size;) {
+      const { bytesRead } = await fh.read(buf, 0, Math.min(buf.length, st.size - at), at);
+      if (bytesRead === 0) break;
+      h.update(buf.subarray(0, bytesRead));
+      at += bytesRead;
+    }
+    return h.digest('hex');
+  } catch {
+    return null;
+  } finally {
+    await fh?.close().catch(() => undefined);
+  }
+}
+
+/** Whether a value read back has a plan's shape (a damaged or foreign row must not reach a BlobMap). */
+function isPlan(p: unknown): p is RegistrationPlan {
+  if (typeof p !== 'object' || p === null) return false;
+  const plan = p as RegistrationPlan;
+  return Number.isSafeInteger(plan.bootstrapSize) && typeof plan.digest === 'string' && typeof plan.superMeta === 'object' && plan.superMeta !== null
+    && Array.isArray(plan.blobs) && plan.blobs.every((b) => typeof b === 'object' && b !== null && typeof b.id === 'string' && Number.isSafeInteger(b.index)
+      && b.chunks?.numbers instanceof Float64Array && b.chunks.digests instanceof Uint8Array
+      && (b.prefetch === null || b.prefetch.order instanceof Uint32Array));
+}
