@@ -6,6 +6,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { computeSourceId } from '../src/version.ts';
+import { planSourceId } from './plan-id.ts';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const names = ['nydus-image', 'nydusd', 'nydusify', 'nydusctl', 'nydus-backend-proxy'];
@@ -39,7 +40,8 @@ await build({
   sourcemap: true,
   sourcesContent: false,
   // The build's identity (`nydusd --version`, GET /api/v1/daemon) baked in, so bundles need no sources.
-  define: { __NYDUS_TS_SOURCE_ID__: JSON.stringify(computeSourceId(root)) },
+  // ...and the identity of the code that makes registration plans, which kept plans are filed under.
+  define: { __NYDUS_TS_SOURCE_ID__: JSON.stringify(computeSourceId(root)), __NYDUS_TS_PLAN_SOURCE_ID__: JSON.stringify(await planSourceId(root)) },
   logLevel: 'warning',
 });
 fs.writeFileSync(path.join(root, 'dist/.built'), '');

@@ -19,6 +19,7 @@ import type { RegistrationPlan, RegistrationRequest } from '../src/daemon/regist
 import type { ResolvedObject } from '../src/daemon/frontend/cachefiles.ts';
 import { prand, tmpDir } from './helpers/fixtures.ts';
 import { blobCacheEntry } from './helpers/api-client.ts';
+import { repoRoot } from './helpers/cli.ts';
 
 const work = tmpDir('plan-cache');
 const silent = pino({ level: 'silent' });
@@ -164,4 +165,24 @@ test('the kept plans stay within their byte bound, the least recently used dropp
   } finally {
     state.close();
   }
+});
+
+test('the plan code id covers the planner and validation sources, and only them', async () => {
+  const { planSourceId } = await import('../scripts/plan-id.ts');
+  const copy = path.join(work, 'sources');
+  for (const d of ['src', 'erofs', 'native']) fs.cpSync(path.join(repoRoot, d), path.join(copy, d), { recursive: true, filter: (f) => !f.includes(`${path.sep}build`) });
+  const id = await planSourceId(copy);
+  assert.match(id, /^[0-9a-f]{12}$/);
+  assert.equal(await planSourceId(repoRoot), id, 'the same sources, the same id');
+  // The API has nothing to do with plans: an upgrade that changed only it keeps the kept plans.
+  fs.appendFileSync(path.join(copy, 'src/daemon/api.ts'), '\n// changed\n');
+  assert.equal(await planSourceId(copy), id);
+  // Validation does: every file it imports counts, down to the on-disk format module.
+  for (const f of ['erofs/super.ts', 'src/image/validate.ts', 'src/daemon/registration.ts']) {
+    const before = fs.readFileSync(path.join(copy, f));
+    fs.appendFileSync(path.join(copy, f), '\n// changed\n');
+    assert.notEqual(await planSourceId(copy), id, `${f} changed`);
+    fs.writeFileSync(path.join(copy, f), before);
+  }
+  assert.equal(await planSourceId(copy), id);
 });

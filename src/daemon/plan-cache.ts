@@ -6,8 +6,8 @@
  * fanotify remount registers its bootstrap anew: each of these takes the plan from here.
  *
  * The key is the SHA-256 of the bootstrap as the planner read and validated it (RegistrationPlan.digest),
- * the prefetch options the plan was made for, and the build that made it (its source id: the code that
- * validated). A lookup hashes the file as it is now, so only those very bytes find the plan; a file
+ * the prefetch options the plan was made for, and the code that made it (PLAN_CODE_ID). A lookup
+ * hashes the file as it is now, so only those very bytes find the plan; a file
  * that changed is planned, and so validated, again. Plans live in the state database, the least
  * recently used dropped beyond PLAN_CACHE_MAX_BYTES. A plan that cannot be read back is dropped and
  * made again; a failing database costs the cache, never the registration.
@@ -22,6 +22,15 @@ import type { RegistrationPlan, RegistrationRequest } from './registration.ts';
 import type { DaemonState } from './state.ts';
 import { RepeatedFailures, heldBack } from './repeated-failure.ts';
 
+declare const __NYDUS_TS_PLAN_SOURCE_ID__: string | undefined;
+
+/**
+ * The code that makes plans, which a kept plan is only good for: in the bundles, a digest of the
+ * planner's and the validation's sources (scripts/plan-id.ts), so that an upgrade that left them
+ * as they were keeps the plans; run from the TypeScript sources, the digest of them all.
+ */
+export const PLAN_CODE_ID = typeof __NYDUS_TS_PLAN_SOURCE_ID__ === 'string' ? __NYDUS_TS_PLAN_SOURCE_ID__ : BUILD_INFO.git_commit;
+
 /**
  * The plans kept at most, in bytes: a plan is about 100 bytes per chunk (the Debian rootfs image's,
  * 5,168 chunks, is 0.5 MiB), so this holds those of some hundred images.
@@ -34,7 +43,7 @@ export type PlanSource = 'cached' | 'validated';
 export class PlanCache {
   private readonly failures = new RepeatedFailures();
 
-  constructor(private readonly state: DaemonState, private readonly log: Logger, private readonly build = BUILD_INFO.git_commit) {}
+  constructor(private readonly state: DaemonState, private readonly log: Logger, private readonly code = PLAN_CODE_ID) {}
 
   /**
    * The plan of `req`'s bootstrap: the one kept for its bytes, or `make()`'s (whose errors are the
@@ -51,7 +60,7 @@ export class PlanCache {
   }
 
   private key(digest: string, req: RegistrationRequest): string {
-    return `${this.build}:${digest}:prefetch=${req.prefetch.enable ? (req.prefetch.all ? 'all' : 'table') : 'off'}`;
+    return `${this.code}:${digest}:prefetch=${req.prefetch.enable ? (req.prefetch.all ? 'all' : 'table') : 'off'}`;
   }
 
   private anyKept(): boolean {
