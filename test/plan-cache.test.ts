@@ -105,6 +105,31 @@ test('a bootstrap registered again takes the kept plan, in the same daemon and i
   }
 });
 
+test('registrations of one bootstrap at once (the replicas of a pod) wait for one validation', async () => {
+  const dir = path.join(work, 'together');
+  fs.mkdirSync(dir);
+  const img = image(dir, 4);
+  const state = new DaemonState(path.join(dir, 'state'));
+  const pool = new CountingPool();
+  const registry = new ImageRegistry(state, silent, undefined, pool);
+  try {
+    const ids = ['r1', 'r2', 'r3', 'r4'];
+    await Promise.all(ids.map((id) => registry.add(blobCacheEntry(id, { ...img, workDir: path.join(dir, 'cache') }))));
+    assert.equal(pool.plans, 1);
+    for (const id of ids) assert.deepEqual(chunksOf(blobOf(registry, id, img.blobId)), chunksOf(blobOf(registry, 'r1', img.blobId)));
+    // A bad bootstrap registered twice at once: both refused, each with the validation's error.
+    const bad = path.join(dir, 'bad.boot');
+    fs.writeFileSync(bad, Buffer.alloc(8192));
+    const results = await Promise.allSettled(['x1', 'x2'].map((id) => registry.add(blobCacheEntry(id, { ...img, bootstrap: bad, workDir: path.join(dir, 'cache') }))));
+    assert.deepEqual(results.map((r) => r.status), ['rejected', 'rejected']);
+    for (const r of results) assert.match(String((r as PromiseRejectedResult).reason), /bad\.boot/);
+  } finally {
+    await registry.close();
+    state.close();
+    await pool.close();
+  }
+});
+
 test('a kept plan is used only for its build and prefetch options, and one that cannot be read back is dropped and made again', async () => {
   const dir = path.join(work, 'keys');
   fs.mkdirSync(dir);

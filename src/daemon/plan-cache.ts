@@ -42,6 +42,8 @@ export type PlanSource = 'cached' | 'validated';
 
 export class PlanCache {
   private readonly failures = new RepeatedFailures();
+  /** Plans being made, by bootstrap path and prefetch options. */
+  private readonly making = new Map<string, Promise<RegistrationPlan>>();
 
   constructor(private readonly state: DaemonState, private readonly log: Logger, private readonly code = PLAN_CODE_ID) {}
 
@@ -50,17 +52,31 @@ export class PlanCache {
    * registration's), then kept for the bytes it was made from.
    */
   async plan(req: RegistrationRequest, make: () => Promise<RegistrationPlan>): Promise<{ plan: RegistrationPlan; source: PlanSource }> {
+    const making = `${req.metadataPath}\0${prefetchKey(req)}`;
+    // The same file being planned for another registration (the replicas of a pod starting at once):
+    // its plan, once made, if the file still holds the bytes it was made from (plans are read only).
+    const other = this.making.get(making);
+    if (other) {
+      const plan = await other.catch(() => null);
+      if (plan && plan.digest === await fileDigest(req.metadataPath)) return { plan, source: 'cached' };
+    }
     // (With nothing kept, as in a new daemon's first registrations, the file is not read an extra time.)
     const digest = this.anyKept() ? await fileDigest(req.metadataPath) : null;
     const kept = digest === null ? null : this.load(this.key(digest, req));
     if (kept) return { plan: kept, source: 'cached' };
-    const plan = await make();
-    this.save(this.key(plan.digest, req), plan);
-    return { plan, source: 'validated' };
+    const made = make();
+    this.making.set(making, made);
+    try {
+      const plan = await made;
+      this.save(this.key(plan.digest, req), plan);
+      return { plan, source: 'validated' };
+    } finally {
+      if (this.making.get(making) === made) this.making.delete(making);
+    }
   }
 
   private key(digest: string, req: RegistrationRequest): string {
-    return `${this.code}:${digest}:prefetch=${req.prefetch.enable ? (req.prefetch.all ? 'all' : 'table') : 'off'}`;
+    return `${this.code}:${digest}:${prefetchKey(req)}`;
   }
 
   private anyKept(): boolean {
@@ -98,7 +114,10 @@ export class PlanCache {
 
   private save(key: string, plan: RegistrationPlan): void {
     try {
-      this.state.savePlan(key, v8.serialize(plan), PLAN_CACHE_MAX_BYTES);
+      const bytes = v8.serialize(plan);
+      // One plan does not take the room of many (nor a write of that size on the event loop).
+      if (bytes.length > PLAN_CACHE_MAX_BYTES / 4) return;
+      this.state.savePlan(key, bytes, PLAN_CACHE_MAX_BYTES);
     } catch (e) {
       this.failed('write', e as Error);
     }
@@ -109,6 +128,9 @@ export class PlanCache {
     if (told) this.log.warn({ err: e.message, ...heldBack(told.held) }, `cannot ${what} a kept registration plan in the state database; the bootstrap is validated instead`);
   }
 }
+
+/** The prefetch options a plan is made for, in its key. */
+const prefetchKey = (req: RegistrationRequest) => `prefetch=${req.prefetch.enable ? (req.prefetch.all ? 'all' : 'table') : 'off'}`;
 
 /**
  * SHA-256 (hex) of a bootstrap's bytes, read in pieces (no buffer of its size, and the event loop
