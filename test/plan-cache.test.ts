@@ -9,6 +9,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import pino from 'pino';
+import { spawnSync } from 'node:child_process';
 import Database from 'better-sqlite3';
 import { createImage } from '../src/builder/create.ts';
 import { ImageRegistry } from '../src/daemon/daemon.ts';
@@ -117,6 +118,12 @@ test('registrations of one bootstrap at once (the replicas of a pod) wait for on
     await Promise.all(ids.map((id) => registry.add(blobCacheEntry(id, { ...img, workDir: path.join(dir, 'cache') }))));
     assert.equal(pool.plans, 1);
     for (const id of ids) assert.deepEqual(chunksOf(blobOf(registry, id, img.blobId)), chunksOf(blobOf(registry, 'r1', img.blobId)));
+    // A FIFO where a bootstrap should be (registered while plans are kept, so the file is hashed
+    // first): refused at once as the validation gate refuses it, never waiting for a writer.
+    const fifo = path.join(dir, 'fifo.boot');
+    assert.equal(spawnSync('mkfifo', [fifo]).status, 0);
+    assert.equal(await fileDigest(fifo), null);
+    await assert.rejects(registry.add(blobCacheEntry('fifo', { ...img, bootstrap: fifo, workDir: path.join(dir, 'cache') })), /not a regular file/);
     // A bad bootstrap registered twice at once: both refused, each with the validation's error.
     const bad = path.join(dir, 'bad.boot');
     fs.writeFileSync(bad, Buffer.alloc(8192));

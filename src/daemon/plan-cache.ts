@@ -139,7 +139,10 @@ const prefetchKey = (req: RegistrationRequest) => `prefetch=${req.prefetch.enabl
 export async function fileDigest(file: string): Promise<string | null> {
   let fh: fs.promises.FileHandle | undefined;
   try {
-    fh = await fs.promises.open(file, 'r');
+    // A FIFO or a device is never opened (opening a FIFO waits for a writer): looked at first, then
+    // opened without waiting, and looked at again through the fd (it may have been replaced between).
+    if (!(await fs.promises.stat(file)).isFile()) return null;
+    fh = await fs.promises.open(file, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
     const st = await fh.stat();
     if (!st.isFile() || st.size > BOOTSTRAP_MAX_BYTES) return null;
     const h = crypto.createHash('sha256');
