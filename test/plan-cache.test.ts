@@ -118,6 +118,20 @@ test('registrations of one bootstrap at once (the replicas of a pod) wait for on
     await Promise.all(ids.map((id) => registry.add(blobCacheEntry(id, { ...img, workDir: path.join(dir, 'cache') }))));
     assert.equal(pool.plans, 1);
     for (const id of ids) assert.deepEqual(chunksOf(blobOf(registry, id, img.blobId)), chunksOf(blobOf(registry, 'r1', img.blobId)));
+    // The same once plans are kept (the file is hashed before the lookup), with a validation that
+    // takes a while (as on the registration thread): one validation for three registrations at once.
+    const other = image(dir, 5, path.join(dir, 'other.boot'));
+    const cache = new PlanCache(state, silent);
+    const req: RegistrationRequest = { metadataPath: other.bootstrap, prefetch: { enable: false, all: false } };
+    let made = 0;
+    const slowMake = async () => {
+      made++;
+      await new Promise((r) => setTimeout(r, 200));
+      return pool.plan(req, true);
+    };
+    const got = await Promise.all([1, 2, 3].map(() => cache.plan(req, slowMake)));
+    assert.equal(made, 1);
+    assert.deepEqual(got.map((g) => g.source).sort(), ['cached', 'cached', 'validated']);
     // A FIFO where a bootstrap should be (registered while plans are kept, so the file is hashed
     // first): refused at once as the validation gate refuses it, never waiting for a writer.
     const fifo = path.join(dir, 'fifo.boot');

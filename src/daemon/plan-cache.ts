@@ -60,19 +60,28 @@ export class PlanCache {
       const plan = await other.catch(() => null);
       if (plan && plan.digest === await fileDigest(req.metadataPath)) return { plan, source: 'cached' };
     }
+    // Set before any wait: a registration of the file that comes meanwhile joins this one, whether
+    // it ends in a kept plan or a validation.
+    const mine = this.keptOrMade(req, make);
+    const plan = mine.then((r) => r.plan);
+    plan.catch(() => undefined);
+    this.making.set(making, plan);
+    try {
+      return await mine;
+    } finally {
+      if (this.making.get(making) === plan) this.making.delete(making);
+    }
+  }
+
+  /** The plan kept for the file's bytes, or `make()`'s, then kept. */
+  private async keptOrMade(req: RegistrationRequest, make: () => Promise<RegistrationPlan>): Promise<{ plan: RegistrationPlan; source: PlanSource }> {
     // (With nothing kept, as in a new daemon's first registrations, the file is not read an extra time.)
     const digest = this.anyKept() ? await fileDigest(req.metadataPath) : null;
     const kept = digest === null ? null : this.load(this.key(digest, req));
     if (kept) return { plan: kept, source: 'cached' };
-    const made = make();
-    this.making.set(making, made);
-    try {
-      const plan = await made;
-      this.save(this.key(plan.digest, req), plan);
-      return { plan, source: 'validated' };
-    } finally {
-      if (this.making.get(making) === made) this.making.delete(making);
-    }
+    const plan = await make();
+    this.save(this.key(plan.digest, req), plan);
+    return { plan, source: 'validated' };
   }
 
   private key(digest: string, req: RegistrationRequest): string {
