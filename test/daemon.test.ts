@@ -13,6 +13,7 @@ import { createImage } from '../src/builder/create.ts';
 import { exportBlock } from '../src/image/export-block.ts';
 import { ImageRegistry } from '../src/daemon/daemon.ts';
 import { DaemonState } from '../src/daemon/state.ts';
+import { PLAN_STORE_FILE } from '../src/daemon/plan-store.ts';
 import { OnDemandSession } from '../src/daemon/frontend/cachefiles.ts';
 import { MarkedCacheFile } from '../src/daemon/frontend/fanotify-cache-file.ts';
 import { ChunkFetcher, batchChunks } from '../src/daemon/chunk-fetcher.ts';
@@ -59,14 +60,14 @@ before(() => {
 });
 
 /**
- * Drops the registration plans a daemon's state keeps (plan-cache.ts), through a connection of its
+ * Drops the registration plans a daemon keeps beside its state (plan-store.ts), through a connection of its
  * own: the next registration of a bootstrap registered before validates it again, as these tests of
  * the validation's own path need.
  */
 function forgetPlans(stateDir: string): void {
-  const db = new Database(path.join(stateDir, 'chunk-state.db'));
+  const db = new Database(path.join(stateDir, PLAN_STORE_FILE));
   try {
-    db.exec('DELETE FROM registration_plans');
+    db.exec('DELETE FROM plans');
   } finally {
     db.close();
   }

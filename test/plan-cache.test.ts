@@ -2,7 +2,8 @@
  * Registration plans kept by content (src/daemon/plan-cache.ts): a bootstrap registered again, in the
  * same daemon or after a restart, is not validated again; a bootstrap whose bytes changed is, and a
  * bad one is refused whatever was kept for its path; a kept plan that cannot be read back, another
- * build's or another prefetch option's is not used.
+ * build's or another prefetch option's is not used; the plans' own file, damaged or failing, costs
+ * validations and nothing else.
  */
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -11,10 +12,14 @@ import path from 'node:path';
 import pino from 'pino';
 import { spawnSync } from 'node:child_process';
 import Database from 'better-sqlite3';
+import crypto from 'node:crypto';
+import v8 from 'node:v8';
 import { createImage } from '../src/builder/create.ts';
 import { ImageRegistry } from '../src/daemon/daemon.ts';
 import { DaemonState } from '../src/daemon/state.ts';
-import { PlanCache, fileDigest } from '../src/daemon/plan-cache.ts';
+import { PlanCache, PLAN_MAX_BYTES, fileDigest } from '../src/daemon/plan-cache.ts';
+import { PLAN_STORE_FILE, PlanStore } from '../src/daemon/plan-store.ts';
+import { planRegistration } from '../src/daemon/registration.ts';
 import { RegistrationPool } from '../src/daemon/registration-pool.ts';
 import type { RegistrationPlan, RegistrationRequest } from '../src/daemon/registration.ts';
 import type { ResolvedObject } from '../src/daemon/frontend/cachefiles.ts';
@@ -121,7 +126,8 @@ test('registrations of one bootstrap at once (the replicas of a pod) wait for on
     // The same once plans are kept (the file is hashed before the lookup), with a validation that
     // takes a while (as on the registration thread): one validation for three registrations at once.
     const other = image(dir, 5, path.join(dir, 'other.boot'));
-    const cache = new PlanCache(state, silent);
+    const store = new PlanStore(state.dir, silent);
+    const cache = new PlanCache(store, silent);
     const req: RegistrationRequest = { metadataPath: other.bootstrap, prefetch: { enable: false, all: false } };
     let made = 0;
     const slowMake = async () => {
@@ -132,6 +138,26 @@ test('registrations of one bootstrap at once (the replicas of a pod) wait for on
     const got = await Promise.all([1, 2, 3].map(() => cache.plan(req, slowMake)));
     assert.equal(made, 1);
     assert.deepEqual(got.map((g) => g.source).sort(), ['cached', 'cached', 'validated']);
+    // A registration that waited for another's plan while the file was replaced: the plan made from
+    // the old bytes is not its; it plans the new ones.
+    const moving = path.join(dir, 'moving.boot');
+    image(dir, 6, moving);
+    const mreq: RegistrationRequest = { metadataPath: moving, prefetch: { enable: false, all: false } };
+    const readThenWait = async () => {
+      const p = await pool.plan(mreq, true);
+      await new Promise((r) => setTimeout(r, 200));
+      return p;
+    };
+    const first = cache.plan(mreq, readThenWait);
+    await new Promise((r) => setTimeout(r, 20));
+    const second = cache.plan(mreq, () => pool.plan(mreq, true));
+    await new Promise((r) => setTimeout(r, 50));
+    image(dir, 7, moving);
+    const [a, b] = await Promise.all([first, second]);
+    assert.equal(b.source, 'validated');
+    assert.notEqual(a.plan.digest, b.plan.digest);
+    assert.equal(b.plan.digest, await fileDigest(moving));
+    store.close();
     // A FIFO where a bootstrap should be (registered while plans are kept, so the file is hashed
     // first): refused at once as the validation gate refuses it, never waiting for a writer.
     const fifo = path.join(dir, 'fifo.boot');
@@ -151,46 +177,114 @@ test('registrations of one bootstrap at once (the replicas of a pod) wait for on
   }
 });
 
-test('a kept plan is used only for its build and prefetch options, and one that cannot be read back is dropped and made again', async () => {
+test('a kept plan is used only for its build and prefetch options, is the plan validation makes, and one that cannot be read back is dropped and made again', async () => {
   const dir = path.join(work, 'keys');
   fs.mkdirSync(dir);
   const img = image(dir, 3);
-  let state: DaemonState | null = new DaemonState(path.join(dir, 'state'));
+  const stateDir = path.join(dir, 'state');
+  fs.mkdirSync(stateDir);
+  let store = new PlanStore(stateDir, silent);
   const pool = new CountingPool();
   try {
     const req = (prefetch: boolean): RegistrationRequest => ({ metadataPath: img.bootstrap, prefetch: { enable: prefetch, all: prefetch } });
-    const cache = new PlanCache(state, silent, 'build-1');
+    const cache = new PlanCache(store, silent, 'build-1');
     const made = async (r: RegistrationRequest) => (await cache.plan(r, () => pool.plan(r, true))).source;
     assert.equal(await made(req(false)), 'validated');
     assert.equal(await made(req(false)), 'cached');
     assert.equal(await made(req(true)), 'validated', 'another prefetch option: another plan');
     assert.equal(await made(req(true)), 'cached');
     const cached = await cache.plan(req(true), () => assert.fail('not made again'));
+    // What is kept is what the validation makes: the chunk maps, the prefetch order, the super block's meta.
+    const fresh = planRegistration(req(true));
     assert.equal(cached.plan.digest, await fileDigest(img.bootstrap));
-    assert.ok(cached.plan.blobs[0].prefetch !== null, 'the prefetch plan is the one made with prefetch on');
+    assert.ok(fresh.blobs[0].prefetch !== null && fresh.blobs[0].prefetch.order.length > 0);
+    assert.deepEqual(cached.plan, fresh);
 
-    const otherBuild = new PlanCache(state, silent, 'build-2');
+    const otherBuild = new PlanCache(store, silent, 'build-2');
     assert.equal((await otherBuild.plan(req(false), () => pool.plan(req(false), true))).source, 'validated', 'another build validates again');
 
-    // Damage every kept plan: each is dropped at its next use, and made again.
-    state.close();
-    state = null;
-    const db = new Database(path.join(dir, 'state', 'chunk-state.db'));
-    assert.ok((db.prepare('SELECT COUNT(*) AS n FROM registration_plans').get() as { n: number }).n >= 3);
-    db.prepare("UPDATE registration_plans SET plan = x'ff00ff'").run();
+    // Damaged plans, each dropped at its next use and made again: bytes that do not match their
+    // checksum, and a row whose checksum matches but whose plan is not one (arrays of wrong lengths).
+    store.close();
+    const db = new Database(path.join(stateDir, PLAN_STORE_FILE));
+    const keys = (db.prepare('SELECT key FROM plans ORDER BY key').all() as Array<{ key: string }>).map((r) => r.key);
+    assert.equal(keys.length, 3);
+    db.prepare("UPDATE plans SET plan = x'ff00ff' WHERE key LIKE 'build-1:%:prefetch=off'").run();
+    const misshapen = { ...fresh, blobs: fresh.blobs.map((b) => ({ ...b, chunks: { numbers: b.chunks.numbers.subarray(1), digests: b.chunks.digests } })) };
+    const bytes = v8.serialize(misshapen);
+    db.prepare("UPDATE plans SET plan = ?, sha256 = ?, bytes = ? WHERE key LIKE 'build-1:%:prefetch=all'").run(bytes, crypto.createHash('sha256').update(bytes).digest(), bytes.length);
     db.close();
-    const reopened = new DaemonState(path.join(dir, 'state'));
-    try {
-      const again = new PlanCache(reopened, silent, 'build-1');
+    store = new PlanStore(stateDir, silent);
+    const again = new PlanCache(store, silent, 'build-1');
+    for (const prefetch of [false, true]) {
       const before = pool.plans;
-      assert.equal((await again.plan(req(false), () => pool.plan(req(false), true))).source, 'validated');
+      assert.equal((await again.plan(req(prefetch), () => pool.plan(req(prefetch), true))).source, 'validated');
       assert.equal(pool.plans, before + 1);
-      assert.equal((await again.plan(req(false), () => pool.plan(req(false), true))).source, 'cached', 'made again and kept');
+      assert.equal((await again.plan(req(prefetch), () => pool.plan(req(prefetch), true))).source, 'cached', 'made again and kept');
+    }
+
+    // The file itself damaged (not a database any more): made anew when opened, and plans kept again.
+    store.close();
+    for (const f of fs.readdirSync(stateDir)) if (f.startsWith(PLAN_STORE_FILE + '-')) fs.rmSync(path.join(stateDir, f));
+    fs.writeFileSync(path.join(stateDir, PLAN_STORE_FILE), Buffer.alloc(8192, 0x5a));
+    store = new PlanStore(stateDir, silent);
+    assert.equal(store.usable, true);
+    const anew = new PlanCache(store, silent, 'build-1');
+    assert.equal((await anew.plan(req(false), () => pool.plan(req(false), true))).source, 'validated');
+    assert.equal((await anew.plan(req(false), () => pool.plan(req(false), true))).source, 'cached');
+  } finally {
+    store.close();
+    await pool.close();
+  }
+});
+
+test('a failing plan store costs validations, never a registration; a plan too large is not kept', async () => {
+  const dir = path.join(work, 'failing');
+  fs.mkdirSync(dir);
+  const img = image(dir, 8);
+  const pool = new CountingPool();
+  const req: RegistrationRequest = { metadataPath: img.bootstrap, prefetch: { enable: false, all: false } };
+  try {
+    // A store whose every call fails as a full or read-only disk's would.
+    class FailingStore extends PlanStore {
+      override hasAny(): boolean {
+        return true;
+      }
+      override load(): Buffer | undefined {
+        throw Object.assign(new Error('disk I/O error'), { code: 'SQLITE_IOERR' });
+      }
+      override save(): void {
+        throw Object.assign(new Error('database or disk is full'), { code: 'SQLITE_FULL' });
+      }
+    }
+    for (const d of ['state-failing', 'state-closed', 'state-big']) fs.mkdirSync(path.join(dir, d));
+    const failing = new FailingStore(path.join(dir, 'state-failing'), silent);
+    const cache = new PlanCache(failing, silent);
+    for (let i = 0; i < 2; i++) assert.equal((await cache.plan(req, () => pool.plan(req, true))).source, 'validated');
+    failing.close();
+    // A closed store (the daemon stopping): the same.
+    const closed = new PlanStore(path.join(dir, 'state-closed'), silent);
+    closed.close();
+    assert.equal((await new PlanCache(closed, silent).plan(req, () => pool.plan(req, true))).source, 'validated');
+    assert.equal(pool.plans, 3);
+
+    // A plan over PLAN_MAX_BYTES (an image of some 100,000 chunks) is made at each registration.
+    const store = new PlanStore(path.join(dir, 'state-big'), silent);
+    try {
+      const real = planRegistration(req);
+      const n = Math.ceil(PLAN_MAX_BYTES / (6 * 8 + 32)) + 1;
+      const huge = { ...real, blobs: [{ ...real.blobs[0], chunks: { numbers: new Float64Array(6 * n), digests: new Uint8Array(32 * n) }, prefetch: null }] };
+      let makes = 0;
+      const big = new PlanCache(store, silent);
+      for (let i = 0; i < 2; i++) {
+        assert.equal((await big.plan(req, async () => (makes++, huge))).source, 'validated');
+      }
+      assert.equal(makes, 2);
+      assert.equal(store.hasAny(), false);
     } finally {
-      reopened.close();
+      store.close();
     }
   } finally {
-    state?.close();
     await pool.close();
   }
 });
@@ -198,18 +292,40 @@ test('a kept plan is used only for its build and prefetch options, and one that 
 test('the kept plans stay within their byte bound, the least recently used dropped first', () => {
   const dir = path.join(work, 'bound');
   fs.mkdirSync(dir);
-  const state = new DaemonState(path.join(dir, 'state'));
+  const store = new PlanStore(dir, silent);
   try {
     const plan = (n: number) => new Uint8Array(1000).fill(n);
-    state.savePlan('a', plan(1), 2500);
-    state.savePlan('b', plan(2), 2500);
-    assert.ok(state.loadPlan('a'), 'a used again: b is now the least recently used');
-    state.savePlan('c', plan(3), 2500);
-    assert.equal(state.loadPlan('b'), undefined);
-    assert.deepEqual([...state.loadPlan('a')!.subarray(0, 2)], [1, 1]);
-    assert.deepEqual([...state.loadPlan('c')!.subarray(0, 2)], [3, 3]);
+    store.save('a', plan(1), 2500);
+    store.save('b', plan(2), 2500);
+    assert.ok(store.load('a'));
+    store.touch('a');
+    // a used again: b is now the least recently used, and goes when c comes.
+    store.save('c', plan(3), 2500);
+    assert.equal(store.load('b'), undefined);
+    assert.deepEqual([...store.load('a')!.subarray(0, 2)], [1, 1]);
+    assert.deepEqual([...store.load('c')!.subarray(0, 2)], [3, 3]);
+  } finally {
+    store.close();
+  }
+});
+
+test('a registration that finishes after the registry closed is refused, and the registry closes after it', async () => {
+  const dir = path.join(work, 'closing');
+  fs.mkdirSync(dir);
+  const img = image(dir, 9);
+  const state = new DaemonState(path.join(dir, 'state'));
+  const pool = new CountingPool();
+  const registry = new ImageRegistry(state, silent, undefined, pool);
+  try {
+    const adding = registry.add(blobCacheEntry('late', { ...img, workDir: path.join(dir, 'cache') }));
+    const closing = registry.close();
+    await assert.rejects(adding, /not registered: the daemon is stopping/);
+    await closing;
+    assert.equal(registry.has('late'), false);
+    assert.deepEqual(state.images(), []);
   } finally {
     state.close();
+    await pool.close();
   }
 });
 

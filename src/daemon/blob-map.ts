@@ -52,6 +52,15 @@ export function packChunks(chunks: readonly ChunkRef[]): PackedChunks {
   return { numbers, digests };
 }
 
+/**
+ * How many chunks packed arrays hold, or -1 when their lengths disagree (arrays that did not come
+ * from packChunks, as a kept plan read back damaged).
+ */
+export function packedChunkCount(chunks: PackedChunks): number {
+  const n = chunks.numbers.length / FIELDS;
+  return Number.isInteger(n) && chunks.digests.length === n * DIGEST_SIZE ? n : -1;
+}
+
 export class BlobMap {
   private readonly n: Float64Array;
   private readonly digests: Buffer;

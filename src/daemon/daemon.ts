@@ -8,12 +8,14 @@ import type { Logger } from 'pino';
 import { BlobMap } from './blob-map.ts';
 import { type RegistrationPool, sharedRegistrationPool } from './registration-pool.ts';
 import { PlanCache } from './plan-cache.ts';
+import { PlanStore } from './plan-store.ts';
 import type { PrefetchOrder } from './registration.ts';
 import type { RafsSuperMeta } from '../image/super-meta.ts';
 import { ChunkFetcher } from './chunk-fetcher.ts';
 import { type BackendMetrics, type BlobBackend, newBackendMetrics } from './backend/localfs.ts';
 import { createBackend } from './backend/index.ts';
 import { type ImageEntry, type EntryOrigin, ConfigError, parseBlobCacheEntry } from './config.ts';
+import { NydusError } from '../../erofs/errors.ts';
 import type { ObjectResolver, ResolvedObject } from './frontend/cachefiles.ts';
 import type { DaemonState } from './state.ts';
 import type { VerifyPool } from './verify-pool.ts';
@@ -87,6 +89,9 @@ export class ImageRegistry implements ObjectResolver {
 
   /** Plans of bootstraps validated before (by this daemon or an earlier run of it), by content. */
   private readonly plans: PlanCache;
+  private readonly planStore: PlanStore;
+  /** Set by close(): a registration that finishes after it is refused (its backend would never be closed). */
+  private closed = false;
 
   /**
    * `registration`: where bootstraps are read and validated, off this thread (by default the
@@ -96,7 +101,8 @@ export class ImageRegistry implements ObjectResolver {
     private readonly state: DaemonState, private readonly log: Logger, private readonly pool?: VerifyPool,
     private readonly registration: RegistrationPool = sharedRegistrationPool(),
   ) {
-    this.plans = new PlanCache(state, log);
+    this.planStore = new PlanStore(state.dir, log);
+    this.plans = new PlanCache(this.planStore, log);
   }
 
   private metricsOf(type: string): BackendMetrics {
@@ -145,6 +151,7 @@ export class ImageRegistry implements ObjectResolver {
     const first = this.images.size === 0 && this.pending.size === 0;
     const request = { metadataPath: entry.metadataPath, prefetch: { enable: entry.prefetch.enable, all: entry.prefetch.all } };
     const { plan, source } = await this.plans.plan(request, () => this.registration.plan(request, first));
+    if (this.closed) throw new NydusError(`image ${entry.id} is not registered: the daemon is stopping`);
     prepareWorkDir(entry.workDir);
     const backendMetrics = newBackendMetrics();
     const backend = createBackend(entry.backend, [this.metricsOf(entry.backend.type), backendMetrics]);
@@ -222,9 +229,15 @@ export class ImageRegistry implements ObjectResolver {
     return this.runtimeConfig.get(imageId)?.get(key) ?? this.runtimeConfig.get(EVERY_IMAGE)?.get(key);
   }
 
-  /** Releases every backend's handles (the daemon is stopping). */
+  /**
+   * Releases every backend's handles (the daemon is stopping), once the registrations on their way
+   * have ended (each is refused from now on), and closes the kept plans' store.
+   */
   async close(): Promise<void> {
+    this.closed = true;
+    await Promise.all([...this.pending.values()].map((p) => p.catch(() => undefined)));
     await Promise.all([...this.images.values()].map((img) => img.backend.close()));
+    this.planStore.close();
   }
 
   /** The PUT bodies of the registered images, in registration order. */

@@ -8,9 +8,10 @@
  * The key is the SHA-256 of the bootstrap as the planner read and validated it (RegistrationPlan.digest),
  * the prefetch options the plan was made for, and the code that made it (PLAN_CODE_ID). A lookup
  * hashes the file as it is now, so only those very bytes find the plan; a file
- * that changed is planned, and so validated, again. Plans live in the state database, the least
- * recently used dropped beyond PLAN_CACHE_MAX_BYTES. A plan that cannot be read back is dropped and
- * made again; a failing database costs the cache, never the registration.
+ * that changed is planned, and so validated, again. Plans live in a file of their own (PlanStore), the
+ * least recently used dropped beyond PLAN_CACHE_MAX_BYTES. A plan that cannot be read back (its
+ * checksum, its shape) is dropped and made again; a failing store costs the cache, never the
+ * registration.
  */
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -19,7 +20,8 @@ import type { Logger } from 'pino';
 import { BOOTSTRAP_MAX_BYTES } from '../image/open.ts';
 import { BUILD_INFO } from '../version.ts';
 import type { RegistrationPlan, RegistrationRequest } from './registration.ts';
-import type { DaemonState } from './state.ts';
+import { DamagedPlanError, type PlanStore } from './plan-store.ts';
+import { packedChunkCount } from './blob-map.ts';
 import { RepeatedFailures, heldBack } from './repeated-failure.ts';
 
 declare const __NYDUS_TS_PLAN_SOURCE_ID__: string | undefined;
@@ -37,6 +39,12 @@ export const PLAN_CODE_ID = typeof __NYDUS_TS_PLAN_SOURCE_ID__ === 'string' ? __
  */
 export const PLAN_CACHE_MAX_BYTES = 64 << 20;
 
+/**
+ * The largest plan kept (~80,000 chunks): its write is a synchronous SQLite write on the daemon's
+ * thread, which must stay short; a larger image is validated at each registration.
+ */
+export const PLAN_MAX_BYTES = 8 << 20;
+
 /** How a registration got its plan. */
 export type PlanSource = 'cached' | 'validated';
 
@@ -45,7 +53,7 @@ export class PlanCache {
   /** Plans being made, by bootstrap path and prefetch options. */
   private readonly making = new Map<string, Promise<RegistrationPlan>>();
 
-  constructor(private readonly state: DaemonState, private readonly log: Logger, private readonly code = PLAN_CODE_ID) {}
+  constructor(private readonly store: PlanStore, private readonly log: Logger, private readonly code = PLAN_CODE_ID) {}
 
   /**
    * The plan of `req`'s bootstrap: the one kept for its bytes, or `make()`'s (whose errors are the
@@ -90,7 +98,7 @@ export class PlanCache {
 
   private anyKept(): boolean {
     try {
-      return this.state.hasPlans();
+      return this.store.hasAny();
     } catch (e) {
       this.failed('read', e as Error);
       return false;
@@ -98,35 +106,42 @@ export class PlanCache {
   }
 
   private load(key: string): RegistrationPlan | null {
-    let bytes: Buffer | undefined;
+    let plan: RegistrationPlan;
     try {
-      bytes = this.state.loadPlan(key);
+      const bytes = this.store.load(key);
+      if (!bytes) return null;
+      plan = v8.deserialize(bytes) as RegistrationPlan;
+      if (!isPlan(plan)) throw new DamagedPlanError('not a registration plan');
     } catch (e) {
+      if (e instanceof DamagedPlanError || !(e as { code?: unknown }).code) return this.damaged(key, e as Error);
       this.failed('read', e as Error);
       return null;
     }
-    if (!bytes) return null;
+    // (The use order is for eviction alone: a failure to note it costs nothing else.)
     try {
-      const plan = v8.deserialize(bytes) as RegistrationPlan;
-      if (!isPlan(plan)) throw new Error('not a registration plan');
-      return plan;
+      this.store.touch(key);
     } catch (e) {
-      this.log.warn({ key, err: (e as Error).message }, 'a kept registration plan cannot be read back; it is dropped and the bootstrap validated again');
-      try {
-        this.state.dropPlan(key);
-      } catch (err) {
-        this.failed('drop', err as Error);
-      }
-      return null;
+      this.failed('write', e as Error);
     }
+    return plan;
+  }
+
+  /** A kept plan that cannot be read back: dropped, and the bootstrap validated again. */
+  private damaged(key: string, e: Error): null {
+    this.log.warn({ key, err: e.message }, 'a kept registration plan cannot be read back; it is dropped and the bootstrap validated again');
+    try {
+      this.store.drop(key);
+    } catch (err) {
+      this.failed('drop', err as Error);
+    }
+    return null;
   }
 
   private save(key: string, plan: RegistrationPlan): void {
     try {
       const bytes = v8.serialize(plan);
-      // One plan does not take the room of many (nor a write of that size on the event loop).
-      if (bytes.length > PLAN_CACHE_MAX_BYTES / 4) return;
-      this.state.savePlan(key, bytes, PLAN_CACHE_MAX_BYTES);
+      if (bytes.length > PLAN_MAX_BYTES) return;
+      this.store.save(key, bytes, PLAN_CACHE_MAX_BYTES);
     } catch (e) {
       this.failed('write', e as Error);
     }
@@ -134,7 +149,7 @@ export class PlanCache {
 
   private failed(what: 'read' | 'write' | 'drop', e: Error): void {
     const told = this.failures.occur(`${what}\0${e.message}`);
-    if (told) this.log.warn({ err: e.message, ...heldBack(told.held) }, `cannot ${what} a kept registration plan in the state database; the bootstrap is validated instead`);
+    if (told) this.log.warn({ err: e.message, ...heldBack(told.held) }, `cannot ${what} a kept registration plan (${this.store.file}); the bootstrap is validated instead`);
   }
 }
 
@@ -171,12 +186,27 @@ export async function fileDigest(file: string): Promise<string | null> {
   }
 }
 
-/** Whether a value read back has a plan's shape (a damaged or foreign row must not reach a BlobMap). */
+/**
+ * Whether a value read back has a plan's shape, down to its arrays' lengths and the prefetch order's
+ * positions (a foreign or damaged row must not reach a BlobMap, whose lookups trust them).
+ */
 function isPlan(p: unknown): p is RegistrationPlan {
   if (typeof p !== 'object' || p === null) return false;
   const plan = p as RegistrationPlan;
-  return Number.isSafeInteger(plan.bootstrapSize) && typeof plan.digest === 'string' && typeof plan.superMeta === 'object' && plan.superMeta !== null
-    && Array.isArray(plan.blobs) && plan.blobs.every((b) => typeof b === 'object' && b !== null && typeof b.id === 'string' && Number.isSafeInteger(b.index)
-      && b.chunks?.numbers instanceof Float64Array && b.chunks.digests instanceof Uint8Array
-      && (b.prefetch === null || b.prefetch.order instanceof Uint32Array));
+  return isSize(plan.bootstrapSize) && typeof plan.digest === 'string' && /^[0-9a-f]{64}$/.test(plan.digest)
+    && typeof plan.superMeta === 'object' && plan.superMeta !== null && Array.isArray(plan.blobs) && plan.blobs.every(isPlannedBlob);
+}
+
+const isSize = (n: unknown): n is number => Number.isSafeInteger(n) && (n as number) >= 0;
+
+function isPlannedBlob(b: unknown): boolean {
+  if (typeof b !== 'object' || b === null) return false;
+  const blob = b as RegistrationPlan['blobs'][number];
+  if (typeof blob.id !== 'string' || !isSize(blob.index) || !isSize(blob.uncompressedSize) || typeof blob.compressor !== 'string' || typeof blob.digester !== 'string') return false;
+  if (!(blob.chunks?.numbers instanceof Float64Array) || !(blob.chunks.digests instanceof Uint8Array)) return false;
+  const count = packedChunkCount(blob.chunks);
+  if (count < 0) return false;
+  if (blob.prefetch === null) return true;
+  const { order, listed } = blob.prefetch ?? {};
+  return order instanceof Uint32Array && isSize(listed) && listed <= order.length && order.every((pos) => pos < count);
 }

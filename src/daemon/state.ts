@@ -18,7 +18,7 @@ import { RepeatedFailure, RepeatedFailures } from './repeated-failure.ts';
 
 // The addon by its path: the bundles carry better-sqlite3's JavaScript, whose own lookup of the addon
 // (the `bindings` package) starts from the calling file and would search dist/ for it.
-const SQLITE_ADDON = createRequire(import.meta.url).resolve('better-sqlite3/build/Release/better_sqlite3.node');
+export const SQLITE_ADDON = createRequire(import.meta.url).resolve('better-sqlite3/build/Release/better_sqlite3.node');
 
 /**
  * The state database cannot be opened or is damaged: fatal for the daemon (a restart would meet it
@@ -156,6 +156,8 @@ export class DaemonState {
   /** Reads failing, by what was read. */
   private readonly readFailures = new RepeatedFailures();
   private readonly file: string;
+  /** The directory of the state (the daemon's work dir): caches of the daemon's own keep their files beside it. */
+  readonly dir: string;
 
   /**
    * `onFailure`: told when the database stops taking writes or giving marks while the daemon runs (a
@@ -167,6 +169,7 @@ export class DaemonState {
     } catch (e) {
       throw new StateDbError(`${(e as Error).message} (it holds the daemon's chunk-state.db)`);
     }
+    this.dir = workDir;
     const file = (this.file = path.join(workDir, 'chunk-state.db'));
     let db: Database.Database | undefined;
     try {
@@ -208,9 +211,8 @@ export class DaemonState {
     // How often each chunk of a blob was fetched from a backend: the evidence that nothing is fetched twice.
     this.db.exec('CREATE TABLE IF NOT EXISTS blob_fetches (blob_id TEXT PRIMARY KEY, counts BLOB NOT NULL) WITHOUT ROWID');
     this.db.exec(`CREATE TABLE IF NOT EXISTS images (id TEXT PRIMARY KEY, entry TEXT NOT NULL)`);
-    // Registration plans by the content they were made from (plan-cache.ts); `used` orders them for
-    // eviction. A table a daemon of an earlier schema ignores: no new schema version.
-    this.db.exec('CREATE TABLE IF NOT EXISTS registration_plans (key TEXT PRIMARY KEY, plan BLOB NOT NULL, used INTEGER NOT NULL)');
+    // Registration plans were kept here for a while; they live in a file of their own now (plan-store.ts).
+    this.db.exec('DROP TABLE IF EXISTS registration_plans');
     return {
       saveMarks: this.db.prepare(`INSERT INTO cache_file_marks (volume, cookie, bitmap) VALUES (?, ?, ?)
       ON CONFLICT (volume, cookie) DO UPDATE SET bitmap = excluded.bitmap`),
@@ -391,35 +393,6 @@ export class DaemonState {
   images(): Array<{ id: string; entry: unknown }> {
     return (this.db.prepare('SELECT id, entry FROM images ORDER BY rowid').all() as Array<{ id: string; entry: string }>)
       .map((r) => ({ id: r.id, entry: JSON.parse(r.entry) }));
-  }
-
-  /** Whether any registration plan is kept. */
-  hasPlans(): boolean {
-    return this.db.prepare('SELECT 1 FROM registration_plans LIMIT 1').get() !== undefined;
-  }
-
-  /** The registration plan kept under `key`, now the most recently used; undefined when none is. */
-  loadPlan(key: string): Buffer | undefined {
-    const row = this.db.prepare('SELECT plan FROM registration_plans WHERE key = ?').get(key) as { plan: Buffer } | undefined;
-    if (row) this.db.prepare('UPDATE registration_plans SET used = (SELECT MAX(used) + 1 FROM registration_plans) WHERE key = ?').run(key);
-    return row?.plan;
-  }
-
-  /** Keeps a plan under `key` as the most recently used, then drops the least recently used ones beyond `maxBytes` in all. */
-  savePlan(key: string, plan: Uint8Array, maxBytes: number): void {
-    this.db.transaction(() => {
-      this.db.prepare(`INSERT INTO registration_plans (key, plan, used) VALUES (?, ?, (SELECT COALESCE(MAX(used), 0) + 1 FROM registration_plans))
-        ON CONFLICT (key) DO UPDATE SET plan = excluded.plan, used = excluded.used`).run(key, plan);
-      let total = 0;
-      for (const r of this.db.prepare('SELECT key, length(plan) AS bytes FROM registration_plans ORDER BY used DESC').all() as Array<{ key: string; bytes: number }>) {
-        total += r.bytes;
-        if (total > maxBytes) this.dropPlan(r.key);
-      }
-    })();
-  }
-
-  dropPlan(key: string): void {
-    this.db.prepare('DELETE FROM registration_plans WHERE key = ?').run(key);
   }
 
   close(): void {
