@@ -16,6 +16,7 @@ import { mustRun, repoRoot } from './helpers/cli.ts';
 import { readMounted } from './helpers/bounded-read.ts';
 import { apiRequest, rawHttp, type ApiResponse } from './helpers/api-client.ts';
 import { type FanotifyDaemon, type FanotifyImage, fanotifyConfig, isMounted, localfsBackend, startFanotifyDaemon, waitFor } from './helpers/fanotify-daemon.ts';
+import { PLAN_STORE_FILE } from '../src/daemon/plan-store.ts';
 
 const work = tmpDir('hostile');
 const daemons: ChildProcess[] = [];
@@ -266,6 +267,17 @@ test('root-kernel hostile: a damaged state database is a fatal error naming it (
   assert.equal(await exitCode(d.proc, 30_000), 78);
   assert.equal(isMounted(d.mnt), false, 'the mount was taken down before the group was released');
   assert.match(fs.readFileSync(path.join(work, 'db-run', 'nydusd.log'), 'utf8'), /unmounted a mount the workers left/);
+});
+
+test('root-kernel hostile: damaged kept registration plans are no state damage: the daemon starts and serves, and the file is made anew', async () => {
+  const base = path.join(work, 'plans-damaged');
+  fs.mkdirSync(path.join(base, 'state'), { recursive: true });
+  const plans = path.join(base, 'state', PLAN_STORE_FILE);
+  fs.writeFileSync(plans, prand(65536, 11));
+  const d = await startDaemon('plans-damaged');
+  assert.deepEqual(readMounted(path.join(d.mnt, 'small.bin')), small, 'the mount reads right');
+  assert.match(fs.readFileSync(path.join(base, 'nydusd.log'), 'utf8'), /kept registration plans cannot be used; the file is made anew/);
+  assert.equal(fs.readFileSync(plans).subarray(0, 16).toString('latin1'), 'SQLite format 3\0', 'a database again');
 });
 
 test('root-kernel hostile: a supervisor that gives up on its workers keeps a busy mount served with EIO (never zeros) until it is free, then unmounts and ends', async () => {
