@@ -35,6 +35,20 @@ import { type Where, named } from './struct.ts';
  */
 const NO_XATTRS: Xattrs = new Map();
 
+const CHUNK_INDEX_SIZE = erofsInodeChunkIndex.size;
+const CHUNK_DEVICE_AT = erofsInodeChunkIndex.offsetOf('device_id');
+const CHUNK_BLKADDR_AT = erofsInodeChunkIndex.offsetOf('blkaddr');
+const CHUNK_INFO_SIZE = rafsChunkInfo.size;
+const CI_DIGEST = rafsChunkInfo.offsetOf('block_id');
+const CI_DIGEST_SIZE = (rafsChunkInfo.fields.block_id.type as { bytes: number }).bytes;
+const CI_BLOB = rafsChunkInfo.offsetOf('blob_index');
+const CI_FLAGS = rafsChunkInfo.offsetOf('flags');
+const CI_CSIZE = rafsChunkInfo.offsetOf('compressed_size');
+const CI_USIZE = rafsChunkInfo.offsetOf('uncompressed_size');
+const CI_COFF = rafsChunkInfo.offsetOf('compressed_offset');
+const CI_UOFF = rafsChunkInfo.offsetOf('uncompressed_offset');
+const CI_INDEX = rafsChunkInfo.offsetOf('index');
+
 export interface DeviceSlot {
   tag: string;
   blocks: number;
@@ -242,10 +256,12 @@ export class ErofsImage {
   dirEntries(ino: Inode): DirEntry[] {
     if ((ino.mode & C.S_IFMT) !== C.S_IFDIR) throw new FormatError(`${this.name}: inode ${ino.nid} is not a directory`);
     const data = this.flatData(ino);
+    // Most directories are one block (or an inline tail): its entries as they are decoded.
+    if (data.length <= EROFS_BLKSIZ) return decodeDirBlock(data, () => `${this.name}: directory inode ${ino.nid} block 0`);
     const out: DirEntry[] = [];
     for (let off = 0; off < data.length; off += EROFS_BLKSIZ) {
       const block = data.subarray(off, Math.min(off + EROFS_BLKSIZ, data.length));
-      out.push(...decodeDirBlock(block, `${this.name}: directory inode ${ino.nid} block ${off / EROFS_BLKSIZ}`));
+      for (const e of decodeDirBlock(block, () => `${this.name}: directory inode ${ino.nid} block ${off / EROFS_BLKSIZ}`)) out.push(e);
     }
     return out;
   }
@@ -257,58 +273,76 @@ export class ErofsImage {
 
   /** Where every chunk of a chunk-based inode lives: the one mapping step shared by all readers. */
   chunkMappings(ino: Inode): ChunkMapping[] {
-    const where = () => `${this.name}: inode ${ino.nid}`;
-    if (ino.datalayout !== EROFS_INODE_CHUNK_BASED) throw new FormatError(`${where()}: not a chunk-based inode`);
-    if (!(ino.iu & EROFS_CHUNK_FORMAT_INDEXES)) throw new FormatError(`${where()}: block-map chunk format is not supported`);
+    return this.mapChunks(ino, (_, deviceId, blkaddr) => ({ deviceId, blkaddr }));
+  }
+
+  /**
+   * chunkMappings() as `visit` takes each chunk (index, device, block address or null for a hole),
+   * into an array of what it returns: no mapping object per chunk on the way (validation maps every
+   * chunk of every file once, and keeps only what it resolves them to).
+   */
+  mapChunks<T>(ino: Inode, visit: (i: number, deviceId: number, blkaddr: number | null) => T): T[] {
+    if (ino.datalayout !== EROFS_INODE_CHUNK_BASED) throw new FormatError(`${this.name}: inode ${ino.nid}: not a chunk-based inode`);
+    if (!(ino.iu & EROFS_CHUNK_FORMAT_INDEXES)) throw new FormatError(`${this.name}: inode ${ino.nid}: block-map chunk format is not supported`);
     const bits = ino.iu & EROFS_CHUNK_FORMAT_BLKBITS_MASK;
-    if (bits > 18) throw new FormatError(`${where()}: chunk size bits ${bits} out of range`);
+    if (bits > 18) throw new FormatError(`${this.name}: inode ${ino.nid}: chunk size bits ${bits} out of range`);
     const chunkSize = this.inodeChunkSize(ino);
     const count = Math.ceil(ino.size / chunkSize);
-    const start = Math.ceil((ino.offset + ino.headSize) / erofsInodeChunkIndex.size) * erofsInodeChunkIndex.size;
-    const table = this.slice(() => `inode ${ino.nid} chunk indexes (${count})`, start, count * erofsInodeChunkIndex.size);
-    const out: ChunkMapping[] = [];
+    const start = Math.ceil((ino.offset + ino.headSize) / CHUNK_INDEX_SIZE) * CHUNK_INDEX_SIZE;
+    this.checkRange(() => `inode ${ino.nid} chunk indexes (${count})`, start, count * CHUNK_INDEX_SIZE);
+    const out: T[] = new Array(count);
     const mask = deviceIdMask(this.devices.length);
-    // The hot loop of big files: two fields read in place rather than a decoded object per index.
-    const devOff = erofsInodeChunkIndex.offsetOf('device_id');
-    const blkOff = erofsInodeChunkIndex.offsetOf('blkaddr');
+    const b = this.buf;
+    // The hot loop of big files: two fields read in place (the checked range bounds them).
     for (let i = 0; i < count; i++) {
-      const at = i * erofsInodeChunkIndex.size;
-      const blkaddr = table.readUInt32LE(at + blkOff);
-      const deviceIdRaw = table.readUInt16LE(at + devOff);
+      const at = start + i * CHUNK_INDEX_SIZE;
+      const blkaddr = (b[at + CHUNK_BLKADDR_AT] | b[at + CHUNK_BLKADDR_AT + 1] << 8 | b[at + CHUNK_BLKADDR_AT + 2] << 16) + b[at + CHUNK_BLKADDR_AT + 3] * 0x1000000;
+      const deviceIdRaw = b[at + CHUNK_DEVICE_AT] | b[at + CHUNK_DEVICE_AT + 1] << 8;
       if (blkaddr === EROFS_NULL_ADDR) {
-        out.push({ deviceId: deviceIdRaw, blkaddr: null });
+        out[i] = visit(i, deviceIdRaw, null);
         continue;
       }
       const deviceId = deviceIdRaw & mask;
-      if (deviceId > this.devices.length) throw new FormatError(`${where()}: chunk ${i} names device ${deviceId}, the image has ${this.devices.length}`);
-      out.push({ deviceId, blkaddr });
+      if (deviceId > this.devices.length) throw new FormatError(`${this.name}: inode ${ino.nid}: chunk ${i} names device ${deviceId}, the image has ${this.devices.length}`);
+      out[i] = visit(i, deviceId, blkaddr);
     }
     return out;
   }
 
   chunkTable(): ChunkTableEntry[] {
+    return this.mapChunkTable((e) => ({ ...e }));
+  }
+
+  /**
+   * The chunk table's entries, each as `make` turns it into what the caller keeps. The entry it is
+   * given is one object, refilled for each (its digest a view of the image buffer, the entry's own):
+   * validation keeps every chunk, as a ChunkRef, and a decoded entry apiece beside it was as many
+   * objects again.
+   */
+  mapChunkTable<T>(make: (e: Readonly<ChunkTableEntry>, i: number) => T): T[] {
     if (!this.ext || !this.ext.s_chunk_table_size) return [];
-    const out: ChunkTableEntry[] = [];
-    const n = this.ext.s_chunk_table_size / rafsChunkInfo.size;
-    const f = (name: keyof typeof rafsChunkInfo.fields) => rafsChunkInfo.offsetOf(name);
-    const [digestAt, blobAt, flagsAt, csAt, usAt, coAt, uoAt, indexAt] = [
-      f('block_id'), f('blob_index'), f('flags'), f('compressed_size'), f('uncompressed_size'), f('compressed_offset'),
-      f('uncompressed_offset'), f('index'),
-    ];
-    const digestSize = (rafsChunkInfo.fields.block_id.type as { bytes: number }).bytes;
-    // The hot loop of big images: fields read in place (the digest is a view of the image buffer); an
-    // entry is named only for its error (chunkEntry).
+    const n = this.ext.s_chunk_table_size / CHUNK_INFO_SIZE;
+    const out: T[] = new Array(n);
+    const b = this.buf;
+    const u32 = (at: number) => (b[at] | b[at + 1] << 8 | b[at + 2] << 16) + b[at + 3] * 0x1000000;
+    const e: ChunkTableEntry = {
+      digest: b, blobIndex: 0, flags: 0, compressedSize: 0, uncompressedSize: 0, compressedOffset: 0, uncompressedOffset: 0, index: 0,
+    };
+    // The hot loop of big images: fields read in place (the constructor checked the table's range);
+    // an entry is named only for its error (chunkEntry).
     for (let i = 0; i < n; i++) {
-      const at = this.ext.s_chunk_table_offset + i * rafsChunkInfo.size;
-      const blobIndex = this.buf.readUInt32LE(at + blobAt);
+      const at = this.ext.s_chunk_table_offset + i * CHUNK_INFO_SIZE;
+      const blobIndex = u32(at + CI_BLOB);
       if (blobIndex >= this.blobs.length) throw new FormatError(`${this.chunkEntry(i)} names blob ${blobIndex}, the image has ${this.blobs.length}`);
-      out.push({
-        digest: this.buf.subarray(at + digestAt, at + digestAt + digestSize), blobIndex, flags: this.buf.readUInt32LE(at + flagsAt),
-        compressedSize: this.buf.readUInt32LE(at + csAt), uncompressedSize: this.buf.readUInt32LE(at + usAt),
-        compressedOffset: this.u64(at + coAt, i, 'compressed_offset'),
-        uncompressedOffset: this.u64(at + uoAt, i, 'uncompressed_offset'),
-        index: this.buf.readUInt32LE(at + indexAt),
-      });
+      e.digest = b.subarray(at + CI_DIGEST, at + CI_DIGEST + CI_DIGEST_SIZE);
+      e.blobIndex = blobIndex;
+      e.flags = u32(at + CI_FLAGS);
+      e.compressedSize = u32(at + CI_CSIZE);
+      e.uncompressedSize = u32(at + CI_USIZE);
+      e.compressedOffset = this.u64(at + CI_COFF, i, 'compressed_offset');
+      e.uncompressedOffset = this.u64(at + CI_UOFF, i, 'uncompressed_offset');
+      e.index = u32(at + CI_INDEX);
+      out[i] = make(e, i);
     }
     return out;
   }
@@ -320,9 +354,10 @@ export class ErofsImage {
 
   /** A little-endian u64 of chunk table entry `entry` that must be a safe integer. */
   private u64(at: number, entry: number, field: string): number {
-    const hi = this.buf.readUInt32LE(at + 4);
+    const b = this.buf;
+    const hi = (b[at + 4] | b[at + 5] << 8 | b[at + 6] << 16) + b[at + 7] * 0x1000000;
     if (hi >= 0x200000) throw new FormatError(`${this.chunkEntry(entry)} (rafs_v5_chunk_info.${field}): out of range (high word 0x${hi.toString(16)})`);
-    return hi * 0x1_0000_0000 + this.buf.readUInt32LE(at);
+    return hi * 0x1_0000_0000 + ((b[at] | b[at + 1] << 8 | b[at + 2] << 16) + b[at + 3] * 0x1000000);
   }
 
   prefetchTable(): number[] {

@@ -141,17 +141,27 @@ const HIGH = 0x1_0000_0000;
  * A 64-bit field as a JS number, read as two 32-bit words (no BigInt on the way): a FormatError
  * naming the field when it is beyond the safe integers.
  */
-function read64(buf: Buffer, at: number, signed: boolean, name: string, where: Where): number {
-  const low = buf.readUInt32LE(at);
-  const high = signed ? buf.readInt32LE(at + 4) : buf.readUInt32LE(at + 4);
+function read64(at: number, low: number, highWord: number, signed: boolean, name: string, where: Where): number {
+  const high = signed ? highWord | 0 : highWord;
   // Exact while |high| < 2^21 (the safe range's edge); beyond it rounding cannot bring it back in.
-  const v = high * HIGH + low;
+  // (Most are below 2^32: `low` as it is, no double arithmetic, which the interpreter boxes.)
+  const v = high === 0 ? low : high * HIGH + low;
   if (v > Number.MAX_SAFE_INTEGER || v < Number.MIN_SAFE_INTEGER) {
     const big = (BigInt(high) << 32n) | BigInt(low);
     throw new FormatError(`${prefix(where)}${name} at offset ${at} is out of range (${big})`);
   }
   return v;
 }
+
+/**
+ * Little-endian reads as the readers' source text: the bytes indexed in place (checkRoom bounded the
+ * structure), where buf.readUInt32LE() and its kind are JavaScript functions of node's, each a call
+ * with its own argument and bounds checks, run by V8's interpreter while the code is cold, as a
+ * bootstrap's one validation runs (a daemon's first image: its first mount waits for it).
+ */
+const u16 = (offset: number) => `(b[o + ${offset}] | b[o + ${offset + 1}] << 8)`;
+/** (The top byte multiplied, not shifted: a shift would make values of 2^31 and more negative.) */
+const u32 = (offset: number) => `((b[o + ${offset}] | b[o + ${offset + 1}] << 8 | b[o + ${offset + 2}] << 16) + b[o + ${offset + 3}] * 0x1000000)`;
 
 /**
  * The reader of a structure's fields: one function, made from the declaration when the module loads,
@@ -165,10 +175,10 @@ function readerOf(name: string, fields: Record<string, FieldSpec>, withBytes: bo
     if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(field)) throw new Error(`${name}: field name ${JSON.stringify(field)} is not an identifier`);
     const at = `o + ${offset}`;
     const value = typeof type === 'object' ? `Buffer.from(b.subarray(${at}, ${at} + ${type.bytes}))`
-      : type === 'u8' ? `b.readUInt8(${at})`
-        : type === 'u16' ? `b.readUInt16LE(${at})`
-          : type === 'u32' ? `b.readUInt32LE(${at})`
-            : `read64(b, ${at}, ${type === 'i64'}, ${JSON.stringify(`${name}.${field}`)}, w)`;
+      : type === 'u8' ? `b[o + ${offset}]`
+        : type === 'u16' ? u16(offset)
+          : type === 'u32' ? u32(offset)
+            : `read64(${at}, ${u32(offset)}, ${u32(offset + 4)}, ${type === 'i64'}, ${JSON.stringify(`${name}.${field}`)}, w)`;
     return `${field}: ${value}`;
   });
   return new Function('Buffer', 'read64', `return function read_${name.replace(/\W/g, '_')}(b, o, w) { return { ${props.join(', ')} }; };`)(Buffer, read64);

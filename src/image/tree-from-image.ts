@@ -94,7 +94,8 @@ export function treeFromImage(image: ValidatedImage, blobs?: LocalBlobReader[]):
     for (const e of v.entries!) {
       const child = image.inodes.get(e.nid);
       if (!child) throw new FormatError(`${image.name}: directory ${dir.path}: inode ${e.nid} was not validated`);
-      const node = nodeFor(child, e.name, joinPath(dir.path, e.name));
+      // (A copy: the validated entry's name is a view of the bootstrap, which the tree outlives.)
+      const node = nodeFor(child, Buffer.from(e.name), joinPath(dir.path, e.name));
       dir.children.push(node);
       if (node.kind === 'dir') stack.push([node, child]);
     }
