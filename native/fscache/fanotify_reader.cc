@@ -1,6 +1,7 @@
 #include "fanotify_reader.h"
 
 #include <poll.h>
+#include <time.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/eventfd.h>
@@ -14,6 +15,9 @@
 namespace fscache {
 
 constexpr int kReaderNice = -15;
+// Events answered here are held back from JS up to this many, or this long (Run says why).
+constexpr size_t kHeldMax = 64;
+constexpr timespec kHeldFor = {0, 1000 * 1000};
 
 struct FanotifyReader::Handle {
   uv_async_t async;
@@ -91,19 +95,45 @@ Napi::Value FanotifyReader::Stop(const Napi::CallbackInfo& info) {
 // reader waits for it at every event, and it must not wait in the run queue behind chunk verification.
 // On the host's two CPUs, the bench's big workload read cold: 217 ms against 237 ms at nice 0 (medians
 // of five, each run in turn).
+//
+// Events answered here are posted in bunches (kHeldMax, or once the group has been quiet for
+// kHeldFor), not one by one: JS only follows them (traces, moves its read-ahead on), and a post per
+// event woke the event loop at every event (uv_async_send: a write to its eventfd), which then took a
+// CPU from the reader just let go; on the host's two CPUs a ping-pong read of a marked file cost 45 us
+// an event with such a wake-up against 29 us without. The Debian rootfs read cold (~5,700 events, 99%
+// answered here), each build in turn: 1,308 against 1,333 ms (medians of 20; 14 of 20 pairs faster,
+// by 75 ms at the median), the daemon's CPU 595 against 680 ms; under perf sched (three runs each)
+// the loop woke 2,900 times instead of 15,500 over three reads and the readers waited in the run
+// queue 0.74-1.0 s instead of 1.5-1.65 s. An event JS must answer takes the held ones with it, in
+// order. Held events reach JS 1 ms late at most, its read-ahead with them: the events left to JS were
+// 0.6% of them against 0.4-0.5%.
 void FanotifyReader::Run() {
   (void)setpriority(PRIO_PROCESS, static_cast<id_t>(syscall(SYS_gettid)), kReaderNice);
   alignas(8) uint8_t buf[kFanotifyReadBufferSize];
+  Delivery held;
+  auto postHeld = [&] {
+    if (!held.events.empty()) Post(std::move(held));
+    held = Delivery();
+  };
   for (;;) {
     pollfd p[2] = {{fd_, POLLIN, 0}, {wakeFd_, POLLIN, 0}};
-    int r = poll(p, 2, -1);
+    int r = ppoll(p, 2, held.events.empty() ? nullptr : &kHeldFor, nullptr);
     if (r < 0) {
       if (errno == EINTR) continue;
+      postHeld();
       Post({{}, errno, "poll"});
       return;
     }
-    if (p[1].revents) return;
+    if (r == 0) {
+      postHeld();
+      continue;
+    }
+    if (p[1].revents) {
+      postHeld();
+      return;
+    }
     if (p[0].revents & POLLNVAL) {
+      postHeld();
       Post({{}, EBADF, "poll"});
       return;
     }
@@ -112,6 +142,7 @@ void FanotifyReader::Run() {
       if (n < 0 && errno == EAGAIN) break;
       if (n <= 0) {
         int err = n < 0 ? errno : EPIPE;
+        postHeld();
         Post({{}, err, "read"});
         if (err == EBADF) return;
         // A failure that lasts (EMFILE: no fd for the next event) would have poll(2) return at once:
@@ -122,6 +153,15 @@ void FanotifyReader::Run() {
       Delivery d;
       std::string bad = DecodeFanotifyEvents(fd_, buf, static_cast<size_t>(n), &ready_, d.events);
       if (journal_) journal_->Record(d.events);
+      bool allAnswered = bad.empty();
+      for (const auto& e : d.events) allAnswered = allAnswered && e.answered;
+      if (allAnswered) {
+        held.events.insert(held.events.end(), d.events.begin(), d.events.end());
+        if (held.events.size() >= kHeldMax) postHeld();
+        continue;
+      }
+      if (!held.events.empty()) d.events.insert(d.events.begin(), held.events.begin(), held.events.end());
+      held = Delivery();
       if (!d.events.empty()) Post(std::move(d));
       if (!bad.empty()) Post({{}, EPROTO, "undecodable fanotify event: " + bad});
     }
