@@ -309,7 +309,7 @@ test('the kept plans stay within their byte bound, the least recently used dropp
   }
 });
 
-test('a registration that finishes after the registry closed is refused, and the registry closes after it', async () => {
+test('a registration that finishes after the registry closed is refused and never saved', async () => {
   const dir = path.join(work, 'closing');
   fs.mkdirSync(dir);
   const img = image(dir, 9);

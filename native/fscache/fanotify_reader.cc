@@ -15,7 +15,7 @@
 namespace fscache {
 
 constexpr int kReaderNice = -15;
-// Events answered here are held back from JS up to this many, or this long (Run says why).
+// Events answered here are held back from JS up to this many, or until the group is quiet this long (Run says why).
 constexpr size_t kHeldMax = 64;
 constexpr timespec kHeldFor = {0, 1000 * 1000};
 
@@ -105,7 +105,8 @@ Napi::Value FanotifyReader::Stop(const Napi::CallbackInfo& info) {
 // by 75 ms at the median), the daemon's CPU 595 against 680 ms; under perf sched (three runs each)
 // the loop woke 2,900 times instead of 15,500 over three reads and the readers waited in the run
 // queue 0.74-1.0 s instead of 1.5-1.65 s. An event JS must answer takes the held ones with it, in
-// order. Held events reach JS 1 ms late at most, its read-ahead with them: the events left to JS were
+// order. Held events reach JS once the group was quiet for 1 ms or 64 are held (a reader whose events come
+// closer than that has up to 63 held for longer), its read-ahead with them: the events left to JS were
 // 0.6% of them against 0.4-0.5%.
 void FanotifyReader::Run() {
   (void)setpriority(PRIO_PROCESS, static_cast<id_t>(syscall(SYS_gettid)), kReaderNice);

@@ -114,6 +114,7 @@ export class ImageRegistry implements ObjectResolver {
   /** Re-registers what an earlier run of the daemon had (after a restart). */
   async restore(): Promise<void> {
     for (const { id, entry } of this.state.images()) {
+      if (this.closed) return;
       try {
         await this.add(entry, false);
       } catch (e) {
@@ -230,12 +231,13 @@ export class ImageRegistry implements ObjectResolver {
   }
 
   /**
-   * Releases every backend's handles (the daemon is stopping), once the registrations on their way
-   * have ended (each is refused from now on), and closes the kept plans' store.
+   * Releases every backend's handles (the daemon is stopping) and closes the kept plans' store; a
+   * registration on its way is refused when its plan comes.
    */
   async close(): Promise<void> {
+    // (Registrations on their way are not waited for: each is refused once its plan comes, before it
+    // makes a backend; a validation may take a minute, and shutdown must not.)
     this.closed = true;
-    await Promise.all([...this.pending.values()].map((p) => p.catch(() => undefined)));
     await Promise.all([...this.images.values()].map((img) => img.backend.close()));
     this.planStore.close();
   }

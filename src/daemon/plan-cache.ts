@@ -40,7 +40,7 @@ export const PLAN_CODE_ID = typeof __NYDUS_TS_PLAN_SOURCE_ID__ === 'string' ? __
 export const PLAN_CACHE_MAX_BYTES = 64 << 20;
 
 /**
- * The largest plan kept (~80,000 chunks): its write is a synchronous SQLite write on the daemon's
+ * The largest plan kept (~100,000 chunks: 80 bytes each): its write is a synchronous SQLite write on the daemon's
  * thread, which must stay short; a larger image is validated at each registration.
  */
 export const PLAN_MAX_BYTES = 8 << 20;
@@ -85,7 +85,10 @@ export class PlanCache {
   private async keptOrMade(req: RegistrationRequest, make: () => Promise<RegistrationPlan>): Promise<{ plan: RegistrationPlan; source: PlanSource }> {
     // (With nothing kept, as in a new daemon's first registrations, the file is not read an extra time.)
     const digest = this.anyKept() ? await fileDigest(req.metadataPath) : null;
-    const kept = digest === null ? null : this.load(this.key(digest, req));
+    const key = digest === null ? null : this.key(digest, req);
+    let kept = key === null ? null : this.load(key);
+    // (A row's checksum covers its own bytes: a plan found under another bootstrap's key is not its.)
+    if (kept && key !== null && kept.digest !== digest) kept = this.damaged(key, new Error(`the kept plan is of bytes ${kept.digest}, not ${digest}`));
     if (kept) return { plan: kept, source: 'cached' };
     const plan = await make();
     this.save(this.key(plan.digest, req), plan);

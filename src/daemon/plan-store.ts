@@ -38,8 +38,8 @@ interface Statements {
   drop: Database.Statement;
 }
 
-/** SQLite's words for a file that is not (or no longer) a sound database. */
-const DAMAGED = new Set(['SQLITE_CORRUPT', 'SQLITE_NOTADB']);
+/** SQLite's words for a file that is not (or no longer) a sound database (with its extended codes: SQLITE_CORRUPT_INDEX...). */
+const isDamage = (code: string) => code === 'SQLITE_NOTADB' || code.startsWith('SQLITE_CORRUPT');
 
 export class PlanStore {
   readonly file: string;
@@ -112,7 +112,7 @@ export class PlanStore {
       return fn(this.q);
     } catch (e) {
       const code = (e as { code?: unknown }).code;
-      if (typeof code === 'string' && DAMAGED.has(code)) {
+      if (typeof code === 'string' && isDamage(code)) {
         this.log.warn({ file: this.file, err: (e as Error).message }, 'the kept registration plans are damaged; they are dropped');
         this.shut();
         this.remove();
