@@ -85,10 +85,7 @@ export class PlanCache {
   private async keptOrMade(req: RegistrationRequest, make: () => Promise<RegistrationPlan>): Promise<{ plan: RegistrationPlan; source: PlanSource }> {
     // (With nothing kept, as in a new daemon's first registrations, the file is not read an extra time.)
     const digest = this.anyKept() ? await fileDigest(req.metadataPath) : null;
-    const key = digest === null ? null : this.key(digest, req);
-    let kept = key === null ? null : this.load(key);
-    // (A row's checksum covers its own bytes: a plan found under another bootstrap's key is not its.)
-    if (kept && key !== null && kept.digest !== digest) kept = this.damaged(key, new Error(`the kept plan is of bytes ${kept.digest}, not ${digest}`));
+    const kept = digest === null ? null : this.load(this.key(digest, req), digest);
     if (kept) return { plan: kept, source: 'cached' };
     const plan = await make();
     this.save(this.key(plan.digest, req), plan);
@@ -108,13 +105,16 @@ export class PlanCache {
     }
   }
 
-  private load(key: string): RegistrationPlan | null {
+  /** The plan kept under `key`, which must be one made from bytes of `digest`. */
+  private load(key: string, digest: string): RegistrationPlan | null {
     let plan: RegistrationPlan;
     try {
       const bytes = this.store.load(key);
       if (!bytes) return null;
       plan = v8.deserialize(bytes) as RegistrationPlan;
       if (!isPlan(plan)) throw new DamagedPlanError('not a registration plan');
+      // (A row's checksum covers its own bytes: a plan under another bootstrap's key is not this one's.)
+      if (plan.digest !== digest) throw new DamagedPlanError(`the kept plan is of bytes ${plan.digest}, not ${digest}`);
     } catch (e) {
       if (e instanceof DamagedPlanError || !(e as { code?: unknown }).code) return this.damaged(key, e as Error);
       this.failed('read', e as Error);
