@@ -348,3 +348,59 @@ test('the plan code id covers the planner and validation sources, and only them'
   }
   assert.equal(await planSourceId(copy), id);
 });
+
+test('a plan kept under another bootstrap\'s digest is dropped and the bootstrap validated', async () => {
+  const dir = path.join(work, 'swapped');
+  fs.mkdirSync(dir);
+  const one = image(path.join(dir, 'one'), 11);
+  const two = image(path.join(dir, 'two'), 12);
+  const stateDir = path.join(dir, 'state');
+  fs.mkdirSync(stateDir);
+  let store = new PlanStore(stateDir, silent);
+  const pool = new CountingPool();
+  try {
+    const req = (bootstrap: string): RegistrationRequest => ({ metadataPath: bootstrap, prefetch: { enable: false, all: false } });
+    const cache = new PlanCache(store, silent, 'build-1');
+    for (const img of [one, two]) assert.equal((await cache.plan(req(img.bootstrap), () => pool.plan(req(img.bootstrap), true))).source, 'validated');
+    store.close();
+    // The second bootstrap's row given the first one's plan, with its own (right) checksum.
+    const digestTwo = (await fileDigest(two.bootstrap))!;
+    const db = new Database(path.join(stateDir, PLAN_STORE_FILE));
+    const rowOne = db.prepare("SELECT plan, sha256, bytes FROM plans WHERE key LIKE ?").get(`build-1:${(await fileDigest(one.bootstrap))!}:%`) as { plan: Buffer; sha256: Buffer; bytes: number };
+    assert.equal(db.prepare('UPDATE plans SET plan = ?, sha256 = ?, bytes = ? WHERE key LIKE ?').run(rowOne.plan, rowOne.sha256, rowOne.bytes, `build-1:${digestTwo}:%`).changes, 1);
+    db.close();
+    store = new PlanStore(stateDir, silent);
+    const again = new PlanCache(store, silent, 'build-1');
+    const before = pool.plans;
+    const got = await again.plan(req(two.bootstrap), () => pool.plan(req(two.bootstrap), true));
+    assert.equal(got.source, 'validated');
+    assert.equal(pool.plans, before + 1);
+    assert.equal(got.plan.digest, digestTwo);
+    assert.equal(got.plan.blobs[0].id, two.blobId, 'the second image\'s own blob, not the first one\'s');
+    assert.equal((await again.plan(req(two.bootstrap), () => assert.fail('kept again'))).source, 'cached');
+  } finally {
+    store.close();
+    await pool.close();
+  }
+});
+
+test('damage SQLite reports in use under an extended code makes the plans file anew', () => {
+  const dir = path.join(work, 'extended');
+  fs.mkdirSync(dir);
+  const store = new PlanStore(dir, silent);
+  try {
+    store.save('a', new Uint8Array(100).fill(1), 1 << 20);
+    // What better-sqlite3 throws for a damaged index met while reading (SQLITE_CORRUPT_INDEX, 779).
+    const q = (store as unknown as { q: { load: { get: () => unknown } } }).q;
+    q.load.get = () => {
+      throw Object.assign(new Error('database disk image is malformed'), { code: 'SQLITE_CORRUPT_INDEX' });
+    };
+    assert.throws(() => store.load('a'), /malformed/);
+    assert.equal(store.usable, true, 'a new file is open');
+    assert.equal(store.hasAny(), false, 'the damaged file\'s plans are gone');
+    store.save('b', new Uint8Array(100).fill(2), 1 << 20);
+    assert.deepEqual([...store.load('b')!.subarray(0, 2)], [2, 2]);
+  } finally {
+    store.close();
+  }
+});
