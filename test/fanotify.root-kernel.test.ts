@@ -510,6 +510,48 @@ test('root-kernel fanotify: the addon allows an event whose blocks are all set i
   }
 });
 
+test('root-kernel fanotify: events the addon answered and holds back reach JS before an event JS must answer, in the order they came', async () => {
+  const blocks = 1024;
+  const file = path.join(work, 'held-order.data');
+  const bytes = prand(blocks * READY_BLOCK, 8);
+  fs.writeFileSync(file, bytes);
+  const group = FanotifyGroup.open();
+  const seen: FanotifyEvent[] = [];
+  try {
+    group.mark(file);
+    const st = fs.statSync(file);
+    // The first 3/4 of the file held: reads of its first blocks are answered by the addon and held
+    // back (far from the end of what is held); a read past it goes to JS.
+    const bits = new Uint8Array(blocks / 8);
+    bits.fill(0xff, 0, (blocks * 3) / 4 / 8);
+    group.setReadyBlocks(st.dev, st.ino, bits);
+    group.onEvents((events) => {
+      for (const e of events) {
+        seen.push(e);
+        if (e.answered) continue;
+        group.respond(e.fd, 0);
+        closeFd(e.fd);
+      }
+    }, (err) => assert.fail(err));
+    // One process reads blocks 0, 1, 2 and 1000, a read(2) each, microseconds apart.
+    const script = `const fs = require('fs'); const fd = fs.openSync(process.argv[1], 'r'); const b = Buffer.alloc(${READY_BLOCK}); const out = [];
+      for (const k of [0, 1, 2, 1000]) { fs.readSync(fd, b, 0, b.length, k * ${READY_BLOCK}); out.push(b.toString('hex')); }
+      process.stdout.write(JSON.stringify(out));`;
+    const got = await new Promise<string[]>((resolve, reject) => {
+      const p = spawn(process.execPath, ['-e', script, file], { stdio: ['ignore', 'pipe', 'inherit'] });
+      let out = '';
+      p.stdout.on('data', (d: Buffer) => (out += d));
+      p.on('exit', (code) => (code === 0 ? resolve(JSON.parse(out)) : reject(new Error(`the reader exited ${code}`))));
+    });
+    assert.deepEqual(got, [0, 1, 2, 1000].map((k) => bytes.subarray(k * READY_BLOCK, (k + 1) * READY_BLOCK).toString('hex')), 'the reader gets the file\'s bytes');
+    await waitFor('the four events', () => seen.length >= 4, 5_000);
+    const reads = seen.map((e) => [e.offset / READY_BLOCK, e.answered]);
+    assert.deepEqual(reads, [[0, true], [1, true], [2, true], [1000, false]], `the held events first, in order (${JSON.stringify(seen)})`);
+  } finally {
+    group.close();
+  }
+});
+
 test('root-kernel fanotify: with prefetch on, a corrupt chunk only the prefetch fetched still gives its reader EIO; the other files read right from what the prefetch wrote, none fetched twice', async () => {
   const { img, victimChunk } = buildCorrupt('corrupt-pf', 91);
   const chunks = (inspect(img.boot, 'blobs') as Array<{ chunk_count: number }>)[0].chunk_count;

@@ -46,6 +46,7 @@ class FanotifyReader : public Napi::ObjectWrap<FanotifyReader> {
   Napi::Value Stop(const Napi::CallbackInfo& info);
   Napi::Value SetReadyBlocks(const Napi::CallbackInfo& info);
   void Run();
+  bool NearReadyEnd(const std::vector<FanotifyEventRecord>& events) const;
   void Post(Delivery d);
   void Shutdown(bool teardown);
   void Drain();
