@@ -56,8 +56,9 @@ struct State {
   uint32_t v0, v1, v2, v3, v4, v5, v6, v7, v8, v9, v10, v11, v12, v13, v14, v15;
 };
 
-template <int R>
-inline void Round(State& t, const uint32_t m[16]) {
+// `m`: the block's 16 message words, an array or InputWords.
+template <int R, typename Message>
+__attribute__((always_inline)) inline void Round(State& t, const Message& m) {
   constexpr const uint8_t* s = kSchedule[R];
   QUARTER(t.v0, t.v4, t.v8, t.v12, m[s[0]], m[s[1]]);
   QUARTER(t.v1, t.v5, t.v9, t.v13, m[s[2]], m[s[3]]);
@@ -69,8 +70,27 @@ inline void Round(State& t, const uint32_t m[16]) {
   QUARTER(t.v3, t.v4, t.v9, t.v14, m[s[14]], m[s[15]]);
 }
 
+// A full block's message words read where the block lies (little-endian loads), not copied out first.
+// Under QEMU's TCG (the kernel-test guest) every load and store goes through a software TLB: a copy
+// of each block to the stack was a fifth of the memory accesses of its compression. Inlined into
+// the chunk loop (as Compress is), the chaining value also stays in registers from block to block.
+// Measured in the guest, 64 MiB hashed in 1 MiB inputs a chunk at a time on one thread, eight
+// processes of each build in turn: 598-742 ms (median 667) -> 514-562 ms (528), where the BLAKE3
+// team's portable C takes 562-605 ms; on the bench host 70 -> 65 ms. The bench's big image read cold
+// in the guest, five daemons of each build in turn: nydusd's CPU 2.02 -> 1.88 s, the read 2.07 -> 1.96 s (medians).
+struct InputWords {
+  const uint8_t* p;
+  uint32_t operator[](size_t i) const {
+    uint32_t w;
+    std::memcpy(&w, p + 4 * i, sizeof w);
+    return w;
+  }
+};
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "InputWords reads little-endian words as they lie");
+
 // The compression function, truncated to the 8 words a chaining value (or a 32-byte digest) needs.
-inline void Compress(uint32_t cv[8], const uint32_t m[16], uint64_t counter, uint32_t block_len, uint32_t flags) {
+template <typename Message>
+__attribute__((always_inline)) inline void Compress(uint32_t cv[8], const Message& m, uint64_t counter, uint32_t block_len, uint32_t flags) {
   State t = {cv[0], cv[1], cv[2], cv[3], cv[4], cv[5], cv[6], cv[7], kIv[0], kIv[1], kIv[2], kIv[3],
              static_cast<uint32_t>(counter), static_cast<uint32_t>(counter >> 32), block_len, flags};
   Round<0>(t, m);
@@ -96,16 +116,16 @@ void ChunkCv(const uint8_t* in, size_t len, uint64_t counter, bool root, uint32_
   size_t blocks = len == 0 ? 1 : (len + kBlockLen - 1) / kBlockLen;
   for (size_t b = 0; b < blocks; b++) {
     size_t n = b + 1 < blocks ? kBlockLen : len - b * kBlockLen;
-    uint32_t m[16];
-    if (n == kBlockLen) {
-      for (int i = 0; i < 16; i++) m[i] = LoadLe(in + b * kBlockLen + 4 * i);
-    } else {
-      // The last block, short: zero-padded to 64 bytes.
-      uint8_t block[kBlockLen] = {0};
-      if (n) std::memcpy(block, in + b * kBlockLen, n);  // (empty input: `in` may be null)
-      for (int i = 0; i < 16; i++) m[i] = LoadLe(block + 4 * i);
-    }
     uint32_t flags = (b == 0 ? kChunkStart : 0) | (b + 1 == blocks ? kChunkEnd | (root ? kRoot : 0) : 0);
+    if (n == kBlockLen) {
+      Compress(cv, InputWords{in + b * kBlockLen}, counter, static_cast<uint32_t>(n), flags);
+      continue;
+    }
+    // The last block, short: zero-padded to 64 bytes.
+    uint8_t block[kBlockLen] = {0};
+    if (n) std::memcpy(block, in + b * kBlockLen, n);  // (empty input: `in` may be null)
+    uint32_t m[16];
+    for (int i = 0; i < 16; i++) m[i] = LoadLe(block + 4 * i);
     Compress(cv, m, counter, static_cast<uint32_t>(n), flags);
   }
 }
