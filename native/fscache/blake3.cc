@@ -72,8 +72,9 @@ __attribute__((always_inline)) inline void Round(State& t, const Message& m) {
 
 // A full block's message words read where the block lies (little-endian loads), not copied out first.
 // Under QEMU's TCG (the kernel-test guest) every load and store goes through a software TLB: a copy
-// of each block to the stack was a fifth of the memory accesses of its compression. Inlined into
-// the chunk loop (as Compress is), the chaining value also stays in registers from block to block.
+// of each block to the stack was a fifth of the memory accesses of its compression. Compress is
+// inlined into the chunk loop as well (it was a call), so the chaining value stays in registers from
+// block to block.
 // Measured in the guest, 64 MiB hashed in 1 MiB inputs a chunk at a time on one thread, eight
 // processes of each build in turn: 598-742 ms (median 667) -> 514-562 ms (528), where the BLAKE3
 // team's portable C takes 562-605 ms; on the bench host 70 -> 65 ms. The bench's big image read cold
