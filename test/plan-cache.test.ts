@@ -143,16 +143,22 @@ test('registrations of one bootstrap at once (the replicas of a pod) wait for on
     const moving = path.join(dir, 'moving.boot');
     image(dir, 6, moving);
     const mreq: RegistrationRequest = { metadataPath: moving, prefetch: { enable: false, all: false } };
+    // (The first planner reads the file, then waits until the file was replaced: no timers.)
+    let planned!: () => void;
+    const read = new Promise<void>((r) => (planned = r));
+    let release!: () => void;
+    const replaced = new Promise<void>((r) => (release = r));
     const readThenWait = async () => {
       const p = await pool.plan(mreq, true);
-      await new Promise((r) => setTimeout(r, 200));
+      planned();
+      await replaced;
       return p;
     };
     const first = cache.plan(mreq, readThenWait);
-    await new Promise((r) => setTimeout(r, 20));
     const second = cache.plan(mreq, () => pool.plan(mreq, true));
-    await new Promise((r) => setTimeout(r, 50));
+    await read;
     image(dir, 7, moving);
+    release();
     const [a, b] = await Promise.all([first, second]);
     assert.equal(b.source, 'validated');
     assert.notEqual(a.plan.digest, b.plan.digest);
