@@ -125,9 +125,7 @@ void ChunkCv(const uint8_t* in, size_t len, uint64_t counter, bool root, uint32_
     // The last block, short: zero-padded to 64 bytes.
     uint8_t block[kBlockLen] = {0};
     if (n) std::memcpy(block, in + b * kBlockLen, n);  // (empty input: `in` may be null)
-    uint32_t m[16];
-    for (int i = 0; i < 16; i++) m[i] = LoadLe(block + 4 * i);
-    Compress(cv, m, counter, static_cast<uint32_t>(n), flags);
+    Compress(cv, InputWords{block}, counter, static_cast<uint32_t>(n), flags);
   }
 }
 
