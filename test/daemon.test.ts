@@ -625,6 +625,9 @@ test('chunk fetcher: a job\'s memory is freed once every taker gave its chunks b
   const reads: Buffer[] = [];
   const backend: BlobBackend = {
     type: 'test', size: async () => blob.length, close: async () => undefined,
+    stream: () => {
+      throw new Error('this test streams nothing');
+    },
     read: async (_id, offset, size) => {
       const b = Buffer.allocUnsafeSlow(size);
       blob.copy(b, 0, offset, offset + size);
@@ -663,9 +666,12 @@ test('chunk fetcher: a job\'s memory is freed once every taker gave its chunks b
 
 /**
  * Four chunks of 20 KiB (zstd) stored back to back in a blob `blobId`, served by `read` (given the
- * blob's bytes and the chunks), filled into an in-memory cache file by a BlobCacheFile. Call close().
+ * blob's bytes and the chunks) and `stream` (by default the blob from `from` in pieces of 7,000 bytes,
+ * smaller than a chunk), filled into an in-memory cache file by a BlobCacheFile. Call close(); `guard`
+ * is the file's (its close is the kernel's).
  */
-function fourChunkFile(seed: number, blobId: string, read: (blob: Buffer, chunks: ChunkRef[], offset: number, size: number) => Promise<Buffer>) {
+function fourChunkFile(seed: number, blobId: string, read: (blob: Buffer, chunks: ChunkRef[], offset: number, size: number) => Promise<Buffer>,
+  stream: (blob: Buffer, chunks: ChunkRef[], from: number, signal: AbortSignal) => AsyncIterable<Buffer> = piecesOf) {
   const plain = Array.from({ length: 4 }, (_, i) => prand(20_000, seed + i));
   const stored = plain.map((p) => Buffer.from(compressChunk('zstd', p) ?? p));
   const chunks: ChunkRef[] = [];
@@ -679,23 +685,137 @@ function fourChunkFile(seed: number, blobId: string, read: (blob: Buffer, chunks
   const backend: BlobBackend = {
     type: 'test',
     read: (_id, offset, size) => read(blob, chunks, offset, size),
+    stream: (_id, from, signal) => stream(blob, chunks, from, signal),
     size: async () => blob.length,
     close: async () => undefined,
   };
   const pool = new VerifyPool(2);
   const state = new DaemonState(path.join(work, `state-${blobId.slice(0, 8)}`));
   const cache = Buffer.alloc(4 * 20_480);
+  const guard = new WorkGuard(() => undefined);
+  const counters = { prefetchedChunks: 0, staleMarks: 0, chunksWrittenByVerifier: 0 };
   const file = new BlobCacheFile({ volume: 'v', cookie: blobId }, map, new ChunkFetcher(backend, undefined, pool), {
     asksOnlyForMissing: true,
     write: async (offset, data) => void Buffer.from(data.buffer, data.byteOffset, data.byteLength).copy(cache, offset),
     dataRanges: () => [],
-  }, new WorkGuard(() => undefined), state, { prefetchedChunks: 0, staleMarks: 0, chunksWrittenByVerifier: 0 }, log);
+  }, guard, state, counters, log);
   const close = () => {
     pool.close();
     state.close();
   };
-  return { plain, chunks, state, cache, file, close };
+  return { plain, chunks, state, cache, file, guard, counters, close };
 }
+
+/** A blob from `from` on in pieces of 7,000 bytes (a chunk spans two or three of them). */
+async function* piecesOf(blob: Buffer, _chunks: ChunkRef[], from: number): AsyncGenerator<Buffer> {
+  for (let at = from; at < blob.length; at += 7000) yield Buffer.from(blob.subarray(at, Math.min(at + 7000, blob.length)));
+}
+
+/** A prefetch config as nydus's stream_prefetch has it. */
+const STREAMED = { threads: 2, batchSize: 1 << 20, bandwidthLimit: 0, stream: true };
+
+test('stream prefetch (nydus\'s stream_prefetch): the blob in one stream from its first chunk not cached, in pieces smaller than a chunk; every chunk verified and written, no ranged read', async () => {
+  const reads: Array<[number, number]> = [];
+  const streams: number[] = [];
+  const blobId = 'a1'.repeat(32);
+  const { plain, chunks, state, cache, file, counters, close } = fourChunkFile(900, blobId, async (blob, _c, offset, size) => {
+    reads.push([offset, size]);
+    return Buffer.from(blob.subarray(offset, offset + size));
+  }, (blob, c, from) => {
+    streams.push(from);
+    return piecesOf(blob, c, from);
+  });
+  try {
+    // (The prefetch order is the table's: a stream goes in stored order whatever it says.)
+    file.start({ order: Uint32Array.from([3, 2]), listed: 2, config: STREAMED });
+    await file.whenPrefetched();
+    assert.deepEqual(streams, [chunks[0].compressedOffset], 'one stream, from the first chunk');
+    assert.equal(reads.length, 0, 'no ranged read');
+    for (let i = 0; i < 4; i++) {
+      assert.ok(cache.subarray(i * 20_480, i * 20_480 + 20_000).equals(plain[i]), `chunk ${i} holds its bytes`);
+      assert.ok(state.isCached({ volume: 'v', cookie: blobId }, i), `chunk ${i} is marked`);
+    }
+    assert.equal(counters.prefetchedChunks, 4);
+  } finally {
+    close();
+  }
+});
+
+test('stream prefetch: a chunk the stream gives corrupt is never written nor marked, the rest are; a reader of it fetches it and gets its right bytes', async () => {
+  const reads: Array<[number, number]> = [];
+  const blobId = 'a2'.repeat(32);
+  const { plain, chunks, state, cache, file, close } = fourChunkFile(910, blobId, async (blob, _c, offset, size) => {
+    reads.push([offset, size]);
+    return Buffer.from(blob.subarray(offset, offset + size));
+  }, (blob, c, from) => {
+    const bad = Buffer.from(blob);
+    bad[c[2].compressedOffset + 9] ^= 0x40;
+    return piecesOf(bad, c, from);
+  });
+  try {
+    file.start({ order: Uint32Array.from([0, 1, 2, 3]), listed: 0, config: STREAMED });
+    await file.whenPrefetched();
+    assert.equal(reads.length, 0);
+    for (const i of [0, 1, 3]) assert.ok(state.isCached({ volume: 'v', cookie: blobId }, i) && cache.subarray(i * 20_480, i * 20_480 + 20_000).equals(plain[i]), `chunk ${i} is in`);
+    assert.ok(!state.isCached({ volume: 'v', cookie: blobId }, 2), 'the corrupt chunk is not marked');
+    assert.ok(cache.subarray(2 * 20_480, 3 * 20_480).equals(Buffer.alloc(20_480)), 'nor written');
+    await file.fill(2 * 20_480, 4096);
+    assert.deepEqual(reads, [[chunks[2].compressedOffset, chunks[2].compressedSize]], 'the reader fetched that chunk alone');
+    assert.ok(cache.subarray(2 * 20_480, 2 * 20_480 + 20_000).equals(plain[2]));
+  } finally {
+    close();
+  }
+});
+
+test('stream prefetch: a stream that breaks off is opened again from the first chunk still missing; one that ends short is an error, tried again', async () => {
+  const streams: number[] = [];
+  const blobId = 'a3'.repeat(32);
+  const { plain, chunks, state, cache, file, close } = fourChunkFile(920, blobId, async () => {
+    throw new Error('no ranged reads here');
+  }, (blob, c, from) => {
+    streams.push(from);
+    const n = streams.length;
+    return (async function* () {
+      // The first stream breaks off inside chunk 2; the second ends, without an error, inside chunk 3.
+      const cut = n === 1 ? c[2].compressedOffset + 100 : n === 2 ? c[3].compressedOffset + 100 : blob.length;
+      for await (const p of piecesOf(blob.subarray(0, cut), c, from)) yield p;
+      if (n === 1) throw new Error('connection reset');
+    })();
+  });
+  try {
+    file.start({ order: Uint32Array.from([0, 1, 2, 3]), listed: 0, config: STREAMED });
+    await file.whenPrefetched();
+    assert.deepEqual(streams, [0, chunks[2].compressedOffset, chunks[3].compressedOffset], 'each stream from the first chunk still missing');
+    for (let i = 0; i < 4; i++) assert.ok(state.isCached({ volume: 'v', cookie: blobId }, i) && cache.subarray(i * 20_480, i * 20_480 + 20_000).equals(plain[i]), `chunk ${i} is in`);
+  } finally {
+    close();
+  }
+});
+
+test('stream prefetch: closing the cache file ends a stream that gives nothing more at once (its request aborted), with nothing marked after', async () => {
+  let aborted: AbortSignal | null = null;
+  const blobId = 'a4'.repeat(32);
+  const { state, file, guard, close } = fourChunkFile(930, blobId, async () => {
+    throw new Error('no ranged reads here');
+  }, (blob, c, from, signal) => (async function* () {
+    aborted = signal;
+    yield Buffer.from(blob.subarray(from, c[1].compressedOffset + c[1].compressedSize));
+    // Stalls until aborted, as a request does.
+    await new Promise((_, reject) => signal.addEventListener('abort', () => reject(signal.reason), { once: true }));
+  })());
+  try {
+    file.start({ order: Uint32Array.from([0, 1, 2, 3]), listed: 0, config: STREAMED });
+    await waitFor(() => state.isCached({ volume: 'v', cookie: blobId }, 1), 'chunks 0 and 1 from the stream');
+    const t0 = Date.now();
+    guard.close();
+    await file.whenPrefetched();
+    assert.ok(Date.now() - t0 < 1000, 'the prefetch ended at close');
+    assert.ok((aborted as AbortSignal | null)?.aborted, 'its request was aborted');
+    assert.ok(!state.isCached({ volume: 'v', cookie: blobId }, 2) && !state.isCached({ volume: 'v', cookie: blobId }, 3));
+  } finally {
+    close();
+  }
+});
 
 test('a READ that joined a fetch made before it, which failed (the backend served wrong bytes then), fetches its chunk once more and gets the right bytes', async () => {
   // The backend corrupts what it serves while `corrupt` is set.
@@ -715,7 +835,7 @@ test('a READ that joined a fetch made before it, which failed (the backend serve
   });
   try {
     // A prefetch of the whole blob: one backend read, made while the backend corrupts.
-    file.start({ order: Uint32Array.from([0, 1, 2, 3]), listed: 0, config: { threads: 1, batchSize: 1 << 20, bandwidthLimit: 0 } });
+    file.start({ order: Uint32Array.from([0, 1, 2, 3]), listed: 0, config: { threads: 1, batchSize: 1 << 20, bandwidthLimit: 0, stream: false } });
     await waitFor(() => reads.length === 1, 'the prefetch\'s backend read');
     corrupt = false;
     // The reader comes once the backend serves right again: chunk 2 is on its way, fetched before.
@@ -739,7 +859,7 @@ test('a bandwidth-limited prefetch skips what READs brought in while it waited f
   });
   try {
     // A chunk a batch, one at a time, at 20 KB/s: after the first, each batch waits about a second.
-    file.start({ order: Uint32Array.from([0, 1, 2, 3]), listed: 0, config: { threads: 1, batchSize: 20_480, bandwidthLimit: 20_000 } });
+    file.start({ order: Uint32Array.from([0, 1, 2, 3]), listed: 0, config: { threads: 1, batchSize: 20_480, bandwidthLimit: 20_000, stream: false } });
     await waitFor(() => reads.length === 1, 'the prefetch\'s first backend read', 5_000);
     // Meanwhile a reader wants the rest (its window brings in chunks 2 and 3 too).
     await file.fill(20_480, 4096);

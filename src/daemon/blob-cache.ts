@@ -55,7 +55,7 @@ export interface CacheFileIo {
 export interface PrefetchPlan {
   order: Uint32Array;
   listed: number;
-  config: Pick<PrefetchConfig, 'threads' | 'batchSize' | 'bandwidthLimit'>;
+  config: Pick<PrefetchConfig, 'threads' | 'batchSize' | 'bandwidthLimit' | 'stream'>;
 }
 
 /** How a cache file is filled beyond what a READ asks. */
@@ -103,7 +103,13 @@ export class WorkGuard {
   closed = false;
   private users = 0;
   private drained = false;
+  private readonly aborter = new AbortController();
   constructor(private readonly onDrained: () => void) {}
+
+  /** Aborted on close: a request of the file's work (a stream prefetch's) ends then, not at its own pace. */
+  get signal(): AbortSignal {
+    return this.aborter.signal;
+  }
 
   async use<T>(fn: () => Promise<T>): Promise<T> {
     this.users++;
@@ -117,6 +123,7 @@ export class WorkGuard {
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    this.aborter.abort(new Error('the cache file was closed'));
     if (this.users === 0) this.drain();
   }
 
@@ -567,6 +574,7 @@ export class BlobCacheFile {
    */
   private async prefetch(plan: PrefetchPlan): Promise<void> {
     await this.marksChecked;
+    if (plan.config.stream) return this.streamPrefetch(plan);
     const have = this.state.cached(this.key);
     const todo = (from: number, to: number) => {
       const out: ChunkRef[] = [];
@@ -577,6 +585,115 @@ export class BlobCacheFile {
     const listed = Math.min(plan.listed, plan.order.length);
     await this.prefetchBatches(batchChunks(todo(0, listed), plan.config.batchSize), plan, pace, false);
     await this.prefetchBatches(batchChunks(todo(listed, plan.order.length), plan.config.batchSize), plan, pace, true);
+  }
+
+  /**
+   * nydus's `stream_prefetch`: the blob from its first chunk not in the file to its end in one backend
+   * request (BlobBackend.stream: a GET without Range for a whole blob, which a Dragonfly proxy keeps
+   * whole), paced by `bandwidthLimit`. Each chunk is verified and written as soon as its stored bytes
+   * are in, in jobs of up to `batchSize` stored bytes, `threads` of them on their way at most (the
+   * stream waits meanwhile: bounded memory); chunks the file holds or that are on their way are passed
+   * over. A corrupt chunk is never written (a reader of it fetches it, and gets its EIO). A stream that
+   * fails is opened again from the first chunk still missing (STREAM_PREFETCH_TRIES in all); close
+   * ends it at once.
+   */
+  private async streamPrefetch(plan: PrefetchPlan): Promise<void> {
+    const { map } = this;
+    // Positions in stored order: the order of the stream's bytes.
+    const stored = Uint32Array.from({ length: map.chunkCount }, (_, pos) => pos);
+    const offsets = new Float64Array(map.chunkCount);
+    for (let pos = 0; pos < map.chunkCount; pos++) offsets[pos] = map.at(pos).compressedOffset;
+    stored.sort((a, b) => offsets[a] - offsets[b]);
+    const pace = new Pacer(plan.config.bandwidthLimit);
+    const batchBytes = Math.max(1, plan.config.batchSize);
+    for (let attempt = 1; !this.closed; attempt++) {
+      let k = 0;
+      while (k < stored.length && !this.wanted(map.at(stored[k]), false)) k++;
+      if (k === stored.length) return;
+      try {
+        await this.streamFrom(stored, k, pace, batchBytes, Math.max(1, plan.config.threads));
+        return;
+      } catch (e) {
+        if (this.closed) return;
+        if (attempt >= STREAM_PREFETCH_TRIES) throw e;
+        this.log.warn({ blob: map.blobId, attempt, err: (e as Error).message }, 'stream prefetch failed; streaming again from the first chunk still missing');
+        await new Promise((r) => setTimeout(r, STREAM_PREFETCH_BACKOFF_MS * attempt));
+      }
+    }
+  }
+
+  /** One stream of the blob from the chunk at `stored[k]` (streamPrefetch). */
+  private async streamFrom(stored: Uint32Array, k: number, pace: Pacer, batchBytes: number, threads: number): Promise<void> {
+    const { map } = this;
+    const signal = this.guard.signal;
+    let base = map.at(stored[k]).compressedOffset;
+    /** The stream's bytes from `base` on not yet handed to jobs. */
+    let pieces: Buffer[] = [];
+    let held = 0;
+    const onTheirWay = new Set<Promise<void>>();
+    /** Jobs for `chunks` (stored back to back, all in), their stored bytes copied out of `pieces`. */
+    const verify = async (chunks: ChunkRef[]) => {
+      const from = chunks[0].compressedOffset;
+      const last = chunks[chunks.length - 1];
+      const bytes = Buffer.allocUnsafeSlow(last.compressedOffset + last.compressedSize - from);
+      let at = base;
+      for (const p of pieces) {
+        const lo = Math.max(at, from);
+        const hi = Math.min(at + p.length, from + bytes.length);
+        if (lo < hi) p.copy(bytes, lo - from, lo - at, hi - at);
+        at += p.length;
+      }
+      const tickets = this.fetcher.jobsFromBytes(map, chunks, bytes, from, this.closed ? null : this.io.target?.() ?? null, true);
+      if (!tickets.length) return;
+      const placing = this.materializeRuns(tickets.map((t) => t.job.chunks[t.i]), tickets, false).then(({ written, failed }) => {
+        this.counters.prefetchedChunks += written;
+        for (const [c, e] of failed) this.log.warn({ blob: map.blobId, chunk: c.indexInBlob, err: e.message }, 'prefetch of a chunk failed');
+      });
+      onTheirWay.add(placing);
+      void placing.finally(() => onTheirWay.delete(placing));
+      while (onTheirWay.size >= threads) await Promise.race(onTheirWay);
+    };
+    try {
+      for await (const piece of this.fetcher.stream(map, base, signal)) {
+        if (this.closed) return;
+        await pace.take(piece.length, () => this.closed);
+        pieces.push(piece);
+        held += piece.length;
+        // Every chunk whose stored bytes are all in: the wanted ones in jobs of up to batchBytes.
+        let batch: ChunkRef[] = [];
+        let batchSize = 0;
+        for (; k < stored.length; k++) {
+          const c = map.at(stored[k]);
+          if (c.compressedOffset + c.compressedSize > base + held) break;
+          // (A chunk stored before `base`: another chunk's bytes, deduplicated; the file has it or a READ fetches it.)
+          const take = c.compressedOffset >= base && this.wanted(c, false);
+          const follows = batch.length > 0 && c.compressedOffset === batch[batch.length - 1].compressedOffset + batch[batch.length - 1].compressedSize;
+          if (batch.length && (!take || !follows || batchSize + c.compressedSize > batchBytes)) {
+            await verify(batch);
+            batch = [];
+            batchSize = 0;
+          }
+          if (take) {
+            batch.push(c);
+            batchSize += c.compressedSize;
+          }
+        }
+        if (batch.length) await verify(batch);
+        if (this.closed) return;
+        // What no chunk still to come needs is dropped.
+        const keepFrom = k < stored.length ? Math.min(map.at(stored[k]).compressedOffset, base + held) : base + held;
+        while (pieces.length && base + pieces[0].length <= keepFrom) {
+          base += pieces[0].length;
+          held -= pieces[0].length;
+          pieces.shift();
+        }
+        if (k === stored.length) return;
+      }
+      if (k < stored.length) throw new Error(`the stream of blob ${map.blobId} ended at byte ${base + held}, before chunk ${map.at(stored[k]).indexInBlob} (stored at ${map.at(stored[k]).compressedOffset}+${map.at(stored[k]).compressedSize})`);
+    } finally {
+      pieces = [];
+      await Promise.all(onTheirWay);
+    }
   }
 
   /** Prefetch batches, `threads` at once, until done or the file closes. */
@@ -600,6 +717,11 @@ export class BlobCacheFile {
     await Promise.all(Array.from({ length: Math.max(1, plan.config.threads) }, worker));
   }
 }
+
+/** How many times a stream prefetch opens its blob's stream (nydus's stream_prefetch tries 10 times a blob). */
+const STREAM_PREFETCH_TRIES = 10;
+/** The pause before the stream is opened again grows by this much each time (nydus's 100 ms * retries). */
+const STREAM_PREFETCH_BACKOFF_MS = 100;
 
 /**
  * Waits of the Pacer are slept in slices of at most this, and end early once its file is closed: a

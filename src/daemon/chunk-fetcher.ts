@@ -133,18 +133,8 @@ export class ChunkFetcher {
       if (!t || (t.job.direct !== null && t.job.direct !== target)) todo.push(c);
       else if (urgent) this.prioritizeJob(t);
     }
-    /** A job for these chunks, in flight until its outcome (`verify`'s). */
-    const start = (chunksOfJob: ChunkRef[], direct: WriteTarget | null, verify: (job: ChunkJob) => Promise<JobOutcome>) => {
-      const job = new ChunkJob(blob, chunksOfJob);
-      job.urgent = urgent;
-      job.background = background && !urgent;
-      job.direct = direct;
-      job.outcome = verify(job);
-      chunksOfJob.forEach((c, i) => inflight.set(c.indexInBlob, { job, i }));
-      // The job leaves the in-flight map before any taker sees its outcome.
-      void job.outcome.then(() => this.settled(blob.blobId, job));
-      return job.outcome;
-    };
+    const start = (chunksOfJob: ChunkRef[], direct: WriteTarget | null, verify: (job: ChunkJob) => Promise<JobOutcome>) =>
+      this.startJob(blob, inflight!, chunksOfJob, direct, urgent, background, verify);
     for (const run of batchChunks(todo, maxRead)) {
       for (const c of run) this.onFetch?.(blob.blobId, c.indexInBlob);
       // A direct job: measured on the Debian rootfs read whole in the guest, six runs each in turn,
@@ -162,6 +152,47 @@ export class ChunkFetcher {
       this.releaseStoredAfter(span, verifying);
     }
     return chunks.map((c) => inflight.get(c.indexInBlob)!);
+  }
+
+  /**
+   * Jobs for chunks whose stored bytes the caller holds already: `stored` is the blob's bytes from
+   * `storedBase` on, which no one else may hold (a piece of a stream of the blob, BlobCacheFile's
+   * stream prefetch; freed once its jobs are done). Chunks already on their way are left to their
+   * jobs: only the new jobs' tickets are returned. `target` and `background` as fetchJobs'.
+   */
+  jobsFromBytes(blob: BlobMap, chunks: readonly ChunkRef[], stored: Buffer, storedBase: number, target: WriteTarget | null, background: boolean): ChunkTicket[] {
+    let inflight = this.inflight.get(blob.blobId);
+    if (!inflight) this.inflight.set(blob.blobId, (inflight = new Map()));
+    const todo = chunks.filter((c) => !inflight!.has(c.indexInBlob));
+    const out: ChunkTicket[] = [];
+    const verifying: Array<Promise<JobOutcome>> = [];
+    for (const run of batchChunks(todo, Infinity)) {
+      for (const c of run) this.onFetch?.(blob.blobId, c.indexInBlob);
+      for (const chunksOfJob of verifyJobs(run)) {
+        verifying.push(this.startJob(blob, inflight, chunksOfJob, null, false, background, (job) => this.verify(job, stored, storedBase, target)));
+        chunksOfJob.forEach((c) => out.push(inflight!.get(c.indexInBlob)!));
+      }
+    }
+    this.releaseStoredAfter(Promise.resolve(stored), verifying);
+    return out;
+  }
+
+  /** The blob's stored bytes from `from` to its end, in one backend request where it makes requests (BlobBackend.stream). */
+  stream(blob: BlobMap, from: number, signal: AbortSignal): AsyncIterable<Buffer> {
+    return this.backend.stream(blob.blobId, from, signal);
+  }
+
+  /** A job for chunks, in flight until its outcome (`verify`'s). */
+  private startJob(blob: BlobMap, inflight: Map<number, ChunkTicket>, chunks: ChunkRef[], direct: WriteTarget | null, urgent: boolean, background: boolean, verify: (job: ChunkJob) => Promise<JobOutcome>): Promise<JobOutcome> {
+    const job = new ChunkJob(blob, chunks);
+    job.urgent = urgent;
+    job.background = background && !urgent;
+    job.direct = direct;
+    job.outcome = verify(job);
+    chunks.forEach((c, i) => inflight.set(c.indexInBlob, { job, i }));
+    // The job leaves the in-flight map before any taker sees its outcome.
+    void job.outcome.then(() => this.settled(blob.blobId, job));
+    return job.outcome;
   }
 
   /**

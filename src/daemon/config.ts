@@ -86,6 +86,11 @@ export interface PrefetchConfig {
   bandwidthLimit: number;
   /** After the prefetch table's files, every other chunk of the image's blobs too. */
   all: boolean;
+  /**
+   * nydus's `stream_prefetch`: each blob whole, in one backend request from its first chunk not cached
+   * (a GET without Range, which a Dragonfly proxy caches whole), in place of the prefetch table's files.
+   */
+  stream: boolean;
 }
 
 /** nydusd's bounds of an enabled prefetch config. */
@@ -94,7 +99,7 @@ const PREFETCH_BATCH_MAX = 0x10000000;
 /** The most prefetch batches in flight at once, whatever more the config asks. */
 const PREFETCH_THREADS_IN_FLIGHT = 64;
 
-const PREFETCH_DEFAULTS: PrefetchConfig = { enable: false, threads: 8, batchSize: 1 << 20, bandwidthLimit: 0, all: false };
+const PREFETCH_DEFAULTS: PrefetchConfig = { enable: false, threads: 8, batchSize: 1 << 20, bandwidthLimit: 0, all: false, stream: false };
 
 export type Json = Record<string, unknown>;
 
@@ -141,6 +146,7 @@ function prefetchFrom(o: Json, where: string, names: { threads: string; batchSiz
     batchSize,
     bandwidthLimit: bandwidthFrom(o, where, names.bandwidthLimit),
     all: all === 'whole-blob' ? true : asked,
+    stream: flag(o, 'stream_prefetch', where),
   };
 }
 

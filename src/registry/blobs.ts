@@ -12,6 +12,11 @@ import { ShapeError, describeValue, parseImageConfig } from './validate.ts';
 export interface BlobStreamOptions {
   /** The descriptor's size: more bytes is an error as soon as seen, fewer one at the end. */
   size?: number;
+  /**
+   * The blob from this byte on (a Range request): its sha256 is then not checked (the bytes before
+   * it are never read), its size still is. Default 0: the whole blob, in a request without Range.
+   */
+  from?: number;
   /** Ends the download (and its retries) when aborted. */
   signal?: AbortSignal;
 }
@@ -70,8 +75,12 @@ export function blobStream(s: RegistrySession, refLike: RefLike, digest: string,
   const { signal } = opts;
   async function* chunks(): AsyncGenerator<Buffer> {
     checkSize(opts.size, where);
-    const hash = createHash('sha256');
-    let got = 0;
+    const from = opts.from ?? 0;
+    if (!Number.isSafeInteger(from) || from < 0 || (opts.size !== undefined && from > opts.size)) {
+      throw new RegistryError({ ...where, detail: `reading on from byte ${describeValue(from)}: not a byte of the blob` });
+    }
+    const hash = from === 0 ? createHash('sha256') : null;
+    let got = from;
     let failures = 0;
     for (;;) {
       const headers: Record<string, string> = got ? { range: `bytes=${got}-` } : {};
@@ -97,7 +106,7 @@ export function blobStream(s: RegistrySession, refLike: RefLike, digest: string,
           }
           got += buf.length;
           if (opts.size !== undefined && got > opts.size) throw new DigestMismatchError(where, `${opts.size} bytes`, `more than ${opts.size} bytes`);
-          hash.update(buf);
+          hash?.update(buf);
           yield buf;
         }
         break;
@@ -114,6 +123,7 @@ export function blobStream(s: RegistrySession, refLike: RefLike, digest: string,
       }
     }
     if (opts.size !== undefined && got !== opts.size) throw new DigestMismatchError(where, `${opts.size} bytes`, `${got} bytes`);
+    if (!hash) return;
     const actual = `sha256:${hash.digest('hex')}`;
     if (actual !== digest) throw new DigestMismatchError(where, digest, actual);
   }

@@ -6,9 +6,9 @@
 import { NydusError, EIO, ENOENT } from '../../../erofs/errors.ts';
 import { Transport, discard, drain, header, isRetryableNetworkError, type HttpResponse } from '../../registry/transport.ts';
 import type { BlobBackend } from './localfs.ts';
-import { type MetricsSink, countRead, newBackendMetrics } from './metrics.ts';
+import { type MetricsSink, countRead, countStream, newBackendMetrics } from './metrics.ts';
 import type { HttpProxyBackendConfig } from './remote-config.ts';
-import { ProxyRoute, asEio, directDispatcher, proxyDispatcher, readDeadlineMs, withDeadline } from './remote.ts';
+import { ProxyRoute, asEio, directDispatcher, eioOnFailure, proxyDispatcher, readDeadlineMs, withDeadline } from './remote.ts';
 import type { Dispatcher } from 'undici';
 
 /** An HTTP failure with its status, so the proxy route can tell a down proxy (>= 500) from an answer. */
@@ -116,6 +116,27 @@ export class HttpProxyBackend implements BlobBackend {
         throw asEio(e, where);
       }
     });
+  }
+
+  /** One GET for the blob from `from` on (without Range from byte 0), through the proxy as reads go. */
+  stream(blobId: string, from: number, signal: AbortSignal): AsyncIterable<Buffer> {
+    const where = `http-proxy backend ${this.url(blobId)}: from byte ${from}`;
+    const self = this;
+    async function* open(t: Transport, url: string): AsyncGenerator<Buffer> {
+      const res = await self.send(t, url, 'GET', from ? { range: `bytes=${from}-` } : {}, from ? [206] : [200], signal);
+      try {
+        const start = /^bytes (\d+)-/.exec(header(res.headers, 'content-range') ?? '')?.[1];
+        if (from && Number(start) !== from) throw new NydusError(`asked for bytes from ${from}, got Content-Range "${header(res.headers, 'content-range')}"`, EIO);
+        yield* res.body as AsyncIterable<Buffer>;
+      } finally {
+        discard(res.body);
+      }
+    }
+    const { direct, viaProxy, route } = this.connections();
+    const url = this.url(blobId);
+    const proxied = this.cfg.proxy.useHttp ? url.replace(/^https:/, 'http:') : url;
+    const pieces = route && viaProxy ? route.stream(() => open(viaProxy, proxied), () => open(direct, url)) : open(direct, url);
+    return countStream(this.metrics, eioOnFailure(pieces, where));
   }
 
   async size(blobId: string): Promise<number> {

@@ -6,7 +6,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { constants as fsConstants } from 'node:fs';
 import { NydusError, EIO } from '../../../erofs/errors.ts';
-import { type BackendMetrics, type MetricsSink, countRead, newBackendMetrics } from './metrics.ts';
+import { type BackendMetrics, type MetricsSink, countRead, countStream, newBackendMetrics } from './metrics.ts';
 import type { LocalFsBackendConfig } from '../config.ts';
 
 /** Where a localfs backend looks for its blobs: its config less the type. */
@@ -31,7 +31,16 @@ export interface BlobBackend {
    * `read` rejects when the file could not be read. Only localfs has it.
    */
   readLocal?<T>(blobId: string, size: number, read: (fd: number) => Promise<T>): Promise<T>;
+  /**
+   * The blob's bytes from `from` to its end, in order, in one request where the backend makes
+   * requests (nydus's `stream_prefetch`: a GET without Range for a whole blob); `signal` ends it.
+   * Counted as one read of the bytes it gave. A failure is an EIO naming the blob.
+   */
+  stream(blobId: string, from: number, signal: AbortSignal): AsyncIterable<Buffer>;
 }
+
+/** The pieces a blob file is streamed in (BlobBackend.stream). */
+const STREAM_PIECE = 1 << 20;
 
 /**
  * A blob file opened for reading: O_NONBLOCK so that a FIFO in its place does not wait for a writer
@@ -106,6 +115,20 @@ export class LocalFsBackend implements BlobBackend {
         throw this.readError(blobId, e as Error);
       }
     });
+  }
+
+  stream(blobId: string, from: number, signal: AbortSignal): AsyncIterable<Buffer> {
+    const self = this;
+    async function* pieces(): AsyncGenerator<Buffer> {
+      try {
+        const h = await self.handle(blobId);
+        // The handle stays open (the backend's, for every read): the stream only reads through it.
+        for await (const piece of h.createReadStream({ start: from, highWaterMark: STREAM_PIECE, autoClose: false, emitClose: false, signal })) yield piece as Buffer;
+      } catch (e) {
+        throw self.readError(blobId, e as Error);
+      }
+    }
+    return countStream(this.metrics, pieces());
   }
 
   /** (Its latency in the metrics is the whole job's: the read, the verification and the write.) */

@@ -105,3 +105,34 @@ export async function countRead<T = Buffer>(sink: MetricsSink, read: () => Promi
     }
   }
 }
+
+/**
+ * A backend's stream of a blob (BlobBackend.stream), counted as one read of the bytes it gave, its
+ * latency the whole stream's: counted when it ends, fails or is left.
+ */
+export async function* countStream(sink: MetricsSink, pieces: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
+  let n = 0;
+  let left = true;
+  const counted = countRead(sink, () => new Promise<number>((resolve, reject) => {
+    finish = resolve;
+    fail = reject;
+  }), (r) => r);
+  let finish!: (n: number) => void;
+  let fail!: (e: unknown) => void;
+  counted.catch(() => undefined);
+  try {
+    for await (const piece of pieces) {
+      n += piece.length;
+      yield piece;
+    }
+    left = false;
+    finish(n);
+  } catch (e) {
+    left = false;
+    fail(e);
+    throw e;
+  } finally {
+    // Left by its taker (a prefetch stopped): the bytes it gave.
+    if (left) finish(n);
+  }
+}

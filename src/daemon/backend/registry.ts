@@ -9,9 +9,9 @@ import type { Dispatcher } from 'undici';
 import { NydusError, ENOENT } from '../../../erofs/errors.ts';
 import { type Credentials, RegistryClient, credentialsFromAuth, repositoryAt, type ImageReference } from '../../registry/index.ts';
 import type { BlobBackend } from './localfs.ts';
-import { type MetricsSink, countRead, newBackendMetrics } from './metrics.ts';
+import { type MetricsSink, countRead, countStream, newBackendMetrics } from './metrics.ts';
 import type { RegistryBackendConfig } from './remote-config.ts';
-import { ProxyRoute, asEio, directDispatcher, proxyDispatcher, readDeadlineMs, withDeadline } from './remote.ts';
+import { ProxyRoute, asEio, directDispatcher, eioOnFailure, proxyDispatcher, readDeadlineMs, withDeadline } from './remote.ts';
 
 /**
  * Adds `registry_token` to requests for the registry's host that carry no Authorization yet (the
@@ -141,6 +141,15 @@ export class RegistryBackend implements BlobBackend {
         throw asEio(e, where);
       }
     });
+  }
+
+  /** One GET for the blob (without Range from byte 0: its sha256 is checked as well), through the proxy as reads go. */
+  stream(blobId: string, from: number, signal: AbortSignal): AsyncIterable<Buffer> {
+    const where = `${this.where}: blob ${blobId} from byte ${from}`;
+    const { direct, viaProxy, route } = this.connections();
+    const open = (c: RegistryClient) => c.blobStream(this.ref, `sha256:${blobId}`, { from, signal }) as AsyncIterable<Buffer>;
+    const pieces = route && viaProxy ? route.stream(() => open(viaProxy), () => open(direct)) : open(direct);
+    return countStream(this.metrics, eioOnFailure(pieces, where));
   }
 
   async size(blobId: string): Promise<number> {

@@ -117,6 +117,15 @@ export function asEio(e: unknown, where: string): NydusError {
   return new NydusError(`${where}: ${(e as Error).message}`, EIO);
 }
 
+/** A stream whose failure is the EIO asEio makes of it. */
+export async function* eioOnFailure(pieces: AsyncIterable<Buffer>, where: string): AsyncGenerator<Buffer> {
+  try {
+    yield* pieces;
+  } catch (e) {
+    throw asEio(e, where);
+  }
+}
+
 /** An HTTP status of a failed request (from the registry client's errors), if any. */
 function statusOf(e: unknown): number | undefined {
   const s = (e as { status?: unknown }).status;
@@ -184,7 +193,35 @@ export class ProxyRoute {
     }
   }
 
+  /**
+   * A stream the way `run` routes a read: its first piece decides (a proxy that fails before it gives
+   * one falls back as `run` does); a failure after that is the stream's.
+   */
+  stream(viaProxy: () => AsyncIterable<Buffer>, direct: () => AsyncIterable<Buffer>): AsyncIterable<Buffer> {
+    return streamFrom(() => this.run(() => firstPiece(viaProxy()), () => firstPiece(direct())));
+  }
+
   close(): void {
     clearInterval(this.timer);
+  }
+}
+
+type Started = { it: AsyncIterator<Buffer>; first: IteratorResult<Buffer> };
+
+async function firstPiece(pieces: AsyncIterable<Buffer>): Promise<Started> {
+  const it = pieces[Symbol.asyncIterator]();
+  return { it, first: await it.next() };
+}
+
+/** The pieces of a stream whose first one `start` waited for. */
+async function* streamFrom(start: () => Promise<Started>): AsyncGenerator<Buffer> {
+  const { it, first } = await start();
+  let done = false;
+  try {
+    for (let r = first; !r.done; r = await it.next()) yield r.value;
+    done = true;
+  } finally {
+    // Left early (its taker stopped): the request ends.
+    if (!done) await it.return?.();
   }
 }
