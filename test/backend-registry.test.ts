@@ -432,6 +432,32 @@ test('registry backend: a proxy whose ping_url fails is skipped (fallback) until
   }
 });
 
+test('stream_prefetch (nydus\'s streaming blob prefetch): each blob in one GET without Range, the cache file whole before any READ (registry in config_v2, http-proxy in the legacy body)', async () => {
+  const registrySide = await FaultProxy.start(open.url);
+  const proxySide = await FaultProxy.start(proxyServer.url);
+  cleanups.push(() => registrySide.close(), () => proxySide.close());
+  const streamed = { enable: true, threads_count: 2, stream_prefetch: true };
+  const v2 = v2Entry('stream-registry', snapshotterConfig(registrySide.host)) as { config_v2: { cache: Record<string, unknown> } };
+  v2.config_v2.cache.prefetch = { ...streamed, threads: 2 };
+  const legacy = legacyEntry('stream-http-proxy', { addr: proxySide.url, path: '' }, 'http-proxy') as { config: Record<string, unknown> };
+  legacy.config.prefetch_config = streamed;
+  for (const [body, side, type] of [[v2, registrySide, 'registry'], [legacy, proxySide, 'http-proxy']] as const) {
+    const r = await reader(body);
+    try {
+      await waitFor(() => cacheOf(r).subarray(0, expected.length).equals(expected), `${type}: the stream prefetch to fill the cache file`, 60_000);
+      assertWhole(r);
+      assertNoWrongBytes(r);
+      const gets = side.seen.filter((q) => q.method === 'GET' && q.url.endsWith(blobId));
+      assert.equal(gets.length, 1, `${type}: one GET for the blob (${JSON.stringify(gets.map((g) => g.headers.range))})`);
+      assert.equal(gets[0].headers.range, undefined, `${type}: without Range`);
+      await waitFor(() => r.registry.metrics()[type].read_count === 1, `${type}: the stream counted`);
+      assert.equal(r.registry.metrics()[type].read_amount_total, blobSize, `${type}: one read of the whole blob in the metrics`);
+    } finally {
+      await r.close();
+    }
+  }
+});
+
 test('http-proxy backend: blobs at <addr><path>/<blob id> with Range; a missing server is an EIO', async () => {
   const body = legacyEntry('http-proxy', { addr: proxyServer.url, path: '', readahead: false }, 'http-proxy');
   const r = await reader(body);

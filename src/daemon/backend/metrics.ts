@@ -113,12 +113,12 @@ export async function countRead<T = Buffer>(sink: MetricsSink, read: () => Promi
 export async function* countStream(sink: MetricsSink, pieces: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
   let n = 0;
   let left = true;
+  let finish!: (n: number) => void;
+  let fail!: (e: unknown) => void;
   const counted = countRead(sink, () => new Promise<number>((resolve, reject) => {
     finish = resolve;
     fail = reject;
   }), (r) => r);
-  let finish!: (n: number) => void;
-  let fail!: (e: unknown) => void;
   counted.catch(() => undefined);
   try {
     for await (const piece of pieces) {
