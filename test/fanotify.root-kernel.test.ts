@@ -552,13 +552,17 @@ test('root-kernel fanotify: events the addon answered and holds back reach JS be
   }
 });
 
-test('root-kernel fanotify: with prefetch on, a corrupt chunk only the prefetch fetched still gives its reader EIO; the other files read right from what the prefetch wrote, none fetched twice', async () => {
-  const { img, victimChunk } = buildCorrupt('corrupt-pf', 91);
+for (const stream of [false, true]) test(`root-kernel fanotify: with prefetch on${stream ? ' as a stream (stream_prefetch)' : ''}, a corrupt chunk only the prefetch fetched still gives its reader EIO; the other files read right from what the prefetch wrote, none fetched twice`, async () => {
+  const name = stream ? 'corrupt-spf' : 'corrupt-pf';
+  const { img, victimChunk } = buildCorrupt(name, 91);
   const chunks = (inspect(img.boot, 'blobs') as Array<{ chunk_count: number }>)[0].chunk_count;
 
-  const d = await startFanotifyDaemon(path.join(work, 'corrupt-pf'), img, localfs(img), { daemons, mounts }, { prefetch: { enable: true } });
+  const d = await startFanotifyDaemon(path.join(work, name), img, localfs(img), { daemons, mounts }, { prefetch: { enable: true, batch_size: 65536, stream_prefetch: stream } });
   await waitFor('the prefetch of every chunk', async () => Object.keys(await fetches(d.sock, img.blobId)).length === chunks);
   const prefetched = await fetches(d.sock, img.blobId);
+  const backendReads = (await apiRequest(d.sock, 'GET', '/api/v1/metrics/backend')).body.read_count as number;
+  if (stream) assert.equal(backendReads, 1, 'the blob came in one read of the backend, its stream');
+  else assert.ok(backendReads > 1, `a prefetch in batches reads the backend many times (${backendReads})`);
   for (let i = 0; i < 4; i++) assert.deepEqual(readMounted(path.join(d.mnt, `ok${i}`)), prand(150_000, 92 + i), `ok${i} reads right`);
   const afterOk = await fetches(d.sock, img.blobId);
   // (The failed chunk, missing from the file, may be fetched again as read-ahead of the file before it.)

@@ -20,6 +20,22 @@ test('fanotify config: nydusd v2 FUSE config becomes an entry with its backend, 
   assert.deepEqual([e.id, e.metadataPath, e.workDir, e.backend], ['fanotify-1', '/img.boot', '/cache', { type: 'localfs', dir: '/blobs' }]);
   assert.equal(e.prefetch.enable, true);
   assert.equal(e.prefetch.threads, 2);
+  assert.equal(e.prefetch.stream, false);
+});
+
+test('config: stream_prefetch (nydus\'s streaming blob prefetch) is read in each prefetch section; a value other than true or false is refused naming it', () => {
+  const v2 = (prefetch: object, where: 'rafs' | 'cache') => parseBlobCacheEntry(entryBodyFromFsConfig({
+    version: 2, backend: { type: 'localfs', localfs: { dir: '/blobs' } },
+    cache: { type: 'filecache', filecache: { work_dir: '/cache' }, ...(where === 'cache' ? { prefetch } : {}) }, ...(where === 'rafs' ? { rafs: { prefetch } } : {}),
+  }, '/img.boot', 'x'), 'fs-config');
+  assert.equal(v2({ enable: true, stream_prefetch: true }, 'rafs').prefetch.stream, true);
+  assert.equal(v2({ enable: true, stream_prefetch: true }, 'cache').prefetch.stream, true);
+  const v1 = parseBlobCacheEntry(entryBodyFromFsConfig({
+    device: { backend: { type: 'localfs', config: { dir: '/blobs' } }, cache: { type: 'blobcache', config: { work_dir: '/cache' } } },
+    fs_prefetch: { enable: true, threads_count: 3, stream_prefetch: true },
+  }, '/img.boot', 'x'), 'fs-config');
+  assert.equal(v1.prefetch.stream, true);
+  assert.throws(() => v2({ enable: true, stream_prefetch: 'yes' }, 'rafs'), /rafs\.prefetch\.stream_prefetch must be true or false/);
 });
 
 test('fanotify config: nydusd v1 FUSE config (device.backend, device.cache, fs_prefetch) is read too', () => {
