@@ -23,6 +23,30 @@ test('fanotify config: nydusd v2 FUSE config becomes an entry with its backend, 
   assert.equal(e.prefetch.stream, false);
 });
 
+test('config: nydus\'s switches that change nothing here (validate, enable_xattr, iostats_files, ...) are accepted as booleans and refused as anything else, naming the field, as nydusd refuses the config; a prefetch batch of 0 is nydusd\'s default', () => {
+  const v2 = (rafs: object, cache: object = {}) => parseBlobCacheEntry(entryBodyFromFsConfig({
+    version: 2, backend: { type: 'localfs', localfs: { dir: '/blobs' } },
+    cache: { type: 'filecache', filecache: { work_dir: '/cache' }, ...cache }, rafs,
+  }, '/img.boot', 'x'), 'fs-config');
+  const v1 = (top: object, cache: object = {}) => parseBlobCacheEntry(entryBodyFromFsConfig({
+    device: { backend: { type: 'localfs', config: { dir: '/blobs' } }, cache: { type: 'blobcache', config: { work_dir: '/cache' }, ...cache } }, mode: 'direct', ...top,
+  }, '/img.boot', 'x'), 'fs-config');
+  v2({ validate: false, enable_xattr: true, iostats_files: false, access_pattern: true, latest_read_files: false }, { validate: true, compressed: false });
+  v1({ digest_validate: false, enable_xattr: true, iostats_files: true, access_pattern: false, latest_read_files: true }, { validate: false, compressed: false });
+  assert.throws(() => v2({ validate: 'yes' }), /config\.rafs\.validate must be true or false/);
+  assert.throws(() => v2({ iostats_files: 1 }), /config\.rafs\.iostats_files must be true or false/);
+  assert.throws(() => v2({}, { validate: 'no' }), /config\.cache\.validate must be true or false/);
+  assert.throws(() => v1({ digest_validate: 'yes' }), /config\.digest_validate must be true or false/);
+  assert.throws(() => v1({ access_pattern: 'on' }), /config\.access_pattern must be true or false/);
+  assert.throws(() => v1({}, { validate: 1 }), /config\.device\.cache\.validate must be true or false/);
+  // The snapshotter's fscache body has the cache's switches too.
+  const put = (cache: object) => parseBlobCacheEntry({ type: 'bootstrap', id: 'x', domain_id: '', config_v2: { version: 2, backend: { type: 'localfs', localfs: { dir: '/b' } }, cache: { type: 'fscache', fscache: { work_dir: '/c' }, ...cache }, metadata_path: '/i.boot' } });
+  put({ compressed: false, validate: false });
+  assert.throws(() => put({ validate: 'false' }), /config_v2\.cache\.validate must be true or false/);
+  assert.equal(v2({ prefetch: { enable: true, batch_size: 0 } }).prefetch.batchSize, 1 << 20, 'batch_size 0: nydusd\'s default');
+  assert.equal(v1({ fs_prefetch: { enable: true, threads_count: 2, merging_size: 0 } }).prefetch.batchSize, 1 << 20, 'merging_size 0 too');
+});
+
 test('config: stream_prefetch (nydus\'s streaming blob prefetch) is read in each prefetch section; a value other than true or false is refused naming it', () => {
   const v2 = (prefetch: object, where: 'rafs' | 'cache') => parseBlobCacheEntry(entryBodyFromFsConfig({
     version: 2, backend: { type: 'localfs', localfs: { dir: '/blobs' } },

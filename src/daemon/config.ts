@@ -80,7 +80,7 @@ export interface PrefetchConfig {
   enable: boolean;
   /** Chunks fetched at once. */
   threads: number;
-  /** Adjacent chunks are fetched in one backend read of up to this many bytes (0: one chunk a read). */
+  /** Adjacent chunks are fetched in one backend read of up to this many bytes (a config's 0: the default, 1 MiB, as nydusd). */
   batchSize: number;
   /** Bytes per second from the backend for prefetch (0: no limit). */
   bandwidthLimit: number;
@@ -132,7 +132,8 @@ export type PrefetchAllRule = 'whole-blob' | 'fs';
 /** A prefetch config under nydus's field names of either form (`names` maps ours to theirs). */
 function prefetchFrom(o: Json, where: string, names: { threads: string; batchSize: string; bandwidthLimit: string }, all: PrefetchAllRule, allDefault: boolean): PrefetchConfig {
   const threads = count(o, names.threads, where, PREFETCH_DEFAULTS.threads);
-  const batchSize = count(o, names.batchSize, where, PREFETCH_DEFAULTS.batchSize);
+  // 0 is nydusd's default too (rafs/src/fs.rs, service/src/fs_cache.rs), not a batch of nothing.
+  const batchSize = count(o, names.batchSize, where, PREFETCH_DEFAULTS.batchSize) || PREFETCH_DEFAULTS.batchSize;
   const asked = o.prefetch_all === undefined || o.prefetch_all === null ? allDefault : flag(o, 'prefetch_all', where);
   const enable = flag(o, 'enable', where);
   // As nydusd's validate() (CacheConfigV2, RafsConfigV2; the legacy forms are converted to them).
@@ -201,6 +202,19 @@ function refuseUnreadableCache(cache: Json, cacheWhere: string, typed: Json, typ
   }
 }
 
+/**
+ * nydus's switches that change nothing here, checked as nydusd's serde checks them (a value of
+ * another type fails the whole config): digest validation (always on: every chunk is verified),
+ * xattrs (the kernel serves an image's own), per-file counters and access traces (always kept,
+ * bounded). A file system section's (v2 `rafs`, v1's top level) and a cache's (`validate`).
+ */
+const FS_SWITCHES = ['validate', 'digest_validate', 'enable_xattr', 'iostats_files', 'access_pattern', 'latest_read_files'];
+const CACHE_SWITCHES = ['validate', 'compressed'];
+
+function checkSwitches(o: Json, keys: readonly string[], where: string): void {
+  for (const k of keys) flag(o, k, where);
+}
+
 /** nydus's RafsConfig mode: "direct" or "cached" (what nydusd's validate() allows; the kernel reads either way). */
 function checkRafsMode(o: Json, where: string): void {
   const mode = o.mode;
@@ -244,6 +258,8 @@ export function parseBlobCacheEntry(body: unknown, origin: EntryOrigin = 'blob-c
     refuseUnreadableCache(cache, `${v2}.cache`, fscache, `${v2}.cache.fscache`);
     const rafs = c.rafs === undefined ? {} : obj(c.rafs, `${v2}.rafs`);
     checkRafsMode(rafs, `${v2}.rafs`);
+    checkSwitches(rafs, FS_SWITCHES, `${v2}.rafs`);
+    checkSwitches(cache, CACHE_SWITCHES, `${v2}.cache`);
     // The blob cache's prefetch, or the file system's (nydus has both; either turns it on here).
     const v2Names = { threads: 'threads', batchSize: 'batch_size', bandwidthLimit: 'bandwidth_limit' };
     const fromCache = cache.prefetch === undefined ? null : prefetchFrom(obj(cache.prefetch, `${v2}.cache.prefetch`), `${v2}.cache.prefetch`, v2Names, prefetchAll, false);
@@ -345,6 +361,7 @@ export function entryBodyFromFsConfig(config: unknown, bootstrap: string, id: st
     const typed = obj(cache[ctype] ?? {}, `config.cache.${ctype}`);
     const workDir = str(typed, 'work_dir', `config.cache.${ctype}`);
     refuseUnreadableCache(cache, 'config.cache', typed, `config.cache.${ctype}`);
+    checkSwitches(cache, CACHE_SWITCHES, 'config.cache');
     if (c.rafs !== undefined) checkRafsMode(obj(c.rafs, 'config.rafs'), 'config.rafs');
     const v2Cache: Json = { type: 'fscache', fscache: { work_dir: workDir } };
     if (cache.prefetch !== undefined) v2Cache.prefetch = cache.prefetch;
@@ -359,7 +376,9 @@ export function entryBodyFromFsConfig(config: unknown, bootstrap: string, id: st
   const typed = obj(cache.config ?? {}, 'config.device.cache.config');
   const workDir = str(typed, 'work_dir', 'config.device.cache.config');
   refuseUnreadableCache(cache, 'config.device.cache', typed, 'config.device.cache.config');
+  checkSwitches(cache, CACHE_SWITCHES, 'config.device.cache');
   checkRafsMode(c, 'config');
+  checkSwitches(c, FS_SWITCHES, 'config');
   const legacy: Json = {
     backend_type: str(backend, 'type', 'config.device.backend'), backend_config: backend.config ?? {},
     cache_type: 'fscache', cache_config: { work_dir: workDir }, metadata_path: bootstrap,
