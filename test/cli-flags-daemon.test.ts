@@ -314,7 +314,7 @@ test('nydusctl mount and umount (upstream\'s -s -c -m -t, -m): POST and DELETE /
   assert.equal(noFile.code, 1);
   assert.match(noFile.err, /^nydusctl: error: cannot read the mount config .*none\.json: ENOENT/);
   assert.equal(passthrough.code, 1);
-  assert.match(passthrough.err, /^nydusctl: error: \/api\/v1\/mount\?mountpoint=%2Fmnt%2Fx: 400 .*body\.fs_type "passthrough_fs" is not supported \(rafs\)/);
+  assert.match(passthrough.err, /^nydusctl: error: \/api\/v1\/mount\?mountpoint=%2Fmnt%2Fx: 501 .*body\.fs_type "passthrough_fs" is not supported \(rafs\)/);
   assert.notEqual(noType.code, 0);
   assert.match(noType.err, /Missing required argument: type/);
   assert.equal(asked.length, 2, 'nothing refused reached the front end');

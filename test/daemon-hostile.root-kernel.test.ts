@@ -112,13 +112,14 @@ function postMount(d: FanotifyDaemon, mountpoint: string, cacheDir: string, sour
     { source, fs_type: 'rafs', config: JSON.stringify(fanotifyConfig(cacheDir, localfsBackend(img))) });
 }
 
+/** A mount the daemon refused: nydusd's answer to a mount that fails (500), naming what. */
 async function refused(what: string, r: Promise<ApiResponse>, message: RegExp): Promise<void> {
   const { status, body } = await r;
-  assert.equal(status, 400, `${what}: ${JSON.stringify(body)}`);
+  assert.equal(status, 500, `${what}: ${JSON.stringify(body)}`);
   assert.match(body.message, message, what);
 }
 
-test('root-kernel hostile: mountpoints on pseudo file systems, over the daemon\'s own files or the bootstrap, relative, NUL or over-long, and a missing bootstrap are 400s naming them', async () => {
+test('root-kernel hostile: mountpoints on pseudo file systems, over the daemon\'s own files or the bootstrap, relative, NUL or over-long, and a missing bootstrap are refused naming them (500, as nydusd answers a mount that fails); a body or query nydusd cannot parse is a 400', async () => {
   const d = await startDaemon('mountpoints');
   const worker = await workerPid(d.sock);
   const free = path.join(work, 'mp-free');
@@ -142,12 +143,22 @@ test('root-kernel hostile: mountpoints on pseudo file systems, over the daemon\'
   mounts.push(free);
   await refused('missing bootstrap', postMount(d, free, cache(7), path.join(work, 'nope.boot')), /bootstrap .*nope\.boot does not exist/);
   await refused('relative bootstrap', postMount(d, free, cache(8), 'img.boot'), /body\.source .* must be an absolute path/);
+  await refused('a config that is no config', call(d.sock, 'POST', `/api/v1/mount?mountpoint=${encodeURIComponent(free)}`, { source: img.boot, fs_type: 'rafs', config: '{"version": 2' }), /body\.config/);
+  const badRequest = async (what: string, r: Promise<ApiResponse>, message: RegExp) => {
+    const { status, body } = await r;
+    assert.equal(status, 400, `${what}: ${JSON.stringify(body)}`);
+    assert.match(body.message, message, what);
+  };
+  await badRequest('no source', call(d.sock, 'POST', `/api/v1/mount?mountpoint=${encodeURIComponent(free)}`, { fs_type: 'rafs', config: '{}' }), /body\.source/);
+  await badRequest('a source that is no string', call(d.sock, 'POST', `/api/v1/mount?mountpoint=${encodeURIComponent(free)}`, { source: 7, config: '{}' }), /body\.source/);
+  await badRequest('no mountpoint', call(d.sock, 'POST', '/api/v1/mount', { source: img.boot, config: '{}' }), /'mountpoint' should be specified/);
+  await badRequest('DELETE without a mountpoint', call(d.sock, 'DELETE', '/api/v1/mount'), /'mountpoint' should be specified/);
   assert.equal(fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter((l) => l.split(' ')[4] === procDir).length, 1, 'nothing was mounted over the proc mount');
   for (const dir of [free, bootDir, path.dirname(d.sock)]) assert.equal(isMounted(dir), false, dir);
   assert.equal(await workerPid(d.sock), worker, 'the same worker still serves');
 });
 
-test('root-kernel hostile: a cache work_dir under /proc is a 400 naming it, at once', async () => {
+test('root-kernel hostile: a cache work_dir under /proc is refused naming it, at once', async () => {
   const d = await startDaemon('workdir');
   const free = path.join(work, 'wd-free');
   fs.mkdirSync(free);

@@ -8,7 +8,8 @@
  * Errors are JSON {code, message}: 400 for bad requests and for a request the daemon's state refuses,
  * 501 for what this daemon does not do (nydus's Unsupported: a mount asked of a daemon in fscache
  * mode, a remount), 404 for unknown paths and for metrics of an image that is not there (nydus's
- * NoCounter), 500 for the rest.
+ * NoCounter), 500 for the rest, a mount or umount that fails too (nydusd's MountFilesystem errors:
+ * a mountpoint, bootstrap or config the mount refuses, a path not mounted).
  */
 import http from 'node:http';
 import path from 'node:path';
@@ -314,8 +315,11 @@ export function startApi(sock: string, ctx: ApiContext): Promise<http.Server> {
         }
         case 'POST /api/v1/mount': {
           const { mountpoint, mounts } = mountTarget(url, ctx);
-          absolutePathField(mountpoint, "query parameter 'mountpoint'");
-          await mounts.mount({ mountpoint, ...parseMountCmd(await readBody(req)) });
+          const cmd = mountCmdOf(await readBody(req));
+          await carriedOut(async () => {
+            absolutePathField(mountpoint, "query parameter 'mountpoint'");
+            await mounts.mount({ mountpoint, ...mountRequestOf(cmd) });
+          });
           return send(res, 204);
         }
         case 'GET /api/v1/daemon/backend': {
@@ -332,7 +336,7 @@ export function startApi(sock: string, ctx: ApiContext): Promise<http.Server> {
           throw new UnsupportedError('PUT /api/v1/mount (remount with a new bootstrap) is not supported: a kernel EROFS mount keeps its bootstrap; unmount (DELETE) and mount (POST) instead');
         case 'DELETE /api/v1/mount': {
           const { mountpoint, mounts } = mountTarget(url, ctx);
-          mounts.umount(mountpoint);
+          await carriedOut(() => mounts.umount(mountpoint));
           return send(res, 204);
         }
         case 'GET /api/v1/config':
@@ -442,13 +446,39 @@ function mountTarget(url: URL, ctx: ApiContext): { mountpoint: string; mounts: N
   return { mountpoint, mounts: ctx.mounts };
 }
 
-/** nydus's ApiMountCmd: `source` (the bootstrap), `fs_type` ("rafs"), `config` (the JSON text of a config). */
-function parseMountCmd(body: unknown): { bootstrap: string; config: unknown } {
+/**
+ * A request nydusd could parse but not carry out is its 500 (translate_status_code: a mount or umount
+ * that fails is ApiError::MountFilesystem), not a bad request: what the mount itself refuses (the
+ * mountpoint, the bootstrap, the config text, a path not mounted) is answered so.
+ */
+class NotCarriedOutError extends Error {}
+
+async function carriedOut<T>(work: () => T | Promise<T>): Promise<T> {
+  try {
+    return await work();
+  } catch (e) {
+    if (e instanceof ConfigError) throw new NotCarriedOutError(e.message);
+    throw e;
+  }
+}
+
+/** nydus's ApiMountCmd as its HTTP layer parses it (a body of another shape is a 400): `source`, `fs_type`, `config`, `prefetch_files`. */
+interface MountCmd {
+  source: string;
+  fsType: string;
+  config: string;
+  prefetchFiles: unknown;
+}
+
+function mountCmdOf(body: unknown): MountCmd {
   const b = obj(body, 'body');
-  const source = str(b, 'source', 'body');
-  absolutePathField(source, 'body.source (the bootstrap)');
-  const fsType = str(b, 'fs_type', 'body', false);
-  if (fsType && fsType !== 'rafs') throw new ConfigError(`body.fs_type ${JSON.stringify(fsType)} is not supported (rafs)`);
-  if (Array.isArray(b.prefetch_files) && b.prefetch_files.length) throw new ConfigError('body.prefetch_files is not supported; use the config\'s prefetch settings');
-  return { bootstrap: source, config: parseConfigText(str(b, 'config', 'body'), 'body.config') };
+  return { source: str(b, 'source', 'body'), fsType: str(b, 'fs_type', 'body', false), config: str(b, 'config', 'body'), prefetchFiles: b.prefetch_files };
+}
+
+/** What the mount takes of the command: the bootstrap (an absolute path), the config (JSON or TOML text); fs_type "rafs". */
+function mountRequestOf(cmd: MountCmd): { bootstrap: string; config: unknown } {
+  absolutePathField(cmd.source, 'body.source (the bootstrap)');
+  if (cmd.fsType && cmd.fsType !== 'rafs') throw new UnsupportedError(`body.fs_type ${JSON.stringify(cmd.fsType)} is not supported (rafs)`);
+  if (Array.isArray(cmd.prefetchFiles) && cmd.prefetchFiles.length) throw new UnsupportedError('body.prefetch_files is not supported; use the config\'s prefetch settings');
+  return { bootstrap: cmd.source, config: parseConfigText(cmd.config, 'body.config') };
 }
