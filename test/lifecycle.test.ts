@@ -10,7 +10,7 @@ import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { spawn, execFileSync } from 'node:child_process';
+import { spawn, spawnSync, execFileSync } from 'node:child_process';
 import { createImage } from '../src/builder/create.ts';
 import { fscacheBinding } from '../native/fscache/index.ts';
 import { hardlinkHeavyImage, prand, tmpDir } from './helpers/fixtures.ts';
@@ -141,4 +141,57 @@ test('--upgrade: the API answers in INIT at once, while the images of the state 
     d.kill('SIGTERM');
     await exited;
   }
+});
+
+test('a starting daemon waits for /dev/cachefiles held by one that is stopping (busy, nothing at its API socket\'s path: the snapshotter removed it and started the next), at most 5 s; busy with a socket there, or another failure, is the error at once', async () => {
+  const { openDeviceWhenFree } = await import('../src/daemon/run.ts');
+  const { NydusError } = await import('../erofs/errors.ts');
+  const busy = () => new NydusError('cannot bind the fscache cache at /x: EBUSY', undefined, 'EBUSY');
+  const sock = path.join(work, 'when-free.sock');
+  const opts = { apiSock: sock, fscacheDir: '/x', tag: '' };
+  /** A device busy `n` times, then free; counts the opens. */
+  const device = (n: number, err = busy) => {
+    const d = { opens: 0, open: () => {
+      if (++d.opens <= n) throw err();
+      return 'bound';
+    } };
+    return d;
+  };
+  // Busy twice, the socket gone: bound on the third try, some 400 ms on.
+  const freed = device(2);
+  const t0 = Date.now();
+  assert.equal(await openDeviceWhenFree(opts, freed.open, 5_000), 'bound');
+  assert.equal(freed.opens, 3);
+  assert.ok(Date.now() - t0 >= 350, `waited between tries (${Date.now() - t0} ms)`);
+  // Busy for good: the EBUSY error once the wait is over (here 1 s), not before.
+  const held = device(Infinity);
+  const t1 = Date.now();
+  await assert.rejects(openDeviceWhenFree(opts, held.open, 1_000), /EBUSY/);
+  assert.ok(Date.now() - t1 >= 1_000 && held.opens >= 5, `tried for the whole wait (${Date.now() - t1} ms, ${held.opens} tries)`);
+  // Another failure: at once.
+  const denied = device(1, () => new NydusError('cannot bind the fscache cache at /x: EACCES', undefined, 'EACCES'));
+  await assert.rejects(openDeviceWhenFree(opts, denied.open, 5_000), /EACCES/);
+  assert.equal(denied.opens, 1);
+  // Busy while a daemon answers at the socket (it serves, it is not stopping): at once.
+  const net = await import('node:net');
+  const server = net.createServer((c) => c.end());
+  await new Promise<void>((r) => server.listen(sock, r));
+  try {
+    const serving = device(Infinity);
+    await assert.rejects(openDeviceWhenFree(opts, serving.open, 5_000), /EBUSY/);
+    assert.equal(serving.opens, 1);
+  } finally {
+    await new Promise((r) => server.close(r));
+  }
+  // Busy, a socket file nobody answers at (a daemon that died): not a stopping daemon's, at once too.
+  spawnSync(process.execPath, ['-e', `require('net').createServer().listen(${JSON.stringify(sock)}, () => process.kill(process.pid, 'SIGKILL'))`]);
+  assert.ok(fs.lstatSync(sock).isSocket(), 'a killed listener left its socket file');
+  const stale = device(Infinity);
+  await assert.rejects(openDeviceWhenFree(opts, stale.open, 5_000), /EBUSY/);
+  assert.equal(stale.opens, 1);
+  fs.rmSync(sock, { force: true });
+  // No API socket configured: nothing tells a stopping daemon from a serving one; at once.
+  const noSock = device(Infinity);
+  await assert.rejects(openDeviceWhenFree({ apiSock: '', fscacheDir: '/x', tag: '' }, noSock.open, 5_000), /EBUSY/);
+  assert.equal(noSock.opens, 1);
 });

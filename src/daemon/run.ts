@@ -779,26 +779,30 @@ export function openFanotifyGroup(dir: string): FanotifyHold {
 
 /** How long a starting daemon waits for /dev/cachefiles held by one that is stopping (openDeviceWhenFree). */
 const DEVICE_FREE_WAIT_MS = 5_000;
+/** How often it tries meanwhile. */
+const DEVICE_FREE_POLL_MS = 200;
 
 /**
- * openDevice, waiting up to DEVICE_FREE_WAIT_MS while the device is busy and nothing is at the API
- * socket's path: nydus-snapshotter removes a daemon's socket and starts the next one at once, and the
- * one it removed may still be stopping (an adoptive supervisor's, stopOnceSocketGone).
+ * openDevice, waiting up to `waitMs` while the device is busy and nothing is at the API socket's
+ * path: nydus-snapshotter removes a daemon's socket and starts the next one at once, and the one it
+ * removed may still be stopping (an adoptive supervisor's, stopOnceSocketGone). Busy with a socket
+ * there (another daemon serving, or one that died), or busy past the wait: the open's error. (`open`:
+ * tests give the device's answers.)
  */
-export async function openDeviceWhenFree(opts: DaemonOptions): Promise<CachefilesDevice> {
-  const until = Date.now() + DEVICE_FREE_WAIT_MS;
+export async function openDeviceWhenFree<T = CachefilesDevice>(opts: Pick<DaemonOptions, 'apiSock' | 'fscacheDir' | 'tag'>, open: (o: typeof opts) => T = openDevice as (o: typeof opts) => T, waitMs = DEVICE_FREE_WAIT_MS): Promise<T> {
+  const until = Date.now() + waitMs;
   for (;;) {
     try {
-      return openDevice(opts);
+      return open(opts);
     } catch (e) {
       if ((e as NydusError).cause !== 'EBUSY' || Date.now() >= until || !opts.apiSock || (await socketLiveness(opts.apiSock)) !== 'absent') throw e;
     }
-    await new Promise((r) => setTimeout(r, 200));
+    await new Promise((r) => setTimeout(r, DEVICE_FREE_POLL_MS));
   }
 }
 
 /** Opens and binds the device; a failure keeps the system error's code as `cause` (EBUSY matters). */
-export function openDevice(opts: DaemonOptions): CachefilesDevice {
+export function openDevice(opts: Pick<DaemonOptions, 'fscacheDir' | 'tag'>): CachefilesDevice {
   try {
     return CachefilesDevice.open(path.resolve(opts.fscacheDir), opts.tag);
   } catch (e) {
