@@ -671,7 +671,8 @@ test('chunk fetcher: a job\'s memory is freed once every taker gave its chunks b
  * is the file's (its close is the kernel's).
  */
 function fourChunkFile(seed: number, blobId: string, read: (blob: Buffer, chunks: ChunkRef[], offset: number, size: number) => Promise<Buffer>,
-  stream: (blob: Buffer, chunks: ChunkRef[], from: number, signal: AbortSignal) => AsyncIterable<Buffer> = piecesOf) {
+  stream: (blob: Buffer, chunks: ChunkRef[], from: number, signal: AbortSignal) => AsyncIterable<Buffer> = piecesOf,
+  beforeWrite: (offset: number) => Promise<void> = async () => undefined) {
   const plain = Array.from({ length: 4 }, (_, i) => prand(20_000, seed + i));
   const stored = plain.map((p) => Buffer.from(compressChunk('zstd', p) ?? p));
   const chunks: ChunkRef[] = [];
@@ -696,7 +697,10 @@ function fourChunkFile(seed: number, blobId: string, read: (blob: Buffer, chunks
   const counters = { prefetchedChunks: 0, staleMarks: 0, chunksWrittenByVerifier: 0 };
   const file = new BlobCacheFile({ volume: 'v', cookie: blobId }, map, new ChunkFetcher(backend, undefined, pool), {
     asksOnlyForMissing: true,
-    write: async (offset, data) => void Buffer.from(data.buffer, data.byteOffset, data.byteLength).copy(cache, offset),
+    write: async (offset, data) => {
+      await beforeWrite(offset);
+      Buffer.from(data.buffer, data.byteOffset, data.byteLength).copy(cache, offset);
+    },
     dataRanges: () => [],
   }, guard, state, counters, log);
   const close = () => {
@@ -789,6 +793,77 @@ test('stream prefetch: a stream that breaks off is opened again from the first c
     for (let i = 0; i < 4; i++) assert.ok(state.isCached({ volume: 'v', cookie: blobId }, i) && cache.subarray(i * 20_480, i * 20_480 + 20_000).equals(plain[i]), `chunk ${i} is in`);
   } finally {
     close();
+  }
+});
+
+test('stream prefetch: a chunk a READ brought in while the stream waited for its jobs is not verified nor written again', async () => {
+  const reads: Array<[number, number]> = [];
+  const writes: number[] = [];
+  const blobId = 'a5'.repeat(32);
+  const { plain, state, cache, file, close } = fourChunkFile(940, blobId, async (blob, _c, offset, size) => {
+    reads.push([offset, size]);
+    return Buffer.from(blob.subarray(offset, offset + size));
+  }, (blob, _c, from) => (async function* () {
+    yield Buffer.from(blob.subarray(from));
+  })(), async (offset) => {
+    writes.push(offset / 20_480);
+    // Chunk 0's write is slow: the stream (one job on its way at most) waits for it.
+    if (offset === 0) await new Promise((r) => setTimeout(r, 300));
+  });
+  try {
+    file.start({ order: Uint32Array.from([0, 1, 2, 3]), listed: 0, config: { threads: 1, batchSize: 1, bandwidthLimit: 0, stream: true } });
+    await new Promise((r) => setTimeout(r, 100));
+    // A READ of chunk 1 meanwhile (its window brings in what follows it too).
+    await file.fill(20_480, 4096);
+    assert.ok(state.isCached({ volume: 'v', cookie: blobId }, 1));
+    await file.whenPrefetched();
+    assert.deepEqual(writes.filter((i) => i === 1), [1], `chunk 1 written once (writes ${JSON.stringify(writes)})`);
+    for (let i = 0; i < 4; i++) assert.ok(cache.subarray(i * 20_480, i * 20_480 + 20_000).equals(plain[i]), `chunk ${i} holds its bytes`);
+    assert.equal(writes.length, new Set(writes).size, 'no chunk written twice');
+    assert.ok(reads.length > 0, 'the READ read its own chunk');
+  } finally {
+    close();
+  }
+});
+
+test('localfs backend stream: the blob from a byte on in pieces; the backend\'s file stays open for its reads after a stream left early, an aborted one and many whole ones; an abort is no failed read', async () => {
+  const dir = fs.mkdtempSync(path.join(work, 'lfs-stream-'));
+  const blob = prand(3 * 1024 * 1024 + 123, 950);
+  const id = 'b5'.repeat(32);
+  fs.writeFileSync(path.join(dir, id), blob);
+  const metrics = (await import('../src/daemon/backend/metrics.ts')).newBackendMetrics();
+  const backend = new LocalFsBackend(dir, metrics);
+  const warnings: string[] = [];
+  const onWarning = (w: Error) => warnings.push(w.message);
+  process.on('warning', onWarning);
+  try {
+    const whole = async (from: number) => {
+      const parts: Buffer[] = [];
+      for await (const p of backend.stream(id, from, new AbortController().signal)) parts.push(p);
+      return Buffer.concat(parts);
+    };
+    assert.ok((await whole(1000)).equals(blob.subarray(1000)), 'from byte 1000 to the end');
+    // Left after its first piece.
+    for await (const p of backend.stream(id, 0, new AbortController().signal)) {
+      assert.ok(p.length > 0);
+      break;
+    }
+    assert.ok((await backend.read(id, 5, 100)).equals(blob.subarray(5, 105)), 'a read after a stream left early');
+    // Aborted while it runs.
+    const ac = new AbortController();
+    await assert.rejects((async () => {
+      for await (const _ of backend.stream(id, 0, ac.signal)) ac.abort(new Error('closed'));
+    })(), /closed|abort/i);
+    assert.ok((await backend.read(id, 7, 100)).equals(blob.subarray(7, 107)), 'a read after an aborted stream');
+    for (let i = 0; i < 12; i++) await whole(0);
+    assert.ok((await backend.read(id, 9, 100)).equals(blob.subarray(9, 109)), 'a read after twelve whole streams');
+    await new Promise((r) => setImmediate(r));
+    assert.deepEqual(warnings.filter((w) => /listener/i.test(w)), [], 'no listener piles up on the shared file');
+    assert.equal(metrics.read_errors, 0, 'the aborted stream is no failed read');
+    assert.equal(metrics.read_count, 18, 'each stream one read, each read one');
+  } finally {
+    process.off('warning', onWarning);
+    await backend.close();
   }
 });
 

@@ -770,7 +770,15 @@ while True:
   const release = async () => {
     if (wrapper.exitCode !== null || wrapper.signalCode !== null) assert.fail(`the subreaper ended before the test let it go (${wrapper.exitCode ?? wrapper.signalCode})`);
     wrapper.kill('SIGUSR1');
-    await waitFor('the subreaper let go', () => wrapper.exitCode !== null || wrapper.signalCode !== null, 10_000);
+    try {
+      await waitFor('the subreaper let go', () => wrapper.exitCode !== null || wrapper.signalCode !== null, 10_000);
+    } catch (e) {
+      // (Seen once under load: it then said nothing of why. Its state, signal masks and wait channel do.)
+      const status = fs.readFileSync(`/proc/${wrapper.pid}/status`, 'utf8').split('\n').filter((l) => /^(State|SigPnd|ShdPnd|SigBlk|SigIgn|SigCgt):/.test(l)).join(', ');
+      const wchan = fs.readFileSync(`/proc/${wrapper.pid}/wchan`, 'utf8');
+      (e as Error).message += ` (subreaper ${wrapper.pid}: ${status}, wchan ${wchan})`;
+      throw e;
+    }
   };
   return { mnt, sock, log, worker, adoptive, watch, signalsGot, release };
 }

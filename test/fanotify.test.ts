@@ -60,6 +60,13 @@ test('config: stream_prefetch (nydus\'s streaming blob prefetch) is read in each
   }, '/img.boot', 'x'), 'fs-config');
   assert.equal(v1.prefetch.stream, true);
   assert.throws(() => v2({ enable: true, stream_prefetch: 'yes' }, 'rafs'), /rafs\.prefetch\.stream_prefetch must be true or false/);
+  // Both sections on: the file system's says, as nydusd reads it there (the cache's gives the workers).
+  const both = (rafs: object, cache: object) => parseBlobCacheEntry(entryBodyFromFsConfig({
+    version: 2, backend: { type: 'localfs', localfs: { dir: '/blobs' } },
+    cache: { type: 'filecache', filecache: { work_dir: '/cache' }, prefetch: cache }, rafs: { prefetch: rafs },
+  }, '/img.boot', 'x'), 'fs-config').prefetch;
+  assert.deepEqual([both({ enable: true, stream_prefetch: true }, { enable: true, threads: 3 })].map((p) => [p.stream, p.threads]), [[true, 3]]);
+  assert.equal(both({ enable: true }, { enable: true, stream_prefetch: true }).stream, false);
 });
 
 test('fanotify config: nydusd v1 FUSE config (device.backend, device.cache, fs_prefetch) is read too', () => {

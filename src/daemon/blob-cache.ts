@@ -617,7 +617,16 @@ export class BlobCacheFile {
         if (this.closed) return;
         if (attempt >= STREAM_PREFETCH_TRIES) throw e;
         this.log.warn({ blob: map.blobId, attempt, err: (e as Error).message }, 'stream prefetch failed; streaming again from the first chunk still missing');
-        await new Promise((r) => setTimeout(r, STREAM_PREFETCH_BACKOFF_MS * attempt));
+        // (A close ends the pause.)
+        await new Promise<void>((resolve) => {
+          const done = () => {
+            clearTimeout(timer);
+            this.guard.signal.removeEventListener('abort', done);
+            resolve();
+          };
+          const timer = setTimeout(done, STREAM_PREFETCH_BACKOFF_MS * attempt);
+          this.guard.signal.addEventListener('abort', done, { once: true });
+        });
       }
     }
   }
@@ -631,8 +640,13 @@ export class BlobCacheFile {
     let pieces: Buffer[] = [];
     let held = 0;
     const onTheirWay = new Set<Promise<void>>();
-    /** Jobs for `chunks` (stored back to back, all in), their stored bytes copied out of `pieces`. */
-    const verify = async (chunks: ChunkRef[]) => {
+    /**
+     * Jobs for `batch` (stored back to back, all in), their stored bytes copied out of `pieces`. Asked
+     * again which chunks are wanted: a READ may have brought some in while the stream waited.
+     */
+    const verify = async (batch: ChunkRef[]) => {
+      const chunks = batch.filter((c) => this.wanted(c, false));
+      if (!chunks.length || this.closed) return;
       const from = chunks[0].compressedOffset;
       const last = chunks[chunks.length - 1];
       const bytes = Buffer.allocUnsafeSlow(last.compressedOffset + last.compressedSize - from);

@@ -267,7 +267,10 @@ export function parseBlobCacheEntry(body: unknown, origin: EntryOrigin = 'blob-c
     const chosen = (fromCache?.enable ? fromCache : fromRafs?.enable ? fromRafs : null) ?? PREFETCH_DEFAULTS;
     // A file system's config (fanotify mounts) says in rafs.prefetch whether the whole image comes
     // (nydus's RafsConfigV2: the file system's prefetch); cache.prefetch, when on, gives the workers.
-    const prefetch = fromFsConfig && fromRafs?.enable ? { ...chosen, all: fromRafs.all } : chosen;
+    const taken = fromFsConfig && fromRafs?.enable ? { ...chosen, all: fromRafs.all } : chosen;
+    // nydusd reads stream_prefetch from the file system's prefetch (rafs/src/fs.rs): that one's when
+    // it is on, whichever section gives the workers.
+    const prefetch = fromRafs?.enable ? { ...taken, stream: fromRafs.stream } : taken;
     if (c.overlay !== undefined && c.overlay !== null) {
       throw new ConfigError(`${v2}.overlay: a writable upper layer is not supported by nydus-ts; mount overlayfs over the image's mountpoint instead`);
     }

@@ -136,7 +136,7 @@ export class HttpProxyBackend implements BlobBackend {
     const url = this.url(blobId);
     const proxied = this.cfg.proxy.useHttp ? url.replace(/^https:/, 'http:') : url;
     const pieces = route && viaProxy ? route.stream(() => open(viaProxy, proxied), () => open(direct, url)) : open(direct, url);
-    return countStream(this.metrics, eioOnFailure(pieces, where));
+    return countStream(this.metrics, eioOnFailure(pieces, where), signal);
   }
 
   async size(blobId: string): Promise<number> {

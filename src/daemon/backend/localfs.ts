@@ -119,16 +119,24 @@ export class LocalFsBackend implements BlobBackend {
 
   stream(blobId: string, from: number, signal: AbortSignal): AsyncIterable<Buffer> {
     const self = this;
+    // Positional reads through the backend's handle, which every read of the blob shares: a
+    // ReadStream made on it would close it when destroyed (its taker leaving, or the abort).
     async function* pieces(): AsyncGenerator<Buffer> {
       try {
         const h = await self.handle(blobId);
-        // The handle stays open (the backend's, for every read): the stream only reads through it.
-        for await (const piece of h.createReadStream({ start: from, highWaterMark: STREAM_PIECE, autoClose: false, emitClose: false, signal })) yield piece as Buffer;
+        for (let at = from; ;) {
+          signal.throwIfAborted();
+          const buf = Buffer.allocUnsafe(STREAM_PIECE);
+          const { bytesRead } = await h.read(buf, 0, STREAM_PIECE, at);
+          if (bytesRead === 0) return;
+          at += bytesRead;
+          yield buf.subarray(0, bytesRead);
+        }
       } catch (e) {
         throw self.readError(blobId, e as Error);
       }
     }
-    return countStream(this.metrics, pieces());
+    return countStream(this.metrics, pieces(), signal);
   }
 
   /** (Its latency in the metrics is the whole job's: the read, the verification and the write.) */

@@ -108,9 +108,10 @@ export async function countRead<T = Buffer>(sink: MetricsSink, read: () => Promi
 
 /**
  * A backend's stream of a blob (BlobBackend.stream), counted as one read of the bytes it gave, its
- * latency the whole stream's: counted when it ends, fails or is left.
+ * latency the whole stream's: counted when it ends, fails or is left. Ended by its `signal` (its
+ * taker stopped: a cache file closed), it is left, not failed.
  */
-export async function* countStream(sink: MetricsSink, pieces: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
+export async function* countStream(sink: MetricsSink, pieces: AsyncIterable<Buffer>, signal?: AbortSignal): AsyncGenerator<Buffer> {
   let n = 0;
   let left = true;
   let finish!: (n: number) => void;
@@ -128,8 +129,10 @@ export async function* countStream(sink: MetricsSink, pieces: AsyncIterable<Buff
     left = false;
     finish(n);
   } catch (e) {
-    left = false;
-    fail(e);
+    if (!signal?.aborted) {
+      left = false;
+      fail(e);
+    }
     throw e;
   } finally {
     // Left by its taker (a prefetch stopped): the bytes it gave.

@@ -143,13 +143,17 @@ export class RegistryBackend implements BlobBackend {
     });
   }
 
-  /** One GET for the blob (without Range from byte 0: its sha256 is checked as well), through the proxy as reads go. */
+  /**
+   * One GET for the blob (without Range from byte 0), through the proxy as reads go. (The registry
+   * client checks the blob's sha256 only at its end, which a taker that stops after its last chunk
+   * does not read to: every chunk is checked on its own.)
+   */
   stream(blobId: string, from: number, signal: AbortSignal): AsyncIterable<Buffer> {
     const where = `${this.where}: blob ${blobId} from byte ${from}`;
     const { direct, viaProxy, route } = this.connections();
     const open = (c: RegistryClient) => c.blobStream(this.ref, `sha256:${blobId}`, { from, signal }) as AsyncIterable<Buffer>;
     const pieces = route && viaProxy ? route.stream(() => open(viaProxy), () => open(direct)) : open(direct);
-    return countStream(this.metrics, eioOnFailure(pieces, where));
+    return countStream(this.metrics, eioOnFailure(pieces, where), signal);
   }
 
   async size(blobId: string): Promise<number> {
