@@ -570,6 +570,7 @@ for (const stream of [false, true]) test(`root-kernel fanotify: with prefetch on
   assert.throws(() => readMounted(path.join(d.mnt, 'victim')), (e: NodeJS.ErrnoException) => e.code === 'EIO', 'the corrupt file reads as EIO, not zeros');
   const after = await fetches(d.sock, img.blobId);
   assert.ok(after[victimChunk] > afterOk[victimChunk], 'its chunk was fetched again for its reader (a failed fetch made before the read is never its answer)');
+  assert.equal((await apiRequest(d.sock, 'GET', '/api/v1/metrics/backend')).body.read_errors, 0, 'the blob read right each time: the EIO is the digest\'s');
   assert.deepEqual({ ...after, [victimChunk]: 0 }, { ...prefetched, [victimChunk]: 0 }, 'and no other chunk');
   const exited = new Promise((r) => d.proc.once('exit', r));
   d.proc.kill('SIGTERM');
