@@ -19,7 +19,7 @@ import { MarkedCacheFile } from '../src/daemon/frontend/fanotify-cache-file.ts';
 import { ChunkFetcher, batchChunks } from '../src/daemon/chunk-fetcher.ts';
 import { BlobMap, packChunks } from '../src/daemon/blob-map.ts';
 import { type BlobBackend, LocalFsBackend } from '../src/daemon/backend/localfs.ts';
-import { BlobCacheFile, WorkGuard } from '../src/daemon/blob-cache.ts';
+import { BlobCacheFile, Limiter, WorkGuard } from '../src/daemon/blob-cache.ts';
 import { dataRangesOf } from '../native/fscache/index.ts';
 import { FakePort, settle, waitFor } from './helpers/cachefiles-port.ts';
 import type { ChunkRef } from '../src/builder/tree.ts';
@@ -823,6 +823,46 @@ test('stream prefetch: a chunk a READ brought in while the stream waited for its
     assert.ok(reads.length > 0, 'the READ read its own chunk');
   } finally {
     close();
+  }
+});
+
+test('stream prefetch: an image\'s blobs stream `threads` at a time (one here): the next starts once one has ended; a file closed while it waits for its turn gives it up without streaming', async () => {
+  const streams = new Limiter(1);
+  const started: string[] = [];
+  let release!: () => void;
+  const held = new Promise<void>((r) => (release = r));
+  const fileOf = (n: number, hold: boolean) => fourChunkFile(960 + n * 10, `c${n}`.repeat(32), async () => {
+    throw new Error('no ranged reads here');
+  }, (blob, c, from) => (async function* () {
+    started.push(`c${n}`);
+    if (hold) await held;
+    yield* piecesOf(blob, c, from);
+  })());
+  const a = fileOf(1, true);
+  const b = fileOf(2, false);
+  const c = fileOf(3, false);
+  try {
+    const plan = { order: Uint32Array.from([0, 1, 2, 3]), listed: 0, config: STREAMED, streams };
+    a.file.start(plan);
+    b.file.start(plan);
+    c.file.start(plan);
+    await waitFor(() => started.length === 1, 'the first stream');
+    await new Promise((r) => setTimeout(r, 100));
+    assert.deepEqual(started, ['c1'], 'one stream at a time: the others wait');
+    const t0 = Date.now();
+    c.guard.close();
+    await c.file.whenPrefetched();
+    assert.ok(Date.now() - t0 < 1000, 'a file closed while it waits ends its prefetch at once');
+    release();
+    await a.file.whenPrefetched();
+    await b.file.whenPrefetched();
+    assert.deepEqual(started, ['c1', 'c2'], 'the second streamed once the first ended; the closed one never');
+    for (const [f, name] of [[a, 'c1'], [b, 'c2']] as const) {
+      for (let i = 0; i < 4; i++) assert.ok(f.cache.subarray(i * 20_480, i * 20_480 + 20_000).equals(f.plain[i]), `${name}: chunk ${i} holds its bytes`);
+    }
+  } finally {
+    release();
+    for (const f of [a, b, c]) f.close();
   }
 });
 

@@ -56,6 +56,8 @@ export interface PrefetchPlan {
   order: Uint32Array;
   listed: number;
   config: Pick<PrefetchConfig, 'threads' | 'batchSize' | 'bandwidthLimit' | 'stream'>;
+  /** The image's streams (`config.stream`): its blobs stream `threads` at a time, as nydus's stream_prefetch has them. */
+  streams?: Limiter;
 }
 
 /** How a cache file is filled beyond what a READ asks. */
@@ -598,6 +600,13 @@ export class BlobCacheFile {
    * ends it at once.
    */
   private async streamPrefetch(plan: PrefetchPlan): Promise<void> {
+    // (A file closed while it waits for its turn gives its place up: its fd is not held meanwhile.)
+    if (plan.streams) await plan.streams.runUnlessAborted(() => this.streamBlob(plan), this.guard.signal);
+    else await this.streamBlob(plan);
+  }
+
+  /** streamPrefetch's stream of this file's blob, opened again after a failure. */
+  private async streamBlob(plan: PrefetchPlan): Promise<void> {
     const { map } = this;
     // Positions in stored order: the order of the stream's bytes.
     const stored = Uint32Array.from({ length: map.chunkCount }, (_, pos) => pos);
@@ -765,6 +774,34 @@ export class Limiter {
   constructor(private readonly max: number) {}
   async run<T>(fn: () => Promise<T>): Promise<T> {
     if (this.running >= this.max) await new Promise<void>((r) => this.queue.push(r));
+    this.running++;
+    try {
+      return await fn();
+    } finally {
+      this.running--;
+      this.queue.shift()?.();
+    }
+  }
+
+  /** run, unless `signal` aborts while it waits for its turn: then null, and `fn` never runs. */
+  async runUnlessAborted<T>(fn: () => Promise<T>, signal: AbortSignal): Promise<T | null> {
+    if (signal.aborted) return null;
+    if (this.running >= this.max) {
+      const turn = await new Promise<boolean>((resolve) => {
+        const onAbort = () => {
+          const i = this.queue.indexOf(waiter);
+          if (i >= 0) this.queue.splice(i, 1);
+          resolve(false);
+        };
+        const waiter = () => {
+          signal.removeEventListener('abort', onAbort);
+          resolve(true);
+        };
+        this.queue.push(waiter);
+        signal.addEventListener('abort', onAbort, { once: true });
+      });
+      if (!turn) return null;
+    }
     this.running++;
     try {
       return await fn();

@@ -19,6 +19,7 @@ import { NydusError } from '../../erofs/errors.ts';
 import type { ObjectResolver, ResolvedObject } from './frontend/cachefiles.ts';
 import type { DaemonState } from './state.ts';
 import type { VerifyPool } from './verify-pool.ts';
+import { Limiter } from './blob-cache.ts';
 import { AccessTrace, type TraceSnapshot } from './access-trace.ts';
 import { ensureDirectory } from './log.ts';
 import { credentialsFromAuth } from '../registry/index.ts';
@@ -44,6 +45,8 @@ interface RegisteredImage {
   maps: BlobMap[];
   /** What the kernel read on demand. */
   trace: AccessTrace;
+  /** Its blobs' prefetch streams (stream_prefetch), `threads` at a time. */
+  streams: Limiter;
 }
 
 /** A file of an image's access trace: what its demand reads came to. */
@@ -169,6 +172,7 @@ export class ImageRegistry implements ObjectResolver {
     }
     this.images.set(entry.id, {
       entry, body, bootstrapSize: plan.bootstrapSize, superMeta: plan.superMeta, blobs, backend, backendMetrics, prefetch, maps, trace: new AccessTrace(maps),
+      streams: new Limiter(Math.max(1, entry.prefetch.threads)),
       fetcher: new ChunkFetcher(backend, (blob, chunk) => this.state.countFetch(blob, chunk), this.pool),
     });
     if (persist) this.state.saveImage(entry.id, body);
@@ -307,7 +311,7 @@ export class ImageRegistry implements ObjectResolver {
       if (map) {
         const planned = img.prefetch.get(cookie);
         return {
-          kind: 'blob', map, fetcher: img.fetcher, prefetch: planned ? { ...planned, config: img.entry.prefetch } : null, fill: { amplifyIo: img.entry.amplifyIo },
+          kind: 'blob', map, fetcher: img.fetcher, prefetch: planned ? { ...planned, config: img.entry.prefetch, streams: img.streams } : null, fill: { amplifyIo: img.entry.amplifyIo },
           trace: img.trace.blob(map.blobIndex),
         };
       }
