@@ -774,13 +774,7 @@ export class Limiter {
   constructor(private readonly max: number) {}
   async run<T>(fn: () => Promise<T>): Promise<T> {
     if (this.running >= this.max) await new Promise<void>((r) => this.queue.push(r));
-    this.running++;
-    try {
-      return await fn();
-    } finally {
-      this.running--;
-      this.queue.shift()?.();
-    }
+    return this.runNow(fn);
   }
 
   /** run, unless `signal` aborts while it waits for its turn: then null, and `fn` never runs. */
@@ -802,6 +796,11 @@ export class Limiter {
       });
       if (!turn) return null;
     }
+    return this.runNow(fn);
+  }
+
+  /** `fn` in a turn of its own; the next in line goes once it settles. */
+  private async runNow<T>(fn: () => Promise<T>): Promise<T> {
     this.running++;
     try {
       return await fn();
