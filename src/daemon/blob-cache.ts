@@ -16,6 +16,7 @@
  * number to the next file. After close nothing is marked, and nothing written but by a verification
  * job already on its way (through an fd the guard still holds open: right bytes, left unmarked).
  */
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import type { ChunkRef } from '../builder/tree.ts';
 import { type BlobMap, alignToChunk, followsInFile } from './blob-map.ts';
@@ -626,16 +627,8 @@ export class BlobCacheFile {
         if (this.closed) return;
         if (attempt >= STREAM_PREFETCH_TRIES) throw e;
         this.log.warn({ blob: map.blobId, attempt, err: (e as Error).message }, 'stream prefetch failed; streaming again from the first chunk still missing');
-        // (A close ends the pause.)
-        await new Promise<void>((resolve) => {
-          const done = () => {
-            clearTimeout(timer);
-            this.guard.signal.removeEventListener('abort', done);
-            resolve();
-          };
-          const timer = setTimeout(done, STREAM_PREFETCH_BACKOFF_MS * attempt);
-          this.guard.signal.addEventListener('abort', done, { once: true });
-        });
+        // (A close ends the pause: the loop then sees the file closed.)
+        await sleep(STREAM_PREFETCH_BACKOFF_MS * attempt, undefined, { signal: this.guard.signal }).catch(() => undefined);
       }
     }
   }

@@ -125,8 +125,7 @@ export class ChunkFetcher {
    * `background`: new jobs are a prefetch's of the rest of a blob (ChunkJob.background).
    */
   fetchJobs(blob: BlobMap, chunks: readonly ChunkRef[], urgent = false, maxRead = MAX_MERGED_READ, target: WriteTarget | null = null, background = false): ChunkTicket[] {
-    let inflight = this.inflight.get(blob.blobId);
-    if (!inflight) this.inflight.set(blob.blobId, (inflight = new Map()));
+    const inflight = this.inflightOf(blob);
     const todo: ChunkRef[] = [];
     for (const c of chunks) {
       const t = inflight.get(c.indexInBlob);
@@ -134,7 +133,7 @@ export class ChunkFetcher {
       else if (urgent) this.prioritizeJob(t);
     }
     const start = (chunksOfJob: ChunkRef[], direct: WriteTarget | null, verify: (job: ChunkJob) => Promise<JobOutcome>) =>
-      this.startJob(blob, inflight!, chunksOfJob, direct, urgent, background, verify);
+      this.startJob(blob, inflight, chunksOfJob, direct, urgent, background, verify);
     for (const run of batchChunks(todo, maxRead)) {
       for (const c of run) this.onFetch?.(blob.blobId, c.indexInBlob);
       // A direct job: measured on the Debian rootfs read whole in the guest, six runs each in turn,
@@ -161,16 +160,15 @@ export class ChunkFetcher {
    * jobs: only the new jobs' tickets are returned. `target` and `background` as fetchJobs'.
    */
   jobsFromBytes(blob: BlobMap, chunks: readonly ChunkRef[], stored: Buffer, storedBase: number, target: WriteTarget | null, background: boolean): ChunkTicket[] {
-    let inflight = this.inflight.get(blob.blobId);
-    if (!inflight) this.inflight.set(blob.blobId, (inflight = new Map()));
-    const todo = chunks.filter((c) => !inflight!.has(c.indexInBlob));
+    const inflight = this.inflightOf(blob);
+    const todo = chunks.filter((c) => !inflight.has(c.indexInBlob));
     const out: ChunkTicket[] = [];
     const verifying: Array<Promise<JobOutcome>> = [];
     for (const run of batchChunks(todo, Infinity)) {
       for (const c of run) this.onFetch?.(blob.blobId, c.indexInBlob);
       for (const chunksOfJob of verifyJobs(run)) {
         verifying.push(this.startJob(blob, inflight, chunksOfJob, null, false, background, (job) => this.verify(job, stored, storedBase, target)));
-        chunksOfJob.forEach((c) => out.push(inflight!.get(c.indexInBlob)!));
+        chunksOfJob.forEach((c) => out.push(inflight.get(c.indexInBlob)!));
       }
     }
     this.releaseStoredAfter(Promise.resolve(stored), verifying);
@@ -180,6 +178,13 @@ export class ChunkFetcher {
   /** The blob's stored bytes from `from` to its end, in one backend request where it makes requests (BlobBackend.stream). */
   stream(blob: BlobMap, from: number, signal: AbortSignal): AsyncIterable<Buffer> {
     return this.backend.stream(blob.blobId, from, signal);
+  }
+
+  /** The jobs in flight for a blob's chunks, by chunk index (made on first use; settled drops it when empty). */
+  private inflightOf(blob: BlobMap): Map<number, ChunkTicket> {
+    let inflight = this.inflight.get(blob.blobId);
+    if (!inflight) this.inflight.set(blob.blobId, (inflight = new Map()));
+    return inflight;
   }
 
   /** A job for chunks, in flight until its outcome (`verify`'s). */
