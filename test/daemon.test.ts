@@ -18,7 +18,7 @@ import { OnDemandSession } from '../src/daemon/frontend/cachefiles.ts';
 import { MarkedCacheFile } from '../src/daemon/frontend/fanotify-cache-file.ts';
 import { ChunkFetcher, batchChunks } from '../src/daemon/chunk-fetcher.ts';
 import { BlobMap, packChunks } from '../src/daemon/blob-map.ts';
-import { type BlobBackend, LocalFsBackend } from '../src/daemon/backend/localfs.ts';
+import { type BlobBackend, LocalFsBackend, newBackendMetrics } from '../src/daemon/backend/localfs.ts';
 import { BlobCacheFile, Limiter, WorkGuard } from '../src/daemon/blob-cache.ts';
 import { dataRangesOf } from '../native/fscache/index.ts';
 import { FakePort, settle, waitFor } from './helpers/cachefiles-port.ts';
@@ -871,7 +871,7 @@ test('localfs backend stream: the blob from a byte on in pieces; the backend\'s 
   const blob = prand(3 * 1024 * 1024 + 123, 950);
   const id = 'b5'.repeat(32);
   fs.writeFileSync(path.join(dir, id), blob);
-  const metrics = (await import('../src/daemon/backend/metrics.ts')).newBackendMetrics();
+  const metrics = newBackendMetrics();
   const backend = new LocalFsBackend(dir, metrics);
   const warnings: string[] = [];
   const onWarning = (w: Error) => warnings.push(w.message);

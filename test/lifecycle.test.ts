@@ -10,6 +10,7 @@ import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
+import net from 'node:net';
 import { spawn, spawnSync, execFileSync } from 'node:child_process';
 import { createImage } from '../src/builder/create.ts';
 import { fscacheBinding } from '../native/fscache/index.ts';
@@ -18,6 +19,8 @@ import { DaemonState } from '../src/daemon/state.ts';
 import { apiRequest as api } from './helpers/api-client.ts';
 import { repoRoot } from './helpers/cli.ts';
 import { TestSupervisor } from './helpers/supervisor.ts';
+import { openDeviceWhenFree } from '../src/daemon/run.ts';
+import { NydusError } from '../erofs/errors.ts';
 
 const work = tmpDir('lifecycle');
 after(() => fs.rmSync(work, { recursive: true, force: true }));
@@ -144,8 +147,6 @@ test('--upgrade: the API answers in INIT at once, while the images of the state 
 });
 
 test('a starting daemon waits for /dev/cachefiles held by one that is stopping (busy, nothing at its API socket\'s path: the snapshotter removed it and started the next), at most 5 s; busy with a socket there, or another failure, is the error at once', async () => {
-  const { openDeviceWhenFree } = await import('../src/daemon/run.ts');
-  const { NydusError } = await import('../erofs/errors.ts');
   const busy = () => new NydusError('cannot bind the fscache cache at /x: EBUSY', undefined, 'EBUSY');
   const sock = path.join(work, 'when-free.sock');
   const opts = { apiSock: sock, fscacheDir: '/x', tag: '' };
@@ -173,7 +174,6 @@ test('a starting daemon waits for /dev/cachefiles held by one that is stopping (
   await assert.rejects(openDeviceWhenFree(opts, denied.open, 5_000), /EACCES/);
   assert.equal(denied.opens, 1);
   // Busy while a daemon answers at the socket (it serves, it is not stopping): at once.
-  const net = await import('node:net');
   const server = net.createServer((c) => c.end());
   await new Promise<void>((r) => server.listen(sock, r));
   try {
