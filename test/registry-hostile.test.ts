@@ -607,3 +607,118 @@ test('all platforms: an index listing one manifest many times fetches and conver
   assert.ok(e instanceof RegistryError, String(e));
   assert.match(e.message, /manifests has 18000 entries, more than 1024/);
 });
+
+test('an index entry whose manifest is larger than the entry says, or entries larger together than the bound, are refused; no more is read', { timeout: 60_000 }, async () => {
+  const img = image();
+  const manifest = Buffer.from(JSON.stringify(img.manifest));
+  const entry = (size: number, variant = 'v1') => ({ ...desc(manifest, MediaType.ociManifest), size, platform: { os: 'linux', architecture: 'amd64', variant } });
+  const fake = await fakeRegistry({ manifest: { schemaVersion: 2, mediaType: MediaType.ociIndex, manifests: [entry(100)] }, manifestType: MediaType.ociIndex, children: [manifest], blobs: img.blobs });
+  const small = await client().resolveImage(`${fake.host}/src:t`, 'all').catch((x) => x);
+  assert.ok(small instanceof RegistryError, String(small));
+  assert.match(small.message, new RegExp(`manifests/${sha(manifest)}.*manifest of ${manifest.length} bytes, where its descriptor says 100`));
+  // convert takes its platforms' images the same way: refused before anything is pushed.
+  const c = await convertFrom(fake, { platform: 'all' }).catch((x) => x);
+  assert.match(String(c), /where its descriptor says 100/);
+  assert.deepEqual(pushes(fake), []);
+  // Entries that claim more than MAX_RESOLVED_MANIFEST_BYTES together: not one of them is fetched.
+  (fake.image.manifest as { manifests: unknown }).manifests = Array.from({ length: 5 }, (_, i) => ({ ...entry(4 << 20, `v${i}`), digest: `sha256:${String(i).repeat(64)}` }));
+  fake.seen.length = 0;
+  const big = await client().resolveImage(`${fake.host}/src:t`, 'all').catch((x) => x);
+  assert.ok(big instanceof RegistryError, String(big));
+  assert.match(big.message, /the index's 5 image manifests chosen are 20971520 bytes together, more than 16777216/);
+  assert.deepEqual(fake.seen, ['GET /v2/src/manifests/t'], 'only the index was read');
+  // The right size is accepted.
+  (fake.image.manifest as { manifests: unknown }).manifests = [entry(manifest.length)];
+  assert.equal((await client().resolveImage(`${fake.host}/src:t`, 'all')).images.length, 1);
+});
+
+test('a manifest or index nesting deeper than the bound is refused where it is read, before convert pushes anything', { timeout: 30_000 }, async () => {
+  const img = image();
+  const manifest = Buffer.from(JSON.stringify(img.manifest));
+  // An index entry's platform with a field of its own nested 100,000 levels (JSON.parse takes it;
+  // writing the converted index again would run out of stack). Served as text: this process could
+  // not write it either.
+  const indexNesting = (n: number) => Buffer.from(JSON.stringify({
+    schemaVersion: 2, mediaType: MediaType.ociIndex, manifests: [{ ...desc(manifest, MediaType.ociManifest), platform: { os: 'linux', architecture: 'amd64', x: 'X' } }],
+  }).replace('"X"', `${'['.repeat(n)}${']'.repeat(n)}`));
+  const fake = await fakeRegistry({ manifest: indexNesting(100_000), manifestType: MediaType.ociIndex, children: [manifest], blobs: img.blobs });
+  const e = await client().getManifest(`${fake.host}/src:t`).catch((x) => x);
+  assert.ok(e instanceof RegistryError, String(e));
+  assert.match(e.message, /src:t.*manifest sha256:[0-9a-f]{64} nests deeper than 256 levels/);
+  const c = await convertFrom(fake, { platform: 'all' }).catch((x) => x);
+  assert.match(String(c), /nests deeper than 256 levels/);
+  assert.deepEqual(pushes(fake), []);
+  // 256 levels are still taken (the index itself is 4 deep around the field).
+  fake.image.manifest = indexNesting(252);
+  assert.equal((await client().getManifest(`${fake.host}/src:t`)).mediaType, MediaType.ociIndex);
+});
+
+test('token answers: a token that is not a string, or an answer that is not an object, is refused naming the realm; nothing is sent with it', { timeout: 30_000 }, async () => {
+  const img = image();
+  const fake = await fakeRegistry(img);
+  let answer = '';
+  const sentWith: string[] = [];
+  fake.hook = (req, res, p) => {
+    if (p === '/token') {
+      res.writeHead(200, { 'content-type': 'application/json' }).end(answer);
+      return true;
+    }
+    if (req.headers.authorization) sentWith.push(req.headers.authorization);
+    res.writeHead(401, { 'www-authenticate': `Bearer realm="http://${fake.host}/token",service="fake"` }).end();
+    return true;
+  };
+  for (const [body, says] of [
+    ['{"token":{"a":1}}', /token from http:\/\/127\.0\.0\.1:\d+\/token: answer's "token" is an object, not a string/],
+    ['{"access_token":12345}', /answer's "access_token" is 12345, not a string/],
+    ['{"token":["x","y"]}', /answer's "token" is an array, not a string/],
+    ['null', /token from http:\/\/127\.0\.0\.1:\d+\/token: answer is null, not a JSON object/],
+  ] as const) {
+    answer = body;
+    const e = await client().getManifest(`${fake.host}/src:t`).catch((x) => x);
+    assert.ok(e instanceof RegistryError, `${body}: ${e}`);
+    assert.match(e.message, says, body);
+  }
+  assert.deepEqual(sentWith, [], 'no request went out with what such an answer held');
+});
+
+test('a blob redirected to a host that asks for authorization: the registry\'s credentials go neither to its realm nor its token to the registry', { timeout: 30_000 }, async () => {
+  const storageSeen: Array<{ path: string; auth?: string }> = [];
+  const storage = http.createServer((req, res) => {
+    const p = new URL(req.url!, 'http://x').pathname;
+    storageSeen.push({ path: p, auth: req.headers.authorization });
+    if (p === '/steal') return void res.writeHead(200).end('{"token":"t"}');
+    res.writeHead(401, { 'www-authenticate': `Bearer realm="http://${req.headers.host}/steal",service="evil"` }).end();
+  });
+  servers.push(storage);
+  await new Promise<void>((r) => storage.listen(0, '127.0.0.2', r));
+  const storageHost = `127.0.0.2:${(storage.address() as AddressInfo).port}`;
+  const fake = await fakeRegistry(image());
+  const registryAuth: string[] = [];
+  fake.hook = (req, res) => {
+    if (req.headers.authorization) registryAuth.push(req.headers.authorization);
+    res.writeHead(307, { location: `http://${storageHost}/blob` }).end();
+    return true;
+  };
+  const c = client({ credentials: { username: 'alice', password: 'secret' } });
+  const e = await c.readBlobRange(`${fake.host}/src`, `sha256:${'a'.repeat(64)}`, 0, 10).catch((x) => x);
+  assert.ok(e instanceof RegistryError, String(e));
+  assert.equal(e.status, 401);
+  assert.match(e.message, new RegExp(`${storageHost.replace(/\./g, '\\.')}, where the registry redirected the request, asks for authorization`));
+  assert.deepEqual(storageSeen.map((r) => r.path), ['/blob'], 'the realm was never asked for a token');
+  assert.ok(storageSeen.every((r) => r.auth === undefined), 'the storage host got no credentials');
+  assert.deepEqual(registryAuth, [], 'no token of the storage host reached the registry');
+});
+
+test('an upload Location that is not a URL is an error naming it', { timeout: 30_000 }, async () => {
+  const fake = await fakeRegistry(image());
+  fake.hook = (req, res, p) => {
+    if (!p.startsWith('/v2/dst/')) return false;
+    req.resume();
+    if (req.method === 'HEAD') return void res.writeHead(404).end(), true;
+    res.writeHead(202, { location: 'http://[::1' }).end();
+    return true;
+  };
+  const e = await client().pushBlob(`${fake.host}/dst`, Buffer.from('hello')).catch((x) => x);
+  assert.ok(e instanceof RegistryError, String(e));
+  assert.match(e.message, /dst.*POST.*upload answer's Location "http:\/\/\[::1" is not a URL/);
+});

@@ -180,14 +180,8 @@ async function resolvePlatforms(ctx: Context, wanted: readonly Platform[]): Prom
   const offered = offeredPlatforms(entries);
   if (chosen.size === 0) throw new NydusError(`source ${ctx.opts.source} has no image for platform ${wanted.map(formatPlatform).join(',')} (offers: ${offered})`);
   if (missing.length > 0) ctx.opts.log.warn({ source: ctx.opts.source, missing, offered }, 'source has no image for some of the platforms asked for: they are left out');
-  const images: PlatformImage[] = [];
   // Index order, each image once (two platforms asked for may match the same entry).
-  for (const d of entries.filter((e) => chosen.delete(e.digest))) {
-    const m = await ctx.source.getManifest(withDigest(ctx.sourceRef, d.digest));
-    if (!isImageManifestType(m.mediaType)) throw new NydusError(`source ${ctx.opts.source}: index entry ${d.digest} is a ${m.mediaType}, not an image manifest`);
-    images.push({ descriptor: d, platform: d.platform, manifest: m as PlatformImage['manifest'] });
-  }
-  return { root, images };
+  return { root, images: await ctx.source.indexImages(ctx.sourceRef, entries.filter((e) => chosen.delete(e.digest))) };
 }
 
 /**

@@ -6,6 +6,7 @@
  */
 import { NydusError, EIO } from '../../erofs/errors.ts';
 import { EACCES } from './errors.ts';
+import { describeValue } from './validate.ts';
 import type { Credentials } from './credentials.ts';
 
 export interface Challenge {
@@ -127,17 +128,19 @@ export class Authorizer {
     const where = `registry ${this.host}: token from ${url.origin}${url.pathname}`;
     if (res.status === 401 || res.status === 403) throw new NydusError(`${where}: HTTP ${res.status}, credentials refused`, EACCES);
     if (res.status !== 200) throw new NydusError(`${where}: HTTP ${res.status}`, EIO);
-    let body: { token?: string; access_token?: string; expires_in?: number; issued_at?: string };
+    let body: { token?: unknown; access_token?: unknown; expires_in?: unknown; issued_at?: unknown };
     try {
       body = JSON.parse(res.body);
     } catch {
       throw new NydusError(`${where}: answer is not JSON`, EIO);
     }
+    if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new NydusError(`${where}: answer is ${describeValue(body)}, not a JSON object`, EIO);
     const value = body.token || body.access_token;
     if (!value) throw new NydusError(`${where}: answer has neither "token" nor "access_token"`, EIO);
+    if (typeof value !== 'string') throw new NydusError(`${where}: answer's ${body.token ? '"token"' : '"access_token"'} is ${describeValue(value)}, not a string`, EIO);
     // The spec's default lifetime is 60 s; keep a margin so a token does not expire in flight.
     const lifetime = (typeof body.expires_in === 'number' && body.expires_in > 0 ? body.expires_in : 60) * 1000;
-    const issued = body.issued_at ? Date.parse(body.issued_at) : NaN;
+    const issued = typeof body.issued_at === 'string' ? Date.parse(body.issued_at) : NaN;
     const start = Number.isFinite(issued) && issued <= Date.now() ? issued : Date.now();
     this.tokens.set(this.key(scopes), { value, expiresAt: start + lifetime - Math.min(10_000, lifetime / 2) });
     return value;

@@ -9,7 +9,7 @@ import type { Action } from './auth.ts';
 import {
   blobStream, getBlob, getConfig, headBlob, readBlobRange, type BlobStreamOptions, type GetBlobOptions, type ImageConfig, type RangeReadOptions,
 } from './blobs.ts';
-import { getManifest, headManifest, putManifest, resolveImage, type FetchedManifest, type ManifestHead, type ResolvedImage } from './manifests.ts';
+import { getManifest, headManifest, indexImages, putManifest, resolveImage, type FetchedManifest, type ManifestHead, type PlatformImage, type ResolvedImage } from './manifests.ts';
 import type { Descriptor, ImageIndex, ImageManifest, Platform } from './media-types.ts';
 import { defaultPlatform } from './platform.ts';
 import { RegistrySession, type RefLike, type RegistryClientOptions } from './session.ts';
@@ -61,6 +61,11 @@ export class RegistryClient {
   /** `prefer`: of an index's images for the platform, one it holds first (selectPlatforms). */
   resolveImage(ref: RefLike, platform: Platform | 'all' = defaultPlatform(), prefer?: (d: Descriptor) => boolean): Promise<ResolvedImage> {
     return resolveImage(this.session, ref, platform, prefer);
+  }
+
+  /** The image manifests of an index's entries (each listed once), fetched by digest; bounded together (indexImages). */
+  indexImages(ref: RefLike, chosen: readonly Descriptor[]): Promise<PlatformImage[]> {
+    return indexImages(this.session, ref, chosen);
   }
 
   /** Size of a blob, or undefined when the repository does not have it; `signal` ends the request. */

@@ -5,7 +5,7 @@ export type { FetchedManifest, ManifestHead, PlatformImage, ResolvedImage } from
 export { offeredPlatforms } from './manifests.ts';
 export type { BlobStreamOptions, GetBlobOptions, ImageConfig, RangeReadOptions } from './blobs.ts';
 export { MAX_BLOB_IN_MEMORY } from './blobs.ts';
-export { MAX_INDEX_ENTRIES, MAX_CONFIG_DEPTH } from './validate.ts';
+export { MAX_INDEX_ENTRIES, MAX_JSON_DEPTH, MAX_RESOLVED_MANIFEST_BYTES } from './validate.ts';
 export { MAX_TOKEN_ANSWER } from './session.ts';
 export { ERROR_BODY_EXCERPT } from './transport.ts';
 export type { StreamSource, PushBlobOptions, PushedBlob, PushStreamOptions } from './upload.ts';

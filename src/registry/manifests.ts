@@ -7,7 +7,7 @@ import {
 import { defaultPlatform, formatPlatform, selectPlatforms } from './platform.ts';
 import { formatReference, manifestTarget, withDigest, type ImageReference } from './reference.ts';
 import { discard, drain, header, readBounded } from './transport.ts';
-import { ShapeError, checkManifestShape } from './validate.ts';
+import { MAX_JSON_DEPTH, MAX_RESOLVED_MANIFEST_BYTES, ShapeError, checkManifestShape, jsonDepth } from './validate.ts';
 import { sha256, toRef, type RefLike, type RegistrySession } from './session.ts';
 
 export interface FetchedManifest {
@@ -41,7 +41,11 @@ export interface ResolvedImage {
   images: PlatformImage[];
 }
 
-export async function getManifest(s: RegistrySession, refLike: RefLike): Promise<FetchedManifest> {
+/**
+ * The manifest or index at the reference, its bytes checked against the reference's digest and, when
+ * a descriptor names it (`size`, an index entry's), against that size: a body larger is not read.
+ */
+export async function getManifest(s: RegistrySession, refLike: RefLike, size?: number): Promise<FetchedManifest> {
   const ref = toRef(refLike);
   const path = `/v2/${ref.repository}/manifests/${manifestTarget(ref)}`;
   const where = { reference: formatReference(ref), method: 'GET', path };
@@ -66,19 +70,28 @@ export async function getManifest(s: RegistrySession, refLike: RefLike): Promise
     discard(res.body);
     throw new RegistryError({ ...where, detail: `manifest of ${declared} bytes is larger than ${s.maxManifestSize}` });
   }
+  const sizeDiffers = (n: number | string) => new RegistryError({ ...where, detail: `manifest of ${n} bytes, where its descriptor says ${size}` });
+  if (size !== undefined && Number.isFinite(declared) && declared !== size) {
+    discard(res.body);
+    throw sizeDiffers(declared);
+  }
   // Read as it comes, never past the cap nor the deadline: a body without Content-Length may be endless.
+  const cap = Math.min(s.maxManifestSize, size ?? Infinity);
   let n = 0;
-  const got = await readBounded(res.body, s.maxManifestSize, deadline, { progress: (k) => (n = k) }).catch((e: Error) => {
+  const got = await readBounded(res.body, cap, deadline, { progress: (k) => (n = k) }).catch((e: Error) => {
     if (signal.aborted) throw late(n);
     throw new RegistryError({ ...where, status: 200, detail: `reading the manifest: ${e.message}`, cause: e });
   });
-  if (got.over) throw new RegistryError({ ...where, detail: `manifest larger than ${s.maxManifestSize} bytes` });
+  if (got.over) throw cap === size ? sizeDiffers(`more than ${size}`) : new RegistryError({ ...where, detail: `manifest larger than ${s.maxManifestSize} bytes` });
   if (got.timedOut) throw late(got.bytes.length);
   const bytes = got.bytes;
+  if (size !== undefined && bytes.length !== size) throw sizeDiffers(bytes.length);
   const digest = sha256(bytes);
   if (ref.digest && digest !== ref.digest) throw new DigestMismatchError(where, ref.digest, digest);
   const served = header(res.headers, 'docker-content-digest');
   if (served?.startsWith('sha256:') && served !== digest) throw new DigestMismatchError(where, served, digest);
+  // (What is written again, a converted index's entries with their platforms, must not run out of stack.)
+  if (jsonDepth(bytes, MAX_JSON_DEPTH) > MAX_JSON_DEPTH) throw new RegistryError({ ...where, detail: `manifest ${digest} nests deeper than ${MAX_JSON_DEPTH} levels` });
   let json: unknown;
   try {
     json = JSON.parse(bytes.toString('utf8'));
@@ -164,13 +177,27 @@ export async function resolveImage(s: RegistrySession, refLike: RefLike, platfor
     const wanted = platform === 'all' ? 'any platform' : formatPlatform(platform);
     throw new RegistryError({ reference: formatReference(ref), method: 'GET', path: `/v2/${ref.repository}/manifests/${manifestTarget(ref)}`, detail: `index has no image for ${wanted} (offers: ${offered})` });
   }
+  return { root, images: await indexImages(s, ref, chosen) };
+}
+
+/**
+ * The image manifests of an index's entries `chosen` (each listed once), fetched by digest, in that
+ * order. Each is held until the caller is done with it: together they are bounded, and each is read
+ * only up to the size its entry gives.
+ */
+export async function indexImages(s: RegistrySession, refLike: RefLike, chosen: readonly Descriptor[]): Promise<PlatformImage[]> {
+  const ref = toRef(refLike);
+  const total = chosen.reduce((n, d) => n + d.size, 0);
+  if (total > MAX_RESOLVED_MANIFEST_BYTES) {
+    throw new RegistryError({ reference: formatReference(ref), method: 'GET', path: `/v2/${ref.repository}/manifests/${manifestTarget(ref)}`, detail: `the index's ${chosen.length} image manifests chosen are ${total} bytes together, more than ${MAX_RESOLVED_MANIFEST_BYTES}` });
+  }
   const images: PlatformImage[] = [];
   for (const d of chosen) {
-    const m = await getManifest(s, withDigest(ref, d.digest));
+    const m = await getManifest(s, withDigest(ref, d.digest), d.size);
     if (!isImageManifestType(m.mediaType)) {
       throw new RegistryError({ reference: formatReference(ref), method: 'GET', path: `/v2/${ref.repository}/manifests/${d.digest}`, detail: `index entry is a ${m.mediaType}, not an image manifest` });
     }
     images.push({ descriptor: d, platform: d.platform, manifest: m as PlatformImage['manifest'] });
   }
-  return { root, images };
+  return images;
 }

@@ -114,6 +114,12 @@ export class RegistrySession {
       const res = await this.transport.send(ref.endpoint, { ...req, headers, reference: formatReference(ref) });
       if (res.status !== 401 || refreshed) return res;
       await drain(res.body);
+      // A challenge from the host a redirect led to (blob storage) is not answered: its realm would
+      // get the registry's credentials, and its token would go to the registry.
+      if (res.url.host !== this.transport.resolve(ref.endpoint, '/').host) {
+        throw new RegistryError({ reference: formatReference(ref), method: req.method, path: res.url.pathname, status: 401,
+          detail: `${res.url.host}, where the registry redirected the request, asks for authorization; the registry's credentials are for the registry alone` }, EACCES);
+      }
       try {
         authorization = await auth.challenge(header(res.headers, 'www-authenticate'), scopes);
       } catch (e) {
@@ -144,6 +150,10 @@ export class RegistrySession {
   location(ref: ImageReference, method: string, res: HttpResponse): URL {
     const loc = header(res.headers, 'location');
     if (!loc) throw new RegistryError({ reference: formatReference(ref), method, path: res.url.pathname, status: res.status, detail: 'upload answer without Location' });
-    return new URL(loc, res.url);
+    try {
+      return new URL(loc, res.url);
+    } catch {
+      throw new RegistryError({ reference: formatReference(ref), method, path: res.url.pathname, status: res.status, detail: `upload answer's Location ${JSON.stringify(loc.slice(0, 200))} is not a URL` });
+    }
   }
 }

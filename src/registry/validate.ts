@@ -10,10 +10,16 @@ import { isImageManifestType, isIndexType } from './media-types.ts';
 export const MAX_INDEX_ENTRIES = 1024;
 
 /**
- * Deepest nesting accepted in an image config. Real ones nest 4 or 5 levels; JSON.stringify, which
- * writes the converted config, runs out of stack some thousands of levels down.
+ * Deepest nesting accepted in an image config, manifest or index. Real ones nest 4 or 5 levels;
+ * JSON.stringify, which writes the converted documents, runs out of stack some thousands of levels down.
  */
-export const MAX_CONFIG_DEPTH = 256;
+export const MAX_JSON_DEPTH = 256;
+
+/**
+ * Most bytes the image manifests an index is resolved to may have together (resolveImage): each is
+ * held, parsed, until the conversion ends. Real indexes list a few manifests of some KiB.
+ */
+export const MAX_RESOLVED_MANIFEST_BYTES = 16 << 20;
 
 const SHA256 = /^sha256:[a-f0-9]{64}$/;
 
@@ -123,10 +129,10 @@ export function jsonDepth(bytes: Uint8Array, max: number): number {
 
 /**
  * An image config's bytes as a JSON object: text that is not JSON, nests deeper than
- * MAX_CONFIG_DEPTH, or is not an object (an array, null, a number) is a ShapeError.
+ * MAX_JSON_DEPTH, or is not an object (an array, null, a number) is a ShapeError.
  */
 export function parseImageConfig(bytes: Buffer): Record<string, unknown> {
-  if (jsonDepth(bytes, MAX_CONFIG_DEPTH) > MAX_CONFIG_DEPTH) throw new ShapeError('the config', `nests deeper than ${MAX_CONFIG_DEPTH} levels`);
+  if (jsonDepth(bytes, MAX_JSON_DEPTH) > MAX_JSON_DEPTH) throw new ShapeError('the config', `nests deeper than ${MAX_JSON_DEPTH} levels`);
   let json: unknown;
   try {
     json = JSON.parse(bytes.toString('utf8'));
