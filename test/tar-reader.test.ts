@@ -12,65 +12,11 @@ import path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { TarReader, type TarEntry } from '../src/builder/tar-reader.ts';
 import { tmpDir } from './helpers/fixtures.ts';
+import { BLOCK, END, blocks, file, header, pax } from './helpers/tar-bytes.ts';
 
 const work = tmpDir('tar-reader');
 after(() => fs.rmSync(work, { recursive: true, force: true }));
 
-const BLOCK = 512;
-
-interface Header {
-  name: string;
-  size?: number;
-  typeflag?: string;
-  linkname?: string;
-  /** Raw bytes for the 8-byte uid field (e.g. GNU base-256). */
-  uid?: Buffer;
-  /** Raw bytes for the 12-byte mtime field. */
-  mtime?: Buffer;
-}
-
-/** One ustar header block, checksum computed. */
-function header(h: Header): Buffer {
-  const b = Buffer.alloc(BLOCK);
-  b.write(h.name, 0, 100, 'latin1');
-  b.write('0000644\0', 100, 'latin1');
-  (h.uid ?? Buffer.from('0000000\0')).copy(b, 108);
-  b.write('0000000\0', 116, 'latin1');
-  b.write(`${(h.size ?? 0).toString(8).padStart(11, '0')}\0`, 124, 'latin1');
-  (h.mtime ?? Buffer.from('14000000000\0')).copy(b, 136);
-  b.write(h.typeflag ?? '0', 156, 'latin1');
-  if (h.linkname) b.write(h.linkname, 157, 100, 'latin1');
-  b.write('ustar\0' + '00', 257, 'latin1');
-  b.fill(0x20, 148, 156);
-  let sum = 0;
-  for (const x of b) sum += x;
-  b.write(`${sum.toString(8).padStart(6, '0')}\0 `, 148, 'latin1');
-  return b;
-}
-
-/** `data` padded to whole blocks. */
-function blocks(data: Buffer | string): Buffer {
-  const d = Buffer.from(data);
-  return Buffer.concat([d, Buffer.alloc((BLOCK - (d.length % BLOCK)) % BLOCK)]);
-}
-
-/** A file entry with its data. */
-function file(name: string, data: string): Buffer {
-  return Buffer.concat([header({ name, size: data.length }), blocks(data)]);
-}
-
-/** A pax extended header ('x') with these records. */
-function pax(records: Array<[string, string | Buffer]>): Buffer {
-  const body = Buffer.concat(records.map(([k, v]) => {
-    const rec = Buffer.concat([Buffer.from(` ${k}=`), Buffer.from(v), Buffer.from('\n')]);
-    let len = rec.length + 1;
-    while (String(len).length + rec.length !== len) len++;
-    return Buffer.concat([Buffer.from(String(len)), rec]);
-  }));
-  return Buffer.concat([header({ name: 'PaxHeader', size: body.length, typeflag: 'x' }), blocks(body)]);
-}
-
-const END = Buffer.alloc(2 * BLOCK);
 
 /** Every entry the parser gives, each file's content read whole. */
 async function readAll(bytes: Buffer): Promise<Array<{ entry: TarEntry; content: string }>> {
@@ -205,4 +151,18 @@ test('sparse maps: more segments than taken are refused before they are held; se
   }
   assert.ok(performance.now() - t0 < 5_000, `20,000 holes looked at in ${(performance.now() - t0).toFixed(0)} ms`);
   assert.equal(await reader.next(), null);
+});
+
+test('a pax header of more records than taken is refused as it is parsed, not held (16 MiB of 6-byte records held 1.1 GB)', { timeout: 60_000 }, async () => {
+  const tiny = Buffer.from('5 a=\n'.repeat(600_000));
+  const t0 = performance.now();
+  await assert.rejects(readAll(Buffer.concat([header({ name: 'PaxHeader', size: tiny.length, typeflag: 'x' }), blocks(tiny), file('f', 'x'), END])),
+    /layer test\.tar: pax header at byte 0 holds more than 525312 records/);
+  assert.ok(performance.now() - t0 < 20_000, 'refused without reading on');
+  // A sparse 0.0 map of the most segments taken (two records each) is still read.
+  const segments = 1 << 18;
+  const map: Array<[string, string]> = [['GNU.sparse.size', String(segments * 2)], ['GNU.sparse.numblocks', String(segments)]];
+  for (let i = 0; i < segments; i++) map.push(['GNU.sparse.offset', String(2 * i)], ['GNU.sparse.numbytes', '1']);
+  const entries = await readAll(Buffer.concat([pax(map), file('s', 'x'.repeat(segments)), END]));
+  assert.equal(entries[0].entry.size, segments * 2);
 });

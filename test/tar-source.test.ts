@@ -544,3 +544,17 @@ print(json.dumps(sorted(found)))
   const stats = JSON.parse(mustRun('nydus-image', ['inspect', '-B', b.boot, '-R', 'stats']).stdout);
   assert.equal(stats.blobs[0].chunk_count, dataChunks.size + 2);
 });
+
+test('sparse files of a few bytes each may not refer to more chunks in all than a blob holds: the file past it is refused naming it', { timeout: 120_000 }, () => {
+  const MiB = 1 << 20;
+  // 2^24 - 2 chunks, then 3 more: refused before the second is read (each such file held 1 GB once,
+  // and six of them ran the heap out).
+  assertRefused(pyTar([sparseEntry('f0', (2 ** 24 - 2) * MiB, [[0, 'x']]), sparseEntry('f1', 3 * MiB, [[0, 'x']])]), /entry "f1": a file of 3145728 bytes needs 3 chunks of 1048576 bytes, which with the 16777214 of the files before it are more than the 16777216 an image's files may refer to/);
+  // Under a heap too small for the first file's chunk list, the heap guard stops the build with its message.
+  const small = pyTar([sparseEntry('big', 2 ** 24 * MiB, [[0, 'x']])]);
+  const r = spawnSync(path.join(repoRoot, 'bin/nydus-image'), ['create', '-t', 'tar-rafs', '-B', `${fresh('h')}.boot`, '-D', fresh('hb'), small],
+    { encoding: 'utf8', env: { ...process.env, NODE_OPTIONS: '--max-old-space-size=64' }, timeout: 120_000 });
+  assert.equal(r.status, 1, r.stderr);
+  assert.match(r.stderr, /layer .*: \d+ entries fill \d+ MiB of the about 64 MiB heap .*NODE_OPTIONS=--max-old-space-size=<MiB>/);
+  assert.doesNotMatch(r.stderr, /FATAL ERROR|heap out of memory/);
+});

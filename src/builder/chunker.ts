@@ -99,7 +99,7 @@ export function chunkTree(root: TreeNode, chunker: Chunker, first: readonly Tree
     }
     const chunks: ChunkRef[] = [];
     const src = node.data!;
-    const tooMany = fileChunksProblem(node.size, chunkSize);
+    const tooMany = fileChunksProblem(node.size, chunkSize, chunker.stats.chunks);
     if (tooMany) {
       src.close?.();
       throw new NydusError(`${src.describe()}: ${tooMany}`);

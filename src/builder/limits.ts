@@ -22,14 +22,27 @@ export function nameProblem(name: Buffer): string | null {
 }
 
 /**
- * Why a regular file of `size` bytes cannot be stored in chunks of `chunkSize`, or null: no file may
- * have more chunks than a blob may hold (nydus's RAFS_MAX_CHUNKS_PER_BLOB). Checked before its data
- * is read, so a huge sparse file costs nothing to refuse.
+ * Chunk references all the files of one build may make (a chunk shared by many files, or a hole's
+ * zero chunk, counts at each). Each is held while the image is built and written as an 8-byte index
+ * of its file: a layer of a few KiB of sparse files of 2^24 chunks each (16 TiB at 1 MiB chunks)
+ * held 1 GB apiece and ran the heap out at six. As many as a blob may hold chunks: 16 TiB of file
+ * data at the default chunk size.
  */
-export function fileChunksProblem(size: number, chunkSize: number): string | null {
+export const IMAGE_MAX_CHUNK_REFS = BLOB_MAX_CHUNKS;
+
+/**
+ * Why a regular file of `size` bytes cannot be stored in chunks of `chunkSize`, or null: no file may
+ * have more chunks than a blob may hold (nydus's RAFS_MAX_CHUNKS_PER_BLOB), nor all files together,
+ * with the `refsBefore` made before it, more than IMAGE_MAX_CHUNK_REFS. Checked before its data is
+ * read, so a huge sparse file costs nothing to refuse.
+ */
+export function fileChunksProblem(size: number, chunkSize: number, refsBefore: number): string | null {
   const chunks = Math.ceil(size / chunkSize);
-  if (chunks <= BLOB_MAX_CHUNKS) return null;
-  return `a file of ${size} bytes needs ${chunks} chunks of ${chunkSize} bytes, more than the ${BLOB_MAX_CHUNKS} a blob may hold`;
+  if (chunks > BLOB_MAX_CHUNKS) return `a file of ${size} bytes needs ${chunks} chunks of ${chunkSize} bytes, more than the ${BLOB_MAX_CHUNKS} a blob may hold`;
+  if (refsBefore + chunks > IMAGE_MAX_CHUNK_REFS) {
+    return `a file of ${size} bytes needs ${chunks} chunks of ${chunkSize} bytes, which with the ${refsBefore} of the files before it are more than the ${IMAGE_MAX_CHUNK_REFS} an image's files may refer to`;
+  }
+  return null;
 }
 
 function idProblem(what: string, id: number): string | null {
@@ -39,10 +52,10 @@ function idProblem(what: string, id: number): string | null {
 
 /**
  * Why the format cannot hold `node` as it is, or null: its name, owner, mtime, device number, symlink
- * target, size and xattrs (names, values, POSIX ACLs, and all of them inline). With `chunkSize`, a
- * regular file's chunk count too.
+ * target, size and xattrs (names, values, POSIX ACLs, and all of them inline). With `chunks` (the
+ * chunk size, and the chunk references the build made before), a regular file's chunk count too.
  */
-export function nodeProblem(node: TreeNode, chunkSize?: number): string | null {
+export function nodeProblem(node: TreeNode, chunks?: { chunkSize: number; refsBefore: number }): string | null {
   if (node.path !== '/') {
     const problem = nameProblem(node.name);
     if (problem) return problem;
@@ -68,7 +81,7 @@ export function nodeProblem(node: TreeNode, chunkSize?: number): string | null {
     }
     case 'file': {
       if (!Number.isSafeInteger(node.size) || node.size < 0) return `file size ${node.size} is out of range`;
-      const problem = chunkSize === undefined ? null : fileChunksProblem(node.size, chunkSize);
+      const problem = chunks && fileChunksProblem(node.size, chunks.chunkSize, chunks.refsBefore);
       if (problem) return problem;
       break;
     }

@@ -176,7 +176,7 @@ export async function treeFromTar(source: AsyncIterable<Buffer>, layer: string, 
         node.size = entry.size;
       }
       // Before any data is read: a file the format cannot hold is refused at no cost.
-      const problem = nodeProblem(node, chunkSize);
+      const problem = nodeProblem(node, { chunkSize, refsBefore: chunker.stats.chunks });
       if (problem) throw tree.fail(entry.path, problem);
       if (entry.type === 'file') {
         // Chunks wholly inside a hole of a sparse file are zero chunks, added without reading or
@@ -191,6 +191,8 @@ export async function treeFromTar(source: AsyncIterable<Buffer>, layer: string, 
             await tar.readContent(buffer, want);
             chunks.push(chunker.addChunk(buffer.subarray(0, want)));
           }
+          // (A chunk reference is held as an entry is: a sparse file makes millions for a few bytes.)
+          room.tick();
         }
         node.chunks = chunks;
         chunker.fileDone();
