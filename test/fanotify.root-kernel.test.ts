@@ -885,6 +885,43 @@ test('root-kernel fanotify: a cache work_dir on tmpfs is refused naming the caus
   assert.equal(isMounted(path.join(base, 'mnt')), false);
 });
 
+test('root-kernel fanotify: a cache file that is a symlink or a FIFO is refused naming it, the file a symlink names untouched, no fd left open; a body nesting too deep is refused, nothing registered', async () => {
+  const d = await startDaemon('odd-cache-files', rich, localfs(rich));
+  const worker = (await apiRequest(d.sock, 'GET', '/api/v1/daemon')).body.pid as number;
+  const fds = () => fs.readdirSync(`/proc/${worker}/fd`).length;
+  const base = path.join(work, 'odd-cache-files');
+  const mount = (cacheDir: string) => {
+    const mnt = path.join(base, `mnt-${path.basename(cacheDir)}`);
+    fs.mkdirSync(mnt, { recursive: true });
+    mounts.push(mnt);
+    return apiRequest(d.sock, 'POST', `/api/v1/mount?mountpoint=${encodeURIComponent(mnt)}`, { source: rich.boot, fs_type: 'rafs', config: JSON.stringify(fanotifyConfig(cacheDir, localfs(rich))) });
+  };
+  const victim = path.join(base, 'victim.txt');
+  fs.writeFileSync(victim, 'a file the daemon must not touch\n');
+  const linked = path.join(base, 'cache-symlink');
+  fs.mkdirSync(linked);
+  fs.symlinkSync(victim, path.join(linked, `${rich.blobId}.blob.data`));
+  const fifo = path.join(base, 'cache-fifo');
+  fs.mkdirSync(fifo);
+  execFileSync('mkfifo', [path.join(fifo, `${rich.blobId}.blob.data`)]);
+  const before = fds();
+  for (const [dir, why] of [[linked, 'is a symbolic link, not a regular file'], [fifo, 'is not a regular file'], [fifo, 'is not a regular file']] as const) {
+    const r = await mount(dir);
+    assert.equal(r.status, 500, JSON.stringify(r.body));
+    assert.ok(String(r.body.message).includes(`cache file ${path.join(dir, `${rich.blobId}.blob.data`)} ${why}`), JSON.stringify(r.body));
+  }
+  assert.equal(fs.readFileSync(victim, 'utf8'), 'a file the daemon must not touch\n');
+  assert.equal(fds(), before, 'no fd left open by the refusals');
+  // A registration whose body nests 100,000 levels is refused as it is read: nothing registered, and
+  // the same id registers afterwards.
+  const entry = { type: 'bootstrap', id: 'deep', config_v2: { version: 2, id: 'deep', backend: localfs(rich), cache: { type: 'fscache', fscache: { work_dir: path.join(base, 'fscache') } }, metadata_path: rich.boot } };
+  const deep = JSON.stringify({ ...entry, x: 'X' }).replace('"X"', `${'['.repeat(100_000)}${']'.repeat(100_000)}`);
+  const r = await apiRequest(d.sock, 'PUT', '/api/v2/blobs', deep);
+  assert.equal(r.status, 400, JSON.stringify(r.body));
+  assert.match(String(r.body.message), /request body nests deeper than 256 levels/);
+  assert.deepEqual((await apiRequest(d.sock, 'GET', '/api/v2/blobs')).body.filter((b: { id?: string }) => b.id === 'deep'), [], 'nothing registered');
+});
+
 test('root-kernel fanotify: an image mounted lazily from a registry (Basic auth) reads identical to the source', async () => {
   const reg = await startRegistry({ users: { alice: 'wonderland' } });
   try {

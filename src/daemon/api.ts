@@ -15,7 +15,7 @@ import http from 'node:http';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { NydusError } from '../../erofs/errors.ts';
-import { ConfigError, type ImageEntry, absolutePathField, obj, parseConfigText, str } from './config.ts';
+import { ConfigError, type ImageEntry, absolutePathField, obj, parseConfigText, parseJsonText, str } from './config.ts';
 import type { ImageRegistry } from './daemon.ts';
 import type { DaemonState } from './state.ts';
 import { type DaemonLifecycle, StateError } from './lifecycle.ts';
@@ -178,8 +178,9 @@ async function readBody(req: http.IncomingMessage): Promise<unknown> {
     parts.push(chunk as Buffer);
   }
   try {
-    return JSON.parse(Buffer.concat(parts).toString('utf8'));
+    return parseJsonText(Buffer.concat(parts).toString('utf8'), 'request body');
   } catch (e) {
+    if (e instanceof ConfigError) throw e;
     throw new ConfigError(`request body is not valid JSON: ${(e as Error).message}`);
   }
 }

@@ -7,6 +7,7 @@ import { NydusError, EINVAL } from '../../erofs/errors.ts';
 import path from 'node:path';
 import { parse as parseToml } from 'smol-toml';
 import { badPathText } from './log.ts';
+import { MAX_JSON_DEPTH, jsonDepth } from '../registry/validate.ts';
 import { type HttpProxyBackendConfig, type RegistryBackendConfig, httpProxyConfigFrom, registryConfigFrom } from './backend/remote-config.ts';
 
 export class ConfigError extends NydusError {
@@ -313,11 +314,23 @@ export function parseBlobCacheEntry(body: unknown, origin: EntryOrigin = 'blob-c
  * nydusd reads it (ConfigV2::from_str in nydus's api/src/config.rs): JSON (v2 or v1), else TOML, v2
  * only (nydus's own examples, misc/configs/*.toml). `what` names it in errors.
  */
+/**
+ * JSON text of a request or a config, refused (naming `what`) past MAX_JSON_DEPTH levels: what is
+ * taken is written again (the state database, the mounts file), and JSON.stringify runs out of stack
+ * some thousands of levels down. A registration stored so is no error on the way in and every later
+ * one's.
+ */
+export function parseJsonText(text: string, what: string): unknown {
+  if (jsonDepth(Buffer.from(text), MAX_JSON_DEPTH) > MAX_JSON_DEPTH) throw new ConfigError(`${what} nests deeper than ${MAX_JSON_DEPTH} levels`);
+  return JSON.parse(text);
+}
+
 export function parseConfigText(text: string, what: string): unknown {
   if (!text.trim()) throw new ConfigError(`${what} is empty`);
   try {
-    return JSON.parse(text);
+    return parseJsonText(text, what);
   } catch (jsonError) {
+    if (jsonError instanceof ConfigError) throw jsonError;
     let config: Record<string, unknown>;
     try {
       config = parseToml(text);

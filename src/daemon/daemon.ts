@@ -170,12 +170,20 @@ export class ImageRegistry implements ObjectResolver {
       blobs.set(b.id, map);
       if (b.prefetch) prefetch.set(b.id, b.prefetch);
     }
+    // Kept before it is served: an entry the state cannot take is not registered at all.
+    if (persist) {
+      try {
+        this.state.saveImage(entry.id, body);
+      } catch (e) {
+        await backend.close();
+        throw e;
+      }
+    }
     this.images.set(entry.id, {
       entry, body, bootstrapSize: plan.bootstrapSize, superMeta: plan.superMeta, blobs, backend, backendMetrics, prefetch, maps, trace: new AccessTrace(maps),
       streams: new Limiter(Math.max(1, entry.prefetch.threads)),
       fetcher: new ChunkFetcher(backend, (blob, chunk) => this.state.countFetch(blob, chunk), this.pool),
     });
-    if (persist) this.state.saveImage(entry.id, body);
     this.log.info({ id: entry.id, domain: entry.domainId, bootstrap: entry.metadataPath, blobs: [...blobs.keys()], plan: source }, 'image registered');
     return entry;
   }

@@ -70,6 +70,26 @@ export interface CacheFileSource {
   trace?: BlobAccessTrace;
 }
 
+/**
+ * A cache file opened as the regular file it must be: never through a symbolic link (the file it
+ * names would be truncated to the blob's size and filled) and never a FIFO or a device (O_NONBLOCK:
+ * opening a FIFO waits for a writer). Anything else at its path is an error naming it, no fd left open.
+ */
+function openCacheFile(path: string, flags: number): number {
+  let fd: number;
+  try {
+    fd = fs.openSync(path, flags | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK, 0o600);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ELOOP') throw new ConfigError(`cache file ${path} is a symbolic link, not a regular file`);
+    throw e;
+  }
+  if (!fs.fstatSync(fd).isFile()) {
+    fs.closeSync(fd);
+    throw new ConfigError(`cache file ${path} is not a regular file`);
+  }
+  return fd;
+}
+
 export class MarkedCacheFile {
   readonly size: number;
   /** `<dev>:<ino>`: how an event's fd is told to be about this file. */
@@ -108,26 +128,32 @@ export class MarkedCacheFile {
     this.size = map.uncompressedSize;
     this.key = { volume: `fanotify,${dirname(this.path)}`, cookie: map.blobId };
     this.writerFd = null;
-    if (!restored) {
-      // Opened before the mark: its writes raise no events.
-      this.writerFd = fs.openSync(this.path, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600);
-      this.writeTarget = { fd: this.writerFd };
-      if (fs.fstatSync(this.writerFd).size !== this.size) {
-        fs.ftruncateSync(this.writerFd, 0);
-        fs.ftruncateSync(this.writerFd, this.size);
-        state.clear(this.key);
-      }
-    }
     let probeFd: number;
+    let st: fs.Stats;
     try {
+      if (!restored) {
+        // Opened before the mark: its writes raise no events.
+        this.writerFd = openCacheFile(this.path, fs.constants.O_RDWR | fs.constants.O_CREAT);
+        this.writeTarget = { fd: this.writerFd };
+        if (fs.fstatSync(this.writerFd).size !== this.size) {
+          fs.ftruncateSync(this.writerFd, 0);
+          fs.ftruncateSync(this.writerFd, this.size);
+          state.clear(this.key);
+        }
+      }
       group.mark(this.path);
-      probeFd = fs.openSync(this.path, fs.constants.O_RDONLY);
+      probeFd = openCacheFile(this.path, fs.constants.O_RDONLY);
+      st = fs.fstatSync(probeFd);
+      const writer = this.writerFd === null ? null : fs.fstatSync(this.writerFd);
+      if (writer && (writer.dev !== st.dev || writer.ino !== st.ino)) {
+        fs.closeSync(probeFd);
+        throw new ConfigError(`cache file ${this.path} was replaced while it was opened`);
+      }
     } catch (e) {
       if (this.writerFd !== null) fs.closeSync(this.writerFd);
       throw e;
     }
     this.probeFd = probeFd;
-    const st = fs.fstatSync(probeFd);
     this.dev = st.dev;
     this.ino = st.ino;
     this.inode = inodeKey(st.dev, st.ino);
