@@ -310,21 +310,21 @@ export function parseBlobCacheEntry(body: unknown, origin: EntryOrigin = 'blob-c
 }
 
 /**
- * The text of a nydusd config (a `--config` file, the `config` string of POST /api/v1/mount) as
- * nydusd reads it (ConfigV2::from_str in nydus's api/src/config.rs): JSON (v2 or v1), else TOML, v2
- * only (nydus's own examples, misc/configs/*.toml). `what` names it in errors.
- */
-/**
  * JSON text of a request or a config, refused (naming `what`) past MAX_JSON_DEPTH levels: what is
  * taken is written again (the state database, the mounts file), and JSON.stringify runs out of stack
- * some thousands of levels down. A registration stored so is no error on the way in and every later
- * one's.
+ * some thousands of levels down (a registration body that deep was taken, then failed as it was
+ * saved, and so did every later one of its id).
  */
 export function parseJsonText(text: string, what: string): unknown {
   if (jsonDepth(Buffer.from(text), MAX_JSON_DEPTH) > MAX_JSON_DEPTH) throw new ConfigError(`${what} nests deeper than ${MAX_JSON_DEPTH} levels`);
   return JSON.parse(text);
 }
 
+/**
+ * The text of a nydusd config (a `--config` file, the `config` string of POST /api/v1/mount) as
+ * nydusd reads it (ConfigV2::from_str in nydus's api/src/config.rs): JSON (v2 or v1), else TOML, v2
+ * only (nydus's own examples, misc/configs/*.toml). `what` names it in errors.
+ */
 export function parseConfigText(text: string, what: string): unknown {
   if (!text.trim()) throw new ConfigError(`${what} is empty`);
   try {
