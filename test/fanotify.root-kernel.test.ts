@@ -922,6 +922,39 @@ test('root-kernel fanotify: a cache file that is a symlink or a FIFO is refused 
   assert.deepEqual((await apiRequest(d.sock, 'GET', '/api/v2/blobs')).body.filter((b: { id?: string }) => b.id === 'deep'), [], 'nothing registered');
 });
 
+test('root-kernel fanotify: a body over the API\'s bound, sent through the supervisor\'s relay by node\'s own client, gets its 400 every time; an endless one gets it and is cut', { timeout: 120_000 }, async () => {
+  const d = await startDaemon('big-bodies', rich, localfs(rich));
+  /** PUT of `body` (or an endless one) on the daemon's API socket, node's http client, as a client of the API writes it. */
+  const put = (body: Buffer | 'endless') => new Promise<{ status?: number; message?: string; err?: string; ms: number }>((resolve) => {
+    const t0 = Date.now();
+    const req = http.request({ socketPath: d.sock, method: 'PUT', path: '/api/v2/blobs', headers: { 'content-type': 'application/json' } }, (res) => {
+      let text = '';
+      res.on('data', (c) => (text += c));
+      res.on('end', () => resolve({ status: res.statusCode, message: JSON.parse(text).message, ms: Date.now() - t0 }));
+    });
+    req.on('error', (e) => resolve({ err: e.message, ms: Date.now() - t0 }));
+    if (body !== 'endless') {
+      req.end(body);
+      return;
+    }
+    const piece = Buffer.alloc(64 << 10, 0x20);
+    const pump = () => {
+      while (!req.destroyed && req.write(piece));
+      if (!req.destroyed) req.once('drain', pump);
+    };
+    pump();
+  });
+  const big = Buffer.alloc(2 << 20, 0x20);
+  for (let i = 0; i < 10; i++) {
+    const r = await put(big);
+    assert.deepEqual([r.status, r.message], [400, 'request body is too large'], `try ${i}: ${JSON.stringify(r)}`);
+  }
+  const endless = await put('endless');
+  assert.deepEqual([endless.status, endless.message], [400, 'request body is too large'], JSON.stringify(endless));
+  assert.ok(endless.ms < 30_000, `answered in ${endless.ms} ms`);
+  assert.equal((await apiRequest(d.sock, 'GET', '/api/v1/daemon')).status, 200, 'the daemon serves on');
+});
+
 test('root-kernel fanotify: an image mounted lazily from a registry (Basic auth) reads identical to the source', async () => {
   const reg = await startRegistry({ users: { alice: 'wonderland' } });
   try {

@@ -56,6 +56,13 @@ const KNOWN_PATHS = new Set([
 const CACHEFILES_OP_READ = 2;
 
 const MAX_BODY = 1 << 20;
+/**
+ * What of a body over MAX_BODY is still read (and dropped) after its refusal, and for how long: a
+ * client still writing it, or the supervisor's relay, whose write then failed with EPIPE, lost the
+ * answer when the connection closed at once ("socket hang up" through the relay, 13 times in 20).
+ */
+const REFUSED_BODY_DRAIN_BYTES = 16 << 20;
+const REFUSED_BODY_DRAIN_MS = 5_000;
 
 /** Metrics asked of an image that is not there: 404, as nydus answers MetricsError::NoCounter. */
 class NoCounterError extends Error {}
@@ -172,17 +179,44 @@ function send(res: http.ServerResponse, status: number, body?: unknown): void {
 async function readBody(req: http.IncomingMessage): Promise<unknown> {
   let size = 0;
   const parts: Buffer[] = [];
-  for await (const chunk of req) {
-    size += (chunk as Buffer).length;
-    if (size > MAX_BODY) throw new ConfigError('request body is too large');
-    parts.push(chunk as Buffer);
-  }
+  await new Promise<void>((resolve, reject) => {
+    const onData = (chunk: Buffer) => {
+      size += chunk.length;
+      if (size <= MAX_BODY) {
+        parts.push(chunk);
+        return;
+      }
+      req.off('data', onData);
+      drainRefusedBody(req);
+      reject(new ConfigError('request body is too large'));
+    };
+    req.on('data', onData);
+    req.once('end', () => resolve());
+    req.on('error', reject);
+    req.once('close', () => reject(new ConfigError('request body ended early: the connection closed')));
+  });
   try {
     return parseJsonText(Buffer.concat(parts).toString('utf8'), 'request body');
   } catch (e) {
     if (e instanceof ConfigError) throw e;
     throw new ConfigError(`request body is not valid JSON: ${(e as Error).message}`);
   }
+}
+
+/**
+ * The rest of a refused body read and dropped while its refusal is answered, then the connection
+ * closed once REFUSED_BODY_DRAIN_BYTES more came or REFUSED_BODY_DRAIN_MS passed (an endless body).
+ */
+function drainRefusedBody(req: http.IncomingMessage): void {
+  let left = REFUSED_BODY_DRAIN_BYTES;
+  const stop = () => req.socket.destroy();
+  const timer = setTimeout(stop, REFUSED_BODY_DRAIN_MS);
+  timer.unref();
+  req.on('data', (chunk: Buffer) => {
+    left -= chunk.length;
+    if (left < 0) stop();
+  });
+  req.once('close', () => clearTimeout(timer));
 }
 
 function need(ctx: ApiContext): NonNullable<ApiContext['lifecycle']> {
