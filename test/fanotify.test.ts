@@ -132,6 +132,13 @@ test('fanotify config: a config without a cache work_dir, or of an unknown versi
   assert.throws(() => entryBodyFromFsConfig({ device: { backend: { type: 'localfs', config: {} } } }, '/i', 'x'), /config\.device\.cache\.type/);
   assert.throws(() => entryBodyFromFsConfig({ version: 3 }, '/i', 'x'), /config\.version 3 is not supported/);
   assert.throws(() => entryBodyFromFsConfig('nope', '/i', 'x'), /config must be a JSON object/);
+  // Its cache files are named in the mount's device= options: refused before anything is made in it.
+  const workDir = (dir: string) => entryBodyFromFsConfig({ version: 2, backend: { type: 'localfs', localfs: { dir: '/b' } }, cache: { type: 'filecache', filecache: { work_dir: dir } } }, '/i', 'x');
+  for (const dir of ['/var/cache\nnydus', '/var/a,b', '/var/a b']) {
+    assert.throws(() => workDir(dir), (e: Error) => e.message.startsWith(`config.cache.filecache.work_dir ${JSON.stringify(dir)} holds a comma or white space`), dir);
+  }
+  assert.throws(() => entryBodyFromFsConfig({ device: { backend: { type: 'localfs', config: {} }, cache: { type: 'blobcache', config: { work_dir: '/a,b' } } } }, '/i', 'x'), /config\.device\.cache\.config\.work_dir "\/a,b" holds a comma or white space/);
+  assert.equal((workDir('/var/cache/nydus') as { config_v2: { cache: { fscache: { work_dir: string } } } }).config_v2.cache.fscache.work_dir, '/var/cache/nydus');
 });
 
 test('fanotify journal: the events left unanswered are read back (last record per fd wins); empty once all are answered; an answer recorded twice loses no other pending event', () => {

@@ -155,7 +155,7 @@ export function closeFd(fd: number): void {
  */
 export function mountErofsFileBacked(bootstrap: string, devices: readonly string[], target: string): void {
   const data = devices.map((d) => `device=${d}`).join(',');
-  if (/[,\s]/.test(devices.join(''))) throw new Error(`cannot mount ${target}: a device path holds a comma or a space (${devices.join(' ')})`);
+  if (/[,\s]/.test(devices.join(''))) throw new Error(`cannot mount ${target}: a device path holds a comma or white space (${devices.join(' ')})`);
   fscacheBinding().mount(bootstrap, target, 'erofs', MS_RDONLY, data);
 }
 

@@ -362,6 +362,15 @@ export function parseConfigText(text: string, what: string): unknown {
 const FS_CACHE_TYPES = new Set(['blobcache', 'filecache', 'fscache']);
 
 /**
+ * A fanotify mount's work_dir: its cache files are named in the file-backed mount's `device=`
+ * options, which end at a comma or white space. Refused before anything is made in it.
+ */
+function fileBackedWorkDir(workDir: string, where: string): string {
+  if (/[,\s]/.test(workDir)) throw new ConfigError(`${where} ${JSON.stringify(workDir)} holds a comma or white space, which the file-backed mount's device= options cannot name`);
+  return workDir;
+}
+
+/**
  * nydusd's FUSE-mode configuration (the `--config` file, or the `config` string of
  * POST /api/v1/mount) as the BlobCacheEntry body this daemon registers: v2 (`version: 2`, `backend`,
  * `cache.<type>.work_dir`, `cache.prefetch` / `rafs.prefetch`) or v1 (`device.backend`,
@@ -375,7 +384,7 @@ export function entryBodyFromFsConfig(config: unknown, bootstrap: string, id: st
     const ctype = str(cache, 'type', 'config.cache', false);
     if (!FS_CACHE_TYPES.has(ctype)) throw new ConfigError(`config.cache.type must be one of ${[...FS_CACHE_TYPES].join(', ')}: the cache files need a work_dir`);
     const typed = obj(cache[ctype] ?? {}, `config.cache.${ctype}`);
-    const workDir = str(typed, 'work_dir', `config.cache.${ctype}`);
+    const workDir = fileBackedWorkDir(str(typed, 'work_dir', `config.cache.${ctype}`), `config.cache.${ctype}.work_dir`);
     refuseUnreadableCache(cache, 'config.cache', typed, `config.cache.${ctype}`);
     checkSwitches(cache, CACHE_SWITCHES, 'config.cache');
     if (c.rafs !== undefined) checkRafsMode(obj(c.rafs, 'config.rafs'), 'config.rafs');
@@ -390,7 +399,7 @@ export function entryBodyFromFsConfig(config: unknown, bootstrap: string, id: st
   const ctype = str(cache, 'type', 'config.device.cache', false);
   if (!FS_CACHE_TYPES.has(ctype)) throw new ConfigError(`config.device.cache.type must be one of ${[...FS_CACHE_TYPES].join(', ')}: the cache files need a work_dir`);
   const typed = obj(cache.config ?? {}, 'config.device.cache.config');
-  const workDir = str(typed, 'work_dir', 'config.device.cache.config');
+  const workDir = fileBackedWorkDir(str(typed, 'work_dir', 'config.device.cache.config'), 'config.device.cache.config.work_dir');
   refuseUnreadableCache(cache, 'config.device.cache', typed, 'config.device.cache.config');
   checkSwitches(cache, CACHE_SWITCHES, 'config.device.cache');
   checkRafsMode(c, 'config');
