@@ -953,6 +953,10 @@ test('root-kernel fanotify: a body over the API\'s bound, sent through the super
   assert.deepEqual([endless.status, endless.message], [400, 'request body is too large'], JSON.stringify(endless));
   assert.ok(endless.ms < 30_000, `answered in ${endless.ms} ms`);
   assert.equal((await apiRequest(d.sock, 'GET', '/api/v1/daemon')).status, 200, 'the daemon serves on');
+  // fscache mode's lifecycle calls say what this daemon does instead.
+  const cull = await apiRequest(d.sock, 'DELETE', `/api/v2/blobs?blob_id=${rich.blobId}`);
+  assert.equal(cull.status, 400);
+  assert.match(cull.body.message, /fscache mode's .*culling a blob's cache files.*this daemon runs in fanotify mode: mounts come and go with POST and DELETE \/api\/v1\/mount/);
 });
 
 test('root-kernel fanotify: an image mounted lazily from a registry (Basic auth) reads identical to the source', async () => {

@@ -220,7 +220,8 @@ function drainRefusedBody(req: http.IncomingMessage): void {
 }
 
 function need(ctx: ApiContext): NonNullable<ApiContext['lifecycle']> {
-  if (!ctx.lifecycle) throw new StateError('this API serves no daemon lifecycle');
+  // (A daemon in fanotify mode: its images come and go with their mounts, its cache files with its work_dirs.)
+  if (!ctx.lifecycle) throw new StateError(`this API is fscache mode's (/dev/cachefiles: takeover, start, sendfd, culling a blob's cache files); this daemon ${ctx.mounts ? 'runs in fanotify mode: mounts come and go with POST and DELETE /api/v1/mount' : 'has no daemon lifecycle'}`);
   return ctx.lifecycle;
 }
 
