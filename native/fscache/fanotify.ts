@@ -149,13 +149,16 @@ export function closeFd(fd: number): void {
   fscacheBinding().close(fd);
 }
 
+/** Whether a path can be a `device=` option of a mount's data: those end at a comma or white space. */
+export const nameableAsDevice = (path: string): boolean => !/[,\s]/.test(path);
+
 /**
  * A read-only file-backed EROFS mount: mount(2) with the bootstrap file as source and each blob's
  * file as `device=`, in blob table order (no loop device).
  */
 export function mountErofsFileBacked(bootstrap: string, devices: readonly string[], target: string): void {
   const data = devices.map((d) => `device=${d}`).join(',');
-  if (/[,\s]/.test(devices.join(''))) throw new Error(`cannot mount ${target}: a device path holds a comma or white space (${devices.join(' ')})`);
+  if (!devices.every(nameableAsDevice)) throw new Error(`cannot mount ${target}: a device path holds a comma or white space (${devices.join(' ')})`);
   fscacheBinding().mount(bootstrap, target, 'erofs', MS_RDONLY, data);
 }
 

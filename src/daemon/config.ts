@@ -8,6 +8,7 @@ import path from 'node:path';
 import { parse as parseToml } from 'smol-toml';
 import { badPathText } from './log.ts';
 import { MAX_JSON_DEPTH, jsonDepth } from '../registry/validate.ts';
+import { nameableAsDevice } from '../../native/fscache/fanotify.ts';
 import { type HttpProxyBackendConfig, type RegistryBackendConfig, httpProxyConfigFrom, registryConfigFrom } from './backend/remote-config.ts';
 
 export class ConfigError extends NydusError {
@@ -366,7 +367,7 @@ const FS_CACHE_TYPES = new Set(['blobcache', 'filecache', 'fscache']);
  * options, which end at a comma or white space. Refused before anything is made in it.
  */
 function fileBackedWorkDir(workDir: string, where: string): string {
-  if (/[,\s]/.test(workDir)) throw new ConfigError(`${where} ${JSON.stringify(workDir)} holds a comma or white space, which the file-backed mount's device= options cannot name`);
+  if (!nameableAsDevice(workDir)) throw new ConfigError(`${where} ${JSON.stringify(workDir)} holds a comma or white space, which the file-backed mount's device= options cannot name`);
   return workDir;
 }
 

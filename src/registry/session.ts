@@ -102,7 +102,8 @@ export class RegistrySession {
    */
   async call(ref: ImageReference, access: Action | string[], req: Omit<HttpRequest, 'reference'>): Promise<HttpResponse> {
     // (Both as URLs: an endpoint written with its scheme's default port is the same host.)
-    if (this.transport.resolve(ref.endpoint, req.target).host !== this.transport.resolve(ref.endpoint, '/').host) {
+    const registryHost = this.transport.resolve(ref.endpoint, '/').host;
+    if (this.transport.resolve(ref.endpoint, req.target).host !== registryHost) {
       const { authorization: _dropped, ...headers } = req.headers ?? {};
       return this.transport.send(ref.endpoint, { ...req, headers, reference: formatReference(ref) });
     }
@@ -116,7 +117,7 @@ export class RegistrySession {
       await drain(res.body);
       // A challenge from the host a redirect led to (blob storage) is not answered: its realm would
       // get the registry's credentials, and its token would go to the registry.
-      if (res.url.host !== this.transport.resolve(ref.endpoint, '/').host) {
+      if (res.url.host !== registryHost) {
         throw new RegistryError({ reference: formatReference(ref), method: req.method, path: res.url.pathname, status: 401,
           detail: `${res.url.host}, where the registry redirected the request, asks for authorization; the registry's credentials are for the registry alone` }, EACCES);
       }

@@ -75,7 +75,7 @@ export interface CacheFileSource {
  * names would be truncated to the blob's size and filled) and never a FIFO or a device (O_NONBLOCK:
  * opening a FIFO waits for a writer). Anything else at its path is an error naming it, no fd left open.
  */
-function openCacheFile(path: string, flags: number): number {
+function openCacheFile(path: string, flags: number): { fd: number; st: fs.Stats } {
   let fd: number;
   try {
     fd = fs.openSync(path, flags | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK, 0o600);
@@ -83,11 +83,12 @@ function openCacheFile(path: string, flags: number): number {
     if ((e as NodeJS.ErrnoException).code === 'ELOOP') throw new ConfigError(`cache file ${path} is a symbolic link, not a regular file`);
     throw e;
   }
-  if (!fs.fstatSync(fd).isFile()) {
+  const st = fs.fstatSync(fd);
+  if (!st.isFile()) {
     fs.closeSync(fd);
     throw new ConfigError(`cache file ${path} is not a regular file`);
   }
-  return fd;
+  return { fd, st };
 }
 
 export class MarkedCacheFile {
@@ -131,20 +132,21 @@ export class MarkedCacheFile {
     let probeFd: number;
     let st: fs.Stats;
     try {
+      let writer: fs.Stats | null = null;
       if (!restored) {
         // Opened before the mark: its writes raise no events.
-        this.writerFd = openCacheFile(this.path, fs.constants.O_RDWR | fs.constants.O_CREAT);
+        const opened = openCacheFile(this.path, fs.constants.O_RDWR | fs.constants.O_CREAT);
+        this.writerFd = opened.fd;
+        writer = opened.st;
         this.writeTarget = { fd: this.writerFd };
-        if (fs.fstatSync(this.writerFd).size !== this.size) {
+        if (writer.size !== this.size) {
           fs.ftruncateSync(this.writerFd, 0);
           fs.ftruncateSync(this.writerFd, this.size);
           state.clear(this.key);
         }
       }
       group.mark(this.path);
-      probeFd = openCacheFile(this.path, fs.constants.O_RDONLY);
-      st = fs.fstatSync(probeFd);
-      const writer = this.writerFd === null ? null : fs.fstatSync(this.writerFd);
+      ({ fd: probeFd, st } = openCacheFile(this.path, fs.constants.O_RDONLY));
       if (writer && (writer.dev !== st.dev || writer.ino !== st.ino)) {
         fs.closeSync(probeFd);
         throw new ConfigError(`cache file ${this.path} was replaced while it was opened`);
