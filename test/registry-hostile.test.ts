@@ -722,3 +722,49 @@ test('an upload Location that is not a URL is an error naming it', { timeout: 30
   assert.ok(e instanceof RegistryError, String(e));
   assert.match(e.message, /dst.*POST.*upload answer's Location "http:\/\/\[::1" is not a URL/);
 });
+
+test('ranges: a 206 without Content-Range is refused; a stream read on from a byte ends where the blob ends, a short answer asked again, a lying one refused', { timeout: 30_000 }, async () => {
+  const blob = Buffer.from('0123456789abcdefghijklmnopqrstuvwxyz');
+  const fake = await fakeRegistry({ manifest: {}, blobs: [blob] });
+  const blobPath = `/v2/src/blobs/${sha(blob)}`;
+  // What a 206 answers to "bytes=a-" or "bytes=a-b": `end` (exclusive) cuts it short, `total` is what it claims.
+  let answer: (a: number, b: number) => { body: Buffer; range?: string } = () => ({ body: Buffer.alloc(0) });
+  fake.hook = (req, res, p) => {
+    if (p !== blobPath || req.method !== 'GET' || !req.headers.range) return false;
+    const m = /^bytes=(\d+)-(\d*)$/.exec(req.headers.range)!;
+    const { body, range } = answer(Number(m[1]), m[2] ? Number(m[2]) + 1 : blob.length);
+    res.writeHead(206, { 'content-length': body.length, ...(range ? { 'content-range': range } : {}) });
+    res.end(body);
+    return true;
+  };
+  const c = client();
+  const ref = `${fake.host}/src`;
+  const collect = async (from: number) => Buffer.concat(await c.blobStream(ref, sha(blob), { from }).toArray());
+
+  answer = (a, b) => ({ body: blob.subarray(a, b) });
+  const noRange = await c.readBlobRange(ref, sha(blob), 4, 6).catch((e) => e);
+  assert.ok(noRange instanceof RegistryError, String(noRange));
+  assert.match(noRange.message, /asked for bytes 4-9, got no Content-Range/);
+
+  // Each answer holds at most 5 bytes and says so: the rest is asked for again, up to the end.
+  const asked: string[] = [];
+  answer = (a, b) => {
+    asked.push(`${a}-`);
+    const e = Math.min(b, a + 5);
+    return { body: blob.subarray(a, e), range: `bytes ${a}-${e - 1}/${blob.length}` };
+  };
+  assert.deepEqual(await collect(20), blob.subarray(20));
+  assert.deepEqual(asked, ['20-', '25-', '30-', '35-']);
+
+  // An answer that stops early and claims a longer blob than it ever delivers: the stream fails, it does not end.
+  answer = (a) => ({ body: a === 20 ? blob.subarray(20, 30) : Buffer.alloc(0), range: `bytes ${a}-${blob.length - 1}/${blob.length}` });
+  const short = await collect(20).catch((e) => e);
+  assert.ok(short instanceof RegistryError, String(short));
+  assert.match(short.message, /expected 36 bytes, got 30 bytes/);
+
+  // One without Content-Range, or for other bytes, is no part of the blob.
+  answer = (a) => ({ body: blob.subarray(a) });
+  assert.match(String(await collect(20).catch((e) => e)), /reading on from byte 20, got Content-Range ""/);
+  answer = (a) => ({ body: blob.subarray(a - 1), range: `bytes ${a - 1}-${blob.length - 1}/${blob.length}` });
+  assert.match(String(await collect(20).catch((e) => e)), /reading on from byte 20, got Content-Range "bytes 19-35\/36"/);
+});

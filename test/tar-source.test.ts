@@ -235,12 +235,29 @@ test('entries with .., through a symlink, or hardlinks to nothing are refused na
   assertRefused(pyTar([{ name: 'h', type: 'link', linkname: 'nowhere' }]), /entry "h": hardlink target "nowhere" is not an earlier entry of the layer/);
   assertRefused(pyTar([{ name: 'd', type: 'dir' }, { name: 'h', type: 'link', linkname: 'd' }]), /entry "h": hardlink target \/d is a directory/);
   assertRefused(pyTar([{ name: 'f', data: 'x' }, { name: 'h', type: 'link', linkname: '../f' }]), /entry "h": path "\.\.\/f" has a '\.\.' component/);
+  // As GNU tar refuses them ("Not a directory"): a name ending in '/' names a directory.
+  assertRefused(pyTar([{ name: 't', data: 'x' }, { name: 'h', type: 'link', linkname: 't/' }]), /entry "h": hardlink target "t\/" ends in '\/', but \/t is not a directory/);
+  assertRefused(pyTar([{ name: 'l/', type: 'symlink', linkname: 'x' }]), /entry "l\/": its path ends in '\/', which only a directory's may, but it is a symlink/);
   assertRefused(pyTar([{ name: `d/${'n'.repeat(256)}`, data: 'x' }]), /entry "d\/n+": a name is longer than 255 bytes/);
   assertRefused(pyTar([{ name: '.', data: 'x' }]), /entry "\.": the layer's root must be a directory, not a file/);
   assertRefused(work, /layer .* is a directory, not a tar file/);
   const both = create('-', ['-t', 'tar-rafs', '--prefetch-policy', 'fs'], Buffer.from('/a\n'));
   assert.equal(both.status, 1);
   assert.match(both.stderr, /^nydus-image: error: --prefetch-policy fs reads stdin, which cannot also carry the layer tar/);
+});
+
+test('a symlink from a tar has mode 0777 whatever its header says, as extraction (symlink(2)) makes it; GNU tar agrees', () => {
+  const tarFile = pyTar([{ name: 'l', type: 'symlink', linkname: 'target', mode: 0o600 }, { name: 'f', data: 'x', mode: 0o600 }]);
+  const b = create(tarFile, ['-t', 'tar-rafs']);
+  assert.equal(b.status, 0, b.stderr);
+  const t = treeOf(b.boot);
+  // The oracle: GNU tar extracting the same tar.
+  const out = fresh('gnu-x');
+  fs.mkdirSync(out);
+  execFileSync('tar', ['-C', out, '-xf', tarFile]);
+  assert.equal(t.get('/l')!.mode, fs.lstatSync(path.join(out, 'l')).mode);
+  assert.equal(t.get('/l')!.mode, 0o120777);
+  assert.equal(t.get('/f')!.mode, 0o100600, 'a file keeps its header mode');
 });
 
 function gnuTarOf(files: Record<string, Buffer>): string {

@@ -103,6 +103,10 @@ class LayerTree {
     const parts = this.components(entry.path, entry.linkname);
     const dir = parts.length ? this.parentDir(entry.path, parts, true) : undefined;
     const target = dir && this.lookup(dir, parts[parts.length - 1]);
+    // `t/` names a directory: GNU tar refuses to link it where t is a file ("Not a directory").
+    if (target && target.kind !== 'dir' && entry.linkname[entry.linkname.length - 1] === 0x2f) {
+      throw this.fail(entry.path, `hardlink target ${JSON.stringify(entry.linkname.toString('utf8'))} ends in '/', but ${target.path} is not a directory`);
+    }
     if (!target) throw this.fail(entry.path, `hardlink target ${JSON.stringify(entry.linkname.toString('utf8'))} is not an earlier entry of the layer`);
     if (target.kind === 'dir') throw this.fail(entry.path, `hardlink target ${target.path} is a directory`);
     target.hardlinkKey ??= `tar:${this.nextLinkKey++}`;
@@ -149,6 +153,8 @@ export async function treeFromTar(source: AsyncIterable<Buffer>, layer: string, 
   for (let entry = await tar.next(); entry; entry = await tar.next()) {
     room.tick();
     const parts = tree.components(entry.path, entry.path);
+    // A path ending in '/' names a directory: extraction could make no other kind there.
+    if (entry.type !== 'dir' && entry.path[entry.path.length - 1] === 0x2f) throw tree.fail(entry.path, `its path ends in '/', which only a directory's may, but it is a ${entry.type}`);
     const isRoot = parts.length === 0;
     if (isRoot && entry.type !== 'dir') throw tree.fail(entry.path, `the layer's root must be a directory, not a ${entry.type}`);
     const dir = isRoot ? tree.root : tree.parentDir(entry.path, parts, false)!;
@@ -164,7 +170,9 @@ export async function treeFromTar(source: AsyncIterable<Buffer>, layer: string, 
       const devProblem = device ? devNumberProblem(entry.devmajor, entry.devminor) : null;
       if (devProblem) throw tree.fail(entry.path, devProblem);
       node = {
-        name, kind: entry.type satisfies NodeKind, mode: TYPE_BITS[entry.type] | entry.mode, uid: entry.uid, gid: entry.gid,
+        // A symlink's permission bits are 0777 whatever the header says: symlink(2), which extraction
+        // makes it with, has no mode, and the kernel never checks them.
+        name, kind: entry.type satisfies NodeKind, mode: TYPE_BITS[entry.type] | (entry.type === 'symlink' ? 0o777 : entry.mode), uid: entry.uid, gid: entry.gid,
         mtimeSec: entry.mtimeSec, mtimeNsec: entry.mtimeNsec, size: 0,
         rdev: device ? encodeDev(entry.devmajor, entry.devminor) : 0,
         xattrs: entry.xattrs, path,

@@ -80,6 +80,9 @@ export function blobStream(s: RegistrySession, refLike: RefLike, digest: string,
       throw new RegistryError({ ...where, detail: `reading on from byte ${describeValue(from)}: not a byte of the blob` });
     }
     const hash = from === 0 ? createHash('sha256') : null;
+    // The blob's size: given, or told by a 206's Content-Range. Read on from a byte, the digest is
+    // not checked, and only the size tells a body that ended early from the blob's end.
+    let size = opts.size;
     let got = from;
     let failures = 0;
     for (;;) {
@@ -87,14 +90,17 @@ export function blobStream(s: RegistrySession, refLike: RefLike, digest: string,
       const res = await s.call(ref, 'pull', { method: 'GET', target: path, headers, followRedirects: true, signal });
       await s.expect(ref, 'GET', res, got ? 206 : 200, 200);
       if (res.status === 206) {
-        const start = /^bytes (\d+)-/.exec(header(res.headers, 'content-range') ?? '')?.[1];
-        if (Number(start) !== got) {
+        const cr = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(header(res.headers, 'content-range')?.trim() ?? '');
+        const total = cr && cr[3] !== '*' ? Number(cr[3]) : undefined;
+        if (!cr || Number(cr[1]) !== got || (total !== undefined && size !== undefined && total !== size)) {
           discard(res.body);
-          throw new RegistryError({ ...where, status: 206, detail: `resuming at byte ${got}, got Content-Range "${header(res.headers, 'content-range')}"` });
+          throw new RegistryError({ ...where, status: 206, detail: `reading on from byte ${got}${size === undefined ? '' : ` of ${size}`}, got Content-Range "${header(res.headers, 'content-range') ?? ''}"` });
         }
+        size ??= total;
       }
       // A resumed request answered with the whole blob: skip what was already delivered.
       let skip = got && res.status === 200 ? got : 0;
+      const before = got;
       try {
         for await (const piece of res.body as AsyncIterable<Buffer>) {
           let buf = piece;
@@ -105,11 +111,14 @@ export function blobStream(s: RegistrySession, refLike: RefLike, digest: string,
             if (!buf.length) continue;
           }
           got += buf.length;
-          if (opts.size !== undefined && got > opts.size) throw new DigestMismatchError(where, `${opts.size} bytes`, `more than ${opts.size} bytes`);
+          if (size !== undefined && got > size) throw new DigestMismatchError(where, `${size} bytes`, `more than ${size} bytes`);
           hash?.update(buf);
           yield buf;
         }
-        break;
+        // A 206 may hold less than the rest asked for: what is missing is asked for again, while
+        // each answer brings bytes.
+        if (size === undefined || got >= size || got === before) break;
+        continue;
       } catch (e) {
         if (e instanceof RegistryError) throw e;
         if (signal?.aborted) throw new RegistryError({ ...where, detail: `aborted at byte ${got}: ${abortReason(signal)}`, cause: e });
@@ -122,7 +131,7 @@ export function blobStream(s: RegistrySession, refLike: RefLike, digest: string,
         });
       }
     }
-    if (opts.size !== undefined && got !== opts.size) throw new DigestMismatchError(where, `${opts.size} bytes`, `${got} bytes`);
+    if (size !== undefined && got !== size) throw new DigestMismatchError(where, `${size} bytes`, `${got} bytes`);
     if (!hash) return;
     const actual = `sha256:${hash.digest('hex')}`;
     if (actual !== digest) throw new DigestMismatchError(where, digest, actual);
@@ -213,10 +222,11 @@ export async function readBlobRange(s: RegistrySession, refLike: RefLike, digest
     }
     if (res.status === 206) {
       const cr = header(res.headers, 'content-range');
+      // A 206 must say which bytes it holds (RFC 9110 15.3.7): without it, they could be any.
       const m = cr ? /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(cr.trim()) : null;
-      if (cr && (!m || Number(m[1]) !== offset || Number(m[2]) !== last)) {
+      if (!m || Number(m[1]) !== offset || Number(m[2]) !== last) {
         discard(res.body);
-        throw new RegistryError({ ...rangeWhere, detail: `asked for bytes ${offset}-${last}, got Content-Range "${cr}"` });
+        throw new RegistryError({ ...rangeWhere, detail: `asked for bytes ${offset}-${last}, got ${cr === undefined ? 'no Content-Range' : `Content-Range "${cr}"`}` });
       }
     }
     // Copy only the window [offset, offset+length) of what arrives; stop reading once it is full.
