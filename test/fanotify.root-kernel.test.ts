@@ -1007,3 +1007,84 @@ test('root-kernel fanotify: the daemon stops when its mount was unmounted by som
     assert.equal(isMounted(b.mnt), false, `${name}: no mount is left behind`);
   }
 });
+
+test('root-kernel fanotify: a mount no worker can serve is never left reading zeros: covered (DELETE refused until the cover goes), its cache file or bootstrap gone at a restart (unmounted), its daemon killed with its supervisor (the next daemon serves it); two daemons on one work_dir are refused', async () => {
+  const lsrc = path.join(work, 'left-src');
+  fs.mkdirSync(lsrc);
+  const data = prand(3 << 20, 77);
+  fs.writeFileSync(path.join(lsrc, 'f'), data);
+  const img = build('left', lsrc);
+  const other = build('left-other', src);
+  const log = (name: string) => fs.readFileSync(path.join(work, name, 'nydusd.log'), 'utf8');
+  const workerOf = async (sock: string) => (await apiRequest(sock, 'GET', '/api/v1/daemon')).body.pid as number;
+  const nextWorker = (sock: string, old: number) => waitFor('a new worker', async () => {
+    const r = await apiRequest(sock, 'GET', '/api/v1/daemon').catch(() => null);
+    return r?.status === 200 && r.body.pid !== old;
+  });
+  const stop = async (proc: ChildProcess) => {
+    const exited = new Promise((r) => proc.once('exit', r));
+    proc.kill('SIGTERM');
+    await exited;
+  };
+
+  // Covered by another mount: DELETE is refused and the mount served on; once the cover goes, it reads as the source.
+  const a = await startDaemon('left-a', img, localfs(img));
+  const q = `/api/v1/mount?mountpoint=${encodeURIComponent(a.mnt)}`;
+  execFileSync('mount', ['-t', 'tmpfs', 'cover', a.mnt]);
+  const refused = await apiRequest(a.sock, 'DELETE', q);
+  assert.equal(refused.status, 500);
+  assert.match(JSON.stringify(refused.body), /has another mount over it: unmount that one first/);
+  execFileSync('umount', [a.mnt]);
+  assert.ok(readMounted(path.join(a.mnt, 'f')).equals(data), 'served after the cover went');
+
+  // A second daemon whose mount's cache is the first one's work_dir: refused, naming the holder.
+  const b = await startDaemon('left-b', other, localfs(other));
+  const bMnt = path.join(work, 'left-b', 'mnt2');
+  fs.mkdirSync(bMnt);
+  const shared = await apiRequest(b.sock, 'POST', `/api/v1/mount?mountpoint=${encodeURIComponent(bMnt)}`,
+    { source: img.boot, fs_type: 'rafs', config: JSON.stringify(fanotifyConfig(a.cacheDir, localfs(img))) });
+  assert.notEqual(shared.status, 204);
+  assert.match(JSON.stringify(shared.body), new RegExp(`cache work_dir \\S+ is served by another nydusd \\(pid ${await workerOf(a.sock)}\\)`));
+  assert.equal(isMounted(bMnt), false);
+  await stop(b.proc);
+  assert.equal((await apiRequest(a.sock, 'DELETE', q)).status, 204);
+  await stop(a.proc);
+
+  // A restarted worker that cannot serve a mount (its work_dir removed; its bootstrap replaced) unmounts it.
+  for (const [name, spoil, why] of [
+    ['left-c', (d: { cacheDir: string; boot: string }) => fs.rmSync(d.cacheDir, { recursive: true, force: true }), /a cache file is gone: was its work_dir removed\?/],
+    ['left-d', (d: { cacheDir: string; boot: string }) => {
+      fs.copyFileSync(other.boot, `${d.boot}.new`);
+      fs.renameSync(`${d.boot}.new`, d.boot);
+    }, /its bootstrap \S+ was replaced or changed since it was mounted/],
+  ] as const) {
+    const boot = path.join(work, `${name}.boot`);
+    fs.copyFileSync(img.boot, boot);
+    const d = await startDaemon(name, { ...img, boot }, localfs(img));
+    const worker = await workerOf(d.sock);
+    spoil({ cacheDir: d.cacheDir, boot });
+    process.kill(worker, 'SIGKILL');
+    await nextWorker(d.sock, worker);
+    await waitFor(`${name}: its mount unmounted`, () => !isMounted(d.mnt));
+    assert.match(log(name), why);
+    await stop(d.proc);
+  }
+
+  // Supervisor and worker killed together: the group is gone, the mount reads holes as zeros, until
+  // the next daemon on the directory serves it again.
+  const e = await startDaemon('left-e', img, localfs(img));
+  const eWorker = await workerOf(e.sock);
+  process.kill(e.proc.pid!, 'SIGKILL');
+  process.kill(eWorker, 'SIGKILL');
+  await waitFor('both gone', () => e.proc.exitCode !== null || e.proc.signalCode !== null);
+  await waitFor('the worker gone', () => !fs.existsSync(`/proc/${eWorker}`));
+  assert.ok(isMounted(e.mnt), 'the mount outlives its daemon');
+  const sock2 = path.join(work, 'left-e', 'api2.sock');
+  const again = spawnDaemon(path.join(work, 'left-e'), path.join(repoRoot, 'bin/nydusd'), ['--fanotify', e.state, '--apisock', sock2, '--log-file', path.join(work, 'left-e', 'nydusd.log')]);
+  daemons.push(again);
+  await waitFor('the next daemon', async () => (await apiRequest(sock2, 'GET', '/api/v1/daemon').catch(() => null))?.status === 200);
+  assert.match(log('left-e'), /a mount of a daemon that was killed without unmounting it: served again/);
+  assert.ok(readMounted(path.join(e.mnt, 'f')).equals(data), 'read as the source, not zeros');
+  await stop(again);
+  assert.equal(isMounted(e.mnt), false, 'the next daemon unmounts it as it stops');
+});

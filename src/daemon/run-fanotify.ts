@@ -5,7 +5,6 @@
  * and the next worker serves the same mounts: what its predecessor left unanswered first (the
  * journal), then the queue. `<dir>` holds the chunk state, the mounts served and that journal.
  */
-import fs from 'node:fs';
 import path from 'node:path';
 import { FanotifyGroup, reserveFdNumber } from '../../native/fscache/fanotify.ts';
 import { startApi } from './api.ts';
@@ -109,11 +108,6 @@ async function serveFanotify(opts: FanotifyDaemonOptions, { fd, restarted, stopA
     throw new WorkerStartError(`the journal of pending events ${journalFile} cannot be written: ${(e as Error).message}`);
   }
   const mountsFile = path.join(opts.dir, MOUNTS_FILE);
-  try {
-    if (!restarted) fs.rmSync(mountsFile, { force: true });
-  } catch (e) {
-    throw new WorkerStartError(`the mounts file ${mountsFile} cannot be removed: ${(e as Error).message}`);
-  }
   const guarded = [
     { path: opts.dir, what: "the daemon's directory" },
     ...(opts.apiSock ? [{ path: opts.apiSock, what: 'the API socket' }, { path: workerApiSocket(opts.apiSock), what: "the worker's API socket" }] : []),
@@ -124,6 +118,10 @@ async function serveFanotify(opts: FanotifyDaemonOptions, { fd, restarted, stopA
     await session.restore();
     session.recover(pending, reserved);
     log.info({ mounts: session.list().length, pending: pending.length }, 'took over from a dead worker');
+  } else {
+    // A daemon killed with its supervisor left its mounts unserved: they read holes as zeros until
+    // a group marks their cache files again.
+    await session.restore(true);
   }
   session.start();
   if (!restarted && opts.initial) {

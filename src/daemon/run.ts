@@ -600,31 +600,42 @@ export const LOCK_FILE = 'nydusd.lock';
 export function lockDaemonDir(dir: string, what: string): number {
   ensureDirectory(dir, what);
   const file = path.join(dir, LOCK_FILE);
+  const lock = lockFile(file, `${what} ${dir}`);
+  if ('fd' in lock) return lock.fd;
+  throw new NydusError(`${what} ${dir} is in use by another nydusd${lock.owner} (it holds ${file}): `
+    + 'two daemons cannot share one directory; give each its own, or stop the other first');
+}
+
+/**
+ * flock(2)s `file` (made if missing, never through a symlink) and writes this process' pid in it:
+ * its fd, kept open for as long as the lock is held; or, while another open file holds the lock,
+ * ` (pid N)` of the pid written there (empty when there is none). `what` names it in errors.
+ */
+export function lockFile(file: string, what: string): { fd: number } | { owner: string } {
   let fd: number;
   try {
     fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_NOFOLLOW, 0o600);
   } catch (e) {
-    throw new NydusError(`${what} ${dir}: cannot open its lock file: ${(e as Error).message}`);
+    throw new NydusError(`${what}: cannot open its lock file: ${(e as Error).message}`);
   }
   let held: boolean;
   try {
     held = fscacheBinding().tryLock(fd);
+    if (held) {
+      fs.ftruncateSync(fd, 0);
+      fs.writeSync(fd, `${process.pid}\n`, 0);
+    }
   } catch (e) {
     fs.closeSync(fd);
-    throw new NydusError(`${what} ${dir}: cannot lock ${file}: ${(e as Error).message}`);
+    throw new NydusError(`${what}: cannot lock ${file}: ${(e as Error).message}`);
   }
-  if (!held) {
-    let owner = '';
-    try {
-      owner = fs.readFileSync(file, 'utf8').trim();
-    } catch { /* the pid is only for the message */ }
-    fs.closeSync(fd);
-    throw new NydusError(`${what} ${dir} is in use by another nydusd${/^\d+$/.test(owner) ? ` (pid ${owner})` : ''} (it holds ${file}): `
-      + 'two daemons cannot share one directory; give each its own, or stop the other first');
-  }
-  fs.ftruncateSync(fd, 0);
-  fs.writeSync(fd, `${process.pid}\n`, 0);
-  return fd;
+  if (held) return { fd };
+  let owner = '';
+  try {
+    owner = fs.readFileSync(file, 'utf8').trim();
+  } catch { /* the pid is only for the message */ }
+  fs.closeSync(fd);
+  return { owner: /^\d+$/.test(owner) ? ` (pid ${owner})` : '' };
 }
 
 /** A mount a fanotify worker made, as its mounts file lists it (frontend/fanotify.ts). */
@@ -767,8 +778,8 @@ export class FanotifyHold implements HeldFd {
  */
 export function openFanotifyGroup(dir: string): FanotifyHold {
   const lockFd = lockDaemonDir(dir, '--fanotify directory');
-  // A new daemon: mounts a previous one listed are not this one's to take down (its workers list theirs anew).
-  fs.rmSync(path.join(dir, MOUNTS_FILE), { force: true });
+  // (The mounts file is kept: mounts a daemon killed with its supervisor left read holes as zeros
+  // until its first worker serves them again, FanotifySession.restore.)
   try {
     return new FanotifyHold(FanotifyGroup.open(), dir, lockFd);
   } catch (e) {

@@ -29,7 +29,7 @@ import { Limiter, type CacheCounters } from '../blob-cache.ts';
 import { MarkedCacheFile, inodeKey, type MarkPort } from './fanotify-cache-file.ts';
 import type { JournaledEvent, PendingEventJournal } from './fanotify-journal.ts';
 import { badPathText, pseudoFsOf } from '../log.ts';
-import { listedMountState, readMountsFile } from '../run.ts';
+import { listedMountState, lockFile, readMountsFile } from '../run.ts';
 import { RepeatedFailures, heldBack } from '../repeated-failure.ts';
 
 /** What the session needs of the fanotify group (FanotifyGroup, or a fake in unit tests). */
@@ -59,9 +59,41 @@ interface Mounted {
   files: MarkedCacheFile[];
   /** The mount's device number (st_dev of its root): what is at the mountpoint later is ours only if it matches. */
   dev?: number;
+  /** The bootstrap file the mount was made of (bootstrapIdentity): a successor serves it only while that file is the same. */
+  bootstrapId?: string;
   /** When this worker began serving it. */
   servedSince: Date;
+  /**
+   * Why this worker cannot serve a mount it took over (its cache file or bootstrap gone or changed):
+   * it has no files, its reads fail EIO, and it stays listed until it can be unmounted.
+   */
+  broken?: string;
 }
+
+/**
+ * What tells a bootstrap file from one put in its place or rewritten: its inode and its size and
+ * times to the nanosecond. An EROFS mount reads the file it was made of, which a successor cannot
+ * open by path once another is renamed over it; served with the other's chunk map, its reads
+ * would get another image's bytes.
+ */
+function bootstrapIdentity(file: string): string {
+  const st = fs.statSync(file, { bigint: true });
+  return `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
+}
+
+/** The lock a daemon holds on each cache work_dir it serves mounts from (WORK_DIR_LOCK in it). */
+interface WorkDirLock {
+  fd: number;
+  /** The mountpoints whose image's cache is there. */
+  users: Set<string>;
+}
+
+/**
+ * flock(2)ed by the daemon serving mounts from a work_dir. Two daemons (two groups) marking one
+ * cache file deadlock: each one's writes, through fds opened after the other's mark, raise events
+ * of the other group, which waits on its own.
+ */
+export const WORK_DIR_LOCK = 'nydusd-fanotify.lock';
 
 /**
  * A marked cache file and the mounts that read it: mounts of one image, or of images that share the
@@ -87,6 +119,8 @@ export class FanotifySession {
   private readonly rangeFailures = new RepeatedFailures();
   /** The cache files served, by inode (inodeKey): one file, whichever path a work_dir names it by. */
   private readonly files = new Map<string, SharedCacheFile>();
+  /** The work_dirs locked, by real path. */
+  private readonly workDirLocks = new Map<string, WorkDirLock>();
   private readonly limiter: Limiter;
   /** `answeredInAddon`: events the addon allowed as it read them (their blocks were in the file). */
   readonly stats: CacheCounters & { events: number; eventBytes: number; eventErrors: number; recovered: number; answeredInAddon: number } = {
@@ -119,20 +153,43 @@ export class FanotifySession {
 
   /**
    * The mounts a previous worker made (kept in the mounts file), served again without mounting: those
-   * still there as it made them (the image's EROFS, of the device it recorded), even under another mount.
+   * still there as it made them (the image's EROFS, of the device it recorded), even under another
+   * mount. `fresh`: the previous worker's daemon is gone with its group (killed with its supervisor),
+   * which allowed every read of its mounts from then on, holes as zeros: this daemon's group marks
+   * their cache files again, so that they are served from now on.
+   *
+   * A mount that cannot be served (its cache file or bootstrap gone or changed) is unmounted; when it
+   * is busy or covered it stays listed, every read of it failing EIO, until DELETE or the daemon's
+   * stop can unmount it (a lazy detach would leave open files reading through nobody: zeros).
    */
-  async restore(): Promise<void> {
-    for (const { dev, ...request } of readMountsFile<FanotifyMountRequest>(this.mountsFile)) {
+  async restore(fresh = false): Promise<void> {
+    const predecessor = fresh ? 'a daemon that was killed without unmounting it' : 'the previous worker';
+    for (const { dev, bootstrapId, ...listed } of readMountsFile<FanotifyMountRequest & { bootstrapId?: string }>(this.mountsFile)) {
+      const request: FanotifyMountRequest = { mountpoint: listed.mountpoint, bootstrap: listed.bootstrap, config: listed.config };
       const state = listedMountState({ mountpoint: request.mountpoint, bootstrap: request.bootstrap, dev });
       if (state === 'absent') {
-        this.log.warn({ mountpoint: request.mountpoint }, 'a mount of the previous worker is gone; not serving it');
+        this.log.warn({ mountpoint: request.mountpoint }, `a mount of ${predecessor} is gone; not serving it`);
         continue;
       }
+      const at = state === 'top' ? fs.statSync(request.mountpoint).dev : dev;
       try {
+        if (bootstrapId !== undefined && bootstrapIdentity(request.bootstrap) !== bootstrapId) {
+          throw new Error(`its bootstrap ${request.bootstrap} was replaced or changed since it was mounted (the mount reads the former file)`);
+        }
         await this.attach(request, true);
-        this.mounts.get(request.mountpoint)!.dev = state === 'top' ? fs.statSync(request.mountpoint).dev : dev;
+        const m = this.mounts.get(request.mountpoint)!;
+        m.dev = at;
+        m.bootstrapId = bootstrapId;
+        if (fresh) this.log.warn({ mountpoint: request.mountpoint }, `a mount of ${predecessor}: served again; what was read of it meanwhile may have read its unfetched ranges as zeros`);
       } catch (e) {
-        this.log.error({ mountpoint: request.mountpoint, err: (e as Error).message }, 'cannot serve a mount of the previous worker');
+        const why = e instanceof Error && 'code' in e && e.code === 'ENOENT' ? `${(e as Error).message} (a cache file is gone: was its work_dir removed?)` : (e as Error).message;
+        this.log.error({ mountpoint: request.mountpoint, err: why }, `cannot serve a mount of ${predecessor}; it is unmounted, its reads failing EIO until then`);
+        this.mounts.set(request.mountpoint, { request, imageId: '', files: [], dev: at, bootstrapId, servedSince: new Date(), broken: why });
+        try {
+          this.umount(request.mountpoint);
+        } catch (err) {
+          this.log.error({ mountpoint: request.mountpoint, err: (err as Error).message }, 'cannot unmount it yet: kept listed until DELETE or the daemon\'s stop can');
+        }
       }
     }
     this.saveMountsOrLog('after taking over');
@@ -204,6 +261,7 @@ export class FanotifySession {
       const workDir = this.registry.list().find((e) => e.id === m.imageId)?.workDir;
       if (workDir) this.refuseHiding(mountpoint, asked, [{ path: workDir, what: 'the cache work_dir' }]);
       // Listed before mount(2): a worker that dies right after it leaves a mount its successor knows.
+      m.bootstrapId = bootstrapIdentity(req.bootstrap);
       this.saveMounts();
       mountErofsFileBacked(req.bootstrap, m.files.map((f) => f.path), req.mountpoint);
       m.dev = fs.statSync(req.mountpoint).dev;
@@ -231,8 +289,13 @@ export class FanotifySession {
     const m = this.mountAt(mountpoint);
     if (!m) throw new ConfigError(`${mountpoint} is not mounted by this daemon`);
     // Unmounted by someone else (umount(8)): nothing is left to unmount, and what may be mounted
-    // there later (another device) is not ours to take down.
-    if (m.dev !== undefined && fs.statSync(m.request.mountpoint, { throwIfNoEntry: false })?.dev === m.dev) umountPath(m.request.mountpoint);
+    // there later (another device) is not ours to take down. Covered by another mount: it cannot be
+    // unmounted by its path, and unserved it would read holes as zeros once the other goes: refused.
+    const state = listedMountState({ mountpoint: m.request.mountpoint, bootstrap: m.request.bootstrap, dev: m.dev });
+    if (state === 'under') {
+      throw new Error(`${m.request.mountpoint} has another mount over it: unmount that one first (this one is served until then)`);
+    }
+    if (state === 'top') umountPath(m.request.mountpoint);
     else this.log.warn({ mountpoint: m.request.mountpoint }, 'the mount is gone (unmounted by someone else); no longer serving it');
     this.detach(m);
     this.saveMountsOrLog('after an unmount');
@@ -294,6 +357,7 @@ export class FanotifySession {
     const m: Mounted = { request: req, imageId, files: [], servedSince: new Date() };
     this.mounts.set(req.mountpoint, m);
     try {
+      this.lockWorkDir(entry.workDir, req.mountpoint);
       for (const blobId of this.registry.blobsOf(imageId)) m.files.push(this.markCacheFile(entry.workDir, imageId, blobId, restored, req.mountpoint));
     } catch (e) {
       this.detach(m);
@@ -318,10 +382,42 @@ export class FanotifySession {
     return f;
   }
 
+  /**
+   * Takes this daemon's lock on a work_dir for a mount (once per work_dir, however many mounts use
+   * it), or a ConfigError naming the daemon that holds it.
+   */
+  private lockWorkDir(workDir: string, mountpoint: string): void {
+    const dir = realPathOf(workDir);
+    const held = this.workDirLocks.get(dir);
+    if (held) {
+      held.users.add(mountpoint);
+      return;
+    }
+    fs.mkdirSync(dir, { recursive: true });
+    const file = path.join(dir, WORK_DIR_LOCK);
+    const lock = lockFile(file, `cache work_dir ${workDir}`);
+    if (!('fd' in lock)) {
+      throw new ConfigError(`cache work_dir ${workDir} is served by another nydusd${lock.owner} (it holds ${file}): `
+        + 'two daemons cannot mark one cache file; give each daemon its own work_dir');
+    }
+    this.workDirLocks.set(dir, { fd: lock.fd, users: new Set([mountpoint]) });
+  }
+
+  private unlockWorkDirs(mountpoint: string): void {
+    for (const [dir, lock] of this.workDirLocks) {
+      if (!lock.users.delete(mountpoint) || lock.users.size) continue;
+      this.workDirLocks.delete(dir);
+      fs.closeSync(lock.fd);
+    }
+  }
+
   /** The mount is no longer served: the cache files no other mount uses are closed, its image forgotten once no file runs on it. */
   private detach(m: Mounted): void {
     this.mounts.delete(m.request.mountpoint);
-    const images = new Set([m.imageId]);
+    // (A cache file another mount shares keeps the lock through that mount's own use of the work_dir.)
+    this.unlockWorkDirs(m.request.mountpoint);
+    // (A broken mount, served by no image.)
+    const images = new Set(m.imageId ? [m.imageId] : []);
     for (const f of m.files) {
       const shared = this.files.get(f.inode)!;
       shared.users.delete(m.request.mountpoint);
@@ -367,7 +463,7 @@ export class FanotifySession {
       return;
     }
     if (!f || f.closed) {
-      this.log.warn({ pid: e.pid, offset: e.offset }, 'event on a file no mount uses; answered EIO');
+      this.log.warn({ file: fdPath(e.fd), pid: e.pid, offset: e.offset }, 'event on a file no mount serves; answered EIO');
       this.answer(e.fd, EIO, true);
       return;
     }
@@ -443,7 +539,7 @@ export class FanotifySession {
   private saveMounts(): void {
     const tmp = `${this.mountsFile}.tmp`;
     try {
-      fs.writeFileSync(tmp, JSON.stringify([...this.mounts.values()].map((m) => ({ ...m.request, dev: m.dev }))), { mode: 0o600 });
+      fs.writeFileSync(tmp, JSON.stringify([...this.mounts.values()].map((m) => ({ ...m.request, dev: m.dev, bootstrapId: m.bootstrapId }))), { mode: 0o600 });
       fs.renameSync(tmp, this.mountsFile);
     } catch (e) {
       fs.rmSync(tmp, { force: true });
@@ -464,6 +560,15 @@ export class FanotifySession {
     } catch (e) {
       this.log.error({ err: (e as Error).message }, `${when}, the mounts file keeps the list it had`);
     }
+  }
+}
+
+/** The path an fd was opened by, for messages ('' when it cannot be told). */
+function fdPath(fd: number): string {
+  try {
+    return fs.readlinkSync(`/proc/self/fd/${fd}`);
+  } catch {
+    return '';
   }
 }
 
