@@ -11,7 +11,8 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
-import { spawn, spawnSync } from 'node:child_process';
+import net from 'node:net';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import pino from 'pino';
 import { request } from 'undici';
 import { createImage } from '../src/builder/create.ts';
@@ -23,6 +24,8 @@ import { OnDemandSession } from '../src/daemon/frontend/cachefiles.ts';
 import { startApi } from '../src/daemon/api.ts';
 import { parseBlobCacheEntry } from '../src/daemon/config.ts';
 import { RegistryBackend } from '../src/daemon/backend/registry.ts';
+import { HttpProxyBackend } from '../src/daemon/backend/http-proxy.ts';
+import { httpProxyConfigFrom, registryConfigFrom } from '../src/daemon/backend/remote-config.ts';
 import { startBlobProxy, type BlobProxyServer } from '../src/daemon/backend/proxy-server.ts';
 import { RegistryClient } from '../src/registry/index.ts';
 import { NydusError } from '../erofs/errors.ts';
@@ -625,4 +628,82 @@ test('registry config as nydus takes it: ca_cert_files are read at registration 
   const proxied = entry({ proxy: { url: 'localhost:6789', fallback: false } }).backend as { proxy?: { url?: string } };
   assert.equal(JSON.stringify(proxied).includes('"http://localhost:6789"'), true, `the proxy as http:// (${JSON.stringify(proxied).slice(0, 300)})`);
   assert.throws(() => entry({ timeout: 0 }), /config\.backend_config\.timeout must be at least 1 \(seconds\): nydus takes 0 for no limit, which nydus-ts refuses/);
+});
+
+test('nydus-backend-proxy against hostile clients: a FIFO named like a blob is a 404 at once and blocks nothing; broken percent-encoding a 400; a Range that is no byte range is ignored (200); a client that stops reading loses its connection', async () => {
+  const dir = path.join(work, 'hostile-blobs');
+  fs.mkdirSync(dir);
+  const big = prand(16 << 20, 3);
+  fs.writeFileSync(path.join(dir, 'b'.repeat(64)), big);
+  execFileSync('mkfifo', [path.join(dir, 'f'.repeat(64))]);
+  const server = await startBlobProxy(dir, '127.0.0.1', 0, 500);
+  cleanups.push(() => server.close());
+  const blobAt = (id: string) => `${server.url}/v2/r/blobs/sha256:${id}`;
+  // More FIFO requests than the file pool has threads: each would hold one in open(2) for good.
+  for (let i = 0; i < 6; i++) {
+    const fifo = await request(blobAt('f'.repeat(64)), { headersTimeout: 5_000 });
+    await fifo.body.dump();
+    assert.equal(fifo.statusCode, 404);
+  }
+  const part = await request(blobAt('b'.repeat(64)), { headers: { range: 'bytes=10-19' }, headersTimeout: 5_000 });
+  assert.equal(part.statusCode, 206);
+  assert.ok(Buffer.from(await part.body.arrayBuffer()).equals(big.subarray(10, 20)), 'a blob is served after them');
+  const broken = await request(`${server.url}/v2/r/blobs/sha256:%ZZ`);
+  await broken.body.dump();
+  assert.equal(broken.statusCode, 400);
+  for (const range of ['items=0-5', 'bytes=5-3', 'bytes=1e3-2e3']) {
+    const ignored = await request(blobAt('b'.repeat(64)), { method: 'HEAD', headers: { range } });
+    await ignored.body.dump();
+    assert.deepEqual([ignored.statusCode, Number(ignored.headers['content-length'])], [200, big.length], range);
+  }
+  // A raw client that asks for the 16 MiB blob and reads none of it for 2 s (the idle time is 0.5 s):
+  // when it reads on, the connection ends before the blob does.
+  const sock = net.connect(server.port, '127.0.0.1');
+  sock.pause();
+  sock.write(`GET /v2/r/blobs/sha256:${'b'.repeat(64)} HTTP/1.1\r\nHost: x\r\n\r\n`);
+  await new Promise((r) => setTimeout(r, 2_000));
+  const got = await new Promise<number>((resolve) => {
+    let n = 0;
+    sock.on('data', (d: Buffer) => (n += d.length));
+    sock.on('error', () => {});
+    sock.once('close', () => resolve(n));
+    setTimeout(() => resolve(-1), 10_000);
+    sock.resume();
+  });
+  sock.destroy();
+  assert.ok(got >= 0 && got < big.length, `the stalled reader was disconnected (it got ${got} bytes)`);
+});
+
+test('registry and http-proxy backends through a proxy that accepts and never answers: the config\'s timeout holds there too, and the read falls back to the origin', async () => {
+  const blob = fs.readFileSync(path.join(blobDir, blobId));
+  let originReads = 0;
+  const origin = http.createServer((req, res) => {
+    originReads++;
+    const m = /bytes=(\d+)-(\d+)/.exec(req.headers.range ?? '')!;
+    const [s, e] = [Number(m[1]), Number(m[2])];
+    res.writeHead(206, { 'content-range': `bytes ${s}-${e}/${blob.length}`, 'content-length': e - s + 1 }).end(blob.subarray(s, e + 1));
+  });
+  const silent = net.createServer((s) => {
+    s.on('error', () => {});
+    s.resume();
+  });
+  await new Promise<void>((r) => origin.listen(0, '127.0.0.1', r));
+  await new Promise<void>((r) => silent.listen(0, '127.0.0.1', r));
+  cleanups.push(() => new Promise((r) => origin.close(r)), () => new Promise((r) => silent.close(r)));
+  const at = (s: http.Server | net.Server) => `127.0.0.1:${(s.address() as net.AddressInfo).port}`;
+  const conn = { timeout: 1, connect_timeout: 1, retry_limit: 0, proxy: { url: `http://${at(silent)}`, fallback: true } };
+  for (const backend of [
+    new RegistryBackend(registryConfigFrom({ host: at(origin), repo: 'r', scheme: 'http', ...conn }, 'registry')),
+    new HttpProxyBackend(httpProxyConfigFrom({ addr: `http://${at(origin)}`, path: '/blobs', ...conn }, 'http-proxy')),
+  ]) {
+    originReads = 0;
+    const t0 = Date.now();
+    const got = await backend.read(blobId, 1000, 100);
+    const took = Date.now() - t0;
+    await backend.close();
+    assert.ok(got.equals(blob.subarray(1000, 1100)), backend.type);
+    assert.equal(originReads, 1, `${backend.type}: read from the origin`);
+    // The deadline of a read is (connect + 2 * timeout) = 3 s: the proxy's 1 s timeout ends well before it.
+    assert.ok(took < 2_500, `${backend.type}: fell back after the proxy's 1 s timeout, not the read's deadline (${took} ms)`);
+  }
 });

@@ -5,7 +5,10 @@
  *   HEAD|GET /<namespace>/<repo>/blobs/sha256:<blob id>   (any prefix before /blobs/; Range honoured)
  *   GET /<blob id>                                         (the file server nydus's proxy also mounts)
  *   GET /v2/ and GET /                                      200, for a `ping_url`.
- * Blobs added to the directory later are found; nothing outside it is ever served.
+ * Blobs added to the directory later are found. A request names a file of the directory, never a path
+ * out of it; a symlink there is followed (its target is the administrator's choice, as in nydus's
+ * server). What is not a regular file (a FIFO, a device) is never opened for reading: a FIFO would
+ * hold the open, and a thread of the file pool, until a writer came.
  */
 import fs from 'node:fs';
 import http from 'node:http';
@@ -20,11 +23,14 @@ export interface BlobProxyServer {
   close(): Promise<void>;
 }
 
-/** The single byte range a `Range` header asks of a `size`-byte file: null for none, 'bad' if unsatisfiable. */
+/**
+ * The single byte range a `Range` header asks of a `size`-byte file: null for none (or a header that
+ * is no byte range: RFC 9110 14.2, ignored), 'bad' if unsatisfiable. Of several ranges, the first.
+ */
 export function parseRange(value: string | undefined, size: number): { start: number; end: number } | null | 'bad' {
   if (!value) return null;
   const m = /^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*(,|$)/.exec(value);
-  if (!m || (m[1] === '' && m[2] === '')) return 'bad';
+  if (!m || (m[1] === '' && m[2] === '') || (m[1] !== '' && m[2] !== '' && Number(m[2]) < Number(m[1]))) return null;
   let start: number;
   let end: number;
   if (m[1] === '') {
@@ -41,14 +47,24 @@ export function parseRange(value: string | undefined, size: number): { start: nu
   return { start, end };
 }
 
-function blobIdOf(pathname: string): string | 'bad-digest' | null {
+/** A path segment's text; null when its percent-encoding is broken. */
+function decoded(segment: string): string | null {
+  try {
+    return decodeURIComponent(segment);
+  } catch {
+    return null;
+  }
+}
+
+function blobIdOf(pathname: string): string | 'bad-digest' | 'bad-path' | null {
   const m = /\/blobs\/([^/]+)$/.exec(pathname);
   if (m) {
-    const digest = decodeURIComponent(m[1]);
+    const digest = decoded(m[1]);
+    if (digest === null) return 'bad-path';
     return digest.startsWith('sha256:') ? digest.slice(7) : 'bad-digest';
   }
   const bare = /^\/([^/]+)$/.exec(pathname);
-  return bare ? decodeURIComponent(bare[1]) : null;
+  return bare ? decoded(bare[1]) ?? 'bad-path' : null;
 }
 
 function plain(res: http.ServerResponse, status: number, text: string, headers: http.OutgoingHttpHeaders = {}): void {
@@ -62,13 +78,19 @@ async function serve(dir: string, req: http.IncomingMessage, res: http.ServerRes
   if (pathname === '/' || pathname === '/v2/' || pathname === '/v2') return plain(res, 200, '{}\n', { 'content-type': 'application/json' });
   const id = blobIdOf(pathname);
   if (id === 'bad-digest') return plain(res, 400, 'digest must be sha256:<hex>\n');
+  if (id === 'bad-path') return plain(res, 400, 'the path\'s percent-encoding is broken\n');
   if (!id || id === '.' || id === '..' || id.includes('/') || id.includes('\0')) return plain(res, 404, 'not found\n');
   const file = path.join(dir, id);
   let fh: fs.promises.FileHandle;
   try {
-    fh = await fs.promises.open(file, 'r');
-  } catch {
-    return plain(res, 404, `blob ${id} not found\n`);
+    // O_NONBLOCK: a FIFO opens at once (and is refused below as no regular file).
+    fh = await fs.promises.open(file, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    // Only a blob that is not there is a 404 (a registry backend takes it for "not in the registry");
+    // out of fds, or a file it may not read, is this server's failure: a 503 is tried again.
+    if (code === 'ENOENT' || code === 'ENOTDIR' || code === 'ELOOP') return plain(res, 404, `blob ${id} not found\n`);
+    return plain(res, 503, `blob ${id} cannot be opened: ${code ?? (e as Error).message}\n`);
   }
   try {
     const st = await fh.stat();
@@ -97,8 +119,11 @@ async function serve(dir: string, req: http.IncomingMessage, res: http.ServerRes
   }
 }
 
-/** Starts serving `blobsDir` on `address:port` (port 0: any free one). */
-export async function startBlobProxy(blobsDir: string, address = '127.0.0.1', port = 8000): Promise<BlobProxyServer> {
+/** How long a connection may go without a byte read or written before it is closed. */
+const SOCKET_IDLE_MS = 60_000;
+
+/** Starts serving `blobsDir` on `address:port` (port 0: any free one); `idleMs`: SOCKET_IDLE_MS. */
+export async function startBlobProxy(blobsDir: string, address = '127.0.0.1', port = 8000, idleMs = SOCKET_IDLE_MS): Promise<BlobProxyServer> {
   const dir = path.resolve(blobsDir);
   const sockets = new Set<net.Socket>();
   const server = http.createServer((req, res) => {
@@ -107,6 +132,9 @@ export async function startBlobProxy(blobsDir: string, address = '127.0.0.1', po
       else res.destroy();
     });
   });
+  // A client that stops reading (or sending) for this long loses its connection, and the blob's fd
+  // with it: idle readers would otherwise hold both for good, until the server ran out of fds.
+  server.timeout = idleMs;
   server.on('connection', (s) => {
     sockets.add(s);
     s.on('close', () => sockets.delete(s));

@@ -60,15 +60,18 @@ export function directDispatcher(cfg: ConnectionConfig): Agent {
 /** Requests through the proxy: http URLs in absolute form (as Dragonfly's dfdaemon takes them), https through CONNECT. */
 export function proxyDispatcher(cfg: ConnectionConfig): ProxyAgent {
   const t = tlsOptions(cfg);
+  const pool = { headersTimeout: cfg.timeoutSec * 1000, bodyTimeout: cfg.timeoutSec * 1000, keepAliveTimeout: 30_000, connections: 16 };
+  const { Pool } = undici();
   return new (undici().ProxyAgent)({
     uri: cfg.proxy.url,
     proxyTunnel: false,
     requestTls: t,
     proxyTls: { timeout: cfg.connectTimeoutSec * 1000, ...t },
-    headersTimeout: cfg.timeoutSec * 1000,
-    bodyTimeout: cfg.timeoutSec * 1000,
-    keepAliveTimeout: 30_000,
-    connections: 16,
+    ...pool,
+    // The pools it makes: for an http origin (absolute-form requests), undici makes its pool to the
+    // proxy with nothing but the connector, so the timeouts and the bound above would not hold there
+    // (a proxy that stalled was waited on for undici's 300 s, not `timeout`).
+    factory: (origin, opts) => new Pool(origin, { ...opts, ...pool }),
   });
 }
 
