@@ -881,7 +881,7 @@ test('root-kernel fanotify: a cache work_dir on tmpfs is refused naming the caus
   r.stderr!.on('data', (d) => (err += d));
   const code = await new Promise((res) => r.once('exit', res));
   assert.notEqual(code, 0);
-  assert.match(err, /cannot mount .*fanotify_mark .*: this file system does not allow pre-content marks/);
+  assert.match(err, /cannot mount .*ENOTSUP: operation not supported, fanotify_mark .*: this file system does not allow pre-content marks/);
   assert.equal(isMounted(path.join(base, 'mnt')), false);
 });
 
@@ -1087,4 +1087,24 @@ test('root-kernel fanotify: a mount no worker can serve is never left reading ze
   assert.ok(readMounted(path.join(e.mnt, 'f')).equals(data), 'read as the source, not zeros');
   await stop(again);
   assert.equal(isMounted(e.mnt), false, 'the next daemon unmounts it as it stops');
+});
+
+test('root-kernel fanotify: SIGTERM while a mount call is under way: the call gets an answer, and no mount outlives the daemon', async () => {
+  for (const delayMs of [0, 10, 30, 60, 120]) {
+    const name = `term-${delayMs}`;
+    const d = await startDaemon(name, rich, localfs(rich));
+    const mnt2 = path.join(work, name, 'mnt2');
+    fs.mkdirSync(mnt2);
+    const call = apiRequest(d.sock, 'POST', `/api/v1/mount?mountpoint=${encodeURIComponent(mnt2)}`,
+      { source: rich.boot, fs_type: 'rafs', config: JSON.stringify(fanotifyConfig(path.join(work, name, 'cache2'), localfs(rich))) })
+      .then((r) => `${r.status} ${JSON.stringify(r.body)}`, (e: Error) => `no answer: ${e.message}`);
+    await new Promise((r) => setTimeout(r, delayMs));
+    const exited = new Promise((r) => d.proc.once('exit', r));
+    d.proc.kill('SIGTERM');
+    const answer = await call;
+    await exited;
+    assert.match(answer, /^(204|500 .*the daemon is stopping: no new mounts)|^no answer: .*(ECONNREFUSED|ENOENT|socket hang up)/, `${delayMs} ms`);
+    assert.equal(isMounted(mnt2), false, `${delayMs} ms: no mount is left behind (${answer})`);
+    assert.equal(isMounted(d.mnt), false, `${delayMs} ms: the first mount is unmounted`);
+  }
 });

@@ -14,7 +14,9 @@ namespace fscache {
 inline Napi::Error ErrnoError(Napi::Env env, int err, const char* syscall, const std::string& path = "",
                               const std::string& detail = "") {
   const char* code = uv_err_name(-err);  // the names Node itself gives (util.getSystemErrorName)
-  std::string message = std::string(code) + ": " + uv_strerror(-err) + ", " + syscall;
+  // (libuv words ENOTSUP as "operation not supported on socket", whatever the call was about.)
+  const char* text = err == ENOTSUP ? "operation not supported" : uv_strerror(-err);
+  std::string message = std::string(code) + ": " + text + ", " + syscall;
   if (!path.empty()) message += " '" + path + "'";
   if (!detail.empty()) message += " (" + detail + ")";
   Napi::Error e = Napi::Error::New(env, message);

@@ -50,6 +50,7 @@ export interface FanotifyMountRequest {
 }
 
 const EIO = 5;
+const STOPPING = 'the daemon is stopping: no new mounts';
 /** Why a relative path is refused (said after "must be an absolute path"). */
 const NO_CWD = " (the daemon's working directory is no base for it)";
 
@@ -115,6 +116,8 @@ export class FanotifySession {
   private readonly mounts = new Map<string, Mounted>();
   /** Mountpoints whose registration is under way. */
   private readonly mounting = new Set<string>();
+  /** close() was called: no mount is made from then on. */
+  private closing = false;
   /** Ranges that could not be served, told once a minute per file and error (a full cache disk fails every event). */
   private readonly rangeFailures = new RepeatedFailures();
   /** The cache files served, by inode (inodeKey): one file, whichever path a work_dir names it by. */
@@ -236,6 +239,7 @@ export class FanotifySession {
       throw new ConfigError(`mountpoint ${asked} cannot be used: ${(e as Error).message}`);
     }
     const req = { ...request, mountpoint, bootstrap };
+    if (this.closing) throw new ConfigError(STOPPING);
     if (this.mounts.has(mountpoint) || this.mounting.has(mountpoint)) throw new ConfigError(`${mountpoint} is already mounted by this daemon`);
     if (!fs.statSync(mountpoint).isDirectory()) throw new ConfigError(`mountpoint ${asked} is not a directory`);
     const pseudo = pseudoFsOf(mountpoint);
@@ -258,6 +262,8 @@ export class FanotifySession {
     }
     const m = this.mounts.get(mountpoint)!;
     try {
+      // The daemon began to stop while the image was registered: a mount made now would outlive it.
+      if (this.closing) throw new ConfigError(STOPPING);
       const workDir = this.registry.list().find((e) => e.id === m.imageId)?.workDir;
       if (workDir) this.refuseHiding(mountpoint, asked, [{ path: workDir, what: 'the cache work_dir' }]);
       // Listed before mount(2): a worker that dies right after it leaves a mount its successor knows.
@@ -334,6 +340,9 @@ export class FanotifySession {
    * release allows every access). It is tried again until it is free; then the promise settles.
    */
   async close(): Promise<void> {
+    this.closing = true;
+    // A mount under way ends first (refused before its mount(2)), so that none is made after this.
+    while (this.mounting.size) await new Promise((r) => setTimeout(r, 20));
     for (let tries = 0; this.mounts.size; tries++) {
       for (const mp of [...this.mounts.keys()]) {
         try {
