@@ -127,3 +127,52 @@ test('an image of more entries than the heap holds: check says so naming the boo
   // With room, the same image checks clean: the limit is the heap's, not the image's.
   mustRun('nydus-image', ['check', '-B', boot]);
 });
+
+test('a directory source changed after the walk: a file swapped for a symlink (to a file outside the source), a path through a directory swapped for a symlink, or a file swapped for a FIFO is refused naming it, never read through, never waited on', async () => {
+  const { treeFromDirectory } = await import('../src/builder/source-dir.ts');
+  const outside = path.join(work, 'outside');
+  fs.mkdirSync(path.join(outside, 'd'), { recursive: true });
+  fs.writeFileSync(path.join(outside, 'secret'), 'outside the source');
+  fs.writeFileSync(path.join(outside, 'd', 'f'), 'outside the source too');
+  const cases: Array<[string, (src: string) => void, string]> = [
+    ['file to symlink', (src) => {
+      fs.rmSync(path.join(src, 'f'));
+      fs.symlinkSync(path.join(outside, 'secret'), path.join(src, 'f'));
+    }, '/f'],
+    ['directory to symlink', (src) => {
+      fs.rmSync(path.join(src, 'd'), { recursive: true });
+      fs.symlinkSync(path.join(outside, 'd'), path.join(src, 'd'));
+    }, '/d/f'],
+    ['file to FIFO', (src) => {
+      fs.rmSync(path.join(src, 'f'));
+      spawnSync('mkfifo', [path.join(src, 'f')]);
+    }, '/f'],
+  ];
+  for (const [what, swap, victim] of cases) {
+    const src = path.join(work, `swap-${what.replace(/ /g, '-')}`);
+    fs.mkdirSync(path.join(src, 'd'), { recursive: true });
+    fs.writeFileSync(path.join(src, 'f'), 'inside the source');
+    fs.writeFileSync(path.join(src, 'd', 'f'), 'inside the source');
+    const tree = treeFromDirectory(src);
+    const byPath = new Map<string, any>();
+    const walk = (n: any) => {
+      byPath.set(n.path, n);
+      for (const c of n.children ?? []) walk(c);
+    };
+    walk(tree);
+    swap(src);
+    const buf = Buffer.alloc(64);
+    assert.throws(() => byPath.get(victim).data.read(buf, 17, 0), new RegExp(`${victim.replace(/\//g, '\\/')} changed during the build: it is no longer the file the walk found`), what);
+  }
+});
+
+test('inHole (a sparse file\'s holes, asked once a chunk): a binary search over the data ranges agrees with a scan of them', async () => {
+  const { inHole } = await import('../native/fscache/index.ts');
+  const ranges: Array<[number, number]> = [];
+  for (let at = 100; at < 100_000; at += 997) ranges.push([at, at + 13 + (at % 50)]);
+  const scan = (from: number, to: number) => !ranges.some(([a, b]) => a < to && b > from);
+  for (let from = 0; from < 101_000; from += 37) {
+    for (const len of [1, 7, 100, 997, 5000]) assert.equal(inHole(ranges, from, from + len), scan(from, from + len), `${from}+${len}`);
+  }
+  assert.equal(inHole([], 0, 10), true);
+});

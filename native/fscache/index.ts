@@ -36,9 +36,20 @@ export function dataRangesOf(fd: number, from: number, to: number): Array<[numbe
   return out;
 }
 
-/** Whether [from, to) lies in a hole: no range of `ranges` (dataRangesOf's) meets it. */
+/**
+ * Whether [from, to) lies in a hole: no range of `ranges` (dataRangesOf's: in order, apart) meets it.
+ * A binary search: asked once a chunk, a scan of a file of many extents cost extents x chunks.
+ */
 export function inHole(ranges: ReadonlyArray<readonly [number, number]>, from: number, to: number): boolean {
-  return !ranges.some(([a, b]) => a < to && b > from);
+  // The first range that ends after `from`.
+  let lo = 0;
+  let hi = ranges.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (ranges[mid][1] > from) hi = mid;
+    else lo = mid + 1;
+  }
+  return lo === ranges.length || ranges[lo][0] >= to;
 }
 
 export function isSystemError(err: unknown): err is SystemError {

@@ -9,13 +9,42 @@ import { nodeProblem } from './limits.ts';
 import { type WhiteoutSpec, droppedFromLowestLayer } from './whiteout.ts';
 import { HeapRoom } from '../heap-room.ts';
 
+/** Which inode the walk found at a path (lstat's device and inode numbers). */
+interface Identity {
+  dev: bigint;
+  ino: bigint;
+}
+
+/**
+ * Opens what the walk found at `file` (its last component never followed, a FIFO never waited on),
+ * or throws naming it when that is no longer there: another inode (a file renamed over it, a path
+ * through a directory swapped for a symlink, which could name a file outside the source), or one of
+ * another type (`directory`: a directory is expected, else a regular file).
+ */
+function openFound(file: Buffer, shown: string, found: Identity, directory: boolean): number {
+  let fd: number;
+  try {
+    fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK | (directory ? fs.constants.O_DIRECTORY : 0));
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ELOOP' || code === 'ENOTDIR') throw new NydusError(`${shown} changed during the build: it is no longer the ${directory ? 'directory' : 'file'} the walk found`);
+    throw new NydusError(`cannot ${directory ? 'list' : 'read'} ${shown}: ${(e as Error).message}`);
+  }
+  const st = fs.fstatSync(fd, { bigint: true });
+  if (st.dev !== found.dev || st.ino !== found.ino || (directory ? !st.isDirectory() : !st.isFile())) {
+    fs.closeSync(fd);
+    throw new NydusError(`${shown} changed during the build: it is no longer the ${directory ? 'directory' : 'file'} the walk found`);
+  }
+  return fd;
+}
+
 class FileData implements DataSource {
   private fd: number | null = null;
   /** A sparse file's data ranges (SEEK_DATA/SEEK_HOLE), asked once; null for a file with no holes. */
   private ranges: Array<[number, number]> | null | undefined;
 
   /** `sparse`: the file takes fewer blocks than its size (it has holes). */
-  constructor(private readonly file: Buffer, private readonly shown: string, private readonly size: number, sparse: boolean) {
+  constructor(private readonly file: Buffer, private readonly shown: string, private readonly size: number, sparse: boolean, private readonly found: Identity) {
     if (!sparse) this.ranges = null;
   }
 
@@ -39,13 +68,7 @@ class FileData implements DataSource {
   }
 
   private open(): number {
-    if (this.fd === null) {
-      try {
-        this.fd = fs.openSync(this.file, 'r');
-      } catch (e) {
-        throw new NydusError(`cannot read ${this.shown}: ${(e as Error).message}`);
-      }
-    }
+    this.fd ??= openFound(this.file, this.shown, this.found, false);
     return this.fd;
   }
 
@@ -69,10 +92,14 @@ function concatPath(dir: Buffer, name: Buffer): Buffer {
   return Buffer.concat([dir, Buffer.from('/'), name]);
 }
 
-function statNode(file: Buffer, name: Buffer, treePath: string, shown: string): TreeNode {
+/**
+ * A node of what is at `at` (a path through its parent directory's fd: /proc/self/fd/<fd>/<name>,
+ * which no swap of a directory above it can redirect); `file` is its path for reading it later.
+ */
+function statNode(at: Buffer, file: Buffer, name: Buffer, treePath: string, shown: string): { node: TreeNode; found: Identity } {
   let st: fs.BigIntStats;
   try {
-    st = fs.lstatSync(file, { bigint: true });
+    st = fs.lstatSync(at, { bigint: true });
   } catch (e) {
     throw new NydusError(`cannot stat ${shown}: ${(e as Error).message}`);
   }
@@ -80,7 +107,7 @@ function statNode(file: Buffer, name: Buffer, treePath: string, shown: string): 
   const kind = kindFromMode(mode);
   let xattrs: Map<string, Buffer>;
   try {
-    xattrs = readXattrs(file);
+    xattrs = readXattrs(at);
   } catch (e) {
     throw new NydusError(`cannot read xattrs of ${shown}: ${(e as Error).message}`);
   }
@@ -98,18 +125,34 @@ function statNode(file: Buffer, name: Buffer, treePath: string, shown: string): 
     xattrs,
     path: treePath,
   };
+  const found = { dev: st.dev, ino: st.ino };
   if (kind === 'file') {
     node.size = Number(st.size);
-    node.data = new FileData(file, shown, node.size, st.blocks * 512n < st.size);
+    node.data = new FileData(file, shown, node.size, st.blocks * 512n < st.size, found);
   } else if (kind === 'symlink') {
-    node.target = fs.readlinkSync(file, { encoding: 'buffer' });
+    try {
+      node.target = fs.readlinkSync(at, { encoding: 'buffer' });
+    } catch (e) {
+      throw new NydusError(`cannot read the symlink ${shown}: ${(e as Error).message}`);
+    }
     node.size = node.target.length;
   }
   // Every inode but a directory can have several names (a symlink too: link(2) without following it).
   if (kind !== 'dir' && st.nlink > 1n) node.hardlinkKey = `${st.dev}:${st.ino}`;
   const problem = nodeProblem(node);
   if (problem) throw new NydusError(`${shown}: ${problem}`);
-  return node;
+  return { node, found };
+}
+
+/**
+ * The names of one inode must agree on what it is: a file changed between the stats of two of its
+ * names would be one inode of two sizes, whose chunks (read through one name) another name's size
+ * outruns.
+ */
+function sameInode(first: TreeNode, later: TreeNode, shown: string): void {
+  const fields = ['kind', 'size', 'mode', 'uid', 'gid', 'mtimeSec', 'mtimeNsec', 'rdev'] as const;
+  const changed = fields.filter((f) => first[f] !== later[f]);
+  if (changed.length) throw new NydusError(`${shown} changed during the build: a hardlink of ${first.path}, its ${changed.join(', ')} differ between the two names`);
 }
 
 function floorDiv(a: bigint, b: bigint): bigint {
@@ -132,26 +175,41 @@ export function treeFromDirectory(root: string, lowestLayer?: { whiteoutSpec: Wh
   // The root through its symlinks (as `tar -C <link>` does): lstat of a link would make the image's
   // root a symlink, an image no reader takes.
   const rootBuf = Buffer.from(fs.realpathSync(root));
-  const top = statNode(rootBuf, Buffer.alloc(0), '/', root);
-  const stack: Array<[TreeNode, Buffer]> = [[top, rootBuf]];
+  const { node: top, found: topFound } = statNode(rootBuf, rootBuf, Buffer.alloc(0), '/', root);
+  const stack: Array<[TreeNode, Buffer, Identity]> = [[top, rootBuf, topFound]];
   const room = new HeapRoom(`source directory ${root}`);
+  const inodes = new Map<string, TreeNode>();
   while (stack.length) {
-    const [dir, dirPath] = stack.pop()!;
-    let names: Buffer[];
+    const [dir, dirPath, dirFound] = stack.pop()!;
+    const shownDir = path.join(root, dir.path);
+    // Listed and stat'ed through an fd of the directory the walk found: a directory swapped for a
+    // symlink meanwhile is refused, never walked (it could lead out of the source).
+    const fd = openFound(dirPath, shownDir, dirFound, true);
+    const at = Buffer.from(`/proc/self/fd/${fd}/`);
     try {
-      names = fs.readdirSync(dirPath, { encoding: 'buffer' });
-    } catch (e) {
-      throw new NydusError(`cannot list ${path.join(root, dir.path)}: ${(e as Error).message}`);
-    }
-    dir.children = [];
-    for (const name of names) {
-      room.tick();
-      const full = concatPath(dirPath, name);
-      const treePath = joinPath(dir.path, name);
-      const child = statNode(full, name, treePath, path.join(root, treePath));
-      if (lowestLayer && droppedFromLowestLayer(child, lowestLayer.whiteoutSpec)) continue;
-      dir.children.push(child);
-      if (child.kind === 'dir') stack.push([child, full]);
+      let names: Buffer[];
+      try {
+        names = fs.readdirSync(at, { encoding: 'buffer' });
+      } catch (e) {
+        throw new NydusError(`cannot list ${shownDir}: ${(e as Error).message}`);
+      }
+      dir.children = [];
+      for (const name of names) {
+        room.tick();
+        const treePath = joinPath(dir.path, name);
+        const shown = path.join(root, treePath);
+        const { node: child, found } = statNode(Buffer.concat([at, name]), concatPath(dirPath, name), name, treePath, shown);
+        if (lowestLayer && droppedFromLowestLayer(child, lowestLayer.whiteoutSpec)) continue;
+        if (child.hardlinkKey) {
+          const first = inodes.get(child.hardlinkKey);
+          if (first) sameInode(first, child, shown);
+          else inodes.set(child.hardlinkKey, child);
+        }
+        dir.children.push(child);
+        if (child.kind === 'dir') stack.push([child, concatPath(dirPath, name), found]);
+      }
+    } finally {
+      fs.closeSync(fd);
     }
     sortChildren(dir);
   }
