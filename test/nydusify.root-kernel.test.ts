@@ -54,12 +54,9 @@ for (const compressor of ['zstd', 'none']) {
 
     const hex = (p: string) => `/${p.split('/').map((x) => Buffer.from(x).toString('hex')).join('/')}`;
     const want = manifest(umociUnpack(layout, 'two', path.join(dir, 'bundle')), { skipRootTimes: true });
-    // One known difference, nydus's own: umoci's second layer holds etc/hello without an etc/ entry;
-    // nydus's tar builder creates the missing parent (0755, root, mtime 0) and its merge lays that
-    // directory's attributes over the lower /etc, where an OCI runtime keeps the lower directory.
-    const etc = JSON.parse(want.get(hex('etc'))!);
-    assert.deepEqual([etc.mode, etc.uid, etc.gid], ['40755', '0', '0']);
-    want.set(hex('etc'), JSON.stringify({ ...etc, mtime: '0' }));
+    // umoci's second layer holds etc/hello without an etc/ entry: the /etc it implies keeps the lower
+    // layer's attributes, its time too, as umoci unpacks it (the manifest compares them).
+    assert.notEqual(JSON.parse(want.get(hex('etc'))!).mtime, '0');
     const mnt = path.join(dir, 'mnt');
     loopMount(img, mnt);
     try {

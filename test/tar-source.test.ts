@@ -575,3 +575,58 @@ test('sparse files of a few bytes each may not refer to more chunks in all than 
   assert.match(r.stderr, /layer .*: \d+ entries fill \d+ MiB of the about 64 MiB heap .*NODE_OPTIONS=--max-old-space-size=<MiB>/);
   assert.doesNotMatch(r.stderr, /FATAL ERROR|heap out of memory/);
 });
+
+test('a directory a layer only implies (a path under it, no entry of its own) keeps the attributes of the lower layer\'s directory, root too, as GNU tar extracting the layers in order gives: over --parent-bootstrap, and in a merge told the layer\'s implied directories (nydusify convert)', async () => {
+  const { createImageFromTar } = await import('../src/builder/create.ts');
+  const { mergeImages } = await import('../src/builder/merge.ts');
+  const lower = pyTar([
+    { name: '.', type: 'dir', mode: 0o750, uid: 3, mtime: 1_600_000_100, pax: { 'SCHILY.xattr.user.r': 'root' } },
+    { name: 'etc', type: 'dir', mode: 0o700, uid: 10, mtime: 1_700_000_000, pax: { 'SCHILY.xattr.user.e': '1' } },
+    { name: 'etc/a', data: 'a' },
+    { name: 'd', type: 'dir', mode: 0o751, uid: 9 },
+    { name: 'd/gone', data: 'x' },
+  ]);
+  // No './', no 'etc', no 'd' entry: each is implied; 'd' is made opaque.
+  const upper = pyTar([{ name: 'etc/b', data: 'b' }, { name: 'd/.wh..wh..opq', data: '' }, { name: 'new/c', data: 'c' }]);
+  // The oracle: GNU tar extracting both in order (as root: owners and modes as the headers give).
+  const oracle = fresh('implied-oracle');
+  fs.mkdirSync(oracle);
+  for (const t of [lower, upper]) execFileSync('tar', ['--xattrs', '--xattrs-include=*', '-C', oracle, '-xpf', t]);
+  fs.rmSync(path.join(oracle, 'd', '.wh..wh..opq'));
+  fs.rmSync(path.join(oracle, 'd', 'gone'));
+  // Mode and owner as GNU tar leaves them; the time the lower layer's entry gives (GNU tar leaves a
+  // directory it wrote into with the time of the extraction; umoci and containerd keep the entry's).
+  const lowerMtime: Record<string, number> = { '.': 1_600_000_100, etc: 1_700_000_000, d: 1_600_000_000 };
+  const want = (p: string) => {
+    const st = fs.lstatSync(path.join(oracle, p));
+    return { mode: st.mode, uid: st.uid, mtime: lowerMtime[p] };
+  };
+  const got = (t: Map<string, TreeNode>, p: string) => {
+    const n = t.get(p)!;
+    return { mode: n.mode, uid: n.uid, mtime: n.mtimeSec };
+  };
+  const check = (t: Map<string, TreeNode>, how: string) => {
+    for (const [p, o] of [['/', '.'], ['/etc', 'etc'], ['/d', 'd']]) assert.deepEqual(got(t, p), want(o), `${how}: ${p}`);
+    assert.equal(t.get('/etc')!.xattrs.get('user.e')?.toString(), '1', `${how}: /etc keeps its xattr`);
+    assert.equal(t.get('/')!.xattrs.get('user.r')?.toString(), 'root', `${how}: / keeps its xattr`);
+    assert.deepEqual([t.has('/d/gone'), t.has('/etc/a'), t.has('/etc/b')], [false, true, true], how);
+    assert.deepEqual(got(t, '/new'), { mode: 0o40755, uid: 0, mtime: 0 }, `${how}: a directory new in the upper layer is nydus's implied default`);
+  };
+
+  const base = create(lower, ['-t', 'tar-rafs']);
+  assert.equal(base.status, 0, base.stderr);
+  const over = create(upper, ['-t', 'tar-rafs', '--parent-bootstrap', base.boot]);
+  assert.equal(over.status, 0, over.stderr);
+  check(treeOf(over.boot), '--parent-bootstrap');
+
+  const layers = [];
+  for (const t of [lower, upper]) {
+    const boot = `${fresh('implied-layer')}.boot`;
+    const built = await createImageFromTar({ source: t, bootstrap: boot, blobDir: fresh('implied-blobs'), chunkSize: 0x100000, compressor: 'zstd', digester: 'blake3' });
+    layers.push({ boot, implied: built.impliedDirs });
+  }
+  assert.deepEqual(layers[1].implied.sort(), ['/', '/d', '/etc', '/new']);
+  const merged = `${fresh('implied-merged')}.boot`;
+  mergeImages({ sources: layers.map((l) => l.boot), bootstrap: merged, impliedDirs: layers.map((l) => l.implied) });
+  check(treeOf(merged), 'merge');
+});

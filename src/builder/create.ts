@@ -14,7 +14,7 @@ import { treeFromDirectory } from './source-dir.ts';
 import { treeFromTar } from './source-tar.ts';
 import { openLayerSource, tarBytes } from './layer-stream.ts';
 import { ChunkIndex, Chunker, chunkTree, type ChunkStats } from './chunker.ts';
-import type { TreeNode } from './tree.ts';
+import { type TreeNode, walkTree } from './tree.ts';
 import type { WhiteoutSpec } from './whiteout.ts';
 import { type Layout, layoutTree } from './layout.ts';
 import { type BlobDescriptor, writeImage } from './writer.ts';
@@ -61,6 +61,11 @@ export interface CreateResult {
   inodes: number;
   /** Paths of the prefetch list the image does not hold (left out of its prefetch table). */
   prefetchMissing: string[];
+  /**
+   * The directories the layer only implies (TreeNode.implied): a bootstrap cannot tell them from
+   * directories of their own, so a merge of this layer over others is told (MergeOptions.impliedDirs).
+   */
+  impliedDirs: string[];
 }
 
 export function validateChunkSize(chunkSize: number): void {
@@ -169,6 +174,7 @@ class ImageBuild {
     return {
       bootstrap: opts.bootstrap ?? null, blob, blobIds: blobs.map((b) => (b.blobId === INLINED_BLOB_ID_PLACEHOLDER && final ? final.blobId : b.blobId)),
       stats: this.chunker.stats, inodes: layout.inodes.length, prefetchMissing: prefetch?.missing ?? [],
+      impliedDirs: [...walkTree(root)].filter((n) => n.implied).map((n) => n.path),
     };
   }
 

@@ -19,7 +19,7 @@ import { BLOB_FEATURE_SEPARATE } from '../../erofs/blobmeta.ts';
 import { INLINED_BLOB_ID_PLACEHOLDER } from '../../erofs/blob-toc.ts';
 import { prefetchNids } from './create.ts';
 import { writeOutput } from '../image/output-file.ts';
-import type { TreeNode } from './tree.ts';
+import { type TreeNode, walkTree } from './tree.ts';
 
 export interface MergeOptions {
   /** Layer bootstraps, lowest first. */
@@ -44,6 +44,11 @@ export interface MergeOptions {
   whiteoutSpec?: WhiteoutSpec;
   /** Paths of the merged tree whose inodes go into the prefetch table, in order. */
   prefetchPaths?: string[];
+  /**
+   * Per layer: the directories it only implies (CreateResult.impliedDirs), which keep the attributes
+   * of the lower layers' directories they lie over. Without it, every directory of a layer is its own.
+   */
+  impliedDirs?: ReadonlyArray<readonly string[]>;
 }
 
 export interface MergeResult {
@@ -56,7 +61,7 @@ export interface MergeResult {
   prefetchMissing: string[];
 }
 
-function checkListLength(list: unknown[] | undefined, sources: number, what: string): void {
+function checkListLength(list: ReadonlyArray<unknown> | undefined, sources: number, what: string): void {
   if (list && list.length !== sources) throw new NydusError(`number of ${what} entries ${list.length} doesn't match number of sources ${sources}`);
 }
 
@@ -106,6 +111,7 @@ export function mergeImages(opts: MergeOptions): MergeResult {
   checkListLength(opts.blobSizes, opts.sources.length, 'blob size');
   checkListLength(opts.blobTocDigests, opts.sources.length, 'toc digest');
   checkListLength(opts.blobTocSizes, opts.sources.length, 'toc size');
+  checkListLength(opts.impliedDirs, opts.sources.length, 'implied directory list');
 
   const table = new BlobTable();
   // The first image read sets the chunk size and digester every other one must share; the superblock
@@ -159,6 +165,8 @@ export function mergeImages(opts: MergeOptions): MergeResult {
     });
     const tree = treeWithTableChunks(image, table, indexes, { inlinedBlobId: true });
     scopeHardlinks(tree, `layer${layer}`);
+    const implied = new Set(opts.impliedDirs?.[layer] ?? []);
+    if (implied.size) for (const n of walkTree(tree)) if (n.kind === 'dir' && implied.has(n.path)) n.implied = true;
     merged = overlayLayer(merged, tree, spec);
   }
 

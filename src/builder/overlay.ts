@@ -36,6 +36,7 @@ function mergeEntries(lower: TreeNode[], upper: TreeNode[], spec: WhiteoutSpec):
   }
   for (const { node: u, hidesLower } of additions) {
     const l = result.get(key(u.name));
+    if (u.implied && l?.kind === 'dir') keepAttributes(u, l);
     if (u.kind === 'dir') {
       const below = l?.kind === 'dir' && !hidesLower ? l.children ?? [] : [];
       u.children = mergeEntries(below, u.children ?? [], spec);
@@ -43,6 +44,12 @@ function mergeEntries(lower: TreeNode[], upper: TreeNode[], spec: WhiteoutSpec):
     result.set(key(u.name), u);
   }
   return [...result.values()].sort((a, b) => Buffer.compare(a.name, b.name));
+}
+
+/** An implied directory takes the attributes of the lower directory it lies over (TreeNode.implied). */
+function keepAttributes(implied: TreeNode, lower: TreeNode): void {
+  Object.assign(implied, { mode: lower.mode, uid: lower.uid, gid: lower.gid, mtimeSec: lower.mtimeSec, mtimeNsec: lower.mtimeNsec, xattrs: new Map(lower.xattrs) });
+  if (!lower.implied) delete implied.implied;
 }
 
 /**
@@ -53,6 +60,7 @@ function mergeEntries(lower: TreeNode[], upper: TreeNode[], spec: WhiteoutSpec):
  */
 export function overlayLayer(lower: TreeNode | null, upper: TreeNode, spec: WhiteoutSpec): TreeNode {
   if (upper.kind !== 'dir') throw new NydusError(`the root of layer ${upper.path} is not a directory`);
+  if (upper.implied && lower) keepAttributes(upper, lower);
   upper.children = mergeEntries(lower?.children ?? [], upper.children ?? [], spec);
   return upper;
 }

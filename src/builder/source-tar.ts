@@ -42,7 +42,7 @@ class LayerTree {
   private implicitDir(name: Buffer, path: string): TreeNode {
     const dir: TreeNode = {
       name, kind: 'dir', mode: C.S_IFDIR | 0o755, uid: 0, gid: 0, mtimeSec: 0, mtimeNsec: 0, size: 0, rdev: 0,
-      xattrs: new Map(), path,
+      xattrs: new Map(), path, implied: true,
     };
     this.children.set(dir, new Map());
     return dir;
@@ -129,6 +129,7 @@ class LayerTree {
     void name;
     void path;
     Object.assign(this.root, attrs);
+    delete this.root.implied;
   }
 
   /** The finished tree: children lists in name order. */

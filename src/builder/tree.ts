@@ -61,6 +61,12 @@ export interface TreeNode {
   chunks?: Array<ChunkRef | null>;
   /** Nodes with the same key are hardlinks of one inode. */
   hardlinkKey?: string;
+  /**
+   * A directory a layer only implies (a path under it, no entry of its own): laid over a lower
+   * layer's directory, it keeps that one's attributes, as extraction onto the lower layer does
+   * (containerd's mkparent, umoci).
+   */
+  implied?: true;
   /** Path from the root, for messages. */
   path: string;
 }

@@ -203,10 +203,10 @@ export async function checkConverted(opts: CheckOptions): Promise<CheckResult> {
       fs.mkdirSync(dir, { recursive: true });
       const built = await buildLayerFromRegistry(source, srcRef, l, dir, { chunkSize: 0x100000, compressor: 'none' });
       if (built.blob) fs.renameSync(built.blob.path, path.join(srcDir, built.blob.blobId));
-      return built.bootstrap;
+      return built;
     });
     const merged = path.join(srcDir, 'image.boot');
-    mergeImages({ sources: layerBoots, bootstrap: merged });
+    mergeImages({ sources: layerBoots.map((b) => b.bootstrap), bootstrap: merged, impliedDirs: layerBoots.map((b) => b.impliedDirs) });
     const want = summarizeImage(merged, srcDir);
     problems.push(...diffSummaries(want, got));
     opts.log.info({ entries: want.size, problems: problems.length }, 'file trees compared');

@@ -127,7 +127,9 @@ async function convertImage(ctx: Context, prepared: PreparedImage, n: number): P
   const converted = src.json.layers.map((l) => byDigest.get(l.digest)!);
 
   const merged = path.join(dir, 'image.boot');
-  const { blobs, prefetchMissing } = mergeImages({ sources: converted.map((c) => c.bootstrap), bootstrap: merged, prefetchPaths: opts.prefetchPaths });
+  const { blobs, prefetchMissing } = mergeImages({
+    sources: converted.map((c) => c.bootstrap), bootstrap: merged, prefetchPaths: opts.prefetchPaths, impliedDirs: converted.map((c) => c.impliedDirs),
+  });
   // As nydus-image's merge: a prefetch path the image lacks is left out, not fatal.
   if (prefetchMissing.length) log.warn({ missing: prefetchMissing }, 'prefetch paths the image does not hold are left out of its prefetch table');
   // The manifest lists the blobs the merged bootstrap references, in its blob table order.

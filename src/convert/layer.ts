@@ -23,6 +23,8 @@ export interface ConvertedLayer {
   bootstrap: string;
   /** The layer's Nydus blob, pushed; null for a layer without file data. */
   blob: { blobId: string; digest: string; size: number } | null;
+  /** The directories the layer only implies, for the merge (CreateResult.impliedDirs). */
+  impliedDirs: string[];
 }
 
 /** Streams a registry layer into a layer bootstrap and blob under `dir`. */
@@ -62,7 +64,7 @@ export async function convertLayer(
   if (!built.blob) {
     log.info('layer has no file data: no blob');
     state('done, no file data');
-    return { bootstrap: built.bootstrap, blob: null };
+    return { bootstrap: built.bootstrap, blob: null, impliedDirs: built.impliedDirs };
   }
   state('pushing blob');
   const blob = built.blob;
@@ -72,5 +74,5 @@ export async function convertLayer(
   state(`done, blob ${pushed.how}`);
   // The pushed blob is not needed locally any more; the bootstrap is, for the merge.
   fs.rmSync(blob.path, { force: true });
-  return { bootstrap: built.bootstrap, blob: { blobId: blob.blobId, digest, size: blob.fileSize } };
+  return { bootstrap: built.bootstrap, blob: { blobId: blob.blobId, digest, size: blob.fileSize }, impliedDirs: built.impliedDirs };
 }
