@@ -54,9 +54,10 @@ function keepAttributes(implied: TreeNode, lower: TreeNode): void {
 
 /**
  * Lays `upper` (the root of one layer) over `lower` (a flattened tree, or null for the first layer) and
- * returns the new flattened root: the upper root's attributes over the merged children (the root
- * itself is never a whiteout, as in nydus). Whiteouts of the first layer have nothing to hide and
- * disappear too, as an OCI runtime unpacks them (nydus's merge keeps them in its bottom layer).
+ * returns the new flattened root: the upper root's attributes (an implied root's: the lower's) over
+ * the merged children (the root itself is never a whiteout, as in nydus). Whiteouts of the first
+ * layer have nothing to hide and disappear too, as an OCI runtime unpacks them (nydus's merge keeps
+ * them in its bottom layer).
  */
 export function overlayLayer(lower: TreeNode | null, upper: TreeNode, spec: WhiteoutSpec): TreeNode {
   if (upper.kind !== 'dir') throw new NydusError(`the root of layer ${upper.path} is not a directory`);

@@ -64,11 +64,6 @@ interface Mounted {
   bootstrapId?: string;
   /** When this worker began serving it. */
   servedSince: Date;
-  /**
-   * Why this worker cannot serve a mount it took over (its cache file or bootstrap gone or changed):
-   * it has no files, its reads fail EIO, and it stays listed until it can be unmounted.
-   */
-  broken?: string;
 }
 
 /**
@@ -187,7 +182,8 @@ export class FanotifySession {
       } catch (e) {
         const why = e instanceof Error && 'code' in e && e.code === 'ENOENT' ? `${(e as Error).message} (a cache file is gone: was its work_dir removed?)` : (e as Error).message;
         this.log.error({ mountpoint: request.mountpoint, err: why }, `cannot serve a mount of ${predecessor}; it is unmounted, its reads failing EIO until then`);
-        this.mounts.set(request.mountpoint, { request, imageId: '', files: [], dev: at, bootstrapId, servedSince: new Date(), broken: why });
+        // Listed with no image and no files: its reads fail EIO ('event on a file no mount serves').
+        this.mounts.set(request.mountpoint, { request, imageId: '', files: [], dev: at, bootstrapId, servedSince: new Date() });
         try {
           this.umount(request.mountpoint);
         } catch (err) {
