@@ -22,18 +22,19 @@ interface Identity {
  * another type (`directory`: a directory is expected, else a regular file).
  */
 function openFound(file: Buffer, shown: string, found: Identity, directory: boolean): number {
+  const changed = () => new NydusError(`${shown} changed during the build: it is no longer the ${directory ? 'directory' : 'file'} the walk found`);
   let fd: number;
   try {
     fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK | (directory ? fs.constants.O_DIRECTORY : 0));
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
-    if (code === 'ELOOP' || code === 'ENOTDIR') throw new NydusError(`${shown} changed during the build: it is no longer the ${directory ? 'directory' : 'file'} the walk found`);
+    if (code === 'ELOOP' || code === 'ENOTDIR') throw changed();
     throw new NydusError(`cannot ${directory ? 'list' : 'read'} ${shown}: ${(e as Error).message}`);
   }
   const st = fs.fstatSync(fd, { bigint: true });
   if (st.dev !== found.dev || st.ino !== found.ino || (directory ? !st.isDirectory() : !st.isFile())) {
     fs.closeSync(fd);
-    throw new NydusError(`${shown} changed during the build: it is no longer the ${directory ? 'directory' : 'file'} the walk found`);
+    throw changed();
   }
   return fd;
 }
@@ -198,7 +199,8 @@ export function treeFromDirectory(root: string, lowestLayer?: { whiteoutSpec: Wh
         room.tick();
         const treePath = joinPath(dir.path, name);
         const shown = path.join(root, treePath);
-        const { node: child, found } = statNode(Buffer.concat([at, name]), concatPath(dirPath, name), name, treePath, shown);
+        const full = concatPath(dirPath, name);
+        const { node: child, found } = statNode(Buffer.concat([at, name]), full, name, treePath, shown);
         if (lowestLayer && droppedFromLowestLayer(child, lowestLayer.whiteoutSpec)) continue;
         if (child.hardlinkKey) {
           const first = inodes.get(child.hardlinkKey);
@@ -206,7 +208,7 @@ export function treeFromDirectory(root: string, lowestLayer?: { whiteoutSpec: Wh
           else inodes.set(child.hardlinkKey, child);
         }
         dir.children.push(child);
-        if (child.kind === 'dir') stack.push([child, concatPath(dirPath, name), found]);
+        if (child.kind === 'dir') stack.push([child, full, found]);
       }
     } finally {
       fs.closeSync(fd);

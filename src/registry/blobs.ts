@@ -5,7 +5,7 @@ import type { Action } from './auth.ts';
 import { DigestMismatchError, RegistryError } from './errors.ts';
 import type { Descriptor } from './media-types.ts';
 import { checkDigest, formatReference, type ImageReference } from './reference.ts';
-import { abortReason, discard, drain, header, isRetryableNetworkError } from './transport.ts';
+import { abortReason, contentRange, discard, drain, header, isRetryableNetworkError } from './transport.ts';
 import { toRef, type RefLike, type RegistrySession } from './session.ts';
 import { ShapeError, describeValue, parseImageConfig } from './validate.ts';
 
@@ -90,9 +90,9 @@ export function blobStream(s: RegistrySession, refLike: RefLike, digest: string,
       const res = await s.call(ref, 'pull', { method: 'GET', target: path, headers, followRedirects: true, signal });
       await s.expect(ref, 'GET', res, got ? 206 : 200, 200);
       if (res.status === 206) {
-        const cr = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(header(res.headers, 'content-range')?.trim() ?? '');
-        const total = cr && cr[3] !== '*' ? Number(cr[3]) : undefined;
-        if (!cr || Number(cr[1]) !== got || (total !== undefined && size !== undefined && total !== size)) {
+        const cr = contentRange(res.headers);
+        const total = cr?.total;
+        if (!cr || cr.first !== got || (total !== undefined && size !== undefined && total !== size)) {
           discard(res.body);
           throw new RegistryError({ ...where, status: 206, detail: `reading on from byte ${got}${size === undefined ? '' : ` of ${size}`}, got Content-Range "${header(res.headers, 'content-range') ?? ''}"` });
         }
@@ -223,8 +223,8 @@ export async function readBlobRange(s: RegistrySession, refLike: RefLike, digest
     if (res.status === 206) {
       const cr = header(res.headers, 'content-range');
       // A 206 must say which bytes it holds (RFC 9110 15.3.7): without it, they could be any.
-      const m = cr ? /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(cr.trim()) : null;
-      if (!m || Number(m[1]) !== offset || Number(m[2]) !== last) {
+      const m = contentRange(res.headers);
+      if (!m || m.first !== offset || m.last !== last) {
         discard(res.body);
         throw new RegistryError({ ...rangeWhere, detail: `asked for bytes ${offset}-${last}, got ${cr === undefined ? 'no Content-Range' : `Content-Range "${cr}"`}` });
       }

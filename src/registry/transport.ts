@@ -134,6 +134,15 @@ export function header(h: HttpResponse['headers'], name: string): string | undef
   return Array.isArray(v) ? v[0] : v;
 }
 
+/**
+ * A 206's `Content-Range: bytes first-last/total` (total `*`: not known, undefined here); null when
+ * there is none or it is not of that form.
+ */
+export function contentRange(h: HttpResponse['headers']): { first: number; last: number; total: number | undefined } | null {
+  const m = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(header(h, 'content-range')?.trim() ?? '');
+  return m ? { first: Number(m[1]), last: Number(m[2]), total: m[3] === '*' ? undefined : Number(m[3]) } : null;
+}
+
 function describeNetworkError(e: unknown): string {
   const code = errorCode(e);
   const msg = (e as Error)?.message ?? String(e);

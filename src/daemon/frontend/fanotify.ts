@@ -398,7 +398,7 @@ export class FanotifySession {
       held.users.add(mountpoint);
       return;
     }
-    fs.mkdirSync(dir, { recursive: true });
+    // (The work_dir is there: the image's registration made it.)
     const file = path.join(dir, WORK_DIR_LOCK);
     const lock = lockFile(file, `cache work_dir ${workDir}`);
     if (!('fd' in lock)) {
