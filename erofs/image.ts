@@ -37,6 +37,7 @@ const NO_XATTRS: Xattrs = new Map();
 
 const CHUNK_INDEX_SIZE = erofsInodeChunkIndex.size;
 const CHUNK_DEVICE_AT = erofsInodeChunkIndex.offsetOf('device_id');
+const CHUNK_ADVISE_AT = erofsInodeChunkIndex.offsetOf('advise');
 const CHUNK_BLKADDR_AT = erofsInodeChunkIndex.offsetOf('blkaddr');
 const CHUNK_INFO_SIZE = rafsChunkInfo.size;
 const CI_DIGEST = rafsChunkInfo.offsetOf('block_id');
@@ -281,7 +282,12 @@ export class ErofsImage {
    * into an array of what it returns: no mapping object per chunk on the way (validation maps every
    * chunk of every file once, and keeps only what it resolves them to).
    */
-  mapChunks<T>(ino: Inode, visit: (i: number, deviceId: number, blkaddr: number | null) => T): T[] {
+  /**
+   * Each chunk index of a chunk-based inode: the device it names (masked as the kernel masks it), its
+   * block (null: a hole), and the two u16s as they are stored (nydus's blob and chunk index, which
+   * nydusd finds the chunk by: nydusChunkAddr).
+   */
+  mapChunks<T>(ino: Inode, visit: (i: number, deviceId: number, blkaddr: number | null, advise: number, deviceIdRaw: number) => T): T[] {
     if (ino.datalayout !== EROFS_INODE_CHUNK_BASED) throw new FormatError(`${this.name}: inode ${ino.nid}: not a chunk-based inode`);
     if (!(ino.iu & EROFS_CHUNK_FORMAT_INDEXES)) throw new FormatError(`${this.name}: inode ${ino.nid}: block-map chunk format is not supported`);
     const bits = ino.iu & EROFS_CHUNK_FORMAT_BLKBITS_MASK;
@@ -298,13 +304,14 @@ export class ErofsImage {
       const at = start + i * CHUNK_INDEX_SIZE;
       const blkaddr = (b[at + CHUNK_BLKADDR_AT] | b[at + CHUNK_BLKADDR_AT + 1] << 8 | b[at + CHUNK_BLKADDR_AT + 2] << 16) + b[at + CHUNK_BLKADDR_AT + 3] * 0x1000000;
       const deviceIdRaw = b[at + CHUNK_DEVICE_AT] | b[at + CHUNK_DEVICE_AT + 1] << 8;
+      const advise = b[at + CHUNK_ADVISE_AT] | b[at + CHUNK_ADVISE_AT + 1] << 8;
       if (blkaddr === EROFS_NULL_ADDR) {
-        out[i] = visit(i, deviceIdRaw, null);
+        out[i] = visit(i, deviceIdRaw, null, advise, deviceIdRaw);
         continue;
       }
       const deviceId = deviceIdRaw & mask;
       if (deviceId > this.devices.length) throw new FormatError(`${this.name}: inode ${ino.nid}: chunk ${i} names device ${deviceId}, the image has ${this.devices.length}`);
-      out[i] = visit(i, deviceId, blkaddr);
+      out[i] = visit(i, deviceId, blkaddr, advise, deviceIdRaw);
     }
     return out;
   }

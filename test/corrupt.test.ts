@@ -10,7 +10,13 @@ import path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { FormatError, NydusError } from '../erofs/errors.ts';
-import { erofsInodeExtended } from '../erofs/inode.ts';
+import { EROFS_INODE_LAYOUT_COMPACT, erofsInodeCompact, erofsInodeExtended, inodeFormat } from '../erofs/inode.ts';
+import { EROFS_FEATURE_COMPAT_MTIME, EROFS_FEATURE_COMPAT_XATTR_FILTER, EROFS_SUPER_OFFSET, erofsSuperBlock } from '../erofs/super.ts';
+import { erofsDirent } from '../erofs/dirent.ts';
+import { erofsInodeChunkIndex } from '../erofs/chunk.ts';
+import { ErofsImage } from '../erofs/image.ts';
+import { validateImage } from '../src/image/validate.ts';
+import { zeroChunkDigest } from '../src/blob/digest.ts';
 import { createImage } from '../src/builder/create.ts';
 import { checkImage } from '../src/image/check.ts';
 import { inspectImage } from '../src/image/inspect.ts';
@@ -18,7 +24,7 @@ import { exportBlock } from '../src/image/export-block.ts';
 import { unpackToTar } from '../src/image/unpack.ts';
 import { prand, tmpDir } from './helpers/fixtures.ts';
 import { runCli } from './helpers/cli.ts';
-import { direntOffset, inodeAt, interestingValues } from './helpers/image-fields.ts';
+import { chunkIndexOffset, direntOffset, inodeAt, interestingValues } from './helpers/image-fields.ts';
 import { buildSeeds, caseRunner } from './fuzz/cases.ts';
 
 const work = tmpDir('corrupt');
@@ -248,6 +254,112 @@ test('targeted mutations of every field: a NydusError or a correct image, never 
   assert.ok(refused > accepted, `${refused} refused, ${accepted} accepted`);
   process.stderr.write(`targeted mutations: ${accepted + refused} cases, ${refused} refused, ${accepted} accepted (fsck.erofs and tar agree; `
     + `${oracles.runs.fsck} distinct exports and ${oracles.runs.tar} distinct tars), slowest ${slowest} ms\n`);
+});
+
+/**
+ * Fields our readers did not look at where a kernel or nydusd does (found by a fuzzer whose oracle
+ * was the host kernel's own mount of the mutant bootstrap and blob): each is refused by check,
+ * inspect, export and unpack alike, so no reader of ours shows what a mount of the image would not.
+ */
+test('fields a kernel or nydusd reads otherwise are refused: compat bits, dirblkbits, a compact i_reserved, the file type of . and .., chunk index fields', async () => {
+  const cases: Array<[string, (b: Buffer) => void, RegExp]> = [];
+  const sb = (values: Parameters<typeof erofsSuperBlock.encodeInto>[2]) => (b: Buffer) => erofsSuperBlock.encodeInto(b, EROFS_SUPER_OFFSET, values);
+  const compat = erofsSuperBlock.decode(good, EROFS_SUPER_OFFSET).feature_compat;
+  // The kernel (6.18) then takes names the filter rules out for absent: getxattr says ENODATA.
+  cases.push(['XATTR_FILTER', sb({ feature_compat: compat | EROFS_FEATURE_COMPAT_XATTR_FILTER }), /feature_compat has bits 0x4 set/]);
+  // The kernel (6.18) then fails listxattr with EUCLEAN on every inode with xattrs.
+  cases.push(['compat bit 0x8', sb({ feature_compat: compat | 0x8 }), /feature_compat has bits 0x8 set/]);
+  cases.push(['MTIME', sb({ feature_compat: compat | EROFS_FEATURE_COMPAT_MTIME }), /feature_compat has bits 0x2 set/]);
+  // The kernel refuses to mount it ("dirblkbits 1 isn't supported").
+  cases.push(['dirblkbits 1', sb({ dirblkbits: 1 }), /dirblkbits 1 is not 0/]);
+  const dotType = (dir: string, name: string) => (b: Buffer) => b.writeUInt8(127, direntOffset(good, dir, name) + erofsDirent.offsetOf('file_type'));
+  cases.push(['".." of the root of file type 127', dotType('/', '..'), /"\.\." has file type 127, not a directory's/]);
+  cases.push(['"." of /dir of file type 127', dotType('/dir', '.'), /"\." has file type 127, not a directory's/]);
+  // nydusd finds a chunk by the blob and chunk index kept in the u16s the kernel ignores or masks.
+  const chunkField = (field: 'advise' | 'device_id', value: (old: number) => number) => (b: Buffer) => {
+    const at = chunkIndexOffset(good, '/a', 1) + erofsInodeChunkIndex.offsetOf(field);
+    b.writeUInt16LE(value(b.readUInt16LE(at)), at);
+  };
+  cases.push(['a chunk index naming another chunk (advise)', chunkField('advise', (v) => v + 1), /chunk 1: its index fields .* do not name chunk 1 of blob 0/]);
+  cases.push(['a chunk index naming another chunk (device_id bits 8..15)', chunkField('device_id', (v) => v | 0x100), /chunk 1: its index fields .* do not name chunk 1 of blob 0/]);
+  const file = path.join(work, 'otherwise.boot');
+  for (const [what, patch, re] of cases) {
+    const b = Buffer.from(good);
+    patch(b);
+    fs.writeFileSync(file, b);
+    for (const op of readersOf(file)) await assert.rejects(async () => op(), (e: Error) => e instanceof FormatError && re.test(e.message), what);
+  }
+
+  // A compact inode's i_reserved: kernels since about 6.13 read it as the inode's mtime past build_time,
+  // older ones ignore it. The empty file's extended inode rewritten as a compact one in place.
+  const src = path.join(work, 'compact-src');
+  fs.mkdirSync(src);
+  fs.writeFileSync(path.join(src, 'empty'), '');
+  const cboot = path.join(work, 'compact.boot');
+  createImage({ source: src, bootstrap: cboot, blobDir, chunkSize: 0x10000, compressor: 'zstd', digester: 'blake3' });
+  const c = fs.readFileSync(cboot);
+  const empty = inodeAt(c, '/empty');
+  const asCompact = (reserved: number) => {
+    const b = Buffer.from(c);
+    b.fill(0, empty.offset, empty.offset + erofsInodeExtended.size);
+    erofsInodeCompact.encodeInto(b, empty.offset, {
+      i_format: inodeFormat(EROFS_INODE_LAYOUT_COMPACT, empty.datalayout), i_mode: empty.mode, i_nlink: empty.nlink,
+      i_size: 0, i_reserved: reserved, i_u: empty.iu, i_ino: empty.ino, i_uid: empty.uid, i_gid: empty.gid,
+    });
+    fs.writeFileSync(file, b);
+  };
+  asCompact(0);
+  for (const op of readersOf(file)) await op();
+  asCompact(100000);
+  for (const op of readersOf(file)) await assert.rejects(async () => op(), (e: Error) => e instanceof FormatError && /\/empty \(inode \d+\): erofs_inode_compact.i_reserved is not zero/.test(e.message));
+});
+
+/** check, inspect, export and unpack of `file` over the test's blobs. */
+function readersOf(file: string): Array<() => unknown> {
+  return [
+    () => checkImage({ bootstrap: file, blobDir }),
+    () => inspectImage(file, 'stats'),
+    () => exportBlock({ bootstrap: file, blobDir, output: path.join(work, 'otherwise.img') }),
+    () => unpackToTar({ bootstrap: file, blobDir, output: path.join(work, 'otherwise.tar') }),
+  ];
+}
+
+/**
+ * unpack writes a chunk of zeros as a hole without its bytes, but still reads the stored chunk its
+ * digest names once and verifies it: a bootstrap that calls a chunk of data zeros, or a blob whose
+ * zero chunk is damaged, fails the unpack as it fails check, export and the daemon (was exit 0 and
+ * zeros in the tar).
+ */
+test('unpack verifies the stored chunk behind every run of zeros once', async () => {
+  const src = path.join(work, 'zeros-src');
+  fs.mkdirSync(src);
+  fs.writeFileSync(path.join(src, 'data'), prand(0x10000, 7));
+  fs.writeFileSync(path.join(src, 'zeros'), Buffer.alloc(3 * 0x10000));
+  const zBlobs = path.join(work, 'zeros-blobs');
+  const zboot = path.join(work, 'zeros.boot');
+  createImage({ source: src, bootstrap: zboot, blobDir: zBlobs, chunkSize: 0x10000, compressor: 'none', digester: 'blake3' });
+  const tar = path.join(work, 'zeros.tar');
+  unpackToTar({ bootstrap: zboot, blobDir: zBlobs, output: tar });
+  const img = validateImage(new ErofsImage(fs.readFileSync(zboot), zboot));
+  const table = img.blobs[0].chunks;
+  const zero = table.find((ch) => ch.digest.equals(zeroChunkDigest('blake3', 0x10000)))!;
+  const data = table.find((ch) => ch !== zero)!;
+  assert.ok(zero && data, 'the image has a chunk of zeros and one of data');
+  // (1) the data chunk's table entry given the zero digest: the bytes at its place are not zeros.
+  const b = fs.readFileSync(zboot);
+  const at = b.indexOf(data.digest);
+  assert.ok(at > 0);
+  zeroChunkDigest('blake3', 0x10000).copy(b, at);
+  const lying = path.join(work, 'zeros-lying.boot');
+  fs.writeFileSync(lying, b);
+  assert.throws(() => unpackToTar({ bootstrap: lying, blobDir: zBlobs, output: tar }), /digest mismatch/);
+  assert.throws(() => checkImage({ bootstrap: lying, blobDir: zBlobs }), /digest mismatch/);
+  // (2) a byte of the stored zero chunk flipped.
+  const blobFile = path.join(zBlobs, fs.readdirSync(zBlobs)[0]);
+  const blob = fs.readFileSync(blobFile);
+  blob[zero.compressedOffset + 5] ^= 1;
+  fs.writeFileSync(blobFile, blob);
+  assert.throws(() => unpackToTar({ bootstrap: zboot, blobDir: zBlobs, output: tar }), /digest mismatch/);
 });
 
 test('directory cycles, nlink lies and size lies are FormatErrors', () => {

@@ -15,11 +15,17 @@ const TAR_TYPE: Record<string, string> = { file: '0', symlink: '2', chrdev: '3',
  * [offset, length]; null when it has none. Holes go into the tar as holes (GNU sparse), never as zeros.
  * Zeros are known by their digest: the builder stores a hole of a sparse file as the one zero chunk of
  * its size (as any run of zeros), so without this a file of a 4 GiB hole went into the tar as 4 GiB of
- * zeros. The digest names the chunk's bytes; they are not read (nor checked) to say so.
+ * zeros. A digest only says what the stored chunk must hold: each stored chunk taken for zeros is read
+ * and verified once (`verifyStored`, the file's chunk at index i), so a chunk whose bytes do not match
+ * fails the unpack as it fails every other reader; the one zero chunk of a blob costs one read.
  */
-function dataRuns(chunks: ReadonlyArray<ChunkRef | null>, chunkSize: number, size: number, digesterOf: (blobIndex: number) => Digester): Array<[number, number]> | null {
+function dataRuns(chunks: ReadonlyArray<ChunkRef | null>, chunkSize: number, size: number, digesterOf: (blobIndex: number) => Digester,
+  verifyStored: (i: number, c: ChunkRef) => void): Array<[number, number]> | null {
   const hole = chunks.map((c) => c === null || c.digest.equals(zeroChunkDigest(digesterOf(c.blobIndex), c.uncompressedSize)));
   if (!hole.includes(true)) return null;
+  chunks.forEach((c, i) => {
+    if (c && hole[i]) verifyStored(i, c);
+  });
   const runs: Array<[number, number]> = [];
   for (let i = 0; i < chunks.length; i++) {
     if (hole[i]) continue;
@@ -53,6 +59,8 @@ export function unpackToTar(opts: { bootstrap: string; blobDir?: string; blobPat
   let entries = 0;
   const buf = Buffer.allocUnsafe(1 << 20);
   const digesterOf = (blobIndex: number) => opened.image.blobs[blobIndex].digester;
+  /** The stored chunks of zeros read and verified, by where they are stored. */
+  const zerosVerified = new Set<string>();
   try {
     // Walk with raw-byte paths so names that are not UTF-8 survive.
     const paths = new Map([[root, Buffer.from('.')]]);
@@ -74,7 +82,15 @@ export function unpackToTar(opts: { bootstrap: string; blobDir?: string; blobPat
         continue;
       }
       if (n.hardlinkKey) linkFirst.set(n.hardlinkKey, p);
-      const runs = n.kind === 'file' && n.chunks ? dataRuns(n.chunks, opened.image.chunkSize, n.size, digesterOf) : null;
+      const verifyStored = (i: number, c: ChunkRef) => {
+        const key = `${c.blobIndex}:${c.compressedOffset}:${c.compressedSize}:${c.uncompressedSize}`;
+        if (zerosVerified.has(key)) return;
+        const at = i * opened.image.chunkSize;
+        const want = Math.min(opened.image.chunkSize, n.size - at);
+        if (n.data!.read(buf, want, at) !== want) throw new NydusError(`${n.path}: short read from the image`);
+        zerosVerified.add(key);
+      };
+      const runs = n.kind === 'file' && n.chunks ? dataRuns(n.chunks, opened.image.chunkSize, n.size, digesterOf, verifyStored) : null;
       tar.add({ ...base, type: TAR_TYPE[n.kind], size: n.kind === 'file' ? n.size : 0, linkname: n.target, sparse: runs ?? undefined });
       if (n.kind === 'file') {
         let stored = 0;

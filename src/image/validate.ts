@@ -11,7 +11,7 @@ import { INLINED_BLOB_ID_PLACEHOLDER } from '../../erofs/blob-toc.ts';
 import { FormatError, NydusError } from '../../erofs/errors.ts';
 import { type ErofsImage, type Inode } from '../../erofs/image.ts';
 import {
-  EROFS_BLKSIZ, EROFS_FEATURE_COMPAT_SB_CHKSUM, superBlockChecksum,
+  EROFS_BLKSIZ, EROFS_FEATURE_COMPAT_RAFS_V6, EROFS_FEATURE_COMPAT_SB_CHKSUM, superBlockChecksum,
 } from '../../erofs/super.ts';
 import {
   EROFS_CHUNK_FORMAT_BLKBITS_MASK, EROFS_CHUNK_FORMAT_INDEXES, EROFS_INODE_CHUNK_BASED, EROFS_INODE_FLAT_INLINE,
@@ -20,6 +20,7 @@ import {
 import { EROFS_NAME_LEN, type DirEntry } from '../../erofs/dirent.ts';
 import { type Xattrs, xattrNameProblem } from '../../erofs/xattr.ts';
 import { EROFS_SYMLINK_MAX } from '../../erofs/limits.ts';
+import { nydusChunkAddr } from '../../erofs/chunk.ts';
 import {
   BLOB_CHUNK_FLAG_COMPRESSED, BLOB_CHUNK_FLAG_HAS_HOLE, BLOB_CHUNK_MAX_SIZE, BLOB_FEATURE_BATCH, BLOB_FEATURE_ENCRYPTED,
   BLOB_FEATURE_TARFS, BLOB_FEATURE_ZRAN, BLOB_MAX_CHUNKS,
@@ -116,6 +117,13 @@ function validateSuperBlock(image: ErofsImage): void {
       throw new FormatError(`${name}: erofs_super_block checksum 0x${sb.checksum.toString(16)} does not match its contents (crc32c 0x${want.toString(16)})`);
     }
   }
+  // Compat bits are ignored by kernels that predate them and change how later ones read the image
+  // (XATTR_FILTER hides xattrs a filter says are absent; 0x8 makes xattrs unreadable): nydus sets
+  // only these two, and a reader here must read what every kernel reads.
+  const unknownCompat = sb.feature_compat & ~(EROFS_FEATURE_COMPAT_SB_CHKSUM | EROFS_FEATURE_COMPAT_RAFS_V6);
+  if (unknownCompat) throw new FormatError(`${name}: erofs_super_block.feature_compat has bits 0x${(unknownCompat >>> 0).toString(16)} set that nydus never sets (only SB_CHKSUM and RAFS_V6 are read)`);
+  // The kernel refuses to mount any other directory block size.
+  if (sb.dirblkbits !== 0) throw new FormatError(`${name}: erofs_super_block.dirblkbits ${sb.dirblkbits} is not 0 (directory blocks are the 4 KiB blocks)`);
   if (sb.packed_nid !== 0) throw new FormatError(`${name}: erofs_super_block.packed_nid ${sb.packed_nid} is set (fragments are not supported)`);
   if (sb.xattr_prefix_count !== 0) throw new FormatError(`${name}: erofs_super_block.xattr_prefix_count ${sb.xattr_prefix_count} without long xattr prefix support`);
   if (sb.sb_extslots !== 0) throw new FormatError(`${name}: erofs_super_block.sb_extslots ${sb.sb_extslots} is not 0`);
@@ -259,6 +267,9 @@ function checkInodeFields(image: ErofsImage, ino: Inode, where: () => string): v
   const format = image.buf.readUInt16LE(ino.offset);
   if (format & I_FORMAT_RESERVED) throw new FormatError(`${where()}: reserved i_format bits set (0x${format.toString(16)})`);
   if (ino.compact) {
+    // Kernels since 6.13 or so read i_reserved as the inode's mtime past build_time, older ones
+    // ignore it (the image's time): nydus writes 0, the one value every kernel reads alike.
+    if (image.buf.readUInt32LE(ino.offset + erofsInodeCompact.offsetOf('i_reserved')) !== 0) throw new FormatError(`${where()}: erofs_inode_compact.i_reserved is not zero`);
     if (image.buf.readUInt32LE(ino.offset + erofsInodeCompact.offsetOf('i_reserved2')) !== 0) throw new FormatError(`${where()}: erofs_inode_compact.i_reserved2 is not zero`);
   } else {
     if (image.buf.readUInt16LE(ino.offset + erofsInodeExtended.offsetOf('i_reserved')) !== 0) throw new FormatError(`${where()}: erofs_inode_extended.i_reserved is not zero`);
@@ -290,10 +301,16 @@ function fileChunks(
   if (ino.iu & CHUNK_FORMAT_RESERVED) throw new FormatError(`${where()}: reserved chunk format bits set (0x${ino.iu.toString(16)})`);
   const chunkSize = image.inodeChunkSize(ino);
   if (chunkSize !== image.chunkSize) throw new FormatError(`${where()}: chunk size ${chunkSize} differs from the image's ${image.chunkSize}`);
-  return image.mapChunks(ino, (i, deviceId, blkaddr) => {
+  return image.mapChunks(ino, (i, deviceId, blkaddr, advise, deviceIdRaw) => {
     if (blkaddr === null) return null;
     if (deviceId === 0) throw new FormatError(`${where()}: chunk ${i} is on the primary device, which a bootstrap does not hold`);
     const ref = resolve(deviceId - 1, blkaddr * EROFS_BLKSIZ, where, i);
+    // The kernel finds the chunk by its device and block, nydusd by the blob and chunk index nydus
+    // keeps beside them: the two must name one chunk, or the two would read different bytes.
+    const want = nydusChunkAddr(ref.blobIndex, ref.indexInBlob);
+    if (advise !== want.advise || deviceIdRaw !== want.device_id) {
+      throw new FormatError(`${where()}: chunk ${i}: its index fields (0x${advise.toString(16)}, 0x${deviceIdRaw.toString(16)}) do not name chunk ${ref.indexInBlob} of blob ${ref.blobIndex}, the chunk at its block (nydusd finds it by them)`);
+    }
     const expect = Math.min(chunkSize, ino.size - i * chunkSize);
     if (ref.uncompressedSize !== expect) throw new FormatError(`${where()}: chunk ${i} holds ${ref.uncompressedSize} bytes, the file needs ${expect}`);
     return ref;
@@ -359,6 +376,7 @@ export function validateImage(image: ErofsImage, opts: ValidateOptions = {}): Va
         const n = e.name.length === 1 ? '.' : '..';
         const want = n === '.' ? nid : parentNid;
         if (e.nid !== want) throw new FormatError(`${where}: "${n}" points to inode ${e.nid}, expected ${want}`);
+        if (MODE_OF_FILE_TYPE[e.fileType] !== C.S_IFDIR) throw new FormatError(`${where}: "${n}" has file type ${e.fileType}, not a directory's`);
         dots++;
         continue;
       }

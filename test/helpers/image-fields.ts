@@ -124,7 +124,9 @@ export function direntOffset(boot: Buffer, dir: string, name: string): number {
   const count = boot.readUInt16LE(at + 8) / 12;
   for (let k = 0; k < count; k++) {
     const off = boot.readUInt16LE(at + k * 12 + 8);
-    if (boot.subarray(at + off, at + off + name.length).toString() === name) return at + k * 12;
+    // A name ends where the next one starts (the last: at the block's or the inline data's end, or a NUL).
+    const end = k + 1 < count ? boot.readUInt16LE(at + (k + 1) * 12 + 8) : off + name.length;
+    if (end - off === name.length && boot.subarray(at + off, at + off + name.length).toString() === name) return at + k * 12;
   }
   throw new Error(`${dir}: no entry ${name} in its first block`);
 }
