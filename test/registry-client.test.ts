@@ -267,6 +267,21 @@ describe('round trips on an anonymous registry', () => {
     } finally {
       await proxy.close();
     }
+    // nydus's nydus-backend-proxy (Rust) answers a range with 200 and only the range's bytes, named by
+    // Content-Range: taken as the range (nydusd takes it so), also read on from a byte.
+    const rustLike = await FaultProxy.start(reg.url);
+    try {
+      rustLike.inject({ match: (r) => !!r.headers.range, fault: { kind: 'range-as-200' }, times: Infinity });
+      const via = `${rustLike.host}/range/blob`;
+      for (const [off, len] of [[0, 4096], [2_000_000, 5000], [data.length - 10, 10]]) {
+        assert.ok((await c.readBlobRange(via, d, off, len)).equals(data.subarray(off, off + len)), `${off}+${len}`);
+      }
+      const tail = Buffer.concat(await c.blobStream(via, d, { from: 3_000_000 }).toArray());
+      assert.ok(tail.equals(data.subarray(3_000_000)), `read on from a byte: ${tail.length} bytes`);
+      assert.ok(rustLike.seen.filter((r) => r.fault === 'range-as-200').length >= 4, 'the answers were 200s');
+    } finally {
+      await rustLike.close();
+    }
   });
 });
 

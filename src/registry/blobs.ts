@@ -89,17 +89,19 @@ export function blobStream(s: RegistrySession, refLike: RefLike, digest: string,
       const headers: Record<string, string> = got ? { range: `bytes=${got}-` } : {};
       const res = await s.call(ref, 'pull', { method: 'GET', target: path, headers, followRedirects: true, signal });
       await s.expect(ref, 'GET', res, got ? 206 : 200, 200);
-      if (res.status === 206) {
+      const partial = got > 0 && holdsRange(res, got);
+      if (partial) {
         const cr = contentRange(res.headers);
-        const total = cr?.total;
+        // (nydus-backend-proxy's 200 gives the range's length for the total.)
+        const total = res.status === 206 ? cr?.total : undefined;
         if (!cr || cr.first !== got || (total !== undefined && size !== undefined && total !== size)) {
           discard(res.body);
-          throw new RegistryError({ ...where, status: 206, detail: `reading on from byte ${got}${size === undefined ? '' : ` of ${size}`}, got Content-Range "${header(res.headers, 'content-range') ?? ''}"` });
+          throw new RegistryError({ ...where, status: res.status, detail: `reading on from byte ${got}${size === undefined ? '' : ` of ${size}`}, got Content-Range "${header(res.headers, 'content-range') ?? ''}"` });
         }
         size ??= total;
       }
       // A resumed request answered with the whole blob: skip what was already delivered.
-      let skip = got && res.status === 200 ? got : 0;
+      let skip = got && !partial ? got : 0;
       const before = got;
       try {
         for await (const piece of res.body as AsyncIterable<Buffer>) {
@@ -199,6 +201,17 @@ export async function getConfig(s: RegistrySession, refLike: RefLike, desc: Desc
 }
 
 /**
+ * Whether the answer to a Range GET holds the range rather than the whole blob: a 206, or a 200 whose
+ * Content-Range names the range asked (from `first`, to `last` when a last byte was asked), as nydus's
+ * own nydus-backend-proxy (Rust) answers a range, and nydusd takes it. Any other 200 is the whole blob.
+ */
+function holdsRange(res: { status: number; headers: Parameters<typeof header>[0] }, first: number, last?: number): boolean {
+  if (res.status === 206) return true;
+  const cr = res.status === 200 ? contentRange(res.headers) : null;
+  return !!cr && cr.first === first && (last === undefined || cr.last === last);
+}
+
+/**
  * `length` bytes of a blob from `offset` (Range GET; 206 expected). Not verified against the blob's
  * digest (only the whole blob has one): the caller checks what it reads (nydus chunk digests).
  */
@@ -216,11 +229,12 @@ export async function readBlobRange(s: RegistrySession, refLike: RefLike, digest
     const res = await s.call(ref, 'pull', { method: 'GET', target: path, headers: { range: `bytes=${offset}-${last}` }, followRedirects: true, signal });
     await s.expect(ref, 'GET', res, 206, 200);
     const rangeWhere = { ...where, status: res.status };
-    if (res.status === 200 && opts.whenRangeIgnored === 'refuse') {
+    const partial = holdsRange(res, offset, last);
+    if (!partial && opts.whenRangeIgnored === 'refuse') {
       discard(res.body);
       throw new RegistryError({ ...rangeWhere, detail: `asked for bytes ${offset}-${last}, the registry sent the whole blob (200) instead of 206` });
     }
-    if (res.status === 206) {
+    if (partial) {
       const cr = header(res.headers, 'content-range');
       // A 206 must say which bytes it holds (RFC 9110 15.3.7): without it, they could be any.
       const m = contentRange(res.headers);
@@ -232,7 +246,7 @@ export async function readBlobRange(s: RegistrySession, refLike: RefLike, digest
     // Copy only the window [offset, offset+length) of what arrives; stop reading once it is full.
     const out = Buffer.allocUnsafe(length);
     let filled = 0;
-    let pos = res.status === 206 ? offset : 0;
+    let pos = partial ? offset : 0;
     try {
       for await (const piece of res.body as AsyncIterable<Buffer>) {
         const from = Math.max(0, offset - pos);
@@ -256,7 +270,7 @@ export async function readBlobRange(s: RegistrySession, refLike: RefLike, digest
     } finally {
       discard(res.body);
     }
-    if (filled !== length || (res.status === 206 && pos > offset + length)) {
+    if (filled !== length || (partial && pos > offset + length)) {
       const why = filled !== length ? `got ${filled} of ${length} bytes at ${offset} (blob shorter?)` : `206 body longer than the ${length} bytes asked for`;
       throw new RegistryError({ ...rangeWhere, detail: why });
     }

@@ -18,7 +18,9 @@ export type Fault =
   | { kind: 'stall-mid-body'; after: number }
   | { kind: 'corrupt-body' }
   | { kind: 'redirect'; to: string }
-  | { kind: 'ignore-range' };
+  | { kind: 'ignore-range' }
+  /** A range answered as nydus's nydus-backend-proxy (Rust) answers it: 200, the range's bytes, Content-Range with the range's length for total. */
+  | { kind: 'range-as-200' };
 
 export interface FaultRule {
   match: (req: http.IncomingMessage) => boolean;
@@ -175,6 +177,13 @@ export class FaultProxy {
           res.writeHead(up.statusCode!, outHeaders);
           res.end(body);
         });
+        return;
+      }
+      if (fault?.kind === 'range-as-200' && up.statusCode === 206) {
+        const m = /^bytes (\d+)-(\d+)\//.exec(String(outHeaders['content-range']));
+        if (m) outHeaders['content-range'] = `bytes ${m[1]}-${m[2]}/${Number(m[2]) - Number(m[1]) + 1}`;
+        res.writeHead(200, outHeaders);
+        up.pipe(res);
         return;
       }
       res.writeHead(up.statusCode!, outHeaders);
