@@ -974,6 +974,20 @@ test('root-kernel fanotify: an image mounted lazily from a registry (Basic auth)
     const exited = new Promise((r) => d.proc.once('exit', r));
     d.proc.kill('SIGTERM');
     await exited;
+    // The credentials in IMAGE_PULL_AUTH, as nydusd takes them: they replace the --config's (here a
+    // wrong user's), so that the file need hold none.
+    process.env.IMAGE_PULL_AUTH = Buffer.from('alice:wonderland').toString('base64');
+    try {
+      const e = await startDaemon('registry-env', rich, {
+        type: 'registry', registry: { scheme: 'http', host: reg.host, repo: 'nydus/rich', auth: Buffer.from('mallory:guess').toString('base64') },
+      });
+      assert.deepEqual(diffManifests(srcManifest, mountManifest(e.mnt)).slice(0, 20), [], 'the mount reads as the source with the credentials of IMAGE_PULL_AUTH');
+      const eExited = new Promise((r) => e.proc.once('exit', r));
+      e.proc.kill('SIGTERM');
+      await eExited;
+    } finally {
+      delete process.env.IMAGE_PULL_AUTH;
+    }
   } finally {
     await reg.stop();
   }

@@ -157,14 +157,14 @@ async function fanotifyMode(args: Args, argv: string[]): Promise<void> {
   const threads = threadCount(args['thread-num'], 'thread-num');
   let config: unknown;
   if (args.config !== undefined) {
-    const { entryBodyFromFsConfig, parseBlobCacheEntry, parseConfigText } = await import('../daemon/config.ts');
+    const { entryBodyFromFsConfig, parseBlobCacheEntry, parseConfigText, withImagePullAuth } = await import('../daemon/config.ts');
     let text: string;
     try {
       text = fs.readFileSync(args.config as string, 'utf8');
     } catch (e) {
       throw new NydusError(`--config ${args.config}: ${(e as Error).message}`);
     }
-    config = parseConfigText(text, `--config ${args.config}`);
+    config = withImagePullAuth(parseConfigText(text, `--config ${args.config}`));
     // Read as the mount will read it, before anything starts: a bad field is one line now, not a worker's failure.
     try {
       parseBlobCacheEntry(entryBodyFromFsConfig(config, args.bootstrap as string, 'fanotify'), 'fs-config');

@@ -359,6 +359,26 @@ export function parseConfigText(text: string, what: string): unknown {
   }
 }
 
+/**
+ * A `--config` with the registry credentials of IMAGE_PULL_AUTH (base64 of user:password), as nydusd
+ * fills them in (ConfigV2::update_registry_auth_info): they replace the file's `auth` of a registry
+ * backend, so that the file need hold none. The mount API's configs are taken as given, as nydusd's.
+ */
+export function withImagePullAuth(config: unknown, auth: string | undefined = process.env.IMAGE_PULL_AUTH): unknown {
+  if (auth === undefined || !config || typeof config !== 'object') return config;
+  const c = config as Record<string, unknown>;
+  const isObj = (v: unknown): v is Record<string, unknown> => !!v && typeof v === 'object' && !Array.isArray(v);
+  if (c.version === 2) {
+    if (isObj(c.backend) && isObj(c.backend.registry)) return { ...c, backend: { ...c.backend, registry: { ...c.backend.registry, auth } } };
+    return config;
+  }
+  if (isObj(c.device) && isObj(c.device.backend) && c.device.backend.type === 'registry') {
+    const backend = c.device.backend;
+    return { ...c, device: { ...c.device, backend: { ...backend, config: { ...(isObj(backend.config) ? backend.config : {}), auth } } } };
+  }
+  return config;
+}
+
 /** Cache types of nydusd's FUSE-mode config whose `work_dir` holds the blobs' cache files. */
 const FS_CACHE_TYPES = new Set(['blobcache', 'filecache', 'fscache']);
 
