@@ -619,14 +619,16 @@ test('registry backend: a registry that is not there is an EIO after retry_limit
   await r.close();
 });
 
-test('registry config as nydus takes it: ca_cert_files are read at registration (a missing or non-PEM file fails it, naming the file), a proxy url without a scheme is http://, a timeout of 0 (nydus: no limit) is refused saying why', () => {
+test('registry config as nydus takes it: ca_cert_files are read at registration (a missing or non-PEM file fails it, naming the file), a proxy url and ping_url without a scheme are http://, a timeout of 0 (nydus: no limit) is refused saying why', () => {
   const entry = (cfg: object) => parseBlobCacheEntry(legacyEntry('cfg', { host: '127.0.0.1:1', repo: REPO, ...cfg }));
   const notPem = path.join(work, 'not-a-cert.pem');
   fs.writeFileSync(notPem, 'hello\n');
   assert.throws(() => entry({ ca_cert_files: [path.join(work, 'missing.pem')] }), /config\.backend_config\.ca_cert_files: .*missing\.pem: ENOENT/);
   assert.throws(() => entry({ ca_cert_files: [notPem] }), /config\.backend_config\.ca_cert_files: .*not-a-cert\.pem: no PEM certificate in it/);
-  const proxied = entry({ proxy: { url: 'localhost:6789', fallback: false } }).backend as { proxy?: { url?: string } };
+  // As nydus's sample configs give them (misc/configs/nydusd-config-v2.toml).
+  const proxied = entry({ proxy: { url: 'localhost:6789', ping_url: 'localhost:6789/ping', fallback: false } }).backend as { proxy?: { url?: string } };
   assert.equal(JSON.stringify(proxied).includes('"http://localhost:6789"'), true, `the proxy as http:// (${JSON.stringify(proxied).slice(0, 300)})`);
+  assert.equal(JSON.stringify(proxied).includes('"http://localhost:6789/ping"'), true, `the ping as http:// (${JSON.stringify(proxied).slice(0, 300)})`);
   assert.throws(() => entry({ timeout: 0 }), /config\.backend_config\.timeout must be at least 1 \(seconds\): nydus takes 0 for no limit, which nydus-ts refuses/);
 });
 

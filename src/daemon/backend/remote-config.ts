@@ -94,10 +94,12 @@ function proxyFrom(v: unknown, where: string): ProxyConfig {
     throw new ConfigError(`${where}.dragonfly_scheduler_endpoint is not supported (Dragonfly's SDK); give the proxy as ${where}.url`);
   }
   // A proxy without a scheme is an http:// one, as nydus's HTTP client (reqwest) takes it: nydus's own
-  // sample config gives "localhost:6789".
-  const given = str(p, 'url', where, false);
-  const url = given && !/^[a-z][a-z0-9+.-]*:\/\//i.test(given) ? `http://${given}` : given;
-  const pingUrl = str(p, 'ping_url', where, false);
+  // sample config gives "localhost:6789", and "localhost:6789/ping" for the ping (which nydus's URL
+  // parser takes for a URL of scheme "localhost", whose ping always fails: the proxy never counts as
+  // healthy there; here it is pinged at http://localhost:6789/ping, as meant).
+  const schemeless = (v: string) => (v && !/^[a-z][a-z0-9+.-]*:\/\//i.test(v) ? `http://${v}` : v);
+  const url = schemeless(str(p, 'url', where, false));
+  const pingUrl = schemeless(str(p, 'ping_url', where, false));
   return {
     url: url && httpUrl(url, `${where}.url`),
     pingUrl: pingUrl && httpUrl(pingUrl, `${where}.ping_url`),
