@@ -96,6 +96,12 @@ test('the pushed manifest and config are what nydus expects: blob layers, the bo
   const report = JSON.parse(fs.readFileSync(path.join(work, 'out.json'), 'utf8'));
   assert.equal(report.targetDigest, got.digest);
   assert.deepEqual(report.images[0].layers, m.layers);
+  // nydusify's own keys (acceleration-service's converter.Metric): sizes of config and layers, times in ns.
+  const size = (x: ImageManifest) => x.config.size + x.layers.reduce((n, l) => n + l.size, 0);
+  assert.equal(report.SourceImageSize, size(src));
+  assert.equal(report.TargetImageSize, size(m));
+  for (const k of ['SourcePullElapsed', 'ConversionElapsed', 'TargetPushElapsed']) assert.ok(Number.isSafeInteger(report[k]) && report[k] > 0, `${k} ${report[k]}`);
+  assert.ok(report.ConversionElapsed > 1e6, 'the conversion took more than a millisecond: nanoseconds');
 });
 
 test('nydusify check passes on the converted image and lists the differences against another image', async () => {

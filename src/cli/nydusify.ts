@@ -110,7 +110,11 @@ await runMain('nydusify', async () => {
         plainHttp: a['plain-http'], platform: platforms,
         workDir: a['work-dir'], prefetchPaths, fsVersion: '6', compressor: a.compressor, chunkSize, log,
       });
-      if (a['output-json']) fs.writeFileSync(a['output-json'], JSON.stringify(r, null, 2) + '\n');
+      // nydusify's document (acceleration-service's Metric) first, what was pushed after it.
+      if (a['output-json']) {
+        const { metric, ...pushed } = r;
+        fs.writeFileSync(a['output-json'], JSON.stringify({ ...metric, ...pushed }, null, 2) + '\n');
+      }
     })
     .command('check', 'check a Nydus image against the OCI image it was converted from', (y) => {
       let yy = y

@@ -49,6 +49,22 @@ export interface ConvertedImage {
   layers: Descriptor[];
 }
 
+/**
+ * nydusify's --output-json document (acceleration-service's converter.Metric): sizes in bytes of the
+ * images converted (each platform's config and layers, as containerd's ChildrenHandler lists them),
+ * times in nanoseconds (Go's time.Duration). Pull, conversion and push run as one stream here, layer
+ * by layer: SourcePullElapsed is the reading of the source's index, manifests and configs before
+ * any layer; ConversionElapsed the layers pulled and converted, their blobs, bootstrap layers and
+ * configs pushed; TargetPushElapsed the manifests (and the index) pushed last.
+ */
+export interface ConvertMetric {
+  SourceImageSize: number;
+  TargetImageSize: number;
+  SourcePullElapsed: number;
+  ConversionElapsed: number;
+  TargetPushElapsed: number;
+}
+
 export interface ConvertResult {
   source: string;
   target: string;
@@ -56,7 +72,11 @@ export interface ConvertResult {
   targetDigest: string;
   mediaType: string;
   images: ConvertedImage[];
+  metric: ConvertMetric;
 }
+
+/** Nanoseconds between two performance.now() readings, as a whole number. */
+const nanos = (from: number, to: number) => Math.round((to - from) * 1e6);
 
 function sha256(data: Buffer): string {
   return `sha256:${createHash('sha256').update(data).digest('hex')}`;
@@ -211,6 +231,7 @@ export async function convert(opts: ConvertOptions): Promise<ConvertResult> {
   const workDir = fs.mkdtempSync(path.join(base, 'nydusify-'));
   const ctx: Context = { opts, source, target, sourceRef, targetRef, workDir };
   let ok = false;
+  const started = performance.now();
   try {
     const resolved = platforms === 'all' || platforms.length === 1
       // The OCI image, where the index holds a Nydus conversion of the platform too (--merge-platform).
@@ -219,10 +240,12 @@ export async function convert(opts: ConvertOptions): Promise<ConvertResult> {
     if (resolved.images.length === 0) throw new NydusError(`source ${opts.source} has no image for platform ${platforms === 'all' ? 'all' : platforms.map(formatPlatform).join(',')}`);
     // Every image's config is read and checked before any blob is pushed.
     const prepared = await prepareImages(ctx, resolved.images);
+    const pulled = performance.now();
     opts.log.info({ source: opts.source, images: resolved.images.length }, 'converting');
     const converted = [];
     // Platforms one after the other: each already converts its layers concurrently.
     for (const [n, p] of prepared.entries()) converted.push({ image: p.image, ...(await convertImage(ctx, p, n)) });
+    const convertedAt = performance.now();
 
     const asIndex = !isImageManifestType(resolved.root.mediaType) && converted.length > 1;
     const images: ConvertedImage[] = [];
@@ -252,7 +275,13 @@ export async function convert(opts: ConvertOptions): Promise<ConvertResult> {
     }
     opts.log.info({ target: opts.target, digest: targetDigest }, 'converted');
     ok = true;
-    return { source: opts.source, target: opts.target, targetDigest, mediaType, images };
+    const sum = (ds: ReadonlyArray<{ size: number }>) => ds.reduce((n, d) => n + d.size, 0);
+    const metric: ConvertMetric = {
+      SourceImageSize: resolved.images.reduce((n, i) => n + i.manifest.json.config.size + sum(i.manifest.json.layers), 0),
+      TargetImageSize: converted.reduce((n, c) => n + c.manifest.config.size + sum(c.layers), 0),
+      SourcePullElapsed: nanos(started, pulled), ConversionElapsed: nanos(pulled, convertedAt), TargetPushElapsed: nanos(convertedAt, performance.now()),
+    };
+    return { source: opts.source, target: opts.target, targetDigest, mediaType, images, metric };
   } finally {
     opts.progress?.stop();
     await (ok ? Promise.all([source.close(), target.close()]) : Promise.all([source.destroy(), target.destroy()]));
