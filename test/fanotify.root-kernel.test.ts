@@ -127,6 +127,8 @@ test('root-kernel fanotify: a lazily mounted image reads identical to the source
   assert.equal(fs.statSync(cacheFile).size, blobSize, 'the cache file has the blob\'s uncompressed size');
   assert.equal(fs.statSync(cacheFile).blocks, 0, 'nothing is fetched before a read: the cache file is all holes');
   assert.equal(total(await fetches(d.sock, rich.blobId)), 0);
+  const readiness = async () => [(await apiRequest(d.sock, 'GET', '/api/v1/metrics')).body.data_read, (await apiRequest(d.sock, 'GET', `/api/v1/metrics/blobcache?id=${encodeURIComponent(d.mnt)}`)).body.data_all_ready];
+  assert.deepEqual(await readiness(), [0, false], 'nothing read, nothing cached (data_read, data_all_ready)');
   const workerPid = (await apiRequest(d.sock, 'GET', '/api/v1/daemon')).body.pid as number;
   assert.equal(fanotifyMarks(workerPid), 1, 'the cache file is marked');
   assert.ok(fs.readFileSync(`/proc/${workerPid}/environ`, 'utf8').split('\0').includes('GLIBC_TUNABLES=glibc.malloc.hugetlb=1'), 'the worker\'s malloc heap asks for huge pages');
@@ -137,6 +139,8 @@ test('root-kernel fanotify: a lazily mounted image reads identical to the source
   const chunks = (inspect(rich.boot, 'blobs') as Array<{ chunk_count: number }>)[0].chunk_count;
   assert.equal(Object.keys(first).length, chunks, 'every chunk was fetched');
   assert.deepEqual(Object.values(first).filter((n) => n !== 1), [], 'each chunk once');
+  const [dataRead, allReady] = await readiness();
+  assert.ok(dataRead > 0 && allReady === true, `the image read (data_read ${dataRead}) and all cached (data_all_ready ${allReady})`);
 
   const info = (await apiRequest(d.sock, 'GET', '/api/v1/daemon')).body;
   assert.deepEqual(info.fanotify.mounts, [d.mnt]);

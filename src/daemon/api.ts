@@ -126,7 +126,8 @@ function blobCache(ctx: ApiContext, blob: string, volumes: Set<string> | null) {
 
 /**
  * nydus's CacheMetrics keys, which the snapshotter decodes. The prefetch counters nydus-ts keeps are
- * the daemon's (GET /api/v1/daemon, `ondemand`): none is given here as a blob's or an image's.
+ * the daemon's (GET /api/v1/daemon, `ondemand` or `fanotify`): none is given here as a blob's or an
+ * image's. `data_all_ready` is the caller's to say (every chunk of the image cached).
  * `underlying_files`: the cache files' names, `<blob id>.blob.data` as nydus's fscache manager gives
  * them. The snapshotter's blob cache GC takes the blob ids in use from them, and skips its whole round
  * while any image of the daemon gives none (its usage unknown): an empty list would stop the GC for good.
@@ -315,10 +316,12 @@ export function startApi(sock: string, ctx: ApiContext): Promise<http.Server> {
             const image = imageOf(ctx, id);
             throw new NoCounterError(`no file system counters of image ${JSON.stringify(id)}: nydus-ts counts the kernel's reads per daemon (GET /api/v1/metrics without id); the image's own reads are in GET /api/v1/metrics/files?id=${image.id}`);
           }
+          // The bytes the kernel asked the daemon for: fscache's READs, fanotify's events (reads of
+          // what the cache files held already never reach the daemon in either mode).
           const stats = ctx.lifecycle?.currentSession?.stats;
           return send(res, 200, {
             files_account_enabled: true, access_pattern_enabled: true, record_latest_read_files_enabled: true, measure_latency: false,
-            id: '', data_read: stats?.readBytes ?? 0, block_count_read: new Array(8).fill(0),
+            id: '', data_read: stats?.readBytes ?? ctx.mounts?.stats.eventBytes ?? 0, block_count_read: new Array(8).fill(0),
             fop_hits: new Array(STATS_FOPS).fill(0), fop_errors: new Array(STATS_FOPS).fill(0), fop_cumulative_latency_total: new Array(STATS_FOPS).fill(0),
             read_latency_dist: new Array(8).fill(0), nr_opens: stats?.opens ?? 0,
           });
@@ -443,11 +446,14 @@ export function startApi(sock: string, ctx: ApiContext): Promise<http.Server> {
           const volumes = imageVolumes(image);
           if (blob) {
             const one = blobCache(ctx, blob, volumes);
-            return send(res, 200, { ...cacheMetricsKeys(blob, one.cached_chunks, [blob], image.workDir), image_id: image.id, ...one });
+            const ready = ctx.registry.holdsAllChunks(image.id, blob, new Set(one.cached)) === true;
+            return send(res, 200, { ...cacheMetricsKeys(blob, one.cached_chunks, [blob], image.workDir), data_all_ready: ready, image_id: image.id, ...one });
           }
           const each = blobs.map((b) => blobCache(ctx, b, volumes));
+          // nydus's data_all_ready: every chunk of the image is in its cache files.
+          const ready = each.every((b) => ctx.registry.holdsAllChunks(image.id, b.blob_id, new Set(b.cached)) === true);
           return send(res, 200, {
-            ...cacheMetricsKeys(id ?? image.id, each.reduce((n, b) => n + b.cached_chunks, 0), blobs, image.workDir), image_id: image.id, blobs: each,
+            ...cacheMetricsKeys(id ?? image.id, each.reduce((n, b) => n + b.cached_chunks, 0), blobs, image.workDir), data_all_ready: ready, image_id: image.id, blobs: each,
           });
         }
         default:

@@ -264,6 +264,14 @@ export class ImageRegistry implements ObjectResolver {
     return this.images.get(id)?.superMeta ?? null;
   }
 
+  /** Whether every chunk the image has of blob `blobId` is in `cached` (chunk indexes in the blob); null for a blob it lacks. */
+  holdsAllChunks(id: string, blobId: string, cached: ReadonlySet<number>): boolean | null {
+    const map = this.images.get(id)?.maps.find((m) => m.blobId === blobId);
+    if (!map) return null;
+    for (let pos = 0; pos < map.chunkCount; pos++) if (!cached.has(map.indexAt(pos))) return false;
+    return true;
+  }
+
   /** The blob ids of a registered image in its blob table order (the order of its devices). */
   blobsOf(id: string): string[] {
     return [...(this.images.get(id)?.blobs.keys() ?? [])];
