@@ -709,3 +709,37 @@ test('registry and http-proxy backends through a proxy that accepts and never an
     assert.ok(took < 2_500, `${backend.type}: fell back after the proxy's 1 s timeout, not the read's deadline (${took} ms)`);
   }
 });
+
+test('nydus-image unpack --backend-type registry|localfs --backend-config (as nydus-snapshotter\'s Unpack passes them): the blobs fetched whole, the tar the same as from the blob directory; bad flags refused naming them', () => {
+  const run = (args: string[]) => spawnSync(path.join(repoRoot, 'bin/nydus-image'), ['unpack', '--log-level', 'warn', '--bootstrap', boot, ...args], { encoding: 'utf8' });
+  const fromDir = path.join(work, 'unpack-dir.tar');
+  assert.equal(run(['-D', blobDir, '-o', fromDir]).status, 0);
+  const auth = Buffer.from(`alice:${USERS.alice}`).toString('base64');
+  const registry = JSON.stringify({ host: locked.host, repo: REPO, scheme: 'http', auth });
+  const cfgFile = path.join(work, 'unpack-backend.json');
+  fs.writeFileSync(cfgFile, JSON.stringify({ dir: blobDir }));
+  for (const [name, args] of [
+    ['registry', ['--backend-type', 'registry', '--backend-config', registry]],
+    ['localfs', ['--backend-type', 'localfs', '--backend-config-file', cfgFile]],
+  ] as const) {
+    const out = path.join(work, `unpack-${name}.tar`);
+    const r = run([...args, '-o', out]);
+    assert.equal(r.status, 0, `${name}: ${r.stderr}`);
+    assert.ok(fs.readFileSync(out).equals(fs.readFileSync(fromDir)), `${name}: the same tar as from the blob directory`);
+  }
+  const wrong = run(['--backend-type', 'registry', '--backend-config', JSON.stringify({ host: locked.host, repo: REPO, scheme: 'http' }), '-o', path.join(work, 'unpack-noauth.tar')]);
+  assert.equal(wrong.status, 1);
+  assert.match(wrong.stderr, /401|credentials/);
+  assert.ok(!fs.existsSync(path.join(work, 'unpack-noauth.tar')), 'no tar is left by a failed fetch');
+  for (const [args, re] of [
+    [['--backend-type', 'registry', '-o', 'x.tar'], /--backend-type registry needs --backend-config or --backend-config-file/],
+    [['--backend-config', '{}', '-o', 'x.tar'], /--backend-config and --backend-config-file go with --backend-type/],
+    [['--backend-type', 'localfs', '--backend-config', '{}', '-D', blobDir, '-o', 'x.tar'], /give no --blob-dir or --blob with it/],
+    [['--backend-type', 'oss', '--backend-config', '{}', '-o', 'x.tar'], /backend type "oss" is not supported/],
+    [['--backend-type', 'localfs', '--backend-config', '{"dir":', '-o', 'x.tar'], /--backend-config/],
+  ] as const) {
+    const r = run([...args]);
+    assert.equal(r.status, 1, `${args.join(' ')}: ${r.stderr}`);
+    assert.match(r.stderr, re);
+  }
+});

@@ -1,6 +1,8 @@
 /** nydus-image: argument parsing only; the work is in src/builder and src/image. */
 import './stack-maps.ts';
 import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { NydusError } from '../../erofs/errors.ts';
 import { createImage, createImageFromTar } from '../builder/create.ts';
 import { mergeImages } from '../builder/merge.ts';
@@ -242,9 +244,34 @@ await runMain('nydus-image', async () => {
       .option('bootstrap', { alias: 'B', type: 'string' })
       .option('blob', { alias: 'b', type: 'string' })
       .option('blob-dir', { alias: 'D', type: 'string' })
-      .option('output', { alias: 'o', type: 'string', demandOption: true }), (a) => {
-      const r = unpackToTar({ bootstrap: needBootstrap(a), blobDir: a['blob-dir'], blobPaths: a.blob ? [a.blob] : undefined, output: a.output });
-      log.info(`wrote ${r.entries} entries to ${a.output}${r.skipped.length ? ` (skipped ${r.skipped.length} sockets)` : ''}`);
+      .option('backend-type', { type: 'string', describe: 'read the blobs from this backend (localfs, registry, http-proxy), fetched whole first' })
+      .option('backend-config', { type: 'string', describe: "the backend's config as JSON (nydusd's backend_config)" })
+      .option('backend-config-file', { type: 'string', describe: "a file holding the backend's config" })
+      .option('output', { alias: 'o', type: 'string', demandOption: true }), async (a) => {
+      const bootstrap = needBootstrap(a);
+      const backendType = a['backend-type'];
+      if (backendType === undefined && (a['backend-config'] !== undefined || a['backend-config-file'] !== undefined)) throw new NydusError('--backend-config and --backend-config-file go with --backend-type');
+      let blobDir = a['blob-dir'];
+      let fetched: string | null = null;
+      if (backendType !== undefined) {
+        if (a['blob-dir'] !== undefined || a.blob !== undefined) throw new NydusError('--backend-type reads the blobs from the backend: give no --blob-dir or --blob with it');
+        const { backendFromFlags, fetchBlobs } = await import('../image/backend-blobs.ts');
+        const backend = backendFromFlags(backendType, a['backend-config'], a['backend-config-file']);
+        fetched = fs.mkdtempSync(path.join(os.tmpdir(), 'nydus-image-unpack-'));
+        blobDir = fetched;
+        try {
+          await fetchBlobs(bootstrap, backend, fetched);
+        } catch (e) {
+          fs.rmSync(fetched, { recursive: true, force: true });
+          throw e;
+        }
+      }
+      try {
+        const r = unpackToTar({ bootstrap, blobDir, blobPaths: a.blob ? [a.blob] : undefined, output: a.output });
+        log.info(`wrote ${r.entries} entries to ${a.output}${r.skipped.length ? ` (skipped ${r.skipped.length} sockets)` : ''}`);
+      } finally {
+        if (fetched) fs.rmSync(fetched, { recursive: true, force: true });
+      }
     })
     // nydus-image's other subcommands, refused by name whatever they are given (hidden from help).
     .command('compact [SOURCE..]', false, (y) => y.strict(false), () => notImplemented('compact'))

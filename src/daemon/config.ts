@@ -175,7 +175,8 @@ export function str(o: Json, key: string, where: string, required = true): strin
   return v;
 }
 
-function backendFrom(type: string, cfg: Json, where: string): BackendConfig {
+/** A backend of nydus's `type` and its config (`backend_config`, v2's `backend.<type>`), checked; `where` names the config in errors. */
+export function backendFrom(type: string, cfg: Json, where: string): BackendConfig {
   if (type === 'localfs') {
     const dir = str(cfg, 'dir', where, false);
     const blobFile = str(cfg, 'blob_file', where, false);
