@@ -19,7 +19,7 @@ const OPTIONS = {
   'fscache-threads': { type: 'string', describe: 'concurrent requests served, 1 to 1024 (default 4)' },
   apisock: { alias: 'A', type: 'string', describe: 'HTTP API unix socket' },
   'log-level': { alias: 'l', type: 'string', default: 'info', choices: ['trace', 'debug', 'info', 'warn', 'error'] },
-  'log-file': { alias: 'L', type: 'string', describe: 'write logs to this file instead of stderr' },
+  'log-file': { alias: 'L', type: 'string', describe: 'write logs to this file instead of stderr (.log is added to a name without an extension, as nydusd adds it)' },
   'log-rotation-size': { type: 'number', default: 0, describe: 'rotate --log-file at this many MiB (0: never)' },
   id: { type: 'string', describe: 'daemon id (with --supervisor)' },
   supervisor: { type: 'string', describe: "supervisor socket that keeps the daemon's state and /dev/cachefiles fd (with --id)" },
@@ -92,7 +92,7 @@ await runMain('nydusd', async () => {
   }
   const opts: DaemonOptions = {
     fscacheDir: args.fscache, tag: args['fscache-tag'] ?? 'nydus', threads, apiSock: args.apisock,
-    logLevel: args['log-level'], logFile: args['log-file'], logRotationSize: args['log-rotation-size'], id: args.id ?? '',
+    logLevel: args['log-level'], logFile: logFileName(args['log-file']), logRotationSize: args['log-rotation-size'], id: args.id ?? '',
     supervisor: args.supervisor,
   };
   if (!isWorker() && !opts.supervisor) {
@@ -135,6 +135,11 @@ function cliPath(v: unknown): string {
 
 type Args = Record<string, unknown> & { 'log-level': string; 'log-rotation-size': number };
 
+/** --log-file as nydusd names the file: `.log` added to a name without an extension (flexi_logger's default suffix). */
+function logFileName(file: string | undefined): string | undefined {
+  return file && !path.extname(file) ? `${file}.log` : file;
+}
+
 /** `nydusd --fanotify <dir> [--config <json> --bootstrap <file> --mountpoint <dir>] [--apisock <sock>]`. */
 async function fanotifyMode(args: Args, argv: string[]): Promise<void> {
   if (!args.fanotify) throw new NydusError('--fanotify needs the daemon\'s directory: --fanotify <dir>');
@@ -173,7 +178,7 @@ async function fanotifyMode(args: Args, argv: string[]): Promise<void> {
     }
   }
   const opts: FanotifyDaemonOptions = {
-    dir, apiSock: args.apisock as string | undefined, threads, logLevel: args['log-level'], logFile: args['log-file'] as string | undefined,
+    dir, apiSock: args.apisock as string | undefined, threads, logLevel: args['log-level'], logFile: logFileName(args['log-file'] as string | undefined),
     logRotationSize: args['log-rotation-size'],
     initial: given.length ? { mountpoint: cliPath(args.mountpoint), bootstrap: cliPath(args.bootstrap), config } : undefined,
   };
