@@ -1261,6 +1261,9 @@ test('nydusd: missing flags, unsupported flags and a kernel without on-demand ca
   assert.match(version.stdout, /^Version: \tv0\.1\.0$/m);
   assert.equal(/Git Commit:\s*(.+)/.exec(version.stdout)?.[1].trim(), BUILD_INFO.git_commit);
   assert.match(BUILD_INFO.git_commit, /^[0-9a-f]{12}$/);
+  // nydusctl prints the same block, as upstream's.
+  const ctl = spawnSync(path.join(repoRoot, 'bin/nydusctl'), ['--version'], { encoding: 'utf8' });
+  assert.equal(ctl.stdout, version.stdout);
   const sock = path.join(work, 'x.sock');
   const d = spawn(path.join(repoRoot, 'bin/nydusd'), ['singleton', '--fscache', path.join(work, 'cache'), '--apisock', sock]);
   let stderr = '';

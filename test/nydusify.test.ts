@@ -102,12 +102,15 @@ test('the pushed manifest and config are what nydus expects: blob layers, the bo
   assert.equal(report.TargetImageSize, size(m));
   for (const k of ['SourcePullElapsed', 'ConversionElapsed', 'TargetPushElapsed']) assert.ok(Number.isSafeInteger(report[k]) && report[k] > 0, `${k} ${report[k]}`);
   assert.ok(report.ConversionElapsed > 1e6, 'the conversion took more than a millisecond: nanoseconds');
+  assert.ok(!fs.existsSync(path.join(work, 'tmp')), 'the --work-dir the conversion made is gone with it, as nydusify\'s');
 });
 
 test('nydusify check passes on the converted image and lists the differences against another image', async () => {
   const base = ['check', '--plain-http', '--work-dir', path.join(work, 'check')];
+  fs.mkdirSync(path.join(work, 'check'), { recursive: true });
   const ok = await run('nydusify', [...base, '--source', `${reg.host}/src:two`, '--target', `${reg.host}/dst:two-nydus`]);
   assert.equal(ok.status, 0, ok.stderr);
+  assert.deepEqual(fs.readdirSync(path.join(work, 'check')), [], 'a --work-dir that was there stays, emptied');
   assert.match(ok.stderr, /same file tree/);
 
   const bad = await run('nydusify', [...base, '--source', `${reg.host}/src:one`, '--target', `${reg.host}/dst:two-nydus`]);

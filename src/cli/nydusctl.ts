@@ -7,6 +7,7 @@ import fs from 'node:fs';
 import http from 'node:http';
 import { NydusError } from '../../erofs/errors.ts';
 import { cliParser, runMain } from './main.ts';
+import { versionText } from '../version.ts';
 import { type Json, backendInterval, backendIntervalText, backendText, cacheText, daemonText, fsStatsText } from './nydusctl-text.ts';
 
 /** One API request; resolves to the answer's JSON body (null when it has none), rejects naming the path on a status of 300 or more. */
@@ -142,6 +143,7 @@ await runMain('nydusctl', async () => {
       .option('mountpoint', { alias: 'm', type: 'string', demandOption: true, describe: 'the mountpoint' }), async (a) => {
       await request(a.sock, 'DELETE', `/api/v1/mount?${new URLSearchParams({ mountpoint: oneValue(a.mountpoint, '--mountpoint')! })}`);
     })
-    .version('0.1.0')
+    // nydus's build-info block, as nydusd and nydus-image print it (upstream nydusctl's too).
+    .version(versionText().trimEnd())
     .parseAsync();
 }, { endsWithItsReader: true });

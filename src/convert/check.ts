@@ -160,7 +160,8 @@ export async function checkConverted(opts: CheckOptions): Promise<CheckResult> {
   const target = new RegistryClient({ insecure: opts.targetInsecure, plainHttp: opts.plainHttp });
   const source = new RegistryClient({ insecure: opts.sourceInsecure, plainHttp: opts.plainHttp });
   const base = opts.workDir ?? os.tmpdir();
-  fs.mkdirSync(base, { recursive: true });
+  // A --work-dir this run makes goes with it, as nydusify's; one that was there stays.
+  const madeBase = fs.mkdirSync(base, { recursive: true });
   const workDir = fs.mkdtempSync(path.join(base, 'nydusify-check-'));
   const problems: string[] = [];
   try {
@@ -213,6 +214,6 @@ export async function checkConverted(opts: CheckOptions): Promise<CheckResult> {
     return { problems };
   } finally {
     await Promise.all([source.close(), target.close()]);
-    fs.rmSync(workDir, { recursive: true, force: true });
+    fs.rmSync(madeBase ?? workDir, { recursive: true, force: true });
   }
 }

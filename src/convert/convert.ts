@@ -227,7 +227,8 @@ export async function convert(opts: ConvertOptions): Promise<ConvertResult> {
   const source = new RegistryClient({ insecure: opts.sourceInsecure, plainHttp: opts.plainHttp });
   const target = new RegistryClient({ insecure: opts.targetInsecure, plainHttp: opts.plainHttp });
   const base = opts.workDir ?? os.tmpdir();
-  fs.mkdirSync(base, { recursive: true });
+  // A --work-dir this run makes goes with it, as nydusify's; one that was there stays.
+  const madeBase = fs.mkdirSync(base, { recursive: true });
   const workDir = fs.mkdtempSync(path.join(base, 'nydusify-'));
   const ctx: Context = { opts, source, target, sourceRef, targetRef, workDir };
   let ok = false;
@@ -285,6 +286,6 @@ export async function convert(opts: ConvertOptions): Promise<ConvertResult> {
   } finally {
     opts.progress?.stop();
     await (ok ? Promise.all([source.close(), target.close()]) : Promise.all([source.destroy(), target.destroy()]));
-    fs.rmSync(workDir, { recursive: true, force: true });
+    fs.rmSync(madeBase ?? workDir, { recursive: true, force: true });
   }
 }
