@@ -176,3 +176,45 @@ test('inHole (a sparse file\'s holes, asked once a chunk): a binary search over 
   }
   assert.equal(inHole([], 0, 10), true);
 });
+
+test('a build killed before its blob is whole leaves a temporary blob that the next build into the directory removes; one locked by a live build, or just made, stays', async () => {
+  const { spawn } = await import('node:child_process');
+  const src = path.join(work, 'stale-src');
+  fs.mkdirSync(src);
+  // Enough data that the build is still writing its blob when it is killed.
+  const piece = Buffer.alloc(1 << 20);
+  for (let i = 0; i < 256; i++) {
+    piece.fill(i);
+    piece.writeUInt32LE(i * 2654435761 >>> 0, 0);
+    fs.writeFileSync(path.join(src, `f${i}`), piece);
+  }
+  const blobs = path.join(work, 'stale-blobs');
+  fs.mkdirSync(blobs);
+  const build = spawn(path.join(repoRoot, 'bin/nydus-image'), ['create', '--log-level', 'warn', '--compressor', 'none', '-B', path.join(work, 'stale.boot'), '-D', blobs, src], { stdio: 'ignore' });
+  const temps = () => fs.readdirSync(blobs).filter((n) => /^\.blob-\d+-\d+\.tmp$/.test(n));
+  for (let i = 0; i < 600 && temps().length === 0; i++) await new Promise((r) => setTimeout(r, 20));
+  build.kill('SIGKILL');
+  await new Promise((r) => build.once('exit', r));
+  const left = temps();
+  assert.equal(left.length, 1, `the killed build left its temporary blob (${fs.readdirSync(blobs)})`);
+  // Aged past the minute a build may take to lock its own.
+  const old = new Date(Date.now() - 120_000);
+  fs.utimesSync(path.join(blobs, left[0]), old, old);
+  // Another one held by a live build (flock(1) here), aged too, and one just made.
+  const held = path.join(blobs, '.blob-1-1.tmp');
+  const young = path.join(blobs, '.blob-2-2.tmp');
+  fs.writeFileSync(held, 'x');
+  fs.utimesSync(held, old, old);
+  fs.writeFileSync(young, 'y');
+  const holder = spawn('flock', [held, 'sleep', '60'], { stdio: 'ignore' });
+  try {
+    await new Promise((r) => setTimeout(r, 300));
+    const small = path.join(work, 'stale-small');
+    fs.mkdirSync(small);
+    fs.writeFileSync(path.join(small, 'a'), 'a');
+    mustRun('nydus-image', ['create', '--log-level', 'warn', '-B', path.join(work, 'stale2.boot'), '-D', blobs, small]);
+    assert.deepEqual(temps().sort(), ['.blob-1-1.tmp', '.blob-2-2.tmp'], 'the stale one is gone; the locked one and the young one stay');
+  } finally {
+    holder.kill('SIGKILL');
+  }
+});

@@ -8,6 +8,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { createHash, type Hash } from 'node:crypto';
+import { fscacheBinding } from '../../native/fscache/index.ts';
 import {
   BLOB_CCT_MAGIC, BLOB_CHUNK_INFO_V1_SIZE, BLOB_FEATURE_ALIGNED, BLOB_FEATURE_CAP_TAR_TOC, BLOB_FEATURE_HAS_TAR_HEADER, BLOB_FEATURE_HAS_TOC,
   BLOB_FEATURE_INLINED_CHUNK_DIGEST, BLOB_FEATURE_INLINED_FS_META, blobCompressionContextHeader, encodeChunkInfoV1,
@@ -53,6 +54,37 @@ export interface BlobTail {
 
 const ZERO_BLOCK = Buffer.alloc(EROFS_BLKSIZ);
 
+const TEMP_BLOB = /^\.blob-\d+-\d+\.tmp$/;
+/** A temporary blob younger than this may be one whose build has not locked it yet. */
+const STALE_AFTER_MS = 60_000;
+
+/**
+ * Removes the temporary blobs of builds that ended before their blob was whole (killed, their
+ * machine reset): in a blob directory they would stay for good, hidden, as large as the blobs. A
+ * build holds its own locked (flock, across PID namespaces); one whose lock is free and that has not
+ * been written for a minute is left by no one. Best effort: what cannot be told or removed stays.
+ */
+function removeStaleTemps(dir: string, own: string): void {
+  let names: string[];
+  try {
+    names = fs.readdirSync(dir);
+  } catch {
+    return;
+  }
+  for (const name of names) {
+    const file = path.join(dir, name);
+    if (!TEMP_BLOB.test(name) || file === own) continue;
+    let fd = -1;
+    try {
+      fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK);
+      const st = fs.fstatSync(fd);
+      if (st.isFile() && Date.now() - st.mtimeMs > STALE_AFTER_MS && fscacheBinding().tryLock(fd)) fs.unlinkSync(file);
+    } catch { /* gone meanwhile, or not ours to tell */ } finally {
+      if (fd >= 0) fs.closeSync(fd);
+    }
+  }
+}
+
 export class BlobWriter {
   private fd: number;
   private readonly tmpPath: string;
@@ -69,6 +101,10 @@ export class BlobWriter {
     } catch (e) {
       throw new NydusError(`cannot create a blob in ${dir}: ${(e as Error).message}`);
     }
+    // Held while the blob is written: what a build killed before its end left (a signal ends a
+    // build's synchronous work before any handler runs) is known by its lock being free.
+    fscacheBinding().tryLock(this.fd);
+    removeStaleTemps(dir, this.tmpPath);
   }
 
   private write(buf: Uint8Array): void {
