@@ -1,7 +1,8 @@
 /**
  * Access traces without a kernel: READs through a fake cachefiles port, then nydus's
  * GET /api/v1/metrics/{pattern,files} and `nydusctl metrics pattern --paths`. Prefetch is no access;
- * a chunk two files share counts for the first in directory order; the trace is bounded.
+ * a chunk files share counts for the one most of whose chunks were read (the first in directory order
+ * among equals); the trace is bounded.
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -171,4 +172,48 @@ test('the trace keeps a bounded number of first reads; reads beyond the bound ar
   assert.equal(trace.takeRecent().chunks.length / 2, ACCESS_TRACE_MAX_ENTRIES);
   blob.record(chunks.length * 4096 - 4096, 4096);
   assert.deepEqual([...trace.takeRecent().chunks], [0, chunks.length - 1], 'after a full period, every chunk counts as new again');
+});
+
+/**
+ * The chunk of zeros every hole and run of zeros of an image shares: traced, it counts for the file of
+ * which the trace holds the largest share, not for the first file holding it (a large file never read,
+ * which fed back as a prefetch list was fetched whole first). Found by the prefetch probe.
+ */
+test('a shared chunk counts for the file most of whose chunks were read, not for the first file holding it', async () => {
+  const { resolveTraceFiles } = await import('../src/daemon/trace-files.ts');
+  const { openImage } = await import('../src/image/open.ts');
+  const src = path.join(work, 'zeros-src');
+  fs.mkdirSync(path.join(src, 'a'), { recursive: true });
+  fs.mkdirSync(path.join(src, 'z'));
+  const chunk = 0x10000;
+  // First in directory order: a large file with one chunk of zeros among its data.
+  const big = prand(50 * chunk, 9);
+  big.fill(0, 7 * chunk, 8 * chunk);
+  fs.writeFileSync(path.join(src, 'a', 'unrelated-big'), big);
+  fs.writeFileSync(path.join(src, 'z', 'prealloc'), Buffer.alloc(4 * chunk));
+  const sparse = fs.openSync(path.join(src, 'z', 'sparse-db'), 'w');
+  fs.writeSync(sparse, Buffer.from('tail'), 0, 4, 5 * chunk);
+  fs.closeSync(sparse);
+  const zboot = path.join(work, 'zeros.boot');
+  createImage({ source: src, bootstrap: zboot, blobDir: path.join(work, 'zeros-blobs'), chunkSize: chunk, compressor: 'zstd', digester: 'blake3' });
+  const { image } = openImage(zboot);
+  const chunks = image.blobs[0].chunks;
+  const nidOf = new Map((inspectImage(zboot, 'chunks') as Array<{ path: string; nid: number }>).map((f) => [f.path, f.nid]));
+  const fileOf = (p: string) => image.inodes.get(nidOf.get(p)!)!;
+  const zero = chunks.indexOf(fileOf('/z/prealloc').chunks![0]!);
+  const tail = chunks.indexOf(fileOf('/z/sparse-db').chunks![5]!);
+  assert.ok(zero >= 0 && tail >= 0 && zero !== tail);
+  assert.ok(fileOf('/a/unrelated-big').chunks!.includes(chunks[zero]), 'the large file holds the chunk of zeros too');
+  const trace = (positions: number[]) => resolveTraceFiles({
+    metadataPath: zboot, blobs: [{ id: image.blobs[0].id, chunkCount: chunks.length }], chunks: Uint32Array.from(positions.flatMap((p) => [0, p])),
+  }).files.map((f) => f.path);
+  // The sparse file read: its tail, and its holes (the chunk of zeros). (The preallocated file holds
+  // that chunk alone: as large a share of it, but fewer of its chunks traced.)
+  assert.deepEqual(trace([tail, zero]), ['/z/sparse-db']);
+  // The preallocated file read: all of it is the chunk of zeros; it comes first in directory order of
+  // the two files read whole.
+  assert.deepEqual(trace([zero]), ['/z/prealloc']);
+  // The large file read: its own chunks, the chunk of zeros among them.
+  const bigChunks = [...new Set(fileOf('/a/unrelated-big').chunks!)].map((c) => chunks.indexOf(c!));
+  assert.deepEqual(trace(bigChunks), ['/a/unrelated-big']);
 });
