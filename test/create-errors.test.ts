@@ -218,3 +218,25 @@ test('a build killed before its blob is whole leaves a temporary blob that the n
     holder.kill('SIGKILL');
   }
 });
+
+test('the prefetch list on stdin is read as nydus-image reads it and bounded: a line that is not UTF-8 is refused naming it, a path longer than PATH_MAX left out with a short warning, white space at a line\'s ends said, a list past 64 MiB refused (found by the prefetch probe)', async () => {
+  const { spawnSync: spawnBytes } = await import('node:child_process');
+  const src = path.join(work, 'plist-src');
+  fs.mkdirSync(src);
+  fs.writeFileSync(path.join(src, 'trail '), 'with a space');
+  fs.writeFileSync(path.join(src, 'trail'), 'without');
+  const create = (input: Buffer | string, name: string) => spawnBytes(path.join(repoRoot, 'bin/nydus-image'),
+    ['create', '--prefetch-policy', 'fs', '-B', path.join(work, `${name}.boot`), '-D', path.join(work, `${name}-blobs`), src],
+    { input, encoding: 'utf8', timeout: 120_000, maxBuffer: 1 << 26 });
+  const bad = create(Buffer.concat([Buffer.from('/trail\n/bad'), Buffer.from([0xfe]), Buffer.from('\n')]), 'plist-utf8');
+  assert.equal(bad.status, 1, bad.stderr);
+  assert.match(bad.stderr, /the prefetch list \(standard input\): line 2 is not UTF-8/);
+  const long = create(`/${'x'.repeat(1 << 20)}\n/trail \n`, 'plist-long');
+  assert.equal(long.status, 0, long.stderr);
+  assert.match(long.stderr, /prefetch path on line 1 is 1048577 bytes, longer than a path can be \(starts "\/x{63}"\); left out/);
+  assert.ok(long.stderr.length < 4096, `the warnings are short (${long.stderr.length} bytes)`);
+  assert.match(long.stderr, /prefetch path "\/trail " has white space at an end; read as "\/trail", as nydus-image reads it/);
+  const huge = create(Buffer.alloc(65 << 20, 0x0a), 'plist-huge');
+  assert.equal(huge.status, 1);
+  assert.match(huge.stderr, /the prefetch list \(standard input\) holds more than 64 MiB/);
+});

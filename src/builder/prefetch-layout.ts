@@ -17,11 +17,13 @@ export function normalizePrefetchPath(p: string): string {
  * not absolute is left out (`relative`), and so is one already listed or below a listed directory
  * (`covered`), whose files that directory's entry brings already.
  */
-export function prefetchPatterns(lines: readonly string[]): { patterns: string[]; relative: string[]; covered: string[] } {
+export function prefetchPatterns(lines: readonly string[]): { patterns: string[]; relative: string[]; covered: string[]; trimmed: string[] } {
   const patterns: string[] = [];
   const relative: string[] = [];
   const covered: string[] = [];
   const listed = new Set<string>();
+  // As nydus-image, white space at a line's ends is not the path's: said, since a name may end so.
+  const trimmed = lines.filter((l) => l.replace(/\r$/, '').trim() !== l.replace(/\r$/, '') && l.trim());
   for (const line of lines.map((l) => l.trim()).filter(Boolean)) {
     if (!line.startsWith('/')) {
       relative.push(line);
@@ -38,12 +40,13 @@ export function prefetchPatterns(lines: readonly string[]): { patterns: string[]
     listed.add(p);
     patterns.push(line);
   }
-  return { patterns, relative, covered };
+  return { patterns, relative, covered, trimmed };
 }
 
 /** What a CLI warns of a prefetch list (prefetchPatterns): a line per path left out, and why. */
-export function prefetchPatternWarnings(r: { relative: readonly string[]; covered: readonly string[] }): string[] {
+export function prefetchPatternWarnings(r: { relative: readonly string[]; covered: readonly string[]; trimmed?: readonly string[] }): string[] {
   return [
+    ...(r.trimmed ?? []).map((l) => `prefetch path ${JSON.stringify(l)} has white space at an end; read as ${JSON.stringify(l.trim())}, as nydus-image reads it`),
     ...r.relative.map((p) => `prefetch path ${p} is not absolute; left out`),
     ...r.covered.map((p) => `prefetch path ${p} is covered by an earlier one; left out`),
   ];

@@ -8,7 +8,7 @@ import { createImage, createImageFromTar } from '../builder/create.ts';
 import { mergeImages } from '../builder/merge.ts';
 import { parseChunkDictArg } from '../builder/chunk-dict.ts';
 import { WHITEOUT_SPECS } from '../builder/whiteout.ts';
-import { prefetchPatterns, prefetchPatternWarnings } from '../builder/prefetch-layout.ts';
+import { readPrefetchList } from './prefetch-stdin.ts';
 import { COMPRESSORS } from '../blob/compress.ts';
 import { InconsistentFilesystemError } from '../builder/layer-image.ts';
 import { isStdinSource } from '../builder/layer-stream.ts';
@@ -86,8 +86,8 @@ function prefetchPaths(policyArg: string): string[] | undefined {
   if (policy === 'blob') throw new NydusError('--prefetch-policy blob is not supported by nydus-ts yet; use fs');
   if (policy !== 'fs') return undefined;
   // As nydus-image: the list names paths from the image root, each once.
-  const list = prefetchPatterns(fs.readFileSync(0, 'utf8').split('\n'));
-  for (const w of prefetchPatternWarnings(list)) log.warn(w);
+  const list = readPrefetchList();
+  for (const w of list.warnings) log.warn(w);
   return list.patterns;
 }
 

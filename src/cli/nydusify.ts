@@ -11,7 +11,7 @@ import { LayerProgress } from '../convert/progress.ts';
 import { makeLogger } from '../daemon/log.ts';
 import { InvalidReferenceError, defaultPlatform, formatPlatform, parsePlatform, type Platform } from '../registry/index.ts';
 import { cliParser, parseSize, runMain } from './main.ts';
-import { prefetchPatterns, prefetchPatternWarnings } from '../builder/prefetch-layout.ts';
+import { readPrefetchList } from './prefetch-stdin.ts';
 import {
   CHECK_ENV, CHECK_UNSUPPORTED, CONVERT_ENV, CONVERT_UNSUPPORTED, envValues, logLevel, normalizeBooleanArgs, onCommandLine, refuseUnsupported,
 } from './nydusify-flags.ts';
@@ -98,12 +98,12 @@ await runMain('nydusify', async () => {
         if (fs.statSync(file, { throwIfNoEntry: false })?.isDirectory()) throw new NydusError(`--output-json ${a['output-json']}${envOrigin('output-json')}: is a directory`);
       }
       // As nydusify: the paths from stdin, or the root when none are given (the whole image is the prefetch table's).
-      const fromStdin = a['prefetch-patterns'] ? prefetchPatterns(fs.readFileSync(0, 'utf8').split('\n')) : null;
+      const fromStdin = a['prefetch-patterns'] ? readPrefetchList() : null;
       const prefetchPaths = fromStdin?.patterns.length ? fromStdin.patterns : ['/'];
       // On a terminal the per-layer display replaces the info logs.
       const progress = process.stderr.isTTY ? new LayerProgress(process.stderr) : undefined;
       const log = logger(progress && logLevel(a['log-level']) === 'info' ? 'warn' : a['log-level'], envOrigin('log-level'));
-      for (const w of fromStdin ? prefetchPatternWarnings(fromStdin) : []) log.warn(w);
+      for (const w of fromStdin?.warnings ?? []) log.warn(w);
       const r = await convert({
         progress,
         source: a.source, target: a.target, sourceInsecure: a['source-insecure'], targetInsecure: a['target-insecure'],

@@ -161,7 +161,12 @@ export async function checkConverted(opts: CheckOptions): Promise<CheckResult> {
   const source = new RegistryClient({ insecure: opts.sourceInsecure, plainHttp: opts.plainHttp });
   const base = opts.workDir ?? os.tmpdir();
   // A --work-dir this run makes goes with it, as nydusify's; one that was there stays.
-  const madeBase = fs.mkdirSync(base, { recursive: true });
+  let madeBase: string | undefined;
+  try {
+    madeBase = fs.mkdirSync(base, { recursive: true });
+  } catch (e) {
+    throw new NydusError(`work directory ${base}: ${(e as Error).message}`);
+  }
   const workDir = fs.mkdtempSync(path.join(base, 'nydusify-check-'));
   const problems: string[] = [];
   try {

@@ -228,7 +228,12 @@ export async function convert(opts: ConvertOptions): Promise<ConvertResult> {
   const target = new RegistryClient({ insecure: opts.targetInsecure, plainHttp: opts.plainHttp });
   const base = opts.workDir ?? os.tmpdir();
   // A --work-dir this run makes goes with it, as nydusify's; one that was there stays.
-  const madeBase = fs.mkdirSync(base, { recursive: true });
+  let madeBase: string | undefined;
+  try {
+    madeBase = fs.mkdirSync(base, { recursive: true });
+  } catch (e) {
+    throw new NydusError(`work directory ${base}: ${(e as Error).message}`);
+  }
   const workDir = fs.mkdtempSync(path.join(base, 'nydusify-'));
   const ctx: Context = { opts, source, target, sourceRef, targetRef, workDir };
   let ok = false;
