@@ -219,7 +219,7 @@ test('a build killed before its blob is whole leaves a temporary blob that the n
   }
 });
 
-test('the prefetch list on stdin is read as nydus-image reads it and bounded: a line that is not UTF-8 is refused naming it, a path longer than PATH_MAX left out with a short warning, white space at a line\'s ends said, a list past 64 MiB refused (found by the prefetch probe)', async () => {
+test('the prefetch list on stdin is read as nydus-image reads it and bounded: a line that is not UTF-8 is refused naming it, a path longer than PATH_MAX left out with a short warning, white space at a line\'s ends said, `.` parts dropped, a file named twice listed once, a list past 64 MiB refused (found by the prefetch probe)', async () => {
   const { spawnSync: spawnBytes } = await import('node:child_process');
   const src = path.join(work, 'plist-src');
   fs.mkdirSync(src);
@@ -236,6 +236,12 @@ test('the prefetch list on stdin is read as nydus-image reads it and bounded: a 
   assert.match(long.stderr, /prefetch path on line 1 is 1048577 bytes, longer than a path can be \(starts "\/x{63}"\); left out/);
   assert.ok(long.stderr.length < 4096, `the warnings are short (${long.stderr.length} bytes)`);
   assert.match(long.stderr, /prefetch path "\/trail " has white space at an end; read as "\/trail", as nydus-image reads it/);
+  // `.` parts are no parts (as Rust's Path compares them); two names of one file are one entry.
+  fs.writeFileSync(path.join(src, 'hl1'), 'linked');
+  fs.linkSync(path.join(src, 'hl1'), path.join(src, 'hl2'));
+  assert.equal(create('/./trail\n/hl1\n/hl2\n', 'plist-dots').status, 0);
+  const table = JSON.parse(mustRun('nydus-image', ['inspect', path.join(work, 'plist-dots.boot'), '-R', 'prefetch']).stdout) as Array<{ path: string[] }>;
+  assert.deepEqual(table.map((e) => e.path), [['/trail'], ['/hl1', '/hl2']]);
   const huge = create(Buffer.alloc(65 << 20, 0x0a), 'plist-huge');
   assert.equal(huge.status, 1);
   assert.match(huge.stderr, /the prefetch list \(standard input\) holds more than 64 MiB/);

@@ -89,14 +89,15 @@ export function blobDescriptor(b: FinishedBlob): BlobDescriptor {
  */
 export function prefetchNids(layout: Layout, paths: string[]): { nids: number[]; missing: string[] } {
   const byPath = new Map([...layout.inodeOf].map(([node, ino]) => [node.path, ino.nid]));
-  const nids: number[] = [];
+  // (Two names of one hardlinked file are one entry.)
+  const nids = new Set<number>();
   const missing: string[] = [];
   for (const p of paths) {
     const nid = byPath.get(normalizePrefetchPath(p));
     if (nid === undefined) missing.push(p);
-    else nids.push(nid);
+    else nids.add(nid);
   }
-  return { nids, missing };
+  return { nids: [...nids], missing };
 }
 
 /**

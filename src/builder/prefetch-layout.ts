@@ -7,9 +7,9 @@
 import type { ChunkRef, TreeNode } from './tree.ts';
 import { walkTree } from './tree.ts';
 
-/** A prefetch path as the prefetch table matches it: from the root, without empty or trailing parts. */
+/** A prefetch path as the prefetch table matches it: from the root, without empty, `.` or trailing parts (as Rust's Path compares them). */
 export function normalizePrefetchPath(p: string): string {
-  return '/' + p.split('/').filter(Boolean).join('/');
+  return '/' + p.split('/').filter((part) => part && part !== '.').join('/');
 }
 
 /**
