@@ -1098,11 +1098,17 @@ test('root-kernel fanotify: a mount no worker can serve is never left reading ze
   await waitFor('the worker gone', () => !fs.existsSync(`/proc/${eWorker}`));
   assert.ok(isMounted(e.mnt), 'the mount outlives its daemon');
   const sock2 = path.join(work, 'left-e', 'api2.sock');
-  const again = spawnDaemon(path.join(work, 'left-e'), path.join(repoRoot, 'bin/nydusd'), ['--fanotify', e.state, '--apisock', sock2, '--log-file', path.join(work, 'left-e', 'nydusd.log')]);
+  // Started again as it was (the same --bootstrap and --mountpoint): the mount left is the one asked
+  // for. (A second mount over it failed the start, and the daemon took every mount down with it.)
+  const again = spawnDaemon(path.join(work, 'left-e'), path.join(repoRoot, 'bin/nydusd'), ['--fanotify', e.state, '--config', path.join(work, 'left-e', 'config.json'),
+    '--bootstrap', img.boot, '--mountpoint', e.mnt, '--apisock', sock2, '--log-file', path.join(work, 'left-e', 'nydusd.log')]);
   daemons.push(again);
   await waitFor('the next daemon', async () => (await apiRequest(sock2, 'GET', '/api/v1/daemon').catch(() => null))?.status === 200);
   assert.match(log('left-e'), /a mount of a daemon that was killed without unmounting it: served again/);
+  assert.match(log('left-e'), /the command line's mount was left by the daemon before and is served again/);
   assert.ok(readMounted(path.join(e.mnt, 'f')).equals(data), 'read as the source, not zeros');
+  assert.deepEqual((await apiRequest(sock2, 'GET', '/api/v1/daemon')).body.fanotify.mounts, [fs.realpathSync(e.mnt)], 'one mount, served');
+  assert.equal(again.exitCode, null, 'the daemon serves on');
   await stop(again);
   assert.equal(isMounted(e.mnt), false, 'the next daemon unmounts it as it stops');
 });

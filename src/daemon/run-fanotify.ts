@@ -124,7 +124,12 @@ async function serveFanotify(opts: FanotifyDaemonOptions, { fd, restarted, stopA
     await session.restore(true);
   }
   session.start();
-  if (!restarted && opts.initial) {
+  // The command line's mount may be one a daemon killed with its supervisor left, served again now
+  // (restore): that is the mount asked for, not a second one over it (which would have failed the
+  // start and taken every mount down with it).
+  const left = opts.initial ? session.servesAt(opts.initial.mountpoint, opts.initial.bootstrap) : null;
+  if (left === 'same') log.info({ mountpoint: opts.initial!.mountpoint }, "the command line's mount was left by the daemon before and is served again; its config is the one it was made with");
+  if (!restarted && opts.initial && left !== 'same') {
     try {
       await session.mount(opts.initial);
     } catch (e) {

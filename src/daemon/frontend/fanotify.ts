@@ -320,6 +320,22 @@ export class FanotifySession {
     return this.mountAt(mountpoint)?.imageId;
   }
 
+  /**
+   * What this daemon serves at `mountpoint` (a path as asked, symbolic links resolved): `'same'` the
+   * image of `bootstrap`, `'other'` another one, null nothing.
+   */
+  servesAt(mountpoint: string, bootstrap: string): 'same' | 'other' | null {
+    let real: string;
+    try {
+      real = fs.realpathSync(mountpoint);
+    } catch {
+      return null;
+    }
+    const m = this.mounts.get(real);
+    if (!m) return null;
+    return path.resolve(m.request.bootstrap) === path.resolve(bootstrap) ? 'same' : 'other';
+  }
+
   /** Every mountpoint served, in mount order. */
   list(): string[] {
     return [...this.mounts.keys()];
