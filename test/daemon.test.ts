@@ -277,6 +277,12 @@ test('registry: the cache work_dir is made when missing; a relative one or a fil
   const relative = entry('wd-relative');
   relative.config_v2.cache.fscache.work_dir = 'snapshots/2/fs';
   await assert.rejects(registry.add(relative), /work_dir "snapshots\/2\/fs" must be an absolute path/);
+  // Said before the bootstrap is read and validated (seconds, for a large image): here one that is no image.
+  fs.writeFileSync(path.join(work, 'not-an-image.boot'), 'garbage');
+  const early = entry('wd-early');
+  early.config_v2.cache.fscache.work_dir = 'snapshots/3/fs';
+  early.config_v2.metadata_path = path.join(work, 'not-an-image.boot');
+  await assert.rejects(registry.add(early), /work_dir "snapshots\/3\/fs" must be an absolute path/);
   fs.writeFileSync(path.join(work, 'a-file'), '');
   const legacy = {
     type: 'bootstrap', id: 'wd-legacy',

@@ -70,13 +70,18 @@ export interface TracedFile {
  */
 function prepareWorkDir(dir: string): void {
   if (!dir) return;
-  if (!path.isAbsolute(dir)) throw new ConfigError(`cache work_dir ${JSON.stringify(dir)} must be an absolute path`);
+  checkWorkDirPath(dir);
   try {
     // A directory on a pseudo file system (/proc...) is refused before mkdir, which never returns there.
     ensureDirectory(dir, 'cache work_dir');
   } catch (e) {
     throw new ConfigError((e as Error).message);
   }
+}
+
+/** What of a work_dir can be told from its path: checked before the bootstrap is validated (seconds, for a large one). */
+function checkWorkDirPath(dir: string): void {
+  if (dir && !path.isAbsolute(dir)) throw new ConfigError(`cache work_dir ${JSON.stringify(dir)} must be an absolute path`);
 }
 
 export class ImageRegistry implements ObjectResolver {
@@ -153,6 +158,7 @@ export class ImageRegistry implements ObjectResolver {
     // The daemon's first image (none registered, no other on its way) serves nothing yet: a larger
     // bootstrap may be planned at once rather than wait for a worker to come up (RegistrationPool).
     const first = this.images.size === 0 && this.pending.size === 0;
+    checkWorkDirPath(entry.workDir);
     const request = { metadataPath: entry.metadataPath, prefetch: { enable: entry.prefetch.enable, all: entry.prefetch.all } };
     const { plan, source } = await this.plans.plan(request, () => this.registration.plan(request, first));
     if (this.closed) throw new NydusError(`image ${entry.id} is not registered: the daemon is stopping`);
