@@ -246,3 +246,23 @@ test('the prefetch list on stdin is read as nydus-image reads it and bounded: a 
   assert.equal(huge.status, 1);
   assert.match(huge.stderr, /the prefetch list \(standard input\) holds more than 64 MiB/);
 });
+
+test('a source entry whose path from the root is past PATH_MAX is refused in one short line, as a layer tar\'s is (found by the scale probe: the whole path, twice, 8.7 KB)', () => {
+  const src = path.join(work, 'deep-src');
+  fs.mkdirSync(src);
+  // 20 levels of 250-byte names: 5,020 bytes from the root (made through relative steps: no absolute path that long is opened).
+  const name = 'n'.repeat(250);
+  const made = spawnSync('python3', ['-c', `
+import os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+for i in range(20):
+    os.mkdir(sys.argv[2], dir_fd=fd); n = os.open(sys.argv[2], os.O_RDONLY, dir_fd=fd); os.close(fd); fd = n
+`, src, name], { encoding: 'utf8' });
+  assert.equal(made.status, 0, made.stderr);
+  const r = runCli('nydus-image', ['create', '-B', path.join(work, 'deep.boot'), '-D', path.join(work, 'deep-blobs'), src]);
+  assert.equal(r.status, 1);
+  assert.match(r.stderr, /the entry "\/n{127}"\.\.\. \(\d+ bytes\) is longer than 4095 bytes from the root \(PATH_MAX - 1\): no process could name it/);
+  assert.ok(r.stderr.length < 600, `one short line (${r.stderr.length} bytes)`);
+  // (rm(1) walks a tree past PATH_MAX; fs.rmSync opens each entry by its whole path.)
+  spawnSync('rm', ['-rf', src]);
+});

@@ -5,7 +5,8 @@ import { readXattrs } from '../../native/xattr/index.ts';
 import { dataRangesOf, inHole } from '../../native/fscache/index.ts';
 import { NydusError } from '../../erofs/errors.ts';
 import { type DataSource, type TreeNode, kindFromMode, joinPath, sortChildren } from './tree.ts';
-import { nodeProblem } from './limits.ts';
+import { nodeProblem, pathTooLong, shownPath } from './limits.ts';
+import { EROFS_PATH_MAX } from '../../erofs/limits.ts';
 import { type WhiteoutSpec, droppedFromLowestLayer } from './whiteout.ts';
 import { HeapRoom } from '../heap-room.ts';
 
@@ -198,8 +199,10 @@ export function treeFromDirectory(root: string, lowestLayer?: { whiteoutSpec: Wh
       for (const name of names) {
         room.tick();
         const treePath = joinPath(dir.path, name);
-        const shown = path.join(root, treePath);
         const full = concatPath(dirPath, name);
+        // As a layer tar's: no process could name it in the mounted image (nor open it here).
+        if (full.length - rootBuf.length > EROFS_PATH_MAX) throw new NydusError(`source directory ${root}: the entry ${shownPath(full.subarray(rootBuf.length))} ${pathTooLong}`);
+        const shown = path.join(root, treePath);
         const { node: child, found } = statNode(Buffer.concat([at, name]), full, name, treePath, shown);
         if (lowestLayer && droppedFromLowestLayer(child, lowestLayer.whiteoutSpec)) continue;
         if (child.hardlinkKey) {

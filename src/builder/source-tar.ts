@@ -15,7 +15,7 @@ import { NydusError } from '../../erofs/errors.ts';
 import { encodeDev } from '../../erofs/inode.ts';
 import { EROFS_PATH_MAX, devNumberProblem } from '../../erofs/limits.ts';
 import type { Chunker } from './chunker.ts';
-import { nameProblem, nodeProblem } from './limits.ts';
+import { nameProblem, nodeProblem, pathTooLong, shownPath } from './limits.ts';
 import { type ChunkRef, type NodeKind, type TreeNode, joinPath } from './tree.ts';
 import { type TarEntry, TarReader } from './tar-reader.ts';
 import { HeapRoom } from '../heap-room.ts';
@@ -25,10 +25,6 @@ const TYPE_BITS: Record<Exclude<TarEntry['type'], 'hardlink'>, number> = {
 };
 
 /** A path for a message: JSON, cut short past 1 KiB (a hostile one may be megabytes). */
-function shownPath(p: Buffer): string {
-  return p.length <= 1024 ? JSON.stringify(p.toString('utf8')) : `${JSON.stringify(p.subarray(0, 128).toString('utf8'))}... (${p.length} bytes)`;
-}
-
 class LayerTree {
   readonly root: TreeNode;
   private readonly children = new Map<TreeNode, Map<string, TreeNode>>();
@@ -67,7 +63,7 @@ class LayerTree {
       const problem = nameProblem(c);
       if (problem) throw this.fail(entry, p === entry ? problem : `path ${JSON.stringify(p.toString('utf8'))}: ${problem}`);
       length += 1 + c.length;
-      if (length > EROFS_PATH_MAX) throw this.fail(entry, `${p === entry ? 'its path' : `path ${shownPath(p)}`} is longer than ${EROFS_PATH_MAX} bytes from the root (PATH_MAX - 1): no process could name it`);
+      if (length > EROFS_PATH_MAX) throw this.fail(entry, `${p === entry ? 'its path' : `path ${shownPath(p)}`} ${pathTooLong}`);
       out.push(Buffer.from(c));
     }
     return out;
