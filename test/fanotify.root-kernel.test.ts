@@ -672,6 +672,40 @@ test('root-kernel fanotify: on a full cache disk reads fail with EIO, the worker
   execFileSync('umount', [cacheDisk]);
 });
 
+test('root-kernel fanotify: a mount is refused, saying why, while the daemon has fewer than 64 open files free; the API and the mounts serve on (found by the scale probe: out of fds, accepted mounts read EIO and the API went silent)', async () => {
+  const d = await startDaemon('fds', rich, localfs(rich));
+  const worker = (await apiRequest(d.sock, 'GET', '/api/v1/daemon')).body.pid as number;
+  const open = () => fs.readdirSync(`/proc/${worker}/fd`).length;
+  // --rlimit-nofile's default, as nydusd's: the hard limit raised to 1,000,000 (at most fs.file-max
+  // less 16,384) where the daemon may raise it (CAP_SYS_RESOURCE); where not, the limit it was given.
+  const hardOf = (pid: number | string) => Number(/^Max open files\s+\S+\s+(\S+)/m.exec(fs.readFileSync(`/proc/${pid}/limits`, 'utf8'))![1]);
+  const mayRaise = (BigInt(`0x${/^CapEff:\s+(\S+)/m.exec(fs.readFileSync('/proc/self/status', 'utf8'))![1]}`) >> 24n) & 1n;
+  const fileMax = Number(fs.readFileSync('/proc/sys/fs/file-max', 'utf8'));
+  assert.equal(hardOf(worker), mayRaise ? Math.max(hardOf('self'), Math.min(1_000_000, fileMax - 16_384)) : hardOf('self'));
+  const badLimit = spawnSync(path.join(repoRoot, 'bin/nydusd'), ['--fanotify', path.join(work, 'fds', 'state2'), '--apisock', path.join(work, 'fds', 'x.sock'), '--rlimit-nofile', 'many'], { encoding: 'utf8' });
+  assert.equal(badLimit.status, 1);
+  assert.match(badLimit.stderr, /invalid value "many" for --rlimit-nofile: a whole number of files/);
+  const mnt2 = path.join(work, 'fds', 'mnt2');
+  fs.mkdirSync(mnt2);
+  const body = { source: rich.boot, fs_type: 'rafs', config: JSON.stringify(d.cfg) };
+  // The soft limit just above what the worker holds (the hard one as it was).
+  execFileSync('prlimit', ['--pid', String(worker), `--nofile=${open() + 20}:`]);
+  const refused = await apiRequest(d.sock, 'POST', `/api/v1/mount?mountpoint=${encodeURIComponent(mnt2)}`, body);
+  assert.notEqual(refused.status, 204);
+  assert.match(refused.body.message, /the daemon has \d+ of its \d+ open files in use, and a mount needs 64 free: unmount others, or raise its limit \(--rlimit-nofile/);
+  assert.equal(isMounted(mnt2), false);
+  assert.deepEqual(diffManifests(srcManifest, mountManifest(d.mnt)).slice(0, 20), [], 'the mount there reads as the source');
+  execFileSync('prlimit', ['--pid', String(worker), `--nofile=${open() + 200}:`]);
+  const ok = await apiRequest(d.sock, 'POST', `/api/v1/mount?mountpoint=${encodeURIComponent(mnt2)}`, body);
+  assert.equal(ok.status, 204, JSON.stringify(ok.body));
+  mounts.push(mnt2);
+  assert.deepEqual(diffManifests(srcManifest, mountManifest(mnt2)).slice(0, 20), [], 'mounted once there is room');
+  assert.equal((await apiRequest(d.sock, 'DELETE', `/api/v1/mount?mountpoint=${encodeURIComponent(mnt2)}`)).status, 204);
+  const exited = new Promise((r) => d.proc.once('exit', r));
+  d.proc.kill('SIGTERM');
+  await exited;
+});
+
 test('root-kernel fanotify: SIGHUP is ignored (the daemon serves on), SIGQUIT stops it cleanly', async () => {
   const d = await startDaemon('signals', rich, localfs(rich));
   const worker = (await apiRequest(d.sock, 'GET', '/api/v1/daemon')).body.pid as number;

@@ -153,6 +153,8 @@ export interface FscacheBinding {
   reserveFd(n: number): boolean;
   /** flock(2) LOCK_EX|LOCK_NB on fd: true once held, false while another open file description holds the lock. */
   tryLock(fd: number): boolean;
+  /** RLIMIT_NOFILE as [soft, hard] (-1: unlimited); given both, set to them first (setrlimit). */
+  nofileLimit(soft?: number, hard?: number): [number, number];
   /** prctl(PR_SET_PDEATHSIG): `signo` is sent to this process when its parent dies (0 clears it). */
   setParentDeathSignal(signo: number): void;
   /**

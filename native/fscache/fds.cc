@@ -53,4 +53,26 @@ Napi::Value TryLock(const Napi::CallbackInfo& info) {
   throw ErrnoError(info.Env(), errno, "flock", "", "LOCK_EX of fd " + std::to_string(fd));
 }
 
+Napi::Value NofileLimit(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() == 2) {
+    if (!info[0].IsNumber() || !info[1].IsNumber()) throw Napi::TypeError::New(env, "nofileLimit(soft?: number, hard?: number)");
+    double soft = info[0].As<Napi::Number>().DoubleValue();
+    double hard = info[1].As<Napi::Number>().DoubleValue();
+    if (!(soft >= 0 && soft <= hard && hard <= 1e15 && std::floor(soft) == soft && std::floor(hard) == hard)) {
+      throw Napi::RangeError::New(env, "nofileLimit: soft and hard must be whole numbers, soft <= hard");
+    }
+    struct rlimit lim = {static_cast<rlim_t>(soft), static_cast<rlim_t>(hard)};
+    if (setrlimit(RLIMIT_NOFILE, &lim) != 0) throw ErrnoError(env, errno, "setrlimit", "", "RLIMIT_NOFILE " + std::to_string(lim.rlim_cur) + ":" + std::to_string(lim.rlim_max));
+  } else if (info.Length() != 0) {
+    throw Napi::TypeError::New(env, "nofileLimit(soft?: number, hard?: number)");
+  }
+  struct rlimit lim;
+  if (getrlimit(RLIMIT_NOFILE, &lim) != 0) throw ErrnoError(env, errno, "getrlimit", "", "RLIMIT_NOFILE");
+  Napi::Array out = Napi::Array::New(env, 2);
+  out.Set(0u, Napi::Number::New(env, lim.rlim_cur == RLIM_INFINITY ? -1 : static_cast<double>(lim.rlim_cur)));
+  out.Set(1u, Napi::Number::New(env, lim.rlim_max == RLIM_INFINITY ? -1 : static_cast<double>(lim.rlim_max)));
+  return out;
+}
+
 }  // namespace fscache

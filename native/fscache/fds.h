@@ -10,6 +10,8 @@
 //                    RangeError, never truncated or dup3'd.
 //   tryLock(fd)      flock(2) LOCK_EX|LOCK_NB: true once held, false while another open file
 //                    description holds it (a daemon's directory, held for the daemon's life).
+//   nofileLimit([soft, hard])  getrlimit(RLIMIT_NOFILE) as [soft, hard]; given both, setrlimit first
+//                    (nydusd --rlimit-nofile: every mount holds fds, an image a few)
 #pragma once
 
 #include <napi.h>
@@ -19,5 +21,6 @@ namespace fscache {
 Napi::Value Dup(const Napi::CallbackInfo& info);
 Napi::Value ReserveFd(const Napi::CallbackInfo& info);
 Napi::Value TryLock(const Napi::CallbackInfo& info);
+Napi::Value NofileLimit(const Napi::CallbackInfo& info);
 
 }  // namespace fscache

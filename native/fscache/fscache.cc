@@ -14,6 +14,7 @@
 //   fanotify*, readFanotifyEvents   the fanotify pre-content front end (fanotify.h)
 //   mount, umount                   file-backed EROFS mounts (mount.h)
 //   dup, reserveFd, tryLock         event fds kept, fd numbers held for a predecessor's events, flock (fds.h)
+//   nofileLimit                     RLIMIT_NOFILE read and set (fds.h)
 // Failures throw Errors with errno (positive), code ('EINVAL'), syscall and path or detail.
 #include <napi.h>
 #include <fcntl.h>
@@ -140,6 +141,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("dup", Napi::Function::New(env, Dup, "dup"));
   exports.Set("reserveFd", Napi::Function::New(env, ReserveFd, "reserveFd"));
   exports.Set("tryLock", Napi::Function::New(env, TryLock, "tryLock"));
+  exports.Set("nofileLimit", Napi::Function::New(env, NofileLimit, "nofileLimit"));
   exports.Set("setParentDeathSignal", Napi::Function::New(env, SetParentDeathSignal, "setParentDeathSignal"));
   exports.Set("verifyRunNative", Napi::Function::New(env, VerifyRunNative, "verifyRunNative"));
   exports.Set("verifyBlobRange", Napi::Function::New(env, VerifyBlobRange, "verifyBlobRange"));

@@ -9,6 +9,7 @@ import { type DaemonOptions, WORKER_EXIT_FATAL, adoptedWorker, inheritedFanotify
 import type { FanotifyDaemonOptions } from '../daemon/run-fanotify.ts';
 import { versionText } from '../version.ts';
 import { quickParse } from './quick-args.ts';
+import { applyRlimitNofile, parseRlimitNofile } from '../daemon/rlimit.ts';
 import { runMain } from './run-main.ts';
 import { THREADS_MAX, parseThreadCount } from './thread-count.ts';
 
@@ -30,6 +31,7 @@ const OPTIONS = {
   bootstrap: { alias: 'B', type: 'string', describe: 'with --fanotify: the image bootstrap to mount at --mountpoint' },
   mountpoint: { alias: 'M', type: 'string', describe: 'with --fanotify: where to mount --bootstrap (an EROFS file-backed mount)' },
   'thread-num': { type: 'string', describe: 'with --fanotify: events served at once, 1 to 1024 (default 4)' },
+  'rlimit-nofile': { type: 'string', describe: 'raise the open files limit to this (default 1000000, at most fs.file-max less 16384; 0 leaves it)' },
 } as const;
 
 const DEFAULT_THREADS = 4;
@@ -90,6 +92,7 @@ await runMain('nydusd', async () => {
   if (policy !== undefined && policy !== 'resend') {
     throw new NydusError(`--failover-policy ${policy} is not supported: in fscache mode the kernel is always asked to resend requests in flight (resend)`);
   }
+  applyRlimitNofile(parseRlimitNofile(args['rlimit-nofile']));
   const opts: DaemonOptions = {
     fscacheDir: args.fscache, tag: args['fscache-tag'] ?? 'nydus', threads, apiSock: args.apisock,
     logLevel: args['log-level'], logFile: logFileName(args['log-file']), logRotationSize: args['log-rotation-size'], id: args.id ?? '',
@@ -177,6 +180,7 @@ async function fanotifyMode(args: Args, argv: string[]): Promise<void> {
       throw new NydusError(`--config ${args.config}: ${(e as Error).message}`);
     }
   }
+  applyRlimitNofile(parseRlimitNofile(args['rlimit-nofile']));
   const opts: FanotifyDaemonOptions = {
     dir, apiSock: args.apisock as string | undefined, threads, logLevel: args['log-level'], logFile: logFileName(args['log-file'] as string | undefined),
     logRotationSize: args['log-rotation-size'],

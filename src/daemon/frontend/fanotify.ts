@@ -21,7 +21,7 @@ import path from 'node:path';
 import crypto from 'node:crypto';
 import type { Logger } from 'pino';
 import { FAN_PRE_ACCESS, type EventJournal, type FanotifyEvent, closeFd, mountErofsFileBacked, umountPath } from '../../../native/fscache/fanotify.ts';
-import type { SystemError } from '../../../native/fscache/index.ts';
+import { type SystemError, fscacheBinding } from '../../../native/fscache/index.ts';
 import { ConfigError, absolutePathField, entryBodyFromFsConfig } from '../config.ts';
 import type { ImageRegistry } from '../daemon.ts';
 import type { DaemonState } from '../state.ts';
@@ -106,6 +106,22 @@ interface SharedCacheFile {
   images: Set<string>;
 }
 
+
+/**
+ * Open files a mount needs left free: its cache files and blobs take a few, and the reads and the API
+ * need room beside them. Out of fds, accepted mounts read EIO and libuv closes every API connection
+ * unanswered (DELETE included): a mount is refused while fewer than this are free.
+ */
+const FD_HEADROOM = 64;
+
+function refuseWithoutFds(): void {
+  const [soft] = fscacheBinding().nofileLimit();
+  if (soft < 0) return;
+  const open = fs.readdirSync('/proc/self/fd').length;
+  if (soft - open < FD_HEADROOM) {
+    throw new ConfigError(`the daemon has ${open} of its ${soft} open files in use, and a mount needs ${FD_HEADROOM} free: unmount others, or raise its limit (--rlimit-nofile, the service's LimitNOFILE)`);
+  }
+}
 
 export class FanotifySession {
   private readonly mounts = new Map<string, Mounted>();
@@ -249,6 +265,7 @@ export class FanotifySession {
     if (!boot) throw new ConfigError(`bootstrap ${bootstrap} does not exist`);
     if (!boot.isFile()) throw new ConfigError(`bootstrap ${bootstrap} is not a regular file`);
     this.refuseHiding(mountpoint, asked, [...this.guarded, { path: bootstrap, what: 'the bootstrap' }]);
+    refuseWithoutFds();
     // Registration validates the bootstrap on another thread: no second mount of this path meanwhile.
     this.mounting.add(mountpoint);
     try {
