@@ -169,7 +169,7 @@ test("upstream's environment variables alone convert (SOURCE, TARGET, PLAIN_HTTP
   assert.equal(r.status, 0, r.stderr);
   const byEnv = await client.getManifest(`${reg.host}/dst:env`);
   assert.equal(JSON.parse(fs.readFileSync(report, 'utf8')).targetDigest, byEnv.digest);
-  assert.deepEqual(fs.readdirSync(envWork), [], 'WORK_DIR made and emptied');
+  assert.ok(!fs.existsSync(envWork), 'WORK_DIR made and removed with the conversion, as nydusify removes a work dir it made');
   // The bootstrap says which chunk size and compressor the image was built with.
   const built = async (tag: string) => {
     const m = (await client.getManifest(`${reg.host}/dst:${tag}`)).json as ImageManifest;
@@ -213,8 +213,8 @@ test('a conversion failing on the manifest PUT, a blob upload or a layer downloa
   } finally {
     await proxy.close();
   }
-  // Nothing is left in the work dir.
-  assert.deepEqual(fs.readdirSync(path.join(work, 'tmp')), []);
+  // Nothing is left of the work dir (made by the conversions, removed with them).
+  assert.ok(!fs.existsSync(path.join(work, 'tmp')));
 });
 
 test('flags nydus-ts does not implement are refused by name; bad values are errors', async () => {
