@@ -11,8 +11,7 @@ import { EROFS_ID_MAX, EROFS_NSEC_MAX, EROFS_PATH_MAX, EROFS_SYMLINK_MAX, rdevPr
 import { xattrsProblem } from '../../erofs/xattr.ts';
 import type { TreeNode } from './tree.ts';
 
-/** Why one path component cannot be a name in a directory, or null. */
-/** A path in a message, cut to its start when long (a path of a few thousand bytes would drown the message). */
+/** A path for a message: JSON, cut short past 1 KiB (a hostile one may be megabytes). */
 export function shownPath(p: Buffer): string {
   return p.length <= 1024 ? JSON.stringify(p.toString('utf8')) : `${JSON.stringify(p.subarray(0, 128).toString('utf8'))}... (${p.length} bytes)`;
 }
@@ -20,6 +19,7 @@ export function shownPath(p: Buffer): string {
 /** Why a path longer than EROFS_PATH_MAX from the root is refused (said after the path). */
 export const pathTooLong = `is longer than ${EROFS_PATH_MAX} bytes from the root (PATH_MAX - 1): no process could name it`;
 
+/** Why one path component cannot be a name in a directory, or null. */
 export function nameProblem(name: Buffer): string | null {
   if (name.length === 0) return 'a name is empty';
   if (name.length > EROFS_NAME_LEN) return `a name is longer than ${EROFS_NAME_LEN} bytes`;

@@ -23,7 +23,10 @@ export function prefetchPatterns(lines: readonly string[]): { patterns: string[]
   const covered: string[] = [];
   const listed = new Set<string>();
   // As nydus-image, white space at a line's ends is not the path's: said, since a name may end so.
-  const trimmed = lines.filter((l) => l.replace(/\r$/, '').trim() !== l.replace(/\r$/, '') && l.trim());
+  const trimmed = lines.filter((l) => {
+    const bare = l.replace(/\r$/, '');
+    return bare.trim() !== bare && bare.trim() !== '';
+  });
   for (const line of lines.map((l) => l.trim()).filter(Boolean)) {
     if (!line.startsWith('/')) {
       relative.push(line);
@@ -44,9 +47,9 @@ export function prefetchPatterns(lines: readonly string[]): { patterns: string[]
 }
 
 /** What a CLI warns of a prefetch list (prefetchPatterns): a line per path left out, and why. */
-export function prefetchPatternWarnings(r: { relative: readonly string[]; covered: readonly string[]; trimmed?: readonly string[] }): string[] {
+export function prefetchPatternWarnings(r: { relative: readonly string[]; covered: readonly string[]; trimmed: readonly string[] }): string[] {
   return [
-    ...(r.trimmed ?? []).map((l) => `prefetch path ${JSON.stringify(l)} has white space at an end; read as ${JSON.stringify(l.trim())}, as nydus-image reads it`),
+    ...r.trimmed.map((l) => `prefetch path ${JSON.stringify(l)} has white space at an end; read as ${JSON.stringify(l.trim())}, as nydus-image reads it`),
     ...r.relative.map((p) => `prefetch path ${p} is not absolute; left out`),
     ...r.covered.map((p) => `prefetch path ${p} is covered by an earlier one; left out`),
   ];

@@ -24,7 +24,6 @@ const TYPE_BITS: Record<Exclude<TarEntry['type'], 'hardlink'>, number> = {
   file: C.S_IFREG, dir: C.S_IFDIR, symlink: C.S_IFLNK, chrdev: C.S_IFCHR, blkdev: C.S_IFBLK, fifo: C.S_IFIFO,
 };
 
-/** A path for a message: JSON, cut short past 1 KiB (a hostile one may be megabytes). */
 class LayerTree {
   readonly root: TreeNode;
   private readonly children = new Map<TreeNode, Map<string, TreeNode>>();

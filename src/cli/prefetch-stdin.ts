@@ -6,12 +6,11 @@
  */
 import fs from 'node:fs';
 import { NydusError } from '../../erofs/errors.ts';
+import { EROFS_PATH_MAX } from '../../erofs/limits.ts';
 import { prefetchPatterns, prefetchPatternWarnings } from '../builder/prefetch-layout.ts';
 
 /** The most a prefetch list may hold: far beyond the paths of any image. */
 export const PREFETCH_LIST_MAX_BYTES = 64 << 20;
-/** Linux's PATH_MAX, with its NUL. */
-const PATH_MAX = 4096;
 const WHAT = 'the prefetch list (standard input)';
 
 function readAll(fd: number, max: number): Buffer {
@@ -38,7 +37,7 @@ function readAll(fd: number, max: number): Buffer {
   return Buffer.concat(parts);
 }
 
-/** The list's lines, each decoded as UTF-8 (fatal), those longer than PATH_MAX left out and described in `tooLong`. */
+/** The list's lines, each decoded as UTF-8 (fatal), those no path can be (past EROFS_PATH_MAX) left out and described in `tooLong`. */
 export function prefetchListLines(bytes: Buffer): { lines: string[]; tooLong: string[] } {
   const decoder = new TextDecoder('utf-8', { fatal: true });
   const lines: string[] = [];
@@ -48,7 +47,7 @@ export function prefetchListLines(bytes: Buffer): { lines: string[]; tooLong: st
     if (end < 0) end = bytes.length;
     const line = bytes.subarray(start, end);
     start = end + 1;
-    if (line.length >= PATH_MAX) {
+    if (line.length > EROFS_PATH_MAX) {
       tooLong.push(`prefetch path on line ${n} is ${line.length} bytes, longer than a path can be (starts ${JSON.stringify(line.subarray(0, 64).toString('utf8'))}); left out`);
       continue;
     }

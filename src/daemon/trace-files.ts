@@ -5,10 +5,11 @@
  * A chunk several files hold (dedup: above all the one chunk of zeros that every hole and run of zeros
  * of the image shares) counts for the file most likely read: the one of which the trace holds the
  * largest share of its distinct chunks, then the most of them, then the first in directory order
- * (depth first, names sorted: the order a directory build stores them in). Given to the first file alone, a chunk of
- * zeros named a large file never read in place of the sparse file read, and fed back as a prefetch
- * list it had the whole large file fetched first. Files of the very same chunks cannot be told apart:
- * the first is named (its bytes are the other's). A hardlinked file is named by its first path.
+ * (depth first, names sorted: the order a directory build stores them in). Given to the first file
+ * alone, a chunk of zeros named a large file never read in place of the sparse file read, and fed
+ * back as a prefetch list it had the whole large file fetched first. Files of the very same chunks
+ * cannot be told apart: the first is named (its bytes are the other's). A hardlinked file is named by
+ * its first path.
  */
 import { NydusError } from '../../erofs/errors.ts';
 import { openImage } from '../image/open.ts';
