@@ -5,13 +5,13 @@
  * (its layers streamed through the tar parser and merged with overlay rules). Problems are listed.
  */
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import zlib from 'node:zlib';
 import { createHash } from 'node:crypto';
 import { pipeline } from 'node:stream/promises';
 import type { Logger } from 'pino';
 import { NydusError } from '../../erofs/errors.ts';
+import { scratchDir } from './work-dir.ts';
 import { mergeImages } from '../builder/merge.ts';
 import { TarReader } from '../builder/tar-reader.ts';
 import { openImage } from '../image/open.ts';
@@ -159,15 +159,8 @@ export async function checkConverted(opts: CheckOptions): Promise<CheckResult> {
   const targetRef = parseReference(opts.target);
   const target = new RegistryClient({ insecure: opts.targetInsecure, plainHttp: opts.plainHttp });
   const source = new RegistryClient({ insecure: opts.sourceInsecure, plainHttp: opts.plainHttp });
-  const base = opts.workDir ?? os.tmpdir();
-  // A --work-dir this run makes goes with it, as nydusify's; one that was there stays.
-  let madeBase: string | undefined;
-  try {
-    madeBase = fs.mkdirSync(base, { recursive: true });
-  } catch (e) {
-    throw new NydusError(`work directory ${base}: ${(e as Error).message}`);
-  }
-  const workDir = fs.mkdtempSync(path.join(base, 'nydusify-check-'));
+  const scratch = scratchDir(opts.workDir, 'nydusify-check-');
+  const workDir = scratch.path;
   const problems: string[] = [];
   try {
     // The Nydus image, where the index holds the OCI one of the platform too (--merge-platform).
@@ -219,6 +212,6 @@ export async function checkConverted(opts: CheckOptions): Promise<CheckResult> {
     return { problems };
   } finally {
     await Promise.all([source.close(), target.close()]);
-    fs.rmSync(madeBase ?? workDir, { recursive: true, force: true });
+    scratch.remove();
   }
 }

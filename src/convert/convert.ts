@@ -5,11 +5,11 @@
  * is pushed last of all, so a failed conversion never leaves a tag on half an image.
  */
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { createHash } from 'node:crypto';
 import type { Logger } from 'pino';
 import { NydusError } from '../../erofs/errors.ts';
+import { scratchDir } from './work-dir.ts';
 import { validateChunkSize } from '../builder/create.ts';
 import { type CompressorName, isCompressorName } from '../blob/compress.ts';
 import { mergeImages } from '../builder/merge.ts';
@@ -226,16 +226,8 @@ export async function convert(opts: ConvertOptions): Promise<ConvertResult> {
   if (platforms.length === 0) throw new NydusError('no platform to convert');
   const source = new RegistryClient({ insecure: opts.sourceInsecure, plainHttp: opts.plainHttp });
   const target = new RegistryClient({ insecure: opts.targetInsecure, plainHttp: opts.plainHttp });
-  const base = opts.workDir ?? os.tmpdir();
-  // A --work-dir this run makes goes with it, as nydusify's; one that was there stays.
-  let madeBase: string | undefined;
-  try {
-    madeBase = fs.mkdirSync(base, { recursive: true });
-  } catch (e) {
-    throw new NydusError(`work directory ${base}: ${(e as Error).message}`);
-  }
-  const workDir = fs.mkdtempSync(path.join(base, 'nydusify-'));
-  const ctx: Context = { opts, source, target, sourceRef, targetRef, workDir };
+  const scratch = scratchDir(opts.workDir, 'nydusify-');
+  const ctx: Context = { opts, source, target, sourceRef, targetRef, workDir: scratch.path };
   let ok = false;
   const started = performance.now();
   try {
@@ -291,6 +283,6 @@ export async function convert(opts: ConvertOptions): Promise<ConvertResult> {
   } finally {
     opts.progress?.stop();
     await (ok ? Promise.all([source.close(), target.close()]) : Promise.all([source.destroy(), target.destroy()]));
-    fs.rmSync(madeBase ?? workDir, { recursive: true, force: true });
+    scratch.remove();
   }
 }
