@@ -2,8 +2,9 @@
  * nydusd's --rlimit-nofile (default 1,000,000; 0 leaves the limit as it is): every mount holds fds
  * (an image's cache files, the blobs it reads), and a daemon that runs out of them reads EIO and
  * its API goes silent. As nydusd: the limit asked, at most fs.file-max less 16,384 kept for the rest
- * of the machine (and 1,000,000), never below the limit the daemon already has; soft and hard alike
- * when the daemon may raise the hard limit (root), else the soft one up to the hard.
+ * of the machine (and 1,000,000), never below the limit the daemon already has. Node raises its soft
+ * limit to the hard one as it starts, so what is raised here is the hard limit, soft alike: where
+ * the daemon may not (no CAP_SYS_RESOURCE), the limit stays as it is.
  */
 import fs from 'node:fs';
 import { NydusError } from '../../erofs/errors.ts';
@@ -20,27 +21,19 @@ export function parseRlimitNofile(v: unknown): number {
   return n;
 }
 
-/** Applies --rlimit-nofile; returns what was done, for the log (null: nothing). */
-export function applyRlimitNofile(requested: number): string | null {
-  if (requested === 0) return null;
+/** Applies --rlimit-nofile (parseRlimitNofile's value). */
+export function applyRlimitNofile(requested: number): void {
+  if (requested === 0) return;
   const b = fscacheBinding();
   const [soft, hard] = b.nofileLimit();
+  if (soft < 0) return;
   let fileMax = Infinity;
   try {
     fileMax = Number(fs.readFileSync('/proc/sys/fs/file-max', 'utf8').trim());
-  } catch { /* no procfs: bounded by the hard limit alone */ }
-  const cap = Math.min(fileMax - RESERVED, RLIMIT_NOFILE_DEFAULT);
-  const most = soft < 0 || soft >= cap ? soft : cap;
-  const target = most < 0 ? requested : Math.min(requested, most);
-  if (soft < 0 || target <= soft) return null;
+  } catch { /* no procfs: bounded by 1,000,000 alone */ }
+  const target = Math.min(requested, Math.max(soft, Math.min(fileMax - RESERVED, RLIMIT_NOFILE_DEFAULT)));
+  if (target <= soft) return;
   try {
-    b.nofileLimit(target, Math.max(target, hard < 0 ? target : hard));
-    return `open files limit ${soft} -> ${target}`;
-  } catch {
-    // Not allowed to raise the hard limit: the soft one as far as it goes.
-    const reach = hard < 0 ? target : Math.min(target, hard);
-    if (reach <= soft) return `open files limit stays ${soft} (the hard limit ${hard} cannot be raised)`;
-    b.nofileLimit(reach, hard);
-    return `open files limit ${soft} -> ${reach} (the hard limit ${hard} cannot be raised)`;
-  }
+    b.nofileLimit(target, hard < 0 ? target : Math.max(target, hard));
+  } catch { /* not allowed to raise the hard limit: it stays */ }
 }
