@@ -278,14 +278,11 @@ export class ErofsImage {
   }
 
   /**
-   * chunkMappings() as `visit` takes each chunk (index, device, block address or null for a hole),
-   * into an array of what it returns: no mapping object per chunk on the way (validation maps every
-   * chunk of every file once, and keeps only what it resolves them to).
-   */
-  /**
-   * Each chunk index of a chunk-based inode: the device it names (masked as the kernel masks it), its
-   * block (null: a hole), and the two u16s as they are stored (nydus's blob and chunk index, which
-   * nydusd finds the chunk by: nydusChunkAddr).
+   * chunkMappings() as `visit` takes each chunk (index, device masked as the kernel masks it, block
+   * address or null for a hole, and the two u16s as stored: nydus's blob and chunk index, by which
+   * nydusd finds the chunk, nydusChunkAddr), into an array of what it returns: no mapping object per
+   * chunk on the way (validation maps every chunk of every file once, and keeps only what it resolves
+   * them to).
    */
   mapChunks<T>(ino: Inode, visit: (i: number, deviceId: number, blkaddr: number | null, advise: number, deviceIdRaw: number) => T): T[] {
     if (ino.datalayout !== EROFS_INODE_CHUNK_BASED) throw new FormatError(`${this.name}: inode ${ino.nid}: not a chunk-based inode`);
